@@ -1,0 +1,426 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+)
+
+// ConsumerConfig holds the settings of a Consumer. The zero value works.
+type ConsumerConfig struct {
+	// LeaseTTL is how long the queue's lease lasts without renewal: the time
+	// from a crash to a standby's takeover. If zero, 5s is used.
+	LeaseTTL time.Duration
+	// MaxAttempts is how many deliveries a task gets, counting those that
+	// ended in a crash, before it moves to the dead-letter store.
+	// If zero, 5 is used.
+	MaxAttempts int
+	// Owner names this process in the lease (shown by Stats).
+	// If empty, "host:pid" is used.
+	Owner string
+}
+
+func (c ConsumerConfig) withDefaults() (ConsumerConfig, error) {
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = 5 * time.Second
+	}
+	if c.LeaseTTL < 10*time.Millisecond {
+		return c, fmt.Errorf("%w: LeaseTTL %v is under 10ms", ErrBadConfig, c.LeaseTTL)
+	}
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = 5
+	}
+	if c.MaxAttempts < 0 {
+		return c, fmt.Errorf("%w: MaxAttempts %d is negative", ErrBadConfig, c.MaxAttempts)
+	}
+	if c.Owner == "" {
+		host, _ := os.Hostname()
+		c.Owner = host + ":" + strconv.Itoa(os.Getpid())
+	}
+	return c, nil
+}
+
+// Consumer owns the lease of one analyser's queue and claims, acknowledges
+// and fails its tasks one call at a time: the low-level API that AnalysePool
+// is built on, for callers who drive consumption themselves. Every call is
+// fenced by the lease inside Redis and extends it; a Consumer that stays
+// idle for longer than LeaseTTL loses it, and its calls then return
+// ErrLeaseLost. A Consumer is not safe for concurrent use.
+type Consumer struct {
+	q          *Queue
+	part       *partition
+	partIndex  int
+	queueIndex int
+	keys       queueKeys
+	cfg        ConsumerConfig
+	lease      string // the lease value: "<token>:<owner>"
+	ttlMS      int64
+}
+
+// claimed is a task in this process's hands, with its pending field and
+// claim order.
+type claimed struct {
+	Task
+	field string // the pending hash field (the task ID, or "bad:<seq>")
+	seq   int64  // claim order
+}
+
+// Consume waits until it holds the lease of analyser's queue (as a hot
+// standby while another process holds it), then puts every task left
+// pending by an earlier owner back at the consuming end in claim order,
+// counting the delivery, and returns a Consumer. Tasks delivered
+// MaxAttempts times without finishing go to the dead-letter store.
+func (q *Queue) Consume(ctx context.Context, analyser int, cfg ConsumerConfig) (*Consumer, error) {
+	c, err := q.newConsumer(ctx, analyser, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.acquire(ctx, nil); err != nil {
+		return nil, err
+	}
+	if _, err := c.recover(ctx); err != nil {
+		c.Release(context.WithoutCancel(ctx))
+		return nil, err
+	}
+	return c, nil
+}
+
+func (q *Queue) newConsumer(ctx context.Context, analyser int, cfg ConsumerConfig) (*Consumer, error) {
+	if q.closed.Load() {
+		return nil, ErrClosed
+	}
+	pi, qi, err := q.analyserQueue(analyser)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err = cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if err := q.checkLayout(ctx, q.parts[pi]); err != nil {
+		return nil, err
+	}
+	return &Consumer{
+		q: q, part: q.parts[pi], partIndex: pi, queueIndex: qi,
+		keys: newQueueKeys(q.cfg.Prefix, pi, qi), cfg: cfg,
+		ttlMS: cfg.LeaseTTL.Milliseconds(),
+	}, nil
+}
+
+func (c *Consumer) what(op string) string {
+	return fmt.Sprintf("%s partition %d queue %d", op, c.partIndex, c.queueIndex)
+}
+
+// do runs one command or script on the consumer's partition.
+func (c *Consumer) do(ctx context.Context, op string, f func(redis.Conn) (any, error)) (any, error) {
+	conn, err := c.part.pool.GetContext(ctx)
+	if err != nil {
+		return nil, redisErr(c.what(op), err)
+	}
+	defer conn.Close()
+	r, err := f(conn)
+	return r, redisErr(c.what(op), err)
+}
+
+func (c *Consumer) script(ctx context.Context, op string, s *redis.Script, keysAndArgs ...any) (any, error) {
+	return c.do(ctx, op, func(conn redis.Conn) (any, error) { return s.DoContext(ctx, conn, keysAndArgs...) })
+}
+
+// tryAcquire takes the lease if it is free. It returns the time left on the
+// current lease when it is not.
+func (c *Consumer) tryAcquire(ctx context.Context) (ok bool, left time.Duration, err error) {
+	r, err := redis.Values(c.script(ctx, "acquire lease of", acquireScript, c.keys.lease, c.keys.meta, c.cfg.Owner, c.ttlMS))
+	if err != nil {
+		return false, 0, err
+	}
+	if len(r) != 2 {
+		return false, 0, fmt.Errorf("queue: %s: unexpected reply %v", c.what("acquire lease of"), r)
+	}
+	if n, _ := redis.Int(r[0], nil); n == 1 {
+		c.lease, err = redis.String(r[1], nil)
+		return err == nil, 0, err
+	}
+	ms, _ := redis.Int64(r[1], nil)
+	return false, time.Duration(max(ms, 1)) * time.Millisecond, nil
+}
+
+// acquire waits as a standby until it holds the lease or ctx ends. It
+// waits for a released lease's wake-up signal, or for the lease to expire.
+// Redis errors are returned, or, with a report func, reported and retried
+// with capped backoff.
+func (c *Consumer) acquire(ctx context.Context, report func(error)) error {
+	var b backoff
+	for {
+		ok, left, err := c.tryAcquire(ctx)
+		if ok {
+			return nil
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if report == nil {
+				return err
+			}
+			report(err)
+			if err := b.wait(ctx); err != nil {
+				return err
+			}
+			continue
+		}
+		b.reset()
+		wait := min(left, c.cfg.LeaseTTL)
+		if _, err := c.do(ctx, "wait for lease of", func(conn redis.Conn) (any, error) {
+			return redis.DoContext(conn, ctx, "BLPOP", c.keys.wake, blockSeconds(wait))
+		}); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if !isTimeout(err) {
+				if report == nil {
+					return err
+				}
+				report(err)
+				if err := b.wait(ctx); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+
+// blockSeconds renders d as the timeout of a blocking command, at least 1ms.
+func blockSeconds(d time.Duration) string {
+	return strconv.FormatFloat(max(d.Seconds(), 0.001), 'f', 3, 64)
+}
+
+func isTimeout(err error) bool {
+	var ne interface{ Timeout() bool }
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// Renew extends the lease by LeaseTTL. It returns ErrLeaseLost when the
+// lease is no longer this Consumer's. Costs one round trip.
+func (c *Consumer) Renew(ctx context.Context) error {
+	n, err := redis.Int(c.script(ctx, "renew lease of", renewScript, c.keys.lease, c.lease, c.ttlMS))
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return fmt.Errorf("queue: %s: %w", c.what("renew lease of"), ErrLeaseLost)
+	}
+	return nil
+}
+
+// Release gives the lease up, waking a standby at once. Tasks still
+// pending stay pending for the next owner, which puts them back first.
+// Costs one round trip.
+func (c *Consumer) Release(ctx context.Context) error {
+	_, err := c.script(ctx, "release lease of", releaseScript, c.keys.lease, c.keys.wake, c.lease)
+	return err
+}
+
+// Token returns the fencing token of the lease this Consumer holds.
+func (c *Consumer) Token() int64 {
+	t, _ := strconv.ParseInt(c.lease[:max(0, indexByte(c.lease, ':'))], 10, 64)
+	return t
+}
+
+func indexByte(s string, b byte) int {
+	for i := 0; i < len(s); i++ {
+		if s[i] == b {
+			return i
+		}
+	}
+	return -1
+}
+
+// RemoveTask claims the next task: it moves it from the ready list into
+// the pending record in one atomic step, and returns it. Finish it with
+// Ack, Fail or Requeue. It returns ErrNoTask when the queue is empty, and
+// never waits; see Wait. Costs one round trip.
+func (c *Consumer) RemoveTask(ctx context.Context) (Task, error) {
+	ts, err := c.claim(ctx, 1)
+	if err != nil {
+		return Task{}, err
+	}
+	if len(ts) == 0 {
+		return Task{}, ErrNoTask
+	}
+	return ts[0].Task, nil
+}
+
+// Claim claims up to max tasks in one round trip, oldest first, as
+// RemoveTask does for one. It returns an empty slice when the queue is
+// empty. Malformed records met on the way are moved to the dead-letter
+// store and not returned.
+func (c *Consumer) Claim(ctx context.Context, max int) ([]Task, error) {
+	cs, err := c.claim(ctx, max)
+	ts := make([]Task, len(cs))
+	for i := range cs {
+		ts[i] = cs[i].Task
+	}
+	return ts, err
+}
+
+func (c *Consumer) claim(ctx context.Context, n int) ([]claimed, error) {
+	if n <= 0 {
+		return nil, nil
+	}
+	n = min(n, maxClaim)
+	r, err := redis.Values(c.script(ctx, "claim from", claimScript,
+		c.keys.ready, c.keys.pending, c.keys.lease, c.keys.meta, c.lease, c.ttlMS, n))
+	if err != nil || len(r) < 2 {
+		return nil, err
+	}
+	first, err := redis.Int64(r[0], nil)
+	if err != nil {
+		return nil, redisErr(c.what("claim from"), err)
+	}
+	out := make([]claimed, 0, len(r)-1)
+	var bad []any
+	for i, v := range r[1:] {
+		raw, _ := v.([]byte)
+		seq := first + int64(i) + 1
+		t, deliveries, err := decodeEntry(raw)
+		if err != nil {
+			bad = append(bad, pendingField(raw, seq), encodeDead(raw, 0, "claim: "+err.Error()))
+			continue
+		}
+		t.Attempt = deliveries + 1
+		out = append(out, claimed{Task: t, field: t.ID, seq: seq})
+	}
+	if len(bad) > 0 {
+		if err := c.bury(ctx, bad); err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}
+
+// maxClaim bounds the tasks one claim takes.
+const maxClaim = 1000
+
+// pendingField is the pending hash field the claim script gives an entry:
+// its ID, or "bad:<seq>" when it has no readable header.
+func pendingField(entry []byte, seq int64) string {
+	if len(entry) >= entryHeader && entry[0] == entryVersion {
+		return string(entry[1:entryHeader])
+	}
+	return "bad:" + strconv.FormatInt(seq, 10)
+}
+
+// Wait blocks until the ready list is not empty or d has passed, without
+// taking anything. It reports whether a task is ready. It holds a
+// connection of its own while it waits.
+func (c *Consumer) Wait(ctx context.Context, d time.Duration) (bool, error) {
+	r, err := c.do(ctx, "wait on", func(conn redis.Conn) (any, error) {
+		// Moving the right end onto itself changes nothing; it only blocks
+		// until there is an element to move.
+		return redis.DoContext(conn, ctx, "BLMOVE", c.keys.ready, c.keys.ready, "RIGHT", "RIGHT", blockSeconds(d))
+	})
+	if err != nil {
+		if isTimeout(err) && ctx.Err() == nil {
+			return false, nil
+		}
+		return false, err
+	}
+	return r != nil, nil
+}
+
+// Ack marks finished tasks done: their pending records are deleted and the
+// processed counter grows. IDs no longer pending are skipped. It returns
+// how many were acknowledged, and ErrLeaseLost, with nothing changed, when
+// the lease is gone. Costs one round trip per 1000 IDs.
+func (c *Consumer) Ack(ctx context.Context, ids ...string) (int, error) {
+	done := 0
+	for len(ids) > 0 {
+		n := min(len(ids), maxClaim)
+		args := make([]any, 0, n+5)
+		args = append(args, c.keys.pending, c.keys.lease, c.keys.meta, c.lease, c.ttlMS)
+		for _, id := range ids[:n] {
+			args = append(args, id)
+		}
+		k, err := redis.Int(c.script(ctx, "ack on", ackScript, args...))
+		done += k
+		if err != nil {
+			return done, err
+		}
+		ids = ids[n:]
+	}
+	return done, nil
+}
+
+// Fail records a failed delivery of t (as claimed, with its Attempt). When
+// t has had MaxAttempts deliveries it moves to the dead-letter store with
+// cause and Fail reports dead; otherwise the failure is recorded in the
+// pending record, so that a crash counts it, and the caller retries t in
+// place with Attempt one higher. Costs one round trip.
+func (c *Consumer) Fail(ctx context.Context, t Task, cause error) (dead bool, err error) {
+	msg := "<nil>"
+	if cause != nil {
+		msg = cause.Error()
+	}
+	if t.Attempt >= c.cfg.MaxAttempts {
+		entry := encodeTask(t, t.Attempt)
+		return true, c.bury(ctx, []any{t.ID, encodeDead(entry, t.Attempt, msg)})
+	}
+	_, err = c.script(ctx, "record failure on", retryScript, c.keys.pending, c.keys.lease, c.keys.meta, c.lease, c.ttlMS, t.ID, encodeTask(t, t.Attempt))
+	return false, err
+}
+
+// bury moves pending records to the dead-letter store: args are field,
+// dead record pairs.
+func (c *Consumer) bury(ctx context.Context, args []any) error {
+	for len(args) > 0 {
+		n := min(len(args), 2*scriptChunk)
+		a := append([]any{c.keys.pending, c.keys.dead, c.keys.lease, c.keys.meta, c.lease, c.ttlMS}, args[:n]...)
+		if _, err := c.script(ctx, "dead-letter on", deadScript, a...); err != nil {
+			return err
+		}
+		args = args[n:]
+	}
+	return nil
+}
+
+// Requeue hands claimed tasks back unstarted: they go to the consuming end
+// so that they are the next ones claimed, in the order given (pass them in
+// claim order), and the delivery is not counted. Costs one round trip per
+// 1000 tasks.
+func (c *Consumer) Requeue(ctx context.Context, tasks ...Task) error {
+	items := make([]claimed, len(tasks))
+	for i, t := range tasks {
+		t.Attempt-- // the delivery did not happen
+		items[i] = claimed{Task: t, field: t.ID}
+	}
+	return c.requeue(ctx, items, false)
+}
+
+// requeue pushes tasks back at the consuming end, first given first
+// claimed, each with t.Attempt as its delivery count.
+func (c *Consumer) requeue(ctx context.Context, tasks []claimed, redelivery bool) error {
+	flag := "0"
+	if redelivery {
+		flag = "1"
+	}
+	// The last pushed is claimed first: push in reverse, in chunks that
+	// keep that order across calls.
+	for end := len(tasks); end > 0; {
+		start := max(0, end-scriptChunk)
+		args := []any{c.keys.ready, c.keys.pending, c.keys.lease, c.keys.meta, c.lease, c.ttlMS, flag}
+		for i := end - 1; i >= start; i-- {
+			t := tasks[i]
+			args = append(args, t.field, encodeTask(t.Task, t.Attempt))
+		}
+		if _, err := c.script(ctx, "requeue on", requeueScript, args...); err != nil {
+			return err
+		}
+		end = start
+	}
+	return nil
+}

@@ -1,0 +1,304 @@
+package queue
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+)
+
+// DeadTask is a task in the dead-letter store: one that failed MaxAttempts
+// deliveries, or a malformed record found in Redis.
+type DeadTask struct {
+	// Task is the task as it was last delivered. For a malformed record
+	// only ID is set (to the field it was stored under).
+	Task
+	// Attempts is how many deliveries the task had.
+	Attempts int
+	// Err is the error of the last delivery.
+	Err string
+	// DiedAt is when the task moved to the dead-letter store.
+	DiedAt time.Time
+	// Raw holds the record's bytes as they were found when it could not be
+	// decoded; it is nil for a task that decoded.
+	Raw []byte
+}
+
+const deadVersion = 0x02
+
+// A dead record is:
+//
+//	byte    0x02 (version)
+//	uvarint attempts
+//	uvarint died at, milliseconds since the Unix epoch
+//	uvarint length of the error, then the error
+//	rest    the encoded task, or the raw bytes of a malformed record
+func encodeDead(raw []byte, attempts int, msg string) []byte {
+	b := make([]byte, 0, 1+3*binary.MaxVarintLen64+len(msg)+len(raw))
+	b = append(b, deadVersion)
+	b = binary.AppendUvarint(b, uint64(attempts))
+	b = binary.AppendUvarint(b, uint64(time.Now().UnixMilli()))
+	b = binary.AppendUvarint(b, uint64(len(msg)))
+	b = append(b, msg...)
+	return append(b, raw...)
+}
+
+// decodeDead decodes a dead record stored under field. A record that is
+// itself malformed comes back with Raw set and an error in Err, never as
+// an error: the store must stay listable.
+func decodeDead(field string, b []byte) DeadTask {
+	bad := func(why string) DeadTask {
+		return DeadTask{Task: Task{ID: field}, Err: "malformed dead record: " + why, Raw: append([]byte(nil), b...)}
+	}
+	if len(b) == 0 || b[0] != deadVersion {
+		return bad("bad header")
+	}
+	rest := b[1:]
+	var f [3]uint64
+	for i := range f {
+		v, n := binary.Uvarint(rest)
+		if n <= 0 {
+			return bad("truncated")
+		}
+		f[i], rest = v, rest[n:]
+	}
+	if f[0] > 1<<31 || f[1] > 1<<53 || f[2] > uint64(len(rest)) {
+		return bad("field out of range")
+	}
+	d := DeadTask{Attempts: int(f[0]), DiedAt: time.UnixMilli(int64(f[1])), Err: string(rest[:f[2]])}
+	raw := rest[f[2]:]
+	t, _, err := decodeEntry(raw)
+	if err != nil {
+		d.Task = Task{ID: field}
+		d.Raw = append([]byte(nil), raw...)
+		return d
+	}
+	t.Attempt = d.Attempts
+	d.Task = t
+	return d
+}
+
+// analyserKeys returns the partition and keys of analyser a's queue.
+func (q *Queue) analyserKeys(a int) (*partition, queueKeys, error) {
+	pi, qi, err := q.analyserQueue(a)
+	if err != nil {
+		return nil, queueKeys{}, err
+	}
+	return q.parts[pi], newQueueKeys(q.cfg.Prefix, pi, qi), nil
+}
+
+// onPartition runs f with a connection to p.
+func onPartition[T any](ctx context.Context, p *partition, what string, f func(redis.Conn) (T, error)) (T, error) {
+	var zero T
+	conn, err := p.pool.GetContext(ctx)
+	if err != nil {
+		return zero, redisErr(what, err)
+	}
+	defer conn.Close()
+	v, err := f(conn)
+	return v, redisErr(what, err)
+}
+
+// Dead lists analyser's dead-letter store, oldest death first. It is safe
+// for concurrent use and costs one round trip (HGETALL).
+func (q *Queue) Dead(ctx context.Context, analyser int) ([]DeadTask, error) {
+	p, k, err := q.analyserKeys(analyser)
+	if err != nil {
+		return nil, err
+	}
+	m, err := onPartition(ctx, p, fmt.Sprintf("list dead of analyser %d", analyser), func(c redis.Conn) (map[string]string, error) {
+		return redis.StringMap(redis.DoContext(c, ctx, "HGETALL", k.dead))
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]DeadTask, 0, len(m))
+	for field, v := range m {
+		out = append(out, decodeDead(field, []byte(v)))
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].DiedAt.Equal(out[j].DiedAt) {
+			return out[i].DiedAt.Before(out[j].DiedAt)
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out, nil
+}
+
+// Replay moves dead tasks (all of them when no ids are given) back to the
+// ready list as new work, with their delivery count reset, behind the tasks
+// already queued. Malformed records are left in place. It returns how many
+// moved. It is safe for concurrent use and needs no lease.
+func (q *Queue) Replay(ctx context.Context, analyser int, ids ...string) (int, error) {
+	p, k, err := q.analyserKeys(analyser)
+	if err != nil {
+		return 0, err
+	}
+	dead, err := q.Dead(ctx, analyser)
+	if err != nil {
+		return 0, err
+	}
+	want := map[string]bool{}
+	for _, id := range ids {
+		want[id] = true
+	}
+	args := []any{k.dead, k.ready}
+	for _, d := range dead {
+		if d.Raw != nil || len(ids) > 0 && !want[d.ID] {
+			continue
+		}
+		args = append(args, d.ID, encodeTask(d.Task, 0))
+	}
+	if len(args) == 2 {
+		return 0, nil
+	}
+	return onPartition(ctx, p, fmt.Sprintf("replay dead of analyser %d", analyser), func(c redis.Conn) (int, error) {
+		return redis.Int(replayScript.DoContext(ctx, c, args...))
+	})
+}
+
+// Purge deletes dead tasks (all of them when no ids are given) and returns
+// how many it deleted. It is safe for concurrent use.
+func (q *Queue) Purge(ctx context.Context, analyser int, ids ...string) (int, error) {
+	p, k, err := q.analyserKeys(analyser)
+	if err != nil {
+		return 0, err
+	}
+	return onPartition(ctx, p, fmt.Sprintf("purge dead of analyser %d", analyser), func(c redis.Conn) (int, error) {
+		if len(ids) > 0 {
+			args := []any{k.dead}
+			for _, id := range ids {
+				args = append(args, id)
+			}
+			return redis.Int(redis.DoContext(c, ctx, "HDEL", args...))
+		}
+		return redis.Int(purgeAllScript.DoContext(ctx, c, k.dead))
+	})
+}
+
+// purgeAllScript deletes a dead-letter store.
+//
+//	KEYS[1] = dead hash
+//
+// Returns the number of records it held.
+var purgeAllScript = redis.NewScript(1, `
+local n = redis.call('HLEN', KEYS[1])
+redis.call('DEL', KEYS[1])
+return n
+`)
+
+// pendingRecord is one decoded entry of a pending hash.
+type pendingRecord struct {
+	claimed
+	deliveries int    // deliveries recorded before the current one
+	raw        []byte // the record as stored
+	err        error  // set when the record does not decode
+}
+
+// splitPending splits a pending record into its claim seq and entry.
+func splitPending(v []byte) (int64, []byte, error) {
+	i := 0
+	for i < len(v) && v[i] != ':' {
+		i++
+	}
+	if i == len(v) {
+		return 0, nil, fmt.Errorf("%w: pending record has no claim seq", ErrMalformed)
+	}
+	seq, err := strconv.ParseInt(string(v[:i]), 10, 64)
+	if err != nil {
+		return 0, nil, fmt.Errorf("%w: pending record has a bad claim seq", ErrMalformed)
+	}
+	return seq, v[i+1:], nil
+}
+
+// readPending reads a pending hash, in claim order. Records that do not
+// decode come last, with err set.
+func readPending(ctx context.Context, p *partition, k queueKeys, what string) ([]pendingRecord, error) {
+	m, err := onPartition(ctx, p, what, func(c redis.Conn) (map[string]string, error) {
+		return redis.StringMap(redis.DoContext(c, ctx, "HGETALL", k.pending))
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]pendingRecord, 0, len(m))
+	for field, v := range m {
+		r := pendingRecord{raw: []byte(v)}
+		r.field = field
+		seq, entry, err := splitPending(r.raw)
+		if err == nil {
+			r.Task, r.deliveries, err = decodeEntry(entry)
+		}
+		if err == nil && r.Task.ID != field {
+			err = fmt.Errorf("%w: pending record %q holds task %q", ErrMalformed, field, r.Task.ID)
+		}
+		r.seq, r.err = seq, err
+		r.Attempt = r.deliveries + 1
+		out = append(out, r)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if (a.err == nil) != (b.err == nil) {
+			return a.err == nil
+		}
+		if a.seq != b.seq {
+			return a.seq < b.seq
+		}
+		return a.field < b.field
+	})
+	return out, nil
+}
+
+// Pending lists the tasks analyser's queue has claimed and not finished,
+// in claim order, each with the Attempt of its current delivery. Records
+// that do not decode are left out. It is safe for concurrent use and costs
+// one round trip (HGETALL).
+func (q *Queue) Pending(ctx context.Context, analyser int) ([]Task, error) {
+	p, k, err := q.analyserKeys(analyser)
+	if err != nil {
+		return nil, err
+	}
+	recs, err := readPending(ctx, p, k, fmt.Sprintf("list pending of analyser %d", analyser))
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Task, 0, len(recs))
+	for _, r := range recs {
+		if r.err == nil {
+			out = append(out, r.Task)
+		}
+	}
+	return out, nil
+}
+
+// recover puts every pending task back at the consuming end in claim
+// order, counting the interrupted delivery; tasks that have had
+// MaxAttempts deliveries, and records that do not decode, go to the
+// dead-letter store. It returns how many tasks it requeued.
+func (c *Consumer) recover(ctx context.Context) (int, error) {
+	recs, err := readPending(ctx, c.part, c.keys, c.what("recover pending of"))
+	if err != nil {
+		return 0, err
+	}
+	var back []claimed
+	var dead []any
+	for _, r := range recs {
+		switch n := r.deliveries + 1; {
+		case r.err != nil:
+			dead = append(dead, r.field, encodeDead(r.raw, 0, "recover: "+r.err.Error()))
+		case n >= c.cfg.MaxAttempts:
+			msg := fmt.Sprintf("delivered %d times without finishing (the owner crashed or lost its lease)", n)
+			dead = append(dead, r.field, encodeDead(encodeTask(r.Task, n), n, msg))
+		default:
+			r.Attempt = n // recorded as the delivery count
+			back = append(back, r.claimed)
+		}
+	}
+	if err := c.bury(ctx, dead); err != nil {
+		return 0, err
+	}
+	return len(back), c.requeue(ctx, back, true)
+}

@@ -1,0 +1,112 @@
+package queue
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/gomodule/redigo/redis"
+)
+
+// Conditions that callers test with errors.Is.
+var (
+	// ErrNoPartitions is returned by New and Dial when given no Redis servers.
+	ErrNoPartitions = errors.New("queue: no redis partitions given")
+	// ErrLayoutMismatch is returned when a Redis server has been recorded
+	// with another partition count, queue count or partition index than
+	// this process uses. The error is a *LayoutError.
+	ErrLayoutMismatch = errors.New("queue: layout mismatch")
+	// ErrAnalyserRange is returned for an analyser id outside [0, R*Q).
+	ErrAnalyserRange = errors.New("queue: analyser id out of range")
+	// ErrNilFunc is returned by AnalysePool when given a nil AnalyseFunc.
+	ErrNilFunc = errors.New("queue: nil analyse func")
+	// ErrEmptyPayload is returned by AddTask and AddTasks for an empty payload.
+	ErrEmptyPayload = errors.New("queue: empty payload")
+	// ErrPayloadTooLarge is returned for a payload over Config.MaxPayload.
+	ErrPayloadTooLarge = errors.New("queue: payload too large")
+	// ErrMalformed marks a record in Redis that does not decode as a task.
+	// Such records are moved to the dead-letter store with their raw bytes.
+	ErrMalformed = errors.New("queue: malformed record")
+	// ErrLeaseLost is returned when this process no longer holds the lease
+	// of a queue: another owner took it over, or it expired. Claims and acks
+	// made with a lost lease are refused inside Redis.
+	ErrLeaseLost = errors.New("queue: lease lost")
+	// ErrNoTask is returned by Consumer.RemoveTask when the queue is empty.
+	ErrNoTask = errors.New("queue: no task")
+	// ErrClosed is returned by calls on a closed Queue or Consumer.
+	ErrClosed = errors.New("queue: closed")
+	// ErrRedisOOM is returned when Redis refuses a write because it reached
+	// maxmemory under the noeviction policy. Consumers keep draining, and
+	// writes succeed again once memory falls.
+	ErrRedisOOM = errors.New("queue: redis is out of memory (maxmemory reached)")
+	// ErrBadConfig is returned for an invalid Config or PoolConfig value.
+	ErrBadConfig = errors.New("queue: bad config")
+)
+
+// LayoutError describes a disagreement between the layout recorded in a
+// Redis server and the one this process was configured with.
+type LayoutError struct {
+	Partition int    // the partition (server) index this process gave it
+	Want      string // this process's layout, "partitions=R queues=Q index=I"
+	Got       string // the layout recorded in the server
+}
+
+func (e *LayoutError) Error() string {
+	return fmt.Sprintf("queue: layout of partition %d: redis has %s, this process uses %s", e.Partition, e.Got, e.Want)
+}
+
+// Is reports ErrLayoutMismatch.
+func (e *LayoutError) Is(target error) bool { return target == ErrLayoutMismatch }
+
+// PanicError is the error an AnalyseFunc's panic is turned into.
+type PanicError struct {
+	Value any    // the value passed to panic
+	Stack []byte // the stack of the panicking goroutine
+}
+
+func (e *PanicError) Error() string { return fmt.Sprintf("queue: analyse panicked: %v", e.Value) }
+
+// Unwrap returns the panic value when it is an error.
+func (e *PanicError) Unwrap() error {
+	err, _ := e.Value.(error)
+	return err
+}
+
+// TaskError is a failed delivery of a task: what OnError receives for every
+// failed attempt, and what is recorded in the dead-letter store.
+type TaskError struct {
+	ID      string
+	OrderID uint64
+	Attempt int  // the 1-based delivery that failed
+	Dead    bool // the task was moved to the dead-letter store
+	Err     error
+}
+
+func (e *TaskError) Error() string {
+	what := "will retry"
+	if e.Dead {
+		what = "dead-lettered"
+	}
+	return fmt.Sprintf("queue: task %s (order %d) attempt %d failed, %s: %v", e.ID, e.OrderID, e.Attempt, what, e.Err)
+}
+
+func (e *TaskError) Unwrap() error { return e.Err }
+
+// redisErr classifies an error from a Redis call and prefixes it with what
+// was being done. Refusals by our scripts become sentinel errors.
+func redisErr(what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var re redis.Error
+	if errors.As(err, &re) {
+		msg := string(re)
+		switch {
+		case strings.Contains(msg, staleReply):
+			return fmt.Errorf("queue: %s: %w", what, ErrLeaseLost)
+		case strings.HasPrefix(msg, "OOM"):
+			return fmt.Errorf("queue: %s: %w: %s", what, ErrRedisOOM, msg)
+		}
+	}
+	return fmt.Errorf("queue: %s: %w", what, err)
+}

@@ -1,0 +1,140 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/gomodule/redigo/redis"
+)
+
+// Route returns the partition (index into the pools or URLs) and the queue
+// within it that hold the tasks of orderID: orderID % R and (orderID / R) % Q.
+// This mapping is a compatibility contract: it never changes.
+func (q *Queue) Route(orderID uint64) (partition, queue int) {
+	r, n := uint64(len(q.parts)), uint64(q.cfg.Queues)
+	return int(orderID % r), int((orderID / r) % n)
+}
+
+// AnalyserOf returns the analyser that serves orderID: orderID % (R*Q).
+// Analyser a serves partition a % R, queue a / R.
+func (q *Queue) AnalyserOf(orderID uint64) int {
+	return int(orderID % uint64(q.Analysers()))
+}
+
+// Analysers returns R*Q, the number of analysers (and queues) in all.
+func (q *Queue) Analysers() int { return len(q.parts) * q.cfg.Queues }
+
+// analyserQueue returns the partition and queue served by analyser a.
+func (q *Queue) analyserQueue(a int) (partition, queue int, err error) {
+	if a < 0 || a >= q.Analysers() {
+		return 0, 0, fmt.Errorf("%w: %d not in [0, %d)", ErrAnalyserRange, a, q.Analysers())
+	}
+	r := len(q.parts)
+	return a % r, a / r, nil
+}
+
+// KeyID hashes a string key to an OrderID with FNV-1a (64 bit). The hash is
+// frozen: the same key gives the same OrderID in every version.
+func KeyID(key string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(key))
+	return h.Sum64()
+}
+
+// workerOf spreads OrderIDs over w workers. OrderIDs of one analyser share
+// their residue mod R*Q, so the ID is mixed (splitmix64's finaliser) first.
+func workerOf(orderID uint64, w int) int {
+	z := orderID + 0x9e3779b97f4a7c15
+	z = (z ^ z>>30) * 0xbf58476d1ce4e5b9
+	z = (z ^ z>>27) * 0x94d049bb133111eb
+	z ^= z >> 31
+	return int(z % uint64(w))
+}
+
+// queueKeys names the Redis keys of one queue. They share one hash tag, so a
+// script may touch them all on a cluster slot too.
+type queueKeys struct {
+	ready   string // list: encoded tasks, LPUSHed by producers, taken from the right
+	pending string // hash: task ID -> "<claim seq>:<encoded task>", tasks claimed and not finished
+	dead    string // hash: task ID -> encoded dead record
+	lease   string // string: "<fencing token>:<owner>", with a PX expiry; the queue's owner
+	meta    string // hash: fence (last token), seq (last claim), processed, failed, redelivered
+	wake    string // list: at most one element, pushed when a lease is released, to wake a standby
+}
+
+func newQueueKeys(prefix string, partition, queue int) queueKeys {
+	tag := "{" + prefix + ":" + strconv.Itoa(partition) + "." + strconv.Itoa(queue) + "}:"
+	return queueKeys{
+		ready:   tag + "ready",
+		pending: tag + "pending",
+		dead:    tag + "dead",
+		lease:   tag + "lease",
+		meta:    tag + "meta",
+		wake:    tag + "wake",
+	}
+}
+
+// layoutKey names the hash, one per server, that records the layout:
+// partitions (R), queues (Q) and this server's index.
+func layoutKey(prefix string) string { return prefix + ":layout" }
+
+// layoutScript records the layout on first use and compares it afterwards.
+//
+//	KEYS[1] = layout hash
+//	ARGV[1] = partitions, ARGV[2] = queues, ARGV[3] = this server's index
+//
+// Returns "" when the layout matches (or was just recorded), otherwise the
+// recorded layout as "partitions=R queues=Q index=I".
+var layoutScript = redis.NewScript(1, `
+local got = redis.call('HMGET', KEYS[1], 'partitions', 'queues', 'index')
+if not got[1] then
+  redis.call('HSET', KEYS[1], 'partitions', ARGV[1], 'queues', ARGV[2], 'index', ARGV[3])
+  return ''
+end
+if got[1] == ARGV[1] and got[2] == ARGV[2] and got[3] == ARGV[3] then return '' end
+return 'partitions=' .. tostring(got[1]) .. ' queues=' .. tostring(got[2]) .. ' index=' .. tostring(got[3])
+`)
+
+// partition is one Redis server of the queue.
+type partition struct {
+	index   int
+	pool    *redis.Pool
+	checked atomic.Bool // the layout was verified on this server
+	checkMu sync.Mutex  // one layout check at a time
+}
+
+// checkLayout verifies (recording on first use) the layout of partition p.
+// It costs one round trip the first time and nothing afterwards.
+func (q *Queue) checkLayout(ctx context.Context, p *partition) error {
+	if p.checked.Load() {
+		return nil
+	}
+	p.checkMu.Lock()
+	defer p.checkMu.Unlock()
+	if p.checked.Load() {
+		return nil
+	}
+	conn, err := p.pool.GetContext(ctx)
+	if err != nil {
+		return redisErr(fmt.Sprintf("check layout of partition %d", p.index), err)
+	}
+	defer conn.Close()
+	want := [3]int{len(q.parts), q.cfg.Queues, p.index}
+	got, err := redis.String(layoutScript.DoContext(ctx, conn, layoutKey(q.cfg.Prefix), want[0], want[1], want[2]))
+	if err != nil {
+		return redisErr(fmt.Sprintf("check layout of partition %d", p.index), err)
+	}
+	if got != "" {
+		return &LayoutError{
+			Partition: p.index,
+			Want:      fmt.Sprintf("partitions=%d queues=%d index=%d", want[0], want[1], want[2]),
+			Got:       got,
+		}
+	}
+	p.checked.Store(true)
+	return nil
+}

@@ -1,0 +1,199 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+)
+
+// AnalyseFunc analyses one task. Returning nil acknowledges it; an error or
+// a panic fails the delivery, which is retried in place until MaxAttempts.
+// ctx ends at the task's timeout, when the pool loses its lease, or when a
+// graceful stop runs out of time.
+type AnalyseFunc func(ctx context.Context, t Task) error
+
+// PoolConfig holds the settings of AnalysePool. The zero value works.
+type PoolConfig struct {
+	// Workers is the number of worker goroutines. All tasks of one OrderID
+	// run on the same worker, one at a time. If zero, 8 is used.
+	Workers int
+	// Prefetch bounds the tasks claimed and not finished, and so what one
+	// claim takes. If zero, 16 per worker (at least 256) is used.
+	Prefetch int
+	// TaskTimeout bounds one delivery; the task's ctx ends then, and the
+	// delivery fails. If zero, 1 minute is used; if negative, none.
+	TaskTimeout time.Duration
+	// MaxAttempts is how many deliveries a task gets, counting those that
+	// ended in a crash, before it moves to the dead-letter store.
+	// If zero, 5 is used.
+	MaxAttempts int
+	// Backoff returns the wait before delivery attempt+1 of a task whose
+	// delivery number attempt failed. Only the task's OrderID waits.
+	// If nil, 50ms doubling per attempt up to 10s is used.
+	Backoff func(attempt int) time.Duration
+	// LeaseTTL is how long the queue's lease lasts without renewal: the time
+	// from a crash to a standby's takeover. It is renewed every third of it.
+	// If zero, 5s is used.
+	LeaseTTL time.Duration
+	// ShutdownTimeout is how long running tasks may go on after ctx ends
+	// before their ctx is cancelled. If zero, 10s is used.
+	ShutdownTimeout time.Duration
+	// ExitOnEmpty makes AnalysePool return nil once the queue is empty and
+	// nothing is in flight. If false, it waits for work until ctx ends.
+	ExitOnEmpty bool
+	// OnError receives background errors: failed deliveries (*TaskError),
+	// Redis errors being retried, a lost lease. It is called from the
+	// pool's goroutines and must not block. If nil, they are logged.
+	OnError func(error)
+	// Logger receives the pool's log lines. If nil, slog.Default() is used.
+	Logger *slog.Logger
+	// Owner names this process in the lease (shown by Stats).
+	// If empty, "host:pid" is used.
+	Owner string
+	// Counters, when set, counts each worker's processed and failed tasks
+	// while the pool runs.
+	Counters *Counters
+}
+
+func (c PoolConfig) withDefaults() (PoolConfig, error) {
+	if c.Workers == 0 {
+		c.Workers = 8
+	}
+	if c.Workers < 0 {
+		return c, fmt.Errorf("%w: Workers %d is negative", ErrBadConfig, c.Workers)
+	}
+	if c.Prefetch == 0 {
+		c.Prefetch = max(16*c.Workers, 256)
+	}
+	if c.Prefetch < 0 {
+		return c, fmt.Errorf("%w: Prefetch %d is negative", ErrBadConfig, c.Prefetch)
+	}
+	if c.TaskTimeout == 0 {
+		c.TaskTimeout = time.Minute
+	}
+	if c.Backoff == nil {
+		c.Backoff = defaultBackoff
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.OnError == nil {
+		log := c.Logger
+		c.OnError = func(err error) { log.Error("queue: pool error", "err", err) }
+	}
+	return c, nil
+}
+
+func defaultBackoff(attempt int) time.Duration {
+	return min(50*time.Millisecond<<min(max(attempt-1, 0), 16), 10*time.Second)
+}
+
+// Counters counts what each worker of a pool did. Its methods are safe for
+// concurrent use while the pool runs.
+type Counters struct {
+	processed, failed atomic.Pointer[[]atomic.Int64]
+}
+
+func (c *Counters) init(workers int) {
+	p, f := make([]atomic.Int64, workers), make([]atomic.Int64, workers)
+	c.processed.Store(&p)
+	c.failed.Store(&f)
+}
+
+func load(p *atomic.Pointer[[]atomic.Int64]) []int64 {
+	s := p.Load()
+	if s == nil {
+		return nil
+	}
+	out := make([]int64, len(*s))
+	for i := range *s {
+		out[i] = (*s)[i].Load()
+	}
+	return out
+}
+
+// Processed returns the tasks each worker acknowledged, by worker index.
+func (c *Counters) Processed() []int64 { return load(&c.processed) }
+
+// Failed returns the tasks each worker moved to the dead-letter store.
+func (c *Counters) Failed() []int64 { return load(&c.failed) }
+
+// AnalysePool runs analyser's queue until ctx ends: it takes the queue's
+// lease (waiting as a hot standby while another process holds it), puts
+// tasks left pending by an earlier owner back first, then claims tasks in
+// batches and runs fn on Workers goroutines, all tasks of one OrderID on
+// one goroutine in order. When ctx ends it stops claiming, hands unstarted
+// tasks back at once, gives running tasks ShutdownTimeout, acknowledges
+// what finished, releases the lease and returns nil. If it loses the lease
+// it cancels its tasks, reports ErrLeaseLost through OnError and waits as a
+// standby again. It returns an error only for invalid arguments or a layout
+// mismatch. It joins every goroutine it starts before returning.
+func (q *Queue) AnalysePool(ctx context.Context, analyser int, cfg PoolConfig, fn AnalyseFunc) error {
+	if fn == nil {
+		return ErrNilFunc
+	}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return err
+	}
+	c, err := q.newConsumer(ctx, analyser, ConsumerConfig{LeaseTTL: cfg.LeaseTTL, MaxAttempts: cfg.MaxAttempts, Owner: cfg.Owner})
+	if err != nil {
+		return err
+	}
+	cfg.LeaseTTL, cfg.MaxAttempts = c.cfg.LeaseTTL, c.cfg.MaxAttempts
+	if cfg.Counters != nil {
+		cfg.Counters.init(cfg.Workers)
+	}
+	warnEviction(ctx, c.part, cfg.Logger)
+	var b backoff
+	for {
+		if err := c.acquire(ctx, cfg.OnError); err != nil {
+			return nil // ctx ended while waiting; nothing is held
+		}
+		cfg.Logger.Debug("queue: lease taken", "analyser", analyser, "lease", c.lease)
+		n, err := c.recover(ctx)
+		if err != nil {
+			cfg.OnError(err)
+			if !errors.Is(err, ErrLeaseLost) {
+				c.Release(context.WithoutCancel(ctx))
+			}
+			if b.wait(ctx) != nil {
+				return nil
+			}
+			continue
+		}
+		b.reset()
+		if n > 0 {
+			cfg.Logger.Info("queue: recovered pending tasks", "analyser", analyser, "tasks", n)
+		}
+		switch newSession(c, cfg, fn).run(ctx) {
+		case endStopped, endEmpty:
+			return nil
+		case endLost:
+			cfg.OnError(fmt.Errorf("queue: analyser %d: %w; waiting as a standby", analyser, ErrLeaseLost))
+		}
+	}
+}
+
+// warnEviction logs a warning when the server may evict keys, which would
+// lose tasks. A server that refuses CONFIG is logged at debug level.
+func warnEviction(ctx context.Context, p *partition, log *slog.Logger) {
+	r, err := onPartition(ctx, p, "read maxmemory-policy", func(c redis.Conn) ([]string, error) {
+		return redis.Strings(redis.DoContext(c, ctx, "CONFIG", "GET", "maxmemory-policy"))
+	})
+	switch {
+	case err != nil:
+		log.Debug("queue: cannot read maxmemory-policy; make sure it is noeviction", "partition", p.index, "err", err)
+	case len(r) == 2 && r[1] != "noeviction":
+		log.Warn("queue: redis may evict keys and lose tasks; set maxmemory-policy noeviction",
+			"partition", p.index, "maxmemory-policy", r[1])
+	}
+}

@@ -1,0 +1,306 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+)
+
+// Config holds the settings of a Queue. The zero value works.
+type Config struct {
+	// Prefix starts every Redis key of the queue, so several queues (or
+	// tests) can share one server. It must not contain '{' or '}'.
+	// If empty, "qugo" is used.
+	Prefix string
+	// Queues is Q, the number of queues on each Redis server. It is recorded
+	// in Redis at first use and must not change afterwards. If zero, 1 is used.
+	Queues int
+	// MaxPayload is the largest payload AddTask accepts, in bytes.
+	// If zero, 1 MiB is used.
+	MaxPayload int
+
+	// The settings below apply only to the pools that Dial makes.
+
+	// DialTimeout bounds connecting to a server. If zero, 5s is used.
+	DialTimeout time.Duration
+	// ReadTimeout bounds waiting for a reply to a non-blocking command.
+	// Blocking commands wait longer. If zero, 10s is used.
+	ReadTimeout time.Duration
+	// MaxIdle is the number of idle connections kept per server.
+	// If zero, 64 is used.
+	MaxIdle int
+}
+
+const (
+	defaultPrefix     = "qugo"
+	defaultMaxPayload = 1 << 20
+	maxMaxPayload     = 256 << 20
+)
+
+func (c Config) withDefaults() (Config, error) {
+	if c.Prefix == "" {
+		c.Prefix = defaultPrefix
+	}
+	if strings.ContainsAny(c.Prefix, "{}") {
+		return c, fmt.Errorf("%w: Prefix %q contains '{' or '}'", ErrBadConfig, c.Prefix)
+	}
+	if c.Queues == 0 {
+		c.Queues = 1
+	}
+	if c.Queues < 0 {
+		return c, fmt.Errorf("%w: Queues %d is negative", ErrBadConfig, c.Queues)
+	}
+	if c.MaxPayload == 0 {
+		c.MaxPayload = defaultMaxPayload
+	}
+	if c.MaxPayload < 0 || c.MaxPayload > maxMaxPayload {
+		return c, fmt.Errorf("%w: MaxPayload %d not in [1, %d]", ErrBadConfig, c.MaxPayload, maxMaxPayload)
+	}
+	if c.DialTimeout == 0 {
+		c.DialTimeout = 5 * time.Second
+	}
+	if c.ReadTimeout == 0 {
+		c.ReadTimeout = 10 * time.Second
+	}
+	if c.MaxIdle == 0 {
+		c.MaxIdle = 64
+	}
+	return c, nil
+}
+
+// Queue is a set of partitioned task queues on R Redis servers with Q
+// queues each. It is safe for concurrent use. New and Dial start no
+// goroutines and make no connection.
+type Queue struct {
+	cfg      Config
+	parts    []*partition
+	ownPools bool // Close closes the pools (they were made by Dial)
+	ids      idSource
+	closed   atomic.Bool
+	adders   []adder // one per partition: coalesces concurrent AddTask calls
+}
+
+// New returns a Queue over the given pools, one per partition, in partition
+// order: R = len(pools). The caller keeps ownership of the pools and closes
+// them after Close.
+func New(pools []*redis.Pool, cfg Config) (*Queue, error) {
+	if len(pools) == 0 {
+		return nil, ErrNoPartitions
+	}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	q := &Queue{cfg: cfg, parts: make([]*partition, len(pools)), adders: make([]adder, len(pools))}
+	for i, p := range pools {
+		if p == nil {
+			return nil, fmt.Errorf("%w: pool %d is nil", ErrBadConfig, i)
+		}
+		q.parts[i] = &partition{index: i, pool: p}
+	}
+	return q, nil
+}
+
+// Dial returns a Queue over pools it makes for the given redis:// (or
+// rediss://) URLs, one per partition, in partition order. It pings every
+// server once and fails if one is unreachable. Close closes the pools.
+func Dial(ctx context.Context, urls []string, cfg Config) (*Queue, error) {
+	if len(urls) == 0 {
+		return nil, ErrNoPartitions
+	}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	pools := make([]*redis.Pool, len(urls))
+	closeAll := func() {
+		for _, p := range pools {
+			if p != nil {
+				p.Close()
+			}
+		}
+	}
+	for i, u := range urls {
+		if !strings.HasPrefix(u, "redis://") && !strings.HasPrefix(u, "rediss://") {
+			return nil, fmt.Errorf("%w: partition %d: URL %q is not redis:// or rediss://", ErrBadConfig, i, u)
+		}
+		pools[i] = newPool(u, cfg)
+		if err := ping(ctx, pools[i]); err != nil {
+			closeAll()
+			return nil, fmt.Errorf("queue: dial partition %d: %w", i, err)
+		}
+	}
+	q, err := New(pools, cfg)
+	if err != nil {
+		closeAll()
+		return nil, err
+	}
+	q.ownPools = true
+	return q, nil
+}
+
+func newPool(url string, cfg Config) *redis.Pool {
+	return &redis.Pool{
+		MaxIdle:     cfg.MaxIdle,
+		IdleTimeout: 4 * time.Minute,
+		DialContext: func(ctx context.Context) (redis.Conn, error) {
+			return redis.DialURLContext(ctx, url,
+				redis.DialConnectTimeout(cfg.DialTimeout),
+				redis.DialReadTimeout(cfg.ReadTimeout),
+				redis.DialWriteTimeout(cfg.ReadTimeout))
+		},
+		TestOnBorrow: func(c redis.Conn, t time.Time) error {
+			if time.Since(t) < time.Minute {
+				return nil
+			}
+			_, err := c.Do("PING")
+			return err
+		},
+	}
+}
+
+func ping(ctx context.Context, p *redis.Pool) error {
+	conn, err := p.GetContext(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_, err = redis.DoContext(conn, ctx, "PING")
+	return err
+}
+
+// Close marks the queue closed; later calls return ErrClosed. It closes the
+// pools that Dial made, and leaves pools given to New to their owner.
+// Close it after every AnalysePool on it has returned.
+func (q *Queue) Close() error {
+	if q.closed.Swap(true) || !q.ownPools {
+		return nil
+	}
+	var errs []error
+	for _, p := range q.parts {
+		errs = append(errs, p.pool.Close())
+	}
+	return errors.Join(errs...)
+}
+
+func (q *Queue) checkPayload(p []byte) error {
+	if len(p) == 0 {
+		return ErrEmptyPayload
+	}
+	if len(p) > q.cfg.MaxPayload {
+		return fmt.Errorf("%w: %d bytes, the limit is %d", ErrPayloadTooLarge, len(p), q.cfg.MaxPayload)
+	}
+	return nil
+}
+
+// AddTask enqueues payload for orderID and returns the new task's ID. When
+// it returns nil the task is in Redis and will reach an analyse function.
+// It is safe for concurrent use: calls made at the same time from many
+// goroutines share pipelined round trips, so each costs about one LPUSH.
+func (q *Queue) AddTask(ctx context.Context, orderID uint64, payload []byte) (string, error) {
+	if q.closed.Load() {
+		return "", ErrClosed
+	}
+	if err := q.checkPayload(payload); err != nil {
+		return "", err
+	}
+	pi, qi := q.Route(orderID)
+	p := q.parts[pi]
+	if err := q.checkLayout(ctx, p); err != nil {
+		return "", err
+	}
+	id := q.ids.next()
+	entry := appendEntry(make([]byte, 0, entryHeader+24+len(payload)), id, orderID, time.Now().UnixMilli(), 0, payload)
+	if err := q.adders[pi].add(ctx, p.pool, newQueueKeys(q.cfg.Prefix, pi, qi).ready, entry); err != nil {
+		return "", redisErr(fmt.Sprintf("add task to partition %d queue %d", pi, qi), err)
+	}
+	return id, nil
+}
+
+// maxPushArgs bounds the values of one LPUSH in AddTasks.
+const maxPushArgs = 4096
+
+// AddTasks enqueues many tasks with one pipelined round trip per partition
+// they touch; tasks of one queue go in one LPUSH per 4096 tasks. Only
+// OrderID and Payload of each Task are read. It returns the new IDs in the
+// order of tasks. It validates every task before writing any; on a Redis
+// error some partitions may have taken their tasks and others not, and the
+// IDs are returned all the same so the caller can look them up.
+// It is safe for concurrent use.
+func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
+	if q.closed.Load() {
+		return nil, ErrClosed
+	}
+	for i := range tasks {
+		if err := q.checkPayload(tasks[i].Payload); err != nil {
+			return nil, fmt.Errorf("task %d: %w", i, err)
+		}
+	}
+	ids := make([]string, len(tasks))
+	// Group entries per partition, then per queue, keeping task order.
+	byPart := make([][][]any, len(q.parts))
+	now := time.Now().UnixMilli()
+	for i := range tasks {
+		t := &tasks[i]
+		pi, qi := q.Route(t.OrderID)
+		if byPart[pi] == nil {
+			byPart[pi] = make([][]any, q.cfg.Queues)
+		}
+		ids[i] = q.ids.next()
+		entry := appendEntry(make([]byte, 0, entryHeader+24+len(t.Payload)), ids[i], t.OrderID, now, 0, t.Payload)
+		byPart[pi][qi] = append(byPart[pi][qi], entry)
+	}
+	var errs []error
+	for pi, queues := range byPart {
+		if queues == nil {
+			continue
+		}
+		if err := q.pushPartition(ctx, pi, queues); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return ids, errors.Join(errs...)
+}
+
+// pushPartition LPUSHes entries (per queue) to partition pi in one pipeline.
+func (q *Queue) pushPartition(ctx context.Context, pi int, queues [][]any) error {
+	p := q.parts[pi]
+	if err := q.checkLayout(ctx, p); err != nil {
+		return err
+	}
+	what := fmt.Sprintf("add tasks to partition %d", pi)
+	conn, err := p.pool.GetContext(ctx)
+	if err != nil {
+		return redisErr(what, err)
+	}
+	defer conn.Close()
+	sent := 0
+	for qi, entries := range queues {
+		key := newQueueKeys(q.cfg.Prefix, pi, qi).ready
+		for len(entries) > 0 {
+			n := min(len(entries), maxPushArgs)
+			args := make([]any, 0, n+1)
+			args = append(append(args, key), entries[:n]...)
+			if err := conn.Send("LPUSH", args...); err != nil {
+				return redisErr(what, err)
+			}
+			sent++
+			entries = entries[n:]
+		}
+	}
+	if err := conn.Flush(); err != nil {
+		return redisErr(what, err)
+	}
+	var first error
+	for ; sent > 0; sent-- {
+		if _, err := redis.ReceiveContext(conn, ctx); err != nil && first == nil {
+			first = err
+		}
+	}
+	return redisErr(what, first)
+}

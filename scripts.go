@@ -1,0 +1,188 @@
+package queue
+
+import (
+	"strings"
+
+	"github.com/gomodule/redigo/redis"
+)
+
+// The scripts of one queue. Every key a script touches comes in KEYS, all
+// with the queue's hash tag. Scripts that change pending work first check
+// the caller's lease value (fencing token and owner) and refuse with
+// staleReply when it is not the current one, so a stale owner changes
+// nothing. They also extend the lease (ARGV[2], milliseconds), so a
+// Consumer that keeps working keeps its lease.
+
+// staleReply is the error a script returns to a caller whose lease is gone.
+const staleReply = "QUGOSTALE"
+
+// scriptChunk bounds the values passed to one variadic command inside a
+// script (Lua's unpack has a C-stack limit of a few thousand).
+const scriptChunk = 1000
+
+// leaseCheck is the common head of the fenced scripts.
+const leaseCheck = `
+if redis.call('GET', KEYS[LEASE]) ~= ARGV[1] then return redis.error_reply('` + staleReply + ` lease lost') end
+redis.call('PEXPIRE', KEYS[LEASE], ARGV[2])
+`
+
+// fenced returns body behind the lease check, with the lease at KEYS[leaseKey].
+func fenced(leaseKey, body string) string {
+	return strings.ReplaceAll(leaseCheck, "LEASE", leaseKey) + body
+}
+
+// claimScript moves up to ARGV[3] tasks from the consuming (right) end of
+// the ready list into the pending hash, numbering them in claim order.
+//
+//	KEYS[1] = ready list, KEYS[2] = pending hash, KEYS[3] = lease, KEYS[4] = meta hash
+//	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = most tasks to claim
+//
+// Returns {first seq - 1, entry...}: the i-th entry (1-based) has claim
+// seq first+i and pending field pendingField(entry, seq).
+var claimScript = redis.NewScript(4, fenced("3", `
+local items = redis.call('RPOP', KEYS[1], ARGV[3])
+if not items then return {0} end
+local n = #items
+local first = redis.call('HINCRBY', KEYS[4], 'seq', n) - n
+local args = {}
+for i, e in ipairs(items) do
+  local seq = string.format('%d', first + i)
+  local id
+  if #e >= 21 and string.byte(e, 1) == 1 then id = string.sub(e, 2, 21) else id = 'bad:' .. seq end
+  args[#args + 1] = id
+  args[#args + 1] = seq .. ':' .. e
+  if #args >= 2 * 500 then
+    redis.call('HSET', KEYS[2], unpack(args))
+    args = {}
+  end
+end
+if #args > 0 then redis.call('HSET', KEYS[2], unpack(args)) end
+table.insert(items, 1, first)
+return items
+`))
+
+// ackScript deletes finished tasks from the pending hash.
+//
+//	KEYS[1] = pending hash, KEYS[2] = lease, KEYS[3] = meta hash
+//	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3...] = task IDs
+//
+// Returns the number of pending records deleted (also added to processed).
+var ackScript = redis.NewScript(3, fenced("2", `
+local n = 0
+for i = 3, #ARGV, 1000 do
+  n = n + redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+if n > 0 then redis.call('HINCRBY', KEYS[3], 'processed', n) end
+return n
+`))
+
+// retryScript records a failed attempt in a pending record, keeping its
+// claim seq, so that a crash during the retry counts the deliveries made.
+//
+//	KEYS[1] = pending hash, KEYS[2] = lease, KEYS[3] = meta hash
+//	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = task ID, ARGV[4] = encoded task
+//
+// Returns 1, or 0 when the task is no longer pending.
+var retryScript = redis.NewScript(3, fenced("2", `
+local old = redis.call('HGET', KEYS[1], ARGV[3])
+if not old then return 0 end
+local seq = string.match(old, '^(%d+):') or '0'
+redis.call('HSET', KEYS[1], ARGV[3], seq .. ':' .. ARGV[4])
+return 1
+`))
+
+// deadScript moves pending tasks to the dead-letter store.
+//
+//	KEYS[1] = pending hash, KEYS[2] = dead hash, KEYS[3] = lease, KEYS[4] = meta hash
+//	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3...] = task ID, dead record, ...
+//
+// Returns the number moved (also added to failed); a task no longer
+// pending is skipped.
+var deadScript = redis.NewScript(4, fenced("3", `
+local n = 0
+for i = 3, #ARGV, 2 do
+  if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+    n = n + 1
+  end
+end
+if n > 0 then redis.call('HINCRBY', KEYS[4], 'failed', n) end
+return n
+`))
+
+// requeueScript puts pending tasks back at the consuming (right) end of the
+// ready list: the last one pushed is the next one claimed.
+//
+//	KEYS[1] = ready list, KEYS[2] = pending hash, KEYS[3] = lease, KEYS[4] = meta hash
+//	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = 1 to count as redeliveries,
+//	ARGV[4...] = task ID, encoded task, ... in push order
+//
+// Returns the number pushed; a task no longer pending is skipped.
+var requeueScript = redis.NewScript(4, fenced("3", `
+local n = 0
+for i = 4, #ARGV, 2 do
+  if redis.call('HDEL', KEYS[2], ARGV[i]) == 1 then
+    redis.call('RPUSH', KEYS[1], ARGV[i + 1])
+    n = n + 1
+  end
+end
+if n > 0 and ARGV[3] == '1' then redis.call('HINCRBY', KEYS[4], 'redelivered', n) end
+return n
+`))
+
+// acquireScript takes a free lease with a new fencing token.
+//
+//	KEYS[1] = lease, KEYS[2] = meta hash
+//	ARGV[1] = owner, ARGV[2] = lease TTL ms
+//
+// Returns {1, lease value} when taken, or {0, ms left on the current lease}.
+var acquireScript = redis.NewScript(2, `
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('PTTL', KEYS[1])} end
+local v = redis.call('HINCRBY', KEYS[2], 'fence', 1) .. ':' .. ARGV[1]
+redis.call('SET', KEYS[1], v, 'PX', ARGV[2])
+return {1, v}
+`)
+
+// renewScript extends a lease that is still the caller's.
+//
+//	KEYS[1] = lease
+//	ARGV[1] = lease value, ARGV[2] = lease TTL ms
+//
+// Returns 1 when extended, 0 when the lease is gone or another's.
+var renewScript = redis.NewScript(1, `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+`)
+
+// releaseScript gives a lease up and wakes one standby.
+//
+//	KEYS[1] = lease, KEYS[2] = wake list
+//	ARGV[1] = lease value
+//
+// Returns 1 when released, 0 when the lease was not the caller's.
+var releaseScript = redis.NewScript(2, `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('RPUSH', KEYS[2], '1')
+redis.call('PEXPIRE', KEYS[2], 60000)
+return 1
+`)
+
+// replayScript moves dead tasks back to the producing (left) end of the
+// ready list, as new work.
+//
+//	KEYS[1] = dead hash, KEYS[2] = ready list
+//	ARGV[1...] = task ID, encoded task, ...
+//
+// Returns the number moved; an ID no longer dead is skipped.
+var replayScript = redis.NewScript(2, `
+local n = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
+    redis.call('LPUSH', KEYS[2], ARGV[i + 1])
+    n = n + 1
+  end
+end
+return n
+`)

@@ -1,0 +1,328 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// sessionEnd says why a lease tenure ended.
+type sessionEnd int
+
+const (
+	endStopped sessionEnd = iota // ctx ended: graceful stop done, lease released
+	endEmpty                     // ExitOnEmpty and the queue drained; lease released
+	endLost                      // the lease was lost; in-memory work dropped
+)
+
+// session is one tenure of a pool as the queue's owner: a fetcher (the
+// goroutine that called run) claims tasks and hands them to workers by
+// OrderID; workers run them and pass acknowledgements to an acker, which
+// batches them; a renewer keeps the lease.
+type session struct {
+	c       *Consumer
+	cfg     PoolConfig
+	fn      AnalyseFunc
+	workers []*worker
+
+	inflight atomic.Int64  // tasks claimed and not finished
+	freed    chan struct{} // signalled when inflight falls
+	acks     chan string   // pending fields to acknowledge
+
+	lost     chan struct{} // closed when the lease is lost
+	lostOnce sync.Once
+	stop     chan struct{} // closed when the graceful stop begins
+	stopOnce sync.Once
+
+	taskCtx     context.Context // parent of every task's ctx; ends with the lease or a stop's timeout
+	cancelTask  context.CancelFunc
+	leaseCtx    context.Context // Redis calls of the tenure; ends with the lease or the session
+	cancelLease context.CancelFunc
+}
+
+func newSession(c *Consumer, cfg PoolConfig, fn AnalyseFunc) *session {
+	s := &session{
+		c: c, cfg: cfg, fn: fn,
+		freed: make(chan struct{}, 1),
+		acks:  make(chan string, cfg.Prefetch),
+		lost:  make(chan struct{}),
+		stop:  make(chan struct{}),
+	}
+	s.taskCtx, s.cancelTask = context.WithCancel(context.Background())
+	s.leaseCtx, s.cancelLease = context.WithCancel(context.Background())
+	s.workers = make([]*worker, cfg.Workers)
+	for i := range s.workers {
+		s.workers[i] = newWorker(s, i)
+	}
+	return s
+}
+
+func (s *session) loseLease() {
+	s.lostOnce.Do(func() {
+		close(s.lost)
+		s.cancelTask()
+		s.cancelLease()
+	})
+}
+
+func (s *session) isLost() bool {
+	select {
+	case <-s.lost:
+		return true
+	default:
+		return false
+	}
+}
+
+func (s *session) beginStop() { s.stopOnce.Do(func() { close(s.stop) }) }
+
+// release returns n slots of the prefetch window.
+func (s *session) release(n int) {
+	s.inflight.Add(int64(-n))
+	select {
+	case s.freed <- struct{}{}:
+	default:
+	}
+}
+
+func (s *session) run(ctx context.Context) sessionEnd {
+	defer s.cancelTask()
+	defer s.cancelLease()
+	leaseCtx := s.leaseCtx
+	var renewWG, ackWG, workWG sync.WaitGroup
+	renewWG.Add(1)
+	go func() { defer renewWG.Done(); s.renew(leaseCtx) }()
+	ackWG.Add(1)
+	go func() { defer ackWG.Done(); s.ackLoop(leaseCtx) }()
+	workWG.Add(len(s.workers))
+	for _, w := range s.workers {
+		go func() { defer workWG.Done(); w.loop() }()
+	}
+
+	end := s.fetch(ctx, leaseCtx)
+
+	if end != endLost {
+		// Graceful stop: hand back what has not started, at once, in claim
+		// order, then give running tasks ShutdownTimeout. Tasks that fail or
+		// are interrupted meanwhile are handed back after them, so they come
+		// before their OrderID's later tasks.
+		s.beginStop()
+		s.handBack(leaseCtx, s.takeUnstarted())
+		timer := time.AfterFunc(s.cfg.ShutdownTimeout, s.cancelTask)
+		workWG.Wait()
+		timer.Stop()
+		s.handBack(leaseCtx, s.takeUnstarted())
+	} else {
+		s.beginStop()
+		workWG.Wait()
+	}
+	close(s.acks)
+	ackWG.Wait()
+	if s.isLost() {
+		end = endLost
+	} else if err := s.c.Release(leaseCtx); err != nil {
+		s.cfg.OnError(err)
+	}
+	s.cancelLease()
+	renewWG.Wait()
+	return end
+}
+
+// fetch claims tasks and dispatches them until ctx ends, the lease is lost,
+// or (ExitOnEmpty) the queue is drained. Claims run under leaseCtx, so that
+// a stop never cuts one off after Redis made it; only waits end with ctx.
+func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
+	// waitCtx ends a blocking wait when ctx ends or the lease is lost.
+	waitCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-s.lost:
+			cancel()
+		case <-waitCtx.Done():
+		}
+	}()
+	lowWater := int64(max(1, s.cfg.Prefetch/4))
+	block := min(s.cfg.LeaseTTL/2, time.Second)
+	var b backoff
+	for {
+		if waitCtx.Err() != nil {
+			if s.isLost() {
+				return endLost
+			}
+			return endStopped
+		}
+		in := s.inflight.Load()
+		free := int64(s.cfg.Prefetch) - in
+		if free < lowWater && in > 0 {
+			select {
+			case <-s.freed:
+			case <-waitCtx.Done():
+			}
+			continue
+		}
+		tasks, err := s.c.claim(leaseCtx, int(free))
+		if err != nil {
+			if errors.Is(err, ErrLeaseLost) {
+				s.loseLease()
+				return endLost
+			}
+			if waitCtx.Err() == nil {
+				s.cfg.OnError(err)
+				b.wait(waitCtx)
+			}
+			if len(tasks) == 0 {
+				continue
+			}
+		}
+		b.reset()
+		if len(tasks) == 0 {
+			if s.cfg.ExitOnEmpty {
+				if s.inflight.Load() == 0 {
+					return endEmpty
+				}
+				// Nothing ready: wait for what is in flight, then look again.
+				select {
+				case <-s.freed:
+				case <-waitCtx.Done():
+				}
+				continue
+			}
+			if _, err := s.c.Wait(waitCtx, block); err != nil && waitCtx.Err() == nil {
+				s.cfg.OnError(err)
+				b.wait(waitCtx)
+			}
+			continue
+		}
+		s.inflight.Add(int64(len(tasks)))
+		s.dispatch(tasks)
+	}
+}
+
+// dispatch hands tasks to their workers, keeping claim order per worker.
+func (s *session) dispatch(tasks []claimed) {
+	w := len(s.workers)
+	if w == 1 {
+		s.workers[0].give(tasks)
+		return
+	}
+	per := make([][]claimed, w)
+	for _, t := range tasks {
+		i := workerOf(t.OrderID, w)
+		per[i] = append(per[i], t)
+	}
+	for i, ts := range per {
+		if len(ts) > 0 {
+			s.workers[i].give(ts)
+		}
+	}
+}
+
+// takeUnstarted takes every task the workers hold and are not running.
+func (s *session) takeUnstarted() []claimed {
+	var all []claimed
+	for _, w := range s.workers {
+		all = append(all, w.takeAll()...)
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].seq < all[j].seq })
+	return all
+}
+
+// handBack puts tasks back at the consuming end, first claimed first,
+// each with the deliveries made so far (its next Attempt less one).
+func (s *session) handBack(ctx context.Context, tasks []claimed) {
+	if len(tasks) == 0 || s.isLost() {
+		return
+	}
+	for i := range tasks {
+		tasks[i].Attempt--
+	}
+	if err := s.c.requeue(ctx, tasks, false); err != nil {
+		// They stay pending, and the next owner puts them back.
+		s.cfg.OnError(err)
+		if errors.Is(err, ErrLeaseLost) {
+			s.loseLease()
+		}
+	}
+	s.release(len(tasks))
+}
+
+// ackLoop acknowledges finished tasks in batches: it waits for one, takes
+// every other one already queued, and acknowledges them in one call.
+func (s *session) ackLoop(ctx context.Context) {
+	batch := make([]string, 0, maxClaim)
+	var b backoff
+	for id := range s.acks {
+		batch = append(batch[:0], id)
+	more:
+		for len(batch) < maxClaim {
+			select {
+			case id, ok := <-s.acks:
+				if !ok {
+					break more
+				}
+				batch = append(batch, id)
+			default:
+				break more
+			}
+		}
+		for !s.isLost() {
+			_, err := s.c.Ack(ctx, batch...)
+			if err == nil {
+				b.reset()
+				break
+			}
+			if errors.Is(err, ErrLeaseLost) {
+				s.loseLease()
+				break
+			}
+			s.cfg.OnError(err)
+			if b.wait(ctx) != nil {
+				break
+			}
+		}
+	}
+}
+
+// renew keeps the lease until ctx ends. When it cannot renew before the
+// lease would end (less a safety margin), it declares the lease lost, which
+// stops claims and cancels running tasks while the lease still holds.
+func (s *session) renew(ctx context.Context) {
+	ttl := s.cfg.LeaseTTL
+	margin := ttl / 5
+	// The lease was taken or extended just before the session; renew at
+	// once all the same, in case recovering pending tasks took long.
+	deadline := time.Now().Add(ttl - margin)
+	every := ttl / 3
+	next := time.Duration(0)
+	for {
+		wait := min(next, time.Until(deadline))
+		if sleep(ctx, max(wait, 0)) != nil {
+			return
+		}
+		if !time.Now().Before(deadline) {
+			s.loseLease()
+			return
+		}
+		start := time.Now()
+		rctx, cancel := context.WithDeadline(ctx, deadline)
+		err := s.c.Renew(rctx)
+		cancel()
+		switch {
+		case err == nil:
+			deadline = start.Add(ttl - margin)
+			next = every
+		case errors.Is(err, ErrLeaseLost):
+			s.loseLease()
+			return
+		case ctx.Err() != nil:
+			return
+		default:
+			s.cfg.OnError(err)
+			next = every / 4
+		}
+	}
+}

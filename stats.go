@@ -1,0 +1,82 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+)
+
+// QueueStats describes one analyser's queue.
+type QueueStats struct {
+	Analyser, Partition, Queue int
+	Ready       int64         // tasks waiting to be claimed
+	Pending     int64         // tasks claimed and not finished
+	Dead        int64         // tasks in the dead-letter store
+	Processed   int64         // tasks acknowledged, ever
+	Failed      int64         // tasks moved to the dead-letter store, ever
+	Redelivered int64         // pending tasks put back by a new owner, ever
+	Owner       string        // the lease holder's name; empty when no one holds it
+	Token       int64         // the lease holder's fencing token
+	LeaseLeft   time.Duration // time left on the lease
+}
+
+// statsPerQueue is the number of commands Stats sends per queue.
+const statsPerQueue = 6
+
+// Stats returns one row per analyser, in analyser order. It is safe for
+// concurrent use and costs one pipelined round trip per partition.
+func (q *Queue) Stats(ctx context.Context) ([]QueueStats, error) {
+	out := make([]QueueStats, q.Analysers())
+	for pi, p := range q.parts {
+		_, err := onPartition(ctx, p, fmt.Sprintf("stats of partition %d", pi), func(c redis.Conn) (struct{}, error) {
+			for qi := 0; qi < q.cfg.Queues; qi++ {
+				k := newQueueKeys(q.cfg.Prefix, pi, qi)
+				c.Send("LLEN", k.ready)
+				c.Send("HLEN", k.pending)
+				c.Send("HLEN", k.dead)
+				c.Send("HMGET", k.meta, "processed", "failed", "redelivered")
+				c.Send("GET", k.lease)
+				c.Send("PTTL", k.lease)
+			}
+			if err := c.Flush(); err != nil {
+				return struct{}{}, err
+			}
+			for qi := 0; qi < q.cfg.Queues; qi++ {
+				var r [statsPerQueue]any
+				for i := range r {
+					v, err := redis.ReceiveContext(c, ctx)
+					if err != nil {
+						return struct{}{}, err
+					}
+					r[i] = v
+				}
+				a := qi*len(q.parts) + pi
+				s := QueueStats{Analyser: a, Partition: pi, Queue: qi}
+				s.Ready, _ = redis.Int64(r[0], nil)
+				s.Pending, _ = redis.Int64(r[1], nil)
+				s.Dead, _ = redis.Int64(r[2], nil)
+				if m, err := redis.Int64s(r[3], nil); err == nil && len(m) == 3 {
+					s.Processed, s.Failed, s.Redelivered = m[0], m[1], m[2]
+				}
+				if lease, err := redis.String(r[4], nil); err == nil {
+					tok, owner, _ := strings.Cut(lease, ":")
+					s.Token, _ = strconv.ParseInt(tok, 10, 64)
+					s.Owner = owner
+				}
+				if ms, _ := redis.Int64(r[5], nil); ms > 0 {
+					s.LeaseLeft = time.Duration(ms) * time.Millisecond
+				}
+				out[a] = s
+			}
+			return struct{}{}, nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,276 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"sync"
+	"time"
+)
+
+// worker runs the tasks of its OrderIDs on one goroutine: per OrderID one
+// task at a time, in claim order. An OrderID whose task failed waits out its
+// backoff while the worker goes on with its other OrderIDs.
+type worker struct {
+	s     *session
+	index int
+	wake  chan struct{} // signalled when tasks arrive
+
+	mu       sync.Mutex
+	orders   map[uint64]*orderQueue
+	runnable []*orderQueue // OrderIDs with a task to start now, oldest first
+	delayed  []*orderQueue // OrderIDs waiting out a backoff
+}
+
+// orderQueue holds the claimed tasks of one OrderID on a worker.
+type orderQueue struct {
+	id        uint64
+	tasks     []claimed // tasks[0] is the next (or running) one
+	state     orderState
+	notBefore time.Time // while delayed
+}
+
+type orderState int
+
+const (
+	idle     orderState = iota // in orders only (during a stop)
+	queued                     // in runnable
+	running                    // tasks[0] runs
+	delaying                   // in delayed
+)
+
+func newWorker(s *session, i int) *worker {
+	return &worker{s: s, index: i, wake: make(chan struct{}, 1), orders: map[uint64]*orderQueue{}}
+}
+
+// give adds claimed tasks, in claim order.
+func (w *worker) give(ts []claimed) {
+	w.mu.Lock()
+	for _, t := range ts {
+		o := w.orders[t.OrderID]
+		if o == nil {
+			o = &orderQueue{id: t.OrderID}
+			w.orders[t.OrderID] = o
+		}
+		o.tasks = append(o.tasks, t)
+		if o.state == idle {
+			o.state = queued
+			w.runnable = append(w.runnable, o)
+		}
+	}
+	w.mu.Unlock()
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// takeAll removes and returns every task the worker holds except a running
+// one, in no particular order.
+func (w *worker) takeAll() []claimed {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []claimed
+	for id, o := range w.orders {
+		if o.state == running {
+			out = append(out, o.tasks[1:]...)
+			o.tasks = o.tasks[:1]
+			continue
+		}
+		out = append(out, o.tasks...)
+		delete(w.orders, id)
+	}
+	w.runnable, w.delayed = nil, nil
+	return out
+}
+
+func (w *worker) stopping() bool {
+	select {
+	case <-w.s.stop:
+		return true
+	case <-w.s.lost:
+		return true
+	default:
+		return false
+	}
+}
+
+// next returns the next OrderID to run and its task, marking it running,
+// or when none is due, the time the earliest delayed one is due (zero if
+// none).
+func (w *worker) next(now time.Time) (*orderQueue, claimed, time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var due time.Time
+	kept := w.delayed[:0]
+	for _, o := range w.delayed {
+		if !o.notBefore.After(now) {
+			o.state = queued
+			w.runnable = append(w.runnable, o)
+			continue
+		}
+		if due.IsZero() || o.notBefore.Before(due) {
+			due = o.notBefore
+		}
+		kept = append(kept, o)
+	}
+	clear(w.delayed[len(kept):])
+	w.delayed = kept
+	if len(w.runnable) == 0 {
+		return nil, claimed{}, due
+	}
+	o := w.runnable[0]
+	w.runnable[0] = nil
+	w.runnable = w.runnable[1:]
+	o.state = running
+	return o, o.tasks[0], time.Time{}
+}
+
+func (w *worker) loop() {
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for !w.stopping() {
+		o, t, due := w.next(time.Now())
+		if o != nil {
+			w.runOne(o, t)
+			continue
+		}
+		var tc <-chan time.Time
+		if !due.IsZero() {
+			if timer == nil {
+				timer = time.NewTimer(time.Until(due))
+			} else {
+				timer.Reset(time.Until(due))
+			}
+			tc = timer.C
+		}
+		select {
+		case <-w.wake:
+		case <-tc:
+		case <-w.s.stop:
+		case <-w.s.lost:
+		}
+	}
+}
+
+// runOne runs o's first task and settles its outcome.
+func (w *worker) runOne(o *orderQueue, t claimed) {
+	s := w.s
+	var err error
+	if t.Attempt > s.cfg.MaxAttempts {
+		err = fmt.Errorf("queue: delivery %d exceeds MaxAttempts %d", t.Attempt, s.cfg.MaxAttempts)
+		t.Attempt = s.cfg.MaxAttempts // dead-letter it without running it
+	} else {
+		err = s.analyse(t.Task)
+	}
+	switch {
+	case s.isLost():
+		return // the next owner has it; drop everything
+	case err == nil:
+		s.acks <- t.field
+		if c := s.cfg.Counters; c != nil {
+			(*c.processed.Load())[w.index].Add(1)
+		}
+		w.settle(o, true, time.Time{})
+		s.release(1)
+	case s.taskCtx.Err() != nil:
+		// Interrupted by the end of a graceful stop: handed back, the
+		// delivery counted.
+		w.settle(o, false, time.Time{})
+	case t.Attempt >= s.cfg.MaxAttempts:
+		if !w.bury(t, err) {
+			return
+		}
+		w.settle(o, true, time.Time{})
+		s.release(1)
+	default:
+		s.cfg.OnError(&TaskError{ID: t.ID, OrderID: t.OrderID, Attempt: t.Attempt, Err: err})
+		if _, ferr := s.c.Fail(s.taskCtx, t.Task, err); ferr != nil {
+			if errors.Is(ferr, ErrLeaseLost) {
+				s.loseLease()
+				return
+			}
+			s.cfg.OnError(ferr) // retried all the same; a crash now counts one delivery less
+		}
+		w.settle(o, false, time.Now().Add(s.cfg.Backoff(t.Attempt)))
+	}
+}
+
+// bury moves a task that used up its attempts to the dead-letter store,
+// retrying Redis errors until it succeeds or the lease is lost: its
+// OrderID must not go on before it is safely stored. It reports success.
+func (w *worker) bury(t claimed, cause error) bool {
+	s := w.s
+	var b backoff
+	for {
+		_, err := s.c.Fail(context.Background(), t.Task, cause)
+		if err == nil {
+			break
+		}
+		if errors.Is(err, ErrLeaseLost) {
+			s.loseLease()
+			return false
+		}
+		s.cfg.OnError(err)
+		if b.wait(s.leaseCtx) != nil {
+			return false
+		}
+	}
+	s.cfg.OnError(&TaskError{ID: t.ID, OrderID: t.OrderID, Attempt: t.Attempt, Dead: true, Err: cause})
+	if c := s.cfg.Counters; c != nil {
+		(*c.failed.Load())[w.index].Add(1)
+	}
+	return true
+}
+
+// settle puts o back after its first task ran: done drops that task, else
+// it stays first with its Attempt one higher; a non-zero retryAt delays the
+// OrderID until then.
+func (w *worker) settle(o *orderQueue, done bool, retryAt time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if done {
+		o.tasks[0] = claimed{}
+		o.tasks = o.tasks[1:]
+	} else {
+		o.tasks[0].Attempt++
+	}
+	switch {
+	case len(o.tasks) == 0:
+		delete(w.orders, o.id)
+	case w.stopping():
+		o.state = idle // takeAll hands it back
+	case !retryAt.IsZero():
+		o.state, o.notBefore = delaying, retryAt
+		w.delayed = append(w.delayed, o)
+	default:
+		o.state = queued
+		w.runnable = append(w.runnable, o)
+	}
+}
+
+// analyse runs fn on one delivery, turning a panic into a *PanicError and
+// a timeout into an error that says so.
+func (s *session) analyse(t Task) (err error) {
+	ctx := s.taskCtx
+	if s.cfg.TaskTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.cfg.TaskTimeout)
+		defer cancel()
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = &PanicError{Value: r, Stack: debug.Stack()}
+		}
+	}()
+	err = s.fn(ctx, t)
+	if err != nil && s.taskCtx.Err() == nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		err = fmt.Errorf("queue: task timed out after %v: %w", s.cfg.TaskTimeout, err)
+	}
+	return err
+}
