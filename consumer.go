@@ -118,13 +118,7 @@ func (c *Consumer) what(op string) string {
 
 // do runs one command or script on the consumer's partition.
 func (c *Consumer) do(ctx context.Context, op string, f func(redis.Conn) (any, error)) (any, error) {
-	conn, err := c.part.pool.GetContext(ctx)
-	if err != nil {
-		return nil, redisErr(c.what(op), err)
-	}
-	defer conn.Close()
-	r, err := f(conn)
-	return r, redisErr(c.what(op), err)
+	return onPartition(ctx, c.part, c.what(op), f)
 }
 
 func (c *Consumer) script(ctx context.Context, op string, s *redis.Script, keysAndArgs ...any) (any, error) {

@@ -190,7 +190,7 @@ func (w *worker) runOne(o *orderQueue, t claimed) {
 		s.release(1)
 	default:
 		s.cfg.OnError(&TaskError{ID: t.ID, OrderID: t.OrderID, Attempt: t.Attempt, Err: err})
-		if _, ferr := s.c.Fail(s.taskCtx, t.Task, err); ferr != nil {
+		if _, ferr := s.c.Fail(s.leaseCtx, t.Task, err); ferr != nil {
 			if errors.Is(ferr, ErrLeaseLost) {
 				s.loseLease()
 				return
@@ -208,7 +208,7 @@ func (w *worker) bury(t claimed, cause error) bool {
 	s := w.s
 	var b backoff
 	for {
-		_, err := s.c.Fail(context.Background(), t.Task, cause)
+		_, err := s.c.Fail(s.leaseCtx, t.Task, cause)
 		if err == nil {
 			break
 		}
