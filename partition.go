@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -76,6 +77,12 @@ func newQueueKeys(prefix string, partition, queue int) queueKeys {
 		meta:    tag + "meta",
 		wake:    tag + "wake",
 	}
+}
+
+// dedup names an idempotency key of AddTaskOnce: a string holding the task
+// ID, with the dedup window as its PX expiry.
+func (k queueKeys) dedup(orderID uint64, key string) string {
+	return strings.TrimSuffix(k.ready, "ready") + "dedup:" + strconv.FormatUint(orderID, 10) + ":" + key
 }
 
 // layoutKey names the hash, one per server, that records the layout:

@@ -13,15 +13,15 @@ import (
 // QueueStats describes one analyser's queue.
 type QueueStats struct {
 	Analyser, Partition, Queue int
-	Ready       int64         // tasks waiting to be claimed
-	Pending     int64         // tasks claimed and not finished
-	Dead        int64         // tasks in the dead-letter store
-	Processed   int64         // tasks acknowledged, ever
-	Failed      int64         // tasks moved to the dead-letter store, ever
-	Redelivered int64         // pending tasks put back by a new owner, ever
-	Owner       string        // the lease holder's name; empty when no one holds it
-	Token       int64         // the lease holder's fencing token
-	LeaseLeft   time.Duration // time left on the lease
+	Ready                      int64         // tasks waiting to be claimed
+	Pending                    int64         // tasks claimed and not finished
+	Dead                       int64         // tasks in the dead-letter store
+	Processed                  int64         // tasks acknowledged, ever
+	Failed                     int64         // tasks moved to the dead-letter store, ever
+	Redelivered                int64         // pending tasks put back by a new owner, ever
+	Owner                      string        // the lease holder's name; empty when no one holds it
+	Token                      int64         // the lease holder's fencing token
+	LeaseLeft                  time.Duration // time left on the lease
 }
 
 // statsPerQueue is the number of commands Stats sends per queue.

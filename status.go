@@ -1,0 +1,116 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+)
+
+// TaskState is where a task is, as far as Redis knows.
+type TaskState int
+
+const (
+	// StateUnknown: the task is neither pending nor dead. It is still
+	// queued, or it finished (nothing per task is kept after an ack), or it
+	// never existed; the caller's own records tell which.
+	StateUnknown TaskState = iota
+	// StatePending: an analyser claimed the task and has not finished it.
+	StatePending
+	// StateDead: the task is in the dead-letter store.
+	StateDead
+)
+
+func (s TaskState) String() string {
+	switch s {
+	case StatePending:
+		return "pending"
+	case StateDead:
+		return "dead"
+	default:
+		return "unknown"
+	}
+}
+
+// State reports whether the task id of orderID is pending or dead. It is
+// safe for concurrent use and costs one round trip (two HEXISTS, pipelined).
+func (q *Queue) State(ctx context.Context, orderID uint64, id string) (TaskState, error) {
+	pi, qi := q.Route(orderID)
+	k := newQueueKeys(q.cfg.Prefix, pi, qi)
+	return onPartition(ctx, q.parts[pi], fmt.Sprintf("state of task %s", id), func(c redis.Conn) (TaskState, error) {
+		c.Send("HEXISTS", k.pending, id)
+		c.Send("HEXISTS", k.dead, id)
+		if err := c.Flush(); err != nil {
+			return StateUnknown, err
+		}
+		var r [2]bool
+		for i := range r {
+			v, err := redis.Bool(redis.ReceiveContext(c, ctx))
+			if err != nil {
+				return StateUnknown, err
+			}
+			r[i] = v
+		}
+		switch {
+		case r[0]:
+			return StatePending, nil
+		case r[1]:
+			return StateDead, nil
+		}
+		return StateUnknown, nil
+	})
+}
+
+// addOnceScript enqueues a task unless the same idempotency key was used
+// within the window.
+//
+//	KEYS[1] = ready list, KEYS[2] = dedup key
+//	ARGV[1] = new task ID, ARGV[2] = encoded task, ARGV[3] = window ms
+//
+// Returns {1, ID} when it enqueued, {0, earlier ID} when the key was used.
+var addOnceScript = redis.NewScript(2, `
+local old = redis.call('GET', KEYS[2])
+if old then return {0, old} end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
+redis.call('LPUSH', KEYS[1], ARGV[2])
+return {1, ARGV[1]}
+`)
+
+// AddTaskOnce is AddTask with an idempotency key: a second call with the
+// same orderID and key within window enqueues nothing and returns the first
+// call's task ID with added false. The key lives in Redis (one string with
+// a PX expiry, beside the queue's keys) until the window ends. It is safe
+// for concurrent use and costs one round trip.
+func (q *Queue) AddTaskOnce(ctx context.Context, orderID uint64, key string, window time.Duration, payload []byte) (id string, added bool, err error) {
+	if q.closed.Load() {
+		return "", false, ErrClosed
+	}
+	if err := q.checkPayload(payload); err != nil {
+		return "", false, err
+	}
+	if key == "" || window <= 0 {
+		return "", false, fmt.Errorf("%w: AddTaskOnce needs a key and a positive window", ErrBadConfig)
+	}
+	pi, qi := q.Route(orderID)
+	p := q.parts[pi]
+	if err := q.checkLayout(ctx, p); err != nil {
+		return "", false, err
+	}
+	k := newQueueKeys(q.cfg.Prefix, pi, qi)
+	id = q.ids.next()
+	entry := appendEntry(nil, id, orderID, time.Now().UnixMilli(), 0, payload)
+	what := fmt.Sprintf("add task once to partition %d queue %d", pi, qi)
+	r, err := onPartition(ctx, p, what, func(c redis.Conn) ([]any, error) {
+		return redis.Values(addOnceScript.DoContext(ctx, c, k.ready, k.dedup(orderID, key), id, entry, max(window.Milliseconds(), 1)))
+	})
+	if err != nil {
+		return "", false, err
+	}
+	if len(r) != 2 {
+		return "", false, fmt.Errorf("queue: %s: unexpected reply %v", what, r)
+	}
+	n, _ := redis.Int(r[0], nil)
+	id, err = redis.String(r[1], nil)
+	return id, n == 1, err
+}
