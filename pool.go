@@ -58,6 +58,10 @@ type PoolConfig struct {
 	// Counters, when set, counts each worker's processed and failed tasks
 	// while the pool runs.
 	Counters *Counters
+	// OnDone, when set, is called after every delivery with the time the
+	// AnalyseFunc took and what it returned (for metrics). It is called from
+	// the worker goroutine and must be quick. If nil, nothing is called.
+	OnDone func(t Task, took time.Duration, err error)
 }
 
 func (c PoolConfig) withDefaults() (PoolConfig, error) {

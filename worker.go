@@ -166,7 +166,11 @@ func (w *worker) runOne(o *orderQueue, t claimed) {
 		err = fmt.Errorf("queue: delivery %d exceeds MaxAttempts %d", t.Attempt, s.cfg.MaxAttempts)
 		t.Attempt = s.cfg.MaxAttempts // dead-letter it without running it
 	} else {
+		start := time.Now()
 		err = s.analyse(t.Task)
+		if s.cfg.OnDone != nil {
+			s.cfg.OnDone(t.Task, time.Since(start), err)
+		}
 	}
 	switch {
 	case s.isLost():
