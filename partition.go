@@ -145,3 +145,36 @@ func (q *Queue) checkLayout(ctx context.Context, p *partition) error {
 	p.checked.Store(true)
 	return nil
 }
+
+// CheckLayout compares the layout recorded in every server (partition
+// count, queue count and that server's index) with this queue's, and
+// returns a *LayoutError for the first server that disagrees. Unlike
+// AddTask and Consume it writes nothing: a server with no layout recorded
+// yet passes and stays unrecorded, so a read-only tool run with a wrong
+// layout cannot record it for the producers and analysers that come
+// later. It is safe for concurrent use and costs one round trip per
+// partition not yet verified.
+func (q *Queue) CheckLayout(ctx context.Context) error {
+	for _, p := range q.parts {
+		if p.checked.Load() {
+			continue
+		}
+		what := fmt.Sprintf("check layout of partition %d", p.index)
+		got, err := onPartition(ctx, p, what, func(c redis.Conn) ([]string, error) {
+			return redis.Strings(redis.DoContext(c, ctx, "HMGET", layoutKey(q.cfg.Prefix), "partitions", "queues", "index"))
+		})
+		if err != nil {
+			return err
+		}
+		if len(got) != 3 || got[0] == "" && got[1] == "" && got[2] == "" {
+			continue // nothing recorded yet
+		}
+		want := fmt.Sprintf("partitions=%d queues=%d index=%d", len(q.parts), q.cfg.Queues, p.index)
+		have := fmt.Sprintf("partitions=%s queues=%s index=%s", got[0], got[1], got[2])
+		if have != want {
+			return &LayoutError{Partition: p.index, Want: want, Got: have}
+		}
+		p.checked.Store(true)
+	}
+	return nil
+}
