@@ -1,0 +1,232 @@
+// Package prom exports the state of a [queue.Queue] as Prometheus metrics.
+//
+// It lives in its own module so that the queue module depends on redigo
+// only. A [Collector] reads every analyser's queue at scrape time and keeps
+// a handler latency histogram that analyser pools feed through
+// [queue.PoolConfig.OnDone]:
+//
+//	c := prom.NewCollector(q, prom.Options{})
+//	prometheus.MustRegister(c)
+//	err := q.AnalysePool(ctx, a, queue.PoolConfig{OnDone: c.OnDone(a)}, fn)
+//
+// # Metrics
+//
+// Per analyser, labelled analyser, partition and queue (read at scrape
+// time from [queue.Queue.Stats]):
+//
+//	qugo_queue_ready                        gauge    tasks waiting to be claimed (queue depth)
+//	qugo_queue_pending                      gauge    tasks claimed and not finished
+//	qugo_queue_dead                         gauge    tasks in the dead-letter store
+//	qugo_queue_oldest_pending_age_seconds   gauge    age (since enqueue) of the oldest pending task; 0 when none
+//	qugo_queue_lease_held                   gauge    1 when a process holds the queue's lease
+//	qugo_queue_processed_total              counter  tasks acknowledged
+//	qugo_queue_failed_total                 counter  tasks moved to the dead-letter store
+//	qugo_queue_redelivered_total            counter  pending tasks put back by a new owner
+//
+// Per analyser and outcome (ok or error), fed by the hooks of OnDone:
+//
+//	qugo_handler_duration_seconds           histogram  time an AnalyseFunc took, buckets from 1ms
+//
+// And qugo_up, 1 when the last scrape read every partition, else 0.
+//
+// # Cost
+//
+// A scrape costs one pipelined round trip per partition with six
+// constant-time commands per queue, plus, for each queue that has pending
+// tasks, one HGETALL of its pending hash (bounded by the pool's Prefetch)
+// to find the oldest. Options.SkipOldestPending drops the latter.
+package prom
+
+import (
+	"context"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/qugo/queue"
+)
+
+// Options holds the settings of a Collector. The zero value works.
+type Options struct {
+	// Namespace starts every metric name. If empty, "qugo" is used.
+	Namespace string
+	// ConstLabels are added to every metric, e.g. to tell two queues with
+	// different prefixes apart in one registry. If nil, none are added.
+	ConstLabels prometheus.Labels
+	// Timeout bounds the Redis reads of one scrape. If zero, 5s is used.
+	Timeout time.Duration
+	// Buckets are the handler latency histogram's upper bounds, in seconds.
+	// If nil, 1ms doubling up to about 33s (16 buckets) is used.
+	Buckets []float64
+	// SkipOldestPending leaves out the oldest pending age, saving one
+	// round trip per queue with pending tasks. If false, it is read.
+	SkipOldestPending bool
+	// Logger receives scrape errors. If nil, slog.Default() is used.
+	Logger *slog.Logger
+	// Now returns the current time, for the oldest pending age.
+	// If nil, time.Now is used.
+	Now func() time.Time
+}
+
+// DefaultBuckets are the handler latency buckets used when Options.Buckets
+// is nil: 1ms, 2ms, 4ms, ... up to about 33s.
+var DefaultBuckets = prometheus.ExponentialBuckets(0.001, 2, 16)
+
+// Collector is a prometheus.Collector over a *queue.Queue. It is safe for
+// concurrent use; register it once per queue.
+type Collector struct {
+	q    *queue.Queue
+	opts Options
+
+	up                                   *prometheus.Desc
+	ready, pending, dead, oldest, leased *prometheus.Desc
+	processed, failed, redelivered       *prometheus.Desc
+	latency                              *prometheus.HistogramVec
+}
+
+// queueLabels are the variable labels of the per-analyser metrics.
+var queueLabels = []string{"analyser", "partition", "queue"}
+
+// NewCollector returns a Collector over q. It makes no Redis call; every
+// scrape reads Redis afresh.
+func NewCollector(q *queue.Queue, opts Options) *Collector {
+	if opts.Namespace == "" {
+		opts.Namespace = "qugo"
+	}
+	if opts.Timeout == 0 {
+		opts.Timeout = 5 * time.Second
+	}
+	if opts.Buckets == nil {
+		opts.Buckets = DefaultBuckets
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	desc := func(name, help string) *prometheus.Desc {
+		return prometheus.NewDesc(prometheus.BuildFQName(opts.Namespace, "queue", name), help, queueLabels, opts.ConstLabels)
+	}
+	return &Collector{
+		q:    q,
+		opts: opts,
+		up: prometheus.NewDesc(prometheus.BuildFQName(opts.Namespace, "", "up"),
+			"1 when the last scrape read every Redis partition, else 0.", nil, opts.ConstLabels),
+		ready:       desc("ready", "Tasks waiting to be claimed (queue depth)."),
+		pending:     desc("pending", "Tasks claimed and not finished."),
+		dead:        desc("dead", "Tasks in the dead-letter store."),
+		oldest:      desc("oldest_pending_age_seconds", "Age since enqueue of the oldest pending task; 0 when none is pending."),
+		leased:      desc("lease_held", "1 when a process holds the queue's lease, else 0."),
+		processed:   desc("processed_total", "Tasks acknowledged."),
+		failed:      desc("failed_total", "Tasks moved to the dead-letter store."),
+		redelivered: desc("redelivered_total", "Pending tasks put back by a new owner after a crash or a lost lease."),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace:   opts.Namespace,
+			Name:        "handler_duration_seconds",
+			Help:        "Time an AnalyseFunc took per delivery, by outcome (ok or error).",
+			ConstLabels: opts.ConstLabels,
+			Buckets:     opts.Buckets,
+		}, []string{"analyser", "outcome"}),
+	}
+}
+
+// Describe sends the descriptors of every metric of the collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.up, c.ready, c.pending, c.dead, c.oldest, c.leased, c.processed, c.failed, c.redelivered} {
+		ch <- d
+	}
+	c.latency.Describe(ch)
+}
+
+// Collect reads every analyser's queue and sends its metrics. A Redis error
+// is logged and reported as qugo_up 0; the histogram is sent all the same.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	c.latency.Collect(ch)
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.Timeout)
+	defer cancel()
+	up := 1.0
+	stats, err := c.q.Stats(ctx)
+	if err != nil {
+		c.opts.Logger.Warn("prom: read queue stats", "err", err)
+		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 0)
+		return
+	}
+	now := c.opts.Now()
+	for _, s := range stats {
+		lv := []string{strconv.Itoa(s.Analyser), strconv.Itoa(s.Partition), strconv.Itoa(s.Queue)}
+		gauge := func(d *prometheus.Desc, v float64) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, lv...)
+		}
+		counter := func(d *prometheus.Desc, v int64) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), lv...)
+		}
+		gauge(c.ready, float64(s.Ready))
+		gauge(c.pending, float64(s.Pending))
+		gauge(c.dead, float64(s.Dead))
+		gauge(c.leased, boolFloat(s.Owner != ""))
+		counter(c.processed, s.Processed)
+		counter(c.failed, s.Failed)
+		counter(c.redelivered, s.Redelivered)
+		if c.opts.SkipOldestPending {
+			continue
+		}
+		age, err := c.oldestPendingAge(ctx, s, now)
+		if err != nil {
+			c.opts.Logger.Warn("prom: read oldest pending task", "analyser", s.Analyser, "err", err)
+			up = 0
+			continue
+		}
+		gauge(c.oldest, age.Seconds())
+	}
+	ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up)
+}
+
+// oldestPendingAge returns how long ago the oldest pending task of s's
+// queue was enqueued, reading the pending hash only when Stats saw tasks
+// in it.
+func (c *Collector) oldestPendingAge(ctx context.Context, s queue.QueueStats, now time.Time) (time.Duration, error) {
+	if s.Pending == 0 {
+		return 0, nil
+	}
+	tasks, err := c.q.Pending(ctx, s.Analyser)
+	if err != nil {
+		return 0, err
+	}
+	var oldest time.Time
+	for _, t := range tasks {
+		if oldest.IsZero() || t.AddedAt.Before(oldest) {
+			oldest = t.AddedAt
+		}
+	}
+	if oldest.IsZero() {
+		return 0, nil // finished since Stats ran
+	}
+	return max(now.Sub(oldest), 0), nil
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// OnDone returns a hook for the PoolConfig.OnDone of analyser's pool: it
+// observes each delivery's duration in qugo_handler_duration_seconds with
+// outcome "ok" or "error". The hook is safe for concurrent use and does
+// not allocate.
+func (c *Collector) OnDone(analyser int) func(queue.Task, time.Duration, error) {
+	a := strconv.Itoa(analyser)
+	ok := c.latency.WithLabelValues(a, "ok")
+	failed := c.latency.WithLabelValues(a, "error")
+	return func(_ queue.Task, took time.Duration, err error) {
+		if err != nil {
+			failed.Observe(took.Seconds())
+			return
+		}
+		ok.Observe(took.Seconds())
+	}
+}

@@ -1,0 +1,251 @@
+package prom
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/gomodule/redigo/redis"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/qugo/queue"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// newTestQueue returns a queue over r miniredis partitions with q queues each.
+func newTestQueue(t *testing.T, r, q int) *queue.Queue {
+	t.Helper()
+	pools := make([]*redis.Pool, r)
+	for i := range pools {
+		addr := miniredis.RunT(t).Addr()
+		pools[i] = testPool(addr)
+		t.Cleanup(func() { pools[i].Close() })
+	}
+	qu, err := queue.New(pools, queue.Config{Queues: q})
+	require.NoError(t, err)
+	t.Cleanup(func() { qu.Close() })
+	return qu
+}
+
+func testPool(addr string) *redis.Pool {
+	return &redis.Pool{
+		MaxIdle: 4,
+		DialContext: func(ctx context.Context) (redis.Conn, error) {
+			return redis.DialContext(ctx, "tcp", addr, redis.DialConnectTimeout(time.Second))
+		},
+	}
+}
+
+// orderFor returns the n-th OrderID served by analyser a of q.
+func orderFor(q *queue.Queue, a, n int) uint64 {
+	return uint64(a + n*q.Analysers())
+}
+
+func TestCollectorQueueMetrics(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q := newTestQueue(t, 2, 2) // analysers 0..3
+	start := time.Now()
+	c := NewCollector(q, Options{Now: func() time.Time { return start.Add(time.Hour) }})
+	reg := prometheus.NewPedanticRegistry()
+	require.NoError(t, reg.Register(c))
+
+	var tasks []queue.Task
+	add := func(a, n int, payload string) {
+		tasks = append(tasks, queue.Task{OrderID: orderFor(q, a, n), Payload: []byte(payload)})
+	}
+	for i := 0; i < 5; i++ {
+		add(0, i, "ok")
+	}
+	add(0, 5, "bad")
+	for i := 0; i < 4; i++ {
+		add(1, i, "ok")
+	}
+	add(3, 0, "ok")
+	_, err := q.AddTasks(ctx, tasks)
+	require.NoError(t, err)
+
+	// Analyser 0: five acknowledged, one dead.
+	err = q.AnalysePool(ctx, 0, queue.PoolConfig{
+		Workers: 2, MaxAttempts: 1, ExitOnEmpty: true, OnError: func(error) {}, OnDone: c.OnDone(0),
+	}, func(ctx context.Context, task queue.Task) error {
+		if string(task.Payload) == "bad" {
+			return errors.New("bad payload")
+		}
+		return nil
+	})
+	require.NoError(t, err)
+
+	// Analyser 1: a first owner claims three and goes away; the next one
+	// puts them back (three redeliveries) and claims two, left pending.
+	first, err := q.Consume(ctx, 1, queue.ConsumerConfig{})
+	require.NoError(t, err)
+	_, err = first.Claim(ctx, 3)
+	require.NoError(t, err)
+	require.NoError(t, first.Release(ctx))
+	second, err := q.Consume(ctx, 1, queue.ConsumerConfig{})
+	require.NoError(t, err)
+	defer second.Release(ctx)
+	claimed, err := second.Claim(ctx, 2)
+	require.NoError(t, err)
+	require.Len(t, claimed, 2)
+
+	want := `
+# HELP qugo_queue_ready Tasks waiting to be claimed (queue depth).
+# TYPE qugo_queue_ready gauge
+qugo_queue_ready{analyser="0",partition="0",queue="0"} 0
+qugo_queue_ready{analyser="1",partition="1",queue="0"} 2
+qugo_queue_ready{analyser="2",partition="0",queue="1"} 0
+qugo_queue_ready{analyser="3",partition="1",queue="1"} 1
+# HELP qugo_queue_pending Tasks claimed and not finished.
+# TYPE qugo_queue_pending gauge
+qugo_queue_pending{analyser="0",partition="0",queue="0"} 0
+qugo_queue_pending{analyser="1",partition="1",queue="0"} 2
+qugo_queue_pending{analyser="2",partition="0",queue="1"} 0
+qugo_queue_pending{analyser="3",partition="1",queue="1"} 0
+# HELP qugo_queue_dead Tasks in the dead-letter store.
+# TYPE qugo_queue_dead gauge
+qugo_queue_dead{analyser="0",partition="0",queue="0"} 1
+qugo_queue_dead{analyser="1",partition="1",queue="0"} 0
+qugo_queue_dead{analyser="2",partition="0",queue="1"} 0
+qugo_queue_dead{analyser="3",partition="1",queue="1"} 0
+# HELP qugo_queue_lease_held 1 when a process holds the queue's lease, else 0.
+# TYPE qugo_queue_lease_held gauge
+qugo_queue_lease_held{analyser="0",partition="0",queue="0"} 0
+qugo_queue_lease_held{analyser="1",partition="1",queue="0"} 1
+qugo_queue_lease_held{analyser="2",partition="0",queue="1"} 0
+qugo_queue_lease_held{analyser="3",partition="1",queue="1"} 0
+# HELP qugo_queue_processed_total Tasks acknowledged.
+# TYPE qugo_queue_processed_total counter
+qugo_queue_processed_total{analyser="0",partition="0",queue="0"} 5
+qugo_queue_processed_total{analyser="1",partition="1",queue="0"} 0
+qugo_queue_processed_total{analyser="2",partition="0",queue="1"} 0
+qugo_queue_processed_total{analyser="3",partition="1",queue="1"} 0
+# HELP qugo_queue_failed_total Tasks moved to the dead-letter store.
+# TYPE qugo_queue_failed_total counter
+qugo_queue_failed_total{analyser="0",partition="0",queue="0"} 1
+qugo_queue_failed_total{analyser="1",partition="1",queue="0"} 0
+qugo_queue_failed_total{analyser="2",partition="0",queue="1"} 0
+qugo_queue_failed_total{analyser="3",partition="1",queue="1"} 0
+# HELP qugo_queue_redelivered_total Pending tasks put back by a new owner after a crash or a lost lease.
+# TYPE qugo_queue_redelivered_total counter
+qugo_queue_redelivered_total{analyser="0",partition="0",queue="0"} 0
+qugo_queue_redelivered_total{analyser="1",partition="1",queue="0"} 3
+qugo_queue_redelivered_total{analyser="2",partition="0",queue="1"} 0
+qugo_queue_redelivered_total{analyser="3",partition="1",queue="1"} 0
+# HELP qugo_up 1 when the last scrape read every Redis partition, else 0.
+# TYPE qugo_up gauge
+qugo_up 1
+`
+	assert.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(want),
+		"qugo_queue_ready", "qugo_queue_pending", "qugo_queue_dead", "qugo_queue_lease_held",
+		"qugo_queue_processed_total", "qugo_queue_failed_total", "qugo_queue_redelivered_total", "qugo_up"))
+
+	families, err := reg.Gather()
+	require.NoError(t, err)
+	ages := map[string]float64{}
+	var okCount, errCount uint64
+	for _, f := range families {
+		switch f.GetName() {
+		case "qugo_queue_oldest_pending_age_seconds":
+			for _, m := range f.GetMetric() {
+				ages[label(m, "analyser")] = m.GetGauge().GetValue()
+			}
+		case "qugo_handler_duration_seconds":
+			for _, m := range f.GetMetric() {
+				require.Equal(t, "0", label(m, "analyser"))
+				h := m.GetHistogram()
+				assert.Equal(t, 0.001, h.GetBucket()[0].GetUpperBound())
+				switch label(m, "outcome") {
+				case "ok":
+					okCount = h.GetSampleCount()
+				case "error":
+					errCount = h.GetSampleCount()
+				}
+			}
+		}
+	}
+	assert.EqualValues(t, 5, okCount)
+	assert.EqualValues(t, 1, errCount)
+	require.Len(t, ages, 4)
+	assert.InDelta(t, time.Hour.Seconds(), ages["1"], 60, "enqueued about an hour before the fake now")
+	for _, a := range []string{"0", "2", "3"} {
+		assert.Zero(t, ages[a], "analyser %s has nothing pending", a)
+	}
+
+	problems, err := testutil.CollectAndLint(c)
+	require.NoError(t, err)
+	assert.Empty(t, problems)
+}
+
+func label(m *dto.Metric, name string) string {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == name {
+			return l.GetValue()
+		}
+	}
+	return ""
+}
+
+func TestCollectorSkipOldestPendingAndOptions(t *testing.T) {
+	t.Parallel()
+	q := newTestQueue(t, 1, 1)
+	c := NewCollector(q, Options{
+		Namespace:         "jobs",
+		ConstLabels:       prometheus.Labels{"site": "a"},
+		SkipOldestPending: true,
+		Buckets:           []float64{0.01, 0.1},
+	})
+	// OnDone creates both outcome series at once, so rates start at zero.
+	c.OnDone(0)(queue.Task{}, 50*time.Millisecond, nil)
+	want := `
+# HELP jobs_handler_duration_seconds Time an AnalyseFunc took per delivery, by outcome (ok or error).
+# TYPE jobs_handler_duration_seconds histogram
+jobs_handler_duration_seconds_bucket{analyser="0",outcome="error",site="a",le="0.01"} 0
+jobs_handler_duration_seconds_bucket{analyser="0",outcome="error",site="a",le="0.1"} 0
+jobs_handler_duration_seconds_bucket{analyser="0",outcome="error",site="a",le="+Inf"} 0
+jobs_handler_duration_seconds_sum{analyser="0",outcome="error",site="a"} 0
+jobs_handler_duration_seconds_count{analyser="0",outcome="error",site="a"} 0
+jobs_handler_duration_seconds_bucket{analyser="0",outcome="ok",site="a",le="0.01"} 0
+jobs_handler_duration_seconds_bucket{analyser="0",outcome="ok",site="a",le="0.1"} 1
+jobs_handler_duration_seconds_bucket{analyser="0",outcome="ok",site="a",le="+Inf"} 1
+jobs_handler_duration_seconds_sum{analyser="0",outcome="ok",site="a"} 0.05
+jobs_handler_duration_seconds_count{analyser="0",outcome="ok",site="a"} 1
+# HELP jobs_up 1 when the last scrape read every Redis partition, else 0.
+# TYPE jobs_up gauge
+jobs_up{site="a"} 1
+`
+	assert.NoError(t, testutil.CollectAndCompare(c, strings.NewReader(want),
+		"jobs_handler_duration_seconds", "jobs_up", "jobs_queue_oldest_pending_age_seconds"))
+	assert.Equal(t, 10, testutil.CollectAndCount(c), "up, seven queue metrics, two histogram series")
+}
+
+func TestCollectorRedisDown(t *testing.T) {
+	t.Parallel()
+	mr := miniredis.RunT(t)
+	pool := testPool(mr.Addr())
+	t.Cleanup(func() { pool.Close() })
+	q, err := queue.New([]*redis.Pool{pool}, queue.Config{})
+	require.NoError(t, err)
+	c := NewCollector(q, Options{Timeout: time.Second, Logger: slog.New(slog.DiscardHandler)})
+	mr.Close()
+	want := `
+# HELP qugo_up 1 when the last scrape read every Redis partition, else 0.
+# TYPE qugo_up gauge
+qugo_up 0
+`
+	assert.NoError(t, testutil.CollectAndCompare(c, strings.NewReader(want), "qugo_up"))
+	assert.Equal(t, 1, testutil.CollectAndCount(c), "only qugo_up while Redis is down")
+}
