@@ -136,8 +136,13 @@ return n
 //	ARGV[1] = owner, ARGV[2] = lease TTL ms
 //
 // Returns {1, lease value} when taken, or {0, ms left on the current lease}.
+// Its first write is a DEL of the (absent) lease: Redis refuses a script at
+// maxmemory only at its first write, and only when that command may grow
+// memory (HINCRBY, SET), so starting with DEL lets a pool take the lease and
+// drain a full Redis.
 var acquireScript = redis.NewScript(2, `
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('PTTL', KEYS[1])} end
+redis.call('DEL', KEYS[1])
 local v = redis.call('HINCRBY', KEYS[2], 'fence', 1) .. ':' .. ARGV[1]
 redis.call('SET', KEYS[1], v, 'PX', ARGV[2])
 return {1, v}
