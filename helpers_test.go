@@ -16,6 +16,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if runFaultRole() { // a child process of the fault suite (faultproc_test.go)
+		return
+	}
 	goleak.VerifyTestMain(m)
 }
 

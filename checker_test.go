@@ -1,0 +1,584 @@
+package queue
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// The checker reads the histories of a fault run (the children's files and
+// the harness's own events) and counts what went wrong. Tasks are known by
+// their (OrderID, seq) key, which the producer puts in the payload.
+
+type taskKey struct {
+	order uint64
+	seq   int
+}
+
+// run is one analyse call of a task.
+type run struct {
+	pid        int
+	analyser   int
+	attempt    int
+	start, end int64  // wall ns; end is the finish, the process's death, or +inf
+	result     string // ok, error, panic, cancelled, or "" when it never finished
+}
+
+// effective reports whether the run may have had its effect: it did not
+// fail (a failure is a retry, not a duplicate).
+func (r *run) effective() bool { return r.result != "error" && r.result != "panic" }
+
+type taskInfo struct {
+	key     taskKey
+	added   string // ok, error, unknown, or "" when no producer tried to add it
+	id      string
+	runs    []*run
+	dead    bool
+	deadAt  int64
+	pending bool // pending in Redis at the fault
+}
+
+// completedAt returns when the task was done (first ok finish, or death),
+// and whether it was.
+func (t *taskInfo) completedAt() (int64, bool) {
+	at, done := int64(math.MaxInt64), false
+	for _, r := range t.runs {
+		if r.result == "ok" && r.end < at {
+			at, done = r.end, true
+		}
+	}
+	if t.dead && t.deadAt < at {
+		at, done = t.deadAt, true
+	}
+	return at, done
+}
+
+// faultReport is what the checker found in one run.
+type faultReport struct {
+	Attempted, AddedOK, AddErrors, AddUnknown int // producer outcomes
+	Completed                                 int // tasks finished ok or dead-lettered
+	Runs, FailedRuns                          int // analyse calls, and those that failed
+	Dead                                      int // tasks in the dead-letter store
+
+	Lost        int // added ok, never completed
+	Unexpected  int // run, but never added by any producer
+	DupPending  int // run effectively twice or more, and pending at the fault
+	DupOther    int // run effectively twice or more, not pending at the fault
+	Reordered   int // first deliveries out of enqueue order, per OrderID
+	EarlyStarts int // starts before an earlier task of the OrderID completed
+	Overlap     int // runs of one OrderID at the same time (stopped time excluded)
+	LateAcks    int // acks Redis accepted from a process whose lease had passed to another
+	StaleStarts int // starts by a process whose lease had passed to another
+	Refused     int // acks Redis refused as stale (the fencing at work)
+
+	UnknownDone, UnknownTwice int // unknown or error adds: completed, completed twice or more
+	PendingAtFault            int
+
+	Recovery   time.Duration // fault to the first start by another process (-1: none)
+	Redelivery time.Duration // fault to the first start of a task pending at the fault (-1: none)
+}
+
+func (r faultReport) String() string {
+	return fmt.Sprintf("attempted=%d ok=%d addErr=%d addUnknown=%d completed=%d runs=%d failedRuns=%d dead=%d "+
+		"lost=%d unexpected=%d dupPending=%d dupOther=%d reordered=%d earlyStarts=%d overlap=%d "+
+		"lateAcks=%d staleStarts=%d refusedAcks=%d unknownDone=%d unknownTwice=%d pendingAtFault=%d recovery=%v redelivery=%v",
+		r.Attempted, r.AddedOK, r.AddErrors, r.AddUnknown, r.Completed, r.Runs, r.FailedRuns, r.Dead,
+		r.Lost, r.Unexpected, r.DupPending, r.DupOther, r.Reordered, r.EarlyStarts, r.Overlap,
+		r.LateAcks, r.StaleStarts, r.Refused, r.UnknownDone, r.UnknownTwice, r.PendingAtFault,
+		r.Recovery.Round(time.Millisecond), r.Redelivery.Round(time.Millisecond))
+}
+
+// readHistory reads one history file. A torn last line (the process was
+// killed while writing it) is skipped; a bad line elsewhere is an error.
+func readHistory(path string) ([]faultEvent, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []faultEvent
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for line := 1; sc.Scan(); line++ {
+		var e faultEvent
+		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+			if !bytes.HasSuffix(b, []byte("\n")) && bytes.HasSuffix(b, sc.Bytes()) {
+				break // torn last line
+			}
+			return nil, fmt.Errorf("%s:%d: %w", path, line, err)
+		}
+		out = append(out, e)
+	}
+	return out, sc.Err()
+}
+
+// checkHistory computes the report of a run from all its events.
+func checkHistory(events []faultEvent) faultReport {
+	sort.SliceStable(events, func(i, j int) bool { return events[i].Wall < events[j].Wall })
+	tasks := map[taskKey]*taskInfo{}
+	byID := map[string]*taskInfo{}
+	get := func(k taskKey) *taskInfo {
+		t := tasks[k]
+		if t == nil {
+			t = &taskInfo{key: k}
+			tasks[k] = t
+		}
+		return t
+	}
+	type batchKey struct{ pid, batch int }
+	batches := map[batchKey][]*taskInfo{}
+	death := map[int]int64{}        // pid -> when it was killed
+	stopped := map[int][][2]int64{} // pid -> stopped intervals
+	var faults []faultEvent
+	type lease struct {
+		pid   int
+		token int64
+		wall  int64
+	}
+	leases := map[int][]lease{} // analyser -> grants in time order
+	open := map[string]*run{}   // pid/id/attempt -> running
+	runKey := func(e faultEvent) string { return fmt.Sprintf("%d/%s/%d", e.Pid, e.ID, e.Attempt) }
+	var rep faultReport
+	var starts []faultEvent
+	var acks []faultEvent
+
+	for _, e := range events {
+		k := taskKey{e.Order, e.Seq}
+		switch e.Ev {
+		case evAdd:
+			t := get(k)
+			if t.added == "" {
+				t.added = "unknown"
+			}
+			if e.Batch != 0 {
+				bk := batchKey{e.Pid, e.Batch}
+				batches[bk] = append(batches[bk], t)
+			}
+		case evAdded:
+			t := get(k)
+			t.added = e.Result
+			if e.ID != "" {
+				t.id = e.ID
+			}
+		case evBatch:
+			for _, t := range batches[batchKey{e.Pid, e.Batch}] {
+				t.added = e.Result
+			}
+		case evStart:
+			t := get(k)
+			t.id = e.ID
+			byID[e.ID] = t
+			r := &run{pid: e.Pid, analyser: e.Analyser, attempt: e.Attempt, start: e.Wall, end: math.MaxInt64}
+			t.runs = append(t.runs, r)
+			open[runKey(e)] = r
+			starts = append(starts, e)
+		case evFinish:
+			if r := open[runKey(e)]; r != nil {
+				r.end, r.result = e.Wall, e.Result
+				delete(open, runKey(e))
+			}
+		case evLease:
+			leases[e.Analyser] = append(leases[e.Analyser], lease{e.Pid, e.Token, e.Wall})
+		case evAck:
+			acks = append(acks, e)
+		case evKill:
+			death[e.Pid] = e.Wall
+			faults = append(faults, e)
+		case evStop:
+			stopped[e.Pid] = append(stopped[e.Pid], [2]int64{e.Wall, math.MaxInt64})
+			faults = append(faults, e)
+		case evCont:
+			if s := stopped[e.Pid]; len(s) > 0 {
+				s[len(s)-1][1] = e.Wall
+			}
+		case evTerm, evFault:
+			faults = append(faults, e)
+		}
+	}
+	// Runs that never finished end with their process's death.
+	for _, r := range open {
+		if d, ok := death[r.pid]; ok && d >= r.start {
+			r.end = d
+		}
+	}
+	pendingIDs := map[string]bool{}
+	for _, e := range events {
+		switch e.Ev {
+		case evPending:
+			pendingIDs[e.ID] = true
+		case evDeadRec:
+			t := byID[e.ID]
+			if t == nil {
+				t = get(taskKey{e.Order, e.Seq}) // dead before any start
+			}
+			t.dead, t.deadAt = true, e.Wall
+		}
+	}
+	rep.PendingAtFault = len(pendingIDs)
+
+	perOrder := map[uint64][]*taskInfo{}
+	for _, t := range tasks {
+		if t.id != "" && pendingIDs[t.id] {
+			t.pending = true
+		}
+		switch t.added {
+		case "ok":
+			rep.AddedOK++
+		case "error":
+			rep.AddErrors++
+		case "unknown":
+			rep.AddUnknown++
+		}
+		if t.added != "" {
+			rep.Attempted++
+		}
+		rep.Runs += len(t.runs)
+		effective := 0
+		for _, r := range t.runs {
+			if r.effective() {
+				effective++
+			} else {
+				rep.FailedRuns++
+			}
+		}
+		if t.dead {
+			rep.Dead++
+		}
+		_, done := t.completedAt()
+		if done {
+			rep.Completed++
+		}
+		switch {
+		case t.added == "ok" && !done:
+			rep.Lost++
+		case t.added == "" && (len(t.runs) > 0 || t.dead):
+			rep.Unexpected++
+		}
+		if effective > 1 {
+			if t.pending {
+				rep.DupPending++
+			} else {
+				rep.DupOther++
+			}
+		}
+		if t.added == "unknown" || t.added == "error" {
+			okRuns := 0
+			for _, r := range t.runs {
+				if r.result == "ok" {
+					okRuns++
+				}
+			}
+			if done {
+				rep.UnknownDone++
+			}
+			if okRuns > 1 {
+				rep.UnknownTwice++
+			}
+		}
+		if len(t.runs) > 0 || t.dead {
+			perOrder[t.key.order] = append(perOrder[t.key.order], t)
+		}
+	}
+
+	for _, ts := range perOrder {
+		// Reordered: first deliveries out of seq order.
+		byFirst := make([]*taskInfo, 0, len(ts))
+		for _, t := range ts {
+			if len(t.runs) > 0 {
+				byFirst = append(byFirst, t)
+			}
+		}
+		sort.Slice(byFirst, func(i, j int) bool { return byFirst[i].runs[0].start < byFirst[j].runs[0].start })
+		maxSeq := -1
+		for _, t := range byFirst {
+			if t.key.seq < maxSeq {
+				rep.Reordered++
+			}
+			maxSeq = max(maxSeq, t.key.seq)
+		}
+		// Early starts: a start before every earlier task completed.
+		sort.Slice(ts, func(i, j int) bool { return ts[i].key.seq < ts[j].key.seq })
+		var before int64 = math.MinInt64 // latest completion among earlier tasks
+		for _, t := range ts {
+			for _, r := range t.runs {
+				if r.start < before {
+					rep.EarlyStarts++
+				}
+			}
+			at, _ := t.completedAt()
+			before = max(before, at)
+		}
+		// Overlap: run segments (stopped time cut out) that intersect.
+		var segs [][2]int64
+		for _, t := range ts {
+			for _, r := range t.runs {
+				segs = append(segs, cutStopped(r.start, r.end, stopped[r.pid])...)
+			}
+		}
+		sort.Slice(segs, func(i, j int) bool { return segs[i][0] < segs[j][0] })
+		var reach int64 = math.MinInt64
+		for _, s := range segs {
+			if s[0] < reach {
+				rep.Overlap++
+			}
+			reach = max(reach, s[1])
+		}
+	}
+
+	// Fencing: a process acting after Redis granted another a newer lease.
+	superseded := func(pid, analyser int, at int64) bool {
+		var mine int64 = -1
+		newer := false
+		for _, l := range leases[analyser] {
+			if l.wall >= at {
+				break
+			}
+			if l.pid == pid {
+				mine, newer = l.token, false
+			} else if l.token > mine {
+				newer = true
+			}
+		}
+		return newer || mine < 0
+	}
+	for _, a := range acks {
+		switch a.Result {
+		case "refused":
+			rep.Refused++
+		case "ok":
+			if superseded(a.Pid, a.Analyser, a.Wall) {
+				rep.LateAcks++
+			}
+		}
+	}
+	for _, s := range starts {
+		if superseded(s.Pid, s.Analyser, s.Wall) {
+			rep.StaleStarts++
+		}
+	}
+
+	// Recovery: from the first fault to the first start by another
+	// process, and to the first start of a task pending at the fault.
+	rep.Recovery, rep.Redelivery = -1, -1
+	if len(faults) > 0 {
+		f := faults[0]
+		for _, s := range starts {
+			if s.Wall <= f.Wall || s.Pid == f.Pid {
+				continue
+			}
+			if rep.Recovery < 0 {
+				rep.Recovery = time.Duration(s.Wall - f.Wall)
+			}
+			if rep.Redelivery < 0 && pendingIDs[s.ID] {
+				rep.Redelivery = time.Duration(s.Wall - f.Wall)
+			}
+		}
+	}
+	return rep
+}
+
+// cutStopped returns [start, end) without the stopped intervals.
+func cutStopped(start, end int64, stops [][2]int64) [][2]int64 {
+	out := [][2]int64{{start, end}}
+	for _, st := range stops {
+		var next [][2]int64
+		for _, s := range out {
+			if st[1] <= s[0] || st[0] >= s[1] {
+				next = append(next, s)
+				continue
+			}
+			if s[0] < st[0] {
+				next = append(next, [2]int64{s[0], st[0]})
+			}
+			if st[1] < s[1] {
+				next = append(next, [2]int64{st[1], s[1]})
+			}
+		}
+		out = next
+	}
+	return out
+}
+
+// histBuilder makes small hand-written histories for the checker's tests.
+type histBuilder struct {
+	ev   []faultEvent
+	wall int64
+}
+
+func (b *histBuilder) at(w int64) *histBuilder { b.wall = w; return b }
+
+func (b *histBuilder) add(e faultEvent) *histBuilder {
+	if e.Wall == 0 {
+		b.wall++
+		e.Wall = b.wall
+	}
+	b.ev = append(b.ev, e)
+	return b
+}
+
+func (b *histBuilder) added(order uint64, seq int, id string) *histBuilder {
+	b.add(faultEvent{Ev: evAdd, Pid: 1, Order: order, Seq: seq})
+	return b.add(faultEvent{Ev: evAdded, Pid: 1, Order: order, Seq: seq, ID: id, Result: "ok"})
+}
+
+func (b *histBuilder) runTask(pid int, order uint64, seq int, id string, attempt int, result string) *histBuilder {
+	b.add(faultEvent{Ev: evStart, Pid: pid, Order: order, Seq: seq, ID: id, Attempt: attempt})
+	return b.add(faultEvent{Ev: evFinish, Pid: pid, Order: order, Seq: seq, ID: id, Attempt: attempt, Result: result})
+}
+
+func (b *histBuilder) lease(pid int, token int64) *histBuilder {
+	return b.add(faultEvent{Ev: evLease, Pid: pid, Token: token})
+}
+
+func TestCheckerDetectsEachViolation(t *testing.T) {
+	t.Parallel()
+	// base: two tasks of order 1, run in order by pid 10, which holds the lease.
+	base := func() *histBuilder {
+		b := &histBuilder{}
+		return b.lease(10, 1).added(1, 0, "a").added(1, 1, "b")
+	}
+	tests := []struct {
+		name  string
+		build func() *histBuilder
+		want  func(r faultReport) int
+	}{
+		{"clean", func() *histBuilder {
+			return base().runTask(10, 1, 0, "a", 1, "ok").runTask(10, 1, 1, "b", 1, "ok")
+		}, func(r faultReport) int { return r.Lost + r.Unexpected + r.DupOther + r.Reordered + r.Overlap }},
+		{"lost", func() *histBuilder {
+			return base().runTask(10, 1, 0, "a", 1, "ok")
+		}, func(r faultReport) int { return r.Lost }},
+		{"lost: failed and never retried", func() *histBuilder {
+			return base().runTask(10, 1, 0, "a", 1, "ok").runTask(10, 1, 1, "b", 1, "error")
+		}, func(r faultReport) int { return r.Lost }},
+		{"unexpected", func() *histBuilder {
+			return base().runTask(10, 1, 0, "a", 1, "ok").runTask(10, 1, 1, "b", 1, "ok").runTask(10, 7, 0, "z", 1, "ok")
+		}, func(r faultReport) int { return r.Unexpected }},
+		{"duplicate, other", func() *histBuilder {
+			return base().runTask(10, 1, 0, "a", 1, "ok").runTask(10, 1, 1, "b", 1, "ok").runTask(10, 1, 1, "b", 2, "ok")
+		}, func(r faultReport) int { return r.DupOther }},
+		{"duplicate, pending at the fault", func() *histBuilder {
+			b := base().runTask(10, 1, 0, "a", 1, "ok")
+			b.add(faultEvent{Ev: evStart, Pid: 10, Order: 1, Seq: 1, ID: "b", Attempt: 1})
+			b.add(faultEvent{Ev: evKill, Pid: 10})
+			b.add(faultEvent{Ev: evPending, ID: "b"})
+			return b.lease(11, 2).runTask(11, 1, 1, "b", 2, "ok")
+		}, func(r faultReport) int { return r.DupPending }},
+		{"reordered", func() *histBuilder {
+			return base().runTask(10, 1, 1, "b", 1, "ok").runTask(10, 1, 0, "a", 1, "ok")
+		}, func(r faultReport) int { return r.Reordered }},
+		{"early start: later task starts before a retry finished", func() *histBuilder {
+			b := base().runTask(10, 1, 0, "a", 1, "error").runTask(10, 1, 1, "b", 1, "ok")
+			return b.runTask(10, 1, 0, "a", 2, "ok")
+		}, func(r faultReport) int { return r.EarlyStarts }},
+		{"overlap across processes", func() *histBuilder {
+			b := base()
+			b.add(faultEvent{Ev: evStart, Pid: 10, Order: 1, Seq: 0, ID: "a", Attempt: 1})
+			b.add(faultEvent{Ev: evStart, Pid: 11, Order: 1, Seq: 1, ID: "b", Attempt: 1})
+			b.add(faultEvent{Ev: evFinish, Pid: 10, Order: 1, Seq: 0, ID: "a", Attempt: 1, Result: "ok"})
+			return b.add(faultEvent{Ev: evFinish, Pid: 11, Order: 1, Seq: 1, ID: "b", Attempt: 1, Result: "ok"})
+		}, func(r faultReport) int { return r.Overlap }},
+		{"late ack accepted", func() *histBuilder {
+			b := base().runTask(10, 1, 0, "a", 1, "ok").runTask(10, 1, 1, "b", 1, "ok").lease(11, 2)
+			return b.add(faultEvent{Ev: evAck, Pid: 10, Token: 1, Result: "ok", N: 1})
+		}, func(r faultReport) int { return r.LateAcks }},
+		{"stale start", func() *histBuilder {
+			return base().runTask(10, 1, 0, "a", 1, "ok").lease(11, 2).runTask(10, 1, 1, "b", 1, "ok")
+		}, func(r faultReport) int { return r.StaleStarts }},
+		{"unknown add completed twice", func() *histBuilder {
+			b := &histBuilder{}
+			b.lease(10, 1).add(faultEvent{Ev: evAdd, Pid: 1, Order: 2, Seq: 0})
+			return b.runTask(10, 2, 0, "u", 1, "ok").runTask(10, 2, 0, "u", 2, "ok")
+		}, func(r faultReport) int { return r.UnknownTwice }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			r := checkHistory(tc.build().ev)
+			if tc.name == "clean" {
+				assert.Zero(t, tc.want(r), "%v", r)
+				assert.Zero(t, r.EarlyStarts+r.LateAcks+r.StaleStarts+r.DupPending, "%v", r)
+				assert.Equal(t, 2, r.Completed)
+				return
+			}
+			assert.Equal(t, 1, tc.want(r), "%v", r)
+		})
+	}
+}
+
+func TestCheckerStoppedTimeIsNotOverlap(t *testing.T) {
+	t.Parallel()
+	// pid 10 starts a, is stopped; pid 11 reruns a while 10 is stopped; 10
+	// resumes and finishes after 11 did.
+	b := &histBuilder{}
+	b.lease(10, 1).added(1, 0, "a")
+	b.add(faultEvent{Ev: evStart, Pid: 10, Order: 1, ID: "a", Attempt: 1})
+	b.add(faultEvent{Ev: evStop, Pid: 10})
+	b.add(faultEvent{Ev: evPending, ID: "a"})
+	b.lease(11, 2).runTask(11, 1, 0, "a", 2, "ok")
+	b.add(faultEvent{Ev: evCont, Pid: 10})
+	b.add(faultEvent{Ev: evFinish, Pid: 10, Order: 1, ID: "a", Attempt: 1, Result: "cancelled"})
+	b.add(faultEvent{Ev: evAck, Pid: 10, Token: 1, Result: "refused"})
+	r := checkHistory(b.ev)
+	assert.Zero(t, r.Overlap, "%v", r)
+	assert.Zero(t, r.LateAcks)
+	assert.Equal(t, 1, r.Refused)
+	assert.Equal(t, 1, r.DupPending)
+	assert.Equal(t, time.Duration(3), r.Recovery) // stop at wall 5, pid 11's start at 8
+	assert.Equal(t, r.Recovery, r.Redelivery)
+
+	// The same history with the resumed run overlapping pid 11's does count.
+	b2 := &histBuilder{}
+	b2.lease(10, 1).added(1, 0, "a")
+	b2.add(faultEvent{Ev: evStart, Pid: 10, Order: 1, ID: "a", Attempt: 1})
+	b2.add(faultEvent{Ev: evStop, Pid: 10})
+	b2.lease(11, 2).add(faultEvent{Ev: evStart, Pid: 11, Order: 1, ID: "a", Attempt: 2})
+	b2.add(faultEvent{Ev: evCont, Pid: 10})
+	b2.add(faultEvent{Ev: evFinish, Pid: 10, Order: 1, ID: "a", Attempt: 1, Result: "ok"})
+	b2.add(faultEvent{Ev: evFinish, Pid: 11, Order: 1, ID: "a", Attempt: 2, Result: "ok"})
+	assert.Equal(t, 1, checkHistory(b2.ev).Overlap)
+}
+
+func TestCheckerKilledRunEndsAtDeath(t *testing.T) {
+	t.Parallel()
+	// A run cut short by kill -9 ends at the kill: the new owner's rerun
+	// after it is no overlap, and the task is no early start either.
+	b := &histBuilder{}
+	b.lease(10, 1).added(1, 0, "a").added(1, 1, "b")
+	b.add(faultEvent{Ev: evStart, Pid: 10, Order: 1, Seq: 0, ID: "a", Attempt: 1})
+	b.add(faultEvent{Ev: evKill, Pid: 10})
+	b.lease(11, 2).runTask(11, 1, 0, "a", 2, "ok").runTask(11, 1, 1, "b", 1, "ok")
+	r := checkHistory(b.ev)
+	assert.Zero(t, r.Overlap+r.EarlyStarts+r.Lost+r.Reordered+r.StaleStarts, "%v", r)
+	assert.Equal(t, 1, r.DupOther, "a ran twice and was not reported pending") // no pending event given
+
+	// A dead-lettered task counts as completed; runs after its death are fine.
+	b2 := &histBuilder{}
+	b2.lease(10, 1).added(1, 0, "a").added(1, 1, "b")
+	b2.runTask(10, 1, 0, "a", 1, "error").runTask(10, 1, 0, "a", 2, "error")
+	b2.add(faultEvent{Ev: evDeadRec, ID: "a"})
+	b2.runTask(10, 1, 1, "b", 1, "ok")
+	r2 := checkHistory(b2.ev)
+	assert.Zero(t, r2.Lost+r2.EarlyStarts+r2.DupOther, "%v", r2)
+	assert.Equal(t, 1, r2.Dead)
+	assert.Equal(t, 2, r2.FailedRuns)
+}
+
+func TestReadHistorySkipsTornLastLine(t *testing.T) {
+	t.Parallel()
+	path := t.TempDir() + "/h.jsonl"
+	require.NoError(t, os.WriteFile(path, []byte(`{"ev":"start","id":"a"}`+"\n"+`{"ev":"fin`), 0o644))
+	ev, err := readHistory(path)
+	require.NoError(t, err)
+	assert.Len(t, ev, 1)
+	require.NoError(t, os.WriteFile(path, []byte(`{"ev":"st`+"\n"+`{"ev":"start"}`+"\n"), 0o644))
+	_, err = readHistory(path)
+	assert.Error(t, err, "a bad line that is not the last is an error")
+}
