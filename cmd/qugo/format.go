@@ -1,0 +1,94 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+	"unicode"
+)
+
+// table writes aligned columns; cells must not hold tabs or newlines
+// (pass them through cell).
+type table struct{ tw *tabwriter.Writer }
+
+func newTable(w io.Writer, header ...string) *table {
+	t := &table{tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)}
+	t.row(header...)
+	return t
+}
+
+func (t *table) row(cells ...string) { fmt.Fprintln(t.tw, strings.Join(cells, "\t")) }
+
+func (t *table) flush() error { return t.tw.Flush() }
+
+// writeJSON writes v as one JSON document on one line.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	return enc.Encode(v)
+}
+
+// none is what an empty cell shows.
+const none = "-"
+
+// cell makes s safe for one table cell: empty becomes "-", and text with
+// control characters (tabs, newlines, escapes) is shown Go-quoted.
+func cell(s string) string {
+	if s == "" {
+		return none
+	}
+	if strings.IndexFunc(s, func(r rune) bool { return unicode.IsControl(r) || r == unicode.ReplacementChar }) >= 0 {
+		return strconv.Quote(s)
+	}
+	return s
+}
+
+// maxRaw is how many bytes of a malformed record a table shows.
+const maxRaw = 48
+
+// rawCell shows the bytes of a malformed record Go-quoted (non-printable
+// bytes as \xNN), cut to maxRaw bytes.
+func rawCell(b []byte) string {
+	if len(b) <= maxRaw {
+		return fmt.Sprintf("%q", b)
+	}
+	return fmt.Sprintf("%q...(%d bytes)", b[:maxRaw], len(b))
+}
+
+// timeCell shows t in local time to the second, or "-" when it is zero.
+func timeCell(t time.Time) string {
+	if t.IsZero() {
+		return none
+	}
+	return t.Local().Format(time.RFC3339)
+}
+
+// durationCell shows d rounded to what a person reads: milliseconds under
+// a second, tenths under a minute, whole seconds above.
+func durationCell(d time.Duration) string {
+	switch {
+	case d < time.Second:
+		return d.Round(time.Millisecond).String()
+	case d < time.Minute:
+		return d.Round(100 * time.Millisecond).String()
+	default:
+		return d.Round(time.Second).String()
+	}
+}
+
+// jsonTime is a time for JSON output: RFC 3339 in UTC, or null when zero.
+func jsonTime(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	u := t.UTC()
+	return &u
+}
+
+// age is how long ago t was, never negative (clocks of producers and of
+// this machine may differ).
+func age(now, t time.Time) time.Duration { return max(now.Sub(t), 0) }

@@ -1,0 +1,232 @@
+// Command qugo inspects and repairs the queues of github.com/qugo/queue:
+// per-analyser statistics, pending and dead tasks, replaying and purging
+// dead tasks, and routing an OrderID or string key to its analyser.
+//
+// Run "qugo -h" for its usage, or see README.md next to this file.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/qugo/queue"
+)
+
+// Exit statuses a script can rely on.
+const (
+	exitOK      = 0 // the command did what was asked
+	exitRuntime = 1 // Redis unreachable, layout mismatch, a failed Redis call
+	exitUsage   = 2 // bad flags or arguments; nothing was sent to Redis
+)
+
+const defaultRedis = "redis://127.0.0.1:6379"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-ctx.Done()
+		stop() // a second signal kills the process
+	}()
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+const usageText = `Usage: qugo [global flags] command [flags] [arguments]
+
+qugo inspects the Redis queues of github.com/qugo/queue.
+
+Commands:
+  stats   [-watch DURATION] [-json]     one row per analyser: depth, pending,
+                                        dead, counters, owner, oldest pending age
+  pending -a N [-json]                  tasks analyser N has claimed and not finished
+  dead    -a N [-json]                  analyser N's dead-letter store
+  replay  -a N [-json] [ID...]          move dead tasks (all without IDs) back to ready
+  purge   -a N [-json] (ID... | -all)   delete dead tasks; -all deletes every one
+  route   [-json] [ORDER-ID...] [-key STRING...]
+                                        partition, queue and analyser of an OrderID
+                                        or string key; needs no server
+  help                                  this text
+
+Global flags (also accepted after the command):
+  -redis URLS    comma-separated redis:// or rediss:// URLs, in partition order,
+                 as the producers and analysers use them
+                 (default $QUEUE_REDIS, else redis://127.0.0.1:6379)
+  -queues Q      queues on each server (default 1)
+  -prefix P      key prefix of the queue (default "qugo")
+
+Run "qugo COMMAND -h" for a command's flags.
+
+Output: tables for people; with -json, one JSON document on one line with
+snake_case field names (see README.md), so "stats -watch -json" is JSON lines.
+
+Exit status:
+  0  success
+  1  runtime error: Redis unreachable, layout mismatch (another number or order
+     of -redis URLs, or another -queues, than the queue was created with),
+     a failed Redis call
+  2  usage error: bad flags or arguments; nothing was sent to Redis
+Errors go to standard error, prefixed "qugo: ".
+`
+
+// usageError is a bad flag or argument: exit status 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return &usageError{fmt.Sprintf(format, args...)}
+}
+
+// env is what a command runs with: the global flags and the outputs.
+type env struct {
+	globals
+	stdout, stderr io.Writer
+}
+
+// command is one subcommand. flags registers its own flags on fs and
+// returns the function that runs it with the remaining arguments.
+type command struct {
+	name  string
+	usage string // the argument synopsis after the name
+	flags func(fs *flag.FlagSet) func(ctx context.Context, e *env, args []string) error
+}
+
+var commands = []command{
+	{"stats", "[-watch DURATION] [-json]", statsFlags},
+	{"pending", "-a N [-json]", pendingFlags},
+	{"dead", "-a N [-json]", deadFlags},
+	{"replay", "-a N [-json] [ID...]", replayFlags},
+	{"purge", "-a N [-json] (ID... | -all)", purgeFlags},
+	{"route", "[-json] [ORDER-ID...] [-key STRING...]", routeFlags},
+}
+
+// run runs qugo with args (without the program name) and returns its exit
+// status.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	e := &env{globals: defaultGlobals(), stdout: stdout, stderr: stderr}
+	err := e.run(ctx, args)
+	var ue *usageError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, flag.ErrHelp):
+		return exitOK
+	case errors.As(err, &ue), errors.Is(err, queue.ErrBadConfig), errors.Is(err, queue.ErrAnalyserRange):
+		fmt.Fprintf(stderr, "qugo: %v\nRun 'qugo -h' for usage.\n", err)
+		return exitUsage
+	default:
+		fmt.Fprintf(stderr, "qugo: %v\n", err)
+		if errors.Is(err, queue.ErrLayoutMismatch) {
+			fmt.Fprintln(stderr, "qugo: give every -redis URL in partition order, and the -queues the queue was created with")
+		}
+		return exitRuntime
+	}
+}
+
+func (e *env) run(ctx context.Context, args []string) error {
+	fs := newFlagSet("qugo")
+	e.globals.register(fs)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(e.stdout, usageText)
+		}
+		return flagError(err)
+	}
+	args = fs.Args()
+	if len(args) == 0 {
+		return usagef("no command given")
+	}
+	name, args := args[0], args[1:]
+	if name == "help" {
+		fmt.Fprint(e.stdout, usageText)
+		return nil
+	}
+	for _, c := range commands {
+		if c.name == name {
+			return e.runCommand(ctx, c, args)
+		}
+	}
+	return usagef("unknown command %q", name)
+}
+
+func (e *env) runCommand(ctx context.Context, c command, args []string) error {
+	fs := newFlagSet("qugo " + c.name)
+	do := c.flags(fs)
+	own := map[string]bool{}
+	fs.VisitAll(func(f *flag.Flag) { own[f.Name] = true })
+	e.globals.register(fs)
+	operands, err := parseInterspersed(fs, args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(e.stdout, "Usage: qugo [global flags] %s %s\n\nFlags:\n", c.name, c.usage)
+			printFlags(e.stdout, fs, own)
+			fmt.Fprint(e.stdout, "\nThe global flags -redis, -queues and -prefix are accepted too; see qugo -h.\n")
+		}
+		return err
+	}
+	if err := e.globals.validate(); err != nil {
+		return err
+	}
+	return do(ctx, e, operands)
+}
+
+// newFlagSet returns a flag set that reports its errors to run instead of
+// printing them.
+func newFlagSet(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	return fs
+}
+
+// flagError turns a flag package error into a usage error.
+func flagError(err error) error {
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	return &usageError{err.Error()}
+}
+
+// parseInterspersed parses fs from args, allowing flags after operands
+// ("replay ID -a 3"), and returns the operands. Everything after "--" is
+// an operand.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var operands []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, flagError(err)
+		}
+		rest := fs.Args()
+		if used := len(args) - len(rest); used > 0 && args[used-1] == "--" {
+			return append(operands, rest...), nil
+		}
+		if len(rest) == 0 {
+			return operands, nil
+		}
+		operands = append(operands, rest[0])
+		args = rest[1:]
+	}
+}
+
+// printFlags prints the flags of fs named in only.
+func printFlags(w io.Writer, fs *flag.FlagSet, only map[string]bool) {
+	fs.VisitAll(func(f *flag.Flag) {
+		if !only[f.Name] {
+			return
+		}
+		name, help := flag.UnquoteUsage(f)
+		line := "  -" + f.Name
+		if name != "" {
+			line += " " + name
+		}
+		fmt.Fprintf(w, "%s\n    \t%s\n", line, strings.ReplaceAll(help, "\n", "\n    \t"))
+	})
+}

@@ -1,0 +1,341 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/gomodule/redigo/redis"
+	"github.com/qugo/queue"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// testRedisURL names a real redis-server to test against; when empty,
+// every test starts its own miniredis servers.
+var testRedisURL = os.Getenv("QUEUE_TEST_REDIS_URL")
+
+var prefixSeq atomic.Int64
+
+// fixture is a queue of r partitions and q queues under a key prefix of
+// its own, with a Queue to set up data through the library.
+type fixture struct {
+	urls   []string
+	minis  []*miniredis.Miniredis // nil on a real server
+	prefix string
+	queues int
+	q      *queue.Queue
+}
+
+func newFixture(t *testing.T, r, q int) *fixture {
+	t.Helper()
+	f := &fixture{
+		prefix: fmt.Sprintf("qugo-cli-test:%d:%d", time.Now().UnixNano()%1e9, prefixSeq.Add(1)),
+		queues: q,
+	}
+	for i := 0; i < r; i++ {
+		if testRedisURL == "" {
+			m := miniredis.RunT(t)
+			f.minis = append(f.minis, m)
+			f.urls = append(f.urls, "redis://"+m.Addr())
+		} else {
+			f.urls = append(f.urls, fmt.Sprintf("%s/%d", strings.TrimRight(testRedisURL, "/"), i))
+		}
+	}
+	var err error
+	f.q, err = queue.Dial(context.Background(), f.urls, queue.Config{Prefix: f.prefix, Queues: q})
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		f.cleanup(t)
+		f.q.Close()
+	})
+	return f
+}
+
+// cleanup deletes the fixture's keys from a real server.
+func (f *fixture) cleanup(t *testing.T) {
+	if f.minis != nil {
+		return
+	}
+	for i := range f.urls {
+		keys, _ := redis.Strings(f.do(t, i, "KEYS", "*"+f.prefix+"*"))
+		for _, k := range keys {
+			f.do(t, i, "DEL", k)
+		}
+	}
+}
+
+// do runs one raw command on partition i.
+func (f *fixture) do(t *testing.T, i int, cmd string, args ...any) (any, error) {
+	t.Helper()
+	c, err := redis.DialURL(f.urls[i])
+	require.NoError(t, err)
+	defer c.Close()
+	return c.Do(cmd, args...)
+}
+
+// args returns the global flags naming the fixture's queue, then rest.
+func (f *fixture) args(rest ...string) []string {
+	return append([]string{"-redis", strings.Join(f.urls, ","), "-queues", strconv.Itoa(f.queues), "-prefix", f.prefix}, rest...)
+}
+
+// add enqueues one task per order ID, with payload "task-<id>".
+func (f *fixture) add(t *testing.T, orderIDs ...uint64) []string {
+	t.Helper()
+	tasks := make([]queue.Task, len(orderIDs))
+	for i, id := range orderIDs {
+		tasks[i] = queue.Task{OrderID: id, Payload: []byte(fmt.Sprintf("task-%d", id))}
+	}
+	ids, err := f.q.AddTasks(context.Background(), tasks)
+	require.NoError(t, err)
+	return ids
+}
+
+// consume takes the lease of analyser a, as "cli-test", with one attempt
+// per task so that Fail dead-letters at once. The lease is released at
+// cleanup.
+func (f *fixture) consume(t *testing.T, a int) *queue.Consumer {
+	t.Helper()
+	c, err := f.q.Consume(context.Background(), a, queue.ConsumerConfig{Owner: "cli-test", MaxAttempts: 1, LeaseTTL: time.Minute})
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Release(context.Background()) })
+	return c
+}
+
+// qugo runs the command and returns its exit status and outputs.
+func qugo(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code = run(context.Background(), args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+// qugoJSON runs the command, requires success, and decodes its output.
+func qugoJSON[T any](t *testing.T, args ...string) T {
+	t.Helper()
+	code, out, errOut := qugo(t, args...)
+	require.Equal(t, exitOK, code, errOut)
+	require.Equal(t, 1, strings.Count(out, "\n"), "one JSON document on one line: %s", out)
+	var v T
+	require.NoError(t, json.Unmarshal([]byte(out), &v), out)
+	return v
+}
+
+// closedURL returns a redis:// URL on a loopback port nothing listens on.
+func closedURL(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := l.Addr().String()
+	require.NoError(t, l.Close())
+	return "redis://" + addr
+}
+
+// tableRows splits a table's output into rows of whitespace-separated
+// fields, the header first.
+func tableRows(out string) [][]string {
+	var rows [][]string
+	for _, line := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
+		rows = append(rows, strings.Fields(line))
+	}
+	return rows
+}
+
+// syncBuffer is a bytes.Buffer safe to read while run writes to it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestUsageErrors(t *testing.T) {
+	t.Parallel()
+	// Nothing listens here: a command that reached Redis would exit 1.
+	redisFlag := []string{"-redis", closedURL(t)}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string // in stderr
+	}{
+		{"no command", nil, "no command given"},
+		{"unknown command", []string{"bogus"}, `unknown command "bogus"`},
+		{"unknown global flag", []string{"-nope", "stats"}, "-nope"},
+		{"unknown command flag", []string{"stats", "-nope"}, "-nope"},
+		{"stats operand", []string{"stats", "extra"}, "no arguments"},
+		{"watch too often", []string{"stats", "-watch", "1ms"}, "-watch"},
+		{"watch not a duration", []string{"stats", "-watch", "soon"}, "-watch"},
+		{"pending without -a", []string{"pending"}, "-a is required"},
+		{"dead without -a", []string{"dead"}, "-a is required"},
+		{"replay without -a", []string{"replay"}, "-a is required"},
+		{"analyser too big", []string{"dead", "-a", "1"}, "analysers are 0 to 0"},
+		{"analyser negative", []string{"pending", "-a", "-3"}, "-a -3"},
+		{"analyser too big for R*Q", []string{"-queues", "2", "pending", "-a", "2"}, "analysers are 0 to 1"},
+		{"pending operand", []string{"pending", "-a", "0", "x"}, "no arguments"},
+		{"zero queues", []string{"-queues", "0", "stats"}, "-queues 0"},
+		{"not a redis URL", []string{"-redis", "http://localhost", "stats"}, "not redis://"},
+		{"empty URL", []string{"-redis", "redis://a,,redis://b", "stats"}, "empty"},
+		{"bad prefix", []string{"-prefix", "a{b}", "stats"}, "-prefix"},
+		{"purge everything without -all", []string{"purge", "-a", "0"}, "refusing to purge"},
+		{"purge IDs and -all", []string{"purge", "-a", "0", "-all", "x"}, "not both"},
+		{"route nothing", []string{"route"}, "ORDER-ID"},
+		{"route not a number", []string{"route", "abc"}, "not an order ID"},
+		{"route too big", []string{"route", "18446744073709551616"}, "not an order ID"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			// A later -redis in tc.args overrides the first.
+			args := append(append([]string(nil), redisFlag...), tc.args...)
+			code, out, errOut := qugo(t, args...)
+			assert.Equal(t, exitUsage, code)
+			assert.Empty(t, out)
+			assert.True(t, strings.HasPrefix(errOut, "qugo: "), errOut)
+			assert.Contains(t, errOut, tc.want)
+			assert.Contains(t, errOut, "qugo -h")
+		})
+	}
+}
+
+func TestHelp(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{"-h"}, {"-help"}, {"help"}} {
+		code, out, errOut := qugo(t, args...)
+		assert.Equal(t, exitOK, code, args)
+		assert.Empty(t, errOut, args)
+		for _, want := range []string{"Exit status", "0  success", "1  runtime error", "2  usage error", "QUEUE_REDIS", "purge"} {
+			assert.Contains(t, out, want, args)
+		}
+	}
+	for _, c := range commands {
+		code, out, errOut := qugo(t, c.name, "-h")
+		assert.Equal(t, exitOK, code, c.name)
+		assert.Empty(t, errOut, c.name)
+		assert.Contains(t, out, "Usage: qugo [global flags] "+c.name, c.name)
+		assert.NotContains(t, out, "-prefix prefix", "global flags are not listed per command")
+	}
+}
+
+func TestUnreachable(t *testing.T) {
+	t.Parallel()
+	url := closedURL(t)
+	for _, args := range [][]string{
+		{"stats"}, {"stats", "-json"}, {"stats", "-watch", "1s"}, {"pending", "-a", "0"}, {"dead", "-a", "0"},
+		{"replay", "-a", "0"}, {"purge", "-a", "0", "-all"},
+	} {
+		code, out, errOut := qugo(t, append([]string{"-redis", url}, args...)...)
+		assert.Equal(t, exitRuntime, code, args)
+		assert.Empty(t, out, args)
+		assert.True(t, strings.HasPrefix(errOut, "qugo: "), errOut)
+		assert.Contains(t, errOut, "dial partition 0", args)
+	}
+}
+
+func TestLayoutMismatch(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, 2, 2)
+	f.add(t, 0, 1) // records the layout on both servers
+	swapped := f.urls[1] + "," + f.urls[0]
+	for name, args := range map[string][]string{
+		"other Q":         {"-redis", strings.Join(f.urls, ","), "-queues", "1", "-prefix", f.prefix, "stats"},
+		"other R":         {"-redis", f.urls[0], "-queues", "2", "-prefix", f.prefix, "dead", "-a", "0"},
+		"servers swapped": {"-redis", swapped, "-queues", "2", "-prefix", f.prefix, "purge", "-a", "0", "-all"},
+	} {
+		code, out, errOut := qugo(t, args...)
+		assert.Equal(t, exitRuntime, code, name)
+		assert.Empty(t, out, name)
+		assert.Contains(t, errOut, "qugo: queue: layout of partition", name)
+		assert.Contains(t, errOut, "partition order", name)
+	}
+	code, _, errOut := qugo(t, f.args("stats")...)
+	assert.Equal(t, exitOK, code, errOut)
+}
+
+// An inspector run with the wrong layout on servers nothing has used must
+// not record its layout there.
+func TestInspectorRecordsNoLayout(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, 2, 2)
+	wrong := []string{"-redis", f.urls[0], "-queues", "3", "-prefix", f.prefix}
+	for _, cmd := range [][]string{{"stats"}, {"pending", "-a", "0"}, {"dead", "-a", "0"}, {"replay", "-a", "0"}, {"purge", "-a", "0", "-all"}} {
+		code, _, errOut := qugo(t, append(append([]string(nil), wrong...), cmd...)...)
+		assert.Equal(t, exitOK, code, errOut)
+	}
+	f.add(t, 0, 1, 2, 3) // would fail with a layout mismatch had qugo recorded one
+}
+
+// Global flags also work after the command, and flags after operands.
+func TestFlagPlacement(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, 1, 1)
+	code, _, errOut := qugo(t, append([]string{"stats"}, f.args()...)...)
+	assert.Equal(t, exitOK, code, errOut)
+	code, out, errOut := qugo(t, append([]string{"purge", "some-id"}, f.args("-a", "0")...)...)
+	assert.Equal(t, exitOK, code, errOut)
+	assert.Contains(t, out, "purged 0 task(s) of analyser 0")
+}
+
+// Without -redis, QUEUE_REDIS names the servers.
+func TestRedisFromEnv(t *testing.T) {
+	f := newFixture(t, 2, 1)
+	t.Setenv("QUEUE_REDIS", strings.Join(f.urls, ","))
+	doc := qugoJSON[statsDoc](t, "-prefix", f.prefix, "stats", "-json")
+	assert.Equal(t, 2, doc.Partitions)
+	assert.Len(t, doc.Analysers, 2)
+}
+
+func TestParseInterspersed(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args     []string
+		a        int
+		all      bool
+		operands []string
+	}{
+		{nil, -1, false, nil},
+		{[]string{"-a", "2", "x", "y"}, 2, false, []string{"x", "y"}},
+		{[]string{"x", "-a", "2", "y", "-all"}, 2, true, []string{"x", "y"}},
+		{[]string{"x", "--", "-a", "2"}, -1, false, []string{"x", "-a", "2"}},
+		{[]string{"-all", "--", "--"}, -1, true, []string{"--"}},
+	} {
+		fs := newFlagSet("t")
+		a := fs.Int("a", -1, "")
+		all := fs.Bool("all", false, "")
+		operands, err := parseInterspersed(fs, tc.args)
+		require.NoError(t, err, tc.args)
+		assert.Equal(t, tc.operands, operands, tc.args)
+		assert.Equal(t, tc.a, *a, tc.args)
+		assert.Equal(t, tc.all, *all, tc.args)
+	}
+	fs := newFlagSet("t")
+	_, err := parseInterspersed(fs, []string{"x", "-nope"})
+	var ue *usageError
+	assert.ErrorAs(t, err, &ue)
+	_, err = parseInterspersed(newFlagSet("t"), []string{"-h"})
+	assert.ErrorIs(t, err, flag.ErrHelp)
+}
