@@ -392,3 +392,77 @@ func TestFaultKillAnalyser(t *testing.T) {
 		assert.LessOrEqual(t, r.Redelivery, faultLeaseTTL+time.Second, "redelivery")
 	}
 }
+
+func TestFaultGracefulStop(t *testing.T) {
+	e := newFaultEnv(t, 1, false)
+	const orders, per = 200, 100
+	total := int64(orders * per)
+	cfg := e.analyserConfig(0)
+	cfg.Work = time.Millisecond // slower than the producer: a backlog, and a full prefetch window
+	a1 := e.spawn("analyser", cfg)
+	p := e.spawn("producer", produce(orders, per))
+	e.waitProcessed(1, 30*time.Second) // a1 holds the lease
+	a2 := e.spawn("analyser", cfg)    // a hot standby
+	frac := 0.2 + 0.6*rand.Float64()
+	e.waitProcessed(int64(frac*float64(total)), 60*time.Second)
+	pending := e.recordPending()
+	e.terminate(a1)
+	e.waitExit(a1, 15*time.Second)
+	e.drain([]*child{p}, []*child{a2}, 60*time.Second)
+
+	r := e.check()
+	t.Logf("SIGTERM at %.0f%% done, %d pending: %v", 100*frac, pending, r)
+	requireClean(t, r)
+	assert.EqualValues(t, total, r.AddedOK)
+	assert.EqualValues(t, total, r.Completed)
+	assert.Zero(t, r.DupPending+r.DupOther, "duplicates after a graceful stop")
+	assert.Zero(t, r.Dead)
+	require.Positive(t, r.Recovery, "no start after the stop")
+	// The standby is woken by the release: no lease expiry to wait for.
+	assert.Less(t, r.Recovery, faultLeaseTTL/2, "handover after a graceful stop")
+}
+
+func TestFaultKillAllAnalysers(t *testing.T) {
+	e := newFaultEnv(t, 2, false) // two queues, two analysers
+	const orders, per = 200, 100
+	total := int64(orders * per)
+	cfg := e.analyserConfig(0)
+	cfg.Work = time.Millisecond // slower than the producer: a full prefetch window
+	var old []*child
+	for a := 0; a < 2; a++ {
+		cfg.Analyser = a
+		old = append(old, e.spawn("analyser", cfg))
+	}
+	p := e.spawn("producer", produce(orders, per))
+	frac := 0.2 + 0.6*rand.Float64()
+	e.waitProcessed(int64(frac*float64(total)), 60*time.Second)
+	for _, a := range old {
+		e.kill9(a)
+	}
+	pending := e.recordPending()
+	var fresh []*child
+	for a := 0; a < 2; a++ {
+		cfg.Analyser = a
+		fresh = append(fresh, e.spawn("analyser", cfg))
+	}
+	e.drain([]*child{p}, fresh, 60*time.Second)
+
+	r := e.check()
+	t.Logf("kill -9 of both analysers at %.0f%% done, %d pending: %v", 100*frac, pending, r)
+	requireClean(t, r)
+	assert.EqualValues(t, total, r.AddedOK)
+	assert.EqualValues(t, total, r.Completed)
+	assert.Zero(t, r.DupOther, "duplicates of tasks not pending at the kill")
+	assert.LessOrEqual(t, r.DupPending, pending)
+	assert.Zero(t, r.Dead)
+	require.Positive(t, r.Recovery, "no start after the kill")
+	assert.LessOrEqual(t, r.Recovery, faultLeaseTTL+time.Second, "recovery")
+	if pending > 0 {
+		assert.LessOrEqual(t, r.Redelivery, faultLeaseTTL+time.Second, "redelivery")
+	}
+	var redelivered int64
+	for _, s := range e.stats() {
+		redelivered += s.Redelivered
+	}
+	assert.EqualValues(t, pending, redelivered, "every task pending at the kill is put back once")
+}
