@@ -60,7 +60,7 @@ func decodeDead(field string, b []byte) DeadTask {
 	rest := b[1:]
 	var f [3]uint64
 	for i := range f {
-		v, n := binary.Uvarint(rest)
+		v, n := uvarint(rest)
 		if n <= 0 {
 			return bad("truncated")
 		}
@@ -89,6 +89,16 @@ func (q *Queue) analyserKeys(a int) (*partition, queueKeys, error) {
 		return nil, queueKeys{}, err
 	}
 	return q.parts[pi], newQueueKeys(q.cfg.Prefix, pi, qi), nil
+}
+
+// writerKeys is analyserKeys for a call that writes: it also verifies the
+// layout, so that a process that disagrees with it touches nothing.
+func (q *Queue) writerKeys(ctx context.Context, a int) (*partition, queueKeys, error) {
+	p, k, err := q.analyserKeys(a)
+	if err == nil {
+		err = q.checkLayout(ctx, p)
+	}
+	return p, k, err
 }
 
 // onPartition runs f with a connection to p.
@@ -134,8 +144,11 @@ func (q *Queue) Dead(ctx context.Context, analyser int) ([]DeadTask, error) {
 // already queued. Malformed records are left in place. It returns how many
 // moved. It is safe for concurrent use and needs no lease.
 func (q *Queue) Replay(ctx context.Context, analyser int, ids ...string) (int, error) {
-	p, k, err := q.analyserKeys(analyser)
+	p, k, err := q.writerKeys(ctx, analyser)
 	if err != nil {
+		return 0, err
+	}
+	if err := q.CheckLayout(ctx); err != nil { // it writes: refuse another layout
 		return 0, err
 	}
 	dead, err := q.Dead(ctx, analyser)
@@ -164,8 +177,11 @@ func (q *Queue) Replay(ctx context.Context, analyser int, ids ...string) (int, e
 // Purge deletes dead tasks (all of them when no ids are given) and returns
 // how many it deleted. It is safe for concurrent use.
 func (q *Queue) Purge(ctx context.Context, analyser int, ids ...string) (int, error) {
-	p, k, err := q.analyserKeys(analyser)
+	p, k, err := q.writerKeys(ctx, analyser)
 	if err != nil {
+		return 0, err
+	}
+	if err := q.CheckLayout(ctx); err != nil { // it deletes: refuse another layout
 		return 0, err
 	}
 	return onPartition(ctx, p, fmt.Sprintf("purge dead of analyser %d", analyser), func(c redis.Conn) (int, error) {

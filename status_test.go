@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -79,4 +80,19 @@ func TestAddTaskOnce(t *testing.T) {
 	assert.ErrorIs(t, err, ErrBadConfig)
 	_, _, err = q.AddTaskOnce(ctx, 3, "k", time.Minute, nil)
 	assert.ErrorIs(t, err, ErrEmptyPayload)
+}
+
+func TestReplayPurgeCheckLayout(t *testing.T) {
+	t.Parallel()
+	q, servers := newTestQueue(t, 1, Config{})
+	ctx := context.Background()
+	_, err := q.AddTask(ctx, 1, []byte("x"))
+	require.NoError(t, err)
+	// A process that believes in two queues must not touch the store.
+	other, err := New([]*redis.Pool{servers[0].pool}, Config{Prefix: q.cfg.Prefix, Queues: 2})
+	require.NoError(t, err)
+	_, err = other.Replay(ctx, 0)
+	assert.ErrorIs(t, err, ErrLayoutMismatch)
+	_, err = other.Purge(ctx, 0)
+	assert.ErrorIs(t, err, ErrLayoutMismatch)
 }
