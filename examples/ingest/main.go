@@ -1,0 +1,233 @@
+// Command ingest is an HTTP front end for a qugo queue: it accepts tasks
+// as JSON, enqueues them, and reports their status from Redis and from the
+// Postgres tables that the analyser example writes.
+//
+//	POST /v1/tasks                  one task or an array of them -> {"ids": [...]}
+//	GET  /v1/tasks/{id}?order_id=N  -> {"id", "order_id", "status", "attempts", "last_error"}
+//	GET  /healthz                   Redis (and Postgres) reachable -> {"status": "ok"}
+//
+// See README.md for the flags and examples.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/qugo/queue"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	if err := run(ctx, os.Args[1:], os.Stderr, log); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		log.Error("ingest", "err", err)
+		os.Exit(1)
+	}
+}
+
+// options are the command-line flags.
+type options struct {
+	listen   string
+	redis    []string
+	queues   int
+	prefix   string
+	pg       string
+	maxBody  int64
+	dedup    time.Duration
+	shutdown time.Duration
+}
+
+func parseFlags(args []string, out io.Writer) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("ingest", flag.ContinueOnError)
+	fs.SetOutput(out)
+	redisURLs := fs.String("redis", "redis://127.0.0.1:6379", "comma-separated Redis URLs, in partition order")
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:8080", "address to serve HTTP on")
+	fs.IntVar(&o.queues, "queues", 1, "queues per Redis server (must match the analysers)")
+	fs.StringVar(&o.prefix, "prefix", "qugo", "Redis key prefix (must match the analysers)")
+	fs.StringVar(&o.pg, "pg", "", "Postgres URL of the analysers' tables; without it status is read from Redis only and done reads as queued")
+	fs.Int64Var(&o.maxBody, "max-body", 1<<20, "largest request body in bytes; larger ones get 413")
+	fs.DurationVar(&o.dedup, "dedup", 10*time.Minute, "idempotency window for order_id+idempotency_key; 0 disables it")
+	fs.DurationVar(&o.shutdown, "shutdown-timeout", 10*time.Second, "how long to let requests in flight finish on SIGINT/SIGTERM")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	for _, u := range strings.Split(*redisURLs, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			o.redis = append(o.redis, u)
+		}
+	}
+	switch {
+	case len(o.redis) == 0:
+		return o, errors.New("-redis: no URL given")
+	case o.maxBody <= 0:
+		return o, errors.New("-max-body must be positive")
+	case o.dedup < 0:
+		return o, errors.New("-dedup must not be negative")
+	}
+	return o, nil
+}
+
+// app is a configured server and what it holds open.
+type app struct {
+	srv   *server
+	close func()
+}
+
+// newApp dials Redis (and Postgres) and builds the server.
+func newApp(ctx context.Context, o options, log *slog.Logger) (*app, error) {
+	// The queue's payload limit follows -max-body, so every body that fits
+	// the limit fits the queue too.
+	maxPayload := int(min(o.maxBody, 256<<20))
+	pools := make([]*redis.Pool, len(o.redis))
+	for i, u := range o.redis {
+		if !strings.HasPrefix(u, "redis://") && !strings.HasPrefix(u, "rediss://") {
+			return nil, fmt.Errorf("-redis: %q is not a redis:// or rediss:// URL", u)
+		}
+		pools[i] = newPool(u)
+	}
+	closePools := func() {
+		for _, p := range pools {
+			p.Close()
+		}
+	}
+	q, err := queue.New(pools, queue.Config{Prefix: o.prefix, Queues: o.queues, MaxPayload: maxPayload})
+	if err != nil {
+		closePools()
+		return nil, err
+	}
+	a := &app{srv: &server{q: q, maxBody: o.maxBody, dedup: o.dedup, log: log}}
+	var pg *pgxpool.Pool
+	if o.pg != "" {
+		if pg, err = pgxpool.New(ctx, o.pg); err != nil {
+			closePools()
+			return nil, fmt.Errorf("-pg: %w", err)
+		}
+		a.srv.store = &pgStore{pool: pg}
+	}
+	a.srv.health = func(ctx context.Context) error {
+		for i, p := range pools {
+			if err := ping(ctx, p); err != nil {
+				return fmt.Errorf("redis partition %d: %w", i, err)
+			}
+		}
+		if pg != nil {
+			if err := pg.Ping(ctx); err != nil {
+				return fmt.Errorf("postgres: %w", err)
+			}
+		}
+		return nil
+	}
+	err = a.srv.health(ctx)
+	if err == nil {
+		// Refuse a -redis order or -queues that disagrees with what the
+		// servers have recorded, before serving wrong statuses.
+		err = q.CheckLayout(ctx)
+	}
+	if err != nil {
+		q.Close()
+		closePools()
+		if pg != nil {
+			pg.Close()
+		}
+		return nil, err
+	}
+	a.close = func() {
+		q.Close()
+		closePools()
+		if pg != nil {
+			pg.Close()
+		}
+	}
+	return a, nil
+}
+
+func newPool(url string) *redis.Pool {
+	return &redis.Pool{
+		MaxIdle:     64,
+		IdleTimeout: 4 * time.Minute,
+		DialContext: func(ctx context.Context) (redis.Conn, error) {
+			return redis.DialURLContext(ctx, url,
+				redis.DialConnectTimeout(5*time.Second),
+				redis.DialReadTimeout(10*time.Second),
+				redis.DialWriteTimeout(10*time.Second))
+		},
+		TestOnBorrow: func(c redis.Conn, t time.Time) error {
+			if time.Since(t) < time.Minute {
+				return nil
+			}
+			_, err := c.Do("PING")
+			return err
+		},
+	}
+}
+
+func ping(ctx context.Context, p *redis.Pool) error {
+	c, err := p.GetContext(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, err = redis.DoContext(c, ctx, "PING")
+	return err
+}
+
+// run serves until ctx ends, then lets requests in flight finish.
+func run(ctx context.Context, args []string, out io.Writer, log *slog.Logger) error {
+	o, err := parseFlags(args, out)
+	if err != nil {
+		return err
+	}
+	a, err := newApp(ctx, o, log)
+	if err != nil {
+		return err
+	}
+	defer a.close()
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{
+		Handler:           a.srv.handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       time.Minute,
+		WriteTimeout:      time.Minute,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	log.Info("ingest listening", "addr", ln.Addr().String(), "partitions", len(o.redis), "queues", o.queues,
+		"prefix", o.prefix, "postgres", o.pg != "", "dedup", o.dedup, "max_body", o.maxBody)
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("ingest shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), o.shutdown)
+	defer cancel()
+	err = hs.Shutdown(sctx)
+	<-errc
+	return err
+}

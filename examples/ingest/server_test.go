@@ -1,0 +1,502 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/gomodule/redigo/redis"
+	"github.com/qugo/queue"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// fakeStore stands in for the analysers' Postgres tables.
+type fakeStore struct {
+	mu   sync.Mutex
+	recs map[string]storeRecord
+	err  error
+}
+
+func (f *fakeStore) Lookup(_ context.Context, id string) (storeRecord, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.recs[id], f.err
+}
+
+func (f *fakeStore) set(id string, r storeRecord) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.recs[id] = r
+}
+
+// fixture is an ingest server over miniredis, with R=2 partitions and Q=2
+// queues so routing is exercised.
+type fixture struct {
+	ts    *httptest.Server
+	q     *queue.Queue
+	minis []*miniredis.Miniredis
+	store *fakeStore
+}
+
+type fixtureOpts struct {
+	maxBody int64
+	dedup   time.Duration
+	noStore bool
+}
+
+func newFixture(t *testing.T, o fixtureOpts) *fixture {
+	t.Helper()
+	f := &fixture{store: &fakeStore{recs: map[string]storeRecord{}}}
+	var pools []*redis.Pool
+	for range 2 {
+		m := miniredis.RunT(t)
+		f.minis = append(f.minis, m)
+		p := newPool("redis://" + m.Addr())
+		t.Cleanup(func() { p.Close() })
+		pools = append(pools, p)
+	}
+	if o.maxBody == 0 {
+		o.maxBody = 1 << 16
+	}
+	q, err := queue.New(pools, queue.Config{Prefix: "ingest-test", Queues: 2, MaxPayload: int(o.maxBody)})
+	require.NoError(t, err)
+	f.q = q
+	s := &server{q: q, maxBody: o.maxBody, dedup: o.dedup, log: slog.New(slog.DiscardHandler)}
+	if !o.noStore {
+		s.store = f.store
+	}
+	s.health = func(ctx context.Context) error {
+		for _, p := range pools {
+			if err := ping(ctx, p); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	f.ts = httptest.NewServer(s.handler())
+	t.Cleanup(f.ts.Close)
+	return f
+}
+
+// do sends a request and decodes the JSON answer into a map.
+func (f *fixture) do(t *testing.T, method, path, body string) (int, map[string]any) {
+	t.Helper()
+	req, err := http.NewRequest(method, f.ts.URL+path, strings.NewReader(body))
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := f.ts.Client().Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	assert.Equal(t, "application/json", resp.Header.Get("Content-Type"), "body %s", raw)
+	var out map[string]any
+	require.NoError(t, json.Unmarshal(raw, &out), "body %q", raw)
+	return resp.StatusCode, out
+}
+
+func (f *fixture) post(t *testing.T, body string) (int, map[string]any) {
+	return f.do(t, http.MethodPost, "/v1/tasks", body)
+}
+
+func (f *fixture) status(t *testing.T, id string, orderID uint64) map[string]any {
+	t.Helper()
+	code, out := f.do(t, http.MethodGet, fmt.Sprintf("/v1/tasks/%s?order_id=%d", id, orderID), "")
+	require.Equal(t, http.StatusOK, code, "%v", out)
+	return out
+}
+
+// ready is how many tasks wait in all queues.
+func (f *fixture) ready(t *testing.T) int64 {
+	t.Helper()
+	st, err := f.q.Stats(context.Background())
+	require.NoError(t, err)
+	var n int64
+	for _, s := range st {
+		n += s.Ready
+	}
+	return n
+}
+
+// consume claims a task of orderID's queue; release it with c.Release.
+func (f *fixture) consume(t *testing.T, orderID uint64, maxAttempts int) *queue.Consumer {
+	t.Helper()
+	c, err := f.q.Consume(context.Background(), f.q.AnalyserOf(orderID), queue.ConsumerConfig{MaxAttempts: maxAttempts, LeaseTTL: time.Minute})
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Release(context.Background()) })
+	return c
+}
+
+func ids(t *testing.T, out map[string]any) []string {
+	t.Helper()
+	raw, ok := out["ids"].([]any)
+	require.True(t, ok, "no ids in %v", out)
+	s := make([]string, len(raw))
+	for i, v := range raw {
+		s[i] = v.(string)
+	}
+	return s
+}
+
+func TestPostSingle(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{})
+	code, out := f.post(t, `{"order_id": 42, "payload": {"sku": "a-1",  "qty": 3}}`)
+	require.Equal(t, http.StatusCreated, code, "%v", out)
+	got := ids(t, out)
+	require.Len(t, got, 1)
+	assert.EqualValues(t, 1, f.ready(t))
+
+	c := f.consume(t, 42, 0)
+	task, err := c.RemoveTask(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, got[0], task.ID)
+	assert.EqualValues(t, 42, task.OrderID)
+	assert.Equal(t, `{"sku":"a-1","qty":3}`, string(task.Payload), "payload is stored compacted")
+}
+
+func TestPostArrayKeepsOrderPerOrderID(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{})
+	var items []string
+	for i := range 40 {
+		items = append(items, fmt.Sprintf(`{"order_id": %d, "payload": {"seq": %d}}`, i%4, i))
+	}
+	code, out := f.post(t, "["+strings.Join(items, ",")+"]")
+	require.Equal(t, http.StatusCreated, code, "%v", out)
+	got := ids(t, out)
+	require.Len(t, got, 40)
+	assert.EqualValues(t, 40, f.ready(t))
+
+	// OrderIDs 0..3 map to the four analysers; each queue holds its
+	// OrderID's tasks in posting order.
+	for oid := range uint64(4) {
+		c := f.consume(t, oid, 0)
+		tasks, err := c.Claim(context.Background(), 100)
+		require.NoError(t, err)
+		require.Len(t, tasks, 10)
+		for k, task := range tasks {
+			i := int(oid) + 4*k
+			assert.Equal(t, got[i], task.ID)
+			assert.Equal(t, fmt.Sprintf(`{"seq":%d}`, i), string(task.Payload))
+		}
+	}
+}
+
+func TestPostBadInputEnqueuesNothing(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{maxBody: 512, dedup: time.Minute})
+	cases := []struct {
+		name, body string
+		code       int
+		msg        string
+	}{
+		{"empty body", ``, 400, "empty"},
+		{"malformed", `{"order_id": 1, "payload": `, 400, "malformed JSON"},
+		{"not an object", `42`, 400, "JSON object or an array"},
+		{"missing order_id", `{"payload": 1}`, 400, "order_id is required"},
+		{"negative order_id", `{"order_id": -1, "payload": 1}`, 400, "malformed JSON"},
+		{"string order_id", `{"order_id": "7", "payload": 1}`, 400, "malformed JSON"},
+		{"fractional order_id", `{"order_id": 1.5, "payload": 1}`, 400, "malformed JSON"},
+		{"missing payload", `{"order_id": 1}`, 400, "payload is required"},
+		{"null payload", `{"order_id": 1, "payload": null}`, 400, "payload is required"},
+		{"empty string payload", `{"order_id": 1, "payload": ""}`, 400, "payload is required"},
+		{"unknown field", `{"order_id": 1, "payload": 1, "priority": 9}`, 400, "unknown field"},
+		{"trailing data", `{"order_id": 1, "payload": 1} {}`, 400, "after the first value"},
+		{"empty array", `[]`, 400, "no tasks"},
+		{"bad last item", `[{"order_id": 1, "payload": 1}, {"order_id": 2, "payload": 2}, {"payload": 3}]`, 400, "task 2: order_id is required"},
+		{"unknown field in array", `[{"order_id": 1, "payload": 1}, {"order_id": 2, "payload": 2, "x": 1}]`, 400, "unknown field"},
+		{"key in array", `[{"order_id": 1, "payload": 1, "idempotency_key": "k"}]`, 400, "only when posting a single task"},
+		{"oversized", `{"order_id": 1, "payload": "` + strings.Repeat("x", 600) + `"}`, 413, "larger than 512 bytes"},
+		{"oversized array", `[` + strings.Repeat(`{"order_id": 1, "payload": 1},`, 30) + `{"order_id": 1, "payload": 1}]`, 413, "larger than 512 bytes"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out := f.post(t, tc.body)
+			assert.Equal(t, tc.code, code, "%v", out)
+			assert.Contains(t, out["error"], tc.msg)
+			assert.NotContains(t, out, "ids")
+		})
+	}
+	assert.Zero(t, f.ready(t), "nothing is enqueued on bad input")
+}
+
+func TestPostKeyTooLong(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{dedup: time.Minute})
+	code, out := f.post(t, `{"order_id": 1, "payload": 1, "idempotency_key": "`+strings.Repeat("k", maxKeyLen+1)+`"}`)
+	assert.Equal(t, http.StatusBadRequest, code)
+	assert.Contains(t, out["error"], "idempotency_key is longer")
+	assert.Zero(t, f.ready(t))
+}
+
+func TestDedup(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{dedup: time.Minute})
+	body := `{"order_id": 7, "payload": {"n": 1}, "idempotency_key": "evt-1"}`
+	code, out := f.post(t, body)
+	require.Equal(t, http.StatusCreated, code, "%v", out)
+	first := ids(t, out)
+	require.Len(t, first, 1)
+
+	code, out = f.post(t, body)
+	assert.Equal(t, http.StatusOK, code, "a repeat within the window is not created again")
+	assert.Equal(t, first, ids(t, out))
+
+	code, out = f.post(t, `{"order_id": 7, "payload": {"n": 1}, "idempotency_key": "evt-2"}`)
+	assert.Equal(t, http.StatusCreated, code)
+	assert.NotEqual(t, first, ids(t, out), "another key is another task")
+
+	code, out = f.post(t, `{"order_id": 8, "payload": {"n": 1}, "idempotency_key": "evt-1"}`)
+	assert.Equal(t, http.StatusCreated, code)
+	assert.NotEqual(t, first, ids(t, out), "keys are per order_id")
+
+	code, _ = f.post(t, `{"order_id": 7, "payload": {"n": 1}}`)
+	assert.Equal(t, http.StatusCreated, code, "no key, no dedup")
+	assert.EqualValues(t, 4, f.ready(t))
+
+	for _, m := range f.minis {
+		m.FastForward(2 * time.Minute)
+	}
+	code, out = f.post(t, body)
+	assert.Equal(t, http.StatusCreated, code, "after the window the key is free again")
+	assert.NotEqual(t, first, ids(t, out))
+	assert.EqualValues(t, 5, f.ready(t))
+}
+
+func TestDedupDisabled(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{})
+	body := `{"order_id": 7, "payload": 1, "idempotency_key": "evt-1"}`
+	code, out1 := f.post(t, body)
+	require.Equal(t, http.StatusCreated, code)
+	code, out2 := f.post(t, body)
+	require.Equal(t, http.StatusCreated, code, "with -dedup 0 the key is ignored")
+	assert.NotEqual(t, ids(t, out1), ids(t, out2))
+	assert.EqualValues(t, 2, f.ready(t))
+}
+
+func TestStatus(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{})
+	post := func(orderID uint64) string {
+		code, out := f.post(t, fmt.Sprintf(`{"order_id": %d, "payload": "p"}`, orderID))
+		require.Equal(t, http.StatusCreated, code)
+		return ids(t, out)[0]
+	}
+	ctx := context.Background()
+
+	// queued: in the ready list.
+	queued := post(1)
+	assert.Equal(t, map[string]any{"id": queued, "order_id": 1.0, "status": "queued", "attempts": 0.0}, f.status(t, queued, 1))
+
+	// running: claimed, not finished.
+	running := post(2)
+	c2 := f.consume(t, 2, 0)
+	task, err := c2.RemoveTask(ctx)
+	require.NoError(t, err)
+	require.Equal(t, running, task.ID)
+	st := f.status(t, running, 2)
+	assert.Equal(t, "running", st["status"])
+	assert.EqualValues(t, 1, st["attempts"])
+
+	// failed in Redis: dead-lettered, attempts and error from the store.
+	dead := post(3)
+	c3 := f.consume(t, 3, 1)
+	task, err = c3.RemoveTask(ctx)
+	require.NoError(t, err)
+	isDead, err := c3.Fail(ctx, task, errors.New("bad sku"))
+	require.NoError(t, err)
+	require.True(t, isDead)
+	assert.Equal(t, map[string]any{"id": dead, "order_id": 3.0, "status": "failed", "attempts": 1.0, "last_error": "bad sku"}, f.status(t, dead, 3))
+
+	// done: the analyser wrote its row, and Redis keeps nothing.
+	done := post(4)
+	c4 := f.consume(t, 4, 0)
+	task, err = c4.RemoveTask(ctx)
+	require.NoError(t, err)
+	f.store.set(done, storeRecord{Done: true, Attempts: 2})
+	st = f.status(t, done, 4)
+	assert.Equal(t, "done", st["status"], "a row in tasks means done even before the ack")
+	_, err = c4.Ack(ctx, task.ID)
+	require.NoError(t, err)
+	assert.Equal(t, map[string]any{"id": done, "order_id": 4.0, "status": "done", "attempts": 2.0}, f.status(t, done, 4))
+
+	// failed in Postgres only: the dead record was purged.
+	purged := post(5)
+	f.store.set(purged, storeRecord{Failed: true, Attempts: 5, LastError: "timeout"})
+	st = f.status(t, purged, 5)
+	assert.Equal(t, "failed", st["status"])
+	assert.EqualValues(t, 5, st["attempts"])
+	assert.Equal(t, "timeout", st["last_error"])
+
+	// An id the service never issued reads as queued.
+	assert.Equal(t, "queued", f.status(t, "00000000000000000000", 9)["status"])
+}
+
+func TestStatusWithoutPostgres(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{noStore: true})
+	code, out := f.post(t, `{"order_id": 11, "payload": "p"}`)
+	require.Equal(t, http.StatusCreated, code)
+	id := ids(t, out)[0]
+	c := f.consume(t, 11, 0)
+	task, err := c.RemoveTask(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, "running", f.status(t, id, 11)["status"])
+	_, err = c.Ack(context.Background(), task.ID)
+	require.NoError(t, err)
+	assert.Equal(t, "queued", f.status(t, id, 11)["status"], "without Postgres a finished task cannot be told from a queued one")
+}
+
+func TestStatusBadRequest(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{})
+	for _, path := range []string{
+		"/v1/tasks/abc",                        // no order_id
+		"/v1/tasks/abc?order_id=",              // empty order_id
+		"/v1/tasks/abc?order_id=-3",            // negative
+		"/v1/tasks/abc?order_id=x",             // not a number
+		"/v1/tasks/a-b?order_id=1",             // bad id
+		"/v1/tasks/" + strings.Repeat("a", 65), // too long
+	} {
+		code, out := f.do(t, http.MethodGet, path, "")
+		assert.Equal(t, http.StatusBadRequest, code, path)
+		assert.NotEmpty(t, out["error"], path)
+	}
+}
+
+func TestStoreError(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{})
+	f.store.err = errors.New("postgres is down")
+	code, out := f.do(t, http.MethodGet, "/v1/tasks/abc?order_id=1", "")
+	assert.Equal(t, http.StatusServiceUnavailable, code)
+	assert.Contains(t, out["error"], "postgres is down")
+}
+
+func TestRoutesAndMethods(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{})
+	cases := []struct {
+		method, path string
+		code         int
+		allow        string
+	}{
+		{http.MethodGet, "/v1/tasks", 405, "POST"},
+		{http.MethodPut, "/v1/tasks", 405, "POST"},
+		{http.MethodDelete, "/v1/tasks/abc", 405, "GET, HEAD"},
+		{http.MethodPost, "/v1/tasks/abc", 405, "GET, HEAD"},
+		{http.MethodGet, "/v2/nothing", 404, ""},
+		{http.MethodGet, "/healthz", 200, ""},
+	}
+	for _, tc := range cases {
+		req, err := http.NewRequest(tc.method, f.ts.URL+tc.path, nil)
+		require.NoError(t, err)
+		resp, err := f.ts.Client().Do(req)
+		require.NoError(t, err)
+		var out map[string]any
+		assert.NoError(t, json.NewDecoder(resp.Body).Decode(&out), "%s %s", tc.method, tc.path)
+		resp.Body.Close()
+		assert.Equal(t, tc.code, resp.StatusCode, "%s %s", tc.method, tc.path)
+		assert.Equal(t, tc.allow, resp.Header.Get("Allow"), "%s %s", tc.method, tc.path)
+		if tc.code != 200 {
+			assert.NotEmpty(t, out["error"], "%s %s", tc.method, tc.path)
+		} else {
+			assert.Equal(t, "ok", out["status"])
+		}
+	}
+}
+
+func TestRedisDown(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{dedup: time.Minute})
+	for _, m := range f.minis {
+		m.Close()
+	}
+	code, out := f.post(t, `{"order_id": 1, "payload": 1}`)
+	assert.Equal(t, http.StatusServiceUnavailable, code)
+	assert.Contains(t, out["error"], "queue unavailable")
+
+	code, out = f.post(t, `{"order_id": 1, "payload": 1, "idempotency_key": "k"}`)
+	assert.Equal(t, http.StatusServiceUnavailable, code)
+	assert.Contains(t, out["error"], "queue unavailable")
+
+	code, out = f.post(t, `[{"order_id": 1, "payload": 1}, {"order_id": 2, "payload": 2}]`)
+	assert.Equal(t, http.StatusServiceUnavailable, code)
+	assert.Contains(t, out["error"], "queue unavailable")
+	assert.NotContains(t, out, "ids", "nothing was written")
+
+	code, out = f.do(t, http.MethodGet, "/v1/tasks/abc?order_id=1", "")
+	assert.Equal(t, http.StatusServiceUnavailable, code)
+	assert.NotEmpty(t, out["error"])
+
+	code, out = f.do(t, http.MethodGet, "/healthz", "")
+	assert.Equal(t, http.StatusServiceUnavailable, code)
+	assert.Equal(t, "unavailable", out["status"])
+}
+
+func TestPartialFailureReturnsIDs(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{})
+	both := `[{"order_id": 0, "payload": 1}, {"order_id": 1, "payload": 2}]` // partitions 0 and 1
+	code, _ := f.post(t, both)
+	require.Equal(t, http.StatusCreated, code)
+	f.minis[1].Close()
+	code, out := f.post(t, both)
+	assert.Equal(t, http.StatusServiceUnavailable, code)
+	assert.Contains(t, out["error"], "queue unavailable")
+	assert.Len(t, out["ids"], 2, "partition 0 took its task: the ids come back so the caller can look them up")
+}
+
+func TestParseFlags(t *testing.T) {
+	t.Parallel()
+	o, err := parseFlags([]string{"-redis", "redis://a:1/0, redis://b:2/0", "-queues", "3", "-dedup", "0"}, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"redis://a:1/0", "redis://b:2/0"}, o.redis)
+	assert.Equal(t, 3, o.queues)
+	assert.Zero(t, o.dedup)
+	assert.Equal(t, "127.0.0.1:8080", o.listen)
+
+	for _, args := range [][]string{
+		{"-redis", " , "},
+		{"-max-body", "0"},
+		{"-dedup", "-1s"},
+		{"extra"},
+		{"-nope"},
+	} {
+		_, err := parseFlags(args, io.Discard)
+		assert.Error(t, err, "%q", args)
+	}
+}
+
+func TestNewAppRefusesBadConfig(t *testing.T) {
+	t.Parallel()
+	m := miniredis.RunT(t)
+	log := slog.New(slog.DiscardHandler)
+	_, err := newApp(context.Background(), options{redis: []string{"http://" + m.Addr()}, maxBody: 1024}, log)
+	assert.ErrorContains(t, err, "not a redis://")
+
+	_, err = newApp(context.Background(), options{redis: []string{"redis://" + m.Addr()}, maxBody: 1024, queues: -1}, log)
+	assert.ErrorIs(t, err, queue.ErrBadConfig)
+
+	a, err := newApp(context.Background(), options{redis: []string{"redis://" + m.Addr()}, maxBody: 1024, queues: 2}, log)
+	require.NoError(t, err)
+	a.close()
+}

@@ -1,0 +1,53 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// pgStore reads the tables the analyser example writes: tasks (one row per
+// finished task) and failed_jobs (one row per dead-lettered task). It only
+// reads; the analyser creates the schema.
+type pgStore struct {
+	pool *pgxpool.Pool
+}
+
+// lookupSQL answers both questions in one round trip, through the primary
+// key of each table (see examples/analyser/schema.sql).
+const lookupSQL = `
+SELECT t.attempt, f.attempts, f.error
+FROM (SELECT 1) AS one
+LEFT JOIN tasks AS t ON t.task_id = $1
+LEFT JOIN failed_jobs AS f ON f.task_id = $1`
+
+// Lookup implements taskStore. Before the analyser has created its tables
+// every task reads as neither done nor failed.
+func (s *pgStore) Lookup(ctx context.Context, id string) (storeRecord, error) {
+	var (
+		rec            storeRecord
+		done, attempts *int32
+		msg            *string
+	)
+	err := s.pool.QueryRow(ctx, lookupSQL, id).Scan(&done, &attempts, &msg)
+	if err != nil {
+		if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok && pgErr.Code == "42P01" { // undefined_table
+			return storeRecord{}, nil
+		}
+		return rec, fmt.Errorf("look up task %s in postgres: %w", id, err)
+	}
+	if done != nil {
+		rec.Done, rec.Attempts = true, int(*done)
+		return rec, nil
+	}
+	if attempts != nil {
+		rec.Failed, rec.Attempts = true, int(*attempts)
+	}
+	if msg != nil {
+		rec.LastError = *msg
+	}
+	return rec, nil
+}
