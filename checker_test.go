@@ -90,11 +90,18 @@ type faultReport struct {
 func (r faultReport) String() string {
 	return fmt.Sprintf("attempted=%d ok=%d addErr=%d addUnknown=%d completed=%d runs=%d failedRuns=%d dead=%d "+
 		"lost=%d unexpected=%d dupPending=%d dupOther=%d reordered=%d earlyStarts=%d overlap=%d "+
-		"lateAcks=%d staleStarts=%d refusedAcks=%d unknownDone=%d unknownTwice=%d pendingAtFault=%d recovery=%v redelivery=%v",
+		"lateAcks=%d staleStarts=%d refusedAcks=%d unknownDone=%d unknownTwice=%d pendingAtFault=%d recovery=%s redelivery=%s",
 		r.Attempted, r.AddedOK, r.AddErrors, r.AddUnknown, r.Completed, r.Runs, r.FailedRuns, r.Dead,
 		r.Lost, r.Unexpected, r.DupPending, r.DupOther, r.Reordered, r.EarlyStarts, r.Overlap,
 		r.LateAcks, r.StaleStarts, r.Refused, r.UnknownDone, r.UnknownTwice, r.PendingAtFault,
-		r.Recovery.Round(time.Millisecond), r.Redelivery.Round(time.Millisecond))
+		fmtRecovery(r.Recovery), fmtRecovery(r.Redelivery))
+}
+
+func fmtRecovery(d time.Duration) string {
+	if d < 0 {
+		return "none"
+	}
+	return d.Round(time.Millisecond).String()
 }
 
 // readHistory reads one history file. A torn last line (the process was
@@ -365,11 +372,28 @@ func checkHistory(events []faultEvent) faultReport {
 		}
 	}
 
-	// Recovery: from the first fault to the first start by another
-	// process, and to the first start of a task pending at the fault.
+	// Recovery: from the first fault of an analyser (or of the server) to
+	// the first start by another process, and to the first start of a task
+	// pending at the fault.
+	analysers := map[int]bool{}
+	for _, s := range starts {
+		analysers[s.Pid] = true
+	}
+	for _, ls := range leases {
+		for _, l := range ls {
+			analysers[l.pid] = true
+		}
+	}
 	rep.Recovery, rep.Redelivery = -1, -1
-	if len(faults) > 0 {
-		f := faults[0]
+	var first *faultEvent
+	for i, f := range faults {
+		if f.Ev == evFault || analysers[f.Pid] {
+			first = &faults[i]
+			break
+		}
+	}
+	if first != nil {
+		f := *first
 		for _, s := range starts {
 			if s.Wall <= f.Wall || s.Pid == f.Pid {
 				continue

@@ -52,7 +52,8 @@ type roleConfig struct {
 	Poison          string        // a payload containing this makes the process exit at once
 
 	// Producer settings.
-	Orders     int // OrderIDs 0..Orders-1
+	FirstOrder int // OrderIDs FirstOrder..FirstOrder+Orders-1
+	Orders     int
 	PerOrder   int // tasks per OrderID
 	Batch      int // tasks per AddTasks call; 0 uses AddTask
 	Goroutines int // concurrent producing goroutines, each owning Orders/Goroutines OrderIDs
@@ -317,9 +318,9 @@ func runProducer(cfg roleConfig) error {
 			}
 			for seq := 0; seq < cfg.PerOrder; seq++ {
 				for o := gi; o < cfg.Orders; o += g {
-					order := uint64(o)
+					order := uint64(cfg.FirstOrder + o)
 					mark := "x"
-					if cfg.Poison != "" && o == 0 && seq == cfg.PoisonAt {
+					if cfg.Poison != "" && order == 0 && seq == cfg.PoisonAt {
 						mark = cfg.Poison
 					}
 					p := taskPayload(order, seq, mark)

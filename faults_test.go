@@ -466,3 +466,41 @@ func TestFaultKillAllAnalysers(t *testing.T) {
 	}
 	assert.EqualValues(t, pending, redelivered, "every task pending at the kill is put back once")
 }
+
+// waitAdded waits until at least n tasks reached Redis (ready, pending or
+// acknowledged).
+func (e *faultEnv) waitAdded(n int64, timeout time.Duration) {
+	e.t.Helper()
+	require.Eventually(e.t, func() bool {
+		var got int64
+		for _, s := range e.stats() {
+			got += s.Ready + s.Pending + s.Processed
+		}
+		return got >= n
+	}, timeout, 2*time.Millisecond, "fewer than %d tasks added", n)
+}
+
+func TestFaultKillProducer(t *testing.T) {
+	e := newFaultEnv(t, 1, false)
+	const orders, per = 200, 100 // half by AddTask, half by AddTasks
+	total := int64(orders * per)
+	a := e.spawn("analyser", e.analyserConfig(0))
+	single := e.spawn("producer", roleConfig{Orders: orders / 2, PerOrder: per, Goroutines: 4})
+	batched := e.spawn("producer", roleConfig{FirstOrder: orders / 2, Orders: orders / 2, PerOrder: per, Goroutines: 4, Batch: 50})
+	frac := 0.2 + 0.6*rand.Float64()
+	e.waitAdded(int64(frac*float64(total)), 60*time.Second)
+	e.kill9(single)
+	e.kill9(batched)
+	e.drain(nil, []*child{a}, 60*time.Second)
+
+	r := e.check()
+	t.Logf("kill -9 of both producers at %.0f%% added: %v", 100*frac, r)
+	requireClean(t, r)
+	assert.Positive(t, r.AddedOK)
+	assert.Less(t, int64(r.Attempted), total, "the producers were killed before the end")
+	assert.Equal(t, r.AddedOK, r.Completed-r.UnknownDone, "every ok task completes")
+	assert.Zero(t, r.UnknownTwice, "an unknown add completes at most once")
+	assert.Zero(t, r.DupPending+r.DupOther, "no analyser fault, no duplicate")
+	assert.Zero(t, r.AddErrors)
+	assert.Zero(t, r.Dead)
+}
