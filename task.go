@@ -47,7 +47,7 @@ const entryHeader = 1 + idLen
 //	uvarint  deliveries made so far
 //	rest     payload
 //
-// Its overhead over the payload is at most 43 bytes, typically 30.
+// Its overhead over the payload is at most 44 bytes, typically 30.
 
 // appendEntry appends the encoding of t, with deliveries as the delivery
 // count, to dst.
@@ -82,9 +82,9 @@ func decodeEntry(b []byte) (t Task, deliveries int, err error) {
 	rest := b[entryHeader:]
 	var fields [3]uint64
 	for i := range fields {
-		v, n := binary.Uvarint(rest)
+		v, n := uvarint(rest)
 		if n <= 0 {
-			return Task{}, 0, fmt.Errorf("%w: truncated", ErrMalformed)
+			return Task{}, 0, fmt.Errorf("%w: truncated or non-minimal varint", ErrMalformed)
 		}
 		fields[i], rest = v, rest[n:]
 	}
@@ -98,6 +98,16 @@ func decodeEntry(b []byte) (t Task, deliveries int, err error) {
 		Payload: append([]byte(nil), rest...),
 	}
 	return t, int(fields[2]), nil
+}
+
+// uvarint reads a uvarint as binary.Uvarint does, and also refuses one
+// with needless zero groups, so that every record has a single encoding.
+func uvarint(b []byte) (uint64, int) {
+	v, n := binary.Uvarint(b)
+	if n > 1 && b[n-1] == 0 {
+		return 0, 0
+	}
+	return v, n
 }
 
 const idAlphabet = "0123456789abcdefghijklmnopqrstuv"
