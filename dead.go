@@ -148,9 +148,6 @@ func (q *Queue) Replay(ctx context.Context, analyser int, ids ...string) (int, e
 	if err != nil {
 		return 0, err
 	}
-	if err := q.CheckLayout(ctx); err != nil { // it writes: refuse another layout
-		return 0, err
-	}
 	dead, err := q.Dead(ctx, analyser)
 	if err != nil {
 		return 0, err
@@ -179,9 +176,6 @@ func (q *Queue) Replay(ctx context.Context, analyser int, ids ...string) (int, e
 func (q *Queue) Purge(ctx context.Context, analyser int, ids ...string) (int, error) {
 	p, k, err := q.writerKeys(ctx, analyser)
 	if err != nil {
-		return 0, err
-	}
-	if err := q.CheckLayout(ctx); err != nil { // it deletes: refuse another layout
 		return 0, err
 	}
 	return onPartition(ctx, p, fmt.Sprintf("purge dead of analyser %d", analyser), func(c redis.Conn) (int, error) {
