@@ -61,6 +61,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxPayload < 0 || c.MaxPayload > maxMaxPayload {
 		return c, fmt.Errorf("%w: MaxPayload %d not in [1, %d]", ErrBadConfig, c.MaxPayload, maxMaxPayload)
 	}
+	if c.DialTimeout < 0 || c.ReadTimeout < 0 || c.MaxIdle < 0 {
+		return c, fmt.Errorf("%w: DialTimeout %v, ReadTimeout %v or MaxIdle %d is negative", ErrBadConfig, c.DialTimeout, c.ReadTimeout, c.MaxIdle)
+	}
 	if c.DialTimeout == 0 {
 		c.DialTimeout = 5 * time.Second
 	}
@@ -125,10 +128,12 @@ func Dial(ctx context.Context, urls []string, cfg Config) (*Queue, error) {
 			}
 		}
 	}
-	for i, u := range urls {
+	for i, u := range urls { // all checked before any pool is made
 		if !strings.HasPrefix(u, "redis://") && !strings.HasPrefix(u, "rediss://") {
 			return nil, fmt.Errorf("%w: partition %d: URL %q is not redis:// or rediss://", ErrBadConfig, i, u)
 		}
+	}
+	for i, u := range urls {
 		pools[i] = newPool(u, cfg)
 		if err := ping(ctx, pools[i]); err != nil {
 			closeAll()
@@ -254,6 +259,14 @@ func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 		ids[i] = q.ids.next()
 		entry := appendEntry(make([]byte, 0, entryHeader+24+len(t.Payload)), ids[i], t.OrderID, now, 0, t.Payload)
 		byPart[pi][qi] = append(byPart[pi][qi], entry)
+	}
+	// Check every partition first, so that a layout mismatch writes nothing.
+	for pi, queues := range byPart {
+		if queues != nil {
+			if err := q.checkLayout(ctx, q.parts[pi]); err != nil {
+				return nil, err
+			}
+		}
 	}
 	var errs []error
 	for pi, queues := range byPart {
