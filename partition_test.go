@@ -2,12 +2,334 @@ package queue
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
 	"testing"
 
 	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
+
+// routingQueue returns a Queue with r partitions and q queues that is never
+// connected: routing needs no server.
+func routingQueue(t *testing.T, r, q int) *Queue {
+	t.Helper()
+	pools := make([]*redis.Pool, r)
+	for i := range pools {
+		pools[i] = &redis.Pool{}
+	}
+	qu, err := New(pools, Config{Queues: q})
+	require.NoError(t, err)
+	return qu
+}
+
+func TestRouteGolden(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		r, q      int
+		orderID   uint64
+		partition int
+		queue     int
+		analyser  int
+	}{
+		{1, 1, 0, 0, 0, 0},
+		{1, 1, 12345, 0, 0, 0},
+		{1, 4, 0, 0, 0, 0},
+		{1, 4, 5, 0, 1, 1},
+		{1, 4, 7, 0, 3, 3},
+		{3, 1, 7, 1, 0, 1},
+		{3, 2, 0, 0, 0, 0},
+		{3, 2, 1, 1, 0, 1},
+		{3, 2, 2, 2, 0, 2},
+		{3, 2, 3, 0, 1, 3},
+		{3, 2, 4, 1, 1, 4},
+		{3, 2, 5, 2, 1, 5},
+		{3, 2, 6, 0, 0, 0},
+		{3, 2, 11, 2, 1, 5},
+		{3, 2, 1000003, 1, 0, 1},
+		{4, 3, 1 << 40, 0, 1, 4},
+		{3, 2, ^uint64(0), 0, 1, 3},
+		{5, 7, ^uint64(0), 0, 3, 15},
+		{2, 2, KeyID("foobar"), 0, 0, 0},
+		{3, 2, KeyID("order-42"), 2, 0, 2},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("R=%d/Q=%d/id=%d", tt.r, tt.q, tt.orderID), func(t *testing.T) {
+			q := routingQueue(t, tt.r, tt.q)
+			p, qi := q.Route(tt.orderID)
+			assert.Equal(t, tt.partition, p, "partition")
+			assert.Equal(t, tt.queue, qi, "queue")
+			assert.Equal(t, tt.analyser, q.AnalyserOf(tt.orderID), "analyser")
+			assert.Equal(t, tt.analyser, p+tt.r*qi, "analyser a serves partition a %% R, queue a / R")
+			assert.Equal(t, tt.r*tt.q, q.Analysers())
+		})
+	}
+}
+
+// TestRouteAgreesWithAnalyser checks that analyser AnalyserOf(id) serves the
+// queue Route(id) sends id to, and that every analyser's queue is distinct.
+func TestRouteAgreesWithAnalyser(t *testing.T) {
+	t.Parallel()
+	for _, rq := range [][2]int{{1, 1}, {1, 3}, {2, 1}, {3, 2}, {4, 5}} {
+		q := routingQueue(t, rq[0], rq[1])
+		for id := uint64(0); id < 500; id++ {
+			p, qi := q.Route(id)
+			ap, aq, err := q.analyserQueue(q.AnalyserOf(id))
+			require.NoError(t, err)
+			assert.Equal(t, [2]int{p, qi}, [2]int{ap, aq}, "R=%d Q=%d id=%d", rq[0], rq[1], id)
+		}
+		seen := map[[2]int]bool{}
+		for a := 0; a < q.Analysers(); a++ {
+			p, qi, err := q.analyserQueue(a)
+			require.NoError(t, err)
+			assert.False(t, seen[[2]int{p, qi}], "analyser %d shares a queue", a)
+			seen[[2]int{p, qi}] = true
+		}
+		for _, a := range []int{-1, q.Analysers(), q.Analysers() + 10} {
+			_, _, err := q.analyserQueue(a)
+			assert.ErrorIs(t, err, ErrAnalyserRange, "analyser %d", a)
+		}
+	}
+}
+
+func TestKeyIDGolden(t *testing.T) {
+	t.Parallel()
+	// Values computed with an independent FNV-1a 64 implementation.
+	tests := []struct {
+		key  string
+		want uint64
+	}{
+		{"", 0xcbf29ce484222325},
+		{"a", 0xaf63dc4c8601ec8c},
+		{"foobar", 0x85944171f73967e8},
+		{"order-42", 0x7d1deb86a05662d4},
+		{"warehouse/7/order/1001", 0x5c806dbd519edd20},
+		{"héllo", 0xa35ff71f960240e0},
+	}
+	for _, tt := range tests {
+		assert.Equal(t, tt.want, KeyID(tt.key), "KeyID(%q)", tt.key)
+	}
+}
+
+func TestWorkerOfSpreadsOneAnalyser(t *testing.T) {
+	t.Parallel()
+	// One analyser's OrderIDs all share their residue mod R*Q; workerOf must
+	// still use every worker, about evenly.
+	for _, tt := range []struct{ analysers, analyser, workers int }{
+		{1, 0, 8},
+		{6, 3, 8},
+		{6, 0, 64},
+		{8, 5, 16},
+		{64, 0, 64},
+	} {
+		const n = 20000
+		counts := make([]int, tt.workers)
+		for i := 0; i < n; i++ {
+			id := uint64(i*tt.analysers + tt.analyser)
+			w := workerOf(id, tt.workers)
+			require.True(t, w >= 0 && w < tt.workers, "workerOf(%d, %d) = %d", id, tt.workers, w)
+			assert.Equal(t, w, workerOf(id, tt.workers), "workerOf is not deterministic")
+			counts[w]++
+		}
+		mean := n / tt.workers
+		for w, c := range counts {
+			assert.True(t, c > mean/2 && c < mean*3/2,
+				"analysers=%d analyser=%d workers=%d: worker %d got %d of %d", tt.analysers, tt.analyser, tt.workers, w, c, n)
+		}
+	}
+	for id := uint64(0); id < 100; id++ {
+		assert.Zero(t, workerOf(id, 1))
+	}
+}
+
+func TestQueueKeysShareHashTag(t *testing.T) {
+	t.Parallel()
+	k := newQueueKeys("p", 2, 1)
+	all := []string{k.ready, k.pending, k.dead, k.lease, k.meta, k.wake}
+	seen := map[string]bool{}
+	for _, key := range all {
+		assert.True(t, strings.HasPrefix(key, "{p:2.1}:"), key)
+		assert.False(t, seen[key], "duplicate key %s", key)
+		seen[key] = true
+	}
+	assert.NotEqual(t, newQueueKeys("p", 1, 21).ready, newQueueKeys("p", 12, 1).ready)
+	assert.Equal(t, "p:layout", layoutKey("p"))
+}
+
+// keyDump is the content of every key of a test prefix on one server.
+type keyDump map[string]string
+
+// scanKeys lists the keys on s that contain prefix, sorted.
+func scanKeys(t *testing.T, s *testServer, prefix string) []string {
+	t.Helper()
+	var keys []string
+	cursor := "0"
+	for {
+		r, err := redis.Values(s.do(t, "SCAN", cursor, "MATCH", "*"+globEscape(prefix)+"*", "COUNT", 1000), nil)
+		require.NoError(t, err)
+		cursor, _ = redis.String(r[0], nil)
+		ks, _ := redis.Strings(r[1], nil)
+		keys = append(keys, ks...)
+		if cursor == "0" {
+			break
+		}
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func globEscape(s string) string {
+	return strings.NewReplacer(`\`, `\\`, "*", `\*`, "?", `\?`, "[", `\[`, "]", `\]`).Replace(s)
+}
+
+// dumpKeys reads every key of prefix on s with its type and content.
+func dumpKeys(t *testing.T, s *testServer, prefix string) keyDump {
+	t.Helper()
+	out := keyDump{}
+	for _, k := range scanKeys(t, s, prefix) {
+		typ, _ := redis.String(s.do(t, "TYPE", k), nil)
+		var v any
+		switch typ {
+		case "list":
+			v, _ = redis.Strings(s.do(t, "LRANGE", k, 0, -1), nil)
+		case "hash":
+			v, _ = redis.StringMap(s.do(t, "HGETALL", k), nil)
+		case "string":
+			v, _ = redis.String(s.do(t, "GET", k), nil)
+		}
+		out[k] = fmt.Sprintf("%s %q", typ, v)
+	}
+	return out
+}
+
+func TestLayoutRecordedAtFirstUse(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q, servers := newTestQueue(t, 2, Config{Queues: 3})
+	layout := layoutKey(q.cfg.Prefix)
+	for _, s := range servers {
+		assert.Zero(t, s.do(t, "EXISTS", layout), "New must not touch Redis")
+	}
+	_, err := q.AddTask(ctx, 0, []byte("x")) // partition 0
+	require.NoError(t, err)
+	got, err := redis.StringMap(servers[0].do(t, "HGETALL", layout), nil)
+	require.NoError(t, err)
+	assert.Equal(t, map[string]string{"partitions": "2", "queues": "3", "index": "0"}, got)
+	assert.Zero(t, servers[1].do(t, "EXISTS", layout), "partition 1 was not used yet")
+
+	_, err = q.AddTask(ctx, 1, []byte("y")) // partition 1
+	require.NoError(t, err)
+	got, err = redis.StringMap(servers[1].do(t, "HGETALL", layout), nil)
+	require.NoError(t, err)
+	assert.Equal(t, map[string]string{"partitions": "2", "queues": "3", "index": "1"}, got)
+
+	// A second process with the same layout agrees.
+	q2, err := New([]*redis.Pool{servers[0].pool, servers[1].pool}, Config{Prefix: q.cfg.Prefix, Queues: 3})
+	require.NoError(t, err)
+	_, err = q2.AddTasks(ctx, []Task{{OrderID: 0, Payload: []byte("a")}, {OrderID: 1, Payload: []byte("b")}})
+	require.NoError(t, err)
+}
+
+func TestLayoutMismatch(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	servers := newTestServers(t, 3)
+	prefix := testPrefix(t)
+	pools := func(idx ...int) []*redis.Pool {
+		out := make([]*redis.Pool, len(idx))
+		for i, j := range idx {
+			out[i] = servers[j].pool
+		}
+		return out
+	}
+	// The first process: R=2 (servers 0, 1), Q=2, with tasks in every queue
+	// and a dead record. Every call of a disagreeing process that writes
+	// must refuse; reads (Stats, Pending, Dead) do not check, and tools call
+	// CheckLayout first.
+	first, err := New(pools(0, 1), Config{Prefix: prefix, Queues: 2})
+	require.NoError(t, err)
+	for id := uint64(0); id < 8; id++ {
+		_, err := first.AddTask(ctx, id, []byte(fmt.Sprint("task ", id)))
+		require.NoError(t, err)
+	}
+	c, err := first.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 1})
+	require.NoError(t, err)
+	task, err := c.RemoveTask(ctx)
+	require.NoError(t, err)
+	dead, err := c.Fail(ctx, task, errors.New("boom"))
+	require.NoError(t, err)
+	require.True(t, dead)
+	require.NoError(t, c.Release(ctx))
+
+	before := make([]keyDump, len(servers))
+	for i, s := range servers {
+		before[i] = dumpKeys(t, s, prefix)
+	}
+	require.NotEmpty(t, before[0])
+	require.NotEmpty(t, before[1])
+	require.Empty(t, before[2])
+
+	quiet := slog.New(slog.DiscardHandler)
+	tests := []struct {
+		name      string
+		pools     []*redis.Pool
+		queues    int
+		partition int // the partition the error names
+		want      string
+		got       string
+	}{
+		{"other R", pools(0, 1, 2), 2, 0, "partitions=3 queues=2 index=0", "partitions=2 queues=2 index=0"},
+		{"other Q", pools(0, 1), 3, 0, "partitions=2 queues=3 index=0", "partitions=2 queues=2 index=0"},
+		{"swapped", pools(1, 0), 2, 0, "partitions=2 queues=2 index=0", "partitions=2 queues=2 index=1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			q, err := New(tt.pools, Config{Prefix: prefix, Queues: tt.queues})
+			require.NoError(t, err, "New makes no connection, so it cannot see the mismatch")
+			every := make([]Task, 0, 12)
+			for id := uint64(0); id < 12; id++ {
+				every = append(every, Task{OrderID: id, Payload: []byte("new")})
+			}
+			ops := map[string]func() error{
+				"AddTask": func() error { _, err := q.AddTask(ctx, 0, []byte("new")); return err },
+				"AddTasks": func() error {
+					ids, err := q.AddTasks(ctx, every)
+					assert.Empty(t, ids)
+					return err
+				},
+				"Consume": func() error { _, err := q.Consume(ctx, 0, ConsumerConfig{}); return err },
+				"AnalysePool": func() error {
+					return q.AnalysePool(ctx, 0, PoolConfig{ExitOnEmpty: true, Logger: quiet}, func(context.Context, Task) error {
+						t.Error("analyse ran under a mismatched layout")
+						return nil
+					})
+				},
+				"Replay":      func() error { _, err := q.Replay(ctx, 0); return err },
+				"Purge":       func() error { _, err := q.Purge(ctx, 0); return err },
+				"CheckLayout": func() error { return q.CheckLayout(ctx) },
+			}
+			for name, op := range ops {
+				err := op()
+				require.Error(t, err, name)
+				assert.ErrorIs(t, err, ErrLayoutMismatch, name)
+				var le *LayoutError
+				if assert.ErrorAs(t, err, &le, name) {
+					assert.Equal(t, tt.partition, le.Partition, name)
+					assert.Equal(t, tt.want, le.Want, name)
+					assert.Equal(t, tt.got, le.Got, name)
+					assert.Contains(t, le.Error(), "queue: layout of partition")
+				}
+			}
+			for i, s := range servers {
+				assert.Equal(t, before[i], dumpKeys(t, s, prefix), "server %d changed", i)
+			}
+		})
+	}
+}
 
 func TestCheckLayout(t *testing.T) {
 	t.Parallel()

@@ -1,0 +1,341 @@
+package queue
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestConfigDefaults(t *testing.T) {
+	t.Parallel()
+	defaults := Config{
+		Prefix: "qugo", Queues: 1, MaxPayload: 1 << 20,
+		DialTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, MaxIdle: 64,
+	}
+	set := Config{
+		Prefix: "app:orders", Queues: 4, MaxPayload: 100,
+		DialTimeout: time.Second, ReadTimeout: 2 * time.Second, MaxIdle: 3,
+	}
+	with := func(f func(*Config)) Config {
+		c := Config{}
+		f(&c)
+		return c
+	}
+	tests := []struct {
+		name string
+		in   Config
+		want Config // when wantErr is false
+		bad  bool
+	}{
+		{"zero", Config{}, defaults, false},
+		{"all set", set, set, false},
+		{"largest payload", with(func(c *Config) { c.MaxPayload = 256 << 20 }),
+			func() Config { d := defaults; d.MaxPayload = 256 << 20; return d }(), false},
+		{"prefix with {", with(func(c *Config) { c.Prefix = "a{b" }), Config{}, true},
+		{"prefix with }", with(func(c *Config) { c.Prefix = "a}b" }), Config{}, true},
+		{"negative queues", with(func(c *Config) { c.Queues = -1 }), Config{}, true},
+		{"negative payload", with(func(c *Config) { c.MaxPayload = -1 }), Config{}, true},
+		{"payload over 256 MiB", with(func(c *Config) { c.MaxPayload = 256<<20 + 1 }), Config{}, true},
+		{"negative dial timeout", with(func(c *Config) { c.DialTimeout = -time.Second }), Config{}, true},
+		{"negative read timeout", with(func(c *Config) { c.ReadTimeout = -time.Second }), Config{}, true},
+		{"negative max idle", with(func(c *Config) { c.MaxIdle = -1 }), Config{}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := tt.in.withDefaults()
+			if tt.bad {
+				assert.ErrorIs(t, err, ErrBadConfig)
+				_, err = New([]*redis.Pool{{}}, tt.in)
+				assert.ErrorIs(t, err, ErrBadConfig, "New")
+				_, err = Dial(context.Background(), []string{"redis://127.0.0.1:1"}, tt.in)
+				assert.ErrorIs(t, err, ErrBadConfig, "Dial")
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, got)
+			q, err := New([]*redis.Pool{{}}, tt.in)
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, q.cfg)
+		})
+	}
+}
+
+func TestNewBadInput(t *testing.T) {
+	t.Parallel()
+	_, err := New(nil, Config{})
+	assert.ErrorIs(t, err, ErrNoPartitions)
+	_, err = New([]*redis.Pool{}, Config{})
+	assert.ErrorIs(t, err, ErrNoPartitions)
+	_, err = New([]*redis.Pool{{}, nil}, Config{})
+	assert.ErrorIs(t, err, ErrBadConfig)
+	assert.Contains(t, fmt.Sprint(err), "pool 1 is nil")
+}
+
+func TestNewConnectsToNothing(t *testing.T) {
+	t.Parallel()
+	s := newTestServers(t, 1)[0]
+	log := &cmdLog{}
+	q, err := New([]*redis.Pool{countingPool(t, s.url, log)}, Config{Queues: 2})
+	require.NoError(t, err)
+	require.NoError(t, q.Close())
+	assert.Zero(t, log.dials)
+	assert.Empty(t, log.cmds)
+}
+
+func TestDialBadInput(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := newTestServers(t, 1)[0]
+	down := "redis://" + closedAddr(t)
+	tests := []struct {
+		name   string
+		urls   []string
+		target error // nil: any error
+		what   string
+	}{
+		{"no urls", nil, ErrNoPartitions, ""},
+		{"empty list", []string{}, ErrNoPartitions, ""},
+		{"http scheme", []string{"http://127.0.0.1:6379"}, ErrBadConfig, "partition 0"},
+		{"no scheme", []string{"127.0.0.1:6379"}, ErrBadConfig, "partition 0"},
+		{"empty url", []string{""}, ErrBadConfig, "partition 0"},
+		{"second url bad", []string{s.url, "tcp://x"}, ErrBadConfig, "partition 1"},
+		{"unreachable", []string{down}, nil, "dial partition 0"},
+		{"second unreachable", []string{s.url, down}, nil, "dial partition 1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			q, err := Dial(ctx, tt.urls, Config{DialTimeout: 2 * time.Second})
+			assert.Nil(t, q)
+			require.Error(t, err)
+			if tt.target != nil {
+				assert.ErrorIs(t, err, tt.target)
+			} else {
+				assert.False(t, errors.Is(err, ErrBadConfig), "a down server is not bad config: %v", err)
+			}
+			assert.Contains(t, err.Error(), tt.what)
+			assert.True(t, strings.HasPrefix(err.Error(), "queue: "), err.Error())
+			if s.mini != nil {
+				// The pools made before the failure are closed.
+				assert.Eventually(t, func() bool { return s.mini.CurrentConnectionCount() == 0 },
+					5*time.Second, 5*time.Millisecond, "connections left open")
+			}
+		})
+	}
+}
+
+func TestDialAndClose(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	servers := newTestServers(t, 2)
+	q, err := Dial(ctx, []string{servers[0].url, servers[1].url}, Config{Prefix: testPrefix(t), Queues: 2})
+	require.NoError(t, err)
+	assert.Equal(t, 4, q.Analysers())
+	id, err := q.AddTask(ctx, 1, []byte("x"))
+	require.NoError(t, err)
+	pi, qi := q.Route(1)
+	got := readyIDs(t, servers[pi], newQueueKeys(q.cfg.Prefix, pi, qi).ready)
+	assert.Equal(t, []string{id}, got)
+
+	require.NoError(t, q.Close())
+	require.NoError(t, q.Close(), "a second Close")
+	_, err = q.AddTask(ctx, 1, []byte("x"))
+	assert.ErrorIs(t, err, ErrClosed)
+	for _, p := range q.parts {
+		_, err := p.pool.GetContext(ctx)
+		assert.Error(t, err, "Dial's pools are closed by Close")
+	}
+}
+
+func TestCloseLeavesCallerPools(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q, servers := newTestQueue(t, 1, Config{})
+	require.NoError(t, q.Close())
+	_, err := q.AddTask(ctx, 1, []byte("x"))
+	assert.ErrorIs(t, err, ErrClosed)
+	_, err = q.AddTasks(ctx, []Task{{OrderID: 1, Payload: []byte("x")}})
+	assert.ErrorIs(t, err, ErrClosed)
+	_, err = q.Consume(ctx, 0, ConsumerConfig{})
+	assert.ErrorIs(t, err, ErrClosed)
+	assert.Equal(t, "PONG", servers[0].do(t, "PING"), "the caller's pool still works")
+	assert.Empty(t, scanKeys(t, servers[0], q.cfg.Prefix), "a closed queue wrote nothing")
+}
+
+func TestAddTaskBadPayload(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q, servers := newTestQueue(t, 2, Config{MaxPayload: 8})
+	ok := []byte("12345678")
+	big := []byte("123456789")
+	for name, p := range map[string][]byte{"nil": nil, "empty": {}, "too large": big} {
+		want := ErrEmptyPayload
+		if len(p) > 0 {
+			want = ErrPayloadTooLarge
+		}
+		id, err := q.AddTask(ctx, 1, p)
+		assert.ErrorIs(t, err, want, name)
+		assert.Empty(t, id, name)
+
+		// AddTasks checks every task before writing any.
+		tasks := []Task{{OrderID: 0, Payload: ok}, {OrderID: 1, Payload: ok}, {OrderID: 2, Payload: p}, {OrderID: 3, Payload: ok}}
+		ids, err := q.AddTasks(ctx, tasks)
+		assert.ErrorIs(t, err, want, name)
+		assert.Contains(t, fmt.Sprint(err), "task 2", name)
+		assert.Empty(t, ids, name)
+	}
+	for i, s := range servers {
+		assert.Empty(t, scanKeys(t, s, q.cfg.Prefix), "server %d: bad payloads wrote nothing", i)
+	}
+	_, err := q.AddTask(ctx, 1, ok)
+	assert.NoError(t, err, "a payload of exactly MaxPayload")
+	_, err = q.AddTask(ctx, 1, []byte{0})
+	assert.NoError(t, err, "a one-byte payload")
+}
+
+// TestAddTaskRoutes checks with R=3, Q=2 that every task lands in the
+// ready list of the queue Route names, encoded as the caller gave it.
+func TestAddTaskRoutes(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q, servers := newTestQueue(t, 3, Config{Queues: 2})
+	want := map[[2]int][]Task{}
+	before := time.Now().Add(-time.Millisecond)
+	var all []string
+	for id := uint64(0); id < 24; id++ {
+		payload := []byte(fmt.Sprintf("payload %d", id))
+		tid, err := q.AddTask(ctx, id, payload)
+		require.NoError(t, err)
+		require.True(t, wellFormedID(tid), tid)
+		all = append(all, tid)
+		p, qi := q.Route(id)
+		assert.Equal(t, [2]int{int(id % 3), int(id / 3 % 2)}, [2]int{p, qi})
+		want[[2]int{p, qi}] = append(want[[2]int{p, qi}], Task{ID: tid, OrderID: id, Payload: payload})
+	}
+	after := time.Now().Add(time.Millisecond)
+	assertUnique(t, all)
+	for pi, s := range servers {
+		for qi := 0; qi < 2; qi++ {
+			got := readyList(t, s, newQueueKeys(q.cfg.Prefix, pi, qi).ready)
+			w := want[[2]int{pi, qi}]
+			require.Len(t, got, len(w), "queue %d.%d", pi, qi)
+			for i := range w {
+				assert.Equal(t, w[i].ID, got[i].ID)
+				assert.Equal(t, w[i].OrderID, got[i].OrderID)
+				assert.Equal(t, w[i].Payload, got[i].Payload)
+				assert.Zero(t, got[i].Attempt)
+				assert.False(t, got[i].AddedAt.Before(before) || got[i].AddedAt.After(after), "AddedAt %v", got[i].AddedAt)
+			}
+		}
+	}
+}
+
+// TestAddTasksOrder checks that AddTasks keeps slice order per queue,
+// also past the 4096 values of one LPUSH, returns IDs in slice order, and
+// costs one pipeline per partition.
+func TestAddTasksOrder(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	servers := newTestServers(t, 2)
+	logs := []*cmdLog{{}, {}}
+	prefix := testPrefix(t)
+	q, err := New([]*redis.Pool{countingPool(t, servers[0].url, logs[0]), countingPool(t, servers[1].url, logs[1])},
+		Config{Prefix: prefix, Queues: 2})
+	require.NoError(t, err)
+
+	// Most tasks go to partition 0 queue 0 (OrderIDs 0 mod 4), enough for
+	// two LPUSHes there; the rest spread over every queue.
+	var tasks []Task
+	for i := 0; i < maxPushArgs+500; i++ {
+		id := uint64(4 * (i % 50))
+		if i%10 == 0 {
+			id = uint64(i % 7)
+		}
+		tasks = append(tasks, Task{OrderID: id, Payload: []byte(fmt.Sprint(i)), ID: "ignored", Attempt: 9})
+	}
+	ids, err := q.AddTasks(ctx, tasks)
+	require.NoError(t, err)
+	require.Len(t, ids, len(tasks))
+	assertUnique(t, ids)
+	want := map[[2]int][]string{}
+	for i, task := range tasks {
+		require.True(t, wellFormedID(ids[i]), ids[i])
+		p, qi := q.Route(task.OrderID)
+		want[[2]int{p, qi}] = append(want[[2]int{p, qi}], ids[i])
+	}
+	pushes := 0
+	for pi, s := range servers {
+		for qi := 0; qi < 2; qi++ {
+			key := [2]int{pi, qi}
+			got := readyList(t, s, newQueueKeys(prefix, pi, qi).ready)
+			var gotIDs []string
+			for _, task := range got {
+				gotIDs = append(gotIDs, task.ID)
+				assert.Equal(t, fmt.Sprint(indexOf(ids, task.ID)), string(task.Payload))
+			}
+			assert.Equal(t, want[key], gotIDs, "queue %d.%d in slice order", pi, qi)
+			pushes += (len(want[key]) + maxPushArgs - 1) / maxPushArgs
+		}
+		assert.Equal(t, 1, logs[pi].flushes, "partition %d: one pipeline", pi)
+	}
+	assert.Equal(t, pushes, logs[0].count("LPUSH")+logs[1].count("LPUSH"))
+	assert.Greater(t, len(want[[2]int{0, 0}]), maxPushArgs, "queue 0.0 needs two LPUSHes")
+
+	ids, err = q.AddTasks(ctx, nil)
+	assert.NoError(t, err)
+	assert.Empty(t, ids)
+}
+
+func indexOf(ids []string, id string) int {
+	for i, x := range ids {
+		if x == id {
+			return i
+		}
+	}
+	return -1
+}
+
+func TestAddTaskIDsUnique(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q, _ := newTestQueue(t, 1, Config{})
+	var ids []string
+	for i := 0; i < 200; i++ {
+		id, err := q.AddTask(ctx, uint64(i), []byte("x"))
+		require.NoError(t, err)
+		ids = append(ids, id)
+	}
+	batch := make([]Task, 300)
+	for i := range batch {
+		batch[i] = Task{OrderID: uint64(i), Payload: []byte("y")}
+	}
+	more, err := q.AddTasks(ctx, batch)
+	require.NoError(t, err)
+	ids = append(ids, more...)
+	require.Len(t, ids, 500)
+	for _, id := range ids {
+		assert.Len(t, id, 20)
+		assert.True(t, wellFormedID(id), id)
+	}
+	assertUnique(t, ids)
+}
+
+func TestAddTaskContextCancelled(t *testing.T) {
+	t.Parallel()
+	q, servers := newTestQueue(t, 1, Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := q.AddTask(ctx, 1, []byte("x"))
+	assert.ErrorIs(t, err, context.Canceled)
+	_, err = q.AddTasks(ctx, []Task{{OrderID: 1, Payload: []byte("x")}})
+	assert.ErrorIs(t, err, context.Canceled)
+	assert.Empty(t, scanKeys(t, servers[0], q.cfg.Prefix))
+	assert.True(t, bytes.HasPrefix([]byte(err.Error()), []byte("queue: ")), err.Error())
+}
