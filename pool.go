@@ -148,16 +148,31 @@ func (q *Queue) AnalysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 	if err != nil {
 		return err
 	}
-	c, err := q.newConsumer(ctx, analyser, ConsumerConfig{LeaseTTL: cfg.LeaseTTL, MaxAttempts: cfg.MaxAttempts, Owner: cfg.Owner})
-	if err != nil {
-		return err
+	ccfg := ConsumerConfig{LeaseTTL: cfg.LeaseTTL, MaxAttempts: cfg.MaxAttempts, Owner: cfg.Owner}
+	var b backoff
+	c, err := q.newConsumer(ctx, analyser, ccfg)
+	for err != nil {
+		// The layout check needs Redis: wait for an unreachable server as
+		// the pool does once running, and return only invalid arguments.
+		if errors.Is(err, ErrLayoutMismatch) || errors.Is(err, ErrAnalyserRange) ||
+			errors.Is(err, ErrBadConfig) || errors.Is(err, ErrClosed) {
+			return err
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		cfg.OnError(err)
+		if b.wait(ctx) != nil {
+			return nil
+		}
+		c, err = q.newConsumer(ctx, analyser, ccfg)
 	}
+	b.reset()
 	cfg.LeaseTTL, cfg.MaxAttempts = c.cfg.LeaseTTL, c.cfg.MaxAttempts
 	if cfg.Counters != nil {
 		cfg.Counters.init(cfg.Workers)
 	}
 	warnEviction(ctx, c.part, cfg.Logger)
-	var b backoff
 	for {
 		if err := c.acquire(ctx, cfg.OnError); err != nil {
 			return nil // ctx ended while waiting; nothing is held
