@@ -1,0 +1,167 @@
+// Command quickstart shows the queue end to end: it enqueues a few hundred
+// tasks over a handful of OrderIDs, drains them with an analyser pool, and
+// checks that every OrderID's tasks ran once each, in the order they were
+// added. It prints each OrderID's result and each worker's count.
+//
+// It uses the Redis server in REDIS_URL, or an embedded miniredis when
+// REDIS_URL is unset:
+//
+//	go run ./examples/quickstart
+//	REDIS_URL=redis://127.0.0.1:6379 go run ./examples/quickstart -tasks 1000
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"math/rand/v2"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+
+	"github.com/qugo/queue"
+)
+
+func main() {
+	var (
+		orders  = flag.Int("orders", 8, "number of OrderIDs")
+		tasks   = flag.Int("tasks", 400, "number of tasks in all, spread over the OrderIDs")
+		workers = flag.Int("workers", 4, "analyser worker goroutines")
+		prefix  = flag.String("prefix", "quickstart", "Redis key prefix")
+		work    = flag.Duration("work", time.Millisecond, "most time one task pretends to work")
+	)
+	flag.Parse()
+	log.SetFlags(0)
+	if *orders < 1 || *tasks < 1 || *workers < 1 {
+		log.Fatal("quickstart: -orders, -tasks and -workers must be at least 1")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, *orders, *tasks, *workers, *prefix, *work); err != nil {
+		log.Fatal("quickstart: ", err)
+	}
+}
+
+func run(ctx context.Context, orders, tasks, workers int, prefix string, work time.Duration) error {
+	url := os.Getenv("REDIS_URL")
+	if url == "" {
+		mr, err := miniredis.Run()
+		if err != nil {
+			return err
+		}
+		defer mr.Close()
+		url = "redis://" + mr.Addr()
+		fmt.Println("REDIS_URL is not set: using an embedded miniredis")
+	} else {
+		fmt.Println("using", url)
+	}
+
+	q, err := queue.Dial(ctx, []string{url}, queue.Config{Prefix: prefix})
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+
+	// Each payload carries this run's number and the task's position in its
+	// OrderID, so that the check below can tell the order tasks ran in (and
+	// ignore tasks an earlier, interrupted run left behind).
+	runID := rand.Uint64()
+	batch := make([]queue.Task, tasks)
+	for i := range batch {
+		orderID := uint64(1000 + i%orders)
+		payload := binary.BigEndian.AppendUint64(nil, runID)
+		payload = binary.BigEndian.AppendUint64(payload, uint64(i/orders))
+		batch[i] = queue.Task{OrderID: orderID, Payload: payload}
+	}
+	start := time.Now()
+	if _, err := q.AddTasks(ctx, batch); err != nil {
+		return err
+	}
+	fmt.Printf("added %d tasks over %d OrderIDs in %v\n", tasks, orders, time.Since(start).Round(time.Microsecond))
+
+	var (
+		mu       sync.Mutex
+		seen     = map[uint64][]uint64{} // OrderID -> positions, in the order they ran
+		running  = map[uint64]bool{}
+		overlaps int
+		earlier  int
+	)
+	analyse := func(ctx context.Context, t queue.Task) error {
+		if len(t.Payload) != 16 || binary.BigEndian.Uint64(t.Payload) != runID {
+			mu.Lock()
+			earlier++
+			mu.Unlock()
+			return nil // left by an earlier run: acknowledge it
+		}
+		mu.Lock()
+		if running[t.OrderID] {
+			overlaps++
+		}
+		running[t.OrderID] = true
+		seen[t.OrderID] = append(seen[t.OrderID], binary.BigEndian.Uint64(t.Payload[8:]))
+		mu.Unlock()
+
+		// Pretend to work; a real analyser would write to a database here.
+		select {
+		case <-time.After(rand.N(work + 1)):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+
+		mu.Lock()
+		running[t.OrderID] = false
+		mu.Unlock()
+		return nil
+	}
+
+	var counters queue.Counters
+	cfg := queue.PoolConfig{Workers: workers, Counters: &counters, ExitOnEmpty: true}
+	start = time.Now()
+	// One server and one queue: analyser 0 serves every OrderID.
+	if err := q.AnalysePool(ctx, 0, cfg, analyse); err != nil {
+		return err
+	}
+	if ctx.Err() != nil {
+		return errors.New("interrupted; the tasks not analysed stay in Redis for the next run")
+	}
+	fmt.Printf("analysed in %v\n", time.Since(start).Round(time.Microsecond))
+
+	failed := overlaps > 0
+	for o := 0; o < orders; o++ {
+		orderID := uint64(1000 + o)
+		want := uint64(tasks / orders)
+		if o < tasks%orders {
+			want++
+		}
+		got := seen[orderID]
+		inOrder := uint64(len(got)) == want
+		for i, pos := range got {
+			if pos != uint64(i) {
+				inOrder = false
+			}
+		}
+		verdict := "in order"
+		if !inOrder {
+			verdict = "NOT IN ORDER"
+			failed = true
+		}
+		fmt.Printf("order %d: %d of %d tasks ran, %s\n", orderID, len(got), want, verdict)
+	}
+	for w, n := range counters.Processed() {
+		fmt.Printf("worker %d: %d tasks\n", w, n)
+	}
+	if earlier > 0 {
+		fmt.Printf("also acknowledged %d tasks left by an earlier run\n", earlier)
+	}
+	if failed {
+		return fmt.Errorf("order check failed (%d overlapping runs of one OrderID)", overlaps)
+	}
+	return nil
+}
