@@ -262,19 +262,31 @@ func (c *Consumer) Claim(ctx context.Context, max int) ([]Task, error) {
 	return ts, err
 }
 
+// claim claims up to n tasks. When every record it took was malformed
+// (and so dead-lettered), it claims again: an empty result always means
+// an empty queue.
 func (c *Consumer) claim(ctx context.Context, n int) ([]claimed, error) {
+	for {
+		out, buried, err := c.claimOnce(ctx, n)
+		if err != nil || len(out) > 0 || !buried {
+			return out, err
+		}
+	}
+}
+
+func (c *Consumer) claimOnce(ctx context.Context, n int) ([]claimed, bool, error) {
 	if n <= 0 {
-		return nil, nil
+		return nil, false, nil
 	}
 	n = min(n, maxClaim)
 	r, err := redis.Values(c.script(ctx, "claim from", claimScript,
 		c.keys.ready, c.keys.pending, c.keys.lease, c.keys.meta, c.lease, c.ttlMS, n))
 	if err != nil || len(r) < 2 {
-		return nil, err
+		return nil, false, err
 	}
 	first, err := redis.Int64(r[0], nil)
 	if err != nil {
-		return nil, redisErr(c.what("claim from"), err)
+		return nil, false, redisErr(c.what("claim from"), err)
 	}
 	out := make([]claimed, 0, len(r)-1)
 	var bad []any
@@ -291,10 +303,10 @@ func (c *Consumer) claim(ctx context.Context, n int) ([]claimed, error) {
 	}
 	if len(bad) > 0 {
 		if err := c.bury(ctx, bad); err != nil {
-			return out, err
+			return out, true, err
 		}
 	}
-	return out, nil
+	return out, len(bad) > 0, nil
 }
 
 // maxClaim bounds the tasks one claim takes.
