@@ -52,7 +52,7 @@ func encodeDead(raw []byte, attempts int, msg string) []byte {
 // an error: the store must stay listable.
 func decodeDead(field string, b []byte) DeadTask {
 	bad := func(why string) DeadTask {
-		return DeadTask{Task: Task{ID: field}, Err: "malformed dead record: " + why, Raw: append([]byte(nil), b...)}
+		return DeadTask{Task: Task{ID: field}, Err: "malformed dead record: " + why, Raw: append([]byte{}, b...)}
 	}
 	if len(b) == 0 || b[0] != deadVersion {
 		return bad("bad header")
@@ -74,7 +74,7 @@ func decodeDead(field string, b []byte) DeadTask {
 	t, _, err := decodeEntry(raw)
 	if err != nil {
 		d.Task = Task{ID: field}
-		d.Raw = append([]byte(nil), raw...)
+		d.Raw = append([]byte{}, raw...) // never nil, even when empty: nil means decoded
 		return d
 	}
 	t.Attempt = d.Attempts
@@ -219,7 +219,7 @@ func splitPending(v []byte) (int64, []byte, error) {
 		return 0, nil, fmt.Errorf("%w: pending record has no claim seq", ErrMalformed)
 	}
 	seq, err := strconv.ParseInt(string(v[:i]), 10, 64)
-	if err != nil {
+	if err != nil || seq < 0 || strconv.FormatInt(seq, 10) != string(v[:i]) { // only as the claim script writes it
 		return 0, nil, fmt.Errorf("%w: pending record has a bad claim seq", ErrMalformed)
 	}
 	return seq, v[i+1:], nil
