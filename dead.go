@@ -91,12 +91,13 @@ func (q *Queue) analyserKeys(a int) (*partition, queueKeys, error) {
 	return q.parts[pi], newQueueKeys(q.cfg.Prefix, pi, qi), nil
 }
 
-// writerKeys is analyserKeys for a call that writes: it also verifies the
-// layout, so that a process that disagrees with it touches nothing.
+// writerKeys is analyserKeys for a call that changes only what is already
+// there (dead letters): it verifies the layout, so that a process that
+// disagrees with it touches nothing, and records none on an unused server.
 func (q *Queue) writerKeys(ctx context.Context, a int) (*partition, queueKeys, error) {
 	p, k, err := q.analyserKeys(a)
 	if err == nil {
-		err = q.checkLayout(ctx, p)
+		err = q.verifyLayout(ctx, p)
 	}
 	return p, k, err
 }

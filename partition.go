@@ -156,25 +156,33 @@ func (q *Queue) checkLayout(ctx context.Context, p *partition) error {
 // partition not yet verified.
 func (q *Queue) CheckLayout(ctx context.Context) error {
 	for _, p := range q.parts {
-		if p.checked.Load() {
-			continue
-		}
-		what := fmt.Sprintf("check layout of partition %d", p.index)
-		got, err := onPartition(ctx, p, what, func(c redis.Conn) ([]string, error) {
-			return redis.Strings(redis.DoContext(c, ctx, "HMGET", layoutKey(q.cfg.Prefix), "partitions", "queues", "index"))
-		})
-		if err != nil {
+		if err := q.verifyLayout(ctx, p); err != nil {
 			return err
 		}
-		if len(got) != 3 || got[0] == "" && got[1] == "" && got[2] == "" {
-			continue // nothing recorded yet
-		}
-		want := fmt.Sprintf("partitions=%d queues=%d index=%d", len(q.parts), q.cfg.Queues, p.index)
-		have := fmt.Sprintf("partitions=%s queues=%s index=%s", got[0], got[1], got[2])
-		if have != want {
-			return &LayoutError{Partition: p.index, Want: want, Got: have}
-		}
-		p.checked.Store(true)
 	}
+	return nil
+}
+
+// verifyLayout is CheckLayout for one partition.
+func (q *Queue) verifyLayout(ctx context.Context, p *partition) error {
+	if p.checked.Load() {
+		return nil
+	}
+	what := fmt.Sprintf("check layout of partition %d", p.index)
+	got, err := onPartition(ctx, p, what, func(c redis.Conn) ([]string, error) {
+		return redis.Strings(redis.DoContext(c, ctx, "HMGET", layoutKey(q.cfg.Prefix), "partitions", "queues", "index"))
+	})
+	if err != nil {
+		return err
+	}
+	if len(got) != 3 || got[0] == "" && got[1] == "" && got[2] == "" {
+		return nil // nothing recorded yet
+	}
+	want := fmt.Sprintf("partitions=%d queues=%d index=%d", len(q.parts), q.cfg.Queues, p.index)
+	have := fmt.Sprintf("partitions=%s queues=%s index=%s", got[0], got[1], got[2])
+	if have != want {
+		return &LayoutError{Partition: p.index, Want: want, Got: have}
+	}
+	p.checked.Store(true)
 	return nil
 }
