@@ -1,0 +1,155 @@
+// Command analyser consumes qugo queues and writes every task to Postgres.
+//
+// It runs one analyser pool per -id, each owning one queue (a second
+// process started with the same id waits as a hot standby), and writes
+// each task as a row of the tasks table. Rows are batched, yet a task is
+// acknowledged only once its row is committed, and rows of one OrderID are
+// written in enqueue order. The write is idempotent (task_id is the
+// primary key), so at-least-once delivery gives exactly one row per task.
+// Dead-lettered tasks are recorded in failed_jobs. /metrics serves the
+// queue's Prometheus metrics. SIGINT or SIGTERM stops it gracefully.
+//
+//	analyser -id 0-3 -worker 16 -redis redis://127.0.0.1:6379 -pg postgres://localhost/app
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// config is what the flags say.
+type config struct {
+	IDs         idList
+	Workers     int
+	Redis       []string
+	Queues      int
+	Prefix      string
+	PG          string
+	Batch       int
+	Linger      time.Duration
+	Flushers    int
+	Attempts    int
+	TaskTimeout time.Duration
+	Metrics     string
+	LogEvery    time.Duration
+}
+
+func main() {
+	cfg, err := parseFlags(os.Args[1:], os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "analyser:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	if err := run(ctx, cfg, log, nil); err != nil {
+		log.Error("analyser stopped", "err", err)
+		os.Exit(1)
+	}
+}
+
+// parseFlags reads the command line.
+func parseFlags(args []string, out io.Writer) (config, error) {
+	var cfg config
+	var redisURLs string
+	fs := flag.NewFlagSet("analyser", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.Var(&cfg.IDs, "id", "analyser `id` to run: N, a range A-B, or a comma list; may be repeated (required)")
+	fs.IntVar(&cfg.Workers, "worker", 8, "worker goroutines per analyser")
+	fs.StringVar(&redisURLs, "redis", "redis://127.0.0.1:6379", "comma-separated Redis `URLs`, in partition order")
+	fs.IntVar(&cfg.Queues, "queues", 1, "queues per Redis server")
+	fs.StringVar(&cfg.Prefix, "prefix", "qugo", "Redis key prefix")
+	fs.StringVar(&cfg.PG, "pg", os.Getenv("DATABASE_URL"), "Postgres `URL` (default $DATABASE_URL)")
+	fs.IntVar(&cfg.Batch, "batch", 500, "most rows per insert")
+	fs.DurationVar(&cfg.Linger, "linger", 0, "how long a partly full batch waits for more rows; 0 flushes as soon as an insert slot is free")
+	fs.IntVar(&cfg.Flushers, "flushers", 4, "inserts in flight at once")
+	fs.IntVar(&cfg.Attempts, "attempts", 10, "deliveries of a task before it is dead-lettered")
+	fs.DurationVar(&cfg.TaskTimeout, "task-timeout", time.Minute, "time limit of one delivery")
+	fs.StringVar(&cfg.Metrics, "metrics", "127.0.0.1:9464", "listen `address` for /metrics; empty disables")
+	fs.DurationVar(&cfg.LogEvery, "log-every", 10*time.Second, "how often per-worker counts are logged")
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	for _, u := range strings.Split(redisURLs, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			cfg.Redis = append(cfg.Redis, u)
+		}
+	}
+	switch {
+	case len(cfg.IDs) == 0:
+		return cfg, errors.New("-id is required")
+	case len(cfg.Redis) == 0:
+		return cfg, errors.New("-redis is required")
+	case cfg.PG == "":
+		return cfg, errors.New("-pg (or $DATABASE_URL) is required")
+	case cfg.Workers < 1 || cfg.Queues < 1 || cfg.Flushers < 1 || cfg.Attempts < 1:
+		return cfg, errors.New("-worker, -queues, -flushers and -attempts must be at least 1")
+	case cfg.Batch < 1 || cfg.Batch > 10000:
+		return cfg, errors.New("-batch must be in [1, 10000]")
+	case cfg.Linger < 0 || cfg.LogEvery <= 0 || cfg.TaskTimeout <= 0:
+		return cfg, errors.New("-linger must not be negative, -log-every and -task-timeout must be positive")
+	}
+	return cfg, nil
+}
+
+// idList is the value of the repeatable -id flag: sorted, without
+// duplicates.
+type idList []int
+
+func (l *idList) String() string {
+	if l == nil {
+		return ""
+	}
+	s := make([]string, len(*l))
+	for i, id := range *l {
+		s[i] = strconv.Itoa(id)
+	}
+	return strings.Join(s, ",")
+}
+
+// maxIDs bounds the analysers one process runs.
+const maxIDs = 4096
+
+// Set adds "N", "A-B" or a comma list of them.
+func (l *idList) Set(v string) error {
+	for _, part := range strings.Split(v, ",") {
+		lo, hi, isRange := strings.Cut(strings.TrimSpace(part), "-")
+		a, err := strconv.Atoi(lo)
+		if err != nil || a < 0 {
+			return fmt.Errorf("bad analyser id %q", part)
+		}
+		b := a
+		if isRange {
+			if b, err = strconv.Atoi(hi); err != nil || b < a {
+				return fmt.Errorf("bad analyser range %q", part)
+			}
+		}
+		if b-a >= maxIDs || len(*l)+b-a >= maxIDs {
+			return fmt.Errorf("more than %d analyser ids", maxIDs)
+		}
+		for id := a; id <= b; id++ {
+			*l = append(*l, id)
+		}
+	}
+	slices.Sort(*l)
+	*l = slices.Compact(*l)
+	return nil
+}

@@ -1,0 +1,123 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/qugo/queue/examples/analyser/pgtest"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if shared.srv != nil {
+		if err := shared.srv.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			code = 1
+		}
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// shared is the PostgreSQL server of this package's tests, started by the
+// first test that needs one and stopped by TestMain.
+var shared struct {
+	once sync.Once
+	srv  *pgtest.Server
+	err  error
+}
+
+// testDB returns the URL of a fresh database on the shared server, or
+// skips t when PostgreSQL cannot run here (or in -short mode).
+func testDB(t *testing.T) string {
+	t.Helper()
+	if os.Getenv("QUEUE_TEST_PG_URL") == "" && testing.Short() {
+		t.Skip("needs PostgreSQL: not started in -short mode")
+	}
+	shared.once.Do(func() {
+		if u := os.Getenv("QUEUE_TEST_PG_URL"); u != "" {
+			shared.srv = &pgtest.Server{URL: u}
+			return
+		}
+		shared.srv, shared.err = pgtest.Run()
+	})
+	if errors.Is(shared.err, pgtest.ErrUnavailable) {
+		t.Skipf("needs PostgreSQL: %v (apt-get install postgresql)", shared.err)
+	}
+	require.NoError(t, shared.err)
+	return shared.srv.NewDatabase(t)
+}
+
+func TestParseFlags(t *testing.T) {
+	t.Parallel()
+	base := []string{"-pg", "postgres://localhost/x"}
+	tests := []struct {
+		name    string
+		args    []string
+		ids     []int
+		redis   []string
+		wantErr string
+	}{
+		{name: "one id", args: []string{"-id", "3"}, ids: []int{3}, redis: []string{"redis://127.0.0.1:6379"}},
+		{name: "range", args: []string{"-id", "0-3"}, ids: []int{0, 1, 2, 3}},
+		{name: "repeated and list", args: []string{"-id", "5", "-id", "1,2", "-id", "2-3"}, ids: []int{1, 2, 3, 5}},
+		{name: "redis list", args: []string{"-id", "0", "-redis", "redis://a:1, redis://b:2,"}, ids: []int{0}, redis: []string{"redis://a:1", "redis://b:2"}},
+		{name: "no id", args: nil, wantErr: "-id is required"},
+		{name: "bad id", args: []string{"-id", "x"}, wantErr: "bad analyser id"},
+		{name: "negative id", args: []string{"-id", "-1"}, wantErr: "bad analyser id"},
+		{name: "reversed range", args: []string{"-id", "3-1"}, wantErr: "bad analyser range"},
+		{name: "huge range", args: []string{"-id", "0-99999"}, wantErr: "more than"},
+		{name: "zero workers", args: []string{"-id", "0", "-worker", "0"}, wantErr: "at least 1"},
+		{name: "batch too big", args: []string{"-id", "0", "-batch", "20000"}, wantErr: "-batch"},
+		{name: "negative linger", args: []string{"-id", "0", "-linger", "-1ms"}, wantErr: "-linger"},
+		{name: "empty redis", args: []string{"-id", "0", "-redis", " , "}, wantErr: "-redis is required"},
+		{name: "extra args", args: []string{"-id", "0", "more"}, wantErr: "unexpected arguments"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			cfg, err := parseFlags(append(append([]string(nil), base...), tt.args...), io.Discard)
+			if tt.wantErr != "" {
+				assert.ErrorContains(t, err, tt.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, idList(tt.ids), cfg.IDs)
+			if tt.redis != nil {
+				assert.Equal(t, tt.redis, cfg.Redis)
+			}
+		})
+	}
+}
+
+func TestParseFlagsDefaults(t *testing.T) {
+	t.Setenv("DATABASE_URL", "postgres://env/db")
+	cfg, err := parseFlags([]string{"-id", "0"}, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, "postgres://env/db", cfg.PG)
+	assert.Equal(t, 8, cfg.Workers)
+	assert.Equal(t, 500, cfg.Batch)
+	assert.Zero(t, cfg.Linger, "group commit: no linger")
+	assert.Equal(t, "127.0.0.1:9464", cfg.Metrics)
+	assert.Equal(t, "qugo", cfg.Prefix)
+
+	t.Setenv("DATABASE_URL", "")
+	_, err = parseFlags([]string{"-id", "0"}, io.Discard)
+	assert.ErrorContains(t, err, "-pg")
+	_, err = parseFlags([]string{"-h"}, io.Discard)
+	assert.ErrorIs(t, err, flag.ErrHelp)
+}

@@ -1,0 +1,141 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/qugo/queue"
+)
+
+// TestRunWritesEveryTaskOnceInOrder runs the analyser on four queues (two
+// servers, two queues each) and checks that every task has one row, in
+// enqueue order per OrderID, and that /metrics reports the work.
+func TestRunWritesEveryTaskOnceInOrder(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pgURL := testDB(t)
+	q, urls := newTestQueue(t, 2, 2)
+
+	const orders, perOrder = 40, 50
+	var tasks []queue.Task
+	for n := range perOrder {
+		for o := range orders {
+			tasks = append(tasks, queue.Task{OrderID: uint64(o), Payload: fmt.Appendf(nil, "%d:%d", o, n)})
+		}
+	}
+	ids, err := q.AddTasks(ctx, tasks)
+	require.NoError(t, err)
+
+	// A row already written by an earlier delivery: the redelivery must
+	// not add a second one.
+	db, err := pgxpool.New(ctx, pgURL)
+	require.NoError(t, err)
+	defer db.Close()
+	require.NoError(t, migrate(ctx, db))
+	require.NoError(t, insertTasks(ctx, db, []taskRow{{ID: ids[0], OrderID: 0, Payload: []byte("0:0"), AddedAt: time.Now(), Attempt: 1}}))
+
+	cfg, err := parseFlags([]string{
+		"-id", "0-3", "-worker", "4", "-redis", strings.Join(urls, ","), "-queues", "2",
+		"-pg", pgURL, "-batch", "32", "-metrics", "127.0.0.1:0", "-log-every", "50ms",
+	}, io.Discard)
+	require.NoError(t, err)
+	runCtx, stop := context.WithCancel(ctx)
+	addrs := make(chan net.Addr, 1)
+	done := make(chan error, 1)
+	go func() { done <- run(runCtx, cfg, quiet, func(a net.Addr) { addrs <- a }) }()
+	stopped := false
+	defer func() {
+		if !stopped {
+			stop()
+			<-done
+		}
+	}()
+	addr := <-addrs
+
+	count := func() int {
+		var n int
+		require.NoError(t, db.QueryRow(ctx, `SELECT count(*) FROM tasks`).Scan(&n))
+		return n
+	}
+	require.Eventually(t, func() bool { return count() == len(tasks) }, 60*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool {
+		body := scrape(t, addr)
+		return strings.Contains(body, "qugo_up 1") &&
+			metricSum(body, "qugo_queue_processed_total") == float64(len(tasks)) &&
+			strings.Contains(body, `qugo_handler_duration_seconds_count{analyser="3",outcome="ok"}`)
+	}, 30*time.Second, 20*time.Millisecond, "every ack reaches Redis and the metrics")
+
+	stop()
+	require.NoError(t, <-done)
+	stopped = true
+
+	rows, err := db.Query(ctx, `SELECT order_id::text, convert_from(payload, 'UTF8') FROM tasks ORDER BY order_id, seq`)
+	require.NoError(t, err)
+	next := map[string]int{}
+	for rows.Next() {
+		var order, payload string
+		require.NoError(t, rows.Scan(&order, &payload))
+		o, n, _ := strings.Cut(payload, ":")
+		require.Equal(t, order, o)
+		require.Equal(t, strconv.Itoa(next[order]), n, "order %s out of order", order)
+		next[order]++
+	}
+	require.NoError(t, rows.Err())
+	assert.Len(t, next, orders)
+	for o, n := range next {
+		assert.Equal(t, perOrder, n, "order %s", o)
+	}
+	st, err := q.Stats(ctx)
+	require.NoError(t, err)
+	for _, s := range st {
+		assert.Zero(t, s.Ready+s.Pending+s.Dead, "analyser %d drained", s.Analyser)
+		assert.Empty(t, s.Owner, "analyser %d released its lease", s.Analyser)
+	}
+}
+
+func TestRunRejectsAnAnalyserOutOfRange(t *testing.T) {
+	t.Parallel()
+	pgURL := testDB(t)
+	_, urls := newTestQueue(t, 1, 1)
+	cfg, err := parseFlags([]string{"-id", "0-1", "-redis", urls[0], "-pg", pgURL, "-metrics", ""}, io.Discard)
+	require.NoError(t, err)
+	err = run(context.Background(), cfg, quiet, nil)
+	assert.ErrorContains(t, err, "analyser id 1: there are 1 analysers")
+}
+
+func scrape(t *testing.T, addr net.Addr) string {
+	t.Helper()
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}} // no idle conns left for goleak
+	resp, err := client.Get("http://" + addr.String() + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode, string(b))
+	return string(b)
+}
+
+// metricSum adds the values of every sample of name in a text exposition.
+func metricSum(body, name string) float64 {
+	var sum float64
+	for _, line := range strings.Split(body, "\n") {
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+			continue
+		}
+		if v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64); err == nil {
+			sum += v
+		}
+	}
+	return sum
+}
