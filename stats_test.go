@@ -1,0 +1,173 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestStatsRows(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q, _ := newTestQueue(t, 2, Config{Queues: 2})
+
+	// Before any use: one empty row per analyser, in analyser order.
+	st, err := q.Stats(ctx)
+	require.NoError(t, err)
+	require.Len(t, st, 4)
+	for a, s := range st {
+		assert.Equal(t, QueueStats{Analyser: a, Partition: a % 2, Queue: a / 2}, s)
+	}
+
+	// Analyser 0 (partition 0, queue 0) gets OrderIDs 0 mod 4, analyser 3
+	// (partition 1, queue 1) OrderIDs 3 mod 4.
+	var tasks []Task
+	for i := 0; i < 5; i++ {
+		tasks = append(tasks, Task{OrderID: uint64(4 * i), Payload: []byte("a")})
+	}
+	tasks = append(tasks, Task{OrderID: 3, Payload: []byte("b")}, Task{OrderID: 7, Payload: []byte("b")})
+	_, err = q.AddTasks(ctx, tasks)
+	require.NoError(t, err)
+
+	const ttl = time.Minute
+	c, err := q.Consume(ctx, 0, ConsumerConfig{Owner: "first:1", MaxAttempts: 1, LeaseTTL: ttl})
+	require.NoError(t, err)
+	claimed, err := c.Claim(ctx, 3)
+	require.NoError(t, err)
+	require.Len(t, claimed, 3)
+	_, err = c.Ack(ctx, claimed[0].ID)
+	require.NoError(t, err)
+	dead, err := c.Fail(ctx, claimed[1], errors.New("boom"))
+	require.NoError(t, err)
+	require.True(t, dead)
+
+	st, err = q.Stats(ctx)
+	require.NoError(t, err)
+	s := st[0]
+	assert.Equal(t, 0, s.Analyser)
+	assert.EqualValues(t, 2, s.Ready)
+	assert.EqualValues(t, 1, s.Pending)
+	assert.EqualValues(t, 1, s.Dead)
+	assert.EqualValues(t, 1, s.Processed)
+	assert.EqualValues(t, 1, s.Failed)
+	assert.Zero(t, s.Redelivered)
+	assert.Equal(t, "first:1", s.Owner, "an owner name may hold ':'")
+	assert.Equal(t, c.Token(), s.Token)
+	assert.Positive(t, s.Token)
+	assert.True(t, s.LeaseLeft > 0 && s.LeaseLeft <= ttl, "LeaseLeft %v", s.LeaseLeft)
+	assert.Equal(t, QueueStats{Analyser: 3, Partition: 1, Queue: 1, Ready: 2}, st[3])
+	assert.Equal(t, QueueStats{Analyser: 1, Partition: 1, Queue: 0}, st[1])
+	assert.Equal(t, QueueStats{Analyser: 2, Partition: 0, Queue: 1}, st[2])
+
+	// A new owner puts the pending task back and counts the redelivery.
+	first := c.Token()
+	require.NoError(t, c.Release(ctx))
+	c2, err := q.Consume(ctx, 0, ConsumerConfig{Owner: "second", LeaseTTL: ttl})
+	require.NoError(t, err)
+	s = statsOf(t, q, 0)
+	assert.EqualValues(t, 3, s.Ready)
+	assert.Zero(t, s.Pending)
+	assert.EqualValues(t, 1, s.Redelivered)
+	assert.EqualValues(t, 1, s.Processed)
+	assert.EqualValues(t, 1, s.Failed)
+	assert.Equal(t, "second", s.Owner)
+	assert.Equal(t, first+1, s.Token)
+	assert.Equal(t, c2.Token(), s.Token)
+
+	require.NoError(t, c2.Release(ctx))
+	s = statsOf(t, q, 0)
+	assert.Empty(t, s.Owner)
+	assert.Zero(t, s.Token)
+	assert.Zero(t, s.LeaseLeft)
+	assert.EqualValues(t, 3, s.Ready)
+	assert.EqualValues(t, 1, s.Dead)
+}
+
+// TestDrainLeavesFixedKeys drains every queue with ExitOnEmpty, some tasks
+// failing once on the way, and checks that only a fixed handful of keys
+// per queue remain: its meta hash, the server's layout, and the wake list
+// a lease release leaves behind with an expiry.
+func TestDrainLeavesFixedKeys(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const r, queues, n = 2, 2, 400
+	q, servers := newTestQueue(t, r, Config{Queues: queues})
+	var tasks []Task
+	for i := 0; i < n; i++ {
+		tasks = append(tasks, Task{OrderID: uint64(i % 37), Payload: []byte(fmt.Sprint(i))})
+	}
+	_, err := q.AddTasks(ctx, tasks)
+	require.NoError(t, err)
+
+	var mu sync.Mutex
+	seen := map[string]int{}
+	var wg sync.WaitGroup
+	for a := 0; a < q.Analysers(); a++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := q.AnalysePool(ctx, a, PoolConfig{
+				Workers: 4, ExitOnEmpty: true, Logger: slog.New(slog.DiscardHandler), OnError: func(error) {},
+				Backoff: func(int) time.Duration { return time.Millisecond },
+			}, func(_ context.Context, task Task) error {
+				mu.Lock()
+				defer mu.Unlock()
+				seen[task.ID]++
+				if task.OrderID%5 == 0 && task.Attempt == 1 {
+					return errors.New("fails once")
+				}
+				return nil
+			})
+			assert.NoError(t, err)
+		}()
+	}
+	wg.Wait()
+	assert.Len(t, seen, n)
+
+	st, err := q.Stats(ctx)
+	require.NoError(t, err)
+	var processed int64
+	for _, s := range st {
+		assert.Zero(t, s.Ready)
+		assert.Zero(t, s.Pending)
+		assert.Zero(t, s.Dead)
+		assert.Empty(t, s.Owner)
+		processed += s.Processed
+	}
+	assert.EqualValues(t, n, processed)
+
+	prefix := q.cfg.Prefix
+	for pi, s := range servers {
+		wantKeep := []string{layoutKey(prefix)}
+		var wantExpiring []string
+		for qi := 0; qi < queues; qi++ {
+			k := newQueueKeys(prefix, pi, qi)
+			wantKeep = append(wantKeep, k.meta)
+			wantExpiring = append(wantExpiring, k.wake)
+		}
+		var keep, expiring []string
+		for _, key := range scanKeys(t, s, prefix) {
+			ttl, err := redis.Int64(s.do(t, "PTTL", key), nil)
+			require.NoError(t, err)
+			if ttl == -1 {
+				keep = append(keep, key)
+				continue
+			}
+			assert.True(t, ttl > 0 && ttl <= 60000, "key %s expires in %dms", key, ttl)
+			expiring = append(expiring, key)
+		}
+		sort.Strings(wantKeep)
+		sort.Strings(wantExpiring)
+		assert.Equal(t, wantKeep, keep, "partition %d: persistent keys", pi)
+		assert.Equal(t, wantExpiring, expiring, "partition %d: expiring keys", pi)
+	}
+}
