@@ -1,0 +1,790 @@
+package queue
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+)
+
+// Regression benchmarks. Against a real redis-server:
+//
+//	QUEUE_TEST_REDIS_URL=redis://127.0.0.1:6379 go test -run '^$' -bench . -count 6 | tee new.txt
+//	go run golang.org/x/perf/cmd/benchstat@latest new.txt
+//
+// Without QUEUE_TEST_REDIS_URL they run against miniredis so that they stay
+// runnable (CI runs them with -benchtime 1x); their figures then mean
+// nothing. Every benchmark reports tasks/s; the Raw* benchmarks do the same
+// work with bare redigo commands, so a ratio to Redis's own speed can be
+// read from one run. BenchmarkScale starts its own redis-servers and runs
+// only when QUEUE_BENCH_SCALE=1. docs/performance.md has the figures.
+
+// benchPayload is the payload of every benchmark task.
+var benchPayload = bytes.Repeat([]byte{'p'}, 64)
+
+// benchOrders is the number of OrderIDs the benchmark tasks spread over.
+const benchOrders = 1000
+
+// logBackend says which server a benchmark measures.
+func logBackend(b *testing.B) {
+	b.Helper()
+	if testRedisURL == "" {
+		b.Log("backend: miniredis; figures are not meaningful (set QUEUE_TEST_REDIS_URL for a real redis-server)")
+		return
+	}
+	b.Logf("backend: redis-server at %s", testRedisURL)
+}
+
+// benchQueue returns a queue over r test partitions, with pools large
+// enough for 64 concurrent callers, and deletes its keys when b ends.
+func benchQueue(b *testing.B, r int) (*Queue, []*testServer) {
+	b.Helper()
+	logBackend(b)
+	q, servers := newTestQueue(b, r, Config{})
+	for _, s := range servers {
+		s.pool.MaxIdle = 128 // not used yet
+	}
+	b.Cleanup(func() { dropQueueKeys(q) })
+	return q, servers
+}
+
+// queueKeyNames lists every key the queue can have on partition pi.
+func queueKeyNames(q *Queue, pi int) []any {
+	keys := []any{layoutKey(q.cfg.Prefix)}
+	for qi := 0; qi < q.cfg.Queues; qi++ {
+		k := newQueueKeys(q.cfg.Prefix, pi, qi)
+		keys = append(keys, k.ready, k.pending, k.dead, k.lease, k.meta, k.wake)
+	}
+	return keys
+}
+
+// dropQueueKeys deletes the queue's keys, so that benchmarks on a shared
+// server leave nothing behind.
+func dropQueueKeys(q *Queue) {
+	for pi, p := range q.parts {
+		c := p.pool.Get()
+		c.Do("DEL", queueKeyNames(q, pi)...)
+		c.Close()
+	}
+}
+
+// benchTasks returns n tasks over benchOrders OrderIDs.
+func benchTasks(n int) []Task {
+	ts := make([]Task, n)
+	for i := range ts {
+		ts[i] = Task{OrderID: uint64(i % benchOrders), Payload: benchPayload}
+	}
+	return ts
+}
+
+// fill adds n tasks in batches of 10,000.
+func fill(b *testing.B, q *Queue, n int) {
+	b.Helper()
+	ts := benchTasks(min(n, 10000))
+	for n > 0 {
+		k := min(n, len(ts))
+		if _, err := q.AddTasks(context.Background(), ts[:k]); err != nil {
+			b.Fatal(err)
+		}
+		n -= k
+	}
+}
+
+// reportRate reports n tasks over d as tasks/s (named unit).
+func reportRate(b *testing.B, n int, d time.Duration, unit string) {
+	if d > 0 {
+		b.ReportMetric(float64(n)/d.Seconds(), unit)
+	}
+}
+
+// setGoroutines makes b.RunParallel use at least n goroutines.
+func setGoroutines(b *testing.B, n int) {
+	p := runtime.GOMAXPROCS(0)
+	b.SetParallelism((n + p - 1) / p)
+}
+
+// BenchmarkAddTask measures AddTask from one goroutine and from 64 at once
+// (which share pipelined round trips). Compare with BenchmarkRawLPUSH.
+func BenchmarkAddTask(b *testing.B) {
+	b.Run("goroutines=1", func(b *testing.B) {
+		q, _ := benchQueue(b, 1)
+		ctx := context.Background()
+		if _, err := q.AddTask(ctx, 0, benchPayload); err != nil { // checks the layout
+			b.Fatal(err)
+		}
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			if _, err := q.AddTask(ctx, uint64(i%benchOrders), benchPayload); err != nil {
+				b.Fatal(err)
+			}
+		}
+		reportRate(b, b.N, b.Elapsed(), "tasks/s")
+	})
+	b.Run("goroutines=64", func(b *testing.B) {
+		q, _ := benchQueue(b, 1)
+		ctx := context.Background()
+		if _, err := q.AddTask(ctx, 0, benchPayload); err != nil {
+			b.Fatal(err)
+		}
+		var seq atomic.Uint64
+		setGoroutines(b, 64)
+		b.ReportAllocs()
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := q.AddTask(ctx, seq.Add(1)%benchOrders, benchPayload); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+		reportRate(b, b.N, b.Elapsed(), "tasks/s")
+	})
+}
+
+// rawKey returns a key of the raw benchmarks' own, deleted when b ends.
+func rawKey(b *testing.B, s *testServer) string {
+	key := testPrefix(b) + ":raw"
+	b.Cleanup(func() {
+		c := s.pool.Get()
+		c.Do("DEL", key)
+		c.Close()
+	})
+	return key
+}
+
+// BenchmarkRawLPUSH is the baseline of BenchmarkAddTask: one bare LPUSH of
+// the payload per call, a pooled connection per call, as a hand-written
+// producer would do it.
+func BenchmarkRawLPUSH(b *testing.B) {
+	push := func(b *testing.B, pool *redis.Pool, key string) {
+		c := pool.Get()
+		_, err := c.Do("LPUSH", key, benchPayload)
+		c.Close()
+		if err != nil {
+			b.Error(err)
+		}
+	}
+	b.Run("goroutines=1", func(b *testing.B) {
+		_, servers := benchQueue(b, 1)
+		key := rawKey(b, servers[0])
+		pool := servers[0].pool
+		push(b, pool, key)
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			push(b, pool, key)
+		}
+		reportRate(b, b.N, b.Elapsed(), "tasks/s")
+	})
+	b.Run("goroutines=64", func(b *testing.B) {
+		_, servers := benchQueue(b, 1)
+		key := rawKey(b, servers[0])
+		pool := servers[0].pool
+		push(b, pool, key)
+		setGoroutines(b, 64)
+		b.ReportAllocs()
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				push(b, pool, key)
+			}
+		})
+		reportRate(b, b.N, b.Elapsed(), "tasks/s")
+	})
+}
+
+var benchBatches = []int{10, 100, 1000}
+
+// BenchmarkAddTasks measures AddTasks in batches; b.N counts tasks.
+// Compare with BenchmarkRawLPUSHBatch.
+func BenchmarkAddTasks(b *testing.B) {
+	for _, n := range benchBatches {
+		b.Run(fmt.Sprintf("batch=%d", n), func(b *testing.B) {
+			q, _ := benchQueue(b, 1)
+			ctx := context.Background()
+			ts := benchTasks(n)
+			if _, err := q.AddTasks(ctx, ts[:1]); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for done := 0; done < b.N; {
+				k := min(n, b.N-done)
+				if _, err := q.AddTasks(ctx, ts[:k]); err != nil {
+					b.Fatal(err)
+				}
+				done += k
+			}
+			reportRate(b, b.N, b.Elapsed(), "tasks/s")
+		})
+	}
+}
+
+// BenchmarkRawLPUSHBatch is the baseline of BenchmarkAddTasks: one
+// variadic LPUSH of batch payloads per round trip; b.N counts tasks.
+func BenchmarkRawLPUSHBatch(b *testing.B) {
+	for _, n := range benchBatches {
+		b.Run(fmt.Sprintf("batch=%d", n), func(b *testing.B) {
+			_, servers := benchQueue(b, 1)
+			key := rawKey(b, servers[0])
+			pool := servers[0].pool
+			args := []any{key}
+			for i := 0; i < n; i++ {
+				args = append(args, benchPayload)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for done := 0; done < b.N; {
+				k := min(n, b.N-done)
+				c := pool.Get()
+				_, err := c.Do("LPUSH", args[:k+1]...)
+				c.Close()
+				if err != nil {
+					b.Fatal(err)
+				}
+				done += k
+			}
+			reportRate(b, b.N, b.Elapsed(), "tasks/s")
+		})
+	}
+}
+
+var claimBatches = []int{1, 100, 1000}
+
+// BenchmarkClaimAck measures the low-level Consumer: Claim up to batch
+// tasks (moved into the pending record in one script), then Ack them (one
+// script); b.N counts tasks. Compare with BenchmarkRawRPOP.
+func BenchmarkClaimAck(b *testing.B) {
+	for _, n := range claimBatches {
+		b.Run(fmt.Sprintf("batch=%d", n), func(b *testing.B) {
+			q, _ := benchQueue(b, 1)
+			ctx := context.Background()
+			fill(b, q, b.N)
+			c, err := q.Consume(ctx, 0, ConsumerConfig{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Release(ctx)
+			ids := make([]string, 0, n)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for done := 0; done < b.N; {
+				ts, err := c.Claim(ctx, min(n, b.N-done))
+				if err != nil {
+					b.Fatal(err)
+				}
+				if len(ts) == 0 {
+					b.Fatalf("queue ran dry after %d of %d tasks", done, b.N)
+				}
+				ids = ids[:0]
+				for _, t := range ts {
+					ids = append(ids, t.ID)
+				}
+				if _, err := c.Ack(ctx, ids...); err != nil {
+					b.Fatal(err)
+				}
+				done += len(ts)
+			}
+			reportRate(b, b.N, b.Elapsed(), "tasks/s")
+		})
+	}
+}
+
+// BenchmarkRawRPOP is the baseline of BenchmarkClaimAck: RPOP with a count
+// from a list of payloads, with no pending record and no ack.
+func BenchmarkRawRPOP(b *testing.B) {
+	for _, n := range claimBatches {
+		b.Run(fmt.Sprintf("batch=%d", n), func(b *testing.B) {
+			_, servers := benchQueue(b, 1)
+			key := rawKey(b, servers[0])
+			pool := servers[0].pool
+			rawFill(b, pool, key, b.N)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for done := 0; done < b.N; {
+				c := pool.Get()
+				vs, err := redis.ByteSlices(c.Do("RPOP", key, min(n, b.N-done)))
+				c.Close()
+				if err != nil {
+					b.Fatal(err)
+				}
+				done += len(vs)
+			}
+			reportRate(b, b.N, b.Elapsed(), "tasks/s")
+		})
+	}
+}
+
+// rawFill LPUSHes n payloads to key, 1000 per LPUSH, in one pipeline.
+func rawFill(b *testing.B, pool *redis.Pool, key string, n int) {
+	b.Helper()
+	c := pool.Get()
+	defer c.Close()
+	sent := 0
+	for n > 0 {
+		k := min(n, 1000)
+		args := []any{key}
+		for i := 0; i < k; i++ {
+			args = append(args, benchPayload)
+		}
+		if err := c.Send("LPUSH", args...); err != nil {
+			b.Fatal(err)
+		}
+		sent++
+		n -= k
+	}
+	if err := c.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	for ; sent > 0; sent-- {
+		if _, err := c.Receive(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// drainSize is the number of tasks of one end-to-end run: 100,000 on a
+// real server, 10,000 on miniredis (which only checks that it runs).
+func drainSize() int {
+	if testRedisURL == "" {
+		return 10000
+	}
+	return 100000
+}
+
+// BenchmarkDrain measures the end-to-end path: 100,000 tasks over 1,000
+// OrderIDs added with one AddTasks call, then drained by AnalysePool
+// (ExitOnEmpty) with a no-op function. One op is one such run. It reports
+// tasks/s from the first add to the last ack, drain-tasks/s for the drain
+// alone, and the drain's allocations per task. Compare with BenchmarkRawDrain.
+func BenchmarkDrain(b *testing.B) {
+	for _, w := range []int{1, 8, 64} {
+		b.Run(fmt.Sprintf("workers=%d", w), func(b *testing.B) {
+			q, _ := benchQueue(b, 1)
+			benchDrain(b, q, w, drainSize())
+		})
+	}
+}
+
+// serverCPU returns the CPU time (user and system) the server of pool has
+// used, from INFO cpu, or false on miniredis.
+func serverCPU(pool *redis.Pool) (time.Duration, bool) {
+	if testRedisURL == "" {
+		return 0, false
+	}
+	c := pool.Get()
+	defer c.Close()
+	info, err := redis.String(c.Do("INFO", "cpu"))
+	if err != nil {
+		return 0, false
+	}
+	var total float64
+	for _, line := range strings.Split(info, "\r\n") {
+		for _, f := range []string{"used_cpu_sys:", "used_cpu_user:"} {
+			if v, ok := strings.CutPrefix(line, f); ok {
+				x, _ := strconv.ParseFloat(v, 64)
+				total += x
+			}
+		}
+	}
+	return time.Duration(total * float64(time.Second)), true
+}
+
+// cpuMeter adds up the CPU time this process and the servers use.
+type cpuMeter struct {
+	pools       []*redis.Pool
+	self, redis time.Duration
+	selfOK      bool
+	redisOK     bool
+	t0, r0      time.Duration
+}
+
+func newCPUMeter(q *Queue) *cpuMeter {
+	m := &cpuMeter{selfOK: true, redisOK: true}
+	for _, p := range q.parts {
+		m.pools = append(m.pools, p.pool)
+	}
+	return m
+}
+
+func (m *cpuMeter) redisNow() time.Duration {
+	var sum time.Duration
+	for _, p := range m.pools {
+		d, ok := serverCPU(p)
+		m.redisOK = m.redisOK && ok
+		sum += d
+	}
+	return sum
+}
+
+func (m *cpuMeter) start() {
+	var ok bool
+	m.t0, ok = processCPU()
+	m.selfOK = m.selfOK && ok
+	m.r0 = m.redisNow()
+}
+
+func (m *cpuMeter) stop() {
+	t1, ok := processCPU()
+	m.selfOK = m.selfOK && ok
+	m.self += t1 - m.t0
+	m.redis += m.redisNow() - m.r0
+}
+
+// report reports the CPU time per task of this process and of the
+// servers: figures that contention on a shared machine disturbs less than
+// throughput.
+func (m *cpuMeter) report(b *testing.B, tasks int) {
+	if m.selfOK {
+		b.ReportMetric(float64(m.self)/float64(time.Microsecond)/float64(tasks), "cpu-µs/task")
+	}
+	if m.redisOK {
+		b.ReportMetric(float64(m.redis)/float64(time.Microsecond)/float64(tasks), "redis-cpu-µs/task")
+	}
+}
+
+// benchDrain runs b.N end-to-end runs of n tasks per analyser of q, one
+// AnalysePool per analyser with workers each.
+func benchDrain(b *testing.B, q *Queue, workers, n int) {
+	b.Helper()
+	ctx := context.Background()
+	a := q.Analysers()
+	tasks := make([]Task, n*a)
+	for i := range tasks {
+		// Spread benchOrders OrderIDs over each analyser.
+		tasks[i] = Task{OrderID: uint64(i % (benchOrders * a)), Payload: benchPayload}
+	}
+	var processed atomic.Int64
+	noop := func(context.Context, Task) error { processed.Add(1); return nil }
+	cfg := PoolConfig{Workers: workers, ExitOnEmpty: true, OnError: func(err error) { b.Error(err) }}
+	cpu := newCPUMeter(q)
+	run := func(ts []Task) (added, drained time.Duration, allocs uint64) {
+		cpu.start()
+		defer cpu.stop()
+		start := time.Now()
+		if _, err := q.AddTasks(ctx, ts); err != nil {
+			b.Fatal(err)
+		}
+		added = time.Since(start)
+		var m0, m1 runtime.MemStats
+		runtime.ReadMemStats(&m0)
+		mid := time.Now()
+		var wg sync.WaitGroup
+		for i := 0; i < a; i++ {
+			wg.Go(func() {
+				if err := q.AnalysePool(ctx, i, cfg, noop); err != nil {
+					b.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		drained = time.Since(mid)
+		runtime.ReadMemStats(&m1)
+		return added, drained, m1.Mallocs - m0.Mallocs
+	}
+	run(tasks[:10*a]) // checks the layout and loads the scripts
+	processed.Store(0)
+	cpu = newCPUMeter(q)
+	var adding, draining time.Duration
+	var allocs uint64
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		ad, dr, al := run(tasks)
+		adding += ad
+		draining += dr
+		allocs += al
+	}
+	b.StopTimer()
+	if got := processed.Load(); got != int64(b.N*len(tasks)) {
+		b.Fatalf("analysed %d tasks, want %d", got, b.N*len(tasks))
+	}
+	total := b.N * len(tasks)
+	reportRate(b, total, adding+draining, "tasks/s")
+	reportRate(b, total, draining, "drain-tasks/s")
+	b.ReportMetric(float64(allocs)/float64(total), "drain-allocs/task")
+	cpu.report(b, total)
+}
+
+// BenchmarkRawDrain is the baseline of BenchmarkDrain: the same payloads
+// pushed with pipelined LPUSHes of 1000, then taken with RPOP 1000 until
+// the list is empty, with nothing recorded and nothing acknowledged.
+func BenchmarkRawDrain(b *testing.B) {
+	_, servers := benchQueue(b, 1)
+	key := rawKey(b, servers[0])
+	pool := servers[0].pool
+	n := drainSize()
+	var adding, draining time.Duration
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		rawFill(b, pool, key, n)
+		mid := time.Now()
+		c := pool.Get()
+		for got := 0; got < n; {
+			vs, err := redis.ByteSlices(c.Do("RPOP", key, 1000))
+			if err != nil {
+				b.Fatal(err)
+			}
+			got += len(vs)
+		}
+		c.Close()
+		adding += mid.Sub(start)
+		draining += time.Since(mid)
+	}
+	reportRate(b, b.N*n, adding+draining, "tasks/s")
+	reportRate(b, b.N*n, draining, "drain-tasks/s")
+}
+
+// BenchmarkLatency measures the time from AddTask to the start of the
+// analyse function on an idle pool, one task at a time, and reports its
+// median and 99th percentile in microseconds. Compare with BenchmarkRawLatency.
+func BenchmarkLatency(b *testing.B) {
+	q, _ := benchQueue(b, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	started := make(chan time.Time, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- q.AnalysePool(ctx, 0, PoolConfig{Workers: 8, OnError: func(err error) { b.Error(err) }},
+			func(context.Context, Task) error { started <- time.Now(); return nil })
+	}()
+	defer func() { cancel(); <-done }()
+	if _, err := q.AddTask(ctx, 0, benchPayload); err != nil {
+		b.Fatal(err)
+	}
+	<-started
+	lat := make([]time.Duration, 0, b.N)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		if _, err := q.AddTask(ctx, uint64(i), benchPayload); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, (<-started).Sub(t0))
+	}
+	b.StopTimer()
+	reportLatency(b, lat)
+}
+
+// BenchmarkRawLatency is the baseline of BenchmarkLatency: the time from
+// an LPUSH to the return of a BRPOP blocked on another connection.
+func BenchmarkRawLatency(b *testing.B) {
+	_, servers := benchQueue(b, 1)
+	key := rawKey(b, servers[0])
+	pool := servers[0].pool
+	popped := make(chan time.Time)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		c := pool.Get()
+		defer c.Close()
+		for {
+			r, err := c.Do("BRPOP", key, "0.1")
+			if err != nil {
+				b.Error(err)
+			}
+			if r == nil { // timed out (or failed): look for the stop
+				select {
+				case <-stop:
+					return
+				default:
+					continue
+				}
+			}
+			select {
+			case popped <- time.Now():
+			case <-stop:
+				return
+			}
+		}
+	})
+	defer wg.Wait()
+	defer close(stop)
+	lat := make([]time.Duration, 0, b.N)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		c := pool.Get()
+		_, err := c.Do("LPUSH", key, benchPayload)
+		c.Close()
+		if err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, (<-popped).Sub(t0))
+	}
+	b.StopTimer()
+	reportLatency(b, lat)
+}
+
+func reportLatency(b *testing.B, lat []time.Duration) {
+	slices.Sort(lat)
+	us := func(p int) float64 { return float64(lat[(len(lat)-1)*p/100]) / float64(time.Microsecond) }
+	b.ReportMetric(us(50), "p50-µs")
+	b.ReportMetric(us(99), "p99-µs")
+}
+
+// usedMemory returns the server's INFO used_memory.
+func usedMemory(b *testing.B, s *testServer) int64 {
+	b.Helper()
+	c := s.pool.Get()
+	defer c.Close()
+	info, err := redis.String(c.Do("INFO", "memory"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(info, "\r\n") {
+		if v, ok := strings.CutPrefix(line, "used_memory:"); ok {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return n
+		}
+	}
+	b.Fatal("no used_memory in INFO memory")
+	return 0
+}
+
+// BenchmarkMemory measures Redis's memory per queued task: used_memory
+// before and after adding 100,000 tasks of 64-byte payloads, and after
+// draining them. It needs a real server, and a quiet one: used_memory
+// counts the whole server.
+func BenchmarkMemory(b *testing.B) {
+	if testRedisURL == "" {
+		b.Skip("needs a real redis-server (QUEUE_TEST_REDIS_URL): miniredis has no INFO memory")
+	}
+	q, servers := benchQueue(b, 1)
+	ctx := context.Background()
+	const n = 100000
+	tasks := benchTasks(n)
+	cfg := PoolConfig{Workers: 8, ExitOnEmpty: true, OnError: func(err error) { b.Error(err) }}
+	noop := func(context.Context, Task) error { return nil }
+	if _, err := q.AddTasks(ctx, tasks[:10]); err != nil {
+		b.Fatal(err)
+	}
+	if err := q.AnalysePool(ctx, 0, cfg, noop); err != nil {
+		b.Fatal(err)
+	}
+	var perTask, residual float64
+	var keys int
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		before := usedMemory(b, servers[0])
+		if _, err := q.AddTasks(ctx, tasks); err != nil {
+			b.Fatal(err)
+		}
+		full := usedMemory(b, servers[0])
+		if err := q.AnalysePool(ctx, 0, cfg, noop); err != nil {
+			b.Fatal(err)
+		}
+		after := usedMemory(b, servers[0])
+		perTask += float64(full-before) / n
+		residual += 100 * float64(after-before) / float64(before)
+		c := servers[0].pool.Get()
+		keys, _ = redis.Int(c.Do("EXISTS", queueKeyNames(q, 0)...))
+		c.Close()
+	}
+	b.StopTimer()
+	b.ReportMetric(perTask/float64(b.N), "bytes/task")
+	b.ReportMetric(perTask/float64(b.N)-float64(len(benchPayload)), "overhead-bytes/task")
+	b.ReportMetric(residual/float64(b.N), "residual-%")
+	b.ReportMetric(float64(keys), "keys-left")
+}
+
+// BenchmarkScale measures the end-to-end run of BenchmarkDrain (64
+// workers, 100,000 tasks per server) over R = 1, 2 and 3 redis-servers,
+// one queue and one AnalysePool per server, all in this process. It
+// starts its own servers on free loopback ports, and runs only when
+// QUEUE_BENCH_SCALE=1 and redis-server is on the PATH.
+func BenchmarkScale(b *testing.B) {
+	if os.Getenv("QUEUE_BENCH_SCALE") != "1" {
+		b.Skip("set QUEUE_BENCH_SCALE=1 to start 3 redis-servers and measure R=1..3")
+	}
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		b.Skip("redis-server is not on the PATH")
+	}
+	urls := startRedisServers(b, bin, 3)
+	for r := 1; r <= len(urls); r++ {
+		b.Run(fmt.Sprintf("R=%d", r), func(b *testing.B) {
+			b.Logf("backend: %d redis-servers started by the benchmark", r)
+			pools := make([]*redis.Pool, r)
+			for i := range pools {
+				pools[i] = testPool(urls[i])
+				pools[i].MaxIdle = 128
+			}
+			q, err := New(pools, Config{Prefix: testPrefix(b)})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() {
+				dropQueueKeys(q)
+				for _, p := range pools {
+					p.Close()
+				}
+			})
+			benchDrain(b, q, 64, 100000)
+		})
+	}
+}
+
+// startRedisServers starts n redis-servers without persistence on free
+// loopback ports and stops them (by pid) when b ends.
+func startRedisServers(b *testing.B, bin string, n int) []string {
+	b.Helper()
+	var urls []string
+	for i := 0; i < n; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+			"--save", "", "--appendonly", "no", "--dir", b.TempDir())
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() {
+			cmd.Process.Signal(syscall.SIGTERM)
+			cmd.Wait()
+		})
+		url := fmt.Sprintf("redis://127.0.0.1:%d", port)
+		p := testPool(url)
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			c := p.Get()
+			_, err := c.Do("PING")
+			c.Close()
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				p.Close()
+				b.Fatalf("redis-server on port %d did not start: %v", port, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		p.Close()
+		urls = append(urls, url)
+	}
+	return urls
+}
