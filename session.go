@@ -31,6 +31,7 @@ type session struct {
 	inflight atomic.Int64  // tasks claimed and not finished
 	freed    chan struct{} // signalled when inflight falls
 	acks     chan string   // pending fields to acknowledge
+	per      [][]claimed   // dispatch's buffers, one per worker (fetcher only)
 
 	lost     chan struct{} // closed when the lease is lost
 	lostOnce sync.Once
@@ -209,14 +210,18 @@ func (s *session) dispatch(tasks []claimed) {
 		s.workers[0].give(tasks)
 		return
 	}
-	per := make([][]claimed, w)
+	if s.per == nil {
+		s.per = make([][]claimed, w)
+	}
 	for _, t := range tasks {
 		i := workerOf(t.OrderID, w)
-		per[i] = append(per[i], t)
+		s.per[i] = append(s.per[i], t)
 	}
-	for i, ts := range per {
+	for i, ts := range s.per {
 		if len(ts) > 0 {
-			s.workers[i].give(ts)
+			s.workers[i].give(ts) // copies them
+			clear(ts)
+			s.per[i] = ts[:0]
 		}
 	}
 }

@@ -21,12 +21,14 @@ type worker struct {
 	orders   map[uint64]*orderQueue
 	runnable []*orderQueue // OrderIDs with a task to start now, oldest first
 	delayed  []*orderQueue // OrderIDs waiting out a backoff
+	free     []*orderQueue // emptied orderQueues kept for reuse
 }
 
 // orderQueue holds the claimed tasks of one OrderID on a worker.
 type orderQueue struct {
 	id        uint64
-	tasks     []claimed // tasks[0] is the next (or running) one
+	tasks     []claimed // tasks[head] is the next (or running) one
+	head      int       // tasks before it are done (and zeroed)
 	state     orderState
 	notBefore time.Time // while delayed
 }
@@ -50,10 +52,10 @@ func (w *worker) give(ts []claimed) {
 	for _, t := range ts {
 		o := w.orders[t.OrderID]
 		if o == nil {
-			o = &orderQueue{id: t.OrderID}
+			o = w.newOrder(t.OrderID)
 			w.orders[t.OrderID] = o
 		}
-		o.tasks = append(o.tasks, t)
+		o.push(t)
 		if o.state == idle {
 			o.state = queued
 			w.runnable = append(w.runnable, o)
@@ -66,6 +68,50 @@ func (w *worker) give(ts []claimed) {
 	}
 }
 
+// push appends t, first moving the tasks left to the front of a full
+// buffer, so that a busy OrderID reuses its buffer.
+func (o *orderQueue) push(t claimed) {
+	if o.head > 0 && len(o.tasks) == cap(o.tasks) {
+		n := copy(o.tasks, o.tasks[o.head:])
+		clear(o.tasks[n:])
+		o.tasks, o.head = o.tasks[:n], 0
+	}
+	o.tasks = append(o.tasks, t)
+}
+
+// maxFreeOrders bounds the emptied orderQueues a worker keeps, and
+// maxFreeTasks the buffer each keeps, so an idle pool holds little.
+const (
+	maxFreeOrders = 256
+	maxFreeTasks  = 64
+)
+
+// newOrder returns an empty orderQueue for id, reusing a freed one.
+func (w *worker) newOrder(id uint64) *orderQueue {
+	n := len(w.free)
+	if n == 0 {
+		return &orderQueue{id: id}
+	}
+	o := w.free[n-1]
+	w.free[n-1] = nil
+	w.free = w.free[:n-1]
+	o.id = id
+	return o
+}
+
+// recycle keeps an emptied orderQueue, deleted from orders, for reuse.
+func (w *worker) recycle(o *orderQueue) {
+	if len(w.free) >= maxFreeOrders {
+		return
+	}
+	tasks := o.tasks[:0]
+	if cap(tasks) > maxFreeTasks {
+		tasks = nil
+	}
+	*o = orderQueue{tasks: tasks}
+	w.free = append(w.free, o)
+}
+
 // takeAll removes and returns every task the worker holds except a running
 // one, in no particular order.
 func (w *worker) takeAll() []claimed {
@@ -74,11 +120,11 @@ func (w *worker) takeAll() []claimed {
 	var out []claimed
 	for id, o := range w.orders {
 		if o.state == running {
-			out = append(out, o.tasks[1:]...)
-			o.tasks = o.tasks[:1]
+			out = append(out, o.tasks[o.head+1:]...)
+			o.tasks = o.tasks[:o.head+1]
 			continue
 		}
-		out = append(out, o.tasks...)
+		out = append(out, o.tasks[o.head:]...)
 		delete(w.orders, id)
 	}
 	w.runnable, w.delayed = nil, nil
@@ -124,7 +170,7 @@ func (w *worker) next(now time.Time) (*orderQueue, claimed, time.Time) {
 	w.runnable[0] = nil
 	w.runnable = w.runnable[1:]
 	o.state = running
-	return o, o.tasks[0], time.Time{}
+	return o, o.tasks[o.head], time.Time{}
 }
 
 func (w *worker) loop() {
@@ -239,14 +285,15 @@ func (w *worker) settle(o *orderQueue, done bool, retryAt time.Time) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if done {
-		o.tasks[0] = claimed{}
-		o.tasks = o.tasks[1:]
+		o.tasks[o.head] = claimed{}
+		o.head++
 	} else {
-		o.tasks[0].Attempt++
+		o.tasks[o.head].Attempt++
 	}
 	switch {
-	case len(o.tasks) == 0:
+	case o.head == len(o.tasks):
 		delete(w.orders, o.id)
+		w.recycle(o)
 	case w.stopping():
 		o.state = idle // takeAll hands it back
 	case !retryAt.IsZero():
