@@ -28,7 +28,7 @@ import (
 // kill -9 loses at most the event being written.
 
 const (
-	faultRoleEnv   = "QUEUE_FAULT_ROLE"   // "analyser" or "producer"
+	faultRoleEnv   = "QUEUE_FAULT_ROLE"   // "analyser", "producer" or "consumer"
 	faultConfigEnv = "QUEUE_FAULT_CONFIG" // the role's roleConfig as JSON
 )
 
@@ -47,6 +47,7 @@ type roleConfig struct {
 	MaxAttempts     int
 	ShutdownTimeout time.Duration
 	Work            time.Duration // each analyse call sleeps up to twice this, on average this
+	IgnoreCtx       bool          // the sleep does not end with the task's ctx (a call that cannot be cut short)
 	PanicRate       float64       // share of calls that panic
 	ErrorRate       float64       // share of calls that return an error
 	Poison          string        // a payload containing this makes the process exit at once
@@ -163,6 +164,8 @@ func runFaultRole() bool {
 			err = runAnalyser(cfg)
 		case "producer":
 			err = runProducer(cfg)
+		case "consumer":
+			err = runConsumer(cfg)
 		default:
 			err = fmt.Errorf("unknown role %q", role)
 		}
@@ -252,13 +255,17 @@ func runAnalyser(cfg roleConfig) error {
 		}
 		if cfg.Work > 0 {
 			timer := time.NewTimer(rand.N(2 * cfg.Work))
+			done := ctx.Done()
+			if cfg.IgnoreCtx {
+				done = nil
+			}
 			select {
 			case <-timer.C:
-			case <-ctx.Done():
+			case <-done:
 				timer.Stop()
 			}
 		}
-		if ctx.Err() != nil {
+		if ctx.Err() != nil && !cfg.IgnoreCtx {
 			ev.Result = "cancelled"
 			return ctx.Err()
 		}
@@ -273,6 +280,51 @@ func runAnalyser(cfg roleConfig) error {
 	})
 	h.log(faultEvent{Ev: evExit, Analyser: cfg.Analyser})
 	return err
+}
+
+// runConsumer drives the low-level API once: it takes the lease, claims
+// up to Prefetch tasks, "works" on them for Work (without renewing),
+// acknowledges them and exits. An ack refused as stale is the expected
+// outcome when the process was paused past its lease, and exits 0 too.
+func runConsumer(cfg roleConfig) error {
+	h, err := openHistory(cfg.History)
+	if err != nil {
+		return err
+	}
+	q, pool := roleQueue(cfg, h)
+	defer pool.Close()
+	defer q.Close()
+	ctx := context.Background()
+	c, err := q.Consume(ctx, cfg.Analyser, ConsumerConfig{LeaseTTL: cfg.LeaseTTL, MaxAttempts: cfg.MaxAttempts})
+	if err != nil {
+		return err
+	}
+	tasks, err := c.Claim(ctx, cfg.Prefetch)
+	if err != nil {
+		return err
+	}
+	evs := make([]faultEvent, len(tasks))
+	ids := make([]string, len(tasks))
+	for i, t := range tasks {
+		order, seq, _, err := parsePayload(t.Payload)
+		if err != nil {
+			return err
+		}
+		evs[i] = faultEvent{Ev: evStart, ID: t.ID, Order: order, Seq: seq, Attempt: t.Attempt, Analyser: cfg.Analyser}
+		h.log(evs[i])
+		ids[i] = t.ID
+	}
+	time.Sleep(cfg.Work)
+	for _, ev := range evs {
+		ev.Ev, ev.Result = evFinish, "ok"
+		h.log(ev)
+	}
+	_, err = c.Ack(ctx, ids...)
+	if err != nil && !errors.Is(err, ErrLeaseLost) {
+		return err
+	}
+	h.log(faultEvent{Ev: evExit, Analyser: cfg.Analyser})
+	return nil
 }
 
 func runProducer(cfg roleConfig) error {

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -402,7 +404,7 @@ func TestFaultGracefulStop(t *testing.T) {
 	a1 := e.spawn("analyser", cfg)
 	p := e.spawn("producer", produce(orders, per))
 	e.waitProcessed(1, 30*time.Second) // a1 holds the lease
-	a2 := e.spawn("analyser", cfg)    // a hot standby
+	a2 := e.spawn("analyser", cfg)     // a hot standby
 	frac := 0.2 + 0.6*rand.Float64()
 	e.waitProcessed(int64(frac*float64(total)), 60*time.Second)
 	pending := e.recordPending()
@@ -503,4 +505,169 @@ func TestFaultKillProducer(t *testing.T) {
 	assert.Zero(t, r.DupPending+r.DupOther, "no analyser fault, no duplicate")
 	assert.Zero(t, r.AddErrors)
 	assert.Zero(t, r.Dead)
+}
+
+// procState returns the state letter of process pid ('T' when stopped).
+func procState(pid int) byte {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 >= len(b) {
+		return 0
+	}
+	return b[i+2]
+}
+
+// count returns the events of kind ev in c's history so far.
+func (e *faultEnv) count(c *child, ev string) int {
+	e.t.Helper()
+	evs, err := readHistory(c.cfg.History)
+	if err != nil {
+		return 0 // not written yet
+	}
+	n := 0
+	for _, x := range evs {
+		if x.Ev == ev {
+			n++
+		}
+	}
+	return n
+}
+
+// stop freezes c with SIGSTOP and records it once the process is stopped.
+func (e *faultEnv) stop(c *child) {
+	e.t.Helper()
+	require.NoError(e.t, c.cmd.Process.Signal(syscall.SIGSTOP))
+	require.Eventually(e.t, func() bool { return procState(c.pid()) == 'T' }, 5*time.Second, time.Millisecond)
+	e.event(faultEvent{Ev: evStop, Pid: c.pid()})
+}
+
+// cont resumes c with SIGCONT, recording it first.
+func (e *faultEnv) cont(c *child) {
+	e.t.Helper()
+	e.event(faultEvent{Ev: evCont, Pid: c.pid()})
+	require.NoError(e.t, c.cmd.Process.Signal(syscall.SIGCONT))
+}
+
+func TestFaultZombieAnalyser(t *testing.T) {
+	requireFaultSuite(t)
+	t.Run("fn honours ctx", func(t *testing.T) { testZombie(t, false) })
+	t.Run("fn ignores ctx", func(t *testing.T) { testZombie(t, true) })
+	t.Run("consumer API acks late", testZombieConsumer)
+}
+
+// testZombieConsumer pauses a process that claimed tasks with the
+// low-level API; when it resumes, its acks must be refused.
+func testZombieConsumer(t *testing.T) {
+	e := newFaultEnv(t, 1, false)
+	const orders, per, claim = 200, 5, 50
+	total := int64(orders * per)
+	p := e.spawn("producer", produce(orders, per))
+	e.waitExit(p, 30*time.Second)
+	zcfg := roleConfig{LeaseTTL: faultLeaseTTL, Prefetch: claim, Work: 2 * faultLeaseTTL}
+	zombie := e.spawn("consumer", zcfg)
+	// Stop it once it has claimed and recorded the starts, during its work.
+	require.Eventually(t, func() bool { return e.count(zombie, evStart) == claim }, 30*time.Second, time.Millisecond)
+	e.stop(zombie)
+	stoppedAt := time.Now()
+	pending := e.recordPending()
+	standby := e.spawn("analyser", e.analyserConfig(0))
+	require.Eventually(t, func() bool {
+		s := e.stats()[0]
+		return s.Ready == 0 && s.Pending == 0 && s.Processed >= total
+	}, 30*time.Second, 10*time.Millisecond, "the standby did not drain the queue")
+	require.Less(t, time.Since(stoppedAt), 3*faultLeaseTTL, "drained too late for the test's timing")
+	time.Sleep(time.Until(stoppedAt.Add(3 * faultLeaseTTL)))
+	e.cont(zombie)
+	e.waitExit(zombie, 10*time.Second)
+	e.drain(nil, []*child{standby}, 30*time.Second)
+
+	r := e.check()
+	t.Logf("consumer with %d claimed, SIGSTOP for %v: %v", claim, 3*faultLeaseTTL, r)
+	requireClean(t, r)
+	assert.EqualValues(t, total, r.Completed)
+	assert.Equal(t, claim, pending)
+	assert.Equal(t, 1, r.Refused, "the zombie's ack is refused")
+	assert.Equal(t, claim, r.DupPending, "the claimed tasks ran on both")
+	assert.Zero(t, r.DupOther)
+	assert.EqualValues(t, total, e.stats()[0].Processed, "only the standby's acks counted")
+}
+
+func testZombie(t *testing.T, ignoreCtx bool) {
+	e := newFaultEnv(t, 1, false)
+	const orders, per = 200, 20
+	total := int64(orders * per)
+	p := e.spawn("producer", produce(orders, per))
+	e.waitExit(p, 30*time.Second)
+	cfg := e.analyserConfig(0)
+	cfg.Work = 2 * time.Millisecond // runs in flight at the stop
+	cfg.IgnoreCtx = ignoreCtx
+	zombie := e.spawn("analyser", cfg)
+	e.waitProcessed(1, 30*time.Second)
+	standby := e.spawn("analyser", cfg)
+	frac := 0.2 + 0.6*rand.Float64()
+	e.waitProcessed(int64(frac*float64(total)), 30*time.Second)
+	e.stop(zombie)
+	stoppedAt := time.Now()
+	pending := e.recordPending()
+	// The standby takes over after the lease expires and drains the queue
+	// while the zombie is frozen.
+	require.Eventually(t, func() bool {
+		s := e.stats()[0]
+		return s.Ready == 0 && s.Pending == 0 && s.Processed >= total
+	}, 30*time.Second, 10*time.Millisecond, "the standby did not drain the queue")
+	require.Less(t, time.Since(stoppedAt), 3*faultLeaseTTL, "drained too late for the test's timing")
+	time.Sleep(time.Until(stoppedAt.Add(3 * faultLeaseTTL)))
+	e.cont(zombie)
+	// Give the zombie time to act on what it holds, then stop everyone.
+	time.Sleep(faultLeaseTTL)
+	e.drain(nil, []*child{zombie, standby}, 30*time.Second)
+
+	r := e.check()
+	t.Logf("SIGSTOP for %v at %.0f%% done, %d pending: %v", 3*faultLeaseTTL, 100*frac, pending, r)
+	requireClean(t, r) // overlap, late acks accepted and stale starts among them
+	assert.EqualValues(t, total, r.Completed)
+	assert.Zero(t, r.DupOther, "duplicates of tasks not pending at the stop")
+	assert.LessOrEqual(t, r.DupPending, pending)
+	require.Positive(t, r.Recovery, "no start after the stop")
+	assert.LessOrEqual(t, r.Recovery, faultLeaseTTL+time.Second, "takeover")
+}
+
+// A process resumed after a pause longer than its lease (the zombie fault)
+// has every goroutine runnable at once; a worker that came before the
+// renewer started prefetched tasks that the next owner had already run.
+// Workers now check the lease's deadline before each start.
+func TestWorkerStartsNothingPastLeaseDeadline(t *testing.T) {
+	t.Parallel()
+	q, _ := newTestQueue(t, 1, Config{})
+	ctx := context.Background()
+	_, err := q.AddTask(ctx, 1, []byte("a"))
+	require.NoError(t, err)
+	c, err := q.Consume(ctx, 0, ConsumerConfig{LeaseTTL: time.Second})
+	require.NoError(t, err)
+	cfg, err := PoolConfig{Workers: 1, LeaseTTL: time.Second}.withDefaults()
+	require.NoError(t, err)
+	var started atomic.Int64
+	s := newSession(c, cfg, func(context.Context, Task) error { started.Add(1); return nil })
+	defer s.cancelTask()
+	defer s.cancelLease()
+	tasks, err := c.claim(ctx, 10)
+	require.NoError(t, err)
+	require.Len(t, tasks, 1)
+
+	s.setDeadline(time.Now().Add(-time.Millisecond)) // the pause outlived the lease
+	s.workers[0].give(tasks)
+	done := make(chan struct{})
+	go func() { defer close(done); s.workers[0].loop() }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		s.loseLease()
+		<-done
+		t.Fatal("the worker did not stop")
+	}
+	assert.Zero(t, started.Load(), "a task started after the lease deadline")
+	assert.True(t, s.isLost(), "the session takes the lease as lost")
 }

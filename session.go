@@ -38,6 +38,9 @@ type session struct {
 	stop     chan struct{} // closed when the graceful stop begins
 	stopOnce sync.Once
 
+	born     time.Time    // when the session began (monotonic clock)
+	deadline atomic.Int64 // when the lease must be taken as lost unless renewed, as time since born
+
 	taskCtx     context.Context // parent of every task's ctx; ends with the lease or a stop's timeout
 	cancelTask  context.CancelFunc
 	leaseCtx    context.Context // Redis calls of the tenure; ends with the lease or the session
@@ -52,6 +55,8 @@ func newSession(c *Consumer, cfg PoolConfig, fn AnalyseFunc) *session {
 		lost:  make(chan struct{}),
 		stop:  make(chan struct{}),
 	}
+	s.born = time.Now()
+	s.setDeadline(s.born.Add(cfg.LeaseTTL - cfg.LeaseTTL/5)) // as renew computes it
 	s.taskCtx, s.cancelTask = context.WithCancel(context.Background())
 	s.leaseCtx, s.cancelLease = context.WithCancel(context.Background())
 	s.workers = make([]*worker, cfg.Workers)
@@ -76,6 +81,18 @@ func (s *session) isLost() bool {
 	default:
 		return false
 	}
+}
+
+// setDeadline records when the lease must be taken as lost unless renewed.
+func (s *session) setDeadline(t time.Time) { s.deadline.Store(int64(t.Sub(s.born))) }
+
+// leaseValid reports whether the lease's deadline has not passed. The
+// renewer declares the lease lost at the deadline, but a process that was
+// paused (SIGSTOP, a long GC, a starved VM) wakes up with every goroutine
+// runnable at once, and a worker may come before the renewer: workers ask
+// this before they start a task.
+func (s *session) leaseValid() bool {
+	return time.Since(s.born) < time.Duration(s.deadline.Load())
 }
 
 func (s *session) beginStop() { s.stopOnce.Do(func() { close(s.stop) }) }
@@ -319,6 +336,7 @@ func (s *session) renew(ctx context.Context) {
 		switch {
 		case err == nil:
 			deadline = start.Add(ttl - margin)
+			s.setDeadline(deadline)
 			next = every
 		case errors.Is(err, ErrLeaseLost):
 			s.loseLease()

@@ -183,6 +183,11 @@ func (w *worker) loop() {
 	for !w.stopping() {
 		o, t, due := w.next(time.Now())
 		if o != nil {
+			if !w.s.leaseValid() {
+				// The lease may be another owner's by now: start nothing.
+				w.s.loseLease()
+				continue
+			}
 			w.runOne(o, t)
 			continue
 		}
