@@ -59,6 +59,7 @@ type roleConfig struct {
 	Batch      int // tasks per AddTasks call; 0 uses AddTask
 	Goroutines int // concurrent producing goroutines, each owning Orders/Goroutines OrderIDs
 	PoisonAt   int // when Poison is set, task seq PoisonAt of OrderID 0 carries it
+	Pause      time.Duration // each goroutine waits this long after each add
 }
 
 // faultEvent is one line of a history. Wall is Unix nanoseconds; Mono is
@@ -392,6 +393,9 @@ func runProducer(cfg roleConfig) error {
 						ev.Result, ev.Err = "error", err.Error()
 					}
 					h.log(ev)
+					if cfg.Pause > 0 {
+						time.Sleep(cfg.Pause)
+					}
 				}
 			}
 			flush()

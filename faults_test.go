@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -670,4 +671,102 @@ func TestWorkerStartsNothingPastLeaseDeadline(t *testing.T) {
 	}
 	assert.Zero(t, started.Load(), "a task started after the lease deadline")
 	assert.True(t, s.isLost(), "the session takes the lease as lost")
+}
+
+func TestFaultConnectionResets(t *testing.T) {
+	e := newFaultEnv(t, 1, false)
+	proxy := startProxy(t, e.redis.addr())
+	e.url = "redis://" + proxy.Addr()
+	const orders, per = 200, 100
+	a := e.spawn("analyser", e.analyserConfig(0))
+	pcfg := produce(orders, per)
+	pcfg.Pause = 2 * time.Millisecond // about 2,000 tasks/s: production spans the fault
+	p := e.spawn("producer", pcfg)
+	e.waitProcessed(1, 30*time.Second)
+	e.event(faultEvent{Ev: evFault})
+	end := time.Now().Add(10 * time.Second)
+	resets := 0
+	for time.Now().Before(end) {
+		time.Sleep(200*time.Millisecond + rand.N(500*time.Millisecond))
+		resets += proxy.resetAll()
+	}
+	e.drain([]*child{p}, []*child{a}, 60*time.Second)
+
+	r := e.check()
+	t.Logf("%d connections reset over 10s: %v", resets, r)
+	requireClean(t, r)
+	assert.Positive(t, resets)
+	assert.Equal(t, r.AddedOK, r.Completed-r.UnknownDone, "every ok task completes")
+	assert.Zero(t, r.UnknownTwice)
+	assert.Zero(t, r.Dead)
+}
+
+// lossyConn runs the claim script but reports an error instead of its
+// reply, while drops lasts: Redis moved the tasks, the client never saw it.
+type lossyConn struct {
+	redis.Conn
+	drops *atomic.Int64
+}
+
+func (c *lossyConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
+	r, err := redis.DoContext(c.Conn, ctx, cmd, args...)
+	if err == nil && scriptOf(cmd, args) == claimScript.Hash() {
+		if v, _ := redis.Values(r, nil); len(v) > 1 && c.drops.Add(-1) >= 0 {
+			return nil, errors.New("read: connection reset by peer (injected)")
+		}
+	}
+	return r, err
+}
+
+func (c *lossyConn) ReceiveContext(ctx context.Context) (any, error) {
+	return redis.ReceiveContext(c.Conn, ctx)
+}
+
+// A claim whose reply was lost left its tasks pending for as long as the
+// owner lived: the fault suite's connection resets left tasks stranded.
+// The pool now puts them back, in order, before it claims anything else.
+func TestPoolRecoversClaimWithLostReply(t *testing.T) {
+	t.Parallel()
+	_, servers := newTestQueue(t, 1, Config{})
+	var drops atomic.Int64
+	drops.Store(2)
+	pool := &redis.Pool{DialContext: func(ctx context.Context) (redis.Conn, error) {
+		c, err := redis.DialURLContext(ctx, servers[0].url)
+		if err != nil {
+			return nil, err
+		}
+		return &lossyConn{Conn: c, drops: &drops}, nil
+	}}
+	defer pool.Close()
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
+	require.NoError(t, err)
+	ctx := context.Background()
+	var tasks []Task
+	for i := 0; i < 30; i++ {
+		tasks = append(tasks, Task{OrderID: uint64(i % 3), Payload: []byte(strconv.Itoa(i))})
+	}
+	_, err = q.AddTasks(ctx, tasks)
+	require.NoError(t, err)
+
+	var mu sync.Mutex
+	got := map[uint64][]string{}
+	err = q.AnalysePool(ctx, 0, PoolConfig{Workers: 2, Prefetch: 4, ExitOnEmpty: true, OnError: func(error) {}},
+		func(_ context.Context, task Task) error {
+			mu.Lock()
+			got[task.OrderID] = append(got[task.OrderID], string(task.Payload))
+			mu.Unlock()
+			return nil
+		})
+	require.NoError(t, err)
+	assert.Less(t, drops.Load(), int64(0), "the claim replies were dropped")
+	for o := uint64(0); o < 3; o++ {
+		var want []string
+		for i := int(o); i < 30; i += 3 {
+			want = append(want, strconv.Itoa(i))
+		}
+		assert.Equal(t, want, got[o], "order %d: every task once, in order", o)
+	}
+	pending, err := q.Pending(ctx, 0)
+	require.NoError(t, err)
+	assert.Empty(t, pending)
 }

@@ -31,6 +31,7 @@ type session struct {
 	inflight atomic.Int64  // tasks claimed and not finished
 	freed    chan struct{} // signalled when inflight falls
 	acks     chan string   // pending fields to acknowledge
+	unacked  atomic.Int64  // tasks finished ok whose ack Redis has not confirmed
 	per      [][]claimed   // dispatch's buffers, one per worker (fetcher only)
 
 	lost     chan struct{} // closed when the lease is lost
@@ -166,12 +167,42 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 	lowWater := int64(max(1, s.cfg.Prefetch/4))
 	block := min(s.cfg.LeaseTTL/2, time.Second)
 	var b backoff
+	resync := false // a claim failed, and Redis may have made it
 	for {
 		if waitCtx.Err() != nil {
 			if s.isLost() {
 				return endLost
 			}
 			return endStopped
+		}
+		if resync {
+			// Claim nothing more until the tasks of that claim, if it
+			// happened, are back in the ready list: they come before
+			// anything claimed later. Once nothing is in flight and every
+			// ack is confirmed, whatever is pending is theirs.
+			if s.inflight.Load() > 0 || s.unacked.Load() > 0 {
+				select {
+				case <-s.freed:
+				case <-waitCtx.Done():
+				}
+				continue
+			}
+			n, err := s.resync(leaseCtx)
+			if err != nil {
+				if errors.Is(err, ErrLeaseLost) {
+					s.loseLease()
+					return endLost
+				}
+				if waitCtx.Err() == nil {
+					s.cfg.OnError(err)
+					b.wait(waitCtx)
+				}
+				continue
+			}
+			resync = false
+			if n > 0 {
+				s.cfg.Logger.Info("queue: put back tasks of a claim whose reply was lost", "tasks", n)
+			}
 		}
 		in := s.inflight.Load()
 		free := int64(s.cfg.Prefetch) - in
@@ -188,6 +219,7 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 				s.loseLease()
 				return endLost
 			}
+			resync = true
 			if waitCtx.Err() == nil {
 				s.cfg.OnError(err)
 				b.wait(waitCtx)
@@ -218,6 +250,33 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 		s.inflight.Add(int64(len(tasks)))
 		s.dispatch(tasks)
 	}
+}
+
+// resync puts every pending task back at the consuming end, in claim
+// order, without counting a delivery, and returns how many. The fetcher
+// calls it when nothing is in flight and every ack is confirmed, after a
+// claim whose reply was lost (Redis moved the tasks, this process never
+// saw them): then every pending task is one of those.
+func (s *session) resync(ctx context.Context) (int, error) {
+	c := s.c
+	recs, err := readPending(ctx, c.part, c.keys, c.what("resync pending of"))
+	if err != nil {
+		return 0, err
+	}
+	var back []claimed
+	var dead []any
+	for _, r := range recs {
+		if r.err != nil {
+			dead = append(dead, r.field, encodeDead(r.raw, 0, "resync: "+r.err.Error()))
+			continue
+		}
+		r.Attempt = r.deliveries // the lost claim delivered nothing
+		back = append(back, r.claimed)
+	}
+	if err := c.bury(ctx, dead); err != nil {
+		return 0, err
+	}
+	return len(back), c.requeue(ctx, back, false)
 }
 
 // dispatch hands tasks to their workers, keeping claim order per worker.
@@ -305,6 +364,11 @@ func (s *session) ackLoop(ctx context.Context) {
 			if b.wait(ctx) != nil {
 				break
 			}
+		}
+		s.unacked.Add(-int64(len(batch)))
+		select {
+		case s.freed <- struct{}{}:
+		default:
 		}
 	}
 }

@@ -227,6 +227,7 @@ func (w *worker) runOne(o *orderQueue, t claimed) {
 	case s.isLost():
 		return // the next owner has it; drop everything
 	case err == nil:
+		s.unacked.Add(1)
 		s.acks <- t.field
 		if c := s.cfg.Counters; c != nil {
 			(*c.processed.Load())[w.index].Add(1)
