@@ -55,10 +55,10 @@ type roleConfig struct {
 	// Producer settings.
 	FirstOrder int // OrderIDs FirstOrder..FirstOrder+Orders-1
 	Orders     int
-	PerOrder   int // tasks per OrderID
-	Batch      int // tasks per AddTasks call; 0 uses AddTask
-	Goroutines int // concurrent producing goroutines, each owning Orders/Goroutines OrderIDs
-	PoisonAt   int // when Poison is set, task seq PoisonAt of OrderID 0 carries it
+	PerOrder   int           // tasks per OrderID
+	Batch      int           // tasks per AddTasks call; 0 uses AddTask
+	Goroutines int           // concurrent producing goroutines, each owning Orders/Goroutines OrderIDs
+	PoisonAt   int           // when Poison is set, task seq PoisonAt of OrderID 0 carries it
 	Pause      time.Duration // each goroutine waits this long after each add
 }
 
