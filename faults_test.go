@@ -770,3 +770,33 @@ func TestPoolRecoversClaimWithLostReply(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, pending)
 }
+
+func TestFaultClaimReplyCut(t *testing.T) {
+	e := newFaultEnv(t, 1, false)
+	proxy := startProxy(t, e.redis.addr())
+	const orders, per, cuts = 200, 50, 5
+	total := int64(orders * per)
+	p := e.spawn("producer", produce(orders, per)) // straight to Redis
+	acfg := e.analyserConfig(0)
+	acfg.URL = "redis://" + proxy.Addr()
+	acfg.Work = time.Millisecond
+	a := e.spawn("analyser", acfg)
+	e.waitProcessed(1, 30*time.Second)
+	e.event(faultEvent{Ev: evFault})
+	for i := 0; i < cuts; i++ {
+		// Cut the next claim reply that carries tasks (an empty one is
+		// a few bytes) after half its bytes, then close the connection.
+		proxy.cutReplies(claimScript.Hash(), 1, 200)
+		require.Eventually(t, func() bool { return proxy.cutsLeft() == 0 }, 30*time.Second, time.Millisecond, "no claim reply to cut")
+		time.Sleep(100 * time.Millisecond)
+	}
+	e.drain([]*child{p}, []*child{a}, 60*time.Second)
+
+	r := e.check()
+	t.Logf("%d claim replies cut: %v", proxy.cuts.Load(), r)
+	requireClean(t, r)
+	assert.EqualValues(t, cuts, proxy.cuts.Load())
+	assert.EqualValues(t, total, r.Completed)
+	assert.Zero(t, r.DupPending+r.DupOther, "the cut claims' tasks never ran before they were put back")
+	assert.Zero(t, r.Dead)
+}
