@@ -290,16 +290,25 @@ func (c *Consumer) claimOnce(ctx context.Context, n int) ([]claimed, bool, error
 	}
 	out := make([]claimed, 0, len(r)-1)
 	var bad []any
+	// The reply's buffers are the claimer's own: payloads keep pointing
+	// into them, and the IDs share one string.
+	ids := make([]byte, 0, idLen*(len(r)-1))
 	for i, v := range r[1:] {
 		raw, _ := v.([]byte)
 		seq := first + int64(i) + 1
-		t, deliveries, err := decodeEntry(raw)
+		t, deliveries, err := parseEntry(raw)
 		if err != nil {
 			bad = append(bad, pendingField(raw, seq), encodeDead(raw, 0, "claim: "+err.Error()))
 			continue
 		}
+		ids = append(ids, raw[1:entryHeader]...)
 		t.Attempt = deliveries + 1
-		out = append(out, claimed{Task: t, field: t.ID, seq: seq})
+		out = append(out, claimed{Task: t, seq: seq})
+	}
+	all := string(ids)
+	for i := range out {
+		out[i].ID = all[i*idLen : (i+1)*idLen]
+		out[i].field = out[i].ID
 	}
 	if len(bad) > 0 {
 		if err := c.bury(ctx, bad); err != nil {

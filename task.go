@@ -70,12 +70,24 @@ func encodeTask(t Task, deliveries int) []byte {
 // zero; the delivery count comes back separately. The payload is copied, so
 // b may be reused.
 func decodeEntry(b []byte) (t Task, deliveries int, err error) {
+	t, deliveries, err = parseEntry(b)
+	if err != nil {
+		return Task{}, 0, err
+	}
+	t.ID = string(b[1:entryHeader])
+	t.Payload = append([]byte(nil), t.Payload...)
+	return t, deliveries, nil
+}
+
+// parseEntry decodes an encoded task as decodeEntry does, but leaves the
+// ID empty (it is b[1:entryHeader]) and does not copy: the payload shares
+// b's memory.
+func parseEntry(b []byte) (t Task, deliveries int, err error) {
 	if len(b) < entryHeader || b[0] != entryVersion {
 		return Task{}, 0, fmt.Errorf("%w: bad header", ErrMalformed)
 	}
-	id := string(b[1:entryHeader])
-	for i := 0; i < idLen; i++ {
-		if !isIDChar(id[i]) {
+	for _, c := range b[1:entryHeader] {
+		if !isIDChar(c) {
 			return Task{}, 0, fmt.Errorf("%w: bad id", ErrMalformed)
 		}
 	}
@@ -92,10 +104,12 @@ func decodeEntry(b []byte) (t Task, deliveries int, err error) {
 		return Task{}, 0, fmt.Errorf("%w: field out of range", ErrMalformed)
 	}
 	t = Task{
-		ID:      id,
 		OrderID: fields[0],
 		AddedAt: time.UnixMilli(int64(fields[1])),
-		Payload: append([]byte(nil), rest...),
+		Payload: rest,
+	}
+	if len(rest) == 0 {
+		t.Payload = nil
 	}
 	return t, int(fields[2]), nil
 }
