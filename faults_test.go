@@ -260,11 +260,19 @@ func (e *faultEnv) waitExit(c *child, timeout time.Duration) {
 	require.NoError(e.t, c.err, "%s %d exit", c.role, c.pid())
 }
 
-// stats returns the queues' stats.
+// stats returns the queues' stats, retrying for a while: after a server
+// restart the harness's idle connections fail once each.
 func (e *faultEnv) stats() []QueueStats {
-	st, err := e.q.Stats(context.Background())
+	e.t.Helper()
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		var st []QueueStats
+		if st, err = e.q.Stats(context.Background()); err == nil {
+			return st
+		}
+	}
 	require.NoError(e.t, err)
-	return st
+	return nil
 }
 
 // processed returns the acks of all queues so far.
@@ -326,6 +334,13 @@ func (e *faultEnv) drain(producers, analysers []*child, timeout time.Duration) {
 // check reads every history and the dead-letter stores and runs the checker.
 func (e *faultEnv) check() faultReport {
 	e.t.Helper()
+	return checkHistory(e.events())
+}
+
+// events returns every event of the run: the children's, the harness's,
+// and the dead-letter stores' records.
+func (e *faultEnv) events() []faultEvent {
+	e.t.Helper()
 	e.mu.Lock()
 	events := append([]faultEvent(nil), e.harness...)
 	paths := append([]string(nil), e.histories...)
@@ -346,7 +361,22 @@ func (e *faultEnv) check() faultReport {
 			events = append(events, faultEvent{Ev: evDeadRec, ID: d.ID, Order: order, Seq: seq, Wall: d.DiedAt.UnixNano(), Analyser: a})
 		}
 	}
-	return checkHistory(events)
+	return events
+}
+
+// firstAfter returns the time from at to the first event of kind ev with
+// result (any when empty) after it, or -1.
+func firstAfter(events []faultEvent, at time.Time, ev, result string) time.Duration {
+	best := int64(-1)
+	for _, x := range events {
+		if x.Ev == ev && (result == "" || x.Result == result) && x.Wall > at.UnixNano() && (best < 0 || x.Wall < best) {
+			best = x.Wall
+		}
+	}
+	if best < 0 {
+		return -1
+	}
+	return time.Duration(best - at.UnixNano())
 }
 
 // requireClean asserts the figures every fault must keep: nothing lost or
@@ -799,4 +829,41 @@ func TestFaultClaimReplyCut(t *testing.T) {
 	assert.EqualValues(t, total, r.Completed)
 	assert.Zero(t, r.DupPending+r.DupOther, "the cut claims' tasks never ran before they were put back")
 	assert.Zero(t, r.Dead)
+}
+
+func TestFaultRedisKillRestart(t *testing.T) {
+	e := newFaultEnv(t, 1, true) // appendonly yes, appendfsync everysec (the default)
+	const orders, per = 200, 50
+	total := int64(orders * per)
+	acfg := e.analyserConfig(0)
+	acfg.Work = 5 * time.Millisecond // slower than the producer: tasks pending at the kill
+	a := e.spawn("analyser", acfg)
+	pcfg := produce(orders, per)
+	pcfg.Pause = 2 * time.Millisecond // production spans the outage
+	p := e.spawn("producer", pcfg)
+	frac := 0.2 + 0.6*rand.Float64()
+	e.waitProcessed(int64(frac*float64(total)), 60*time.Second)
+	pending := e.recordPending() // a moment before the kill
+	e.redis.kill()
+	e.event(faultEvent{Ev: evFault})
+	const down = time.Second
+	time.Sleep(down)
+	e.redis.start() // same port, same AOF
+	restarted := time.Now()
+	e.drain([]*child{p}, []*child{a}, 60*time.Second)
+
+	events := e.events()
+	r := checkHistory(events)
+	consumeAgain := firstAfter(events, restarted, evStart, "")
+	produceAgain := firstAfter(events, restarted, evAdded, "ok")
+	t.Logf("redis-server kill -9 at %.0f%% done, down %v, %d pending just before: analysers start again %v and producers add again %v after the restart: %v",
+		100*frac, down, pending, fmtRecovery(consumeAgain), fmtRecovery(produceAgain), r)
+	requireClean(t, r)
+	assert.Positive(t, r.AddErrors, "adds failed while the server was down")
+	assert.Equal(t, r.AddedOK, r.Completed-r.UnknownDone, "every ok task completes")
+	assert.Zero(t, r.UnknownTwice)
+	assert.Zero(t, r.Dead)
+	require.Positive(t, consumeAgain, "no start after the restart")
+	assert.LessOrEqual(t, consumeAgain, faultLeaseTTL+5*time.Second, "reconnect and recovery (capped backoff 5s)")
+	require.Positive(t, produceAgain, "no add after the restart")
 }
