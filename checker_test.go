@@ -606,3 +606,71 @@ func TestReadHistorySkipsTornLastLine(t *testing.T) {
 	_, err = readHistory(path)
 	assert.Error(t, err, "a bad line that is not the last is an error")
 }
+
+// checkRetryPolicy checks the deliveries of each task against the retry
+// policy of a run without crashes: attempts numbered 1, 2, ... with every
+// run but the last failed; the last one ok, or failed at maxAttempts when
+// the task is dead-lettered (and only then). It returns the violations.
+func checkRetryPolicy(events []faultEvent, maxAttempts int) []string {
+	runs := map[string][]faultEvent{} // task ID -> finish events in time order
+	dead := map[string]bool{}
+	sort.SliceStable(events, func(i, j int) bool { return events[i].Wall < events[j].Wall })
+	for _, e := range events {
+		switch e.Ev {
+		case evFinish:
+			runs[e.ID] = append(runs[e.ID], e)
+		case evDeadRec:
+			dead[e.ID] = true
+		}
+	}
+	var bad []string
+	for id, rs := range runs {
+		for i, r := range rs {
+			if r.Attempt != i+1 {
+				bad = append(bad, fmt.Sprintf("%s: run %d has attempt %d", id, i+1, r.Attempt))
+			}
+			failed := r.Result == "error" || r.Result == "panic"
+			last := i == len(rs)-1
+			switch {
+			case !last && !failed:
+				bad = append(bad, fmt.Sprintf("%s: attempt %d ended %s and ran again", id, r.Attempt, r.Result))
+			case last && dead[id] && (!failed || r.Attempt != maxAttempts):
+				bad = append(bad, fmt.Sprintf("%s: dead after attempt %d (%s), want %d failed", id, r.Attempt, r.Result, maxAttempts))
+			case last && !dead[id] && failed:
+				bad = append(bad, fmt.Sprintf("%s: last attempt %d failed and the task is not dead", id, r.Attempt))
+			}
+		}
+		delete(dead, id)
+	}
+	for id := range dead {
+		bad = append(bad, fmt.Sprintf("%s: dead without a run", id))
+	}
+	sort.Strings(bad)
+	return bad
+}
+
+func TestCheckRetryPolicy(t *testing.T) {
+	t.Parallel()
+	fin := func(id string, attempt int, result string) faultEvent {
+		return faultEvent{Ev: evFinish, ID: id, Attempt: attempt, Result: result, Wall: int64(attempt)}
+	}
+	tests := []struct {
+		name string
+		ev   []faultEvent
+		bad  int
+	}{
+		{"ok at once", []faultEvent{fin("a", 1, "ok")}, 0},
+		{"retried then ok", []faultEvent{fin("a", 1, "error"), fin("a", 2, "panic"), fin("a", 3, "ok")}, 0},
+		{"dead at max", []faultEvent{fin("a", 1, "error"), fin("a", 2, "error"), fin("a", 3, "panic"), {Ev: evDeadRec, ID: "a", Wall: 9}}, 0},
+		{"dead too early", []faultEvent{fin("a", 1, "error"), fin("a", 2, "error"), {Ev: evDeadRec, ID: "a", Wall: 9}}, 1},
+		{"failed, not retried, not dead", []faultEvent{fin("a", 1, "error")}, 1},
+		{"ran again after ok", []faultEvent{fin("a", 1, "ok"), fin("a", 2, "ok")}, 1},
+		{"attempt skipped", []faultEvent{fin("a", 1, "error"), fin("a", 3, "ok")}, 1},
+		{"dead without a run", []faultEvent{{Ev: evDeadRec, ID: "z"}}, 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			assert.Len(t, checkRetryPolicy(tc.ev, 3), tc.bad)
+		})
+	}
+}

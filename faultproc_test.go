@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/gomodule/redigo/redis"
+	"go.uber.org/goleak"
 )
 
 // The fault suite runs producers and analysers as child processes: the
@@ -93,6 +94,7 @@ const (
 	evLease   = "lease"   // analyser: Redis granted it a lease with Token
 	evAck     = "ack"     // analyser: ack script sent (Wall) with Token: Result ok (N acked) or refused or error
 	evExit    = "exit"    // any child: exiting normally
+	evLeak    = "leak"    // analyser: goroutines left after AnalysePool returned (Err lists them)
 	evKill    = "kill"    // harness: SIGKILL sent to Pid
 	evTerm    = "term"    // harness: SIGTERM sent to Pid
 	evStop    = "stop"    // harness: SIGSTOP sent to Pid
@@ -234,6 +236,7 @@ func runAnalyser(cfg roleConfig) error {
 			}
 		},
 	}
+	baseline := goleak.IgnoreCurrent()
 	err = q.AnalysePool(ctx, cfg.Analyser, pc, func(ctx context.Context, t Task) (err error) {
 		order, seq, mark, perr := parsePayload(t.Payload)
 		if perr != nil {
@@ -279,6 +282,13 @@ func runAnalyser(cfg roleConfig) error {
 		}
 		return nil
 	})
+	if err == nil {
+		// AnalysePool joined everything it started: only this process's
+		// own goroutines may be left.
+		if lerr := goleak.Find(baseline); lerr != nil {
+			h.log(faultEvent{Ev: evLeak, Analyser: cfg.Analyser, Err: lerr.Error()})
+		}
+	}
 	h.log(faultEvent{Ev: evExit, Analyser: cfg.Analyser})
 	return err
 }

@@ -867,3 +867,37 @@ func TestFaultRedisKillRestart(t *testing.T) {
 	assert.LessOrEqual(t, consumeAgain, faultLeaseTTL+5*time.Second, "reconnect and recovery (capped backoff 5s)")
 	require.Positive(t, produceAgain, "no add after the restart")
 }
+
+func TestFaultPanicsAndErrors(t *testing.T) {
+	e := newFaultEnv(t, 1, false)
+	const orders, per, maxAttempts = 200, 100, 3
+	total := int64(orders * per)
+	acfg := e.analyserConfig(0)
+	acfg.PanicRate, acfg.ErrorRate, acfg.MaxAttempts = 0.05, 0.05, maxAttempts
+	a := e.spawn("analyser", acfg)
+	p := e.spawn("producer", produce(orders, per))
+	e.drain([]*child{p}, []*child{a}, 60*time.Second)
+
+	events := e.events()
+	r := checkHistory(events)
+	panics, leaks := 0, 0
+	for _, x := range events {
+		switch {
+		case x.Ev == evFinish && x.Result == "panic":
+			panics++
+		case x.Ev == evLeak:
+			leaks++
+			t.Logf("leak: %s", x.Err)
+		}
+	}
+	bad := checkRetryPolicy(events, maxAttempts)
+	t.Logf("5%% panics, 5%% errors, MaxAttempts %d: %d panics, %d dead, %d policy violations: %v",
+		maxAttempts, panics, r.Dead, len(bad), r)
+	requireClean(t, r)
+	assert.Empty(t, bad, "retry policy")
+	assert.EqualValues(t, total, r.Completed, "every task acked or dead-lettered")
+	assert.Positive(t, panics)
+	assert.Zero(t, r.DupPending+r.DupOther)
+	assert.Zero(t, leaks, "goroutines left after AnalysePool returned")
+	assert.Equal(t, int64(r.Dead), e.stats()[0].Dead)
+}
