@@ -240,6 +240,9 @@ func indexByte(s string, b byte) int {
 // never waits; see Wait. Costs one round trip.
 func (c *Consumer) RemoveTask(ctx context.Context) (Task, error) {
 	ts, err := c.claim(ctx, 1)
+	if err == nil {
+		err = c.recordRedeliveries(ctx, ts)
+	}
 	if err != nil {
 		return Task{}, err
 	}
@@ -255,11 +258,39 @@ func (c *Consumer) RemoveTask(ctx context.Context) (Task, error) {
 // store and not returned.
 func (c *Consumer) Claim(ctx context.Context, max int) ([]Task, error) {
 	cs, err := c.claim(ctx, max)
+	if err == nil {
+		err = c.recordRedeliveries(ctx, cs)
+	}
 	ts := make([]Task, len(cs))
 	for i := range cs {
 		ts[i] = cs[i].Task
 	}
 	return ts, err
+}
+
+// recordDelivery records in t's pending record that delivery t.Attempt is
+// made, so that recovery after a crash counts it without counting it twice.
+// Recovery counts the interrupted delivery of a task pending for the first
+// time, started or not; a task delivered before is counted only with this
+// record, so that tasks claimed with one that crashes its owner, and never
+// started, are not dead-lettered with it. Costs one round trip.
+func (c *Consumer) recordDelivery(ctx context.Context, t claimed) error {
+	_, err := c.script(ctx, "record delivery on", retryScript, c.keys.pending, c.keys.lease, c.keys.meta,
+		c.lease, c.ttlMS, t.field, encodeTask(t.Task, t.Attempt))
+	return err
+}
+
+// recordRedeliveries records the delivery of the claimed tasks that were
+// delivered before: to the low-level API a claim is a delivery.
+func (c *Consumer) recordRedeliveries(ctx context.Context, ts []claimed) error {
+	for _, t := range ts {
+		if t.Attempt > 1 {
+			if err := c.recordDelivery(ctx, t); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // claim claims up to n tasks. When every record it took was malformed
@@ -373,9 +404,10 @@ func (c *Consumer) Ack(ctx context.Context, ids ...string) (int, error) {
 
 // Fail records a failed delivery of t (as claimed, with its Attempt). When
 // t has had MaxAttempts deliveries it moves to the dead-letter store with
-// cause and Fail reports dead; otherwise the failure is recorded in the
-// pending record, so that a crash counts it, and the caller retries t in
-// place with Attempt one higher. Costs one round trip.
+// cause and Fail reports dead; otherwise the failure, and the retry that
+// follows, are recorded in the pending record, so that a crash counts
+// them, and the caller retries t in place with Attempt one higher. Costs
+// one round trip.
 func (c *Consumer) Fail(ctx context.Context, t Task, cause error) (dead bool, err error) {
 	msg := "<nil>"
 	if cause != nil {
@@ -385,7 +417,7 @@ func (c *Consumer) Fail(ctx context.Context, t Task, cause error) (dead bool, er
 		entry := encodeTask(t, t.Attempt)
 		return true, c.bury(ctx, []any{t.ID, encodeDead(entry, t.Attempt, msg)})
 	}
-	_, err = c.script(ctx, "record failure on", retryScript, c.keys.pending, c.keys.lease, c.keys.meta, c.lease, c.ttlMS, t.ID, encodeTask(t, t.Attempt))
+	_, err = c.script(ctx, "record failure on", retryScript, c.keys.pending, c.keys.lease, c.keys.meta, c.lease, c.ttlMS, t.ID, encodeTask(t, t.Attempt+1))
 	return false, err
 }
 

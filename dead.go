@@ -205,25 +205,39 @@ return n
 // pendingRecord is one decoded entry of a pending hash.
 type pendingRecord struct {
 	claimed
-	deliveries int    // deliveries recorded before the current one
+	deliveries int    // deliveries recorded before the current one, or with it when accounted
+	accounted  bool   // the count includes the current delivery (written by retryScript)
 	raw        []byte // the record as stored
 	err        error  // set when the record does not decode
 }
 
 // splitPending splits a pending record into its claim seq and entry.
 func splitPending(v []byte) (int64, []byte, error) {
+	seq, _, entry, err := splitPendingAccounted(v)
+	return seq, entry, err
+}
+
+// splitPendingAccounted splits a pending record, "<seq>:<entry>" as the
+// claim script writes it or "<seq>+:<entry>" as retryScript does, and
+// reports which (accounted: the entry's count includes the current delivery).
+func splitPendingAccounted(v []byte) (int64, bool, []byte, error) {
 	i := 0
 	for i < len(v) && v[i] != ':' {
 		i++
 	}
 	if i == len(v) {
-		return 0, nil, fmt.Errorf("%w: pending record has no claim seq", ErrMalformed)
+		return 0, false, nil, fmt.Errorf("%w: pending record has no claim seq", ErrMalformed)
 	}
-	seq, err := strconv.ParseInt(string(v[:i]), 10, 64)
-	if err != nil || seq < 0 || strconv.FormatInt(seq, 10) != string(v[:i]) { // only as the claim script writes it
-		return 0, nil, fmt.Errorf("%w: pending record has a bad claim seq", ErrMalformed)
+	num := v[:i]
+	accounted := len(num) > 0 && num[len(num)-1] == '+'
+	if accounted {
+		num = num[:len(num)-1]
 	}
-	return seq, v[i+1:], nil
+	seq, err := strconv.ParseInt(string(num), 10, 64)
+	if err != nil || seq < 0 || strconv.FormatInt(seq, 10) != string(num) { // only as the scripts write it
+		return 0, false, nil, fmt.Errorf("%w: pending record has a bad claim seq", ErrMalformed)
+	}
+	return seq, accounted, v[i+1:], nil
 }
 
 // readPending reads a pending hash, in claim order. Records that do not
@@ -239,7 +253,8 @@ func readPending(ctx context.Context, p *partition, k queueKeys, what string) ([
 	for field, v := range m {
 		r := pendingRecord{raw: []byte(v)}
 		r.field = field
-		seq, entry, err := splitPending(r.raw)
+		seq, accounted, entry, err := splitPendingAccounted(r.raw)
+		r.accounted = accounted
 		if err == nil {
 			r.Task, r.deliveries, err = decodeEntry(entry)
 		}
@@ -248,6 +263,9 @@ func readPending(ctx context.Context, p *partition, k queueKeys, what string) ([
 		}
 		r.seq, r.err = seq, err
 		r.Attempt = r.deliveries + 1
+		if r.accounted {
+			r.Attempt = r.deliveries
+		}
 		out = append(out, r)
 	}
 	sort.Slice(out, func(i, j int) bool {
@@ -297,7 +315,15 @@ func (c *Consumer) recover(ctx context.Context) (int, error) {
 	var back []claimed
 	var dead []any
 	for _, r := range recs {
-		switch n := r.deliveries + 1; {
+		// Count the interrupted delivery of a task pending for the first
+		// time, started or not. A task delivered before had its delivery
+		// recorded when it started (Consumer.recordDelivery); without that
+		// record it never started, and is not charged.
+		n := r.deliveries
+		if n == 0 && !r.accounted {
+			n = 1
+		}
+		switch {
 		case r.err != nil:
 			dead = append(dead, r.field, encodeDead(r.raw, 0, "recover: "+r.err.Error()))
 		case n >= c.cfg.MaxAttempts:

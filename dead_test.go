@@ -361,9 +361,9 @@ func TestMalformedPendingQuarantined(t *testing.T) {
 	}
 	idA, idB, idC := "aaa00000000000000000", "bbb00000000000000000", "ccc00000000000000000"
 	records := map[string][]byte{
-		idB:                    append([]byte("8:"), mk(idB, 1, 1)...), // claimed second
-		idA:                    append([]byte("3:"), mk(idA, 1, 0)...), // claimed first
-		idC:                    append([]byte("9:"), mk(idC, 2, 4)...), // its fifth delivery: dead
+		idB:                    append([]byte("8+:"), mk(idB, 1, 2)...), // claimed second; its second delivery started
+		idA:                    append([]byte("3:"), mk(idA, 1, 0)...),  // claimed first
+		idC:                    append([]byte("9+:"), mk(idC, 2, 5)...), // its fifth delivery started: dead
 		"x":                    []byte("no seq at all"),
 		"y":                    []byte("5:garbage"),
 		"bad:6":                []byte("6:"),

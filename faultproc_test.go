@@ -33,6 +33,9 @@ const (
 	faultConfigEnv = "QUEUE_FAULT_CONFIG" // the role's roleConfig as JSON
 )
 
+// poisonExit is the exit status of an analyser killed by a poison task.
+const poisonExit = 3
+
 // roleConfig configures a child process.
 type roleConfig struct {
 	URL     string // redis:// URL, possibly through a proxy
@@ -51,7 +54,8 @@ type roleConfig struct {
 	IgnoreCtx       bool          // the sleep does not end with the task's ctx (a call that cannot be cut short)
 	PanicRate       float64       // share of calls that panic
 	ErrorRate       float64       // share of calls that return an error
-	Poison          string        // a payload containing this makes the process exit at once
+	Poison          string        // a payload containing this makes the process exit after PoisonAfter
+	PoisonAfter     time.Duration
 
 	// Producer settings.
 	FirstOrder int // OrderIDs FirstOrder..FirstOrder+Orders-1
@@ -255,7 +259,8 @@ func runAnalyser(cfg roleConfig) error {
 			h.log(ev)
 		}()
 		if cfg.Poison != "" && strings.Contains(mark, cfg.Poison) {
-			os.Exit(3) // the task kills its process, every time
+			time.Sleep(cfg.PoisonAfter)
+			os.Exit(poisonExit) // the task kills its process, every time
 		}
 		if cfg.Work > 0 {
 			timer := time.NewTimer(rand.N(2 * cfg.Work))

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -900,4 +901,119 @@ func TestFaultPanicsAndErrors(t *testing.T) {
 	assert.Zero(t, r.DupPending+r.DupOther)
 	assert.Zero(t, leaks, "goroutines left after AnalysePool returned")
 	assert.Equal(t, int64(r.Dead), e.stats()[0].Dead)
+}
+
+func TestFaultPoisonTask(t *testing.T) {
+	e := newFaultEnv(t, 1, false)
+	const orders, per, maxAttempts, poisonAt = 200, 50, 3, 10
+	total := int64(orders * per)
+	acfg := e.analyserConfig(0)
+	acfg.Work = time.Millisecond
+	acfg.MaxAttempts = maxAttempts
+	acfg.Poison, acfg.PoisonAfter = "poison", 200*time.Millisecond
+	pcfg := produce(orders, per)
+	pcfg.Poison, pcfg.PoisonAt = acfg.Poison, poisonAt
+	p := e.spawn("producer", pcfg)
+	e.waitExit(p, 30*time.Second)
+
+	// A supervisor: restart the analyser whenever the poison kills it.
+	a := e.spawn("analyser", acfg)
+	crashes := 0
+	require.Eventually(t, func() bool {
+		if a.exited() {
+			require.Error(t, a.err)
+			var ee *exec.ExitError
+			require.ErrorAs(t, a.err, &ee)
+			require.Equal(t, poisonExit, ee.ExitCode(), "the analyser died of something else")
+			e.event(faultEvent{Ev: evKill, Pid: a.pid()}) // dead by now
+			crashes++
+			a = e.spawn("analyser", acfg)
+			return false
+		}
+		s := e.stats()[0]
+		return s.Ready == 0 && s.Pending == 0
+	}, 60*time.Second, 5*time.Millisecond, "the queue did not drain")
+	e.drain(nil, []*child{a}, 30*time.Second)
+
+	events := e.events()
+	r := checkHistory(events)
+	var poison faultEvent
+	poisonStarts := 0
+	var firstPoison, deadAt int64
+	for _, x := range events {
+		if x.Ev == evStart && x.Order == 0 && x.Seq == poisonAt {
+			poisonStarts++
+			if firstPoison == 0 {
+				firstPoison = x.Wall
+			}
+			poison = x
+		}
+	}
+	dead, err := e.q.Dead(context.Background(), 0)
+	require.NoError(t, err)
+	require.Len(t, dead, 1, "only the poison task is dead")
+	deadAt = dead[0].DiedAt.UnixNano()
+	// Tasks of other OrderIDs completed for good while the poison was
+	// crashing processes: their last run finished ok in that window.
+	last := map[string]faultEvent{}
+	for _, x := range events {
+		if x.Ev == evFinish && x.Order != 0 {
+			last[x.ID] = x
+		}
+	}
+	flowed := 0
+	for _, x := range last {
+		if x.Result == "ok" && x.Wall > firstPoison && x.Wall < deadAt {
+			flowed++
+		}
+	}
+	t.Logf("poison task: %d crashes, %d deliveries, dead after %d attempts (%q); %d tasks of other OrderIDs done meanwhile: %v",
+		crashes, poisonStarts, dead[0].Attempts, dead[0].Err, flowed, r)
+	requireClean(t, r)
+	assert.Equal(t, poison.ID, dead[0].ID)
+	assert.Equal(t, maxAttempts, crashes)
+	assert.Equal(t, maxAttempts, poisonStarts)
+	assert.Equal(t, maxAttempts, dead[0].Attempts)
+	assert.EqualValues(t, total, r.Completed)
+	assert.Equal(t, 1, r.Dead)
+	assert.Positive(t, flowed, "other OrderIDs kept flowing")
+}
+
+// A poison task that crashes its owner took the tasks claimed with it to
+// the dead-letter store: recovery counted a delivery for every pending
+// task, started or not. A redelivered task now records its delivery when
+// it starts, and recovery counts none for one that never started.
+func TestRecoveryChargesOnlyStartedRedeliveries(t *testing.T) {
+	t.Parallel()
+	q, servers := newTestQueue(t, 1, Config{})
+	k := newQueueKeys(q.cfg.Prefix, 0, 0)
+	ctx := context.Background()
+	mk := func(id string, deliveries int) []byte {
+		return encodeTask(Task{ID: id, OrderID: 1, AddedAt: time.UnixMilli(1000), Payload: []byte("p")}, deliveries)
+	}
+	unstarted, started := "aaa00000000000000000", "bbb00000000000000000"
+	servers[0].do(t, "HSET", k.pending,
+		unstarted, append([]byte("3:"), mk(unstarted, 1)...), // claimed for its second delivery, never started
+		started, append([]byte("4+:"), mk(started, 2)...)) // its second delivery started, then the crash
+	c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
+	require.NoError(t, err)
+	got, err := c.Claim(ctx, 10)
+	require.NoError(t, err)
+	require.Len(t, got, 1)
+	assert.Equal(t, unstarted, got[0].ID)
+	assert.Equal(t, 2, got[0].Attempt, "the delivery that never started is not counted")
+	dead, err := q.Dead(ctx, 0)
+	require.NoError(t, err)
+	require.Len(t, dead, 1)
+	assert.Equal(t, started, dead[0].ID)
+	assert.Equal(t, 2, dead[0].Attempts)
+
+	// The low-level API counts a claim of a redelivered task as its start.
+	pend, err := q.Pending(ctx, 0)
+	require.NoError(t, err)
+	require.Len(t, pend, 1)
+	assert.Equal(t, 2, pend[0].Attempt)
+	v, err := redis.String(servers[0].do(t, "HGET", k.pending, unstarted), nil)
+	require.NoError(t, err)
+	assert.True(t, strings.HasPrefix(v, "1+:"), "recorded as started (claim seq 1): %q", v[:3])
 }

@@ -76,8 +76,11 @@ if n > 0 then redis.call('HINCRBY', KEYS[3], 'processed', n) end
 return n
 `))
 
-// retryScript records a failed attempt in a pending record, keeping its
-// claim seq, so that a crash during the retry counts the deliveries made.
+// retryScript records in a pending record the deliveries a task has had,
+// counting the current one (one about to start, or the retry that follows
+// a failure), keeping its claim seq and marking the count as accounted
+// ("<seq>+:"), so that recovery after a crash does not count the current
+// delivery again.
 //
 //	KEYS[1] = pending hash, KEYS[2] = lease, KEYS[3] = meta hash
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = task ID, ARGV[4] = encoded task
@@ -86,8 +89,8 @@ return n
 var retryScript = redis.NewScript(3, fenced("2", `
 local old = redis.call('HGET', KEYS[1], ARGV[3])
 if not old then return 0 end
-local seq = string.match(old, '^(%d+):') or '0'
-redis.call('HSET', KEYS[1], ARGV[3], seq .. ':' .. ARGV[4])
+local seq = string.match(old, '^(%d+)') or '0'
+redis.call('HSET', KEYS[1], ARGV[3], seq .. '+:' .. ARGV[4])
 return 1
 `))
 

@@ -217,6 +217,9 @@ func (w *worker) runOne(o *orderQueue, t claimed) {
 		err = fmt.Errorf("queue: delivery %d exceeds MaxAttempts %d", t.Attempt, s.cfg.MaxAttempts)
 		t.Attempt = s.cfg.MaxAttempts // dead-letter it without running it
 	} else {
+		if t.Attempt > 1 && !w.recordStart(t) {
+			return
+		}
 		start := time.Now()
 		err = s.analyse(t.Task)
 		if s.cfg.OnDone != nil {
@@ -255,6 +258,25 @@ func (w *worker) runOne(o *orderQueue, t claimed) {
 		}
 		w.settle(o, false, time.Now().Add(s.cfg.Backoff(t.Attempt)))
 	}
+}
+
+// recordStart records, before a redelivered or retried task starts, that
+// this delivery is made (see Consumer.recordDelivery): a task seen again
+// may be the one that crashes its owner, and a crash while it runs must
+// count, while tasks claimed with it that never started must not pay for
+// it. Costs one round trip, for redeliveries only. It reports false when
+// the lease is lost.
+func (w *worker) recordStart(t claimed) bool {
+	s := w.s
+	err := s.c.recordDelivery(s.leaseCtx, t)
+	if errors.Is(err, ErrLeaseLost) {
+		s.loseLease()
+		return false
+	}
+	if err != nil {
+		s.cfg.OnError(err) // run it all the same; a crash now counts the delivery once more
+	}
+	return true
 }
 
 // bury moves a task that used up its attempts to the dead-letter store,
