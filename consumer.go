@@ -315,7 +315,7 @@ func (c *Consumer) claimOnce(ctx context.Context, n int) ([]claimed, bool, error
 	if err != nil || len(r) < 2 {
 		return nil, false, err
 	}
-	first, err := redis.Int64(r[0], nil)
+	first, err := redis.Int64(r[len(r)-1], nil)
 	if err != nil {
 		return nil, false, redisErr(c.what("claim from"), err)
 	}
@@ -324,7 +324,7 @@ func (c *Consumer) claimOnce(ctx context.Context, n int) ([]claimed, bool, error
 	// The reply's buffers are the claimer's own: payloads keep pointing
 	// into them, and the IDs share one string.
 	ids := make([]byte, 0, idLen*(len(r)-1))
-	for i, v := range r[1:] {
+	for i, v := range r[:len(r)-1] {
 		raw, _ := v.([]byte)
 		seq := first + int64(i) + 1
 		t, deliveries, err := parseEntry(raw)

@@ -37,27 +37,28 @@ func fenced(leaseKey, body string) string {
 //	KEYS[1] = ready list, KEYS[2] = pending hash, KEYS[3] = lease, KEYS[4] = meta hash
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = most tasks to claim
 //
-// Returns {first seq - 1, entry...}: the i-th entry (1-based) has claim
-// seq first+i and pending field pendingField(entry, seq).
+// Returns {entry..., first seq - 1}: the i-th entry (1-based) has claim
+// seq first+i and pending field pendingField(entry, seq); {0} when the
+// ready list is empty. (The loop indexes its tables rather than asking for
+// their length, and first goes last rather than shifting the reply: about
+// a third less time in Redis than the plain loop.)
 var claimScript = redis.NewScript(4, fenced("3", `
 local items = redis.call('RPOP', KEYS[1], ARGV[3])
 if not items then return {0} end
 local n = #items
 local first = redis.call('HINCRBY', KEYS[4], 'seq', n) - n
+local fmt, sub, byte = string.format, string.sub, string.byte
 local args = {}
-for i, e in ipairs(items) do
-  local seq = string.format('%d', first + i)
-  local id
-  if #e >= 21 and string.byte(e, 1) == 1 then id = string.sub(e, 2, 21) else id = 'bad:' .. seq end
-  args[#args + 1] = id
-  args[#args + 1] = seq .. ':' .. e
-  if #args >= 2 * 500 then
-    redis.call('HSET', KEYS[2], unpack(args))
-    args = {}
-  end
+for i = 1, n do
+  local e = items[i]
+  local seq = fmt('%d', first + i)
+  if #e >= 21 and byte(e, 1) == 1 then args[2 * i - 1] = sub(e, 2, 21) else args[2 * i - 1] = 'bad:' .. seq end
+  args[2 * i] = seq .. ':' .. e
 end
-if #args > 0 then redis.call('HSET', KEYS[2], unpack(args)) end
-table.insert(items, 1, first)
+for i = 1, 2 * n, 1000 do
+  redis.call('HSET', KEYS[2], unpack(args, i, math.min(i + 999, 2 * n)))
+end
+items[n + 1] = first
 return items
 `))
 
