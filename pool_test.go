@@ -8,21 +8,24 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gomodule/redigo/redis"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
 // recorder collects what analyse functions saw, per OrderID.
 type recorder struct {
-	mu      sync.Mutex
-	byOrder map[uint64][]string // payloads in start order
-	running map[uint64]int
-	overlap int
-	starts  map[string]int // starts per task ID
+	mu       sync.Mutex
+	byOrder  map[uint64][]string // payloads in start order
+	running  map[uint64]int
+	overlap  int
+	starts   map[string]int   // starts per task ID
+	attempts map[string][]int // Attempt of each start, per task ID
 }
 
 func newRecorder() *recorder {
-	return &recorder{byOrder: map[uint64][]string{}, running: map[uint64]int{}, starts: map[string]int{}}
+	return &recorder{byOrder: map[uint64][]string{}, running: map[uint64]int{}, starts: map[string]int{}, attempts: map[string][]int{}}
 }
 
 func (r *recorder) begin(t Task) {
@@ -33,6 +36,7 @@ func (r *recorder) begin(t Task) {
 		r.overlap++
 	}
 	r.starts[t.ID]++
+	r.attempts[t.ID] = append(r.attempts[t.ID], t.Attempt)
 	r.byOrder[t.OrderID] = append(r.byOrder[t.OrderID], string(t.Payload))
 }
 
@@ -42,10 +46,48 @@ func (r *recorder) end(t Task) {
 	r.mu.Unlock()
 }
 
+// fn returns an AnalyseFunc that records every delivery and then runs do
+// (nil: succeed).
+func (r *recorder) fn(do AnalyseFunc) AnalyseFunc {
+	return func(ctx context.Context, t Task) error {
+		r.begin(t)
+		defer r.end(t)
+		if do == nil {
+			return nil
+		}
+		return do(ctx, t)
+	}
+}
+
+// order returns the payloads of orderID's deliveries so far.
+func (r *recorder) order(orderID uint64) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.byOrder[orderID]...)
+}
+
+// attemptsOf returns the Attempt of each delivery of task id so far.
+func (r *recorder) attemptsOf(id string) []int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]int(nil), r.attempts[id]...)
+}
+
+// total returns the number of deliveries so far.
+func (r *recorder) total() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, c := range r.starts {
+		n += c
+	}
+	return n
+}
+
 func TestPoolDrainsInOrder(t *testing.T) {
 	t.Parallel()
 	q, _ := newTestQueue(t, 1, Config{})
-	ctx := context.Background()
+	ctx := bounded(t)
 	const orders, per = 50, 20
 	var tasks []Task
 	for i := 0; i < per; i++ {
@@ -76,6 +118,481 @@ func TestPoolDrainsInOrder(t *testing.T) {
 	assert.EqualValues(t, orders*per, st[0].Processed)
 	assert.Zero(t, st[0].Pending)
 	assert.Zero(t, st[0].Ready)
-	_ = errors.New
-	_ = time.Second
+}
+
+// taskFault is a failure injected into one task of TestPoolOrderUnderFailures.
+type taskFault int
+
+const (
+	noFault     taskFault = iota
+	errTwice              // fails its first two deliveries
+	panicOnce             // panics in its first delivery
+	timeoutOnce           // outlives TaskTimeout in its first delivery
+	alwaysFails           // fails every delivery: dead-lettered
+)
+
+func faultOf(o, i int) taskFault {
+	switch {
+	case o%50 == 1 && i == 2:
+		return errTwice
+	case o%50 == 2 && i == 1:
+		return panicOnce
+	case o%100 == 3 && i == 3:
+		return timeoutOnce
+	case o%100 == 4 && i == 0, o%100 == 5 && i == 4:
+		return alwaysFails
+	}
+	return noFault
+}
+
+// deliveries is how many times a task with fault f runs.
+func (f taskFault) deliveries(maxAttempts int) int {
+	switch f {
+	case errTwice:
+		return 3
+	case panicOnce, timeoutOnce:
+		return 2
+	case alwaysFails:
+		return maxAttempts
+	}
+	return 1
+}
+
+// runSpan is one delivery's run time.
+type runSpan struct{ start, end time.Time }
+
+func TestPoolOrderUnderFailures(t *testing.T) {
+	t.Parallel()
+	q, _ := newTestQueue(t, 1, Config{})
+	ctx := bounded(t)
+	const orders, per, maxAttempts = 2000, 5, 3
+	const total = orders * per
+	ids := addAll(t, q, orderTasks(orders, per))
+	faults := map[string]taskFault{} // by task ID
+	for n, id := range ids {
+		faults[id] = faultOf(n%orders, n/orders)
+	}
+
+	delay := func(attempt int) time.Duration { return time.Duration(attempt) * 3 * time.Millisecond }
+	var mu sync.Mutex
+	backoffs := map[int]int{} // calls per attempt
+	spans := map[string][]runSpan{}
+	rec := newRecorder()
+	var errs errLog
+	counters := &Counters{}
+	err := q.AnalysePool(ctx, 0, PoolConfig{
+		Workers:     64,
+		MaxAttempts: maxAttempts,
+		TaskTimeout: 50 * time.Millisecond,
+		ExitOnEmpty: true,
+		OnError:     errs.add,
+		Counters:    counters,
+		Backoff: func(attempt int) time.Duration {
+			mu.Lock()
+			backoffs[attempt]++
+			mu.Unlock()
+			return delay(attempt)
+		},
+	}, rec.fn(func(ctx context.Context, task Task) error {
+		start := time.Now()
+		defer func() {
+			mu.Lock()
+			spans[task.ID] = append(spans[task.ID], runSpan{start, time.Now()})
+			mu.Unlock()
+		}()
+		switch faults[task.ID] {
+		case errTwice:
+			if task.Attempt <= 2 {
+				return fmt.Errorf("error %d of %s", task.Attempt, task.ID)
+			}
+		case panicOnce:
+			if task.Attempt == 1 {
+				panic("boom " + task.ID)
+			}
+		case timeoutOnce:
+			if task.Attempt == 1 {
+				<-ctx.Done()
+				return ctx.Err()
+			}
+		case alwaysFails:
+			return errors.New("always " + task.ID)
+		}
+		return nil
+	}))
+	require.NoError(t, err)
+
+	// Per OrderID: tasks start in enqueue order, retries in place, never
+	// two at once, and a dead task does not stop the ones after it.
+	assert.Zero(t, rec.overlap)
+	for o := 0; o < orders; o++ {
+		var want []string
+		for i := 0; i < per; i++ {
+			for range faultOf(o, i).deliveries(maxAttempts) {
+				want = append(want, pl(o, i))
+			}
+		}
+		if !assert.Equal(t, want, rec.byOrder[uint64(o)], "order %d", o) {
+			break
+		}
+	}
+	wantBackoffs := map[int]int{}       // calls per attempt
+	wantReported := map[taskFault]int{} // failed deliveries per fault
+	var dead []string
+	for _, id := range ids {
+		f := faults[id]
+		n := f.deliveries(maxAttempts)
+		want := make([]int, n)
+		for a := range want {
+			want[a] = a + 1
+		}
+		assert.Equal(t, want, rec.attempts[id], "attempts of %s (fault %d)", id, f)
+		// Every delivery but the last failed and backed off; the retry
+		// started at least its backoff after the failure.
+		for a := 1; a < n; a++ {
+			wantBackoffs[a]++
+			ss := spans[id]
+			assert.GreaterOrEqual(t, ss[a].start.Sub(ss[a-1].end), delay(a), "retry %d of %s", a, id)
+		}
+		wantReported[f] += n - 1
+		if f == alwaysFails {
+			wantReported[f]++ // the last one too, dead-lettered
+			dead = append(dead, id)
+		}
+	}
+	assert.Equal(t, wantBackoffs, backoffs)
+	delete(wantReported, noFault)
+
+	// Every failure was reported, typed.
+	reported := map[taskFault]int{}
+	for _, err := range errs.all() {
+		var te *TaskError
+		if !assert.ErrorAs(t, err, &te, "only task errors expected") {
+			continue
+		}
+		f := faults[te.ID]
+		reported[f]++
+		assert.Equal(t, f == alwaysFails && te.Attempt == maxAttempts, te.Dead, "%v", te)
+		switch f {
+		case panicOnce:
+			var pe *PanicError
+			if assert.ErrorAs(t, err, &pe) {
+				assert.Equal(t, "boom "+te.ID, pe.Value)
+				assert.Contains(t, string(pe.Stack), "TestPoolOrderUnderFailures", "the stack is the panicking goroutine's")
+			}
+		case timeoutOnce:
+			assert.ErrorIs(t, err, context.DeadlineExceeded)
+			assert.Contains(t, err.Error(), "timed out")
+		case noFault:
+			t.Errorf("a task without a fault failed: %v", err)
+		}
+	}
+	assert.Equal(t, wantReported, reported)
+
+	ds, err := q.Dead(ctx, 0)
+	require.NoError(t, err)
+	var gotDead []string
+	for _, d := range ds {
+		gotDead = append(gotDead, d.ID)
+		assert.Equal(t, maxAttempts, d.Attempts)
+		assert.Contains(t, d.Err, "always "+d.ID)
+	}
+	assert.ElementsMatch(t, dead, gotDead)
+	st := stats0(t, q)
+	assert.EqualValues(t, total-len(dead), st.Processed)
+	assert.EqualValues(t, len(dead), st.Failed)
+	assert.Zero(t, st.Pending)
+	assert.Zero(t, st.Ready)
+	sum := func(xs []int64) (s int64) {
+		for _, x := range xs {
+			s += x
+		}
+		return s
+	}
+	assert.EqualValues(t, total-len(dead), sum(counters.Processed()))
+	assert.EqualValues(t, len(dead), sum(counters.Failed()))
+}
+
+// runPool runs AnalysePool in a goroutine; its result arrives on the
+// returned channel.
+func runPool(ctx context.Context, q *Queue, cfg PoolConfig, fn AnalyseFunc) <-chan error {
+	errc := make(chan error, 1)
+	go func() { errc <- q.AnalysePool(ctx, 0, cfg, fn) }()
+	return errc
+}
+
+func TestPoolFailingOrderHoldsBackOnlyItself(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	// Order 1's first task fails, then waits out an hour's backoff; order 2
+	// runs on the same (only) worker meanwhile.
+	ids := addAll(t, q, []Task{
+		{OrderID: 1, Payload: []byte(pl(1, 0))},
+		{OrderID: 1, Payload: []byte(pl(1, 1))},
+		{OrderID: 2, Payload: []byte(pl(2, 0))},
+		{OrderID: 2, Payload: []byte(pl(2, 1))},
+		{OrderID: 2, Payload: []byte(pl(2, 2))},
+	})
+	rec := newRecorder()
+	fn := rec.fn(func(ctx context.Context, task Task) error {
+		if task.ID == ids[0] && task.Attempt == 1 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	var errs errLog
+	errc := runPool(ctx, q, PoolConfig{Workers: 1, OnError: errs.add,
+		Backoff: func(int) time.Duration { return time.Hour }}, fn)
+	require.Eventually(t, func() bool { return len(rec.order(2)) == 3 }, 5*time.Second, time.Millisecond)
+	_, err := q.AddTask(ctx, 2, []byte(pl(2, 3))) // new work of other orders keeps flowing too
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return len(rec.order(2)) == 4 }, 5*time.Second, time.Millisecond)
+	assert.Equal(t, []string{pl(2, 0), pl(2, 1), pl(2, 2), pl(2, 3)}, rec.order(2))
+	assert.Equal(t, []string{pl(1, 0)}, rec.order(1), "order 1 waits for its failed task")
+
+	// A stop during the backoff hands order 1 back, its failure counted.
+	cancel()
+	require.NoError(t, receive(t, errc))
+	ready := readyTasks(t, s, k)
+	assert.Equal(t, ids[:2], taskIDs(ready))
+	assert.Equal(t, []int{2, 1}, taskAttempts(ready))
+	assert.Zero(t, stats0(t, q).Pending)
+	require.Len(t, errs.all(), 1)
+	var te *TaskError
+	require.ErrorAs(t, errs.all()[0], &te)
+	assert.Equal(t, ids[0], te.ID)
+	assert.Equal(t, 1, te.Attempt)
+	assert.False(t, te.Dead)
+
+	require.NoError(t, q.AnalysePool(bounded(t), 0, PoolConfig{Workers: 1, ExitOnEmpty: true}, fn))
+	assert.Equal(t, []string{pl(1, 0), pl(1, 0), pl(1, 1)}, rec.order(1))
+	assert.Equal(t, []int{1, 2}, rec.attemptsOf(ids[0]))
+}
+
+func TestPoolStopNoDuplicates(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	const orders, per = 100, 20
+	const total = orders * per
+	ids := addAll(t, q, orderTasks(orders, per))
+	rec := newRecorder()
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	var n sync.Mutex
+	count := 0
+	err := q.AnalysePool(ctx, 0, PoolConfig{Workers: 8, Prefetch: 64}, rec.fn(func(context.Context, Task) error {
+		n.Lock()
+		count++
+		if count == 700 {
+			cancel() // stop mid-stream
+		}
+		n.Unlock()
+		return nil
+	}))
+	require.NoError(t, err)
+	started := rec.total()
+	require.Less(t, started, total, "the stop came mid-stream")
+
+	// Right after the stop: nothing pending, every unstarted task ready at
+	// the consuming end in enqueue order, none counted as delivered, and
+	// the lease free.
+	st := stats0(t, q)
+	assert.Zero(t, st.Pending)
+	assert.EqualValues(t, started, st.Processed)
+	assert.Empty(t, st.Owner)
+	var unstarted []string
+	for _, id := range ids {
+		if rec.starts[id] == 0 {
+			unstarted = append(unstarted, id)
+		}
+	}
+	ready := readyTasks(t, s, k)
+	assert.Equal(t, unstarted, taskIDs(ready))
+	for _, task := range ready {
+		require.Equal(t, 1, task.Attempt)
+	}
+
+	require.NoError(t, q.AnalysePool(bounded(t), 0, PoolConfig{Workers: 8, Prefetch: 64, ExitOnEmpty: true}, rec.fn(nil)))
+	assert.Len(t, rec.starts, total)
+	for i, id := range ids {
+		if rec.starts[id] != 1 {
+			t.Errorf("task %d started %d times", i, rec.starts[id])
+		}
+	}
+	for o := 0; o < orders; o++ {
+		var want []string
+		for i := 0; i < per; i++ {
+			want = append(want, pl(o, i))
+		}
+		assert.Equal(t, want, rec.byOrder[uint64(o)], "order %d", o)
+	}
+	assert.Zero(t, rec.overlap)
+}
+
+func TestPoolStopHandsBackUnstartedAtOnce(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ids := addAll(t, q, []Task{
+		{OrderID: 1, Payload: []byte(pl(1, 0))},
+		{OrderID: 1, Payload: []byte(pl(1, 1))},
+		{OrderID: 2, Payload: []byte(pl(2, 0))},
+		{OrderID: 1, Payload: []byte(pl(1, 2))},
+		{OrderID: 2, Payload: []byte(pl(2, 1))},
+	})
+	started, finish := make(chan struct{}, 1), make(chan struct{})
+	rec := newRecorder()
+	fn := rec.fn(func(ctx context.Context, task Task) error {
+		if task.ID == ids[0] {
+			started <- struct{}{}
+			select {
+			case <-finish:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return nil
+	})
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	var errs errLog
+	// On a real server, a lease that would lapse while the task runs on.
+	ttl, hold := 5*time.Second, 100*time.Millisecond
+	if s.mini == nil {
+		ttl, hold = time.Second, 2*time.Second
+	}
+	errc := runPool(ctx, q, PoolConfig{Workers: 1, ShutdownTimeout: time.Minute, LeaseTTL: ttl, OnError: errs.add}, fn)
+	receive(t, started) // the first task runs; the other four are claimed behind it
+	cancel()
+
+	// While the first task still runs inside ShutdownTimeout, the others are
+	// already back at the consuming end, in claim order, uncounted.
+	require.Eventually(t, func() bool {
+		n, err := redis.Int(try(s, "LLEN", k.ready))
+		return err == nil && n == 4
+	}, 5*time.Second, time.Millisecond)
+	ready := readyTasks(t, s, k)
+	assert.Equal(t, ids[1:], taskIDs(ready))
+	assert.Equal(t, []int{1, 1, 1, 1}, taskAttempts(ready))
+	pending, err := redis.Strings(s.do(t, "HKEYS", k.pending), nil)
+	require.NoError(t, err)
+	assert.Equal(t, []string{ids[0]}, pending)
+	// It waits for the running task (on a real server for longer than the
+	// lease lasts without renewal), keeping the lease.
+	assert.Never(t, func() bool { return len(errc) > 0 }, hold, 10*time.Millisecond)
+	close(finish)
+	require.NoError(t, receive(t, errc))
+	assert.Empty(t, errs.all())
+	assert.Equal(t, ids[1:], taskIDs(readyTasks(t, s, k)))
+	st := stats0(t, q)
+	assert.Zero(t, st.Pending)
+	assert.EqualValues(t, 1, st.Processed)
+	assert.Empty(t, st.Owner, "the lease is released")
+
+	require.NoError(t, q.AnalysePool(bounded(t), 0, PoolConfig{Workers: 1, ExitOnEmpty: true}, fn))
+	assert.Equal(t, []string{pl(1, 0), pl(1, 1), pl(1, 2)}, rec.order(1))
+	assert.Equal(t, []string{pl(2, 0), pl(2, 1)}, rec.order(2))
+	assert.Equal(t, 1, rec.starts[ids[0]], "a finished task never runs again")
+}
+
+func TestPoolStopCancelsAfterShutdownTimeout(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ids := addAll(t, q, []Task{
+		{OrderID: 1, Payload: []byte(pl(1, 0))},
+		{OrderID: 1, Payload: []byte(pl(1, 1))},
+		{OrderID: 2, Payload: []byte(pl(2, 0))},
+	})
+	const grace = 100 * time.Millisecond
+	started := make(chan struct{}, 1)
+	var cancelledAt time.Time
+	var cancelErr error
+	rec := newRecorder()
+	fn := rec.fn(func(ctx context.Context, task Task) error {
+		if task.ID == ids[0] && task.Attempt == 1 {
+			started <- struct{}{}
+			<-ctx.Done() // ignores the stop until its ctx ends
+			cancelledAt, cancelErr = time.Now(), ctx.Err()
+			return ctx.Err()
+		}
+		return nil
+	})
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	var errs errLog
+	errc := runPool(ctx, q, PoolConfig{Workers: 1, ShutdownTimeout: grace, OnError: errs.add}, fn)
+	receive(t, started)
+	stopAt := time.Now()
+	cancel()
+	require.NoError(t, receive(t, errc))
+
+	assert.ErrorIs(t, cancelErr, context.Canceled)
+	assert.GreaterOrEqual(t, cancelledAt.Sub(stopAt), grace, "the running task had its ShutdownTimeout")
+	// The interrupted task is handed back first, its delivery counted.
+	ready := readyTasks(t, s, k)
+	assert.Equal(t, ids, taskIDs(ready))
+	assert.Equal(t, []int{2, 1, 1}, taskAttempts(ready))
+	assert.Zero(t, stats0(t, q).Pending)
+	for _, err := range errs.all() {
+		var te *TaskError
+		if errors.As(err, &te) {
+			assert.False(t, te.Dead, "an interrupted task is not dead-lettered: %v", err)
+		}
+	}
+
+	require.NoError(t, q.AnalysePool(bounded(t), 0, PoolConfig{Workers: 1, ExitOnEmpty: true}, fn))
+	assert.Equal(t, []string{pl(1, 0), pl(1, 0), pl(1, 1)}, rec.order(1))
+	assert.Equal(t, []int{1, 2}, rec.attemptsOf(ids[0]))
+}
+
+func TestPoolStandbyTakesOverAtStop(t *testing.T) {
+	t.Parallel()
+	q, _ := newTestQueue(t, 1, Config{})
+	var mu sync.Mutex
+	ranOn := map[string]string{} // task ID -> pool
+	fn := func(name string) AnalyseFunc {
+		return func(ctx context.Context, task Task) error {
+			mu.Lock()
+			ranOn[task.ID] = name
+			mu.Unlock()
+			return nil
+		}
+	}
+	ranAll := func(ids []string, name string) func() bool {
+		return func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, id := range ids {
+				if ranOn[id] != name {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	ctx1, stop1 := context.WithCancel(bounded(t))
+	defer stop1()
+	ctx2, stop2 := context.WithCancel(bounded(t))
+	defer stop2()
+	// Leases of a minute: only a release lets the standby in within the test.
+	errc1 := runPool(ctx1, q, PoolConfig{Owner: "p1", LeaseTTL: time.Minute}, fn("p1"))
+	require.Eventually(t, func() bool {
+		st, err := q.Stats(context.Background())
+		return err == nil && st[0].Owner == "p1"
+	}, 5*time.Second, time.Millisecond)
+	errc2 := runPool(ctx2, q, PoolConfig{Owner: "p2", LeaseTTL: time.Minute}, fn("p2"))
+
+	first := addAll(t, q, orderTasks(10, 3))
+	require.Eventually(t, ranAll(first, "p1"), 5*time.Second, time.Millisecond)
+	assert.Empty(t, errc2, "the standby waits")
+	assert.Equal(t, "p1", stats0(t, q).Owner)
+
+	stop1()
+	require.NoError(t, receive(t, errc1))
+	second := addAll(t, q, orderTasks(10, 3))
+	require.Eventually(t, ranAll(second, "p2"), 5*time.Second, time.Millisecond)
+	assert.True(t, ranAll(first, "p1")(), "nothing ran twice")
+	assert.Equal(t, "p2", stats0(t, q).Owner)
+	stop2()
+	require.NoError(t, receive(t, errc2))
 }

@@ -1,0 +1,527 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// pl is the payload of task i of order o in these tests.
+func pl(o, i int) string { return fmt.Sprintf("%d:%d", o, i) }
+
+// orderTasks returns per tasks for each of orders OrderIDs, interleaved
+// (task 0 of every order, then task 1, ...), with payloads pl(o, i).
+func orderTasks(orders, per int) []Task {
+	var ts []Task
+	for i := 0; i < per; i++ {
+		for o := 0; o < orders; o++ {
+			ts = append(ts, Task{OrderID: uint64(o), Payload: []byte(pl(o, i))})
+		}
+	}
+	return ts
+}
+
+func addAll(t *testing.T, q *Queue, ts []Task) []string {
+	t.Helper()
+	ids, err := q.AddTasks(context.Background(), ts)
+	require.NoError(t, err)
+	return ids
+}
+
+// try runs one command without failing the test, for use inside
+// assert.Eventually conditions.
+func try(s *testServer, cmd string, args ...any) (any, error) {
+	c := s.pool.Get()
+	defer c.Close()
+	return c.Do(cmd, args...)
+}
+
+// readyTasks returns the ready list in consuming order (the next claimed
+// first), each with the Attempt its next delivery will have.
+func readyTasks(t *testing.T, s *testServer, k queueKeys) []Task {
+	t.Helper()
+	raw, err := redis.ByteSlices(s.do(t, "LRANGE", k.ready, 0, -1), nil)
+	require.NoError(t, err)
+	out := make([]Task, 0, len(raw))
+	for i := len(raw) - 1; i >= 0; i-- {
+		task, deliveries, err := decodeEntry(raw[i])
+		require.NoError(t, err)
+		task.Attempt = deliveries + 1
+		out = append(out, task)
+	}
+	return out
+}
+
+func taskIDs(ts []Task) []string {
+	out := make([]string, len(ts))
+	for i, t := range ts {
+		out[i] = t.ID
+	}
+	return out
+}
+
+func taskAttempts(ts []Task) []int {
+	out := make([]int, len(ts))
+	for i, t := range ts {
+		out[i] = t.Attempt
+	}
+	return out
+}
+
+// lapse makes key (a lease) expire on the server's clock: miniredis is
+// moved forward by its TTL, a real server is told to expire it now.
+func lapse(t *testing.T, s *testServer, key string) {
+	t.Helper()
+	if s.mini != nil {
+		ms, err := redis.Int64(s.do(t, "PTTL", key), nil)
+		require.NoError(t, err)
+		require.Positive(t, ms, "%s has no TTL", key)
+		s.mini.FastForward(time.Duration(ms+1) * time.Millisecond)
+	} else {
+		s.do(t, "PEXPIRE", key, 1)
+	}
+	require.Eventually(t, func() bool {
+		n, err := redis.Int(try(s, "EXISTS", key))
+		return err == nil && n == 0
+	}, 5*time.Second, 5*time.Millisecond)
+}
+
+// queueState is everything Redis holds for one queue, but the lease's TTL.
+type queueState struct {
+	Ready         []string
+	Pending, Dead map[string]string
+	Meta          map[string]string
+	Lease         string
+}
+
+func snapshot(t *testing.T, s *testServer, k queueKeys) queueState {
+	t.Helper()
+	var st queueState
+	var err error
+	st.Ready, err = redis.Strings(s.do(t, "LRANGE", k.ready, 0, -1), nil)
+	require.NoError(t, err)
+	st.Pending, err = redis.StringMap(s.do(t, "HGETALL", k.pending), nil)
+	require.NoError(t, err)
+	st.Dead, err = redis.StringMap(s.do(t, "HGETALL", k.dead), nil)
+	require.NoError(t, err)
+	st.Meta, err = redis.StringMap(s.do(t, "HGETALL", k.meta), nil)
+	require.NoError(t, err)
+	st.Lease, _ = redis.String(s.do(t, "GET", k.lease), nil)
+	return st
+}
+
+func stats0(t *testing.T, q *Queue) QueueStats {
+	t.Helper()
+	st, err := q.Stats(context.Background())
+	require.NoError(t, err)
+	return st[0]
+}
+
+func testQueue1(t *testing.T) (*Queue, *testServer, queueKeys) {
+	t.Helper()
+	q, srv := newTestQueue(t, 1, Config{})
+	return q, srv[0], newQueueKeys(q.cfg.Prefix, 0, 0)
+}
+
+func TestConsumerRemoveTaskClaimsIntoPending(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	ids := addAll(t, q, orderTasks(1, 3))
+	c, err := q.Consume(ctx, 0, ConsumerConfig{Owner: "solo"})
+	require.NoError(t, err)
+
+	task, err := c.RemoveTask(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, ids[0], task.ID)
+	assert.Equal(t, pl(0, 0), string(task.Payload))
+	assert.Equal(t, 1, task.Attempt)
+	assert.False(t, task.AddedAt.IsZero())
+
+	// Before the ack the task is in the pending record, not in the list.
+	assert.EqualValues(t, 1, s.do(t, "HEXISTS", k.pending, task.ID))
+	assert.EqualValues(t, 2, s.do(t, "LLEN", k.ready))
+	pend, err := q.Pending(ctx, 0)
+	require.NoError(t, err)
+	require.Len(t, pend, 1)
+	assert.Equal(t, task.ID, pend[0].ID)
+	assert.Equal(t, 1, pend[0].Attempt)
+
+	n, err := c.Ack(ctx, task.ID)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	assert.EqualValues(t, 0, s.do(t, "HEXISTS", k.pending, task.ID))
+	n, err = c.Ack(ctx, task.ID)
+	require.NoError(t, err)
+	assert.Zero(t, n, "a second ack of the same task counts nothing")
+
+	var rest []string
+	for {
+		task, err := c.RemoveTask(ctx)
+		if errors.Is(err, ErrNoTask) {
+			break
+		}
+		require.NoError(t, err)
+		rest = append(rest, task.ID)
+	}
+	assert.Equal(t, ids[1:], rest)
+	n, err = c.Ack(ctx, rest...)
+	require.NoError(t, err)
+	assert.Equal(t, 2, n)
+	_, err = c.RemoveTask(ctx)
+	assert.ErrorIs(t, err, ErrNoTask)
+
+	st := stats0(t, q)
+	assert.EqualValues(t, 3, st.Processed)
+	assert.Zero(t, st.Pending)
+	assert.Zero(t, st.Ready)
+	assert.Equal(t, "solo", st.Owner)
+	assert.Equal(t, c.Token(), st.Token)
+	assert.EqualValues(t, 0, s.do(t, "EXISTS", k.ready, k.pending, k.dead), "nothing per task is left")
+}
+
+func TestConsumerFailRecordsThenDeadLetters(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	ids := addAll(t, q, orderTasks(1, 2))
+	c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 3})
+	require.NoError(t, err)
+
+	task, err := c.RemoveTask(ctx)
+	require.NoError(t, err)
+	require.Equal(t, ids[0], task.ID)
+	for attempt := 1; attempt <= 2; attempt++ {
+		require.Equal(t, attempt, task.Attempt)
+		dead, err := c.Fail(ctx, task, fmt.Errorf("boom %d", attempt))
+		require.NoError(t, err)
+		assert.False(t, dead)
+		// The failed delivery is recorded in Redis: a crash now would
+		// count it.
+		pend, err := q.Pending(ctx, 0)
+		require.NoError(t, err)
+		require.Len(t, pend, 1)
+		assert.Equal(t, attempt+1, pend[0].Attempt)
+		task.Attempt++ // retried in place
+	}
+	dead, err := c.Fail(ctx, task, errors.New("boom 3"))
+	require.NoError(t, err)
+	assert.True(t, dead)
+	assert.EqualValues(t, 0, s.do(t, "HLEN", k.pending))
+
+	ds, err := q.Dead(ctx, 0)
+	require.NoError(t, err)
+	require.Len(t, ds, 1)
+	assert.Equal(t, ids[0], ds[0].ID)
+	assert.Equal(t, 3, ds[0].Attempts)
+	assert.Equal(t, "boom 3", ds[0].Err)
+	assert.Equal(t, pl(0, 0), string(ds[0].Payload))
+	assert.Nil(t, ds[0].Raw)
+	st := stats0(t, q)
+	assert.EqualValues(t, 1, st.Failed)
+	assert.EqualValues(t, 1, st.Dead)
+	assert.Zero(t, st.Processed)
+
+	// The OrderID goes on with its next task.
+	next, err := c.RemoveTask(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, ids[1], next.ID)
+	assert.Equal(t, 1, next.Attempt)
+}
+
+func TestConsumerRequeueKeepsOrderUncounted(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	ids := addAll(t, q, orderTasks(1, 5))
+	c, err := q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+
+	none, err := c.Claim(ctx, 0)
+	require.NoError(t, err)
+	assert.Empty(t, none)
+	ts, err := c.Claim(ctx, 3)
+	require.NoError(t, err)
+	require.Equal(t, ids[:3], taskIDs(ts))
+	assert.Equal(t, []int{1, 1, 1}, taskAttempts(ts))
+
+	_, err = c.Ack(ctx, ts[0].ID)
+	require.NoError(t, err)
+	require.NoError(t, c.Requeue(ctx, ts[1], ts[2]))
+	assert.EqualValues(t, 0, s.do(t, "HLEN", k.pending))
+	ready := readyTasks(t, s, k)
+	assert.Equal(t, ids[1:], taskIDs(ready), "requeued at the consuming end, in order")
+	assert.Equal(t, []int{1, 1, 1, 1}, taskAttempts(ready), "the delivery is not counted")
+
+	again, err := c.Claim(ctx, 10)
+	require.NoError(t, err)
+	assert.Equal(t, ids[1:], taskIDs(again))
+	assert.Equal(t, []int{1, 1, 1, 1}, taskAttempts(again))
+	assert.Zero(t, stats0(t, q).Redelivered)
+}
+
+func TestConsumerWaitWakesOnAddTask(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	c, err := q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+
+	ok, err := c.Wait(ctx, 20*time.Millisecond)
+	require.NoError(t, err)
+	assert.False(t, ok, "empty queue: the wait times out")
+
+	type result struct {
+		ok  bool
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		ok, err := c.Wait(ctx, 8*time.Second)
+		done <- result{ok, err}
+	}()
+	id, err := q.AddTask(ctx, 7, []byte("x"))
+	require.NoError(t, err)
+	var r result
+	require.Eventually(t, func() bool {
+		select {
+		case r = <-done:
+			return true
+		default:
+			return false
+		}
+	}, 5*time.Second, time.Millisecond)
+	require.NoError(t, r.err)
+	assert.True(t, r.ok)
+	assert.Equal(t, []string{id}, taskIDs(readyTasks(t, s, k)), "Wait takes nothing")
+	task, err := c.RemoveTask(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, id, task.ID)
+
+	// A wait ends with its ctx.
+	cctx, cancel := context.WithCancel(ctx)
+	go func() {
+		ok, err := c.Wait(cctx, 8*time.Second)
+		done <- result{ok, err}
+	}()
+	cancel()
+	select {
+	case r = <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Wait did not end with its ctx")
+	}
+	assert.False(t, r.ok)
+	assert.ErrorIs(t, r.err, context.Canceled)
+}
+
+func TestConsumerStaleOwnerChangesNothing(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	ids := addAll(t, q, orderTasks(1, 4))
+	a, err := q.Consume(ctx, 0, ConsumerConfig{Owner: "a", LeaseTTL: time.Minute, MaxAttempts: 2})
+	require.NoError(t, err)
+	held, err := a.Claim(ctx, 2)
+	require.NoError(t, err)
+	require.Len(t, held, 2)
+
+	refused := func(what string, err error) {
+		t.Helper()
+		assert.ErrorIs(t, err, ErrLeaseLost, what)
+	}
+	staleCalls := func() {
+		t.Helper()
+		n, err := a.Ack(ctx, held[0].ID)
+		refused("ack", err)
+		assert.Zero(t, n)
+		got, err := a.Claim(ctx, 5)
+		refused("claim", err)
+		assert.Empty(t, got)
+		_, err = a.RemoveTask(ctx)
+		refused("remove", err)
+		_, err = a.Fail(ctx, held[0], errors.New("late"))
+		refused("fail", err)
+		last := held[1]
+		last.Attempt = 2 // its last attempt: Fail would dead-letter it
+		_, err = a.Fail(ctx, last, errors.New("late"))
+		refused("fail (dead)", err)
+		refused("requeue", a.Requeue(ctx, held...))
+		refused("renew", a.Renew(ctx))
+		assert.NoError(t, a.Release(ctx), "releasing a lost lease is a no-op")
+	}
+
+	// The lease expires and no one has taken it yet.
+	lapse(t, s, k.lease)
+	before := snapshot(t, s, k)
+	staleCalls()
+	assert.Equal(t, before, snapshot(t, s, k))
+
+	// B takes over (with a shorter TTL than A's, so a renewal by A would
+	// show as a longer one).
+	b, err := q.Consume(ctx, 0, ConsumerConfig{Owner: "b", LeaseTTL: 20 * time.Second, MaxAttempts: 2})
+	require.NoError(t, err)
+	assert.Greater(t, b.Token(), a.Token())
+	before = snapshot(t, s, k)
+	pttl, err := redis.Int64(s.do(t, "PTTL", k.lease), nil)
+	require.NoError(t, err)
+	staleCalls()
+	assert.Equal(t, before, snapshot(t, s, k))
+	after, err := redis.Int64(s.do(t, "PTTL", k.lease), nil)
+	require.NoError(t, err)
+	assert.LessOrEqual(t, after, pttl, "a stale call must not extend the lease")
+
+	// B is not disturbed: it gets A's tasks back first, counted, then the rest.
+	got, err := b.Claim(ctx, 10)
+	require.NoError(t, err)
+	assert.Equal(t, ids, taskIDs(got))
+	assert.Equal(t, []int{2, 2, 1, 1}, taskAttempts(got))
+	n, err := b.Ack(ctx, taskIDs(got)...)
+	require.NoError(t, err)
+	assert.Equal(t, 4, n)
+	st := stats0(t, q)
+	assert.EqualValues(t, 4, st.Processed)
+	assert.EqualValues(t, 2, st.Redelivered)
+	assert.Equal(t, "b", st.Owner)
+}
+
+// consumeAsync runs Consume in a goroutine; the Consumer arrives on the
+// returned channel.
+func consumeAsync(ctx context.Context, q *Queue, cfg ConsumerConfig) <-chan *Consumer {
+	ch := make(chan *Consumer, 1)
+	go func() {
+		c, err := q.Consume(ctx, 0, cfg)
+		if err != nil {
+			c = nil
+		}
+		ch <- c
+	}()
+	return ch
+}
+
+func receive[T any](t *testing.T, ch <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(15 * time.Second):
+		t.Fatal("nothing received in 15s")
+		panic("unreachable")
+	}
+}
+
+// bounded returns a context that ends after a minute, so that a pool left
+// waiting fails its test instead of hanging the run.
+func bounded(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestConsumerStandbyTakesOver(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	a, err := q.Consume(ctx, 0, ConsumerConfig{Owner: "a", LeaseTTL: time.Minute})
+	require.NoError(t, err)
+
+	// B waits while A holds the lease and works.
+	bc := consumeAsync(ctx, q, ConsumerConfig{Owner: "b", LeaseTTL: time.Minute})
+	addAll(t, q, orderTasks(1, 1))
+	task, err := a.RemoveTask(ctx)
+	require.NoError(t, err)
+	_, err = a.Ack(ctx, task.ID)
+	require.NoError(t, err)
+	assert.Never(t, func() bool { return len(bc) > 0 }, 100*time.Millisecond, 10*time.Millisecond)
+	assert.Equal(t, "a", stats0(t, q).Owner)
+
+	// A release wakes B at once: well before A's one-minute lease (or
+	// the standby's own poll) would have ended.
+	require.NoError(t, a.Release(ctx))
+	b := receive(t, bc)
+	require.NotNil(t, b)
+	assert.Greater(t, b.Token(), a.Token())
+	assert.Equal(t, "b", stats0(t, q).Owner)
+
+	// C waits while B holds the lease, and takes over when it lapses.
+	ids := addAll(t, q, orderTasks(1, 2))
+	held, err := b.RemoveTask(ctx)
+	require.NoError(t, err)
+	cc := consumeAsync(ctx, q, ConsumerConfig{Owner: "c", LeaseTTL: time.Second})
+	assert.Never(t, func() bool { return len(cc) > 0 }, 100*time.Millisecond, 10*time.Millisecond)
+	lapse(t, s, k.lease)
+	c := receive(t, cc)
+	require.NotNil(t, c)
+	assert.Greater(t, c.Token(), b.Token())
+	_, err = b.Ack(ctx, held.ID)
+	assert.ErrorIs(t, err, ErrLeaseLost)
+	got, err := c.Claim(ctx, 10)
+	require.NoError(t, err)
+	assert.Equal(t, ids, taskIDs(got), "B's claimed task comes back first")
+	assert.Equal(t, []int{2, 1}, taskAttempts(got))
+
+	// A Consume that gives up while waiting holds nothing.
+	cctx, cancel := context.WithCancel(ctx)
+	dc := consumeAsync(cctx, q, ConsumerConfig{Owner: "d"})
+	cancel()
+	assert.Nil(t, receive(t, dc))
+	assert.Equal(t, "c", stats0(t, q).Owner)
+}
+
+func TestConsumerRacingTakeoversRequeueOnce(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	ids := addAll(t, q, orderTasks(10, 5))
+	a, err := q.Consume(ctx, 0, ConsumerConfig{LeaseTTL: time.Minute})
+	require.NoError(t, err)
+	held, err := a.Claim(ctx, 30)
+	require.NoError(t, err)
+	require.Len(t, held, 30)
+	lapse(t, s, k.lease)
+
+	const takers = 6
+	tokens := make([]int64, takers)
+	errs := make([]error, takers)
+	var wg sync.WaitGroup
+	for i := range takers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := q.Consume(ctx, 0, ConsumerConfig{LeaseTTL: time.Second, Owner: fmt.Sprint("taker", i)})
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			tokens[i] = c.Token()
+			errs[i] = c.Release(ctx)
+		}()
+	}
+	wg.Wait()
+	seen := map[int64]bool{}
+	for i := range takers {
+		require.NoError(t, errs[i])
+		assert.False(t, seen[tokens[i]], "two takers got token %d", tokens[i])
+		seen[tokens[i]] = true
+	}
+
+	ready := readyTasks(t, s, k)
+	assert.Equal(t, ids, taskIDs(ready), "each task exactly once, the recovered ones first in claim order")
+	want := make([]int, len(ids))
+	for i := range want {
+		want[i] = 1
+		if i < 30 {
+			want[i] = 2
+		}
+	}
+	assert.Equal(t, want, taskAttempts(ready))
+	st := stats0(t, q)
+	assert.EqualValues(t, 30, st.Redelivered)
+	assert.Zero(t, st.Pending)
+}

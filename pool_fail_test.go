@@ -1,0 +1,431 @@
+package queue
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// errLog collects the errors a pool reports.
+type errLog struct {
+	mu   sync.Mutex
+	errs []error
+}
+
+func (l *errLog) add(err error) {
+	l.mu.Lock()
+	l.errs = append(l.errs, err)
+	l.mu.Unlock()
+}
+
+func (l *errLog) all() []error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]error(nil), l.errs...)
+}
+
+// count returns how many reported errors match target (errors.Is).
+func (l *errLog) count(target error) int {
+	n := 0
+	for _, err := range l.all() {
+		if errors.Is(err, target) {
+			n++
+		}
+	}
+	return n
+}
+
+func TestPoolRecoversAbandonedClaims(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := bounded(t)
+	const orders, per = 20, 5
+	ids := addAll(t, q, orderTasks(orders, per))
+	a, err := q.Consume(ctx, 0, ConsumerConfig{Owner: "crashed", LeaseTTL: time.Minute, MaxAttempts: 5})
+	require.NoError(t, err)
+	held, err := a.Claim(ctx, 37) // task 0 of every order, task 1 of 17
+	require.NoError(t, err)
+	require.Equal(t, ids[:37], taskIDs(held))
+	// Orders 0-9 finish their first task; order 10's first task fails once;
+	// the rest is abandoned in the crash.
+	_, err = a.Ack(ctx, taskIDs(held[:10])...)
+	require.NoError(t, err)
+	_, err = a.Fail(ctx, held[10], errors.New("first try"))
+	require.NoError(t, err)
+
+	// A pool waits as a standby while the crashed owner's lease lasts, and
+	// takes over when it lapses.
+	rec := newRecorder()
+	var errs errLog
+	errc := runPool(ctx, q, PoolConfig{Workers: 4, ExitOnEmpty: true, OnError: errs.add, MaxAttempts: 5,
+		LeaseTTL: 2 * time.Second}, rec.fn(nil))
+	assert.Never(t, func() bool { return rec.total() > 0 }, 100*time.Millisecond, 10*time.Millisecond)
+	lapse(t, s, k.lease)
+	require.NoError(t, receive(t, errc))
+	assert.Empty(t, errs.all())
+
+	acked := map[string]bool{}
+	for _, id := range ids[:10] {
+		acked[id] = true
+	}
+	for i, id := range ids {
+		want := 1
+		switch {
+		case acked[id]:
+			assert.Zero(t, rec.starts[id], "acked task %d ran again", i)
+			continue
+		case i == 10:
+			want = 3 // one recorded failure and one crashed delivery
+		case i < 37:
+			want = 2 // one crashed delivery
+		}
+		assert.Equal(t, []int{want}, rec.attempts[id], "task %d", i)
+	}
+	for o := 0; o < orders; o++ {
+		var want []string
+		for i := 0; i < per; i++ {
+			if !(o < 10 && i == 0) {
+				want = append(want, pl(o, i))
+			}
+		}
+		assert.Equal(t, want, rec.byOrder[uint64(o)], "order %d", o)
+	}
+	assert.Zero(t, rec.overlap)
+	st := stats0(t, q)
+	assert.EqualValues(t, 27, st.Redelivered)
+	assert.EqualValues(t, orders*per, st.Processed)
+	assert.Zero(t, st.Pending)
+	assert.Zero(t, st.Ready)
+	_, err = a.Ack(ctx, held[20].ID)
+	assert.ErrorIs(t, err, ErrLeaseLost)
+}
+
+func TestPoolDeadLettersCrashLoop(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := bounded(t)
+	ids := addAll(t, q, orderTasks(1, 2))
+	const maxAttempts = 3
+	for attempt := 1; attempt <= maxAttempts; attempt++ {
+		c, err := q.Consume(ctx, 0, ConsumerConfig{LeaseTTL: time.Minute, MaxAttempts: maxAttempts})
+		require.NoError(t, err)
+		task, err := c.RemoveTask(ctx)
+		require.NoError(t, err)
+		require.Equal(t, ids[0], task.ID)
+		require.Equal(t, attempt, task.Attempt)
+		lapse(t, s, k.lease) // the process crashed on it
+	}
+
+	rec := newRecorder()
+	var errs errLog
+	require.NoError(t, q.AnalysePool(ctx, 0, PoolConfig{ExitOnEmpty: true, MaxAttempts: maxAttempts, OnError: errs.add}, rec.fn(nil)))
+	assert.Empty(t, errs.all())
+	assert.Zero(t, rec.starts[ids[0]], "a task that crashed its worker MaxAttempts times must not run again")
+	assert.Equal(t, []string{pl(0, 1)}, rec.byOrder[0], "its OrderID goes on")
+	ds, err := q.Dead(ctx, 0)
+	require.NoError(t, err)
+	require.Len(t, ds, 1)
+	assert.Equal(t, ids[0], ds[0].ID)
+	assert.Equal(t, maxAttempts, ds[0].Attempts)
+	assert.Contains(t, ds[0].Err, "delivered 3 times")
+	assert.Equal(t, pl(0, 0), string(ds[0].Payload))
+	st := stats0(t, q)
+	assert.EqualValues(t, 1, st.Failed)
+	assert.EqualValues(t, 1, st.Processed)
+}
+
+// blockFirst returns an AnalyseFunc (recording into rec) whose first
+// delivery of task id signals started and then blocks until its ctx ends;
+// that ctx's error arrives on cancelled.
+func blockFirst(rec *recorder, id string) (fn AnalyseFunc, started chan struct{}, cancelled chan error) {
+	started, cancelled = make(chan struct{}, 1), make(chan error, 1)
+	fn = rec.fn(func(ctx context.Context, task Task) error {
+		if task.ID == id && task.Attempt == 1 {
+			started <- struct{}{}
+			<-ctx.Done()
+			cancelled <- ctx.Err()
+			return ctx.Err()
+		}
+		return nil
+	})
+	return fn, started, cancelled
+}
+
+func TestPoolLeaseLossCancelsAndRecovers(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		intrude bool // another owner holds the lease for a while
+	}{
+		{"deleted", false},
+		{"overwritten", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			q, s, k := testQueue1(t)
+			ids := addAll(t, q, orderTasks(1, 2))
+			rec := newRecorder()
+			fn, started, cancelled := blockFirst(rec, ids[0])
+			ctx, cancel := context.WithCancel(bounded(t))
+			defer cancel()
+			var errs errLog
+			errc := runPool(ctx, q, PoolConfig{Owner: "p", Workers: 2, LeaseTTL: 2 * time.Second, OnError: errs.add}, fn)
+			receive(t, started)
+			token := stats0(t, q).Token
+
+			if tc.intrude {
+				s.do(t, "SET", k.lease, "999999:intruder", "PX", 60000)
+			} else {
+				s.do(t, "DEL", k.lease)
+			}
+			assert.ErrorIs(t, receive(t, cancelled), context.Canceled, "the running task's ctx ends")
+			require.Eventually(t, func() bool { return errs.count(ErrLeaseLost) > 0 }, 5*time.Second, time.Millisecond)
+
+			if tc.intrude {
+				// A standby now: it runs nothing while the other owner holds
+				// the lease, and the interrupted task stays pending.
+				assert.Never(t, func() bool { return len(rec.order(0)) > 1 }, 100*time.Millisecond, 10*time.Millisecond)
+				assert.EqualValues(t, 1, s.do(t, "HEXISTS", k.pending, ids[0]))
+				assert.Equal(t, "intruder", stats0(t, q).Owner)
+				lapse(t, s, k.lease)
+			}
+			// It takes the lease back and recovers: the interrupted task
+			// first, its delivery counted, then the next one.
+			require.Eventually(t, func() bool { return len(rec.order(0)) == 3 }, 10*time.Second, time.Millisecond)
+			assert.Equal(t, []string{pl(0, 0), pl(0, 0), pl(0, 1)}, rec.order(0))
+			assert.Equal(t, []int{1, 2}, rec.attemptsOf(ids[0]))
+			st := stats0(t, q)
+			assert.Equal(t, "p", st.Owner)
+			assert.Greater(t, st.Token, token)
+			assert.EqualValues(t, 2, st.Redelivered)
+			cancel()
+			require.NoError(t, receive(t, errc))
+			assert.Zero(t, stats0(t, q).Pending)
+		})
+	}
+}
+
+func TestPoolBadInput(t *testing.T) {
+	t.Parallel()
+	q, servers := newTestQueue(t, 2, Config{Queues: 3}) // analysers 0..5
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ok := func(context.Context, Task) error { return nil }
+
+	assert.ErrorIs(t, q.AnalysePool(ctx, 0, PoolConfig{}, nil), ErrNilFunc)
+	for _, a := range []int{-1, 6, 1 << 30} {
+		assert.ErrorIs(t, q.AnalysePool(ctx, a, PoolConfig{}, ok), ErrAnalyserRange, "analyser %d", a)
+		_, err := q.Consume(ctx, a, ConsumerConfig{})
+		assert.ErrorIs(t, err, ErrAnalyserRange, "analyser %d", a)
+		_, err = q.Pending(ctx, a)
+		assert.ErrorIs(t, err, ErrAnalyserRange)
+		_, err = q.Dead(ctx, a)
+		assert.ErrorIs(t, err, ErrAnalyserRange)
+		_, err = q.Replay(ctx, a)
+		assert.ErrorIs(t, err, ErrAnalyserRange)
+		_, err = q.Purge(ctx, a)
+		assert.ErrorIs(t, err, ErrAnalyserRange)
+	}
+	for _, cfg := range []PoolConfig{
+		{Workers: -1},
+		{Prefetch: -1},
+		{MaxAttempts: -1},
+		{LeaseTTL: time.Millisecond},
+		{LeaseTTL: -time.Second},
+	} {
+		assert.ErrorIs(t, q.AnalysePool(ctx, 0, cfg, ok), ErrBadConfig, "%+v", cfg)
+	}
+	for _, cfg := range []ConsumerConfig{
+		{LeaseTTL: time.Millisecond},
+		{MaxAttempts: -2},
+	} {
+		_, err := q.Consume(ctx, 0, cfg)
+		assert.ErrorIs(t, err, ErrBadConfig, "%+v", cfg)
+	}
+	// Nothing was written anywhere.
+	for i, s := range servers {
+		keys, err := redis.Strings(s.do(t, "KEYS", "*"+q.cfg.Prefix+"*"), nil)
+		require.NoError(t, err)
+		assert.Empty(t, keys, "server %d", i)
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent use.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+func debugLogger(w *lockedBuffer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// miniQueue returns a queue on a miniredis of its own, whatever the
+// backend of the test run.
+func miniQueue(t *testing.T) (*Queue, *miniredis.Miniredis) {
+	t.Helper()
+	m := miniredis.RunT(t)
+	pool := testPool("redis://" + m.Addr())
+	t.Cleanup(func() { pool.Close() })
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
+	require.NoError(t, err)
+	return q, m
+}
+
+// reopen returns a new Queue over q's pools and settings, as a process
+// that starts afresh would make.
+func reopen(t *testing.T, q *Queue) *Queue {
+	t.Helper()
+	pools := make([]*redis.Pool, len(q.parts))
+	for i, p := range q.parts {
+		pools[i] = p.pool
+	}
+	q2, err := New(pools, q.cfg)
+	require.NoError(t, err)
+	return q2
+}
+
+func TestPoolRedisDownAndBack(t *testing.T) {
+	t.Parallel()
+	t.Run("mid-run", func(t *testing.T) {
+		t.Parallel()
+		q, m := miniQueue(t)
+		ctx, cancel := context.WithCancel(bounded(t))
+		defer cancel()
+		rec := newRecorder()
+		var errs errLog
+		errc := runPool(ctx, q, PoolConfig{Workers: 2, LeaseTTL: time.Minute, OnError: errs.add}, rec.fn(nil))
+		_, err := q.AddTask(ctx, 1, []byte("before"))
+		require.NoError(t, err)
+		require.Eventually(t, func() bool { return len(rec.order(1)) == 1 }, 5*time.Second, time.Millisecond)
+
+		m.Close()
+		_, err = q.AddTask(ctx, 1, []byte("lost"))
+		assert.Error(t, err, "AddTask reports the outage")
+		require.Eventually(t, func() bool { return len(errs.all()) >= 2 }, 10*time.Second, time.Millisecond,
+			"the pool reports the outage")
+		require.NoError(t, m.Restart())
+		require.Eventually(t, func() bool {
+			_, err := q.AddTask(ctx, 1, []byte("after"))
+			return err == nil
+		}, 5*time.Second, 10*time.Millisecond)
+		require.Eventually(t, func() bool { return len(rec.order(1)) == 2 }, 15*time.Second, time.Millisecond)
+		assert.Equal(t, []string{"before", "after"}, rec.order(1))
+		cancel()
+		require.NoError(t, receive(t, errc))
+		assert.Zero(t, errs.count(ErrLeaseLost), "a short outage keeps the lease")
+	})
+
+	t.Run("at start", func(t *testing.T) {
+		t.Parallel()
+		q, m := miniQueue(t)
+		ctx, cancel := context.WithCancel(bounded(t))
+		defer cancel()
+		_, err := q.AddTask(ctx, 1, []byte("queued"))
+		require.NoError(t, err)
+		m.Close()
+		// A process starting while the server is down.
+		rec := newRecorder()
+		var errs errLog
+		errc := runPool(ctx, reopen(t, q), PoolConfig{OnError: errs.add}, rec.fn(nil))
+		require.Eventually(t, func() bool { return len(errs.all()) >= 2 }, 10*time.Second, time.Millisecond,
+			"the pool reports the outage and retries")
+		assert.Empty(t, errc, "the pool waits for the server")
+		require.NoError(t, m.Restart())
+		require.Eventually(t, func() bool { return len(rec.order(1)) == 1 }, 15*time.Second, time.Millisecond)
+		cancel()
+		require.NoError(t, receive(t, errc))
+	})
+
+	t.Run("longer than the lease", func(t *testing.T) {
+		t.Parallel()
+		q, m := miniQueue(t)
+		ctx, cancel := context.WithCancel(bounded(t))
+		defer cancel()
+		ids, err := q.AddTasks(ctx, orderTasks(1, 2))
+		require.NoError(t, err)
+		rec := newRecorder()
+		fn, started, cancelled := blockFirst(rec, ids[0])
+		var errs errLog
+		errc := runPool(ctx, q, PoolConfig{LeaseTTL: time.Second, OnError: errs.add}, fn)
+		receive(t, started)
+		m.Close()
+		// It cannot renew: it cancels the running task before the lease
+		// ends, and waits as a standby.
+		assert.ErrorIs(t, receive(t, cancelled), context.Canceled)
+		require.Eventually(t, func() bool { return errs.count(ErrLeaseLost) > 0 }, 5*time.Second, time.Millisecond)
+		m.FastForward(time.Second) // the server's clock expires the old lease
+		require.NoError(t, m.Restart())
+		require.Eventually(t, func() bool { return len(rec.order(0)) == 3 }, 15*time.Second, time.Millisecond)
+		assert.Equal(t, []string{pl(0, 0), pl(0, 0), pl(0, 1)}, rec.order(0))
+		assert.Equal(t, []int{1, 2}, rec.attemptsOf(ids[0]))
+		cancel()
+		require.NoError(t, receive(t, errc))
+	})
+}
+
+func TestPoolEvictionPolicyWarning(t *testing.T) {
+	// Not parallel: on a real server it changes the server's configuration.
+	drainOne := func(t *testing.T, q *Queue) string {
+		t.Helper()
+		var log lockedBuffer
+		_, err := q.AddTask(context.Background(), 1, []byte("x"))
+		require.NoError(t, err)
+		rec := newRecorder()
+		require.NoError(t, q.AnalysePool(bounded(t), 0, PoolConfig{ExitOnEmpty: true, Logger: debugLogger(&log)}, rec.fn(nil)))
+		assert.Equal(t, []string{"x"}, rec.order(1), "the pool goes on")
+		return log.String()
+	}
+
+	t.Run("config refused", func(t *testing.T) {
+		q, _ := miniQueue(t) // miniredis has no CONFIG command
+		log := drainOne(t, q)
+		assert.Contains(t, log, "cannot read maxmemory-policy")
+		assert.NotContains(t, log, "may evict")
+	})
+
+	t.Run("evicting policy", func(t *testing.T) {
+		if testRedisURL == "" {
+			t.Skip("needs a real server: set QUEUE_TEST_REDIS_URL")
+		}
+		q, servers := newTestQueue(t, 1, Config{})
+		s := servers[0]
+		orig, err := redis.Strings(s.do(t, "CONFIG", "GET", "maxmemory-policy"), nil)
+		require.NoError(t, err)
+		require.Len(t, orig, 2)
+		restore := func() { s.do(t, "CONFIG", "SET", "maxmemory-policy", orig[1]) }
+		t.Cleanup(restore)
+
+		s.do(t, "CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+		log := drainOne(t, q)
+		restore()
+		assert.Contains(t, log, "may evict")
+		assert.Contains(t, log, "allkeys-lru")
+
+		if orig[1] == "noeviction" {
+			log = drainOne(t, q)
+			assert.NotContains(t, log, "may evict")
+		}
+	})
+}
