@@ -112,8 +112,12 @@ func (s *session) run(ctx context.Context) sessionEnd {
 	defer s.cancelLease()
 	leaseCtx := s.leaseCtx
 	var renewWG, ackWG, workWG sync.WaitGroup
+	// The renewer stops before the release: a renewal racing it would find
+	// the lease gone, take it as lost and cancel the release under way.
+	renewCtx, stopRenew := context.WithCancel(leaseCtx)
+	defer stopRenew()
 	renewWG.Add(1)
-	go func() { defer renewWG.Done(); s.renew(leaseCtx) }()
+	go func() { defer renewWG.Done(); s.renew(renewCtx) }()
 	ackWG.Add(1)
 	go func() { defer ackWG.Done(); s.ackLoop(leaseCtx) }()
 	workWG.Add(len(s.workers))
@@ -140,13 +144,14 @@ func (s *session) run(ctx context.Context) sessionEnd {
 	}
 	close(s.acks)
 	ackWG.Wait()
+	stopRenew()
+	renewWG.Wait()
 	if s.isLost() {
 		end = endLost
 	} else if err := s.c.Release(leaseCtx); err != nil {
 		s.cfg.OnError(err)
 	}
 	s.cancelLease()
-	renewWG.Wait()
 	return end
 }
 
