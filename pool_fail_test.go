@@ -429,3 +429,18 @@ func TestPoolEvictionPolicyWarning(t *testing.T) {
 		}
 	})
 }
+
+func TestPoolCleanStopReportsNothing(t *testing.T) {
+	t.Parallel()
+	q, _ := newTestQueue(t, 1, Config{})
+	// A session this short releases its lease while its first renewal may
+	// still be under way: a clean stop all the same, with nothing to report.
+	var errs errLog
+	for range 300 {
+		require.NoError(t, q.AnalysePool(bounded(t), 0, PoolConfig{ExitOnEmpty: true, OnError: errs.add}, func(context.Context, Task) error {
+			return nil
+		}))
+	}
+	assert.Empty(t, errs.all())
+	assert.Empty(t, stats0(t, q).Owner)
+}

@@ -459,7 +459,7 @@ func TestPoolStopHandsBackUnstartedAtOnce(t *testing.T) {
 	// On a real server, a lease that would lapse while the task runs on.
 	ttl, hold := 5*time.Second, 100*time.Millisecond
 	if s.mini == nil {
-		ttl, hold = time.Second, 2*time.Second
+		ttl, hold = 2*time.Second, 3*time.Second
 	}
 	errc := runPool(ctx, q, PoolConfig{Workers: 1, ShutdownTimeout: time.Minute, LeaseTTL: ttl, OnError: errs.add}, fn)
 	receive(t, started) // the first task runs; the other four are claimed behind it
