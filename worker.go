@@ -338,9 +338,9 @@ func (w *worker) settle(o *orderQueue, done bool, retryAt time.Time) {
 func (s *session) analyse(t Task) (err error) {
 	ctx := s.taskCtx
 	if s.cfg.TaskTimeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, s.cfg.TaskTimeout)
-		defer cancel()
+		tc := newTaskContext(ctx, time.Now().Add(s.cfg.TaskTimeout))
+		defer tc.finish()
+		ctx = tc
 	}
 	defer func() {
 		if r := recover(); r != nil {

@@ -1,0 +1,104 @@
+package queue
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// taskContext is the ctx of one delivery with a timeout: what
+// context.WithDeadline(parent, deadline) gives, made lazily. A timer per
+// task was a fifth of a pool's own CPU time, and most analyse functions
+// never wait on ctx.Done: the timer and the Done channel are made only
+// when someone asks for Done (or Value, through which the context package
+// finds cancelable parents); until then Err reads the parent and the
+// clock. Once Err has returned an error it keeps returning it.
+type taskContext struct {
+	parent   context.Context
+	deadline time.Time
+
+	mu     sync.Mutex
+	inner  context.Context // the real context, once made; then it decides
+	cancel context.CancelFunc
+	err    error // set, while inner is nil, once the context has ended
+}
+
+// newTaskContext returns the ctx of a delivery that starts now and may last
+// until deadline. Call finish when the delivery ends.
+func newTaskContext(parent context.Context, deadline time.Time) *taskContext {
+	if d, ok := parent.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	return &taskContext{parent: parent, deadline: deadline}
+}
+
+// Deadline returns the delivery's deadline.
+func (c *taskContext) Deadline() (time.Time, bool) { return c.deadline, true }
+
+// Done returns a channel closed when the delivery's ctx ends.
+func (c *taskContext) Done() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.materialize()
+	return c.inner.Done()
+}
+
+// materialize makes the real context if it is not made yet: one that ends
+// at the deadline, or, when the ctx has already ended, one that has ended
+// for the same reason. c.mu is held.
+func (c *taskContext) materialize() {
+	if c.inner != nil {
+		return
+	}
+	if c.err == nil {
+		c.inner, c.cancel = context.WithDeadline(c.parent, c.deadline)
+		return
+	}
+	inner, cancel := context.WithCancelCause(c.parent)
+	cancel(c.err)
+	c.inner = inner
+}
+
+// Err returns nil while the delivery's ctx lasts, then why it ended.
+func (c *taskContext) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.err != nil:
+	case c.inner != nil:
+		return c.inner.Err()
+	case c.parent.Err() != nil:
+		c.err = c.parent.Err()
+	case !time.Now().Before(c.deadline):
+		c.err = context.DeadlineExceeded
+	}
+	return c.err
+}
+
+// Value returns the value for key, from the parent. It makes the real
+// context first, so that the context package (context.Cause, WithCancel
+// and AfterFunc of this ctx) sees the one whose Done it gets.
+func (c *taskContext) Value(key any) any {
+	c.mu.Lock()
+	c.materialize()
+	inner := c.inner
+	c.mu.Unlock()
+	return inner.Value(key)
+}
+
+// finish ends the ctx as the cancel func of context.WithDeadline does.
+func (c *taskContext) finish() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.cancel != nil:
+		c.cancel()
+	case c.err == nil && c.inner == nil:
+		c.err = context.Canceled
+	}
+}
+
+// String names the ctx as context.WithDeadline's do, for debugging.
+func (c *taskContext) String() string {
+	return "queue.taskContext.WithDeadline(" + c.deadline.String() + ")"
+}

@@ -1,0 +1,146 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+type ctxKey struct{}
+
+// deadlineCtx is a context with a deadline and a func that ends it early,
+// made either by the context package or as a taskContext.
+type deadlineCtx func(parent context.Context, d time.Time) (context.Context, func())
+
+var deadlineImpls = map[string]deadlineCtx{
+	"context.WithDeadline": func(p context.Context, d time.Time) (context.Context, func()) {
+		ctx, cancel := context.WithDeadline(p, d)
+		return ctx, cancel
+	},
+	"taskContext": func(p context.Context, d time.Time) (context.Context, func()) {
+		c := newTaskContext(p, d)
+		return c, c.finish
+	},
+}
+
+// TestTaskContextActsLikeWithDeadline runs the same scenarios on
+// context.WithDeadline and on taskContext and checks that both behave as
+// the context package documents.
+func TestTaskContextActsLikeWithDeadline(t *testing.T) {
+	t.Parallel()
+	for name, mk := range deadlineImpls {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			t.Run("lives until finished", func(t *testing.T) {
+				parent := context.WithValue(context.Background(), ctxKey{}, "v")
+				ctx, finish := mk(parent, time.Now().Add(time.Hour))
+				assert.NoError(t, ctx.Err())
+				assert.Equal(t, "v", ctx.Value(ctxKey{}))
+				d, ok := ctx.Deadline()
+				assert.True(t, ok)
+				assert.WithinDuration(t, time.Now().Add(time.Hour), d, time.Minute)
+				finish()
+				assert.ErrorIs(t, ctx.Err(), context.Canceled)
+				assert.ErrorIs(t, context.Cause(ctx), context.Canceled)
+				<-ctx.Done()
+				finish() // twice is fine
+				assert.ErrorIs(t, ctx.Err(), context.Canceled)
+			})
+			t.Run("Err reports the deadline without Done", func(t *testing.T) {
+				ctx, finish := mk(context.Background(), time.Now().Add(20*time.Millisecond))
+				defer finish()
+				assert.Eventually(t, func() bool { return ctx.Err() != nil }, 5*time.Second, time.Millisecond)
+				assert.ErrorIs(t, ctx.Err(), context.DeadlineExceeded)
+				<-ctx.Done()
+				assert.ErrorIs(t, ctx.Err(), context.DeadlineExceeded)
+				assert.ErrorIs(t, context.Cause(ctx), context.DeadlineExceeded)
+			})
+			t.Run("Done closes at the deadline", func(t *testing.T) {
+				ctx, finish := mk(context.Background(), time.Now().Add(20*time.Millisecond))
+				defer finish()
+				done := ctx.Done()
+				assert.NoError(t, ctx.Err())
+				<-done
+				assert.ErrorIs(t, ctx.Err(), context.DeadlineExceeded)
+				assert.ErrorIs(t, context.Cause(ctx), context.DeadlineExceeded)
+			})
+			t.Run("the parent's cancel ends it", func(t *testing.T) {
+				for _, askDone := range []bool{false, true} {
+					parent, cancel := context.WithCancelCause(context.Background())
+					ctx, finish := mk(parent, time.Now().Add(time.Hour))
+					if askDone {
+						ctx.Done()
+					}
+					boom := errors.New("boom")
+					cancel(boom)
+					<-ctx.Done()
+					assert.ErrorIs(t, ctx.Err(), context.Canceled)
+					assert.ErrorIs(t, context.Cause(ctx), boom)
+					finish()
+					assert.ErrorIs(t, ctx.Err(), context.Canceled, "Err must not change")
+				}
+			})
+			t.Run("an earlier parent deadline wins", func(t *testing.T) {
+				parent, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				pd, _ := parent.Deadline()
+				ctx, finish := mk(parent, time.Now().Add(time.Hour))
+				defer finish()
+				d, ok := ctx.Deadline()
+				assert.True(t, ok)
+				assert.Equal(t, pd, d)
+			})
+			t.Run("children and AfterFunc follow it", func(t *testing.T) {
+				ctx, finish := mk(context.Background(), time.Now().Add(20*time.Millisecond))
+				defer finish()
+				child, cancel := context.WithCancel(ctx)
+				defer cancel()
+				ran := make(chan struct{})
+				context.AfterFunc(ctx, func() { close(ran) })
+				<-child.Done()
+				<-ran
+				assert.ErrorIs(t, child.Err(), context.DeadlineExceeded)
+			})
+			t.Run("ended before Done was asked", func(t *testing.T) {
+				ctx, finish := mk(context.Background(), time.Now().Add(-time.Second))
+				assert.ErrorIs(t, ctx.Err(), context.DeadlineExceeded)
+				child, cancel := context.WithCancel(ctx)
+				defer cancel()
+				<-child.Done()
+				assert.ErrorIs(t, child.Err(), context.DeadlineExceeded)
+				assert.ErrorIs(t, context.Cause(ctx), context.DeadlineExceeded)
+				finish()
+				assert.ErrorIs(t, ctx.Err(), context.DeadlineExceeded, "Err must not change")
+			})
+		})
+	}
+}
+
+// TestTaskContextConcurrentUse calls every method at once (for -race).
+func TestTaskContextConcurrentUse(t *testing.T) {
+	t.Parallel()
+	c := newTaskContext(context.Background(), time.Now().Add(10*time.Millisecond))
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Go(func() {
+			switch i % 4 {
+			case 0:
+				<-c.Done()
+			case 1:
+				assert.Eventually(t, func() bool { return c.Err() != nil }, 5*time.Second, time.Millisecond)
+			case 2:
+				c.Value(ctxKey{})
+			case 3:
+				c.Deadline()
+			}
+		})
+	}
+	wg.Wait()
+	c.finish()
+	require.ErrorIs(t, c.Err(), context.DeadlineExceeded)
+}
