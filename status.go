@@ -69,6 +69,9 @@ func (q *Queue) State(ctx context.Context, orderID uint64, id string) (TaskState
 //	ARGV[1] = new task ID, ARGV[2] = encoded task, ARGV[3] = window ms
 //
 // Returns {1, ID} when it enqueued, {0, earlier ID} when the key was used.
+// The LPUSH goes first: a ready list of the wrong type, or a full Redis,
+// refuses it before anything is written, and a retry is not taken for a
+// duplicate of a task that was never queued.
 var addOnceScript = redis.NewScript(2, `
 local old = redis.call('GET', KEYS[2])
 if old then return {0, old} end
@@ -113,4 +116,17 @@ func (q *Queue) AddTaskOnce(ctx context.Context, orderID uint64, key string, win
 	n, _ := redis.Int(r[0], nil)
 	id, err = redis.String(r[1], nil)
 	return id, n == 1, err
+}
+
+// Ping checks that every partition answers, for health checks. It is safe
+// for concurrent use and costs one round trip per partition.
+func (q *Queue) Ping(ctx context.Context) error {
+	for _, p := range q.parts {
+		if _, err := onPartition(ctx, p, fmt.Sprintf("ping partition %d", p.index), func(c redis.Conn) (any, error) {
+			return redis.DoContext(c, ctx, "PING")
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -96,3 +96,17 @@ func TestReplayPurgeCheckLayout(t *testing.T) {
 	_, err = other.Purge(ctx, 0)
 	assert.ErrorIs(t, err, ErrLayoutMismatch)
 }
+
+func TestPing(t *testing.T) {
+	t.Parallel()
+	q, servers := newTestQueue(t, 2, Config{})
+	ctx := context.Background()
+	require.NoError(t, q.Ping(ctx))
+	if servers[1].mini == nil {
+		return // stopping the shared real server is not this test's to do
+	}
+	servers[1].mini.Close()
+	err := q.Ping(ctx)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "queue: ping partition 1")
+}

@@ -24,7 +24,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/gomodule/redigo/redis"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/qugo/queue"
 )
@@ -99,37 +98,28 @@ func newApp(ctx context.Context, o options, log *slog.Logger) (*app, error) {
 	// The queue's payload limit follows -max-body, so every body that fits
 	// the limit fits the queue too.
 	maxPayload := int(min(o.maxBody, 256<<20))
-	pools := make([]*redis.Pool, len(o.redis))
-	for i, u := range o.redis {
+	for _, u := range o.redis {
 		if !strings.HasPrefix(u, "redis://") && !strings.HasPrefix(u, "rediss://") {
 			return nil, fmt.Errorf("-redis: %q is not a redis:// or rediss:// URL", u)
 		}
-		pools[i] = newPool(u)
 	}
-	closePools := func() {
-		for _, p := range pools {
-			p.Close()
-		}
-	}
-	q, err := queue.New(pools, queue.Config{Prefix: o.prefix, Queues: o.queues, MaxPayload: maxPayload})
+	// Dial pings every server once and fails when one is unreachable.
+	q, err := queue.Dial(ctx, o.redis, queue.Config{Prefix: o.prefix, Queues: o.queues, MaxPayload: maxPayload})
 	if err != nil {
-		closePools()
 		return nil, err
 	}
 	a := &app{srv: &server{q: q, maxBody: o.maxBody, dedup: o.dedup, log: log}}
 	var pg *pgxpool.Pool
 	if o.pg != "" {
 		if pg, err = pgxpool.New(ctx, o.pg); err != nil {
-			closePools()
+			q.Close()
 			return nil, fmt.Errorf("-pg: %w", err)
 		}
 		a.srv.store = &pgStore{pool: pg}
 	}
 	a.srv.health = func(ctx context.Context) error {
-		for i, p := range pools {
-			if err := ping(ctx, p); err != nil {
-				return fmt.Errorf("redis partition %d: %w", i, err)
-			}
+		if err := q.Ping(ctx); err != nil {
+			return err
 		}
 		if pg != nil {
 			if err := pg.Ping(ctx); err != nil {
@@ -146,7 +136,6 @@ func newApp(ctx context.Context, o options, log *slog.Logger) (*app, error) {
 	}
 	if err != nil {
 		q.Close()
-		closePools()
 		if pg != nil {
 			pg.Close()
 		}
@@ -154,42 +143,11 @@ func newApp(ctx context.Context, o options, log *slog.Logger) (*app, error) {
 	}
 	a.close = func() {
 		q.Close()
-		closePools()
 		if pg != nil {
 			pg.Close()
 		}
 	}
 	return a, nil
-}
-
-func newPool(url string) *redis.Pool {
-	return &redis.Pool{
-		MaxIdle:     64,
-		IdleTimeout: 4 * time.Minute,
-		DialContext: func(ctx context.Context) (redis.Conn, error) {
-			return redis.DialURLContext(ctx, url,
-				redis.DialConnectTimeout(5*time.Second),
-				redis.DialReadTimeout(10*time.Second),
-				redis.DialWriteTimeout(10*time.Second))
-		},
-		TestOnBorrow: func(c redis.Conn, t time.Time) error {
-			if time.Since(t) < time.Minute {
-				return nil
-			}
-			_, err := c.Do("PING")
-			return err
-		},
-	}
-}
-
-func ping(ctx context.Context, p *redis.Pool) error {
-	c, err := p.GetContext(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_, err = redis.DoContext(c, ctx, "PING")
-	return err
 }
 
 // run serves until ctx ends, then lets requests in flight finish.

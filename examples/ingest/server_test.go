@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
-	"github.com/gomodule/redigo/redis"
 	"github.com/qugo/queue"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -63,32 +62,24 @@ type fixtureOpts struct {
 func newFixture(t *testing.T, o fixtureOpts) *fixture {
 	t.Helper()
 	f := &fixture{store: &fakeStore{recs: map[string]storeRecord{}}}
-	var pools []*redis.Pool
+	var urls []string
 	for range 2 {
 		m := miniredis.RunT(t)
 		f.minis = append(f.minis, m)
-		p := newPool("redis://" + m.Addr())
-		t.Cleanup(func() { p.Close() })
-		pools = append(pools, p)
+		urls = append(urls, "redis://"+m.Addr())
 	}
 	if o.maxBody == 0 {
 		o.maxBody = 1 << 16
 	}
-	q, err := queue.New(pools, queue.Config{Prefix: "ingest-test", Queues: 2, MaxPayload: int(o.maxBody)})
+	q, err := queue.Dial(context.Background(), urls, queue.Config{Prefix: "ingest-test", Queues: 2, MaxPayload: int(o.maxBody)})
 	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
 	f.q = q
 	s := &server{q: q, maxBody: o.maxBody, dedup: o.dedup, log: slog.New(slog.DiscardHandler)}
 	if !o.noStore {
 		s.store = f.store
 	}
-	s.health = func(ctx context.Context) error {
-		for _, p := range pools {
-			if err := ping(ctx, p); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
+	s.health = q.Ping
 	f.ts = httptest.NewServer(s.handler())
 	t.Cleanup(f.ts.Close)
 	return f
