@@ -51,29 +51,12 @@ type purgeDoc struct {
 }
 
 func deadFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
-	a := analyserFlag(fs)
-	asJSON := fs.Bool("json", false, "print JSON instead of a table")
-	return func(ctx context.Context, e *env, args []string) error {
-		if err := e.checkAnalyser(*a); err != nil {
-			return err
-		}
-		if len(args) > 0 {
-			return usagef("dead takes no arguments, got %q", args[0])
-		}
-		q, err := e.dial(ctx)
-		if err != nil {
-			return err
-		}
-		defer q.Close()
-		dead, err := q.Dead(ctx, *a)
-		if err != nil {
-			return err
-		}
-		if *asJSON {
-			return writeJSON(e.stdout, e.newDeadDoc(*a, dead))
+	return listCommand(fs, "dead", (*queue.Queue).Dead, func(e *env, a int, dead []queue.DeadTask, asJSON bool) error {
+		if asJSON {
+			return writeJSON(e.stdout, e.newDeadDoc(a, dead))
 		}
 		return printDead(e, dead)
-	}
+	})
 }
 
 func (e *env) newDeadDoc(a int, dead []queue.DeadTask) deadDoc {

@@ -29,27 +29,10 @@ type pendingTask struct {
 }
 
 func pendingFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
-	a := analyserFlag(fs)
-	asJSON := fs.Bool("json", false, "print JSON instead of a table")
-	return func(ctx context.Context, e *env, args []string) error {
-		if err := e.checkAnalyser(*a); err != nil {
-			return err
-		}
-		if len(args) > 0 {
-			return usagef("pending takes no arguments, got %q", args[0])
-		}
-		q, err := e.dial(ctx)
-		if err != nil {
-			return err
-		}
-		defer q.Close()
-		tasks, err := q.Pending(ctx, *a)
-		if err != nil {
-			return err
-		}
+	return listCommand(fs, "pending", (*queue.Queue).Pending, func(e *env, a int, tasks []queue.Task, asJSON bool) error {
 		now := time.Now()
-		doc := e.newPendingDoc(*a, now, tasks)
-		if *asJSON {
+		doc := e.newPendingDoc(a, now, tasks)
+		if asJSON {
 			return writeJSON(e.stdout, doc)
 		}
 		t := newTable(e.stdout, "ID", "ORDER", "ATTEMPT", "ADDED AT", "AGE", "BYTES")
@@ -58,6 +41,32 @@ func pendingFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error 
 				timeCell(tasks[i].AddedAt), durationCell(time.Duration(p.AgeMS)*time.Millisecond), strconv.Itoa(len(p.Payload)))
 		}
 		return t.flush()
+	})
+}
+
+// listCommand builds a command that takes -a and -json and no arguments,
+// reads one analyser's list with fetch and prints it with show.
+func listCommand[T any](fs *flag.FlagSet, name string, fetch func(*queue.Queue, context.Context, int) (T, error),
+	show func(e *env, a int, v T, asJSON bool) error) func(context.Context, *env, []string) error {
+	a := analyserFlag(fs)
+	asJSON := fs.Bool("json", false, "print JSON instead of a table")
+	return func(ctx context.Context, e *env, args []string) error {
+		if err := e.checkAnalyser(*a); err != nil {
+			return err
+		}
+		if len(args) > 0 {
+			return usagef("%s takes no arguments, got %q", name, args[0])
+		}
+		q, err := e.dial(ctx)
+		if err != nil {
+			return err
+		}
+		defer q.Close()
+		v, err := fetch(q, ctx, *a)
+		if err != nil {
+			return err
+		}
+		return show(e, *a, v, *asJSON)
 	}
 }
 
