@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
@@ -85,7 +86,8 @@ type Queue struct {
 	ownPools bool // Close closes the pools (they were made by Dial)
 	ids      idSource
 	closed   atomic.Bool
-	adders   []adder // one per partition: coalesces concurrent AddTask calls
+	adders   []adder    // one per partition: coalesces concurrent AddTask calls
+	ready    [][]string // the ready list key of each partition's queues
 }
 
 // New returns a Queue over the given pools, one per partition, in partition
@@ -105,6 +107,10 @@ func New(pools []*redis.Pool, cfg Config) (*Queue, error) {
 			return nil, fmt.Errorf("%w: pool %d is nil", ErrBadConfig, i)
 		}
 		q.parts[i] = &partition{index: i, pool: p}
+		q.ready = append(q.ready, make([]string, cfg.Queues))
+		for qi := range q.ready[i] {
+			q.ready[i][qi] = newQueueKeys(cfg.Prefix, i, qi).ready
+		}
 	}
 	return q, nil
 }
@@ -221,7 +227,7 @@ func (q *Queue) AddTask(ctx context.Context, orderID uint64, payload []byte) (st
 	}
 	id := q.ids.next()
 	entry := appendEntry(make([]byte, 0, entryHeader+24+len(payload)), id, orderID, time.Now().UnixMilli(), 0, payload)
-	if err := q.adders[pi].add(ctx, p.pool, newQueueKeys(q.cfg.Prefix, pi, qi).ready, entry); err != nil {
+	if err := q.adders[pi].add(ctx, p.pool, q.ready[pi][qi], entry); err != nil {
 		return "", redisErr(fmt.Sprintf("add task to partition %d queue %d", pi, qi), err)
 	}
 	return id, nil
@@ -246,7 +252,13 @@ func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 			return nil, fmt.Errorf("task %d: %w", i, err)
 		}
 	}
-	ids := make([]string, len(tasks))
+	ids := q.ids.nextN(len(tasks))
+	// Encode every entry into one buffer, sized so that it never moves.
+	size := 0
+	for i := range tasks {
+		size += entryHeader + 3*binary.MaxVarintLen64 + len(tasks[i].Payload)
+	}
+	buf := make([]byte, 0, size)
 	// Group entries per partition, then per queue, keeping task order.
 	byPart := make([][][]any, len(q.parts))
 	now := time.Now().UnixMilli()
@@ -256,9 +268,9 @@ func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 		if byPart[pi] == nil {
 			byPart[pi] = make([][]any, q.cfg.Queues)
 		}
-		ids[i] = q.ids.next()
-		entry := appendEntry(make([]byte, 0, entryHeader+24+len(t.Payload)), ids[i], t.OrderID, now, 0, t.Payload)
-		byPart[pi][qi] = append(byPart[pi][qi], entry)
+		start := len(buf)
+		buf = appendEntry(buf, ids[i], t.OrderID, now, 0, t.Payload)
+		byPart[pi][qi] = append(byPart[pi][qi], buf[start:len(buf):len(buf)])
 	}
 	// Check every partition first, so that a layout mismatch writes nothing.
 	for pi, queues := range byPart {
@@ -294,7 +306,7 @@ func (q *Queue) pushPartition(ctx context.Context, pi int, queues [][]any) error
 	defer conn.Close()
 	sent := 0
 	for qi, entries := range queues {
-		key := newQueueKeys(q.cfg.Prefix, pi, qi).ready
+		key := q.ready[pi][qi]
 		for len(entries) > 0 {
 			n := min(len(entries), maxPushArgs)
 			args := make([]any, 0, n+1)

@@ -152,9 +152,43 @@ func (s *idSource) next() string {
 	return formatID(node, n)
 }
 
+// nextN returns n new IDs, as next would, sliced from one string: one
+// allocation and one lock (per counter wrap) for the lot.
+func (s *idSource) nextN(n int) []string {
+	buf := make([]byte, 0, n*idLen)
+	for left := n; left > 0; {
+		s.mu.Lock()
+		if s.n == 0 {
+			var b [8]byte
+			rand.Read(b[:])
+			s.node = binary.LittleEndian.Uint64(b[:])
+		}
+		node, first := s.node, s.n
+		k := min(uint64(left), 1<<32-uint64(first)) // counters left before the wrap
+		s.n += uint32(k)                            // 0 at the wrap: the next call draws a node
+		s.mu.Unlock()
+		for i := uint64(0); i < k; i++ {
+			buf = appendID(buf, node, first+uint32(i))
+		}
+		left -= int(k)
+	}
+	all := string(buf)
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = all[i*idLen : (i+1)*idLen]
+	}
+	return ids
+}
+
 // formatID renders node and counter as 20 base32 characters, most
 // significant first, so IDs from one node sort by their counter.
 func formatID(node uint64, n uint32) string {
+	var b [idLen]byte
+	return string(appendID(b[:0], node, n))
+}
+
+// appendID appends formatID(node, n) to dst.
+func appendID(dst []byte, node uint64, n uint32) []byte {
 	var b [idLen]byte
 	hi, lo := node>>32, node<<32|uint64(n) // 96 bits as hi (32) and lo (64)
 	for i := idLen - 1; i >= 0; i-- {
@@ -162,5 +196,5 @@ func formatID(node uint64, n uint32) string {
 		lo = lo>>5 | hi<<59
 		hi >>= 5
 	}
-	return string(b[:])
+	return append(dst, b[:]...)
 }
