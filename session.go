@@ -91,9 +91,9 @@ func (s *session) setDeadline(t time.Time) { s.deadline.Store(int64(t.Sub(s.born
 // renewer declares the lease lost at the deadline, but a process that was
 // paused (SIGSTOP, a long GC, a starved VM) wakes up with every goroutine
 // runnable at once, and a worker may come before the renewer: workers ask
-// this before they start a task.
-func (s *session) leaseValid() bool {
-	return time.Since(s.born) < time.Duration(s.deadline.Load())
+// this, with the time they read, before they start a task.
+func (s *session) leaseValid(now time.Time) bool {
+	return now.Sub(s.born) < time.Duration(s.deadline.Load())
 }
 
 func (s *session) beginStop() { s.stopOnce.Do(func() { close(s.stop) }) }
