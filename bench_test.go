@@ -281,8 +281,10 @@ func BenchmarkClaimAck(b *testing.B) {
 			}
 			defer c.Release(ctx)
 			ids := make([]string, 0, n)
+			cpu := newCPUMeter(q)
 			b.ReportAllocs()
 			b.ResetTimer()
+			cpu.start()
 			for done := 0; done < b.N; {
 				ts, err := c.Claim(ctx, min(n, b.N-done))
 				if err != nil {
@@ -300,7 +302,9 @@ func BenchmarkClaimAck(b *testing.B) {
 				}
 				done += len(ts)
 			}
+			cpu.stop()
 			reportRate(b, b.N, b.Elapsed(), "tasks/s")
+			cpu.report(b, b.N)
 		})
 	}
 }
@@ -310,12 +314,14 @@ func BenchmarkClaimAck(b *testing.B) {
 func BenchmarkRawRPOP(b *testing.B) {
 	for _, n := range claimBatches {
 		b.Run(fmt.Sprintf("batch=%d", n), func(b *testing.B) {
-			_, servers := benchQueue(b, 1)
+			q, servers := benchQueue(b, 1)
 			key := rawKey(b, servers[0])
 			pool := servers[0].pool
 			rawFill(b, pool, key, b.N)
+			cpu := newCPUMeter(q)
 			b.ReportAllocs()
 			b.ResetTimer()
+			cpu.start()
 			for done := 0; done < b.N; {
 				c := pool.Get()
 				vs, err := redis.ByteSlices(c.Do("RPOP", key, min(n, b.N-done)))
@@ -325,7 +331,9 @@ func BenchmarkRawRPOP(b *testing.B) {
 				}
 				done += len(vs)
 			}
+			cpu.stop()
 			reportRate(b, b.N, b.Elapsed(), "tasks/s")
+			cpu.report(b, b.N)
 		})
 	}
 }
@@ -382,11 +390,8 @@ func BenchmarkDrain(b *testing.B) {
 }
 
 // serverCPU returns the CPU time (user and system) the server of pool has
-// used, from INFO cpu, or false on miniredis.
+// used, from INFO cpu; false when it does not say (miniredis).
 func serverCPU(pool *redis.Pool) (time.Duration, bool) {
-	if testRedisURL == "" {
-		return 0, false
-	}
 	c := pool.Get()
 	defer c.Close()
 	info, err := redis.String(c.Do("INFO", "cpu"))
@@ -394,15 +399,17 @@ func serverCPU(pool *redis.Pool) (time.Duration, bool) {
 		return 0, false
 	}
 	var total float64
+	found := 0
 	for _, line := range strings.Split(info, "\r\n") {
 		for _, f := range []string{"used_cpu_sys:", "used_cpu_user:"} {
 			if v, ok := strings.CutPrefix(line, f); ok {
 				x, _ := strconv.ParseFloat(v, 64)
 				total += x
+				found++
 			}
 		}
 	}
-	return time.Duration(total * float64(time.Second)), true
+	return time.Duration(total * float64(time.Second)), found == 2
 }
 
 // cpuMeter adds up the CPU time this process and the servers use.
