@@ -140,6 +140,12 @@ func (c *Consumer) tryAcquire(ctx context.Context) (ok bool, left time.Duration,
 		return err == nil, 0, err
 	}
 	ms, _ := redis.Int64(r[1], nil)
+	if ms == -1 {
+		// Every lease has an expiry: the key holds something else, and a
+		// standby waiting for it to lapse would spin for ever.
+		return false, 0, fmt.Errorf("queue: %s: %w: %s has no expiry; delete it to let an owner take the queue",
+			c.what("acquire lease of"), ErrWrongType, c.keys.lease)
+	}
 	return false, time.Duration(max(ms, 1)) * time.Millisecond, nil
 }
 

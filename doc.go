@@ -241,6 +241,17 @@
 // keys until they are purged or expire). Every key a script touches is
 // passed in KEYS.
 //
+// A key holding a value of the wrong Redis type (something else wrote it),
+// or a lease with no expiry, makes every call that would write it fail
+// with [ErrWrongType] before it changes anything (Redis does not roll a
+// failed script back, so the scripts check first): AddTask returns the
+// error, a pool reports it through OnError and retries with capped
+// backoff, and both go on once the key holds a valid value again or is
+// deleted. Records that do not decode are never an error: those in the
+// ready list or the pending hash are quarantined in the dead-letter store
+// with their raw bytes (when claimed, or when a new owner recovers the
+// pending hash), and those in the dead-letter store are listed with them.
+//
 // Redis 6.2 or later is needed (RPOP with a count, BLMOVE).
 //
 // # Testing

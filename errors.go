@@ -41,6 +41,12 @@ var (
 	ErrRedisOOM = errors.New("queue: redis is out of memory (maxmemory reached)")
 	// ErrBadConfig is returned for an invalid Config or PoolConfig value.
 	ErrBadConfig = errors.New("queue: bad config")
+	// ErrWrongType is returned (and reported by AnalysePool) when a key of
+	// a queue holds a value this package did not write: a value of the
+	// wrong Redis type, or a lease with no expiry. The call changes
+	// nothing; a pool retries with capped backoff and goes on once the key
+	// holds a valid value again or is deleted.
+	ErrWrongType = errors.New("queue: a queue key holds the wrong type of value")
 )
 
 // LayoutError describes a disagreement between the layout recorded in a
@@ -92,6 +98,10 @@ func (e *TaskError) Error() string {
 
 func (e *TaskError) Unwrap() error { return e.Err }
 
+// wrongTypeReply starts the error a script returns, before any write, when
+// one of its keys holds the wrong type (see typeCheck).
+const wrongTypeReply = "QUGOWRONGTYPE"
+
 // redisErr classifies an error from a Redis call and prefixes it with what
 // was being done. Refusals by our scripts become sentinel errors.
 func redisErr(what string, err error) error {
@@ -106,6 +116,8 @@ func redisErr(what string, err error) error {
 			return fmt.Errorf("queue: %s: %w", what, ErrLeaseLost)
 		case strings.HasPrefix(msg, "OOM"):
 			return fmt.Errorf("queue: %s: %w: %s", what, ErrRedisOOM, msg)
+		case strings.Contains(msg, "WRONGTYPE"): // Redis's own, or wrongTypeReply
+			return fmt.Errorf("queue: %s: %w: %s", what, ErrWrongType, strings.TrimPrefix(msg, wrongTypeReply+" "))
 		}
 	}
 	return fmt.Errorf("queue: %s: %w", what, err)

@@ -12,6 +12,9 @@ import (
 // staleReply when it is not the current one, so a stale owner changes
 // nothing. They also extend the lease (ARGV[2], milliseconds), so a
 // Consumer that keeps working keeps its lease.
+// Scripts also refuse, before any write, to run on a key of the wrong
+// Redis type (typeCheck), so that a key someone overwrote costs an error
+// and never a task.
 
 // staleReply is the error a script returns to a caller whose lease is gone.
 const staleReply = "QUGOSTALE"
@@ -31,6 +34,24 @@ func fenced(leaseKey, body string) string {
 	return strings.ReplaceAll(leaseCheck, "LEASE", leaseKey) + body
 }
 
+// typeCheck returns Lua that refuses with wrongTypeReply, before any write,
+// when a key holds another type than the one given after its KEYS index
+// ("4=hash"). Redis does not roll a failed script back: a claim that popped
+// tasks and then failed on a pending hash that had become a list would
+// lose them. Only keys written after a first write need the check; a
+// script's first write fails by itself, before anything changed.
+func typeCheck(keys ...string) string {
+	var b strings.Builder
+	for _, k := range keys {
+		i, want, _ := strings.Cut(k, "=")
+		key := "KEYS[" + i + "]"
+		b.WriteString("\nlocal t = redis.call('TYPE', " + key + ").ok\n" +
+			"if t ~= '" + want + "' and t ~= 'none' then return redis.error_reply('" + wrongTypeReply + " ' .. " + key +
+			" .. ' holds a ' .. t .. ', want a " + want + "') end")
+	}
+	return b.String() + "\n"
+}
+
 // claimScript moves up to ARGV[3] tasks from the consuming (right) end of
 // the ready list into the pending hash, numbering them in claim order.
 //
@@ -42,7 +63,7 @@ func fenced(leaseKey, body string) string {
 // ready list is empty. (The loop indexes its tables rather than asking for
 // their length, and first goes last rather than shifting the reply: about
 // a third less time in Redis than the plain loop.)
-var claimScript = redis.NewScript(4, fenced("3", `
+var claimScript = redis.NewScript(4, fenced("3", typeCheck("2=hash", "4=hash")+`
 local items = redis.call('RPOP', KEYS[1], ARGV[3])
 if not items then return {0} end
 local n = #items
@@ -68,7 +89,7 @@ return items
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3...] = task IDs
 //
 // Returns the number of pending records deleted (also added to processed).
-var ackScript = redis.NewScript(3, fenced("2", `
+var ackScript = redis.NewScript(3, fenced("2", typeCheck("3=hash")+`
 local n = 0
 for i = 3, #ARGV, 1000 do
   n = n + redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
@@ -102,7 +123,7 @@ return 1
 //
 // Returns the number moved (also added to failed); a task no longer
 // pending is skipped.
-var deadScript = redis.NewScript(4, fenced("3", `
+var deadScript = redis.NewScript(4, fenced("3", typeCheck("2=hash", "4=hash")+`
 local n = 0
 for i = 3, #ARGV, 2 do
   if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
@@ -122,7 +143,7 @@ return n
 //	ARGV[4...] = task ID, encoded task, ... in push order
 //
 // Returns the number pushed; a task no longer pending is skipped.
-var requeueScript = redis.NewScript(4, fenced("3", `
+var requeueScript = redis.NewScript(4, fenced("3", typeCheck("1=list", "4=hash")+`
 local n = 0
 for i = 4, #ARGV, 2 do
   if redis.call('HDEL', KEYS[2], ARGV[i]) == 1 then
@@ -185,7 +206,7 @@ return 1
 //	ARGV[1...] = task ID, encoded task, ...
 //
 // Returns the number moved; an ID no longer dead is skipped.
-var replayScript = redis.NewScript(2, `
+var replayScript = redis.NewScript(2, typeCheck("2=list")+`
 local n = 0
 for i = 1, #ARGV, 2 do
   if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
