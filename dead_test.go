@@ -89,7 +89,13 @@ func TestSplitPending(t *testing.T) {
 	require.NoError(t, err)
 	assert.EqualValues(t, 12, seq)
 	assert.Equal(t, "\x01rest:with:colons", string(entry))
-	for _, bad := range []string{"", "12", "no seq", ":x", "x:y", "+5:x", "-5:x", "05:x", " 5:x", "99999999999999999999:x"} {
+	seq, accounted, entry, err := splitPendingAccounted([]byte("7+:\x01e"))
+	require.NoError(t, err)
+	assert.EqualValues(t, 7, seq)
+	assert.True(t, accounted)
+	assert.Equal(t, "\x01e", string(entry))
+	for _, bad := range []string{"", "12", "no seq", ":x", "x:y", "+5:x", "-5:x", "05:x", " 5:x", "99999999999999999999:x",
+		"+:x", "5++:x", "05+:x", "5 +:x", "+5+:x"} {
 		_, _, err := splitPending([]byte(bad))
 		assert.ErrorIs(t, err, ErrMalformed, "%q", bad)
 	}
@@ -427,15 +433,17 @@ func statsOf(t *testing.T, q *Queue, a int) QueueStats {
 	return st[a]
 }
 
-// FuzzDecodePending checks that a pending record never panics the decoder,
-// and that one that decodes re-encodes to its own bytes.
+// FuzzDecodePending checks that a pending record, "<seq>:<entry>" as a
+// claim writes it or "<seq>+:<entry>" as a recorded delivery does, never
+// panics the decoder, and that one that decodes re-encodes to its own bytes.
 func FuzzDecodePending(f *testing.F) {
 	entry := encodeTask(Task{ID: testID, OrderID: 9, AddedAt: time.UnixMilli(1_700_000_000_000), Payload: []byte("x:y")}, 2)
 	f.Add(append([]byte("17:"), entry...))
+	f.Add(append([]byte("17+:"), entry...))
 	f.Add([]byte("1:"))
 	f.Add([]byte("no seq"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		seq, e, err := splitPending(b)
+		seq, accounted, e, err := splitPendingAccounted(b)
 		if err != nil {
 			if !errors.Is(err, ErrMalformed) {
 				t.Fatalf("error %v is not ErrMalformed", err)
@@ -449,7 +457,11 @@ func FuzzDecodePending(f *testing.F) {
 			}
 			return
 		}
-		re := append([]byte(strconv.FormatInt(seq, 10)+":"), encodeTask(task, deliveries)...)
+		head := strconv.FormatInt(seq, 10)
+		if accounted {
+			head += "+"
+		}
+		re := append([]byte(head+":"), encodeTask(task, deliveries)...)
 		if !bytes.Equal(re, b) {
 			t.Fatalf("re-encoded %q as %q", b, re)
 		}
