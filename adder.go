@@ -87,8 +87,27 @@ func pushOne(ctx context.Context, pool *redis.Pool, key string, entry []byte) er
 		return err
 	}
 	defer conn.Close()
-	_, err = redis.DoContext(conn, ctx, "LPUSH", key, entry)
+	_, err = doContext(conn, ctx, "LPUSH", key, entry)
 	return err
+}
+
+// doContext is redis.DoContext, which runs every command on a goroutine of
+// its own so that it can watch ctx, without that goroutine when ctx can
+// never end (context.Background, context.WithoutCancel): then plain Do,
+// with the connection's read timeout, is the same thing.
+func doContext(c redis.Conn, ctx context.Context, cmd string, args ...any) (any, error) {
+	if ctx.Done() == nil {
+		return c.Do(cmd, args...)
+	}
+	return redis.DoContext(c, ctx, cmd, args...)
+}
+
+// receiveContext is redis.ReceiveContext as doContext is redis.DoContext.
+func receiveContext(c redis.Conn, ctx context.Context) (any, error) {
+	if ctx.Done() == nil {
+		return c.Receive()
+	}
+	return redis.ReceiveContext(c, ctx)
 }
 
 // pushMany writes the calls' entries with one LPUSH per key, keeping their
@@ -125,7 +144,7 @@ func pushMany(ctx context.Context, pool *redis.Pool, calls []*addCall) []error {
 	}
 	keyErr := map[string]error{}
 	for _, k := range keys {
-		if _, err := redis.ReceiveContext(conn, ctx); err != nil {
+		if _, err := receiveContext(conn, ctx); err != nil {
 			keyErr[k] = err
 		}
 	}

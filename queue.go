@@ -323,7 +323,7 @@ func (q *Queue) pushPartition(ctx context.Context, pi int, queues [][]any) error
 	}
 	var first error
 	for ; sent > 0; sent-- {
-		if _, err := redis.ReceiveContext(conn, ctx); err != nil && first == nil {
+		if _, err := receiveContext(conn, ctx); err != nil && first == nil {
 			first = err
 		}
 	}
