@@ -250,7 +250,9 @@
 // deleted. Records that do not decode are never an error: those in the
 // ready list or the pending hash are quarantined in the dead-letter store
 // with their raw bytes (when claimed, or when a new owner recovers the
-// pending hash), and those in the dead-letter store are listed with them.
+// pending hash; under their field, or "<field>#2", "#3", ... when a dead
+// record holds it already), and those in the dead-letter store are listed
+// with them.
 //
 // Redis 6.2 or later is needed (RPOP with a count, BLMOVE).
 //

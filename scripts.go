@@ -122,12 +122,26 @@ return 1
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3...] = task ID, dead record, ...
 //
 // Returns the number moved (also added to failed); a task no longer
-// pending is skipped.
+// pending is skipped. A record never replaces another one under the same
+// field (garbage written into a pending hash under a dead task's ID, say):
+// a quarantined malformed record (0 attempts: its second byte is 0) takes
+// the first free field of "<field>#2", "<field>#3", ..., and a task's
+// record moves what was under its ID there.
 var deadScript = redis.NewScript(4, fenced("3", typeCheck("2=hash", "4=hash")+`
 local n = 0
 for i = 3, #ARGV, 2 do
   if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
-    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+    local f, rec = ARGV[i], ARGV[i + 1]
+    local old = redis.call('HGET', KEYS[2], f)
+    if old then
+      local k, g = 2, f .. '#2'
+      while redis.call('HEXISTS', KEYS[2], g) == 1 do
+        k = k + 1
+        g = f .. '#' .. k
+      end
+      if string.byte(rec, 2) == 0 then f = g else redis.call('HSET', KEYS[2], g, old) end
+    end
+    redis.call('HSET', KEYS[2], f, rec)
     n = n + 1
   end
 end
