@@ -79,6 +79,9 @@ type faultReport struct {
 	LateAcks    int // acks Redis accepted from a process whose lease had passed to another
 	StaleStarts int // starts by a process whose lease had passed to another
 	Refused     int // acks Redis refused as stale (the fencing at work)
+	Quarantined int // malformed records found in Redis, in the dead-letter store with their raw bytes
+	LeaseLosses int // leases a live process reported lost (after a stop, or a stall the harness did not cause)
+	EarlyLosses int // of those, before the first fault: a stall the harness did not cause, an unplanned takeover
 
 	UnknownDone, UnknownTwice int // unknown or error adds: completed, completed twice or more
 	PendingAtFault            int
@@ -90,10 +93,10 @@ type faultReport struct {
 func (r faultReport) String() string {
 	return fmt.Sprintf("attempted=%d ok=%d addErr=%d addUnknown=%d completed=%d runs=%d failedRuns=%d dead=%d "+
 		"lost=%d unexpected=%d dupPending=%d dupOther=%d reordered=%d earlyStarts=%d overlap=%d "+
-		"lateAcks=%d staleStarts=%d refusedAcks=%d unknownDone=%d unknownTwice=%d pendingAtFault=%d recovery=%s redelivery=%s",
+		"lateAcks=%d staleStarts=%d refusedAcks=%d quarantined=%d leaseLosses=%d earlyLosses=%d unknownDone=%d unknownTwice=%d pendingAtFault=%d recovery=%s redelivery=%s",
 		r.Attempted, r.AddedOK, r.AddErrors, r.AddUnknown, r.Completed, r.Runs, r.FailedRuns, r.Dead,
 		r.Lost, r.Unexpected, r.DupPending, r.DupOther, r.Reordered, r.EarlyStarts, r.Overlap,
-		r.LateAcks, r.StaleStarts, r.Refused, r.UnknownDone, r.UnknownTwice, r.PendingAtFault,
+		r.LateAcks, r.StaleStarts, r.Refused, r.Quarantined, r.LeaseLosses, r.EarlyLosses, r.UnknownDone, r.UnknownTwice, r.PendingAtFault,
 		fmtRecovery(r.Recovery), fmtRecovery(r.Redelivery))
 }
 
@@ -156,6 +159,7 @@ func checkHistory(events []faultEvent) faultReport {
 	var rep faultReport
 	var starts []faultEvent
 	var acks []faultEvent
+	var losses []int64 // when live processes reported a lost lease
 
 	for _, e := range events {
 		k := taskKey{e.Order, e.Seq}
@@ -208,6 +212,11 @@ func checkHistory(events []faultEvent) faultReport {
 			}
 		case evTerm, evFault:
 			faults = append(faults, e)
+		case evQuarantined:
+			rep.Quarantined++
+		case evLost:
+			rep.LeaseLosses++
+			losses = append(losses, e.Wall)
 		}
 	}
 	// Runs that never finished end with their process's death.
@@ -392,6 +401,11 @@ func checkHistory(events []faultEvent) faultReport {
 			break
 		}
 	}
+	for _, w := range losses {
+		if first == nil || w < first.Wall {
+			rep.EarlyLosses++
+		}
+	}
 	if first != nil {
 		f := *first
 		for _, s := range starts {
@@ -517,6 +531,16 @@ func TestCheckerDetectsEachViolation(t *testing.T) {
 		{"stale start", func() *histBuilder {
 			return base().runTask(10, 1, 0, "a", 1, "ok").lease(11, 2).runTask(10, 1, 1, "b", 1, "ok")
 		}, func(r faultReport) int { return r.StaleStarts }},
+		{"lease lost before any fault", func() *histBuilder {
+			b := base().runTask(10, 1, 0, "a", 1, "ok")
+			b.add(faultEvent{Ev: evLost, Pid: 10})
+			b.add(faultEvent{Ev: evKill, Pid: 10})
+			return b.add(faultEvent{Ev: evLost, Pid: 11}).lease(11, 2).runTask(11, 1, 1, "b", 1, "ok")
+		}, func(r faultReport) int { return r.EarlyLosses }},
+		{"quarantined record, which is no task", func() *histBuilder {
+			b := base().runTask(10, 1, 0, "a", 1, "ok").runTask(10, 1, 1, "b", 1, "ok")
+			return b.add(faultEvent{Ev: evQuarantined, ID: "bad:7"})
+		}, func(r faultReport) int { return r.Quarantined + r.Unexpected + r.Dead }},
 		{"unknown add completed twice", func() *histBuilder {
 			b := &histBuilder{}
 			b.lease(10, 1).add(faultEvent{Ev: evAdd, Pid: 1, Order: 2, Seq: 0})

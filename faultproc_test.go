@@ -65,6 +65,11 @@ type roleConfig struct {
 	Goroutines int           // concurrent producing goroutines, each owning Orders/Goroutines OrderIDs
 	PoisonAt   int           // when Poison is set, task seq PoisonAt of OrderID 0 carries it
 	Pause      time.Duration // each goroutine waits this long after each add
+	PayloadPad int           // bytes of padding in each payload
+	// RetryRefused makes the producer add a task (or batch) again, after
+	// 5ms, when Redis refused it (ErrRedisOOM, ErrWrongType): such an add
+	// wrote nothing, so a retry cannot duplicate it.
+	RetryRefused bool
 }
 
 // faultEvent is one line of a history. Wall is Unix nanoseconds; Mono is
@@ -84,28 +89,31 @@ type faultEvent struct {
 	Analyser int    `json:"analyser"`
 	N        int    `json:"n,omitempty"`
 	Err      string `json:"err,omitempty"`
+	Kind     string `json:"kind,omitempty"` // an error's kind (errKind)
 }
 
 // Event kinds.
 const (
-	evAdd     = "add"     // producer: about to add task (order, seq), in Batch if non-zero
-	evAdded   = "added"   // producer: AddTask of (order, seq) returned: Result ok or error
-	evBatch   = "batch"   // producer: AddTasks of Batch returned: Result ok or error
-	evStart   = "start"   // analyser: analyse call begins
-	evFinish  = "finish"  // analyser: analyse call returns: Result ok, error, panic, cancelled
-	evDead    = "dead"    // analyser: OnError reported the task dead-lettered
-	evLost    = "lost"    // analyser: OnError reported a lost lease
-	evLease   = "lease"   // analyser: Redis granted it a lease with Token
-	evAck     = "ack"     // analyser: ack script sent (Wall) with Token: Result ok (N acked) or refused or error
-	evExit    = "exit"    // any child: exiting normally
-	evLeak    = "leak"    // analyser: goroutines left after AnalysePool returned (Err lists them)
-	evKill    = "kill"    // harness: SIGKILL sent to Pid
-	evTerm    = "term"    // harness: SIGTERM sent to Pid
-	evStop    = "stop"    // harness: SIGSTOP sent to Pid
-	evCont    = "cont"    // harness: SIGCONT sent to Pid
-	evFault   = "fault"   // harness: a fault not tied to a child (server kill, proxy resets)
-	evPending = "pending" // harness: task ID was pending in Redis at the fault
-	evDeadRec = "deadrec" // harness: task ID is in the dead-letter store; Wall = when it died
+	evAdd         = "add"         // producer: about to add task (order, seq), in Batch if non-zero
+	evAdded       = "added"       // producer: AddTask of (order, seq) returned: Result ok or error
+	evBatch       = "batch"       // producer: AddTasks of Batch returned: Result ok or error
+	evStart       = "start"       // analyser: analyse call begins
+	evFinish      = "finish"      // analyser: analyse call returns: Result ok, error, panic, cancelled
+	evDead        = "dead"        // analyser: OnError reported the task dead-lettered
+	evLost        = "lost"        // analyser: OnError reported a lost lease
+	evLease       = "lease"       // analyser: Redis granted it a lease with Token
+	evAck         = "ack"         // analyser: ack script sent (Wall) with Token: Result ok (N acked) or refused or error
+	evExit        = "exit"        // any child: exiting normally
+	evLeak        = "leak"        // analyser: goroutines left after AnalysePool returned (Err lists them)
+	evPoolErr     = "poolerr"     // analyser: OnError reported a Redis error (Err, Kind)
+	evKill        = "kill"        // harness: SIGKILL sent to Pid
+	evTerm        = "term"        // harness: SIGTERM sent to Pid
+	evStop        = "stop"        // harness: SIGSTOP sent to Pid
+	evCont        = "cont"        // harness: SIGCONT sent to Pid
+	evFault       = "fault"       // harness: a fault not tied to a child (server kill, proxy resets)
+	evPending     = "pending"     // harness: task ID was pending in Redis at the fault
+	evDeadRec     = "deadrec"     // harness: task ID is in the dead-letter store; Wall = when it died
+	evQuarantined = "quarantined" // harness: a malformed record (field ID) is in the dead-letter store
 )
 
 // historyWriter appends events to a file, one write per event.
@@ -136,6 +144,21 @@ func (h *historyWriter) logAt(e faultEvent, at time.Time) {
 	h.buf = append(append(h.buf[:0], b...), '\n')
 	h.f.Write(h.buf)
 }
+
+// errKind classifies an error for a history: "oom" (ErrRedisOOM),
+// "wrongtype" (ErrWrongType), or "other".
+func errKind(err error) string {
+	switch {
+	case errors.Is(err, ErrRedisOOM):
+		return "oom"
+	case errors.Is(err, ErrWrongType):
+		return "wrongtype"
+	}
+	return "other"
+}
+
+// refused reports whether Redis refused a write and so made none.
+func refused(err error) bool { return errors.Is(err, ErrRedisOOM) || errors.Is(err, ErrWrongType) }
 
 // taskPayload is the payload of the suite's tasks: OrderID, per-order
 // sequence number, and a marker.
@@ -236,6 +259,7 @@ func runAnalyser(cfg roleConfig) error {
 			case errors.Is(err, ErrLeaseLost):
 				h.log(faultEvent{Ev: evLost, Analyser: cfg.Analyser, Err: err.Error()})
 			default:
+				h.log(faultEvent{Ev: evPoolErr, Analyser: cfg.Analyser, Err: err.Error(), Kind: errKind(err)})
 				logger.Warn("pool error", "err", err)
 			}
 		},
@@ -372,22 +396,32 @@ func runProducer(cfg roleConfig) error {
 				batchSeq.n++
 				b := batchSeq.n
 				batchSeq.Unlock()
-				for _, k := range keys {
-					k.Batch = b
-					h.log(k)
+				for {
+					for _, k := range keys {
+						k.Batch = b
+						h.log(k)
+					}
+					_, err := q.AddTasks(ctx, batch)
+					ev := faultEvent{Ev: evBatch, Batch: b, Result: "ok", N: len(batch)}
+					if err != nil {
+						ev.Result, ev.Err, ev.Kind = "error", err.Error(), errKind(err)
+					}
+					h.log(ev)
+					if err == nil || !cfg.RetryRefused || !refused(err) {
+						break
+					}
+					time.Sleep(5 * time.Millisecond)
+					batchSeq.Lock()
+					batchSeq.n++
+					b = batchSeq.n
+					batchSeq.Unlock()
 				}
-				_, err := q.AddTasks(ctx, batch)
-				ev := faultEvent{Ev: evBatch, Batch: b, Result: "ok", N: len(batch)}
-				if err != nil {
-					ev.Result, ev.Err = "error", err.Error()
-				}
-				h.log(ev)
 				batch, keys = batch[:0], keys[:0]
 			}
 			for seq := 0; seq < cfg.PerOrder; seq++ {
 				for o := gi; o < cfg.Orders; o += g {
 					order := uint64(cfg.FirstOrder + o)
-					mark := "x"
+					mark := "x" + strings.Repeat("p", cfg.PayloadPad)
 					if cfg.Poison != "" && order == 0 && seq == cfg.PoisonAt {
 						mark = cfg.Poison
 					}
@@ -401,13 +435,20 @@ func runProducer(cfg roleConfig) error {
 						}
 						continue
 					}
-					h.log(ev)
-					id, err := q.AddTask(ctx, order, p)
-					ev.Ev, ev.ID, ev.Result = evAdded, id, "ok"
-					if err != nil {
-						ev.Result, ev.Err = "error", err.Error()
+					for {
+						ev := ev
+						h.log(ev)
+						id, err := q.AddTask(ctx, order, p)
+						ev.Ev, ev.ID, ev.Result = evAdded, id, "ok"
+						if err != nil {
+							ev.Result, ev.Err, ev.Kind = "error", err.Error(), errKind(err)
+						}
+						h.log(ev)
+						if err == nil || !cfg.RetryRefused || !refused(err) {
+							break
+						}
+						time.Sleep(5 * time.Millisecond)
 					}
-					h.log(ev)
 					if cfg.Pause > 0 {
 						time.Sleep(cfg.Pause)
 					}

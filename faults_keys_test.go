@@ -18,33 +18,42 @@ import (
 // tests).
 
 // corruptKey puts a value of another Redis type (kind: "string", "hash" or
-// "list") in key, keeping what was there aside; restore puts it back.
+// "list") in key, keeping what was there aside; restore puts it back. Both
+// are atomic, so that a producer or pool running meanwhile cannot write in
+// between and have its write overwritten by the harness.
 func corruptKey(t testing.TB, s *testServer, key, kind string) (restore func()) {
 	t.Helper()
 	saved := key + ":saved"
-	had, err := redis.Int(s.do(t, "EXISTS", key), nil)
+	c := s.pool.Get()
+	defer c.Close()
+	_, err := corruptScript.Do(c, key, saved, kind)
 	require.NoError(t, err)
-	if had == 1 {
-		s.do(t, "RENAME", key, saved)
-	}
-	switch kind {
-	case "string":
-		s.do(t, "SET", key, "not a queue value")
-	case "hash":
-		s.do(t, "HSET", key, "not", "a queue value")
-	case "list":
-		s.do(t, "RPUSH", key, "not a queue value")
-	default:
-		t.Fatalf("kind %q", kind)
-	}
 	return func() {
 		t.Helper()
-		s.do(t, "DEL", key)
-		if had == 1 {
-			s.do(t, "RENAME", saved, key)
-		}
+		c := s.pool.Get()
+		defer c.Close()
+		_, err := restoreScript.Do(c, key, saved)
+		require.NoError(t, err)
 	}
 }
+
+// corruptScript moves KEYS[1] to KEYS[2] and puts a value of type ARGV[1]
+// in its place.
+var corruptScript = redis.NewScript(2, `
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[2]) end
+if ARGV[1] == 'string' then redis.call('SET', KEYS[1], 'not a queue value')
+elseif ARGV[1] == 'hash' then redis.call('HSET', KEYS[1], 'not', 'a queue value')
+elseif ARGV[1] == 'list' then redis.call('RPUSH', KEYS[1], 'not a queue value')
+else return redis.error_reply('kind ' .. ARGV[1]) end
+return 1
+`)
+
+// restoreScript undoes corruptScript.
+var restoreScript = redis.NewScript(2, `
+redis.call('DEL', KEYS[1])
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[1]) end
+return 1
+`)
 
 // wrongTypeEnv is the world of one wrong-type case.
 type wrongTypeEnv struct {
@@ -228,4 +237,193 @@ func wrongTypeErrors(errs []string) int {
 		}
 	}
 	return n
+}
+
+// malformedPending returns pending records that do not decode, by field:
+// no body, no or a bad claim seq, a body that is not a task, a body that
+// is another task.
+func malformedPending() map[string][]byte {
+	other := encodeTask(Task{ID: "zzz00000000000000000", OrderID: 1, AddedAt: time.UnixMilli(1), Payload: []byte("p")}, 0)
+	return map[string][]byte{
+		"bad:1":                []byte("7:"),
+		"bad:2":                []byte("7+:"),
+		"bad:3":                []byte("no seq at all"),
+		"bad:4":                append([]byte("x:"), other...),
+		"bad:5":                append([]byte("07:"), other...),
+		"bad:6":                []byte("7:garbage"),
+		"ccc00000000000000000": append([]byte("8:"), other...),
+	}
+}
+
+// malformedDead returns dead records that do not decode, by field.
+func malformedDead() map[string][]byte {
+	return map[string][]byte{
+		"junk:1": []byte("garbage"),
+		"junk:2": {},
+		"junk:3": {deadVersion},
+		"junk:4": {deadVersion, 1, 1, 0x7f, 'a'}, // the message runs past the end
+	}
+}
+
+func TestFaultMalformedData(t *testing.T) {
+	e := newFaultEnv(t, 1, false)
+	const orders, per = 100, 100
+	total := orders * per
+	k := newQueueKeys(e.prefix, 0, 0)
+	srv := &testServer{pool: e.pool}
+	acfg := e.analyserConfig(0)
+	a1 := e.spawn("analyser", acfg)
+	pcfg := produce(orders, per)
+	pcfg.Pause = 2 * time.Millisecond // production spans the faults
+	pcfg.RetryRefused = true          // an add refused for a key of the wrong type wrote nothing
+	p := e.spawn("producer", pcfg)
+	e.waitProcessed(1, 30*time.Second)
+	e.event(faultEvent{Ev: evFault})
+
+	// Garbage in the ready list, between real tasks.
+	var want []string // the raw bytes of every record to be quarantined
+	for _, g := range garbageEntries() {
+		srv.do(t, "LPUSH", k.ready, g)
+		want = append(want, string(g))
+	}
+	// Keys of the wrong type, each for a moment: the pool and the
+	// producer must carry on once the key is valid again.
+	// Resumed means 100 tasks acknowledged beyond a full prefetch window
+	// (256 tasks, whose acks may have waited for the key).
+	const moment, window = 300 * time.Millisecond, 256
+	var resumed []time.Duration
+	for _, c := range []struct{ key, kind string }{
+		{k.ready, "string"}, {k.ready, "hash"}, {k.pending, "list"}, {k.meta, "string"},
+	} {
+		restore := corruptKey(t, srv, c.key, c.kind)
+		time.Sleep(moment)
+		restore()
+		at, n := time.Now(), e.processed()
+		e.waitProcessed(n+window+100, 30*time.Second)
+		resumed = append(resumed, time.Since(at).Round(time.Millisecond))
+	}
+	// Records that do not decode in the pending hash and the dead-letter
+	// store. Pending records are read by the next owner: hand over.
+	for f, v := range malformedPending() {
+		srv.do(t, "HSET", k.pending, f, v)
+		want = append(want, string(v))
+	}
+	for f, v := range malformedDead() {
+		srv.do(t, "HSET", k.dead, f, v)
+		want = append(want, string(v))
+	}
+	a2 := e.spawn("analyser", acfg)
+	e.terminate(a1)
+	e.waitExit(a1, 15*time.Second) // exit status 0: no panic
+	e.drain([]*child{p}, []*child{a2}, 60*time.Second)
+
+	events := e.events()
+	r := checkHistory(events)
+	var refusedAdds, otherAddErrs int
+	reports := map[string]int{}
+	for _, x := range events {
+		switch {
+		case (x.Ev == evAdded || x.Ev == evBatch) && x.Result == "error" && x.Kind == "wrongtype":
+			refusedAdds++
+		case (x.Ev == evAdded || x.Ev == evBatch) && x.Result == "error":
+			otherAddErrs++
+		case x.Ev == evPoolErr:
+			reports[x.Kind]++
+		}
+	}
+	dead, err := e.q.Dead(context.Background(), 0)
+	require.NoError(t, err)
+	var got []string
+	where := map[string]int{}
+	for _, d := range dead {
+		require.NotNil(t, d.Raw, "only malformed records are dead: %s %q", d.ID, d.Err)
+		got = append(got, string(d.Raw))
+		prefix, _, _ := strings.Cut(d.Err, ":")
+		where[prefix]++
+	}
+	t.Logf("%d garbage ready entries, 4 keys of the wrong type for %v each (resumed %v after each), %d bad pending and %d bad dead records: %d quarantined %v; %d adds refused and retried, %d other add errors; the pool reported %v: %v",
+		len(garbageEntries()), moment, resumed, len(malformedPending()), len(malformedDead()), r.Quarantined, where, refusedAdds, otherAddErrs, reports, r)
+	assert.Equal(t, len(want), r.Quarantined)
+	assert.ElementsMatch(t, want, got, "every malformed record in the dead-letter store with its raw bytes")
+	clean := r
+	clean.Quarantined = 0
+	requireClean(t, clean)
+	assert.Equal(t, total, r.AddedOK, "every task added in the end")
+	assert.Equal(t, total, r.Completed)
+	assert.Zero(t, r.DupPending+r.DupOther, "no duplicates: no crash")
+	assert.Positive(t, refusedAdds, "adds refused while the ready list had the wrong type")
+	assert.Zero(t, otherAddErrs)
+	assert.Positive(t, reports["wrongtype"], "the pool reported the keys of the wrong type")
+	assert.Less(t, reports["wrongtype"]+reports["other"], 200, "reports back off rather than spin")
+	// The store stays usable: Replay leaves malformed records, Purge drops them.
+	n, err := e.q.Replay(context.Background(), 0)
+	require.NoError(t, err)
+	assert.Zero(t, n, "malformed records are not replayed")
+	n, err = e.q.Purge(context.Background(), 0)
+	require.NoError(t, err)
+	assert.Equal(t, len(want), n)
+}
+
+// A malformed record is quarantined under its field. One written under the
+// field of a record already in the dead-letter store replaced it: garbage
+// in a pending hash under a dead task's ID erased that task's dead letter
+// (the fault suite's garbage under "bad:N" replaced a ready entry
+// quarantined under the same name). A quarantined record (one with no
+// delivery) now takes the next free field, "<field>#2", "#3", ..., and a
+// task that dies moves what was under its ID there.
+func TestQuarantineReplacesNoDeadRecord(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	ids := addAll(t, q, orderTasks(1, 1))
+	c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 1})
+	require.NoError(t, err)
+	got, err := c.Claim(ctx, 1)
+	require.NoError(t, err)
+	dead, err := c.Fail(ctx, got[0], errors.New("boom"))
+	require.NoError(t, err)
+	require.True(t, dead)
+	require.NoError(t, c.Release(ctx))
+	s.do(t, "HSET", k.dead, "bad:1", "quarantined before")
+	s.do(t, "HSET", k.pending, ids[0], "9:garbage under a dead task's ID", "bad:1", "7:")
+
+	c, err = q.Consume(ctx, 0, ConsumerConfig{}) // recovers the pending hash
+	require.NoError(t, err)
+	require.NoError(t, c.Release(ctx))
+	list, err := q.Dead(ctx, 0)
+	require.NoError(t, err)
+	byID := map[string]DeadTask{}
+	for _, d := range list {
+		byID[d.ID] = d
+	}
+	require.Len(t, byID, 4, "%v", list)
+	assert.Nil(t, byID[ids[0]].Raw, "the dead task keeps its record")
+	assert.Equal(t, pl(0, 0), string(byID[ids[0]].Payload))
+	assert.Equal(t, "9:garbage under a dead task's ID", string(byID[ids[0]+"#2"].Raw))
+	assert.Equal(t, "quarantined before", string(byID["bad:1"].Raw))
+	assert.Equal(t, "7:", string(byID["bad:1#2"].Raw))
+
+	// A task that dies where a quarantined record sits moves it aside.
+	next := addAll(t, q, orderTasks(1, 1))
+	c, err = q.Consume(bounded(t), 0, ConsumerConfig{MaxAttempts: 1})
+	require.NoError(t, err)
+	s.do(t, "HSET", k.dead, next[0], "garbage")
+	got, err = c.Claim(ctx, 1)
+	require.NoError(t, err)
+	require.Len(t, got, 1)
+	_, err = c.Fail(ctx, got[0], errors.New("boom"))
+	require.NoError(t, err)
+	list, err = q.Dead(ctx, 0)
+	require.NoError(t, err)
+	byID = map[string]DeadTask{}
+	for _, d := range list {
+		byID[d.ID] = d
+	}
+	require.Len(t, byID, 6)
+	assert.Nil(t, byID[next[0]].Raw)
+	assert.Equal(t, "garbage", string(byID[next[0]+"#2"].Raw))
+	n, err := q.Replay(ctx, 0, next[0])
+	require.NoError(t, err)
+	assert.Equal(t, 1, n, "the task replays by its ID")
+	require.NoError(t, c.Release(ctx))
 }
