@@ -379,7 +379,8 @@ func drainSize() int {
 // OrderIDs added with one AddTasks call, then drained by AnalysePool
 // (ExitOnEmpty) with a no-op function. One op is one such run. It reports
 // tasks/s from the first add to the last ack, drain-tasks/s for the drain
-// alone, and the drain's allocations per task. Compare with BenchmarkRawDrain.
+// alone, add-tasks/s for the AddTasks call alone, and the drain's
+// allocations per task. Compare with BenchmarkRawDrain.
 func BenchmarkDrain(b *testing.B) {
 	for _, w := range []int{1, 8, 64} {
 		b.Run(fmt.Sprintf("workers=%d", w), func(b *testing.B) {
@@ -524,6 +525,7 @@ func benchDrain(b *testing.B, q *Queue, workers, n int) {
 	total := b.N * len(tasks)
 	reportRate(b, total, adding+draining, "tasks/s")
 	reportRate(b, total, draining, "drain-tasks/s")
+	reportRate(b, total, adding, "add-tasks/s")
 	b.ReportMetric(float64(allocs)/float64(total), "drain-allocs/task")
 	cpu.report(b, total)
 }
