@@ -209,24 +209,42 @@ func (q *Queue) checkPayload(p []byte) error {
 	return nil
 }
 
+// admit refuses a call on a closed queue or with a payload out of bounds.
+func (q *Queue) admit(payload []byte) error {
+	if q.closed.Load() {
+		return ErrClosed
+	}
+	return q.checkPayload(payload)
+}
+
+// routeChecked returns the partition and queue of orderID, with the
+// partition's layout verified (recorded on first use).
+func (q *Queue) routeChecked(ctx context.Context, orderID uint64) (pi, qi int, p *partition, err error) {
+	pi, qi = q.Route(orderID)
+	p = q.parts[pi]
+	return pi, qi, p, q.checkLayout(ctx, p)
+}
+
+// newEntry makes a new task ID and the encoded task for orderID.
+func (q *Queue) newEntry(orderID uint64, payload []byte) (id string, entry []byte) {
+	id = q.ids.next()
+	entry = appendEntry(make([]byte, 0, entryHeader+24+len(payload)), id, orderID, time.Now().UnixMilli(), 0, payload)
+	return id, entry
+}
+
 // AddTask enqueues payload for orderID and returns the new task's ID. When
 // it returns nil the task is in Redis and will reach an analyse function.
 // It is safe for concurrent use: calls made at the same time from many
 // goroutines share pipelined round trips, so each costs about one LPUSH.
 func (q *Queue) AddTask(ctx context.Context, orderID uint64, payload []byte) (string, error) {
-	if q.closed.Load() {
-		return "", ErrClosed
-	}
-	if err := q.checkPayload(payload); err != nil {
+	if err := q.admit(payload); err != nil {
 		return "", err
 	}
-	pi, qi := q.Route(orderID)
-	p := q.parts[pi]
-	if err := q.checkLayout(ctx, p); err != nil {
+	pi, qi, p, err := q.routeChecked(ctx, orderID)
+	if err != nil {
 		return "", err
 	}
-	id := q.ids.next()
-	entry := appendEntry(make([]byte, 0, entryHeader+24+len(payload)), id, orderID, time.Now().UnixMilli(), 0, payload)
+	id, entry := q.newEntry(orderID, payload)
 	if err := q.adders[pi].add(ctx, p.pool, q.ready[pi][qi], entry); err != nil {
 		return "", redisErr(fmt.Sprintf("add task to partition %d queue %d", pi, qi), err)
 	}
@@ -294,10 +312,7 @@ func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 
 // pushPartition LPUSHes entries (per queue) to partition pi in one pipeline.
 func (q *Queue) pushPartition(ctx context.Context, pi int, queues [][]any) error {
-	p := q.parts[pi]
-	if err := q.checkLayout(ctx, p); err != nil {
-		return err
-	}
+	p := q.parts[pi] // AddTasks verified its layout
 	what := fmt.Sprintf("add tasks to partition %d", pi)
 	conn, err := p.pool.GetContext(ctx)
 	if err != nil {

@@ -86,23 +86,18 @@ return {1, ARGV[1]}
 // a PX expiry, beside the queue's keys) until the window ends. It is safe
 // for concurrent use and costs one round trip.
 func (q *Queue) AddTaskOnce(ctx context.Context, orderID uint64, key string, window time.Duration, payload []byte) (id string, added bool, err error) {
-	if q.closed.Load() {
-		return "", false, ErrClosed
-	}
-	if err := q.checkPayload(payload); err != nil {
+	if err := q.admit(payload); err != nil {
 		return "", false, err
 	}
 	if key == "" || window <= 0 {
 		return "", false, fmt.Errorf("%w: AddTaskOnce needs a key and a positive window", ErrBadConfig)
 	}
-	pi, qi := q.Route(orderID)
-	p := q.parts[pi]
-	if err := q.checkLayout(ctx, p); err != nil {
+	pi, qi, p, err := q.routeChecked(ctx, orderID)
+	if err != nil {
 		return "", false, err
 	}
 	k := newQueueKeys(q.cfg.Prefix, pi, qi)
-	id = q.ids.next()
-	entry := appendEntry(nil, id, orderID, time.Now().UnixMilli(), 0, payload)
+	id, entry := q.newEntry(orderID, payload)
 	what := fmt.Sprintf("add task once to partition %d queue %d", pi, qi)
 	r, err := onPartition(ctx, p, what, func(c redis.Conn) ([]any, error) {
 		return redis.Values(addOnceScript.DoContext(ctx, c, k.ready, k.dedup(orderID, key), id, entry, max(window.Milliseconds(), 1)))
@@ -122,10 +117,8 @@ func (q *Queue) AddTaskOnce(ctx context.Context, orderID uint64, key string, win
 // for concurrent use and costs one round trip per partition.
 func (q *Queue) Ping(ctx context.Context) error {
 	for _, p := range q.parts {
-		if _, err := onPartition(ctx, p, fmt.Sprintf("ping partition %d", p.index), func(c redis.Conn) (any, error) {
-			return redis.DoContext(c, ctx, "PING")
-		}); err != nil {
-			return err
+		if err := ping(ctx, p.pool); err != nil {
+			return redisErr(fmt.Sprintf("ping partition %d", p.index), err)
 		}
 	}
 	return nil
