@@ -308,25 +308,36 @@ func (q *Queue) Pending(ctx context.Context, analyser int) ([]Task, error) {
 // MaxAttempts deliveries, and records that do not decode, go to the
 // dead-letter store. It returns how many tasks it requeued.
 func (c *Consumer) recover(ctx context.Context) (int, error) {
-	recs, err := readPending(ctx, c.part, c.keys, c.what("recover pending of"))
+	return c.putBackPending(ctx, "recover", true)
+}
+
+// putBackPending puts every pending task back at the consuming end in
+// claim order, and moves records that do not decode to the dead-letter
+// store; op names the step in errors and dead records. As a redelivery it
+// counts the interrupted delivery and dead-letters tasks that used up
+// MaxAttempts; otherwise (the tasks of a claim whose reply was lost, which
+// delivered nothing) the counts stay as recorded. It returns how many
+// tasks it put back.
+func (c *Consumer) putBackPending(ctx context.Context, op string, redelivery bool) (int, error) {
+	recs, err := readPending(ctx, c.part, c.keys, c.what(op+" pending of"))
 	if err != nil {
 		return 0, err
 	}
 	var back []claimed
 	var dead []any
 	for _, r := range recs {
-		// Count the interrupted delivery of a task pending for the first
-		// time, started or not. A task delivered before had its delivery
-		// recorded when it started (Consumer.recordDelivery); without that
-		// record it never started, and is not charged.
 		n := r.deliveries
-		if n == 0 && !r.accounted {
+		if redelivery && n == 0 && !r.accounted {
+			// Count the interrupted delivery of a task pending for the
+			// first time, started or not. A task delivered before had its
+			// delivery recorded when it started (Consumer.recordDelivery);
+			// without that record it never started, and is not charged.
 			n = 1
 		}
 		switch {
 		case r.err != nil:
-			dead = append(dead, r.field, encodeDead(r.raw, 0, "recover: "+r.err.Error()))
-		case n >= c.cfg.MaxAttempts:
+			dead = append(dead, r.field, encodeDead(r.raw, 0, op+": "+r.err.Error()))
+		case redelivery && n >= c.cfg.MaxAttempts:
 			msg := fmt.Sprintf("delivered %d times without finishing (the owner crashed or lost its lease)", n)
 			dead = append(dead, r.field, encodeDead(encodeTask(r.Task, n), n, msg))
 		default:
@@ -337,5 +348,5 @@ func (c *Consumer) recover(ctx context.Context) (int, error) {
 	if err := c.bury(ctx, dead); err != nil {
 		return 0, err
 	}
-	return len(back), c.requeue(ctx, back, true)
+	return len(back), c.requeue(ctx, back, redelivery)
 }

@@ -263,25 +263,7 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 // claim whose reply was lost (Redis moved the tasks, this process never
 // saw them): then every pending task is one of those.
 func (s *session) resync(ctx context.Context) (int, error) {
-	c := s.c
-	recs, err := readPending(ctx, c.part, c.keys, c.what("resync pending of"))
-	if err != nil {
-		return 0, err
-	}
-	var back []claimed
-	var dead []any
-	for _, r := range recs {
-		if r.err != nil {
-			dead = append(dead, r.field, encodeDead(r.raw, 0, "resync: "+r.err.Error()))
-			continue
-		}
-		r.Attempt = r.deliveries // the lost claim delivered nothing
-		back = append(back, r.claimed)
-	}
-	if err := c.bury(ctx, dead); err != nil {
-		return 0, err
-	}
-	return len(back), c.requeue(ctx, back, false)
+	return s.c.putBackPending(ctx, "resync", false)
 }
 
 // dispatch hands tasks to their workers, keeping claim order per worker.
