@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -227,17 +228,15 @@ func (c *Consumer) Release(ctx context.Context) error {
 
 // Token returns the fencing token of the lease this Consumer holds.
 func (c *Consumer) Token() int64 {
-	t, _ := strconv.ParseInt(c.lease[:max(0, indexByte(c.lease, ':'))], 10, 64)
+	t, _ := parseLease(c.lease)
 	return t
 }
 
-func indexByte(s string, b byte) int {
-	for i := 0; i < len(s); i++ {
-		if s[i] == b {
-			return i
-		}
-	}
-	return -1
+// parseLease splits a lease value, "<fencing token>:<owner>".
+func parseLease(v string) (token int64, owner string) {
+	tok, owner, _ := strings.Cut(v, ":")
+	token, _ = strconv.ParseInt(tok, 10, 64)
+	return token, owner
 }
 
 // RemoveTask claims the next task: it moves it from the ready list into

@@ -3,8 +3,6 @@ package queue
 import (
 	"context"
 	"fmt"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -63,9 +61,7 @@ func (q *Queue) Stats(ctx context.Context) ([]QueueStats, error) {
 					s.Processed, s.Failed, s.Redelivered = m[0], m[1], m[2]
 				}
 				if lease, err := redis.String(r[4], nil); err == nil {
-					tok, owner, _ := strings.Cut(lease, ":")
-					s.Token, _ = strconv.ParseInt(tok, 10, 64)
-					s.Owner = owner
+					s.Token, s.Owner = parseLease(lease)
 				}
 				if ms, _ := redis.Int64(r[5], nil); ms > 0 {
 					s.LeaseLeft = time.Duration(ms) * time.Millisecond
