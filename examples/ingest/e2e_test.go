@@ -175,6 +175,10 @@ func TestEndToEnd(t *testing.T) {
 	}
 	require.NoError(t, a.cmd.Process.Signal(syscall.SIGKILL))
 	<-a.done
+	// Count again now that it is dead: it may have acked those tasks
+	// between the look and the kill.
+	pending = pendingOf(ctx, app.srv.q, 0, 1)
+	require.GreaterOrEqual(t, pending, 0, "read the pending tasks")
 	t.Logf("killed analyser 0-1 (pid %d) with %d rows in and %d of its tasks pending", a.cmd.Process.Pid, countRows(ctx, pg), pending)
 	a = analyser("0-1")
 
@@ -281,7 +285,7 @@ func TestEndToEnd(t *testing.T) {
 			processed += s.Processed
 		}
 		assert.GreaterOrEqual(t, processed, int64(e2eTasks), "acks, counting redeliveries")
-		assert.Positive(t, stats[0].Redelivered+stats[1].Redelivered, "the killed analyser's pending tasks were redelivered")
+		assert.GreaterOrEqual(t, stats[0].Redelivered+stats[1].Redelivered, int64(pending), "the killed analyser's pending tasks were redelivered")
 		t.Logf("stats: %+v", stats)
 	})
 
