@@ -244,7 +244,7 @@ func parseLease(v string) (token int64, owner string) {
 // Ack, Fail or Requeue. It returns ErrNoTask when the queue is empty, and
 // never waits; see Wait. Costs one round trip.
 func (c *Consumer) RemoveTask(ctx context.Context) (Task, error) {
-	ts, err := c.claim(ctx, 1)
+	ts, err := c.claim(ctx, 1, nil)
 	if err == nil {
 		err = c.recordRedeliveries(ctx, ts)
 	}
@@ -262,7 +262,7 @@ func (c *Consumer) RemoveTask(ctx context.Context) (Task, error) {
 // empty. Malformed records met on the way are moved to the dead-letter
 // store and not returned.
 func (c *Consumer) Claim(ctx context.Context, max int) ([]Task, error) {
-	cs, err := c.claim(ctx, max)
+	cs, err := c.claim(ctx, max, nil)
 	if err == nil {
 		err = c.recordRedeliveries(ctx, cs)
 	}
@@ -298,33 +298,37 @@ func (c *Consumer) recordRedeliveries(ctx context.Context, ts []claimed) error {
 	return nil
 }
 
-// claim claims up to n tasks. When every record it took was malformed
-// (and so dead-lettered), it claims again: an empty result always means
-// an empty queue.
-func (c *Consumer) claim(ctx context.Context, n int) ([]claimed, error) {
+// claim claims up to n tasks, appending them to dst[:0] (nil, or a buffer
+// the caller reuses once it is done with the tasks). When every record it
+// took was malformed (and so dead-lettered), it claims again: an empty
+// result always means an empty queue.
+func (c *Consumer) claim(ctx context.Context, n int, dst []claimed) ([]claimed, error) {
 	for {
-		out, buried, err := c.claimOnce(ctx, n)
+		out, buried, err := c.claimOnce(ctx, n, dst)
 		if err != nil || len(out) > 0 || !buried {
 			return out, err
 		}
 	}
 }
 
-func (c *Consumer) claimOnce(ctx context.Context, n int) ([]claimed, bool, error) {
+func (c *Consumer) claimOnce(ctx context.Context, n int, dst []claimed) ([]claimed, bool, error) {
 	if n <= 0 {
-		return nil, false, nil
+		return dst[:0], false, nil
 	}
 	n = min(n, maxClaim)
 	r, err := redis.Values(c.script(ctx, "claim from", claimScript,
 		c.keys.ready, c.keys.pending, c.keys.lease, c.keys.meta, c.lease, c.ttlMS, n))
 	if err != nil || len(r) < 2 {
-		return nil, false, err
+		return dst[:0], false, err
 	}
 	first, err := redis.Int64(r[len(r)-1], nil)
 	if err != nil {
-		return nil, false, redisErr(c.what("claim from"), err)
+		return dst[:0], false, redisErr(c.what("claim from"), err)
 	}
-	out := make([]claimed, 0, len(r)-1)
+	out := dst[:0]
+	if cap(out) < len(r)-1 {
+		out = make([]claimed, 0, len(r)-1)
+	}
 	var bad []any
 	// The reply's buffers are the claimer's own: payloads keep pointing
 	// into them, and the IDs share one string.

@@ -30,14 +30,25 @@ type session struct {
 
 	inflight atomic.Int64  // tasks claimed and not finished
 	freed    chan struct{} // signalled when inflight falls
-	acks     chan string   // pending fields to acknowledge
-	unacked  atomic.Int64  // tasks finished ok whose ack Redis has not confirmed
-	per      [][]claimed   // dispatch's buffers, one per worker (fetcher only)
+	lowWater int64         // the fetcher claims again once this many slots are free
+
+	ackMu     sync.Mutex
+	ackBuf    []string      // pending fields of finished tasks the acker has not taken
+	ackClosed bool          // no more acks come
+	ackWake   chan struct{} // signalled when ackBuf stops being empty, or closes
+	unacked   atomic.Int64  // tasks finished ok whose ack Redis has not confirmed
+	per       [][]claimed   // dispatch's buffers, one per worker (fetcher only)
+	claimBuf  []claimed     // the claim buffer, reused once dispatched (fetcher only)
 
 	lost     chan struct{} // closed when the lease is lost
 	lostOnce sync.Once
 	stop     chan struct{} // closed when the graceful stop begins
 	stopOnce sync.Once
+	// isLost and halted are set just before lost (and, for halted, stop)
+	// is closed: the workers ask them once per task, which a select on the
+	// channels made cost more than an atomic load.
+	isLostFlag atomic.Bool
+	halted     atomic.Bool
 
 	born     time.Time    // when the session began (monotonic clock)
 	deadline atomic.Int64 // when the lease must be taken as lost unless renewed, as time since born
@@ -51,10 +62,11 @@ type session struct {
 func newSession(c *Consumer, cfg PoolConfig, fn AnalyseFunc) *session {
 	s := &session{
 		c: c, cfg: cfg, fn: fn,
-		freed: make(chan struct{}, 1),
-		acks:  make(chan string, cfg.Prefetch),
-		lost:  make(chan struct{}),
-		stop:  make(chan struct{}),
+		freed:    make(chan struct{}, 1),
+		lowWater: int64(max(1, cfg.Prefetch/4)),
+		ackWake:  make(chan struct{}, 1),
+		lost:     make(chan struct{}),
+		stop:     make(chan struct{}),
 	}
 	s.born = time.Now()
 	s.setDeadline(s.born.Add(cfg.LeaseTTL - cfg.LeaseTTL/5)) // as renew computes it
@@ -69,20 +81,15 @@ func newSession(c *Consumer, cfg PoolConfig, fn AnalyseFunc) *session {
 
 func (s *session) loseLease() {
 	s.lostOnce.Do(func() {
+		s.isLostFlag.Store(true)
+		s.halted.Store(true)
 		close(s.lost)
 		s.cancelTask()
 		s.cancelLease()
 	})
 }
 
-func (s *session) isLost() bool {
-	select {
-	case <-s.lost:
-		return true
-	default:
-		return false
-	}
-}
+func (s *session) isLost() bool { return s.isLostFlag.Load() }
 
 // setDeadline records when the lease must be taken as lost unless renewed.
 func (s *session) setDeadline(t time.Time) { s.deadline.Store(int64(t.Sub(s.born))) }
@@ -96,15 +103,71 @@ func (s *session) leaseValid(now time.Time) bool {
 	return now.Sub(s.born) < time.Duration(s.deadline.Load())
 }
 
-func (s *session) beginStop() { s.stopOnce.Do(func() { close(s.stop) }) }
+func (s *session) beginStop() {
+	s.stopOnce.Do(func() {
+		s.halted.Store(true)
+		close(s.stop)
+	})
+}
 
-// release returns n slots of the prefetch window.
+// release returns n slots of the prefetch window. It wakes the fetcher
+// only when that lets it claim (or when nothing is in flight, which the
+// drain and resync checks wait for): a wake-up per finished task cost a
+// goroutine switch each.
 func (s *session) release(n int) {
-	s.inflight.Add(int64(-n))
+	left := s.inflight.Add(int64(-n))
+	if left == 0 || int64(s.cfg.Prefetch)-left >= s.lowWater {
+		notify(s.freed)
+	}
+}
+
+// notify wakes the receiver of a 1-buffered channel, if none is pending.
+func notify(c chan struct{}) {
 	select {
-	case s.freed <- struct{}{}:
+	case c <- struct{}{}:
 	default:
 	}
+}
+
+// ack hands a finished task's pending field to the acker. One mutex per
+// task, not a channel send: the acker takes the whole buffer at once.
+func (s *session) ack(field string) {
+	s.unacked.Add(1)
+	s.ackMu.Lock()
+	wake := len(s.ackBuf) == 0
+	s.ackBuf = append(s.ackBuf, field)
+	s.ackMu.Unlock()
+	if wake {
+		notify(s.ackWake)
+	}
+}
+
+// closeAcks tells the acker that no more acks come; it acknowledges what
+// it holds, then returns.
+func (s *session) closeAcks() {
+	s.ackMu.Lock()
+	s.ackClosed = true
+	s.ackMu.Unlock()
+	notify(s.ackWake)
+}
+
+// takeAcks waits for finished tasks and returns their fields, swapping in
+// spare as the new buffer; it returns nil once the acks are closed and
+// every one has been taken.
+func (s *session) takeAcks(spare []string) []string {
+	s.ackMu.Lock()
+	for len(s.ackBuf) == 0 && !s.ackClosed {
+		s.ackMu.Unlock()
+		<-s.ackWake
+		s.ackMu.Lock()
+	}
+	got := s.ackBuf
+	s.ackBuf = spare[:0]
+	s.ackMu.Unlock()
+	if len(got) == 0 {
+		return nil
+	}
+	return got
 }
 
 func (s *session) run(ctx context.Context) sessionEnd {
@@ -142,7 +205,7 @@ func (s *session) run(ctx context.Context) sessionEnd {
 		s.beginStop()
 		workWG.Wait()
 	}
-	close(s.acks)
+	s.closeAcks()
 	ackWG.Wait()
 	stopRenew()
 	renewWG.Wait()
@@ -169,7 +232,7 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 		case <-waitCtx.Done():
 		}
 	}()
-	lowWater := int64(max(1, s.cfg.Prefetch/4))
+	lowWater := s.lowWater
 	block := min(s.cfg.LeaseTTL/2, time.Second)
 	var b backoff
 	resync := false // a claim failed, and Redis may have made it
@@ -211,14 +274,16 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 		}
 		in := s.inflight.Load()
 		free := int64(s.cfg.Prefetch) - in
-		if free < lowWater && in > 0 {
+		// Wait for free slots, and while acks Redis has not taken pile up
+		// (Redis refuses them, say): claims stop there, as pending grows.
+		if free < lowWater && in > 0 || s.unacked.Load() > int64(s.cfg.Prefetch) {
 			select {
 			case <-s.freed:
 			case <-waitCtx.Done():
 			}
 			continue
 		}
-		tasks, err := s.c.claim(leaseCtx, int(free))
+		tasks, err := s.c.claim(leaseCtx, int(free), s.claimBuf)
 		if err != nil {
 			if errors.Is(err, ErrLeaseLost) {
 				s.loseLease()
@@ -253,7 +318,9 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 			continue
 		}
 		s.inflight.Add(int64(len(tasks)))
-		s.dispatch(tasks)
+		s.dispatch(tasks) // copies them
+		clear(tasks)      // let go of the reply they point into
+		s.claimBuf = tasks[:0]
 	}
 }
 
@@ -319,45 +386,45 @@ func (s *session) handBack(ctx context.Context, tasks []claimed) {
 }
 
 // ackLoop acknowledges finished tasks in batches: it waits for one, takes
-// every other one already queued, and acknowledges them in one call.
+// every one finished by then, and acknowledges them, maxClaim to a call.
 func (s *session) ackLoop(ctx context.Context) {
-	batch := make([]string, 0, maxClaim)
+	spare := make([]string, 0, maxClaim)
 	var b backoff
-	for id := range s.acks {
-		batch = append(batch[:0], id)
-	more:
-		for len(batch) < maxClaim {
-			select {
-			case id, ok := <-s.acks:
-				if !ok {
-					break more
-				}
-				batch = append(batch, id)
-			default:
-				break more
-			}
+	for {
+		got := s.takeAcks(spare)
+		if got == nil {
+			return
 		}
-		for !s.isLost() {
-			_, err := s.c.Ack(ctx, batch...)
-			if err == nil {
-				b.reset()
-				break
-			}
-			if errors.Is(err, ErrLeaseLost) {
-				s.loseLease()
-				break
-			}
-			s.cfg.OnError(err)
-			if b.wait(ctx) != nil {
-				break
-			}
+		for batch := got; len(batch) > 0; {
+			n := min(len(batch), maxClaim)
+			s.ackBatch(ctx, batch[:n], &b)
+			batch = batch[n:]
 		}
-		s.unacked.Add(-int64(len(batch)))
-		select {
-		case s.freed <- struct{}{}:
-		default:
+		clear(got)
+		spare = got[:0]
+	}
+}
+
+// ackBatch acknowledges one batch, retrying Redis errors until it succeeds
+// or the lease is lost, then counts it as confirmed and wakes the fetcher.
+func (s *session) ackBatch(ctx context.Context, batch []string, b *backoff) {
+	for !s.isLost() {
+		_, err := s.c.Ack(ctx, batch...)
+		if err == nil {
+			b.reset()
+			break
+		}
+		if errors.Is(err, ErrLeaseLost) {
+			s.loseLease()
+			break
+		}
+		s.cfg.OnError(err)
+		if b.wait(ctx) != nil {
+			break
 		}
 	}
+	s.unacked.Add(-int64(len(batch)))
+	notify(s.freed)
 }
 
 // renew keeps the lease until ctx ends. When it cannot renew before the

@@ -131,16 +131,9 @@ func (w *worker) takeAll() []claimed {
 	return out
 }
 
-func (w *worker) stopping() bool {
-	select {
-	case <-w.s.stop:
-		return true
-	case <-w.s.lost:
-		return true
-	default:
-		return false
-	}
-}
+// stopping reports whether the session stops (gracefully or with the
+// lease lost): the worker starts nothing more.
+func (w *worker) stopping() bool { return w.s.halted.Load() }
 
 // next returns the next OrderID to run and its task, marking it running,
 // or when none is due, the time the earliest delayed one is due (zero if
@@ -234,8 +227,7 @@ func (w *worker) runOne(o *orderQueue, t claimed, now time.Time) {
 	case s.isLost():
 		return // the next owner has it; drop everything
 	case err == nil:
-		s.unacked.Add(1)
-		s.acks <- t.field
+		s.ack(t.field)
 		if c := s.cfg.Counters; c != nil {
 			(*c.processed.Load())[w.index].Add(1)
 		}
