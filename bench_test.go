@@ -66,7 +66,7 @@ func queueKeyNames(q *Queue, pi int) []any {
 	keys := []any{layoutKey(q.cfg.Prefix)}
 	for qi := 0; qi < q.cfg.Queues; qi++ {
 		k := newQueueKeys(q.cfg.Prefix, pi, qi)
-		keys = append(keys, k.ready, k.pending, k.dead, k.lease, k.meta, k.wake)
+		keys = append(keys, k.ready, k.pending, k.order, k.dead, k.lease, k.meta, k.wake)
 	}
 	return keys
 }
@@ -466,6 +466,15 @@ func (m *cpuMeter) report(b *testing.B, tasks int) {
 	}
 }
 
+// reportCores reports how many cores this process and the servers kept
+// busy on average over wall: on a machine with C cores, a figure near C
+// says the run was bound by CPU, whatever the number of servers.
+func (m *cpuMeter) reportCores(b *testing.B, wall time.Duration) {
+	if m.selfOK && m.redisOK && wall > 0 {
+		b.ReportMetric(float64(m.self+m.redis)/float64(wall), "cores")
+	}
+}
+
 // benchDrain runs b.N end-to-end runs of n tasks per analyser of q, one
 // AnalysePool per analyser with workers each.
 func benchDrain(b *testing.B, q *Queue, workers, n int) {
@@ -528,6 +537,7 @@ func benchDrain(b *testing.B, q *Queue, workers, n int) {
 	reportRate(b, total, adding, "add-tasks/s")
 	b.ReportMetric(float64(allocs)/float64(total), "drain-allocs/task")
 	cpu.report(b, total)
+	cpu.reportCores(b, adding+draining)
 }
 
 // BenchmarkRawDrain is the baseline of BenchmarkDrain: the same payloads

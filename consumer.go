@@ -2,11 +2,13 @@ package queue
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -61,14 +63,30 @@ type Consumer struct {
 	cfg        ConsumerConfig
 	lease      string // the lease value: "<token>:<owner>"
 	ttlMS      int64
+	open       map[string]*claimBatch // claim of each task RemoveTask and Claim returned, until finished
 }
 
 // claimed is a task in this process's hands, with its pending field and
 // claim order.
 type claimed struct {
 	Task
-	field string // the pending hash field (the task ID, or "bad:<seq>")
-	seq   int64  // claim order
+	field string      // the pending hash field (the task ID, or "bad:<seq>")
+	seq   int64       // claim order
+	batch *claimBatch // its claim, nil when none is tracked (recovery)
+}
+
+// claimBatch tracks one claim until none of its tasks is pending, when its
+// order record can go.
+type claimBatch struct {
+	order string       // the field of the claim's order record
+	left  atomic.Int64 // its tasks still pending (in this process's view)
+}
+
+// finish counts n tasks of b as no longer pending, and reports whether
+// that was the last of them: the caller then deletes b's order record
+// (after the tasks' own records, or in the same call).
+func (b *claimBatch) finish(n int) bool {
+	return b != nil && n > 0 && b.left.Add(int64(-n)) == 0
 }
 
 // Consume waits until it holds the lease of analyser's queue (as a hot
@@ -245,6 +263,7 @@ func parseLease(v string) (token int64, owner string) {
 // never waits; see Wait. Costs one round trip.
 func (c *Consumer) RemoveTask(ctx context.Context) (Task, error) {
 	ts, err := c.claim(ctx, 1, nil)
+	c.track(ts)
 	if err == nil {
 		err = c.recordRedeliveries(ctx, ts)
 	}
@@ -263,6 +282,7 @@ func (c *Consumer) RemoveTask(ctx context.Context) (Task, error) {
 // store and not returned.
 func (c *Consumer) Claim(ctx context.Context, max int) ([]Task, error) {
 	cs, err := c.claim(ctx, max, nil)
+	c.track(cs)
 	if err == nil {
 		err = c.recordRedeliveries(ctx, cs)
 	}
@@ -273,6 +293,59 @@ func (c *Consumer) Claim(ctx context.Context, max int) ([]Task, error) {
 	return ts, err
 }
 
+// track remembers the claims of tasks handed to the caller of RemoveTask
+// or Claim, so that Ack, Fail and Requeue can tell when a claim is done.
+func (c *Consumer) track(ts []claimed) {
+	if len(ts) == 0 {
+		return
+	}
+	if c.open == nil {
+		c.open = make(map[string]*claimBatch)
+	}
+	for _, t := range ts {
+		c.open[t.ID] = t.batch
+	}
+}
+
+// untrack forgets tasks that are no longer pending and returns the order
+// records of the claims that this finishes, and what it forgot (for
+// retrack, should the call that finishes them fail).
+func (c *Consumer) untrack(ids []string) (orders []string, forgot []tracked) {
+	for _, id := range ids {
+		if b, ok := c.open[id]; ok {
+			delete(c.open, id)
+			forgot = append(forgot, tracked{id, b})
+			if b.finish(1) {
+				orders = append(orders, b.order)
+			}
+		}
+	}
+	return orders, forgot
+}
+
+// tracked is a task of a claim that RemoveTask or Claim returned.
+type tracked struct {
+	id    string
+	batch *claimBatch
+}
+
+// retrack undoes untrack.
+func (c *Consumer) retrack(forgot []tracked) {
+	for _, t := range forgot {
+		c.open[t.id] = t.batch
+		if t.batch != nil {
+			t.batch.left.Add(1)
+		}
+	}
+}
+
+// dropOrders deletes the order records of claims finished by a call that
+// could not take them along.
+func (c *Consumer) dropOrders(ctx context.Context, orders []string) error {
+	_, err := c.ack(ctx, nil, orders)
+	return err
+}
+
 // recordDelivery records in t's pending record that delivery t.Attempt is
 // made, so that recovery after a crash counts it without counting it twice.
 // Recovery counts the interrupted delivery of a task pending for the first
@@ -281,9 +354,21 @@ func (c *Consumer) Claim(ctx context.Context, max int) ([]Task, error) {
 // started, are not dead-lettered with it. Costs one round trip.
 func (c *Consumer) recordDelivery(ctx context.Context, t claimed) error {
 	_, err := c.script(ctx, "record delivery on", retryScript, c.keys.pending, c.keys.lease, c.keys.meta,
-		c.lease, c.ttlMS, t.field, encodeTask(t.Task, t.Attempt))
+		c.lease, c.ttlMS, t.field, accountedRecord(t.Task, t.Attempt))
 	return err
 }
+
+// accountedRecord is the pending record of t after a recorded delivery:
+// the entry with deliveries as its count, behind a '+'.
+func accountedRecord(t Task, deliveries int) []byte {
+	buf := make([]byte, 1, 1+entryHeader+3*binary.MaxVarintLen64+len(t.Payload))
+	buf[0] = accountedMark
+	return appendEntry(buf, t.ID, t.OrderID, t.AddedAt.UnixMilli(), deliveries, t.Payload)
+}
+
+// accountedMark starts a pending record whose count includes the current
+// delivery; an entry starts with entryVersion.
+const accountedMark = '+'
 
 // recordRedeliveries records the delivery of the claimed tasks that were
 // delivered before: to the low-level API a claim is a delivery.
@@ -317,7 +402,7 @@ func (c *Consumer) claimOnce(ctx context.Context, n int, dst []claimed) ([]claim
 	}
 	n = min(n, maxClaim)
 	r, err := redis.Values(c.script(ctx, "claim from", claimScript,
-		c.keys.ready, c.keys.pending, c.keys.lease, c.keys.meta, c.lease, c.ttlMS, n))
+		c.keys.ready, c.keys.pending, c.keys.lease, c.keys.meta, c.keys.order, c.lease, c.ttlMS, n))
 	if err != nil || len(r) < 2 {
 		return dst[:0], false, err
 	}
@@ -329,6 +414,8 @@ func (c *Consumer) claimOnce(ctx context.Context, n int, dst []claimed) ([]claim
 	if cap(out) < len(r)-1 {
 		out = make([]claimed, 0, len(r)-1)
 	}
+	batch := &claimBatch{order: strconv.FormatInt(first, 10)}
+	batch.left.Store(int64(len(r) - 1))
 	var bad []any
 	// The reply's buffers are the claimer's own: payloads keep pointing
 	// into them, and the IDs share one string.
@@ -343,7 +430,7 @@ func (c *Consumer) claimOnce(ctx context.Context, n int, dst []claimed) ([]claim
 		}
 		ids = append(ids, raw[1:entryHeader]...)
 		t.Attempt = deliveries + 1
-		out = append(out, claimed{Task: t, seq: seq})
+		out = append(out, claimed{Task: t, seq: seq, batch: batch})
 	}
 	all := string(ids)
 	for i := range out {
@@ -353,6 +440,11 @@ func (c *Consumer) claimOnce(ctx context.Context, n int, dst []claimed) ([]claim
 	if len(bad) > 0 {
 		if err := c.bury(ctx, bad); err != nil {
 			return out, true, err
+		}
+		if batch.finish(len(bad) / 2) {
+			if _, err := c.ack(ctx, nil, []string{batch.order}); err != nil {
+				return out, true, err
+			}
 		}
 	}
 	return out, len(bad) > 0, nil
@@ -393,20 +485,37 @@ func (c *Consumer) Wait(ctx context.Context, d time.Duration) (bool, error) {
 // how many were acknowledged, and ErrLeaseLost, with nothing changed, when
 // the lease is gone. Costs one round trip per 1000 IDs.
 func (c *Consumer) Ack(ctx context.Context, ids ...string) (int, error) {
+	orders, forgot := c.untrack(ids)
+	n, err := c.ack(ctx, ids, orders)
+	if err != nil {
+		c.retrack(forgot)
+	}
+	return n, err
+}
+
+// ack deletes the pending records of ids, maxClaim to a round trip, and
+// with the last of them the order records of the claims orders names.
+func (c *Consumer) ack(ctx context.Context, ids []string, orders []string) (int, error) {
 	done := 0
-	for len(ids) > 0 {
+	for len(ids) > 0 || len(orders) > 0 {
 		n := min(len(ids), maxClaim)
-		args := make([]any, 0, n+5)
-		args = append(args, c.keys.pending, c.keys.lease, c.keys.meta, c.lease, c.ttlMS)
+		args := make([]any, 0, 7+n+len(orders))
+		args = append(args, c.keys.pending, c.keys.lease, c.keys.meta, c.keys.order, c.lease, c.ttlMS, n)
 		for _, id := range ids[:n] {
 			args = append(args, id)
+		}
+		ids = ids[n:]
+		if len(ids) == 0 {
+			for _, o := range orders {
+				args = append(args, o)
+			}
+			orders = nil
 		}
 		k, err := redis.Int(c.script(ctx, "ack on", ackScript, args...))
 		done += k
 		if err != nil {
 			return done, err
 		}
-		ids = ids[n:]
 	}
 	return done, nil
 }
@@ -418,6 +527,16 @@ func (c *Consumer) Ack(ctx context.Context, ids ...string) (int, error) {
 // them, and the caller retries t in place with Attempt one higher. Costs
 // one round trip.
 func (c *Consumer) Fail(ctx context.Context, t Task, cause error) (dead bool, err error) {
+	dead, err = c.fail(ctx, t, cause)
+	if dead && err == nil {
+		orders, _ := c.untrack([]string{t.ID})
+		err = c.dropOrders(ctx, orders)
+	}
+	return dead, err
+}
+
+// fail is Fail without the claim tracking of RemoveTask and Claim.
+func (c *Consumer) fail(ctx context.Context, t Task, cause error) (dead bool, err error) {
 	msg := "<nil>"
 	if cause != nil {
 		msg = cause.Error()
@@ -426,7 +545,7 @@ func (c *Consumer) Fail(ctx context.Context, t Task, cause error) (dead bool, er
 		entry := encodeTask(t, t.Attempt)
 		return true, c.bury(ctx, []any{t.ID, encodeDead(entry, t.Attempt, msg)})
 	}
-	_, err = c.script(ctx, "record failure on", retryScript, c.keys.pending, c.keys.lease, c.keys.meta, c.lease, c.ttlMS, t.ID, encodeTask(t, t.Attempt+1))
+	_, err = c.script(ctx, "record failure on", retryScript, c.keys.pending, c.keys.lease, c.keys.meta, c.lease, c.ttlMS, t.ID, accountedRecord(t, t.Attempt+1))
 	return false, err
 }
 
@@ -450,11 +569,17 @@ func (c *Consumer) bury(ctx context.Context, args []any) error {
 // 1000 tasks.
 func (c *Consumer) Requeue(ctx context.Context, tasks ...Task) error {
 	items := make([]claimed, len(tasks))
+	ids := make([]string, len(tasks))
 	for i, t := range tasks {
 		t.Attempt-- // the delivery did not happen
 		items[i] = claimed{Task: t, field: t.ID}
+		ids[i] = t.ID
 	}
-	return c.requeue(ctx, items, false)
+	if err := c.requeue(ctx, items, false); err != nil {
+		return err
+	}
+	orders, _ := c.untrack(ids)
+	return c.dropOrders(ctx, orders)
 }
 
 // requeue pushes tasks back at the consuming end, first given first

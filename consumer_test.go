@@ -95,10 +95,10 @@ func lapse(t *testing.T, s *testServer, key string) {
 
 // queueState is everything Redis holds for one queue, but the lease's TTL.
 type queueState struct {
-	Ready         []string
-	Pending, Dead map[string]string
-	Meta          map[string]string
-	Lease         string
+	Ready                []string
+	Pending, Order, Dead map[string]string
+	Meta                 map[string]string
+	Lease                string
 }
 
 func snapshot(t *testing.T, s *testServer, k queueKeys) queueState {
@@ -108,6 +108,8 @@ func snapshot(t *testing.T, s *testServer, k queueKeys) queueState {
 	st.Ready, err = redis.Strings(s.do(t, "LRANGE", k.ready, 0, -1), nil)
 	require.NoError(t, err)
 	st.Pending, err = redis.StringMap(s.do(t, "HGETALL", k.pending), nil)
+	require.NoError(t, err)
+	st.Order, err = redis.StringMap(s.do(t, "HGETALL", k.order), nil)
 	require.NoError(t, err)
 	st.Dead, err = redis.StringMap(s.do(t, "HGETALL", k.dead), nil)
 	require.NoError(t, err)
@@ -184,7 +186,7 @@ func TestConsumerRemoveTaskClaimsIntoPending(t *testing.T) {
 	assert.Zero(t, st.Ready)
 	assert.Equal(t, "solo", st.Owner)
 	assert.Equal(t, c.Token(), st.Token)
-	assert.EqualValues(t, 0, s.do(t, "EXISTS", k.ready, k.pending, k.dead), "nothing per task is left")
+	assert.EqualValues(t, 0, s.do(t, "EXISTS", k.ready, k.pending, k.order, k.dead), "nothing per task is left")
 }
 
 func TestConsumerFailRecordsThenDeadLetters(t *testing.T) {
@@ -214,7 +216,7 @@ func TestConsumerFailRecordsThenDeadLetters(t *testing.T) {
 	dead, err := c.Fail(ctx, task, errors.New("boom 3"))
 	require.NoError(t, err)
 	assert.True(t, dead)
-	assert.EqualValues(t, 0, s.do(t, "HLEN", k.pending))
+	assert.EqualValues(t, 0, s.do(t, "EXISTS", k.pending, k.order), "nothing of the claim is left")
 
 	ds, err := q.Dead(ctx, 0)
 	require.NoError(t, err)
@@ -254,8 +256,10 @@ func TestConsumerRequeueKeepsOrderUncounted(t *testing.T) {
 
 	_, err = c.Ack(ctx, ts[0].ID)
 	require.NoError(t, err)
+	assert.Equal(t, map[string]string{"0": ids[0] + ids[1] + ids[2]}, snapshot(t, s, k).Order,
+		"the claim's order record stays while its tasks are pending")
 	require.NoError(t, c.Requeue(ctx, ts[1], ts[2]))
-	assert.EqualValues(t, 0, s.do(t, "HLEN", k.pending))
+	assert.EqualValues(t, 0, s.do(t, "EXISTS", k.pending, k.order), "nothing of the claim is left")
 	ready := readyTasks(t, s, k)
 	assert.Equal(t, ids[1:], taskIDs(ready), "requeued at the consuming end, in order")
 	assert.Equal(t, []int{1, 1, 1, 1}, taskAttempts(ready), "the delivery is not counted")

@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sort"
 	"strconv"
@@ -211,49 +212,72 @@ type pendingRecord struct {
 	err        error  // set when the record does not decode
 }
 
-// splitPending splits a pending record into its claim seq and entry.
-func splitPending(v []byte) (int64, []byte, error) {
-	seq, _, entry, err := splitPendingAccounted(v)
-	return seq, entry, err
+// splitPending splits a pending record: an encoded task as the claim
+// script writes it, or '+' and an encoded task as retryScript does, and
+// reports which (accounted: the entry's count includes the current
+// delivery). The entry itself is not checked.
+func splitPending(v []byte) (accounted bool, entry []byte, err error) {
+	switch {
+	case len(v) > 0 && v[0] == entryVersion:
+		return false, v, nil
+	case len(v) > 1 && v[0] == accountedMark && v[1] == entryVersion:
+		return true, v[1:], nil
+	}
+	return false, nil, fmt.Errorf("%w: pending record holds no task", ErrMalformed)
 }
 
-// splitPendingAccounted splits a pending record, "<seq>:<entry>" as the
-// claim script writes it or "<seq>+:<entry>" as retryScript does, and
-// reports which (accounted: the entry's count includes the current delivery).
-func splitPendingAccounted(v []byte) (int64, bool, []byte, error) {
-	i := 0
-	for i < len(v) && v[i] != ':' {
-		i++
+// claimOrder reads the order records of a queue: it maps each task ID to
+// its claim seq, the latest claim's when an ID is in several (a task
+// handed back and claimed again). Records that do not decode (a field
+// that is not a canonical number, a length that is not a multiple of
+// idLen) are skipped; their tasks come after the others.
+func claimOrder(records map[string]string) map[string]int64 {
+	type rec struct {
+		first int64
+		ids   string
 	}
-	if i == len(v) {
-		return 0, false, nil, fmt.Errorf("%w: pending record has no claim seq", ErrMalformed)
+	recs := make([]rec, 0, len(records))
+	for f, v := range records {
+		first, err := strconv.ParseInt(f, 10, 64)
+		if err != nil || first < 0 || strconv.FormatInt(first, 10) != f || len(v)%idLen != 0 {
+			continue
+		}
+		recs = append(recs, rec{first, v})
 	}
-	num := v[:i]
-	accounted := len(num) > 0 && num[len(num)-1] == '+'
-	if accounted {
-		num = num[:len(num)-1]
+	sort.Slice(recs, func(i, j int) bool { return recs[i].first < recs[j].first })
+	seq := make(map[string]int64)
+	for _, r := range recs {
+		for i := 0; i < len(r.ids); i += idLen {
+			seq[r.ids[i:i+idLen]] = r.first + int64(i/idLen) + 1
+		}
 	}
-	seq, err := strconv.ParseInt(string(num), 10, 64)
-	if err != nil || seq < 0 || strconv.FormatInt(seq, 10) != string(num) { // only as the scripts write it
-		return 0, false, nil, fmt.Errorf("%w: pending record has a bad claim seq", ErrMalformed)
-	}
-	return seq, accounted, v[i+1:], nil
+	return seq
 }
 
-// readPending reads a pending hash, in claim order. Records that do not
-// decode come last, with err set.
-func readPending(ctx context.Context, p *partition, k queueKeys, what string) ([]pendingRecord, error) {
-	m, err := onPartition(ctx, p, what, func(c redis.Conn) (map[string]string, error) {
-		return redis.StringMap(redis.DoContext(c, ctx, "HGETALL", k.pending))
+// readPending reads a pending hash, in claim order, and the fields of the
+// queue's order records. Records that do not decode come last,
+// with err set, and so do tasks no order record names (by ID).
+func readPending(ctx context.Context, p *partition, k queueKeys, what string) ([]pendingRecord, []string, error) {
+	type both struct{ pending, order map[string]string }
+	got, err := onPartition(ctx, p, what, func(c redis.Conn) (both, error) {
+		c.Send("HGETALL", k.pending)
+		c.Send("HGETALL", k.order)
+		if err := c.Flush(); err != nil {
+			return both{}, err
+		}
+		pending, err := redis.StringMap(receiveContext(c, ctx))
+		order, oerr := redis.StringMap(receiveContext(c, ctx))
+		return both{pending, order}, errors.Join(err, oerr)
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	out := make([]pendingRecord, 0, len(m))
-	for field, v := range m {
+	seqs := claimOrder(got.order)
+	out := make([]pendingRecord, 0, len(got.pending))
+	for field, v := range got.pending {
 		r := pendingRecord{raw: []byte(v)}
 		r.field = field
-		seq, accounted, entry, err := splitPendingAccounted(r.raw)
+		accounted, entry, err := splitPending(r.raw)
 		r.accounted = accounted
 		if err == nil {
 			r.Task, r.deliveries, err = decodeEntry(entry)
@@ -261,7 +285,11 @@ func readPending(ctx context.Context, p *partition, k queueKeys, what string) ([
 		if err == nil && r.Task.ID != field {
 			err = fmt.Errorf("%w: pending record %q holds task %q", ErrMalformed, field, r.Task.ID)
 		}
-		r.seq, r.err = seq, err
+		r.err = err
+		r.seq = -1 // in no order record
+		if s, ok := seqs[field]; ok {
+			r.seq = s
+		}
 		r.Attempt = r.deliveries + 1
 		if r.accounted {
 			r.Attempt = r.deliveries
@@ -273,12 +301,19 @@ func readPending(ctx context.Context, p *partition, k queueKeys, what string) ([
 		if (a.err == nil) != (b.err == nil) {
 			return a.err == nil
 		}
+		if (a.seq < 0) != (b.seq < 0) {
+			return a.seq >= 0
+		}
 		if a.seq != b.seq {
 			return a.seq < b.seq
 		}
 		return a.field < b.field
 	})
-	return out, nil
+	orders := make([]string, 0, len(got.order))
+	for f := range got.order {
+		orders = append(orders, f)
+	}
+	return out, orders, nil
 }
 
 // Pending lists the tasks analyser's queue has claimed and not finished,
@@ -290,7 +325,7 @@ func (q *Queue) Pending(ctx context.Context, analyser int) ([]Task, error) {
 	if err != nil {
 		return nil, err
 	}
-	recs, err := readPending(ctx, p, k, fmt.Sprintf("list pending of analyser %d", analyser))
+	recs, _, err := readPending(ctx, p, k, fmt.Sprintf("list pending of analyser %d", analyser))
 	if err != nil {
 		return nil, err
 	}
@@ -319,7 +354,7 @@ func (c *Consumer) recover(ctx context.Context) (int, error) {
 // delivered nothing) the counts stay as recorded. It returns how many
 // tasks it put back.
 func (c *Consumer) putBackPending(ctx context.Context, op string, redelivery bool) (int, error) {
-	recs, err := readPending(ctx, c.part, c.keys, c.what(op+" pending of"))
+	recs, orders, err := readPending(ctx, c.part, c.keys, c.what(op+" pending of"))
 	if err != nil {
 		return 0, err
 	}
@@ -348,5 +383,10 @@ func (c *Consumer) putBackPending(ctx context.Context, op string, redelivery boo
 	if err := c.bury(ctx, dead); err != nil {
 		return 0, err
 	}
-	return len(back), c.requeue(ctx, back, redelivery)
+	if err := c.requeue(ctx, back, redelivery); err != nil {
+		return len(back), err
+	}
+	// Nothing is pending now, and nothing is claimed meanwhile: the order
+	// records have served.
+	return len(back), c.dropOrders(ctx, orders)
 }

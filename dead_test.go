@@ -85,20 +85,37 @@ func TestDecodeDeadMalformed(t *testing.T) {
 
 func TestSplitPending(t *testing.T) {
 	t.Parallel()
-	seq, entry, err := splitPending([]byte("12:\x01rest:with:colons"))
+	accounted, entry, err := splitPending([]byte("\x01rest:with:colons"))
 	require.NoError(t, err)
-	assert.EqualValues(t, 12, seq)
+	assert.False(t, accounted)
 	assert.Equal(t, "\x01rest:with:colons", string(entry))
-	seq, accounted, entry, err := splitPendingAccounted([]byte("7+:\x01e"))
+	accounted, entry, err = splitPending([]byte("+\x01e"))
 	require.NoError(t, err)
-	assert.EqualValues(t, 7, seq)
 	assert.True(t, accounted)
 	assert.Equal(t, "\x01e", string(entry))
-	for _, bad := range []string{"", "12", "no seq", ":x", "x:y", "+5:x", "-5:x", "05:x", " 5:x", "99999999999999999999:x",
-		"+:x", "5++:x", "05+:x", "5 +:x", "+5+:x"} {
+	for _, bad := range []string{"", "+", "++\x01e", "x", "+x", "12:\x01e", "7+:\x01e", "\x02e"} {
 		_, _, err := splitPending([]byte(bad))
 		assert.ErrorIs(t, err, ErrMalformed, "%q", bad)
 	}
+}
+
+func TestClaimOrder(t *testing.T) {
+	t.Parallel()
+	id := func(c byte) string { return strings.Repeat(string(c), idLen) }
+	got := claimOrder(map[string]string{
+		"10": id('a') + id('b') + orderFiller,
+		"13": id('c') + id('a'), // a was handed back and claimed again
+		"7":  id('z'),
+		// Not order records as the claim script writes them: skipped.
+		"07":                   id('x'),
+		"-1":                   id('x'),
+		"x":                    id('x'),
+		"20":                   id('x') + "short",
+		"99999999999999999999": id('x'),
+	})
+	assert.Equal(t, map[string]int64{
+		id('z'): 8, id('b'): 12, orderFiller: 13, id('c'): 14, id('a'): 15,
+	}, got)
 }
 
 // deadQueue returns a one-queue Queue, its server and its keys.
@@ -332,6 +349,9 @@ func TestPoolSkipsMalformed(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []string{"x", "y"}, done)
 	assertQuarantined(t, q, garbageEntries(), "claim: ")
+	// One task a claim: claims of garbage alone dropped their order
+	// records at once, the others with their task's ack.
+	assert.Zero(t, s.do(t, "EXISTS", k.pending, k.order))
 }
 
 // assertQuarantined checks that the dead-letter store holds exactly the
@@ -366,19 +386,22 @@ func TestMalformedPendingQuarantined(t *testing.T) {
 		return encodeTask(Task{ID: id, OrderID: order, AddedAt: time.UnixMilli(1000), Payload: []byte(id[:3])}, deliveries)
 	}
 	idA, idB, idC := "aaa00000000000000000", "bbb00000000000000000", "ccc00000000000000000"
+	plus := func(b []byte) []byte { return append([]byte{accountedMark}, b...) }
 	records := map[string][]byte{
-		idB:                    append([]byte("8+:"), mk(idB, 1, 2)...), // claimed second; its second delivery started
-		idA:                    append([]byte("3:"), mk(idA, 1, 0)...),  // claimed first
-		idC:                    append([]byte("9+:"), mk(idC, 2, 5)...), // its fifth delivery started: dead
-		"x":                    []byte("no seq at all"),
+		idB:                    plus(mk(idB, 1, 2)), // claimed second; its second delivery started
+		idA:                    mk(idA, 1, 0),       // claimed first
+		idC:                    plus(mk(idC, 2, 5)), // its fifth delivery started: dead
+		"x":                    []byte("no task at all"),
 		"y":                    []byte("5:garbage"),
-		"bad:6":                []byte("6:"),
-		"ddd00000000000000000": append([]byte("7:"), mk("eee00000000000000000", 3, 0)...), // field and ID disagree
-		"zzz":                  append([]byte("+1:"), mk("zzz00000000000000000", 3, 0)...),
+		"bad:6":                []byte("\x01"),
+		"ddd00000000000000000": mk("eee00000000000000000", 3, 0), // field and ID disagree
+		"zzz":                  plus(mk("zzz00000000000000000", 3, 0)),
 	}
 	for f, v := range records {
 		s.do(t, "HSET", k.pending, f, v)
 	}
+	// Claim order: A (seq 3), then B and C (seqs 8 and 9).
+	s.do(t, "HSET", k.order, "2", idA, "7", idB+idC, "x7", "not an order record")
 	pending, err := q.Pending(ctx, 0)
 	require.NoError(t, err)
 	assert.Equal(t, []string{idA, idB, idC}, taskIDsOf(pending), "Pending lists decodable records in claim order")
@@ -386,7 +409,7 @@ func TestMalformedPendingQuarantined(t *testing.T) {
 
 	c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 5})
 	require.NoError(t, err)
-	assert.Zero(t, s.do(t, "EXISTS", k.pending))
+	assert.Zero(t, s.do(t, "EXISTS", k.pending, k.order))
 	assert.Equal(t, []string{idA, idB}, readyIDs(t, s, k.ready), "recovered in claim order")
 	got, err := c.Claim(ctx, 10)
 	require.NoError(t, err)
@@ -433,17 +456,17 @@ func statsOf(t *testing.T, q *Queue, a int) QueueStats {
 	return st[a]
 }
 
-// FuzzDecodePending checks that a pending record, "<seq>:<entry>" as a
-// claim writes it or "<seq>+:<entry>" as a recorded delivery does, never
-// panics the decoder, and that one that decodes re-encodes to its own bytes.
+// FuzzDecodePending checks that a pending record, an entry as a claim
+// writes it or '+' and an entry as a recorded delivery does, never panics
+// the decoder, and that one that decodes re-encodes to its own bytes.
 func FuzzDecodePending(f *testing.F) {
-	entry := encodeTask(Task{ID: testID, OrderID: 9, AddedAt: time.UnixMilli(1_700_000_000_000), Payload: []byte("x:y")}, 2)
-	f.Add(append([]byte("17:"), entry...))
-	f.Add(append([]byte("17+:"), entry...))
-	f.Add([]byte("1:"))
-	f.Add([]byte("no seq"))
+	task := Task{ID: testID, OrderID: 9, AddedAt: time.UnixMilli(1_700_000_000_000), Payload: []byte("x:y")}
+	f.Add(encodeTask(task, 2))
+	f.Add(accountedRecord(task, 2))
+	f.Add([]byte("+"))
+	f.Add([]byte("17:no seq any more"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		seq, accounted, e, err := splitPendingAccounted(b)
+		accounted, e, err := splitPending(b)
 		if err != nil {
 			if !errors.Is(err, ErrMalformed) {
 				t.Fatalf("error %v is not ErrMalformed", err)
@@ -457,13 +480,38 @@ func FuzzDecodePending(f *testing.F) {
 			}
 			return
 		}
-		head := strconv.FormatInt(seq, 10)
+		re := encodeTask(task, deliveries)
 		if accounted {
-			head += "+"
+			re = accountedRecord(task, deliveries)
 		}
-		re := append([]byte(head+":"), encodeTask(task, deliveries)...)
 		if !bytes.Equal(re, b) {
 			t.Fatalf("re-encoded %q as %q", b, re)
+		}
+	})
+}
+
+// FuzzClaimOrder checks that any order record is read without a panic, and
+// that one as the claim script writes it numbers each of its IDs.
+func FuzzClaimOrder(f *testing.F) {
+	f.Add("10", testID+testID)
+	f.Add("0", orderFiller)
+	f.Add("07", testID)
+	f.Add("x", "short")
+	f.Fuzz(func(t *testing.T, field, ids string) {
+		got := claimOrder(map[string]string{field: ids})
+		first, err := strconv.ParseInt(field, 10, 64)
+		valid := err == nil && first >= 0 && strconv.FormatInt(first, 10) == field && len(ids)%idLen == 0
+		if !valid {
+			if len(got) != 0 {
+				t.Fatalf("record %q = %q read as %v", field, ids, got)
+			}
+			return
+		}
+		for i := len(ids) - idLen; i >= 0; i -= idLen {
+			id := ids[i : i+idLen]
+			if want := first + int64(i/idLen) + 1; got[id] != want && strings.Count(ids, id) == 1 {
+				t.Fatalf("ID %q at %d: seq %d, want %d", id, i, got[id], want)
+			}
 		}
 	})
 }

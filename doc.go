@@ -224,7 +224,8 @@
 // a queue index, the keys of one queue share the hash tag {P:p.q}:
 //
 //	{P:p.q}:ready   list    encoded tasks, LPUSHed by producers, claimed from the right
-//	{P:p.q}:pending hash    task ID -> "<claim seq>:<encoded task>": claimed, not finished
+//	{P:p.q}:pending hash    task ID -> encoded task ("+" first once a delivery is recorded): claimed, not finished
+//	{P:p.q}:order   hash    claim seq -> the claim's task IDs back to back, while one of them is pending
 //	{P:p.q}:dead    hash    task ID -> dead record (attempts, time, last error, task)
 //	{P:p.q}:lease   string  "<fencing token>:<owner>" with a PX expiry: the queue's owner
 //	{P:p.q}:meta    hash    fence (last token), seq (last claim), processed, failed, redelivered
@@ -236,8 +237,9 @@
 // An encoded task is a version byte (0x01), the 20-character task ID, the
 // OrderID, AddedAt (Unix milliseconds) and the delivery count as uvarints,
 // then the payload: about 30 bytes over the payload. Per task Redis holds
-// the payload and one list entry or hash field; after a drain nothing per
-// task is left, only the few fixed keys above (and dead letters and dedup
+// the payload and one list entry or hash field (and, while it is pending,
+// its ID in its claim's order record, which recovery reads to put tasks
+// back in claim order); after a drain nothing per task is left, only the few fixed keys above (and dead letters and dedup
 // keys until they are purged or expire). Every key a script touches is
 // passed in KEYS.
 //

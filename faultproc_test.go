@@ -515,10 +515,10 @@ func (c *recConn) record(cmd string, args []any, do func() (any, error)) (any, e
 	}
 	switch script {
 	case ackHash:
-		// EVALSHA hash 3 pending lease meta leaseValue ttl ids...
+		// EVALSHA hash 4 pending lease meta order leaseValue ttl k ids... orders...
 		ev := faultEvent{Ev: evAck, Analyser: c.analyser, Result: "ok"}
-		if len(args) > 5 {
-			ev.Token = leaseToken(args[5])
+		if len(args) > 6 {
+			ev.Token = leaseToken(args[6])
 		}
 		switch {
 		case err == nil:

@@ -106,9 +106,13 @@ func TestWrongTypedKeysChangeNothing(t *testing.T) {
 			func(e *wrongTypeEnv) error { _, err := e.c.Claim(ctx, 10); return err }},
 		{"claim: ready is a hash", func(k queueKeys) string { return k.ready }, "hash", ConsumerConfig{}, nil,
 			func(e *wrongTypeEnv) error { _, err := e.c.Claim(ctx, 10); return err }},
+		{"claim: order is a list", func(k queueKeys) string { return k.order }, "list", ConsumerConfig{}, nil,
+			func(e *wrongTypeEnv) error { _, err := e.c.Claim(ctx, 10); return err }},
 		{"ack: meta is a string", func(k queueKeys) string { return k.meta }, "string", ConsumerConfig{}, claim(2),
 			func(e *wrongTypeEnv) error { _, err := e.c.Ack(ctx, taskIDs(e.got)...); return err }},
 		{"ack: pending is a list", func(k queueKeys) string { return k.pending }, "list", ConsumerConfig{}, claim(2),
+			func(e *wrongTypeEnv) error { _, err := e.c.Ack(ctx, taskIDs(e.got)...); return err }},
+		{"ack: order is a list", func(k queueKeys) string { return k.order }, "list", ConsumerConfig{}, claim(2),
 			func(e *wrongTypeEnv) error { _, err := e.c.Ack(ctx, taskIDs(e.got)...); return err }},
 		{"dead-letter: dead is a string", func(k queueKeys) string { return k.dead }, "string", ConsumerConfig{MaxAttempts: 1}, claim(1),
 			func(e *wrongTypeEnv) error { _, err := e.c.Fail(ctx, e.got[0], errors.New("boom")); return err }},
@@ -245,13 +249,13 @@ func wrongTypeErrors(errs []string) int {
 func malformedPending() map[string][]byte {
 	other := encodeTask(Task{ID: "zzz00000000000000000", OrderID: 1, AddedAt: time.UnixMilli(1), Payload: []byte("p")}, 0)
 	return map[string][]byte{
-		"bad:1":                []byte("7:"),
-		"bad:2":                []byte("7+:"),
-		"bad:3":                []byte("no seq at all"),
-		"bad:4":                append([]byte("x:"), other...),
-		"bad:5":                append([]byte("07:"), other...),
-		"bad:6":                []byte("7:garbage"),
-		"ccc00000000000000000": append([]byte("8:"), other...),
+		"bad:1":                []byte(""),
+		"bad:2":                []byte("+"),
+		"bad:3":                []byte("no task at all"),
+		"bad:4":                append([]byte("++"), other...),
+		"bad:5":                append([]byte("7:"), other...), // a claim seq in front
+		"bad:6":                []byte("\x01garbage"),
+		"ccc00000000000000000": other, // field and ID disagree
 	}
 }
 
@@ -293,7 +297,7 @@ func TestFaultMalformedData(t *testing.T) {
 	const moment, window = 300 * time.Millisecond, 256
 	var resumed []time.Duration
 	for _, c := range []struct{ key, kind string }{
-		{k.ready, "string"}, {k.ready, "hash"}, {k.pending, "list"}, {k.meta, "string"},
+		{k.ready, "string"}, {k.ready, "hash"}, {k.pending, "list"}, {k.order, "list"}, {k.meta, "string"},
 	} {
 		restore := corruptKey(t, srv, c.key, c.kind)
 		time.Sleep(moment)

@@ -60,7 +60,8 @@ func workerOf(orderID uint64, w int) int {
 // script may touch them all on a cluster slot too.
 type queueKeys struct {
 	ready   string // list: encoded tasks, LPUSHed by producers, taken from the right
-	pending string // hash: task ID -> "<claim seq>:<encoded task>", tasks claimed and not finished
+	pending string // hash: task ID -> encoded task ("+" first once its delivery is recorded), tasks claimed and not finished
+	order   string // hash: claim first seq -> the claim's task IDs back to back, while one of them is pending
 	dead    string // hash: task ID -> encoded dead record
 	lease   string // string: "<fencing token>:<owner>", with a PX expiry; the queue's owner
 	meta    string // hash: fence (last token), seq (last claim), processed, failed, redelivered
@@ -72,6 +73,7 @@ func newQueueKeys(prefix string, partition, queue int) queueKeys {
 	return queueKeys{
 		ready:   tag + "ready",
 		pending: tag + "pending",
+		order:   tag + "order",
 		dead:    tag + "dead",
 		lease:   tag + "lease",
 		meta:    tag + "meta",

@@ -34,6 +34,7 @@ type session struct {
 
 	ackMu     sync.Mutex
 	ackBuf    []string      // pending fields of finished tasks the acker has not taken
+	ackOrders []string      // order records of claims none of whose tasks is pending any more
 	ackClosed bool          // no more acks come
 	ackWake   chan struct{} // signalled when ackBuf stops being empty, or closes
 	unacked   atomic.Int64  // tasks finished ok whose ack Redis has not confirmed
@@ -131,11 +132,33 @@ func notify(c chan struct{}) {
 
 // ack hands a finished task's pending field to the acker. One mutex per
 // task, not a channel send: the acker takes the whole buffer at once.
-func (s *session) ack(field string) {
+func (s *session) ack(t claimed) {
 	s.unacked.Add(1)
 	s.ackMu.Lock()
-	wake := len(s.ackBuf) == 0
-	s.ackBuf = append(s.ackBuf, field)
+	wake := len(s.ackBuf) == 0 && len(s.ackOrders) == 0
+	s.ackBuf = append(s.ackBuf, t.field)
+	if t.batch.finish(1) {
+		s.ackOrders = append(s.ackOrders, t.batch.order)
+	}
+	s.ackMu.Unlock()
+	if wake {
+		notify(s.ackWake)
+	}
+}
+
+// finished counts tasks that left the pending hash otherwise than by an
+// ack (dead-lettered, handed back), and has the acker delete the order
+// records of the claims this finishes.
+func (s *session) finished(ts ...claimed) {
+	s.ackMu.Lock()
+	wake := len(s.ackBuf) == 0 && len(s.ackOrders) == 0
+	n := len(s.ackOrders)
+	for _, t := range ts {
+		if t.batch.finish(1) {
+			s.ackOrders = append(s.ackOrders, t.batch.order)
+		}
+	}
+	wake = wake && len(s.ackOrders) > n
 	s.ackMu.Unlock()
 	if wake {
 		notify(s.ackWake)
@@ -151,23 +174,20 @@ func (s *session) closeAcks() {
 	notify(s.ackWake)
 }
 
-// takeAcks waits for finished tasks and returns their fields, swapping in
-// spare as the new buffer; it returns nil once the acks are closed and
-// every one has been taken.
-func (s *session) takeAcks(spare []string) []string {
+// takeAcks waits for work for the acker and returns the fields and order
+// records to delete, swapping in spare as the new field buffer; it
+// returns nothing once the acks are closed and everything has been taken.
+func (s *session) takeAcks(spare []string) ([]string, []string) {
 	s.ackMu.Lock()
-	for len(s.ackBuf) == 0 && !s.ackClosed {
+	for len(s.ackBuf) == 0 && len(s.ackOrders) == 0 && !s.ackClosed {
 		s.ackMu.Unlock()
 		<-s.ackWake
 		s.ackMu.Lock()
 	}
-	got := s.ackBuf
-	s.ackBuf = spare[:0]
+	fields, orders := s.ackBuf, s.ackOrders
+	s.ackBuf, s.ackOrders = spare[:0], nil
 	s.ackMu.Unlock()
-	if len(got) == 0 {
-		return nil
-	}
-	return got
+	return fields, orders
 }
 
 func (s *session) run(ctx context.Context) sessionEnd {
@@ -381,35 +401,42 @@ func (s *session) handBack(ctx context.Context, tasks []claimed) {
 		if errors.Is(err, ErrLeaseLost) {
 			s.loseLease()
 		}
+	} else {
+		s.finished(tasks...)
 	}
 	s.release(len(tasks))
 }
 
 // ackLoop acknowledges finished tasks in batches: it waits for one, takes
-// every one finished by then, and acknowledges them, maxClaim to a call.
+// every one finished by then, and acknowledges them, maxClaim to a call,
+// deleting with the last call the order records of the claims finished.
 func (s *session) ackLoop(ctx context.Context) {
 	spare := make([]string, 0, maxClaim)
 	var b backoff
 	for {
-		got := s.takeAcks(spare)
-		if got == nil {
+		fields, orders := s.takeAcks(spare)
+		if len(fields) == 0 && len(orders) == 0 {
 			return
 		}
-		for batch := got; len(batch) > 0; {
+		for batch := fields; len(batch) > 0 || len(orders) > 0; {
 			n := min(len(batch), maxClaim)
-			s.ackBatch(ctx, batch[:n], &b)
+			var last []string
+			if n == len(batch) {
+				last, orders = orders, nil
+			}
+			s.ackBatch(ctx, batch[:n], last, &b)
 			batch = batch[n:]
 		}
-		clear(got)
-		spare = got[:0]
+		clear(fields)
+		spare = fields[:0]
 	}
 }
 
 // ackBatch acknowledges one batch, retrying Redis errors until it succeeds
 // or the lease is lost, then counts it as confirmed and wakes the fetcher.
-func (s *session) ackBatch(ctx context.Context, batch []string, b *backoff) {
+func (s *session) ackBatch(ctx context.Context, batch []string, orders []string, b *backoff) {
 	for !s.isLost() {
-		_, err := s.c.Ack(ctx, batch...)
+		_, err := s.c.ack(ctx, batch, orders)
 		if err == nil {
 			b.reset()
 			break

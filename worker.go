@@ -227,7 +227,7 @@ func (w *worker) runOne(o *orderQueue, t claimed, now time.Time) {
 	case s.isLost():
 		return // the next owner has it; drop everything
 	case err == nil:
-		s.ack(t.field)
+		s.ack(t)
 		if c := s.cfg.Counters; c != nil {
 			(*c.processed.Load())[w.index].Add(1)
 		}
@@ -245,7 +245,7 @@ func (w *worker) runOne(o *orderQueue, t claimed, now time.Time) {
 		s.release(1)
 	default:
 		s.cfg.OnError(&TaskError{ID: t.ID, OrderID: t.OrderID, Attempt: t.Attempt, Err: err})
-		if _, ferr := s.c.Fail(s.leaseCtx, t.Task, err); ferr != nil {
+		if _, ferr := s.c.fail(s.leaseCtx, t.Task, err); ferr != nil {
 			if errors.Is(ferr, ErrLeaseLost) {
 				s.loseLease()
 				return
@@ -282,8 +282,9 @@ func (w *worker) bury(t claimed, cause error) bool {
 	s := w.s
 	var b backoff
 	for {
-		_, err := s.c.Fail(s.leaseCtx, t.Task, cause)
+		_, err := s.c.fail(s.leaseCtx, t.Task, cause)
 		if err == nil {
+			s.finished(t)
 			break
 		}
 		if errors.Is(err, ErrLeaseLost) {
