@@ -277,15 +277,31 @@ func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 		size += entryHeader + 3*binary.MaxVarintLen64 + len(tasks[i].Payload)
 	}
 	buf := make([]byte, 0, size)
-	// Group entries per partition, then per queue, keeping task order.
+	// Group entries per partition, then per queue, keeping task order:
+	// count first, so that every group is allocated once, at its size.
+	qs := q.cfg.Queues
+	slot := make([]int32, len(tasks)) // partition * Queues + queue
+	count := make([]int, len(q.parts)*qs)
+	for i := range tasks {
+		pi, qi := q.Route(tasks[i].OrderID)
+		slot[i] = int32(pi*qs + qi)
+		count[slot[i]]++
+	}
 	byPart := make([][][]any, len(q.parts))
+	for si, c := range count {
+		if c == 0 {
+			continue
+		}
+		pi := si / qs
+		if byPart[pi] == nil {
+			byPart[pi] = make([][]any, qs)
+		}
+		byPart[pi][si%qs] = make([]any, 0, c)
+	}
 	now := time.Now().UnixMilli()
 	for i := range tasks {
 		t := &tasks[i]
-		pi, qi := q.Route(t.OrderID)
-		if byPart[pi] == nil {
-			byPart[pi] = make([][]any, q.cfg.Queues)
-		}
+		pi, qi := int(slot[i])/qs, int(slot[i])%qs
 		start := len(buf)
 		buf = appendEntry(buf, ids[i], t.OrderID, now, 0, t.Payload)
 		byPart[pi][qi] = append(byPart[pi][qi], buf[start:len(buf):len(buf)])

@@ -19,6 +19,21 @@ func TestIDSourceNextN(t *testing.T) {
 		assert.Equal(t, b.n, a.n)
 		assert.Empty(t, a.nextN(0))
 	})
+	t.Run("carries as next does", func(t *testing.T) {
+		for _, start := range []struct {
+			node uint64
+			n    uint32
+		}{{0, 1}, {7, 30}, {1 << 40, 1<<10 - 5}, {^uint64(0) >> 1, 1<<20 - 700}, {0x9e3779b97f4a7c15, 1<<30 - 3}} {
+			a := idSource{node: start.node, n: start.n}
+			b := idSource{node: start.node, n: start.n}
+			got := a.nextN(2000)
+			for i, id := range got {
+				if want := b.next(); id != want {
+					t.Fatalf("node %x from %d: ID %d is %s, want %s", start.node, start.n, i, id, want)
+				}
+			}
+		}
+	})
 	t.Run("draws a new node at the wrap", func(t *testing.T) {
 		s := idSource{node: 42, n: 1<<32 - 2}
 		ids := s.nextN(4)
