@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -215,15 +216,28 @@ type pendingRecord struct {
 // splitPending splits a pending record: an encoded task as the claim
 // script writes it, or '+' and an encoded task as retryScript does, and
 // reports which (accounted: the entry's count includes the current
-// delivery). The entry itself is not checked.
-func splitPending(v []byte) (accounted bool, entry []byte, err error) {
+// delivery). Records written before claims kept their order in order
+// records, "<seq>:<entry>" and "<seq>+:<entry>", are read too, with their
+// claim seq (legacy; -1 for the others), so that tasks pending across an
+// upgrade are put back, in order. The entry itself is not checked.
+func splitPending(v []byte) (accounted bool, entry []byte, legacy int64, err error) {
 	switch {
 	case len(v) > 0 && v[0] == entryVersion:
-		return false, v, nil
+		return false, v, -1, nil
 	case len(v) > 1 && v[0] == accountedMark && v[1] == entryVersion:
-		return true, v[1:], nil
+		return true, v[1:], -1, nil
+	case len(v) > 0 && v[0] >= '0' && v[0] <= '9':
+		num, rest, ok := bytes.Cut(v, []byte{':'})
+		accounted = bytes.HasSuffix(num, []byte{accountedMark})
+		if accounted {
+			num = num[:len(num)-1]
+		}
+		seq, perr := strconv.ParseInt(string(num), 10, 64)
+		if ok && perr == nil && seq >= 0 && strconv.FormatInt(seq, 10) == string(num) { // only as claims wrote it
+			return accounted, rest, seq, nil
+		}
 	}
-	return false, nil, fmt.Errorf("%w: pending record holds no task", ErrMalformed)
+	return false, nil, -1, fmt.Errorf("%w: pending record holds no task", ErrMalformed)
 }
 
 // claimOrder reads the order records of a queue: it maps each task ID to
@@ -277,7 +291,7 @@ func readPending(ctx context.Context, p *partition, k queueKeys, what string) ([
 	for field, v := range got.pending {
 		r := pendingRecord{raw: []byte(v)}
 		r.field = field
-		accounted, entry, err := splitPending(r.raw)
+		accounted, entry, legacy, err := splitPending(r.raw)
 		r.accounted = accounted
 		if err == nil {
 			r.Task, r.deliveries, err = decodeEntry(entry)
@@ -286,7 +300,7 @@ func readPending(ctx context.Context, p *partition, k queueKeys, what string) ([
 			err = fmt.Errorf("%w: pending record %q holds task %q", ErrMalformed, field, r.Task.ID)
 		}
 		r.err = err
-		r.seq = -1 // in no order record
+		r.seq = legacy // -1 unless the record carries its own
 		if s, ok := seqs[field]; ok {
 			r.seq = s
 		}

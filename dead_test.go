@@ -85,16 +85,30 @@ func TestDecodeDeadMalformed(t *testing.T) {
 
 func TestSplitPending(t *testing.T) {
 	t.Parallel()
-	accounted, entry, err := splitPending([]byte("\x01rest:with:colons"))
+	accounted, entry, legacy, err := splitPending([]byte("\x01rest:with:colons"))
 	require.NoError(t, err)
 	assert.False(t, accounted)
 	assert.Equal(t, "\x01rest:with:colons", string(entry))
-	accounted, entry, err = splitPending([]byte("+\x01e"))
+	assert.EqualValues(t, -1, legacy)
+	accounted, entry, legacy, err = splitPending([]byte("+\x01e"))
 	require.NoError(t, err)
 	assert.True(t, accounted)
 	assert.Equal(t, "\x01e", string(entry))
-	for _, bad := range []string{"", "+", "++\x01e", "x", "+x", "12:\x01e", "7+:\x01e", "\x02e"} {
-		_, _, err := splitPending([]byte(bad))
+	assert.EqualValues(t, -1, legacy)
+	// Records as claims wrote them before order records.
+	accounted, entry, legacy, err = splitPending([]byte("12:\x01rest:with:colons"))
+	require.NoError(t, err)
+	assert.False(t, accounted)
+	assert.Equal(t, "\x01rest:with:colons", string(entry))
+	assert.EqualValues(t, 12, legacy)
+	accounted, entry, legacy, err = splitPending([]byte("7+:\x01e"))
+	require.NoError(t, err)
+	assert.True(t, accounted)
+	assert.Equal(t, "\x01e", string(entry))
+	assert.EqualValues(t, 7, legacy)
+	for _, bad := range []string{"", "+", "++\x01e", "x", "+x", "\x02e", "12", "05:x", "5++:x", "05+:x", "5 +:x",
+		"99999999999999999999:x", "-5:x", "+5:x", ":x"} {
+		_, _, _, err := splitPending([]byte(bad))
 		assert.ErrorIs(t, err, ErrMalformed, "%q", bad)
 	}
 }
@@ -457,8 +471,9 @@ func statsOf(t *testing.T, q *Queue, a int) QueueStats {
 }
 
 // FuzzDecodePending checks that a pending record, an entry as a claim
-// writes it or '+' and an entry as a recorded delivery does, never panics
-// the decoder, and that one that decodes re-encodes to its own bytes.
+// writes it or '+' and an entry as a recorded delivery does (or either in
+// the older form with a claim seq in front), never panics the decoder, and
+// that one that decodes re-encodes to its own bytes.
 func FuzzDecodePending(f *testing.F) {
 	task := Task{ID: testID, OrderID: 9, AddedAt: time.UnixMilli(1_700_000_000_000), Payload: []byte("x:y")}
 	f.Add(encodeTask(task, 2))
@@ -466,7 +481,7 @@ func FuzzDecodePending(f *testing.F) {
 	f.Add([]byte("+"))
 	f.Add([]byte("17:no seq any more"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		accounted, e, err := splitPending(b)
+		accounted, e, legacy, err := splitPending(b)
 		if err != nil {
 			if !errors.Is(err, ErrMalformed) {
 				t.Fatalf("error %v is not ErrMalformed", err)
@@ -483,6 +498,13 @@ func FuzzDecodePending(f *testing.F) {
 		re := encodeTask(task, deliveries)
 		if accounted {
 			re = accountedRecord(task, deliveries)
+		}
+		if legacy >= 0 {
+			head := strconv.FormatInt(legacy, 10)
+			if accounted {
+				head += "+"
+			}
+			re = append([]byte(head+":"), encodeTask(task, deliveries)...)
 		}
 		if !bytes.Equal(re, b) {
 			t.Fatalf("re-encoded %q as %q", b, re)
@@ -553,4 +575,34 @@ func FuzzDecodeDead(f *testing.F) {
 			t.Fatalf("entry %q re-encoded as %q", tail, re)
 		}
 	})
+}
+
+// TestRecoveryReadsOlderPendingRecords: records written before claims kept
+// their order in order records ("<seq>:<entry>", "<seq>+:<entry>") are
+// put back with the new ones, in claim order, their deliveries counted as
+// before.
+func TestRecoveryReadsOlderPendingRecords(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q, s, k := deadQueue(t)
+	mk := func(id string, deliveries int) []byte {
+		return encodeTask(Task{ID: id, OrderID: 1, AddedAt: time.UnixMilli(1000), Payload: []byte(id[:3])}, deliveries)
+	}
+	idA, idB, idC := "aaa00000000000000000", "bbb00000000000000000", "ccc00000000000000000"
+	s.do(t, "HSET", k.pending,
+		idB, append([]byte("3:"), mk(idB, 0)...), // claimed second
+		idA, append([]byte("2+:"), mk(idA, 2)...), // claimed first; its second delivery started
+		idC, mk(idC, 0)) // claimed after the upgrade
+	s.do(t, "HSET", k.order, "9", idC)
+	pending, err := q.Pending(ctx, 0)
+	require.NoError(t, err)
+	assert.Equal(t, []string{idA, idB, idC}, taskIDsOf(pending))
+
+	c, err := q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	assert.Zero(t, s.do(t, "EXISTS", k.pending, k.order, k.dead))
+	got, err := c.Claim(ctx, 10)
+	require.NoError(t, err)
+	assert.Equal(t, []string{idA, idB, idC}, taskIDs(got))
+	assert.Equal(t, []int{3, 2, 2}, taskAttempts(got))
 }
