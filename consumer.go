@@ -442,7 +442,7 @@ func (c *Consumer) claimOnce(ctx context.Context, n int, dst []claimed) ([]claim
 			return out, true, err
 		}
 		if batch.finish(len(bad) / 2) {
-			if _, err := c.ack(ctx, nil, []string{batch.order}); err != nil {
+			if err := c.dropOrders(ctx, []string{batch.order}); err != nil {
 				return out, true, err
 			}
 		}

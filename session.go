@@ -134,31 +134,29 @@ func notify(c chan struct{}) {
 // task, not a channel send: the acker takes the whole buffer at once.
 func (s *session) ack(t claimed) {
 	s.unacked.Add(1)
-	s.ackMu.Lock()
-	wake := len(s.ackBuf) == 0 && len(s.ackOrders) == 0
-	s.ackBuf = append(s.ackBuf, t.field)
-	if t.batch.finish(1) {
-		s.ackOrders = append(s.ackOrders, t.batch.order)
-	}
-	s.ackMu.Unlock()
-	if wake {
-		notify(s.ackWake)
-	}
+	s.toAcker(t.field, t)
 }
 
 // finished counts tasks that left the pending hash otherwise than by an
 // ack (dead-lettered, handed back), and has the acker delete the order
 // records of the claims this finishes.
-func (s *session) finished(ts ...claimed) {
+func (s *session) finished(ts ...claimed) { s.toAcker("", ts...) }
+
+// toAcker queues field (unless empty) for the acker to delete, with the
+// order records of the claims that ts finish, and wakes the acker when it
+// had nothing to do.
+func (s *session) toAcker(field string, ts ...claimed) {
 	s.ackMu.Lock()
-	wake := len(s.ackBuf) == 0 && len(s.ackOrders) == 0
-	n := len(s.ackOrders)
+	idle := len(s.ackBuf) == 0 && len(s.ackOrders) == 0
+	if field != "" {
+		s.ackBuf = append(s.ackBuf, field)
+	}
 	for _, t := range ts {
 		if t.batch.finish(1) {
 			s.ackOrders = append(s.ackOrders, t.batch.order)
 		}
 	}
-	wake = wake && len(s.ackOrders) > n
+	wake := idle && (len(s.ackBuf) > 0 || len(s.ackOrders) > 0)
 	s.ackMu.Unlock()
 	if wake {
 		notify(s.ackWake)
