@@ -540,6 +540,78 @@ func benchDrain(b *testing.B, q *Queue, workers, n int) {
 	cpu.reportCores(b, adding+draining)
 }
 
+// BenchmarkBurst is BenchmarkDrain with the pool already running, as in
+// production: an idle AnalysePool (64 workers, waiting for work) gets
+// 100,000 tasks over 1,000 OrderIDs from one AddTasks call, and the time
+// runs from the call until every task has been analysed and Redis holds
+// no pending record (the last ack; polled every 200µs). Claims start while
+// the adds still go on.
+func BenchmarkBurst(b *testing.B) {
+	q, servers := benchQueue(b, 1)
+	s := servers[0]
+	k := newQueueKeys(q.cfg.Prefix, 0, 0)
+	n := drainSize()
+	tasks := make([]Task, n)
+	for i := range tasks {
+		tasks[i] = Task{OrderID: uint64(i % benchOrders), Payload: benchPayload}
+	}
+	var processed atomic.Int64
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- q.AnalysePool(ctx, 0, PoolConfig{Workers: 64, OnError: func(err error) { b.Error(err) }},
+			func(context.Context, Task) error { processed.Add(1); return nil })
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			b.Error(err)
+		}
+	}()
+	settled := func(want int64) {
+		for processed.Load() < want {
+			time.Sleep(200 * time.Microsecond)
+		}
+		c := s.pool.Get()
+		defer c.Close()
+		for {
+			n, err := redis.Int(c.Do("HLEN", k.pending))
+			if err != nil {
+				b.Fatal(err)
+			}
+			if n == 0 {
+				return
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+	}
+	// Warm up: the pool holds the lease and the scripts are loaded.
+	if _, err := q.AddTasks(ctx, tasks[:10]); err != nil {
+		b.Fatal(err)
+	}
+	settled(10)
+	cpu := newCPUMeter(q)
+	var want int64 = 10
+	var elapsed time.Duration
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		cpu.start()
+		start := time.Now()
+		if _, err := q.AddTasks(ctx, tasks); err != nil {
+			b.Fatal(err)
+		}
+		want += int64(n)
+		settled(want)
+		elapsed += time.Since(start)
+		cpu.stop()
+	}
+	b.StopTimer()
+	reportRate(b, b.N*n, elapsed, "tasks/s")
+	cpu.report(b, b.N*n)
+	cpu.reportCores(b, elapsed)
+}
+
 // BenchmarkRawDrain is the baseline of BenchmarkDrain: the same payloads
 // pushed with pipelined LPUSHes of 1000, then taken with RPOP 1000 until
 // the list is empty, with nothing recorded and nothing acknowledged.
