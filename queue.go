@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -314,15 +315,20 @@ func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 			}
 		}
 	}
-	var errs []error
+	// One round trip per partition, all at once: the servers take their
+	// tasks side by side rather than one after the other.
+	errs := make([]error, len(byPart))
+	var wg sync.WaitGroup
 	for pi, queues := range byPart {
-		if queues == nil {
-			continue
-		}
-		if err := q.pushPartition(ctx, pi, queues); err != nil {
-			errs = append(errs, err)
+		switch {
+		case queues == nil:
+		case len(q.parts) == 1:
+			errs[pi] = q.pushPartition(ctx, pi, queues)
+		default:
+			wg.Go(func() { errs[pi] = q.pushPartition(ctx, pi, queues) })
 		}
 	}
+	wg.Wait()
 	return ids, errors.Join(errs...)
 }
 
