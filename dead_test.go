@@ -606,3 +606,24 @@ func TestRecoveryReadsOlderPendingRecords(t *testing.T) {
 	assert.Equal(t, []string{idA, idB, idC}, taskIDs(got))
 	assert.Equal(t, []int{3, 2, 2}, taskAttempts(got))
 }
+
+// TestRecoveryFollowsOrderRecords: the claim order comes from the order
+// records, not from the task IDs (which sort by add time only for tasks of
+// one producer): here the claims took the IDs in reverse order.
+func TestRecoveryFollowsOrderRecords(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q, s, k := deadQueue(t)
+	ids := []string{"vvv00000000000000000", "uuu00000000000000000", "ttt00000000000000000", "sss00000000000000000"}
+	for _, id := range ids {
+		s.do(t, "HSET", k.pending, id, encodeTask(Task{ID: id, OrderID: 1, AddedAt: time.UnixMilli(1000), Payload: []byte("p")}, 0))
+	}
+	s.do(t, "HSET", k.order, "4", ids[2]+ids[3], "1", ids[0]+ids[1])
+	pending, err := q.Pending(ctx, 0)
+	require.NoError(t, err)
+	assert.Equal(t, ids, taskIDsOf(pending))
+	_, err = q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	assert.Equal(t, ids, readyIDs(t, s, k.ready), "back in claim order")
+	assert.Zero(t, s.do(t, "EXISTS", k.pending, k.order))
+}
