@@ -293,6 +293,43 @@ func TestAddTasksOrder(t *testing.T) {
 	assert.Empty(t, ids)
 }
 
+// TestAddTasksPartitionsFailAlone: the partitions' round trips run side by
+// side, and one that fails stops none of the others; the error names it.
+func TestAddTasksPartitionsFailAlone(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q, servers := newTestQueue(t, 3, Config{})
+	var tasks []Task
+	for o := uint64(0); o < 30; o++ {
+		tasks = append(tasks, Task{OrderID: o, Payload: []byte(fmt.Sprint(o))})
+	}
+	_, err := q.AddTasks(ctx, tasks[:3]) // records the layout everywhere
+	require.NoError(t, err)
+	bad := newQueueKeys(q.cfg.Prefix, 1, 0).ready
+	servers[1].do(t, "DEL", bad)
+	servers[1].do(t, "HSET", bad, "not", "a list")
+
+	ids, err := q.AddTasks(ctx, tasks)
+	require.ErrorIs(t, err, ErrWrongType)
+	assert.Contains(t, err.Error(), "partition 1")
+	assert.NotContains(t, err.Error(), "partition 0")
+	assert.NotContains(t, err.Error(), "partition 2")
+	for pi, srv := range servers {
+		if pi == 1 {
+			continue
+		}
+		var want []string
+		for i, task := range tasks {
+			if p, _ := q.Route(task.OrderID); p == pi {
+				want = append(want, ids[i])
+			}
+		}
+		require.NotEmpty(t, want)
+		got := readyIDs(t, srv, newQueueKeys(q.cfg.Prefix, pi, 0).ready)
+		assert.Equal(t, want, got[len(got)-len(want):], "partition %d took its tasks", pi)
+	}
+}
+
 func indexOf(ids []string, id string) int {
 	for i, x := range ids {
 		if x == id {
