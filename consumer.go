@@ -113,7 +113,7 @@ func (q *Queue) newConsumer(ctx context.Context, analyser int, cfg ConsumerConfi
 	if q.closed.Load() {
 		return nil, ErrClosed
 	}
-	pi, qi, err := q.analyserQueue(analyser)
+	pi, qi, err := q.Layout().Serves(analyser)
 	if err != nil {
 		return nil, err
 	}

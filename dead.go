@@ -86,7 +86,7 @@ func decodeDead(field string, b []byte) DeadTask {
 
 // analyserKeys returns the partition and keys of analyser a's queue.
 func (q *Queue) analyserKeys(a int) (*partition, queueKeys, error) {
-	pi, qi, err := q.analyserQueue(a)
+	pi, qi, err := q.Layout().Serves(a)
 	if err != nil {
 		return nil, queueKeys{}, err
 	}

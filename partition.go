@@ -3,7 +3,6 @@ package queue
 import (
 	"context"
 	"fmt"
-	"hash/fnv"
 	"strconv"
 	"strings"
 	"sync"
@@ -11,50 +10,6 @@ import (
 
 	"github.com/gomodule/redigo/redis"
 )
-
-// Route returns the partition (index into the pools or URLs) and the queue
-// within it that hold the tasks of orderID: orderID % R and (orderID / R) % Q.
-// This mapping is a compatibility contract: it never changes.
-func (q *Queue) Route(orderID uint64) (partition, queue int) {
-	r, n := uint64(len(q.parts)), uint64(q.cfg.Queues)
-	return int(orderID % r), int((orderID / r) % n)
-}
-
-// AnalyserOf returns the analyser that serves orderID: orderID % (R*Q).
-// Analyser a serves partition a % R, queue a / R.
-func (q *Queue) AnalyserOf(orderID uint64) int {
-	return int(orderID % uint64(q.Analysers()))
-}
-
-// Analysers returns R*Q, the number of analysers (and queues) in all.
-func (q *Queue) Analysers() int { return len(q.parts) * q.cfg.Queues }
-
-// analyserQueue returns the partition and queue served by analyser a.
-func (q *Queue) analyserQueue(a int) (partition, queue int, err error) {
-	if a < 0 || a >= q.Analysers() {
-		return 0, 0, fmt.Errorf("%w: %d not in [0, %d)", ErrAnalyserRange, a, q.Analysers())
-	}
-	r := len(q.parts)
-	return a % r, a / r, nil
-}
-
-// KeyID hashes a string key to an OrderID with FNV-1a (64 bit). The hash is
-// frozen: the same key gives the same OrderID in every version.
-func KeyID(key string) uint64 {
-	h := fnv.New64a()
-	h.Write([]byte(key))
-	return h.Sum64()
-}
-
-// workerOf spreads OrderIDs over w workers. OrderIDs of one analyser share
-// their residue mod R*Q, so the ID is mixed (splitmix64's finaliser) first.
-func workerOf(orderID uint64, w int) int {
-	z := orderID + 0x9e3779b97f4a7c15
-	z = (z ^ z>>30) * 0xbf58476d1ce4e5b9
-	z = (z ^ z>>27) * 0x94d049bb133111eb
-	z ^= z >> 31
-	return int(z % uint64(w))
-}
 
 // queueKeys names the Redis keys of one queue. They share one hash tag, so a
 // script may touch them all on a cluster slot too.

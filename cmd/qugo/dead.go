@@ -60,7 +60,7 @@ func deadFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 }
 
 func (e *env) newDeadDoc(a int, dead []queue.DeadTask) deadDoc {
-	pi, qi := servedBy(a, e.partitions())
+	pi, qi, _ := e.layout().Serves(a) // a is checked by the caller
 	doc := deadDoc{Analyser: a, Partition: pi, Queue: qi, Tasks: make([]deadTask, len(dead))}
 	for i, d := range dead {
 		doc.Tasks[i] = deadTask{

@@ -71,7 +71,7 @@ func listCommand[T any](fs *flag.FlagSet, name string, fetch func(*queue.Queue, 
 }
 
 func (e *env) newPendingDoc(a int, now time.Time, tasks []queue.Task) pendingDoc {
-	pi, qi := servedBy(a, e.partitions())
+	pi, qi, _ := e.layout().Serves(a) // a is checked by the caller
 	doc := pendingDoc{Analyser: a, Partition: pi, Queue: qi, Time: now.UTC(), Tasks: make([]pendingTask, len(tasks))}
 	for i, t := range tasks {
 		doc.Tasks[i] = pendingTask{

@@ -24,18 +24,18 @@ type route struct {
 	Analyser  int     `json:"analyser"`
 }
 
-// routeOf applies the routing contract of the queue package (see
-// queue.Queue.Route and queue.Queue.AnalyserOf) for r partitions of q
-// queues. It is computed here so that route needs no server; a test pins
-// it to the package's.
+// routeOf routes id with the queue package's own arithmetic (queue.Layout),
+// so that route needs no server.
 func routeOf(id uint64, r, q int) route {
-	ur, uq := uint64(r), uint64(q)
-	return route{OrderID: id, Partition: int(id % ur), Queue: int(id / ur % uq), Analyser: int(id % (ur * uq))}
+	l := queue.Layout{Partitions: r, Queues: q}
+	pi, qi := l.Route(id)
+	return route{OrderID: id, Partition: pi, Queue: qi, Analyser: l.AnalyserOf(id)}
 }
 
-// servedBy returns the partition and queue analyser a serves when there
-// are r partitions.
-func servedBy(a, r int) (partition, queue int) { return a % r, a / r }
+// layout is the layout the flags describe.
+func (e *env) layout() queue.Layout {
+	return queue.Layout{Partitions: e.partitions(), Queues: e.queues}
+}
 
 func routeFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 	var keys []string

@@ -12,8 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// routeOf must agree with the queue package's routing, which is the
-// contract; it is recomputed only so that route needs no server.
+// routeOf must agree with a Queue's routing, which is the contract.
 func TestRouteOfMatchesQueue(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, 1, 1)
@@ -32,7 +31,8 @@ func TestRouteOfMatchesQueue(t *testing.T) {
 			pi, qi := q.Route(id)
 			a := q.AnalyserOf(id)
 			assert.Equal(t, route{OrderID: id, Partition: pi, Queue: qi, Analyser: a}, got, "R=%d Q=%d id=%d", r, n, id)
-			spi, sqi := servedBy(a, r)
+			spi, sqi, err := queue.Layout{Partitions: r, Queues: n}.Serves(a)
+			require.NoError(t, err)
 			assert.Equal(t, [2]int{pi, qi}, [2]int{spi, sqi}, "analyser %d serves the queue of id %d", a, id)
 		}
 		require.NoError(t, q.Close())
