@@ -91,25 +91,6 @@ func pushOne(ctx context.Context, pool *redis.Pool, key string, entry []byte) er
 	return err
 }
 
-// doContext is redis.DoContext, which runs every command on a goroutine of
-// its own so that it can watch ctx, without that goroutine when ctx can
-// never end (context.Background, context.WithoutCancel): then plain Do,
-// with the connection's read timeout, is the same thing.
-func doContext(c redis.Conn, ctx context.Context, cmd string, args ...any) (any, error) {
-	if ctx.Done() == nil {
-		return c.Do(cmd, args...)
-	}
-	return redis.DoContext(c, ctx, cmd, args...)
-}
-
-// receiveContext is redis.ReceiveContext as doContext is redis.DoContext.
-func receiveContext(c redis.Conn, ctx context.Context) (any, error) {
-	if ctx.Done() == nil {
-		return c.Receive()
-	}
-	return redis.ReceiveContext(c, ctx)
-}
-
 // pushMany writes the calls' entries with one LPUSH per key, keeping their
 // order, in one pipeline, and returns each call's error.
 func pushMany(ctx context.Context, pool *redis.Pool, calls []*addCall) []error {

@@ -66,7 +66,7 @@ func queueKeyNames(q *Queue, pi int) []any {
 	keys := []any{layoutKey(q.cfg.Prefix)}
 	for qi := 0; qi < q.cfg.Queues; qi++ {
 		k := newQueueKeys(q.cfg.Prefix, pi, qi)
-		keys = append(keys, k.ready, k.pending, k.order, k.dead, k.lease, k.meta, k.wake)
+		keys = append(keys, k.ready, k.pending, k.claims, k.dead, k.lease, k.meta, k.wake)
 	}
 	return keys
 }

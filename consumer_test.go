@@ -109,7 +109,7 @@ func snapshot(t *testing.T, s *testServer, k queueKeys) queueState {
 	require.NoError(t, err)
 	st.Pending, err = redis.StringMap(s.do(t, "HGETALL", k.pending), nil)
 	require.NoError(t, err)
-	st.Order, err = redis.StringMap(s.do(t, "HGETALL", k.order), nil)
+	st.Order, err = redis.StringMap(s.do(t, "HGETALL", k.claims), nil)
 	require.NoError(t, err)
 	st.Dead, err = redis.StringMap(s.do(t, "HGETALL", k.dead), nil)
 	require.NoError(t, err)
@@ -186,7 +186,7 @@ func TestConsumerRemoveTaskClaimsIntoPending(t *testing.T) {
 	assert.Zero(t, st.Ready)
 	assert.Equal(t, "solo", st.Owner)
 	assert.Equal(t, c.Token(), st.Token)
-	assert.EqualValues(t, 0, s.do(t, "EXISTS", k.ready, k.pending, k.order, k.dead), "nothing per task is left")
+	assert.EqualValues(t, 0, s.do(t, "EXISTS", k.ready, k.pending, k.claims, k.dead), "nothing per task is left")
 }
 
 func TestConsumerFailRecordsThenDeadLetters(t *testing.T) {
@@ -216,7 +216,7 @@ func TestConsumerFailRecordsThenDeadLetters(t *testing.T) {
 	dead, err := c.Fail(ctx, task, errors.New("boom 3"))
 	require.NoError(t, err)
 	assert.True(t, dead)
-	assert.EqualValues(t, 0, s.do(t, "EXISTS", k.pending, k.order), "nothing of the claim is left")
+	assert.EqualValues(t, 0, s.do(t, "EXISTS", k.pending, k.claims), "nothing of the claim is left")
 
 	ds, err := q.Dead(ctx, 0)
 	require.NoError(t, err)
@@ -259,7 +259,7 @@ func TestConsumerRequeueKeepsOrderUncounted(t *testing.T) {
 	assert.Equal(t, map[string]string{"0": ids[0] + ids[1] + ids[2]}, snapshot(t, s, k).Order,
 		"the claim's order record stays while its tasks are pending")
 	require.NoError(t, c.Requeue(ctx, ts[1], ts[2]))
-	assert.EqualValues(t, 0, s.do(t, "EXISTS", k.pending, k.order), "nothing of the claim is left")
+	assert.EqualValues(t, 0, s.do(t, "EXISTS", k.pending, k.claims), "nothing of the claim is left")
 	ready := readyTasks(t, s, k)
 	assert.Equal(t, ids[1:], taskIDs(ready), "requeued at the consuming end, in order")
 	assert.Equal(t, []int{1, 1, 1, 1}, taskAttempts(ready), "the delivery is not counted")
@@ -550,7 +550,7 @@ func TestRecoveryOrdersAcrossClaims(t *testing.T) {
 	rest, err := c.Claim(ctx, 10) // b1 a2 b2
 	require.NoError(t, err)
 	require.Equal(t, ids[3:], taskIDs(rest))
-	assert.EqualValues(t, 3, s.do(t, "HLEN", k.order), "one order record per claim with a task pending")
+	assert.EqualValues(t, 3, s.do(t, "HLEN", k.claims), "one order record per claim with a task pending")
 	pending, err := q.Pending(ctx, 0)
 	require.NoError(t, err)
 	assert.Equal(t, ids, taskIDs(pending), "Pending lists in claim order")
@@ -560,12 +560,12 @@ func TestRecoveryOrdersAcrossClaims(t *testing.T) {
 	c2, err := q.Consume(ctx, 0, ConsumerConfig{})
 	require.NoError(t, err)
 	assert.Equal(t, ids, readyIDs(t, s, k.ready), "back in claim order")
-	assert.Zero(t, s.do(t, "EXISTS", k.pending, k.order))
+	assert.Zero(t, s.do(t, "EXISTS", k.pending, k.claims))
 	all, err := c2.Claim(ctx, 10)
 	require.NoError(t, err)
 	assert.Equal(t, ids, taskIDs(all))
 	assert.Equal(t, []int{2, 2, 2, 2, 2, 2}, taskAttempts(all), "the interrupted delivery counts once")
 	_, err = c2.Ack(ctx, taskIDs(all)...)
 	require.NoError(t, err)
-	assert.Zero(t, s.do(t, "EXISTS", k.ready, k.pending, k.order))
+	assert.Zero(t, s.do(t, "EXISTS", k.ready, k.pending, k.claims))
 }

@@ -116,8 +116,8 @@ func TestSplitPending(t *testing.T) {
 func TestClaimOrder(t *testing.T) {
 	t.Parallel()
 	id := func(c byte) string { return strings.Repeat(string(c), idLen) }
-	got := claimOrder(map[string]string{
-		"10": id('a') + id('b') + orderFiller,
+	got := claimSeqs(map[string]string{
+		"10": id('a') + id('b') + seqFiller,
 		"13": id('c') + id('a'), // a was handed back and claimed again
 		"7":  id('z'),
 		// Not order records as the claim script writes them: skipped.
@@ -128,7 +128,7 @@ func TestClaimOrder(t *testing.T) {
 		"99999999999999999999": id('x'),
 	})
 	assert.Equal(t, map[string]int64{
-		id('z'): 8, id('b'): 12, orderFiller: 13, id('c'): 14, id('a'): 15,
+		id('z'): 8, id('b'): 12, seqFiller: 13, id('c'): 14, id('a'): 15,
 	}, got)
 }
 
@@ -365,7 +365,7 @@ func TestPoolSkipsMalformed(t *testing.T) {
 	assertQuarantined(t, q, garbageEntries(), "claim: ")
 	// One task a claim: claims of garbage alone dropped their order
 	// records at once, the others with their task's ack.
-	assert.Zero(t, s.do(t, "EXISTS", k.pending, k.order))
+	assert.Zero(t, s.do(t, "EXISTS", k.pending, k.claims))
 }
 
 // assertQuarantined checks that the dead-letter store holds exactly the
@@ -415,7 +415,7 @@ func TestMalformedPendingQuarantined(t *testing.T) {
 		s.do(t, "HSET", k.pending, f, v)
 	}
 	// Claim order: A (seq 3), then B and C (seqs 8 and 9).
-	s.do(t, "HSET", k.order, "2", idA, "7", idB+idC, "x7", "not an order record")
+	s.do(t, "HSET", k.claims, "2", idA, "7", idB+idC, "x7", "not an order record")
 	pending, err := q.Pending(ctx, 0)
 	require.NoError(t, err)
 	assert.Equal(t, []string{idA, idB, idC}, taskIDsOf(pending), "Pending lists decodable records in claim order")
@@ -423,7 +423,7 @@ func TestMalformedPendingQuarantined(t *testing.T) {
 
 	c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 5})
 	require.NoError(t, err)
-	assert.Zero(t, s.do(t, "EXISTS", k.pending, k.order))
+	assert.Zero(t, s.do(t, "EXISTS", k.pending, k.claims))
 	assert.Equal(t, []string{idA, idB}, readyIDs(t, s, k.ready), "recovered in claim order")
 	got, err := c.Claim(ctx, 10)
 	require.NoError(t, err)
@@ -516,11 +516,11 @@ func FuzzDecodePending(f *testing.F) {
 // that one as the claim script writes it numbers each of its IDs.
 func FuzzClaimOrder(f *testing.F) {
 	f.Add("10", testID+testID)
-	f.Add("0", orderFiller)
+	f.Add("0", seqFiller)
 	f.Add("07", testID)
 	f.Add("x", "short")
 	f.Fuzz(func(t *testing.T, field, ids string) {
-		got := claimOrder(map[string]string{field: ids})
+		got := claimSeqs(map[string]string{field: ids})
 		first, err := strconv.ParseInt(field, 10, 64)
 		valid := err == nil && first >= 0 && strconv.FormatInt(first, 10) == field && len(ids)%idLen == 0
 		if !valid {
@@ -593,14 +593,14 @@ func TestRecoveryReadsOlderPendingRecords(t *testing.T) {
 		idB, append([]byte("3:"), mk(idB, 0)...), // claimed second
 		idA, append([]byte("2+:"), mk(idA, 2)...), // claimed first; its second delivery started
 		idC, mk(idC, 0)) // claimed after the upgrade
-	s.do(t, "HSET", k.order, "9", idC)
+	s.do(t, "HSET", k.claims, "9", idC)
 	pending, err := q.Pending(ctx, 0)
 	require.NoError(t, err)
 	assert.Equal(t, []string{idA, idB, idC}, taskIDsOf(pending))
 
 	c, err := q.Consume(ctx, 0, ConsumerConfig{})
 	require.NoError(t, err)
-	assert.Zero(t, s.do(t, "EXISTS", k.pending, k.order, k.dead))
+	assert.Zero(t, s.do(t, "EXISTS", k.pending, k.claims, k.dead))
 	got, err := c.Claim(ctx, 10)
 	require.NoError(t, err)
 	assert.Equal(t, []string{idA, idB, idC}, taskIDs(got))
@@ -618,12 +618,12 @@ func TestRecoveryFollowsOrderRecords(t *testing.T) {
 	for _, id := range ids {
 		s.do(t, "HSET", k.pending, id, encodeTask(Task{ID: id, OrderID: 1, AddedAt: time.UnixMilli(1000), Payload: []byte("p")}, 0))
 	}
-	s.do(t, "HSET", k.order, "4", ids[2]+ids[3], "1", ids[0]+ids[1])
+	s.do(t, "HSET", k.claims, "4", ids[2]+ids[3], "1", ids[0]+ids[1])
 	pending, err := q.Pending(ctx, 0)
 	require.NoError(t, err)
 	assert.Equal(t, ids, taskIDsOf(pending))
 	_, err = q.Consume(ctx, 0, ConsumerConfig{})
 	require.NoError(t, err)
 	assert.Equal(t, ids, readyIDs(t, s, k.ready), "back in claim order")
-	assert.Zero(t, s.do(t, "EXISTS", k.pending, k.order))
+	assert.Zero(t, s.do(t, "EXISTS", k.pending, k.claims))
 }

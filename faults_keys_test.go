@@ -106,13 +106,13 @@ func TestWrongTypedKeysChangeNothing(t *testing.T) {
 			func(e *wrongTypeEnv) error { _, err := e.c.Claim(ctx, 10); return err }},
 		{"claim: ready is a hash", func(k queueKeys) string { return k.ready }, "hash", ConsumerConfig{}, nil,
 			func(e *wrongTypeEnv) error { _, err := e.c.Claim(ctx, 10); return err }},
-		{"claim: order is a list", func(k queueKeys) string { return k.order }, "list", ConsumerConfig{}, nil,
+		{"claim: order is a list", func(k queueKeys) string { return k.claims }, "list", ConsumerConfig{}, nil,
 			func(e *wrongTypeEnv) error { _, err := e.c.Claim(ctx, 10); return err }},
 		{"ack: meta is a string", func(k queueKeys) string { return k.meta }, "string", ConsumerConfig{}, claim(2),
 			func(e *wrongTypeEnv) error { _, err := e.c.Ack(ctx, taskIDs(e.got)...); return err }},
 		{"ack: pending is a list", func(k queueKeys) string { return k.pending }, "list", ConsumerConfig{}, claim(2),
 			func(e *wrongTypeEnv) error { _, err := e.c.Ack(ctx, taskIDs(e.got)...); return err }},
-		{"ack: order is a list", func(k queueKeys) string { return k.order }, "list", ConsumerConfig{}, claim(2),
+		{"ack: order is a list", func(k queueKeys) string { return k.claims }, "list", ConsumerConfig{}, claim(2),
 			func(e *wrongTypeEnv) error { _, err := e.c.Ack(ctx, taskIDs(e.got)...); return err }},
 		{"dead-letter: dead is a string", func(k queueKeys) string { return k.dead }, "string", ConsumerConfig{MaxAttempts: 1}, claim(1),
 			func(e *wrongTypeEnv) error { _, err := e.c.Fail(ctx, e.got[0], errors.New("boom")); return err }},
@@ -183,7 +183,7 @@ func TestWrongTypedKeysChangeNothing(t *testing.T) {
 			if !strings.HasPrefix(tc.name, "claim:") { // a claim leaves its tasks, and its order record, pending
 				// The failed call kept its claim accounts: the one that
 				// worked finished the claim and dropped its order record.
-				assert.Zero(t, s.do(t, "EXISTS", k.order), "no order record is left")
+				assert.Zero(t, s.do(t, "EXISTS", k.claims), "no order record is left")
 			}
 		})
 	}
@@ -302,7 +302,7 @@ func TestFaultMalformedData(t *testing.T) {
 	const moment, window = 300 * time.Millisecond, 256
 	var resumed []time.Duration
 	for _, c := range []struct{ key, kind string }{
-		{k.ready, "string"}, {k.ready, "hash"}, {k.pending, "list"}, {k.order, "list"}, {k.meta, "string"},
+		{k.ready, "string"}, {k.ready, "hash"}, {k.pending, "list"}, {k.claims, "list"}, {k.meta, "string"},
 	} {
 		restore := corruptKey(t, srv, c.key, c.kind)
 		time.Sleep(moment)

@@ -16,7 +16,7 @@ import (
 type queueKeys struct {
 	ready   string // list: encoded tasks, LPUSHed by producers, taken from the right
 	pending string // hash: task ID -> encoded task ("+" first once its delivery is recorded), tasks claimed and not finished
-	order   string // hash: claim first seq -> the claim's task IDs back to back, while one of them is pending
+	claims  string // hash: a claim's first seq -> its task IDs back to back (claim-sequence records), while one of them is pending
 	dead    string // hash: task ID -> encoded dead record
 	lease   string // string: "<fencing token>:<owner>", with a PX expiry; the queue's owner
 	meta    string // hash: fence (last token), seq (last claim), processed, failed, redelivered
@@ -28,7 +28,7 @@ func newQueueKeys(prefix string, partition, queue int) queueKeys {
 	return queueKeys{
 		ready:   tag + "ready",
 		pending: tag + "pending",
-		order:   tag + "order",
+		claims:  tag + "order", // the name of the first release, kept
 		dead:    tag + "dead",
 		lease:   tag + "lease",
 		meta:    tag + "meta",
@@ -53,7 +53,7 @@ func layoutKey(prefix string) string { return prefix + ":layout" }
 //
 // Returns "" when the layout matches (or was just recorded), otherwise the
 // recorded layout as "partitions=R queues=Q index=I".
-var layoutScript = redis.NewScript(1, `
+var layoutScript = newScript("layout", 1, `
 local got = redis.call('HMGET', KEYS[1], 'partitions', 'queues', 'index')
 if not got[1] then
   redis.call('HSET', KEYS[1], 'partitions', ARGV[1], 'queues', ARGV[2], 'index', ARGV[3])

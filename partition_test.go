@@ -17,7 +17,7 @@ import (
 func TestQueueKeysShareHashTag(t *testing.T) {
 	t.Parallel()
 	k := newQueueKeys("p", 2, 1)
-	all := []string{k.ready, k.pending, k.order, k.dead, k.lease, k.meta, k.wake}
+	all := []string{k.ready, k.pending, k.claims, k.dead, k.lease, k.meta, k.wake}
 	seen := map[string]bool{}
 	for _, key := range all {
 		assert.True(t, strings.HasPrefix(key, "{p:2.1}:"), key)

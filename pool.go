@@ -86,6 +86,10 @@ func (c PoolConfig) withDefaults() (PoolConfig, error) {
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = 10 * time.Second
 	}
+	var err error
+	if c.LeaseTTL, c.MaxAttempts, c.Owner, err = leaseDefaults(c.LeaseTTL, c.MaxAttempts, c.Owner); err != nil {
+		return c, err
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -148,9 +152,8 @@ func (q *Queue) AnalysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 	if err != nil {
 		return err
 	}
-	ccfg := ConsumerConfig{LeaseTTL: cfg.LeaseTTL, MaxAttempts: cfg.MaxAttempts, Owner: cfg.Owner}
 	var b backoff
-	c, err := q.newConsumer(ctx, analyser, ccfg)
+	st, err := q.newStore(ctx, analyser, cfg.LeaseTTL, cfg.MaxAttempts, cfg.Owner)
 	for err != nil {
 		// The layout check needs Redis: wait for an unreachable server as
 		// the pool does once running, and return only invalid arguments.
@@ -165,24 +168,23 @@ func (q *Queue) AnalysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 		if b.wait(ctx) != nil {
 			return nil
 		}
-		c, err = q.newConsumer(ctx, analyser, ccfg)
+		st, err = q.newStore(ctx, analyser, cfg.LeaseTTL, cfg.MaxAttempts, cfg.Owner)
 	}
 	b.reset()
-	cfg.LeaseTTL, cfg.MaxAttempts = c.cfg.LeaseTTL, c.cfg.MaxAttempts
 	if cfg.Counters != nil {
 		cfg.Counters.init(cfg.Workers)
 	}
-	warnEviction(ctx, c.part, cfg.Logger)
+	warnEviction(ctx, st.part, cfg.Logger)
 	for {
-		if err := c.acquire(ctx, cfg.OnError); err != nil {
+		if err := st.acquire(ctx, cfg.OnError); err != nil {
 			return nil // ctx ended while waiting; nothing is held
 		}
-		cfg.Logger.Debug("queue: lease taken", "analyser", analyser, "lease", c.lease)
-		n, err := c.recover(ctx)
+		cfg.Logger.Debug("queue: lease taken", "analyser", analyser, "lease", st.value())
+		n, err := st.recover(ctx)
 		if err != nil {
 			cfg.OnError(err)
 			if !errors.Is(err, ErrLeaseLost) {
-				c.Release(context.WithoutCancel(ctx))
+				st.release(context.WithoutCancel(ctx))
 			}
 			if b.wait(ctx) != nil {
 				return nil
@@ -193,7 +195,7 @@ func (q *Queue) AnalysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 		if n > 0 {
 			cfg.Logger.Info("queue: recovered pending tasks", "analyser", analyser, "tasks", n)
 		}
-		switch newSession(c, cfg, fn).run(ctx) {
+		switch newSession(st, cfg, fn).run(ctx) {
 		case endStopped, endEmpty:
 			return nil
 		case endLost:

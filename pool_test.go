@@ -401,7 +401,7 @@ func TestPoolStopNoDuplicates(t *testing.T) {
 	assert.Zero(t, st.Pending)
 	assert.EqualValues(t, started, st.Processed)
 	assert.Empty(t, st.Owner)
-	assert.Zero(t, s.do(t, "EXISTS", k.order), "no claim is left to order")
+	assert.Zero(t, s.do(t, "EXISTS", k.claims), "no claim is left to order")
 	var unstarted []string
 	for _, id := range ids {
 		if rec.starts[id] == 0 {
@@ -478,7 +478,7 @@ func TestPoolStopHandsBackUnstartedAtOnce(t *testing.T) {
 	pending, err := redis.Strings(s.do(t, "HKEYS", k.pending), nil)
 	require.NoError(t, err)
 	assert.Equal(t, []string{ids[0]}, pending)
-	assert.EqualValues(t, 1, s.do(t, "HLEN", k.order), "the running task's claim keeps its order record")
+	assert.EqualValues(t, 1, s.do(t, "HLEN", k.claims), "the running task's claim keeps its order record")
 	// It waits for the running task (on a real server for longer than the
 	// lease lasts without renewal), keeping the lease.
 	assert.Never(t, func() bool { return len(errc) > 0 }, hold, 10*time.Millisecond)
@@ -490,7 +490,7 @@ func TestPoolStopHandsBackUnstartedAtOnce(t *testing.T) {
 	assert.Zero(t, st.Pending)
 	assert.EqualValues(t, 1, st.Processed)
 	assert.Empty(t, st.Owner, "the lease is released")
-	assert.Zero(t, s.do(t, "EXISTS", k.order), "the claim's order record went with its last task")
+	assert.Zero(t, s.do(t, "EXISTS", k.claims), "the claim's order record went with its last task")
 
 	require.NoError(t, q.AnalysePool(bounded(t), 0, PoolConfig{Workers: 1, ExitOnEmpty: true}, fn))
 	assert.Equal(t, []string{pl(1, 0), pl(1, 1), pl(1, 2)}, rec.order(1))

@@ -18,38 +18,27 @@ const (
 	endLost                      // the lease was lost; in-memory work dropped
 )
 
-// session is one tenure of a pool as the queue's owner: a fetcher (the
-// goroutine that called run) claims tasks and hands them to workers by
-// OrderID; workers run them and pass acknowledgements to an acker, which
-// batches them; a renewer keeps the lease.
+// session is one tenure of a pool as the queue's owner. It only
+// orchestrates: a fetcher (the goroutine that called run) claims tasks and
+// hands them to workers by OrderID (worker.go); workers run them and hand
+// acknowledgements to the acker (acker.go); a renewer keeps the lease; run
+// follows the stop order. Every Redis write goes through the store.
 type session struct {
-	c       *Consumer
+	st      *store
 	cfg     PoolConfig
 	fn      AnalyseFunc
 	workers []*worker
+	acks    *acker
 
 	inflight atomic.Int64  // tasks claimed and not finished
-	freed    chan struct{} // signalled when inflight falls
+	freed    chan struct{} // signalled when inflight falls or an ack is confirmed
 	lowWater int64         // the fetcher claims again once this many slots are free
+	per      [][]claimed   // dispatch's buffers, one per worker (fetcher only)
+	claimBuf []claimed     // the claim buffer, reused once dispatched (fetcher only)
 
-	ackMu     sync.Mutex
-	ackBuf    []string      // pending fields of finished tasks the acker has not taken
-	ackOrders []string      // order records of claims none of whose tasks is pending any more
-	ackClosed bool          // no more acks come
-	ackWake   chan struct{} // signalled when ackBuf stops being empty, or closes
-	unacked   atomic.Int64  // tasks finished ok whose ack Redis has not confirmed
-	per       [][]claimed   // dispatch's buffers, one per worker (fetcher only)
-	claimBuf  []claimed     // the claim buffer, reused once dispatched (fetcher only)
-
-	lost     chan struct{} // closed when the lease is lost
-	lostOnce sync.Once
-	stop     chan struct{} // closed when the graceful stop begins
-	stopOnce sync.Once
-	// isLost and halted are set just before lost (and, for halted, stop)
-	// is closed: the workers ask them once per task, which a select on the
-	// channels made cost more than an atomic load.
-	isLostFlag atomic.Bool
-	halted     atomic.Bool
+	halt     chan struct{} // closed when the session starts no more tasks: a stop began, or the lease was lost
+	haltOnce sync.Once
+	lost     atomic.Bool // the lease was lost: in-memory work is dropped
 
 	born     time.Time    // when the session began (monotonic clock)
 	deadline atomic.Int64 // when the lease must be taken as lost unless renewed, as time since born
@@ -60,15 +49,14 @@ type session struct {
 	cancelLease context.CancelFunc
 }
 
-func newSession(c *Consumer, cfg PoolConfig, fn AnalyseFunc) *session {
+func newSession(st *store, cfg PoolConfig, fn AnalyseFunc) *session {
 	s := &session{
-		c: c, cfg: cfg, fn: fn,
+		st: st, cfg: cfg, fn: fn,
 		freed:    make(chan struct{}, 1),
 		lowWater: int64(max(1, cfg.Prefetch/4)),
-		ackWake:  make(chan struct{}, 1),
-		lost:     make(chan struct{}),
-		stop:     make(chan struct{}),
+		halt:     make(chan struct{}),
 	}
+	s.acks = newAcker(s)
 	s.born = time.Now()
 	s.setDeadline(s.born.Add(cfg.LeaseTTL - cfg.LeaseTTL/5)) // as renew computes it
 	s.taskCtx, s.cancelTask = context.WithCancel(context.Background())
@@ -80,17 +68,32 @@ func newSession(c *Consumer, cfg PoolConfig, fn AnalyseFunc) *session {
 	return s
 }
 
-func (s *session) loseLease() {
-	s.lostOnce.Do(func() {
-		s.isLostFlag.Store(true)
-		s.halted.Store(true)
-		close(s.lost)
-		s.cancelTask()
-		s.cancelLease()
-	})
+// stopStarting closes halt: workers start no more tasks.
+func (s *session) stopStarting() { s.haltOnce.Do(func() { close(s.halt) }) }
+
+// halted reports whether halt is closed. (A receive from one channel with
+// a default costs an atomic load or two: workers ask once per task.)
+func (s *session) halted() bool {
+	select {
+	case <-s.halt:
+		return true
+	default:
+		return false
+	}
 }
 
-func (s *session) isLost() bool { return s.isLostFlag.Load() }
+// loseLease stops everything the tenure does: no task starts, running
+// tasks have their ctx cancelled, Redis calls of the tenure end.
+func (s *session) loseLease() {
+	if s.lost.Swap(true) {
+		return
+	}
+	s.stopStarting()
+	s.cancelTask()
+	s.cancelLease()
+}
+
+func (s *session) isLost() bool { return s.lost.Load() }
 
 // setDeadline records when the lease must be taken as lost unless renewed.
 func (s *session) setDeadline(t time.Time) { s.deadline.Store(int64(t.Sub(s.born))) }
@@ -102,13 +105,6 @@ func (s *session) setDeadline(t time.Time) { s.deadline.Store(int64(t.Sub(s.born
 // this, with the time they read, before they start a task.
 func (s *session) leaseValid(now time.Time) bool {
 	return now.Sub(s.born) < time.Duration(s.deadline.Load())
-}
-
-func (s *session) beginStop() {
-	s.stopOnce.Do(func() {
-		s.halted.Store(true)
-		close(s.stop)
-	})
 }
 
 // release returns n slots of the prefetch window. It wakes the fetcher
@@ -130,64 +126,6 @@ func notify(c chan struct{}) {
 	}
 }
 
-// ack hands a finished task's pending field to the acker. One mutex per
-// task, not a channel send: the acker takes the whole buffer at once.
-func (s *session) ack(t claimed) {
-	s.unacked.Add(1)
-	s.toAcker(t.field, t)
-}
-
-// finished counts tasks that left the pending hash otherwise than by an
-// ack (dead-lettered, handed back), and has the acker delete the order
-// records of the claims this finishes.
-func (s *session) finished(ts ...claimed) { s.toAcker("", ts...) }
-
-// toAcker queues field (unless empty) for the acker to delete, with the
-// order records of the claims that ts finish, and wakes the acker when it
-// had nothing to do.
-func (s *session) toAcker(field string, ts ...claimed) {
-	s.ackMu.Lock()
-	idle := len(s.ackBuf) == 0 && len(s.ackOrders) == 0
-	if field != "" {
-		s.ackBuf = append(s.ackBuf, field)
-	}
-	for _, t := range ts {
-		if t.batch.finish(1) {
-			s.ackOrders = append(s.ackOrders, t.batch.order)
-		}
-	}
-	wake := idle && (len(s.ackBuf) > 0 || len(s.ackOrders) > 0)
-	s.ackMu.Unlock()
-	if wake {
-		notify(s.ackWake)
-	}
-}
-
-// closeAcks tells the acker that no more acks come; it acknowledges what
-// it holds, then returns.
-func (s *session) closeAcks() {
-	s.ackMu.Lock()
-	s.ackClosed = true
-	s.ackMu.Unlock()
-	notify(s.ackWake)
-}
-
-// takeAcks waits for work for the acker and returns the fields and order
-// records to delete, swapping in spare as the new field buffer; it
-// returns nothing once the acks are closed and everything has been taken.
-func (s *session) takeAcks(spare []string) ([]string, []string) {
-	s.ackMu.Lock()
-	for len(s.ackBuf) == 0 && len(s.ackOrders) == 0 && !s.ackClosed {
-		s.ackMu.Unlock()
-		<-s.ackWake
-		s.ackMu.Lock()
-	}
-	fields, orders := s.ackBuf, s.ackOrders
-	s.ackBuf, s.ackOrders = spare[:0], nil
-	s.ackMu.Unlock()
-	return fields, orders
-}
-
 func (s *session) run(ctx context.Context) sessionEnd {
 	defer s.cancelTask()
 	defer s.cancelLease()
@@ -200,7 +138,7 @@ func (s *session) run(ctx context.Context) sessionEnd {
 	renewWG.Add(1)
 	go func() { defer renewWG.Done(); s.renew(renewCtx) }()
 	ackWG.Add(1)
-	go func() { defer ackWG.Done(); s.ackLoop(leaseCtx) }()
+	go func() { defer ackWG.Done(); s.acks.loop(leaseCtx) }()
 	workWG.Add(len(s.workers))
 	for _, w := range s.workers {
 		go func() { defer workWG.Done(); w.loop() }()
@@ -213,23 +151,23 @@ func (s *session) run(ctx context.Context) sessionEnd {
 		// order, then give running tasks ShutdownTimeout. Tasks that fail or
 		// are interrupted meanwhile are handed back after them, so they come
 		// before their OrderID's later tasks.
-		s.beginStop()
+		s.stopStarting()
 		s.handBack(leaseCtx, s.takeUnstarted())
 		timer := time.AfterFunc(s.cfg.ShutdownTimeout, s.cancelTask)
 		workWG.Wait()
 		timer.Stop()
 		s.handBack(leaseCtx, s.takeUnstarted())
 	} else {
-		s.beginStop()
+		s.stopStarting()
 		workWG.Wait()
 	}
-	s.closeAcks()
+	s.acks.close()
 	ackWG.Wait()
 	stopRenew()
 	renewWG.Wait()
 	if s.isLost() {
 		end = endLost
-	} else if err := s.c.Release(leaseCtx); err != nil {
+	} else if err := s.st.release(leaseCtx); err != nil {
 		s.cfg.OnError(err)
 	}
 	s.cancelLease()
@@ -245,7 +183,7 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 	defer cancel()
 	go func() {
 		select {
-		case <-s.lost:
+		case <-s.halt:
 			cancel()
 		case <-waitCtx.Done():
 		}
@@ -266,7 +204,7 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 			// happened, are back in the ready list: they come before
 			// anything claimed later. Once nothing is in flight and every
 			// ack is confirmed, whatever is pending is theirs.
-			if s.inflight.Load() > 0 || s.unacked.Load() > 0 {
+			if s.inflight.Load() > 0 || s.acks.unconfirmed.Load() > 0 {
 				select {
 				case <-s.freed:
 				case <-waitCtx.Done():
@@ -294,14 +232,14 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 		free := int64(s.cfg.Prefetch) - in
 		// Wait for free slots, and while acks Redis has not taken pile up
 		// (Redis refuses them, say): claims stop there, as pending grows.
-		if free < lowWater && in > 0 || s.unacked.Load() > int64(s.cfg.Prefetch) {
+		if free < lowWater && in > 0 || s.acks.unconfirmed.Load() > int64(s.cfg.Prefetch) {
 			select {
 			case <-s.freed:
 			case <-waitCtx.Done():
 			}
 			continue
 		}
-		tasks, err := s.c.claim(leaseCtx, int(free), s.claimBuf)
+		tasks, err := s.st.claim(leaseCtx, int(free), s.claimBuf)
 		if err != nil {
 			if errors.Is(err, ErrLeaseLost) {
 				s.loseLease()
@@ -329,7 +267,7 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 				}
 				continue
 			}
-			if _, err := s.c.Wait(waitCtx, block); err != nil && waitCtx.Err() == nil {
+			if _, err := s.st.wait(waitCtx, block); err != nil && waitCtx.Err() == nil {
 				s.cfg.OnError(err)
 				b.wait(waitCtx)
 			}
@@ -348,7 +286,7 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 // claim whose reply was lost (Redis moved the tasks, this process never
 // saw them): then every pending task is one of those.
 func (s *session) resync(ctx context.Context) (int, error) {
-	return s.c.putBackPending(ctx, "resync", false)
+	return s.st.putBack(ctx, "resync", false)
 }
 
 // dispatch hands tasks to their workers, keeping claim order per worker.
@@ -393,63 +331,16 @@ func (s *session) handBack(ctx context.Context, tasks []claimed) {
 	for i := range tasks {
 		tasks[i].Attempt--
 	}
-	if err := s.c.requeue(ctx, tasks, false); err != nil {
+	if err := s.st.requeue(ctx, tasks, false); err != nil {
 		// They stay pending, and the next owner puts them back.
 		s.cfg.OnError(err)
 		if errors.Is(err, ErrLeaseLost) {
 			s.loseLease()
 		}
 	} else {
-		s.finished(tasks...)
+		s.acks.finished(tasks...)
 	}
 	s.release(len(tasks))
-}
-
-// ackLoop acknowledges finished tasks in batches: it waits for one, takes
-// every one finished by then, and acknowledges them, maxClaim to a call,
-// deleting with the last call the order records of the claims finished.
-func (s *session) ackLoop(ctx context.Context) {
-	spare := make([]string, 0, maxClaim)
-	var b backoff
-	for {
-		fields, orders := s.takeAcks(spare)
-		if len(fields) == 0 && len(orders) == 0 {
-			return
-		}
-		for batch := fields; len(batch) > 0 || len(orders) > 0; {
-			n := min(len(batch), maxClaim)
-			var last []string
-			if n == len(batch) {
-				last, orders = orders, nil
-			}
-			s.ackBatch(ctx, batch[:n], last, &b)
-			batch = batch[n:]
-		}
-		clear(fields)
-		spare = fields[:0]
-	}
-}
-
-// ackBatch acknowledges one batch, retrying Redis errors until it succeeds
-// or the lease is lost, then counts it as confirmed and wakes the fetcher.
-func (s *session) ackBatch(ctx context.Context, batch []string, orders []string, b *backoff) {
-	for !s.isLost() {
-		_, err := s.c.ack(ctx, batch, orders)
-		if err == nil {
-			b.reset()
-			break
-		}
-		if errors.Is(err, ErrLeaseLost) {
-			s.loseLease()
-			break
-		}
-		s.cfg.OnError(err)
-		if b.wait(ctx) != nil {
-			break
-		}
-	}
-	s.unacked.Add(-int64(len(batch)))
-	notify(s.freed)
 }
 
 // renew keeps the lease until ctx ends. When it cannot renew before the
@@ -474,7 +365,7 @@ func (s *session) renew(ctx context.Context) {
 		}
 		start := time.Now()
 		rctx, cancel := context.WithDeadline(ctx, deadline)
-		err := s.c.Renew(rctx)
+		err := s.st.renew(rctx)
 		cancel()
 		switch {
 		case err == nil:

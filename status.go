@@ -72,7 +72,7 @@ func (q *Queue) State(ctx context.Context, orderID uint64, id string) (TaskState
 // The LPUSH goes first: a ready list of the wrong type, or a full Redis,
 // refuses it before anything is written, and a retry is not taken for a
 // duplicate of a task that was never queued.
-var addOnceScript = redis.NewScript(2, `
+var addOnceScript = newScript("add-once", 2, `
 local old = redis.call('GET', KEYS[2])
 if old then return {0, old} end
 redis.call('LPUSH', KEYS[1], ARGV[2])

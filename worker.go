@@ -18,32 +18,32 @@ type worker struct {
 	wake  chan struct{} // signalled when tasks arrive
 
 	mu       sync.Mutex
-	orders   map[uint64]*orderQueue
-	runnable []*orderQueue // OrderIDs with a task to start now, oldest first
-	delayed  []*orderQueue // OrderIDs waiting out a backoff
-	free     []*orderQueue // emptied orderQueues kept for reuse
+	orders   map[uint64]*orderLine
+	runnable []*orderLine // OrderIDs with a task to start now, oldest first
+	delayed  []*orderLine // OrderIDs waiting out a backoff
+	free     []*orderLine // emptied orderLines kept for reuse
 }
 
-// orderQueue holds the claimed tasks of one OrderID on a worker.
-type orderQueue struct {
+// orderLine holds the claimed tasks of one OrderID on a worker.
+type orderLine struct {
 	id        uint64
 	tasks     []claimed // tasks[head] is the next (or running) one
 	head      int       // tasks before it are done (and zeroed)
-	state     orderState
+	state     lineState
 	notBefore time.Time // while delayed
 }
 
-type orderState int
+type lineState int
 
 const (
-	idle     orderState = iota // in orders only (during a stop)
-	queued                     // in runnable
-	running                    // tasks[0] runs
-	delaying                   // in delayed
+	lineIdle     lineState = iota // in orders only (during a stop)
+	lineRunnable                  // in runnable
+	lineRunning                   // tasks[0] runs
+	lineDelayed                   // in delayed
 )
 
 func newWorker(s *session, i int) *worker {
-	return &worker{s: s, index: i, wake: make(chan struct{}, 1), orders: map[uint64]*orderQueue{}}
+	return &worker{s: s, index: i, wake: make(chan struct{}, 1), orders: map[uint64]*orderLine{}}
 }
 
 // give adds claimed tasks, in claim order.
@@ -56,8 +56,8 @@ func (w *worker) give(ts []claimed) {
 			w.orders[t.OrderID] = o
 		}
 		o.push(t)
-		if o.state == idle {
-			o.state = queued
+		if o.state == lineIdle {
+			o.state = lineRunnable
 			w.runnable = append(w.runnable, o)
 		}
 	}
@@ -70,7 +70,7 @@ func (w *worker) give(ts []claimed) {
 
 // push appends t, first moving the tasks left to the front of a full
 // buffer, so that a busy OrderID reuses its buffer.
-func (o *orderQueue) push(t claimed) {
+func (o *orderLine) push(t claimed) {
 	if o.head > 0 && len(o.tasks) == cap(o.tasks) {
 		n := copy(o.tasks, o.tasks[o.head:])
 		clear(o.tasks[n:])
@@ -79,18 +79,18 @@ func (o *orderQueue) push(t claimed) {
 	o.tasks = append(o.tasks, t)
 }
 
-// maxFreeOrders bounds the emptied orderQueues a worker keeps, and
+// maxFreeOrders bounds the emptied orderLines a worker keeps, and
 // maxFreeTasks the buffer each keeps, so an idle pool holds little.
 const (
 	maxFreeOrders = 256
 	maxFreeTasks  = 64
 )
 
-// newOrder returns an empty orderQueue for id, reusing a freed one.
-func (w *worker) newOrder(id uint64) *orderQueue {
+// newOrder returns an empty orderLine for id, reusing a freed one.
+func (w *worker) newOrder(id uint64) *orderLine {
 	n := len(w.free)
 	if n == 0 {
-		return &orderQueue{id: id}
+		return &orderLine{id: id}
 	}
 	o := w.free[n-1]
 	w.free[n-1] = nil
@@ -99,8 +99,8 @@ func (w *worker) newOrder(id uint64) *orderQueue {
 	return o
 }
 
-// recycle keeps an emptied orderQueue, deleted from orders, for reuse.
-func (w *worker) recycle(o *orderQueue) {
+// recycle keeps an emptied orderLine, deleted from orders, for reuse.
+func (w *worker) recycle(o *orderLine) {
 	if len(w.free) >= maxFreeOrders {
 		return
 	}
@@ -108,7 +108,7 @@ func (w *worker) recycle(o *orderQueue) {
 	if cap(tasks) > maxFreeTasks {
 		tasks = nil
 	}
-	*o = orderQueue{tasks: tasks}
+	*o = orderLine{tasks: tasks}
 	w.free = append(w.free, o)
 }
 
@@ -119,7 +119,7 @@ func (w *worker) takeAll() []claimed {
 	defer w.mu.Unlock()
 	var out []claimed
 	for id, o := range w.orders {
-		if o.state == running {
+		if o.state == lineRunning {
 			out = append(out, o.tasks[o.head+1:]...)
 			o.tasks = o.tasks[:o.head+1]
 			continue
@@ -133,19 +133,19 @@ func (w *worker) takeAll() []claimed {
 
 // stopping reports whether the session stops (gracefully or with the
 // lease lost): the worker starts nothing more.
-func (w *worker) stopping() bool { return w.s.halted.Load() }
+func (w *worker) stopping() bool { return w.s.halted() }
 
 // next returns the next OrderID to run and its task, marking it running,
 // or when none is due, the time the earliest delayed one is due (zero if
 // none).
-func (w *worker) next(now time.Time) (*orderQueue, claimed, time.Time) {
+func (w *worker) next(now time.Time) (*orderLine, claimed, time.Time) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var due time.Time
 	kept := w.delayed[:0]
 	for _, o := range w.delayed {
 		if !o.notBefore.After(now) {
-			o.state = queued
+			o.state = lineRunnable
 			w.runnable = append(w.runnable, o)
 			continue
 		}
@@ -162,7 +162,7 @@ func (w *worker) next(now time.Time) (*orderQueue, claimed, time.Time) {
 	o := w.runnable[0]
 	w.runnable[0] = nil
 	w.runnable = w.runnable[1:]
-	o.state = running
+	o.state = lineRunning
 	return o, o.tasks[o.head], time.Time{}
 }
 
@@ -197,14 +197,13 @@ func (w *worker) loop() {
 		select {
 		case <-w.wake:
 		case <-tc:
-		case <-w.s.stop:
-		case <-w.s.lost:
+		case <-w.s.halt:
 		}
 	}
 }
 
 // runOne runs o's first task, picked at now, and settles its outcome.
-func (w *worker) runOne(o *orderQueue, t claimed, now time.Time) {
+func (w *worker) runOne(o *orderLine, t claimed, now time.Time) {
 	s := w.s
 	var err error
 	if t.Attempt > s.cfg.MaxAttempts {
@@ -227,7 +226,7 @@ func (w *worker) runOne(o *orderQueue, t claimed, now time.Time) {
 	case s.isLost():
 		return // the next owner has it; drop everything
 	case err == nil:
-		s.ack(t)
+		s.acks.ack(t)
 		if c := s.cfg.Counters; c != nil {
 			(*c.processed.Load())[w.index].Add(1)
 		}
@@ -245,7 +244,7 @@ func (w *worker) runOne(o *orderQueue, t claimed, now time.Time) {
 		s.release(1)
 	default:
 		s.cfg.OnError(&TaskError{ID: t.ID, OrderID: t.OrderID, Attempt: t.Attempt, Err: err})
-		if _, ferr := s.c.fail(s.leaseCtx, t.Task, err); ferr != nil {
+		if _, ferr := s.st.fail(s.leaseCtx, t.Task, err); ferr != nil {
 			if errors.Is(ferr, ErrLeaseLost) {
 				s.loseLease()
 				return
@@ -257,14 +256,14 @@ func (w *worker) runOne(o *orderQueue, t claimed, now time.Time) {
 }
 
 // recordStart records, before a redelivered or retried task starts, that
-// this delivery is made (see Consumer.recordDelivery): a task seen again
+// this delivery is made (see store.recordDelivery): a task seen again
 // may be the one that crashes its owner, and a crash while it runs must
 // count, while tasks claimed with it that never started must not pay for
 // it. Costs one round trip, for redeliveries only. It reports false when
 // the lease is lost.
 func (w *worker) recordStart(t claimed) bool {
 	s := w.s
-	err := s.c.recordDelivery(s.leaseCtx, t)
+	err := s.st.recordDelivery(s.leaseCtx, t)
 	if errors.Is(err, ErrLeaseLost) {
 		s.loseLease()
 		return false
@@ -282,9 +281,9 @@ func (w *worker) bury(t claimed, cause error) bool {
 	s := w.s
 	var b backoff
 	for {
-		_, err := s.c.fail(s.leaseCtx, t.Task, cause)
+		_, err := s.st.fail(s.leaseCtx, t.Task, cause)
 		if err == nil {
-			s.finished(t)
+			s.acks.finished(t)
 			break
 		}
 		if errors.Is(err, ErrLeaseLost) {
@@ -306,7 +305,7 @@ func (w *worker) bury(t claimed, cause error) bool {
 // settle puts o back after its first task ran: done drops that task, else
 // it stays first with its Attempt one higher; a non-zero retryAt delays the
 // OrderID until then.
-func (w *worker) settle(o *orderQueue, done bool, retryAt time.Time) {
+func (w *worker) settle(o *orderLine, done bool, retryAt time.Time) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if done {
@@ -320,12 +319,12 @@ func (w *worker) settle(o *orderQueue, done bool, retryAt time.Time) {
 		delete(w.orders, o.id)
 		w.recycle(o)
 	case w.stopping():
-		o.state = idle // takeAll hands it back
+		o.state = lineIdle // takeAll hands it back
 	case !retryAt.IsZero():
-		o.state, o.notBefore = delaying, retryAt
+		o.state, o.notBefore = lineDelayed, retryAt
 		w.delayed = append(w.delayed, o)
 	default:
-		o.state = queued
+		o.state = lineRunnable
 		w.runnable = append(w.runnable, o)
 	}
 }

@@ -1,0 +1,133 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+)
+
+// acker acknowledges a session's finished tasks in batches, on a goroutine
+// of its own: workers hand it pending fields with one mutex each, not a
+// channel send, and it takes everything handed to it at once, so that one
+// ack script serves many tasks. With the last batch of a round it deletes
+// the claim-sequence records of claims none of whose tasks is pending.
+type acker struct {
+	s *session
+
+	mu     sync.Mutex
+	fields []string      // pending fields of finished tasks not taken yet
+	claims []string      // claim-sequence records of claims none of whose tasks is pending any more
+	closed bool          // no more acks come
+	wake   chan struct{} // signalled when there is work, or on close
+
+	unconfirmed atomic.Int64 // tasks finished ok whose ack Redis has not confirmed
+}
+
+func newAcker(s *session) *acker { return &acker{s: s, wake: make(chan struct{}, 1)} }
+
+// ack hands a finished task's pending field to the acker.
+func (a *acker) ack(t claimed) {
+	a.unconfirmed.Add(1)
+	a.add(t.field, t)
+}
+
+// finished counts tasks that left the pending hash otherwise than by an
+// ack (dead-lettered, handed back), and has the acker delete the
+// claim-sequence records of the claims this finishes.
+func (a *acker) finished(ts ...claimed) { a.add("", ts...) }
+
+// add queues field (unless empty) for deletion, with the claim-sequence
+// records of the claims that ts finish, and wakes the acker when it had
+// nothing to do.
+func (a *acker) add(field string, ts ...claimed) {
+	a.mu.Lock()
+	idle := len(a.fields) == 0 && len(a.claims) == 0
+	if field != "" {
+		a.fields = append(a.fields, field)
+	}
+	for _, t := range ts {
+		if t.claim.finish(1) {
+			a.claims = append(a.claims, t.claim.record)
+		}
+	}
+	wake := idle && (len(a.fields) > 0 || len(a.claims) > 0)
+	a.mu.Unlock()
+	if wake {
+		notify(a.wake)
+	}
+}
+
+// close tells the acker that no more acks come; it acknowledges what it
+// holds, then its loop returns.
+func (a *acker) close() {
+	a.mu.Lock()
+	a.closed = true
+	a.mu.Unlock()
+	notify(a.wake)
+}
+
+// take waits for work and returns the fields and claim-sequence records to
+// delete, swapping in spare as the new field buffer; it returns nothing
+// once the acker is closed and everything has been taken.
+func (a *acker) take(spare []string) ([]string, []string) {
+	a.mu.Lock()
+	for len(a.fields) == 0 && len(a.claims) == 0 && !a.closed {
+		a.mu.Unlock()
+		<-a.wake
+		a.mu.Lock()
+	}
+	fields, claims := a.fields, a.claims
+	a.fields, a.claims = spare[:0], nil
+	a.mu.Unlock()
+	return fields, claims
+}
+
+// loop acknowledges finished tasks in batches until closed: it waits for
+// one, takes every one finished by then, and acknowledges them, maxClaim
+// to a call, deleting with the last call the claim-sequence records of the
+// claims finished.
+func (a *acker) loop(ctx context.Context) {
+	spare := make([]string, 0, maxClaim)
+	var b backoff
+	for {
+		fields, claims := a.take(spare)
+		if len(fields) == 0 && len(claims) == 0 {
+			return
+		}
+		for batch := fields; len(batch) > 0 || len(claims) > 0; {
+			n := min(len(batch), maxClaim)
+			var last []string
+			if n == len(batch) {
+				last, claims = claims, nil
+			}
+			a.send(ctx, batch[:n], last, &b)
+			batch = batch[n:]
+		}
+		clear(fields)
+		spare = fields[:0]
+	}
+}
+
+// send acknowledges one batch, retrying Redis errors until it succeeds or
+// the lease is lost, then counts it as confirmed and wakes the fetcher.
+func (a *acker) send(ctx context.Context, batch []string, claims []string, b *backoff) {
+	s := a.s
+	for !s.isLost() {
+		_, err := s.st.ack(ctx, batch, claims)
+		if err == nil {
+			b.reset()
+			break
+		}
+		if errors.Is(err, ErrLeaseLost) {
+			s.loseLease()
+			break
+		}
+		s.cfg.OnError(err)
+		if b.wait(ctx) != nil {
+			break
+		}
+	}
+	a.unconfirmed.Add(-int64(len(batch)))
+	notify(s.freed)
+}

@@ -1,0 +1,193 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+)
+
+// A queue's lease is a string key with a PX expiry (Redis's clock decides
+// when it ends) holding "<fencing token>:<owner>". The token comes from the
+// meta hash's fence counter, one higher at every acquisition. Every script
+// that changes pending work compares the caller's whole lease value with
+// the key's (see fenced in scripts.go) and extends the lease, so a stale
+// owner's late call changes nothing.
+
+// acquireScript takes a free lease with a new fencing token.
+//
+//	KEYS[1] = lease, KEYS[2] = meta hash
+//	ARGV[1] = owner, ARGV[2] = lease TTL ms
+//
+// Returns {1, lease value} when taken, or {0, ms left on the current lease}.
+// Its first write is a DEL of the (absent) lease: Redis refuses a script at
+// maxmemory only at its first write, and only when that command may grow
+// memory (HINCRBY, SET), so starting with DEL lets a pool take the lease and
+// drain a full Redis.
+var acquireScript = newScript("acquire", 2, `
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('PTTL', KEYS[1])} end
+redis.call('DEL', KEYS[1])
+local v = redis.call('HINCRBY', KEYS[2], 'fence', 1) .. ':' .. ARGV[1]
+redis.call('SET', KEYS[1], v, 'PX', ARGV[2])
+return {1, v}
+`)
+
+// renewScript extends a lease that is still the caller's.
+//
+//	KEYS[1] = lease
+//	ARGV[1] = lease value, ARGV[2] = lease TTL ms
+//
+// Returns 1 when extended, 0 when the lease is gone or another's.
+var renewScript = newScript("renew", 1, `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+`)
+
+// releaseScript gives a lease up and wakes one standby.
+//
+//	KEYS[1] = lease, KEYS[2] = wake list
+//	ARGV[1] = lease value
+//
+// Returns 1 when released, 0 when the lease was not the caller's.
+var releaseScript = newScript("release", 2, `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('RPUSH', KEYS[2], '1')
+redis.call('PEXPIRE', KEYS[2], 60000)
+return 1
+`)
+
+// leaseDefaults fills in the lease settings that Consumer and AnalysePool
+// share, and checks them.
+func leaseDefaults(ttl time.Duration, maxAttempts int, owner string) (time.Duration, int, string, error) {
+	if ttl == 0 {
+		ttl = 5 * time.Second
+	}
+	if ttl < 10*time.Millisecond {
+		return 0, 0, "", fmt.Errorf("%w: LeaseTTL %v is under 10ms", ErrBadConfig, ttl)
+	}
+	if maxAttempts == 0 {
+		maxAttempts = 5
+	}
+	if maxAttempts < 0 {
+		return 0, 0, "", fmt.Errorf("%w: MaxAttempts %d is negative", ErrBadConfig, maxAttempts)
+	}
+	if owner == "" {
+		owner = defaultOwner()
+	}
+	return ttl, maxAttempts, owner, nil
+}
+
+// value returns the lease value the store holds ("" before an acquisition).
+func (s *store) value() string {
+	if v := s.lease.Load(); v != nil {
+		return *v
+	}
+	return ""
+}
+
+// tryAcquire takes the lease if it is free. It returns the time left on the
+// current lease when it is not.
+func (s *store) tryAcquire(ctx context.Context) (ok bool, left time.Duration, err error) {
+	r, err := redis.Values(s.script(ctx, "acquire lease of", acquireScript, s.keys.lease, s.keys.meta, s.owner, s.ttlMS))
+	if err != nil {
+		return false, 0, err
+	}
+	if len(r) != 2 {
+		return false, 0, fmt.Errorf("queue: %s: unexpected reply %v", s.what("acquire lease of"), r)
+	}
+	if n, _ := redis.Int(r[0], nil); n == 1 {
+		v, err := redis.String(r[1], nil)
+		if err != nil {
+			return false, 0, err
+		}
+		s.lease.Store(&v)
+		return true, 0, nil
+	}
+	ms, _ := redis.Int64(r[1], nil)
+	if ms == -1 {
+		// Every lease has an expiry: the key holds something else, and a
+		// standby waiting for it to lapse would spin for ever.
+		return false, 0, fmt.Errorf("queue: %s: %w: %s has no expiry; delete it to let an owner take the queue",
+			s.what("acquire lease of"), ErrWrongType, s.keys.lease)
+	}
+	return false, time.Duration(max(ms, 1)) * time.Millisecond, nil
+}
+
+// acquire waits as a standby until it holds the lease or ctx ends. It
+// waits for a released lease's wake-up signal, or for the lease to expire.
+// Redis errors are returned, or, with a report func, reported and retried
+// with capped backoff.
+func (s *store) acquire(ctx context.Context, report func(error)) error {
+	var b backoff
+	fail := func(err error) error {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if report == nil {
+			return err
+		}
+		report(err)
+		return b.wait(ctx)
+	}
+	for {
+		ok, left, err := s.tryAcquire(ctx)
+		if ok {
+			return nil
+		}
+		if err != nil {
+			if err := fail(err); err != nil {
+				return err
+			}
+			continue
+		}
+		b.reset()
+		wait := min(left, s.ttl)
+		_, err = onPartition(ctx, s.part, s.what("wait for lease of"), func(conn redis.Conn) (any, error) {
+			return redis.DoContext(conn, ctx, "BLPOP", s.keys.wake, blockSeconds(wait))
+		})
+		if err != nil && (ctx.Err() != nil || !isTimeout(err)) {
+			if err := fail(err); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// renew extends the lease by the TTL. It returns ErrLeaseLost when the
+// lease is no longer the store's. Costs one round trip.
+func (s *store) renew(ctx context.Context) error {
+	n, err := redis.Int(s.script(ctx, "renew lease of", renewScript, s.keys.lease, s.value(), s.ttlMS))
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return fmt.Errorf("queue: %s: %w", s.what("renew lease of"), ErrLeaseLost)
+	}
+	return nil
+}
+
+// release gives the lease up, waking a standby at once. Costs one round
+// trip.
+func (s *store) release(ctx context.Context) error {
+	_, err := s.script(ctx, "release lease of", releaseScript, s.keys.lease, s.keys.wake, s.value())
+	return err
+}
+
+// parseLease splits a lease value, "<fencing token>:<owner>".
+func parseLease(v string) (token int64, owner string) {
+	tok, owner, _ := strings.Cut(v, ":")
+	token, _ = strconv.ParseInt(tok, 10, 64)
+	return token, owner
+}
+
+// defaultOwner names this process in a lease: "host:pid".
+func defaultOwner() string {
+	host, _ := os.Hostname()
+	return host + ":" + strconv.Itoa(os.Getpid())
+}

@@ -1,0 +1,55 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+)
+
+// Small helpers for running commands on a partition's connections.
+
+// onPartition runs f with a connection to p.
+func onPartition[T any](ctx context.Context, p *partition, what string, f func(redis.Conn) (T, error)) (T, error) {
+	var zero T
+	conn, err := p.pool.GetContext(ctx)
+	if err != nil {
+		return zero, redisErr(what, err)
+	}
+	defer conn.Close()
+	v, err := f(conn)
+	return v, redisErr(what, err)
+}
+
+// doContext is redis.DoContext, which runs every command on a goroutine of
+// its own so that it can watch ctx, without that goroutine when ctx can
+// never end (context.Background, context.WithoutCancel): then plain Do,
+// with the connection's read timeout, is the same thing.
+func doContext(c redis.Conn, ctx context.Context, cmd string, args ...any) (any, error) {
+	if ctx.Done() == nil {
+		return c.Do(cmd, args...)
+	}
+	return redis.DoContext(c, ctx, cmd, args...)
+}
+
+// receiveContext is redis.ReceiveContext as doContext is redis.DoContext.
+func receiveContext(c redis.Conn, ctx context.Context) (any, error) {
+	if ctx.Done() == nil {
+		return c.Receive()
+	}
+	return redis.ReceiveContext(c, ctx)
+}
+
+// blockSeconds renders d as the timeout of a blocking command, at least 1ms.
+func blockSeconds(d time.Duration) string {
+	return strconv.FormatFloat(max(d.Seconds(), 0.001), 'f', 3, 64)
+}
+
+// isTimeout reports whether err is a network timeout (a blocking command
+// that waited its time out on a connection with a read timeout).
+func isTimeout(err error) bool {
+	var ne interface{ Timeout() bool }
+	return errors.As(err, &ne) && ne.Timeout()
+}

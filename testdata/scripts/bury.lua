@@ -1,0 +1,27 @@
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then return redis.error_reply('QUGOSTALE lease lost') end
+redis.call('PEXPIRE', KEYS[3], ARGV[2])
+
+local t = redis.call('TYPE', KEYS[2]).ok
+if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[2] .. ' holds a ' .. t .. ', want a hash') end
+local t = redis.call('TYPE', KEYS[4]).ok
+if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[4] .. ' holds a ' .. t .. ', want a hash') end
+
+local n = 0
+for i = 3, #ARGV, 2 do
+  if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
+    local f, rec = ARGV[i], ARGV[i + 1]
+    local old = redis.call('HGET', KEYS[2], f)
+    if old then
+      local k, g = 2, f .. '#2'
+      while redis.call('HEXISTS', KEYS[2], g) == 1 do
+        k = k + 1
+        g = f .. '#' .. k
+      end
+      if string.byte(rec, 2) == 0 then f = g else redis.call('HSET', KEYS[2], g, old) end
+    end
+    redis.call('HSET', KEYS[2], f, rec)
+    n = n + 1
+  end
+end
+if n > 0 then redis.call('HINCRBY', KEYS[4], 'failed', n) end
+return n

@@ -1,0 +1,35 @@
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then return redis.error_reply('QUGOSTALE lease lost') end
+redis.call('PEXPIRE', KEYS[3], ARGV[2])
+
+local t = redis.call('TYPE', KEYS[2]).ok
+if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[2] .. ' holds a ' .. t .. ', want a hash') end
+local t = redis.call('TYPE', KEYS[4]).ok
+if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[4] .. ' holds a ' .. t .. ', want a hash') end
+local t = redis.call('TYPE', KEYS[5]).ok
+if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[5] .. ' holds a ' .. t .. ', want a hash') end
+
+local items = redis.call('RPOP', KEYS[1], ARGV[3])
+if not items then return {0} end
+local n = #items
+local first = redis.call('HINCRBY', KEYS[4], 'seq', n) - n
+local sub, byte = string.sub, string.byte
+local args, seq = {}, {}
+for i = 1, n do
+  local e = items[i]
+  local f
+  if #e >= 21 and byte(e, 1) == 1 then
+    f = sub(e, 2, 21)
+    seq[i] = f
+  else
+    f = string.format('bad:%d', first + i)
+    seq[i] = '--------------------'
+  end
+  args[2 * i - 1] = f
+  args[2 * i] = e
+end
+for i = 1, 2 * n, 1000 do
+  redis.call('HSET', KEYS[2], unpack(args, i, math.min(i + 1000 - 1, 2 * n)))
+end
+redis.call('HSET', KEYS[5], string.format('%d', first), table.concat(seq))
+items[n + 1] = first
+return items
