@@ -16,8 +16,9 @@ import (
 )
 
 // benchPrefix is the key prefix bench uses unless -prefix is given, so
-// that it never drains a live queue by mistake.
-const benchPrefix = "qugo-bench"
+// that it never drains a live queue by mistake; the layout is part of it,
+// so that benches of other layouts do not trip over each other's.
+func benchPrefix(r, q int) string { return fmt.Sprintf("qugo-bench-%dx%d", r, q) }
 
 // A bench payload is benchMagic, then the task count of its OrderID and
 // the task's 1-based place among them (uint32 each, big-endian), then the
@@ -106,7 +107,7 @@ func benchFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 			return usagef("-timeout must be positive and -rate not negative")
 		}
 		if !e.set["prefix"] {
-			e.prefix = benchPrefix
+			e.prefix = benchPrefix(e.partitions(), e.queues)
 		}
 		return e.bench(ctx, o)
 	}

@@ -98,11 +98,11 @@ func TestBenchOwnPrefix(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, 1, 1)
 	if testRedisURL != "" {
-		t.Skip("uses the fixed prefix qugo-bench, which tests on a shared server must not")
+		t.Skip("uses the fixed prefix qugo-bench-1x1, which tests on a shared server must not")
 	}
 	f.add(t, 1, 2, 3) // tasks of the default-prefixed fixture queue stay
 	doc := qugoJSON[benchDoc](t, "-redis", f.urls[0], "bench", "-n", "50", "-orders", "5", "-json")
-	assert.Equal(t, benchPrefix, doc.Prefix)
+	assert.Equal(t, "qugo-bench-1x1", doc.Prefix)
 	assert.True(t, doc.Check.OK)
 	st, err := f.q.Stats(context.Background())
 	require.NoError(t, err)

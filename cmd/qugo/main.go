@@ -57,7 +57,7 @@ Commands:
                                         add N tasks over K OrderIDs and drain them
                                         with W workers per analyser: throughput,
                                         latency percentiles, order check; under
-                                        prefix "qugo-bench" unless -prefix is given
+                                        prefix "qugo-bench-RxQ" unless -prefix is given
   help                                  this text
 
 Global flags (also accepted after the command):
