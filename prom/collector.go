@@ -18,10 +18,22 @@
 //	qugo_queue_pending                      gauge    tasks claimed and not finished
 //	qugo_queue_dead                         gauge    tasks in the dead-letter store
 //	qugo_queue_oldest_pending_age_seconds   gauge    age (since enqueue) of the oldest pending task; 0 when none
-//	qugo_queue_lease_held                   gauge    1 when a process holds the queue's lease
+//	qugo_queue_lease_held                   gauge    1 when a process (with Options.Owner: this one) holds the lease
 //	qugo_queue_processed_total              counter  tasks acknowledged
 //	qugo_queue_failed_total                 counter  tasks moved to the dead-letter store
 //	qugo_queue_redelivered_total            counter  pending tasks put back by a new owner
+//	qugo_queue_lease_acquisitions_total     counter  leases taken (the fencing token): takeovers and restarts
+//
+// # Several processes
+//
+// Every process reads the same Redis, so without Options.Owner every
+// collector exports every queue's series, and a sum over processes counts
+// each queue once per process. Set Options.Owner to the PoolConfig.Owner
+// of the process's pools: its collector then exports a queue's series only
+// while that owner holds the queue's lease, so sums are right, and its
+// qugo_queue_lease_held is 1 only for the leases it holds, so that
+// sum by (analyser) (qugo_queue_lease_held) counts each queue's owners:
+// 0 is a queue no process serves. See README.md for PromQL and alerts.
 //
 // Per analyser and outcome (ok or error), fed by the hooks of OnDone:
 //
@@ -60,6 +72,13 @@ type Options struct {
 	// Buckets are the handler latency histogram's upper bounds, in seconds.
 	// If nil, 1ms doubling up to about 33s (16 buckets) is used.
 	Buckets []float64
+	// Owner is the lease owner name of this process's pools
+	// (PoolConfig.Owner). When set, the per-queue series are exported only
+	// for the queues whose lease Owner holds, and lease_held is 1 only for
+	// those, so that sums over every process are right. If empty, every
+	// queue's series are exported and lease_held says whether anyone holds
+	// the lease: right for a single exporter.
+	Owner string
 	// SkipOldestPending leaves out the oldest pending age, saving one
 	// round trip per queue with pending tasks. If false, it is read.
 	SkipOldestPending bool
@@ -83,6 +102,7 @@ type Collector struct {
 	up                                   *prometheus.Desc
 	ready, pending, dead, oldest, leased *prometheus.Desc
 	processed, failed, redelivered       *prometheus.Desc
+	acquired                             *prometheus.Desc
 	latency                              *prometheus.HistogramVec
 }
 
@@ -123,6 +143,7 @@ func NewCollector(q *queue.Queue, opts Options) *Collector {
 		processed:   desc("processed_total", "Tasks acknowledged."),
 		failed:      desc("failed_total", "Tasks moved to the dead-letter store."),
 		redelivered: desc("redelivered_total", "Pending tasks put back by a new owner after a crash or a lost lease."),
+		acquired:    desc("lease_acquisitions_total", "Leases of the queue taken so far (its fencing token): each takeover and restart adds one."),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace:   opts.Namespace,
 			Name:        "handler_duration_seconds",
@@ -135,7 +156,7 @@ func NewCollector(q *queue.Queue, opts Options) *Collector {
 
 // Describe sends the descriptors of every metric of the collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.up, c.ready, c.pending, c.dead, c.oldest, c.leased, c.processed, c.failed, c.redelivered} {
+	for _, d := range []*prometheus.Desc{c.up, c.ready, c.pending, c.dead, c.oldest, c.leased, c.processed, c.failed, c.redelivered, c.acquired} {
 		ch <- d
 	}
 	c.latency.Describe(ch)
@@ -163,10 +184,20 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		counter := func(d *prometheus.Desc, v int64) {
 			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), lv...)
 		}
+		if c.opts.Owner != "" {
+			gauge(c.leased, boolFloat(s.Owner == c.opts.Owner))
+			if s.Owner != c.opts.Owner {
+				continue // the holder exports the queue, or no one does
+			}
+		} else {
+			gauge(c.leased, boolFloat(s.Owner != ""))
+		}
 		gauge(c.ready, float64(s.Ready))
 		gauge(c.pending, float64(s.Pending))
 		gauge(c.dead, float64(s.Dead))
-		gauge(c.leased, boolFloat(s.Owner != ""))
+		if s.Owner != "" {
+			counter(c.acquired, s.Token)
+		}
 		counter(c.processed, s.Processed)
 		counter(c.failed, s.Failed)
 		counter(c.redelivered, s.Redelivered)

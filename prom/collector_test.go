@@ -3,6 +3,7 @@ package prom
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -145,13 +146,17 @@ qugo_queue_redelivered_total{analyser="0",partition="0",queue="0"} 0
 qugo_queue_redelivered_total{analyser="1",partition="1",queue="0"} 3
 qugo_queue_redelivered_total{analyser="2",partition="0",queue="1"} 0
 qugo_queue_redelivered_total{analyser="3",partition="1",queue="1"} 0
+# HELP qugo_queue_lease_acquisitions_total Leases of the queue taken so far (its fencing token): each takeover and restart adds one.
+# TYPE qugo_queue_lease_acquisitions_total counter
+qugo_queue_lease_acquisitions_total{analyser="1",partition="1",queue="0"} 2
 # HELP qugo_up 1 when the last scrape read every Redis partition, else 0.
 # TYPE qugo_up gauge
 qugo_up 1
 `
 	assert.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(want),
 		"qugo_queue_ready", "qugo_queue_pending", "qugo_queue_dead", "qugo_queue_lease_held",
-		"qugo_queue_processed_total", "qugo_queue_failed_total", "qugo_queue_redelivered_total", "qugo_up"))
+		"qugo_queue_processed_total", "qugo_queue_failed_total", "qugo_queue_redelivered_total",
+		"qugo_queue_lease_acquisitions_total", "qugo_up"))
 
 	families, err := reg.Gather()
 	require.NoError(t, err)
@@ -248,4 +253,53 @@ qugo_up 0
 `
 	assert.NoError(t, testutil.CollectAndCompare(c, strings.NewReader(want), "qugo_up"))
 	assert.Equal(t, 1, testutil.CollectAndCount(c), "only qugo_up while Redis is down")
+}
+
+// With Options.Owner, only the lease holder exports a queue's series, so
+// that sums over processes count each queue once, and lease_held summed by
+// analyser counts its owners.
+func TestCollectorOwnerExportsOnlyItsQueues(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q := newTestQueue(t, 1, 2) // analysers 0 and 1
+	_, err := q.AddTasks(ctx, []queue.Task{
+		{OrderID: orderFor(q, 1, 0), Payload: []byte("a")},
+		{OrderID: orderFor(q, 1, 1), Payload: []byte("b")},
+		{OrderID: orderFor(q, 0, 0), Payload: []byte("c")},
+	})
+	require.NoError(t, err)
+	holder, err := q.Consume(ctx, 1, queue.ConsumerConfig{Owner: "host-a:1"})
+	require.NoError(t, err)
+	defer holder.Release(ctx)
+
+	gather := func(owner string) string {
+		reg := prometheus.NewPedanticRegistry()
+		require.NoError(t, reg.Register(NewCollector(q, Options{Owner: owner, SkipOldestPending: true})))
+		var b strings.Builder
+		families, err := reg.Gather()
+		require.NoError(t, err)
+		for _, f := range families {
+			if !strings.HasPrefix(f.GetName(), "qugo_queue_") {
+				continue
+			}
+			for _, m := range f.GetMetric() {
+				v := m.GetGauge().GetValue() + m.GetCounter().GetValue()
+				fmt.Fprintf(&b, "%s{analyser=%s} %g\n", f.GetName(), m.GetLabel()[0].GetValue(), v)
+			}
+		}
+		return b.String()
+	}
+	assert.Equal(t, `qugo_queue_dead{analyser=1} 0
+qugo_queue_failed_total{analyser=1} 0
+qugo_queue_lease_acquisitions_total{analyser=1} 1
+qugo_queue_lease_held{analyser=0} 0
+qugo_queue_lease_held{analyser=1} 1
+qugo_queue_pending{analyser=1} 0
+qugo_queue_processed_total{analyser=1} 0
+qugo_queue_ready{analyser=1} 2
+qugo_queue_redelivered_total{analyser=1} 0
+`, gather("host-a:1"), "the holder exports its queue, and no other")
+	assert.Equal(t, `qugo_queue_lease_held{analyser=0} 0
+qugo_queue_lease_held{analyser=1} 0
+`, gather("host-b:2"), "a standby exports no queue series, and holds no lease")
 }

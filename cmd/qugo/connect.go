@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
+	"fmt"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/qugo/queue"
@@ -67,7 +70,9 @@ func (g *globals) validate() error {
 func (g *globals) partitions() int { return strings.Count(g.redis, ",") + 1 }
 
 // dial connects to every partition and checks, without recording
-// anything, that the layout the servers recorded is the flags' one.
+// anything, that the layout the servers recorded is the flags' one. When
+// no server has a layout recorded under -prefix, it warns on stderr: a
+// mistyped -prefix would otherwise show empty queues as if all were well.
 func (e *env) dial(ctx context.Context) (*queue.Queue, error) {
 	urls, err := e.urls()
 	if err != nil {
@@ -75,29 +80,123 @@ func (e *env) dial(ctx context.Context) (*queue.Queue, error) {
 	}
 	q, err := queue.Dial(ctx, urls, queue.Config{Prefix: e.prefix, Queues: e.queues})
 	if err != nil {
-		return nil, err
+		return nil, explainDial(err, urls)
 	}
 	if err := q.CheckLayout(ctx); err != nil {
 		q.Close()
 		return nil, err
 	}
+	used, err := e.prefixUsed(ctx, urls)
+	if err != nil {
+		q.Close()
+		return nil, err
+	}
+	if !used {
+		fmt.Fprintf(e.stderr, "qugo: warning: no producer or analyser has used prefix %q on these servers yet; "+
+			"check -prefix (and -redis) if you expected tasks\n", e.prefix)
+	}
 	return q, nil
 }
 
+// prefixUsed reports whether any server has a layout recorded under
+// -prefix. CheckLayout passes a server with nothing recorded, so a queue
+// with one more queue per server than the flags say, which no recorded
+// layout can match, fails on a server exactly when it has one.
+func (e *env) prefixUsed(ctx context.Context, urls []string) (bool, error) {
+	probe, err := queue.Dial(ctx, urls, queue.Config{Prefix: e.prefix, Queues: e.queues + 1})
+	if err != nil {
+		return false, explainDial(err, urls)
+	}
+	defer probe.Close()
+	err = probe.CheckLayout(ctx)
+	if errors.Is(err, queue.ErrLayoutMismatch) {
+		return true, nil
+	}
+	return false, err
+}
+
+// explainDial adds a hint to an error of queue.Dial when the server
+// answered with something other than the Redis protocol.
+func explainDial(err error, urls []string) error {
+	msg := err.Error()
+	if !strings.Contains(msg, "redigo: unexpected response") && !strings.Contains(msg, "redigo: bad response") &&
+		!strings.Contains(msg, "malformed") {
+		return err
+	}
+	where := strings.Join(urls, ", ")
+	var n int
+	if _, scanErr := fmt.Sscanf(msg, "queue: dial partition %d:", &n); scanErr == nil && n < len(urls) {
+		where = urls[n]
+	}
+	return fmt.Errorf("%w (%s does not answer in the Redis protocol: is it a Redis server, on the right port?)", err, where)
+}
+
+// layoutAdvice says, for a layout mismatch on the server le.Partition of
+// urls, what that server recorded and which flag to change.
+func layoutAdvice(le *queue.LayoutError, urls []string) string {
+	var got, want [3]int // partitions, queues, index
+	const format = "partitions=%d queues=%d index=%d"
+	_, err1 := fmt.Sscanf(le.Got, format, &got[0], &got[1], &got[2])
+	_, err2 := fmt.Sscanf(le.Want, format, &want[0], &want[1], &want[2])
+	server := strconv.Itoa(le.Partition)
+	if le.Partition >= 0 && le.Partition < len(urls) {
+		server = urls[le.Partition]
+	}
+	if err1 != nil || err2 != nil {
+		return fmt.Sprintf("%s has recorded %s: give the -redis URLs in partition order and the -queues the queue was created with", server, le.Got)
+	}
+	var fix []string
+	if got[1] != want[1] {
+		fix = append(fix, fmt.Sprintf("-queues %d", got[1]))
+	}
+	if got[0] != want[0] {
+		fix = append(fix, fmt.Sprintf("-redis with %d URLs (%d given)", got[0], want[0]))
+	}
+	if got[2] != want[2] {
+		fix = append(fix, fmt.Sprintf("-redis with %s as URL %d (it is URL %d now)", server, got[2], want[2]))
+	}
+	return fmt.Sprintf("%s has recorded %d servers x %d queues, this server being number %d: use %s",
+		server, got[0], got[1], got[2], strings.Join(fix, " and "))
+}
+
+// analyserArg is the value of -a: an analyser number that must be given.
+type analyserArg struct {
+	n   int
+	set bool
+}
+
+func (a *analyserArg) String() string {
+	if a == nil || !a.set {
+		return ""
+	}
+	return strconv.Itoa(a.n)
+}
+
+func (a *analyserArg) Set(v string) error {
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return errors.New("not a number")
+	}
+	a.n, a.set = n, true
+	return nil
+}
+
 // analyserFlag registers -a, the analyser a command works on.
-func analyserFlag(fs *flag.FlagSet) *int {
-	return fs.Int("a", -1, "the analyser `N` (0 <= N < R*Q; see qugo route)")
+func analyserFlag(fs *flag.FlagSet) *analyserArg {
+	a := &analyserArg{}
+	fs.Var(a, "a", "the analyser `N` (0 <= N < R*Q; see qugo route)")
+	return a
 }
 
 // checkAnalyser checks -a against R*Q, without contacting Redis.
-func (g *globals) checkAnalyser(a int) error {
+func (g *globals) checkAnalyser(a *analyserArg) error {
 	r := g.partitions()
 	n := r * g.queues
 	switch {
-	case a == -1:
+	case !a.set:
 		return usagef("-a is required")
-	case a < 0 || a >= n:
-		return usagef("-a %d: analysers are 0 to %d (%d servers x %d queues)", a, n-1, r, g.queues)
+	case a.n < 0 || a.n >= n:
+		return usagef("-a %d: out of range: analysers are 0 to %d (%d servers x %d queues)", a.n, n-1, r, g.queues)
 	}
 	return nil
 }

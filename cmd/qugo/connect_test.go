@@ -1,7 +1,12 @@
 package main
 
 import (
+	"fmt"
+	"net"
+	"strings"
 	"testing"
+
+	"github.com/qugo/queue"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -44,8 +49,9 @@ func TestGlobalsValidate(t *testing.T) {
 func TestCheckAnalyser(t *testing.T) {
 	t.Parallel()
 	g := globals{redis: "redis://a,redis://b,redis://c", queues: 2, prefix: "p"}
+	arg := func(n int) *analyserArg { return &analyserArg{n: n, set: true} }
 	for a, ok := range map[int]bool{-1: false, -2: false, 0: true, 5: true, 6: false} {
-		err := g.checkAnalyser(a)
+		err := g.checkAnalyser(arg(a))
 		if ok {
 			assert.NoError(t, err, a)
 		} else {
@@ -53,6 +59,73 @@ func TestCheckAnalyser(t *testing.T) {
 			assert.ErrorAs(t, err, &ue, a)
 		}
 	}
-	assert.EqualError(t, g.checkAnalyser(6), "-a 6: analysers are 0 to 5 (3 servers x 2 queues)")
-	assert.EqualError(t, g.checkAnalyser(-1), "-a is required")
+	assert.EqualError(t, g.checkAnalyser(arg(6)), "-a 6: out of range: analysers are 0 to 5 (3 servers x 2 queues)")
+	// -1 given is out of range, not missing.
+	assert.EqualError(t, g.checkAnalyser(arg(-1)), "-a -1: out of range: analysers are 0 to 5 (3 servers x 2 queues)")
+	assert.EqualError(t, g.checkAnalyser(&analyserArg{}), "-a is required")
+}
+
+func TestLayoutAdvice(t *testing.T) {
+	t.Parallel()
+	urls := []string{"redis://a", "redis://b"}
+	for _, tc := range []struct {
+		name      string
+		partition int
+		got, want string
+		advice    string
+	}{
+		{"other Q", 0, "partitions=2 queues=4 index=0", "partitions=2 queues=1 index=0",
+			"redis://a has recorded 2 servers x 4 queues, this server being number 0: use -queues 4"},
+		{"other R", 0, "partitions=2 queues=1 index=0", "partitions=1 queues=1 index=0",
+			"redis://a has recorded 2 servers x 1 queues, this server being number 0: use -redis with 2 URLs (1 given)"},
+		{"swapped", 1, "partitions=2 queues=1 index=0", "partitions=2 queues=1 index=1",
+			"redis://b has recorded 2 servers x 1 queues, this server being number 0: use -redis with redis://b as URL 0 (it is URL 1 now)"},
+		{"unparsable", 1, "partitions= queues=3 index=", "partitions=2 queues=1 index=1",
+			"redis://b has recorded partitions= queues=3 index=: give the -redis URLs in partition order and the -queues the queue was created with"},
+	} {
+		le := &queue.LayoutError{Partition: tc.partition, Got: tc.got, Want: tc.want}
+		assert.Equal(t, tc.advice, layoutAdvice(le, urls), tc.name)
+	}
+}
+
+// A server that does not speak the Redis protocol gets a hint, not only
+// redigo's "unexpected response line".
+func TestNotRedisServer(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("HTTP/1.1 400 Bad Request\r\n\r\n"))
+			c.Close()
+		}
+	}()
+	defer func() { l.Close(); <-done }()
+	url := "redis://" + l.Addr().String()
+	code, _, errOut := qugo(t, "-redis", url, "stats")
+	assert.Equal(t, exitRuntime, code)
+	assert.Contains(t, errOut, url+" does not answer in the Redis protocol: is it a Redis server, on the right port?")
+}
+
+// A -prefix nothing has used shows empty queues, with a warning.
+func TestUnusedPrefixWarns(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, 2, 1)
+	f.add(t, 0, 1)
+	code, _, errOut := qugo(t, f.args("stats")...)
+	assert.Equal(t, exitOK, code, errOut)
+	assert.NotContains(t, errOut, "warning", "the prefix is in use")
+
+	typo := []string{"-redis", strings.Join(f.urls, ","), "-prefix", f.prefix + "x"}
+	code, out, errOut := qugo(t, append(typo, "stats")...)
+	assert.Equal(t, exitOK, code, errOut)
+	assert.Contains(t, out, "ANALYSER", "the table is still shown")
+	assert.Equal(t, fmt.Sprintf("qugo: warning: no producer or analyser has used prefix %q on these servers yet; "+
+		"check -prefix (and -redis) if you expected tasks\n", f.prefix+"x"), errOut)
 }

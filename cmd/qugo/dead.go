@@ -99,7 +99,7 @@ func replayFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 	a := analyserFlag(fs)
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	return func(ctx context.Context, e *env, ids []string) error {
-		if err := e.checkAnalyser(*a); err != nil {
+		if err := e.checkAnalyser(a); err != nil {
 			return err
 		}
 		ids = unique(ids)
@@ -108,11 +108,11 @@ func replayFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 			return err
 		}
 		defer q.Close()
-		dead, err := q.Dead(ctx, *a)
+		dead, err := q.Dead(ctx, a.n)
 		if err != nil {
 			return err
 		}
-		doc := replayDoc{Analyser: *a, NotFound: []string{}}
+		doc := replayDoc{Analyser: a.n, NotFound: []string{}}
 		known := map[string]bool{}
 		for _, d := range dead {
 			known[d.ID] = true
@@ -129,19 +129,19 @@ func replayFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 				doc.MalformedLeft++
 			}
 		}
-		if doc.Replayed, err = q.Replay(ctx, *a, ids...); err != nil {
+		if doc.Replayed, err = q.Replay(ctx, a.n, ids...); err != nil {
 			return err
 		}
 		if *asJSON {
 			return writeJSON(e.stdout, doc)
 		}
 		for _, id := range doc.NotFound {
-			fmt.Fprintf(e.stderr, "qugo: warning: %s is not in the dead-letter store of analyser %d\n", cell(id), *a)
+			fmt.Fprintf(e.stderr, "qugo: warning: %s is not in the dead-letter store of analyser %d\n", cell(id), a.n)
 		}
 		if doc.MalformedLeft > 0 {
 			fmt.Fprintf(e.stderr, "qugo: warning: %d malformed record(s) left in place; see qugo dead, remove with qugo purge\n", doc.MalformedLeft)
 		}
-		_, err = fmt.Fprintf(e.stdout, "replayed %d task(s) of analyser %d\n", doc.Replayed, *a)
+		_, err = fmt.Fprintf(e.stdout, "replayed %d task(s) of analyser %d\n", doc.Replayed, a.n)
 		return err
 	}
 }
@@ -151,14 +151,14 @@ func purgeFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 	all := fs.Bool("all", false, "purge every dead task of the analyser")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	return func(ctx context.Context, e *env, ids []string) error {
-		if err := e.checkAnalyser(*a); err != nil {
+		if err := e.checkAnalyser(a); err != nil {
 			return err
 		}
 		switch {
 		case *all && len(ids) > 0:
 			return usagef("purge: give task IDs or -all, not both")
 		case !*all && len(ids) == 0:
-			return usagef("purge: refusing to purge every dead task of analyser %d without -all", *a)
+			return usagef("purge: refusing to purge every dead task of analyser %d without -all", a.n)
 		}
 		ids = unique(ids)
 		q, err := e.dial(ctx)
@@ -166,8 +166,8 @@ func purgeFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 			return err
 		}
 		defer q.Close()
-		doc := purgeDoc{Analyser: *a}
-		if doc.Purged, err = q.Purge(ctx, *a, ids...); err != nil {
+		doc := purgeDoc{Analyser: a.n}
+		if doc.Purged, err = q.Purge(ctx, a.n, ids...); err != nil {
 			return err
 		}
 		if len(ids) > 0 {
@@ -177,9 +177,9 @@ func purgeFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 			return writeJSON(e.stdout, doc)
 		}
 		if doc.NotFound > 0 {
-			fmt.Fprintf(e.stderr, "qugo: warning: %d of the given IDs were not in the dead-letter store of analyser %d\n", doc.NotFound, *a)
+			fmt.Fprintf(e.stderr, "qugo: warning: %d of the given IDs were not in the dead-letter store of analyser %d\n", doc.NotFound, a.n)
 		}
-		_, err = fmt.Fprintf(e.stdout, "purged %d task(s) of analyser %d\n", doc.Purged, *a)
+		_, err = fmt.Fprintf(e.stdout, "purged %d task(s) of analyser %d\n", doc.Purged, a.n)
 		return err
 	}
 }

@@ -53,6 +53,11 @@ Commands:
   route   [-json] [ORDER-ID...] [-key STRING...]
                                         partition, queue and analyser of an OrderID
                                         or string key; needs no server
+  bench   [-n N] [-orders K] [-workers W] [-fill | -verify] [-json]
+                                        add N tasks over K OrderIDs and drain them
+                                        with W workers per analyser: throughput,
+                                        latency percentiles, order check; under
+                                        prefix "qugo-bench-RxQ" unless -prefix is given
   help                                  this text
 
 Global flags (also accepted after the command):
@@ -89,6 +94,7 @@ func usagef(format string, args ...any) error {
 type env struct {
 	globals
 	stdout, stderr io.Writer
+	set            map[string]bool // the flags given on the command line
 }
 
 // command is one subcommand. flags registers its own flags on fs and
@@ -106,12 +112,13 @@ var commands = []command{
 	{"replay", "-a N [-json] [ID...]", replayFlags},
 	{"purge", "-a N [-json] (ID... | -all)", purgeFlags},
 	{"route", "[-json] [ORDER-ID...] [-key STRING...]", routeFlags},
+	{"bench", "[-n N] [-orders K] [-workers W] [-producers P] [-batch B] [-size BYTES] [-fill | -verify] [-json]", benchFlags},
 }
 
 // run runs qugo with args (without the program name) and returns its exit
 // status.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	e := &env{globals: defaultGlobals(), stdout: stdout, stderr: stderr}
+	e := &env{globals: defaultGlobals(), stdout: stdout, stderr: stderr, set: map[string]bool{}}
 	err := e.run(ctx, args)
 	var ue *usageError
 	switch {
@@ -124,8 +131,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	default:
 		fmt.Fprintf(stderr, "qugo: %v\n", err)
-		if errors.Is(err, queue.ErrLayoutMismatch) {
-			fmt.Fprintln(stderr, "qugo: give every -redis URL in partition order, and the -queues the queue was created with")
+		if le, ok := errors.AsType[*queue.LayoutError](err); ok {
+			urls, _ := e.urls()
+			fmt.Fprintf(stderr, "qugo: %s\n", layoutAdvice(le, urls))
 		}
 		return exitRuntime
 	}
@@ -140,6 +148,7 @@ func (e *env) run(ctx context.Context, args []string) error {
 		}
 		return flagError(err)
 	}
+	fs.Visit(func(f *flag.Flag) { e.set[f.Name] = true })
 	args = fs.Args()
 	if len(args) == 0 {
 		return usagef("no command given")
@@ -172,6 +181,7 @@ func (e *env) runCommand(ctx context.Context, c command, args []string) error {
 		}
 		return err
 	}
+	fs.Visit(func(f *flag.Flag) { e.set[f.Name] = true })
 	if err := e.globals.validate(); err != nil {
 		return err
 	}

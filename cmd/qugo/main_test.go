@@ -195,7 +195,9 @@ func TestUsageErrors(t *testing.T) {
 		{"dead without -a", []string{"dead"}, "-a is required"},
 		{"replay without -a", []string{"replay"}, "-a is required"},
 		{"analyser too big", []string{"dead", "-a", "1"}, "analysers are 0 to 0"},
-		{"analyser negative", []string{"pending", "-a", "-3"}, "-a -3"},
+		{"analyser negative", []string{"pending", "-a", "-3"}, "-a -3: out of range"},
+		{"analyser minus one", []string{"dead", "-a", "-1"}, "-a -1: out of range"},
+		{"analyser not a number", []string{"dead", "-a", "x"}, "not a number"},
 		{"analyser too big for R*Q", []string{"-queues", "2", "pending", "-a", "2"}, "analysers are 0 to 1"},
 		{"pending operand", []string{"pending", "-a", "0", "x"}, "no arguments"},
 		{"zero queues", []string{"-queues", "0", "stats"}, "-queues 0"},
@@ -270,8 +272,9 @@ func TestLayoutMismatch(t *testing.T) {
 		assert.Equal(t, exitRuntime, code, name)
 		assert.Empty(t, out, name)
 		assert.Contains(t, errOut, "qugo: queue: layout of partition", name)
-		assert.Contains(t, errOut, "partition order", name)
 	}
+	_, _, errOut := qugo(t, "-redis", strings.Join(f.urls, ","), "-queues", "1", "-prefix", f.prefix, "stats")
+	assert.Contains(t, errOut, "\nqugo: "+f.urls[0]+" has recorded 2 servers x 2 queues, this server being number 0: use -queues 2\n")
 	code, _, errOut := qugo(t, f.args("stats")...)
 	assert.Equal(t, exitOK, code, errOut)
 }

@@ -51,7 +51,7 @@ func listCommand[T any](fs *flag.FlagSet, name string, fetch func(*queue.Queue, 
 	a := analyserFlag(fs)
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
 	return func(ctx context.Context, e *env, args []string) error {
-		if err := e.checkAnalyser(*a); err != nil {
+		if err := e.checkAnalyser(a); err != nil {
 			return err
 		}
 		if len(args) > 0 {
@@ -62,11 +62,11 @@ func listCommand[T any](fs *flag.FlagSet, name string, fetch func(*queue.Queue, 
 			return err
 		}
 		defer q.Close()
-		v, err := fetch(q, ctx, *a)
+		v, err := fetch(q, ctx, a.n)
 		if err != nil {
 			return err
 		}
-		return show(e, *a, v, *asJSON)
+		return show(e, a.n, v, *asJSON)
 	}
 }
 

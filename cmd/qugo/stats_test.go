@@ -148,6 +148,7 @@ func watchRun(t *testing.T, args ...string) (stdout, stderr *syncBuffer, stop fu
 func TestStatsWatchJSON(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, 1, 1)
+	f.add(t, 7) // records the layout: no warning about an unused prefix
 	stdout, stderr, stop := watchRun(t, f.args("stats", "-watch", "100ms", "-json")...)
 	assert.Eventually(t, func() bool { return strings.Count(stdout.String(), "\n") >= 3 }, 10*time.Second, 10*time.Millisecond)
 	assert.Equal(t, exitOK, stop(), "an interrupted watch is a success")

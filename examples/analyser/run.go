@@ -7,7 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"slices"
+	"os"
+	"strconv"
 	"sync"
 	"time"
 
@@ -46,10 +47,16 @@ func run(ctx context.Context, cfg config, log *slog.Logger, onMetrics func(net.A
 		return fmt.Errorf("analyser id %d: there are %d analysers (%d redis servers x %d queues)",
 			last, q.Analysers(), len(cfg.Redis), cfg.Queues)
 	}
+	// A wrong -queues or -redis fails here, before anything says started.
+	if err := q.CheckLayout(ctx); err != nil {
+		return layoutAdvice(err, cfg.Redis)
+	}
 
-	metrics := prom.NewCollector(q, prom.Options{Logger: log})
+	owner := ownerName()
+	collector := prom.NewCollector(q, prom.Options{Logger: log, Owner: owner})
+	own := newMetrics(cfg.IDs)
 	if cfg.Metrics != "" {
-		stop, err := serveMetrics(cfg.Metrics, metrics, log, onMetrics)
+		stop, err := serveMetrics(cfg.Metrics, log, onMetrics, append(own.collectors(), collector)...)
 		if err != nil {
 			return err
 		}
@@ -58,9 +65,9 @@ func run(ctx context.Context, cfg config, log *slog.Logger, onMetrics func(net.A
 
 	rows := newBatcher(batcherConfig{
 		Max: cfg.Batch, Linger: cfg.Linger, Flushers: cfg.Flushers, Split: isServerError,
-	}, func(ctx context.Context, rows []taskRow) error {
+	}, timeInsert(own, func(ctx context.Context, rows []taskRow) error {
 		return insertTasks(ctx, db, rows)
-	})
+	}))
 	var bg sync.WaitGroup // the batcher and the mirror outlive the pools
 	bg.Go(rows.Run)
 	defer bg.Wait()
@@ -71,13 +78,49 @@ func run(ctx context.Context, cfg config, log *slog.Logger, onMetrics func(net.A
 	bg.Go(func() { mirror.Run(mirrorCtx) })
 	defer stopMirror()
 
-	return runPools(ctx, q, cfg, log, metrics, mirror, rows)
+	return runPools(ctx, q, cfg, log, poolHooks{owner, collector, own}, mirror, rows)
+}
+
+// poolHooks are what every pool of the process shares: the lease owner
+// name and the metrics.
+type poolHooks struct {
+	owner     string
+	collector *prom.Collector
+	metrics   *metrics
+}
+
+// ownerName is the name this process's pools hold their leases under,
+// "host:pid" as the queue's default, set here so that the collector knows
+// which leases are this process's.
+func ownerName() string {
+	host, _ := os.Hostname()
+	return host + ":" + strconv.Itoa(os.Getpid())
+}
+
+// layoutAdvice adds to a layout mismatch what the servers have recorded
+// and which flags to change; other errors pass unchanged.
+func layoutAdvice(err error, urls []string) error {
+	le, ok := errors.AsType[*queue.LayoutError](err)
+	if !ok {
+		return err
+	}
+	var r, q, i int
+	server := fmt.Sprintf("partition %d", le.Partition)
+	if le.Partition >= 0 && le.Partition < len(urls) {
+		server = urls[le.Partition]
+	}
+	if _, scanErr := fmt.Sscanf(le.Got, "partitions=%d queues=%d index=%d", &r, &q, &i); scanErr != nil {
+		return fmt.Errorf("%w: %s has recorded %s; give -redis in partition order and the -queues the queue was created with", err, server, le.Got)
+	}
+	return fmt.Errorf("%w: %s has recorded %d Redis servers x %d queues with itself as server %d: "+
+		"start with -queues %d and %d -redis URLs, this one at place %d",
+		err, server, r, q, i, q, r, i+1)
 }
 
 // runPools runs one AnalysePool per analyser id and joins them. A pool
 // that fails (a layout mismatch) stops the others.
 func runPools(ctx context.Context, q *queue.Queue, cfg config, log *slog.Logger,
-	metrics *prom.Collector, mirror *deadMirror, rows *batcher[taskRow]) error {
+	hooks poolHooks, mirror *deadMirror, rows *batcher[taskRow]) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	counters := make([]*queue.Counters, len(cfg.IDs))
@@ -90,9 +133,10 @@ func runPools(ctx context.Context, q *queue.Queue, cfg config, log *slog.Logger,
 			MaxAttempts: cfg.Attempts,
 			TaskTimeout: cfg.TaskTimeout,
 			Counters:    counters[i],
-			OnDone:      metrics.OnDone(a),
-			OnError:     poolErrors(a, log, mirror),
+			OnDone:      hooks.collector.OnDone(a),
+			OnError:     poolErrors(a, log, mirror, hooks.metrics),
 			Logger:      log,
+			Owner:       hooks.owner,
 		}
 		wg.Go(func() {
 			err := q.AnalysePool(ctx, a, pc, func(ctx context.Context, t queue.Task) error {
@@ -108,18 +152,22 @@ func runPools(ctx context.Context, q *queue.Queue, cfg config, log *slog.Logger,
 	log.Info("analyser started", "ids", cfg.IDs.String(), "workers", cfg.Workers, "redis", len(cfg.Redis), "queues", cfg.Queues)
 	wg.Go(func() { logProgress(ctx, cfg, log, counters) })
 	wg.Wait()
-	logCounts(cfg, log, counters, nil)
-	log.Info("analyser stopped")
-	return errors.Join(errs...)
+	logCounts(cfg, log, counters, make([]int64, len(counters)))
+	err := errors.Join(errs...)
+	if err == nil {
+		log.Info("analyser stopped")
+	}
+	return err
 }
 
-// poolErrors returns analyser a's OnError: retries are logged as
-// warnings, deaths also mark the dead-letter store for the mirror.
-func poolErrors(a int, log *slog.Logger, mirror *deadMirror) func(error) {
+// poolErrors returns analyser a's OnError: it counts the error; retries
+// are logged as warnings, deaths also mark the dead-letter store for the
+// mirror.
+func poolErrors(a int, log *slog.Logger, mirror *deadMirror, m *metrics) func(error) {
 	return func(err error) {
-		var te *queue.TaskError
+		te := m.poolError(a, err)
 		switch {
-		case errors.As(err, &te) && te.Dead:
+		case te != nil && te.Dead:
 			log.Error("task dead-lettered", "analyser", a, "task", te.ID, "order", te.OrderID, "attempt", te.Attempt, "err", te.Err)
 			mirror.Notify(a)
 		case te != nil:
@@ -131,37 +179,35 @@ func poolErrors(a int, log *slog.Logger, mirror *deadMirror) func(error) {
 }
 
 // logProgress logs each analyser's per-worker counts every cfg.LogEvery
-// while they change, until ctx ends.
+// while they grow, until ctx ends.
 func logProgress(ctx context.Context, cfg config, log *slog.Logger, counters []*queue.Counters) {
 	tick := time.NewTicker(cfg.LogEvery)
 	defer tick.Stop()
-	last := make([][]int64, len(counters))
+	logged := make([]int64, len(counters))
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-			logCounts(cfg, log, counters, last)
+			logCounts(cfg, log, counters, logged)
 		}
 	}
 }
 
 // logCounts logs per-worker processed and failed counts of every analyser
-// whose processed counts differ from last (all when last is nil), and
-// updates last.
-func logCounts(cfg config, log *slog.Logger, counters []*queue.Counters, last [][]int64) {
+// whose total differs from logged, and updates logged. A standby, which
+// processes nothing, logs nothing.
+func logCounts(cfg config, log *slog.Logger, counters []*queue.Counters, logged []int64) {
 	for i, c := range counters {
 		processed := c.Processed()
-		if last != nil {
-			if slices.Equal(processed, last[i]) {
-				continue
-			}
-			last[i] = processed
-		}
 		var total int64
 		for _, n := range processed {
 			total += n
 		}
+		if total == logged[i] {
+			continue
+		}
+		logged[i] = total
 		log.Info("processed", "analyser", cfg.IDs[i], "total", total, "per_worker", processed, "failed_per_worker", c.Failed())
 	}
 }
@@ -185,10 +231,12 @@ func openDB(ctx context.Context, cfg config) (*pgxpool.Pool, error) {
 	return db, nil
 }
 
-// serveMetrics serves /metrics on addr and returns a func that stops it.
-func serveMetrics(addr string, c *prom.Collector, log *slog.Logger, onListen func(net.Addr)) (stop func(), err error) {
+// serveMetrics serves /metrics of cs on addr and returns a func that
+// stops it.
+func serveMetrics(addr string, log *slog.Logger, onListen func(net.Addr), cs ...prometheus.Collector) (stop func(), err error) {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(c, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(cs...)
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	ln, err := net.Listen("tcp", addr)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
@@ -138,4 +139,25 @@ func metricSum(body, name string) float64 {
 		}
 	}
 	return sum
+}
+
+// A wrong -queues fails before anything says started, and says what the
+// server has recorded and which flag to change.
+func TestRunRefusesAWrongLayoutBeforeStarting(t *testing.T) {
+	t.Parallel()
+	pgURL := testDB(t)
+	q, urls := newTestQueue(t, 1, 2)
+	_, err := q.AddTask(context.Background(), 1, []byte("x")) // records 1 server x 2 queues
+	require.NoError(t, err)
+	cfg, err := parseFlags([]string{"-id", "0", "-redis", urls[0], "-pg", pgURL, "-metrics", ""}, io.Discard)
+	require.NoError(t, err)
+	logs := &captured{}
+	err = run(context.Background(), cfg, slog.New(logs), nil)
+	assert.ErrorIs(t, err, queue.ErrLayoutMismatch)
+	assert.ErrorContains(t, err, urls[0]+" has recorded 1 Redis servers x 2 queues with itself as server 0: "+
+		"start with -queues 2 and 1 -redis URLs, this one at place 1")
+	for _, l := range logs.lines() {
+		assert.NotContains(t, l, "started")
+		assert.NotContains(t, l, "stopped")
+	}
 }

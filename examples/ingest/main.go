@@ -24,6 +24,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gomodule/redigo/redis"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/qugo/queue"
 )
@@ -43,14 +44,15 @@ func main() {
 
 // options are the command-line flags.
 type options struct {
-	listen   string
-	redis    []string
-	queues   int
-	prefix   string
-	pg       string
-	maxBody  int64
-	dedup    time.Duration
-	shutdown time.Duration
+	listen    string
+	redis     []string
+	queues    int
+	prefix    string
+	pg        string
+	maxBody   int64
+	dedup     time.Duration
+	statusTTL time.Duration
+	shutdown  time.Duration
 }
 
 func parseFlags(args []string, out io.Writer) (options, error) {
@@ -64,6 +66,7 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	fs.StringVar(&o.pg, "pg", "", "Postgres URL of the analysers' tables; without it status is read from Redis only and done reads as queued")
 	fs.Int64Var(&o.maxBody, "max-body", 1<<20, "largest request body in bytes; larger ones get 413")
 	fs.DurationVar(&o.dedup, "dedup", 10*time.Minute, "idempotency window for order_id+idempotency_key; 0 disables it")
+	fs.DurationVar(&o.statusTTL, "status-ttl", 24*time.Hour, "how long GET remembers the ids it issued; a task still queued after it reads as unknown (404)")
 	fs.DurationVar(&o.shutdown, "shutdown-timeout", 10*time.Second, "how long to let requests in flight finish on SIGINT/SIGTERM")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -83,6 +86,8 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 		return o, errors.New("-max-body must be positive")
 	case o.dedup < 0:
 		return o, errors.New("-dedup must not be negative")
+	case o.statusTTL <= 0:
+		return o, errors.New("-status-ttl must be positive")
 	}
 	return o, nil
 }
@@ -103,16 +108,23 @@ func newApp(ctx context.Context, o options, log *slog.Logger) (*app, error) {
 			return nil, fmt.Errorf("-redis: %q is not a redis:// or rediss:// URL", u)
 		}
 	}
-	// Dial pings every server once and fails when one is unreachable.
-	q, err := queue.Dial(ctx, o.redis, queue.Config{Prefix: o.prefix, Queues: o.queues, MaxPayload: maxPayload})
+	pools := dialPools(o.redis)
+	closePools := func() {
+		for _, p := range pools {
+			p.Close()
+		}
+	}
+	q, err := queue.New(pools, queue.Config{Prefix: o.prefix, Queues: o.queues, MaxPayload: maxPayload})
 	if err != nil {
+		closePools()
 		return nil, err
 	}
-	a := &app{srv: &server{q: q, maxBody: o.maxBody, dedup: o.dedup, log: log}}
+	rec := &issued{pools: pools, route: q.Route, prefix: o.prefix, ttl: o.statusTTL, now: time.Now}
+	a := &app{srv: &server{q: q, issued: rec, metrics: newMetrics(), maxBody: o.maxBody, dedup: o.dedup, log: log}}
 	var pg *pgxpool.Pool
 	if o.pg != "" {
 		if pg, err = pgxpool.New(ctx, o.pg); err != nil {
-			q.Close()
+			closePools()
 			return nil, fmt.Errorf("-pg: %w", err)
 		}
 		a.srv.store = &pgStore{pool: pg}
@@ -135,19 +147,56 @@ func newApp(ctx context.Context, o options, log *slog.Logger) (*app, error) {
 		err = q.CheckLayout(ctx)
 	}
 	if err != nil {
-		q.Close()
+		closePools()
 		if pg != nil {
 			pg.Close()
 		}
-		return nil, err
+		return nil, layoutAdvice(err, o.redis)
 	}
 	a.close = func() {
 		q.Close()
+		closePools()
 		if pg != nil {
 			pg.Close()
 		}
 	}
 	return a, nil
+}
+
+// dialPools makes a redigo pool per URL, in partition order.
+func dialPools(urls []string) []*redis.Pool {
+	pools := make([]*redis.Pool, len(urls))
+	for i, u := range urls {
+		pools[i] = &redis.Pool{
+			MaxIdle:     64,
+			IdleTimeout: 4 * time.Minute,
+			DialContext: func(ctx context.Context) (redis.Conn, error) {
+				return redis.DialURLContext(ctx, u, redis.DialConnectTimeout(5*time.Second),
+					redis.DialReadTimeout(10*time.Second), redis.DialWriteTimeout(10*time.Second))
+			},
+		}
+	}
+	return pools
+}
+
+// layoutAdvice adds to a layout mismatch what the servers have recorded
+// and which flag to change; other errors pass unchanged.
+func layoutAdvice(err error, urls []string) error {
+	le, ok := errors.AsType[*queue.LayoutError](err)
+	if !ok {
+		return err
+	}
+	var r, q, i int
+	server := fmt.Sprintf("partition %d", le.Partition)
+	if le.Partition >= 0 && le.Partition < len(urls) {
+		server = urls[le.Partition]
+	}
+	if _, scanErr := fmt.Sscanf(le.Got, "partitions=%d queues=%d index=%d", &r, &q, &i); scanErr != nil {
+		return fmt.Errorf("%w: %s has recorded %s; give -redis in partition order and the -queues the analysers use", err, server, le.Got)
+	}
+	return fmt.Errorf("%w: %s has recorded %d Redis servers x %d queues with itself as server %d: "+
+		"start with -queues %d and %d -redis URLs, this one at place %d (the analysers' -queues and -redis)",
+		err, server, r, q, i, q, r, i+1)
 }
 
 // run serves until ctx ends, then lets requests in flight finish.

@@ -24,6 +24,8 @@ const lookupTimeout = 10 * time.Second
 // server is the HTTP API over one queue. It is safe for concurrent use.
 type server struct {
 	q       *queue.Queue
+	issued  *issued   // the ids this service issued, for GET
+	metrics *metrics  // nil: no metrics
 	store   taskStore // nil without Postgres
 	health  func(context.Context) error
 	maxBody int64         // largest request body, in bytes
@@ -40,6 +42,7 @@ type taskStore interface {
 
 // storeRecord is what the analysers' tables say about one task.
 type storeRecord struct {
+	OrderID   uint64 // the task's, when Done or Failed
 	Done      bool
 	Failed    bool
 	Attempts  int
@@ -57,7 +60,11 @@ func (s *server) handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path)
 	})
-	return mux
+	if s.metrics == nil {
+		return mux
+	}
+	mux.Handle("GET /metrics", s.metrics.handler())
+	return s.metrics.instrument(mux)
 }
 
 func methodNotAllowed(allow string) http.HandlerFunc {
@@ -101,7 +108,7 @@ func (s *server) postTasks(w http.ResponseWriter, r *http.Request) {
 	ids, err := s.q.AddTasks(r.Context(), tasks)
 	if err != nil {
 		s.log.Error("enqueue tasks", "tasks", len(tasks), "err", err)
-		code, msg := enqueueError(err)
+		code, msg := s.enqueueError(err)
 		body := map[string]any{"error": msg}
 		if len(ids) > 0 {
 			// Some partitions may have taken their tasks: return the ids
@@ -111,7 +118,20 @@ func (s *server) postTasks(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, code, body)
 		return
 	}
+	s.record(r.Context(), tasks, ids)
 	writeJSON(w, http.StatusCreated, map[string]any{"ids": ids})
+}
+
+// record notes ids as issued. The tasks are in the queue already, so a
+// failure is logged and counted, not answered: GET says 404 for them until
+// their rows are written.
+func (s *server) record(ctx context.Context, tasks []queue.Task, ids []string) {
+	if err := s.issued.Record(ctx, tasks, ids); err != nil {
+		s.log.Warn("enqueued, but GET will not find these ids until done", "tasks", len(ids), "err", err)
+		if s.metrics != nil {
+			s.metrics.recordErrors.Add(float64(len(ids)))
+		}
+	}
 }
 
 // postOne enqueues one task; with an idempotency key and a dedup window,
@@ -129,12 +149,14 @@ func (s *server) postOne(w http.ResponseWriter, r *http.Request, t queue.Task, k
 	}
 	if err != nil {
 		s.log.Error("enqueue task", "order_id", t.OrderID, "err", err)
-		code, msg := enqueueError(err)
+		code, msg := s.enqueueError(err)
 		writeError(w, code, msg)
 		return
 	}
 	code := http.StatusCreated
-	if !added {
+	if added {
+		s.record(r.Context(), []queue.Task{t}, []string{id})
+	} else {
 		code = http.StatusOK
 	}
 	writeJSON(w, code, map[string]any{"ids": []string{id}})
@@ -214,17 +236,22 @@ func decodeStrict(body []byte, v any) error {
 	return nil
 }
 
-// enqueueError maps an error of the queue to a status code and message.
-func enqueueError(err error) (int, string) {
+// enqueueError maps an error of the queue to a status code and message,
+// and counts it.
+func (s *server) enqueueError(err error) (int, string) {
+	code, reason, msg := http.StatusServiceUnavailable, "unavailable", "queue unavailable: "+err.Error()
 	switch {
 	case errors.Is(err, queue.ErrPayloadTooLarge):
-		return http.StatusRequestEntityTooLarge, err.Error()
+		code, reason, msg = http.StatusRequestEntityTooLarge, "too_large", err.Error()
 	case errors.Is(err, queue.ErrEmptyPayload), errors.Is(err, queue.ErrBadConfig):
-		return http.StatusBadRequest, err.Error()
+		code, reason, msg = http.StatusBadRequest, "bad_request", err.Error()
 	case errors.Is(err, queue.ErrLayoutMismatch):
-		return http.StatusInternalServerError, err.Error()
+		code, reason, msg = http.StatusInternalServerError, "layout", err.Error()
 	}
-	return http.StatusServiceUnavailable, "queue unavailable: " + err.Error()
+	if s.metrics != nil {
+		s.metrics.enqueueErrors.WithLabelValues(reason).Inc()
+	}
+	return code, msg
 }
 
 // taskStatus is the answer of GET /v1/tasks/{id}.
@@ -237,8 +264,9 @@ type taskStatus struct {
 }
 
 // getTask reports a task's status. Task IDs do not encode their queue, so
-// the client passes the task's order_id. An id the queue never issued
-// reads as queued: nothing per task is kept once it is finished.
+// the client passes the task's order_id. An id this service did not issue
+// (within -status-ttl), or one given with another order_id than its
+// task's, gets 404.
 func (s *server) getTask(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	if !validID(id) {
@@ -257,30 +285,40 @@ func (s *server) getTask(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), lookupTimeout)
 	defer cancel()
-	st, err := s.status(ctx, orderID, id)
+	st, found, err := s.status(ctx, orderID, id)
 	if err != nil {
 		s.log.Error("task status", "id", id, "order_id", orderID, "err", err)
 		writeError(w, http.StatusServiceUnavailable, "status lookup failed: "+err.Error())
+		return
+	}
+	if !found {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("no task %s with order_id %d: the id is unknown, "+
+			"belongs to another order_id, or was issued longer ago than this service remembers", id, orderID))
 		return
 	}
 	writeJSON(w, http.StatusOK, st)
 }
 
 // status looks the task up in Redis first, then in Postgres, so a task
-// that finishes between the two reads as done, never as queued.
-func (s *server) status(ctx context.Context, orderID uint64, id string) (taskStatus, error) {
+// that finishes between the two reads as done, never as queued; then in
+// the issued records, which tell a queued task from an unknown id. It
+// reports found false for an unknown id and for one whose task has
+// another OrderID.
+func (s *server) status(ctx context.Context, orderID uint64, id string) (taskStatus, bool, error) {
 	st := taskStatus{ID: id, OrderID: orderID, Status: "queued"}
 	state, err := s.q.State(ctx, orderID, id)
 	if err != nil {
-		return st, err
+		return st, false, err
 	}
 	var rec storeRecord
 	if s.store != nil {
 		if rec, err = s.store.Lookup(ctx, id); err != nil {
-			return st, err
+			return st, false, err
 		}
 	}
 	switch {
+	case (rec.Done || rec.Failed) && rec.OrderID != orderID:
+		return st, false, nil
 	case rec.Done:
 		st.Status, st.Attempts = "done", rec.Attempts
 	case rec.Failed && state != queue.StatePending:
@@ -290,10 +328,13 @@ func (s *server) status(ctx context.Context, orderID uint64, id string) (taskSta
 		st.Status = "failed"
 		dead, err := s.q.Dead(ctx, s.q.AnalyserOf(orderID))
 		if err != nil {
-			return st, err
+			return st, false, err
 		}
 		for _, d := range dead {
 			if d.ID == id {
+				if d.OrderID != orderID {
+					return st, false, nil
+				}
 				st.Attempts, st.LastError = d.Attempts, d.Err
 				break
 			}
@@ -302,16 +343,24 @@ func (s *server) status(ctx context.Context, orderID uint64, id string) (taskSta
 		st.Status, st.Attempts = "running", 1
 		pending, err := s.q.Pending(ctx, s.q.AnalyserOf(orderID))
 		if err != nil {
-			return st, err
+			return st, false, err
 		}
 		for _, t := range pending {
 			if t.ID == id {
+				if t.OrderID != orderID {
+					return st, false, nil
+				}
 				st.Attempts = t.Attempt
 				break
 			}
 		}
+	default:
+		issuedTo, ok, err := s.issued.Lookup(ctx, orderID, id)
+		if err != nil || !ok || issuedTo != orderID {
+			return st, false, err
+		}
 	}
-	return st, nil
+	return st, true, nil
 }
 
 // validID accepts what the queue issues as task ids, loosely: 1 to 64

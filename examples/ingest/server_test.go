@@ -51,6 +51,7 @@ type fixture struct {
 	q     *queue.Queue
 	minis []*miniredis.Miniredis
 	store *fakeStore
+	srv   *server
 }
 
 type fixtureOpts struct {
@@ -71,11 +72,19 @@ func newFixture(t *testing.T, o fixtureOpts) *fixture {
 	if o.maxBody == 0 {
 		o.maxBody = 1 << 16
 	}
-	q, err := queue.Dial(context.Background(), urls, queue.Config{Prefix: "ingest-test", Queues: 2, MaxPayload: int(o.maxBody)})
+	pools := dialPools(urls)
+	q, err := queue.New(pools, queue.Config{Prefix: "ingest-test", Queues: 2, MaxPayload: int(o.maxBody)})
 	require.NoError(t, err)
-	t.Cleanup(func() { q.Close() })
+	t.Cleanup(func() {
+		q.Close()
+		for _, p := range pools {
+			p.Close()
+		}
+	})
 	f.q = q
-	s := &server{q: q, maxBody: o.maxBody, dedup: o.dedup, log: slog.New(slog.DiscardHandler)}
+	rec := &issued{pools: pools, route: q.Route, prefix: "ingest-test", ttl: time.Hour, now: time.Now}
+	s := &server{q: q, issued: rec, metrics: newMetrics(), maxBody: o.maxBody, dedup: o.dedup, log: slog.New(slog.DiscardHandler)}
+	f.srv = s
 	if !o.noStore {
 		s.store = f.store
 	}
@@ -322,7 +331,7 @@ func TestStatus(t *testing.T) {
 	c4 := f.consume(t, 4, 0)
 	task, err = c4.RemoveTask(ctx)
 	require.NoError(t, err)
-	f.store.set(done, storeRecord{Done: true, Attempts: 2})
+	f.store.set(done, storeRecord{OrderID: 4, Done: true, Attempts: 2})
 	st = f.status(t, done, 4)
 	assert.Equal(t, "done", st["status"], "a row in tasks means done even before the ack")
 	_, err = c4.Ack(ctx, task.ID)
@@ -331,14 +340,36 @@ func TestStatus(t *testing.T) {
 
 	// failed in Postgres only: the dead record was purged.
 	purged := post(5)
-	f.store.set(purged, storeRecord{Failed: true, Attempts: 5, LastError: "timeout"})
+	f.store.set(purged, storeRecord{OrderID: 5, Failed: true, Attempts: 5, LastError: "timeout"})
 	st = f.status(t, purged, 5)
 	assert.Equal(t, "failed", st["status"])
 	assert.EqualValues(t, 5, st["attempts"])
 	assert.Equal(t, "timeout", st["last_error"])
 
-	// An id the service never issued reads as queued.
-	assert.Equal(t, "queued", f.status(t, "00000000000000000000", 9)["status"])
+	// An id the service never issued is not found, nor is the README's
+	// literal placeholder.
+	f.notFound(t, "00000000000000000000", 9)
+	f.notFound(t, "ID", 42)
+
+	// Neither is a real id given with another task's order_id, whatever
+	// the state of the task: queued, running, dead, done or purged.
+	for _, tc := range []struct {
+		id    string
+		right uint64
+	}{{queued, 1}, {running, 2}, {dead, 3}, {done, 4}, {purged, 5}} {
+		for _, wrong := range []uint64{tc.right + 4, tc.right + 1} { // the same queue, another queue
+			f.notFound(t, tc.id, wrong)
+		}
+	}
+}
+
+// notFound asserts that GET answers 404 for id with orderID.
+func (f *fixture) notFound(t *testing.T, id string, orderID uint64) {
+	t.Helper()
+	code, out := f.do(t, http.MethodGet, fmt.Sprintf("/v1/tasks/%s?order_id=%d", id, orderID), "")
+	assert.Equal(t, http.StatusNotFound, code, "%s with order_id %d: %v", id, orderID, out)
+	assert.Equal(t, fmt.Sprintf("no task %s with order_id %d: the id is unknown, belongs to another order_id, "+
+		"or was issued longer ago than this service remembers", id, orderID), out["error"])
 }
 
 func TestStatusWithoutPostgres(t *testing.T) {
@@ -487,7 +518,18 @@ func TestNewAppRefusesBadConfig(t *testing.T) {
 	_, err = newApp(context.Background(), options{redis: []string{"redis://" + m.Addr()}, maxBody: 1024, queues: -1}, log)
 	assert.ErrorIs(t, err, queue.ErrBadConfig)
 
-	a, err := newApp(context.Background(), options{redis: []string{"redis://" + m.Addr()}, maxBody: 1024, queues: 2}, log)
+	a, err := newApp(context.Background(), options{redis: []string{"redis://" + m.Addr()}, maxBody: 1024, queues: 2, statusTTL: time.Hour}, log)
 	require.NoError(t, err)
 	a.close()
+
+	// The servers recorded 2 queues: a layout mismatch says what to change.
+	q, err := queue.Dial(context.Background(), []string{"redis://" + m.Addr()}, queue.Config{Queues: 2})
+	require.NoError(t, err)
+	defer q.Close()
+	_, err = q.AddTask(context.Background(), 1, []byte("x"))
+	require.NoError(t, err)
+	_, err = newApp(context.Background(), options{redis: []string{"redis://" + m.Addr()}, maxBody: 1024, queues: 1, prefix: "qugo", statusTTL: time.Hour}, log)
+	assert.ErrorIs(t, err, queue.ErrLayoutMismatch)
+	assert.ErrorContains(t, err, "redis://"+m.Addr()+" has recorded 1 Redis servers x 2 queues with itself as server 0: "+
+		"start with -queues 2 and 1 -redis URLs, this one at place 1 (the analysers' -queues and -redis)")
 }

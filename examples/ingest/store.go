@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -19,7 +20,7 @@ type pgStore struct {
 // lookupSQL answers both questions in one round trip, through the primary
 // key of each table (see examples/analyser/schema.sql).
 const lookupSQL = `
-SELECT t.attempt, f.attempts, f.error
+SELECT t.attempt, t.order_id::text, f.attempts, f.error, f.order_id::text
 FROM (SELECT 1) AS one
 LEFT JOIN tasks AS t ON t.task_id = $1
 LEFT JOIN failed_jobs AS f ON f.task_id = $1`
@@ -28,11 +29,11 @@ LEFT JOIN failed_jobs AS f ON f.task_id = $1`
 // every task reads as neither done nor failed.
 func (s *pgStore) Lookup(ctx context.Context, id string) (storeRecord, error) {
 	var (
-		rec            storeRecord
-		done, attempts *int32
-		msg            *string
+		rec                  storeRecord
+		done, attempts       *int32
+		msg, doneOrd, badOrd *string
 	)
-	err := s.pool.QueryRow(ctx, lookupSQL, id).Scan(&done, &attempts, &msg)
+	err := s.pool.QueryRow(ctx, lookupSQL, id).Scan(&done, &doneOrd, &attempts, &msg, &badOrd)
 	if err != nil {
 		if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok && pgErr.Code == "42P01" { // undefined_table
 			return storeRecord{}, nil
@@ -41,13 +42,29 @@ func (s *pgStore) Lookup(ctx context.Context, id string) (storeRecord, error) {
 	}
 	if done != nil {
 		rec.Done, rec.Attempts = true, int(*done)
-		return rec, nil
+		return rec, parseOrder(doneOrd, &rec.OrderID)
 	}
 	if attempts != nil {
 		rec.Failed, rec.Attempts = true, int(*attempts)
+		if err := parseOrder(badOrd, &rec.OrderID); err != nil {
+			return rec, err
+		}
 	}
 	if msg != nil {
 		rec.LastError = *msg
 	}
 	return rec, nil
+}
+
+// parseOrder parses an order_id column read as text.
+func parseOrder(s *string, to *uint64) error {
+	if s == nil {
+		return errors.New("postgres: a task row without order_id")
+	}
+	n, err := strconv.ParseUint(*s, 10, 64)
+	if err != nil {
+		return fmt.Errorf("postgres: order_id %q: %w", *s, err)
+	}
+	*to = n
+	return nil
 }

@@ -1,0 +1,175 @@
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/qugo/queue"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// benchPayload is what qugo bench adds as the place-th of total tasks.
+func benchPayload(total, place uint32) []byte {
+	p := make([]byte, benchHeader)
+	copy(p, benchMagic)
+	binary.BigEndian.PutUint32(p[len(benchMagic):], total)
+	binary.BigEndian.PutUint32(p[len(benchMagic)+4:], place)
+	binary.BigEndian.PutUint64(p[len(benchMagic)+8:], uint64(time.Now().UnixNano()))
+	return p
+}
+
+func TestTracker(t *testing.T) {
+	t.Parallel()
+	type delivery struct {
+		order        uint64
+		total, place uint32
+	}
+	for _, tc := range []struct {
+		name    string
+		want    int64 // tasks expected; 0 for verify mode
+		got     []delivery
+		foreign int
+		check   orderCheck
+	}{
+		{"in order", 3, []delivery{{1, 2, 1}, {2, 1, 1}, {1, 2, 2}}, 0,
+			orderCheck{OK: true, Handled: 3}},
+		{"redelivered after a crash", 0, []delivery{{1, 3, 1}, {1, 3, 2}, {1, 3, 1}, {1, 3, 2}, {1, 3, 3}}, 0,
+			orderCheck{OK: true, Handled: 5, Duplicates: 2}},
+		{"out of order", 0, []delivery{{1, 2, 2}, {1, 2, 1}}, 0,
+			orderCheck{Handled: 2, OutOfOrder: 2}},
+		{"missing in verify", 0, []delivery{{1, 3, 1}, {1, 3, 3}}, 0,
+			orderCheck{Handled: 2, OutOfOrder: 1, Missing: 1}},
+		{"missing in bench", 3, []delivery{{1, 2, 1}, {1, 2, 2}}, 0,
+			orderCheck{Handled: 2, Missing: 1}},
+		{"foreign", 0, []delivery{{1, 1, 1}}, 1,
+			orderCheck{Handled: 2, Foreign: 1}},
+		{"nothing", 0, nil, 0, orderCheck{}},
+	} {
+		tr := newTracker(tc.want, tc.want > 0)
+		for _, d := range tc.got {
+			tr.handle(d.order, benchPayload(d.total, d.place), time.Now())
+		}
+		for range tc.foreign {
+			tr.handle(9, []byte("not a bench task"), time.Now())
+		}
+		assert.Equal(t, tc.check, tr.check(), tc.name)
+		if tc.want > 0 && tc.check.OK {
+			select {
+			case <-tr.done:
+			default:
+				t.Errorf("%s: done did not close", tc.name)
+			}
+		}
+	}
+}
+
+func TestBench(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, 2, 2)
+	doc := qugoJSON[benchDoc](t, f.args("bench", "-n", "3000", "-orders", "70", "-workers", "4", "-batch", "64", "-json")...)
+	assert.Equal(t, "bench", doc.Mode)
+	assert.Equal(t, f.prefix, doc.Prefix)
+	assert.Equal(t, 3000, doc.Tasks)
+	assert.Equal(t, 70, doc.Orders)
+	require.NotNil(t, doc.Check)
+	assert.Equal(t, orderCheck{OK: true, Handled: 3000}, *doc.Check)
+	require.NotNil(t, doc.LatencyMS)
+	l := doc.LatencyMS
+	assert.True(t, 0 <= l.P50 && l.P50 <= l.P90 && l.P90 <= l.P99 && l.P99 <= l.P999 && l.P999 <= l.Max, "%+v", l)
+	assert.Positive(t, doc.AddPerSecond)
+	assert.Positive(t, doc.DrainPerSecond)
+
+	// The table form says the same.
+	code, out, errOut := qugo(t, f.args("bench", "-n", "200", "-orders", "7")...)
+	assert.Equal(t, exitOK, code, errOut)
+	assert.Contains(t, out, "add:     200 tasks over 7 OrderIDs")
+	assert.Contains(t, out, "drain:   200 tasks")
+	assert.Contains(t, out, "latency: add to start of handling: p50 ")
+	assert.Contains(t, out, "order:   ok: every task handled, in order per OrderID (OrderIDs 7, duplicates 0, out of order 0, missing 0, foreign 0)")
+}
+
+// Without -prefix, bench works under its own prefix, never the default
+// queue's.
+func TestBenchOwnPrefix(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, 1, 1)
+	if testRedisURL != "" {
+		t.Skip("uses the fixed prefix qugo-bench-1x1, which tests on a shared server must not")
+	}
+	f.add(t, 1, 2, 3) // tasks of the default-prefixed fixture queue stay
+	doc := qugoJSON[benchDoc](t, "-redis", f.urls[0], "bench", "-n", "50", "-orders", "5", "-json")
+	assert.Equal(t, "qugo-bench-1x1", doc.Prefix)
+	assert.True(t, doc.Check.OK)
+	st, err := f.q.Stats(context.Background())
+	require.NoError(t, err)
+	assert.EqualValues(t, 3, st[0].Ready)
+}
+
+func TestBenchFillThenVerify(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, 1, 2)
+	doc := qugoJSON[benchDoc](t, f.args("bench", "-fill", "-n", "500", "-orders", "9", "-json")...)
+	assert.Equal(t, "fill", doc.Mode)
+	assert.Nil(t, doc.Check)
+	st, err := f.q.Stats(context.Background())
+	require.NoError(t, err)
+	assert.EqualValues(t, 500, st[0].Ready+st[1].Ready)
+
+	// bench refuses a queue that holds tasks.
+	code, _, errOut := qugo(t, f.args("bench", "-n", "10")...)
+	assert.Equal(t, exitRuntime, code)
+	assert.Contains(t, errOut, "holds")
+	assert.Contains(t, errOut, "qugo bench -verify")
+
+	doc = qugoJSON[benchDoc](t, f.args("bench", "-verify", "-json")...)
+	assert.Equal(t, "verify", doc.Mode)
+	assert.Equal(t, 9, doc.Orders)
+	assert.Equal(t, orderCheck{OK: true, Handled: 500}, *doc.Check)
+
+	code, _, errOut = qugo(t, f.args("bench", "-verify")...)
+	assert.Equal(t, exitRuntime, code)
+	assert.Contains(t, errOut, "nothing to verify")
+}
+
+func TestBenchVerifyFindsFaults(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, 1, 1)
+	_, err := f.q.AddTasks(context.Background(), []queue.Task{
+		{OrderID: 4, Payload: benchPayload(3, 2)},
+		{OrderID: 4, Payload: benchPayload(3, 1)}, // after place 2: out of order
+		{OrderID: 5, Payload: benchPayload(2, 1)}, // place 2 never comes
+		{OrderID: 6, Payload: []byte("someone else's task")},
+	})
+	require.NoError(t, err)
+	code, out, errOut := qugo(t, f.args("bench", "-verify")...)
+	assert.Equal(t, exitRuntime, code)
+	assert.Contains(t, errOut, "qugo: bench: order check failed")
+	assert.Contains(t, out, "order:   FAILED (OrderIDs 2, duplicates 0, out of order 2, missing 2, foreign 1)")
+}
+
+func TestBenchUsage(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{
+		{"bench", "-fill", "-verify"},
+		{"bench", "-n", "0"},
+		{"bench", "-size", "5"},
+		{"bench", "extra"},
+	} {
+		code, _, errOut := qugo(t, append([]string{"-redis", "redis://127.0.0.1:1"}, args...)...)
+		assert.Equal(t, exitUsage, code, strings.Join(args, " "))
+		assert.NotEmpty(t, errOut)
+	}
+}
+
+func TestBenchRate(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, 1, 1)
+	// 200 tasks at 1000/s in batches of 10: the last batch is due at 190ms.
+	doc := qugoJSON[benchDoc](t, f.args("bench", "-n", "200", "-orders", "4", "-batch", "10", "-producers", "2", "-rate", "1000", "-json")...)
+	assert.GreaterOrEqual(t, doc.AddSeconds, 0.18)
+	assert.True(t, doc.Check.OK)
+}
