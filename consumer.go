@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"time"
 )
 
@@ -31,8 +32,9 @@ type ConsumerConfig struct {
 // of one OrderID must be finished in the order they were handed out for
 // the per-OrderID order to hold, as AnalysePool does.
 type Consumer struct {
-	st   *store
-	open map[string]*claimBatch // claim of each task RemoveTask and Claim returned, until finished
+	st     *store
+	open   map[string]*claimBatch // claim of each task RemoveTask and Claim returned, until finished
+	unsure bool                   // a claim may have taken tasks this Consumer never handed out
 }
 
 // Consume waits until it holds the lease of analyser's queue (as a hot
@@ -48,7 +50,7 @@ func (q *Queue) Consume(ctx context.Context, analyser int, cfg ConsumerConfig) (
 	if err := st.acquire(ctx, nil); err != nil {
 		return nil, err
 	}
-	if _, err := st.recover(ctx); err != nil {
+	if _, _, err := st.recover(ctx); err != nil {
 		st.release(context.WithoutCancel(ctx))
 		return nil, err
 	}
@@ -88,24 +90,45 @@ func (c *Consumer) RemoveTask(ctx context.Context) (Task, error) {
 // returns them. It returns an empty slice when the queue is empty.
 // Malformed records met on the way are moved to the dead-letter store and
 // not returned.
+//
+// On an error Claim returns no task. The claim may still have happened
+// (its reply was lost, or recording a redelivery failed after it): the
+// next Claim first gives the lease a new fencing token, so that a claim
+// still on its way is refused, and puts every pending task it has not
+// handed out back at the consuming end, in claim order; so the tasks come
+// out in the queue's order whatever failed. That costs two round trips.
 func (c *Consumer) Claim(ctx context.Context, max int) ([]Task, error) {
+	if c.unsure {
+		if err := c.st.refence(ctx); err != nil {
+			return nil, err
+		}
+		if _, _, err := c.st.putBack(ctx, "resync", false, c.open); err != nil {
+			return nil, err
+		}
+		c.unsure = false
+	}
 	cs, err := c.st.claim(ctx, max, nil)
-	c.track(cs)
 	if err == nil {
 		err = c.recordRedeliveries(ctx, cs)
 	}
+	if err != nil {
+		c.unsure = !errors.Is(err, ErrLeaseLost)
+		return nil, err
+	}
+	c.track(cs)
 	ts := make([]Task, len(cs))
 	for i := range cs {
 		ts[i] = cs[i].Task
 	}
-	return ts, err
+	return ts, nil
 }
 
 // recordRedeliveries records the delivery of the claimed tasks that were
-// delivered before: to the low-level API a claim is a delivery.
+// delivered before, or that recovery marked: to the low-level API a claim
+// is a delivery.
 func (c *Consumer) recordRedeliveries(ctx context.Context, ts []claimed) error {
 	for _, t := range ts {
-		if t.Attempt > 1 {
+		if t.Attempt > 1 || t.recovered {
 			if err := c.st.recordDelivery(ctx, t); err != nil {
 				return err
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -381,11 +382,13 @@ func TestConsumerStaleOwnerChangesNothing(t *testing.T) {
 	require.NoError(t, err)
 	assert.LessOrEqual(t, after, pttl, "a stale call must not extend the lease")
 
-	// B is not disturbed: it gets A's tasks back first, counted, then the rest.
+	// B is not disturbed: it gets A's tasks back first, then the rest.
+	// Nothing recorded that A's first deliveries started, so they are not
+	// counted (but marked, so that B's claim records its delivery).
 	got, err := b.Claim(ctx, 10)
 	require.NoError(t, err)
 	assert.Equal(t, ids, taskIDs(got))
-	assert.Equal(t, []int{2, 2, 1, 1}, taskAttempts(got))
+	assert.Equal(t, []int{1, 1, 1, 1}, taskAttempts(got))
 	n, err := b.Ack(ctx, taskIDs(got)...)
 	require.NoError(t, err)
 	assert.Equal(t, 4, n)
@@ -468,7 +471,7 @@ func TestConsumerStandbyTakesOver(t *testing.T) {
 	got, err := c.Claim(ctx, 10)
 	require.NoError(t, err)
 	assert.Equal(t, ids, taskIDs(got), "B's claimed task comes back first")
-	assert.Equal(t, []int{2, 1}, taskAttempts(got))
+	assert.Equal(t, []int{1, 1}, taskAttempts(got), "B's first delivery of it was never recorded as started")
 
 	// A Consume that gives up while waiting holds nothing.
 	cctx, cancel := context.WithCancel(ctx)
@@ -519,12 +522,18 @@ func TestConsumerRacingTakeoversRequeueOnce(t *testing.T) {
 	assert.Equal(t, ids, taskIDs(ready), "each task exactly once, the recovered ones first in claim order")
 	want := make([]int, len(ids))
 	for i := range want {
-		want[i] = 1
-		if i < 30 {
-			want[i] = 2
-		}
+		want[i] = 1 // nothing recorded that a first delivery started: none is counted
 	}
 	assert.Equal(t, want, taskAttempts(ready))
+	raw, err := redis.ByteSlices(s.do(t, "LRANGE", k.ready, 0, -1), nil)
+	require.NoError(t, err)
+	marked := 0
+	for _, e := range raw {
+		if e[0] == entryRecovered {
+			marked++
+		}
+	}
+	assert.Equal(t, 30, marked, "the recovered tasks are marked once each, so that their next delivery is recorded")
 	st := stats0(t, q)
 	assert.EqualValues(t, 30, st.Redelivered)
 	assert.Zero(t, st.Pending)
@@ -564,7 +573,12 @@ func TestRecoveryOrdersAcrossClaims(t *testing.T) {
 	all, err := c2.Claim(ctx, 10)
 	require.NoError(t, err)
 	assert.Equal(t, ids, taskIDs(all))
-	assert.Equal(t, []int{2, 2, 2, 2, 2, 2}, taskAttempts(all), "the interrupted delivery counts once")
+	assert.Equal(t, []int{1, 1, 1, 1, 1, 1}, taskAttempts(all), "an interrupted delivery that was never recorded does not count")
+	for _, id := range ids {
+		v, err := redis.String(s.do(t, "HGET", k.pending, id), nil)
+		require.NoError(t, err)
+		assert.True(t, strings.HasPrefix(v, "+\x01"), "the claim of a recovered task records its delivery: %q", v[:2])
+	}
 	_, err = c2.Ack(ctx, taskIDs(all)...)
 	require.NoError(t, err)
 	assert.Zero(t, s.do(t, "EXISTS", k.ready, k.pending, k.claims))

@@ -43,7 +43,8 @@ var (
 	ErrBadConfig = errors.New("queue: bad config")
 	// ErrWrongType is returned (and reported by AnalysePool) when a key of
 	// a queue holds a value this package did not write: a value of the
-	// wrong Redis type, or a lease with no expiry. The call changes
+	// wrong Redis type, a lease with no expiry, or a claim sequence that is
+	// not a count. The call changes
 	// nothing; a pool retries with capped backoff and goes on once the key
 	// holds a valid value again or is deleted.
 	ErrWrongType = errors.New("queue: a queue key holds the wrong type of value")
@@ -118,6 +119,8 @@ func redisErr(what string, err error) error {
 			return fmt.Errorf("queue: %s: %w: %s", what, ErrRedisOOM, msg)
 		case strings.Contains(msg, "WRONGTYPE"): // Redis's own, or wrongTypeReply
 			return fmt.Errorf("queue: %s: %w: %s", what, ErrWrongType, strings.TrimPrefix(msg, wrongTypeReply+" "))
+		case strings.HasPrefix(msg, badValueReply):
+			return fmt.Errorf("queue: %s: %w: %s", what, ErrWrongType, strings.TrimPrefix(msg, badValueReply+" "))
 		}
 	}
 	return fmt.Errorf("queue: %s: %w", what, err)

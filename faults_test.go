@@ -1017,6 +1017,7 @@ func TestRecoveryChargesOnlyStartedRedeliveries(t *testing.T) {
 	servers[0].do(t, "HSET", k.pending,
 		unstarted, mk(unstarted, 1), // claimed for its second delivery, never started
 		started, append([]byte{accountedMark}, mk(started, 2)...)) // its second delivery started, then the crash
+	servers[0].do(t, "HSET", k.claims, "0", unstarted+started)
 	c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
 	require.NoError(t, err)
 	got, err := c.Claim(ctx, 10)

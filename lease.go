@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"strconv"
 	"strings"
@@ -12,28 +13,63 @@ import (
 )
 
 // A queue's lease is a string key with a PX expiry (Redis's clock decides
-// when it ends) holding "<fencing token>:<owner>". The token comes from the
-// meta hash's fence counter, one higher at every acquisition. Every script
+// when it ends) holding "<fencing token>.<nonce>:<owner>". Every script
 // that changes pending work compares the caller's whole lease value with
 // the key's (see fenced in scripts.go) and extends the lease, so a stale
-// owner's late call changes nothing.
+// owner's late call changes nothing. The nonce, random per acquisition,
+// makes every lease value unique even when the token is not: after Redis
+// loses writes (a restart without persistence, a failover to a replica
+// that missed them) two processes with the same Owner string could
+// otherwise hold equal values. The token itself is Redis's clock in
+// milliseconds, or the last token plus one when that is not higher, so it
+// grows across such a loss too unless Redis's clock went back.
+
+// luaNextFence sets fence to the next fencing token, from the meta hash at
+// KEYS[2] and Redis's clock, without writing anything. A fence that is not
+// a count (written by hand) is passed over: the clock alone is enough.
+const luaNextFence = `
+local old = redis.call('HGET', KEYS[2], 'fence')
+local t = redis.call('TIME')
+local fence = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if old and string.match(old, '^%d+$') and #old <= 15 and tonumber(old) >= fence then fence = tonumber(old) + 1 end
+fence = string.format('%d', fence)
+`
 
 // acquireScript takes a free lease with a new fencing token.
 //
 //	KEYS[1] = lease, KEYS[2] = meta hash
-//	ARGV[1] = owner, ARGV[2] = lease TTL ms
+//	ARGV[1] = owner, ARGV[2] = lease TTL ms, ARGV[3] = nonce
 //
 // Returns {1, lease value} when taken, or {0, ms left on the current lease}.
 // Its first write is a DEL of the (absent) lease: Redis refuses a script at
 // maxmemory only at its first write, and only when that command may grow
-// memory (HINCRBY, SET), so starting with DEL lets a pool take the lease and
+// memory (HSET, SET), so starting with DEL lets a pool take the lease and
 // drain a full Redis.
 var acquireScript = newScript("acquire", 2, `
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('PTTL', KEYS[1])} end
+`+luaNextFence+`
 redis.call('DEL', KEYS[1])
-local v = redis.call('HINCRBY', KEYS[2], 'fence', 1) .. ':' .. ARGV[1]
+redis.call('HSET', KEYS[2], 'fence', fence)
+local v = fence .. '.' .. ARGV[3] .. ':' .. ARGV[1]
 redis.call('SET', KEYS[1], v, 'PX', ARGV[2])
 return {1, v}
+`)
+
+// refenceScript gives a lease its holder still has a new fencing token and
+// nonce, so that every call still on its way with the old value is
+// refused when it arrives.
+//
+//	KEYS[1] = lease, KEYS[2] = meta hash
+//	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = new nonce, ARGV[4] = owner
+//
+// Returns the new lease value.
+var refenceScript = newScript("refence", 2, `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('$staleReply lease lost') end
+`+luaNextFence+`
+local v = fence .. '.' .. ARGV[3] .. ':' .. ARGV[4]
+redis.call('SET', KEYS[1], v, 'PX', ARGV[2])
+redis.call('HSET', KEYS[2], 'fence', fence)
+return v
 `)
 
 // renewScript extends a lease that is still the caller's.
@@ -94,7 +130,7 @@ func (s *store) value() string {
 // tryAcquire takes the lease if it is free. It returns the time left on the
 // current lease when it is not.
 func (s *store) tryAcquire(ctx context.Context) (ok bool, left time.Duration, err error) {
-	r, err := redis.Values(s.script(ctx, "acquire lease of", acquireScript, s.keys.lease, s.keys.meta, s.owner, s.ttlMS))
+	r, err := redis.Values(s.script(ctx, "acquire lease of", acquireScript, s.keys.lease, s.keys.meta, s.owner, s.ttlMS, newNonce()))
 	if err != nil {
 		return false, 0, err
 	}
@@ -162,6 +198,8 @@ func (s *store) acquire(ctx context.Context, report func(error)) error {
 // renew extends the lease by the TTL. It returns ErrLeaseLost when the
 // lease is no longer the store's. Costs one round trip.
 func (s *store) renew(ctx context.Context) error {
+	s.leaseMu.Lock() // not while refence changes the value
+	defer s.leaseMu.Unlock()
 	n, err := redis.Int(s.script(ctx, "renew lease of", renewScript, s.keys.lease, s.value(), s.ttlMS))
 	if err != nil {
 		return err
@@ -179,9 +217,28 @@ func (s *store) release(ctx context.Context) error {
 	return err
 }
 
-// parseLease splits a lease value, "<fencing token>:<owner>".
+// refence gives the lease a new token and nonce (see refenceScript): every
+// call made with the old value and still on its way is refused when it
+// reaches Redis. Costs one round trip.
+func (s *store) refence(ctx context.Context) error {
+	s.leaseMu.Lock()
+	defer s.leaseMu.Unlock()
+	v, err := redis.String(s.script(ctx, "refence lease of", refenceScript, s.keys.lease, s.keys.meta, s.value(), s.ttlMS, newNonce(), s.owner))
+	if err != nil {
+		return err
+	}
+	s.lease.Store(&v)
+	return nil
+}
+
+// newNonce returns the random part of a new lease value.
+func newNonce() string { return strconv.FormatUint(rand.Uint64(), 36) }
+
+// parseLease splits a lease value, "<fencing token>.<nonce>:<owner>" (or
+// "<fencing token>:<owner>", as older releases wrote it).
 func parseLease(v string) (token int64, owner string) {
 	tok, owner, _ := strings.Cut(v, ":")
+	tok, _, _ = strings.Cut(tok, ".")
 	token, _ = strconv.ParseInt(tok, 10, 64)
 	return token, owner
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -26,7 +27,8 @@ type store struct {
 	ttl         time.Duration
 	ttlMS       int64
 	maxAttempts int
-	lease       atomic.Pointer[string] // the lease value, "<token>:<owner>", once acquired
+	lease       atomic.Pointer[string] // the lease value, once acquired
+	leaseMu     sync.Mutex             // held by renew and refence, so that a renewal never races a new value
 }
 
 // newStore returns the store of analyser's queue, with the layout of its
@@ -78,6 +80,11 @@ func (s *store) script(ctx context.Context, op string, sc *redis.Script, keysAnd
 // indexes its tables rather than asking for their length, and first goes
 // last rather than shifting the reply.)
 var claimScript = newScript("claim", 5, fenced(3, typeCheck(hashAt(2), hashAt(4), hashAt(5))+`
+local last = redis.call('HGET', KEYS[4], 'seq')
+if last and not (string.match(last, '^%d+$') and #last <= 15) then
+  return redis.error_reply('$badValueReply ' .. KEYS[4] .. ' field seq holds ' .. string.format('%q', string.sub(last, 1, 40)) .. ', not a claim count')
+end
+`, `
 local items = redis.call('RPOP', KEYS[1], ARGV[3])
 if not items then return {0} end
 local n = #items
@@ -87,7 +94,7 @@ local args, seq = {}, {}
 for i = 1, n do
   local e = items[i]
   local f
-  if #e >= $entryHeader and byte(e, 1) == $entryVersion then
+  if #e >= $entryHeader and (byte(e, 1) == $entryVersion or byte(e, 1) == $entryRecovered) then
     f = sub(e, 2, $entryHeader)
     seq[i] = f
   else
@@ -117,7 +124,7 @@ const seqFiller = "--------------------"
 //	ARGV[4 .. 3+k] = task IDs, ARGV[4+k ...] = claim-sequence records (claim firsts)
 //
 // Returns the number of pending records deleted (also added to processed).
-var ackScript = newScript("ack", 4, fenced(2, typeCheck(hashAt(3), hashAt(4))+`
+var ackScript = newScript("ack", 4, fenced(2, typeCheck(hashAt(3), hashAt(4)), luaIncr+`
 local n, last = 0, 3 + tonumber(ARGV[3])
 for i = 4, last, $scriptChunk do
   n = n + redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + $scriptChunk - 1, last)))
@@ -125,7 +132,7 @@ end
 for i = last + 1, #ARGV, $scriptChunk do
   redis.call('HDEL', KEYS[4], unpack(ARGV, i, math.min(i + $scriptChunk - 1, #ARGV)))
 end
-if n > 0 then redis.call('HINCRBY', KEYS[3], 'processed', n) end
+if n > 0 then incr(KEYS[3], 'processed', n) end
 return n
 `))
 
@@ -139,7 +146,7 @@ return n
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = task ID, ARGV[4] = "+" encoded task
 //
 // Returns 1, or 0 when the task is no longer pending.
-var retryScript = newScript("retry", 3, fenced(2, `
+var retryScript = newScript("retry", 3, fenced(2, "", `
 if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
 return 1
@@ -156,7 +163,7 @@ return 1
 // a quarantined malformed record (0 attempts: its second byte is 0) takes
 // the first free field of "<field>#2", "<field>#3", ..., and a task's
 // record moves what was under its ID there.
-var buryScript = newScript("bury", 4, fenced(3, typeCheck(hashAt(2), hashAt(4))+`
+var buryScript = newScript("bury", 4, fenced(3, typeCheck(hashAt(2), hashAt(4)), luaIncr+`
 local n = 0
 for i = 3, #ARGV, 2 do
   if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
@@ -174,7 +181,7 @@ for i = 3, #ARGV, 2 do
     n = n + 1
   end
 end
-if n > 0 then redis.call('HINCRBY', KEYS[4], 'failed', n) end
+if n > 0 then incr(KEYS[4], 'failed', n) end
 return n
 `))
 
@@ -186,7 +193,7 @@ return n
 //	ARGV[4...] = task ID, encoded task, ... in push order
 //
 // Returns the number pushed; a task no longer pending is skipped.
-var requeueScript = newScript("requeue", 4, fenced(3, typeCheck(listAt(1), hashAt(4))+`
+var requeueScript = newScript("requeue", 4, fenced(3, typeCheck(listAt(1), hashAt(4)), luaIncr+`
 local n = 0
 for i = 4, #ARGV, 2 do
   if redis.call('HDEL', KEYS[2], ARGV[i]) == 1 then
@@ -194,7 +201,7 @@ for i = 4, #ARGV, 2 do
     n = n + 1
   end
 end
-if n > 0 and ARGV[3] == '1' then redis.call('HINCRBY', KEYS[4], 'redelivered', n) end
+if n > 0 and ARGV[3] == '1' then incr(KEYS[4], 'redelivered', n) end
 return n
 `))
 
@@ -202,9 +209,10 @@ return n
 // claim seq.
 type claimed struct {
 	Task
-	field string      // the pending hash field (the task ID, or "bad:<seq>")
-	seq   int64       // claim seq
-	claim *claimBatch // its claim, nil when none is tracked (recovery)
+	field     string      // the pending hash field (the task ID, or "bad:<seq>")
+	seq       int64       // claim seq
+	claim     *claimBatch // its claim, nil when none is tracked (recovery)
+	recovered bool        // its entry is marked entryRecovered: record its delivery before it starts
 }
 
 // claimBatch tracks one claim until none of its tasks is pending, when its
@@ -271,7 +279,7 @@ func (s *store) claimOnce(ctx context.Context, n int, dst []claimed) ([]claimed,
 		}
 		ids = append(ids, raw[1:entryHeader]...)
 		t.Attempt = deliveries + 1
-		out = append(out, claimed{Task: t, seq: seq, claim: batch})
+		out = append(out, claimed{Task: t, seq: seq, claim: batch, recovered: raw[0] == entryRecovered})
 	}
 	all := string(ids)
 	for i := range out {
@@ -294,7 +302,7 @@ func (s *store) claimOnce(ctx context.Context, n int, dst []claimed) ([]claimed,
 // pendingField is the pending hash field the claim script gives an entry:
 // its ID, or "bad:<seq>" when it has no readable header.
 func pendingField(entry []byte, seq int64) string {
-	if len(entry) >= entryHeader && entry[0] == entryVersion {
+	if len(entry) >= entryHeader && isEntryVersion(entry[0]) {
 		return string(entry[1:entryHeader])
 	}
 	return "bad:" + strconv.FormatInt(seq, 10)
@@ -353,11 +361,12 @@ func (s *store) dropClaims(ctx context.Context, claims []string) error {
 }
 
 // recordDelivery records in t's pending record that delivery t.Attempt is
-// made, so that recovery after a crash counts it without counting it twice.
-// Recovery counts the interrupted delivery of a task pending for the first
-// time, started or not; a task delivered before is counted only with this
-// record, so that tasks claimed with one that crashes its owner, and never
-// started, are not dead-lettered with it. Costs one round trip.
+// made, so that recovery after a crash counts it, once. Recovery counts an
+// interrupted delivery only with this record, so that tasks claimed with
+// one that crashes its owner, and never started, lose no attempt: the
+// pool records the delivery of every task delivered before and of every
+// task recovery marked (see entryRecovered), so that a task that crashes
+// its owner is counted from its second crash on. Costs one round trip.
 func (s *store) recordDelivery(ctx context.Context, t claimed) error {
 	_, err := s.script(ctx, "record delivery on", retryScript, s.keys.pending, s.keys.lease, s.keys.meta,
 		s.value(), s.ttlMS, t.field, accountedRecord(t.Task, t.Attempt))
@@ -373,7 +382,7 @@ func accountedRecord(t Task, deliveries int) []byte {
 }
 
 // accountedMark starts a pending record whose count includes the current
-// delivery; an entry starts with entryVersion.
+// delivery; an entry starts with entryVersion or entryRecovered.
 const accountedMark = '+'
 
 // fail records a failed delivery of t (as claimed, with its Attempt). When
@@ -423,7 +432,7 @@ func (s *store) requeue(ctx context.Context, tasks []claimed, redelivery bool) e
 		args := []any{s.keys.ready, s.keys.pending, s.keys.lease, s.keys.meta, s.value(), s.ttlMS, flag}
 		for i := end - 1; i >= start; i-- {
 			t := tasks[i]
-			args = append(args, t.field, encodeTask(t.Task, t.Attempt))
+			args = append(args, t.field, encodeClaimed(t))
 		}
 		if _, err := s.script(ctx, "requeue on", requeueScript, args...); err != nil {
 			return err

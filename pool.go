@@ -180,7 +180,10 @@ func (q *Queue) AnalysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 			return nil // ctx ended while waiting; nothing is held
 		}
 		cfg.Logger.Debug("queue: lease taken", "analyser", analyser, "lease", st.value())
-		n, err := st.recover(ctx)
+		n, lost, err := st.recover(ctx)
+		if lost > 0 {
+			cfg.OnError(seqLostError(st, lost))
+		}
 		if err != nil {
 			cfg.OnError(err)
 			if !errors.Is(err, ErrLeaseLost) {
@@ -217,4 +220,11 @@ func warnEviction(ctx context.Context, p *partition, log *slog.Logger) {
 		log.Warn("queue: redis may evict keys and lose tasks; set maxmemory-policy noeviction",
 			"partition", p.index, "maxmemory-policy", r[1])
 	}
+}
+
+// seqLostError reports pending tasks that went to the dead-letter store
+// because their place in the claim sequence was lost.
+func seqLostError(st *store, n int) error {
+	return fmt.Errorf("queue: %s: %w: %d pending tasks had no claim-sequence record; "+
+		"their order is unknown, so they were moved to the dead-letter store to be replayed by hand", st.what("recover"), ErrMalformed, n)
 }

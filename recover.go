@@ -23,6 +23,7 @@ type pendingRecord struct {
 	accounted  bool   // the count includes the current delivery (written by retryScript)
 	raw        []byte // the record as stored
 	err        error  // set when the record does not decode
+	seqLost    bool   // it decodes, but no claim-sequence record names it: its place is unknown
 }
 
 // splitPending splits a pending record: an encoded task as the claim
@@ -34,9 +35,9 @@ type pendingRecord struct {
 // upgrade are put back, in order. The entry itself is not checked.
 func splitPending(v []byte) (accounted bool, entry []byte, legacy int64, err error) {
 	switch {
-	case len(v) > 0 && v[0] == entryVersion:
+	case len(v) > 0 && isEntryVersion(v[0]):
 		return false, v, -1, nil
-	case len(v) > 1 && v[0] == accountedMark && v[1] == entryVersion:
+	case len(v) > 1 && v[0] == accountedMark && isEntryVersion(v[1]):
 		return true, v[1:], -1, nil
 	case len(v) > 0 && v[0] >= '0' && v[0] <= '9':
 		num, rest, ok := bytes.Cut(v, []byte{':'})
@@ -82,7 +83,8 @@ func claimSeqs(records map[string]string) map[string]int64 {
 
 // readPending reads a pending hash, in claim order, and the fields of the
 // queue's claim-sequence records. Records that do not decode come last,
-// with err set, and so do tasks no claim-sequence record names (by ID).
+// with err set, and so do tasks no claim-sequence record names (by ID,
+// with seqLost set).
 func readPending(ctx context.Context, p *partition, k queueKeys, what string) ([]pendingRecord, []string, error) {
 	type both struct{ pending, claims map[string]string }
 	got, err := onPartition(ctx, p, what, func(c redis.Conn) (both, error) {
@@ -112,10 +114,12 @@ func readPending(ctx context.Context, p *partition, k queueKeys, what string) ([
 			err = fmt.Errorf("%w: pending record %q holds task %q", ErrMalformed, field, r.Task.ID)
 		}
 		r.err = err
+		r.recovered = err == nil && entry[0] == entryRecovered
 		r.seq = legacy // -1 unless the record carries its own
 		if s, ok := seqs[field]; ok {
 			r.seq = s
 		}
+		r.seqLost = err == nil && r.seq < 0
 		r.Attempt = r.deliveries + 1
 		if r.accounted {
 			r.Attempt = r.deliveries
@@ -165,54 +169,78 @@ func (q *Queue) Pending(ctx context.Context, analyser int) ([]Task, error) {
 }
 
 // recover puts every pending task back at the consuming end in claim
-// order, counting the interrupted delivery; tasks that have had
-// MaxAttempts deliveries, and records that do not decode, go to the
-// dead-letter store. It returns how many tasks it requeued.
-func (s *store) recover(ctx context.Context) (int, error) {
-	return s.putBack(ctx, "recover", true)
+// order, counting the interrupted deliveries that were recorded; tasks
+// that have had MaxAttempts deliveries, records that do not decode, and
+// tasks whose place in the claim sequence is lost go to the dead-letter
+// store. It returns how many tasks it requeued and how many of these
+// went to the dead-letter store for their lost claim sequence.
+func (s *store) recover(ctx context.Context) (back, seqLost int, err error) {
+	return s.putBack(ctx, "recover", true, nil)
 }
 
-// putBackPending puts every pending task back at the consuming end in
-// claim order, and moves records that do not decode to the dead-letter
-// store; op names the step in errors and dead records. As a redelivery it
-// counts the interrupted delivery and dead-letters tasks that used up
+// putBack puts every pending task back at the consuming end in claim
+// order, but those that keep names (tasks in the caller's hands, which go
+// on), and moves records that do not decode to the dead-letter store; op
+// names the step in errors and dead records. As a redelivery it counts
+// the recorded interrupted deliveries and dead-letters tasks that used up
 // MaxAttempts; otherwise (the tasks of a claim whose reply was lost, which
-// delivered nothing) the counts stay as recorded. It returns how many
-// tasks it put back.
-func (s *store) putBack(ctx context.Context, op string, redelivery bool) (int, error) {
+// delivered nothing) the counts stay as recorded. A task that no
+// claim-sequence record names has lost its place among its OrderID's
+// tasks: rather than guess, it goes to the dead-letter store, where it
+// can be seen and replayed. putBack returns how many tasks it put back and
+// how many it dead-lettered for that reason.
+func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep map[string]*claimBatch) (back, seqLost int, err error) {
 	recs, claims, err := readPending(ctx, s.part, s.keys, s.what(op+" pending of"))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	var back []claimed
+	var put []claimed
 	var dead []any
 	for _, r := range recs {
+		if _, ok := keep[r.field]; ok {
+			continue
+		}
 		n := r.deliveries
-		if redelivery && n == 0 && !r.accounted {
-			// Count the interrupted delivery of a task pending for the
-			// first time, started or not. A task delivered before had its
-			// delivery recorded when it started (store.recordDelivery);
-			// without that record it never started, and is not charged.
-			n = 1
+		if redelivery && n == 0 && !r.accounted && !r.recovered {
+			// A first delivery with nothing recorded: it may or may not
+			// have started. It is not charged, but marked, so that its
+			// next delivery is recorded before it starts.
+			r.recovered = true
 		}
 		switch {
 		case r.err != nil:
 			dead = append(dead, r.field, encodeDead(r.raw, 0, op+": "+r.err.Error()))
+		case r.seqLost:
+			msg := op + ": the claim-sequence record of this pending task is lost, so its place among its OrderID's tasks is unknown; replay it if its order does not matter"
+			dead = append(dead, r.field, encodeDead(encodeTask(r.Task, n), n, msg))
+			seqLost++
 		case redelivery && n >= s.maxAttempts:
 			msg := fmt.Sprintf("delivered %d times without finishing (the owner crashed or lost its lease)", n)
 			dead = append(dead, r.field, encodeDead(encodeTask(r.Task, n), n, msg))
 		default:
 			r.Attempt = n // recorded as the delivery count
-			back = append(back, r.claimed)
+			put = append(put, r.claimed)
 		}
 	}
 	if err := s.bury(ctx, dead); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	if err := s.requeue(ctx, back, redelivery); err != nil {
-		return len(back), err
+	if err := s.requeue(ctx, put, redelivery); err != nil {
+		return len(put), seqLost, err
 	}
-	// Nothing is pending now, and nothing is claimed meanwhile: the claim-sequence
-	// records have served.
-	return len(back), s.dropClaims(ctx, claims)
+	// Nothing is pending now but what keep names, and nothing is claimed
+	// meanwhile: the other claim-sequence records have served.
+	live := make(map[string]bool, len(keep))
+	for _, b := range keep {
+		if b != nil {
+			live[b.record] = true
+		}
+	}
+	var drop []string
+	for _, c := range claims {
+		if !live[c] {
+			drop = append(drop, c)
+		}
+	}
+	return len(put), seqLost, s.dropClaims(ctx, drop)
 }

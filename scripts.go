@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -24,13 +25,19 @@ import (
 // error and never a task.
 var scriptVars = strings.NewReplacer(
 	"$entryVersion", strconv.Itoa(entryVersion),
+	"$entryRecovered", strconv.Itoa(entryRecovered),
 	"$entryHeader", strconv.Itoa(entryHeader),
 	"$idLen", strconv.Itoa(idLen),
 	"$scriptChunk", strconv.Itoa(scriptChunk),
 	"$seqFiller", seqFiller,
 	"$staleReply", staleReply,
 	"$wrongTypeReply", wrongTypeReply,
+	"$badValueReply", badValueReply,
 )
+
+// unrendered matches a $name left in a rendered script. (A Lua pattern's
+// anchor, '$' before a quote, is not one.)
+var unrendered = regexp.MustCompile(`\$[A-Za-z]`)
 
 // scriptSources holds the rendered text of every script, by name.
 var scriptSources = map[string]string{}
@@ -39,7 +46,7 @@ var scriptSources = map[string]string{}
 // registered under name.
 func newScript(name string, keyCount int, src string) *redis.Script {
 	text := scriptVars.Replace(src)
-	if strings.Contains(text, "$") {
+	if unrendered.MatchString(text) {
 		panic("queue: script " + name + " has an unknown $name") // a programming error, caught by every test
 	}
 	if _, dup := scriptSources[name]; dup {
@@ -56,13 +63,35 @@ const staleReply = "QUGOSTALE"
 // script (Lua's unpack has a C-stack limit of a few thousand).
 const scriptChunk = 1000
 
-// fenced returns body behind the lease check, with the lease at
-// KEYS[leaseKey]: the common head of the fenced scripts.
-func fenced(leaseKey int, body string) string {
+// fenced returns a fenced script: the lease check (the lease at
+// KEYS[leaseKey] must hold ARGV[1]), then checks, the script's other
+// checks, then the lease's extension by ARGV[2] ms, then body. Redis does
+// not undo a script that fails halfway, so every check comes before the
+// first write.
+func fenced(leaseKey int, checks, body string) string {
 	k := "KEYS[" + strconv.Itoa(leaseKey) + "]"
 	return "\nif redis.call('GET', " + k + ") ~= ARGV[1] then return redis.error_reply('$staleReply lease lost') end\n" +
-		"redis.call('PEXPIRE', " + k + ", ARGV[2])\n" + body
+		checks + "redis.call('PEXPIRE', " + k + ", ARGV[2])\n" + body
 }
+
+// luaIncr defines incr(key, field, n), which adds n to a counter of a
+// hash. A counter that holds something else than a count (written by
+// hand, say) starts over at n rather than fail the script after its first
+// write: counters are statistics, and no task may pay for one.
+const luaIncr = `
+local function incr(key, field, n)
+  local v = redis.call('HGET', key, field)
+  if v and not (string.match(v, '^%d+$') and #v <= 15) then
+    redis.call('HSET', key, field, n)
+  else
+    redis.call('HINCRBY', key, field, n)
+  end
+end
+`
+
+// badValueReply starts the error a script returns, before any write, when
+// a value it must read (a claim sequence, a fence) is not one it wrote.
+const badValueReply = "QUGOBADVALUE"
 
 // typeCheck returns Lua that refuses with wrongTypeReply, before any write,
 // when a key holds another type than the one given for its KEYS index.

@@ -150,13 +150,21 @@ func (s *session) run(ctx context.Context) sessionEnd {
 		// Graceful stop: hand back what has not started, at once, in claim
 		// order, then give running tasks ShutdownTimeout. Tasks that fail or
 		// are interrupted meanwhile are handed back after them, so they come
-		// before their OrderID's later tasks.
+		// before their OrderID's later tasks. When the first hand-back
+		// fails, the second hands back nothing: an interrupted task in
+		// the ready list ahead of its OrderID's later tasks left pending
+		// would be claimed before them once recovery put those back. Left
+		// pending, they all go back in claim order.
 		s.stopStarting()
-		s.handBack(leaseCtx, s.takeUnstarted())
+		ok := s.handBack(leaseCtx, s.takeUnstarted())
 		timer := time.AfterFunc(s.cfg.ShutdownTimeout, s.cancelTask)
 		workWG.Wait()
 		timer.Stop()
-		s.handBack(leaseCtx, s.takeUnstarted())
+		if rest := s.takeUnstarted(); ok {
+			s.handBack(leaseCtx, rest)
+		} else {
+			s.release(len(rest)) // left pending for the next owner
+		}
 	} else {
 		s.stopStarting()
 		workWG.Wait()
@@ -211,7 +219,10 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 				}
 				continue
 			}
-			n, err := s.resync(leaseCtx)
+			n, lost, err := s.resync(leaseCtx)
+			if lost > 0 {
+				s.cfg.OnError(seqLostError(s.st, lost))
+			}
 			if err != nil {
 				if errors.Is(err, ErrLeaseLost) {
 					s.loseLease()
@@ -284,9 +295,15 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 // order, without counting a delivery, and returns how many. The fetcher
 // calls it when nothing is in flight and every ack is confirmed, after a
 // claim whose reply was lost (Redis moved the tasks, this process never
-// saw them): then every pending task is one of those.
-func (s *session) resync(ctx context.Context) (int, error) {
-	return s.st.putBack(ctx, "resync", false)
+// saw them): then every pending task is one of those. It first gives the
+// lease a new fencing token: a claim that timed out here may still be on
+// its way to Redis, and would otherwise take tasks after the resync read
+// what was pending, tasks that nobody would run before later ones.
+func (s *session) resync(ctx context.Context) (back, seqLost int, err error) {
+	if err := s.st.refence(ctx); err != nil {
+		return 0, 0, err
+	}
+	return s.st.putBack(ctx, "resync", false, nil)
 }
 
 // dispatch hands tasks to their workers, keeping claim order per worker.
@@ -323,15 +340,20 @@ func (s *session) takeUnstarted() []claimed {
 }
 
 // handBack puts tasks back at the consuming end, first claimed first,
-// each with the deliveries made so far (its next Attempt less one).
-func (s *session) handBack(ctx context.Context, tasks []claimed) {
-	if len(tasks) == 0 || s.isLost() {
-		return
+// each with the deliveries made so far (its next Attempt less one). It
+// reports false when they (or some of them) stay pending.
+func (s *session) handBack(ctx context.Context, tasks []claimed) bool {
+	if s.isLost() {
+		return false
+	}
+	if len(tasks) == 0 {
+		return true
 	}
 	for i := range tasks {
 		tasks[i].Attempt--
 	}
-	if err := s.st.requeue(ctx, tasks, false); err != nil {
+	err := s.st.requeue(ctx, tasks, false)
+	if err != nil {
 		// They stay pending, and the next owner puts them back.
 		s.cfg.OnError(err)
 		if errors.Is(err, ErrLeaseLost) {
@@ -341,6 +363,7 @@ func (s *session) handBack(ctx context.Context, tasks []claimed) {
 		s.acks.finished(tasks...)
 	}
 	s.release(len(tasks))
+	return err == nil
 }
 
 // renew keeps the lease until ctx ends. When it cannot renew before the

@@ -80,7 +80,7 @@ func TestStatsRows(t *testing.T) {
 	assert.EqualValues(t, 1, s.Processed)
 	assert.EqualValues(t, 1, s.Failed)
 	assert.Equal(t, "second", s.Owner)
-	assert.Equal(t, first+1, s.Token)
+	assert.Greater(t, s.Token, first, "every acquisition has a higher token")
 	assert.Equal(t, c2.Token(), s.Token)
 
 	require.NoError(t, c2.Release(ctx))

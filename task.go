@@ -29,9 +29,18 @@ type Task struct {
 // idLen is the length of every task ID: 96 bits in base32 (0-9, a-v).
 const idLen = 20
 
-// entryVersion is the first byte of every encoded task; a record that does
-// not start with it is malformed.
+// entryVersion is the first byte of an encoded task; a record that starts
+// with neither it nor entryRecovered is malformed.
 const entryVersion = 0x01
+
+// entryRecovered is the first byte of an encoded task that recovery put
+// back without counting its interrupted delivery, because nothing showed
+// that it had started. Its next delivery is recorded before it starts
+// (as a redelivery's is), so that a crash during that one counts.
+const entryRecovered = 0x03
+
+// isEntryVersion reports whether c starts an encoded task.
+func isEntryVersion(c byte) bool { return c == entryVersion || c == entryRecovered }
 
 // entryHeader is the size of the fixed part of an encoded task: the version
 // byte and the ID. The claim script reads the ID from these bytes.
@@ -66,6 +75,16 @@ func encodeTask(t Task, deliveries int) []byte {
 	return appendEntry(buf, t.ID, t.OrderID, t.AddedAt.UnixMilli(), deliveries, t.Payload)
 }
 
+// encodeClaimed encodes a claimed task to go back to the ready list, with
+// t.Attempt as its delivery count, marked recovered when it is.
+func encodeClaimed(t claimed) []byte {
+	b := encodeTask(t.Task, t.Attempt)
+	if t.recovered {
+		b[0] = entryRecovered
+	}
+	return b
+}
+
 // decodeEntry decodes an encoded task. The returned Task's Attempt is left
 // zero; the delivery count comes back separately. The payload is copied, so
 // b may be reused.
@@ -83,7 +102,7 @@ func decodeEntry(b []byte) (t Task, deliveries int, err error) {
 // ID empty (it is b[1:entryHeader]) and does not copy: the payload shares
 // b's memory.
 func parseEntry(b []byte) (t Task, deliveries int, err error) {
-	if len(b) < entryHeader || b[0] != entryVersion {
+	if len(b) < entryHeader || !isEntryVersion(b[0]) {
 		return Task{}, 0, fmt.Errorf("%w: bad header", ErrMalformed)
 	}
 	for _, c := range b[1:entryHeader] {

@@ -211,7 +211,7 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) {
 		t.Attempt = s.cfg.MaxAttempts // dead-letter it without running it
 	} else {
 		start := now
-		if t.Attempt > 1 {
+		if t.Attempt > 1 || t.recovered {
 			if !w.recordStart(t) {
 				return
 			}
@@ -255,12 +255,12 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) {
 	}
 }
 
-// recordStart records, before a redelivered or retried task starts, that
-// this delivery is made (see store.recordDelivery): a task seen again
-// may be the one that crashes its owner, and a crash while it runs must
-// count, while tasks claimed with it that never started must not pay for
-// it. Costs one round trip, for redeliveries only. It reports false when
-// the lease is lost.
+// recordStart records, before a redelivered, retried or recovered task
+// starts, that this delivery is made (see store.recordDelivery): a task
+// seen again may be the one that crashes its owner, and a crash while it
+// runs must count, while tasks claimed with it that never started must not
+// pay for it. Costs one round trip, for those tasks only. It reports false
+// when the lease is lost.
 func (w *worker) recordStart(t claimed) bool {
 	s := w.s
 	err := s.st.recordDelivery(s.leaseCtx, t)

@@ -1,5 +1,13 @@
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('PTTL', KEYS[1])} end
+
+local old = redis.call('HGET', KEYS[2], 'fence')
+local t = redis.call('TIME')
+local fence = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if old and string.match(old, '^%d+$') and #old <= 15 and tonumber(old) >= fence then fence = tonumber(old) + 1 end
+fence = string.format('%d', fence)
+
 redis.call('DEL', KEYS[1])
-local v = redis.call('HINCRBY', KEYS[2], 'fence', 1) .. ':' .. ARGV[1]
+redis.call('HSET', KEYS[2], 'fence', fence)
+local v = fence .. '.' .. ARGV[3] .. ':' .. ARGV[1]
 redis.call('SET', KEYS[1], v, 'PX', ARGV[2])
 return {1, v}

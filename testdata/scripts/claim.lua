@@ -1,5 +1,4 @@
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then return redis.error_reply('QUGOSTALE lease lost') end
-redis.call('PEXPIRE', KEYS[3], ARGV[2])
 
 local t = redis.call('TYPE', KEYS[2]).ok
 if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[2] .. ' holds a ' .. t .. ', want a hash') end
@@ -7,6 +6,12 @@ local t = redis.call('TYPE', KEYS[4]).ok
 if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[4] .. ' holds a ' .. t .. ', want a hash') end
 local t = redis.call('TYPE', KEYS[5]).ok
 if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[5] .. ' holds a ' .. t .. ', want a hash') end
+
+local last = redis.call('HGET', KEYS[4], 'seq')
+if last and not (string.match(last, '^%d+$') and #last <= 15) then
+  return redis.error_reply('QUGOBADVALUE ' .. KEYS[4] .. ' field seq holds ' .. string.format('%q', string.sub(last, 1, 40)) .. ', not a claim count')
+end
+redis.call('PEXPIRE', KEYS[3], ARGV[2])
 
 local items = redis.call('RPOP', KEYS[1], ARGV[3])
 if not items then return {0} end
@@ -17,7 +22,7 @@ local args, seq = {}, {}
 for i = 1, n do
   local e = items[i]
   local f
-  if #e >= 21 and byte(e, 1) == 1 then
+  if #e >= 21 and (byte(e, 1) == 1 or byte(e, 1) == 3) then
     f = sub(e, 2, 21)
     seq[i] = f
   else
