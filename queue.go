@@ -244,6 +244,15 @@ func (q *Queue) newEntry(orderID uint64, payload []byte) (id string, entry []byt
 // it returns nil the task is in Redis and will reach an analyse function.
 // It is safe for concurrent use: calls made at the same time from many
 // goroutines share pipelined round trips, so each costs about one LPUSH.
+//
+// When ctx ends first, it returns ctx's error. A call still waiting for
+// its turn (behind a round trip to a slow or stalled partition) returns at
+// once and sent nothing. A call whose round trip is under way waits for
+// its reply, bounded by the connection's read timeout and by the calls
+// sharing it: the round trip is abandoned once all their ctxs have ended,
+// and the task may then be in Redis or not. At most 4096 calls or 64 MiB
+// of tasks wait per partition; a call that finds that line full waits
+// for room, on ctx.
 func (q *Queue) AddTask(ctx context.Context, orderID uint64, payload []byte) (string, error) {
 	if err := q.admit(payload); err != nil {
 		return "", err
