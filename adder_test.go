@@ -135,7 +135,8 @@ func entryID(e []byte) string { return string(e[1:entryHeader]) }
 // TestAdderCoalesces holds the first round trip of a partition while n
 // more callers queue up, then checks that they went out together: one LPUSH
 // per queue per batch of maxAddBatch, in arrival order, each call with its
-// result, including a call whose ctx ended while it waited.
+// result. A call whose ctx ended while it waited (the first in line, due
+// to lead the next round trip) left the line at once, unsent.
 func TestAdderCoalesces(t *testing.T) {
 	t.Parallel()
 	for _, n := range []int{63, maxAddBatch + 76} {
@@ -188,16 +189,20 @@ func TestAdderCoalesces(t *testing.T) {
 				}, 10*time.Second, time.Millisecond)
 			}
 			cancel()
+			gone := <-results[0] // returns while the round trip is still held
+			assert.ErrorIs(t, gone.err, context.Canceled)
+			assert.Empty(t, gone.id)
 			a.mu.Lock()
 			arrival := make([]*addCall, len(a.waiting))
 			copy(arrival, a.waiting)
 			a.mu.Unlock()
+			require.Len(t, arrival, n-1, "the cancelled call left the line")
 			close(release)
 
 			r := <-leader
 			require.NoError(t, r.err)
 			ids := make([]string, n)
-			for g := range results {
+			for g := 1; g < n; g++ {
 				r := <-results[g]
 				require.NoError(t, r.err, "call %d", g)
 				ids[g] = r.id
@@ -205,8 +210,8 @@ func TestAdderCoalesces(t *testing.T) {
 			leaderID := r.id
 
 			// Call g queued g-th, and got its own task's ID back.
-			for g, c := range arrival {
-				assert.Equal(t, ids[g], entryID(c.entry), "call %d", g)
+			for i, c := range arrival {
+				assert.Equal(t, ids[i+1], entryID(c.entry), "call %d", i+1)
 			}
 			// The leader's LPUSH, then per batch one LPUSH per queue, all
 			// batch commands in one pipeline (one Flush).

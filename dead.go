@@ -1,10 +1,13 @@
 package queue
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -101,80 +104,209 @@ func (q *Queue) writerKeys(ctx context.Context, a int) (*partition, queueKeys, e
 	return p, k, err
 }
 
-// Dead lists analyser's dead-letter store, oldest death first. It is safe
-// for concurrent use and costs one round trip (HGETALL).
-func (q *Queue) Dead(ctx context.Context, analyser int) ([]DeadTask, error) {
-	p, k, err := q.analyserKeys(analyser)
-	if err != nil {
-		return nil, err
-	}
-	m, err := onPartition(ctx, p, fmt.Sprintf("list dead of analyser %d", analyser), func(c redis.Conn) (map[string]string, error) {
-		return redis.StringMap(redis.DoContext(c, ctx, "HGETALL", k.dead))
+// deadChunk bounds the records one command or script of Dead, Replay and
+// Purge touches, and deadChunkBytes the encoded tasks one replay script
+// carries (one record goes alone when it is larger): however large the
+// dead-letter store, Redis runs nothing long for them, and other queues
+// of the server, and leases, go on meanwhile.
+const (
+	deadChunk      = 512
+	deadChunkBytes = 4 << 20
+)
+
+// scanDead calls f with every record of a dead-letter store, reading it
+// with HSCAN, deadChunk at a time. A record changed or added meanwhile
+// may come once, twice or not at all, as HSCAN promises.
+func scanDead(ctx context.Context, p *partition, key, what string, f func(field string, v []byte)) error {
+	_, err := onPartition(ctx, p, what, func(c redis.Conn) (struct{}, error) {
+		cursor := "0"
+		for {
+			r, err := redis.Values(redis.DoContext(c, ctx, "HSCAN", key, cursor, "COUNT", deadChunk))
+			if err != nil {
+				return struct{}{}, err
+			}
+			var kv [][]byte
+			if _, err := redis.Scan(r, &cursor, &kv); err != nil {
+				return struct{}{}, err
+			}
+			for i := 0; i+1 < len(kv); i += 2 {
+				f(string(kv[i]), kv[i+1])
+			}
+			if cursor == "0" {
+				return struct{}{}, nil
+			}
+		}
 	})
-	if err != nil {
-		return nil, err
-	}
-	out := make([]DeadTask, 0, len(m))
-	for field, v := range m {
-		out = append(out, decodeDead(field, []byte(v)))
-	}
+	return err
+}
+
+// sortDead sorts dead tasks oldest death first (ID breaks ties) and drops
+// the second of two with the same ID and death.
+func sortDead(out []DeadTask) []DeadTask {
 	sort.Slice(out, func(i, j int) bool {
 		if !out[i].DiedAt.Equal(out[j].DiedAt) {
 			return out[i].DiedAt.Before(out[j].DiedAt)
 		}
 		return out[i].ID < out[j].ID
 	})
-	return out, nil
+	return slices.CompactFunc(out, func(a, b DeadTask) bool { return a.ID == b.ID && a.DiedAt.Equal(b.DiedAt) })
+}
+
+// Dead lists analyser's dead-letter store, oldest death first. It is safe
+// for concurrent use and costs one round trip (HSCAN) per 512 records.
+func (q *Queue) Dead(ctx context.Context, analyser int) ([]DeadTask, error) {
+	p, k, err := q.analyserKeys(analyser)
+	if err != nil {
+		return nil, err
+	}
+	var out []DeadTask
+	err = scanDead(ctx, p, k.dead, fmt.Sprintf("list dead of analyser %d", analyser), func(field string, v []byte) {
+		out = append(out, decodeDead(field, v))
+	})
+	if err != nil {
+		return nil, err
+	}
+	return sortDead(out), nil
+}
+
+// getDead calls f with the records of a dead-letter store under ids that
+// exist, in the order of ids, reading them with HMGET, deadChunk at a time.
+func getDead(ctx context.Context, p *partition, key, what string, ids []string, f func(field string, v []byte)) error {
+	_, err := onPartition(ctx, p, what, func(c redis.Conn) (struct{}, error) {
+		for len(ids) > 0 {
+			n := min(len(ids), deadChunk)
+			args := make([]any, 0, n+1)
+			args = append(args, key)
+			for _, id := range ids[:n] {
+				args = append(args, id)
+			}
+			vs, err := redis.ByteSlices(redis.DoContext(c, ctx, "HMGET", args...))
+			if err != nil {
+				return struct{}{}, err
+			}
+			for i, v := range vs {
+				if v != nil {
+					f(ids[i], v)
+				}
+			}
+			ids = ids[n:]
+		}
+		return struct{}{}, nil
+	})
+	return err
+}
+
+// deadRef is what Replay keeps of a dead record to order the moves.
+type deadRef struct {
+	id     string
+	diedAt int64 // milliseconds
+	size   int   // bytes of the record
 }
 
 // Replay moves dead tasks (all of them when no ids are given) back to the
 // ready list as new work, with their delivery count reset, behind the tasks
-// already queued. Malformed records are left in place. It returns how many
-// moved. It is safe for concurrent use and needs no lease.
+// already queued, oldest death first. Malformed records are left in place.
+// It returns how many moved. It is safe for concurrent use and needs no
+// lease: a record is moved once however many Replays run. It reads and
+// moves at most 512 records or 4 MiB at a time (one read and one script
+// each), so Redis is never held long; tasks added meanwhile may come
+// between replayed ones, and when it fails part way, what it moved stays
+// moved.
 func (q *Queue) Replay(ctx context.Context, analyser int, ids ...string) (int, error) {
 	p, k, err := q.writerKeys(ctx, analyser)
 	if err != nil {
 		return 0, err
 	}
-	dead, err := q.Dead(ctx, analyser)
+	what := fmt.Sprintf("replay dead of analyser %d", analyser)
+	// First the order, from each record's ID, death and size: the tasks
+	// themselves are read a chunk at a time, so a large store is never
+	// held in memory.
+	var order []deadRef
+	keep := func(field string, v []byte) {
+		if d := decodeDead(field, v); d.Raw == nil {
+			order = append(order, deadRef{d.ID, d.DiedAt.UnixMilli(), len(v)})
+		}
+	}
+	if len(ids) == 0 {
+		err = scanDead(ctx, p, k.dead, what, keep)
+	} else {
+		err = getDead(ctx, p, k.dead, what, slices.Compact(slices.Sorted(slices.Values(ids))), keep)
+	}
 	if err != nil {
 		return 0, err
 	}
-	want := map[string]bool{}
-	for _, id := range ids {
-		want[id] = true
-	}
-	args := []any{k.dead, k.ready}
-	for _, d := range dead {
-		if d.Raw != nil || len(ids) > 0 && !want[d.ID] {
-			continue
-		}
-		args = append(args, d.ID, encodeTask(d.Task, 0))
-	}
-	if len(args) == 2 {
-		return 0, nil
-	}
-	return onPartition(ctx, p, fmt.Sprintf("replay dead of analyser %d", analyser), func(c redis.Conn) (int, error) {
-		return redis.Int(replayScript.DoContext(ctx, c, args...))
+	slices.SortFunc(order, func(a, b deadRef) int {
+		return cmp.Or(cmp.Compare(a.diedAt, b.diedAt), strings.Compare(a.id, b.id))
 	})
+	order = slices.CompactFunc(order, func(a, b deadRef) bool { return a.id == b.id })
+	// Then the moves, in that order: a chunk is read again and moved by
+	// one script, which skips an ID that is no longer dead (replayed or
+	// purged meanwhile).
+	moved := 0
+	for len(order) > 0 {
+		n, size := 0, 0
+		for n < len(order) && n < deadChunk && (n == 0 || size+order[n].size <= deadChunkBytes) {
+			size += order[n].size
+			n++
+		}
+		chunk := make([]string, n)
+		for i := range chunk {
+			chunk[i] = order[i].id
+		}
+		order = order[n:]
+		args := []any{k.dead, k.ready}
+		err := getDead(ctx, p, k.dead, what, chunk, func(field string, v []byte) {
+			if d := decodeDead(field, v); d.Raw == nil {
+				args = append(args, d.ID, encodeTask(d.Task, 0))
+			}
+		})
+		if err == nil && len(args) > 2 {
+			var m int
+			m, err = onPartition(ctx, p, what, func(c redis.Conn) (int, error) {
+				return redis.Int(replayScript.DoContext(ctx, c, args...))
+			})
+			moved += m
+		}
+		if err != nil {
+			return moved, err
+		}
+	}
+	return moved, nil
 }
 
 // Purge deletes dead tasks (all of them when no ids are given) and returns
-// how many it deleted. It is safe for concurrent use.
+// how many it deleted. It is safe for concurrent use. It deletes at most
+// 512 records per command (HSCAN and HDEL), so Redis is never held long;
+// a record that dies while a Purge of all runs may be left.
 func (q *Queue) Purge(ctx context.Context, analyser int, ids ...string) (int, error) {
 	p, k, err := q.writerKeys(ctx, analyser)
 	if err != nil {
 		return 0, err
 	}
-	return onPartition(ctx, p, fmt.Sprintf("purge dead of analyser %d", analyser), func(c redis.Conn) (int, error) {
-		if len(ids) > 0 {
-			args := []any{k.dead}
-			for _, id := range ids {
+	what := fmt.Sprintf("purge dead of analyser %d", analyser)
+	if len(ids) == 0 {
+		err = scanDead(ctx, p, k.dead, what, func(field string, _ []byte) { ids = append(ids, field) })
+		if err != nil {
+			return 0, err
+		}
+	}
+	return onPartition(ctx, p, what, func(c redis.Conn) (int, error) {
+		purged := 0
+		for len(ids) > 0 {
+			n := min(len(ids), deadChunk)
+			args := make([]any, 0, n+1)
+			args = append(args, k.dead)
+			for _, id := range ids[:n] {
 				args = append(args, id)
 			}
-			return redis.Int(redis.DoContext(c, ctx, "HDEL", args...))
+			m, err := redis.Int(redis.DoContext(c, ctx, "HDEL", args...))
+			purged += m
+			if err != nil {
+				return purged, err
+			}
+			ids = ids[n:]
 		}
-		return redis.Int(purgeAllScript.DoContext(ctx, c, k.dead))
+		return purged, nil
 	})
 }
 
@@ -193,16 +325,5 @@ for i = 1, #ARGV, 2 do
     n = n + 1
   end
 end
-return n
-`)
-
-// purgeAllScript deletes a dead-letter store.
-//
-//	KEYS[1] = dead hash
-//
-// Returns the number of records it held.
-var purgeAllScript = newScript("purge-all", 1, `
-local n = redis.call('HLEN', KEYS[1])
-redis.call('DEL', KEYS[1])
 return n
 `)

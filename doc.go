@@ -9,7 +9,8 @@
 // in the order Redis accepted them; different OrderIDs run in parallel.
 //
 // A [Queue] is made with [New] from redigo pools the caller owns, or with
-// [Dial] from redis:// URLs. Both start no goroutine and make no
+// [Dial] from redis:// URLs (rediss:// for TLS, verified against the
+// system's roots or [Config].TLSConfig). Both start no goroutine and make no
 // connection; a Queue is safe for concurrent use. Everything that can block
 // takes a context.Context. For callers who drive consumption themselves,
 // [Queue.Consume] returns a [Consumer], the low-level API (claim, ack, fail,
@@ -65,7 +66,10 @@
 //  4. Fast recovery, position kept. When an owner takes a queue over, it
 //     first puts every pending task back at the consuming end, in claim
 //     order, before taking new work. The time from kill -9 to redelivery
-//     is at most [PoolConfig].LeaseTTL (5s by default).
+//     is the lease's remaining time, at most [PoolConfig].LeaseTTL (5s by
+//     default), plus the standby's takeover and recovery: about LeaseTTL
+//     + 0.1s in the fault suite (1.02-1.11s with a 1s lease), more on a
+//     loaded machine or with many pending tasks.
 //  5. Bounded duplicates. After a crash, only tasks that were pending can
 //     run twice. After a graceful stop, none: claimed-but-unstarted tasks go
 //     back at the consuming end at once, in order, and running tasks that
@@ -177,6 +181,16 @@
 // MaxAttempts deliveries goes to the dead-letter store instead, with the
 // error "delivered N times without finishing"; a pending record that does
 // not decode goes there with its raw bytes.
+//
+// Redis expires the lease by its own wall clock, so a forward jump of the
+// Redis host's clock by more than the lease's remaining time ends the
+// lease at once: a standby takes over, and the old owner's next claim,
+// ack or renewal is refused. Nothing is lost and no two owners write,
+// but the tasks the old owner was running may run again on the new one
+// while they finish (for up to a third of LeaseTTL, until its renewal is
+// refused). A backward jump lengthens the lease, and so the time to
+// recover from a crash. The pool's own deadlines use its process's
+// monotonic clock, so a jump of the analyser host's clock changes nothing.
 //
 // [Queue.Consume] does the same waiting and recovery for a [Consumer]. A
 // Consumer's calls are fenced like the pool's, and extend the lease; one

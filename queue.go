@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -19,29 +20,47 @@ type Config struct {
 	// tests) can share one server. It must not contain '{' or '}'.
 	// If empty, "qugo" is used.
 	Prefix string
-	// Queues is Q, the number of queues on each Redis server. It is recorded
-	// in Redis at first use and must not change afterwards. If zero, 1 is used.
+	// Queues is Q, the number of queues on each Redis server, at most 4096.
+	// It is recorded in Redis at first use and must not change afterwards.
+	// If zero, 1 is used.
 	Queues int
-	// MaxPayload is the largest payload AddTask accepts, in bytes.
-	// If zero, 1 MiB is used.
+	// MaxPayload is the largest payload AddTask accepts, in bytes, at most
+	// 256 MiB. If zero, 1 MiB is used.
 	MaxPayload int
 
 	// The settings below apply only to the pools that Dial makes.
 
-	// DialTimeout bounds connecting to a server. If zero, 5s is used.
+	// DialTimeout bounds connecting to a server, TLS handshake included;
+	// at most 1h. If zero, 5s is used.
 	DialTimeout time.Duration
-	// ReadTimeout bounds waiting for a reply to a non-blocking command.
-	// Blocking commands wait longer. If zero, 10s is used.
+	// ReadTimeout bounds waiting for any reply, and writing a command; at
+	// most 1h. Blocking waits (a pool's wait for work, up to 1s; a
+	// standby's wait for a lease; Consumer.Wait) are cut off by it too: a
+	// wait longer than ReadTimeout ends early and costs a new connection,
+	// so keep it above 1s. If zero, 10s is used.
 	ReadTimeout time.Duration
-	// MaxIdle is the number of idle connections kept per server.
-	// If zero, 64 is used.
+	// MaxIdle is the number of idle connections kept per server, at most
+	// 4096. If zero, 64 is used.
 	MaxIdle int
+	// TLSConfig configures TLS for rediss:// URLs: a custom CA in RootCAs,
+	// a client certificate in Certificates. If nil, rediss:// verifies the
+	// server against the system's roots, under the URL's host name. It is
+	// an error to set it with a redis:// URL, which would not use it.
+	TLSConfig *tls.Config
 }
 
 const (
 	defaultPrefix     = "qugo"
 	defaultMaxPayload = 1 << 20
 	maxMaxPayload     = 256 << 20
+	// maxQueues bounds Config.Queues and maxPartitions the number of
+	// servers: a queue keeps a key name per queue of each server, and
+	// AddTasks a counter per queue, so an absurd count is refused rather
+	// than allocated.
+	maxQueues     = 4096
+	maxPartitions = 4096
+	maxMaxIdle    = 4096
+	maxTimeout    = time.Hour
 )
 
 func (c Config) withDefaults() (Config, error) {
@@ -54,8 +73,8 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Queues == 0 {
 		c.Queues = 1
 	}
-	if c.Queues < 0 {
-		return c, fmt.Errorf("%w: Queues %d is negative", ErrBadConfig, c.Queues)
+	if c.Queues < 0 || c.Queues > maxQueues {
+		return c, fmt.Errorf("%w: Queues %d not in [1, %d]", ErrBadConfig, c.Queues, maxQueues)
 	}
 	if c.MaxPayload == 0 {
 		c.MaxPayload = defaultMaxPayload
@@ -63,8 +82,11 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxPayload < 0 || c.MaxPayload > maxMaxPayload {
 		return c, fmt.Errorf("%w: MaxPayload %d not in [1, %d]", ErrBadConfig, c.MaxPayload, maxMaxPayload)
 	}
-	if c.DialTimeout < 0 || c.ReadTimeout < 0 || c.MaxIdle < 0 {
-		return c, fmt.Errorf("%w: DialTimeout %v, ReadTimeout %v or MaxIdle %d is negative", ErrBadConfig, c.DialTimeout, c.ReadTimeout, c.MaxIdle)
+	if c.DialTimeout < 0 || c.DialTimeout > maxTimeout || c.ReadTimeout < 0 || c.ReadTimeout > maxTimeout {
+		return c, fmt.Errorf("%w: DialTimeout %v or ReadTimeout %v not in [0, %v]", ErrBadConfig, c.DialTimeout, c.ReadTimeout, maxTimeout)
+	}
+	if c.MaxIdle < 0 || c.MaxIdle > maxMaxIdle {
+		return c, fmt.Errorf("%w: MaxIdle %d not in [0, %d]", ErrBadConfig, c.MaxIdle, maxMaxIdle)
 	}
 	if c.DialTimeout == 0 {
 		c.DialTimeout = 5 * time.Second
@@ -98,6 +120,9 @@ func New(pools []*redis.Pool, cfg Config) (*Queue, error) {
 	if len(pools) == 0 {
 		return nil, ErrNoPartitions
 	}
+	if len(pools) > maxPartitions {
+		return nil, fmt.Errorf("%w: %d partitions, at most %d", ErrBadConfig, len(pools), maxPartitions)
+	}
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
@@ -116,16 +141,33 @@ func New(pools []*redis.Pool, cfg Config) (*Queue, error) {
 	return q, nil
 }
 
-// Dial returns a Queue over pools it makes for the given redis:// (or
-// rediss://) URLs, one per partition, in partition order. It pings every
-// server once and fails if one is unreachable. Close closes the pools.
+// Dial returns a Queue over pools it makes for the given URLs, one per
+// partition, in partition order. A URL is redis://[[user]:password@]host[:port][/db]
+// or, for TLS, rediss://...; the scheme is case-insensitive, the port
+// defaults to 6379 and the database to 0. TLS verifies the server against
+// the system's roots unless Config.TLSConfig says otherwise. Dial pings
+// every server once and fails if one is unreachable. Its errors name a
+// server by its partition index, never by its URL, so they never hold a
+// password. Close closes the pools.
 func Dial(ctx context.Context, urls []string, cfg Config) (*Queue, error) {
 	if len(urls) == 0 {
 		return nil, ErrNoPartitions
 	}
+	if len(urls) > maxPartitions {
+		return nil, fmt.Errorf("%w: %d partitions, at most %d", ErrBadConfig, len(urls), maxPartitions)
+	}
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
+	}
+	targets := make([]redisURL, len(urls))
+	for i, u := range urls { // all checked before any pool is made
+		if targets[i], err = parseRedisURL(u); err != nil {
+			return nil, fmt.Errorf("%w: partition %d: %w", ErrBadConfig, i, err)
+		}
+		if !targets[i].tls && cfg.TLSConfig != nil {
+			return nil, fmt.Errorf("%w: partition %d: Config.TLSConfig is set but the URL is redis://, not rediss://", ErrBadConfig, i)
+		}
 	}
 	pools := make([]*redis.Pool, len(urls))
 	closeAll := func() {
@@ -135,13 +177,8 @@ func Dial(ctx context.Context, urls []string, cfg Config) (*Queue, error) {
 			}
 		}
 	}
-	for i, u := range urls { // all checked before any pool is made
-		if !strings.HasPrefix(u, "redis://") && !strings.HasPrefix(u, "rediss://") {
-			return nil, fmt.Errorf("%w: partition %d: URL %q is not redis:// or rediss://", ErrBadConfig, i, u)
-		}
-	}
-	for i, u := range urls {
-		pools[i] = newPool(u, cfg)
+	for i, t := range targets {
+		pools[i] = newPool(t, cfg)
 		if err := ping(ctx, pools[i]); err != nil {
 			closeAll()
 			return nil, fmt.Errorf("queue: dial partition %d: %w", i, err)
@@ -154,36 +191,6 @@ func Dial(ctx context.Context, urls []string, cfg Config) (*Queue, error) {
 	}
 	q.ownPools = true
 	return q, nil
-}
-
-func newPool(url string, cfg Config) *redis.Pool {
-	return &redis.Pool{
-		MaxIdle:     cfg.MaxIdle,
-		IdleTimeout: 4 * time.Minute,
-		DialContext: func(ctx context.Context) (redis.Conn, error) {
-			return redis.DialURLContext(ctx, url,
-				redis.DialConnectTimeout(cfg.DialTimeout),
-				redis.DialReadTimeout(cfg.ReadTimeout),
-				redis.DialWriteTimeout(cfg.ReadTimeout))
-		},
-		TestOnBorrow: func(c redis.Conn, t time.Time) error {
-			if time.Since(t) < time.Minute {
-				return nil
-			}
-			_, err := c.Do("PING")
-			return err
-		},
-	}
-}
-
-func ping(ctx context.Context, p *redis.Pool) error {
-	conn, err := p.GetContext(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	_, err = redis.DoContext(conn, ctx, "PING")
-	return err
 }
 
 // Close marks the queue closed; later calls return ErrClosed. It closes the
@@ -237,6 +244,15 @@ func (q *Queue) newEntry(orderID uint64, payload []byte) (id string, entry []byt
 // it returns nil the task is in Redis and will reach an analyse function.
 // It is safe for concurrent use: calls made at the same time from many
 // goroutines share pipelined round trips, so each costs about one LPUSH.
+//
+// When ctx ends first, it returns ctx's error. A call still waiting for
+// its turn (behind a round trip to a slow or stalled partition) returns at
+// once and sent nothing. A call whose round trip is under way waits for
+// its reply, bounded by the connection's read timeout and by the calls
+// sharing it: the round trip is abandoned once all their ctxs have ended,
+// and the task may then be in Redis or not. At most 4096 calls or 64 MiB
+// of tasks wait per partition; a call that finds that line full waits
+// for room, on ctx.
 func (q *Queue) AddTask(ctx context.Context, orderID uint64, payload []byte) (string, error) {
 	if err := q.admit(payload); err != nil {
 		return "", err

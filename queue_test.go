@@ -47,6 +47,13 @@ func TestConfigDefaults(t *testing.T) {
 		{"negative dial timeout", with(func(c *Config) { c.DialTimeout = -time.Second }), Config{}, true},
 		{"negative read timeout", with(func(c *Config) { c.ReadTimeout = -time.Second }), Config{}, true},
 		{"negative max idle", with(func(c *Config) { c.MaxIdle = -1 }), Config{}, true},
+		{"most queues", with(func(c *Config) { c.Queues = 4096 }),
+			func() Config { d := defaults; d.Queues = 4096; return d }(), false},
+		{"queues 1<<40", with(func(c *Config) { c.Queues = 1 << 40 }), Config{}, true},
+		{"queues over 4096", with(func(c *Config) { c.Queues = 4097 }), Config{}, true},
+		{"max idle over 4096", with(func(c *Config) { c.MaxIdle = 4097 }), Config{}, true},
+		{"dial timeout over 1h", with(func(c *Config) { c.DialTimeout = time.Hour + 1 }), Config{}, true},
+		{"read timeout over 1h", with(func(c *Config) { c.ReadTimeout = 1 << 62 }), Config{}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -375,4 +382,24 @@ func TestAddTaskContextCancelled(t *testing.T) {
 	assert.ErrorIs(t, err, context.Canceled)
 	assert.Empty(t, scanKeys(t, servers[0], q.cfg.Prefix))
 	assert.True(t, bytes.HasPrefix([]byte(err.Error()), []byte("queue: ")), err.Error())
+}
+
+// TestPartitionCountBounded checks that New and Dial refuse more servers
+// than maxPartitions with ErrBadConfig, before touching any.
+func TestPartitionCountBounded(t *testing.T) {
+	t.Parallel()
+	pools := make([]*redis.Pool, maxPartitions+1)
+	for i := range pools {
+		pools[i] = &redis.Pool{}
+	}
+	_, err := New(pools, Config{})
+	assert.ErrorIs(t, err, ErrBadConfig)
+	_, err = New(pools[:maxPartitions], Config{})
+	assert.NoError(t, err)
+	urls := make([]string, maxPartitions+1)
+	for i := range urls {
+		urls[i] = "redis://127.0.0.1:1"
+	}
+	_, err = Dial(context.Background(), urls, Config{})
+	assert.ErrorIs(t, err, ErrBadConfig)
 }

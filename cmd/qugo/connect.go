@@ -36,15 +36,16 @@ func (g *globals) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.prefix, "prefix", g.prefix, "key `prefix` of the queue")
 }
 
-// urls returns the -redis URLs, one per partition.
+// urls returns the -redis URLs, one per partition. Its errors name a URL
+// by its index only: URLs may hold passwords.
 func (g *globals) urls() ([]string, error) {
 	parts := strings.Split(g.redis, ",")
 	for i, u := range parts {
 		u = strings.TrimSpace(u)
 		if u == "" {
-			return nil, usagef("-redis: URL %d of %q is empty", i, g.redis)
+			return nil, usagef("-redis: URL %d of %d is empty", i, len(parts))
 		}
-		if !strings.HasPrefix(u, "redis://") && !strings.HasPrefix(u, "rediss://") {
+		if scheme := strings.ToLower(u[:min(len(u), len("rediss://"))]); !strings.HasPrefix(scheme, "redis://") && scheme != "rediss://" {
 			return nil, usagef("-redis: URL %d is not redis:// or rediss://", i)
 		}
 		parts[i] = u

@@ -103,9 +103,9 @@ func newApp(ctx context.Context, o options, log *slog.Logger) (*app, error) {
 	// The queue's payload limit follows -max-body, so every body that fits
 	// the limit fits the queue too.
 	maxPayload := int(min(o.maxBody, 256<<20))
-	for _, u := range o.redis {
-		if !strings.HasPrefix(u, "redis://") && !strings.HasPrefix(u, "rediss://") {
-			return nil, fmt.Errorf("-redis: %q is not a redis:// or rediss:// URL", u)
+	for i, u := range o.redis { // by index: a URL may hold a password
+		if l := strings.ToLower(u); !strings.HasPrefix(l, "redis://") && !strings.HasPrefix(l, "rediss://") {
+			return nil, fmt.Errorf("-redis: URL %d is not a redis:// or rediss:// URL", i)
 		}
 	}
 	pools := dialPools(o.redis)

@@ -1,0 +1,150 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+)
+
+// redisURL is what Dial reads from a redis:// or rediss:// URL.
+type redisURL struct {
+	addr           string // host:port
+	tls            bool
+	user, password string
+	db             int
+}
+
+// parseRedisURL reads a redis:// or rediss:// URL (scheme in any case).
+// Its errors never quote the URL or any part of it: the URL may hold a
+// password, and so may a piece of one that does not parse.
+func parseRedisURL(raw string) (redisURL, error) {
+	var r redisURL
+	u, err := url.Parse(raw)
+	if err != nil {
+		return r, errors.New("URL does not parse")
+	}
+	switch strings.ToLower(u.Scheme) { // url.Parse lowers it; be sure
+	case "redis":
+	case "rediss":
+		r.tls = true
+	default:
+		return r, errors.New("URL is not redis:// or rediss://")
+	}
+	if u.Opaque != "" {
+		return r, errors.New("URL is not redis:// or rediss://")
+	}
+	host, port, err := net.SplitHostPort(u.Host)
+	if err != nil { // no port
+		host, port = u.Host, "6379"
+	}
+	if host == "" {
+		host = "localhost"
+	}
+	r.addr = net.JoinHostPort(host, port)
+	if u.User != nil {
+		pw, set := u.User.Password()
+		r.user, r.password = u.User.Username(), pw
+		if !set { // redis://secret@host, as redis-cli reads it
+			r.user, r.password = "", r.user
+		}
+	}
+	if path := strings.TrimPrefix(u.Path, "/"); path != "" {
+		db, err := strconv.Atoi(path)
+		if err != nil || db < 0 {
+			return r, errors.New("URL's path is not a database number")
+		}
+		r.db = db
+	}
+	return r, nil
+}
+
+// idleCheck is how long a connection must have been idle before a borrow
+// also PINGs it; a closed connection is found without it (peerClosed).
+const idleCheck = time.Minute
+
+// newPool makes the pool of one server for Dial.
+func newPool(u redisURL, cfg Config) *redis.Pool {
+	opts := []redis.DialOption{
+		redis.DialReadTimeout(cfg.ReadTimeout),
+		redis.DialWriteTimeout(cfg.ReadTimeout),
+		redis.DialUseTLS(u.tls),
+		redis.DialTLSConfig(cfg.TLSConfig),
+		redis.DialTLSHandshakeTimeout(cfg.DialTimeout),
+		redis.DialUsername(u.user),
+		redis.DialPassword(u.password),
+		redis.DialDatabase(u.db),
+	}
+	dialer := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 5 * time.Minute}
+	return &redis.Pool{
+		MaxIdle:     cfg.MaxIdle,
+		IdleTimeout: 4 * time.Minute,
+		DialContext: func(ctx context.Context) (redis.Conn, error) {
+			var nc net.Conn // the TCP connection, under TLS if any
+			dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+				c, err := dialer.DialContext(ctx, network, addr)
+				nc = c
+				return c, err
+			}
+			c, err := redis.DialContext(ctx, "tcp", u.addr, append(opts, redis.DialContextFunc(dial))...)
+			if err != nil {
+				return nil, err
+			}
+			return &watchedConn{Conn: c, tcp: nc}, nil
+		},
+		TestOnBorrowContext: func(ctx context.Context, c redis.Conn, idleSince time.Time) error {
+			// A connection the server closed while it sat idle (a restart,
+			// a timeout, CLIENT KILL) is dropped before anything is
+			// written on it, so the caller's command goes on a new one:
+			// it cannot have reached Redis, so no retry can duplicate it.
+			if w, ok := c.(*watchedConn); ok && peerClosed(w.tcp) {
+				return errPeerClosed
+			}
+			if time.Since(idleSince) < idleCheck {
+				return nil
+			}
+			_, err := redis.DoContext(c, ctx, "PING")
+			return err
+		},
+	}
+}
+
+var errPeerClosed = errors.New("queue: connection closed by the server while idle")
+
+// watchedConn is a connection of a pool made by Dial, with its TCP
+// connection, so that a borrow can see whether the server closed it.
+type watchedConn struct {
+	redis.Conn
+	tcp net.Conn
+}
+
+func (c *watchedConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
+	return redis.DoContext(c.Conn, ctx, cmd, args...)
+}
+
+func (c *watchedConn) DoWithTimeout(d time.Duration, cmd string, args ...any) (any, error) {
+	return redis.DoWithTimeout(c.Conn, d, cmd, args...)
+}
+
+func (c *watchedConn) ReceiveContext(ctx context.Context) (any, error) {
+	return redis.ReceiveContext(c.Conn, ctx)
+}
+
+func (c *watchedConn) ReceiveWithTimeout(d time.Duration) (any, error) {
+	return redis.ReceiveWithTimeout(c.Conn, d)
+}
+
+func ping(ctx context.Context, p *redis.Pool) error {
+	conn, err := p.GetContext(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_, err = redis.DoContext(conn, ctx, "PING")
+	return err
+}
