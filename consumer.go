@@ -85,9 +85,13 @@ func (c *Consumer) RemoveTask(ctx context.Context) (Task, error) {
 	return ts[0], nil
 }
 
+// consumerClaimBytes bounds the entries one Claim takes, in bytes.
+const consumerClaimBytes = 64 << 20
+
 // Claim claims up to max tasks in one round trip, oldest first: it moves
 // them from the ready list into the pending record in one atomic step and
-// returns them. It returns an empty slice when the queue is empty.
+// returns them. It takes fewer when their entries would total more than
+// 64 MiB (and one task however large). It returns an empty slice when the queue is empty.
 // Malformed records met on the way are moved to the dead-letter store and
 // not returned.
 //
@@ -107,7 +111,7 @@ func (c *Consumer) Claim(ctx context.Context, max int) ([]Task, error) {
 		}
 		c.unsure = false
 	}
-	cs, err := c.st.claim(ctx, max, nil)
+	cs, err := c.st.claim(ctx, max, consumerClaimBytes, nil)
 	if err == nil {
 		err = c.recordRedeliveries(ctx, cs)
 	}

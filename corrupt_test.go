@@ -90,18 +90,18 @@ func TestCorruptValues(t *testing.T) {
 		}}, corruptCase{"lease token " + g, false, func(t *testing.T, e *corruptEnv) {
 			e.s.do(t, "SET", e.k.lease, v+":someone", "PX", 300)
 		}}, corruptCase{"order field " + g, true, func(t *testing.T, e *corruptEnv) {
-			renameField(t, e.s, e.k.order, v)
+			renameField(t, e.s, e.k.claims, v)
 		}})
 	}
 	cases = append(cases,
 		corruptCase{"order record truncated", true, func(t *testing.T, e *corruptEnv) {
-			editValues(t, e.s, e.k.order, func(b []byte) []byte { return b[:len(b)-idLen/2] })
+			editValues(t, e.s, e.k.claims, func(b []byte) []byte { return b[:len(b)-idLen/2] })
 		}},
 		corruptCase{"order record empty", true, func(t *testing.T, e *corruptEnv) {
-			editValues(t, e.s, e.k.order, func([]byte) []byte { return nil })
+			editValues(t, e.s, e.k.claims, func([]byte) []byte { return nil })
 		}},
 		corruptCase{"order record with a stray byte", true, func(t *testing.T, e *corruptEnv) {
-			editValues(t, e.s, e.k.order, func(b []byte) []byte { return append(b, '!') })
+			editValues(t, e.s, e.k.claims, func(b []byte) []byte { return append(b, '!') })
 		}},
 		corruptCase{"pending record truncated", true, func(t *testing.T, e *corruptEnv) {
 			e.s.do(t, "HSET", e.k.pending, e.ids[6], encodeTask(Task{ID: e.ids[6], OrderID: 1, Payload: []byte(pl(1, 1))}, 0)[:entryHeader+1])

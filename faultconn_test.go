@@ -66,14 +66,14 @@ var scriptNames = struct {
 	m map[string]string
 }{m: map[string]string{}}
 
-// knownScripts are the scripts the harness preloads and names.
+// knownScripts are the scripts the harness preloads and names: every
+// script of the package, under the name it was made with (newScript).
 func knownScripts() map[string]*redis.Script {
-	return map[string]*redis.Script{
-		"claim": claimScript, "ack": ackScript, "retry": retryScript, "dead": deadScript,
-		"requeue": requeueScript, "acquire": acquireScript, "renew": renewScript,
-		"release": releaseScript, "replay": replayScript, "layout": layoutScript,
-		"purgeall": purgeAllScript, "addonce": addOnceScript,
+	m := make(map[string]*redis.Script, len(scriptSources))
+	for name, src := range scriptSources {
+		m[name] = redis.NewScript(0, src)
 	}
+	return m
 }
 
 func init() {

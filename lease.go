@@ -21,7 +21,7 @@ import (
 // loses writes (a restart without persistence, a failover to a replica
 // that missed them) two processes with the same Owner string could
 // otherwise hold equal values. The token itself is Redis's clock in
-// milliseconds, or the last token plus one when that is not higher, so it
+// microseconds, or the last token plus one when that is not higher, so it
 // grows across such a loss too unless Redis's clock went back.
 
 // luaNextFence sets fence to the next fencing token, from the meta hash at
@@ -30,8 +30,8 @@ import (
 const luaNextFence = `
 local old = redis.call('HGET', KEYS[2], 'fence')
 local t = redis.call('TIME')
-local fence = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if old and string.match(old, '^%d+$') and #old <= 15 and tonumber(old) >= fence then fence = tonumber(old) + 1 end
+local fence = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if old and string.match(old, '^%d+$') and #old <= 16 and tonumber(old) >= fence then fence = tonumber(old) + 1 end
 fence = string.format('%d', fence)
 `
 
@@ -104,14 +104,14 @@ func leaseDefaults(ttl time.Duration, maxAttempts int, owner string) (time.Durat
 	if ttl == 0 {
 		ttl = 5 * time.Second
 	}
-	if ttl < 10*time.Millisecond {
-		return 0, 0, "", fmt.Errorf("%w: LeaseTTL %v is under 10ms", ErrBadConfig, ttl)
+	if ttl < 10*time.Millisecond || ttl > time.Hour {
+		return 0, 0, "", fmt.Errorf("%w: LeaseTTL %v not in [10ms, 1h]", ErrBadConfig, ttl)
 	}
 	if maxAttempts == 0 {
 		maxAttempts = 5
 	}
-	if maxAttempts < 0 {
-		return 0, 0, "", fmt.Errorf("%w: MaxAttempts %d is negative", ErrBadConfig, maxAttempts)
+	if maxAttempts < 0 || maxAttempts > 1000 {
+		return 0, 0, "", fmt.Errorf("%w: MaxAttempts %d not in [1, 1000]", ErrBadConfig, maxAttempts)
 	}
 	if owner == "" {
 		owner = defaultOwner()

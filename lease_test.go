@@ -96,7 +96,7 @@ func TestParseLease(t *testing.T) {
 		token int64
 		owner string
 	}{
-		{"1795972356924.2btxeevuamj1:host:42", 1795972356924, "host:42"},
+		{"1795972356924000.2btxeevuamj1:host:42", 1795972356924000, "host:42"},
 		{"17:host:42", 17, "host:42"}, // as older releases wrote it
 		{"not a lease", 0, ""},
 		{"", 0, ""},

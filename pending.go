@@ -29,6 +29,7 @@ type store struct {
 	maxAttempts int
 	lease       atomic.Pointer[string] // the lease value, once acquired
 	leaseMu     sync.Mutex             // held by renew and refence, so that a renewal never races a new value
+	entrySize   atomic.Int64           // the mean entry size of the last claim (at first, MaxPayload)
 }
 
 // newStore returns the store of analyser's queue, with the layout of its
@@ -48,10 +49,12 @@ func (q *Queue) newStore(ctx context.Context, analyser int, ttl time.Duration, m
 	if err := q.checkLayout(ctx, q.parts[pi]); err != nil {
 		return nil, err
 	}
-	return &store{
+	s := &store{
 		part: q.parts[pi], pi: pi, qi: qi, keys: newQueueKeys(q.cfg.Prefix, pi, qi),
 		owner: owner, ttl: ttl, ttlMS: ttl.Milliseconds(), maxAttempts: maxAttempts,
-	}, nil
+	}
+	s.entrySize.Store(int64(entryHeader + q.cfg.MaxPayload))
+	return s, nil
 }
 
 func (s *store) what(op string) string {
@@ -63,12 +66,18 @@ func (s *store) script(ctx context.Context, op string, sc *redis.Script, keysAnd
 	return onPartition(ctx, s.part, s.what(op), func(conn redis.Conn) (any, error) { return sc.DoContext(ctx, conn, keysAndArgs...) })
 }
 
-// claimScript moves up to ARGV[3] tasks from the consuming (right) end of
-// the ready list into the pending hash, and records their claim sequence.
+// claimScript moves up to ARGV[3] tasks, and while their entries total at
+// most ARGV[4] bytes (at least one task all the same), from the consuming
+// (right) end of the ready list into the pending hash, and records their
+// claim sequence. It pops ARGV[5] entries at first, then twice as many
+// each time, so that a claim of small entries is one RPOP and one of large
+// entries copies little more than its budget; an entry over the budget
+// goes back where it was, with those popped after it.
 //
 //	KEYS[1] = ready list, KEYS[2] = pending hash, KEYS[3] = lease, KEYS[4] = meta hash,
 //	KEYS[5] = claim-sequence hash
-//	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = most tasks to claim
+//	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = most tasks to claim,
+//	ARGV[4] = most bytes to claim, ARGV[5] = entries to pop at first
 //
 // Returns {entry..., first}: the i-th entry (1-based) has claim seq
 // first+i and pending field pendingField(entry, first+i); {0} when the
@@ -85,9 +94,30 @@ if last and not (string.match(last, '^%d+$') and #last <= 15) then
   return redis.error_reply('$badValueReply ' .. KEYS[4] .. ' field seq holds ' .. string.format('%q', string.sub(last, 1, 40)) .. ', not a claim count')
 end
 `, `
-local items = redis.call('RPOP', KEYS[1], ARGV[3])
+local want, budget, ask = tonumber(ARGV[3]), tonumber(ARGV[4]), math.min(tonumber(ARGV[5]), tonumber(ARGV[3]))
+local items = redis.call('RPOP', KEYS[1], ask)
 if not items then return {0} end
-local n = #items
+local n, bytes, full = 0, 0, false
+local got = items
+while true do
+  for i = 1, #got do
+    local size = #got[i]
+    if n > 0 and bytes + size > budget then
+      for j = #got, i, -1 do
+        redis.call('RPUSH', KEYS[1], got[j])
+        if got == items then items[j] = nil end
+      end
+      full = true
+      break
+    end
+    n, bytes = n + 1, bytes + size
+    if got ~= items then items[n] = got[i] end
+  end
+  if full or n >= want or #got < ask then break end
+  ask = math.min(ask * 2, want - n)
+  got = redis.call('RPOP', KEYS[1], ask)
+  if not got then break end
+end
 local first = redis.call('HINCRBY', KEYS[4], 'seq', n) - n
 local sub, byte = string.sub, string.byte
 local args, seq = {}, {}
@@ -215,6 +245,10 @@ type claimed struct {
 	recovered bool        // its entry is marked entryRecovered: record its delivery before it starts
 }
 
+// size is what a held task counts against PoolConfig.MaxHeldBytes: its
+// encoded size, near enough.
+func (t *claimed) size() int64 { return int64(entryHeader + 12 + len(t.Payload)) }
+
 // claimBatch tracks one claim until none of its tasks is pending, when its
 // claim-sequence record can go.
 type claimBatch struct {
@@ -232,26 +266,31 @@ func (b *claimBatch) finish(n int) bool {
 // maxClaim bounds the tasks one claim takes.
 const maxClaim = 1000
 
-// claim claims up to n tasks, appending them to dst[:0] (nil, or a buffer
-// the caller reuses once it is done with the tasks). When every record it
-// took was malformed (and so dead-lettered), it claims again: an empty
-// result always means an empty queue.
-func (s *store) claim(ctx context.Context, n int, dst []claimed) ([]claimed, error) {
+// claim claims up to n tasks whose entries total at most maxBytes (at
+// least one task all the same), appending them to dst[:0] (nil, or a
+// buffer the caller reuses once it is done with the tasks). When every
+// record it took was malformed (and so dead-lettered), it claims again: an
+// empty result always means an empty queue.
+func (s *store) claim(ctx context.Context, n int, maxBytes int64, dst []claimed) ([]claimed, error) {
 	for {
-		out, buried, err := s.claimOnce(ctx, n, dst)
+		out, buried, err := s.claimOnce(ctx, n, maxBytes, dst)
 		if err != nil || len(out) > 0 || !buried {
 			return out, err
 		}
 	}
 }
 
-func (s *store) claimOnce(ctx context.Context, n int, dst []claimed) ([]claimed, bool, error) {
+func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, dst []claimed) ([]claimed, bool, error) {
 	if n <= 0 {
 		return dst[:0], false, nil
 	}
 	n = min(n, maxClaim)
+	maxBytes = max(maxBytes, 1)
+	// Pop as many at first as fit the budget at the entry size seen so
+	// far: one RPOP for small entries, a few for large ones.
+	pop := int(min(int64(n), max(1, maxBytes/max(s.entrySize.Load(), 1))))
 	r, err := redis.Values(s.script(ctx, "claim from", claimScript,
-		s.keys.ready, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.value(), s.ttlMS, n))
+		s.keys.ready, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.value(), s.ttlMS, n, maxBytes, pop))
 	if err != nil || len(r) < 2 {
 		return dst[:0], false, err
 	}
@@ -269,8 +308,10 @@ func (s *store) claimOnce(ctx context.Context, n int, dst []claimed) ([]claimed,
 	// The reply's buffers are the claimer's own: payloads keep pointing
 	// into them, and the IDs share one string.
 	ids := make([]byte, 0, idLen*(len(r)-1))
+	size := 0
 	for i, v := range r[:len(r)-1] {
 		raw, _ := v.([]byte)
+		size += len(raw)
 		seq := first + int64(i) + 1
 		t, deliveries, err := parseEntry(raw)
 		if err != nil {
@@ -281,6 +322,7 @@ func (s *store) claimOnce(ctx context.Context, n int, dst []claimed) ([]claimed,
 		t.Attempt = deliveries + 1
 		out = append(out, claimed{Task: t, seq: seq, claim: batch, recovered: raw[0] == entryRecovered})
 	}
+	s.entrySize.Store(int64(max(size/(len(r)-1), 1)))
 	all := string(ids)
 	for i := range out {
 		out[i].ID = all[i*idLen : (i+1)*idLen]

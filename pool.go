@@ -22,9 +22,22 @@ type PoolConfig struct {
 	// Workers is the number of worker goroutines. All tasks of one OrderID
 	// run on the same worker, one at a time. If zero, 8 is used.
 	Workers int
-	// Prefetch bounds the tasks claimed and not finished, and so what one
-	// claim takes. If zero, 16 per worker (at least 256) is used.
+	// Prefetch bounds the OrderIDs whose tasks the pool holds (claimed and
+	// not finished): each has one task running or about to run, and so it
+	// bounds what one claim takes. Tasks that wait behind an earlier task
+	// of their OrderID (one retrying, or slow) do not count, so they never
+	// hold back other OrderIDs; MaxHeldTasks and MaxHeldBytes bound them.
+	// If zero, 16 per worker (at least 256) is used; at most 65536.
 	Prefetch int
+	// MaxHeldTasks bounds all the tasks the pool holds, those waiting
+	// behind an earlier task of their OrderID included. If zero, 16 times
+	// Prefetch is used.
+	MaxHeldTasks int
+	// MaxHeldBytes bounds the size of the tasks the pool holds (payloads
+	// and about 30 bytes each), and so what one claim takes: claims stop
+	// while it is reached. A task larger than it is still claimed, alone.
+	// If zero, 64 MiB is used.
+	MaxHeldBytes int64
 	// TaskTimeout bounds one delivery; the task's ctx ends then, and the
 	// delivery fails. If zero, 1 minute is used; if negative, none.
 	TaskTimeout time.Duration
@@ -68,17 +81,32 @@ func (c PoolConfig) withDefaults() (PoolConfig, error) {
 	if c.Workers == 0 {
 		c.Workers = 8
 	}
-	if c.Workers < 0 {
-		return c, fmt.Errorf("%w: Workers %d is negative", ErrBadConfig, c.Workers)
+	if c.Workers < 0 || c.Workers > maxWorkers {
+		return c, fmt.Errorf("%w: Workers %d not in [1, %d]", ErrBadConfig, c.Workers, maxWorkers)
 	}
 	if c.Prefetch == 0 {
 		c.Prefetch = max(16*c.Workers, 256)
 	}
-	if c.Prefetch < 0 {
-		return c, fmt.Errorf("%w: Prefetch %d is negative", ErrBadConfig, c.Prefetch)
+	if c.Prefetch < 0 || c.Prefetch > maxPrefetch {
+		return c, fmt.Errorf("%w: Prefetch %d not in [1, %d]", ErrBadConfig, c.Prefetch, maxPrefetch)
+	}
+	if c.MaxHeldTasks == 0 {
+		c.MaxHeldTasks = 16 * c.Prefetch
+	}
+	if c.MaxHeldTasks < c.Prefetch {
+		return c, fmt.Errorf("%w: MaxHeldTasks %d is under Prefetch %d", ErrBadConfig, c.MaxHeldTasks, c.Prefetch)
+	}
+	if c.MaxHeldBytes == 0 {
+		c.MaxHeldBytes = 64 << 20
+	}
+	if c.MaxHeldBytes < 0 {
+		return c, fmt.Errorf("%w: MaxHeldBytes %d is negative", ErrBadConfig, c.MaxHeldBytes)
 	}
 	if c.TaskTimeout == 0 {
 		c.TaskTimeout = time.Minute
+	}
+	if c.TaskTimeout > 24*time.Hour || c.ShutdownTimeout > 24*time.Hour || c.ShutdownTimeout < 0 {
+		return c, fmt.Errorf("%w: TaskTimeout %v or ShutdownTimeout %v over 24h (or ShutdownTimeout negative)", ErrBadConfig, c.TaskTimeout, c.ShutdownTimeout)
 	}
 	if c.Backoff == nil {
 		c.Backoff = defaultBackoff
@@ -99,6 +127,13 @@ func (c PoolConfig) withDefaults() (PoolConfig, error) {
 	}
 	return c, nil
 }
+
+// Bounds of PoolConfig's sizes: a mistyped value gets ErrBadConfig, not
+// a pool that allocates without end.
+const (
+	maxWorkers  = 4096
+	maxPrefetch = 65536
+)
 
 func defaultBackoff(attempt int) time.Duration {
 	return min(50*time.Millisecond<<min(max(attempt-1, 0), 16), 10*time.Second)

@@ -30,11 +30,17 @@ type session struct {
 	workers []*worker
 	acks    *acker
 
-	inflight atomic.Int64  // tasks claimed and not finished
-	freed    chan struct{} // signalled when inflight falls or an ack is confirmed
-	lowWater int64         // the fetcher claims again once this many slots are free
-	per      [][]claimed   // dispatch's buffers, one per worker (fetcher only)
-	claimBuf []claimed     // the claim buffer, reused once dispatched (fetcher only)
+	held      atomic.Int64  // tasks claimed and not finished
+	heldBytes atomic.Int64  // their size (claimed.size)
+	lines     atomic.Int64  // OrderIDs with held tasks: Prefetch bounds these
+	freed     chan struct{} // signalled when the fetcher may claim again, or an ack is confirmed
+	lowWater  int64         // the fetcher claims again once this many OrderIDs' slots are free
+	per       [][]claimed   // dispatch's buffers, one per worker (fetcher only)
+	// resyncOwed: a claim failed, and Redis may have made it; its tasks,
+	// pending and unseen, must go back before anything is claimed or
+	// handed back (fetcher only).
+	resyncOwed bool
+	claimBuf   []claimed // the claim buffer, reused once dispatched (fetcher only)
 
 	halt     chan struct{} // closed when the session starts no more tasks: a stop began, or the lease was lost
 	haltOnce sync.Once
@@ -107,15 +113,40 @@ func (s *session) leaseValid(now time.Time) bool {
 	return now.Sub(s.born) < time.Duration(s.deadline.Load())
 }
 
-// release returns n slots of the prefetch window. It wakes the fetcher
-// only when that lets it claim (or when nothing is in flight, which the
-// drain and resync checks wait for): a wake-up per finished task cost a
-// goroutine switch each.
-func (s *session) release(n int) {
-	left := s.inflight.Add(int64(-n))
-	if left == 0 || int64(s.cfg.Prefetch)-left >= s.lowWater {
+// hold counts claimed tasks as held.
+func (s *session) hold(ts []claimed) {
+	var size int64
+	for i := range ts {
+		size += ts[i].size()
+	}
+	s.heldBytes.Add(size)
+	s.held.Add(int64(len(ts)))
+}
+
+// release counts tasks as no longer held. It wakes the fetcher only when
+// that lets it claim (or when nothing is held, which the drain and resync
+// checks wait for): a wake-up per finished task cost a goroutine switch
+// each.
+func (s *session) release(ts ...claimed) {
+	var size int64
+	for i := range ts {
+		size += ts[i].size()
+	}
+	s.heldBytes.Add(-size)
+	left := s.held.Add(int64(-len(ts)))
+	if left == 0 || s.room() >= s.lowWater {
 		notify(s.freed)
 	}
+}
+
+// room returns how many tasks the fetcher may claim: Prefetch bounds the
+// OrderIDs in hand (a task each that can start), MaxHeldTasks every task
+// held, and MaxHeldBytes their size (0 room once reached).
+func (s *session) room() int64 {
+	if s.heldBytes.Load() >= s.cfg.MaxHeldBytes {
+		return 0
+	}
+	return min(int64(s.cfg.Prefetch)-s.lines.Load(), int64(s.cfg.MaxHeldTasks)-s.held.Load())
 }
 
 // notify wakes the receiver of a 1-buffered channel, if none is pending.
@@ -150,21 +181,26 @@ func (s *session) run(ctx context.Context) sessionEnd {
 		// Graceful stop: hand back what has not started, at once, in claim
 		// order, then give running tasks ShutdownTimeout. Tasks that fail or
 		// are interrupted meanwhile are handed back after them, so they come
-		// before their OrderID's later tasks. When the first hand-back
-		// fails, the second hands back nothing: an interrupted task in
-		// the ready list ahead of its OrderID's later tasks left pending
-		// would be claimed before them once recovery put those back. Left
-		// pending, they all go back in claim order.
+		// before their OrderID's later tasks. Nothing is handed back when a
+		// claim's reply was lost (its tasks are pending, unseen) or when the
+		// first hand-back failed: tasks in the ready list ahead of later
+		// tasks of their OrderID left pending would be claimed before them
+		// once recovery put those back. Left pending, they all go back in
+		// claim order with the rest.
 		s.stopStarting()
-		ok := s.handBack(leaseCtx, s.takeUnstarted())
+		ok := !s.resyncOwed
+		handBack := func(ts []claimed) {
+			if ok {
+				ok = s.handBack(leaseCtx, ts)
+			} else {
+				s.release(ts...) // left pending for the next owner
+			}
+		}
+		handBack(s.takeUnstarted())
 		timer := time.AfterFunc(s.cfg.ShutdownTimeout, s.cancelTask)
 		workWG.Wait()
 		timer.Stop()
-		if rest := s.takeUnstarted(); ok {
-			s.handBack(leaseCtx, rest)
-		} else {
-			s.release(len(rest)) // left pending for the next owner
-		}
+		handBack(s.takeUnstarted())
 	} else {
 		s.stopStarting()
 		workWG.Wait()
@@ -199,7 +235,6 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 	lowWater := s.lowWater
 	block := min(s.cfg.LeaseTTL/2, time.Second)
 	var b backoff
-	resync := false // a claim failed, and Redis may have made it
 	for {
 		if waitCtx.Err() != nil {
 			if s.isLost() {
@@ -207,12 +242,12 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 			}
 			return endStopped
 		}
-		if resync {
+		if s.resyncOwed {
 			// Claim nothing more until the tasks of that claim, if it
 			// happened, are back in the ready list: they come before
 			// anything claimed later. Once nothing is in flight and every
 			// ack is confirmed, whatever is pending is theirs.
-			if s.inflight.Load() > 0 || s.acks.unconfirmed.Load() > 0 {
+			if s.held.Load() > 0 || s.acks.unconfirmed.Load() > 0 {
 				select {
 				case <-s.freed:
 				case <-waitCtx.Done():
@@ -234,29 +269,29 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 				}
 				continue
 			}
-			resync = false
+			s.resyncOwed = false
 			if n > 0 {
 				s.cfg.Logger.Info("queue: put back tasks of a claim whose reply was lost", "tasks", n)
 			}
 		}
-		in := s.inflight.Load()
-		free := int64(s.cfg.Prefetch) - in
-		// Wait for free slots, and while acks Redis has not taken pile up
-		// (Redis refuses them, say): claims stop there, as pending grows.
-		if free < lowWater && in > 0 || s.acks.unconfirmed.Load() > int64(s.cfg.Prefetch) {
+		// Wait for room, and while acks Redis has not taken pile up (Redis
+		// refuses them, say): claims stop there, as pending grows. With
+		// nothing held, one task is claimed whatever its size.
+		held, free := s.held.Load(), s.room()
+		if free < lowWater && held > 0 || s.acks.unconfirmed.Load() > int64(s.cfg.Prefetch) {
 			select {
 			case <-s.freed:
 			case <-waitCtx.Done():
 			}
 			continue
 		}
-		tasks, err := s.st.claim(leaseCtx, int(free), s.claimBuf)
+		tasks, err := s.st.claim(leaseCtx, int(max(free, 1)), s.cfg.MaxHeldBytes-s.heldBytes.Load(), s.claimBuf)
 		if err != nil {
 			if errors.Is(err, ErrLeaseLost) {
 				s.loseLease()
 				return endLost
 			}
-			resync = true
+			s.resyncOwed = true
 			if waitCtx.Err() == nil {
 				s.cfg.OnError(err)
 				b.wait(waitCtx)
@@ -268,7 +303,7 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 		b.reset()
 		if len(tasks) == 0 {
 			if s.cfg.ExitOnEmpty {
-				if s.inflight.Load() == 0 {
+				if s.held.Load() == 0 {
 					return endEmpty
 				}
 				// Nothing ready: wait for what is in flight, then look again.
@@ -284,7 +319,7 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 			}
 			continue
 		}
-		s.inflight.Add(int64(len(tasks)))
+		s.hold(tasks)
 		s.dispatch(tasks) // copies them
 		clear(tasks)      // let go of the reply they point into
 		s.claimBuf = tasks[:0]
@@ -362,7 +397,7 @@ func (s *session) handBack(ctx context.Context, tasks []claimed) bool {
 	} else {
 		s.acks.finished(tasks...)
 	}
-	s.release(len(tasks))
+	s.release(tasks...)
 	return err == nil
 }
 

@@ -49,11 +49,13 @@ func newWorker(s *session, i int) *worker {
 // give adds claimed tasks, in claim order.
 func (w *worker) give(ts []claimed) {
 	w.mu.Lock()
+	lines := 0
 	for _, t := range ts {
 		o := w.orders[t.OrderID]
 		if o == nil {
 			o = w.newOrder(t.OrderID)
 			w.orders[t.OrderID] = o
+			lines++
 		}
 		o.push(t)
 		if o.state == lineIdle {
@@ -62,6 +64,7 @@ func (w *worker) give(ts []claimed) {
 		}
 	}
 	w.mu.Unlock()
+	w.s.lines.Add(int64(lines))
 	select {
 	case w.wake <- struct{}{}:
 	default:
@@ -126,6 +129,7 @@ func (w *worker) takeAll() []claimed {
 		}
 		out = append(out, o.tasks[o.head:]...)
 		delete(w.orders, id)
+		w.s.lines.Add(-1)
 	}
 	w.runnable, w.delayed = nil, nil
 	return out
@@ -231,7 +235,7 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) {
 			(*c.processed.Load())[w.index].Add(1)
 		}
 		w.settle(o, true, time.Time{})
-		s.release(1)
+		s.release(t)
 	case s.taskCtx.Err() != nil:
 		// Interrupted by the end of a graceful stop: handed back, the
 		// delivery counted.
@@ -241,7 +245,7 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) {
 			return
 		}
 		w.settle(o, true, time.Time{})
-		s.release(1)
+		s.release(t)
 	default:
 		s.cfg.OnError(&TaskError{ID: t.ID, OrderID: t.OrderID, Attempt: t.Attempt, Err: err})
 		if _, ferr := s.st.fail(s.leaseCtx, t.Task, err); ferr != nil {
@@ -318,6 +322,7 @@ func (w *worker) settle(o *orderLine, done bool, retryAt time.Time) {
 	case o.head == len(o.tasks):
 		delete(w.orders, o.id)
 		w.recycle(o)
+		w.s.lines.Add(-1)
 	case w.stopping():
 		o.state = lineIdle // takeAll hands it back
 	case !retryAt.IsZero():

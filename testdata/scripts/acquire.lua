@@ -2,8 +2,8 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('PTTL', KEYS[1]
 
 local old = redis.call('HGET', KEYS[2], 'fence')
 local t = redis.call('TIME')
-local fence = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if old and string.match(old, '^%d+$') and #old <= 15 and tonumber(old) >= fence then fence = tonumber(old) + 1 end
+local fence = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if old and string.match(old, '^%d+$') and #old <= 16 and tonumber(old) >= fence then fence = tonumber(old) + 1 end
 fence = string.format('%d', fence)
 
 redis.call('DEL', KEYS[1])

@@ -13,9 +13,30 @@ if last and not (string.match(last, '^%d+$') and #last <= 15) then
 end
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 
-local items = redis.call('RPOP', KEYS[1], ARGV[3])
+local want, budget, ask = tonumber(ARGV[3]), tonumber(ARGV[4]), math.min(tonumber(ARGV[5]), tonumber(ARGV[3]))
+local items = redis.call('RPOP', KEYS[1], ask)
 if not items then return {0} end
-local n = #items
+local n, bytes, full = 0, 0, false
+local got = items
+while true do
+  for i = 1, #got do
+    local size = #got[i]
+    if n > 0 and bytes + size > budget then
+      for j = #got, i, -1 do
+        redis.call('RPUSH', KEYS[1], got[j])
+        if got == items then items[j] = nil end
+      end
+      full = true
+      break
+    end
+    n, bytes = n + 1, bytes + size
+    if got ~= items then items[n] = got[i] end
+  end
+  if full or n >= want or #got < ask then break end
+  ask = math.min(ask * 2, want - n)
+  got = redis.call('RPOP', KEYS[1], ask)
+  if not got then break end
+end
 local first = redis.call('HINCRBY', KEYS[4], 'seq', n) - n
 local sub, byte = string.sub, string.byte
 local args, seq = {}, {}
