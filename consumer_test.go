@@ -120,7 +120,7 @@ func snapshot(t *testing.T, s *testServer, k queueKeys) queueState {
 	return st
 }
 
-func stats0(t *testing.T, q *Queue) QueueStats {
+func stats0(t *testing.T, q *Queue) AnalyserStats {
 	t.Helper()
 	st, err := q.Stats(context.Background())
 	require.NoError(t, err)
@@ -224,7 +224,7 @@ func TestConsumerFailRecordsThenDeadLetters(t *testing.T) {
 	require.Len(t, ds, 1)
 	assert.Equal(t, ids[0], ds[0].ID)
 	assert.Equal(t, 3, ds[0].Attempts)
-	assert.Equal(t, "boom 3", ds[0].Err)
+	assert.Equal(t, "boom 3", ds[0].LastError)
 	assert.Equal(t, pl(0, 0), string(ds[0].Payload))
 	assert.Nil(t, ds[0].Raw)
 	st := stats0(t, q)

@@ -21,8 +21,9 @@ type DeadTask struct {
 	Task
 	// Attempts is how many deliveries the task had.
 	Attempts int
-	// Err is the error of the last delivery.
-	Err string
+	// LastError is the text of the last delivery's error (or, for a
+	// malformed record, of why it was quarantined).
+	LastError string
 	// DiedAt is when the task moved to the dead-letter store.
 	DiedAt time.Time
 	// Raw holds the record's bytes as they were found when it could not be
@@ -54,7 +55,7 @@ func encodeDead(raw []byte, attempts int, msg string) []byte {
 // an error: the store must stay listable.
 func decodeDead(field string, b []byte) DeadTask {
 	bad := func(why string) DeadTask {
-		return DeadTask{Task: Task{ID: field}, Err: "malformed dead record: " + why, Raw: append([]byte{}, b...)}
+		return DeadTask{Task: Task{ID: field}, LastError: "malformed dead record: " + why, Raw: append([]byte{}, b...)}
 	}
 	if len(b) == 0 || b[0] != deadVersion {
 		return bad("bad header")
@@ -71,7 +72,7 @@ func decodeDead(field string, b []byte) DeadTask {
 	if f[0] > 1<<31 || f[1] > 1<<53 || f[2] > uint64(len(rest)) {
 		return bad("field out of range")
 	}
-	d := DeadTask{Attempts: int(f[0]), DiedAt: time.UnixMilli(int64(f[1])), Err: string(rest[:f[2]])}
+	d := DeadTask{Attempts: int(f[0]), DiedAt: time.UnixMilli(int64(f[1])), LastError: string(rest[:f[2]])}
 	raw := rest[f[2]:]
 	t, _, err := decodeEntry(raw)
 	if err != nil {

@@ -38,7 +38,7 @@ func TestDeadRecordRoundTrip(t *testing.T) {
 	assert.Equal(t, task.AddedAt.UnixMilli(), d.AddedAt.UnixMilli())
 	assert.Equal(t, 3, d.Attempts)
 	assert.Equal(t, 3, d.Attempt)
-	assert.Equal(t, "boom: it broke", d.Err)
+	assert.Equal(t, "boom: it broke", d.LastError)
 	assert.False(t, d.DiedAt.Before(before) || d.DiedAt.After(after), "DiedAt %v", d.DiedAt)
 
 	// A quarantined record keeps its raw bytes.
@@ -47,7 +47,7 @@ func TestDeadRecordRoundTrip(t *testing.T) {
 	assert.Equal(t, raw, d.Raw)
 	assert.Equal(t, "bad:5", d.ID)
 	assert.Zero(t, d.OrderID)
-	assert.Equal(t, "claim: queue: malformed record: bad header", d.Err)
+	assert.Equal(t, "claim: queue: malformed record: bad header", d.LastError)
 }
 
 func TestDecodeDeadMalformed(t *testing.T) {
@@ -76,7 +76,7 @@ func TestDecodeDeadMalformed(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			d := decodeDead("field", tt.b)
 			assert.Equal(t, "field", d.ID)
-			assert.True(t, strings.HasPrefix(d.Err, "malformed dead record: "), d.Err)
+			assert.True(t, strings.HasPrefix(d.LastError, "malformed dead record: "), d.LastError)
 			assert.Equal(t, len(tt.b), len(d.Raw))
 			assert.True(t, bytes.Equal(tt.b, d.Raw))
 		})
@@ -180,7 +180,7 @@ func TestDeadReplayPurge(t *testing.T) {
 		assert.Equal(t, tasks[i].Payload, d.Payload)
 		assert.Equal(t, tasks[i].AddedAt.UnixMilli(), d.AddedAt.UnixMilli())
 		assert.Equal(t, 1, d.Attempts)
-		assert.Equal(t, want, d.Err)
+		assert.Equal(t, want, d.LastError)
 		assert.Nil(t, d.Raw)
 		assert.False(t, d.DiedAt.Before(before) || d.DiedAt.After(after), "DiedAt %v", d.DiedAt)
 	}
@@ -377,8 +377,8 @@ func assertQuarantined(t *testing.T, q *Queue, raw [][]byte, where string) {
 	var got []string
 	for _, d := range list {
 		assert.NotNil(t, d.Raw, "record %q", d.ID)
-		assert.True(t, strings.HasPrefix(d.Err, where), d.Err)
-		assert.Contains(t, d.Err, ErrMalformed.Error())
+		assert.True(t, strings.HasPrefix(d.LastError, where), d.LastError)
+		assert.Contains(t, d.LastError, ErrMalformed.Error())
 		assert.Zero(t, d.Attempts)
 		got = append(got, string(d.Raw))
 	}
@@ -438,12 +438,12 @@ func TestMalformedPendingQuarantined(t *testing.T) {
 		if d.ID == idC {
 			assert.Nil(t, d.Raw)
 			assert.Equal(t, 5, d.Attempts)
-			assert.Contains(t, d.Err, "delivered 5 times")
+			assert.Contains(t, d.LastError, "delivered 5 times")
 			assert.Equal(t, []byte("ccc"), d.Payload)
 			continue
 		}
 		assert.Equal(t, records[d.ID], d.Raw, "record %q keeps its raw bytes", d.ID)
-		assert.True(t, strings.HasPrefix(d.Err, "recover: "), d.Err)
+		assert.True(t, strings.HasPrefix(d.LastError, "recover: "), d.LastError)
 		raws = append(raws, d.Raw)
 	}
 	assert.Len(t, raws, len(records)-3)
@@ -463,7 +463,7 @@ func taskIDsOf(ts []Task) []string {
 }
 
 // statsOf returns the Stats row of analyser a.
-func statsOf(t *testing.T, q *Queue, a int) QueueStats {
+func statsOf(t *testing.T, q *Queue, a int) AnalyserStats {
 	t.Helper()
 	st, err := q.Stats(context.Background())
 	require.NoError(t, err)
@@ -548,13 +548,13 @@ func FuzzDecodeDead(f *testing.F) {
 	f.Add("x", []byte("garbage"))
 	f.Fuzz(func(t *testing.T, field string, b []byte) {
 		d := decodeDead(field, b)
-		if strings.HasPrefix(d.Err, "malformed dead record: ") && d.Raw != nil && bytes.Equal(d.Raw, b) {
+		if strings.HasPrefix(d.LastError, "malformed dead record: ") && d.Raw != nil && bytes.Equal(d.Raw, b) {
 			if d.ID != field {
 				t.Fatalf("ID %q, want the field %q", d.ID, field)
 			}
 			return
 		}
-		head := deadHeader(d.Attempts, d.DiedAt.UnixMilli(), d.Err)
+		head := deadHeader(d.Attempts, d.DiedAt.UnixMilli(), d.LastError)
 		if !bytes.HasPrefix(b, head) {
 			t.Fatalf("header of %q re-encoded as %q", b, head)
 		}

@@ -386,7 +386,7 @@ func ExampleQueue_Dead() {
 		log.Fatal(err)
 	}
 	for _, d := range dead {
-		fmt.Printf("dead: %s after %d attempts: %s\n", d.Payload, d.Attempts, d.Err)
+		fmt.Printf("dead: %s after %d attempts: %s\n", d.Payload, d.Attempts, d.LastError)
 	}
 
 	n, err := q.Replay(ctx, 0, dead[0].ID)

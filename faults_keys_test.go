@@ -345,9 +345,9 @@ func TestFaultMalformedData(t *testing.T) {
 	var got []string
 	where := map[string]int{}
 	for _, d := range dead {
-		require.NotNil(t, d.Raw, "only malformed records are dead: %s %q", d.ID, d.Err)
+		require.NotNil(t, d.Raw, "only malformed records are dead: %s %q", d.ID, d.LastError)
 		got = append(got, string(d.Raw))
-		prefix, _, _ := strings.Cut(d.Err, ":")
+		prefix, _, _ := strings.Cut(d.LastError, ":")
 		where[prefix]++
 	}
 	t.Logf("%d garbage ready entries, 4 keys of the wrong type for %v each (resumed %v after each), %d bad pending and %d bad dead records: %d quarantined %v; %d adds refused and retried, %d other add errors; the pool reported %v: %v",

@@ -277,11 +277,11 @@ func (e *faultEnv) waitExit(c *child, timeout time.Duration) {
 
 // stats returns the queues' stats, retrying for a while: after a server
 // restart the harness's idle connections fail once each.
-func (e *faultEnv) stats() []QueueStats {
+func (e *faultEnv) stats() []AnalyserStats {
 	e.t.Helper()
 	var err error
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		var st []QueueStats
+		var st []AnalyserStats
 		if st, err = e.q.Stats(context.Background()); err == nil {
 			return st
 		}
@@ -370,7 +370,7 @@ func (e *faultEnv) events() []faultEvent {
 		require.NoError(e.t, err)
 		for _, d := range dead {
 			if d.Raw != nil { // a malformed record found in Redis, quarantined: no task of the run
-				events = append(events, faultEvent{Ev: evQuarantined, ID: d.ID, Err: d.Err, Wall: d.DiedAt.UnixNano(), Analyser: a})
+				events = append(events, faultEvent{Ev: evQuarantined, ID: d.ID, Err: d.LastError, Wall: d.DiedAt.UnixNano(), Analyser: a})
 				continue
 			}
 			order, seq, _, err := parsePayload(d.Payload)
@@ -990,7 +990,7 @@ func TestFaultPoisonTask(t *testing.T) {
 		}
 	}
 	t.Logf("poison task: %d crashes, %d deliveries, dead after %d attempts (%q); %d tasks of other OrderIDs done meanwhile: %v",
-		crashes, poisonStarts, dead[0].Attempts, dead[0].Err, flowed, r)
+		crashes, poisonStarts, dead[0].Attempts, dead[0].LastError, flowed, r)
 	requireClean(t, r)
 	assert.Equal(t, poison.ID, dead[0].ID)
 	assert.Equal(t, maxAttempts, crashes)

@@ -135,7 +135,7 @@ func TestRecoveryQuarantinesTasksWhoseSeqIsLost(t *testing.T) {
 	require.Len(t, dead, 2)
 	for _, d := range dead {
 		assert.Nil(t, d.Raw, "a whole task, replayable")
-		assert.Contains(t, d.Err, "claim-sequence record")
+		assert.Contains(t, d.LastError, "claim-sequence record")
 	}
 	assert.Zero(t, s.do(t, "EXISTS", k.pending, k.claims))
 }

@@ -139,7 +139,7 @@ func TestPoolDeadLettersCrashLoop(t *testing.T) {
 	require.Len(t, ds, 1)
 	assert.Equal(t, ids[0], ds[0].ID)
 	assert.Equal(t, maxAttempts, ds[0].Attempts)
-	assert.Contains(t, ds[0].Err, "delivered 3 times")
+	assert.Contains(t, ds[0].LastError, "delivered 3 times")
 	assert.Equal(t, pl(0, 0), string(ds[0].Payload))
 	st := stats0(t, q)
 	assert.EqualValues(t, 1, st.Failed)

@@ -294,7 +294,7 @@ func TestPoolOrderUnderFailures(t *testing.T) {
 	for _, d := range ds {
 		gotDead = append(gotDead, d.ID)
 		assert.Equal(t, maxAttempts, d.Attempts)
-		assert.Contains(t, d.Err, "always "+d.ID)
+		assert.Contains(t, d.LastError, "always "+d.ID)
 	}
 	assert.ElementsMatch(t, dead, gotDead)
 	st := stats0(t, q)

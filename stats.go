@@ -8,8 +8,8 @@ import (
 	"github.com/gomodule/redigo/redis"
 )
 
-// QueueStats describes one analyser's queue.
-type QueueStats struct {
+// AnalyserStats describes one analyser's queue.
+type AnalyserStats struct {
 	Analyser, Partition, Queue int
 	Ready                      int64         // tasks waiting to be claimed
 	Pending                    int64         // tasks claimed and not finished
@@ -27,8 +27,8 @@ const statsPerQueue = 6
 
 // Stats returns one row per analyser, in analyser order. It is safe for
 // concurrent use and costs one pipelined round trip per partition.
-func (q *Queue) Stats(ctx context.Context) ([]QueueStats, error) {
-	out := make([]QueueStats, q.Analysers())
+func (q *Queue) Stats(ctx context.Context) ([]AnalyserStats, error) {
+	out := make([]AnalyserStats, q.Analysers())
 	for pi, p := range q.parts {
 		_, err := onPartition(ctx, p, fmt.Sprintf("stats of partition %d", pi), func(c redis.Conn) (struct{}, error) {
 			for qi := 0; qi < q.cfg.Queues; qi++ {
@@ -53,7 +53,7 @@ func (q *Queue) Stats(ctx context.Context) ([]QueueStats, error) {
 					r[i] = v
 				}
 				a := qi*len(q.parts) + pi
-				s := QueueStats{Analyser: a, Partition: pi, Queue: qi}
+				s := AnalyserStats{Analyser: a, Partition: pi, Queue: qi}
 				s.Ready, _ = redis.Int64(r[0], nil)
 				s.Pending, _ = redis.Int64(r[1], nil)
 				s.Dead, _ = redis.Int64(r[2], nil)

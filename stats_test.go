@@ -25,7 +25,7 @@ func TestStatsRows(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, st, 4)
 	for a, s := range st {
-		assert.Equal(t, QueueStats{Analyser: a, Partition: a % 2, Queue: a / 2}, s)
+		assert.Equal(t, AnalyserStats{Analyser: a, Partition: a % 2, Queue: a / 2}, s)
 	}
 
 	// Analyser 0 (partition 0, queue 0) gets OrderIDs 0 mod 4, analyser 3
@@ -64,9 +64,9 @@ func TestStatsRows(t *testing.T) {
 	assert.Equal(t, c.Token(), s.Token)
 	assert.Positive(t, s.Token)
 	assert.True(t, s.LeaseLeft > 0 && s.LeaseLeft <= ttl, "LeaseLeft %v", s.LeaseLeft)
-	assert.Equal(t, QueueStats{Analyser: 3, Partition: 1, Queue: 1, Ready: 2}, st[3])
-	assert.Equal(t, QueueStats{Analyser: 1, Partition: 1, Queue: 0}, st[1])
-	assert.Equal(t, QueueStats{Analyser: 2, Partition: 0, Queue: 1}, st[2])
+	assert.Equal(t, AnalyserStats{Analyser: 3, Partition: 1, Queue: 1, Ready: 2}, st[3])
+	assert.Equal(t, AnalyserStats{Analyser: 1, Partition: 1, Queue: 0}, st[1])
+	assert.Equal(t, AnalyserStats{Analyser: 2, Partition: 0, Queue: 1}, st[2])
 
 	// A new owner puts the pending task back and counts the redelivery.
 	first := c.Token()

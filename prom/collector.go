@@ -218,7 +218,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 // oldestPendingAge returns how long ago the oldest pending task of s's
 // queue was enqueued, reading the pending hash only when Stats saw tasks
 // in it.
-func (c *Collector) oldestPendingAge(ctx context.Context, s queue.QueueStats, now time.Time) (time.Duration, error) {
+func (c *Collector) oldestPendingAge(ctx context.Context, s queue.AnalyserStats, now time.Time) (time.Duration, error) {
 	if s.Pending == 0 {
 		return 0, nil
 	}

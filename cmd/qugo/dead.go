@@ -65,7 +65,7 @@ func (e *env) newDeadDoc(a int, dead []queue.DeadTask) deadDoc {
 	for i, d := range dead {
 		doc.Tasks[i] = deadTask{
 			ID: d.ID, OrderID: d.OrderID, Attempts: d.Attempts,
-			AddedAt: jsonTime(d.AddedAt), DiedAt: jsonTime(d.DiedAt), Error: d.Err,
+			AddedAt: jsonTime(d.AddedAt), DiedAt: jsonTime(d.DiedAt), Error: d.LastError,
 			Payload: d.Payload, Malformed: d.Raw != nil, Raw: d.Raw,
 		}
 	}
@@ -83,7 +83,7 @@ func printDead(e *env, dead []queue.DeadTask) error {
 	}
 	t := newTable(e.stdout, header...)
 	for _, d := range dead {
-		row := []string{cell(d.ID), strconv.FormatUint(d.OrderID, 10), strconv.Itoa(d.Attempts), timeCell(d.DiedAt), cell(d.Err)}
+		row := []string{cell(d.ID), strconv.FormatUint(d.OrderID, 10), strconv.Itoa(d.Attempts), timeCell(d.DiedAt), cell(d.LastError)}
 		if d.Raw != nil {
 			row[1], row[2] = none, none
 			row = append(row, rawCell(d.Raw))

@@ -122,7 +122,7 @@ func upsertFailed(ctx context.Context, db *pgxpool.Pool, analyser int, dead []qu
 			if d.Raw != nil {
 				payloads[i] = d.Raw
 			}
-			attempts[i], errs[i], died[i] = int32(d.Attempts), d.Err, d.DiedAt
+			attempts[i], errs[i], died[i] = int32(d.Attempts), d.LastError, d.DiedAt
 		}
 		if _, err := db.Exec(ctx, upsertFailedSQL, ids, orders, payloads, attempts, errs, died, int32(analyser)); err != nil {
 			return fmt.Errorf("record %d failed jobs of analyser %d: %w", len(chunk), analyser, err)
@@ -257,5 +257,5 @@ func (m *deadMirror) sync(ctx context.Context, analyser int) error {
 // deathKey tells one death of a task from another: a replayed task that
 // dies again has a new time (and likely a new error).
 func deathKey(d queue.DeadTask) string {
-	return strconv.FormatInt(d.DiedAt.UnixMilli(), 10) + ":" + strconv.Itoa(d.Attempts) + ":" + d.Err
+	return strconv.FormatInt(d.DiedAt.UnixMilli(), 10) + ":" + strconv.Itoa(d.Attempts) + ":" + d.LastError
 }

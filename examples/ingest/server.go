@@ -335,7 +335,7 @@ func (s *server) status(ctx context.Context, orderID uint64, id string) (taskSta
 				if d.OrderID != orderID {
 					return st, false, nil
 				}
-				st.Attempts, st.LastError = d.Attempts, d.Err
+				st.Attempts, st.LastError = d.Attempts, d.LastError
 				break
 			}
 		}
