@@ -85,26 +85,6 @@ func decodeDead(field string, b []byte) DeadTask {
 	return d
 }
 
-// analyserKeys returns the partition and keys of analyser a's queue.
-func (q *Queue) analyserKeys(a int) (*partition, queueKeys, error) {
-	pi, qi, err := q.Layout().Serves(a)
-	if err != nil {
-		return nil, queueKeys{}, err
-	}
-	return q.parts[pi], newQueueKeys(q.cfg.Prefix, pi, qi), nil
-}
-
-// writerKeys is analyserKeys for a call that changes only what is already
-// there (dead letters): it verifies the layout, so that a process that
-// disagrees with it touches nothing, and records none on an unused server.
-func (q *Queue) writerKeys(ctx context.Context, a int) (*partition, queueKeys, error) {
-	p, k, err := q.analyserKeys(a)
-	if err == nil {
-		err = q.verifyLayout(ctx, p)
-	}
-	return p, k, err
-}
-
 // deadChunk bounds the records one command or script of Dead, Replay and
 // Purge touches, and deadChunkBytes the encoded tasks one replay script
 // carries (one record goes alone when it is larger): however large the

@@ -36,6 +36,30 @@ func newQueueKeys(prefix string, partition, queue int) queueKeys {
 	}
 }
 
+// analyserKeys returns the partition and keys of analyser a's queue, or
+// ErrClosed once the queue is closed.
+func (q *Queue) analyserKeys(a int) (*partition, queueKeys, error) {
+	if q.closed.Load() {
+		return nil, queueKeys{}, ErrClosed
+	}
+	pi, qi, err := q.Layout().Serves(a)
+	if err != nil {
+		return nil, queueKeys{}, err
+	}
+	return q.parts[pi], newQueueKeys(q.cfg.Prefix, pi, qi), nil
+}
+
+// writerKeys is analyserKeys for a call that changes only what is already
+// there (dead letters): it verifies the layout, so that a process that
+// disagrees with it touches nothing, and records none on an unused server.
+func (q *Queue) writerKeys(ctx context.Context, a int) (*partition, queueKeys, error) {
+	p, k, err := q.analyserKeys(a)
+	if err == nil {
+		err = q.verifyLayout(ctx, p)
+	}
+	return p, k, err
+}
+
 // dedup names an idempotency key of AddTaskOnce: a string holding the task
 // ID, with the dedup window as its PX expiry.
 func (k queueKeys) dedup(orderID uint64, key string) string {
@@ -112,6 +136,9 @@ func (q *Queue) checkLayout(ctx context.Context, p *partition) error {
 // later. It is safe for concurrent use and costs one round trip per
 // partition not yet verified.
 func (q *Queue) CheckLayout(ctx context.Context) error {
+	if q.closed.Load() {
+		return ErrClosed
+	}
 	for _, p := range q.parts {
 		if err := q.verifyLayout(ctx, p); err != nil {
 			return err

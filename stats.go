@@ -28,6 +28,9 @@ const statsPerQueue = 6
 // Stats returns one row per analyser, in analyser order. It is safe for
 // concurrent use and costs one pipelined round trip per partition.
 func (q *Queue) Stats(ctx context.Context) ([]AnalyserStats, error) {
+	if q.closed.Load() {
+		return nil, ErrClosed
+	}
 	out := make([]AnalyserStats, q.Analysers())
 	for pi, p := range q.parts {
 		_, err := onPartition(ctx, p, fmt.Sprintf("stats of partition %d", pi), func(c redis.Conn) (struct{}, error) {

@@ -36,6 +36,9 @@ func (s TaskState) String() string {
 // State reports whether the task id of orderID is pending or dead. It is
 // safe for concurrent use and costs one round trip (two HEXISTS, pipelined).
 func (q *Queue) State(ctx context.Context, orderID uint64, id string) (TaskState, error) {
+	if q.closed.Load() {
+		return StateUnknown, ErrClosed
+	}
 	pi, qi := q.Route(orderID)
 	k := newQueueKeys(q.cfg.Prefix, pi, qi)
 	return onPartition(ctx, q.parts[pi], fmt.Sprintf("state of task %s", id), func(c redis.Conn) (TaskState, error) {
@@ -116,6 +119,9 @@ func (q *Queue) AddTaskOnce(ctx context.Context, orderID uint64, key string, win
 // Ping checks that every partition answers, for health checks. It is safe
 // for concurrent use and costs one round trip per partition.
 func (q *Queue) Ping(ctx context.Context) error {
+	if q.closed.Load() {
+		return ErrClosed
+	}
 	for _, p := range q.parts {
 		if err := ping(ctx, p.pool); err != nil {
 			return redisErr(fmt.Sprintf("ping partition %d", p.index), err)
