@@ -47,7 +47,7 @@ func (q *Queue) Consume(ctx context.Context, analyser int, cfg ConsumerConfig) (
 	if err != nil {
 		return nil, err
 	}
-	if err := st.acquire(ctx, nil); err != nil {
+	if err := st.acquire(ctx, nil, nil); err != nil {
 		return nil, err
 	}
 	if _, _, err := st.recover(ctx); err != nil {

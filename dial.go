@@ -64,12 +64,27 @@ func parseRedisURL(raw string) (redisURL, error) {
 	return r, nil
 }
 
+// RedactURL returns a Redis URL as it may be shown in a log line or an
+// error: without its user name and password. A URL that does not parse is
+// not shown at all (a piece of it may be a password). It is what this
+// package's own errors do, for callers that name their servers too.
+func RedactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(a URL that does not parse)"
+	}
+	u.User = nil
+	return u.String()
+}
+
 // idleCheck is how long a connection must have been idle before a borrow
 // also PINGs it; a closed connection is found without it (peerClosed).
 const idleCheck = time.Minute
 
-// newPool makes the pool of one server for Dial.
-func newPool(u redisURL, cfg Config) *redis.Pool {
+// newPool makes the pool of one server for Dial. onDial, when set, is
+// called with every new connection before it is used; an error fails the
+// dial.
+func newPool(u redisURL, cfg Config, onDial func(context.Context, redis.Conn) error) *redis.Pool {
 	opts := []redis.DialOption{
 		redis.DialReadTimeout(cfg.ReadTimeout),
 		redis.DialWriteTimeout(cfg.ReadTimeout),
@@ -94,6 +109,12 @@ func newPool(u redisURL, cfg Config) *redis.Pool {
 			c, err := redis.DialContext(ctx, "tcp", u.addr, append(opts, redis.DialContextFunc(dial))...)
 			if err != nil {
 				return nil, err
+			}
+			if onDial != nil {
+				if err := onDial(ctx, c); err != nil {
+					c.Close()
+					return nil, err
+				}
 			}
 			return &watchedConn{Conn: c, tcp: nc}, nil
 		},

@@ -59,3 +59,16 @@ func checkReplaced(t *testing.T, q *Queue, s *testServer, kill func()) {
 	require.NoError(t, err, "the dead connection was written on")
 	assert.Equal(t, []string{first, second}, readyIDs(t, s, newQueueKeys(q.cfg.Prefix, 0, 0).ready))
 }
+
+func TestRedactURL(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"redis://:s3cret@host:6379/2":    "redis://host:6379/2",
+		"rediss://user:s3cret@host:6380": "rediss://host:6380",
+		"redis://s3cret@host":            "redis://host",
+		"redis://host:6379":              "redis://host:6379",
+		"redis://:s3cret%zz@host":        "(a URL that does not parse)",
+	} {
+		assert.Equal(t, want, RedactURL(in), in)
+	}
+}

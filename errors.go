@@ -59,7 +59,31 @@ type LayoutError struct {
 }
 
 func (e *LayoutError) Error() string {
-	return fmt.Sprintf("queue: layout of partition %d: redis has %s, this process uses %s", e.Partition, e.Got, e.Want)
+	return fmt.Sprintf("queue: layout of partition %d: redis has %s, this process uses %s: %s",
+		e.Partition, e.Got, e.Want, e.hint())
+}
+
+// hint says which setting to change to agree with the server.
+func (e *LayoutError) hint() string {
+	var got, want [3]int // partitions, queues, index
+	const format = "partitions=%d queues=%d index=%d"
+	if _, err := fmt.Sscanf(e.Got, format, &got[0], &got[1], &got[2]); err != nil {
+		return "the server's record is not one this package wrote; use another Config.Prefix, or delete the record if nothing uses it"
+	}
+	if _, err := fmt.Sscanf(e.Want, format, &want[0], &want[1], &want[2]); err != nil {
+		return "give the servers in partition order, and the Config.Queues the queues were made with"
+	}
+	var fix []string
+	if got[1] != want[1] {
+		fix = append(fix, fmt.Sprintf("set Config.Queues to %d", got[1]))
+	}
+	if got[0] != want[0] {
+		fix = append(fix, fmt.Sprintf("give %d servers, not %d", got[0], want[0]))
+	}
+	if got[2] != want[2] {
+		fix = append(fix, fmt.Sprintf("give this server as partition %d, not %d", got[2], want[2]))
+	}
+	return strings.Join(fix, " and ") + " (or, to start afresh, another Config.Prefix)"
 }
 
 // Is reports ErrLayoutMismatch.

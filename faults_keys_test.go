@@ -64,12 +64,13 @@ type wrongTypeEnv struct {
 	got []Task // what setup claimed
 }
 
-// stateOf is the queue's state less the lease and the fence, which a
+// stateOf is the queue's state less the lease, the fence and the lease count, which a
 // failed takeover changes.
 func stateOf(t *testing.T, e *wrongTypeEnv) queueState {
 	st := snapshot(t, e.s, e.k)
 	st.Lease = ""
 	delete(st.Meta, "fence")
+	delete(st.Meta, "leases")
 	return st
 }
 

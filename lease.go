@@ -35,21 +35,28 @@ if old and string.match(old, '^%d+$') and #old <= 16 and tonumber(old) >= fence 
 fence = string.format('%d', fence)
 `
 
-// acquireScript takes a free lease with a new fencing token.
+// acquireScript takes a free lease with a new fencing token, and counts
+// the leases taken (meta field leases).
 //
 //	KEYS[1] = lease, KEYS[2] = meta hash
 //	ARGV[1] = owner, ARGV[2] = lease TTL ms, ARGV[3] = nonce
 //
-// Returns {1, lease value} when taken, or {0, ms left on the current lease}.
+// Returns {1, lease value} when taken, or {0, ms left on the current lease,
+// its value ("" when the key is not a string)}.
 // Its first write is a DEL of the (absent) lease: Redis refuses a script at
 // maxmemory only at its first write, and only when that command may grow
 // memory (HSET, SET), so starting with DEL lets a pool take the lease and
 // drain a full Redis.
-var acquireScript = newScript("acquire", 2, `
-if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('PTTL', KEYS[1])} end
+var acquireScript = newScript("acquire", 2, luaIncr+`
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local held = ''
+  if redis.call('TYPE', KEYS[1]).ok == 'string' then held = redis.call('GET', KEYS[1]) end
+  return {0, redis.call('PTTL', KEYS[1]), held}
+end
 `+luaNextFence+`
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[2], 'fence', fence)
+incr(KEYS[2], 'leases', 1)
 local v = fence .. '.' .. ARGV[3] .. ':' .. ARGV[1]
 redis.call('SET', KEYS[1], v, 'PX', ARGV[2])
 return {1, v}
@@ -127,39 +134,41 @@ func (s *store) value() string {
 	return ""
 }
 
-// tryAcquire takes the lease if it is free. It returns the time left on the
-// current lease when it is not.
-func (s *store) tryAcquire(ctx context.Context) (ok bool, left time.Duration, err error) {
+// tryAcquire takes the lease if it is free. When it is not, it returns
+// the time left on the current lease and its holder's value.
+func (s *store) tryAcquire(ctx context.Context) (ok bool, left time.Duration, holder string, err error) {
 	r, err := redis.Values(s.script(ctx, "acquire lease of", acquireScript, s.keys.lease, s.keys.meta, s.owner, s.ttlMS, newNonce()))
 	if err != nil {
-		return false, 0, err
+		return false, 0, "", err
 	}
-	if len(r) != 2 {
-		return false, 0, fmt.Errorf("queue: %s: unexpected reply %v", s.what("acquire lease of"), r)
-	}
-	if n, _ := redis.Int(r[0], nil); n == 1 {
+	if n, _ := redis.Int(r[0], nil); n == 1 && len(r) == 2 {
 		v, err := redis.String(r[1], nil)
 		if err != nil {
-			return false, 0, err
+			return false, 0, "", err
 		}
 		s.lease.Store(&v)
-		return true, 0, nil
+		return true, 0, "", nil
+	}
+	if len(r) != 3 {
+		return false, 0, "", fmt.Errorf("queue: %s: unexpected reply %v", s.what("acquire lease of"), r)
 	}
 	ms, _ := redis.Int64(r[1], nil)
 	if ms == -1 {
 		// Every lease has an expiry: the key holds something else, and a
 		// standby waiting for it to lapse would spin for ever.
-		return false, 0, fmt.Errorf("queue: %s: %w: %s has no expiry; delete it to let an owner take the queue",
+		return false, 0, "", fmt.Errorf("queue: %s: %w: %s has no expiry; delete it to let an owner take the queue",
 			s.what("acquire lease of"), ErrWrongType, s.keys.lease)
 	}
-	return false, time.Duration(max(ms, 1)) * time.Millisecond, nil
+	holder, _ = redis.String(r[2], nil)
+	return false, time.Duration(max(ms, 1)) * time.Millisecond, holder, nil
 }
 
 // acquire waits as a standby until it holds the lease or ctx ends. It
 // waits for a released lease's wake-up signal, or for the lease to expire.
 // Redis errors are returned, or, with a report func, reported and retried
-// with capped backoff.
-func (s *store) acquire(ctx context.Context, report func(error)) error {
+// with capped backoff. onHeld, when set, is told of the holder at every
+// look.
+func (s *store) acquire(ctx context.Context, report func(error), onHeld func(holder string, left time.Duration)) error {
 	var b backoff
 	fail := func(err error) error {
 		if ctx.Err() != nil {
@@ -172,7 +181,7 @@ func (s *store) acquire(ctx context.Context, report func(error)) error {
 		return b.wait(ctx)
 	}
 	for {
-		ok, left, err := s.tryAcquire(ctx)
+		ok, left, holder, err := s.tryAcquire(ctx)
 		if ok {
 			return nil
 		}
@@ -183,6 +192,9 @@ func (s *store) acquire(ctx context.Context, report func(error)) error {
 			continue
 		}
 		b.reset()
+		if onHeld != nil {
+			onHeld(holder, left)
+		}
 		wait := min(left, s.ttl)
 		_, err = onPartition(ctx, s.part, s.what("wait for lease of"), func(conn redis.Conn) (any, error) {
 			return redis.DoContext(conn, ctx, "BLPOP", s.keys.wake, blockSeconds(wait))

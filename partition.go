@@ -111,6 +111,16 @@ func (q *Queue) checkLayout(ctx context.Context, p *partition) error {
 		return redisErr(fmt.Sprintf("check layout of partition %d", p.index), err)
 	}
 	defer conn.Close()
+	if err := q.layoutOn(ctx, conn, p); err != nil {
+		return err
+	}
+	p.checked.Store(true)
+	return nil
+}
+
+// layoutOn records (on first use) or compares the layout of partition p,
+// on conn.
+func (q *Queue) layoutOn(ctx context.Context, conn redis.Conn, p *partition) error {
 	want := [3]int{len(q.parts), q.cfg.Queues, p.index}
 	got, err := redis.String(layoutScript.DoContext(ctx, conn, layoutKey(q.cfg.Prefix), want[0], want[1], want[2]))
 	if err != nil {
@@ -123,8 +133,14 @@ func (q *Queue) checkLayout(ctx context.Context, p *partition) error {
 			Got:       got,
 		}
 	}
-	p.checked.Store(true)
 	return nil
+}
+
+// recheckLayout is checkLayout without the cache: for where the server may
+// have lost what it recorded.
+func (q *Queue) recheckLayout(ctx context.Context, p *partition) error {
+	p.checked.Store(false)
+	return q.checkLayout(ctx, p)
 }
 
 // CheckLayout compares the layout recorded in every server (partition

@@ -8,7 +8,9 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -234,5 +236,79 @@ func TestCheckLayout(t *testing.T) {
 		if assert.ErrorAs(t, err, &le, name) {
 			assert.Equal(t, c.got, le.Got, name)
 		}
+	}
+}
+
+// The layout check was cached for the life of a process: after the server
+// lost what it had recorded (FLUSHDB standing in for a restart without
+// persistence), a process with another queue count was accepted beside a
+// running one, and one OrderID's tasks went to two queues. A pool now
+// checks again with every lease it takes.
+func TestLayoutRecheckedWithEveryLease(t *testing.T) {
+	t.Parallel()
+	q1, servers := newTestQueue(t, 1, Config{})
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	_, err := q1.AddTask(ctx, 1, []byte("a"))
+	require.NoError(t, err)
+	rec := newRecorder()
+	errc := runPool(ctx, q1, PoolConfig{LeaseTTL: time.Second, OnError: func(error) {}}, rec.fn(nil))
+	require.Eventually(t, func() bool { return len(rec.order(1)) == 1 }, 5*time.Second, time.Millisecond)
+
+	// The server forgets everything; a process with Q=2 comes first.
+	servers[0].do(t, "FLUSHDB")
+	pools := []*redis.Pool{servers[0].pool}
+	q2, err := New(pools, Config{Prefix: q1.cfg.Prefix, Queues: 2})
+	require.NoError(t, err)
+	_, err = q2.AddTask(ctx, 1, []byte("b"))
+	require.NoError(t, err)
+
+	// The running Q=1 pool lost its lease with the flush; taking it again,
+	// it finds the other layout and stops with the error.
+	err = receive(t, errc)
+	var le *LayoutError
+	require.ErrorAs(t, err, &le)
+	assert.Contains(t, le.Got, "queues=2")
+}
+
+// A producer of a Dial'd queue checks the layout again on a new connection
+// after its server restarted and lost the record.
+func TestLayoutRecheckedAfterReconnect(t *testing.T) {
+	t.Parallel()
+	m := miniredis.RunT(t)
+	ctx := bounded(t)
+	prefix := testPrefix(t)
+	q1, err := Dial(ctx, []string{"redis://" + m.Addr()}, Config{Prefix: prefix})
+	require.NoError(t, err)
+	defer q1.Close()
+	_, err = q1.AddTask(ctx, 1, []byte("a"))
+	require.NoError(t, err)
+
+	// A restart without persistence: the data and every connection go.
+	m.FlushAll()
+	m.Close()
+	require.NoError(t, m.Restart())
+
+	q2, err := Dial(ctx, []string{"redis://" + m.Addr()}, Config{Prefix: prefix, Queues: 2})
+	require.NoError(t, err)
+	defer q2.Close()
+	_, err = q2.AddTask(ctx, 1, []byte("b"))
+	require.NoError(t, err)
+	_, err = q1.AddTask(ctx, 1, []byte("c"))
+	assert.ErrorIs(t, err, ErrLayoutMismatch, "the old process must not add to a server now laid out otherwise")
+}
+
+// A layout error says what the server recorded and which setting to change.
+func TestLayoutErrorSaysWhatToChange(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ got, want, hint string }{
+		{"partitions=2 queues=4 index=0", "partitions=2 queues=1 index=0", "set Config.Queues to 4 (or"},
+		{"partitions=2 queues=1 index=0", "partitions=3 queues=1 index=0", "give 2 servers, not 3"},
+		{"partitions=2 queues=1 index=0", "partitions=2 queues=1 index=1", "give this server as partition 0, not 1"},
+		{"partitions= queues=x index=", "partitions=2 queues=1 index=1", "not one this package wrote"},
+	} {
+		msg := (&LayoutError{Partition: 1, Got: tc.got, Want: tc.want}).Error()
+		assert.Contains(t, msg, "redis has "+tc.got)
+		assert.Contains(t, msg, tc.hint)
 	}
 }

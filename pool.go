@@ -183,10 +183,13 @@ func (q *Queue) AnalysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 	if fn == nil {
 		return ErrNilFunc
 	}
+	userOnError := cfg.OnError
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return err
 	}
+	log := newPoolLog(cfg.Logger, userOnError, analyser)
+	cfg.OnError = log.error
 	var b backoff
 	st, err := q.newStore(ctx, analyser, cfg.LeaseTTL, cfg.MaxAttempts, cfg.Owner)
 	for err != nil {
@@ -205,39 +208,58 @@ func (q *Queue) AnalysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 		}
 		st, err = q.newStore(ctx, analyser, cfg.LeaseTTL, cfg.MaxAttempts, cfg.Owner)
 	}
+	log.ok()
 	b.reset()
 	if cfg.Counters != nil {
 		cfg.Counters.init(cfg.Workers)
 	}
 	warnEviction(ctx, st.part, cfg.Logger)
+	seen := "" // the holder last told of
+	onHeld := func(holder string, left time.Duration) {
+		log.ok()
+		if holder == seen {
+			return
+		}
+		seen = holder
+		_, owner := parseLease(holder)
+		cfg.Logger.Info("queue: waiting as a standby", "analyser", analyser, "holder", owner,
+			"lease_left", left.Round(time.Millisecond))
+	}
+	waitFrom := time.Now() // since when this pool has had no lease
 	for {
-		if err := st.acquire(ctx, cfg.OnError); err != nil {
+		if err := st.acquire(ctx, cfg.OnError, onHeld); err != nil {
 			return nil // ctx ended while waiting; nothing is held
 		}
-		cfg.Logger.Debug("queue: lease taken", "analyser", analyser, "lease", st.value())
-		n, lost, err := st.recover(ctx)
-		if lost > 0 {
-			cfg.OnError(seqLostError(st, lost))
-		}
-		if err != nil {
-			cfg.OnError(err)
-			if !errors.Is(err, ErrLeaseLost) {
-				st.release(context.WithoutCancel(ctx))
+		log.ok()
+		seen = ""
+		// The server may have lost the layout since it was checked (a
+		// restart without persistence): check again with every tenure,
+		// before anything is claimed.
+		if err := q.recheckLayout(ctx, st.part); err != nil {
+			st.release(context.WithoutCancel(ctx))
+			if errors.Is(err, ErrLayoutMismatch) {
+				return err
 			}
+			cfg.OnError(err)
 			if b.wait(ctx) != nil {
 				return nil
 			}
 			continue
 		}
-		b.reset()
-		if n > 0 {
-			cfg.Logger.Info("queue: recovered pending tasks", "analyser", analyser, "tasks", n)
-		}
-		switch newSession(st, cfg, fn).run(ctx) {
+		s := newSession(st, cfg, fn)
+		s.log, s.waited = log, time.Since(waitFrom)
+		end := s.run(ctx)
+		waitFrom = time.Now()
+		switch end {
 		case endStopped, endEmpty:
 			return nil
 		case endLost:
 			cfg.OnError(fmt.Errorf("queue: analyser %d: %w; waiting as a standby", analyser, ErrLeaseLost))
+			b.reset()
+		case endFailed:
+			if b.wait(ctx) != nil {
+				return nil
+			}
 		}
 	}
 }

@@ -177,8 +177,18 @@ func Dial(ctx context.Context, urls []string, cfg Config) (*Queue, error) {
 			}
 		}
 	}
+	// A new connection may follow a restart of the server that lost the
+	// layout it had recorded: on a partition whose layout this process has
+	// verified, every new connection checks it again (recording it again
+	// when the server lost it) before it is used.
+	var made atomic.Pointer[Queue]
 	for i, t := range targets {
-		pools[i] = newPool(t, cfg)
+		pools[i] = newPool(t, cfg, func(ctx context.Context, c redis.Conn) error {
+			if q := made.Load(); q != nil && q.parts[i].checked.Load() {
+				return q.layoutOn(ctx, c, q.parts[i])
+			}
+			return nil
+		})
 		if err := ping(ctx, pools[i]); err != nil {
 			closeAll()
 			return nil, fmt.Errorf("queue: dial partition %d: %w", i, err)
@@ -189,6 +199,7 @@ func Dial(ctx context.Context, urls []string, cfg Config) (*Queue, error) {
 		closeAll()
 		return nil, err
 	}
+	made.Store(q)
 	q.ownPools = true
 	return q, nil
 }

@@ -16,6 +16,7 @@ const (
 	endStopped sessionEnd = iota // ctx ended: graceful stop done, lease released
 	endEmpty                     // ExitOnEmpty and the queue drained; lease released
 	endLost                      // the lease was lost; in-memory work dropped
+	endFailed                    // recovery failed; lease released (unless lost), retry after a backoff
 )
 
 // session is one tenure of a pool as the queue's owner. It only
@@ -49,6 +50,9 @@ type session struct {
 	born     time.Time    // when the session began (monotonic clock)
 	deadline atomic.Int64 // when the lease must be taken as lost unless renewed, as time since born
 
+	log    *poolLog      // the pool's story
+	waited time.Duration // how long the pool was without a lease before this tenure
+
 	taskCtx     context.Context // parent of every task's ctx; ends with the lease or a stop's timeout
 	cancelTask  context.CancelFunc
 	leaseCtx    context.Context // Redis calls of the tenure; ends with the lease or the session
@@ -63,6 +67,7 @@ func newSession(st *store, cfg PoolConfig, fn AnalyseFunc) *session {
 		halt:     make(chan struct{}),
 	}
 	s.acks = newAcker(s)
+	s.log = newPoolLog(cfg.Logger, cfg.OnError, -1)
 	s.born = time.Now()
 	s.setDeadline(s.born.Add(cfg.LeaseTTL - cfg.LeaseTTL/5)) // as renew computes it
 	s.taskCtx, s.cancelTask = context.WithCancel(context.Background())
@@ -157,6 +162,26 @@ func notify(c chan struct{}) {
 	}
 }
 
+// recover puts back what an earlier owner left pending, and reports
+// whether the tenure can go on.
+func (s *session) recover(ctx context.Context) bool {
+	n, lost, err := s.st.recover(ctx)
+	if lost > 0 {
+		s.cfg.OnError(seqLostError(s.st, lost))
+	}
+	if err != nil {
+		if errors.Is(err, ErrLeaseLost) {
+			s.loseLease()
+		}
+		s.cfg.OnError(err)
+		return false
+	}
+	token, _ := parseLease(s.st.value())
+	s.cfg.Logger.Info("queue: took the lease", "analyser", s.log.analyser, "token", token,
+		"waited", s.waited.Round(time.Millisecond), "recovered", n)
+	return true
+}
+
 func (s *session) run(ctx context.Context) sessionEnd {
 	defer s.cancelTask()
 	defer s.cancelLease()
@@ -168,6 +193,17 @@ func (s *session) run(ctx context.Context) sessionEnd {
 	defer stopRenew()
 	renewWG.Add(1)
 	go func() { defer renewWG.Done(); s.renew(renewCtx) }()
+	// Recovery runs with the lease renewed: putting back what an earlier
+	// owner left pending may take a while.
+	if !s.recover(leaseCtx) {
+		stopRenew()
+		renewWG.Wait()
+		if s.isLost() {
+			return endLost
+		}
+		s.st.release(context.WithoutCancel(ctx))
+		return endFailed
+	}
 	ackWG.Add(1)
 	go func() { defer ackWG.Done(); s.acks.loop(leaseCtx) }()
 	workWG.Add(len(s.workers))
@@ -189,18 +225,35 @@ func (s *session) run(ctx context.Context) sessionEnd {
 		// claim order with the rest.
 		s.stopStarting()
 		ok := !s.resyncOwed
+		var handed, left int
 		handBack := func(ts []claimed) {
 			if ok {
-				ok = s.handBack(leaseCtx, ts)
-			} else {
-				s.release(ts...) // left pending for the next owner
+				ok = s.handBack(leaseCtx, ts) // releases ts either way
+				if ok {
+					handed += len(ts)
+				} else {
+					left += len(ts)
+				}
+				return
 			}
+			left += len(ts)
+			s.release(ts...) // left pending for the next owner
 		}
 		handBack(s.takeUnstarted())
+		if end == endStopped {
+			s.cfg.Logger.Info("queue: stopping", "analyser", s.log.analyser, "handed_back", handed,
+				"running", s.held.Load())
+		}
 		timer := time.AfterFunc(s.cfg.ShutdownTimeout, s.cancelTask)
 		workWG.Wait()
 		timer.Stop()
 		handBack(s.takeUnstarted())
+		defer func() {
+			if end != endLost {
+				s.cfg.Logger.Info("queue: stopped", "analyser", s.log.analyser, "handed_back", handed,
+					"left_pending", left)
+			}
+		}()
 	} else {
 		s.stopStarting()
 		workWG.Wait()
@@ -301,6 +354,7 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 			}
 		}
 		b.reset()
+		s.log.ok()
 		if len(tasks) == 0 {
 			if s.cfg.ExitOnEmpty {
 				if s.held.Load() == 0 {
@@ -427,9 +481,13 @@ func (s *session) renew(ctx context.Context) {
 		cancel()
 		switch {
 		case err == nil:
+			// The lease runs from when this renewal was sent at the
+			// latest, and so does the next one's schedule: a renewal held
+			// up behind a long script must not push the next one later.
 			deadline = start.Add(ttl - margin)
 			s.setDeadline(deadline)
-			next = every
+			next = every - time.Since(start)
+			s.log.ok()
 		case errors.Is(err, ErrLeaseLost):
 			s.loseLease()
 			return

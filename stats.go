@@ -17,6 +17,7 @@ type AnalyserStats struct {
 	Processed                  int64         // tasks acknowledged, ever
 	Failed                     int64         // tasks moved to the dead-letter store, ever
 	Redelivered                int64         // pending tasks put back by a new owner, ever
+	Leases                     int64         // leases taken, ever: starts, takeovers and returns after a lost lease
 	Owner                      string        // the lease holder's name; empty when no one holds it
 	Token                      int64         // the lease holder's fencing token
 	LeaseLeft                  time.Duration // time left on the lease
@@ -39,7 +40,7 @@ func (q *Queue) Stats(ctx context.Context) ([]AnalyserStats, error) {
 				c.Send("LLEN", k.ready)
 				c.Send("HLEN", k.pending)
 				c.Send("HLEN", k.dead)
-				c.Send("HMGET", k.meta, "processed", "failed", "redelivered")
+				c.Send("HMGET", k.meta, "processed", "failed", "redelivered", "leases")
 				c.Send("GET", k.lease)
 				c.Send("PTTL", k.lease)
 			}
@@ -60,8 +61,13 @@ func (q *Queue) Stats(ctx context.Context) ([]AnalyserStats, error) {
 				s.Ready, _ = redis.Int64(r[0], nil)
 				s.Pending, _ = redis.Int64(r[1], nil)
 				s.Dead, _ = redis.Int64(r[2], nil)
-				if m, err := redis.Int64s(r[3], nil); err == nil && len(m) == 3 {
-					s.Processed, s.Failed, s.Redelivered = m[0], m[1], m[2]
+				if m, err := redis.Values(r[3], nil); err == nil && len(m) == 4 {
+					// A field that is not a count reads as 0, as the scripts
+					// would start it over.
+					s.Processed, _ = redis.Int64(m[0], nil)
+					s.Failed, _ = redis.Int64(m[1], nil)
+					s.Redelivered, _ = redis.Int64(m[2], nil)
+					s.Leases, _ = redis.Int64(m[3], nil)
 				}
 				if lease, err := redis.String(r[4], nil); err == nil {
 					s.Token, s.Owner = parseLease(lease)

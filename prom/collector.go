@@ -22,7 +22,7 @@
 //	qugo_queue_processed_total              counter  tasks acknowledged
 //	qugo_queue_failed_total                 counter  tasks moved to the dead-letter store
 //	qugo_queue_redelivered_total            counter  pending tasks put back by a new owner
-//	qugo_queue_lease_acquisitions_total     counter  leases taken (the fencing token): takeovers and restarts
+//	qugo_queue_lease_acquisitions_total     counter  leases taken: starts, takeovers and returns after a lost lease
 //
 // # Several processes
 //
@@ -143,7 +143,7 @@ func NewCollector(q *queue.Queue, opts Options) *Collector {
 		processed:   desc("processed_total", "Tasks acknowledged."),
 		failed:      desc("failed_total", "Tasks moved to the dead-letter store."),
 		redelivered: desc("redelivered_total", "Pending tasks put back by a new owner after a crash or a lost lease."),
-		acquired:    desc("lease_acquisitions_total", "Leases of the queue taken so far (its fencing token): each takeover and restart adds one."),
+		acquired:    desc("lease_acquisitions_total", "Leases of the queue taken so far: each start, takeover and return after a lost lease adds one."),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace:   opts.Namespace,
 			Name:        "handler_duration_seconds",
@@ -196,7 +196,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.pending, float64(s.Pending))
 		gauge(c.dead, float64(s.Dead))
 		if s.Owner != "" {
-			counter(c.acquired, s.Token)
+			counter(c.acquired, s.Leases)
 		}
 		counter(c.processed, s.Processed)
 		counter(c.failed, s.Failed)

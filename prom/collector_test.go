@@ -146,7 +146,7 @@ qugo_queue_redelivered_total{analyser="0",partition="0",queue="0"} 0
 qugo_queue_redelivered_total{analyser="1",partition="1",queue="0"} 3
 qugo_queue_redelivered_total{analyser="2",partition="0",queue="1"} 0
 qugo_queue_redelivered_total{analyser="3",partition="1",queue="1"} 0
-# HELP qugo_queue_lease_acquisitions_total Leases of the queue taken so far (its fencing token): each takeover and restart adds one.
+# HELP qugo_queue_lease_acquisitions_total Leases of the queue taken so far: each start, takeover and return after a lost lease adds one.
 # TYPE qugo_queue_lease_acquisitions_total counter
 qugo_queue_lease_acquisitions_total{analyser="1",partition="1",queue="0"} 2
 # HELP qugo_up 1 when the last scrape read every Redis partition, else 0.

@@ -141,7 +141,7 @@ func layoutAdvice(le *queue.LayoutError, urls []string) string {
 	_, err2 := fmt.Sscanf(le.Want, format, &want[0], &want[1], &want[2])
 	server := strconv.Itoa(le.Partition)
 	if le.Partition >= 0 && le.Partition < len(urls) {
-		server = urls[le.Partition]
+		server = queue.RedactURL(urls[le.Partition])
 	}
 	if err1 != nil || err2 != nil {
 		return fmt.Sprintf("%s has recorded %s: give the -redis URLs in partition order and the -queues the queue was created with", server, le.Got)

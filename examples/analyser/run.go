@@ -107,7 +107,7 @@ func layoutAdvice(err error, urls []string) error {
 	var r, q, i int
 	server := fmt.Sprintf("partition %d", le.Partition)
 	if le.Partition >= 0 && le.Partition < len(urls) {
-		server = urls[le.Partition]
+		server = queue.RedactURL(urls[le.Partition])
 	}
 	if _, scanErr := fmt.Sscanf(le.Got, "partitions=%d queues=%d index=%d", &r, &q, &i); scanErr != nil {
 		return fmt.Errorf("%w: %s has recorded %s; give -redis in partition order and the -queues the queue was created with", err, server, le.Got)

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -107,6 +108,9 @@ func newApp(ctx context.Context, o options, log *slog.Logger) (*app, error) {
 		if l := strings.ToLower(u); !strings.HasPrefix(l, "redis://") && !strings.HasPrefix(l, "rediss://") {
 			return nil, fmt.Errorf("-redis: URL %d is not a redis:// or rediss:// URL", i)
 		}
+		if _, err := url.Parse(u); err != nil { // its error would quote the URL
+			return nil, fmt.Errorf("-redis: URL %d does not parse", i)
+		}
 	}
 	pools := dialPools(o.redis)
 	closePools := func() {
@@ -187,10 +191,7 @@ func layoutAdvice(err error, urls []string) error {
 		return err
 	}
 	var r, q, i int
-	server := fmt.Sprintf("partition %d", le.Partition)
-	if le.Partition >= 0 && le.Partition < len(urls) {
-		server = urls[le.Partition]
-	}
+	server := fmt.Sprintf("-redis URL %d", le.Partition) // not the URL: it may hold a password
 	if _, scanErr := fmt.Sscanf(le.Got, "partitions=%d queues=%d index=%d", &r, &q, &i); scanErr != nil {
 		return fmt.Errorf("%w: %s has recorded %s; give -redis in partition order and the -queues the analysers use", err, server, le.Got)
 	}

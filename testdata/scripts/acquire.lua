@@ -1,4 +1,17 @@
-if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('PTTL', KEYS[1])} end
+local function incr(key, field, n)
+  local v = redis.call('HGET', key, field)
+  if v and not (string.match(v, '^%d+$') and #v <= 15) then
+    redis.call('HSET', key, field, n)
+  else
+    redis.call('HINCRBY', key, field, n)
+  end
+end
+
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local held = ''
+  if redis.call('TYPE', KEYS[1]).ok == 'string' then held = redis.call('GET', KEYS[1]) end
+  return {0, redis.call('PTTL', KEYS[1]), held}
+end
 
 local old = redis.call('HGET', KEYS[2], 'fence')
 local t = redis.call('TIME')
@@ -8,6 +21,7 @@ fence = string.format('%d', fence)
 
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[2], 'fence', fence)
+incr(KEYS[2], 'leases', 1)
 local v = fence .. '.' .. ARGV[3] .. ':' .. ARGV[1]
 redis.call('SET', KEYS[1], v, 'PX', ARGV[2])
 return {1, v}

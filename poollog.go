@@ -1,0 +1,87 @@
+package queue
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// poolLog tells the story of one AnalysePool in its Logger, each event
+// once: waiting as a standby (and for whom), taking the lease (after how
+// long, with how many tasks recovered), losing Redis and getting it back,
+// stopping and stopped. Every background error still goes to OnError when
+// the caller set one; without one, errors are logged, except that an
+// outage is told once when it begins and once when it ends rather than by
+// every goroutine at every retry.
+type poolLog struct {
+	log      *slog.Logger
+	onError  func(error) // the caller's OnError, or nil
+	analyser int
+
+	down      atomic.Bool // Redis did not answer the last call
+	mu        sync.Mutex
+	downSince time.Time
+}
+
+func newPoolLog(log *slog.Logger, onError func(error), analyser int) *poolLog {
+	return &poolLog{log: log, onError: onError, analyser: analyser}
+}
+
+// error takes one background error.
+func (l *poolLog) error(err error) {
+	conn := isConnErr(err)
+	if conn {
+		l.lost(err)
+	}
+	if l.onError != nil {
+		l.onError(err)
+		return
+	}
+	if conn || errors.Is(err, ErrLeaseLost) && l.down.Load() {
+		return // told by lost, and by back once it answers
+	}
+	l.log.Error("queue: pool error", "analyser", l.analyser, "err", err)
+}
+
+// lost records that Redis did not answer, and says so when it is news.
+func (l *poolLog) lost(err error) {
+	if l.down.Load() {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.downSince.IsZero() {
+		l.downSince = time.Now()
+		l.down.Store(true)
+		l.log.Warn("queue: lost redis; retrying with backoff", "analyser", l.analyser, "err", err)
+	}
+}
+
+// ok records that Redis answered, and says so after an outage. It costs an
+// atomic load when nothing was wrong.
+func (l *poolLog) ok() {
+	if !l.down.Load() {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.downSince.IsZero() {
+		l.log.Info("queue: redis is back", "analyser", l.analyser, "after", time.Since(l.downSince).Round(time.Millisecond))
+		l.downSince = time.Time{}
+		l.down.Store(false)
+	}
+}
+
+// isConnErr reports whether err says that Redis could not be reached or
+// did not answer, rather than that it refused a call.
+func isConnErr(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE)
+}

@@ -1,0 +1,134 @@
+package queue
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// logRecorder is a slog.Handler that keeps every record's message and
+// attributes.
+type logRecorder struct {
+	mu   sync.Mutex
+	recs []logLine
+}
+
+type logLine struct {
+	level slog.Level
+	msg   string
+	attrs map[string]string
+}
+
+func (h *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
+func (h *logRecorder) WithAttrs([]slog.Attr) slog.Handler        { return h }
+func (h *logRecorder) WithGroup(string) slog.Handler             { return h }
+func (h *logRecorder) Handle(_ context.Context, r slog.Record) error {
+	l := logLine{level: r.Level, msg: r.Message, attrs: map[string]string{}}
+	r.Attrs(func(a slog.Attr) bool {
+		l.attrs[a.Key] = a.Value.String()
+		return true
+	})
+	h.mu.Lock()
+	h.recs = append(h.recs, l)
+	h.mu.Unlock()
+	return nil
+}
+
+// lines returns the records whose message contains msg.
+func (h *logRecorder) lines(msg string) []logLine {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []logLine
+	for _, l := range h.recs {
+		if strings.Contains(l.msg, msg) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// A pool's log tells its story, each event once: a standby says whom it
+// waits for, the takeover says after how long and what it recovered, a
+// stop says what it handed back.
+func TestPoolLogsTheStory(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	addAll(t, q, orderTasks(2, 3))
+	c, err := q.Consume(ctx, 0, ConsumerConfig{Owner: "first", LeaseTTL: time.Minute})
+	require.NoError(t, err)
+	_, err = c.Claim(ctx, 2) // then it dies with them
+	require.NoError(t, err)
+
+	h := &logRecorder{}
+	pctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	rec := newRecorder()
+	started := make(chan struct{}, 10)
+	errc := runPool(pctx, q, PoolConfig{Owner: "second", Logger: slog.New(h), LeaseTTL: time.Second},
+		rec.fn(func(ctx context.Context, task Task) error { started <- struct{}{}; return nil }))
+	require.Eventually(t, func() bool { return len(h.lines("waiting as a standby")) == 1 }, 5*time.Second, time.Millisecond)
+	w := h.lines("waiting as a standby")[0]
+	assert.Equal(t, slog.LevelInfo, w.level)
+	assert.Equal(t, "first", w.attrs["holder"])
+	lapse(t, s, k.lease)
+	require.Eventually(t, func() bool { return rec.total() == 6 }, 5*time.Second, time.Millisecond)
+	took := h.lines("took the lease")
+	require.Len(t, took, 1)
+	assert.Equal(t, "2", took[0].attrs["recovered"])
+	assert.NotEmpty(t, took[0].attrs["waited"])
+	assert.Len(t, h.lines("waiting as a standby"), 1, "said once")
+	cancel()
+	require.NoError(t, receive(t, errc))
+	require.Len(t, h.lines("queue: stopping"), 1)
+	stopped := h.lines("queue: stopped")
+	require.Len(t, stopped, 1)
+	assert.Equal(t, "0", stopped[0].attrs["left_pending"])
+	for _, l := range h.recs {
+		assert.Less(t, l.level, slog.LevelWarn, "nothing went wrong: %s %v", l.msg, l.attrs)
+	}
+}
+
+// A Redis outage is told once when it begins and once when it ends, not
+// by every goroutine at every retry.
+func TestPoolLogsAnOutageOnce(t *testing.T) {
+	t.Parallel()
+	q, m := miniQueue(t)
+	h := &logRecorder{}
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	rec := newRecorder()
+	errc := runPool(ctx, q, PoolConfig{Logger: slog.New(h), LeaseTTL: 500 * time.Millisecond}, rec.fn(nil))
+	_, err := q.AddTask(ctx, 1, []byte("a"))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return rec.total() == 1 }, 5*time.Second, time.Millisecond)
+	m.Close()
+	require.Eventually(t, func() bool { return len(h.lines("lost redis")) >= 1 }, 5*time.Second, time.Millisecond)
+	time.Sleep(2 * time.Second) // retries by the fetcher, the renewer, the standby...
+	require.NoError(t, m.Restart())
+	m.FastForward(time.Second) // the lease lapsed meanwhile
+	require.Eventually(t, func() bool { return len(h.lines("redis is back")) == 1 }, 15*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return len(h.lines("took the lease")) == 2 }, 15*time.Second, time.Millisecond, "%s", h)
+	cancel()
+	require.NoError(t, receive(t, errc))
+	assert.Len(t, h.lines("lost redis"), 1, "%s", h)
+	assert.Len(t, h.lines("redis is back"), 1)
+	assert.Empty(t, h.lines("pool error"), "an outage is not an error per retry")
+	assert.Equal(t, slog.LevelWarn, h.lines("lost redis")[0].level)
+}
+
+func (h *logRecorder) String() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var b strings.Builder
+	for _, l := range h.recs {
+		b.WriteString(l.level.String() + " " + l.msg + "\n")
+	}
+	return b.String()
+}
