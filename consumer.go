@@ -11,9 +11,10 @@ type ConsumerConfig struct {
 	// LeaseTTL is how long the queue's lease lasts without renewal: the time
 	// from a crash to a standby's takeover. If zero, 5s is used.
 	LeaseTTL time.Duration
-	// MaxAttempts is how many deliveries a task gets, counting those that
-	// ended in a crash, before it moves to the dead-letter store.
-	// If zero, 5 is used.
+	// MaxAttempts is how many deliveries a task gets before it moves to
+	// the dead-letter store. A claim that ends in a crash counts once it
+	// was recorded as started: Claim records every delivery but a first
+	// one. If zero, 5 is used; at most 1000.
 	MaxAttempts int
 	// Owner names this process in the lease (shown by Stats).
 	// If empty, "host:pid" is used.
@@ -23,9 +24,10 @@ type ConsumerConfig struct {
 // Consumer owns the lease of one analyser's queue and claims, acknowledges
 // and fails its tasks one call at a time: the low-level API for callers who
 // drive consumption themselves (AnalysePool is built on the same store).
-// Every call is fenced by the lease inside Redis and extends it; a Consumer
-// that stays idle for longer than LeaseTTL loses it, and its calls then
-// return ErrLeaseLost. A Consumer is not safe for concurrent use.
+// Its calls but Wait are checked against the lease inside Redis; Renew and
+// those that change the queue extend it. A Consumer that stays idle for
+// longer than LeaseTTL loses the lease: its calls then return ErrLeaseLost
+// (Release does nothing). A Consumer is not safe for concurrent use.
 //
 // Claim (or RemoveTask, which is Claim of one task) hands out tasks in the
 // order the queue holds them; finish each with Ack, Fail or Requeue. Tasks
@@ -40,8 +42,11 @@ type Consumer struct {
 // Consume waits until it holds the lease of analyser's queue (as a hot
 // standby while another process holds it), then puts every task left
 // pending by an earlier owner back at the consuming end in claim order,
-// counting the delivery, and returns a Consumer. Tasks delivered
-// MaxAttempts times without finishing go to the dead-letter store.
+// counting the deliveries that were recorded as started, and returns a
+// Consumer. Tasks with MaxAttempts recorded deliveries go to the
+// dead-letter store, and so do records that do not decode and tasks whose
+// claim-sequence record is lost (their order is unknown; their dead
+// record says so).
 func (q *Queue) Consume(ctx context.Context, analyser int, cfg ConsumerConfig) (*Consumer, error) {
 	st, err := q.newStore(ctx, analyser, cfg.LeaseTTL, cfg.MaxAttempts, cfg.Owner)
 	if err != nil {
@@ -73,7 +78,8 @@ func (c *Consumer) Token() int64 {
 }
 
 // RemoveTask claims the next task: Claim(ctx, 1), returning ErrNoTask when
-// the queue is empty. It never waits; see Wait. Costs one round trip.
+// the queue is empty. It never waits; see Wait. Costs what Claim costs:
+// one round trip, in most cases.
 func (c *Consumer) RemoveTask(ctx context.Context) (Task, error) {
 	ts, err := c.Claim(ctx, 1)
 	if err != nil {
@@ -91,16 +97,19 @@ const consumerClaimBytes = 64 << 20
 // Claim claims up to max tasks in one round trip, oldest first: it moves
 // them from the ready list into the pending record in one atomic step and
 // returns them. It takes fewer when their entries would total more than
-// 64 MiB (and one task however large). It returns an empty slice when the queue is empty.
-// Malformed records met on the way are moved to the dead-letter store and
-// not returned.
+// 64 MiB (and one task however large). It returns an empty slice when the
+// queue is empty. Malformed records met on the way are moved to the
+// dead-letter store and not returned. A task delivered before (or put back
+// by recovery) has its delivery recorded before Claim returns it, one
+// round trip each, so that a crash while it runs counts.
 //
 // On an error Claim returns no task. The claim may still have happened
 // (its reply was lost, or recording a redelivery failed after it): the
 // next Claim first gives the lease a new fencing token, so that a claim
 // still on its way is refused, and puts every pending task it has not
 // handed out back at the consuming end, in claim order; so the tasks come
-// out in the queue's order whatever failed. That costs two round trips.
+// out in the queue's order whatever failed. That costs a few round trips
+// more (a new token, a read of the pending records, the requeue).
 func (c *Consumer) Claim(ctx context.Context, max int) ([]Task, error) {
 	if c.unsure {
 		if err := c.st.refence(ctx); err != nil {

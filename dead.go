@@ -13,8 +13,9 @@ import (
 	"github.com/gomodule/redigo/redis"
 )
 
-// DeadTask is a task in the dead-letter store: one that failed MaxAttempts
-// deliveries, or a malformed record found in Redis.
+// DeadTask is a task in the dead-letter store: one that used up
+// MaxAttempts deliveries (failed, or ended by a crash), one whose place in
+// the claim sequence was lost, or a malformed record found in Redis.
 type DeadTask struct {
 	// Task is the task as it was last delivered. For a malformed record
 	// only ID is set (to the field it was stored under).
@@ -51,7 +52,7 @@ func encodeDead(raw []byte, attempts int, msg string) []byte {
 }
 
 // decodeDead decodes a dead record stored under field. A record that is
-// itself malformed comes back with Raw set and an error in Err, never as
+// itself malformed comes back with Raw set and why in LastError, never as
 // an error: the store must stay listable.
 func decodeDead(field string, b []byte) DeadTask {
 	bad := func(why string) DeadTask {

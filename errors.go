@@ -26,6 +26,9 @@ var (
 	ErrPayloadTooLarge = errors.New("queue: payload too large")
 	// ErrMalformed marks a record in Redis that does not decode as a task.
 	// Such records are moved to the dead-letter store with their raw bytes.
+	// AnalysePool also reports it through OnError when recovery moves
+	// pending tasks whose claim-sequence record is lost to the dead-letter
+	// store (their order is unknown).
 	ErrMalformed = errors.New("queue: malformed record")
 	// ErrLeaseLost is returned when this process no longer holds the lease
 	// of a queue: another owner took it over, or it expired. Claims and acks
@@ -33,7 +36,8 @@ var (
 	ErrLeaseLost = errors.New("queue: lease lost")
 	// ErrNoTask is returned by Consumer.RemoveTask when the queue is empty.
 	ErrNoTask = errors.New("queue: no task")
-	// ErrClosed is returned by calls on a closed Queue or Consumer.
+	// ErrClosed is returned by every call of a Queue that uses Redis once
+	// Close was called. A Consumer made before Close does not check it.
 	ErrClosed = errors.New("queue: closed")
 	// ErrRedisOOM is returned when Redis refuses a write because it reached
 	// maxmemory under the noeviction policy. Consumers keep draining, and

@@ -18,7 +18,7 @@ type queueKeys struct {
 	pending string // hash: task ID -> encoded task ("+" first once its delivery is recorded), tasks claimed and not finished
 	claims  string // hash: a claim's first seq -> its task IDs back to back (claim-sequence records), while one of them is pending
 	dead    string // hash: task ID -> encoded dead record
-	lease   string // string: "<fencing token>:<owner>", with a PX expiry; the queue's owner
+	lease   string // string: "<fencing token>.<nonce>:<owner>", with a PX expiry; the queue's owner
 	meta    string // hash: fence (last token), seq (last claim), processed, failed, redelivered
 	wake    string // list: at most one element, pushed when a lease is released, to wake a standby
 }

@@ -41,9 +41,11 @@ type PoolConfig struct {
 	// TaskTimeout bounds one delivery; the task's ctx ends then, and the
 	// delivery fails. If zero, 1 minute is used; if negative, none.
 	TaskTimeout time.Duration
-	// MaxAttempts is how many deliveries a task gets, counting those that
-	// ended in a crash, before it moves to the dead-letter store.
-	// If zero, 5 is used.
+	// MaxAttempts is how many deliveries a task gets before it moves to
+	// the dead-letter store. A delivery that crashes its owner counts once
+	// it was recorded as started, which every delivery but a first one is:
+	// a task that crashes its process every time is dead-lettered after at
+	// most MaxAttempts+1 crashes. If zero, 5 is used; at most 1000.
 	MaxAttempts int
 	// Backoff returns the wait before delivery attempt+1 of a task whose
 	// delivery number attempt failed. Only the task's OrderID waits.
@@ -60,8 +62,10 @@ type PoolConfig struct {
 	// nothing is in flight. If false, it waits for work until ctx ends.
 	ExitOnEmpty bool
 	// OnError receives background errors: failed deliveries (*TaskError),
-	// Redis errors being retried, a lost lease. It is called from the
-	// pool's goroutines and must not block. If nil, they are logged.
+	// Redis errors being retried, a lost lease, pending tasks moved to the
+	// dead-letter store because their claim-sequence record was lost
+	// (ErrMalformed). It is called from the pool's goroutines and must not
+	// block. If nil, they are logged.
 	OnError func(error)
 	// Logger receives the pool's log lines. If nil, slog.Default() is used.
 	Logger *slog.Logger
@@ -174,11 +178,13 @@ func (c *Counters) Failed() []int64 { return load(&c.failed) }
 // tasks left pending by an earlier owner back first, then claims tasks in
 // batches and runs fn on Workers goroutines, all tasks of one OrderID on
 // one goroutine in order. When ctx ends it stops claiming, hands unstarted
-// tasks back at once, gives running tasks ShutdownTimeout, acknowledges
-// what finished, releases the lease and returns nil. If it loses the lease
-// it cancels its tasks, reports ErrLeaseLost through OnError and waits as a
-// standby again. It returns an error only for invalid arguments or a layout
-// mismatch. It joins every goroutine it starts before returning.
+// tasks back at once (after a Redis error, it leaves them pending for the
+// next owner to put back), gives running tasks ShutdownTimeout,
+// acknowledges what finished, releases the lease and returns nil. If it
+// loses the lease it cancels its tasks, reports ErrLeaseLost through
+// OnError and waits as a standby again. It returns an error only for
+// invalid arguments, a layout mismatch or a closed Queue. It joins every
+// goroutine it starts before returning.
 func (q *Queue) AnalysePool(ctx context.Context, analyser int, cfg PoolConfig, fn AnalyseFunc) error {
 	if fn == nil {
 		return ErrNilFunc

@@ -102,7 +102,7 @@ func (c Config) withDefaults() (Config, error) {
 
 // Queue is a set of partitioned task queues on R Redis servers with Q
 // queues each. It is safe for concurrent use. New and Dial start no
-// goroutines and make no connection.
+// goroutines; New makes no connection, Dial pings each server once.
 type Queue struct {
 	cfg      Config
 	parts    []*partition
@@ -204,9 +204,10 @@ func Dial(ctx context.Context, urls []string, cfg Config) (*Queue, error) {
 	return q, nil
 }
 
-// Close marks the queue closed; later calls return ErrClosed. It closes the
-// pools that Dial made, and leaves pools given to New to their owner.
-// Close it after every AnalysePool on it has returned.
+// Close marks the queue closed: later calls that use Redis return
+// ErrClosed, and a second Close returns nil. It closes the pools that Dial
+// made, and leaves pools given to New to their owner. Close it after every
+// AnalysePool and Consumer on it is done.
 func (q *Queue) Close() error {
 	if q.closed.Swap(true) || !q.ownPools {
 		return nil

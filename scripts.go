@@ -17,7 +17,7 @@ import (
 //
 // Every key a script touches comes in KEYS, all with the queue's hash tag.
 // Scripts that change pending work first check the caller's lease value
-// (fencing token and owner) and refuse with staleReply when it is not the
+// (fencing token, nonce and owner) and refuse with staleReply when it is not the
 // current one, so a stale owner changes nothing (fenced). They also extend
 // the lease (ARGV[2], milliseconds), so a Consumer that keeps working keeps
 // its lease. Scripts also refuse, before any write, to run on a key of the

@@ -19,8 +19,11 @@ type Task struct {
 	OrderID uint64
 	// Payload is the caller's data, stored in Redis as it is.
 	Payload []byte
-	// Attempt is the 1-based number of this delivery, counting deliveries
-	// that ended in a crash. It is zero in tasks that were not delivered.
+	// Attempt is the 1-based number of this delivery, counting failed
+	// deliveries and those that ended in a crash once they were recorded
+	// as started. A first delivery is not recorded, so a task whose first
+	// delivery crashed its owner comes again with Attempt 1. It is zero in
+	// tasks that were not delivered.
 	Attempt int
 	// AddedAt is when the producer enqueued the task, to the millisecond.
 	AddedAt time.Time

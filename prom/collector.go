@@ -45,7 +45,8 @@
 //
 // A scrape costs one pipelined round trip per partition with six
 // constant-time commands per queue, plus, for each queue that has pending
-// tasks, one HGETALL of its pending hash (bounded by the pool's Prefetch)
+// tasks, one HGETALL of its pending hash (bounded by the pool's
+// MaxHeldTasks and MaxHeldBytes)
 // to find the oldest. Options.SkipOldestPending drops the latter.
 package prom
 
