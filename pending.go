@@ -263,6 +263,47 @@ func (b *claimBatch) finish(n int) bool {
 	return b != nil && n > 0 && b.left.Add(int64(-n)) == 0
 }
 
+// scriptBytes bounds the task bytes one hand-back or dead-letter script
+// carries (a larger task goes alone): however large the tasks, no script
+// holds Redis for long, and other queues and lease renewals go on.
+const scriptBytes = 8 << 20
+
+// buryChunk returns how many of args (field, record pairs) one bury script
+// takes: at most scriptChunk pairs and scriptBytes of records, and one
+// pair however large.
+func buryChunk(args []any) int {
+	n, size := 0, 0
+	for n+1 < len(args) && n < 2*scriptChunk && (n == 0 || size+argSize(args[n+1]) <= scriptBytes) {
+		size += argSize(args[n+1])
+		n += 2
+	}
+	return n
+}
+
+// requeueChunk returns where the requeue script that pushes tasks[:end]
+// from the end starts: at most scriptChunk tasks and scriptBytes, and one
+// task however large.
+func requeueChunk(tasks []claimed, end int) int {
+	start, size := end, int64(0)
+	for start > max(0, end-scriptChunk) && (start == end || size+tasks[start-1].size() <= scriptBytes) {
+		start--
+		size += tasks[start].size()
+	}
+	return start
+}
+
+// argSize is the size of a script argument this file passes: a string or
+// bytes.
+func argSize(v any) int {
+	switch v := v.(type) {
+	case []byte:
+		return len(v)
+	case string:
+		return len(v)
+	}
+	return 0
+}
+
 // maxClaim bounds the tasks one claim takes.
 const maxClaim = 1000
 
@@ -450,7 +491,7 @@ func (s *store) fail(ctx context.Context, t Task, cause error) (dead bool, err e
 // dead record pairs.
 func (s *store) bury(ctx context.Context, args []any) error {
 	for len(args) > 0 {
-		n := min(len(args), 2*scriptChunk)
+		n := buryChunk(args)
 		a := append([]any{s.keys.pending, s.keys.dead, s.keys.lease, s.keys.meta, s.value(), s.ttlMS}, args[:n]...)
 		if _, err := s.script(ctx, "dead-letter on", buryScript, a...); err != nil {
 			return err
@@ -468,9 +509,11 @@ func (s *store) requeue(ctx context.Context, tasks []claimed, redelivery bool) e
 		flag = "1"
 	}
 	// The last pushed is claimed first: push in reverse, in chunks that
-	// keep that order across calls.
+	// keep that order across calls. Should a call fail after earlier ones
+	// went through, the tasks left pending are the first ones, and
+	// recovery puts them back ahead of those pushed: the order holds.
 	for end := len(tasks); end > 0; {
-		start := max(0, end-scriptChunk)
+		start := requeueChunk(tasks, end)
 		args := []any{s.keys.ready, s.keys.pending, s.keys.lease, s.keys.meta, s.value(), s.ttlMS, flag}
 		for i := end - 1; i >= start; i-- {
 			t := tasks[i]

@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -191,4 +192,77 @@ func TestPoisonTaskStillDeadLettered(t *testing.T) {
 	require.Len(t, dead, 1)
 	assert.Equal(t, ids[0], dead[0].ID)
 	assert.Equal(t, maxAttempts, dead[0].Attempts)
+}
+
+// No hand-back or dead-letter script carries more than scriptBytes of
+// tasks (but one task, however large) nor more than scriptChunk of them.
+func TestScriptChunksBounded(t *testing.T) {
+	t.Parallel()
+	for _, sizes := range [][]int{{1}, {3 << 20, 3 << 20, 3 << 20, 3 << 20}, {20 << 20, 1, 1}, {1, 20 << 20, 1}, make([]int, 2500)} {
+		tasks := make([]claimed, len(sizes))
+		var args []any
+		for i, n := range sizes {
+			tasks[i].Payload = make([]byte, n)
+			args = append(args, "f", make([]byte, n))
+		}
+		covered := 0
+		for end := len(tasks); end > 0; {
+			start := requeueChunk(tasks, end)
+			require.Less(t, start, end, "progress")
+			var size int64
+			for _, t := range tasks[start:end] {
+				size += t.size()
+			}
+			assert.True(t, end-start == 1 || size <= scriptBytes, "%d tasks of %d bytes in one script", end-start, size)
+			assert.LessOrEqual(t, end-start, scriptChunk)
+			covered += end - start
+			end = start
+		}
+		assert.Equal(t, len(tasks), covered)
+		covered = 0
+		for rest := args; len(rest) > 0; {
+			n := buryChunk(rest)
+			require.Positive(t, n)
+			size := 0
+			for i := 1; i < n; i += 2 {
+				size += argSize(rest[i])
+			}
+			assert.True(t, n == 2 || size <= scriptBytes, "%d records of %d bytes in one script", n/2, size)
+			assert.LessOrEqual(t, n, 2*scriptChunk)
+			covered += n
+			rest = rest[n:]
+		}
+		assert.Equal(t, len(args), covered)
+	}
+}
+
+// Tasks of megabytes drain with the defaults: claims take what fits the
+// pool's byte budget (one task at least), and nothing is lost, run out of
+// order or run twice, and the lease holds.
+func TestLargeTasksDrain(t *testing.T) {
+	t.Parallel()
+	q, servers := newTestQueue(t, 1, Config{MaxPayload: 8 << 20})
+	ctx := bounded(t)
+	var tasks []Task
+	for i := 0; i < 12; i++ {
+		p := make([]byte, 3<<20)
+		copy(p, pl(int(i%2), i/2))
+		tasks = append(tasks, Task{OrderID: uint64(i % 2), Payload: p})
+	}
+	addAll(t, q, tasks)
+	rec := newRecorder()
+	var errs errLog
+	require.NoError(t, q.AnalysePool(ctx, 0, PoolConfig{ExitOnEmpty: true, MaxHeldBytes: 8 << 20, OnError: errs.add},
+		func(ctx context.Context, task Task) error {
+			return rec.fn(nil)(ctx, Task{ID: task.ID, OrderID: task.OrderID, Attempt: task.Attempt, Payload: []byte(strings.TrimRight(string(task.Payload[:8]), "\x00"))})
+		}))
+	assert.Empty(t, errs.all())
+	for o := 0; o < 2; o++ {
+		var want []string
+		for i := 0; i < 6; i++ {
+			want = append(want, pl(o, i))
+		}
+		assert.Equal(t, want, rec.order(uint64(o)))
+	}
+	assert.Zero(t, servers[0].do(t, "EXISTS", newQueueKeys(q.cfg.Prefix, 0, 0).pending))
 }
