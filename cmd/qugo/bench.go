@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"slices"
 	"sync"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/qugo/queue"
 )
 
@@ -118,6 +120,17 @@ func (e *env) bench(ctx context.Context, o benchOptions) error {
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
 	urls, _ := e.urls()
+	if !e.set["redis"] && os.Getenv("QUEUE_REDIS") == "" {
+		// No server named: an embedded one, to try qugo with nothing
+		// installed. Its figures are its own, not a Redis server's.
+		mr, err := miniredis.Run()
+		if err != nil {
+			return err
+		}
+		defer mr.Close()
+		urls = []string{"redis://" + mr.Addr()}
+		fmt.Fprintln(e.stderr, "qugo bench: no -redis or QUEUE_REDIS given: using an embedded miniredis; its figures say little about a Redis server's")
+	}
 	q, err := queue.Dial(ctx, urls, queue.Config{Prefix: e.prefix, Queues: e.queues, MaxPayload: max(o.size, 1<<20)})
 	if err != nil {
 		return explainDial(err, urls)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/binary"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -172,4 +173,17 @@ func TestBenchRate(t *testing.T) {
 	doc := qugoJSON[benchDoc](t, f.args("bench", "-n", "200", "-orders", "4", "-batch", "10", "-producers", "2", "-rate", "1000", "-json")...)
 	assert.GreaterOrEqual(t, doc.AddSeconds, 0.18)
 	assert.True(t, doc.Check.OK)
+}
+
+// With no server named, bench runs on an embedded miniredis, to try qugo
+// with nothing installed, and says so.
+func TestBenchEmbedded(t *testing.T) {
+	t.Parallel()
+	if os.Getenv("QUEUE_REDIS") != "" {
+		t.Skip("QUEUE_REDIS names a server")
+	}
+	code, out, errOut := qugo(t, "bench", "-n", "500", "-orders", "20", "-workers", "4")
+	require.Equal(t, exitOK, code, errOut)
+	assert.Contains(t, errOut, "embedded miniredis")
+	assert.Contains(t, out, "order:   ok: every task handled, in order per OrderID")
 }
