@@ -166,9 +166,10 @@ func (s *store) tryAcquire(ctx context.Context) (ok bool, left time.Duration, ho
 // acquire waits as a standby until it holds the lease or ctx ends. It
 // waits for a released lease's wake-up signal, or for the lease to expire.
 // Redis errors are returned, or, with a report func, reported and retried
-// with capped backoff. onHeld, when set, is told of the holder at every
-// look.
-func (s *store) acquire(ctx context.Context, report func(error), onHeld func(holder string, left time.Duration)) error {
+// with capped backoff. onLook, when set, is told of every answer Redis
+// gave (sent: when the call was sent) and the holder it found: "" when the
+// lease was taken.
+func (s *store) acquire(ctx context.Context, report func(error), onLook func(sent time.Time, holder string, left time.Duration)) error {
 	var b backoff
 	fail := func(err error) error {
 		if ctx.Err() != nil {
@@ -181,8 +182,12 @@ func (s *store) acquire(ctx context.Context, report func(error), onHeld func(hol
 		return b.wait(ctx)
 	}
 	for {
+		sent := time.Now()
 		ok, left, holder, err := s.tryAcquire(ctx)
 		if ok {
+			if onLook != nil {
+				onLook(sent, "", 0)
+			}
 			return nil
 		}
 		if err != nil {
@@ -192,8 +197,8 @@ func (s *store) acquire(ctx context.Context, report func(error), onHeld func(hol
 			continue
 		}
 		b.reset()
-		if onHeld != nil {
-			onHeld(holder, left)
+		if onLook != nil {
+			onLook(sent, holder, left)
 		}
 		wait := min(left, s.ttl)
 		_, err = onPartition(ctx, s.part, s.what("wait for lease of"), func(conn redis.Conn) (any, error) {

@@ -197,6 +197,7 @@ func (q *Queue) AnalysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 	log := newPoolLog(cfg.Logger, userOnError, analyser)
 	cfg.OnError = log.error
 	var b backoff
+	sent := time.Now()
 	st, err := q.newStore(ctx, analyser, cfg.LeaseTTL, cfg.MaxAttempts, cfg.Owner)
 	for err != nil {
 		// The layout check needs Redis: wait for an unreachable server as
@@ -212,18 +213,19 @@ func (q *Queue) AnalysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 		if b.wait(ctx) != nil {
 			return nil
 		}
+		sent = time.Now()
 		st, err = q.newStore(ctx, analyser, cfg.LeaseTTL, cfg.MaxAttempts, cfg.Owner)
 	}
-	log.ok()
+	log.ok(sent)
 	b.reset()
 	if cfg.Counters != nil {
 		cfg.Counters.init(cfg.Workers)
 	}
 	warnEviction(ctx, st.part, cfg.Logger)
 	seen := "" // the holder last told of
-	onHeld := func(holder string, left time.Duration) {
-		log.ok()
-		if holder == seen {
+	onLook := func(sent time.Time, holder string, left time.Duration) {
+		log.ok(sent)
+		if holder == "" || holder == seen { // taken, or told already
 			return
 		}
 		seen = holder
@@ -233,10 +235,9 @@ func (q *Queue) AnalysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 	}
 	waitFrom := time.Now() // since when this pool has had no lease
 	for {
-		if err := st.acquire(ctx, cfg.OnError, onHeld); err != nil {
+		if err := st.acquire(ctx, cfg.OnError, onLook); err != nil {
 			return nil // ctx ended while waiting; nothing is held
 		}
-		log.ok()
 		seen = ""
 		// The server may have lost the layout since it was checked (a
 		// restart without persistence): check again with every tenure,

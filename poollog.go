@@ -62,15 +62,17 @@ func (l *poolLog) lost(err error) {
 	}
 }
 
-// ok records that Redis answered, and says so after an outage. It costs an
-// atomic load when nothing was wrong.
-func (l *poolLog) ok() {
+// ok records that Redis answered a call sent at sent, and says so after an
+// outage. An answer to a call sent before the outage began says nothing
+// (it may have been written just before). It costs an atomic load when
+// nothing was wrong.
+func (l *poolLog) ok(sent time.Time) {
 	if !l.down.Load() {
 		return
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.downSince.IsZero() {
+	if !l.downSince.IsZero() && !sent.Before(l.downSince) {
 		l.log.Info("queue: redis is back", "analyser", l.analyser, "after", time.Since(l.downSince).Round(time.Millisecond))
 		l.downSince = time.Time{}
 		l.down.Store(false)

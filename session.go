@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -177,7 +178,11 @@ func (s *session) recover(ctx context.Context) bool {
 		return false
 	}
 	token, _ := parseLease(s.st.value())
-	s.cfg.Logger.Info("queue: took the lease", "analyser", s.log.analyser, "token", token,
+	level := slog.LevelInfo
+	if n == 0 && s.waited < time.Millisecond {
+		level = slog.LevelDebug // a plain start: nothing to tell
+	}
+	s.cfg.Logger.Log(ctx, level, "queue: took the lease", "analyser", s.log.analyser, "token", token,
 		"waited", s.waited.Round(time.Millisecond), "recovered", n)
 	return true
 }
@@ -249,7 +254,7 @@ func (s *session) run(ctx context.Context) sessionEnd {
 		timer.Stop()
 		handBack(s.takeUnstarted())
 		defer func() {
-			if end != endLost {
+			if end == endStopped {
 				s.cfg.Logger.Info("queue: stopped", "analyser", s.log.analyser, "handed_back", handed,
 					"left_pending", left)
 			}
@@ -338,6 +343,7 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 			}
 			continue
 		}
+		sent := time.Now()
 		tasks, err := s.st.claim(leaseCtx, int(max(free, 1)), s.cfg.MaxHeldBytes-s.heldBytes.Load(), s.claimBuf)
 		if err != nil {
 			if errors.Is(err, ErrLeaseLost) {
@@ -354,7 +360,7 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 			}
 		}
 		b.reset()
-		s.log.ok()
+		s.log.ok(sent)
 		if len(tasks) == 0 {
 			if s.cfg.ExitOnEmpty {
 				if s.held.Load() == 0 {
@@ -487,7 +493,7 @@ func (s *session) renew(ctx context.Context) {
 			deadline = start.Add(ttl - margin)
 			s.setDeadline(deadline)
 			next = every - time.Since(start)
-			s.log.ok()
+			s.log.ok(start)
 		case errors.Is(err, ErrLeaseLost):
 			s.loseLease()
 			return
