@@ -84,18 +84,7 @@ func deadRecordAt(t Task, ms int64) []byte {
 func TestDeadStoreWorkedInChunks(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s := newTestServers(t, 1)[0]
-	log := &argLog{}
-	pool := &redis.Pool{DialContext: func(ctx context.Context) (redis.Conn, error) {
-		c, err := redis.DialURLContext(ctx, s.url, redis.DialReadTimeout(10*time.Second))
-		return argConn{c, log}, err
-	}}
-	defer pool.Close()
-	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
-	require.NoError(t, err)
-	defer q.Close()
-	k := newQueueKeys(q.cfg.Prefix, 0, 0)
-	require.NoError(t, q.CheckLayout(ctx))
+	q, s, k, log := loggedQueue(t)
 
 	const n = 3*deadChunk + 17
 	const base = int64(1_700_000_000_000)
@@ -165,18 +154,7 @@ func TestDeadStoreWorkedInChunks(t *testing.T) {
 func TestReplayChunkBytes(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s := newTestServers(t, 1)[0]
-	log := &argLog{}
-	pool := &redis.Pool{DialContext: func(ctx context.Context) (redis.Conn, error) {
-		c, err := redis.DialURLContext(ctx, s.url, redis.DialReadTimeout(10*time.Second))
-		return argConn{c, log}, err
-	}}
-	defer pool.Close()
-	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
-	require.NoError(t, err)
-	defer q.Close()
-	k := newQueueKeys(q.cfg.Prefix, 0, 0)
-	require.NoError(t, q.CheckLayout(ctx))
+	q, s, k, log := loggedQueue(t)
 	big := make([]byte, deadChunkBytes/3+1) // three do not fit in one script
 	var ids []string
 	for i := range 4 {
@@ -235,4 +213,22 @@ func TestConcurrentReplaysMoveEachOnce(t *testing.T) {
 	ready := readyIDs(t, s, k.ready)
 	assert.Len(t, ready, n)
 	assert.Len(t, slices.Compact(slices.Sorted(slices.Values(ready))), n, "no task twice")
+}
+
+// loggedQueue returns a queue of one partition whose commands log records,
+// with its server and keys.
+func loggedQueue(t *testing.T) (*Queue, *testServer, queueKeys, *argLog) {
+	t.Helper()
+	s := newTestServers(t, 1)[0]
+	log := &argLog{}
+	pool := &redis.Pool{DialContext: func(ctx context.Context) (redis.Conn, error) {
+		c, err := redis.DialURLContext(ctx, s.url, redis.DialReadTimeout(10*time.Second))
+		return argConn{c, log}, err
+	}}
+	t.Cleanup(func() { pool.Close() })
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	require.NoError(t, q.CheckLayout(context.Background()))
+	return q, s, newQueueKeys(q.cfg.Prefix, 0, 0), log
 }

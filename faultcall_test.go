@@ -87,27 +87,9 @@ func newCallRun(t *testing.T, plan *callPlan) *callRun {
 		props: map[string][]string{}}
 	r.keys = newQueueKeys(r.prefix, 0, 0)
 	preloadScripts(t, r.srv.pool)
-	if m := r.srv.mini; m != nil {
-		// miniredis expires keys only when told: keep its clock with the
-		// real one, so that a lease nobody releases lapses.
-		stop, done := make(chan struct{}), make(chan struct{})
-		go func() {
-			defer close(done)
-			tick := time.NewTicker(5 * time.Millisecond)
-			defer tick.Stop()
-			last := time.Now()
-			for {
-				select {
-				case <-stop:
-					return
-				case now := <-tick.C:
-					m.FastForward(now.Sub(last))
-					last = now
-				}
-			}
-		}()
-		t.Cleanup(func() { close(stop); <-done })
-	}
+	// miniredis expires keys only when told: keep its clock with the real
+	// one, so that a lease nobody releases lapses.
+	keepMiniClock(t, r.srv.mini)
 	plan.onFire = func(s callSite) {
 		r.snapshotPending()
 		r.hist.log(faultEvent{Ev: evFault, Err: s.String()})
