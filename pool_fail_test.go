@@ -250,12 +250,24 @@ func TestPoolBadInput(t *testing.T) {
 		{MaxAttempts: -1},
 		{LeaseTTL: time.Millisecond},
 		{LeaseTTL: -time.Second},
+		// Sizes out of any sensible range: an error, not a pool that
+		// allocates without end.
+		{Workers: 1 << 40},
+		{Prefetch: 1 << 40},
+		{MaxAttempts: 1 << 20},
+		{LeaseTTL: 48 * time.Hour},
+		{TaskTimeout: 1000 * time.Hour},
+		{ShutdownTimeout: -time.Second},
+		{Prefetch: 100, MaxHeldTasks: 10},
+		{MaxHeldBytes: -1},
 	} {
 		assert.ErrorIs(t, q.AnalysePool(ctx, 0, cfg, ok), ErrBadConfig, "%+v", cfg)
 	}
 	for _, cfg := range []ConsumerConfig{
 		{LeaseTTL: time.Millisecond},
 		{MaxAttempts: -2},
+		{MaxAttempts: 1 << 20},
+		{LeaseTTL: 48 * time.Hour},
 	} {
 		_, err := q.Consume(ctx, 0, cfg)
 		assert.ErrorIs(t, err, ErrBadConfig, "%+v", cfg)
