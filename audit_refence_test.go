@@ -92,3 +92,46 @@ func TestAuditResyncRefenceRacesClaimsOnlyAck(t *testing.T) {
 	defer mu.Unlock()
 	require.Empty(t, lost, "the pool held its lease throughout, yet declared it lost")
 }
+
+// Bug: one lost reply to the refence that a Consumer's Claim makes after a
+// failed claim costs it the lease for good. Redis gave the lease its new
+// value, the Consumer never learnt it, and its next Claim refences with the
+// old value and gets ErrLeaseLost, while the lease, still unexpired, is
+// held by nobody else: a transient error ends the tenure (AnalysePool's
+// resync does the same, and then waits out its own lease as a standby).
+func TestAuditLostRefenceReplyCostsTheLease(t *testing.T) {
+	servers := newTestServers(t, 1)
+	preloadScripts(t, servers[0].pool)
+	var claims, refences atomic.Int32
+	pool := hookPool(servers[0].url, func(script string, args []any) error {
+		switch script {
+		case "claim":
+			if claims.Add(1) == 1 {
+				return errors.New("injected: claim refused")
+			}
+		case "refence":
+			if refences.Add(1) == 1 {
+				servers[0].do(t, "EVALSHA", args...) // it runs; its reply is lost
+				return errors.New("injected: reply lost")
+			}
+		}
+		return nil
+	})
+	t.Cleanup(func() { pool.Close() })
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	ctx := context.Background()
+	_, err = q.AddTask(ctx, 1, []byte("x"))
+	require.NoError(t, err)
+	c, err := q.Consume(ctx, 0, ConsumerConfig{LeaseTTL: 10 * time.Second})
+	require.NoError(t, err)
+	defer c.Release(ctx)
+	_, err = c.Claim(ctx, 1)
+	require.Error(t, err, "the injected claim failure")
+	_, err = c.Claim(ctx, 1)
+	require.Error(t, err, "the refence whose reply was lost")
+	got, err := c.Claim(ctx, 1)
+	require.NoError(t, err, "nobody else holds the lease: a retry must go on")
+	require.Len(t, got, 1)
+}
