@@ -21,7 +21,11 @@ type acker struct {
 	closed bool          // no more acks come
 	wake   chan struct{} // signalled when there is work, or on close
 
-	unconfirmed atomic.Int64 // tasks finished ok whose ack Redis has not confirmed
+	// unconfirmed counts what Redis has not confirmed yet: acks of tasks
+	// finished ok, and claim-sequence records to delete. A resync waits
+	// for it to reach zero, so that no call with the old lease value is
+	// still on its way when it gives the lease a new one.
+	unconfirmed atomic.Int64
 }
 
 func newAcker(s *session) *acker { return &acker{s: s, wake: make(chan struct{}, 1)} }
@@ -49,6 +53,7 @@ func (a *acker) add(field string, ts ...claimed) {
 	for _, t := range ts {
 		if t.claim.finish(1) {
 			a.claims = append(a.claims, t.claim.record)
+			a.unconfirmed.Add(1)
 		}
 	}
 	wake := idle && (len(a.fields) > 0 || len(a.claims) > 0)
@@ -128,6 +133,6 @@ func (a *acker) send(ctx context.Context, batch []string, claims []string, b *ba
 			break
 		}
 	}
-	a.unconfirmed.Add(-int64(len(batch)))
+	a.unconfirmed.Add(-int64(len(batch) + len(claims)))
 	notify(s.freed)
 }

@@ -36,6 +36,7 @@ type ConsumerConfig struct {
 type Consumer struct {
 	st     *store
 	open   map[string]*claimBatch // claim of each task RemoveTask and Claim returned, until finished
+	marked map[string]bool        // those of them whose entries recovery marked (entryRecovered)
 	unsure bool                   // a claim may have taken tasks this Consumer never handed out
 }
 
@@ -59,7 +60,7 @@ func (q *Queue) Consume(ctx context.Context, analyser int, cfg ConsumerConfig) (
 		st.release(context.WithoutCancel(ctx))
 		return nil, err
 	}
-	return &Consumer{st: st, open: map[string]*claimBatch{}}, nil
+	return &Consumer{st: st, open: map[string]*claimBatch{}, marked: map[string]bool{}}, nil
 }
 
 // Renew extends the lease by LeaseTTL. It returns ErrLeaseLost when the
@@ -120,7 +121,7 @@ func (c *Consumer) Claim(ctx context.Context, max int) ([]Task, error) {
 		}
 		c.unsure = false
 	}
-	cs, err := c.st.claim(ctx, max, consumerClaimBytes, nil)
+	cs, err := c.st.claim(ctx, max, consumerClaimBytes, false, nil)
 	if err == nil {
 		err = c.recordRedeliveries(ctx, cs)
 	}
@@ -155,6 +156,9 @@ func (c *Consumer) recordRedeliveries(ctx context.Context, ts []claimed) error {
 func (c *Consumer) track(ts []claimed) {
 	for _, t := range ts {
 		c.open[t.ID] = t.claim
+		if t.recovered {
+			c.marked[t.ID] = true
+		}
 	}
 }
 
@@ -164,8 +168,9 @@ func (c *Consumer) track(ts []claimed) {
 func (c *Consumer) untrack(ids []string) (claims []string, forgot []tracked) {
 	for _, id := range ids {
 		if b, ok := c.open[id]; ok {
+			forgot = append(forgot, tracked{id, b, c.marked[id]})
 			delete(c.open, id)
-			forgot = append(forgot, tracked{id, b})
+			delete(c.marked, id)
 			if b.finish(1) {
 				claims = append(claims, b.record)
 			}
@@ -176,14 +181,18 @@ func (c *Consumer) untrack(ids []string) (claims []string, forgot []tracked) {
 
 // tracked is a task of a claim that Claim returned.
 type tracked struct {
-	id    string
-	claim *claimBatch
+	id     string
+	claim  *claimBatch
+	marked bool
 }
 
 // retrack undoes untrack.
 func (c *Consumer) retrack(forgot []tracked) {
 	for _, t := range forgot {
 		c.open[t.id] = t.claim
+		if t.marked {
+			c.marked[t.id] = true
+		}
 		if t.claim != nil {
 			t.claim.left.Add(1)
 		}
@@ -234,7 +243,7 @@ func (c *Consumer) Requeue(ctx context.Context, tasks ...Task) error {
 	ids := make([]string, len(tasks))
 	for i, t := range tasks {
 		t.Attempt-- // the delivery did not happen
-		items[i] = claimed{Task: t, field: t.ID}
+		items[i] = claimed{Task: t, field: t.ID, recovered: c.marked[t.ID]}
 		ids[i] = t.ID
 	}
 	if err := c.st.requeue(ctx, items, false); err != nil {

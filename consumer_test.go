@@ -583,3 +583,27 @@ func TestRecoveryOrdersAcrossClaims(t *testing.T) {
 	require.NoError(t, err)
 	assert.Zero(t, s.do(t, "EXISTS", k.ready, k.pending, k.claims))
 }
+
+// A task recovery marked keeps its mark when the Consumer hands it back
+// unstarted: its next delivery is still recorded before it starts, so a
+// crash during it counts.
+func TestConsumerRequeueKeepsRecoveredMark(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	ids := addAll(t, q, orderTasks(1, 1))
+	a, err := q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	_, err = a.Claim(ctx, 1)
+	require.NoError(t, err)
+	lapse(t, s, k.lease) // its owner died: the task comes back marked
+	b, err := q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	got, err := b.Claim(ctx, 1)
+	require.NoError(t, err)
+	require.Equal(t, ids, taskIDs(got))
+	require.NoError(t, b.Requeue(ctx, got...))
+	raw, err := redis.Bytes(s.do(t, "LINDEX", k.ready, -1), nil)
+	require.NoError(t, err)
+	assert.Equal(t, byte(entryRecovered), raw[0], "still marked")
+}

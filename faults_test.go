@@ -707,7 +707,7 @@ func TestWorkerStartsNothingPastLeaseDeadline(t *testing.T) {
 	s := newSession(c.st, cfg, func(context.Context, Task) error { started.Add(1); return nil })
 	defer s.cancelTask()
 	defer s.cancelLease()
-	tasks, err := c.st.claim(ctx, 10, 1<<20, nil)
+	tasks, err := c.st.claim(ctx, 10, 1<<20, false, nil)
 	require.NoError(t, err)
 	require.Len(t, tasks, 1)
 

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -36,14 +37,17 @@ fence = string.format('%d', fence)
 `
 
 // acquireScript takes a free lease with a new fencing token, and counts
-// the leases taken (meta field leases).
+// the leases taken (meta field leases). A lease that still holds the
+// caller's own last value (one it gave up for lost while Redis was out of
+// reach, or failed to release) is free to it.
 //
 //	KEYS[1] = lease, KEYS[2] = meta hash
-//	ARGV[1] = owner, ARGV[2] = lease TTL ms, ARGV[3] = nonce
+//	ARGV[1] = owner, ARGV[2] = lease TTL ms, ARGV[3] = nonce,
+//	ARGV[4] = the caller's last lease value, or ""
 //
 // Returns {1, lease value} when taken, or {0, ms left on the current lease,
 // its value ("" when the key is not a string)}.
-// Its first write is a DEL of the (absent) lease: Redis refuses a script at
+// Its first write is a DEL of the lease: Redis refuses a script at
 // maxmemory only at its first write, and only when that command may grow
 // memory (HSET, SET), so starting with DEL lets a pool take the lease and
 // drain a full Redis.
@@ -51,7 +55,9 @@ var acquireScript = newScript("acquire", 2, luaIncr+`
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local held = ''
   if redis.call('TYPE', KEYS[1]).ok == 'string' then held = redis.call('GET', KEYS[1]) end
-  return {0, redis.call('PTTL', KEYS[1]), held}
+  if ARGV[4] == '' or held ~= ARGV[4] then
+    return {0, redis.call('PTTL', KEYS[1]), held}
+  end
 end
 `+luaNextFence+`
 redis.call('DEL', KEYS[1])
@@ -64,14 +70,23 @@ return {1, v}
 
 // refenceScript gives a lease its holder still has a new fencing token and
 // nonce, so that every call still on its way with the old value is
-// refused when it arrives.
+// refused when it arrives. A retry whose first try ran but lost its reply
+// finds the lease already carrying its nonce, and takes that value.
 //
 //	KEYS[1] = lease, KEYS[2] = meta hash
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = new nonce, ARGV[4] = owner
 //
 // Returns the new lease value.
 var refenceScript = newScript("refence", 2, `
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('$staleReply lease lost') end
+local cur = redis.call('GET', KEYS[1])
+if cur ~= ARGV[1] then
+  local mine = '.' .. ARGV[3] .. ':' .. ARGV[4]
+  if cur and #cur > #mine and string.sub(cur, -#mine) == mine then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return cur
+  end
+  return redis.error_reply('$staleReply lease lost')
+end
 `+luaNextFence+`
 local v = fence .. '.' .. ARGV[3] .. ':' .. ARGV[4]
 redis.call('SET', KEYS[1], v, 'PX', ARGV[2])
@@ -137,7 +152,7 @@ func (s *store) value() string {
 // tryAcquire takes the lease if it is free. When it is not, it returns
 // the time left on the current lease and its holder's value.
 func (s *store) tryAcquire(ctx context.Context) (ok bool, left time.Duration, holder string, err error) {
-	r, err := redis.Values(s.script(ctx, "acquire lease of", acquireScript, s.keys.lease, s.keys.meta, s.owner, s.ttlMS, newNonce()))
+	r, err := redis.Values(s.script(ctx, "acquire lease of", acquireScript, s.keys.lease, s.keys.meta, s.owner, s.ttlMS, newNonce(), s.value()))
 	if err != nil {
 		return false, 0, "", err
 	}
@@ -147,6 +162,7 @@ func (s *store) tryAcquire(ctx context.Context) (ok bool, left time.Duration, ho
 			return false, 0, "", err
 		}
 		s.lease.Store(&v)
+		s.refencing = "" // a refence left unanswered by an earlier tenure is moot
 		return true, 0, "", nil
 	}
 	if len(r) != 3 {
@@ -215,8 +231,15 @@ func (s *store) acquire(ctx context.Context, report func(error), onLook func(sen
 // renew extends the lease by the TTL. It returns ErrLeaseLost when the
 // lease is no longer the store's. Costs one round trip.
 func (s *store) renew(ctx context.Context) error {
-	s.leaseMu.Lock() // not while refence changes the value
-	defer s.leaseMu.Unlock()
+	if err := s.lockLease(ctx); err != nil { // not while refence changes the value
+		return redisErr(s.what("renew lease of"), err)
+	}
+	defer s.unlockLease()
+	if s.refencing != "" {
+		// A refence whose answer was lost may have changed the value:
+		// finish it first (it extends the lease too).
+		return s.refenceLocked(ctx)
+	}
 	n, err := redis.Int(s.script(ctx, "renew lease of", renewScript, s.keys.lease, s.value(), s.ttlMS))
 	if err != nil {
 		return err
@@ -238,12 +261,43 @@ func (s *store) release(ctx context.Context) error {
 // call made with the old value and still on its way is refused when it
 // reaches Redis. Costs one round trip.
 func (s *store) refence(ctx context.Context) error {
-	s.leaseMu.Lock()
-	defer s.leaseMu.Unlock()
-	v, err := redis.String(s.script(ctx, "refence lease of", refenceScript, s.keys.lease, s.keys.meta, s.value(), s.ttlMS, newNonce(), s.owner))
+	if err := s.lockLease(ctx); err != nil {
+		return redisErr(s.what("refence lease of"), err)
+	}
+	defer s.unlockLease()
+	return s.refenceLocked(ctx)
+}
+
+// lockLease takes the store's lease lock, held by renew and refence so
+// that a renewal never races a new value; it gives up when ctx ends, so
+// that a renewer whose deadline passes while a refence waits on Redis
+// still declares the lease lost in time.
+func (s *store) lockLease(ctx context.Context) error {
+	select {
+	case s.leaseLock <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *store) unlockLease() { <-s.leaseLock }
+
+// refenceLocked is refence with the lease lock held. Until a refence has been
+// answered, its nonce is kept: a retry (or the next renewal) sends the
+// same one, and so finds the new value if the lost try ran.
+func (s *store) refenceLocked(ctx context.Context) error {
+	if s.refencing == "" {
+		s.refencing = newNonce()
+	}
+	v, err := redis.String(s.script(ctx, "refence lease of", refenceScript, s.keys.lease, s.keys.meta, s.value(), s.ttlMS, s.refencing, s.owner))
 	if err != nil {
+		if errors.Is(err, ErrLeaseLost) {
+			s.refencing = ""
+		}
 		return err
 	}
+	s.refencing = ""
 	s.lease.Store(&v)
 	return nil
 }

@@ -3,9 +3,9 @@ package queue
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -28,7 +28,8 @@ type store struct {
 	ttlMS       int64
 	maxAttempts int
 	lease       atomic.Pointer[string] // the lease value, once acquired
-	leaseMu     sync.Mutex             // held by renew and refence, so that a renewal never races a new value
+	leaseLock   chan struct{}          // one slot: held by renew and refence (lockLease)
+	refencing   string                 // the nonce of a refence not answered yet (under leaseLock)
 	entrySize   atomic.Int64           // the mean entry size of the last claim (at first, MaxPayload)
 }
 
@@ -52,6 +53,7 @@ func (q *Queue) newStore(ctx context.Context, analyser int, ttl time.Duration, m
 	s := &store{
 		part: q.parts[pi], pi: pi, qi: qi, keys: newQueueKeys(q.cfg.Prefix, pi, qi),
 		owner: owner, ttl: ttl, ttlMS: ttl.Milliseconds(), maxAttempts: maxAttempts,
+		leaseLock: make(chan struct{}, 1),
 	}
 	s.entrySize.Store(int64(entryHeader + q.cfg.MaxPayload))
 	return s, nil
@@ -77,11 +79,12 @@ func (s *store) script(ctx context.Context, op string, sc *redis.Script, keysAnd
 //	KEYS[1] = ready list, KEYS[2] = pending hash, KEYS[3] = lease, KEYS[4] = meta hash,
 //	KEYS[5] = claim-sequence hash
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = most tasks to claim,
-//	ARGV[4] = most bytes to claim, ARGV[5] = entries to pop at first
+//	ARGV[4] = most bytes to claim, ARGV[5] = entries to pop at first,
+//	ARGV[6] = 1 when even the first task must fit the bytes (the caller holds others)
 //
 // Returns {entry..., first}: the i-th entry (1-based) has claim seq
 // first+i and pending field pendingField(entry, first+i); {0} when the
-// ready list is empty. Each pending record holds the entry as it was
+// ready list is empty; {-1} when the first task does not fit and must. Each pending record holds the entry as it was
 // popped, under its task ID; the claim's sequence goes into one record,
 // under first, holding the n fields' first 20 bytes back to back (a
 // malformed entry's as seqFiller). Building a "<seq>:<entry>" string per
@@ -97,12 +100,12 @@ end
 local want, budget, ask = tonumber(ARGV[3]), tonumber(ARGV[4]), math.min(tonumber(ARGV[5]), tonumber(ARGV[3]))
 local items = redis.call('RPOP', KEYS[1], ask)
 if not items then return {0} end
-local n, bytes, full = 0, 0, false
+local n, bytes, full, strict = 0, 0, false, ARGV[6] == '1'
 local got = items
 while true do
   for i = 1, #got do
     local size = #got[i]
-    if n > 0 and bytes + size > budget then
+    if (n > 0 or strict) and bytes + size > budget then
       for j = #got, i, -1 do
         redis.call('RPUSH', KEYS[1], got[j])
         if got == items then items[j] = nil end
@@ -118,6 +121,7 @@ while true do
   got = redis.call('RPOP', KEYS[1], ask)
   if not got then break end
 end
+if n == 0 then return {-1} end
 local first = redis.call('HINCRBY', KEYS[4], 'seq', n) - n
 local sub, byte = string.sub, string.byte
 local args, seq = {}, {}
@@ -304,24 +308,29 @@ func argSize(v any) int {
 	return 0
 }
 
+// errNoRoom is claim's answer, in strict mode, when the next task does not
+// fit the bytes left.
+var errNoRoom = errors.New("queue: the next task does not fit the bytes left")
+
 // maxClaim bounds the tasks one claim takes.
 const maxClaim = 1000
 
 // claim claims up to n tasks whose entries total at most maxBytes (at
-// least one task all the same), appending them to dst[:0] (nil, or a
+// least one task all the same, unless strict: then it returns errNoRoom
+// when the first task does not fit), appending them to dst[:0] (nil, or a
 // buffer the caller reuses once it is done with the tasks). When every
 // record it took was malformed (and so dead-lettered), it claims again: an
 // empty result always means an empty queue.
-func (s *store) claim(ctx context.Context, n int, maxBytes int64, dst []claimed) ([]claimed, error) {
+func (s *store) claim(ctx context.Context, n int, maxBytes int64, strict bool, dst []claimed) ([]claimed, error) {
 	for {
-		out, buried, err := s.claimOnce(ctx, n, maxBytes, dst)
+		out, buried, err := s.claimOnce(ctx, n, maxBytes, strict, dst)
 		if err != nil || len(out) > 0 || !buried {
 			return out, err
 		}
 	}
 }
 
-func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, dst []claimed) ([]claimed, bool, error) {
+func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict bool, dst []claimed) ([]claimed, bool, error) {
 	if n <= 0 {
 		return dst[:0], false, nil
 	}
@@ -330,9 +339,18 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, dst []clai
 	// Pop as many at first as fit the budget at the entry size seen so
 	// far: one RPOP for small entries, a few for large ones.
 	pop := int(min(int64(n), max(1, maxBytes/max(s.entrySize.Load(), 1))))
+	strictArg := 0
+	if strict {
+		strictArg = 1
+	}
 	r, err := redis.Values(s.script(ctx, "claim from", claimScript,
-		s.keys.ready, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.value(), s.ttlMS, n, maxBytes, pop))
+		s.keys.ready, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.value(), s.ttlMS, n, maxBytes, pop, strictArg))
 	if err != nil || len(r) < 2 {
+		if err == nil && len(r) == 1 {
+			if v, _ := redis.Int(r[0], nil); v == -1 {
+				err = errNoRoom
+			}
+		}
 		return dst[:0], false, err
 	}
 	first, err := redis.Int64(r[len(r)-1], nil)

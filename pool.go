@@ -90,6 +90,9 @@ func (c PoolConfig) withDefaults() (PoolConfig, error) {
 	}
 	if c.Prefetch == 0 {
 		c.Prefetch = max(16*c.Workers, 256)
+		if c.MaxHeldTasks > 0 {
+			c.Prefetch = min(c.Prefetch, c.MaxHeldTasks)
+		}
 	}
 	if c.Prefetch < 0 || c.Prefetch > maxPrefetch {
 		return c, fmt.Errorf("%w: Prefetch %d not in [1, %d]", ErrBadConfig, c.Prefetch, maxPrefetch)

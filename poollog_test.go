@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -111,15 +112,15 @@ func TestPoolLogsAnOutageOnce(t *testing.T) {
 	m.Close()
 	require.Eventually(t, func() bool { return len(h.lines("lost redis")) >= 1 }, 5*time.Second, time.Millisecond)
 	time.Sleep(2 * time.Second) // retries by the fetcher, the renewer, the standby...
+	m.FastForward(time.Second)  // the lease lapsed meanwhile
 	require.NoError(t, m.Restart())
-	m.FastForward(time.Second) // the lease lapsed meanwhile
 	require.Eventually(t, func() bool { return len(h.lines("redis is back")) == 1 }, 15*time.Second, time.Millisecond)
 	require.Eventually(t, func() bool { return len(h.lines("took the lease")) == 2 }, 15*time.Second, time.Millisecond, "%s", h)
 	cancel()
 	require.NoError(t, receive(t, errc))
 	assert.Len(t, h.lines("lost redis"), 1, "%s", h)
 	assert.Len(t, h.lines("redis is back"), 1)
-	assert.Empty(t, h.lines("pool error"), "an outage is not an error per retry")
+	assert.Empty(t, h.lines("pool error"), "an outage is not an error per retry: %s", h)
 	assert.Equal(t, slog.LevelWarn, h.lines("lost redis")[0].level)
 }
 
@@ -128,7 +129,7 @@ func (h *logRecorder) String() string {
 	defer h.mu.Unlock()
 	var b strings.Builder
 	for _, l := range h.recs {
-		b.WriteString(l.level.String() + " " + l.msg + "\n")
+		b.WriteString(fmt.Sprint(l.level, " ", l.msg, " ", l.attrs, "\n"))
 	}
 	return b.String()
 }

@@ -344,7 +344,17 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 			continue
 		}
 		sent := time.Now()
-		tasks, err := s.st.claim(leaseCtx, int(max(free, 1)), s.cfg.MaxHeldBytes-s.heldBytes.Load(), s.claimBuf)
+		// With tasks held, a claim takes only what fits the bytes left;
+		// with none, one task however large.
+		tasks, err := s.st.claim(leaseCtx, int(max(free, 1)), s.cfg.MaxHeldBytes-s.heldBytes.Load(), held > 0, s.claimBuf)
+		if errors.Is(err, errNoRoom) {
+			s.log.ok(sent)
+			select {
+			case <-s.freed:
+			case <-waitCtx.Done():
+			}
+			continue
+		}
 		if err != nil {
 			if errors.Is(err, ErrLeaseLost) {
 				s.loseLease()

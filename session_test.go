@@ -142,3 +142,16 @@ func TestHeldTasksBounded(t *testing.T) {
 		})
 	}
 }
+
+// Setting MaxHeldTasks alone works: the default Prefetch follows it.
+func TestMaxHeldTasksAlone(t *testing.T) {
+	t.Parallel()
+	cfg, err := PoolConfig{MaxHeldTasks: 100}.withDefaults()
+	require.NoError(t, err)
+	assert.Equal(t, 100, cfg.Prefetch)
+	cfg, err = PoolConfig{}.withDefaults()
+	require.NoError(t, err)
+	assert.Equal(t, 256, cfg.Prefetch)
+	assert.Equal(t, 16*256, cfg.MaxHeldTasks)
+	assert.EqualValues(t, 64<<20, cfg.MaxHeldBytes)
+}

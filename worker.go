@@ -273,7 +273,7 @@ func (w *worker) recordStart(t claimed) bool {
 		return false
 	}
 	if err != nil {
-		s.cfg.OnError(err) // run it all the same; a crash now counts the delivery once more
+		s.cfg.OnError(err) // run it all the same; a crash now counts the delivery once less
 	}
 	return true
 }

@@ -10,7 +10,9 @@ end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local held = ''
   if redis.call('TYPE', KEYS[1]).ok == 'string' then held = redis.call('GET', KEYS[1]) end
-  return {0, redis.call('PTTL', KEYS[1]), held}
+  if ARGV[4] == '' or held ~= ARGV[4] then
+    return {0, redis.call('PTTL', KEYS[1]), held}
+  end
 end
 
 local old = redis.call('HGET', KEYS[2], 'fence')

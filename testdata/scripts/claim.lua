@@ -16,12 +16,12 @@ redis.call('PEXPIRE', KEYS[3], ARGV[2])
 local want, budget, ask = tonumber(ARGV[3]), tonumber(ARGV[4]), math.min(tonumber(ARGV[5]), tonumber(ARGV[3]))
 local items = redis.call('RPOP', KEYS[1], ask)
 if not items then return {0} end
-local n, bytes, full = 0, 0, false
+local n, bytes, full, strict = 0, 0, false, ARGV[6] == '1'
 local got = items
 while true do
   for i = 1, #got do
     local size = #got[i]
-    if n > 0 and bytes + size > budget then
+    if (n > 0 or strict) and bytes + size > budget then
       for j = #got, i, -1 do
         redis.call('RPUSH', KEYS[1], got[j])
         if got == items then items[j] = nil end
@@ -37,6 +37,7 @@ while true do
   got = redis.call('RPOP', KEYS[1], ask)
   if not got then break end
 end
+if n == 0 then return {-1} end
 local first = redis.call('HINCRBY', KEYS[4], 'seq', n) - n
 local sub, byte = string.sub, string.byte
 local args, seq = {}, {}

@@ -1,4 +1,12 @@
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return redis.error_reply('QUGOSTALE lease lost') end
+local cur = redis.call('GET', KEYS[1])
+if cur ~= ARGV[1] then
+  local mine = '.' .. ARGV[3] .. ':' .. ARGV[4]
+  if cur and #cur > #mine and string.sub(cur, -#mine) == mine then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return cur
+  end
+  return redis.error_reply('QUGOSTALE lease lost')
+end
 
 local old = redis.call('HGET', KEYS[2], 'fence')
 local t = redis.call('TIME')
