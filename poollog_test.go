@@ -133,3 +133,26 @@ func (h *logRecorder) String() string {
 	}
 	return b.String()
 }
+
+// A pool that gave its lease up for lost while Redis was out of reach
+// takes it back at once when Redis returns with the lease still holding
+// its value, rather than waiting the lease out as a standby of itself.
+func TestPoolTakesItsOwnLeaseBack(t *testing.T) {
+	t.Parallel()
+	q, m := miniQueue(t)
+	h := &logRecorder{}
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	errc := runPool(ctx, q, PoolConfig{Logger: slog.New(h), LeaseTTL: 500 * time.Millisecond, OnError: func(error) {}},
+		func(context.Context, Task) error { return nil })
+	require.Eventually(t, func() bool { return len(h.lines("took the lease")) == 1 }, 5*time.Second, time.Millisecond)
+	m.Close()
+	time.Sleep(time.Second) // past the lease's deadline: the pool gives it up
+	// miniredis's clock stands still: the lease is still there, with the
+	// value the pool had.
+	require.NoError(t, m.Restart())
+	require.Eventually(t, func() bool { return len(h.lines("took the lease")) == 2 }, 5*time.Second, time.Millisecond, "%s", h)
+	assert.Empty(t, h.lines("waiting as a standby"), "not a standby of itself")
+	cancel()
+	require.NoError(t, receive(t, errc))
+}
