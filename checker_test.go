@@ -1,9 +1,6 @@
 package queue
 
 import (
-	"bufio"
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"math"
 	"os"
@@ -105,29 +102,6 @@ func fmtRecovery(d time.Duration) string {
 		return "none"
 	}
 	return d.Round(time.Millisecond).String()
-}
-
-// readHistory reads one history file. A torn last line (the process was
-// killed while writing it) is skipped; a bad line elsewhere is an error.
-func readHistory(path string) ([]faultEvent, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	var out []faultEvent
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for line := 1; sc.Scan(); line++ {
-		var e faultEvent
-		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
-			if !bytes.HasSuffix(b, []byte("\n")) && bytes.HasSuffix(b, sc.Bytes()) {
-				break // torn last line
-			}
-			return nil, fmt.Errorf("%s:%d: %w", path, line, err)
-		}
-		out = append(out, e)
-	}
-	return out, sc.Err()
 }
 
 // checkHistory computes the report of a run from all its events.

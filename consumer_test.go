@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -537,49 +536,4 @@ func TestConsumerRacingTakeoversRequeueOnce(t *testing.T) {
 	st := stats0(t, q)
 	assert.EqualValues(t, 30, st.Redelivered)
 	assert.Zero(t, st.Pending)
-}
-
-// TestRecoveryOrdersAcrossClaims puts tasks of several claims back in claim
-// order from the claims' order records, a task handed back and claimed
-// again at its latest claim's place, and leaves no record behind.
-func TestRecoveryOrdersAcrossClaims(t *testing.T) {
-	t.Parallel()
-	q, s, k := testQueue1(t)
-	ctx := context.Background()
-	ids := addAll(t, q, orderTasks(2, 3)) // a0 b0 a1 b1 a2 b2
-	c, err := q.Consume(ctx, 0, ConsumerConfig{})
-	require.NoError(t, err)
-	first, err := c.Claim(ctx, 3) // a0 b0 a1
-	require.NoError(t, err)
-	require.Equal(t, ids[:3], taskIDs(first))
-	require.NoError(t, c.Requeue(ctx, first[1:]...)) // b0 a1 unstarted, a0 runs on
-	again, err := c.Claim(ctx, 2)                    // b0 a1, claimed again
-	require.NoError(t, err)
-	require.Equal(t, ids[1:3], taskIDs(again))
-	rest, err := c.Claim(ctx, 10) // b1 a2 b2
-	require.NoError(t, err)
-	require.Equal(t, ids[3:], taskIDs(rest))
-	assert.EqualValues(t, 3, s.do(t, "HLEN", k.claims), "one order record per claim with a task pending")
-	pending, err := q.Pending(ctx, 0)
-	require.NoError(t, err)
-	assert.Equal(t, ids, taskIDs(pending), "Pending lists in claim order")
-
-	// The owner dies with everything pending; the next one puts it back.
-	lapse(t, s, k.lease)
-	c2, err := q.Consume(ctx, 0, ConsumerConfig{})
-	require.NoError(t, err)
-	assert.Equal(t, ids, readyIDs(t, s, k.ready), "back in claim order")
-	assert.Zero(t, s.do(t, "EXISTS", k.pending, k.claims))
-	all, err := c2.Claim(ctx, 10)
-	require.NoError(t, err)
-	assert.Equal(t, ids, taskIDs(all))
-	assert.Equal(t, []int{1, 1, 1, 1, 1, 1}, taskAttempts(all), "an interrupted delivery that was never recorded does not count")
-	for _, id := range ids {
-		v, err := redis.String(s.do(t, "HGET", k.pending, id), nil)
-		require.NoError(t, err)
-		assert.True(t, strings.HasPrefix(v, "+\x01"), "the claim of a recovered task records its delivery: %q", v[:2])
-	}
-	_, err = c2.Ack(ctx, taskIDs(all)...)
-	require.NoError(t, err)
-	assert.Zero(t, s.do(t, "EXISTS", k.ready, k.pending, k.claims))
 }

@@ -98,3 +98,27 @@ func (s *testServer) do(t testing.TB, cmd string, args ...any) any {
 	require.NoError(t, err)
 	return r
 }
+
+// deadQueue returns a one-queue Queue, its server and its keys.
+func deadQueue(t *testing.T) (*Queue, *testServer, queueKeys) {
+	t.Helper()
+	q, servers := newTestQueue(t, 1, Config{})
+	return q, servers[0], newQueueKeys(q.cfg.Prefix, 0, 0)
+}
+
+func taskIDsOf(ts []Task) []string {
+	out := make([]string, len(ts))
+	for i, t := range ts {
+		out[i] = t.ID
+	}
+	return out
+}
+
+// statsOf returns the Stats row of analyser a.
+func statsOf(t *testing.T, q *Queue, a int) AnalyserStats {
+	t.Helper()
+	st, err := q.Stats(context.Background())
+	require.NoError(t, err)
+	require.Greater(t, len(st), a)
+	return st[a]
+}
