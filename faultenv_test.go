@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -248,10 +249,19 @@ func (e *faultEnv) event(ev faultEvent) {
 	e.mu.Unlock()
 }
 
-// kill9 kills c with SIGKILL and records its death once it is reaped.
+// kill9 kills c with SIGKILL and records its death once it is reaped. A
+// child that is already gone fails the test: the fault it was meant to
+// suffer never happened (a test kills only children that cannot end on
+// their own before the kill).
 func (e *faultEnv) kill9(c *child) {
 	e.t.Helper()
-	require.NoError(e.t, c.cmd.Process.Signal(syscall.SIGKILL))
+	if err := c.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		if errors.Is(err, os.ErrProcessDone) {
+			<-c.done
+			e.t.Fatalf("kill -9 of %s %d: it exited on its own first (%v)", c.role, c.pid(), c.err)
+		}
+		e.t.Fatalf("kill -9 of %s %d: %v", c.role, c.pid(), err)
+	}
 	<-c.done
 	e.event(faultEvent{Ev: evKill, Pid: c.pid()})
 }

@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -63,6 +64,10 @@ type roleConfig struct {
 	PoisonAt   int           // when Poison is set, task seq PoisonAt of OrderID 0 carries it
 	Pause      time.Duration // each goroutine waits this long after each add
 	PayloadPad int           // bytes of padding in each payload
+	// HoldAfter, when positive, is how many tasks the producer adds at
+	// most: then it waits to be killed instead of exiting, so a kill meant
+	// to land before the end finds it alive however late it comes.
+	HoldAfter int
 	// RetryRefused makes the producer add a task (or batch) again, after
 	// 5ms, when Redis refused it (ErrRedisOOM, ErrWrongType): such an add
 	// wrote nothing, so a retry cannot duplicate it.
@@ -276,6 +281,7 @@ func runProducer(cfg roleConfig) error {
 		sync.Mutex
 		n int
 	}
+	var begun atomic.Int64 // tasks this producer began to add
 	for gi := 0; gi < g; gi++ {
 		wg.Add(1)
 		go func() {
@@ -314,6 +320,11 @@ func runProducer(cfg roleConfig) error {
 			}
 			for seq := 0; seq < cfg.PerOrder; seq++ {
 				for o := gi; o < cfg.Orders; o += g {
+					if cfg.HoldAfter > 0 && begun.Add(1) > int64(cfg.HoldAfter) {
+						for { // wait for the kill (a sleep, not a block the runtime would call a deadlock)
+							time.Sleep(time.Hour)
+						}
+					}
 					order := uint64(cfg.FirstOrder + o)
 					mark := "x" + strings.Repeat("p", cfg.PayloadPad)
 					if cfg.Poison != "" && order == 0 && seq == cfg.PoisonAt {
