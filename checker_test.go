@@ -1,18 +1,10 @@
 package queue
 
 import (
-	"bufio"
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"math"
-	"os"
 	"sort"
-	"testing"
 	"time"
-
-	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 )
 
 // The checker reads the histories of a fault run (the children's files and
@@ -105,29 +97,6 @@ func fmtRecovery(d time.Duration) string {
 		return "none"
 	}
 	return d.Round(time.Millisecond).String()
-}
-
-// readHistory reads one history file. A torn last line (the process was
-// killed while writing it) is skipped; a bad line elsewhere is an error.
-func readHistory(path string) ([]faultEvent, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	var out []faultEvent
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for line := 1; sc.Scan(); line++ {
-		var e faultEvent
-		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
-			if !bytes.HasSuffix(b, []byte("\n")) && bytes.HasSuffix(b, sc.Bytes()) {
-				break // torn last line
-			}
-			return nil, fmt.Errorf("%s:%d: %w", path, line, err)
-		}
-		out = append(out, e)
-	}
-	return out, sc.Err()
 }
 
 // checkHistory computes the report of a run from all its events.
@@ -445,192 +414,6 @@ func cutStopped(start, end int64, stops [][2]int64) [][2]int64 {
 	return out
 }
 
-// histBuilder makes small hand-written histories for the checker's tests.
-type histBuilder struct {
-	ev   []faultEvent
-	wall int64
-}
-
-func (b *histBuilder) at(w int64) *histBuilder { b.wall = w; return b }
-
-func (b *histBuilder) add(e faultEvent) *histBuilder {
-	if e.Wall == 0 {
-		b.wall++
-		e.Wall = b.wall
-	}
-	b.ev = append(b.ev, e)
-	return b
-}
-
-func (b *histBuilder) added(order uint64, seq int, id string) *histBuilder {
-	b.add(faultEvent{Ev: evAdd, Pid: 1, Order: order, Seq: seq})
-	return b.add(faultEvent{Ev: evAdded, Pid: 1, Order: order, Seq: seq, ID: id, Result: "ok"})
-}
-
-func (b *histBuilder) runTask(pid int, order uint64, seq int, id string, attempt int, result string) *histBuilder {
-	b.add(faultEvent{Ev: evStart, Pid: pid, Order: order, Seq: seq, ID: id, Attempt: attempt})
-	return b.add(faultEvent{Ev: evFinish, Pid: pid, Order: order, Seq: seq, ID: id, Attempt: attempt, Result: result})
-}
-
-func (b *histBuilder) lease(pid int, token int64) *histBuilder {
-	return b.add(faultEvent{Ev: evLease, Pid: pid, Token: token})
-}
-
-func TestCheckerDetectsEachViolation(t *testing.T) {
-	t.Parallel()
-	// base: two tasks of order 1, run in order by pid 10, which holds the lease.
-	base := func() *histBuilder {
-		b := &histBuilder{}
-		return b.lease(10, 1).added(1, 0, "a").added(1, 1, "b")
-	}
-	tests := []struct {
-		name  string
-		build func() *histBuilder
-		want  func(r faultReport) int
-	}{
-		{"clean", func() *histBuilder {
-			return base().runTask(10, 1, 0, "a", 1, "ok").runTask(10, 1, 1, "b", 1, "ok")
-		}, func(r faultReport) int { return r.Lost + r.Unexpected + r.DupOther + r.Reordered + r.Overlap }},
-		{"lost", func() *histBuilder {
-			return base().runTask(10, 1, 0, "a", 1, "ok")
-		}, func(r faultReport) int { return r.Lost }},
-		{"lost: failed and never retried", func() *histBuilder {
-			return base().runTask(10, 1, 0, "a", 1, "ok").runTask(10, 1, 1, "b", 1, "error")
-		}, func(r faultReport) int { return r.Lost }},
-		{"unexpected", func() *histBuilder {
-			return base().runTask(10, 1, 0, "a", 1, "ok").runTask(10, 1, 1, "b", 1, "ok").runTask(10, 7, 0, "z", 1, "ok")
-		}, func(r faultReport) int { return r.Unexpected }},
-		{"duplicate, other", func() *histBuilder {
-			return base().runTask(10, 1, 0, "a", 1, "ok").runTask(10, 1, 1, "b", 1, "ok").runTask(10, 1, 1, "b", 2, "ok")
-		}, func(r faultReport) int { return r.DupOther }},
-		{"duplicate, pending at the fault", func() *histBuilder {
-			b := base().runTask(10, 1, 0, "a", 1, "ok")
-			b.add(faultEvent{Ev: evStart, Pid: 10, Order: 1, Seq: 1, ID: "b", Attempt: 1})
-			b.add(faultEvent{Ev: evKill, Pid: 10})
-			b.add(faultEvent{Ev: evPending, ID: "b"})
-			return b.lease(11, 2).runTask(11, 1, 1, "b", 2, "ok")
-		}, func(r faultReport) int { return r.DupPending }},
-		{"reordered", func() *histBuilder {
-			return base().runTask(10, 1, 1, "b", 1, "ok").runTask(10, 1, 0, "a", 1, "ok")
-		}, func(r faultReport) int { return r.Reordered }},
-		{"early start: later task starts before a retry finished", func() *histBuilder {
-			b := base().runTask(10, 1, 0, "a", 1, "error").runTask(10, 1, 1, "b", 1, "ok")
-			return b.runTask(10, 1, 0, "a", 2, "ok")
-		}, func(r faultReport) int { return r.EarlyStarts }},
-		{"overlap across processes", func() *histBuilder {
-			b := base()
-			b.add(faultEvent{Ev: evStart, Pid: 10, Order: 1, Seq: 0, ID: "a", Attempt: 1})
-			b.add(faultEvent{Ev: evStart, Pid: 11, Order: 1, Seq: 1, ID: "b", Attempt: 1})
-			b.add(faultEvent{Ev: evFinish, Pid: 10, Order: 1, Seq: 0, ID: "a", Attempt: 1, Result: "ok"})
-			return b.add(faultEvent{Ev: evFinish, Pid: 11, Order: 1, Seq: 1, ID: "b", Attempt: 1, Result: "ok"})
-		}, func(r faultReport) int { return r.Overlap }},
-		{"late ack accepted", func() *histBuilder {
-			b := base().runTask(10, 1, 0, "a", 1, "ok").runTask(10, 1, 1, "b", 1, "ok").lease(11, 2)
-			return b.add(faultEvent{Ev: evAck, Pid: 10, Token: 1, Result: "ok", N: 1})
-		}, func(r faultReport) int { return r.LateAcks }},
-		{"stale start", func() *histBuilder {
-			return base().runTask(10, 1, 0, "a", 1, "ok").lease(11, 2).runTask(10, 1, 1, "b", 1, "ok")
-		}, func(r faultReport) int { return r.StaleStarts }},
-		{"lease lost before any fault", func() *histBuilder {
-			b := base().runTask(10, 1, 0, "a", 1, "ok")
-			b.add(faultEvent{Ev: evLost, Pid: 10})
-			b.add(faultEvent{Ev: evKill, Pid: 10})
-			return b.add(faultEvent{Ev: evLost, Pid: 11}).lease(11, 2).runTask(11, 1, 1, "b", 1, "ok")
-		}, func(r faultReport) int { return r.EarlyLosses }},
-		{"quarantined record, which is no task", func() *histBuilder {
-			b := base().runTask(10, 1, 0, "a", 1, "ok").runTask(10, 1, 1, "b", 1, "ok")
-			return b.add(faultEvent{Ev: evQuarantined, ID: "bad:7"})
-		}, func(r faultReport) int { return r.Quarantined + r.Unexpected + r.Dead }},
-		{"unknown add completed twice", func() *histBuilder {
-			b := &histBuilder{}
-			b.lease(10, 1).add(faultEvent{Ev: evAdd, Pid: 1, Order: 2, Seq: 0})
-			return b.runTask(10, 2, 0, "u", 1, "ok").runTask(10, 2, 0, "u", 2, "ok")
-		}, func(r faultReport) int { return r.UnknownTwice }},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			r := checkHistory(tc.build().ev)
-			if tc.name == "clean" {
-				assert.Zero(t, tc.want(r), "%v", r)
-				assert.Zero(t, r.EarlyStarts+r.LateAcks+r.StaleStarts+r.DupPending, "%v", r)
-				assert.Equal(t, 2, r.Completed)
-				return
-			}
-			assert.Equal(t, 1, tc.want(r), "%v", r)
-		})
-	}
-}
-
-func TestCheckerStoppedTimeIsNotOverlap(t *testing.T) {
-	t.Parallel()
-	// pid 10 starts a, is stopped; pid 11 reruns a while 10 is stopped; 10
-	// resumes and finishes after 11 did.
-	b := &histBuilder{}
-	b.lease(10, 1).added(1, 0, "a")
-	b.add(faultEvent{Ev: evStart, Pid: 10, Order: 1, ID: "a", Attempt: 1})
-	b.add(faultEvent{Ev: evStop, Pid: 10})
-	b.add(faultEvent{Ev: evPending, ID: "a"})
-	b.lease(11, 2).runTask(11, 1, 0, "a", 2, "ok")
-	b.add(faultEvent{Ev: evCont, Pid: 10})
-	b.add(faultEvent{Ev: evFinish, Pid: 10, Order: 1, ID: "a", Attempt: 1, Result: "cancelled"})
-	b.add(faultEvent{Ev: evAck, Pid: 10, Token: 1, Result: "refused"})
-	r := checkHistory(b.ev)
-	assert.Zero(t, r.Overlap, "%v", r)
-	assert.Zero(t, r.LateAcks)
-	assert.Equal(t, 1, r.Refused)
-	assert.Equal(t, 1, r.DupPending)
-	assert.Equal(t, time.Duration(3), r.Recovery) // stop at wall 5, pid 11's start at 8
-	assert.Equal(t, r.Recovery, r.Redelivery)
-
-	// The same history with the resumed run overlapping pid 11's does count.
-	b2 := &histBuilder{}
-	b2.lease(10, 1).added(1, 0, "a")
-	b2.add(faultEvent{Ev: evStart, Pid: 10, Order: 1, ID: "a", Attempt: 1})
-	b2.add(faultEvent{Ev: evStop, Pid: 10})
-	b2.lease(11, 2).add(faultEvent{Ev: evStart, Pid: 11, Order: 1, ID: "a", Attempt: 2})
-	b2.add(faultEvent{Ev: evCont, Pid: 10})
-	b2.add(faultEvent{Ev: evFinish, Pid: 10, Order: 1, ID: "a", Attempt: 1, Result: "ok"})
-	b2.add(faultEvent{Ev: evFinish, Pid: 11, Order: 1, ID: "a", Attempt: 2, Result: "ok"})
-	assert.Equal(t, 1, checkHistory(b2.ev).Overlap)
-}
-
-func TestCheckerKilledRunEndsAtDeath(t *testing.T) {
-	t.Parallel()
-	// A run cut short by kill -9 ends at the kill: the new owner's rerun
-	// after it is no overlap, and the task is no early start either.
-	b := &histBuilder{}
-	b.lease(10, 1).added(1, 0, "a").added(1, 1, "b")
-	b.add(faultEvent{Ev: evStart, Pid: 10, Order: 1, Seq: 0, ID: "a", Attempt: 1})
-	b.add(faultEvent{Ev: evKill, Pid: 10})
-	b.lease(11, 2).runTask(11, 1, 0, "a", 2, "ok").runTask(11, 1, 1, "b", 1, "ok")
-	r := checkHistory(b.ev)
-	assert.Zero(t, r.Overlap+r.EarlyStarts+r.Lost+r.Reordered+r.StaleStarts, "%v", r)
-	assert.Equal(t, 1, r.DupOther, "a ran twice and was not reported pending") // no pending event given
-
-	// A dead-lettered task counts as completed; runs after its death are fine.
-	b2 := &histBuilder{}
-	b2.lease(10, 1).added(1, 0, "a").added(1, 1, "b")
-	b2.runTask(10, 1, 0, "a", 1, "error").runTask(10, 1, 0, "a", 2, "error")
-	b2.add(faultEvent{Ev: evDeadRec, ID: "a"})
-	b2.runTask(10, 1, 1, "b", 1, "ok")
-	r2 := checkHistory(b2.ev)
-	assert.Zero(t, r2.Lost+r2.EarlyStarts+r2.DupOther, "%v", r2)
-	assert.Equal(t, 1, r2.Dead)
-	assert.Equal(t, 2, r2.FailedRuns)
-}
-
-func TestReadHistorySkipsTornLastLine(t *testing.T) {
-	t.Parallel()
-	path := t.TempDir() + "/h.jsonl"
-	require.NoError(t, os.WriteFile(path, []byte(`{"ev":"start","id":"a"}`+"\n"+`{"ev":"fin`), 0o644))
-	ev, err := readHistory(path)
-	require.NoError(t, err)
-	assert.Len(t, ev, 1)
-	require.NoError(t, os.WriteFile(path, []byte(`{"ev":"st`+"\n"+`{"ev":"start"}`+"\n"), 0o644))
-	_, err = readHistory(path)
-	assert.Error(t, err, "a bad line that is not the last is an error")
-}
-
 // checkRetryPolicy checks the deliveries of each task against the retry
 // policy of a run without crashes: attempts numbered 1, 2, ... with every
 // run but the last failed; the last one ok, or failed at maxAttempts when
@@ -671,30 +454,4 @@ func checkRetryPolicy(events []faultEvent, maxAttempts int) []string {
 	}
 	sort.Strings(bad)
 	return bad
-}
-
-func TestCheckRetryPolicy(t *testing.T) {
-	t.Parallel()
-	fin := func(id string, attempt int, result string) faultEvent {
-		return faultEvent{Ev: evFinish, ID: id, Attempt: attempt, Result: result, Wall: int64(attempt)}
-	}
-	tests := []struct {
-		name string
-		ev   []faultEvent
-		bad  int
-	}{
-		{"ok at once", []faultEvent{fin("a", 1, "ok")}, 0},
-		{"retried then ok", []faultEvent{fin("a", 1, "error"), fin("a", 2, "panic"), fin("a", 3, "ok")}, 0},
-		{"dead at max", []faultEvent{fin("a", 1, "error"), fin("a", 2, "error"), fin("a", 3, "panic"), {Ev: evDeadRec, ID: "a", Wall: 9}}, 0},
-		{"dead too early", []faultEvent{fin("a", 1, "error"), fin("a", 2, "error"), {Ev: evDeadRec, ID: "a", Wall: 9}}, 1},
-		{"failed, not retried, not dead", []faultEvent{fin("a", 1, "error")}, 1},
-		{"ran again after ok", []faultEvent{fin("a", 1, "ok"), fin("a", 2, "ok")}, 1},
-		{"attempt skipped", []faultEvent{fin("a", 1, "error"), fin("a", 3, "ok")}, 1},
-		{"dead without a run", []faultEvent{{Ev: evDeadRec, ID: "z"}}, 1},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			assert.Len(t, checkRetryPolicy(tc.ev, 3), tc.bad)
-		})
-	}
 }

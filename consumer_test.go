@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,125 +12,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
-
-// pl is the payload of task i of order o in these tests.
-func pl(o, i int) string { return fmt.Sprintf("%d:%d", o, i) }
-
-// orderTasks returns per tasks for each of orders OrderIDs, interleaved
-// (task 0 of every order, then task 1, ...), with payloads pl(o, i).
-func orderTasks(orders, per int) []Task {
-	var ts []Task
-	for i := 0; i < per; i++ {
-		for o := 0; o < orders; o++ {
-			ts = append(ts, Task{OrderID: uint64(o), Payload: []byte(pl(o, i))})
-		}
-	}
-	return ts
-}
-
-func addAll(t *testing.T, q *Queue, ts []Task) []string {
-	t.Helper()
-	ids, err := q.AddTasks(context.Background(), ts)
-	require.NoError(t, err)
-	return ids
-}
-
-// try runs one command without failing the test, for use inside
-// assert.Eventually conditions.
-func try(s *testServer, cmd string, args ...any) (any, error) {
-	c := s.pool.Get()
-	defer c.Close()
-	return c.Do(cmd, args...)
-}
-
-// readyTasks returns the ready list in consuming order (the next claimed
-// first), each with the Attempt its next delivery will have.
-func readyTasks(t *testing.T, s *testServer, k queueKeys) []Task {
-	t.Helper()
-	raw, err := redis.ByteSlices(s.do(t, "LRANGE", k.ready, 0, -1), nil)
-	require.NoError(t, err)
-	out := make([]Task, 0, len(raw))
-	for i := len(raw) - 1; i >= 0; i-- {
-		task, deliveries, err := decodeEntry(raw[i])
-		require.NoError(t, err)
-		task.Attempt = deliveries + 1
-		out = append(out, task)
-	}
-	return out
-}
-
-func taskIDs(ts []Task) []string {
-	out := make([]string, len(ts))
-	for i, t := range ts {
-		out[i] = t.ID
-	}
-	return out
-}
-
-func taskAttempts(ts []Task) []int {
-	out := make([]int, len(ts))
-	for i, t := range ts {
-		out[i] = t.Attempt
-	}
-	return out
-}
-
-// lapse makes key (a lease) expire on the server's clock: miniredis is
-// moved forward by its TTL, a real server is told to expire it now.
-func lapse(t *testing.T, s *testServer, key string) {
-	t.Helper()
-	if s.mini != nil {
-		ms, err := redis.Int64(s.do(t, "PTTL", key), nil)
-		require.NoError(t, err)
-		require.Positive(t, ms, "%s has no TTL", key)
-		s.mini.FastForward(time.Duration(ms+1) * time.Millisecond)
-	} else {
-		s.do(t, "PEXPIRE", key, 1)
-	}
-	require.Eventually(t, func() bool {
-		n, err := redis.Int(try(s, "EXISTS", key))
-		return err == nil && n == 0
-	}, 5*time.Second, 5*time.Millisecond)
-}
-
-// queueState is everything Redis holds for one queue, but the lease's TTL.
-type queueState struct {
-	Ready                []string
-	Pending, Order, Dead map[string]string
-	Meta                 map[string]string
-	Lease                string
-}
-
-func snapshot(t *testing.T, s *testServer, k queueKeys) queueState {
-	t.Helper()
-	var st queueState
-	var err error
-	st.Ready, err = redis.Strings(s.do(t, "LRANGE", k.ready, 0, -1), nil)
-	require.NoError(t, err)
-	st.Pending, err = redis.StringMap(s.do(t, "HGETALL", k.pending), nil)
-	require.NoError(t, err)
-	st.Order, err = redis.StringMap(s.do(t, "HGETALL", k.claims), nil)
-	require.NoError(t, err)
-	st.Dead, err = redis.StringMap(s.do(t, "HGETALL", k.dead), nil)
-	require.NoError(t, err)
-	st.Meta, err = redis.StringMap(s.do(t, "HGETALL", k.meta), nil)
-	require.NoError(t, err)
-	st.Lease, _ = redis.String(s.do(t, "GET", k.lease), nil)
-	return st
-}
-
-func stats0(t *testing.T, q *Queue) AnalyserStats {
-	t.Helper()
-	st, err := q.Stats(context.Background())
-	require.NoError(t, err)
-	return st[0]
-}
-
-func testQueue1(t *testing.T) (*Queue, *testServer, queueKeys) {
-	t.Helper()
-	q, srv := newTestQueue(t, 1, Config{})
-	return q, srv[0], newQueueKeys(q.cfg.Prefix, 0, 0)
-}
 
 func TestConsumerRemoveTaskClaimsIntoPending(t *testing.T) {
 	t.Parallel()
@@ -537,51 +417,6 @@ func TestConsumerRacingTakeoversRequeueOnce(t *testing.T) {
 	st := stats0(t, q)
 	assert.EqualValues(t, 30, st.Redelivered)
 	assert.Zero(t, st.Pending)
-}
-
-// TestRecoveryOrdersAcrossClaims puts tasks of several claims back in claim
-// order from the claims' order records, a task handed back and claimed
-// again at its latest claim's place, and leaves no record behind.
-func TestRecoveryOrdersAcrossClaims(t *testing.T) {
-	t.Parallel()
-	q, s, k := testQueue1(t)
-	ctx := context.Background()
-	ids := addAll(t, q, orderTasks(2, 3)) // a0 b0 a1 b1 a2 b2
-	c, err := q.Consume(ctx, 0, ConsumerConfig{})
-	require.NoError(t, err)
-	first, err := c.Claim(ctx, 3) // a0 b0 a1
-	require.NoError(t, err)
-	require.Equal(t, ids[:3], taskIDs(first))
-	require.NoError(t, c.Requeue(ctx, first[1:]...)) // b0 a1 unstarted, a0 runs on
-	again, err := c.Claim(ctx, 2)                    // b0 a1, claimed again
-	require.NoError(t, err)
-	require.Equal(t, ids[1:3], taskIDs(again))
-	rest, err := c.Claim(ctx, 10) // b1 a2 b2
-	require.NoError(t, err)
-	require.Equal(t, ids[3:], taskIDs(rest))
-	assert.EqualValues(t, 3, s.do(t, "HLEN", k.claims), "one order record per claim with a task pending")
-	pending, err := q.Pending(ctx, 0)
-	require.NoError(t, err)
-	assert.Equal(t, ids, taskIDs(pending), "Pending lists in claim order")
-
-	// The owner dies with everything pending; the next one puts it back.
-	lapse(t, s, k.lease)
-	c2, err := q.Consume(ctx, 0, ConsumerConfig{})
-	require.NoError(t, err)
-	assert.Equal(t, ids, readyIDs(t, s, k.ready), "back in claim order")
-	assert.Zero(t, s.do(t, "EXISTS", k.pending, k.claims))
-	all, err := c2.Claim(ctx, 10)
-	require.NoError(t, err)
-	assert.Equal(t, ids, taskIDs(all))
-	assert.Equal(t, []int{1, 1, 1, 1, 1, 1}, taskAttempts(all), "an interrupted delivery that was never recorded does not count")
-	for _, id := range ids {
-		v, err := redis.String(s.do(t, "HGET", k.pending, id), nil)
-		require.NoError(t, err)
-		assert.True(t, strings.HasPrefix(v, "+\x01"), "the claim of a recovered task records its delivery: %q", v[:2])
-	}
-	_, err = c2.Ack(ctx, taskIDs(all)...)
-	require.NoError(t, err)
-	assert.Zero(t, s.do(t, "EXISTS", k.ready, k.pending, k.claims))
 }
 
 // A task recovery marked keeps its mark when the Consumer hands it back

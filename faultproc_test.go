@@ -2,8 +2,6 @@ package queue
 
 import (
 	"context"
-	"crypto/sha1"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,9 +9,9 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/signal"
-	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -66,117 +64,18 @@ type roleConfig struct {
 	PoisonAt   int           // when Poison is set, task seq PoisonAt of OrderID 0 carries it
 	Pause      time.Duration // each goroutine waits this long after each add
 	PayloadPad int           // bytes of padding in each payload
+	// HoldAfter, when positive, is how many tasks the producer adds at
+	// most: then it waits to be killed instead of exiting, so a kill meant
+	// to land before the end finds it alive however late it comes.
+	HoldAfter int
 	// RetryRefused makes the producer add a task (or batch) again, after
 	// 5ms, when Redis refused it (ErrRedisOOM, ErrWrongType): such an add
 	// wrote nothing, so a retry cannot duplicate it.
 	RetryRefused bool
 }
 
-// faultEvent is one line of a history. Wall is Unix nanoseconds; Mono is
-// nanoseconds since the process started (monotonic).
-type faultEvent struct {
-	Ev       string `json:"ev"`
-	Pid      int    `json:"pid"`
-	Wall     int64  `json:"wall"`
-	Mono     int64  `json:"mono,omitempty"`
-	ID       string `json:"id,omitempty"`
-	Order    uint64 `json:"order"`
-	Seq      int    `json:"seq"`
-	Attempt  int    `json:"attempt,omitempty"`
-	Result   string `json:"result,omitempty"`
-	Batch    int    `json:"batch,omitempty"`
-	Token    int64  `json:"token,omitempty"`
-	Analyser int    `json:"analyser"`
-	N        int    `json:"n,omitempty"`
-	Err      string `json:"err,omitempty"`
-	Kind     string `json:"kind,omitempty"` // an error's kind (errKind)
-}
-
-// Event kinds.
-const (
-	evAdd         = "add"         // producer: about to add task (order, seq), in Batch if non-zero
-	evAdded       = "added"       // producer: AddTask of (order, seq) returned: Result ok or error
-	evBatch       = "batch"       // producer: AddTasks of Batch returned: Result ok or error
-	evStart       = "start"       // analyser: analyse call begins
-	evFinish      = "finish"      // analyser: analyse call returns: Result ok, error, panic, cancelled
-	evDead        = "dead"        // analyser: OnError reported the task dead-lettered
-	evLost        = "lost"        // analyser: OnError reported a lost lease
-	evLease       = "lease"       // analyser: Redis granted it a lease with Token
-	evAck         = "ack"         // analyser: ack script sent (Wall) with Token: Result ok (N acked) or refused or error
-	evExit        = "exit"        // any child: exiting normally
-	evLeak        = "leak"        // analyser: goroutines left after AnalysePool returned (Err lists them)
-	evPoolErr     = "poolerr"     // analyser: OnError reported a Redis error (Err, Kind)
-	evKill        = "kill"        // harness: SIGKILL sent to Pid
-	evTerm        = "term"        // harness: SIGTERM sent to Pid
-	evStop        = "stop"        // harness: SIGSTOP sent to Pid
-	evCont        = "cont"        // harness: SIGCONT sent to Pid
-	evFault       = "fault"       // harness: a fault not tied to a child (server kill, proxy resets)
-	evPending     = "pending"     // harness: task ID was pending in Redis at the fault
-	evDeadRec     = "deadrec"     // harness: task ID is in the dead-letter store; Wall = when it died
-	evQuarantined = "quarantined" // harness: a malformed record (field ID) is in the dead-letter store
-)
-
-// historyWriter appends events to a file, one write per event.
-type historyWriter struct {
-	mu    sync.Mutex
-	f     *os.File
-	pid   int
-	start time.Time
-	buf   []byte
-}
-
-func openHistory(path string) (*historyWriter, error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	return &historyWriter{f: f, pid: os.Getpid(), start: time.Now()}, nil
-}
-
-func (h *historyWriter) log(e faultEvent) { h.logAt(e, time.Now()) }
-
-// logAt writes e stamped with the time at.
-func (h *historyWriter) logAt(e faultEvent, at time.Time) {
-	e.Pid, e.Wall, e.Mono = h.pid, at.UnixNano(), int64(at.Sub(h.start))
-	b, _ := json.Marshal(e)
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.buf = append(append(h.buf[:0], b...), '\n')
-	h.f.Write(h.buf)
-}
-
-// errKind classifies an error for a history: "oom" (ErrRedisOOM),
-// "wrongtype" (ErrWrongType), or "other".
-func errKind(err error) string {
-	switch {
-	case errors.Is(err, ErrRedisOOM):
-		return "oom"
-	case errors.Is(err, ErrWrongType):
-		return "wrongtype"
-	}
-	return "other"
-}
-
 // refused reports whether Redis refused a write and so made none.
 func refused(err error) bool { return errors.Is(err, ErrRedisOOM) || errors.Is(err, ErrWrongType) }
-
-// taskPayload is the payload of the suite's tasks: OrderID, per-order
-// sequence number, and a marker.
-func taskPayload(order uint64, seq int, mark string) []byte {
-	return []byte(fmt.Sprintf("%d:%d:%s", order, seq, mark))
-}
-
-func parsePayload(p []byte) (order uint64, seq int, mark string, err error) {
-	parts := strings.SplitN(string(p), ":", 3)
-	if len(parts) != 3 {
-		return 0, 0, "", fmt.Errorf("payload %q: want order:seq:mark", p)
-	}
-	order, err = strconv.ParseUint(parts[0], 10, 64)
-	if err == nil {
-		seq, err = strconv.Atoi(parts[1])
-	}
-	return order, seq, parts[2], err
-}
 
 // runFaultRole runs this process as a fault-suite child when
 // QUEUE_FAULT_ROLE is set, and reports whether it did. A failing role
@@ -382,6 +281,7 @@ func runProducer(cfg roleConfig) error {
 		sync.Mutex
 		n int
 	}
+	var begun atomic.Int64 // tasks this producer began to add
 	for gi := 0; gi < g; gi++ {
 		wg.Add(1)
 		go func() {
@@ -420,6 +320,11 @@ func runProducer(cfg roleConfig) error {
 			}
 			for seq := 0; seq < cfg.PerOrder; seq++ {
 				for o := gi; o < cfg.Orders; o += g {
+					if cfg.HoldAfter > 0 && begun.Add(1) > int64(cfg.HoldAfter) {
+						for { // wait for the kill (a sleep, not a block the runtime would call a deadlock)
+							time.Sleep(time.Hour)
+						}
+					}
 					order := uint64(cfg.FirstOrder + o)
 					mark := "x" + strings.Repeat("p", cfg.PayloadPad)
 					if cfg.Poison != "" && order == 0 && seq == cfg.PoisonAt {
@@ -460,103 +365,4 @@ func runProducer(cfg roleConfig) error {
 	wg.Wait()
 	h.log(faultEvent{Ev: evExit})
 	return nil
-}
-
-// recConn records, in a child's history, every lease the acquire script
-// grants and every ack script sent with its outcome, so the checker can
-// tell late acks that Redis accepted.
-type recConn struct {
-	redis.Conn
-	h        *historyWriter
-	analyser int
-}
-
-var (
-	ackHash     = ackScript.Hash()
-	acquireHash = acquireScript.Hash()
-)
-
-// scriptOf returns the hash of the script an EVAL or EVALSHA runs.
-func scriptOf(cmd string, args []any) string {
-	if len(args) == 0 {
-		return ""
-	}
-	switch strings.ToUpper(cmd) {
-	case "EVALSHA":
-		s, _ := args[0].(string)
-		return s
-	case "EVAL":
-		s, _ := args[0].(string)
-		sum := sha1.Sum([]byte(s))
-		return hex.EncodeToString(sum[:])
-	}
-	return ""
-}
-
-func leaseToken(v any) int64 {
-	s, _ := v.(string)
-	if b, ok := v.([]byte); ok {
-		s = string(b)
-	}
-	tok, _, _ := strings.Cut(s, ":")
-	n, _ := strconv.ParseInt(tok, 10, 64)
-	return n
-}
-
-func (c *recConn) record(cmd string, args []any, do func() (any, error)) (any, error) {
-	script := scriptOf(cmd, args)
-	if script != ackHash && script != acquireHash {
-		return do()
-	}
-	sent := time.Now()
-	r, err := do()
-	if err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
-		return r, err // the library sends the script again with EVAL
-	}
-	switch script {
-	case ackHash:
-		// EVALSHA hash 4 pending lease meta order leaseValue ttl k ids... orders...
-		ev := faultEvent{Ev: evAck, Analyser: c.analyser, Result: "ok"}
-		if len(args) > 6 {
-			ev.Token = leaseToken(args[6])
-		}
-		switch {
-		case err == nil:
-			ev.N, _ = redis.Int(r, nil)
-		case strings.Contains(err.Error(), staleReply):
-			ev.Result = "refused"
-		default:
-			ev.Result, ev.Err = "error", err.Error()
-		}
-		c.h.logAt(ev, sent) // stamped with the send time
-	case acquireHash:
-		if err == nil {
-			if v, verr := redis.Values(r, nil); verr == nil && len(v) == 2 {
-				if n, _ := redis.Int(v[0], nil); n == 1 {
-					c.h.log(faultEvent{Ev: evLease, Analyser: c.analyser, Token: leaseToken(v[1])})
-				}
-			}
-		}
-	}
-	return r, err
-}
-
-func (c *recConn) Do(cmd string, args ...any) (any, error) {
-	return c.record(cmd, args, func() (any, error) { return c.Conn.Do(cmd, args...) })
-}
-
-func (c *recConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
-	return c.record(cmd, args, func() (any, error) { return redis.DoContext(c.Conn, ctx, cmd, args...) })
-}
-
-func (c *recConn) DoWithTimeout(d time.Duration, cmd string, args ...any) (any, error) {
-	return c.record(cmd, args, func() (any, error) { return redis.DoWithTimeout(c.Conn, d, cmd, args...) })
-}
-
-func (c *recConn) ReceiveContext(ctx context.Context) (any, error) {
-	return redis.ReceiveContext(c.Conn, ctx)
-}
-
-func (c *recConn) ReceiveWithTimeout(d time.Duration) (any, error) {
-	return redis.ReceiveWithTimeout(c.Conn, d)
 }

@@ -120,9 +120,16 @@ func (e *faultEnv) startedSince(at time.Time) map[string]int {
 func TestFaultRacingTakeovers(t *testing.T) {
 	e := newFaultEnv(t, 1, false)
 	const orders, per, takers, rounds = 200, 60, 6, 3
-	total := int64(orders * per)
-	p := e.spawn("producer", produce(orders, per))
-	e.waitExit(p, 30*time.Second) // all queued: every owner's prefetch window is full
+	var total int64
+	// addBatch queues orders x per more tasks, of OrderIDs of their own,
+	// and waits until all are queued: every owner's prefetch window is full.
+	addBatch := func() {
+		pcfg := produce(orders, per)
+		pcfg.FirstOrder = int(total) / per
+		e.waitExit(e.spawn("producer", pcfg), 30*time.Second)
+		total += orders * per
+	}
+	addBatch()
 	cfg := e.analyserConfig(0)
 	cfg.Work = 4 * time.Millisecond // slow enough for three rounds before the queue drains
 	alive := []*child{e.spawn("analyser", cfg)}
@@ -141,7 +148,17 @@ func TestFaultRacingTakeovers(t *testing.T) {
 	for round := range rounds {
 		var owner *child
 		require.Eventually(t, func() bool { owner = e.holder(alive); return owner != nil }, 30*time.Second, 5*time.Millisecond, "no process holds the lease")
-		e.waitProcessed(e.processed()+int64(rand.N(300)), 30*time.Second)
+		// A round lasts a lease or two whatever the speed of the work:
+		// queue more tasks when fewer than half a batch are left, so that
+		// the owner still has a backlog when it is killed. (Three rounds
+		// used to outlast one batch on a loaded machine: the queue had
+		// drained, and the wait below never ended.)
+		s := e.stats()[0]
+		if s.Ready+s.Pending < orders*per/2 {
+			addBatch()
+			s = e.stats()[0]
+		}
+		e.waitProcessed(s.Processed+int64(rand.N(300)), 30*time.Second)
 		before := tt.won
 		e.kill9(owner)
 		killedAt := time.Now()

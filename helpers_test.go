@@ -98,3 +98,146 @@ func (s *testServer) do(t testing.TB, cmd string, args ...any) any {
 	require.NoError(t, err)
 	return r
 }
+
+// deadQueue returns a one-queue Queue, its server and its keys.
+func deadQueue(t *testing.T) (*Queue, *testServer, queueKeys) {
+	t.Helper()
+	q, servers := newTestQueue(t, 1, Config{})
+	return q, servers[0], newQueueKeys(q.cfg.Prefix, 0, 0)
+}
+
+func taskIDsOf(ts []Task) []string {
+	out := make([]string, len(ts))
+	for i, t := range ts {
+		out[i] = t.ID
+	}
+	return out
+}
+
+// statsOf returns the Stats row of analyser a.
+func statsOf(t *testing.T, q *Queue, a int) AnalyserStats {
+	t.Helper()
+	st, err := q.Stats(context.Background())
+	require.NoError(t, err)
+	require.Greater(t, len(st), a)
+	return st[a]
+}
+
+// pl is the payload of task i of order o in these tests.
+func pl(o, i int) string { return fmt.Sprintf("%d:%d", o, i) }
+
+// orderTasks returns per tasks for each of orders OrderIDs, interleaved
+// (task 0 of every order, then task 1, ...), with payloads pl(o, i).
+func orderTasks(orders, per int) []Task {
+	var ts []Task
+	for i := 0; i < per; i++ {
+		for o := 0; o < orders; o++ {
+			ts = append(ts, Task{OrderID: uint64(o), Payload: []byte(pl(o, i))})
+		}
+	}
+	return ts
+}
+
+func addAll(t *testing.T, q *Queue, ts []Task) []string {
+	t.Helper()
+	ids, err := q.AddTasks(context.Background(), ts)
+	require.NoError(t, err)
+	return ids
+}
+
+// try runs one command without failing the test, for use inside
+// assert.Eventually conditions.
+func try(s *testServer, cmd string, args ...any) (any, error) {
+	c := s.pool.Get()
+	defer c.Close()
+	return c.Do(cmd, args...)
+}
+
+// readyTasks returns the ready list in consuming order (the next claimed
+// first), each with the Attempt its next delivery will have.
+func readyTasks(t *testing.T, s *testServer, k queueKeys) []Task {
+	t.Helper()
+	raw, err := redis.ByteSlices(s.do(t, "LRANGE", k.ready, 0, -1), nil)
+	require.NoError(t, err)
+	out := make([]Task, 0, len(raw))
+	for i := len(raw) - 1; i >= 0; i-- {
+		task, deliveries, err := decodeEntry(raw[i])
+		require.NoError(t, err)
+		task.Attempt = deliveries + 1
+		out = append(out, task)
+	}
+	return out
+}
+
+func taskIDs(ts []Task) []string {
+	out := make([]string, len(ts))
+	for i, t := range ts {
+		out[i] = t.ID
+	}
+	return out
+}
+
+func taskAttempts(ts []Task) []int {
+	out := make([]int, len(ts))
+	for i, t := range ts {
+		out[i] = t.Attempt
+	}
+	return out
+}
+
+// lapse makes key (a lease) expire on the server's clock: miniredis is
+// moved forward by its TTL, a real server is told to expire it now.
+func lapse(t *testing.T, s *testServer, key string) {
+	t.Helper()
+	if s.mini != nil {
+		ms, err := redis.Int64(s.do(t, "PTTL", key), nil)
+		require.NoError(t, err)
+		require.Positive(t, ms, "%s has no TTL", key)
+		s.mini.FastForward(time.Duration(ms+1) * time.Millisecond)
+	} else {
+		s.do(t, "PEXPIRE", key, 1)
+	}
+	require.Eventually(t, func() bool {
+		n, err := redis.Int(try(s, "EXISTS", key))
+		return err == nil && n == 0
+	}, 5*time.Second, 5*time.Millisecond)
+}
+
+// queueState is everything Redis holds for one queue, but the lease's TTL.
+type queueState struct {
+	Ready                []string
+	Pending, Order, Dead map[string]string
+	Meta                 map[string]string
+	Lease                string
+}
+
+func snapshot(t *testing.T, s *testServer, k queueKeys) queueState {
+	t.Helper()
+	var st queueState
+	var err error
+	st.Ready, err = redis.Strings(s.do(t, "LRANGE", k.ready, 0, -1), nil)
+	require.NoError(t, err)
+	st.Pending, err = redis.StringMap(s.do(t, "HGETALL", k.pending), nil)
+	require.NoError(t, err)
+	st.Order, err = redis.StringMap(s.do(t, "HGETALL", k.claims), nil)
+	require.NoError(t, err)
+	st.Dead, err = redis.StringMap(s.do(t, "HGETALL", k.dead), nil)
+	require.NoError(t, err)
+	st.Meta, err = redis.StringMap(s.do(t, "HGETALL", k.meta), nil)
+	require.NoError(t, err)
+	st.Lease, _ = redis.String(s.do(t, "GET", k.lease), nil)
+	return st
+}
+
+func stats0(t *testing.T, q *Queue) AnalyserStats {
+	t.Helper()
+	st, err := q.Stats(context.Background())
+	require.NoError(t, err)
+	return st[0]
+}
+
+func testQueue1(t *testing.T) (*Queue, *testServer, queueKeys) {
+	t.Helper()
+	q, srv := newTestQueue(t, 1, Config{})
+	return q, srv[0], newQueueKeys(q.cfg.Prefix, 0, 0)
+}

@@ -3,6 +3,8 @@ package queue
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -98,73 +100,6 @@ func TestBadCountersStartOver(t *testing.T) {
 	assert.EqualValues(t, 2, s.do(t, "LLEN", k.ready), "the abandoned tasks are back")
 }
 
-// A claim-sequence record that does not decode (one stray byte) made
-// recovery sort the tasks by ID, which is not the order Redis accepted
-// them in across producers. Recovery no longer guesses: the tasks whose
-// place is lost go to the dead-letter store, and the pool says so.
-func TestRecoveryQuarantinesTasksWhoseSeqIsLost(t *testing.T) {
-	t.Parallel()
-	q, s, k := testQueue1(t)
-	ctx := context.Background()
-	// Two producers: IDs do not sort in the order the tasks were added.
-	a2 := "aaa00000000000000000"
-	a1 := "vvv00000000000000000"
-	for _, id := range []string{a1, a2} {
-		s.do(t, "LPUSH", k.ready, encodeTask(Task{ID: id, OrderID: 7, AddedAt: time.UnixMilli(1000), Payload: []byte(id[:1])}, 0))
-	}
-	c, err := q.Consume(ctx, 0, ConsumerConfig{})
-	require.NoError(t, err)
-	got, err := c.Claim(ctx, 2)
-	require.NoError(t, err)
-	require.Equal(t, []string{a1, a2}, taskIDs(got))
-	// The crash, and one stray byte in the claim's record.
-	rec, err := redis.StringMap(s.do(t, "HGETALL", k.claims), nil)
-	require.NoError(t, err)
-	require.Len(t, rec, 1)
-	for f, v := range rec {
-		s.do(t, "HSET", k.claims, f, v+"x")
-	}
-	lapse(t, s, k.lease)
-
-	r := newRecorder()
-	var errs errLog
-	require.NoError(t, q.AnalysePool(bounded(t), 0, PoolConfig{ExitOnEmpty: true, OnError: errs.add}, r.fn(nil)))
-	assert.Empty(t, r.order(7), "nothing runs in a guessed order")
-	assert.Equal(t, 1, errs.count(ErrMalformed), "the pool reports it: %v", errs.all())
-	dead, err := q.Dead(ctx, 0)
-	require.NoError(t, err)
-	require.Len(t, dead, 2)
-	for _, d := range dead {
-		assert.Nil(t, d.Raw, "a whole task, replayable")
-		assert.Contains(t, d.LastError, "claim-sequence record")
-	}
-	assert.Zero(t, s.do(t, "EXISTS", k.pending, k.claims))
-}
-
-// Recovery charged a delivery to every pending task, started or not: with
-// MaxAttempts 1, a lease lapse dead-lettered every task the owner had
-// claimed. Now only recorded deliveries count.
-func TestRecoveryChargesNoUnstartedTask(t *testing.T) {
-	t.Parallel()
-	q, s, k := testQueue1(t)
-	ctx := context.Background()
-	ids := addAll(t, q, orderTasks(10, 1))
-	c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 1})
-	require.NoError(t, err)
-	_, err = c.Claim(ctx, 10)
-	require.NoError(t, err)
-	lapse(t, s, k.lease) // the owner dies before starting any
-
-	r := newRecorder()
-	require.NoError(t, q.AnalysePool(bounded(t), 0, PoolConfig{ExitOnEmpty: true, MaxAttempts: 1}, r.fn(nil)))
-	for _, id := range ids {
-		assert.Equal(t, []int{1}, r.attemptsOf(id), "task %s", id)
-	}
-	st := stats0(t, q)
-	assert.Zero(t, st.Dead)
-	assert.EqualValues(t, 10, st.Processed)
-}
-
 // A poison task that kills its owner at every delivery is still stopped:
 // its first crash is free (nothing showed it had started), every later one
 // counts, since a recovered task's delivery is recorded before it starts.
@@ -192,6 +127,130 @@ func TestPoisonTaskStillDeadLettered(t *testing.T) {
 	require.Len(t, dead, 1)
 	assert.Equal(t, ids[0], dead[0].ID)
 	assert.Equal(t, maxAttempts, dead[0].Attempts)
+}
+
+// garbageEntries are ready-list elements that are not tasks.
+func garbageEntries() [][]byte {
+	good := encodeTask(Task{ID: testID, OrderID: 5, AddedAt: time.UnixMilli(1), Payload: []byte("p")}, 0)
+	return [][]byte{
+		[]byte("garbage"),
+		{},
+		{entryVersion},
+		append([]byte{entryVersion}, "ABCDEFGHIJKLMNOPQRST\x01\x01\x00p"...), // bad ID characters
+		append(append([]byte{}, good[:entryHeader]...), 0x80),                // truncated varint
+		append([]byte{0x07}, good[1:]...),                                    // wrong version
+	}
+}
+
+// TestMalformedReadyQuarantined writes garbage straight into a ready list
+// between real tasks: claims skip it, and it lands in the dead-letter store
+// with its raw bytes.
+func TestMalformedReadyQuarantined(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q, s, k := deadQueue(t)
+	garbage := garbageEntries()
+	var want []string
+	for i, g := range garbage {
+		id, err := q.AddTask(ctx, uint64(i), []byte("task "+strconv.Itoa(i)))
+		require.NoError(t, err)
+		want = append(want, id)
+		s.do(t, "LPUSH", k.ready, g)
+	}
+	c, err := q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	var got []string
+	for {
+		ts, err := c.Claim(ctx, 3)
+		require.NoError(t, err)
+		if len(ts) == 0 {
+			break
+		}
+		for _, task := range ts {
+			got = append(got, task.ID)
+		}
+	}
+	assert.Equal(t, want, got, "the real tasks, in order")
+	assert.Zero(t, s.do(t, "LLEN", k.ready))
+	pending, err := q.Pending(ctx, 0)
+	require.NoError(t, err)
+	assert.Len(t, pending, len(want), "only real tasks are pending")
+	assert.EqualValues(t, len(want), s.do(t, "HLEN", k.pending))
+
+	assertQuarantined(t, q, garbage, "claim: ")
+	st := statsOf(t, q, 0)
+	assert.EqualValues(t, len(garbage), st.Failed)
+	assert.EqualValues(t, len(garbage), st.Dead)
+	require.NoError(t, c.Release(ctx))
+}
+
+// TestRemoveTaskSkipsMalformed checks that garbage at the head of the ready
+// list does not make RemoveTask report an empty queue.
+func TestRemoveTaskSkipsMalformed(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q, s, k := deadQueue(t)
+	for _, g := range garbageEntries() {
+		s.do(t, "LPUSH", k.ready, g)
+	}
+	id, err := q.AddTask(ctx, 1, []byte("real"))
+	require.NoError(t, err)
+	c, err := q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	task, err := c.RemoveTask(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, id, task.ID)
+	_, err = c.RemoveTask(ctx)
+	assert.ErrorIs(t, err, ErrNoTask)
+	assertQuarantined(t, q, garbageEntries(), "claim: ")
+	require.NoError(t, c.Release(ctx))
+}
+
+// TestPoolSkipsMalformed runs a pool that claims one task at a time over a
+// ready list that starts with garbage: ExitOnEmpty must not stop it before
+// the real tasks are done.
+func TestPoolSkipsMalformed(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q, s, k := deadQueue(t)
+	for _, g := range garbageEntries() {
+		s.do(t, "LPUSH", k.ready, g)
+	}
+	_, err := q.AddTasks(ctx, []Task{{OrderID: 1, Payload: []byte("x")}, {OrderID: 2, Payload: []byte("y")}})
+	require.NoError(t, err)
+	var done []string
+	err = q.AnalysePool(ctx, 0, PoolConfig{Workers: 1, Prefetch: 1, ExitOnEmpty: true, Logger: slog.New(slog.DiscardHandler)},
+		func(_ context.Context, task Task) error {
+			done = append(done, string(task.Payload))
+			return nil
+		})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"x", "y"}, done)
+	assertQuarantined(t, q, garbageEntries(), "claim: ")
+	// One task a claim: claims of garbage alone dropped their order
+	// records at once, the others with their task's ack.
+	assert.Zero(t, s.do(t, "EXISTS", k.pending, k.claims))
+}
+
+// assertQuarantined checks that the dead-letter store holds exactly the
+// given raw records, each with an error naming where it was found.
+func assertQuarantined(t *testing.T, q *Queue, raw [][]byte, where string) {
+	t.Helper()
+	list, err := q.Dead(context.Background(), 0)
+	require.NoError(t, err)
+	var got []string
+	for _, d := range list {
+		assert.NotNil(t, d.Raw, "record %q", d.ID)
+		assert.True(t, strings.HasPrefix(d.LastError, where), d.LastError)
+		assert.Contains(t, d.LastError, ErrMalformed.Error())
+		assert.Zero(t, d.Attempts)
+		got = append(got, string(d.Raw))
+	}
+	var want []string
+	for _, r := range raw {
+		want = append(want, string(r))
+	}
+	assert.ElementsMatch(t, want, got)
 }
 
 // No hand-back or dead-letter script carries more than scriptBytes of

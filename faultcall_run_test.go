@@ -1,0 +1,320 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/require"
+)
+
+// One run of a fault-at-every-call driver (faultcall_test.go): its
+// in-memory history, its pools with the fault plan (faultconn_test.go), the
+// analyse function that records each call, and the final sweep and check.
+
+// memHistory collects the events of a run in memory.
+type memHistory struct {
+	mu sync.Mutex
+	ev []faultEvent
+}
+
+func (h *memHistory) log(e faultEvent) { h.logAt(e, time.Now()) }
+
+func (h *memHistory) logAt(e faultEvent, at time.Time) {
+	e.Wall = at.UnixNano()
+	h.mu.Lock()
+	h.ev = append(h.ev, e)
+	h.mu.Unlock()
+}
+
+func (h *memHistory) events() []faultEvent {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]faultEvent(nil), h.ev...)
+}
+
+// has reports whether an event matches f.
+func (h *memHistory) has(f func(faultEvent) bool) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, e := range h.ev {
+		if f(e) {
+			return true
+		}
+	}
+	return false
+}
+
+// callRun is one run of a workload.
+type callRun struct {
+	t      *testing.T
+	plan   *callPlan
+	hist   *memHistory
+	srv    *testServer
+	prefix string
+	keys   queueKeys
+
+	mu    sync.Mutex
+	props map[string][]string // property broken -> details
+}
+
+func newCallRun(t *testing.T, plan *callPlan) *callRun {
+	r := &callRun{t: t, plan: plan, hist: &memHistory{}, srv: newTestServers(t, 1)[0], prefix: testPrefix(t),
+		props: map[string][]string{}}
+	r.keys = newQueueKeys(r.prefix, 0, 0)
+	preloadScripts(t, r.srv.pool)
+	// miniredis expires keys only when told: keep its clock with the real
+	// one, so that a lease nobody releases lapses.
+	keepMiniClock(t, r.srv.mini)
+	plan.onFire = func(s callSite) {
+		r.snapshotPending()
+		r.hist.log(faultEvent{Ev: evFault, Err: s.String()})
+	}
+	return r
+}
+
+// fail records that the run broke prop.
+func (r *callRun) fail(prop, format string, args ...any) {
+	r.mu.Lock()
+	r.props[prop] = append(r.props[prop], fmt.Sprintf(format, args...))
+	r.mu.Unlock()
+}
+
+// snapshotPending logs every task pending now: a duplicate of one of
+// them is allowed (at least once).
+func (r *callRun) snapshotPending() {
+	c := r.srv.pool.Get()
+	defer c.Close()
+	ids, err := redis.Strings(c.Do("HKEYS", r.keys.pending))
+	if err != nil {
+		r.fail("harness", "read pending: %v", err)
+		return
+	}
+	for _, id := range ids {
+		r.hist.log(faultEvent{Ev: evPending, ID: id})
+	}
+}
+
+// faultPool returns the pool of actor, whose lease grants and acks go to
+// the history under pid.
+func (r *callRun) faultPool(actor string, pid int) *faultPool {
+	fp := newFaultPool(r.t, r.plan, actor, r.srv.url)
+	fp.observe = func(name string, args []any, sent time.Time, reply any, err error) {
+		switch name {
+		case "acquire":
+			if v, verr := redis.Values(reply, err); verr == nil && len(v) == 2 {
+				if n, _ := redis.Int(v[0], nil); n == 1 {
+					r.hist.log(faultEvent{Ev: evLease, Pid: pid, Token: leaseToken(v[1])})
+				}
+			}
+		case "ack":
+			// EVALSHA sha 4 pending lease meta order leaseValue ttl k ids... orders...
+			ev := faultEvent{Ev: evAck, Pid: pid, Result: "ok"}
+			if len(args) > 6 {
+				ev.Token = leaseToken(args[6])
+			}
+			switch {
+			case err == nil:
+				ev.N, _ = redis.Int(reply, nil)
+			case strings.Contains(err.Error(), staleReply):
+				ev.Result = "refused"
+			default:
+				ev.Result, ev.Err = "error", err.Error()
+			}
+			r.hist.logAt(ev, sent)
+		}
+	}
+	return fp
+}
+
+// queue returns a Queue of the run over pool.
+func (r *callRun) queue(pool *redis.Pool) *Queue {
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: r.prefix})
+	require.NoError(r.t, err)
+	r.t.Cleanup(func() { q.Close() })
+	return q
+}
+
+// onError returns a pool's OnError for pid: a lost lease is logged, with
+// the tasks pending then (the next owner may run them again).
+func (r *callRun) onError(pid int) func(error) {
+	return func(err error) {
+		if errors.Is(err, ErrLeaseLost) {
+			r.hist.log(faultEvent{Ev: evLost, Pid: pid, Err: err.Error()})
+			r.snapshotPending()
+		}
+	}
+}
+
+// analyse returns the AnalyseFunc of pid: it logs each run, and fails the
+// first run of a task whose seq is failSeq.
+func (r *callRun) analyse(pid int, failSeq int, failed *sync.Map, hook func(ctx context.Context, order uint64, seq int) error) AnalyseFunc {
+	return func(ctx context.Context, t Task) error {
+		order, seq, _, err := parsePayload(t.Payload)
+		if err != nil {
+			r.fail("unexpected", "payload %q: %v", t.Payload, err)
+			return nil
+		}
+		ev := faultEvent{ID: t.ID, Order: order, Seq: seq, Attempt: t.Attempt, Pid: pid}
+		ev.Ev = evStart
+		r.hist.log(ev)
+		ev.Ev, ev.Result = evFinish, "ok"
+		if hook != nil {
+			err = hook(ctx, order, seq)
+		}
+		if _, again := failed.LoadOrStore(t.ID, true); err == nil && seq == failSeq && !again {
+			err = errors.New("fails once")
+		}
+		if err != nil {
+			ev.Result = "error"
+		}
+		r.hist.log(ev)
+		return err
+	}
+}
+
+// addTasks adds orders x per tasks, interleaved, in one AddTasks call on q
+// (a Queue without faults unless the run is about adds), logging them.
+func (r *callRun) addTasks(q *Queue, orders, per int) {
+	var ts []Task
+	for seq := 0; seq < per; seq++ {
+		for o := 0; o < orders; o++ {
+			ts = append(ts, Task{OrderID: uint64(o), Payload: taskPayload(uint64(o), seq, "x")})
+			r.hist.log(faultEvent{Ev: evAdd, Pid: 3, Order: uint64(o), Seq: seq, Batch: 1})
+		}
+	}
+	_, err := q.AddTasks(context.Background(), ts)
+	require.NoError(r.t, err)
+	r.hist.log(faultEvent{Ev: evBatch, Pid: 3, Batch: 1, Result: "ok", N: len(ts)})
+}
+
+// sweep drains the queue with a pool that meets no fault (pid 9).
+func (r *callRun) sweep(why string) {
+	sq := r.queue(r.faultPool("S", 9).pool)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var failed sync.Map
+	err := sq.AnalysePool(ctx, 0, PoolConfig{Workers: 2, LeaseTTL: time.Second, ExitOnEmpty: true, Owner: "sweeper",
+		OnError: r.onError(9), Backoff: func(int) time.Duration { return 5 * time.Millisecond }},
+		r.analyse(9, -1, &failed, nil))
+	if err != nil || ctx.Err() != nil {
+		r.fail("hang", "the pool draining the queue (%s) did not finish: %v", why, errors.Join(err, ctx.Err()))
+	}
+}
+
+// finish waits for delayed commands, checks that nothing is left in
+// Redis, drains what is with a pool that meets no fault, and checks the
+// history.
+func (r *callRun) finish(w callWorkload) {
+	r.plan.waitLate(r.t)
+	r.plan.lateMu.Lock()
+	for _, err := range r.plan.lateEr {
+		r.fail("harness", "delayed command: %v", err)
+	}
+	r.plan.lateMu.Unlock()
+	c := r.srv.pool.Get()
+	ready, err1 := redis.Int(c.Do("LLEN", r.keys.ready))
+	pending, err2 := redis.Int(c.Do("HLEN", r.keys.pending))
+	c.Close()
+	require.NoError(r.t, errors.Join(err1, err2))
+	if ready+pending > 0 {
+		r.fail("left", "%d ready and %d pending once the workload was done", ready, pending)
+		r.snapshotPending()
+		r.sweep("left behind")
+	}
+	dq := r.queue(r.srv.pool)
+	dead, err := dq.Dead(context.Background(), 0)
+	require.NoError(r.t, err)
+	for _, d := range dead {
+		e := faultEvent{Ev: evDeadRec, ID: d.ID}
+		if d.Raw == nil {
+			e.Order, e.Seq, _, _ = parsePayload(d.Payload)
+		}
+		r.hist.log(e)
+	}
+	events := r.hist.events()
+	if w.uncertainAdds {
+		events = r.settleUncertain(events)
+	}
+	rep := checkHistory(events)
+	for _, c := range []struct {
+		prop string
+		n    int
+	}{
+		{"lost", rep.Lost}, {"unexpected", rep.Unexpected}, {"reordered", rep.Reordered},
+		{"early", rep.EarlyStarts}, {"overlap", rep.Overlap}, {"lateack", rep.LateAcks},
+		{"stale", rep.StaleStarts}, {"dup", rep.DupOther},
+	} {
+		if c.n > 0 {
+			r.fail(c.prop, "%d (%v)", c.n, rep)
+		}
+	}
+	if !w.expectDead && rep.Dead > 0 {
+		r.fail("dead", "%d tasks dead-lettered", rep.Dead)
+	}
+}
+
+// settleUncertain checks the tasks whose add returned an error, and
+// returns the events without them: such a task may be in Redis or not,
+// and, accepted later than the call, may run after later tasks of its
+// OrderID. It must run at most once, and not at all when its call never
+// reached Redis.
+func (r *callRun) settleUncertain(events []faultEvent) []faultEvent {
+	uncertain := map[taskKey]bool{}
+	batchErr := map[int]bool{}
+	for _, e := range events {
+		switch {
+		case e.Ev == evAdded && e.Result == "error":
+			uncertain[taskKey{e.Order, e.Seq}] = true
+		case e.Ev == evBatch && e.Result == "error":
+			batchErr[e.Batch] = true
+		}
+	}
+	for _, e := range events {
+		if e.Ev == evAdd && e.Batch != 0 && batchErr[e.Batch] {
+			uncertain[taskKey{e.Order, e.Seq}] = true
+		}
+	}
+	okRuns := map[taskKey]int{}
+	out := events[:0:0]
+	for _, e := range events {
+		k := taskKey{e.Order, e.Seq}
+		switch e.Ev {
+		case evAdd, evAdded, evStart, evFinish, evDeadRec:
+			if uncertain[k] {
+				if e.Ev == evFinish && e.Result == "ok" {
+					okRuns[k]++
+				}
+				continue
+			}
+		}
+		out = append(out, e)
+	}
+	for k, n := range okRuns {
+		if n > 1 {
+			r.fail("dup", "task %v, whose add failed, ran %d times", k, n)
+		}
+		if r.plan.kind == faultRefused {
+			r.fail("phantom", "task %v ran, but its add failed without reaching Redis", k)
+		}
+	}
+	return out
+}
+
+// brokenProps returns the properties the run broke, sorted.
+func (r *callRun) brokenProps() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]string, 0, len(r.props))
+	for p := range r.props {
+		out = append(out, p)
+	}
+	sort.Strings(out)
+	return out
+}

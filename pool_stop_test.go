@@ -1,0 +1,246 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// Tests of a pool's stop: what it hands back, what it cancels, and the
+// standby that takes over.
+
+func TestPoolStopNoDuplicates(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	const orders, per = 100, 20
+	const total = orders * per
+	ids := addAll(t, q, orderTasks(orders, per))
+	rec := newRecorder()
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	var n sync.Mutex
+	count := 0
+	err := q.AnalysePool(ctx, 0, PoolConfig{Workers: 8, Prefetch: 64}, rec.fn(func(context.Context, Task) error {
+		n.Lock()
+		count++
+		if count == 700 {
+			cancel() // stop mid-stream
+		}
+		n.Unlock()
+		return nil
+	}))
+	require.NoError(t, err)
+	started := rec.total()
+	require.Less(t, started, total, "the stop came mid-stream")
+
+	// Right after the stop: nothing pending, every unstarted task ready at
+	// the consuming end in enqueue order, none counted as delivered, and
+	// the lease free.
+	st := stats0(t, q)
+	assert.Zero(t, st.Pending)
+	assert.EqualValues(t, started, st.Processed)
+	assert.Empty(t, st.Owner)
+	assert.Zero(t, s.do(t, "EXISTS", k.claims), "no claim is left to order")
+	var unstarted []string
+	for _, id := range ids {
+		if rec.starts[id] == 0 {
+			unstarted = append(unstarted, id)
+		}
+	}
+	ready := readyTasks(t, s, k)
+	assert.Equal(t, unstarted, taskIDs(ready))
+	for _, task := range ready {
+		require.Equal(t, 1, task.Attempt)
+	}
+
+	require.NoError(t, q.AnalysePool(bounded(t), 0, PoolConfig{Workers: 8, Prefetch: 64, ExitOnEmpty: true}, rec.fn(nil)))
+	assert.Len(t, rec.starts, total)
+	for i, id := range ids {
+		if rec.starts[id] != 1 {
+			t.Errorf("task %d started %d times", i, rec.starts[id])
+		}
+	}
+	for o := 0; o < orders; o++ {
+		var want []string
+		for i := 0; i < per; i++ {
+			want = append(want, pl(o, i))
+		}
+		assert.Equal(t, want, rec.byOrder[uint64(o)], "order %d", o)
+	}
+	assert.Zero(t, rec.overlap)
+}
+
+func TestPoolStopHandsBackUnstartedAtOnce(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ids := addAll(t, q, []Task{
+		{OrderID: 1, Payload: []byte(pl(1, 0))},
+		{OrderID: 1, Payload: []byte(pl(1, 1))},
+		{OrderID: 2, Payload: []byte(pl(2, 0))},
+		{OrderID: 1, Payload: []byte(pl(1, 2))},
+		{OrderID: 2, Payload: []byte(pl(2, 1))},
+	})
+	started, finish := make(chan struct{}, 1), make(chan struct{})
+	rec := newRecorder()
+	fn := rec.fn(func(ctx context.Context, task Task) error {
+		if task.ID == ids[0] {
+			started <- struct{}{}
+			select {
+			case <-finish:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return nil
+	})
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	var errs errLog
+	// On a real server, a lease that would lapse while the task runs on.
+	ttl, hold := 5*time.Second, 100*time.Millisecond
+	if s.mini == nil {
+		ttl, hold = 2*time.Second, 3*time.Second
+	}
+	errc := runPool(ctx, q, PoolConfig{Workers: 1, ShutdownTimeout: time.Minute, LeaseTTL: ttl, OnError: errs.add}, fn)
+	receive(t, started) // the first task runs; the other four are claimed behind it
+	cancel()
+
+	// While the first task still runs inside ShutdownTimeout, the others are
+	// already back at the consuming end, in claim order, uncounted.
+	require.Eventually(t, func() bool {
+		n, err := redis.Int(try(s, "LLEN", k.ready))
+		return err == nil && n == 4
+	}, 5*time.Second, time.Millisecond)
+	ready := readyTasks(t, s, k)
+	assert.Equal(t, ids[1:], taskIDs(ready))
+	assert.Equal(t, []int{1, 1, 1, 1}, taskAttempts(ready))
+	pending, err := redis.Strings(s.do(t, "HKEYS", k.pending), nil)
+	require.NoError(t, err)
+	assert.Equal(t, []string{ids[0]}, pending)
+	assert.EqualValues(t, 1, s.do(t, "HLEN", k.claims), "the running task's claim keeps its order record")
+	// It waits for the running task (on a real server for longer than the
+	// lease lasts without renewal), keeping the lease.
+	assert.Never(t, func() bool { return len(errc) > 0 }, hold, 10*time.Millisecond)
+	close(finish)
+	require.NoError(t, receive(t, errc))
+	assert.Empty(t, errs.all())
+	assert.Equal(t, ids[1:], taskIDs(readyTasks(t, s, k)))
+	st := stats0(t, q)
+	assert.Zero(t, st.Pending)
+	assert.EqualValues(t, 1, st.Processed)
+	assert.Empty(t, st.Owner, "the lease is released")
+	assert.Zero(t, s.do(t, "EXISTS", k.claims), "the claim's order record went with its last task")
+
+	require.NoError(t, q.AnalysePool(bounded(t), 0, PoolConfig{Workers: 1, ExitOnEmpty: true}, fn))
+	assert.Equal(t, []string{pl(1, 0), pl(1, 1), pl(1, 2)}, rec.order(1))
+	assert.Equal(t, []string{pl(2, 0), pl(2, 1)}, rec.order(2))
+	assert.Equal(t, 1, rec.starts[ids[0]], "a finished task never runs again")
+}
+
+func TestPoolStopCancelsAfterShutdownTimeout(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ids := addAll(t, q, []Task{
+		{OrderID: 1, Payload: []byte(pl(1, 0))},
+		{OrderID: 1, Payload: []byte(pl(1, 1))},
+		{OrderID: 2, Payload: []byte(pl(2, 0))},
+	})
+	const grace = 100 * time.Millisecond
+	started := make(chan struct{}, 1)
+	var cancelledAt time.Time
+	var cancelErr error
+	rec := newRecorder()
+	fn := rec.fn(func(ctx context.Context, task Task) error {
+		if task.ID == ids[0] && task.Attempt == 1 {
+			started <- struct{}{}
+			<-ctx.Done() // ignores the stop until its ctx ends
+			cancelledAt, cancelErr = time.Now(), ctx.Err()
+			return ctx.Err()
+		}
+		return nil
+	})
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	var errs errLog
+	errc := runPool(ctx, q, PoolConfig{Workers: 1, ShutdownTimeout: grace, OnError: errs.add}, fn)
+	receive(t, started)
+	stopAt := time.Now()
+	cancel()
+	require.NoError(t, receive(t, errc))
+
+	assert.ErrorIs(t, cancelErr, context.Canceled)
+	assert.GreaterOrEqual(t, cancelledAt.Sub(stopAt), grace, "the running task had its ShutdownTimeout")
+	// The interrupted task is handed back first, its delivery counted.
+	ready := readyTasks(t, s, k)
+	assert.Equal(t, ids, taskIDs(ready))
+	assert.Equal(t, []int{2, 1, 1}, taskAttempts(ready))
+	assert.Zero(t, stats0(t, q).Pending)
+	for _, err := range errs.all() {
+		var te *TaskError
+		if errors.As(err, &te) {
+			assert.False(t, te.Dead, "an interrupted task is not dead-lettered: %v", err)
+		}
+	}
+
+	require.NoError(t, q.AnalysePool(bounded(t), 0, PoolConfig{Workers: 1, ExitOnEmpty: true}, fn))
+	assert.Equal(t, []string{pl(1, 0), pl(1, 0), pl(1, 1)}, rec.order(1))
+	assert.Equal(t, []int{1, 2}, rec.attemptsOf(ids[0]))
+}
+
+func TestPoolStandbyTakesOverAtStop(t *testing.T) {
+	t.Parallel()
+	q, _ := newTestQueue(t, 1, Config{})
+	var mu sync.Mutex
+	ranOn := map[string]string{} // task ID -> pool
+	fn := func(name string) AnalyseFunc {
+		return func(ctx context.Context, task Task) error {
+			mu.Lock()
+			ranOn[task.ID] = name
+			mu.Unlock()
+			return nil
+		}
+	}
+	ranAll := func(ids []string, name string) func() bool {
+		return func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, id := range ids {
+				if ranOn[id] != name {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	ctx1, stop1 := context.WithCancel(bounded(t))
+	defer stop1()
+	ctx2, stop2 := context.WithCancel(bounded(t))
+	defer stop2()
+	// Leases of a minute: only a release lets the standby in within the test.
+	errc1 := runPool(ctx1, q, PoolConfig{Owner: "p1", LeaseTTL: time.Minute}, fn("p1"))
+	require.Eventually(t, func() bool {
+		st, err := q.Stats(context.Background())
+		return err == nil && st[0].Owner == "p1"
+	}, 5*time.Second, time.Millisecond)
+	errc2 := runPool(ctx2, q, PoolConfig{Owner: "p2", LeaseTTL: time.Minute}, fn("p2"))
+
+	first := addAll(t, q, orderTasks(10, 3))
+	require.Eventually(t, ranAll(first, "p1"), 5*time.Second, time.Millisecond)
+	assert.Empty(t, errc2, "the standby waits")
+	assert.Equal(t, "p1", stats0(t, q).Owner)
+
+	stop1()
+	require.NoError(t, receive(t, errc1))
+	second := addAll(t, q, orderTasks(10, 3))
+	require.Eventually(t, ranAll(second, "p2"), 5*time.Second, time.Millisecond)
+	assert.True(t, ranAll(first, "p1")(), "nothing ran twice")
+	assert.Equal(t, "p2", stats0(t, q).Owner)
+	stop2()
+	require.NoError(t, receive(t, errc2))
+}
