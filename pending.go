@@ -98,45 +98,48 @@ if last and not (string.match(last, '^%d+$') and #last <= 15) then
 end
 `, `
 local want, budget, ask = tonumber(ARGV[3]), tonumber(ARGV[4]), math.min(tonumber(ARGV[5]), tonumber(ARGV[3]))
+local strict = ARGV[6] == '1'
 local items = redis.call('RPOP', KEYS[1], ask)
 if not items then return {0} end
-local n, bytes, full, strict = 0, 0, false, ARGV[6] == '1'
-local got = items
+local sub, byte = string.sub, string.byte
+local args, seq, bad = {}, {}, nil
+local n, bytes, got = 0, 0, items
 while true do
-  for i = 1, #got do
-    local size = #got[i]
-    if (n > 0 or strict) and bytes + size > budget then
-      for j = #got, i, -1 do
+  local m = #got
+  for i = 1, m do
+    local e = got[i]
+    local size = #e
+    if bytes + size > budget and (n > 0 or strict) then
+      for j = m, i, -1 do
         redis.call('RPUSH', KEYS[1], got[j])
         if got == items then items[j] = nil end
       end
-      full = true
+      want = n
       break
     end
     n, bytes = n + 1, bytes + size
-    if got ~= items then items[n] = got[i] end
+    if got ~= items then items[n] = e end
+    local v = byte(e, 1)
+    if size >= $entryHeader and (v == $entryVersion or v == $entryRecovered) then
+      local f = sub(e, 2, $entryHeader)
+      seq[n] = f
+      args[2 * n - 1] = f
+    else
+      seq[n] = '$seqFiller'
+      bad = bad or {}
+      bad[#bad + 1] = n
+    end
+    args[2 * n] = e
   end
-  if full or n >= want or #got < ask then break end
+  if n >= want or m < ask then break end
   ask = math.min(ask * 2, want - n)
   got = redis.call('RPOP', KEYS[1], ask)
   if not got then break end
 end
 if n == 0 then return {-1} end
 local first = redis.call('HINCRBY', KEYS[4], 'seq', n) - n
-local sub, byte = string.sub, string.byte
-local args, seq = {}, {}
-for i = 1, n do
-  local e = items[i]
-  local f
-  if #e >= $entryHeader and (byte(e, 1) == $entryVersion or byte(e, 1) == $entryRecovered) then
-    f = sub(e, 2, $entryHeader)
-    seq[i] = f
-  else
-    f = string.format('bad:%d', first + i)
-    seq[i] = '$seqFiller'
-  end
-  args[2 * i - 1] = f
-  args[2 * i] = e
+if bad then
+  for _, i in ipairs(bad) do args[2 * i - 1] = string.format('bad:%d', first + i) end
 end
 for i = 1, 2 * n, $scriptChunk do
   redis.call('HSET', KEYS[2], unpack(args, i, math.min(i + $scriptChunk - 1, 2 * n)))
@@ -265,47 +268,6 @@ type claimBatch struct {
 // record (after the tasks' own records, or in the same call).
 func (b *claimBatch) finish(n int) bool {
 	return b != nil && n > 0 && b.left.Add(int64(-n)) == 0
-}
-
-// scriptBytes bounds the task bytes one hand-back or dead-letter script
-// carries (a larger task goes alone): however large the tasks, no script
-// holds Redis for long, and other queues and lease renewals go on.
-const scriptBytes = 8 << 20
-
-// buryChunk returns how many of args (field, record pairs) one bury script
-// takes: at most scriptChunk pairs and scriptBytes of records, and one
-// pair however large.
-func buryChunk(args []any) int {
-	n, size := 0, 0
-	for n+1 < len(args) && n < 2*scriptChunk && (n == 0 || size+argSize(args[n+1]) <= scriptBytes) {
-		size += argSize(args[n+1])
-		n += 2
-	}
-	return n
-}
-
-// requeueChunk returns where the requeue script that pushes tasks[:end]
-// from the end starts: at most scriptChunk tasks and scriptBytes, and one
-// task however large.
-func requeueChunk(tasks []claimed, end int) int {
-	start, size := end, int64(0)
-	for start > max(0, end-scriptChunk) && (start == end || size+tasks[start-1].size() <= scriptBytes) {
-		start--
-		size += tasks[start].size()
-	}
-	return start
-}
-
-// argSize is the size of a script argument this file passes: a string or
-// bytes.
-func argSize(v any) int {
-	switch v := v.(type) {
-	case []byte:
-		return len(v)
-	case string:
-		return len(v)
-	}
-	return 0
 }
 
 // errNoRoom is claim's answer, in strict mode, when the next task does not

@@ -118,3 +118,44 @@ type keyType struct {
 
 func hashAt(i int) keyType { return keyType{i, "hash"} }
 func listAt(i int) keyType { return keyType{i, "list"} }
+
+// scriptBytes bounds the task bytes one hand-back or dead-letter script
+// carries (a larger task goes alone): however large the tasks, no script
+// holds Redis for long, and other queues and lease renewals go on.
+const scriptBytes = 8 << 20
+
+// buryChunk returns how many of args (field, record pairs) one bury script
+// takes: at most scriptChunk pairs and scriptBytes of records, and one
+// pair however large.
+func buryChunk(args []any) int {
+	n, size := 0, 0
+	for n+1 < len(args) && n < 2*scriptChunk && (n == 0 || size+argSize(args[n+1]) <= scriptBytes) {
+		size += argSize(args[n+1])
+		n += 2
+	}
+	return n
+}
+
+// requeueChunk returns where the requeue script that pushes tasks[:end]
+// from the end starts: at most scriptChunk tasks and scriptBytes, and one
+// task however large.
+func requeueChunk(tasks []claimed, end int) int {
+	start, size := end, int64(0)
+	for start > max(0, end-scriptChunk) && (start == end || size+tasks[start-1].size() <= scriptBytes) {
+		start--
+		size += tasks[start].size()
+	}
+	return start
+}
+
+// argSize is the size of a script argument this file passes: a string or
+// bytes.
+func argSize(v any) int {
+	switch v := v.(type) {
+	case []byte:
+		return len(v)
+	case string:
+		return len(v)
+	}
+	return 0
+}

@@ -14,45 +14,48 @@ end
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 
 local want, budget, ask = tonumber(ARGV[3]), tonumber(ARGV[4]), math.min(tonumber(ARGV[5]), tonumber(ARGV[3]))
+local strict = ARGV[6] == '1'
 local items = redis.call('RPOP', KEYS[1], ask)
 if not items then return {0} end
-local n, bytes, full, strict = 0, 0, false, ARGV[6] == '1'
-local got = items
+local sub, byte = string.sub, string.byte
+local args, seq, bad = {}, {}, nil
+local n, bytes, got = 0, 0, items
 while true do
-  for i = 1, #got do
-    local size = #got[i]
-    if (n > 0 or strict) and bytes + size > budget then
-      for j = #got, i, -1 do
+  local m = #got
+  for i = 1, m do
+    local e = got[i]
+    local size = #e
+    if bytes + size > budget and (n > 0 or strict) then
+      for j = m, i, -1 do
         redis.call('RPUSH', KEYS[1], got[j])
         if got == items then items[j] = nil end
       end
-      full = true
+      want = n
       break
     end
     n, bytes = n + 1, bytes + size
-    if got ~= items then items[n] = got[i] end
+    if got ~= items then items[n] = e end
+    local v = byte(e, 1)
+    if size >= 21 and (v == 1 or v == 3) then
+      local f = sub(e, 2, 21)
+      seq[n] = f
+      args[2 * n - 1] = f
+    else
+      seq[n] = '--------------------'
+      bad = bad or {}
+      bad[#bad + 1] = n
+    end
+    args[2 * n] = e
   end
-  if full or n >= want or #got < ask then break end
+  if n >= want or m < ask then break end
   ask = math.min(ask * 2, want - n)
   got = redis.call('RPOP', KEYS[1], ask)
   if not got then break end
 end
 if n == 0 then return {-1} end
 local first = redis.call('HINCRBY', KEYS[4], 'seq', n) - n
-local sub, byte = string.sub, string.byte
-local args, seq = {}, {}
-for i = 1, n do
-  local e = items[i]
-  local f
-  if #e >= 21 and (byte(e, 1) == 1 or byte(e, 1) == 3) then
-    f = sub(e, 2, 21)
-    seq[i] = f
-  else
-    f = string.format('bad:%d', first + i)
-    seq[i] = '--------------------'
-  end
-  args[2 * i - 1] = f
-  args[2 * i] = e
+if bad then
+  for _, i in ipairs(bad) do args[2 * i - 1] = string.format('bad:%d', first + i) end
 end
 for i = 1, 2 * n, 1000 do
   redis.call('HSET', KEYS[2], unpack(args, i, math.min(i + 1000 - 1, 2 * n)))
