@@ -51,7 +51,7 @@ func TestScriptsGolden(t *testing.T) {
 // The numbers a script reads records with are the Go constants, not copies.
 func TestScriptsUseGoConstants(t *testing.T) {
 	claim := scriptSources["claim"]
-	assert.Contains(t, claim, "#e >= 21 and (byte(e, 1) == 1 or byte(e, 1) == 3)", "entryHeader, entryVersion and entryRecovered")
+	assert.Contains(t, claim, "size >= 21 and (v == 1 or v == 3)", "entryHeader, entryVersion and entryRecovered")
 	assert.Contains(t, claim, "sub(e, 2, 21)")
 	assert.Contains(t, claim, "'"+seqFiller+"'")
 	assert.Equal(t, idLen, len(seqFiller))

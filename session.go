@@ -321,7 +321,7 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 					s.loseLease()
 					return endLost
 				}
-				if waitCtx.Err() == nil {
+				if waitCtx.Err() == nil && !s.isLost() { // not the lost lease's cancelled calls
 					s.cfg.OnError(err)
 					b.wait(waitCtx)
 				}
@@ -361,7 +361,7 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 				return endLost
 			}
 			s.resyncOwed = true
-			if waitCtx.Err() == nil {
+			if waitCtx.Err() == nil && !s.isLost() {
 				s.cfg.OnError(err)
 				b.wait(waitCtx)
 			}
