@@ -240,7 +240,7 @@ func TestCheckLayout(t *testing.T) {
 }
 
 // The layout check was cached for the life of a process: after the server
-// lost what it had recorded (FLUSHDB standing in for a restart without
+// lost what it had recorded (its keys deleted, standing in for a restart without
 // persistence), a process with another queue count was accepted beside a
 // running one, and one OrderID's tasks went to two queues. A pool now
 // checks again with every lease it takes.
@@ -256,7 +256,9 @@ func TestLayoutRecheckedWithEveryLease(t *testing.T) {
 	require.Eventually(t, func() bool { return len(rec.order(1)) == 1 }, 5*time.Second, time.Millisecond)
 
 	// The server forgets everything; a process with Q=2 comes first.
-	servers[0].do(t, "FLUSHDB")
+	for _, k := range scanKeys(t, servers[0], q1.cfg.Prefix) { // this test's keys only: the server may be shared
+		servers[0].do(t, "DEL", k)
+	}
 	pools := []*redis.Pool{servers[0].pool}
 	q2, err := New(pools, Config{Prefix: q1.cfg.Prefix, Queues: 2})
 	require.NoError(t, err)
