@@ -244,7 +244,9 @@ func FuzzDecodeEntry(f *testing.F) {
 		if !wellFormedID(task.ID) {
 			t.Fatalf("decoded a bad id %q", task.ID)
 		}
-		if re := encodeTask(task, deliveries); !bytes.Equal(re, b) {
+		re := encodeTask(task, deliveries)
+		re[0] = b[0] // entryVersion, or entryRecovered: the mark is not the task's
+		if !bytes.Equal(re, b) {
 			t.Fatalf("re-encoded %q as %q", b, re)
 		}
 	})
