@@ -23,6 +23,15 @@ posts=40 # POSTs of tasks/posts tasks each; the owner is killed after half
 say() { printf '%s  %s\n' "$(date +%T)" "$*"; }
 fail() {
 	printf 'demo: %s\n' "$*" >&2
+	# Say why: the end of every log of this run (they go with the run
+	# unless KEEP is set).
+	if [[ -n ${work:-} && -d $work ]]; then
+		for log in "$work"/*.log; do
+			[[ -e $log ]] || continue
+			printf -- '--- %s (last lines)\n' "${log##*/}" >&2
+			tail -n 15 "$log" >&2
+		done
+	fi
 	exit 1
 }
 ((tasks % (orders * posts) == 0)) || fail "TASKS must be a multiple of ORDERS x $posts"
@@ -48,11 +57,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# free_port prints a loopback TCP port nothing listens on.
+# free_port prints a loopback TCP port nothing listens on, below Linux's
+# range of ephemeral ports (32768 and up), so that it is not the local
+# port of a connection some process has open either.
 free_port() {
 	local port
 	for _ in $(seq 100); do
-		port=$((20000 + RANDOM % 40000))
+		port=$((20000 + RANDOM % 12000))
 		if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
 			echo "$port"
 			return 0
