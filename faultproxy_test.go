@@ -33,6 +33,7 @@ type faultProxy struct {
 
 	resets atomic.Int64 // connections reset
 	cuts   atomic.Int64 // replies cut
+	down   atomic.Bool  // Redis is "unreachable": new connections are reset at once
 }
 
 // proxyPair is one proxied connection.
@@ -77,6 +78,13 @@ func (p *faultProxy) accept() {
 		c, err := p.ln.Accept()
 		if err != nil {
 			return
+		}
+		if p.down.Load() {
+			if tc, ok := c.(*net.TCPConn); ok {
+				tc.SetLinger(0)
+			}
+			c.Close()
+			continue
 		}
 		s, err := net.DialTimeout("tcp", p.target, 2*time.Second)
 		if err != nil {
@@ -185,6 +193,16 @@ func (p *faultProxy) resetAll() int {
 	}
 	p.resets.Add(int64(len(pairs)))
 	return len(pairs)
+}
+
+// setDown makes Redis unreachable through the proxy (every connection
+// reset, new ones too) or reachable again: an outage without restarting the
+// server behind it.
+func (p *faultProxy) setDown(down bool) {
+	p.down.Store(down)
+	if down {
+		p.resetAll()
+	}
 }
 
 func (p *faultProxy) close() {

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
+	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -97,10 +99,12 @@ func TestPoolLogsTheStory(t *testing.T) {
 }
 
 // A Redis outage is told once when it begins and once when it ends, not
-// by every goroutine at every retry.
+// by every goroutine at every retry. (The outage is a proxy that resets
+// every connection: a miniredis restarted under a running pool now and
+// then fails to compile a script, an error of its own.)
 func TestPoolLogsAnOutageOnce(t *testing.T) {
 	t.Parallel()
-	q, m := miniQueue(t)
+	q, p, _ := proxiedQueue(t)
 	h := &logRecorder{}
 	ctx, cancel := context.WithCancel(bounded(t))
 	defer cancel()
@@ -109,11 +113,10 @@ func TestPoolLogsAnOutageOnce(t *testing.T) {
 	_, err := q.AddTask(ctx, 1, []byte("a"))
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return rec.total() == 1 }, 5*time.Second, time.Millisecond)
-	m.Close()
+	p.setDown(true)
 	require.Eventually(t, func() bool { return len(h.lines("lost redis")) >= 1 }, 5*time.Second, time.Millisecond)
 	time.Sleep(2 * time.Second) // retries by the fetcher, the renewer, the standby...
-	m.FastForward(time.Second)  // the lease lapsed meanwhile
-	require.NoError(t, m.Restart())
+	p.setDown(false)
 	require.Eventually(t, func() bool { return len(h.lines("redis is back")) == 1 }, 15*time.Second, time.Millisecond)
 	require.Eventually(t, func() bool { return len(h.lines("took the lease")) == 2 }, 15*time.Second, time.Millisecond, "%s", h)
 	cancel()
@@ -122,6 +125,19 @@ func TestPoolLogsAnOutageOnce(t *testing.T) {
 	assert.Len(t, h.lines("redis is back"), 1)
 	assert.Empty(t, h.lines("pool error"), "an outage is not an error per retry: %s", h)
 	assert.Equal(t, slog.LevelWarn, h.lines("lost redis")[0].level)
+}
+
+// proxiedQueue returns a queue over a miniredis reached through a proxy
+// that can cut it off, with the proxy and the server.
+func proxiedQueue(t *testing.T) (*Queue, *faultProxy, *miniredis.Miniredis) {
+	t.Helper()
+	m := miniredis.RunT(t)
+	p := startProxy(t, m.Addr())
+	pool := testPool("redis://" + p.Addr())
+	t.Cleanup(func() { pool.Close() })
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
+	require.NoError(t, err)
+	return q, p, m
 }
 
 func (h *logRecorder) String() string {
@@ -139,18 +155,18 @@ func (h *logRecorder) String() string {
 // its value, rather than waiting the lease out as a standby of itself.
 func TestPoolTakesItsOwnLeaseBack(t *testing.T) {
 	t.Parallel()
-	q, m := miniQueue(t)
+	q, p, _ := proxiedQueue(t)
 	h := &logRecorder{}
 	ctx, cancel := context.WithCancel(bounded(t))
 	defer cancel()
 	errc := runPool(ctx, q, PoolConfig{Logger: slog.New(h), LeaseTTL: 500 * time.Millisecond, OnError: func(error) {}},
 		func(context.Context, Task) error { return nil })
 	require.Eventually(t, func() bool { return len(h.lines("took the lease")) == 1 }, 5*time.Second, time.Millisecond)
-	m.Close()
+	p.setDown(true)
 	time.Sleep(time.Second) // past the lease's deadline: the pool gives it up
 	// miniredis's clock stands still: the lease is still there, with the
 	// value the pool had.
-	require.NoError(t, m.Restart())
+	p.setDown(false)
 	require.Eventually(t, func() bool { return len(h.lines("took the lease")) == 2 }, 5*time.Second, time.Millisecond, "%s", h)
 	assert.Empty(t, h.lines("waiting as a standby"), "not a standby of itself")
 	cancel()
