@@ -1,0 +1,258 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+)
+
+// GroupConfig holds the settings of JoinGroup. The zero value works.
+type GroupConfig struct {
+	// Member names this process in the group, and is the Owner of its
+	// queues' leases unless Pool.Owner is set. A process that restarts
+	// with the same name within SessionTTL gets its queues back without
+	// moving any other. If empty, "host:pid" is used.
+	Member string
+	// Weight is this member's capacity relative to the others': members
+	// get shares of the queues in proportion. If zero, 1 is used; at most
+	// 1000.
+	Weight int
+	// SessionTTL is how long the member stays in the group without a
+	// heartbeat: the time from a crash to its queues being given to the
+	// others (who then take each one when its lease runs out, LeaseTTL
+	// after the crash at the latest). Heartbeats go every fifth of it.
+	// If zero, 5s is used.
+	SessionTTL time.Duration
+	// Pool configures the pool run on each queue the member is given.
+	// ExitOnEmpty and Counters do not apply to a group and are refused.
+	Pool PoolConfig
+	// OnAssign, when set, is called with the member's analysers each time
+	// they change (and first when the member joins). It is called from
+	// the group's goroutine and must not block.
+	OnAssign func(analysers []int)
+}
+
+const (
+	maxGroupWeight    = 1000
+	defaultSessionTTL = 5 * time.Second
+)
+
+func (c GroupConfig) withDefaults() (GroupConfig, error) {
+	if c.Member == "" {
+		c.Member = defaultOwner()
+	}
+	if err := checkGroupName("member", c.Member); err != nil {
+		return c, err
+	}
+	if c.Weight == 0 {
+		c.Weight = 1
+	}
+	if c.Weight < 0 || c.Weight > maxGroupWeight {
+		return c, fmt.Errorf("%w: Weight %d not in [1, %d]", ErrBadConfig, c.Weight, maxGroupWeight)
+	}
+	if c.SessionTTL == 0 {
+		c.SessionTTL = defaultSessionTTL
+	}
+	if c.SessionTTL < 10*time.Millisecond || c.SessionTTL > time.Hour {
+		return c, fmt.Errorf("%w: SessionTTL %v not in [10ms, 1h]", ErrBadConfig, c.SessionTTL)
+	}
+	if c.Pool.ExitOnEmpty || c.Pool.Counters != nil {
+		return c, fmt.Errorf("%w: Pool.ExitOnEmpty and Pool.Counters do not apply to a group", ErrBadConfig)
+	}
+	if c.Pool.Owner == "" {
+		c.Pool.Owner = c.Member
+	}
+	if _, err := c.Pool.withDefaults(); err != nil {
+		return c, err
+	}
+	return c, nil
+}
+
+// JoinGroup makes this process a member of group until ctx ends: the
+// group's live members share all of the queue's analysers (every queue of
+// every partition), each in proportion to its Weight, and the member runs
+// a pool (AnalysePool, with cfg.Pool) on each analyser it is given. When a
+// member joins, leaves or dies, only the queues that must move do: a queue
+// taken from a member is stopped there with the pool's graceful stop
+// (unstarted tasks handed back in order, running ones given
+// ShutdownTimeout, the lease released), and its new owner, waiting on the
+// lease, starts it at once. A dead member's queues go to the others once
+// its session has run out, and each starts when its lease does. Every
+// other queue keeps running.
+//
+// The assignment only says who tries to run a queue: the queue's fenced
+// lease still decides who does, so no assignment, however stale, runs one
+// queue twice, and per-OrderID order and at-least-once hold through every
+// change.
+//
+// When ctx ends, the member leaves the group (its queues go to the others
+// at once), stops its pools gracefully and returns nil. It returns an
+// error for invalid arguments, a layout mismatch or a closed Queue. Redis
+// errors are reported through cfg.Pool.OnError (or logged) and retried;
+// while the group's partition cannot be reached, the member keeps running
+// the queues it has.
+func (q *Queue) JoinGroup(ctx context.Context, group string, cfg GroupConfig, fn AnalyseFunc) error {
+	if fn == nil {
+		return ErrNilFunc
+	}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return err
+	}
+	g, err := q.newGroupStore(group, cfg.SessionTTL)
+	if err != nil {
+		return err
+	}
+	log := cfg.Pool.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	report := cfg.Pool.OnError
+	if report == nil {
+		report = func(err error) { log.Error("queue: group error", "group", group, "member", cfg.Member, "err", err) }
+	}
+	r := &groupRun{q: q, g: g, cfg: cfg, fn: fn, log: log, report: report, pools: map[int]*groupPool{}}
+	return r.run(ctx)
+}
+
+// groupRun is one member's life in a group.
+type groupRun struct {
+	q      *Queue
+	g      *groupStore
+	cfg    GroupConfig
+	fn     AnalyseFunc
+	log    *slog.Logger
+	report func(error)
+
+	pools map[int]*groupPool // by analyser: the last pool started on it
+	mine  []int              // the analysers assigned, as last told
+	wg    sync.WaitGroup
+}
+
+// groupPool is a pool the member runs on one analyser.
+type groupPool struct {
+	stop context.CancelFunc
+	done chan struct{} // closed when AnalysePool returned
+}
+
+func (r *groupRun) run(ctx context.Context) error {
+	runCtx, fail := context.WithCancelCause(ctx)
+	defer fail(nil)
+	every := r.cfg.SessionTTL / 5
+	var b backoff
+	joined := false
+	for runCtx.Err() == nil {
+		beat, err := r.g.beat(runCtx, r.cfg.Member, r.cfg.Weight, "beat")
+		if err != nil {
+			if runCtx.Err() != nil {
+				break
+			}
+			r.report(err)
+			sleep(runCtx, min(b.next(), every))
+			continue
+		}
+		b.reset()
+		if !joined {
+			joined = true
+			r.log.Info("queue: joined group", "group", r.g.name, "member", r.cfg.Member,
+				"analysers", len(beat.analysers), "generation", beat.gen)
+		}
+		r.assign(runCtx, fail, beat)
+		wait := every
+		if beat.nextEnd >= 0 {
+			// Be there when the next member's session runs out: its
+			// queues move at the first heartbeat after that.
+			wait = min(wait, beat.nextEnd+5*time.Millisecond)
+		}
+		if _, err := r.g.waitNudge(runCtx, r.cfg.Member, wait); err != nil && runCtx.Err() == nil {
+			r.report(err)
+			sleep(runCtx, min(b.next(), every))
+		}
+	}
+	// Leave first, so that the others start waiting on the queues' leases
+	// and take each one the moment its pool here releases it.
+	if joined {
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.SessionTTL)
+		if _, err := r.g.beat(lctx, r.cfg.Member, r.cfg.Weight, "leave"); err != nil {
+			r.report(err) // the session runs out by itself
+		}
+		cancel()
+	}
+	for _, p := range r.pools {
+		p.stop()
+	}
+	r.wg.Wait()
+	if joined {
+		r.log.Info("queue: left group", "group", r.g.name, "member", r.cfg.Member)
+	}
+	if err := context.Cause(runCtx); err != nil && !errors.Is(err, ctx.Err()) {
+		return err
+	}
+	return nil
+}
+
+// assign starts pools on the analysers newly given, and stops (gracefully)
+// those taken away.
+func (r *groupRun) assign(ctx context.Context, fail context.CancelCauseFunc, beat groupBeat) {
+	if slices.Equal(beat.analysers, r.mine) && r.mine != nil {
+		return
+	}
+	want := map[int]bool{}
+	for _, a := range beat.analysers {
+		want[a] = true
+	}
+	var added, removed []int
+	for _, a := range r.mine {
+		if !want[a] {
+			removed = append(removed, a)
+			r.pools[a].stop()
+		}
+	}
+	had := map[int]bool{}
+	for _, a := range r.mine {
+		had[a] = true
+	}
+	for _, a := range beat.analysers {
+		if !had[a] {
+			added = append(added, a)
+			r.start(ctx, fail, a)
+		}
+	}
+	r.mine = slices.Clip(append([]int{}, beat.analysers...))
+	if len(added)+len(removed) > 0 {
+		r.log.Info("queue: group assignment changed", "group", r.g.name, "member", r.cfg.Member,
+			"generation", beat.gen, "analysers", len(r.mine), "added", added, "removed", removed)
+	}
+	if r.cfg.OnAssign != nil {
+		r.cfg.OnAssign(slices.Clone(r.mine))
+	}
+}
+
+// start runs a pool on analyser a, once the pool that ran on it before
+// (being stopped) has returned.
+func (r *groupRun) start(ctx context.Context, fail context.CancelCauseFunc, a int) {
+	prev := r.pools[a]
+	pctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	p := &groupPool{stop: stop, done: make(chan struct{})}
+	r.pools[a] = p
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		defer close(p.done)
+		defer stop()
+		if prev != nil {
+			select {
+			case <-prev.done:
+			case <-pctx.Done():
+				return
+			}
+		}
+		if err := r.q.AnalysePool(pctx, a, r.cfg.Pool, r.fn); err != nil {
+			fail(fmt.Errorf("queue: group %q analyser %d: %w", r.g.name, a, err))
+		}
+	}()
+}

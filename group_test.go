@@ -1,0 +1,179 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// groupLog records every analyse call of a group test.
+type groupLog struct {
+	mu      sync.Mutex
+	runs    map[uint64][]groupRunRec // by OrderID, in start order
+	running map[uint64]string        // OrderIDs running now -> member
+	overlap []string
+	total   atomic.Int64
+}
+
+type groupRunRec struct {
+	seq    int
+	member string
+}
+
+func newGroupLog() *groupLog {
+	return &groupLog{runs: map[uint64][]groupRunRec{}, running: map[uint64]string{}}
+}
+
+// fn returns member's AnalyseFunc: payloads are "<order>:<seq>".
+func (l *groupLog) fn(member string) AnalyseFunc {
+	return func(ctx context.Context, t Task) error {
+		seq, _ := strconv.Atoi(string(t.Payload[strings.IndexByte(string(t.Payload), ':')+1:]))
+		l.mu.Lock()
+		if other, ok := l.running[t.OrderID]; ok {
+			l.overlap = append(l.overlap, fmt.Sprintf("order %d seq %d on %s while running on %s", t.OrderID, seq, member, other))
+		}
+		l.running[t.OrderID] = member
+		l.runs[t.OrderID] = append(l.runs[t.OrderID], groupRunRec{seq, member})
+		l.mu.Unlock()
+		time.Sleep(time.Duration(t.OrderID%3) * 100 * time.Microsecond)
+		l.mu.Lock()
+		delete(l.running, t.OrderID)
+		l.mu.Unlock()
+		l.total.Add(1)
+		return nil
+	}
+}
+
+// check asserts that every task added ran exactly once, in order.
+func (l *groupLog) check(t *testing.T, added map[uint64]int) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	require.Empty(t, l.overlap)
+	for o, n := range added {
+		runs := l.runs[o]
+		require.Len(t, runs, n, "order %d: runs %v", o, runs)
+		for i, r := range runs {
+			require.Equal(t, i, r.seq, "order %d: runs %v", o, runs)
+		}
+	}
+}
+
+// settled reports whether the group's assignment is balanced over the
+// members named and every analyser's lease is held by its assigned member.
+func settled(t *testing.T, q *Queue, group string, members ...string) bool {
+	st, err := q.GroupStatus(context.Background(), group)
+	if err != nil || len(st.Members) != len(members) || len(st.Unassigned) > 0 {
+		return false
+	}
+	n := q.Analysers()
+	owner := map[int]string{}
+	for i, m := range st.Members {
+		if m.Name != members[i] || len(m.Analysers) < n/len(members) || len(m.Analysers) > (n+len(members)-1)/len(members) {
+			return false
+		}
+		for _, a := range m.Analysers {
+			owner[a] = m.Name
+		}
+	}
+	stats, err := q.Stats(context.Background())
+	if err != nil {
+		return false
+	}
+	for _, s := range stats {
+		if s.Owner != owner[s.Analyser] {
+			return false
+		}
+	}
+	return true
+}
+
+// TestJoinGroupMovesQueuesGracefully runs members joining and leaving a
+// group under a steady flow of tasks: every task runs once, in order, on
+// one member at a time, and the group settles after each change.
+func TestJoinGroupMovesQueuesGracefully(t *testing.T) {
+	q, _ := newTestQueue(t, 2, Config{Queues: 3}) // 6 analysers
+	l := newGroupLog()
+	const orders = 60
+	added := map[uint64]int{}
+	var addMu sync.Mutex
+	stopAdding := make(chan struct{})
+	addDone := make(chan struct{})
+	go func() {
+		defer close(addDone)
+		for i := 0; ; i++ {
+			select {
+			case <-stopAdding:
+				return
+			default:
+			}
+			o := uint64(i % orders)
+			addMu.Lock()
+			seq := added[o]
+			addMu.Unlock()
+			if _, err := q.AddTask(context.Background(), o, []byte(fmt.Sprintf("%d:%d", o, seq))); err != nil {
+				t.Errorf("add: %v", err)
+				return
+			}
+			addMu.Lock()
+			added[o]++
+			addMu.Unlock()
+			if i%20 == 0 {
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}()
+
+	type member struct {
+		stop context.CancelFunc
+		done chan error
+	}
+	join := func(name string) member {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		cfg := GroupConfig{Member: name, SessionTTL: 2 * time.Second,
+			Pool: PoolConfig{Workers: 2, LeaseTTL: 2 * time.Second, ShutdownTimeout: 5 * time.Second}}
+		go func() { done <- q.JoinGroup(ctx, "g", cfg, l.fn(name)) }()
+		return member{cancel, done}
+	}
+	waitSettled := func(members ...string) {
+		t.Helper()
+		require.Eventually(t, func() bool { return settled(t, q, "g", members...) }, 10*time.Second, 10*time.Millisecond,
+			"group did not settle over %v", members)
+		n := l.total.Load()
+		require.Eventually(t, func() bool { return l.total.Load() > n+20 }, 10*time.Second, time.Millisecond, "no progress")
+	}
+
+	a := join("a")
+	waitSettled("a")
+	b := join("b")
+	waitSettled("a", "b")
+	c := join("c")
+	waitSettled("a", "b", "c")
+	b.stop()
+	require.NoError(t, <-b.done)
+	waitSettled("a", "c")
+
+	close(stopAdding)
+	<-addDone
+	want := int64(0)
+	for _, n := range added {
+		want += int64(n)
+	}
+	require.Eventually(t, func() bool { return l.total.Load() >= want }, 20*time.Second, 5*time.Millisecond)
+	a.stop()
+	c.stop()
+	require.NoError(t, <-a.done)
+	require.NoError(t, <-c.done)
+	l.check(t, added)
+	st, err := q.GroupStatus(context.Background(), "g")
+	require.NoError(t, err)
+	require.Empty(t, st.Members, "members left")
+}

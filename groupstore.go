@@ -1,0 +1,388 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+)
+
+// A group's state lives on partition 0, under a hash tag of its own:
+//
+//	members  sorted set: member name -> when its session ends (Redis's clock, ms)
+//	info     hash: member name -> "<weight>:<joined ms>:<last heartbeat ms>"
+//	assign   hash: analyser -> member name, the assignment
+//	meta     hash: gen (bumped with every change of the assignment), analysers, changed (ms)
+//	nudge:M  list: at most one element, pushed when member M's queues change
+//
+// Every change (a join, a heartbeat, a leave, a member's session running
+// out) is one script, which also computes the new assignment from the old
+// one and the live members: members converge without a leader, and two
+// members can never be handed one queue by one version of the assignment.
+// The assignment only decides who tries to run a queue; the queue's fenced
+// lease still decides who does.
+type groupKeys struct {
+	members, info, assign, meta, nudge string // nudge: the prefix of nudge:M
+}
+
+func newGroupKeys(prefix, group string) groupKeys {
+	tag := "{" + prefix + ":group:" + group + "}:"
+	return groupKeys{
+		members: tag + "members",
+		info:    tag + "info",
+		assign:  tag + "assign",
+		meta:    tag + "meta",
+		nudge:   tag + "nudge:",
+	}
+}
+
+// checkGroupName refuses names that would break the keys: empty, too
+// long, or with a brace (the hash tag) or a control character.
+func checkGroupName(what, name string) error {
+	if name == "" || len(name) > 200 || strings.ContainsAny(name, "{}") ||
+		strings.ContainsFunc(name, func(r rune) bool { return r < ' ' || r == 0x7f }) {
+		return fmt.Errorf("%w: %s %q: want 1 to 200 printable characters, no braces", ErrBadConfig, what, name)
+	}
+	return nil
+}
+
+// groupBeatScript joins, heartbeats or leaves, drops the members whose
+// session ran out, and when the members or their weights changed, or the
+// layout did, assigns the queues anew: sticky (a queue stays with its
+// member while that member has no more than its share) and balanced (each
+// member gets its weight's share of the queues, rounded down, and the
+// queues left over go to the members with the largest fractions, then to
+// those that held more, then by name). Queues that must move go, in
+// queue order, to the members furthest under their share. Every member
+// whose queues changed is nudged.
+//
+//	KEYS[1] = members, KEYS[2] = info, KEYS[3] = assign, KEYS[4] = meta
+//	ARGV[1] = member, ARGV[2] = session TTL ms, ARGV[3] = weight,
+//	ARGV[4] = analysers, ARGV[5] = nudge key prefix, ARGV[6] = "beat" or "leave"
+//
+// Returns {gen, the member's analysers as a comma-separated string, ms
+// until the next other member's session ends (-1 when none)}.
+var groupBeatScript = newScript("group-beat", 4, typeCheck(keyType{1, "zset"}, hashAt(2), hashAt(3), hashAt(4))+`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local me, n = ARGV[1], tonumber(ARGV[4])
+local changed = false
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+for _, m in ipairs(gone) do
+  redis.call('ZREM', KEYS[1], m)
+  redis.call('HDEL', KEYS[2], m)
+  changed = true
+end
+if ARGV[6] == 'leave' then
+  if redis.call('ZREM', KEYS[1], me) == 1 then changed = true end
+  redis.call('HDEL', KEYS[2], me)
+else
+  local joined, weight = now, ARGV[3]
+  local old = redis.call('HGET', KEYS[2], me)
+  if redis.call('ZSCORE', KEYS[1], me) == false or not old then
+    changed = true
+  else
+    local w, j = string.match(old, '^(%d+):(%d+):')
+    if w ~= weight then changed = true end
+    if j then joined = j end
+  end
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), me)
+  redis.call('HSET', KEYS[2], me, weight .. ':' .. joined .. ':' .. now)
+end
+if tostring(redis.call('HGET', KEYS[4], 'analysers')) ~= ARGV[4] then changed = true end
+if changed then
+  local ms = redis.call('ZRANGE', KEYS[1], 0, -1)
+  table.sort(ms)
+  local live, w, total = {}, {}, 0
+  for _, m in ipairs(ms) do
+    live[m] = true
+    local v = redis.call('HGET', KEYS[2], m)
+    w[m] = tonumber(v and string.match(v, '^(%d+):') or '1') or 1
+    if w[m] < 1 then w[m] = 1 end
+    total = total + w[m]
+  end
+  local owner, held = {}, {}
+  local cur = redis.call('HGETALL', KEYS[3])
+  for i = 1, #cur, 2 do
+    local q = tonumber(cur[i])
+    if q and q >= 0 and q < n and q == math.floor(q) and live[cur[i + 1]] then
+      owner[q] = cur[i + 1]
+      held[cur[i + 1]] = (held[cur[i + 1]] or 0) + 1
+    end
+  end
+  local quota, rank = {}, {}
+  local left = n
+  for _, m in ipairs(ms) do
+    quota[m] = math.floor(n * w[m] / total)
+    left = left - quota[m]
+    rank[#rank + 1] = m
+  end
+  table.sort(rank, function(a, b)
+    local fa, fb = (n * w[a]) % total, (n * w[b]) % total
+    if fa ~= fb then return fa > fb end
+    local ha, hb = held[a] or 0, held[b] or 0
+    if ha ~= hb then return ha > hb end
+    return a < b
+  end)
+  for i = 1, math.min(left, #rank) do quota[rank[i]] = quota[rank[i]] + 1 end
+  local kept, new, moved = {}, {}, {}
+  for q = 0, n - 1 do
+    local o = owner[q]
+    if o and (kept[o] or 0) < quota[o] then
+      kept[o] = (kept[o] or 0) + 1
+      new[q] = o
+    end
+  end
+  for q = 0, n - 1 do
+    if not new[q] then
+      local best, gap = nil, 0
+      for _, m in ipairs(ms) do
+        local g = quota[m] - (kept[m] or 0)
+        if g > gap then best, gap = m, g end
+      end
+      if best then
+        kept[best] = (kept[best] or 0) + 1
+        new[q] = best
+      end
+      if owner[q] then moved[owner[q]] = true end
+      if best then moved[best] = true end
+    end
+  end
+  redis.call('DEL', KEYS[3])
+  local args = {}
+  for q = 0, n - 1 do
+    if new[q] then
+      args[#args + 1] = q
+      args[#args + 1] = new[q]
+      if #args >= 2 * $scriptChunk then
+        redis.call('HSET', KEYS[3], unpack(args))
+        args = {}
+      end
+    end
+  end
+  if #args > 0 then redis.call('HSET', KEYS[3], unpack(args)) end
+  redis.call('HINCRBY', KEYS[4], 'gen', 1)
+  redis.call('HSET', KEYS[4], 'analysers', ARGV[4], 'changed', now)
+  for m in pairs(moved) do
+    if m ~= me then
+      local k = ARGV[5] .. m
+      redis.call('DEL', k)
+      redis.call('RPUSH', k, '1')
+      redis.call('PEXPIRE', k, ARGV[2])
+    end
+  end
+end
+local mine = {}
+if ARGV[6] ~= 'leave' then
+  local cur = redis.call('HGETALL', KEYS[3])
+  for i = 1, #cur, 2 do
+    if cur[i + 1] == me then mine[#mine + 1] = cur[i] end
+  end
+end
+local next = -1
+local first = redis.call('ZRANGE', KEYS[1], 0, 1, 'WITHSCORES')
+for i = 1, #first, 2 do
+  if first[i] ~= me then
+    next = math.max(tonumber(first[i + 1]) - now, 0)
+    break
+  end
+end
+return {tonumber(redis.call('HGET', KEYS[4], 'gen') or '0'), table.concat(mine, ','), next}
+`)
+
+// groupStore runs a group's scripts on partition 0.
+type groupStore struct {
+	part  *partition
+	keys  groupKeys
+	name  string
+	n     int // analysers
+	ttlMS int64
+}
+
+func (q *Queue) newGroupStore(group string, ttl time.Duration) (*groupStore, error) {
+	if err := checkGroupName("group", group); err != nil {
+		return nil, err
+	}
+	if q.closed.Load() {
+		return nil, ErrClosed
+	}
+	return &groupStore{
+		part:  q.parts[0],
+		keys:  newGroupKeys(q.cfg.Prefix, group),
+		name:  group,
+		n:     q.Analysers(),
+		ttlMS: ttl.Milliseconds(),
+	}, nil
+}
+
+// groupBeat is what a heartbeat tells a member.
+type groupBeat struct {
+	gen       int64
+	analysers []int         // the member's, in order
+	nextEnd   time.Duration // until the next other member's session ends; -1 when none
+}
+
+// beat runs the beat script for member with op "beat" or "leave".
+func (g *groupStore) beat(ctx context.Context, member string, weight int, op string) (groupBeat, error) {
+	what := fmt.Sprintf("%s group %q", op, g.name)
+	r, err := onPartition(ctx, g.part, what, func(conn redis.Conn) ([]any, error) {
+		return redis.Values(groupBeatScript.DoContext(ctx, conn, g.keys.members, g.keys.info, g.keys.assign, g.keys.meta,
+			member, g.ttlMS, weight, g.n, g.keys.nudge, op))
+	})
+	if err != nil {
+		return groupBeat{}, err
+	}
+	if len(r) != 3 {
+		return groupBeat{}, fmt.Errorf("queue: %s: unexpected reply %v", what, r)
+	}
+	var b groupBeat
+	b.gen, _ = redis.Int64(r[0], nil)
+	list, _ := redis.String(r[1], nil)
+	if b.analysers, err = parseAnalysers(list, g.n); err != nil {
+		return groupBeat{}, fmt.Errorf("queue: %s: %w", what, err)
+	}
+	next, _ := redis.Int64(r[2], nil)
+	b.nextEnd = time.Duration(next) * time.Millisecond
+	if next < 0 {
+		b.nextEnd = -1
+	}
+	return b, nil
+}
+
+// parseAnalysers parses "a,b,c" into sorted analysers below n.
+func parseAnalysers(list string, n int) ([]int, error) {
+	if list == "" {
+		return nil, nil
+	}
+	fields := strings.Split(list, ",")
+	out := make([]int, 0, len(fields))
+	for _, f := range fields {
+		a, err := strconv.Atoi(f)
+		if err != nil || a < 0 || a >= n {
+			return nil, fmt.Errorf("%w: analyser %q in the assignment", ErrMalformed, f)
+		}
+		out = append(out, a)
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// waitNudge waits up to d for member's nudge, and reports whether one came.
+func (g *groupStore) waitNudge(ctx context.Context, member string, d time.Duration) (bool, error) {
+	r, err := onPartition(ctx, g.part, fmt.Sprintf("wait on group %q", g.name), func(conn redis.Conn) (any, error) {
+		return redis.DoContext(conn, ctx, "BLPOP", g.keys.nudge+member, blockSeconds(d))
+	})
+	if err != nil {
+		if isTimeout(err) && ctx.Err() == nil {
+			return false, nil
+		}
+		return false, err
+	}
+	return r != nil, nil
+}
+
+// GroupMember is one live member of a group, as GroupStatus reads it.
+type GroupMember struct {
+	Name      string
+	Weight    int
+	Joined    time.Time     // when this member joined (Redis's clock)
+	Heartbeat time.Duration // since its last heartbeat
+	Expires   time.Duration // until its session ends unless it beats again
+	Analysers []int         // the queues assigned to it
+}
+
+// GroupStatus is a group's membership and assignment.
+type GroupStatus struct {
+	Group      string
+	Generation int64 // bumped with every change of the assignment
+	Members    []GroupMember
+	Unassigned []int // analysers no live member has (none while a member lives)
+}
+
+// GroupStatus reads a group's members and assignment. Members whose
+// session has run out are left out (the next heartbeat drops them).
+func (q *Queue) GroupStatus(ctx context.Context, group string) (GroupStatus, error) {
+	g, err := q.newGroupStore(group, time.Second)
+	if err != nil {
+		return GroupStatus{}, err
+	}
+	what := fmt.Sprintf("read group %q", group)
+	type raw struct {
+		now            []int64
+		members        []string
+		info, assign   map[string]string
+		gen            int64
+	}
+	r, err := onPartition(ctx, g.part, what, func(conn redis.Conn) (raw, error) {
+		var r raw
+		for _, c := range [][]any{{"TIME"}, {"ZRANGE", g.keys.members, 0, -1, "WITHSCORES"}, {"HGETALL", g.keys.info},
+			{"HGETALL", g.keys.assign}, {"HGET", g.keys.meta, "gen"}} {
+			if err := conn.Send(c[0].(string), c[1:]...); err != nil {
+				return r, err
+			}
+		}
+		if err := conn.Flush(); err != nil {
+			return r, err
+		}
+		var errs [5]error
+		var t []int64
+		t, errs[0] = redis.Int64s(receiveContext(conn, ctx))
+		r.members, errs[1] = redis.Strings(receiveContext(conn, ctx))
+		r.info, errs[2] = redis.StringMap(receiveContext(conn, ctx))
+		r.assign, errs[3] = redis.StringMap(receiveContext(conn, ctx))
+		r.gen, errs[4] = redis.Int64(receiveContext(conn, ctx))
+		if errs[4] == redis.ErrNil {
+			errs[4] = nil
+		}
+		for _, err := range errs {
+			if err != nil {
+				return r, err
+			}
+		}
+		if len(t) == 2 {
+			r.now = t
+		}
+		return r, nil
+	})
+	if err != nil {
+		return GroupStatus{}, err
+	}
+	if r.now == nil {
+		return GroupStatus{}, fmt.Errorf("queue: %s: unexpected TIME reply", what)
+	}
+	now := r.now[0]*1000 + r.now[1]/1000
+	st := GroupStatus{Group: group, Generation: r.gen}
+	byName := map[string]int{}
+	for i := 0; i+1 < len(r.members); i += 2 {
+		end, err := strconv.ParseInt(r.members[i+1], 10, 64)
+		if err != nil || end <= now {
+			continue
+		}
+		m := GroupMember{Name: r.members[i], Weight: 1, Expires: time.Duration(end-now) * time.Millisecond}
+		if f := strings.Split(r.info[m.Name], ":"); len(f) == 3 {
+			m.Weight, _ = strconv.Atoi(f[0])
+			if j, err := strconv.ParseInt(f[1], 10, 64); err == nil {
+				m.Joined = time.UnixMilli(j)
+			}
+			if b, err := strconv.ParseInt(f[2], 10, 64); err == nil {
+				m.Heartbeat = time.Duration(max(now-b, 0)) * time.Millisecond
+			}
+		}
+		byName[m.Name] = len(st.Members)
+		st.Members = append(st.Members, m)
+	}
+	for a := range g.n {
+		i, ok := byName[r.assign[strconv.Itoa(a)]]
+		if !ok {
+			st.Unassigned = append(st.Unassigned, a)
+			continue
+		}
+		st.Members[i].Analysers = append(st.Members[i].Analysers, a)
+	}
+	slices.SortFunc(st.Members, func(a, b GroupMember) int { return strings.Compare(a.Name, b.Name) })
+	return st, nil
+}

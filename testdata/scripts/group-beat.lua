@@ -1,0 +1,134 @@
+local t = redis.call('TYPE', KEYS[1]).ok
+if t ~= 'zset' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[1] .. ' holds a ' .. t .. ', want a zset') end
+local t = redis.call('TYPE', KEYS[2]).ok
+if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[2] .. ' holds a ' .. t .. ', want a hash') end
+local t = redis.call('TYPE', KEYS[3]).ok
+if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[3] .. ' holds a ' .. t .. ', want a hash') end
+local t = redis.call('TYPE', KEYS[4]).ok
+if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[4] .. ' holds a ' .. t .. ', want a hash') end
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local me, n = ARGV[1], tonumber(ARGV[4])
+local changed = false
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+for _, m in ipairs(gone) do
+  redis.call('ZREM', KEYS[1], m)
+  redis.call('HDEL', KEYS[2], m)
+  changed = true
+end
+if ARGV[6] == 'leave' then
+  if redis.call('ZREM', KEYS[1], me) == 1 then changed = true end
+  redis.call('HDEL', KEYS[2], me)
+else
+  local joined, weight = now, ARGV[3]
+  local old = redis.call('HGET', KEYS[2], me)
+  if redis.call('ZSCORE', KEYS[1], me) == false or not old then
+    changed = true
+  else
+    local w, j = string.match(old, '^(%d+):(%d+):')
+    if w ~= weight then changed = true end
+    if j then joined = j end
+  end
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), me)
+  redis.call('HSET', KEYS[2], me, weight .. ':' .. joined .. ':' .. now)
+end
+if tostring(redis.call('HGET', KEYS[4], 'analysers')) ~= ARGV[4] then changed = true end
+if changed then
+  local ms = redis.call('ZRANGE', KEYS[1], 0, -1)
+  table.sort(ms)
+  local live, w, total = {}, {}, 0
+  for _, m in ipairs(ms) do
+    live[m] = true
+    local v = redis.call('HGET', KEYS[2], m)
+    w[m] = tonumber(v and string.match(v, '^(%d+):') or '1') or 1
+    if w[m] < 1 then w[m] = 1 end
+    total = total + w[m]
+  end
+  local owner, held = {}, {}
+  local cur = redis.call('HGETALL', KEYS[3])
+  for i = 1, #cur, 2 do
+    local q = tonumber(cur[i])
+    if q and q >= 0 and q < n and q == math.floor(q) and live[cur[i + 1]] then
+      owner[q] = cur[i + 1]
+      held[cur[i + 1]] = (held[cur[i + 1]] or 0) + 1
+    end
+  end
+  local quota, rank = {}, {}
+  local left = n
+  for _, m in ipairs(ms) do
+    quota[m] = math.floor(n * w[m] / total)
+    left = left - quota[m]
+    rank[#rank + 1] = m
+  end
+  table.sort(rank, function(a, b)
+    local fa, fb = (n * w[a]) % total, (n * w[b]) % total
+    if fa ~= fb then return fa > fb end
+    local ha, hb = held[a] or 0, held[b] or 0
+    if ha ~= hb then return ha > hb end
+    return a < b
+  end)
+  for i = 1, math.min(left, #rank) do quota[rank[i]] = quota[rank[i]] + 1 end
+  local kept, new, moved = {}, {}, {}
+  for q = 0, n - 1 do
+    local o = owner[q]
+    if o and (kept[o] or 0) < quota[o] then
+      kept[o] = (kept[o] or 0) + 1
+      new[q] = o
+    end
+  end
+  for q = 0, n - 1 do
+    if not new[q] then
+      local best, gap = nil, 0
+      for _, m in ipairs(ms) do
+        local g = quota[m] - (kept[m] or 0)
+        if g > gap then best, gap = m, g end
+      end
+      if best then
+        kept[best] = (kept[best] or 0) + 1
+        new[q] = best
+      end
+      if owner[q] then moved[owner[q]] = true end
+      if best then moved[best] = true end
+    end
+  end
+  redis.call('DEL', KEYS[3])
+  local args = {}
+  for q = 0, n - 1 do
+    if new[q] then
+      args[#args + 1] = q
+      args[#args + 1] = new[q]
+      if #args >= 2 * 1000 then
+        redis.call('HSET', KEYS[3], unpack(args))
+        args = {}
+      end
+    end
+  end
+  if #args > 0 then redis.call('HSET', KEYS[3], unpack(args)) end
+  redis.call('HINCRBY', KEYS[4], 'gen', 1)
+  redis.call('HSET', KEYS[4], 'analysers', ARGV[4], 'changed', now)
+  for m in pairs(moved) do
+    if m ~= me then
+      local k = ARGV[5] .. m
+      redis.call('DEL', k)
+      redis.call('RPUSH', k, '1')
+      redis.call('PEXPIRE', k, ARGV[2])
+    end
+  end
+end
+local mine = {}
+if ARGV[6] ~= 'leave' then
+  local cur = redis.call('HGETALL', KEYS[3])
+  for i = 1, #cur, 2 do
+    if cur[i + 1] == me then mine[#mine + 1] = cur[i] end
+  end
+end
+local next = -1
+local first = redis.call('ZRANGE', KEYS[1], 0, 1, 'WITHSCORES')
+for i = 1, #first, 2 do
+  if first[i] ~= me then
+    next = math.max(tonumber(first[i + 1]) - now, 0)
+    break
+  end
+end
+return {tonumber(redis.call('HGET', KEYS[4], 'gen') or '0'), table.concat(mine, ','), next}
