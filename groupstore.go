@@ -312,10 +312,10 @@ func (q *Queue) GroupStatus(ctx context.Context, group string) (GroupStatus, err
 	}
 	what := fmt.Sprintf("read group %q", group)
 	type raw struct {
-		now            []int64
-		members        []string
-		info, assign   map[string]string
-		gen            int64
+		now          []int64
+		members      []string
+		info, assign map[string]string
+		gen          int64
 	}
 	r, err := onPartition(ctx, g.part, what, func(conn redis.Conn) (raw, error) {
 		var r raw
