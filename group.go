@@ -130,6 +130,7 @@ type groupRun struct {
 
 	pools map[int]*groupPool // by analyser: the last pool started on it
 	mine  []int              // the analysers assigned, as last told
+	gen   int64              // the generation they are of (0 before the first heartbeat)
 	wg    sync.WaitGroup
 }
 
@@ -146,7 +147,7 @@ func (r *groupRun) run(ctx context.Context) error {
 	var b backoff
 	joined := false
 	for runCtx.Err() == nil {
-		beat, err := r.g.beat(runCtx, r.cfg.Member, r.cfg.Weight, "beat")
+		beat, err := r.g.beat(runCtx, r.cfg.Member, r.cfg.Weight, "beat", r.gen)
 		if err != nil {
 			if runCtx.Err() != nil {
 				break
@@ -177,7 +178,7 @@ func (r *groupRun) run(ctx context.Context) error {
 	// and take each one the moment its pool here releases it.
 	if joined {
 		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.SessionTTL)
-		if _, err := r.g.beat(lctx, r.cfg.Member, r.cfg.Weight, "leave"); err != nil {
+		if _, err := r.g.beat(lctx, r.cfg.Member, r.cfg.Weight, "leave", 0); err != nil {
 			r.report(err) // the session runs out by itself
 		}
 		cancel()
@@ -198,7 +199,12 @@ func (r *groupRun) run(ctx context.Context) error {
 // assign starts pools on the analysers newly given, and stops (gracefully)
 // those taken away.
 func (r *groupRun) assign(ctx context.Context, fail context.CancelCauseFunc, beat groupBeat) {
-	if slices.Equal(beat.analysers, r.mine) && r.mine != nil {
+	if beat.same {
+		return
+	}
+	first := r.gen == 0
+	r.gen = beat.gen
+	if slices.Equal(beat.analysers, r.mine) && !first {
 		return
 	}
 	want := map[int]bool{}

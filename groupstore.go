@@ -62,10 +62,13 @@ func checkGroupName(what, name string) error {
 //
 //	KEYS[1] = members, KEYS[2] = info, KEYS[3] = assign, KEYS[4] = meta
 //	ARGV[1] = member, ARGV[2] = session TTL ms, ARGV[3] = weight,
-//	ARGV[4] = analysers, ARGV[5] = nudge key prefix, ARGV[6] = "beat" or "leave"
+//	ARGV[4] = analysers, ARGV[5] = nudge key prefix, ARGV[6] = "beat" or "leave",
+//	ARGV[7] = the generation the member knows ("" when none)
 //
-// Returns {gen, the member's analysers as a comma-separated string, ms
-// until the next other member's session ends (-1 when none)}.
+// Returns {gen, the member's analysers as a comma-separated string (nil
+// when the generation is the one the member knows: a heartbeat of a
+// settled group costs no walk over the assignment), ms until the next
+// other member's session ends (-1 when none)}.
 var groupBeatScript = newScript("group-beat", 4, typeCheck(keyType{1, "zset"}, hashAt(2), hashAt(3), hashAt(4))+`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -165,8 +168,12 @@ if changed then
     end
   end
   if #args > 0 then redis.call('HSET', KEYS[3], unpack(args)) end
-  redis.call('HINCRBY', KEYS[4], 'gen', 1)
-  redis.call('HSET', KEYS[4], 'analysers', ARGV[4], 'changed', now)
+  -- The generation is Redis's clock in ms, or one more than the last when
+  -- that is not higher: a group that Redis lost (a restart without
+  -- persistence) does not repeat a generation a member knows.
+  local gen = tonumber(redis.call('HGET', KEYS[4], 'gen') or '0') or 0
+  gen = string.format('%d', math.max(gen + 1, now))
+  redis.call('HSET', KEYS[4], 'gen', gen, 'analysers', ARGV[4], 'changed', now)
   for m in pairs(moved) do
     if m ~= me then
       local k = ARGV[5] .. m
@@ -176,8 +183,9 @@ if changed then
     end
   end
 end
+local gen = redis.call('HGET', KEYS[4], 'gen') or '0'
 local mine = {}
-if ARGV[6] ~= 'leave' then
+if ARGV[6] ~= 'leave' and gen ~= ARGV[7] then
   local cur = redis.call('HGETALL', KEYS[3])
   for i = 1, #cur, 2 do
     if cur[i + 1] == me then mine[#mine + 1] = cur[i] end
@@ -191,7 +199,8 @@ for i = 1, #first, 2 do
     break
   end
 end
-return {tonumber(redis.call('HGET', KEYS[4], 'gen') or '0'), table.concat(mine, ','), next}
+if gen == ARGV[7] then return {gen, false, next} end
+return {gen, table.concat(mine, ','), next}
 `)
 
 // groupStore runs a group's scripts on partition 0.
@@ -222,16 +231,22 @@ func (q *Queue) newGroupStore(group string, ttl time.Duration) (*groupStore, err
 // groupBeat is what a heartbeat tells a member.
 type groupBeat struct {
 	gen       int64
+	same      bool          // the generation is the one the caller knows: analysers is not read
 	analysers []int         // the member's, in order
 	nextEnd   time.Duration // until the next other member's session ends; -1 when none
 }
 
-// beat runs the beat script for member with op "beat" or "leave".
-func (g *groupStore) beat(ctx context.Context, member string, weight int, op string) (groupBeat, error) {
+// beat runs the beat script for member with op "beat" or "leave"; known
+// is the generation the member knows (0 when none).
+func (g *groupStore) beat(ctx context.Context, member string, weight int, op string, known int64) (groupBeat, error) {
+	knownArg := ""
+	if known > 0 {
+		knownArg = strconv.FormatInt(known, 10)
+	}
 	what := fmt.Sprintf("%s group %q", op, g.name)
 	r, err := onPartition(ctx, g.part, what, func(conn redis.Conn) ([]any, error) {
 		return redis.Values(groupBeatScript.DoContext(ctx, conn, g.keys.members, g.keys.info, g.keys.assign, g.keys.meta,
-			member, g.ttlMS, weight, g.n, g.keys.nudge, op))
+			member, g.ttlMS, weight, g.n, g.keys.nudge, op, knownArg))
 	})
 	if err != nil {
 		return groupBeat{}, err
@@ -241,9 +256,13 @@ func (g *groupStore) beat(ctx context.Context, member string, weight int, op str
 	}
 	var b groupBeat
 	b.gen, _ = redis.Int64(r[0], nil)
-	list, _ := redis.String(r[1], nil)
-	if b.analysers, err = parseAnalysers(list, g.n); err != nil {
-		return groupBeat{}, fmt.Errorf("queue: %s: %w", what, err)
+	if r[1] == nil {
+		b.same = true
+	} else {
+		list, _ := redis.String(r[1], nil)
+		if b.analysers, err = parseAnalysers(list, g.n); err != nil {
+			return groupBeat{}, fmt.Errorf("queue: %s: %w", what, err)
+		}
 	}
 	next, _ := redis.Int64(r[2], nil)
 	b.nextEnd = time.Duration(next) * time.Millisecond

@@ -52,7 +52,7 @@ func TestGroupAssignmentStickyAndBalanced(t *testing.T) {
 	g, err := q.newGroupStore("g", time.Minute)
 	require.NoError(t, err)
 	beat := func(m string, w int, op string) groupBeat {
-		b, err := g.beat(ctx, m, w, op)
+		b, err := g.beat(ctx, m, w, op, 0)
 		require.NoError(t, err)
 		return b
 	}
@@ -63,6 +63,10 @@ func TestGroupAssignmentStickyAndBalanced(t *testing.T) {
 	require.Equal(t, time.Duration(-1), b.nextEnd, "no other member")
 	gen := b.gen
 	require.Equal(t, gen, beat("a", 1, "beat").gen, "a heartbeat alone changes nothing")
+	known, err := g.beat(ctx, "a", 1, "beat", gen)
+	require.NoError(t, err)
+	require.True(t, known.same, "a member that knows the generation is not sent the assignment")
+	require.Nil(t, known.analysers)
 
 	_, before := groupOf(t, q, "g")
 	beat("b", 1, "beat")
@@ -150,7 +154,7 @@ func TestGroupAssignmentRandom(t *testing.T) {
 		for _, o := range before {
 			held[o]++
 		}
-		_, err := g.beat(ctx, m, w, op)
+		_, err := g.beat(ctx, m, w, op, 0)
 		require.NoError(t, err)
 		if op == "leave" {
 			delete(live, m)
@@ -186,12 +190,12 @@ func TestGroupSessionRunsOut(t *testing.T) {
 	require.NoError(t, err)
 	long, err := q.newGroupStore("s", time.Minute)
 	require.NoError(t, err)
-	_, err = long.beat(ctx, "stays", 1, "beat")
+	_, err = long.beat(ctx, "stays", 1, "beat", 0)
 	require.NoError(t, err)
-	b, err := short.beat(ctx, "dies", 1, "beat")
+	b, err := short.beat(ctx, "dies", 1, "beat", 0)
 	require.NoError(t, err)
 	require.Len(t, b.analysers, 2)
-	b, err = long.beat(ctx, "stays", 1, "beat")
+	b, err = long.beat(ctx, "stays", 1, "beat", 0)
 	require.NoError(t, err)
 	require.Len(t, b.analysers, 2)
 	require.True(t, b.nextEnd >= 0 && b.nextEnd <= 300*time.Millisecond, "next end %v", b.nextEnd)
@@ -201,7 +205,7 @@ func TestGroupSessionRunsOut(t *testing.T) {
 	time.Sleep(b.nextEnd + 20*time.Millisecond)
 	st, _ = groupOf(t, q, "s")
 	require.Len(t, st.Members, 1, "a member whose session ran out is not shown")
-	b, err = long.beat(ctx, "stays", 1, "beat")
+	b, err = long.beat(ctx, "stays", 1, "beat", 0)
 	require.NoError(t, err)
 	require.Equal(t, []int{0, 1, 2, 3}, b.analysers)
 	require.Equal(t, time.Duration(-1), b.nextEnd)
@@ -212,17 +216,17 @@ func TestGroupNudgesMembersWhoseQueuesChange(t *testing.T) {
 	ctx := context.Background()
 	g, err := q.newGroupStore("n", time.Minute)
 	require.NoError(t, err)
-	_, err = g.beat(ctx, "a", 1, "beat")
+	_, err = g.beat(ctx, "a", 1, "beat", 0)
 	require.NoError(t, err)
 	nudged, err := g.waitNudge(ctx, "a", 10*time.Millisecond)
 	require.NoError(t, err)
 	require.False(t, nudged, "a member is not nudged for its own change")
-	_, err = g.beat(ctx, "b", 1, "beat")
+	_, err = g.beat(ctx, "b", 1, "beat", 0)
 	require.NoError(t, err)
 	nudged, err = g.waitNudge(ctx, "a", time.Second)
 	require.NoError(t, err)
 	require.True(t, nudged, "a lost queues to b")
-	_, err = g.beat(ctx, "b", 1, "beat")
+	_, err = g.beat(ctx, "b", 1, "beat", 0)
 	require.NoError(t, err)
 	nudged, err = g.waitNudge(ctx, "a", 10*time.Millisecond)
 	require.NoError(t, err)

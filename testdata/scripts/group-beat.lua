@@ -105,8 +105,12 @@ if changed then
     end
   end
   if #args > 0 then redis.call('HSET', KEYS[3], unpack(args)) end
-  redis.call('HINCRBY', KEYS[4], 'gen', 1)
-  redis.call('HSET', KEYS[4], 'analysers', ARGV[4], 'changed', now)
+  -- The generation is Redis's clock in ms, or one more than the last when
+  -- that is not higher: a group that Redis lost (a restart without
+  -- persistence) does not repeat a generation a member knows.
+  local gen = tonumber(redis.call('HGET', KEYS[4], 'gen') or '0') or 0
+  gen = string.format('%d', math.max(gen + 1, now))
+  redis.call('HSET', KEYS[4], 'gen', gen, 'analysers', ARGV[4], 'changed', now)
   for m in pairs(moved) do
     if m ~= me then
       local k = ARGV[5] .. m
@@ -116,8 +120,9 @@ if changed then
     end
   end
 end
+local gen = redis.call('HGET', KEYS[4], 'gen') or '0'
 local mine = {}
-if ARGV[6] ~= 'leave' then
+if ARGV[6] ~= 'leave' and gen ~= ARGV[7] then
   local cur = redis.call('HGETALL', KEYS[3])
   for i = 1, #cur, 2 do
     if cur[i + 1] == me then mine[#mine + 1] = cur[i] end
@@ -131,4 +136,5 @@ for i = 1, #first, 2 do
     break
   end
 end
-return {tonumber(redis.call('HGET', KEYS[4], 'gen') or '0'), table.concat(mine, ','), next}
+if gen == ARGV[7] then return {gen, false, next} end
+return {gen, table.concat(mine, ','), next}
