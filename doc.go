@@ -39,6 +39,37 @@
 // Changing R or Q means draining the queues and starting afresh under
 // another [Config].Prefix.
 //
+// # Consumer groups
+//
+// Instead of naming its analysers, a process can join a group with
+// [Queue.JoinGroup]: the group's live members share all R*Q analysers,
+// each in proportion to its [GroupConfig].Weight (⌊N/M⌋ or ⌈N/M⌉ each
+// with equal weights), and each member runs a pool on every analyser it
+// is given. Members heartbeat every fifth of [GroupConfig].SessionTTL
+// into the group's keys on partition 0; every heartbeat, join and leave
+// is one script that also drops members whose session ran out and, when
+// membership changed, computes the next assignment from the last one, so
+// all members read one assignment and no leader is needed. The assignment
+// is sticky: a queue stays with its member up to that member's share, so
+// a join takes about N/(M+1) queues from the members that hold the most,
+// a leave or a crash moves only the queues of the member gone, and every
+// other queue runs on without a pause.
+//
+// A queue that moves is stopped by its old member with the pool's graceful
+// stop and released with a wake-up; its new member, already waiting on the
+// lease, takes it at once, so a planned move runs no task twice. When a
+// member dies, the survivors are given its queues as soon as its session
+// runs out and take each when its lease does: with the defaults (5s
+// each), within about 5s of the crash, pending tasks first, in claim
+// order. A member that restarts with the same [GroupConfig].Member within
+// its session gets the same queues back, once their leases run out, and
+// no other queue moves. The assignment only decides which member tries to
+// run a queue; the queue's fenced lease still decides which one does, so
+// every guarantee below holds through joins, leaves, crashes and pauses,
+// and a paused member that wakes up (SIGSTOP, a long GC) runs nothing it
+// lost. [Queue.GroupStatus] (and "qugo group NAME") shows members,
+// heartbeats, weights and the assignment.
+//
 // # Guarantees
 //
 //  1. At least once. Every task whose AddTask returned nil reaches the
@@ -199,6 +230,15 @@
 //	{P:p.q}:wake      list    pushed when a lease is released, to wake a standby
 //	{P:p.q}:dedup:... string  an AddTaskOnce key, expiring with its window
 //	P:layout          hash    partitions (R), queues (Q) and this server's index
+//
+// A consumer group G keeps its state on partition 0, under the hash tag
+// {P:group:G}:
+//
+//	{P:group:G}:members  zset  member -> when its session ends (Redis's clock, ms)
+//	{P:group:G}:info     hash  member -> weight, when it joined, its last heartbeat
+//	{P:group:G}:assign   hash  analyser -> member
+//	{P:group:G}:meta     hash  gen (the assignment's generation), analysers, changed
+//	{P:group:G}:nudge:M  list  pushed when member M's analysers change
 //
 // The byte layouts are in the code: an encoded task in task.go (about 30
 // bytes over the payload), pending and claim-sequence records in pending.go

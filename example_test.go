@@ -412,3 +412,86 @@ func ExampleQueue_Dead() {
 	// ran: [bad#1]
 	// purged: 1
 }
+
+// Two members of a consumer group share a queue's four analysers: each
+// runs a pool on the two it is given, and when one leaves, the other
+// takes its two over, with their tasks, in order.
+func ExampleQueue_JoinGroup() {
+	mr, err := miniredis.Run()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer mr.Close()
+	ctx := context.Background()
+	q, err := queue.Dial(ctx, []string{"redis://" + mr.Addr()}, queue.Config{Queues: 4})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer q.Close()
+
+	var mu sync.Mutex
+	ran := map[string]int{} // tasks run, by member
+	join := func(member string) (leave func()) {
+		ctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() {
+			done <- q.JoinGroup(ctx, "billing", queue.GroupConfig{Member: member},
+				func(ctx context.Context, t queue.Task) error {
+					mu.Lock()
+					ran[member]++
+					mu.Unlock()
+					return nil
+				})
+		}()
+		return func() {
+			cancel() // leaves the group, stops its pools gracefully
+			if err := <-done; err != nil {
+				log.Fatal(err)
+			}
+		}
+	}
+	waitFor := func(members int) queue.GroupStatus {
+		for {
+			st, err := q.GroupStatus(ctx, "billing")
+			if err != nil {
+				log.Fatal(err)
+			}
+			if len(st.Members) == members && len(st.Unassigned) == 0 {
+				return st
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+
+	leaveA := join("a")
+	waitFor(1) // a has all four
+	leaveB := join("b")
+	for _, m := range waitFor(2).Members {
+		fmt.Println(m.Name, "has analysers", m.Analysers)
+	}
+	leaveA()
+	for _, m := range waitFor(1).Members {
+		fmt.Println(m.Name, "has analysers", m.Analysers)
+	}
+	for order := uint64(0); order < 8; order++ {
+		if _, err := q.AddTask(ctx, order, []byte("x")); err != nil {
+			log.Fatal(err)
+		}
+	}
+	for {
+		mu.Lock()
+		n := ran["b"]
+		mu.Unlock()
+		if n == 8 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	leaveB()
+	fmt.Println("b ran", ran["b"], "tasks")
+	// Output:
+	// a has analysers [0 1]
+	// b has analysers [2 3]
+	// b has analysers [0 1 2 3]
+	// b ran 8 tasks
+}
