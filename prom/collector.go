@@ -39,7 +39,25 @@
 //
 //	qugo_handler_duration_seconds           histogram  time an AnalyseFunc took, buckets from 1ms
 //
-// And qugo_up, 1 when the last scrape read every partition, else 0.
+// Per consumer group named in Options.Groups (read at scrape time from
+// [queue.Queue.GroupStatus]), labelled group, and per live member,
+// labelled group and member:
+//
+//	qugo_group_members                      gauge  live members
+//	qugo_group_generation                   gauge  the assignment's generation, bumped with every change
+//	qugo_group_unassigned                   gauge  analysers no live member is given
+//	qugo_group_member_analysers             gauge  analysers assigned to the member
+//	qugo_group_member_leases_held           gauge  analysers whose lease the member holds (owner = member name)
+//	qugo_group_member_heartbeat_age_seconds gauge  time since the member's last heartbeat
+//	qugo_group_member_session_left_seconds  gauge  time until its session ends without another heartbeat
+//
+// A member's series go when it leaves the group or its session runs out.
+// Every process that names a group exports the same series for it; use
+// max by (group) or max by (group, member) across processes, or name the
+// groups in one process only.
+//
+// And qugo_up, 1 when the last scrape read every partition (and every
+// group), else 0.
 //
 // # Cost
 //
@@ -47,7 +65,8 @@
 // constant-time commands per queue, plus, for each queue that has pending
 // tasks, one HGETALL of its pending hash (bounded by the pool's
 // MaxHeldTasks and MaxHeldBytes)
-// to find the oldest. Options.SkipOldestPending drops the latter.
+// to find the oldest. Options.SkipOldestPending drops the latter. Each
+// group of Options.Groups adds one pipelined round trip to partition 0.
 package prom
 
 import (
@@ -80,6 +99,11 @@ type Options struct {
 	// queue's series are exported and lease_held says whether anyone holds
 	// the lease: right for a single exporter.
 	Owner string
+	// Groups names the consumer groups (Queue.JoinGroup) whose members and
+	// assignment are exported; a name given twice counts once. A name
+	// JoinGroup would refuse is logged at every scrape and exports nothing.
+	// If nil, no group is exported.
+	Groups []string
 	// SkipOldestPending leaves out the oldest pending age, saving one
 	// round trip per queue with pending tasks. If false, it is read.
 	SkipOldestPending bool
@@ -104,6 +128,7 @@ type Collector struct {
 	ready, pending, dead, oldest, leased *prometheus.Desc
 	processed, failed, redelivered       *prometheus.Desc
 	acquired                             *prometheus.Desc
+	groups                               groupDescs
 	latency                              *prometheus.HistogramVec
 }
 
@@ -128,6 +153,7 @@ func NewCollector(q *queue.Queue, opts Options) *Collector {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	opts.Groups = uniqueGroups(opts.Groups)
 	desc := func(name, help string) *prometheus.Desc {
 		return prometheus.NewDesc(prometheus.BuildFQName(opts.Namespace, "queue", name), help, queueLabels, opts.ConstLabels)
 	}
@@ -145,6 +171,7 @@ func NewCollector(q *queue.Queue, opts Options) *Collector {
 		failed:      desc("failed_total", "Tasks moved to the dead-letter store."),
 		redelivered: desc("redelivered_total", "Pending tasks put back by a new owner after a crash or a lost lease."),
 		acquired:    desc("lease_acquisitions_total", "Leases of the queue taken so far: each start, takeover and return after a lost lease adds one."),
+		groups:      newGroupDescs(opts),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace:   opts.Namespace,
 			Name:        "handler_duration_seconds",
@@ -160,11 +187,14 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.up, c.ready, c.pending, c.dead, c.oldest, c.leased, c.processed, c.failed, c.redelivered, c.acquired} {
 		ch <- d
 	}
+	c.groups.describe(ch)
 	c.latency.Describe(ch)
 }
 
-// Collect reads every analyser's queue and sends its metrics. A Redis error
-// is logged and reported as qugo_up 0; the histogram is sent all the same.
+// Collect reads every analyser's queue, and every group of Options.Groups,
+// and sends their metrics. A Redis error is logged and reported as qugo_up
+// 0; the histogram is sent all the same, and so are the groups that could
+// be read.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	c.latency.Collect(ch)
 	ctx, cancel := context.WithTimeout(context.Background(), c.opts.Timeout)
@@ -212,6 +242,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			continue
 		}
 		gauge(c.oldest, age.Seconds())
+	}
+	if !c.collectGroups(ctx, ch, stats) {
+		up = 0
 	}
 	ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up)
 }

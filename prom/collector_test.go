@@ -244,7 +244,7 @@ func TestCollectorRedisDown(t *testing.T) {
 	t.Cleanup(func() { pool.Close() })
 	q, err := queue.New([]*redis.Pool{pool}, queue.Config{})
 	require.NoError(t, err)
-	c := NewCollector(q, Options{Timeout: time.Second, Logger: slog.New(slog.DiscardHandler)})
+	c := NewCollector(q, Options{Timeout: time.Second, Groups: []string{"g"}, Logger: slog.New(slog.DiscardHandler)})
 	mr.Close()
 	want := `
 # HELP qugo_up 1 when the last scrape read every Redis partition, else 0.

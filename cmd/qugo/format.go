@@ -92,3 +92,28 @@ func jsonTime(t time.Time) *time.Time {
 // age is how long ago t was, never negative (clocks of producers and of
 // this machine may differ).
 func age(now, t time.Time) time.Duration { return max(now.Sub(t), 0) }
+
+// rangesCell shows sorted analysers compactly, runs as ranges: "0-3,7",
+// or "-" when there are none.
+func rangesCell(as []int) string {
+	if len(as) == 0 {
+		return none
+	}
+	var b strings.Builder
+	for i := 0; i < len(as); {
+		j := i
+		for j+1 < len(as) && as[j+1] == as[j]+1 {
+			j++
+		}
+		if b.Len() > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.Itoa(as[i]))
+		if j > i {
+			b.WriteByte('-')
+			b.WriteString(strconv.Itoa(as[j]))
+		}
+		i = j + 1
+	}
+	return b.String()
+}

@@ -77,3 +77,20 @@ func TestTable(t *testing.T) {
 	assert.NoError(t, tb.flush())
 	assert.Equal(t, "A           LONG HEADER  C\nwide value  1            x\n", b.String())
 }
+
+func TestRangesCell(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		in   []int
+		want string
+	}{
+		{nil, "-"},
+		{[]int{}, "-"},
+		{[]int{5}, "5"},
+		{[]int{0, 1, 2, 3, 7}, "0-3,7"},
+		{[]int{0, 2, 4}, "0,2,4"},
+		{[]int{1, 2, 5, 6, 7, 9}, "1-2,5-7,9"},
+	} {
+		assert.Equal(t, tc.want, rangesCell(tc.in), "%v", tc.in)
+	}
+}

@@ -1,6 +1,7 @@
 // Command qugo inspects and repairs the queues of github.com/qugo/queue:
 // per-analyser statistics, pending and dead tasks, replaying and purging
-// dead tasks, and routing an OrderID or string key to its analyser.
+// dead tasks, consumer groups, and routing an OrderID or string key to its
+// analyser.
 //
 // Run "qugo -h" for its usage, or see README.md next to this file.
 package main
@@ -50,6 +51,10 @@ Commands:
   dead    -a N [-json]                  analyser N's dead-letter store
   replay  -a N [-json] [ID...]          move dead tasks (all without IDs) back to ready
   purge   -a N [-json] (ID... | -all)   delete dead tasks; -all deletes every one
+  group   NAME [-watch DURATION] [-json]
+                                        a consumer group: members, weights,
+                                        heartbeats, assigned analysers and the
+                                        leases each member holds
   route   [-json] [ORDER-ID...] [-key STRING...]
                                         partition, queue and analyser of an OrderID
                                         or string key; needs no server
@@ -111,6 +116,7 @@ var commands = []command{
 	{"dead", "-a N [-json]", deadFlags},
 	{"replay", "-a N [-json] [ID...]", replayFlags},
 	{"purge", "-a N [-json] (ID... | -all)", purgeFlags},
+	{"group", "NAME [-watch DURATION] [-json]", groupFlags},
 	{"route", "[-json] [ORDER-ID...] [-key STRING...]", routeFlags},
 	{"bench", "[-n N] [-orders K] [-workers W] [-producers P] [-batch B] [-size BYTES] [-fill | -verify] [-json]", benchFlags},
 }

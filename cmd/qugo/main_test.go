@@ -206,6 +206,11 @@ func TestUsageErrors(t *testing.T) {
 		{"bad prefix", []string{"-prefix", "a{b}", "stats"}, "-prefix"},
 		{"purge everything without -all", []string{"purge", "-a", "0"}, "refusing to purge"},
 		{"purge IDs and -all", []string{"purge", "-a", "0", "-all", "x"}, "not both"},
+		{"group without a name", []string{"group"}, "one NAME, got 0"},
+		{"group with two names", []string{"group", "a", "b"}, "one NAME, got 2"},
+		{"group bad name", []string{"group", "a{b}"}, `group "a{b}"`},
+		{"group name with a newline", []string{"group", "a\nb"}, `group "a\nb"`},
+		{"group watch too often", []string{"group", "g", "-watch", "1ms"}, "-watch"},
 		{"route nothing", []string{"route"}, "ORDER-ID"},
 		{"route not a number", []string{"route", "abc"}, "not an order ID"},
 		{"route too big", []string{"route", "18446744073709551616"}, "not an order ID"},
@@ -248,7 +253,7 @@ func TestUnreachable(t *testing.T) {
 	url := closedURL(t)
 	for _, args := range [][]string{
 		{"stats"}, {"stats", "-json"}, {"stats", "-watch", "1s"}, {"pending", "-a", "0"}, {"dead", "-a", "0"},
-		{"replay", "-a", "0"}, {"purge", "-a", "0", "-all"},
+		{"replay", "-a", "0"}, {"purge", "-a", "0", "-all"}, {"group", "g"}, {"group", "g", "-watch", "1s", "-json"},
 	} {
 		code, out, errOut := qugo(t, append([]string{"-redis", url}, args...)...)
 		assert.Equal(t, exitRuntime, code, args)

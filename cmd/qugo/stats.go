@@ -70,14 +70,15 @@ func statsFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 		if *every == 0 {
 			return show(doc)
 		}
-		return e.watch(ctx, *every, doc, q, show, !*asJSON && isTerminal(e.stdout))
+		take := func(ctx context.Context) (statsDoc, error) { return e.takeStats(ctx, q) }
+		return watch(ctx, e, *every, doc, take, show, !*asJSON && isTerminal(e.stdout))
 	}
 }
 
-// watch shows doc, then a new snapshot every interval until ctx ends, and
-// returns nil then. Redis errors are reported and retried at the next
-// refresh; an error writing the output ends the watch.
-func (e *env) watch(ctx context.Context, every time.Duration, doc statsDoc, q *queue.Queue, show func(statsDoc) error, clear bool) error {
+// watch shows doc, then a new snapshot taken with take every interval
+// until ctx ends, and returns nil then. Redis errors are reported and
+// retried at the next refresh; an error writing the output ends the watch.
+func watch[T any](ctx context.Context, e *env, every time.Duration, doc T, take func(context.Context) (T, error), show func(T) error, clear bool) error {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -94,7 +95,7 @@ func (e *env) watch(ctx context.Context, every time.Duration, doc statsDoc, q *q
 			case <-t.C:
 			}
 			var err error
-			doc, err = e.takeStats(ctx, q)
+			doc, err = take(ctx)
 			if ctx.Err() != nil {
 				return nil
 			}
