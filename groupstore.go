@@ -40,6 +40,12 @@ func newGroupKeys(prefix, group string) groupKeys {
 	}
 }
 
+// CheckGroupName returns an error (errors.Is ErrBadConfig) when name
+// cannot name a consumer group or a member: empty, over 200 bytes, or
+// with a brace or a control character. JoinGroup and GroupStatus check
+// their names so; this checks one without a Queue.
+func CheckGroupName(name string) error { return checkGroupName("name", name) }
+
 // checkGroupName refuses names that would break the keys: empty, too
 // long, or with a brace (the hash tag) or a control character.
 func checkGroupName(what, name string) error {

@@ -2,14 +2,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"strconv"
 	"time"
 
-	"github.com/gomodule/redigo/redis"
 	"github.com/qugo/queue"
 )
 
@@ -87,24 +85,10 @@ func groupFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 	}
 }
 
-// errNoServer is what the pool of checkGroupName answers if asked to
-// connect, which a valid name never makes it do with a cancelled context.
-var errNoServer = errors.New("no server: only checking a group name")
-
-// checkGroupName checks name by the library's own rule, on a Queue with
-// no server behind it, so that a bad name is a usage error and nothing
+// checkGroupName makes a bad group name a usage error, before anything
 // is sent to Redis.
 func (e *env) checkGroupName(name string) error {
-	noServer := &redis.Pool{DialContext: func(context.Context) (redis.Conn, error) { return nil, errNoServer }}
-	defer noServer.Close()
-	q, err := queue.New([]*redis.Pool{noServer}, queue.Config{Prefix: e.prefix, Queues: e.queues})
-	if err != nil {
-		return err
-	}
-	defer q.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if _, err := q.GroupStatus(ctx, name); errors.Is(err, queue.ErrBadConfig) {
+	if err := queue.CheckGroupName(name); err != nil {
 		return &usageError{err.Error()}
 	}
 	return nil
