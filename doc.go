@@ -173,7 +173,8 @@
 // debug level "queue: workers grown" when a worker starts and "queue:
 // workers shrunk" when a retiring one ends, with the live worker count,
 // and "queue: workers retiring" when it decides to shrink, with the count
-// it shrinks to; [Counters].Workers reports the live count.
+// it shrinks to; [Counters].Workers and [AnalyserStats].Workers report the
+// live count.
 //
 // # Crash recovery
 //

@@ -162,10 +162,13 @@ func TestElasticPoolGrowsAndShrinks(t *testing.T) {
 					n, err := redis.Int(try(srv, "LLEN", k.ready))
 					return err == nil && n == 0
 				}, 10*time.Second, time.Millisecond, "round %d: all claimed", round)
+				require.Eventually(t, func() bool { return stats0(t, q).Workers == 4 }, 10*time.Second, time.Millisecond,
+					"Stats shows the count")
 				close(g)
 				require.Eventually(t, func() bool { return rec.total() == (round+1)*orders*per }, 10*time.Second, time.Millisecond)
 				require.Eventually(t, func() bool { return counters.Workers() == 3 }, 10*time.Second, time.Millisecond,
 					"round %d: shrunk to 3 once idle", round)
+				require.Eventually(t, func() bool { return stats0(t, q).Workers == 3 }, 10*time.Second, time.Millisecond)
 				if mode == DispatchByOrder {
 					for o := range orders {
 						gs := ran.of(uint64(o))
@@ -205,6 +208,7 @@ func TestElasticPoolGrowsAndShrinks(t *testing.T) {
 				sum += n
 			}
 			assert.EqualValues(t, rounds*orders*per, sum)
+			assert.Zero(t, stats0(t, q).Workers, "no holder, no count")
 		})
 	}
 }

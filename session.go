@@ -47,6 +47,8 @@ type session struct {
 	sizer       sizer          // an elastic pool's idle workers
 	workWG      sync.WaitGroup // the worker goroutines
 	live        atomic.Int64   // worker goroutines running
+	resized     chan struct{}  // signalled when live changes, for the renewer to record it
+	recorded    string         // the worker count last recorded in Redis, with its lease value (renewer only)
 
 	held      atomic.Int64  // tasks claimed and not finished
 	heldBytes atomic.Int64  // their size (claimed.size)
@@ -91,6 +93,7 @@ func newSession(st *store, cfg PoolConfig, fn AnalyseFunc) *session {
 	s.setDeadline(s.born.Add(cfg.LeaseTTL - cfg.LeaseTTL/5)) // as renew computes it
 	s.taskCtx, s.cancelTask = context.WithCancel(context.Background())
 	s.leaseCtx, s.cancelLease = context.WithCancel(context.Background())
+	s.resized = make(chan struct{}, 1)
 	s.elastic = cfg.MinWorkers < cfg.MaxWorkers
 	s.sizer.allBusy = make(chan struct{}, 1)
 	if cfg.Dispatch == DispatchFree {
@@ -139,6 +142,7 @@ func (s *session) addLive(d int64) int64 {
 	if c := s.cfg.Counters; c != nil {
 		c.workers.Add(d)
 	}
+	notify(s.resized)
 	return n
 }
 
