@@ -101,8 +101,10 @@ func (g *goroutines) reset() {
 // shrinks back to MinWorkers, twice (the second growth reuses the retired
 // worker's slot); per OrderID, order holds throughout, and under
 // DispatchByOrder an OrderID in hand runs on one goroutine: every task of
-// a round is held before any finishes, so each OrderID is in hand from its
-// first task of the round to its last.
+// a round is in the pool's hands before any finishes, so each OrderID is
+// in hand from its first task of the round to its last. (A task is in
+// hand once dispatched, which follows its claim: a marker task claimed
+// after the others shows that the fetcher has gone past them.)
 func TestElasticPoolGrowsAndShrinks(t *testing.T) {
 	t.Parallel()
 	for _, mode := range []DispatchMode{DispatchByOrder, DispatchFree} {
@@ -118,9 +120,13 @@ func TestElasticPoolGrowsAndShrinks(t *testing.T) {
 			var ran goroutines
 			var gateMu sync.Mutex
 			var gate chan struct{}
+			const marker = uint64(1 << 40) // plus the round
 			fn := rec.fn(func(ctx context.Context, task Task) error {
 				if ran.add(task.OrderID) == 0 {
 					t.Error("no goroutine id")
+				}
+				if task.OrderID >= marker {
+					return nil
 				}
 				gateMu.Lock()
 				g := gate
@@ -157,15 +163,18 @@ func TestElasticPoolGrowsAndShrinks(t *testing.T) {
 				addAll(t, q, tasks(0, per/2))
 				require.Eventually(t, func() bool { return counters.Workers() == 4 }, 10*time.Second, time.Millisecond,
 					"round %d: grown to 4", round)
-				addAll(t, q, tasks(per/2, per))
-				require.Eventually(t, func() bool {
+				claimed := func() bool {
 					n, err := redis.Int(try(srv, "LLEN", k.ready))
 					return err == nil && n == 0
-				}, 10*time.Second, time.Millisecond, "round %d: all claimed", round)
+				}
+				addAll(t, q, tasks(per/2, per))
+				require.Eventually(t, claimed, 10*time.Second, time.Millisecond, "round %d: all claimed", round)
+				addAll(t, q, []Task{{OrderID: marker + uint64(round), Payload: []byte("marker")}})
+				require.Eventually(t, claimed, 10*time.Second, time.Millisecond, "round %d: all dispatched", round)
 				require.Eventually(t, func() bool { return stats0(t, q).Workers == 4 }, 10*time.Second, time.Millisecond,
 					"Stats shows the count")
 				close(g)
-				require.Eventually(t, func() bool { return rec.total() == (round+1)*orders*per }, 10*time.Second, time.Millisecond)
+				require.Eventually(t, func() bool { return rec.total() == (round+1)*(orders*per+1) }, 10*time.Second, time.Millisecond)
 				require.Eventually(t, func() bool { return counters.Workers() == 3 }, 10*time.Second, time.Millisecond,
 					"round %d: shrunk to 3 once idle", round)
 				require.Eventually(t, func() bool { return stats0(t, q).Workers == 3 }, 10*time.Second, time.Millisecond)
@@ -207,7 +216,7 @@ func TestElasticPoolGrowsAndShrinks(t *testing.T) {
 			for _, n := range counters.Processed() {
 				sum += n
 			}
-			assert.EqualValues(t, rounds*orders*per, sum)
+			assert.EqualValues(t, rounds*(orders*per+1), sum)
 			assert.Zero(t, stats0(t, q).Workers, "no holder, no count")
 		})
 	}
