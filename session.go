@@ -106,46 +106,6 @@ func newSession(st *store, cfg PoolConfig, fn AnalyseFunc) *session {
 	return s
 }
 
-// addSlot makes the worker of slot i, not started.
-func (s *session) addSlot(i int) *worker {
-	set := s.shared
-	if set == nil {
-		set = newLineSet(s, false)
-	}
-	w := newWorker(s, i, set)
-	s.workers = append(s.workers, w)
-	return w
-}
-
-// start starts w's goroutine; grown says the pool grew to start it. Its
-// set's lock is held, or w's set is not in use yet.
-func (s *session) start(w *worker, grown bool) {
-	w.gone = false
-	s.workWG.Add(1)
-	n := s.addLive(1)
-	if grown {
-		s.cfg.Logger.Debug("queue: workers grown", "analyser", s.log.analyser, "workers", n)
-	}
-	go func() {
-		defer s.workWG.Done()
-		retired := w.loop()
-		n := s.addLive(-1)
-		if retired {
-			s.cfg.Logger.Debug("queue: workers shrunk", "analyser", s.log.analyser, "workers", n)
-		}
-	}()
-}
-
-// addLive counts d more live workers, and returns their number.
-func (s *session) addLive(d int64) int64 {
-	n := s.live.Add(d)
-	if c := s.cfg.Counters; c != nil {
-		c.workers.Add(d)
-	}
-	notify(s.resized)
-	return n
-}
-
 // stopStarting closes halt: workers start no more tasks.
 func (s *session) stopStarting() { s.haltOnce.Do(func() { close(s.halt) }) }
 
