@@ -2,13 +2,16 @@ package queue
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -230,7 +233,7 @@ func BenchmarkScale(b *testing.B) {
 					p.Close()
 				}
 			})
-			benchDrain(b, q, 64, 100000)
+			benchDrain(b, q, PoolConfig{Workers: 64}, 100000)
 		})
 	}
 }
@@ -276,4 +279,114 @@ func startRedisServers(b *testing.B, bin string, n int) []string {
 		urls = append(urls, url)
 	}
 	return urls
+}
+
+// BenchmarkSlowOrder measures head-of-line blocking between OrderIDs. One
+// op is two runs of a fresh pool of 8 workers (dispatch=byorder or
+// dispatch=free) that gets 5,000 instant tasks over 1,000 OrderIDs, in 100
+// batches 10ms apart: one run with one more OrderID whose 10 tasks take
+// 100ms each, added first, and one without it. It reports the fast tasks'
+// 99th percentile latency, from their AddTasks call to the start of their
+// analyse call, with the slow OrderID (fast-p99-ms) and without
+// (alone-p99-ms), and their ratio. Under DispatchByOrder the fast OrderIDs
+// that hash to the slow one's worker wait behind its tasks; under
+// DispatchFree none waits while a worker is free.
+func BenchmarkSlowOrder(b *testing.B) {
+	for _, mode := range []DispatchMode{DispatchByOrder, DispatchFree} {
+		b.Run(mode.String(), func(b *testing.B) {
+			q, _ := benchQueue(b, 1)
+			// Check the layout and load the scripts.
+			if _, err := q.AddTask(context.Background(), 0, benchPayload); err != nil {
+				b.Fatal(err)
+			}
+			if err := q.AnalysePool(context.Background(), 0, PoolConfig{ExitOnEmpty: true, Logger: slog.New(slog.DiscardHandler)},
+				func(context.Context, Task) error { return nil }); err != nil {
+				b.Fatal(err)
+			}
+			var with, alone []time.Duration
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				alone = append(alone, slowOrderRun(b, q, mode, false)...)
+				with = append(with, slowOrderRun(b, q, mode, true)...)
+			}
+			b.StopTimer()
+			p99 := func(lat []time.Duration) float64 {
+				slices.Sort(lat)
+				return float64(lat[(len(lat)-1)*99/100]) / float64(time.Millisecond)
+			}
+			w, a := p99(with), p99(alone)
+			b.ReportMetric(w, "fast-p99-ms")
+			b.ReportMetric(a, "alone-p99-ms")
+			b.ReportMetric(w/a, "p99-ratio")
+		})
+	}
+}
+
+// slowOrderRun is one run of BenchmarkSlowOrder; it returns the fast
+// tasks' latencies.
+func slowOrderRun(b *testing.B, q *Queue, mode DispatchMode, withSlow bool) []time.Duration {
+	const orders, batches, per, slowTasks = 1000, 100, 50, 10
+	const slow = uint64(1 << 40)
+	base := time.Now()
+	var sent [batches]atomic.Int64 // when each batch was added, since base
+	var mu sync.Mutex
+	lat := make([]time.Duration, 0, batches*per)
+	var slowDone atomic.Int64
+	fastDone := make(chan struct{})
+	fn := func(_ context.Context, t Task) error {
+		if t.OrderID == slow {
+			time.Sleep(100 * time.Millisecond)
+			slowDone.Add(1)
+			return nil
+		}
+		d := time.Since(base) - time.Duration(sent[binary.BigEndian.Uint32(t.Payload)].Load())
+		mu.Lock()
+		lat = append(lat, d)
+		if len(lat) == batches*per {
+			close(fastDone)
+		}
+		mu.Unlock()
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- q.AnalysePool(ctx, 0, PoolConfig{Workers: 8, Dispatch: mode, Logger: slog.New(slog.DiscardHandler),
+			OnError: func(err error) { b.Error(err) }}, fn)
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			b.Error(err)
+		}
+	}()
+	if withSlow {
+		ts := make([]Task, slowTasks)
+		for i := range ts {
+			ts[i] = Task{OrderID: slow, Payload: benchPayload}
+		}
+		if _, err := q.AddTasks(ctx, ts); err != nil {
+			b.Fatal(err)
+		}
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for j := range batches {
+		ts := make([]Task, per)
+		for i := range ts {
+			ts[i] = Task{OrderID: uint64((j*per + i) % orders), Payload: binary.BigEndian.AppendUint32(nil, uint32(j))}
+		}
+		sent[j].Store(int64(time.Since(base)))
+		if _, err := q.AddTasks(ctx, ts); err != nil {
+			b.Fatal(err)
+		}
+		<-tick.C
+	}
+	<-fastDone
+	for withSlow && slowDone.Load() < slowTasks {
+		time.Sleep(10 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	return slices.Clone(lat)
 }

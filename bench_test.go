@@ -237,13 +237,17 @@ func drainSize() int {
 // (ExitOnEmpty) with a no-op function. One op is one such run. It reports
 // tasks/s from the first add to the last ack, drain-tasks/s for the drain
 // alone, add-tasks/s for the AddTasks call alone, and the drain's
-// allocations per task. Compare with BenchmarkRawDrain.
+// allocations per task. Compare with BenchmarkRawDrain. Each worker count
+// runs under both dispatch modes (dispatch=byorder, the default, and
+// dispatch=free).
 func BenchmarkDrain(b *testing.B) {
 	for _, w := range []int{1, 8, 64} {
-		b.Run(fmt.Sprintf("workers=%d", w), func(b *testing.B) {
-			q, _ := benchQueue(b, 1)
-			benchDrain(b, q, w, drainSize())
-		})
+		for _, mode := range []DispatchMode{DispatchByOrder, DispatchFree} {
+			b.Run(fmt.Sprintf("workers=%d/dispatch=%s", w, mode), func(b *testing.B) {
+				q, _ := benchQueue(b, 1)
+				benchDrain(b, q, PoolConfig{Workers: w, Dispatch: mode}, drainSize())
+			})
+		}
 	}
 }
 
@@ -333,8 +337,8 @@ func (m *cpuMeter) reportCores(b *testing.B, wall time.Duration) {
 }
 
 // benchDrain runs b.N end-to-end runs of n tasks per analyser of q, one
-// AnalysePool per analyser with workers each.
-func benchDrain(b *testing.B, q *Queue, workers, n int) {
+// AnalysePool per analyser with cfg's workers and dispatch mode each.
+func benchDrain(b *testing.B, q *Queue, cfg PoolConfig, n int) {
 	b.Helper()
 	ctx := context.Background()
 	a := q.Analysers()
@@ -345,7 +349,8 @@ func benchDrain(b *testing.B, q *Queue, workers, n int) {
 	}
 	var processed atomic.Int64
 	noop := func(context.Context, Task) error { processed.Add(1); return nil }
-	cfg := PoolConfig{Workers: workers, ExitOnEmpty: true, OnError: func(err error) { b.Error(err) }}
+	cfg.ExitOnEmpty = true
+	cfg.OnError = func(err error) { b.Error(err) }
 	cpu := newCPUMeter(q)
 	run := func(ts []Task) (added, drained time.Duration, allocs uint64) {
 		cpu.start()

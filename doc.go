@@ -4,9 +4,10 @@
 // Producers enqueue a payload for an OrderID with [Queue.AddTask] (or many
 // at once with [Queue.AddTasks]) and get back a task ID. Analyser processes
 // run [Queue.AnalysePool], which calls an [AnalyseFunc] for every task:
-// returning nil acknowledges the task, an error or a panic retries it. All
-// tasks of one OrderID are analysed by one worker goroutine, one at a time,
-// in the order Redis accepted them; different OrderIDs run in parallel.
+// returning nil acknowledges the task, an error or a panic retries it. The
+// tasks of one OrderID are analysed one at a time, in the order Redis
+// accepted them, by default all on one worker goroutine; different
+// OrderIDs run in parallel (see Workers and dispatch).
 //
 // A [Queue] is made with [New] from redigo pools the caller owns, or with
 // [Dial] from redis:// URLs (rediss:// for TLS, verified against the
@@ -28,7 +29,8 @@
 //   - Analyser a, for 0 <= a < R*Q, serves partition a % R, queue a / R
 //     ([Layout.Serves]); so OrderID id is served by analyser id % (R*Q)
 //     ([Layout.AnalyserOf], [Layout.Analysers]).
-//   - Inside an analyser, an OrderID always runs on the same worker.
+//   - Inside an analyser, the pool's dispatch mode decides which worker
+//     runs an OrderID's tasks (see Workers and dispatch).
 //   - String keys become OrderIDs through [KeyID], FNV-1a 64, frozen.
 //
 // Scale out by adding analyser processes (one AnalysePool per analyser id,
@@ -163,6 +165,48 @@
 // those tasks back with the rest, in claim order. [PoolConfig].ExitOnEmpty
 // stops the same way once the queue is drained.
 //
+// # Workers and dispatch
+//
+// A pool runs its tasks on worker goroutines: [PoolConfig].Workers of
+// them, or, in an elastic pool, between MinWorkers and MaxWorkers. In
+// every mode and through every resize, the tasks of one OrderID run one at
+// a time, in claim order, each on one goroutine: an OrderID's next task
+// starts only after the previous one finished. [PoolConfig].Dispatch
+// decides which worker runs them:
+//
+//   - [DispatchByOrder] (the default): the tasks of an OrderID go to the
+//     worker its hash picks among the n workers (a hash of the OrderID
+//     modulo n), and stay on that worker while the pool holds any task of
+//     the OrderID (claimed and not finished), whatever n becomes
+//     meanwhile. Only an OrderID the pool holds no task of is placed anew,
+//     by the n of the moment. So in a fixed pool an OrderID always runs on
+//     the same worker; in an elastic pool it may move after a pause in its
+//     tasks, and state a worker keeps per OrderID must allow for that. An
+//     OrderID shares its worker with others: a slow task delays the
+//     OrderIDs behind it on its worker, even while other workers are idle.
+//   - [DispatchFree]: the workers share one list of OrderIDs with a task
+//     ready, oldest first. An OrderID is bound to a worker only while one
+//     of its tasks runs; then it goes to the back of the list, and its
+//     next task runs on whichever worker is free first. An OrderID never
+//     waits behind another OrderID's task while a worker is idle. The cost:
+//     every worker takes and settles its tasks under the shared list's one
+//     lock, where DispatchByOrder's workers each have their own.
+//
+// An elastic pool starts with MinWorkers. When tasks have waited for a
+// worker for 10ms while every worker was busy, it adds one, up to
+// MaxWorkers (under DispatchByOrder the new worker takes only OrderIDs
+// placed from then on). Every [PoolConfig].ScaleDownAfter, it retires as
+// many workers as stayed idle all that time, down to MinWorkers, the last
+// started first. A retiring worker takes no new OrderID and never drops a
+// task: it ends once it holds none; under DispatchByOrder, once the pool
+// holds no task of the OrderIDs it had (their tasks claimed meanwhile
+// included), under DispatchFree after its running task. The pool logs at
+// debug level "queue: workers grown" when a worker starts and "queue:
+// workers shrunk" when a retiring one ends, with the live worker count,
+// and "queue: workers retiring" when it decides to shrink, with the count
+// it shrinks to; [Counters].Workers and [AnalyserStats].Workers report the
+// live count.
+//
 // # Crash recovery
 //
 // A lease value is "<fencing token>.<nonce>:<owner>": the token is Redis's
@@ -226,7 +270,7 @@
 //	{P:p.q}:order     hash    claim-sequence records: a claim's first seq -> its task IDs
 //	{P:p.q}:dead      hash    task ID -> dead record (attempts, time, last error, task)
 //	{P:p.q}:lease     string  the lease value, with a PX expiry
-//	{P:p.q}:meta      hash    fence, seq, processed, failed, redelivered
+//	{P:p.q}:meta      hash    fence, seq, processed, failed, redelivered, leases, workers
 //	{P:p.q}:wake      list    pushed when a lease is released, to wake a standby
 //	{P:p.q}:dedup:... string  an AddTaskOnce key, expiring with its window
 //	P:layout          hash    partitions (R), queues (Q) and this server's index

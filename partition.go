@@ -19,7 +19,7 @@ type queueKeys struct {
 	claims  string // hash: a claim's first seq -> its task IDs back to back (claim-sequence records), while one of them is pending
 	dead    string // hash: task ID -> encoded dead record
 	lease   string // string: "<fencing token>.<nonce>:<owner>", with a PX expiry; the queue's owner
-	meta    string // hash: fence (last token), seq (last claim), processed, failed, redelivered
+	meta    string // hash: fence (last token), seq (last claim), processed, failed, redelivered, leases, workers ("<count>:<lease value>")
 	wake    string // list: at most one element, pushed when a lease is released, to wake a standby
 }
 

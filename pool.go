@@ -19,9 +19,30 @@ type AnalyseFunc func(ctx context.Context, t Task) error
 
 // PoolConfig holds the settings of AnalysePool. The zero value works.
 type PoolConfig struct {
-	// Workers is the number of worker goroutines. All tasks of one OrderID
-	// run on the same worker, one at a time. If zero, 8 is used.
+	// Workers is the number of worker goroutines of a pool of fixed size:
+	// Workers N is MinWorkers N and MaxWorkers N. Setting it together with
+	// a MinWorkers or MaxWorkers other than N is an error. If zero (and
+	// MinWorkers and MaxWorkers are zero too), 8 is used.
 	Workers int
+	// MinWorkers and MaxWorkers make the pool elastic: it starts with
+	// MinWorkers worker goroutines, adds one (up to MaxWorkers) each time
+	// tasks have waited for a worker for 10ms while every worker was busy,
+	// and retires workers that stayed idle for ScaleDownAfter, down to
+	// MinWorkers. A resize never moves an OrderID with tasks in hand: see
+	// "Workers and dispatch" in the package documentation. If MinWorkers
+	// is zero, 1 is used when MaxWorkers is set; if MaxWorkers is zero,
+	// MinWorkers is used (a fixed pool). At most 4096.
+	MinWorkers, MaxWorkers int
+	// ScaleDownAfter is how long workers of an elastic pool must have
+	// stayed idle before they are retired: every ScaleDownAfter, the pool
+	// retires as many workers (down to MinWorkers) as were idle all that
+	// time. If zero, 5s is used.
+	ScaleDownAfter time.Duration
+	// Dispatch says how OrderIDs are given to workers: DispatchByOrder
+	// (each OrderID on a worker of its own hash, the default) or
+	// DispatchFree (each task on whichever worker is free first). Either
+	// way the tasks of one OrderID run one at a time, in claim order.
+	Dispatch DispatchMode
 	// Prefetch bounds the OrderIDs whose tasks the pool holds (claimed and
 	// not finished): each has one task running or about to run, and so it
 	// bounds what one claim takes. Tasks that wait behind an earlier task
@@ -72,8 +93,8 @@ type PoolConfig struct {
 	// Owner names this process in the lease (shown by Stats).
 	// If empty, "host:pid" is used.
 	Owner string
-	// Counters, when set, counts each worker's processed and failed tasks
-	// while the pool runs.
+	// Counters, when set, counts each worker's processed and failed tasks,
+	// and the pool's live workers, while the pool runs.
 	Counters *Counters
 	// OnDone, when set, is called after every delivery with the time the
 	// AnalyseFunc took and what it returned (for metrics). It is called from
@@ -82,14 +103,11 @@ type PoolConfig struct {
 }
 
 func (c PoolConfig) withDefaults() (PoolConfig, error) {
-	if c.Workers == 0 {
-		c.Workers = 8
-	}
-	if c.Workers < 0 || c.Workers > maxWorkers {
-		return c, fmt.Errorf("%w: Workers %d not in [1, %d]", ErrBadConfig, c.Workers, maxWorkers)
+	if err := c.workerDefaults(); err != nil {
+		return c, err
 	}
 	if c.Prefetch == 0 {
-		c.Prefetch = max(16*c.Workers, 256)
+		c.Prefetch = max(16*c.MaxWorkers, 256)
 		if c.MaxHeldTasks > 0 {
 			c.Prefetch = min(c.Prefetch, c.MaxHeldTasks)
 		}
@@ -135,6 +153,38 @@ func (c PoolConfig) withDefaults() (PoolConfig, error) {
 	return c, nil
 }
 
+// workerDefaults fills in and checks Workers, MinWorkers, MaxWorkers,
+// ScaleDownAfter and Dispatch.
+func (c *PoolConfig) workerDefaults() error {
+	switch {
+	case c.Workers != 0:
+		if c.MinWorkers != 0 && c.MinWorkers != c.Workers || c.MaxWorkers != 0 && c.MaxWorkers != c.Workers {
+			return fmt.Errorf("%w: Workers %d set with MinWorkers %d and MaxWorkers %d; set Workers for a fixed pool, MinWorkers and MaxWorkers for an elastic one",
+				ErrBadConfig, c.Workers, c.MinWorkers, c.MaxWorkers)
+		}
+		c.MinWorkers, c.MaxWorkers = c.Workers, c.Workers
+	case c.MinWorkers == 0 && c.MaxWorkers == 0:
+		c.MinWorkers, c.MaxWorkers = 8, 8
+	case c.MinWorkers == 0:
+		c.MinWorkers = 1
+	case c.MaxWorkers == 0:
+		c.MaxWorkers = c.MinWorkers
+	}
+	if c.MinWorkers < 1 || c.MaxWorkers > maxWorkers || c.MinWorkers > c.MaxWorkers {
+		return fmt.Errorf("%w: workers %d..%d not within [1, %d]", ErrBadConfig, c.MinWorkers, c.MaxWorkers, maxWorkers)
+	}
+	if c.ScaleDownAfter == 0 {
+		c.ScaleDownAfter = 5 * time.Second
+	}
+	if c.ScaleDownAfter < 0 || c.ScaleDownAfter > 24*time.Hour {
+		return fmt.Errorf("%w: ScaleDownAfter %v not in (0, 24h]", ErrBadConfig, c.ScaleDownAfter)
+	}
+	if c.Dispatch != DispatchByOrder && c.Dispatch != DispatchFree {
+		return fmt.Errorf("%w: unknown Dispatch %d", ErrBadConfig, c.Dispatch)
+	}
+	return nil
+}
+
 // Bounds of PoolConfig's sizes: a mistyped value gets ErrBadConfig, not
 // a pool that allocates without end.
 const (
@@ -146,14 +196,17 @@ func defaultBackoff(attempt int) time.Duration {
 	return min(50*time.Millisecond<<min(max(attempt-1, 0), 16), 10*time.Second)
 }
 
-// Counters counts what each worker of a pool did. Its methods are safe for
+// Counters counts what each worker of a pool did, by worker slot: an
+// elastic pool's slots go up to MaxWorkers, and a slot's counts go on when
+// a retired worker's slot is used again. Its methods are safe for
 // concurrent use while the pool runs.
 type Counters struct {
 	processed, failed atomic.Pointer[[]atomic.Int64]
+	workers           atomic.Int64
 }
 
-func (c *Counters) init(workers int) {
-	p, f := make([]atomic.Int64, workers), make([]atomic.Int64, workers)
+func (c *Counters) init(slots int) {
+	p, f := make([]atomic.Int64, slots), make([]atomic.Int64, slots)
 	c.processed.Store(&p)
 	c.failed.Store(&f)
 }
@@ -170,24 +223,31 @@ func load(p *atomic.Pointer[[]atomic.Int64]) []int64 {
 	return out
 }
 
-// Processed returns the tasks each worker acknowledged, by worker index.
+// Processed returns the tasks each worker acknowledged, by worker slot
+// (MaxWorkers of them).
 func (c *Counters) Processed() []int64 { return load(&c.processed) }
 
-// Failed returns the tasks each worker moved to the dead-letter store.
+// Failed returns the tasks each worker moved to the dead-letter store, by
+// worker slot.
 func (c *Counters) Failed() []int64 { return load(&c.failed) }
+
+// Workers returns the pool's live worker goroutines: between MinWorkers
+// and MaxWorkers while it holds the lease (a retiring worker counts until
+// it has finished its OrderIDs), 0 while it waits as a standby.
+func (c *Counters) Workers() int { return int(c.workers.Load()) }
 
 // AnalysePool runs analyser's queue until ctx ends: it takes the queue's
 // lease (waiting as a hot standby while another process holds it), puts
 // tasks left pending by an earlier owner back first, then claims tasks in
-// batches and runs fn on Workers goroutines, all tasks of one OrderID on
-// one goroutine in order. When ctx ends it stops claiming, hands unstarted
-// tasks back at once (after a Redis error, it leaves them pending for the
-// next owner to put back), gives running tasks ShutdownTimeout,
-// acknowledges what finished, releases the lease and returns nil. If it
-// loses the lease it cancels its tasks, reports ErrLeaseLost through
-// OnError and waits as a standby again. It returns an error only for
-// invalid arguments, a layout mismatch or a closed Queue. It joins every
-// goroutine it starts before returning.
+// batches and runs fn on its workers (see PoolConfig.Dispatch), the tasks
+// of one OrderID one at a time, in order. When ctx ends it stops claiming,
+// hands unstarted tasks back at once (after a Redis error, it leaves them
+// pending for the next owner to put back), gives running tasks
+// ShutdownTimeout, acknowledges what finished, releases the lease and
+// returns nil. If it loses the lease it cancels its tasks, reports
+// ErrLeaseLost through OnError and waits as a standby again. It returns an
+// error only for invalid arguments, a layout mismatch or a closed Queue.
+// It joins every goroutine it starts before returning.
 func (q *Queue) AnalysePool(ctx context.Context, analyser int, cfg PoolConfig, fn AnalyseFunc) error {
 	if fn == nil {
 		return ErrNilFunc
@@ -222,7 +282,7 @@ func (q *Queue) AnalysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 	log.ok(sent)
 	b.reset()
 	if cfg.Counters != nil {
-		cfg.Counters.init(cfg.Workers)
+		cfg.Counters.init(cfg.MaxWorkers)
 	}
 	warnEviction(ctx, st.part, cfg.Logger)
 	seen := "" // the holder last told of

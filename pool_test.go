@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -159,12 +160,32 @@ func (f taskFault) deliveries(maxAttempts int) int {
 // runSpan is one delivery's run time.
 type runSpan struct{ start, end time.Time }
 
+// Every failure kind, under every dispatch mode, and with an elastic
+// pool resizing meanwhile: per OrderID, order and no overlap. The modes
+// run one after the other, the others over fewer OrderIDs (every fault
+// kind still among them): four pools of 64 workers with 10,000 tasks
+// each at once overloaded a small machine under the race detector.
 func TestPoolOrderUnderFailures(t *testing.T) {
 	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		orders int
+		cfg    PoolConfig
+	}{
+		{"byorder", 2000, PoolConfig{Workers: 64}},
+		{"free", 500, PoolConfig{Workers: 64, Dispatch: DispatchFree}},
+		{"free/elastic", 500, PoolConfig{MinWorkers: 4, MaxWorkers: 64, ScaleDownAfter: 20 * time.Millisecond, Dispatch: DispatchFree}},
+		{"byorder/elastic", 500, PoolConfig{MinWorkers: 4, MaxWorkers: 64, ScaleDownAfter: 20 * time.Millisecond}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testPoolOrderUnderFailures(t, tc.orders, tc.cfg) })
+	}
+}
+
+func testPoolOrderUnderFailures(t *testing.T, orders int, cfg PoolConfig) {
 	q, _ := newTestQueue(t, 1, Config{})
 	ctx := bounded(t)
-	const orders, per, maxAttempts = 2000, 5, 3
-	const total = orders * per
+	const per, maxAttempts = 5, 3
+	total := orders * per
 	ids := addAll(t, q, orderTasks(orders, per))
 	faults := map[string]taskFault{} // by task ID
 	for n, id := range ids {
@@ -178,20 +199,20 @@ func TestPoolOrderUnderFailures(t *testing.T) {
 	rec := newRecorder()
 	var errs errLog
 	counters := &Counters{}
-	err := q.AnalysePool(ctx, 0, PoolConfig{
-		Workers:     64,
-		MaxAttempts: maxAttempts,
-		TaskTimeout: 50 * time.Millisecond,
-		ExitOnEmpty: true,
-		OnError:     errs.add,
-		Counters:    counters,
-		Backoff: func(attempt int) time.Duration {
-			mu.Lock()
-			backoffs[attempt]++
-			mu.Unlock()
-			return delay(attempt)
-		},
-	}, rec.fn(func(ctx context.Context, task Task) error {
+	logs := &logRecorder{}
+	cfg.Logger = slog.New(logs)
+	cfg.MaxAttempts = maxAttempts
+	cfg.TaskTimeout = 50 * time.Millisecond
+	cfg.ExitOnEmpty = true
+	cfg.OnError = errs.add
+	cfg.Counters = counters
+	cfg.Backoff = func(attempt int) time.Duration {
+		mu.Lock()
+		backoffs[attempt]++
+		mu.Unlock()
+		return delay(attempt)
+	}
+	err := q.AnalysePool(ctx, 0, cfg, rec.fn(func(ctx context.Context, task Task) error {
 		start := time.Now()
 		defer func() {
 			mu.Lock()
@@ -275,7 +296,7 @@ func TestPoolOrderUnderFailures(t *testing.T) {
 			var pe *PanicError
 			if assert.ErrorAs(t, err, &pe) {
 				assert.Equal(t, "boom "+te.ID, pe.Value)
-				assert.Contains(t, string(pe.Stack), "TestPoolOrderUnderFailures", "the stack is the panicking goroutine's")
+				assert.Contains(t, string(pe.Stack), "testPoolOrderUnderFailures", "the stack is the panicking goroutine's")
 			}
 		case timeoutOnce:
 			assert.ErrorIs(t, err, context.DeadlineExceeded)
@@ -308,6 +329,11 @@ func TestPoolOrderUnderFailures(t *testing.T) {
 	}
 	assert.EqualValues(t, total-len(dead), sum(counters.Processed()))
 	assert.EqualValues(t, len(dead), sum(counters.Failed()))
+	if cfg.MinWorkers < cfg.MaxWorkers {
+		// 20 OrderIDs' tasks wait out TaskTimeout, 4 workers at first.
+		assert.NotEmpty(t, logs.lines("queue: workers grown"), "the pool grew")
+	}
+	assert.Zero(t, counters.Workers(), "no worker is left")
 }
 
 // runPool runs AnalysePool in a goroutine; its result arrives on the

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,22 +21,43 @@ const (
 
 // session is one tenure of a pool as the queue's owner. It only
 // orchestrates: a fetcher (the goroutine that called run) claims tasks and
-// hands them to workers by OrderID (worker.go); workers run them and hand
-// acknowledgements to the acker (acker.go); a renewer keeps the lease; run
-// follows the stop order. Every Redis write goes through the store.
+// hands them to workers by OrderID (dispatch.go, lineset.go); workers run
+// them (worker.go) and hand acknowledgements to the acker (acker.go); a
+// renewer keeps the lease; an elastic pool's scaler resizes it
+// (scaler.go); run follows the stop order. Every Redis write goes through
+// the store.
 type session struct {
 	st      *store
 	cfg     PoolConfig
 	fn      AnalyseFunc
-	workers []*worker
 	acks    *acker
+	elastic bool     // MinWorkers < MaxWorkers: a scaler runs
+	shared  *lineSet // DispatchFree: the one set every worker takes from
+
+	// mapMu orders dispatch (the fetcher) and resizes (the scaler); the
+	// scaler is the only writer of workers, n and the workers' count.
+	mapMu   sync.Mutex
+	workers []*worker // every slot started so far; a retired worker keeps its slot
+	n       int       // the worker count: slots [0, n) take new OrderIDs
+	// DispatchByOrder, after a resize: OrderIDs in hand on a worker other
+	// than their hash's under n stay there (pinned) while they have tasks
+	// (see repin). pinnedLines counts their lines, under their sets' locks.
+	pinned      map[uint64]int
+	pinnedLines atomic.Int64
+	sizer       sizer          // an elastic pool's idle workers
+	workWG      sync.WaitGroup // the worker goroutines
+	live        atomic.Int64   // worker goroutines running
+	resized     chan struct{}  // signalled when live changes, for the renewer to record it
+	recorded    string         // the worker count last recorded in Redis, with its lease value (renewer only)
 
 	held      atomic.Int64  // tasks claimed and not finished
 	heldBytes atomic.Int64  // their size (claimed.size)
 	lines     atomic.Int64  // OrderIDs with held tasks: Prefetch bounds these
 	freed     chan struct{} // signalled when the fetcher may claim again, or an ack is confirmed
 	lowWater  int64         // the fetcher claims again once this many OrderIDs' slots are free
-	per       [][]claimed   // dispatch's buffers, one per worker (fetcher only)
+	per       [][]claimed   // dispatch's buffers, one per worker slot (fetcher only)
+	away      [][]claimed   // the same, for pinned OrderIDs (fetcher only)
+	rejected  []claimed     // the same, for OrderIDs no longer in hand (fetcher only)
 	// resyncOwed: a claim failed, and Redis may have made it; its tasks,
 	// pending and unseen, must go back before anything is claimed or
 	// handed back (fetcher only).
@@ -73,9 +93,15 @@ func newSession(st *store, cfg PoolConfig, fn AnalyseFunc) *session {
 	s.setDeadline(s.born.Add(cfg.LeaseTTL - cfg.LeaseTTL/5)) // as renew computes it
 	s.taskCtx, s.cancelTask = context.WithCancel(context.Background())
 	s.leaseCtx, s.cancelLease = context.WithCancel(context.Background())
-	s.workers = make([]*worker, cfg.Workers)
-	for i := range s.workers {
-		s.workers[i] = newWorker(s, i)
+	s.resized = make(chan struct{}, 1)
+	s.elastic = cfg.MinWorkers < cfg.MaxWorkers
+	s.sizer.allBusy = make(chan struct{}, 1)
+	if cfg.Dispatch == DispatchFree {
+		s.shared = newLineSet(s, true)
+	}
+	s.n = cfg.MinWorkers
+	for i := range s.n {
+		s.addSlot(i)
 	}
 	return s
 }
@@ -191,7 +217,7 @@ func (s *session) run(ctx context.Context) sessionEnd {
 	defer s.cancelTask()
 	defer s.cancelLease()
 	leaseCtx := s.leaseCtx
-	var renewWG, ackWG, workWG sync.WaitGroup
+	var renewWG, ackWG, scaleWG sync.WaitGroup
 	// The renewer stops before the release: a renewal racing it would find
 	// the lease gone, take it as lost and cancel the release under way.
 	renewCtx, stopRenew := context.WithCancel(leaseCtx)
@@ -211,13 +237,21 @@ func (s *session) run(ctx context.Context) sessionEnd {
 	}
 	ackWG.Add(1)
 	go func() { defer ackWG.Done(); s.acks.loop(leaseCtx) }()
-	workWG.Add(len(s.workers))
 	for _, w := range s.workers {
-		go func() { defer workWG.Done(); w.loop() }()
+		w.set.mu.Lock()
+		s.start(w, false)
+		w.set.mu.Unlock()
+	}
+	if s.elastic {
+		scaleWG.Add(1)
+		go func() { defer scaleWG.Done(); s.scale() }()
 	}
 
 	end := s.fetch(ctx, leaseCtx)
 
+	// No task starts from here on, and the worker slots stay as they are.
+	s.stopStarting()
+	scaleWG.Wait()
 	if end != endLost {
 		// Graceful stop: hand back what has not started, at once, in claim
 		// order, then give running tasks ShutdownTimeout. Tasks that fail or
@@ -228,7 +262,6 @@ func (s *session) run(ctx context.Context) sessionEnd {
 		// tasks of their OrderID left pending would be claimed before them
 		// once recovery put those back. Left pending, they all go back in
 		// claim order with the rest.
-		s.stopStarting()
 		ok := !s.resyncOwed
 		var handed, left int
 		handBack := func(ts []claimed) {
@@ -250,7 +283,7 @@ func (s *session) run(ctx context.Context) sessionEnd {
 				"running", s.held.Load())
 		}
 		timer := time.AfterFunc(s.cfg.ShutdownTimeout, s.cancelTask)
-		workWG.Wait()
+		s.workWG.Wait()
 		timer.Stop()
 		handBack(s.takeUnstarted())
 		defer func() {
@@ -260,8 +293,7 @@ func (s *session) run(ctx context.Context) sessionEnd {
 			}
 		}()
 	} else {
-		s.stopStarting()
-		workWG.Wait()
+		s.workWG.Wait()
 	}
 	s.acks.close()
 	ackWG.Wait()
@@ -409,39 +441,6 @@ func (s *session) resync(ctx context.Context) (back, seqLost int, err error) {
 		return 0, 0, err
 	}
 	return s.st.putBack(ctx, "resync", false, nil)
-}
-
-// dispatch hands tasks to their workers, keeping claim order per worker.
-func (s *session) dispatch(tasks []claimed) {
-	w := len(s.workers)
-	if w == 1 {
-		s.workers[0].give(tasks)
-		return
-	}
-	if s.per == nil {
-		s.per = make([][]claimed, w)
-	}
-	for _, t := range tasks {
-		i := workerOf(t.OrderID, w)
-		s.per[i] = append(s.per[i], t)
-	}
-	for i, ts := range s.per {
-		if len(ts) > 0 {
-			s.workers[i].give(ts) // copies them
-			clear(ts)
-			s.per[i] = ts[:0]
-		}
-	}
-}
-
-// takeUnstarted takes every task the workers hold and are not running.
-func (s *session) takeUnstarted() []claimed {
-	var all []claimed
-	for _, w := range s.workers {
-		all = append(all, w.takeAll()...)
-	}
-	sort.Slice(all, func(i, j int) bool { return all[i].seq < all[j].seq })
-	return all
 }
 
 // handBack puts tasks back at the consuming end, first claimed first,

@@ -3,6 +3,8 @@ package queue
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -21,6 +23,11 @@ type AnalyserStats struct {
 	Owner                      string        // the lease holder's name; empty when no one holds it
 	Token                      int64         // the lease holder's fencing token
 	LeaseLeft                  time.Duration // time left on the lease
+	// Workers is the lease holder's live worker goroutines, as its pool
+	// recorded them (one round trip after each change; after a failed
+	// try, again after its next lease renewal); 0 while no pool holds the
+	// lease.
+	Workers int
 }
 
 // statsPerQueue is the number of commands Stats sends per queue.
@@ -40,7 +47,7 @@ func (q *Queue) Stats(ctx context.Context) ([]AnalyserStats, error) {
 				c.Send("LLEN", k.ready)
 				c.Send("HLEN", k.pending)
 				c.Send("HLEN", k.dead)
-				c.Send("HMGET", k.meta, "processed", "failed", "redelivered", "leases")
+				c.Send("HMGET", k.meta, "processed", "failed", "redelivered", "leases", "workers")
 				c.Send("GET", k.lease)
 				c.Send("PTTL", k.lease)
 			}
@@ -61,16 +68,19 @@ func (q *Queue) Stats(ctx context.Context) ([]AnalyserStats, error) {
 				s.Ready, _ = redis.Int64(r[0], nil)
 				s.Pending, _ = redis.Int64(r[1], nil)
 				s.Dead, _ = redis.Int64(r[2], nil)
-				if m, err := redis.Values(r[3], nil); err == nil && len(m) == 4 {
+				var workers string
+				if m, err := redis.Values(r[3], nil); err == nil && len(m) == 5 {
 					// A field that is not a count reads as 0, as the scripts
 					// would start it over.
 					s.Processed, _ = redis.Int64(m[0], nil)
 					s.Failed, _ = redis.Int64(m[1], nil)
 					s.Redelivered, _ = redis.Int64(m[2], nil)
 					s.Leases, _ = redis.Int64(m[3], nil)
+					workers, _ = redis.String(m[4], nil)
 				}
 				if lease, err := redis.String(r[4], nil); err == nil {
 					s.Token, s.Owner = parseLease(lease)
+					s.Workers = recordedWorkers(workers, lease)
 				}
 				if ms, _ := redis.Int64(r[5], nil); ms > 0 {
 					s.LeaseLeft = time.Duration(ms) * time.Millisecond
@@ -84,4 +94,19 @@ func (q *Queue) Stats(ctx context.Context) ([]AnalyserStats, error) {
 		}
 	}
 	return out, nil
+}
+
+// recordedWorkers returns the worker count of a meta hash's workers
+// field, "<count>:<lease value>" (see workersScript), when it was
+// recorded under lease; else 0.
+func recordedWorkers(field, lease string) int {
+	n, holder, ok := strings.Cut(field, ":")
+	if !ok || holder != lease {
+		return 0
+	}
+	w, err := strconv.Atoi(n)
+	if err != nil || w < 0 {
+		return 0
+	}
+	return w
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -169,5 +170,46 @@ func TestDrainLeavesFixedKeys(t *testing.T) {
 		sort.Strings(wantExpiring)
 		assert.Equal(t, wantKeep, keep, "partition %d: persistent keys", pi)
 		assert.Equal(t, wantExpiring, expiring, "partition %d: expiring keys", pi)
+	}
+}
+
+// Stats shows the lease holder's worker count, recorded by its pool, and
+// nothing while no pool holds the lease: a count recorded under another
+// lease value is an earlier tenure's.
+func TestStatsWorkers(t *testing.T) {
+	t.Parallel()
+	q, srv, k := testQueue1(t)
+	ctx, cancel := context.WithCancel(bounded(t))
+	errc := runPool(ctx, q, PoolConfig{Workers: 2}, func(context.Context, Task) error { return nil })
+	require.Eventually(t, func() bool { return stats0(t, q).Workers == 2 }, 10*time.Second, time.Millisecond)
+	cancel()
+	require.NoError(t, receive(t, errc))
+	assert.Zero(t, stats0(t, q).Workers, "released")
+	field, err := redis.String(srv.do(t, "HGET", k.meta, "workers"), nil)
+	require.NoError(t, err)
+	assert.True(t, strings.HasPrefix(field, "2:"), "the last record stays: %q", field)
+
+	c, err := q.Consume(bounded(t), 0, ConsumerConfig{LeaseTTL: time.Minute})
+	require.NoError(t, err)
+	defer c.Release(context.Background())
+	st := stats0(t, q)
+	assert.NotEmpty(t, st.Owner)
+	assert.Zero(t, st.Workers, "a Consumer holds the lease: the record is another tenure's")
+}
+
+func TestRecordedWorkers(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		field, lease string
+		want         int
+	}{
+		{"4:12.ab:host:1", "12.ab:host:1", 4},
+		{"4:12.ab:host:1", "13.cd:host:1", 0},
+		{"", "12.ab:host:1", 0},
+		{"x:12.ab:host:1", "12.ab:host:1", 0},
+		{"-1:12.ab:host:1", "12.ab:host:1", 0},
+		{"4", "4", 0},
+	} {
+		assert.Equal(t, tt.want, recordedWorkers(tt.field, tt.lease), "%q under %q", tt.field, tt.lease)
 	}
 }

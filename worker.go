@@ -5,172 +5,75 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
-	"sync"
 	"time"
 )
 
-// worker runs the tasks of its OrderIDs on one goroutine: per OrderID one
-// task at a time, in claim order. An OrderID whose task failed waits out its
-// backoff while the worker goes on with its other OrderIDs.
+// worker is one worker goroutine of a pool: it takes tasks from its
+// lineSet (its own, or under DispatchFree the pool's shared one) and runs
+// them. Its slot, index, is where Counters count its work.
 type worker struct {
 	s     *session
 	index int
-	wake  chan struct{} // signalled when tasks arrive
+	set   *lineSet
+	wake  chan struct{} // signalled when the worker, idle, is to look for a task again
 
-	mu       sync.Mutex
-	orders   map[uint64]*orderLine
-	runnable []*orderLine // OrderIDs with a task to start now, oldest first
-	delayed  []*orderLine // OrderIDs waiting out a backoff
-	free     []*orderLine // emptied orderLines kept for reuse
+	// Under set.mu:
+	idleAt int  // index in set.idle, or -1 while the worker is not idle
+	retire bool // the pool shrank: the worker ends once it holds no OrderID
+	gone   bool // the worker's goroutine has ended, or has not started
 }
 
-// orderLine holds the claimed tasks of one OrderID on a worker.
-type orderLine struct {
-	id        uint64
-	tasks     []claimed // tasks[head] is the next (or running) one
-	head      int       // tasks before it are done (and zeroed)
-	state     lineState
-	notBefore time.Time // while delayed
+func newWorker(s *session, i int, set *lineSet) *worker {
+	return &worker{s: s, index: i, set: set, wake: make(chan struct{}, 1), idleAt: -1, gone: true}
 }
 
-type lineState int
-
-const (
-	lineIdle     lineState = iota // in orders only (during a stop)
-	lineRunnable                  // in runnable
-	lineRunning                   // tasks[0] runs
-	lineDelayed                   // in delayed
-)
-
-func newWorker(s *session, i int) *worker {
-	return &worker{s: s, index: i, wake: make(chan struct{}, 1), orders: map[uint64]*orderLine{}}
+// addSlot makes the worker of slot i, not started.
+func (s *session) addSlot(i int) *worker {
+	set := s.shared
+	if set == nil {
+		set = newLineSet(s, false)
+	}
+	w := newWorker(s, i, set)
+	s.workers = append(s.workers, w)
+	return w
 }
 
-// give adds claimed tasks, in claim order.
-func (w *worker) give(ts []claimed) {
-	w.mu.Lock()
-	lines := 0
-	for _, t := range ts {
-		o := w.orders[t.OrderID]
-		if o == nil {
-			o = w.newOrder(t.OrderID)
-			w.orders[t.OrderID] = o
-			lines++
+// start starts w's goroutine; grown says the pool grew to start it. Its
+// set's lock is held, or w's set is not in use yet.
+func (s *session) start(w *worker, grown bool) {
+	w.gone = false
+	s.workWG.Add(1)
+	n := s.addLive(1)
+	if grown {
+		s.cfg.Logger.Debug("queue: workers grown", "analyser", s.log.analyser, "workers", n)
+	}
+	go func() {
+		defer s.workWG.Done()
+		retired := w.loop()
+		n := s.addLive(-1)
+		if retired {
+			s.cfg.Logger.Debug("queue: workers shrunk", "analyser", s.log.analyser, "workers", n)
 		}
-		o.push(t)
-		if o.state == lineIdle {
-			o.state = lineRunnable
-			w.runnable = append(w.runnable, o)
-		}
-	}
-	w.mu.Unlock()
-	w.s.lines.Add(int64(lines))
-	select {
-	case w.wake <- struct{}{}:
-	default:
-	}
+	}()
 }
 
-// push appends t, first moving the tasks left to the front of a full
-// buffer, so that a busy OrderID reuses its buffer.
-func (o *orderLine) push(t claimed) {
-	if o.head > 0 && len(o.tasks) == cap(o.tasks) {
-		n := copy(o.tasks, o.tasks[o.head:])
-		clear(o.tasks[n:])
-		o.tasks, o.head = o.tasks[:n], 0
+// addLive counts d more live workers, and returns their number.
+func (s *session) addLive(d int64) int64 {
+	n := s.live.Add(d)
+	if c := s.cfg.Counters; c != nil {
+		c.workers.Add(d)
 	}
-	o.tasks = append(o.tasks, t)
-}
-
-// maxFreeOrders bounds the emptied orderLines a worker keeps, and
-// maxFreeTasks the buffer each keeps, so an idle pool holds little.
-const (
-	maxFreeOrders = 256
-	maxFreeTasks  = 64
-)
-
-// newOrder returns an empty orderLine for id, reusing a freed one.
-func (w *worker) newOrder(id uint64) *orderLine {
-	n := len(w.free)
-	if n == 0 {
-		return &orderLine{id: id}
-	}
-	o := w.free[n-1]
-	w.free[n-1] = nil
-	w.free = w.free[:n-1]
-	o.id = id
-	return o
-}
-
-// recycle keeps an emptied orderLine, deleted from orders, for reuse.
-func (w *worker) recycle(o *orderLine) {
-	if len(w.free) >= maxFreeOrders {
-		return
-	}
-	tasks := o.tasks[:0]
-	if cap(tasks) > maxFreeTasks {
-		tasks = nil
-	}
-	*o = orderLine{tasks: tasks}
-	w.free = append(w.free, o)
-}
-
-// takeAll removes and returns every task the worker holds except a running
-// one, in no particular order.
-func (w *worker) takeAll() []claimed {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	var out []claimed
-	for id, o := range w.orders {
-		if o.state == lineRunning {
-			out = append(out, o.tasks[o.head+1:]...)
-			o.tasks = o.tasks[:o.head+1]
-			continue
-		}
-		out = append(out, o.tasks[o.head:]...)
-		delete(w.orders, id)
-		w.s.lines.Add(-1)
-	}
-	w.runnable, w.delayed = nil, nil
-	return out
+	notify(s.resized)
+	return n
 }
 
 // stopping reports whether the session stops (gracefully or with the
 // lease lost): the worker starts nothing more.
 func (w *worker) stopping() bool { return w.s.halted() }
 
-// next returns the next OrderID to run and its task, marking it running,
-// or when none is due, the time the earliest delayed one is due (zero if
-// none).
-func (w *worker) next(now time.Time) (*orderLine, claimed, time.Time) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	var due time.Time
-	kept := w.delayed[:0]
-	for _, o := range w.delayed {
-		if !o.notBefore.After(now) {
-			o.state = lineRunnable
-			w.runnable = append(w.runnable, o)
-			continue
-		}
-		if due.IsZero() || o.notBefore.Before(due) {
-			due = o.notBefore
-		}
-		kept = append(kept, o)
-	}
-	clear(w.delayed[len(kept):])
-	w.delayed = kept
-	if len(w.runnable) == 0 {
-		return nil, claimed{}, due
-	}
-	o := w.runnable[0]
-	w.runnable[0] = nil
-	w.runnable = w.runnable[1:]
-	o.state = lineRunning
-	return o, o.tasks[o.head], time.Time{}
-}
-
-func (w *worker) loop() {
+// loop runs tasks until the session stops, or, when the worker retires,
+// until it holds no OrderID; it reports whether it retired.
+func (w *worker) loop() (retired bool) {
 	var timer *time.Timer
 	defer func() {
 		if timer != nil {
@@ -179,7 +82,10 @@ func (w *worker) loop() {
 	}()
 	for !w.stopping() {
 		now := time.Now() // one clock read per task: it is not free on every VM
-		o, t, due := w.next(now)
+		o, t, due, exit := w.set.next(w, now)
+		if exit {
+			return true
+		}
 		if o != nil {
 			if !w.s.leaseValid(now) {
 				// The lease may be another owner's by now: start nothing.
@@ -204,6 +110,7 @@ func (w *worker) loop() {
 		case <-w.s.halt:
 		}
 	}
+	return false
 }
 
 // runOne runs o's first task, picked at now, and settles its outcome.
@@ -234,17 +141,17 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) {
 		if c := s.cfg.Counters; c != nil {
 			(*c.processed.Load())[w.index].Add(1)
 		}
-		w.settle(o, true, time.Time{})
+		w.set.settle(o, true, time.Time{})
 		s.release(t)
 	case s.taskCtx.Err() != nil:
 		// Interrupted by the end of a graceful stop: handed back, the
 		// delivery counted.
-		w.settle(o, false, time.Time{})
+		w.set.settle(o, false, time.Time{})
 	case t.Attempt >= s.cfg.MaxAttempts:
 		if !w.bury(t, err) {
 			return
 		}
-		w.settle(o, true, time.Time{})
+		w.set.settle(o, true, time.Time{})
 		s.release(t)
 	default:
 		s.cfg.OnError(&TaskError{ID: t.ID, OrderID: t.OrderID, Attempt: t.Attempt, Err: err})
@@ -255,7 +162,7 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) {
 			}
 			s.cfg.OnError(ferr) // retried all the same; a crash now counts one delivery less
 		}
-		w.settle(o, false, time.Now().Add(s.cfg.Backoff(t.Attempt)))
+		w.set.settle(o, false, time.Now().Add(s.cfg.Backoff(t.Attempt)))
 	}
 }
 
@@ -304,34 +211,6 @@ func (w *worker) bury(t claimed, cause error) bool {
 		(*c.failed.Load())[w.index].Add(1)
 	}
 	return true
-}
-
-// settle puts o back after its first task ran: done drops that task, else
-// it stays first with its Attempt one higher; a non-zero retryAt delays the
-// OrderID until then.
-func (w *worker) settle(o *orderLine, done bool, retryAt time.Time) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if done {
-		o.tasks[o.head] = claimed{}
-		o.head++
-	} else {
-		o.tasks[o.head].Attempt++
-	}
-	switch {
-	case o.head == len(o.tasks):
-		delete(w.orders, o.id)
-		w.recycle(o)
-		w.s.lines.Add(-1)
-	case w.stopping():
-		o.state = lineIdle // takeAll hands it back
-	case !retryAt.IsZero():
-		o.state, o.notBefore = lineDelayed, retryAt
-		w.delayed = append(w.delayed, o)
-	default:
-		o.state = lineRunnable
-		w.runnable = append(w.runnable, o)
-	}
 }
 
 // analyse runs fn on one delivery started at start, turning a panic into a

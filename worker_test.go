@@ -33,7 +33,7 @@ func TestWorkerStartsNothingPastLeaseDeadline(t *testing.T) {
 	require.Len(t, tasks, 1)
 
 	s.setDeadline(time.Now().Add(-time.Millisecond)) // the pause outlived the lease
-	s.workers[0].give(tasks)
+	s.workers[0].set.give(tasks)
 	done := make(chan struct{})
 	go func() { defer close(done); s.workers[0].loop() }()
 	select {

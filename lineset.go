@@ -1,0 +1,304 @@
+package queue
+
+import (
+	"sync"
+	"time"
+)
+
+// lineSet holds the claimed tasks of the OrderIDs given to it, one
+// orderLine each, and hands them to the workers that take from it: per
+// OrderID one task at a time, in claim order. Under DispatchByOrder each
+// worker has a set of its own; under DispatchFree all share one, and an
+// OrderID's next task goes to whichever worker asks first. An OrderID
+// whose task failed waits out its backoff while the workers go on with
+// the others.
+type lineSet struct {
+	s      *session
+	shared bool // DispatchFree: every worker takes from this set
+
+	mu       sync.Mutex
+	orders   map[uint64]*orderLine
+	runnable []*orderLine // OrderIDs with a task to start now, oldest first
+	delayed  []*orderLine // OrderIDs waiting out a backoff
+	free     []*orderLine // emptied orderLines kept for reuse
+	idle     []*worker    // workers waiting for a task (worker.idleAt is the index)
+	timed    *worker      // the idle worker whose timer waits for the earliest delayed OrderID, or nil
+	timedDue time.Time    // when that timer fires
+}
+
+// orderLine holds the claimed tasks of one OrderID.
+type orderLine struct {
+	id        uint64
+	tasks     []claimed // tasks[head] is the next (or running) one
+	head      int       // tasks before it are done (and zeroed)
+	state     lineState
+	notBefore time.Time // while delayed
+	pinned    bool      // DispatchByOrder: on a worker other than its hash's under the current worker count
+}
+
+type lineState int
+
+const (
+	lineIdle     lineState = iota // in orders only (during a stop)
+	lineRunnable                  // in runnable
+	lineRunning                   // tasks[head] runs
+	lineDelayed                   // in delayed
+)
+
+func newLineSet(s *session, shared bool) *lineSet {
+	return &lineSet{s: s, shared: shared, orders: map[uint64]*orderLine{}}
+}
+
+// give adds claimed tasks, in claim order, and wakes idle workers for the
+// OrderIDs that became runnable.
+func (ls *lineSet) give(ts []claimed) {
+	ls.mu.Lock()
+	lines, woken := 0, 0
+	for _, t := range ts {
+		o := ls.orders[t.OrderID]
+		if o == nil {
+			o = ls.newOrder(t.OrderID)
+			ls.orders[t.OrderID] = o
+			lines++
+		}
+		o.push(t)
+		if o.state == lineIdle {
+			o.state = lineRunnable
+			ls.runnable = append(ls.runnable, o)
+			woken++
+		}
+	}
+	for ; woken > 0 && len(ls.idle) > 0; woken-- {
+		ls.wakeOne()
+	}
+	ls.mu.Unlock()
+	ls.s.lines.Add(int64(lines))
+}
+
+// giveHeld adds the tasks whose OrderID has a line in the set, in claim
+// order, and appends the others to rejected, which it returns: only the
+// fetcher makes lines, so an OrderID found without one here has none
+// anywhere, and it is free to go to another worker.
+func (ls *lineSet) giveHeld(ts, rejected []claimed) []claimed {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	woken := 0
+	for _, t := range ts {
+		o := ls.orders[t.OrderID]
+		if o == nil {
+			rejected = append(rejected, t)
+			continue
+		}
+		o.push(t)
+		if o.state == lineIdle {
+			o.state = lineRunnable
+			ls.runnable = append(ls.runnable, o)
+			woken++
+		}
+	}
+	for ; woken > 0 && len(ls.idle) > 0; woken-- {
+		ls.wakeOne()
+	}
+	return rejected
+}
+
+// push appends t, first moving the tasks left to the front of a full
+// buffer, so that a busy OrderID reuses its buffer.
+func (o *orderLine) push(t claimed) {
+	if o.head > 0 && len(o.tasks) == cap(o.tasks) {
+		n := copy(o.tasks, o.tasks[o.head:])
+		clear(o.tasks[n:])
+		o.tasks, o.head = o.tasks[:n], 0
+	}
+	o.tasks = append(o.tasks, t)
+}
+
+// maxFreeOrders bounds the emptied orderLines a set keeps, and
+// maxFreeTasks the buffer each keeps, so an idle pool holds little.
+const (
+	maxFreeOrders = 256
+	maxFreeTasks  = 64
+)
+
+// newOrder returns an empty orderLine for id, reusing a freed one.
+func (ls *lineSet) newOrder(id uint64) *orderLine {
+	n := len(ls.free)
+	if n == 0 {
+		return &orderLine{id: id}
+	}
+	o := ls.free[n-1]
+	ls.free[n-1] = nil
+	ls.free = ls.free[:n-1]
+	o.id = id
+	return o
+}
+
+// drop deletes an emptied orderLine and keeps it for reuse.
+func (ls *lineSet) drop(o *orderLine) {
+	delete(ls.orders, o.id)
+	ls.s.lines.Add(-1)
+	if o.pinned {
+		ls.s.pinnedLines.Add(-1)
+	}
+	if len(ls.free) >= maxFreeOrders {
+		return
+	}
+	tasks := o.tasks[:0]
+	if cap(tasks) > maxFreeTasks {
+		tasks = nil
+	}
+	*o = orderLine{tasks: tasks}
+	ls.free = append(ls.free, o)
+}
+
+// takeAll removes and returns every task the set holds except running
+// ones, in no particular order.
+func (ls *lineSet) takeAll() []claimed {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	var out []claimed
+	for _, o := range ls.orders {
+		if o.state == lineRunning {
+			out = append(out, o.tasks[o.head+1:]...)
+			o.tasks = o.tasks[:o.head+1]
+			continue
+		}
+		out = append(out, o.tasks[o.head:]...)
+		clear(o.tasks)
+		ls.drop(o)
+	}
+	ls.runnable, ls.delayed = nil, nil
+	return out
+}
+
+// next returns the next OrderID for w to run and its task, marking it
+// running. When none is due it registers w as idle and returns the time
+// the earliest delayed OrderID is due, if w is to wait for it (else
+// zero). It returns exit when w is retiring and may go: under
+// DispatchByOrder once its set holds no OrderID; under DispatchFree at
+// once, a worker holding no OrderID between tasks.
+func (ls *lineSet) next(w *worker, now time.Time) (o *orderLine, t claimed, due time.Time, exit bool) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	ls.unidle(w)
+	if w.retire && (ls.shared || len(ls.orders) == 0) {
+		w.gone = true
+		ls.handOn()
+		return nil, claimed{}, time.Time{}, true
+	}
+	kept := ls.delayed[:0]
+	for _, o := range ls.delayed {
+		if !o.notBefore.After(now) {
+			o.state = lineRunnable
+			ls.runnable = append(ls.runnable, o)
+			continue
+		}
+		if due.IsZero() || o.notBefore.Before(due) {
+			due = o.notBefore
+		}
+		kept = append(kept, o)
+	}
+	clear(ls.delayed[len(kept):])
+	ls.delayed = kept
+	if len(ls.runnable) == 0 {
+		ls.toIdle(w)
+		if due.IsZero() || ls.timed != nil {
+			return nil, claimed{}, time.Time{}, false // another idle worker waits for the delayed ones
+		}
+		ls.timed, ls.timedDue = w, due
+		return nil, claimed{}, due, false
+	}
+	o = ls.runnable[0]
+	ls.runnable[0] = nil
+	ls.runnable = ls.runnable[1:]
+	o.state = lineRunning
+	ls.handOn()
+	return o, o.tasks[o.head], time.Time{}, false
+}
+
+// handOn wakes an idle worker when a worker leaves runnable OrderIDs
+// behind (each woken worker wakes the next), or delayed ones that no idle
+// worker waits for. Only under DispatchFree can both be.
+func (ls *lineSet) handOn() {
+	if len(ls.idle) > 0 && (len(ls.runnable) > 0 || len(ls.delayed) > 0 && ls.timed == nil) {
+		ls.wakeOne()
+	}
+}
+
+// settle puts o back after its first task ran: done drops that task, else
+// it stays first with its Attempt one higher; a non-zero retryAt delays the
+// OrderID until then.
+func (ls *lineSet) settle(o *orderLine, done bool, retryAt time.Time) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if done {
+		o.tasks[o.head] = claimed{}
+		o.head++
+	} else {
+		o.tasks[o.head].Attempt++
+	}
+	switch {
+	case o.head == len(o.tasks):
+		ls.drop(o)
+	case ls.s.halted():
+		o.state = lineIdle // takeAll hands it back
+	case !retryAt.IsZero():
+		o.state, o.notBefore = lineDelayed, retryAt
+		ls.delayed = append(ls.delayed, o)
+		if ls.timed != nil && retryAt.Before(ls.timedDue) {
+			ls.wake(ls.timed) // to wait for this one instead
+		}
+	default:
+		o.state = lineRunnable
+		ls.runnable = append(ls.runnable, o)
+	}
+}
+
+// toIdle registers w as waiting for a task.
+func (ls *lineSet) toIdle(w *worker) {
+	w.idleAt = len(ls.idle)
+	ls.idle = append(ls.idle, w)
+	if ls.s.elastic {
+		ls.s.sizer.wentIdle()
+	}
+}
+
+// unidle removes w from the idle workers, if it is one.
+func (ls *lineSet) unidle(w *worker) {
+	i := w.idleAt
+	if i < 0 {
+		return
+	}
+	last := len(ls.idle) - 1
+	ls.idle[i] = ls.idle[last]
+	ls.idle[i].idleAt = i
+	ls.idle[last] = nil
+	ls.idle = ls.idle[:last]
+	w.idleAt = -1
+	if ls.timed == w {
+		ls.timed = nil
+	}
+	if ls.s.elastic {
+		ls.s.sizer.wentBusy()
+	}
+}
+
+// wakeOne wakes the idle worker that went idle last.
+func (ls *lineSet) wakeOne() { ls.wake(ls.idle[len(ls.idle)-1]) }
+
+// wake makes the idle worker w look for a task again.
+func (ls *lineSet) wake(w *worker) {
+	ls.unidle(w)
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// runnableCount returns how many OrderIDs wait for a worker to start
+// their next task.
+func (ls *lineSet) runnableCount() int {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	return len(ls.runnable)
+}
