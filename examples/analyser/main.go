@@ -1,7 +1,8 @@
 // Command analyser consumes qugo queues and writes every task to Postgres.
 //
 // It runs one analyser pool per -id, each owning one queue (a second
-// process started with the same id waits as a hot standby), and writes
+// process started with the same id waits as a hot standby), or joins the
+// consumer group -group, whose members share all the queues, and writes
 // each task as a row of the tasks table. Rows are batched, yet a task is
 // acknowledged only once its row is committed, and rows of one OrderID are
 // written in enqueue order. The write is idempotent (task_id is the
@@ -10,6 +11,7 @@
 // queue's Prometheus metrics. SIGINT or SIGTERM stops it gracefully.
 //
 //	analyser -id 0-3 -worker 16 -redis redis://127.0.0.1:6379 -pg postgres://localhost/app
+//	analyser -group billing -member billing-1 -worker 3-4 -pg postgres://localhost/app
 package main
 
 import (
@@ -31,7 +33,10 @@ import (
 // config is what the flags say.
 type config struct {
 	IDs         idList
-	Workers     int
+	Group       string // join this consumer group instead of serving IDs
+	Member      string // the member name in Group; default host:pid
+	Weight      int
+	Workers     workerRange
 	Redis       []string
 	Queues      int
 	Prefix      string
@@ -69,8 +74,12 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	var redisURLs string
 	fs := flag.NewFlagSet("analyser", flag.ContinueOnError)
 	fs.SetOutput(out)
-	fs.Var(&cfg.IDs, "id", "analyser `id` to run: N, a range A-B, or a comma list; may be repeated (required)")
-	fs.IntVar(&cfg.Workers, "worker", 8, "worker goroutines per analyser")
+	fs.Var(&cfg.IDs, "id", "analyser `id` to run: N, a range A-B, or a comma list; may be repeated (this or -group)")
+	fs.StringVar(&cfg.Group, "group", "", "join the consumer group `NAME`, whose members share all analysers (this or -id)")
+	fs.StringVar(&cfg.Member, "member", "", "member `name` in -group; keep it across restarts to get the same queues back (default host:pid)")
+	fs.IntVar(&cfg.Weight, "weight", 1, "this member's share of the analysers relative to the others' in -group")
+	cfg.Workers = workerRange{8, 8}
+	fs.Var(&cfg.Workers, "worker", "worker goroutines per analyser: `W`, or a range MIN-MAX that grows under a backlog and shrinks when idle")
 	fs.StringVar(&redisURLs, "redis", "redis://127.0.0.1:6379", "comma-separated Redis `URLs`, in partition order")
 	fs.IntVar(&cfg.Queues, "queues", 1, "queues per Redis server")
 	fs.StringVar(&cfg.Prefix, "prefix", "qugo", "Redis key prefix")
@@ -94,13 +103,19 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 		}
 	}
 	switch {
-	case len(cfg.IDs) == 0:
-		return cfg, errors.New("-id is required")
+	case len(cfg.IDs) == 0 && cfg.Group == "":
+		return cfg, errors.New("-id or -group is required")
+	case len(cfg.IDs) > 0 && cfg.Group != "":
+		return cfg, errors.New("-id and -group exclude each other: a group's members share all analysers")
+	case cfg.Group == "" && (cfg.Member != "" || cfg.Weight != 1):
+		return cfg, errors.New("-member and -weight need -group")
+	case cfg.Weight < 1 || cfg.Weight > 1000:
+		return cfg, errors.New("-weight must be in [1, 1000]")
 	case len(cfg.Redis) == 0:
 		return cfg, errors.New("-redis is required")
 	case cfg.PG == "":
 		return cfg, errors.New("-pg (or $DATABASE_URL) is required")
-	case cfg.Workers < 1 || cfg.Queues < 1 || cfg.Flushers < 1 || cfg.Attempts < 1:
+	case cfg.Workers.Min < 1 || cfg.Queues < 1 || cfg.Flushers < 1 || cfg.Attempts < 1:
 		return cfg, errors.New("-worker, -queues, -flushers and -attempts must be at least 1")
 	case cfg.Batch < 1 || cfg.Batch > 10000:
 		return cfg, errors.New("-batch must be in [1, 10000]")
@@ -151,5 +166,32 @@ func (l *idList) Set(v string) error {
 	}
 	slices.Sort(*l)
 	*l = slices.Compact(*l)
+	return nil
+}
+
+// workerRange is the value of -worker: "W", or "MIN-MAX".
+type workerRange struct{ Min, Max int }
+
+func (w *workerRange) String() string {
+	if w == nil {
+		return ""
+	}
+	if w.Min == w.Max {
+		return strconv.Itoa(w.Min)
+	}
+	return strconv.Itoa(w.Min) + "-" + strconv.Itoa(w.Max)
+}
+
+func (w *workerRange) Set(v string) error {
+	lo, hi, isRange := strings.Cut(v, "-")
+	a, err := strconv.Atoi(lo)
+	b := a
+	if err == nil && isRange {
+		b, err = strconv.Atoi(hi)
+	}
+	if err != nil || a < 1 || b < a {
+		return fmt.Errorf("bad worker count %q: want W or MIN-MAX, at least 1", v)
+	}
+	w.Min, w.Max = a, b
 	return nil
 }

@@ -76,12 +76,19 @@ func TestParseFlags(t *testing.T) {
 		{name: "range", args: []string{"-id", "0-3"}, ids: []int{0, 1, 2, 3}},
 		{name: "repeated and list", args: []string{"-id", "5", "-id", "1,2", "-id", "2-3"}, ids: []int{1, 2, 3, 5}},
 		{name: "redis list", args: []string{"-id", "0", "-redis", "redis://a:1, redis://b:2,"}, ids: []int{0}, redis: []string{"redis://a:1", "redis://b:2"}},
-		{name: "no id", args: nil, wantErr: "-id is required"},
+		{name: "no id", args: nil, wantErr: "-id or -group is required"},
+		{name: "group", args: []string{"-group", "billing", "-member", "b-1", "-weight", "2"}},
+		{name: "id and group", args: []string{"-id", "0", "-group", "billing"}, wantErr: "exclude each other"},
+		{name: "member without group", args: []string{"-id", "0", "-member", "x"}, wantErr: "need -group"},
+		{name: "weight too big", args: []string{"-group", "g", "-weight", "1001"}, wantErr: "-weight"},
+		{name: "worker range", args: []string{"-id", "0", "-worker", "3-4"}, ids: []int{0}},
+		{name: "reversed worker range", args: []string{"-id", "0", "-worker", "4-3"}, wantErr: "bad worker count"},
+		{name: "bad worker", args: []string{"-id", "0", "-worker", "x"}, wantErr: "bad worker count"},
 		{name: "bad id", args: []string{"-id", "x"}, wantErr: "bad analyser id"},
 		{name: "negative id", args: []string{"-id", "-1"}, wantErr: "bad analyser id"},
 		{name: "reversed range", args: []string{"-id", "3-1"}, wantErr: "bad analyser range"},
 		{name: "huge range", args: []string{"-id", "0-99999"}, wantErr: "more than"},
-		{name: "zero workers", args: []string{"-id", "0", "-worker", "0"}, wantErr: "at least 1"},
+		{name: "zero workers", args: []string{"-id", "0", "-worker", "0"}, wantErr: "bad worker count"},
 		{name: "batch too big", args: []string{"-id", "0", "-batch", "20000"}, wantErr: "-batch"},
 		{name: "negative linger", args: []string{"-id", "0", "-linger", "-1ms"}, wantErr: "-linger"},
 		{name: "empty redis", args: []string{"-id", "0", "-redis", " , "}, wantErr: "-redis is required"},
@@ -109,7 +116,12 @@ func TestParseFlagsDefaults(t *testing.T) {
 	cfg, err := parseFlags([]string{"-id", "0"}, io.Discard)
 	require.NoError(t, err)
 	assert.Equal(t, "postgres://env/db", cfg.PG)
-	assert.Equal(t, 8, cfg.Workers)
+	assert.Equal(t, workerRange{8, 8}, cfg.Workers)
+	cfg, err = parseFlags([]string{"-group", "g", "-worker", "3-4"}, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, workerRange{3, 4}, cfg.Workers)
+	assert.Equal(t, "3-4", cfg.Workers.String())
+	assert.Equal(t, 1, cfg.Weight)
 	assert.Equal(t, 500, cfg.Batch)
 	assert.Zero(t, cfg.Linger, "group commit: no linger")
 	assert.Equal(t, "127.0.0.1:9464", cfg.Metrics)

@@ -19,7 +19,8 @@ import (
 //	qugo_analyser_pg_insert_errors_total               counter    INSERTs that failed
 //	qugo_analyser_retries_total{analyser}              counter    failed deliveries that will be retried
 //	qugo_analyser_dead_lettered_total{analyser}        counter    tasks moved to the dead-letter store
-//	qugo_analyser_queue_errors_total{analyser}         counter    other errors of the pool (Redis, lease)
+//	qugo_analyser_queue_errors_total{analyser}         counter    other errors of the pool (Redis, lease);
+//	                                                             analyser="any" for a group member's errors of no one analyser
 type metrics struct {
 	insertTime   *prometheus.HistogramVec
 	batchRows    prometheus.Histogram
@@ -97,4 +98,9 @@ func (m *metrics) poolError(a int, err error) (te *queue.TaskError) {
 	return te
 }
 
-func label(a int) string { return strconv.Itoa(a) }
+func label(a int) string {
+	if a == anyAnalyser {
+		return "any"
+	}
+	return strconv.Itoa(a)
+}

@@ -43,7 +43,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger, onMetrics func(net.A
 		return err
 	}
 	defer q.Close()
-	if last := cfg.IDs[len(cfg.IDs)-1]; last >= q.Analysers() {
+	if len(cfg.IDs) > 0 && cfg.IDs[len(cfg.IDs)-1] >= q.Analysers() {
+		last := cfg.IDs[len(cfg.IDs)-1]
 		return fmt.Errorf("analyser id %d: there are %d analysers (%d redis servers x %d queues)",
 			last, q.Analysers(), len(cfg.Redis), cfg.Queues)
 	}
@@ -52,9 +53,20 @@ func run(ctx context.Context, cfg config, log *slog.Logger, onMetrics func(net.A
 		return layoutAdvice(err, cfg.Redis)
 	}
 
-	owner := ownerName()
+	owner, ids := ownerName(), cfg.IDs
+	if cfg.Group != "" {
+		// A member may be given any analyser, and holds its leases under
+		// its member name.
+		ids = make(idList, q.Analysers())
+		for a := range ids {
+			ids[a] = a
+		}
+		if cfg.Member != "" {
+			owner = cfg.Member
+		}
+	}
 	collector := prom.NewCollector(q, prom.Options{Logger: log, Owner: owner})
-	own := newMetrics(cfg.IDs)
+	own := newMetrics(ids)
 	if cfg.Metrics != "" {
 		stop, err := serveMetrics(cfg.Metrics, log, onMetrics, append(own.collectors(), collector)...)
 		if err != nil {
@@ -73,12 +85,16 @@ func run(ctx context.Context, cfg config, log *slog.Logger, onMetrics func(net.A
 	defer bg.Wait()
 	defer rows.Close()
 
-	mirror := newDeadMirror(q, db, log, cfg.IDs, deadSyncEvery)
+	mirror := newDeadMirror(q, db, log, ids, deadSyncEvery)
 	mirrorCtx, stopMirror := context.WithCancel(context.WithoutCancel(ctx))
 	bg.Go(func() { mirror.Run(mirrorCtx) })
 	defer stopMirror()
 
-	return runPools(ctx, q, cfg, log, poolHooks{owner, collector, own}, mirror, rows)
+	hooks := poolHooks{owner, collector, own}
+	if cfg.Group != "" {
+		return runGroup(ctx, q, cfg, log, hooks, mirror, rows)
+	}
+	return runPools(ctx, q, cfg, log, hooks, mirror, rows)
 }
 
 // poolHooks are what every pool of the process shares: the lease owner
@@ -129,7 +145,8 @@ func runPools(ctx context.Context, q *queue.Queue, cfg config, log *slog.Logger,
 	for i, a := range cfg.IDs {
 		counters[i] = &queue.Counters{}
 		pc := queue.PoolConfig{
-			Workers:     cfg.Workers,
+			MinWorkers:  cfg.Workers.Min,
+			MaxWorkers:  cfg.Workers.Max,
 			MaxAttempts: cfg.Attempts,
 			TaskTimeout: cfg.TaskTimeout,
 			Counters:    counters[i],
@@ -149,7 +166,7 @@ func runPools(ctx context.Context, q *queue.Queue, cfg config, log *slog.Logger,
 			}
 		})
 	}
-	log.Info("analyser started", "ids", cfg.IDs.String(), "workers", cfg.Workers, "redis", len(cfg.Redis), "queues", cfg.Queues)
+	log.Info("analyser started", "ids", cfg.IDs.String(), "workers", cfg.Workers.String(), "redis", len(cfg.Redis), "queues", cfg.Queues)
 	wg.Go(func() { logProgress(ctx, cfg, log, counters) })
 	wg.Wait()
 	logCounts(cfg, log, counters, make([]int64, len(counters)))
@@ -173,7 +190,7 @@ func poolErrors(a int, log *slog.Logger, mirror *deadMirror, m *metrics) func(er
 		case te != nil:
 			log.Warn("task failed, will retry", "analyser", a, "task", te.ID, "order", te.OrderID, "attempt", te.Attempt, "err", te.Err)
 		default:
-			log.Error("queue error", "analyser", a, "err", err)
+			log.Error("queue error", "analyser", label(a), "err", err)
 		}
 	}
 }

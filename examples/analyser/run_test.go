@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -160,4 +161,81 @@ func TestRunRefusesAWrongLayoutBeforeStarting(t *testing.T) {
 		assert.NotContains(t, l, "started")
 		assert.NotContains(t, l, "stopped")
 	}
+}
+
+// TestRunGroupMembersShareTheQueues runs two analysers as members of one
+// group over four queues: both hold two, every task has one row, and
+// when one stops, the other takes its queues over and finishes the work.
+func TestRunGroupMembersShareTheQueues(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pgURL := testDB(t)
+	q, urls := newTestQueue(t, 2, 2)
+	db, err := pgxpool.New(ctx, pgURL)
+	require.NoError(t, err)
+	defer db.Close()
+	require.NoError(t, migrate(ctx, db))
+
+	start := func(member string) (stop func() error) {
+		cfg, err := parseFlags([]string{
+			"-group", "billing", "-member", member, "-worker", "1-3", "-redis", strings.Join(urls, ","), "-queues", "2",
+			"-pg", pgURL, "-batch", "32", "-metrics", "", "-log-every", "50ms",
+		}, io.Discard)
+		require.NoError(t, err)
+		runCtx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- run(runCtx, cfg, quiet, nil) }()
+		var once sync.Once
+		var runErr error
+		return func() error { once.Do(func() { cancel(); runErr = <-done }); return runErr }
+	}
+	stopA := start("a")
+	stopB := start("b")
+	defer stopB()
+	require.Eventually(t, func() bool {
+		st, err := q.GroupStatus(ctx, "billing")
+		return err == nil && len(st.Members) == 2 && len(st.Members[0].Analysers) == 2 && len(st.Members[1].Analysers) == 2
+	}, 30*time.Second, 10*time.Millisecond)
+
+	const orders, perOrder = 40, 25
+	add := func(from, to int) {
+		var tasks []queue.Task
+		for n := from; n < to; n++ {
+			for o := range orders {
+				tasks = append(tasks, queue.Task{OrderID: uint64(o), Payload: fmt.Appendf(nil, "%d:%d", o, n)})
+			}
+		}
+		_, err := q.AddTasks(ctx, tasks)
+		require.NoError(t, err)
+	}
+	count := func() int {
+		var n int
+		require.NoError(t, db.QueryRow(ctx, `SELECT count(*) FROM tasks`).Scan(&n))
+		return n
+	}
+	add(0, perOrder/2)
+	require.NoError(t, stopA()) // leaves: b takes its queues
+	add(perOrder/2, perOrder)
+	require.Eventually(t, func() bool { return count() == orders*perOrder }, 60*time.Second, 20*time.Millisecond)
+
+	st, err := q.Stats(ctx)
+	require.NoError(t, err)
+	for _, s := range st {
+		assert.Equal(t, "b", s.Owner, "analyser %d", s.Analyser)
+	}
+	var analysers int
+	require.NoError(t, db.QueryRow(ctx, `SELECT count(DISTINCT analyser) FROM tasks`).Scan(&analysers))
+	assert.Equal(t, 4, analysers)
+	rows, err := db.Query(ctx, `SELECT order_id::text, convert_from(payload, 'UTF8') FROM tasks ORDER BY order_id, seq`)
+	require.NoError(t, err)
+	next := map[string]int{}
+	for rows.Next() {
+		var order, payload string
+		require.NoError(t, rows.Scan(&order, &payload))
+		_, n, _ := strings.Cut(payload, ":")
+		require.Equal(t, strconv.Itoa(next[order]), n, "order %s out of order", order)
+		next[order]++
+	}
+	require.NoError(t, rows.Err())
+	require.NoError(t, stopB())
 }
