@@ -148,8 +148,8 @@
 // pipeline per partition. [PoolConfig].Prefetch bounds the OrderIDs a pool
 // holds tasks of, and so what one claim takes; MaxHeldTasks and
 // MaxHeldBytes bound all the tasks it holds (a task larger than
-// MaxHeldBytes is still claimed, alone). An idle pool waits in a blocking
-// command, so a new task starts as soon as it is pushed. Each delivery
+// MaxHeldBytes is still claimed, alone). An idle pool is woken as soon as
+// a task is pushed (see Idle pools). Each delivery
 // gets [PoolConfig].TaskTimeout; a panic becomes a [*PanicError], and
 // every failed delivery reaches OnError as a [*TaskError] and is recorded
 // in the pending record at once. [Queue.Replay] puts dead tasks back at
@@ -218,8 +218,8 @@
 // it holds (still pending in Redis), reports [ErrLeaseLost] through
 // OnError and waits as a standby again.
 //
-// A standby blocks in Redis until the lease is released or runs out, takes
-// it, and puts every pending task back at the consuming end in claim order
+// A standby waits until the lease is released or runs out, takes it, and
+// puts every pending task back at the consuming end in claim order
 // before its first claim. It counts only recorded deliveries: a failure
 // (with the retry it schedules), and the start of every delivery but a
 // first one. A task whose only delivery was a first one goes back
@@ -244,6 +244,38 @@
 // most a third of LeaseTTL later) is refused; nothing is lost. A backward
 // jump delays recovery from a crash. The pool's own deadlines use its
 // process's monotonic clock.
+//
+// # Idle pools
+//
+// The idle pools of one process on one server wait through two shared
+// connections, not a blocking connection each: 64 idle pools hold the
+// two, plus their pool's idle connections, and a new task still starts
+// within a millisecond or so. The two use Redis's client-side caching
+// protocol (CLIENT TRACKING, Redis 6 and later), in its default mode over
+// RESP2: one subscribes to __redis__:invalidate, the other has tracking
+// redirected to it and reads the key a pool waits on (LLEN of the ready
+// list; PTTL of the lease, for a standby). Redis then sends that key's
+// name once, when it is next written, deleted or expires, and the pools
+// waiting on it wake. Producers change nothing: their LPUSH is the write.
+// Every watched key is read again each second in one pipeline (a lost
+// message costs at most that), a wait whose read goes unanswered ends
+// and its pool looks for itself, a lost connection wakes every wait, and
+// a flush wakes them all. A standby keeps a timer at the lease's time
+// left too: Redis may tell of an untouched key's expiry up to ~100ms
+// late. The two connections are dialled with the partition's pool's dial
+// function (so its options and authentication apply), outside its
+// MaxActive, named qugo-waiter in CLIENT LIST, made when a pool first
+// waits and closed when the last AnalysePool on the partition returns (or
+// at [Queue.Close]).
+//
+// A server that refuses tracking (a proxy that does not pass CLIENT
+// TRACKING or SUBSCRIBE through, an ACL that forbids them, miniredis), or
+// a pool whose connections cannot wait for a reply without a read
+// deadline (redigo's own can), makes every pool of the partition wait on
+// a blocking command of its own instead (BLMOVE on the ready list, BLPOP
+// on the lease's wake list), waking to look again each second, as
+// before; the waiter asks again a minute later. A [Consumer] always
+// waits on a connection of its own.
 //
 // # Durability
 //

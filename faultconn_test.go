@@ -347,6 +347,11 @@ type faultConn struct {
 	err   error        // set once the connection is broken by a fault
 	sends []pendingCmd // sent and not flushed
 	pipe  *callSite    // the last pipeline flushed, whose replies Receive reads
+	// waiter: the connection is one of a waiter's (it named itself so
+	// before anything else), and passes everything through, neither
+	// counted nor faulted: it writes nothing, its reads come by the clock,
+	// and it sends and receives at once, which a faultConn does not.
+	waiter bool
 }
 
 // broken marks the connection broken with err and closes it, as redigo
@@ -381,6 +386,10 @@ func (c *faultConn) DoWithTimeout(d time.Duration, cmd string, args ...any) (any
 }
 
 func (c *faultConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
+	if c.waiter || cmd == "CLIENT" && len(args) == 2 && args[0] == "SETNAME" && args[1] == waiterName {
+		c.waiter = true
+		return redis.DoContext(c.c, ctx, cmd, args...)
+	}
 	if cmd == "" { // the pool flushing a connection it takes back
 		if len(c.sends) > 0 {
 			if err := c.Flush(); err != nil {
@@ -435,6 +444,9 @@ func (c *faultConn) do(ctx context.Context, site callSite, kind faultKind, cmd s
 }
 
 func (c *faultConn) Send(cmd string, args ...any) error {
+	if c.waiter {
+		return c.c.Send(cmd, args...)
+	}
 	if c.err != nil {
 		return c.err
 	}
@@ -445,6 +457,9 @@ func (c *faultConn) Send(cmd string, args ...any) error {
 // Flush sends the pipeline of the Sends since the last Flush: one round
 // trip, named by its commands.
 func (c *faultConn) Flush() error {
+	if c.waiter {
+		return c.c.Flush()
+	}
 	if c.err != nil {
 		return c.err
 	}
@@ -504,6 +519,9 @@ func (c *faultConn) Receive() (any, error) {
 }
 
 func (c *faultConn) ReceiveWithTimeout(d time.Duration) (any, error) {
+	if c.waiter {
+		return redis.ReceiveWithTimeout(c.c, d)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	return c.ReceiveContext(ctx)

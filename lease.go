@@ -216,11 +216,7 @@ func (s *store) acquire(ctx context.Context, report func(error), onLook func(sen
 		if onLook != nil {
 			onLook(sent, holder, left)
 		}
-		wait := min(left, s.ttl)
-		_, err = onPartition(ctx, s.part, s.what("wait for lease of"), func(conn redis.Conn) (any, error) {
-			return redis.DoContext(conn, ctx, "BLPOP", s.keys.wake, blockSeconds(wait))
-		})
-		if err != nil && (ctx.Err() != nil || !isTimeout(err)) {
+		if err := s.waitLease(ctx, time.Now().Add(min(left, s.ttl))); err != nil {
 			if err := fail(err); err != nil {
 				return err
 			}

@@ -31,6 +31,7 @@ type store struct {
 	leaseLock   chan struct{}          // one slot: held by renew and refence (lockLease)
 	refencing   string                 // the nonce of a refence not answered yet (under leaseLock)
 	entrySize   atomic.Int64           // the mean entry size of the last claim (at first, MaxPayload)
+	waiter      *waiter                // the partition's shared waiter, for a pool's idle waits (nil: own connections)
 }
 
 // newStore returns the store of analyser's queue, with the layout of its
@@ -369,24 +370,6 @@ func pendingField(entry []byte, seq int64) string {
 		return string(entry[1:entryHeader])
 	}
 	return "bad:" + strconv.FormatInt(seq, 10)
-}
-
-// wait blocks until the ready list is not empty or d has passed, without
-// taking anything, and reports whether a task is ready. It holds a
-// connection of its own while it waits.
-func (s *store) wait(ctx context.Context, d time.Duration) (bool, error) {
-	r, err := onPartition(ctx, s.part, s.what("wait on"), func(conn redis.Conn) (any, error) {
-		// Moving the right end onto itself changes nothing; it only blocks
-		// until there is an element to move.
-		return redis.DoContext(conn, ctx, "BLMOVE", s.keys.ready, s.keys.ready, "RIGHT", "RIGHT", blockSeconds(d))
-	})
-	if err != nil {
-		if isTimeout(err) && ctx.Err() == nil {
-			return false, nil
-		}
-		return false, err
-	}
-	return r != nil, nil
 }
 
 // ack deletes the pending records of ids, maxClaim to a round trip, and

@@ -281,6 +281,8 @@ func (q *Queue) AnalysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 	}
 	log.ok(sent)
 	b.reset()
+	st.waiter = q.waiters[st.pi].retain() // idle waits share the partition's connections
+	defer st.waiter.release()
 	if cfg.Counters != nil {
 		cfg.Counters.init(cfg.MaxWorkers)
 	}

@@ -111,6 +111,7 @@ type Queue struct {
 	closed   atomic.Bool
 	adders   []adder    // one per partition: coalesces concurrent AddTask calls
 	ready    [][]string // the ready list key of each partition's queues
+	waiters  []*waiter  // one per partition: idle pools wait through it
 }
 
 // New returns a Queue over the given pools, one per partition, in partition
@@ -133,6 +134,7 @@ func New(pools []*redis.Pool, cfg Config) (*Queue, error) {
 			return nil, fmt.Errorf("%w: pool %d is nil", ErrBadConfig, i)
 		}
 		q.parts[i] = &partition{index: i, pool: p}
+		q.waiters = append(q.waiters, newWaiter(q.parts[i]))
 		q.ready = append(q.ready, make([]string, cfg.Queues))
 		for qi := range q.ready[i] {
 			q.ready[i][qi] = newQueueKeys(cfg.Prefix, i, qi).ready
@@ -205,11 +207,19 @@ func Dial(ctx context.Context, urls []string, cfg Config) (*Queue, error) {
 }
 
 // Close marks the queue closed: later calls that use Redis return
-// ErrClosed, and a second Close returns nil. It closes the pools that Dial
-// made, and leaves pools given to New to their owner. Close it after every
-// AnalysePool and Consumer on it is done.
+// ErrClosed, and a second Close returns nil. It closes the connections
+// through which idle pools wait (joining their goroutines; the last pool
+// of a partition to return has done so already), closes the pools that
+// Dial made, and leaves pools given to New to their owner. Close it after
+// every AnalysePool and Consumer on it is done.
 func (q *Queue) Close() error {
-	if q.closed.Swap(true) || !q.ownPools {
+	if q.closed.Swap(true) {
+		return nil
+	}
+	for _, w := range q.waiters {
+		w.close()
+	}
+	if !q.ownPools {
 		return nil
 	}
 	var errs []error

@@ -1,0 +1,75 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+)
+
+// A store's idle waits: a pool's wait for work and a standby's wait for
+// the lease. With the partition's waiter (waiter.go) they cost a read on
+// its shared connection; without it, or when the server refuses
+// tracking, each blocks a connection of its own.
+
+// idleWaitMax bounds a pool's wait for work through the waiter.
+const idleWaitMax = time.Minute
+
+// wait blocks until the ready list may have a task, or for about d,
+// without taking anything, and reports whether a task may be ready.
+// Through the waiter it waits until the list changes or a read shows a
+// task: the waiter's reads every second (waiterRecheck) stand for the
+// caller's own look every d, and end the wait when one goes unanswered;
+// idleWaitMax bounds it all the same.
+func (s *store) wait(ctx context.Context, d time.Duration) (bool, error) {
+	if s.waiter != nil {
+		until := time.Now().Add(max(d, idleWaitMax))
+		end, err := s.waiter.await(ctx, "LLEN", s.keys.ready, until, func(n int64) bool { return n > 0 })
+		if !errors.Is(err, errNoTracking) {
+			return err == nil && end != awokeTimeout, redisErr(s.what("wait on"), err)
+		}
+	}
+	r, err := onPartition(ctx, s.part, s.what("wait on"), func(conn redis.Conn) (any, error) {
+		// Moving the right end onto itself changes nothing; it only blocks
+		// until there is an element to move.
+		return redis.DoContext(conn, ctx, "BLMOVE", s.keys.ready, s.keys.ready, "RIGHT", "RIGHT", blockSeconds(d))
+	})
+	if err != nil {
+		if isTimeout(err) && ctx.Err() == nil {
+			return false, nil
+		}
+		return false, err
+	}
+	return r != nil, nil
+}
+
+// waitLease blocks until the lease is released or expires, or until
+// passes. The waiter wakes it when the lease key changes: a release
+// deletes it, a renewal (every third of the TTL) only extends it and
+// costs a read, and an expiry may reach it up to ~100ms late on an idle
+// server (Redis expires an untouched key in a background cycle), so
+// until, the lease's time left, stays the bound. Without the waiter it
+// waits for the wake-up signal that a release pushes.
+func (s *store) waitLease(ctx context.Context, until time.Time) error {
+	for s.waiter != nil {
+		end, err := s.waiter.await(ctx, "PTTL", s.keys.lease, until, func(ms int64) bool { return ms == -2 }) // -2: no key
+		if errors.Is(err, errNoTracking) {
+			break
+		}
+		if err != nil || end != awokeChanged {
+			return redisErr(s.what("wait for lease of"), err)
+		}
+	}
+	d := time.Until(until)
+	if d <= 0 {
+		return nil
+	}
+	_, err := onPartition(ctx, s.part, s.what("wait for lease of"), func(conn redis.Conn) (any, error) {
+		return redis.DoContext(conn, ctx, "BLPOP", s.keys.wake, blockSeconds(d))
+	})
+	if err != nil && (ctx.Err() != nil || !isTimeout(err)) {
+		return err
+	}
+	return nil
+}
