@@ -32,10 +32,17 @@ func (c blockingConn) ReceiveContext(ctx context.Context) (any, error) {
 	return redis.ReceiveContext(c.Conn, ctx)
 }
 
+// idleModes are the setups the idle benchmarks compare: member is one
+// group member given the 64 queues, with the shared waiter.
+var idleModes = []struct {
+	name          string
+	shared, group bool
+}{{"waiter=shared", true, false}, {"waiter=off", false, false}, {"member", true, true}}
+
 // idleBench starts 64 idle pools over a pool of their own, and returns
 // their queue, its server, the pool's open connections and where the
 // pools send each task's start.
-func idleBench(b *testing.B, shared bool) (*Queue, *testServer, *countedDialer, chan time.Time) {
+func idleBench(b *testing.B, shared, group bool) (*Queue, *testServer, *countedDialer, chan time.Time) {
 	b.Helper()
 	if testRedisURL == "" {
 		b.Skip("needs a real redis-server (QUEUE_TEST_REDIS_URL)")
@@ -54,7 +61,7 @@ func idleBench(b *testing.B, shared bool) (*Queue, *testServer, *countedDialer, 
 		}
 	}
 	started := make(chan time.Time, 64)
-	q := idlePools(b, pool, 64, func(int) { started <- time.Now() })
+	q := idleAnalysers(b, pool, 64, group, func(int) { started <- time.Now() })
 	keys := make([]any, 64)
 	for qi := range keys {
 		keys[qi] = newQueueKeys(q.cfg.Prefix, 0, qi).lease
@@ -74,9 +81,9 @@ func idleBench(b *testing.B, shared bool) (*Queue, *testServer, *countedDialer, 
 // next queue in turn (so to a pool idle since its last one), and reports
 // its median and 99th percentile in microseconds.
 func BenchmarkIdlePickup(b *testing.B) {
-	for _, shared := range []bool{true, false} {
-		b.Run(map[bool]string{true: "waiter=shared", false: "waiter=off"}[shared], func(b *testing.B) {
-			q, _, _, started := idleBench(b, shared)
+	for _, m := range idleModes {
+		b.Run(m.name, func(b *testing.B) {
+			q, _, _, started := idleBench(b, m.shared, m.group)
 			ctx := context.Background()
 			lat := make([]time.Duration, 0, b.N)
 			b.ResetTimer()
@@ -100,9 +107,9 @@ func BenchmarkIdlePickup(b *testing.B) {
 // server's blocked clients (the medians of a sample per op, one op every
 // 100ms: run it with -benchtime 30x for 3s, on a server of its own).
 func BenchmarkIdleCPU(b *testing.B) {
-	for _, shared := range []bool{true, false} {
-		b.Run(map[bool]string{true: "waiter=shared", false: "waiter=off"}[shared], func(b *testing.B) {
-			q, s, d, _ := idleBench(b, shared)
+	for _, m := range idleModes {
+		b.Run(m.name, func(b *testing.B) {
+			q, s, d, _ := idleBench(b, m.shared, m.group)
 			m := newCPUMeter(q)
 			var conns, blocked []int
 			b.ResetTimer()
