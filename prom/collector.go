@@ -19,6 +19,7 @@
 //	qugo_queue_dead                         gauge    tasks in the dead-letter store
 //	qugo_queue_oldest_pending_age_seconds   gauge    age (since enqueue) of the oldest pending task; 0 when none
 //	qugo_queue_lease_held                   gauge    1 when a process (with Options.Owner: this one) holds the lease
+//	qugo_queue_workers                      gauge    worker goroutines of the lease holder's pool (elastic pools resize); 0 when none
 //	qugo_queue_processed_total              counter  tasks acknowledged
 //	qugo_queue_failed_total                 counter  tasks moved to the dead-letter store
 //	qugo_queue_redelivered_total            counter  pending tasks put back by a new owner
@@ -124,12 +125,12 @@ type Collector struct {
 	q    *queue.Queue
 	opts Options
 
-	up                                   *prometheus.Desc
-	ready, pending, dead, oldest, leased *prometheus.Desc
-	processed, failed, redelivered       *prometheus.Desc
-	acquired                             *prometheus.Desc
-	groups                               groupDescs
-	latency                              *prometheus.HistogramVec
+	up                                            *prometheus.Desc
+	ready, pending, dead, oldest, leased, workers *prometheus.Desc
+	processed, failed, redelivered                *prometheus.Desc
+	acquired                                      *prometheus.Desc
+	groups                                        groupDescs
+	latency                                       *prometheus.HistogramVec
 }
 
 // queueLabels are the variable labels of the per-analyser metrics.
@@ -167,6 +168,7 @@ func NewCollector(q *queue.Queue, opts Options) *Collector {
 		dead:        desc("dead", "Tasks in the dead-letter store."),
 		oldest:      desc("oldest_pending_age_seconds", "Age since enqueue of the oldest pending task; 0 when none is pending."),
 		leased:      desc("lease_held", "1 when a process holds the queue's lease, else 0."),
+		workers:     desc("workers", "Worker goroutines of the pool holding the queue's lease (an elastic pool resizes); 0 when none does."),
 		processed:   desc("processed_total", "Tasks acknowledged."),
 		failed:      desc("failed_total", "Tasks moved to the dead-letter store."),
 		redelivered: desc("redelivered_total", "Pending tasks put back by a new owner after a crash or a lost lease."),
@@ -184,7 +186,7 @@ func NewCollector(q *queue.Queue, opts Options) *Collector {
 
 // Describe sends the descriptors of every metric of the collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.up, c.ready, c.pending, c.dead, c.oldest, c.leased, c.processed, c.failed, c.redelivered, c.acquired} {
+	for _, d := range []*prometheus.Desc{c.up, c.ready, c.pending, c.dead, c.oldest, c.leased, c.workers, c.processed, c.failed, c.redelivered, c.acquired} {
 		ch <- d
 	}
 	c.groups.describe(ch)
@@ -223,6 +225,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		} else {
 			gauge(c.leased, boolFloat(s.Owner != ""))
 		}
+		gauge(c.workers, float64(s.Workers))
 		gauge(c.ready, float64(s.Ready))
 		gauge(c.pending, float64(s.Pending))
 		gauge(c.dead, float64(s.Dead))

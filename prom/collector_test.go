@@ -234,7 +234,7 @@ jobs_up{site="a"} 1
 `
 	assert.NoError(t, testutil.CollectAndCompare(c, strings.NewReader(want),
 		"jobs_handler_duration_seconds", "jobs_up", "jobs_queue_oldest_pending_age_seconds"))
-	assert.Equal(t, 10, testutil.CollectAndCount(c), "up, seven queue metrics, two histogram series")
+	assert.Equal(t, 11, testutil.CollectAndCount(c), "up, eight queue metrics, two histogram series")
 }
 
 func TestCollectorRedisDown(t *testing.T) {
@@ -298,8 +298,33 @@ qugo_queue_pending{analyser=1} 0
 qugo_queue_processed_total{analyser=1} 0
 qugo_queue_ready{analyser=1} 2
 qugo_queue_redelivered_total{analyser=1} 0
+qugo_queue_workers{analyser=1} 0
 `, gather("host-a:1"), "the holder exports its queue, and no other")
 	assert.Equal(t, `qugo_queue_lease_held{analyser=0} 0
 qugo_queue_lease_held{analyser=1} 0
 `, gather("host-b:2"), "a standby exports no queue series, and holds no lease")
+}
+
+// qugo_queue_workers is the worker count of the pool holding the lease,
+// and 0 once none does.
+func TestCollectorWorkers(t *testing.T) {
+	q := newTestQueue(t, 1, 1)
+	c := NewCollector(q, Options{SkipOldestPending: true})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- q.AnalysePool(ctx, 0, queue.PoolConfig{Workers: 3}, func(context.Context, queue.Task) error { return nil })
+	}()
+	workers := func() string {
+		return `
+# HELP qugo_queue_workers Worker goroutines of the pool holding the queue's lease (an elastic pool resizes); 0 when none does.
+# TYPE qugo_queue_workers gauge
+qugo_queue_workers{analyser="0",partition="0",queue="0"} `
+	}
+	require.Eventually(t, func() bool {
+		return testutil.CollectAndCompare(c, strings.NewReader(workers()+"3\n"), "qugo_queue_workers") == nil
+	}, 10*time.Second, 10*time.Millisecond)
+	cancel()
+	require.NoError(t, <-done)
+	require.NoError(t, testutil.CollectAndCompare(c, strings.NewReader(workers()+"0\n"), "qugo_queue_workers"))
 }

@@ -32,6 +32,7 @@ type statsRow struct {
 	Failed      int64  `json:"failed"`      // dead-lettered, ever
 	Redelivered int64  `json:"redelivered"` // put back by a new owner, ever
 	Owner       string `json:"owner"`       // lease holder; "" when none
+	Workers     int    `json:"workers"`     // the lease holder's live worker goroutines; 0 when none
 	Token       int64  `json:"token"`       // lease holder's fencing token; 0 when none
 	LeaseLeftMS int64  `json:"lease_left_ms"`
 	// OldestPendingAgeMS is now minus the enqueue time of the oldest
@@ -136,7 +137,7 @@ func (e *env) takeStats(ctx context.Context, q *queue.Queue) (statsDoc, error) {
 			Analyser: s.Analyser, Partition: s.Partition, Queue: s.Queue,
 			Ready: s.Ready, Pending: s.Pending, Dead: s.Dead,
 			Processed: s.Processed, Failed: s.Failed, Redelivered: s.Redelivered,
-			Owner: s.Owner, LeaseLeftMS: s.LeaseLeft.Milliseconds(),
+			Owner: s.Owner, Workers: s.Workers, LeaseLeftMS: s.LeaseLeft.Milliseconds(),
 		}
 		if s.Owner != "" {
 			r.Token = s.Token
@@ -155,18 +156,21 @@ func printStats(w io.Writer, doc statsDoc, every time.Duration) error {
 		fmt.Fprintf(w, "qugo stats at %s, every %v (Ctrl-C to stop)\n\n", doc.Time.Local().Format(time.RFC3339), every)
 	}
 	t := newTable(w, "ANALYSER", "PARTITION", "QUEUE", "READY", "PENDING", "DEAD",
-		"PROCESSED", "FAILED", "REDELIVERED", "OWNER", "LEASE LEFT", "OLDEST PENDING")
+		"PROCESSED", "FAILED", "REDELIVERED", "OWNER", "WORKERS", "LEASE LEFT", "OLDEST PENDING")
 	for _, r := range doc.Analysers {
-		lease, oldest := none, none
+		lease, oldest, workers := none, none, none
 		if r.Owner != "" {
 			lease = durationCell(time.Duration(r.LeaseLeftMS) * time.Millisecond)
+		}
+		if r.Workers > 0 {
+			workers = strconv.Itoa(r.Workers)
 		}
 		if r.OldestPendingAgeMS != nil {
 			oldest = durationCell(time.Duration(*r.OldestPendingAgeMS) * time.Millisecond)
 		}
 		t.row(strconv.Itoa(r.Analyser), strconv.Itoa(r.Partition), strconv.Itoa(r.Queue),
 			i64(r.Ready), i64(r.Pending), i64(r.Dead), i64(r.Processed), i64(r.Failed), i64(r.Redelivered),
-			cell(r.Owner), lease, oldest)
+			cell(r.Owner), workers, lease, oldest)
 	}
 	if err := t.flush(); err != nil {
 		return err

@@ -99,7 +99,7 @@ func TestStatsJSONFieldNames(t *testing.T) {
 		names = append(names, k)
 	}
 	assert.ElementsMatch(t, []string{"analyser", "partition", "queue", "ready", "pending", "dead", "processed",
-		"failed", "redelivered", "owner", "token", "lease_left_ms", "oldest_pending_age_ms"}, names)
+		"failed", "redelivered", "owner", "workers", "token", "lease_left_ms", "oldest_pending_age_ms"}, names)
 	assert.Contains(t, out, `"oldest_pending_age_ms":null`)
 }
 
@@ -111,17 +111,18 @@ func TestStatsTable(t *testing.T) {
 	assert.Empty(t, errOut)
 	rows := tableRows(out)
 	require.Len(t, rows, 5)
-	assert.Equal(t, "ANALYSER PARTITION QUEUE READY PENDING DEAD PROCESSED FAILED REDELIVERED OWNER LEASE LEFT OLDEST PENDING",
+	assert.Equal(t, "ANALYSER PARTITION QUEUE READY PENDING DEAD PROCESSED FAILED REDELIVERED OWNER WORKERS LEASE LEFT OLDEST PENDING",
 		strings.Join(rows[0], " "))
 	owned := rows[2]
-	require.Len(t, owned, 12)
-	assert.Equal(t, []string{"1", "1", "0", "0", "1", "1", "1", "1", "1", "cli-test"}, owned[:10])
-	_, err := time.ParseDuration(owned[10])
-	assert.NoError(t, err, "lease left %q", owned[10])
-	_, err = time.ParseDuration(owned[11])
-	assert.NoError(t, err, "oldest pending %q", owned[11])
-	assert.Equal(t, []string{"0", "0", "0", "3", "0", "0", "0", "0", "0", "-", "-", "-"}, rows[1])
-	assert.Equal(t, []string{"3", "1", "1", "0", "0", "0", "0", "0", "0", "-", "-", "-"}, rows[4])
+	require.Len(t, owned, 13)
+	// A Consumer holds the lease: no pool, no workers.
+	assert.Equal(t, []string{"1", "1", "0", "0", "1", "1", "1", "1", "1", "cli-test", "-"}, owned[:11])
+	_, err := time.ParseDuration(owned[11])
+	assert.NoError(t, err, "lease left %q", owned[11])
+	_, err = time.ParseDuration(owned[12])
+	assert.NoError(t, err, "oldest pending %q", owned[12])
+	assert.Equal(t, []string{"0", "0", "0", "3", "0", "0", "0", "0", "0", "-", "-", "-", "-"}, rows[1])
+	assert.Equal(t, []string{"3", "1", "1", "0", "0", "0", "0", "0", "0", "-", "-", "-", "-"}, rows[4])
 }
 
 // watchRun runs qugo in the background with a context the test cancels.
