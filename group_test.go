@@ -177,3 +177,45 @@ func TestJoinGroupMovesQueuesGracefully(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, st.Members, "members left")
 }
+
+// TestJoinGroupAnalyserTwiceInAssignment writes an assignment by hand
+// that names one analyser twice ("1" and "01"): the member reports it,
+// runs no pool on it, and still stops when told.
+func TestJoinGroupAnalyserTwiceInAssignment(t *testing.T) {
+	q, servers := newTestQueue(t, 1, Config{Queues: 4})
+	g, err := q.newGroupStore("g", time.Minute)
+	require.NoError(t, err)
+	_, err = g.beat(context.Background(), "m", 1, "beat", 0)
+	require.NoError(t, err)
+	servers[0].do(t, "HSET", newGroupKeys(q.cfg.Prefix, "g").assign, "01", "m")
+
+	told := make(chan any, 100) // errors reported, or assignments
+	tell := func(v any) {
+		select {
+		case told <- v:
+		default:
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- q.JoinGroup(ctx, "g", GroupConfig{Member: "m", OnAssign: func(a []int) { tell(a) },
+			Pool: PoolConfig{Workers: 1, OnError: func(err error) { tell(err) }}},
+			func(context.Context, Task) error { return nil })
+	}()
+	var first any
+	select {
+	case first = <-told:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the member neither reported an error nor took an assignment")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("JoinGroup did not return: a pool was left running")
+	}
+	err, _ = first.(error)
+	require.ErrorIs(t, err, ErrMalformed, "told %v", first)
+}

@@ -272,7 +272,10 @@ func (g *groupStore) beat(ctx context.Context, member string, weight int, op str
 	return b, nil
 }
 
-// parseAnalysers parses "a,b,c" into sorted analysers below n.
+// parseAnalysers parses "a,b,c" into sorted analysers below n, each
+// once. An analyser twice (fields "1" and "01" of a hash written by hand)
+// is refused: the member would start two pools on it and lose track of
+// one.
 func parseAnalysers(list string, n int) ([]int, error) {
 	if list == "" {
 		return nil, nil
@@ -287,6 +290,11 @@ func parseAnalysers(list string, n int) ([]int, error) {
 		out = append(out, a)
 	}
 	slices.Sort(out)
+	for i := 1; i < len(out); i++ {
+		if out[i] == out[i-1] {
+			return nil, fmt.Errorf("%w: analyser %d twice in the assignment", ErrMalformed, out[i])
+		}
+	}
 	return out, nil
 }
 
