@@ -190,7 +190,9 @@ func (r *groupRun) run(ctx context.Context) error {
 	if joined {
 		r.log.Info("queue: left group", "group", r.g.name, "member", r.cfg.Member)
 	}
-	if err := context.Cause(runCtx); err != nil && !errors.Is(err, ctx.Err()) {
+	// runCtx's cause is a pool's error, or ctx's own cause when ctx ended
+	// first (which may be any error the caller chose).
+	if err := context.Cause(runCtx); err != nil && !errors.Is(err, context.Cause(ctx)) {
 		return err
 	}
 	return nil

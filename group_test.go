@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -218,4 +219,25 @@ func TestJoinGroupAnalyserTwiceInAssignment(t *testing.T) {
 	}
 	err, _ = first.(error)
 	require.ErrorIs(t, err, ErrMalformed, "told %v", first)
+}
+
+// TestJoinGroupEndsWithCause ends JoinGroup's ctx with a cause of the
+// caller's: that is a stop like any other, and JoinGroup returns nil.
+func TestJoinGroupEndsWithCause(t *testing.T) {
+	q, _ := newTestQueue(t, 1, Config{Queues: 2})
+	ctx, cancel := context.WithCancelCause(context.Background())
+	assigned := make(chan struct{}, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- q.JoinGroup(ctx, "g", GroupConfig{Member: "m", Pool: PoolConfig{Workers: 1},
+			OnAssign: func([]int) {
+				select {
+				case assigned <- struct{}{}:
+				default:
+				}
+			}}, func(context.Context, Task) error { return nil })
+	}()
+	<-assigned
+	cancel(errors.New("shutting down"))
+	require.NoError(t, <-done)
 }
