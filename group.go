@@ -145,6 +145,20 @@ func (r *groupRun) run(ctx context.Context) error {
 	defer fail(nil)
 	every := r.cfg.SessionTTL / 5
 	var b backoff
+	// A process of another layout would share out another count of
+	// analysers, and assign the group anew at every heartbeat while it
+	// ran none (so learnt nothing): check the group's server first.
+	for err := r.q.checkLayout(runCtx, r.g.part); err != nil; err = r.q.checkLayout(runCtx, r.g.part) {
+		if errors.Is(err, ErrLayoutMismatch) {
+			return err
+		}
+		if runCtx.Err() != nil {
+			return nil
+		}
+		r.report(err)
+		sleep(runCtx, min(b.next(), every))
+	}
+	b.reset()
 	joined := false
 	for runCtx.Err() == nil {
 		beat, err := r.g.beat(runCtx, r.cfg.Member, r.cfg.Weight, "beat", r.gen)

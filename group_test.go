@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/require"
 )
 
@@ -240,4 +241,37 @@ func TestJoinGroupEndsWithCause(t *testing.T) {
 	<-assigned
 	cancel(errors.New("shutting down"))
 	require.NoError(t, <-done)
+}
+
+// TestJoinGroupLayoutMismatch starts a member whose layout disagrees with
+// the group's (two queues, where the others have one): it must fail at
+// once and change nothing, not share out its own count of analysers at
+// every heartbeat while it is given none to run.
+func TestJoinGroupLayoutMismatch(t *testing.T) {
+	q, servers := newTestQueue(t, 1, Config{Queues: 1})
+	other, err := New([]*redis.Pool{servers[0].pool}, Config{Queues: 2, Prefix: q.cfg.Prefix})
+	require.NoError(t, err)
+	defer other.Close()
+	fn := func(context.Context, Task) error { return nil }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 2)
+	for _, m := range []string{"a", "b"} {
+		go func() { done <- q.JoinGroup(ctx, "g", GroupConfig{Member: m, Pool: PoolConfig{Workers: 1}}, fn) }()
+	}
+	defer func() {
+		cancel()
+		require.NoError(t, <-done)
+		require.NoError(t, <-done)
+	}()
+	require.Eventually(t, func() bool { return settled(t, q, "g", "a", "b") }, 5*time.Second, 5*time.Millisecond)
+	before, err := q.GroupStatus(context.Background(), "g")
+	require.NoError(t, err)
+
+	zctx, zcancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer zcancel()
+	err = other.JoinGroup(zctx, "g", GroupConfig{Member: "z", Pool: PoolConfig{Workers: 1}}, fn)
+	require.ErrorIs(t, err, ErrLayoutMismatch)
+	after, err := q.GroupStatus(context.Background(), "g")
+	require.NoError(t, err)
+	require.Equal(t, before.Generation, after.Generation, "the group was assigned anew")
 }
