@@ -159,6 +159,7 @@ func (r *groupRun) run(ctx context.Context) error {
 		sleep(runCtx, min(b.next(), every))
 	}
 	b.reset()
+	var nb backoff
 	joined := false
 	for runCtx.Err() == nil {
 		beat, err := r.g.beat(runCtx, r.cfg.Member, r.cfg.Weight, "beat", r.gen)
@@ -183,9 +184,13 @@ func (r *groupRun) run(ctx context.Context) error {
 			// queues move at the first heartbeat after that.
 			wait = min(wait, beat.nextEnd+5*time.Millisecond)
 		}
+		// A wait that keeps failing (its key overwritten) while beats work
+		// backs off by itself: b starts over with every beat.
 		if _, err := r.g.waitNudge(runCtx, r.cfg.Member, wait); err != nil && runCtx.Err() == nil {
 			r.report(err)
-			sleep(runCtx, min(b.next(), every))
+			sleep(runCtx, min(nb.next(), every))
+		} else {
+			nb.reset()
 		}
 	}
 	// Leave first, so that the others start waiting on the queues' leases

@@ -275,3 +275,24 @@ func TestJoinGroupLayoutMismatch(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, before.Generation, after.Generation, "the group was assigned anew")
 }
+
+// TestJoinGroupNudgeKeyBroken overwrites the member's nudge list with a
+// string: its waits fail at once, and the member must back off between
+// them, not beat and report an error many times a second.
+func TestJoinGroupNudgeKeyBroken(t *testing.T) {
+	q, servers := newTestQueue(t, 1, Config{Queues: 2})
+	servers[0].do(t, "SET", newGroupKeys(q.cfg.Prefix, "g").nudge+"m", "x")
+	var errs atomic.Int64
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- q.JoinGroup(ctx, "g", GroupConfig{Member: "m", Pool: PoolConfig{Workers: 1,
+			OnError: func(error) { errs.Add(1) }}}, func(context.Context, Task) error { return nil })
+	}()
+	require.Eventually(t, func() bool { return errs.Load() > 0 }, 5*time.Second, time.Millisecond)
+	time.Sleep(2 * time.Second) // the window whose errors are counted
+	cancel()
+	require.NoError(t, <-done)
+	// Backing off from 50ms to a heartbeat's period (1s) makes about 7.
+	require.LessOrEqual(t, errs.Load(), int64(12), "errors reported in 2s")
+}
