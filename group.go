@@ -39,6 +39,7 @@ type GroupConfig struct {
 const (
 	maxGroupWeight    = 1000
 	defaultSessionTTL = 5 * time.Second
+	maxSessionTTL     = time.Hour
 )
 
 func (c GroupConfig) withDefaults() (GroupConfig, error) {
@@ -57,8 +58,8 @@ func (c GroupConfig) withDefaults() (GroupConfig, error) {
 	if c.SessionTTL == 0 {
 		c.SessionTTL = defaultSessionTTL
 	}
-	if c.SessionTTL < 10*time.Millisecond || c.SessionTTL > time.Hour {
-		return c, fmt.Errorf("%w: SessionTTL %v not in [10ms, 1h]", ErrBadConfig, c.SessionTTL)
+	if c.SessionTTL < 10*time.Millisecond || c.SessionTTL > maxSessionTTL {
+		return c, fmt.Errorf("%w: SessionTTL %v not in [10ms, %v]", ErrBadConfig, c.SessionTTL, maxSessionTTL)
 	}
 	if c.Pool.ExitOnEmpty || c.Pool.Counters != nil {
 		return c, fmt.Errorf("%w: Pool.ExitOnEmpty and Pool.Counters do not apply to a group", ErrBadConfig)

@@ -75,6 +75,11 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local me, n = ARGV[1], tonumber(ARGV[4])
 local changed = false
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+-- A session that ends further ahead than any SessionTTL reaches was not
+-- written by a member (or Redis's clock went back): it would never end.
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now + $maxSessionMS), '+inf')) do
+  gone[#gone + 1] = m
+end
 for _, m in ipairs(gone) do
   redis.call('ZREM', KEYS[1], m)
   redis.call('HDEL', KEYS[2], m)
@@ -104,8 +109,9 @@ if changed then
   for _, m in ipairs(ms) do
     live[m] = true
     local v = redis.call('HGET', KEYS[2], m)
-    w[m] = tonumber(v and string.match(v, '^(%d+):') or '1') or 1
-    if w[m] < 1 then w[m] = 1 end
+    -- A weight out of bounds (written by hand) counts as the bound.
+    local d = v and string.match(v, '^(%d+):') or '1'
+    w[m] = #d > #'$maxGroupWeight' and $maxGroupWeight or math.min(math.max(tonumber(d), 1), $maxGroupWeight)
     total = total + w[m]
   end
   local owner, held = {}, {}
@@ -170,8 +176,11 @@ if changed then
   if #args > 0 then redis.call('HSET', KEYS[3], unpack(args)) end
   -- The generation is Redis's clock in ms, or one more than the last when
   -- that is not higher: a group that Redis lost (a restart without
-  -- persistence) does not repeat a generation a member knows.
-  local gen = tonumber(redis.call('HGET', KEYS[4], 'gen') or '0') or 0
+  -- persistence) does not repeat a generation a member knows. A last one
+  -- that is not a count Lua adds one to exactly (written by hand) is
+  -- passed over.
+  local gen = redis.call('HGET', KEYS[4], 'gen')
+  gen = gen and string.match(gen, '^%d+$') and #gen <= 15 and tonumber(gen) or 0
   gen = string.format('%d', math.max(gen + 1, now))
   redis.call('HSET', KEYS[4], 'gen', gen, 'analysers', ARGV[4], 'changed', now)
   for m in pairs(moved) do
