@@ -58,7 +58,8 @@ func checkGroupName(what, name string) error {
 // queues left over go to the members with the largest fractions, then to
 // those that held more, then by name). Queues that must move go, in
 // queue order, to the members furthest under their share. Every member
-// whose queues changed is nudged.
+// whose queues changed is nudged. An assignment about to be sent that
+// the script did not write (edited by hand) is assigned anew too.
 //
 //	KEYS[1] = members, KEYS[2] = info, KEYS[3] = assign, KEYS[4] = meta
 //	ARGV[1] = member, ARGV[2] = session TTL ms, ARGV[3] = weight,
@@ -102,6 +103,24 @@ else
   redis.call('HSET', KEYS[2], me, weight .. ':' .. joined .. ':' .. now)
 end
 if tostring(redis.call('HGET', KEYS[4], 'analysers')) ~= ARGV[4] then changed = true end
+-- A member that does not know the generation is to be sent its
+-- analysers: an assignment this script did not write (an analyser
+-- missing, out of range or named twice, or held by no member: written by
+-- hand) is computed anew first.
+local sent
+if not changed and ARGV[6] ~= 'leave' and redis.call('HGET', KEYS[4], 'gen') ~= ARGV[7] then
+  sent = redis.call('HGETALL', KEYS[3])
+  local live = {}
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do live[m] = true end
+  changed = #sent ~= 2 * n
+  for i = 1, #sent, 2 do
+    local f = sent[i]
+    if changed or not ((f == '0' or string.match(f, '^[1-9]%d*$')) and tonumber(f) < n and live[sent[i + 1]]) then
+      changed = true
+      break
+    end
+  end
+end
 if changed then
   local ms = redis.call('ZRANGE', KEYS[1], 0, -1)
   table.sort(ms)
@@ -195,9 +214,9 @@ end
 local gen = redis.call('HGET', KEYS[4], 'gen') or '0'
 local mine = {}
 if ARGV[6] ~= 'leave' and gen ~= ARGV[7] then
-  local cur = redis.call('HGETALL', KEYS[3])
-  for i = 1, #cur, 2 do
-    if cur[i + 1] == me then mine[#mine + 1] = cur[i] end
+  if changed or not sent then sent = redis.call('HGETALL', KEYS[3]) end
+  for i = 1, #sent, 2 do
+    if sent[i + 1] == me then mine[#mine + 1] = sent[i] end
   end
 end
 local next = -1

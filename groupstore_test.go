@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/require"
 )
 
@@ -291,6 +292,29 @@ func TestGroupStateWrittenByHand(t *testing.T) {
 		st, _ := groupOf(t, q, "g")
 		require.Len(t, st.Members, 1)
 	})
+	// An assignment edited by hand is computed anew before a member that
+	// does not know the generation is sent its analysers: each edit
+	// below would have sent one an analyser out of range or twice, or
+	// left one to no member.
+	for _, edit := range [][]any{{"HSET", "01", "a"}, {"HSET", "-1", "a"}, {"HSET", "8", "a"}, {"HSET", "x", "a"},
+		{"HSET", "1.0", "a"}, {"HDEL", "3"}, {"HSET", "5", "nobody"}} {
+		t.Run(fmt.Sprint("assignment ", edit), func(t *testing.T) {
+			s, k, g, q := setup(t)
+			for _, m := range []string{"a", "b"} {
+				_, err := g.beat(ctx, m, 1, "beat", 0)
+				require.NoError(t, err)
+			}
+			s.do(t, edit[0].(string), append([]any{k.assign}, edit[1:]...)...)
+			b, err := g.beat(ctx, "a", 1, "beat", 0)
+			require.NoError(t, err)
+			require.Len(t, b.analysers, 4)
+			st, _ := groupOf(t, q, "g")
+			requireBalanced(t, st, 8)
+			fields, err := redis.Strings(s.do(t, "HKEYS", k.assign), nil)
+			require.NoError(t, err)
+			require.Len(t, fields, 8)
+		})
+	}
 	t.Run("generation too large", func(t *testing.T) {
 		// 2^53 plus one is 2^53 in Lua's numbers: the generation stopped
 		// changing, and members that knew it learnt of no change again.
@@ -308,4 +332,27 @@ func TestGroupStateWrittenByHand(t *testing.T) {
 		require.False(t, b.same, "a change kept the generation")
 		require.Len(t, b.analysers, 4)
 	})
+}
+
+func TestParseAnalysers(t *testing.T) {
+	for _, c := range []struct {
+		list string
+		want []int
+		bad  bool
+	}{
+		{"", nil, false},
+		{"3,0,2", []int{0, 2, 3}, false},
+		{"1,01", nil, true}, // two pools on one analyser, one lost track of
+		{"4", nil, true},
+		{"-1", nil, true},
+		{"a", nil, true},
+	} {
+		got, err := parseAnalysers(c.list, 4)
+		if c.bad {
+			require.ErrorIs(t, err, ErrMalformed, "%q", c.list)
+			continue
+		}
+		require.NoError(t, err, "%q", c.list)
+		require.Equal(t, c.want, got, "%q", c.list)
+	}
 }
