@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -295,4 +296,111 @@ func TestJoinGroupNudgeKeyBroken(t *testing.T) {
 	require.NoError(t, <-done)
 	// Backing off from 50ms to a heartbeat's period (1s) makes about 7.
 	require.LessOrEqual(t, errs.Load(), int64(12), "errors reported in 2s")
+}
+
+// leaseHolders returns the member holding each queue's lease of a
+// one-partition queue ("" when free).
+func leaseHolders(t *testing.T, q *Queue, s *testServer) []string {
+	out := make([]string, q.Analysers())
+	for a := range out {
+		v, err := redis.String(try(s, "GET", newQueueKeys(q.cfg.Prefix, 0, a).lease))
+		if err != nil && err != redis.ErrNil {
+			t.Errorf("read lease %d: %v", a, err)
+		}
+		_, out[a] = parseLease(v)
+	}
+	return out
+}
+
+// TestJoinGroupPlannedMoveSettles has a member join one that runs every
+// queue under a flow of tasks: each queue that moves is taken by its new
+// owner within 1s of its release.
+func TestJoinGroupPlannedMoveSettles(t *testing.T) {
+	q, servers := newTestQueue(t, 1, Config{Queues: 4})
+	fn := func(context.Context, Task) error { time.Sleep(time.Millisecond); return nil }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 3)
+	defer func() {
+		cancel()
+		for range 3 {
+			require.NoError(t, <-done)
+		}
+	}()
+	go func() {
+		for i := 0; ctx.Err() == nil; i++ {
+			_, _ = q.AddTask(ctx, uint64(i%40), []byte("x"))
+			time.Sleep(100 * time.Microsecond)
+		}
+		done <- nil
+	}()
+	join := func(m string) {
+		go func() { done <- q.JoinGroup(ctx, "g", GroupConfig{Member: m, Pool: PoolConfig{Workers: 2}}, fn) }()
+	}
+	join("a")
+	require.Eventually(t, func() bool { return settled(t, q, "g", "a") }, 5*time.Second, time.Millisecond)
+
+	join("b")
+	freed := map[int]time.Time{} // analysers released by a, when first seen free
+	taken := map[int]bool{}      // analysers b holds
+	for deadline := time.Now().Add(5 * time.Second); len(taken) < 2; time.Sleep(200 * time.Microsecond) {
+		require.True(t, time.Now().Before(deadline), "b took %d of 2 queues", len(taken))
+		for a, h := range leaseHolders(t, q, servers[0]) {
+			if _, ok := freed[a]; h == "" && !ok {
+				freed[a] = time.Now()
+			}
+			if h == "b" && !taken[a] {
+				taken[a] = true
+				if at, ok := freed[a]; ok {
+					require.Less(t, time.Since(at), time.Second, "analyser %d: taken after its release", a)
+				}
+			}
+		}
+	}
+	require.Eventually(t, func() bool { return settled(t, q, "g", "a", "b") }, 5*time.Second, time.Millisecond)
+}
+
+// TestJoinGroupPausedMemberReplaced stops the heartbeats of a member (as
+// a process paused would): the others take its queues when its session
+// runs out, not at their next heartbeat; and when it beats again it is
+// given a new share, not told that its old one stands.
+func TestJoinGroupPausedMemberReplaced(t *testing.T) {
+	q, servers := newTestQueue(t, 1, Config{Queues: 4})
+	paused, err := q.newGroupStore("g", 300*time.Millisecond)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	defer func() {
+		cancel()
+		require.NoError(t, <-done)
+	}()
+	go func() {
+		// Heartbeats every 2s: its next one after p's session ends would
+		// come up to 2s late.
+		done <- q.JoinGroup(ctx, "g", GroupConfig{Member: "a", SessionTTL: 10 * time.Second, Pool: PoolConfig{Workers: 1}},
+			func(context.Context, Task) error { return nil })
+	}()
+	require.Eventually(t, func() bool { return settled(t, q, "g", "a") }, 5*time.Second, time.Millisecond)
+	b, err := paused.beat(context.Background(), "p", 1, "beat", 0)
+	require.NoError(t, err)
+	require.Len(t, b.analysers, 2)
+	last := time.Now()
+	holders := func(want ...string) func() bool {
+		return func() bool {
+			got := leaseHolders(t, q, servers[0])
+			for _, a := range b.analysers {
+				got[a] = "p:" + got[a]
+			}
+			return slices.Equal(got, want)
+		}
+	}
+	// a was nudged and gave p's share up; p takes nothing (it runs no
+	// pools), and once its session ends a takes the share back.
+	require.Eventually(t, holders("a", "a", "p:", "p:"), 5*time.Second, time.Millisecond)
+	require.Eventually(t, holders("a", "a", "p:a", "p:a"), 5*time.Second, time.Millisecond)
+	require.Less(t, time.Since(last), 1500*time.Millisecond, "a took p's queues %v after p's last heartbeat", time.Since(last))
+
+	again, err := paused.beat(context.Background(), "p", 1, "beat", b.gen)
+	require.NoError(t, err)
+	require.False(t, again.same, "a member whose session ran out is told its old assignment stands")
+	require.Len(t, again.analysers, 2)
 }
