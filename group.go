@@ -39,6 +39,7 @@ type GroupConfig struct {
 const (
 	maxGroupWeight    = 1000
 	defaultSessionTTL = 5 * time.Second
+	maxSessionTTL     = time.Hour
 )
 
 func (c GroupConfig) withDefaults() (GroupConfig, error) {
@@ -57,8 +58,8 @@ func (c GroupConfig) withDefaults() (GroupConfig, error) {
 	if c.SessionTTL == 0 {
 		c.SessionTTL = defaultSessionTTL
 	}
-	if c.SessionTTL < 10*time.Millisecond || c.SessionTTL > time.Hour {
-		return c, fmt.Errorf("%w: SessionTTL %v not in [10ms, 1h]", ErrBadConfig, c.SessionTTL)
+	if c.SessionTTL < 10*time.Millisecond || c.SessionTTL > maxSessionTTL {
+		return c, fmt.Errorf("%w: SessionTTL %v not in [10ms, %v]", ErrBadConfig, c.SessionTTL, maxSessionTTL)
 	}
 	if c.Pool.ExitOnEmpty || c.Pool.Counters != nil {
 		return c, fmt.Errorf("%w: Pool.ExitOnEmpty and Pool.Counters do not apply to a group", ErrBadConfig)
@@ -145,6 +146,21 @@ func (r *groupRun) run(ctx context.Context) error {
 	defer fail(nil)
 	every := r.cfg.SessionTTL / 5
 	var b backoff
+	// A process of another layout would share out another count of
+	// analysers, and assign the group anew at every heartbeat while it
+	// ran none (so learnt nothing): check the group's server first.
+	for err := r.q.checkLayout(runCtx, r.g.part); err != nil; err = r.q.checkLayout(runCtx, r.g.part) {
+		if errors.Is(err, ErrLayoutMismatch) {
+			return err
+		}
+		if runCtx.Err() != nil {
+			return nil
+		}
+		r.report(err)
+		sleep(runCtx, min(b.next(), every))
+	}
+	b.reset()
+	var nb backoff
 	joined := false
 	for runCtx.Err() == nil {
 		beat, err := r.g.beat(runCtx, r.cfg.Member, r.cfg.Weight, "beat", r.gen)
@@ -169,9 +185,13 @@ func (r *groupRun) run(ctx context.Context) error {
 			// queues move at the first heartbeat after that.
 			wait = min(wait, beat.nextEnd+5*time.Millisecond)
 		}
+		// A wait that keeps failing (its key overwritten) while beats work
+		// backs off by itself: b starts over with every beat.
 		if _, err := r.g.waitNudge(runCtx, r.cfg.Member, wait); err != nil && runCtx.Err() == nil {
 			r.report(err)
-			sleep(runCtx, min(b.next(), every))
+			sleep(runCtx, min(nb.next(), every))
+		} else {
+			nb.reset()
 		}
 	}
 	// Leave first, so that the others start waiting on the queues' leases
@@ -190,7 +210,9 @@ func (r *groupRun) run(ctx context.Context) error {
 	if joined {
 		r.log.Info("queue: left group", "group", r.g.name, "member", r.cfg.Member)
 	}
-	if err := context.Cause(runCtx); err != nil && !errors.Is(err, ctx.Err()) {
+	// runCtx's cause is a pool's error, or ctx's own cause when ctx ended
+	// first (which may be any error the caller chose).
+	if err := context.Cause(runCtx); err != nil && !errors.Is(err, context.Cause(ctx)) {
 		return err
 	}
 	return nil

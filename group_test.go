@@ -2,7 +2,9 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -10,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/require"
 )
 
@@ -176,4 +179,228 @@ func TestJoinGroupMovesQueuesGracefully(t *testing.T) {
 	st, err := q.GroupStatus(context.Background(), "g")
 	require.NoError(t, err)
 	require.Empty(t, st.Members, "members left")
+}
+
+// TestJoinGroupAnalyserTwiceInAssignment writes an assignment by hand
+// that names one analyser twice ("1" and "01"): the member starting is
+// given the assignment computed anew, each analyser once, and stops when
+// told with no pool left running.
+func TestJoinGroupAnalyserTwiceInAssignment(t *testing.T) {
+	q, servers := newTestQueue(t, 1, Config{Queues: 4})
+	g, err := q.newGroupStore("g", time.Minute)
+	require.NoError(t, err)
+	_, err = g.beat(context.Background(), "m", 1, "beat", 0)
+	require.NoError(t, err)
+	servers[0].do(t, "HSET", newGroupKeys(q.cfg.Prefix, "g").assign, "01", "m")
+
+	told := make(chan any, 100) // errors reported, or assignments
+	tell := func(v any) {
+		select {
+		case told <- v:
+		default:
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- q.JoinGroup(ctx, "g", GroupConfig{Member: "m", OnAssign: func(a []int) { tell(a) },
+			Pool: PoolConfig{Workers: 1, OnError: func(err error) { tell(err) }}},
+			func(context.Context, Task) error { return nil })
+	}()
+	var first any
+	select {
+	case first = <-told:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the member neither reported an error nor took an assignment")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("JoinGroup did not return: a pool was left running")
+	}
+	require.Equal(t, []int{0, 1, 2, 3}, first)
+}
+
+// TestJoinGroupEndsWithCause ends JoinGroup's ctx with a cause of the
+// caller's: that is a stop like any other, and JoinGroup returns nil.
+func TestJoinGroupEndsWithCause(t *testing.T) {
+	q, _ := newTestQueue(t, 1, Config{Queues: 2})
+	ctx, cancel := context.WithCancelCause(context.Background())
+	assigned := make(chan struct{}, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- q.JoinGroup(ctx, "g", GroupConfig{Member: "m", Pool: PoolConfig{Workers: 1},
+			OnAssign: func([]int) {
+				select {
+				case assigned <- struct{}{}:
+				default:
+				}
+			}}, func(context.Context, Task) error { return nil })
+	}()
+	<-assigned
+	cancel(errors.New("shutting down"))
+	require.NoError(t, <-done)
+}
+
+// TestJoinGroupLayoutMismatch starts a member whose layout disagrees with
+// the group's (two queues, where the others have one): it must fail at
+// once and change nothing, not share out its own count of analysers at
+// every heartbeat while it is given none to run.
+func TestJoinGroupLayoutMismatch(t *testing.T) {
+	q, servers := newTestQueue(t, 1, Config{Queues: 1})
+	other, err := New([]*redis.Pool{servers[0].pool}, Config{Queues: 2, Prefix: q.cfg.Prefix})
+	require.NoError(t, err)
+	defer other.Close()
+	fn := func(context.Context, Task) error { return nil }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 2)
+	for _, m := range []string{"a", "b"} {
+		go func() { done <- q.JoinGroup(ctx, "g", GroupConfig{Member: m, Pool: PoolConfig{Workers: 1}}, fn) }()
+	}
+	defer func() {
+		cancel()
+		require.NoError(t, <-done)
+		require.NoError(t, <-done)
+	}()
+	require.Eventually(t, func() bool { return settled(t, q, "g", "a", "b") }, 5*time.Second, 5*time.Millisecond)
+	before, err := q.GroupStatus(context.Background(), "g")
+	require.NoError(t, err)
+
+	zctx, zcancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer zcancel()
+	err = other.JoinGroup(zctx, "g", GroupConfig{Member: "z", Pool: PoolConfig{Workers: 1}}, fn)
+	require.ErrorIs(t, err, ErrLayoutMismatch)
+	after, err := q.GroupStatus(context.Background(), "g")
+	require.NoError(t, err)
+	require.Equal(t, before.Generation, after.Generation, "the group was assigned anew")
+}
+
+// TestJoinGroupNudgeKeyBroken overwrites the member's nudge list with a
+// string: its waits fail at once, and the member must back off between
+// them, not beat and report an error many times a second.
+func TestJoinGroupNudgeKeyBroken(t *testing.T) {
+	q, servers := newTestQueue(t, 1, Config{Queues: 2})
+	servers[0].do(t, "SET", newGroupKeys(q.cfg.Prefix, "g").nudge+"m", "x")
+	var errs atomic.Int64
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- q.JoinGroup(ctx, "g", GroupConfig{Member: "m", Pool: PoolConfig{Workers: 1,
+			OnError: func(error) { errs.Add(1) }}}, func(context.Context, Task) error { return nil })
+	}()
+	require.Eventually(t, func() bool { return errs.Load() > 0 }, 5*time.Second, time.Millisecond)
+	time.Sleep(2 * time.Second) // the window whose errors are counted
+	cancel()
+	require.NoError(t, <-done)
+	// Backing off from 50ms to a heartbeat's period (1s) makes about 7.
+	require.LessOrEqual(t, errs.Load(), int64(12), "errors reported in 2s")
+}
+
+// leaseHolders returns the member holding each queue's lease of a
+// one-partition queue ("" when free).
+func leaseHolders(t *testing.T, q *Queue, s *testServer) []string {
+	out := make([]string, q.Analysers())
+	for a := range out {
+		v, err := redis.String(try(s, "GET", newQueueKeys(q.cfg.Prefix, 0, a).lease))
+		if err != nil && err != redis.ErrNil {
+			t.Errorf("read lease %d: %v", a, err)
+		}
+		_, out[a] = parseLease(v)
+	}
+	return out
+}
+
+// TestJoinGroupPlannedMoveSettles has a member join one that runs every
+// queue under a flow of tasks: each queue that moves is taken by its new
+// owner within 1s of its release.
+func TestJoinGroupPlannedMoveSettles(t *testing.T) {
+	q, servers := newTestQueue(t, 1, Config{Queues: 4})
+	fn := func(context.Context, Task) error { time.Sleep(time.Millisecond); return nil }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 3)
+	defer func() {
+		cancel()
+		for range 3 {
+			require.NoError(t, <-done)
+		}
+	}()
+	go func() {
+		for i := 0; ctx.Err() == nil; i++ {
+			_, _ = q.AddTask(ctx, uint64(i%40), []byte("x"))
+			time.Sleep(100 * time.Microsecond)
+		}
+		done <- nil
+	}()
+	join := func(m string) {
+		go func() { done <- q.JoinGroup(ctx, "g", GroupConfig{Member: m, Pool: PoolConfig{Workers: 2}}, fn) }()
+	}
+	join("a")
+	require.Eventually(t, func() bool { return settled(t, q, "g", "a") }, 5*time.Second, time.Millisecond)
+
+	join("b")
+	freed := map[int]time.Time{} // analysers released by a, when first seen free
+	taken := map[int]bool{}      // analysers b holds
+	for deadline := time.Now().Add(5 * time.Second); len(taken) < 2; time.Sleep(200 * time.Microsecond) {
+		require.True(t, time.Now().Before(deadline), "b took %d of 2 queues", len(taken))
+		for a, h := range leaseHolders(t, q, servers[0]) {
+			if _, ok := freed[a]; h == "" && !ok {
+				freed[a] = time.Now()
+			}
+			if h == "b" && !taken[a] {
+				taken[a] = true
+				if at, ok := freed[a]; ok {
+					require.Less(t, time.Since(at), time.Second, "analyser %d: taken after its release", a)
+				}
+			}
+		}
+	}
+	require.Eventually(t, func() bool { return settled(t, q, "g", "a", "b") }, 5*time.Second, time.Millisecond)
+}
+
+// TestJoinGroupPausedMemberReplaced stops the heartbeats of a member (as
+// a process paused would): the others take its queues when its session
+// runs out, not at their next heartbeat; and when it beats again it is
+// given a new share, not told that its old one stands.
+func TestJoinGroupPausedMemberReplaced(t *testing.T) {
+	q, servers := newTestQueue(t, 1, Config{Queues: 4})
+	paused, err := q.newGroupStore("g", 300*time.Millisecond)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	defer func() {
+		cancel()
+		require.NoError(t, <-done)
+	}()
+	go func() {
+		// Heartbeats every 2s: its next one after p's session ends would
+		// come up to 2s late.
+		done <- q.JoinGroup(ctx, "g", GroupConfig{Member: "a", SessionTTL: 10 * time.Second, Pool: PoolConfig{Workers: 1}},
+			func(context.Context, Task) error { return nil })
+	}()
+	require.Eventually(t, func() bool { return settled(t, q, "g", "a") }, 5*time.Second, time.Millisecond)
+	b, err := paused.beat(context.Background(), "p", 1, "beat", 0)
+	require.NoError(t, err)
+	require.Len(t, b.analysers, 2)
+	last := time.Now()
+	holders := func(want ...string) func() bool {
+		return func() bool {
+			got := leaseHolders(t, q, servers[0])
+			for _, a := range b.analysers {
+				got[a] = "p:" + got[a]
+			}
+			return slices.Equal(got, want)
+		}
+	}
+	// a was nudged and gave p's share up; p takes nothing (it runs no
+	// pools), and once its session ends a takes the share back.
+	require.Eventually(t, holders("a", "a", "p:", "p:"), 5*time.Second, time.Millisecond)
+	require.Eventually(t, holders("a", "a", "p:a", "p:a"), 5*time.Second, time.Millisecond)
+	require.Less(t, time.Since(last), 1500*time.Millisecond, "a took p's queues %v after p's last heartbeat", time.Since(last))
+
+	again, err := paused.beat(context.Background(), "p", 1, "beat", b.gen)
+	require.NoError(t, err)
+	require.False(t, again.same, "a member whose session ran out is told its old assignment stands")
+	require.Len(t, again.analysers, 2)
 }

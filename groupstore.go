@@ -64,7 +64,8 @@ func checkGroupName(what, name string) error {
 // queues left over go to the members with the largest fractions, then to
 // those that held more, then by name). Queues that must move go, in
 // queue order, to the members furthest under their share. Every member
-// whose queues changed is nudged.
+// whose queues changed is nudged. An assignment about to be sent that
+// the script did not write (edited by hand) is assigned anew too.
 //
 //	KEYS[1] = members, KEYS[2] = info, KEYS[3] = assign, KEYS[4] = meta
 //	ARGV[1] = member, ARGV[2] = session TTL ms, ARGV[3] = weight,
@@ -81,6 +82,11 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local me, n = ARGV[1], tonumber(ARGV[4])
 local changed = false
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+-- A session that ends further ahead than any SessionTTL reaches was not
+-- written by a member (or Redis's clock went back): it would never end.
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now + $maxSessionMS), '+inf')) do
+  gone[#gone + 1] = m
+end
 for _, m in ipairs(gone) do
   redis.call('ZREM', KEYS[1], m)
   redis.call('HDEL', KEYS[2], m)
@@ -103,6 +109,24 @@ else
   redis.call('HSET', KEYS[2], me, weight .. ':' .. joined .. ':' .. now)
 end
 if tostring(redis.call('HGET', KEYS[4], 'analysers')) ~= ARGV[4] then changed = true end
+-- A member that does not know the generation is to be sent its
+-- analysers: an assignment this script did not write (an analyser
+-- missing, out of range or named twice, or held by no member: written by
+-- hand) is computed anew first.
+local sent
+if not changed and ARGV[6] ~= 'leave' and redis.call('HGET', KEYS[4], 'gen') ~= ARGV[7] then
+  sent = redis.call('HGETALL', KEYS[3])
+  local live = {}
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do live[m] = true end
+  changed = #sent ~= 2 * n
+  for i = 1, #sent, 2 do
+    local f = sent[i]
+    if changed or not ((f == '0' or string.match(f, '^[1-9]%d*$')) and tonumber(f) < n and live[sent[i + 1]]) then
+      changed = true
+      break
+    end
+  end
+end
 if changed then
   local ms = redis.call('ZRANGE', KEYS[1], 0, -1)
   table.sort(ms)
@@ -110,8 +134,9 @@ if changed then
   for _, m in ipairs(ms) do
     live[m] = true
     local v = redis.call('HGET', KEYS[2], m)
-    w[m] = tonumber(v and string.match(v, '^(%d+):') or '1') or 1
-    if w[m] < 1 then w[m] = 1 end
+    -- A weight out of bounds (written by hand) counts as the bound.
+    local d = v and string.match(v, '^(%d+):') or '1'
+    w[m] = #d > #'$maxGroupWeight' and $maxGroupWeight or math.min(math.max(tonumber(d), 1), $maxGroupWeight)
     total = total + w[m]
   end
   local owner, held = {}, {}
@@ -176,8 +201,11 @@ if changed then
   if #args > 0 then redis.call('HSET', KEYS[3], unpack(args)) end
   -- The generation is Redis's clock in ms, or one more than the last when
   -- that is not higher: a group that Redis lost (a restart without
-  -- persistence) does not repeat a generation a member knows.
-  local gen = tonumber(redis.call('HGET', KEYS[4], 'gen') or '0') or 0
+  -- persistence) does not repeat a generation a member knows. A last one
+  -- that is not a count Lua adds one to exactly (written by hand) is
+  -- passed over.
+  local gen = redis.call('HGET', KEYS[4], 'gen')
+  gen = gen and string.match(gen, '^%d+$') and #gen <= 15 and tonumber(gen) or 0
   gen = string.format('%d', math.max(gen + 1, now))
   redis.call('HSET', KEYS[4], 'gen', gen, 'analysers', ARGV[4], 'changed', now)
   for m in pairs(moved) do
@@ -192,9 +220,9 @@ end
 local gen = redis.call('HGET', KEYS[4], 'gen') or '0'
 local mine = {}
 if ARGV[6] ~= 'leave' and gen ~= ARGV[7] then
-  local cur = redis.call('HGETALL', KEYS[3])
-  for i = 1, #cur, 2 do
-    if cur[i + 1] == me then mine[#mine + 1] = cur[i] end
+  if changed or not sent then sent = redis.call('HGETALL', KEYS[3]) end
+  for i = 1, #sent, 2 do
+    if sent[i + 1] == me then mine[#mine + 1] = sent[i] end
   end
 end
 local next = -1
@@ -278,7 +306,10 @@ func (g *groupStore) beat(ctx context.Context, member string, weight int, op str
 	return b, nil
 }
 
-// parseAnalysers parses "a,b,c" into sorted analysers below n.
+// parseAnalysers parses "a,b,c" into sorted analysers below n, each
+// once. An analyser twice (fields "1" and "01" of a hash written by hand)
+// is refused: the member would start two pools on it and lose track of
+// one.
 func parseAnalysers(list string, n int) ([]int, error) {
 	if list == "" {
 		return nil, nil
@@ -293,6 +324,11 @@ func parseAnalysers(list string, n int) ([]int, error) {
 		out = append(out, a)
 	}
 	slices.Sort(out)
+	for i := 1; i < len(out); i++ {
+		if out[i] == out[i-1] {
+			return nil, fmt.Errorf("%w: analyser %d twice in the assignment", ErrMalformed, out[i])
+		}
+	}
 	return out, nil
 }
 

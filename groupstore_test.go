@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/require"
 )
 
@@ -249,4 +251,108 @@ func TestGroupNamesChecked(t *testing.T) {
 		require.ErrorIs(t, q.JoinGroup(context.Background(), "g", cfg, fn), ErrBadConfig, "%+v", cfg)
 	}
 	require.ErrorIs(t, q.JoinGroup(context.Background(), "g", GroupConfig{}, nil), ErrNilFunc)
+}
+
+// TestGroupStateWrittenByHand writes group state that no member writes
+// and checks that the next beat recomputes around it: every analyser
+// assigned, nothing frozen.
+func TestGroupStateWrittenByHand(t *testing.T) {
+	ctx := context.Background()
+	setup := func(t *testing.T) (*testServer, groupKeys, *groupStore, *Queue) {
+		q, servers := newTestQueue(t, 1, Config{Queues: 8})
+		g, err := q.newGroupStore("g", time.Minute)
+		require.NoError(t, err)
+		return servers[0], newGroupKeys(q.cfg.Prefix, "g"), g, q
+	}
+	t.Run("weight too large", func(t *testing.T) {
+		// 400 digits read as infinity: shares of infinity are NaN, and
+		// every analyser went unassigned. It counts as the largest weight.
+		s, k, g, q := setup(t)
+		for _, m := range []string{"a", "b", "c"} {
+			_, err := g.beat(ctx, m, 1, "beat", 0)
+			require.NoError(t, err)
+		}
+		s.do(t, "HSET", k.info, "b", strings.Repeat("9", 400)+":1:1", "c", "3:1:1")
+		_, err := g.beat(ctx, "a", 1, "leave", 0)
+		require.NoError(t, err)
+		_, owner := groupOf(t, q, "g")
+		for a := range 8 {
+			require.Equal(t, "b", owner[a], "analyser %d: b weighs %d, c 3", a, maxGroupWeight)
+		}
+	})
+	t.Run("session without end", func(t *testing.T) {
+		// No SessionTTL reaches that far: such a member would hold its
+		// share for ever.
+		s, k, g, q := setup(t)
+		s.do(t, "ZADD", k.members, "+inf", "ghost", 1e15, "far")
+		b, err := g.beat(ctx, "a", 1, "beat", 0)
+		require.NoError(t, err)
+		require.Equal(t, []int{0, 1, 2, 3, 4, 5, 6, 7}, b.analysers)
+		require.Equal(t, time.Duration(-1), b.nextEnd)
+		st, _ := groupOf(t, q, "g")
+		require.Len(t, st.Members, 1)
+	})
+	// An assignment edited by hand is computed anew before a member that
+	// does not know the generation is sent its analysers: each edit
+	// below would have sent one an analyser out of range or twice, or
+	// left one to no member.
+	for _, edit := range [][]any{{"HSET", "01", "a"}, {"HSET", "-1", "a"}, {"HSET", "8", "a"}, {"HSET", "x", "a"},
+		{"HSET", "1.0", "a"}, {"HDEL", "3"}, {"HSET", "5", "nobody"}} {
+		t.Run(fmt.Sprint("assignment ", edit), func(t *testing.T) {
+			s, k, g, q := setup(t)
+			for _, m := range []string{"a", "b"} {
+				_, err := g.beat(ctx, m, 1, "beat", 0)
+				require.NoError(t, err)
+			}
+			s.do(t, edit[0].(string), append([]any{k.assign}, edit[1:]...)...)
+			b, err := g.beat(ctx, "a", 1, "beat", 0)
+			require.NoError(t, err)
+			require.Len(t, b.analysers, 4)
+			st, _ := groupOf(t, q, "g")
+			requireBalanced(t, st, 8)
+			fields, err := redis.Strings(s.do(t, "HKEYS", k.assign), nil)
+			require.NoError(t, err)
+			require.Len(t, fields, 8)
+		})
+	}
+	t.Run("generation too large", func(t *testing.T) {
+		// 2^53 plus one is 2^53 in Lua's numbers: the generation stopped
+		// changing, and members that knew it learnt of no change again.
+		s, k, g, _ := setup(t)
+		_, err := g.beat(ctx, "a", 1, "beat", 0)
+		require.NoError(t, err)
+		s.do(t, "HSET", k.meta, "gen", "9007199254740992")
+		b, err := g.beat(ctx, "a", 1, "beat", 9007199254740992)
+		require.NoError(t, err)
+		require.True(t, b.same)
+		_, err = g.beat(ctx, "b", 1, "beat", 0)
+		require.NoError(t, err)
+		b, err = g.beat(ctx, "a", 1, "beat", 9007199254740992)
+		require.NoError(t, err)
+		require.False(t, b.same, "a change kept the generation")
+		require.Len(t, b.analysers, 4)
+	})
+}
+
+func TestParseAnalysers(t *testing.T) {
+	for _, c := range []struct {
+		list string
+		want []int
+		bad  bool
+	}{
+		{"", nil, false},
+		{"3,0,2", []int{0, 2, 3}, false},
+		{"1,01", nil, true}, // two pools on one analyser, one lost track of
+		{"4", nil, true},
+		{"-1", nil, true},
+		{"a", nil, true},
+	} {
+		got, err := parseAnalysers(c.list, 4)
+		if c.bad {
+			require.ErrorIs(t, err, ErrMalformed, "%q", c.list)
+			continue
+		}
+		require.NoError(t, err, "%q", c.list)
+		require.Equal(t, c.want, got, "%q", c.list)
+	}
 }

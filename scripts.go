@@ -33,6 +33,8 @@ var scriptVars = strings.NewReplacer(
 	"$staleReply", staleReply,
 	"$wrongTypeReply", wrongTypeReply,
 	"$badValueReply", badValueReply,
+	"$maxGroupWeight", strconv.Itoa(maxGroupWeight),
+	"$maxSessionMS", strconv.FormatInt(maxSessionTTL.Milliseconds(), 10),
 )
 
 // unrendered matches a $name left in a rendered script. (A Lua pattern's
