@@ -43,7 +43,9 @@ fence = string.format('%d', fence)
 //
 //	KEYS[1] = lease, KEYS[2] = meta hash
 //	ARGV[1] = owner, ARGV[2] = lease TTL ms, ARGV[3] = nonce,
-//	ARGV[4] = the caller's last lease value, or ""
+//	ARGV[4] = the caller's last lease value, or "",
+//	ARGV[5] = ".<nonce>:<owner>" of the caller's last acquisition whose
+//	reply was lost, or "": a lease ending so is the caller's too
 //
 // Returns {1, lease value} when taken, or {0, ms left on the current lease,
 // its value ("" when the key is not a string)}.
@@ -55,7 +57,8 @@ var acquireScript = newScript("acquire", 2, luaIncr+`
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local held = ''
   if redis.call('TYPE', KEYS[1]).ok == 'string' then held = redis.call('GET', KEYS[1]) end
-  if ARGV[4] == '' or held ~= ARGV[4] then
+  local lost = ARGV[5] ~= '' and #held > #ARGV[5] and string.sub(held, -#ARGV[5]) == ARGV[5]
+  if (ARGV[4] == '' or held ~= ARGV[4]) and not lost then
     return {0, redis.call('PTTL', KEYS[1]), held}
   end
 end
@@ -149,13 +152,37 @@ func (s *store) value() string {
 	return ""
 }
 
+// abandonScript gives up a lease taken by an acquisition whose reply was
+// lost, and wakes one standby.
+//
+//	KEYS[1] = lease, KEYS[2] = wake list
+//	ARGV[1] = ".<nonce>:<owner>" of that acquisition
+//
+// Returns 1 when it was still held, else 0.
+var abandonScript = newScript("abandon", 2, `
+local cur = redis.call('GET', KEYS[1])
+if not cur or #cur <= #ARGV[1] or string.sub(cur, -#ARGV[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('RPUSH', KEYS[2], '1')
+redis.call('PEXPIRE', KEYS[2], 60000)
+return 1
+`)
+
 // tryAcquire takes the lease if it is free. When it is not, it returns
-// the time left on the current lease and its holder's value.
+// the time left on the current lease and its holder's value. When the
+// reply is lost, the lease may have been taken all the same: the next
+// try takes such a lease as its own (by its nonce), and an acquire that
+// gives up abandons it.
 func (s *store) tryAcquire(ctx context.Context) (ok bool, left time.Duration, holder string, err error) {
-	r, err := redis.Values(s.script(ctx, "acquire lease of", acquireScript, s.keys.lease, s.keys.meta, s.owner, s.ttlMS, newNonce(), s.value()))
+	nonce := newNonce()
+	r, err := redis.Values(s.script(ctx, "acquire lease of", acquireScript, s.keys.lease, s.keys.meta, s.owner, s.ttlMS, nonce, s.value(), s.unanswered))
 	if err != nil {
+		// Maybe taken, maybe not (an error reply took nothing, and then
+		// no lease ends with this nonce: no harm done).
+		s.unanswered = "." + nonce + ":" + s.owner
 		return false, 0, "", err
 	}
+	s.unanswered = ""
 	if n, _ := redis.Int(r[0], nil); n == 1 && len(r) == 2 {
 		v, err := redis.String(r[1], nil)
 		if err != nil {
@@ -189,6 +216,7 @@ func (s *store) acquire(ctx context.Context, report func(error), onLook func(sen
 	var b backoff
 	fail := func(err error) error {
 		if ctx.Err() != nil {
+			s.abandon(ctx)
 			return ctx.Err()
 		}
 		if report == nil {
@@ -221,6 +249,20 @@ func (s *store) acquire(ctx context.Context, report func(error), onLook func(sen
 				return err
 			}
 		}
+	}
+}
+
+// abandon gives up, when ctx ended, a lease the last try may have taken
+// though its reply never came: held unknowingly, it would keep every
+// standby waiting a whole TTL. Best effort, bounded by a second.
+func (s *store) abandon(ctx context.Context) {
+	if s.unanswered == "" {
+		return
+	}
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	if _, err := s.script(actx, "abandon lease of", abandonScript, s.keys.lease, s.keys.wake, s.unanswered); err == nil {
+		s.unanswered = ""
 	}
 }
 

@@ -1,0 +1,89 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/require"
+)
+
+// replyLostConn runs the acquire script in Redis and then loses its
+// reply, once: it calls lost (to end the caller's ctx, say), then
+// returns err.
+type replyLostConn struct {
+	redis.Conn
+	lose *bool
+	lost func()
+	err  error
+}
+
+func (c replyLostConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
+	if *c.lose && (cmd == "EVALSHA" && args[0] == acquireScript.Hash() || cmd == "EVAL" && args[0] == scriptSources["acquire"]) {
+		if _, err := c.Conn.Do(cmd, args...); err != nil { // Redis runs it (or asks for EVAL)
+			return nil, err
+		}
+		*c.lose = false
+		c.lost()
+		return nil, c.err
+	}
+	return redis.DoContext(c.Conn, ctx, cmd, args...)
+}
+
+func (c replyLostConn) ReceiveContext(ctx context.Context) (any, error) {
+	return redis.ReceiveContext(c.Conn, ctx)
+}
+
+// replyLostQueue returns a one-queue Queue whose first acquisition's
+// reply is lost as replyLostConn says, its server and its keys.
+func replyLostQueue(t *testing.T, lost func(), err error) (*Queue, *testServer, queueKeys) {
+	t.Helper()
+	_, servers := newTestQueue(t, 1, Config{})
+	lose := true
+	pool := &redis.Pool{DialContext: func(ctx context.Context) (redis.Conn, error) {
+		c, err := redis.DialURLContext(ctx, servers[0].url)
+		if err != nil {
+			return nil, err
+		}
+		return replyLostConn{Conn: c, lose: &lose, lost: lost, err: err}, nil
+	}}
+	t.Cleanup(func() { pool.Close() })
+	q, qerr := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
+	require.NoError(t, qerr)
+	t.Cleanup(func() { q.Close() })
+	return q, servers[0], newQueueKeys(q.cfg.Prefix, 0, 0)
+}
+
+// A pool stopped while its acquisition's reply is on its way leaves no
+// lease behind: the lease it took unknowingly is given up, with a
+// wake-up, so that the next owner need not wait out a whole TTL.
+func TestAcquireAbandonsALeaseTakenAsCtxEnded(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	q, s, k := replyLostQueue(t, cancel, context.Canceled)
+	require.NoError(t, q.AnalysePool(ctx, 0, PoolConfig{Workers: 1}, func(context.Context, Task) error { return nil }))
+	n, err := redis.Int(s.do(t, "EXISTS", k.lease), nil)
+	require.NoError(t, err)
+	require.Zero(t, n, "the lease is given up")
+	wake, err := redis.Int(s.do(t, "LLEN", k.wake), nil)
+	require.NoError(t, err)
+	require.Equal(t, 1, wake, "a standby is woken")
+}
+
+// After a try whose reply was lost, the next try takes the lease the
+// first one took, at once, instead of waiting for it to expire.
+func TestAcquireRetakesALeaseWhoseReplyWasLost(t *testing.T) {
+	q, s, k := replyLostQueue(t, func() {}, errors.New("connection reset"))
+	st, err := q.newStore(context.Background(), 0, 5*time.Second, 5, "me")
+	require.NoError(t, err)
+	var reported []error
+	start := time.Now()
+	require.NoError(t, st.acquire(context.Background(), func(err error) { reported = append(reported, err) }, nil))
+	require.Less(t, time.Since(start), 4*time.Second, "not after the lease's expiry")
+	require.Len(t, reported, 1, "the lost reply is reported and retried")
+	v, err := redis.String(s.do(t, "GET", k.lease), nil)
+	require.NoError(t, err)
+	require.Equal(t, st.value(), v, "the retry took the lease over, with a value of its own")
+	require.NoError(t, st.release(context.Background()))
+}
