@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,7 +54,7 @@ func runGroup(ctx context.Context, q *queue.Queue, cfg config, log *slog.Logger,
 		Weight: cfg.Weight,
 		Pool:   pc,
 		OnAssign: func(as []int) {
-			log.Info("analysers assigned", "group", cfg.Group, "member", hooks.owner, "analysers", ranges(as))
+			log.Info("analysers assigned", "group", cfg.Group, "member", hooks.owner, "analysers", as)
 		},
 	}
 	log.Info("analyser started", "group", cfg.Group, "member", hooks.owner, "weight", cfg.Weight,
@@ -103,24 +101,4 @@ func logProcessed(log *slog.Logger, processed []atomic.Int64, logged []int64) {
 			log.Info("processed", "analyser", a, "total", n)
 		}
 	}
-}
-
-// ranges renders sorted analysers compactly: "0-3,7".
-func ranges(as []int) string {
-	var b strings.Builder
-	for i := 0; i < len(as); {
-		j := i
-		for j+1 < len(as) && as[j+1] == as[j]+1 {
-			j++
-		}
-		if b.Len() > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString(strconv.Itoa(as[i]))
-		if j > i {
-			b.WriteString("-" + strconv.Itoa(as[j]))
-		}
-		i = j + 1
-	}
-	return b.String()
 }

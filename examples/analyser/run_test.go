@@ -82,18 +82,7 @@ func TestRunWritesEveryTaskOnceInOrder(t *testing.T) {
 	require.NoError(t, <-done)
 	stopped = true
 
-	rows, err := db.Query(ctx, `SELECT order_id::text, convert_from(payload, 'UTF8') FROM tasks ORDER BY order_id, seq`)
-	require.NoError(t, err)
-	next := map[string]int{}
-	for rows.Next() {
-		var order, payload string
-		require.NoError(t, rows.Scan(&order, &payload))
-		o, n, _ := strings.Cut(payload, ":")
-		require.Equal(t, order, o)
-		require.Equal(t, strconv.Itoa(next[order]), n, "order %s out of order", order)
-		next[order]++
-	}
-	require.NoError(t, rows.Err())
+	next := rowsInOrder(t, db)
 	assert.Len(t, next, orders)
 	for o, n := range next {
 		assert.Equal(t, perOrder, n, "order %s", o)
@@ -226,16 +215,28 @@ func TestRunGroupMembersShareTheQueues(t *testing.T) {
 	var analysers int
 	require.NoError(t, db.QueryRow(ctx, `SELECT count(DISTINCT analyser) FROM tasks`).Scan(&analysers))
 	assert.Equal(t, 4, analysers)
-	rows, err := db.Query(ctx, `SELECT order_id::text, convert_from(payload, 'UTF8') FROM tasks ORDER BY order_id, seq`)
+	next := rowsInOrder(t, db)
+	assert.Len(t, next, orders)
+	require.NoError(t, stopB())
+}
+
+// rowsInOrder checks that the rows of each order hold its payloads
+// "<order>:<n>" with n = 0, 1, 2... in seq order, and returns each
+// order's row count.
+func rowsInOrder(t *testing.T, db *pgxpool.Pool) map[string]int {
+	t.Helper()
+	rows, err := db.Query(context.Background(), `SELECT order_id::text, convert_from(payload, 'UTF8') FROM tasks ORDER BY order_id, seq`)
 	require.NoError(t, err)
+	defer rows.Close()
 	next := map[string]int{}
 	for rows.Next() {
 		var order, payload string
 		require.NoError(t, rows.Scan(&order, &payload))
-		_, n, _ := strings.Cut(payload, ":")
+		o, n, _ := strings.Cut(payload, ":")
+		require.Equal(t, order, o)
 		require.Equal(t, strconv.Itoa(next[order]), n, "order %s out of order", order)
 		next[order]++
 	}
 	require.NoError(t, rows.Err())
-	require.NoError(t, stopB())
+	return next
 }
