@@ -156,14 +156,14 @@ func scriptOf(cmd string, args []any) string {
 	return ""
 }
 
+// leaseToken returns the fencing token of a lease value, as Stats reads it.
 func leaseToken(v any) int64 {
 	s, _ := v.(string)
 	if b, ok := v.([]byte); ok {
 		s = string(b)
 	}
-	tok, _, _ := strings.Cut(s, ":")
-	n, _ := strconv.ParseInt(tok, 10, 64)
-	return n
+	tok, _ := parseLease(s)
+	return tok
 }
 
 func (c *recConn) record(cmd string, args []any, do func() (any, error)) (any, error) {
