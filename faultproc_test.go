@@ -42,7 +42,11 @@ type roleConfig struct {
 	History string // the file the process appends its events to
 
 	// Analyser settings.
-	Analyser        int
+	Analyser        int           // the analyser served, unless Group is set
+	Group           string        // when set, the process joins this group (JoinGroup) and serves what it is given
+	Member          string        // its member name in Group
+	Weight          int           // its weight in Group
+	SessionTTL      time.Duration // its session in Group
 	Workers         int
 	Prefetch        int
 	LeaseTTL        time.Duration
@@ -106,8 +110,8 @@ func runFaultRole() bool {
 	return true
 }
 
-// roleQueue makes the child's queue; every connection records the lease
-// grants and acks it carries in h.
+// roleQueue makes the child's queue, on one server; every connection
+// records the lease grants and acks it carries in h.
 func roleQueue(cfg roleConfig, h *historyWriter) (*Queue, *redis.Pool) {
 	pool := &redis.Pool{
 		MaxIdle:     32,
@@ -120,7 +124,7 @@ func roleQueue(cfg roleConfig, h *historyWriter) (*Queue, *redis.Pool) {
 			if err != nil {
 				return nil, err
 			}
-			return &recConn{Conn: c, h: h, analyser: cfg.Analyser}, nil
+			return &recConn{Conn: c, h: h, partitions: 1}, nil
 		},
 	}
 	q, err := New([]*redis.Pool{pool}, Config{Prefix: cfg.Prefix, Queues: cfg.Queues})
@@ -141,6 +145,12 @@ func runAnalyser(cfg roleConfig) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	// A group member serves many analysers through one OnError: an error
+	// that is not a task's is recorded with analyser -1 (unknown).
+	errAnalyser := cfg.Analyser
+	if cfg.Group != "" {
+		errAnalyser = -1
+	}
 	pc := PoolConfig{
 		Workers:         cfg.Workers,
 		Prefetch:        cfg.Prefetch,
@@ -153,23 +163,23 @@ func runAnalyser(cfg roleConfig) error {
 			var te *TaskError
 			switch {
 			case errors.As(err, &te) && te.Dead:
-				h.log(faultEvent{Ev: evDead, ID: te.ID, Order: te.OrderID, Attempt: te.Attempt, Analyser: cfg.Analyser})
+				h.log(faultEvent{Ev: evDead, ID: te.ID, Order: te.OrderID, Attempt: te.Attempt, Analyser: q.AnalyserOf(te.OrderID)})
 			case errors.As(err, &te):
 			case errors.Is(err, ErrLeaseLost):
-				h.log(faultEvent{Ev: evLost, Analyser: cfg.Analyser, Err: err.Error()})
+				h.log(faultEvent{Ev: evLost, Analyser: errAnalyser, Err: err.Error()})
 			default:
-				h.log(faultEvent{Ev: evPoolErr, Analyser: cfg.Analyser, Err: err.Error(), Kind: errKind(err)})
+				h.log(faultEvent{Ev: evPoolErr, Analyser: errAnalyser, Err: err.Error(), Kind: errKind(err)})
 				logger.Warn("pool error", "err", err)
 			}
 		},
 	}
 	baseline := goleak.IgnoreCurrent()
-	err = q.AnalysePool(ctx, cfg.Analyser, pc, func(ctx context.Context, t Task) (err error) {
+	fn := func(ctx context.Context, t Task) (err error) {
 		order, seq, mark, perr := parsePayload(t.Payload)
 		if perr != nil {
 			return perr
 		}
-		ev := faultEvent{ID: t.ID, Order: order, Seq: seq, Attempt: t.Attempt, Analyser: cfg.Analyser}
+		ev := faultEvent{ID: t.ID, Order: order, Seq: seq, Attempt: t.Attempt, Analyser: q.AnalyserOf(t.OrderID)}
 		ev.Ev = evStart
 		h.log(ev)
 		ev.Ev, ev.Result = evFinish, "ok"
@@ -209,15 +219,20 @@ func runAnalyser(cfg roleConfig) error {
 			return errors.New("injected error")
 		}
 		return nil
-	})
+	}
+	if cfg.Group != "" {
+		err = q.JoinGroup(ctx, cfg.Group, GroupConfig{Member: cfg.Member, Weight: cfg.Weight, SessionTTL: cfg.SessionTTL, Pool: pc}, fn)
+	} else {
+		err = q.AnalysePool(ctx, cfg.Analyser, pc, fn)
+	}
 	if err == nil {
-		// AnalysePool joined everything it started: only this process's
-		// own goroutines may be left.
+		// AnalysePool and JoinGroup join everything they start: only this
+		// process's own goroutines may be left.
 		if lerr := goleak.Find(baseline); lerr != nil {
-			h.log(faultEvent{Ev: evLeak, Analyser: cfg.Analyser, Err: lerr.Error()})
+			h.log(faultEvent{Ev: evLeak, Analyser: errAnalyser, Err: lerr.Error()})
 		}
 	}
-	h.log(faultEvent{Ev: evExit, Analyser: cfg.Analyser})
+	h.log(faultEvent{Ev: evExit, Analyser: errAnalyser})
 	return err
 }
 
