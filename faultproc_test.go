@@ -67,7 +67,13 @@ type roleConfig struct {
 	Goroutines int           // concurrent producing goroutines, each owning Orders/Goroutines OrderIDs
 	PoisonAt   int           // when Poison is set, task seq PoisonAt of OrderID 0 carries it
 	Pause      time.Duration // each goroutine waits this long after each add
-	PayloadPad int           // bytes of padding in each payload
+	// Rate, when positive, paces the producer on a schedule until it gets
+	// SIGUSR1: its n-th add starts no sooner than n/Rate seconds after the
+	// first, whatever each add costs. After SIGUSR1 it adds the rest as
+	// fast as it can. A test that makes changes while tasks flow keeps the
+	// producer adding until its last change, however long they take.
+	Rate       int
+	PayloadPad int // bytes of padding in each payload
 	// HoldAfter, when positive, is how many tasks the producer adds at
 	// most: then it waits to be killed instead of exiting, so a kill meant
 	// to land before the end finds it alive however late it comes.
@@ -297,6 +303,25 @@ func runProducer(cfg roleConfig) error {
 		n int
 	}
 	var begun atomic.Int64 // tasks this producer began to add
+	var paced atomic.Int64 // adds that waited for their slot
+	start := time.Now()
+	unpaced := make(chan os.Signal, 1)
+	signal.Notify(unpaced, syscall.SIGUSR1)
+	defer signal.Stop(unpaced)
+	var fast atomic.Bool // SIGUSR1 came
+	pace := func() {
+		if cfg.Rate <= 0 || fast.Load() {
+			return
+		}
+		n := paced.Add(1) - 1
+		slot := time.NewTimer(time.Until(start.Add(time.Duration(n) * time.Second / time.Duration(cfg.Rate))))
+		defer slot.Stop()
+		select {
+		case <-slot.C:
+		case <-unpaced:
+			fast.Store(true)
+		}
+	}
 	for gi := 0; gi < g; gi++ {
 		wg.Add(1)
 		go func() {
@@ -340,6 +365,7 @@ func runProducer(cfg roleConfig) error {
 							time.Sleep(time.Hour)
 						}
 					}
+					pace()
 					order := uint64(cfg.FirstOrder + o)
 					mark := "x" + strings.Repeat("p", cfg.PayloadPad)
 					if cfg.Poison != "" && order == 0 && seq == cfg.PoisonAt {
