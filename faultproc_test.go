@@ -34,6 +34,10 @@ const (
 // poisonExit is the exit status of an analyser killed by a poison task.
 const poisonExit = 3
 
+// faultTaskTimeout is the analysers' TaskTimeout (the default), set so
+// that a call can read from its ctx's deadline when the pool started it.
+const faultTaskTimeout = time.Minute
+
 // roleConfig configures a child process.
 type roleConfig struct {
 	URL     string // redis:// URL, possibly through a proxy
@@ -158,6 +162,7 @@ func runAnalyser(cfg roleConfig) error {
 		errAnalyser = -1
 	}
 	pc := PoolConfig{
+		TaskTimeout:     faultTaskTimeout,
 		Workers:         cfg.Workers,
 		Prefetch:        cfg.Prefetch,
 		LeaseTTL:        cfg.LeaseTTL,
@@ -181,13 +186,23 @@ func runAnalyser(cfg roleConfig) error {
 	}
 	baseline := goleak.IgnoreCurrent()
 	fn := func(ctx context.Context, t Task) (err error) {
+		// A start is the pool's: the clock reading it checked its lease
+		// with before it made the call, which it also gives the task's ctx
+		// (its deadline less TaskTimeout). The call may get the CPU later:
+		// a process paused in between makes the call when it continues,
+		// as it finishes one paused in the middle (a zombie's tail, see the
+		// checker). A start the pool decided after it continued is stale.
+		begun := time.Now()
+		if dl, ok := ctx.Deadline(); ok {
+			begun = dl.Add(-faultTaskTimeout)
+		}
 		order, seq, mark, perr := parsePayload(t.Payload)
 		if perr != nil {
 			return perr
 		}
 		ev := faultEvent{ID: t.ID, Order: order, Seq: seq, Attempt: t.Attempt, Analyser: q.AnalyserOf(t.OrderID)}
 		ev.Ev = evStart
-		h.log(ev)
+		h.logAt(ev, begun)
 		ev.Ev, ev.Result = evFinish, "ok"
 		defer func() {
 			if r := recover(); r != nil {
