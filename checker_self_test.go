@@ -149,16 +149,36 @@ func TestCheckerStoppedTimeIsNotOverlap(t *testing.T) {
 	assert.Equal(t, time.Duration(3), r.Recovery) // stop at wall 5, pid 11's start at 8
 	assert.Equal(t, r.Recovery, r.Redelivery)
 
-	// The same history with the resumed run overlapping pid 11's does count.
+	// The same history with the resumed run going on beside pid 11's: the
+	// rest of a call that pid 10 made before it was stopped and lost its
+	// lease is a zombie's tail, counted apart.
 	b2 := &histBuilder{}
 	b2.lease(10, 1).added(1, 0, "a")
 	b2.add(faultEvent{Ev: evStart, Pid: 10, Order: 1, ID: "a", Attempt: 1})
 	b2.add(faultEvent{Ev: evStop, Pid: 10})
 	b2.lease(11, 2).add(faultEvent{Ev: evStart, Pid: 11, Order: 1, ID: "a", Attempt: 2})
 	b2.add(faultEvent{Ev: evCont, Pid: 10})
-	b2.add(faultEvent{Ev: evFinish, Pid: 10, Order: 1, ID: "a", Attempt: 1, Result: "ok"})
+	b2.add(faultEvent{Ev: evFinish, Pid: 10, Order: 1, ID: "a", Attempt: 1, Result: "ok"}) // a tick after the cont
 	b2.add(faultEvent{Ev: evFinish, Pid: 11, Order: 1, ID: "a", Attempt: 2, Result: "ok"})
-	assert.Equal(t, 1, checkHistory(b2.ev).Overlap)
+	r2 := checkHistory(b2.ev)
+	assert.Zero(t, r2.Overlap, "%v", r2)
+	assert.Equal(t, 1, r2.ZombieTails)
+	assert.Equal(t, time.Duration(1), r2.ZombieTailMax)
+
+	// When pid 10 kept its lease while stopped, the same overlap counts:
+	// pid 11 ran a beside it (a stale start, too).
+	b3 := &histBuilder{}
+	b3.lease(10, 1).added(1, 0, "a")
+	b3.add(faultEvent{Ev: evStart, Pid: 10, Order: 1, ID: "a", Attempt: 1})
+	b3.add(faultEvent{Ev: evStop, Pid: 10})
+	b3.add(faultEvent{Ev: evCont, Pid: 10})
+	b3.add(faultEvent{Ev: evStart, Pid: 11, Order: 1, ID: "a", Attempt: 2})
+	b3.add(faultEvent{Ev: evFinish, Pid: 10, Order: 1, ID: "a", Attempt: 1, Result: "ok"})
+	b3.add(faultEvent{Ev: evFinish, Pid: 11, Order: 1, ID: "a", Attempt: 2, Result: "ok"})
+	r3 := checkHistory(b3.ev)
+	assert.Equal(t, 1, r3.Overlap, "%v", r3)
+	assert.Zero(t, r3.ZombieTails)
+	assert.Equal(t, 1, r3.StaleStarts)
 }
 
 func TestCheckerKilledRunEndsAtDeath(t *testing.T) {

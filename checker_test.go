@@ -67,13 +67,18 @@ type faultReport struct {
 	DupOther    int // run effectively twice or more, not pending at the fault
 	Reordered   int // first deliveries out of enqueue order, per OrderID
 	EarlyStarts int // starts before an earlier task of the OrderID completed
-	Overlap     int // runs of one OrderID at the same time (stopped time excluded)
+	Overlap     int // runs of one OrderID at the same time (stopped time and zombie tails excluded)
 	LateAcks    int // acks Redis accepted from a process whose lease had passed to another
 	StaleStarts int // starts by a process whose lease had passed to another
 	Refused     int // acks Redis refused as stale (the fencing at work)
 	Quarantined int // malformed records found in Redis, in the dead-letter store with their raw bytes
-	LeaseLosses int // leases a live process reported lost (after a stop, or a stall the harness did not cause)
-	EarlyLosses int // of those, before the first fault: a stall the harness did not cause, an unplanned takeover
+	// ZombieTails counts calls in flight when their process was stopped,
+	// that went on after it continued though it had lost its lease while
+	// stopped; ZombieTailMax is the longest time such a call went on.
+	ZombieTails   int
+	ZombieTailMax time.Duration
+	LeaseLosses   int // leases a live process reported lost (after a stop, or a stall the harness did not cause)
+	EarlyLosses   int // of those, before the first fault: a stall the harness did not cause, an unplanned takeover
 
 	UnknownDone, UnknownTwice int // unknown or error adds: completed, completed twice or more
 	PendingAtFault            int
@@ -85,10 +90,10 @@ type faultReport struct {
 func (r faultReport) String() string {
 	return fmt.Sprintf("attempted=%d ok=%d addErr=%d addUnknown=%d completed=%d runs=%d failedRuns=%d dead=%d "+
 		"lost=%d unexpected=%d dupPending=%d dupOther=%d reordered=%d earlyStarts=%d overlap=%d "+
-		"lateAcks=%d staleStarts=%d refusedAcks=%d quarantined=%d leaseLosses=%d earlyLosses=%d unknownDone=%d unknownTwice=%d pendingAtFault=%d recovery=%s redelivery=%s",
+		"lateAcks=%d staleStarts=%d refusedAcks=%d quarantined=%d zombieTails=%d (longest %s) leaseLosses=%d earlyLosses=%d unknownDone=%d unknownTwice=%d pendingAtFault=%d recovery=%s redelivery=%s",
 		r.Attempted, r.AddedOK, r.AddErrors, r.AddUnknown, r.Completed, r.Runs, r.FailedRuns, r.Dead,
 		r.Lost, r.Unexpected, r.DupPending, r.DupOther, r.Reordered, r.EarlyStarts, r.Overlap,
-		r.LateAcks, r.StaleStarts, r.Refused, r.Quarantined, r.LeaseLosses, r.EarlyLosses, r.UnknownDone, r.UnknownTwice, r.PendingAtFault,
+		r.LateAcks, r.StaleStarts, r.Refused, r.Quarantined, r.ZombieTails, r.ZombieTailMax.Round(time.Millisecond), r.LeaseLosses, r.EarlyLosses, r.UnknownDone, r.UnknownTwice, r.PendingAtFault,
 		fmtRecovery(r.Recovery), fmtRecovery(r.Redelivery))
 }
 
@@ -209,6 +214,24 @@ func checkHistory(events []faultEvent) faultReport {
 	}
 	rep.PendingAtFault = len(pendingIDs)
 
+	// superseded reports whether, at time at, Redis had granted another
+	// process a newer lease on analyser than pid's last one (or pid had none).
+	superseded := func(pid, analyser int, at int64) bool {
+		var mine int64 = -1
+		newer := false
+		for _, l := range leases[analyser] {
+			if l.wall >= at {
+				break
+			}
+			if l.pid == pid {
+				mine, newer = l.token, false
+			} else if l.token > mine {
+				newer = true
+			}
+		}
+		return newer || mine < 0
+	}
+
 	perOrder := map[uint64][]*taskInfo{}
 	for _, t := range tasks {
 		if t.id != "" && pendingIDs[t.id] {
@@ -301,11 +324,25 @@ func checkHistory(events []faultEvent) faultReport {
 			at, _ := t.completedAt()
 			before = max(before, at)
 		}
-		// Overlap: run segments (stopped time cut out) that intersect.
+		// Overlap: run segments (stopped time cut out) that intersect. A
+		// call in flight when its process was stopped goes on when the
+		// process continues, whatever happened meanwhile: if the process
+		// lost its lease while stopped, the rest of that call is a zombie's
+		// tail, which nothing outside the process can prevent (its ctx is
+		// cancelled, its ack refused): counted apart, not as overlap.
 		var segs [][2]int64
 		for _, t := range ts {
 			for _, r := range t.runs {
-				segs = append(segs, cutStopped(r.start, r.end, stopped[r.pid])...)
+				end := r.end
+				for _, st := range stopped[r.pid] {
+					if st[0] >= r.start && st[0] < end && st[1] < end && superseded(r.pid, r.analyser, st[1]) {
+						rep.ZombieTails++
+						rep.ZombieTailMax = max(rep.ZombieTailMax, time.Duration(end-st[1]))
+						end = st[0]
+						break
+					}
+				}
+				segs = append(segs, cutStopped(r.start, end, stopped[r.pid])...)
 			}
 		}
 		sort.Slice(segs, func(i, j int) bool { return segs[i][0] < segs[j][0] })
@@ -319,21 +356,6 @@ func checkHistory(events []faultEvent) faultReport {
 	}
 
 	// Fencing: a process acting after Redis granted another a newer lease.
-	superseded := func(pid, analyser int, at int64) bool {
-		var mine int64 = -1
-		newer := false
-		for _, l := range leases[analyser] {
-			if l.wall >= at {
-				break
-			}
-			if l.pid == pid {
-				mine, newer = l.token, false
-			} else if l.token > mine {
-				newer = true
-			}
-		}
-		return newer || mine < 0
-	}
 	for _, a := range acks {
 		switch a.Result {
 		case "refused":

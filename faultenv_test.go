@@ -273,6 +273,13 @@ func (e *faultEnv) terminate(c *child) {
 	require.NoError(e.t, c.cmd.Process.Signal(syscall.SIGTERM))
 }
 
+// unpace tells producer c to add the rest of its tasks as fast as it can
+// (see roleConfig.Rate). It fails the test if c has exited already.
+func (e *faultEnv) unpace(c *child) {
+	e.t.Helper()
+	require.NoError(e.t, c.cmd.Process.Signal(syscall.SIGUSR1), "producer %d", c.pid())
+}
+
 // waitExit waits for c to exit and requires a clean exit.
 func (e *faultEnv) waitExit(c *child, timeout time.Duration) {
 	e.t.Helper()
@@ -318,16 +325,27 @@ func (e *faultEnv) waitProcessed(n int64, timeout time.Duration) {
 // recordPending records every task pending in Redis now (at a fault).
 func (e *faultEnv) recordPending() int {
 	e.t.Helper()
-	n := 0
-	for a := 0; a < e.q.Analysers(); a++ {
+	all := make([]int, e.q.Analysers())
+	for a := range all {
+		all[a] = a
+	}
+	return len(e.recordPendingOf(all...))
+}
+
+// recordPendingOf records the tasks pending in Redis now on the analysers
+// given (those of the process hit by a fault), and returns their IDs.
+func (e *faultEnv) recordPendingOf(analysers ...int) []string {
+	e.t.Helper()
+	var ids []string
+	for _, a := range analysers {
 		ts, err := e.q.Pending(context.Background(), a)
 		require.NoError(e.t, err)
 		for _, task := range ts {
 			e.event(faultEvent{Ev: evPending, ID: task.ID, Order: task.OrderID, Analyser: a})
+			ids = append(ids, task.ID)
 		}
-		n += len(ts)
 	}
-	return n
+	return ids
 }
 
 // drain waits for the producers to exit cleanly and the queues to empty,

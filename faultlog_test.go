@@ -127,11 +127,35 @@ func parsePayload(p []byte) (order uint64, seq int, mark string, err error) {
 
 // recConn records, in a child's history, every lease the acquire script
 // grants and every ack script sent with its outcome, so the checker can
-// tell late acks that Redis accepted.
+// tell late acks that Redis accepted. Each event names the analyser whose
+// queue keys the call touches, so one process may serve many (a group
+// member).
 type recConn struct {
 	redis.Conn
-	h        *historyWriter
-	analyser int
+	h          *historyWriter
+	partitions int // R of the queue's layout
+}
+
+// analyserOfKey returns the analyser whose queue a key names
+// ("{prefix:P.Q}:name", see newQueueKeys) in a layout of partitions
+// servers, or -1 when it names none.
+func analyserOfKey(key any, partitions int) int {
+	s, _ := key.(string)
+	if !strings.HasPrefix(s, "{") {
+		return -1
+	}
+	tag, _, ok := strings.Cut(s[1:], "}")
+	if !ok {
+		return -1
+	}
+	pq := tag[strings.LastIndexByte(tag, ':')+1:]
+	ps, qs, _ := strings.Cut(pq, ".")
+	p, perr := strconv.Atoi(ps)
+	q, qerr := strconv.Atoi(qs)
+	if perr != nil || qerr != nil || p < 0 || p >= partitions || q < 0 {
+		return -1
+	}
+	return q*partitions + p
 }
 
 var (
@@ -156,14 +180,14 @@ func scriptOf(cmd string, args []any) string {
 	return ""
 }
 
+// leaseToken returns the fencing token of a lease value, as Stats reads it.
 func leaseToken(v any) int64 {
 	s, _ := v.(string)
 	if b, ok := v.([]byte); ok {
 		s = string(b)
 	}
-	tok, _, _ := strings.Cut(s, ":")
-	n, _ := strconv.ParseInt(tok, 10, 64)
-	return n
+	tok, _ := parseLease(s)
+	return tok
 }
 
 func (c *recConn) record(cmd string, args []any, do func() (any, error)) (any, error) {
@@ -176,10 +200,15 @@ func (c *recConn) record(cmd string, args []any, do func() (any, error)) (any, e
 	if err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
 		return r, err // the library sends the script again with EVAL
 	}
+	// EVALSHA hash numkeys key...: both scripts' first key is the queue's.
+	analyser := -1
+	if len(args) > 2 {
+		analyser = analyserOfKey(args[2], c.partitions)
+	}
 	switch script {
 	case ackHash:
 		// EVALSHA hash 4 pending lease meta order leaseValue ttl k ids... orders...
-		ev := faultEvent{Ev: evAck, Analyser: c.analyser, Result: "ok"}
+		ev := faultEvent{Ev: evAck, Analyser: analyser, Result: "ok"}
 		if len(args) > 6 {
 			ev.Token = leaseToken(args[6])
 		}
@@ -196,7 +225,7 @@ func (c *recConn) record(cmd string, args []any, do func() (any, error)) (any, e
 		if err == nil {
 			if v, verr := redis.Values(r, nil); verr == nil && len(v) == 2 {
 				if n, _ := redis.Int(v[0], nil); n == 1 {
-					c.h.log(faultEvent{Ev: evLease, Analyser: c.analyser, Token: leaseToken(v[1])})
+					c.h.log(faultEvent{Ev: evLease, Analyser: analyser, Token: leaseToken(v[1])})
 				}
 			}
 		}

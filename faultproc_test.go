@@ -34,6 +34,10 @@ const (
 // poisonExit is the exit status of an analyser killed by a poison task.
 const poisonExit = 3
 
+// faultTaskTimeout is the analysers' TaskTimeout (the default), set so
+// that a call can read from its ctx's deadline when the pool started it.
+const faultTaskTimeout = time.Minute
+
 // roleConfig configures a child process.
 type roleConfig struct {
 	URL     string // redis:// URL, possibly through a proxy
@@ -42,7 +46,11 @@ type roleConfig struct {
 	History string // the file the process appends its events to
 
 	// Analyser settings.
-	Analyser        int
+	Analyser        int           // the analyser served, unless Group is set
+	Group           string        // when set, the process joins this group (JoinGroup) and serves what it is given
+	Member          string        // its member name in Group
+	Weight          int           // its weight in Group
+	SessionTTL      time.Duration // its session in Group
 	Workers         int
 	Prefetch        int
 	LeaseTTL        time.Duration
@@ -63,7 +71,13 @@ type roleConfig struct {
 	Goroutines int           // concurrent producing goroutines, each owning Orders/Goroutines OrderIDs
 	PoisonAt   int           // when Poison is set, task seq PoisonAt of OrderID 0 carries it
 	Pause      time.Duration // each goroutine waits this long after each add
-	PayloadPad int           // bytes of padding in each payload
+	// Rate, when positive, paces the producer on a schedule until it gets
+	// SIGUSR1: its n-th add starts no sooner than n/Rate seconds after the
+	// first, whatever each add costs. After SIGUSR1 it adds the rest as
+	// fast as it can. A test that makes changes while tasks flow keeps the
+	// producer adding until its last change, however long they take.
+	Rate       int
+	PayloadPad int // bytes of padding in each payload
 	// HoldAfter, when positive, is how many tasks the producer adds at
 	// most: then it waits to be killed instead of exiting, so a kill meant
 	// to land before the end finds it alive however late it comes.
@@ -106,8 +120,8 @@ func runFaultRole() bool {
 	return true
 }
 
-// roleQueue makes the child's queue; every connection records the lease
-// grants and acks it carries in h.
+// roleQueue makes the child's queue, on one server; every connection
+// records the lease grants and acks it carries in h.
 func roleQueue(cfg roleConfig, h *historyWriter) (*Queue, *redis.Pool) {
 	pool := &redis.Pool{
 		MaxIdle:     32,
@@ -120,7 +134,7 @@ func roleQueue(cfg roleConfig, h *historyWriter) (*Queue, *redis.Pool) {
 			if err != nil {
 				return nil, err
 			}
-			return &recConn{Conn: c, h: h, analyser: cfg.Analyser}, nil
+			return &recConn{Conn: c, h: h, partitions: 1}, nil
 		},
 	}
 	q, err := New([]*redis.Pool{pool}, Config{Prefix: cfg.Prefix, Queues: cfg.Queues})
@@ -141,7 +155,14 @@ func runAnalyser(cfg roleConfig) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	// A group member serves many analysers through one OnError: an error
+	// that is not a task's is recorded with analyser -1 (unknown).
+	errAnalyser := cfg.Analyser
+	if cfg.Group != "" {
+		errAnalyser = -1
+	}
 	pc := PoolConfig{
+		TaskTimeout:     faultTaskTimeout,
 		Workers:         cfg.Workers,
 		Prefetch:        cfg.Prefetch,
 		LeaseTTL:        cfg.LeaseTTL,
@@ -153,25 +174,35 @@ func runAnalyser(cfg roleConfig) error {
 			var te *TaskError
 			switch {
 			case errors.As(err, &te) && te.Dead:
-				h.log(faultEvent{Ev: evDead, ID: te.ID, Order: te.OrderID, Attempt: te.Attempt, Analyser: cfg.Analyser})
+				h.log(faultEvent{Ev: evDead, ID: te.ID, Order: te.OrderID, Attempt: te.Attempt, Analyser: q.AnalyserOf(te.OrderID)})
 			case errors.As(err, &te):
 			case errors.Is(err, ErrLeaseLost):
-				h.log(faultEvent{Ev: evLost, Analyser: cfg.Analyser, Err: err.Error()})
+				h.log(faultEvent{Ev: evLost, Analyser: errAnalyser, Err: err.Error()})
 			default:
-				h.log(faultEvent{Ev: evPoolErr, Analyser: cfg.Analyser, Err: err.Error(), Kind: errKind(err)})
+				h.log(faultEvent{Ev: evPoolErr, Analyser: errAnalyser, Err: err.Error(), Kind: errKind(err)})
 				logger.Warn("pool error", "err", err)
 			}
 		},
 	}
 	baseline := goleak.IgnoreCurrent()
-	err = q.AnalysePool(ctx, cfg.Analyser, pc, func(ctx context.Context, t Task) (err error) {
+	fn := func(ctx context.Context, t Task) (err error) {
+		// A start is the pool's: the clock reading it checked its lease
+		// with before it made the call, which it also gives the task's ctx
+		// (its deadline less TaskTimeout). The call may get the CPU later:
+		// a process paused in between makes the call when it continues,
+		// as it finishes one paused in the middle (a zombie's tail, see the
+		// checker). A start the pool decided after it continued is stale.
+		begun := time.Now()
+		if dl, ok := ctx.Deadline(); ok {
+			begun = dl.Add(-faultTaskTimeout)
+		}
 		order, seq, mark, perr := parsePayload(t.Payload)
 		if perr != nil {
 			return perr
 		}
-		ev := faultEvent{ID: t.ID, Order: order, Seq: seq, Attempt: t.Attempt, Analyser: cfg.Analyser}
+		ev := faultEvent{ID: t.ID, Order: order, Seq: seq, Attempt: t.Attempt, Analyser: q.AnalyserOf(t.OrderID)}
 		ev.Ev = evStart
-		h.log(ev)
+		h.logAt(ev, begun)
 		ev.Ev, ev.Result = evFinish, "ok"
 		defer func() {
 			if r := recover(); r != nil {
@@ -209,15 +240,20 @@ func runAnalyser(cfg roleConfig) error {
 			return errors.New("injected error")
 		}
 		return nil
-	})
+	}
+	if cfg.Group != "" {
+		err = q.JoinGroup(ctx, cfg.Group, GroupConfig{Member: cfg.Member, Weight: cfg.Weight, SessionTTL: cfg.SessionTTL, Pool: pc}, fn)
+	} else {
+		err = q.AnalysePool(ctx, cfg.Analyser, pc, fn)
+	}
 	if err == nil {
-		// AnalysePool joined everything it started: only this process's
-		// own goroutines may be left.
+		// AnalysePool and JoinGroup join everything they start: only this
+		// process's own goroutines may be left.
 		if lerr := goleak.Find(baseline); lerr != nil {
-			h.log(faultEvent{Ev: evLeak, Analyser: cfg.Analyser, Err: lerr.Error()})
+			h.log(faultEvent{Ev: evLeak, Analyser: errAnalyser, Err: lerr.Error()})
 		}
 	}
-	h.log(faultEvent{Ev: evExit, Analyser: cfg.Analyser})
+	h.log(faultEvent{Ev: evExit, Analyser: errAnalyser})
 	return err
 }
 
@@ -282,6 +318,25 @@ func runProducer(cfg roleConfig) error {
 		n int
 	}
 	var begun atomic.Int64 // tasks this producer began to add
+	var paced atomic.Int64 // adds that waited for their slot
+	start := time.Now()
+	unpaced := make(chan os.Signal, 1)
+	signal.Notify(unpaced, syscall.SIGUSR1)
+	defer signal.Stop(unpaced)
+	var fast atomic.Bool // SIGUSR1 came
+	pace := func() {
+		if cfg.Rate <= 0 || fast.Load() {
+			return
+		}
+		n := paced.Add(1) - 1
+		slot := time.NewTimer(time.Until(start.Add(time.Duration(n) * time.Second / time.Duration(cfg.Rate))))
+		defer slot.Stop()
+		select {
+		case <-slot.C:
+		case <-unpaced:
+			fast.Store(true)
+		}
+	}
 	for gi := 0; gi < g; gi++ {
 		wg.Add(1)
 		go func() {
@@ -325,6 +380,7 @@ func runProducer(cfg roleConfig) error {
 							time.Sleep(time.Hour)
 						}
 					}
+					pace()
 					order := uint64(cfg.FirstOrder + o)
 					mark := "x" + strings.Repeat("p", cfg.PayloadPad)
 					if cfg.Poison != "" && order == 0 && seq == cfg.PoisonAt {

@@ -1,0 +1,88 @@
+package queue
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// Tests of the fault suite's recording connection (recConn, faultlog_test.go).
+
+// TestRecConnRecordsLeaseTokens takes a lease and acks a task through
+// recording connections, on analyser 3 of 2 servers x 2 queues: the lease
+// grant and the ack in the history carry the lease's fencing token, which
+// the checker compares across processes to find stale starts and late
+// acks, and the analyser whose keys the call touched (a group member
+// serves many analysers over the same connections).
+func TestRecConnRecordsLeaseTokens(t *testing.T) {
+	ctx := context.Background()
+	h, err := openHistory(filepath.Join(t.TempDir(), "h.jsonl"))
+	require.NoError(t, err)
+	t.Cleanup(func() { h.f.Close() })
+	var pools []*redis.Pool
+	for _, s := range newTestServers(t, 2) {
+		pool := &redis.Pool{DialContext: func(ctx context.Context) (redis.Conn, error) {
+			c, err := redis.DialURLContext(ctx, s.url)
+			if err != nil {
+				return nil, err
+			}
+			return &recConn{Conn: c, h: h, partitions: 2}, nil
+		}}
+		t.Cleanup(func() { pool.Close() })
+		pools = append(pools, pool)
+	}
+	q, err := New(pools, Config{Prefix: testPrefix(t), Queues: 2})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+
+	const analyser = 3 // partition 1, queue 1
+	_, err = q.AddTask(ctx, 7, []byte("x"))
+	require.NoError(t, err)
+	require.Equal(t, analyser, q.AnalyserOf(7))
+	c, err := q.Consume(ctx, analyser, ConsumerConfig{})
+	require.NoError(t, err)
+	tasks, err := c.Claim(ctx, 1)
+	require.NoError(t, err)
+	require.Len(t, tasks, 1)
+	_, err = c.Ack(ctx, tasks[0].ID)
+	require.NoError(t, err)
+	require.NoError(t, c.Release(ctx))
+
+	require.Positive(t, c.Token())
+	evs, err := readHistory(h.f.Name())
+	require.NoError(t, err)
+	var got []faultEvent
+	for _, e := range evs {
+		got = append(got, faultEvent{Ev: e.Ev, Token: e.Token, Analyser: e.Analyser, Result: e.Result, N: e.N})
+	}
+	assert.Equal(t, []faultEvent{
+		{Ev: evLease, Token: c.Token(), Analyser: analyser},
+		{Ev: evAck, Token: c.Token(), Analyser: analyser, Result: "ok", N: 1},
+	}, got)
+}
+
+func TestAnalyserOfKey(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		key        any
+		partitions int
+		want       int
+	}{
+		{newQueueKeys("fault", 0, 0).lease, 1, 0},
+		{newQueueKeys("fault", 0, 11).pending, 1, 11},
+		{newQueueKeys("a:b:c", 1, 2).lease, 2, 5}, // a prefix with colons
+		{newQueueKeys("p", 2, 3).meta, 3, 11},
+		{newQueueKeys("p", 3, 0).lease, 3, -1}, // no such partition
+		{"{p:0.x}:lease", 1, -1},
+		{"p:0.0:lease", 1, -1},
+		{"{p:0.0:lease", 1, -1},
+		{[]byte("{p:0.0}:lease"), 1, -1}, // the library passes keys as strings
+	}
+	for _, tc := range tests {
+		assert.Equal(t, tc.want, analyserOfKey(tc.key, tc.partitions), "%v", tc.key)
+	}
+}
