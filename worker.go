@@ -127,6 +127,11 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) {
 				return
 			}
 			start = time.Now() // recording took a round trip
+			if !s.leaseValid(start) {
+				// The round trip outlasted the lease (a stall, a pause).
+				s.loseLease()
+				return
+			}
 		}
 		err = s.analyse(t.Task, start)
 		if s.cfg.OnDone != nil {
