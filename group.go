@@ -161,8 +161,10 @@ func (r *groupRun) run(ctx context.Context) error {
 	}
 	b.reset()
 	var nb backoff
-	joined := false
+	joined := false // a heartbeat was answered
+	sent := false   // one was sent: its reply lost, the member may be in all the same
 	for runCtx.Err() == nil {
+		sent = true
 		beat, err := r.g.beat(runCtx, r.cfg.Member, r.cfg.Weight, "beat", r.gen)
 		if err != nil {
 			if runCtx.Err() != nil {
@@ -196,7 +198,7 @@ func (r *groupRun) run(ctx context.Context) error {
 	}
 	// Leave first, so that the others start waiting on the queues' leases
 	// and take each one the moment its pool here releases it.
-	if joined {
+	if sent {
 		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.SessionTTL)
 		if _, err := r.g.beat(lctx, r.cfg.Member, r.cfg.Weight, "leave", 0); err != nil {
 			r.report(err) // the session runs out by itself

@@ -10,18 +10,23 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// replyLostConn runs the acquire script in Redis and then loses its
-// reply, once: it calls lost (to end the caller's ctx, say), then
-// returns err.
+// replyLostConn runs a script (the acquire script unless name says
+// another) in Redis and then loses its reply, once: it calls lost (to end
+// the caller's ctx, say), then returns err.
 type replyLostConn struct {
 	redis.Conn
 	lose *bool
 	lost func()
 	err  error
+	name string
 }
 
 func (c replyLostConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
-	if *c.lose && (cmd == "EVALSHA" && args[0] == acquireScript.Hash() || cmd == "EVAL" && args[0] == scriptSources["acquire"]) {
+	name := c.name
+	if name == "" {
+		name = "acquire"
+	}
+	if *c.lose && (cmd == "EVALSHA" && args[0] == scriptHash(name) || cmd == "EVAL" && args[0] == scriptSources[name]) {
 		if _, err := c.Conn.Do(cmd, args...); err != nil { // Redis runs it (or asks for EVAL)
 			return nil, err
 		}
@@ -39,6 +44,11 @@ func (c replyLostConn) ReceiveContext(ctx context.Context) (any, error) {
 // replyLostQueue returns a one-queue Queue whose first acquisition's
 // reply is lost as replyLostConn says, its server and its keys.
 func replyLostQueue(t *testing.T, lost func(), err error) (*Queue, *testServer, queueKeys) {
+	return replyLostScript(t, "acquire", lost, err)
+}
+
+// replyLostScript is replyLostQueue for the script named.
+func replyLostScript(t *testing.T, name string, lost func(), err error) (*Queue, *testServer, queueKeys) {
 	t.Helper()
 	_, servers := newTestQueue(t, 1, Config{})
 	lose := true
@@ -47,7 +57,7 @@ func replyLostQueue(t *testing.T, lost func(), err error) (*Queue, *testServer, 
 		if err != nil {
 			return nil, err
 		}
-		return replyLostConn{Conn: c, lose: &lose, lost: lost, err: err}, nil
+		return replyLostConn{Conn: c, lose: &lose, lost: lost, err: err, name: name}, nil
 	}}
 	t.Cleanup(func() { pool.Close() })
 	q, qerr := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
@@ -86,4 +96,21 @@ func TestAcquireRetakesALeaseWhoseReplyWasLost(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, st.value(), v, "the retry took the lease over, with a value of its own")
 	require.NoError(t, st.release(context.Background()))
+}
+
+// scriptHash is the SHA1 EVALSHA names the script name with.
+func scriptHash(name string) string {
+	return redis.NewScript(0, scriptSources[name]).Hash()
+}
+
+// A member whose first heartbeat's reply is lost as its ctx ends may be
+// in the group all the same: it leaves, so that its share does not sit
+// idle for a session.
+func TestJoinGroupLeavesAfterAFirstBeatWhoseReplyWasLost(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	q, _, _ := replyLostScript(t, "group-beat", cancel, context.Canceled)
+	require.NoError(t, q.JoinGroup(ctx, "g", GroupConfig{Member: "m"}, func(context.Context, Task) error { return nil }))
+	st, err := q.GroupStatus(context.Background(), "g")
+	require.NoError(t, err)
+	require.Empty(t, st.Members, "the member left")
 }
