@@ -255,10 +255,18 @@ func TestLayoutRecheckedWithEveryLease(t *testing.T) {
 	errc := runPool(ctx, q1, PoolConfig{LeaseTTL: time.Second, OnError: func(error) {}}, rec.fn(nil))
 	require.Eventually(t, func() bool { return len(rec.order(1)) == 1 }, 5*time.Second, time.Millisecond)
 
-	// The server forgets everything; a process with Q=2 comes first.
+	// The server forgets everything and a process with Q=2 comes first:
+	// in one transaction, so that the running pool, which takes its lease
+	// again at once, cannot record its own layout in between.
+	c := servers[0].pool.Get()
+	require.NoError(t, c.Send("MULTI"))
 	for _, k := range scanKeys(t, servers[0], q1.cfg.Prefix) { // this test's keys only: the server may be shared
-		servers[0].do(t, "DEL", k)
+		require.NoError(t, c.Send("DEL", k))
 	}
+	require.NoError(t, c.Send("HSET", layoutKey(q1.cfg.Prefix), "partitions", 1, "queues", 2, "index", 0))
+	_, err = c.Do("EXEC")
+	require.NoError(t, err)
+	c.Close()
 	pools := []*redis.Pool{servers[0].pool}
 	q2, err := New(pools, Config{Prefix: q1.cfg.Prefix, Queues: 2})
 	require.NoError(t, err)
