@@ -304,7 +304,7 @@ func ExampleQueue_Consume() {
 	// crash on.
 	mr.FastForward(leaseTTL)
 
-	err = q.AnalysePool(ctx, 0, queue.PoolConfig{LeaseTTL: leaseTTL, ExitOnEmpty: true},
+	err = q.AnalysePool(ctx, 0, queue.PoolConfig{ExitOnEmpty: true},
 		func(ctx context.Context, t queue.Task) error {
 			fmt.Printf("analysed %s, attempt %d\n", t.Payload, t.Attempt)
 			return nil
