@@ -174,12 +174,19 @@ return 1
 // try takes such a lease as its own (by its nonce), and an acquire that
 // gives up abandons it.
 func (s *store) tryAcquire(ctx context.Context) (ok bool, left time.Duration, holder string, err error) {
-	nonce := newNonce()
-	r, err := redis.Values(s.script(ctx, "acquire lease of", acquireScript, s.keys.lease, s.keys.meta, s.owner, s.ttlMS, nonce, s.value(), s.unanswered))
+	// Every try until one is answered carries the same nonce: any of them
+	// may be the one that took the lease.
+	nonce, lost := s.unanswered, ""
+	if nonce == "" {
+		nonce = newNonce()
+	} else {
+		lost = s.nonceSuffix(nonce)
+	}
+	r, err := redis.Values(s.script(ctx, "acquire lease of", acquireScript, s.keys.lease, s.keys.meta, s.owner, s.ttlMS, nonce, s.value(), lost))
 	if err != nil {
 		// Maybe taken, maybe not (an error reply took nothing, and then
 		// no lease ends with this nonce: no harm done).
-		s.unanswered = "." + nonce + ":" + s.owner
+		s.unanswered = nonce
 		return false, 0, "", err
 	}
 	s.unanswered = ""
@@ -261,10 +268,13 @@ func (s *store) abandon(ctx context.Context) {
 	}
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 	defer cancel()
-	if _, err := s.script(actx, "abandon lease of", abandonScript, s.keys.lease, s.keys.wake, s.unanswered); err == nil {
+	if _, err := s.script(actx, "abandon lease of", abandonScript, s.keys.lease, s.keys.wake, s.nonceSuffix(s.unanswered)); err == nil {
 		s.unanswered = ""
 	}
 }
+
+// nonceSuffix is how a lease value taken with nonce by this store ends.
+func (s *store) nonceSuffix(nonce string) string { return "." + nonce + ":" + s.owner }
 
 // renew extends the lease by the TTL. It returns ErrLeaseLost when the
 // lease is no longer the store's. Costs one round trip.

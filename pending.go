@@ -30,7 +30,7 @@ type store struct {
 	lease       atomic.Pointer[string] // the lease value, once acquired
 	leaseLock   chan struct{}          // one slot: held by renew and refence (lockLease)
 	refencing   string                 // the nonce of a refence not answered yet (under leaseLock)
-	unanswered  string                 // ".<nonce>:<owner>" of the last acquisition whose reply was lost; "" when none
+	unanswered  string                 // the nonce of acquisition tries whose reply was lost, until one is answered; "" when none
 	entrySize   atomic.Int64           // the mean entry size of the last claim (at first, MaxPayload)
 	waiter      *waiter                // the partition's shared waiter, for a pool's idle waits (nil: own connections)
 }

@@ -114,3 +114,57 @@ func TestJoinGroupLeavesAfterAFirstBeatWhoseReplyWasLost(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, st.Members, "the member left")
 }
+
+// twoLostConn runs the first acquire script and loses its reply, then
+// fails the second without running it: the lease is held with the first
+// try's value, which no reply ever told.
+type twoLostConn struct {
+	redis.Conn
+	tries *int
+}
+
+func (c twoLostConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
+	if cmd == "EVALSHA" && args[0] == acquireScript.Hash() || cmd == "EVAL" && args[0] == scriptSources["acquire"] {
+		switch *c.tries {
+		case 0:
+			if _, err := c.Conn.Do(cmd, args...); err != nil {
+				return nil, err // NOSCRIPT: EVAL comes next
+			}
+			*c.tries++
+			return nil, errors.New("connection reset")
+		case 1:
+			*c.tries++
+			return nil, errors.New("connection refused")
+		}
+	}
+	return redis.DoContext(c.Conn, ctx, cmd, args...)
+}
+
+func (c twoLostConn) ReceiveContext(ctx context.Context) (any, error) {
+	return redis.ReceiveContext(c.Conn, ctx)
+}
+
+// Every try of one acquisition carries the same nonce, so a lease taken by
+// any try whose reply was lost is the acquisition's, not only one taken
+// by the last.
+func TestAcquireRetakesALeaseAnEarlierLostTryTook(t *testing.T) {
+	_, servers := newTestQueue(t, 1, Config{})
+	tries := 0
+	pool := &redis.Pool{DialContext: func(ctx context.Context) (redis.Conn, error) {
+		c, err := redis.DialURLContext(ctx, servers[0].url)
+		return twoLostConn{c, &tries}, err
+	}}
+	defer pool.Close()
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
+	require.NoError(t, err)
+	defer q.Close()
+	st, err := q.newStore(context.Background(), 0, 5*time.Second, 5, "me")
+	require.NoError(t, err)
+	start := time.Now()
+	require.NoError(t, st.acquire(context.Background(), func(error) {}, nil))
+	require.Less(t, time.Since(start), 4*time.Second, "not after the lease's expiry")
+	require.Equal(t, 2, tries)
+	v, err := redis.String(servers[0].do(t, "GET", newQueueKeys(q.cfg.Prefix, 0, 0).lease), nil)
+	require.NoError(t, err)
+	require.Equal(t, st.value(), v)
+}
