@@ -230,6 +230,11 @@
 // claim-sequence record is lost, its place among its OrderID's tasks
 // unknown (the pool reports [ErrMalformed] through OnError).
 //
+// An acquisition whose reply does not arrive may have taken the lease all
+// the same: the next try, which carries the same nonce, takes such a lease
+// as its own, and a pool stopped meanwhile gives it up with a wake-up, so
+// no lease is held by a process that does not know it.
+//
 // A claim whose reply does not arrive (a reset connection, or no reply
 // within the read timeout, [Config].ReadTimeout for Dial's pools) may have
 // been made all the same. The pool then claims nothing more until its
