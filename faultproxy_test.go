@@ -95,7 +95,13 @@ func (p *faultProxy) accept() {
 		p.mu.Lock()
 		p.pairs[pp] = struct{}{}
 		p.mu.Unlock()
+		// An outage may have begun since the check above, its resets
+		// missing this pair: the check again, after it is registered,
+		// closes that gap (setDown sets down before it resets).
 		p.wg.Add(2)
+		if p.down.Load() {
+			pp.close(true)
+		}
 		go p.pumpUp(pp)
 		go p.pumpDown(pp)
 	}

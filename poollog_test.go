@@ -117,7 +117,7 @@ func TestPoolLogsAnOutageOnce(t *testing.T) {
 	require.Eventually(t, func() bool { return len(h.lines("lost redis")) >= 1 }, 5*time.Second, time.Millisecond)
 	time.Sleep(2 * time.Second) // retries by the fetcher, the renewer, the standby...
 	p.setDown(false)
-	require.Eventually(t, func() bool { return len(h.lines("redis is back")) == 1 }, 15*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return len(h.lines("redis is back")) == 1 }, 15*time.Second, time.Millisecond, "%s", h)
 	require.Eventually(t, func() bool { return len(h.lines("took the lease")) == 2 }, 15*time.Second, time.Millisecond, "%s", h)
 	cancel()
 	require.NoError(t, receive(t, errc))
