@@ -330,8 +330,11 @@ func testPoolOrderUnderFailures(t *testing.T, orders int, cfg PoolConfig) {
 	assert.EqualValues(t, total-len(dead), sum(counters.Processed()))
 	assert.EqualValues(t, len(dead), sum(counters.Failed()))
 	if cfg.MinWorkers < cfg.MaxWorkers {
-		// 20 OrderIDs' tasks wait out TaskTimeout, 4 workers at first.
-		assert.NotEmpty(t, logs.lines("queue: workers grown"), "the pool grew")
+		// Whether it grows depends on timing (a worker left free while
+		// the others wait out TaskTimeout grows nothing): growth itself is
+		// TestElasticPoolGrowsAndShrinks's to assert; this one checks
+		// order through whatever resizes happened.
+		t.Logf("workers grown %d times, shrunk %d times", len(logs.lines("queue: workers grown")), len(logs.lines("queue: workers shrunk")))
 	}
 	assert.Zero(t, counters.Workers(), "no worker is left")
 }
