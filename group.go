@@ -231,28 +231,21 @@ func (r *groupRun) assign(ctx context.Context, fail context.CancelCauseFunc, bea
 	if slices.Equal(beat.analysers, r.mine) && !first {
 		return
 	}
-	want := map[int]bool{}
-	for _, a := range beat.analysers {
-		want[a] = true
-	}
+	// Both lists are sorted (parseAnalysers sorts).
 	var added, removed []int
 	for _, a := range r.mine {
-		if !want[a] {
+		if _, in := slices.BinarySearch(beat.analysers, a); !in {
 			removed = append(removed, a)
 			r.pools[a].stop()
 		}
 	}
-	had := map[int]bool{}
-	for _, a := range r.mine {
-		had[a] = true
-	}
 	for _, a := range beat.analysers {
-		if !had[a] {
+		if _, in := slices.BinarySearch(r.mine, a); !in {
 			added = append(added, a)
 			r.start(ctx, fail, a)
 		}
 	}
-	r.mine = slices.Clip(append([]int{}, beat.analysers...))
+	r.mine = slices.Clone(beat.analysers)
 	if len(added)+len(removed) > 0 {
 		r.log.Info("queue: group assignment changed", "group", r.g.name, "member", r.cfg.Member,
 			"generation", beat.gen, "analysers", len(r.mine), "added", added, "removed", removed)

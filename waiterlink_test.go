@@ -40,11 +40,7 @@ func TestWaiterLostConnectionLosesNoWakeUp(t *testing.T) {
 	for _, sub := range []bool{true, false} {
 		name := map[bool]string{true: "subscriber", false: "tracking"}[sub]
 		t.Run(name, func(t *testing.T) {
-			s := newTestServers(t, 1)[0]
-			pool, d := countedPool(s.url, 4)
-			q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
-			require.NoError(t, err)
-			t.Cleanup(func() { q.Close(); pool.Close() })
+			q, s, d := countedQueue(t)
 			w := q.waiters[0].retain()
 			defer w.release()
 			key := newQueueKeys(q.cfg.Prefix, 0, 0).ready
@@ -121,11 +117,7 @@ func TestWaiterLostConnectionPoolPicksUp(t *testing.T) {
 // with a null instead of key names: every wait wakes.
 func TestWaiterFlushWakesAll(t *testing.T) {
 	needRealRedis(t)
-	s := newTestServers(t, 1)[0]
-	pool, d := countedPool(s.url, 4)
-	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
-	require.NoError(t, err)
-	t.Cleanup(func() { q.Close(); pool.Close() })
+	q, s, d := countedQueue(t)
 	w := q.waiters[0].retain()
 	defer w.release()
 	ch := make(chan awoke, 1)
@@ -137,9 +129,9 @@ func TestWaiterFlushWakesAll(t *testing.T) {
 	}()
 	require.Eventually(t, func() bool { return len(waiterClients(t, s, d)) == 2 }, 5*time.Second, 5*time.Millisecond)
 	time.Sleep(20 * time.Millisecond)
-	c := pool.Get()
+	c := s.pool.Get() // left on database 15: the pool is this test's alone
 	defer c.Close()
-	_, err = c.Do("SELECT", 15) // a database no test uses: an empty flush is told all the same
+	_, err := c.Do("SELECT", 15) // a database no test uses: an empty flush is told all the same
 	require.NoError(t, err)
 	_, err = c.Do("FLUSHDB")
 	require.NoError(t, err)
@@ -157,11 +149,7 @@ func TestWaiterFlushWakesAll(t *testing.T) {
 // at the next recheck but one.
 func TestWaiterUnansweredWaitsEnd(t *testing.T) {
 	needRealRedis(t)
-	s := newTestServers(t, 1)[0]
-	pool, d := countedPool(s.url, 4)
-	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
-	require.NoError(t, err)
-	t.Cleanup(func() { q.Close(); pool.Close() })
+	q, s, d := countedQueue(t)
 	w := q.waiters[0].retain()
 	defer w.release()
 	key := newQueueKeys(q.cfg.Prefix, 0, 0).ready
@@ -194,4 +182,17 @@ func TestWaiterUnansweredWaitsEnd(t *testing.T) {
 	// Two rechecks at most, and before the pause ends (then the reads
 	// are answered and the waits would go on).
 	assert.Less(t, time.Since(paused), 3500*time.Millisecond, "both ended before the pause did")
+}
+
+// countedQueue returns a one-queue Queue over a test server through a
+// counted pool (MaxIdle 4), the server and the pool's dialer; both are
+// closed when t ends.
+func countedQueue(t *testing.T) (*Queue, *testServer, *countedDialer) {
+	t.Helper()
+	s := newTestServers(t, 1)[0]
+	pool, d := countedPool(s.url, 4)
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close(); pool.Close() })
+	return q, s, d
 }
