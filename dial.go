@@ -12,15 +12,36 @@ import (
 	"github.com/gomodule/redigo/redis"
 )
 
-// redisURL is what Dial reads from a redis:// or rediss:// URL.
+// topology is the kind of Redis a URL names.
+type topology int
+
+const (
+	standalone topology = iota // one server: redis://, rediss://
+	cluster                    // a Redis Cluster: redis+cluster://, rediss+cluster://
+	sentinel                   // a primary watched by Sentinel: redis+sentinel://, rediss+sentinel://
+)
+
+// redisURL is what Dial reads from a URL.
 type redisURL struct {
-	addr           string // host:port
+	topo           topology
+	addr           string   // standalone: host:port
+	addrs          []string // cluster: seed nodes; sentinel: the sentinels
+	primary        string   // sentinel: the name the sentinels know the primary by
 	tls            bool
 	user, password string
 	db             int
+	// The sentinels' own credentials (sentinel_user, sentinel_password in
+	// the query): none when unset, as sentinels often have none.
+	sentinelUser, sentinelPassword string
 }
 
-// parseRedisURL reads a redis:// or rediss:// URL (scheme in any case).
+// parseRedisURL reads a URL of one of the forms Dial takes (scheme in any
+// case):
+//
+//	redis://[[user]:password@]host[:port][/db]          rediss:// for TLS
+//	redis+cluster://[[user]:password@]host[:port][,host[:port]...][/0]
+//	redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/primary[/db][?sentinel_user=u&sentinel_password=p]
+//
 // Its errors never quote the URL or any part of it: the URL may hold a
 // password, and so may a piece of one that does not parse.
 func parseRedisURL(raw string) (redisURL, error) {
@@ -29,24 +50,50 @@ func parseRedisURL(raw string) (redisURL, error) {
 	if err != nil {
 		return r, errors.New("URL does not parse")
 	}
-	switch strings.ToLower(u.Scheme) { // url.Parse lowers it; be sure
+	scheme := strings.ToLower(u.Scheme) // url.Parse lowers it; be sure
+	base, kind, _ := strings.Cut(scheme, "+")
+	switch base {
 	case "redis":
 	case "rediss":
 		r.tls = true
 	default:
-		return r, errors.New("URL is not redis:// or rediss://")
+		return r, errors.New("URL is not redis://, rediss://, redis+cluster:// or redis+sentinel://")
+	}
+	defaultPort := "6379"
+	switch kind {
+	case "":
+		if strings.Contains(scheme, "+") {
+			return r, errors.New("URL is not redis://, rediss://, redis+cluster:// or redis+sentinel://")
+		}
+	case "cluster":
+		r.topo = cluster
+	case "sentinel":
+		r.topo, defaultPort = sentinel, "26379"
+	default:
+		return r, errors.New("URL is not redis://, rediss://, redis+cluster:// or redis+sentinel://")
 	}
 	if u.Opaque != "" {
-		return r, errors.New("URL is not redis:// or rediss://")
+		return r, errors.New("URL has no host")
 	}
-	host, port, err := net.SplitHostPort(u.Host)
-	if err != nil { // no port
-		host, port = u.Host, "6379"
+	for _, h := range strings.Split(u.Host, ",") {
+		host, port, err := net.SplitHostPort(h)
+		if err != nil { // no port
+			host, port = h, defaultPort
+		}
+		if host == "" {
+			if r.topo != standalone {
+				return r, errors.New("URL has an empty host in its list")
+			}
+			host = "localhost"
+		}
+		r.addrs = append(r.addrs, net.JoinHostPort(host, port))
 	}
-	if host == "" {
-		host = "localhost"
+	if r.topo == standalone {
+		if len(r.addrs) != 1 {
+			return r, errors.New("URL names several hosts: use redis+cluster:// or redis+sentinel://")
+		}
+		r.addr, r.addrs = r.addrs[0], nil
 	}
-	r.addr = net.JoinHostPort(host, port)
 	if u.User != nil {
 		pw, set := u.User.Password()
 		r.user, r.password = u.User.Username(), pw
@@ -54,14 +101,51 @@ func parseRedisURL(raw string) (redisURL, error) {
 			r.user, r.password = "", r.user
 		}
 	}
-	if path := strings.TrimPrefix(u.Path, "/"); path != "" {
+	path := strings.TrimPrefix(u.Path, "/")
+	if r.topo == sentinel {
+		r.primary, path, _ = strings.Cut(path, "/")
+		if r.primary == "" {
+			return r, errors.New("URL names no primary: redis+sentinel://host:port/name")
+		}
+	}
+	if path != "" {
 		db, err := strconv.Atoi(path)
 		if err != nil || db < 0 {
 			return r, errors.New("URL's path is not a database number")
 		}
+		if r.topo == cluster && db != 0 {
+			return r, errors.New("a Redis Cluster has database 0 only")
+		}
 		r.db = db
 	}
+	query := u.Query()
+	for k := range query {
+		switch {
+		case r.topo == sentinel && (k == "sentinel_user" || k == "sentinel_password"):
+		default:
+			return r, errors.New("URL has an unknown query parameter")
+		}
+	}
+	r.sentinelUser, r.sentinelPassword = query.Get("sentinel_user"), query.Get("sentinel_password")
 	return r, nil
+}
+
+// SplitURLs splits a comma-separated list of URLs, as the -redis flags of
+// the commands take it, into one URL per partition. A piece without a
+// scheme ("host:port") continues the host list of the URL before it, so
+// "redis+cluster://a:7000,b:7001,redis://c:6379" is two URLs. Pieces are
+// trimmed of spaces; an empty one is kept, for the caller to refuse.
+func SplitURLs(list string) []string {
+	var out []string
+	for _, piece := range strings.Split(list, ",") {
+		piece = strings.TrimSpace(piece)
+		if len(out) > 0 && piece != "" && !strings.Contains(piece, "://") {
+			out[len(out)-1] += "," + piece
+			continue
+		}
+		out = append(out, piece)
+	}
+	return out
 }
 
 // RedactURL returns a Redis URL as it may be shown in a log line or an
@@ -74,6 +158,10 @@ func RedactURL(raw string) string {
 		return "(a URL that does not parse)"
 	}
 	u.User = nil
+	if q := u.Query(); q.Has("sentinel_password") {
+		q.Set("sentinel_password", "redacted")
+		u.RawQuery = q.Encode()
+	}
 	return u.String()
 }
 

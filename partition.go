@@ -70,6 +70,16 @@ func (k queueKeys) dedup(orderID uint64, key string) string {
 // partitions (R), queues (Q) and this server's index.
 func layoutKey(prefix string) string { return prefix + ":layout" }
 
+// layoutKeyOf names the layout hash of partition p: the server's, or on a
+// Redis Cluster, where all partitions share one keyspace, one hash per
+// partition ("P:layout:I").
+func (q *Queue) layoutKeyOf(p *partition) string {
+	if p.cluster {
+		return layoutKey(q.cfg.Prefix) + ":" + strconv.Itoa(p.index)
+	}
+	return layoutKey(q.cfg.Prefix)
+}
+
 // layoutScript records the layout on first use and compares it afterwards.
 //
 //	KEYS[1] = layout hash
@@ -91,6 +101,7 @@ return 'partitions=' .. tostring(got[1]) .. ' queues=' .. tostring(got[2]) .. ' 
 type partition struct {
 	index   int
 	pool    *redis.Pool
+	cluster bool // pool routes to a Redis Cluster (clusterPool)
 	checked atomic.Bool // the layout was verified on this server
 	checkMu sync.Mutex  // one layout check at a time
 }
@@ -122,7 +133,7 @@ func (q *Queue) checkLayout(ctx context.Context, p *partition) error {
 // on conn.
 func (q *Queue) layoutOn(ctx context.Context, conn redis.Conn, p *partition) error {
 	want := [3]int{len(q.parts), q.cfg.Queues, p.index}
-	got, err := redis.String(layoutScript.DoContext(ctx, conn, layoutKey(q.cfg.Prefix), want[0], want[1], want[2]))
+	got, err := redis.String(layoutScript.DoContext(ctx, conn, q.layoutKeyOf(p), want[0], want[1], want[2]))
 	if err != nil {
 		return redisErr(fmt.Sprintf("check layout of partition %d", p.index), err)
 	}
@@ -170,7 +181,7 @@ func (q *Queue) verifyLayout(ctx context.Context, p *partition) error {
 	}
 	what := fmt.Sprintf("check layout of partition %d", p.index)
 	got, err := onPartition(ctx, p, what, func(c redis.Conn) ([]string, error) {
-		return redis.Strings(redis.DoContext(c, ctx, "HMGET", layoutKey(q.cfg.Prefix), "partitions", "queues", "index"))
+		return redis.Strings(redis.DoContext(c, ctx, "HMGET", q.layoutKeyOf(p), "partitions", "queues", "index"))
 	})
 	if err != nil {
 		return err

@@ -107,6 +107,7 @@ type Queue struct {
 	cfg      Config
 	parts    []*partition
 	ownPools bool // Close closes the pools (they were made by Dial)
+	closers  []func() error // Dial's: cluster routers and sentinel watchers, closed after the pools
 	ids      idSource
 	closed   atomic.Bool
 	adders   []adder    // one per partition: coalesces concurrent AddTask calls
@@ -133,7 +134,7 @@ func New(pools []*redis.Pool, cfg Config) (*Queue, error) {
 		if p == nil {
 			return nil, fmt.Errorf("%w: pool %d is nil", ErrBadConfig, i)
 		}
-		q.parts[i] = &partition{index: i, pool: p}
+		q.parts[i] = &partition{index: i, pool: p, cluster: isClusterPool(p)}
 		q.waiters = append(q.waiters, newWaiter(q.parts[i]))
 		q.ready = append(q.ready, make([]string, cfg.Queues))
 		for qi := range q.ready[i] {
@@ -172,26 +173,57 @@ func Dial(ctx context.Context, urls []string, cfg Config) (*Queue, error) {
 		}
 	}
 	pools := make([]*redis.Pool, len(urls))
+	var closers []func() error // what Close stops besides the pools: routers, sentinel watchers
 	closeAll := func() {
 		for _, p := range pools {
 			if p != nil {
 				p.Close()
 			}
 		}
+		for _, c := range closers {
+			c()
+		}
 	}
 	// A new connection may follow a restart of the server that lost the
 	// layout it had recorded: on a partition whose layout this process has
 	// verified, every new connection checks it again (recording it again
-	// when the server lost it) before it is used.
+	// when the server lost it) before it is used. (On a cluster, a
+	// connection is not a server's: there the check is made once.)
 	var made atomic.Pointer[Queue]
-	for i, t := range targets {
-		pools[i] = newPool(t, cfg, func(ctx context.Context, c redis.Conn) error {
+	recheck := func(i int) func(context.Context, redis.Conn) error {
+		return func(ctx context.Context, c redis.Conn) error {
 			if q := made.Load(); q != nil && q.parts[i].checked.Load() {
 				return q.layoutOn(ctx, c, q.parts[i])
 			}
 			return nil
-		})
-		if err := ping(ctx, pools[i]); err != nil {
+		}
+	}
+	routers := map[string]*clusterRouter{} // partitions on one cluster share its router
+	for i, t := range targets {
+		var err error
+		switch t.topo {
+		case standalone:
+			pools[i] = newPool(t, cfg, recheck(i))
+			err = ping(ctx, pools[i])
+		case cluster:
+			key := t.clusterKey()
+			r := routers[key]
+			if r == nil {
+				if r, err = newClusterRouter(ctx, t, cfg); err != nil {
+					break
+				}
+				routers[key] = r
+				closers = append(closers, r.close)
+			}
+			pools[i] = r.partitionPool(nil)
+		case sentinel:
+			var stop func() error
+			pools[i], stop, err = newSentinelPool(ctx, t, cfg, recheck(i))
+			if stop != nil {
+				closers = append(closers, stop)
+			}
+		}
+		if err != nil {
 			closeAll()
 			return nil, fmt.Errorf("queue: dial partition %d: %w", i, err)
 		}
@@ -201,6 +233,7 @@ func Dial(ctx context.Context, urls []string, cfg Config) (*Queue, error) {
 		closeAll()
 		return nil, err
 	}
+	q.closers = closers
 	made.Store(q)
 	q.ownPools = true
 	return q, nil
@@ -225,6 +258,9 @@ func (q *Queue) Close() error {
 	var errs []error
 	for _, p := range q.parts {
 		errs = append(errs, p.pool.Close())
+	}
+	for _, c := range q.closers {
+		errs = append(errs, c())
 	}
 	return errors.Join(errs...)
 }
