@@ -50,8 +50,9 @@ const clusterSlots = 16384
 // takes (a node timeout plus an election).
 const clusterRetryFor = 20 * time.Second
 
-// maxRedirects bounds the MOVED and ASK replies followed for one command.
-const maxRedirects = 16
+// quickRedirects is how many MOVED and ASK replies are followed at once
+// for one command; later ones wait the backoff first.
+const quickRedirects = 3
 
 // keySlot returns the hash slot of key: CRC16 (XMODEM) of its hash tag
 // (the part between the first '{' and the next '}', when not empty), or
@@ -409,7 +410,7 @@ func parseClusterShards(reply []any, asked string) (*slotMap, error) {
 					return nil, fmt.Errorf("CLUSTER SHARDS nodes: %w", err)
 				}
 				for _, n := range nodes {
-					kv, err := redis.StringMap(n, nil)
+					kv, err := fieldMap(n)
 					if err != nil {
 						return nil, fmt.Errorf("CLUSTER SHARDS node: %w", err)
 					}
@@ -439,6 +440,29 @@ func parseClusterShards(reply []any, asked string) (*slotMap, error) {
 	}
 	if len(m.primaries) == 0 {
 		return nil, errors.New("CLUSTER SHARDS: no primary serves a slot")
+	}
+	return m, nil
+}
+
+// fieldMap reads a flat list of field names and values (strings or
+// integers) as a map of strings.
+func fieldMap(v any) (map[string]string, error) {
+	list, err := redis.Values(v, nil)
+	if err != nil {
+		return nil, err
+	}
+	m := make(map[string]string, len(list)/2)
+	for i := 0; i+1 < len(list); i += 2 {
+		k, err := redis.String(list[i], nil)
+		if err != nil {
+			return nil, err
+		}
+		switch x := list[i+1].(type) {
+		case int64:
+			m[k] = strconv.FormatInt(x, 10)
+		case []byte:
+			m[k] = string(x)
+		}
 	}
 	return m, nil
 }
@@ -572,16 +596,18 @@ func (r *clusterRouter) do(ctx context.Context, cmd string, args []any) (any, er
 		}
 		switch kind {
 		case movedTo, askTo:
-			if redirects++; redirects > maxRedirects {
-				return nil, err
-			}
 			if kind == movedTo {
 				r.moveSlot(movedSlot, target)
 				r.refreshAsync()
 			} else {
 				ask = target
 			}
-			continue
+			// The first redirections are followed at once. More mean the
+			// nodes disagree for a moment (a migration's end reaches them
+			// one by one): they are followed after the backoff.
+			if redirects++; redirects <= quickRedirects {
+				continue
+			}
 		case tryAgain:
 		default:
 			if errors.Is(err, errNodeUnreachable) {
@@ -619,13 +645,10 @@ func (r *clusterRouter) doOn(ctx context.Context, addr string, asking bool, cmd 
 	}
 	defer c.Close()
 	if asking {
+		// Do reads ASKING's reply too, and returns cmd's.
 		if err := c.Send("ASKING"); err != nil {
 			return nil, err
 		}
-		if _, err := doContext(c, ctx, cmd, args...); err != nil {
-			return nil, err // ASKING's own reply, or an error of the connection
-		}
-		return receiveContext(c, ctx)
 	}
 	return doContext(c, ctx, cmd, args...)
 }
