@@ -130,6 +130,13 @@ func parseRedisURL(raw string) (redisURL, error) {
 	return r, nil
 }
 
+// CheckURL reports whether Dial can read url, without contacting it. Its
+// error, like Dial's, never quotes the URL or a piece of it.
+func CheckURL(url string) error {
+	_, err := parseRedisURL(url)
+	return err
+}
+
 // SplitURLs splits a comma-separated list of URLs, as the -redis flags of
 // the commands take it, into one URL per partition. A piece without a
 // scheme ("host:port") continues the host list of the URL before it, so

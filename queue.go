@@ -440,3 +440,11 @@ func (q *Queue) pushPartition(ctx context.Context, pi int, queues [][]any) error
 	}
 	return redisErr(what, first)
 }
+
+// Pool returns the pool of partition i: the one given to New, or the one
+// Dial made. On a Redis Cluster its connections route each command to the
+// primary that serves its key (one key, or keys of one hash slot, per
+// command); on Sentinel they follow the current primary. Use it for keys
+// of your own next to the queue's; the queue keeps ownership of the pools
+// Dial made.
+func (q *Queue) Pool(i int) *redis.Pool { return q.parts[i].pool }

@@ -31,7 +31,7 @@ func defaultGlobals() globals {
 // register adds the global flags to fs, with their current values as
 // defaults, so they may come before or after the command.
 func (g *globals) register(fs *flag.FlagSet) {
-	fs.StringVar(&g.redis, "redis", g.redis, "comma-separated redis:// `URLs`, in partition order")
+	fs.StringVar(&g.redis, "redis", g.redis, "comma-separated Redis `URLs`, in partition order (redis://, rediss://, redis+cluster://, redis+sentinel://)")
 	fs.IntVar(&g.queues, "queues", g.queues, "`Q`, the number of queues on each server")
 	fs.StringVar(&g.prefix, "prefix", g.prefix, "key `prefix` of the queue")
 }
@@ -39,16 +39,14 @@ func (g *globals) register(fs *flag.FlagSet) {
 // urls returns the -redis URLs, one per partition. Its errors name a URL
 // by its index only: URLs may hold passwords.
 func (g *globals) urls() ([]string, error) {
-	parts := strings.Split(g.redis, ",")
+	parts := queue.SplitURLs(g.redis)
 	for i, u := range parts {
-		u = strings.TrimSpace(u)
 		if u == "" {
 			return nil, usagef("-redis: URL %d of %d is empty", i, len(parts))
 		}
-		if scheme := strings.ToLower(u[:min(len(u), len("rediss://"))]); !strings.HasPrefix(scheme, "redis://") && scheme != "rediss://" {
-			return nil, usagef("-redis: URL %d is not redis:// or rediss://", i)
+		if err := queue.CheckURL(u); err != nil {
+			return nil, usagef("-redis: URL %d: %v", i, err)
 		}
-		parts[i] = u
 	}
 	return parts, nil
 }
@@ -68,7 +66,7 @@ func (g *globals) validate() error {
 }
 
 // partitions returns R, the number of -redis URLs. Call validate first.
-func (g *globals) partitions() int { return strings.Count(g.redis, ",") + 1 }
+func (g *globals) partitions() int { return len(queue.SplitURLs(g.redis)) }
 
 // dial connects to every partition and checks, without recording
 // anything, that the layout the servers recorded is the flags' one. When

@@ -66,8 +66,10 @@ Commands:
   help                                  this text
 
 Global flags (also accepted after the command):
-  -redis URLS    comma-separated redis:// or rediss:// URLs, in partition order,
-                 as the producers and analysers use them
+  -redis URLS    comma-separated Redis URLs, in partition order, as the
+                 producers and analysers use them: redis://, rediss:// (TLS),
+                 redis+cluster://host:port,host:port (a Redis Cluster),
+                 redis+sentinel://host:26379,host:26379/primaryname
                  (default $QUEUE_REDIS, else redis://127.0.0.1:6379)
   -queues Q      queues on each server (default 1)
   -prefix P      key prefix of the queue (default "qugo")

@@ -28,6 +28,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/qugo/queue"
 )
 
 // config is what the flags say.
@@ -80,7 +82,7 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.IntVar(&cfg.Weight, "weight", 1, "this member's share of the analysers relative to the others' in -group")
 	cfg.Workers = workerRange{8, 8}
 	fs.Var(&cfg.Workers, "worker", "worker goroutines per analyser: `W`, or a range MIN-MAX that grows under a backlog and shrinks when idle")
-	fs.StringVar(&redisURLs, "redis", "redis://127.0.0.1:6379", "comma-separated Redis `URLs`, in partition order")
+	fs.StringVar(&redisURLs, "redis", "redis://127.0.0.1:6379", "comma-separated Redis `URLs`, in partition order (redis://, rediss://, redis+cluster://, redis+sentinel://)")
 	fs.IntVar(&cfg.Queues, "queues", 1, "queues per Redis server")
 	fs.StringVar(&cfg.Prefix, "prefix", "qugo", "Redis key prefix")
 	fs.StringVar(&cfg.PG, "pg", os.Getenv("DATABASE_URL"), "Postgres `URL` (default $DATABASE_URL)")
@@ -97,8 +99,8 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	if fs.NArg() > 0 {
 		return cfg, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	for _, u := range strings.Split(redisURLs, ",") {
-		if u = strings.TrimSpace(u); u != "" {
+	for _, u := range queue.SplitURLs(redisURLs) {
+		if u != "" {
 			cfg.Redis = append(cfg.Redis, u)
 		}
 	}

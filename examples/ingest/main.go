@@ -18,10 +18,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -60,7 +58,7 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("ingest", flag.ContinueOnError)
 	fs.SetOutput(out)
-	redisURLs := fs.String("redis", "redis://127.0.0.1:6379", "comma-separated Redis URLs, in partition order")
+	redisURLs := fs.String("redis", "redis://127.0.0.1:6379", "comma-separated Redis URLs, in partition order (redis://, rediss://, redis+cluster://, redis+sentinel://)")
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:8080", "address to serve HTTP on")
 	fs.IntVar(&o.queues, "queues", 1, "queues per Redis server (must match the analysers)")
 	fs.StringVar(&o.prefix, "prefix", "qugo", "Redis key prefix (must match the analysers)")
@@ -75,8 +73,8 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
-	for _, u := range strings.Split(*redisURLs, ",") {
-		if u = strings.TrimSpace(u); u != "" {
+	for _, u := range queue.SplitURLs(*redisURLs) {
+		if u != "" {
 			o.redis = append(o.redis, u)
 		}
 	}
@@ -104,25 +102,15 @@ func newApp(ctx context.Context, o options, log *slog.Logger) (*app, error) {
 	// The queue's payload limit follows -max-body, so every body that fits
 	// the limit fits the queue too.
 	maxPayload := int(min(o.maxBody, 256<<20))
-	for i, u := range o.redis { // by index: a URL may hold a password
-		if l := strings.ToLower(u); !strings.HasPrefix(l, "redis://") && !strings.HasPrefix(l, "rediss://") {
-			return nil, fmt.Errorf("-redis: URL %d is not a redis:// or rediss:// URL", i)
-		}
-		if _, err := url.Parse(u); err != nil { // its error would quote the URL
-			return nil, fmt.Errorf("-redis: URL %d does not parse", i)
-		}
-	}
-	pools := dialPools(o.redis)
-	closePools := func() {
-		for _, p := range pools {
-			p.Close()
-		}
-	}
-	q, err := queue.New(pools, queue.Config{Prefix: o.prefix, Queues: o.queues, MaxPayload: maxPayload})
+	q, err := queue.Dial(ctx, o.redis, queue.Config{Prefix: o.prefix, Queues: o.queues, MaxPayload: maxPayload})
 	if err != nil {
-		closePools()
-		return nil, err
+		return nil, fmt.Errorf("-redis: %w", err) // Dial's errors name a URL by its index only
 	}
+	pools := make([]*redis.Pool, len(o.redis))
+	for i := range pools {
+		pools[i] = q.Pool(i)
+	}
+	closePools := func() { q.Close() }
 	rec := &issued{pools: pools, route: q.Route, prefix: o.prefix, ttl: o.statusTTL, now: time.Now}
 	a := &app{srv: &server{q: q, issued: rec, metrics: newMetrics(), maxBody: o.maxBody, dedup: o.dedup, log: log}}
 	var pg *pgxpool.Pool
@@ -158,29 +146,12 @@ func newApp(ctx context.Context, o options, log *slog.Logger) (*app, error) {
 		return nil, layoutAdvice(err, o.redis)
 	}
 	a.close = func() {
-		q.Close()
 		closePools()
 		if pg != nil {
 			pg.Close()
 		}
 	}
 	return a, nil
-}
-
-// dialPools makes a redigo pool per URL, in partition order.
-func dialPools(urls []string) []*redis.Pool {
-	pools := make([]*redis.Pool, len(urls))
-	for i, u := range urls {
-		pools[i] = &redis.Pool{
-			MaxIdle:     64,
-			IdleTimeout: 4 * time.Minute,
-			DialContext: func(ctx context.Context) (redis.Conn, error) {
-				return redis.DialURLContext(ctx, u, redis.DialConnectTimeout(5*time.Second),
-					redis.DialReadTimeout(10*time.Second), redis.DialWriteTimeout(10*time.Second))
-			},
-		}
-	}
-	return pools
 }
 
 // layoutAdvice adds to a layout mismatch what the servers have recorded

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/gomodule/redigo/redis"
 	"github.com/qugo/queue"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -112,8 +113,10 @@ func (r *recorder) WriteHeader(int)             {}
 func TestIssuedExpires(t *testing.T) {
 	t.Parallel()
 	m := miniredis.RunT(t)
-	pools := dialPools([]string{"redis://" + m.Addr()})
-	defer pools[0].Close()
+	q, err := queue.Dial(context.Background(), []string{"redis://" + m.Addr()}, queue.Config{Prefix: "p"})
+	require.NoError(t, err)
+	defer q.Close()
+	pools := []*redis.Pool{q.Pool(0)}
 	now := time.Date(2025, 1, 2, 10, 30, 0, 0, time.UTC)
 	r := &issued{pools: pools, route: func(uint64) (int, int) { return 0, 0 }, prefix: "p", ttl: 3 * time.Hour,
 		now: func() time.Time { return now }}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/gomodule/redigo/redis"
 	"github.com/qugo/queue"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -72,15 +73,10 @@ func newFixture(t *testing.T, o fixtureOpts) *fixture {
 	if o.maxBody == 0 {
 		o.maxBody = 1 << 16
 	}
-	pools := dialPools(urls)
-	q, err := queue.New(pools, queue.Config{Prefix: "ingest-test", Queues: 2, MaxPayload: int(o.maxBody)})
+	q, err := queue.Dial(context.Background(), urls, queue.Config{Prefix: "ingest-test", Queues: 2, MaxPayload: int(o.maxBody)})
 	require.NoError(t, err)
-	t.Cleanup(func() {
-		q.Close()
-		for _, p := range pools {
-			p.Close()
-		}
-	})
+	t.Cleanup(func() { q.Close() })
+	pools := []*redis.Pool{q.Pool(0), q.Pool(1)}
 	f.q = q
 	rec := &issued{pools: pools, route: q.Route, prefix: "ingest-test", ttl: time.Hour, now: time.Now}
 	s := &server{q: q, issued: rec, metrics: newMetrics(), maxBody: o.maxBody, dedup: o.dedup, log: slog.New(slog.DiscardHandler)}
@@ -513,7 +509,7 @@ func TestNewAppRefusesBadConfig(t *testing.T) {
 	m := miniredis.RunT(t)
 	log := slog.New(slog.DiscardHandler)
 	_, err := newApp(context.Background(), options{redis: []string{"http://" + m.Addr()}, maxBody: 1024}, log)
-	assert.ErrorContains(t, err, "not a redis://")
+	assert.ErrorContains(t, err, "is not redis://")
 
 	_, err = newApp(context.Background(), options{redis: []string{"redis://" + m.Addr()}, maxBody: 1024, queues: -1}, log)
 	assert.ErrorIs(t, err, queue.ErrBadConfig)
