@@ -41,6 +41,36 @@
 // Changing R or Q means draining the queues and starting afresh under
 // another [Config].Prefix.
 //
+// # Redis Cluster
+//
+// [Dial] takes a Redis Cluster as redis+cluster://[[user]:password@]host:port[,host:port...]
+// (rediss+cluster:// for TLS), naming one or more seed nodes. That URL is
+// one partition whose Q queues are spread over the cluster's primaries by
+// their hash slots ({P:p.q}); list it R times for R partitions on one
+// cluster (they share one router). Usually R stays 1 and Q grows with
+// the load: 64 queues land on every primary of a 3-primary cluster.
+//
+// The router (cluster.go) reads the slot map with CLUSTER SHARDS (CLUSTER
+// SLOTS on 6.2), keeps one pool per primary, and sends every command,
+// pipelined ones too, to the primary of its key's slot: a pipeline that
+// spans slots is split over the primaries and its replies come back in
+// order. It follows MOVED (the map takes the new owner and is read again,
+// one reading at a time) and ASK (the command goes to the migration's
+// target once, after ASKING), and sends a command again after a capped
+// backoff when a node refused it before running it (TRYAGAIN, CLUSTERDOWN,
+// LOADING, UNBLOCKED; the idle pool's blocking wait ends with MOVED when
+// its slot moves, and follows it). It never sends again a command whose
+// reply was lost: that stays an uncertain reply, handled as on one server.
+// A failover shows as a connection error (the map is read again), then as
+// refusals until a replica is promoted, then as MOVED to it: producers
+// and pools wait through it, up to 20 s per call, and go on.
+//
+// On a cluster the layout is recorded once per partition (P:layout:p), not
+// per server: the cluster is one keyspace, and the check does not repeat on
+// every new connection. Idle pools wait with blocking commands (the shared
+// waiter needs a server's connection state), and [New] is for one server
+// per pool: a cluster comes through [Dial].
+//
 // # Consumer groups
 //
 // Instead of naming its analysers, a process can join a group with
@@ -311,6 +341,7 @@
 //	{P:p.q}:wake      list    pushed when a lease is released, to wake a standby
 //	{P:p.q}:dedup:... string  an AddTaskOnce key, expiring with its window
 //	P:layout          hash    partitions (R), queues (Q) and this server's index
+//	P:layout:p        hash    the same, for partition p, on a Redis Cluster
 //
 // A consumer group G keeps its state on partition 0, under the hash tag
 // {P:group:G}:
