@@ -710,15 +710,23 @@ var (
 func (c *routedConn) Err() error { return c.err }
 
 func (c *routedConn) Close() error {
+	err := c.reset()
+	if c.err == nil {
+		c.err = errors.New("redigo: closed")
+	}
+	return err
+}
+
+// reset gives back the node connections held, and forgets the replies
+// still pending on them.
+func (c *routedConn) reset() error {
 	var errs []error
 	for addr, nc := range c.held {
 		errs = append(errs, nc.Close())
 		delete(c.held, addr)
+		delete(c.dirty, addr)
 	}
 	c.pending = nil
-	if c.err == nil {
-		c.err = errors.New("redigo: closed")
-	}
 	return errors.Join(errs...)
 }
 
@@ -757,6 +765,7 @@ func (c *routedConn) DoContext(ctx context.Context, cmd string, args ...any) (an
 	for len(c.pending) > 0 {
 		v, err := c.ReceiveContext(ctx)
 		if err != nil && !isRedisError(err) {
+			c.reset() // the replies still pending are lost with their connections
 			return nil, err
 		}
 		replies = append(replies, v)
