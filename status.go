@@ -116,16 +116,50 @@ func (q *Queue) AddTaskOnce(ctx context.Context, orderID uint64, key string, win
 	return id, n == 1, err
 }
 
-// Ping checks that every partition answers, for health checks. It is safe
-// for concurrent use and costs one round trip per partition.
+// Ping checks that every partition answers, for health checks: on a Redis
+// Cluster, every primary that serves one of its queues. It is safe for
+// concurrent use and costs one round trip per partition (per primary on a
+// cluster).
 func (q *Queue) Ping(ctx context.Context) error {
 	if q.closed.Load() {
 		return ErrClosed
 	}
 	for _, p := range q.parts {
-		if err := ping(ctx, p.pool); err != nil {
+		var err error
+		if p.cluster {
+			err = q.pingQueues(ctx, p)
+		} else {
+			err = ping(ctx, p.pool)
+		}
+		if err != nil {
 			return redisErr(fmt.Sprintf("ping partition %d", p.index), err)
 		}
 	}
 	return nil
+}
+
+// pingQueues checks that the primaries serving the queues of partition p
+// answer: on a Redis Cluster a PING reaches one node, so it reads one key
+// of every queue instead (one pipeline, split over the primaries).
+func (q *Queue) pingQueues(ctx context.Context, p *partition) error {
+	conn, err := p.pool.GetContext(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	for qi := range q.cfg.Queues {
+		if err := conn.Send("EXISTS", newQueueKeys(q.cfg.Prefix, p.index, qi).lease); err != nil {
+			return err
+		}
+	}
+	if err := conn.Flush(); err != nil {
+		return err
+	}
+	var first error
+	for range q.cfg.Queues {
+		if _, err := receiveContext(conn, ctx); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
 }
