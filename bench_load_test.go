@@ -281,6 +281,42 @@ func startRedisServers(b *testing.B, bin string, n int) []string {
 	return urls
 }
 
+// BenchmarkWaitReplicas measures what Config.WaitReplicas costs: AddTask
+// from 1 and 64 goroutines, and the end-to-end run of BenchmarkDrain (64
+// workers, 100,000 tasks), each with wait=0 and wait=1 in the same run, on
+// a primary and one replica of it that it starts itself on free loopback
+// ports (skipped without redis-server on the PATH).
+func BenchmarkWaitReplicas(b *testing.B) {
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		b.Skip("redis-server is not on the PATH")
+	}
+	rs := startReplicated(b, false)
+	b.Log("backend: a redis-server primary and one replica started by the benchmark")
+	dial := func(b *testing.B, wait int) *Queue {
+		q, err := Dial(context.Background(), []string{rs.primary.url()}, Config{Prefix: testPrefix(b), WaitReplicas: wait, MaxIdle: 128})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() {
+			dropQueueKeys(q)
+			q.Close()
+		})
+		return q
+	}
+	for _, g := range []int{1, 64} {
+		for _, wait := range []int{0, 1} {
+			b.Run(fmt.Sprintf("op=add/goroutines=%d/wait=%d", g, wait), func(b *testing.B) {
+				benchAddTask(b, dial(b, wait), g)
+			})
+		}
+	}
+	for _, wait := range []int{0, 1} {
+		b.Run(fmt.Sprintf("op=drain/workers=64/wait=%d", wait), func(b *testing.B) {
+			benchDrain(b, dial(b, wait), PoolConfig{Workers: 64}, 100000)
+		})
+	}
+}
+
 // BenchmarkSlowOrder measures head-of-line blocking between OrderIDs. One
 // op is two runs of a fresh pool of 8 workers (dispatch=byorder or
 // dispatch=free) that gets 5,000 instant tasks over 1,000 OrderIDs, in 100

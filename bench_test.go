@@ -114,13 +114,22 @@ func setGoroutines(b *testing.B, n int) {
 // BenchmarkAddTask measures AddTask from one goroutine and from 64 at once
 // (which share pipelined round trips). Compare with BenchmarkRawLPUSH.
 func BenchmarkAddTask(b *testing.B) {
-	b.Run("goroutines=1", func(b *testing.B) {
-		q, _ := benchQueue(b, 1)
-		ctx := context.Background()
-		if _, err := q.AddTask(ctx, 0, benchPayload); err != nil { // checks the layout
-			b.Fatal(err)
-		}
-		b.ReportAllocs()
+	for _, g := range []int{1, 64} {
+		b.Run(fmt.Sprintf("goroutines=%d", g), func(b *testing.B) {
+			q, _ := benchQueue(b, 1)
+			benchAddTask(b, q, g)
+		})
+	}
+}
+
+// benchAddTask measures b.N AddTask calls on q from g goroutines.
+func benchAddTask(b *testing.B, q *Queue, g int) {
+	ctx := context.Background()
+	if _, err := q.AddTask(ctx, 0, benchPayload); err != nil { // checks the layout
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	if g == 1 {
 		b.ResetTimer()
 		for i := 0; i < b.N; i++ {
 			if _, err := q.AddTask(ctx, uint64(i%benchOrders), benchPayload); err != nil {
@@ -128,27 +137,20 @@ func BenchmarkAddTask(b *testing.B) {
 			}
 		}
 		reportRate(b, b.N, b.Elapsed(), "tasks/s")
-	})
-	b.Run("goroutines=64", func(b *testing.B) {
-		q, _ := benchQueue(b, 1)
-		ctx := context.Background()
-		if _, err := q.AddTask(ctx, 0, benchPayload); err != nil {
-			b.Fatal(err)
-		}
-		var seq atomic.Uint64
-		setGoroutines(b, 64)
-		b.ReportAllocs()
-		b.ResetTimer()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				if _, err := q.AddTask(ctx, seq.Add(1)%benchOrders, benchPayload); err != nil {
-					b.Error(err)
-					return
-				}
+		return
+	}
+	var seq atomic.Uint64
+	setGoroutines(b, g)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := q.AddTask(ctx, seq.Add(1)%benchOrders, benchPayload); err != nil {
+				b.Error(err)
+				return
 			}
-		})
-		reportRate(b, b.N, b.Elapsed(), "tasks/s")
+		}
 	})
+	reportRate(b, b.N, b.Elapsed(), "tasks/s")
 }
 
 var benchBatches = []int{10, 100, 1000}

@@ -615,7 +615,7 @@ func (r *clusterRouter) do(ctx context.Context, cmd string, args []any) (any, er
 				r.refreshAsync()
 				break
 			}
-			if !isRedisError(err) {
+			if !isReplyError(err) {
 				r.refreshAsync() // the node may have failed: look again
 			}
 			return nil, err
@@ -764,7 +764,7 @@ func (c *routedConn) DoContext(ctx context.Context, cmd string, args ...any) (an
 	var last error
 	for len(c.pending) > 0 {
 		v, err := c.ReceiveContext(ctx)
-		if err != nil && !isRedisError(err) {
+		if err != nil && !isReplyError(err) {
 			c.reset() // the replies still pending are lost with their connections
 			return nil, err
 		}
@@ -853,7 +853,7 @@ func (c *routedConn) ReceiveContext(ctx context.Context) (any, error) {
 	c.pending = c.pending[1:]
 	nc := c.held[head.addr]
 	reply, err := receiveContext(nc, ctx)
-	if err != nil && !isRedisError(err) {
+	if err != nil && !isReplyError(err) {
 		c.r.refreshAsync()
 	}
 	if !slices.ContainsFunc(c.pending, func(p routedCmd) bool { return p.addr == head.addr }) {

@@ -178,7 +178,8 @@ const idleCheck = time.Minute
 
 // newPool makes the pool of one server for Dial. onDial, when set, is
 // called with every new connection before it is used; an error fails the
-// dial.
+// dial. With cfg.WaitReplicas, its connections wait for replicas after
+// every write (waitConn); onDial's writes are covered by the next WAIT.
 func newPool(u redisURL, cfg Config, onDial func(context.Context, redis.Conn) error) *redis.Pool {
 	opts := []redis.DialOption{
 		redis.DialReadTimeout(cfg.ReadTimeout),
@@ -211,13 +212,20 @@ func newPool(u redisURL, cfg Config, onDial func(context.Context, redis.Conn) er
 					return nil, err
 				}
 			}
-			return &watchedConn{Conn: c, tcp: nc}, nil
+			w := &watchedConn{Conn: c, tcp: nc}
+			if cfg.WaitReplicas > 0 {
+				return newWaitConn(w, cfg), nil
+			}
+			return w, nil
 		},
 		TestOnBorrowContext: func(ctx context.Context, c redis.Conn, idleSince time.Time) error {
 			// A connection the server closed while it sat idle (a restart,
 			// a timeout, CLIENT KILL) is dropped before anything is
 			// written on it, so the caller's command goes on a new one:
 			// it cannot have reached Redis, so no retry can duplicate it.
+			if wc, ok := c.(*waitConn); ok {
+				c = wc.Conn
+			}
 			if w, ok := c.(*watchedConn); ok && peerClosed(w.tcp) {
 				return errPeerClosed
 			}

@@ -322,7 +322,21 @@
 // redis-server alone normally loses nothing, one of the machine about the
 // last second of writes; with appendfsync always, nothing Redis
 // acknowledged is lost. Replication is asynchronous: a failover can lose
-// the primary's last writes in the same way. Set maxmemory-policy to
+// the primary's last writes in the same way, and with them tasks whose
+// AddTask returned nil, acks (those tasks run again) and a lease's fencing
+// token. [Config].WaitReplicas closes that gap for the pools [Dial] makes:
+// every call that changes a queue's state then waits, with Redis's WAIT,
+// until that many replicas have the write before it reports success, so
+// with 1 an acknowledged AddTask survives a failover to that replica (on
+// standalone, Sentinel and Redis Cluster primaries alike). A write the
+// replicas do not acknowledge within [Config].WaitTimeout is reported as
+// [ErrNotReplicated]: made on the primary, not known to survive it, like
+// a lost reply. Each writing round trip then costs the replicas'
+// acknowledgement too (BenchmarkWaitReplicas measures it), and while fewer
+// replicas than asked are connected, writes fail. WAIT does not make
+// Redis synchronous: a primary that fails before the wait ends may still
+// have the write, and the replica's own persistence settings decide what
+// a crash of the replica loses. Set maxmemory-policy to
 // noeviction: any other policy lets a full Redis evict a ready list, a
 // pending hash or a lease. Under noeviction a full Redis refuses new tasks
 // ([ErrRedisOOM]) and analysers keep draining it.

@@ -52,6 +52,15 @@ var (
 	// nothing; a pool retries with capped backoff and goes on once the key
 	// holds a valid value again or is deleted.
 	ErrWrongType = errors.New("queue: a queue key holds the wrong type of value")
+	// ErrNotReplicated is returned (and reported by AnalysePool) under
+	// Config.WaitReplicas when fewer replicas than asked acknowledged a
+	// write within Config.WaitTimeout. The write was made on the primary,
+	// but it is not known to survive the primary's loss: the outcome is
+	// uncertain, as when a reply is lost. A task added so may be in the
+	// queue, and adding it again may run it twice; a pool retries its
+	// claims, acks and renewals as after any Redis error, so no task is
+	// lost or run twice for it.
+	ErrNotReplicated = errors.New("queue: write not acknowledged by enough replicas")
 )
 
 // LayoutError describes a disagreement between the layout recorded in a

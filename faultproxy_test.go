@@ -34,6 +34,8 @@ type faultProxy struct {
 	resets atomic.Int64 // connections reset
 	cuts   atomic.Int64 // replies cut
 	down   atomic.Bool  // Redis is "unreachable": new connections are reset at once
+
+	held sync.RWMutex // write-locked while what servers send is held back (holdReplies)
 }
 
 // proxyPair is one proxied connection.
@@ -150,7 +152,10 @@ func (p *faultProxy) pumpDown(pp *proxyPair) {
 				p.cuts.Add(1)
 				return // the deferred close ends the connection after half the reply
 			}
-			if _, werr := pp.client.Write(buf[:n]); werr != nil {
+			p.held.RLock()
+			_, werr := pp.client.Write(buf[:n])
+			p.held.RUnlock()
+			if werr != nil {
 				return
 			}
 		}
@@ -158,6 +163,17 @@ func (p *faultProxy) pumpDown(pp *proxyPair) {
 			return
 		}
 	}
+}
+
+// holdReplies holds back what the servers send until release is called
+// (at the latest when the test ends): it is forwarded then, unless its
+// connection was reset meanwhile, which loses it, as a link that fails
+// before delivery does.
+func (p *faultProxy) holdReplies() (release func()) {
+	p.held.Lock()
+	release = sync.OnceFunc(p.held.Unlock)
+	p.t.Cleanup(release)
+	return release
 }
 
 // takeCut reports whether a reply of n bytes is to be cut, counting it.

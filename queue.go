@@ -47,6 +47,35 @@ type Config struct {
 	// server against the system's roots, under the URL's host name. It is
 	// an error to set it with a redis:// URL, which would not use it.
 	TLSConfig *tls.Config
+	// WaitReplicas, when above zero, makes every call that changes a
+	// queue's state wait, with Redis's WAIT, until that many replicas of
+	// the primary have the write before it reports success: AddTask,
+	// AddTasks and AddTaskOnce, and a pool's or Consumer's claims, acks,
+	// retries, dead letters, hand-backs, lease acquisitions, renewals and
+	// releases, and consumer groups' heartbeats. An AddTask that returned
+	// nil then survives a failover to one of those replicas (see
+	// Durability in the package doc). Like the settings above it applies
+	// to the pools Dial makes, on a standalone primary, a Sentinel's
+	// primary and every primary of a Redis Cluster alike; pools given to
+	// New are used as they are.
+	//
+	// Use it when the primary has asynchronous replicas a failover can
+	// promote, and losing the last acknowledged tasks (or a lease's
+	// fencing token) to a failover costs more than latency. It costs, per
+	// round trip that writes, the time for the replicas to acknowledge:
+	// WAIT rides in the same pipeline, but the reply waits for the
+	// slowest of the n replicas (BenchmarkWaitReplicas measures it). When
+	// fewer replicas acknowledge within WaitTimeout, the call returns (or
+	// a pool reports and retries) ErrNotReplicated; while fewer than n
+	// replicas are connected, every write fails so, and pools make no
+	// progress. Reads never wait. At most 100. If zero, writes do not
+	// wait for replicas (Redis's default).
+	WaitReplicas int
+	// WaitTimeout bounds each wait for replicas; it must be less than
+	// ReadTimeout, and it is an error to set it without WaitReplicas. Keep
+	// it well under PoolConfig.LeaseTTL: a lease renewal waits too. If
+	// zero, 1s is used (or half of ReadTimeout, when that is less).
+	WaitTimeout time.Duration
 }
 
 const (
@@ -97,7 +126,7 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxIdle == 0 {
 		c.MaxIdle = 64
 	}
-	return c, nil
+	return c.waitDefaults()
 }
 
 // Queue is a set of partitioned task queues on R Redis servers with Q
@@ -299,7 +328,10 @@ func (q *Queue) newEntry(orderID uint64, payload []byte) (id string, entry []byt
 }
 
 // AddTask enqueues payload for orderID and returns the new task's ID. When
-// it returns nil the task is in Redis and will reach an analyse function.
+// it returns nil the task is in Redis and will reach an analyse function;
+// with Config.WaitReplicas, it is on that many replicas too. When it
+// returns ErrNotReplicated the task was queued on the primary, but may be
+// lost with it.
 // It is safe for concurrent use: calls made at the same time from many
 // goroutines share pipelined round trips, so each costs about one LPUSH.
 //
