@@ -667,7 +667,7 @@ func (r *clusterRouter) partitionPool(wrap func(redis.Conn) redis.Conn) *redis.P
 // connection per primary, held until their replies are read.
 type routedConn struct {
 	r       *clusterRouter
-	pending []routedCmd          // sent, reply not read yet, in order
+	pending []routedCmd           // sent, reply not read yet, in order
 	held    map[string]redis.Conn // by node address, while they have replies to read
 	dirty   map[string]bool       // held connections with commands not flushed
 	err     error

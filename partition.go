@@ -101,7 +101,7 @@ return 'partitions=' .. tostring(got[1]) .. ' queues=' .. tostring(got[2]) .. ' 
 type partition struct {
 	index   int
 	pool    *redis.Pool
-	cluster bool // pool routes to a Redis Cluster (clusterPool)
+	cluster bool        // pool routes to a Redis Cluster (clusterPool)
 	checked atomic.Bool // the layout was verified on this server
 	checkMu sync.Mutex  // one layout check at a time
 }

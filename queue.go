@@ -106,7 +106,7 @@ func (c Config) withDefaults() (Config, error) {
 type Queue struct {
 	cfg      Config
 	parts    []*partition
-	ownPools bool // Close closes the pools (they were made by Dial)
+	ownPools bool           // Close closes the pools (they were made by Dial)
 	closers  []func() error // Dial's: cluster routers and sentinel watchers, closed after the pools
 	ids      idSource
 	closed   atomic.Bool
