@@ -61,6 +61,7 @@ type redisProc struct {
 	port int
 	dir  string
 	args []string
+	pass string // the default user's password, if it has one
 	cmd  *exec.Cmd
 	done chan struct{}
 }
@@ -100,7 +101,7 @@ func (r *redisProc) start() {
 	r.done = make(chan struct{})
 	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(r.cmd, r.done)
 	require.Eventually(r.t, func() bool {
-		c, err := redis.Dial("tcp", r.addr(), redis.DialConnectTimeout(100*time.Millisecond))
+		c, err := redis.Dial("tcp", r.addr(), redis.DialConnectTimeout(100*time.Millisecond), redis.DialPassword(r.pass))
 		if err != nil {
 			return false
 		}
