@@ -174,27 +174,33 @@ func newFaultEnv(t *testing.T, queues int, aof bool, redisArgs ...string) *fault
 	q, err := New([]*redis.Pool{e.pool}, Config{Prefix: e.prefix, Queues: queues})
 	require.NoError(t, err)
 	e.q = q
-	t.Cleanup(func() {
-		e.mu.Lock()
-		cs := append([]*child(nil), e.children...)
-		e.mu.Unlock()
-		for _, c := range cs {
-			if !c.exited() {
-				c.cmd.Process.Kill()
-			}
-			<-c.done
-		}
-		q.Close()
-		e.pool.Close()
-		if t.Failed() {
-			for _, c := range cs {
-				if b, _ := os.ReadFile(c.log); len(b) > 0 {
-					t.Logf("%s %d output:\n%s", c.role, c.pid(), tail(b, 3000))
-				}
-			}
-		}
-	})
+	t.Cleanup(e.close)
 	return e
+}
+
+// close kills the children still running and closes the harness's queue.
+func (e *faultEnv) close() {
+	t := e.t
+	e.mu.Lock()
+	cs := append([]*child(nil), e.children...)
+	e.mu.Unlock()
+	for _, c := range cs {
+		if !c.exited() {
+			c.cmd.Process.Kill()
+		}
+		<-c.done
+	}
+	e.q.Close()
+	if e.pool != nil {
+		e.pool.Close()
+	}
+	if t.Failed() {
+		for _, c := range cs {
+			if b, _ := os.ReadFile(c.log); len(b) > 0 {
+				t.Logf("%s %d output:\n%s", c.role, c.pid(), tail(b, 3000))
+			}
+		}
+	}
 }
 
 func tail(b []byte, n int) []byte {
