@@ -308,7 +308,10 @@
 // know the primary by; rediss+sentinel:// uses TLS for the sentinels and
 // the primary alike. The user and password before the hosts are the
 // primary's; sentinel_user and sentinel_password are the sentinels' own,
-// when they require any. The sentinels are asked in turn, the one that
+// when they require any. Under TLS the primary's certificate is verified
+// for the host the sentinels name (an IP address unless they announce
+// host names), or for [Config].TLSConfig's ServerName when set. The
+// sentinels are asked in turn, the one that
 // answered last first; one that is down, or does not answer within
 // [Config].DialTimeout, is skipped. Every new connection checks ROLE and
 // refuses a server that is not a primary: right after a failover a
