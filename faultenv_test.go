@@ -84,8 +84,8 @@ func startRedis(t testing.TB, aof bool, extra ...string) *redisProc {
 	r.args = append([]string{"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1", "--save", "",
 		"--appendonly", yes, "--dir", r.dir, "--logfile", filepath.Join(r.dir, "redis.log"),
 		"--daemonize", "no"}, extra...)
+	t.Cleanup(r.kill) // first: a server that starts but never answers is killed too
 	r.start()
-	t.Cleanup(r.kill)
 	return r
 }
 

@@ -75,8 +75,8 @@ func startSentinelTopo(t *testing.T, pass, sentinelPass string) *sentinelTopo {
 		if sentinelPass != "" {
 			r.pass = sentinelPass + "-default"
 		}
+		t.Cleanup(r.kill) // first: a server that starts but never answers is killed too
 		r.start()
-		t.Cleanup(r.kill)
 		topo.sentinels = append(topo.sentinels, r)
 	}
 	return topo
@@ -89,8 +89,8 @@ func startServer(t *testing.T, pass string, extra ...string) *redisProc {
 	r := &redisProc{t: t, port: freePort(t), dir: t.TempDir(), pass: pass}
 	r.args = append([]string{"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
 		"--dir", r.dir, "--logfile", filepath.Join(r.dir, "redis.log"), "--daemonize", "no"}, extra...)
+	t.Cleanup(r.kill) // first: a server that starts but never answers is killed too
 	r.start()
-	t.Cleanup(r.kill)
 	return r
 }
 
