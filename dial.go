@@ -252,10 +252,7 @@ func poolOf(cfg Config, dial func(context.Context) (*watchedConn, error), onDial
 			return c, nil
 		},
 		TestOnBorrowContext: func(ctx context.Context, c redis.Conn, idleSince time.Time) error {
-			w, _ := c.(*watchedConn)
-			if w == nil { // never: poolOf's connections are all watched
-				return nil
-			}
+			w := c.(*watchedConn) // as DialContext made it
 			if stale != nil {
 				if err := stale(w); err != nil {
 					return err
