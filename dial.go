@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -118,7 +119,10 @@ func parseRedisURL(raw string) (redisURL, error) {
 		}
 		r.db = db
 	}
-	query := u.Query()
+	query, err := url.ParseQuery(u.RawQuery)
+	if err != nil {
+		return r, errors.New("URL's query does not parse")
+	}
 	for k := range query {
 		switch {
 		case r.topo == sentinel && (k == "sentinel_user" || k == "sentinel_password"):
@@ -181,28 +185,69 @@ const idleCheck = time.Minute
 // dial. With cfg.WaitReplicas, its connections wait for replicas after
 // every write (waitConn); onDial's writes are covered by the next WAIT.
 func newPool(u redisURL, cfg Config, onDial func(context.Context, redis.Conn) error) *redis.Pool {
-	opts := []redis.DialOption{
-		redis.DialReadTimeout(cfg.ReadTimeout),
-		redis.DialWriteTimeout(cfg.ReadTimeout),
-		redis.DialUseTLS(u.tls),
-		redis.DialTLSConfig(cfg.TLSConfig),
-		redis.DialTLSHandshakeTimeout(cfg.DialTimeout),
-		redis.DialUsername(u.user),
-		redis.DialPassword(u.password),
-		redis.DialDatabase(u.db),
+	d := newServerDialer(cfg, u.tls, u.user, u.password, u.db, cfg.ReadTimeout)
+	return poolOf(cfg, func(ctx context.Context) (*watchedConn, error) { return d.dial(ctx, u.addr) }, onDial, nil)
+}
+
+// serverDialer connects to Redis servers with a Config's timeouts and TLS
+// settings, as one user.
+type serverDialer struct {
+	opts   []redis.DialOption
+	dialer net.Dialer
+	// wrap, when set, wraps every connection under its watchedConn: the
+	// fault suite's recording connection.
+	wrap func(redis.Conn) redis.Conn
+}
+
+// newServerDialer returns a dialer whose connections log in as user (the
+// default user when empty) with password, select database db, and wait
+// readTimeout for a reply.
+func newServerDialer(cfg Config, useTLS bool, user, password string, db int, readTimeout time.Duration) *serverDialer {
+	return &serverDialer{
+		opts: []redis.DialOption{
+			redis.DialReadTimeout(readTimeout),
+			redis.DialWriteTimeout(readTimeout),
+			redis.DialUseTLS(useTLS),
+			redis.DialTLSConfig(cfg.TLSConfig),
+			redis.DialTLSHandshakeTimeout(cfg.DialTimeout),
+			redis.DialUsername(user),
+			redis.DialPassword(password),
+			redis.DialDatabase(db),
+		},
+		dialer: net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 5 * time.Minute},
 	}
-	dialer := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 5 * time.Minute}
+}
+
+// dial connects to addr, host:port. Under TLS the server's certificate is
+// verified for addr's host unless Config.TLSConfig names another.
+func (d *serverDialer) dial(ctx context.Context, addr string) (*watchedConn, error) {
+	var nc net.Conn // the TCP connection, under TLS if any
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := d.dialer.DialContext(ctx, network, addr)
+		nc = c
+		return c, err
+	}
+	c, err := redis.DialContext(ctx, "tcp", addr, append(d.opts[:len(d.opts):len(d.opts)], redis.DialContextFunc(dial))...)
+	if err != nil {
+		return nil, err
+	}
+	if d.wrap != nil {
+		c = d.wrap(c)
+	}
+	return &watchedConn{Conn: c, tcp: nc, addr: addr}, nil
+}
+
+// poolOf makes a pool for Dial whose connections dial makes. onDial, when
+// set, is called with every new connection before it is used; an error
+// fails the dial. stale, when set, is asked about every idle connection a
+// borrow takes: an error drops the connection, and the borrow takes
+// another or dials.
+func poolOf(cfg Config, dial func(context.Context) (*watchedConn, error), onDial func(context.Context, redis.Conn) error, stale func(*watchedConn) error) *redis.Pool {
 	return &redis.Pool{
 		MaxIdle:     cfg.MaxIdle,
 		IdleTimeout: 4 * time.Minute,
 		DialContext: func(ctx context.Context) (redis.Conn, error) {
-			var nc net.Conn // the TCP connection, under TLS if any
-			dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-				c, err := dialer.DialContext(ctx, network, addr)
-				nc = c
-				return c, err
-			}
-			c, err := redis.DialContext(ctx, "tcp", u.addr, append(opts, redis.DialContextFunc(dial))...)
+			c, err := dial(ctx)
 			if err != nil {
 				return nil, err
 			}
@@ -212,21 +257,26 @@ func newPool(u redisURL, cfg Config, onDial func(context.Context, redis.Conn) er
 					return nil, err
 				}
 			}
-			w := &watchedConn{Conn: c, tcp: nc}
 			if cfg.WaitReplicas > 0 {
-				return newWaitConn(w, cfg), nil
+				return newWaitConn(c, cfg), nil
 			}
-			return w, nil
+			return c, nil
 		},
 		TestOnBorrowContext: func(ctx context.Context, c redis.Conn, idleSince time.Time) error {
+			if wc, ok := c.(*waitConn); ok {
+				c = wc.Conn
+			}
+			w := c.(*watchedConn) // as DialContext made it
+			if stale != nil {
+				if err := stale(w); err != nil {
+					return err
+				}
+			}
 			// A connection the server closed while it sat idle (a restart,
 			// a timeout, CLIENT KILL) is dropped before anything is
 			// written on it, so the caller's command goes on a new one:
 			// it cannot have reached Redis, so no retry can duplicate it.
-			if wc, ok := c.(*waitConn); ok {
-				c = wc.Conn
-			}
-			if w, ok := c.(*watchedConn); ok && peerClosed(w.tcp) {
+			if peerClosed(w.tcp) {
 				return errPeerClosed
 			}
 			if time.Since(idleSince) < idleCheck {
@@ -241,26 +291,75 @@ func newPool(u redisURL, cfg Config, onDial func(context.Context, redis.Conn) er
 var errPeerClosed = errors.New("queue: connection closed by the server while idle")
 
 // watchedConn is a connection of a pool made by Dial, with its TCP
-// connection, so that a borrow can see whether the server closed it.
+// connection, so that a borrow can see whether the server closed it, and
+// the address it was dialled at.
 type watchedConn struct {
 	redis.Conn
-	tcp net.Conn
+	tcp  net.Conn
+	addr string
+	// lost, when set, is told once of the failure that makes the
+	// connection useless where it stands: a connection error, or a
+	// READONLY reply (the server is a replica now). Err then reports it,
+	// so that the pool drops the connection when it is put back.
+	lost     func(addr string)
+	told     atomic.Bool
+	readOnly atomic.Bool
+}
+
+var errReadOnlyConn = errors.New("queue: the server became a read-only replica")
+
+// judge looks at the outcome of a call on c and returns it unchanged.
+func (c *watchedConn) judge(reply any, err error) (any, error) {
+	if err == nil || c.lost == nil {
+		return reply, err
+	}
+	switch {
+	case isReadOnly(err):
+		c.readOnly.Store(true)
+	case !isConnErr(err):
+		return reply, err
+	}
+	if !c.told.Swap(true) {
+		c.lost(c.addr)
+	}
+	return reply, err
+}
+
+// Err reports a connection that failed, or that found its server a replica.
+func (c *watchedConn) Err() error {
+	if c.readOnly.Load() {
+		return errReadOnlyConn
+	}
+	return c.Conn.Err()
+}
+
+func (c *watchedConn) Do(cmd string, args ...any) (any, error) {
+	return c.judge(c.Conn.Do(cmd, args...))
+}
+
+func (c *watchedConn) Flush() error {
+	_, err := c.judge(nil, c.Conn.Flush())
+	return err
+}
+
+func (c *watchedConn) Receive() (any, error) {
+	return c.judge(c.Conn.Receive())
 }
 
 func (c *watchedConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
-	return redis.DoContext(c.Conn, ctx, cmd, args...)
+	return c.judge(redis.DoContext(c.Conn, ctx, cmd, args...))
 }
 
 func (c *watchedConn) DoWithTimeout(d time.Duration, cmd string, args ...any) (any, error) {
-	return redis.DoWithTimeout(c.Conn, d, cmd, args...)
+	return c.judge(redis.DoWithTimeout(c.Conn, d, cmd, args...))
 }
 
 func (c *watchedConn) ReceiveContext(ctx context.Context) (any, error) {
-	return redis.ReceiveContext(c.Conn, ctx)
+	return c.judge(redis.ReceiveContext(c.Conn, ctx))
 }
 
 func (c *watchedConn) ReceiveWithTimeout(d time.Duration) (any, error) {
-	return redis.ReceiveWithTimeout(c.Conn, d)
+	return c.judge(redis.ReceiveWithTimeout(c.Conn, d))
 }
 
 func ping(ctx context.Context, p *redis.Pool) error {

@@ -11,7 +11,8 @@
 //
 // A [Queue] is made with [New] from redigo pools the caller owns, or with
 // [Dial] from redis:// URLs (rediss:// for TLS, verified against the
-// system's roots or [Config].TLSConfig). Both start no goroutine. A Queue
+// system's roots or [Config].TLSConfig). New starts no goroutine; Dial
+// starts one per partition behind Redis Sentinel (see Sentinel). A Queue
 // is safe for concurrent use; after [Queue.Close] every call that would use
 // Redis returns [ErrClosed]. Everything that can block takes a
 // context.Context. [Queue.Consume] returns a [Consumer], the low-level API
@@ -340,6 +341,39 @@
 // noeviction: any other policy lets a full Redis evict a ready list, a
 // pending hash or a lease. Under noeviction a full Redis refuses new tasks
 // ([ErrRedisOOM]) and analysers keep draining it.
+//
+// # Sentinel
+//
+// A partition may be a primary watched by Redis Sentinel. Give [Dial]
+//
+//	redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/name[/db][?sentinel_user=u&sentinel_password=p]
+//
+// with the sentinels' addresses (port 26379 by default) and the name they
+// know the primary by; rediss+sentinel:// uses TLS for the sentinels and
+// the primary alike. The user and password before the hosts are the
+// primary's; sentinel_user and sentinel_password are the sentinels' own,
+// when they require any. Under TLS the primary's certificate is verified
+// for the host the sentinels name (an IP address unless they announce
+// host names), or for [Config].TLSConfig's ServerName when set. The
+// sentinels are asked in turn, the one that
+// answered last first; one that is down, or does not answer within
+// [Config].DialTimeout, is skipped. Every new connection checks ROLE and
+// refuses a server that is not a primary: right after a failover a
+// sentinel may still name the old one.
+//
+// At a failover, producers and pools go on without a restart. A
+// connection that fails, or gets a READONLY reply from a demoted primary,
+// is dropped and makes the next connection ask the sentinels again; one
+// goroutine per partition, joined by [Queue.Close], follows +switch-master
+// on a sentinel and takes the new primary at once, and idle connections to
+// the old one are dropped when next borrowed. Calls in flight at the
+// failover fail as on a standalone server: a write refused with READONLY
+// did not run ([ErrReadOnly]); one whose connection broke may or may not
+// have run (see Crash recovery). AddTask returns the error to its caller;
+// a pool retries with backoff, and its lease lapses if the failover takes
+// longer than the lease. Replication is asynchronous, so writes the old
+// primary acknowledged just before it died can be lost with it (see
+// Durability).
 //
 // # Redis keys
 //

@@ -43,6 +43,13 @@ var (
 	// maxmemory under the noeviction policy. Consumers keep draining, and
 	// writes succeed again once memory falls.
 	ErrRedisOOM = errors.New("queue: redis is out of memory (maxmemory reached)")
+	// ErrReadOnly is returned when the server refused a write because it
+	// is a read-only replica: a primary demoted by a failover, still
+	// reached by a connection made before it. The write did not run, so
+	// sending it again cannot duplicate it. A pool that Dial made for a
+	// redis+sentinel:// URL drops the connection and asks the sentinels
+	// for the new primary; elsewhere, point the queue at the primary.
+	ErrReadOnly = errors.New("queue: redis refused a write: the server is a read-only replica")
 	// ErrBadConfig is returned for an invalid Config or PoolConfig value.
 	ErrBadConfig = errors.New("queue: bad config")
 	// ErrWrongType is returned (and reported by AnalysePool) when a key of
@@ -150,6 +157,8 @@ func redisErr(what string, err error) error {
 	if errors.As(err, &re) {
 		msg := string(re)
 		switch {
+		case isReadOnly(re):
+			return fmt.Errorf("queue: %s: %w: %s", what, ErrReadOnly, msg)
 		case strings.Contains(msg, staleReply):
 			return fmt.Errorf("queue: %s: %w", what, ErrLeaseLost)
 		case strings.HasPrefix(msg, "OOM"):
@@ -161,4 +170,15 @@ func redisErr(what string, err error) error {
 		}
 	}
 	return fmt.Errorf("queue: %s: %w", what, err)
+}
+
+// isReadOnly reports a READONLY reply: the server is a replica, and the
+// write was refused before it ran. A script's write refused inside the
+// script says so too, after the script's name on older servers.
+func isReadOnly(err error) bool {
+	var re redis.Error
+	if !errors.As(err, &re) {
+		return false
+	}
+	return strings.HasPrefix(string(re), "READONLY ") || strings.Contains(string(re), "-READONLY ")
 }

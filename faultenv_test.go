@@ -61,6 +61,7 @@ type redisProc struct {
 	port int
 	dir  string
 	args []string
+	pass string // the default user's password, if it has one
 	cmd  *exec.Cmd
 	done chan struct{}
 }
@@ -83,8 +84,8 @@ func startRedis(t testing.TB, aof bool, extra ...string) *redisProc {
 	r.args = append([]string{"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1", "--save", "",
 		"--appendonly", yes, "--dir", r.dir, "--logfile", filepath.Join(r.dir, "redis.log"),
 		"--daemonize", "no"}, extra...)
+	t.Cleanup(r.kill) // first: a server that starts but never answers is killed too
 	r.start()
-	t.Cleanup(r.kill)
 	return r
 }
 
@@ -100,7 +101,7 @@ func (r *redisProc) start() {
 	r.done = make(chan struct{})
 	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(r.cmd, r.done)
 	require.Eventually(r.t, func() bool {
-		c, err := redis.Dial("tcp", r.addr(), redis.DialConnectTimeout(100*time.Millisecond))
+		c, err := redis.Dial("tcp", r.addr(), redis.DialConnectTimeout(100*time.Millisecond), redis.DialPassword(r.pass))
 		if err != nil {
 			return false
 		}
@@ -173,27 +174,33 @@ func newFaultEnv(t *testing.T, queues int, aof bool, redisArgs ...string) *fault
 	q, err := New([]*redis.Pool{e.pool}, Config{Prefix: e.prefix, Queues: queues})
 	require.NoError(t, err)
 	e.q = q
-	t.Cleanup(func() {
-		e.mu.Lock()
-		cs := append([]*child(nil), e.children...)
-		e.mu.Unlock()
-		for _, c := range cs {
-			if !c.exited() {
-				c.cmd.Process.Kill()
-			}
-			<-c.done
-		}
-		q.Close()
-		e.pool.Close()
-		if t.Failed() {
-			for _, c := range cs {
-				if b, _ := os.ReadFile(c.log); len(b) > 0 {
-					t.Logf("%s %d output:\n%s", c.role, c.pid(), tail(b, 3000))
-				}
-			}
-		}
-	})
+	t.Cleanup(e.close)
 	return e
+}
+
+// close kills the children still running and closes the harness's queue.
+func (e *faultEnv) close() {
+	t := e.t
+	e.mu.Lock()
+	cs := append([]*child(nil), e.children...)
+	e.mu.Unlock()
+	for _, c := range cs {
+		if !c.exited() {
+			c.cmd.Process.Kill()
+		}
+		<-c.done
+	}
+	e.q.Close()
+	if e.pool != nil {
+		e.pool.Close()
+	}
+	if t.Failed() {
+		for _, c := range cs {
+			if b, _ := os.ReadFile(c.log); len(b) > 0 {
+				t.Logf("%s %d output:\n%s", c.role, c.pid(), tail(b, 3000))
+			}
+		}
+	}
 }
 
 func tail(b []byte, n int) []byte {

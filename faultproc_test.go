@@ -83,13 +83,15 @@ type roleConfig struct {
 	// to land before the end finds it alive however late it comes.
 	HoldAfter int
 	// RetryRefused makes the producer add a task (or batch) again, after
-	// 5ms, when Redis refused it (ErrRedisOOM, ErrWrongType): such an add
+	// 5ms, when Redis refused it (ErrRedisOOM, ErrWrongType, ErrReadOnly): such an add
 	// wrote nothing, so a retry cannot duplicate it.
 	RetryRefused bool
 }
 
 // refused reports whether Redis refused a write and so made none.
-func refused(err error) bool { return errors.Is(err, ErrRedisOOM) || errors.Is(err, ErrWrongType) }
+func refused(err error) bool {
+	return errors.Is(err, ErrRedisOOM) || errors.Is(err, ErrWrongType) || errors.Is(err, ErrReadOnly)
+}
 
 // runFaultRole runs this process as a fault-suite child when
 // QUEUE_FAULT_ROLE is set, and reports whether it did. A failing role
@@ -120,28 +122,47 @@ func runFaultRole() bool {
 	return true
 }
 
-// roleQueue makes the child's queue, on one server; every connection
-// records the lease grants and acks it carries in h.
-func roleQueue(cfg roleConfig, h *historyWriter) (*Queue, *redis.Pool) {
-	pool := &redis.Pool{
-		MaxIdle:     32,
-		IdleTimeout: time.Minute,
-		DialContext: func(ctx context.Context) (redis.Conn, error) {
-			c, err := redis.DialURLContext(ctx, cfg.URL,
-				redis.DialConnectTimeout(time.Second),
-				redis.DialReadTimeout(5*time.Second),
-				redis.DialWriteTimeout(5*time.Second))
-			if err != nil {
-				return nil, err
-			}
-			return &recConn{Conn: c, h: h, partitions: 1}, nil
-		},
+// roleQueue makes the child's queue, on one server or on the primary its
+// redis+sentinel:// URL names (through Dial's Sentinel pool, which follows
+// a failover); every connection records the lease grants and acks it
+// carries in h. closeQueue closes the queue and its pool.
+func roleQueue(cfg roleConfig, h *historyWriter) (q *Queue, closeQueue func()) {
+	record := func(c redis.Conn) redis.Conn { return &recConn{Conn: c, h: h, partitions: 1} }
+	var pool *redis.Pool
+	stop := func() error { return nil }
+	if u, err := parseRedisURL(cfg.URL); err == nil && u.topo == sentinel {
+		qc, err := Config{DialTimeout: time.Second, ReadTimeout: 5 * time.Second}.withDefaults()
+		if err == nil {
+			pool, stop, err = sentinelPool(context.Background(), u, qc, nil, record)
+		}
+		if err != nil {
+			panic(err) // the harness starts children once the sentinels answer
+		}
+	} else {
+		pool = &redis.Pool{
+			MaxIdle:     32,
+			IdleTimeout: time.Minute,
+			DialContext: func(ctx context.Context) (redis.Conn, error) {
+				c, err := redis.DialURLContext(ctx, cfg.URL,
+					redis.DialConnectTimeout(time.Second),
+					redis.DialReadTimeout(5*time.Second),
+					redis.DialWriteTimeout(5*time.Second))
+				if err != nil {
+					return nil, err
+				}
+				return record(c), nil
+			},
+		}
 	}
 	q, err := New([]*redis.Pool{pool}, Config{Prefix: cfg.Prefix, Queues: cfg.Queues})
 	if err != nil {
 		panic(err) // the harness passes a valid config
 	}
-	return q, pool
+	return q, func() {
+		q.Close()
+		pool.Close()
+		stop()
+	}
 }
 
 func runAnalyser(cfg roleConfig) error {
@@ -149,9 +170,8 @@ func runAnalyser(cfg roleConfig) error {
 	if err != nil {
 		return err
 	}
-	q, pool := roleQueue(cfg, h)
-	defer pool.Close()
-	defer q.Close()
+	q, closeQueue := roleQueue(cfg, h)
+	defer closeQueue()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -266,9 +286,8 @@ func runConsumer(cfg roleConfig) error {
 	if err != nil {
 		return err
 	}
-	q, pool := roleQueue(cfg, h)
-	defer pool.Close()
-	defer q.Close()
+	q, closeQueue := roleQueue(cfg, h)
+	defer closeQueue()
 	ctx := context.Background()
 	c, err := q.Consume(ctx, cfg.Analyser, ConsumerConfig{LeaseTTL: cfg.LeaseTTL, MaxAttempts: cfg.MaxAttempts})
 	if err != nil {
@@ -307,9 +326,8 @@ func runProducer(cfg roleConfig) error {
 	if err != nil {
 		return err
 	}
-	q, pool := roleQueue(cfg, h)
-	defer pool.Close()
-	defer q.Close()
+	q, closeQueue := roleQueue(cfg, h)
+	defer closeQueue()
 	ctx := context.Background()
 	g := max(cfg.Goroutines, 1)
 	var wg sync.WaitGroup

@@ -130,8 +130,9 @@ func (c Config) withDefaults() (Config, error) {
 }
 
 // Queue is a set of partitioned task queues on R Redis servers with Q
-// queues each. It is safe for concurrent use. New and Dial start no
-// goroutines; New makes no connection, Dial pings each server once.
+// queues each. It is safe for concurrent use. New starts no goroutine
+// and makes no connection; Dial pings each server once, and starts one
+// goroutine per partition behind Sentinel, which Close joins.
 type Queue struct {
 	cfg      Config
 	parts    []*partition
@@ -180,7 +181,11 @@ func New(pools []*redis.Pool, cfg Config) (*Queue, error) {
 // the system's roots unless Config.TLSConfig says otherwise. Dial pings
 // every server once and fails if one is unreachable. Its errors name a
 // server by its partition index, never by its URL, so they never hold a
-// password. Close closes the pools.
+// password. A partition behind Redis Sentinel is
+// redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/name[/db]
+// with the sentinels' own credentials, if any, in the query
+// (?sentinel_user=u&sentinel_password=p): see Sentinel in the package
+// documentation. Close closes the pools.
 func Dial(ctx context.Context, urls []string, cfg Config) (*Queue, error) {
 	if len(urls) == 0 {
 		return nil, ErrNoPartitions

@@ -62,6 +62,13 @@ func TestDialErrorsHoldNoPassword(t *testing.T) {
 		{"password as user", "redis://" + pw + "@" + wrongPw.Addr(), Config{}},
 		{"tls to a plain server", "rediss://:" + pw + "@" + plain.Addr(), Config{DialTimeout: 2 * time.Second}},
 		{"tls config with redis://", "redis://:" + pw + "@" + down, Config{TLSConfig: &tls.Config{}}},
+		{"sentinel: no primary name", "redis+sentinel://:" + pw + "@" + down + "?sentinel_password=" + pw, Config{}},
+		{"sentinel: unknown query parameter", "redis+sentinel://" + down + "/mp?password=" + pw, Config{}},
+		{"sentinel: bad escape in its password", "redis+sentinel://" + down + "/mp?sentinel_password=" + pw + "%zz", Config{DialTimeout: 2 * time.Second}},
+		{"sentinels unreachable", "redis+sentinel://:" + pw + "@" + down + "," + down + "/mp?sentinel_password=" + pw, Config{DialTimeout: 2 * time.Second}},
+		{"wrong sentinel password", "redis+sentinel://" + wrongPw.Addr() + "/mp?sentinel_user=u&sentinel_password=" + pw, Config{}},
+		{"wrong password of the primary", "redis+sentinel://u:" + pw + "@" + newFakeSentinel(t, "mp", wrongPw.Addr()).Addr() + "/mp", Config{}},
+		{"sentinel tls to a plain server", "rediss+sentinel://" + plain.Addr() + "/mp?sentinel_password=" + pw, Config{DialTimeout: 2 * time.Second}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -210,6 +217,17 @@ func TestParseRedisURL(t *testing.T) {
 		{in: "valkey://h", bad: true},
 		{in: "", bad: true},
 		{in: "h:6379", bad: true},
+		{in: "redis+sentinel://a,b:2/mp/2?sentinel_user=su&sentinel_password=s%40p", want: redisURL{topo: sentinel,
+			addrs: []string{"a:26379", "b:2"}, primary: "mp", db: 2, sentinelUser: "su", sentinelPassword: "s@p"}},
+		{in: "Rediss+Sentinel://u:p@h/mp", want: redisURL{topo: sentinel, addrs: []string{"h:26379"}, primary: "mp",
+			tls: true, user: "u", password: "p"}},
+		{in: "redis+sentinel://h", bad: true},
+		{in: "redis+sentinel://h/", bad: true},
+		{in: "redis+sentinel://h/mp/x", bad: true},
+		{in: "redis+sentinel://h,/mp", bad: true},
+		{in: "redis+sentinel://h/mp?sentinel_password=%zz", bad: true},
+		{in: "redis+sentinel://h/mp?db=1", bad: true},
+		{in: "redis://h?sentinel_user=u", bad: true},
 	}
 	for _, tt := range tests {
 		got, err := parseRedisURL(tt.in)

@@ -3,12 +3,360 @@ package queue
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"time"
 
 	"github.com/gomodule/redigo/redis"
 )
 
+// A partition whose primary Redis Sentinel watches (redis+sentinel://).
+// Its pool dials whatever server the sentinels name as the primary:
+//
+//   - The sentinels are asked in turn (SENTINEL GET-MASTER-ADDR-BY-NAME),
+//     the one that answered last first; one that is down, or does not
+//     answer within DialTimeout, is skipped. At most one lookup runs at a
+//     time; the dials that need it wait for it.
+//   - Every new connection checks ROLE and refuses a server that is not a
+//     primary: right after a failover a sentinel may still name the old
+//     one, now a replica. That sentinel is asked last from then on, and
+//     the others are asked at once.
+//   - A connection that fails, or gets a READONLY reply (its server was
+//     demoted), reports a non-nil Err, so redigo drops it when it is put
+//     back, and makes the next dial ask the sentinels again.
+//   - One goroutine per partition subscribes to +switch-master on a
+//     sentinel (reconnecting with backoff, to the next sentinel when one
+//     fails) and takes the new address at once. An idle connection to
+//     another address is dropped when a borrow takes it.
+//
+// Nothing is sent again here: a command whose connection failed has the
+// uncertain reply it had on a standalone server, and a READONLY reply
+// becomes ErrReadOnly (the write did not run) for the caller to handle.
+
+const (
+	// switchMaster is the channel on which sentinels announce a failover:
+	// "<name> <old ip> <old port> <new ip> <new port>".
+	switchMaster = "+switch-master"
+	// sentinelQuiet is how long a subscription may go without a message
+	// before it is made again (and the primary asked for again): a
+	// sentinel that stopped answering without closing the connection is
+	// left within that.
+	sentinelQuiet = time.Minute
+)
+
+// sentinelPrimary finds and follows the primary of one partition.
+type sentinelPrimary struct {
+	name       string        // the name the sentinels know the primary by
+	toSentinel *serverDialer // the sentinels' credentials, DialTimeout to answer
+	toPrimary  *serverDialer // the URL's credentials and database
+
+	mu        sync.Mutex
+	sentinels []string      // in the order they are asked
+	addr      string        // the primary as last named ("" before the first lookup)
+	from      string        // the sentinel that named it
+	fresh     bool          // no connection to addr has failed since it was named
+	lookup    chan struct{} // closed when the lookup under way ends; nil when none runs
+	sub       redis.Conn    // the subscription's connection, while it is made
+	cancel    context.CancelFunc
+	done      chan struct{} // closed when the subscription's goroutine returns
+}
+
 // newSentinelPool makes the pool of a partition whose primary Sentinel
-// watches. stop, when not nil, ends what the pool runs in the background.
+// watches, and pings the primary through it. stop, when not nil, ends
+// what the pool runs in the background.
 func newSentinelPool(ctx context.Context, u redisURL, cfg Config, onDial func(context.Context, redis.Conn) error) (p *redis.Pool, stop func() error, err error) {
-	return nil, nil, errors.New("redis+sentinel:// is not supported yet")
+	return sentinelPool(ctx, u, cfg, onDial, nil)
+}
+
+// sentinelPool is newSentinelPool with wrap, when set, wrapping every
+// connection to the primary (the fault suite records through it).
+func sentinelPool(ctx context.Context, u redisURL, cfg Config, onDial func(context.Context, redis.Conn) error, wrap func(redis.Conn) redis.Conn) (*redis.Pool, func() error, error) {
+	s := &sentinelPrimary{
+		name:       u.primary,
+		toSentinel: newServerDialer(cfg, u.tls, u.sentinelUser, u.sentinelPassword, 0, cfg.DialTimeout),
+		toPrimary:  newServerDialer(cfg, u.tls, u.user, u.password, u.db, cfg.ReadTimeout),
+		sentinels:  slices.Clone(u.addrs),
+		done:       make(chan struct{}),
+	}
+	s.toPrimary.wrap = wrap
+	p := poolOf(cfg, s.dial, onDial, s.stale)
+	if err := ping(ctx, p); err != nil {
+		p.Close()
+		return nil, nil, err
+	}
+	watch, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	go s.follow(watch)
+	return p, s.stop, nil
+}
+
+// stop ends the subscription and joins its goroutine.
+func (s *sentinelPrimary) stop() error {
+	s.mu.Lock()
+	s.cancel()
+	if s.sub != nil {
+		s.sub.Close() // ends its wait for a message
+	}
+	s.mu.Unlock()
+	<-s.done
+	return nil
+}
+
+// dial connects to the primary. A server that is not one is refused, and
+// the sentinels are asked again, each at most once per dial.
+func (s *sentinelPrimary) dial(ctx context.Context) (*watchedConn, error) {
+	s.mu.Lock()
+	tries := len(s.sentinels)
+	s.mu.Unlock()
+	var err error
+	for range tries {
+		addr, from, lerr := s.primary(ctx)
+		if lerr != nil {
+			return nil, lerr
+		}
+		c, derr := s.toPrimary.dial(ctx, addr)
+		if derr != nil {
+			s.suspect(addr)
+			return nil, fmt.Errorf("primary %q at %s: %w", s.name, addr, derr)
+		}
+		role, rerr := roleOf(ctx, c)
+		if rerr == nil && role == "master" {
+			c.lost = s.suspect
+			return c, nil
+		}
+		c.Close()
+		if rerr != nil {
+			s.suspect(addr)
+			return nil, fmt.Errorf("primary %q at %s: ROLE: %w", s.name, addr, rerr)
+		}
+		s.refuse(addr, from)
+		err = fmt.Errorf("primary %q: sentinel %s names %s, which is not a primary (ROLE %s): a failover may be under way", s.name, from, addr, role)
+	}
+	return nil, err
+}
+
+// roleOf returns the first word of ROLE: master, slave or sentinel.
+func roleOf(ctx context.Context, c redis.Conn) (string, error) {
+	v, err := redis.Values(doContext(c, ctx, "ROLE"))
+	if err != nil {
+		return "", err
+	}
+	if len(v) == 0 {
+		return "", errors.New("empty ROLE reply")
+	}
+	return redis.String(v[0], nil)
+}
+
+// stale refuses an idle connection to a server other than the primary.
+func (s *sentinelPrimary) stale(c *watchedConn) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c.addr != s.addr {
+		return errors.New("queue: connection to a former primary")
+	}
+	return nil
+}
+
+// primary returns the primary's address and the sentinel that named it,
+// asking the sentinels when no address is trusted.
+func (s *sentinelPrimary) primary(ctx context.Context) (addr, from string, err error) {
+	for {
+		s.mu.Lock()
+		if s.fresh {
+			addr, from = s.addr, s.from
+			s.mu.Unlock()
+			return addr, from, nil
+		}
+		if wait := s.lookup; wait != nil {
+			s.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return "", "", ctx.Err()
+			}
+		}
+		done := make(chan struct{})
+		s.lookup = done
+		order := slices.Clone(s.sentinels)
+		s.mu.Unlock()
+
+		addr, from, err = s.ask(ctx, order)
+		s.mu.Lock()
+		s.lookup = nil
+		close(done)
+		if err == nil {
+			s.named(addr, from)
+		}
+		s.mu.Unlock()
+		return addr, from, err
+	}
+}
+
+// ask asks the sentinels in order for the primary's address.
+func (s *sentinelPrimary) ask(ctx context.Context, order []string) (addr, from string, err error) {
+	e := &lookupError{name: s.name}
+	for _, sa := range order {
+		if ctx.Err() != nil {
+			return "", "", ctx.Err()
+		}
+		c, err := s.toSentinel.dial(ctx, sa)
+		if err == nil {
+			addr, err = primaryAddr(doContext(c, ctx, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", s.name))
+			c.Close()
+		}
+		if err == nil {
+			return addr, sa, nil
+		}
+		e.errs = append(e.errs, fmt.Errorf("sentinel %s: %w", sa, err))
+	}
+	return "", "", e
+}
+
+// lookupError is a lookup that no sentinel answered: each one's error.
+type lookupError struct {
+	name string
+	errs []error
+}
+
+func (e *lookupError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "no sentinel named the primary %q", e.name)
+	sep := ": "
+	for _, err := range e.errs {
+		b.WriteString(sep + err.Error())
+		sep = "; "
+	}
+	return b.String()
+}
+
+func (e *lookupError) Unwrap() []error { return e.errs }
+
+// primaryAddr reads a sentinel's reply to SENTINEL GET-MASTER-ADDR-BY-NAME.
+func primaryAddr(reply any, err error) (string, error) {
+	hp, err := redis.Strings(reply, err)
+	if errors.Is(err, redis.ErrNil) {
+		return "", errors.New("it watches no primary of that name")
+	}
+	if err != nil {
+		return "", err
+	}
+	if len(hp) != 2 {
+		return "", fmt.Errorf("%d fields in its reply, not 2", len(hp))
+	}
+	return net.JoinHostPort(hp[0], hp[1]), nil
+}
+
+// named takes addr as the primary, named by the sentinel from, which is
+// asked first from now on. Called with s.mu held.
+func (s *sentinelPrimary) named(addr, from string) {
+	s.addr, s.from, s.fresh = addr, from, true
+	if i := slices.Index(s.sentinels, from); i > 0 {
+		s.sentinels = slices.Insert(slices.Delete(s.sentinels, i, i+1), 0, from)
+	}
+}
+
+// suspect makes the next dial ask the sentinels again, when addr is the
+// primary's address still: a connection to it failed or found a replica.
+func (s *sentinelPrimary) suspect(addr string) {
+	s.mu.Lock()
+	if addr == s.addr {
+		s.fresh = false
+	}
+	s.mu.Unlock()
+}
+
+// refuse records that addr, named by the sentinel from, is not a primary:
+// that sentinel is asked last from now on.
+func (s *sentinelPrimary) refuse(addr, from string) {
+	s.mu.Lock()
+	if addr == s.addr {
+		s.fresh = false
+	}
+	if i := slices.Index(s.sentinels, from); i >= 0 {
+		s.sentinels = append(slices.Delete(s.sentinels, i, i+1), from)
+	}
+	s.mu.Unlock()
+}
+
+// follow keeps a subscription to +switch-master on one of the sentinels
+// until ctx ends, moving to the next sentinel with backoff when one fails.
+func (s *sentinelPrimary) follow(ctx context.Context) {
+	defer close(s.done)
+	var b backoff
+	for next := 0; ; next++ {
+		s.mu.Lock()
+		order := slices.Clone(s.sentinels)
+		s.mu.Unlock()
+		if s.subscribe(ctx, order[next%len(order)]) {
+			b.reset()
+			next = -1 // the preferred sentinel again
+		}
+		if b.wait(ctx) != nil {
+			return
+		}
+	}
+}
+
+// subscribe follows one sentinel's announcements of failovers until its
+// connection fails, it says nothing for sentinelQuiet, or ctx ends. It
+// reports whether the subscription was made.
+func (s *sentinelPrimary) subscribe(ctx context.Context, sa string) bool {
+	c, err := s.toSentinel.dial(ctx, sa)
+	if err != nil {
+		return false
+	}
+	s.mu.Lock()
+	if ctx.Err() != nil {
+		s.mu.Unlock()
+		c.Close()
+		return false
+	}
+	s.sub = c
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.sub = nil
+		s.mu.Unlock()
+		c.Close()
+	}()
+	// Asked and subscribed in one write, which the sentinel runs without
+	// a failover in between: no switch can fall between the two.
+	c.Send("SENTINEL", "GET-MASTER-ADDR-BY-NAME", s.name)
+	c.Send("SUBSCRIBE", switchMaster)
+	if c.Flush() != nil {
+		return false
+	}
+	addr, err := primaryAddr(c.Receive())
+	if err != nil {
+		return false
+	}
+	if _, err := c.Receive(); err != nil { // the subscription's confirmation
+		return false
+	}
+	s.mu.Lock()
+	if addr != s.addr {
+		s.named(addr, sa)
+	}
+	s.mu.Unlock()
+	for {
+		v, err := redis.ReceiveWithTimeout(c, sentinelQuiet)
+		if err != nil {
+			return true
+		}
+		msg, _ := redis.Values(v, nil)
+		if len(msg) != 3 {
+			continue
+		}
+		text, _ := redis.String(msg[2], nil)
+		f := strings.Fields(text)
+		if len(f) == 5 && f[0] == s.name {
+			s.mu.Lock()
+			s.named(net.JoinHostPort(f[3], f[4]), sa)
+			s.mu.Unlock()
+		}
+	}
 }

@@ -1,0 +1,114 @@
+package queue
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// The fault suite under Sentinel: producer and analyser processes reach
+// the primary through a redis+sentinel:// URL, their histories recorded
+// as in every fault test (faultenv_test.go), and the primary is killed
+// with kill -9 for the sentinels to fail over to its replica.
+
+// newSentinelFaultEnv is newFaultEnv on a Sentinel topology: the harness
+// and the children dial the sentinels.
+func newSentinelFaultEnv(t *testing.T, queues int) (*faultEnv, *sentinelTopo) {
+	topo := startSentinelTopo(t, "", "")
+	e := &faultEnv{t: t, dir: t.TempDir(), queues: queues, prefix: "fault", redis: topo.primary}
+	e.url = sentinelURL("mp", topo.sentinelAddrs()...)
+	q, err := Dial(context.Background(), []string{e.url}, Config{Prefix: e.prefix, Queues: queues, DialTimeout: time.Second})
+	require.NoError(t, err)
+	e.q = q
+	t.Cleanup(e.close)
+	return e, topo
+}
+
+// TestFaultSentinelFailover kills the primary with kill -9 while a
+// producer adds and an analyser runs, both through the sentinels, which
+// promote the replica. Both go on without a restart. The checker's
+// figures must be clean, except that tasks whose add the old primary
+// acknowledged just before it died may be lost with it (replication is
+// asynchronous): the test logs how many, and fails if a task acknowledged
+// after the kill is lost.
+func TestFaultSentinelFailover(t *testing.T) {
+	e, topo := newSentinelFaultEnv(t, 1)
+	const orders, per = 100, 60
+	total := int64(orders * per)
+	acfg := e.analyserConfig(0)
+	acfg.Work = time.Millisecond
+	a := e.spawn("analyser", acfg)
+	pcfg := produce(orders, per)
+	pcfg.Rate = 1000 // six seconds of adds: they span the failover
+	p := e.spawn("producer", pcfg)
+	topo.waitReady(0, 1, 2)
+	e.waitProcessed(total/4, 30*time.Second)
+	pending := e.recordPending() // a moment before the kill
+	killAt := time.Now()
+	topo.primary.kill()
+	e.event(faultEvent{Ev: evFault})
+	topo.waitPrimary(0, topo.replica.addr(), 30*time.Second)
+	failedOver := time.Since(killAt)
+	e.drain([]*child{p}, []*child{a}, 60*time.Second)
+
+	events := e.events()
+	r := checkHistory(events)
+	produceAgain, consumeAgain, lostAfter := afterFault(events, killAt)
+	t.Logf("sentinel failover: kill -9 of the primary with %d tasks pending, the sentinels named the replica %v later; "+
+		"adds succeed again after %v, the first task added after the kill runs after %v; %d tasks acknowledged before the kill lost: %v",
+		pending, failedOver.Round(time.Millisecond), fmtRecovery(produceAgain), fmtRecovery(consumeAgain), r.Lost-lostAfter, r)
+	assert.Zero(t, lostAfter, "tasks acknowledged after the kill lost")
+	assert.Zero(t, r.Unexpected, "unexpected")
+	assert.Zero(t, r.Reordered, "reordered")
+	assert.Zero(t, r.EarlyStarts, "early starts")
+	assert.Zero(t, r.Overlap, "overlap")
+	assert.Zero(t, r.LateAcks, "late acks accepted")
+	assert.Zero(t, r.StaleStarts, "stale starts")
+	assert.Zero(t, r.Quarantined, "malformed records quarantined")
+	assert.Zero(t, r.EarlyLosses, "leases lost before the kill")
+	assert.Zero(t, r.Dead)
+	assert.Zero(t, r.UnknownTwice)
+	assert.Positive(t, r.AddErrors, "no add failed: the kill missed the producer")
+	require.Positive(t, produceAgain, "no add succeeded after the kill")
+	require.Positive(t, consumeAgain, "no task added after the kill ran")
+}
+
+// afterFault follows the tasks whose add began after at: the time from at
+// to the first of them added ok and to the first of them started (-1:
+// none), and how many were added ok but never finished.
+func afterFault(events []faultEvent, at time.Time) (added, started time.Duration, lost int) {
+	type key struct {
+		order uint64
+		seq   int
+	}
+	began := map[key]bool{}   // adds begun after at
+	addedOK := map[key]bool{} // of those, the ones that returned ok
+	done := map[key]bool{}
+	added, started = -1, -1
+	since := func(ev faultEvent) time.Duration { return time.Duration(ev.Wall - at.UnixNano()) }
+	for _, ev := range events { // in time order (checkHistory sorted them)
+		k := key{ev.Order, ev.Seq}
+		switch {
+		case ev.Ev == evAdd && ev.Wall > at.UnixNano():
+			began[k] = true
+		case ev.Ev == evAdded && ev.Result == "ok" && began[k]:
+			addedOK[k] = true
+			if added < 0 {
+				added = since(ev)
+			}
+		case ev.Ev == evStart && began[k] && started < 0:
+			started = since(ev)
+		case ev.Ev == evFinish && ev.Result == "ok":
+			done[k] = true
+		}
+	}
+	for k := range addedOK {
+		if !done[k] {
+			lost++
+		}
+	}
+	return added, started, lost
+}
