@@ -143,6 +143,8 @@ func TestParseTopologyURLs(t *testing.T) {
 		{in: "redis+sentinel://:pw@s1,s2:26380/mymaster/3?sentinel_password=spw",
 			want: redisURL{topo: sentinel, addrs: []string{"s1:26379", "s2:26380"}, primary: "mymaster", db: 3, password: "pw", sentinelPassword: "spw"}},
 		{in: "redis+sentinel://s1/mymaster", want: redisURL{topo: sentinel, addrs: []string{"s1:26379"}, primary: "mymaster"}},
+		{in: "redis+sentinel://a:1,b/mp", want: redisURL{topo: sentinel, addrs: []string{"a:1", "b:26379"}, primary: "mp"}},
+		{in: "redis+cluster://[::1]:7000,[::1]", want: redisURL{topo: cluster, addrs: []string{"[::1]:7000", "[::1]:6379"}}},
 		{in: "redis+cluster://a:7000/1", bad: true},      // a cluster has db 0 only
 		{in: "redis+sentinel://s1", bad: true},           // no primary name
 		{in: "redis+sentinel://s1/", bad: true},          // no primary name

@@ -47,7 +47,7 @@ type redisURL struct {
 // password, and so may a piece of one that does not parse.
 func parseRedisURL(raw string) (redisURL, error) {
 	var r redisURL
-	u, err := url.Parse(raw)
+	u, hosts, err := parseHostList(raw)
 	if err != nil {
 		return r, errors.New("URL does not parse")
 	}
@@ -76,10 +76,10 @@ func parseRedisURL(raw string) (redisURL, error) {
 	if u.Opaque != "" {
 		return r, errors.New("URL has no host")
 	}
-	for _, h := range strings.Split(u.Host, ",") {
+	for _, h := range strings.Split(hosts, ",") {
 		host, port, err := net.SplitHostPort(h)
 		if err != nil { // no port
-			host, port = h, defaultPort
+			host, port = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]"), defaultPort
 		}
 		if host == "" {
 			if r.topo != standalone {
@@ -159,16 +159,43 @@ func SplitURLs(list string) []string {
 	return out
 }
 
+// parseHostList parses a URL whose host may be a comma-separated list of
+// host[:port], which url.Parse does not take (it reads all after the last
+// ':' as the port): the list is set aside, the rest parsed, and the list
+// returned as it was written.
+func parseHostList(raw string) (*url.URL, string, error) {
+	scheme, rest, ok := strings.Cut(raw, "://")
+	if !ok {
+		u, err := url.Parse(raw)
+		return u, "", err
+	}
+	end := strings.IndexAny(rest, "/?#")
+	if end < 0 {
+		end = len(rest)
+	}
+	authority := rest[:end]
+	userinfo, hosts := "", authority
+	if at := strings.LastIndexByte(authority, '@'); at >= 0 {
+		userinfo, hosts = authority[:at+1], authority[at+1:]
+	}
+	u, err := url.Parse(scheme + "://" + userinfo + "h" + rest[end:])
+	if err != nil {
+		return nil, "", err
+	}
+	u.Host = ""
+	return u, hosts, nil
+}
+
 // RedactURL returns a Redis URL as it may be shown in a log line or an
 // error: without its user name and password. A URL that does not parse is
 // not shown at all (a piece of it may be a password). It is what this
 // package's own errors do, for callers that name their servers too.
 func RedactURL(raw string) string {
-	u, err := url.Parse(raw)
+	u, hosts, err := parseHostList(raw)
 	if err != nil {
 		return "(a URL that does not parse)"
 	}
-	u.User = nil
+	u.User, u.Host = nil, hosts
 	if q := u.Query(); q.Has("sentinel_password") {
 		q.Set("sentinel_password", "redacted")
 		u.RawQuery = q.Encode()
