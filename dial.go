@@ -81,6 +81,9 @@ func parseRedisURL(raw string) (redisURL, error) {
 		if err != nil { // no port
 			host, port = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]"), defaultPort
 		}
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || strings.ContainsAny(host, "[]/@") {
+			return r, errors.New("URL has a host or port that does not parse")
+		}
 		if host == "" {
 			if r.topo != standalone {
 				return r, errors.New("URL has an empty host in its list")
