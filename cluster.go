@@ -247,7 +247,7 @@ func (r *clusterRouter) readSlotsFrom(ctx context.Context, addr string) (*slotMa
 	defer c.Close()
 	reply, err := redis.Values(redis.DoContext(c, ctx, "CLUSTER", "SHARDS"))
 	if err == nil {
-		return parseClusterShards(reply, addr)
+		return parseClusterShards(reply, addr, r.u.tls)
 	}
 	var re redis.Error
 	if !errors.As(err, &re) {

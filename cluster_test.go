@@ -88,7 +88,7 @@ func TestParseRedirect(t *testing.T) {
 func TestParseClusterShards(t *testing.T) {
 	t.Parallel()
 	node := func(port int64, role, health string) any {
-		return []any{[]byte("id"), []byte("x"), []byte("port"), port, []byte("ip"), []byte("10.0.0.1"),
+		return []any{[]byte("id"), []byte("x"), []byte("port"), port, []byte("tls-port"), port + 1000, []byte("ip"), []byte("10.0.0.1"),
 			[]byte("endpoint"), []byte("10.0.0.1"), []byte("role"), []byte(role), []byte("replication-offset"), int64(7),
 			[]byte("health"), []byte(health)}
 	}
@@ -98,14 +98,18 @@ func TestParseClusterShards(t *testing.T) {
 		[]any{[]byte("slots"), []any{int64(100), int64(199)},
 			[]byte("nodes"), []any{node(7001, "master", "failed"), node(7004, "replica", "online")}},
 	}
-	m, err := parseClusterShards(reply, "10.0.0.1:7000")
+	m, err := parseClusterShards(reply, "10.0.0.1:7000", false)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"10.0.0.1:7000"}, m.primaries)
 	assert.Equal(t, "10.0.0.1:7000", m.addrOf(0))
 	assert.Equal(t, "10.0.0.1:7000", m.addrOf(16383))
 	assert.Equal(t, "", m.addrOf(150), "the slots of a failed primary have no owner until its replica takes over")
 
-	_, err = parseClusterShards([]any{}, "h:1")
+	m, err = parseClusterShards(reply, "10.0.0.1:7000", true)
+	require.NoError(t, err)
+	assert.Equal(t, "10.0.0.1:8000", m.addrOf(0), "a TLS client takes the tls-port")
+
+	_, err = parseClusterShards([]any{}, "h:1", false)
 	assert.Error(t, err)
 }
 

@@ -137,8 +137,9 @@ func (m *slotMap) assign(from, to int64, addr string) error {
 
 // parseClusterShards reads CLUSTER SHARDS: per shard, "slots" (a flat
 // list of range bounds) and "nodes" (maps of fields), of which the one
-// with role "master" and health "online" serves.
-func parseClusterShards(reply []any, asked string) (*slotMap, error) {
+// with role "master" and health "online" serves, on its "tls-port" for a
+// TLS client.
+func parseClusterShards(reply []any, asked string, tls bool) (*slotMap, error) {
 	m := newSlotMap()
 	for _, sh := range reply {
 		fields, err := redis.Values(sh, nil)
@@ -167,9 +168,15 @@ func parseClusterShards(reply []any, asked string) (*slotMap, error) {
 					if kv["role"] != "master" || kv["health"] == "failed" {
 						continue
 					}
-					port, _ := strconv.ParseInt(kv["port"], 10, 64)
+					// A node may serve TLS and plain connections on
+					// two ports: take the one of the client's kind.
+					first, second := "port", "tls-port"
+					if tls {
+						first, second = second, first
+					}
+					port, _ := strconv.ParseInt(kv[first], 10, 64)
 					if port == 0 {
-						port, _ = strconv.ParseInt(kv["tls-port"], 10, 64)
+						port, _ = strconv.ParseInt(kv[second], 10, 64)
 					}
 					host := kv["ip"]
 					if h := kv["endpoint"]; h != "" && h != "?" {
