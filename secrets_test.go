@@ -139,6 +139,14 @@ func TestDialSchemeCaseInsensitive(t *testing.T) {
 // testCA makes a CA and a server certificate for 127.0.0.1 signed by it.
 func testCA(t *testing.T) (*x509.CertPool, tls.Certificate) {
 	t.Helper()
+	_, roots, cert := testCAWithDER(t)
+	return roots, cert
+}
+
+// testCAWithDER is testCA that also returns the CA's certificate (DER),
+// for servers that read it from a file.
+func testCAWithDER(t *testing.T) ([]byte, *x509.CertPool, tls.Certificate) {
+	t.Helper()
 	key := func() *ecdsa.PrivateKey {
 		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		require.NoError(t, err)
@@ -158,13 +166,13 @@ func testCA(t *testing.T) (*x509.CertPool, tls.Certificate) {
 		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
 		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}, KeyUsage: x509.KeyUsageDigitalSignature,
 	}
 	srvDER, err := x509.CreateCertificate(rand.Reader, srv, caCert, &srvKey.PublicKey, caKey)
 	require.NoError(t, err)
 	roots := x509.NewCertPool()
 	roots.AddCert(caCert)
-	return roots, tls.Certificate{Certificate: [][]byte{srvDER}, PrivateKey: srvKey}
+	return caDER, roots, tls.Certificate{Certificate: [][]byte{srvDER}, PrivateKey: srvKey}
 }
 
 // TestDialTLS checks rediss:// against a TLS server: refused under the
