@@ -409,7 +409,7 @@ func parseClusterShards(reply []any, asked string) (*slotMap, error) {
 					return nil, fmt.Errorf("CLUSTER SHARDS nodes: %w", err)
 				}
 				for _, n := range nodes {
-					kv, err := redis.StringMap(n, nil)
+					kv, err := shardNodeFields(n)
 					if err != nil {
 						return nil, fmt.Errorf("CLUSTER SHARDS node: %w", err)
 					}
@@ -441,6 +441,30 @@ func parseClusterShards(reply []any, asked string) (*slotMap, error) {
 		return nil, errors.New("CLUSTER SHARDS: no primary serves a slot")
 	}
 	return m, nil
+}
+
+// shardNodeFields reads a node of CLUSTER SHARDS: a flat list of names
+// and values, of which some (port, tls-port, replication-offset) are
+// integers.
+func shardNodeFields(n any) (map[string]string, error) {
+	v, err := redis.Values(n, nil)
+	if err != nil || len(v)%2 != 0 {
+		return nil, errors.New("malformed node")
+	}
+	kv := make(map[string]string, len(v)/2)
+	for i := 0; i < len(v); i += 2 {
+		name, err := redis.String(v[i], nil)
+		if err != nil {
+			return nil, errors.New("malformed node")
+		}
+		switch x := v[i+1].(type) {
+		case int64:
+			kv[name] = strconv.FormatInt(x, 10)
+		case []byte:
+			kv[name] = string(x)
+		}
+	}
+	return kv, nil
 }
 
 // parseClusterSlots reads CLUSTER SLOTS: per range, its first and last
