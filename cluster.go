@@ -646,10 +646,10 @@ func (r *clusterRouter) doOn(ctx context.Context, addr string, asking bool, cmd 
 		if err := c.Send("ASKING"); err != nil {
 			return nil, err
 		}
-		if _, err := doContext(c, ctx, cmd, args...); err != nil {
-			return nil, err // ASKING's own reply, or an error of the connection
-		}
-		return receiveContext(c, ctx)
+		// Do reads ASKING's reply, then the command's, and returns the
+		// command's (with the first error reply of the two): there is no
+		// third reply to wait for.
+		return doContext(c, ctx, cmd, args...)
 	}
 	return doContext(c, ctx, cmd, args...)
 }
