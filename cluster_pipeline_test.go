@@ -1,0 +1,121 @@
+package queue
+
+import (
+	"errors"
+	"sync/atomic"
+	"testing"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// brokenConn is a node connection whose network fails while fail is set:
+// from then on, like a redigo connection after a network error, every
+// call returns the error.
+type brokenConn struct {
+	redis.Conn
+	fail *atomic.Bool
+	err  error
+}
+
+func (c *brokenConn) check() error {
+	if c.err == nil && c.fail.Load() {
+		c.err = errors.New("write tcp: connection reset by peer")
+	}
+	return c.err
+}
+
+func (c *brokenConn) Err() error {
+	if c.err != nil {
+		return c.err
+	}
+	return c.Conn.Err()
+}
+
+func (c *brokenConn) Send(cmd string, args ...any) error {
+	if err := c.check(); err != nil {
+		return err
+	}
+	return c.Conn.Send(cmd, args...)
+}
+
+func (c *brokenConn) Flush() error {
+	if err := c.check(); err != nil {
+		return err
+	}
+	return c.Conn.Flush()
+}
+
+func (c *brokenConn) Receive() (any, error) {
+	if err := c.check(); err != nil {
+		return nil, err
+	}
+	return c.Conn.Receive()
+}
+
+func (c *brokenConn) Do(cmd string, args ...any) (any, error) {
+	if err := c.check(); err != nil {
+		return nil, err
+	}
+	return c.Conn.Do(cmd, args...)
+}
+
+// oneNodeRouter returns a router whose map gives every slot to the
+// server at addr, its node connections wrapped by wrap.
+func oneNodeRouter(t *testing.T, addr string, wrap func(redis.Conn) redis.Conn) *clusterRouter {
+	t.Helper()
+	cfg, err := Config{}.withDefaults()
+	require.NoError(t, err)
+	r := &clusterRouter{cfg: cfg, nodes: map[string]*redis.Pool{}, wrap: wrap}
+	m := newSlotMap()
+	require.NoError(t, m.assign(0, clusterSlots-1, addr))
+	r.slots.Store(m)
+	t.Cleanup(func() { r.close() })
+	return r
+}
+
+// A pipeline whose node connection fails leaves nothing behind in the
+// routed connection: the pool does not hand it out again with that node
+// connection held and its replies pending, so the next pipeline goes on
+// a new node connection and reads its own replies (after a primary's
+// kill -9, a producer's coalesced adds failed on the dead connection for
+// good, whatever the cluster did).
+func TestRoutedConnDropsAFailedNodeConn(t *testing.T) {
+	for _, at := range []string{"send", "flush"} {
+		t.Run(at, func(t *testing.T) {
+			m := miniredis.RunT(t)
+			var fail atomic.Bool
+			r := oneNodeRouter(t, m.Addr(), func(c redis.Conn) redis.Conn { return &brokenConn{Conn: c, fail: &fail} })
+			pool := r.partitionPool(nil)
+			pool.MaxIdle = 1 // the routed connection returned is the one handed out next
+			defer pool.Close()
+
+			c := pool.Get()
+			if at == "send" {
+				fail.Store(true)
+				require.Error(t, c.Send("LPUSH", "{a}:l", "lost"))
+			} else {
+				require.NoError(t, c.Send("LPUSH", "{a}:l", "lost"))
+				fail.Store(true)
+				require.Error(t, c.Flush())
+			}
+			c.Close()
+			fail.Store(false)
+
+			c = pool.Get()
+			defer c.Close()
+			require.NoError(t, c.Send("LPUSH", "{a}:l", "x"), "a new pipeline, on a new node connection")
+			require.NoError(t, c.Send("LLEN", "{a}:l"))
+			require.NoError(t, c.Flush())
+			pushed, err := redis.Int(c.Receive())
+			require.NoError(t, err)
+			n, err := redis.Int(c.Receive())
+			require.NoError(t, err)
+			assert.Equal(t, n, pushed, "the replies are the new pipeline's")
+			_, err = c.Receive()
+			assert.Error(t, err, "no reply left")
+		})
+	}
+}
