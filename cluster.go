@@ -710,6 +710,24 @@ var (
 
 func (c *routedConn) Err() error { return c.err }
 
+// fatal ends the connection after a node connection failed under it: as
+// a redigo connection after a network error, it returns err from then
+// on, so that the pool drops it rather than hand it out again with the
+// failed node connection and replies nobody will read. The node may have
+// failed: the map is read again.
+func (c *routedConn) fatal(err error) error {
+	if c.err == nil {
+		c.err = err
+		for addr, nc := range c.held {
+			nc.Close()
+			delete(c.held, addr)
+		}
+		c.pending = nil
+		c.r.refreshAsync()
+	}
+	return err
+}
+
 func (c *routedConn) Close() error {
 	var errs []error
 	for addr, nc := range c.held {
@@ -791,8 +809,7 @@ func (c *routedConn) Send(cmd string, args ...any) error {
 	nc := c.held[addr]
 	if nc == nil {
 		if nc, err = c.r.nodeConn(context.Background(), addr); err != nil {
-			c.r.refreshAsync()
-			return err
+			return c.fatal(err)
 		}
 		if c.held == nil {
 			c.held, c.dirty = map[string]redis.Conn{}, map[string]bool{}
@@ -800,7 +817,7 @@ func (c *routedConn) Send(cmd string, args ...any) error {
 		c.held[addr] = nc
 	}
 	if err := nc.Send(cmd, args...); err != nil {
-		return err
+		return c.fatal(err)
 	}
 	c.dirty[addr] = true
 	c.pending = append(c.pending, routedCmd{addr: addr, cmd: cmd, args: args})
@@ -813,7 +830,7 @@ func (c *routedConn) Flush() error {
 	}
 	for addr := range c.dirty {
 		if err := c.held[addr].Flush(); err != nil {
-			return err
+			return c.fatal(err)
 		}
 		delete(c.dirty, addr)
 	}
@@ -846,7 +863,7 @@ func (c *routedConn) ReceiveContext(ctx context.Context) (any, error) {
 	nc := c.held[head.addr]
 	reply, err := receiveContext(nc, ctx)
 	if err != nil && !isRedisError(err) {
-		c.r.refreshAsync()
+		return nil, c.fatal(err)
 	}
 	if !slices.ContainsFunc(c.pending, func(p routedCmd) bool { return p.addr == head.addr }) {
 		delete(c.held, head.addr)
