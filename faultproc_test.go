@@ -120,28 +120,53 @@ func runFaultRole() bool {
 	return true
 }
 
-// roleQueue makes the child's queue, on one server; every connection
-// records the lease grants and acks it carries in h.
-func roleQueue(cfg roleConfig, h *historyWriter) (*Queue, *redis.Pool) {
-	pool := &redis.Pool{
-		MaxIdle:     32,
-		IdleTimeout: time.Minute,
-		DialContext: func(ctx context.Context) (redis.Conn, error) {
-			c, err := redis.DialURLContext(ctx, cfg.URL,
-				redis.DialConnectTimeout(time.Second),
-				redis.DialReadTimeout(5*time.Second),
-				redis.DialWriteTimeout(5*time.Second))
-			if err != nil {
-				return nil, err
-			}
-			return &recConn{Conn: c, h: h, partitions: 1}, nil
-		},
+// roleQueue makes the child's queue, on one server or, given a
+// redis+cluster:// URL, on one partition of the cluster through a slot
+// router; every connection records the lease grants and acks it carries
+// in h. closeAll closes the queue and what it uses.
+func roleQueue(cfg roleConfig, h *historyWriter) (q *Queue, closeAll func()) {
+	rec := func(c redis.Conn) redis.Conn { return &recConn{Conn: c, h: h, partitions: 1} }
+	qcfg := Config{Prefix: cfg.Prefix, Queues: cfg.Queues}
+	var pool *redis.Pool
+	closeRouter := func() {}
+	if u, err := parseRedisURL(cfg.URL); err == nil && u.topo == cluster {
+		rcfg, err := Config{DialTimeout: time.Second, ReadTimeout: 5 * time.Second, MaxIdle: 32}.withDefaults()
+		if err != nil {
+			panic(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		r, err := newClusterRouter(ctx, u, rcfg)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "fault role: cluster router: %v\n", err)
+			os.Exit(2)
+		}
+		pool, closeRouter = r.partitionPool(rec), func() { r.close() }
+	} else {
+		pool = &redis.Pool{
+			MaxIdle:     32,
+			IdleTimeout: time.Minute,
+			DialContext: func(ctx context.Context) (redis.Conn, error) {
+				c, err := redis.DialURLContext(ctx, cfg.URL,
+					redis.DialConnectTimeout(time.Second),
+					redis.DialReadTimeout(5*time.Second),
+					redis.DialWriteTimeout(5*time.Second))
+				if err != nil {
+					return nil, err
+				}
+				return rec(c), nil
+			},
+		}
 	}
-	q, err := New([]*redis.Pool{pool}, Config{Prefix: cfg.Prefix, Queues: cfg.Queues})
+	q, err := New([]*redis.Pool{pool}, qcfg)
 	if err != nil {
 		panic(err) // the harness passes a valid config
 	}
-	return q, pool
+	return q, func() {
+		q.Close()
+		pool.Close()
+		closeRouter()
+	}
 }
 
 func runAnalyser(cfg roleConfig) error {
@@ -149,9 +174,8 @@ func runAnalyser(cfg roleConfig) error {
 	if err != nil {
 		return err
 	}
-	q, pool := roleQueue(cfg, h)
-	defer pool.Close()
-	defer q.Close()
+	q, closeAll := roleQueue(cfg, h)
+	defer closeAll()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -266,9 +290,8 @@ func runConsumer(cfg roleConfig) error {
 	if err != nil {
 		return err
 	}
-	q, pool := roleQueue(cfg, h)
-	defer pool.Close()
-	defer q.Close()
+	q, closeAll := roleQueue(cfg, h)
+	defer closeAll()
 	ctx := context.Background()
 	c, err := q.Consume(ctx, cfg.Analyser, ConsumerConfig{LeaseTTL: cfg.LeaseTTL, MaxAttempts: cfg.MaxAttempts})
 	if err != nil {
@@ -307,9 +330,8 @@ func runProducer(cfg roleConfig) error {
 	if err != nil {
 		return err
 	}
-	q, pool := roleQueue(cfg, h)
-	defer pool.Close()
-	defer q.Close()
+	q, closeAll := roleQueue(cfg, h)
+	defer closeAll()
 	ctx := context.Background()
 	g := max(cfg.Goroutines, 1)
 	var wg sync.WaitGroup
