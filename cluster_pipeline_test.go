@@ -1,9 +1,11 @@
 package queue
 
 import (
+	"context"
 	"errors"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/gomodule/redigo/redis"
@@ -118,4 +120,54 @@ func TestRoutedConnDropsAFailedNodeConn(t *testing.T) {
 			assert.Error(t, err, "no reply left")
 		})
 	}
+}
+
+// On a cluster, the AddTask calls one round trip carries are for queues
+// that may live on several primaries: a primary that cannot be reached
+// fails its own calls, not those for the others. (After a primary's
+// kill -9, adds to queues on the healthy primaries failed with the dead
+// one's "connection refused".)
+func TestClusterAddsToHealthyPrimariesGoThrough(t *testing.T) {
+	m := miniredis.RunT(t)
+	prefix := testPrefix(t)
+	healthy, unreachable := newQueueKeys(prefix, 0, 0).ready, newQueueKeys(prefix, 0, 1).ready
+	down := keySlot(unreachable)
+	require.NotEqual(t, down, keySlot(healthy))
+	require.NotEqual(t, down, keySlot(layoutKey(prefix)+":0"))
+	r := oneNodeRouter(t, m.Addr(), nil)
+	sm := r.slots.Load()
+	require.NoError(t, sm.assign(int64(down), int64(down), closedAddr(t)))
+
+	log := &cmdLog{}
+	pool := r.partitionPool(func(c redis.Conn) redis.Conn { return countingConn{Conn: c, log: log} })
+	defer pool.Close()
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: prefix, Queues: 2})
+	require.NoError(t, err)
+	defer q.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, q.CheckLayout(ctx))
+
+	// A first add holds the round trip, so that the next two share one.
+	entered, release := make(chan struct{}), make(chan struct{})
+	log.mu.Lock()
+	log.gate = func() { close(entered); <-release }
+	log.mu.Unlock()
+	errs := make(chan error, 1)
+	go func() { _, err := q.AddTask(ctx, 0, []byte("first")); errs <- err }()
+	<-entered
+	a := &q.adders[0]
+	results := map[uint64]chan error{2: make(chan error, 1), 1: make(chan error, 1)} // queue 0, queue 1
+	for i, id := range []uint64{2, 1} {
+		go func() { _, err := q.AddTask(ctx, id, []byte("x")); results[id] <- err }()
+		require.Eventually(t, func() bool {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			return len(a.waiting) == i+1
+		}, 5*time.Second, time.Millisecond)
+	}
+	close(release)
+	require.NoError(t, <-errs)
+	assert.NoError(t, <-results[2], "an add to a queue on a primary that answers")
+	assert.Error(t, <-results[1], "an add to a queue on a primary that cannot be reached")
 }
