@@ -332,7 +332,11 @@ func runProducer(cfg roleConfig) error {
 	}
 	q, closeAll := roleQueue(cfg, h)
 	defer closeAll()
-	ctx := context.Background()
+	// A ctx that can end, as a server's requests have, though it never
+	// does: adds that share a round trip take the path of callers who may
+	// give up.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	g := max(cfg.Goroutines, 1)
 	var wg sync.WaitGroup
 	var batchSeq struct {

@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"fmt"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -164,9 +165,10 @@ func (run *clusterRun) logRecovery(what string, at time.Time, analysers []int, r
 	t.Logf("%s: queues %v: first task added after the fault ran %s after it, longest stall %s from %s; %v",
 		what, analysers, fmtRecovery(firstNew), stall.Round(time.Millisecond), stallAt.Round(time.Millisecond), r)
 	errs := map[string]int{}
+	addr := regexp.MustCompile(`127\.0\.0\.1:\d+`)
 	for _, e := range events {
 		if e.Err != "" {
-			errs[e.Ev+": "+e.Err]++
+			errs[e.Ev+": "+addr.ReplaceAllString(e.Err, "node")]++
 		}
 	}
 	for msg, n := range errs {
@@ -180,7 +182,7 @@ func (run *clusterRun) logRecovery(what string, at time.Time, analysers []int, r
 // split between the two primaries for a while (scripts get TRYAGAIN, new
 // keys go to the target after ASK).
 func TestFaultClusterMigrateSlot(t *testing.T) {
-	run := startClusterRun(t, 500, 0)
+	run := startClusterRun(t, 500, 1500)
 	e, c := run.e, run.c
 	const a = 0
 	k := newQueueKeys(e.prefix, 0, a)
@@ -190,17 +192,18 @@ func TestFaultClusterMigrateSlot(t *testing.T) {
 	if dst.port == src.port {
 		dst = c.primaries()[1]
 	}
+	ready, pending := run.waiting([]int{a})
 	at := time.Now()
 	e.event(faultEvent{Ev: evFault})
-	moved := c.migrateSlot(slot, dst, 1, 400*time.Millisecond)
+	moved := c.migrateSlot(slot, dst, 1, 300*time.Millisecond)
 	took := time.Since(at)
 	n, err := redis.Int(c.do(dst, "EXISTS", k.meta))
 	require.NoError(t, err)
 	require.Equal(t, 1, n, "the queue's keys are on the target")
 	e.waitProcessed(run.total/2, 30*time.Second)
 	r := run.finish()
-	run.logRecovery(fmt.Sprintf("slot %d of analyser %d migrated from %d to %d (%d keys in %s)",
-		slot, a, src.port, dst.port, moved, took.Round(time.Millisecond)), at, []int{a}, r)
+	run.logRecovery(fmt.Sprintf("slot %d of analyser %d migrated from %d to %d with %d tasks ready and %d pending (%d keys in %s)",
+		slot, a, src.port, dst.port, ready, pending, moved, took.Round(time.Millisecond)), at, []int{a}, r)
 	requireClean(t, r)
 	assert.EqualValues(t, run.total, r.AddedOK)
 	assert.EqualValues(t, run.total, r.Completed)
