@@ -163,9 +163,10 @@ func (a *adder) lead(pool *redis.Pool, c *addCall) error {
 	if len(batch) > 0 {
 		ctx, stop := roundTripContext(batch)
 		errs := pushMany(ctx, pool, batch)
+		gaveUp := ctx.Err() != nil // read before stop, which ends ctx
 		stop()
 		for i, b := range batch {
-			if errs[i] != nil && ctx.Err() != nil {
+			if errs[i] != nil && gaveUp {
 				errs[i] = b.ctx.Err() // every call gave up: each gets its own reason
 			}
 			if b == c {

@@ -101,20 +101,13 @@ func (c countingConn) ReceiveWithTimeout(d time.Duration) (any, error) {
 }
 
 // countingPool returns a pool on url whose commands are recorded in log.
-func countingPool(t *testing.T, url string, log *cmdLog) *redis.Pool {
-	p := &redis.Pool{
-		MaxIdle: 16,
-		DialContext: func(ctx context.Context) (redis.Conn, error) {
-			c, err := redis.DialURLContext(ctx, url, redis.DialReadTimeout(10*time.Second))
-			if err != nil {
-				return nil, err
-			}
-			log.mu.Lock()
-			log.dials++
-			log.mu.Unlock()
-			return countingConn{Conn: c, log: log}, nil
-		},
-	}
+func countingPool(t *testing.T, s *testServer, log *cmdLog) *redis.Pool {
+	p := s.wrapPool(16, func(c redis.Conn) redis.Conn {
+		log.mu.Lock()
+		log.dials++
+		log.mu.Unlock()
+		return countingConn{Conn: c, log: log}
+	})
 	t.Cleanup(func() { p.Close() })
 	return p
 }
@@ -146,7 +139,7 @@ func TestAdderCoalesces(t *testing.T) {
 			s := newTestServers(t, 1)[0]
 			log := &cmdLog{}
 			prefix := testPrefix(t)
-			q, err := New([]*redis.Pool{countingPool(t, s.url, log)}, Config{Prefix: prefix, Queues: 2})
+			q, err := New([]*redis.Pool{countingPool(t, s, log)}, Config{Prefix: prefix, Queues: 2})
 			require.NoError(t, err)
 			_, err = q.AddTask(ctx, 0, []byte("warm-up")) // records the layout
 			require.NoError(t, err)

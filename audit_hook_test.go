@@ -18,17 +18,8 @@ type hookConn struct {
 
 // hookPool is a pool over url whose connections call before ahead of
 // every script call.
-func hookPool(url string, before func(script string, args []any) error) *redis.Pool {
-	return &redis.Pool{
-		MaxIdle: 16,
-		DialContext: func(ctx context.Context) (redis.Conn, error) {
-			c, err := redis.DialURLContext(ctx, url, redis.DialReadTimeout(10*time.Second))
-			if err != nil {
-				return nil, err
-			}
-			return &hookConn{Conn: c, before: before}, nil
-		},
-	}
+func hookPool(s *testServer, before func(script string, args []any) error) *redis.Pool {
+	return s.wrapPool(16, func(c redis.Conn) redis.Conn { return &hookConn{Conn: c, before: before} })
 }
 
 // scriptName names the script an EVALSHA or EVAL runs, or "".

@@ -31,7 +31,7 @@ func TestAuditResyncRefenceRacesClaimsOnlyAck(t *testing.T) {
 		ackSent     atomic.Bool
 		claimFailed = make(chan struct{})
 	)
-	pool := hookPool(servers[0].url, func(script string, args []any) error {
+	pool := hookPool(servers[0], func(script string, args []any) error {
 		switch script {
 		case "claim":
 			if claims.Add(1) == 2 {
@@ -103,7 +103,7 @@ func TestAuditLostRefenceReplyCostsTheLease(t *testing.T) {
 	servers := newTestServers(t, 1)
 	preloadScripts(t, servers[0].pool)
 	var claims, refences atomic.Int32
-	pool := hookPool(servers[0].url, func(script string, args []any) error {
+	pool := hookPool(servers[0], func(script string, args []any) error {
 		switch script {
 		case "claim":
 			if claims.Add(1) == 1 {

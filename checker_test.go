@@ -85,6 +85,9 @@ type faultReport struct {
 
 	Recovery   time.Duration // fault to the first start by another process (-1: none)
 	Redelivery time.Duration // fault to the first start of a task pending at the fault (-1: none)
+
+	// LostIDs are the IDs of the lost tasks ("" for one added in a batch).
+	LostIDs []string
 }
 
 func (r faultReport) String() string {
@@ -267,6 +270,7 @@ func checkHistory(events []faultEvent) faultReport {
 		switch {
 		case t.added == "ok" && !done:
 			rep.Lost++
+			rep.LostIDs = append(rep.LostIDs, t.id)
 		case t.added == "" && (len(t.runs) > 0 || t.dead):
 			rep.Unexpected++
 		}

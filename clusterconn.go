@@ -3,7 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
-	"slices"
+	"fmt"
 	"strings"
 	"sync"
 	"time"
@@ -44,20 +44,41 @@ func (r *clusterRouter) partitionPool(wrap func(redis.Conn) redis.Conn) *redis.P
 }
 
 // routedConn is a connection to a cluster: each command goes to the
-// primary that serves its key. Commands sent in a pipeline go on one
-// connection per primary, held until their replies are read.
+// primary that serves its key. A pipeline is kept until Flush, which
+// writes each command on a connection to its primary (one per primary,
+// held until its replies are read) and flushes them all; replies are read
+// back in the order of the commands.
+//
+// A primary that fails is the failure of its own commands only: a
+// command that could not be written to it (no connection, or the
+// connection failed before it was written) did not run, and is sent when
+// its reply is due if the map names another primary by then, or fails
+// with the error; a command written on a connection that then failed
+// gets that error as its reply (an uncertain one). Commands to the other
+// primaries get their own replies, and the routed connection stays
+// usable. Until Flush nothing is written, so a pipeline its caller gives
+// up before flushing runs nowhere.
 type routedConn struct {
 	r       *clusterRouter
 	pending []routedCmd           // sent, reply not read yet, in order
-	held    map[string]redis.Conn // by node address, while they have replies to read
-	dirty   map[string]bool       // held connections with commands not flushed
+	held    map[string]*heldConn // by node address, while commands of the pipeline go to it
 	err     error
 }
 
+// heldConn is a node connection of a routed connection's pipeline.
+type heldConn struct {
+	c     redis.Conn // nil when none could be had
+	err   error      // why it failed: later commands for its node are not written on it
+	n     int        // commands of the pipeline routed to the node, reply not read yet
+	dirty bool       // written since the last flush
+}
+
 type routedCmd struct {
-	addr string
-	cmd  string
-	args []any
+	addr    string
+	cmd     string
+	args    []any
+	written bool // on held[addr].c
+	notSent bool // could not be written: it did not run
 }
 
 var (
@@ -79,10 +100,11 @@ func (c *routedConn) Close() error {
 // still pending on them.
 func (c *routedConn) reset() error {
 	var errs []error
-	for addr, nc := range c.held {
-		errs = append(errs, nc.Close())
+	for addr, h := range c.held {
+		if h.c != nil {
+			errs = append(errs, h.c.Close())
+		}
 		delete(c.held, addr)
-		delete(c.dirty, addr)
 	}
 	c.pending = nil
 	return errors.Join(errs...)
@@ -122,7 +144,7 @@ func (c *routedConn) DoContext(ctx context.Context, cmd string, args ...any) (an
 	var last error
 	for len(c.pending) > 0 {
 		v, err := c.ReceiveContext(ctx)
-		if err != nil && !isReplyError(err) {
+		if err != nil && ctx.Err() != nil {
 			c.reset() // the replies still pending are lost with their connections
 			return nil, err
 		}
@@ -138,6 +160,7 @@ func (c *routedConn) DoContext(ctx context.Context, cmd string, args ...any) (an
 	return replies[len(replies)-1], last
 }
 
+// Send adds a command to the pipeline; nothing is written before Flush.
 func (c *routedConn) Send(cmd string, args ...any) error {
 	if c.err != nil {
 		return c.err
@@ -152,39 +175,74 @@ func (c *routedConn) Send(cmd string, args ...any) error {
 	}
 	addr, err := c.r.addrFor(context.Background(), slot)
 	if err != nil {
-		return err
+		addr = "" // no primary known: sent when its reply is due
 	}
-	nc := c.held[addr]
-	if nc == nil {
-		if nc, err = c.r.nodeConn(context.Background(), addr); err != nil {
-			c.r.refreshAsync()
-			return err
-		}
-		if c.held == nil {
-			c.held, c.dirty = map[string]redis.Conn{}, map[string]bool{}
-		}
-		c.held[addr] = nc
+	if c.held == nil {
+		c.held = map[string]*heldConn{}
 	}
-	if err := nc.Send(cmd, args...); err != nil {
-		return err
+	h := c.held[addr]
+	if h == nil {
+		h = &heldConn{}
+		c.held[addr] = h
 	}
-	c.dirty[addr] = true
+	h.n++
 	c.pending = append(c.pending, routedCmd{addr: addr, cmd: cmd, args: args})
 	return nil
 }
 
+// Flush writes the commands sent since the last Flush, each to its
+// primary, and flushes the node connections. A failure is the failure of
+// the commands it concerns, reported as their replies: Flush itself
+// fails only on a closed connection.
 func (c *routedConn) Flush() error {
 	if c.err != nil {
 		return c.err
 	}
-	for addr := range c.dirty {
-		if err := c.held[addr].Flush(); err != nil {
-			return err
+	for i := range c.pending {
+		p := &c.pending[i]
+		if p.written || p.notSent {
+			continue
 		}
-		delete(c.dirty, addr)
+		h := c.held[p.addr]
+		if p.addr == "" {
+			h.err = errNoPrimary
+		}
+		if h.c == nil && h.err == nil {
+			nc, err := c.r.nodeConn(context.Background(), p.addr)
+			if err != nil {
+				h.err = fmt.Errorf("%w: %w", errNodeUnreachable, err)
+				c.r.refreshAsync()
+			}
+			h.c = nc
+		}
+		if h.err != nil {
+			p.notSent = true
+			continue
+		}
+		if err := h.c.Send(p.cmd, p.args...); err != nil {
+			// Not written whole: Redis runs no command it did not read whole.
+			h.err = err
+			p.notSent = true
+			c.r.refreshAsync()
+			continue
+		}
+		p.written, h.dirty = true, true
+	}
+	for _, h := range c.held {
+		if !h.dirty {
+			continue
+		}
+		h.dirty = false
+		if err := h.c.Flush(); err != nil && h.err == nil {
+			h.err = err // the commands written on it get it as their replies
+			c.r.refreshAsync()
+		}
 	}
 	return nil
 }
+
+// errNoPrimary is a command's when the map names no primary for its slot.
+var errNoPrimary = errors.New("no primary serves the slot")
 
 func (c *routedConn) Receive() (any, error) { return c.ReceiveContext(context.Background()) }
 
@@ -195,8 +253,9 @@ func (c *routedConn) ReceiveWithTimeout(d time.Duration) (any, error) {
 }
 
 // ReceiveContext reads the reply of the oldest command sent. A command
-// that was redirected or refused is sent again (it did not run) on a
-// connection of its own, before the next command's reply is read.
+// that was redirected or refused, or could not be written to a primary
+// the map no longer names, is sent again (it did not run) on a connection
+// of its own before the next command's reply is read.
 func (c *routedConn) ReceiveContext(ctx context.Context) (any, error) {
 	if c.err != nil {
 		return nil, c.err
@@ -209,14 +268,38 @@ func (c *routedConn) ReceiveContext(ctx context.Context) (any, error) {
 	}
 	head := c.pending[0]
 	c.pending = c.pending[1:]
-	nc := c.held[head.addr]
-	reply, err := receiveContext(nc, ctx)
-	if err != nil && !isReplyError(err) {
-		c.r.refreshAsync()
+	h := c.held[head.addr]
+	var reply any
+	var err error
+	switch {
+	case head.notSent:
+		err = h.err
+	case h.err != nil:
+		err = h.err // written on a connection that failed since: uncertain
+	default:
+		reply, err = receiveContext(h.c, ctx)
+		if err != nil && !isReplyError(err) {
+			h.err = err
+			c.r.refreshAsync()
+		}
 	}
-	if !slices.ContainsFunc(c.pending, func(p routedCmd) bool { return p.addr == head.addr }) {
+	if h.n--; h.n == 0 {
+		if h.c != nil {
+			h.c.Close()
+		}
 		delete(c.held, head.addr)
-		nc.Close()
+	}
+	if head.notSent {
+		// It did not run: where the map now names another primary (a
+		// failover was seen), it goes there; else it fails with its node.
+		slot := -1
+		if key, keyless, _ := commandKey(head.cmd, head.args); !keyless {
+			slot = keySlot(key)
+		}
+		if addr := c.r.slots.Load().addrOf(slot); slot >= 0 && addr != "" && addr != head.addr {
+			return c.r.do(ctx, head.cmd, head.args)
+		}
+		return nil, err
 	}
 	if kind, _, _ := parseRedirect(err); kind != noRedirect {
 		return c.r.do(ctx, head.cmd, head.args)

@@ -206,10 +206,15 @@ func (c *redisCluster) shards(n *redisProc) ([]shard, error) {
 
 // settled reports, or says why not, whether every live node is in
 // cluster_state:ok, sees the same shards (slots, primary, replicas) with
-// every slot served, and each replica's link to its primary is up and
-// synced.
+// every slot served and every live node online in them, and each
+// replica's link to its primary is up and synced.
 func (c *redisCluster) settled() (bool, string) {
 	var first string
+	var live []int
+	for _, n := range c.live() {
+		live = append(live, n.port)
+	}
+	slices.Sort(live)
 	for _, n := range c.live() {
 		info, err := redis.String(c.do(n, "CLUSTER", "INFO"))
 		if err != nil {
@@ -223,6 +228,7 @@ func (c *redisCluster) settled() (bool, string) {
 			return false, fmt.Sprintf("node %d: %v", n.port, err)
 		}
 		var served int64
+		var online []int
 		for _, s := range sh {
 			if s.primary == 0 {
 				return false, fmt.Sprintf("node %d: a shard has no online primary: %+v", n.port, sh)
@@ -230,9 +236,13 @@ func (c *redisCluster) settled() (bool, string) {
 			for i := 0; i+1 < len(s.slots); i += 2 {
 				served += s.slots[i+1] - s.slots[i] + 1
 			}
+			online = append(append(online, s.primary), s.replicas...)
 		}
 		if served != clusterSlots {
 			return false, fmt.Sprintf("node %d: %d slots served", n.port, served)
+		}
+		if slices.Sort(online); !slices.Equal(online, live) {
+			return false, fmt.Sprintf("node %d: nodes online %v, live %v", n.port, online, live)
 		}
 		view := fmt.Sprint(sh)
 		if first == "" {

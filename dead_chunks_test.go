@@ -221,10 +221,7 @@ func loggedQueue(t *testing.T) (*Queue, *testServer, queueKeys, *argLog) {
 	t.Helper()
 	s := newTestServers(t, 1)[0]
 	log := &argLog{}
-	pool := &redis.Pool{DialContext: func(ctx context.Context) (redis.Conn, error) {
-		c, err := redis.DialURLContext(ctx, s.url, redis.DialReadTimeout(10*time.Second))
-		return argConn{c, log}, err
-	}}
+	pool := s.wrapPool(0, func(c redis.Conn) redis.Conn { return argConn{c, log} })
 	t.Cleanup(func() { pool.Close() })
 	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
 	require.NoError(t, err)

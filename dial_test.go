@@ -20,6 +20,7 @@ func TestPooledConnectionClosedByServer(t *testing.T) {
 	ctx := context.Background()
 	t.Run("reset", func(t *testing.T) {
 		t.Parallel()
+		skipOnCluster(t, "it puts a proxy before one server")
 		s := newTestServers(t, 1)[0]
 		target, err := parseRedisURL(s.url)
 		require.NoError(t, err)

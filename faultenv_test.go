@@ -1,7 +1,6 @@
 package queue
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -164,18 +163,25 @@ func newFaultEnv(t *testing.T, queues int, aof bool, redisArgs ...string) *fault
 	e := &faultEnv{t: t, dir: t.TempDir(), queues: queues, prefix: "fault"}
 	e.redis = startRedis(t, aof, redisArgs...)
 	e.url = e.redis.url()
-	e.pool = &redis.Pool{
+	e.open(&redis.Pool{
 		MaxIdle: 4,
 		DialContext: func(ctx context.Context) (redis.Conn, error) {
 			return redis.DialContext(ctx, "tcp", e.redis.addr(),
 				redis.DialConnectTimeout(time.Second), redis.DialReadTimeout(5*time.Second))
 		},
-	}
-	q, err := New([]*redis.Pool{e.pool}, Config{Prefix: e.prefix, Queues: queues})
+	})
+	return e
+}
+
+// open makes the harness's queue over pool, and, at the test's end, kills
+// the children left and closes the queue and the pool.
+func (e *faultEnv) open(pool *redis.Pool) {
+	t := e.t
+	e.pool = pool
+	q, err := New([]*redis.Pool{e.pool}, Config{Prefix: e.prefix, Queues: e.queues})
 	require.NoError(t, err)
 	e.q = q
 	t.Cleanup(e.close)
-	return e
 }
 
 // close kills the children still running and closes the harness's queue.
@@ -469,19 +475,6 @@ func (e *faultEnv) waitAdded(n int64, timeout time.Duration) {
 	}, timeout, 2*time.Millisecond, "fewer than %d tasks added", n)
 }
 
-// procState returns the state letter of process pid ('T' when stopped).
-func procState(pid int) byte {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 || i+2 >= len(b) {
-		return 0
-	}
-	return b[i+2]
-}
-
 // count returns the events of kind ev in c's history so far.
 func (e *faultEnv) count(c *child, ev string) int {
 	e.t.Helper()
@@ -496,19 +489,4 @@ func (e *faultEnv) count(c *child, ev string) int {
 		}
 	}
 	return n
-}
-
-// stop freezes c with SIGSTOP and records it once the process is stopped.
-func (e *faultEnv) stop(c *child) {
-	e.t.Helper()
-	require.NoError(e.t, c.cmd.Process.Signal(syscall.SIGSTOP))
-	require.Eventually(e.t, func() bool { return procState(c.pid()) == 'T' }, 5*time.Second, time.Millisecond)
-	e.event(faultEvent{Ev: evStop, Pid: c.pid()})
-}
-
-// cont resumes c with SIGCONT, recording it first.
-func (e *faultEnv) cont(c *child) {
-	e.t.Helper()
-	e.event(faultEvent{Ev: evCont, Pid: c.pid()})
-	require.NoError(e.t, c.cmd.Process.Signal(syscall.SIGCONT))
 }

@@ -25,13 +25,7 @@ func TestRecConnRecordsLeaseTokens(t *testing.T) {
 	t.Cleanup(func() { h.f.Close() })
 	var pools []*redis.Pool
 	for _, s := range newTestServers(t, 2) {
-		pool := &redis.Pool{DialContext: func(ctx context.Context) (redis.Conn, error) {
-			c, err := redis.DialURLContext(ctx, s.url)
-			if err != nil {
-				return nil, err
-			}
-			return &recConn{Conn: c, h: h, partitions: 2}, nil
-		}}
+		pool := s.wrapPool(0, func(c redis.Conn) redis.Conn { return &recConn{Conn: c, h: h, partitions: 2} })
 		t.Cleanup(func() { pool.Close() })
 		pools = append(pools, pool)
 	}

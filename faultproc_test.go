@@ -122,22 +122,39 @@ func runFaultRole() bool {
 	return true
 }
 
-// roleQueue makes the child's queue, on one server or on the primary its
+// roleQueue makes the child's queue, on one server, on the primary its
 // redis+sentinel:// URL names (through Dial's Sentinel pool, which follows
-// a failover); every connection records the lease grants and acks it
-// carries in h. closeQueue closes the queue and its pool.
-func roleQueue(cfg roleConfig, h *historyWriter) (q *Queue, closeQueue func()) {
-	record := func(c redis.Conn) redis.Conn { return &recConn{Conn: c, h: h, partitions: 1} }
+// a failover) or, given a redis+cluster:// URL, on one partition of the
+// cluster through a slot router; every connection records the lease
+// grants and acks it carries in h. closeAll closes the queue and what it
+// uses.
+func roleQueue(cfg roleConfig, h *historyWriter) (q *Queue, closeAll func()) {
+	rec := func(c redis.Conn) redis.Conn { return &recConn{Conn: c, h: h, partitions: 1} }
+	qcfg := Config{Prefix: cfg.Prefix, Queues: cfg.Queues}
 	var pool *redis.Pool
 	stop := func() error { return nil }
-	if u, err := parseRedisURL(cfg.URL); err == nil && u.topo == sentinel {
-		qc, err := Config{DialTimeout: time.Second, ReadTimeout: 5 * time.Second}.withDefaults()
+	u, uerr := parseRedisURL(cfg.URL)
+	if uerr == nil && u.topo == sentinel {
+		sc, err := Config{DialTimeout: time.Second, ReadTimeout: 5 * time.Second}.withDefaults()
 		if err == nil {
-			pool, stop, err = sentinelPool(context.Background(), u, qc, nil, record)
+			pool, stop, err = sentinelPool(context.Background(), u, sc, nil, rec)
 		}
 		if err != nil {
 			panic(err) // the harness starts children once the sentinels answer
 		}
+	} else if uerr == nil && u.topo == cluster {
+		rcfg, err := Config{DialTimeout: time.Second, ReadTimeout: 5 * time.Second, MaxIdle: 32}.withDefaults()
+		if err != nil {
+			panic(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		r, err := newClusterRouter(ctx, u, rcfg)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "fault role: cluster router: %v\n", err)
+			os.Exit(2)
+		}
+		pool, stop = r.partitionPool(rec), r.close
 	} else {
 		pool = &redis.Pool{
 			MaxIdle:     32,
@@ -150,11 +167,11 @@ func roleQueue(cfg roleConfig, h *historyWriter) (q *Queue, closeQueue func()) {
 				if err != nil {
 					return nil, err
 				}
-				return record(c), nil
+				return rec(c), nil
 			},
 		}
 	}
-	q, err := New([]*redis.Pool{pool}, Config{Prefix: cfg.Prefix, Queues: cfg.Queues})
+	q, err := New([]*redis.Pool{pool}, qcfg)
 	if err != nil {
 		panic(err) // the harness passes a valid config
 	}
@@ -170,8 +187,8 @@ func runAnalyser(cfg roleConfig) error {
 	if err != nil {
 		return err
 	}
-	q, closeQueue := roleQueue(cfg, h)
-	defer closeQueue()
+	q, closeAll := roleQueue(cfg, h)
+	defer closeAll()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -286,8 +303,8 @@ func runConsumer(cfg roleConfig) error {
 	if err != nil {
 		return err
 	}
-	q, closeQueue := roleQueue(cfg, h)
-	defer closeQueue()
+	q, closeAll := roleQueue(cfg, h)
+	defer closeAll()
 	ctx := context.Background()
 	c, err := q.Consume(ctx, cfg.Analyser, ConsumerConfig{LeaseTTL: cfg.LeaseTTL, MaxAttempts: cfg.MaxAttempts})
 	if err != nil {
@@ -326,9 +343,13 @@ func runProducer(cfg roleConfig) error {
 	if err != nil {
 		return err
 	}
-	q, closeQueue := roleQueue(cfg, h)
-	defer closeQueue()
-	ctx := context.Background()
+	q, closeAll := roleQueue(cfg, h)
+	defer closeAll()
+	// A ctx that can end, as a server's requests have, though it never
+	// does: adds that share a round trip take the path of callers who may
+	// give up.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	g := max(cfg.Goroutines, 1)
 	var wg sync.WaitGroup
 	var batchSeq struct {

@@ -22,9 +22,25 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// testRedisURL names a real redis-server to test against; when empty, each
-// test starts its own miniredis.
+// testRedisURL names a real redis-server to test against, or a Redis
+// Cluster (redis+cluster://host:port,...); when empty, each test starts its
+// own miniredis.
 var testRedisURL = os.Getenv("QUEUE_TEST_REDIS_URL")
+
+// testOnCluster reports whether the tests run on a Redis Cluster: each
+// test's partitions are then partition pools over one slot router of the
+// test's own, told apart by their key names (a cluster has database 0
+// only), their queues spread over the cluster's primaries.
+var testOnCluster = strings.HasSuffix(strings.ToLower(strings.SplitN(testRedisURL, "://", 2)[0]), "+cluster")
+
+// skipOnCluster skips a test that needs what one server has and a
+// cluster has not, said in why.
+func skipOnCluster(t testing.TB, why string) {
+	t.Helper()
+	if testOnCluster {
+		t.Skipf("skipped on a Redis Cluster: %s", why)
+	}
+}
 
 var prefixSeq atomic.Int64
 
@@ -37,15 +53,19 @@ func testPrefix(t testing.TB) string {
 
 // testServer is one Redis partition of a test.
 type testServer struct {
-	pool *redis.Pool
-	mini *miniredis.Miniredis // nil on a real server
-	url  string
+	pool   *redis.Pool
+	mini   *miniredis.Miniredis // nil on a real server
+	url    string
+	router *clusterRouter // on a cluster: the test's router
 }
 
-// newTestServers returns n partitions: miniredis instances, or n logical
-// databases of the real server.
+// newTestServers returns n partitions: miniredis instances, n logical
+// databases of the real server, or n partition pools on the cluster.
 func newTestServers(t testing.TB, n int) []*testServer {
 	t.Helper()
+	if testOnCluster {
+		return newClusterTestServers(t, n)
+	}
 	out := make([]*testServer, n)
 	for i := range out {
 		s := &testServer{}
@@ -60,6 +80,51 @@ func newTestServers(t testing.TB, n int) []*testServer {
 		out[i] = s
 	}
 	return out
+}
+
+// newClusterTestServers returns n partitions on the cluster of
+// testRedisURL, over one router that the test's end closes (after the
+// pools: cleanups run last first).
+func newClusterTestServers(t testing.TB, n int) []*testServer {
+	t.Helper()
+	u, err := parseRedisURL(testRedisURL)
+	require.NoError(t, err)
+	cfg, err := Config{MaxIdle: 16}.withDefaults()
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r, err := newClusterRouter(ctx, u, cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { r.close() })
+	out := make([]*testServer, n)
+	for i := range out {
+		s := &testServer{url: testRedisURL, pool: r.partitionPool(nil), router: r}
+		t.Cleanup(func() { s.pool.Close() })
+		out[i] = s
+	}
+	return out
+}
+
+// wrapPool returns a pool of new connections to s, each wrapped by wrap
+// (a test's recording or failing connection), keeping maxIdle of them. On
+// a cluster it is a partition pool of the test's router, wrapping routed
+// connections, which New knows for a cluster's.
+func (s *testServer) wrapPool(maxIdle int, wrap func(redis.Conn) redis.Conn) *redis.Pool {
+	if s.router != nil {
+		p := s.router.partitionPool(wrap)
+		p.MaxIdle = maxIdle
+		return p
+	}
+	return &redis.Pool{
+		MaxIdle: maxIdle,
+		DialContext: func(ctx context.Context) (redis.Conn, error) {
+			c, err := redis.DialURLContext(ctx, s.url, redis.DialReadTimeout(10*time.Second))
+			if err != nil {
+				return nil, err
+			}
+			return wrap(c), nil
+		},
+	}
 }
 
 func testPool(url string) *redis.Pool {

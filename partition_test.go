@@ -33,19 +33,33 @@ func TestQueueKeysShareHashTag(t *testing.T) {
 // keyDump is the content of every key of a test prefix on one server.
 type keyDump map[string]string
 
-// scanKeys lists the keys on s that contain prefix, sorted.
+// scanKeys lists the keys on s that contain prefix, sorted: on a cluster,
+// those on every primary.
 func scanKeys(t *testing.T, s *testServer, prefix string) []string {
 	t.Helper()
+	var conns []redis.Conn
+	if s.router == nil {
+		conns = append(conns, s.pool.Get())
+	} else {
+		for _, addr := range s.router.slots.Load().primaries {
+			c, err := s.router.nodeConn(context.Background(), addr)
+			require.NoError(t, err)
+			conns = append(conns, c)
+		}
+	}
 	var keys []string
-	cursor := "0"
-	for {
-		r, err := redis.Values(s.do(t, "SCAN", cursor, "MATCH", "*"+globEscape(prefix)+"*", "COUNT", 1000), nil)
-		require.NoError(t, err)
-		cursor, _ = redis.String(r[0], nil)
-		ks, _ := redis.Strings(r[1], nil)
-		keys = append(keys, ks...)
-		if cursor == "0" {
-			break
+	for _, c := range conns {
+		defer c.Close()
+		cursor := "0"
+		for {
+			r, err := redis.Values(c.Do("SCAN", cursor, "MATCH", "*"+globEscape(prefix)+"*", "COUNT", 1000))
+			require.NoError(t, err)
+			cursor, _ = redis.String(r[0], nil)
+			ks, _ := redis.Strings(r[1], nil)
+			keys = append(keys, ks...)
+			if cursor == "0" {
+				break
+			}
 		}
 	}
 	sort.Strings(keys)
@@ -80,20 +94,20 @@ func TestLayoutRecordedAtFirstUse(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	q, servers := newTestQueue(t, 2, Config{Queues: 3})
-	layout := layoutKey(q.cfg.Prefix)
-	for _, s := range servers {
-		assert.Zero(t, s.do(t, "EXISTS", layout), "New must not touch Redis")
+	layout := func(i int) string { return q.layoutKeyOf(q.parts[i]) } // on a cluster, one per partition
+	for i, s := range servers {
+		assert.Zero(t, s.do(t, "EXISTS", layout(i)), "New must not touch Redis")
 	}
 	_, err := q.AddTask(ctx, 0, []byte("x")) // partition 0
 	require.NoError(t, err)
-	got, err := redis.StringMap(servers[0].do(t, "HGETALL", layout), nil)
+	got, err := redis.StringMap(servers[0].do(t, "HGETALL", layout(0)), nil)
 	require.NoError(t, err)
 	assert.Equal(t, map[string]string{"partitions": "2", "queues": "3", "index": "0"}, got)
-	assert.Zero(t, servers[1].do(t, "EXISTS", layout), "partition 1 was not used yet")
+	assert.Zero(t, servers[1].do(t, "EXISTS", layout(1)), "partition 1 was not used yet")
 
 	_, err = q.AddTask(ctx, 1, []byte("y")) // partition 1
 	require.NoError(t, err)
-	got, err = redis.StringMap(servers[1].do(t, "HGETALL", layout), nil)
+	got, err = redis.StringMap(servers[1].do(t, "HGETALL", layout(1)), nil)
 	require.NoError(t, err)
 	assert.Equal(t, map[string]string{"partitions": "2", "queues": "3", "index": "1"}, got)
 
@@ -106,6 +120,7 @@ func TestLayoutRecordedAtFirstUse(t *testing.T) {
 
 func TestLayoutMismatch(t *testing.T) {
 	t.Parallel()
+	skipOnCluster(t, "it reads each partition's keys as a server's, and a cluster's partitions share one keyspace")
 	ctx := context.Background()
 	servers := newTestServers(t, 3)
 	prefix := testPrefix(t)
@@ -228,6 +243,10 @@ func TestCheckLayout(t *testing.T) {
 		"other R":         {pools[:1], 2, "partitions=2 queues=2 index=0"},
 		"servers swapped": {[]*redis.Pool{pools[1], pools[0]}, 2, "partitions=2 queues=2 index=1"},
 	} {
+		if name == "servers swapped" && testOnCluster {
+			t.Log("servers swapped: not on a cluster, where partitions are told apart by their keys' names and every pool reaches the same servers")
+			continue
+		}
 		other, err := New(c.pools, Config{Prefix: q.cfg.Prefix, Queues: c.queues})
 		require.NoError(t, err)
 		err = other.CheckLayout(ctx)
@@ -246,6 +265,7 @@ func TestCheckLayout(t *testing.T) {
 // checks again with every lease it takes.
 func TestLayoutRecheckedWithEveryLease(t *testing.T) {
 	t.Parallel()
+	skipOnCluster(t, "it rewrites a server's keys in one MULTI, which a cluster connection does not carry")
 	q1, servers := newTestQueue(t, 1, Config{})
 	ctx, cancel := context.WithCancel(bounded(t))
 	defer cancel()

@@ -90,7 +90,7 @@ func TestNewConnectsToNothing(t *testing.T) {
 	t.Parallel()
 	s := newTestServers(t, 1)[0]
 	log := &cmdLog{}
-	q, err := New([]*redis.Pool{countingPool(t, s.url, log)}, Config{Queues: 2})
+	q, err := New([]*redis.Pool{countingPool(t, s, log)}, Config{Queues: 2})
 	require.NoError(t, err)
 	require.NoError(t, q.Close())
 	assert.Zero(t, log.dials)
@@ -271,7 +271,7 @@ func TestAddTasksOrder(t *testing.T) {
 	servers := newTestServers(t, 2)
 	logs := []*cmdLog{{}, {}}
 	prefix := testPrefix(t)
-	q, err := New([]*redis.Pool{countingPool(t, servers[0].url, logs[0]), countingPool(t, servers[1].url, logs[1])},
+	q, err := New([]*redis.Pool{countingPool(t, servers[0], logs[0]), countingPool(t, servers[1], logs[1])},
 		Config{Prefix: prefix, Queues: 2})
 	require.NoError(t, err)
 

@@ -398,13 +398,7 @@ func TestPoolRecoversClaimWithLostReply(t *testing.T) {
 	_, servers := newTestQueue(t, 1, Config{})
 	var drops atomic.Int64
 	drops.Store(2)
-	pool := &redis.Pool{DialContext: func(ctx context.Context) (redis.Conn, error) {
-		c, err := redis.DialURLContext(ctx, servers[0].url)
-		if err != nil {
-			return nil, err
-		}
-		return &lossyConn{Conn: c, drops: &drops}, nil
-	}}
+	pool := servers[0].wrapPool(0, func(c redis.Conn) redis.Conn { return &lossyConn{Conn: c, drops: &drops} })
 	defer pool.Close()
 	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
 	require.NoError(t, err)

@@ -52,13 +52,9 @@ func replyLostScript(t *testing.T, name string, lost func(), err error) (*Queue,
 	t.Helper()
 	_, servers := newTestQueue(t, 1, Config{})
 	lose := true
-	pool := &redis.Pool{DialContext: func(ctx context.Context) (redis.Conn, error) {
-		c, err := redis.DialURLContext(ctx, servers[0].url)
-		if err != nil {
-			return nil, err
-		}
-		return replyLostConn{Conn: c, lose: &lose, lost: lost, err: err, name: name}, nil
-	}}
+	pool := servers[0].wrapPool(0, func(c redis.Conn) redis.Conn {
+		return replyLostConn{Conn: c, lose: &lose, lost: lost, err: err, name: name}
+	})
 	t.Cleanup(func() { pool.Close() })
 	q, qerr := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
 	require.NoError(t, qerr)
@@ -150,10 +146,7 @@ func (c twoLostConn) ReceiveContext(ctx context.Context) (any, error) {
 func TestAcquireRetakesALeaseAnEarlierLostTryTook(t *testing.T) {
 	_, servers := newTestQueue(t, 1, Config{})
 	tries := 0
-	pool := &redis.Pool{DialContext: func(ctx context.Context) (redis.Conn, error) {
-		c, err := redis.DialURLContext(ctx, servers[0].url)
-		return twoLostConn{c, &tries}, err
-	}}
+	pool := servers[0].wrapPool(0, func(c redis.Conn) redis.Conn { return twoLostConn{c, &tries} })
 	defer pool.Close()
 	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
 	require.NoError(t, err)

@@ -147,13 +147,22 @@ func TestDrainLeavesFixedKeys(t *testing.T) {
 	assert.EqualValues(t, n, processed)
 
 	prefix := q.cfg.Prefix
-	for pi, s := range servers {
-		wantKeep := []string{layoutKey(prefix)}
-		var wantExpiring []string
-		for qi := 0; qi < queues; qi++ {
-			k := newQueueKeys(prefix, pi, qi)
-			wantKeep = append(wantKeep, k.meta)
-			wantExpiring = append(wantExpiring, k.wake)
+	// The partitions whose keys each server holds: on a cluster, one
+	// keyspace holds them all.
+	held := [][]int{{0}, {1}}
+	if testOnCluster {
+		held = [][]int{{0, 1}}
+	}
+	for _, parts := range held {
+		s := servers[parts[0]]
+		var wantKeep, wantExpiring []string
+		for _, pi := range parts {
+			wantKeep = append(wantKeep, q.layoutKeyOf(q.parts[pi]))
+			for qi := 0; qi < queues; qi++ {
+				k := newQueueKeys(prefix, pi, qi)
+				wantKeep = append(wantKeep, k.meta)
+				wantExpiring = append(wantExpiring, k.wake)
+			}
 		}
 		var keep, expiring []string
 		for _, key := range scanKeys(t, s, prefix) {
@@ -168,8 +177,8 @@ func TestDrainLeavesFixedKeys(t *testing.T) {
 		}
 		sort.Strings(wantKeep)
 		sort.Strings(wantExpiring)
-		assert.Equal(t, wantKeep, keep, "partition %d: persistent keys", pi)
-		assert.Equal(t, wantExpiring, expiring, "partition %d: expiring keys", pi)
+		assert.Equal(t, wantKeep, keep, "partitions %v: persistent keys", parts)
+		assert.Equal(t, wantExpiring, expiring, "partitions %v: expiring keys", parts)
 	}
 }
 

@@ -16,12 +16,14 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// needRealRedis skips a test of the waiter: miniredis has no tracking.
+// needRealRedis skips a test of the waiter: miniredis has no tracking,
+// and a cluster connection carries none.
 func needRealRedis(t testing.TB) {
 	t.Helper()
 	if testRedisURL == "" {
 		t.Skip("needs a real redis-server (QUEUE_TEST_REDIS_URL): miniredis has no client tracking")
 	}
+	skipOnCluster(t, "the waiter tracks keys with CLIENT TRACKING, which a cluster connection does not carry: idle pools wait on their own connections there")
 }
 
 // countedDialer counts the connections a pool holds open, and knows their

@@ -1,0 +1,176 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// brokenConn is a node connection whose network fails while fail is set:
+// from then on, like a redigo connection after a network error, every
+// call returns the error.
+type brokenConn struct {
+	redis.Conn
+	fail *atomic.Bool
+	err  error
+}
+
+func (c *brokenConn) check() error {
+	if c.err == nil && c.fail.Load() {
+		c.err = errors.New("write tcp: connection reset by peer")
+	}
+	return c.err
+}
+
+func (c *brokenConn) Err() error {
+	if c.err != nil {
+		return c.err
+	}
+	return c.Conn.Err()
+}
+
+func (c *brokenConn) Send(cmd string, args ...any) error {
+	if err := c.check(); err != nil {
+		return err
+	}
+	return c.Conn.Send(cmd, args...)
+}
+
+func (c *brokenConn) Flush() error {
+	if err := c.check(); err != nil {
+		return err
+	}
+	return c.Conn.Flush()
+}
+
+func (c *brokenConn) Receive() (any, error) {
+	if err := c.check(); err != nil {
+		return nil, err
+	}
+	return c.Conn.Receive()
+}
+
+func (c *brokenConn) Do(cmd string, args ...any) (any, error) {
+	if err := c.check(); err != nil {
+		return nil, err
+	}
+	return c.Conn.Do(cmd, args...)
+}
+
+// oneNodeRouter returns a router whose map gives every slot to the
+// server at addr, its node connections wrapped by wrap.
+func oneNodeRouter(t *testing.T, addr string, wrap func(redis.Conn) redis.Conn) *clusterRouter {
+	t.Helper()
+	cfg, err := Config{}.withDefaults()
+	require.NoError(t, err)
+	r := &clusterRouter{cfg: cfg, nodes: map[string]*redis.Pool{}, wrap: wrap}
+	m := newSlotMap()
+	require.NoError(t, m.assign(0, clusterSlots-1, addr))
+	r.slots.Store(m)
+	t.Cleanup(func() { r.close() })
+	return r
+}
+
+// A pipeline whose node connection fails leaves nothing behind in the
+// routed connection: the pool does not hand it out again with that node
+// connection held and its replies pending, so the next pipeline goes on
+// a new node connection and reads its own replies (after a primary's
+// kill -9, a producer's coalesced adds failed on the dead connection for
+// good, whatever the cluster did).
+func TestRoutedConnDropsAFailedNodeConn(t *testing.T) {
+	for _, at := range []string{"send", "flush"} {
+		t.Run(at, func(t *testing.T) {
+			m := miniredis.RunT(t)
+			var fail atomic.Bool
+			r := oneNodeRouter(t, m.Addr(), func(c redis.Conn) redis.Conn { return &brokenConn{Conn: c, fail: &fail} })
+			pool := r.partitionPool(nil)
+			pool.MaxIdle = 1 // the routed connection returned is the one handed out next
+			defer pool.Close()
+
+			c := pool.Get()
+			require.NoError(t, c.Send("LPUSH", "{a}:l", "lost"), "nothing is written before Flush")
+			if at == "send" {
+				fail.Store(true) // the write fails
+				require.NoError(t, c.Flush(), "a node's failure is its commands' reply")
+			} else {
+				require.NoError(t, c.Flush())
+				fail.Store(true) // the reply is lost
+			}
+			_, err := c.Receive()
+			require.Error(t, err)
+			require.NoError(t, c.Err(), "the routed connection stays usable")
+			c.Close()
+			fail.Store(false)
+
+			c = pool.Get()
+			defer c.Close()
+			require.NoError(t, c.Send("LPUSH", "{a}:l", "x"), "a new pipeline, on a new node connection")
+			require.NoError(t, c.Send("LLEN", "{a}:l"))
+			require.NoError(t, c.Flush())
+			pushed, err := redis.Int(c.Receive())
+			require.NoError(t, err)
+			n, err := redis.Int(c.Receive())
+			require.NoError(t, err)
+			assert.Equal(t, n, pushed, "the replies are the new pipeline's")
+			_, err = c.Receive()
+			assert.Error(t, err, "no reply left")
+		})
+	}
+}
+
+// On a cluster, the AddTask calls one round trip carries are for queues
+// that may live on several primaries: a primary that cannot be reached
+// fails its own calls, not those for the others. (After a primary's
+// kill -9, adds to queues on the healthy primaries failed with the dead
+// one's "connection refused".)
+func TestClusterAddsToHealthyPrimariesGoThrough(t *testing.T) {
+	m := miniredis.RunT(t)
+	prefix := testPrefix(t)
+	healthy, unreachable := newQueueKeys(prefix, 0, 0).ready, newQueueKeys(prefix, 0, 1).ready
+	down := keySlot(unreachable)
+	require.NotEqual(t, down, keySlot(healthy))
+	require.NotEqual(t, down, keySlot(layoutKey(prefix)+":0"))
+	r := oneNodeRouter(t, m.Addr(), nil)
+	sm := r.slots.Load()
+	require.NoError(t, sm.assign(int64(down), int64(down), closedAddr(t)))
+
+	log := &cmdLog{}
+	pool := r.partitionPool(func(c redis.Conn) redis.Conn { return countingConn{Conn: c, log: log} })
+	defer pool.Close()
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: prefix, Queues: 2})
+	require.NoError(t, err)
+	defer q.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, q.CheckLayout(ctx))
+
+	// A first add holds the round trip, so that the next two share one.
+	entered, release := make(chan struct{}), make(chan struct{})
+	log.mu.Lock()
+	log.gate = func() { close(entered); <-release }
+	log.mu.Unlock()
+	errs := make(chan error, 1)
+	go func() { _, err := q.AddTask(ctx, 0, []byte("first")); errs <- err }()
+	<-entered
+	a := &q.adders[0]
+	results := map[uint64]chan error{2: make(chan error, 1), 1: make(chan error, 1)} // queue 0, queue 1
+	for i, id := range []uint64{2, 1} {
+		go func() { _, err := q.AddTask(ctx, id, []byte("x")); results[id] <- err }()
+		require.Eventually(t, func() bool {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			return len(a.waiting) == i+1
+		}, 5*time.Second, time.Millisecond)
+	}
+	close(release)
+	require.NoError(t, <-errs)
+	assert.NoError(t, <-results[2], "an add to a queue on a primary that answers")
+	assert.Error(t, <-results[1], "an add to a queue on a primary that cannot be reached")
+}

@@ -1,0 +1,161 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// Tests of a queue on a real Redis Cluster: where its queues live, and
+// how the router follows the cluster's redirections. They start their
+// own cluster (clusterenv_test.go), or use the one QUEUE_TEST_REDIS_URL
+// names where they change nothing in it.
+
+// TestClusterQueuesSpreadOverPrimaries adds tasks to every queue of a
+// queue of R=2 partitions and Q=8 queues on a 3-primary cluster, and
+// finds each queue's tasks on the primary that serves its slot, and only
+// there, with every primary holding some of the queues.
+func TestClusterQueuesSpreadOverPrimaries(t *testing.T) {
+	url := testRedisURL
+	if !testOnCluster {
+		url = startCluster(t, 3, 1).url()
+	}
+	const r, queues = 2, 8
+	ctx := context.Background()
+	// A fixed prefix, so that where its queues hash is known: on a cluster
+	// whose slots are split evenly over three primaries, 4, 6 and 6 of its
+	// 16 queues on each.
+	const prefix = "qt:spread"
+	q, err := Dial(ctx, []string{url, url}, Config{Prefix: prefix, Queues: queues})
+	require.NoError(t, err)
+	defer q.Close()
+	forget := func() { // this test's keys, left by an earlier run or by this one
+		for pi := range r {
+			_, err := onPartition(ctx, q.parts[pi], "forget", func(c redis.Conn) (any, error) {
+				args := []any{q.layoutKeyOf(q.parts[pi])}
+				_, err := c.Do("DEL", args...)
+				for qi := range queues {
+					k := newQueueKeys(prefix, pi, qi)
+					if err == nil {
+						_, err = c.Do("DEL", k.ready, k.pending, k.claims, k.dead, k.lease, k.meta, k.wake)
+					}
+				}
+				return nil, err
+			})
+			require.NoError(t, err)
+		}
+	}
+	forget()
+	defer forget()
+	var tasks []Task
+	for id := range uint64(r * queues) {
+		tasks = append(tasks, Task{OrderID: id, Payload: []byte(fmt.Sprint(id))})
+	}
+	ids, err := q.AddTasks(ctx, tasks)
+	require.NoError(t, err)
+
+	router, ok := clusterPools.Load(q.parts[0].pool)
+	require.True(t, ok, "a partition on a cluster is a cluster pool")
+	m := router.(*clusterRouter).slots.Load()
+	require.Len(t, m.primaries, 3)
+	perPrimary := map[string]int{}
+	for a := range r * queues {
+		pi, qi, err := q.Layout().Serves(a)
+		require.NoError(t, err)
+		k := newQueueKeys(prefix, pi, qi)
+		owner := m.addrOf(keySlot(k.ready))
+		perPrimary[owner]++
+		for _, addr := range m.primaries { // each primary itself, not routed
+			c, err := redis.Dial("tcp", addr, redis.DialReadTimeout(5*time.Second))
+			require.NoError(t, err)
+			raw, err := redis.ByteSlices(c.Do("LRANGE", k.ready, 0, -1))
+			c.Close()
+			if addr != owner {
+				assert.ErrorContains(t, err, "MOVED", "analyser %d's queue read on %s, which does not serve it", a, addr)
+				continue
+			}
+			require.NoError(t, err)
+			require.Len(t, raw, 1, "analyser %d's queue on %s", a, addr)
+			task, _, err := decodeEntry(raw[0])
+			require.NoError(t, err)
+			assert.Equal(t, ids[task.OrderID], task.ID, "analyser %d", a)
+			assert.EqualValues(t, a, q.AnalyserOf(task.OrderID))
+		}
+	}
+	t.Logf("queues per primary: %v", perPrimary)
+	assert.Len(t, perPrimary, 3, "every primary serves some of the queues")
+}
+
+// TestClusterRouterFollowsRedirections migrates a slot as
+// redis-cli --cluster reshard does and sends commands through the
+// router at each step: a key created while the slot is MIGRATING goes to
+// the target by ASK, and after the move every command follows MOVED. No
+// command may take longer than a round trip or two, or fail.
+func TestClusterRouterFollowsRedirections(t *testing.T) {
+	c := startCluster(t, 3, 1)
+	u, err := parseRedisURL(c.url())
+	require.NoError(t, err)
+	cfg, err := Config{ReadTimeout: 3 * time.Second}.withDefaults()
+	require.NoError(t, err)
+	ctx := context.Background()
+	r, err := newClusterRouter(ctx, u, cfg)
+	require.NoError(t, err)
+	defer r.close()
+	pool := r.partitionPool(nil)
+	defer pool.Close()
+	do := func(cmd string, args ...any) (any, error) {
+		conn := pool.Get()
+		defer conn.Close()
+		start := time.Now()
+		reply, err := conn.Do(cmd, args...)
+		assert.Less(t, time.Since(start), time.Second, "%s %v took %v", cmd, args, time.Since(start))
+		return reply, err
+	}
+
+	const old, fresh = "{ask}:old", "{ask}:fresh" // one slot
+	_, err = do("SET", old, "1")
+	require.NoError(t, err)
+	slot := c.slotOf(old)
+	src := c.primaryOf(old)
+	dst := c.primaries()[0]
+	if dst.port == src.port {
+		dst = c.primaries()[1]
+	}
+	srcID, dstID := c.id(src), c.id(dst)
+	c.must(dst, "CLUSTER", "SETSLOT", slot, "IMPORTING", srcID)
+	c.must(src, "CLUSTER", "SETSLOT", slot, "MIGRATING", dstID)
+
+	// MIGRATING: a key the source has is served there; one it has not
+	// goes to the target after ASK.
+	n, err := redis.Int(do("INCR", old))
+	require.NoError(t, err)
+	assert.Equal(t, 2, n)
+	n, err = redis.Int(do("RPUSH", fresh, "a"))
+	require.NoError(t, err, "a new key while the slot migrates (ASK)")
+	assert.Equal(t, 1, n)
+	conn, err := redis.Dial("tcp", dst.addr())
+	require.NoError(t, err)
+	defer conn.Close()
+	require.NoError(t, conn.Send("ASKING"))
+	l, err := redis.Int(conn.Do("LLEN", fresh))
+	require.NoError(t, err)
+	assert.Equal(t, 1, l, "the new key is on the target")
+
+	// The move done: MOVED, then the map knows.
+	c.must(src, "MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS", old)
+	c.must(dst, "CLUSTER", "SETSLOT", slot, "NODE", dstID)
+	c.must(src, "CLUSTER", "SETSLOT", slot, "NODE", dstID)
+	c.waitSettled("the move")
+	n, err = redis.Int(do("INCR", old))
+	require.NoError(t, err, "after the move (MOVED)")
+	assert.Equal(t, 3, n)
+	l, err = redis.Int(do("RPUSH", fresh, "b"))
+	require.NoError(t, err)
+	assert.Equal(t, 2, l)
+	assert.Equal(t, dst.addr(), r.slots.Load().addrOf(slot), "the map follows MOVED")
+}
