@@ -60,7 +60,7 @@ func (r *clusterRouter) partitionPool(wrap func(redis.Conn) redis.Conn) *redis.P
 // up before flushing runs nowhere.
 type routedConn struct {
 	r       *clusterRouter
-	pending []routedCmd           // sent, reply not read yet, in order
+	pending []routedCmd          // sent, reply not read yet, in order
 	held    map[string]*heldConn // by node address, while commands of the pipeline go to it
 	err     error
 }
