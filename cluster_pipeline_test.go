@@ -3,11 +3,13 @@ package queue
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/alicebob/miniredis/v2/server"
 	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -132,6 +134,14 @@ func TestRoutedConnDropsAFailedNodeConn(t *testing.T) {
 // one's "connection refused".)
 func TestClusterAddsToHealthyPrimariesGoThrough(t *testing.T) {
 	m := miniredis.RunT(t)
+	// No failover comes: the map read again still names the dead node.
+	m.Server().SetPreHook(func(p *server.Peer, cmd string, _ ...string) bool {
+		if strings.EqualFold(cmd, "CLUSTER") {
+			p.WriteError("ERR This instance has cluster support disabled")
+			return true
+		}
+		return false
+	})
 	prefix := testPrefix(t)
 	healthy, unreachable := newQueueKeys(prefix, 0, 0).ready, newQueueKeys(prefix, 0, 1).ready
 	down := keySlot(unreachable)
