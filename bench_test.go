@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -288,7 +289,19 @@ type cpuMeter struct {
 func newCPUMeter(q *Queue) *cpuMeter {
 	m := &cpuMeter{selfOK: true, redisOK: true}
 	for _, p := range q.parts {
-		m.pools = append(m.pools, p.pool)
+		v, ok := clusterPools.Load(p.pool)
+		if !ok {
+			m.pools = append(m.pools, p.pool)
+			continue
+		}
+		// A cluster: every primary's own CPU (once for all its partitions).
+		r := v.(*clusterRouter)
+		for _, addr := range r.slots.Load().primaries {
+			np, err := r.nodePool(addr)
+			if err == nil && !slices.Contains(m.pools, np) {
+				m.pools = append(m.pools, np)
+			}
+		}
 	}
 	return m
 }

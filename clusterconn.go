@@ -61,6 +61,7 @@ func (r *clusterRouter) partitionPool(wrap func(redis.Conn) redis.Conn) *redis.P
 type routedConn struct {
 	r       *clusterRouter
 	pending []routedCmd          // sent, reply not read yet, in order
+	fresh   int                  // the last fresh of pending are not written yet
 	held    map[string]*heldConn // by node address, while commands of the pipeline go to it
 	err     error
 }
@@ -106,7 +107,7 @@ func (c *routedConn) reset() error {
 		}
 		delete(c.held, addr)
 	}
-	c.pending = nil
+	c.pending, c.fresh = nil, 0
 	return errors.Join(errs...)
 }
 
@@ -187,6 +188,7 @@ func (c *routedConn) Send(cmd string, args ...any) error {
 	}
 	h.n++
 	c.pending = append(c.pending, routedCmd{addr: addr, cmd: cmd, args: args})
+	c.fresh++
 	return nil
 }
 
@@ -198,11 +200,11 @@ func (c *routedConn) Flush() error {
 	if c.err != nil {
 		return c.err
 	}
-	for i := range c.pending {
+	if c.fresh == 0 {
+		return nil
+	}
+	for i := len(c.pending) - c.fresh; i < len(c.pending); i++ {
 		p := &c.pending[i]
-		if p.written || p.notSent {
-			continue
-		}
 		h := c.held[p.addr]
 		if p.addr == "" {
 			h.err = errNoPrimary
@@ -228,6 +230,7 @@ func (c *routedConn) Flush() error {
 		}
 		p.written, h.dirty = true, true
 	}
+	c.fresh = 0
 	for _, h := range c.held {
 		if !h.dirty {
 			continue

@@ -28,7 +28,7 @@ const clusterNodeTimeout = 1500 * time.Millisecond
 
 // requireCluster skips the test as the fault suite is skipped, or without
 // redis-cli.
-func requireCluster(t *testing.T) {
+func requireCluster(t testing.TB) {
 	t.Helper()
 	requireFaultSuite(t)
 	if _, err := exec.LookPath("redis-cli"); err != nil {
@@ -38,7 +38,7 @@ func requireCluster(t *testing.T) {
 
 // redisCluster is a Redis Cluster a test started.
 type redisCluster struct {
-	t     *testing.T
+	t     testing.TB
 	nodes []*redisProc
 	dead  map[int]bool // ports of the nodes killed
 }
@@ -66,7 +66,7 @@ func clusterPort(t testing.TB) int {
 // startCluster starts primaries*(1+replicasPer) nodes, joins them into a
 // cluster with redis-cli (slots split evenly over the primaries), and
 // waits until every node agrees on it and every replica is in sync.
-func startCluster(t *testing.T, primaries, replicasPer int) *redisCluster {
+func startCluster(t testing.TB, primaries, replicasPer int) *redisCluster {
 	t.Helper()
 	requireCluster(t)
 	c := &redisCluster{t: t, dead: map[int]bool{}}

@@ -41,7 +41,7 @@ const faultSuiteEnv = "QUEUE_FAULT_SUITE"
 
 // requireFaultSuite skips the test in short mode, when turned off, or
 // without redis-server.
-func requireFaultSuite(t *testing.T) {
+func requireFaultSuite(t testing.TB) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("fault suite skipped in short mode")
