@@ -63,8 +63,15 @@
 // its slot moves, and follows it). It never sends again a command whose
 // reply was lost: that stays an uncertain reply, handled as on one server.
 // A failover shows as a connection error (the map is read again), then as
-// refusals until a replica is promoted, then as MOVED to it: producers
-// and pools wait through it, up to 20 s per call, and go on.
+// refusals until a replica is promoted, then as MOVED to it: a command
+// that could not reach the failed primary is sent again (it did not run)
+// until the map names the new one, up to 20 s per call, and producers and
+// pools go on. In a pipeline (AddTask calls that share a round trip,
+// Stats), a primary that cannot be reached fails its own commands only:
+// the others get their replies. rediss+cluster:// takes each node's TLS
+// port and verifies its certificate for the address the cluster announces
+// (an IP address unless it announces host names), or for
+// [Config].TLSConfig's ServerName when set.
 //
 // On a cluster the layout is recorded once per partition (P:layout:p), not
 // per server: the cluster is one keyspace, and the check does not repeat on

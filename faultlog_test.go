@@ -133,7 +133,15 @@ func parsePayload(p []byte) (order uint64, seq int, mark string, err error) {
 type recConn struct {
 	redis.Conn
 	h          *historyWriter
-	partitions int // R of the queue's layout
+	partitions int         // R of the queue's layout
+	sent       []recordCmd // pipelined, reply not read yet (a wrapper that adds WAIT pipelines every call)
+}
+
+// recordCmd is a pipelined command of a recConn, and when it was sent.
+type recordCmd struct {
+	cmd  string
+	args []any
+	at   time.Time
 }
 
 // analyserOfKey returns the analyser whose queue a key names
@@ -191,11 +199,14 @@ func leaseToken(v any) int64 {
 }
 
 func (c *recConn) record(cmd string, args []any, do func() (any, error)) (any, error) {
+	return c.recordSent(cmd, args, time.Now(), do)
+}
+
+func (c *recConn) recordSent(cmd string, args []any, sent time.Time, do func() (any, error)) (any, error) {
 	script := scriptOf(cmd, args)
 	if script != ackHash && script != acquireHash {
 		return do()
 	}
-	sent := time.Now()
 	r, err := do()
 	if err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
 		return r, err // the library sends the script again with EVAL
@@ -234,23 +245,48 @@ func (c *recConn) record(cmd string, args []any, do func() (any, error)) (any, e
 }
 
 func (c *recConn) Do(cmd string, args ...any) (any, error) {
+	c.sent = nil // Do reads what was pipelined: those replies go unrecorded
 	return c.record(cmd, args, func() (any, error) { return c.Conn.Do(cmd, args...) })
 }
 
+func (c *recConn) Send(cmd string, args ...any) error {
+	err := c.Conn.Send(cmd, args...)
+	if err == nil {
+		c.sent = append(c.sent, recordCmd{cmd: cmd, args: args, at: time.Now()})
+	}
+	return err
+}
+
+// received records the reply of the oldest pipelined command.
+func (c *recConn) received(receive func() (any, error)) (any, error) {
+	if len(c.sent) == 0 {
+		return receive()
+	}
+	head := c.sent[0]
+	c.sent = c.sent[1:]
+	return c.recordSent(head.cmd, head.args, head.at, receive)
+}
+
+func (c *recConn) Receive() (any, error) {
+	return c.received(c.Conn.Receive)
+}
+
 func (c *recConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
+	c.sent = nil
 	return c.record(cmd, args, func() (any, error) { return redis.DoContext(c.Conn, ctx, cmd, args...) })
 }
 
 func (c *recConn) DoWithTimeout(d time.Duration, cmd string, args ...any) (any, error) {
+	c.sent = nil
 	return c.record(cmd, args, func() (any, error) { return redis.DoWithTimeout(c.Conn, d, cmd, args...) })
 }
 
 func (c *recConn) ReceiveContext(ctx context.Context) (any, error) {
-	return redis.ReceiveContext(c.Conn, ctx)
+	return c.received(func() (any, error) { return redis.ReceiveContext(c.Conn, ctx) })
 }
 
 func (c *recConn) ReceiveWithTimeout(d time.Duration) (any, error) {
-	return redis.ReceiveWithTimeout(c.Conn, d)
+	return c.received(func() (any, error) { return redis.ReceiveWithTimeout(c.Conn, d) })
 }
 
 // readHistory reads one history file. A torn last line (the process was

@@ -44,6 +44,9 @@ type roleConfig struct {
 	Prefix  string
 	Queues  int
 	History string // the file the process appends its events to
+	// WaitReplicas is the queue's Config.WaitReplicas (Sentinel and
+	// cluster URLs, whose pools Dial's code makes).
+	WaitReplicas int
 
 	// Analyser settings.
 	Analyser        int           // the analyser served, unless Group is set
@@ -135,7 +138,7 @@ func roleQueue(cfg roleConfig, h *historyWriter) (q *Queue, closeAll func()) {
 	stop := func() error { return nil }
 	u, uerr := parseRedisURL(cfg.URL)
 	if uerr == nil && u.topo == sentinel {
-		sc, err := Config{DialTimeout: time.Second, ReadTimeout: 5 * time.Second}.withDefaults()
+		sc, err := Config{DialTimeout: time.Second, ReadTimeout: 5 * time.Second, WaitReplicas: cfg.WaitReplicas}.withDefaults()
 		if err == nil {
 			pool, stop, err = sentinelPool(context.Background(), u, sc, nil, rec)
 		}
@@ -143,7 +146,7 @@ func roleQueue(cfg roleConfig, h *historyWriter) (q *Queue, closeAll func()) {
 			panic(err) // the harness starts children once the sentinels answer
 		}
 	} else if uerr == nil && u.topo == cluster {
-		rcfg, err := Config{DialTimeout: time.Second, ReadTimeout: 5 * time.Second, MaxIdle: 32}.withDefaults()
+		rcfg, err := Config{DialTimeout: time.Second, ReadTimeout: 5 * time.Second, MaxIdle: 32, WaitReplicas: cfg.WaitReplicas}.withDefaults()
 		if err != nil {
 			panic(err)
 		}

@@ -2,9 +2,11 @@ package queue
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -72,6 +74,65 @@ func TestFaultSentinelFailover(t *testing.T) {
 	assert.Zero(t, r.Dead)
 	assert.Zero(t, r.UnknownTwice)
 	assert.Positive(t, r.AddErrors, "no add failed: the kill missed the producer")
+	require.Positive(t, produceAgain, "no add succeeded after the kill")
+	require.Positive(t, consumeAgain, "no task added after the kill ran")
+}
+
+// TestFaultSentinelFailoverWaitReplicas is TestFaultSentinelFailover with
+// Config.WaitReplicas 1 in every process: an add or an ack reports
+// success only once the replica has it, so the kill -9 loses no task
+// acknowledged, before or after it. The old primary is restarted after
+// the failover, for the sentinels to make it the new primary's replica:
+// until then writes cannot reach one replica and fail (ErrNotReplicated),
+// and the pool waits.
+func TestFaultSentinelFailoverWaitReplicas(t *testing.T) {
+	e, topo := newSentinelFaultEnv(t, 1)
+	const orders, per = 100, 40
+	total := int64(orders * per)
+	acfg := e.analyserConfig(0)
+	acfg.Work = time.Millisecond
+	acfg.WaitReplicas = 1
+	a := e.spawn("analyser", acfg)
+	pcfg := produce(orders, per)
+	pcfg.Rate = 1000 // four seconds of adds, if none fails: past the kill
+	pcfg.WaitReplicas = 1
+	p := e.spawn("producer", pcfg)
+	topo.waitReady(0, 1, 2)
+	e.waitProcessed(total/8, 30*time.Second)
+	pending := e.recordPending() // a moment before the kill
+	killAt := time.Now()
+	topo.primary.kill()
+	e.event(faultEvent{Ev: evFault})
+	topo.waitPrimary(0, topo.replica.addr(), 30*time.Second)
+	// The old primary comes back as the new one's replica, as an operator
+	// (or, some seconds later, the sentinels) would make it.
+	topo.primary.start()
+	_, err := redisOn(t, topo.primary, "REPLICAOF", "127.0.0.1", topo.replica.port)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		info, err := redis.String(redisOn(t, topo.replica, "INFO", "replication"))
+		return err == nil && strings.Contains(info, "connected_slaves:1")
+	}, 30*time.Second, 20*time.Millisecond, "the old primary did not come back as a replica")
+	back := time.Since(killAt)
+	// A producer started now adds with a replica there to acknowledge.
+	p2cfg := produce(orders, 10)
+	p2cfg.FirstOrder, p2cfg.WaitReplicas = orders, 1
+	p2 := e.spawn("producer", p2cfg)
+	e.drain([]*child{p, p2}, []*child{a}, 90*time.Second)
+
+	events := e.events()
+	r := checkHistory(events)
+	produceAgain, consumeAgain, _ := afterFault(events, killAt)
+	t.Logf("sentinel failover with WaitReplicas=1, %d tasks pending at the kill: a replica again %v after it; adds succeed again after %v, "+
+		"the first task added after the kill runs after %v: %v", pending, back.Round(time.Millisecond), fmtRecovery(produceAgain), fmtRecovery(consumeAgain), r)
+	assert.Zero(t, r.DupOther, "duplicates of tasks not pending at the kill")
+	assert.Zero(t, r.Lost, "a task acknowledged with WaitReplicas=1 lost")
+	assert.Zero(t, r.Unexpected, "unexpected")
+	assert.Zero(t, r.Reordered, "reordered")
+	assert.Zero(t, r.Overlap, "overlap")
+	assert.Zero(t, r.LateAcks, "late acks accepted")
+	assert.Zero(t, r.StaleStarts, "stale starts")
+	assert.Zero(t, r.EarlyLosses, "leases lost before the kill")
 	require.Positive(t, produceAgain, "no add succeeded after the kill")
 	require.Positive(t, consumeAgain, "no task added after the kill ran")
 }
