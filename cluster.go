@@ -236,11 +236,7 @@ func (r *clusterRouter) readSlots(ctx context.Context) (*slotMap, error) {
 }
 
 func (r *clusterRouter) readSlotsFrom(ctx context.Context, addr string) (*slotMap, error) {
-	p, err := r.nodePool(addr)
-	if err != nil {
-		return nil, err
-	}
-	c, err := p.GetContext(ctx)
+	c, err := r.nodeConn(ctx, addr)
 	if err != nil {
 		return nil, err
 	}

@@ -134,38 +134,3 @@ func TestSplitURLs(t *testing.T) {
 	assert.Equal(t, []string{"redis+sentinel://:pw@a,b:26380/mymaster/2"}, SplitURLs("redis+sentinel://:pw@a,b:26380/mymaster/2"))
 	assert.Equal(t, []string{"redis://a", ""}, SplitURLs("redis://a,"))
 }
-
-func TestParseTopologyURLs(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		in   string
-		want redisURL
-		bad  bool
-	}{
-		{in: "redis+cluster://a:7000,b,c:7002", want: redisURL{topo: cluster, addrs: []string{"a:7000", "b:6379", "c:7002"}}},
-		{in: "REDISS+CLUSTER://u:p@a:7000/0", want: redisURL{topo: cluster, addrs: []string{"a:7000"}, tls: true, user: "u", password: "p"}},
-		{in: "redis+sentinel://:pw@s1,s2:26380/mymaster/3?sentinel_password=spw",
-			want: redisURL{topo: sentinel, addrs: []string{"s1:26379", "s2:26380"}, primary: "mymaster", db: 3, password: "pw", sentinelPassword: "spw"}},
-		{in: "redis+sentinel://s1/mymaster", want: redisURL{topo: sentinel, addrs: []string{"s1:26379"}, primary: "mymaster"}},
-		{in: "redis+sentinel://a:1,b/mp", want: redisURL{topo: sentinel, addrs: []string{"a:1", "b:26379"}, primary: "mp"}},
-		{in: "redis+cluster://[::1]:7000,[::1]", want: redisURL{topo: cluster, addrs: []string{"[::1]:7000", "[::1]:6379"}}},
-		{in: "redis+cluster://a:7000/1", bad: true},      // a cluster has db 0 only
-		{in: "redis+sentinel://s1", bad: true},           // no primary name
-		{in: "redis+sentinel://s1/", bad: true},          // no primary name
-		{in: "redis://a:1,b:2", bad: true},               // several hosts, standalone
-		{in: "redis+cluster://a:1,,b:2", bad: true},      // an empty host
-		{in: "redis+valkey://a", bad: true},              // unknown topology
-		{in: "redis://a?sentinel_password=x", bad: true}, // a query standalone does not read
-		{in: "redis+cluster://a?password=x", bad: true},  // unknown parameter
-	}
-	for _, tt := range tests {
-		got, err := parseRedisURL(tt.in)
-		if tt.bad {
-			assert.Error(t, err, tt.in)
-			continue
-		}
-		require.NoError(t, err, tt.in)
-		assert.Equal(t, tt.want, got, tt.in)
-	}
-	assert.Equal(t, "redis+sentinel://s1/m?sentinel_password=redacted", RedactURL("redis+sentinel://:pw@s1/m?sentinel_password=spw"))
-}

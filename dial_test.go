@@ -64,11 +64,13 @@ func checkReplaced(t *testing.T, q *Queue, s *testServer, kill func()) {
 func TestRedactURL(t *testing.T) {
 	t.Parallel()
 	for in, want := range map[string]string{
-		"redis://:s3cret@host:6379/2":    "redis://host:6379/2",
-		"rediss://user:s3cret@host:6380": "rediss://host:6380",
-		"redis://s3cret@host":            "redis://host",
-		"redis://host:6379":              "redis://host:6379",
-		"redis://:s3cret%zz@host":        "(a URL that does not parse)",
+		"redis://:s3cret@host:6379/2":                              "redis://host:6379/2",
+		"rediss://user:s3cret@host:6380":                           "rediss://host:6380",
+		"redis://s3cret@host":                                      "redis://host",
+		"redis://host:6379":                                        "redis://host:6379",
+		"redis://:s3cret%zz@host":                                  "(a URL that does not parse)",
+		"redis+sentinel://:pw@s1,s2:26380/m?sentinel_password=spw": "redis+sentinel://s1,s2:26380/m?sentinel_password=redacted",
+		"redis+cluster://u:pw@a:7000,b":                            "redis+cluster://a:7000,b",
 	} {
 		assert.Equal(t, want, RedactURL(in), in)
 	}
