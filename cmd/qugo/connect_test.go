@@ -23,6 +23,9 @@ func TestGlobalsValidate(t *testing.T) {
 	}{
 		{"one", globals{"redis://h:1", 1, "qugo"}, []string{"redis://h:1"}, 1, ""},
 		{"spaces trimmed", globals{" redis://a , rediss://b/2", 4, "p"}, []string{"redis://a", "rediss://b/2"}, 2, ""},
+		{"cluster and sentinel host lists", globals{"redis+cluster://a:7000,b:7001,redis+sentinel://s1,s2/mp", 8, "p"},
+			[]string{"redis+cluster://a:7000,b:7001", "redis+sentinel://s1,s2/mp"}, 2, ""},
+		{"sentinel without a name", globals{"redis+sentinel://s1", 1, "p"}, nil, 0, "names no primary"},
 		{"empty URL", globals{"redis://a,", 1, "p"}, nil, 0, "URL 1"},
 		{"no URL", globals{"", 1, "p"}, nil, 0, "URL 0"},
 		{"other scheme", globals{"tcp://a", 1, "p"}, nil, 0, "not redis://"},
