@@ -54,10 +54,11 @@ type clusterRun struct {
 }
 
 // startClusterRun starts the cluster, a producer paced at rate tasks a
-// second and, once backlog tasks wait, the members; it returns when every
-// queue has served tasks, the backlog not yet drained: the fault comes
-// with tasks ready and pending in every queue.
-func startClusterRun(t *testing.T, rate, backlog int) *clusterRun {
+// second and, once backlog tasks wait, the members, all with
+// Config.WaitReplicas wait; it returns when every queue has served tasks,
+// the backlog not yet drained: the fault comes with tasks ready and
+// pending in every queue.
+func startClusterRun(t *testing.T, rate, backlog, wait int) *clusterRun {
 	c := startCluster(t, 3, 1)
 	e := newClusterFaultEnv(t, c, clusterQueues)
 	run := &clusterRun{e: e, c: c, byNode: map[int][]int{}}
@@ -68,7 +69,7 @@ func startClusterRun(t *testing.T, rate, backlog int) *clusterRun {
 	require.Len(t, run.byNode, 3, "the queues are spread over the three primaries: %v", run.byNode)
 	const orders, per = 100, 40
 	run.total = orders * per
-	run.producer = e.spawn("producer", roleConfig{Orders: orders, PerOrder: per, Goroutines: 4, Rate: rate})
+	run.producer = e.spawn("producer", roleConfig{Orders: orders, PerOrder: per, Goroutines: 4, Rate: rate, WaitReplicas: wait})
 	e.waitAdded(int64(backlog), 30*time.Second)
 	for _, name := range []string{"m1", "m2"} {
 		cfg := e.memberConfig(name)
@@ -77,6 +78,7 @@ func startClusterRun(t *testing.T, rate, backlog int) *clusterRun {
 		// members take their queues again on the new primary, and recover
 		// their tasks there.
 		cfg.LeaseTTL = faultLeaseTTL
+		cfg.WaitReplicas = wait
 		run.members = append(run.members, e.spawn("analyser", cfg))
 	}
 	require.Eventually(t, func() bool {
@@ -182,7 +184,7 @@ func (run *clusterRun) logRecovery(what string, at time.Time, analysers []int, r
 // split between the two primaries for a while (scripts get TRYAGAIN, new
 // keys go to the target after ASK).
 func TestFaultClusterMigrateSlot(t *testing.T) {
-	run := startClusterRun(t, 500, 1500)
+	run := startClusterRun(t, 500, 1500, 0)
 	e, c := run.e, run.c
 	const a = 0
 	k := newQueueKeys(e.prefix, 0, a)
@@ -214,7 +216,7 @@ func TestFaultClusterMigrateSlot(t *testing.T) {
 // over to its replica by hand (CLUSTER FAILOVER): the primary stops
 // writes until the replica has them all, so nothing may be lost.
 func TestFaultClusterFailover(t *testing.T) {
-	run := startClusterRun(t, 500, 1500)
+	run := startClusterRun(t, 500, 1500, 0)
 	e, c := run.e, run.c
 	p, hit := run.busiest()
 	replica := c.replicaOf(p)
@@ -240,7 +242,7 @@ func TestFaultClusterFailover(t *testing.T) {
 // reads what the replica holds between the kill and its promotion, and
 // requires that no task it held is lost; it reports the others.
 func TestFaultClusterKillPrimary(t *testing.T) {
-	run := startClusterRun(t, 500, 1500)
+	run := startClusterRun(t, 500, 1500, 0)
 	e, c := run.e, run.c
 	p, hit := run.busiest()
 	replica := c.replicaOf(p)
@@ -268,6 +270,39 @@ func TestFaultClusterKillPrimary(t *testing.T) {
 		r.Lost-len(lostHeld)), at, hit, r)
 	assert.Empty(t, lostHeld, "tasks the replica held are lost")
 	r.Lost = 0 // the rest went with the primary; requireClean checks all else
+	requireClean(t, r)
+	assert.EqualValues(t, run.total, r.AddedOK+r.AddErrors)
+	assert.Zero(t, r.Dead)
+}
+
+// TestFaultClusterKillPrimaryWaitReplicas is TestFaultClusterKillPrimary
+// with Config.WaitReplicas 1 in every process: a write reports success
+// only once a replica has it, so the kill -9 loses no task acknowledged.
+// The killed node is started again and rejoins as the new primary's
+// replica: until then writes to its queues cannot reach one replica and
+// fail (ErrNotReplicated), and the members wait.
+func TestFaultClusterKillPrimaryWaitReplicas(t *testing.T) {
+	run := startClusterRun(t, 500, 1500, 1)
+	e, c := run.e, run.c
+	p, hit := run.busiest()
+	replica := c.replicaOf(p)
+	at := time.Now()
+	c.kill9(p)
+	e.event(faultEvent{Ev: evFault, Wall: at.UnixNano()})
+	for id := range replicaHolds(t, c, replica, e.prefix, hit).pending {
+		e.event(faultEvent{Ev: evPending, ID: id})
+	}
+	c.waitPromoted(replica)
+	p.start() // it rejoins as a replica of the node that took its slots
+	delete(c.dead, p.port)
+	require.Eventually(t, func() bool { return c.role(p) == "slave" }, 30*time.Second, 20*time.Millisecond,
+		"the killed primary did not rejoin as a replica")
+	back := time.Since(at)
+	e.waitProcessed(run.total/2, 60*time.Second)
+	r := run.finish()
+	run.logRecovery(fmt.Sprintf("kill -9 of %d with WaitReplicas=1, %d promoted, %d a replica again %s after the kill",
+		p.port, replica.port, p.port, back.Round(time.Millisecond)), at, hit, r)
+	assert.Zero(t, r.Lost, "a task acknowledged with WaitReplicas=1 lost")
 	requireClean(t, r)
 	assert.EqualValues(t, run.total, r.AddedOK+r.AddErrors)
 	assert.Zero(t, r.Dead)
