@@ -2,12 +2,14 @@ package queue
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -43,21 +45,34 @@ type redisCluster struct {
 	dead  map[int]bool // ports of the nodes killed
 }
 
+// clusterPorts are the node ports handed out in this process.
+var clusterPorts = struct {
+	sync.Mutex
+	used map[int]bool
+}{used: map[int]bool{}}
+
 // clusterPort returns a free loopback port whose cluster bus port (10000
-// above it) is free too.
+// above it) is free too, both below the ephemeral ports (32768 and up):
+// an outgoing connection may take an ephemeral port at any moment, and a
+// check cannot see it coming.
 func clusterPort(t testing.TB) int {
 	t.Helper()
-	for range 100 {
-		p := freePort(t)
-		if p >= 65535-10000 {
-			continue
-		}
-		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+10000))
+	clusterPorts.Lock()
+	defer clusterPorts.Unlock()
+	free := func(p int) bool {
+		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
 		if err != nil {
-			continue
+			return false
 		}
 		ln.Close()
-		return p
+		return true
+	}
+	for range 1000 {
+		p := 20000 + rand.IntN(2768)
+		if !clusterPorts.used[p] && free(p) && free(p+10000) {
+			clusterPorts.used[p] = true
+			return p
+		}
 	}
 	t.Fatal("no free port pair for a cluster node")
 	return 0
