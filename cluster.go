@@ -143,20 +143,26 @@ func (r *clusterRouter) close() error {
 }
 
 // refresh reads the slot map again, or waits for the refresh under way,
-// within ctx.
+// within ctx. A refresh runs within the ctx of the call that started it:
+// when that ctx ended it, a call whose own ctx lives starts another.
 func (r *clusterRouter) refresh(ctx context.Context) error {
-	done, start := r.startRefresh()
-	if start {
-		r.runRefresh(ctx, done)
+	for {
+		done, start := r.startRefresh()
+		if start {
+			r.runRefresh(ctx, done)
+		}
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		r.mu.Lock()
+		err := r.refreshErr
+		r.mu.Unlock()
+		if start || ctx.Err() != nil || !(errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+			return err
+		}
 	}
-	select {
-	case <-done:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.refreshErr
 }
 
 // refreshAsync starts a refresh in the background unless one runs.
