@@ -63,6 +63,7 @@ type clusterRouter struct {
 
 	mu         sync.Mutex
 	nodes      map[string]*redis.Pool // by address
+	parts      []*redis.Pool          // the partitions' pools (partitionPool), forgotten in clusterPools on close
 	closed     bool
 	refreshing chan struct{} // closed when the refresh under way ends; nil when none runs
 	refreshErr error         // the last refresh's error
@@ -135,6 +136,9 @@ func (r *clusterRouter) close() error {
 	r.bg.Wait() // a refresh under way uses the pools
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	for _, p := range r.parts {
+		clusterPools.Delete(p)
+	}
 	var errs []error
 	for _, p := range r.nodes {
 		errs = append(errs, p.Close())

@@ -229,3 +229,19 @@ func TestClusterRefreshOutlivesTheCtxThatStartedIt(t *testing.T) {
 	close(gate)
 	assert.NoError(t, <-second, "a call whose ctx lives gets the map, not another call's ctx error")
 }
+
+// The pools a router made are forgotten when it closes: a process that
+// dials a cluster again and again keeps no router, map or pools of the
+// closed ones.
+func TestClusterPoolsForgottenOnClose(t *testing.T) {
+	m := miniredis.RunT(t)
+	r := oneNodeRouter(t, m.Addr(), nil)
+	pools := []*redis.Pool{r.partitionPool(nil), r.partitionPool(nil)}
+	for _, p := range pools {
+		require.True(t, isClusterPool(p))
+	}
+	require.NoError(t, r.close())
+	for _, p := range pools {
+		assert.False(t, isClusterPool(p), "a closed router's pool is still marked")
+	}
+}
