@@ -63,6 +63,7 @@ type clusterRouter struct {
 
 	mu         sync.Mutex
 	nodes      map[string]*redis.Pool // by address
+	parts      []*redis.Pool          // the partitions' pools (partitionPool), forgotten in clusterPools on close
 	closed     bool
 	refreshing chan struct{} // closed when the refresh under way ends; nil when none runs
 	refreshErr error         // the last refresh's error
@@ -135,6 +136,9 @@ func (r *clusterRouter) close() error {
 	r.bg.Wait() // a refresh under way uses the pools
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	for _, p := range r.parts {
+		clusterPools.Delete(p)
+	}
 	var errs []error
 	for _, p := range r.nodes {
 		errs = append(errs, p.Close())
@@ -143,20 +147,26 @@ func (r *clusterRouter) close() error {
 }
 
 // refresh reads the slot map again, or waits for the refresh under way,
-// within ctx.
+// within ctx. A refresh runs within the ctx of the call that started it:
+// when that ctx ended it, a call whose own ctx lives starts another.
 func (r *clusterRouter) refresh(ctx context.Context) error {
-	done, start := r.startRefresh()
-	if start {
-		r.runRefresh(ctx, done)
+	for {
+		done, start := r.startRefresh()
+		if start {
+			r.runRefresh(ctx, done)
+		}
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		r.mu.Lock()
+		err := r.refreshErr
+		r.mu.Unlock()
+		if start || ctx.Err() != nil || !(errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+			return err
+		}
 	}
-	select {
-	case <-done:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.refreshErr
 }
 
 // refreshAsync starts a refresh in the background unless one runs.

@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -183,4 +184,64 @@ func TestClusterAddsToHealthyPrimariesGoThrough(t *testing.T) {
 	require.NoError(t, <-errs)
 	assert.NoError(t, <-results[2], "an add to a queue on a primary that answers")
 	assert.Error(t, <-results[1], "an add to a queue on a primary that cannot be reached")
+}
+
+// A refresh is shared by the calls that need it, but the ctx it runs
+// within is the one of the call that started it: when that ctx ends, the
+// calls waiting with a ctx of their own still live get a refresh of
+// their own, not the other call's context error.
+func TestClusterRefreshOutlivesTheCtxThatStartedIt(t *testing.T) {
+	m := miniredis.RunT(t)
+	gate := make(chan struct{})
+	var asked atomic.Int32
+	m.Server().SetPreHook(func(_ *server.Peer, cmd string, _ ...string) bool {
+		if strings.EqualFold(cmd, "CLUSTER") && asked.Add(1) == 1 {
+			<-gate // the first reading hangs until its caller gave up
+		}
+		return false
+	})
+	r := oneNodeRouter(t, m.Addr(), nil)
+	r.seeds = []string{m.Addr()}
+	const slot = 42
+	sm := newSlotMap()
+	require.NoError(t, sm.assign(slot+1, clusterSlots-1, m.Addr()))
+	r.slots.Store(sm) // slot has no primary: a call needs a refresh
+
+	short, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	first := make(chan error, 1)
+	go func() { _, err := r.addrFor(short, slot); first <- err }()
+	require.Eventually(t, func() bool { return asked.Load() == 1 }, 5*time.Second, time.Millisecond)
+
+	long, cancelLong := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancelLong()
+	second := make(chan error, 1)
+	go func() {
+		addr, err := r.addrFor(long, slot)
+		if err == nil && addr != m.Addr() {
+			err = fmt.Errorf("slot %d at %s, not %s", slot, addr, m.Addr())
+		}
+		second <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // the second call waits for the first's refresh
+	cancel()
+	require.ErrorIs(t, <-first, context.Canceled)
+	close(gate)
+	assert.NoError(t, <-second, "a call whose ctx lives gets the map, not another call's ctx error")
+}
+
+// The pools a router made are forgotten when it closes: a process that
+// dials a cluster again and again keeps no router, map or pools of the
+// closed ones.
+func TestClusterPoolsForgottenOnClose(t *testing.T) {
+	m := miniredis.RunT(t)
+	r := oneNodeRouter(t, m.Addr(), nil)
+	pools := []*redis.Pool{r.partitionPool(nil), r.partitionPool(nil)}
+	for _, p := range pools {
+		require.True(t, isClusterPool(p))
+	}
+	require.NoError(t, r.close())
+	for _, p := range pools {
+		assert.False(t, isClusterPool(p), "a closed router's pool is still marked")
+	}
 }

@@ -11,7 +11,8 @@ import (
 	"github.com/gomodule/redigo/redis"
 )
 
-// clusterPools marks the pools made by partitionPool, for New.
+// clusterPools marks the pools made by partitionPool, for New, until
+// their router closes.
 var clusterPools sync.Map // *redis.Pool -> *clusterRouter
 
 // isClusterPool reports whether p routes to a Redis Cluster.
@@ -39,6 +40,9 @@ func (r *clusterRouter) partitionPool(wrap func(redis.Conn) redis.Conn) *redis.P
 			return c, nil
 		},
 	}
+	r.mu.Lock()
+	r.parts = append(r.parts, p)
+	r.mu.Unlock()
 	clusterPools.Store(p, r)
 	return p
 }

@@ -76,6 +76,11 @@ func parseRedisURL(raw string) (redisURL, error) {
 	if u.Opaque != "" {
 		return r, errors.New("URL has no host")
 	}
+	if strings.Contains(raw, "#") {
+		// A Redis URL has no fragment: a '#' is a password's, not
+		// percent-encoded, which cut the URL short where it stands.
+		return r, errors.New("URL has a '#': percent-encode it (%23) in a password")
+	}
 	for _, h := range strings.Split(hosts, ",") {
 		host, port, err := net.SplitHostPort(h)
 		if err != nil { // no port
@@ -190,12 +195,14 @@ func parseHostList(raw string) (*url.URL, string, error) {
 }
 
 // RedactURL returns a Redis URL as it may be shown in a log line or an
-// error: without its user name and password. A URL that does not parse is
-// not shown at all (a piece of it may be a password). It is what this
-// package's own errors do, for callers that name their servers too.
+// error: without its user name and password. A URL that Dial would refuse
+// is not shown at all: a password holding a '/', '?' or '#' that is not
+// percent-encoded ends the URL's authority early, so that a piece of it
+// would be shown as a host or a path. It is what this package's own
+// errors do, for callers that name their servers too.
 func RedactURL(raw string) string {
 	u, hosts, err := parseHostList(raw)
-	if err != nil {
+	if err != nil || CheckURL(raw) != nil {
 		return "(a URL that does not parse)"
 	}
 	u.User, u.Host = nil, hosts

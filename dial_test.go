@@ -71,6 +71,14 @@ func TestRedactURL(t *testing.T) {
 		"redis://:s3cret%zz@host":                                  "(a URL that does not parse)",
 		"redis+sentinel://:pw@s1,s2:26380/m?sentinel_password=spw": "redis+sentinel://s1,s2:26380/m?sentinel_password=redacted",
 		"redis+cluster://u:pw@a:7000,b":                            "redis+cluster://a:7000,b",
+		// A password with a '/', '?' or '#' not percent-encoded cuts the
+		// authority short: none of it may be shown.
+		"redis://:ab/cd@host:6379":             "(a URL that does not parse)",
+		"redis://:1234/5678@host":              "(a URL that does not parse)",
+		"redis://u:ab?cd@host":                 "(a URL that does not parse)",
+		"redis://:12#34@host":                  "(a URL that does not parse)",
+		"redis+cluster://:pa/ss@a:7000,b:7001": "(a URL that does not parse)",
+		"redis://:ab%2Fcd%23@host:6379":        "redis://host:6379",
 	} {
 		assert.Equal(t, want, RedactURL(in), in)
 	}

@@ -133,8 +133,20 @@ func parsePayload(p []byte) (order uint64, seq int, mark string, err error) {
 type recConn struct {
 	redis.Conn
 	h          *historyWriter
-	partitions int         // R of the queue's layout
-	sent       []recordCmd // pipelined, reply not read yet (a wrapper that adds WAIT pipelines every call)
+	partitions int // R of the queue's layout
+	// sent is pipelined, reply not read yet (a wrapper that adds WAIT
+	// pipelines every call). mu guards it: redigo lets one goroutine send
+	// while another receives, as the waiter's tracking link does.
+	mu   sync.Mutex
+	sent []recordCmd
+}
+
+// forget drops the pipelined commands: a Do reads their replies, which
+// go unrecorded.
+func (c *recConn) forget() {
+	c.mu.Lock()
+	c.sent = nil
+	c.mu.Unlock()
 }
 
 // recordCmd is a pipelined command of a recConn, and when it was sent.
@@ -245,25 +257,31 @@ func (c *recConn) recordSent(cmd string, args []any, sent time.Time, do func() (
 }
 
 func (c *recConn) Do(cmd string, args ...any) (any, error) {
-	c.sent = nil // Do reads what was pipelined: those replies go unrecorded
+	c.forget()
 	return c.record(cmd, args, func() (any, error) { return c.Conn.Do(cmd, args...) })
 }
 
 func (c *recConn) Send(cmd string, args ...any) error {
+	at := time.Now()
 	err := c.Conn.Send(cmd, args...)
 	if err == nil {
-		c.sent = append(c.sent, recordCmd{cmd: cmd, args: args, at: time.Now()})
+		c.mu.Lock()
+		c.sent = append(c.sent, recordCmd{cmd: cmd, args: args, at: at})
+		c.mu.Unlock()
 	}
 	return err
 }
 
 // received records the reply of the oldest pipelined command.
 func (c *recConn) received(receive func() (any, error)) (any, error) {
+	c.mu.Lock()
 	if len(c.sent) == 0 {
+		c.mu.Unlock()
 		return receive()
 	}
 	head := c.sent[0]
 	c.sent = c.sent[1:]
+	c.mu.Unlock()
 	return c.recordSent(head.cmd, head.args, head.at, receive)
 }
 
@@ -272,12 +290,12 @@ func (c *recConn) Receive() (any, error) {
 }
 
 func (c *recConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
-	c.sent = nil
+	c.forget()
 	return c.record(cmd, args, func() (any, error) { return redis.DoContext(c.Conn, ctx, cmd, args...) })
 }
 
 func (c *recConn) DoWithTimeout(d time.Duration, cmd string, args ...any) (any, error) {
-	c.sent = nil
+	c.forget()
 	return c.record(cmd, args, func() (any, error) { return redis.DoWithTimeout(c.Conn, d, cmd, args...) })
 }
 

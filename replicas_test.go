@@ -419,3 +419,27 @@ func TestNotReplicatedError(t *testing.T) {
 	assert.ErrorIs(t, err, ErrNotReplicated)
 	assert.False(t, errors.Is(fmt.Errorf("x: %w", redis.Error("ERR")), ErrNotReplicated))
 }
+
+// The waiter's link sends on its connections from one goroutine while
+// another reads their replies, which redigo allows and a waitConn (its
+// record of the replies owed is not guarded) does not: under
+// WaitReplicas its connections are the server's own. It only reads, so
+// it has nothing to wait for. (Idle pools of the Sentinel fault test with
+// WaitReplicas=1 raced there.)
+func TestWaitReplicasWaiterConnsDoNotWait(t *testing.T) {
+	t.Parallel()
+	m := miniredis.RunT(t)
+	ctx := context.Background()
+	q, err := Dial(ctx, []string{"redis://" + m.Addr()}, Config{Prefix: testPrefix(t), WaitReplicas: 1})
+	require.NoError(t, err)
+	defer q.Close()
+	pooled, err := q.Pool(0).DialContext(ctx)
+	require.NoError(t, err)
+	pooled.Close()
+	require.IsType(t, &waitConn{}, pooled, "the pool's connections wait")
+	c, err := q.waiters[0].dial(ctx)
+	require.NoError(t, err)
+	defer c.Close()
+	_, waits := c.(*waitConn)
+	assert.False(t, waits, "the waiter's connection is a waitConn")
+}

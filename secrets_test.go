@@ -232,6 +232,7 @@ func TestParseRedisURL(t *testing.T) {
 		{in: "redis+sentinel://h", bad: true},
 		{in: "redis+sentinel://h/", bad: true},
 		{in: "redis+sentinel://h/mp/x", bad: true},
+		{in: "redis://:12#34@h", bad: true}, // else localhost:12, no password
 		{in: "redis+sentinel://h,/mp", bad: true},
 		{in: "redis+sentinel://h/mp?sentinel_password=%zz", bad: true},
 		{in: "redis+sentinel://h/mp?db=1", bad: true},

@@ -101,6 +101,12 @@ func (w *waiter) dial(ctx context.Context) (redis.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	if wc, ok := c.(*waitConn); ok {
+		// Under WaitReplicas: the link only reads, and it sends on one
+		// goroutine while it receives on another, which a waitConn does
+		// not allow. Its server connection carries no write to wait for.
+		c = wc.Conn
+	}
 	if _, ok := c.(redis.ConnWithTimeout); !ok { // it must wait for replies without a deadline
 		c.Close()
 		return nil, errNoTracking
