@@ -45,7 +45,7 @@ import (
 const clusterSlots = 16384
 
 // clusterRetryFor bounds how long a command is sent again after refusals
-// and redirections when its ctx has no deadline: about what a failover
+// and redirections when its ctx has no later deadline: about what a failover
 // takes (a node timeout plus an election).
 const clusterRetryFor = 20 * time.Second
 
@@ -310,6 +310,9 @@ func (r *clusterRouter) do(ctx context.Context, cmd string, args []any) (any, er
 		slot = keySlot(key)
 	}
 	deadline := time.Now().Add(clusterRetryFor)
+	if d, ok := ctx.Deadline(); ok && d.After(deadline) {
+		deadline = d // the caller allows longer
+	}
 	wait := 5 * time.Millisecond
 	var ask string
 	for redirects := 0; ; {

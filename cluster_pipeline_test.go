@@ -245,3 +245,31 @@ func TestClusterPoolsForgottenOnClose(t *testing.T) {
 		assert.False(t, isClusterPool(p), "a closed router's pool is still marked")
 	}
 }
+
+// A command of a pipeline that could not be written to its primary does
+// not go to a new primary when an earlier command of that primary was
+// written and lost its reply: that one may have run, or may yet, and the
+// later one must not run before it (two LPUSHes of one queue's tasks).
+func TestRoutedConnKeepsOrderAfterALostReply(t *testing.T) {
+	old, next := miniredis.RunT(t), miniredis.RunT(t)
+	var fail atomic.Bool
+	r := oneNodeRouter(t, old.Addr(), func(c redis.Conn) redis.Conn { return &brokenConn{Conn: c, fail: &fail} })
+	pool := r.partitionPool(nil)
+	defer pool.Close()
+	c := pool.Get()
+	defer c.Close()
+	require.NoError(t, c.Send("LPUSH", "{a}:l", "first"))
+	require.NoError(t, c.Flush())
+	fail.Store(true) // the connection fails: first's reply is lost, second cannot be written
+	require.NoError(t, c.Send("LPUSH", "{a}:l", "second"))
+	require.NoError(t, c.Flush())
+	fail.Store(false) // new connections work, to the new primary above all
+	m := newSlotMap() // a failover: the map now names another primary
+	require.NoError(t, m.assign(0, clusterSlots-1, next.Addr()))
+	r.slots.Store(m)
+	_, err := c.Receive()
+	require.Error(t, err, "first's reply was lost")
+	_, err = c.Receive()
+	require.Error(t, err, "second fails with its node")
+	assert.False(t, next.Exists("{a}:l"), "second ran on the new primary, perhaps before first")
+}

@@ -76,6 +76,10 @@ type heldConn struct {
 	err   error      // why it failed: later commands for its node are not written on it
 	n     int        // commands of the pipeline routed to the node, reply not read yet
 	dirty bool       // written since the last flush
+	// lost: a command written on it has no reply (it may have run), so a
+	// later one of its node that was not sent must not run elsewhere
+	// either: it could run before that one.
+	lost bool
 }
 
 type routedCmd struct {
@@ -282,14 +286,15 @@ func (c *routedConn) ReceiveContext(ctx context.Context) (any, error) {
 	case head.notSent:
 		err = h.err
 	case h.err != nil:
-		err = h.err // written on a connection that failed since: uncertain
+		err, h.lost = h.err, true // written on a connection that failed since: uncertain
 	default:
 		reply, err = receiveContext(h.c, ctx)
 		if err != nil && !isReplyError(err) {
-			h.err = err
+			h.err, h.lost = err, true
 			c.r.refreshAsync()
 		}
 	}
+	lost := h.lost
 	if h.n--; h.n == 0 {
 		if h.c != nil {
 			h.c.Close()
@@ -298,12 +303,13 @@ func (c *routedConn) ReceiveContext(ctx context.Context) (any, error) {
 	}
 	if head.notSent {
 		// It did not run: where the map now names another primary (a
-		// failover was seen), it goes there; else it fails with its node.
+		// failover was seen), it goes there, unless an earlier command of
+		// its node may have run; else it fails with its node.
 		slot := -1
 		if key, keyless, _ := commandKey(head.cmd, head.args); !keyless {
 			slot = keySlot(key)
 		}
-		if addr := c.r.slots.Load().addrOf(slot); slot >= 0 && addr != "" && addr != head.addr {
+		if addr := c.r.slots.Load().addrOf(slot); !lost && slot >= 0 && addr != "" && addr != head.addr {
 			return c.r.do(ctx, head.cmd, head.args)
 		}
 		return nil, err
