@@ -86,6 +86,7 @@ const (
 	sentRead  sent = iota // a command that changes nothing
 	sentWrite             // a command that may change data
 	sentPop               // a write whose nil reply says it changed nothing (an empty pop)
+	sentZero              // a script whose reply 0 (or {0, ...}) says it changed nothing
 	sentWait              // the connection's own WAIT
 )
 
@@ -110,12 +111,40 @@ var writeCommands = map[string]sent{
 	"EVAL": sentWrite, "EVALSHA": sentWrite, "FCALL": sentWrite,
 }
 
+// zeroScripts are the scripts that say by a reply of 0, or {0, ...}, that
+// they changed nothing (a renewal or release of a lease that is not the
+// caller's, an AddTaskOnce duplicate): such a reply needs no replica, and
+// passes as it is, so that a lost lease reads as lost. By hash (EVALSHA)
+// and by source (EVAL).
+var zeroScripts = func() map[string]bool {
+	m := map[string]bool{}
+	for name, sc := range map[string]*redis.Script{"renew": renewScript, "release": releaseScript, "add-once": addOnceScript} {
+		m[sc.Hash()] = true // naming the scripts makes them, and their sources, first
+		m[scriptSources[name]] = true
+	}
+	return m
+}()
+
+// unchangedZero reports a reply of 0 or {0, ...}.
+func unchangedZero(v any) bool {
+	if list, ok := v.([]any); ok && len(list) > 0 {
+		v = list[0]
+	}
+	n, ok := v.(int64)
+	return ok && n == 0
+}
+
 // classify says what cmd is. Moving a list's end onto itself (BLMOVE k k
 // RIGHT RIGHT: a pool's wait for work) changes nothing.
 func classify(cmd string, args []any) sent {
 	kind, ok := writeCommands[cmd]
 	if !ok {
 		kind = writeCommands[strings.ToUpper(cmd)]
+	}
+	if kind == sentWrite && len(args) > 0 && (strings.EqualFold(cmd, "EVALSHA") || strings.EqualFold(cmd, "EVAL")) {
+		if src, ok := args[0].(string); ok && zeroScripts[src] {
+			return sentZero
+		}
 	}
 	if kind == sentPop && len(args) >= 4 && (strings.EqualFold(cmd, "BLMOVE") || strings.EqualFold(cmd, "LMOVE")) {
 		src, _ := args[0].(string)
@@ -379,7 +408,7 @@ func (c *waitConn) readThrough(h how) error {
 	short := &notReplicated{acked: acked, want: c.replicas, timeout: c.timeout, cause: err}
 	for i := range c.ready {
 		r := &c.ready[i]
-		if r.kind != sentRead && r.err == nil && (r.kind != sentPop || r.v != nil) {
+		if r.kind != sentRead && r.err == nil && (r.kind != sentPop || r.v != nil) && (r.kind != sentZero || !unchangedZero(r.v)) {
 			r.v, r.err = nil, short
 		}
 	}

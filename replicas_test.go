@@ -392,6 +392,22 @@ func TestWaitReplicasDial(t *testing.T) {
 			assert.ErrorIs(t, err, ErrNotReplicated)
 			assert.NotErrorIs(t, err, ErrLeaseLost)
 			assert.Equal(t, 5*time.Second, m.TTL(st.keys.lease), "extended on the primary")
+
+			// A renewal that finds the lease gone changed nothing: it
+			// reads as lost at once, replicas or not.
+			m.Del(st.keys.lease)
+			err = st.renew(ctx)
+			assert.ErrorIs(t, err, ErrLeaseLost)
+			assert.NotErrorIs(t, err, ErrNotReplicated)
+
+			// So does an AddTaskOnce that finds its key taken.
+			_, _, err = q.AddTaskOnce(ctx, 9, "k", time.Minute, []byte("once"))
+			require.ErrorIs(t, err, ErrNotReplicated, "the first add wrote")
+			first, _ := m.Get(newQueueKeys(q.cfg.Prefix, 0, 0).dedup(9, "k"))
+			id, added, err := q.AddTaskOnce(ctx, 9, "k", time.Minute, []byte("once"))
+			require.NoError(t, err, "a duplicate wrote nothing")
+			assert.False(t, added)
+			assert.Equal(t, first, id)
 		})
 	}
 }
