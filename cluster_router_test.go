@@ -1,8 +1,10 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -160,6 +162,34 @@ func TestClusterRouter(t *testing.T) {
 		}
 		cancel()
 		require.NoError(t, <-poolDone)
+	})
+
+	// A pool warns when the primary that holds its queue may evict keys,
+	// whichever primary a keyless CONFIG would have reached.
+	t.Run("eviction warning asks the queue's primary", func(t *testing.T) {
+		q := clusterQueue(t, c, 1)
+		home := c.primaryOf(newQueueKeys(q.cfg.Prefix, 0, 0).ready)
+		warned := func() bool {
+			var buf bytes.Buffer
+			log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelWarn}))
+			require.NoError(t, q.AnalysePool(context.Background(), 0, PoolConfig{ExitOnEmpty: true, Logger: log},
+				func(context.Context, Task) error { return nil }))
+			return strings.Contains(buf.String(), "may evict keys")
+		}
+		set := func(n *redisProc, policy string) {
+			_, err := c.do(n, "CONFIG", "SET", "maxmemory-policy", policy)
+			require.NoError(t, err)
+		}
+		for _, p := range c.primaries() {
+			if p.port != home.port {
+				set(p, "allkeys-lru")
+				defer set(p, "noeviction")
+			}
+		}
+		assert.False(t, warned(), "a warning about another primary")
+		set(home, "allkeys-lru")
+		defer set(home, "noeviction")
+		assert.True(t, warned(), "no warning about the queue's own primary")
 	})
 
 	// Many callers meet a MOVED at once: while a refresh of the map is

@@ -286,7 +286,7 @@ func (q *Queue) AnalysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 	if cfg.Counters != nil {
 		cfg.Counters.init(cfg.MaxWorkers)
 	}
-	warnEviction(ctx, st.part, cfg.Logger)
+	warnEviction(ctx, st.part, st.keys.lease, cfg.Logger)
 	seen := "" // the holder last told of
 	onLook := func(sent time.Time, holder string, left time.Duration) {
 		log.ok(sent)
@@ -336,12 +336,20 @@ func (q *Queue) AnalysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 	}
 }
 
-// warnEviction logs a warning when the server may evict keys, which would
-// lose tasks. A server that refuses CONFIG is logged at debug level.
-func warnEviction(ctx context.Context, p *partition, log *slog.Logger) {
-	r, err := onPartition(ctx, p, "read maxmemory-policy", func(c redis.Conn) ([]string, error) {
+// warnEviction logs a warning when the server that holds key may evict
+// keys, which would lose tasks. A server that refuses CONFIG is logged at
+// debug level.
+func warnEviction(ctx context.Context, p *partition, key string, log *slog.Logger) {
+	read := func(c redis.Conn) ([]string, error) {
 		return redis.Strings(redis.DoContext(c, ctx, "CONFIG", "GET", "maxmemory-policy"))
-	})
+	}
+	var r []string
+	var err error
+	if v, ok := clusterPools.Load(p.pool); ok {
+		r, err = v.(*clusterRouter).onNodeOf(ctx, key, read) // CONFIG has no key: ask the queue's primary
+	} else {
+		r, err = onPartition(ctx, p, "read maxmemory-policy", read)
+	}
 	switch {
 	case err != nil:
 		log.Debug("queue: cannot read maxmemory-policy; make sure it is noeviction", "partition", p.index, "err", err)
