@@ -10,9 +10,12 @@
 // OrderIDs run in parallel (see Workers and dispatch).
 //
 // A [Queue] is made with [New] from redigo pools the caller owns, or with
-// [Dial] from redis:// URLs (rediss:// for TLS, verified against the
-// system's roots or [Config].TLSConfig). New starts no goroutine; Dial
-// starts one per partition behind Redis Sentinel (see Sentinel). A Queue
+// [Dial] from URLs: redis:// (rediss:// for TLS, verified against the
+// system's roots or [Config].TLSConfig), redis+cluster:// for a Redis
+// Cluster, redis+sentinel:// for a primary watched by Sentinel. New starts
+// no goroutine; Dial starts one per partition behind Sentinel, and a
+// cluster's router reads its slot map again in the background after a
+// redirection; Close joins them. A Queue
 // is safe for concurrent use; after [Queue.Close] every call that would use
 // Redis returns [ErrClosed]. Everything that can block takes a
 // context.Context. [Queue.Consume] returns a [Consumer], the low-level API

@@ -131,8 +131,10 @@ func (c Config) withDefaults() (Config, error) {
 
 // Queue is a set of partitioned task queues on R Redis servers with Q
 // queues each. It is safe for concurrent use. New starts no goroutine
-// and makes no connection; Dial pings each server once, and starts one
-// goroutine per partition behind Sentinel, which Close joins.
+// and makes no connection; Dial pings each server once (reads a cluster's
+// slot map), and starts one goroutine per partition behind Sentinel, and
+// a cluster router one to read its map again after a redirection; Close
+// joins them.
 type Queue struct {
 	cfg      Config
 	parts    []*partition
