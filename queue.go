@@ -187,7 +187,12 @@ func New(pools []*redis.Pool, cfg Config) (*Queue, error) {
 // redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/name[/db]
 // with the sentinels' own credentials, if any, in the query
 // (?sentinel_user=u&sentinel_password=p): see Sentinel in the package
-// documentation. Close closes the pools.
+// documentation. A partition on a Redis Cluster is
+// redis+cluster://[[user]:password@]host[:port][,host[:port]...] naming
+// seed nodes (rediss+cluster:// for TLS); its queues spread over the
+// primaries by hash slot, and the same URL listed R times is R partitions
+// on one cluster: see Redis Cluster in the package documentation. Close
+// closes the pools.
 func Dial(ctx context.Context, urls []string, cfg Config) (*Queue, error) {
 	if len(urls) == 0 {
 		return nil, ErrNoPartitions
