@@ -243,18 +243,10 @@ func TestFaultClusterFailover(t *testing.T) {
 // requires that no task it held is lost; it reports the others.
 func TestFaultClusterKillPrimary(t *testing.T) {
 	run := startClusterRun(t, 500, 1500, 0)
-	e, c := run.e, run.c
+	e := run.e
 	p, hit := run.busiest()
-	replica := c.replicaOf(p)
 	ready, pending := run.waiting(hit)
-	at := time.Now()
-	c.kill9(p)
-	e.event(faultEvent{Ev: evFault, Wall: at.UnixNano()})
-	held := replicaHolds(t, c, replica, e.prefix, hit)
-	for id := range held.pending {
-		e.event(faultEvent{Ev: evPending, ID: id})
-	}
-	c.waitPromoted(replica)
+	replica, at, held := run.killPrimary(p, hit)
 	promoted := time.Since(at)
 	e.waitProcessed(run.total/2, 30*time.Second)
 	r := run.finish()
@@ -285,14 +277,7 @@ func TestFaultClusterKillPrimaryWaitReplicas(t *testing.T) {
 	run := startClusterRun(t, 500, 1500, 1)
 	e, c := run.e, run.c
 	p, hit := run.busiest()
-	replica := c.replicaOf(p)
-	at := time.Now()
-	c.kill9(p)
-	e.event(faultEvent{Ev: evFault, Wall: at.UnixNano()})
-	for id := range replicaHolds(t, c, replica, e.prefix, hit).pending {
-		e.event(faultEvent{Ev: evPending, ID: id})
-	}
-	c.waitPromoted(replica)
+	replica, at, _ := run.killPrimary(p, hit)
 	p.start() // it rejoins as a replica of the node that took its slots
 	delete(c.dead, p.port)
 	require.Eventually(t, func() bool { return c.role(p) == "slave" }, 30*time.Second, 20*time.Millisecond,
@@ -306,6 +291,26 @@ func TestFaultClusterKillPrimaryWaitReplicas(t *testing.T) {
 	requireClean(t, r)
 	assert.EqualValues(t, run.total, r.AddedOK+r.AddErrors)
 	assert.Zero(t, r.Dead)
+}
+
+// killPrimary kills primary p, serving the queues of analysers hit, with
+// kill -9, records as pending at the fault what its replica holds pending
+// (read before the promotion), and waits until the cluster promoted the
+// replica. It returns the replica, the time of the kill and what the
+// replica held.
+func (run *clusterRun) killPrimary(p *redisProc, hit []int) (*redisProc, time.Time, replicaState) {
+	e, c := run.e, run.c
+	e.t.Helper()
+	replica := c.replicaOf(p)
+	at := time.Now()
+	c.kill9(p)
+	e.event(faultEvent{Ev: evFault, Wall: at.UnixNano()})
+	held := replicaHolds(e.t, c, replica, e.prefix, hit)
+	for id := range held.pending {
+		e.event(faultEvent{Ev: evPending, ID: id})
+	}
+	c.waitPromoted(replica)
+	return replica, at, held
 }
 
 // replicaState is what a replica holds of some queues.

@@ -46,13 +46,7 @@ func TestFaultSentinelFailover(t *testing.T) {
 	pcfg := produce(orders, per)
 	pcfg.Rate = 1000 // six seconds of adds: they span the failover
 	p := e.spawn("producer", pcfg)
-	topo.waitReady(0, 1, 2)
-	e.waitProcessed(total/4, 30*time.Second)
-	pending := e.recordPending() // a moment before the kill
-	killAt := time.Now()
-	topo.primary.kill()
-	e.event(faultEvent{Ev: evFault})
-	topo.waitPrimary(0, topo.replica.addr(), 30*time.Second)
+	pending, killAt := killSentinelPrimary(e, topo, total/4)
 	failedOver := time.Since(killAt)
 	e.drain([]*child{p}, []*child{a}, 60*time.Second)
 
@@ -97,13 +91,7 @@ func TestFaultSentinelFailoverWaitReplicas(t *testing.T) {
 	pcfg.Rate = 1000 // four seconds of adds, if none fails: past the kill
 	pcfg.WaitReplicas = 1
 	p := e.spawn("producer", pcfg)
-	topo.waitReady(0, 1, 2)
-	e.waitProcessed(total/8, 30*time.Second)
-	pending := e.recordPending() // a moment before the kill
-	killAt := time.Now()
-	topo.primary.kill()
-	e.event(faultEvent{Ev: evFault})
-	topo.waitPrimary(0, topo.replica.addr(), 30*time.Second)
+	pending, killAt := killSentinelPrimary(e, topo, total/8)
 	// The old primary comes back as the new one's replica, as an operator
 	// (or, some seconds later, the sentinels) would make it.
 	topo.primary.start()
@@ -135,6 +123,22 @@ func TestFaultSentinelFailoverWaitReplicas(t *testing.T) {
 	assert.Zero(t, r.EarlyLosses, "leases lost before the kill")
 	require.Positive(t, produceAgain, "no add succeeded after the kill")
 	require.Positive(t, consumeAgain, "no task added after the kill ran")
+}
+
+// killSentinelPrimary waits until the sentinels are ready and processed
+// tasks are done, records what is pending, kills the primary with kill -9
+// and waits until the sentinels name the replica. It returns the tasks
+// pending a moment before the kill, and when it was.
+func killSentinelPrimary(e *faultEnv, topo *sentinelTopo, processed int64) (int, time.Time) {
+	e.t.Helper()
+	topo.waitReady(0, 1, 2)
+	e.waitProcessed(processed, 30*time.Second)
+	pending := e.recordPending()
+	killAt := time.Now()
+	topo.primary.kill()
+	e.event(faultEvent{Ev: evFault})
+	topo.waitPrimary(0, topo.replica.addr(), 30*time.Second)
+	return pending, killAt
 }
 
 // afterFault follows the tasks whose add began after at: the time from at
