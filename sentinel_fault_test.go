@@ -126,19 +126,27 @@ func TestFaultSentinelFailoverWaitReplicas(t *testing.T) {
 }
 
 // killSentinelPrimary waits until the sentinels are ready and processed
-// tasks are done, records what is pending, kills the primary with kill -9
-// and waits until the sentinels name the replica. It returns the tasks
-// pending a moment before the kill, and when it was.
+// tasks are done, kills the primary with kill -9, records as pending at
+// the fault what was pending a moment before and what the replica holds
+// pending after (tasks claimed in between), and waits until the
+// sentinels name the replica. It returns the tasks pending, and when the
+// kill was.
 func killSentinelPrimary(e *faultEnv, topo *sentinelTopo, processed int64) (int, time.Time) {
 	e.t.Helper()
 	topo.waitReady(0, 1, 2)
 	e.waitProcessed(processed, 30*time.Second)
-	pending := e.recordPending()
+	before := e.recordPending()
 	killAt := time.Now()
 	topo.primary.kill()
 	e.event(faultEvent{Ev: evFault})
+	time.Sleep(50 * time.Millisecond) // what the primary sent before it died is read in
+	ids, err := redis.Strings(redisOn(e.t, topo.replica, "HKEYS", newQueueKeys(e.prefix, 0, 0).pending))
+	require.NoError(e.t, err)
+	for _, id := range ids {
+		e.event(faultEvent{Ev: evPending, ID: id})
+	}
 	topo.waitPrimary(0, topo.replica.addr(), 30*time.Second)
-	return pending, killAt
+	return max(before, len(ids)), killAt
 }
 
 // afterFault follows the tasks whose add began after at: the time from at
