@@ -87,10 +87,23 @@ func init() {
 // runs and not to others).
 func preloadScripts(t testing.TB, p *redis.Pool) {
 	t.Helper()
-	c := p.Get()
-	defer c.Close()
-	for _, s := range knownScripts() {
-		require.NoError(t, s.Load(c))
+	load := func(c redis.Conn) {
+		defer c.Close()
+		for _, s := range knownScripts() {
+			require.NoError(t, s.Load(c))
+		}
+	}
+	v, ok := clusterPools.Load(p)
+	if !ok {
+		load(p.Get())
+		return
+	}
+	// On a cluster, SCRIPT LOAD reaches one primary: load on every one.
+	r := v.(*clusterRouter)
+	for _, addr := range r.slots.Load().primaries {
+		c, err := r.nodeConn(context.Background(), addr)
+		require.NoError(t, err)
+		load(c)
 	}
 }
 
