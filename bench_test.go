@@ -290,13 +290,12 @@ type cpuMeter struct {
 func newCPUMeter(q *Queue) *cpuMeter {
 	m := &cpuMeter{selfOK: true, redisOK: true}
 	for _, p := range q.parts {
-		v, ok := clusterPools.Load(p.pool)
-		if !ok {
+		r := p.router
+		if r == nil {
 			m.pools = append(m.pools, p.pool)
 			continue
 		}
 		// A cluster: every primary's own CPU (once for all its partitions).
-		r := v.(*clusterRouter)
 		for _, addr := range r.slots.Load().primaries {
 			np, err := r.nodePool(addr)
 			if err == nil && !slices.Contains(m.pools, np) {

@@ -238,11 +238,11 @@ func TestClusterPoolsForgottenOnClose(t *testing.T) {
 	r := oneNodeRouter(t, m.Addr(), nil)
 	pools := []*redis.Pool{r.partitionPool(nil), r.partitionPool(nil)}
 	for _, p := range pools {
-		require.True(t, isClusterPool(p))
+		require.NotNil(t, routerOf(p))
 	}
 	require.NoError(t, r.close())
 	for _, p := range pools {
-		assert.False(t, isClusterPool(p), "a closed router's pool is still marked")
+		assert.Nil(t, routerOf(p), "a closed router's pool is still marked")
 	}
 }
 

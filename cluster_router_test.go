@@ -121,8 +121,7 @@ func TestClusterRouter(t *testing.T) {
 			gotIDs = append(gotIDs, task.ID)
 		}
 		assert.Equal(t, ids, gotIDs, "every task on the new primary, once, in order")
-		router, _ := clusterPools.Load(q.parts[0].pool)
-		assert.Equal(t, dst.addr(), router.(*clusterRouter).slots.Load().addrOf(keySlot(k.ready)), "the map follows the move")
+		assert.Equal(t, dst.addr(), q.parts[0].router.slots.Load().addrOf(keySlot(k.ready)), "the map follows the move")
 	})
 
 	// An idle pool waits on its queue's primary; the slot moves; a task
@@ -196,8 +195,7 @@ func TestClusterRouter(t *testing.T) {
 	// under way, no other starts; callers that need the map wait for it.
 	t.Run("one refresh at a time", func(t *testing.T) {
 		q := clusterQueue(t, c, 1)
-		v, _ := clusterPools.Load(q.parts[0].pool)
-		r := v.(*clusterRouter)
+		r := q.parts[0].router
 		primaries := c.primaries() // asks CLUSTER SHARDS too: before counting
 		calls := func() (n int) {
 			for _, p := range primaries {

@@ -59,9 +59,9 @@ func TestClusterQueuesSpreadOverPrimaries(t *testing.T) {
 	ids, err := q.AddTasks(ctx, tasks)
 	require.NoError(t, err)
 
-	router, ok := clusterPools.Load(q.parts[0].pool)
-	require.True(t, ok, "a partition on a cluster is a cluster pool")
-	m := router.(*clusterRouter).slots.Load()
+	router := q.parts[0].router
+	require.NotNil(t, router, "a partition on a cluster is a cluster pool")
+	m := router.slots.Load()
 	require.Len(t, m.primaries, 3)
 	perPrimary := map[string]int{}
 	for a := range r * queues {

@@ -15,10 +15,12 @@ import (
 // their router closes.
 var clusterPools sync.Map // *redis.Pool -> *clusterRouter
 
-// isClusterPool reports whether p routes to a Redis Cluster.
-func isClusterPool(p *redis.Pool) bool {
-	_, ok := clusterPools.Load(p)
-	return ok
+// routerOf returns the router of a pool partitionPool made, or nil for
+// any other pool.
+func routerOf(p *redis.Pool) *clusterRouter {
+	r, _ := clusterPools.Load(p)
+	router, _ := r.(*clusterRouter)
+	return router
 }
 
 // partitionPool returns a pool of routed connections for one partition on

@@ -93,13 +93,12 @@ func preloadScripts(t testing.TB, p *redis.Pool) {
 			require.NoError(t, s.Load(c))
 		}
 	}
-	v, ok := clusterPools.Load(p)
-	if !ok {
+	r := routerOf(p)
+	if r == nil {
 		load(p.Get())
 		return
 	}
 	// On a cluster, SCRIPT LOAD reaches one primary: load on every one.
-	r := v.(*clusterRouter)
 	for _, addr := range r.slots.Load().primaries {
 		c, err := r.nodeConn(context.Background(), addr)
 		require.NoError(t, err)

@@ -74,7 +74,7 @@ func layoutKey(prefix string) string { return prefix + ":layout" }
 // Redis Cluster, where all partitions share one keyspace, one hash per
 // partition ("P:layout:I").
 func (q *Queue) layoutKeyOf(p *partition) string {
-	if p.cluster {
+	if p.router != nil {
 		return layoutKey(q.cfg.Prefix) + ":" + strconv.Itoa(p.index)
 	}
 	return layoutKey(q.cfg.Prefix)
@@ -101,9 +101,9 @@ return 'partitions=' .. tostring(got[1]) .. ' queues=' .. tostring(got[2]) .. ' 
 type partition struct {
 	index   int
 	pool    *redis.Pool
-	cluster bool        // pool routes to a Redis Cluster (clusterPool)
-	checked atomic.Bool // the layout was verified on this server
-	checkMu sync.Mutex  // one layout check at a time
+	router  *clusterRouter // the Redis Cluster pool routes to (partitionPool); nil for one server
+	checked atomic.Bool    // the layout was verified on this server
+	checkMu sync.Mutex     // one layout check at a time
 }
 
 // checkLayout verifies (recording on first use) the layout of partition p.

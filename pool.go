@@ -345,8 +345,8 @@ func warnEviction(ctx context.Context, p *partition, key string, log *slog.Logge
 	}
 	var r []string
 	var err error
-	if v, ok := clusterPools.Load(p.pool); ok {
-		r, err = v.(*clusterRouter).onNodeOf(ctx, key, read) // CONFIG has no key: ask the queue's primary
+	if p.router != nil {
+		r, err = p.router.onNodeOf(ctx, key, read) // CONFIG has no key: ask the queue's primary
 	} else {
 		r, err = onPartition(ctx, p, "read maxmemory-policy", read)
 	}

@@ -126,7 +126,7 @@ func (q *Queue) Ping(ctx context.Context) error {
 	}
 	for _, p := range q.parts {
 		var err error
-		if p.cluster {
+		if p.router != nil {
 			err = q.pingQueues(ctx, p)
 		} else {
 			err = ping(ctx, p.pool)

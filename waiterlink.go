@@ -84,7 +84,7 @@ func (w *waiter) connect(ctx context.Context) (*link, error) {
 // dial makes a connection of the partition's pool that is not the pool's:
 // it holds connection state (a subscription, tracking) for its whole life.
 func (w *waiter) dial(ctx context.Context) (redis.Conn, error) {
-	if w.part.cluster { // a routed connection holds no server's state
+	if w.part.router != nil { // a routed connection holds no server's state
 		return nil, errNoTracking
 	}
 	p := w.part.pool
