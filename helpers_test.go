@@ -310,3 +310,19 @@ func testQueue1(t *testing.T) (*Queue, *testServer, queueKeys) {
 	q, srv := newTestQueue(t, 1, Config{})
 	return q, srv[0], newQueueKeys(q.cfg.Prefix, 0, 0)
 }
+
+// claimAckOne claims the one task of analyser's queue with a Consumer,
+// acknowledges it, releases the lease, and returns the Consumer.
+func claimAckOne(t *testing.T, q *Queue, analyser int) *Consumer {
+	t.Helper()
+	ctx := context.Background()
+	c, err := q.Consume(ctx, analyser, ConsumerConfig{})
+	require.NoError(t, err)
+	tasks, err := c.Claim(ctx, 1)
+	require.NoError(t, err)
+	require.Len(t, tasks, 1)
+	_, err = c.Ack(ctx, tasks[0].ID)
+	require.NoError(t, err)
+	require.NoError(t, c.Release(ctx))
+	return c
+}

@@ -306,14 +306,7 @@ func TestSentinelCredentials(t *testing.T) {
 	require.NoError(t, err)
 	_, err = q.AddTask(ctx, 1, []byte("x"))
 	require.NoError(t, err)
-	c, err := q.Consume(ctx, 0, ConsumerConfig{})
-	require.NoError(t, err)
-	tasks, err := c.Claim(ctx, 1)
-	require.NoError(t, err)
-	require.Len(t, tasks, 1)
-	_, err = c.Ack(ctx, tasks[0].ID)
-	require.NoError(t, err)
-	require.NoError(t, c.Release(ctx))
+	claimAckOne(t, q, 0)
 
 	for name, bad := range map[string]string{
 		"wrong password of the primary's user": strings.Replace(u, pw+"a@", pw+"x@", 1),

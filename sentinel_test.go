@@ -129,14 +129,7 @@ func TestSentinelDialSkipsDownSentinel(t *testing.T) {
 	_, err = q.AddTask(ctx, 1, []byte("x"))
 	require.NoError(t, err)
 	assert.Len(t, readyOn(t, primary, q), 1)
-	c, err := q.Consume(ctx, 0, ConsumerConfig{})
-	require.NoError(t, err)
-	tasks, err := c.Claim(ctx, 1)
-	require.NoError(t, err)
-	require.Len(t, tasks, 1)
-	_, err = c.Ack(ctx, tasks[0].ID)
-	require.NoError(t, err)
-	require.NoError(t, c.Release(ctx))
+	claimAckOne(t, q, 0)
 }
 
 // TestSentinelDialErrors checks what Dial says when the sentinels cannot
