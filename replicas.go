@@ -21,8 +21,9 @@ import (
 // notReplicated error (ErrNotReplicated): the write was made, but it may
 // not survive the loss of the primary; callers treat it as the uncertain
 // outcome of a lost reply. Reads, error replies (a script's refusal comes
-// before its first write) and empty pops (nothing moved) are handed out
-// as they came: they reported no change, so nothing waits on them.
+// before its first write), empty pops (nothing moved) and the 0 of the
+// scripts that say so when they changed nothing (zeroScripts) are handed
+// out as they came: they reported no change, so nothing waits on them.
 //
 // WAIT waits for every write the connection made so far, so a write made
 // on it beside the pool's calls (a layout re-recorded on a new
