@@ -273,3 +273,17 @@ func TestRoutedConnKeepsOrderAfterALostReply(t *testing.T) {
 	require.Error(t, err, "second fails with its node")
 	assert.False(t, next.Exists("{a}:l"), "second ran on the new primary, perhaps before first")
 }
+
+// A command with no key whose node cannot be reached fails with the node,
+// as a keyed one does.
+func TestRoutedConnKeylessCommandToAnUnreachableNode(t *testing.T) {
+	r := oneNodeRouter(t, closedAddr(t), nil)
+	pool := r.partitionPool(nil)
+	defer pool.Close()
+	c := pool.Get()
+	defer c.Close()
+	require.NoError(t, c.Send("PING"))
+	require.NoError(t, c.Flush())
+	_, err := c.Receive()
+	assert.ErrorIs(t, err, errNodeUnreachable)
+}

@@ -86,6 +86,7 @@ type heldConn struct {
 
 type routedCmd struct {
 	addr    string
+	slot    int // -1 for a command with no key
 	cmd     string
 	args    []any
 	written bool // on held[addr].c
@@ -197,7 +198,7 @@ func (c *routedConn) Send(cmd string, args ...any) error {
 		c.held[addr] = h
 	}
 	h.n++
-	c.pending = append(c.pending, routedCmd{addr: addr, cmd: cmd, args: args})
+	c.pending = append(c.pending, routedCmd{addr: addr, slot: slot, cmd: cmd, args: args})
 	c.fresh++
 	return nil
 }
@@ -307,12 +308,10 @@ func (c *routedConn) ReceiveContext(ctx context.Context) (any, error) {
 		// It did not run: where the map now names another primary (a
 		// failover was seen), it goes there, unless an earlier command of
 		// its node may have run; else it fails with its node.
-		slot := -1
-		if key, keyless, _ := commandKey(head.cmd, head.args); !keyless {
-			slot = keySlot(key)
-		}
-		if addr := c.r.slots.Load().addrOf(slot); !lost && slot >= 0 && addr != "" && addr != head.addr {
-			return c.r.do(ctx, head.cmd, head.args)
+		if head.slot >= 0 && !lost {
+			if addr := c.r.slots.Load().addrOf(head.slot); addr != "" && addr != head.addr {
+				return c.r.do(ctx, head.cmd, head.args)
+			}
 		}
 		return nil, err
 	}
