@@ -301,13 +301,9 @@ func (r *clusterRouter) addrFor(ctx context.Context, slot int) (string, error) {
 // do runs one command on the primary that serves its key, following
 // redirections and refusals.
 func (r *clusterRouter) do(ctx context.Context, cmd string, args []any) (any, error) {
-	key, keyless, ok := commandKey(cmd, args)
-	if !ok {
-		return nil, redis.Error("ERR " + strings.ToUpper(cmd) + " is not supported on a Redis Cluster connection")
-	}
-	slot := -1
-	if !keyless {
-		slot = keySlot(key)
+	slot, err := commandSlot(cmd, args)
+	if err != nil {
+		return nil, err
 	}
 	deadline := time.Now().Add(clusterRetryFor)
 	if d, ok := ctx.Deadline(); ok && d.After(deadline) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -89,7 +88,6 @@ type routedCmd struct {
 	slot    int // -1 for a command with no key
 	cmd     string
 	args    []any
-	written bool // on held[addr].c
 	notSent bool // could not be written: it did not run
 }
 
@@ -177,13 +175,9 @@ func (c *routedConn) Send(cmd string, args ...any) error {
 	if c.err != nil {
 		return c.err
 	}
-	key, keyless, ok := commandKey(cmd, args)
-	if !ok {
-		return redis.Error("ERR " + strings.ToUpper(cmd) + " is not supported on a Redis Cluster connection")
-	}
-	slot := -1
-	if !keyless {
-		slot = keySlot(key)
+	slot, err := commandSlot(cmd, args)
+	if err != nil {
+		return err
 	}
 	addr, err := c.r.addrFor(context.Background(), slot)
 	if err != nil {
@@ -239,7 +233,7 @@ func (c *routedConn) Flush() error {
 			c.r.refreshAsync()
 			continue
 		}
-		p.written, h.dirty = true, true
+		h.dirty = true
 	}
 	c.fresh = 0
 	for _, h := range c.held {

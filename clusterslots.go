@@ -73,6 +73,19 @@ func commandKey(cmd string, args []any) (key string, keyless, ok bool) {
 	return argString(args[0]), false, true
 }
 
+// commandSlot returns the slot a command goes to (-1: any primary), or
+// the refusal of a command a cluster connection does not carry.
+func commandSlot(cmd string, args []any) (int, error) {
+	key, keyless, ok := commandKey(cmd, args)
+	switch {
+	case !ok:
+		return 0, redis.Error("ERR " + strings.ToUpper(cmd) + " is not supported on a Redis Cluster connection")
+	case keyless:
+		return -1, nil
+	}
+	return keySlot(key), nil
+}
+
 // argString renders a command argument as redigo writes it.
 func argString(a any) string {
 	switch v := a.(type) {
