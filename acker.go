@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // acker acknowledges a session's finished tasks in batches, on a goroutine
@@ -17,6 +18,7 @@ type acker struct {
 
 	mu     sync.Mutex
 	fields []string      // pending fields of finished tasks not taken yet
+	recs   []string      // with a retention, their status records (history.go), in step
 	claims []string      // claim-sequence records of claims none of whose tasks is pending any more
 	closed bool          // no more acks come
 	wake   chan struct{} // signalled when there is work, or on close
@@ -30,9 +32,16 @@ type acker struct {
 
 func newAcker(s *session) *acker { return &acker{s: s, wake: make(chan struct{}, 1)} }
 
-// ack hands a finished task's pending field to the acker.
-func (a *acker) ack(t claimed) {
+// ack hands a finished task's pending field to the acker; its delivery
+// started at started.
+func (a *acker) ack(t claimed, started time.Time) {
 	a.unconfirmed.Add(1)
+	if a.s.st.retention > 0 {
+		rec := historyRecord{state: StateDone, added: t.AddedAt, started: started, finished: time.Now(), attempts: t.Attempt}.encode()
+		a.mu.Lock()
+		a.recs = append(a.recs, rec)
+		a.mu.Unlock()
+	}
 	a.add(t.field, t)
 }
 
@@ -75,17 +84,17 @@ func (a *acker) close() {
 // take waits for work and returns the fields and claim-sequence records to
 // delete, swapping in spare as the new field buffer; it returns nothing
 // once the acker is closed and everything has been taken.
-func (a *acker) take(spare []string) ([]string, []string) {
+func (a *acker) take(spare []string) (fields, recs, claims []string) {
 	a.mu.Lock()
 	for len(a.fields) == 0 && len(a.claims) == 0 && !a.closed {
 		a.mu.Unlock()
 		<-a.wake
 		a.mu.Lock()
 	}
-	fields, claims := a.fields, a.claims
-	a.fields, a.claims = spare[:0], nil
+	fields, recs, claims = a.fields, a.recs, a.claims
+	a.fields, a.recs, a.claims = spare[:0], nil, nil
 	a.mu.Unlock()
-	return fields, claims
+	return fields, recs, claims
 }
 
 // loop acknowledges finished tasks in batches until closed: it waits for
@@ -96,17 +105,20 @@ func (a *acker) loop(ctx context.Context) {
 	spare := make([]string, 0, maxClaim)
 	var b backoff
 	for {
-		fields, claims := a.take(spare)
+		fields, recs, claims := a.take(spare)
 		if len(fields) == 0 && len(claims) == 0 {
 			return
 		}
 		for batch := fields; len(batch) > 0 || len(claims) > 0; {
 			n := min(len(batch), maxClaim)
-			var last []string
+			var last, brecs []string
 			if n == len(batch) {
 				last, claims = claims, nil
 			}
-			a.send(ctx, batch[:n], last, &b)
+			if len(recs) >= n {
+				brecs, recs = recs[:n], recs[n:]
+			}
+			a.send(ctx, batch[:n], brecs, last, &b)
 			batch = batch[n:]
 		}
 		clear(fields)
@@ -116,10 +128,10 @@ func (a *acker) loop(ctx context.Context) {
 
 // send acknowledges one batch, retrying Redis errors until it succeeds or
 // the lease is lost, then counts it as confirmed and wakes the fetcher.
-func (a *acker) send(ctx context.Context, batch []string, claims []string, b *backoff) {
+func (a *acker) send(ctx context.Context, batch, recs, claims []string, b *backoff) {
 	s := a.s
 	for !s.isLost() {
-		_, err := s.st.ack(ctx, batch, claims)
+		_, err := s.st.ack(ctx, batch, recs, claims)
 		if err == nil {
 			b.reset()
 			break

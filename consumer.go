@@ -212,7 +212,7 @@ func (c *Consumer) Wait(ctx context.Context, d time.Duration) (bool, error) {
 // the lease is gone. Costs one round trip per 1000 IDs.
 func (c *Consumer) Ack(ctx context.Context, ids ...string) (int, error) {
 	claims, forgot := c.untrack(ids)
-	n, err := c.st.ack(ctx, ids, claims)
+	n, err := c.st.ack(ctx, ids, nil, claims)
 	if err != nil {
 		c.retrack(forgot)
 	}
@@ -226,7 +226,7 @@ func (c *Consumer) Ack(ctx context.Context, ids ...string) (int, error) {
 // them, and the caller retries t in place with Attempt one higher. Costs
 // one round trip.
 func (c *Consumer) Fail(ctx context.Context, t Task, cause error) (dead bool, err error) {
-	dead, err = c.st.fail(ctx, t, cause)
+	dead, err = c.st.fail(ctx, t, cause, time.Time{})
 	if dead && err == nil {
 		claims, _ := c.untrack([]string{t.ID})
 		err = c.st.dropClaims(ctx, claims)

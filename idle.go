@@ -23,11 +23,27 @@ const idleWaitMax = time.Minute
 // caller's own look every d, and end the wait when one goes unanswered;
 // idleWaitMax bounds it all the same.
 func (s *store) wait(ctx context.Context, d time.Duration) (bool, error) {
+	// A scheduled task falls due: the wait ends then, when the next claim
+	// moves it to the ready list.
+	due := time.Time{}
+	if next := s.nextDue.Load(); next >= 0 {
+		due = time.UnixMilli(next)
+		if left := time.Until(due); left <= 0 {
+			return true, nil
+		} else if left < d {
+			d = left
+		}
+	}
 	if s.waiter != nil {
 		until := time.Now().Add(max(d, idleWaitMax))
-		end, err := s.waiter.await(ctx, "LLEN", s.keys.ready, until, func(n int64) bool { return n > 0 })
+		if !due.IsZero() && due.Before(until) {
+			until = due
+		}
+		// The scheduled set is watched too: a task scheduled to fall due
+		// before until ends the wait, to wait for it instead.
+		end, err := s.waiter.await2(ctx, "LLEN", s.keys.ready, until, func(n int64) bool { return n > 0 }, "ZCARD", s.keys.sched)
 		if !errors.Is(err, errNoTracking) {
-			return err == nil && end != awokeTimeout, redisErr(s.what("wait on"), err)
+			return err == nil && end != awokeTimeout || !due.IsZero() && !time.Now().Before(due), redisErr(s.what("wait on"), err)
 		}
 	}
 	r, err := onPartition(ctx, s.part, s.what("wait on"), func(conn redis.Conn) (any, error) {

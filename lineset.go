@@ -302,3 +302,26 @@ func (ls *lineSet) runnableCount() int {
 	defer ls.mu.Unlock()
 	return len(ls.runnable)
 }
+
+// hurry makes the OrderIDs that wait out a backoff, and whose next task's
+// cancel was asked (marks), due now: the task is finished as cancelled
+// without waiting.
+func (ls *lineSet) hurry(marks map[string]struct{}) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	now := time.Now()
+	hurried := false
+	for _, o := range ls.delayed {
+		if _, ok := marks[o.tasks[o.head].ID]; ok && o.notBefore.After(now) {
+			o.notBefore, hurried = now, true
+		}
+	}
+	if hurried {
+		switch {
+		case ls.timed != nil:
+			ls.wake(ls.timed)
+		case len(ls.idle) > 0:
+			ls.wakeOne()
+		}
+	}
+}

@@ -19,8 +19,13 @@ type queueKeys struct {
 	claims  string // hash: a claim's first seq -> its task IDs back to back (claim-sequence records), while one of them is pending
 	dead    string // hash: task ID -> encoded dead record
 	lease   string // string: "<fencing token>.<nonce>:<owner>", with a PX expiry; the queue's owner
-	meta    string // hash: fence (last token), seq (last claim), processed, failed, redelivered, leases, workers ("<count>:<lease value>")
+	meta    string // hash: fence (last token), seq (last claim), processed, failed, redelivered, cancelled, leases, workers ("<count>:<lease value>"), paused ("1" while paused)
 	wake    string // list: at most one element, pushed when a lease is released, to wake a standby
+	sched   string // sorted set: task ID -> due time (ms since the epoch), scheduled tasks not yet due
+	later   string // hash: task ID -> encoded task, the scheduled tasks of sched
+	cancels string // hash: task ID -> cancel time (ms), cancels asked for tasks found ready or pending
+	retries string // hash: task ID -> last failure ("<failed ms>:<retry ms>:<error>"), while the task waits to retry
+	history string // prefix of the finished-task hashes (history.go): task ID -> status record, one hash per time bucket
 }
 
 func newQueueKeys(prefix string, partition, queue int) queueKeys {
@@ -33,6 +38,11 @@ func newQueueKeys(prefix string, partition, queue int) queueKeys {
 		lease:   tag + "lease",
 		meta:    tag + "meta",
 		wake:    tag + "wake",
+		sched:   tag + "sched",
+		later:   tag + "later",
+		cancels: tag + "cancels",
+		retries: tag + "retries",
+		history: tag + "done:",
 	}
 }
 

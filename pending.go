@@ -27,11 +27,14 @@ type store struct {
 	ttl         time.Duration
 	ttlMS       int64
 	maxAttempts int
+	retention   time.Duration          // Config.Retention
 	lease       atomic.Pointer[string] // the lease value, once acquired
 	leaseLock   chan struct{}          // one slot: held by renew and refence (lockLease)
 	refencing   string                 // the nonce of a refence not answered yet (under leaseLock)
 	unanswered  string                 // the nonce of acquisition tries whose reply was lost, until one is answered; "" when none
 	entrySize   atomic.Int64           // the mean entry size of the last claim (at first, MaxPayload)
+	nextDue     atomic.Int64           // the due time (ms) of the next scheduled task, as the last empty claim saw it; -1: none
+	paused      atomic.Bool            // the last claim found the queue paused
 	waiter      *waiter                // the partition's shared waiter, for a pool's idle waits (nil: own connections)
 }
 
@@ -55,9 +58,10 @@ func (q *Queue) newStore(ctx context.Context, analyser int, ttl time.Duration, m
 	s := &store{
 		part: q.parts[pi], pi: pi, qi: qi, keys: newQueueKeys(q.cfg.Prefix, pi, qi),
 		owner: owner, ttl: ttl, ttlMS: ttl.Milliseconds(), maxAttempts: maxAttempts,
-		leaseLock: make(chan struct{}, 1),
+		leaseLock: make(chan struct{}, 1), retention: q.cfg.Retention,
 	}
 	s.entrySize.Store(int64(entryHeader + q.cfg.MaxPayload))
+	s.nextDue.Store(-1)
 	return s, nil
 }
 
@@ -78,31 +82,68 @@ func (s *store) script(ctx context.Context, op string, sc *redis.Script, keysAnd
 // entries copies little more than its budget; an entry over the budget
 // goes back where it was, with those popped after it.
 //
+// Before it claims, it moves the scheduled tasks due by ARGV[7] (up to
+// 1000, earliest first) to the producing (left) end of the ready list,
+// as AddTask would have pushed them then: a scheduled task joins its
+// OrderID's sequence when it becomes due, and the move is fenced, once
+// and atomic. A paused queue (meta field paused) claims nothing then.
+//
 //	KEYS[1] = ready list, KEYS[2] = pending hash, KEYS[3] = lease, KEYS[4] = meta hash,
-//	KEYS[5] = claim-sequence hash
+//	KEYS[5] = claim-sequence hash, KEYS[6] = scheduled set, KEYS[7] = scheduled tasks hash,
+//	KEYS[8] = cancels hash
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = most tasks to claim,
 //	ARGV[4] = most bytes to claim, ARGV[5] = entries to pop at first,
-//	ARGV[6] = 1 when even the first task must fit the bytes (the caller holds others)
+//	ARGV[6] = 1 when even the first task must fit the bytes (the caller holds others),
+//	ARGV[7] = now, ms since the epoch
 //
-// Returns {entry..., first}: the i-th entry (1-based) has claim seq
-// first+i and pending field pendingField(entry, first+i); {0} when the
-// ready list is empty; {-1} when the first task does not fit and must. Each pending record holds the entry as it was
-// popped, under its task ID; the claim's sequence goes into one record,
-// under first, holding the n fields' first 20 bytes back to back (a
-// malformed entry's as seqFiller). Building a "<seq>:<entry>" string per
-// task instead cost about 40 % more Redis time per claim. (The loop
+// Returns {entry..., k cancelled indexes..., k, first}: the i-th entry
+// (1-based) has claim seq first+i and pending field pendingField(entry,
+// first+i), and the k indexes name the entries whose cancel was asked
+// (their tasks are finished as cancelled, never run); {0, next} when the
+// ready list is empty, next being the due time of the next scheduled
+// task (-1: none); {-1} when the first task does not fit and must; {-2,
+// next} when the queue is paused. Each pending record holds the entry as
+// it was popped, under its task ID; the claim's sequence goes into one
+// record, under first, holding the n fields' first 20 bytes back to back
+// (a malformed entry's as seqFiller). Building a "<seq>:<entry>" string
+// per task instead cost about 40 % more Redis time per claim. (The loop
 // indexes its tables rather than asking for their length, and first goes
 // last rather than shifting the reply.)
-var claimScript = newScript("claim", 5, fenced(3, typeCheck(hashAt(2), hashAt(4), hashAt(5))+`
-local last = redis.call('HGET', KEYS[4], 'seq')
+var claimScript = newScript("claim", 8, fenced(3, typeCheck(hashAt(2), hashAt(4), hashAt(5))+`
+local m4 = redis.call('HMGET', KEYS[4], 'seq', 'paused')
+local last = m4[1]
 if last and not (string.match(last, '^%d+$') and #last <= 15) then
   return redis.error_reply('$badValueReply ' .. KEYS[4] .. ' field seq holds ' .. string.format('%q', string.sub(last, 1, 40)) .. ', not a claim count')
 end
 `, `
+local due = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', ARGV[7], 'LIMIT', 0, 1000)
+if #due > 0 then
+  local es = redis.call('HMGET', KEYS[7], unpack(due))
+  for i = 1, #due do
+    if es[i] then redis.call('LPUSH', KEYS[1], es[i]) end
+  end
+  redis.call('ZREM', KEYS[6], unpack(due))
+  redis.call('HDEL', KEYS[7], unpack(due))
+end
+local function nextDue()
+  local z = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
+  if z[2] then return tonumber(z[2]) end
+  return -1
+end
+if m4[2] == '1' then return {-2, nextDue()} end
 local want, budget, ask = tonumber(ARGV[3]), tonumber(ARGV[4]), math.min(tonumber(ARGV[5]), tonumber(ARGV[3]))
 local strict = ARGV[6] == '1'
 local items = redis.call('RPOP', KEYS[1], ask)
-if not items then return {0} end
+if not items then
+  if redis.call('EXISTS', KEYS[8]) == 1 then
+    -- Nothing is ready: a cancel mark whose task is not pending either
+    -- names a task that is nowhere any more.
+    for _, id in ipairs(redis.call('HKEYS', KEYS[8])) do
+      if redis.call('HEXISTS', KEYS[2], id) == 0 then redis.call('HDEL', KEYS[8], id) end
+    end
+  end
+  return {0, nextDue()}
+end
 local sub, byte = string.sub, string.byte
 local args, seq, bad = {}, {}, nil
 local n, bytes, got = 0, 0, items
@@ -147,7 +188,17 @@ for i = 1, 2 * n, $scriptChunk do
   redis.call('HSET', KEYS[2], unpack(args, i, math.min(i + $scriptChunk - 1, 2 * n)))
 end
 redis.call('HSET', KEYS[5], string.format('%d', first), table.concat(seq))
-items[n + 1] = first
+local k = 0
+if redis.call('EXISTS', KEYS[8]) == 1 then
+  for i = 1, n do
+    if redis.pcall('HEXISTS', KEYS[8], seq[i]) == 1 then
+      k = k + 1
+      items[n + k] = i
+    end
+  end
+end
+items[n + k + 1] = k
+items[n + k + 2] = first
 return items
 `))
 
@@ -156,17 +207,32 @@ return items
 const seqFiller = "--------------------"
 
 // ackScript deletes finished tasks from the pending hash, and the
-// claim-sequence records of claims none of whose tasks is pending any more.
+// claim-sequence records of claims none of whose tasks is pending any more;
+// with a history expiry, it keeps their status records (history.go).
 //
-//	KEYS[1] = pending hash, KEYS[2] = lease, KEYS[3] = meta hash, KEYS[4] = claim-sequence hash
+//	KEYS[1] = pending hash, KEYS[2] = lease, KEYS[3] = meta hash, KEYS[4] = claim-sequence hash,
+//	KEYS[5] = retries hash, KEYS[6] = history bucket
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = number of task IDs k,
-//	ARGV[4 .. 3+k] = task IDs, ARGV[4+k ...] = claim-sequence records (claim firsts)
+//	ARGV[4] = history expiry (ms since the epoch; 0: keep none),
+//	ARGV[5 .. 4+k] = task IDs, then, with a history expiry, their k status records,
+//	then claim-sequence records (claim firsts)
 //
 // Returns the number of pending records deleted (also added to processed).
-var ackScript = newScript("ack", 4, fenced(2, typeCheck(hashAt(3), hashAt(4)), luaIncr+`
-local n, last = 0, 3 + tonumber(ARGV[3])
-for i = 4, last, $scriptChunk do
+var ackScript = newScript("ack", 6, fenced(2, typeCheck(hashAt(3), hashAt(4), hashAt(5), hashAt(6)), luaIncr+`
+local n, k = 0, tonumber(ARGV[3])
+local last = 4 + k
+for i = 5, last, $scriptChunk do
   n = n + redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + $scriptChunk - 1, last)))
+end
+if k > 0 and redis.call('EXISTS', KEYS[5]) == 1 then
+  for i = 5, last, $scriptChunk do
+    redis.call('HDEL', KEYS[5], unpack(ARGV, i, math.min(i + $scriptChunk - 1, last)))
+  end
+end
+if ARGV[4] ~= '0' and k > 0 then
+  for i = 5, last do redis.call('HSET', KEYS[6], ARGV[i], ARGV[i + k]) end
+  redis.call('PEXPIREAT', KEYS[6], ARGV[4])
+  last = last + k
 end
 for i = last + 1, #ARGV, $scriptChunk do
   redis.call('HDEL', KEYS[4], unpack(ARGV, i, math.min(i + $scriptChunk - 1, #ARGV)))
@@ -252,6 +318,7 @@ type claimed struct {
 	seq       int64       // claim seq
 	claim     *claimBatch // its claim, nil when none is tracked (recovery)
 	recovered bool        // its entry is marked entryRecovered: record its delivery before it starts
+	cancelled bool        // its cancel was asked: it is finished as cancelled, never run
 }
 
 // size is what a held task counts against PoolConfig.MaxHeldBytes: its
@@ -308,19 +375,40 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 		strictArg = 1
 	}
 	r, err := redis.Values(s.script(ctx, "claim from", claimScript,
-		s.keys.ready, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.value(), s.ttlMS, n, maxBytes, pop, strictArg))
-	if err != nil || len(r) < 2 {
-		if err == nil && len(r) == 1 {
-			if v, _ := redis.Int(r[0], nil); v == -1 {
-				err = errNoRoom
-			}
-		}
+		s.keys.ready, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.keys.sched, s.keys.later, s.keys.cancels,
+		s.value(), s.ttlMS, n, maxBytes, pop, strictArg, time.Now().UnixMilli()))
+	if err != nil {
 		return dst[:0], false, err
+	}
+	if len(r) > 0 {
+		if code, ok := r[0].(int64); ok { // no entry: a code
+			switch {
+			case code == -1:
+				err = errNoRoom
+			case len(r) == 2 && (code == 0 || code == -2):
+				next, _ := redis.Int64(r[1], nil)
+				s.nextDue.Store(next)
+				s.paused.Store(code == -2)
+			default:
+				err = redisErr(s.what("claim from"), fmt.Errorf("%w: unexpected claim reply %v", ErrMalformed, r))
+			}
+			return dst[:0], false, err
+		}
+	}
+	s.paused.Store(false)
+	if len(r) < 3 {
+		return dst[:0], false, redisErr(s.what("claim from"), fmt.Errorf("%w: short claim reply", ErrMalformed))
 	}
 	first, err := redis.Int64(r[len(r)-1], nil)
 	if err != nil {
 		return dst[:0], false, redisErr(s.what("claim from"), err)
 	}
+	k, err := redis.Int(r[len(r)-2], nil)
+	if err != nil || k < 0 || k > len(r)-3 {
+		return dst[:0], false, redisErr(s.what("claim from"), fmt.Errorf("%w: bad cancel count in claim reply", ErrMalformed))
+	}
+	marks := r[len(r)-2-k : len(r)-2]
+	r = r[:len(r)-2-k+1] // the entries, then one slot (read as first below)
 	out := dst[:0]
 	if cap(out) < len(r)-1 {
 		out = make([]claimed, 0, len(r)-1)
@@ -343,7 +431,13 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 		}
 		ids = append(ids, raw[1:entryHeader]...)
 		t.Attempt = deliveries + 1
-		out = append(out, claimed{Task: t, seq: seq, claim: batch, recovered: raw[0] == entryRecovered})
+		c := claimed{Task: t, seq: seq, claim: batch, recovered: raw[0] == entryRecovered}
+		if len(marks) > 0 {
+			if at, _ := redis.Int(marks[0], nil); at == i+1 {
+				c.cancelled, marks = true, marks[1:]
+			}
+		}
+		out = append(out, c)
 	}
 	s.entrySize.Store(int64(max(size/(len(r)-1), 1)))
 	all := string(ids)
@@ -374,15 +468,28 @@ func pendingField(entry []byte, seq int64) string {
 }
 
 // ack deletes the pending records of ids, maxClaim to a round trip, and
-// with the last of them the claim-sequence records named by claims.
-func (s *store) ack(ctx context.Context, ids []string, claims []string) (int, error) {
+// with the last of them the claim-sequence records named by claims. With
+// a retention, recs holds the status records of ids (history.go); a nil
+// recs keeps none.
+func (s *store) ack(ctx context.Context, ids, recs []string, claims []string) (int, error) {
 	done := 0
+	keep := s.retention > 0 && len(recs) == len(ids) && len(ids) > 0
 	for len(ids) > 0 || len(claims) > 0 {
 		n := min(len(ids), maxClaim)
-		args := make([]any, 0, 7+n+len(claims))
-		args = append(args, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.value(), s.ttlMS, n)
+		bucket, expiry := s.historyBucket(time.Now())
+		if !keep {
+			expiry = 0
+		}
+		args := make([]any, 0, 9+2*n+len(claims))
+		args = append(args, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.keys.retries, bucket, s.value(), s.ttlMS, n, expiry)
 		for _, id := range ids[:n] {
 			args = append(args, id)
+		}
+		if expiry != 0 {
+			for _, r := range recs[:n] {
+				args = append(args, r)
+			}
+			recs = recs[n:]
 		}
 		ids = ids[n:]
 		if len(ids) == 0 {
@@ -403,7 +510,7 @@ func (s *store) ack(ctx context.Context, ids []string, claims []string) (int, er
 // dropClaims deletes the claim-sequence records of claims finished by a
 // call that could not take them along.
 func (s *store) dropClaims(ctx context.Context, claims []string) error {
-	_, err := s.ack(ctx, nil, claims)
+	_, err := s.ack(ctx, nil, nil, claims)
 	return err
 }
 
@@ -435,9 +542,10 @@ const accountedMark = '+'
 // fail records a failed delivery of t (as claimed, with its Attempt). When
 // t has had maxAttempts deliveries it moves to the dead-letter store with
 // cause and fail reports dead; otherwise the failure, and the retry that
-// follows, are recorded in the pending record, so that a crash counts
-// them. Costs one round trip.
-func (s *store) fail(ctx context.Context, t Task, cause error) (dead bool, err error) {
+// follows (at retryAt; zero: when its holder says), are recorded in the
+// pending record and in the retries hash (for Status), so that a crash
+// counts them. Costs one round trip.
+func (s *store) fail(ctx context.Context, t Task, cause error, retryAt time.Time) (dead bool, err error) {
 	msg := "<nil>"
 	if cause != nil {
 		msg = cause.Error()
@@ -446,10 +554,19 @@ func (s *store) fail(ctx context.Context, t Task, cause error) (dead bool, err e
 		entry := encodeTask(t, t.Attempt)
 		return true, s.bury(ctx, []any{t.ID, encodeDead(entry, t.Attempt, msg)})
 	}
-	_, err = s.script(ctx, "record failure on", retryScript, s.keys.pending, s.keys.lease, s.keys.meta,
-		s.value(), s.ttlMS, t.ID, accountedRecord(t, t.Attempt+1))
+	_, err = s.script(ctx, "record failure on", failScript, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.retries,
+		s.value(), s.ttlMS, t.ID, accountedRecord(t, t.Attempt+1), retryRecord(time.Now(), retryAt, msg))
 	return false, err
 }
+
+// failScript is retryScript that also records the failure in the retries
+// hash (KEYS[4], under the task ID, ARGV[5]).
+var failScript = newScript("fail", 4, fenced(2, typeCheck(hashAt(4)), `
+if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+redis.call('HSET', KEYS[4], ARGV[3], ARGV[5])
+return 1
+`))
 
 // bury moves pending records to the dead-letter store: args are field,
 // dead record pairs.

@@ -28,6 +28,16 @@ type Config struct {
 	// 256 MiB. If zero, 1 MiB is used.
 	MaxPayload int
 
+	// Retention, when above zero, keeps the status of every finished task
+	// (done or cancelled: added, started and finished times, attempts)
+	// for that long after it finished, for Status. It costs about 60
+	// bytes of Redis memory per kept task besides its 20-byte ID, and a
+	// few bytes per acknowledgement; Redis trims it a bucket of an eighth
+	// of Retention at a time, by expiry. At most 90 days. If zero,
+	// nothing is kept after a task finishes (Status then reports a
+	// finished task as unknown).
+	Retention time.Duration
+
 	// The settings below apply only to the pools that Dial makes.
 
 	// DialTimeout bounds connecting to a server, TLS handshake included;
@@ -110,6 +120,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxPayload < 0 || c.MaxPayload > maxMaxPayload {
 		return c, fmt.Errorf("%w: MaxPayload %d not in [1, %d]", ErrBadConfig, c.MaxPayload, maxMaxPayload)
+	}
+	if c.Retention < 0 || c.Retention > maxRetention {
+		return c, fmt.Errorf("%w: Retention %v not in [0, %v]", ErrBadConfig, c.Retention, maxRetention)
 	}
 	if c.DialTimeout < 0 || c.DialTimeout > maxTimeout || c.ReadTimeout < 0 || c.ReadTimeout > maxTimeout {
 		return c, fmt.Errorf("%w: DialTimeout %v or ReadTimeout %v not in [0, %v]", ErrBadConfig, c.DialTimeout, c.ReadTimeout, maxTimeout)

@@ -62,7 +62,8 @@ type session struct {
 	// pending and unseen, must go back before anything is claimed or
 	// handed back (fetcher only).
 	resyncOwed bool
-	claimBuf   []claimed // the claim buffer, reused once dispatched (fetcher only)
+	claimBuf   []claimed                           // the claim buffer, reused once dispatched (fetcher only)
+	marks      atomic.Pointer[map[string]struct{}] // the queue's cancel marks, as last read (nil: none)
 
 	halt     chan struct{} // closed when the session starts no more tasks: a stop began, or the lease was lost
 	haltOnce sync.Once
@@ -217,7 +218,7 @@ func (s *session) run(ctx context.Context) sessionEnd {
 	defer s.cancelTask()
 	defer s.cancelLease()
 	leaseCtx := s.leaseCtx
-	var renewWG, ackWG, scaleWG sync.WaitGroup
+	var renewWG, ackWG, scaleWG, cancelWG sync.WaitGroup
 	// The renewer stops before the release: a renewal racing it would find
 	// the lease gone, take it as lost and cancel the release under way.
 	renewCtx, stopRenew := context.WithCancel(leaseCtx)
@@ -246,6 +247,9 @@ func (s *session) run(ctx context.Context) sessionEnd {
 		scaleWG.Add(1)
 		go func() { defer scaleWG.Done(); s.scale() }()
 	}
+	cancelWG.Add(1)
+	go func() { defer cancelWG.Done(); s.watchCancels(leaseCtx) }()
+	defer cancelWG.Wait() // it ends with halt
 
 	end := s.fetch(ctx, leaseCtx)
 
@@ -404,6 +408,16 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 		b.reset()
 		s.log.ok(sent)
 		if len(tasks) == 0 {
+			if s.st.paused.Load() {
+				// Paused: claim nothing until resumed; what runs goes on.
+				t := time.NewTimer(pauseRecheck)
+				select {
+				case <-t.C:
+				case <-waitCtx.Done():
+				}
+				t.Stop()
+				continue
+			}
 			if s.cfg.ExitOnEmpty {
 				if s.held.Load() == 0 {
 					return endEmpty

@@ -14,11 +14,14 @@ import (
 type AnalyserStats struct {
 	Analyser, Partition, Queue int
 	Ready                      int64         // tasks waiting to be claimed
+	Scheduled                  int64         // tasks scheduled for later, not yet due (see AddTaskAt)
 	Pending                    int64         // tasks claimed and not finished
 	Dead                       int64         // tasks in the dead-letter store
 	Processed                  int64         // tasks acknowledged, ever
 	Failed                     int64         // tasks moved to the dead-letter store, ever
 	Redelivered                int64         // pending tasks put back by a new owner, ever
+	Cancelled                  int64         // tasks cancelled, ever (see Cancel)
+	Paused                     bool          // the queue is paused (see Pause)
 	Leases                     int64         // leases taken, ever: starts, takeovers and returns after a lost lease
 	Owner                      string        // the lease holder's name; empty when no one holds it
 	Token                      int64         // the lease holder's fencing token
@@ -31,7 +34,7 @@ type AnalyserStats struct {
 }
 
 // statsPerQueue is the number of commands Stats sends per queue.
-const statsPerQueue = 6
+const statsPerQueue = 7
 
 // Stats returns one row per analyser, in analyser order. It is safe for
 // concurrent use and costs one pipelined round trip per partition.
@@ -47,9 +50,10 @@ func (q *Queue) Stats(ctx context.Context) ([]AnalyserStats, error) {
 				c.Send("LLEN", k.ready)
 				c.Send("HLEN", k.pending)
 				c.Send("HLEN", k.dead)
-				c.Send("HMGET", k.meta, "processed", "failed", "redelivered", "leases", "workers")
+				c.Send("HMGET", k.meta, "processed", "failed", "redelivered", "leases", "workers", "cancelled", "paused")
 				c.Send("GET", k.lease)
 				c.Send("PTTL", k.lease)
+				c.Send("ZCARD", k.sched)
 			}
 			if err := c.Flush(); err != nil {
 				return struct{}{}, err
@@ -69,7 +73,7 @@ func (q *Queue) Stats(ctx context.Context) ([]AnalyserStats, error) {
 				s.Pending, _ = redis.Int64(r[1], nil)
 				s.Dead, _ = redis.Int64(r[2], nil)
 				var workers string
-				if m, err := redis.Values(r[3], nil); err == nil && len(m) == 5 {
+				if m, err := redis.Values(r[3], nil); err == nil && len(m) == 7 {
 					// A field that is not a count reads as 0, as the scripts
 					// would start it over.
 					s.Processed, _ = redis.Int64(m[0], nil)
@@ -77,11 +81,15 @@ func (q *Queue) Stats(ctx context.Context) ([]AnalyserStats, error) {
 					s.Redelivered, _ = redis.Int64(m[2], nil)
 					s.Leases, _ = redis.Int64(m[3], nil)
 					workers, _ = redis.String(m[4], nil)
+					s.Cancelled, _ = redis.Int64(m[5], nil)
+					paused, _ := redis.String(m[6], nil)
+					s.Paused = paused == "1"
 				}
 				if lease, err := redis.String(r[4], nil); err == nil {
 					s.Token, s.Owner = parseLease(lease)
 					s.Workers = recordedWorkers(workers, lease)
 				}
+				s.Scheduled, _ = redis.Int64(r[6], nil)
 				if ms, _ := redis.Int64(r[5], nil); ms > 0 {
 					s.LeaseLeft = time.Duration(ms) * time.Millisecond
 				}

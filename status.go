@@ -3,6 +3,8 @@ package queue
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -12,14 +14,27 @@ import (
 type TaskState int
 
 const (
-	// StateUnknown: the task is neither pending nor dead. It is still
-	// queued, or it finished (nothing per task is kept after an ack), or it
-	// never existed; the caller's own records tell which.
+	// StateUnknown: the task is in no record the queue keeps. It is
+	// queued in the ready list (nothing per queued task is kept besides
+	// its entry, which only a scan would find), or it finished before the
+	// retention window (or with none: see Config.Retention), or it never
+	// existed; the caller's own records tell which.
 	StateUnknown TaskState = iota
-	// StatePending: an analyser claimed the task and has not finished it.
+	// StatePending: an analyser claimed the task and has not finished it:
+	// it runs, or is about to, in the holder's hands.
 	StatePending
 	// StateDead: the task is in the dead-letter store.
 	StateDead
+	// StateScheduled: the task waits for its due time (AddTaskAt).
+	StateScheduled
+	// StateRetrying: the task's last delivery failed, and it waits out
+	// its backoff before the next one (it is pending too).
+	StateRetrying
+	// StateDone: the task was acknowledged (kept with Config.Retention).
+	StateDone
+	// StateCancelled: the task was cancelled (Cancel): it finished so,
+	// or it will be when met, without running.
+	StateCancelled
 )
 
 func (s TaskState) String() string {
@@ -28,13 +43,48 @@ func (s TaskState) String() string {
 		return "pending"
 	case StateDead:
 		return "dead"
+	case StateScheduled:
+		return "scheduled"
+	case StateRetrying:
+		return "retrying"
+	case StateDone:
+		return "done"
+	case StateCancelled:
+		return "cancelled"
 	default:
 		return "unknown"
 	}
 }
 
+// TaskStatus is what Status knows of a task.
+type TaskStatus struct {
+	ID    string
+	State TaskState
+	// Attempt is the current or next delivery's number (pending,
+	// retrying), or the deliveries made (dead, done, cancelled).
+	Attempt int
+	// Owner is the name of the queue's lease holder, for a pending or
+	// retrying task.
+	Owner string
+	// Due is when a scheduled task falls due, or when a retrying task's
+	// next delivery may start.
+	Due time.Time
+	// AddedAt is when the task was added; StartedAt when its last
+	// delivery started (finished tasks, with Config.Retention; zero when
+	// it never ran); FinishedAt when it was acknowledged, cancelled or
+	// dead-lettered.
+	AddedAt, StartedAt, FinishedAt time.Time
+	// LastError is the text of the last failed delivery's error (retrying
+	// and dead tasks).
+	LastError string
+	// CancelAsked reports that Cancel was called for the task and its
+	// owner has not finished it yet.
+	CancelAsked bool
+}
+
 // State reports whether the task id of orderID is pending or dead. It is
 // safe for concurrent use and costs one round trip (two HEXISTS, pipelined).
+// Status tells more.
 func (q *Queue) State(ctx context.Context, orderID uint64, id string) (TaskState, error) {
 	if q.closed.Load() {
 		return StateUnknown, ErrClosed
@@ -63,6 +113,125 @@ func (q *Queue) State(ctx context.Context, orderID uint64, id string) (TaskState
 		}
 		return StateUnknown, nil
 	})
+}
+
+// statusReads is the number of reads Status sends besides the history's.
+const statusReads = 7
+
+// Status tells where the task id of orderID is in its life: scheduled,
+// pending (running, with its attempt and owner), retrying (with its last
+// error and when it runs again), dead (with its attempts and last
+// error), done or cancelled (with Config.Retention, for that long after
+// it finished, with the times it was added, started and finished), or
+// unknown (see StateUnknown). It is safe for concurrent use and costs one
+// pipelined round trip, whatever the length of the queue.
+func (q *Queue) Status(ctx context.Context, orderID uint64, id string) (TaskStatus, error) {
+	if q.closed.Load() {
+		return TaskStatus{}, ErrClosed
+	}
+	pi, qi := q.Route(orderID)
+	k := newQueueKeys(q.cfg.Prefix, pi, qi)
+	now := time.Now()
+	return onPartition(ctx, q.parts[pi], fmt.Sprintf("status of task %s", id), func(c redis.Conn) (TaskStatus, error) {
+		c.Send("HGET", k.pending, id)
+		c.Send("HGET", k.retries, id)
+		c.Send("GET", k.lease)
+		c.Send("ZSCORE", k.sched, id)
+		c.Send("HGET", k.later, id)
+		c.Send("HGET", k.dead, id)
+		c.Send("HEXISTS", k.cancels, id)
+		n := sendHistoryReads(c, k, q.cfg.Retention, id, now)
+		if err := c.Flush(); err != nil {
+			return TaskStatus{}, err
+		}
+		r := make([]any, statusReads+n)
+		for i := range r {
+			v, err := receiveContext(c, ctx)
+			if err != nil {
+				return TaskStatus{}, err
+			}
+			r[i] = v
+		}
+		return statusOf(id, r, now), nil
+	})
+}
+
+// statusOf decides a task's status from Status's replies, in its order.
+func statusOf(id string, r []any, now time.Time) TaskStatus {
+	st := TaskStatus{ID: id}
+	st.CancelAsked, _ = redis.Bool(r[6], nil)
+	if rec, _ := redis.Bytes(r[0], nil); rec != nil { // pending
+		st.State = StatePending
+		if accounted, entry, _, err := splitPending(rec); err == nil {
+			if t, deliveries, err := decodeEntry(entry); err == nil {
+				st.AddedAt = t.AddedAt
+				st.Attempt = deliveries + 1
+				if accounted {
+					st.Attempt = deliveries
+				}
+			}
+		}
+		if lease, err := redis.String(r[2], nil); err == nil {
+			_, st.Owner = parseLease(lease)
+		}
+		if f, _ := redis.String(r[1], nil); f != "" {
+			_, retryAt, msg := parseRetry(f)
+			st.LastError = msg
+			if retryAt.After(now) {
+				st.State, st.Due = StateRetrying, retryAt
+			}
+		}
+		return st
+	}
+	if ms, err := redis.Int64(r[3], nil); err == nil { // scheduled
+		st.State, st.Due = StateScheduled, time.UnixMilli(ms)
+		if e, _ := redis.Bytes(r[4], nil); e != nil {
+			if t, _, err := decodeEntry(e); err == nil {
+				st.AddedAt = t.AddedAt
+			}
+		}
+		return st
+	}
+	if rec, _ := redis.Bytes(r[5], nil); rec != nil { // dead
+		d := decodeDead(id, rec)
+		st.State, st.Attempt, st.LastError = StateDead, d.Attempts, d.LastError
+		st.AddedAt, st.FinishedAt = d.AddedAt, d.DiedAt
+		return st
+	}
+	for i := len(r) - 1; i >= statusReads; i-- { // the latest bucket first
+		if s, _ := redis.String(r[i], nil); s != "" {
+			if h, err := decodeHistory(s); err == nil {
+				st.State, st.Attempt = h.state, h.attempts
+				st.AddedAt, st.StartedAt, st.FinishedAt = h.added, h.started, h.finished
+				st.CancelAsked = false
+				return st
+			}
+		}
+	}
+	if st.CancelAsked {
+		st.State = StateCancelled // it will be, when met
+	}
+	return st
+}
+
+// retryRecord is a retries hash value: when the failure was recorded,
+// when the next delivery may start, and the failure's text.
+func retryRecord(failedAt, retryAt time.Time, msg string) string {
+	if len(msg) > maxRetryMsg {
+		msg = msg[:maxRetryMsg]
+	}
+	return strconv.FormatInt(failedAt.UnixMilli(), 10) + ":" + strconv.FormatInt(retryAt.UnixMilli(), 10) + ":" + msg
+}
+
+// maxRetryMsg bounds the error text a retries record keeps.
+const maxRetryMsg = 1024
+
+func parseRetry(s string) (failedAt, retryAt time.Time, msg string) {
+	a, rest, _ := strings.Cut(s, ":")
+	b, msg, _ := strings.Cut(rest, ":")
+	fa, _ := strconv.ParseInt(a, 10, 64)
+	ra, _ := strconv.ParseInt(b, 10, 64)
+	return time.UnixMilli(fa), time.UnixMilli(ra), msg
 }
 
 // addOnceScript enqueues a task unless the same idempotency key was used

@@ -21,19 +21,22 @@ type taskContext struct {
 	inner  context.Context // the real context, once made; then it decides
 	cancel context.CancelFunc
 	err    error // set, while inner is nil, once the context has ended
+
+	id        string // the delivered task's ID, for a cancel to find it
+	cancelled bool   // abort was called: the task was cancelled
 }
 
 // newTaskContext returns the ctx of a delivery that starts now and may last
-// until deadline. Call finish when the delivery ends.
+// until deadline (zero: no deadline). Call finish when the delivery ends.
 func newTaskContext(parent context.Context, deadline time.Time) *taskContext {
-	if d, ok := parent.Deadline(); ok && d.Before(deadline) {
+	if d, ok := parent.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
 		deadline = d
 	}
 	return &taskContext{parent: parent, deadline: deadline}
 }
 
-// Deadline returns the delivery's deadline.
-func (c *taskContext) Deadline() (time.Time, bool) { return c.deadline, true }
+// Deadline returns the delivery's deadline, if it has one.
+func (c *taskContext) Deadline() (time.Time, bool) { return c.deadline, !c.deadline.IsZero() }
 
 // Done returns a channel closed when the delivery's ctx ends.
 func (c *taskContext) Done() <-chan struct{} {
@@ -51,7 +54,11 @@ func (c *taskContext) materialize() {
 		return
 	}
 	if c.err == nil {
-		c.inner, c.cancel = context.WithDeadline(c.parent, c.deadline)
+		if c.deadline.IsZero() {
+			c.inner, c.cancel = context.WithCancel(c.parent)
+		} else {
+			c.inner, c.cancel = context.WithDeadline(c.parent, c.deadline)
+		}
 		return
 	}
 	inner, cancel := context.WithCancelCause(c.parent)
@@ -69,7 +76,7 @@ func (c *taskContext) Err() error {
 		return c.inner.Err()
 	case c.parent.Err() != nil:
 		c.err = c.parent.Err()
-	case !time.Now().Before(c.deadline):
+	case !c.deadline.IsZero() && !time.Now().Before(c.deadline):
 		c.err = context.DeadlineExceeded
 	}
 	return c.err
@@ -84,6 +91,22 @@ func (c *taskContext) Value(key any) any {
 	inner := c.inner
 	c.mu.Unlock()
 	return inner.Value(key)
+}
+
+// abort ends the ctx, as finish does, while the delivery runs: its task
+// was cancelled (see aborted).
+func (c *taskContext) abort() {
+	c.mu.Lock()
+	c.cancelled = true
+	c.mu.Unlock()
+	c.finish()
+}
+
+// aborted reports whether abort was called.
+func (c *taskContext) aborted() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cancelled
 }
 
 // finish ends the ctx as the cancel func of context.WithDeadline does.

@@ -152,9 +152,26 @@ func (r *waiterRun) wait() {
 // errNoTracking when the caller must wait on its own instead: the server
 // refused tracking, or the waiter is stopped.
 func (w *waiter) await(ctx context.Context, cmd, key string, until time.Time, ready func(int64) bool) (awoke, error) {
+	return w.await2(ctx, cmd, key, until, ready, "", "")
+}
+
+// await2 is await that also ends when key2 changes (read with cmd2, whose
+// reply never ends the wait by itself): a pool waits for its ready list
+// and for its scheduled set at once. An empty key2 watches key alone.
+func (w *waiter) await2(ctx context.Context, cmd, key string, until time.Time, ready func(int64) bool, cmd2, key2 string) (awoke, error) {
 	wt, err := w.watch(cmd, key, ready)
 	if err != nil {
 		return 0, err
+	}
+	var done2 <-chan struct{}
+	var wt2 *watch
+	if key2 != "" {
+		if wt2, err = w.watch(cmd2, key2, func(int64) bool { return false }); err != nil {
+			w.finish(wt, 0, err)
+			return 0, err
+		}
+		defer w.finish(wt2, awokeTimeout, nil)
+		done2 = wt2.done
 	}
 	first := true
 	timer := time.NewTimer(min(time.Until(until), waiterRecheck))
@@ -163,9 +180,12 @@ func (w *waiter) await(ctx context.Context, cmd, key string, until time.Time, re
 		select {
 		case <-wt.done:
 			return wt.end, wt.err
+		case <-done2:
+			w.finish(wt, wt2.end, wt2.err)
+			return wt.end, wt.err
 		case <-timer.C:
 			w.mu.Lock()
-			replied := wt.replied
+			replied := wt.replied && (wt2 == nil || wt2.replied)
 			w.mu.Unlock()
 			if left := time.Until(until); first && replied && left > 0 {
 				first = false

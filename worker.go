@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"sync/atomic"
 	"time"
 )
 
@@ -15,7 +16,8 @@ type worker struct {
 	s     *session
 	index int
 	set   *lineSet
-	wake  chan struct{} // signalled when the worker, idle, is to look for a task again
+	wake  chan struct{}               // signalled when the worker, idle, is to look for a task again
+	cur   atomic.Pointer[taskContext] // the ctx of the delivery it runs, for a cancel to end
 
 	// Under set.mu:
 	idleAt int  // index in set.idle, or -1 while the worker is not idle
@@ -116,12 +118,18 @@ func (w *worker) loop() (retired bool) {
 // runOne runs o's first task, picked at now, and settles its outcome.
 func (w *worker) runOne(o *orderLine, t claimed, now time.Time) {
 	s := w.s
+	if t.cancelled || s.isMarked(t.ID) {
+		w.cancelled(o, t, time.Time{})
+		return
+	}
 	var err error
+	var aborted bool
+	var start time.Time
 	if t.Attempt > s.cfg.MaxAttempts {
 		err = fmt.Errorf("queue: delivery %d exceeds MaxAttempts %d", t.Attempt, s.cfg.MaxAttempts)
 		t.Attempt = s.cfg.MaxAttempts // dead-letter it without running it
 	} else {
-		start := now
+		start = now
 		if t.Attempt > 1 || t.recovered {
 			if !w.recordStart(t) {
 				return
@@ -133,7 +141,7 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) {
 				return
 			}
 		}
-		err = s.analyse(t.Task, start)
+		err, aborted = s.analyse(w, t.Task, start)
 		if s.cfg.OnDone != nil {
 			s.cfg.OnDone(t.Task, time.Since(start), err)
 		}
@@ -141,8 +149,10 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) {
 	switch {
 	case s.isLost():
 		return // the next owner has it; drop everything
+	case err != nil && (aborted || s.isMarked(t.ID)) && s.taskCtx.Err() == nil:
+		w.cancelled(o, t, start)
 	case err == nil:
-		s.acks.ack(t)
+		s.acks.ack(t, start)
 		if c := s.cfg.Counters; c != nil {
 			(*c.processed.Load())[w.index].Add(1)
 		}
@@ -160,14 +170,15 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) {
 		s.release(t)
 	default:
 		s.cfg.OnError(&TaskError{ID: t.ID, OrderID: t.OrderID, Attempt: t.Attempt, Err: err})
-		if _, ferr := s.st.fail(s.leaseCtx, t.Task, err); ferr != nil {
+		retryAt := time.Now().Add(s.cfg.Backoff(t.Attempt))
+		if _, ferr := s.st.fail(s.leaseCtx, t.Task, err, retryAt); ferr != nil {
 			if errors.Is(ferr, ErrLeaseLost) {
 				s.loseLease()
 				return
 			}
 			s.cfg.OnError(ferr) // retried all the same; a crash now counts one delivery less
 		}
-		w.set.settle(o, false, time.Now().Add(s.cfg.Backoff(t.Attempt)))
+		w.set.settle(o, false, retryAt)
 	}
 }
 
@@ -197,7 +208,7 @@ func (w *worker) bury(t claimed, cause error) bool {
 	s := w.s
 	var b backoff
 	for {
-		_, err := s.st.fail(s.leaseCtx, t.Task, cause)
+		_, err := s.st.fail(s.leaseCtx, t.Task, cause, time.Time{})
 		if err == nil {
 			s.acks.finished(t)
 			break
@@ -218,23 +229,54 @@ func (w *worker) bury(t claimed, cause error) bool {
 	return true
 }
 
-// analyse runs fn on one delivery started at start, turning a panic into a
-// *PanicError and a timeout into an error that says so.
-func (s *session) analyse(t Task, start time.Time) (err error) {
-	ctx := s.taskCtx
+// analyse runs fn on one delivery started at start, on w, turning a panic
+// into a *PanicError and a timeout into an error that says so; aborted
+// reports that the task's cancel ended its ctx.
+func (s *session) analyse(w *worker, t Task, start time.Time) (err error, aborted bool) {
+	var deadline time.Time
 	if s.cfg.TaskTimeout > 0 {
-		tc := newTaskContext(ctx, start.Add(s.cfg.TaskTimeout))
-		defer tc.finish()
-		ctx = tc
+		deadline = start.Add(s.cfg.TaskTimeout)
 	}
+	tc := newTaskContext(s.taskCtx, deadline)
+	tc.id = t.ID
+	w.cur.Store(tc)
 	defer func() {
+		w.cur.Store(nil)
+		tc.finish()
 		if r := recover(); r != nil {
 			err = &PanicError{Value: r, Stack: debug.Stack()}
 		}
+		aborted = tc.aborted()
 	}()
-	err = s.fn(ctx, t)
-	if err != nil && s.taskCtx.Err() == nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+	err = s.fn(tc, t)
+	if err != nil && s.taskCtx.Err() == nil && errors.Is(tc.Err(), context.DeadlineExceeded) {
 		err = fmt.Errorf("queue: task timed out after %v: %w", s.cfg.TaskTimeout, err)
 	}
-	return err
+	return err, false
+}
+
+// cancelled finishes t, whose cancel was asked, as cancelled: it started
+// at started (zero: it did not run). Redis errors are retried until it
+// succeeds or the lease is lost, as a dead letter's are: its OrderID
+// goes on only once it is recorded.
+func (w *worker) cancelled(o *orderLine, t claimed, started time.Time) {
+	s := w.s
+	var b backoff
+	for {
+		err := s.st.finishCancelled(s.leaseCtx, t, started)
+		if err == nil {
+			break
+		}
+		if errors.Is(err, ErrLeaseLost) {
+			s.loseLease()
+			return
+		}
+		s.cfg.OnError(err)
+		if b.wait(s.leaseCtx) != nil {
+			return
+		}
+	}
+	s.acks.finished(t)
+	w.set.settle(o, true, time.Time{})
+	s.release(t)
 }

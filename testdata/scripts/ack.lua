@@ -4,6 +4,10 @@ local t = redis.call('TYPE', KEYS[3]).ok
 if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[3] .. ' holds a ' .. t .. ', want a hash') end
 local t = redis.call('TYPE', KEYS[4]).ok
 if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[4] .. ' holds a ' .. t .. ', want a hash') end
+local t = redis.call('TYPE', KEYS[5]).ok
+if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[5] .. ' holds a ' .. t .. ', want a hash') end
+local t = redis.call('TYPE', KEYS[6]).ok
+if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[6] .. ' holds a ' .. t .. ', want a hash') end
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 
 local function incr(key, field, n)
@@ -15,9 +19,20 @@ local function incr(key, field, n)
   end
 end
 
-local n, last = 0, 3 + tonumber(ARGV[3])
-for i = 4, last, 1000 do
+local n, k = 0, tonumber(ARGV[3])
+local last = 4 + k
+for i = 5, last, 1000 do
   n = n + redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + 1000 - 1, last)))
+end
+if k > 0 and redis.call('EXISTS', KEYS[5]) == 1 then
+  for i = 5, last, 1000 do
+    redis.call('HDEL', KEYS[5], unpack(ARGV, i, math.min(i + 1000 - 1, last)))
+  end
+end
+if ARGV[4] ~= '0' and k > 0 then
+  for i = 5, last do redis.call('HSET', KEYS[6], ARGV[i], ARGV[i + k]) end
+  redis.call('PEXPIREAT', KEYS[6], ARGV[4])
+  last = last + k
 end
 for i = last + 1, #ARGV, 1000 do
   redis.call('HDEL', KEYS[4], unpack(ARGV, i, math.min(i + 1000 - 1, #ARGV)))

@@ -7,16 +7,41 @@ if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' ..
 local t = redis.call('TYPE', KEYS[5]).ok
 if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[5] .. ' holds a ' .. t .. ', want a hash') end
 
-local last = redis.call('HGET', KEYS[4], 'seq')
+local m4 = redis.call('HMGET', KEYS[4], 'seq', 'paused')
+local last = m4[1]
 if last and not (string.match(last, '^%d+$') and #last <= 15) then
   return redis.error_reply('QUGOBADVALUE ' .. KEYS[4] .. ' field seq holds ' .. string.format('%q', string.sub(last, 1, 40)) .. ', not a claim count')
 end
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 
+local due = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', ARGV[7], 'LIMIT', 0, 1000)
+if #due > 0 then
+  local es = redis.call('HMGET', KEYS[7], unpack(due))
+  for i = 1, #due do
+    if es[i] then redis.call('LPUSH', KEYS[1], es[i]) end
+  end
+  redis.call('ZREM', KEYS[6], unpack(due))
+  redis.call('HDEL', KEYS[7], unpack(due))
+end
+local function nextDue()
+  local z = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
+  if z[2] then return tonumber(z[2]) end
+  return -1
+end
+if m4[2] == '1' then return {-2, nextDue()} end
 local want, budget, ask = tonumber(ARGV[3]), tonumber(ARGV[4]), math.min(tonumber(ARGV[5]), tonumber(ARGV[3]))
 local strict = ARGV[6] == '1'
 local items = redis.call('RPOP', KEYS[1], ask)
-if not items then return {0} end
+if not items then
+  if redis.call('EXISTS', KEYS[8]) == 1 then
+    -- Nothing is ready: a cancel mark whose task is not pending either
+    -- names a task that is nowhere any more.
+    for _, id in ipairs(redis.call('HKEYS', KEYS[8])) do
+      if redis.call('HEXISTS', KEYS[2], id) == 0 then redis.call('HDEL', KEYS[8], id) end
+    end
+  end
+  return {0, nextDue()}
+end
 local sub, byte = string.sub, string.byte
 local args, seq, bad = {}, {}, nil
 local n, bytes, got = 0, 0, items
@@ -61,5 +86,15 @@ for i = 1, 2 * n, 1000 do
   redis.call('HSET', KEYS[2], unpack(args, i, math.min(i + 1000 - 1, 2 * n)))
 end
 redis.call('HSET', KEYS[5], string.format('%d', first), table.concat(seq))
-items[n + 1] = first
+local k = 0
+if redis.call('EXISTS', KEYS[8]) == 1 then
+  for i = 1, n do
+    if redis.pcall('HEXISTS', KEYS[8], seq[i]) == 1 then
+      k = k + 1
+      items[n + k] = i
+    end
+  end
+end
+items[n + k + 1] = k
+items[n + k + 2] = first
 return items

@@ -1,0 +1,12 @@
+local t = redis.call('TYPE', KEYS[1]).ok
+if t ~= 'zset' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[1] .. ' holds a ' .. t .. ', want a zset') end
+local t = redis.call('TYPE', KEYS[2]).ok
+if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[2] .. ' holds a ' .. t .. ', want a hash') end
+
+local n = 0
+for i = 1, #ARGV, 3 do
+  redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2])
+  redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1])
+  n = n + 1
+end
+return n
