@@ -121,7 +121,20 @@ func (c *Consumer) Claim(ctx context.Context, max int) ([]Task, error) {
 		}
 		c.unsure = false
 	}
-	cs, err := c.st.claim(ctx, max, consumerClaimBytes, false, nil)
+	var cs []claimed
+	var err error
+	for {
+		cs, err = c.st.claim(ctx, max, consumerClaimBytes, false, nil)
+		if err != nil || len(cs) == 0 {
+			break
+		}
+		n := len(cs)
+		if cs, err = c.dropCancelled(ctx, cs); err != nil || len(cs) > 0 || n == 0 {
+			break
+		}
+		// Every task claimed was cancelled: claim again, as an empty
+		// result means an empty queue.
+	}
 	if err == nil {
 		err = c.recordRedeliveries(ctx, cs)
 	}
@@ -135,6 +148,27 @@ func (c *Consumer) Claim(ctx context.Context, max int) ([]Task, error) {
 		ts[i] = cs[i].Task
 	}
 	return ts, nil
+}
+
+// dropCancelled finishes the claimed tasks whose cancel was asked as
+// cancelled, and returns the others.
+func (c *Consumer) dropCancelled(ctx context.Context, cs []claimed) ([]claimed, error) {
+	kept := cs[:0]
+	for _, t := range cs {
+		if !t.cancelled {
+			kept = append(kept, t)
+			continue
+		}
+		if err := c.st.finishCancelled(ctx, t, time.Time{}); err != nil {
+			return nil, err
+		}
+		if t.claim.finish(1) {
+			if err := c.st.dropClaims(ctx, []string{t.claim.record}); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return kept, nil
 }
 
 // recordRedeliveries records the delivery of the claimed tasks that were
