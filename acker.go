@@ -17,11 +17,11 @@ type acker struct {
 	s *session
 
 	mu     sync.Mutex
-	fields []string      // pending fields of finished tasks not taken yet
-	recs   []string      // with a retention, their status records (history.go), in step
-	claims []string      // claim-sequence records of claims none of whose tasks is pending any more
-	closed bool          // no more acks come
-	wake   chan struct{} // signalled when there is work, or on close
+	fields []string        // pending fields of finished tasks not taken yet
+	recs   []historyRecord // with a retention, their status records (history.go), in step
+	claims []string        // claim-sequence records of claims none of whose tasks is pending any more
+	closed bool            // no more acks come
+	wake   chan struct{}   // signalled when there is work, or on close
 
 	// unconfirmed counts what Redis has not confirmed yet: acks of tasks
 	// finished ok, and claim-sequence records to delete. A resync waits
@@ -37,7 +37,7 @@ func newAcker(s *session) *acker { return &acker{s: s, wake: make(chan struct{},
 func (a *acker) ack(t claimed, started time.Time) {
 	a.unconfirmed.Add(1)
 	if a.s.st.retention > 0 {
-		rec := historyRecord{state: StateDone, added: t.AddedAt, started: started, finished: time.Now(), attempts: t.Attempt}.encode()
+		rec := historyRecord{state: StateDone, added: t.AddedAt, started: started, finished: time.Now(), attempts: t.Attempt}
 		a.mu.Lock()
 		a.recs = append(a.recs, rec)
 		a.mu.Unlock()
@@ -84,7 +84,7 @@ func (a *acker) close() {
 // take waits for work and returns the fields and claim-sequence records to
 // delete, swapping in spare as the new field buffer; it returns nothing
 // once the acker is closed and everything has been taken.
-func (a *acker) take(spare []string) (fields, recs, claims []string) {
+func (a *acker) take(spare []string) (fields []string, recs []historyRecord, claims []string) {
 	a.mu.Lock()
 	for len(a.fields) == 0 && len(a.claims) == 0 && !a.closed {
 		a.mu.Unlock()
@@ -111,7 +111,8 @@ func (a *acker) loop(ctx context.Context) {
 		}
 		for batch := fields; len(batch) > 0 || len(claims) > 0; {
 			n := min(len(batch), maxClaim)
-			var last, brecs []string
+			var last []string
+			var brecs []historyRecord
 			if n == len(batch) {
 				last, claims = claims, nil
 			}
@@ -128,7 +129,7 @@ func (a *acker) loop(ctx context.Context) {
 
 // send acknowledges one batch, retrying Redis errors until it succeeds or
 // the lease is lost, then counts it as confirmed and wakes the fetcher.
-func (a *acker) send(ctx context.Context, batch, recs, claims []string, b *backoff) {
+func (a *acker) send(ctx context.Context, batch []string, recs []historyRecord, claims []string, b *backoff) {
 	s := a.s
 	for !s.isLost() {
 		_, err := s.st.ack(ctx, batch, recs, claims)

@@ -48,9 +48,14 @@ func logBackend(b *testing.B) {
 // benchQueue returns a queue over r test partitions, with pools large
 // enough for 64 concurrent callers, and deletes its keys when b ends.
 func benchQueue(b *testing.B, r int) (*Queue, []*testServer) {
+	return benchQueueWith(b, r, Config{})
+}
+
+// benchQueueWith is benchQueue with cfg.
+func benchQueueWith(b *testing.B, r int, cfg Config) (*Queue, []*testServer) {
 	b.Helper()
 	logBackend(b)
-	q, servers := newTestQueue(b, r, Config{})
+	q, servers := newTestQueue(b, r, cfg)
 	for _, s := range servers {
 		s.pool.MaxIdle = 128 // not used yet
 	}
@@ -63,7 +68,7 @@ func queueKeyNames(q *Queue, pi int) []any {
 	keys := []any{layoutKey(q.cfg.Prefix)}
 	for qi := 0; qi < q.cfg.Queues; qi++ {
 		k := newQueueKeys(q.cfg.Prefix, pi, qi)
-		keys = append(keys, k.ready, k.pending, k.claims, k.dead, k.lease, k.meta, k.wake)
+		keys = append(keys, k.ready, k.pending, k.claims, k.dead, k.lease, k.meta, k.wake, k.sched, k.later, k.cancels, k.retries)
 	}
 	return keys
 }

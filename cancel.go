@@ -136,15 +136,15 @@ func validID(id string) bool {
 //	KEYS[1] = pending hash, KEYS[2] = lease, KEYS[3] = meta hash, KEYS[4] = cancels hash,
 //	KEYS[5] = retries hash, KEYS[6] = history bucket
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = history expiry (ms since the
-//	epoch; 0: keep none), ARGV[4...] = task ID, history record, ...
+//	epoch; 0: keep none), ARGV[4...] = task ID, packed task ID, status record, ...
 //
 // Returns the number finished; a task no longer pending is skipped.
 var finishCancelledScript = newScript("finish-cancelled", 6, fenced(2, typeCheck(hashAt(3), hashAt(4), hashAt(5), hashAt(6)), luaIncr+`
 local n = 0
-for i = 4, #ARGV, 2 do
+for i = 4, #ARGV, 3 do
   if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
     n = n + 1
-    if ARGV[3] ~= '0' then redis.call('HSET', KEYS[6], ARGV[i], ARGV[i + 1]) end
+    if ARGV[3] ~= '0' then redis.call('HSET', KEYS[6], ARGV[i + 1], ARGV[i + 2]) end
   end
   redis.call('HDEL', KEYS[4], ARGV[i])
   redis.call('HDEL', KEYS[5], ARGV[i])
@@ -160,14 +160,14 @@ return n
 // last delivery started (zero: it never ran).
 func (s *store) finishCancelled(ctx context.Context, t claimed, started time.Time) error {
 	now := time.Now()
-	bucket, expiry := s.historyBucket(now)
+	bucket, expiry, start := s.historyBucket(now)
 	rec := historyRecord{state: StateCancelled, added: t.AddedAt, started: started, finished: now, attempts: t.Attempt}
 	if started.IsZero() {
 		rec.attempts = t.Attempt - 1
 	}
 	_, err := s.script(ctx, "finish cancelled task on", finishCancelledScript,
 		s.keys.pending, s.keys.lease, s.keys.meta, s.keys.cancels, s.keys.retries, bucket,
-		s.value(), s.ttlMS, expiry, t.field, rec.encode())
+		s.value(), s.ttlMS, expiry, t.field, packID(t.field), rec.encode(start))
 	return err
 }
 

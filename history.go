@@ -2,9 +2,9 @@ package queue
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -13,19 +13,21 @@ import (
 // Finished tasks' history (Config.Retention): when a task finishes (done,
 // or cancelled), the script that finishes it writes its status record
 // into the history hash of the current time bucket of its queue
-// ("<tag>:done:<bucket>", task ID -> record), and sets that hash to expire
-// Retention after the bucket ends. Redis's expiry trims the history a
-// bucket at a time, so that nothing scans it; Status reads the buckets of
-// the window, one pipelined round trip. A bucket lasts Retention/8 (at
-// least a second, at most an hour), so a record is kept for Retention to
-// Retention plus an eighth.
+// ("<tag>:done:<bucket>"), and sets that hash to expire Retention after
+// the bucket ends. Redis's expiry trims the history a bucket at a time,
+// so that nothing scans it; Status reads the buckets of the window, one
+// pipelined round trip. A bucket lasts Retention/8 (at least a second, at
+// most an hour), so a record is kept for Retention to Retention plus an
+// eighth.
 //
-// A record is text: a state letter (d done, c cancelled), then added,
-// started less added and finished less added, in ms, then the attempts,
-// comma separated; started is empty when the task never ran. It is about
-// 25 bytes, kept in a hash field under the task ID: with Redis's own
-// overhead, about 60 bytes per kept task besides the ID
-// (BenchmarkRetention measures it).
+// Every byte counts, since a busy queue keeps millions: the field is the
+// task ID packed in 13 bytes (its 20 base32 digits), and the record, about
+// 10 bytes, is uvarints: the attempts (times 2, plus 1 when cancelled),
+// then in ms the finish time less the bucket's start (signed), the run time plus
+// one (0: it never ran), and the wait from added to started (or to
+// finished, when it never ran). Both fit Redis's 16-byte allocations; with
+// the hash entry and its slot, a kept task costs about 75 bytes of Redis
+// memory (BenchmarkRetention reports it as retained-bytes/task).
 
 // maxRetention bounds Config.Retention.
 const maxRetention = 90 * 24 * time.Hour
@@ -42,92 +44,118 @@ type historyRecord struct {
 	attempts                 int
 }
 
-func (r historyRecord) encode() string {
-	var b strings.Builder
-	b.Grow(32)
+// encode encodes r for the bucket that starts at start (ms).
+func (r historyRecord) encode(start int64) string {
+	var b [4 * binary.MaxVarintLen64]byte
+	n := 0
+	put := func(v int64) { n += binary.PutUvarint(b[n:], uint64(max(v, 0))) }
+	a := int64(r.attempts) * 2
 	if r.state == StateCancelled {
-		b.WriteByte('c')
+		a++
+	}
+	fin := r.finished.UnixMilli()
+	put(a)
+	n += binary.PutVarint(b[n:], fin-start) // an ack sent just after the bucket began may hold one finished before
+	ref := fin
+	if r.started.IsZero() {
+		put(0)
 	} else {
-		b.WriteByte('d')
+		ref = r.started.UnixMilli()
+		put(fin - ref + 1)
 	}
-	added := r.added.UnixMilli()
-	b.WriteString(strconv.FormatInt(added, 10))
-	b.WriteByte(',')
-	if !r.started.IsZero() {
-		b.WriteString(strconv.FormatInt(max(r.started.UnixMilli()-added, 0), 10))
-	}
-	b.WriteByte(',')
-	b.WriteString(strconv.FormatInt(max(r.finished.UnixMilli()-added, 0), 10))
-	b.WriteByte(',')
-	b.WriteString(strconv.Itoa(r.attempts))
-	return b.String()
+	put(ref - r.added.UnixMilli())
+	return string(b[:n])
 }
 
-// decodeHistory decodes a status record.
-func decodeHistory(s string) (historyRecord, error) {
-	bad := fmt.Errorf("%w: status record %q", ErrMalformed, s)
-	if len(s) < 2 {
-		return historyRecord{}, bad
-	}
-	var r historyRecord
-	switch s[0] {
-	case 'd':
-		r.state = StateDone
-	case 'c':
-		r.state = StateCancelled
-	default:
-		return historyRecord{}, bad
-	}
-	f := strings.Split(s[1:], ",")
-	if len(f) != 4 {
-		return historyRecord{}, bad
-	}
-	added, err1 := strconv.ParseInt(f[0], 10, 64)
-	fin, err2 := strconv.ParseInt(f[2], 10, 64)
-	att, err3 := strconv.Atoi(f[3])
-	if err1 != nil || err2 != nil || err3 != nil {
-		return historyRecord{}, bad
-	}
-	r.added, r.finished, r.attempts = time.UnixMilli(added), time.UnixMilli(added+fin), att
-	if f[1] != "" {
-		st, err := strconv.ParseInt(f[1], 10, 64)
-		if err != nil {
-			return historyRecord{}, bad
+// decodeHistory decodes a status record of the bucket that starts at
+// start (ms).
+func decodeHistory(s string, start int64) (historyRecord, error) {
+	var f [4]uint64
+	var off int64
+	rest := []byte(s)
+	for i := range f {
+		var n int
+		if i == 1 {
+			off, n = binary.Varint(rest)
+			f[i] = uint64(max(off, -off))
+		} else {
+			f[i], n = uvarint(rest)
 		}
-		r.started = time.UnixMilli(added + st)
+		if n <= 0 || f[i] > 1<<53 {
+			return historyRecord{}, fmt.Errorf("%w: status record %q", ErrMalformed, s)
+		}
+		rest = rest[n:]
 	}
+	if len(rest) != 0 || f[0]/2 > 1<<31 {
+		return historyRecord{}, fmt.Errorf("%w: status record %q", ErrMalformed, s)
+	}
+	r := historyRecord{state: StateDone, attempts: int(f[0] / 2)}
+	if f[0]%2 == 1 {
+		r.state = StateCancelled
+	}
+	fin := start + off
+	r.finished = time.UnixMilli(fin)
+	ref := fin
+	if f[2] > 0 {
+		ref = fin - int64(f[2]) + 1
+		r.started = time.UnixMilli(ref)
+	}
+	r.added = time.UnixMilli(ref - int64(f[3]))
 	return r, nil
+}
+
+// packID packs a task ID's 20 base32 digits (100 bits) into 13 bytes, the
+// field of its status record.
+func packID(id string) string {
+	var hi, lo uint64 // 36 and 64 bits
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		var v uint64
+		if c <= '9' {
+			v = uint64(c - '0')
+		} else {
+			v = uint64(c-'a') + 10
+		}
+		hi = hi<<5 | lo>>59
+		lo = lo<<5 | v
+	}
+	var b [13]byte
+	b[0] = byte(hi >> 32)
+	binary.BigEndian.PutUint32(b[1:5], uint32(hi))
+	binary.BigEndian.PutUint64(b[5:], lo)
+	return string(b[:])
 }
 
 // historyKey names the history hash of bucket b of the queue of k.
 func (k queueKeys) historyKey(b int64) string { return k.history + strconv.FormatInt(b, 10) }
 
 // bucketAt returns the history hash for a record written at t, with
-// retention, and when it expires (ms since the epoch); with no retention,
-// a key of the queue that is never written and expiry 0.
-func bucketAt(k queueKeys, retention time.Duration, t time.Time) (key string, expiry int64) {
+// retention, when it expires and when it starts (ms since the epoch);
+// with no retention, a key of the queue that is never written and expiry
+// 0.
+func bucketAt(k queueKeys, retention time.Duration, t time.Time) (key string, expiry, start int64) {
 	if retention <= 0 {
-		return k.historyKey(0), 0
+		return k.historyKey(0), 0, 0
 	}
 	w := historyWidth(retention).Milliseconds()
 	b := t.UnixMilli() / w
-	return k.historyKey(b), (b+1)*w + retention.Milliseconds()
+	return k.historyKey(b), (b+1)*w + retention.Milliseconds(), b * w
 }
 
 // historyBucket is bucketAt for the store's queue.
-func (s *store) historyBucket(t time.Time) (string, int64) {
+func (s *store) historyBucket(t time.Time) (key string, expiry, start int64) {
 	return bucketAt(s.keys, s.retention, t)
 }
 
 // recordHistory writes rec as the status of task id (outside a pool's
 // scripts: a scheduled task cancelled).
 func (q *Queue) recordHistory(ctx context.Context, p *partition, k queueKeys, id string, rec historyRecord) error {
-	key, expiry := bucketAt(k, q.cfg.Retention, rec.finished)
+	key, expiry, start := bucketAt(k, q.cfg.Retention, rec.finished)
 	if expiry == 0 {
 		return nil
 	}
 	_, err := onPartition(ctx, p, "record status of task "+id, func(c redis.Conn) (any, error) {
-		c.Send("HSET", key, id, rec.encode())
+		c.Send("HSET", key, packID(id), rec.encode(start))
 		c.Send("PEXPIREAT", key, expiry)
 		if err := c.Flush(); err != nil {
 			return nil, err
@@ -142,19 +170,21 @@ func (q *Queue) recordHistory(ctx context.Context, p *partition, k queueKeys, id
 	return err
 }
 
-// sendHistoryReads sends the reads of task id's status record in every bucket
-// of the window (oldest first) and returns how many it sent.
-func sendHistoryReads(c redis.Conn, k queueKeys, retention time.Duration, id string, now time.Time) int {
+// sendHistoryReads sends the reads of task id's status record in every
+// bucket of the window, oldest first, and returns the buckets' starts
+// (ms).
+func sendHistoryReads(c redis.Conn, k queueKeys, retention time.Duration, id string, now time.Time) []int64 {
 	if retention <= 0 {
-		return 0
+		return nil
 	}
 	w := historyWidth(retention).Milliseconds()
 	last := now.UnixMilli() / w
 	first := (now.UnixMilli() - retention.Milliseconds() - w) / w
-	n := 0
+	field := packID(id)
+	var starts []int64
 	for b := first; b <= last; b++ {
-		c.Send("HGET", k.historyKey(b), id)
-		n++
+		c.Send("HGET", k.historyKey(b), field)
+		starts = append(starts, b*w)
 	}
-	return n
+	return starts
 }

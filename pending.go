@@ -214,8 +214,8 @@ const seqFiller = "--------------------"
 //	KEYS[5] = retries hash, KEYS[6] = history bucket
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = number of task IDs k,
 //	ARGV[4] = history expiry (ms since the epoch; 0: keep none),
-//	ARGV[5 .. 4+k] = task IDs, then, with a history expiry, their k status records,
-//	then claim-sequence records (claim firsts)
+//	ARGV[5 .. 4+k] = task IDs, then, with a history expiry, k pairs of packed task ID
+//	and status record, then claim-sequence records (claim firsts)
 //
 // Returns the number of pending records deleted (also added to processed).
 var ackScript = newScript("ack", 6, fenced(2, typeCheck(hashAt(3), hashAt(4), hashAt(5), hashAt(6)), luaIncr+`
@@ -230,9 +230,9 @@ if k > 0 and redis.call('EXISTS', KEYS[5]) == 1 then
   end
 end
 if ARGV[4] ~= '0' and k > 0 then
-  for i = 5, last do redis.call('HSET', KEYS[6], ARGV[i], ARGV[i + k]) end
+  redis.call('HSET', KEYS[6], unpack(ARGV, last + 1, last + 2 * k))
   redis.call('PEXPIREAT', KEYS[6], ARGV[4])
-  last = last + k
+  last = last + 2 * k
 end
 for i = last + 1, #ARGV, $scriptChunk do
   redis.call('HDEL', KEYS[4], unpack(ARGV, i, math.min(i + $scriptChunk - 1, #ARGV)))
@@ -473,12 +473,12 @@ func pendingField(entry []byte, seq int64) string {
 // with the last of them the claim-sequence records named by claims. With
 // a retention, recs holds the status records of ids (history.go); a nil
 // recs keeps none.
-func (s *store) ack(ctx context.Context, ids, recs []string, claims []string) (int, error) {
+func (s *store) ack(ctx context.Context, ids []string, recs []historyRecord, claims []string) (int, error) {
 	done := 0
 	keep := s.retention > 0 && len(recs) == len(ids) && len(ids) > 0
 	for len(ids) > 0 || len(claims) > 0 {
 		n := min(len(ids), maxClaim)
-		bucket, expiry := s.historyBucket(time.Now())
+		bucket, expiry, start := s.historyBucket(time.Now())
 		if !keep {
 			expiry = 0
 		}
@@ -488,8 +488,8 @@ func (s *store) ack(ctx context.Context, ids, recs []string, claims []string) (i
 			args = append(args, id)
 		}
 		if expiry != 0 {
-			for _, r := range recs[:n] {
-				args = append(args, r)
+			for i, r := range recs[:n] {
+				args = append(args, packID(ids[i]), r.encode(start))
 			}
 			recs = recs[n:]
 		}

@@ -140,11 +140,11 @@ func (q *Queue) Status(ctx context.Context, orderID uint64, id string) (TaskStat
 		c.Send("HGET", k.later, id)
 		c.Send("HGET", k.dead, id)
 		c.Send("HEXISTS", k.cancels, id)
-		n := sendHistoryReads(c, k, q.cfg.Retention, id, now)
+		starts := sendHistoryReads(c, k, q.cfg.Retention, id, now)
 		if err := c.Flush(); err != nil {
 			return TaskStatus{}, err
 		}
-		r := make([]any, statusReads+n)
+		r := make([]any, statusReads+len(starts))
 		for i := range r {
 			v, err := receiveContext(c, ctx)
 			if err != nil {
@@ -152,12 +152,12 @@ func (q *Queue) Status(ctx context.Context, orderID uint64, id string) (TaskStat
 			}
 			r[i] = v
 		}
-		return statusOf(id, r, now), nil
+		return statusOf(id, r, starts, now), nil
 	})
 }
 
 // statusOf decides a task's status from Status's replies, in its order.
-func statusOf(id string, r []any, now time.Time) TaskStatus {
+func statusOf(id string, r []any, starts []int64, now time.Time) TaskStatus {
 	st := TaskStatus{ID: id}
 	st.CancelAsked, _ = redis.Bool(r[6], nil)
 	if rec, _ := redis.Bytes(r[0], nil); rec != nil { // pending
@@ -200,7 +200,7 @@ func statusOf(id string, r []any, now time.Time) TaskStatus {
 	}
 	for i := len(r) - 1; i >= statusReads; i-- { // the latest bucket first
 		if s, _ := redis.String(r[i], nil); s != "" {
-			if h, err := decodeHistory(s); err == nil {
+			if h, err := decodeHistory(s, starts[i-statusReads]); err == nil {
 				st.State, st.Attempt = h.state, h.attempts
 				st.AddedAt, st.StartedAt, st.FinishedAt = h.added, h.started, h.finished
 				st.CancelAsked = false

@@ -30,9 +30,9 @@ if k > 0 and redis.call('EXISTS', KEYS[5]) == 1 then
   end
 end
 if ARGV[4] ~= '0' and k > 0 then
-  for i = 5, last do redis.call('HSET', KEYS[6], ARGV[i], ARGV[i + k]) end
+  redis.call('HSET', KEYS[6], unpack(ARGV, last + 1, last + 2 * k))
   redis.call('PEXPIREAT', KEYS[6], ARGV[4])
-  last = last + k
+  last = last + 2 * k
 end
 for i = last + 1, #ARGV, 1000 do
   redis.call('HDEL', KEYS[4], unpack(ARGV, i, math.min(i + 1000 - 1, #ARGV)))

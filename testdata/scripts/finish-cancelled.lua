@@ -20,10 +20,10 @@ local function incr(key, field, n)
 end
 
 local n = 0
-for i = 4, #ARGV, 2 do
+for i = 4, #ARGV, 3 do
   if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
     n = n + 1
-    if ARGV[3] ~= '0' then redis.call('HSET', KEYS[6], ARGV[i], ARGV[i + 1]) end
+    if ARGV[3] ~= '0' then redis.call('HSET', KEYS[6], ARGV[i + 1], ARGV[i + 2]) end
   end
   redis.call('HDEL', KEYS[4], ARGV[i])
   redis.call('HDEL', KEYS[5], ARGV[i])
