@@ -206,6 +206,43 @@
 // those tasks back with the rest, in claim order. [PoolConfig].ExitOnEmpty
 // stops the same way once the queue is drained.
 //
+// # Scheduling, cancelling, pausing and status
+//
+// [Queue.AddTaskAt] keeps a task in its queue's scheduled set until it is
+// due. The claim script of the queue's owner, fenced by its lease, first
+// moves the due tasks (up to 1000 a claim, earliest first) to the
+// producing end of the ready list, exactly as AddTask would have pushed
+// them then: a scheduled task joins its OrderID's sequence when it falls
+// due. Tasks of its OrderID added before that run before it, tasks added
+// after run after it; scheduled tasks of one OrderID due in the same
+// millisecond join in ID order. An idle pool's wait ends at the next due
+// time, and, through the waiter, when a task is scheduled sooner (a pool
+// that waits on its own connection learns of it within a second). Due
+// tasks are moved while a queue is paused too. [PoolConfig].ExitOnEmpty
+// does not wait for tasks not yet due.
+//
+// [Queue.Cancel] removes a scheduled task. Any other task gets a mark in
+// its queue's cancels hash; a claim reports the marked tasks it takes,
+// and the pool finishes them as cancelled without running them. The
+// queue's owner reads the marks every 500ms: a marked task that runs has
+// its ctx cancelled, and is finished as cancelled, not retried, unless it
+// returns nil; one waiting out a retry's backoff is finished at once.
+// Either way the OrderID goes on with its next task, as after an ack.
+// [Consumer.Claim] never returns a marked task. Marks of tasks that are
+// nowhere any more are dropped when a claim finds the ready list empty.
+//
+// [Queue.Pause] sets a field of each named queue's meta hash, which the
+// claim script reads: a paused pool claims nothing (it looks again every
+// 250ms), while its lease, renewals, running tasks and acks go on.
+//
+// [Queue.Status] reads, in one pipelined round trip, the pending record
+// (with the retries hash, written when a delivery fails: last error and
+// next attempt), the scheduled set, the dead-letter store, the cancel
+// marks and, with [Config].Retention, the history: a hash per time bucket
+// of an eighth of the retention, task ID (packed in 13 bytes) -> about 10
+// bytes of varints, which the ack and cancel scripts write and Redis
+// expires. A task still in the ready list reads as [StateUnknown].
+//
 // # Workers and dispatch
 //
 // A pool runs its tasks on worker goroutines: [PoolConfig].Workers of
@@ -395,8 +432,13 @@
 //	{P:p.q}:order     hash    claim-sequence records: a claim's first seq -> its task IDs
 //	{P:p.q}:dead      hash    task ID -> dead record (attempts, time, last error, task)
 //	{P:p.q}:lease     string  the lease value, with a PX expiry
-//	{P:p.q}:meta      hash    fence, seq, processed, failed, redelivered, leases, workers
+//	{P:p.q}:meta      hash    fence, seq, processed, failed, redelivered, cancelled, leases, workers, paused
 //	{P:p.q}:wake      list    pushed when a lease is released, to wake a standby
+//	{P:p.q}:sched     zset    task ID -> due time (ms): scheduled tasks not yet due
+//	{P:p.q}:later     hash    task ID -> encoded task, for the scheduled set
+//	{P:p.q}:cancels   hash    task ID -> when its cancel was asked (ms), while ready or pending
+//	{P:p.q}:retries   hash    task ID -> last failure and next attempt, while it waits to retry
+//	{P:p.q}:done:b    hash    packed task ID -> status record, bucket b of the history (Retention)
 //	{P:p.q}:dedup:... string  an AddTaskOnce key, expiring with its window
 //	P:layout          hash    partitions (R), queues (Q) and this server's index
 //	P:layout:p        hash    the same, for partition p, on a Redis Cluster
@@ -413,7 +455,8 @@
 // The byte layouts are in the code: an encoded task in task.go (about 30
 // bytes over the payload), pending and claim-sequence records in pending.go
 // and recover.go, dead records in dead.go, every script as it runs under
-// testdata/scripts. After a drain nothing per task is left. A key holding
+// testdata/scripts. After a drain nothing per task is left (but the history
+// of finished tasks, with [Config].Retention). A key holding
 // what this package did not write (another Redis type, a lease with no
 // expiry, a claim count that is not a number) fails the calls that would
 // write it with [ErrWrongType], changing nothing, until it is repaired or
