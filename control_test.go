@@ -264,3 +264,63 @@ func TestStatusThroughALife(t *testing.T) {
 	cancel()
 	require.NoError(t, <-errc)
 }
+
+func TestAddTasksSchedulesThoseWithNotBefore(t *testing.T) {
+	t.Parallel()
+	q, _ := newTestQueue(t, 2, Config{Queues: 2})
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	due := time.Now().Add(400 * time.Millisecond)
+	var tasks []Task
+	for o := range 8 {
+		tasks = append(tasks,
+			Task{OrderID: uint64(o), Payload: []byte(pl(o, 0))},
+			Task{OrderID: uint64(o), Payload: []byte(pl(o, 2)), NotBefore: due},
+			Task{OrderID: uint64(o), Payload: []byte(pl(o, 1)), NotBefore: time.Now().Add(-time.Second)}, // past: at once
+		)
+	}
+	ids, err := q.AddTasks(ctx, tasks)
+	require.NoError(t, err)
+	require.Len(t, ids, len(tasks))
+	st, err := q.Stats(ctx)
+	require.NoError(t, err)
+	var scheduled int64
+	for _, s := range st {
+		scheduled += s.Scheduled
+	}
+	assert.Equal(t, int64(8), scheduled)
+	sid := ids[1]
+	s, err := q.Status(ctx, 0, sid)
+	require.NoError(t, err)
+	assert.Equal(t, StateScheduled, s.State)
+	assert.Equal(t, due.UnixMilli(), s.Due.UnixMilli())
+
+	var mu sync.Mutex
+	seen := map[uint64][]string{}
+	var wg sync.WaitGroup
+	for a := range q.Analysers() {
+		wg.Go(func() {
+			err := q.AnalysePool(ctx, a, PoolConfig{Workers: 2}, func(_ context.Context, t Task) error {
+				mu.Lock()
+				seen[t.OrderID] = append(seen[t.OrderID], string(t.Payload))
+				mu.Unlock()
+				return nil
+			})
+			assert.NoError(t, err)
+		})
+	}
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for _, s := range seen {
+			n += len(s)
+		}
+		return n == len(tasks)
+	}, 10*time.Second, 5*time.Millisecond)
+	cancel()
+	wg.Wait()
+	for o := range 8 {
+		assert.Equal(t, []string{pl(o, 0), pl(o, 1), pl(o, 2)}, seen[uint64(o)], "order %d", o)
+	}
+}

@@ -388,8 +388,8 @@ const maxPushArgs = 4096
 
 // AddTasks enqueues many tasks with one pipelined round trip per partition
 // they touch; tasks of one queue go in one LPUSH per 4096 tasks. Only
-// OrderID and Payload of each Task are read. It returns the new IDs in the
-// order of tasks. It validates every task before writing any; on a Redis
+// OrderID, Payload and NotBefore (see Task) of each Task are read. It
+// returns the new IDs in the order of tasks. It validates every task before writing any; on a Redis
 // error some partitions may have taken their tasks and others not, and the
 // IDs are returned all the same so the caller can look them up.
 // It is safe for concurrent use.
@@ -431,12 +431,24 @@ func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 		byPart[pi][si%qs] = make([]any, 0, c)
 	}
 	now := time.Now().UnixMilli()
+	var later [][][]any // scheduled tasks, by partition and queue: due, ID, entry, ...
 	for i := range tasks {
 		t := &tasks[i]
 		pi, qi := int(slot[i])/qs, int(slot[i])%qs
 		start := len(buf)
 		buf = appendEntry(buf, ids[i], t.OrderID, now, 0, t.Payload)
-		byPart[pi][qi] = append(byPart[pi][qi], buf[start:len(buf):len(buf)])
+		entry := buf[start:len(buf):len(buf)]
+		if due := t.NotBefore.UnixMilli(); !t.NotBefore.IsZero() && due > now {
+			if later == nil {
+				later = make([][][]any, len(q.parts))
+			}
+			if later[pi] == nil {
+				later[pi] = make([][]any, qs)
+			}
+			later[pi][qi] = append(later[pi][qi], due, ids[i], entry)
+			continue
+		}
+		byPart[pi][qi] = append(byPart[pi][qi], entry)
 	}
 	// Check every partition first, so that a layout mismatch writes nothing.
 	for pi, queues := range byPart {
@@ -451,20 +463,26 @@ func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 	errs := make([]error, len(byPart))
 	var wg sync.WaitGroup
 	for pi, queues := range byPart {
+		var sched [][]any
+		if later != nil {
+			sched = later[pi]
+		}
 		switch {
 		case queues == nil:
 		case len(q.parts) == 1:
-			errs[pi] = q.pushPartition(ctx, pi, queues)
+			errs[pi] = q.pushPartition(ctx, pi, queues, sched)
 		default:
-			wg.Go(func() { errs[pi] = q.pushPartition(ctx, pi, queues) })
+			wg.Go(func() { errs[pi] = q.pushPartition(ctx, pi, queues, sched) })
 		}
 	}
 	wg.Wait()
 	return ids, errors.Join(errs...)
 }
 
-// pushPartition LPUSHes entries (per queue) to partition pi in one pipeline.
-func (q *Queue) pushPartition(ctx context.Context, pi int, queues [][]any) error {
+// pushPartition LPUSHes entries (per queue) to partition pi, and adds the
+// scheduled ones of sched (per queue: due, ID, entry, ...), in one
+// pipeline.
+func (q *Queue) pushPartition(ctx context.Context, pi int, queues [][]any, sched [][]any) error {
 	p := q.parts[pi] // AddTasks verified its layout
 	what := fmt.Sprintf("add tasks to partition %d", pi)
 	conn, err := p.pool.GetContext(ctx)
@@ -484,6 +502,17 @@ func (q *Queue) pushPartition(ctx context.Context, pi int, queues [][]any) error
 			}
 			sent++
 			entries = entries[n:]
+		}
+	}
+	for qi, args := range sched {
+		k := newQueueKeys(q.cfg.Prefix, pi, qi)
+		for len(args) > 0 {
+			n := min(len(args), 3*scriptChunk)
+			if err := scheduleScript.Send(conn, append([]any{k.sched, k.later}, args[:n]...)...); err != nil {
+				return redisErr(what, err)
+			}
+			sent++
+			args = args[n:]
 		}
 	}
 	if err := conn.Flush(); err != nil {

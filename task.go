@@ -27,6 +27,11 @@ type Task struct {
 	Attempt int
 	// AddedAt is when the producer enqueued the task, to the millisecond.
 	AddedAt time.Time
+	// NotBefore, when set in a task given to AddTasks, schedules it: it
+	// joins its OrderID's sequence when that time comes (see AddTaskAt).
+	// A time not in the future adds it at once. Delivered tasks leave it
+	// zero.
+	NotBefore time.Time
 }
 
 // idLen is the length of every task ID: 96 bits in base32 (0-9, a-v).
