@@ -42,12 +42,13 @@ func TestAuditResyncRefenceRacesClaimsOnlyAck(t *testing.T) {
 			refences.Add(1)
 		case "ack":
 			// The acker's first call: claim-sequence records only.
-			if len(args) > 8 && fmt.Sprint(args[8]) == "0" && acks.Add(1) == 1 {
+			// hash, 6, pending, lease, meta, order, retries, history, lease value, ttl, k, ...
+			if len(args) > 10 && fmt.Sprint(args[10]) == "0" && acks.Add(1) == 1 {
 				// Held up until the lease value it carries has changed
 				// (or 2s: a resync that waits for this call never comes).
 				for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
 					v, _ := redis.String(servers[0].do(t, "GET", args[3]), nil)
-					if v != args[6] {
+					if v != args[8] {
 						break
 					}
 				}

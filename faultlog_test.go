@@ -200,6 +200,19 @@ func scriptOf(cmd string, args []any) string {
 	return ""
 }
 
+// ackToken returns the fencing token an ack script's call carries:
+// EVALSHA sha numkeys pending lease ... leaseValue ttl k ..., the lease
+// value being the first argument after the keys.
+func ackToken(args []any) int64 {
+	if len(args) < 2 {
+		return 0
+	}
+	if nk, ok := args[1].(int); ok && len(args) > 2+nk {
+		return leaseToken(args[2+nk])
+	}
+	return 0
+}
+
 // leaseToken returns the fencing token of a lease value, as Stats reads it.
 func leaseToken(v any) int64 {
 	s, _ := v.(string)
@@ -230,11 +243,7 @@ func (c *recConn) recordSent(cmd string, args []any, sent time.Time, do func() (
 	}
 	switch script {
 	case ackHash:
-		// EVALSHA hash 4 pending lease meta order leaseValue ttl k ids... orders...
-		ev := faultEvent{Ev: evAck, Analyser: analyser, Result: "ok"}
-		if len(args) > 6 {
-			ev.Token = leaseToken(args[6])
-		}
+		ev := faultEvent{Ev: evAck, Analyser: analyser, Result: "ok", Token: ackToken(args)}
 		switch {
 		case err == nil:
 			ev.N, _ = redis.Int(r, nil)
