@@ -26,9 +26,9 @@ type PoolConfig struct {
 	Workers int
 	// MinWorkers and MaxWorkers make the pool elastic: it starts with
 	// MinWorkers worker goroutines, adds one (up to MaxWorkers) each time
-	// tasks have waited for a worker for 10ms while every worker was busy,
-	// and retires workers that stayed idle for ScaleDownAfter, down to
-	// MinWorkers. A resize never moves an OrderID with tasks in hand: see
+	// tasks have waited for a worker for 10ms while every worker was busy
+	// (and none waited for the Rate limit), and retires workers that
+	// stayed idle for ScaleDownAfter, down to MinWorkers. A resize never moves an OrderID with tasks in hand: see
 	// "Workers and dispatch" in the package documentation. If MinWorkers
 	// is zero, 1 is used when MaxWorkers is set; if MaxWorkers is zero,
 	// MinWorkers is used (a fixed pool). At most 4096.

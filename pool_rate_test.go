@@ -247,3 +247,48 @@ func TestPoolRateWaitEndsWithLostLease(t *testing.T) {
 	}
 	starts.mu.Unlock()
 }
+
+// An elastic pool does not grow while its workers wait for the rate limit
+// (more workers would only wait too), and does while its workers, not the
+// limit, hold tasks back: 8 workers running 20ms tasks start 400 a second,
+// under the limit. (DispatchFree: under DispatchByOrder a new worker takes
+// only OrderIDs placed after it started, and these are all claimed at
+// once.)
+func TestPoolRateElastic(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name       string
+		rate       float64
+		burst      int
+		tasks      int
+		run        time.Duration
+		grows      bool
+		maxWorkers int
+	}{
+		{"limit binds", 50, 1, 60, 0, false, 32},
+		{"workers bind", 1000, 10, 200, 20 * time.Millisecond, true, 8},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			q, _ := newTestQueue(t, 1, Config{})
+			ctx := bounded(t)
+			addAll(t, q, orderTasks(tc.tasks, 1))
+			counters := &Counters{}
+			var mu sync.Mutex
+			most := 0
+			cfg := PoolConfig{MinWorkers: 1, MaxWorkers: tc.maxWorkers, Dispatch: DispatchFree, Rate: tc.rate, Burst: tc.burst, Counters: counters, ExitOnEmpty: true}
+			require.NoError(t, q.AnalysePool(ctx, 0, cfg, func(ctx context.Context, task Task) error {
+				mu.Lock()
+				most = max(most, counters.Workers())
+				mu.Unlock()
+				time.Sleep(tc.run)
+				return nil
+			}))
+			if tc.grows {
+				assert.Equal(t, tc.maxWorkers, most, "the pool did not grow")
+			} else {
+				assert.LessOrEqual(t, most, 4, "the pool grew while its workers waited for the limit")
+			}
+		})
+	}
+}

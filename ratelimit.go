@@ -79,3 +79,12 @@ func (l *limiter) forget(now time.Time) {
 	l.advance(now)
 	l.tokens = max(l.tokens, 0)
 }
+
+// queued reports whether a taker waits at now for a token it reserved:
+// then the limit is what holds tasks back.
+func (l *limiter) queued(now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.advance(now)
+	return l.tokens < 0
+}
