@@ -285,6 +285,26 @@
 // it shrinks to; [Counters].Workers and [AnalyserStats].Workers report the
 // live count.
 //
+// # Rate limits
+//
+// [PoolConfig].Rate caps the tasks a pool starts a second, across all its
+// workers, with a token bucket of [PoolConfig].Burst tokens (1 by
+// default), one a start: in any span of T seconds it gives at most Burst +
+// T*Rate tokens. (A start never comes before its token; starts held up by
+// a stalled process come together after it.) Retries and redeliveries take a token like first deliveries; a
+// task moved to the dead-letter store without running takes none. Order
+// is kept: a worker waits for the limit holding the task it is to start,
+// its OrderID's next, so no later task of that OrderID can pass it. The
+// lease is renewed meanwhile, however slow the rate; a stop or a lost
+// lease ends the wait at once, and the task does not start (a graceful
+// stop hands it back uncounted). The limit is per pool, so per analyser
+// and per process: ten analysers with Rate 50 start up to 500 tasks a
+// second in all. A limit across processes would need a limiter shared in
+// Redis, which this package does not have. Claims are not slowed: a pool
+// draining slowly holds tasks of up to Prefetch OrderIDs pending
+// meanwhile, and a lower Prefetch keeps fewer. An elastic pool does not
+// grow while its workers wait for the limit.
+//
 // # Crash recovery
 //
 // A lease value is "<fencing token>.<nonce>:<owner>": the token is Redis's

@@ -254,6 +254,15 @@ func (ls *lineSet) settle(o *orderLine, done bool, retryAt time.Time) {
 	}
 }
 
+// unpick puts back o, picked by next and its first task not started,
+// when the session stopped meanwhile: takeAll hands it back, its Attempt
+// unchanged.
+func (ls *lineSet) unpick(o *orderLine) {
+	ls.mu.Lock()
+	o.state = lineIdle
+	ls.mu.Unlock()
+}
+
 // toIdle registers w as waiting for a task.
 func (ls *lineSet) toIdle(w *worker) {
 	w.idleAt = len(ls.idle)

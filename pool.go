@@ -26,9 +26,9 @@ type PoolConfig struct {
 	Workers int
 	// MinWorkers and MaxWorkers make the pool elastic: it starts with
 	// MinWorkers worker goroutines, adds one (up to MaxWorkers) each time
-	// tasks have waited for a worker for 10ms while every worker was busy,
-	// and retires workers that stayed idle for ScaleDownAfter, down to
-	// MinWorkers. A resize never moves an OrderID with tasks in hand: see
+	// tasks have waited for a worker for 10ms while every worker was busy
+	// (and none waited for the Rate limit), and retires workers that
+	// stayed idle for ScaleDownAfter, down to MinWorkers. A resize never moves an OrderID with tasks in hand: see
 	// "Workers and dispatch" in the package documentation. If MinWorkers
 	// is zero, 1 is used when MaxWorkers is set; if MaxWorkers is zero,
 	// MinWorkers is used (a fixed pool). At most 4096.
@@ -59,6 +59,30 @@ type PoolConfig struct {
 	// while it is reached. A task larger than it is still claimed, alone.
 	// If zero, 64 MiB is used.
 	MaxHeldBytes int64
+	// Rate limits the pool's task starts to Rate a second, across all its
+	// workers. Every start counts, retries and redeliveries too; a task
+	// moved to the dead-letter store without running does not. A worker
+	// waits for the limit holding the task it is to start, the next of
+	// its OrderID, so order is kept; the lease is renewed meanwhile,
+	// however slow the rate, and a stop or a lost lease ends the wait at
+	// once (the task does not start). The limit is this pool's, in this
+	// process: a limit across processes would need a limiter shared in
+	// Redis, which this package does not have. Claims are not slowed: a
+	// rate-limited pool still holds tasks of up to Prefetch OrderIDs
+	// (pending in Redis) while it drains them slowly, so a lower Prefetch
+	// keeps fewer waiting. If zero, starts are not limited; else at least
+	// one a day (1.0/86400) and at most 1,000,000.
+	Rate float64
+	// Burst is how many starts may pile up while the pool starts fewer
+	// than Rate, to be made at once: a token bucket of Burst tokens that
+	// fills at Rate a second, one token a start, so in any span of T
+	// seconds the pool gets at most Burst + T*Rate tokens. A start never
+	// comes before its token; after a stall (a GC pause, a busy machine)
+	// the starts whose tokens came due meanwhile come at once. Burst 1
+	// spaces the tokens 1/Rate apart; a larger one lets the pool make up
+	// for longer stalls, and for late timers at high rates. Setting it
+	// without Rate is an error. If zero, 1 is used; at most 1,000,000.
+	Burst int
 	// TaskTimeout bounds one delivery; the task's ctx ends then, and the
 	// delivery fails. If zero, 1 minute is used; if negative, none.
 	TaskTimeout time.Duration
@@ -104,6 +128,9 @@ type PoolConfig struct {
 
 func (c PoolConfig) withDefaults() (PoolConfig, error) {
 	if err := c.workerDefaults(); err != nil {
+		return c, err
+	}
+	if err := c.rateDefaults(); err != nil {
 		return c, err
 	}
 	if c.Prefetch == 0 {
@@ -181,6 +208,21 @@ func (c *PoolConfig) workerDefaults() error {
 	}
 	if c.Dispatch != DispatchByOrder && c.Dispatch != DispatchFree {
 		return fmt.Errorf("%w: unknown Dispatch %d", ErrBadConfig, c.Dispatch)
+	}
+	return nil
+}
+
+// rateDefaults fills in and checks Rate and Burst.
+func (c *PoolConfig) rateDefaults() error {
+	switch {
+	case !(c.Rate == 0 || c.Rate >= minRate && c.Rate <= maxRate): // NaN too
+		return fmt.Errorf("%w: Rate %v not 0 (no limit) nor in [%v, %v]", ErrBadConfig, c.Rate, minRate, float64(maxRate))
+	case c.Burst < 0 || c.Burst > maxBurst:
+		return fmt.Errorf("%w: Burst %d not in [0, %d]", ErrBadConfig, c.Burst, maxBurst)
+	case c.Rate == 0 && c.Burst != 0:
+		return fmt.Errorf("%w: Burst %d set without a Rate", ErrBadConfig, c.Burst)
+	case c.Rate > 0 && c.Burst == 0:
+		c.Burst = 1
 	}
 	return nil
 }
@@ -298,6 +340,10 @@ func (q *Queue) AnalysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 		cfg.Logger.Info("queue: waiting as a standby", "analyser", analyser, "holder", owner,
 			"lease_left", left.Round(time.Millisecond))
 	}
+	var limit *limiter // kept across tenures: a retaken lease brings no new burst
+	if cfg.Rate > 0 {
+		limit = newLimiter(cfg.Rate, cfg.Burst, time.Now())
+	}
 	waitFrom := time.Now() // since when this pool has had no lease
 	for {
 		if err := st.acquire(ctx, cfg.OnError, onLook); err != nil {
@@ -320,6 +366,10 @@ func (q *Queue) AnalysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 		}
 		s := newSession(st, cfg, fn)
 		s.log, s.waited = log, time.Since(waitFrom)
+		if limit != nil {
+			limit.forget(time.Now()) // the last tenure's workers are gone
+			s.limit = limit
+		}
 		end := s.run(ctx)
 		waitFrom = time.Now()
 		switch end {

@@ -7,10 +7,10 @@ import (
 
 // An elastic pool (MinWorkers < MaxWorkers) grows by one worker when
 // tasks have waited for a worker for growAfter while every worker was
-// busy, and every ScaleDownAfter retires the workers that were idle all
-// that time. The scaler only looks while every worker is busy (every
-// growAfter/2) and once per ScaleDownAfter: an idle pool costs it nothing
-// more.
+// busy and none waited for the rate limit, and every ScaleDownAfter
+// retires the workers that were idle all that time. The scaler only looks
+// while every worker is busy (every growAfter/2) and once per
+// ScaleDownAfter: an idle pool costs it nothing more.
 const growAfter = 10 * time.Millisecond
 
 // sizer counts an elastic pool's idle workers. The lineSets tell it when
@@ -70,7 +70,10 @@ func (s *session) scale() {
 			polling = false
 			now, went := time.Now(), z.idled.Load()
 			switch {
-			case z.idle.Load() > 0 || s.waiting() == 0:
+			case z.idle.Load() > 0 || s.waiting() == 0 || s.limit != nil && s.limit.queued(now):
+				// No task waits for a worker, or a worker waits for the
+				// rate limit: then the limit holds tasks back, and more
+				// workers would only wait for it too.
 				since = time.Time{}
 			case since.IsZero() || went != idled: // a worker was idle meanwhile
 				since = now

@@ -33,6 +33,7 @@ type session struct {
 	acks    *acker
 	elastic bool     // MinWorkers < MaxWorkers: a scaler runs
 	shared  *lineSet // DispatchFree: the one set every worker takes from
+	limit   *limiter // the pool's rate limit, or nil (PoolConfig.Rate 0)
 
 	// mapMu orders dispatch (the fetcher) and resizes (the scaler); the
 	// scaler is the only writer of workers, n and the workers' count.

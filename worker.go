@@ -17,6 +17,7 @@ type worker struct {
 	index int
 	set   *lineSet
 	wake  chan struct{}               // signalled when the worker, idle, is to look for a task again
+	timer *time.Timer                 // for the worker's waits, made at the first (worker goroutine only)
 	cur   atomic.Pointer[taskContext] // the ctx of the delivery it runs, for a cancel to end
 
 	// Under set.mu:
@@ -76,10 +77,9 @@ func (w *worker) stopping() bool { return w.s.halted() }
 // loop runs tasks until the session stops, or, when the worker retires,
 // until it holds no OrderID; it reports whether it retired.
 func (w *worker) loop() (retired bool) {
-	var timer *time.Timer
 	defer func() {
-		if timer != nil {
-			timer.Stop()
+		if w.timer != nil {
+			w.timer.Stop()
 		}
 	}()
 	for !w.stopping() {
@@ -99,12 +99,7 @@ func (w *worker) loop() (retired bool) {
 		}
 		var tc <-chan time.Time
 		if !due.IsZero() {
-			if timer == nil {
-				timer = time.NewTimer(time.Until(due))
-			} else {
-				timer.Reset(time.Until(due))
-			}
-			tc = timer.C
+			tc = w.timerFor(time.Until(due))
 		}
 		select {
 		case <-w.wake:
@@ -113,6 +108,16 @@ func (w *worker) loop() (retired bool) {
 		}
 	}
 	return false
+}
+
+// timerFor returns the channel of the worker's timer, set to fire after d.
+func (w *worker) timerFor(d time.Duration) <-chan time.Time {
+	if w.timer == nil {
+		w.timer = time.NewTimer(d)
+	} else {
+		w.timer.Reset(d) // a fire left unread from an earlier wait is dropped
+	}
+	return w.timer.C
 }
 
 // runOne runs o's first task, picked at now, and settles its outcome.
@@ -130,6 +135,16 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) {
 		t.Attempt = s.cfg.MaxAttempts // dead-letter it without running it
 	} else {
 		start = now
+		if s.limit != nil {
+			var ok bool
+			if start, ok = w.awaitRate(o, now); !ok {
+				return
+			}
+			if s.isMarked(t.ID) { // cancelled during the wait
+				w.cancelled(o, t, time.Time{})
+				return
+			}
+		}
 		if t.Attempt > 1 || t.recovered {
 			if !w.recordStart(t) {
 				return
@@ -180,6 +195,35 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) {
 		}
 		w.set.settle(o, false, retryAt)
 	}
+}
+
+// awaitRate waits until the pool's rate limit lets o's first task, picked
+// at now, start, and returns the time it may start. Only o waits: its
+// later tasks stay behind it, other OrderIDs go to other workers (or wait
+// for this one, as behind any task it runs). It reports false when the
+// session stops meanwhile, or the lease's deadline passed: the task does
+// not start, and on a graceful stop o goes back with the unstarted tasks,
+// no delivery counted. The lease's renewals go on while it waits.
+func (w *worker) awaitRate(o *orderLine, now time.Time) (time.Time, bool) {
+	s := w.s
+	if at := s.limit.reserve(now); at.After(now) {
+		select {
+		case <-w.timerFor(time.Until(at)):
+		case <-s.halt:
+		}
+		now = time.Now()
+	}
+	switch {
+	case w.stopping():
+		if !s.isLost() {
+			w.set.unpick(o)
+		}
+		return now, false
+	case !s.leaseValid(now):
+		s.loseLease() // the lease may be another owner's by now
+		return now, false
+	}
+	return now, true
 }
 
 // recordStart records, before a redelivered, retried or recovered task
