@@ -35,9 +35,10 @@ type ConsumerConfig struct {
 // the per-OrderID order to hold, as AnalysePool does.
 type Consumer struct {
 	st     *store
-	open   map[string]*claimBatch // claim of each task RemoveTask and Claim returned, until finished
-	marked map[string]bool        // those of them whose entries recovery marked (entryRecovered)
-	unsure bool                   // a claim may have taken tasks this Consumer never handed out
+	open   map[string]*claimBatch   // claim of each task RemoveTask and Claim returned, until finished
+	marked map[string]bool          // those of them whose entries recovery marked (entryRecovered)
+	kept   map[string]historyRecord // with Config.Retention, their status so far, for Ack to keep
+	unsure bool                     // a claim may have taken tasks this Consumer never handed out
 }
 
 // Consume waits until it holds the lease of analyser's queue (as a hot
@@ -188,8 +189,15 @@ func (c *Consumer) recordRedeliveries(ctx context.Context, ts []claimed) error {
 // track remembers the claims of tasks handed to the caller, so that Ack,
 // Fail and Requeue can tell when a claim is done.
 func (c *Consumer) track(ts []claimed) {
+	now := time.Now()
 	for _, t := range ts {
 		c.open[t.ID] = t.claim
+		if c.st.retention > 0 {
+			if c.kept == nil {
+				c.kept = map[string]historyRecord{}
+			}
+			c.kept[t.ID] = historyRecord{state: StateDone, added: t.AddedAt, started: now, attempts: t.Attempt}
+		}
 		if t.recovered {
 			c.marked[t.ID] = true
 		}
@@ -202,9 +210,10 @@ func (c *Consumer) track(ts []claimed) {
 func (c *Consumer) untrack(ids []string) (claims []string, forgot []tracked) {
 	for _, id := range ids {
 		if b, ok := c.open[id]; ok {
-			forgot = append(forgot, tracked{id, b, c.marked[id]})
+			forgot = append(forgot, tracked{id, b, c.marked[id], c.kept[id]})
 			delete(c.open, id)
 			delete(c.marked, id)
+			delete(c.kept, id)
 			if b.finish(1) {
 				claims = append(claims, b.record)
 			}
@@ -218,6 +227,7 @@ type tracked struct {
 	id     string
 	claim  *claimBatch
 	marked bool
+	kept   historyRecord // zero without a retention
 }
 
 // retrack undoes untrack.
@@ -226,6 +236,9 @@ func (c *Consumer) retrack(forgot []tracked) {
 		c.open[t.id] = t.claim
 		if t.marked {
 			c.marked[t.id] = true
+		}
+		if c.kept != nil && !t.kept.added.IsZero() {
+			c.kept[t.id] = t.kept
 		}
 		if t.claim != nil {
 			t.claim.left.Add(1)
@@ -245,8 +258,21 @@ func (c *Consumer) Wait(ctx context.Context, d time.Duration) (bool, error) {
 // how many were acknowledged, and ErrLeaseLost, with nothing changed, when
 // the lease is gone. Costs one round trip per 1000 IDs.
 func (c *Consumer) Ack(ctx context.Context, ids ...string) (int, error) {
+	var recs []historyRecord
+	if c.st.retention > 0 {
+		now := time.Now()
+		recs = make([]historyRecord, len(ids))
+		for i, id := range ids {
+			r, ok := c.kept[id]
+			if !ok { // not handed out by this Consumer: nothing known but now
+				r = historyRecord{state: StateDone, added: now, started: now}
+			}
+			r.finished = now
+			recs[i] = r
+		}
+	}
 	claims, forgot := c.untrack(ids)
-	n, err := c.st.ack(ctx, ids, nil, claims)
+	n, err := c.st.ack(ctx, ids, recs, claims)
 	if err != nil {
 		c.retrack(forgot)
 	}

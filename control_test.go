@@ -324,3 +324,26 @@ func TestAddTasksSchedulesThoseWithNotBefore(t *testing.T) {
 		assert.Equal(t, []string{pl(o, 0), pl(o, 1), pl(o, 2)}, seen[uint64(o)], "order %d", o)
 	}
 }
+
+func TestConsumerAckKeepsStatusWithRetention(t *testing.T) {
+	t.Parallel()
+	q, _ := newTestQueue(t, 1, Config{Retention: time.Minute})
+	ctx := bounded(t)
+	id, err := q.AddTask(ctx, 3, []byte("c"))
+	require.NoError(t, err)
+	c, err := q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	task, err := c.RemoveTask(ctx)
+	require.NoError(t, err)
+	require.Equal(t, id, task.ID)
+	n, err := c.Ack(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	st, err := q.Status(ctx, 3, id)
+	require.NoError(t, err)
+	assert.Equal(t, StateDone, st.State)
+	assert.Equal(t, 1, st.Attempt)
+	assert.Equal(t, task.AddedAt.UnixMilli(), st.AddedAt.UnixMilli())
+	assert.False(t, st.StartedAt.Before(st.AddedAt))
+	require.NoError(t, c.Release(ctx))
+}
