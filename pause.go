@@ -77,7 +77,8 @@ func (q *Queue) members(w Queues) (map[int][]int, error) {
 func (q *Queue) Pause(ctx context.Context, w Queues) error { return q.setPaused(ctx, w, true) }
 
 // Resume undoes Pause for the queues of w: their pools claim again within
-// about a quarter of a second.
+// about a quarter of a second. (A Consumer's Claim on a paused queue
+// returns no task.)
 func (q *Queue) Resume(ctx context.Context, w Queues) error { return q.setPaused(ctx, w, false) }
 
 func (q *Queue) setPaused(ctx context.Context, w Queues, paused bool) error {
