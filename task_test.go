@@ -160,7 +160,7 @@ func TestIDSource(t *testing.T) {
 	ids := make([]string, n)
 	for i := range ids {
 		ids[i] = s.next()
-		require.True(t, wellFormedID(ids[i]), "id %q", ids[i])
+		require.True(t, validID(ids[i]), "id %q", ids[i])
 	}
 	assert.True(t, sort.StringsAreSorted(ids), "IDs of one node sort by their counter")
 	assertUnique(t, ids)
@@ -203,17 +203,6 @@ func TestIDSourceCounterWrap(t *testing.T) {
 	assert.Equal(t, formatID(s.node, 1), s.next())
 }
 
-func wellFormedID(id string) bool {
-	if len(id) != idLen {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		if !isIDChar(id[i]) {
-			return false
-		}
-	}
-	return true
-}
 
 func assertUnique(t *testing.T, ids []string) {
 	t.Helper()
@@ -241,7 +230,7 @@ func FuzzDecodeEntry(f *testing.F) {
 			}
 			return
 		}
-		if !wellFormedID(task.ID) {
+		if !validID(task.ID) {
 			t.Fatalf("decoded a bad id %q", task.ID)
 		}
 		re := encodeTask(task, deliveries)
