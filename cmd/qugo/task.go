@@ -183,7 +183,7 @@ func statusFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 			return err
 		}
 		if st.State == queue.StateUnknown {
-			finished := "finished before the -retention window"
+			finished := "finished longer ago than -retention"
 			if *ref.retention == 0 {
 				finished = "finished (give -retention, the queue's Config.Retention, to find finished tasks)"
 			}
