@@ -46,8 +46,8 @@ func taskFlags(fs *flag.FlagSet) taskRef {
 	r := taskRef{order: &orderArg{}}
 	fs.Var(r.order, "order", "the task's OrderID `O` (task IDs do not say which queue holds them)")
 	r.id = fs.String("id", "", "the task's `ID`, as AddTask returned it")
-	r.retention = fs.Duration("retention", 0, "the queue's Config.Retention, as its producers and analysers set it: "+
-		"finished tasks are found for that long (`DURATION`); 0: none are")
+	r.retention = fs.Duration("retention", 0, "the queue's Config.Retention `DURATION`, as its producers and analysers set it: "+
+		"finished tasks are found for that long; 0 (the default): none are")
 	return r
 }
 
