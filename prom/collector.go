@@ -15,6 +15,8 @@
 // time from [queue.Queue.Stats]):
 //
 //	qugo_queue_ready                        gauge    tasks waiting to be claimed (queue depth)
+//	qugo_queue_scheduled                    gauge    tasks waiting for their due time (AddTaskAt)
+//	qugo_queue_paused                       gauge    1 while the queue is paused (Queue.Pause), else 0
 //	qugo_queue_pending                      gauge    tasks claimed and not finished
 //	qugo_queue_dead                         gauge    tasks in the dead-letter store
 //	qugo_queue_oldest_pending_age_seconds   gauge    age (since enqueue) of the oldest pending task; 0 when none
@@ -23,6 +25,7 @@
 //	qugo_queue_processed_total              counter  tasks acknowledged
 //	qugo_queue_failed_total                 counter  tasks moved to the dead-letter store
 //	qugo_queue_redelivered_total            counter  pending tasks put back by a new owner
+//	qugo_queue_cancelled_total              counter  tasks cancelled (Queue.Cancel)
 //	qugo_queue_lease_acquisitions_total     counter  leases taken: starts, takeovers and returns after a lost lease
 //
 // # Several processes
@@ -62,7 +65,7 @@
 //
 // # Cost
 //
-// A scrape costs one pipelined round trip per partition with six
+// A scrape costs one pipelined round trip per partition with seven
 // constant-time commands per queue, plus, for each queue that has pending
 // tasks, one HGETALL of its pending hash (bounded by the pool's
 // MaxHeldTasks and MaxHeldBytes)
@@ -127,7 +130,8 @@ type Collector struct {
 
 	up                                            *prometheus.Desc
 	ready, pending, dead, oldest, leased, workers *prometheus.Desc
-	processed, failed, redelivered                *prometheus.Desc
+	scheduled, paused                             *prometheus.Desc
+	processed, failed, redelivered, cancelled     *prometheus.Desc
 	acquired                                      *prometheus.Desc
 	groups                                        groupDescs
 	latency                                       *prometheus.HistogramVec
@@ -164,6 +168,8 @@ func NewCollector(q *queue.Queue, opts Options) *Collector {
 		up: prometheus.NewDesc(prometheus.BuildFQName(opts.Namespace, "", "up"),
 			"1 when the last scrape read every Redis partition, else 0.", nil, opts.ConstLabels),
 		ready:       desc("ready", "Tasks waiting to be claimed (queue depth)."),
+		scheduled:   desc("scheduled", "Tasks waiting for their due time, not yet in the ready list."),
+		paused:      desc("paused", "1 while the queue is paused: its pool claims nothing new; else 0."),
 		pending:     desc("pending", "Tasks claimed and not finished."),
 		dead:        desc("dead", "Tasks in the dead-letter store."),
 		oldest:      desc("oldest_pending_age_seconds", "Age since enqueue of the oldest pending task; 0 when none is pending."),
@@ -172,6 +178,7 @@ func NewCollector(q *queue.Queue, opts Options) *Collector {
 		processed:   desc("processed_total", "Tasks acknowledged."),
 		failed:      desc("failed_total", "Tasks moved to the dead-letter store."),
 		redelivered: desc("redelivered_total", "Pending tasks put back by a new owner after a crash or a lost lease."),
+		cancelled:   desc("cancelled_total", "Tasks cancelled."),
 		acquired:    desc("lease_acquisitions_total", "Leases of the queue taken so far: each start, takeover and return after a lost lease adds one."),
 		groups:      newGroupDescs(opts),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -186,7 +193,8 @@ func NewCollector(q *queue.Queue, opts Options) *Collector {
 
 // Describe sends the descriptors of every metric of the collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.up, c.ready, c.pending, c.dead, c.oldest, c.leased, c.workers, c.processed, c.failed, c.redelivered, c.acquired} {
+	for _, d := range []*prometheus.Desc{c.up, c.ready, c.scheduled, c.pending, c.dead, c.oldest, c.leased, c.workers, c.paused,
+		c.processed, c.failed, c.redelivered, c.cancelled, c.acquired} {
 		ch <- d
 	}
 	c.groups.describe(ch)
@@ -227,14 +235,17 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		gauge(c.workers, float64(s.Workers))
 		gauge(c.ready, float64(s.Ready))
+		gauge(c.scheduled, float64(s.Scheduled))
 		gauge(c.pending, float64(s.Pending))
 		gauge(c.dead, float64(s.Dead))
+		gauge(c.paused, boolFloat(s.Paused))
 		if s.Owner != "" {
 			counter(c.acquired, s.Leases)
 		}
 		counter(c.processed, s.Processed)
 		counter(c.failed, s.Failed)
 		counter(c.redelivered, s.Redelivered)
+		counter(c.cancelled, s.Cancelled)
 		if c.opts.SkipOldestPending {
 			continue
 		}

@@ -234,7 +234,7 @@ jobs_up{site="a"} 1
 `
 	assert.NoError(t, testutil.CollectAndCompare(c, strings.NewReader(want),
 		"jobs_handler_duration_seconds", "jobs_up", "jobs_queue_oldest_pending_age_seconds"))
-	assert.Equal(t, 11, testutil.CollectAndCount(c), "up, eight queue metrics, two histogram series")
+	assert.Equal(t, 14, testutil.CollectAndCount(c), "up, eleven queue metrics, two histogram series")
 }
 
 func TestCollectorRedisDown(t *testing.T) {
@@ -289,15 +289,18 @@ func TestCollectorOwnerExportsOnlyItsQueues(t *testing.T) {
 		}
 		return b.String()
 	}
-	assert.Equal(t, `qugo_queue_dead{analyser=1} 0
+	assert.Equal(t, `qugo_queue_cancelled_total{analyser=1} 0
+qugo_queue_dead{analyser=1} 0
 qugo_queue_failed_total{analyser=1} 0
 qugo_queue_lease_acquisitions_total{analyser=1} 1
 qugo_queue_lease_held{analyser=0} 0
 qugo_queue_lease_held{analyser=1} 1
+qugo_queue_paused{analyser=1} 0
 qugo_queue_pending{analyser=1} 0
 qugo_queue_processed_total{analyser=1} 0
 qugo_queue_ready{analyser=1} 2
 qugo_queue_redelivered_total{analyser=1} 0
+qugo_queue_scheduled{analyser=1} 0
 qugo_queue_workers{analyser=1} 0
 `, gather("host-a:1"), "the holder exports its queue, and no other")
 	assert.Equal(t, `qugo_queue_lease_held{analyser=0} 0
@@ -327,4 +330,52 @@ qugo_queue_workers{analyser="0",partition="0",queue="0"} `
 	cancel()
 	require.NoError(t, <-done)
 	require.NoError(t, testutil.CollectAndCompare(c, strings.NewReader(workers()+"0\n"), "qugo_queue_workers"))
+}
+
+// Scheduled tasks, cancels and pauses show per queue.
+func TestCollectorScheduledCancelledPaused(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q := newTestQueue(t, 1, 2) // analysers 0 and 1
+	c := NewCollector(q, Options{SkipOldestPending: true})
+	var ids []string
+	for n := range 3 {
+		id, err := q.AddTaskAfter(ctx, orderFor(q, 1, n), time.Hour, []byte("later"))
+		require.NoError(t, err)
+		ids = append(ids, id)
+	}
+	for n, id := range ids[:2] {
+		where, err := q.Cancel(ctx, orderFor(q, 1, n), id)
+		require.NoError(t, err)
+		require.Equal(t, queue.StateScheduled, where)
+	}
+	require.NoError(t, q.Pause(ctx, queue.QueueOf(0)))
+	want := `
+# HELP qugo_queue_scheduled Tasks waiting for their due time, not yet in the ready list.
+# TYPE qugo_queue_scheduled gauge
+qugo_queue_scheduled{analyser="0",partition="0",queue="0"} 0
+qugo_queue_scheduled{analyser="1",partition="0",queue="1"} 1
+# HELP qugo_queue_cancelled_total Tasks cancelled.
+# TYPE qugo_queue_cancelled_total counter
+qugo_queue_cancelled_total{analyser="0",partition="0",queue="0"} 0
+qugo_queue_cancelled_total{analyser="1",partition="0",queue="1"} 2
+# HELP qugo_queue_paused 1 while the queue is paused: its pool claims nothing new; else 0.
+# TYPE qugo_queue_paused gauge
+qugo_queue_paused{analyser="0",partition="0",queue="0"} 1
+qugo_queue_paused{analyser="1",partition="0",queue="1"} 0
+`
+	assert.NoError(t, testutil.CollectAndCompare(c, strings.NewReader(want),
+		"qugo_queue_scheduled", "qugo_queue_cancelled_total", "qugo_queue_paused"))
+
+	require.NoError(t, q.Resume(ctx, queue.AllQueues()))
+	resumed := `
+# HELP qugo_queue_paused 1 while the queue is paused: its pool claims nothing new; else 0.
+# TYPE qugo_queue_paused gauge
+qugo_queue_paused{analyser="0",partition="0",queue="0"} 0
+qugo_queue_paused{analyser="1",partition="0",queue="1"} 0
+`
+	assert.NoError(t, testutil.CollectAndCompare(c, strings.NewReader(resumed), "qugo_queue_paused"))
+	problems, err := testutil.CollectAndLint(c)
+	require.NoError(t, err)
+	assert.Empty(t, problems)
 }

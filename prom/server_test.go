@@ -37,7 +37,21 @@ func TestCollectorOnServer(t *testing.T) {
 	}
 	_, err = q.AddTasks(ctx, tasks)
 	require.NoError(t, err)
+	// Analyser 0 has one task scheduled and one cancelled; analyser 1 is
+	// paused.
+	var later []string
+	for n := range 2 {
+		id, err := q.AddTaskAfter(ctx, orderFor(q, 0, n), time.Hour, []byte("later"))
+		require.NoError(t, err)
+		later = append(later, id)
+	}
+	_, err = q.Cancel(ctx, orderFor(q, 0, 0), later[0])
+	require.NoError(t, err)
+	require.NoError(t, q.Pause(ctx, queue.QueueOf(1)))
 	defer func() { // leave the shared server as it was
+		_, err := q.Cancel(ctx, orderFor(q, 0, 1), later[1])
+		assert.NoError(t, err)
+		assert.NoError(t, q.Resume(ctx, queue.AllQueues()))
 		for a := range q.Analysers() {
 			_ = q.AnalysePool(ctx, a, queue.PoolConfig{ExitOnEmpty: true}, func(context.Context, queue.Task) error { return nil })
 		}
@@ -47,24 +61,28 @@ func TestCollectorOnServer(t *testing.T) {
 	require.NoError(t, reg.Register(NewCollector(q, Options{})))
 	families, err := reg.Gather()
 	require.NoError(t, err)
-	ready := map[string]float64{}
+	values := map[string]map[string]float64{} // metric -> analyser -> value
 	for _, f := range families {
-		if f.GetName() != "qugo_queue_ready" {
-			continue
-		}
 		for _, m := range f.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "analyser" {
-					ready[l.GetValue()] = m.GetGauge().GetValue()
+			if a := label(m, "analyser"); a != "" {
+				if values[f.GetName()] == nil {
+					values[f.GetName()] = map[string]float64{}
 				}
+				values[f.GetName()][a] = m.GetGauge().GetValue() + m.GetCounter().GetValue()
 			}
 		}
 	}
 	stats, err := q.Stats(ctx)
 	require.NoError(t, err)
-	require.Len(t, ready, q.Analysers())
+	require.Len(t, values["qugo_queue_ready"], q.Analysers())
 	for _, s := range stats {
+		a := strconv.Itoa(s.Analyser)
 		assert.EqualValues(t, s.Analyser+1, s.Ready, "analyser %d in Stats", s.Analyser)
-		assert.EqualValues(t, s.Ready, ready[strconv.Itoa(s.Analyser)], "analyser %d exported", s.Analyser)
+		assert.EqualValues(t, s.Ready, values["qugo_queue_ready"][a], "analyser %d exported", s.Analyser)
+		assert.EqualValues(t, s.Scheduled, values["qugo_queue_scheduled"][a], "analyser %d", s.Analyser)
+		assert.EqualValues(t, s.Cancelled, values["qugo_queue_cancelled_total"][a], "analyser %d", s.Analyser)
+		assert.Equal(t, boolFloat(s.Paused), values["qugo_queue_paused"][a], "analyser %d", s.Analyser)
 	}
+	assert.Equal(t, [3]int64{1, 1, 0}, [3]int64{stats[0].Scheduled, stats[0].Cancelled, stats[1].Scheduled})
+	assert.Equal(t, [2]bool{false, true}, [2]bool{stats[0].Paused, stats[1].Paused})
 }

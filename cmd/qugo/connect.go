@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/qugo/queue"
 )
@@ -73,11 +74,30 @@ func (g *globals) partitions() int { return len(queue.SplitURLs(g.redis)) }
 // no server has a layout recorded under -prefix, it warns on stderr: a
 // mistyped -prefix would otherwise show empty queues as if all were well.
 func (e *env) dial(ctx context.Context) (*queue.Queue, error) {
+	return e.open(ctx, dialOptions{})
+}
+
+// dialOptions are what a command needs of its queue beyond the global
+// flags.
+type dialOptions struct {
+	// retention is the queue's Config.Retention: Status reads the history
+	// of finished tasks with it.
+	retention time.Duration
+	// writer refuses, with an error, servers that no producer or analyser
+	// has used under -prefix, instead of warning: the command would write
+	// state there (a pause, a cancel mark), and with it the flags' layout,
+	// which could then refuse the producers and analysers of another
+	// layout that come later.
+	writer bool
+}
+
+// open is dial with o.
+func (e *env) open(ctx context.Context, o dialOptions) (*queue.Queue, error) {
 	urls, err := e.urls()
 	if err != nil {
 		return nil, err
 	}
-	q, err := queue.Dial(ctx, urls, queue.Config{Prefix: e.prefix, Queues: e.queues})
+	q, err := queue.Dial(ctx, urls, queue.Config{Prefix: e.prefix, Queues: e.queues, Retention: o.retention})
 	if err != nil {
 		return nil, explainDial(err, urls)
 	}
@@ -90,7 +110,12 @@ func (e *env) dial(ctx context.Context) (*queue.Queue, error) {
 		q.Close()
 		return nil, err
 	}
-	if !used {
+	switch {
+	case !used && o.writer:
+		q.Close()
+		return nil, fmt.Errorf("no producer or analyser has used prefix %q on these servers yet: "+
+			"refusing to write under it; check -prefix (and -redis)", e.prefix)
+	case !used:
 		fmt.Fprintf(e.stderr, "qugo: warning: no producer or analyser has used prefix %q on these servers yet; "+
 			"check -prefix (and -redis) if you expected tasks\n", e.prefix)
 	}
@@ -158,20 +183,21 @@ func layoutAdvice(le *queue.LayoutError, urls []string) string {
 		server, got[0], got[1], got[2], strings.Join(fix, " and "))
 }
 
-// analyserArg is the value of -a: an analyser number that must be given.
-type analyserArg struct {
+// numberArg is the value of a number flag whose absence a command tells
+// from 0: -a (an analyser) and -partition.
+type numberArg struct {
 	n   int
 	set bool
 }
 
-func (a *analyserArg) String() string {
+func (a *numberArg) String() string {
 	if a == nil || !a.set {
 		return ""
 	}
 	return strconv.Itoa(a.n)
 }
 
-func (a *analyserArg) Set(v string) error {
+func (a *numberArg) Set(v string) error {
 	n, err := strconv.Atoi(v)
 	if err != nil {
 		return errors.New("not a number")
@@ -181,14 +207,14 @@ func (a *analyserArg) Set(v string) error {
 }
 
 // analyserFlag registers -a, the analyser a command works on.
-func analyserFlag(fs *flag.FlagSet) *analyserArg {
-	a := &analyserArg{}
+func analyserFlag(fs *flag.FlagSet) *numberArg {
+	a := &numberArg{}
 	fs.Var(a, "a", "the analyser `N` (0 <= N < R*Q; see qugo route)")
 	return a
 }
 
 // checkAnalyser checks -a against R*Q, without contacting Redis.
-func (g *globals) checkAnalyser(a *analyserArg) error {
+func (g *globals) checkAnalyser(a *numberArg) error {
 	r := g.partitions()
 	n := r * g.queues
 	switch {

@@ -52,7 +52,7 @@ func TestGlobalsValidate(t *testing.T) {
 func TestCheckAnalyser(t *testing.T) {
 	t.Parallel()
 	g := globals{redis: "redis://a,redis://b,redis://c", queues: 2, prefix: "p"}
-	arg := func(n int) *analyserArg { return &analyserArg{n: n, set: true} }
+	arg := func(n int) *numberArg { return &numberArg{n: n, set: true} }
 	for a, ok := range map[int]bool{-1: false, -2: false, 0: true, 5: true, 6: false} {
 		err := g.checkAnalyser(arg(a))
 		if ok {
@@ -65,7 +65,7 @@ func TestCheckAnalyser(t *testing.T) {
 	assert.EqualError(t, g.checkAnalyser(arg(6)), "-a 6: out of range: analysers are 0 to 5 (3 servers x 2 queues)")
 	// -1 given is out of range, not missing.
 	assert.EqualError(t, g.checkAnalyser(arg(-1)), "-a -1: out of range: analysers are 0 to 5 (3 servers x 2 queues)")
-	assert.EqualError(t, g.checkAnalyser(&analyserArg{}), "-a is required")
+	assert.EqualError(t, g.checkAnalyser(&numberArg{}), "-a is required")
 }
 
 func TestLayoutAdvice(t *testing.T) {

@@ -1,7 +1,8 @@
 // Command qugo inspects and repairs the queues of github.com/qugo/queue:
-// per-analyser statistics, pending and dead tasks, replaying and purging
-// dead tasks, consumer groups, and routing an OrderID or string key to its
-// analyser.
+// per-analyser statistics, pending, scheduled and dead tasks, replaying and
+// purging dead tasks, pausing and resuming queues, cancelling a task and
+// telling its status, consumer groups, and routing an OrderID or string key
+// to its analyser.
 //
 // Run "qugo -h" for its usage, or see README.md next to this file.
 package main
@@ -45,12 +46,28 @@ const usageText = `Usage: qugo [global flags] command [flags] [arguments]
 qugo inspects the Redis queues of github.com/qugo/queue.
 
 Commands:
-  stats   [-watch DURATION] [-json]     one row per analyser: depth, pending,
-                                        dead, counters, owner, oldest pending age
+  stats   [-watch DURATION] [-json]     one row per analyser: depth, scheduled,
+                                        pending, dead, counters, paused, owner,
+                                        oldest pending age
   pending -a N [-json]                  tasks analyser N has claimed and not finished
   dead    -a N [-json]                  analyser N's dead-letter store
   replay  -a N [-json] [ID...]          move dead tasks (all without IDs) back to ready
   purge   -a N [-json] (ID... | -all)   delete dead tasks; -all deletes every one
+  scheduled -a N [-limit N] [-offset N] [-json]
+                                        tasks of analyser N waiting for their due
+                                        time, earliest first (100 without -limit)
+  pause   (-a N | -partition P | -all) [-json]
+                                        pause one queue, every queue of server P,
+                                        or all: their pools finish what they hold
+                                        and claim nothing new
+  resume  (-a N | -partition P | -all) [-json]
+                                        undo pause
+  cancel  -order O -id ID [-retention DURATION] [-json]
+                                        cancel a task, and say where it was
+  status  -order O -id ID [-retention DURATION] [-json]
+                                        where a task is in its life: scheduled,
+                                        pending, retrying, dead, done, cancelled
+                                        (finished tasks need the queue's -retention)
   group   NAME [-watch DURATION] [-json]
                                         a consumer group: members, weights,
                                         heartbeats, assigned analysers and the
@@ -118,6 +135,11 @@ var commands = []command{
 	{"dead", "-a N [-json]", deadFlags},
 	{"replay", "-a N [-json] [ID...]", replayFlags},
 	{"purge", "-a N [-json] (ID... | -all)", purgeFlags},
+	{"scheduled", "-a N [-limit N] [-offset N] [-json]", scheduledFlags},
+	{"pause", "(-a N | -partition P | -all) [-json]", pauseFlags},
+	{"resume", "(-a N | -partition P | -all) [-json]", resumeFlags},
+	{"cancel", "-order O -id ID [-retention DURATION] [-json]", cancelFlags},
+	{"status", "-order O -id ID [-retention DURATION] [-json]", statusFlags},
 	{"group", "NAME [-watch DURATION] [-json]", groupFlags},
 	{"route", "[-json] [ORDER-ID...] [-key STRING...]", routeFlags},
 	{"bench", "[-n N] [-orders K] [-workers W] [-producers P] [-batch B] [-size BYTES] [-fill | -verify] [-json]", benchFlags},

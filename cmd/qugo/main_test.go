@@ -211,6 +211,28 @@ func TestUsageErrors(t *testing.T) {
 		{"group bad name", []string{"group", "a{b}"}, `name "a{b}"`},
 		{"group name with a newline", []string{"group", "a\nb"}, `name "a\nb"`},
 		{"group watch too often", []string{"group", "g", "-watch", "1ms"}, "-watch"},
+		{"scheduled without -a", []string{"scheduled"}, "-a is required"},
+		{"scheduled zero limit", []string{"scheduled", "-a", "0", "-limit", "0"}, "-limit 0: must be 1 to"},
+		{"scheduled huge limit", []string{"scheduled", "-a", "0", "-limit", "100001"}, "-limit 100001"},
+		{"scheduled negative offset", []string{"scheduled", "-a", "0", "-offset", "-1"}, "-offset -1"},
+		{"scheduled operand", []string{"scheduled", "-a", "0", "x"}, "no arguments"},
+		{"pause without a scope", []string{"pause"}, "pause needs one of -a N"},
+		{"resume without a scope", []string{"resume"}, "resume needs one of -a N"},
+		{"pause two scopes", []string{"pause", "-a", "0", "-all"}, "only one of -a, -partition and -all"},
+		{"resume two scopes", []string{"resume", "-partition", "0", "-a", "0"}, "only one of"},
+		{"pause analyser out of range", []string{"pause", "-a", "1"}, "analysers are 0 to 0"},
+		{"pause partition out of range", []string{"pause", "-partition", "1"}, "-partition 1: out of range: servers are 0 to 0"},
+		{"pause negative partition", []string{"resume", "-partition", "-1"}, "-partition -1: out of range"},
+		{"pause partition not a number", []string{"pause", "-partition", "x"}, "not a number"},
+		{"pause operand", []string{"pause", "-all", "x"}, "no arguments"},
+		{"cancel without -order", []string{"cancel", "-id", "x"}, "-order is required"},
+		{"cancel without -id", []string{"cancel", "-order", "1"}, "-id is required"},
+		{"cancel bad order", []string{"cancel", "-order", "-1", "-id", "x"}, "not an order ID"},
+		{"cancel id with a space", []string{"cancel", "-order", "1", "-id", "a b"}, "not a task ID"},
+		{"status without -order", []string{"status", "-id", "x"}, "-order is required"},
+		{"status negative retention", []string{"status", "-order", "1", "-id", "x", "-retention", "-1s"}, "-retention -1s"},
+		{"status retention too long", []string{"status", "-order", "1", "-id", "x", "-retention", "2400h"}, "Retention"},
+		{"status operand", []string{"status", "-order", "1", "-id", "x", "y"}, "no arguments"},
 		{"route nothing", []string{"route"}, "ORDER-ID"},
 		{"route not a number", []string{"route", "abc"}, "not an order ID"},
 		{"route too big", []string{"route", "18446744073709551616"}, "not an order ID"},
@@ -254,6 +276,8 @@ func TestUnreachable(t *testing.T) {
 	for _, args := range [][]string{
 		{"stats"}, {"stats", "-json"}, {"stats", "-watch", "1s"}, {"pending", "-a", "0"}, {"dead", "-a", "0"},
 		{"replay", "-a", "0"}, {"purge", "-a", "0", "-all"}, {"group", "g"}, {"group", "g", "-watch", "1s", "-json"},
+		{"scheduled", "-a", "0"}, {"pause", "-all"}, {"resume", "-a", "0"}, {"cancel", "-order", "1", "-id", "x"},
+		{"status", "-order", "1", "-id", "x"},
 	} {
 		code, out, errOut := qugo(t, append([]string{"-redis", url}, args...)...)
 		assert.Equal(t, exitRuntime, code, args)
@@ -290,7 +314,8 @@ func TestInspectorRecordsNoLayout(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, 2, 2)
 	wrong := []string{"-redis", f.urls[0], "-queues", "3", "-prefix", f.prefix}
-	for _, cmd := range [][]string{{"stats"}, {"pending", "-a", "0"}, {"dead", "-a", "0"}, {"replay", "-a", "0"}, {"purge", "-a", "0", "-all"}} {
+	for _, cmd := range [][]string{{"stats"}, {"pending", "-a", "0"}, {"dead", "-a", "0"}, {"replay", "-a", "0"}, {"purge", "-a", "0", "-all"},
+		{"scheduled", "-a", "0"}, {"status", "-order", "0", "-id", "0123456789abcdefghij", "-retention", "1h"}} {
 		code, _, errOut := qugo(t, append(append([]string(nil), wrong...), cmd...)...)
 		assert.Equal(t, exitOK, code, errOut)
 	}

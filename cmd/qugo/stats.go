@@ -26,11 +26,14 @@ type statsRow struct {
 	Partition   int    `json:"partition"`
 	Queue       int    `json:"queue"`
 	Ready       int64  `json:"ready"`       // waiting to be claimed
+	Scheduled   int64  `json:"scheduled"`   // waiting for their due time
 	Pending     int64  `json:"pending"`     // claimed, not finished
 	Dead        int64  `json:"dead"`        // in the dead-letter store
 	Processed   int64  `json:"processed"`   // acknowledged, ever
 	Failed      int64  `json:"failed"`      // dead-lettered, ever
 	Redelivered int64  `json:"redelivered"` // put back by a new owner, ever
+	Cancelled   int64  `json:"cancelled"`   // cancelled, ever
+	Paused      bool   `json:"paused"`      // claims nothing new until resumed
 	Owner       string `json:"owner"`       // lease holder; "" when none
 	Workers     int    `json:"workers"`     // the lease holder's live worker goroutines; 0 when none
 	Token       int64  `json:"token"`       // lease holder's fencing token; 0 when none
@@ -135,8 +138,9 @@ func (e *env) takeStats(ctx context.Context, q *queue.Queue) (statsDoc, error) {
 	for i, s := range stats {
 		r := statsRow{
 			Analyser: s.Analyser, Partition: s.Partition, Queue: s.Queue,
-			Ready: s.Ready, Pending: s.Pending, Dead: s.Dead,
+			Ready: s.Ready, Scheduled: s.Scheduled, Pending: s.Pending, Dead: s.Dead,
 			Processed: s.Processed, Failed: s.Failed, Redelivered: s.Redelivered,
+			Cancelled: s.Cancelled, Paused: s.Paused,
 			Owner: s.Owner, Workers: s.Workers, LeaseLeftMS: s.LeaseLeft.Milliseconds(),
 		}
 		if s.Owner != "" {
@@ -155,10 +159,13 @@ func printStats(w io.Writer, doc statsDoc, every time.Duration) error {
 	if every > 0 {
 		fmt.Fprintf(w, "qugo stats at %s, every %v (Ctrl-C to stop)\n\n", doc.Time.Local().Format(time.RFC3339), every)
 	}
-	t := newTable(w, "ANALYSER", "PARTITION", "QUEUE", "READY", "PENDING", "DEAD",
-		"PROCESSED", "FAILED", "REDELIVERED", "OWNER", "WORKERS", "LEASE LEFT", "OLDEST PENDING")
+	t := newTable(w, "ANALYSER", "PARTITION", "QUEUE", "READY", "SCHEDULED", "PENDING", "DEAD",
+		"PROCESSED", "FAILED", "REDELIVERED", "CANCELLED", "PAUSED", "OWNER", "WORKERS", "LEASE LEFT", "OLDEST PENDING")
 	for _, r := range doc.Analysers {
-		lease, oldest, workers := none, none, none
+		lease, oldest, workers, paused := none, none, none, none
+		if r.Paused {
+			paused = "yes"
+		}
 		if r.Owner != "" {
 			lease = durationCell(time.Duration(r.LeaseLeftMS) * time.Millisecond)
 		}
@@ -169,8 +176,8 @@ func printStats(w io.Writer, doc statsDoc, every time.Duration) error {
 			oldest = durationCell(time.Duration(*r.OldestPendingAgeMS) * time.Millisecond)
 		}
 		t.row(strconv.Itoa(r.Analyser), strconv.Itoa(r.Partition), strconv.Itoa(r.Queue),
-			i64(r.Ready), i64(r.Pending), i64(r.Dead), i64(r.Processed), i64(r.Failed), i64(r.Redelivered),
-			cell(r.Owner), workers, lease, oldest)
+			i64(r.Ready), i64(r.Scheduled), i64(r.Pending), i64(r.Dead), i64(r.Processed), i64(r.Failed), i64(r.Redelivered),
+			i64(r.Cancelled), paused, cell(r.Owner), workers, lease, oldest)
 	}
 	if err := t.flush(); err != nil {
 		return err

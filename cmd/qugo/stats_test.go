@@ -77,7 +77,8 @@ func TestStatsJSON(t *testing.T) {
 	for a, ready := range map[int]int64{0: 3, 2: 1, 3: 0} {
 		r := doc.Analysers[a]
 		assert.Equal(t, ready, r.Ready, a)
-		assert.Zero(t, r.Pending+r.Dead+r.Processed+r.Failed+r.Redelivered+r.Token+r.LeaseLeftMS, a)
+		assert.Zero(t, r.Scheduled+r.Pending+r.Dead+r.Processed+r.Failed+r.Redelivered+r.Cancelled+r.Token+r.LeaseLeftMS, a)
+		assert.False(t, r.Paused, a)
 		assert.Empty(t, r.Owner, a)
 		assert.Nil(t, r.OldestPendingAgeMS, a)
 	}
@@ -98,8 +99,8 @@ func TestStatsJSONFieldNames(t *testing.T) {
 	for k := range doc.Analysers[0] {
 		names = append(names, k)
 	}
-	assert.ElementsMatch(t, []string{"analyser", "partition", "queue", "ready", "pending", "dead", "processed",
-		"failed", "redelivered", "owner", "workers", "token", "lease_left_ms", "oldest_pending_age_ms"}, names)
+	assert.ElementsMatch(t, []string{"analyser", "partition", "queue", "ready", "scheduled", "pending", "dead", "processed",
+		"failed", "redelivered", "cancelled", "paused", "owner", "workers", "token", "lease_left_ms", "oldest_pending_age_ms"}, names)
 	assert.Contains(t, out, `"oldest_pending_age_ms":null`)
 }
 
@@ -111,18 +112,56 @@ func TestStatsTable(t *testing.T) {
 	assert.Empty(t, errOut)
 	rows := tableRows(out)
 	require.Len(t, rows, 5)
-	assert.Equal(t, "ANALYSER PARTITION QUEUE READY PENDING DEAD PROCESSED FAILED REDELIVERED OWNER WORKERS LEASE LEFT OLDEST PENDING",
+	assert.Equal(t, "ANALYSER PARTITION QUEUE READY SCHEDULED PENDING DEAD PROCESSED FAILED REDELIVERED CANCELLED PAUSED OWNER WORKERS LEASE LEFT OLDEST PENDING",
 		strings.Join(rows[0], " "))
 	owned := rows[2]
-	require.Len(t, owned, 13)
+	require.Len(t, owned, 16)
 	// A Consumer holds the lease: no pool, no workers.
-	assert.Equal(t, []string{"1", "1", "0", "0", "1", "1", "1", "1", "1", "cli-test", "-"}, owned[:11])
-	_, err := time.ParseDuration(owned[11])
-	assert.NoError(t, err, "lease left %q", owned[11])
-	_, err = time.ParseDuration(owned[12])
-	assert.NoError(t, err, "oldest pending %q", owned[12])
-	assert.Equal(t, []string{"0", "0", "0", "3", "0", "0", "0", "0", "0", "-", "-", "-", "-"}, rows[1])
-	assert.Equal(t, []string{"3", "1", "1", "0", "0", "0", "0", "0", "0", "-", "-", "-", "-"}, rows[4])
+	assert.Equal(t, []string{"1", "1", "0", "0", "0", "1", "1", "1", "1", "1", "0", "-", "cli-test", "-"}, owned[:14])
+	_, err := time.ParseDuration(owned[14])
+	assert.NoError(t, err, "lease left %q", owned[14])
+	_, err = time.ParseDuration(owned[15])
+	assert.NoError(t, err, "oldest pending %q", owned[15])
+	assert.Equal(t, []string{"0", "0", "0", "3", "0", "0", "0", "0", "0", "0", "0", "-", "-", "-", "-", "-"}, rows[1])
+	assert.Equal(t, []string{"3", "1", "1", "0", "0", "0", "0", "0", "0", "0", "0", "-", "-", "-", "-", "-"}, rows[4])
+}
+
+// controlScenario gives analyser 0 of a 1x2 queue two tasks scheduled an
+// hour ahead and one cancelled, and pauses analyser 1.
+func controlScenario(t *testing.T) *fixture {
+	t.Helper()
+	ctx := context.Background()
+	f := newFixture(t, 1, 2)
+	var ids []string
+	for i := range 3 {
+		id, err := f.q.AddTaskAfter(ctx, 0, time.Hour, []byte("later-"+itoa(uint64(i))))
+		require.NoError(t, err)
+		ids = append(ids, id)
+	}
+	where, err := f.q.Cancel(ctx, 0, ids[1])
+	require.NoError(t, err)
+	require.Equal(t, queue.StateScheduled, where)
+	require.NoError(t, f.q.Pause(ctx, queue.QueueOf(1)))
+	return f
+}
+
+func TestStatsScheduledCancelledPaused(t *testing.T) {
+	t.Parallel()
+	f := controlScenario(t)
+	doc := qugoJSON[statsDoc](t, f.args("stats", "-json")...)
+	require.Len(t, doc.Analysers, 2)
+	a0, a1 := doc.Analysers[0], doc.Analysers[1]
+	assert.Equal(t, [3]int64{0, 2, 1}, [3]int64{a0.Ready, a0.Scheduled, a0.Cancelled})
+	assert.False(t, a0.Paused)
+	assert.Equal(t, [3]int64{0, 0, 0}, [3]int64{a1.Ready, a1.Scheduled, a1.Cancelled})
+	assert.True(t, a1.Paused)
+
+	code, out, errOut := qugo(t, f.args("stats")...)
+	require.Equal(t, exitOK, code, errOut)
+	rows := tableRows(out)
+	require.Len(t, rows, 3)
+	assert.Equal(t, []string{"0", "0", "0", "0", "2", "0", "0", "0", "0", "0", "1", "-"}, rows[1][:12])
+	assert.Equal(t, []string{"1", "0", "1", "0", "0", "0", "0", "0", "0", "0", "0", "yes"}, rows[2][:12])
 }
 
 // watchRun runs qugo in the background with a context the test cancels.

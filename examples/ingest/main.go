@@ -3,7 +3,7 @@
 // Postgres tables that the analyser example writes.
 //
 //	POST /v1/tasks                  one task or an array of them -> {"ids": [...]}
-//	GET  /v1/tasks/{id}?order_id=N  -> {"id", "order_id", "status", "attempts", "last_error"}
+//	GET  /v1/tasks/{id}?order_id=N  -> {"id", "order_id", "status", "attempts", "last_error", "due"}
 //	GET  /healthz                   Redis (and Postgres) reachable -> {"status": "ok"}
 //
 // See README.md for the flags and examples.
@@ -51,6 +51,7 @@ type options struct {
 	maxBody   int64
 	dedup     time.Duration
 	statusTTL time.Duration
+	retention time.Duration
 	shutdown  time.Duration
 }
 
@@ -66,6 +67,7 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	fs.Int64Var(&o.maxBody, "max-body", 1<<20, "largest request body in bytes; larger ones get 413")
 	fs.DurationVar(&o.dedup, "dedup", 10*time.Minute, "idempotency window for order_id+idempotency_key; 0 disables it")
 	fs.DurationVar(&o.statusTTL, "status-ttl", 24*time.Hour, "how long GET remembers the ids it issued; a task still queued after it reads as unknown (404)")
+	fs.DurationVar(&o.retention, "retention", 0, "the analysers' queue.Config.Retention: with it, GET reads done and cancelled tasks from Redis for that long; 0 if they keep none")
 	fs.DurationVar(&o.shutdown, "shutdown-timeout", 10*time.Second, "how long to let requests in flight finish on SIGINT/SIGTERM")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -87,6 +89,8 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 		return o, errors.New("-dedup must not be negative")
 	case o.statusTTL <= 0:
 		return o, errors.New("-status-ttl must be positive")
+	case o.retention < 0:
+		return o, errors.New("-retention must not be negative")
 	}
 	return o, nil
 }
@@ -102,7 +106,7 @@ func newApp(ctx context.Context, o options, log *slog.Logger) (*app, error) {
 	// The queue's payload limit follows -max-body, so every body that fits
 	// the limit fits the queue too.
 	maxPayload := int(min(o.maxBody, 256<<20))
-	q, err := queue.Dial(ctx, o.redis, queue.Config{Prefix: o.prefix, Queues: o.queues, MaxPayload: maxPayload})
+	q, err := queue.Dial(ctx, o.redis, queue.Config{Prefix: o.prefix, Queues: o.queues, MaxPayload: maxPayload, Retention: o.retention})
 	if err != nil {
 		return nil, fmt.Errorf("-redis: %w", err) // Dial's errors name a URL by its index only
 	}
@@ -195,7 +199,7 @@ func run(ctx context.Context, args []string, out io.Writer, log *slog.Logger) er
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	log.Info("ingest listening", "addr", ln.Addr().String(), "partitions", len(o.redis), "queues", o.queues,
-		"prefix", o.prefix, "postgres", o.pg != "", "dedup", o.dedup, "max_body", o.maxBody)
+		"prefix", o.prefix, "postgres", o.pg != "", "dedup", o.dedup, "max_body", o.maxBody, "retention", o.retention)
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	select {

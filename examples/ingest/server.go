@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/qugo/queue"
@@ -79,6 +78,17 @@ type taskIn struct {
 	OrderID        *uint64         `json:"order_id"`
 	Payload        json.RawMessage `json:"payload"`
 	IdempotencyKey string          `json:"idempotency_key"`
+	NotBefore      *time.Time      `json:"not_before"` // RFC 3339
+}
+
+// postBody is a POST body, checked.
+type postBody struct {
+	tasks  []queue.Task
+	single bool // the body was one object, not an array
+	// key and notBefore are the idempotency key and not_before of a single
+	// task; arrays take neither.
+	key       string
+	notBefore time.Time
 }
 
 // httpError is an error with the status code to answer it with.
@@ -96,15 +106,16 @@ func badRequest(format string, args ...any) error {
 // postTasks enqueues one task (a JSON object) or many (a JSON array).
 // It validates the whole body before enqueuing anything.
 func (s *server) postTasks(w http.ResponseWriter, r *http.Request) {
-	tasks, key, single, err := s.readTasks(w, r)
+	body, err := s.readTasks(w, r)
 	if err != nil {
 		writeErr(w, err)
 		return
 	}
-	if single {
-		s.postOne(w, r, tasks[0], key)
+	if body.single {
+		s.postOne(w, r, body)
 		return
 	}
+	tasks := body.tasks
 	ids, err := s.q.AddTasks(r.Context(), tasks)
 	if err != nil {
 		s.log.Error("enqueue tasks", "tasks", len(tasks), "err", err)
@@ -135,16 +146,21 @@ func (s *server) record(ctx context.Context, tasks []queue.Task, ids []string) {
 }
 
 // postOne enqueues one task; with an idempotency key and a dedup window,
-// a repeat within the window returns the first task's id with 200.
-func (s *server) postOne(w http.ResponseWriter, r *http.Request, t queue.Task, key string) {
+// a repeat within the window returns the first task's id with 200; with
+// not_before, it is scheduled.
+func (s *server) postOne(w http.ResponseWriter, r *http.Request, b postBody) {
 	var (
+		t     = b.tasks[0]
 		id    string
 		added = true
 		err   error
 	)
-	if key != "" && s.dedup > 0 {
-		id, added, err = s.q.AddTaskOnce(r.Context(), t.OrderID, key, s.dedup, t.Payload)
-	} else {
+	switch {
+	case b.key != "" && s.dedup > 0:
+		id, added, err = s.q.AddTaskOnce(r.Context(), t.OrderID, b.key, s.dedup, t.Payload)
+	case !b.notBefore.IsZero():
+		id, err = s.q.AddTaskAt(r.Context(), t.OrderID, b.notBefore, t.Payload)
+	default:
 		id, err = s.q.AddTask(r.Context(), t.OrderID, t.Payload)
 	}
 	if err != nil {
@@ -162,64 +178,73 @@ func (s *server) postOne(w http.ResponseWriter, r *http.Request, t queue.Task, k
 	writeJSON(w, code, map[string]any{"ids": []string{id}})
 }
 
-// readTasks reads and validates a POST body: the tasks, the idempotency
-// key of a single task, and whether the body was a single object.
-func (s *server) readTasks(w http.ResponseWriter, r *http.Request) (tasks []queue.Task, key string, single bool, err error) {
+// readTasks reads and validates a POST body.
+func (s *server) readTasks(w http.ResponseWriter, r *http.Request) (postBody, error) {
+	var b postBody
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.maxBody))
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			return nil, "", false, &httpError{http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than %d bytes", s.maxBody)}
+			return b, &httpError{http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than %d bytes", s.maxBody)}
 		}
-		return nil, "", false, badRequest("read request body: %v", err)
+		return b, badRequest("read request body: %v", err)
 	}
 	body = bytes.TrimSpace(body)
 	if len(body) == 0 {
-		return nil, "", false, badRequest("request body is empty")
+		return b, badRequest("request body is empty")
 	}
 	var in []taskIn
-	single = body[0] == '{'
+	b.single = body[0] == '{'
 	switch {
-	case single:
+	case b.single:
 		in = make([]taskIn, 1)
 		err = decodeStrict(body, &in[0])
 	case body[0] == '[':
 		err = decodeStrict(body, &in)
 	default:
-		return nil, "", false, badRequest("request body must be a JSON object or an array of them")
+		return b, badRequest("request body must be a JSON object or an array of them")
 	}
 	if err != nil {
-		return nil, "", false, err
+		return b, err
 	}
 	if len(in) == 0 {
-		return nil, "", false, badRequest("no tasks in the array")
+		return b, badRequest("no tasks in the array")
 	}
-	tasks = make([]queue.Task, len(in))
+	b.tasks = make([]queue.Task, len(in))
 	for i, t := range in {
 		where := ""
-		if !single {
+		if !b.single {
 			where = fmt.Sprintf("task %d: ", i)
 		}
 		if t.OrderID == nil {
-			return nil, "", false, badRequest("%sorder_id is required", where)
+			return b, badRequest("%sorder_id is required", where)
 		}
 		raw := bytes.TrimSpace(t.Payload)
 		if len(raw) == 0 || bytes.Equal(raw, []byte("null")) || bytes.Equal(raw, []byte(`""`)) {
-			return nil, "", false, badRequest("%spayload is required and must not be null or empty", where)
+			return b, badRequest("%spayload is required and must not be null or empty", where)
 		}
 		var buf bytes.Buffer
 		if err := json.Compact(&buf, raw); err != nil {
-			return nil, "", false, badRequest("%spayload: %v", where, err)
+			return b, badRequest("%spayload: %v", where, err)
 		}
-		if t.IdempotencyKey != "" && !single {
-			return nil, "", false, badRequest("%sidempotency_key is supported only when posting a single task", where)
+		if t.IdempotencyKey != "" && !b.single {
+			return b, badRequest("%sidempotency_key is supported only when posting a single task", where)
 		}
 		if len(t.IdempotencyKey) > maxKeyLen {
-			return nil, "", false, badRequest("idempotency_key is longer than %d bytes", maxKeyLen)
+			return b, badRequest("idempotency_key is longer than %d bytes", maxKeyLen)
 		}
-		tasks[i] = queue.Task{OrderID: *t.OrderID, Payload: buf.Bytes()}
-		key = t.IdempotencyKey
+		if t.NotBefore != nil {
+			switch {
+			case !b.single:
+				return b, badRequest("%snot_before is supported only when posting a single task", where)
+			case t.IdempotencyKey != "":
+				return b, badRequest("not_before and idempotency_key cannot be combined")
+			}
+			b.notBefore = *t.NotBefore
+		}
+		b.tasks[i] = queue.Task{OrderID: *t.OrderID, Payload: buf.Bytes()}
+		b.key = t.IdempotencyKey
 	}
-	return tasks, key, single, nil
+	return b, nil
 }
 
 // decodeStrict decodes exactly one JSON value into v, refusing unknown
@@ -252,130 +277,6 @@ func (s *server) enqueueError(err error) (int, string) {
 		s.metrics.enqueueErrors.WithLabelValues(reason).Inc()
 	}
 	return code, msg
-}
-
-// taskStatus is the answer of GET /v1/tasks/{id}.
-type taskStatus struct {
-	ID        string `json:"id"`
-	OrderID   uint64 `json:"order_id"`
-	Status    string `json:"status"`
-	Attempts  int    `json:"attempts"`
-	LastError string `json:"last_error,omitempty"`
-}
-
-// getTask reports a task's status. Task IDs do not encode their queue, so
-// the client passes the task's order_id. An id this service did not issue
-// (within -status-ttl), or one given with another order_id than its
-// task's, gets 404.
-func (s *server) getTask(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
-	if !validID(id) {
-		writeError(w, http.StatusBadRequest, "malformed task id")
-		return
-	}
-	oid := r.URL.Query().Get("order_id")
-	if oid == "" {
-		writeError(w, http.StatusBadRequest, "order_id query parameter is required (task ids do not encode their queue)")
-		return
-	}
-	orderID, err := strconv.ParseUint(oid, 10, 64)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, "order_id must be an unsigned integer")
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), lookupTimeout)
-	defer cancel()
-	st, found, err := s.status(ctx, orderID, id)
-	if err != nil {
-		s.log.Error("task status", "id", id, "order_id", orderID, "err", err)
-		writeError(w, http.StatusServiceUnavailable, "status lookup failed: "+err.Error())
-		return
-	}
-	if !found {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no task %s with order_id %d: the id is unknown, "+
-			"belongs to another order_id, or was issued longer ago than this service remembers", id, orderID))
-		return
-	}
-	writeJSON(w, http.StatusOK, st)
-}
-
-// status looks the task up in Redis first, then in Postgres, so a task
-// that finishes between the two reads as done, never as queued; then in
-// the issued records, which tell a queued task from an unknown id. It
-// reports found false for an unknown id and for one whose task has
-// another OrderID.
-func (s *server) status(ctx context.Context, orderID uint64, id string) (taskStatus, bool, error) {
-	st := taskStatus{ID: id, OrderID: orderID, Status: "queued"}
-	state, err := s.q.State(ctx, orderID, id)
-	if err != nil {
-		return st, false, err
-	}
-	var rec storeRecord
-	if s.store != nil {
-		if rec, err = s.store.Lookup(ctx, id); err != nil {
-			return st, false, err
-		}
-	}
-	switch {
-	case (rec.Done || rec.Failed) && rec.OrderID != orderID:
-		return st, false, nil
-	case rec.Done:
-		st.Status, st.Attempts = "done", rec.Attempts
-	case rec.Failed && state != queue.StatePending:
-		// A dead task, or one whose dead record was purged already.
-		st.Status, st.Attempts, st.LastError = "failed", rec.Attempts, rec.LastError
-	case state == queue.StateDead:
-		st.Status = "failed"
-		dead, err := s.q.Dead(ctx, s.q.AnalyserOf(orderID))
-		if err != nil {
-			return st, false, err
-		}
-		for _, d := range dead {
-			if d.ID == id {
-				if d.OrderID != orderID {
-					return st, false, nil
-				}
-				st.Attempts, st.LastError = d.Attempts, d.LastError
-				break
-			}
-		}
-	case state == queue.StatePending:
-		st.Status, st.Attempts = "running", 1
-		pending, err := s.q.Pending(ctx, s.q.AnalyserOf(orderID))
-		if err != nil {
-			return st, false, err
-		}
-		for _, t := range pending {
-			if t.ID == id {
-				if t.OrderID != orderID {
-					return st, false, nil
-				}
-				st.Attempts = t.Attempt
-				break
-			}
-		}
-	default:
-		issuedTo, ok, err := s.issued.Lookup(ctx, orderID, id)
-		if err != nil || !ok || issuedTo != orderID {
-			return st, false, err
-		}
-	}
-	return st, true, nil
-}
-
-// validID accepts what the queue issues as task ids, loosely: 1 to 64
-// letters and digits.
-func validID(id string) bool {
-	if id == "" || len(id) > 64 {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z') {
-			return false
-		}
-	}
-	return true
 }
 
 // healthz answers 200 when every Redis server (and Postgres, when

@@ -56,9 +56,10 @@ type fixture struct {
 }
 
 type fixtureOpts struct {
-	maxBody int64
-	dedup   time.Duration
-	noStore bool
+	maxBody   int64
+	dedup     time.Duration
+	noStore   bool
+	retention time.Duration // the queue's Config.Retention (-retention)
 }
 
 func newFixture(t *testing.T, o fixtureOpts) *fixture {
@@ -73,7 +74,7 @@ func newFixture(t *testing.T, o fixtureOpts) *fixture {
 	if o.maxBody == 0 {
 		o.maxBody = 1 << 16
 	}
-	q, err := queue.Dial(context.Background(), urls, queue.Config{Prefix: "ingest-test", Queues: 2, MaxPayload: int(o.maxBody)})
+	q, err := queue.Dial(context.Background(), urls, queue.Config{Prefix: "ingest-test", Queues: 2, MaxPayload: int(o.maxBody), Retention: o.retention})
 	require.NoError(t, err)
 	t.Cleanup(func() { q.Close() })
 	pools := []*redis.Pool{q.Pool(0), q.Pool(1)}
@@ -288,118 +289,6 @@ func TestDedupDisabled(t *testing.T) {
 	assert.EqualValues(t, 2, f.ready(t))
 }
 
-func TestStatus(t *testing.T) {
-	t.Parallel()
-	f := newFixture(t, fixtureOpts{})
-	post := func(orderID uint64) string {
-		code, out := f.post(t, fmt.Sprintf(`{"order_id": %d, "payload": "p"}`, orderID))
-		require.Equal(t, http.StatusCreated, code)
-		return ids(t, out)[0]
-	}
-	ctx := context.Background()
-
-	// queued: in the ready list.
-	queued := post(1)
-	assert.Equal(t, map[string]any{"id": queued, "order_id": 1.0, "status": "queued", "attempts": 0.0}, f.status(t, queued, 1))
-
-	// running: claimed, not finished.
-	running := post(2)
-	c2 := f.consume(t, 2, 0)
-	task, err := c2.RemoveTask(ctx)
-	require.NoError(t, err)
-	require.Equal(t, running, task.ID)
-	st := f.status(t, running, 2)
-	assert.Equal(t, "running", st["status"])
-	assert.EqualValues(t, 1, st["attempts"])
-
-	// failed in Redis: dead-lettered, attempts and error from the store.
-	dead := post(3)
-	c3 := f.consume(t, 3, 1)
-	task, err = c3.RemoveTask(ctx)
-	require.NoError(t, err)
-	isDead, err := c3.Fail(ctx, task, errors.New("bad sku"))
-	require.NoError(t, err)
-	require.True(t, isDead)
-	assert.Equal(t, map[string]any{"id": dead, "order_id": 3.0, "status": "failed", "attempts": 1.0, "last_error": "bad sku"}, f.status(t, dead, 3))
-
-	// done: the analyser wrote its row, and Redis keeps nothing.
-	done := post(4)
-	c4 := f.consume(t, 4, 0)
-	task, err = c4.RemoveTask(ctx)
-	require.NoError(t, err)
-	f.store.set(done, storeRecord{OrderID: 4, Done: true, Attempts: 2})
-	st = f.status(t, done, 4)
-	assert.Equal(t, "done", st["status"], "a row in tasks means done even before the ack")
-	_, err = c4.Ack(ctx, task.ID)
-	require.NoError(t, err)
-	assert.Equal(t, map[string]any{"id": done, "order_id": 4.0, "status": "done", "attempts": 2.0}, f.status(t, done, 4))
-
-	// failed in Postgres only: the dead record was purged.
-	purged := post(5)
-	f.store.set(purged, storeRecord{OrderID: 5, Failed: true, Attempts: 5, LastError: "timeout"})
-	st = f.status(t, purged, 5)
-	assert.Equal(t, "failed", st["status"])
-	assert.EqualValues(t, 5, st["attempts"])
-	assert.Equal(t, "timeout", st["last_error"])
-
-	// An id the service never issued is not found, nor is the README's
-	// literal placeholder.
-	f.notFound(t, "00000000000000000000", 9)
-	f.notFound(t, "ID", 42)
-
-	// Neither is a real id given with another task's order_id, whatever
-	// the state of the task: queued, running, dead, done or purged.
-	for _, tc := range []struct {
-		id    string
-		right uint64
-	}{{queued, 1}, {running, 2}, {dead, 3}, {done, 4}, {purged, 5}} {
-		for _, wrong := range []uint64{tc.right + 4, tc.right + 1} { // the same queue, another queue
-			f.notFound(t, tc.id, wrong)
-		}
-	}
-}
-
-// notFound asserts that GET answers 404 for id with orderID.
-func (f *fixture) notFound(t *testing.T, id string, orderID uint64) {
-	t.Helper()
-	code, out := f.do(t, http.MethodGet, fmt.Sprintf("/v1/tasks/%s?order_id=%d", id, orderID), "")
-	assert.Equal(t, http.StatusNotFound, code, "%s with order_id %d: %v", id, orderID, out)
-	assert.Equal(t, fmt.Sprintf("no task %s with order_id %d: the id is unknown, belongs to another order_id, "+
-		"or was issued longer ago than this service remembers", id, orderID), out["error"])
-}
-
-func TestStatusWithoutPostgres(t *testing.T) {
-	t.Parallel()
-	f := newFixture(t, fixtureOpts{noStore: true})
-	code, out := f.post(t, `{"order_id": 11, "payload": "p"}`)
-	require.Equal(t, http.StatusCreated, code)
-	id := ids(t, out)[0]
-	c := f.consume(t, 11, 0)
-	task, err := c.RemoveTask(context.Background())
-	require.NoError(t, err)
-	assert.Equal(t, "running", f.status(t, id, 11)["status"])
-	_, err = c.Ack(context.Background(), task.ID)
-	require.NoError(t, err)
-	assert.Equal(t, "queued", f.status(t, id, 11)["status"], "without Postgres a finished task cannot be told from a queued one")
-}
-
-func TestStatusBadRequest(t *testing.T) {
-	t.Parallel()
-	f := newFixture(t, fixtureOpts{})
-	for _, path := range []string{
-		"/v1/tasks/abc",                        // no order_id
-		"/v1/tasks/abc?order_id=",              // empty order_id
-		"/v1/tasks/abc?order_id=-3",            // negative
-		"/v1/tasks/abc?order_id=x",             // not a number
-		"/v1/tasks/a-b?order_id=1",             // bad id
-		"/v1/tasks/" + strings.Repeat("a", 65), // too long
-	} {
-		code, out := f.do(t, http.MethodGet, path, "")
-		assert.Equal(t, http.StatusBadRequest, code, path)
-		assert.NotEmpty(t, out["error"], path)
-	}
-}
-
 func TestStoreError(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
@@ -485,8 +374,9 @@ func TestPartialFailureReturnsIDs(t *testing.T) {
 
 func TestParseFlags(t *testing.T) {
 	t.Parallel()
-	o, err := parseFlags([]string{"-redis", "redis://a:1/0, redis://b:2/0", "-queues", "3", "-dedup", "0"}, io.Discard)
+	o, err := parseFlags([]string{"-redis", "redis://a:1/0, redis://b:2/0", "-queues", "3", "-dedup", "0", "-retention", "24h"}, io.Discard)
 	require.NoError(t, err)
+	assert.Equal(t, 24*time.Hour, o.retention)
 	assert.Equal(t, []string{"redis://a:1/0", "redis://b:2/0"}, o.redis)
 	assert.Equal(t, 3, o.queues)
 	assert.Zero(t, o.dedup)
@@ -496,6 +386,7 @@ func TestParseFlags(t *testing.T) {
 		{"-redis", " , "},
 		{"-max-body", "0"},
 		{"-dedup", "-1s"},
+		{"-retention", "-1s"},
 		{"extra"},
 		{"-nope"},
 	} {
@@ -528,4 +419,53 @@ func TestNewAppRefusesBadConfig(t *testing.T) {
 	assert.ErrorIs(t, err, queue.ErrLayoutMismatch)
 	assert.ErrorContains(t, err, "-redis URL 0 has recorded 1 Redis servers x 2 queues with itself as server 0: "+
 		"start with -queues 2 and 1 -redis URLs, this one at place 1 (the analysers' -queues and -redis)")
+}
+
+// not_before schedules a single task: GET says scheduled, with its due
+// time, until it falls due and joins its order's queue.
+func TestPostNotBefore(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{})
+	due := time.Now().Add(time.Hour).UTC().Truncate(time.Millisecond)
+	code, out := f.post(t, fmt.Sprintf(`{"order_id": 5, "payload": "later", "not_before": %q}`, due.Format(time.RFC3339Nano)))
+	require.Equal(t, http.StatusCreated, code, "%v", out)
+	id := ids(t, out)[0]
+	assert.Zero(t, f.ready(t))
+	st := f.status(t, id, 5)
+	assert.Equal(t, "scheduled", st["status"])
+	assert.Equal(t, due.Format(time.RFC3339Nano), st["due"])
+	f.notFound(t, id, 9) // the same queue, another order
+
+	soon := time.Now().Add(50 * time.Millisecond).Format(time.RFC3339Nano)
+	code, out = f.post(t, fmt.Sprintf(`{"order_id": 6, "payload": "soon", "not_before": %q}`, soon))
+	require.Equal(t, http.StatusCreated, code, "%v", out)
+	id = ids(t, out)[0]
+	c := f.consume(t, 6, 0)
+	var task queue.Task
+	require.Eventually(t, func() bool {
+		tasks, err := c.Claim(context.Background(), 1)
+		require.NoError(t, err)
+		if len(tasks) == 1 {
+			task = tasks[0]
+		}
+		return len(tasks) == 1
+	}, 10*time.Second, 10*time.Millisecond, "a claim moves the due task to the ready list")
+	assert.Equal(t, id, task.ID)
+	assert.Equal(t, "running", f.status(t, id, 6)["status"])
+
+	past := time.Now().Add(-time.Hour).Format(time.RFC3339)
+	code, _ = f.post(t, fmt.Sprintf(`{"order_id": 7, "payload": "now", "not_before": %q}`, past))
+	require.Equal(t, http.StatusCreated, code)
+	assert.EqualValues(t, 1, f.ready(t), "a time past adds the task at once")
+
+	for body, want := range map[string]string{
+		`[{"order_id": 1, "payload": 1, "not_before": "2099-01-01T00:00:00Z"}]`:                       "not_before is supported only when posting a single task",
+		`{"order_id": 1, "payload": 1, "not_before": "tomorrow"}`:                                     "malformed JSON",
+		`{"order_id": 1, "payload": 1, "not_before": "2099-01-01T00:00:00Z", "idempotency_key": "k"}`: "cannot be combined",
+	} {
+		code, out := f.post(t, body)
+		assert.Equal(t, http.StatusBadRequest, code, body)
+		assert.Contains(t, out["error"], want, body)
+	}
+	assert.EqualValues(t, 1, f.ready(t), "refused posts enqueue nothing")
 }

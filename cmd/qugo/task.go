@@ -1,0 +1,226 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/qugo/queue"
+)
+
+// taskRef is the task a command works on: -order and -id, and -retention
+// for the history of finished tasks.
+type taskRef struct {
+	order     *orderArg
+	id        *string
+	retention *time.Duration
+}
+
+// orderArg is the value of -order: an OrderID that must be given.
+type orderArg struct {
+	n   uint64
+	set bool
+}
+
+func (o *orderArg) String() string {
+	if o == nil || !o.set {
+		return ""
+	}
+	return strconv.FormatUint(o.n, 10)
+}
+
+func (o *orderArg) Set(v string) error {
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return fmt.Errorf("not an order ID (0 to %d)", uint64(1<<64-1))
+	}
+	o.n, o.set = n, true
+	return nil
+}
+
+func taskFlags(fs *flag.FlagSet) taskRef {
+	r := taskRef{order: &orderArg{}}
+	fs.Var(r.order, "order", "the task's OrderID `O` (task IDs do not say which queue holds them)")
+	r.id = fs.String("id", "", "the task's `ID`, as AddTask returned it")
+	r.retention = fs.Duration("retention", 0, "the queue's Config.Retention `DURATION`, as its producers and analysers set it: "+
+		"finished tasks are found for that long; 0 (the default): none are")
+	return r
+}
+
+// check checks the flags without contacting Redis. The form of the ID is
+// the library's to check; here it must only be given and printable.
+func (r taskRef) check(name string) error {
+	switch {
+	case !r.order.set:
+		return usagef("%s: -order is required", name)
+	case *r.id == "":
+		return usagef("%s: -id is required", name)
+	case strings.IndexFunc(*r.id, func(c rune) bool { return !unicode.IsPrint(c) || unicode.IsSpace(c) }) >= 0:
+		return usagef("%s: -id %q: not a task ID", name, *r.id)
+	case *r.retention < 0:
+		return usagef("-retention %v: must not be negative", *r.retention)
+	}
+	return nil
+}
+
+// where returns the analyser, partition and queue of the task's OrderID.
+func (r taskRef) where(e *env) (a, pi, qi int) {
+	l := e.layout()
+	pi, qi = l.Route(r.order.n)
+	return l.AnalyserOf(r.order.n), pi, qi
+}
+
+// cancelDoc is the JSON output of cancel.
+type cancelDoc struct {
+	ID        string `json:"id"`
+	OrderID   uint64 `json:"order_id"`
+	Analyser  int    `json:"analyser"`
+	Partition int    `json:"partition"`
+	Queue     int    `json:"queue"`
+	// Found is where the task was: scheduled, pending, dead, done,
+	// cancelled, or unknown (see README.md).
+	Found string `json:"found"`
+	// Outcome is "removed" (a scheduled task, gone for good), "marked"
+	// (finished as cancelled when its owner meets it) or "unchanged".
+	Outcome string `json:"outcome"`
+}
+
+func cancelFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+	ref := taskFlags(fs)
+	asJSON := fs.Bool("json", false, "print the result as JSON")
+	return func(ctx context.Context, e *env, args []string) error {
+		if len(args) > 0 {
+			return usagef("cancel takes no arguments, got %q", args[0])
+		}
+		if err := ref.check("cancel"); err != nil {
+			return err
+		}
+		q, err := e.open(ctx, dialOptions{writer: true, retention: *ref.retention})
+		if err != nil {
+			return err
+		}
+		defer q.Close()
+		found, err := q.Cancel(ctx, ref.order.n, *ref.id)
+		if err != nil {
+			return err
+		}
+		a, pi, qi := ref.where(e)
+		doc := cancelDoc{ID: *ref.id, OrderID: ref.order.n, Analyser: a, Partition: pi, Queue: qi, Found: found.String()}
+		var msg string
+		switch found {
+		case queue.StateScheduled:
+			doc.Outcome, msg = "removed", "was scheduled: removed, it will never run"
+		case queue.StatePending:
+			doc.Outcome, msg = "marked", "is held by the queue's owner: marked; if it has not started it never will, "+
+				"if it runs its ctx is cancelled within about a second, and it is not retried"
+		case queue.StateUnknown:
+			doc.Outcome, msg = "marked", "is neither scheduled nor held by an analyser: marked; if it waits in the ready list "+
+				"it is finished as cancelled, without running, when it is claimed (if it finished already or never was, the mark goes)"
+		case queue.StateDead:
+			doc.Outcome, msg = "unchanged", fmt.Sprintf("is a dead letter: left as it is (qugo purge -a %d %s deletes it)", a, cell(*ref.id))
+		default: // done or cancelled, known through -retention
+			doc.Outcome, msg = "unchanged", "finished already ("+found.String()+"): left as it is"
+		}
+		if *asJSON {
+			return writeJSON(e.stdout, doc)
+		}
+		_, err = fmt.Fprintf(e.stdout, "task %s of order %d (analyser %d) %s\n", cell(doc.ID), doc.OrderID, a, msg)
+		return err
+	}
+}
+
+// statusDoc is the JSON output of status: every field of queue.TaskStatus.
+type statusDoc struct {
+	ID          string     `json:"id"`
+	OrderID     uint64     `json:"order_id"`
+	Analyser    int        `json:"analyser"`
+	Partition   int        `json:"partition"`
+	Queue       int        `json:"queue"`
+	State       string     `json:"state"`
+	Attempt     int        `json:"attempt"`     // 0 when unknown
+	Owner       string     `json:"owner"`       // "" unless pending or retrying
+	Due         *time.Time `json:"due"`         // scheduled: its due time; retrying: its next delivery
+	AddedAt     *time.Time `json:"added_at"`    // null when unknown
+	StartedAt   *time.Time `json:"started_at"`  // finished tasks, with -retention; null when it never ran
+	FinishedAt  *time.Time `json:"finished_at"` // done, cancelled or dead
+	LastError   string     `json:"last_error"`  // retrying and dead tasks
+	CancelAsked bool       `json:"cancel_asked"`
+}
+
+func statusFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
+	ref := taskFlags(fs)
+	asJSON := fs.Bool("json", false, "print JSON instead of a list")
+	return func(ctx context.Context, e *env, args []string) error {
+		if len(args) > 0 {
+			return usagef("status takes no arguments, got %q", args[0])
+		}
+		if err := ref.check("status"); err != nil {
+			return err
+		}
+		q, err := e.open(ctx, dialOptions{retention: *ref.retention})
+		if err != nil {
+			return err
+		}
+		defer q.Close()
+		st, err := q.Status(ctx, ref.order.n, *ref.id)
+		if err != nil {
+			return err
+		}
+		a, pi, qi := ref.where(e)
+		if *asJSON {
+			return writeJSON(e.stdout, statusDoc{
+				ID: st.ID, OrderID: ref.order.n, Analyser: a, Partition: pi, Queue: qi,
+				State: st.State.String(), Attempt: st.Attempt, Owner: st.Owner, Due: jsonTime(st.Due),
+				AddedAt: jsonTime(st.AddedAt), StartedAt: jsonTime(st.StartedAt), FinishedAt: jsonTime(st.FinishedAt),
+				LastError: st.LastError, CancelAsked: st.CancelAsked,
+			})
+		}
+		if err := printStatus(e, st, ref.order.n, a, pi, qi); err != nil {
+			return err
+		}
+		if st.State == queue.StateUnknown {
+			finished := "finished longer ago than -retention"
+			if *ref.retention == 0 {
+				finished = "finished (give -retention, the queue's Config.Retention, to find finished tasks)"
+			}
+			fmt.Fprintf(e.stderr, "qugo: state unknown: the task waits in the ready list (which keeps nothing to find it by), "+
+				"or %s, or never was under this -order\n", finished)
+		}
+		return nil
+	}
+}
+
+// printStatus prints the fields of st that are set, one per line.
+func printStatus(e *env, st queue.TaskStatus, order uint64, a, pi, qi int) error {
+	t := newTable(e.stdout, "id", cell(st.ID))
+	t.row("order", fmt.Sprintf("%d (analyser %d: partition %d, queue %d)", order, a, pi, qi))
+	t.row("state", st.State.String())
+	if st.Attempt > 0 {
+		t.row("attempt", strconv.Itoa(st.Attempt))
+	}
+	if st.Owner != "" {
+		t.row("owner", cell(st.Owner))
+	}
+	if !st.Due.IsZero() {
+		t.row("due", timeCell(st.Due)+" (in "+signedDurationCell(time.Until(st.Due))+")")
+	}
+	for _, f := range []struct {
+		name string
+		at   time.Time
+	}{{"added", st.AddedAt}, {"started", st.StartedAt}, {"finished", st.FinishedAt}} {
+		if !f.at.IsZero() {
+			t.row(f.name, timeCell(f.at))
+		}
+	}
+	if st.LastError != "" {
+		t.row("last error", cell(st.LastError))
+	}
+	if st.CancelAsked {
+		t.row("cancel", "asked, not yet carried out")
+	}
+	return t.flush()
+}

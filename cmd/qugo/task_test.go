@@ -1,0 +1,271 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/qugo/queue"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// retention is the Config.Retention of the queues of these tests that
+// keep finished tasks' status.
+const retention = time.Minute
+
+// retained returns a Queue over the fixture's servers that keeps finished
+// tasks' status for retention, as the analysers of such a queue run.
+func (f *fixture) retained(t *testing.T) *queue.Queue {
+	t.Helper()
+	q, err := queue.Dial(context.Background(), f.urls, queue.Config{Prefix: f.prefix, Queues: f.queues, Retention: retention})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	return q
+}
+
+// taskArgs returns the fixture's flags, then cmd -order order -id id and
+// rest.
+func (f *fixture) taskArgs(cmd string, order uint64, id string, rest ...string) []string {
+	return f.args(append([]string{cmd, "-order", itoa(order), "-id", id}, rest...)...)
+}
+
+func TestCancelWhereverTheTaskIs(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 2, 1)
+	ret := f.retained(t)
+	c, err := ret.Consume(ctx, 1, queue.ConsumerConfig{Owner: "cli-test", MaxAttempts: 1, LeaseTTL: time.Minute})
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Release(context.Background()) })
+
+	sched, err := f.q.AddTaskAfter(ctx, 1, time.Hour, []byte("later"))
+	require.NoError(t, err)
+	ids := f.add(t, 3, 5, 7, 9) // analyser 1: 3 and 7 stay pending, 5 dies, 9 waits
+	claimed, err := c.Claim(ctx, 3)
+	require.NoError(t, err)
+	require.Len(t, claimed, 3)
+	dead, err := c.Fail(ctx, claimed[1], errors.New("boom"))
+	require.NoError(t, err)
+	require.True(t, dead)
+
+	for _, tc := range []struct {
+		order          uint64
+		id             string
+		found, outcome string
+	}{
+		{1, sched, "scheduled", "removed"},
+		{7, ids[2], "pending", "marked"},
+		{9, ids[3], "unknown", "marked"},
+		{5, ids[1], "dead", "unchanged"},
+	} {
+		doc := qugoJSON[cancelDoc](t, f.taskArgs("cancel", tc.order, tc.id, "-json")...)
+		assert.Equal(t, cancelDoc{ID: tc.id, OrderID: tc.order, Analyser: 1, Partition: 1, Queue: 0, Found: tc.found, Outcome: tc.outcome}, doc)
+	}
+	stats, err := f.q.Stats(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, [2]int64{0, 1}, [2]int64{stats[1].Scheduled, stats[1].Cancelled}, "the scheduled task is gone, and counted")
+
+	// The marked ready task is finished as cancelled when claimed, never
+	// handed out.
+	rest, err := c.Claim(ctx, 10)
+	require.NoError(t, err)
+	assert.Empty(t, rest)
+	st, err := ret.Status(ctx, 9, ids[3])
+	require.NoError(t, err)
+	assert.Equal(t, queue.StateCancelled, st.State)
+
+	// In words.
+	code, out, errOut := qugo(t, f.taskArgs("cancel", 5, ids[1])...)
+	require.Equal(t, exitOK, code, errOut)
+	assert.Equal(t, "task "+ids[1]+" of order 5 (analyser 1) is a dead letter: left as it is (qugo purge -a 1 "+ids[1]+" deletes it)\n", out)
+	later, err := f.q.AddTaskAfter(ctx, 3, time.Hour, []byte("later"))
+	require.NoError(t, err)
+	code, out, errOut = qugo(t, f.taskArgs("cancel", 3, later)...)
+	require.Equal(t, exitOK, code, errOut)
+	assert.Equal(t, "task "+later+" of order 3 (analyser 1) was scheduled: removed, it will never run\n", out)
+}
+
+func TestCancelRefusals(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, 1, 1)
+	// Under a prefix nothing has used, nothing is written.
+	code, out, errOut := qugo(t, f.taskArgs("cancel", 1, "0123456789abcdefghij")...)
+	assert.Equal(t, exitRuntime, code)
+	assert.Empty(t, out)
+	assert.Contains(t, errOut, "refusing to write")
+	keys, err := f.do(t, 0, "KEYS", "*"+f.prefix+"*")
+	require.NoError(t, err)
+	assert.Empty(t, keys)
+
+	// An ID not of the library's form is a usage error, and marks nothing.
+	f.add(t, 1)
+	code, out, errOut = qugo(t, f.taskArgs("cancel", 1, "not-an-id")...)
+	assert.Equal(t, exitUsage, code)
+	assert.Empty(t, out)
+	assert.Contains(t, errOut, `"not-an-id" is not a task ID`)
+	stats, err := f.q.Stats(context.Background())
+	require.NoError(t, err)
+	assert.Zero(t, stats[0].Cancelled)
+}
+
+// statusRows parses status's list: field name -> value.
+func statusRows(t *testing.T, out string) map[string]string {
+	t.Helper()
+	m := map[string]string{}
+	for _, line := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
+		name, value, ok := strings.Cut(line, "  ")
+		require.True(t, ok, line)
+		m[strings.TrimSpace(name)] = strings.TrimSpace(value)
+	}
+	return m
+}
+
+func TestStatusScheduledPendingDead(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 1, 2)
+	due := time.Now().Add(time.Hour)
+	sched, err := f.q.AddTaskAt(ctx, 0, due, []byte("later"))
+	require.NoError(t, err)
+	ids := f.add(t, 2, 4)
+	c := f.consume(t, 0)
+	claimed, err := c.Claim(ctx, 2)
+	require.NoError(t, err)
+	require.Len(t, claimed, 2)
+	dead, err := c.Fail(ctx, claimed[1], errors.New("boom\tagain"))
+	require.NoError(t, err)
+	require.True(t, dead)
+
+	doc := qugoJSON[statusDoc](t, f.taskArgs("status", 0, sched, "-json")...)
+	assert.Equal(t, "scheduled", doc.State)
+	assert.Equal(t, [4]int{0, 0, 0, 0}, [4]int{doc.Analyser, doc.Partition, doc.Queue, doc.Attempt})
+	if assert.NotNil(t, doc.Due) {
+		assert.Equal(t, due.UnixMilli(), doc.Due.UnixMilli())
+	}
+	assert.NotNil(t, doc.AddedAt)
+	assert.Nil(t, doc.FinishedAt)
+
+	doc = qugoJSON[statusDoc](t, f.taskArgs("status", 2, ids[0], "-json")...)
+	assert.Equal(t, "pending", doc.State)
+	assert.Equal(t, 1, doc.Attempt)
+	assert.Equal(t, "cli-test", doc.Owner)
+	assert.Nil(t, doc.Due)
+
+	doc = qugoJSON[statusDoc](t, f.taskArgs("status", 4, ids[1], "-json")...)
+	assert.Equal(t, "dead", doc.State)
+	assert.Equal(t, 1, doc.Attempt)
+	assert.Equal(t, "boom\tagain", doc.LastError)
+	assert.NotNil(t, doc.FinishedAt)
+	assert.Empty(t, doc.Owner)
+
+	code, out, errOut := qugo(t, f.taskArgs("status", 4, ids[1])...)
+	require.Equal(t, exitOK, code, errOut)
+	assert.Empty(t, errOut)
+	rows := statusRows(t, out)
+	assert.Equal(t, ids[1], rows["id"])
+	assert.Equal(t, "4 (analyser 0: partition 0, queue 0)", rows["order"])
+	assert.Equal(t, "dead", rows["state"])
+	assert.Equal(t, "1", rows["attempt"])
+	assert.Equal(t, `"boom\tagain"`, rows["last error"])
+	for _, k := range []string{"added", "finished"} {
+		_, err := time.Parse(time.RFC3339, rows[k])
+		assert.NoError(t, err, k)
+	}
+	assert.NotContains(t, rows, "owner", "fields not set are not listed")
+	assert.NotContains(t, rows, "due")
+	assert.NotContains(t, rows, "started")
+}
+
+// A task whose delivery failed waits out its backoff as retrying; a
+// cancel reaches it there, and with -retention its status is then kept.
+func TestStatusRetryingThenCancelled(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, 1, 1)
+	ret := f.retained(t)
+	ids := f.add(t, 6)
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	done := make(chan error, 1)
+	go func() {
+		done <- ret.AnalysePool(ctx, 0, queue.PoolConfig{
+			Workers: 1, Owner: "cli-pool", MaxAttempts: 5, OnError: func(error) {},
+			Backoff: func(int) time.Duration { return time.Hour },
+		}, func(context.Context, queue.Task) error { return errors.New("not yet") })
+	}()
+	withRet := func(cmd string) []string { return f.taskArgs(cmd, 6, ids[0], "-retention", retention.String()) }
+
+	var doc statusDoc
+	require.Eventually(t, func() bool {
+		doc = qugoJSON[statusDoc](t, append(withRet("status"), "-json")...)
+		return doc.State == "retrying"
+	}, 10*time.Second, 20*time.Millisecond)
+	assert.Equal(t, 2, doc.Attempt, "the next delivery's number")
+	assert.Equal(t, "cli-pool", doc.Owner)
+	assert.Equal(t, "not yet", doc.LastError)
+	if assert.NotNil(t, doc.Due) {
+		assert.WithinDuration(t, time.Now().Add(time.Hour), *doc.Due, time.Minute)
+	}
+
+	code, out, errOut := qugo(t, withRet("status")...)
+	require.Equal(t, exitOK, code, errOut)
+	rows := statusRows(t, out)
+	assert.Equal(t, "retrying", rows["state"])
+	assert.Equal(t, "cli-pool", rows["owner"])
+	in, ok := strings.CutPrefix(strings.TrimSuffix(rows["due"], ")"), doc.Due.Local().Format(time.RFC3339)+" (in ")
+	if assert.True(t, ok, rows["due"]) {
+		d, err := time.ParseDuration(in)
+		assert.NoError(t, err)
+		assert.InDelta(t, time.Hour.Seconds(), d.Seconds(), 60)
+	}
+
+	c := qugoJSON[cancelDoc](t, append(withRet("cancel"), "-json")...)
+	assert.Equal(t, "pending", c.Found)
+	require.Eventually(t, func() bool {
+		doc = qugoJSON[statusDoc](t, append(withRet("status"), "-json")...)
+		return doc.State == "cancelled" && !doc.CancelAsked
+	}, 10*time.Second, 20*time.Millisecond, "the pool finishes it as cancelled without waiting out the backoff")
+	assert.Equal(t, 1, doc.Attempt, "deliveries made")
+	assert.NotNil(t, doc.AddedAt)
+	assert.NotNil(t, doc.FinishedAt)
+	stop()
+	require.NoError(t, <-done)
+
+	// Without -retention the finished task is unknown, and stderr says why.
+	code, out, errOut = qugo(t, f.taskArgs("status", 6, ids[0])...)
+	require.Equal(t, exitOK, code, errOut)
+	assert.Equal(t, "unknown", statusRows(t, out)["state"])
+	assert.Contains(t, errOut, "give -retention")
+}
+
+// With -retention, a task done is found, and cancel leaves it.
+func TestStatusAndCancelOfADoneTask(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, 1, 1)
+	ret := f.retained(t)
+	ids := f.add(t, 8)
+	require.NoError(t, ret.AnalysePool(context.Background(), 0, queue.PoolConfig{Workers: 1, ExitOnEmpty: true},
+		func(context.Context, queue.Task) error { return nil }))
+	withRet := func(cmd string) []string {
+		return f.taskArgs(cmd, 8, ids[0], "-retention", retention.String(), "-json")
+	}
+	doc := qugoJSON[statusDoc](t, withRet("status")...)
+	assert.Equal(t, "done", doc.State)
+	assert.Equal(t, 1, doc.Attempt)
+	require.NotNil(t, doc.AddedAt)
+	require.NotNil(t, doc.StartedAt)
+	require.NotNil(t, doc.FinishedAt)
+	assert.False(t, doc.StartedAt.Before(*doc.AddedAt))
+	assert.False(t, doc.FinishedAt.Before(*doc.StartedAt))
+	c := qugoJSON[cancelDoc](t, withRet("cancel")...)
+	assert.Equal(t, [2]string{"done", "unchanged"}, [2]string{c.Found, c.Outcome})
+
+	code, out, errOut := qugo(t, f.taskArgs("cancel", 8, ids[0], "-retention", retention.String())...)
+	require.Equal(t, exitOK, code, errOut)
+	assert.Equal(t, "task "+ids[0]+" of order 8 (analyser 0) finished already (done): left as it is\n", out)
+	stats, err := f.q.Stats(context.Background())
+	require.NoError(t, err)
+	assert.Zero(t, stats[0].Cancelled)
+}
