@@ -71,7 +71,7 @@ func (q *Queue) Cancel(ctx context.Context, orderID uint64, id string) (TaskStat
 	if q.closed.Load() {
 		return StateUnknown, ErrClosed
 	}
-	if !validID(id) {
+	if !ValidTaskID(id) {
 		return StateUnknown, fmt.Errorf("%w: %q is not a task ID", ErrBadConfig, id)
 	}
 	pi, qi, p, err := q.routeChecked(ctx, orderID)
@@ -118,8 +118,9 @@ func (q *Queue) Cancel(ctx context.Context, orderID uint64, id string) (TaskStat
 	return StateUnknown, redisErr(what, fmt.Errorf("%w: unexpected reply %v", ErrMalformed, r))
 }
 
-// validID reports whether id has the form of a task ID.
-func validID(id string) bool {
+// ValidTaskID reports whether id has the form of a task ID: 20 characters
+// of 0-9 and a-v.
+func ValidTaskID(id string) bool {
 	if len(id) != idLen {
 		return false
 	}

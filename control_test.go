@@ -243,6 +243,7 @@ func TestStatusThroughALife(t *testing.T) {
 	})
 	st := <-seen
 	assert.Equal(t, StatePending, st.State)
+	assert.Equal(t, uint64(7), st.OrderID)
 	assert.Equal(t, 1, st.Attempt)
 	assert.NotEmpty(t, st.Owner)
 	require.Eventually(t, func() bool {

@@ -238,7 +238,7 @@ func TestAddTaskRoutes(t *testing.T) {
 		payload := []byte(fmt.Sprintf("payload %d", id))
 		tid, err := q.AddTask(ctx, id, payload)
 		require.NoError(t, err)
-		require.True(t, validID(tid), tid)
+		require.True(t, ValidTaskID(tid), tid)
 		all = append(all, tid)
 		p, qi := q.Route(id)
 		assert.Equal(t, [2]int{int(id % 3), int(id / 3 % 2)}, [2]int{p, qi})
@@ -291,7 +291,7 @@ func TestAddTasksOrder(t *testing.T) {
 	assertUnique(t, ids)
 	want := map[[2]int][]string{}
 	for i, task := range tasks {
-		require.True(t, validID(ids[i]), ids[i])
+		require.True(t, ValidTaskID(ids[i]), ids[i])
 		p, qi := q.Route(task.OrderID)
 		want[[2]int{p, qi}] = append(want[[2]int{p, qi}], ids[i])
 	}
@@ -384,7 +384,7 @@ func TestAddTaskIDsUnique(t *testing.T) {
 	require.Len(t, ids, 500)
 	for _, id := range ids {
 		assert.Len(t, id, 20)
-		assert.True(t, validID(id), id)
+		assert.True(t, ValidTaskID(id), id)
 	}
 	assertUnique(t, ids)
 }

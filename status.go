@@ -60,6 +60,10 @@ func (s TaskState) String() string {
 type TaskStatus struct {
 	ID    string
 	State TaskState
+	// OrderID is the task's OrderID as its pending, scheduled or dead
+	// record holds it (0 when only the history knows the task): it
+	// tells whether the ID belongs to the OrderID asked about.
+	OrderID uint64
 	// Attempt is the current or next delivery's number (pending,
 	// retrying), or the deliveries made (dead, done, cancelled).
 	Attempt int
@@ -71,8 +75,8 @@ type TaskStatus struct {
 	Due time.Time
 	// AddedAt is when the task was added; StartedAt when its last
 	// delivery started (finished tasks, with Config.Retention; zero when
-	// it never ran); FinishedAt when it was acknowledged, cancelled or
-	// dead-lettered.
+	// it did not run, or when it was cancelled while it waited to retry);
+	// FinishedAt when it was acknowledged, cancelled or dead-lettered.
 	AddedAt, StartedAt, FinishedAt time.Time
 	// LastError is the text of the last failed delivery's error (retrying
 	// and dead tasks).
@@ -164,7 +168,7 @@ func statusOf(id string, r []any, starts []int64, now time.Time) TaskStatus {
 		st.State = StatePending
 		if accounted, entry, _, err := splitPending(rec); err == nil {
 			if t, deliveries, err := decodeEntry(entry); err == nil {
-				st.AddedAt = t.AddedAt
+				st.AddedAt, st.OrderID = t.AddedAt, t.OrderID
 				st.Attempt = deliveries + 1
 				if accounted {
 					st.Attempt = deliveries
@@ -187,7 +191,7 @@ func statusOf(id string, r []any, starts []int64, now time.Time) TaskStatus {
 		st.State, st.Due = StateScheduled, time.UnixMilli(ms)
 		if e, _ := redis.Bytes(r[4], nil); e != nil {
 			if t, _, err := decodeEntry(e); err == nil {
-				st.AddedAt = t.AddedAt
+				st.AddedAt, st.OrderID = t.AddedAt, t.OrderID
 			}
 		}
 		return st
@@ -195,7 +199,7 @@ func statusOf(id string, r []any, starts []int64, now time.Time) TaskStatus {
 	if rec, _ := redis.Bytes(r[5], nil); rec != nil { // dead
 		d := decodeDead(id, rec)
 		st.State, st.Attempt, st.LastError = StateDead, d.Attempts, d.LastError
-		st.AddedAt, st.FinishedAt = d.AddedAt, d.DiedAt
+		st.AddedAt, st.FinishedAt, st.OrderID = d.AddedAt, d.DiedAt, d.OrderID
 		return st
 	}
 	for i := len(r) - 1; i >= statusReads; i-- { // the latest bucket first

@@ -160,7 +160,7 @@ func TestIDSource(t *testing.T) {
 	ids := make([]string, n)
 	for i := range ids {
 		ids[i] = s.next()
-		require.True(t, validID(ids[i]), "id %q", ids[i])
+		require.True(t, ValidTaskID(ids[i]), "id %q", ids[i])
 	}
 	assert.True(t, sort.StringsAreSorted(ids), "IDs of one node sort by their counter")
 	assertUnique(t, ids)
@@ -230,7 +230,7 @@ func FuzzDecodeEntry(f *testing.F) {
 			}
 			return
 		}
-		if !validID(task.ID) {
+		if !ValidTaskID(task.ID) {
 			t.Fatalf("decoded a bad id %q", task.ID)
 		}
 		re := encodeTask(task, deliveries)
