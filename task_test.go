@@ -203,7 +203,6 @@ func TestIDSourceCounterWrap(t *testing.T) {
 	assert.Equal(t, formatID(s.node, 1), s.next())
 }
 
-
 func assertUnique(t *testing.T, ids []string) {
 	t.Helper()
 	seen := make(map[string]bool, len(ids))
