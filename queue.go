@@ -3,7 +3,6 @@ package queue
 import (
 	"context"
 	"crypto/tls"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
@@ -316,12 +315,16 @@ func (q *Queue) checkPayload(p []byte) error {
 	return nil
 }
 
-// admit refuses a call on a closed queue or with a payload out of bounds.
-func (q *Queue) admit(payload []byte) error {
+// admit refuses a call on a closed queue or with a payload or headers out
+// of bounds, and returns the size of the headers' encoded section.
+func (q *Queue) admit(payload []byte, headers map[string]string) (int, error) {
 	if q.closed.Load() {
-		return ErrClosed
+		return 0, ErrClosed
 	}
-	return q.checkPayload(payload)
+	if err := q.checkPayload(payload); err != nil {
+		return 0, err
+	}
+	return headersSize(headers)
 }
 
 // routeChecked returns the partition and queue of orderID, with the
@@ -332,10 +335,11 @@ func (q *Queue) routeChecked(ctx context.Context, orderID uint64) (pi, qi int, p
 	return pi, qi, p, q.checkLayout(ctx, p)
 }
 
-// newEntry makes a new task ID and the encoded task for orderID.
-func (q *Queue) newEntry(orderID uint64, payload []byte) (id string, entry []byte) {
+// newEntry makes a new task ID and the encoded task for orderID, with
+// headers whose encoded section takes hsize bytes.
+func (q *Queue) newEntry(orderID uint64, headers map[string]string, hsize int, payload []byte) (id string, entry []byte) {
 	id = q.ids.next()
-	entry = appendEntry(make([]byte, 0, entryHeader+24+len(payload)), id, orderID, time.Now().UnixMilli(), 0, payload)
+	entry = appendEntry(make([]byte, 0, entryCap(hsize, len(payload))), 0, id, orderID, time.Now().UnixMilli(), 0, headers, payload)
 	return id, entry
 }
 
@@ -355,15 +359,23 @@ func (q *Queue) newEntry(orderID uint64, payload []byte) (id string, entry []byt
 // and the task may then be in Redis or not. At most 4096 calls or 64 MiB
 // of tasks wait per partition; a call that finds that line full waits
 // for room, on ctx.
-func (q *Queue) AddTask(ctx context.Context, orderID uint64, payload []byte) (string, error) {
-	if err := q.admit(payload); err != nil {
+//
+// Options set the task's headers (WithHeaders); they are checked, with
+// the payload, before anything is written.
+func (q *Queue) AddTask(ctx context.Context, orderID uint64, payload []byte, opts ...AddOption) (string, error) {
+	var o addOptions
+	if len(opts) > 0 {
+		o = newAddOptions(opts)
+	}
+	hsize, err := q.admit(payload, o.headers)
+	if err != nil {
 		return "", err
 	}
 	pi, qi, p, err := q.routeChecked(ctx, orderID)
 	if err != nil {
 		return "", err
 	}
-	id, entry := q.newEntry(orderID, payload)
+	id, entry := q.newEntry(orderID, o.headers, hsize, payload)
 	if err := q.adders[pi].add(ctx, p.pool, q.ready[pi][qi], entry); err != nil {
 		return "", redisErr(fmt.Sprintf("add task to partition %d queue %d", pi, qi), err)
 	}
@@ -375,7 +387,7 @@ const maxPushArgs = 4096
 
 // AddTasks enqueues many tasks with one pipelined round trip per partition
 // they touch; tasks of one queue go in one LPUSH per 4096 tasks. Only
-// OrderID and Payload of each Task are read. It returns the new IDs in the
+// OrderID, Payload and Headers of each Task are read. It returns the new IDs in the
 // order of tasks. It validates every task before writing any; on a Redis
 // error some partitions may have taken their tasks and others not, and the
 // IDs are returned all the same so the caller can look them up.
@@ -384,17 +396,20 @@ func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 	if q.closed.Load() {
 		return nil, ErrClosed
 	}
+	// Check every task, and size one buffer for all the entries so that
+	// it never moves.
+	size := 0
 	for i := range tasks {
 		if err := q.checkPayload(tasks[i].Payload); err != nil {
 			return nil, fmt.Errorf("task %d: %w", i, err)
 		}
+		h, err := headersSize(tasks[i].Headers)
+		if err != nil {
+			return nil, fmt.Errorf("task %d: %w", i, err)
+		}
+		size += entryCap(h, len(tasks[i].Payload))
 	}
 	ids := q.ids.nextN(len(tasks))
-	// Encode every entry into one buffer, sized so that it never moves.
-	size := 0
-	for i := range tasks {
-		size += entryHeader + 3*binary.MaxVarintLen64 + len(tasks[i].Payload)
-	}
 	buf := make([]byte, 0, size)
 	// Group entries per partition, then per queue, keeping task order:
 	// count first, so that every group is allocated once, at its size.
@@ -422,7 +437,7 @@ func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 		t := &tasks[i]
 		pi, qi := int(slot[i])/qs, int(slot[i])%qs
 		start := len(buf)
-		buf = appendEntry(buf, ids[i], t.OrderID, now, 0, t.Payload)
+		buf = appendEntry(buf, 0, ids[i], t.OrderID, now, 0, t.Headers, t.Payload)
 		byPart[pi][qi] = append(byPart[pi][qi], buf[start:len(buf):len(buf)])
 	}
 	// Check every partition first, so that a layout mismatch writes nothing.
