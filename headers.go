@@ -48,9 +48,10 @@ func headersSize(h map[string]string) (int, error) {
 }
 
 // appendHeaders appends the header section of h (not empty) to dst, keys
-// in increasing order.
+// in increasing order. It allocates nothing for up to 8 headers.
 func appendHeaders(dst []byte, h map[string]string) []byte {
-	keys := make([]string, 0, len(h))
+	var few [8]string
+	keys := few[:0]
 	for k := range h {
 		keys = append(keys, k)
 	}
@@ -69,43 +70,63 @@ func appendHeaders(dst []byte, h map[string]string) []byte {
 // parseHeaders decodes the header section at the start of b and returns
 // the headers and what follows them. A section appendHeaders would not
 // have written (no header, too many or too large, an empty key, keys out
-// of order or repeated, a length past the end) is ErrMalformed.
+// of order or repeated, a length past the end) is ErrMalformed. The keys
+// and values share one string: two allocations with the map, however
+// many headers.
 func parseHeaders(b []byte) (map[string]string, []byte, error) {
-	malformed := func(why string) (map[string]string, []byte, error) {
-		return nil, nil, fmt.Errorf("%w: headers: %s", ErrMalformed, why)
-	}
 	count, n := uvarint(b)
 	if n <= 0 {
-		return malformed("truncated or non-minimal count")
+		return nil, nil, fmt.Errorf("%w: headers: truncated or non-minimal count", ErrMalformed)
 	}
 	if count == 0 || count > maxHeaders {
-		return malformed(fmt.Sprintf("count %d out of range", count))
+		return nil, nil, fmt.Errorf("%w: headers: count %d out of range", ErrMalformed, count)
 	}
+	// First check the section and find its end, then copy it once.
 	rest := b[n:]
-	h := make(map[string]string, count)
 	var prev []byte
 	for i := range int(count) {
-		var k, v []byte
+		var k []byte
 		var ok bool
 		if k, rest, ok = cutField(rest); !ok {
-			return malformed("truncated key")
+			return nil, nil, fmt.Errorf("%w: headers: truncated key", ErrMalformed)
 		}
-		if v, rest, ok = cutField(rest); !ok {
-			return malformed("truncated value")
+		if _, rest, ok = cutField(rest); !ok {
+			return nil, nil, fmt.Errorf("%w: headers: truncated value", ErrMalformed)
 		}
-		if len(k) == 0 {
-			return malformed("empty key")
-		}
-		if i > 0 && string(k) <= string(prev) {
-			return malformed("keys out of order")
-		}
-		if len(b)-len(rest) > maxHeaderBytes {
-			return malformed("section too large")
+		switch {
+		case len(k) == 0:
+			return nil, nil, fmt.Errorf("%w: headers: empty key", ErrMalformed)
+		case i > 0 && string(k) <= string(prev):
+			return nil, nil, fmt.Errorf("%w: headers: keys out of order", ErrMalformed)
+		case len(b)-len(rest) > maxHeaderBytes:
+			return nil, nil, fmt.Errorf("%w: headers: section over %d bytes", ErrMalformed, maxHeaderBytes)
 		}
 		prev = k
-		h[string(k)] = string(v)
+	}
+	section := string(b[n : len(b)-len(rest)])
+	h := make(map[string]string, count)
+	for range int(count) {
+		var k, v string
+		k, section = cutStringField(section)
+		v, section = cutStringField(section)
+		h[k] = v
 	}
 	return h, rest, nil
+}
+
+// cutStringField splits a length-prefixed field that cutField accepted
+// off s.
+func cutStringField(s string) (field, rest string) {
+	l, i := 0, 0
+	for shift := 0; ; shift += 7 {
+		c := s[i]
+		i++
+		l |= int(c&0x7f) << shift
+		if c < 0x80 {
+			break
+		}
+	}
+	return s[i : i+l], s[i+l:]
 }
 
 // cutField splits a length-prefixed field (uvarint length, bytes) off b.

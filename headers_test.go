@@ -209,8 +209,9 @@ func TestEntryRoundTripHeadersProperty(t *testing.T) {
 }
 
 // Tasks without headers cost no allocation to encode into a buffer or to
-// parse: the claim's hot path is as before headers.
-func TestEntryWithoutHeadersAllocatesNothing(t *testing.T) {
+// parse: the claim's hot path is as before headers. With headers, parsing
+// costs the map and one string, whatever their number.
+func TestEntryAllocations(t *testing.T) {
 	payload := []byte("payload")
 	buf := make([]byte, 0, 256)
 	b := appendEntry(nil, 0, testID, 42, 1_700_000_000_000, 0, nil, payload)
@@ -221,4 +222,22 @@ func TestEntryWithoutHeadersAllocatesNothing(t *testing.T) {
 		}
 	})
 	assert.Zero(t, allocs)
+
+	// With headers: none to encode (up to 8), the map and one string for
+	// all keys and values to parse, however many headers.
+	h := map[string]string{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "tenant": "acme"}
+	for i := range 6 {
+		h[fmt.Sprint("k", i)] = "v"
+	}
+	b = appendEntry(nil, 0, testID, 42, 1_700_000_000_000, 0, h, payload)
+	assert.Zero(t, testing.AllocsPerRun(100, func() {
+		buf = appendEntry(buf[:0], 0, testID, 42, 1_700_000_000_000, 0, h, payload)
+	}), "encoding 8 headers")
+	allocs = testing.AllocsPerRun(100, func() {
+		got, _, err := parseEntry(b)
+		if err != nil || len(got.Headers) != len(h) {
+			t.Fatal(err, got.Headers)
+		}
+	})
+	assert.LessOrEqual(t, allocs, 3.0, "parsing 8 headers")
 }
