@@ -32,7 +32,8 @@ type Task struct {
 	// are stored in the task's entry beside the payload and come back with
 	// every delivery, retry, recovery, dead letter and replay; nil when
 	// the task has none. At most 64 headers, keys not empty, and 8 KiB
-	// encoded (each key and value with a length byte or two) in all.
+	// encoded (each key and value with a length byte or two) in all;
+	// they do not count against Config.MaxPayload.
 	Headers map[string]string
 }
 
