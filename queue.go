@@ -339,7 +339,9 @@ func (q *Queue) routeChecked(ctx context.Context, orderID uint64) (pi, qi int, p
 // headers whose encoded section takes hsize bytes.
 func (q *Queue) newEntry(orderID uint64, headers map[string]string, hsize int, payload []byte) (id string, entry []byte) {
 	id = q.ids.next()
-	entry = appendEntry(make([]byte, 0, entryCap(hsize, len(payload))), 0, id, orderID, time.Now().UnixMilli(), 0, headers, payload)
+	// 24 bytes hold the varints: an OrderID (10 at most), today's time
+	// (6) and no delivery (1).
+	entry = appendEntry(make([]byte, 0, entryHeader+24+hsize+len(payload)), 0, id, orderID, time.Now().UnixMilli(), 0, headers, payload)
 	return id, entry
 }
 
