@@ -38,10 +38,10 @@ func BenchmarkCluster(b *testing.B) {
 		return qq
 	}
 	b.Run("topology=standalone3", func(b *testing.B) {
-		benchDrain(b, dial(b, servers, queues), PoolConfig{Workers: 64}, clusterBenchTasks)
+		benchDrain(b, dial(b, servers, queues), PoolConfig{Workers: 64}, clusterBenchTasks, nil)
 	})
 	b.Run("topology=cluster3", func(b *testing.B) {
-		benchDrain(b, dial(b, []string{c.url()}, 3*queues), PoolConfig{Workers: 64}, clusterBenchTasks)
+		benchDrain(b, dial(b, []string{c.url()}, 3*queues), PoolConfig{Workers: 64}, clusterBenchTasks, nil)
 	})
 }
 

@@ -22,7 +22,7 @@ func BenchmarkRetention(b *testing.B) {
 		b.Run(fmt.Sprintf("retention=%v", keep > 0), func(b *testing.B) {
 			q, servers := benchQueueWith(b, 1, Config{Retention: keep})
 			b.Cleanup(func() { dropHistory(q) })
-			benchDrain(b, q, PoolConfig{Workers: 64}, drainSize())
+			benchDrain(b, q, PoolConfig{Workers: 64}, drainSize(), nil)
 			if keep == 0 || testRedisURL == "" {
 				return
 			}

@@ -233,7 +233,7 @@ func BenchmarkScale(b *testing.B) {
 					p.Close()
 				}
 			})
-			benchDrain(b, q, PoolConfig{Workers: 64}, 100000)
+			benchDrain(b, q, PoolConfig{Workers: 64}, 100000, nil)
 		})
 	}
 }
@@ -312,7 +312,7 @@ func BenchmarkWaitReplicas(b *testing.B) {
 	}
 	for _, wait := range []int{0, 1} {
 		b.Run(fmt.Sprintf("op=drain/workers=64/wait=%d", wait), func(b *testing.B) {
-			benchDrain(b, dial(b, wait), PoolConfig{Workers: 64}, 100000)
+			benchDrain(b, dial(b, wait), PoolConfig{Workers: 64}, 100000, nil)
 		})
 	}
 }

@@ -248,16 +248,27 @@ func drainSize() int {
 // alone, add-tasks/s for the AddTasks call alone, and the drain's
 // allocations per task. Compare with BenchmarkRawDrain. Each worker count
 // runs under both dispatch modes (dispatch=byorder, the default, and
-// dispatch=free).
+// dispatch=free), with tasks without headers (headers=0) and with two
+// (headers=2: benchHeaders, a W3C traceparent and a tenant, which the
+// AnalyseFunc reads).
 func BenchmarkDrain(b *testing.B) {
 	for _, w := range []int{1, 8, 64} {
 		for _, mode := range []DispatchMode{DispatchByOrder, DispatchFree} {
-			b.Run(fmt.Sprintf("workers=%d/dispatch=%s", w, mode), func(b *testing.B) {
-				q, _ := benchQueue(b, 1)
-				benchDrain(b, q, PoolConfig{Workers: w, Dispatch: mode}, drainSize())
-			})
+			for _, h := range []map[string]string{nil, benchHeaders} {
+				b.Run(fmt.Sprintf("workers=%d/dispatch=%s/headers=%d", w, mode, len(h)), func(b *testing.B) {
+					q, _ := benchQueue(b, 1)
+					benchDrain(b, q, PoolConfig{Workers: w, Dispatch: mode}, drainSize(), h)
+				})
+			}
 		}
 	}
+}
+
+// benchHeaders are the headers of BenchmarkDrain's headers=2 tasks: what
+// the otel module puts in a task, and one of the caller's own.
+var benchHeaders = map[string]string{
+	"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+	"tenant":      "acme",
 }
 
 // serverCPU returns the CPU time (user and system) the server of pool has
@@ -358,17 +369,24 @@ func (m *cpuMeter) reportCores(b *testing.B, wall time.Duration) {
 
 // benchDrain runs b.N end-to-end runs of n tasks per analyser of q, one
 // AnalysePool per analyser with cfg's workers and dispatch mode each.
-func benchDrain(b *testing.B, q *Queue, cfg PoolConfig, n int) {
+// Each task has headers (nil: none); the analyse function reads them.
+func benchDrain(b *testing.B, q *Queue, cfg PoolConfig, n int, headers map[string]string) {
 	b.Helper()
 	ctx := context.Background()
 	a := q.Analysers()
 	tasks := make([]Task, n*a)
 	for i := range tasks {
 		// Spread benchOrders OrderIDs over each analyser.
-		tasks[i] = Task{OrderID: uint64(i % (benchOrders * a)), Payload: benchPayload}
+		tasks[i] = Task{OrderID: uint64(i % (benchOrders * a)), Payload: benchPayload, Headers: headers}
 	}
 	var processed atomic.Int64
-	noop := func(context.Context, Task) error { processed.Add(1); return nil }
+	noop := func(_ context.Context, t Task) error {
+		if len(t.Headers) != len(headers) {
+			return fmt.Errorf("task %s has %d headers, want %d", t.ID, len(t.Headers), len(headers))
+		}
+		processed.Add(1)
+		return nil
+	}
 	cfg.ExitOnEmpty = true
 	cfg.OnError = func(err error) { b.Error(err) }
 	if cfg.Logger == nil {

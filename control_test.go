@@ -348,3 +348,22 @@ func TestConsumerAckKeepsStatusWithRetention(t *testing.T) {
 	assert.False(t, st.StartedAt.Before(st.AddedAt))
 	require.NoError(t, c.Release(ctx))
 }
+
+func TestScheduledTaskKeepsItsHeaders(t *testing.T) {
+	t.Parallel()
+	q, _, _ := testQueue1(t)
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	h := map[string]string{"trace": "abc"}
+	_, err := q.AddTask(ctx, 1, []byte("s"), WithHeaders(h), At(time.Now().Add(100*time.Millisecond)))
+	require.NoError(t, err)
+	assert.Equal(t, int64(1), stats0(t, q).Scheduled)
+	_, _, err = q.AddTaskOnce(ctx, 1, "k", time.Minute, []byte("o"), At(time.Now().Add(time.Hour)))
+	assert.ErrorIs(t, err, ErrBadConfig)
+	got := make(chan Task, 1)
+	errc := runPool(ctx, q, PoolConfig{Workers: 1}, func(_ context.Context, t Task) error { got <- t; return nil })
+	task := <-got
+	assert.Equal(t, h, task.Headers)
+	cancel()
+	require.NoError(t, <-errc)
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -214,6 +215,8 @@ func FuzzDecodeDead(f *testing.F) {
 	f.Add(testID, append(deadHeader(3, 1_700_000_000_001, "boom"), entry...))
 	f.Add("bad:1", append(deadHeader(0, 1, "claim: bad"), "raw"...))
 	f.Add("x", []byte("garbage"))
+	hentry := encodeTask(Task{ID: testID, OrderID: 9, AddedAt: time.UnixMilli(1), Payload: []byte("p"), Headers: map[string]string{"k": "v"}}, 5)
+	f.Add(testID, append(deadHeader(5, 2, "boom"), hentry...))
 	f.Fuzz(func(t *testing.T, field string, b []byte) {
 		d := decodeDead(field, b)
 		if strings.HasPrefix(d.LastError, "malformed dead record: ") && d.Raw != nil && bytes.Equal(d.Raw, b) {
@@ -237,12 +240,12 @@ func FuzzDecodeDead(f *testing.F) {
 		if err != nil {
 			t.Fatalf("decoded a dead task whose entry does not decode: %v", err)
 		}
-		if d.Attempt != d.Attempts || task.ID != d.ID || task.OrderID != d.OrderID || !bytes.Equal(task.Payload, d.Payload) {
+		if d.Attempt != d.Attempts || task.ID != d.ID || task.OrderID != d.OrderID || !bytes.Equal(task.Payload, d.Payload) || !maps.Equal(task.Headers, d.Headers) {
 			t.Fatalf("dead task %+v disagrees with its entry %+v", d, task)
 		}
 		// A dead task does not keep recovery's mark (entryRecovered):
 		// a replay makes it new work. All else re-encodes to the byte.
-		if re := appendEntry(nil, d.ID, d.OrderID, d.AddedAt.UnixMilli(), deliveries, d.Payload); !isEntryVersion(tail[0]) || !bytes.Equal(re[1:], tail[1:]) {
+		if re := appendEntry(nil, 0, d.ID, d.OrderID, d.AddedAt.UnixMilli(), deliveries, d.Headers, d.Payload); !isEntryStart(tail[0]) || !bytes.Equal(re[1:], tail[1:]) {
 			t.Fatalf("entry %q re-encoded as %q", tail, re)
 		}
 	})

@@ -243,6 +243,24 @@
 // bytes of varints, which the ack and cancel scripts write and Redis
 // expires. A task still in the ready list reads as [StateUnknown].
 //
+// # Headers
+//
+// A task may carry headers, a small string map for what travels beside
+// the payload (trace context, a tenant, a content type): [WithHeaders] for
+// [Queue.AddTask] and [Queue.AddTaskOnce], [Task].Headers for
+// [Queue.AddTasks]. They come back in [Task].Headers with every delivery,
+// retry and recovery, and in the dead-letter store and its replays. At
+// most 64, keys not empty, 8 KiB encoded in all, checked with the payload
+// before anything is written ([ErrBadHeaders]). They are stored in the
+// task's entry, after its delivery count, keys sorted, with a flag in the
+// entry's first byte; a task without headers is encoded as before headers
+// existed, so it costs nothing more, and entries already in Redis read
+// unchanged. Analysers of a release before headers quarantine a task with
+// headers as malformed: upgrade analysers before producers set them. The
+// module github.com/qugo/queue/otel propagates OpenTelemetry trace
+// context through headers and records a span per delivery; the order of
+// an OrderID's tasks does not depend on their headers.
+//
 // # Workers and dispatch
 //
 // A pool runs its tasks on worker goroutines: [PoolConfig].Workers of
@@ -473,7 +491,7 @@
 //	{P:group:G}:nudge:M  list  pushed when member M's analysers change
 //
 // The byte layouts are in the code: an encoded task in task.go (about 30
-// bytes over the payload), pending and claim-sequence records in pending.go
+// bytes over the payload and headers), pending and claim-sequence records in pending.go
 // and recover.go, dead records in dead.go, every script as it runs under
 // testdata/scripts. After a drain nothing per task is left (but the history
 // of finished tasks, with [Config].Retention). A key holding

@@ -24,6 +24,10 @@ var (
 	ErrEmptyPayload = errors.New("queue: empty payload")
 	// ErrPayloadTooLarge is returned for a payload over Config.MaxPayload.
 	ErrPayloadTooLarge = errors.New("queue: payload too large")
+	// ErrBadHeaders is returned by AddTask, AddTasks and AddTaskOnce for
+	// headers over the limits (see Task.Headers): more than 64, an empty
+	// key, or more than 8 KiB encoded. Nothing is written.
+	ErrBadHeaders = errors.New("queue: bad headers")
 	// ErrMalformed marks a record in Redis that does not decode as a task.
 	// Such records are moved to the dead-letter store with their raw bytes.
 	// AnalysePool also reports it through OnError when recovery moves

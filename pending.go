@@ -2,7 +2,6 @@ package queue
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"strconv"
@@ -163,7 +162,7 @@ while true do
     n, bytes = n + 1, bytes + size
     if got ~= items then items[n] = e end
     local v = byte(e, 1)
-    if size >= $entryHeader and (v == $entryVersion or v == $entryRecovered) then
+    if size >= $entryHeader and v <= $entryFlags and v % 2 == $entryTask then
       local f = sub(e, 2, $entryHeader)
       seq[n] = f
       args[2 * n - 1] = f
@@ -325,7 +324,10 @@ type claimed struct {
 
 // size is what a held task counts against PoolConfig.MaxHeldBytes: its
 // encoded size, near enough.
-func (t *claimed) size() int64 { return int64(entryHeader + 12 + len(t.Payload)) }
+func (t *claimed) size() int64 {
+	h, _ := headersSize(t.Headers)
+	return int64(entryHeader + 12 + h + len(t.Payload))
+}
 
 // claimBatch tracks one claim until none of its tasks is pending, when its
 // claim-sequence record can go.
@@ -433,7 +435,7 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 		}
 		ids = append(ids, raw[1:entryHeader]...)
 		t.Attempt = deliveries + 1
-		c := claimed{Task: t, seq: seq, claim: batch, recovered: raw[0] == entryRecovered}
+		c := claimed{Task: t, seq: seq, claim: batch, recovered: raw[0]&entryRecovered != 0}
 		if len(marks) > 0 {
 			if at, _ := redis.Int(marks[0], nil); at == i+1 {
 				c.cancelled, marks = true, marks[1:]
@@ -463,7 +465,7 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 // pendingField is the pending hash field the claim script gives an entry:
 // its ID, or "bad:<seq>" when it has no readable header.
 func pendingField(entry []byte, seq int64) string {
-	if len(entry) >= entryHeader && isEntryVersion(entry[0]) {
+	if len(entry) >= entryHeader && isEntryStart(entry[0]) {
 		return string(entry[1:entryHeader])
 	}
 	return "bad:" + strconv.FormatInt(seq, 10)
@@ -530,15 +532,17 @@ func (s *store) recordDelivery(ctx context.Context, t claimed) error {
 }
 
 // accountedRecord is the pending record of t after a recorded delivery:
-// the entry with deliveries as its count, behind a '+'.
+// the entry with deliveries as its count (not marked recovered: the
+// delivery is recorded), behind a '+'.
 func accountedRecord(t Task, deliveries int) []byte {
-	buf := make([]byte, 1, 1+entryHeader+3*binary.MaxVarintLen64+len(t.Payload))
+	h, _ := headersSize(t.Headers) // a claimed task's headers are within the limits
+	buf := make([]byte, 1, 1+entryCap(h, len(t.Payload)))
 	buf[0] = accountedMark
-	return appendEntry(buf, t.ID, t.OrderID, t.AddedAt.UnixMilli(), deliveries, t.Payload)
+	return appendEntry(buf, 0, t.ID, t.OrderID, t.AddedAt.UnixMilli(), deliveries, t.Headers, t.Payload)
 }
 
 // accountedMark starts a pending record whose count includes the current
-// delivery; an entry starts with entryVersion or entryRecovered.
+// delivery; an entry starts with its flags byte (see isEntryStart).
 const accountedMark = '+'
 
 // fail records a failed delivery of t (as claimed, with its Attempt). When

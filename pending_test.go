@@ -129,16 +129,19 @@ func TestPoisonTaskStillDeadLettered(t *testing.T) {
 	assert.Equal(t, maxAttempts, dead[0].Attempts)
 }
 
-// garbageEntries are ready-list elements that are not tasks.
+// garbageEntries are ready-list elements that are not tasks. Those with a
+// readable ID (which the claim script files them under) have IDs of their
+// own: two elements with one ID in one claim would share a pending field.
 func garbageEntries() [][]byte {
 	good := encodeTask(Task{ID: testID, OrderID: 5, AddedAt: time.UnixMilli(1), Payload: []byte("p")}, 0)
 	return [][]byte{
 		[]byte("garbage"),
 		{},
-		{entryVersion},
-		append([]byte{entryVersion}, "ABCDEFGHIJKLMNOPQRST\x01\x01\x00p"...), // bad ID characters
-		append(append([]byte{}, good[:entryHeader]...), 0x80),                // truncated varint
-		append([]byte{0x07}, good[1:]...),                                    // wrong version
+		{entryTask},
+		append([]byte{entryTask}, "ABCDEFGHIJKLMNOPQRST\x01\x01\x00p"...),                          // bad ID characters
+		append(append([]byte{}, good[:entryHeader]...), 0x80),                                      // truncated varint
+		append([]byte{0x09}, good[1:]...),                                                          // a flag outside entryFlags
+		join([]byte{entryTask | entryHeaders}, []byte("hhhhhhhhhhhhhhhhhhhh"), good[entryHeader:]), // headers flagged, none there
 	}
 }
 

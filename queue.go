@@ -3,7 +3,6 @@ package queue
 import (
 	"context"
 	"crypto/tls"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
@@ -329,12 +328,16 @@ func (q *Queue) checkPayload(p []byte) error {
 	return nil
 }
 
-// admit refuses a call on a closed queue or with a payload out of bounds.
-func (q *Queue) admit(payload []byte) error {
+// admit refuses a call on a closed queue or with a payload or headers out
+// of bounds, and returns the size of the headers' encoded section.
+func (q *Queue) admit(payload []byte, headers map[string]string) (int, error) {
 	if q.closed.Load() {
-		return ErrClosed
+		return 0, ErrClosed
 	}
-	return q.checkPayload(payload)
+	if err := q.checkPayload(payload); err != nil {
+		return 0, err
+	}
+	return headersSize(headers)
 }
 
 // routeChecked returns the partition and queue of orderID, with the
@@ -345,10 +348,13 @@ func (q *Queue) routeChecked(ctx context.Context, orderID uint64) (pi, qi int, p
 	return pi, qi, p, q.checkLayout(ctx, p)
 }
 
-// newEntry makes a new task ID and the encoded task for orderID.
-func (q *Queue) newEntry(orderID uint64, payload []byte) (id string, entry []byte) {
+// newEntry makes a new task ID and the encoded task for orderID, with
+// headers whose encoded section takes hsize bytes.
+func (q *Queue) newEntry(orderID uint64, headers map[string]string, hsize int, payload []byte) (id string, entry []byte) {
 	id = q.ids.next()
-	entry = appendEntry(make([]byte, 0, entryHeader+24+len(payload)), id, orderID, time.Now().UnixMilli(), 0, payload)
+	// 24 bytes hold the varints: an OrderID (10 at most), today's time
+	// (6) and no delivery (1).
+	entry = appendEntry(make([]byte, 0, entryHeader+24+hsize+len(payload)), 0, id, orderID, time.Now().UnixMilli(), 0, headers, payload)
 	return id, entry
 }
 
@@ -368,19 +374,54 @@ func (q *Queue) newEntry(orderID uint64, payload []byte) (id string, entry []byt
 // and the task may then be in Redis or not. At most 4096 calls or 64 MiB
 // of tasks wait per partition; a call that finds that line full waits
 // for room, on ctx.
-func (q *Queue) AddTask(ctx context.Context, orderID uint64, payload []byte) (string, error) {
-	if err := q.admit(payload); err != nil {
-		return "", err
-	}
-	pi, qi, p, err := q.routeChecked(ctx, orderID)
+//
+// Options set the task's headers (WithHeaders); they are checked, with
+// the payload, before anything is written.
+func (q *Queue) AddTask(ctx context.Context, orderID uint64, payload []byte, opts ...AddOption) (string, error) {
+	a, err := q.prepareAdd(ctx, orderID, payload, opts)
 	if err != nil {
 		return "", err
 	}
-	id, entry := q.newEntry(orderID, payload)
-	if err := q.adders[pi].add(ctx, p.pool, q.ready[pi][qi], entry); err != nil {
-		return "", redisErr(fmt.Sprintf("add task to partition %d queue %d", pi, qi), err)
+	if !a.due.IsZero() {
+		return a.id, q.schedule(ctx, a)
 	}
-	return id, nil
+	if err := q.adders[a.pi].add(ctx, a.p.pool, q.ready[a.pi][a.qi], a.entry); err != nil {
+		return "", redisErr(fmt.Sprintf("add task to partition %d queue %d", a.pi, a.qi), err)
+	}
+	return a.id, nil
+}
+
+// addition is a task ready to be written: its route, ID and entry, and
+// its due time when it is scheduled.
+type addition struct {
+	pi, qi int
+	p      *partition
+	id     string
+	entry  []byte
+	due    time.Time // zero: add it now
+}
+
+// prepareAdd checks a task of AddTask, AddTaskOnce or AddTaskAt and its
+// options, verifies its partition's layout, and encodes it.
+func (q *Queue) prepareAdd(ctx context.Context, orderID uint64, payload []byte, opts []AddOption) (addition, error) {
+	var o addOptions
+	if len(opts) > 0 {
+		o = newAddOptions(opts)
+	}
+	hsize, err := q.admit(payload, o.headers)
+	if err != nil {
+		return addition{}, err
+	}
+	pi, qi, p, err := q.routeChecked(ctx, orderID)
+	if err != nil {
+		return addition{}, err
+	}
+	id, entry := q.newEntry(orderID, o.headers, hsize, payload)
+	a := addition{pi: pi, qi: qi, p: p, id: id, entry: entry}
+	if !o.at.IsZero() && o.at.After(time.Now()) {
+		a.due = o.at
+	}
+	return a, nil
 }
 
 // maxPushArgs bounds the values of one LPUSH in AddTasks.
@@ -388,8 +429,9 @@ const maxPushArgs = 4096
 
 // AddTasks enqueues many tasks with one pipelined round trip per partition
 // they touch; tasks of one queue go in one LPUSH per 4096 tasks. Only
-// OrderID, Payload and NotBefore (see Task) of each Task are read. It
-// returns the new IDs in the order of tasks. It validates every task before writing any; on a Redis
+// OrderID, Payload, Headers and NotBefore (see Task) of each Task are
+// read. It returns the new IDs in the order of tasks. It validates every
+// task before writing any; on a Redis
 // error some partitions may have taken their tasks and others not, and the
 // IDs are returned all the same so the caller can look them up.
 // It is safe for concurrent use.
@@ -397,17 +439,20 @@ func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 	if q.closed.Load() {
 		return nil, ErrClosed
 	}
+	// Check every task, and size one buffer for all the entries so that
+	// it never moves.
+	size := 0
 	for i := range tasks {
 		if err := q.checkPayload(tasks[i].Payload); err != nil {
 			return nil, fmt.Errorf("task %d: %w", i, err)
 		}
+		h, err := headersSize(tasks[i].Headers)
+		if err != nil {
+			return nil, fmt.Errorf("task %d: %w", i, err)
+		}
+		size += entryCap(h, len(tasks[i].Payload))
 	}
 	ids := q.ids.nextN(len(tasks))
-	// Encode every entry into one buffer, sized so that it never moves.
-	size := 0
-	for i := range tasks {
-		size += entryHeader + 3*binary.MaxVarintLen64 + len(tasks[i].Payload)
-	}
 	buf := make([]byte, 0, size)
 	// Group entries per partition, then per queue, keeping task order:
 	// count first, so that every group is allocated once, at its size.
@@ -436,7 +481,7 @@ func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 		t := &tasks[i]
 		pi, qi := int(slot[i])/qs, int(slot[i])%qs
 		start := len(buf)
-		buf = appendEntry(buf, ids[i], t.OrderID, now, 0, t.Payload)
+		buf = appendEntry(buf, 0, ids[i], t.OrderID, now, 0, t.Headers, t.Payload)
 		entry := buf[start:len(buf):len(buf)]
 		if due := t.NotBefore.UnixMilli(); !t.NotBefore.IsZero() && due > now {
 			if later == nil {

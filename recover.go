@@ -35,9 +35,9 @@ type pendingRecord struct {
 // upgrade are put back, in order. The entry itself is not checked.
 func splitPending(v []byte) (accounted bool, entry []byte, legacy int64, err error) {
 	switch {
-	case len(v) > 0 && isEntryVersion(v[0]):
+	case len(v) > 0 && isEntryStart(v[0]):
 		return false, v, -1, nil
-	case len(v) > 1 && v[0] == accountedMark && isEntryVersion(v[1]):
+	case len(v) > 1 && v[0] == accountedMark && isEntryStart(v[1]):
 		return true, v[1:], -1, nil
 	case len(v) > 0 && v[0] >= '0' && v[0] <= '9':
 		num, rest, ok := bytes.Cut(v, []byte{':'})
@@ -114,7 +114,7 @@ func readPending(ctx context.Context, p *partition, k queueKeys, what string) ([
 			err = fmt.Errorf("%w: pending record %q holds task %q", ErrMalformed, field, r.Task.ID)
 		}
 		r.err = err
-		r.recovered = err == nil && entry[0] == entryRecovered
+		r.recovered = err == nil && entry[0]&entryRecovered != 0
 		r.seq = legacy // -1 unless the record carries its own
 		if s, ok := seqs[field]; ok {
 			r.seq = s

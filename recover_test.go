@@ -141,6 +141,9 @@ func FuzzDecodePending(f *testing.F) {
 	task := Task{ID: testID, OrderID: 9, AddedAt: time.UnixMilli(1_700_000_000_000), Payload: []byte("x:y")}
 	f.Add(encodeTask(task, 2))
 	f.Add(accountedRecord(task, 2))
+	task.Headers = map[string]string{"k": "v", "tenant": "t1"}
+	f.Add(encodeClaimed(claimed{Task: task, recovered: true}))
+	f.Add(accountedRecord(task, 3))
 	f.Add([]byte("+"))
 	f.Add([]byte("17:no seq any more"))
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -169,9 +172,9 @@ func FuzzDecodePending(f *testing.F) {
 			}
 			re = append([]byte(head+":"), encodeTask(task, deliveries)...)
 		}
-		// The entry's first byte says entryVersion or entryRecovered (the
-		// mark is not the task's): keep the one it had.
-		if off := len(re) - len(encodeTask(task, deliveries)); off < len(b) && isEntryVersion(b[off]) {
+		// The entry's flags say whether recovery marked it (the mark is
+		// not the task's): keep the one it had.
+		if off := len(re) - len(encodeTask(task, deliveries)); off < len(b) && isEntryStart(b[off]) {
 			re[off] = b[off]
 		}
 		if !bytes.Equal(re, b) {

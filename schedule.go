@@ -45,31 +45,26 @@ return n
 // tracking, such as a proxy, an idle pool learns of a task scheduled
 // during its wait within a second). It is safe for concurrent use and
 // costs one round trip.
-func (q *Queue) AddTaskAt(ctx context.Context, orderID uint64, at time.Time, payload []byte) (string, error) {
-	if !at.After(time.Now()) {
-		return q.AddTask(ctx, orderID, payload)
-	}
-	if err := q.admit(payload); err != nil {
-		return "", err
-	}
-	pi, qi, p, err := q.routeChecked(ctx, orderID)
-	if err != nil {
-		return "", err
-	}
-	id, entry := q.newEntry(orderID, payload)
-	k := newQueueKeys(q.cfg.Prefix, pi, qi)
-	_, err = onPartition(ctx, p, fmt.Sprintf("schedule task on partition %d queue %d", pi, qi), func(c redis.Conn) (any, error) {
-		return scheduleScript.DoContext(ctx, c, k.sched, k.later, at.UnixMilli(), id, entry)
-	})
-	if err != nil {
-		return "", err
-	}
-	return id, nil
+func (q *Queue) AddTaskAt(ctx context.Context, orderID uint64, at time.Time, payload []byte, opts ...AddOption) (string, error) {
+	return q.AddTask(ctx, orderID, payload, append(opts[:len(opts):len(opts)], At(at))...)
 }
 
-// AddTaskAfter is AddTaskAt(ctx, orderID, time.Now().Add(d), payload).
-func (q *Queue) AddTaskAfter(ctx context.Context, orderID uint64, d time.Duration, payload []byte) (string, error) {
-	return q.AddTaskAt(ctx, orderID, time.Now().Add(d), payload)
+// At schedules the task added with AddTask: it is AddTaskAt. AddTaskOnce
+// refuses it.
+func At(t time.Time) AddOption { return func(o *addOptions) { o.at = t } }
+
+// schedule writes the scheduled task a.
+func (q *Queue) schedule(ctx context.Context, a addition) error {
+	k := newQueueKeys(q.cfg.Prefix, a.pi, a.qi)
+	_, err := onPartition(ctx, a.p, fmt.Sprintf("schedule task on partition %d queue %d", a.pi, a.qi), func(c redis.Conn) (any, error) {
+		return scheduleScript.DoContext(ctx, c, k.sched, k.later, a.due.UnixMilli(), a.id, a.entry)
+	})
+	return err
+}
+
+// AddTaskAfter is AddTaskAt(ctx, orderID, time.Now().Add(d), payload, opts...).
+func (q *Queue) AddTaskAfter(ctx context.Context, orderID uint64, d time.Duration, payload []byte, opts ...AddOption) (string, error) {
+	return q.AddTaskAt(ctx, orderID, time.Now().Add(d), payload, opts...)
 }
 
 // ScheduledTask is a task waiting for its due time.

@@ -24,8 +24,8 @@ import (
 // wrong Redis type (typeCheck), so that a key someone overwrote costs an
 // error and never a task.
 var scriptVars = strings.NewReplacer(
-	"$entryVersion", strconv.Itoa(entryVersion),
-	"$entryRecovered", strconv.Itoa(entryRecovered),
+	"$entryTask", strconv.Itoa(entryTask),
+	"$entryFlags", strconv.Itoa(entryFlags),
 	"$entryHeader", strconv.Itoa(entryHeader),
 	"$idLen", strconv.Itoa(idLen),
 	"$scriptChunk", strconv.Itoa(scriptChunk),

@@ -51,7 +51,14 @@ func TestScriptsGolden(t *testing.T) {
 // The numbers a script reads records with are the Go constants, not copies.
 func TestScriptsUseGoConstants(t *testing.T) {
 	claim := scriptSources["claim"]
-	assert.Contains(t, claim, "size >= 21 and (v == 1 or v == 3)", "entryHeader, entryVersion and entryRecovered")
+	assert.Contains(t, claim, "size >= 21 and v <= 7 and v % 2 == 1", "entryHeader, entryFlags and entryTask")
+	// The script's test (the low bit set, no bit above entryFlags) is
+	// isEntryStart's for every byte.
+	assert.Equal(t, 1, entryTask)
+	assert.Equal(t, 7, entryFlags)
+	for c := range 256 {
+		assert.Equal(t, c <= entryFlags && c%2 == entryTask, isEntryStart(byte(c)), "byte %#x", c)
+	}
 	assert.Contains(t, claim, "sub(e, 2, 21)")
 	assert.Contains(t, claim, "'"+seqFiller+"'")
 	assert.Equal(t, idLen, len(seqFiller))

@@ -260,20 +260,21 @@ return {1, ARGV[1]}
 // same orderID and key within window enqueues nothing and returns the first
 // call's task ID with added false. The key lives in Redis (one string with
 // a PX expiry, beside the queue's keys) until the window ends. It is safe
-// for concurrent use and costs one round trip.
-func (q *Queue) AddTaskOnce(ctx context.Context, orderID uint64, key string, window time.Duration, payload []byte) (id string, added bool, err error) {
-	if err := q.admit(payload); err != nil {
-		return "", false, err
-	}
+// for concurrent use and costs one round trip. Options are AddTask's; a
+// duplicate's are checked too, and ignored.
+func (q *Queue) AddTaskOnce(ctx context.Context, orderID uint64, key string, window time.Duration, payload []byte, opts ...AddOption) (id string, added bool, err error) {
 	if key == "" || window <= 0 {
 		return "", false, fmt.Errorf("%w: AddTaskOnce needs a key and a positive window", ErrBadConfig)
 	}
-	pi, qi, p, err := q.routeChecked(ctx, orderID)
+	a, err := q.prepareAdd(ctx, orderID, payload, opts)
 	if err != nil {
 		return "", false, err
 	}
+	if !a.due.IsZero() {
+		return "", false, fmt.Errorf("%w: AddTaskOnce does not schedule (At)", ErrBadConfig)
+	}
+	pi, qi, p, id, entry := a.pi, a.qi, a.p, a.id, a.entry
 	k := newQueueKeys(q.cfg.Prefix, pi, qi)
-	id, entry := q.newEntry(orderID, payload)
 	what := fmt.Sprintf("add task once to partition %d queue %d", pi, qi)
 	r, err := onPartition(ctx, p, what, func(c redis.Conn) ([]any, error) {
 		return redis.Values(addOnceScript.DoContext(ctx, c, k.ready, k.dedup(orderID, key), id, entry, max(window.Milliseconds(), 1)))

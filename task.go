@@ -32,65 +32,108 @@ type Task struct {
 	// A time not in the future adds it at once. Delivered tasks leave it
 	// zero.
 	NotBefore time.Time
+	// Headers are the caller's small string map (trace context, tenant,
+	// content type...), set with WithHeaders or, for AddTasks, here. They
+	// are stored in the task's entry beside the payload and come back with
+	// every delivery, retry, recovery, dead letter and replay; nil when
+	// the task has none. At most 64 headers, keys not empty, and 8 KiB
+	// encoded (each key and value with a length byte or two) in all;
+	// they do not count against Config.MaxPayload.
+	Headers map[string]string
 }
 
 // idLen is the length of every task ID: 96 bits in base32 (0-9, a-v).
 const idLen = 20
 
-// entryVersion is the first byte of an encoded task; a record that starts
-// with neither it nor entryRecovered is malformed.
-const entryVersion = 0x01
+// The first byte of an encoded task is a set of flags. entryTask is set in
+// every task entry; a record whose first byte lacks it, or has a bit
+// outside entryFlags, is malformed. Entries without headers are written as
+// every earlier release wrote them (0x01, and 0x03 when recovered), so
+// records already in Redis read unchanged.
+const (
+	// entryTask is set in every encoded task.
+	entryTask = 0x01
+	// entryRecovered marks an encoded task that recovery put back without
+	// counting its interrupted delivery, because nothing showed that it
+	// had started. Its next delivery is recorded before it starts (as a
+	// redelivery's is), so that a crash during that one counts.
+	entryRecovered = 0x02
+	// entryHeaders says that a header section follows the delivery count.
+	entryHeaders = 0x04
+	// entryFlags holds every bit an encoded task may have.
+	entryFlags = entryTask | entryRecovered | entryHeaders
+)
 
-// entryRecovered is the first byte of an encoded task that recovery put
-// back without counting its interrupted delivery, because nothing showed
-// that it had started. Its next delivery is recorded before it starts
-// (as a redelivery's is), so that a crash during that one counts.
-const entryRecovered = 0x03
+// isEntryStart reports whether c can start an encoded task.
+func isEntryStart(c byte) bool { return c&entryTask != 0 && c&^entryFlags == 0 }
 
-// isEntryVersion reports whether c starts an encoded task.
-func isEntryVersion(c byte) bool { return c == entryVersion || c == entryRecovered }
-
-// entryHeader is the size of the fixed part of an encoded task: the version
+// entryHeader is the size of the fixed part of an encoded task: the flags
 // byte and the ID. The claim script reads the ID from these bytes.
 const entryHeader = 1 + idLen
 
 // An encoded task (the element of a ready list and the body of a pending
 // record) is:
 //
-//	byte     0x01 (version)
+//	byte     flags: entryTask, with entryRecovered and entryHeaders
 //	[20]byte ID
 //	uvarint  OrderID
 //	uvarint  AddedAt, milliseconds since the Unix epoch
 //	uvarint  deliveries made so far
+//	         with entryHeaders only, the header section:
+//	uvarint  header count, 1 to maxHeaders
+//	         per header, in increasing order of key (so that an entry has
+//	         one encoding): uvarint key length (at least 1), key, uvarint
+//	         value length, value; at most maxHeaderBytes in all, count
+//	         included
 //	rest     payload
 //
-// Its overhead over the payload is at most 44 bytes, typically 30.
+// Its overhead over the payload and headers is at most 44 bytes, typically
+// 30.
 
-// appendEntry appends the encoding of t, with deliveries as the delivery
-// count, to dst.
-func appendEntry(dst []byte, id string, orderID uint64, addedAt int64, deliveries int, payload []byte) []byte {
-	dst = append(dst, entryVersion)
+// appendEntry appends the encoding of a task to dst: its ID, OrderID,
+// AddedAt (ms), headers and payload, with deliveries as its delivery count
+// and flags (entryTask and, with headers, entryHeaders are added). The
+// headers must have passed headersSize.
+func appendEntry(dst []byte, flags byte, id string, orderID uint64, addedAt int64, deliveries int, headers map[string]string, payload []byte) []byte {
+	flags |= entryTask
+	if len(headers) > 0 {
+		flags |= entryHeaders
+	}
+	dst = append(dst, flags)
 	dst = append(dst, id...)
 	dst = binary.AppendUvarint(dst, orderID)
 	dst = binary.AppendUvarint(dst, uint64(addedAt))
 	dst = binary.AppendUvarint(dst, uint64(deliveries))
+	if len(headers) > 0 {
+		dst = appendHeaders(dst, headers)
+	}
 	return append(dst, payload...)
 }
 
+// entryCap is room enough for an entry of a payload of n bytes and a
+// header section of h bytes.
+func entryCap(h, n int) int { return entryHeader + 3*binary.MaxVarintLen64 + h + n }
+
 // encodeTask encodes t with deliveries as its delivery count.
 func encodeTask(t Task, deliveries int) []byte {
-	buf := make([]byte, 0, entryHeader+3*binary.MaxVarintLen64+len(t.Payload))
-	return appendEntry(buf, t.ID, t.OrderID, t.AddedAt.UnixMilli(), deliveries, t.Payload)
+	return encodeEntry(t, deliveries, 0)
+}
+
+// encodeEntry encodes t with deliveries as its delivery count and flags.
+func encodeEntry(t Task, deliveries int, flags byte) []byte {
+	h, _ := headersSize(t.Headers) // a decoded task's headers are within the limits
+	buf := make([]byte, 0, entryCap(h, len(t.Payload)))
+	return appendEntry(buf, flags, t.ID, t.OrderID, t.AddedAt.UnixMilli(), deliveries, t.Headers, t.Payload)
 }
 
 // encodeClaimed encodes a claimed task to go back to the ready list, with
 // t.Attempt as its delivery count, marked recovered when it is.
 func encodeClaimed(t claimed) []byte {
-	b := encodeTask(t.Task, t.Attempt)
+	var flags byte
 	if t.recovered {
-		b[0] = entryRecovered
+		flags = entryRecovered
 	}
-	return b
+	return encodeEntry(t.Task, t.Attempt, flags)
 }
 
 // decodeEntry decodes an encoded task. The returned Task's Attempt is left
@@ -108,9 +151,9 @@ func decodeEntry(b []byte) (t Task, deliveries int, err error) {
 
 // parseEntry decodes an encoded task as decodeEntry does, but leaves the
 // ID empty (it is b[1:entryHeader]) and does not copy: the payload shares
-// b's memory.
+// b's memory. It allocates nothing for an entry without headers.
 func parseEntry(b []byte) (t Task, deliveries int, err error) {
-	if len(b) < entryHeader || !isEntryVersion(b[0]) {
+	if len(b) < entryHeader || !isEntryStart(b[0]) {
 		return Task{}, 0, fmt.Errorf("%w: bad header", ErrMalformed)
 	}
 	for _, c := range b[1:entryHeader] {
@@ -133,10 +176,14 @@ func parseEntry(b []byte) (t Task, deliveries int, err error) {
 	t = Task{
 		OrderID: fields[0],
 		AddedAt: time.UnixMilli(int64(fields[1])),
-		Payload: rest,
 	}
-	if len(rest) == 0 {
-		t.Payload = nil
+	if b[0]&entryHeaders != 0 {
+		if t.Headers, rest, err = parseHeaders(rest); err != nil {
+			return Task{}, 0, err
+		}
+	}
+	if len(rest) > 0 {
+		t.Payload = rest
 	}
 	return t, int(fields[2]), nil
 }

@@ -35,7 +35,7 @@ func TestEntryRoundTrip(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			b := encodeTask(tt.task, tt.deliveries)
-			assert.Equal(t, byte(entryVersion), b[0])
+			assert.Equal(t, byte(entryTask), b[0])
 			assert.Equal(t, tt.task.ID, string(b[1:entryHeader]))
 			assert.LessOrEqual(t, len(b)-len(tt.task.Payload), 44, "overhead")
 			got, deliveries, err := decodeEntry(b)
@@ -102,15 +102,15 @@ func TestDecodeEntryMalformed(t *testing.T) {
 	}{
 		{"nil", nil},
 		{"empty", []byte{}},
-		{"version only", []byte{entryVersion}},
+		{"version only", []byte{entryTask}},
 		{"short header", good[:entryHeader-1]},
 		{"header only", head},
 		{"wrong version", with([]byte{0x02}, good[1:])},
 		{"version zero", with([]byte{0x00}, good[1:])},
 		{"text", []byte("this is not a task at all, just text")},
-		{"upper-case id", with([]byte{entryVersion}, []byte(strings.ToUpper(testID)), good[entryHeader:])},
-		{"id char w", with([]byte{entryVersion}, []byte("0123456789abcdefghiw"), good[entryHeader:])},
-		{"id with NUL", with([]byte{entryVersion}, []byte("0123456789abcdefghi\x00"), good[entryHeader:])},
+		{"upper-case id", with([]byte{entryTask}, []byte(strings.ToUpper(testID)), good[entryHeader:])},
+		{"id char w", with([]byte{entryTask}, []byte("0123456789abcdefghiw"), good[entryHeader:])},
+		{"id with NUL", with([]byte{entryTask}, []byte("0123456789abcdefghi\x00"), good[entryHeader:])},
 		{"order only", with(head, uv(1))},
 		{"no deliveries", with(head, uv(1), uv(2))},
 		{"truncated varint", with(head, []byte{0x80})},
@@ -221,6 +221,11 @@ func FuzzDecodeEntry(f *testing.F) {
 	f.Add(encodeTask(Task{ID: testID, OrderID: 42, AddedAt: time.UnixMilli(1_700_000_000_000), Payload: []byte("hello")}, 0))
 	f.Add(encodeTask(Task{ID: testID, OrderID: math.MaxUint64, AddedAt: time.UnixMilli(1 << 53), Payload: []byte{0}}, 1<<31))
 	f.Add([]byte("garbage"))
+	withHeaders := encodeTask(Task{ID: testID, OrderID: 7, AddedAt: time.UnixMilli(1), Payload: []byte("p"),
+		Headers: map[string]string{"a": "1", "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}, 2)
+	f.Add(withHeaders)
+	f.Add(append([]byte{entryTask | entryRecovered | entryHeaders}, withHeaders[1:]...))
+	f.Add(append([]byte{entryTask | entryHeaders}, encodeTask(Task{ID: testID, Payload: []byte("\x01\x01a\x00")}, 0)[1:]...))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		task, deliveries, err := decodeEntry(b)
 		if err != nil {
@@ -233,7 +238,7 @@ func FuzzDecodeEntry(f *testing.F) {
 			t.Fatalf("decoded a bad id %q", task.ID)
 		}
 		re := encodeTask(task, deliveries)
-		re[0] = b[0] // entryVersion, or entryRecovered: the mark is not the task's
+		re[0] = b[0] // with entryRecovered or without: the mark is not the task's
 		if !bytes.Equal(re, b) {
 			t.Fatalf("re-encoded %q as %q", b, re)
 		}

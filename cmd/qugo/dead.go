@@ -22,15 +22,16 @@ type deadDoc struct {
 // only id (the field it is stored under), error, malformed and raw are
 // meaningful, and died_at when the record's own header was readable.
 type deadTask struct {
-	ID        string     `json:"id"`
-	OrderID   uint64     `json:"order_id"`
-	Attempts  int        `json:"attempts"`
-	AddedAt   *time.Time `json:"added_at"` // UTC; null when unknown
-	DiedAt    *time.Time `json:"died_at"`  // UTC; null when unknown
-	Error     string     `json:"error"`    // the last delivery's error
-	Payload   []byte     `json:"payload"`  // base64; null for a malformed record
-	Malformed bool       `json:"malformed"`
-	Raw       []byte     `json:"raw"` // base64 bytes of a malformed record, else null
+	ID        string            `json:"id"`
+	OrderID   uint64            `json:"order_id"`
+	Attempts  int               `json:"attempts"`
+	AddedAt   *time.Time        `json:"added_at"` // UTC; null when unknown
+	DiedAt    *time.Time        `json:"died_at"`  // UTC; null when unknown
+	Error     string            `json:"error"`    // the last delivery's error
+	Payload   []byte            `json:"payload"`  // base64; null for a malformed record
+	Headers   map[string]string `json:"headers"`  // null when none
+	Malformed bool              `json:"malformed"`
+	Raw       []byte            `json:"raw"` // base64 bytes of a malformed record, else null
 }
 
 // replayDoc is the JSON output of replay.
@@ -66,7 +67,7 @@ func (e *env) newDeadDoc(a int, dead []queue.DeadTask) deadDoc {
 		doc.Tasks[i] = deadTask{
 			ID: d.ID, OrderID: d.OrderID, Attempts: d.Attempts,
 			AddedAt: jsonTime(d.AddedAt), DiedAt: jsonTime(d.DiedAt), Error: d.LastError,
-			Payload: d.Payload, Malformed: d.Raw != nil, Raw: d.Raw,
+			Payload: d.Payload, Headers: d.Headers, Malformed: d.Raw != nil, Raw: d.Raw,
 		}
 	}
 	return doc

@@ -12,8 +12,8 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// garbage is a malformed record: it does not start with the task encoding's
-// version byte.
+// garbage is a malformed record: its first byte is not an encoded task's
+// flags byte.
 var garbage = []byte("\x00\xffjunk")
 
 // deadScenario gives the one analyser of a 1x1 queue three dead records:
@@ -70,6 +70,7 @@ func TestDeadJSON(t *testing.T) {
 		assert.Equal(t, 1, d.Attempts)
 		assert.Equal(t, want.err, d.Error)
 		assert.Equal(t, []byte("task-"+itoa(want.order)), d.Payload)
+		assert.Equal(t, fixtureHeaders(want.order), d.Headers, "order 7 has headers, 8 none")
 		assert.Nil(t, d.Raw)
 		if assert.NotNil(t, d.DiedAt) && assert.NotNil(t, d.AddedAt) {
 			assert.WithinDuration(t, time.Now(), *d.DiedAt, time.Minute)

@@ -96,11 +96,20 @@ func (f *fixture) args(rest ...string) []string {
 }
 
 // add enqueues one task per order ID, with payload "task-<id>".
+// fixtureHeaders are the headers add gives a task of orderID: one for an
+// odd orderID, none for an even one.
+func fixtureHeaders(orderID uint64) map[string]string {
+	if orderID%2 == 0 {
+		return nil
+	}
+	return map[string]string{"order": fmt.Sprint(orderID)}
+}
+
 func (f *fixture) add(t *testing.T, orderIDs ...uint64) []string {
 	t.Helper()
 	tasks := make([]queue.Task, len(orderIDs))
 	for i, id := range orderIDs {
-		tasks[i] = queue.Task{OrderID: id, Payload: []byte(fmt.Sprintf("task-%d", id))}
+		tasks[i] = queue.Task{OrderID: id, Payload: []byte(fmt.Sprintf("task-%d", id)), Headers: fixtureHeaders(id)}
 	}
 	ids, err := f.q.AddTasks(context.Background(), tasks)
 	require.NoError(t, err)

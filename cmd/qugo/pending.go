@@ -20,12 +20,13 @@ type pendingDoc struct {
 
 // pendingTask is one task claimed and not finished, in claim order.
 type pendingTask struct {
-	ID      string     `json:"id"`
-	OrderID uint64     `json:"order_id"`
-	Attempt int        `json:"attempt"`  // the 1-based delivery under way
-	AddedAt *time.Time `json:"added_at"` // when it was enqueued, UTC
-	AgeMS   int64      `json:"age_ms"`   // time minus added_at
-	Payload []byte     `json:"payload"`  // base64
+	ID      string            `json:"id"`
+	OrderID uint64            `json:"order_id"`
+	Attempt int               `json:"attempt"`  // the 1-based delivery under way
+	AddedAt *time.Time        `json:"added_at"` // when it was enqueued, UTC
+	AgeMS   int64             `json:"age_ms"`   // time minus added_at
+	Payload []byte            `json:"payload"`  // base64
+	Headers map[string]string `json:"headers"`  // null when none
 }
 
 func pendingFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
@@ -76,7 +77,7 @@ func (e *env) newPendingDoc(a int, now time.Time, tasks []queue.Task) pendingDoc
 	for i, t := range tasks {
 		doc.Tasks[i] = pendingTask{
 			ID: t.ID, OrderID: t.OrderID, Attempt: t.Attempt,
-			AddedAt: jsonTime(t.AddedAt), AgeMS: age(now, t.AddedAt).Milliseconds(), Payload: t.Payload,
+			AddedAt: jsonTime(t.AddedAt), AgeMS: age(now, t.AddedAt).Milliseconds(), Payload: t.Payload, Headers: t.Headers,
 		}
 	}
 	return doc

@@ -36,6 +36,7 @@ func TestPendingJSON(t *testing.T) {
 		assert.Equal(t, order, p.OrderID)
 		assert.Equal(t, 1, p.Attempt)
 		assert.Equal(t, []byte("task-"+itoa(order)), p.Payload)
+		assert.Equal(t, fixtureHeaders(order), p.Headers)
 		if assert.NotNil(t, p.AddedAt) {
 			assert.WithinDuration(t, time.Now(), *p.AddedAt, time.Minute)
 		}

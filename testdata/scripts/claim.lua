@@ -61,7 +61,7 @@ while true do
     n, bytes = n + 1, bytes + size
     if got ~= items then items[n] = e end
     local v = byte(e, 1)
-    if size >= 21 and (v == 1 or v == 3) then
+    if size >= 21 and v <= 7 and v % 2 == 1 then
       local f = sub(e, 2, 21)
       seq[n] = f
       args[2 * n - 1] = f

@@ -1,0 +1,252 @@
+package otel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+	"go.uber.org/goleak"
+
+	"github.com/qugo/queue"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+var prefixSeq atomic.Int64
+
+// newQueue returns a one-queue queue on the server QUEUE_TEST_REDIS_URL
+// names (under a key prefix of the test's own), or on a miniredis.
+func newQueue(t *testing.T) *queue.Queue {
+	t.Helper()
+	url := os.Getenv("QUEUE_TEST_REDIS_URL")
+	if url == "" {
+		url = "redis://" + miniredis.RunT(t).Addr()
+	}
+	prefix := fmt.Sprintf("qt:otel:%s:%d:%d", t.Name(), time.Now().UnixNano(), prefixSeq.Add(1))
+	q, err := queue.Dial(context.Background(), []string{url}, queue.Config{Prefix: prefix, Queues: 1})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	return q
+}
+
+// tracing returns a tracer provider whose spans the recorder keeps.
+func tracing() (*sdktrace.TracerProvider, *tracetest.SpanRecorder) {
+	rec := tracetest.NewSpanRecorder()
+	return sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec)), rec
+}
+
+// deliveries returns the ended delivery spans, in the order they ended.
+func deliveries(rec *tracetest.SpanRecorder) []sdktrace.ReadOnlySpan {
+	var out []sdktrace.ReadOnlySpan
+	for _, s := range rec.Ended() {
+		if s.Name() == SpanName {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func attrs(s sdktrace.ReadOnlySpan) map[attribute.Key]attribute.Value {
+	m := map[attribute.Key]attribute.Value{}
+	for _, kv := range s.Attributes() {
+		m[kv.Key] = kv.Value
+	}
+	return m
+}
+
+// drain runs analyser 0 until its queue is empty.
+func drain(t *testing.T, q *queue.Queue, cfg queue.PoolConfig, fn queue.AnalyseFunc) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cfg.ExitOnEmpty = true
+	if cfg.Backoff == nil {
+		cfg.Backoff = func(int) time.Duration { return time.Millisecond }
+	}
+	require.NoError(t, q.AnalysePool(ctx, 0, cfg, fn))
+}
+
+var traceContext = propagation.TraceContext{}
+
+// A producer's span goes on in the delivery's, through Redis, and the
+// analyse function's own spans nest under the delivery's.
+func TestTraceGoesOnThroughTheQueue(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	tp, rec := tracing()
+	ctx, producer := tp.Tracer("producer").Start(context.Background(), "produce")
+	withTrace, err := q.AddTask(ctx, 7, []byte("traced"), AddOption(ctx, WithPropagator(traceContext)))
+	require.NoError(t, err)
+	ids, err := q.AddTasks(ctx, []queue.Task{{OrderID: 8, Payload: []byte("batch"), Headers: Headers(ctx, WithPropagator(traceContext))}})
+	require.NoError(t, err)
+	producer.End()
+	plain, err := q.AddTask(context.Background(), 9, []byte("no trace"), AddOption(context.Background(), WithPropagator(traceContext)))
+	require.NoError(t, err)
+
+	var mu sync.Mutex
+	inner := map[string]trace.SpanContext{} // task ID: the delivery span fn saw
+	drain(t, q, queue.PoolConfig{}, Wrap(func(ctx context.Context, task queue.Task) error {
+		_, span := tp.Tracer("analyser").Start(ctx, "write row", trace.WithAttributes(AttrTaskID.String(task.ID)))
+		defer span.End()
+		mu.Lock()
+		defer mu.Unlock()
+		inner[task.ID] = trace.SpanContextFromContext(ctx)
+		return nil
+	}, WithTracerProvider(tp), WithPropagator(traceContext)))
+
+	spans := deliveries(rec)
+	require.Len(t, spans, 3)
+	byID := map[string]sdktrace.ReadOnlySpan{}
+	for _, s := range spans {
+		byID[attrs(s)[AttrTaskID].AsString()] = s
+	}
+	for _, id := range []string{withTrace, ids[0]} {
+		s := byID[id]
+		require.NotNil(t, s, "task %s", id)
+		assert.Equal(t, producer.SpanContext().TraceID(), s.SpanContext().TraceID(), "the producer's trace")
+		assert.Equal(t, producer.SpanContext().SpanID(), s.Parent().SpanID(), "a child of the producer's span")
+		assert.True(t, s.Parent().IsRemote())
+		assert.Equal(t, inner[id], s.SpanContext(), "fn runs in the delivery's span")
+	}
+	s := byID[plain]
+	require.NotNil(t, s)
+	assert.False(t, s.Parent().IsValid(), "a task without trace context starts a trace")
+	assert.NotEqual(t, producer.SpanContext().TraceID(), s.SpanContext().TraceID())
+
+	a := attrs(byID[withTrace])
+	assert.Equal(t, trace.SpanKindConsumer, byID[withTrace].SpanKind())
+	assert.Equal(t, "qugo", a[AttrSystem].AsString())
+	assert.Equal(t, "process", a[AttrOperation].AsString())
+	assert.Equal(t, "7", a[AttrOrderID].AsString())
+	assert.Equal(t, int64(1), a[AttrAttempt].AsInt64())
+	assert.Equal(t, codes.Unset, byID[withTrace].Status().Code)
+	assert.Equal(t, ScopeName, byID[withTrace].InstrumentationScope().Name)
+	nested := 0
+	for _, in := range rec.Ended() {
+		if in.Name() == "write row" {
+			assert.Equal(t, byID[attrs(in)[AttrTaskID].AsString()].SpanContext().SpanID(), in.Parent().SpanID(), "nested")
+			nested++
+		}
+	}
+	assert.Equal(t, 3, nested)
+}
+
+// A failed delivery records its error; the retry is a second span, with
+// attempt 2, in the same trace.
+func TestFailedDeliveryRecordsError(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	tp, rec := tracing()
+	ctx, producer := tp.Tracer("producer").Start(context.Background(), "produce")
+	id, err := q.AddTask(ctx, 1, []byte("x"), AddOption(ctx, WithPropagator(traceContext)))
+	require.NoError(t, err)
+	producer.End()
+	drain(t, q, queue.PoolConfig{}, Wrap(func(_ context.Context, task queue.Task) error {
+		if task.Attempt == 1 {
+			return errors.New("database is down")
+		}
+		return nil
+	}, WithTracerProvider(tp), WithPropagator(traceContext)))
+
+	spans := deliveries(rec)
+	require.Len(t, spans, 2)
+	for i, s := range spans {
+		a := attrs(s)
+		assert.Equal(t, id, a[AttrTaskID].AsString())
+		assert.Equal(t, int64(i+1), a[AttrAttempt].AsInt64())
+		assert.Equal(t, producer.SpanContext().TraceID(), s.SpanContext().TraceID())
+	}
+	assert.Equal(t, codes.Error, spans[0].Status().Code)
+	assert.Equal(t, "database is down", spans[0].Status().Description)
+	require.Len(t, spans[0].Events(), 1)
+	assert.Equal(t, "exception", spans[0].Events()[0].Name)
+	assert.Contains(t, spans[0].Events()[0].Attributes, attribute.String("exception.message", "database is down"))
+	assert.Equal(t, codes.Unset, spans[1].Status().Code)
+	assert.Empty(t, spans[1].Events())
+}
+
+// panicky panics, so that a stack can be checked for it.
+func panicky() { panic("bad task") }
+
+// A panic is recorded on the span, which ends, and goes on to the pool
+// unchanged: its PanicError still shows where fn panicked.
+func TestPanicRecordedAndPassedOn(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	tp, rec := tracing()
+	_, err := q.AddTask(context.Background(), 1, []byte("x"))
+	require.NoError(t, err)
+	var mu sync.Mutex
+	var reported []error
+	cfg := queue.PoolConfig{OnError: func(err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		reported = append(reported, err)
+	}}
+	drain(t, q, cfg, Wrap(func(_ context.Context, task queue.Task) error {
+		if task.Attempt == 1 {
+			panicky()
+		}
+		return nil
+	}, WithTracerProvider(tp)))
+
+	spans := deliveries(rec)
+	require.Len(t, spans, 2)
+	assert.Equal(t, codes.Error, spans[0].Status().Code)
+	assert.Equal(t, "panic: bad task", spans[0].Status().Description)
+	assert.Equal(t, codes.Unset, spans[1].Status().Code)
+	mu.Lock()
+	defer mu.Unlock()
+	require.Len(t, reported, 1)
+	var pe *queue.PanicError
+	require.ErrorAs(t, reported[0], &pe)
+	assert.Equal(t, "bad task", pe.Value)
+	assert.Contains(t, string(pe.Stack), "otel.panicky", "the stack of the panic itself")
+}
+
+func TestHeaders(t *testing.T) {
+	t.Parallel()
+	assert.Nil(t, Headers(context.Background(), WithPropagator(traceContext)), "nothing to propagate: no headers")
+	tp, _ := tracing()
+	ctx, span := tp.Tracer("t").Start(context.Background(), "s")
+	defer span.End()
+	h := Headers(ctx, WithPropagator(traceContext))
+	sc := span.SpanContext()
+	assert.Equal(t, map[string]string{"traceparent": fmt.Sprintf("00-%s-%s-01", sc.TraceID(), sc.SpanID())}, h)
+	both := propagation.NewCompositeTextMapPropagator(traceContext, propagation.Baggage{})
+	assert.Equal(t, h, Headers(ctx, WithPropagator(both)), "no baggage, no baggage header")
+}
+
+// Without options, OpenTelemetry's global propagator and tracer provider
+// serve. (Not parallel: it sets them.)
+func TestGlobals(t *testing.T) {
+	q := newQueue(t)
+	tp, rec := tracing()
+	otel.SetTracerProvider(tp)
+	otel.SetTextMapPropagator(traceContext)
+	ctx, producer := tp.Tracer("producer").Start(context.Background(), "produce")
+	_, err := q.AddTask(ctx, 1, []byte("x"), AddOption(ctx))
+	require.NoError(t, err)
+	producer.End()
+	drain(t, q, queue.PoolConfig{}, Wrap(func(context.Context, queue.Task) error { return nil }))
+	spans := deliveries(rec)
+	require.Len(t, spans, 1)
+	assert.Equal(t, producer.SpanContext().SpanID(), spans[0].Parent().SpanID())
+}
