@@ -189,8 +189,9 @@ func (s *store) readCancels(ctx context.Context) (map[string]struct{}, error) {
 }
 
 // watchCancels reads the queue's cancel marks every cancelPoll until ctx
-// ends, for workers to see (isMarked), cancels the ctx of a marked task
-// that runs, and hurries marked tasks that wait out a backoff.
+// ends, while the pool holds tasks, for workers to see (isMarked),
+// cancels the ctx of a marked task that runs, and hurries marked tasks
+// that wait out a backoff.
 func (s *session) watchCancels(ctx context.Context) {
 	t := time.NewTicker(cancelPoll)
 	defer t.Stop()
@@ -201,6 +202,12 @@ func (s *session) watchCancels(ctx context.Context) {
 		case <-s.halt:
 			return
 		case <-t.C:
+		}
+		if s.held.Load() == 0 {
+			// Nothing in hand: a mark of a task claimed later comes
+			// with its claim. An idle pool reads nothing.
+			s.marks.Store(nil)
+			continue
 		}
 		m, err := s.st.readCancels(ctx)
 		if err != nil {
