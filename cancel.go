@@ -137,12 +137,13 @@ func ValidTaskID(id string) bool {
 //	KEYS[1] = pending hash, KEYS[2] = lease, KEYS[3] = meta hash, KEYS[4] = cancels hash,
 //	KEYS[5] = retries hash, KEYS[6] = history bucket
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = history expiry (ms since the
-//	epoch; 0: keep none), ARGV[4...] = task ID, packed task ID, status record, ...
+//	epoch; 0: keep none), ARGV[4] = retention ms, ARGV[5...] = task ID, packed task ID,
+//	status record, ...
 //
 // Returns the number finished; a task no longer pending is skipped.
 var finishCancelledScript = newScript("finish-cancelled", 6, fenced(2, typeCheck(hashAt(3), hashAt(4), hashAt(5), hashAt(6)), luaIncr+`
 local n = 0
-for i = 4, #ARGV, 3 do
+for i = 5, #ARGV, 3 do
   if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
     n = n + 1
     if ARGV[3] ~= '0' then redis.call('HSET', KEYS[6], ARGV[i + 1], ARGV[i + 2]) end
@@ -152,7 +153,10 @@ for i = 4, #ARGV, 3 do
 end
 if n > 0 then
   incr(KEYS[3], 'cancelled', n)
-  if ARGV[3] ~= '0' then redis.call('PEXPIREAT', KEYS[6], ARGV[3]) end
+  if ARGV[3] ~= '0' then
+    redis.call('PEXPIREAT', KEYS[6], ARGV[3])
+    redis.call('HSET', KEYS[3], 'retention', ARGV[4])
+  end
 end
 return n
 `))
@@ -168,7 +172,7 @@ func (s *store) finishCancelled(ctx context.Context, t claimed, started time.Tim
 	}
 	_, err := s.script(ctx, "finish cancelled task on", finishCancelledScript,
 		s.keys.pending, s.keys.lease, s.keys.meta, s.keys.cancels, s.keys.retries, bucket,
-		s.value(), s.ttlMS, expiry, t.field, packID(t.field), rec.encode(start))
+		s.value(), s.ttlMS, expiry, s.retention.Milliseconds(), t.field, packID(t.field), rec.encode(start))
 	return err
 }
 

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -259,6 +260,13 @@ func TestStatusThroughALife(t *testing.T) {
 	st, err = q.Status(ctx, 7, id)
 	require.NoError(t, err)
 	assert.Equal(t, 2, st.Attempt)
+	// A reader without the retention in its Config (a tool, say) finds
+	// it all the same: the owner recorded it.
+	reader, err := New([]*redis.Pool{q.parts[0].pool}, Config{Prefix: q.cfg.Prefix})
+	require.NoError(t, err)
+	other, err := reader.Status(ctx, 7, id)
+	require.NoError(t, err)
+	assert.Equal(t, st, other)
 	assert.False(t, st.AddedAt.IsZero())
 	assert.False(t, st.StartedAt.Before(st.AddedAt))
 	assert.False(t, st.FinishedAt.Before(st.StartedAt))

@@ -212,25 +212,28 @@ const seqFiller = "--------------------"
 //	KEYS[1] = pending hash, KEYS[2] = lease, KEYS[3] = meta hash, KEYS[4] = claim-sequence hash,
 //	KEYS[5] = retries hash, KEYS[6] = history bucket
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = number of task IDs k,
-//	ARGV[4] = history expiry (ms since the epoch; 0: keep none),
-//	ARGV[5 .. 4+k] = task IDs, then, with a history expiry, k pairs of packed task ID
+//	ARGV[4] = history expiry (ms since the epoch; 0: keep none), ARGV[5] = retention ms,
+//	ARGV[6 .. 5+k] = task IDs, then, with a history expiry, k pairs of packed task ID
 //	and status record, then claim-sequence records (claim firsts)
 //
 // Returns the number of pending records deleted (also added to processed).
+// With a history expiry, it records the retention in the meta hash, for
+// readers whose own Config does not say it (see Status).
 var ackScript = newScript("ack", 6, fenced(2, typeCheck(hashAt(3), hashAt(4), hashAt(5), hashAt(6)), luaIncr+`
 local n, k = 0, tonumber(ARGV[3])
-local last = 4 + k
-for i = 5, last, $scriptChunk do
+local last = 5 + k
+for i = 6, last, $scriptChunk do
   n = n + redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + $scriptChunk - 1, last)))
 end
 if k > 0 and redis.call('EXISTS', KEYS[5]) == 1 then
-  for i = 5, last, $scriptChunk do
+  for i = 6, last, $scriptChunk do
     redis.call('HDEL', KEYS[5], unpack(ARGV, i, math.min(i + $scriptChunk - 1, last)))
   end
 end
 if ARGV[4] ~= '0' and k > 0 then
   redis.call('HSET', KEYS[6], unpack(ARGV, last + 1, last + 2 * k))
   redis.call('PEXPIREAT', KEYS[6], ARGV[4])
+  redis.call('HSET', KEYS[3], 'retention', ARGV[5])
   last = last + 2 * k
 end
 for i = last + 1, #ARGV, $scriptChunk do
@@ -484,8 +487,8 @@ func (s *store) ack(ctx context.Context, ids []string, recs []historyRecord, cla
 		if !keep {
 			expiry = 0
 		}
-		args := make([]any, 0, 9+2*n+len(claims))
-		args = append(args, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.keys.retries, bucket, s.value(), s.ttlMS, n, expiry)
+		args := make([]any, 0, 11+2*n+len(claims))
+		args = append(args, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.keys.retries, bucket, s.value(), s.ttlMS, n, expiry, s.retention.Milliseconds())
 		for _, id := range ids[:n] {
 			args = append(args, id)
 		}

@@ -120,15 +120,19 @@ func (q *Queue) State(ctx context.Context, orderID uint64, id string) (TaskState
 }
 
 // statusReads is the number of reads Status sends besides the history's.
-const statusReads = 7
+const statusReads = 8
 
 // Status tells where the task id of orderID is in its life: scheduled,
 // pending (running, with its attempt and owner), retrying (with its last
 // error and when it runs again), dead (with its attempts and last
 // error), done or cancelled (with Config.Retention, for that long after
 // it finished, with the times it was added, started and finished), or
-// unknown (see StateUnknown). It is safe for concurrent use and costs one
-// pipelined round trip, whatever the length of the queue.
+// unknown (see StateUnknown). The history is read with Config.Retention
+// or, when that is zero or finds nothing, with the retention the queue's
+// owner last recorded (so that a tool without the producers' Config reads
+// it too). It is safe for concurrent use and costs one pipelined round
+// trip (two when the retentions differ), whatever the length of the
+// queue.
 func (q *Queue) Status(ctx context.Context, orderID uint64, id string) (TaskStatus, error) {
 	if q.closed.Load() {
 		return TaskStatus{}, ErrClosed
@@ -144,20 +148,45 @@ func (q *Queue) Status(ctx context.Context, orderID uint64, id string) (TaskStat
 		c.Send("HGET", k.later, id)
 		c.Send("HGET", k.dead, id)
 		c.Send("HEXISTS", k.cancels, id)
+		c.Send("HGET", k.meta, "retention")
 		starts := sendHistoryReads(c, k, q.cfg.Retention, id, now)
-		if err := c.Flush(); err != nil {
+		r, err := receiveN(ctx, c, statusReads+len(starts))
+		if err != nil {
 			return TaskStatus{}, err
 		}
-		r := make([]any, statusReads+len(starts))
-		for i := range r {
-			v, err := receiveContext(c, ctx)
-			if err != nil {
-				return TaskStatus{}, err
-			}
-			r[i] = v
+		st := statusOf(id, r, starts, now)
+		ms, _ := redis.Int64(r[7], nil)
+		if st.State != StateUnknown && st.State != StateCancelled || ms <= 0 || ms > maxRetention.Milliseconds() ||
+			time.Duration(ms)*time.Millisecond == q.cfg.Retention {
+			return st, nil
 		}
-		return statusOf(id, r, starts, now), nil
+		// The owner keeps a history with another retention: read it.
+		starts = sendHistoryReads(c, k, time.Duration(ms)*time.Millisecond, id, now)
+		h, err := receiveN(ctx, c, len(starts))
+		if err != nil {
+			return TaskStatus{}, err
+		}
+		if got := statusOf(id, append(r[:statusReads:statusReads], h...), starts, now); got.State != StateUnknown {
+			return got, nil
+		}
+		return st, nil
 	})
+}
+
+// receiveN flushes c and reads n replies.
+func receiveN(ctx context.Context, c redis.Conn, n int) ([]any, error) {
+	if err := c.Flush(); err != nil {
+		return nil, err
+	}
+	r := make([]any, n)
+	for i := range r {
+		v, err := receiveContext(c, ctx)
+		if err != nil {
+			return nil, err
+		}
+		r[i] = v
+	}
+	return r, nil
 }
 
 // statusOf decides a task's status from Status's replies, in its order.

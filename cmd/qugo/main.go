@@ -67,7 +67,7 @@ Commands:
   status  -order O -id ID [-retention DURATION] [-json]
                                         where a task is in its life: scheduled,
                                         pending, retrying, dead, done, cancelled
-                                        (finished tasks need the queue's -retention)
+                                        (finished tasks: with the queue's Config.Retention)
   group   NAME [-watch DURATION] [-json]
                                         a consumer group: members, weights,
                                         heartbeats, assigned analysers and the

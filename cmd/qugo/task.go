@@ -47,7 +47,7 @@ func taskFlags(fs *flag.FlagSet) taskRef {
 	fs.Var(r.order, "order", "the task's OrderID `O` (task IDs do not say which queue holds them)")
 	r.id = fs.String("id", "", "the task's `ID`, as AddTask returned it")
 	r.retention = fs.Duration("retention", 0, "the queue's Config.Retention `DURATION`, as its producers and analysers set it: "+
-		"finished tasks are found for that long; 0 (the default): none are")
+		"finished tasks are found for that long; 0 (the default): the retention the queue's owner recorded, if any")
 	return r
 }
 
@@ -183,9 +183,9 @@ func statusFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 			return err
 		}
 		if st.State == queue.StateUnknown {
-			finished := "finished longer ago than -retention"
+			finished := "finished longer ago than the queue's retention"
 			if *ref.retention == 0 {
-				finished = "finished (give -retention, the queue's Config.Retention, to find finished tasks)"
+				finished = "finished longer ago than the queue's Config.Retention, or with none"
 			}
 			fmt.Fprintf(e.stderr, "qugo: state unknown: the task waits in the ready list (which keeps nothing to find it by), "+
 				"or %s, or never was under this -order\n", finished)

@@ -67,7 +67,7 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	fs.Int64Var(&o.maxBody, "max-body", 1<<20, "largest request body in bytes; larger ones get 413")
 	fs.DurationVar(&o.dedup, "dedup", 10*time.Minute, "idempotency window for order_id+idempotency_key; 0 disables it")
 	fs.DurationVar(&o.statusTTL, "status-ttl", 24*time.Hour, "how long GET remembers the ids it issued; a task still queued after it reads as unknown (404)")
-	fs.DurationVar(&o.retention, "retention", 0, "the analysers' queue.Config.Retention: with it, GET reads done and cancelled tasks from Redis for that long; 0 if they keep none")
+	fs.DurationVar(&o.retention, "retention", 0, "the analysers' queue.Config.Retention, for GET to read done and cancelled tasks from Redis; 0: the retention the analysers recorded, if any")
 	fs.DurationVar(&o.shutdown, "shutdown-timeout", 10*time.Second, "how long to let requests in flight finish on SIGINT/SIGTERM")
 	if err := fs.Parse(args); err != nil {
 		return o, err

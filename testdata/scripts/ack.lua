@@ -20,18 +20,19 @@ local function incr(key, field, n)
 end
 
 local n, k = 0, tonumber(ARGV[3])
-local last = 4 + k
-for i = 5, last, 1000 do
+local last = 5 + k
+for i = 6, last, 1000 do
   n = n + redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + 1000 - 1, last)))
 end
 if k > 0 and redis.call('EXISTS', KEYS[5]) == 1 then
-  for i = 5, last, 1000 do
+  for i = 6, last, 1000 do
     redis.call('HDEL', KEYS[5], unpack(ARGV, i, math.min(i + 1000 - 1, last)))
   end
 end
 if ARGV[4] ~= '0' and k > 0 then
   redis.call('HSET', KEYS[6], unpack(ARGV, last + 1, last + 2 * k))
   redis.call('PEXPIREAT', KEYS[6], ARGV[4])
+  redis.call('HSET', KEYS[3], 'retention', ARGV[5])
   last = last + 2 * k
 end
 for i = last + 1, #ARGV, 1000 do

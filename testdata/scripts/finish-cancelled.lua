@@ -20,7 +20,7 @@ local function incr(key, field, n)
 end
 
 local n = 0
-for i = 4, #ARGV, 3 do
+for i = 5, #ARGV, 3 do
   if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
     n = n + 1
     if ARGV[3] ~= '0' then redis.call('HSET', KEYS[6], ARGV[i + 1], ARGV[i + 2]) end
@@ -30,6 +30,9 @@ for i = 4, #ARGV, 3 do
 end
 if n > 0 then
   incr(KEYS[3], 'cancelled', n)
-  if ARGV[3] ~= '0' then redis.call('PEXPIREAT', KEYS[6], ARGV[3]) end
+  if ARGV[3] ~= '0' then
+    redis.call('PEXPIREAT', KEYS[6], ARGV[3])
+    redis.call('HSET', KEYS[3], 'retention', ARGV[4])
+  end
 end
 return n
