@@ -210,6 +210,36 @@ func leaseToken(v any) int64 {
 	return tok
 }
 
+// scriptArgs splits the arguments of an EVALSHA or EVAL (script,
+// numkeys, keys..., args...) into its keys and its args.
+func scriptArgs(args []any) (keys, argv []any) {
+	if len(args) < 2 {
+		return nil, nil
+	}
+	n := -1
+	switch v := args[1].(type) {
+	case int:
+		n = v
+	case int64:
+		n = int(v)
+	case string:
+		n, _ = strconv.Atoi(v)
+	}
+	if n < 0 || 2+n > len(args) {
+		return nil, nil
+	}
+	return args[2 : 2+n], args[2+n:]
+}
+
+// ackToken returns the fencing token of the lease value an ack script
+// call carries (its first arg), or 0.
+func ackToken(args []any) int64 {
+	if _, argv := scriptArgs(args); len(argv) > 0 {
+		return leaseToken(argv[0])
+	}
+	return 0
+}
+
 func (c *recConn) record(cmd string, args []any, do func() (any, error)) (any, error) {
 	return c.recordSent(cmd, args, time.Now(), do)
 }
@@ -230,11 +260,7 @@ func (c *recConn) recordSent(cmd string, args []any, sent time.Time, do func() (
 	}
 	switch script {
 	case ackHash:
-		// EVALSHA hash 4 pending lease meta order leaseValue ttl k ids... orders...
-		ev := faultEvent{Ev: evAck, Analyser: analyser, Result: "ok"}
-		if len(args) > 6 {
-			ev.Token = leaseToken(args[6])
-		}
+		ev := faultEvent{Ev: evAck, Analyser: analyser, Result: "ok", Token: ackToken(args)}
 		switch {
 		case err == nil:
 			ev.N, _ = redis.Int(r, nil)
