@@ -113,6 +113,10 @@ func (r *callRun) faultPool(actor string, pid int) *faultPool {
 					r.hist.log(faultEvent{Ev: evLease, Pid: pid, Token: leaseToken(v[1])})
 				}
 			}
+		case "finish-cancelled":
+			for _, id := range cancelFinIDs(args) {
+				r.hist.logAt(faultEvent{Ev: evCancelFin, Pid: pid, ID: id}, sent)
+			}
 		case "ack":
 			ev := faultEvent{Ev: evAck, Pid: pid, Result: "ok", Token: ackToken(args)}
 			switch {
@@ -246,6 +250,7 @@ func (r *callRun) finish(w callWorkload) {
 		{"lost", rep.Lost}, {"unexpected", rep.Unexpected}, {"reordered", rep.Reordered},
 		{"early", rep.EarlyStarts}, {"overlap", rep.Overlap}, {"lateack", rep.LateAcks},
 		{"stale", rep.StaleStarts}, {"dup", rep.DupOther},
+		{"cancelran", rep.RunAfterCancel}, {"unasked", rep.UnaskedCancels},
 	} {
 		if c.n > 0 {
 			r.fail(c.prop, "%d (%v)", c.n, rep)

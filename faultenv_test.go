@@ -450,6 +450,8 @@ func requireClean(t *testing.T, r faultReport) {
 	assert.Zero(t, r.LateAcks, "late acks accepted")
 	assert.Zero(t, r.StaleStarts, "stale starts")
 	assert.Zero(t, r.Quarantined, "malformed records quarantined")
+	assert.Zero(t, r.RunAfterCancel, "starts after a Cancel reported the task scheduled or queued")
+	assert.Zero(t, r.UnaskedCancels, "tasks finished as cancelled that no Cancel named")
 	// A process that lost its lease before the fault was stalled past it
 	// (an overloaded machine): an unplanned takeover, whose duplicates the
 	// figures above do not expect.

@@ -40,12 +40,16 @@ type faultEvent struct {
 	N        int    `json:"n,omitempty"`
 	Err      string `json:"err,omitempty"`
 	Kind     string `json:"kind,omitempty"` // an error's kind (errKind)
+	Due      int64  `json:"due,omitempty"`  // a scheduled add's due time, ms since the epoch (the score Redis keeps)
 }
 
 // Event kinds.
 const (
-	evAdd         = "add"         // producer: about to add task (order, seq), in Batch if non-zero
+	evAdd         = "add"         // producer: about to add task (order, seq), in Batch if non-zero, scheduled at Due if non-zero
 	evAdded       = "added"       // producer: AddTask of (order, seq) returned: Result ok or error
+	evCancel      = "cancel"      // producer: about to Cancel task ID of (order, seq)
+	evCancelled   = "cancelled"   // producer: Cancel of ID returned: Result the TaskState it reported, or error
+	evCancelFin   = "cancelfin"   // analyser: a script finishing task ID as cancelled is about to be sent (or, in-process, ran)
 	evBatch       = "batch"       // producer: AddTasks of Batch returned: Result ok or error
 	evStart       = "start"       // analyser: analyse call begins
 	evFinish      = "finish"      // analyser: analyse call returns: Result ok, error, panic, cancelled
@@ -179,8 +183,9 @@ func analyserOfKey(key any, partitions int) int {
 }
 
 var (
-	ackHash     = ackScript.Hash()
-	acquireHash = acquireScript.Hash()
+	ackHash             = ackScript.Hash()
+	acquireHash         = acquireScript.Hash()
+	finishCancelledHash = finishCancelledScript.Hash()
 )
 
 // scriptOf returns the hash of the script an EVAL or EVALSHA runs.
@@ -240,6 +245,41 @@ func ackToken(args []any) int64 {
 	return 0
 }
 
+// cancelFinIDs returns the task IDs a call of finishCancelledScript
+// finishes as cancelled: its args are the lease value, TTL and history
+// expiry, then task ID and record pairs.
+func cancelFinIDs(args []any) []string {
+	_, argv := scriptArgs(args)
+	var ids []string
+	for i := 3; i < len(argv); i += 2 {
+		switch id := argv[i].(type) {
+		case string:
+			ids = append(ids, id)
+		case []byte:
+			ids = append(ids, string(id))
+		}
+	}
+	return ids
+}
+
+// intent records, before it is sent, a call the checker times from its
+// sending whatever its reply: a script that finishes tasks as cancelled
+// holds back the next task of their OrderIDs until it has run, and a kill
+// -9 between its reply and a record written after would leave that
+// unknown.
+func (c *recConn) intent(cmd string, args []any) {
+	if scriptOf(cmd, args) != finishCancelledHash {
+		return
+	}
+	analyser := -1
+	if len(args) > 2 {
+		analyser = analyserOfKey(args[2], c.partitions)
+	}
+	for _, id := range cancelFinIDs(args) {
+		c.h.log(faultEvent{Ev: evCancelFin, ID: id, Analyser: analyser})
+	}
+}
+
 func (c *recConn) record(cmd string, args []any, do func() (any, error)) (any, error) {
 	return c.recordSent(cmd, args, time.Now(), do)
 }
@@ -284,10 +324,12 @@ func (c *recConn) recordSent(cmd string, args []any, sent time.Time, do func() (
 
 func (c *recConn) Do(cmd string, args ...any) (any, error) {
 	c.forget()
+	c.intent(cmd, args)
 	return c.record(cmd, args, func() (any, error) { return c.Conn.Do(cmd, args...) })
 }
 
 func (c *recConn) Send(cmd string, args ...any) error {
+	c.intent(cmd, args)
 	at := time.Now()
 	err := c.Conn.Send(cmd, args...)
 	if err == nil {
@@ -317,11 +359,13 @@ func (c *recConn) Receive() (any, error) {
 
 func (c *recConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
 	c.forget()
+	c.intent(cmd, args)
 	return c.record(cmd, args, func() (any, error) { return redis.DoContext(c.Conn, ctx, cmd, args...) })
 }
 
 func (c *recConn) DoWithTimeout(d time.Duration, cmd string, args ...any) (any, error) {
 	c.forget()
+	c.intent(cmd, args)
 	return c.record(cmd, args, func() (any, error) { return redis.DoWithTimeout(c.Conn, d, cmd, args...) })
 }
 
