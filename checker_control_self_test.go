@@ -97,6 +97,13 @@ func TestCheckerAcceptsCancels(t *testing.T) {
 			assert.Equal(t, 1, r.Cancelled)
 			assert.Equal(t, 2, r.CancelErrors)
 		}},
+		{"scheduled task whose first cancel's answer was lost", func() *histBuilder {
+			// The first call removed it; the second finds it nowhere and marks it.
+			b := base().scheduled(1, 3, "s", 1e6).cancel(1, 3, "s", "error").cancel(1, 3, "s", "unknown")
+			return b.runTask(10, 1, 0, "a", 1, "ok").runTask(10, 1, 1, "b", 1, "ok").runTask(10, 1, 2, "c", 1, "ok")
+		}, func(t *testing.T, r faultReport) {
+			assert.Equal(t, 1, r.Cancelled)
+		}},
 		{"cancel of a finished task", func() *histBuilder {
 			b := base().runTask(10, 1, 0, "a", 1, "ok").cancel(1, 0, "a", "unknown")
 			return b.runTask(10, 1, 1, "b", 1, "ok").runTask(10, 1, 2, "c", 1, "ok")

@@ -79,8 +79,22 @@ func (t *taskInfo) cancelTook() bool {
 	return t.reported("scheduled") || t.reported("pending") || t.reported("unknown") || t.reported("cancelled") || t.cancelUnsure()
 }
 
+// cancelUnanswered reports whether a Cancel of t got no answer: it may
+// have taken or not.
+func (t *taskInfo) cancelUnanswered() bool {
+	for _, c := range t.cancels {
+		if c.result == "error" || c.result == "" {
+			return true
+		}
+	}
+	return false
+}
+
 // cancelledForGood reports whether t may never complete because it was
-// cancelled: its cancel took, and the history shows it finished so.
+// cancelled: its cancel took, and the history shows it finished so, or,
+// for a scheduled task, that a Cancel removed it or may have (a call
+// whose answer was lost removes it all the same, and the next call finds
+// it gone).
 func (t *taskInfo) cancelledForGood() bool {
 	if !t.cancelTook() {
 		return false
@@ -88,7 +102,7 @@ func (t *taskInfo) cancelledForGood() bool {
 	if t.cancelFin != 0 || t.reported("cancelled") {
 		return true
 	}
-	return t.due != 0 && (t.reported("scheduled") || t.cancelUnsure())
+	return t.due != 0 && (t.reported("scheduled") || t.cancelUnanswered())
 }
 
 // cutByCancel reports whether run r of t ended cancelled once t's cancel
