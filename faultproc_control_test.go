@@ -68,8 +68,9 @@ func cancelLogged(ctx context.Context, q *Queue, log func(faultEvent), order uin
 }
 
 // canceller cancels a share of a producer's tasks, each after a delay
-// drawn up to most, and every slow task, up to slowMost after, from
-// goroutines of its own; wait waits for them all.
+// drawn up to most, and every slow task, up to slowMost after an analyser
+// claimed it (so that most of those cancels meet their task running),
+// from goroutines of its own; wait waits for them all.
 type canceller struct {
 	q              *Queue
 	log            func(faultEvent)
@@ -90,9 +91,22 @@ func (c *canceller) maybe(ctx context.Context, order uint64, seq int, id string,
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
+		if slow {
+			c.waitClaimed(ctx, order, id)
+		}
 		time.Sleep(rand.N(max(most, time.Millisecond)))
 		cancelLogged(ctx, c.q, c.log, order, seq, id)
 	}()
+}
+
+// waitClaimed waits, for 10s at most, until task id is pending: an
+// analyser claimed it.
+func (c *canceller) waitClaimed(ctx context.Context, order uint64, id string) {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if st, err := c.q.Status(ctx, order, id); err == nil && (st.State == StatePending || st.State == StateRetrying) {
+			return
+		}
+	}
 }
 
 func (c *canceller) wait() { c.wg.Wait() }

@@ -99,8 +99,8 @@ type roleConfig struct {
 	CancelMax   time.Duration
 	// SlowShare is the share of single adds marked slow (an analyser
 	// with SlowWork takes longer over them), each of which the producer
-	// cancels up to SlowCancel after its add returned: some while they
-	// run.
+	// cancels up to SlowCancel after an analyser claimed it: most while
+	// they run.
 	SlowShare  float64
 	SlowCancel time.Duration
 	SlowWork   time.Duration // analyser: each slow task's call sleeps up to twice this, honouring ctx

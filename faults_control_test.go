@@ -16,8 +16,8 @@ import (
 // TestFaultControlsAcrossKills kills the owner twice with kill -9 while a
 // producer adds tasks, a fifth of them scheduled up to 300ms ahead, and
 // cancels some: 5 % of them up to 50ms after their add, and every slow
-// task (0.3 % of them, a call of up to 1.6s) up to 2s after, so that some
-// cancels meet their task running. A hot standby takes over each time. Nothing is
+// task (0.3 % of them, a call of up to 2s) up to 300ms after it was
+// claimed, so that most of those meet their task running. A hot standby takes over each time. Nothing is
 // lost (a cancelled task is finished as cancelled), no task reported
 // scheduled or queued by its Cancel runs after, duplicates are among the
 // tasks pending at the kills, and order holds.
@@ -26,13 +26,13 @@ func TestFaultControlsAcrossKills(t *testing.T) {
 	const orders, per = 200, 50
 	total := int64(orders * per)
 	cfg := e.analyserConfig(0)
-	cfg.Work, cfg.SlowWork = time.Millisecond, 800*time.Millisecond
+	cfg.Work, cfg.SlowWork = time.Millisecond, time.Second
 	owner := e.spawn("analyser", cfg)
 	pcfg := produce(orders, per)
 	pcfg.Rate = 1500 // production spans both kills
 	pcfg.ScheduleShare, pcfg.ScheduleMax = 0.2, 300*time.Millisecond
 	pcfg.CancelShare, pcfg.CancelMax = 0.05, 50*time.Millisecond
-	pcfg.SlowShare, pcfg.SlowCancel = 0.003, 2*time.Second
+	pcfg.SlowShare, pcfg.SlowCancel = 0.003, 300*time.Millisecond
 	p := e.spawn("producer", pcfg)
 	e.waitProcessed(1, 30*time.Second)
 	standby := e.spawn("analyser", cfg)
