@@ -32,11 +32,16 @@ func (r *run) effective() bool { return r.result != "error" && r.result != "pani
 type taskInfo struct {
 	key     taskKey
 	added   string // ok, error, unknown, or "" when no producer tried to add it
+	addedAt int64  // when its add returned ok (wall ns; 0: it did not)
+	due     int64  // when it was scheduled to fall due (wall ns; 0: added at once)
 	id      string
 	runs    []*run
 	dead    bool
 	deadAt  int64
 	pending bool // pending in Redis at the fault
+
+	cancels   []*cancelCall // Cancel calls naming it, in time order
+	cancelFin int64         // the first call finishing it as cancelled (wall ns; 0: none)
 }
 
 // completedAt returns when the task was done (first ok finish, or death),
@@ -86,6 +91,25 @@ type faultReport struct {
 	Recovery   time.Duration // fault to the first start by another process (-1: none)
 	Redelivery time.Duration // fault to the first start of a task pending at the fault (-1: none)
 
+	// Scheduled tasks and cancels (checker_control_test.go).
+	Scheduled      int // tasks added with a due time
+	Cancels        int // Cancel calls
+	CancelErrors   int // of those, calls that returned an error
+	Cancelled      int // tasks added ok, not completed, finished as cancelled (so not lost)
+	CancelledUnrun int // of those, never started
+	CutByCancel    int // runs ended cancelled once their task's cancel was asked (no duplicate if run again)
+	// RunAfterCancel counts starts of a task once a Cancel had reported it
+	// scheduled (it must never run) or queued (StateUnknown: the claim
+	// that meets it finishes it without running it).
+	RunAfterCancel int
+	UnaskedCancels int // tasks finished as cancelled that no Cancel named
+	// LateCancelStarts counts starts of a task after a Cancel reported it
+	// pending (held by an owner, which reads the marks every cancelPoll);
+	// LateCancelMax is the longest time from that Cancel's return to such
+	// a start.
+	LateCancelStarts int
+	LateCancelMax    time.Duration
+
 	// LostIDs are the IDs of the lost tasks ("" for one added in a batch).
 	LostIDs []string
 }
@@ -97,7 +121,7 @@ func (r faultReport) String() string {
 		r.Attempted, r.AddedOK, r.AddErrors, r.AddUnknown, r.Completed, r.Runs, r.FailedRuns, r.Dead,
 		r.Lost, r.Unexpected, r.DupPending, r.DupOther, r.Reordered, r.EarlyStarts, r.Overlap,
 		r.LateAcks, r.StaleStarts, r.Refused, r.Quarantined, r.ZombieTails, r.ZombieTailMax.Round(time.Millisecond), r.LeaseLosses, r.EarlyLosses, r.UnknownDone, r.UnknownTwice, r.PendingAtFault,
-		fmtRecovery(r.Recovery), fmtRecovery(r.Redelivery))
+		fmtRecovery(r.Recovery), fmtRecovery(r.Redelivery)) + r.controls()
 }
 
 func fmtRecovery(d time.Duration) string {
@@ -136,7 +160,8 @@ func checkHistory(events []faultEvent) faultReport {
 	var rep faultReport
 	var starts []faultEvent
 	var acks []faultEvent
-	var losses []int64 // when live processes reported a lost lease
+	var losses []int64               // when live processes reported a lost lease
+	cancelFins := map[string]int64{} // task ID -> first call finishing it as cancelled
 
 	for _, e := range events {
 		k := taskKey{e.Order, e.Seq}
@@ -145,6 +170,9 @@ func checkHistory(events []faultEvent) faultReport {
 			t := get(k)
 			if t.added == "" {
 				t.added = "unknown"
+			}
+			if e.Due != 0 {
+				t.due = e.Due * int64(time.Millisecond)
 			}
 			if e.Batch != 0 {
 				bk := batchKey{e.Pid, e.Batch}
@@ -156,9 +184,25 @@ func checkHistory(events []faultEvent) faultReport {
 			if e.ID != "" {
 				t.id = e.ID
 			}
+			if e.Result == "ok" {
+				t.addedAt = e.Wall
+			}
 		case evBatch:
 			for _, t := range batches[batchKey{e.Pid, e.Batch}] {
 				t.added = e.Result
+				if e.Result == "ok" {
+					t.addedAt = e.Wall
+				}
+			}
+		case evCancel, evCancelled:
+			t := get(k)
+			if t.id == "" {
+				t.id = e.ID
+			}
+			t.cancelEvent(e)
+		case evCancelFin:
+			if _, ok := cancelFins[e.ID]; !ok {
+				cancelFins[e.ID] = e.Wall // the first: events are in time order
 			}
 		case evStart:
 			t := get(k)
@@ -240,6 +284,10 @@ func checkHistory(events []faultEvent) faultReport {
 		if t.id != "" && pendingIDs[t.id] {
 			t.pending = true
 		}
+		if t.id != "" {
+			t.cancelFin = cancelFins[t.id]
+		}
+		rep.countControls(t)
 		switch t.added {
 		case "ok":
 			rep.AddedOK++
@@ -254,9 +302,12 @@ func checkHistory(events []faultEvent) faultReport {
 		rep.Runs += len(t.runs)
 		effective := 0
 		for _, r := range t.runs {
-			if r.effective() {
+			switch {
+			case t.cutByCancel(r):
+				rep.CutByCancel++
+			case r.effective():
 				effective++
-			} else {
+			default:
 				rep.FailedRuns++
 			}
 		}
@@ -268,6 +319,11 @@ func checkHistory(events []faultEvent) faultReport {
 			rep.Completed++
 		}
 		switch {
+		case t.added == "ok" && !done && t.cancelledForGood():
+			rep.Cancelled++
+			if len(t.runs) == 0 {
+				rep.CancelledUnrun++
+			}
 		case t.added == "ok" && !done:
 			rep.Lost++
 			rep.LostIDs = append(rep.LostIDs, t.id)
@@ -295,12 +351,21 @@ func checkHistory(events []faultEvent) faultReport {
 				rep.UnknownTwice++
 			}
 		}
-		if len(t.runs) > 0 || t.dead {
+		if len(t.runs) > 0 || t.dead || t.cancelFin != 0 {
 			perOrder[t.key.order] = append(perOrder[t.key.order], t)
 		}
 	}
 
-	for _, ts := range perOrder {
+	for _, all := range perOrder {
+		// Order is checked between tasks added at once (by seq) and, for
+		// a scheduled task, against those added before it fell due (see
+		// checkScheduledOrder); overlap between all of them.
+		ts := make([]*taskInfo, 0, len(all))
+		for _, t := range all {
+			if t.due == 0 {
+				ts = append(ts, t)
+			}
+		}
 		// Reordered: first deliveries out of seq order.
 		byFirst := make([]*taskInfo, 0, len(ts))
 		for _, t := range ts {
@@ -325,9 +390,9 @@ func checkHistory(events []faultEvent) faultReport {
 					rep.EarlyStarts++
 				}
 			}
-			at, _ := t.completedAt()
-			before = max(before, at)
+			before = max(before, t.finishedAt())
 		}
+		rep.checkScheduledOrder(all)
 		// Overlap: run segments (stopped time cut out) that intersect. A
 		// call in flight when its process was stopped goes on when the
 		// process continues, whatever happened meanwhile: if the process
@@ -335,7 +400,7 @@ func checkHistory(events []faultEvent) faultReport {
 		// tail, which nothing outside the process can prevent (its ctx is
 		// cancelled, its ack refused): counted apart, not as overlap.
 		var segs [][2]int64
-		for _, t := range ts {
+		for _, t := range all {
 			for _, r := range t.runs {
 				end := r.end
 				for _, st := range stopped[r.pid] {

@@ -62,6 +62,7 @@ type callRun struct {
 
 	mu    sync.Mutex
 	props map[string][]string // property broken -> details
+	rep   faultReport         // the checker's report, once finished
 }
 
 func newCallRun(t *testing.T, plan *callPlan) *callRun {
@@ -112,6 +113,10 @@ func (r *callRun) faultPool(actor string, pid int) *faultPool {
 				if n, _ := redis.Int(v[0], nil); n == 1 {
 					r.hist.log(faultEvent{Ev: evLease, Pid: pid, Token: leaseToken(v[1])})
 				}
+			}
+		case "finish-cancelled":
+			for _, id := range cancelFinIDs(args) {
+				r.hist.logAt(faultEvent{Ev: evCancelFin, Pid: pid, ID: id}, sent)
 			}
 		case "ack":
 			ev := faultEvent{Ev: evAck, Pid: pid, Result: "ok", Token: ackToken(args)}
@@ -167,13 +172,20 @@ func (r *callRun) analyse(pid int, failSeq int, failed *sync.Map, hook func(ctx 
 		if _, again := failed.LoadOrStore(t.ID, true); err == nil && seq == failSeq && !again {
 			err = errors.New("fails once")
 		}
-		if err != nil {
+		switch {
+		case errors.Is(err, errCut):
+			ev.Result = "cancelled"
+		case err != nil:
 			ev.Result = "error"
 		}
 		r.hist.log(ev)
 		return err
 	}
 }
+
+// errCut is returned by a hook whose call its ctx cut short, for the
+// history to record the call as cancelled.
+var errCut = errors.New("cut short")
 
 // addTasks adds orders x per tasks, interleaved, in one AddTasks call on q
 // (a Queue without faults unless the run is about adds), logging them.
@@ -217,10 +229,11 @@ func (r *callRun) finish(w callWorkload) {
 	c := r.srv.pool.Get()
 	ready, err1 := redis.Int(c.Do("LLEN", r.keys.ready))
 	pending, err2 := redis.Int(c.Do("HLEN", r.keys.pending))
+	sched, err3 := redis.Int(c.Do("ZCARD", r.keys.sched))
 	c.Close()
-	require.NoError(r.t, errors.Join(err1, err2))
-	if ready+pending > 0 {
-		r.fail("left", "%d ready and %d pending once the workload was done", ready, pending)
+	require.NoError(r.t, errors.Join(err1, err2, err3))
+	if ready+pending+sched > 0 {
+		r.fail("left", "%d ready, %d pending and %d scheduled once the workload was done", ready, pending, sched)
 		r.snapshotPending()
 		r.sweep("left behind")
 	}
@@ -239,6 +252,7 @@ func (r *callRun) finish(w callWorkload) {
 		events = r.settleUncertain(events)
 	}
 	rep := checkHistory(events)
+	r.rep = rep
 	for _, c := range []struct {
 		prop string
 		n    int
@@ -246,6 +260,7 @@ func (r *callRun) finish(w callWorkload) {
 		{"lost", rep.Lost}, {"unexpected", rep.Unexpected}, {"reordered", rep.Reordered},
 		{"early", rep.EarlyStarts}, {"overlap", rep.Overlap}, {"lateack", rep.LateAcks},
 		{"stale", rep.StaleStarts}, {"dup", rep.DupOther},
+		{"cancelran", rep.RunAfterCancel}, {"unasked", rep.UnaskedCancels},
 	} {
 		if c.n > 0 {
 			r.fail(c.prop, "%d (%v)", c.n, rep)

@@ -38,6 +38,9 @@ type callWorkload struct {
 	expectDead    bool
 	uncertainAdds bool // the producer meets the faults (settleUncertain)
 	run           func(r *callRun)
+	// dry, when set, checks the report of the run without a fault, that
+	// the workload did what it is there for.
+	dry func(t *testing.T, rep faultReport)
 }
 
 type callCase struct {
@@ -56,6 +59,9 @@ func driveCalls(t *testing.T, w callWorkload) {
 		r.finish(w)
 		for _, p := range r.brokenProps() {
 			t.Errorf("without a fault: %s: %v", p, r.props[p])
+		}
+		if w.dry != nil {
+			w.dry(t, r.rep)
 		}
 		sites = r.plan.sites()
 		t.Logf("calls: %v", sites)

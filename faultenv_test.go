@@ -361,8 +361,8 @@ func (e *faultEnv) recordPendingOf(analysers ...int) []string {
 	return ids
 }
 
-// drain waits for the producers to exit cleanly and the queues to empty,
-// then stops the analysers gracefully.
+// drain waits for the producers to exit cleanly and the queues to empty
+// (scheduled tasks included), then stops the analysers gracefully.
 func (e *faultEnv) drain(producers, analysers []*child, timeout time.Duration) {
 	e.t.Helper()
 	for _, p := range producers {
@@ -370,7 +370,7 @@ func (e *faultEnv) drain(producers, analysers []*child, timeout time.Duration) {
 	}
 	require.Eventually(e.t, func() bool {
 		for _, s := range e.stats() {
-			if s.Ready != 0 || s.Pending != 0 {
+			if s.Ready != 0 || s.Pending != 0 || s.Scheduled != 0 {
 				return false
 			}
 		}
@@ -450,6 +450,8 @@ func requireClean(t *testing.T, r faultReport) {
 	assert.Zero(t, r.LateAcks, "late acks accepted")
 	assert.Zero(t, r.StaleStarts, "stale starts")
 	assert.Zero(t, r.Quarantined, "malformed records quarantined")
+	assert.Zero(t, r.RunAfterCancel, "starts after a Cancel reported the task scheduled or queued")
+	assert.Zero(t, r.UnaskedCancels, "tasks finished as cancelled that no Cancel named")
 	// A process that lost its lease before the fault was stalled past it
 	// (an overloaded machine): an unplanned takeover, whose duplicates the
 	// figures above do not expect.

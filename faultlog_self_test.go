@@ -52,6 +52,49 @@ func TestRecConnRecordsLeaseTokens(t *testing.T) {
 	}, got)
 }
 
+// TestRecConnRecordsCancelFinishes cancels a queued task and claims it
+// through recording connections: the call that finishes it as cancelled
+// is in the history, naming the task and the analyser, which the checker
+// needs to tell a cancelled task from a lost one.
+func TestRecConnRecordsCancelFinishes(t *testing.T) {
+	ctx := context.Background()
+	h, err := openHistory(filepath.Join(t.TempDir(), "h.jsonl"))
+	require.NoError(t, err)
+	t.Cleanup(func() { h.f.Close() })
+	s := newTestServers(t, 1)[0]
+	preloadScripts(t, s.pool) // one EVALSHA per call, no EVAL after a NOSCRIPT
+	pool := s.wrapPool(0, func(c redis.Conn) redis.Conn { return &recConn{Conn: c, h: h, partitions: 1} })
+	t.Cleanup(func() { pool.Close() })
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t), Queues: 2})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+
+	const order = 3 // analyser 1
+	cancelled, err := q.AddTask(ctx, order, []byte("x"))
+	require.NoError(t, err)
+	kept, err := q.AddTask(ctx, order, []byte("y"))
+	require.NoError(t, err)
+	st, err := q.Cancel(ctx, order, cancelled)
+	require.NoError(t, err)
+	require.Equal(t, StateUnknown, st, "queued")
+	c, err := q.Consume(ctx, q.AnalyserOf(order), ConsumerConfig{})
+	require.NoError(t, err)
+	ts, err := c.Claim(ctx, 10)
+	require.NoError(t, err)
+	require.Len(t, ts, 1)
+	assert.Equal(t, kept, ts[0].ID)
+
+	evs, err := readHistory(h.f.Name())
+	require.NoError(t, err)
+	var fins []faultEvent
+	for _, e := range evs {
+		if e.Ev == evCancelFin {
+			fins = append(fins, faultEvent{Ev: e.Ev, ID: e.ID, Analyser: e.Analyser})
+		}
+	}
+	assert.Equal(t, []faultEvent{{Ev: evCancelFin, ID: cancelled, Analyser: 1}}, fins)
+}
+
 func TestAnalyserOfKey(t *testing.T) {
 	t.Parallel()
 	tests := []struct {

@@ -40,12 +40,16 @@ type faultEvent struct {
 	N        int    `json:"n,omitempty"`
 	Err      string `json:"err,omitempty"`
 	Kind     string `json:"kind,omitempty"` // an error's kind (errKind)
+	Due      int64  `json:"due,omitempty"`  // a scheduled add's due time, ms since the epoch (the score Redis keeps)
 }
 
 // Event kinds.
 const (
-	evAdd         = "add"         // producer: about to add task (order, seq), in Batch if non-zero
+	evAdd         = "add"         // producer: about to add task (order, seq), in Batch if non-zero, scheduled at Due if non-zero
 	evAdded       = "added"       // producer: AddTask of (order, seq) returned: Result ok or error
+	evCancel      = "cancel"      // producer: about to Cancel task ID of (order, seq)
+	evCancelled   = "cancelled"   // producer: Cancel of ID returned: Result the TaskState it reported, or error
+	evCancelFin   = "cancelfin"   // analyser: a script finishing task ID as cancelled is about to be sent (or, in-process, ran)
 	evBatch       = "batch"       // producer: AddTasks of Batch returned: Result ok or error
 	evStart       = "start"       // analyser: analyse call begins
 	evFinish      = "finish"      // analyser: analyse call returns: Result ok, error, panic, cancelled
@@ -179,8 +183,9 @@ func analyserOfKey(key any, partitions int) int {
 }
 
 var (
-	ackHash     = ackScript.Hash()
-	acquireHash = acquireScript.Hash()
+	ackHash             = ackScript.Hash()
+	acquireHash         = acquireScript.Hash()
+	finishCancelledHash = finishCancelledScript.Hash()
 )
 
 // scriptOf returns the hash of the script an EVAL or EVALSHA runs.
@@ -200,19 +205,6 @@ func scriptOf(cmd string, args []any) string {
 	return ""
 }
 
-// ackToken returns the fencing token an ack script's call carries:
-// EVALSHA sha numkeys pending lease ... leaseValue ttl k ..., the lease
-// value being the first argument after the keys.
-func ackToken(args []any) int64 {
-	if len(args) < 2 {
-		return 0
-	}
-	if nk, ok := args[1].(int); ok && len(args) > 2+nk {
-		return leaseToken(args[2+nk])
-	}
-	return 0
-}
-
 // leaseToken returns the fencing token of a lease value, as Stats reads it.
 func leaseToken(v any) int64 {
 	s, _ := v.(string)
@@ -221,6 +213,71 @@ func leaseToken(v any) int64 {
 	}
 	tok, _ := parseLease(s)
 	return tok
+}
+
+// scriptArgs splits the arguments of an EVALSHA or EVAL (script,
+// numkeys, keys..., args...) into its keys and its args.
+func scriptArgs(args []any) (keys, argv []any) {
+	if len(args) < 2 {
+		return nil, nil
+	}
+	n := -1
+	switch v := args[1].(type) {
+	case int:
+		n = v
+	case int64:
+		n = int(v)
+	case string:
+		n, _ = strconv.Atoi(v)
+	}
+	if n < 0 || 2+n > len(args) {
+		return nil, nil
+	}
+	return args[2 : 2+n], args[2+n:]
+}
+
+// ackToken returns the fencing token of the lease value an ack script
+// call carries (its first arg), or 0.
+func ackToken(args []any) int64 {
+	if _, argv := scriptArgs(args); len(argv) > 0 {
+		return leaseToken(argv[0])
+	}
+	return 0
+}
+
+// cancelFinIDs returns the task IDs a call of finishCancelledScript
+// finishes as cancelled: its args are the lease value, TTL, history
+// expiry and retention, then task ID, packed ID and record triples.
+func cancelFinIDs(args []any) []string {
+	_, argv := scriptArgs(args)
+	var ids []string
+	for i := 4; i < len(argv); i += 3 {
+		switch id := argv[i].(type) {
+		case string:
+			ids = append(ids, id)
+		case []byte:
+			ids = append(ids, string(id))
+		}
+	}
+	return ids
+}
+
+// intent records, before it is sent, a call the checker times from its
+// sending whatever its reply: a script that finishes tasks as cancelled
+// holds back the next task of their OrderIDs until it has run, and a kill
+// -9 between its reply and a record written after would leave that
+// unknown.
+func (c *recConn) intent(cmd string, args []any) {
+	if scriptOf(cmd, args) != finishCancelledHash {
+		return
+	}
+	analyser := -1
+	if len(args) > 2 {
+		analyser = analyserOfKey(args[2], c.partitions)
+	}
+	for _, id := range cancelFinIDs(args) {
+		c.h.log(faultEvent{Ev: evCancelFin, ID: id, Analyser: analyser})
+	}
 }
 
 func (c *recConn) record(cmd string, args []any, do func() (any, error)) (any, error) {
@@ -267,10 +324,12 @@ func (c *recConn) recordSent(cmd string, args []any, sent time.Time, do func() (
 
 func (c *recConn) Do(cmd string, args ...any) (any, error) {
 	c.forget()
+	c.intent(cmd, args)
 	return c.record(cmd, args, func() (any, error) { return c.Conn.Do(cmd, args...) })
 }
 
 func (c *recConn) Send(cmd string, args ...any) error {
+	c.intent(cmd, args)
 	at := time.Now()
 	err := c.Conn.Send(cmd, args...)
 	if err == nil {
@@ -300,11 +359,13 @@ func (c *recConn) Receive() (any, error) {
 
 func (c *recConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
 	c.forget()
+	c.intent(cmd, args)
 	return c.record(cmd, args, func() (any, error) { return redis.DoContext(c.Conn, ctx, cmd, args...) })
 }
 
 func (c *recConn) DoWithTimeout(d time.Duration, cmd string, args ...any) (any, error) {
 	c.forget()
+	c.intent(cmd, args)
 	return c.record(cmd, args, func() (any, error) { return redis.DoWithTimeout(c.Conn, d, cmd, args...) })
 }
 

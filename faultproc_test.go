@@ -89,6 +89,21 @@ type roleConfig struct {
 	// 5ms, when Redis refused it (ErrRedisOOM, ErrWrongType, ErrReadOnly): such an add
 	// wrote nothing, so a retry cannot duplicate it.
 	RetryRefused bool
+	// ScheduleShare is the share of single adds made with AddTaskAt, due
+	// up to ScheduleMax ahead (faultproc_control_test.go).
+	ScheduleShare float64
+	ScheduleMax   time.Duration
+	// CancelShare is the share of the tasks added ok one at a time that
+	// the producer cancels, each up to CancelMax after its add returned.
+	CancelShare float64
+	CancelMax   time.Duration
+	// SlowShare is the share of single adds marked slow (an analyser
+	// with SlowWork takes longer over them), each of which the producer
+	// cancels up to SlowCancel after an analyser claimed it: most while
+	// they run.
+	SlowShare  float64
+	SlowCancel time.Duration
+	SlowWork   time.Duration // analyser: each slow task's call sleeps up to twice this, honouring ctx
 }
 
 // refused reports whether Redis refused a write and so made none.
@@ -256,8 +271,12 @@ func runAnalyser(cfg roleConfig) error {
 			time.Sleep(cfg.PoisonAfter)
 			os.Exit(poisonExit) // the task kills its process, every time
 		}
-		if cfg.Work > 0 {
-			timer := time.NewTimer(rand.N(2 * cfg.Work))
+		work := cfg.Work
+		if cfg.SlowWork > 0 && strings.Contains(mark, "slow") {
+			work = cfg.SlowWork
+		}
+		if work > 0 {
+			timer := time.NewTimer(rand.N(2 * work))
 			done := ctx.Done()
 			if cfg.IgnoreCtx {
 				done = nil
@@ -366,6 +385,7 @@ func runProducer(cfg roleConfig) error {
 	signal.Notify(unpaced, syscall.SIGUSR1)
 	defer signal.Stop(unpaced)
 	var fast atomic.Bool // SIGUSR1 came
+	canc := &canceller{q: q, log: h.log, share: cfg.CancelShare, most: cfg.CancelMax, slowMost: cfg.SlowCancel}
 	pace := func() {
 		if cfg.Rate <= 0 || fast.Load() {
 			return
@@ -425,6 +445,10 @@ func runProducer(cfg roleConfig) error {
 					pace()
 					order := uint64(cfg.FirstOrder + o)
 					mark := "x" + strings.Repeat("p", cfg.PayloadPad)
+					slow := cfg.Batch == 0 && cfg.SlowShare > 0 && rand.Float64() < cfg.SlowShare
+					if slow {
+						mark += "slow"
+					}
 					if cfg.Poison != "" && order == 0 && seq == cfg.PoisonAt {
 						mark = cfg.Poison
 					}
@@ -439,14 +463,10 @@ func runProducer(cfg roleConfig) error {
 						continue
 					}
 					for {
-						ev := ev
-						h.log(ev)
-						id, err := q.AddTask(ctx, order, p)
-						ev.Ev, ev.ID, ev.Result = evAdded, id, "ok"
-						if err != nil {
-							ev.Result, ev.Err, ev.Kind = "error", err.Error(), errKind(err)
+						id, err := addLogged(ctx, q, h.log, order, seq, dueTime(cfg.ScheduleShare, cfg.ScheduleMax), p)
+						if err == nil {
+							canc.maybe(ctx, order, seq, id, slow)
 						}
-						h.log(ev)
 						if err == nil || !cfg.RetryRefused || !refused(err) {
 							break
 						}
@@ -461,6 +481,7 @@ func runProducer(cfg roleConfig) error {
 		}()
 	}
 	wg.Wait()
+	canc.wait()
 	h.log(faultEvent{Ev: evExit})
 	return nil
 }

@@ -126,6 +126,9 @@ func TestFaultRacingTakeovers(t *testing.T) {
 	addBatch := func() {
 		pcfg := produce(orders, per)
 		pcfg.FirstOrder = int(total) / per
+		// A tenth falls due up to 300ms after its add: some while the
+		// queue waits for its next owner, moved by that owner's claims.
+		pcfg.ScheduleShare, pcfg.ScheduleMax = 0.1, 300*time.Millisecond
 		e.waitExit(e.spawn("producer", pcfg), 30*time.Second)
 		total += orders * per
 	}
