@@ -20,8 +20,13 @@ import (
 // pending any more (it finished, or never was) is dropped when a claim
 // finds the ready list empty.
 
-// cancelPoll is how often a pool reads its queue's cancel marks.
-const cancelPoll = 500 * time.Millisecond
+// cancelPoll is how often a pool that holds tasks reads its queue's
+// cancel marks.
+const cancelPoll = 200 * time.Millisecond
+
+// cancelWait bounds how long Cancel waits for the owner of a pending
+// task to see its mark.
+const cancelWait = 5 * cancelPoll
 
 // cancelScript cancels a task or marks it to be cancelled.
 //
@@ -50,10 +55,14 @@ return {'marked'}
 //
 //   - StateScheduled: the task was scheduled; it is removed and will
 //     never run.
-//   - StatePending: an analyser holds it. One not started yet never
-//     starts; one running has its ctx cancelled within about a second
-//     (cancelPoll), and unless it then returns nil it is finished as
-//     cancelled, not retried.
+//   - StatePending: an analyser holds it. Cancel waits (about 200ms at
+//     most, cancelWait at worst) until the queue's owner has seen the
+//     cancel: a task that had not started by then never starts, and one
+//     running has its ctx cancelled, and unless it then returns nil it
+//     is finished as cancelled, not retried. A task held by a Consumer,
+//     or by an owner that does not answer within cancelWait, is
+//     finished as cancelled when it is claimed again (after a
+//     takeover).
 //   - StateUnknown: the task is in no record but the ready list's, or
 //     finished, or never was. It is marked: if it is queued, it is
 //     finished as cancelled, never run, when an analyser claims it.
@@ -65,8 +74,8 @@ return {'marked'}
 // A cancelled task counts in Stats as Cancelled and, with
 // Config.Retention, is kept as StateCancelled in its status. Its OrderID
 // goes on with its next task. Cancel costs one round trip (two with
-// Retention) whatever the length of the queue, and is safe for concurrent
-// use.
+// Retention, and a few more while it waits for a pending task's owner)
+// whatever the length of the queue, and is safe for concurrent use.
 func (q *Queue) Cancel(ctx context.Context, orderID uint64, id string) (TaskState, error) {
 	if q.closed.Load() {
 		return StateUnknown, ErrClosed
@@ -111,11 +120,38 @@ func (q *Queue) Cancel(ctx context.Context, orderID uint64, id string) (TaskStat
 	case "dead":
 		return StateDead, nil
 	case "pending":
+		q.awaitSeen(ctx, p, k, id)
 		return StatePending, nil
 	case "marked":
 		return StateUnknown, nil
 	}
 	return StateUnknown, redisErr(what, fmt.Errorf("%w: unexpected reply %v", ErrMalformed, r))
+}
+
+// awaitSeen waits, up to cancelWait, until the owner of the queue of k
+// has seen the cancel mark of task id (or the task finished): from then
+// on the task does not start if it has not. A mark nobody answers (the
+// task is a Consumer's, or its owner is stalled) ends the wait at
+// cancelWait; the claim that takes the task again, after a takeover,
+// sees the mark.
+func (q *Queue) awaitSeen(ctx context.Context, p *partition, k queueKeys, id string) {
+	deadline := time.Now().Add(cancelWait)
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		v, err := onPartition(ctx, p, "read cancel of task "+id, func(c redis.Conn) (string, error) {
+			return redis.String(doContext(c, ctx, "HGET", k.cancels, id))
+		})
+		if errors.Is(err, redis.ErrNil) || err != nil || v == cancelSeen || !time.Now().Before(deadline) {
+			return
+		}
+		t.Reset(5 * time.Millisecond)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // ValidTaskID reports whether id has the form of a task ID: 20 characters
@@ -177,19 +213,43 @@ func (s *store) finishCancelled(ctx context.Context, t claimed, started time.Tim
 }
 
 // readCancels returns the task IDs marked to be cancelled in the store's
-// queue (nil when none).
-func (s *store) readCancels(ctx context.Context) (map[string]struct{}, error) {
-	ids, err := onPartition(ctx, s.part, s.what("read cancels of"), func(c redis.Conn) ([]string, error) {
-		return redis.Strings(doContext(c, ctx, "HKEYS", s.keys.cancels))
+// queue (nil when none), and those of them its owner has not said it saw.
+func (s *store) readCancels(ctx context.Context) (marks map[string]struct{}, unseen []any, err error) {
+	r, err := onPartition(ctx, s.part, s.what("read cancels of"), func(c redis.Conn) ([]string, error) {
+		return redis.Strings(doContext(c, ctx, "HGETALL", s.keys.cancels))
 	})
-	if err != nil || len(ids) == 0 {
-		return nil, err
+	if err != nil || len(r) == 0 {
+		return nil, nil, err
 	}
-	m := make(map[string]struct{}, len(ids))
-	for _, id := range ids {
-		m[id] = struct{}{}
+	marks = make(map[string]struct{}, len(r)/2)
+	for i := 0; i+1 < len(r); i += 2 {
+		marks[r[i]] = struct{}{}
+		if r[i+1] != cancelSeen {
+			unseen = append(unseen, r[i])
+		}
 	}
-	return m, nil
+	return marks, unseen, nil
+}
+
+// cancelSeen is the value of a cancel mark once the queue's owner has it
+// in hand: no task it holds starts any more without seeing it.
+const cancelSeen = "seen"
+
+// seenScript tells Cancel that the queue's owner saw the cancel marks
+// ARGV (those still there).
+//
+//	KEYS[1] = cancels hash
+var seenScript = newScript("seen", 1, `
+for i = 1, #ARGV do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then redis.call('HSET', KEYS[1], ARGV[i], '$cancelSeen') end
+end
+return #ARGV
+`)
+
+// sawCancels tells Cancel that the owner has the marks ids in hand.
+func (s *store) sawCancels(ctx context.Context, ids []any) error {
+	_, err := s.script(ctx, "answer cancels of", seenScript, append([]any{s.keys.cancels}, ids...)...)
+	return err
 }
 
 // watchCancels reads the queue's cancel marks every cancelPoll until ctx
@@ -213,7 +273,7 @@ func (s *session) watchCancels(ctx context.Context) {
 			s.marks.Store(nil)
 			continue
 		}
-		m, err := s.st.readCancels(ctx)
+		m, unseen, err := s.st.readCancels(ctx)
 		if err != nil {
 			if ctx.Err() == nil && !errors.Is(err, context.Canceled) {
 				s.cfg.OnError(err)
@@ -224,7 +284,14 @@ func (s *session) watchCancels(ctx context.Context) {
 			s.marks.Store(nil)
 			continue
 		}
+		// The workers see the marks before Cancel is told: from then on
+		// no held task starts without seeing its own.
 		s.marks.Store(&m)
+		if len(unseen) > 0 {
+			if err := s.st.sawCancels(ctx, unseen); err != nil && ctx.Err() == nil {
+				s.cfg.OnError(err)
+			}
+		}
 		s.mapMu.Lock()
 		workers := s.workers
 		s.mapMu.Unlock()

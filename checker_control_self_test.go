@@ -111,12 +111,14 @@ func TestCheckerAcceptsCancels(t *testing.T) {
 			assert.Equal(t, 3, r.Completed)
 			assert.Zero(t, r.Cancelled)
 		}},
-		{"a held task starting after its cancel is late, not wrong", func() *histBuilder {
+		{"a held task starting after its cancel, which cuts it, is late, not wrong", func() *histBuilder {
 			b := base().cancel(1, 0, "a", "pending")
-			return b.at(b.wall+300).runTask(10, 1, 0, "a", 1, "ok").runTask(10, 1, 1, "b", 1, "ok").runTask(10, 1, 2, "c", 1, "ok")
+			return b.at(b.wall+300).runTask(10, 1, 0, "a", 1, "cancelled").cancelFin(10, "a").
+				runTask(10, 1, 1, "b", 1, "ok").runTask(10, 1, 2, "c", 1, "ok")
 		}, func(t *testing.T, r faultReport) {
 			assert.Equal(t, 1, r.LateCancelStarts)
 			assert.Equal(t, 301*time.Nanosecond, r.LateCancelMax)
+			assert.Equal(t, 1, r.Cancelled)
 		}},
 	}
 	for _, tc := range tests {
@@ -155,6 +157,10 @@ func TestCheckerFlagsViolationsNextToCancels(t *testing.T) {
 			b := base().cancel(1, 0, "a", "unknown").cancelFin(10, "a")
 			return b.runTask(10, 1, 1, "b", 1, "ok").runTask(10, 1, 2, "c", 1, "ok").runTask(10, 1, 2, "c", 2, "ok")
 		}, func(r faultReport) int { return r.DupOther }},
+		{"a held task run to its end after Cancel reported it pending", func() *histBuilder {
+			b := base().cancel(1, 0, "a", "pending")
+			return b.at(b.wall+300).runTask(10, 1, 0, "a", 1, "ok").runTask(10, 1, 1, "b", 1, "ok").runTask(10, 1, 2, "c", 1, "ok")
+		}, func(r faultReport) int { return r.RunAfterCancel }},
 		{"duplicate of a cancelled task: both runs ok", func() *histBuilder {
 			b := base().cancel(1, 0, "a", "pending").runTask(10, 1, 0, "a", 1, "ok").runTask(10, 1, 0, "a", 2, "ok")
 			return b.runTask(10, 1, 1, "b", 1, "ok").runTask(10, 1, 2, "c", 1, "ok")

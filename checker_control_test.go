@@ -153,6 +153,10 @@ func (rep *faultReport) countControls(t *taskInfo) {
 				bad = true
 			case c.result == "unknown" && r.start > c.returned:
 				bad = true
+			case c.result == "pending" && r.start > c.returned && !t.cutByCancel(r):
+				// Cancel returned once the owner had seen the mark:
+				// a start after that must have its ctx ended by it.
+				bad = true
 			case c.result == "pending" && r.start > c.returned:
 				late = max(late, r.start-c.returned)
 			}

@@ -100,13 +100,16 @@ type faultReport struct {
 	CutByCancel    int // runs ended cancelled once their task's cancel was asked (no duplicate if run again)
 	// RunAfterCancel counts starts of a task once a Cancel had reported it
 	// scheduled (it must never run) or queued (StateUnknown: the claim
-	// that meets it finishes it without running it).
+	// that meets it finishes it without running it), and starts after a
+	// Cancel reported it pending that its cancel did not cut.
 	RunAfterCancel int
 	UnaskedCancels int // tasks finished as cancelled that no Cancel named
 	// LateCancelStarts counts starts of a task after a Cancel reported it
-	// pending (held by an owner, which reads the marks every cancelPoll);
-	// LateCancelMax is the longest time from that Cancel's return to such
-	// a start.
+	// pending (Cancel returns once the owner has seen the mark) whose run
+	// its cancel cut (a worker that picked the task just before: it
+	// starts with its ctx ended); a start after it that the cancel did
+	// not cut counts in RunAfterCancel. LateCancelMax is the longest time
+	// from that Cancel's return to such a start.
 	LateCancelStarts int
 	LateCancelMax    time.Duration
 

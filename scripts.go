@@ -30,6 +30,7 @@ var scriptVars = strings.NewReplacer(
 	"$idLen", strconv.Itoa(idLen),
 	"$scriptChunk", strconv.Itoa(scriptChunk),
 	"$seqFiller", seqFiller,
+	"$cancelSeen", cancelSeen,
 	"$staleReply", staleReply,
 	"$wrongTypeReply", wrongTypeReply,
 	"$badValueReply", badValueReply,

@@ -284,6 +284,13 @@ func (s *session) analyse(w *worker, t Task, start time.Time) (err error, aborte
 	tc := newTaskContext(s.taskCtx, deadline)
 	tc.id = t.ID
 	w.cur.Store(tc)
+	// A cancel seen since the worker picked the task: watchCancels
+	// stores the marks before it reads cur, and the worker reads the
+	// marks after it stored cur, so one of them sees the other and the
+	// task starts with its ctx ended, if at all.
+	if s.isMarked(t.ID) {
+		tc.abort()
+	}
 	defer func() {
 		w.cur.Store(nil)
 		tc.finish()
