@@ -25,6 +25,8 @@ func (s *server) funcs() template.FuncMap {
 		"static": func(name string) string { return "/static/" + name + "?v=" + s.assets[name].version },
 		"sparkW": func() int { return sparkW },
 		"sparkH": func() int { return sparkH },
+		"inc":    func(n int) int { return n + 1 },
+		"neg":    func(d time.Duration) time.Duration { return -d },
 		"pauseForm": func(op, scope string, n int, csrf string) pauseForm {
 			return pauseForm{Op: op, Scope: scope, N: n, CSRF: csrf}
 		},
