@@ -82,7 +82,7 @@ type asset struct {
 }
 
 // pageNames are the templates under web/, each rendered inside layout.html.
-var pageNames = []string{"overview", "queue", "login", "message"}
+var pageNames = []string{"overview", "queue", "task", "login", "message"}
 
 // newServer builds the dashboard for the queue e names. It starts no
 // goroutine and connects to nothing: run does.
@@ -124,6 +124,7 @@ func newServer(e *env, cfg serverConfig) (*server, error) {
 	get, post := []string{http.MethodGet, http.MethodHead}, []string{http.MethodPost}
 	handle("/{$}", get, s.overview)
 	handle("/queue/{a}", get, s.queuePage)
+	handle("/task", get, s.taskPage)
 	handle("/login", append(get, http.MethodPost), func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodPost {
 			s.login(w, r)
