@@ -82,7 +82,7 @@ type asset struct {
 }
 
 // pageNames are the templates under web/, each rendered inside layout.html.
-var pageNames = []string{"overview", "queue", "task", "login", "message"}
+var pageNames = []string{"overview", "queue", "task", "login", "confirm", "message"}
 
 // newServer builds the dashboard for the queue e names. It starts no
 // goroutine and connects to nothing: run does.
@@ -133,6 +133,7 @@ func newServer(e *env, cfg serverConfig) (*server, error) {
 		}
 	})
 	handle("/logout", post, s.logout)
+	handle("/actions/{op}", post, s.action)
 	handle("/static/{name}", get, s.static)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.message(w, r, http.StatusNotFound, "Not found", "There is no page at this address.")

@@ -27,17 +27,40 @@ func (s *server) funcs() template.FuncMap {
 		"sparkH": func() int { return sparkH },
 		"inc":    func(n int) int { return n + 1 },
 		"neg":    func(d time.Duration) time.Duration { return -d },
-		"pauseForm": func(op, scope string, n int, csrf string) pauseForm {
-			return pauseForm{Op: op, Scope: scope, N: n, CSRF: csrf}
+		"pauseForm": func(op, scope string, n int, from, csrf string) pauseForm {
+			return pauseForm{Op: op, Scope: scope, N: n, From: from, CSRF: csrf}
+		},
+		"deadForm": func(op string, a int, id, label, csrf string) actForm {
+			f := actForm{Op: op, Label: label, CSRF: csrf, Fields: []field{{"a", strconv.Itoa(a)}}}
+			if id == "" {
+				f.All, f.Fields = true, append(f.Fields, field{"all", "1"})
+			} else {
+				f.Fields = append(f.Fields, field{"id", id})
+			}
+			return f
+		},
+		"cancelForm": func(order uint64, id, from, csrf string) actForm {
+			return actForm{Op: "cancel", Label: "Cancel", CSRF: csrf,
+				Fields: []field{{"order", strconv.FormatUint(order, 10)}, {"id", id}, {"from", from}}}
 		},
 	}
 }
 
 // pauseForm is a button that pauses or resumes queues: Op is "pause" or
-// "resume", Scope "analyser" (N), "partition" (N) or "all".
+// "resume", Scope "analyser" (N), "partition" (N) or "all"; From the
+// page to come back to.
 type pauseForm struct {
 	Op, Scope string
 	N         int
+	From      string
+	CSRF      string
+}
+
+// actForm is a button that posts action Op with Fields.
+type actForm struct {
+	Op, Label string
+	All       bool // it acts on every dead task of a queue
+	Fields    []field
 	CSRF      string
 }
 
