@@ -82,7 +82,7 @@ type asset struct {
 }
 
 // pageNames are the templates under web/, each rendered inside layout.html.
-var pageNames = []string{"overview", "queue", "task", "login", "confirm", "message"}
+var pageNames = []string{"overview", "groups", "queue", "task", "login", "confirm", "message"}
 
 // newServer builds the dashboard for the queue e names. It starts no
 // goroutine and connects to nothing: run does.
@@ -123,6 +123,7 @@ func newServer(e *env, cfg serverConfig) (*server, error) {
 	handle := func(pattern string, methods []string, h http.HandlerFunc) { mux.Handle(pattern, allow(methods, h)) }
 	get, post := []string{http.MethodGet, http.MethodHead}, []string{http.MethodPost}
 	handle("/{$}", get, s.overview)
+	handle("/groups", get, s.groupsPage)
 	handle("/queue/{a}", get, s.queuePage)
 	handle("/task", get, s.taskPage)
 	handle("/login", append(get, http.MethodPost), func(w http.ResponseWriter, r *http.Request) {
