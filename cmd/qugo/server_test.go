@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
+	"github.com/qugo/queue"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -355,4 +357,40 @@ func TestRunStopsAndJoins(t *testing.T) {
 	}
 	_, err = d.be.get(context.Background())
 	assert.Error(t, err, "closed")
+}
+
+// No page shows a password of -redis: not the servers' list, not an
+// error of a server that refuses it.
+func TestNoPasswordInPages(t *testing.T) {
+	t.Parallel()
+	pw := sentinelPassword
+	good := miniredisWithPassword(t, pw)
+	wrong := miniredisWithPassword(t, "another-password")
+	for name, redis := range map[string]string{
+		"good":        "redis://:" + pw + "@" + good,
+		"wrong":       "redis://:" + pw + "@" + wrong,
+		"unreachable": "redis://user:" + pw + "@" + strings.TrimPrefix(closedURL(t), "redis://"),
+	} {
+		d := dashboardOf(t, envFor(redis, 1, "pw"), serverConfig{timeout: 500 * time.Millisecond, token: testToken})
+		cookie, _ := d.signIn(t)
+		home := d.get(t, "/", cookie).Body.String()
+		assert.Contains(t, home, "<code>"+queue.RedactURL(redis)+"</code>", name)
+		if name != "good" {
+			assert.Contains(t, home, `id="error"`, name)
+		}
+		for _, target := range []string{"/", "/queue/0", "/groups?name=g", "/task?order=1&id=0123456789abcdefghij", "/login"} {
+			body := d.get(t, target, cookie).Body.String()
+			assert.NotContains(t, body, pw, "%s %s", name, target)
+			assert.NotContains(t, body, "7f3a", "%s %s", name, target)
+		}
+	}
+}
+
+// miniredisWithPassword starts a miniredis that requires pw, and returns
+// its address.
+func miniredisWithPassword(t *testing.T, pw string) string {
+	t.Helper()
+	m := miniredis.RunT(t)
+	m.RequireAuth(pw)
+	return m.Addr()
 }
