@@ -59,7 +59,7 @@ func serveFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 		addr := ln.Addr().(*net.TCPAddr)
 		log := slog.New(slog.NewTextHandler(e.stderr, nil))
 		s, err := newServer(e, serverConfig{
-			token: tok, timeout: *timeout, sample: *sample, window: *window, groups: groups,
+			token: tok, timeout: *timeout, sample: *sample, window: *window, groups: unique(groups),
 			loopback: addr.IP.IsLoopback(), log: log,
 		})
 		if err != nil {

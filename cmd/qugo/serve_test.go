@@ -43,7 +43,7 @@ func TestServeCommand(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, 1, 1)
 	f.add(t, 1, 2)
-	url, out, errOut := startServe(t, f.args("serve", "-listen", "127.0.0.1:0")...)
+	url, out, errOut := startServe(t, f.args("serve", "-listen", "127.0.0.1:0", "-group", "g", "-group", "g")...)
 	assert.Regexp(t, `^http://127\.0\.0\.1:[0-9]+/$`, url)
 	assert.Equal(t, url+"\n", out.String(), "the URL is all of standard output")
 	resp, err := http.Get(url)
@@ -55,6 +55,11 @@ func TestServeCommand(t *testing.T) {
 	assert.Contains(t, string(body), `id="read-only"`)
 	assert.Contains(t, errOut.String(), "msg=serving")
 	assert.Contains(t, errOut.String(), "read_only=true")
+	resp, err = http.Get(url + "groups")
+	require.NoError(t, err)
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	assert.Equal(t, 1, strings.Count(string(body), `data-group="g"`), "a group given twice is shown once")
 }
 
 // The token may come from the environment, where the process list does
