@@ -113,7 +113,10 @@ func newServer(e *env, cfg serverConfig) (*server, error) {
 		return nil, err
 	}
 	for _, name := range pageNames {
-		t, err := template.Must(base.Clone()).ParseFS(webFS, "web/"+name+".html")
+		t, err := base.Clone()
+		if err == nil {
+			t, err = t.ParseFS(webFS, "web/"+name+".html")
+		}
 		if err != nil {
 			return nil, err
 		}
