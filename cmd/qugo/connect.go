@@ -93,21 +93,8 @@ type dialOptions struct {
 
 // open is dial with o.
 func (e *env) open(ctx context.Context, o dialOptions) (*queue.Queue, error) {
-	urls, err := e.urls()
+	q, used, err := e.connect(ctx, o.retention)
 	if err != nil {
-		return nil, err
-	}
-	q, err := queue.Dial(ctx, urls, queue.Config{Prefix: e.prefix, Queues: e.queues, Retention: o.retention})
-	if err != nil {
-		return nil, explainDial(err, urls)
-	}
-	if err := q.CheckLayout(ctx); err != nil {
-		q.Close()
-		return nil, err
-	}
-	used, err := e.prefixUsed(ctx, urls)
-	if err != nil {
-		q.Close()
 		return nil, err
 	}
 	switch {
@@ -120,6 +107,31 @@ func (e *env) open(ctx context.Context, o dialOptions) (*queue.Queue, error) {
 			"check -prefix (and -redis) if you expected tasks\n", e.prefix)
 	}
 	return q, nil
+}
+
+// connect connects to every partition, checks without recording
+// anything that the layout the servers recorded is the flags' one, and
+// reports whether any server has a layout recorded under -prefix (see
+// prefixUsed). It writes nothing to the outputs.
+func (e *env) connect(ctx context.Context, retention time.Duration) (q *queue.Queue, used bool, err error) {
+	urls, err := e.urls()
+	if err != nil {
+		return nil, false, err
+	}
+	q, err = queue.Dial(ctx, urls, queue.Config{Prefix: e.prefix, Queues: e.queues, Retention: retention})
+	if err != nil {
+		return nil, false, explainDial(err, urls)
+	}
+	if err := q.CheckLayout(ctx); err != nil {
+		q.Close()
+		return nil, false, err
+	}
+	used, err = e.prefixUsed(ctx, urls)
+	if err != nil {
+		q.Close()
+		return nil, false, err
+	}
+	return q, used, nil
 }
 
 // prefixUsed reports whether any server has a layout recorded under

@@ -107,8 +107,14 @@ func takeGroup(ctx context.Context, q *queue.Queue, name string) (groupDoc, erro
 	if err != nil {
 		return groupDoc{}, err
 	}
+	return newGroupDoc(st, stats, q.Analysers()), nil
+}
+
+// newGroupDoc is the snapshot of a group with status st, whose queues
+// (analysers of them) have the lease holders of stats.
+func newGroupDoc(st queue.GroupStatus, stats []queue.AnalyserStats, analysers int) groupDoc {
 	doc := groupDoc{
-		Time: time.Now().UTC(), Group: st.Group, Generation: st.Generation, Analysers: q.Analysers(),
+		Time: time.Now().UTC(), Group: st.Group, Generation: st.Generation, Analysers: analysers,
 		Members: make([]groupMemberRow, len(st.Members)), Unassigned: orEmpty(st.Unassigned), Mismatches: []groupMismatch{},
 	}
 	assigned := map[int]string{}
@@ -132,7 +138,7 @@ func takeGroup(ctx context.Context, q *queue.Queue, name string) (groupDoc, erro
 			doc.Mismatches = append(doc.Mismatches, groupMismatch{Analyser: s.Analyser, Assigned: assigned[s.Analyser], Owner: s.Owner})
 		}
 	}
-	return doc, nil
+	return doc
 }
 
 func orEmpty(s []int) []int {

@@ -1,8 +1,8 @@
 // Command qugo inspects and repairs the queues of github.com/qugo/queue:
 // per-analyser statistics, pending, scheduled and dead tasks, replaying and
 // purging dead tasks, pausing and resuming queues, cancelling a task and
-// telling its status, consumer groups, and routing an OrderID or string key
-// to its analyser.
+// telling its status, consumer groups, routing an OrderID or string key
+// to its analyser, and a web dashboard of all of it (qugo serve).
 //
 // Run "qugo -h" for its usage, or see README.md next to this file.
 package main
@@ -80,6 +80,12 @@ Commands:
                                         with W workers per analyser: throughput,
                                         latency percentiles, order check; under
                                         prefix "qugo-bench-RxQ" unless -prefix is given
+  serve   [-listen ADDRESS] [-token TOKEN] [-group NAME...]
+                                        a web dashboard: every queue with its
+                                        rates, pending, scheduled and dead tasks,
+                                        task lookup; with a token, replay, purge,
+                                        pause, resume and cancel (on
+                                        127.0.0.1:8081; token also $QUGO_TOKEN)
   help                                  this text
 
 Global flags (also accepted after the command):
@@ -142,6 +148,7 @@ var commands = []command{
 	{"status", "-order O -id ID [-retention DURATION] [-json]", statusFlags},
 	{"group", "NAME [-watch DURATION] [-json]", groupFlags},
 	{"route", "[-json] [ORDER-ID...] [-key STRING...]", routeFlags},
+	{"serve", "[-listen ADDRESS] [-token TOKEN] [-group NAME...] [-timeout DURATION] [-sample DURATION] [-window DURATION]", serveFlags},
 	{"bench", "[-n N] [-orders K] [-workers W] [-producers P] [-batch B] [-size BYTES] [-fill | -verify] [-json]", benchFlags},
 }
 

@@ -1,0 +1,103 @@
+package main
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+
+	"github.com/qugo/queue"
+)
+
+// backend is the dashboard's connection to the queue's servers. It
+// connects on first use, not at start, so that a dashboard started while
+// Redis is down (or before the producers ever ran) serves pages that say
+// so, and connects once Redis answers. Once connected it stays so: the
+// queue's pools reconnect on their own after a restart of a server.
+type backend struct {
+	connect func(ctx context.Context) (*queue.Queue, bool, error) // env.connect
+	probe   func(ctx context.Context) (bool, error)               // env.prefixUsed
+
+	sem  chan struct{} // held by the one goroutine connecting
+	q    atomic.Pointer[queue.Queue]
+	used atomic.Bool // a server has a layout recorded under the prefix
+
+	closeOnce sync.Once
+	closed    atomic.Bool
+}
+
+func newBackend(e *env) *backend {
+	return &backend{
+		connect: func(ctx context.Context) (*queue.Queue, bool, error) { return e.connect(ctx, 0) },
+		probe: func(ctx context.Context) (bool, error) {
+			urls, err := e.urls()
+			if err != nil {
+				return false, err
+			}
+			return e.prefixUsed(ctx, urls)
+		},
+		sem: make(chan struct{}, 1),
+	}
+}
+
+// get returns the connected queue, connecting first if need be. Callers
+// waiting for another's connection give up when ctx ends.
+func (b *backend) get(ctx context.Context) (*queue.Queue, error) {
+	if b.closed.Load() {
+		return nil, queue.ErrClosed
+	}
+	if q := b.q.Load(); q != nil {
+		return q, nil
+	}
+	select {
+	case b.sem <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-b.sem }()
+	if b.closed.Load() {
+		return nil, queue.ErrClosed
+	}
+	if q := b.q.Load(); q != nil {
+		return q, nil
+	}
+	q, used, err := b.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	b.used.Store(used)
+	b.q.Store(q)
+	return q, nil
+}
+
+// prefixUsed reports whether a server has a layout recorded under the
+// prefix: whether producers or analysers have used it. Until they have,
+// every call asks the servers again.
+func (b *backend) prefixUsed(ctx context.Context) (bool, error) {
+	if b.used.Load() {
+		return true, nil
+	}
+	used, err := b.probe(ctx)
+	if err != nil {
+		return false, err
+	}
+	if used {
+		b.used.Store(true)
+	}
+	return used, nil
+}
+
+// knownUnused reports whether the last look found the prefix unused
+// (false before the first connection).
+func (b *backend) knownUnused() bool { return b.q.Load() != nil && !b.used.Load() }
+
+// close closes the queue, once; later gets fail with queue.ErrClosed.
+func (b *backend) close() {
+	b.closeOnce.Do(func() {
+		b.closed.Store(true)
+		b.sem <- struct{}{} // wait out a connection under way
+		if q := b.q.Load(); q != nil {
+			q.Close()
+		}
+		<-b.sem
+	})
+}
