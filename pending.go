@@ -127,7 +127,7 @@ if #due > 0 then
 end
 local function nextDue()
   local z = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
-  if z[2] then return tonumber(z[2]) end
+  if z[2] then return math.ceil(tonumber(z[2])) end
   return -1
 end
 if m4[2] == '1' then return {-2, nextDue()} end

@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -18,17 +19,31 @@ import (
 // are the producer's clock against the owner's: keep the clocks in sync
 // (NTP), as leases already need Redis's clock for their TTL.
 
+// scheduleStep orders the tasks scheduled for one millisecond: each takes
+// the score of the one scheduled last for that millisecond plus
+// scheduleStep, so that they fall due in the order Redis accepted them. A
+// sorted set orders equal scores by member, here the task ID, which is no
+// order at all across producers. A millisecond holds 1024 steps; past
+// that, ties go by ID. The sum is exact in a double while due times are
+// below 2^43 ms (the year 2248); a due time is its score rounded down.
+const scheduleStep = 1.0 / 1024
+
 // scheduleScript adds scheduled tasks.
 //
 //	KEYS[1] = scheduled set, KEYS[2] = scheduled tasks hash
 //	ARGV[1...] = due ms, task ID, encoded task, ...
 //
-// Returns the number added.
+// Returns the number added. (A score goes out as a string of 17 digits: a
+// Lua number would go out with 14, and lose the step.)
 var scheduleScript = newScript("schedule", 2, typeCheck(keyType{1, "zset"}, hashAt(2))+`
 local n = 0
 for i = 1, #ARGV, 3 do
+  local due = tonumber(ARGV[i])
+  local score = due
+  local last = redis.call('ZREVRANGEBYSCORE', KEYS[1], '(' .. string.format('%d', due + 1), ARGV[i], 'WITHSCORES', 'LIMIT', 0, 1)
+  if last[2] then score = math.min(tonumber(last[2]) + $scheduleStep, due + 1 - $scheduleStep) end
   redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2])
-  redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[1], string.format('%.17g', score), ARGV[i + 1])
   n = n + 1
 end
 return n
@@ -37,7 +52,9 @@ return n
 // AddTaskAt enqueues payload for orderID to run at or after at, and
 // returns the new task's ID. The task joins its OrderID's sequence when
 // it falls due: tasks of its OrderID added before then run before it,
-// tasks added after run after it. A time not in the future adds the task
+// tasks added after run after it; tasks of one queue scheduled for the
+// same millisecond fall due in the order Redis accepted them, whichever
+// process added them. A time not in the future adds the task
 // at once, as AddTask. Until then it counts in Stats as Scheduled, and
 // Cancel removes it for good. When it returns nil the task is in Redis;
 // the queue's owner moves it to the ready list within a few milliseconds
@@ -112,9 +129,12 @@ func (q *Queue) Scheduled(ctx context.Context, analyser, offset, limit int) ([]S
 				t = Task{}
 				t.ID, _ = redis.String(r[2*i], nil)
 			}
-			ms, _ := redis.Int64(r[2*i+1], nil)
-			out = append(out, ScheduledTask{Task: t, Due: time.UnixMilli(ms)})
+			score, _ := redis.Float64(r[2*i+1], nil)
+			out = append(out, ScheduledTask{Task: t, Due: dueTime(score)})
 		}
 		return out, nil
 	})
 }
+
+// dueTime is the due time of a scheduled set's score (see scheduleStep).
+func dueTime(score float64) time.Time { return time.UnixMilli(int64(math.Floor(score))) }

@@ -30,6 +30,7 @@ var scriptVars = strings.NewReplacer(
 	"$idLen", strconv.Itoa(idLen),
 	"$scriptChunk", strconv.Itoa(scriptChunk),
 	"$seqFiller", seqFiller,
+	"$scheduleStep", strconv.FormatFloat(scheduleStep, 'g', -1, 64),
 	"$staleReply", staleReply,
 	"$wrongTypeReply", wrongTypeReply,
 	"$badValueReply", badValueReply,

@@ -183,8 +183,8 @@ func statusOf(id string, r []any, now time.Time) TaskStatus {
 		}
 		return st
 	}
-	if ms, err := redis.Int64(r[3], nil); err == nil { // scheduled
-		st.State, st.Due = StateScheduled, time.UnixMilli(ms)
+	if score, err := redis.Float64(r[3], nil); err == nil { // scheduled
+		st.State, st.Due = StateScheduled, dueTime(score)
 		if e, _ := redis.Bytes(r[4], nil); e != nil {
 			if t, _, err := decodeEntry(e); err == nil {
 				st.AddedAt = t.AddedAt
