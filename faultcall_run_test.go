@@ -114,11 +114,7 @@ func (r *callRun) faultPool(actor string, pid int) *faultPool {
 				}
 			}
 		case "ack":
-			// EVALSHA sha 4 pending lease meta order leaseValue ttl k ids... orders...
-			ev := faultEvent{Ev: evAck, Pid: pid, Result: "ok"}
-			if len(args) > 6 {
-				ev.Token = leaseToken(args[6])
-			}
+			ev := faultEvent{Ev: evAck, Pid: pid, Result: "ok", Token: ackToken(args)}
 			switch {
 			case err == nil:
 				ev.N, _ = redis.Int(reply, nil)

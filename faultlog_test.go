@@ -178,6 +178,20 @@ func analyserOfKey(key any, partitions int) int {
 	return q*partitions + p
 }
 
+// ackToken returns the fencing token of the lease value an ack script
+// call carries (EVALSHA hash numkeys pending lease ... leaseValue ttl k
+// ...: the lease value follows the keys), or 0.
+func ackToken(args []any) int64 {
+	if len(args) < 2 {
+		return 0
+	}
+	nk, ok := args[1].(int)
+	if !ok || len(args) <= 2+nk {
+		return 0
+	}
+	return leaseToken(args[2+nk])
+}
+
 var (
 	ackHash     = ackScript.Hash()
 	acquireHash = acquireScript.Hash()
@@ -230,11 +244,7 @@ func (c *recConn) recordSent(cmd string, args []any, sent time.Time, do func() (
 	}
 	switch script {
 	case ackHash:
-		// EVALSHA hash 4 pending lease meta order leaseValue ttl k ids... orders...
-		ev := faultEvent{Ev: evAck, Analyser: analyser, Result: "ok"}
-		if len(args) > 6 {
-			ev.Token = leaseToken(args[6])
-		}
+		ev := faultEvent{Ev: evAck, Analyser: analyser, Result: "ok", Token: ackToken(args)}
 		switch {
 		case err == nil:
 			ev.N, _ = redis.Int(r, nil)
