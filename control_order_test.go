@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"sort"
+	"sync"
 	"testing"
 	"time"
 
@@ -58,6 +61,32 @@ func twinQueue(t *testing.T, q *Queue, servers []*testServer) *Queue {
 // sleepPast sleeps until at has passed by d on this clock: the passing of
 // a due time is what these tests are about.
 func sleepPast(at time.Time, d time.Duration) { time.Sleep(time.Until(at) + d) }
+
+func TestScheduledJoinsByDueTimeWithNoOwner(t *testing.T) {
+	t.Parallel()
+	q, _, _ := testQueue1(t)
+	ctx := bounded(t)
+	_, err := q.AddTask(ctx, 1, []byte("a"))
+	require.NoError(t, err)
+	due := time.Now().Add(150 * time.Millisecond)
+	_, err = q.AddTaskAt(ctx, 1, due, []byte("s"))
+	require.NoError(t, err)
+	_, err = q.AddTask(ctx, 1, []byte("b")) // before the due time: runs before s
+	require.NoError(t, err)
+	sleepPast(due, 20*time.Millisecond)
+	_, err = q.AddTask(ctx, 1, []byte("c")) // after it, though no one was there to move s: runs after s
+	require.NoError(t, err)
+	st0 := stats0(t, q)
+	assert.Equal(t, int64(4), st0.Ready+st0.Scheduled, "a, b, c ready, s scheduled or ready")
+
+	c, err := q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	defer c.Release(ctx)
+	assert.Equal(t, []string{"a", "b", "s", "c"}, drainConsumer(t, c))
+	s := stats0(t, q)
+	assert.Zero(t, s.Scheduled)
+	assert.Zero(t, s.Ready)
+}
 
 func TestScheduledSameAndDifferentDueTimes(t *testing.T) {
 	t.Parallel()
@@ -126,4 +155,289 @@ func TestScheduledSameDueTimeWithAPool(t *testing.T) {
 	assert.Equal(t, []string{"0", "1", "2", "3", "4", "5"}, rec.list())
 	cancel()
 	require.NoError(t, <-errc)
+}
+
+func TestAddTaskAtPastOrZeroTimeAddsAtOnce(t *testing.T) {
+	t.Parallel()
+	q, _, _ := testQueue1(t)
+	ctx := bounded(t)
+	_, err := q.AddTask(ctx, 1, []byte("a"))
+	require.NoError(t, err)
+	past, err := q.AddTaskAt(ctx, 1, time.Now().Add(-time.Hour), []byte("past"))
+	require.NoError(t, err)
+	_, err = q.AddTaskAt(ctx, 1, time.Time{}, []byte("zero"))
+	require.NoError(t, err)
+	_, err = q.AddTaskAfter(ctx, 1, -time.Second, []byte("negative"))
+	require.NoError(t, err)
+	_, err = q.AddTask(ctx, 1, []byte("b"))
+	require.NoError(t, err)
+	s := stats0(t, q)
+	assert.Equal(t, int64(5), s.Ready, "a time not in the future adds the task at once")
+	assert.Zero(t, s.Scheduled)
+	st, err := q.Status(ctx, 1, past)
+	require.NoError(t, err)
+	assert.Equal(t, StateUnknown, st.State, "a ready task is in no record but the ready list")
+	c, err := q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	defer c.Release(ctx)
+	assert.Equal(t, []string{"a", "past", "zero", "negative", "b"}, drainConsumer(t, c))
+	// Bad input is refused as AddTask refuses it, scheduled or not.
+	_, err = q.AddTaskAfter(ctx, 1, time.Hour, nil)
+	assert.ErrorIs(t, err, ErrEmptyPayload)
+	assert.Zero(t, stats0(t, q).Scheduled)
+}
+
+func TestScheduledOnPausedQueueRunsInItsPlaceAfterResume(t *testing.T) {
+	t.Parallel()
+	q, _, _ := testQueue1(t)
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	rec := newSeenLog()
+	errc := runPool(ctx, q, PoolConfig{Workers: 2}, func(_ context.Context, t Task) error {
+		rec.add(string(t.Payload))
+		return nil
+	})
+	require.Eventually(t, func() bool { return stats0(t, q).Owner != "" }, 5*time.Second, time.Millisecond)
+	require.NoError(t, q.Pause(ctx, QueueOf(0)))
+	_, err := q.AddTask(ctx, 1, []byte("a"))
+	require.NoError(t, err)
+	due := time.Now().Add(150 * time.Millisecond)
+	sid, err := q.AddTaskAt(ctx, 1, due, []byte("s"))
+	require.NoError(t, err)
+	_, err = q.AddTask(ctx, 1, []byte("b"))
+	require.NoError(t, err)
+	sleepPast(due, 5*time.Millisecond)
+	_, err = q.AddTask(ctx, 1, []byte("c")) // after s fell due, the queue paused
+	require.NoError(t, err)
+	time.Sleep(2 * pauseRecheck) // the paused pool looks, and claims nothing
+	assert.Empty(t, rec.list(), "a paused pool runs nothing")
+	st, err := q.Status(ctx, 1, sid)
+	require.NoError(t, err)
+	assert.Contains(t, []TaskState{StateScheduled, StateUnknown}, st.State, "due: scheduled, or ready")
+	require.NoError(t, q.Resume(ctx, QueueOf(0)))
+	rec.wait(t, "c")
+	assert.Equal(t, []string{"a", "b", "s", "c"}, rec.list())
+	cancel()
+	require.NoError(t, <-errc)
+}
+
+func TestScheduledRoutingAcrossPartitionsAndQueues(t *testing.T) {
+	t.Parallel()
+	q, _ := newTestQueue(t, 2, Config{Queues: 3})
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	n := q.Layout().Analysers()
+	require.Equal(t, 6, n)
+	// An hour away: OrderID o waits in analyser o%6's queue.
+	for o := range 2 * n {
+		_, err := q.AddTaskAfter(ctx, uint64(o), time.Hour, []byte(fmt.Sprintf("later:%d", o)))
+		require.NoError(t, err)
+	}
+	for o := range n {
+		_, err := q.AddTaskAfter(ctx, uint64(o), 200*time.Millisecond, []byte(fmt.Sprintf("soon:%d", o)))
+		require.NoError(t, err)
+	}
+	st, err := q.Stats(ctx)
+	require.NoError(t, err)
+	for a := range n {
+		assert.Equal(t, int64(3), st[a].Scheduled, "analyser %d", a)
+		sched, err := q.Scheduled(ctx, a, 0, 10)
+		require.NoError(t, err)
+		require.Len(t, sched, 3)
+		assert.Equal(t, fmt.Sprintf("soon:%d", a), string(sched[0].Payload), "earliest due first")
+		for _, s := range sched {
+			assert.Equal(t, a, int(s.OrderID%uint64(n)), "analyser %d lists only its OrderIDs", a)
+		}
+	}
+	_, err = q.Scheduled(ctx, n, 0, 10)
+	assert.ErrorIs(t, err, ErrAnalyserRange)
+
+	// Each analyser's pool runs its own task when it falls due, and only
+	// that one.
+	var mu sync.Mutex
+	ran := map[int][]string{}
+	var wg sync.WaitGroup
+	for a := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := q.AnalysePool(ctx, a, PoolConfig{Workers: 1}, func(_ context.Context, t Task) error {
+				mu.Lock()
+				ran[a] = append(ran[a], string(t.Payload))
+				mu.Unlock()
+				return nil
+			})
+			assert.NoError(t, err)
+		}()
+	}
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		k := 0
+		for _, r := range ran {
+			k += len(r)
+		}
+		return k == n
+	}, 10*time.Second, 5*time.Millisecond)
+	cancel()
+	wg.Wait()
+	for a := range n {
+		assert.Equal(t, []string{fmt.Sprintf("soon:%d", a)}, ran[a], "analyser %d", a)
+	}
+	st, err = q.Stats(context.Background())
+	require.NoError(t, err)
+	for a := range n {
+		assert.Equal(t, int64(2), st[a].Scheduled, "analyser %d", a)
+	}
+}
+
+// An owner that crashes with due scheduled tasks: a stale owner cannot
+// move them, and the next owner moves each once, in its place in its
+// OrderID's sequence, none lost.
+func TestScheduledAcrossOwnerCrashIsFencedAndExactlyOnce(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := bounded(t)
+	old, err := q.Consume(ctx, 0, ConsumerConfig{Owner: "old", LeaseTTL: time.Minute})
+	require.NoError(t, err)
+	_, err = q.AddTask(ctx, 1, []byte("a"))
+	require.NoError(t, err)
+	claimedA, err := old.RemoveTask(ctx) // pending with the old owner when it dies
+	require.NoError(t, err)
+	require.Equal(t, "a", string(claimedA.Payload))
+	due := time.Now().Add(100 * time.Millisecond)
+	_, err = q.AddTaskAt(ctx, 1, due, []byte("s"))
+	require.NoError(t, err)
+	_, err = q.AddTask(ctx, 1, []byte("b"))
+	require.NoError(t, err)
+	sleepPast(due, 20*time.Millisecond)
+	_, err = q.AddTask(ctx, 1, []byte("c"))
+	require.NoError(t, err)
+
+	// The old owner dies (its lease lapses) and another process takes the
+	// queue over: the old one's claim is refused and moves nothing.
+	lapse(t, s, k.lease)
+	next, err := q.Consume(ctx, 0, ConsumerConfig{Owner: "next", LeaseTTL: time.Minute})
+	require.NoError(t, err)
+	defer next.Release(ctx)
+	_, err = old.Claim(ctx, 10)
+	require.ErrorIs(t, err, ErrLeaseLost)
+	n, err := redis.Int(s.do(t, "ZCARD", k.sched), nil)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n, "a stale owner moves no scheduled task")
+	assert.Equal(t, []string{"a", "b", "s", "c"}, drainConsumer(t, next))
+	assert.Zero(t, stats0(t, q).Scheduled)
+	assert.Empty(t, drainConsumer(t, next), "each once")
+}
+
+// Many OrderIDs, ready and scheduled tasks interleaved, every due time
+// passed while the owner was dead: a standby pool takes over and runs each
+// task once, every OrderID's tasks in the order they joined it (a ready
+// task when added, a scheduled one when due; a task added in the very
+// millisecond another falls due goes first).
+func TestScheduledTakeoverByStandbyPoolKeepsEveryOrder(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	old, err := q.Consume(ctx, 0, ConsumerConfig{Owner: "old", LeaseTTL: time.Minute})
+	require.NoError(t, err)
+
+	type joined struct {
+		payload string
+		at      int64 // ms: added, or due
+		seq     int   // the order of the calls
+		ready   bool
+	}
+	const orders = 8
+	want := map[uint64][]joined{}
+	rng := rand.New(rand.NewPCG(1, uint64(time.Now().UnixNano())))
+	start := time.Now()
+	var lastDue time.Time
+	for i := range 240 {
+		o := uint64(rng.IntN(orders))
+		p := fmt.Sprintf("%d:%d", o, i)
+		if rng.IntN(3) == 0 {
+			due := time.Now().Add(time.Duration(rng.IntN(300)) * time.Millisecond)
+			_, err := q.AddTaskAt(ctx, o, due, []byte(p))
+			require.NoError(t, err)
+			at := due.UnixMilli()
+			if !due.After(time.Now()) {
+				at = -1 // added at once: its AddedAt decides, read below
+			}
+			want[o] = append(want[o], joined{payload: p, at: at, seq: i})
+			lastDue = due
+			continue
+		}
+		_, err := q.AddTask(ctx, o, []byte(p))
+		require.NoError(t, err)
+		want[o] = append(want[o], joined{payload: p, at: -1, seq: i, ready: true})
+		if i == 10 {
+			// The old owner claims what is ready so far: pending when it dies.
+			ts, err := old.Claim(ctx, 100)
+			require.NoError(t, err)
+			require.NotEmpty(t, ts)
+		}
+		time.Sleep(time.Duration(rng.IntN(3)) * time.Millisecond)
+	}
+	// The AddedAt of the ready ones (and those scheduled in the past), as
+	// recorded in their entries.
+	added := map[string]int64{}
+	for _, task := range readyTasks(t, s, k) {
+		added[string(task.Payload)] = task.AddedAt.UnixMilli()
+	}
+	pend, err := redis.ByteSlices(s.do(t, "HVALS", k.pending), nil)
+	require.NoError(t, err)
+	for _, rec := range pend {
+		_, e, _, err := splitPending(rec)
+		require.NoError(t, err)
+		task, _, err := decodeEntry(e)
+		require.NoError(t, err)
+		added[string(task.Payload)] = task.AddedAt.UnixMilli()
+	}
+	for o, js := range want {
+		for i := range js {
+			if js[i].at < 0 {
+				a, ok := added[js[i].payload]
+				require.True(t, ok, "%s is ready or pending", js[i].payload)
+				js[i].at, js[i].ready = a, true
+			}
+		}
+		sort.SliceStable(js, func(i, j int) bool {
+			if js[i].at != js[j].at {
+				return js[i].at < js[j].at
+			}
+			if js[i].ready != js[j].ready {
+				return js[i].ready // added in the millisecond it fell due: first
+			}
+			return js[i].seq < js[j].seq
+		})
+		want[o] = js
+	}
+	t.Logf("added over %v", time.Since(start))
+	sleepPast(lastDue, 20*time.Millisecond)
+
+	rec := newRecorder()
+	errc := runPool(ctx, q, PoolConfig{Workers: 3, LeaseTTL: 500 * time.Millisecond, Owner: "standby"}, rec.fn(nil))
+	require.Eventually(t, func() bool {
+		v, _ := redis.String(try(s, "GET", k.lease))
+		return v != "" // the standby waits for the old lease
+	}, time.Second, time.Millisecond)
+	lapse(t, s, k.lease) // the old owner dies
+	_, err = old.Claim(ctx, 10)
+	assert.ErrorIs(t, err, ErrLeaseLost, "the old owner is stale")
+	require.Eventually(t, func() bool {
+		st := stats0(t, q)
+		return st.Ready == 0 && st.Pending == 0 && st.Scheduled == 0
+	}, 15*time.Second, 5*time.Millisecond)
+	assert.Equal(t, "standby", stats0(t, q).Owner)
+	cancel()
+	require.NoError(t, <-errc)
+	for o, js := range want {
+		var exp []string
+		for _, j := range js {
+			exp = append(exp, j.payload)
+		}
+		assert.Equal(t, exp, rec.order(o), "OrderID %d", o)
+	}
 }

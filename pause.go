@@ -14,8 +14,10 @@ import (
 // the lease. A paused pool keeps its lease (renewals go on), lets what it
 // holds run to its end, acknowledges it, and claims nothing new; it looks
 // again every pauseRecheck. Tasks added meanwhile queue up as usual, and
-// scheduled tasks still join the ready list when they fall due, so the
-// order of an OrderID is the same as if the pause had not been.
+// scheduled tasks that fall due meanwhile keep their place by their due
+// time, so the order of an OrderID is the same as if the pause had not
+// been. A paused queue with no task ready or due reads as empty (a pool
+// with ExitOnEmpty returns).
 
 // pauseRecheck is how often a paused pool looks whether it was resumed.
 const pauseRecheck = 250 * time.Millisecond

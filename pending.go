@@ -82,11 +82,12 @@ func (s *store) script(ctx context.Context, op string, sc *redis.Script, keysAnd
 // entries copies little more than its budget; an entry over the budget
 // goes back where it was, with those popped after it.
 //
-// Before it claims, it moves the scheduled tasks due by ARGV[7] (up to
-// 1000, earliest first) to the producing (left) end of the ready list,
-// as AddTask would have pushed them then: a scheduled task joins its
-// OrderID's sequence when it becomes due, and the move is fenced, once
-// and atomic. A paused queue (meta field paused) claims nothing then.
+// Before it claims, it moves the scheduled tasks due by ARGV[7] whose turn
+// has come to the consuming end of the ready list, and it claims no ready
+// task added after the due time of a due task that waits (see
+// luaScheduled): a scheduled task joins its OrderID's sequence at its due
+// time, and the move is fenced, once and atomic. A paused queue (meta
+// field paused) moves and claims nothing.
 //
 //	KEYS[1] = ready list, KEYS[2] = pending hash, KEYS[3] = lease, KEYS[4] = meta hash,
 //	KEYS[5] = claim-sequence hash, KEYS[6] = scheduled set, KEYS[7] = scheduled tasks hash,
@@ -102,7 +103,7 @@ func (s *store) script(ctx context.Context, op string, sc *redis.Script, keysAnd
 // (their tasks are finished as cancelled, never run); {0, next} when the
 // ready list is empty, next being the due time of the next scheduled
 // task (-1: none); {-1} when the first task does not fit and must; {-2,
-// next} when the queue is paused. Each pending record holds the entry as
+// next} when the queue is paused (and not empty). Each pending record holds the entry as
 // it was popped, under its task ID; the claim's sequence goes into one
 // record, under first, holding the n fields' first 20 bytes back to back
 // (a malformed entry's as seqFiller). Building a "<seq>:<entry>" string
@@ -115,23 +116,7 @@ local last = m4[1]
 if last and not (string.match(last, '^%d+$') and #last <= 15) then
   return redis.error_reply('$badValueReply ' .. KEYS[4] .. ' field seq holds ' .. string.format('%q', string.sub(last, 1, 40)) .. ', not a claim count')
 end
-`, `
-local due = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', ARGV[7], 'LIMIT', 0, 1000)
-if #due > 0 then
-  local es = redis.call('HMGET', KEYS[7], unpack(due))
-  for i = 1, #due do
-    if es[i] then redis.call('LPUSH', KEYS[1], es[i]) end
-  end
-  redis.call('ZREM', KEYS[6], unpack(due))
-  redis.call('HDEL', KEYS[7], unpack(due))
-end
-local function nextDue()
-  local z = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
-  if z[2] then return math.ceil(tonumber(z[2])) end
-  return -1
-end
-if m4[2] == '1' then return {-2, nextDue()} end
-local want, budget, ask = tonumber(ARGV[3]), tonumber(ARGV[4]), math.min(tonumber(ARGV[5]), tonumber(ARGV[3]))
+`, luaScheduled+`local want, budget, ask = tonumber(ARGV[3]), tonumber(ARGV[4]), math.min(tonumber(ARGV[5]), tonumber(ARGV[3]))
 local strict = ARGV[6] == '1'
 local items = redis.call('RPOP', KEYS[1], ask)
 if not items then
@@ -152,7 +137,7 @@ while true do
   for i = 1, m do
     local e = got[i]
     local size = #e
-    if bytes + size > budget and (n > 0 or strict) then
+    if bytes + size > budget and (n > 0 or strict) or waiting and n > 0 and (addedAt(e) or 0) > waiting then
       for j = m, i, -1 do
         redis.call('RPUSH', KEYS[1], got[j])
         if got == items then items[j] = nil end

@@ -25,7 +25,9 @@ const (
 	StatePending
 	// StateDead: the task is in the dead-letter store.
 	StateDead
-	// StateScheduled: the task waits for its due time (AddTaskAt).
+	// StateScheduled: the task waits for its due time (AddTaskAt), or,
+	// due, for the tasks of its queue added before that time to be
+	// claimed.
 	StateScheduled
 	// StateRetrying: the task's last delivery failed, and it waits out
 	// its backoff before the next one (it is pending too).
