@@ -304,6 +304,7 @@ type claimed struct {
 	claim     *claimBatch // its claim, nil when none is tracked (recovery)
 	recovered bool        // its entry is marked entryRecovered: record its delivery before it starts
 	cancelled bool        // its cancel was asked: it is finished as cancelled, never run
+	started   time.Time   // when its last delivery by this process started, once one ended in a retry (zero: none)
 }
 
 // size is what a held task counts against PoolConfig.MaxHeldBytes: its
