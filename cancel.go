@@ -50,10 +50,14 @@ return {'marked'}
 //
 //   - StateScheduled: the task was scheduled; it is removed and will
 //     never run.
-//   - StatePending: an analyser holds it. One not started yet never
-//     starts; one running has its ctx cancelled within about a second
-//     (cancelPoll), and unless it then returns nil it is finished as
-//     cancelled, not retried.
+//   - StatePending: an analyser holds it. Its owner learns of the
+//     cancel when it next reads the marks, within half a second
+//     (cancelPoll): a task not started by then never starts; one running then
+//     has its ctx cancelled, and unless it then returns nil it is
+//     finished as cancelled, not retried. A held task whose turn comes
+//     before that read (the task before it in its OrderID ends at once)
+//     does start, and is cancelled as a running one: nothing short of a
+//     round trip per task start could tell it sooner.
 //   - StateUnknown: the task is in no record but the ready list's, or
 //     finished, or never was. It is marked: if it is queued, it is
 //     finished as cancelled, never run, when an analyser claims it.
