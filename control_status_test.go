@@ -2,17 +2,146 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
 // Status through a task's life, and the history that Config.Retention
 // keeps.
+
+func TestStatusThroughWholeLivesWithRetention(t *testing.T) {
+	t.Parallel()
+	q, srv := newTestQueue(t, 1, Config{Retention: time.Minute})
+	s, k := srv[0], newQueueKeys(q.cfg.Prefix, 0, 0)
+	bg := bounded(t)
+	ctx, cancel := context.WithCancel(bg)
+	defer cancel()
+	ids := addAll(t, q, []Task{
+		{OrderID: 1, Payload: []byte("retried")},
+		{OrderID: 2, Payload: []byte("dies")},
+		{OrderID: 4, Payload: []byte("cancelled")},
+	})
+	retried, dies, cancelled := ids[0], ids[1], ids[2]
+	due := time.Now().Add(400 * time.Millisecond)
+	later, err := q.AddTaskAt(bg, 3, due, []byte("later"))
+	require.NoError(t, err)
+
+	st, err := q.Status(bg, 1, retried)
+	require.NoError(t, err)
+	assert.Equal(t, StateUnknown, st.State, "ready: in no record but the list")
+	st, err = q.Status(bg, 3, later)
+	require.NoError(t, err)
+	assert.Equal(t, StateScheduled, st.State)
+	assert.Equal(t, due.UnixMilli(), st.Due.UnixMilli())
+	assert.False(t, st.AddedAt.IsZero())
+	_, err = q.Cancel(bg, 4, cancelled)
+	require.NoError(t, err)
+	st, err = q.Status(bg, 4, cancelled)
+	require.NoError(t, err)
+	assert.Equal(t, StateCancelled, st.State, "it will be, when met")
+	assert.True(t, st.CancelAsked)
+
+	const backoff = 400 * time.Millisecond
+	var mu sync.Mutex
+	inside := map[string][]TaskStatus{} // Status as each delivery saw it
+	starts := map[string][]time.Time{}
+	var fnErr []error
+	errc := runPool(ctx, q, PoolConfig{Workers: 2, MaxAttempts: 2, Owner: "pool-a", OnError: func(error) {},
+		Backoff: func(int) time.Duration { return backoff }},
+		func(_ context.Context, task Task) error {
+			p := string(task.Payload)
+			st, err := q.Status(bg, task.OrderID, task.ID)
+			mu.Lock()
+			defer mu.Unlock()
+			starts[p] = append(starts[p], time.Now())
+			if err != nil {
+				fnErr = append(fnErr, err)
+				return nil
+			}
+			inside[p] = append(inside[p], st)
+			switch {
+			case p == "dies":
+				return errors.New("always")
+			case p == "retried" && task.Attempt == 1:
+				return errors.New("first try fails")
+			}
+			return nil
+		})
+	require.Eventually(t, func() bool {
+		st, err := q.Status(bg, 1, retried)
+		return err == nil && st.State == StateRetrying
+	}, 5*time.Second, time.Millisecond)
+	st, err = q.Status(bg, 1, retried)
+	require.NoError(t, err)
+	assert.Equal(t, "first try fails", st.LastError)
+	assert.Equal(t, "pool-a", st.Owner)
+	assert.Equal(t, 2, st.Attempt, "the next delivery's number")
+	assert.WithinDuration(t, time.Now().Add(backoff), st.Due, backoff, "due again after its backoff")
+
+	require.Eventually(t, func() bool {
+		s := stats0(t, q)
+		return s.Processed == 2 && s.Failed == 1 && s.Cancelled == 1 && s.Pending == 0
+	}, 10*time.Second, 5*time.Millisecond)
+	cancel()
+	require.NoError(t, receive(t, errc))
+	mu.Lock()
+	defer mu.Unlock()
+	require.Empty(t, fnErr)
+
+	// Pending, as each delivery saw itself: attempt, owner, added.
+	for p, want := range map[string][]int{"retried": {1, 2}, "dies": {1, 2}, "later": {1}} {
+		require.Len(t, inside[p], len(want), p)
+		for i, st := range inside[p] {
+			assert.Equal(t, StatePending, st.State, p)
+			assert.Equal(t, want[i], st.Attempt, p)
+			assert.Equal(t, "pool-a", st.Owner, p)
+			assert.False(t, st.AddedAt.IsZero(), p)
+		}
+	}
+	assert.Equal(t, "first try fails", inside["retried"][1].LastError, "the second delivery sees the first one's error")
+
+	st, err = q.Status(bg, 1, retried)
+	require.NoError(t, err)
+	assert.Equal(t, StateDone, st.State)
+	assert.Equal(t, 2, st.Attempt)
+	assert.False(t, st.StartedAt.Before(st.AddedAt))
+	assert.False(t, st.FinishedAt.Before(st.StartedAt))
+	assert.WithinDuration(t, starts["retried"][1], st.StartedAt, 50*time.Millisecond, "the last delivery's start")
+
+	st, err = q.Status(bg, 2, dies)
+	require.NoError(t, err)
+	assert.Equal(t, StateDead, st.State)
+	assert.Equal(t, 2, st.Attempt)
+	assert.Equal(t, "always", st.LastError)
+	assert.False(t, st.FinishedAt.IsZero())
+
+	st, err = q.Status(bg, 3, later)
+	require.NoError(t, err)
+	assert.Equal(t, StateDone, st.State)
+	assert.False(t, st.StartedAt.Before(due.Truncate(time.Millisecond)), "not before its due time")
+
+	st, err = q.Status(bg, 4, cancelled)
+	require.NoError(t, err)
+	assert.Equal(t, StateCancelled, st.State)
+	assert.False(t, st.CancelAsked, "finished")
+	assert.True(t, st.StartedAt.IsZero(), "it never ran")
+	assert.False(t, st.FinishedAt.IsZero())
+	assert.Empty(t, starts["cancelled"])
+
+	// Nothing per task is left but the history.
+	for _, key := range []string{k.retries, k.cancels, k.pending, k.claims, k.sched, k.later} {
+		n, err := redis.Int(s.do(t, "EXISTS", key), nil)
+		require.NoError(t, err)
+		assert.Zero(t, n, "%s is gone", key)
+	}
+}
 
 // Many workers acknowledge at once: every task's status record is its own.
 func TestStatusHistoryRecordsMatchTheirTasks(t *testing.T) {

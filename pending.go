@@ -242,9 +242,11 @@ redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
 return 1
 `))
 
-// buryScript moves pending tasks to the dead-letter store.
+// buryScript moves pending tasks to the dead-letter store, and drops their
+// retry records.
 //
-//	KEYS[1] = pending hash, KEYS[2] = dead hash, KEYS[3] = lease, KEYS[4] = meta hash
+//	KEYS[1] = pending hash, KEYS[2] = dead hash, KEYS[3] = lease, KEYS[4] = meta hash,
+//	KEYS[5] = retries hash
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3...] = task ID, dead record, ...
 //
 // Returns the number moved (also added to failed); a task no longer
@@ -253,10 +255,11 @@ return 1
 // a quarantined malformed record (0 attempts: its second byte is 0) takes
 // the first free field of "<field>#2", "<field>#3", ..., and a task's
 // record moves what was under its ID there.
-var buryScript = newScript("bury", 4, fenced(3, typeCheck(hashAt(2), hashAt(4)), luaIncr+`
+var buryScript = newScript("bury", 5, fenced(3, typeCheck(hashAt(2), hashAt(4), hashAt(5)), luaIncr+`
 local n = 0
 for i = 3, #ARGV, 2 do
   if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
+    redis.call('HDEL', KEYS[5], ARGV[i])
     local f, rec = ARGV[i], ARGV[i + 1]
     local old = redis.call('HGET', KEYS[2], f)
     if old then
@@ -559,7 +562,7 @@ return 1
 func (s *store) bury(ctx context.Context, args []any) error {
 	for len(args) > 0 {
 		n := buryChunk(args)
-		a := append([]any{s.keys.pending, s.keys.dead, s.keys.lease, s.keys.meta, s.value(), s.ttlMS}, args[:n]...)
+		a := append([]any{s.keys.pending, s.keys.dead, s.keys.lease, s.keys.meta, s.keys.retries, s.value(), s.ttlMS}, args[:n]...)
 		if _, err := s.script(ctx, "dead-letter on", buryScript, a...); err != nil {
 			return err
 		}

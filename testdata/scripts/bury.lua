@@ -4,6 +4,8 @@ local t = redis.call('TYPE', KEYS[2]).ok
 if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[2] .. ' holds a ' .. t .. ', want a hash') end
 local t = redis.call('TYPE', KEYS[4]).ok
 if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[4] .. ' holds a ' .. t .. ', want a hash') end
+local t = redis.call('TYPE', KEYS[5]).ok
+if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[5] .. ' holds a ' .. t .. ', want a hash') end
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 
 local function incr(key, field, n)
@@ -18,6 +20,7 @@ end
 local n = 0
 for i = 3, #ARGV, 2 do
   if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
+    redis.call('HDEL', KEYS[5], ARGV[i])
     local f, rec = ARGV[i], ARGV[i + 1]
     local old = redis.call('HGET', KEYS[2], f)
     if old then
