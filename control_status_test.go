@@ -215,3 +215,40 @@ func TestAckerKeepsRecordsInStepWithFields(t *testing.T) {
 	}
 	assert.Zero(t, wrong, "records beside another task's field")
 }
+
+func TestStatusOfTasksAcknowledgedThroughTheConsumerAPI(t *testing.T) {
+	t.Parallel()
+	q, _ := newTestQueue(t, 1, Config{Retention: time.Minute})
+	ctx := bounded(t)
+	ids := addAll(t, q, orderTasks(1, 2))
+	c, err := q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	defer c.Release(ctx)
+	task, err := c.RemoveTask(ctx)
+	require.NoError(t, err)
+	dead, err := c.Fail(ctx, task, errors.New("once"))
+	require.NoError(t, err)
+	require.False(t, dead)
+	st, err := q.Status(ctx, 0, task.ID)
+	require.NoError(t, err)
+	assert.Equal(t, StatePending, st.State)
+	assert.Equal(t, "once", st.LastError)
+	_, err = c.Ack(ctx, task.ID)
+	require.NoError(t, err)
+	st, err = q.Status(ctx, 0, ids[0])
+	require.NoError(t, err)
+	assert.Equal(t, StateDone, st.State, "Retention keeps every finished task's status")
+	assert.Equal(t, 2, st.Attempt, "retried in place after Fail")
+	assert.False(t, st.AddedAt.IsZero())
+	assert.False(t, st.FinishedAt.Before(st.StartedAt))
+
+	// An ID this Consumer did not hand out is skipped, and gets no status.
+	n, err := c.Ack(ctx, unusedID(), ids[1])
+	require.NoError(t, err)
+	assert.Zero(t, n)
+	for _, id := range []string{unusedID(), ids[1]} {
+		st, err = q.Status(ctx, 0, id)
+		require.NoError(t, err)
+		assert.Equal(t, StateUnknown, st.State, "%s was not acknowledged", id)
+	}
+}

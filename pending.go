@@ -193,7 +193,8 @@ const seqFiller = "--------------------"
 
 // ackScript deletes finished tasks from the pending hash, and the
 // claim-sequence records of claims none of whose tasks is pending any more;
-// with a history expiry, it keeps their status records (history.go).
+// with a history expiry, it keeps the status records of the tasks that
+// were pending (history.go; an empty record keeps none).
 //
 //	KEYS[1] = pending hash, KEYS[2] = lease, KEYS[3] = meta hash, KEYS[4] = claim-sequence hash,
 //	KEYS[5] = retries hash, KEYS[6] = history bucket
@@ -206,19 +207,26 @@ const seqFiller = "--------------------"
 var ackScript = newScript("ack", 6, fenced(2, typeCheck(hashAt(3), hashAt(4), hashAt(5), hashAt(6)), luaIncr+`
 local n, k = 0, tonumber(ARGV[3])
 local last = 4 + k
-for i = 5, last, $scriptChunk do
-  n = n + redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + $scriptChunk - 1, last)))
+if ARGV[4] == '0' then
+  for i = 5, last, $scriptChunk do
+    n = n + redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + $scriptChunk - 1, last)))
+  end
+else
+  -- A status record for each task that was pending (and has one).
+  for i = 5, last do
+    if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
+      n = n + 1
+      if ARGV[i + k] ~= '' then redis.call('HSET', KEYS[6], ARGV[i], ARGV[i + k]) end
+    end
+  end
+  if n > 0 then redis.call('PEXPIREAT', KEYS[6], ARGV[4]) end
 end
 if k > 0 and redis.call('EXISTS', KEYS[5]) == 1 then
   for i = 5, last, $scriptChunk do
     redis.call('HDEL', KEYS[5], unpack(ARGV, i, math.min(i + $scriptChunk - 1, last)))
   end
 end
-if ARGV[4] ~= '0' and k > 0 then
-  for i = 5, last do redis.call('HSET', KEYS[6], ARGV[i], ARGV[i + k]) end
-  redis.call('PEXPIREAT', KEYS[6], ARGV[4])
-  last = last + k
-end
+if ARGV[4] ~= '0' then last = last + k end
 for i = last + 1, #ARGV, $scriptChunk do
   redis.call('HDEL', KEYS[4], unpack(ARGV, i, math.min(i + $scriptChunk - 1, #ARGV)))
 end

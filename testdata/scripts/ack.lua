@@ -21,19 +21,26 @@ end
 
 local n, k = 0, tonumber(ARGV[3])
 local last = 4 + k
-for i = 5, last, 1000 do
-  n = n + redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + 1000 - 1, last)))
+if ARGV[4] == '0' then
+  for i = 5, last, 1000 do
+    n = n + redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + 1000 - 1, last)))
+  end
+else
+  -- A status record for each task that was pending (and has one).
+  for i = 5, last do
+    if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
+      n = n + 1
+      if ARGV[i + k] ~= '' then redis.call('HSET', KEYS[6], ARGV[i], ARGV[i + k]) end
+    end
+  end
+  if n > 0 then redis.call('PEXPIREAT', KEYS[6], ARGV[4]) end
 end
 if k > 0 and redis.call('EXISTS', KEYS[5]) == 1 then
   for i = 5, last, 1000 do
     redis.call('HDEL', KEYS[5], unpack(ARGV, i, math.min(i + 1000 - 1, last)))
   end
 end
-if ARGV[4] ~= '0' and k > 0 then
-  for i = 5, last do redis.call('HSET', KEYS[6], ARGV[i], ARGV[i + k]) end
-  redis.call('PEXPIREAT', KEYS[6], ARGV[4])
-  last = last + k
-end
+if ARGV[4] ~= '0' then last = last + k end
 for i = last + 1, #ARGV, 1000 do
   redis.call('HDEL', KEYS[4], unpack(ARGV, i, math.min(i + 1000 - 1, #ARGV)))
 end
