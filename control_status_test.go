@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -141,6 +142,64 @@ func TestStatusThroughWholeLivesWithRetention(t *testing.T) {
 		require.NoError(t, err)
 		assert.Zero(t, n, "%s is gone", key)
 	}
+}
+
+// historyKeys returns the history hashes of the queue of k.
+func historyKeys(t *testing.T, s *testServer, k queueKeys) []string {
+	t.Helper()
+	keys, err := redis.Strings(s.do(t, "KEYS", strings.ReplaceAll(k.history, "{", "\\{")+"*"), nil)
+	require.NoError(t, err)
+	return keys
+}
+
+func TestStatusWithoutRetentionForgetsFinishedTasks(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := bounded(t)
+	ids := addAll(t, q, orderTasks(2, 2))
+	_, err := q.Cancel(ctx, 1, ids[1])
+	require.NoError(t, err)
+	require.NoError(t, q.AnalysePool(ctx, 0, PoolConfig{ExitOnEmpty: true}, func(context.Context, Task) error { return nil }))
+	for i, id := range ids {
+		st, err := q.Status(ctx, uint64(i%2), id)
+		require.NoError(t, err)
+		assert.Equal(t, StateUnknown, st.State, "task %d", i)
+		assert.True(t, st.FinishedAt.IsZero())
+	}
+	assert.Empty(t, historyKeys(t, s, k), "no history is written")
+	st := stats0(t, q)
+	assert.Equal(t, int64(3), st.Processed)
+	assert.Equal(t, int64(1), st.Cancelled)
+}
+
+func TestStatusHistoryExpiresAfterRetention(t *testing.T) {
+	t.Parallel()
+	const retention = time.Second
+	q, srv := newTestQueue(t, 1, Config{Retention: retention})
+	s, k := srv[0], newQueueKeys(q.cfg.Prefix, 0, 0)
+	ctx := bounded(t)
+	id, err := q.AddTask(ctx, 1, []byte("x"))
+	require.NoError(t, err)
+	require.NoError(t, q.AnalysePool(ctx, 0, PoolConfig{ExitOnEmpty: true}, func(context.Context, Task) error { return nil }))
+	st, err := q.Status(ctx, 1, id)
+	require.NoError(t, err)
+	assert.Equal(t, StateDone, st.State)
+	keys := historyKeys(t, s, k)
+	require.Len(t, keys, 1)
+	ms, err := redis.Int64(s.do(t, "PTTL", keys[0]), nil)
+	require.NoError(t, err)
+	w := historyWidth(retention)
+	assert.Positive(t, ms, "the history expires")
+	assert.LessOrEqual(t, time.Duration(ms)*time.Millisecond, retention+w, "kept for Retention after its bucket ends")
+
+	if s.mini != nil {
+		s.mini.FastForward(retention + w + time.Millisecond)
+	}
+	require.Eventually(t, func() bool {
+		st, err := q.Status(ctx, 1, id)
+		return err == nil && st.State == StateUnknown
+	}, 2*(retention+w)+time.Second, 20*time.Millisecond)
+	assert.Empty(t, historyKeys(t, s, k))
 }
 
 // Many workers acknowledge at once: every task's status record is its own.
