@@ -441,3 +441,30 @@ func TestScheduledTakeoverByStandbyPoolKeepsEveryOrder(t *testing.T) {
 		assert.Equal(t, exp, rec.order(o), "OrderID %d", o)
 	}
 }
+
+// An idle pool learns of a task scheduled during its wait, and starts it
+// at its due time. (It learns at once where Redis tracks keys for it, and
+// when its wait ends, within a second, where Redis cannot, as miniredis:
+// the due time is further away than that.)
+func TestScheduledWhileIdleStartsNearItsDueTime(t *testing.T) {
+	t.Parallel()
+	q, _, _ := testQueue1(t)
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	startedAt := make(chan time.Time, 1)
+	errc := runPool(ctx, q, PoolConfig{}, func(context.Context, Task) error {
+		startedAt <- time.Now()
+		return nil
+	})
+	require.Eventually(t, func() bool { return stats0(t, q).Owner != "" }, 5*time.Second, time.Millisecond)
+	time.Sleep(300 * time.Millisecond) // well into its idle wait
+	due := time.Now().Add(1500 * time.Millisecond)
+	_, err := q.AddTaskAt(ctx, 1, due, []byte("x"))
+	require.NoError(t, err)
+	late := receive(t, startedAt).Sub(due)
+	t.Logf("started %v after its due time", late)
+	assert.GreaterOrEqual(t, late, time.Duration(0), "never before its due time")
+	assert.Less(t, late, 250*time.Millisecond, "woken for its due time")
+	cancel()
+	require.NoError(t, <-errc)
+}
