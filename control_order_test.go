@@ -290,11 +290,15 @@ func TestScheduledTakeoverByStandbyPoolKeepsEveryOrder(t *testing.T) {
 		p := fmt.Sprintf("%d:%d", o, i)
 		if rng.IntN(3) == 0 {
 			due := time.Now().Add(time.Duration(rng.IntN(300)) * time.Millisecond)
-			_, err := q.AddTaskAt(ctx, o, due, []byte(p))
+			id, err := q.AddTaskAt(ctx, o, due, []byte(p))
 			require.NoError(t, err)
 			at := due.UnixMilli()
-			if !due.After(time.Now()) {
-				at = -1 // added at once: its AddedAt decides, read below
+			// AddTaskAt adds at once a task due by the time it looks:
+			// then its AddedAt decides, read below.
+			if _, err := redis.Float64(s.do(t, "ZSCORE", k.sched, id), nil); errors.Is(err, redis.ErrNil) {
+				at = -1
+			} else {
+				require.NoError(t, err)
 			}
 			want[o] = append(want[o], joined{payload: p, at: at, seq: i})
 			lastDue = due
