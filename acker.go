@@ -36,28 +36,30 @@ func newAcker(s *session) *acker { return &acker{s: s, wake: make(chan struct{},
 // started at started.
 func (a *acker) ack(t claimed, started time.Time) {
 	a.unconfirmed.Add(1)
+	var rec *historyRecord
 	if a.s.st.retention > 0 {
-		rec := historyRecord{state: StateDone, added: t.AddedAt, started: started, finished: time.Now(), attempts: t.Attempt}
-		a.mu.Lock()
-		a.recs = append(a.recs, rec)
-		a.mu.Unlock()
+		rec = &historyRecord{state: StateDone, added: t.AddedAt, started: started, finished: time.Now(), attempts: t.Attempt}
 	}
-	a.add(t.field, t)
+	a.add(t.field, rec, t)
 }
 
 // finished counts tasks that left the pending hash otherwise than by an
 // ack (dead-lettered, handed back), and has the acker delete the
 // claim-sequence records of the claims this finishes.
-func (a *acker) finished(ts ...claimed) { a.add("", ts...) }
+func (a *acker) finished(ts ...claimed) { a.add("", nil, ts...) }
 
-// add queues field (unless empty) for deletion, with the claim-sequence
-// records of the claims that ts finish, and wakes the acker when it had
-// nothing to do.
-func (a *acker) add(field string, ts ...claimed) {
+// add queues field (unless empty) for deletion, and rec (unless nil) as
+// its status record, in the same step so that the two lists stay in step,
+// with the claim-sequence records of the claims that ts finish, and wakes
+// the acker when it had nothing to do.
+func (a *acker) add(field string, rec *historyRecord, ts ...claimed) {
 	a.mu.Lock()
 	idle := len(a.fields) == 0 && len(a.claims) == 0
 	if field != "" {
 		a.fields = append(a.fields, field)
+		if rec != nil {
+			a.recs = append(a.recs, *rec)
+		}
 	}
 	for _, t := range ts {
 		if t.claim.finish(1) {

@@ -41,14 +41,16 @@ func TestAuditResyncRefenceRacesClaimsOnlyAck(t *testing.T) {
 		case "refence":
 			refences.Add(1)
 		case "ack":
-			// The acker's first call: claim-sequence records only.
-			// hash, 6, pending, lease, meta, order, retries, history, lease value, ttl, k, ...
-			if len(args) > 10 && fmt.Sprint(args[10]) == "0" && acks.Add(1) == 1 {
+			// The acker's first call: claim-sequence records only. Its
+			// args: sha, the key count, the keys (the lease second), the
+			// lease value, the TTL, the number of task IDs, ...
+			nk, _ := args[1].(int)
+			if len(args) > 4+nk && fmt.Sprint(args[4+nk]) == "0" && acks.Add(1) == 1 {
 				// Held up until the lease value it carries has changed
 				// (or 2s: a resync that waits for this call never comes).
 				for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
 					v, _ := redis.String(servers[0].do(t, "GET", args[3]), nil)
-					if v != args[8] {
+					if v != args[2+nk] {
 						break
 					}
 				}

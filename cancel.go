@@ -197,14 +197,15 @@ end
 return n
 `))
 
-// finishCancelled finishes t, pending, as cancelled; started is when its
-// last delivery started (zero: it never ran).
+// finishCancelled finishes t, pending, as cancelled; started is when the
+// delivery its cancel ended started (zero: it was not running, and its
+// status keeps the start of its last delivery, t.started, if any).
 func (s *store) finishCancelled(ctx context.Context, t claimed, started time.Time) error {
 	now := time.Now()
 	bucket, expiry, start := s.historyBucket(now)
 	rec := historyRecord{state: StateCancelled, added: t.AddedAt, started: started, finished: now, attempts: t.Attempt}
 	if started.IsZero() {
-		rec.attempts = t.Attempt - 1
+		rec.attempts, rec.started = t.Attempt-1, t.started
 	}
 	_, err := s.script(ctx, "finish cancelled task on", finishCancelledScript,
 		s.keys.pending, s.keys.lease, s.keys.meta, s.keys.cancels, s.keys.retries, bucket,

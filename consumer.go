@@ -35,10 +35,18 @@ type ConsumerConfig struct {
 // the per-OrderID order to hold, as AnalysePool does.
 type Consumer struct {
 	st     *store
-	open   map[string]*claimBatch   // claim of each task RemoveTask and Claim returned, until finished
-	marked map[string]bool          // those of them whose entries recovery marked (entryRecovered)
-	kept   map[string]historyRecord // with Config.Retention, their status so far, for Ack to keep
-	unsure bool                     // a claim may have taken tasks this Consumer never handed out
+	open   map[string]*claimBatch // claim of each task RemoveTask and Claim returned, until finished
+	marked map[string]bool        // those of them whose entries recovery marked (entryRecovered)
+	life   map[string]delivery    // with Config.Retention, their deliveries, for their status records
+	unsure bool                   // a claim may have taken tasks this Consumer never handed out
+}
+
+// delivery is what the status record of a task handed out needs: when it
+// was added, its current delivery, and when that started (when Claim
+// handed it out, or Fail recorded the delivery before).
+type delivery struct {
+	added, started time.Time
+	attempt        int
 }
 
 // Consume waits until it holds the lease of analyser's queue (as a hot
@@ -61,7 +69,7 @@ func (q *Queue) Consume(ctx context.Context, analyser int, cfg ConsumerConfig) (
 		st.release(context.WithoutCancel(ctx))
 		return nil, err
 	}
-	return &Consumer{st: st, open: map[string]*claimBatch{}, marked: map[string]bool{}}, nil
+	return &Consumer{st: st, open: map[string]*claimBatch{}, marked: map[string]bool{}, life: map[string]delivery{}}, nil
 }
 
 // Renew extends the lease by LeaseTTL. It returns ErrLeaseLost when the
@@ -192,14 +200,11 @@ func (c *Consumer) track(ts []claimed) {
 	now := time.Now()
 	for _, t := range ts {
 		c.open[t.ID] = t.claim
-		if c.st.retention > 0 {
-			if c.kept == nil {
-				c.kept = map[string]historyRecord{}
-			}
-			c.kept[t.ID] = historyRecord{state: StateDone, added: t.AddedAt, started: now, attempts: t.Attempt}
-		}
 		if t.recovered {
 			c.marked[t.ID] = true
+		}
+		if c.st.retention > 0 {
+			c.life[t.ID] = delivery{added: t.AddedAt, started: now, attempt: t.Attempt}
 		}
 	}
 }
@@ -210,10 +215,10 @@ func (c *Consumer) track(ts []claimed) {
 func (c *Consumer) untrack(ids []string) (claims []string, forgot []tracked) {
 	for _, id := range ids {
 		if b, ok := c.open[id]; ok {
-			forgot = append(forgot, tracked{id, b, c.marked[id], c.kept[id]})
+			forgot = append(forgot, tracked{id, b, c.marked[id], c.life[id]})
 			delete(c.open, id)
 			delete(c.marked, id)
-			delete(c.kept, id)
+			delete(c.life, id)
 			if b.finish(1) {
 				claims = append(claims, b.record)
 			}
@@ -227,7 +232,7 @@ type tracked struct {
 	id     string
 	claim  *claimBatch
 	marked bool
-	kept   historyRecord // zero without a retention
+	life   delivery
 }
 
 // retrack undoes untrack.
@@ -237,8 +242,8 @@ func (c *Consumer) retrack(forgot []tracked) {
 		if t.marked {
 			c.marked[t.id] = true
 		}
-		if c.kept != nil && !t.kept.added.IsZero() {
-			c.kept[t.id] = t.kept
+		if c.st.retention > 0 {
+			c.life[t.id] = t.life
 		}
 		if t.claim != nil {
 			t.claim.left.Add(1)
@@ -254,7 +259,10 @@ func (c *Consumer) Wait(ctx context.Context, d time.Duration) (bool, error) {
 }
 
 // Ack marks finished tasks done: their pending records are deleted and the
-// processed counter grows. IDs no longer pending are skipped. It returns
+// processed counter grows; with Config.Retention, the status of each task
+// this Consumer handed out is kept as done, its last delivery started when
+// Claim returned it or Fail recorded the one before. IDs no longer pending
+// are skipped. It returns
 // how many were acknowledged, and ErrLeaseLost, with nothing changed, when
 // the lease is gone. Costs one round trip per 1000 IDs.
 func (c *Consumer) Ack(ctx context.Context, ids ...string) (int, error) {
@@ -263,12 +271,9 @@ func (c *Consumer) Ack(ctx context.Context, ids ...string) (int, error) {
 		now := time.Now()
 		recs = make([]historyRecord, len(ids))
 		for i, id := range ids {
-			r, ok := c.kept[id]
-			if !ok { // not handed out by this Consumer: nothing known but now
-				r = historyRecord{state: StateDone, added: now, started: now}
+			if d, ok := c.life[id]; ok { // else none (zero): this Consumer did not hand it out
+				recs[i] = historyRecord{state: StateDone, added: d.added, started: d.started, finished: now, attempts: d.attempt}
 			}
-			r.finished = now
-			recs[i] = r
 		}
 	}
 	claims, forgot := c.untrack(ids)
@@ -290,6 +295,10 @@ func (c *Consumer) Fail(ctx context.Context, t Task, cause error) (dead bool, er
 	if dead && err == nil {
 		claims, _ := c.untrack([]string{t.ID})
 		err = c.st.dropClaims(ctx, claims)
+	}
+	if d, ok := c.life[t.ID]; ok && !dead && err == nil {
+		d.attempt, d.started = t.Attempt+1, time.Now() // retried in place
+		c.life[t.ID] = d
 	}
 	return dead, err
 }

@@ -102,7 +102,7 @@ func TestScheduledTaskJoinsItsOrderWhenDue(t *testing.T) {
 
 func TestCancelScheduledReadyAndRunning(t *testing.T) {
 	t.Parallel()
-	q, _, k := testQueue1(t)
+	q, s, k := testQueue1(t)
 	ctx, cancel := context.WithCancel(bounded(t))
 	defer cancel()
 
@@ -170,9 +170,7 @@ func TestCancelScheduledReadyAndRunning(t *testing.T) {
 	cancel()
 	require.NoError(t, <-errc)
 	// Every mark is gone once nothing is ready or pending.
-	n, err := q.parts[0].pool.Get().Do("EXISTS", k.cancels)
-	require.NoError(t, err)
-	_ = n
+	noMarks(t, s, k)
 }
 
 func TestPauseDuringDrainAndResume(t *testing.T) {

@@ -15,7 +15,7 @@ import (
 
 // dueTime returns when an add is to fall due: zero (at once) or, for a
 // share of adds, up to most ahead.
-func dueTime(share float64, most time.Duration) time.Time {
+func pickDueTime(share float64, most time.Duration) time.Time {
 	if share <= 0 || rand.Float64() >= share {
 		return time.Time{}
 	}

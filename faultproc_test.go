@@ -463,7 +463,7 @@ func runProducer(cfg roleConfig) error {
 						continue
 					}
 					for {
-						id, err := addLogged(ctx, q, h.log, order, seq, dueTime(cfg.ScheduleShare, cfg.ScheduleMax), p)
+						id, err := addLogged(ctx, q, h.log, order, seq, pickDueTime(cfg.ScheduleShare, cfg.ScheduleMax), p)
 						if err == nil {
 							canc.maybe(ctx, order, seq, id, slow)
 						}

@@ -226,9 +226,10 @@ func (ls *lineSet) handOn() {
 }
 
 // settle puts o back after its first task ran: done drops that task, else
-// it stays first with its Attempt one higher; a non-zero retryAt delays the
-// OrderID until then.
-func (ls *lineSet) settle(o *orderLine, done bool, retryAt time.Time) {
+// it stays first with its Attempt one higher, and started (when not zero)
+// as the start of its last delivery; a non-zero retryAt delays the OrderID
+// until then.
+func (ls *lineSet) settle(o *orderLine, done bool, retryAt, started time.Time) {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
 	if done {
@@ -236,6 +237,9 @@ func (ls *lineSet) settle(o *orderLine, done bool, retryAt time.Time) {
 		o.head++
 	} else {
 		o.tasks[o.head].Attempt++
+		if !started.IsZero() {
+			o.tasks[o.head].started = started
+		}
 	}
 	switch {
 	case o.head == len(o.tasks):

@@ -14,58 +14,76 @@ import (
 // the lease. A paused pool keeps its lease (renewals go on), lets what it
 // holds run to its end, acknowledges it, and claims nothing new; it looks
 // again every pauseRecheck. Tasks added meanwhile queue up as usual, and
-// scheduled tasks still join the ready list when they fall due, so the
-// order of an OrderID is the same as if the pause had not been.
+// scheduled tasks that fall due meanwhile keep their place by their due
+// time, so the order of an OrderID is the same as if the pause had not
+// been. A paused queue with no task ready or due reads as empty (a pool
+// with ExitOnEmpty returns).
 
 // pauseRecheck is how often a paused pool looks whether it was resumed.
 const pauseRecheck = 250 * time.Millisecond
 
 // Queues names a set of queues for Pause and Resume: one analyser's
 // queue, every queue of one partition (one Redis server), or all of
-// them.
+// them. Make one with QueueOf, PartitionQueues or AllQueues; the zero
+// value names none, and Pause and Resume refuse it.
 type Queues struct {
-	analyser, partition int // -1 when not narrowed to one
+	scope queuesScope
+	n     int // the analyser or the partition
 }
 
+type queuesScope uint8
+
+const (
+	scopeNone queuesScope = iota
+	scopeAnalyser
+	scopePartition
+	scopeAll
+)
+
 // QueueOf names analyser a's queue.
-func QueueOf(a int) Queues { return Queues{analyser: a, partition: -1} }
+func QueueOf(a int) Queues { return Queues{scope: scopeAnalyser, n: a} }
 
 // PartitionQueues names every queue of partition p.
-func PartitionQueues(p int) Queues { return Queues{analyser: -1, partition: p} }
+func PartitionQueues(p int) Queues { return Queues{scope: scopePartition, n: p} }
 
 // AllQueues names every queue of every partition.
-func AllQueues() Queues { return Queues{analyser: -1, partition: -1} }
+func AllQueues() Queues { return Queues{scope: scopeAll} }
 
 // String describes the set, for logs.
 func (w Queues) String() string {
-	switch {
-	case w.analyser >= 0:
-		return fmt.Sprintf("analyser %d", w.analyser)
-	case w.partition >= 0:
-		return fmt.Sprintf("partition %d", w.partition)
+	switch w.scope {
+	case scopeAnalyser:
+		return fmt.Sprintf("analyser %d", w.n)
+	case scopePartition:
+		return fmt.Sprintf("partition %d", w.n)
+	case scopeAll:
+		return "all queues"
 	}
-	return "all queues"
+	return "no queues"
 }
 
 // members returns the queues of w, by partition: the analysers of each.
 func (q *Queue) members(w Queues) (map[int][]int, error) {
 	l := q.Layout()
 	out := map[int][]int{}
-	switch {
-	case w.analyser >= 0:
-		pi, _, err := l.Serves(w.analyser)
+	switch w.scope {
+	case scopeAnalyser:
+		pi, _, err := l.Serves(w.n)
 		if err != nil {
 			return nil, err
 		}
-		out[pi] = []int{w.analyser}
-	case w.partition >= len(q.parts):
-		return nil, fmt.Errorf("%w: partition %d of %d", ErrBadConfig, w.partition, len(q.parts))
-	default:
+		out[pi] = []int{w.n}
+	case scopePartition, scopeAll:
+		if w.scope == scopePartition && (w.n < 0 || w.n >= len(q.parts)) {
+			return nil, fmt.Errorf("%w: partition %d not in [0, %d)", ErrBadConfig, w.n, len(q.parts))
+		}
 		for a := range l.Analysers() {
-			if pi := a % len(q.parts); w.partition < 0 || pi == w.partition {
+			if pi := a % len(q.parts); w.scope == scopeAll || pi == w.n {
 				out[pi] = append(out[pi], a)
 			}
 		}
+	default:
+		return nil, fmt.Errorf("%w: no queues named (use QueueOf, PartitionQueues or AllQueues)", ErrBadConfig)
 	}
 	return out, nil
 }

@@ -81,11 +81,12 @@ func (s *store) script(ctx context.Context, op string, sc *redis.Script, keysAnd
 // entries copies little more than its budget; an entry over the budget
 // goes back where it was, with those popped after it.
 //
-// Before it claims, it moves the scheduled tasks due by ARGV[7] (up to
-// 1000, earliest first) to the producing (left) end of the ready list,
-// as AddTask would have pushed them then: a scheduled task joins its
-// OrderID's sequence when it becomes due, and the move is fenced, once
-// and atomic. A paused queue (meta field paused) claims nothing then.
+// Before it claims, it moves the scheduled tasks due by ARGV[7] whose turn
+// has come to the consuming end of the ready list, and it claims no ready
+// task added after the due time of a due task that waits (see
+// luaScheduled): a scheduled task joins its OrderID's sequence at its due
+// time, and the move is fenced, once and atomic. A paused queue (meta
+// field paused) moves and claims nothing.
 //
 //	KEYS[1] = ready list, KEYS[2] = pending hash, KEYS[3] = lease, KEYS[4] = meta hash,
 //	KEYS[5] = claim-sequence hash, KEYS[6] = scheduled set, KEYS[7] = scheduled tasks hash,
@@ -101,7 +102,7 @@ func (s *store) script(ctx context.Context, op string, sc *redis.Script, keysAnd
 // (their tasks are finished as cancelled, never run); {0, next} when the
 // ready list is empty, next being the due time of the next scheduled
 // task (-1: none); {-1} when the first task does not fit and must; {-2,
-// next} when the queue is paused. Each pending record holds the entry as
+// next} when the queue is paused (and not empty). Each pending record holds the entry as
 // it was popped, under its task ID; the claim's sequence goes into one
 // record, under first, holding the n fields' first 20 bytes back to back
 // (a malformed entry's as seqFiller). Building a "<seq>:<entry>" string
@@ -114,23 +115,7 @@ local last = m4[1]
 if last and not (string.match(last, '^%d+$') and #last <= 15) then
   return redis.error_reply('$badValueReply ' .. KEYS[4] .. ' field seq holds ' .. string.format('%q', string.sub(last, 1, 40)) .. ', not a claim count')
 end
-`, `
-local due = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', ARGV[7], 'LIMIT', 0, 1000)
-if #due > 0 then
-  local es = redis.call('HMGET', KEYS[7], unpack(due))
-  for i = 1, #due do
-    if es[i] then redis.call('LPUSH', KEYS[1], es[i]) end
-  end
-  redis.call('ZREM', KEYS[6], unpack(due))
-  redis.call('HDEL', KEYS[7], unpack(due))
-end
-local function nextDue()
-  local z = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
-  if z[2] then return tonumber(z[2]) end
-  return -1
-end
-if m4[2] == '1' then return {-2, nextDue()} end
-local want, budget, ask = tonumber(ARGV[3]), tonumber(ARGV[4]), math.min(tonumber(ARGV[5]), tonumber(ARGV[3]))
+`, luaScheduled+`local want, budget, ask = tonumber(ARGV[3]), tonumber(ARGV[4]), math.min(tonumber(ARGV[5]), tonumber(ARGV[3]))
 local strict = ARGV[6] == '1'
 local items = redis.call('RPOP', KEYS[1], ask)
 if not items then
@@ -151,7 +136,7 @@ while true do
   for i = 1, m do
     local e = got[i]
     local size = #e
-    if bytes + size > budget and (n > 0 or strict) then
+    if bytes + size > budget and (n > 0 or strict) or waiting and n > 0 and (addedAt(e) or 0) > waiting then
       for j = m, i, -1 do
         redis.call('RPUSH', KEYS[1], got[j])
         if got == items then items[j] = nil end
@@ -207,14 +192,16 @@ const seqFiller = "--------------------"
 
 // ackScript deletes finished tasks from the pending hash, and the
 // claim-sequence records of claims none of whose tasks is pending any more;
-// with a history expiry, it keeps their status records (history.go).
+// with a history expiry, it keeps the status records of the tasks that
+// were pending (history.go; an empty record keeps none).
 //
 //	KEYS[1] = pending hash, KEYS[2] = lease, KEYS[3] = meta hash, KEYS[4] = claim-sequence hash,
 //	KEYS[5] = retries hash, KEYS[6] = history bucket
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = number of task IDs k,
 //	ARGV[4] = history expiry (ms since the epoch; 0: keep none), ARGV[5] = retention ms,
 //	ARGV[6 .. 5+k] = task IDs, then, with a history expiry, k pairs of packed task ID
-//	and status record, then claim-sequence records (claim firsts)
+//	and status record ("" for none; one is written only for a task that was pending),
+//	then claim-sequence records (claim firsts)
 //
 // Returns the number of pending records deleted (also added to processed).
 // With a history expiry, it records the retention in the meta hash, for
@@ -222,20 +209,30 @@ const seqFiller = "--------------------"
 var ackScript = newScript("ack", 6, fenced(2, typeCheck(hashAt(3), hashAt(4), hashAt(5), hashAt(6)), luaIncr+`
 local n, k = 0, tonumber(ARGV[3])
 local last = 5 + k
-for i = 6, last, $scriptChunk do
-  n = n + redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + $scriptChunk - 1, last)))
+if ARGV[4] == '0' then
+  for i = 6, last, $scriptChunk do
+    n = n + redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + $scriptChunk - 1, last)))
+  end
+else
+  -- A status record for each task that was pending (and has one).
+  for i = 6, last do
+    if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
+      n = n + 1
+      local j = last + 2 * (i - 6) + 1
+      if ARGV[j + 1] ~= '' then redis.call('HSET', KEYS[6], ARGV[j], ARGV[j + 1]) end
+    end
+  end
+  if n > 0 then
+    redis.call('PEXPIREAT', KEYS[6], ARGV[4])
+    redis.call('HSET', KEYS[3], 'retention', ARGV[5])
+  end
 end
 if k > 0 and redis.call('EXISTS', KEYS[5]) == 1 then
   for i = 6, last, $scriptChunk do
     redis.call('HDEL', KEYS[5], unpack(ARGV, i, math.min(i + $scriptChunk - 1, last)))
   end
 end
-if ARGV[4] ~= '0' and k > 0 then
-  redis.call('HSET', KEYS[6], unpack(ARGV, last + 1, last + 2 * k))
-  redis.call('PEXPIREAT', KEYS[6], ARGV[4])
-  redis.call('HSET', KEYS[3], 'retention', ARGV[5])
-  last = last + 2 * k
-end
+if ARGV[4] ~= '0' then last = last + 2 * k end
 for i = last + 1, #ARGV, $scriptChunk do
   redis.call('HDEL', KEYS[4], unpack(ARGV, i, math.min(i + $scriptChunk - 1, #ARGV)))
 end
@@ -259,7 +256,8 @@ redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
 return 1
 `))
 
-// buryScript moves pending tasks to the dead-letter store.
+// buryScript moves pending tasks to the dead-letter store, and drops their
+// retry records.
 //
 //	KEYS[1] = pending hash, KEYS[2] = dead hash, KEYS[3] = lease, KEYS[4] = meta hash,
 //	KEYS[5] = retries hash
@@ -276,6 +274,7 @@ local n = 0
 for i = 3, #ARGV, 2 do
   redis.call('HDEL', KEYS[5], ARGV[i])
   if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
+    redis.call('HDEL', KEYS[5], ARGV[i])
     local f, rec = ARGV[i], ARGV[i + 1]
     local old = redis.call('HGET', KEYS[2], f)
     if old then
@@ -323,6 +322,7 @@ type claimed struct {
 	claim     *claimBatch // its claim, nil when none is tracked (recovery)
 	recovered bool        // its entry is marked entryRecovered: record its delivery before it starts
 	cancelled bool        // its cancel was asked: it is finished as cancelled, never run
+	started   time.Time   // when its last delivery by this process started, once one ended in a retry (zero: none)
 }
 
 // size is what a held task counts against PoolConfig.MaxHeldBytes: its
@@ -494,7 +494,11 @@ func (s *store) ack(ctx context.Context, ids []string, recs []historyRecord, cla
 		}
 		if expiry != 0 {
 			for i, r := range recs[:n] {
-				args = append(args, packID(ids[i]), r.encode(start))
+				rec := ""
+				if !r.finished.IsZero() {
+					rec = r.encode(start)
+				}
+				args = append(args, packID(ids[i]), rec)
 			}
 			recs = recs[n:]
 		}

@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -11,24 +12,110 @@ import (
 // Scheduled tasks wait in two keys of their queue: the scheduled set
 // (task ID by due time, in ms since the epoch) and the scheduled tasks
 // hash (task ID -> encoded task). The claim script of the queue's owner
-// moves those due to the producing end of the ready list, fenced, once
-// and atomically (see claimScript), so a scheduled task joins its
-// OrderID's sequence when it falls due: the tasks of its OrderID added
-// before then run before it, those added after run after it. Due times
-// are the producer's clock against the owner's: keep the clocks in sync
-// (NTP), as leases already need Redis's clock for their TTL.
+// moves each due one to the consuming end of the ready list when its turn
+// comes, fenced, once and atomically (see claimScript and luaScheduled),
+// so a scheduled task joins its OrderID's sequence at its due time,
+// whenever the owner gets to it: the tasks of its OrderID added before
+// then run before it, those added after run after it. Due times and the
+// times tasks were added are the producers' clocks, and due is judged by
+// the owner's: keep the clocks in sync (NTP), as leases already need
+// Redis's clock for their TTL.
+
+// luaScheduled is the part of claimScript that moves due scheduled tasks
+// to the ready list, each in its place by time, and stops a paused queue.
+//
+// A scheduled task joins its OrderID's sequence at its due time however
+// late the owner gets to it (no one held the lease then, or the owner was
+// paused or busy): it goes to the consuming end once every ready task
+// added before its due time has been claimed, ahead of those added after.
+// The ready list holds tasks in the order they were added and each entry
+// says when (AddedAt), so this is a merge of two ordered sequences that
+// reads only their heads: the due tasks earlier than the next ready task
+// move ahead of it, and a claim stops before the first ready task added
+// after the due time of a due task that still waits. A ready task added
+// in the very millisecond another falls due goes first. Nothing moves
+// while the queue is paused; a paused queue with nothing ready or due
+// reads as empty, so that ExitOnEmpty ends.
+//
+// It defines now, nextDue() (the next due time, rounded up; -1: none),
+// addedAt(entry) (nil when the entry does not read) and waiting (the
+// score of a due task that waits for ready tasks added before it; nil:
+// none).
+const luaScheduled = `
+local now = tonumber(ARGV[7])
+local function nextDue()
+  local z = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
+  if z[2] then return math.ceil(tonumber(z[2])) end
+  return -1
+end
+if m4[2] == '1' then
+  local nd = nextDue()
+  if nd >= 0 and nd <= now or redis.call('LLEN', KEYS[1]) > 0 then return {-2, nd} end
+  return {0, nd}
+end
+local function addedAt(e)
+  if not e or #e < $entryHeader then return nil end
+  local v = string.byte(e, 1)
+  if v > $entryFlags or v % 2 ~= $entryTask then return nil end
+  local i = $entryHeader + 1
+  repeat -- past the OrderID
+    v = string.byte(e, i)
+    if not v then return nil end
+    i = i + 1
+  until v < 128
+  local ms, mul = 0, 1
+  while true do
+    v = string.byte(e, i)
+    if not v then return nil end
+    if v < 128 then return ms + v * mul end
+    ms, mul, i = ms + (v - 128) * mul, mul * 128, i + 1
+  end
+end
+local waiting
+local z = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
+if z[2] and tonumber(z[2]) <= now then
+  local upto = ARGV[7]
+  local head = addedAt(redis.call('LINDEX', KEYS[1], -1))
+  if head and head <= now then upto = '(' .. string.format('%d', head) end
+  local due = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', upto, 'LIMIT', 0, tonumber(ARGV[3]))
+  if #due > 0 then
+    local es = redis.call('HMGET', KEYS[7], unpack(due))
+    for i = #due, 1, -1 do
+      if es[i] then redis.call('RPUSH', KEYS[1], es[i]) end
+    end
+    redis.call('ZREM', KEYS[6], unpack(due))
+    redis.call('HDEL', KEYS[7], unpack(due))
+    z = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
+  end
+  if z[2] and tonumber(z[2]) <= now then waiting = tonumber(z[2]) end
+end
+`
+
+// scheduleStep orders the tasks scheduled for one millisecond: each takes
+// the score of the one scheduled last for that millisecond plus
+// scheduleStep, so that they fall due in the order Redis accepted them. A
+// sorted set orders equal scores by member, here the task ID, which is no
+// order at all across producers. A millisecond holds 1024 steps; past
+// that, ties go by ID. The sum is exact in a double while due times are
+// below 2^43 ms (the year 2248); a due time is its score rounded down.
+const scheduleStep = 1.0 / 1024
 
 // scheduleScript adds scheduled tasks.
 //
 //	KEYS[1] = scheduled set, KEYS[2] = scheduled tasks hash
 //	ARGV[1...] = due ms, task ID, encoded task, ...
 //
-// Returns the number added.
+// Returns the number added. (A score goes out as a string of 17 digits: a
+// Lua number would go out with 14, and lose the step.)
 var scheduleScript = newScript("schedule", 2, typeCheck(keyType{1, "zset"}, hashAt(2))+`
 local n = 0
 for i = 1, #ARGV, 3 do
+  local due = tonumber(ARGV[i])
+  local score = due
+  local last = redis.call('ZREVRANGEBYSCORE', KEYS[1], '(' .. string.format('%d', due + 1), ARGV[i], 'WITHSCORES', 'LIMIT', 0, 1)
+  if last[2] then score = math.min(tonumber(last[2]) + $scheduleStep, due + 1 - $scheduleStep) end
   redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2])
-  redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[1], string.format('%.17g', score), ARGV[i + 1])
   n = n + 1
 end
 return n
@@ -36,8 +123,13 @@ return n
 
 // AddTaskAt enqueues payload for orderID to run at or after at, and
 // returns the new task's ID. The task joins its OrderID's sequence when
-// it falls due: tasks of its OrderID added before then run before it,
-// tasks added after run after it. A time not in the future adds the task
+// it falls due, even if no analyser holds its queue then, or the one
+// that does is paused or busy: tasks of its OrderID added before then run
+// before it, tasks added after run after it (by the time they were
+// added: one added in the very millisecond it falls due goes first);
+// tasks of one queue scheduled for the
+// same millisecond fall due in the order Redis accepted them, whichever
+// process added them. A time not in the future adds the task
 // at once, as AddTask. Until then it counts in Stats as Scheduled, and
 // Cancel removes it for good. When it returns nil the task is in Redis;
 // the queue's owner moves it to the ready list within a few milliseconds
@@ -107,9 +199,12 @@ func (q *Queue) Scheduled(ctx context.Context, analyser, offset, limit int) ([]S
 				t = Task{}
 				t.ID, _ = redis.String(r[2*i], nil)
 			}
-			ms, _ := redis.Int64(r[2*i+1], nil)
-			out = append(out, ScheduledTask{Task: t, Due: time.UnixMilli(ms)})
+			score, _ := redis.Float64(r[2*i+1], nil)
+			out = append(out, ScheduledTask{Task: t, Due: dueTime(score)})
 		}
 		return out, nil
 	})
 }
+
+// dueTime is the due time of a scheduled set's score (see scheduleStep).
+func dueTime(score float64) time.Time { return time.UnixMilli(int64(math.Floor(score))) }

@@ -31,6 +31,7 @@ var scriptVars = strings.NewReplacer(
 	"$scriptChunk", strconv.Itoa(scriptChunk),
 	"$seqFiller", seqFiller,
 	"$cancelSeen", cancelSeen,
+	"$scheduleStep", strconv.FormatFloat(scheduleStep, 'g', -1, 64),
 	"$staleReply", staleReply,
 	"$wrongTypeReply", wrongTypeReply,
 	"$badValueReply", badValueReply,

@@ -14,7 +14,7 @@ import (
 type AnalyserStats struct {
 	Analyser, Partition, Queue int
 	Ready                      int64         // tasks waiting to be claimed
-	Scheduled                  int64         // tasks scheduled for later, not yet due (see AddTaskAt)
+	Scheduled                  int64         // tasks scheduled (AddTaskAt) not in the ready list yet: not due, or due and waiting for tasks added before their due time
 	Pending                    int64         // tasks claimed and not finished
 	Dead                       int64         // tasks in the dead-letter store
 	Processed                  int64         // tasks acknowledged, ever

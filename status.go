@@ -25,7 +25,9 @@ const (
 	StatePending
 	// StateDead: the task is in the dead-letter store.
 	StateDead
-	// StateScheduled: the task waits for its due time (AddTaskAt).
+	// StateScheduled: the task waits for its due time (AddTaskAt), or,
+	// due, for the tasks of its queue added before that time to be
+	// claimed.
 	StateScheduled
 	// StateRetrying: the task's last delivery failed, and it waits out
 	// its backoff before the next one (it is pending too).
@@ -216,8 +218,8 @@ func statusOf(id string, r []any, starts []int64, now time.Time) TaskStatus {
 		}
 		return st
 	}
-	if ms, err := redis.Int64(r[3], nil); err == nil { // scheduled
-		st.State, st.Due = StateScheduled, time.UnixMilli(ms)
+	if score, err := redis.Float64(r[3], nil); err == nil { // scheduled
+		st.State, st.Due = StateScheduled, dueTime(score)
 		if e, _ := redis.Bytes(r[4], nil); e != nil {
 			if t, _, err := decodeEntry(e); err == nil {
 				st.AddedAt, st.OrderID = t.AddedAt, t.OrderID

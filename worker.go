@@ -171,17 +171,17 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) {
 		if c := s.cfg.Counters; c != nil {
 			(*c.processed.Load())[w.index].Add(1)
 		}
-		w.set.settle(o, true, time.Time{})
+		w.set.settle(o, true, time.Time{}, time.Time{})
 		s.release(t)
 	case s.taskCtx.Err() != nil:
 		// Interrupted by the end of a graceful stop: handed back, the
 		// delivery counted.
-		w.set.settle(o, false, time.Time{})
+		w.set.settle(o, false, time.Time{}, start)
 	case t.Attempt >= s.cfg.MaxAttempts:
 		if !w.bury(t, err) {
 			return
 		}
-		w.set.settle(o, true, time.Time{})
+		w.set.settle(o, true, time.Time{}, time.Time{})
 		s.release(t)
 	default:
 		s.cfg.OnError(&TaskError{ID: t.ID, OrderID: t.OrderID, Attempt: t.Attempt, Err: err})
@@ -193,7 +193,7 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) {
 			}
 			s.cfg.OnError(ferr) // retried all the same; a crash now counts one delivery less
 		}
-		w.set.settle(o, false, retryAt)
+		w.set.settle(o, false, retryAt, start)
 	}
 }
 
@@ -328,6 +328,6 @@ func (w *worker) cancelled(o *orderLine, t claimed, started time.Time) {
 		}
 	}
 	s.acks.finished(t)
-	w.set.settle(o, true, time.Time{})
+	w.set.settle(o, true, time.Time{}, time.Time{})
 	s.release(t)
 }

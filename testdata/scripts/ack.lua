@@ -21,20 +21,30 @@ end
 
 local n, k = 0, tonumber(ARGV[3])
 local last = 5 + k
-for i = 6, last, 1000 do
-  n = n + redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + 1000 - 1, last)))
+if ARGV[4] == '0' then
+  for i = 6, last, 1000 do
+    n = n + redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + 1000 - 1, last)))
+  end
+else
+  -- A status record for each task that was pending (and has one).
+  for i = 6, last do
+    if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
+      n = n + 1
+      local j = last + 2 * (i - 6) + 1
+      if ARGV[j + 1] ~= '' then redis.call('HSET', KEYS[6], ARGV[j], ARGV[j + 1]) end
+    end
+  end
+  if n > 0 then
+    redis.call('PEXPIREAT', KEYS[6], ARGV[4])
+    redis.call('HSET', KEYS[3], 'retention', ARGV[5])
+  end
 end
 if k > 0 and redis.call('EXISTS', KEYS[5]) == 1 then
   for i = 6, last, 1000 do
     redis.call('HDEL', KEYS[5], unpack(ARGV, i, math.min(i + 1000 - 1, last)))
   end
 end
-if ARGV[4] ~= '0' and k > 0 then
-  redis.call('HSET', KEYS[6], unpack(ARGV, last + 1, last + 2 * k))
-  redis.call('PEXPIREAT', KEYS[6], ARGV[4])
-  redis.call('HSET', KEYS[3], 'retention', ARGV[5])
-  last = last + 2 * k
-end
+if ARGV[4] ~= '0' then last = last + 2 * k end
 for i = last + 1, #ARGV, 1000 do
   redis.call('HDEL', KEYS[4], unpack(ARGV, i, math.min(i + 1000 - 1, #ARGV)))
 end

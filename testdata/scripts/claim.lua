@@ -14,21 +14,53 @@ if last and not (string.match(last, '^%d+$') and #last <= 15) then
 end
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 
-local due = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', ARGV[7], 'LIMIT', 0, 1000)
-if #due > 0 then
-  local es = redis.call('HMGET', KEYS[7], unpack(due))
-  for i = 1, #due do
-    if es[i] then redis.call('LPUSH', KEYS[1], es[i]) end
-  end
-  redis.call('ZREM', KEYS[6], unpack(due))
-  redis.call('HDEL', KEYS[7], unpack(due))
-end
+local now = tonumber(ARGV[7])
 local function nextDue()
   local z = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
-  if z[2] then return tonumber(z[2]) end
+  if z[2] then return math.ceil(tonumber(z[2])) end
   return -1
 end
-if m4[2] == '1' then return {-2, nextDue()} end
+if m4[2] == '1' then
+  local nd = nextDue()
+  if nd >= 0 and nd <= now or redis.call('LLEN', KEYS[1]) > 0 then return {-2, nd} end
+  return {0, nd}
+end
+local function addedAt(e)
+  if not e or #e < 21 then return nil end
+  local v = string.byte(e, 1)
+  if v > 7 or v % 2 ~= 1 then return nil end
+  local i = 21 + 1
+  repeat -- past the OrderID
+    v = string.byte(e, i)
+    if not v then return nil end
+    i = i + 1
+  until v < 128
+  local ms, mul = 0, 1
+  while true do
+    v = string.byte(e, i)
+    if not v then return nil end
+    if v < 128 then return ms + v * mul end
+    ms, mul, i = ms + (v - 128) * mul, mul * 128, i + 1
+  end
+end
+local waiting
+local z = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
+if z[2] and tonumber(z[2]) <= now then
+  local upto = ARGV[7]
+  local head = addedAt(redis.call('LINDEX', KEYS[1], -1))
+  if head and head <= now then upto = '(' .. string.format('%d', head) end
+  local due = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', upto, 'LIMIT', 0, tonumber(ARGV[3]))
+  if #due > 0 then
+    local es = redis.call('HMGET', KEYS[7], unpack(due))
+    for i = #due, 1, -1 do
+      if es[i] then redis.call('RPUSH', KEYS[1], es[i]) end
+    end
+    redis.call('ZREM', KEYS[6], unpack(due))
+    redis.call('HDEL', KEYS[7], unpack(due))
+    z = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
+  end
+  if z[2] and tonumber(z[2]) <= now then waiting = tonumber(z[2]) end
+end
 local want, budget, ask = tonumber(ARGV[3]), tonumber(ARGV[4]), math.min(tonumber(ARGV[5]), tonumber(ARGV[3]))
 local strict = ARGV[6] == '1'
 local items = redis.call('RPOP', KEYS[1], ask)
@@ -50,7 +82,7 @@ while true do
   for i = 1, m do
     local e = got[i]
     local size = #e
-    if bytes + size > budget and (n > 0 or strict) then
+    if bytes + size > budget and (n > 0 or strict) or waiting and n > 0 and (addedAt(e) or 0) > waiting then
       for j = m, i, -1 do
         redis.call('RPUSH', KEYS[1], got[j])
         if got == items then items[j] = nil end

@@ -5,8 +5,12 @@ if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' ..
 
 local n = 0
 for i = 1, #ARGV, 3 do
+  local due = tonumber(ARGV[i])
+  local score = due
+  local last = redis.call('ZREVRANGEBYSCORE', KEYS[1], '(' .. string.format('%d', due + 1), ARGV[i], 'WITHSCORES', 'LIMIT', 0, 1)
+  if last[2] then score = math.min(tonumber(last[2]) + 0.0009765625, due + 1 - 0.0009765625) end
   redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2])
-  redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[1], string.format('%.17g', score), ARGV[i + 1])
   n = n + 1
 end
 return n

@@ -1,0 +1,433 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// Cancel against the per-OrderID order: a cancelled task never holds its
+// OrderID back, and never runs unless it had started.
+
+// noMarks asserts that the queue of k keeps no cancel mark.
+func noMarks(t *testing.T, s *testServer, k queueKeys) {
+	t.Helper()
+	n, err := redis.Int(s.do(t, "EXISTS", k.cancels), nil)
+	require.NoError(t, err)
+	assert.Zero(t, n, "the cancels hash is gone")
+}
+
+// unusedID returns a task ID no producer handed out.
+func unusedID() string { return formatID(0x5eed, 42) }
+
+func TestCancelHeadTaskWhileLaterOnesWait(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := bounded(t)
+	ids := addAll(t, q, []Task{
+		{OrderID: 1, Payload: []byte("head")},
+		{OrderID: 2, Payload: []byte("other")},
+		{OrderID: 1, Payload: []byte("a")},
+		{OrderID: 1, Payload: []byte("b")},
+	})
+	where, err := q.Cancel(ctx, 1, ids[0])
+	require.NoError(t, err)
+	assert.Equal(t, StateUnknown, where, "ready: marked")
+	rec := newRecorder()
+	require.NoError(t, q.AnalysePool(ctx, 0, PoolConfig{Workers: 2, ExitOnEmpty: true}, rec.fn(nil)))
+	assert.Equal(t, []string{"a", "b"}, rec.order(1), "the head never runs; the others run, in order")
+	assert.Equal(t, []string{"other"}, rec.order(2))
+	st := stats0(t, q)
+	assert.Equal(t, int64(1), st.Cancelled)
+	assert.Equal(t, int64(3), st.Processed)
+	assert.Zero(t, st.Pending)
+	noMarks(t, s, k)
+	n, err := redis.Int(s.do(t, "HLEN", k.claims), nil)
+	require.NoError(t, err)
+	assert.Zero(t, n, "no claim-sequence record is left")
+}
+
+// A task claimed with others, held behind a slow earlier task of its
+// OrderID, and cancelled while it waits, never starts once its owner has
+// read the marks (every cancelPoll).
+func TestCancelHeldTaskNeverStarts(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	ids := addAll(t, q, []Task{
+		{OrderID: 1, Payload: []byte("slow")},
+		{OrderID: 1, Payload: []byte("held")},
+		{OrderID: 1, Payload: []byte("after")},
+	})
+	gate := make(chan struct{})
+	started := make(chan struct{})
+	rec := newRecorder()
+	errc := runPool(ctx, q, PoolConfig{Workers: 2, Prefetch: 8}, rec.fn(func(_ context.Context, t Task) error {
+		if string(t.Payload) == "slow" {
+			close(started)
+			<-gate
+		}
+		return nil
+	}))
+	<-started
+	require.Eventually(t, func() bool { return stats0(t, q).Pending == 3 }, 5*time.Second, time.Millisecond, "all three claimed")
+	where, err := q.Cancel(ctx, 1, ids[1])
+	require.NoError(t, err)
+	assert.Equal(t, StatePending, where)
+	st, err := q.Status(ctx, 1, ids[1])
+	require.NoError(t, err)
+	assert.Equal(t, StatePending, st.State)
+	assert.True(t, st.CancelAsked)
+	time.Sleep(2 * cancelPoll) // the owner reads the marks
+	close(gate)
+	require.Eventually(t, func() bool { return len(rec.order(1)) == 2 && stats0(t, q).Pending == 0 }, 5*time.Second, time.Millisecond)
+	cancel()
+	require.NoError(t, <-errc)
+	assert.Equal(t, []string{"slow", "after"}, rec.order(1))
+	assert.Empty(t, rec.attemptsOf(ids[1]), "the held task never started")
+	assert.Equal(t, int64(1), stats0(t, q).Cancelled)
+	noMarks(t, s, k)
+}
+
+func TestCancelRunningTask(t *testing.T) {
+	t.Parallel()
+	q, srv := newTestQueue(t, 1, Config{Retention: time.Minute})
+	s, k := srv[0], newQueueKeys(q.cfg.Prefix, 0, 0)
+	bg := bounded(t)
+	ctx, cancel := context.WithCancel(bg)
+	defer cancel()
+	ids := addAll(t, q, []Task{
+		{OrderID: 1, Payload: []byte("obeys")},   // returns its ctx's error
+		{OrderID: 1, Payload: []byte("next")},    // runs after it
+		{OrderID: 2, Payload: []byte("ignores")}, // finishes its work all the same: done
+	})
+	var mu sync.Mutex
+	ended := map[string]error{}
+	runs := map[string]int{}
+	running := make(chan string, 3)
+	release := make(chan struct{})
+	rec := newSeenLog()
+	errc := runPool(ctx, q, PoolConfig{Workers: 4, TaskTimeout: -1}, func(tctx context.Context, t Task) error {
+		p := string(t.Payload)
+		mu.Lock()
+		runs[p]++
+		mu.Unlock()
+		switch p {
+		case "obeys":
+			running <- p
+			<-tctx.Done()
+			mu.Lock()
+			ended[p] = tctx.Err()
+			mu.Unlock()
+			rec.add(p)
+			return tctx.Err()
+		case "ignores":
+			running <- p
+			<-tctx.Done()
+			<-release
+			rec.add(p)
+			return nil
+		}
+		rec.add(p)
+		return nil
+	})
+	require.ElementsMatch(t, []string{"obeys", "ignores"}, []string{receive(t, running), receive(t, running)})
+	at := time.Now()
+	for i, id := range []string{ids[0], ids[2]} {
+		where, err := q.Cancel(ctx, []uint64{1, 2}[i], id)
+		require.NoError(t, err)
+		assert.Equal(t, StatePending, where)
+	}
+	rec.wait(t, "obeys")
+	took := time.Since(at)
+	assert.Less(t, took, 2*time.Second, "a running task's ctx ends within about a second")
+	t.Logf("ctx ended %v after Cancel", took)
+	close(release)
+	rec.wait(t, "next")
+	require.Eventually(t, func() bool { return stats0(t, q).Pending == 0 }, 5*time.Second, time.Millisecond)
+	cancel()
+	require.NoError(t, <-errc)
+	mu.Lock()
+	assert.ErrorIs(t, ended["obeys"], context.Canceled)
+	assert.Equal(t, map[string]int{"obeys": 1, "next": 1, "ignores": 1}, runs, "a cancelled task is not retried")
+	mu.Unlock()
+
+	st, err := q.Status(bg, 1, ids[0])
+	require.NoError(t, err)
+	assert.Equal(t, StateCancelled, st.State)
+	assert.Equal(t, 1, st.Attempt)
+	assert.False(t, st.StartedAt.IsZero(), "it ran")
+	assert.False(t, st.FinishedAt.Before(st.StartedAt))
+	assert.False(t, st.CancelAsked)
+	st, err = q.Status(bg, 2, ids[2])
+	require.NoError(t, err)
+	assert.Equal(t, StateDone, st.State, "a cancelled task that returns nil is done")
+	sts := stats0(t, q)
+	assert.Equal(t, int64(1), sts.Cancelled)
+	assert.Equal(t, int64(2), sts.Processed)
+	// The mark of the task that finished done goes with the drain.
+	require.NoError(t, q.AnalysePool(bounded(t), 0, PoolConfig{ExitOnEmpty: true}, func(context.Context, Task) error { return nil }))
+	noMarks(t, s, k)
+}
+
+func TestCancelDuringRetryBackoff(t *testing.T) {
+	t.Parallel()
+	q, srv := newTestQueue(t, 1, Config{Retention: time.Minute})
+	s, k := srv[0], newQueueKeys(q.cfg.Prefix, 0, 0)
+	bg := bounded(t)
+	ctx, cancel := context.WithCancel(bg)
+	defer cancel()
+	ids := addAll(t, q, []Task{
+		{OrderID: 1, Payload: []byte("fails")},
+		{OrderID: 1, Payload: []byte("next")},
+	})
+	rec := newRecorder()
+	errc := runPool(ctx, q, PoolConfig{Workers: 2, Backoff: func(int) time.Duration { return time.Hour }},
+		rec.fn(func(_ context.Context, t Task) error {
+			if string(t.Payload) == "fails" {
+				return errors.New("not now")
+			}
+			return nil
+		}))
+	require.Eventually(t, func() bool {
+		st, err := q.Status(ctx, 1, ids[0])
+		return err == nil && st.State == StateRetrying
+	}, 5*time.Second, time.Millisecond)
+	at := time.Now()
+	where, err := q.Cancel(ctx, 1, ids[0])
+	require.NoError(t, err)
+	assert.Equal(t, StatePending, where)
+	require.Eventually(t, func() bool { return len(rec.order(1)) == 2 }, 5*time.Second, time.Millisecond)
+	assert.Less(t, time.Since(at), 2*time.Second, "finished as cancelled at once, not after its hour of backoff")
+	assert.Equal(t, []string{"fails", "next"}, rec.order(1))
+	assert.Equal(t, []int{1}, rec.attemptsOf(ids[0]), "not run again")
+	require.Eventually(t, func() bool { return stats0(t, q).Pending == 0 }, 5*time.Second, time.Millisecond)
+	cancel()
+	require.NoError(t, <-errc)
+	st, err := q.Status(bg, 1, ids[0])
+	require.NoError(t, err)
+	assert.Equal(t, StateCancelled, st.State)
+	assert.Equal(t, 1, st.Attempt, "one delivery made")
+	assert.False(t, st.StartedAt.IsZero(), "it ran once")
+	assert.Equal(t, int64(1), stats0(t, q).Cancelled)
+	n, err := redis.Int(s.do(t, "EXISTS", k.retries), nil)
+	require.NoError(t, err)
+	assert.Zero(t, n, "no retry record is left")
+	noMarks(t, s, k)
+}
+
+func TestCancelDeadTaskLeavesIt(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := bounded(t)
+	id, err := q.AddTask(ctx, 1, []byte("poison"))
+	require.NoError(t, err)
+	require.NoError(t, q.AnalysePool(ctx, 0, PoolConfig{MaxAttempts: 1, ExitOnEmpty: true, OnError: func(error) {}},
+		func(context.Context, Task) error { return errors.New("bad") }))
+	where, err := q.Cancel(ctx, 1, id)
+	require.NoError(t, err)
+	assert.Equal(t, StateDead, where)
+	st := stats0(t, q)
+	assert.Equal(t, int64(1), st.Dead, "left in the dead-letter store")
+	assert.Zero(t, st.Cancelled)
+	noMarks(t, s, k)
+	status, err := q.Status(ctx, 1, id)
+	require.NoError(t, err)
+	assert.Equal(t, StateDead, status.State)
+	assert.Equal(t, "bad", status.LastError)
+	// Replayed, it runs: the refused cancel left nothing behind.
+	n, err := q.Replay(ctx, 0, id)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	rec := newRecorder()
+	require.NoError(t, q.AnalysePool(ctx, 0, PoolConfig{ExitOnEmpty: true}, rec.fn(nil)))
+	assert.Equal(t, []string{"poison"}, rec.order(1))
+}
+
+func TestCancelUnknownIDIsDroppedWhenTheQueueDrains(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := bounded(t)
+	id := unusedID()
+	where, err := q.Cancel(ctx, 1, id)
+	require.NoError(t, err)
+	assert.Equal(t, StateUnknown, where)
+	n, err := redis.Int(s.do(t, "HEXISTS", k.cancels, id), nil)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n, "marked: it may be ready")
+	st, err := q.Status(ctx, 1, id)
+	require.NoError(t, err)
+	assert.True(t, st.CancelAsked)
+	addAll(t, q, orderTasks(3, 3))
+	rec := newRecorder()
+	require.NoError(t, q.AnalysePool(ctx, 0, PoolConfig{Workers: 2, ExitOnEmpty: true}, rec.fn(nil)))
+	assert.Equal(t, 9, rec.total(), "a stray mark cancels nothing")
+	noMarks(t, s, k)
+	assert.Zero(t, stats0(t, q).Cancelled)
+	st, err = q.Status(ctx, 1, id)
+	require.NoError(t, err)
+	assert.Equal(t, StateUnknown, st.State)
+}
+
+func TestCancelWithTheConsumerAPI(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := bounded(t)
+	c, err := q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	defer c.Release(ctx)
+	ids := addAll(t, q, []Task{
+		{OrderID: 1, Payload: []byte("a")},
+		{OrderID: 1, Payload: []byte("b")},
+		{OrderID: 2, Payload: []byte("c")},
+		{OrderID: 1, Payload: []byte("d")},
+	})
+	for _, i := range []int{0, 3} {
+		_, err := q.Cancel(ctx, 1, ids[i])
+		require.NoError(t, err)
+	}
+	ts, err := c.Claim(ctx, 10)
+	require.NoError(t, err)
+	assert.Equal(t, []string{ids[1], ids[2]}, taskIDsOf(ts), "Claim never returns a cancelled task")
+	_, err = c.Ack(ctx, taskIDsOf(ts)...)
+	require.NoError(t, err)
+	_, err = c.RemoveTask(ctx)
+	assert.ErrorIs(t, err, ErrNoTask)
+
+	// Every task a claim takes is cancelled: RemoveTask claims again.
+	ids = addAll(t, q, []Task{
+		{OrderID: 1, Payload: []byte("e")},
+		{OrderID: 1, Payload: []byte("f")},
+	})
+	_, err = q.Cancel(ctx, 1, ids[0])
+	require.NoError(t, err)
+	task, err := c.RemoveTask(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, "f", string(task.Payload))
+	_, err = c.Ack(ctx, task.ID)
+	require.NoError(t, err)
+	id, err := q.AddTask(ctx, 1, []byte("g"))
+	require.NoError(t, err)
+	_, err = q.Cancel(ctx, 1, id)
+	require.NoError(t, err)
+	_, err = c.RemoveTask(ctx)
+	assert.ErrorIs(t, err, ErrNoTask, "only a cancelled task left: none")
+
+	st := stats0(t, q)
+	assert.Equal(t, int64(4), st.Cancelled)
+	assert.Equal(t, int64(3), st.Processed)
+	assert.Zero(t, st.Pending)
+	assert.Zero(t, st.Ready)
+	noMarks(t, s, k)
+	n, err := redis.Int(s.do(t, "HLEN", k.claims), nil)
+	require.NoError(t, err)
+	assert.Zero(t, n, "no claim-sequence record is left")
+}
+
+func TestCancelRefusesBadInput(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := bounded(t)
+	for _, id := range []string{"", "short", strings.Repeat("w", idLen), strings.ToUpper(unusedID()), unusedID() + "0"} {
+		_, err := q.Cancel(ctx, 1, id)
+		assert.ErrorIs(t, err, ErrBadConfig, "%q", id)
+	}
+	noMarks(t, s, k)
+	require.NoError(t, q.Close())
+	_, err := q.Cancel(ctx, 1, unusedID())
+	assert.ErrorIs(t, err, ErrClosed)
+}
+
+func TestCancelScheduledTaskWithRetention(t *testing.T) {
+	t.Parallel()
+	q, srv := newTestQueue(t, 1, Config{Retention: time.Minute})
+	s, k := srv[0], newQueueKeys(q.cfg.Prefix, 0, 0)
+	ctx := bounded(t)
+	id, err := q.AddTaskAfter(ctx, 1, time.Hour, []byte("later"))
+	require.NoError(t, err)
+	where, err := q.Cancel(ctx, 1, id)
+	require.NoError(t, err)
+	assert.Equal(t, StateScheduled, where)
+	st, err := q.Status(ctx, 1, id)
+	require.NoError(t, err)
+	assert.Equal(t, StateCancelled, st.State)
+	assert.False(t, st.AddedAt.IsZero())
+	assert.True(t, st.StartedAt.IsZero(), "it never ran")
+	assert.False(t, st.FinishedAt.Before(st.AddedAt))
+	// A second cancel finds it finished, and marks nothing.
+	where, err = q.Cancel(ctx, 1, id)
+	require.NoError(t, err)
+	assert.Equal(t, StateCancelled, where)
+	noMarks(t, s, k)
+	for _, key := range []string{k.sched, k.later} {
+		n, err := redis.Int(s.do(t, "EXISTS", key), nil)
+		require.NoError(t, err)
+		assert.Zero(t, n, "%s is gone", key)
+	}
+	assert.Equal(t, int64(1), stats0(t, q).Cancelled)
+}
+
+// Cancel costs one round trip, whatever the length of the queue: the
+// script it sends reads no list.
+func TestCancelIsBoundedOnALongQueue(t *testing.T) {
+	t.Parallel()
+	servers := newTestServers(t, 1)
+	log := &cmdLog{}
+	q, err := New([]*redis.Pool{countingPool(t, servers[0], log)}, Config{Prefix: testPrefix(t)})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	ctx := bounded(t)
+	// The ready list as AddTasks would leave it, written with RPUSH from
+	// the consuming end (miniredis's LPUSH copies its list each time).
+	const n = 100_000
+	ids := q.ids.nextN(n)
+	k := newQueueKeys(q.cfg.Prefix, 0, 0)
+	now := time.Now().UnixMilli()
+	args := []any{k.ready}
+	for i := n - 1; i >= 0; i-- {
+		args = append(args, appendEntry(nil, 0, ids[i], uint64(i%100), now, 0, nil, []byte("x")))
+		if len(args) == 10_001 || i == 0 {
+			servers[0].do(t, "RPUSH", args...)
+			args = args[:1]
+		}
+	}
+	require.NoError(t, q.checkLayout(ctx, q.parts[0]))
+	_, err = q.Cancel(ctx, 0, unusedID()) // loads the script
+	require.NoError(t, err)
+
+	log.reset()
+	where, err := q.Cancel(ctx, 2, ids[2]) // the third to be claimed
+	require.NoError(t, err)
+	assert.Equal(t, StateUnknown, where)
+	var cmds []string
+	log.mu.Lock()
+	for _, c := range log.cmds {
+		if c != "" { // the pool's flush as it takes the connection back
+			cmds = append(cmds, c)
+		}
+	}
+	log.mu.Unlock()
+	assert.Equal(t, []string{"EVALSHA"}, cmds, "one script call")
+	src := strings.ToUpper(scriptSources["cancel"])
+	for _, cmd := range []string{"LRANGE", "LPOS", "LREM", "LINDEX", "LLEN", "SCAN", "KEYS"} {
+		assert.NotContains(t, src, "'"+cmd+"'", "the cancel script reads no list")
+	}
+	assert.Equal(t, int64(n), stats0(t, q).Ready)
+
+	// The marked task is skipped when met.
+	c, err := q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	defer c.Release(ctx)
+	got, err := c.Claim(ctx, 4)
+	require.NoError(t, err)
+	assert.Equal(t, []string{ids[0], ids[1], ids[3]}, taskIDsOf(got), "the claim of four finished one as cancelled")
+	assert.Equal(t, int64(1), stats0(t, q).Cancelled)
+}

@@ -1,0 +1,313 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// Status through a task's life, and the history that Config.Retention
+// keeps.
+
+func TestStatusThroughWholeLivesWithRetention(t *testing.T) {
+	t.Parallel()
+	q, srv := newTestQueue(t, 1, Config{Retention: time.Minute})
+	s, k := srv[0], newQueueKeys(q.cfg.Prefix, 0, 0)
+	bg := bounded(t)
+	ctx, cancel := context.WithCancel(bg)
+	defer cancel()
+	ids := addAll(t, q, []Task{
+		{OrderID: 1, Payload: []byte("retried")},
+		{OrderID: 2, Payload: []byte("dies")},
+		{OrderID: 4, Payload: []byte("cancelled")},
+	})
+	retried, dies, cancelled := ids[0], ids[1], ids[2]
+	due := time.Now().Add(400 * time.Millisecond)
+	later, err := q.AddTaskAt(bg, 3, due, []byte("later"))
+	require.NoError(t, err)
+
+	st, err := q.Status(bg, 1, retried)
+	require.NoError(t, err)
+	assert.Equal(t, StateUnknown, st.State, "ready: in no record but the list")
+	st, err = q.Status(bg, 3, later)
+	require.NoError(t, err)
+	assert.Equal(t, StateScheduled, st.State)
+	assert.Equal(t, due.UnixMilli(), st.Due.UnixMilli())
+	assert.False(t, st.AddedAt.IsZero())
+	_, err = q.Cancel(bg, 4, cancelled)
+	require.NoError(t, err)
+	st, err = q.Status(bg, 4, cancelled)
+	require.NoError(t, err)
+	assert.Equal(t, StateCancelled, st.State, "it will be, when met")
+	assert.True(t, st.CancelAsked)
+
+	const backoff = 400 * time.Millisecond
+	var mu sync.Mutex
+	inside := map[string][]TaskStatus{} // Status as each delivery saw it
+	starts := map[string][]time.Time{}
+	var fnErr []error
+	errc := runPool(ctx, q, PoolConfig{Workers: 2, MaxAttempts: 2, Owner: "pool-a", OnError: func(error) {},
+		Backoff: func(int) time.Duration { return backoff }},
+		func(_ context.Context, task Task) error {
+			p := string(task.Payload)
+			st, err := q.Status(bg, task.OrderID, task.ID)
+			mu.Lock()
+			defer mu.Unlock()
+			starts[p] = append(starts[p], time.Now())
+			if err != nil {
+				fnErr = append(fnErr, err)
+				return nil
+			}
+			inside[p] = append(inside[p], st)
+			switch {
+			case p == "dies":
+				return errors.New("always")
+			case p == "retried" && task.Attempt == 1:
+				return errors.New("first try fails")
+			}
+			return nil
+		})
+	require.Eventually(t, func() bool {
+		st, err := q.Status(bg, 1, retried)
+		return err == nil && st.State == StateRetrying
+	}, 5*time.Second, time.Millisecond)
+	st, err = q.Status(bg, 1, retried)
+	require.NoError(t, err)
+	assert.Equal(t, "first try fails", st.LastError)
+	assert.Equal(t, "pool-a", st.Owner)
+	assert.Equal(t, 2, st.Attempt, "the next delivery's number")
+	assert.WithinDuration(t, time.Now().Add(backoff), st.Due, backoff, "due again after its backoff")
+
+	require.Eventually(t, func() bool {
+		s := stats0(t, q)
+		return s.Processed == 2 && s.Failed == 1 && s.Cancelled == 1 && s.Pending == 0
+	}, 10*time.Second, 5*time.Millisecond)
+	cancel()
+	require.NoError(t, receive(t, errc))
+	mu.Lock()
+	defer mu.Unlock()
+	require.Empty(t, fnErr)
+
+	// Pending, as each delivery saw itself: attempt, owner, added.
+	for p, want := range map[string][]int{"retried": {1, 2}, "dies": {1, 2}, "later": {1}} {
+		require.Len(t, inside[p], len(want), p)
+		for i, st := range inside[p] {
+			assert.Equal(t, StatePending, st.State, p)
+			assert.Equal(t, want[i], st.Attempt, p)
+			assert.Equal(t, "pool-a", st.Owner, p)
+			assert.False(t, st.AddedAt.IsZero(), p)
+		}
+	}
+	assert.Equal(t, "first try fails", inside["retried"][1].LastError, "the second delivery sees the first one's error")
+
+	st, err = q.Status(bg, 1, retried)
+	require.NoError(t, err)
+	assert.Equal(t, StateDone, st.State)
+	assert.Equal(t, 2, st.Attempt)
+	assert.False(t, st.StartedAt.Before(st.AddedAt))
+	assert.False(t, st.FinishedAt.Before(st.StartedAt))
+	assert.WithinDuration(t, starts["retried"][1], st.StartedAt, 50*time.Millisecond, "the last delivery's start")
+
+	st, err = q.Status(bg, 2, dies)
+	require.NoError(t, err)
+	assert.Equal(t, StateDead, st.State)
+	assert.Equal(t, 2, st.Attempt)
+	assert.Equal(t, "always", st.LastError)
+	assert.False(t, st.FinishedAt.IsZero())
+
+	st, err = q.Status(bg, 3, later)
+	require.NoError(t, err)
+	assert.Equal(t, StateDone, st.State)
+	assert.False(t, st.StartedAt.Before(due.Truncate(time.Millisecond)), "not before its due time")
+
+	st, err = q.Status(bg, 4, cancelled)
+	require.NoError(t, err)
+	assert.Equal(t, StateCancelled, st.State)
+	assert.False(t, st.CancelAsked, "finished")
+	assert.True(t, st.StartedAt.IsZero(), "it never ran")
+	assert.False(t, st.FinishedAt.IsZero())
+	assert.Empty(t, starts["cancelled"])
+
+	// Nothing per task is left but the history.
+	for _, key := range []string{k.retries, k.cancels, k.pending, k.claims, k.sched, k.later} {
+		n, err := redis.Int(s.do(t, "EXISTS", key), nil)
+		require.NoError(t, err)
+		assert.Zero(t, n, "%s is gone", key)
+	}
+}
+
+// queueHistoryKeys returns the history hashes of the queue of k.
+func queueHistoryKeys(t *testing.T, s *testServer, k queueKeys) []string {
+	t.Helper()
+	keys, err := redis.Strings(s.do(t, "KEYS", strings.ReplaceAll(k.history, "{", "\\{")+"*"), nil)
+	require.NoError(t, err)
+	return keys
+}
+
+func TestStatusWithoutRetentionForgetsFinishedTasks(t *testing.T) {
+	skipOnCluster(t, "it lists the history hashes with KEYS, which reads one server")
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := bounded(t)
+	ids := addAll(t, q, orderTasks(2, 2))
+	_, err := q.Cancel(ctx, 1, ids[1])
+	require.NoError(t, err)
+	require.NoError(t, q.AnalysePool(ctx, 0, PoolConfig{ExitOnEmpty: true}, func(context.Context, Task) error { return nil }))
+	for i, id := range ids {
+		st, err := q.Status(ctx, uint64(i%2), id)
+		require.NoError(t, err)
+		assert.Equal(t, StateUnknown, st.State, "task %d", i)
+		assert.True(t, st.FinishedAt.IsZero())
+	}
+	assert.Empty(t, queueHistoryKeys(t, s, k), "no history is written")
+	st := stats0(t, q)
+	assert.Equal(t, int64(3), st.Processed)
+	assert.Equal(t, int64(1), st.Cancelled)
+}
+
+func TestStatusHistoryExpiresAfterRetention(t *testing.T) {
+	skipOnCluster(t, "it lists the history hashes with KEYS, which reads one server")
+	t.Parallel()
+	const retention = time.Second
+	q, srv := newTestQueue(t, 1, Config{Retention: retention})
+	s, k := srv[0], newQueueKeys(q.cfg.Prefix, 0, 0)
+	ctx := bounded(t)
+	id, err := q.AddTask(ctx, 1, []byte("x"))
+	require.NoError(t, err)
+	require.NoError(t, q.AnalysePool(ctx, 0, PoolConfig{ExitOnEmpty: true}, func(context.Context, Task) error { return nil }))
+	st, err := q.Status(ctx, 1, id)
+	require.NoError(t, err)
+	assert.Equal(t, StateDone, st.State)
+	keys := queueHistoryKeys(t, s, k)
+	require.Len(t, keys, 1)
+	ms, err := redis.Int64(s.do(t, "PTTL", keys[0]), nil)
+	require.NoError(t, err)
+	w := historyWidth(retention)
+	assert.Positive(t, ms, "the history expires")
+	assert.LessOrEqual(t, time.Duration(ms)*time.Millisecond, retention+w, "kept for Retention after its bucket ends")
+
+	if s.mini != nil {
+		s.mini.FastForward(retention + w + time.Millisecond)
+	}
+	require.Eventually(t, func() bool {
+		st, err := q.Status(ctx, 1, id)
+		return err == nil && st.State == StateUnknown
+	}, 2*(retention+w)+time.Second, 20*time.Millisecond)
+	assert.Empty(t, queueHistoryKeys(t, s, k))
+}
+
+// Many workers acknowledge at once: every task's status record is its own.
+func TestStatusHistoryRecordsMatchTheirTasks(t *testing.T) {
+	t.Parallel()
+	q, _ := newTestQueue(t, 1, Config{Retention: time.Minute})
+	ctx := bounded(t)
+	const orders, per = 64, 6
+	ids := addAll(t, q, orderTasks(orders, per))
+	failOnce := func(i int) bool { return i%3 == 0 }
+	index := map[string]int{}
+	for i, id := range ids {
+		index[id] = i
+	}
+	require.NoError(t, q.AnalysePool(ctx, 0, PoolConfig{Workers: 16, ExitOnEmpty: true, OnError: func(error) {},
+		Backoff: func(int) time.Duration { return time.Millisecond }},
+		func(_ context.Context, task Task) error {
+			if failOnce(index[task.ID]) && task.Attempt == 1 {
+				return fmt.Errorf("once")
+			}
+			return nil
+		}))
+	wrong := 0
+	for i, id := range ids {
+		st, err := q.Status(ctx, uint64(i%orders), id)
+		require.NoError(t, err)
+		want := 1
+		if failOnce(i) {
+			want = 2
+		}
+		if st.State != StateDone || st.Attempt != want {
+			wrong++
+			if wrong <= 5 {
+				t.Errorf("task %d: %v after %d attempts, want done after %d", i, st.State, st.Attempt, want)
+			}
+		}
+	}
+	assert.Zero(t, wrong, "status records that are not their task's")
+}
+
+// The acker keeps each acknowledged task's status record beside its
+// pending field, however many workers hand it tasks at once.
+func TestAckerKeepsRecordsInStepWithFields(t *testing.T) {
+	t.Parallel()
+	a := newAcker(&session{st: &store{retention: time.Minute}})
+	const workers, each = 8, 2000
+	base := time.UnixMilli(1_700_000_000_000)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				n := w*each + i
+				c := claimed{Task: Task{ID: fmt.Sprintf("%020d", n), AddedAt: base, Attempt: n}}
+				c.field = c.ID
+				a.ack(c, base)
+			}
+		}()
+	}
+	wg.Wait()
+	fields, recs, _ := a.take(nil)
+	require.Len(t, fields, workers*each)
+	require.Len(t, recs, len(fields))
+	wrong := 0
+	for i, f := range fields {
+		if fmt.Sprintf("%020d", recs[i].attempts) != f {
+			wrong++
+		}
+	}
+	assert.Zero(t, wrong, "records beside another task's field")
+}
+
+func TestStatusOfTasksAcknowledgedThroughTheConsumerAPI(t *testing.T) {
+	t.Parallel()
+	q, _ := newTestQueue(t, 1, Config{Retention: time.Minute})
+	ctx := bounded(t)
+	ids := addAll(t, q, orderTasks(1, 2))
+	c, err := q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	defer c.Release(ctx)
+	task, err := c.RemoveTask(ctx)
+	require.NoError(t, err)
+	dead, err := c.Fail(ctx, task, errors.New("once"))
+	require.NoError(t, err)
+	require.False(t, dead)
+	st, err := q.Status(ctx, 0, task.ID)
+	require.NoError(t, err)
+	assert.Equal(t, StatePending, st.State)
+	assert.Equal(t, "once", st.LastError)
+	_, err = c.Ack(ctx, task.ID)
+	require.NoError(t, err)
+	st, err = q.Status(ctx, 0, ids[0])
+	require.NoError(t, err)
+	assert.Equal(t, StateDone, st.State, "Retention keeps every finished task's status")
+	assert.Equal(t, 2, st.Attempt, "retried in place after Fail")
+	assert.False(t, st.AddedAt.IsZero())
+	assert.False(t, st.FinishedAt.Before(st.StartedAt))
+
+	// An ID this Consumer did not hand out is skipped, and gets no status.
+	n, err := c.Ack(ctx, unusedID(), ids[1])
+	require.NoError(t, err)
+	assert.Zero(t, n)
+	for _, id := range []string{unusedID(), ids[1]} {
+		st, err = q.Status(ctx, 0, id)
+		require.NoError(t, err)
+		assert.Equal(t, StateUnknown, st.State, "%s was not acknowledged", id)
+	}
+}
