@@ -209,24 +209,32 @@
 // # Scheduling, cancelling, pausing and status
 //
 // [Queue.AddTaskAt] keeps a task in its queue's scheduled set until it is
-// due. The claim script of the queue's owner, fenced by its lease, first
-// moves the due tasks (up to 1000 a claim, earliest first) to the
-// producing end of the ready list, exactly as AddTask would have pushed
-// them then: a scheduled task joins its OrderID's sequence when it falls
-// due. Tasks of its OrderID added before that run before it, tasks added
-// after run after it; scheduled tasks of one OrderID due in the same
-// millisecond join in ID order. An idle pool's wait ends at the next due
-// time, and, through the waiter, when a task is scheduled sooner (a pool
-// that waits on its own connection learns of it within a second). Due
-// tasks are moved while a queue is paused too. [PoolConfig].ExitOnEmpty
-// does not wait for tasks not yet due.
+// due. The claim script of the queue's owner, fenced by its lease, merges
+// the due tasks with the ready list by time, reading only the heads of
+// both: a due task goes to the consuming end once every ready task added
+// before its due time has been claimed, ahead of those added after. So a
+// scheduled task joins its OrderID's sequence at its due time, however
+// late the owner gets to it (none held the lease then, or it was paused
+// or busy): tasks of its OrderID added before that run before it, tasks
+// added after run after it; scheduled tasks due in the same millisecond
+// join in the order Redis accepted them (up to 1024 a millisecond). Due
+// times and the times tasks were added are the producers' clocks: keep
+// them in sync. An idle pool's wait ends at the next due time, and,
+// through the waiter, when a task is scheduled sooner (a pool that waits
+// on its own connection learns of it within a second). Nothing moves
+// while a queue is paused. [PoolConfig].ExitOnEmpty does not wait for
+// tasks not yet due, and a paused queue with nothing ready or due reads
+// as empty.
 //
 // [Queue.Cancel] removes a scheduled task. Any other task gets a mark in
 // its queue's cancels hash; a claim reports the marked tasks it takes,
 // and the pool finishes them as cancelled without running them. The
-// queue's owner reads the marks every 500ms: a marked task that runs has
-// its ctx cancelled, and is finished as cancelled, not retried, unless it
-// returns nil; one waiting out a retry's backoff is finished at once.
+// queue's owner reads the marks every 200ms while it holds tasks, hands
+// them to its workers, then marks them seen, and Cancel of a task it holds
+// returns once its mark is seen: a held task not started by then never
+// starts. A marked task that runs has its ctx cancelled, and is finished
+// as cancelled, not retried, unless it returns nil; one waiting out a
+// retry's backoff is finished at once.
 // Either way the OrderID goes on with its next task, as after an ack.
 // [Consumer.Claim] never returns a marked task. Marks of tasks that are
 // nowhere any more are dropped when a claim finds the ready list empty.

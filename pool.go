@@ -104,9 +104,9 @@ type PoolConfig struct {
 	// before their ctx is cancelled. If zero, 10s is used.
 	ShutdownTimeout time.Duration
 	// ExitOnEmpty makes AnalysePool return nil once the queue is empty and
-	// nothing is in flight; scheduled tasks not due yet do not count, and
-	// a paused queue is not empty (the pool waits for Resume). If false,
-	// it waits for work until ctx ends.
+	// nothing is in flight; scheduled tasks not due yet do not count. A
+	// paused queue with tasks ready or due is not empty (the pool waits
+	// for Resume). If false, it waits for work until ctx ends.
 	ExitOnEmpty bool
 	// OnError receives background errors: failed deliveries (*TaskError),
 	// Redis errors being retried, a lost lease, pending tasks moved to the
