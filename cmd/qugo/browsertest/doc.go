@@ -15,7 +15,8 @@
 // own (a fresh profile), and stops all three by pid when it ends. They
 // need redis-server and a Chromium ("chromium", "chromium-browser",
 // "google-chrome" or "headless-shell" on the PATH, or $QUGO_CHROMIUM) and
-// skip, saying which is missing, without them.
+// skip, saying which is missing, without them; with
+// QUGO_BROWSER_TESTS=required (as CI sets it) they fail instead.
 //
 // The tests start their own server, so they need no QUEUE_TEST_REDIS_URL;
 // CI runs every module's tests once without it and again with it, and

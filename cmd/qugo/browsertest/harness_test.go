@@ -63,8 +63,12 @@ func requirements(t *testing.T) string {
 	if os.Getenv("QUEUE_TEST_REDIS_URL") != "" {
 		t.Skip("the browser tests start their own redis-server and run in the pass without QUEUE_TEST_REDIS_URL only")
 	}
+	missing := t.Skipf
+	if os.Getenv("QUGO_BROWSER_TESTS") == "required" {
+		missing = t.Fatalf // CI, which has installed them
+	}
 	if _, err := exec.LookPath("redis-server"); err != nil {
-		t.Skip("redis-server is not on the PATH (apt-get install redis-server)")
+		missing("redis-server is not on the PATH (apt-get install redis-server)")
 	}
 	names := chromiumNames
 	if c := os.Getenv("QUGO_CHROMIUM"); c != "" {
@@ -75,7 +79,7 @@ func requirements(t *testing.T) string {
 			return p
 		}
 	}
-	t.Skipf("no Chromium found (tried %s; apt-get install chromium, or set QUGO_CHROMIUM)", strings.Join(names, ", "))
+	missing("no Chromium found (tried %s; apt-get install chromium, or set QUGO_CHROMIUM)", strings.Join(names, ", "))
 	return ""
 }
 
