@@ -33,7 +33,7 @@ func seedOverview(s *setup) {
 		}
 		s.add(s.orderOf(1, i), payload)
 	}
-	s.drain(1, "seeder")
+	s.drain(1, "seeder", failByPayload)
 	require.NoError(s.t, s.q.Pause(s.ctx, queue.QueueOf(2)))
 	for i := range 4 {
 		s.add(s.orderOf(2, i), "waits for resume")
