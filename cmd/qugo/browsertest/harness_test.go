@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -297,10 +298,14 @@ func (s *setup) browser() context.Context {
 		opts = append(opts, chromedp.NoSandbox) // Chromium refuses to run as root with its sandbox
 	}
 	actx, cancelAlloc := chromedp.NewExecAllocator(s.ctx, opts...)
+	var ended atomic.Bool // t.Logf must not be called once t has ended
 	ctx, cancel := chromedp.NewContext(actx, chromedp.WithErrorf(func(format string, args ...any) {
-		t.Logf("chromedp: "+format, args...)
+		if !ended.Load() {
+			t.Logf("chromedp: "+format, args...)
+		}
 	}))
 	t.Cleanup(func() {
+		ended.Store(true)
 		cancel()
 		cancelAlloc() // waits for the browser process
 	})
