@@ -110,6 +110,16 @@ func (r *redisProc) start() {
 	}, 10*time.Second, 10*time.Millisecond, "redis-server did not start; see %s", filepath.Join(r.dir, "redis.log"))
 }
 
+// startWith (re)starts the server as start does, with extra arguments
+// for this start only.
+func (r *redisProc) startWith(extra ...string) {
+	r.t.Helper()
+	args := r.args
+	r.args = append(args[:len(args):len(args)], extra...)
+	defer func() { r.args = args }()
+	r.start()
+}
+
 // kill stops the server with SIGKILL and waits for it.
 func (r *redisProc) kill() {
 	if r.cmd == nil || r.cmd.Process == nil {
