@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
@@ -80,8 +81,9 @@ func TestRefenceRefusesOlderCalls(t *testing.T) {
 	require.NoError(t, c.st.refence(ctx))
 	assert.NotEqual(t, old, c.st.value())
 	assert.True(t, strings.HasSuffix(c.st.value(), ":me"))
+	k := c.st.keys
 	_, err = redis.Values(c.st.script(ctx, "claim from", claimScript,
-		c.st.keys.ready, c.st.keys.pending, c.st.keys.lease, c.st.keys.meta, c.st.keys.claims, old, c.st.ttlMS, 1))
+		k.ready, k.pending, k.lease, k.meta, k.claims, k.sched, k.later, k.cancels, old, c.st.ttlMS, 1, 1<<20, 1, 0, time.Now().UnixMilli()))
 	assert.ErrorIs(t, err, ErrLeaseLost, "a claim made with the old value")
 	require.NoError(t, c.Renew(ctx))
 	got, err := c.Claim(ctx, 1)

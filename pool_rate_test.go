@@ -205,6 +205,7 @@ func TestPoolRateStopWhileWaiting(t *testing.T) {
 // one token, not for them.
 func TestPoolRateWaitEndsWithLostLease(t *testing.T) {
 	t.Parallel()
+	skipOnCluster(t, "its 300ms lease, renewed every 100ms, is lost to routed round trips under -race on a loaded host before the first ack is seen; the waits it checks are the pool's, whatever the server")
 	q, s, k := testQueue1(t)
 	ctx, cancel := context.WithCancel(bounded(t))
 	defer cancel()
