@@ -24,6 +24,16 @@ func noMarks(t *testing.T, s *testServer, k queueKeys) {
 	assert.Zero(t, n, "the cancels hash is gone")
 }
 
+// noMarksNorClaims checks that a drained queue keeps neither cancel
+// marks nor claim-sequence records.
+func noMarksNorClaims(t *testing.T, s *testServer, k queueKeys) {
+	t.Helper()
+	noMarks(t, s, k)
+	n, err := redis.Int(s.do(t, "HLEN", k.claims), nil)
+	require.NoError(t, err)
+	assert.Zero(t, n, "no claim-sequence record is left")
+}
+
 // unusedID returns a task ID no producer handed out.
 func unusedID() string { return formatID(0x5eed, 42) }
 
@@ -48,10 +58,7 @@ func TestCancelHeadTaskWhileLaterOnesWait(t *testing.T) {
 	assert.Equal(t, int64(1), st.Cancelled)
 	assert.Equal(t, int64(3), st.Processed)
 	assert.Zero(t, st.Pending)
-	noMarks(t, s, k)
-	n, err := redis.Int(s.do(t, "HLEN", k.claims), nil)
-	require.NoError(t, err)
-	assert.Zero(t, n, "no claim-sequence record is left")
+	noMarksNorClaims(t, s, k)
 }
 
 // A task claimed with others, held behind a slow earlier task of its
@@ -326,10 +333,7 @@ func TestCancelWithTheConsumerAPI(t *testing.T) {
 	assert.Equal(t, int64(3), st.Processed)
 	assert.Zero(t, st.Pending)
 	assert.Zero(t, st.Ready)
-	noMarks(t, s, k)
-	n, err := redis.Int(s.do(t, "HLEN", k.claims), nil)
-	require.NoError(t, err)
-	assert.Zero(t, n, "no claim-sequence record is left")
+	noMarksNorClaims(t, s, k)
 }
 
 func TestCancelRefusesBadInput(t *testing.T) {
