@@ -255,7 +255,8 @@ func (s *store) sawCancels(ctx context.Context, ids []any) error {
 
 // watchCancels reads the queue's cancel marks every cancelPoll until ctx
 // ends, while the pool holds tasks, for workers to see (isMarked),
-// cancels the ctx of a marked task that runs, and hurries marked tasks
+// cancels the ctx of a marked task that runs, wakes a worker that waits
+// for the rate limit to start a marked task, and hurries marked tasks
 // that wait out a backoff.
 func (s *session) watchCancels(ctx context.Context) {
 	t := time.NewTicker(cancelPoll)
@@ -301,6 +302,11 @@ func (s *session) watchCancels(ctx context.Context) {
 			if tc := w.cur.Load(); tc != nil {
 				if _, ok := m[tc.id]; ok {
 					tc.abort()
+				}
+			}
+			if id := w.held.Load(); id != nil {
+				if _, ok := m[*id]; ok {
+					notify(w.wake) // it waits for the rate limit to start a cancelled task
 				}
 			}
 			sets[w.set] = true

@@ -293,3 +293,43 @@ func TestPoolRateElastic(t *testing.T) {
 		})
 	}
 }
+
+// A task whose cancel is asked while its worker waits for the rate limit
+// to start it is finished as cancelled when the owner sees the mark, not
+// when its token comes (a day later at the slowest rate), and its unused
+// token goes back: its OrderID goes on with its next task at the time the
+// cancelled one would have started.
+func TestPoolRateWaitEndsWithCancel(t *testing.T) {
+	t.Parallel()
+	q, _, _ := testQueue1(t)
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	ids := addAll(t, q, []Task{
+		{OrderID: 1, Payload: []byte("first")},
+		{OrderID: 1, Payload: []byte("cancelled")},
+		{OrderID: 1, Payload: []byte("next")},
+	})
+	started := make(chan string, len(ids))
+	// One start every 3s: the first at once, the second waits 3s.
+	errc := runPool(ctx, q, PoolConfig{Workers: 1, Rate: 1.0 / 3}, func(ctx context.Context, task Task) error {
+		started <- string(task.Payload)
+		return nil
+	})
+	require.Equal(t, "first", <-started)
+	time.Sleep(100 * time.Millisecond) // the worker waits for the second's token by now
+	asked := time.Now()
+	where, err := q.Cancel(ctx, 1, ids[1])
+	require.NoError(t, err)
+	assert.Equal(t, StatePending, where)
+	require.Eventually(t, func() bool { return stats0(t, q).Cancelled == 1 }, 5*time.Second, 5*time.Millisecond)
+	assert.Less(t, time.Since(asked), time.Second, "the cancelled task waited for its token")
+	select {
+	case p := <-started:
+		assert.Equal(t, "next", p)
+		assert.Less(t, time.Since(asked), 3500*time.Millisecond, "the next task waited for a second token")
+	case <-time.After(6 * time.Second):
+		t.Fatal("the next task did not start")
+	}
+	cancel()
+	require.NoError(t, <-errc)
+}

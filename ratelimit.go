@@ -80,6 +80,17 @@ func (l *limiter) forget(now time.Time) {
 	l.tokens = max(l.tokens, 0)
 }
 
+// unreserve gives back a token that reserve handed out and its taker did
+// not use (its task was cancelled before its time). The reservations made
+// after it keep their times; the next ones come sooner. The bucket never
+// holds more than burst.
+func (l *limiter) unreserve(now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.advance(now)
+	l.tokens = min(l.burst, l.tokens+1)
+}
+
 // queued reports whether a taker waits at now for a token it reserved:
 // then the limit is what holds tasks back.
 func (l *limiter) queued(now time.Time) bool {

@@ -215,3 +215,24 @@ func TestPoolConfigRate(t *testing.T) {
 		})
 	}
 }
+
+// A token given back (its task cancelled before its time) makes the next
+// reservation come sooner, the ones already made keep their times, and
+// the bucket never holds more than Burst.
+func TestLimiterUnreserve(t *testing.T) {
+	t.Parallel()
+	l := newLimiter(10, 2, t0)
+	assert.Equal(t, t0, l.reserve(t0))
+	assert.Equal(t, t0, l.reserve(t0))
+	assert.Equal(t, t0.Add(100*time.Millisecond), l.reserve(t0))
+	assert.Equal(t, t0.Add(200*time.Millisecond), l.reserve(t0))
+	l.unreserve(t0) // the 200ms one is not used
+	assert.Equal(t, t0.Add(200*time.Millisecond), l.reserve(t0), "the next one takes the time given back")
+	l.unreserve(t0)
+	l.unreserve(t0)
+	l.unreserve(t0)
+	l.unreserve(t0) // more than were taken: the bucket holds Burst at most
+	assert.Equal(t, t0, l.reserve(t0))
+	assert.Equal(t, t0, l.reserve(t0))
+	assert.Equal(t, t0.Add(100*time.Millisecond), l.reserve(t0))
+}

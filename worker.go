@@ -19,6 +19,7 @@ type worker struct {
 	wake  chan struct{}               // signalled when the worker, idle, is to look for a task again
 	timer *time.Timer                 // for the worker's waits, made at the first (worker goroutine only)
 	cur   atomic.Pointer[taskContext] // the ctx of the delivery it runs, for a cancel to end
+	held  atomic.Pointer[string]      // the ID of the task it waits to start for the rate limit, for a cancel to wake it
 
 	// Under set.mu:
 	idleAt int  // index in set.idle, or -1 while the worker is not idle
@@ -137,7 +138,7 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) {
 		start = now
 		if s.limit != nil {
 			var ok bool
-			if start, ok = w.awaitRate(o, now); !ok {
+			if start, ok = w.awaitRate(o, t.ID, now); !ok {
 				return
 			}
 			if s.isMarked(t.ID) { // cancelled during the wait
@@ -197,21 +198,37 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) {
 	}
 }
 
-// awaitRate waits until the pool's rate limit lets o's first task, picked
-// at now, start, and returns the time it may start. Only o waits: its
-// later tasks stay behind it, other OrderIDs go to other workers (or wait
-// for this one, as behind any task it runs). It reports false when the
-// session stops meanwhile, or the lease's deadline passed: the task does
-// not start, and on a graceful stop o goes back with the unstarted tasks,
-// no delivery counted. The lease's renewals go on while it waits.
-func (w *worker) awaitRate(o *orderLine, now time.Time) (time.Time, bool) {
+// awaitRate waits until the pool's rate limit lets o's first task id,
+// picked at now, start, and returns the time it may start. Only o waits:
+// its later tasks stay behind it, other OrderIDs go to other workers (or
+// wait for this one, as behind any task it runs). It reports false when
+// the session stops meanwhile, or the lease's deadline passed: the task
+// does not start, and on a graceful stop o goes back with the unstarted
+// tasks, no delivery counted. The lease's renewals go on while it waits.
+// A cancel of the task seen meanwhile (watchCancels wakes the worker)
+// ends the wait at once, its token given back: the caller finishes the
+// task as cancelled.
+func (w *worker) awaitRate(o *orderLine, id string, now time.Time) (time.Time, bool) {
 	s := w.s
 	if at := s.limit.reserve(now); at.After(now) {
-		select {
-		case <-w.timerFor(time.Until(at)):
-		case <-s.halt:
+		// watchCancels stores the marks before it reads held, and the
+		// worker reads the marks after it stored held: one of them sees
+		// the other.
+		w.held.Store(&id)
+		for !s.isMarked(id) {
+			select {
+			case <-w.timerFor(time.Until(at)):
+			case <-s.halt:
+			case <-w.wake:
+				continue
+			}
+			break
 		}
+		w.held.Store(nil)
 		now = time.Now()
+		if now.Before(at) && s.isMarked(id) {
+			s.limit.unreserve(now) // not used: the task is cancelled
+		}
 	}
 	switch {
 	case w.stopping():
