@@ -1,0 +1,52 @@
+package queue
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// A negative analyser or partition, or a Queues never set, names no
+// queue: Pause and Resume refuse it and change nothing, rather than
+// read it as every queue.
+func TestPauseRefusesAQueueSetNotNamed(t *testing.T) {
+	t.Parallel()
+	q, _ := newTestQueue(t, 2, Config{Queues: 2})
+	ctx := bounded(t)
+	for _, c := range []struct {
+		w    Queues
+		want error
+	}{
+		{QueueOf(-1), ErrAnalyserRange},
+		{QueueOf(-7), ErrAnalyserRange},
+		{PartitionQueues(-1), ErrBadConfig},
+		{Queues{}, ErrBadConfig},
+	} {
+		require.ErrorIs(t, q.Pause(ctx, c.w), c.want, "Pause(%v)", c.w)
+		require.ErrorIs(t, q.Resume(ctx, c.w), c.want, "Resume(%v)", c.w)
+	}
+	st, err := q.Stats(ctx)
+	require.NoError(t, err)
+	for _, s := range st {
+		assert.False(t, s.Paused, "analyser %d paused", s.Analyser)
+	}
+
+	require.NoError(t, q.Pause(ctx, QueueOf(3)))
+	require.NoError(t, q.Pause(ctx, PartitionQueues(0)))
+	st, err = q.Stats(ctx)
+	require.NoError(t, err)
+	for _, s := range st {
+		assert.Equal(t, s.Analyser != 1, s.Paused, "analyser %d", s.Analyser)
+	}
+	require.NoError(t, q.Resume(ctx, AllQueues()))
+	st, err = q.Stats(ctx)
+	require.NoError(t, err)
+	for _, s := range st {
+		assert.False(t, s.Paused, "analyser %d paused", s.Analyser)
+	}
+	assert.Equal(t, "analyser 3", QueueOf(3).String())
+	assert.Equal(t, "partition 1", PartitionQueues(1).String())
+	assert.Equal(t, "all queues", AllQueues().String())
+	assert.Equal(t, "no queue", Queues{}.String())
+}
