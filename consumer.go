@@ -253,7 +253,10 @@ func (c *Consumer) retrack(forgot []tracked) {
 
 // Wait blocks until the ready list is not empty or d has passed, without
 // taking anything. It reports whether a task is ready. It holds a
-// connection of its own while it waits.
+// connection of its own while it waits. After a Claim that found the
+// queue paused it waits a quarter of a second (at most d) and reports no
+// task, so that a loop of Claim and Wait looks for the Resume at that
+// pace rather than spin.
 func (c *Consumer) Wait(ctx context.Context, d time.Duration) (bool, error) {
 	return c.st.wait(ctx, d)
 }

@@ -23,6 +23,19 @@ const idleWaitMax = time.Minute
 // caller's own look every d, and end the wait when one goes unanswered;
 // idleWaitMax bounds it all the same.
 func (s *store) wait(ctx context.Context, d time.Duration) (bool, error) {
+	if s.paused.Load() {
+		// The last claim found the queue paused: its ready tasks are not
+		// to be claimed, and reporting them would have the caller claim
+		// again at once. Look again after pauseRecheck, as a pool does.
+		t := time.NewTimer(min(d, pauseRecheck))
+		defer t.Stop()
+		select {
+		case <-t.C:
+			return false, nil
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+	}
 	// A scheduled task falls due: the wait ends then, when the next claim
 	// moves it to the ready list.
 	due := time.Time{}
