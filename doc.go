@@ -236,8 +236,10 @@
 // as cancelled, not retried, unless it returns nil; one waiting out a
 // retry's backoff is finished at once.
 // Either way the OrderID goes on with its next task, as after an ack.
-// [Consumer.Claim] never returns a marked task. Marks of tasks that are
-// nowhere any more are dropped when a claim finds the ready list empty.
+// [Consumer.Claim] never returns a marked task. A mark goes with its task
+// when the task is acknowledged or dead-lettered (its cancel came too
+// late; a replay runs it again); marks of tasks that are nowhere any more
+// are dropped when a claim finds the ready list empty.
 //
 // [Queue.Pause] sets a field of each named queue's meta hash, which the
 // claim script reads: a paused pool claims nothing (it looks again every

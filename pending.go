@@ -74,10 +74,13 @@ func (s *store) script(ctx context.Context, op string, sc *redis.Script, keysAnd
 // ackScript deletes finished tasks from the pending hash, and the
 // claim-sequence records of claims none of whose tasks is pending any more;
 // with a history expiry, it keeps the status records of the tasks that
-// were pending (history.go; an empty record keeps none).
+// were pending (history.go; an empty record keeps none). The cancel mark
+// of a task it finishes goes too (its cancel came too late, and the task
+// is done, not cancelled); a cancels hash of another type is left alone,
+// as the claim script leaves it.
 //
 //	KEYS[1] = pending hash, KEYS[2] = lease, KEYS[3] = meta hash, KEYS[4] = claim-sequence hash,
-//	KEYS[5] = retries hash, KEYS[6] = history bucket
+//	KEYS[5] = retries hash, KEYS[6] = history bucket, KEYS[7] = cancels hash
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = number of task IDs k,
 //	ARGV[4] = history expiry (ms since the epoch; 0: keep none), ARGV[5] = retention ms,
 //	ARGV[6 .. 5+k] = task IDs, then, with a history expiry, k pairs of packed task ID
@@ -87,9 +90,14 @@ func (s *store) script(ctx context.Context, op string, sc *redis.Script, keysAnd
 // Returns the number of pending records deleted (also added to processed).
 // With a history expiry, it records the retention in the meta hash, for
 // readers whose own Config does not say it (see Status).
-var ackScript = newScript("ack", 6, fenced(2, typeCheck(hashAt(3), hashAt(4), hashAt(5), hashAt(6)), luaIncr+`
+var ackScript = newScript("ack", 7, fenced(2, typeCheck(hashAt(3), hashAt(4), hashAt(5), hashAt(6)), luaIncr+`
 local n, k = 0, tonumber(ARGV[3])
 local last = 5 + k
+if k > 0 and redis.call('EXISTS', KEYS[7]) == 1 then
+  for i = 6, last do
+    if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then redis.pcall('HDEL', KEYS[7], ARGV[i]) end
+  end
+end
 if ARGV[4] == '0' then
   for i = 6, last, $scriptChunk do
     n = n + redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + $scriptChunk - 1, last)))
@@ -138,10 +146,12 @@ return 1
 `))
 
 // buryScript moves pending tasks to the dead-letter store, and drops their
-// retry records.
+// retry records. The cancel mark of a task it moves goes too: Cancel
+// leaves dead letters alone, and a replay runs the task again (a cancels
+// hash of another type is left alone, as the claim script leaves it).
 //
 //	KEYS[1] = pending hash, KEYS[2] = dead hash, KEYS[3] = lease, KEYS[4] = meta hash,
-//	KEYS[5] = retries hash
+//	KEYS[5] = retries hash, KEYS[6] = cancels hash
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3...] = task ID, dead record, ...
 //
 // Returns the number moved (also added to failed); a task no longer
@@ -150,12 +160,12 @@ return 1
 // a quarantined malformed record (0 attempts: its second byte is 0) takes
 // the first free field of "<field>#2", "<field>#3", ..., and a task's
 // record moves what was under its ID there.
-var buryScript = newScript("bury", 5, fenced(3, typeCheck(hashAt(2), hashAt(4), hashAt(5)), luaIncr+`
+var buryScript = newScript("bury", 6, fenced(3, typeCheck(hashAt(2), hashAt(4), hashAt(5)), luaIncr+`
 local n = 0
 for i = 3, #ARGV, 2 do
   redis.call('HDEL', KEYS[5], ARGV[i])
   if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
-    redis.call('HDEL', KEYS[5], ARGV[i])
+    redis.pcall('HDEL', KEYS[6], ARGV[i])
     local f, rec = ARGV[i], ARGV[i + 1]
     local old = redis.call('HGET', KEYS[2], f)
     if old then
@@ -207,8 +217,9 @@ func (s *store) ack(ctx context.Context, ids []string, recs []historyRecord, cla
 		if !keep {
 			expiry = 0
 		}
-		args := make([]any, 0, 11+2*n+len(claims))
-		args = append(args, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.keys.retries, bucket, s.value(), s.ttlMS, n, expiry, s.retention.Milliseconds())
+		args := make([]any, 0, 12+2*n+len(claims))
+		args = append(args, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.keys.retries, bucket, s.keys.cancels,
+			s.value(), s.ttlMS, n, expiry, s.retention.Milliseconds())
 		for _, id := range ids[:n] {
 			args = append(args, id)
 		}
@@ -306,7 +317,7 @@ return 1
 func (s *store) bury(ctx context.Context, args []any) error {
 	for len(args) > 0 {
 		n := buryChunk(args)
-		a := append([]any{s.keys.pending, s.keys.dead, s.keys.lease, s.keys.meta, s.keys.retries, s.value(), s.ttlMS}, args[:n]...)
+		a := append([]any{s.keys.pending, s.keys.dead, s.keys.lease, s.keys.meta, s.keys.retries, s.keys.cancels, s.value(), s.ttlMS}, args[:n]...)
 		if _, err := s.script(ctx, "dead-letter on", buryScript, a...); err != nil {
 			return err
 		}

@@ -21,6 +21,11 @@ end
 
 local n, k = 0, tonumber(ARGV[3])
 local last = 5 + k
+if k > 0 and redis.call('EXISTS', KEYS[7]) == 1 then
+  for i = 6, last do
+    if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then redis.pcall('HDEL', KEYS[7], ARGV[i]) end
+  end
+end
 if ARGV[4] == '0' then
   for i = 6, last, 1000 do
     n = n + redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + 1000 - 1, last)))

@@ -21,7 +21,7 @@ local n = 0
 for i = 3, #ARGV, 2 do
   redis.call('HDEL', KEYS[5], ARGV[i])
   if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
-    redis.call('HDEL', KEYS[5], ARGV[i])
+    redis.pcall('HDEL', KEYS[6], ARGV[i])
     local f, rec = ARGV[i], ARGV[i + 1]
     local old = redis.call('HGET', KEYS[2], f)
     if old then
