@@ -49,7 +49,7 @@ func TestPauseRefusesAQueueSetNotNamed(t *testing.T) {
 	assert.Equal(t, "analyser 3", QueueOf(3).String())
 	assert.Equal(t, "partition 1", PartitionQueues(1).String())
 	assert.Equal(t, "all queues", AllQueues().String())
-	assert.Equal(t, "no queue", Queues{}.String())
+	assert.Equal(t, "no queues", Queues{}.String())
 }
 
 // On a paused queue a Consumer's Claim takes nothing while its ready list
