@@ -168,7 +168,9 @@ func ValidTaskID(id string) bool {
 	return true
 }
 
-// finishCancelledScript finishes pending tasks as cancelled.
+// finishCancelledScript finishes pending tasks as cancelled, keeping
+// their status records with a history expiry (not in a bucket of another
+// type, see luaHistory).
 //
 //	KEYS[1] = pending hash, KEYS[2] = lease, KEYS[3] = meta hash, KEYS[4] = cancels hash,
 //	KEYS[5] = retries hash, KEYS[6] = history bucket
@@ -177,19 +179,20 @@ func ValidTaskID(id string) bool {
 //	status record, ...
 //
 // Returns the number finished; a task no longer pending is skipped.
-var finishCancelledScript = newScript("finish-cancelled", 6, fenced(2, typeCheck(hashAt(3), hashAt(4), hashAt(5), hashAt(6)), luaIncr+`
+var finishCancelledScript = newScript("finish-cancelled", 6, fenced(2, typeCheck(hashAt(3), hashAt(4), hashAt(5)), luaIncr+luaHistory+`
+local keep = ARGV[3] ~= '0' and history(KEYS[6])
 local n = 0
 for i = 5, #ARGV, 3 do
   if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
     n = n + 1
-    if ARGV[3] ~= '0' then redis.call('HSET', KEYS[6], ARGV[i + 1], ARGV[i + 2]) end
+    if keep then redis.call('HSET', KEYS[6], ARGV[i + 1], ARGV[i + 2]) end
   end
   redis.call('HDEL', KEYS[4], ARGV[i])
   redis.call('HDEL', KEYS[5], ARGV[i])
 end
 if n > 0 then
   incr(KEYS[3], 'cancelled', n)
-  if ARGV[3] ~= '0' then
+  if keep then
     redis.call('PEXPIREAT', KEYS[6], ARGV[3])
     redis.call('HSET', KEYS[3], 'retention', ARGV[4])
   end

@@ -508,7 +508,9 @@
 // what this package did not write (another Redis type, a lease with no
 // expiry, a claim count that is not a number) fails the calls that would
 // write it with [ErrWrongType], changing nothing, until it is repaired or
-// deleted. Redis 6.2 or later is needed.
+// deleted; a history bucket of another type only loses the status records
+// that would have gone into it (acks and cancels go on, and Status reads
+// it as holding none). Redis 6.2 or later is needed.
 //
 // # Testing
 //

@@ -147,6 +147,33 @@ func (s *store) historyBucket(t time.Time) (key string, expiry, start int64) {
 	return bucketAt(s.keys, s.retention, t)
 }
 
+// luaHistory defines history(key), which reports whether the history
+// bucket key may take records: it is a hash, or does not exist. A bucket
+// of another type (written by hand, say) costs the history its records,
+// and never the script that finishes a task: the history is a record of
+// what happened, and no task may pay for it.
+const luaHistory = `
+local function history(key)
+  local t = redis.call('TYPE', key).ok
+  return t == 'hash' or t == 'none'
+end
+`
+
+// historyScript writes one status record and its bucket's expiry, at
+// once: a bucket never outlives its expiry for a reply lost between the
+// two.
+//
+//	KEYS[1] = history bucket
+//	ARGV[1] = packed task ID, ARGV[2] = status record, ARGV[3] = expiry (ms since the epoch)
+//
+// Returns 1, or 0 when the bucket holds another type (nothing written).
+var historyScript = newScript("history", 1, luaHistory+`
+if not history(KEYS[1]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+return 1
+`)
+
 // recordHistory writes rec as the status of task id (outside a pool's
 // scripts: a scheduled task cancelled).
 func (q *Queue) recordHistory(ctx context.Context, p *partition, k queueKeys, id string, rec historyRecord) error {
@@ -155,17 +182,7 @@ func (q *Queue) recordHistory(ctx context.Context, p *partition, k queueKeys, id
 		return nil
 	}
 	_, err := onPartition(ctx, p, "record status of task "+id, func(c redis.Conn) (any, error) {
-		c.Send("HSET", key, packID(id), rec.encode(start))
-		c.Send("PEXPIREAT", key, expiry)
-		if err := c.Flush(); err != nil {
-			return nil, err
-		}
-		for range 2 {
-			if _, err := receiveContext(c, ctx); err != nil {
-				return nil, err
-			}
-		}
-		return nil, nil
+		return historyScript.DoContext(ctx, c, key, packID(id), rec.encode(start), expiry)
 	})
 	return err
 }

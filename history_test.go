@@ -1,9 +1,12 @@
 package queue
 
 import (
+	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -46,4 +49,55 @@ func TestPackIDIsUniqueAndShort(t *testing.T) {
 		}
 		seen[p] = id
 	}
+}
+
+// A history bucket that holds another type (written by hand, say) costs
+// the history its records, never the acks or the cancels: the pool
+// finishes its tasks, and the key is left as it was.
+func TestHistoryBucketOfAnotherTypeCostsNoAck(t *testing.T) {
+	t.Parallel()
+	q, srvs := newTestQueue(t, 1, Config{Retention: time.Hour})
+	srv, k := srvs[0], newQueueKeys(q.cfg.Prefix, 0, 0)
+	w := historyWidth(time.Hour).Milliseconds()
+	b := time.Now().UnixMilli() / w
+	for i := range int64(2) { // this bucket and the next, should the test cross into it
+		srv.do(t, "SET", k.historyKey(b+i), "not a hash")
+	}
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	const n = 20
+	for i := range n {
+		_, err := q.AddTask(ctx, uint64(i), []byte("x"))
+		require.NoError(t, err)
+	}
+	marked, err := q.AddTask(ctx, 99, []byte("cancelled"))
+	require.NoError(t, err)
+	where, err := q.Cancel(ctx, 99, marked) // it reads the history first
+	require.NoError(t, err)
+	require.Equal(t, StateUnknown, where)
+	later, err := q.AddTaskAfter(ctx, 98, time.Hour, []byte("scheduled"))
+	require.NoError(t, err)
+	where, err = q.Cancel(ctx, 98, later) // its status record goes to the history at once
+	require.NoError(t, err)
+	require.Equal(t, StateScheduled, where)
+	var ran atomic.Int32
+	errc := runPool(ctx, q, PoolConfig{Workers: 4, OnError: func(error) {}}, func(context.Context, Task) error {
+		ran.Add(1)
+		return nil
+	})
+	assert.Eventually(t, func() bool {
+		s := stats0(t, q)
+		return s.Processed == n && s.Cancelled == 2 && s.Pending == 0
+	}, 5*time.Second, 10*time.Millisecond, "tasks left unfinished")
+	cancel()
+	require.NoError(t, <-errc)
+	assert.Equal(t, int32(n), ran.Load())
+	for i := range int64(2) {
+		v, err := redis.String(srv.do(t, "GET", k.historyKey(b+i)), nil)
+		require.NoError(t, err)
+		assert.Equal(t, "not a hash", v)
+	}
+	st, err := q.Status(bounded(t), 99, marked)
+	require.NoError(t, err)
+	assert.Equal(t, StateUnknown, st.State, "its record had no bucket to go to")
 }

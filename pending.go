@@ -74,10 +74,11 @@ func (s *store) script(ctx context.Context, op string, sc *redis.Script, keysAnd
 // ackScript deletes finished tasks from the pending hash, and the
 // claim-sequence records of claims none of whose tasks is pending any more;
 // with a history expiry, it keeps the status records of the tasks that
-// were pending (history.go; an empty record keeps none). The cancel mark
-// of a task it finishes goes too (its cancel came too late, and the task
-// is done, not cancelled); a cancels hash of another type is left alone,
-// as the claim script leaves it.
+// were pending (history.go; an empty record keeps none; none in a bucket
+// of another type, see luaHistory). The cancel mark of a task it finishes
+// goes too (its cancel came too late, and the task is done, not
+// cancelled); a cancels hash of another type is left alone, as the claim
+// script leaves it.
 //
 //	KEYS[1] = pending hash, KEYS[2] = lease, KEYS[3] = meta hash, KEYS[4] = claim-sequence hash,
 //	KEYS[5] = retries hash, KEYS[6] = history bucket, KEYS[7] = cancels hash
@@ -90,7 +91,7 @@ func (s *store) script(ctx context.Context, op string, sc *redis.Script, keysAnd
 // Returns the number of pending records deleted (also added to processed).
 // With a history expiry, it records the retention in the meta hash, for
 // readers whose own Config does not say it (see Status).
-var ackScript = newScript("ack", 7, fenced(2, typeCheck(hashAt(3), hashAt(4), hashAt(5), hashAt(6)), luaIncr+`
+var ackScript = newScript("ack", 7, fenced(2, typeCheck(hashAt(3), hashAt(4), hashAt(5)), luaIncr+luaHistory+`
 local n, k = 0, tonumber(ARGV[3])
 local last = 5 + k
 if k > 0 and redis.call('EXISTS', KEYS[7]) == 1 then
@@ -98,7 +99,7 @@ if k > 0 and redis.call('EXISTS', KEYS[7]) == 1 then
     if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then redis.pcall('HDEL', KEYS[7], ARGV[i]) end
   end
 end
-if ARGV[4] == '0' then
+if ARGV[4] == '0' or not history(KEYS[6]) then
   for i = 6, last, $scriptChunk do
     n = n + redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + $scriptChunk - 1, last)))
   end

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -152,7 +153,7 @@ func (q *Queue) Status(ctx context.Context, orderID uint64, id string) (TaskStat
 		c.Send("HEXISTS", k.cancels, id)
 		c.Send("HGET", k.meta, "retention")
 		starts := sendHistoryReads(c, k, q.cfg.Retention, id, now)
-		r, err := receiveN(ctx, c, statusReads+len(starts))
+		r, err := receiveN(ctx, c, statusReads+len(starts), statusReads)
 		if err != nil {
 			return TaskStatus{}, err
 		}
@@ -164,7 +165,7 @@ func (q *Queue) Status(ctx context.Context, orderID uint64, id string) (TaskStat
 		}
 		// The owner keeps a history with another retention: read it.
 		starts = sendHistoryReads(c, k, time.Duration(ms)*time.Millisecond, id, now)
-		h, err := receiveN(ctx, c, len(starts))
+		h, err := receiveN(ctx, c, len(starts), 0)
 		if err != nil {
 			return TaskStatus{}, err
 		}
@@ -175,20 +176,32 @@ func (q *Queue) Status(ctx context.Context, orderID uint64, id string) (TaskStat
 	})
 }
 
-// receiveN flushes c and reads n replies.
-func receiveN(ctx context.Context, c redis.Conn, n int) ([]any, error) {
+// receiveN flushes c and reads n replies. From the reply at index
+// history on (the history's reads), an error reply (a bucket of another
+// type, written by hand) reads as no record: the history is a record of
+// what happened, and a bucket of it must not stop Status (nor Cancel,
+// which asks it first).
+func receiveN(ctx context.Context, c redis.Conn, n, history int) ([]any, error) {
 	if err := c.Flush(); err != nil {
 		return nil, err
 	}
 	r := make([]any, n)
+	var first error
 	for i := range r {
 		v, err := receiveContext(c, ctx)
-		if err != nil {
-			return nil, err
+		var reply redis.Error
+		switch {
+		case err == nil:
+			r[i] = v
+		case i >= history && errors.As(err, &reply):
+		case first == nil:
+			first = err
+			if !errors.As(err, &reply) {
+				return nil, err // the connection's: no more replies come
+			}
 		}
-		r[i] = v
 	}
-	return r, nil
+	return r, first
 }
 
 // statusOf decides a task's status from Status's replies, in its order.

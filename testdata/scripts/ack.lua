@@ -6,8 +6,6 @@ local t = redis.call('TYPE', KEYS[4]).ok
 if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[4] .. ' holds a ' .. t .. ', want a hash') end
 local t = redis.call('TYPE', KEYS[5]).ok
 if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[5] .. ' holds a ' .. t .. ', want a hash') end
-local t = redis.call('TYPE', KEYS[6]).ok
-if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[6] .. ' holds a ' .. t .. ', want a hash') end
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 
 local function incr(key, field, n)
@@ -19,6 +17,11 @@ local function incr(key, field, n)
   end
 end
 
+local function history(key)
+  local t = redis.call('TYPE', key).ok
+  return t == 'hash' or t == 'none'
+end
+
 local n, k = 0, tonumber(ARGV[3])
 local last = 5 + k
 if k > 0 and redis.call('EXISTS', KEYS[7]) == 1 then
@@ -26,7 +29,7 @@ if k > 0 and redis.call('EXISTS', KEYS[7]) == 1 then
     if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then redis.pcall('HDEL', KEYS[7], ARGV[i]) end
   end
 end
-if ARGV[4] == '0' then
+if ARGV[4] == '0' or not history(KEYS[6]) then
   for i = 6, last, 1000 do
     n = n + redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + 1000 - 1, last)))
   end
