@@ -2,8 +2,10 @@ package queue
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 
+	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -58,4 +60,71 @@ func TestCancelMarkGoesWithItsFinishedTask(t *testing.T) {
 	}
 	assert.Contains(t, ids, dead, "the replayed dead letter was cancelled by a mark of its earlier life")
 	require.NoError(t, c.Release(ctx))
+}
+
+// A claim that finds the ready list empty drops the marks of tasks that
+// are nowhere any more, a bounded number at a time (scriptChunk): however
+// many there are, no claim holds Redis for long, and the marks of pending
+// tasks stay.
+func TestEmptyClaimSweepsMarksInBoundedSteps(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := bounded(t)
+	id, err := q.AddTask(ctx, 1, []byte("held"))
+	require.NoError(t, err)
+	c, err := q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	defer c.Release(ctx)
+	ts, err := c.Claim(ctx, 1)
+	require.NoError(t, err)
+	require.Len(t, ts, 1)
+	s.do(t, "HSET", k.cancels, id, "1")
+	const stale = 3*scriptChunk + scriptChunk/2
+	conn := s.pool.Get()
+	for i := range stale {
+		require.NoError(t, conn.Send("HSET", k.cancels, fmt.Sprintf("%020d", i), "1"))
+	}
+	require.NoError(t, conn.Flush())
+	for range stale {
+		_, err := conn.Receive()
+		require.NoError(t, err)
+	}
+	conn.Close()
+
+	left := int64(stale + 1)
+	for left > 1 {
+		ts, err := c.Claim(ctx, 10)
+		require.NoError(t, err)
+		require.Empty(t, ts)
+		n, err := redis.Int64(s.do(t, "HLEN", k.cancels), nil)
+		require.NoError(t, err)
+		require.Less(t, n, left, "an empty claim dropped no stale mark")
+		require.GreaterOrEqual(t, n, left-scriptChunk, "an empty claim swept more than scriptChunk marks")
+		left = n
+	}
+	assert.Equal(t, int64(1), s.do(t, "HEXISTS", k.cancels, id), "the pending task's mark was dropped")
+}
+
+// A cancels hash of another type (written by hand) makes Cancel fail,
+// and is left alone by the claims, which go on: on an empty queue as on
+// a full one.
+func TestClaimLeavesCancelsOfAnotherType(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := bounded(t)
+	s.do(t, "SET", k.cancels, "not a hash")
+	id, err := q.AddTask(ctx, 1, []byte("x"))
+	require.NoError(t, err)
+	_, err = q.Cancel(ctx, 1, id)
+	require.ErrorIs(t, err, ErrWrongType)
+	c, err := q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	defer c.Release(ctx)
+	ts, err := c.Claim(ctx, 10)
+	require.NoError(t, err)
+	require.Len(t, ts, 1)
+	ts, err = c.Claim(ctx, 10) // the ready list is empty
+	require.NoError(t, err)
+	assert.Empty(t, ts)
+	assert.Equal(t, "string", s.do(t, "TYPE", k.cancels))
 }

@@ -38,6 +38,11 @@ import (
 //	ARGV[6] = 1 when even the first task must fit the bytes (the caller holds others),
 //	ARGV[7] = now, ms since the epoch
 //
+// A claim that finds the ready list empty drops the cancel marks of tasks
+// that are not pending either (they are nowhere any more), up to
+// scriptChunk of them, so that however many marks a queue holds no claim
+// holds Redis for long (and a cancels hash of another type is left alone).
+//
 // Returns {entry..., k cancelled indexes..., k, first}: the i-th entry
 // (1-based) has claim seq first+i and pending field pendingField(entry,
 // first+i), and the k indexes name the entries whose cancel was asked
@@ -63,9 +68,13 @@ local items = redis.call('RPOP', KEYS[1], ask)
 if not items then
   if redis.call('EXISTS', KEYS[8]) == 1 then
     -- Nothing is ready: a cancel mark whose task is not pending either
-    -- names a task that is nowhere any more.
-    for _, id in ipairs(redis.call('HKEYS', KEYS[8])) do
-      if redis.call('HEXISTS', KEYS[2], id) == 0 then redis.call('HDEL', KEYS[8], id) end
+    -- names a task that is nowhere any more. Up to $scriptChunk of them a
+    -- claim, drawn at random when there are more.
+    local ids = redis.pcall('HRANDFIELD', KEYS[8], $scriptChunk)
+    if type(ids) == 'table' and not ids.err then
+      for _, id in ipairs(ids) do
+        if redis.call('HEXISTS', KEYS[2], id) == 0 then redis.call('HDEL', KEYS[8], id) end
+      end
     end
   end
   return {0, nextDue()}

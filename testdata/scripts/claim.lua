@@ -67,9 +67,13 @@ local items = redis.call('RPOP', KEYS[1], ask)
 if not items then
   if redis.call('EXISTS', KEYS[8]) == 1 then
     -- Nothing is ready: a cancel mark whose task is not pending either
-    -- names a task that is nowhere any more.
-    for _, id in ipairs(redis.call('HKEYS', KEYS[8])) do
-      if redis.call('HEXISTS', KEYS[2], id) == 0 then redis.call('HDEL', KEYS[8], id) end
+    -- names a task that is nowhere any more. Up to 1000 of them a
+    -- claim, drawn at random when there are more.
+    local ids = redis.pcall('HRANDFIELD', KEYS[8], 1000)
+    if type(ids) == 'table' and not ids.err then
+      for _, id in ipairs(ids) do
+        if redis.call('HEXISTS', KEYS[2], id) == 0 then redis.call('HDEL', KEYS[8], id) end
+      end
     end
   end
   return {0, nextDue()}
