@@ -216,23 +216,70 @@ func (s *store) finishCancelled(ctx context.Context, t claimed, started time.Tim
 	return err
 }
 
-// readCancels returns the task IDs marked to be cancelled in the store's
-// queue (nil when none), and those of them its owner has not said it saw.
-func (s *store) readCancels(ctx context.Context) (marks map[string]struct{}, unseen []any, err error) {
-	r, err := onPartition(ctx, s.part, s.what("read cancels of"), func(c redis.Conn) ([]string, error) {
-		return redis.Strings(doContext(c, ctx, "HGETALL", s.keys.cancels))
-	})
-	if err != nil || len(r) == 0 {
-		return nil, nil, err
+// readCancels returns the cancel marks of the tasks the pool holds (nil
+// when none), and those of them its owner has not said it saw; held is
+// how many tasks it holds, heldIDs their IDs. A queue with no more marks
+// than that is read whole (HLEN, then HGETALL); one with more has only
+// the held tasks looked up (HMGET, scriptChunk IDs a command, pipelined),
+// so that a backlog of marks (a bulk cancel of queued tasks) costs each
+// read no more than what the pool holds. Two round trips when the queue
+// has marks, one when it has none.
+func (s *store) readCancels(ctx context.Context, held int64, heldIDs func() []string) (marks map[string]struct{}, unseen []any, err error) {
+	type read struct {
+		marks  map[string]struct{}
+		unseen []any
 	}
-	marks = make(map[string]struct{}, len(r)/2)
-	for i := 0; i+1 < len(r); i += 2 {
-		marks[r[i]] = struct{}{}
-		if r[i+1] != cancelSeen {
-			unseen = append(unseen, r[i])
+	r, err := onPartition(ctx, s.part, s.what("read cancels of"), func(c redis.Conn) (read, error) {
+		var r read
+		add := func(id, v string) {
+			if r.marks == nil {
+				r.marks = map[string]struct{}{}
+			}
+			r.marks[id] = struct{}{}
+			if v != cancelSeen {
+				r.unseen = append(r.unseen, id)
+			}
 		}
-	}
-	return marks, unseen, nil
+		n, err := redis.Int64(doContext(c, ctx, "HLEN", s.keys.cancels))
+		if err != nil || n == 0 {
+			return r, err
+		}
+		if n <= held {
+			kv, err := redis.Strings(doContext(c, ctx, "HGETALL", s.keys.cancels))
+			for i := 0; i+1 < len(kv); i += 2 {
+				add(kv[i], kv[i+1])
+			}
+			return r, err
+		}
+		ids := heldIDs()
+		sent := 0
+		for i := 0; i < len(ids); i += scriptChunk {
+			args := []any{s.keys.cancels}
+			for _, id := range ids[i:min(i+scriptChunk, len(ids))] {
+				args = append(args, id)
+			}
+			if err := c.Send("HMGET", args...); err != nil {
+				return r, err
+			}
+			sent++
+		}
+		if err := c.Flush(); err != nil {
+			return r, err
+		}
+		for i := range sent {
+			vs, err := redis.Strings(receiveContext(c, ctx))
+			if err != nil {
+				return read{}, err
+			}
+			for j, v := range vs {
+				if v != "" { // a mark's value is never empty
+					add(ids[i*scriptChunk+j], v)
+				}
+			}
+		}
+		return r, nil
+	})
+	return r.marks, r.unseen, err
 }
 
 // cancelSeen is the value of a cancel mark once the queue's owner has it
@@ -256,10 +303,10 @@ func (s *store) sawCancels(ctx context.Context, ids []any) error {
 	return err
 }
 
-// watchCancels reads the queue's cancel marks every cancelPoll until ctx
-// ends, while the pool holds tasks, for workers to see (isMarked),
-// cancels the ctx of a marked task that runs, wakes a worker that waits
-// for the rate limit to start a marked task, and hurries marked tasks
+// watchCancels reads the cancel marks of the tasks the pool holds every
+// cancelPoll until ctx ends, while it holds some, for workers to see
+// (isMarked), cancels the ctx of a marked task that runs, wakes a worker
+// that waits for the rate limit to start a marked task, and hurries marked tasks
 // that wait out a backoff.
 func (s *session) watchCancels(ctx context.Context) {
 	t := time.NewTicker(cancelPoll)
@@ -278,7 +325,7 @@ func (s *session) watchCancels(ctx context.Context) {
 			s.marks.Store(nil)
 			continue
 		}
-		m, unseen, err := s.st.readCancels(ctx)
+		m, unseen, err := s.st.readCancels(ctx, s.held.Load(), s.heldIDs)
 		if err != nil {
 			if ctx.Err() == nil && !errors.Is(err, context.Canceled) {
 				s.cfg.OnError(err)
@@ -318,6 +365,25 @@ func (s *session) watchCancels(ctx context.Context) {
 			ls.hurry(m)
 		}
 	}
+}
+
+// heldIDs returns the IDs of the tasks the workers' sets hold: running,
+// waiting to start, or waiting out a backoff. (Tasks claimed and not yet
+// dispatched are missed; the claim reported their marks, and the next
+// read sees them.)
+func (s *session) heldIDs() []string {
+	s.mapMu.Lock()
+	workers := s.workers
+	s.mapMu.Unlock()
+	ids := make([]string, 0, s.held.Load())
+	sets := map[*lineSet]bool{}
+	for _, w := range workers {
+		if !sets[w.set] {
+			sets[w.set] = true
+			ids = w.set.appendIDs(ids)
+		}
+	}
+	return ids
 }
 
 // isMarked reports whether the cancel of task id was asked, as the last

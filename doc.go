@@ -229,17 +229,18 @@
 // [Queue.Cancel] removes a scheduled task. Any other task gets a mark in
 // its queue's cancels hash; a claim reports the marked tasks it takes,
 // and the pool finishes them as cancelled without running them. The
-// queue's owner reads the marks every 200ms while it holds tasks, hands
-// them to its workers, then marks them seen, and Cancel of a task it holds
-// returns once its mark is seen: a held task not started by then never
-// starts. A marked task that runs has its ctx cancelled, and is finished
-// as cancelled, not retried, unless it returns nil; one waiting out a
-// retry's backoff is finished at once.
+// queue's owner reads the marks of the tasks it holds every 200ms while
+// it holds tasks (all of the queue's when they are no more than it
+// holds), hands them to its workers, then marks them seen, and Cancel of
+// a task it holds returns once its mark is seen: a held task not started
+// by then never starts. A marked task that runs has its ctx cancelled,
+// and is finished as cancelled, not retried, unless it returns nil; one
+// waiting out a retry's backoff is finished at once.
 // Either way the OrderID goes on with its next task, as after an ack.
 // [Consumer.Claim] never returns a marked task. A mark goes with its task
 // when the task is acknowledged or dead-lettered (its cancel came too
 // late; a replay runs it again); marks of tasks that are nowhere any more
-// are dropped when a claim finds the ready list empty.
+// are dropped when a claim finds the ready list empty, up to 1000 a claim.
 //
 // [Queue.Pause] sets a field of each named queue's meta hash, which the
 // claim script reads: a paused pool claims nothing (it looks again every

@@ -338,3 +338,16 @@ func (ls *lineSet) hurry(marks map[string]struct{}) {
 		}
 	}
 }
+
+// appendIDs appends to dst the IDs of the tasks the set holds: running,
+// waiting to start, or waiting out a backoff.
+func (ls *lineSet) appendIDs(dst []string) []string {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	for _, o := range ls.orders {
+		for _, t := range o.tasks[o.head:] {
+			dst = append(dst, t.ID)
+		}
+	}
+	return dst
+}
