@@ -35,7 +35,11 @@ import (
 // after the due time of a due task that still waits. A ready task added
 // in the very millisecond another falls due goes first. Nothing moves
 // while the queue is paused; a paused queue with nothing ready or due
-// reads as empty, so that ExitOnEmpty ends.
+// reads as empty, so that ExitOnEmpty ends. A claim moves at most
+// ARGV[3] due tasks and scriptBytes of their entries (at least one
+// however large), so that no claim holds Redis for long: the rest wait
+// for the next claims, and meanwhile no ready task added after them is
+// claimed.
 //
 // It defines now, nextDue() (the next due time, rounded up; -1: none),
 // addedAt(entry) (nil when the entry does not read) and waiting (the
@@ -79,12 +83,19 @@ if z[2] and tonumber(z[2]) <= now then
   if head and head <= now then upto = '(' .. string.format('%d', head) end
   local due = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', upto, 'LIMIT', 0, tonumber(ARGV[3]))
   if #due > 0 then
-    local es = redis.call('HMGET', KEYS[7], unpack(due))
-    for i = #due, 1, -1 do
+    -- Up to scriptBytes of entries, at least one however large.
+    local take, size = 0, 0
+    for i = 1, #due do
+      local n = redis.call('HSTRLEN', KEYS[7], due[i])
+      if take > 0 and size + n > $scriptBytes then break end
+      take, size = i, size + n
+    end
+    local es = redis.call('HMGET', KEYS[7], unpack(due, 1, take))
+    for i = take, 1, -1 do
       if es[i] then redis.call('RPUSH', KEYS[1], es[i]) end
     end
-    redis.call('ZREM', KEYS[6], unpack(due))
-    redis.call('HDEL', KEYS[7], unpack(due))
+    redis.call('ZREM', KEYS[6], unpack(due, 1, take))
+    redis.call('HDEL', KEYS[7], unpack(due, 1, take))
     z = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
   end
   if z[2] and tonumber(z[2]) <= now then waiting = tonumber(z[2]) end

@@ -29,6 +29,7 @@ var scriptVars = strings.NewReplacer(
 	"$entryHeader", strconv.Itoa(entryHeader),
 	"$idLen", strconv.Itoa(idLen),
 	"$scriptChunk", strconv.Itoa(scriptChunk),
+	"$scriptBytes", strconv.Itoa(scriptBytes),
 	"$seqFiller", seqFiller,
 	"$cancelSeen", cancelSeen,
 	"$scheduleStep", strconv.FormatFloat(scheduleStep, 'g', -1, 64),
@@ -124,8 +125,9 @@ func hashAt(i int) keyType { return keyType{i, "hash"} }
 func listAt(i int) keyType { return keyType{i, "list"} }
 
 // scriptBytes bounds the task bytes one hand-back or dead-letter script
-// carries (a larger task goes alone): however large the tasks, no script
-// holds Redis for long, and other queues and lease renewals go on.
+// carries, and those of the due tasks one claim moves (a larger task goes
+// alone): however large the tasks, no script holds Redis for long, and
+// other queues and lease renewals go on.
 const scriptBytes = 8 << 20
 
 // buryChunk returns how many of args (field, record pairs) one bury script

@@ -51,12 +51,19 @@ if z[2] and tonumber(z[2]) <= now then
   if head and head <= now then upto = '(' .. string.format('%d', head) end
   local due = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', upto, 'LIMIT', 0, tonumber(ARGV[3]))
   if #due > 0 then
-    local es = redis.call('HMGET', KEYS[7], unpack(due))
-    for i = #due, 1, -1 do
+    -- Up to scriptBytes of entries, at least one however large.
+    local take, size = 0, 0
+    for i = 1, #due do
+      local n = redis.call('HSTRLEN', KEYS[7], due[i])
+      if take > 0 and size + n > 8388608 then break end
+      take, size = i, size + n
+    end
+    local es = redis.call('HMGET', KEYS[7], unpack(due, 1, take))
+    for i = take, 1, -1 do
       if es[i] then redis.call('RPUSH', KEYS[1], es[i]) end
     end
-    redis.call('ZREM', KEYS[6], unpack(due))
-    redis.call('HDEL', KEYS[7], unpack(due))
+    redis.call('ZREM', KEYS[6], unpack(due, 1, take))
+    redis.call('HDEL', KEYS[7], unpack(due, 1, take))
     z = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
   end
   if z[2] and tonumber(z[2]) <= now then waiting = tonumber(z[2]) end
