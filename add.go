@@ -244,7 +244,7 @@ func (q *Queue) pushPartition(ctx context.Context, pi int, queues [][]any, sched
 	for qi, args := range sched {
 		k := newQueueKeys(q.cfg.Prefix, pi, qi)
 		for len(args) > 0 {
-			n := min(len(args), 3*scriptChunk)
+			n := scheduleChunk(args)
 			if err := scheduleScript.Send(conn, append([]any{k.sched, k.later}, args[:n]...)...); err != nil {
 				return redisErr(what, err)
 			}

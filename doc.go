@@ -219,9 +219,8 @@
 // added after run after it; scheduled tasks due in the same millisecond
 // join in the order Redis accepted them (up to 1024 a millisecond). A
 // claim moves at most 8 MiB of due tasks (at least one); the rest follow
-// with the next claims. Due
-// times and the times tasks were added are the producers' clocks: keep
-// them in sync. An idle pool's wait ends at the next due time, and,
+// with the next claims. Due times and the times tasks were added are the
+// producers' clocks: keep them in sync. An idle pool's wait ends at the next due time, and,
 // through the waiter, when a task is scheduled sooner (a pool that waits
 // on its own connection learns of it within a second). Nothing moves
 // while a queue is paused. [PoolConfig].ExitOnEmpty does not wait for

@@ -2,9 +2,11 @@ package queue
 
 import (
 	"bytes"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -41,4 +43,39 @@ func TestClaimMovesDueTasksInBoundedBytes(t *testing.T) {
 		require.NoError(t, err)
 	}
 	assert.Equal(t, ids, got, "due tasks moved out of due order")
+}
+
+// AddTasks schedules large tasks in scripts of at most scriptBytes of
+// entries (one task however large), as the claim moves them: no script
+// holds Redis for long.
+func TestAddTasksSchedulesInBoundedBytes(t *testing.T) {
+	t.Parallel()
+	const size = scriptBytes/2 + 1 // two do not fit
+	servers := newTestServers(t, 1)
+	var calls atomic.Int32
+	pool := servers[0].wrapPool(16, func(c redis.Conn) redis.Conn {
+		return &countConn{Conn: c, cmd: "EVAL", key: scriptSources["schedule"], n: &calls}
+	})
+	t.Cleanup(func() { pool.Close() })
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t), MaxPayload: size})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	ctx := bounded(t)
+	due := time.Now().Add(time.Hour)
+	tasks := []Task{
+		{OrderID: 1, Payload: bytes.Repeat([]byte("a"), size), NotBefore: due},
+		{OrderID: 1, Payload: bytes.Repeat([]byte("b"), size), NotBefore: due},
+		{OrderID: 1, Payload: bytes.Repeat([]byte("c"), size), NotBefore: due},
+		{OrderID: 1, Payload: []byte("d"), NotBefore: due},
+	}
+	ids, err := q.AddTasks(ctx, tasks)
+	require.NoError(t, err)
+	assert.Equal(t, int32(3), calls.Load(), "schedule scripts for 3 large tasks and a small one")
+	sched, err := q.Scheduled(ctx, 0, 0, 10)
+	require.NoError(t, err)
+	var got []string
+	for _, s := range sched {
+		got = append(got, s.ID)
+	}
+	assert.Equal(t, ids, got)
 }
