@@ -101,6 +101,9 @@ func (q *Queue) prepareAdd(ctx context.Context, orderID uint64, payload []byte, 
 		o = newAddOptions(opts)
 	}
 	hsize, err := q.admit(payload, o.headers)
+	if err == nil {
+		err = checkDue(o.at)
+	}
 	if err != nil {
 		return addition{}, err
 	}
@@ -139,6 +142,9 @@ func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 			return nil, fmt.Errorf("task %d: %w", i, err)
 		}
 		h, err := headersSize(tasks[i].Headers)
+		if err == nil {
+			err = checkDue(tasks[i].NotBefore)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("task %d: %w", i, err)
 		}

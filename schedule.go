@@ -108,8 +108,13 @@ end
 // sorted set orders equal scores by member, here the task ID, which is no
 // order at all across producers. A millisecond holds 1024 steps; past
 // that, ties go by ID. The sum is exact in a double while due times are
-// below 2^43 ms (the year 2248); a due time is its score rounded down.
-const scheduleStep = 1.0 / 1024
+// below scheduleExact, 2^43 ms (the year 2248); a due time is its score
+// rounded down. Later due times take no step (ties go by ID), so that a
+// rounded sum never reaches the next millisecond.
+const (
+	scheduleStep  = 1.0 / 1024
+	scheduleExact = 1 << 43
+)
 
 // scheduleScript adds scheduled tasks.
 //
@@ -124,13 +129,27 @@ for i = 1, #ARGV, 3 do
   local due = tonumber(ARGV[i])
   local score = due
   local last = redis.call('ZREVRANGEBYSCORE', KEYS[1], '(' .. string.format('%d', due + 1), ARGV[i], 'WITHSCORES', 'LIMIT', 0, 1)
-  if last[2] then score = math.min(tonumber(last[2]) + $scheduleStep, due + 1 - $scheduleStep) end
+  if last[2] and due < $scheduleExact then score = math.min(tonumber(last[2]) + $scheduleStep, due + 1 - $scheduleStep) end
   redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2])
   redis.call('ZADD', KEYS[1], string.format('%.17g', score), ARGV[i + 1])
   n = n + 1
 end
 return n
 `)
+
+// maxDue is the latest due time a task may have: its millisecond count
+// is exact as a sorted set's score (a float64), and far from wrapping
+// (past year 292,277,026 a time's UnixMilli wraps to 0 or below, which
+// would make the task due at once).
+var maxDue = time.UnixMilli(1 << 53)
+
+// checkDue refuses a due time after maxDue.
+func checkDue(at time.Time) error {
+	if at.After(maxDue) {
+		return fmt.Errorf("%w: due time %v after %v", ErrBadConfig, at, maxDue)
+	}
+	return nil
+}
 
 // scheduleChunk returns how many of args (due, ID, entry triples) one
 // schedule script takes: at most scriptChunk tasks and scriptBytes of
@@ -151,10 +170,11 @@ func scheduleChunk(args []any) int {
 // that does is paused or busy: tasks of its OrderID added before then run
 // before it, tasks added after run after it (by the time they were
 // added: one added in the very millisecond it falls due goes first);
-// tasks of one queue scheduled for the
-// same millisecond fall due in the order Redis accepted them, whichever
-// process added them. A time not in the future adds the task
-// at once, as AddTask. Until then it counts in Stats as Scheduled, and
+// tasks of one queue scheduled for the same millisecond fall due in the
+// order Redis accepted them, whichever process added them. A time not in
+// the future adds the task at once, as AddTask; one past the year 287,000
+// (a millisecond count a sorted set's score no longer holds exactly) is
+// refused with ErrBadConfig. Until then it counts in Stats as Scheduled, and
 // Cancel removes it for good. When it returns nil the task is in Redis;
 // the queue's owner moves it to the ready list within a few milliseconds
 // of its due time, even when idle (on a server that refuses key

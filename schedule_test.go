@@ -2,6 +2,7 @@ package queue
 
 import (
 	"bytes"
+	"math"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -78,4 +79,29 @@ func TestAddTasksSchedulesInBoundedBytes(t *testing.T) {
 		got = append(got, s.ID)
 	}
 	assert.Equal(t, ids, got)
+}
+
+// A due time past what a millisecond count holds (its UnixMilli wraps, to
+// 0 or below) is refused, rather than scheduled as due at once.
+func TestAddTaskAtRefusesADueTimeOutOfRange(t *testing.T) {
+	t.Parallel()
+	q, _, _ := testQueue1(t)
+	ctx := bounded(t)
+	for _, at := range []time.Time{time.Unix(1<<62, 0), time.Date(math.MaxInt32, 1, 1, 0, 0, 0, 0, time.UTC)} {
+		_, err := q.AddTaskAt(ctx, 1, at, []byte("x"))
+		assert.ErrorIs(t, err, ErrBadConfig, "due %v", at)
+		_, err = q.AddTasks(ctx, []Task{{OrderID: 1, Payload: []byte("y")}, {OrderID: 1, Payload: []byte("z"), NotBefore: at}})
+		assert.ErrorIs(t, err, ErrBadConfig, "due %v", at)
+	}
+	s := stats0(t, q)
+	assert.Zero(t, s.Ready+s.Scheduled, "a refused add wrote something")
+	far := time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC) // a common "never"
+	for i := range 3 { // ties of one millisecond keep it too
+		id, err := q.AddTaskAt(ctx, 1, far, []byte("x"))
+		require.NoError(t, err)
+		st, err := q.Status(ctx, 1, id)
+		require.NoError(t, err)
+		assert.Equal(t, StateScheduled, st.State)
+		assert.True(t, st.Due.Equal(far), "task %d due %v", i, st.Due)
+	}
 }

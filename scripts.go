@@ -33,6 +33,7 @@ var scriptVars = strings.NewReplacer(
 	"$seqFiller", seqFiller,
 	"$cancelSeen", cancelSeen,
 	"$scheduleStep", strconv.FormatFloat(scheduleStep, 'g', -1, 64),
+	"$scheduleExact", strconv.Itoa(scheduleExact),
 	"$staleReply", staleReply,
 	"$wrongTypeReply", wrongTypeReply,
 	"$badValueReply", badValueReply,

@@ -29,8 +29,8 @@ type Task struct {
 	AddedAt time.Time
 	// NotBefore, when set in a task given to AddTasks, schedules it: it
 	// joins its OrderID's sequence when that time comes (see AddTaskAt).
-	// A time not in the future adds it at once. Delivered tasks leave it
-	// zero.
+	// A time not in the future adds it at once; one too late for
+	// AddTaskAt is refused. Delivered tasks leave it zero.
 	NotBefore time.Time
 	// Headers are the caller's small string map (trace context, tenant,
 	// content type...), set with WithHeaders or, for AddTasks, here. They

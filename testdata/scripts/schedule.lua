@@ -8,7 +8,7 @@ for i = 1, #ARGV, 3 do
   local due = tonumber(ARGV[i])
   local score = due
   local last = redis.call('ZREVRANGEBYSCORE', KEYS[1], '(' .. string.format('%d', due + 1), ARGV[i], 'WITHSCORES', 'LIMIT', 0, 1)
-  if last[2] then score = math.min(tonumber(last[2]) + 0.0009765625, due + 1 - 0.0009765625) end
+  if last[2] and due < 8796093022208 then score = math.min(tonumber(last[2]) + 0.0009765625, due + 1 - 0.0009765625) end
   redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2])
   redis.call('ZADD', KEYS[1], string.format('%.17g', score), ARGV[i + 1])
   n = n + 1
