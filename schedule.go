@@ -210,18 +210,26 @@ type ScheduledTask struct {
 }
 
 // Scheduled returns up to limit scheduled tasks of analyser's queue,
-// earliest due first, skipping the first offset. It is safe for
+// earliest due first, skipping the first offset (a negative offset is
+// ErrBadConfig). It is safe for
 // concurrent use and costs one round trip.
 func (q *Queue) Scheduled(ctx context.Context, analyser, offset, limit int) ([]ScheduledTask, error) {
 	p, k, err := q.analyserKeys(analyser)
 	if err != nil {
 		return nil, err
 	}
-	if offset < 0 || limit <= 0 {
+	if offset < 0 {
+		return nil, fmt.Errorf("%w: offset %d is negative", ErrBadConfig, offset)
+	}
+	if limit <= 0 {
 		return nil, nil
 	}
+	last := -1 // the end of the set, for a limit that reaches past an int
+	if limit-1 <= math.MaxInt-offset {
+		last = offset + limit - 1
+	}
 	return onPartition(ctx, p, fmt.Sprintf("list scheduled tasks of analyser %d", analyser), func(c redis.Conn) ([]ScheduledTask, error) {
-		r, err := redis.Values(doContext(c, ctx, "ZRANGE", k.sched, offset, offset+limit-1, "WITHSCORES"))
+		r, err := redis.Values(doContext(c, ctx, "ZRANGE", k.sched, offset, last, "WITHSCORES"))
 		if err != nil || len(r) == 0 {
 			return nil, err
 		}

@@ -105,3 +105,31 @@ func TestAddTaskAtRefusesADueTimeOutOfRange(t *testing.T) {
 		assert.True(t, st.Due.Equal(far), "task %d due %v", i, st.Due)
 	}
 }
+
+// Scheduled refuses a negative offset rather than list nothing, and a
+// limit as large as an int lists all that there are.
+func TestScheduledOffsetAndLimitBounds(t *testing.T) {
+	t.Parallel()
+	q, _, _ := testQueue1(t)
+	ctx := bounded(t)
+	var ids []string
+	for i := range 3 {
+		id, err := q.AddTaskAfter(ctx, 1, time.Hour+time.Duration(i)*time.Second, []byte("x"))
+		require.NoError(t, err)
+		ids = append(ids, id)
+	}
+	_, err := q.Scheduled(ctx, 0, -1, 10)
+	assert.ErrorIs(t, err, ErrBadConfig)
+	for offset := range 3 {
+		got, err := q.Scheduled(ctx, 0, offset, math.MaxInt)
+		require.NoError(t, err)
+		var gotIDs []string
+		for _, s := range got {
+			gotIDs = append(gotIDs, s.ID)
+		}
+		assert.Equal(t, ids[offset:], gotIDs, "offset %d", offset)
+	}
+	got, err := q.Scheduled(ctx, 0, 0, 0)
+	require.NoError(t, err)
+	assert.Empty(t, got)
+}
