@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"math"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -52,11 +53,8 @@ func (s *store) wait(ctx context.Context, d time.Duration) (bool, error) {
 		if !due.IsZero() && due.Before(until) {
 			until = due
 		}
-		// The scheduled set is watched too: a task scheduled to fall due
-		// before until ends the wait, to wait for it instead.
-		end, err := s.waiter.await2(ctx, "LLEN", s.keys.ready, until, func(n int64) bool { return n > 0 }, "ZCARD", s.keys.sched)
-		if !errors.Is(err, errNoTracking) {
-			return err == nil && end != awokeTimeout || !due.IsZero() && !time.Now().Before(due), redisErr(s.what("wait on"), err)
+		if ready, err := s.waitTracked(ctx, until, due); !errors.Is(err, errNoTracking) {
+			return ready, redisErr(s.what("wait on"), err)
 		}
 	}
 	r, err := onPartition(ctx, s.part, s.what("wait on"), func(conn redis.Conn) (any, error) {
@@ -71,6 +69,100 @@ func (s *store) wait(ctx context.Context, d time.Duration) (bool, error) {
 		return false, err
 	}
 	return r != nil, nil
+}
+
+// schedSettle is how long a pool's wait, woken by a change of the
+// scheduled set that brings no task due sooner, watches the ready list
+// alone before it watches the set again: a producer scheduling a stream
+// of tasks far ahead costs the idle owner a read every schedSettle, not
+// one per task.
+const schedSettle = 50 * time.Millisecond
+
+// waitTracked is wait through the waiter, until until (the due time due,
+// when not zero, or later). The scheduled set is watched too: a task
+// scheduled to fall due before until ends the wait, to wait for it
+// instead. A change of the set wakes the wait, which then reads the set's
+// head (its size and first due time) and goes on waiting unless a task
+// falls due sooner; the next watch of the set ends at once when its size
+// is not the one read, so that a task scheduled between the read and the
+// watch is not missed. (A task scheduled sooner while another leaves the
+// set, in that moment, is: it is found at the next change, or at until.)
+// It returns errNoTracking when the caller must wait on its own.
+func (s *store) waitTracked(ctx context.Context, until, due time.Time) (bool, error) {
+	hasTask := func(n int64) bool { return n > 0 }
+	for {
+		card := s.schedCard.Load()
+		end, err := s.waiter.await2(ctx, "LLEN", s.keys.ready, until, hasTask,
+			"ZCARD", s.keys.sched, func(n int64) bool { return card >= 0 && n != card })
+		if err != nil || end != awokeSecond {
+			return err == nil && end != awokeTimeout || !due.IsZero() && !time.Now().Before(due), err
+		}
+		next, err := s.readSchedHead(ctx)
+		if err != nil {
+			return false, err
+		}
+		if next >= 0 {
+			at := time.UnixMilli(next)
+			if !time.Now().Before(at) {
+				return true, nil
+			}
+			if at.Before(until) {
+				until, due = at, at
+			}
+		}
+		// Let a stream of changes settle, watching the ready list alone.
+		end, err = s.waiter.await(ctx, "LLEN", s.keys.ready, minTime(until, time.Now().Add(schedSettle)), hasTask)
+		if err != nil || end != awokeTimeout {
+			return err == nil, err
+		}
+		if !time.Now().Before(until) {
+			return !due.IsZero(), nil
+		}
+	}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+// readSchedHead reads the number of scheduled tasks and the due time of
+// the first (its size first, so that a task scheduled between the two
+// reads is in the second, and makes the next watch of the size end at
+// once), records them, and returns the due time (ms; -1: none). Costs
+// one round trip.
+func (s *store) readSchedHead(ctx context.Context) (int64, error) {
+	type head struct{ next, n int64 }
+	h, err := onPartition(ctx, s.part, s.what("read scheduled tasks of"), func(c redis.Conn) (head, error) {
+		c.Send("ZCARD", s.keys.sched)
+		c.Send("ZRANGE", s.keys.sched, 0, 0, "WITHSCORES")
+		r, err := receiveN(ctx, c, 2, 2)
+		if err != nil {
+			return head{}, err
+		}
+		h := head{next: -1}
+		h.n, _ = redis.Int64(r[0], nil)
+		if z, _ := redis.Values(r[1], nil); len(z) == 2 {
+			if ms, err := redis.Float64(z[1], nil); err == nil {
+				h.next = int64(math.Ceil(ms)) // as the claim's nextDue()
+			}
+		}
+		return h, nil
+	})
+	if err != nil {
+		return -1, err
+	}
+	s.setSchedHead(h.next, h.n)
+	return h.next, nil
+}
+
+// setSchedHead records the due time (ms; -1: none) of the next scheduled
+// task and the number of scheduled tasks (-1: unknown).
+func (s *store) setSchedHead(next, n int64) {
+	s.nextDue.Store(next)
+	s.schedCard.Store(n)
 }
 
 // waitLease blocks until the lease is released or expires, or until

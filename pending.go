@@ -30,7 +30,8 @@ type store struct {
 	refencing   string                 // the nonce of a refence not answered yet (under leaseLock)
 	unanswered  string                 // the nonce of acquisition tries whose reply was lost, until one is answered; "" when none
 	entrySize   atomic.Int64           // the mean entry size of the last claim (at first, MaxPayload)
-	nextDue     atomic.Int64           // the due time (ms) of the next scheduled task, as the last empty claim saw it; -1: none
+	nextDue     atomic.Int64           // the due time (ms) of the next scheduled task, as the last empty claim (or idle wait) saw it; -1: none
+	schedCard   atomic.Int64           // the number of scheduled tasks, as nextDue's read saw it; -1: unknown
 	paused      atomic.Bool            // the last claim found the queue paused
 	waiter      *waiter                // the partition's shared waiter, for a pool's idle waits (nil: own connections)
 }
@@ -58,7 +59,7 @@ func (q *Queue) newStore(ctx context.Context, analyser int, ttl time.Duration, m
 		leaseLock: make(chan struct{}, 1), retention: q.cfg.Retention,
 	}
 	s.entrySize.Store(int64(entryHeader + q.cfg.MaxPayload))
-	s.nextDue.Store(-1)
+	s.setSchedHead(-1, -1)
 	return s, nil
 }
 

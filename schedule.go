@@ -54,8 +54,8 @@ local function nextDue()
 end
 if m4[2] == '1' then
   local nd = nextDue()
-  if nd >= 0 and nd <= now or redis.call('LLEN', KEYS[1]) > 0 then return {-2, nd} end
-  return {0, nd}
+  if nd >= 0 and nd <= now or redis.call('LLEN', KEYS[1]) > 0 then return {-2, nd, redis.call('ZCARD', KEYS[6])} end
+  return {0, nd, redis.call('ZCARD', KEYS[6])}
 end
 local function addedAt(e)
   if not e or #e < $entryHeader then return nil end

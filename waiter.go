@@ -72,6 +72,7 @@ const (
 	awokeReady   awoke = iota // the read showed what the caller waits for
 	awokeChanged              // the key changed (or the waiter lost its connection)
 	awokeTimeout              // the deadline passed
+	awokeSecond               // await2's second key changed, or its read showed what the caller waits for
 )
 
 var errNoTracking = errors.New("queue: the server does not track keys for this process")
@@ -152,13 +153,13 @@ func (r *waiterRun) wait() {
 // errNoTracking when the caller must wait on its own instead: the server
 // refused tracking, or the waiter is stopped.
 func (w *waiter) await(ctx context.Context, cmd, key string, until time.Time, ready func(int64) bool) (awoke, error) {
-	return w.await2(ctx, cmd, key, until, ready, "", "")
+	return w.await2(ctx, cmd, key, until, ready, "", "", nil)
 }
 
-// await2 is await that also ends when key2 changes (read with cmd2, whose
-// reply never ends the wait by itself): a pool waits for its ready list
+// await2 is await that also ends, with awokeSecond, when key2 changes or
+// its read (with cmd2) satisfies ready2: a pool waits for its ready list
 // and for its scheduled set at once. An empty key2 watches key alone.
-func (w *waiter) await2(ctx context.Context, cmd, key string, until time.Time, ready func(int64) bool, cmd2, key2 string) (awoke, error) {
+func (w *waiter) await2(ctx context.Context, cmd, key string, until time.Time, ready func(int64) bool, cmd2, key2 string, ready2 func(int64) bool) (awoke, error) {
 	wt, err := w.watch(cmd, key, ready)
 	if err != nil {
 		return 0, err
@@ -166,7 +167,7 @@ func (w *waiter) await2(ctx context.Context, cmd, key string, until time.Time, r
 	var done2 <-chan struct{}
 	var wt2 *watch
 	if key2 != "" {
-		if wt2, err = w.watch(cmd2, key2, func(int64) bool { return false }); err != nil {
+		if wt2, err = w.watch(cmd2, key2, ready2); err != nil {
 			w.finish(wt, 0, err)
 			return 0, err
 		}
@@ -181,7 +182,7 @@ func (w *waiter) await2(ctx context.Context, cmd, key string, until time.Time, r
 		case <-wt.done:
 			return wt.end, wt.err
 		case <-done2:
-			w.finish(wt, wt2.end, wt2.err)
+			w.finish(wt, awokeSecond, wt2.err)
 			return wt.end, wt.err
 		case <-timer.C:
 			w.mu.Lock()

@@ -22,8 +22,8 @@ local function nextDue()
 end
 if m4[2] == '1' then
   local nd = nextDue()
-  if nd >= 0 and nd <= now or redis.call('LLEN', KEYS[1]) > 0 then return {-2, nd} end
-  return {0, nd}
+  if nd >= 0 and nd <= now or redis.call('LLEN', KEYS[1]) > 0 then return {-2, nd, redis.call('ZCARD', KEYS[6])} end
+  return {0, nd, redis.call('ZCARD', KEYS[6])}
 end
 local function addedAt(e)
   if not e or #e < 21 then return nil end
@@ -83,7 +83,7 @@ if not items then
       end
     end
   end
-  return {0, nextDue()}
+  return {0, nextDue(), redis.call('ZCARD', KEYS[6])}
 end
 local sub, byte = string.sub, string.byte
 local args, seq, bad = {}, {}, nil

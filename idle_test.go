@@ -1,0 +1,81 @@
+package queue
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// An idle pool's wait ends for a task scheduled to fall due before the
+// wait would, not for every change of the scheduled set: a producer
+// scheduling a stream of tasks an hour ahead does not make the idle owner
+// claim at its pace (it did, once per task it could see), while a task
+// scheduled a moment ahead in the middle of that stream still starts on
+// time.
+func TestIdlePoolIgnoresTasksScheduledBeyondItsWait(t *testing.T) {
+	t.Parallel()
+	servers := newTestServers(t, 1)
+	var claims atomic.Int32
+	pool := hookPool(servers[0], func(script string, args []any) error {
+		if script == "claim" {
+			claims.Add(1)
+		}
+		return nil
+	})
+	t.Cleanup(func() { pool.Close() })
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	started := make(chan time.Time, 1)
+	errc := runPool(ctx, q, PoolConfig{Workers: 2}, func(context.Context, Task) error {
+		started <- time.Now()
+		return nil
+	})
+	// Let the pool settle into its idle wait.
+	require.Eventually(t, func() bool {
+		n := claims.Load()
+		time.Sleep(300 * time.Millisecond)
+		return claims.Load() == n
+	}, 10*time.Second, time.Millisecond)
+
+	before := claims.Load()
+	var due time.Time
+	scheduled := 0
+	for end := time.Now().Add(1500 * time.Millisecond); time.Now().Before(end); scheduled++ {
+		if scheduled == 500 {
+			due = time.Now().Add(300 * time.Millisecond)
+			_, err := q.AddTaskAt(ctx, 1, due, []byte("soon"))
+			require.NoError(t, err)
+			continue
+		}
+		_, err := q.AddTaskAfter(ctx, uint64(scheduled), time.Hour, []byte("later"))
+		require.NoError(t, err)
+	}
+	require.False(t, due.IsZero(), "too few tasks scheduled to reach the one due soon")
+	late := 100 * time.Millisecond
+	if servers[0].mini != nil {
+		// miniredis refuses key tracking: the pool waits on its own
+		// connection, and learns of a task scheduled during its wait
+		// within a second (see AddTaskAt).
+		late += time.Second
+	}
+	select {
+	case at := <-started:
+		assert.Less(t, at.Sub(due), late, "the task due soon started late")
+		assert.False(t, at.Before(due.Truncate(time.Millisecond)), "the task due soon started early")
+	case <-time.After(5 * time.Second):
+		t.Fatal("the task due soon did not start")
+	}
+	n := claims.Load() - before
+	t.Logf("%d tasks scheduled, %d claims meanwhile", scheduled, n)
+	assert.Less(t, int(n), 100, "the idle pool claimed at the pace of the tasks scheduled an hour ahead")
+	cancel()
+	require.NoError(t, <-errc)
+}
