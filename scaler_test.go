@@ -291,7 +291,8 @@ func TestRetiringWorkerKeepsItsOrderIDs(t *testing.T) {
 
 	xTask := func(i int) Task { return Task{OrderID: x, Payload: []byte(pl(int(x), i))} }
 	addAll(t, q, []Task{xTask(0), xTask(1), xTask(2)})
-	require.Eventually(t, func() bool { return len(rec.order(x)) == 1 }, 10*time.Second, time.Millisecond)
+	// rec sees a delivery before fn's ran.add does: wait for both.
+	require.Eventually(t, func() bool { return len(rec.order(x)) == 1 && len(ran.of(x)) == 1 }, 10*time.Second, time.Millisecond)
 	require.Empty(t, logs.lines("queue: workers retiring"), "the pool shrank before x was placed: too slow a machine for this test")
 	gx := ran.of(x)[0]
 	for _, id := range a[:3] {
@@ -309,7 +310,12 @@ func TestRetiringWorkerKeepsItsOrderIDs(t *testing.T) {
 	}
 	addAll(t, q, tasks)
 	require.Eventually(t, func() bool {
-		return len(rec.order(y[0])) == 1 && len(rec.order(y[1])) == 1 && len(rec.order(y[2])) == 1
+		for _, id := range y {
+			if len(rec.order(id)) != 1 || len(ran.of(id)) != 1 {
+				return false
+			}
+		}
+		return true
 	}, 10*time.Second, time.Millisecond)
 	for i, id := range y {
 		assert.NotEqual(t, gx, ran.of(id)[0], "y[%d] went to the retiring worker", i)
