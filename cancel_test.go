@@ -251,3 +251,18 @@ func TestPoolReadsOnlyTheMarksOfItsTasks(t *testing.T) {
 	assert.NotContains(t, rec.list(), "behind")
 	assert.Zero(t, hgetall.Load(), "the pool read every mark of the queue")
 }
+
+// Cancel refuses, before it changes anything, a scheduled tasks hash of
+// another type: the scheduled set keeps the task's ID.
+func TestCancelChecksTheScheduledHashFirst(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := bounded(t)
+	id, err := q.AddTaskAfter(ctx, 1, time.Hour, []byte("x"))
+	require.NoError(t, err)
+	s.do(t, "DEL", k.later)
+	s.do(t, "SET", k.later, "not a hash")
+	_, err = q.Cancel(ctx, 1, id)
+	require.ErrorIs(t, err, ErrWrongType)
+	assert.Equal(t, int64(1), s.do(t, "ZCARD", k.sched), "the task left the scheduled set")
+}
