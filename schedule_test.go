@@ -96,7 +96,8 @@ func TestAddTaskAtRefusesADueTimeOutOfRange(t *testing.T) {
 	s := stats0(t, q)
 	assert.Zero(t, s.Ready+s.Scheduled, "a refused add wrote something")
 	far := time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC) // a common "never"
-	for i := range 3 {                                   // ties of one millisecond keep it too
+	// Ties of one millisecond keep it too.
+	for i := range 3 {
 		id, err := q.AddTaskAt(ctx, 1, far, []byte("x"))
 		require.NoError(t, err)
 		st, err := q.Status(ctx, 1, id)
