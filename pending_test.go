@@ -328,3 +328,42 @@ func TestLargeTasksDrain(t *testing.T) {
 	}
 	assert.Zero(t, servers[0].do(t, "EXISTS", newQueueKeys(q.cfg.Prefix, 0, 0).pending))
 }
+
+// The ack script takes the task IDs back to back in one argument when
+// every one has idLen bytes (the pool's acks), and one argument each
+// otherwise (a Consumer's caller may pass anything): both delete exactly
+// the records named, and count them.
+func TestAckPackedAndPlainIDs(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := bounded(t)
+	for i := range 5 {
+		_, err := q.AddTask(ctx, uint64(i), []byte("x"))
+		require.NoError(t, err)
+	}
+	c, err := q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	defer c.Release(ctx)
+	ts, err := c.Claim(ctx, 5)
+	require.NoError(t, err)
+	require.Len(t, ts, 5)
+	require.NotNil(t, packIDs([]string{ts[0].ID, ts[1].ID}))
+	require.Nil(t, packIDs([]string{ts[0].ID, "short"}))
+
+	n, err := c.Ack(ctx, ts[0].ID, ts[1].ID) // packed
+	require.NoError(t, err)
+	assert.Equal(t, 2, n)
+	n, err = c.Ack(ctx, ts[2].ID, "not-a-task", ts[3].ID+"x") // plain: one not pending, one too long
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	left, err := redis.Strings(s.do(t, "HKEYS", k.pending), nil)
+	require.NoError(t, err)
+	assert.ElementsMatch(t, []string{ts[3].ID, ts[4].ID}, left)
+	n, err = c.Ack(ctx, ts[4].ID, ts[3].ID) // packed, out of claim order
+	require.NoError(t, err)
+	assert.Equal(t, 2, n)
+	st := stats0(t, q)
+	assert.Zero(t, st.Pending)
+	assert.EqualValues(t, 5, st.Processed)
+	assert.Zero(t, s.do(t, "EXISTS", k.claims), "the claim's sequence record is left")
+}
