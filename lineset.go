@@ -21,6 +21,7 @@ type lineSet struct {
 	runnable []*orderLine // OrderIDs with a task to start now, oldest first
 	delayed  []*orderLine // OrderIDs waiting out a backoff
 	free     []*orderLine // emptied orderLines kept for reuse
+	maxFree  int          // the most kept in free
 	idle     []*worker    // workers waiting for a task (worker.idleAt is the index)
 	timed    *worker      // the idle worker whose timer waits for the earliest delayed OrderID, or nil
 	timedDue time.Time    // when that timer fires
@@ -46,7 +47,14 @@ const (
 )
 
 func newLineSet(s *session, shared bool) *lineSet {
-	return &lineSet{s: s, shared: shared, orders: map[uint64]*orderLine{}}
+	ls := &lineSet{s: s, shared: shared, orders: map[uint64]*orderLine{}, maxFree: maxFreeOrders}
+	if shared {
+		// Every OrderID the pool holds has its line here: keep as many
+		// as it may hold, or a drain of many OrderIDs makes two
+		// allocations a task (the line and its buffer).
+		ls.maxFree = max(maxFreeOrders, s.cfg.Prefetch)
+	}
+	return ls
 }
 
 // give adds claimed tasks, in claim order, and wakes idle workers for the
@@ -113,10 +121,13 @@ func (o *orderLine) push(t claimed) {
 	o.tasks = append(o.tasks, t)
 }
 
-// maxFreeOrders bounds the emptied orderLines a set keeps, and
-// maxFreeTasks the buffer each keeps, so an idle pool holds little.
+// maxFreeOrders bounds the emptied orderLines a set keeps (the shared
+// set of DispatchFree keeps up to Prefetch), and maxFreeTasks the buffer
+// each keeps (maxSpareTasks past the first maxFreeOrders), so an idle
+// pool holds little.
 const (
 	maxFreeOrders = 256
+	maxSpareTasks = 4
 	maxFreeTasks  = 64
 )
 
@@ -140,11 +151,12 @@ func (ls *lineSet) drop(o *orderLine) {
 	if o.pinned {
 		ls.s.pinnedLines.Add(-1)
 	}
-	if len(ls.free) >= maxFreeOrders {
+	n := len(ls.free)
+	if n >= ls.maxFree {
 		return
 	}
 	tasks := o.tasks[:0]
-	if cap(tasks) > maxFreeTasks {
+	if cap(tasks) > maxFreeTasks || n >= maxFreeOrders && cap(tasks) > maxSpareTasks {
 		tasks = nil
 	}
 	*o = orderLine{tasks: tasks}
