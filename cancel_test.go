@@ -84,16 +84,7 @@ func TestEmptyClaimSweepsMarksInBoundedSteps(t *testing.T) {
 	require.Len(t, ts, 1)
 	s.do(t, "HSET", k.cancels, id, "1")
 	const stale = 3*scriptChunk + scriptChunk/2
-	conn := s.pool.Get()
-	for i := range stale {
-		require.NoError(t, conn.Send("HSET", k.cancels, fmt.Sprintf("%020d", i), "1"))
-	}
-	require.NoError(t, conn.Flush())
-	for range stale {
-		_, err := conn.Receive()
-		require.NoError(t, err)
-	}
-	conn.Close()
+	markStale(t, s, k, stale)
 
 	left := int64(stale + 1)
 	for left > 1 {
@@ -201,16 +192,7 @@ func TestPoolReadsOnlyTheMarksOfItsTasks(t *testing.T) {
 	long, err := q.AddTask(ctx, 2, []byte("long"))
 	require.NoError(t, err)
 	const stale = 4 * scriptChunk
-	conn := servers[0].pool.Get()
-	for i := range stale {
-		require.NoError(t, conn.Send("HSET", k.cancels, fmt.Sprintf("%020d", i), "1"))
-	}
-	require.NoError(t, conn.Flush())
-	for range stale {
-		_, err := conn.Receive()
-		require.NoError(t, err)
-	}
-	conn.Close()
+	markStale(t, servers[0], k, stale)
 
 	rec := newSeenLog()
 	release := make(chan struct{})
@@ -265,4 +247,20 @@ func TestCancelChecksTheScheduledHashFirst(t *testing.T) {
 	_, err = q.Cancel(ctx, 1, id)
 	require.ErrorIs(t, err, ErrWrongType)
 	assert.Equal(t, int64(1), s.do(t, "ZCARD", k.sched), "the task left the scheduled set")
+}
+
+// markStale writes n cancel marks of task IDs that were never added, in
+// one pipelined round trip.
+func markStale(t *testing.T, s *testServer, k queueKeys, n int) {
+	t.Helper()
+	conn := s.pool.Get()
+	defer conn.Close()
+	for i := range n {
+		require.NoError(t, conn.Send("HSET", k.cancels, fmt.Sprintf("%020d", i), "1"))
+	}
+	require.NoError(t, conn.Flush())
+	for range n {
+		_, err := conn.Receive()
+		require.NoError(t, err)
+	}
 }

@@ -172,6 +172,10 @@ func TestPauseRefusesQueuesThatAreNot(t *testing.T) {
 	for _, s := range st {
 		assert.False(t, s.Paused, "analyser %d", s.Analyser)
 	}
+	assert.Equal(t, "analyser 3", QueueOf(3).String())
+	assert.Equal(t, "partition 1", PartitionQueues(1).String())
+	assert.Equal(t, "all queues", AllQueues().String())
+	assert.Equal(t, "no queues", Queues{}.String())
 	require.NoError(t, q.Close())
 	assert.ErrorIs(t, q.Pause(ctx, AllQueues()), ErrClosed)
 }
