@@ -89,40 +89,27 @@ func (s *store) script(ctx context.Context, op string, sc *redis.Script, keysAnd
 //	and status record ("" for none; one is written only for a task that was pending),
 //	then claim-sequence records (claim firsts)
 //
-// When every task ID has idLen bytes (those the pool acknowledges always
-// do), ARGV[3] is -k and ARGV[6] holds the k IDs back to back, the rest
-// following from ARGV[7]: one argument instead of k costs the caller one
-// allocation per acknowledgement less, and Redis k argument objects less.
-//
 // Returns the number of pending records deleted (also added to processed).
 // With a history expiry, it records the retention in the meta hash, for
 // readers whose own Config does not say it (see Status).
 var ackScript = newScript("ack", 7, fenced(2, typeCheck(hashAt(3), hashAt(4), hashAt(5)), luaIncr+luaHistory+`
 local n, k = 0, tonumber(ARGV[3])
--- The task IDs are ids[b .. last]; the arguments after them start at ARGV[rest].
-local ids, b, rest = ARGV, 6, 6 + k
-if k < 0 then
-  k = -k
-  local p, sub = ARGV[6], string.sub
-  ids, b, rest = {}, 1, 7
-  for i = 1, k do ids[i] = sub(p, (i - 1) * $idLen + 1, i * $idLen) end
-end
-local last = b + k - 1
+local last = 5 + k
 if k > 0 and redis.call('EXISTS', KEYS[7]) == 1 then
-  for i = b, last do
-    if redis.call('HEXISTS', KEYS[1], ids[i]) == 1 then redis.pcall('HDEL', KEYS[7], ids[i]) end
+  for i = 6, last do
+    if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then redis.pcall('HDEL', KEYS[7], ARGV[i]) end
   end
 end
 if ARGV[4] == '0' or not history(KEYS[6]) then
-  for i = b, last, $scriptChunk do
-    n = n + redis.call('HDEL', KEYS[1], unpack(ids, i, math.min(i + $scriptChunk - 1, last)))
+  for i = 6, last, $scriptChunk do
+    n = n + redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + $scriptChunk - 1, last)))
   end
 else
   -- A status record for each task that was pending (and has one).
-  for i = b, last do
-    if redis.call('HDEL', KEYS[1], ids[i]) == 1 then
+  for i = 6, last do
+    if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
       n = n + 1
-      local j = rest + 2 * (i - b)
+      local j = last + 2 * (i - 6) + 1
       if ARGV[j + 1] ~= '' then redis.call('HSET', KEYS[6], ARGV[j], ARGV[j + 1]) end
     end
   end
@@ -132,12 +119,12 @@ else
   end
 end
 if k > 0 and redis.call('EXISTS', KEYS[5]) == 1 then
-  for i = b, last, $scriptChunk do
-    redis.call('HDEL', KEYS[5], unpack(ids, i, math.min(i + $scriptChunk - 1, last)))
+  for i = 6, last, $scriptChunk do
+    redis.call('HDEL', KEYS[5], unpack(ARGV, i, math.min(i + $scriptChunk - 1, last)))
   end
 end
-if ARGV[4] ~= '0' then rest = rest + 2 * k end
-for i = rest, #ARGV, $scriptChunk do
+if ARGV[4] ~= '0' then last = last + 2 * k end
+for i = last + 1, #ARGV, $scriptChunk do
   redis.call('HDEL', KEYS[4], unpack(ARGV, i, math.min(i + $scriptChunk - 1, #ARGV)))
 end
 if n > 0 then incr(KEYS[3], 'processed', n) end
@@ -235,13 +222,8 @@ func (s *store) ack(ctx context.Context, ids []string, recs []historyRecord, cla
 		args := make([]any, 0, 12+2*n+len(claims))
 		args = append(args, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.keys.retries, bucket, s.keys.cancels,
 			s.value(), s.ttlMS, n, expiry, s.retention.Milliseconds())
-		if packed := packIDs(ids[:n]); packed != nil {
-			args[9] = -n
-			args = append(args, packed)
-		} else {
-			for _, id := range ids[:n] {
-				args = append(args, id)
-			}
+		for _, id := range ids[:n] {
+			args = append(args, id)
 		}
 		if expiry != 0 {
 			for i, r := range recs[:n] {
@@ -267,21 +249,6 @@ func (s *store) ack(ctx context.Context, ids []string, recs []historyRecord, cla
 		}
 	}
 	return done, nil
-}
-
-// packIDs returns ids back to back, or nil when one of them has not
-// idLen bytes.
-func packIDs(ids []string) []byte {
-	for _, id := range ids {
-		if len(id) != idLen {
-			return nil
-		}
-	}
-	b := make([]byte, 0, len(ids)*idLen)
-	for _, id := range ids {
-		b = append(b, id...)
-	}
-	return b
 }
 
 // dropClaims deletes the claim-sequence records of claims finished by a

@@ -23,30 +23,22 @@ local function history(key)
 end
 
 local n, k = 0, tonumber(ARGV[3])
--- The task IDs are ids[b .. last]; the arguments after them start at ARGV[rest].
-local ids, b, rest = ARGV, 6, 6 + k
-if k < 0 then
-  k = -k
-  local p, sub = ARGV[6], string.sub
-  ids, b, rest = {}, 1, 7
-  for i = 1, k do ids[i] = sub(p, (i - 1) * 20 + 1, i * 20) end
-end
-local last = b + k - 1
+local last = 5 + k
 if k > 0 and redis.call('EXISTS', KEYS[7]) == 1 then
-  for i = b, last do
-    if redis.call('HEXISTS', KEYS[1], ids[i]) == 1 then redis.pcall('HDEL', KEYS[7], ids[i]) end
+  for i = 6, last do
+    if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then redis.pcall('HDEL', KEYS[7], ARGV[i]) end
   end
 end
 if ARGV[4] == '0' or not history(KEYS[6]) then
-  for i = b, last, 1000 do
-    n = n + redis.call('HDEL', KEYS[1], unpack(ids, i, math.min(i + 1000 - 1, last)))
+  for i = 6, last, 1000 do
+    n = n + redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + 1000 - 1, last)))
   end
 else
   -- A status record for each task that was pending (and has one).
-  for i = b, last do
-    if redis.call('HDEL', KEYS[1], ids[i]) == 1 then
+  for i = 6, last do
+    if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
       n = n + 1
-      local j = rest + 2 * (i - b)
+      local j = last + 2 * (i - 6) + 1
       if ARGV[j + 1] ~= '' then redis.call('HSET', KEYS[6], ARGV[j], ARGV[j + 1]) end
     end
   end
@@ -56,12 +48,12 @@ else
   end
 end
 if k > 0 and redis.call('EXISTS', KEYS[5]) == 1 then
-  for i = b, last, 1000 do
-    redis.call('HDEL', KEYS[5], unpack(ids, i, math.min(i + 1000 - 1, last)))
+  for i = 6, last, 1000 do
+    redis.call('HDEL', KEYS[5], unpack(ARGV, i, math.min(i + 1000 - 1, last)))
   end
 end
-if ARGV[4] ~= '0' then rest = rest + 2 * k end
-for i = rest, #ARGV, 1000 do
+if ARGV[4] ~= '0' then last = last + 2 * k end
+for i = last + 1, #ARGV, 1000 do
   redis.call('HDEL', KEYS[4], unpack(ARGV, i, math.min(i + 1000 - 1, #ARGV)))
 end
 if n > 0 then incr(KEYS[3], 'processed', n) end
