@@ -29,10 +29,35 @@ type taskContext struct {
 // newTaskContext returns the ctx of a delivery that starts now and may last
 // until deadline (zero: no deadline). Call finish when the delivery ends.
 func newTaskContext(parent context.Context, deadline time.Time) *taskContext {
+	c := new(taskContext)
+	c.init(parent, deadline)
+	return c
+}
+
+// init sets up c, zero, as newTaskContext's result.
+func (c *taskContext) init(parent context.Context, deadline time.Time) {
 	if d, ok := parent.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
 		deadline = d
 	}
-	return &taskContext{parent: parent, deadline: deadline}
+	c.parent, c.deadline = parent, deadline
+}
+
+// taskSlab is how many delivery contexts a worker allocates at once.
+const taskSlab = 32
+
+// nextTaskContext returns a new delivery ctx from the worker's slab: one
+// allocation per taskSlab deliveries instead of one each. A slot is never
+// used twice, so a ctx that an analyse function keeps after it returns
+// stays ended (it keeps its slab, a few KB, from being freed). Only w's
+// goroutine calls it.
+func (w *worker) nextTaskContext(parent context.Context, deadline time.Time) *taskContext {
+	if len(w.ctxs) == 0 {
+		w.ctxs = make([]taskContext, taskSlab)
+	}
+	c := &w.ctxs[0]
+	w.ctxs = w.ctxs[1:]
+	c.init(parent, deadline)
+	return c
 }
 
 // Deadline returns the delivery's deadline, if it has one.

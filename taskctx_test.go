@@ -144,3 +144,27 @@ func TestTaskContextConcurrentUse(t *testing.T) {
 	c.finish()
 	require.ErrorIs(t, c.Err(), context.DeadlineExceeded)
 }
+
+// A worker's delivery contexts come from a slab, never one twice: a ctx
+// kept after its delivery stays ended while the next deliveries run, and
+// the slab costs one allocation per taskSlab deliveries.
+func TestWorkerTaskContextsAreNeverReused(t *testing.T) {
+	w := &worker{}
+	parent := context.Background()
+	kept := w.nextTaskContext(parent, time.Time{})
+	kept.finish()
+	require.Error(t, kept.Err())
+	seen := map[*taskContext]bool{kept: true}
+	for range 3 * taskSlab {
+		c := w.nextTaskContext(parent, time.Time{})
+		require.False(t, seen[c], "a context handed out twice")
+		seen[c] = true
+		require.NoError(t, c.Err(), "a new delivery's ctx starts ended")
+		c.finish()
+	}
+	require.Error(t, kept.Err(), "a kept ctx came back to life")
+	allocs := testing.AllocsPerRun(10*taskSlab, func() {
+		w.nextTaskContext(parent, time.Time{}).finish()
+	})
+	assert.Less(t, allocs, 0.1)
+}

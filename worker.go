@@ -20,6 +20,7 @@ type worker struct {
 	timer *time.Timer                 // for the worker's waits, made at the first (worker goroutine only)
 	cur   atomic.Pointer[taskContext] // the ctx of the delivery it runs, for a cancel to end
 	held  atomic.Pointer[string]      // the ID of the task it waits to start for the rate limit, for a cancel to wake it
+	ctxs  []taskContext               // unused delivery contexts (worker goroutine only)
 
 	// Under set.mu:
 	idleAt int  // index in set.idle, or -1 while the worker is not idle
@@ -298,7 +299,7 @@ func (s *session) analyse(w *worker, t Task, start time.Time) (err error, aborte
 	if s.cfg.TaskTimeout > 0 {
 		deadline = start.Add(s.cfg.TaskTimeout)
 	}
-	tc := newTaskContext(s.taskCtx, deadline)
+	tc := w.nextTaskContext(s.taskCtx, deadline)
 	tc.id = t.ID
 	w.cur.Store(tc)
 	// A cancel seen since the worker picked the task: watchCancels
