@@ -72,8 +72,9 @@ func (s *store) wait(ctx context.Context, d time.Duration) (bool, error) {
 }
 
 // schedSettle is how long a pool's wait, woken by a change of the
-// scheduled set that brings no task due sooner, watches the ready list
-// alone before it watches the set again: a producer scheduling a stream
+// scheduled set that brings no task due sooner, lets further changes of
+// the set settle (it only notes them, and reads the set again at the
+// end) before it watches the set again: a producer scheduling a stream
 // of tasks far ahead costs the idle owner a read every schedSettle, not
 // one per task.
 const schedSettle = 50 * time.Millisecond
@@ -85,17 +86,25 @@ const schedSettle = 50 * time.Millisecond
 // head (its size and first due time) and goes on waiting unless a task
 // falls due sooner; the next watch of the set ends at once when its size
 // is not the one read, so that a task scheduled between the read and the
-// watch is not missed. (A task scheduled sooner while another leaves the
-// set, in that moment, is: it is found at the next change, or at until.)
-// It returns errNoTracking when the caller must wait on its own.
+// watch is not missed. A change during the settle (schedSettle) has the
+// set read again after it: a task rescheduled sooner then (a Cancel and
+// an add, which leave the size as it was) is not missed. (A task
+// scheduled sooner while another leaves the set, in the moment between
+// a read and the next watch, is: it is found at the next change, or at
+// until.) It returns errNoTracking when the caller must wait on its own.
 func (s *store) waitTracked(ctx context.Context, until, due time.Time) (bool, error) {
 	hasTask := func(n int64) bool { return n > 0 }
+	sizeNot := func(card int64) func(int64) bool {
+		return func(n int64) bool { return card >= 0 && n != card }
+	}
+	changed := false // the set changed during the settle: read it again
 	for {
-		card := s.schedCard.Load()
-		end, err := s.waiter.await2(ctx, "LLEN", s.keys.ready, until, hasTask,
-			"ZCARD", s.keys.sched, func(n int64) bool { return card >= 0 && n != card })
-		if err != nil || end != awokeSecond {
-			return err == nil && end != awokeTimeout || !due.IsZero() && !time.Now().Before(due), err
+		if !changed {
+			end, err := s.waiter.await2(ctx, "LLEN", s.keys.ready, until, hasTask,
+				"ZCARD", s.keys.sched, sizeNot(s.schedCard.Load()))
+			if err != nil || end != awokeSecond {
+				return err == nil && end != awokeTimeout || !due.IsZero() && !time.Now().Before(due), err
+			}
 		}
 		next, err := s.readSchedHead(ctx)
 		if err != nil {
@@ -110,8 +119,15 @@ func (s *store) waitTracked(ctx context.Context, until, due time.Time) (bool, er
 				until, due = at, at
 			}
 		}
-		// Let a stream of changes settle, watching the ready list alone.
-		end, err = s.waiter.await(ctx, "LLEN", s.keys.ready, minTime(until, time.Now().Add(schedSettle)), hasTask)
+		// Let a stream of changes settle: note the first, then watch the
+		// ready list alone.
+		settled := minTime(until, time.Now().Add(schedSettle))
+		end, err := s.waiter.await2(ctx, "LLEN", s.keys.ready, settled, hasTask,
+			"ZCARD", s.keys.sched, sizeNot(s.schedCard.Load()))
+		changed = end == awokeSecond
+		if changed && err == nil {
+			end, err = s.waiter.await(ctx, "LLEN", s.keys.ready, settled, hasTask)
+		}
 		if err != nil || end != awokeTimeout {
 			return err == nil, err
 		}

@@ -79,3 +79,62 @@ func TestIdlePoolIgnoresTasksScheduledBeyondItsWait(t *testing.T) {
 	cancel()
 	require.NoError(t, <-errc)
 }
+
+// A task rescheduled sooner (a Cancel and an add, which leave the
+// scheduled set's size as it was) while the idle wait lets a change of
+// the set settle still ends the wait on time: the wait read the set's
+// head before those changes, and the size alone does not tell it they
+// came. It waited until its old due time, or a minute.
+func TestIdlePoolSeesARescheduleDuringItsSettle(t *testing.T) {
+	t.Parallel()
+	servers := newTestServers(t, 1)
+	var claims atomic.Int32
+	pool := hookPool(servers[0], func(script string, args []any) error {
+		if script == "claim" {
+			claims.Add(1)
+		}
+		return nil
+	})
+	t.Cleanup(func() { pool.Close() })
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	old, err := q.AddTaskAfter(ctx, 2, 2*time.Hour, []byte("old"))
+	require.NoError(t, err)
+	started := make(chan time.Time, 1)
+	errc := runPool(ctx, q, PoolConfig{Workers: 1}, func(context.Context, Task) error {
+		started <- time.Now()
+		return nil
+	})
+	require.Eventually(t, func() bool { // the pool settles into its idle wait
+		n := claims.Load()
+		time.Sleep(300 * time.Millisecond)
+		return claims.Load() == n
+	}, 10*time.Second, time.Millisecond)
+
+	// A task scheduled far ahead wakes the wait, which reads the set and
+	// lets further changes settle; meanwhile a task is rescheduled sooner.
+	_, err = q.AddTaskAfter(ctx, 3, time.Hour, []byte("later"))
+	require.NoError(t, err)
+	time.Sleep(schedSettle / 5)
+	where, err := q.Cancel(ctx, 2, old)
+	require.NoError(t, err)
+	require.Equal(t, StateScheduled, where)
+	due := time.Now().Add(150 * time.Millisecond)
+	_, err = q.AddTaskAt(ctx, 2, due, []byte("soon"))
+	require.NoError(t, err)
+	late := 100 * time.Millisecond
+	if servers[0].mini != nil {
+		late += time.Second // no key tracking: the pool looks every second
+	}
+	select {
+	case at := <-started:
+		assert.Less(t, at.Sub(due), late, "the rescheduled task started late")
+	case <-time.After(5 * time.Second):
+		t.Fatal("the rescheduled task did not start")
+	}
+	cancel()
+	require.NoError(t, <-errc)
+}
