@@ -173,7 +173,8 @@ func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 		}
 		byPart[pi][si%qs] = make([]any, 0, c)
 	}
-	now := time.Now().UnixMilli()
+	at := time.Now()
+	now := at.UnixMilli()
 	var later [][][]any // scheduled tasks, by partition and queue: due, ID, entry, ...
 	for i := range tasks {
 		t := &tasks[i]
@@ -181,7 +182,9 @@ func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 		start := len(buf)
 		buf = appendEntry(buf, 0, ids[i], t.OrderID, now, 0, t.Headers, t.Payload)
 		entry := buf[start:len(buf):len(buf)]
-		if due := t.NotBefore.UnixMilli(); !t.NotBefore.IsZero() && due > now {
+		// Times, not millisecond counts, are compared: a time far enough
+		// in the past has a count that wraps to a large positive one.
+		if due := t.NotBefore.UnixMilli(); t.NotBefore.After(at) && due > now {
 			if later == nil {
 				later = make([][][]any, len(q.parts))
 			}

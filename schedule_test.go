@@ -134,3 +134,22 @@ func TestScheduledOffsetAndLimitBounds(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, got)
 }
+
+// A NotBefore far enough in the past that its millisecond count wraps to
+// a large positive one is not in the future: AddTasks adds the task at
+// once, as AddTaskAt does, rather than schedule it for that count (the
+// year 284 million).
+func TestAddTasksAddsAFarPastNotBeforeAtOnce(t *testing.T) {
+	t.Parallel()
+	q, _, _ := testQueue1(t)
+	ctx := bounded(t)
+	past := time.Date(-300_000_000, 1, 1, 0, 0, 0, 0, time.UTC)
+	require.Greater(t, past.UnixMilli(), time.Now().UnixMilli(), "the count does not wrap")
+	_, err := q.AddTaskAt(ctx, 1, past, []byte("x"))
+	require.NoError(t, err)
+	_, err = q.AddTasks(ctx, []Task{{OrderID: 1, Payload: []byte("y"), NotBefore: past}})
+	require.NoError(t, err)
+	s := stats0(t, q)
+	assert.Equal(t, int64(2), s.Ready)
+	assert.Zero(t, s.Scheduled)
+}
