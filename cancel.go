@@ -38,7 +38,7 @@ const cancelWait = 5 * cancelPoll
 // when the task is a dead letter (not cancelled), {"pending"} when it
 // marked a pending task, {"marked"} when it marked a task found nowhere
 // else (ready, or unknown).
-var cancelScript = newScript("cancel", 6, typeCheck(hashAt(2), hashAt(5), hashAt(6))+luaIncr+`
+var cancelScript = newScript("cancel", 6, typeCheck(hashAt(2), hashAt(3), hashAt(4), hashAt(5), hashAt(6))+luaIncr+`
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
   local e = redis.call('HGET', KEYS[2], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])

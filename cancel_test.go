@@ -249,6 +249,26 @@ func TestCancelChecksTheScheduledHashFirst(t *testing.T) {
 	assert.Equal(t, int64(1), s.do(t, "ZCARD", k.sched), "the task left the scheduled set")
 }
 
+// Cancel refuses, before it writes a mark, a pending or dead-letter hash
+// of another type: no mark is left for a task it could not place.
+func TestCancelChecksThePendingAndDeadHashesFirst(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := bounded(t)
+	id, err := q.AddTask(ctx, 1, []byte("x"))
+	require.NoError(t, err)
+	for _, key := range []string{k.pending, k.dead} {
+		s.do(t, "SET", key, "not a hash")
+		_, err = q.Cancel(ctx, 1, id)
+		require.ErrorIs(t, err, ErrWrongType, "%s", key)
+		assert.Zero(t, s.do(t, "EXISTS", k.cancels), "a mark was written with %s of another type", key)
+		s.do(t, "DEL", key)
+	}
+	where, err := q.Cancel(ctx, 1, id)
+	require.NoError(t, err)
+	assert.Equal(t, StateUnknown, where, "a queued task")
+}
+
 // markStale writes n cancel marks of task IDs that were never added, in
 // one pipelined round trip.
 func markStale(t *testing.T, s *testServer, k queueKeys, n int) {

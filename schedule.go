@@ -211,8 +211,8 @@ type ScheduledTask struct {
 
 // Scheduled returns up to limit scheduled tasks of analyser's queue,
 // earliest due first, skipping the first offset (a negative offset is
-// ErrBadConfig). It is safe for
-// concurrent use and costs one round trip.
+// ErrBadConfig). It is safe for concurrent use and costs two round trips
+// (the due times, then the tasks).
 func (q *Queue) Scheduled(ctx context.Context, analyser, offset, limit int) ([]ScheduledTask, error) {
 	p, k, err := q.analyserKeys(analyser)
 	if err != nil {
