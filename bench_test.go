@@ -349,12 +349,15 @@ func (m *cpuMeter) stop() {
 // report reports the CPU time per task of this process and of the
 // servers: figures that contention on a shared machine disturbs less than
 // throughput.
-func (m *cpuMeter) report(b *testing.B, tasks int) {
+func (m *cpuMeter) report(b *testing.B, tasks int) { m.reportAs(b, tasks, "") }
+
+// reportAs is report with its metrics' names prefixed by prefix.
+func (m *cpuMeter) reportAs(b *testing.B, tasks int, prefix string) {
 	if m.selfOK {
-		b.ReportMetric(float64(m.self)/float64(time.Microsecond)/float64(tasks), "cpu-µs/task")
+		b.ReportMetric(float64(m.self)/float64(time.Microsecond)/float64(tasks), prefix+"cpu-µs/task")
 	}
 	if m.redisOK {
-		b.ReportMetric(float64(m.redis)/float64(time.Microsecond)/float64(tasks), "redis-cpu-µs/task")
+		b.ReportMetric(float64(m.redis)/float64(time.Microsecond)/float64(tasks), prefix+"redis-cpu-µs/task")
 	}
 }
 
@@ -392,7 +395,7 @@ func benchDrain(b *testing.B, q *Queue, cfg PoolConfig, n int, headers map[strin
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler) // lease lines would break the benchmark's output lines
 	}
-	cpu := newCPUMeter(q)
+	cpu, drainCPU := newCPUMeter(q), newCPUMeter(q)
 	run := func(ts []Task) (added, drained time.Duration, allocs uint64) {
 		cpu.start()
 		defer cpu.stop()
@@ -403,6 +406,7 @@ func benchDrain(b *testing.B, q *Queue, cfg PoolConfig, n int, headers map[strin
 		added = time.Since(start)
 		var m0, m1 runtime.MemStats
 		runtime.ReadMemStats(&m0)
+		drainCPU.start()
 		mid := time.Now()
 		var wg sync.WaitGroup
 		for i := 0; i < a; i++ {
@@ -414,12 +418,13 @@ func benchDrain(b *testing.B, q *Queue, cfg PoolConfig, n int, headers map[strin
 		}
 		wg.Wait()
 		drained = time.Since(mid)
+		drainCPU.stop()
 		runtime.ReadMemStats(&m1)
 		return added, drained, m1.Mallocs - m0.Mallocs
 	}
 	run(tasks[:10*a]) // checks the layout and loads the scripts
 	processed.Store(0)
-	cpu = newCPUMeter(q)
+	cpu, drainCPU = newCPUMeter(q), newCPUMeter(q)
 	var adding, draining time.Duration
 	var allocs uint64
 	b.ReportAllocs()
@@ -440,5 +445,6 @@ func benchDrain(b *testing.B, q *Queue, cfg PoolConfig, n int, headers map[strin
 	reportRate(b, total, adding, "add-tasks/s")
 	b.ReportMetric(float64(allocs)/float64(total), "drain-allocs/task")
 	cpu.report(b, total)
+	drainCPU.reportAs(b, total, "drain-")
 	cpu.reportCores(b, adding+draining)
 }
