@@ -19,18 +19,7 @@ import (
 // time.
 func TestIdlePoolIgnoresTasksScheduledBeyondItsWait(t *testing.T) {
 	t.Parallel()
-	servers := newTestServers(t, 1)
-	var claims atomic.Int32
-	pool := hookPool(servers[0], func(script string, args []any) error {
-		if script == "claim" {
-			claims.Add(1)
-		}
-		return nil
-	})
-	t.Cleanup(func() { pool.Close() })
-	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
-	require.NoError(t, err)
-	t.Cleanup(func() { q.Close() })
+	q, srv, claims := claimCountingQueue(t)
 	ctx, cancel := context.WithCancel(bounded(t))
 	defer cancel()
 	started := make(chan time.Time, 1)
@@ -60,7 +49,7 @@ func TestIdlePoolIgnoresTasksScheduledBeyondItsWait(t *testing.T) {
 	}
 	require.False(t, due.IsZero(), "too few tasks scheduled to reach the one due soon")
 	late := 100 * time.Millisecond
-	if servers[0].mini != nil {
+	if srv.mini != nil {
 		// miniredis refuses key tracking: the pool waits on its own
 		// connection, and learns of a task scheduled during its wait
 		// within a second (see AddTaskAt).
@@ -87,18 +76,7 @@ func TestIdlePoolIgnoresTasksScheduledBeyondItsWait(t *testing.T) {
 // came. It waited until its old due time, or a minute.
 func TestIdlePoolSeesARescheduleDuringItsSettle(t *testing.T) {
 	t.Parallel()
-	servers := newTestServers(t, 1)
-	var claims atomic.Int32
-	pool := hookPool(servers[0], func(script string, args []any) error {
-		if script == "claim" {
-			claims.Add(1)
-		}
-		return nil
-	})
-	t.Cleanup(func() { pool.Close() })
-	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
-	require.NoError(t, err)
-	t.Cleanup(func() { q.Close() })
+	q, srv, claims := claimCountingQueue(t)
 	ctx, cancel := context.WithCancel(bounded(t))
 	defer cancel()
 	old, err := q.AddTaskAfter(ctx, 2, 2*time.Hour, []byte("old"))
@@ -126,7 +104,7 @@ func TestIdlePoolSeesARescheduleDuringItsSettle(t *testing.T) {
 	_, err = q.AddTaskAt(ctx, 2, due, []byte("soon"))
 	require.NoError(t, err)
 	late := 100 * time.Millisecond
-	if servers[0].mini != nil {
+	if srv.mini != nil {
 		late += time.Second // no key tracking: the pool looks every second
 	}
 	select {
@@ -137,4 +115,23 @@ func TestIdlePoolSeesARescheduleDuringItsSettle(t *testing.T) {
 	}
 	cancel()
 	require.NoError(t, <-errc)
+}
+
+// claimCountingQueue returns a queue on one server, the server, and the
+// number of claim scripts its pools have sent.
+func claimCountingQueue(t *testing.T) (*Queue, *testServer, *atomic.Int32) {
+	t.Helper()
+	servers := newTestServers(t, 1)
+	claims := new(atomic.Int32)
+	pool := hookPool(servers[0], func(script string, args []any) error {
+		if script == "claim" {
+			claims.Add(1)
+		}
+		return nil
+	})
+	t.Cleanup(func() { pool.Close() })
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	return q, servers[0], claims
 }
