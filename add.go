@@ -184,7 +184,7 @@ func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 		entry := buf[start:len(buf):len(buf)]
 		// Times, not millisecond counts, are compared: a time far enough
 		// in the past has a count that wraps to a large positive one.
-		if due := t.NotBefore.UnixMilli(); t.NotBefore.After(at) && due > now {
+		if due := dueMS(t.NotBefore); t.NotBefore.After(at) && due > now {
 			if later == nil {
 				later = make([][][]any, len(q.parts))
 			}

@@ -28,7 +28,7 @@ func pickDueTime(share float64, most time.Duration) time.Time {
 func addLogged(ctx context.Context, q *Queue, log func(faultEvent), order uint64, seq int, at time.Time, p []byte) (string, error) {
 	ev := faultEvent{Ev: evAdd, Order: order, Seq: seq}
 	if !at.IsZero() {
-		ev.Due = at.UnixMilli()
+		ev.Due = dueMS(at)
 	}
 	log(ev)
 	var id string

@@ -143,6 +143,17 @@ return n
 // would make the task due at once).
 var maxDue = time.UnixMilli(1 << 53)
 
+// dueMS returns the millisecond count a task due at at is kept under:
+// at, rounded up, so that the task never starts before at (a count
+// rounded down would let it start up to a millisecond early).
+func dueMS(at time.Time) int64 {
+	ms := at.UnixMilli()
+	if at.After(time.UnixMilli(ms)) {
+		ms++
+	}
+	return ms
+}
+
 // checkDue refuses a due time after maxDue.
 func checkDue(at time.Time) error {
 	if at.After(maxDue) {
@@ -174,7 +185,9 @@ func scheduleChunk(args []any) int {
 // order Redis accepted them, whichever process added them. A time not in
 // the future adds the task at once, as AddTask; one past the year 287,000
 // (a millisecond count a sorted set's score no longer holds exactly) is
-// refused with ErrBadConfig. Until then it counts in Stats as Scheduled, and
+// refused with ErrBadConfig. The due time is kept to the millisecond,
+// rounded up: the task never starts before at. Until then it counts in
+// Stats as Scheduled, and
 // Cancel removes it for good. When it returns nil the task is in Redis;
 // the queue's owner moves it to the ready list within a few milliseconds
 // of its due time, even when idle (on a server that refuses key
@@ -193,7 +206,7 @@ func At(t time.Time) AddOption { return func(o *addOptions) { o.at = t } }
 func (q *Queue) schedule(ctx context.Context, a addition) error {
 	k := newQueueKeys(q.cfg.Prefix, a.pi, a.qi)
 	_, err := onPartition(ctx, a.p, fmt.Sprintf("schedule task on partition %d queue %d", a.pi, a.qi), func(c redis.Conn) (any, error) {
-		return scheduleScript.DoContext(ctx, c, k.sched, k.later, a.due.UnixMilli(), a.id, a.entry)
+		return scheduleScript.DoContext(ctx, c, k.sched, k.later, dueMS(a.due), a.id, a.entry)
 	})
 	return err
 }

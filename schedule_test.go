@@ -3,6 +3,7 @@ package queue
 import (
 	"bytes"
 	"math"
+	"math/rand/v2"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -152,4 +153,20 @@ func TestAddTasksAddsAFarPastNotBeforeAtOnce(t *testing.T) {
 	s := stats0(t, q)
 	assert.Equal(t, int64(2), s.Ready)
 	assert.Zero(t, s.Scheduled)
+}
+
+// A due time within a millisecond is kept rounded up: a task never starts
+// before the time it was given, not even by the fraction of a millisecond
+// that a count rounded down would drop.
+func TestDueTimeRoundsUp(t *testing.T) {
+	base := time.UnixMilli(1_700_000_000_123)
+	assert.Equal(t, int64(1_700_000_000_123), dueMS(base))
+	assert.Equal(t, int64(1_700_000_000_124), dueMS(base.Add(time.Nanosecond)))
+	assert.Equal(t, int64(1_700_000_000_124), dueMS(base.Add(999*time.Microsecond)))
+	assert.Equal(t, int64(-5), dueMS(time.UnixMilli(-5)))
+	assert.Equal(t, int64(-4), dueMS(time.UnixMilli(-5).Add(time.Microsecond)))
+	for range 1000 {
+		at := time.Now().Add(time.Duration(rand.Int64N(int64(time.Hour))))
+		assert.False(t, time.UnixMilli(dueMS(at)).Before(at), "%v kept as %d", at, dueMS(at))
+	}
 }
