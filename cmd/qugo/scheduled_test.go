@@ -21,6 +21,9 @@ func scheduledScenario(t *testing.T) (*fixture, []string, []time.Time) {
 	now := time.Now()
 	ids := map[uint64]string{}
 	due := map[uint64]time.Time{3: now.Add(30 * time.Minute), 1: now.Add(2 * time.Hour), 5: now.Add(time.Hour)}
+	for o, d := range due {
+		due[o] = d.Truncate(time.Millisecond) // kept to the millisecond
+	}
 	for _, order := range []uint64{3, 1, 5} {
 		id, err := f.q.AddTaskAt(ctx, order, due[order], []byte("task-"+itoa(order)))
 		require.NoError(t, err)

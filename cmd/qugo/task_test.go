@@ -127,7 +127,7 @@ func TestStatusScheduledPendingDead(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	f := newFixture(t, 1, 2)
-	due := time.Now().Add(time.Hour)
+	due := time.Now().Add(time.Hour).Truncate(time.Millisecond) // kept to the millisecond
 	sched, err := f.q.AddTaskAt(ctx, 0, due, []byte("later"))
 	require.NoError(t, err)
 	ids := f.add(t, 2, 4)
