@@ -166,14 +166,7 @@ func checkDue(at time.Time) error {
 // schedule script takes: at most scriptChunk tasks and scriptBytes of
 // entries, and one task however large, so that no script holds Redis for
 // long.
-func scheduleChunk(args []any) int {
-	n, size := 0, 0
-	for n+2 < len(args) && n < 3*scriptChunk && (n == 0 || size+argSize(args[n+2]) <= scriptBytes) {
-		size += argSize(args[n+2])
-		n += 3
-	}
-	return n
-}
+func scheduleChunk(args []any) int { return argsChunk(args, 3) }
 
 // AddTaskAt enqueues payload for orderID to run at or after at, and
 // returns the new task's ID. The task joins its OrderID's sequence when

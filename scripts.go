@@ -134,11 +134,16 @@ const scriptBytes = 8 << 20
 // buryChunk returns how many of args (field, record pairs) one bury script
 // takes: at most scriptChunk pairs and scriptBytes of records, and one
 // pair however large.
-func buryChunk(args []any) int {
+func buryChunk(args []any) int { return argsChunk(args, 2) }
+
+// argsChunk returns how many of args, groups of stride whose last one is
+// a task's bytes, one script takes: at most scriptChunk groups and
+// scriptBytes of their last ones, and one group however large.
+func argsChunk(args []any, stride int) int {
 	n, size := 0, 0
-	for n+1 < len(args) && n < 2*scriptChunk && (n == 0 || size+argSize(args[n+1]) <= scriptBytes) {
-		size += argSize(args[n+1])
-		n += 2
+	for n+stride-1 < len(args) && n < stride*scriptChunk && (n == 0 || size+argSize(args[n+stride-1]) <= scriptBytes) {
+		size += argSize(args[n+stride-1])
+		n += stride
 	}
 	return n
 }
