@@ -263,11 +263,12 @@ func (s *store) readCancels(ctx context.Context, held int64, heldIDs func() []st
 			}
 			sent++
 		}
-		if err := c.Flush(); err != nil {
-			return r, err
+		replies, err := receiveN(ctx, c, sent, sent)
+		if err != nil {
+			return read{}, err
 		}
-		for i := range sent {
-			vs, err := redis.Strings(receiveContext(c, ctx))
+		for i, reply := range replies {
+			vs, err := redis.Strings(reply, nil)
 			if err != nil {
 				return read{}, err
 			}

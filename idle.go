@@ -28,14 +28,7 @@ func (s *store) wait(ctx context.Context, d time.Duration) (bool, error) {
 		// The last claim found the queue paused: its ready tasks are not
 		// to be claimed, and reporting them would have the caller claim
 		// again at once. Look again after pauseRecheck, as a pool does.
-		t := time.NewTimer(min(d, pauseRecheck))
-		defer t.Stop()
-		select {
-		case <-t.C:
-			return false, nil
-		case <-ctx.Done():
-			return false, ctx.Err()
-		}
+		return false, sleep(ctx, min(d, pauseRecheck))
 	}
 	// A scheduled task falls due: the wait ends then, when the next claim
 	// moves it to the ready list.

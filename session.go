@@ -411,12 +411,7 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 		if len(tasks) == 0 {
 			if s.st.paused.Load() {
 				// Paused: claim nothing until resumed; what runs goes on.
-				t := time.NewTimer(pauseRecheck)
-				select {
-				case <-t.C:
-				case <-waitCtx.Done():
-				}
-				t.Stop()
+				sleep(waitCtx, pauseRecheck) // an end of waitCtx is seen at the loop's top
 				continue
 			}
 			if s.cfg.ExitOnEmpty {
