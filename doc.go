@@ -431,7 +431,12 @@
 // [ErrNotReplicated]: made on the primary, not known to survive it, like
 // a lost reply. Each writing round trip then costs the replicas'
 // acknowledgement too (BenchmarkWaitReplicas measures it), and while fewer
-// replicas than asked are connected, writes fail. WAIT does not make
+// replicas than asked are connected, writes fail. It covers one failure:
+// after a failover the new primary holds the only copy until a replica
+// has synced from it, and a failed primary brought back empty as a
+// replica must not be promoted before its first sync ends (start it with
+// replica-priority 0, or cluster-replica-no-failover yes, until then),
+// or every queued task is lost with the new primary. WAIT does not make
 // Redis synchronous: a primary that fails before the wait ends may still
 // have the write, and the replica's own persistence settings decide what
 // a crash of the replica loses. Set maxmemory-policy to
