@@ -39,9 +39,12 @@
 //
 // Scale out by adding analyser processes (one AnalysePool per analyser id,
 // anywhere), queues or servers. Each server records R, Q and its own index
-// at first use; a process configured otherwise (another R or Q, or the URLs
-// in another order) gets a [*LayoutError] (errors.Is [ErrLayoutMismatch])
-// and writes nothing; [Queue.CheckLayout] checks without recording.
+// at first use: before a process first writes to any partition, it reads
+// the layout of every one, and records it on each that answers and has
+// none. A process configured otherwise (another R or Q, or the URLs in
+// another order) gets a [*LayoutError] (errors.Is [ErrLayoutMismatch])
+// whichever partition it writes to first, even one whose index happens to
+// match, and writes nothing; [Queue.CheckLayout] checks without recording.
 // Changing R or Q means draining the queues and starting afresh under
 // another [Config].Prefix.
 //

@@ -2,7 +2,9 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -113,30 +115,19 @@ type partition struct {
 	pool    *redis.Pool
 	router  *clusterRouter // the Redis Cluster pool routes to (partitionPool); nil for one server
 	checked atomic.Bool    // the layout was verified on this server
-	checkMu sync.Mutex     // one layout check at a time
 }
 
-// checkLayout verifies (recording on first use) the layout of partition p.
-// It costs one round trip the first time and nothing afterwards.
+// checkLayout verifies the layout of partition p before this process first
+// writes to it, recording it on first use. Every partition not yet verified
+// is checked in the same pass, and the layout is recorded on each that has
+// none only once no server disagrees: a process given the servers in
+// another order, or another R or Q, is refused whichever partition it
+// touches first, and writes nothing (not even a layout). A partition
+// other than p that does not answer is left for a later pass. It costs two
+// round trips per partition the first time, run side by side, and nothing
+// afterwards.
 func (q *Queue) checkLayout(ctx context.Context, p *partition) error {
-	if p.checked.Load() {
-		return nil
-	}
-	p.checkMu.Lock()
-	defer p.checkMu.Unlock()
-	if p.checked.Load() {
-		return nil
-	}
-	conn, err := p.pool.GetContext(ctx)
-	if err != nil {
-		return redisErr(fmt.Sprintf("check layout of partition %d", p.index), err)
-	}
-	defer conn.Close()
-	if err := q.layoutOn(ctx, conn, p); err != nil {
-		return err
-	}
-	p.checked.Store(true)
-	return nil
+	return q.layoutPass(ctx, p, true)
 }
 
 // layoutOn records (on first use) or compares the layout of partition p,
@@ -184,26 +175,108 @@ func (q *Queue) CheckLayout(ctx context.Context) error {
 	return nil
 }
 
-// verifyLayout is CheckLayout for one partition.
+// verifyLayout is checkLayout without recording: a server with no layout
+// recorded passes and stays unrecorded.
 func (q *Queue) verifyLayout(ctx context.Context, p *partition) error {
+	return q.layoutPass(ctx, p, false)
+}
+
+// layoutPass checks the layout of every partition not yet verified, p's
+// first: it reads them all, refuses a disagreement, then, when record is
+// set, records it on those with none (the script compares again, for a
+// process that recorded another one meanwhile). p's own errors are
+// returned; another partition's Redis errors only leave it unverified.
+func (q *Queue) layoutPass(ctx context.Context, p *partition, record bool) error {
 	if p.checked.Load() {
 		return nil
 	}
-	what := fmt.Sprintf("check layout of partition %d", p.index)
-	got, err := onPartition(ctx, p, what, func(c redis.Conn) ([]string, error) {
-		return redis.Strings(redis.DoContext(c, ctx, "HMGET", q.layoutKeyOf(p), "partitions", "queues", "index"))
+	select {
+	case q.layoutSem <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("queue: check layout of partition %d: %w", p.index, ctx.Err())
+	}
+	defer func() { <-q.layoutSem }()
+	if p.checked.Load() {
+		return nil
+	}
+	todo := []*partition{p}
+	for _, o := range q.parts {
+		if o != p && !o.checked.Load() {
+			todo = append(todo, o)
+		}
+	}
+	recorded := make([][]string, len(todo))
+	errs := make([]error, len(todo))
+	eachPartition(todo, func(i int, o *partition) {
+		what := fmt.Sprintf("check layout of partition %d", o.index)
+		recorded[i], errs[i] = onPartition(ctx, o, what, func(c redis.Conn) ([]string, error) {
+			return redis.Strings(redis.DoContext(c, ctx, "HMGET", q.layoutKeyOf(o), "partitions", "queues", "index"))
+		})
 	})
-	if err != nil {
-		return err
+	if errs[0] != nil {
+		return errs[0]
 	}
-	if len(got) != 3 || got[0] == "" && got[1] == "" && got[2] == "" {
-		return nil // nothing recorded yet
+	var unrecorded []*partition
+	for i, o := range todo {
+		got := recorded[i]
+		switch {
+		case errs[i] != nil:
+		case len(got) != 3 || got[0] == "" && got[1] == "" && got[2] == "":
+			unrecorded = append(unrecorded, o)
+		default:
+			want := fmt.Sprintf("partitions=%d queues=%d index=%d", len(q.parts), q.cfg.Queues, o.index)
+			have := fmt.Sprintf("partitions=%s queues=%s index=%s", got[0], got[1], got[2])
+			if have != want {
+				return &LayoutError{Partition: o.index, Want: want, Got: have}
+			}
+		}
 	}
-	want := fmt.Sprintf("partitions=%d queues=%d index=%d", len(q.parts), q.cfg.Queues, p.index)
-	have := fmt.Sprintf("partitions=%s queues=%s index=%s", got[0], got[1], got[2])
-	if have != want {
-		return &LayoutError{Partition: p.index, Want: want, Got: have}
+	for i, o := range todo {
+		if errs[i] == nil && !slices.Contains(unrecorded, o) {
+			o.checked.Store(true)
+		}
 	}
-	p.checked.Store(true)
+	if !record || len(unrecorded) == 0 {
+		return nil
+	}
+	errs = errs[:len(unrecorded)]
+	eachPartition(unrecorded, func(i int, o *partition) {
+		conn, err := o.pool.GetContext(ctx)
+		if err != nil {
+			errs[i] = redisErr(fmt.Sprintf("check layout of partition %d", o.index), err)
+			return
+		}
+		defer conn.Close()
+		errs[i] = q.layoutOn(ctx, conn, o)
+	})
+	for i, o := range unrecorded {
+		var le *LayoutError
+		switch {
+		case errors.As(errs[i], &le):
+			return errs[i]
+		case errs[i] == nil:
+			o.checked.Store(true)
+		case o == p:
+			return errs[i]
+		}
+	}
 	return nil
+}
+
+// eachPartition runs f for every partition of ps side by side, and returns
+// once all have.
+func eachPartition(ps []*partition, f func(i int, p *partition)) {
+	if len(ps) == 1 {
+		f(0, ps[0])
+		return
+	}
+	var wg sync.WaitGroup
+	for i, p := range ps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f(i, p)
+		}()
+	}
+	wg.Wait()
 }

@@ -156,6 +156,9 @@ type Queue struct {
 	adders   []adder    // one per partition: coalesces concurrent AddTask calls
 	ready    [][]string // the ready list key of each partition's queues
 	waiters  []*waiter  // one per partition: idle pools wait through it
+	// layoutSem holds one layout pass at a time (checkLayout): a
+	// channel, so that a call waiting for it can give up with its ctx.
+	layoutSem chan struct{}
 }
 
 // New returns a Queue over the given pools, one per partition, in partition
@@ -172,7 +175,7 @@ func New(pools []*redis.Pool, cfg Config) (*Queue, error) {
 	if err != nil {
 		return nil, err
 	}
-	q := &Queue{cfg: cfg, parts: make([]*partition, len(pools)), adders: make([]adder, len(pools))}
+	q := &Queue{cfg: cfg, parts: make([]*partition, len(pools)), adders: make([]adder, len(pools)), layoutSem: make(chan struct{}, 1)}
 	for i, p := range pools {
 		if p == nil {
 			return nil, fmt.Errorf("%w: pool %d is nil", ErrBadConfig, i)
