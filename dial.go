@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/url"
 	"strconv"
@@ -84,7 +85,10 @@ func parseRedisURL(raw string) (redisURL, error) {
 	for _, h := range strings.Split(hosts, ",") {
 		host, port, err := net.SplitHostPort(h)
 		if err != nil { // no port
-			host, port = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]"), defaultPort
+			host, port = h, defaultPort
+			if len(h) > 1 && h[0] == '[' && h[len(h)-1] == ']' {
+				host = h[1 : len(h)-1] // an IPv6 address; a lone bracket is refused below
+			}
 		}
 		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || strings.ContainsAny(host, "[]/@") {
 			return r, errors.New("URL has a host or port that does not parse")
@@ -143,10 +147,13 @@ func parseRedisURL(raw string) (redisURL, error) {
 }
 
 // CheckURL reports whether Dial can read url, without contacting it. Its
-// error, like Dial's, never quotes the URL or a piece of it.
+// error wraps [ErrBadConfig], as Dial's does, and never quotes the URL or a
+// piece of it.
 func CheckURL(url string) error {
-	_, err := parseRedisURL(url)
-	return err
+	if _, err := parseRedisURL(url); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadConfig, err)
+	}
+	return nil
 }
 
 // SplitURLs splits a comma-separated list of URLs, as the -redis flags of
