@@ -197,3 +197,54 @@ func TestContractStatusTracks(t *testing.T) {
 	assert.False(t, st.StartedAt.Before(st.AddedAt.Truncate(time.Millisecond)), "started before added")
 	assert.False(t, st.FinishedAt.Before(st.StartedAt), "finished before started")
 }
+
+// TestContractStandbyTakesOver: a second pool on the same analyser waits
+// as a hot standby, runs nothing while the owner lives, and takes over at
+// once when the owner stops gracefully.
+func TestContractStandbyTakesOver(t *testing.T) {
+	verifyNoLeak(t)
+	servers, prefix := contractSetup(t, 1)
+	bg := context.Background()
+	q := contractQueue(t, servers, queue.Config{Prefix: prefix})
+	ran := make(chan string, 16)
+	run := func(ctx context.Context, owner string, done chan<- error) {
+		done <- q.AnalysePool(ctx, 0, queue.PoolConfig{Owner: owner}, func(_ context.Context, task queue.Task) error {
+			ran <- owner + ":" + string(task.Payload)
+			return nil
+		})
+	}
+	ctxA, stopA := context.WithCancel(bg)
+	ctxB, stopB := context.WithCancel(bg)
+	doneA, doneB := make(chan error, 1), make(chan error, 1)
+	go run(ctxA, "a", doneA)
+	_, err := q.AddTask(bg, 1, []byte("1"))
+	require.NoError(t, err)
+	assert.Equal(t, "a:1", <-ran)
+	go run(ctxB, "b", doneB)
+	for i := 2; i <= 4; i++ {
+		_, err := q.AddTask(bg, 1, []byte(fmt.Sprint(i)))
+		require.NoError(t, err)
+		assert.Equal(t, fmt.Sprint("a:", i), <-ran, "the standby ran a task while the owner lived")
+	}
+	select {
+	case err := <-doneA:
+		t.Fatalf("the owner returned before its ctx ended: %v", err)
+	case err := <-doneB:
+		t.Fatalf("the standby returned before its ctx ended: %v", err)
+	default:
+	}
+	stopA()
+	require.NoError(t, <-doneA)
+	at := time.Now()
+	_, err = q.AddTask(bg, 1, []byte("5"))
+	require.NoError(t, err)
+	select {
+	case got := <-ran:
+		assert.Equal(t, "b:5", got)
+		assert.Less(t, time.Since(at), 2*time.Second, "the standby took over after a graceful stop")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the standby did not take over")
+	}
+	stopB()
+	require.NoError(t, <-doneB)
+}

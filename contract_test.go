@@ -301,6 +301,13 @@ func TestContractBadInput(t *testing.T) {
 	assert.ErrorIs(t, err, queue.ErrEmptyPayload)
 	_, err = q.AddTask(ctx, 1, make([]byte, 17))
 	assert.ErrorIs(t, err, queue.ErrPayloadTooLarge)
+	assert.Empty(t, prefixKeys(t, servers[0], prefix), "refused payloads wrote to Redis")
+	_, err = q.AddTask(ctx, 1, make([]byte, 16))
+	assert.NoError(t, err, "a payload of exactly MaxPayload")
+	c := servers[0].pool.Get()
+	_, err = c.Do("DEL", fmt.Sprintf("{%s:0.0}:ready", prefix), prefix+":layout")
+	c.Close()
+	require.NoError(t, err)
 	_, err = q.AddTasks(ctx, []queue.Task{{OrderID: 1, Payload: []byte("ok")}, {OrderID: 2}})
 	assert.ErrorIs(t, err, queue.ErrEmptyPayload)
 	_, err = q.AddTasks(ctx, []queue.Task{{OrderID: 1, Payload: []byte("ok")}, {OrderID: 2, Payload: make([]byte, 17)}})
@@ -330,9 +337,11 @@ func TestContractBadInput(t *testing.T) {
 			assert.NotContains(t, err.Error(), "secret")
 		}
 	}
-	// An unreachable server is not a bad URL, but still an error.
-	_, err = queue.Dial(ctx, []string{"redis://127.0.0.1:1"}, queue.Config{DialTimeout: time.Second})
-	assert.Error(t, err)
+	// An unreachable server is not a bad URL, but still an error, which
+	// does not quote the URL's password.
+	_, err = queue.Dial(ctx, []string{"redis://:secret@127.0.0.1:1"}, queue.Config{DialTimeout: time.Second})
+	require.Error(t, err)
+	assert.NotContains(t, err.Error(), "secret")
 
 	q.Close()
 	_, err = q.AddTask(ctx, 1, []byte("x"))
@@ -387,7 +396,11 @@ func TestContractZeroConfigs(t *testing.T) {
 		})
 	}
 	q := contractQueue(t, servers, queue.Config{})
-	id, err := q.AddTask(ctx, 1, []byte("one"))
+	payload := make([]byte, 256) // every byte value: payloads are stored as they are
+	for i := range payload {
+		payload[i] = byte(i)
+	}
+	id, err := q.AddTask(ctx, 1, payload)
 	require.NoError(t, err)
 	assert.True(t, queue.ValidTaskID(id), "task ID %q", id)
 	assert.Contains(t, prefixKeys(t, servers[0], "qugo"), "{qugo:0.0}:ready", "the default prefix is qugo")
@@ -406,7 +419,9 @@ func TestContractZeroConfigs(t *testing.T) {
 	ran := 0
 	require.NoError(t, q.AnalysePool(ctx, 0, queue.PoolConfig{ExitOnEmpty: true}, func(_ context.Context, task queue.Task) error {
 		ran++
-		assert.Equal(t, "one", string(task.Payload))
+		assert.Equal(t, payload, task.Payload)
+		assert.Equal(t, id, task.ID)
+		assert.WithinDuration(t, time.Now(), task.AddedAt, time.Minute)
 		return nil
 	}))
 	assert.Equal(t, 1, ran)
