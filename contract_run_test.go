@@ -232,6 +232,10 @@ func TestContractDrainLeavesFixedKeys(t *testing.T) {
 		require.NoError(t, err)
 		ids = append(ids, id)
 	}
+	// Per queued task, Redis holds one list entry and nothing else.
+	tag := "{" + prefix + ":0.0}:"
+	assert.Equal(t, []string{prefix + ":layout", tag + "ready"}, prefixKeys(t, servers[0], prefix), "keys of 50 queued tasks")
+	assert.Equal(t, 50, llen(t, servers[0], tag+"ready"))
 	_, err := q.AddTaskAfter(ctx, 3, 20*time.Millisecond, []byte("later"))
 	require.NoError(t, err)
 	_, err = q.Cancel(ctx, 1, ids[1])
@@ -255,7 +259,6 @@ func TestContractDrainLeavesFixedKeys(t *testing.T) {
 	}
 	assert.Equal(t, int64(50), stats[0].Processed)
 	assert.Equal(t, int64(1), stats[0].Cancelled)
-	tag := "{" + prefix + ":0.0}:"
 	// The layout, the counters and the standby's wake-up list (at most
 	// one element, pushed when the lease was released): nothing per task.
 	assert.Equal(t, []string{prefix + ":layout", tag + "meta", tag + "wake"}, prefixKeys(t, servers[0], prefix), "keys left after a drain")
