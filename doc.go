@@ -526,7 +526,9 @@
 //
 // The tests run against the Redis protocol, never mocks: each starts its
 // own miniredis, or, when QUEUE_TEST_REDIS_URL names a real server, uses
-// its logical databases 0..R-1 as partitions under a key prefix of its own.
+// its logical databases 0..R-1 as partitions under a key prefix of its own
+// (give the tests a server of their own: some pause all its clients for
+// seconds, set maxmemory-policy for a moment, or flush database 15).
 // goleak checks that no goroutine is left behind.
 //
 //	go test -race ./...

@@ -165,7 +165,13 @@ func (r *groupRun) run(ctx context.Context) error {
 	sent := false   // one was sent: its reply lost, the member may be in all the same
 	for runCtx.Err() == nil {
 		sent = true
-		beat, err := r.g.beat(runCtx, r.cfg.Member, r.cfg.Weight, "beat", r.gen)
+		// A heartbeat is not cut short when ctx ends: its command may be
+		// on its way all the same, and one that reached Redis after the
+		// leave below would join the member again for a whole session,
+		// its queues idle until it ran out. SessionTTL bounds the wait.
+		bctx, cancel := context.WithTimeout(context.WithoutCancel(runCtx), r.cfg.SessionTTL)
+		beat, err := r.g.beat(bctx, r.cfg.Member, r.cfg.Weight, "beat", r.gen)
+		cancel()
 		if err != nil {
 			if runCtx.Err() != nil {
 				break

@@ -404,3 +404,87 @@ func TestJoinGroupPausedMemberReplaced(t *testing.T) {
 	require.False(t, again.same, "a member whose session ran out is told its old assignment stands")
 	require.Len(t, again.analysers, 2)
 }
+
+// heldBeat holds back a member's next heartbeat once armed, as a slow
+// network would: the call waits for release before it reaches Redis, and
+// a caller that stops waiting gets ctx's error while the command still
+// goes out afterwards (what redigo's DoContext does).
+type heldBeat struct {
+	member          string
+	armed           atomic.Bool
+	caught, release chan struct{}
+	landed          chan error
+}
+
+// heldBeatConn is a connection whose heartbeats h may hold.
+type heldBeatConn struct {
+	redis.Conn
+	h *heldBeat
+}
+
+func (c heldBeatConn) ReceiveContext(ctx context.Context) (any, error) {
+	return redis.ReceiveContext(c.Conn, ctx)
+}
+
+func (c heldBeatConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
+	h := c.h
+	if cmd != "EVALSHA" || len(args) < 12 || fmt.Sprint(args[6]) != h.member || fmt.Sprint(args[11]) != "beat" ||
+		!h.armed.CompareAndSwap(true, false) {
+		return redis.DoContext(c.Conn, ctx, cmd, args...)
+	}
+	close(h.caught)
+	type reply struct {
+		v   any
+		err error
+	}
+	out := make(chan reply, 1)
+	go func() {
+		<-h.release
+		v, err := c.Conn.Do(cmd, args...)
+		h.landed <- err
+		out <- reply{v, err}
+	}()
+	select {
+	case r := <-out:
+		return r.v, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// TestJoinGroupLeaveAfterHeartbeatInFlight stops a member while one of
+// its heartbeats is on its way to Redis: the member must be gone from the
+// group once JoinGroup returned. A heartbeat given up on and landing after
+// the leave would join it again for a whole session, its queues idle.
+func TestJoinGroupLeaveAfterHeartbeatInFlight(t *testing.T) {
+	skipOnCluster(t, "the held connection wraps one server's")
+	servers := newTestServers(t, 1)
+	hold := &heldBeat{member: "a", caught: make(chan struct{}), release: make(chan struct{}), landed: make(chan error, 1)}
+	pool := servers[0].wrapPool(4, func(c redis.Conn) redis.Conn { return heldBeatConn{c, hold} })
+	t.Cleanup(func() { pool.Close() })
+	q, err := New([]*redis.Pool{pool}, Config{Queues: 2, Prefix: testPrefix(t)})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- q.JoinGroup(ctx, "g", GroupConfig{Member: "a", SessionTTL: time.Second, Pool: PoolConfig{Workers: 1}},
+			func(context.Context, Task) error { return nil })
+	}()
+	require.Eventually(t, func() bool { return settled(t, q, "g", "a") }, 5*time.Second, 5*time.Millisecond)
+	hold.armed.Store(true)
+	select {
+	case <-hold.caught: // the next heartbeat (every 200ms) is held
+	case <-time.After(5 * time.Second):
+		t.Fatal("no heartbeat within 5s")
+	}
+	cancel()
+	time.Sleep(100 * time.Millisecond) // a leave not waiting for the heartbeat goes out now
+	close(hold.release)
+	require.NoError(t, <-hold.landed)
+	require.NoError(t, <-done)
+	st, err := q.GroupStatus(context.Background(), "g")
+	require.NoError(t, err)
+	require.Empty(t, st.Members, "members after the only one left")
+}

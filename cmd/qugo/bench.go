@@ -448,8 +448,12 @@ func (e *env) printBench(doc benchDoc, asJSON bool) error {
 		return err
 	}
 	c := doc.Check
-	fmt.Fprintf(w, "drain:   %d tasks in %.2fs: %.0f tasks/s (from the first add to the last task started)\n",
-		c.Handled, doc.DrainSeconds, doc.DrainPerSecond)
+	from := "the first add"
+	if doc.Mode == "verify" {
+		from = "the start" // it added nothing
+	}
+	fmt.Fprintf(w, "drain:   %d tasks in %.2fs: %.0f tasks/s (from %s to the last task started)\n",
+		c.Handled, doc.DrainSeconds, doc.DrainPerSecond, from)
 	if l := doc.LatencyMS; l != nil {
 		fmt.Fprintf(w, "latency: add to start of handling: p50 %.2fms  p90 %.2fms  p99 %.2fms  p99.9 %.2fms  max %.2fms\n",
 			l.P50, l.P90, l.P99, l.P999, l.Max)

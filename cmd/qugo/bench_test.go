@@ -134,6 +134,14 @@ func TestBenchFillThenVerify(t *testing.T) {
 	code, _, errOut = qugo(t, f.args("bench", "-verify")...)
 	assert.Equal(t, exitRuntime, code)
 	assert.Contains(t, errOut, "nothing to verify")
+
+	// The text of a verify, which added nothing, times the drain from its start.
+	qugoJSON[benchDoc](t, f.args("bench", "-fill", "-n", "20", "-orders", "3", "-json")...)
+	code, out, errOut := qugo(t, f.args("bench", "-verify")...)
+	require.Equal(t, exitOK, code, errOut)
+	assert.Contains(t, out, "drain:   20 tasks in ")
+	assert.Contains(t, out, "(from the start to the last task started)")
+	assert.NotContains(t, out, "first add")
 }
 
 func TestBenchVerifyFindsFaults(t *testing.T) {

@@ -263,13 +263,19 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-// printFlags prints the flags of fs named in only.
+// printFlags prints the flags of fs named in only, each with its default
+// unless that is the zero value.
 func printFlags(w io.Writer, fs *flag.FlagSet, only map[string]bool) {
 	fs.VisitAll(func(f *flag.Flag) {
 		if !only[f.Name] {
 			return
 		}
 		name, help := flag.UnquoteUsage(f)
+		switch f.DefValue {
+		case "", "0", "false", "0s":
+		default:
+			help += " (default " + f.DefValue + ")"
+		}
 		line := "  -" + f.Name
 		if name != "" {
 			line += " " + name

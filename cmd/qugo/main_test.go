@@ -277,6 +277,19 @@ func TestHelp(t *testing.T) {
 		assert.Contains(t, out, "Usage: qugo [global flags] "+c.name, c.name)
 		assert.NotContains(t, out, "-prefix prefix", "global flags are not listed per command")
 	}
+	// Defaults are shown, as the README lists them; zero ones are not.
+	for cmd, want := range map[string][]string{
+		"bench":     {"to add (default 100000)", "(K) (default 1000)", "give up after DURATION (default 10m0s)"},
+		"serve":     {"(default 127.0.0.1:8081)", "(default 2s)", "(default 5s)", "(default 10m0s)"},
+		"scheduled": {"(at most 100000) (default 100)"},
+	} {
+		_, out, _ := qugo(t, cmd, "-h")
+		for _, w := range want {
+			assert.Contains(t, out, w, cmd)
+		}
+		assert.NotContains(t, out, "(default 0", cmd)
+		assert.NotContains(t, out, "(default false)", cmd)
+	}
 }
 
 func TestUnreachable(t *testing.T) {

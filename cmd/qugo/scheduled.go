@@ -40,7 +40,7 @@ const (
 
 func scheduledFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 	a := analyserFlag(fs)
-	limit := fs.Int("limit", defaultScheduledLimit, fmt.Sprintf("list at most `N` tasks (%d if not given; at most %d)", defaultScheduledLimit, maxScheduledLimit))
+	limit := fs.Int("limit", defaultScheduledLimit, fmt.Sprintf("list at most `N` tasks (at most %d)", maxScheduledLimit))
 	offset := fs.Int("offset", 0, "skip the first `N` tasks, earliest due first")
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
 	return func(ctx context.Context, e *env, args []string) error {
