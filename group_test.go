@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -403,4 +405,65 @@ func TestJoinGroupPausedMemberReplaced(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, again.same, "a member whose session ran out is told its old assignment stands")
 	require.Len(t, again.analysers, 2)
+}
+
+// TestJoinGroupQueueBackAndForthWaitsForTheFirstPool moves a queue away
+// from a member and back twice while the member's first pool on it is
+// still stopping (a task runs): the member's last pool on the queue must
+// not start before that first one returned. Before, the pool started in
+// between, stopped while waiting, let the last one start at once, and the
+// last pool waited on its own member's lease as a standby.
+func TestJoinGroupQueueBackAndForthWaitsForTheFirstPool(t *testing.T) {
+	q, _ := newTestQueue(t, 1, Config{Queues: 1})
+	other, err := q.newGroupStore("g", time.Minute)
+	require.NoError(t, err)
+	assigned := make(chan []int, 16)
+	started, release := make(chan struct{}, 1), make(chan struct{})
+	logs := &logRecorder{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- q.JoinGroup(ctx, "g", GroupConfig{Member: "a", SessionTTL: time.Minute,
+			Pool:     PoolConfig{Workers: 1, ShutdownTimeout: time.Minute, Logger: slog.New(logs)},
+			OnAssign: func(a []int) { assigned <- a }},
+			func(ctx context.Context, _ Task) error {
+				started <- struct{}{}
+				<-release
+				return nil
+			})
+	}()
+	defer func() {
+		cancel()
+		require.NoError(t, <-done)
+	}()
+	require.Equal(t, []int{0}, <-assigned)
+	_, err = q.AddTask(ctx, 1, []byte("x"))
+	require.NoError(t, err)
+	<-started
+
+	// b, of far greater weight, takes the only queue; when it leaves, the
+	// queue goes back to a. Each change nudges a.
+	var gen int64
+	for range 2 {
+		b, err := other.beat(ctx, "b", maxGroupWeight, "beat", gen)
+		require.NoError(t, err)
+		gen = b.gen
+		require.Equal(t, []int{0}, b.analysers)
+		require.Empty(t, <-assigned)
+		_, err = other.beat(ctx, "b", maxGroupWeight, "leave", 0)
+		require.NoError(t, err)
+		require.Equal(t, []int{0}, <-assigned)
+	}
+	// The first pool still runs its task, holding the lease: a pool of a
+	// that looks for the lease now finds a as its holder.
+	assert.Never(t, func() bool {
+		for _, l := range logs.lines("waiting as a standby") {
+			if l.attrs["holder"] == "a" {
+				return true
+			}
+		}
+		return false
+	}, 300*time.Millisecond, 5*time.Millisecond, "a second pool of a ran on the queue while the first was stopping")
+	close(release)
+	require.Eventually(t, func() bool { return len(logs.lines("took the lease")) == 2 }, 5*time.Second, time.Millisecond)
 }
