@@ -277,6 +277,11 @@ func (r *groupRun) start(ctx context.Context, fail context.CancelCauseFunc, a in
 			select {
 			case <-prev.done:
 			case <-pctx.Done():
+				// Stopped before it started: its done, which the next
+				// pool on a waits for, must not close before prev's
+				// (prev was stopped first, so this wait ends with its
+				// graceful stop).
+				<-prev.done
 				return
 			}
 		}
