@@ -227,6 +227,9 @@ func (s *store) acquire(ctx context.Context, report func(error), onLook func(sen
 			return ctx.Err()
 		}
 		if report == nil {
+			// The caller gives up on this store (Consume returns the
+			// error): a lease a lost reply took goes with it.
+			s.abandon(ctx)
 			return err
 		}
 		report(err)
@@ -259,9 +262,9 @@ func (s *store) acquire(ctx context.Context, report func(error), onLook func(sen
 	}
 }
 
-// abandon gives up, when ctx ended, a lease the last try may have taken
-// though its reply never came: held unknowingly, it would keep every
-// standby waiting a whole TTL. Best effort, bounded by a second.
+// abandon gives up, when acquire gives up, a lease the last try may have
+// taken though its reply never came: held unknowingly, it would keep
+// every standby waiting a whole TTL. Best effort, bounded by a second.
 func (s *store) abandon(ctx context.Context) {
 	if s.unanswered == "" {
 		return

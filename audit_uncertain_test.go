@@ -1,0 +1,84 @@
+package queue
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/require"
+)
+
+// Calls whose outcome the caller cannot know: a script that Redis ran but
+// whose reply the caller never got, or got as ErrNotReplicated (made on
+// the primary, too few replicas acknowledged it), or that never reached
+// Redis. Each test injects one such fault at one call of one script.
+
+// errUnreplicated is what a write's reply becomes under
+// Config.WaitReplicas when no replica acknowledged it in time.
+var errUnreplicated = &notReplicated{acked: 0, want: 1, timeout: time.Millisecond}
+
+// faultPlan injects faults at the script calls it names: at the nth call
+// (1-based) of a script, made says whether Redis runs it first, err is
+// what the caller gets, and then, if set, runs before the caller gets it.
+type faultPlan struct {
+	mu     sync.Mutex
+	calls  map[string]int
+	faults map[string]scriptFault
+}
+
+type scriptFault struct {
+	n    int
+	made bool
+	err  error
+	then func()
+}
+
+// plannedQueue returns a one-queue Queue whose script calls go through
+// plan, its server and its keys.
+func plannedQueue(t *testing.T, faults map[string]scriptFault) (*Queue, *testServer, queueKeys) {
+	t.Helper()
+	servers := newTestServers(t, 1)
+	preloadScripts(t, servers[0].pool) // one EVALSHA per script call
+	plan := &faultPlan{calls: map[string]int{}, faults: faults}
+	pool := hookPool(servers[0], func(script string, args []any) error {
+		plan.mu.Lock()
+		plan.calls[script]++
+		f, ok := plan.faults[script]
+		hit := ok && plan.calls[script] == f.n
+		plan.mu.Unlock()
+		if !hit {
+			return nil
+		}
+		if f.made {
+			servers[0].do(t, "EVALSHA", args...)
+		}
+		if f.then != nil {
+			f.then()
+		}
+		return f.err
+	})
+	t.Cleanup(func() { pool.Close() })
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	return q, servers[0], newQueueKeys(q.cfg.Prefix, 0, 0)
+}
+
+// A Consume whose acquisition took the lease but lost its reply gives it
+// up before it returns its error: the next Consume takes the queue at
+// once, not after a whole TTL.
+func TestAuditConsumeAfterLostAcquireReply(t *testing.T) {
+	q, _, _ := plannedQueue(t, map[string]scriptFault{
+		"acquire": {n: 1, made: true, err: errUnreplicated},
+	})
+	ctx := context.Background()
+	_, err := q.Consume(ctx, 0, ConsumerConfig{LeaseTTL: 30 * time.Second})
+	require.ErrorIs(t, err, ErrNotReplicated)
+	tctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	c, err := q.Consume(tctx, 0, ConsumerConfig{LeaseTTL: 30 * time.Second})
+	require.NoError(t, err, "the lease the first Consume took unknowingly is free")
+	require.NoError(t, c.Release(ctx))
+}
