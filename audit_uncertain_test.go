@@ -2,11 +2,13 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -64,6 +66,73 @@ func plannedQueue(t *testing.T, faults map[string]scriptFault) (*Queue, *testSer
 	require.NoError(t, err)
 	t.Cleanup(func() { q.Close() })
 	return q, servers[0], newQueueKeys(q.cfg.Prefix, 0, 0)
+}
+
+// A Consumer whose refence (after a failed claim) was made but reported
+// ErrNotReplicated still holds the lease: acknowledging the tasks it holds
+// must not fail with ErrLeaseLost because the lease carries a value the
+// Consumer was never told.
+func TestAuditConsumerAckAfterUnansweredRefence(t *testing.T) {
+	q, s, k := plannedQueue(t, map[string]scriptFault{
+		"claim":   {n: 2, err: errors.New("injected: claim refused")},
+		"refence": {n: 1, made: true, err: errUnreplicated},
+	})
+	ctx := context.Background()
+	ids := addAll(t, q, orderTasks(1, 2))
+	c, err := q.Consume(ctx, 0, ConsumerConfig{LeaseTTL: 10 * time.Second})
+	require.NoError(t, err)
+	first, err := c.Claim(ctx, 1)
+	require.NoError(t, err)
+	require.Equal(t, ids[:1], taskIDs(first))
+	_, err = c.Claim(ctx, 1)
+	require.Error(t, err, "the injected claim failure")
+	_, err = c.Claim(ctx, 1)
+	require.ErrorIs(t, err, ErrNotReplicated, "the refence, made, reported unreplicated")
+
+	n, err := c.Ack(ctx, first[0].ID)
+	require.NoError(t, err, "the lease is still this Consumer's")
+	assert.Equal(t, 1, n)
+	next, err := c.Claim(ctx, 1)
+	require.NoError(t, err)
+	assert.Equal(t, ids[1:], taskIDs(next))
+	_, err = c.Ack(ctx, next[0].ID)
+	require.NoError(t, err)
+	require.NoError(t, c.Release(ctx))
+	assert.EqualValues(t, 0, s.do(t, "EXISTS", k.lease, k.pending, k.claims), "nothing left behind")
+}
+
+// A Consumer released after a refence whose reply was lost gives the
+// lease up: a standby takes the queue over at once, not after a TTL.
+func TestAuditConsumerReleaseAfterUnansweredRefence(t *testing.T) {
+	q, s, k := plannedQueue(t, map[string]scriptFault{
+		"claim":   {n: 1, err: errors.New("injected: claim refused")},
+		"refence": {n: 1, made: true, err: errors.New("injected: reply lost")},
+	})
+	ctx := context.Background()
+	c, err := q.Consume(ctx, 0, ConsumerConfig{LeaseTTL: 30 * time.Second})
+	require.NoError(t, err)
+	_, err = c.Claim(ctx, 1)
+	require.Error(t, err)
+	_, err = c.Claim(ctx, 1)
+	require.Error(t, err)
+	require.NoError(t, c.Release(ctx))
+	assert.EqualValues(t, 0, s.do(t, "EXISTS", k.lease), "the lease is given up")
+}
+
+// A pool stopped right after its resync's refence lost its reply gives
+// the lease up as it stops: a standby need not wait out the TTL.
+func TestAuditPoolStopsAfterUnansweredRefence(t *testing.T) {
+	runCtx, stop := context.WithCancel(context.Background())
+	defer stop()
+	q, s, k := plannedQueue(t, map[string]scriptFault{
+		"claim":   {n: 1, err: errors.New("injected: claim refused")},
+		"refence": {n: 1, made: true, err: errUnreplicated, then: stop},
+	})
+	addAll(t, q, orderTasks(1, 2))
+	require.NoError(t, q.AnalysePool(runCtx, 0, PoolConfig{Workers: 1, LeaseTTL: 30 * time.Second, OnError: func(error) {}},
+		func(context.Context, Task) error { return nil }))
+	assert.EqualValues(t, 0, s.do(t, "EXISTS", k.lease), "the lease is given up")
+	assert.Len(t, readyTasks(t, s, k), 2, "both tasks ready, none run")
 }
 
 // A Consume whose acquisition took the lease but lost its reply gives it

@@ -119,7 +119,10 @@ const consumerClaimBytes = 64 << 20
 // still on its way is refused, and puts every pending task it has not
 // handed out back at the consuming end, in claim order; so the tasks come
 // out in the queue's order whatever failed. That costs a few round trips
-// more (a new token, a read of the pending records, the requeue).
+// more (a new token, a read of the pending records, the requeue). Should
+// the new token's reply be lost, the next call that changes the queue
+// (Ack, Fail, Requeue, Release) asks for it again first, as the lease may
+// hold it: one round trip more.
 func (c *Consumer) Claim(ctx context.Context, max int) ([]Task, error) {
 	if c.unsure {
 		if err := c.st.refence(ctx); err != nil {
@@ -279,6 +282,9 @@ func (c *Consumer) Ack(ctx context.Context, ids ...string) (int, error) {
 			}
 		}
 	}
+	if err := c.st.finishRefence(ctx); err != nil {
+		return 0, err
+	}
 	claims, forgot := c.untrack(ids)
 	n, err := c.st.ack(ctx, ids, recs, claims)
 	if err != nil {
@@ -294,6 +300,9 @@ func (c *Consumer) Ack(ctx context.Context, ids ...string) (int, error) {
 // them, and the caller retries t in place with Attempt one higher. Costs
 // one round trip.
 func (c *Consumer) Fail(ctx context.Context, t Task, cause error) (dead bool, err error) {
+	if err := c.st.finishRefence(ctx); err != nil {
+		return false, err
+	}
 	dead, err = c.st.fail(ctx, t, cause, time.Time{})
 	if dead && err == nil {
 		claims, _ := c.untrack([]string{t.ID})
@@ -317,6 +326,9 @@ func (c *Consumer) Requeue(ctx context.Context, tasks ...Task) error {
 		t.Attempt-- // the delivery did not happen
 		items[i] = claimed{Task: t, field: t.ID, recovered: c.marked[t.ID]}
 		ids[i] = t.ID
+	}
+	if err := c.st.finishRefence(ctx); err != nil {
+		return err
 	}
 	if err := c.st.requeue(ctx, items, false); err != nil {
 		return err

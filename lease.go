@@ -302,10 +302,32 @@ func (s *store) renew(ctx context.Context) error {
 }
 
 // release gives the lease up, waking a standby at once. Costs one round
-// trip.
+// trip, and one more after a refence whose reply was lost: that refence is
+// finished first, as the lease may hold the value it gave.
 func (s *store) release(ctx context.Context) error {
+	if err := s.finishRefence(ctx); err != nil {
+		if errors.Is(err, ErrLeaseLost) {
+			return nil // not the store's: nothing to give up
+		}
+		return err
+	}
 	_, err := s.script(ctx, "release lease of", releaseScript, s.keys.lease, s.keys.wake, s.value())
 	return err
+}
+
+// finishRefence finishes a refence whose reply was lost, if any: until
+// then the lease may hold a value the store was never told, and every
+// fenced call made with the old one is refused as a lost lease's. Costs
+// one round trip when there is one, none otherwise.
+func (s *store) finishRefence(ctx context.Context) error {
+	if err := s.lockLease(ctx); err != nil {
+		return redisErr(s.what("refence lease of"), err)
+	}
+	defer s.unlockLease()
+	if s.refencing == "" {
+		return nil
+	}
+	return s.refenceLocked(ctx)
 }
 
 // refence gives the lease a new token and nonce (see refenceScript): every
