@@ -151,3 +151,88 @@ func TestAuditConsumeAfterLostAcquireReply(t *testing.T) {
 	require.NoError(t, err, "the lease the first Consume took unknowingly is free")
 	require.NoError(t, c.Release(ctx))
 }
+
+// Tasks a failed Requeue tried to hand back are, whatever Redis made of
+// it, the next ones the Consumer's Claim returns: before the later tasks
+// of their OrderID, and with no record of their claim left behind.
+func TestAuditConsumerRequeueFails(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		fault scriptFault
+	}{
+		{"refused", scriptFault{n: 1, err: errors.New("injected: requeue refused")}},
+		{"unreplicated", scriptFault{n: 1, made: true, err: errUnreplicated}},
+		{"lost", scriptFault{n: 1, made: true, err: errors.New("injected: reply lost")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			q, s, k := plannedQueue(t, map[string]scriptFault{"requeue": tc.fault})
+			ctx := context.Background()
+			ids := addAll(t, q, orderTasks(1, 4))
+			c, err := q.Consume(ctx, 0, ConsumerConfig{LeaseTTL: 10 * time.Second})
+			require.NoError(t, err)
+			ts, err := c.Claim(ctx, 3)
+			require.NoError(t, err)
+			require.Equal(t, ids[:3], taskIDs(ts))
+			_, err = c.Ack(ctx, ts[0].ID)
+			require.NoError(t, err)
+			require.Error(t, c.Requeue(ctx, ts[1], ts[2]))
+
+			var got []Task
+			for len(got) < 3 {
+				more, err := c.Claim(ctx, 1)
+				require.NoError(t, err)
+				require.Len(t, more, 1)
+				got = append(got, more...)
+				_, err = c.Ack(ctx, more[0].ID)
+				require.NoError(t, err)
+			}
+			assert.Equal(t, ids[1:], taskIDs(got), "the handed-back tasks first, in order")
+			assert.Equal(t, []int{1, 1, 1}, taskAttempts(got), "no delivery counted")
+			assert.EqualValues(t, 0, s.do(t, "EXISTS", k.pending, k.claims), "nothing of the claims is left")
+			require.NoError(t, c.Release(ctx))
+		})
+	}
+}
+
+// A Requeue that timed out may still reach Redis after the caller retried
+// it and claimed its tasks again: it must then be refused, not push a
+// task that is running back into the ready list.
+func TestAuditConsumerRequeueArrivesLate(t *testing.T) {
+	q, s, _ := plannedQueue(t, map[string]scriptFault{
+		"requeue": {n: 1, err: errors.New("injected: read timeout")},
+	})
+	ctx := context.Background()
+	ids := addAll(t, q, orderTasks(1, 3))
+	c, err := q.Consume(ctx, 0, ConsumerConfig{LeaseTTL: 10 * time.Second})
+	require.NoError(t, err)
+	ts, err := c.Claim(ctx, 2)
+	require.NoError(t, err)
+	require.Equal(t, ids[:2], taskIDs(ts))
+	_, err = c.Ack(ctx, ts[0].ID)
+	require.NoError(t, err)
+	late := requeueArgs(t, c, ts[1]) // what the first try sent
+	require.Error(t, c.Requeue(ctx, ts[1]))
+	require.NoError(t, c.Requeue(ctx, ts[1]), "the retry")
+	again, err := c.Claim(ctx, 1)
+	require.NoError(t, err)
+	require.Equal(t, ids[1:2], taskIDs(again))
+
+	_, err = try(s, "EVALSHA", late...) // the first try arrives
+	require.Error(t, err, "refused: a call of the lease value before the retry")
+	n, err := c.Ack(ctx, again[0].ID)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n, "the task was still pending")
+	rest, err := c.Claim(ctx, 10)
+	require.NoError(t, err)
+	assert.Equal(t, ids[2:], taskIDs(rest), "the requeued task is not delivered again")
+}
+
+// requeueArgs are the EVALSHA arguments of a Requeue of t by c now.
+func requeueArgs(t *testing.T, c *Consumer, task Task) []any {
+	t.Helper()
+	st := c.st
+	task.Attempt--
+	keysAndArgs := []any{st.keys.ready, st.keys.pending, st.keys.lease, st.keys.meta, st.value(), st.ttlMS, "0",
+		task.ID, encodeClaimed(claimed{Task: task, field: task.ID})}
+	return append([]any{requeueScript.Hash(), 4}, keysAndArgs...)
+}
