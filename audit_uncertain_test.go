@@ -236,3 +236,23 @@ func requeueArgs(t *testing.T, c *Consumer, task Task) []any {
 		task.ID, encodeClaimed(claimed{Task: task, field: task.ID})}
 	return append([]any{requeueScript.Hash(), 4}, keysAndArgs...)
 }
+
+// A pool that gave its lease up for lost (its renewals failed) right after
+// a refence whose reply was lost takes it again at once when Redis is
+// back: the lease holds that refence's value, which is its own.
+func TestAuditAcquireAfterUnansweredRefence(t *testing.T) {
+	q, s, k := plannedQueue(t, map[string]scriptFault{
+		"refence": {n: 1, made: true, err: errors.New("injected: reply lost")},
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	st, err := q.newStore(ctx, 0, 30*time.Second, 5, "me")
+	require.NoError(t, err)
+	require.NoError(t, st.acquire(ctx, nil, nil))
+	require.Error(t, st.refence(ctx))
+	require.NoError(t, st.acquire(ctx, func(error) {}, nil), "the lease is this store's")
+	v, err := redis.String(s.do(t, "GET", k.lease), nil)
+	require.NoError(t, err)
+	require.Equal(t, st.value(), v)
+	require.NoError(t, st.release(ctx))
+}

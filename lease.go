@@ -44,8 +44,9 @@ fence = string.format('%d', fence)
 //	KEYS[1] = lease, KEYS[2] = meta hash
 //	ARGV[1] = owner, ARGV[2] = lease TTL ms, ARGV[3] = nonce,
 //	ARGV[4] = the caller's last lease value, or "",
-//	ARGV[5] = ".<nonce>:<owner>" of the caller's last acquisition whose
-//	reply was lost, or "": a lease ending so is the caller's too
+//	ARGV[5] = ".<nonce>:<owner>" of the caller's last acquisition (or,
+//	failing one, refence) whose reply was lost, or "": a lease ending so is
+//	the caller's too
 //
 // Returns {1, lease value} when taken, or {0, ms left on the current lease,
 // its value ("" when the key is not a string)}.
@@ -172,13 +173,19 @@ return 1
 // the time left on the current lease and its holder's value. When the
 // reply is lost, the lease may have been taken all the same: the next
 // try takes such a lease as its own (by its nonce), and an acquire that
-// gives up abandons it.
+// gives up abandons it. A lease given a value by a refence of the last
+// tenure whose reply was lost is taken as the store's own too.
 func (s *store) tryAcquire(ctx context.Context) (ok bool, left time.Duration, holder string, err error) {
 	// Every try until one is answered carries the same nonce: any of them
 	// may be the one that took the lease.
 	nonce, lost := s.unanswered, ""
 	if nonce == "" {
 		nonce = newNonce()
+		if s.refencing != "" { // no tenure is under way: nothing else reads or writes it
+			// A refence of the last tenure whose reply was lost may have
+			// given the lease a value ending so: the store's own.
+			lost = s.nonceSuffix(s.refencing)
+		}
 	} else {
 		lost = s.nonceSuffix(nonce)
 	}
