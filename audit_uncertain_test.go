@@ -256,3 +256,32 @@ func TestAuditAcquireAfterUnansweredRefence(t *testing.T) {
 	require.Equal(t, st.value(), v)
 	require.NoError(t, st.release(ctx))
 }
+
+// A Claim whose recording of a redelivery ran but lost its reply hands
+// the task out later with the same Attempt: the delivery it recorded
+// never happened, and must not cost the task one of its MaxAttempts.
+func TestAuditClaimRecordLostCountsNoDelivery(t *testing.T) {
+	q, _, _ := plannedQueue(t, map[string]scriptFault{
+		"retry": {n: 1, made: true, err: errUnreplicated},
+	})
+	ctx := context.Background()
+	ids := addAll(t, q, orderTasks(1, 2))
+	c, err := q.Consume(ctx, 0, ConsumerConfig{LeaseTTL: 10 * time.Second, MaxAttempts: 3})
+	require.NoError(t, err)
+	ts, err := c.Claim(ctx, 1)
+	require.NoError(t, err)
+	dead, err := c.Fail(ctx, ts[0], errors.New("fails once"))
+	require.NoError(t, err)
+	require.False(t, dead)
+	ts[0].Attempt++
+	require.NoError(t, c.Requeue(ctx, ts[0]), "handed back before its second delivery")
+
+	_, err = c.Claim(ctx, 1)
+	require.ErrorIs(t, err, ErrNotReplicated, "recording the second delivery")
+	got, err := c.Claim(ctx, 1)
+	require.NoError(t, err)
+	require.Equal(t, ids[:1], taskIDs(got))
+	assert.Equal(t, 2, got[0].Attempt, "the second delivery, still")
+	_, err = c.Ack(ctx, got[0].ID)
+	require.NoError(t, err)
+}
