@@ -285,3 +285,47 @@ func TestAuditClaimRecordLostCountsNoDelivery(t *testing.T) {
 	_, err = c.Ack(ctx, got[0].ID)
 	require.NoError(t, err)
 }
+
+// A try of an acquisition that arrives late, after a later try of the
+// same acquisition took the lease, changes nothing: the lease keeps the
+// value the store holds, and the tenure goes on.
+func TestAuditAcquireTryArrivesLate(t *testing.T) {
+	servers := newTestServers(t, 1)
+	preloadScripts(t, servers[0].pool)
+	var mu sync.Mutex
+	var tries int
+	var late []any
+	pool := hookPool(servers[0], func(script string, args []any) error {
+		if script != "acquire" {
+			return nil
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		switch tries++; tries {
+		case 1:
+			return errors.New("injected: refused")
+		case 2:
+			late = append([]any(nil), args...)
+			return errors.New("injected: read timeout")
+		}
+		return nil
+	})
+	t.Cleanup(func() { pool.Close() })
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := q.newStore(ctx, 0, 30*time.Second, 5, "me")
+	require.NoError(t, err)
+	require.NoError(t, st.acquire(ctx, func(error) {}, nil))
+	require.Equal(t, 3, tries)
+
+	_, err = try(servers[0], "EVALSHA", late...) // the second try arrives
+	require.NoError(t, err)
+	v, err := redis.String(servers[0].do(t, "GET", newQueueKeys(q.cfg.Prefix, 0, 0).lease), nil)
+	require.NoError(t, err)
+	assert.Equal(t, st.value(), v, "the lease keeps the value its holder knows")
+	require.NoError(t, st.renew(ctx), "and its holder keeps it")
+	require.NoError(t, st.release(ctx))
+}

@@ -39,7 +39,11 @@ fence = string.format('%d', fence)
 // acquireScript takes a free lease with a new fencing token, and counts
 // the leases taken (meta field leases). A lease that still holds the
 // caller's own last value (one it gave up for lost while Redis was out of
-// reach, or failed to release) is free to it.
+// reach, or failed to release) is free to it. A lease whose value ends
+// as ARGV[5] says was taken by a try of this acquisition (or given by a
+// refence) whose reply was lost: no call carries that value yet, so it is
+// only extended and returned, and a try that arrives late, after another
+// took the lease, changes nothing.
 //
 //	KEYS[1] = lease, KEYS[2] = meta hash
 //	ARGV[1] = owner, ARGV[2] = lease TTL ms, ARGV[3] = nonce,
@@ -58,8 +62,11 @@ var acquireScript = newScript("acquire", 2, luaIncr+`
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local held = ''
   if redis.call('TYPE', KEYS[1]).ok == 'string' then held = redis.call('GET', KEYS[1]) end
-  local lost = ARGV[5] ~= '' and #held > #ARGV[5] and string.sub(held, -#ARGV[5]) == ARGV[5]
-  if (ARGV[4] == '' or held ~= ARGV[4]) and not lost then
+  if ARGV[5] ~= '' and #held > #ARGV[5] and string.sub(held, -#ARGV[5]) == ARGV[5] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return {1, held}
+  end
+  if ARGV[4] == '' or held ~= ARGV[4] then
     return {0, redis.call('PTTL', KEYS[1]), held}
   end
 end
