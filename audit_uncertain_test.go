@@ -329,3 +329,35 @@ func TestAuditAcquireTryArrivesLate(t *testing.T) {
 	require.NoError(t, st.renew(ctx), "and its holder keeps it")
 	require.NoError(t, st.release(ctx))
 }
+
+// A Requeue after a Claim whose reply was lost hands its tasks back ahead
+// of what that claim took: they were claimed first.
+func TestAuditConsumerRequeueAfterLostClaim(t *testing.T) {
+	q, s, k := plannedQueue(t, map[string]scriptFault{
+		"claim": {n: 2, made: true, err: errUnreplicated},
+	})
+	ctx := context.Background()
+	ids := addAll(t, q, orderTasks(1, 4))
+	c, err := q.Consume(ctx, 0, ConsumerConfig{LeaseTTL: 10 * time.Second})
+	require.NoError(t, err)
+	ts, err := c.Claim(ctx, 2)
+	require.NoError(t, err)
+	require.Equal(t, ids[:2], taskIDs(ts))
+	_, err = c.Claim(ctx, 1)
+	require.ErrorIs(t, err, ErrNotReplicated, "the claim took the third task")
+	_, err = c.Ack(ctx, ts[0].ID)
+	require.NoError(t, err)
+	require.NoError(t, c.Requeue(ctx, ts[1]))
+
+	var got []Task
+	for len(got) < 3 {
+		more, err := c.Claim(ctx, 1)
+		require.NoError(t, err)
+		require.Len(t, more, 1)
+		got = append(got, more...)
+		_, err = c.Ack(ctx, more[0].ID)
+		require.NoError(t, err)
+	}
+	assert.Equal(t, ids[1:], taskIDs(got), "in the queue's order")
+	assert.EqualValues(t, 0, s.do(t, "EXISTS", k.pending, k.claims), "nothing of the claims is left")
+}
