@@ -185,6 +185,7 @@ return 1
 func (s *store) tryAcquire(ctx context.Context) (ok bool, left time.Duration, holder string, err error) {
 	// Every try until one is answered carries the same nonce: any of them
 	// may be the one that took the lease.
+	sent := time.Now()
 	nonce, lost := s.unanswered, ""
 	if nonce == "" {
 		nonce = newNonce()
@@ -210,6 +211,7 @@ func (s *store) tryAcquire(ctx context.Context) (ok bool, left time.Duration, ho
 			return false, 0, "", err
 		}
 		s.lease.Store(&v)
+		s.acquired = sent
 		s.refencing = "" // a refence left unanswered by an earlier tenure is moot
 		return true, 0, "", nil
 	}
