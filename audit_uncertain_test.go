@@ -361,3 +361,30 @@ func TestAuditConsumerRequeueAfterLostClaim(t *testing.T) {
 	assert.Equal(t, ids[1:], taskIDs(got), "in the queue's order")
 	assert.EqualValues(t, 0, s.do(t, "EXISTS", k.pending, k.claims), "nothing of the claims is left")
 }
+
+// A dead letter whose claim's sequence record could not be deleted leaves
+// nothing behind once the Consumer goes on: its next Claim deletes it.
+func TestAuditConsumerDeadLetterLeavesNoClaimRecord(t *testing.T) {
+	q, s, k := plannedQueue(t, map[string]scriptFault{
+		"ack": {n: 1, err: errors.New("injected: refused")},
+	})
+	ctx := context.Background()
+	ids := addAll(t, q, orderTasks(2, 1))
+	c, err := q.Consume(ctx, 0, ConsumerConfig{LeaseTTL: 10 * time.Second, MaxAttempts: 1})
+	require.NoError(t, err)
+	ts, err := c.Claim(ctx, 1)
+	require.NoError(t, err)
+	_, err = c.Fail(ctx, ts[0], errors.New("poison"))
+	require.Error(t, err, "its claim's record not deleted")
+	dead, err := c.Fail(ctx, ts[0], errors.New("poison"))
+	require.NoError(t, err, "the retry")
+	assert.True(t, dead)
+
+	next, err := c.Claim(ctx, 1)
+	require.NoError(t, err)
+	require.Equal(t, ids[1:], taskIDs(next))
+	_, err = c.Ack(ctx, next[0].ID)
+	require.NoError(t, err)
+	assert.EqualValues(t, 0, s.do(t, "EXISTS", k.pending, k.claims), "nothing of the claims is left")
+	assert.EqualValues(t, 1, s.do(t, "HLEN", k.dead))
+}

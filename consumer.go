@@ -324,7 +324,9 @@ func (c *Consumer) Ack(ctx context.Context, ids ...string) (int, error) {
 // cause and Fail reports dead; otherwise the failure, and the retry that
 // follows, are recorded in the pending record, so that a crash counts
 // them, and the caller retries t in place with Attempt one higher. Costs
-// one round trip.
+// one round trip, two for a dead letter that ends its claim (whose
+// claim-sequence record goes; should that fail, the next Claim deletes
+// it).
 func (c *Consumer) Fail(ctx context.Context, t Task, cause error) (dead bool, err error) {
 	if err := c.st.finishRefence(ctx); err != nil {
 		return false, err
@@ -332,7 +334,9 @@ func (c *Consumer) Fail(ctx context.Context, t Task, cause error) (dead bool, er
 	dead, err = c.st.fail(ctx, t, cause, time.Time{})
 	if dead && err == nil {
 		claims, _ := c.untrack([]string{t.ID})
-		err = c.st.dropClaims(ctx, claims)
+		if err = c.st.dropClaims(ctx, claims); err != nil && !errors.Is(err, ErrLeaseLost) {
+			c.unsure = true // the next Claim's resync deletes the record
+		}
 	}
 	if d, ok := c.life[t.ID]; ok && !dead && err == nil {
 		d.attempt, d.started = t.Attempt+1, time.Now() // retried in place
