@@ -38,7 +38,14 @@ type Consumer struct {
 	open   map[string]*claimBatch // claim of each task RemoveTask and Claim returned, until finished
 	marked map[string]bool        // those of them whose entries recovery marked (entryRecovered)
 	life   map[string]delivery    // with Config.Retention, their deliveries, for their status records
-	unsure bool                   // a claim may have taken tasks this Consumer never handed out
+	// unsure: a claim may have taken tasks this Consumer never handed
+	// out, or a Requeue's outcome is unknown; the next Claim or Requeue
+	// resyncs first.
+	unsure bool
+	// handing holds the tasks of Requeues that failed, in push order (the
+	// latest Requeue's first): still tracked, maybe pending, to be handed
+	// back by the next resync.
+	handing []claimed
 }
 
 // delivery is what the status record of a task handed out needs: when it
@@ -119,16 +126,15 @@ const consumerClaimBytes = 64 << 20
 // still on its way is refused, and puts every pending task it has not
 // handed out back at the consuming end, in claim order; so the tasks come
 // out in the queue's order whatever failed. That costs a few round trips
-// more (a new token, a read of the pending records, the requeue).
+// more (a new token, a read of the pending records, the requeue). Should
+// the new token's reply be lost, the next call that changes the queue
+// (Ack, Fail, Requeue, Release) asks for it again first, as the lease may
+// hold it: one round trip more.
 func (c *Consumer) Claim(ctx context.Context, max int) ([]Task, error) {
 	if c.unsure {
-		if err := c.st.refence(ctx); err != nil {
+		if err := c.resync(ctx); err != nil {
 			return nil, err
 		}
-		if _, _, err := c.st.putBack(ctx, "resync", false, c.open); err != nil {
-			return nil, err
-		}
-		c.unsure = false
 	}
 	var cs []claimed
 	var err error
@@ -157,6 +163,29 @@ func (c *Consumer) Claim(ctx context.Context, max int) ([]Task, error) {
 		ts[i] = cs[i].Task
 	}
 	return ts, nil
+}
+
+// resync settles what failed calls may have left behind. It gives the
+// lease a new fencing token, so that a call still on its way (a claim, a
+// requeue) is refused when it arrives, puts every pending task that was
+// not handed out back at the consuming end in claim order, then hands
+// back, ahead of them, the tasks of Requeues that failed: these were
+// claimed first. Costs a few round trips.
+func (c *Consumer) resync(ctx context.Context) error {
+	if err := c.st.refence(ctx); err != nil {
+		return err
+	}
+	if _, _, err := c.st.putBack(ctx, "resync", false, c.open); err != nil {
+		return err
+	}
+	if len(c.handing) > 0 {
+		if err := c.handBack(ctx, c.handing); err != nil {
+			return err
+		}
+		c.handing = nil
+	}
+	c.unsure = false
+	return nil
 }
 
 // dropCancelled finishes the claimed tasks whose cancel was asked as
@@ -279,6 +308,9 @@ func (c *Consumer) Ack(ctx context.Context, ids ...string) (int, error) {
 			}
 		}
 	}
+	if err := c.st.finishRefence(ctx); err != nil {
+		return 0, err
+	}
 	claims, forgot := c.untrack(ids)
 	n, err := c.st.ack(ctx, ids, recs, claims)
 	if err != nil {
@@ -292,12 +324,19 @@ func (c *Consumer) Ack(ctx context.Context, ids ...string) (int, error) {
 // cause and Fail reports dead; otherwise the failure, and the retry that
 // follows, are recorded in the pending record, so that a crash counts
 // them, and the caller retries t in place with Attempt one higher. Costs
-// one round trip.
+// one round trip, two for a dead letter that ends its claim (whose
+// claim-sequence record goes; should that fail, the next Claim deletes
+// it).
 func (c *Consumer) Fail(ctx context.Context, t Task, cause error) (dead bool, err error) {
+	if err := c.st.finishRefence(ctx); err != nil {
+		return false, err
+	}
 	dead, err = c.st.fail(ctx, t, cause, time.Time{})
 	if dead && err == nil {
 		claims, _ := c.untrack([]string{t.ID})
-		err = c.st.dropClaims(ctx, claims)
+		if err = c.st.dropClaims(ctx, claims); err != nil && !errors.Is(err, ErrLeaseLost) {
+			c.unsure = true // the next Claim's resync deletes the record
+		}
 	}
 	if d, ok := c.life[t.ID]; ok && !dead && err == nil {
 		d.attempt, d.started = t.Attempt+1, time.Now() // retried in place
@@ -310,16 +349,47 @@ func (c *Consumer) Fail(ctx context.Context, t Task, cause error) (dead bool, er
 // so that they are the next ones claimed, in the order given (pass them in
 // claim order), and the delivery is not counted. Costs one round trip per
 // 1000 tasks.
+//
+// On an error other than ErrLeaseLost the tasks may or may not be back:
+// the next Requeue or Claim first gives the lease a new fencing token, so
+// that a requeue still on its way is refused, and hands them back, so
+// they still come before the later tasks of their OrderIDs, counted as
+// Requeue would have counted them. Retrying the Requeue is not needed,
+// and does no harm.
 func (c *Consumer) Requeue(ctx context.Context, tasks ...Task) error {
 	items := make([]claimed, len(tasks))
-	ids := make([]string, len(tasks))
 	for i, t := range tasks {
 		t.Attempt-- // the delivery did not happen
 		items[i] = claimed{Task: t, field: t.ID, recovered: c.marked[t.ID]}
-		ids[i] = t.ID
 	}
+	var err error
+	if c.unsure {
+		err = c.resync(ctx) // its refence finishes any left unanswered
+	} else {
+		err = c.st.finishRefence(ctx)
+	}
+	if err == nil {
+		err = c.handBack(ctx, items)
+	}
+	if err != nil && !errors.Is(err, ErrLeaseLost) {
+		// Pushed later, claimed sooner: ahead of those of earlier
+		// Requeues that failed.
+		c.handing = append(items, c.handing...)
+		c.unsure = true
+	}
+	return err
+}
+
+// handBack pushes items back at the consuming end (those no longer pending
+// are skipped), forgets them, and deletes the claim-sequence records of
+// the claims this finishes.
+func (c *Consumer) handBack(ctx context.Context, items []claimed) error {
 	if err := c.st.requeue(ctx, items, false); err != nil {
 		return err
+	}
+	ids := make([]string, len(items))
+	for i, t := range items {
+		ids[i] = t.ID
 	}
 	claims, _ := c.untrack(ids)
 	return c.st.dropClaims(ctx, claims)

@@ -344,7 +344,8 @@
 // clock in microseconds (or the last token plus one), the nonce random, so
 // no two tenures share a value, even after Redis lost writes. The pool
 // renews it every third of LeaseTTL (fenced scripts extend it too). When
-// renewal has not succeeded by LeaseTTL less a fifth, or a script refuses
+// renewal has not succeeded by LeaseTTL less a fifth, counted from when the
+// last renewal that did (or the acquisition) was sent, or a script refuses
 // the value, the pool stops claiming, cancels its tasks' ctx, drops what
 // it holds (still pending in Redis), reports [ErrLeaseLost] through
 // OnError and waits as a standby again.
@@ -363,8 +364,11 @@
 //
 // An acquisition whose reply does not arrive may have taken the lease all
 // the same: the next try, which carries the same nonce, takes such a lease
-// as its own, and a pool stopped meanwhile gives it up with a wake-up, so
-// no lease is held by a process that does not know it.
+// as its own (a try that arrives late changes nothing), and a pool
+// stopped meanwhile, or a Consume that returns the error, gives it up
+// with a wake-up, so no lease is held by a process that does not know
+// it. A new fencing token whose reply does not arrive is asked for again,
+// with the same nonce, before the next call that needs the lease.
 //
 // A claim whose reply does not arrive (a reset connection, or no reply
 // within the read timeout, [Config].ReadTimeout for Dial's pools) may have
@@ -372,7 +376,8 @@
 // tasks in hand are finished and acknowledged, gives its lease a new
 // fencing token, so that the claim is refused if it is still on its way,
 // and puts what is pending back in claim order. A [Consumer] does the same
-// at its next Claim, for the tasks it has not handed out.
+// at its next Claim or Requeue, for the tasks it has not handed out, and
+// after a Requeue that failed, whose tasks it then hands back first.
 //
 // Redis expires the lease by its own wall clock. A forward jump of the
 // Redis host's clock ends it early: a standby takes over, and tasks the old

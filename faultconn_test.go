@@ -27,12 +27,17 @@ const (
 	faultDelayed           // the caller gets a read timeout; the command runs in Redis afterwards
 	faultRefused           // the caller gets an error; the command never reaches Redis
 	faultReset             // every connection of the pool is reset; the call fails unsent
+	// faultUnreplicated: the command runs in Redis; the reply of each write
+	// that changed something comes back ErrNotReplicated on a connection
+	// still in step, as Config.WaitReplicas makes it when no replica
+	// acknowledged the write (faultunrepl_test.go).
+	faultUnreplicated
 )
 
-var faultKinds = []faultKind{faultLost, faultDelayed, faultRefused, faultReset}
+var faultKinds = []faultKind{faultLost, faultDelayed, faultRefused, faultReset, faultUnreplicated}
 
 func (k faultKind) String() string {
-	return [...]string{"none", "lost", "delayed", "refused", "reset"}[k]
+	return [...]string{"none", "lost", "delayed", "refused", "reset", "unreplicated"}[k]
 }
 
 const (
@@ -359,6 +364,7 @@ type faultConn struct {
 	err   error        // set once the connection is broken by a fault
 	sends []pendingCmd // sent and not flushed
 	pipe  *callSite    // the last pipeline flushed, whose replies Receive reads
+	unrep []pendingCmd // the commands of a pipeline flushed with faultUnreplicated, replies unread
 	// waiter: the connection is one of a waiter's (it named itself so
 	// before anything else), and passes everything through, neither
 	// counted nor faulted: it writes nothing, its reads come by the clock,
@@ -448,9 +454,12 @@ func (c *faultConn) do(ctx context.Context, site callSite, kind faultKind, cmd s
 		c.p.seen(name, args, sent, r, err)
 	}
 	c.p.plan.came(c.p.actor, name)
-	if kind == faultLost {
+	switch kind {
+	case faultLost:
 		c.broken(errInjectedLost)
 		return nil, c.err
+	case faultUnreplicated:
+		return unreplicated(cmd, args, r, err)
 	}
 	return r, err
 }
@@ -516,11 +525,14 @@ func (c *faultConn) flush(site callSite, kind faultKind, cmds []pendingCmd) erro
 	if err := c.c.Flush(); err != nil {
 		return err
 	}
-	if kind == faultLost {
+	switch kind {
+	case faultLost:
 		for range cmds {
 			c.c.Receive()
 		}
 		c.broken(errInjectedLost)
+	case faultUnreplicated:
+		c.unrep = cmds
 	}
 	c.p.plan.came(c.p.actor, name) // sent: its replies are on their way
 	return nil
@@ -554,5 +566,11 @@ func (c *faultConn) receive(ctx context.Context) (any, error) {
 		}
 		return nil, c.err
 	}
-	return redis.ReceiveContext(c.c, ctx)
+	r, err := redis.ReceiveContext(c.c, ctx)
+	if len(c.unrep) > 0 {
+		pc := c.unrep[0]
+		c.unrep = c.unrep[1:]
+		r, err = unreplicated(pc.cmd, pc.args, r, err)
+	}
+	return r, err
 }

@@ -39,13 +39,18 @@ fence = string.format('%d', fence)
 // acquireScript takes a free lease with a new fencing token, and counts
 // the leases taken (meta field leases). A lease that still holds the
 // caller's own last value (one it gave up for lost while Redis was out of
-// reach, or failed to release) is free to it.
+// reach, or failed to release) is free to it. A lease whose value ends
+// as ARGV[5] says was taken by a try of this acquisition (or given by a
+// refence) whose reply was lost: no call carries that value yet, so it is
+// only extended and returned, and a try that arrives late, after another
+// took the lease, changes nothing.
 //
 //	KEYS[1] = lease, KEYS[2] = meta hash
 //	ARGV[1] = owner, ARGV[2] = lease TTL ms, ARGV[3] = nonce,
 //	ARGV[4] = the caller's last lease value, or "",
-//	ARGV[5] = ".<nonce>:<owner>" of the caller's last acquisition whose
-//	reply was lost, or "": a lease ending so is the caller's too
+//	ARGV[5] = ".<nonce>:<owner>" of the caller's last acquisition (or,
+//	failing one, refence) whose reply was lost, or "": a lease ending so is
+//	the caller's too
 //
 // Returns {1, lease value} when taken, or {0, ms left on the current lease,
 // its value ("" when the key is not a string)}.
@@ -57,8 +62,11 @@ var acquireScript = newScript("acquire", 2, luaIncr+`
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local held = ''
   if redis.call('TYPE', KEYS[1]).ok == 'string' then held = redis.call('GET', KEYS[1]) end
-  local lost = ARGV[5] ~= '' and #held > #ARGV[5] and string.sub(held, -#ARGV[5]) == ARGV[5]
-  if (ARGV[4] == '' or held ~= ARGV[4]) and not lost then
+  if ARGV[5] ~= '' and #held > #ARGV[5] and string.sub(held, -#ARGV[5]) == ARGV[5] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return {1, held}
+  end
+  if ARGV[4] == '' or held ~= ARGV[4] then
     return {0, redis.call('PTTL', KEYS[1]), held}
   end
 end
@@ -172,13 +180,20 @@ return 1
 // the time left on the current lease and its holder's value. When the
 // reply is lost, the lease may have been taken all the same: the next
 // try takes such a lease as its own (by its nonce), and an acquire that
-// gives up abandons it.
+// gives up abandons it. A lease given a value by a refence of the last
+// tenure whose reply was lost is taken as the store's own too.
 func (s *store) tryAcquire(ctx context.Context) (ok bool, left time.Duration, holder string, err error) {
 	// Every try until one is answered carries the same nonce: any of them
 	// may be the one that took the lease.
+	sent := time.Now()
 	nonce, lost := s.unanswered, ""
 	if nonce == "" {
 		nonce = newNonce()
+		if s.refencing != "" { // no tenure is under way: nothing else reads or writes it
+			// A refence of the last tenure whose reply was lost may have
+			// given the lease a value ending so: the store's own.
+			lost = s.nonceSuffix(s.refencing)
+		}
 	} else {
 		lost = s.nonceSuffix(nonce)
 	}
@@ -196,6 +211,7 @@ func (s *store) tryAcquire(ctx context.Context) (ok bool, left time.Duration, ho
 			return false, 0, "", err
 		}
 		s.lease.Store(&v)
+		s.acquired = sent
 		s.refencing = "" // a refence left unanswered by an earlier tenure is moot
 		return true, 0, "", nil
 	}
@@ -227,6 +243,9 @@ func (s *store) acquire(ctx context.Context, report func(error), onLook func(sen
 			return ctx.Err()
 		}
 		if report == nil {
+			// The caller gives up on this store (Consume returns the
+			// error): a lease a lost reply took goes with it.
+			s.abandon(ctx)
 			return err
 		}
 		report(err)
@@ -259,9 +278,9 @@ func (s *store) acquire(ctx context.Context, report func(error), onLook func(sen
 	}
 }
 
-// abandon gives up, when ctx ended, a lease the last try may have taken
-// though its reply never came: held unknowingly, it would keep every
-// standby waiting a whole TTL. Best effort, bounded by a second.
+// abandon gives up, when acquire gives up, a lease the last try may have
+// taken though its reply never came: held unknowingly, it would keep
+// every standby waiting a whole TTL. Best effort, bounded by a second.
 func (s *store) abandon(ctx context.Context) {
 	if s.unanswered == "" {
 		return
@@ -299,10 +318,32 @@ func (s *store) renew(ctx context.Context) error {
 }
 
 // release gives the lease up, waking a standby at once. Costs one round
-// trip.
+// trip, and one more after a refence whose reply was lost: that refence is
+// finished first, as the lease may hold the value it gave.
 func (s *store) release(ctx context.Context) error {
+	if err := s.finishRefence(ctx); err != nil {
+		if errors.Is(err, ErrLeaseLost) {
+			return nil // not the store's: nothing to give up
+		}
+		return err
+	}
 	_, err := s.script(ctx, "release lease of", releaseScript, s.keys.lease, s.keys.wake, s.value())
 	return err
+}
+
+// finishRefence finishes a refence whose reply was lost, if any: until
+// then the lease may hold a value the store was never told, and every
+// fenced call made with the old one is refused as a lost lease's. Costs
+// one round trip when there is one, none otherwise.
+func (s *store) finishRefence(ctx context.Context) error {
+	if err := s.lockLease(ctx); err != nil {
+		return redisErr(s.what("refence lease of"), err)
+	}
+	defer s.unlockLease()
+	if s.refencing == "" {
+		return nil
+	}
+	return s.refenceLocked(ctx)
 }
 
 // refence gives the lease a new token and nonce (see refenceScript): every

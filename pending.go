@@ -29,6 +29,7 @@ type store struct {
 	leaseLock   chan struct{}          // one slot: held by renew and refence (lockLease)
 	refencing   string                 // the nonce of a refence not answered yet (under leaseLock)
 	unanswered  string                 // the nonce of acquisition tries whose reply was lost, until one is answered; "" when none
+	acquired    time.Time              // when the try that took the lease was sent: Redis's TTL runs from then at the latest
 	entrySize   atomic.Int64           // the mean entry size of the last claim (at first, MaxPayload)
 	nextDue     atomic.Int64           // the due time (ms) of the next scheduled task, as the last empty claim (or idle wait) saw it; -1: none
 	schedCard   atomic.Int64           // the number of scheduled tasks, as nextDue's read saw it; -1: unknown

@@ -184,7 +184,8 @@ func (s *store) recover(ctx context.Context) (back, seqLost int, err error) {
 // names the step in errors and dead records. As a redelivery it counts
 // the recorded interrupted deliveries and dead-letters tasks that used up
 // MaxAttempts; otherwise (the tasks of a claim whose reply was lost, which
-// delivered nothing) the counts stay as recorded. A task that no
+// delivered nothing) the counts stay as recorded, less a delivery
+// recorded for a task never handed out. A task that no
 // claim-sequence record names has lost its place among its OrderID's
 // tasks: rather than guess, it goes to the dead-letter store, where it
 // can be seen and replayed. putBack returns how many tasks it put back and
@@ -201,6 +202,14 @@ func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep ma
 			continue
 		}
 		n := r.deliveries
+		if !redelivery && r.accounted && n > 0 {
+			// Not in the caller's hands, yet recorded as delivered: the
+			// caller recorded the delivery, then failed before it handed
+			// the task out (a Consumer's Claim). It did not happen. The
+			// mark has the next one recorded before it starts.
+			n--
+			r.recovered = true
+		}
 		if redelivery && n == 0 && !r.accounted && !r.recovered {
 			// A first delivery with nothing recorded: it may or may not
 			// have started. It is not charged, but marked, so that its

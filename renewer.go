@@ -15,9 +15,10 @@ import (
 func (s *session) renew(ctx context.Context) {
 	ttl := s.cfg.LeaseTTL
 	margin := ttl / 5
-	// The lease was taken or extended just before the session; renew at
-	// once all the same, in case recovering pending tasks took long.
-	deadline := time.Now().Add(ttl - margin)
+	// The lease was taken just before the session; renew at once all the
+	// same, in case recovering pending tasks took long. It runs from
+	// when it was asked for (see newSession).
+	deadline := s.leaseDeadline()
 	every := ttl / 3
 	next := time.Duration(0)
 	for {

@@ -92,7 +92,9 @@ func newSession(st *store, cfg PoolConfig, fn AnalyseFunc) *session {
 	s.acks = newAcker(s)
 	s.log = newPoolLog(cfg.Logger, cfg.OnError, -1)
 	s.born = time.Now()
-	s.setDeadline(s.born.Add(cfg.LeaseTTL - cfg.LeaseTTL/5)) // as renew computes it
+	// As renew computes it, from when the lease was asked for: Redis's
+	// TTL ran from then at the latest, however late the answer came.
+	s.setDeadline(st.acquired.Add(cfg.LeaseTTL - cfg.LeaseTTL/5))
 	s.taskCtx, s.cancelTask = context.WithCancel(context.Background())
 	s.leaseCtx, s.cancelLease = context.WithCancel(context.Background())
 	s.resized = make(chan struct{}, 1)
@@ -137,6 +139,10 @@ func (s *session) isLost() bool { return s.lost.Load() }
 
 // setDeadline records when the lease must be taken as lost unless renewed.
 func (s *session) setDeadline(t time.Time) { s.deadline.Store(int64(t.Sub(s.born))) }
+
+// leaseDeadline returns when the lease must be taken as lost unless
+// renewed.
+func (s *session) leaseDeadline() time.Time { return s.born.Add(time.Duration(s.deadline.Load())) }
 
 // leaseValid reports whether the lease's deadline has not passed. The
 // renewer declares the lease lost at the deadline, but a process that was

@@ -10,8 +10,11 @@ end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local held = ''
   if redis.call('TYPE', KEYS[1]).ok == 'string' then held = redis.call('GET', KEYS[1]) end
-  local lost = ARGV[5] ~= '' and #held > #ARGV[5] and string.sub(held, -#ARGV[5]) == ARGV[5]
-  if (ARGV[4] == '' or held ~= ARGV[4]) and not lost then
+  if ARGV[5] ~= '' and #held > #ARGV[5] and string.sub(held, -#ARGV[5]) == ARGV[5] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return {1, held}
+  end
+  if ARGV[4] == '' or held ~= ARGV[4] then
     return {0, redis.call('PTTL', KEYS[1]), held}
   end
 end
