@@ -196,7 +196,7 @@ func (s *server) action(w http.ResponseWriter, r *http.Request) {
 		s.render(w, r, http.StatusOK, "confirm", v, confirmData{Op: op, Question: q, Fields: req.fields(), Back: req.back(l)})
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), actionTimeout)
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.actionTimeout)
 	defer cancel()
 	msg, err := s.perform(ctx, req)
 	attrs := []any{"op", op, "scope", req.describe(), s.who(r)}
@@ -207,7 +207,9 @@ func (s *server) action(w http.ResponseWriter, r *http.Request) {
 			status = http.StatusConflict
 		}
 		v := s.newView(r, "Action failed", "")
-		v.Error = s.explain(err)
+		// A read may time out before ctx does (the pool's read timeout):
+		// which bound ran out is not known, only the action's own.
+		v.Error = s.explainBound(err, fmt.Sprintf("in time (an action waits at most %v)", s.cfg.actionTimeout))
 		s.render(w, r, status, "message", v, "Nothing was done, or only part of it: look at the queue before trying again.")
 		return
 	}

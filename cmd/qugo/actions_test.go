@@ -329,3 +329,19 @@ func TestActionRedisDown(t *testing.T) {
 	assert.Contains(t, w.Body.String(), `id="error"`)
 	assert.Contains(t, logs.String(), "action failed")
 }
+
+// An action that Redis does not answer fails within the action's bound,
+// and the page says which bound ran out: not the pages' -timeout.
+func TestActionTimeoutSaysItsBound(t *testing.T) {
+	t.Parallel()
+	d := dashboardOf(t, envFor(silentURL(t), 1, "silent"),
+		serverConfig{token: testToken, timeout: 5 * time.Second, actionTimeout: 300 * time.Millisecond})
+	cookie, csrf := d.signIn(t)
+	start := time.Now()
+	w := d.act(t, "pause", url.Values{"scope": {"all"}}, cookie, csrf)
+	assert.Less(t, time.Since(start), 3*time.Second)
+	assert.Equal(t, http.StatusServiceUnavailable, w.Code)
+	body := html.UnescapeString(w.Body.String())
+	assert.Contains(t, body, "did not answer in time (an action waits at most 300ms)")
+	assert.NotContains(t, body, "-timeout")
+}
