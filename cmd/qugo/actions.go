@@ -70,9 +70,11 @@ func parseAction(op string, f url.Values, l queue.Layout) (actionReq, error) {
 		case len(req.ids) > maxActionIDs:
 			return req, fmt.Errorf("%d task IDs: at most %d at a time", len(req.ids), maxActionIDs)
 		}
+		// An empty ID is allowed: a malformed record may sit under the
+		// empty field, and purging a field that is not there does nothing.
 		for _, id := range req.ids {
-			if id == "" || len(id) > maxFieldLen {
-				return req, fmt.Errorf("task ID of %d bytes: must be 1 to %d", len(id), maxFieldLen)
+			if len(id) > maxFieldLen {
+				return req, fmt.Errorf("task ID of %d bytes: at most %d", len(id), maxFieldLen)
 			}
 		}
 		req.ids = unique(req.ids)
