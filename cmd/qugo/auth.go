@@ -19,7 +19,9 @@ import (
 // random bytes (base64url), mac an HMAC-SHA256 of it under a secret drawn
 // when the process starts, so the server keeps no session table and a
 // restart signs everyone out. The cookie is HttpOnly and SameSite=Strict
-// and lasts sessionTTL. Every form that acts carries a CSRF token, the
+// and lasts sessionTTL. Signing out revokes the session: the server keeps
+// the payloads signed out with until they would have expired, so that a
+// copy of the cookie kept elsewhere stops working too. Every form that acts carries a CSRF token, the
 // HMAC of the session's payload under the same secret: a page of another
 // site can neither read it nor post without it. (Cross-origin posts are
 // refused earlier too, by http.CrossOriginProtection.)
@@ -30,6 +32,10 @@ const (
 	// minTokenLen is the shortest -token accepted: it is all that stands
 	// between whoever reaches the port and a purge.
 	minTokenLen = 16
+	// maxRevoked bounds the sessions kept as signed out. Only a holder of
+	// the token can sign in and out, and can sign in again at will; should
+	// one fill it, it is emptied, as the flash messages are.
+	maxRevoked = 10000
 )
 
 func newSecret() []byte {
@@ -77,7 +83,31 @@ func (s *server) session(r *http.Request) (string, bool) {
 	if age := time.Since(issued); age < -time.Minute || age > sessionTTL {
 		return "", false
 	}
+	s.revokedMu.Lock()
+	_, revoked := s.revoked[payload]
+	s.revokedMu.Unlock()
+	if revoked {
+		return "", false
+	}
 	return payload, true
+}
+
+// revoke signs the session of payload out for good, and forgets the
+// sessions signed out that have expired meanwhile.
+func (s *server) revoke(payload string, now time.Time) {
+	raw, _ := base64.RawURLEncoding.DecodeString(payload) // session checked it
+	expires := time.Unix(int64(binary.BigEndian.Uint64(raw)), 0).Add(sessionTTL)
+	s.revokedMu.Lock()
+	defer s.revokedMu.Unlock()
+	for p, at := range s.revoked {
+		if now.After(at) {
+			delete(s.revoked, p)
+		}
+	}
+	if len(s.revoked) >= maxRevoked {
+		clear(s.revoked)
+	}
+	s.revoked[payload] = expires
 }
 
 // csrfToken is the CSRF token of the session payload.
@@ -173,6 +203,7 @@ func (s *server) logout(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.cfg.log.Info("signed out", s.who(r))
+	s.revoke(payload, time.Now())
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteStrictMode})
 	http.Redirect(w, r, "/", http.StatusSeeOther)
 }

@@ -103,6 +103,15 @@ func TestSignOut(t *testing.T) {
 	require.Len(t, cleared, 1)
 	assert.Equal(t, sessionCookie, cleared[0].Name)
 	assert.Negative(t, cleared[0].MaxAge)
+
+	// The cookie signed out with is no key any more, should a copy of
+	// it be kept (another browser profile, a stolen one).
+	assert.NotContains(t, d.get(t, "/", cookie).Body.String(), `id="sign-out"`)
+	w = d.serve(t, http.MethodPost, "/actions/pause", url.Values{"csrf": {csrf}, "scope": {"all"}}, cookie)
+	assert.Equal(t, http.StatusForbidden, w.Code)
+	assert.Contains(t, w.Body.String(), "Sign in first")
+	other, _ := d.signIn(t)
+	assert.Contains(t, d.get(t, "/", other).Body.String(), `id="sign-out"`, "other sessions stay")
 }
 
 // Log lines say who acted without giving their session away.

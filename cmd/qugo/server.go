@@ -73,6 +73,9 @@ type server struct {
 
 	flashMu sync.Mutex
 	flashes map[string]string // session payload -> what its last action did, shown once
+
+	revokedMu sync.Mutex
+	revoked   map[string]time.Time // session payload -> when it expires: signed out before that
 }
 
 // asset is one embedded static file.
@@ -107,7 +110,7 @@ func newServer(e *env, cfg serverConfig) (*server, error) {
 		e: e, cfg: cfg, be: newBackend(e), secret: newSecret(),
 		hist:   newHistory(min(int(cfg.window/cfg.sample)+1, maxSamples)),
 		pages:  map[string]*template.Template{},
-		assets: map[string]asset{}, flashes: map[string]string{},
+		assets: map[string]asset{}, flashes: map[string]string{}, revoked: map[string]time.Time{},
 	}
 	if err := s.loadAssets(); err != nil {
 		return nil, err
