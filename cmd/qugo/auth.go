@@ -36,6 +36,10 @@ const (
 	// the token can sign in and out, and can sign in again at will; should
 	// one fill it, it is emptied, as the flash messages are.
 	maxRevoked = 10000
+	// defaultSignInPause is how long a wrong token holds back every
+	// sign-in, the right token's too: the token is guessed no faster than
+	// one try a second, however many connections try.
+	defaultSignInPause = time.Second
 )
 
 func newSecret() []byte {
@@ -158,6 +162,23 @@ func (s *server) tokenMatches(given string) bool {
 	return subtle.ConstantTimeCompare(a[:], b[:]) == 1
 }
 
+// trySignIn compares given with the token, unless a wrong one was given
+// less than signInPause ago (tried is then false). The comparisons are
+// made one at a time, so that no try starts before the pause a wrong one
+// sets.
+func (s *server) trySignIn(given string, now time.Time) (ok, tried bool) {
+	s.signInMu.Lock()
+	defer s.signInMu.Unlock()
+	if now.Before(s.signInAfter) {
+		return false, false
+	}
+	if !s.tokenMatches(given) {
+		s.signInAfter = now.Add(s.cfg.signInPause)
+		return false, true
+	}
+	return true, true
+}
+
 func (s *server) loginPage(w http.ResponseWriter, r *http.Request) {
 	if s.cfg.token == "" {
 		s.message(w, r, http.StatusNotFound, "Read-only", "This dashboard is read-only: start qugo serve with -token (or $QUGO_TOKEN) to act on the queues.")
@@ -174,7 +195,15 @@ func (s *server) login(w http.ResponseWriter, r *http.Request) {
 	if !s.parseForm(w, r) {
 		return
 	}
-	if !s.tokenMatches(r.PostForm.Get("token")) {
+	ok, tried := s.trySignIn(r.PostForm.Get("token"), time.Now())
+	if !tried {
+		s.cfg.log.Warn("sign-in refused: too soon after a wrong token", s.who(r))
+		v := s.newView(r, "Sign in", "")
+		v.Error = "A wrong token was given a moment ago: wait a second and try again."
+		s.render(w, r, http.StatusTooManyRequests, "login", v, nil)
+		return
+	}
+	if !ok {
 		s.cfg.log.Warn("sign-in refused: wrong token", s.who(r))
 		v := s.newView(r, "Sign in", "")
 		v.Error = "Wrong token."

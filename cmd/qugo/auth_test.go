@@ -129,3 +129,20 @@ func TestWho(t *testing.T) {
 	payload, _, _ := strings.Cut(cookie.Value, ".")
 	assert.NotContains(t, out.String(), payload)
 }
+
+// A wrong token holds every sign-in back for a while, so that the token
+// cannot be guessed faster than that, however many connections try.
+func TestSignInAfterWrongTokenWaits(t *testing.T) {
+	t.Parallel()
+	d := newDashboard(t, newFixture(t, 1, 1), serverConfig{token: testToken, signInPause: 300 * time.Millisecond})
+	w := d.serve(t, http.MethodPost, "/login", url.Values{"token": {"wrong-wrong-wrong"}})
+	assert.Equal(t, http.StatusForbidden, w.Code)
+	w = d.serve(t, http.MethodPost, "/login", url.Values{"token": {testToken}})
+	assert.Equal(t, http.StatusTooManyRequests, w.Code, "the right token too, right after a wrong one")
+	assert.Empty(t, w.Result().Cookies())
+	assert.Eventually(t, func() bool {
+		return d.serve(t, http.MethodPost, "/login", url.Values{"token": {testToken}}).Code == http.StatusSeeOther
+	}, 3*time.Second, 50*time.Millisecond)
+	w = d.serve(t, http.MethodPost, "/login", url.Values{"token": {testToken}})
+	assert.Equal(t, http.StatusSeeOther, w.Code, "a right token holds no one back")
+}

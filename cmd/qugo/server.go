@@ -37,11 +37,13 @@ type serverConfig struct {
 	// actionTimeout bounds the Redis calls of one action: a replay or
 	// purge of a large dead-letter store takes many round trips.
 	actionTimeout time.Duration
-	sample        time.Duration // how often the sampler reads Stats
-	window        time.Duration // what the rate charts show
-	groups        []string      // consumer groups the Groups page shows
-	loopback      bool          // the listener is on loopback: Host must name it
-	log           *slog.Logger  // actions, sign-ins and failures
+	// signInPause is how long a wrong token holds back every sign-in.
+	signInPause time.Duration
+	sample      time.Duration // how often the sampler reads Stats
+	window      time.Duration // what the rate charts show
+	groups      []string      // consumer groups the Groups page shows
+	loopback    bool          // the listener is on loopback: Host must name it
+	log         *slog.Logger  // actions, sign-ins and failures
 }
 
 // Defaults of serverConfig, the flags' defaults too.
@@ -74,6 +76,9 @@ type server struct {
 	flashMu sync.Mutex
 	flashes map[string]string // session payload -> what its last action did, shown once
 
+	signInMu    sync.Mutex
+	signInAfter time.Time // no sign-in is tried before: a wrong token was given
+
 	revokedMu sync.Mutex
 	revoked   map[string]time.Time // session payload -> when it expires: signed out before that
 }
@@ -96,6 +101,9 @@ func newServer(e *env, cfg serverConfig) (*server, error) {
 	}
 	if cfg.actionTimeout <= 0 {
 		cfg.actionTimeout = defaultActionTimeout
+	}
+	if cfg.signInPause <= 0 {
+		cfg.signInPause = defaultSignInPause
 	}
 	if cfg.sample <= 0 {
 		cfg.sample = defaultSample

@@ -41,6 +41,9 @@ func newDashboard(t *testing.T, f *fixture, cfg serverConfig) *dashboard {
 func dashboardOf(t *testing.T, e *env, cfg serverConfig) *dashboard {
 	t.Helper()
 	cfg.loopback = true
+	if cfg.signInPause == 0 {
+		cfg.signInPause = time.Nanosecond // tests that sign in after a wrong token ask for the pause
+	}
 	s, err := newServer(e, cfg)
 	require.NoError(t, err)
 	t.Cleanup(s.be.close)
