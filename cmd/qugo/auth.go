@@ -198,16 +198,13 @@ func (s *server) login(w http.ResponseWriter, r *http.Request) {
 	ok, tried := s.trySignIn(r.PostForm.Get("token"), time.Now())
 	if !tried {
 		s.cfg.log.Warn("sign-in refused: too soon after a wrong token", s.who(r))
-		v := s.newView(r, "Sign in", "")
-		v.Error = "A wrong token was given a moment ago: wait a second and try again."
-		s.render(w, r, http.StatusTooManyRequests, "login", v, nil)
+		s.render(w, r, http.StatusTooManyRequests, "login", s.newView(r, "Sign in", ""),
+			"A wrong token was given a moment ago: wait a second and try again.")
 		return
 	}
 	if !ok {
 		s.cfg.log.Warn("sign-in refused: wrong token", s.who(r))
-		v := s.newView(r, "Sign in", "")
-		v.Error = "Wrong token."
-		s.render(w, r, http.StatusForbidden, "login", v, nil)
+		s.render(w, r, http.StatusForbidden, "login", s.newView(r, "Sign in", ""), "Wrong token.")
 		return
 	}
 	http.SetCookie(w, &http.Cookie{

@@ -24,7 +24,8 @@ func TestSignIn(t *testing.T) {
 		w := d.serve(t, http.MethodPost, "/login", url.Values{"token": {wrong}})
 		assert.Equal(t, http.StatusForbidden, w.Code, wrong)
 		assert.Empty(t, w.Result().Cookies(), wrong)
-		assert.Contains(t, w.Body.String(), "Wrong token.")
+		assert.Contains(t, w.Body.String(), `<p class="banner error" id="sign-in-error" role="alert">Wrong token.</p>`)
+		assert.NotContains(t, w.Body.String(), `id="error"`, "Redis has nothing to do with it")
 	}
 	assert.Equal(t, 4, strings.Count(logs.String(), "sign-in refused"), logs.String())
 	assert.NotContains(t, logs.String(), "nope", "the tokens tried are not logged")
