@@ -70,9 +70,11 @@ func parseAction(op string, f url.Values, l queue.Layout) (actionReq, error) {
 		case len(req.ids) > maxActionIDs:
 			return req, fmt.Errorf("%d task IDs: at most %d at a time", len(req.ids), maxActionIDs)
 		}
+		// An empty ID is allowed: a malformed record may sit under the
+		// empty field, and purging a field that is not there does nothing.
 		for _, id := range req.ids {
-			if id == "" || len(id) > maxFieldLen {
-				return req, fmt.Errorf("task ID of %d bytes: must be 1 to %d", len(id), maxFieldLen)
+			if len(id) > maxFieldLen {
+				return req, fmt.Errorf("task ID of %d bytes: at most %d", len(id), maxFieldLen)
 			}
 		}
 		req.ids = unique(req.ids)
@@ -196,7 +198,7 @@ func (s *server) action(w http.ResponseWriter, r *http.Request) {
 		s.render(w, r, http.StatusOK, "confirm", v, confirmData{Op: op, Question: q, Fields: req.fields(), Back: req.back(l)})
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), actionTimeout)
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.actionTimeout)
 	defer cancel()
 	msg, err := s.perform(ctx, req)
 	attrs := []any{"op", op, "scope", req.describe(), s.who(r)}
@@ -207,7 +209,9 @@ func (s *server) action(w http.ResponseWriter, r *http.Request) {
 			status = http.StatusConflict
 		}
 		v := s.newView(r, "Action failed", "")
-		v.Error = s.explain(err)
+		// A read may time out before ctx does (the pool's read timeout):
+		// which bound ran out is not known, only the action's own.
+		v.Error = s.explainBound(err, fmt.Sprintf("in time (an action waits at most %v)", s.cfg.actionTimeout))
 		s.render(w, r, status, "message", v, "Nothing was done, or only part of it: look at the queue before trying again.")
 		return
 	}

@@ -289,8 +289,7 @@ func TestActionBadRequests(t *testing.T) {
 		{"replay", url.Values{"a": {"2"}, "id": {"x"}}, http.StatusBadRequest, "not an analyser (0 to 1)"},
 		{"replay", url.Values{"a": {"0"}}, http.StatusBadRequest, "no task ID given"},
 		{"purge", url.Values{"a": {"0"}, "all": {"1"}, "id": {"x"}}, http.StatusBadRequest, "not both"},
-		{"purge", url.Values{"a": {"0"}, "id": {strings.Repeat("x", 300)}}, http.StatusBadRequest, "must be 1 to 256"},
-		{"purge", url.Values{"a": {"0"}, "id": {""}}, http.StatusBadRequest, "must be 1 to 256"},
+		{"purge", url.Values{"a": {"0"}, "id": {strings.Repeat("x", 300)}}, http.StatusBadRequest, "task ID of 300 bytes: at most 256"},
 		{"pause", url.Values{}, http.StatusBadRequest, "scope"},
 		{"pause", url.Values{"scope": {"partition"}, "p": {"2"}}, http.StatusBadRequest, "not a server (0 to 1)"},
 		{"resume", url.Values{"scope": {"analyser"}, "a": {"-1"}}, http.StatusBadRequest, "not an analyser"},
@@ -328,4 +327,55 @@ func TestActionRedisDown(t *testing.T) {
 	assert.Equal(t, http.StatusServiceUnavailable, w.Code)
 	assert.Contains(t, w.Body.String(), `id="error"`)
 	assert.Contains(t, logs.String(), "action failed")
+}
+
+// An action that Redis does not answer fails within the action's bound,
+// and the page says which bound ran out: not the pages' -timeout.
+func TestActionTimeoutSaysItsBound(t *testing.T) {
+	t.Parallel()
+	d := dashboardOf(t, envFor(silentURL(t), 1, "silent"),
+		serverConfig{token: testToken, timeout: 5 * time.Second, actionTimeout: 300 * time.Millisecond})
+	cookie, csrf := d.signIn(t)
+	start := time.Now()
+	w := d.act(t, "pause", url.Values{"scope": {"all"}}, cookie, csrf)
+	assert.Less(t, time.Since(start), 3*time.Second)
+	assert.Equal(t, http.StatusServiceUnavailable, w.Code)
+	body := html.UnescapeString(w.Body.String())
+	assert.Contains(t, body, "did not answer in time (an action waits at most 300ms)")
+	assert.NotContains(t, body, "-timeout")
+}
+
+// A malformed dead record may sit under any field, the empty one too: its
+// row's Purge deletes that record alone, and one under a field longer
+// than an action takes gets no button that would be refused.
+func TestPurgeOddDeadFields(t *testing.T) {
+	t.Parallel()
+	f, ids := deadTasks(t, 1)
+	long := strings.Repeat("L", maxFieldLen+1)
+	for _, field := range []string{"", long} {
+		_, err := f.do(t, 0, "HSET", "{"+f.prefix+":0.0}:dead", field, garbage)
+		require.NoError(t, err)
+	}
+	d, _ := loggedDashboard(t, f)
+	cookie, csrf := d.signIn(t)
+	body := d.get(t, "/queue/0", cookie).Body.String()
+	empty := rowOf(tableOf(body, "dead"), `<tr data-id="" `)
+	require.NotEmpty(t, empty)
+	assert.Contains(t, empty, `data-op="purge"`)
+	assert.NotContains(t, empty, `name="all"`, "the row's Purge is not Purge all")
+	assert.Contains(t, empty, `<input type="hidden" name="id" value="">`)
+	longRow := rowOf(tableOf(body, "dead"), `<tr data-id="`+long+`"`)
+	require.NotEmpty(t, longRow)
+	assert.NotContains(t, longRow, `data-op="purge"`)
+	assert.Contains(t, longRow, "qugo purge")
+
+	w := d.act(t, "purge", url.Values{"a": {"0"}, "id": {""}, "confirm": {"yes"}}, cookie, csrf)
+	require.Equal(t, http.StatusSeeOther, w.Code, w.Body.String())
+	dead, err := f.q.Dead(context.Background(), 0)
+	require.NoError(t, err)
+	var left []string
+	for _, task := range dead {
+		left = append(left, task.ID)
+	}
+	assert.ElementsMatch(t, []string{ids[0], long}, left)
 }

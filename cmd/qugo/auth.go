@@ -19,7 +19,9 @@ import (
 // random bytes (base64url), mac an HMAC-SHA256 of it under a secret drawn
 // when the process starts, so the server keeps no session table and a
 // restart signs everyone out. The cookie is HttpOnly and SameSite=Strict
-// and lasts sessionTTL. Every form that acts carries a CSRF token, the
+// and lasts sessionTTL. Signing out revokes the session: the server keeps
+// the payloads signed out with until they would have expired, so that a
+// copy of the cookie kept elsewhere stops working too. Every form that acts carries a CSRF token, the
 // HMAC of the session's payload under the same secret: a page of another
 // site can neither read it nor post without it. (Cross-origin posts are
 // refused earlier too, by http.CrossOriginProtection.)
@@ -30,6 +32,14 @@ const (
 	// minTokenLen is the shortest -token accepted: it is all that stands
 	// between whoever reaches the port and a purge.
 	minTokenLen = 16
+	// maxRevoked bounds the sessions kept as signed out. Only a holder of
+	// the token can sign in and out, and can sign in again at will; should
+	// one fill it, it is emptied, as the flash messages are.
+	maxRevoked = 10000
+	// defaultSignInPause is how long a wrong token holds back every
+	// sign-in, the right token's too: the token is guessed no faster than
+	// one try a second, however many connections try.
+	defaultSignInPause = time.Second
 )
 
 func newSecret() []byte {
@@ -77,7 +87,31 @@ func (s *server) session(r *http.Request) (string, bool) {
 	if age := time.Since(issued); age < -time.Minute || age > sessionTTL {
 		return "", false
 	}
+	s.revokedMu.Lock()
+	_, revoked := s.revoked[payload]
+	s.revokedMu.Unlock()
+	if revoked {
+		return "", false
+	}
 	return payload, true
+}
+
+// revoke signs the session of payload out for good, and forgets the
+// sessions signed out that have expired meanwhile.
+func (s *server) revoke(payload string, now time.Time) {
+	raw, _ := base64.RawURLEncoding.DecodeString(payload) // session checked it
+	expires := time.Unix(int64(binary.BigEndian.Uint64(raw)), 0).Add(sessionTTL)
+	s.revokedMu.Lock()
+	defer s.revokedMu.Unlock()
+	for p, at := range s.revoked {
+		if now.After(at) {
+			delete(s.revoked, p)
+		}
+	}
+	if len(s.revoked) >= maxRevoked {
+		clear(s.revoked)
+	}
+	s.revoked[payload] = expires
 }
 
 // csrfToken is the CSRF token of the session payload.
@@ -128,6 +162,23 @@ func (s *server) tokenMatches(given string) bool {
 	return subtle.ConstantTimeCompare(a[:], b[:]) == 1
 }
 
+// trySignIn compares given with the token, unless a wrong one was given
+// less than signInPause ago (tried is then false). The comparisons are
+// made one at a time, so that no try starts before the pause a wrong one
+// sets.
+func (s *server) trySignIn(given string, now time.Time) (ok, tried bool) {
+	s.signInMu.Lock()
+	defer s.signInMu.Unlock()
+	if now.Before(s.signInAfter) {
+		return false, false
+	}
+	if !s.tokenMatches(given) {
+		s.signInAfter = now.Add(s.cfg.signInPause)
+		return false, true
+	}
+	return true, true
+}
+
 func (s *server) loginPage(w http.ResponseWriter, r *http.Request) {
 	if s.cfg.token == "" {
 		s.message(w, r, http.StatusNotFound, "Read-only", "This dashboard is read-only: start qugo serve with -token (or $QUGO_TOKEN) to act on the queues.")
@@ -144,11 +195,16 @@ func (s *server) login(w http.ResponseWriter, r *http.Request) {
 	if !s.parseForm(w, r) {
 		return
 	}
-	if !s.tokenMatches(r.PostForm.Get("token")) {
+	ok, tried := s.trySignIn(r.PostForm.Get("token"), time.Now())
+	if !tried {
+		s.cfg.log.Warn("sign-in refused: too soon after a wrong token", s.who(r))
+		s.render(w, r, http.StatusTooManyRequests, "login", s.newView(r, "Sign in", ""),
+			"A wrong token was given a moment ago: wait a second and try again.")
+		return
+	}
+	if !ok {
 		s.cfg.log.Warn("sign-in refused: wrong token", s.who(r))
-		v := s.newView(r, "Sign in", "")
-		v.Error = "Wrong token."
-		s.render(w, r, http.StatusForbidden, "login", v, nil)
+		s.render(w, r, http.StatusForbidden, "login", s.newView(r, "Sign in", ""), "Wrong token.")
 		return
 	}
 	http.SetCookie(w, &http.Cookie{
@@ -173,6 +229,7 @@ func (s *server) logout(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.cfg.log.Info("signed out", s.who(r))
+	s.revoke(payload, time.Now())
 	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteStrictMode})
 	http.Redirect(w, r, "/", http.StatusSeeOther)
 }

@@ -24,7 +24,8 @@ func TestSignIn(t *testing.T) {
 		w := d.serve(t, http.MethodPost, "/login", url.Values{"token": {wrong}})
 		assert.Equal(t, http.StatusForbidden, w.Code, wrong)
 		assert.Empty(t, w.Result().Cookies(), wrong)
-		assert.Contains(t, w.Body.String(), "Wrong token.")
+		assert.Contains(t, w.Body.String(), `<p class="banner error" id="sign-in-error" role="alert">Wrong token.</p>`)
+		assert.NotContains(t, w.Body.String(), `id="error"`, "Redis has nothing to do with it")
 	}
 	assert.Equal(t, 4, strings.Count(logs.String(), "sign-in refused"), logs.String())
 	assert.NotContains(t, logs.String(), "nope", "the tokens tried are not logged")
@@ -103,6 +104,15 @@ func TestSignOut(t *testing.T) {
 	require.Len(t, cleared, 1)
 	assert.Equal(t, sessionCookie, cleared[0].Name)
 	assert.Negative(t, cleared[0].MaxAge)
+
+	// The cookie signed out with is no key any more, should a copy of
+	// it be kept (another browser profile, a stolen one).
+	assert.NotContains(t, d.get(t, "/", cookie).Body.String(), `id="sign-out"`)
+	w = d.serve(t, http.MethodPost, "/actions/pause", url.Values{"csrf": {csrf}, "scope": {"all"}}, cookie)
+	assert.Equal(t, http.StatusForbidden, w.Code)
+	assert.Contains(t, w.Body.String(), "Sign in first")
+	other, _ := d.signIn(t)
+	assert.Contains(t, d.get(t, "/", other).Body.String(), `id="sign-out"`, "other sessions stay")
 }
 
 // Log lines say who acted without giving their session away.
@@ -119,4 +129,21 @@ func TestWho(t *testing.T) {
 	assert.Contains(t, out.String(), "who.session=")
 	payload, _, _ := strings.Cut(cookie.Value, ".")
 	assert.NotContains(t, out.String(), payload)
+}
+
+// A wrong token holds every sign-in back for a while, so that the token
+// cannot be guessed faster than that, however many connections try.
+func TestSignInAfterWrongTokenWaits(t *testing.T) {
+	t.Parallel()
+	d := newDashboard(t, newFixture(t, 1, 1), serverConfig{token: testToken, signInPause: 300 * time.Millisecond})
+	w := d.serve(t, http.MethodPost, "/login", url.Values{"token": {"wrong-wrong-wrong"}})
+	assert.Equal(t, http.StatusForbidden, w.Code)
+	w = d.serve(t, http.MethodPost, "/login", url.Values{"token": {testToken}})
+	assert.Equal(t, http.StatusTooManyRequests, w.Code, "the right token too, right after a wrong one")
+	assert.Empty(t, w.Result().Cookies())
+	assert.Eventually(t, func() bool {
+		return d.serve(t, http.MethodPost, "/login", url.Values{"token": {testToken}}).Code == http.StatusSeeOther
+	}, 3*time.Second, 50*time.Millisecond)
+	w = d.serve(t, http.MethodPost, "/login", url.Values{"token": {testToken}})
+	assert.Equal(t, http.StatusSeeOther, w.Code, "a right token holds no one back")
 }

@@ -82,7 +82,10 @@ func durationCell(d time.Duration) string {
 
 // jsonTime is a time for JSON output: RFC 3339 in UTC, or null when zero.
 func jsonTime(t time.Time) *time.Time {
-	if t.IsZero() {
+	// Nor a time JSON's RFC 3339 cannot hold (before year 0 or after
+	// 9999): a record or score set by hand, which would fail the whole
+	// document.
+	if t.IsZero() || t.UTC().Year() < 0 || t.UTC().Year() > 9999 {
 		return nil
 	}
 	u := t.UTC()

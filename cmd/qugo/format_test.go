@@ -58,6 +58,9 @@ func TestTimes(t *testing.T) {
 	if assert.NotNil(t, jsonTime(at.Local())) {
 		assert.Equal(t, time.UTC, jsonTime(at.Local()).Location())
 	}
+	for _, far := range []time.Time{time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(-1, 1, 1, 0, 0, 0, 0, time.UTC), time.UnixMilli(-1 << 63)} {
+		assert.Nil(t, jsonTime(far), "JSON cannot hold %v", far)
+	}
 	assert.Equal(t, time.Duration(0), age(at, at.Add(time.Second)), "a clock ahead gives age 0")
 	assert.Equal(t, time.Second, age(at.Add(time.Second), at))
 }

@@ -155,7 +155,9 @@ var commands = []command{
 // run runs qugo with args (without the program name) and returns its exit
 // status.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	e := &env{globals: defaultGlobals(), stdout: stdout, stderr: stderr, set: map[string]bool{}}
+	e := &env{globals: defaultGlobals(), stdout: stdout, set: map[string]bool{}}
+	stderr = scrubbing{w: stderr, g: &e.globals}
+	e.stderr = stderr
 	err := e.run(ctx, args)
 	var ue *usageError
 	switch {
@@ -174,6 +176,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		return exitRuntime
 	}
+}
+
+// scrubbing writes what it is given to w with the passwords of -redis
+// replaced. Errors and logs go to standard error, and what a server says
+// in an error is not ours to vouch for: one that repeats the command it
+// refuses repeats AUTH's password. Each write is one message (a line of
+// fmt, a slog record), so no password is split between two.
+type scrubbing struct {
+	w io.Writer
+	g *globals
+}
+
+func (s scrubbing) Write(p []byte) (int, error) {
+	if _, err := io.WriteString(s.w, scrubSecrets(string(p), []string{s.g.redis})); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 func (e *env) run(ctx context.Context, args []string) error {

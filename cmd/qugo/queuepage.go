@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -152,8 +154,11 @@ func (s *server) queuePage(w http.ResponseWriter, r *http.Request) {
 	s.render(w, r, status, "queue", v, d)
 }
 
-// readQueue reads what the Queue page shows into d, and stops at the
-// first error, keeping what it read.
+// readQueue reads what the Queue page shows into d. A key of the wrong
+// type or a malformed record fails only what it is part of (Stats reads
+// every queue, so one broken key of another queue fails it): the rest is
+// read, and the errors are returned together. Any other error (Redis
+// down, the -timeout run out) stops it, keeping what it read.
 func (s *server) readQueue(r *http.Request, d *queueData, p queueParams) error {
 	ctx, cancel := s.redisContext(r)
 	defer cancel()
@@ -161,18 +166,38 @@ func (s *server) readQueue(r *http.Request, d *queueData, p queueParams) error {
 	if err != nil {
 		return err
 	}
-	a := d.Analyser
+	now := time.Now()
+	var errs []error
+	for _, read := range []func() error{
+		func() error { return s.readStats(ctx, q, d, now) },
+		func() error { return readPending(ctx, r, q, d, p, now) },
+		func() error { return readScheduled(ctx, r, q, d, p, now) },
+		func() error { return readDead(ctx, r, q, d, p) },
+	} {
+		if err := read(); err != nil {
+			errs = append(errs, err)
+			if !errors.Is(err, queue.ErrWrongType) && !errors.Is(err, queue.ErrMalformed) {
+				break
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (s *server) readStats(ctx context.Context, q *queue.Queue, d *queueData, now time.Time) error {
 	stats, err := q.Stats(ctx)
 	if err != nil {
 		return err
 	}
-	now := time.Now()
-	d.Stats, d.Read = stats[a], true
+	d.Stats, d.Read = stats[d.Analyser], true
 	if d.Stats.Owner != "" && d.Stats.Token > 0 {
 		d.LeaseAge = max(now.Sub(time.UnixMicro(d.Stats.Token)), 0)
 	}
+	return nil
+}
 
-	pending, err := q.Pending(ctx, a)
+func readPending(ctx context.Context, r *http.Request, q *queue.Queue, d *queueData, p queueParams, now time.Time) error {
+	pending, err := q.Pending(ctx, d.Analyser)
 	if err != nil {
 		return err
 	}
@@ -180,10 +205,13 @@ func (s *server) readQueue(r *http.Request, d *queueData, p queueParams) error {
 	for _, t := range pending[min(p.pending, len(pending)):min(p.pending+p.limit, len(pending))] {
 		d.Pending.Rows = append(d.Pending.Rows, pendingRow{Task: t, Age: age(now, t.AddedAt), Payload: newPreview(t.Payload)})
 	}
+	return nil
+}
 
+func readScheduled(ctx context.Context, r *http.Request, q *queue.Queue, d *queueData, p queueParams, now time.Time) error {
 	// One more than a page tells whether another follows, should the
-	// count in Stats be behind.
-	sched, err := q.Scheduled(ctx, a, p.scheduled, p.limit+1)
+	// count in Stats be behind (or Stats not read).
+	sched, err := q.Scheduled(ctx, d.Analyser, p.scheduled, p.limit+1)
 	if err != nil {
 		return err
 	}
@@ -192,8 +220,11 @@ func (s *server) readQueue(r *http.Request, d *queueData, p queueParams) error {
 	for _, t := range sched[:min(len(sched), p.limit)] {
 		d.Scheduled.Rows = append(d.Scheduled.Rows, scheduledRow{ScheduledTask: t, In: t.Due.Sub(now), Payload: newPreview(t.Payload)})
 	}
+	return nil
+}
 
-	dead, err := q.Dead(ctx, a)
+func readDead(ctx context.Context, r *http.Request, q *queue.Queue, d *queueData, p queueParams) error {
+	dead, err := q.Dead(ctx, d.Analyser)
 	if err != nil {
 		return err
 	}

@@ -206,3 +206,37 @@ func TestQueuePageRedisDown(t *testing.T) {
 	assert.Contains(t, w.Body.String(), `id="error"`)
 	assert.NotContains(t, w.Body.String(), `<table id="dead"`)
 }
+
+// A key of the wrong type, in this queue or another, keeps the page from
+// showing what it holds, not the rest: the error shows above the lists
+// that could be read.
+func TestQueuePageShowsWhatItCanRead(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 1, 2)
+	ids := f.add(t, 0)
+	c := f.consume(t, 0)
+	tasks, err := c.Claim(ctx, 1)
+	require.NoError(t, err)
+	require.Len(t, tasks, 1)
+	dead, err := c.Fail(ctx, tasks[0], errors.New("no"))
+	require.NoError(t, err)
+	require.True(t, dead)
+	require.NoError(t, c.Release(ctx))
+	// Queue 1's dead-letter store breaks Stats; queue 0's pending hash
+	// breaks its own list.
+	for _, key := range []string{"{" + f.prefix + ":0.1}:dead", "{" + f.prefix + ":0.0}:pending"} {
+		_, err = f.do(t, 0, "SET", key, "not a hash")
+		require.NoError(t, err)
+	}
+	d := newDashboard(t, f, serverConfig{})
+	w := d.get(t, "/queue/0")
+	body := w.Body.String()
+	assert.Equal(t, http.StatusServiceUnavailable, w.Code)
+	assert.Contains(t, body, `id="error"`)
+	assert.Contains(t, body, "wrong type")
+	assert.NotContains(t, body, `<table id="queue-stats"`)
+	assert.NotContains(t, body, `id="pending-heading"`)
+	assert.Contains(t, body, `id="scheduled-empty"`)
+	assert.NotEmpty(t, rowOf(tableOf(body, "dead"), `<tr data-id="`+ids[0]+`"`), "queue 0's dead letter is shown")
+}

@@ -25,7 +25,7 @@ type scheduledDoc struct {
 type scheduledTask struct {
 	ID      string     `json:"id"`
 	OrderID uint64     `json:"order_id"`
-	Due     time.Time  `json:"due"`       // UTC
+	Due     *time.Time `json:"due"`       // UTC; null when JSON cannot hold it (a score set by hand)
 	DueInMS int64      `json:"due_in_ms"` // due minus time; negative when overdue
 	AddedAt *time.Time `json:"added_at"`  // when it was added, UTC; null when unknown
 	Payload []byte     `json:"payload"`   // base64
@@ -70,7 +70,7 @@ func scheduledFlags(fs *flag.FlagSet) func(context.Context, *env, []string) erro
 		}
 		t := newTable(e.stdout, "ID", "ORDER", "DUE", "DUE IN", "ADDED AT", "BYTES")
 		for i, s := range doc.Tasks {
-			t.row(cell(s.ID), strconv.FormatUint(s.OrderID, 10), timeCell(s.Due),
+			t.row(cell(s.ID), strconv.FormatUint(s.OrderID, 10), timeCell(tasks[i].Due),
 				signedDurationCell(time.Duration(s.DueInMS)*time.Millisecond), timeCell(tasks[i].AddedAt), strconv.Itoa(len(s.Payload)))
 		}
 		if err := t.flush(); err != nil {
@@ -89,7 +89,7 @@ func (e *env) newScheduledDoc(a, offset, limit int, now time.Time, tasks []queue
 		Tasks: make([]scheduledTask, len(tasks))}
 	for i, s := range tasks {
 		doc.Tasks[i] = scheduledTask{
-			ID: s.ID, OrderID: s.OrderID, Due: s.Due.UTC(), DueInMS: s.Due.Sub(now).Milliseconds(),
+			ID: s.ID, OrderID: s.OrderID, Due: jsonTime(s.Due), DueInMS: s.Due.Sub(now).Milliseconds(),
 			AddedAt: jsonTime(s.AddedAt), Payload: s.Payload,
 		}
 	}

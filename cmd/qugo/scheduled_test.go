@@ -44,7 +44,9 @@ func TestScheduledJSON(t *testing.T) {
 		s := doc.Tasks[i]
 		assert.Equal(t, ids[i], s.ID)
 		assert.Equal(t, order, s.OrderID)
-		assert.Equal(t, due[i].UnixMilli(), s.Due.UnixMilli())
+		if assert.NotNil(t, s.Due) {
+			assert.Equal(t, due[i].UnixMilli(), s.Due.UnixMilli())
+		}
 		assert.InDelta(t, due[i].Sub(doc.Time).Milliseconds(), s.DueInMS, 1000)
 		assert.Equal(t, []byte("task-"+itoa(order)), s.Payload)
 		if assert.NotNil(t, s.AddedAt) {
@@ -116,4 +118,21 @@ func TestSignedDurationCell(t *testing.T) {
 	} {
 		assert.Equal(t, want, signedDurationCell(d), d)
 	}
+}
+
+// A due time that JSON cannot hold (a score set by hand far beyond year
+// 9999) is null, and the rest of the document is still written.
+func TestScheduledJSONDueOutOfRange(t *testing.T) {
+	t.Parallel()
+	f, ids, _ := scheduledScenario(t)
+	_, err := f.do(t, 1, "ZADD", "{"+f.prefix+":1.0}:sched", "1e300", ids[2])
+	require.NoError(t, err)
+	doc := qugoJSON[scheduledDoc](t, f.args("scheduled", "-a", "1", "-json")...)
+	require.Len(t, doc.Tasks, 3)
+	byID := map[string]scheduledTask{}
+	for _, task := range doc.Tasks {
+		byID[task.ID] = task
+	}
+	assert.Nil(t, byID[ids[2]].Due)
+	assert.NotNil(t, byID[ids[0]].Due)
 }

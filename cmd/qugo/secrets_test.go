@@ -1,11 +1,16 @@
 package main
 
 import (
+	"bytes"
+	"net"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // sentinelPassword must never appear in qugo's output.
@@ -35,6 +40,7 @@ func TestNoPasswordInOutput(t *testing.T) {
 		{"unreachable, upper-case scheme", "REDIS://:" + pw + "@" + down, exitRuntime},
 		{"wrong password", "redis://:" + pw + "@" + wrongPw.Addr(), exitRuntime},
 		{"second of two unreachable", "redis://:" + pw + "@" + good.Addr() + ",redis://:" + pw + "@" + down, exitRuntime},
+		{"a server that repeats the AUTH", "redis://:" + pw + "@" + echoingServer(t), exitRuntime},
 	} {
 		for _, args := range [][]string{{"stats"}, {"dead", "-a", "0"}, {"replay", "-a", "0"}, {"purge", "-a", "0", "-all"}} {
 			code, out, errOut := qugo(t, append([]string{"-redis", tc.redis}, args...)...)
@@ -57,5 +63,68 @@ func TestNoPasswordInHelp(t *testing.T) {
 	for _, args := range [][]string{{"-h"}, {"help"}, {"stats", "-h"}, {"dead", "-h"}, {"-nosuchflag"}, {"stats", "-nosuchflag"}} {
 		_, out, errOut := qugo(t, args...)
 		assert.NotContains(t, out+errOut, sentinelPassword, args)
+	}
+}
+
+// echoingServer listens on loopback and answers every command with an
+// error that repeats it, as a proxy or a server of another kind may: the
+// password of an AUTH comes back in the error qugo gets. It returns the
+// address, and stops at the end of the test.
+func echoingServer(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns []net.Conn
+	)
+	wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Go(func() {
+				defer c.Close()
+				buf := make([]byte, 4096)
+				for {
+					n, err := c.Read(buf)
+					if err != nil {
+						return
+					}
+					line := bytes.ReplaceAll(buf[:n], []byte("\r\n"), []byte(" "))
+					if _, err := c.Write(append(append([]byte("-ERR invalid password: "), line...), "\r\n"...)); err != nil {
+						return
+					}
+				}
+			})
+		}
+	})
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return l.Addr().String()
+}
+
+// The dashboard logs what fails (a sample, an action) to standard error:
+// a server's error that repeats the password is scrubbed there too.
+func TestNoPasswordInServeLog(t *testing.T) {
+	t.Parallel()
+	redis := "redis://:" + sentinelPassword + "@" + echoingServer(t)
+	_, _, errOut := startServe(t, "-redis", redis, "serve", "-listen", "127.0.0.1:0", "-sample", "1s", "-window", "2s")
+	assert.Eventually(t, func() bool { return strings.Contains(errOut.String(), "statistics sample failed") },
+		5*time.Second, 10*time.Millisecond, errOut.String())
+	for _, piece := range []string{sentinelPassword, "7f3a"} {
+		assert.NotContains(t, errOut.String(), piece)
 	}
 }

@@ -32,24 +32,27 @@ var webFS embed.FS
 
 // serverConfig is how qugo serve runs the dashboard.
 type serverConfig struct {
-	token    string        // signs in to act; "" makes the dashboard read-only
-	timeout  time.Duration // bounds the Redis calls of a page (and of a sample)
-	sample   time.Duration // how often the sampler reads Stats
-	window   time.Duration // what the rate charts show
-	groups   []string      // consumer groups the Groups page shows
-	loopback bool          // the listener is on loopback: Host must name it
-	log      *slog.Logger  // actions, sign-ins and failures
+	token   string        // signs in to act; "" makes the dashboard read-only
+	timeout time.Duration // bounds the Redis calls of a page (and of a sample)
+	// actionTimeout bounds the Redis calls of one action: a replay or
+	// purge of a large dead-letter store takes many round trips.
+	actionTimeout time.Duration
+	// signInPause is how long a wrong token holds back every sign-in.
+	signInPause time.Duration
+	sample      time.Duration // how often the sampler reads Stats
+	window      time.Duration // what the rate charts show
+	groups      []string      // consumer groups the Groups page shows
+	loopback    bool          // the listener is on loopback: Host must name it
+	log         *slog.Logger  // actions, sign-ins and failures
 }
 
 // Defaults of serverConfig, the flags' defaults too.
 const (
-	defaultListen  = "127.0.0.1:8081"
-	defaultTimeout = 2 * time.Second
-	defaultSample  = 5 * time.Second
-	defaultWindow  = 10 * time.Minute
-	// actionTimeout bounds the Redis calls of one action: a replay or
-	// purge of a large dead-letter store takes many round trips.
-	actionTimeout = 30 * time.Second
+	defaultListen        = "127.0.0.1:8081"
+	defaultTimeout       = 2 * time.Second
+	defaultSample        = 5 * time.Second
+	defaultWindow        = 10 * time.Minute
+	defaultActionTimeout = 30 * time.Second
 	// refreshSeconds is how often a page refreshes itself.
 	refreshSeconds = 5
 	// maxSamples bounds the ring of samples, whatever -window / -sample.
@@ -72,6 +75,12 @@ type server struct {
 
 	flashMu sync.Mutex
 	flashes map[string]string // session payload -> what its last action did, shown once
+
+	signInMu    sync.Mutex
+	signInAfter time.Time // no sign-in is tried before: a wrong token was given
+
+	revokedMu sync.Mutex
+	revoked   map[string]time.Time // session payload -> when it expires: signed out before that
 }
 
 // asset is one embedded static file.
@@ -90,6 +99,12 @@ func newServer(e *env, cfg serverConfig) (*server, error) {
 	if cfg.timeout <= 0 {
 		cfg.timeout = defaultTimeout
 	}
+	if cfg.actionTimeout <= 0 {
+		cfg.actionTimeout = defaultActionTimeout
+	}
+	if cfg.signInPause <= 0 {
+		cfg.signInPause = defaultSignInPause
+	}
 	if cfg.sample <= 0 {
 		cfg.sample = defaultSample
 	}
@@ -103,7 +118,7 @@ func newServer(e *env, cfg serverConfig) (*server, error) {
 		e: e, cfg: cfg, be: newBackend(e), secret: newSecret(),
 		hist:   newHistory(min(int(cfg.window/cfg.sample)+1, maxSamples)),
 		pages:  map[string]*template.Template{},
-		assets: map[string]asset{}, flashes: map[string]string{},
+		assets: map[string]asset{}, flashes: map[string]string{}, revoked: map[string]time.Time{},
 	}
 	if err := s.loadAssets(); err != nil {
 		return nil, err
@@ -161,7 +176,7 @@ func (s *server) run(ctx context.Context, ln net.Listener) error {
 		Handler:           s,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      actionTimeout + 10*time.Second,
+		WriteTimeout:      s.cfg.actionTimeout + 10*time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(s.cfg.log.Handler(), slog.LevelWarn),
 	}
@@ -358,17 +373,23 @@ func (s *server) failure(v *view, err error) int {
 	return http.StatusServiceUnavailable
 }
 
-// explain says what went wrong with a Redis call, for a page: a layout
+// explain says what went wrong with a Redis call of a page: a layout
 // mismatch with the flag to change, a timeout as such, and never a
 // password.
 func (s *server) explain(err error) string {
+	return s.explainBound(err, fmt.Sprintf("within %v (-timeout)", s.cfg.timeout))
+}
+
+// explainBound is explain for Redis calls bounded as bound says: a
+// timeout reads "Redis did not answer <bound>".
+func (s *server) explainBound(err error, bound string) string {
 	msg := err.Error()
 	urls, _ := s.e.urls()
 	if le, ok := errors.AsType[*queue.LayoutError](err); ok {
 		msg += ". " + layoutAdvice(le, urls)
 	}
 	if ne, ok := errors.AsType[net.Error](err); errors.Is(err, context.DeadlineExceeded) || ok && ne.Timeout() {
-		msg = fmt.Sprintf("Redis did not answer within %v (-timeout): %s", s.cfg.timeout, msg)
+		msg = fmt.Sprintf("Redis did not answer %s: %s", bound, msg)
 	}
 	return scrubSecrets(msg, urls)
 }

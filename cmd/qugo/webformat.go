@@ -30,15 +30,17 @@ func (s *server) funcs() template.FuncMap {
 		"pauseForm": func(op, scope string, n int, from, csrf string) pauseForm {
 			return pauseForm{Op: op, Scope: scope, N: n, From: from, CSRF: csrf}
 		},
+		// deadForm acts on one dead task, whatever its ID: a malformed
+		// record may sit under any field, the empty one too.
 		"deadForm": func(op string, a int, id, label, csrf string) actForm {
-			f := actForm{Op: op, Label: label, CSRF: csrf, Fields: []field{{"a", strconv.Itoa(a)}}}
-			if id == "" {
-				f.All, f.Fields = true, append(f.Fields, field{"all", "1"})
-			} else {
-				f.Fields = append(f.Fields, field{"id", id})
-			}
-			return f
+			return actForm{Op: op, Label: label, CSRF: csrf, Fields: []field{{"a", strconv.Itoa(a)}, {"id", id}}}
 		},
+		"deadAllForm": func(op string, a int, label, csrf string) actForm {
+			return actForm{Op: op, Label: label, CSRF: csrf, All: true, Fields: []field{{"a", strconv.Itoa(a)}, {"all", "1"}}}
+		},
+		// actionable reports whether an action takes id: a malformed
+		// record's field may be longer.
+		"actionable": func(id string) bool { return len(id) <= maxFieldLen },
 		"cancelForm": func(order uint64, id, from, csrf string) actForm {
 			return actForm{Op: "cancel", Label: "Cancel", CSRF: csrf,
 				Fields: []field{{"order", strconv.FormatUint(order, 10)}, {"id", id}, {"from", from}}}

@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/chromedp"
@@ -113,6 +114,12 @@ func TestForgedActionsAreRefused(t *testing.T) {
 	resp := p.click("#sign-in-button")
 	assert.Equal(t, 403, int(resp.Status))
 	assert.False(t, p.has("#sign-out"))
+	// It holds every sign-in back for a second (429), the right token's
+	// too.
+	for deadline := time.Now().Add(10 * time.Second); postForm(p, "/login", url.Values{"token": {token}}) == 429; {
+		require.True(t, time.Now().Before(deadline), "sign-ins still held back")
+		time.Sleep(100 * time.Millisecond)
+	}
 
 	// Signed in, the session's CSRF token is needed.
 	p.signIn(token)
