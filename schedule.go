@@ -265,4 +265,16 @@ func (q *Queue) Scheduled(ctx context.Context, analyser, offset, limit int) ([]S
 }
 
 // dueTime is the due time of a scheduled set's score (see scheduleStep).
-func dueTime(score float64) time.Time { return time.UnixMilli(int64(math.Floor(score))) }
+// A score no add writes (one set by hand past maxDue either way, or NaN)
+// reads as maxDue's bound on its side rather than wrapping around.
+func dueTime(score float64) time.Time {
+	switch limit := float64(maxDue.UnixMilli()); {
+	case score > limit:
+		return maxDue
+	case score < -limit:
+		return time.UnixMilli(-maxDue.UnixMilli())
+	case score != score: // NaN
+		return maxDue
+	}
+	return time.UnixMilli(int64(math.Floor(score)))
+}

@@ -170,3 +170,14 @@ func TestDueTimeRoundsUp(t *testing.T) {
 		assert.False(t, time.UnixMilli(dueMS(at)).Before(at), "%v kept as %d", at, dueMS(at))
 	}
 }
+
+// A score written by hand far past what an add writes reads as the bound
+// on its side, not as a time wrapped around to the other end.
+func TestDueTimeOfAHandWrittenScore(t *testing.T) {
+	assert.Equal(t, time.UnixMilli(1_700_000_000_123), dueTime(1_700_000_000_123.5))
+	assert.Equal(t, maxDue, dueTime(1e300))
+	assert.Equal(t, maxDue, dueTime(math.Inf(1)))
+	assert.Equal(t, maxDue, dueTime(math.NaN()))
+	assert.Equal(t, time.UnixMilli(-maxDue.UnixMilli()), dueTime(-1e300))
+	assert.False(t, dueTime(1e300).Before(time.Now()), "a far score is far ahead")
+}
