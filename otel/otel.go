@@ -42,8 +42,11 @@ import (
 // ScopeName is the instrumentation scope of the spans Wrap records.
 const ScopeName = "github.com/qugo/queue/otel"
 
-// SpanName is the name of the span of every delivery.
-const SpanName = "qugo analyse"
+// SpanName is the name of the span of every delivery: the operation's
+// name, as OpenTelemetry's messaging conventions name a span
+// ("{messaging.operation.name} {destination}") when the destination is
+// not known, as it is not to Wrap. messaging.system says it is qugo's.
+const SpanName = "process"
 
 // The attributes of a delivery's span.
 const (
@@ -51,6 +54,9 @@ const (
 	AttrSystem = attribute.Key("messaging.system")
 	// AttrOperation is messaging.operation.type, "process".
 	AttrOperation = attribute.Key("messaging.operation.type")
+	// AttrOperationName is messaging.operation.name, "process", which
+	// the conventions require beside the operation's type.
+	AttrOperationName = attribute.Key("messaging.operation.name")
 	// AttrTaskID is messaging.message.id, the task's ID.
 	AttrTaskID = attribute.Key("messaging.message.id")
 	// AttrOrderID is the task's OrderID, in decimal (an OrderID may not
@@ -58,6 +64,11 @@ const (
 	AttrOrderID = attribute.Key("qugo.order_id")
 	// AttrAttempt is the 1-based number of the delivery.
 	AttrAttempt = attribute.Key("qugo.attempt")
+	// AttrErrorType is error.type, set when a delivery fails: the Go type
+	// of the error fn returned (such as "*fmt.wrapError"), or "panic".
+	// The conventions require it on a failed operation, low in
+	// cardinality, unlike the error's text (in the span's status).
+	AttrErrorType = attribute.Key("error.type")
 )
 
 // Option sets what Headers, AddOption and Wrap use instead of
@@ -123,7 +134,7 @@ func AddOption(ctx context.Context, opts ...Option) queue.AddOption {
 // carries none), with the attributes above, and calls fn with the span's
 // context, so that fn's own spans nest under it. A delivery that returns
 // an error has it recorded on the span, with the span's status set to
-// Error. When fn panics, the span records the panic the same way and
+// Error and AttrErrorType to its type. When fn panics, the span records the panic the same way and
 // ends, and the panic goes on unchanged to the pool, which turns it into
 // a *queue.PanicError (its stack still shows where fn panicked).
 func Wrap(fn queue.AnalyseFunc, opts ...Option) queue.AnalyseFunc {
@@ -138,6 +149,7 @@ func Wrap(fn queue.AnalyseFunc, opts ...Option) queue.AnalyseFunc {
 			trace.WithAttributes(
 				AttrSystem.String("qugo"),
 				AttrOperation.String("process"),
+				AttrOperationName.String("process"),
 				AttrTaskID.String(t.ID),
 				AttrOrderID.String(strconv.FormatUint(t.OrderID, 10)),
 				AttrAttempt.Int(t.Attempt),
@@ -146,12 +158,14 @@ func Wrap(fn queue.AnalyseFunc, opts ...Option) queue.AnalyseFunc {
 			if r := recover(); r != nil {
 				perr := fmt.Errorf("panic: %v", r)
 				span.RecordError(perr)
+				span.SetAttributes(AttrErrorType.String("panic"))
 				span.SetStatus(codes.Error, perr.Error())
 				span.End()
 				panic(r)
 			}
 			if err != nil {
 				span.RecordError(err)
+				span.SetAttributes(AttrErrorType.String(fmt.Sprintf("%T", err)))
 				span.SetStatus(codes.Error, err.Error())
 			}
 			span.End()

@@ -250,3 +250,36 @@ func TestGlobals(t *testing.T) {
 	require.Len(t, spans, 1)
 	assert.Equal(t, producer.SpanContext().SpanID(), spans[0].Parent().SpanID())
 }
+
+// The span follows OpenTelemetry's messaging conventions (semconv 1.26
+// and later, whose messaging.operation.type it sets): the operation's
+// name is a required attribute and, with no destination known to Wrap,
+// the whole span name; a failed delivery says its error's type in
+// error.type (the Go type, or "panic").
+func TestSpanFollowsMessagingConventions(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	tp, rec := tracing()
+	_, err := q.AddTask(context.Background(), 1, []byte("x"))
+	require.NoError(t, err)
+	drain(t, q, queue.PoolConfig{OnError: func(error) {}}, Wrap(func(_ context.Context, task queue.Task) error {
+		switch task.Attempt {
+		case 1:
+			return fmt.Errorf("insert: %w", context.DeadlineExceeded)
+		case 2:
+			panicky()
+		}
+		return nil
+	}, WithTracerProvider(tp)))
+
+	spans := deliveries(rec)
+	require.Len(t, spans, 3)
+	for _, s := range spans {
+		assert.Equal(t, "process", s.Name(), "{messaging.operation.name}, no destination")
+		assert.Equal(t, "process", attrs(s)["messaging.operation.name"].AsString())
+	}
+	assert.Equal(t, "*fmt.wrapError", attrs(spans[0])["error.type"].AsString())
+	assert.Equal(t, "panic", attrs(spans[1])["error.type"].AsString())
+	_, set := attrs(spans[2])["error.type"]
+	assert.False(t, set, "no error.type on success")
+}
