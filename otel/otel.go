@@ -32,6 +32,7 @@ import (
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/baggage"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
@@ -111,14 +112,59 @@ func newConfig(opts []Option) config {
 // Headers returns the trace context of ctx (its span's, and baggage, as
 // the propagator writes them) as task headers, or nil when the propagator
 // writes nothing for ctx. It is safe for concurrent use.
+//
+// Tracing never costs a task its AddTask: what the propagator writes
+// must fit the queue's limits on a task's headers (64, 8 KiB encoded),
+// and baggage may be as large as 8 KiB itself. When it does not fit,
+// Headers writes the span's context without the baggage, and when even
+// that does not fit (a huge tracestate), no header at all; either way it
+// reports the loss to OpenTelemetry's error handler (otel.Handle). The
+// caller's own headers for the task count against the same limits.
 func Headers(ctx context.Context, opts ...Option) map[string]string {
 	c := newConfig(opts)
-	h := propagation.MapCarrier{}
-	c.propagator.Inject(ctx, h)
+	h := inject(c.propagator, ctx)
+	if !fits(h) {
+		h = inject(c.propagator, baggage.ContextWithoutBaggage(ctx))
+		if fits(h) {
+			otel.Handle(fmt.Errorf("qugo otel: trace context and baggage over a task's header limits: baggage left out"))
+		} else {
+			otel.Handle(fmt.Errorf("qugo otel: trace context over a task's header limits: left out"))
+			h = nil
+		}
+	}
 	if len(h) == 0 {
 		return nil
 	}
 	return h
+}
+
+func inject(p propagation.TextMapPropagator, ctx context.Context) propagation.MapCarrier {
+	h := propagation.MapCarrier{}
+	p.Inject(ctx, h)
+	return h
+}
+
+// The limits of a task's headers, as the queue package documents them
+// (Task.Headers, and "Headers" in its package documentation).
+const (
+	maxHeaders     = 64
+	maxHeaderBytes = 8 << 10
+)
+
+// fits reports whether h is within the limits of a task's headers. It
+// counts what the queue's encoding stores: the count, and each key and
+// value with its length as a uvarint; it bounds each length's uvarint by
+// its worst case within the limit (2 bytes), so that it never says yes to
+// headers the queue would refuse.
+func fits(h map[string]string) bool {
+	if len(h) > maxHeaders {
+		return false
+	}
+	n := 1 // the count, under 128
+	for k, v := range h {
+		n += 2 + len(k) + 2 + len(v)
+	}
+	return n <= maxHeaderBytes
 }
 
 // AddOption returns the option that gives a task Headers(ctx, opts...),

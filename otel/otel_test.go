@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/baggage"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -282,4 +286,57 @@ func TestSpanFollowsMessagingConventions(t *testing.T) {
 	assert.Equal(t, "panic", attrs(spans[1])["error.type"].AsString())
 	_, set := attrs(spans[2])["error.type"]
 	assert.False(t, set, "no error.type on success")
+}
+
+// Baggage as large as OpenTelemetry allows (8,192 bytes) does not fit a
+// task's headers (8 KiB encoded in all) beside the trace context: the
+// task goes all the same, with its trace context and without the
+// baggage, rather than its AddTask failing for the sake of tracing.
+func TestLargeBaggageDoesNotFailTheTask(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	tp, rec := tracing()
+	var members []baggage.Member
+	for _, k := range []string{"a", "b"} {
+		m, err := baggage.NewMember(k, strings.Repeat("x", 4090))
+		require.NoError(t, err)
+		members = append(members, m)
+	}
+	b, err := baggage.New(members...)
+	require.NoError(t, err)
+	require.Len(t, b.String(), 8185, "within OpenTelemetry's limit")
+	ctx, producer := tp.Tracer("producer").Start(baggage.ContextWithBaggage(context.Background(), b), "produce")
+	both := WithPropagator(propagation.NewCompositeTextMapPropagator(traceContext, propagation.Baggage{}))
+	_, err = q.AddTask(ctx, 1, []byte("x"), AddOption(ctx, both))
+	require.NoError(t, err)
+	tasks := []queue.Task{{OrderID: 2, Payload: []byte("y"), Headers: Headers(ctx, both)}}
+	_, err = q.AddTasks(ctx, tasks)
+	require.NoError(t, err)
+	producer.End()
+	assert.Equal(t, []string{"traceparent"}, slices.Collect(maps.Keys(tasks[0].Headers)))
+
+	drain(t, q, queue.PoolConfig{}, Wrap(func(context.Context, queue.Task) error { return nil }, WithTracerProvider(tp), both))
+	spans := deliveries(rec)
+	require.Len(t, spans, 2)
+	for _, s := range spans {
+		assert.Equal(t, producer.SpanContext().SpanID(), s.Parent().SpanID(), "the trace goes on")
+	}
+}
+
+// hugePropagator writes a trace context too large for a task's headers.
+type hugePropagator struct{ propagation.TraceContext }
+
+func (hugePropagator) Inject(_ context.Context, c propagation.TextMapCarrier) {
+	c.Set("tracestate", strings.Repeat("x", 8<<10))
+}
+
+// A trace context that does not fit even without baggage is left out:
+// no headers, and the task is added.
+func TestHugeTraceContextLeftOut(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	huge := WithPropagator(hugePropagator{})
+	assert.Nil(t, Headers(context.Background(), huge))
+	_, err := q.AddTask(context.Background(), 1, []byte("x"), AddOption(context.Background(), huge))
+	assert.NoError(t, err)
 }
