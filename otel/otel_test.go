@@ -340,3 +340,36 @@ func TestHugeTraceContextLeftOut(t *testing.T) {
 	_, err := q.AddTask(context.Background(), 1, []byte("x"), AddOption(context.Background(), huge))
 	assert.NoError(t, err)
 }
+
+// A task without trace context, or with a traceparent that does not
+// parse, starts a trace of its own and runs, even when the pool's ctx
+// carries a span (the process's own): that span must not become the
+// parent of every such delivery for as long as the pool runs.
+func TestNoOrBadTraceContextStartsATrace(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	tp, rec := tracing()
+	_, err := q.AddTask(context.Background(), 1, []byte("none"))
+	require.NoError(t, err)
+	_, err = q.AddTask(context.Background(), 2, []byte("bad"),
+		queue.WithHeaders(map[string]string{"traceparent": "00-not-a-trace-01"}))
+	require.NoError(t, err)
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ctx, process := tp.Tracer("main").Start(ctx, "analyser process")
+	var ran atomic.Int64
+	require.NoError(t, q.AnalysePool(ctx, 0, queue.PoolConfig{ExitOnEmpty: true}, Wrap(func(context.Context, queue.Task) error {
+		ran.Add(1)
+		return nil
+	}, WithTracerProvider(tp), WithPropagator(traceContext))))
+	process.End()
+
+	assert.Equal(t, int64(2), ran.Load())
+	spans := deliveries(rec)
+	require.Len(t, spans, 2)
+	for _, s := range spans {
+		assert.False(t, s.Parent().IsValid(), "%s: a root span", attrs(s)[AttrOrderID].AsString())
+		assert.NotEqual(t, process.SpanContext().TraceID(), s.SpanContext().TraceID())
+	}
+}
