@@ -91,7 +91,10 @@ type Options struct {
 	// Namespace starts every metric name. If empty, "qugo" is used.
 	Namespace string
 	// ConstLabels are added to every metric, e.g. to tell two queues with
-	// different prefixes apart in one registry. If nil, none are added.
+	// different prefixes apart in one registry: give every collector of
+	// the registry the same label names, each with values of its own (a
+	// registry refuses a metric name with two sets of label names, and
+	// two collectors with the same labels). If nil, none are added.
 	ConstLabels prometheus.Labels
 	// Timeout bounds the Redis reads of one scrape. If zero, 5s is used.
 	Timeout time.Duration
