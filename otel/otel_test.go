@@ -373,3 +373,46 @@ func TestNoOrBadTraceContextStartsATrace(t *testing.T) {
 		assert.NotEqual(t, process.SpanContext().TraceID(), s.SpanContext().TraceID())
 	}
 }
+
+// The producer's trace goes on in every later life of the task: after an
+// owner that claimed it went away (the next owner recovers it), and
+// after it died and was replayed from the dead-letter store.
+func TestTraceSurvivesRecoveryAndReplay(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	tp, rec := tracing()
+	ctx, producer := tp.Tracer("producer").Start(context.Background(), "produce")
+	id, err := q.AddTask(ctx, 1, []byte("x"), AddOption(ctx, WithPropagator(traceContext)))
+	require.NoError(t, err)
+	producer.End()
+
+	// An owner claims the task and goes away without finishing it.
+	bg := context.Background()
+	first, err := q.Consume(bg, 0, queue.ConsumerConfig{})
+	require.NoError(t, err)
+	claimed, err := first.Claim(bg, 1)
+	require.NoError(t, err)
+	require.Len(t, claimed, 1)
+	require.NoError(t, first.Release(bg))
+
+	// The next owner recovers it; it dies, and is replayed.
+	var parents []trace.SpanContext
+	fn := Wrap(func(ctx context.Context, task queue.Task) error {
+		parents = append(parents, trace.SpanContextFromContext(ctx)) // one worker: no race
+		return errors.New("dies")
+	}, WithTracerProvider(tp), WithPropagator(traceContext))
+	drain(t, q, queue.PoolConfig{Workers: 1, MaxAttempts: 1, OnError: func(error) {}}, fn)
+	n, err := q.Replay(bg, 0, id)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	drain(t, q, queue.PoolConfig{Workers: 1, MaxAttempts: 1, OnError: func(error) {}}, fn)
+
+	require.Len(t, parents, 2)
+	spans := deliveries(rec)
+	require.Len(t, spans, 2)
+	for i, s := range spans {
+		assert.Equal(t, id, attrs(s)[AttrTaskID].AsString())
+		assert.Equal(t, producer.SpanContext().SpanID(), s.Parent().SpanID(), "delivery %d: a child of the producer's span", i+1)
+		assert.Equal(t, s.SpanContext(), parents[i], "delivery %d: fn runs in it", i+1)
+	}
+}
