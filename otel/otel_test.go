@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/baggage"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -249,4 +253,166 @@ func TestGlobals(t *testing.T) {
 	spans := deliveries(rec)
 	require.Len(t, spans, 1)
 	assert.Equal(t, producer.SpanContext().SpanID(), spans[0].Parent().SpanID())
+}
+
+// The span follows OpenTelemetry's messaging conventions (semconv 1.26
+// and later, whose messaging.operation.type it sets): the operation's
+// name is a required attribute and, with no destination known to Wrap,
+// the whole span name; a failed delivery says its error's type in
+// error.type (the Go type, or "panic").
+func TestSpanFollowsMessagingConventions(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	tp, rec := tracing()
+	_, err := q.AddTask(context.Background(), 1, []byte("x"))
+	require.NoError(t, err)
+	drain(t, q, queue.PoolConfig{OnError: func(error) {}}, Wrap(func(_ context.Context, task queue.Task) error {
+		switch task.Attempt {
+		case 1:
+			return fmt.Errorf("insert: %w", context.DeadlineExceeded)
+		case 2:
+			panicky()
+		}
+		return nil
+	}, WithTracerProvider(tp)))
+
+	spans := deliveries(rec)
+	require.Len(t, spans, 3)
+	for _, s := range spans {
+		assert.Equal(t, "process", s.Name(), "{messaging.operation.name}, no destination")
+		assert.Equal(t, "process", attrs(s)["messaging.operation.name"].AsString())
+	}
+	assert.Equal(t, "*fmt.wrapError", attrs(spans[0])["error.type"].AsString())
+	assert.Equal(t, "panic", attrs(spans[1])["error.type"].AsString())
+	_, set := attrs(spans[2])["error.type"]
+	assert.False(t, set, "no error.type on success")
+}
+
+// Baggage as large as OpenTelemetry allows (8,192 bytes) does not fit a
+// task's headers (8 KiB encoded in all) beside the trace context: the
+// task goes all the same, with its trace context and without the
+// baggage, rather than its AddTask failing for the sake of tracing.
+func TestLargeBaggageDoesNotFailTheTask(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	tp, rec := tracing()
+	var members []baggage.Member
+	for _, k := range []string{"a", "b"} {
+		m, err := baggage.NewMember(k, strings.Repeat("x", 4090))
+		require.NoError(t, err)
+		members = append(members, m)
+	}
+	b, err := baggage.New(members...)
+	require.NoError(t, err)
+	require.Len(t, b.String(), 8185, "within OpenTelemetry's limit")
+	ctx, producer := tp.Tracer("producer").Start(baggage.ContextWithBaggage(context.Background(), b), "produce")
+	both := WithPropagator(propagation.NewCompositeTextMapPropagator(traceContext, propagation.Baggage{}))
+	_, err = q.AddTask(ctx, 1, []byte("x"), AddOption(ctx, both))
+	require.NoError(t, err)
+	tasks := []queue.Task{{OrderID: 2, Payload: []byte("y"), Headers: Headers(ctx, both)}}
+	_, err = q.AddTasks(ctx, tasks)
+	require.NoError(t, err)
+	producer.End()
+	assert.Equal(t, []string{"traceparent"}, slices.Collect(maps.Keys(tasks[0].Headers)))
+
+	drain(t, q, queue.PoolConfig{}, Wrap(func(context.Context, queue.Task) error { return nil }, WithTracerProvider(tp), both))
+	spans := deliveries(rec)
+	require.Len(t, spans, 2)
+	for _, s := range spans {
+		assert.Equal(t, producer.SpanContext().SpanID(), s.Parent().SpanID(), "the trace goes on")
+	}
+}
+
+// hugePropagator writes a trace context too large for a task's headers.
+type hugePropagator struct{ propagation.TraceContext }
+
+func (hugePropagator) Inject(_ context.Context, c propagation.TextMapCarrier) {
+	c.Set("tracestate", strings.Repeat("x", 8<<10))
+}
+
+// A trace context that does not fit even without baggage is left out:
+// no headers, and the task is added.
+func TestHugeTraceContextLeftOut(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	huge := WithPropagator(hugePropagator{})
+	assert.Nil(t, Headers(context.Background(), huge))
+	_, err := q.AddTask(context.Background(), 1, []byte("x"), AddOption(context.Background(), huge))
+	assert.NoError(t, err)
+}
+
+// A task without trace context, or with a traceparent that does not
+// parse, starts a trace of its own and runs, even when the pool's ctx
+// carries a span (the process's own): that span must not become the
+// parent of every such delivery for as long as the pool runs.
+func TestNoOrBadTraceContextStartsATrace(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	tp, rec := tracing()
+	_, err := q.AddTask(context.Background(), 1, []byte("none"))
+	require.NoError(t, err)
+	_, err = q.AddTask(context.Background(), 2, []byte("bad"),
+		queue.WithHeaders(map[string]string{"traceparent": "00-not-a-trace-01"}))
+	require.NoError(t, err)
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ctx, process := tp.Tracer("main").Start(ctx, "analyser process")
+	var ran atomic.Int64
+	require.NoError(t, q.AnalysePool(ctx, 0, queue.PoolConfig{ExitOnEmpty: true}, Wrap(func(context.Context, queue.Task) error {
+		ran.Add(1)
+		return nil
+	}, WithTracerProvider(tp), WithPropagator(traceContext))))
+	process.End()
+
+	assert.Equal(t, int64(2), ran.Load())
+	spans := deliveries(rec)
+	require.Len(t, spans, 2)
+	for _, s := range spans {
+		assert.False(t, s.Parent().IsValid(), "%s: a root span", attrs(s)[AttrOrderID].AsString())
+		assert.NotEqual(t, process.SpanContext().TraceID(), s.SpanContext().TraceID())
+	}
+}
+
+// The producer's trace goes on in every later life of the task: after an
+// owner that claimed it went away (the next owner recovers it), and
+// after it died and was replayed from the dead-letter store.
+func TestTraceSurvivesRecoveryAndReplay(t *testing.T) {
+	t.Parallel()
+	q := newQueue(t)
+	tp, rec := tracing()
+	ctx, producer := tp.Tracer("producer").Start(context.Background(), "produce")
+	id, err := q.AddTask(ctx, 1, []byte("x"), AddOption(ctx, WithPropagator(traceContext)))
+	require.NoError(t, err)
+	producer.End()
+
+	// An owner claims the task and goes away without finishing it.
+	bg := context.Background()
+	first, err := q.Consume(bg, 0, queue.ConsumerConfig{})
+	require.NoError(t, err)
+	claimed, err := first.Claim(bg, 1)
+	require.NoError(t, err)
+	require.Len(t, claimed, 1)
+	require.NoError(t, first.Release(bg))
+
+	// The next owner recovers it; it dies, and is replayed.
+	var parents []trace.SpanContext
+	fn := Wrap(func(ctx context.Context, task queue.Task) error {
+		parents = append(parents, trace.SpanContextFromContext(ctx)) // one worker: no race
+		return errors.New("dies")
+	}, WithTracerProvider(tp), WithPropagator(traceContext))
+	drain(t, q, queue.PoolConfig{Workers: 1, MaxAttempts: 1, OnError: func(error) {}}, fn)
+	n, err := q.Replay(bg, 0, id)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	drain(t, q, queue.PoolConfig{Workers: 1, MaxAttempts: 1, OnError: func(error) {}}, fn)
+
+	require.Len(t, parents, 2)
+	spans := deliveries(rec)
+	require.Len(t, spans, 2)
+	for i, s := range spans {
+		assert.Equal(t, id, attrs(s)[AttrTaskID].AsString())
+		assert.Equal(t, producer.SpanContext().SpanID(), s.Parent().SpanID(), "delivery %d: a child of the producer's span", i+1)
+		assert.Equal(t, s.SpanContext(), parents[i], "delivery %d: fn runs in it", i+1)
+	}
 }

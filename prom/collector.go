@@ -39,7 +39,9 @@
 // sum by (analyser) (qugo_queue_lease_held) counts each queue's owners:
 // 0 is a queue no process serves. See README.md for PromQL and alerts.
 //
-// Per analyser and outcome (ok or error), fed by the hooks of OnDone:
+// Per analyser and outcome (ok or error), fed by the hooks of OnDone, or
+// by Observe for a pool config that serves several analysers (a consumer
+// group member's):
 //
 //	qugo_handler_duration_seconds           histogram  time an AnalyseFunc took, buckets from 1ms
 //
@@ -89,7 +91,10 @@ type Options struct {
 	// Namespace starts every metric name. If empty, "qugo" is used.
 	Namespace string
 	// ConstLabels are added to every metric, e.g. to tell two queues with
-	// different prefixes apart in one registry. If nil, none are added.
+	// different prefixes apart in one registry: give every collector of
+	// the registry the same label names, each with values of its own (a
+	// registry refuses a metric name with two sets of label names, and
+	// two collectors with the same labels). If nil, none are added.
 	ConstLabels prometheus.Labels
 	// Timeout bounds the Redis reads of one scrape. If zero, 5s is used.
 	Timeout time.Duration
@@ -308,4 +313,18 @@ func (c *Collector) OnDone(analyser int) func(queue.Task, time.Duration, error) 
 		}
 		ok.Observe(took.Seconds())
 	}
+}
+
+// Observe is a PoolConfig.OnDone hook for pools of any analyser: it
+// observes each delivery's duration in qugo_handler_duration_seconds
+// under the analyser that serves the task's OrderID. Use it where one
+// PoolConfig serves several queues, as a consumer group member's
+// (GroupConfig.Pool) does; OnDone(a) files every delivery under a. It is
+// safe for concurrent use.
+func (c *Collector) Observe(t queue.Task, took time.Duration, err error) {
+	outcome := "ok"
+	if err != nil {
+		outcome = "error"
+	}
+	c.latency.WithLabelValues(strconv.Itoa(c.q.AnalyserOf(t.OrderID)), outcome).Observe(took.Seconds())
 }
