@@ -14,7 +14,8 @@ import (
 // AnalyseFunc analyses one task. Returning nil acknowledges it; an error or
 // a panic fails the delivery, which is retried in place until MaxAttempts.
 // ctx ends at the task's timeout, when the pool loses its lease, or when a
-// graceful stop runs out of time.
+// graceful stop runs out of time; it carries the values of AnalysePool's
+// ctx (a logger, a tenant, a trace), but not its end or deadline.
 type AnalyseFunc func(ctx context.Context, t Task) error
 
 // PoolConfig holds the settings of AnalysePool. The zero value works.
@@ -366,7 +367,7 @@ func (q *Queue) AnalysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 			}
 			continue
 		}
-		s := newSession(st, cfg, fn)
+		s := newSession(ctx, st, cfg, fn)
 		s.log, s.waited = log, time.Since(waitFrom)
 		if limit != nil {
 			limit.forget(time.Now()) // the last tenure's workers are gone

@@ -82,7 +82,9 @@ type session struct {
 	cancelLease context.CancelFunc
 }
 
-func newSession(st *store, cfg PoolConfig, fn AnalyseFunc) *session {
+// newSession makes a tenure's session. Its tasks' ctx carries the values
+// of ctx (AnalysePool's), not its end: a stop lets running tasks finish.
+func newSession(ctx context.Context, st *store, cfg PoolConfig, fn AnalyseFunc) *session {
 	s := &session{
 		st: st, cfg: cfg, fn: fn,
 		freed:    make(chan struct{}, 1),
@@ -95,7 +97,7 @@ func newSession(st *store, cfg PoolConfig, fn AnalyseFunc) *session {
 	// As renew computes it, from when the lease was asked for: Redis's
 	// TTL ran from then at the latest, however late the answer came.
 	s.setDeadline(st.acquired.Add(cfg.LeaseTTL - cfg.LeaseTTL/5))
-	s.taskCtx, s.cancelTask = context.WithCancel(context.Background())
+	s.taskCtx, s.cancelTask = context.WithCancel(context.WithoutCancel(ctx))
 	s.leaseCtx, s.cancelLease = context.WithCancel(context.Background())
 	s.resized = make(chan struct{}, 1)
 	s.elastic = cfg.MinWorkers < cfg.MaxWorkers

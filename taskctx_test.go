@@ -168,3 +168,33 @@ func TestWorkerTaskContextsAreNeverReused(t *testing.T) {
 	})
 	assert.Less(t, allocs, 0.1)
 }
+
+// A task's ctx carries the values of AnalysePool's ctx (a logger, a
+// tenant, a trace), not its end: the stop that cancelling it starts lets
+// the running task finish, within ShutdownTimeout, with its ctx alive.
+func TestTaskCtxCarriesThePoolCtxValues(t *testing.T) {
+	t.Parallel()
+	q, _, _ := testQueue1(t)
+	type key struct{}
+	parent, stop := context.WithCancel(context.WithValue(bounded(t), key{}, "tenant-7"))
+	defer stop()
+	_, err := q.AddTask(parent, 1, []byte("x"))
+	require.NoError(t, err)
+	running, release := make(chan struct{}), make(chan struct{})
+	var got any
+	var errAfterStop error
+	errc := runPool(parent, q, PoolConfig{Workers: 1, ShutdownTimeout: 10 * time.Second}, func(ctx context.Context, _ Task) error {
+		got = ctx.Value(key{})
+		close(running)
+		<-release
+		errAfterStop = ctx.Err()
+		return nil
+	})
+	<-running
+	stop()
+	time.Sleep(50 * time.Millisecond) // the stop is under way
+	close(release)
+	require.NoError(t, <-errc)
+	assert.Equal(t, "tenant-7", got, "the pool ctx's value in the task's ctx")
+	assert.NoError(t, errAfterStop, "the task's ctx ended with the pool's ctx")
+}

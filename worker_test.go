@@ -25,7 +25,7 @@ func TestWorkerStartsNothingPastLeaseDeadline(t *testing.T) {
 	cfg, err := PoolConfig{Workers: 1, LeaseTTL: time.Second}.withDefaults()
 	require.NoError(t, err)
 	var started atomic.Int64
-	s := newSession(c.st, cfg, func(context.Context, Task) error { started.Add(1); return nil })
+	s := newSession(context.Background(), c.st, cfg, func(context.Context, Task) error { started.Add(1); return nil })
 	defer s.cancelTask()
 	defer s.cancelLease()
 	tasks, err := c.st.claim(ctx, 10, 1<<20, false, nil)

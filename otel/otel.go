@@ -190,8 +190,15 @@ func Wrap(fn queue.AnalyseFunc, opts ...Option) queue.AnalyseFunc {
 		if len(t.Headers) > 0 {
 			ctx = c.propagator.Extract(ctx, propagation.MapCarrier(t.Headers))
 		}
-		ctx, span := tracer.Start(ctx, SpanName,
-			trace.WithSpanKind(trace.SpanKindConsumer),
+		// The task's ctx carries the values of the pool's, a span of the
+		// process's own among them: a delivery whose task brought no trace
+		// context starts a trace of its own rather than nest under that
+		// span for as long as the pool runs.
+		start := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer)}
+		if !trace.SpanContextFromContext(ctx).IsRemote() {
+			start = append(start, trace.WithNewRoot())
+		}
+		ctx, span := tracer.Start(ctx, SpanName, append(start,
 			trace.WithAttributes(
 				AttrSystem.String("qugo"),
 				AttrOperation.String("process"),
@@ -199,7 +206,7 @@ func Wrap(fn queue.AnalyseFunc, opts ...Option) queue.AnalyseFunc {
 				AttrTaskID.String(t.ID),
 				AttrOrderID.String(strconv.FormatUint(t.OrderID, 10)),
 				AttrAttempt.Int(t.Attempt),
-			))
+			))...)
 		defer func() {
 			if r := recover(); r != nil {
 				perr := fmt.Errorf("panic: %v", r)
