@@ -117,6 +117,9 @@ func (s *session) repin() {
 		ls := w.set
 		ls.mu.Lock()
 		for id, o := range ls.orders {
+			if o.state == lineParked {
+				continue // not in hand
+			}
 			away := workerOf(id, s.n) != w.index
 			if away {
 				s.pinned[id] = w.index

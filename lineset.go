@@ -20,7 +20,7 @@ type lineSet struct {
 	orders   map[uint64]*orderLine
 	runnable []*orderLine // OrderIDs with a task to start now, oldest first
 	delayed  []*orderLine // OrderIDs waiting out a backoff
-	free     []*orderLine // emptied orderLines kept for reuse
+	free     []*orderLine // emptied orderLines kept for reuse, each parked in orders
 	maxFree  int          // the most kept in free
 	idle     []*worker    // workers waiting for a task (worker.idleAt is the index)
 	timed    *worker      // the idle worker whose timer waits for the earliest delayed OrderID, or nil
@@ -35,6 +35,7 @@ type orderLine struct {
 	state     lineState
 	notBefore time.Time // while delayed
 	pinned    bool      // DispatchByOrder: on a worker other than its hash's under the current worker count
+	freeAt    int       // while parked: its index in free
 }
 
 type lineState int
@@ -44,6 +45,10 @@ const (
 	lineRunnable                  // in runnable
 	lineRunning                   // tasks[head] runs
 	lineDelayed                   // in delayed
+	// lineParked: emptied, in free, and left in orders under its last
+	// OrderID, which holds no task: the OrderID's next task takes it
+	// back without a map write. Nothing but give and newOrder sees it.
+	lineParked
 )
 
 func newLineSet(s *session, shared bool) *lineSet {
@@ -64,9 +69,13 @@ func (ls *lineSet) give(ts []claimed) {
 	lines, woken := 0, 0
 	for _, t := range ts {
 		o := ls.orders[t.OrderID]
-		if o == nil {
+		switch {
+		case o == nil:
 			o = ls.newOrder(t.OrderID)
 			ls.orders[t.OrderID] = o
+			lines++
+		case o.state == lineParked:
+			ls.unpark(o)
 			lines++
 		}
 		o.push(t)
@@ -93,7 +102,7 @@ func (ls *lineSet) giveHeld(ts, rejected []claimed) []claimed {
 	woken := 0
 	for _, t := range ts {
 		o := ls.orders[t.OrderID]
-		if o == nil {
+		if o == nil || o.state == lineParked {
 			rejected = append(rejected, t)
 			continue
 		}
@@ -131,37 +140,56 @@ const (
 	maxFreeTasks  = 64
 )
 
-// newOrder returns an empty orderLine for id, reusing a freed one.
+// newOrder returns an empty orderLine for id, not in orders yet, reusing
+// a parked one (which leaves orders).
 func (ls *lineSet) newOrder(id uint64) *orderLine {
 	n := len(ls.free)
 	if n == 0 {
 		return &orderLine{id: id}
 	}
 	o := ls.free[n-1]
-	ls.free[n-1] = nil
-	ls.free = ls.free[:n-1]
+	ls.unpark(o)
+	if ls.orders[o.id] == o {
+		delete(ls.orders, o.id)
+	}
 	o.id = id
 	return o
 }
 
-// drop deletes an emptied orderLine and keeps it for reuse.
+// unpark takes the parked o out of free, an idle empty line.
+func (ls *lineSet) unpark(o *orderLine) {
+	last := len(ls.free) - 1
+	moved := ls.free[last]
+	ls.free[o.freeAt], moved.freeAt = moved, o.freeAt
+	ls.free[last] = nil
+	ls.free = ls.free[:last]
+	o.state, o.freeAt = lineIdle, 0
+}
+
+// drop takes an emptied orderLine out of hand. It stays in orders, parked
+// for its OrderID's next task, while free has room: an OrderID that comes
+// back, as most do in a drain, costs no map delete and insert a task. The
+// lines beyond leave orders.
 func (ls *lineSet) drop(o *orderLine) {
-	delete(ls.orders, o.id)
 	ls.s.lines.Add(-1)
 	if o.pinned {
 		ls.s.pinnedLines.Add(-1)
 	}
 	n := len(ls.free)
 	if n >= ls.maxFree {
+		delete(ls.orders, o.id)
 		return
 	}
 	tasks := o.tasks[:0]
 	if cap(tasks) > maxFreeTasks || n >= maxFreeOrders && cap(tasks) > maxSpareTasks {
 		tasks = nil
 	}
-	*o = orderLine{tasks: tasks}
+	*o = orderLine{id: o.id, tasks: tasks, state: lineParked, freeAt: n}
 	ls.free = append(ls.free, o)
 }
+
+// held returns how many OrderIDs the set holds tasks of.
+func (ls *lineSet) held() int { return len(ls.orders) - len(ls.free) }
 
 // takeAll removes and returns every task the set holds except running
 // ones, in no particular order.
@@ -170,7 +198,10 @@ func (ls *lineSet) takeAll() []claimed {
 	defer ls.mu.Unlock()
 	var out []claimed
 	for _, o := range ls.orders {
-		if o.state == lineRunning {
+		switch o.state {
+		case lineParked:
+			continue
+		case lineRunning:
 			out = append(out, o.tasks[o.head+1:]...)
 			o.tasks = o.tasks[:o.head+1]
 			continue
@@ -193,7 +224,7 @@ func (ls *lineSet) next(w *worker, now time.Time) (o *orderLine, t claimed, due 
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
 	ls.unidle(w)
-	if w.retire && (ls.shared || len(ls.orders) == 0) {
+	if w.retire && (ls.shared || ls.held() == 0) {
 		w.gone = true
 		ls.handOn()
 		return nil, claimed{}, time.Time{}, true

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 )
@@ -54,4 +55,39 @@ func TestLineSetKeepsLinesForReuse(t *testing.T) {
 			assert.Zero(t, allocs, "allocations reusing the kept lines")
 		}
 	}
+}
+
+// An emptied line stays in orders, parked, for its OrderID's next task:
+// nothing but give sees it (a held task of another worker is not
+// mistaken for one here, a stop hands nothing back, a retiring worker
+// holds nothing), and the OrderID's next task takes it back.
+func TestLineSetParksEmptiedLines(t *testing.T) {
+	s := &session{cfg: PoolConfig{Prefetch: 1024}}
+	ls := newLineSet(s, false)
+	w := newWorker(s, 0, ls)
+	task := []claimed{{Task: Task{OrderID: 7}}}
+	cycle := func() *orderLine {
+		ls.give(task)
+		o, _, _, _ := ls.next(w, time.Now())
+		ls.settle(o, true, time.Time{}, time.Time{})
+		return o
+	}
+	o := cycle()
+	assert.Equal(t, lineParked, o.state)
+	assert.Same(t, o, ls.orders[7])
+	assert.Zero(t, ls.held())
+	assert.Zero(t, s.lines.Load())
+	rejected := ls.giveHeld([]claimed{{Task: Task{OrderID: 7}}}, nil)
+	assert.Len(t, rejected, 1, "a parked line holds no task")
+	assert.Empty(t, ls.takeAll())
+	assert.Equal(t, lineParked, o.state)
+
+	assert.Same(t, o, cycle(), "the parked line is taken back")
+
+	// A new OrderID takes a parked line, which leaves orders.
+	ls.give([]claimed{{Task: Task{OrderID: 8}}})
+	assert.Same(t, o, ls.orders[8])
+	assert.NotContains(t, ls.orders, uint64(7))
+	assert.Equal(t, 1, ls.held())
+	assert.EqualValues(t, 1, s.lines.Load())
 }
