@@ -18,7 +18,8 @@ type lineSet struct {
 
 	mu       sync.Mutex
 	orders   map[uint64]*orderLine
-	runnable []*orderLine // OrderIDs with a task to start now, oldest first
+	runnable []*orderLine // OrderIDs with a task to start now, oldest first from runHead
+	runHead  int          // runnable[:runHead] were taken (and zeroed)
 	delayed  []*orderLine // OrderIDs waiting out a backoff
 	free     []*orderLine // emptied orderLines kept for reuse, each parked in orders
 	maxFree  int          // the most kept in free
@@ -81,7 +82,7 @@ func (ls *lineSet) give(ts []claimed) {
 		o.push(t)
 		if o.state == lineIdle {
 			o.state = lineRunnable
-			ls.runnable = append(ls.runnable, o)
+			ls.pushRunnable(o)
 			woken++
 		}
 	}
@@ -109,7 +110,7 @@ func (ls *lineSet) giveHeld(ts, rejected []claimed) []claimed {
 		o.push(t)
 		if o.state == lineIdle {
 			o.state = lineRunnable
-			ls.runnable = append(ls.runnable, o)
+			ls.pushRunnable(o)
 			woken++
 		}
 	}
@@ -210,7 +211,7 @@ func (ls *lineSet) takeAll() []claimed {
 		clear(o.tasks)
 		ls.drop(o)
 	}
-	ls.runnable, ls.delayed = nil, nil
+	ls.runnable, ls.runHead, ls.delayed = nil, 0, nil
 	return out
 }
 
@@ -233,7 +234,7 @@ func (ls *lineSet) next(w *worker, now time.Time) (o *orderLine, t claimed, due 
 	for _, o := range ls.delayed {
 		if !o.notBefore.After(now) {
 			o.state = lineRunnable
-			ls.runnable = append(ls.runnable, o)
+			ls.pushRunnable(o)
 			continue
 		}
 		if due.IsZero() || o.notBefore.Before(due) {
@@ -243,7 +244,7 @@ func (ls *lineSet) next(w *worker, now time.Time) (o *orderLine, t claimed, due 
 	}
 	clear(ls.delayed[len(kept):])
 	ls.delayed = kept
-	if len(ls.runnable) == 0 {
+	if ls.runnableLen() == 0 {
 		ls.toIdle(w)
 		if due.IsZero() || ls.timed != nil {
 			return nil, claimed{}, time.Time{}, false // another idle worker waits for the delayed ones
@@ -251,19 +252,45 @@ func (ls *lineSet) next(w *worker, now time.Time) (o *orderLine, t claimed, due 
 		ls.timed, ls.timedDue = w, due
 		return nil, claimed{}, due, false
 	}
-	o = ls.runnable[0]
-	ls.runnable[0] = nil
-	ls.runnable = ls.runnable[1:]
+	o = ls.popRunnable()
 	o.state = lineRunning
 	ls.handOn()
 	return o, o.tasks[o.head], time.Time{}, false
 }
 
+// pushRunnable appends o to runnable, first moving the OrderIDs left to
+// the front of a full buffer at least half taken (so that a move copies
+// no more than the pushes since the last one): the queue reuses its
+// buffer, where slicing taken ones off its front made an append allocate
+// whenever it had emptied (a quarter of an allocation a task in a drain).
+func (ls *lineSet) pushRunnable(o *orderLine) {
+	if len(ls.runnable) == cap(ls.runnable) && ls.runHead > 0 && ls.runHead >= len(ls.runnable)/2 {
+		n := copy(ls.runnable, ls.runnable[ls.runHead:])
+		clear(ls.runnable[n:])
+		ls.runnable, ls.runHead = ls.runnable[:n], 0
+	}
+	ls.runnable = append(ls.runnable, o)
+}
+
+// popRunnable takes the oldest runnable OrderID; there is one.
+func (ls *lineSet) popRunnable() *orderLine {
+	o := ls.runnable[ls.runHead]
+	ls.runnable[ls.runHead] = nil
+	ls.runHead++
+	if ls.runHead == len(ls.runnable) {
+		ls.runnable, ls.runHead = ls.runnable[:0], 0
+	}
+	return o
+}
+
+// runnableLen returns how many OrderIDs are runnable.
+func (ls *lineSet) runnableLen() int { return len(ls.runnable) - ls.runHead }
+
 // handOn wakes an idle worker when a worker leaves runnable OrderIDs
 // behind (each woken worker wakes the next), or delayed ones that no idle
 // worker waits for. Only under DispatchFree can both be.
 func (ls *lineSet) handOn() {
-	if len(ls.idle) > 0 && (len(ls.runnable) > 0 || len(ls.delayed) > 0 && ls.timed == nil) {
+	if len(ls.idle) > 0 && (ls.runnableLen() > 0 || len(ls.delayed) > 0 && ls.timed == nil) {
 		ls.wakeOne()
 	}
 }
@@ -297,7 +324,7 @@ func (ls *lineSet) settle(o *orderLine, done bool, retryAt, started time.Time) {
 		}
 	default:
 		o.state = lineRunnable
-		ls.runnable = append(ls.runnable, o)
+		ls.pushRunnable(o)
 	}
 }
 
@@ -356,7 +383,7 @@ func (ls *lineSet) wake(w *worker) {
 func (ls *lineSet) runnableCount() int {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
-	return len(ls.runnable)
+	return ls.runnableLen()
 }
 
 // hurry makes the OrderIDs that wait out a backoff, and whose next task's

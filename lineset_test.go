@@ -60,7 +60,8 @@ func TestLineSetKeepsLinesForReuse(t *testing.T) {
 // An emptied line stays in orders, parked, for its OrderID's next task:
 // nothing but give sees it (a held task of another worker is not
 // mistaken for one here, a stop hands nothing back, a retiring worker
-// holds nothing), and the OrderID's next task takes it back.
+// holds nothing), and the OrderID's next task takes it back: a task of
+// an OrderID that comes back allocates nothing in the set.
 func TestLineSetParksEmptiedLines(t *testing.T) {
 	s := &session{cfg: PoolConfig{Prefetch: 1024}}
 	ls := newLineSet(s, false)
@@ -83,6 +84,7 @@ func TestLineSetParksEmptiedLines(t *testing.T) {
 	assert.Equal(t, lineParked, o.state)
 
 	assert.Same(t, o, cycle(), "the parked line is taken back")
+	assert.Zero(t, testing.AllocsPerRun(100, func() { cycle() }))
 
 	// A new OrderID takes a parked line, which leaves orders.
 	ls.give([]claimed{{Task: Task{OrderID: 8}}})
@@ -90,4 +92,27 @@ func TestLineSetParksEmptiedLines(t *testing.T) {
 	assert.NotContains(t, ls.orders, uint64(7))
 	assert.Equal(t, 1, ls.held())
 	assert.EqualValues(t, 1, s.lines.Load())
+}
+
+// The runnable queue hands OrderIDs out oldest first while it reuses its
+// buffer, pushes and pops interleaved.
+func TestLineSetRunnableOrder(t *testing.T) {
+	ls := newLineSet(&session{}, false)
+	lines := make([]orderLine, 100)
+	next, want := 0, 0
+	for round := range 20 {
+		for range round%7 + 1 {
+			ls.pushRunnable(&lines[next%len(lines)])
+			next++
+		}
+		for range round%5 + 1 {
+			if ls.runnableLen() == 0 {
+				break
+			}
+			assert.Same(t, &lines[want%len(lines)], ls.popRunnable(), "round %d", round)
+			want++
+		}
+		assert.Equal(t, next-want, ls.runnableLen())
+	}
+	assert.LessOrEqual(t, cap(ls.runnable), 2*(next-want)+8, "the buffer stays near its contents")
 }
