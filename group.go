@@ -274,14 +274,12 @@ func (r *groupRun) start(ctx context.Context, fail context.CancelCauseFunc, a in
 		defer close(p.done)
 		defer stop()
 		if prev != nil {
-			select {
-			case <-prev.done:
-			case <-pctx.Done():
-				// Stopped before it started: its done, which the next
-				// pool on a waits for, must not close before prev's
-				// (prev was stopped first, so this wait ends with its
-				// graceful stop).
-				<-prev.done
+			// Even when stopped before it started, it waits: its done,
+			// which the next pool on a waits for, must not close before
+			// prev's (prev was stopped first, so the wait ends with its
+			// graceful stop).
+			<-prev.done
+			if pctx.Err() != nil {
 				return
 			}
 		}
