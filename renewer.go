@@ -14,7 +14,6 @@ import (
 // stops claims and cancels running tasks while the lease still holds.
 func (s *session) renew(ctx context.Context) {
 	ttl := s.cfg.LeaseTTL
-	margin := ttl / 5
 	// The lease was taken just before the session; renew at once all the
 	// same, in case recovering pending tasks took long. It runs from
 	// when it was asked for (see newSession).
@@ -39,7 +38,7 @@ func (s *session) renew(ctx context.Context) {
 			// The lease runs from when this renewal was sent at the
 			// latest, and so does the next one's schedule: a renewal held
 			// up behind a long script must not push the next one later.
-			deadline = start.Add(ttl - margin)
+			deadline = start.Add(leaseHeld(ttl))
 			s.setDeadline(deadline)
 			s.log.ok(start)
 			s.recordWorkers(ctx, start.Add(every)) // after a refence, or a failed try; not past the next renewal
@@ -55,6 +54,10 @@ func (s *session) renew(ctx context.Context) {
 		}
 	}
 }
+
+// leaseHeld is how long after a lease call was sent the pool takes its
+// lease as held: the TTL less a fifth, the margin for clocks and replies.
+func leaseHeld(ttl time.Duration) time.Duration { return ttl - ttl/5 }
 
 // waitRenewal waits d, or until ctx ends (returning its error), and
 // records the worker count whenever it changes meanwhile.

@@ -96,7 +96,7 @@ func newSession(ctx context.Context, st *store, cfg PoolConfig, fn AnalyseFunc) 
 	s.born = time.Now()
 	// As renew computes it, from when the lease was asked for: Redis's
 	// TTL ran from then at the latest, however late the answer came.
-	s.setDeadline(st.acquired.Add(cfg.LeaseTTL - cfg.LeaseTTL/5))
+	s.setDeadline(st.acquired.Add(leaseHeld(cfg.LeaseTTL)))
 	s.taskCtx, s.cancelTask = context.WithCancel(context.WithoutCancel(ctx))
 	s.leaseCtx, s.cancelLease = context.WithCancel(context.Background())
 	s.resized = make(chan struct{}, 1)
