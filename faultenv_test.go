@@ -166,6 +166,20 @@ type faultEnv struct {
 	harness   []faultEvent
 	histories []string
 	children  []*child
+	reports   []string // what report logged, logged again last when the test fails
+}
+
+// report logs what a test found, as t.Logf does, and keeps it: when the
+// test fails, close logs it again after the children's output, so that
+// the last lines of a failed run (all a CI excerpt may show) say what it
+// found rather than what a child printed.
+func (e *faultEnv) report(format string, args ...any) {
+	e.t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	e.t.Log(msg)
+	e.mu.Lock()
+	e.reports = append(e.reports, msg)
+	e.mu.Unlock()
 }
 
 func newFaultEnv(t *testing.T, queues int, aof bool, redisArgs ...string) *faultEnv {
@@ -216,6 +230,11 @@ func (e *faultEnv) close() {
 				t.Logf("%s %d output:\n%s", c.role, c.pid(), tail(b, 3000))
 			}
 		}
+		e.mu.Lock()
+		for _, r := range e.reports {
+			t.Logf("failed; the test had found: %s", r)
+		}
+		e.mu.Unlock()
 	}
 }
 

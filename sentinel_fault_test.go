@@ -56,7 +56,7 @@ func TestFaultSentinelFailover(t *testing.T) {
 	events := e.events()
 	r := checkHistory(events)
 	produceAgain, consumeAgain, lostAfter := afterFault(events, killAt)
-	t.Logf("sentinel failover: kill -9 of the primary with %d tasks pending, the sentinels named the replica %v later; "+
+	e.report("sentinel failover: kill -9 of the primary with %d tasks pending, the sentinels named the replica %v later; "+
 		"adds succeed again after %v, the first task added after the kill runs after %v; %d tasks acknowledged before the kill lost: %v",
 		pending, failedOver.Round(time.Millisecond), fmtRecovery(produceAgain), fmtRecovery(consumeAgain), r.Lost-lostAfter, r)
 	if lostAfter > 0 {
@@ -123,8 +123,9 @@ func TestFaultSentinelFailoverWaitReplicas(t *testing.T) {
 	events := e.events()
 	r := checkHistory(events)
 	produceAgain, consumeAgain, _ := afterFault(events, killAt)
-	t.Logf("sentinel failover with WaitReplicas=1, %d tasks pending at the kill: a replica again %v after it; adds succeed again after %v, "+
-		"the first task added after the kill runs after %v: %v", pending, back.Round(time.Millisecond), fmtRecovery(produceAgain), fmtRecovery(consumeAgain), r)
+	e.report("sentinel failover with WaitReplicas=1, %d tasks pending at the kill: a replica again %v after it; adds succeed again after %v, "+
+		"the first task added after the kill runs after %v; %d failovers: %v", pending, back.Round(time.Millisecond), fmtRecovery(produceAgain),
+		fmtRecovery(consumeAgain), topo.switches(), r)
 	assert.Zero(t, r.DupOther, "duplicates of tasks not pending at the kill")
 	assert.Equal(t, 1, topo.switches(), "failovers: the test is of one")
 	logLost(t, events, r, killAt)
