@@ -58,7 +58,8 @@ func BenchmarkBurst(b *testing.B) {
 		c := s.pool.Get()
 		defer c.Close()
 		for {
-			n, err := redis.Int(c.Do("HLEN", k.pending))
+			m, err := pendingRecords(c.Do, k)
+			n := len(m)
 			if err != nil {
 				b.Fatal(err)
 			}

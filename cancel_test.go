@@ -257,7 +257,7 @@ func TestCancelChecksThePendingAndDeadHashesFirst(t *testing.T) {
 	ctx := bounded(t)
 	id, err := q.AddTask(ctx, 1, []byte("x"))
 	require.NoError(t, err)
-	for _, key := range []string{k.pending, k.dead} {
+	for _, key := range []string{k.pending, k.dead, k.claims} {
 		s.do(t, "SET", key, "not a hash")
 		_, err = q.Cancel(ctx, 1, id)
 		require.ErrorIs(t, err, ErrWrongType, "%s", key)

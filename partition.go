@@ -35,7 +35,7 @@ func newQueueKeys(prefix string, partition, queue int) queueKeys {
 	return queueKeys{
 		ready:   tag + "ready",
 		pending: tag + "pending",
-		claims:  tag + "order", // the name of the first release, kept
+		claims:  tag + claimsName, // the name of the first release, kept
 		dead:    tag + "dead",
 		lease:   tag + "lease",
 		meta:    tag + "meta",
