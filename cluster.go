@@ -111,13 +111,21 @@ func (r *clusterRouter) nodePool(addr string) (*redis.Pool, error) {
 
 // nodeConn returns a connection to the node at addr.
 func (r *clusterRouter) nodeConn(ctx context.Context, addr string) (redis.Conn, error) {
-	p, err := r.nodePool(addr)
-	if err != nil {
-		return nil, err
-	}
-	c, err := p.GetContext(ctx)
-	if err != nil {
-		return nil, err
+	var c redis.Conn
+	for {
+		p, err := r.nodePool(addr)
+		if err != nil {
+			return nil, err
+		}
+		c, err = p.GetContext(ctx)
+		if err == nil {
+			break
+		}
+		if !r.dropped(addr, p) {
+			return nil, err
+		}
+		// A refresh closed the pool meanwhile (addr served no slot);
+		// the next one is made afresh.
 	}
 	if r.wrap != nil {
 		c = r.wrap(c)
@@ -206,14 +214,44 @@ func (r *clusterRouter) startRefresh() (chan struct{}, bool) {
 
 func (r *clusterRouter) runRefresh(ctx context.Context, done chan struct{}) {
 	m, err := r.readSlots(ctx)
+	var gone []*redis.Pool
 	r.mu.Lock()
 	if err == nil {
 		r.slots.Store(m)
+		gone = r.dropNodesLocked(m)
 	}
 	r.refreshErr = err
 	r.refreshing = nil
 	r.mu.Unlock()
+	for _, p := range gone {
+		p.Close()
+	}
 	close(done)
+}
+
+// dropNodesLocked forgets the pools of the nodes that are neither a seed
+// nor a primary of m, and returns them to be closed: over a long life a
+// cluster's nodes come and go (a node restarted on a new address), and
+// each pool keeps idle connections to its node. A connection in use
+// is closed when put back; a node that serves again gets a new pool.
+// r.mu is held.
+func (r *clusterRouter) dropNodesLocked(m *slotMap) []*redis.Pool {
+	var gone []*redis.Pool
+	for addr, p := range r.nodes {
+		if !slices.Contains(m.primaries, addr) && !slices.Contains(r.seeds, addr) {
+			delete(r.nodes, addr)
+			gone = append(gone, p)
+		}
+	}
+	return gone
+}
+
+// dropped reports whether p, the pool of addr, was dropped by a refresh
+// (and closed) while the router is open.
+func (r *clusterRouter) dropped(addr string, p *redis.Pool) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return !r.closed && r.nodes[addr] != p
 }
 
 // readSlots asks the known primaries, then the seeds, in a random order

@@ -3,6 +3,11 @@ package queue
 import (
 	"context"
 	"fmt"
+	"maps"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -158,4 +163,98 @@ func TestClusterRouterFollowsRedirections(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 2, l)
 	assert.Equal(t, dst.addr(), r.slots.Load().addrOf(slot), "the map follows MOVED")
+}
+
+// TestClusterRouterDropsGoneNodes: nodes come and go over a cluster's
+// life (a pod restarted on a new address takes over its shard). The
+// router keeps a connection pool for the seeds and the primaries it
+// routes to, not for every address it ever saw: the pool of a node that
+// no longer serves is closed at the next refresh, with its idle
+// connections, and a node that serves again gets a new one.
+func TestClusterRouterDropsGoneNodes(t *testing.T) {
+	c := startCluster(t, 3, 0)
+	u, err := parseRedisURL(c.url()) // the seeds: the first three nodes
+	require.NoError(t, err)
+	cfg, err := Config{ReadTimeout: 3 * time.Second}.withDefaults()
+	require.NoError(t, err)
+	ctx := context.Background()
+	r, err := newClusterRouter(ctx, u, cfg)
+	require.NoError(t, err)
+	defer r.close()
+	pool := r.partitionPool(nil)
+	defer pool.Close()
+	touch := func() { // a command on every slot's primary
+		conn := pool.Get()
+		defer conn.Close()
+		for i := range 200 {
+			_, err := conn.Do("SET", fmt.Sprintf("gone:%d", i), i)
+			require.NoError(t, err)
+		}
+	}
+	pools := func() map[string]*redis.Pool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return maps.Clone(r.nodes)
+	}
+	// replace starts a node, makes it a replica of old and fails old's
+	// shard over to it: old goes on as a replica, which the router does
+	// not route to.
+	replace := func(old *redisProc) *redisProc {
+		n := &redisProc{t: t, port: clusterPort(t), dir: t.TempDir()}
+		n.args = slices.Clone(old.args)
+		for i, a := range n.args {
+			switch a {
+			case strconv.Itoa(old.port):
+				n.args[i] = strconv.Itoa(n.port)
+			case old.dir, filepath.Join(old.dir, "redis.log"):
+				n.args[i] = strings.Replace(a, old.dir, n.dir, 1)
+			}
+		}
+		n.start()
+		t.Cleanup(n.kill)
+		c.must(n, "CLUSTER", "MEET", "127.0.0.1", old.port)
+		oldID := c.id(old)
+		require.Eventually(t, func() bool {
+			_, err := c.do(n, "CLUSTER", "REPLICATE", oldID)
+			return err == nil
+		}, 30*time.Second, 20*time.Millisecond, "node %d joins as a replica of %d", n.port, old.port)
+		c.nodes = append(c.nodes, n)
+		c.waitSettled(fmt.Sprintf("node %d joining", n.port))
+		c.failover(n)
+		return n
+	}
+
+	// refreshed waits until the router's map has n as a primary and gone
+	// as none (a refresh started before the failover may answer first).
+	refreshed := func(n, gone *redisProc) {
+		require.Eventually(t, func() bool {
+			m := r.slots.Load()
+			if slices.Contains(m.primaries, n.addr()) && !slices.Contains(m.primaries, gone.addr()) {
+				return true
+			}
+			require.NoError(t, r.refresh(ctx))
+			return false
+		}, 30*time.Second, 20*time.Millisecond, "the router sees %d in place of %d", n.port, gone.port)
+	}
+	touch()
+	first := c.primaries()[0]
+	second := replace(first)
+	refreshed(second, first)
+	touch()
+	require.Contains(t, pools(), second.addr(), "the new primary's pool")
+	old := pools()[second.addr()]
+	third := replace(second)
+	refreshed(third, second)
+	touch()
+
+	got := pools()
+	assert.NotContains(t, got, second.addr(), "a node that no longer serves, and is no seed, has no pool")
+	assert.Contains(t, got, third.addr())
+	assert.Contains(t, got, first.addr(), "a seed keeps its pool")
+	assert.Len(t, got, 4, "the seeds and the new primary")
+	// Its connections are closed: a pool closed returns none.
+	conn, err := old.GetContext(ctx)
+	assert.Error(t, err, "the pool of the node gone is closed")
+	conn.Close()
+	assert.Zero(t, old.ActiveCount(), "its connections are closed")
 }
