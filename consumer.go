@@ -112,7 +112,7 @@ func (c *Consumer) RemoveTask(ctx context.Context) (Task, error) {
 const consumerClaimBytes = 64 << 20
 
 // Claim claims up to max tasks in one round trip, oldest first: it moves
-// them from the ready list into the pending record in one atomic step and
+// them from the ready list into a claim record in one atomic step and
 // returns them. It takes fewer when their entries would total more than
 // 64 MiB (and one task however large). It returns an empty slice when the
 // queue is empty. Malformed records met on the way are moved to the
@@ -291,7 +291,7 @@ func (c *Consumer) Wait(ctx context.Context, d time.Duration) (bool, error) {
 	return c.st.wait(ctx, d)
 }
 
-// Ack marks finished tasks done: their pending records are deleted and the
+// Ack marks finished tasks done: their places in their claim records are set and the
 // processed counter grows; with Config.Retention, the status of each task
 // this Consumer handed out is kept as done, its last delivery started when
 // Claim returned it or Fail recorded the one before. IDs no longer pending
@@ -324,9 +324,7 @@ func (c *Consumer) Ack(ctx context.Context, ids ...string) (int, error) {
 // cause and Fail reports dead; otherwise the failure, and the retry that
 // follows, are recorded in the pending record, so that a crash counts
 // them, and the caller retries t in place with Attempt one higher. Costs
-// one round trip, two for a dead letter that ends its claim (whose
-// claim-sequence record goes; should that fail, the next Claim deletes
-// it).
+// one round trip.
 func (c *Consumer) Fail(ctx context.Context, t Task, cause error) (dead bool, err error) {
 	if err := c.st.finishRefence(ctx); err != nil {
 		return false, err
