@@ -48,6 +48,9 @@ type redisURL struct {
 // password, and so may a piece of one that does not parse.
 func parseRedisURL(raw string) (redisURL, error) {
 	var r redisURL
+	if !strings.Contains(raw, "://") { // host:port, as redis-cli takes it
+		return r, errors.New("URL has no scheme: write redis://host:port (rediss:// for TLS, redis+cluster:// or redis+sentinel://)")
+	}
 	u, hosts, err := parseHostList(raw)
 	if err != nil {
 		return r, errors.New("URL does not parse")
@@ -139,7 +142,7 @@ func parseRedisURL(raw string) (redisURL, error) {
 		switch {
 		case r.topo == sentinel && (k == "sentinel_user" || k == "sentinel_password"):
 		default:
-			return r, errors.New("URL has an unknown query parameter")
+			return r, errors.New("URL has an unknown query parameter (only redis+sentinel:// takes any: sentinel_user, sentinel_password)")
 		}
 	}
 	r.sentinelUser, r.sentinelPassword = query.Get("sentinel_user"), query.Get("sentinel_password")
