@@ -200,8 +200,12 @@ func (c *PoolConfig) workerDefaults() error {
 	case c.MaxWorkers == 0:
 		c.MaxWorkers = c.MinWorkers
 	}
-	if c.MinWorkers < 1 || c.MaxWorkers > maxWorkers || c.MinWorkers > c.MaxWorkers {
-		return fmt.Errorf("%w: workers %d..%d not within [1, %d]", ErrBadConfig, c.MinWorkers, c.MaxWorkers, maxWorkers)
+	switch {
+	case c.MinWorkers == c.MaxWorkers && (c.MinWorkers < 1 || c.MaxWorkers > maxWorkers):
+		return fmt.Errorf("%w: Workers %d not within [1, %d]", ErrBadConfig, c.MinWorkers, maxWorkers)
+	case c.MinWorkers < 1 || c.MaxWorkers > maxWorkers || c.MinWorkers > c.MaxWorkers:
+		return fmt.Errorf("%w: MinWorkers %d and MaxWorkers %d: want 1 <= MinWorkers <= MaxWorkers <= %d",
+			ErrBadConfig, c.MinWorkers, c.MaxWorkers, maxWorkers)
 	}
 	if c.ScaleDownAfter == 0 {
 		c.ScaleDownAfter = 5 * time.Second
