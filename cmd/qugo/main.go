@@ -149,7 +149,7 @@ var commands = []command{
 	{"group", "NAME [-watch DURATION] [-json]", groupFlags},
 	{"route", "[-json] [ORDER-ID...] [-key STRING...]", routeFlags},
 	{"serve", "[-listen ADDRESS] [-token TOKEN] [-group NAME...] [-timeout DURATION] [-sample DURATION] [-window DURATION]", serveFlags},
-	{"bench", "[-n N] [-orders K] [-workers W] [-producers P] [-batch B] [-size BYTES] [-fill | -verify] [-json]", benchFlags},
+	{"bench", "[-n N] [-orders K] [-workers W] [-producers P] [-batch B] [-size BYTES] [-rate N] [-timeout DURATION] [-fill | -verify] [-json]", benchFlags},
 }
 
 // run runs qugo with args (without the program name) and returns its exit

@@ -279,7 +279,7 @@ func TestHelp(t *testing.T) {
 	}
 	// Defaults are shown, as the README lists them; zero ones are not.
 	for cmd, want := range map[string][]string{
-		"bench":     {"to add (default 100000)", "(K) (default 1000)", "give up after DURATION (default 10m0s)"},
+		"bench":     {"-n N\n", "to add (default 100000)", "spread the tasks over (default 1000)", "give up after DURATION (default 10m0s)"},
 		"serve":     {"(default 127.0.0.1:8081)", "(default 2s)", "(default 5s)", "(default 10m0s)"},
 		"scheduled": {"(at most 100000) (default 100)"},
 	} {
