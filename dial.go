@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -241,6 +242,7 @@ func newPool(u redisURL, cfg Config, onDial func(context.Context, redis.Conn) er
 type serverDialer struct {
 	opts   []redis.DialOption
 	dialer net.Dialer
+	tls    bool // rediss://: the handshake's failures get a hint
 	// wrap, when set, wraps every connection under its watchedConn: the
 	// fault suite's recording connection.
 	wrap func(redis.Conn) redis.Conn
@@ -262,6 +264,7 @@ func newServerDialer(cfg Config, useTLS bool, user, password string, db int, rea
 			redis.DialDatabase(db),
 		},
 		dialer: net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 5 * time.Minute},
+		tls:    useTLS,
 	}
 }
 
@@ -276,12 +279,24 @@ func (d *serverDialer) dial(ctx context.Context, addr string) (*watchedConn, err
 	}
 	c, err := redis.DialContext(ctx, "tcp", addr, append(d.opts[:len(d.opts):len(d.opts)], redis.DialContextFunc(dial))...)
 	if err != nil {
+		if d.tls && tlsRefused(err) {
+			err = fmt.Errorf("%w (is TLS enabled on that port? rediss:// is for TLS, redis:// for plain connections)", err)
+		}
 		return nil, err
 	}
 	if d.wrap != nil {
 		c = d.wrap(c)
 	}
 	return &watchedConn{Conn: c, tcp: nc, addr: addr}, nil
+}
+
+// tlsRefused reports whether a dial's error says the TLS handshake got no
+// TLS answer: a plain Redis server waits for the end of a command line
+// that never comes (a handshake timeout), another server answers in its
+// own protocol (not a TLS record).
+func tlsRefused(err error) bool {
+	var rh tls.RecordHeaderError
+	return errors.As(err, &rh) || err.Error() == "TLS handshake timeout" // redigo's, unexported
 }
 
 // poolOf makes a pool for Dial whose connections dial makes. onDial, when
