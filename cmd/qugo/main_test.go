@@ -364,6 +364,19 @@ func TestRedisFromEnv(t *testing.T) {
 	assert.Len(t, doc.Analysers, 2)
 }
 
+// A bad URL in QUEUE_REDIS is refused under that name, not as -redis,
+// which the caller did not give; a bad -redis is refused as -redis.
+func TestBadRedisFromEnv(t *testing.T) {
+	t.Setenv("QUEUE_REDIS", "127.0.0.1:6379")
+	code, out, errOut := qugo(t, "stats")
+	assert.Equal(t, exitUsage, code)
+	assert.Empty(t, out)
+	assert.Contains(t, errOut, "qugo: $QUEUE_REDIS (no -redis given): URL 0: queue: bad config: URL has no scheme")
+	code, _, errOut = qugo(t, "-redis", "tcp://h", "stats")
+	assert.Equal(t, exitUsage, code)
+	assert.Contains(t, errOut, "qugo: -redis: URL 0: ")
+}
+
 func TestParseInterspersed(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
