@@ -15,7 +15,7 @@ func (q *Queue) checkPayload(p []byte) error {
 		return ErrEmptyPayload
 	}
 	if len(p) > q.cfg.MaxPayload {
-		return fmt.Errorf("%w: %d bytes, the limit is %d", ErrPayloadTooLarge, len(p), q.cfg.MaxPayload)
+		return fmt.Errorf("%w: %d bytes, the limit is %d (Config.MaxPayload)", ErrPayloadTooLarge, len(p), q.cfg.MaxPayload)
 	}
 	return nil
 }

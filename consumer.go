@@ -9,7 +9,8 @@ import (
 // ConsumerConfig holds the settings of a Consumer. The zero value works.
 type ConsumerConfig struct {
 	// LeaseTTL is how long the queue's lease lasts without renewal: the time
-	// from a crash to a standby's takeover. If zero, 5s is used.
+	// from a crash to a standby's takeover. If zero, 5s is used; at least
+	// 10ms, at most 1h.
 	LeaseTTL time.Duration
 	// MaxAttempts is how many deliveries a task gets before it moves to
 	// the dead-letter store. A claim that ends in a crash counts once it

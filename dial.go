@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -48,6 +49,9 @@ type redisURL struct {
 // password, and so may a piece of one that does not parse.
 func parseRedisURL(raw string) (redisURL, error) {
 	var r redisURL
+	if !strings.Contains(raw, "://") { // host:port, as redis-cli takes it
+		return r, errors.New("URL has no scheme: write redis://host:port (rediss:// for TLS, redis+cluster:// or redis+sentinel://)")
+	}
 	u, hosts, err := parseHostList(raw)
 	if err != nil {
 		return r, errors.New("URL does not parse")
@@ -139,7 +143,7 @@ func parseRedisURL(raw string) (redisURL, error) {
 		switch {
 		case r.topo == sentinel && (k == "sentinel_user" || k == "sentinel_password"):
 		default:
-			return r, errors.New("URL has an unknown query parameter")
+			return r, errors.New("URL has an unknown query parameter (only redis+sentinel:// takes any: sentinel_user, sentinel_password)")
 		}
 	}
 	r.sentinelUser, r.sentinelPassword = query.Get("sentinel_user"), query.Get("sentinel_password")
@@ -238,6 +242,7 @@ func newPool(u redisURL, cfg Config, onDial func(context.Context, redis.Conn) er
 type serverDialer struct {
 	opts   []redis.DialOption
 	dialer net.Dialer
+	tls    bool // rediss://: the handshake's failures get a hint
 	// wrap, when set, wraps every connection under its watchedConn: the
 	// fault suite's recording connection.
 	wrap func(redis.Conn) redis.Conn
@@ -259,6 +264,7 @@ func newServerDialer(cfg Config, useTLS bool, user, password string, db int, rea
 			redis.DialDatabase(db),
 		},
 		dialer: net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 5 * time.Minute},
+		tls:    useTLS,
 	}
 }
 
@@ -273,12 +279,24 @@ func (d *serverDialer) dial(ctx context.Context, addr string) (*watchedConn, err
 	}
 	c, err := redis.DialContext(ctx, "tcp", addr, append(d.opts[:len(d.opts):len(d.opts)], redis.DialContextFunc(dial))...)
 	if err != nil {
+		if d.tls && tlsRefused(err) {
+			err = fmt.Errorf("%w (is TLS enabled on that port? rediss:// is for TLS, redis:// for plain connections)", err)
+		}
 		return nil, err
 	}
 	if d.wrap != nil {
 		c = d.wrap(c)
 	}
 	return &watchedConn{Conn: c, tcp: nc, addr: addr}, nil
+}
+
+// tlsRefused reports whether a dial's error says the TLS handshake got no
+// TLS answer: a plain Redis server waits for the end of a command line
+// that never comes (a handshake timeout), another server answers in its
+// own protocol (not a TLS record).
+func tlsRefused(err error) bool {
+	var rh tls.RecordHeaderError
+	return errors.As(err, &rh) || err.Error() == "TLS handshake timeout" // redigo's, unexported
 }
 
 // poolOf makes a pool for Dial whose connections dial makes. onDial, when

@@ -2,8 +2,12 @@ package queue
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
+	"io"
+	"net"
 	"testing"
+	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/stretchr/testify/assert"
@@ -82,4 +86,54 @@ func TestRedactURL(t *testing.T) {
 	} {
 		assert.Equal(t, want, RedactURL(in), in)
 	}
+}
+
+// TestTLSToAPlainPort checks that rediss:// to a port without TLS says
+// what is likely wrong, whether the server waits for the rest of what it
+// takes for a command line (a plain redis-server) or answers in its own
+// protocol, and that the error still unwraps.
+func TestTLSToAPlainPort(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	// serve accepts connections and, for each, reads what comes and
+	// writes answer (nothing: it waits, as redis-server does for a line).
+	serve := func(answer string) net.Listener {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		t.Cleanup(func() { l.Close() })
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					if answer != "" {
+						c.Write([]byte(answer))
+						return
+					}
+					io.Copy(io.Discard, c)
+				}()
+			}
+		}()
+		return l
+	}
+	cfg := Config{DialTimeout: 300 * time.Millisecond}
+	silent, http := serve(""), serve("HTTP/1.1 400 Bad Request\r\n\r\n")
+	for name, addr := range map[string]string{"silent": silent.Addr().String(), "http": http.Addr().String()} {
+		_, err := Dial(ctx, []string{"rediss://" + addr}, cfg)
+		require.Error(t, err, name)
+		assert.Contains(t, err.Error(), "is TLS enabled on that port? rediss:// is for TLS, redis:// for plain connections", name)
+		if name == "http" {
+			var rh tls.RecordHeaderError
+			assert.ErrorAs(t, err, &rh, "the error unwraps")
+		}
+	}
+	// A refused connection is not a TLS matter.
+	addr := http.Addr().String()
+	http.Close()
+	_, err := Dial(ctx, []string{"rediss://" + addr}, cfg)
+	require.Error(t, err)
+	assert.NotContains(t, err.Error(), "is TLS enabled")
 }

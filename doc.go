@@ -539,8 +539,8 @@
 // seconds, set maxmemory-policy for a moment, or flush database 15).
 // goleak checks that no goroutine is left behind.
 //
-//	go test -race ./...
-//	QUEUE_TEST_REDIS_URL=redis://127.0.0.1:6379 go test -race ./...
+//	go test -race -timeout 30m ./...   # -short skips the fault suite: about a minute
+//	QUEUE_TEST_REDIS_URL=redis://127.0.0.1:6379 go test -race -timeout 30m ./...
 //
 // Test code that uses this package the same way: pass a pool for a
 // github.com/alicebob/miniredis/v2 server to [New], as the examples do.

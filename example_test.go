@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"os"
+	"os/signal"
 	"sync"
 	"time"
 
@@ -35,7 +37,10 @@ func Example() {
 	defer mr.Close()
 	url := "redis://" + mr.Addr() // e.g. "redis://127.0.0.1:6379"
 
-	ctx := context.Background()
+	// Ctrl-C ends ctx: the pool then stops gracefully (unstarted tasks go
+	// back to Redis in order, running ones finish).
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
 	q, err := queue.Dial(ctx, []string{url}, queue.Config{})
 	if err != nil {
 		log.Fatal(err)

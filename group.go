@@ -25,7 +25,7 @@ type GroupConfig struct {
 	// heartbeat: the time from a crash to its queues being given to the
 	// others (who then take each one when its lease runs out, LeaseTTL
 	// after the crash at the latest). Heartbeats go every fifth of it.
-	// If zero, 5s is used.
+	// If zero, 5s is used; at least 10ms, at most 1h.
 	SessionTTL time.Duration
 	// Pool configures the pool run on each queue the member is given.
 	// ExitOnEmpty and Counters do not apply to a group and are refused.

@@ -358,8 +358,12 @@ type GroupMember struct {
 
 // GroupStatus is a group's membership and assignment.
 type GroupStatus struct {
-	Group      string
-	Generation int64 // bumped with every change of the assignment
+	Group string
+	// Generation is Redis's clock in milliseconds when the assignment
+	// last changed (one more than the last generation when the clock is
+	// not ahead of it): it grows with every change, and is 0 for a group
+	// no member has joined.
+	Generation int64
 	Members    []GroupMember
 	Unassigned []int // analysers no live member has (none while a member lives)
 }

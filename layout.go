@@ -49,7 +49,10 @@ func (l Layout) Serves(a int) (partition, queue int, err error) {
 }
 
 // KeyID hashes a string key to an OrderID with FNV-1a (64 bit). The hash is
-// frozen: the same key gives the same OrderID in every version.
+// frozen: the same key gives the same OrderID in every version. Every
+// string has one, the empty string too (14695981039346656037), so keys
+// left empty by mistake all share one OrderID and run one at a time, in
+// order: check that a key is set before hashing it.
 func KeyID(key string) uint64 {
 	h := fnv.New64a()
 	h.Write([]byte(key))

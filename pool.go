@@ -98,8 +98,10 @@ type PoolConfig struct {
 	// If nil, 50ms doubling per attempt up to 10s is used.
 	Backoff func(attempt int) time.Duration
 	// LeaseTTL is how long the queue's lease lasts without renewal: the time
-	// from a crash to a standby's takeover. It is renewed every third of it.
-	// If zero, 5s is used.
+	// from a crash to a standby's takeover. It is renewed every third of it,
+	// so a short one is lost to a pause of the process (GC, a busy machine)
+	// that a longer one rides out: the pool then stops and waits as a
+	// standby. If zero, 5s is used; at least 10ms, at most 1h.
 	LeaseTTL time.Duration
 	// ShutdownTimeout is how long running tasks may go on after ctx ends
 	// before their ctx is cancelled. If zero, 10s is used.
@@ -200,8 +202,12 @@ func (c *PoolConfig) workerDefaults() error {
 	case c.MaxWorkers == 0:
 		c.MaxWorkers = c.MinWorkers
 	}
-	if c.MinWorkers < 1 || c.MaxWorkers > maxWorkers || c.MinWorkers > c.MaxWorkers {
-		return fmt.Errorf("%w: workers %d..%d not within [1, %d]", ErrBadConfig, c.MinWorkers, c.MaxWorkers, maxWorkers)
+	switch {
+	case c.MinWorkers == c.MaxWorkers && (c.MinWorkers < 1 || c.MaxWorkers > maxWorkers):
+		return fmt.Errorf("%w: Workers %d not within [1, %d]", ErrBadConfig, c.MinWorkers, maxWorkers)
+	case c.MinWorkers < 1 || c.MaxWorkers > maxWorkers || c.MinWorkers > c.MaxWorkers:
+		return fmt.Errorf("%w: MinWorkers %d and MaxWorkers %d: want 1 <= MinWorkers <= MaxWorkers <= %d",
+			ErrBadConfig, c.MinWorkers, c.MaxWorkers, maxWorkers)
 	}
 	if c.ScaleDownAfter == 0 {
 		c.ScaleDownAfter = 5 * time.Second

@@ -28,9 +28,9 @@ type Config struct {
 
 	// Retention, when above zero, keeps the status of every finished task
 	// (done or cancelled: added, started and finished times, attempts)
-	// for that long after it finished, for Status. It costs about 60
-	// bytes of Redis memory per kept task besides its 20-byte ID, and a
-	// few bytes per acknowledgement; Redis trims it a bucket of an eighth
+	// for that long after it finished, for Status. It costs about 75
+	// bytes of Redis memory per kept task, its ID included, and a few
+	// bytes per acknowledgement; Redis trims it a bucket of an eighth
 	// of Retention at a time, by expiry. At most 90 days. If zero,
 	// nothing is kept after a task finishes (Status then reports a
 	// finished task as unknown).

@@ -208,6 +208,9 @@ func TestAddTaskBadPayload(t *testing.T) {
 		id, err := q.AddTask(ctx, 1, p)
 		assert.ErrorIs(t, err, want, name)
 		assert.Empty(t, id, name)
+		if want == ErrPayloadTooLarge {
+			assert.Contains(t, fmt.Sprint(err), "9 bytes, the limit is 8 (Config.MaxPayload)", "it names the setting")
+		}
 
 		// AddTasks checks every task before writing any.
 		tasks := []Task{{OrderID: 0, Payload: ok}, {OrderID: 1, Payload: ok}, {OrderID: 2, Payload: p}, {OrderID: 3, Payload: ok}}

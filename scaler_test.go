@@ -54,6 +54,26 @@ func TestPoolWorkerConfig(t *testing.T) {
 	}
 }
 
+// TestPoolWorkerConfigSays checks that a refused worker count names the
+// fields the caller set, as they are spelt in PoolConfig.
+func TestPoolWorkerConfigSays(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		in   PoolConfig
+		want string
+	}{
+		{PoolConfig{Workers: -1}, "Workers -1 not within [1, 4096]"},
+		{PoolConfig{Workers: 5000}, "Workers 5000 not within [1, 4096]"},
+		{PoolConfig{MinWorkers: 5, MaxWorkers: 4}, "MinWorkers 5 and MaxWorkers 4: want 1 <= MinWorkers <= MaxWorkers <= 4096"},
+		{PoolConfig{MinWorkers: -1, MaxWorkers: 4}, "MinWorkers -1 and MaxWorkers 4"},
+		{PoolConfig{MaxWorkers: 4097}, "MinWorkers 1 and MaxWorkers 4097"},
+	} {
+		_, err := tt.in.withDefaults()
+		require.ErrorIs(t, err, ErrBadConfig)
+		assert.Contains(t, err.Error(), tt.want)
+	}
+}
+
 // goroutineID returns the calling goroutine's id, from the first line of
 // its stack trace ("goroutine 42 [running]:"), or 0 if it cannot be read.
 func goroutineID() uint64 {

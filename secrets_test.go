@@ -262,4 +262,14 @@ func TestParseRedisURL(t *testing.T) {
 		require.NoError(t, err, tt.in)
 		assert.Equal(t, tt.want, got, tt.in)
 	}
+	// A host:port without a scheme, as redis-cli takes it, is told how to
+	// write it, without quoting it.
+	for _, in := range []string{"127.0.0.1:6379", "h:6379", "s3cret@h:6379", ""} {
+		_, err := parseRedisURL(in)
+		require.Error(t, err, in)
+		assert.Contains(t, err.Error(), "no scheme: write redis://host:port", in)
+		if in != "" {
+			assert.NotContains(t, err.Error(), in)
+		}
+	}
 }

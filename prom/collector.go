@@ -50,7 +50,7 @@
 // labelled group and member:
 //
 //	qugo_group_members                      gauge  live members
-//	qugo_group_generation                   gauge  the assignment's generation, bumped with every change
+//	qugo_group_generation                   gauge  the assignment's generation: Redis's clock in ms at its last change
 //	qugo_group_unassigned                   gauge  analysers no live member is given
 //	qugo_group_member_analysers             gauge  analysers assigned to the member
 //	qugo_group_member_leases_held           gauge  analysers whose lease the member holds (owner = member name)

@@ -26,7 +26,7 @@ func newGroupDescs(opts Options) groupDescs {
 	}
 	return groupDescs{
 		members:     group("members", "Live members of the consumer group."),
-		generation:  group("generation", "Generation of the group's assignment: bumped with every change of it."),
+		generation:  group("generation", "Generation of the group's assignment: Redis's clock in milliseconds when it last changed; changes() counts rebalances."),
 		unassigned:  group("unassigned", "Analysers of the group that no live member is given; 0 while a member lives."),
 		analysers:   member("member_analysers", "Analysers (queues) assigned to the member."),
 		leases:      member("member_leases_held", "Analysers whose lease the member holds (lease owner = member name); differs from member_analysers while a queue moves."),

@@ -100,7 +100,7 @@ func TestCollectorGroupMetrics(t *testing.T) {
 # TYPE qugo_group_members gauge
 qugo_group_members{group="g"} 2
 qugo_group_members{group="nobody"} 0
-# HELP qugo_group_generation Generation of the group's assignment: bumped with every change of it.
+# HELP qugo_group_generation Generation of the group's assignment: Redis's clock in milliseconds when it last changed; changes() counts rebalances.
 # TYPE qugo_group_generation gauge
 qugo_group_generation{group="g"} %d
 qugo_group_generation{group="nobody"} 0

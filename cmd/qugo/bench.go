@@ -83,12 +83,12 @@ type orderCheck struct {
 
 func benchFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 	var o benchOptions
-	fs.IntVar(&o.n, "n", 100000, "`tasks` to add")
-	fs.IntVar(&o.orders, "orders", 1000, "OrderIDs to spread the tasks over (`K`)")
-	fs.IntVar(&o.workers, "workers", 16, "worker goroutines per analyser (`W`); one pool per analyser, R*Q pools")
-	fs.IntVar(&o.producers, "producers", 4, "goroutines adding tasks at once")
-	fs.IntVar(&o.batch, "batch", 100, "tasks per AddTasks call")
-	fs.IntVar(&o.size, "size", 64, "payload `bytes` (at least 20)")
+	fs.IntVar(&o.n, "n", 100000, "`N` tasks to add")
+	fs.IntVar(&o.orders, "orders", 1000, "`K` OrderIDs to spread the tasks over")
+	fs.IntVar(&o.workers, "workers", 16, "`W` worker goroutines per analyser; one pool per analyser, R*Q pools")
+	fs.IntVar(&o.producers, "producers", 4, "`P` goroutines adding tasks at once")
+	fs.IntVar(&o.batch, "batch", 100, "`B` tasks per AddTasks call")
+	fs.IntVar(&o.size, "size", 64, "`BYTES` of payload per task (at least 20)")
 	fs.Float64Var(&o.rate, "rate", 0, "add at most `N` tasks per second, to see the latency at a given load; 0 adds as fast as possible")
 	fs.BoolVar(&o.fill, "fill", false, "only add the tasks, for another process (qugo bench -verify, your analysers) to drain")
 	fs.BoolVar(&o.verify, "verify", false, "add nothing: drain the tasks there are and check their order and completeness")

@@ -15,7 +15,7 @@ import (
 type groupDoc struct {
 	Time       time.Time        `json:"time"` // when the snapshot was taken, UTC
 	Group      string           `json:"group"`
-	Generation int64            `json:"generation"` // bumped with every change of the assignment
+	Generation int64            `json:"generation"` // Redis's clock in ms when the assignment last changed
 	Analysers  int              `json:"analysers"`  // R*Q, the queues the group shares
 	Members    []groupMemberRow `json:"members"`    // live members, by name
 	Unassigned []int            `json:"unassigned"` // analysers no live member is given

@@ -149,7 +149,7 @@ var commands = []command{
 	{"group", "NAME [-watch DURATION] [-json]", groupFlags},
 	{"route", "[-json] [ORDER-ID...] [-key STRING...]", routeFlags},
 	{"serve", "[-listen ADDRESS] [-token TOKEN] [-group NAME...] [-timeout DURATION] [-sample DURATION] [-window DURATION]", serveFlags},
-	{"bench", "[-n N] [-orders K] [-workers W] [-producers P] [-batch B] [-size BYTES] [-fill | -verify] [-json]", benchFlags},
+	{"bench", "[-n N] [-orders K] [-workers W] [-producers P] [-batch B] [-size BYTES] [-rate N] [-timeout DURATION] [-fill | -verify] [-json]", benchFlags},
 }
 
 // run runs qugo with args (without the program name) and returns its exit
@@ -239,9 +239,19 @@ func (e *env) runCommand(ctx context.Context, c command, args []string) error {
 	}
 	fs.Visit(func(f *flag.Flag) { e.set[f.Name] = true })
 	if err := e.globals.validate(); err != nil {
-		return err
+		return e.redisFromEnv(err)
 	}
 	return do(ctx, e, operands)
+}
+
+// redisFromEnv names $QUEUE_REDIS in a refusal of the -redis URLs when
+// they came from it: the caller gave no -redis to look for.
+func (e *env) redisFromEnv(err error) error {
+	var ue *usageError
+	if e.set["redis"] || os.Getenv("QUEUE_REDIS") == "" || !errors.As(err, &ue) || !strings.HasPrefix(ue.msg, "-redis: ") {
+		return err
+	}
+	return usagef("$QUEUE_REDIS (no -redis given): %s", strings.TrimPrefix(ue.msg, "-redis: "))
 }
 
 // newFlagSet returns a flag set that reports its errors to run instead of

@@ -279,7 +279,7 @@ func TestHelp(t *testing.T) {
 	}
 	// Defaults are shown, as the README lists them; zero ones are not.
 	for cmd, want := range map[string][]string{
-		"bench":     {"to add (default 100000)", "(K) (default 1000)", "give up after DURATION (default 10m0s)"},
+		"bench":     {"-n N\n", "to add (default 100000)", "spread the tasks over (default 1000)", "give up after DURATION (default 10m0s)"},
 		"serve":     {"(default 127.0.0.1:8081)", "(default 2s)", "(default 5s)", "(default 10m0s)"},
 		"scheduled": {"(at most 100000) (default 100)"},
 	} {
@@ -362,6 +362,19 @@ func TestRedisFromEnv(t *testing.T) {
 	doc := qugoJSON[statsDoc](t, "-prefix", f.prefix, "stats", "-json")
 	assert.Equal(t, 2, doc.Partitions)
 	assert.Len(t, doc.Analysers, 2)
+}
+
+// A bad URL in QUEUE_REDIS is refused under that name, not as -redis,
+// which the caller did not give; a bad -redis is refused as -redis.
+func TestBadRedisFromEnv(t *testing.T) {
+	t.Setenv("QUEUE_REDIS", "127.0.0.1:6379")
+	code, out, errOut := qugo(t, "stats")
+	assert.Equal(t, exitUsage, code)
+	assert.Empty(t, out)
+	assert.Contains(t, errOut, "qugo: $QUEUE_REDIS (no -redis given): URL 0: queue: bad config: URL has no scheme")
+	code, _, errOut = qugo(t, "-redis", "tcp://h", "stats")
+	assert.Equal(t, exitUsage, code)
+	assert.Contains(t, errOut, "qugo: -redis: URL 0: ")
 }
 
 func TestParseInterspersed(t *testing.T) {

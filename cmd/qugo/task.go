@@ -182,7 +182,10 @@ func statusFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 		if err := printStatus(e, st, ref.order.n, a, pi, qi); err != nil {
 			return err
 		}
-		if st.State == queue.StateUnknown {
+		if st.State == queue.StateUnknown && !queue.ValidTaskID(*ref.id) {
+			fmt.Fprintf(e.stderr, "qugo: state unknown: -id %s is not a task ID (20 characters of 0-9 and a-v, as AddTask returns it)\n",
+				cell(*ref.id))
+		} else if st.State == queue.StateUnknown {
 			finished := "finished longer ago than the queue's retention"
 			if *ref.retention == 0 {
 				finished = "finished longer ago than the queue's Config.Retention, or with none"

@@ -111,6 +111,22 @@ func TestCancelRefusals(t *testing.T) {
 	assert.Zero(t, stats[0].Cancelled)
 }
 
+// TestStatusOfNoTaskID checks that status tells a mistyped ID from a
+// task it cannot find.
+func TestStatusOfNoTaskID(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, 1, 1)
+	f.add(t, 1)
+	code, out, errOut := qugo(t, f.taskArgs("status", 1, "not-an-id")...)
+	require.Equal(t, exitOK, code, errOut)
+	assert.Equal(t, "unknown", statusRows(t, out)["state"])
+	assert.Equal(t, "qugo: state unknown: -id not-an-id is not a task ID (20 characters of 0-9 and a-v, as AddTask returns it)\n", errOut)
+
+	code, _, errOut = qugo(t, f.taskArgs("status", 1, "0123456789abcdefghij")...)
+	require.Equal(t, exitOK, code, errOut)
+	assert.Contains(t, errOut, "waits in the ready list", "an ID of the right form gets the usual reasons")
+}
+
 // statusRows parses status's list: field name -> value.
 func statusRows(t *testing.T, out string) map[string]string {
 	t.Helper()
