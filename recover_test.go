@@ -508,3 +508,52 @@ func TestRecoveryChargesOnlyStartedRedeliveries(t *testing.T) {
 	require.NotEmpty(t, v)
 	assert.True(t, strings.HasPrefix(v, "+\x01"), "recorded as started: %q", v[:2])
 }
+
+// Tasks pending across an upgrade: records of an earlier release (a
+// pending hash, and claim-sequence records of bare IDs) beside the claim
+// records of this one go back together in claim order, each delivery
+// count as recorded, and nothing of either is left.
+func TestRecoveryAcrossTheUpgrade(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	ids := addAll(t, q, orderTasks(2, 3)) // a0 b0 a1 b1 a2 b2
+	// The earlier release claimed a0 b0 (seqs 1, 2; b0's delivery
+	// recorded) and a1 (seq 3), in two claims, then stopped with them
+	// pending: its records are written here as it wrote them.
+	ready := readyTasks(t, s, k)
+	require.Equal(t, ids, taskIDs(ready))
+	for range 3 {
+		s.do(t, "RPOP", k.ready)
+	}
+	s.do(t, "HSET", k.pending,
+		ids[0], encodeTask(ready[0], 0),
+		ids[1], append([]byte{accountedMark}, encodeTask(ready[1], 1)...),
+		ids[2], encodeTask(ready[2], 0))
+	s.do(t, "HSET", k.claims, "0", ids[0]+ids[1], "2", ids[2])
+	s.do(t, "HSET", k.meta, "seq", 3)
+
+	// This release's Consumer puts them back at the consuming end, in
+	// claim order, claims one (a0, into a claim record) and dies with it
+	// pending.
+	c, err := q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	got, err := c.Claim(ctx, 1)
+	require.NoError(t, err)
+	assert.Equal(t, ids[0:1], taskIDs(got), "recovery put the old release's tasks back first")
+	lapse(t, s, k.lease)
+
+	// The next owner: everything back in claim order, then b2.
+	r := newRecorder()
+	require.NoError(t, q.AnalysePool(bounded(t), 0, PoolConfig{ExitOnEmpty: true}, r.fn(nil)))
+	assert.Equal(t, []string{pl(0, 0), pl(0, 1), pl(0, 2)}, r.order(0))
+	assert.Equal(t, []string{pl(1, 0), pl(1, 1), pl(1, 2)}, r.order(1))
+	// a0: claimed by the Consumer, its delivery recorded, then the crash;
+	// b0: its delivery recorded by the earlier release; a1: never started.
+	assert.Equal(t, []int{2}, r.attemptsOf(ids[0]))
+	assert.Equal(t, []int{2}, r.attemptsOf(ids[1]))
+	assert.Equal(t, []int{1}, r.attemptsOf(ids[2]))
+	assert.Zero(t, s.do(t, "EXISTS", k.ready, k.pending, k.claims))
+	inClaims, _ := redis.Int64(s.do(t, "HGET", k.meta, "pending"), nil)
+	assert.Zero(t, inClaims)
+}
