@@ -38,3 +38,37 @@ func TestStatusMatchesOnlyWholeTaskIDs(t *testing.T) {
 		assert.Zero(t, status.OrderID, "Status(%q)", bogus)
 	}
 }
+
+// A claim record whose value was overwritten with one that is not a
+// claim record's (no '#') still leads, by its field, to its claim list:
+// recovery put back nothing of it and deleted the list, and its tasks
+// were lost.
+func TestRecoveryFindsClaimListOfARecordOverwrittenWithOtherFormat(t *testing.T) {
+	t.Parallel()
+	for name, value := range map[string]string{
+		"garbage":      "garbage",
+		"bare task ID": "zzz00000000000000000",
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			q, s, k := testQueue1(t)
+			ctx := context.Background()
+			ids := addAll(t, q, orderTasks(1, 3))
+			c, err := q.Consume(ctx, 0, ConsumerConfig{})
+			require.NoError(t, err)
+			got, err := c.Claim(ctx, 3)
+			require.NoError(t, err)
+			require.Equal(t, ids, taskIDs(got))
+			s.do(t, "HSET", k.claims, "0", value)
+			lapse(t, s, k.lease) // the crash
+
+			r := newRecorder()
+			require.NoError(t, q.AnalysePool(bounded(t), 0, PoolConfig{ExitOnEmpty: true}, r.fn(nil)))
+			assert.Equal(t, []string{pl(0, 0), pl(0, 1), pl(0, 2)}, r.order(0), "in claim order")
+			st := stats0(t, q)
+			assert.Equal(t, int64(3), st.Processed)
+			assert.Zero(t, st.Pending)
+			assert.Zero(t, s.do(t, "EXISTS", k.pending, k.claims, claimListKey(k, "0"), claimDoneKey(k, "0")))
+		})
+	}
+}
