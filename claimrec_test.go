@@ -72,3 +72,47 @@ func TestRecoveryFindsClaimListOfARecordOverwrittenWithOtherFormat(t *testing.T)
 		})
 	}
 }
+
+// A claim count (the meta hash's seq) set back by hand to the first seq
+// of a claim record still pending made the next claim delete that
+// record's list, losing its tasks. The claim now goes after every claim
+// record, so that none is overwritten and recovery keeps the order. (A
+// count set back between two firsts goes unseen: the claim cannot tell
+// without reading every record.)
+func TestClaimAfterSeqSetBackKeepsEveryClaim(t *testing.T) {
+	t.Parallel()
+	for name, seq := range map[string]string{"to 0": "0", "deleted": ""} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			q, s, k := testQueue1(t)
+			ctx := context.Background()
+			addAll(t, q, orderTasks(1, 3))
+			c, err := q.Consume(ctx, 0, ConsumerConfig{})
+			require.NoError(t, err)
+			got, err := c.Claim(ctx, 3)
+			require.NoError(t, err)
+			require.Len(t, got, 3)
+			if seq == "" {
+				s.do(t, "HDEL", k.meta, "seq")
+			} else {
+				s.do(t, "HSET", k.meta, "seq", seq)
+			}
+			_, err = q.AddTasks(ctx, []Task{{OrderID: 0, Payload: []byte(pl(0, 3))}, {OrderID: 0, Payload: []byte(pl(0, 4))}})
+			require.NoError(t, err)
+			got, err = c.Claim(ctx, 2)
+			require.NoError(t, err)
+			require.Len(t, got, 2)
+			assert.Len(t, pendingOf(t, s, k), 5, "both claims pending")
+			assert.Equal(t, int64(5), stats0(t, q).Pending)
+			lapse(t, s, k.lease) // the crash
+
+			r := newRecorder()
+			require.NoError(t, q.AnalysePool(bounded(t), 0, PoolConfig{ExitOnEmpty: true}, r.fn(nil)))
+			assert.Equal(t, []string{pl(0, 0), pl(0, 1), pl(0, 2), pl(0, 3), pl(0, 4)}, r.order(0), "in claim order")
+			st := stats0(t, q)
+			assert.Equal(t, int64(5), st.Processed)
+			assert.Zero(t, st.Pending)
+			assert.Zero(t, s.do(t, "EXISTS", k.claims))
+		})
+	}
+}
