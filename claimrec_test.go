@@ -116,3 +116,35 @@ func TestClaimAfterSeqSetBackKeepsEveryClaim(t *testing.T) {
 		})
 	}
 }
+
+// The meta hash's count of tasks in claim records is Stats' pending
+// count: once wrong (written by hand), it stayed wrong forever, a drained
+// queue reporting tasks pending. Recovery, which knows what is left
+// pending, sets it.
+func TestRecoverySetsThePendingCount(t *testing.T) {
+	t.Parallel()
+	for name, v := range map[string]string{"too high": "10", "too low": "1", "garbage": "x"} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			q, s, k := testQueue1(t)
+			ctx := context.Background()
+			addAll(t, q, orderTasks(3, 2))
+			c, err := q.Consume(ctx, 0, ConsumerConfig{})
+			require.NoError(t, err)
+			got, err := c.Claim(ctx, 3)
+			require.NoError(t, err)
+			require.Len(t, got, 3)
+			s.do(t, "HSET", k.meta, "pending", v)
+			lapse(t, s, k.lease) // the crash
+
+			c, err = q.Consume(ctx, 0, ConsumerConfig{})
+			require.NoError(t, err)
+			assert.Zero(t, stats0(t, q).Pending, "all put back")
+			got, err = c.Claim(ctx, 2)
+			require.NoError(t, err)
+			require.Len(t, got, 2)
+			assert.Equal(t, int64(2), stats0(t, q).Pending)
+			require.NoError(t, c.Release(ctx))
+		})
+	}
+}

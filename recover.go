@@ -317,7 +317,9 @@ func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep ma
 		return len(put), seqLost, err
 	}
 	// Nothing is pending now but what keep names, and nothing is claimed
-	// meanwhile: the other claim-sequence records have served.
+	// meanwhile: the other claim-sequence records have served, and what
+	// the records left hold is all the queue has pending in claim records
+	// (recounted, as the count may have been overwritten).
 	live := make(map[string]bool, len(keep))
 	for _, sl := range keep {
 		if sl.claim != nil {
@@ -330,5 +332,5 @@ func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep ma
 			drop = append(drop, c)
 		}
 	}
-	return len(put), seqLost, s.dropClaims(ctx, drop)
+	return len(put), seqLost, s.dropClaims(ctx, drop, true)
 }
