@@ -55,7 +55,7 @@ import (
 // claimedMark, first, ':' and the entries' IDs back to back (a malformed
 // entry's as seqFiller). (The loop indexes its tables rather than asking for their
 // length, and first goes last rather than shifting the reply.)
-var claimScript = newScript("claim", 8, fenced(3, typeCheck(hashAt(2), hashAt(4), hashAt(5))+luaIncr+luaPendingAt+`
+var claimScript = newScript("claim", 8, fenced(3, typeCheck(hashAt(2), hashAt(4), hashAt(5))+luaIncr+luaPendingAt+luaClaimAfter+`
 local m4 = redis.call('HMGET', KEYS[4], 'seq', 'paused')
 local last = m4[1]
 if last and not (string.match(last, '^%d+$') and #last <= 15) then
@@ -110,9 +110,13 @@ while true do
 end
 if n == 0 then return {-1} end
 local first = redis.call('HINCRBY', KEYS[4], 'seq', n) - n
+local after = claimAfter(KEYS[5], first)
+if after ~= first then
+  first = after
+  redis.call('HSET', KEYS[4], 'seq', first + n)
+end
 local f = string.format('%d', first)
-local l, d = claimKeys(KEYS[5], f)
-redis.call('DEL', l, d)
+local l = claimKeys(KEYS[5], f)
 for i = 1, n, $scriptChunk do
   redis.call('RPUSH', l, unpack(items, i, math.min(i + $scriptChunk - 1, n)))
 end

@@ -175,10 +175,12 @@ local function claimTypes(claims, from, to, step)
 end
 `
 
-// luaPendingAt defines luaClaimRec's pendingAt (with luaClaimKeys).
+// luaPendingAt defines luaClaimRec's pendingAt (with luaClaimKeys). Only
+// a whole task ID matches a place of a claim record: a string of another
+// length is looked up in the pending hash alone.
 const luaPendingAt = luaClaimKeys + `
 local function pendingAt(claims, pending, id)
-  local all = redis.call('HGETALL', claims)
+  local all = #id == $idLen and redis.call('HGETALL', claims) or {}
   for i = 1, #all, 2 do
     local v = all[i + 1]
     local base = string.byte(v, 1) == $claimedMark and string.find(v, ':', 2, true)
@@ -201,11 +203,48 @@ local function pendingAt(claims, pending, id)
 end
 `
 
+// luaClaimAfter defines claimAfter(claims, first): the first seq a claim
+// may take that no claim record in claims, nor a claim list or done bitmap
+// left without one, holds or reaches: first when that is free of them. A
+// claim finds its first taken only when the meta hash's claim count was
+// set back (by hand): rather than overwrite that claim's list, and lose its
+// tasks, it claims after every record, so that they keep their order. The
+// scan costs a read of the claim-sequence hash, and is made only then.
+// It needs luaClaimKeys.
+const luaClaimAfter = `
+local function claimTaken(claims, first)
+  local l, d = claimKeys(claims, first)
+  return redis.call('EXISTS', l, d) > 0 or redis.call('HEXISTS', claims, first) == 1
+end
+local function claimAfter(claims, first)
+  if not claimTaken(claims, string.format('%d', first)) then return first end
+  local all = redis.call('HGETALL', claims)
+  for i = 1, #all, 2 do
+    local v = all[i + 1]
+    local from, ids = string.match(v, '^' .. string.char($claimedMark) .. '(%d+):(.*)$')
+    for _, f in ipairs({all[i], from}) do
+      if string.match(f, '^%d+$') and #f <= 15 then
+        local n = #(ids or v) / $idLen
+        local l = claimKeys(claims, f)
+        if redis.call('TYPE', l).ok == 'list' then n = math.max(n, redis.call('LLEN', l)) end
+        first = math.max(first, tonumber(f) + math.ceil(n))
+      end
+    end
+  end
+  while claimTaken(claims, string.format('%d', first)) do first = first + 1 end
+  return first
+end
+`
+
 // pendingIn looks task id up in the claim records among records (the
 // queue's claim-sequence hash, read by the caller): it returns the entry
-// of the place where id is pending, or nil. One round trip on c when a
-// record names id, none otherwise.
+// of the place where id is pending, or nil. Only a whole task ID matches
+// a place: a string of another length (a prefix of one) names none. One
+// round trip on c when a record names id, none otherwise.
 func pendingIn(ctx context.Context, c redis.Conn, k queueKeys, records map[string]string, id string) ([]byte, error) {
+	if len(id) != idLen {
+		return nil, nil
+	}
 	type place struct {
 		first string
 		at    int
@@ -216,15 +255,10 @@ func pendingIn(ctx context.Context, c redis.Conn, k queueKeys, records map[strin
 		if !list {
 			continue
 		}
-		for from := 0; ; {
-			i := strings.Index(ids[from:], id)
-			if i < 0 {
-				break
-			}
-			if at := from + i; at%idLen == 0 {
+		for at := 0; at+idLen <= len(ids); at += idLen {
+			if ids[at:at+idLen] == id {
 				found = append(found, place{f, at / idLen})
 			}
-			from += i + 1
 		}
 	}
 	if len(found) == 0 {

@@ -522,7 +522,15 @@
 // bytes over the payload and headers), claim records in claimrec.go, pending.go
 // and recover.go, dead records in dead.go, every script as it runs under
 // testdata/scripts. After a drain nothing per task is left (but the history
-// of finished tasks, with [Config].Retention). A key holding
+// of finished tasks, with [Config].Retention).
+//
+// Upgrades go one way. An owner of this release puts back what an earlier
+// release left in the pending hash, but an earlier release reads no claim
+// list: taking over a queue from an owner of this release that crashed, it
+// would delete the claim records and lose their tasks. So while a queue has
+// an owner of this release, let no analyser of an earlier release wait as
+// its standby; go back only after every analyser of this release has
+// stopped gracefully and [Queue.Stats] shows no task pending. A key holding
 // what this package did not write (another Redis type, a lease with no
 // expiry, a claim count that is not a number) fails the calls that would
 // write it with [ErrWrongType], changing nothing, until it is repaired or

@@ -180,15 +180,20 @@ return n
 // dropScript deletes claim records whatever they hold (a claim-sequence
 // record of the pending hash's format, or a claim record none of whose
 // tasks is pending any more but that was not deleted), counting the
-// places of those not set as no longer pending.
+// places of those not set as no longer pending. With ARGV[3] = 1, it
+// then counts the tasks of the claim records left whose place is not set,
+// and sets the meta hash's count of tasks in claim records to that: the
+// last drop of a recovery, which leaves few records (those of tasks in
+// the caller's hands), so that a count someone overwrote is right again.
 //
 //	KEYS[1] = claim-sequence hash, KEYS[2] = lease, KEYS[3] = meta hash
-//	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3...] = claims (first seqs)
+//	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = 1 to recount,
+//	ARGV[4...] = claims (first seqs)
 //
 // Returns the number of records deleted.
 var dropScript = newScript("drop", 3, fenced(2, typeCheck(hashAt(1), hashAt(3)), luaIncr+luaClaimRec+`
 local n = 0
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local l, d = claimKeys(KEYS[1], ARGV[i])
   if redis.call('TYPE', l).ok == 'list' and bitsOK(d) then
     local k = redis.call('LLEN', l) - redis.call('BITCOUNT', d)
@@ -196,6 +201,16 @@ for i = 3, #ARGV do
   end
   redis.call('DEL', l, d)
   n = n + redis.call('HDEL', KEYS[1], ARGV[i])
+end
+if ARGV[3] == '1' then
+  local left = 0
+  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+    local l, d = claimKeys(KEYS[1], f)
+    if redis.call('TYPE', l).ok == 'list' and bitsOK(d) then
+      left = left + math.max(redis.call('LLEN', l) - redis.call('BITCOUNT', d), 0)
+    end
+  end
+  redis.call('HSET', KEYS[3], 'pending', left)
 end
 return n
 `))
@@ -261,20 +276,29 @@ func (s *store) ack(ctx context.Context, ts []ackRef, recs []historyRecord) (int
 	return done, nil
 }
 
-// dropClaims deletes claim records that serve no more (see dropScript).
-func (s *store) dropClaims(ctx context.Context, claims []string) error {
-	for len(claims) > 0 {
+// dropClaims deletes claim records that serve no more (see dropScript),
+// and, with recount, has the script that deletes the last of them (one
+// of its own when there are none) recount the tasks of those left.
+func (s *store) dropClaims(ctx context.Context, claims []string, recount bool) error {
+	for {
 		n := min(len(claims), scriptChunk)
-		args := []any{s.keys.claims, s.keys.lease, s.keys.meta, s.value(), s.ttlMS}
+		flag := "0"
+		if recount && n == len(claims) {
+			flag = "1"
+		} else if n == 0 {
+			return nil
+		}
+		args := []any{s.keys.claims, s.keys.lease, s.keys.meta, s.value(), s.ttlMS, flag}
 		for _, c := range claims[:n] {
 			args = append(args, c)
 		}
 		if _, err := s.script(ctx, "drop claims on", dropScript, args...); err != nil {
 			return err
 		}
-		claims = claims[n:]
+		if claims = claims[n:]; len(claims) == 0 {
+			return nil
+		}
 	}
-	return nil
 }
 
 // recordDelivery records in t's pending record that delivery t.Attempt is

@@ -111,23 +111,22 @@ func decodePending(r *pendingRecord) {
 // as pending records; one more round trip on c.
 func claimLists(ctx context.Context, c redis.Conn, k queueKeys, records map[string]string) ([]pendingRecord, error) {
 	// A record's first is in its value and its field: should one of them
-	// have been overwritten, the other still leads to its list.
+	// have been overwritten, the other still leads to its list. A record
+	// of the pending hash's format has no list; the read of one its field
+	// would name finds none, and costs nothing more (the reads are
+	// pipelined). A value overwritten with another format must not hide
+	// the list its field names: the drop that follows recovery deletes it.
 	var firsts []string
 	seen := map[int64]bool{}
-	for f, v := range records {
-		if _, list, _ := claimIDs(v); !list && len(v) > 0 {
-			continue
-		}
-		first, ok := claimRecordFirst(v)
-		if !ok {
-			if first, ok = claimFirst(f); !ok {
-				continue
-			}
-		}
-		if !seen[first] {
+	add := func(first int64, ok bool) {
+		if ok && !seen[first] {
 			seen[first] = true
 			firsts = append(firsts, strconv.FormatInt(first, 10))
 		}
+	}
+	for f, v := range records {
+		add(claimRecordFirst(v))
+		add(claimFirst(f))
 	}
 	if len(firsts) == 0 {
 		return nil, nil
@@ -318,7 +317,9 @@ func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep ma
 		return len(put), seqLost, err
 	}
 	// Nothing is pending now but what keep names, and nothing is claimed
-	// meanwhile: the other claim-sequence records have served.
+	// meanwhile: the other claim-sequence records have served, and what
+	// the records left hold is all the queue has pending in claim records
+	// (recounted, as the count may have been overwritten).
 	live := make(map[string]bool, len(keep))
 	for _, sl := range keep {
 		if sl.claim != nil {
@@ -331,5 +332,5 @@ func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep ma
 			drop = append(drop, c)
 		}
 	}
-	return len(put), seqLost, s.dropClaims(ctx, drop)
+	return len(put), seqLost, s.dropClaims(ctx, drop, true)
 }

@@ -43,7 +43,7 @@ local function claimTypes(claims, from, to, step)
 end
 
 local function pendingAt(claims, pending, id)
-  local all = redis.call('HGETALL', claims)
+  local all = #id == 20 and redis.call('HGETALL', claims) or {}
   for i = 1, #all, 2 do
     local v = all[i + 1]
     local base = string.byte(v, 1) == 35 and string.find(v, ':', 2, true)

@@ -39,7 +39,7 @@ local function claimTypes(claims, from, to, step)
 end
 
 local function pendingAt(claims, pending, id)
-  local all = redis.call('HGETALL', claims)
+  local all = #id == 20 and redis.call('HGETALL', claims) or {}
   for i = 1, #all, 2 do
     local v = all[i + 1]
     local base = string.byte(v, 1) == 35 and string.find(v, ':', 2, true)
@@ -59,6 +59,29 @@ local function pendingAt(claims, pending, id)
   end
   if redis.call('HEXISTS', pending, id) == 1 then return '', id end
   return nil
+end
+
+local function claimTaken(claims, first)
+  local l, d = claimKeys(claims, first)
+  return redis.call('EXISTS', l, d) > 0 or redis.call('HEXISTS', claims, first) == 1
+end
+local function claimAfter(claims, first)
+  if not claimTaken(claims, string.format('%d', first)) then return first end
+  local all = redis.call('HGETALL', claims)
+  for i = 1, #all, 2 do
+    local v = all[i + 1]
+    local from, ids = string.match(v, '^' .. string.char(35) .. '(%d+):(.*)$')
+    for _, f in ipairs({all[i], from}) do
+      if string.match(f, '^%d+$') and #f <= 15 then
+        local n = #(ids or v) / 20
+        local l = claimKeys(claims, f)
+        if redis.call('TYPE', l).ok == 'list' then n = math.max(n, redis.call('LLEN', l)) end
+        first = math.max(first, tonumber(f) + math.ceil(n))
+      end
+    end
+  end
+  while claimTaken(claims, string.format('%d', first)) do first = first + 1 end
+  return first
 end
 
 local m4 = redis.call('HMGET', KEYS[4], 'seq', 'paused')
@@ -171,9 +194,13 @@ while true do
 end
 if n == 0 then return {-1} end
 local first = redis.call('HINCRBY', KEYS[4], 'seq', n) - n
+local after = claimAfter(KEYS[5], first)
+if after ~= first then
+  first = after
+  redis.call('HSET', KEYS[4], 'seq', first + n)
+end
 local f = string.format('%d', first)
-local l, d = claimKeys(KEYS[5], f)
-redis.call('DEL', l, d)
+local l = claimKeys(KEYS[5], f)
 for i = 1, n, 1000 do
   redis.call('RPUSH', l, unpack(items, i, math.min(i + 1000 - 1, n)))
 end

@@ -71,7 +71,7 @@ local function takePlace(claims, meta, first, place)
 end
 
 local n = 0
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   local l, d = claimKeys(KEYS[1], ARGV[i])
   if redis.call('TYPE', l).ok == 'list' and bitsOK(d) then
     local k = redis.call('LLEN', l) - redis.call('BITCOUNT', d)
@@ -79,5 +79,15 @@ for i = 3, #ARGV do
   end
   redis.call('DEL', l, d)
   n = n + redis.call('HDEL', KEYS[1], ARGV[i])
+end
+if ARGV[3] == '1' then
+  local left = 0
+  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+    local l, d = claimKeys(KEYS[1], f)
+    if redis.call('TYPE', l).ok == 'list' and bitsOK(d) then
+      left = left + math.max(redis.call('LLEN', l) - redis.call('BITCOUNT', d), 0)
+    end
+  end
+  redis.call('HSET', KEYS[3], 'pending', left)
 end
 return n
