@@ -31,14 +31,29 @@ const cancelWait = 5 * cancelPoll
 // cancelScript cancels a task or marks it to be cancelled.
 //
 //	KEYS[1] = scheduled set, KEYS[2] = scheduled tasks hash, KEYS[3] = pending hash,
-//	KEYS[4] = dead hash, KEYS[5] = cancels hash, KEYS[6] = meta hash, KEYS[7] = claim-sequence hash
-//	ARGV[1] = task ID, ARGV[2] = now ms
+//	KEYS[4] = dead hash, KEYS[5] = cancels hash, KEYS[6] = meta hash, KEYS[7] = claim-sequence hash,
+//	then the claim list and done bitmap of each place below
+//	ARGV[1] = task ID, ARGV[2] = now ms, ARGV[3...] = claim, place, ...: where claim records
+//	named the task when the caller read them (claimPlaces)
 //
 // Returns {"scheduled", entry} when it removed a scheduled task, {"dead"}
 // when the task is a dead letter (not cancelled), {"pending"} when it
 // marked a pending task, {"marked"} when it marked a task found nowhere
 // else (ready, or unknown).
-var cancelScript = newScript("cancel", 7, typeCheck(hashAt(2), hashAt(3), hashAt(4), hashAt(5), hashAt(6), hashAt(7))+luaIncr+luaPendingAt+`
+var cancelScript = newScript("cancel", -1, typeCheck(hashAt(2), hashAt(3), hashAt(4), hashAt(5), hashAt(6), hashAt(7))+luaIncr+luaClaimKeys+`
+local function pending()
+  if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return true end
+  for i = 3, #ARGV, 2 do
+    local v = redis.call('HGET', KEYS[7], ARGV[i])
+    local base = v and string.byte(v, 1) == $claimedMark and string.find(v, ':', 2, true)
+    local at = base and base + 1 + tonumber(ARGV[i + 1]) * $idLen
+    if at and string.sub(v, at, at + $idLen - 1) == ARGV[1] then
+      local _, d = claimKeys(KEYS[7], ARGV[i])
+      if bitsOK(d) and redis.call('GETBIT', d, ARGV[i + 1]) == 0 then return true end
+    end
+  end
+  return false
+end
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
   local e = redis.call('HGET', KEYS[2], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
@@ -47,7 +62,7 @@ if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
 end
 if redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1 then return {'dead'} end
 redis.call('HSET', KEYS[5], ARGV[1], ARGV[2])
-if pendingAt(KEYS[7], KEYS[3], ARGV[1]) then return {'pending'} end
+if pending() then return {'pending'} end
 return {'marked'}
 `)
 
@@ -73,7 +88,7 @@ return {'marked'}
 //
 // A cancelled task counts in Stats as Cancelled and, with
 // Config.Retention, is kept as StateCancelled in its status. Its OrderID
-// goes on with its next task. Cancel costs one round trip (two with
+// goes on with its next task. Cancel costs two round trips (three with
 // Retention, and a few more while it waits for a pending task's owner)
 // whatever the length of the queue, and is safe for concurrent use.
 func (q *Queue) Cancel(ctx context.Context, orderID uint64, id string) (TaskState, error) {
@@ -97,7 +112,20 @@ func (q *Queue) Cancel(ctx context.Context, orderID uint64, id string) (TaskStat
 	}
 	what := fmt.Sprintf("cancel task %s", id)
 	r, err := onPartition(ctx, p, what, func(c redis.Conn) ([]any, error) {
-		return redis.Values(cancelScript.DoContext(ctx, c, k.sched, k.later, k.pending, k.dead, k.cancels, k.meta, k.claims, id, time.Now().UnixMilli()))
+		// Where claim records name the task, for the script to check
+		// with their keys given: one round trip more.
+		records, err := redis.StringMap(doContext(c, ctx, "HGETALL", k.claims))
+		if err != nil {
+			return nil, err
+		}
+		places := claimPlaces(records, id)
+		keys := []any{k.sched, k.later, k.pending, k.dead, k.cancels, k.meta, k.claims}
+		args := []any{id, time.Now().UnixMilli()}
+		for _, p := range places {
+			keys = append(keys, claimListKey(k, p.first), claimDoneKey(k, p.first))
+			args = append(args, p.first, p.at)
+		}
+		return redis.Values(cancelScript.DoContext(ctx, c, append(append([]any{len(keys)}, keys...), args...)...))
 	})
 	if err != nil {
 		return StateUnknown, err
@@ -179,7 +207,7 @@ func ValidTaskID(id string) bool {
 //	taskRef), packed task ID, status record, ...
 //
 // Returns the number finished; a task no longer pending is skipped.
-var finishCancelledScript = newScript("finish-cancelled", 7, fenced(2, typeCheck(hashAt(1), hashAt(3), hashAt(4), hashAt(5), hashAt(7)),
+var finishCancelledScript = newScript("finish-cancelled", -1, fenced(2, typeCheck(hashAt(1), hashAt(3), hashAt(4), hashAt(5), hashAt(7)),
 	"local pendingKey, metaKey, claimsKey = KEYS[1], KEYS[3], KEYS[7]\n"+luaIncr+luaHistory+luaClaimRec+luaTake+`
 local bad = claimTypes(claimsKey, 5, #ARGV, 5)
 if bad then return bad end
@@ -213,10 +241,10 @@ func (s *store) finishCancelled(ctx context.Context, t claimed, started time.Tim
 	if started.IsZero() {
 		rec.attempts, rec.started = t.Attempt-1, t.started
 	}
-	args := []any{s.keys.pending, s.keys.lease, s.keys.meta, s.keys.cancels, s.keys.retries, bucket, s.keys.claims,
-		s.value(), s.ttlMS, expiry, s.retention.Milliseconds()}
-	args = append(t.ref().args(args), packID(t.ID), rec.encode(start))
-	_, err := s.script(ctx, "finish cancelled task on", finishCancelledScript, args...)
+	r := t.ref()
+	args := append(r.args([]any{s.value(), s.ttlMS, expiry, s.retention.Milliseconds()}), packID(t.ID), rec.encode(start))
+	_, err := s.script(ctx, "finish cancelled task on", finishCancelledScript, s.claimCall(
+		[]any{s.keys.pending, s.keys.lease, s.keys.meta, s.keys.cancels, s.keys.retries, bucket, s.keys.claims}, []string{r.record}, false, args...)...)
 	return err
 }
 

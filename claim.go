@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -55,11 +56,15 @@ import (
 // claimedMark, first, ':' and the entries' IDs back to back (a malformed
 // entry's as seqFiller). (The loop indexes its tables rather than asking for their
 // length, and first goes last rather than shifting the reply.)
-var claimScript = newScript("claim", 8, fenced(3, typeCheck(hashAt(2), hashAt(4), hashAt(5))+luaIncr+luaPendingAt+luaClaimAfter+`
+var claimScript = newScript("claim", 10, fenced(3, typeCheck(hashAt(2), hashAt(4), hashAt(5))+luaIncr+luaClaimKeys+luaNamed+luaClaimAfter+`
 local m4 = redis.call('HMGET', KEYS[4], 'seq', 'paused')
 local last = m4[1]
 if last and not (string.match(last, '^%d+$') and #last <= 15) then
   return redis.error_reply('$badValueReply ' .. KEYS[4] .. ' field seq holds ' .. string.format('%q', string.sub(last, 1, 40)) .. ', not a claim count')
+end
+local seq0 = tonumber(last or '0')
+if tonumber(ARGV[8]) < seq0 or claimTaken(KEYS[5], ARGV[8]) then
+  return redis.error_reply('$seqReply ' .. string.format('%d', claimAfter(KEYS[5], seq0)))
 end
 `, luaScheduled+`local want, budget, ask = tonumber(ARGV[3]), tonumber(ARGV[4]), math.min(tonumber(ARGV[5]), tonumber(ARGV[3]))
 local strict = ARGV[6] == '1'
@@ -72,7 +77,7 @@ if not items then
     local ids = redis.pcall('HRANDFIELD', KEYS[8], $scriptChunk)
     if type(ids) == 'table' and not ids.err then
       for _, id in ipairs(ids) do
-        if not pendingAt(KEYS[5], KEYS[2], id) then redis.call('HDEL', KEYS[8], id) end
+        if not named(KEYS[5], KEYS[2], id) then redis.call('HDEL', KEYS[8], id) end
       end
     end
   end
@@ -109,14 +114,8 @@ while true do
   if not got then break end
 end
 if n == 0 then return {-1} end
-local first = redis.call('HINCRBY', KEYS[4], 'seq', n) - n
-local after = claimAfter(KEYS[5], first)
-if after ~= first then
-  first = after
-  redis.call('HSET', KEYS[4], 'seq', first + n)
-end
-local f = string.format('%d', first)
-local l = claimKeys(KEYS[5], f)
+local first, f, l = tonumber(ARGV[8]), ARGV[8], KEYS[9]
+redis.call('HSET', KEYS[4], 'seq', string.format('%d', first + n))
 for i = 1, n, $scriptChunk do
   redis.call('RPUSH', l, unpack(items, i, math.min(i + $scriptChunk - 1, n)))
 end
@@ -171,6 +170,25 @@ type claimBatch struct {
 	record string // the claim's first seq: the field of its claim-sequence record
 }
 
+// seqReply starts the claim script's refusal, before any write, of a
+// claim whose first seq (the caller's guess: the one after its last claim)
+// is not the queue's next one; the reply says which is.
+const seqReply = "QUGOSEQ"
+
+// seqRefusal returns the first seq a claim refused with seqReply names.
+func seqRefusal(err error) (int64, bool) {
+	var re redis.Error
+	if !errors.As(err, &re) {
+		return 0, false
+	}
+	rest, ok := strings.CutPrefix(string(re), seqReply+" ")
+	if !ok {
+		return 0, false
+	}
+	next, perr := strconv.ParseInt(rest, 10, 64)
+	return next, perr == nil && next >= 0
+}
+
 // errNoRoom is claim's answer, in strict mode, when the next task does not
 // fit the bytes left.
 var errNoRoom = errors.New("queue: the next task does not fit the bytes left")
@@ -206,9 +224,20 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 	if strict {
 		strictArg = 1
 	}
-	r, err := redis.Values(s.script(ctx, "claim from", claimScript,
-		s.keys.ready, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.keys.sched, s.keys.later, s.keys.cancels,
-		s.value(), s.ttlMS, n, maxBytes, pop, strictArg, time.Now().UnixMilli()))
+	var r []any
+	var err error
+	for try := 0; ; try++ {
+		first := strconv.FormatInt(s.nextFirst.Load(), 10)
+		r, err = redis.Values(s.script(ctx, "claim from", claimScript,
+			s.keys.ready, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.keys.sched, s.keys.later, s.keys.cancels,
+			claimListKey(s.keys, first), claimDoneKey(s.keys, first),
+			s.value(), s.ttlMS, n, maxBytes, pop, strictArg, time.Now().UnixMilli(), first))
+		next, again := seqRefusal(err)
+		if !again || try == 3 {
+			break
+		}
+		s.nextFirst.Store(next)
+	}
 	if err != nil {
 		return dst[:0], false, err
 	}
@@ -249,6 +278,7 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 	if cap(out) < len(r)-1 {
 		out = make([]claimed, 0, len(r)-1)
 	}
+	s.nextFirst.Store(first + int64(len(r)-1))
 	batch := &claimBatch{record: strconv.FormatInt(first, 10)}
 	var bad []burial
 	// The reply's buffers are the claimer's own: payloads keep pointing

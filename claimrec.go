@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -103,9 +104,6 @@ func claimFirst(f string) (int64, bool) {
 //     is gone).
 //   - takePlace(claims, meta, first, place): sets one place and returns
 //     its entry, or nil when the place is set already or the record gone.
-//   - pendingAt(claims, pending, id): where task id is pending: first and
-//     place in a claim record, or "" and id in the pending hash of
-//     earlier releases, or nil.
 //
 // A done bitmap is written only by these functions; its type is checked
 // before each write all the same, so that a key someone overwrote fails
@@ -175,31 +173,26 @@ local function claimTypes(claims, from, to, step)
 end
 `
 
-// luaPendingAt defines luaClaimRec's pendingAt (with luaClaimKeys). Only
-// a whole task ID matches a place of a claim record: a string of another
-// length is looked up in the pending hash alone.
-const luaPendingAt = luaClaimKeys + `
-local function pendingAt(claims, pending, id)
-  local all = #id == $idLen and redis.call('HGETALL', claims) or {}
-  for i = 1, #all, 2 do
-    local v = all[i + 1]
+// luaNamed defines named(claims, pending, id), which reports whether a
+// claim record in claims names task id (finished or not), or the pending
+// hash holds it. Only a whole task ID matches. It reads no claim list or
+// done bitmap: the keys a script touches are those it was given.
+const luaNamed = `
+local function named(claims, pending, id)
+  local all = #id == $idLen and redis.call('HVALS', claims) or {}
+  for _, v in ipairs(all) do
     local base = string.byte(v, 1) == $claimedMark and string.find(v, ':', 2, true)
     if base then
       local from = base + 1
       while true do
         local at = string.find(v, id, from, true)
         if not at then break end
-        if (at - base - 1) % $idLen == 0 then
-          local _, d = claimKeys(claims, all[i])
-          local place = (at - base - 1) / $idLen
-          if bitsOK(d) and redis.call('GETBIT', d, place) == 0 then return all[i], place end
-        end
+        if (at - base - 1) % $idLen == 0 then return true end
         from = at + 1
       end
     end
   end
-  if redis.call('HEXISTS', pending, id) == 1 then return '', id end
-  return nil
+  return redis.call('HEXISTS', pending, id) == 1
 end
 `
 
@@ -236,20 +229,20 @@ local function claimAfter(claims, first)
 end
 `
 
-// pendingIn looks task id up in the claim records among records (the
-// queue's claim-sequence hash, read by the caller): it returns the entry
-// of the place where id is pending, or nil. Only a whole task ID matches
-// a place: a string of another length (a prefix of one) names none. One
-// round trip on c when a record names id, none otherwise.
-func pendingIn(ctx context.Context, c redis.Conn, k queueKeys, records map[string]string, id string) ([]byte, error) {
+// claimPlace is a place in a claim record.
+type claimPlace struct {
+	first string
+	at    int
+}
+
+// claimPlaces returns the places the claim records among records (the
+// queue's claim-sequence hash) give task id, finished or not. Only a whole
+// task ID matches.
+func claimPlaces(records map[string]string, id string) []claimPlace {
 	if len(id) != idLen {
-		return nil, nil
+		return nil
 	}
-	type place struct {
-		first string
-		at    int
-	}
-	var found []place
+	var found []claimPlace
 	for f, v := range records {
 		ids, list, _ := claimIDs(v)
 		if !list {
@@ -257,10 +250,20 @@ func pendingIn(ctx context.Context, c redis.Conn, k queueKeys, records map[strin
 		}
 		for at := 0; at+idLen <= len(ids); at += idLen {
 			if ids[at:at+idLen] == id {
-				found = append(found, place{f, at / idLen})
+				found = append(found, claimPlace{f, at / idLen})
 			}
 		}
 	}
+	return found
+}
+
+// pendingIn looks task id up in the claim records among records (the
+// queue's claim-sequence hash, read by the caller): it returns the entry
+// of the place where id is pending, or nil. Only a whole task ID matches
+// a place: a string of another length (a prefix of one) names none. One
+// round trip on c when a record names id, none otherwise.
+func pendingIn(ctx context.Context, c redis.Conn, k queueKeys, records map[string]string, id string) ([]byte, error) {
+	found := claimPlaces(records, id)
 	if len(found) == 0 {
 		return nil, nil
 	}
@@ -288,4 +291,27 @@ func pendingIn(ctx context.Context, c redis.Conn, k queueKeys, records map[strin
 		}
 	}
 	return entry, errors.Join(errs...)
+}
+
+// claimCall returns the arguments of a script whose keys are keys and then
+// the claim list and done bitmap of each claim record named in records
+// (once each; "" names none), with the ack's scratch key when scratch: a
+// script of keyCount -1 (its key count first), so that every key a script
+// touches comes in KEYS, and a Redis Cluster checks them all before it
+// runs the script, as for any other key.
+func (s *store) claimCall(keys []any, records []string, scratch bool, args ...any) []any {
+	out := make([]any, 1, 1+len(keys)+3*len(records)+len(args))
+	out = append(out, keys...)
+	for i, r := range records {
+		if r == "" || slices.Contains(records[:i], r) {
+			continue
+		}
+		l := claimListKey(s.keys, r)
+		out = append(out, l, l+":done")
+		if scratch {
+			out = append(out, l+":or")
+		}
+	}
+	out[0] = len(out) - 1
+	return append(out, args...)
 }

@@ -32,6 +32,7 @@ type store struct {
 	acquired    time.Time              // when the try that took the lease was sent: Redis's TTL runs from then at the latest
 	entrySize   atomic.Int64           // the mean entry size of the last claim (at first, MaxPayload)
 	nextDue     atomic.Int64           // the due time (ms) of the next scheduled task, as the last empty claim (or idle wait) saw it; -1: none
+	nextFirst   atomic.Int64           // the first seq of the next claim, as far as this store knows (see seqReply)
 	schedCard   atomic.Int64           // the number of scheduled tasks, as nextDue's read saw it; -1: unknown
 	paused      atomic.Bool            // the last claim found the queue paused
 	waiter      *waiter                // the partition's shared waiter, for a pool's idle waits (nil: own connections)
@@ -125,7 +126,7 @@ end
 // Returns the number of tasks it finished (also added to processed).
 // With a history expiry, it records the retention in the meta hash, for
 // readers whose own Config does not say it (see Status).
-var ackScript = newScript("ack", 6, fenced(2, typeCheck(hashAt(1), hashAt(3), hashAt(4)), luaIncr+luaHistory+luaClaimRec+`
+var ackScript = newScript("ack", -1, fenced(2, typeCheck(hashAt(1), hashAt(3), hashAt(4)), luaIncr+luaHistory+luaClaimRec+`
 local m = tonumber(ARGV[3])
 local last = 5 + 2 * m
 local bad = claimTypes(KEYS[1], 6, last, 2)
@@ -181,31 +182,36 @@ return n
 // record of the pending hash's format, or a claim record none of whose
 // tasks is pending any more but that was not deleted), counting the
 // places of those not set as no longer pending. With ARGV[3] = 1, it
-// then counts the tasks of the claim records left whose place is not set,
-// and sets the meta hash's count of tasks in claim records to that: the
-// last drop of a recovery, which leaves few records (those of tasks in
-// the caller's hands), so that a count someone overwrote is right again.
+// then counts the tasks of the claim records it is given to keep whose
+// place is not set, and sets the meta hash's count of tasks in claim
+// records to that: the last drop of a recovery, which keeps only the
+// records of tasks in the caller's hands, so that a count someone
+// overwrote is right again.
 //
-//	KEYS[1] = claim-sequence hash, KEYS[2] = lease, KEYS[3] = meta hash
+//	KEYS[1] = claim-sequence hash, KEYS[2] = lease, KEYS[3] = meta hash,
+//	then the claim list and done bitmap of each claim below
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = 1 to recount,
-//	ARGV[4...] = claims (first seqs)
+//	ARGV[4] = the number d of claims to delete, ARGV[5 .. 4+d] = those claims (first
+//	seqs, or whatever their fields hold), then the claims kept
 //
 // Returns the number of records deleted.
-var dropScript = newScript("drop", 3, fenced(2, typeCheck(hashAt(1), hashAt(3)), luaIncr+luaClaimRec+`
-local n = 0
-for i = 4, #ARGV do
-  local l, d = claimKeys(KEYS[1], ARGV[i])
-  if redis.call('TYPE', l).ok == 'list' and bitsOK(d) then
-    local k = redis.call('LLEN', l) - redis.call('BITCOUNT', d)
-    if k > 0 then incr(KEYS[3], 'pending', -k) end
+var dropScript = newScript("drop", -1, fenced(2, typeCheck(hashAt(1), hashAt(3)), luaIncr+luaClaimRec+`
+local n, last = 0, 4 + tonumber(ARGV[4])
+for i = 5, last do
+  if ARGV[i] ~= '' then
+    local l, d = claimKeys(KEYS[1], ARGV[i])
+    if redis.call('TYPE', l).ok == 'list' and bitsOK(d) then
+      local k = redis.call('LLEN', l) - redis.call('BITCOUNT', d)
+      if k > 0 then incr(KEYS[3], 'pending', -k) end
+    end
+    redis.call('DEL', l, d)
   end
-  redis.call('DEL', l, d)
   n = n + redis.call('HDEL', KEYS[1], ARGV[i])
 end
 if ARGV[3] == '1' then
   local left = 0
-  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
-    local l, d = claimKeys(KEYS[1], f)
+  for i = last + 1, #ARGV do
+    local l, d = claimKeys(KEYS[1], ARGV[i])
     if redis.call('TYPE', l).ok == 'list' and bitsOK(d) then
       left = left + math.max(redis.call('LLEN', l) - redis.call('BITCOUNT', d), 0)
     end
@@ -250,10 +256,11 @@ func (s *store) ack(ctx context.Context, ts []ackRef, recs []historyRecord) (int
 			}
 			bits[t.claim] = placeBitmap(b, t.place)
 		}
-		args := make([]any, 0, 9+2*len(order))
-		args = append(args, s.keys.claims, s.keys.lease, s.keys.meta, s.keys.retries, bucket, s.keys.cancels,
-			s.value(), s.ttlMS, len(order), expiry, s.retention.Milliseconds())
-		for _, b := range order {
+		records := make([]string, len(order))
+		args := make([]any, 0, 5+2*len(order))
+		args = append(args, s.value(), s.ttlMS, len(order), expiry, s.retention.Milliseconds())
+		for i, b := range order {
+			records[i] = b.record
 			args = append(args, b.record, bits[b])
 		}
 		if expiry != 0 {
@@ -267,7 +274,8 @@ func (s *store) ack(ctx context.Context, ts []ackRef, recs []historyRecord) (int
 			recs = recs[n:]
 		}
 		ts = ts[n:]
-		k, err := redis.Int(s.script(ctx, "ack on", ackScript, args...))
+		call := s.claimCall([]any{s.keys.claims, s.keys.lease, s.keys.meta, s.keys.retries, bucket, s.keys.cancels}, records, true, args...)
+		k, err := redis.Int(s.script(ctx, "ack on", ackScript, call...))
 		done += k
 		if err != nil {
 			return done, err
@@ -277,25 +285,33 @@ func (s *store) ack(ctx context.Context, ts []ackRef, recs []historyRecord) (int
 }
 
 // dropClaims deletes claim records that serve no more (see dropScript),
-// and, with recount, has the script that deletes the last of them (one
-// of its own when there are none) recount the tasks of those left.
-func (s *store) dropClaims(ctx context.Context, claims []string, recount bool) error {
+// and, when kept is not nil, has the script that deletes the last of them
+// (one of its own when there are none) recount the tasks of the records
+// kept.
+func (s *store) dropClaims(ctx context.Context, claims, kept []string) error {
 	for {
 		n := min(len(claims), scriptChunk)
-		flag := "0"
-		if recount && n == len(claims) {
-			flag = "1"
-		} else if n == 0 {
+		last := n == len(claims)
+		if n == 0 && kept == nil {
 			return nil
 		}
-		args := []any{s.keys.claims, s.keys.lease, s.keys.meta, s.value(), s.ttlMS, flag}
+		flag, records := "0", claims[:n]
+		args := []any{s.value(), s.ttlMS, flag, n}
 		for _, c := range claims[:n] {
 			args = append(args, c)
 		}
-		if _, err := s.script(ctx, "drop claims on", dropScript, args...); err != nil {
+		if last && kept != nil {
+			args[2] = "1"
+			records = append(records[:n:n], kept...)
+			for _, c := range kept {
+				args = append(args, c)
+			}
+		}
+		call := s.claimCall([]any{s.keys.claims, s.keys.lease, s.keys.meta}, records, false, args...)
+		if _, err := s.script(ctx, "drop claims on", dropScript, call...); err != nil {
 			return err
 		}
-		if claims = claims[n:]; len(claims) == 0 {
+		if claims = claims[n:]; last {
 			return nil
 		}
 	}
@@ -310,8 +326,8 @@ func (s *store) dropClaims(ctx context.Context, claims []string, recount bool) e
 // its owner is counted from its second crash on. Costs one round trip.
 func (s *store) recordDelivery(ctx context.Context, t claimed) error {
 	r := t.ref()
-	_, err := s.script(ctx, "record delivery on", retryScript, s.keys.claims, s.keys.lease, s.keys.meta,
-		s.value(), s.ttlMS, r.record, r.place, accountedRecord(t.Task, t.Attempt))
+	_, err := s.script(ctx, "record delivery on", retryScript, s.claimCall([]any{s.keys.claims, s.keys.lease, s.keys.meta},
+		[]string{r.record}, false, s.value(), s.ttlMS, r.record, r.place, accountedRecord(t.Task, t.Attempt))...)
 	return err
 }
 
@@ -354,7 +370,7 @@ end
 //	ARGV[5] = "+" encoded task
 //
 // Returns 1, or 0 when the task is no longer pending.
-var retryScript = newScript("retry", 3, fenced(2, typeCheck(hashAt(1)), "local claimsKey = KEYS[1]\n"+luaIncr+luaClaimRec+luaRewrite+`
+var retryScript = newScript("retry", -1, fenced(2, typeCheck(hashAt(1)), "local claimsKey = KEYS[1]\n"+luaIncr+luaClaimRec+luaRewrite+`
 local bad = claimTypes(claimsKey, 3, 3, 1)
 if bad then return bad end
 if not rewrite(ARGV[3], tonumber(ARGV[4]), ARGV[5]) then return 0 end
@@ -377,14 +393,14 @@ func (s *store) fail(ctx context.Context, t claimed, cause error, retryAt time.T
 		return true, s.bury(ctx, []burial{{t.ref(), encodeDead(entry, t.Attempt, msg)}})
 	}
 	r := t.ref()
-	_, err = s.script(ctx, "record failure on", failScript, s.keys.claims, s.keys.lease, s.keys.meta, s.keys.retries,
-		s.value(), s.ttlMS, r.record, r.place, accountedRecord(t.Task, t.Attempt+1), t.ID, retryRecord(time.Now(), retryAt, msg))
+	_, err = s.script(ctx, "record failure on", failScript, s.claimCall([]any{s.keys.claims, s.keys.lease, s.keys.meta, s.keys.retries},
+		[]string{r.record}, false, s.value(), s.ttlMS, r.record, r.place, accountedRecord(t.Task, t.Attempt+1), t.ID, retryRecord(time.Now(), retryAt, msg))...)
 	return false, err
 }
 
 // failScript is retryScript that also records the failure in the retries
 // hash (KEYS[4], under the task ID ARGV[6], ARGV[7]).
-var failScript = newScript("fail", 4, fenced(2, typeCheck(hashAt(1), hashAt(4)), "local claimsKey = KEYS[1]\n"+luaIncr+luaClaimRec+luaRewrite+`
+var failScript = newScript("fail", -1, fenced(2, typeCheck(hashAt(1), hashAt(4)), "local claimsKey = KEYS[1]\n"+luaIncr+luaClaimRec+luaRewrite+`
 local bad = claimTypes(claimsKey, 3, 3, 1)
 if bad then return bad end
 if not rewrite(ARGV[3], tonumber(ARGV[4]), ARGV[5]) then return 0 end
@@ -415,7 +431,7 @@ type burial struct {
 // malformed record (0 attempts: its second byte is 0) takes the first
 // free field of "<field>#2", "<field>#3", ..., and a task's record moves
 // what was under its ID there.
-var buryScript = newScript("bury", 7, fenced(3, typeCheck(hashAt(1), hashAt(2), hashAt(4), hashAt(5), hashAt(7)),
+var buryScript = newScript("bury", -1, fenced(3, typeCheck(hashAt(1), hashAt(2), hashAt(4), hashAt(5), hashAt(7)),
 	"local pendingKey, metaKey, claimsKey = KEYS[1], KEYS[4], KEYS[7]\n"+luaIncr+luaClaimRec+luaTake+`
 local bad = claimTypes(claimsKey, 3, #ARGV, 4)
 if bad then return bad end
@@ -451,7 +467,7 @@ return n
 //	ARGV[4...] = claim, place, field (see taskRef), encoded task, ... in push order
 //
 // Returns the number pushed; a task no longer pending is skipped.
-var requeueScript = newScript("requeue", 5, fenced(3, typeCheck(listAt(1), hashAt(2), hashAt(4), hashAt(5)),
+var requeueScript = newScript("requeue", -1, fenced(3, typeCheck(listAt(1), hashAt(2), hashAt(4), hashAt(5)),
 	"local pendingKey, metaKey, claimsKey = KEYS[2], KEYS[4], KEYS[5]\n"+luaIncr+luaClaimRec+luaTake+`
 local bad = claimTypes(claimsKey, 4, #ARGV, 4)
 if bad then return bad end
@@ -470,11 +486,15 @@ return n
 func (s *store) bury(ctx context.Context, items []burial) error {
 	for len(items) > 0 {
 		n := buryChunk(items)
-		a := []any{s.keys.pending, s.keys.dead, s.keys.lease, s.keys.meta, s.keys.retries, s.keys.cancels, s.keys.claims, s.value(), s.ttlMS}
-		for _, b := range items[:n] {
+		a := []any{s.value(), s.ttlMS}
+		records := make([]string, n)
+		for i, b := range items[:n] {
 			a = append(b.ref.args(a), b.rec)
+			records[i] = b.ref.record
 		}
-		if _, err := s.script(ctx, "dead-letter on", buryScript, a...); err != nil {
+		call := s.claimCall([]any{s.keys.pending, s.keys.dead, s.keys.lease, s.keys.meta, s.keys.retries, s.keys.cancels, s.keys.claims},
+			records, false, a...)
+		if _, err := s.script(ctx, "dead-letter on", buryScript, call...); err != nil {
 			return err
 		}
 		items = items[n:]
@@ -495,12 +515,16 @@ func (s *store) requeue(ctx context.Context, tasks []claimed, redelivery bool) e
 	// recovery puts them back ahead of those pushed: the order holds.
 	for end := len(tasks); end > 0; {
 		start := requeueChunk(tasks, end)
-		args := []any{s.keys.ready, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.value(), s.ttlMS, flag}
+		args := []any{s.value(), s.ttlMS, flag}
+		var records []string
 		for i := end - 1; i >= start; i-- {
 			t := tasks[i]
-			args = append(t.ref().args(args), encodeClaimed(t))
+			r := t.ref()
+			args = append(r.args(args), encodeClaimed(t))
+			records = append(records, r.record)
 		}
-		if _, err := s.script(ctx, "requeue on", requeueScript, args...); err != nil {
+		call := s.claimCall([]any{s.keys.ready, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims}, records, false, args...)
+		if _, err := s.script(ctx, "requeue on", requeueScript, call...); err != nil {
 			return err
 		}
 		end = start

@@ -332,5 +332,9 @@ func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep ma
 			drop = append(drop, c)
 		}
 	}
-	return len(put), seqLost, s.dropClaims(ctx, drop, true)
+	kept := make([]string, 0, len(live))
+	for c := range live {
+		kept = append(kept, c)
+	}
+	return len(put), seqLost, s.dropClaims(ctx, drop, kept)
 }

@@ -39,6 +39,7 @@ var scriptVars = strings.NewReplacer(
 	"$staleReply", staleReply,
 	"$wrongTypeReply", wrongTypeReply,
 	"$badValueReply", badValueReply,
+	"$seqReply", seqReply,
 	"$maxGroupWeight", strconv.Itoa(maxGroupWeight),
 	"$maxSessionMS", strconv.FormatInt(maxSessionTTL.Milliseconds(), 10),
 )

@@ -42,29 +42,19 @@ local function claimTypes(claims, from, to, step)
   end
 end
 
-local function pendingAt(claims, pending, id)
-  local all = #id == 20 and redis.call('HGETALL', claims) or {}
-  for i = 1, #all, 2 do
-    local v = all[i + 1]
-    local base = string.byte(v, 1) == 35 and string.find(v, ':', 2, true)
-    if base then
-      local from = base + 1
-      while true do
-        local at = string.find(v, id, from, true)
-        if not at then break end
-        if (at - base - 1) % 20 == 0 then
-          local _, d = claimKeys(claims, all[i])
-          local place = (at - base - 1) / 20
-          if bitsOK(d) and redis.call('GETBIT', d, place) == 0 then return all[i], place end
-        end
-        from = at + 1
-      end
+local function pending()
+  if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return true end
+  for i = 3, #ARGV, 2 do
+    local v = redis.call('HGET', KEYS[7], ARGV[i])
+    local base = v and string.byte(v, 1) == 35 and string.find(v, ':', 2, true)
+    local at = base and base + 1 + tonumber(ARGV[i + 1]) * 20
+    if at and string.sub(v, at, at + 20 - 1) == ARGV[1] then
+      local _, d = claimKeys(KEYS[7], ARGV[i])
+      if bitsOK(d) and redis.call('GETBIT', d, ARGV[i + 1]) == 0 then return true end
     end
   end
-  if redis.call('HEXISTS', pending, id) == 1 then return '', id end
-  return nil
+  return false
 end
-
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
   local e = redis.call('HGET', KEYS[2], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
@@ -73,5 +63,5 @@ if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
 end
 if redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1 then return {'dead'} end
 redis.call('HSET', KEYS[5], ARGV[1], ARGV[2])
-if pendingAt(KEYS[7], KEYS[3], ARGV[1]) then return {'pending'} end
+if pending() then return {'pending'} end
 return {'marked'}

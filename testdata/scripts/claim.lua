@@ -38,27 +38,21 @@ local function claimTypes(claims, from, to, step)
   end
 end
 
-local function pendingAt(claims, pending, id)
-  local all = #id == 20 and redis.call('HGETALL', claims) or {}
-  for i = 1, #all, 2 do
-    local v = all[i + 1]
+local function named(claims, pending, id)
+  local all = #id == 20 and redis.call('HVALS', claims) or {}
+  for _, v in ipairs(all) do
     local base = string.byte(v, 1) == 35 and string.find(v, ':', 2, true)
     if base then
       local from = base + 1
       while true do
         local at = string.find(v, id, from, true)
         if not at then break end
-        if (at - base - 1) % 20 == 0 then
-          local _, d = claimKeys(claims, all[i])
-          local place = (at - base - 1) / 20
-          if bitsOK(d) and redis.call('GETBIT', d, place) == 0 then return all[i], place end
-        end
+        if (at - base - 1) % 20 == 0 then return true end
         from = at + 1
       end
     end
   end
-  if redis.call('HEXISTS', pending, id) == 1 then return '', id end
-  return nil
+  return redis.call('HEXISTS', pending, id) == 1
 end
 
 local function claimTaken(claims, first)
@@ -88,6 +82,10 @@ local m4 = redis.call('HMGET', KEYS[4], 'seq', 'paused')
 local last = m4[1]
 if last and not (string.match(last, '^%d+$') and #last <= 15) then
   return redis.error_reply('QUGOBADVALUE ' .. KEYS[4] .. ' field seq holds ' .. string.format('%q', string.sub(last, 1, 40)) .. ', not a claim count')
+end
+local seq0 = tonumber(last or '0')
+if tonumber(ARGV[8]) < seq0 or claimTaken(KEYS[5], ARGV[8]) then
+  return redis.error_reply('QUGOSEQ ' .. string.format('%d', claimAfter(KEYS[5], seq0)))
 end
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 
@@ -156,7 +154,7 @@ if not items then
     local ids = redis.pcall('HRANDFIELD', KEYS[8], 1000)
     if type(ids) == 'table' and not ids.err then
       for _, id in ipairs(ids) do
-        if not pendingAt(KEYS[5], KEYS[2], id) then redis.call('HDEL', KEYS[8], id) end
+        if not named(KEYS[5], KEYS[2], id) then redis.call('HDEL', KEYS[8], id) end
       end
     end
   end
@@ -193,14 +191,8 @@ while true do
   if not got then break end
 end
 if n == 0 then return {-1} end
-local first = redis.call('HINCRBY', KEYS[4], 'seq', n) - n
-local after = claimAfter(KEYS[5], first)
-if after ~= first then
-  first = after
-  redis.call('HSET', KEYS[4], 'seq', first + n)
-end
-local f = string.format('%d', first)
-local l = claimKeys(KEYS[5], f)
+local first, f, l = tonumber(ARGV[8]), ARGV[8], KEYS[9]
+redis.call('HSET', KEYS[4], 'seq', string.format('%d', first + n))
 for i = 1, n, 1000 do
   redis.call('RPUSH', l, unpack(items, i, math.min(i + 1000 - 1, n)))
 end

@@ -70,20 +70,22 @@ local function takePlace(claims, meta, first, place)
   return e
 end
 
-local n = 0
-for i = 4, #ARGV do
-  local l, d = claimKeys(KEYS[1], ARGV[i])
-  if redis.call('TYPE', l).ok == 'list' and bitsOK(d) then
-    local k = redis.call('LLEN', l) - redis.call('BITCOUNT', d)
-    if k > 0 then incr(KEYS[3], 'pending', -k) end
+local n, last = 0, 4 + tonumber(ARGV[4])
+for i = 5, last do
+  if ARGV[i] ~= '' then
+    local l, d = claimKeys(KEYS[1], ARGV[i])
+    if redis.call('TYPE', l).ok == 'list' and bitsOK(d) then
+      local k = redis.call('LLEN', l) - redis.call('BITCOUNT', d)
+      if k > 0 then incr(KEYS[3], 'pending', -k) end
+    end
+    redis.call('DEL', l, d)
   end
-  redis.call('DEL', l, d)
   n = n + redis.call('HDEL', KEYS[1], ARGV[i])
 end
 if ARGV[3] == '1' then
   local left = 0
-  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
-    local l, d = claimKeys(KEYS[1], f)
+  for i = last + 1, #ARGV do
+    local l, d = claimKeys(KEYS[1], ARGV[i])
     if redis.call('TYPE', l).ok == 'list' and bitsOK(d) then
       left = left + math.max(redis.call('LLEN', l) - redis.call('BITCOUNT', d), 0)
     end
