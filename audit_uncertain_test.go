@@ -218,7 +218,7 @@ func TestAuditConsumerRequeueArrivesLate(t *testing.T) {
 	require.Equal(t, ids[1:2], taskIDs(again))
 
 	_, err = try(s, "EVALSHA", late...) // the first try arrives
-	require.Error(t, err, "refused: a call of the lease value before the retry")
+	require.ErrorContains(t, err, staleReply, "refused: a call of the lease value before the retry")
 	n, err := c.Ack(ctx, again[0].ID)
 	require.NoError(t, err)
 	assert.Equal(t, 1, n, "the task was still pending")
@@ -232,9 +232,12 @@ func requeueArgs(t *testing.T, c *Consumer, task Task) []any {
 	t.Helper()
 	st := c.st
 	task.Attempt--
-	keysAndArgs := []any{st.keys.ready, st.keys.pending, st.keys.lease, st.keys.meta, st.value(), st.ttlMS, "0",
-		task.ID, encodeClaimed(claimed{Task: task, field: task.ID})}
-	return append([]any{requeueScript.Hash(), 4}, keysAndArgs...)
+	ct := c.claimedOf(task)
+	require.NotNil(t, ct.claim, "a task the Consumer handed out")
+	r := ct.ref()
+	call := st.claimCall([]any{st.keys.ready, st.keys.pending, st.keys.lease, st.keys.meta, st.keys.claims}, []string{r.record}, false,
+		append(r.args([]any{st.value(), st.ttlMS, "0"}), encodeClaimed(ct))...)
+	return append([]any{requeueScript.Hash()}, call...)
 }
 
 // A pool that gave its lease up for lost (its renewals failed) right after
