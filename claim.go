@@ -34,11 +34,16 @@ import (
 //
 //	KEYS[1] = ready list, KEYS[2] = pending hash (of earlier releases), KEYS[3] = lease,
 //	KEYS[4] = meta hash, KEYS[5] = claim-sequence hash, KEYS[6] = scheduled set,
-//	KEYS[7] = scheduled tasks hash, KEYS[8] = cancels hash
+//	KEYS[7] = scheduled tasks hash, KEYS[8] = cancels hash,
+//	KEYS[9] = claim list of ARGV[8], KEYS[10] = its done bitmap
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = most tasks to claim,
 //	ARGV[4] = most bytes to claim, ARGV[5] = entries to pop at first,
 //	ARGV[6] = 1 when even the first task must fit the bytes (the caller holds others),
-//	ARGV[7] = now, ms since the epoch
+//	ARGV[7] = now, ms since the epoch, ARGV[8] = the claim's first seq, proposed
+//
+// It refuses, before any write, with seqReply and the first seq to
+// propose instead, a proposal below the meta hash's claim count or one a
+// claim record, list or done bitmap holds (see luaClaimAfter).
 //
 // A claim that finds the ready list empty drops the cancel marks of tasks
 // that are not pending either (they are nowhere any more), up to
@@ -63,8 +68,9 @@ if last and not (string.match(last, '^%d+$') and #last <= 15) then
   return redis.error_reply('$badValueReply ' .. KEYS[4] .. ' field seq holds ' .. string.format('%q', string.sub(last, 1, 40)) .. ', not a claim count')
 end
 local seq0 = tonumber(last or '0')
-if tonumber(ARGV[8]) < seq0 or claimTaken(KEYS[5], ARGV[8]) then
-  return redis.error_reply('$seqReply ' .. string.format('%d', claimAfter(KEYS[5], seq0)))
+if tonumber(ARGV[8]) < seq0 then return redis.error_reply('$seqReply ' .. string.format('%d', seq0)) end
+if redis.call('EXISTS', KEYS[9], KEYS[10]) > 0 or redis.call('HEXISTS', KEYS[5], ARGV[8]) == 1 then
+  return redis.error_reply('$seqReply ' .. string.format('%d', claimAfter(KEYS[5], tonumber(ARGV[8]))))
 end
 `, luaScheduled+`local want, budget, ask = tonumber(ARGV[3]), tonumber(ARGV[4]), math.min(tonumber(ARGV[5]), tonumber(ARGV[3]))
 local strict = ARGV[6] == '1'
@@ -175,6 +181,12 @@ type claimBatch struct {
 // is not the queue's next one; the reply says which is.
 const seqReply = "QUGOSEQ"
 
+// seqTries bounds the times one claim is sent: a stale proposal costs a
+// refusal, one taken by a record (a claim count set back by hand) another,
+// and each claim list or done bitmap left without its record (deleted by
+// hand) one more.
+const seqTries = 16
+
 // seqRefusal returns the first seq a claim refused with seqReply names.
 func seqRefusal(err error) (int64, bool) {
 	var re redis.Error
@@ -232,11 +244,14 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 			s.keys.ready, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.keys.sched, s.keys.later, s.keys.cancels,
 			claimListKey(s.keys, first), claimDoneKey(s.keys, first),
 			s.value(), s.ttlMS, n, maxBytes, pop, strictArg, time.Now().UnixMilli(), first))
-		next, again := seqRefusal(err)
-		if !again || try == 3 {
+		next, refused := seqRefusal(err)
+		if !refused {
 			break
 		}
-		s.nextFirst.Store(next)
+		s.nextFirst.Store(next) // kept when the tries run out: the next claim goes on from there
+		if try == seqTries-1 {
+			break
+		}
 	}
 	if err != nil {
 		return dst[:0], false, err

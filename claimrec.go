@@ -196,36 +196,30 @@ local function named(claims, pending, id)
 end
 `
 
-// luaClaimAfter defines claimAfter(claims, first): the first seq a claim
-// may take that no claim record in claims, nor a claim list or done bitmap
-// left without one, holds or reaches: first when that is free of them. A
-// claim finds its first taken only when the meta hash's claim count was
-// set back (by hand): rather than overwrite that claim's list, and lose its
-// tasks, it claims after every record, so that they keep their order. The
-// scan costs a read of the claim-sequence hash, and is made only then.
-// It needs luaClaimKeys.
+// luaClaimAfter defines claimAfter(claims, first): a first seq past
+// first that no claim record in claims holds or reaches, read from the
+// records alone (their fields, and the first seq and task IDs their values
+// hold): a claim may touch only its own list and done bitmap, given in
+// KEYS. A claim finds its first taken only when the meta hash's claim
+// count was set back (by hand): rather than overwrite that claim's list,
+// and lose its tasks, it claims after every record, so that they keep
+// their order. The scan costs a read of the claim-sequence hash, and is
+// made only then; a list or done bitmap left without its record (deleted
+// by hand) costs a refusal each.
 const luaClaimAfter = `
-local function claimTaken(claims, first)
-  local l, d = claimKeys(claims, first)
-  return redis.call('EXISTS', l, d) > 0 or redis.call('HEXISTS', claims, first) == 1
-end
 local function claimAfter(claims, first)
-  if not claimTaken(claims, string.format('%d', first)) then return first end
+  local after = first + 1
   local all = redis.call('HGETALL', claims)
   for i = 1, #all, 2 do
     local v = all[i + 1]
     local from, ids = string.match(v, '^' .. string.char($claimedMark) .. '(%d+):(.*)$')
     for _, f in ipairs({all[i], from}) do
       if string.match(f, '^%d+$') and #f <= 15 then
-        local n = #(ids or v) / $idLen
-        local l = claimKeys(claims, f)
-        if redis.call('TYPE', l).ok == 'list' then n = math.max(n, redis.call('LLEN', l)) end
-        first = math.max(first, tonumber(f) + math.ceil(n))
+        after = math.max(after, tonumber(f) + math.ceil(#(ids or v) / $idLen))
       end
     end
   end
-  while claimTaken(claims, string.format('%d', first)) do first = first + 1 end
-  return first
+  return after
 end
 `
 

@@ -55,27 +55,19 @@ local function named(claims, pending, id)
   return redis.call('HEXISTS', pending, id) == 1
 end
 
-local function claimTaken(claims, first)
-  local l, d = claimKeys(claims, first)
-  return redis.call('EXISTS', l, d) > 0 or redis.call('HEXISTS', claims, first) == 1
-end
 local function claimAfter(claims, first)
-  if not claimTaken(claims, string.format('%d', first)) then return first end
+  local after = first + 1
   local all = redis.call('HGETALL', claims)
   for i = 1, #all, 2 do
     local v = all[i + 1]
     local from, ids = string.match(v, '^' .. string.char(35) .. '(%d+):(.*)$')
     for _, f in ipairs({all[i], from}) do
       if string.match(f, '^%d+$') and #f <= 15 then
-        local n = #(ids or v) / 20
-        local l = claimKeys(claims, f)
-        if redis.call('TYPE', l).ok == 'list' then n = math.max(n, redis.call('LLEN', l)) end
-        first = math.max(first, tonumber(f) + math.ceil(n))
+        after = math.max(after, tonumber(f) + math.ceil(#(ids or v) / 20))
       end
     end
   end
-  while claimTaken(claims, string.format('%d', first)) do first = first + 1 end
-  return first
+  return after
 end
 
 local m4 = redis.call('HMGET', KEYS[4], 'seq', 'paused')
@@ -84,8 +76,9 @@ if last and not (string.match(last, '^%d+$') and #last <= 15) then
   return redis.error_reply('QUGOBADVALUE ' .. KEYS[4] .. ' field seq holds ' .. string.format('%q', string.sub(last, 1, 40)) .. ', not a claim count')
 end
 local seq0 = tonumber(last or '0')
-if tonumber(ARGV[8]) < seq0 or claimTaken(KEYS[5], ARGV[8]) then
-  return redis.error_reply('QUGOSEQ ' .. string.format('%d', claimAfter(KEYS[5], seq0)))
+if tonumber(ARGV[8]) < seq0 then return redis.error_reply('QUGOSEQ ' .. string.format('%d', seq0)) end
+if redis.call('EXISTS', KEYS[9], KEYS[10]) > 0 or redis.call('HEXISTS', KEYS[5], ARGV[8]) == 1 then
+  return redis.error_reply('QUGOSEQ ' .. string.format('%d', claimAfter(KEYS[5], tonumber(ARGV[8]))))
 end
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 
