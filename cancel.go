@@ -39,17 +39,30 @@ const cancelWait = 5 * cancelPoll
 // Returns {"scheduled", entry} when it removed a scheduled task, {"dead"}
 // when the task is a dead letter (not cancelled), {"pending"} when it
 // marked a pending task, {"marked"} when it marked a task found nowhere
-// else (ready, or unknown).
+// else (ready, or unknown). A claim record that names the task at a place
+// not given was made since the caller read the records: the task is
+// pending (its done bitmap, not given, is not read).
 var cancelScript = newScript("cancel", -1, typeCheck(hashAt(2), hashAt(3), hashAt(4), hashAt(5), hashAt(6), hashAt(7))+luaIncr+luaClaimKeys+`
 local function pending()
   if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return true end
-  for i = 3, #ARGV, 2 do
-    local v = redis.call('HGET', KEYS[7], ARGV[i])
-    local base = v and string.byte(v, 1) == $claimedMark and string.find(v, ':', 2, true)
-    local at = base and base + 1 + tonumber(ARGV[i + 1]) * $idLen
-    if at and string.sub(v, at, at + $idLen - 1) == ARGV[1] then
-      local _, d = claimKeys(KEYS[7], ARGV[i])
-      if bitsOK(d) and redis.call('GETBIT', d, ARGV[i + 1]) == 0 then return true end
+  local given = {}
+  for i = 3, #ARGV, 2 do given[ARGV[i] .. ':' .. ARGV[i + 1]] = true end
+  local all = redis.call('HGETALL', KEYS[7])
+  for i = 1, #all, 2 do
+    local v = all[i + 1]
+    local base = string.byte(v, 1) == $claimedMark and string.find(v, ':', 2, true)
+    local from = base and base + 1
+    while from do
+      local at = string.find(v, ARGV[1], from, true)
+      if not at then break end
+      if (at - base - 1) % $idLen == 0 then
+        local place = string.format('%d', (at - base - 1) / $idLen)
+        -- A place the caller did not read was claimed since: pending.
+        if not given[all[i] .. ':' .. place] then return true end
+        local _, d = claimKeys(KEYS[7], all[i])
+        if bitsOK(d) and redis.call('GETBIT', d, place) == 0 then return true end
+      end
+      from = at + 1
     end
   end
   return false
