@@ -155,7 +155,7 @@ func TestScriptsTouchDeclaredKeysOnly(t *testing.T) {
 	_, err = q.AddTask(ctx, 10, []byte("later"), At(time.Now().Add(time.Hour)))
 	require.NoError(t, err)
 
-	c1, err := q.Consume(ctx, 0, ConsumerConfig{LeaseTTL: time.Second, MaxAttempts: 2})
+	c1, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
 	require.NoError(t, err)
 	ts, err := c1.Claim(ctx, 4)
 	require.NoError(t, err)
@@ -182,12 +182,8 @@ func TestScriptsTouchDeclaredKeysOnly(t *testing.T) {
 	require.NotEmpty(t, more)
 	require.NoError(t, c1.Renew(ctx))
 	// c1 crashes holding more: a takeover recovers them.
-	if s.mini != nil {
-		s.mini.FastForward(2 * time.Second)
-	} else {
-		time.Sleep(1100 * time.Millisecond)
-	}
-	c2, err := q.Consume(ctx, 0, ConsumerConfig{LeaseTTL: time.Second, MaxAttempts: 2})
+	lapse(t, s, newQueueKeys(q.cfg.Prefix, 0, 0).lease)
+	c2, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
 	require.NoError(t, err)
 	again, err := c2.Claim(ctx, 20)
 	require.NoError(t, err)
