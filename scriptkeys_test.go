@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -204,10 +205,24 @@ func TestScriptsTouchDeclaredKeysOnly(t *testing.T) {
 	_, err = q.Purge(ctx, 0)
 	require.NoError(t, err)
 
+	// A pool's life: claims, a retry in place, acks, workers recorded.
+	addAll(t, q, orderTasks(3, 3))
+	var failed atomic.Bool
+	r := newRecorder()
+	require.NoError(t, q.AnalysePool(bounded(t), 0, PoolConfig{ExitOnEmpty: true}, r.fn(func(ctx context.Context, tk Task) error {
+		if failed.CompareAndSwap(false, true) {
+			return errors.New("once")
+		}
+		return nil
+	})))
+	for o := 0; o < 3; o++ {
+		assert.Subset(t, r.order(uint64(o)), []string{pl(o, 0), pl(o, 1), pl(o, 2)})
+	}
+
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	assert.Empty(t, rec.undeclared)
-	for _, name := range []string{"claim", "ack", "fail", "bury", "requeue", "cancel", "finish-cancelled", "drop", "retry", "acquire", "release", "renew", "add-once", "schedule", "replay", "layout"} {
+	for _, name := range []string{"claim", "ack", "fail", "bury", "requeue", "cancel", "finish-cancelled", "drop", "retry", "acquire", "release", "renew", "add-once", "schedule", "replay", "layout", "workers"} {
 		assert.True(t, rec.ran[name], "script %s did not run", name)
 	}
 }
