@@ -43,7 +43,8 @@ import (
 //
 // It refuses, before any write, with seqReply and the first seq to
 // propose instead, a proposal below the meta hash's claim count or one a
-// claim record, list or done bitmap holds (see luaClaimAfter).
+// claim record, list or done bitmap holds (see luaClaimAfter); and with
+// badValueReply a claim that could count past maxClaimSeq.
 //
 // A claim that finds the ready list empty drops the cancel marks of tasks
 // that are not pending either (they are nowhere any more), up to
@@ -71,6 +72,9 @@ local seq0 = tonumber(last or '0')
 if tonumber(ARGV[8]) < seq0 then return redis.error_reply('$seqReply ' .. string.format('%d', seq0)) end
 if redis.call('EXISTS', KEYS[9], KEYS[10]) > 0 or redis.call('HEXISTS', KEYS[5], ARGV[8]) == 1 then
   return redis.error_reply('$seqReply ' .. string.format('%d', claimAfter(KEYS[5], tonumber(ARGV[8]))))
+end
+if tonumber(ARGV[8]) + tonumber(ARGV[3]) > $maxClaimSeq then
+  return redis.error_reply('$badValueReply ' .. KEYS[4] .. ' field seq: a claim of ' .. ARGV[3] .. ' tasks from ' .. ARGV[8] .. ' would count past $maxClaimSeq')
 end
 `, luaScheduled+`local want, budget, ask = tonumber(ARGV[3]), tonumber(ARGV[4]), math.min(tonumber(ARGV[5]), tonumber(ARGV[3]))
 local strict = ARGV[6] == '1'
@@ -180,6 +184,12 @@ type claimBatch struct {
 // claim whose first seq (the caller's guess: the one after its last claim)
 // is not the queue's next one; the reply says which is.
 const seqReply = "QUGOSEQ"
+
+// maxClaimSeq is the largest claim count (the meta hash's seq) a claim
+// reads, and so the largest it writes: a claim that could count past it
+// is refused before any write, rather than leave a count every later
+// claim refuses. (Only a count written by hand comes near it.)
+const maxClaimSeq = 999_999_999_999_999
 
 // seqTries bounds the times one claim is sent: a stale proposal costs a
 // refusal, one taken by a record (a claim count set back by hand) another,

@@ -76,3 +76,32 @@ func listOf(t *testing.T, s *testServer, key string) []string {
 	require.NoError(t, err)
 	return v
 }
+
+// A claim count near the largest one a claim reads (written by hand): a
+// claim that would count past it wrote a count every later claim refused
+// as not one. It is now refused before any write, its tasks left ready.
+func TestClaimCountNeverPassesItsBound(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	addAll(t, q, orderTasks(1, 3))
+	c, err := q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	defer c.Release(ctx)
+	near := fmt.Sprint(maxClaimSeq - 1)
+	s.do(t, "HSET", k.meta, "seq", near)
+
+	_, err = c.Claim(ctx, 2)
+	require.ErrorIs(t, err, ErrWrongType)
+	assert.Equal(t, int64(3), s.do(t, "LLEN", k.ready))
+	seq, err := redis.String(s.do(t, "HGET", k.meta, "seq"), nil)
+	require.NoError(t, err)
+	assert.Equal(t, near, seq)
+
+	got, err := c.Claim(ctx, 1)
+	require.NoError(t, err)
+	assert.Equal(t, []string{pl(0, 0)}, payloadsOf(got))
+	_, err = c.Claim(ctx, 1)
+	require.ErrorIs(t, err, ErrWrongType)
+	assert.Equal(t, int64(2), s.do(t, "LLEN", k.ready))
+}

@@ -40,6 +40,7 @@ var scriptVars = strings.NewReplacer(
 	"$wrongTypeReply", wrongTypeReply,
 	"$badValueReply", badValueReply,
 	"$seqReply", seqReply,
+	"$maxClaimSeq", strconv.FormatInt(maxClaimSeq, 10),
 	"$maxGroupWeight", strconv.Itoa(maxGroupWeight),
 	"$maxSessionMS", strconv.FormatInt(maxSessionTTL.Milliseconds(), 10),
 )

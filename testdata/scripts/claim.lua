@@ -80,6 +80,9 @@ if tonumber(ARGV[8]) < seq0 then return redis.error_reply('QUGOSEQ ' .. string.f
 if redis.call('EXISTS', KEYS[9], KEYS[10]) > 0 or redis.call('HEXISTS', KEYS[5], ARGV[8]) == 1 then
   return redis.error_reply('QUGOSEQ ' .. string.format('%d', claimAfter(KEYS[5], tonumber(ARGV[8]))))
 end
+if tonumber(ARGV[8]) + tonumber(ARGV[3]) > 999999999999999 then
+  return redis.error_reply('QUGOBADVALUE ' .. KEYS[4] .. ' field seq: a claim of ' .. ARGV[3] .. ' tasks from ' .. ARGV[8] .. ' would count past 999999999999999')
+end
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 
 local now = tonumber(ARGV[7])
