@@ -173,6 +173,13 @@ func TestClusterRouterFollowsRedirections(t *testing.T) {
 // connections, and a node that serves again gets a new one.
 func TestClusterRouterDropsGoneNodes(t *testing.T) {
 	c := startCluster(t, 3, 0)
+	// No replica migration: a primary with two replicas (the one it
+	// replaced and the one replacing it) while the others have none would
+	// give one of them away, maybe the new node before its failover, which
+	// then took over another shard than the one the test replaces.
+	for _, n := range c.nodes {
+		c.must(n, "CONFIG", "SET", "cluster-allow-replica-migration", "no")
+	}
 	u, err := parseRedisURL(c.url()) // the seeds: the first three nodes
 	require.NoError(t, err)
 	cfg, err := Config{ReadTimeout: 3 * time.Second}.withDefaults()
@@ -212,6 +219,7 @@ func TestClusterRouterDropsGoneNodes(t *testing.T) {
 		}
 		n.start()
 		t.Cleanup(n.kill)
+		c.must(n, "CONFIG", "SET", "cluster-allow-replica-migration", "no")
 		c.must(n, "CLUSTER", "MEET", "127.0.0.1", old.port)
 		oldID := c.id(old)
 		require.Eventually(t, func() bool {
@@ -221,6 +229,7 @@ func TestClusterRouterDropsGoneNodes(t *testing.T) {
 		c.nodes = append(c.nodes, n)
 		c.waitSettled(fmt.Sprintf("node %d joining", n.port))
 		c.failover(n)
+		require.Equal(t, "slave", c.role(old), "node %d took over the shard of %d", n.port, old.port)
 		return n
 	}
 
