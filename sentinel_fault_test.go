@@ -92,6 +92,11 @@ func TestFaultSentinelFailoverWaitReplicas(t *testing.T) {
 	acfg := e.analyserConfig(0)
 	acfg.Work = time.Millisecond
 	acfg.WaitReplicas = 1
+	// WaitTimeout (1s, the default) well under the lease, as Config's doc
+	// asks: a renewal waits for the replica too. With the suite's 2s
+	// lease, a replica that lagged a second on a loaded machine cost the
+	// analyser its lease before the kill (in CI).
+	acfg.LeaseTTL = 5 * time.Second
 	a := e.spawn("analyser", acfg)
 	pcfg := produce(orders, per)
 	pcfg.Rate = 1000 // four seconds of adds, if none fails: past the kill
