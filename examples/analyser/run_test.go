@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -165,6 +166,15 @@ func TestRunGroupMembersShareTheQueues(t *testing.T) {
 	defer db.Close()
 	require.NoError(t, migrate(ctx, db))
 
+	// The members' logs, shown should the test fail.
+	var logs syncBuffer
+	var summary string // what the test saw when it failed, logged again last
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the members' logs:\n%s", logs.String())
+			t.Logf("failed: %s", summary)
+		}
+	})
 	start := func(member string) (stop func() error) {
 		cfg, err := parseFlags([]string{
 			"-group", "billing", "-member", member, "-worker", "1-3", "-redis", strings.Join(urls, ","), "-queues", "2",
@@ -173,7 +183,8 @@ func TestRunGroupMembersShareTheQueues(t *testing.T) {
 		require.NoError(t, err)
 		runCtx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
-		go func() { done <- run(runCtx, cfg, quiet, nil) }()
+		log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo})).With("member", member)
+		go func() { done <- run(runCtx, cfg, log, nil) }()
 		var once sync.Once
 		var runErr error
 		return func() error { once.Do(func() { cancel(); runErr = <-done }); return runErr }
@@ -205,7 +216,12 @@ func TestRunGroupMembersShareTheQueues(t *testing.T) {
 	add(0, perOrder/2)
 	require.NoError(t, stopA()) // leaves: b takes its queues
 	add(perOrder/2, perOrder)
-	require.Eventually(t, func() bool { return count() == orders*perOrder }, 60*time.Second, 20*time.Millisecond)
+	if !assert.Eventually(t, func() bool { return count() == orders*perOrder }, 60*time.Second, 20*time.Millisecond) {
+		st, err := q.Stats(ctx)
+		gs, gerr := q.GroupStatus(ctx, "billing")
+		summary = fmt.Sprintf("%d rows of %d; stats %+v (%v); group %+v (%v)", count(), orders*perOrder, st, err, gs, gerr)
+		t.Fatal(summary)
+	}
 
 	st, err := q.Stats(ctx)
 	require.NoError(t, err)
@@ -239,4 +255,22 @@ func rowsInOrder(t *testing.T, db *pgxpool.Pool) map[string]int {
 	}
 	require.NoError(t, rows.Err())
 	return next
+}
+
+// syncBuffer is a bytes.Buffer for several goroutines' logs.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
