@@ -321,8 +321,9 @@ func TestScheduledTakeoverByStandbyPoolKeepsEveryOrder(t *testing.T) {
 	for _, task := range readyTasks(t, s, k) {
 		added[string(task.Payload)] = task.AddedAt.UnixMilli()
 	}
-	for _, v := range pendingOf(t, s, k) {
-		rec := []byte(v)
+	pend, err := redis.ByteSlices(s.do(t, "HVALS", k.pending), nil)
+	require.NoError(t, err)
+	for _, rec := range pend {
 		_, e, _, err := splitPending(rec)
 		require.NoError(t, err)
 		task, _, err := decodeEntry(e)

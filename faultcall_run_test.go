@@ -92,11 +92,7 @@ func (r *callRun) fail(prop, format string, args ...any) {
 func (r *callRun) snapshotPending() {
 	c := r.srv.pool.Get()
 	defer c.Close()
-	m, err := pendingRecords(c.Do, r.keys)
-	ids := make([]string, 0, len(m))
-	for id := range m {
-		ids = append(ids, id)
-	}
+	ids, err := redis.Strings(c.Do("HKEYS", r.keys.pending))
 	if err != nil {
 		r.fail("harness", "read pending: %v", err)
 		return
@@ -232,8 +228,7 @@ func (r *callRun) finish(w callWorkload) {
 	r.plan.lateMu.Unlock()
 	c := r.srv.pool.Get()
 	ready, err1 := redis.Int(c.Do("LLEN", r.keys.ready))
-	m, err2 := pendingRecords(c.Do, r.keys)
-	pending := len(m)
+	pending, err2 := redis.Int(c.Do("HLEN", r.keys.pending))
 	sched, err3 := redis.Int(c.Do("ZCARD", r.keys.sched))
 	c.Close()
 	require.NoError(r.t, errors.Join(err1, err2, err3))

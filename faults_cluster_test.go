@@ -353,12 +353,8 @@ func replicaHolds(t *testing.T, c *redisCluster, replica *redisProc, prefix stri
 			require.NoError(t, err)
 			st.ids[task.ID] = true
 		}
-		m, err := pendingRecords(conn.Do, k)
+		pending, err := redis.Strings(conn.Do("HKEYS", k.pending))
 		require.NoError(t, err)
-		var pending []string
-		for id := range m {
-			pending = append(pending, id)
-		}
 		dead, err := redis.Strings(conn.Do("HKEYS", k.dead))
 		require.NoError(t, err)
 		for _, id := range append(pending, dead...) {
