@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -150,6 +152,17 @@ func (c *captured) Handle(_ context.Context, r slog.Record) error {
 	})
 	c.attrs = append(c.attrs, attrs)
 	return nil
+}
+
+// String returns every record kept, a line each, with its attributes.
+func (c *captured) String() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var b strings.Builder
+	for i, r := range c.recs {
+		fmt.Fprintf(&b, "%s %v\n", r, c.attrs[i])
+	}
+	return b.String()
 }
 
 func (c *captured) lines() []string {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -167,11 +166,13 @@ func TestRunGroupMembersShareTheQueues(t *testing.T) {
 	require.NoError(t, migrate(ctx, db))
 
 	// The members' logs, shown should the test fail.
-	var logs syncBuffer
+	logs := map[string]*captured{"a": {}, "b": {}}
 	var summary string // what the test saw when it failed, logged again last
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("the members' logs:\n%s", logs.String())
+			for _, m := range []string{"a", "b"} {
+				t.Logf("member %s logged:\n%s", m, logs[m])
+			}
 			t.Logf("failed: %s", summary)
 		}
 	})
@@ -183,8 +184,7 @@ func TestRunGroupMembersShareTheQueues(t *testing.T) {
 		require.NoError(t, err)
 		runCtx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
-		log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo})).With("member", member)
-		go func() { done <- run(runCtx, cfg, log, nil) }()
+		go func() { done <- run(runCtx, cfg, slog.New(logs[member]), nil) }()
 		var once sync.Once
 		var runErr error
 		return func() error { once.Do(func() { cancel(); runErr = <-done }); return runErr }
@@ -255,22 +255,4 @@ func rowsInOrder(t *testing.T, db *pgxpool.Pool) map[string]int {
 	}
 	require.NoError(t, rows.Err())
 	return next
-}
-
-// syncBuffer is a bytes.Buffer for several goroutines' logs.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
