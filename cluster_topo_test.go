@@ -103,16 +103,7 @@ func TestClusterQueuesSpreadOverPrimaries(t *testing.T) {
 // command may take longer than a round trip or two, or fail.
 func TestClusterRouterFollowsRedirections(t *testing.T) {
 	c := startCluster(t, 3, 1)
-	u, err := parseRedisURL(c.url())
-	require.NoError(t, err)
-	cfg, err := Config{ReadTimeout: 3 * time.Second}.withDefaults()
-	require.NoError(t, err)
-	ctx := context.Background()
-	r, err := newClusterRouter(ctx, u, cfg)
-	require.NoError(t, err)
-	defer r.close()
-	pool := r.partitionPool(nil)
-	defer pool.Close()
+	r, pool := routerOn(t, c)
 	do := func(cmd string, args ...any) (any, error) {
 		conn := pool.Get()
 		defer conn.Close()
@@ -123,7 +114,7 @@ func TestClusterRouterFollowsRedirections(t *testing.T) {
 	}
 
 	const old, fresh = "{ask}:old", "{ask}:fresh" // one slot
-	_, err = do("SET", old, "1")
+	_, err := do("SET", old, "1")
 	require.NoError(t, err)
 	slot := c.slotOf(old)
 	src := c.primaryOf(old)
@@ -165,6 +156,22 @@ func TestClusterRouterFollowsRedirections(t *testing.T) {
 	assert.Equal(t, dst.addr(), r.slots.Load().addrOf(slot), "the map follows MOVED")
 }
 
+// routerOn returns a router over cluster c (its URL's nodes as seeds)
+// and a partition pool of it, both closed at the test's end.
+func routerOn(t *testing.T, c *redisCluster) (*clusterRouter, *redis.Pool) {
+	t.Helper()
+	u, err := parseRedisURL(c.url())
+	require.NoError(t, err)
+	cfg, err := Config{ReadTimeout: 3 * time.Second}.withDefaults()
+	require.NoError(t, err)
+	r, err := newClusterRouter(context.Background(), u, cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { r.close() })
+	pool := r.partitionPool(nil)
+	t.Cleanup(func() { pool.Close() })
+	return r, pool
+}
+
 // TestClusterRouterDropsGoneNodes: nodes come and go over a cluster's
 // life (a pod restarted on a new address takes over its shard). The
 // router keeps a connection pool for the seeds and the primaries it
@@ -180,16 +187,8 @@ func TestClusterRouterDropsGoneNodes(t *testing.T) {
 	for _, n := range c.nodes {
 		c.must(n, "CONFIG", "SET", "cluster-allow-replica-migration", "no")
 	}
-	u, err := parseRedisURL(c.url()) // the seeds: the first three nodes
-	require.NoError(t, err)
-	cfg, err := Config{ReadTimeout: 3 * time.Second}.withDefaults()
-	require.NoError(t, err)
+	r, pool := routerOn(t, c) // the seeds: the first three nodes
 	ctx := context.Background()
-	r, err := newClusterRouter(ctx, u, cfg)
-	require.NoError(t, err)
-	defer r.close()
-	pool := r.partitionPool(nil)
-	defer pool.Close()
 	touch := func() { // a command on every slot's primary
 		conn := pool.Get()
 		defer conn.Close()
