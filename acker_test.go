@@ -30,19 +30,19 @@ func TestAckerKeepsEachFieldWithItsStatusRecord(t *testing.T) {
 	go func() { wg.Wait(); a.close(); close(done) }()
 	seen, wrong := 0, 0
 	for {
-		fields, recs, _ := a.take(nil)
-		if len(fields) == 0 {
+		refs, recs := a.take(nil)
+		if len(refs) == 0 {
 			break
 		}
-		require.Equal(t, len(fields), len(recs), "a batch's status records are not in step with its fields")
-		for i, f := range fields {
-			n, err := strconv.Atoi(f)
+		require.Equal(t, len(refs), len(recs), "a batch's status records are not in step with its tasks")
+		for i, f := range refs {
+			n, err := strconv.Atoi(f.id)
 			require.NoError(t, err)
 			if recs[i].attempts != n+1 {
 				wrong++
 			}
 		}
-		seen += len(fields)
+		seen += len(refs)
 	}
 	<-done
 	assert.Equal(t, workers*per, seen)

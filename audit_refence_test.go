@@ -3,7 +3,6 @@ package queue
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,11 +12,12 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// Bug: a pool declares its own lease lost when the resync that follows a
-// failed claim gives the lease a new fencing token while the acker's call
+// Bug: a pool declared its own lease lost when the resync that follows a
+// failed claim gave the lease a new fencing token while the acker's call
 // deleting a finished claim's sequence record (sent after a dead letter,
-// which the resync does not wait for: acks.unconfirmed counts acks only)
-// is still on its way with the old value. The script refuses it as stale,
+// which the resync did not wait for: acks.unconfirmed counted acks only)
+// was still on its way with the old value. (Since, the dead letter
+// finishes its claim record itself; the test holds up that call.) The script refuses it as stale,
 // the acker takes the lease as lost, and the pool drops its tenure and
 // waits out its own lease as a standby. Here the acker's call is held up
 // until the refence has run, as a slow network would.
@@ -40,16 +40,17 @@ func TestAuditResyncRefenceRacesClaimsOnlyAck(t *testing.T) {
 			}
 		case "refence":
 			refences.Add(1)
-		case "ack":
-			// The acker's first call: claim-sequence records only. Its
-			// args: sha, the key count, the keys (the lease second), the
-			// lease value, the TTL, the number of task IDs, ...
+		case "ack", "bury":
+			// The pool's first call that finishes a task (here the dead
+			// letter, which finishes its claim record too). Its args:
+			// sha, the key count, the keys, the lease value, ...
 			nk, _ := args[1].(int)
-			if len(args) > 4+nk && fmt.Sprint(args[4+nk]) == "0" && acks.Add(1) == 1 {
+			if len(args) > 2+nk && acks.Add(1) == 1 {
 				// Held up until the lease value it carries has changed
 				// (or 2s: a resync that waits for this call never comes).
+				lease := newQueueKeys(testPrefix(t), 0, 0).lease
 				for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
-					v, _ := redis.String(servers[0].do(t, "GET", args[3]), nil)
+					v, _ := redis.String(servers[0].do(t, "GET", lease), nil)
 					if v != args[2+nk] {
 						break
 					}

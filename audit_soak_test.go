@@ -64,10 +64,12 @@ func soakKeysLeft(t *testing.T, q *Queue, s *testServer, k queueKeys) {
 	}
 	fields, err := redis.Strings(s.do(t, "HKEYS", k.meta), nil)
 	require.NoError(t, err)
-	fixed := []string{"fence", "seq", "processed", "failed", "redelivered", "cancelled", "leases", "workers", "paused", "retention"}
+	fixed := []string{"fence", "seq", "processed", "failed", "redelivered", "cancelled", "leases", "workers", "paused", "retention", "pending"}
 	for _, f := range fields {
 		assert.Contains(t, fixed, f, "meta field %q", f)
 	}
+	inClaims, _ := redis.Int64(s.do(t, "HGET", k.meta, "pending"), nil)
+	assert.Zero(t, inClaims, "the count of tasks in claim records drifted")
 }
 
 // TestSoakLifecycleLeavesFixedKeys runs many days of a queue's life in

@@ -31,14 +31,42 @@ const cancelWait = 5 * cancelPoll
 // cancelScript cancels a task or marks it to be cancelled.
 //
 //	KEYS[1] = scheduled set, KEYS[2] = scheduled tasks hash, KEYS[3] = pending hash,
-//	KEYS[4] = dead hash, KEYS[5] = cancels hash, KEYS[6] = meta hash
-//	ARGV[1] = task ID, ARGV[2] = now ms
+//	KEYS[4] = dead hash, KEYS[5] = cancels hash, KEYS[6] = meta hash, KEYS[7] = claim-sequence hash,
+//	then the claim list and done bitmap of each place below
+//	ARGV[1] = task ID, ARGV[2] = now ms, ARGV[3...] = claim, place, ...: where claim records
+//	named the task when the caller read them (claimPlaces)
 //
 // Returns {"scheduled", entry} when it removed a scheduled task, {"dead"}
 // when the task is a dead letter (not cancelled), {"pending"} when it
 // marked a pending task, {"marked"} when it marked a task found nowhere
-// else (ready, or unknown).
-var cancelScript = newScript("cancel", 6, typeCheck(hashAt(2), hashAt(3), hashAt(4), hashAt(5), hashAt(6))+luaIncr+`
+// else (ready, or unknown). A claim record that names the task at a place
+// not given was made since the caller read the records: the task is
+// pending (its done bitmap, not given, is not read).
+var cancelScript = newScript("cancel", -1, typeCheck(hashAt(2), hashAt(3), hashAt(4), hashAt(5), hashAt(6), hashAt(7))+luaIncr+luaClaimKeys+`
+local function pending()
+  if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return true end
+  local given = {}
+  for i = 3, #ARGV, 2 do given[ARGV[i] .. ':' .. ARGV[i + 1]] = true end
+  local all = redis.call('HGETALL', KEYS[7])
+  for i = 1, #all, 2 do
+    local v = all[i + 1]
+    local base = string.byte(v, 1) == $claimedMark and string.find(v, ':', 2, true)
+    local from = base and base + 1
+    while from do
+      local at = string.find(v, ARGV[1], from, true)
+      if not at then break end
+      if (at - base - 1) % $idLen == 0 then
+        local place = string.format('%d', (at - base - 1) / $idLen)
+        -- A place the caller did not read was claimed since: pending.
+        if not given[all[i] .. ':' .. place] then return true end
+        local _, d = claimKeys(KEYS[7], all[i])
+        if bitsOK(d) and redis.call('GETBIT', d, place) == 0 then return true end
+      end
+      from = at + 1
+    end
+  end
+  return false
+end
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
   local e = redis.call('HGET', KEYS[2], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
@@ -47,7 +75,7 @@ if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
 end
 if redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1 then return {'dead'} end
 redis.call('HSET', KEYS[5], ARGV[1], ARGV[2])
-if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return {'pending'} end
+if pending() then return {'pending'} end
 return {'marked'}
 `)
 
@@ -73,7 +101,7 @@ return {'marked'}
 //
 // A cancelled task counts in Stats as Cancelled and, with
 // Config.Retention, is kept as StateCancelled in its status. Its OrderID
-// goes on with its next task. Cancel costs one round trip (two with
+// goes on with its next task. Cancel costs two round trips (three with
 // Retention, and a few more while it waits for a pending task's owner)
 // whatever the length of the queue, and is safe for concurrent use.
 func (q *Queue) Cancel(ctx context.Context, orderID uint64, id string) (TaskState, error) {
@@ -97,7 +125,20 @@ func (q *Queue) Cancel(ctx context.Context, orderID uint64, id string) (TaskStat
 	}
 	what := fmt.Sprintf("cancel task %s", id)
 	r, err := onPartition(ctx, p, what, func(c redis.Conn) ([]any, error) {
-		return redis.Values(cancelScript.DoContext(ctx, c, k.sched, k.later, k.pending, k.dead, k.cancels, k.meta, id, time.Now().UnixMilli()))
+		// Where claim records name the task, for the script to check
+		// with their keys given: one round trip more.
+		records, err := redis.StringMap(doContext(c, ctx, "HGETALL", k.claims))
+		if err != nil {
+			return nil, err
+		}
+		places := claimPlaces(records, id)
+		keys := []any{k.sched, k.later, k.pending, k.dead, k.cancels, k.meta, k.claims}
+		args := []any{id, time.Now().UnixMilli()}
+		for _, p := range places {
+			keys = append(keys, claimListKey(k, p.first), claimDoneKey(k, p.first))
+			args = append(args, p.first, p.at)
+		}
+		return redis.Values(cancelScript.DoContext(ctx, c, append(append([]any{len(keys)}, keys...), args...)...))
 	})
 	if err != nil {
 		return StateUnknown, err
@@ -173,22 +214,25 @@ func ValidTaskID(id string) bool {
 // type, see luaHistory).
 //
 //	KEYS[1] = pending hash, KEYS[2] = lease, KEYS[3] = meta hash, KEYS[4] = cancels hash,
-//	KEYS[5] = retries hash, KEYS[6] = history bucket
+//	KEYS[5] = retries hash, KEYS[6] = history bucket, KEYS[7] = claim-sequence hash
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = history expiry (ms since the
-//	epoch; 0: keep none), ARGV[4] = retention ms, ARGV[5...] = task ID, packed task ID,
-//	status record, ...
+//	epoch; 0: keep none), ARGV[4] = retention ms, ARGV[5...] = claim, place, task ID (see
+//	taskRef), packed task ID, status record, ...
 //
 // Returns the number finished; a task no longer pending is skipped.
-var finishCancelledScript = newScript("finish-cancelled", 6, fenced(2, typeCheck(hashAt(3), hashAt(4), hashAt(5)), luaIncr+luaHistory+`
+var finishCancelledScript = newScript("finish-cancelled", -1, fenced(2, typeCheck(hashAt(1), hashAt(3), hashAt(4), hashAt(5), hashAt(7)),
+	"local pendingKey, metaKey, claimsKey = KEYS[1], KEYS[3], KEYS[7]\n"+luaIncr+luaHistory+luaClaimRec+luaTake+`
+local bad = claimTypes(claimsKey, 5, #ARGV, 5)
+if bad then return bad end
 local keep = ARGV[3] ~= '0' and history(KEYS[6])
 local n = 0
-for i = 5, #ARGV, 3 do
-  if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
+for i = 5, #ARGV, 5 do
+  if take(i) then
     n = n + 1
-    if keep then redis.call('HSET', KEYS[6], ARGV[i + 1], ARGV[i + 2]) end
+    if keep then redis.call('HSET', KEYS[6], ARGV[i + 3], ARGV[i + 4]) end
   end
-  redis.call('HDEL', KEYS[4], ARGV[i])
-  redis.call('HDEL', KEYS[5], ARGV[i])
+  redis.call('HDEL', KEYS[4], ARGV[i + 2])
+  redis.call('HDEL', KEYS[5], ARGV[i + 2])
 end
 if n > 0 then
   incr(KEYS[3], 'cancelled', n)
@@ -210,9 +254,10 @@ func (s *store) finishCancelled(ctx context.Context, t claimed, started time.Tim
 	if started.IsZero() {
 		rec.attempts, rec.started = t.Attempt-1, t.started
 	}
-	_, err := s.script(ctx, "finish cancelled task on", finishCancelledScript,
-		s.keys.pending, s.keys.lease, s.keys.meta, s.keys.cancels, s.keys.retries, bucket,
-		s.value(), s.ttlMS, expiry, s.retention.Milliseconds(), t.field, packID(t.field), rec.encode(start))
+	r := t.ref()
+	args := append(r.args([]any{s.value(), s.ttlMS, expiry, s.retention.Milliseconds()}), packID(t.ID), rec.encode(start))
+	_, err := s.script(ctx, "finish cancelled task on", finishCancelledScript, s.claimCall(
+		[]any{s.keys.pending, s.keys.lease, s.keys.meta, s.keys.cancels, s.keys.retries, bucket, s.keys.claims}, []string{r.record}, false, args...)...)
 	return err
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -257,7 +258,7 @@ func TestCancelChecksThePendingAndDeadHashesFirst(t *testing.T) {
 	ctx := bounded(t)
 	id, err := q.AddTask(ctx, 1, []byte("x"))
 	require.NoError(t, err)
-	for _, key := range []string{k.pending, k.dead} {
+	for _, key := range []string{k.pending, k.dead, k.claims} {
 		s.do(t, "SET", key, "not a hash")
 		_, err = q.Cancel(ctx, 1, id)
 		require.ErrorIs(t, err, ErrWrongType, "%s", key)
@@ -283,4 +284,44 @@ func markStale(t *testing.T, s *testServer, k queueKeys, n int) {
 		_, err := conn.Receive()
 		require.NoError(t, err)
 	}
+}
+
+// A Cancel reads the claim records, then runs its script: a claim that
+// takes the task in between is in a record the read did not see. The
+// script answered "marked" (StateUnknown: "it is finished as cancelled,
+// never run, when an analyser claims it"), though an analyser held the
+// task already, and Cancel did not wait for it to see the mark.
+func TestCancelRacingAClaimAnswersPending(t *testing.T) {
+	t.Parallel()
+	s := newTestServers(t, 1)[0]
+	prefix := testPrefix(t)
+	q2, err := New([]*redis.Pool{s.pool}, Config{Prefix: prefix})
+	require.NoError(t, err)
+	t.Cleanup(func() { q2.Close() })
+	ctx := context.Background()
+	id, err := q2.AddTask(ctx, 7, []byte("x"))
+	require.NoError(t, err)
+	c, err := q2.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	defer c.Release(ctx)
+
+	var once sync.Once
+	var claimed []Task
+	var claimErr error
+	hooked := hookPool(s, func(script string, _ []any) error {
+		if script == "cancel" {
+			once.Do(func() { claimed, claimErr = c.Claim(ctx, 1) })
+		}
+		return nil
+	})
+	t.Cleanup(func() { hooked.Close() })
+	q, err := New([]*redis.Pool{hooked}, Config{Prefix: prefix})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+
+	st, err := q.Cancel(ctx, 7, id)
+	require.NoError(t, err)
+	require.NoError(t, claimErr)
+	require.Len(t, claimed, 1, "the claim ran between the read and the script")
+	assert.Equal(t, StatePending, st)
 }

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"sync/atomic"
+	"strings"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -17,11 +17,13 @@ import (
 
 // claimScript moves up to ARGV[3] tasks, and while their entries total at
 // most ARGV[4] bytes (at least one task all the same), from the consuming
-// (right) end of the ready list into the pending hash, and records their
-// claim sequence. It pops ARGV[5] entries at first, then twice as many
-// each time, so that a claim of small entries is one RPOP and one of large
-// entries copies little more than its budget; an entry over the budget
-// goes back where it was, with those popped after it.
+// (right) end of the ready list into a claim record (claimrec.go): a list
+// of the claim's own holding the entries as they were popped, in claim
+// order, and a claim-sequence record of their IDs. It pops ARGV[5]
+// entries at first, then twice as many each time, so that a claim of
+// small entries is one RPOP and one of large entries copies little more
+// than its budget; an entry over the budget goes back where it was, with
+// those popped after it.
 //
 // Before it claims, it moves the scheduled tasks due by ARGV[7] whose turn
 // has come to the consuming end of the ready list, and it claims no ready
@@ -30,13 +32,19 @@ import (
 // time, and the move is fenced, once and atomic. A paused queue (meta
 // field paused) moves and claims nothing.
 //
-//	KEYS[1] = ready list, KEYS[2] = pending hash, KEYS[3] = lease, KEYS[4] = meta hash,
-//	KEYS[5] = claim-sequence hash, KEYS[6] = scheduled set, KEYS[7] = scheduled tasks hash,
-//	KEYS[8] = cancels hash
+//	KEYS[1] = ready list, KEYS[2] = pending hash (of earlier releases), KEYS[3] = lease,
+//	KEYS[4] = meta hash, KEYS[5] = claim-sequence hash, KEYS[6] = scheduled set,
+//	KEYS[7] = scheduled tasks hash, KEYS[8] = cancels hash,
+//	KEYS[9] = claim list of ARGV[8], KEYS[10] = its done bitmap
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = most tasks to claim,
 //	ARGV[4] = most bytes to claim, ARGV[5] = entries to pop at first,
 //	ARGV[6] = 1 when even the first task must fit the bytes (the caller holds others),
-//	ARGV[7] = now, ms since the epoch
+//	ARGV[7] = now, ms since the epoch, ARGV[8] = the claim's first seq, proposed
+//
+// It refuses, before any write, with seqReply and the first seq to
+// propose instead, a proposal below the meta hash's claim count or one a
+// claim record, list or done bitmap holds (see luaClaimAfter); and with
+// badValueReply a claim that could count past maxClaimSeq.
 //
 // A claim that finds the ready list empty drops the cancel marks of tasks
 // that are not pending either (they are nowhere any more), up to
@@ -44,24 +52,29 @@ import (
 // holds Redis for long (and a cancels hash of another type is left alone).
 //
 // Returns {entry..., k cancelled indexes..., k, first}: the i-th entry
-// (1-based) has claim seq first+i and pending field pendingField(entry,
-// first+i), and the k indexes name the entries whose cancel was asked
+// (1-based) has claim seq first+i and place i-1 in the claim list of
+// first, and the k indexes name the entries whose cancel was asked
 // (their tasks are finished as cancelled, never run); {0, next, n} when
 // the ready list is empty, next being the due time of the next scheduled
 // task (-1: none) and n the number of scheduled tasks; {-1} when the
 // first task does not fit and must; {-2, next, n} when the queue is
-// paused (and not empty). Each pending record holds the entry as it was
-// popped, under its task ID; the claim's sequence goes into one
-// record, under first, holding the n fields' first 20 bytes back to back
-// (a malformed entry's as seqFiller). Building a "<seq>:<entry>" string
-// per task instead cost about 40 % more Redis time per claim. (The loop
-// indexes its tables rather than asking for their length, and first goes
-// last rather than shifting the reply.)
-var claimScript = newScript("claim", 8, fenced(3, typeCheck(hashAt(2), hashAt(4), hashAt(5))+`
+// paused (and not empty). The claim-sequence record, under first, holds
+// claimedMark, first, ':' and the entries' IDs back to back (a malformed
+// entry's as seqFiller). (The loop indexes its tables rather than asking for their
+// length, and first goes last rather than shifting the reply.)
+var claimScript = newScript("claim", 10, fenced(3, typeCheck(hashAt(2), hashAt(4), hashAt(5))+luaIncr+luaClaimKeys+luaNamed+luaClaimAfter+`
 local m4 = redis.call('HMGET', KEYS[4], 'seq', 'paused')
 local last = m4[1]
 if last and not (string.match(last, '^%d+$') and #last <= 15) then
   return redis.error_reply('$badValueReply ' .. KEYS[4] .. ' field seq holds ' .. string.format('%q', string.sub(last, 1, 40)) .. ', not a claim count')
+end
+local seq0 = tonumber(last or '0')
+if tonumber(ARGV[8]) < seq0 then return redis.error_reply('$seqReply ' .. string.format('%d', seq0)) end
+if redis.call('EXISTS', KEYS[9], KEYS[10]) > 0 or redis.call('HEXISTS', KEYS[5], ARGV[8]) == 1 then
+  return redis.error_reply('$seqReply ' .. string.format('%d', claimAfter(KEYS[5], tonumber(ARGV[8]))))
+end
+if tonumber(ARGV[8]) + tonumber(ARGV[3]) > $maxClaimSeq then
+  return redis.error_reply('$badValueReply ' .. KEYS[4] .. ' field seq: a claim of ' .. ARGV[3] .. ' tasks from ' .. ARGV[8] .. ' would count past $maxClaimSeq')
 end
 `, luaScheduled+`local want, budget, ask = tonumber(ARGV[3]), tonumber(ARGV[4]), math.min(tonumber(ARGV[5]), tonumber(ARGV[3]))
 local strict = ARGV[6] == '1'
@@ -74,14 +87,14 @@ if not items then
     local ids = redis.pcall('HRANDFIELD', KEYS[8], $scriptChunk)
     if type(ids) == 'table' and not ids.err then
       for _, id in ipairs(ids) do
-        if redis.call('HEXISTS', KEYS[2], id) == 0 then redis.call('HDEL', KEYS[8], id) end
+        if not named(KEYS[5], KEYS[2], id) then redis.call('HDEL', KEYS[8], id) end
       end
     end
   end
   return {0, nextDue(), redis.call('ZCARD', KEYS[6])}
 end
 local sub, byte = string.sub, string.byte
-local args, seq, bad = {}, {}, nil
+local seq = {}
 local n, bytes, got = 0, 0, items
 while true do
   local m = #got
@@ -100,15 +113,10 @@ while true do
     if got ~= items then items[n] = e end
     local v = byte(e, 1)
     if size >= $entryHeader and v <= $entryFlags and v % 2 == $entryTask then
-      local f = sub(e, 2, $entryHeader)
-      seq[n] = f
-      args[2 * n - 1] = f
+      seq[n] = sub(e, 2, $entryHeader)
     else
       seq[n] = '$seqFiller'
-      bad = bad or {}
-      bad[#bad + 1] = n
     end
-    args[2 * n] = e
   end
   if n >= want or m < ask then break end
   ask = math.min(ask * 2, want - n)
@@ -116,14 +124,13 @@ while true do
   if not got then break end
 end
 if n == 0 then return {-1} end
-local first = redis.call('HINCRBY', KEYS[4], 'seq', n) - n
-if bad then
-  for _, i in ipairs(bad) do args[2 * i - 1] = string.format('bad:%d', first + i) end
+local first, f, l = tonumber(ARGV[8]), ARGV[8], KEYS[9]
+redis.call('HSET', KEYS[4], 'seq', string.format('%d', first + n))
+for i = 1, n, $scriptChunk do
+  redis.call('RPUSH', l, unpack(items, i, math.min(i + $scriptChunk - 1, n)))
 end
-for i = 1, 2 * n, $scriptChunk do
-  redis.call('HSET', KEYS[2], unpack(args, i, math.min(i + $scriptChunk - 1, 2 * n)))
-end
-redis.call('HSET', KEYS[5], string.format('%d', first), table.concat(seq))
+redis.call('HSET', KEYS[5], f, string.char($claimedMark) .. f .. ':' .. table.concat(seq))
+incr(KEYS[4], 'pending', n)
 local k = 0
 if redis.call('EXISTS', KEYS[8]) == 1 then
   for i = 1, n do
@@ -142,13 +149,14 @@ return items
 // has no task ID: 20 bytes no task ID has.
 const seqFiller = "--------------------"
 
-// claimed is a task in this process's hands, with its pending field and
-// claim seq.
+// claimed is a task in this process's hands, with its claim and place in
+// it, and claim seq.
 type claimed struct {
 	Task
-	field     string      // the pending hash field (the task ID, or "bad:<seq>")
+	field     string      // its ID, or "bad:<seq>"; in the pending hash of earlier releases (claim nil), its field there
 	seq       int64       // claim seq
-	claim     *claimBatch // its claim, nil when none is tracked (recovery)
+	claim     *claimBatch // its claim record; nil: a record of the pending hash
+	place     int32       // its place in the claim record
 	recovered bool        // its entry is marked entryRecovered: record its delivery before it starts
 	cancelled bool        // its cancel was asked: it is finished as cancelled, never run
 	started   time.Time   // when its last delivery by this process started, once one ended in a retry (zero: none)
@@ -161,18 +169,46 @@ func (t *claimed) size() int64 {
 	return int64(entryHeader + 12 + h + len(t.Payload))
 }
 
-// claimBatch tracks one claim until none of its tasks is pending, when its
-// claim-sequence record can go.
-type claimBatch struct {
-	record string       // the field of the claim's claim-sequence record
-	left   atomic.Int64 // its tasks still pending (in this process's view)
+// slot is where a claimed task is: its claim record and place there.
+type slot struct {
+	claim *claimBatch
+	place int32
 }
 
-// finish counts n tasks of b as no longer pending, and reports whether
-// that was the last of them: the caller then deletes b's claim-sequence
-// record (after the tasks' own records, or in the same call).
-func (b *claimBatch) finish(n int) bool {
-	return b != nil && n > 0 && b.left.Add(int64(-n)) == 0
+// claimBatch names one claim record (claimrec.go).
+type claimBatch struct {
+	record string // the claim's first seq: the field of its claim-sequence record
+}
+
+// seqReply starts the claim script's refusal, before any write, of a
+// claim whose first seq (the caller's guess: the one after its last claim)
+// is not the queue's next one; the reply says which is.
+const seqReply = "QUGOSEQ"
+
+// maxClaimSeq is the largest claim count (the meta hash's seq) a claim
+// reads, and so the largest it writes: a claim that could count past it
+// is refused before any write, rather than leave a count every later
+// claim refuses. (Only a count written by hand comes near it.)
+const maxClaimSeq = 999_999_999_999_999
+
+// seqTries bounds the times one claim is sent: a stale proposal costs a
+// refusal, one taken by a record (a claim count set back by hand) another,
+// and each claim list or done bitmap left without its record (deleted by
+// hand) one more.
+const seqTries = 16
+
+// seqRefusal returns the first seq a claim refused with seqReply names.
+func seqRefusal(err error) (int64, bool) {
+	var re redis.Error
+	if !errors.As(err, &re) {
+		return 0, false
+	}
+	rest, ok := strings.CutPrefix(string(re), seqReply+" ")
+	if !ok {
+		return 0, false
+	}
+	next, perr := strconv.ParseInt(rest, 10, 64)
+	return next, perr == nil && next >= 0
 }
 
 // errNoRoom is claim's answer, in strict mode, when the next task does not
@@ -210,9 +246,23 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 	if strict {
 		strictArg = 1
 	}
-	r, err := redis.Values(s.script(ctx, "claim from", claimScript,
-		s.keys.ready, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.keys.sched, s.keys.later, s.keys.cancels,
-		s.value(), s.ttlMS, n, maxBytes, pop, strictArg, time.Now().UnixMilli()))
+	var r []any
+	var err error
+	for try := 0; ; try++ {
+		first := strconv.FormatInt(s.nextFirst.Load(), 10)
+		r, err = redis.Values(s.script(ctx, "claim from", claimScript,
+			s.keys.ready, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.keys.sched, s.keys.later, s.keys.cancels,
+			claimListKey(s.keys, first), claimDoneKey(s.keys, first),
+			s.value(), s.ttlMS, n, maxBytes, pop, strictArg, time.Now().UnixMilli(), first))
+		next, refused := seqRefusal(err)
+		if !refused {
+			break
+		}
+		s.nextFirst.Store(next) // kept when the tries run out: the next claim goes on from there
+		if try == seqTries-1 {
+			break
+		}
+	}
 	if err != nil {
 		return dst[:0], false, err
 	}
@@ -253,9 +303,9 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 	if cap(out) < len(r)-1 {
 		out = make([]claimed, 0, len(r)-1)
 	}
+	s.nextFirst.Store(first + int64(len(r)-1))
 	batch := &claimBatch{record: strconv.FormatInt(first, 10)}
-	batch.left.Store(int64(len(r) - 1))
-	var bad []any
+	var bad []burial
 	// The reply's buffers are the claimer's own: payloads keep pointing
 	// into them, and the IDs share one string.
 	ids := make([]byte, 0, idLen*(len(r)-1))
@@ -266,12 +316,13 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 		seq := first + int64(i) + 1
 		t, deliveries, err := parseEntry(raw)
 		if err != nil {
-			bad = append(bad, pendingField(raw, seq), encodeDead(raw, 0, "claim: "+err.Error()))
+			ref := taskRef{record: batch.record, place: int32(i), field: pendingField(raw, seq)}
+			bad = append(bad, burial{ref, encodeDead(raw, 0, "claim: "+err.Error())})
 			continue
 		}
 		ids = append(ids, raw[1:entryHeader]...)
 		t.Attempt = deliveries + 1
-		c := claimed{Task: t, seq: seq, claim: batch, recovered: raw[0]&entryRecovered != 0}
+		c := claimed{Task: t, seq: seq, claim: batch, place: int32(i), recovered: raw[0]&entryRecovered != 0}
 		if len(marks) > 0 {
 			if at, _ := redis.Int(marks[0], nil); at == i+1 {
 				c.cancelled, marks = true, marks[1:]
@@ -289,17 +340,12 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 		if err := s.bury(ctx, bad); err != nil {
 			return out, true, err
 		}
-		if batch.finish(len(bad) / 2) {
-			if err := s.dropClaims(ctx, []string{batch.record}); err != nil {
-				return out, true, err
-			}
-		}
 	}
 	return out, len(bad) > 0, nil
 }
 
-// pendingField is the pending hash field the claim script gives an entry:
-// its ID, or "bad:<seq>" when it has no readable header.
+// pendingField is the field a claimed entry goes under in the dead-letter
+// store: its ID, or "bad:<seq>" when it has no readable header.
 func pendingField(entry []byte, seq int64) string {
 	if len(entry) >= entryHeader && isEntryStart(entry[0]) {
 		return string(entry[1:entryHeader])

@@ -36,9 +36,9 @@ type ConsumerConfig struct {
 // the per-OrderID order to hold, as AnalysePool does.
 type Consumer struct {
 	st     *store
-	open   map[string]*claimBatch // claim of each task RemoveTask and Claim returned, until finished
-	marked map[string]bool        // those of them whose entries recovery marked (entryRecovered)
-	life   map[string]delivery    // with Config.Retention, their deliveries, for their status records
+	open   map[string]slot     // claim place of each task RemoveTask and Claim returned, until finished
+	marked map[string]bool     // those of them whose entries recovery marked (entryRecovered)
+	life   map[string]delivery // with Config.Retention, their deliveries, for their status records
 	// unsure: a claim may have taken tasks this Consumer never handed
 	// out, or a Requeue's outcome is unknown; the next Claim or Requeue
 	// resyncs first.
@@ -77,7 +77,7 @@ func (q *Queue) Consume(ctx context.Context, analyser int, cfg ConsumerConfig) (
 		st.release(context.WithoutCancel(ctx))
 		return nil, err
 	}
-	return &Consumer{st: st, open: map[string]*claimBatch{}, marked: map[string]bool{}, life: map[string]delivery{}}, nil
+	return &Consumer{st: st, open: map[string]slot{}, marked: map[string]bool{}, life: map[string]delivery{}}, nil
 }
 
 // Renew extends the lease by LeaseTTL. It returns ErrLeaseLost when the
@@ -113,7 +113,7 @@ func (c *Consumer) RemoveTask(ctx context.Context) (Task, error) {
 const consumerClaimBytes = 64 << 20
 
 // Claim claims up to max tasks in one round trip, oldest first: it moves
-// them from the ready list into the pending record in one atomic step and
+// them from the ready list into a claim record in one atomic step and
 // returns them. It takes fewer when their entries would total more than
 // 64 MiB (and one task however large). It returns an empty slice when the
 // queue is empty. Malformed records met on the way are moved to the
@@ -201,11 +201,6 @@ func (c *Consumer) dropCancelled(ctx context.Context, cs []claimed) ([]claimed, 
 		if err := c.st.finishCancelled(ctx, t, time.Time{}); err != nil {
 			return nil, err
 		}
-		if t.claim.finish(1) {
-			if err := c.st.dropClaims(ctx, []string{t.claim.record}); err != nil {
-				return nil, err
-			}
-		}
 	}
 	return kept, nil
 }
@@ -229,7 +224,7 @@ func (c *Consumer) recordRedeliveries(ctx context.Context, ts []claimed) error {
 func (c *Consumer) track(ts []claimed) {
 	now := time.Now()
 	for _, t := range ts {
-		c.open[t.ID] = t.claim
+		c.open[t.ID] = slot{t.claim, t.place}
 		if t.recovered {
 			c.marked[t.ID] = true
 		}
@@ -239,28 +234,26 @@ func (c *Consumer) track(ts []claimed) {
 	}
 }
 
-// untrack forgets tasks that are no longer pending and returns the
-// claim-sequence records of the claims that this finishes, and what it
-// forgot (for retrack, should the call that finishes them fail).
-func (c *Consumer) untrack(ids []string) (claims []string, forgot []tracked) {
+// untrack forgets tasks that are no longer pending and returns the claim
+// places of those it tracked, and what it forgot (for retrack, should the
+// call that finishes them fail).
+func (c *Consumer) untrack(ids []string) (refs []ackRef, forgot []tracked) {
 	for _, id := range ids {
-		if b, ok := c.open[id]; ok {
-			forgot = append(forgot, tracked{id, b, c.marked[id], c.life[id]})
+		if sl, ok := c.open[id]; ok {
+			refs = append(refs, ackRef{claim: sl.claim, place: sl.place, id: id})
+			forgot = append(forgot, tracked{id, sl, c.marked[id], c.life[id]})
 			delete(c.open, id)
 			delete(c.marked, id)
 			delete(c.life, id)
-			if b.finish(1) {
-				claims = append(claims, b.record)
-			}
 		}
 	}
-	return claims, forgot
+	return refs, forgot
 }
 
 // tracked is a task of a claim that Claim returned.
 type tracked struct {
 	id     string
-	claim  *claimBatch
+	at     slot
 	marked bool
 	life   delivery
 }
@@ -268,17 +261,25 @@ type tracked struct {
 // retrack undoes untrack.
 func (c *Consumer) retrack(forgot []tracked) {
 	for _, t := range forgot {
-		c.open[t.id] = t.claim
+		c.open[t.id] = t.at
 		if t.marked {
 			c.marked[t.id] = true
 		}
 		if c.st.retention > 0 {
 			c.life[t.id] = t.life
 		}
-		if t.claim != nil {
-			t.claim.left.Add(1)
-		}
 	}
+}
+
+// claimedOf returns task t as this Consumer handed it out, with its claim
+// place; a task it does not track (not pending, as far as it knows) gets
+// none, and the scripts skip it.
+func (c *Consumer) claimedOf(t Task) claimed {
+	sl, ok := c.open[t.ID]
+	if !ok {
+		return claimed{Task: t, field: t.ID}
+	}
+	return claimed{Task: t, field: t.ID, claim: sl.claim, place: sl.place, recovered: c.marked[t.ID]}
 }
 
 // Wait blocks until the ready list is not empty or d has passed, without
@@ -291,7 +292,7 @@ func (c *Consumer) Wait(ctx context.Context, d time.Duration) (bool, error) {
 	return c.st.wait(ctx, d)
 }
 
-// Ack marks finished tasks done: their pending records are deleted and the
+// Ack marks finished tasks done: their places in their claim records are set and the
 // processed counter grows; with Config.Retention, the status of each task
 // this Consumer handed out is kept as done, its last delivery started when
 // Claim returned it or Fail recorded the one before. IDs no longer pending
@@ -299,21 +300,20 @@ func (c *Consumer) Wait(ctx context.Context, d time.Duration) (bool, error) {
 // how many were acknowledged, and ErrLeaseLost, with nothing changed, when
 // the lease is gone. Costs one round trip per 1000 IDs.
 func (c *Consumer) Ack(ctx context.Context, ids ...string) (int, error) {
-	var recs []historyRecord
-	if c.st.retention > 0 {
-		now := time.Now()
-		recs = make([]historyRecord, len(ids))
-		for i, id := range ids {
-			if d, ok := c.life[id]; ok { // else none (zero): this Consumer did not hand it out
-				recs[i] = historyRecord{state: StateDone, added: d.added, started: d.started, finished: now, attempts: d.attempt}
-			}
-		}
-	}
 	if err := c.st.finishRefence(ctx); err != nil {
 		return 0, err
 	}
-	claims, forgot := c.untrack(ids)
-	n, err := c.st.ack(ctx, ids, recs, claims)
+	refs, forgot := c.untrack(ids)
+	var recs []historyRecord
+	if c.st.retention > 0 {
+		now := time.Now()
+		recs = make([]historyRecord, len(forgot))
+		for i, f := range forgot {
+			d := f.life
+			recs[i] = historyRecord{state: StateDone, added: d.added, started: d.started, finished: now, attempts: d.attempt}
+		}
+	}
+	n, err := c.st.ack(ctx, refs, recs)
 	if err != nil {
 		c.retrack(forgot)
 	}
@@ -325,19 +325,14 @@ func (c *Consumer) Ack(ctx context.Context, ids ...string) (int, error) {
 // cause and Fail reports dead; otherwise the failure, and the retry that
 // follows, are recorded in the pending record, so that a crash counts
 // them, and the caller retries t in place with Attempt one higher. Costs
-// one round trip, two for a dead letter that ends its claim (whose
-// claim-sequence record goes; should that fail, the next Claim deletes
-// it).
+// one round trip.
 func (c *Consumer) Fail(ctx context.Context, t Task, cause error) (dead bool, err error) {
 	if err := c.st.finishRefence(ctx); err != nil {
 		return false, err
 	}
-	dead, err = c.st.fail(ctx, t, cause, time.Time{})
+	dead, err = c.st.fail(ctx, c.claimedOf(t), cause, time.Time{})
 	if dead && err == nil {
-		claims, _ := c.untrack([]string{t.ID})
-		if err = c.st.dropClaims(ctx, claims); err != nil && !errors.Is(err, ErrLeaseLost) {
-			c.unsure = true // the next Claim's resync deletes the record
-		}
+		c.untrack([]string{t.ID})
 	}
 	if d, ok := c.life[t.ID]; ok && !dead && err == nil {
 		d.attempt, d.started = t.Attempt+1, time.Now() // retried in place
@@ -361,7 +356,7 @@ func (c *Consumer) Requeue(ctx context.Context, tasks ...Task) error {
 	items := make([]claimed, len(tasks))
 	for i, t := range tasks {
 		t.Attempt-- // the delivery did not happen
-		items[i] = claimed{Task: t, field: t.ID, recovered: c.marked[t.ID]}
+		items[i] = c.claimedOf(t)
 	}
 	var err error
 	if c.unsure {
@@ -382,8 +377,7 @@ func (c *Consumer) Requeue(ctx context.Context, tasks ...Task) error {
 }
 
 // handBack pushes items back at the consuming end (those no longer pending
-// are skipped), forgets them, and deletes the claim-sequence records of
-// the claims this finishes.
+// are skipped) and forgets them.
 func (c *Consumer) handBack(ctx context.Context, items []claimed) error {
 	if err := c.st.requeue(ctx, items, false); err != nil {
 		return err
@@ -392,6 +386,6 @@ func (c *Consumer) handBack(ctx context.Context, items []claimed) error {
 	for i, t := range items {
 		ids[i] = t.ID
 	}
-	claims, _ := c.untrack(ids)
-	return c.st.dropClaims(ctx, claims)
+	c.untrack(ids)
+	return nil
 }

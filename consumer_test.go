@@ -29,7 +29,7 @@ func TestConsumerRemoveTaskClaimsIntoPending(t *testing.T) {
 	assert.False(t, task.AddedAt.IsZero())
 
 	// Before the ack the task is in the pending record, not in the list.
-	assert.EqualValues(t, 1, s.do(t, "HEXISTS", k.pending, task.ID))
+	assert.EqualValues(t, 1, pendingHas(t, s, k, task.ID))
 	assert.EqualValues(t, 2, s.do(t, "LLEN", k.ready))
 	pend, err := q.Pending(ctx, 0)
 	require.NoError(t, err)
@@ -40,7 +40,7 @@ func TestConsumerRemoveTaskClaimsIntoPending(t *testing.T) {
 	n, err := c.Ack(ctx, task.ID)
 	require.NoError(t, err)
 	assert.Equal(t, 1, n)
-	assert.EqualValues(t, 0, s.do(t, "HEXISTS", k.pending, task.ID))
+	assert.EqualValues(t, 0, pendingHas(t, s, k, task.ID))
 	n, err = c.Ack(ctx, task.ID)
 	require.NoError(t, err)
 	assert.Zero(t, n, "a second ack of the same task counts nothing")
@@ -137,7 +137,7 @@ func TestConsumerRequeueKeepsOrderUncounted(t *testing.T) {
 
 	_, err = c.Ack(ctx, ts[0].ID)
 	require.NoError(t, err)
-	assert.Equal(t, map[string]string{"0": ids[0] + ids[1] + ids[2]}, snapshot(t, s, k).Order,
+	assert.Equal(t, map[string]string{"0": "#0:" + ids[0] + ids[1] + ids[2]}, snapshot(t, s, k).Order,
 		"the claim's order record stays while its tasks are pending")
 	require.NoError(t, c.Requeue(ctx, ts[1], ts[2]))
 	assert.EqualValues(t, 0, s.do(t, "EXISTS", k.pending, k.claims), "nothing of the claim is left")

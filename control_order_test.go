@@ -321,9 +321,8 @@ func TestScheduledTakeoverByStandbyPoolKeepsEveryOrder(t *testing.T) {
 	for _, task := range readyTasks(t, s, k) {
 		added[string(task.Payload)] = task.AddedAt.UnixMilli()
 	}
-	pend, err := redis.ByteSlices(s.do(t, "HVALS", k.pending), nil)
-	require.NoError(t, err)
-	for _, rec := range pend {
+	for _, v := range pendingOf(t, s, k) {
+		rec := []byte(v)
 		_, e, _, err := splitPending(rec)
 		require.NoError(t, err)
 		task, _, err := decodeEntry(e)

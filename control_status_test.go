@@ -263,12 +263,12 @@ func TestAckerKeepsRecordsInStepWithFields(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	fields, recs, _ := a.take(nil)
-	require.Len(t, fields, workers*each)
-	require.Len(t, recs, len(fields))
+	refs, recs := a.take(nil)
+	require.Len(t, refs, workers*each)
+	require.Len(t, recs, len(refs))
 	wrong := 0
-	for i, f := range fields {
-		if fmt.Sprintf("%020d", recs[i].attempts) != f {
+	for i, f := range refs {
+		if fmt.Sprintf("%020d", recs[i].attempts) != f.id {
 			wrong++
 		}
 	}

@@ -220,8 +220,7 @@ func editValues(t *testing.T, s *testServer, key string, edit func([]byte) []byt
 func corruptOutcome(t *testing.T, e *corruptEnv, rec *recorder) (lost []string, reordered []uint64) {
 	ready, err := redis.ByteSlices(e.s.do(t, "LRANGE", e.k.ready, 0, -1), nil)
 	require.NoError(t, err)
-	pending, err := redis.StringMap(e.s.do(t, "HGETALL", e.k.pending), nil)
-	require.NoError(t, err)
+	pending := pendingOf(t, e.s, e.k)
 	dead, err := e.q.Dead(context.Background(), 0)
 	require.NoError(t, err)
 	var held [][]byte

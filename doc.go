@@ -121,7 +121,7 @@
 //  1. At least once. Every task whose AddTask returned nil reaches the
 //     analyse function, unless Redis itself loses the write (see
 //     Durability). The claim is one atomic script that moves tasks from the
-//     ready list into the pending hash: there is no pop-then-record window,
+//     ready list into a claim record: there is no pop-then-record window,
 //     and every script checks the keys and values it reads before its first
 //     write, so a script that fails has changed nothing.
 //  2. Per-OrderID order, across crashes and retries. Tasks of one OrderID
@@ -183,8 +183,8 @@
 //
 // # Task lifecycle
 //
-//	AddTask ─LPUSH─▶ ready (list) ─claim script─▶ pending (hash) ─▶ the OrderID's worker
-//	analyse fn ─ nil ─▶ ack (batched, deletes the pending record)
+//	AddTask ─LPUSH─▶ ready (list) ─claim script─▶ claim record (list) ─▶ the OrderID's worker
+//	analyse fn ─ nil ─▶ ack (batched, a bitmap per claim; a claim's record goes with its last task)
 //	           └ error/panic/timeout ─▶ retry in place ─ MaxAttempts ─▶ dead-letter store
 //
 // AddTask costs about one LPUSH (concurrent calls to one partition share
@@ -250,7 +250,8 @@
 // claim script reads: a paused pool claims nothing (it looks again every
 // 250ms), while its lease, renewals, running tasks and acks go on.
 //
-// [Queue.Status] reads, in one pipelined round trip, the pending record
+// [Queue.Status] reads, in one pipelined round trip (two for a pending
+// task: the second reads its claim record's place), the pending record
 // (with the retries hash, written when a delivery fails: last error and
 // next attempt), the scheduled set, the dead-letter store, the cancel
 // marks and, with [Config].Retention, the history: a hash per time bucket
@@ -449,7 +450,7 @@
 // have the write, and the replica's own persistence settings decide what
 // a crash of the replica loses. Set maxmemory-policy to
 // noeviction: any other policy lets a full Redis evict a ready list, a
-// pending hash or a lease. Under noeviction a full Redis refuses new tasks
+// claim record or a lease. Under noeviction a full Redis refuses new tasks
 // ([ErrRedisOOM]) and analysers keep draining it.
 //
 // # Sentinel
@@ -491,11 +492,13 @@
 // a queue index, the keys of one queue share the hash tag {P:p.q}:
 //
 //	{P:p.q}:ready     list    encoded tasks, pushed on the left, claimed from the right
-//	{P:p.q}:pending   hash    task ID -> encoded task: claimed, not finished
-//	{P:p.q}:order     hash    claim-sequence records: a claim's first seq -> its task IDs
+//	{P:p.q}:order     hash    claim records: a claim's first seq -> "#<first>:" and its task IDs, while one is pending
+//	{P:p.q}:claim:n   list    the encoded tasks of the claim whose first seq is n, in claim order
+//	{P:p.q}:claim:n:done string bitmap: the places of that claim's tasks finished
+//	{P:p.q}:pending   hash    task ID -> encoded task: claimed, not finished (written by earlier releases; read, and emptied by recovery)
 //	{P:p.q}:dead      hash    task ID -> dead record (attempts, time, last error, task)
 //	{P:p.q}:lease     string  the lease value, with a PX expiry
-//	{P:p.q}:meta      hash    fence, seq, processed, failed, redelivered, cancelled, leases, workers, paused
+//	{P:p.q}:meta      hash    fence, seq, processed, failed, redelivered, cancelled, leases, workers, paused, pending
 //	{P:p.q}:wake      list    pushed when a lease is released, to wake a standby
 //	{P:p.q}:sched     zset    task ID -> due time (ms): scheduled tasks not yet due
 //	{P:p.q}:later     hash    task ID -> encoded task, for the scheduled set
@@ -516,10 +519,18 @@
 //	{P:group:G}:nudge:M  list  pushed when member M's analysers change
 //
 // The byte layouts are in the code: an encoded task in task.go (about 30
-// bytes over the payload and headers), pending and claim-sequence records in pending.go
+// bytes over the payload and headers), claim records in claimrec.go, pending.go
 // and recover.go, dead records in dead.go, every script as it runs under
 // testdata/scripts. After a drain nothing per task is left (but the history
-// of finished tasks, with [Config].Retention). A key holding
+// of finished tasks, with [Config].Retention).
+//
+// Upgrades go one way. An owner of this release puts back what an earlier
+// release left in the pending hash, but an earlier release reads no claim
+// list: taking over a queue from an owner of this release that crashed, it
+// would delete the claim records and lose their tasks. So while a queue has
+// an owner of this release, let no analyser of an earlier release wait as
+// its standby; go back only after every analyser of this release has
+// stopped gracefully and [Queue.Stats] shows no task pending. A key holding
 // what this package did not write (another Redis type, a lease with no
 // expiry, a claim count that is not a number) fails the calls that would
 // write it with [ErrWrongType], changing nothing, until it is repaired or

@@ -155,14 +155,14 @@ func (r *callRun) queueEmpty() bool {
 	defer c.Close()
 	c.Send("ZCARD", r.keys.sched)
 	c.Send("LLEN", r.keys.ready)
-	c.Send("HLEN", r.keys.pending)
 	c.Flush()
-	for range 3 {
+	for range 2 {
 		if n, err := redis.Int(c.Receive()); err != nil || n > 0 {
 			return false
 		}
 	}
-	return true
+	m, err := pendingRecords(c.Do, r.keys)
+	return err == nil && len(m) == 0
 }
 
 func TestFaultEveryCallControls(t *testing.T) {

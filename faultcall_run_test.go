@@ -92,7 +92,11 @@ func (r *callRun) fail(prop, format string, args ...any) {
 func (r *callRun) snapshotPending() {
 	c := r.srv.pool.Get()
 	defer c.Close()
-	ids, err := redis.Strings(c.Do("HKEYS", r.keys.pending))
+	m, err := pendingRecords(c.Do, r.keys)
+	ids := make([]string, 0, len(m))
+	for id := range m {
+		ids = append(ids, id)
+	}
 	if err != nil {
 		r.fail("harness", "read pending: %v", err)
 		return
@@ -228,7 +232,8 @@ func (r *callRun) finish(w callWorkload) {
 	r.plan.lateMu.Unlock()
 	c := r.srv.pool.Get()
 	ready, err1 := redis.Int(c.Do("LLEN", r.keys.ready))
-	pending, err2 := redis.Int(c.Do("HLEN", r.keys.pending))
+	m, err2 := pendingRecords(c.Do, r.keys)
+	pending := len(m)
 	sched, err3 := redis.Int(c.Do("ZCARD", r.keys.sched))
 	c.Close()
 	require.NoError(r.t, errors.Join(err1, err2, err3))

@@ -247,12 +247,13 @@ func ackToken(args []any) int64 {
 
 // cancelFinIDs returns the task IDs a call of finishCancelledScript
 // finishes as cancelled: its args are the lease value, TTL, history
-// expiry and retention, then task ID, packed ID and record triples.
+// expiry and retention, then claim, place, task ID, packed ID and record
+// groups.
 func cancelFinIDs(args []any) []string {
 	_, argv := scriptArgs(args)
 	var ids []string
-	for i := 4; i < len(argv); i += 3 {
-		switch id := argv[i].(type) {
+	for i := 4; i+2 < len(argv); i += 5 {
+		switch id := argv[i+2].(type) {
 		case string:
 			ids = append(ids, id)
 		case []byte:

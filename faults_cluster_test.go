@@ -353,8 +353,12 @@ func replicaHolds(t *testing.T, c *redisCluster, replica *redisProc, prefix stri
 			require.NoError(t, err)
 			st.ids[task.ID] = true
 		}
-		pending, err := redis.Strings(conn.Do("HKEYS", k.pending))
+		m, err := pendingRecords(conn.Do, k)
 		require.NoError(t, err)
+		var pending []string
+		for id := range m {
+			pending = append(pending, id)
+		}
 		dead, err := redis.Strings(conn.Do("HKEYS", k.dead))
 		require.NoError(t, err)
 		for _, id := range append(pending, dead...) {

@@ -1,9 +1,11 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
+	"sort"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -286,8 +288,7 @@ func snapshot(t *testing.T, s *testServer, k queueKeys) queueState {
 	var err error
 	st.Ready, err = redis.Strings(s.do(t, "LRANGE", k.ready, 0, -1), nil)
 	require.NoError(t, err)
-	st.Pending, err = redis.StringMap(s.do(t, "HGETALL", k.pending), nil)
-	require.NoError(t, err)
+	st.Pending = pendingOf(t, s, k)
 	st.Order, err = redis.StringMap(s.do(t, "HGETALL", k.claims), nil)
 	require.NoError(t, err)
 	st.Dead, err = redis.StringMap(s.do(t, "HGETALL", k.dead), nil)
@@ -296,6 +297,68 @@ func snapshot(t *testing.T, s *testServer, k queueKeys) queueState {
 	require.NoError(t, err)
 	st.Lease, _ = redis.String(s.do(t, "GET", k.lease), nil)
 	return st
+}
+
+// pendingRecords reads, through do, the pending records of the queue of
+// k by task ID ("bad:<place>" for an entry with no readable header): the
+// entries of claim records whose place is not set, and the records of a
+// pending hash of the earlier format.
+func pendingRecords(do func(string, ...any) (any, error), k queueKeys) (map[string]string, error) {
+	out, err := redis.StringMap(do("HGETALL", k.pending))
+	if err != nil {
+		return nil, err
+	}
+	claims, err := redis.StringMap(do("HGETALL", k.claims))
+	if err != nil {
+		return nil, err
+	}
+	for f, v := range claims {
+		if _, list, _ := claimIDs(v); !list {
+			continue
+		}
+		entries, err := redis.ByteSlices(do("LRANGE", claimListKey(k, f), 0, -1))
+		if err != nil {
+			return nil, err
+		}
+		done, err := redis.Bytes(do("GET", claimDoneKey(k, f)))
+		if err != nil && err != redis.ErrNil {
+			return nil, err
+		}
+		for i, e := range entries {
+			if !placeSet(done, i) {
+				out[pendingField(bytes.TrimPrefix(e, []byte{accountedMark}), int64(i))] = string(e)
+			}
+		}
+	}
+	return out, nil
+}
+
+// pendingOf is pendingRecords on s.
+func pendingOf(t testing.TB, s *testServer, k queueKeys) map[string]string {
+	t.Helper()
+	m, err := pendingRecords(func(cmd string, args ...any) (any, error) { return try(s, cmd, args...) }, k)
+	require.NoError(t, err)
+	return m
+}
+
+// pendingHas returns 1 when task id is pending on the queue of k, else 0.
+func pendingHas(t testing.TB, s *testServer, k queueKeys, id string) int64 {
+	t.Helper()
+	if _, ok := pendingOf(t, s, k)[id]; ok {
+		return 1
+	}
+	return 0
+}
+
+// pendingIDs returns the IDs of the tasks pending on the queue of k, sorted.
+func pendingIDs(t testing.TB, s *testServer, k queueKeys) []string {
+	t.Helper()
+	ids := []string{}
+	for id := range pendingOf(t, s, k) {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
 }
 
 func stats0(t *testing.T, q *Queue) AnalyserStats {

@@ -17,8 +17,8 @@ import (
 // script may touch them all on a cluster slot too.
 type queueKeys struct {
 	ready   string // list: encoded tasks, LPUSHed by producers, taken from the right
-	pending string // hash: task ID -> encoded task ("+" first once its delivery is recorded), tasks claimed and not finished
-	claims  string // hash: a claim's first seq -> its task IDs back to back (claim-sequence records), while one of them is pending
+	pending string // hash: task ID -> encoded task ("+" first once its delivery is recorded), tasks claimed and not finished, as earlier releases recorded them
+	claims  string // hash: a claim's first seq -> its claim record ("#<first>:" and its task IDs back to back; earlier releases: the IDs alone), while one of them is pending
 	dead    string // hash: task ID -> encoded dead record
 	lease   string // string: "<fencing token>.<nonce>:<owner>", with a PX expiry; the queue's owner
 	meta    string // hash: fence (last token), seq (last claim), processed, failed, redelivered, cancelled, leases, workers ("<count>:<lease value>"), paused ("1" while paused)
@@ -35,7 +35,7 @@ func newQueueKeys(prefix string, partition, queue int) queueKeys {
 	return queueKeys{
 		ready:   tag + "ready",
 		pending: tag + "pending",
-		claims:  tag + "order", // the name of the first release, kept
+		claims:  tag + claimsName, // the name of the first release, kept
 		dead:    tag + "dead",
 		lease:   tag + "lease",
 		meta:    tag + "meta",

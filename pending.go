@@ -32,6 +32,7 @@ type store struct {
 	acquired    time.Time              // when the try that took the lease was sent: Redis's TTL runs from then at the latest
 	entrySize   atomic.Int64           // the mean entry size of the last claim (at first, MaxPayload)
 	nextDue     atomic.Int64           // the due time (ms) of the next scheduled task, as the last empty claim (or idle wait) saw it; -1: none
+	nextFirst   atomic.Int64           // the first seq of the next claim, as far as this store knows (see seqReply)
 	schedCard   atomic.Int64           // the number of scheduled tasks, as nextDue's read saw it; -1: unknown
 	paused      atomic.Bool            // the last claim found the queue paused
 	waiter      *waiter                // the partition's shared waiter, for a pool's idle waits (nil: own connections)
@@ -73,80 +74,346 @@ func (s *store) script(ctx context.Context, op string, sc *redis.Script, keysAnd
 	return onPartition(ctx, s.part, s.what(op), func(conn redis.Conn) (any, error) { return sc.DoContext(ctx, conn, keysAndArgs...) })
 }
 
-// ackScript deletes finished tasks from the pending hash, and the
-// claim-sequence records of claims none of whose tasks is pending any more;
-// with a history expiry, it keeps the status records of the tasks that
-// were pending (history.go; an empty record keeps none; none in a bucket
-// of another type, see luaHistory). The cancel mark of a task it finishes
-// goes too (its cancel came too late, and the task is done, not
-// cancelled); a cancels hash of another type is left alone, as the claim
-// script leaves it.
+// taskRef names a pending task for the scripts that finish or change one:
+// its claim record and place there (claimrec.go), or, with record "", its
+// field in the pending hash of earlier releases.
+type taskRef struct {
+	record string
+	place  int32
+	field  string // the task's ID (or "bad:<seq>"): its field in the dead-letter store
+}
+
+// ref returns t's taskRef.
+func (t *claimed) ref() taskRef {
+	if t.claim == nil {
+		return taskRef{field: t.field}
+	}
+	return taskRef{record: t.claim.record, place: t.place, field: t.field}
+}
+
+// args appends the script arguments of r: record, place, field.
+func (r taskRef) args(dst []any) []any { return append(dst, r.record, r.place, r.field) }
+
+// luaTake defines take(i): it finishes the task whose taskRef is ARGV[i]
+// to ARGV[i+2] (see taskRef.args), and reports whether it was pending.
+// It needs luaClaimRec and luaIncr, and the script's pending hash, meta
+// hash and claim-sequence hash as pendingKey, metaKey and claimsKey.
+const luaTake = `
+local function take(i)
+  if ARGV[i] == '' then return redis.call('HDEL', pendingKey, ARGV[i + 2]) == 1 end
+  return takePlace(claimsKey, metaKey, ARGV[i], tonumber(ARGV[i + 1])) ~= nil
+end
+`
+
+// ackScript finishes acknowledged tasks: for each claim record, it ORs a
+// bitmap of the places acknowledged into the claim's done bitmap (see
+// luaClaimRec's setDone), which deletes the record once every place is
+// set. When the queue holds retry records or cancel marks, those of the
+// tasks at the places acknowledged go too (a cancel that came too late:
+// the task is done, not cancelled; a cancels hash of another type is left
+// alone, as the claim script leaves it). With a history expiry, it keeps
+// the status records of the tasks that were pending (history.go; an
+// empty record keeps none; none in a bucket of another type, see
+// luaHistory).
 //
-//	KEYS[1] = pending hash, KEYS[2] = lease, KEYS[3] = meta hash, KEYS[4] = claim-sequence hash,
-//	KEYS[5] = retries hash, KEYS[6] = history bucket, KEYS[7] = cancels hash
-//	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = number of task IDs k,
+//	KEYS[1] = claim-sequence hash, KEYS[2] = lease, KEYS[3] = meta hash, KEYS[4] = retries hash,
+//	KEYS[5] = history bucket, KEYS[6] = cancels hash
+//	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = number of claims m,
 //	ARGV[4] = history expiry (ms since the epoch; 0: keep none), ARGV[5] = retention ms,
-//	ARGV[6 .. 5+k] = task IDs, then, with a history expiry, k pairs of packed task ID
-//	and status record ("" for none; one is written only for a task that was pending),
-//	then claim-sequence records (claim firsts)
+//	ARGV[6 .. 5+2m] = claim (its first seq), bitmap of places, ...,
+//	then, with a history expiry, claim, place, packed task ID, status record, ...
 //
-// Returns the number of pending records deleted (also added to processed).
+// Returns the number of tasks it finished (also added to processed).
 // With a history expiry, it records the retention in the meta hash, for
 // readers whose own Config does not say it (see Status).
-var ackScript = newScript("ack", 7, fenced(2, typeCheck(hashAt(3), hashAt(4), hashAt(5)), luaIncr+luaHistory+`
-local n, k = 0, tonumber(ARGV[3])
-local last = 5 + k
-if k > 0 and redis.call('EXISTS', KEYS[7]) == 1 then
-  for i = 6, last do
-    if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then redis.pcall('HDEL', KEYS[7], ARGV[i]) end
-  end
-end
-if ARGV[4] == '0' or not history(KEYS[6]) then
-  for i = 6, last, $scriptChunk do
-    n = n + redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + $scriptChunk - 1, last)))
-  end
-else
-  -- A status record for each task that was pending (and has one).
-  for i = 6, last do
-    if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
-      n = n + 1
-      local j = last + 2 * (i - 6) + 1
-      if ARGV[j + 1] ~= '' then redis.call('HSET', KEYS[6], ARGV[j], ARGV[j + 1]) end
+var ackScript = newScript("ack", -1, fenced(2, typeCheck(hashAt(1), hashAt(3), hashAt(4)), luaIncr+luaHistory+luaClaimRec+`
+local m = tonumber(ARGV[3])
+local last = 5 + 2 * m
+local bad = claimTypes(KEYS[1], 6, last, 2)
+if bad then return bad end
+if ARGV[4] ~= '0' and last < #ARGV and history(KEYS[5]) then
+  local kept = false
+  for i = last + 1, #ARGV, 4 do
+    local l, d = claimKeys(KEYS[1], ARGV[i])
+    if ARGV[i + 3] ~= '' and redis.call('TYPE', l).ok == 'list' and bitsOK(d) and redis.call('GETBIT', d, ARGV[i + 1]) == 0 then
+      redis.call('HSET', KEYS[5], ARGV[i + 2], ARGV[i + 3])
+      kept = true
     end
   end
-  if n > 0 then
-    redis.call('PEXPIREAT', KEYS[6], ARGV[4])
+  if kept then
+    redis.call('PEXPIREAT', KEYS[5], ARGV[4])
     redis.call('HSET', KEYS[3], 'retention', ARGV[5])
   end
 end
-if k > 0 and redis.call('EXISTS', KEYS[5]) == 1 then
-  for i = 6, last, $scriptChunk do
-    redis.call('HDEL', KEYS[5], unpack(ARGV, i, math.min(i + $scriptChunk - 1, last)))
+local marks = redis.call('EXISTS', KEYS[6]) == 1
+if marks or redis.call('EXISTS', KEYS[4]) == 1 then
+  -- The IDs at the places acknowledged, from the claim-sequence records.
+  local ids = {}
+  for i = 6, last, 2 do
+    local v, bits = redis.call('HGET', KEYS[1], ARGV[i]), ARGV[i + 1]
+    local base = v and string.byte(v, 1) == $claimedMark and string.find(v, ':', 2, true)
+    if base then
+      for j = 1, #bits do
+        local b = string.byte(bits, j)
+        local k = 0
+        while b > 0 do
+          if b >= 128 then
+            local at = base + 1 + ((j - 1) * 8 + k) * $idLen
+            ids[#ids + 1] = string.sub(v, at, at + $idLen - 1)
+          end
+          b, k = (b % 128) * 2, k + 1
+        end
+      end
+    end
+  end
+  for i = 1, #ids, $scriptChunk do
+    local part = {unpack(ids, i, math.min(i + $scriptChunk - 1, #ids))}
+    redis.call('HDEL', KEYS[4], unpack(part))
+    if marks then redis.pcall('HDEL', KEYS[6], unpack(part)) end
   end
 end
-if ARGV[4] ~= '0' then last = last + 2 * k end
-for i = last + 1, #ARGV, $scriptChunk do
-  redis.call('HDEL', KEYS[4], unpack(ARGV, i, math.min(i + $scriptChunk - 1, #ARGV)))
-end
+local n = 0
+for i = 6, last, 2 do n = n + setDone(KEYS[1], KEYS[3], ARGV[i], ARGV[i + 1]) end
 if n > 0 then incr(KEYS[3], 'processed', n) end
 return n
 `))
 
-// retryScript replaces a pending record with ARGV[4]: the task encoded
+// dropScript deletes claim records whatever they hold (a claim-sequence
+// record of the pending hash's format, or a claim record none of whose
+// tasks is pending any more but that was not deleted), counting the
+// places of those not set as no longer pending. With ARGV[3] = 1, it
+// then counts the tasks of the claim records it is given to keep whose
+// place is not set, and sets the meta hash's count of tasks in claim
+// records to that: the last drop of a recovery, which keeps only the
+// records of tasks in the caller's hands, so that a count someone
+// overwrote is right again.
+//
+//	KEYS[1] = claim-sequence hash, KEYS[2] = lease, KEYS[3] = meta hash,
+//	then the claim list and done bitmap of each claim below
+//	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = 1 to recount,
+//	ARGV[4] = the number d of claims to delete, ARGV[5 .. 4+d] = those claims (first
+//	seqs, or whatever their fields hold), then the claims kept
+//
+// Returns the number of records deleted.
+var dropScript = newScript("drop", -1, fenced(2, typeCheck(hashAt(1), hashAt(3)), luaIncr+luaClaimRec+`
+local n, last = 0, 4 + tonumber(ARGV[4])
+for i = 5, last do
+  if ARGV[i] ~= '' then
+    local l, d = claimKeys(KEYS[1], ARGV[i])
+    if redis.call('TYPE', l).ok == 'list' and bitsOK(d) then
+      local k = redis.call('LLEN', l) - redis.call('BITCOUNT', d)
+      if k > 0 then incr(KEYS[3], 'pending', -k) end
+    end
+    redis.call('DEL', l, d)
+  end
+  n = n + redis.call('HDEL', KEYS[1], ARGV[i])
+end
+if ARGV[3] == '1' then
+  local left = 0
+  for i = last + 1, #ARGV do
+    local l, d = claimKeys(KEYS[1], ARGV[i])
+    if redis.call('TYPE', l).ok == 'list' and bitsOK(d) then
+      left = left + math.max(redis.call('LLEN', l) - redis.call('BITCOUNT', d), 0)
+    end
+  end
+  redis.call('HSET', KEYS[3], 'pending', left)
+end
+return n
+`))
+
+// ackRef is an acknowledged task as ack takes it: its claim record, its
+// place there, and its ID (for its status record).
+type ackRef struct {
+	claim *claimBatch
+	place int32
+	id    string
+}
+
+// ack finishes the tasks ts, acknowledged, as ackScript does, maxClaim
+// tasks to a round trip. With a retention, recs holds the status records
+// of ts (history.go); a nil recs keeps none.
+func (s *store) ack(ctx context.Context, ts []ackRef, recs []historyRecord) (int, error) {
+	done := 0
+	keep := s.retention > 0 && len(recs) == len(ts)
+	var bits map[*claimBatch][]byte
+	var order []*claimBatch
+	for len(ts) > 0 {
+		n := min(len(ts), maxClaim)
+		bucket, expiry, start := s.historyBucket(time.Now())
+		if !keep {
+			expiry = 0
+		}
+		// One bitmap per claim, in the order the claims first come.
+		clear(bits)
+		if bits == nil {
+			bits = make(map[*claimBatch][]byte)
+		}
+		order = order[:0]
+		for _, t := range ts[:n] {
+			b, ok := bits[t.claim]
+			if !ok {
+				order = append(order, t.claim)
+			}
+			bits[t.claim] = placeBitmap(b, t.place)
+		}
+		records := make([]string, len(order))
+		args := make([]any, 0, 5+2*len(order))
+		args = append(args, s.value(), s.ttlMS, len(order), expiry, s.retention.Milliseconds())
+		for i, b := range order {
+			records[i] = b.record
+			args = append(args, b.record, bits[b])
+		}
+		if expiry != 0 {
+			for i, r := range recs[:n] {
+				rec := ""
+				if !r.finished.IsZero() {
+					rec = r.encode(start)
+				}
+				args = append(args, ts[i].claim.record, ts[i].place, packID(ts[i].id), rec)
+			}
+			recs = recs[n:]
+		}
+		ts = ts[n:]
+		call := s.claimCall([]any{s.keys.claims, s.keys.lease, s.keys.meta, s.keys.retries, bucket, s.keys.cancels}, records, true, args...)
+		k, err := redis.Int(s.script(ctx, "ack on", ackScript, call...))
+		done += k
+		if err != nil {
+			return done, err
+		}
+	}
+	return done, nil
+}
+
+// dropClaims deletes claim records that serve no more (see dropScript),
+// and, when kept is not nil, has the script that deletes the last of them
+// (one of its own when there are none) recount the tasks of the records
+// kept.
+func (s *store) dropClaims(ctx context.Context, claims, kept []string) error {
+	for {
+		n := min(len(claims), scriptChunk)
+		last := n == len(claims)
+		if n == 0 && kept == nil {
+			return nil
+		}
+		flag, records := "0", claims[:n]
+		args := []any{s.value(), s.ttlMS, flag, n}
+		for _, c := range claims[:n] {
+			args = append(args, c)
+		}
+		if last && kept != nil {
+			args[2] = "1"
+			records = append(records[:n:n], kept...)
+			for _, c := range kept {
+				args = append(args, c)
+			}
+		}
+		call := s.claimCall([]any{s.keys.claims, s.keys.lease, s.keys.meta}, records, false, args...)
+		if _, err := s.script(ctx, "drop claims on", dropScript, call...); err != nil {
+			return err
+		}
+		if claims = claims[n:]; last {
+			return nil
+		}
+	}
+}
+
+// recordDelivery records in t's pending record that delivery t.Attempt is
+// made, so that recovery after a crash counts it, once. Recovery counts an
+// interrupted delivery only with this record, so that tasks claimed with
+// one that crashes its owner, and never started, lose no attempt: the
+// pool records the delivery of every task delivered before and of every
+// task recovery marked (see entryRecovered), so that a task that crashes
+// its owner is counted from its second crash on. Costs one round trip.
+func (s *store) recordDelivery(ctx context.Context, t claimed) error {
+	r := t.ref()
+	_, err := s.script(ctx, "record delivery on", retryScript, s.claimCall([]any{s.keys.claims, s.keys.lease, s.keys.meta},
+		[]string{r.record}, false, s.value(), s.ttlMS, r.record, r.place, accountedRecord(t.Task, t.Attempt))...)
+	return err
+}
+
+// accountedRecord is the pending record of t after a recorded delivery:
+// the entry with deliveries as its count (not marked recovered: the
+// delivery is recorded), behind a '+'.
+func accountedRecord(t Task, deliveries int) []byte {
+	h, _ := headersSize(t.Headers) // a claimed task's headers are within the limits
+	buf := make([]byte, 1, 1+entryCap(h, len(t.Payload)))
+	buf[0] = accountedMark
+	return appendEntry(buf, 0, t.ID, t.OrderID, t.AddedAt.UnixMilli(), deliveries, t.Headers, t.Payload)
+}
+
+// accountedMark starts a pending record whose count includes the current
+// delivery; an entry starts with its flags byte (see isEntryStart).
+const accountedMark = '+'
+
+// luaRewrite defines rewrite(first, place, record): it replaces the entry
+// at place in the claim list of first with record, and reports whether
+// the task there was pending. It needs luaClaimRec and the claim-sequence
+// hash as claimsKey.
+const luaRewrite = `
+local function rewrite(first, place, record)
+  local l, d = claimKeys(claimsKey, first)
+  if redis.call('TYPE', l).ok ~= 'list' or not bitsOK(d) or redis.call('GETBIT', d, place) == 1 then return false end
+  if not redis.call('LINDEX', l, place) then return false end
+  redis.call('LSET', l, place, record)
+  return true
+end
+`
+
+// retryScript replaces a pending record with ARGV[5]: the task encoded
 // with the deliveries it has had, counting the current one (one about to
 // start, or the retry that follows a failure), behind a '+' that marks the
 // count as accounted, so that recovery after a crash does not count the
 // current delivery again.
 //
-//	KEYS[1] = pending hash, KEYS[2] = lease, KEYS[3] = meta hash
-//	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = task ID, ARGV[4] = "+" encoded task
+//	KEYS[1] = claim-sequence hash, KEYS[2] = lease, KEYS[3] = meta hash
+//	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = claim, ARGV[4] = place,
+//	ARGV[5] = "+" encoded task
 //
 // Returns 1, or 0 when the task is no longer pending.
-var retryScript = newScript("retry", 3, fenced(2, "", `
-if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+var retryScript = newScript("retry", -1, fenced(2, typeCheck(hashAt(1)), "local claimsKey = KEYS[1]\n"+luaIncr+luaClaimRec+luaRewrite+`
+local bad = claimTypes(claimsKey, 3, 3, 1)
+if bad then return bad end
+if not rewrite(ARGV[3], tonumber(ARGV[4]), ARGV[5]) then return 0 end
 return 1
 `))
+
+// fail records a failed delivery of t (as claimed, with its Attempt). When
+// t has had maxAttempts deliveries it moves to the dead-letter store with
+// cause and fail reports dead; otherwise the failure, and the retry that
+// follows (at retryAt; zero: when its holder says), are recorded in the
+// pending record and in the retries hash (for Status), so that a crash
+// counts them. Costs one round trip.
+func (s *store) fail(ctx context.Context, t claimed, cause error, retryAt time.Time) (dead bool, err error) {
+	msg := "<nil>"
+	if cause != nil {
+		msg = cause.Error()
+	}
+	if t.Attempt >= s.maxAttempts {
+		entry := encodeTask(t.Task, t.Attempt)
+		return true, s.bury(ctx, []burial{{t.ref(), encodeDead(entry, t.Attempt, msg)}})
+	}
+	r := t.ref()
+	_, err = s.script(ctx, "record failure on", failScript, s.claimCall([]any{s.keys.claims, s.keys.lease, s.keys.meta, s.keys.retries},
+		[]string{r.record}, false, s.value(), s.ttlMS, r.record, r.place, accountedRecord(t.Task, t.Attempt+1), t.ID, retryRecord(time.Now(), retryAt, msg))...)
+	return false, err
+}
+
+// failScript is retryScript that also records the failure in the retries
+// hash (KEYS[4], under the task ID ARGV[6], ARGV[7]).
+var failScript = newScript("fail", -1, fenced(2, typeCheck(hashAt(1), hashAt(4)), "local claimsKey = KEYS[1]\n"+luaIncr+luaClaimRec+luaRewrite+`
+local bad = claimTypes(claimsKey, 3, 3, 1)
+if bad then return bad end
+if not rewrite(ARGV[3], tonumber(ARGV[4]), ARGV[5]) then return 0 end
+redis.call('HSET', KEYS[4], ARGV[6], ARGV[7])
+return 1
+`))
+
+// burial is a pending task to move to the dead-letter store, and its dead
+// record.
+type burial struct {
+	ref taskRef
+	rec []byte
+}
 
 // buryScript moves pending tasks to the dead-letter store, and drops their
 // retry records. The cancel mark of a task it moves goes too: Cancel
@@ -154,22 +421,26 @@ return 1
 // hash of another type is left alone, as the claim script leaves it).
 //
 //	KEYS[1] = pending hash, KEYS[2] = dead hash, KEYS[3] = lease, KEYS[4] = meta hash,
-//	KEYS[5] = retries hash, KEYS[6] = cancels hash
-//	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3...] = task ID, dead record, ...
+//	KEYS[5] = retries hash, KEYS[6] = cancels hash, KEYS[7] = claim-sequence hash
+//	ARGV[1] = lease value, ARGV[2] = lease TTL ms,
+//	ARGV[3...] = claim, place, field (see taskRef), dead record, ...
 //
 // Returns the number moved (also added to failed); a task no longer
 // pending is skipped. A record never replaces another one under the same
-// field (garbage written into a pending hash under a dead task's ID, say):
-// a quarantined malformed record (0 attempts: its second byte is 0) takes
-// the first free field of "<field>#2", "<field>#3", ..., and a task's
-// record moves what was under its ID there.
-var buryScript = newScript("bury", 6, fenced(3, typeCheck(hashAt(2), hashAt(4), hashAt(5)), luaIncr+`
+// field (garbage written under a dead task's ID, say): a quarantined
+// malformed record (0 attempts: its second byte is 0) takes the first
+// free field of "<field>#2", "<field>#3", ..., and a task's record moves
+// what was under its ID there.
+var buryScript = newScript("bury", -1, fenced(3, typeCheck(hashAt(1), hashAt(2), hashAt(4), hashAt(5), hashAt(7)),
+	"local pendingKey, metaKey, claimsKey = KEYS[1], KEYS[4], KEYS[7]\n"+luaIncr+luaClaimRec+luaTake+`
+local bad = claimTypes(claimsKey, 3, #ARGV, 4)
+if bad then return bad end
 local n = 0
-for i = 3, #ARGV, 2 do
-  redis.call('HDEL', KEYS[5], ARGV[i])
-  if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
-    redis.pcall('HDEL', KEYS[6], ARGV[i])
-    local f, rec = ARGV[i], ARGV[i + 1]
+for i = 3, #ARGV, 4 do
+  if take(i) then
+    local f, rec = ARGV[i + 2], ARGV[i + 3]
+    redis.call('HDEL', KEYS[5], f)
+    redis.pcall('HDEL', KEYS[6], f)
     local old = redis.call('HGET', KEYS[2], f)
     if old then
       local k, g = 2, f .. '#2'
@@ -190,16 +461,20 @@ return n
 // requeueScript puts pending tasks back at the consuming (right) end of the
 // ready list: the last one pushed is the next one claimed.
 //
-//	KEYS[1] = ready list, KEYS[2] = pending hash, KEYS[3] = lease, KEYS[4] = meta hash
+//	KEYS[1] = ready list, KEYS[2] = pending hash, KEYS[3] = lease, KEYS[4] = meta hash,
+//	KEYS[5] = claim-sequence hash
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = 1 to count as redeliveries,
-//	ARGV[4...] = task ID, encoded task, ... in push order
+//	ARGV[4...] = claim, place, field (see taskRef), encoded task, ... in push order
 //
 // Returns the number pushed; a task no longer pending is skipped.
-var requeueScript = newScript("requeue", 4, fenced(3, typeCheck(listAt(1), hashAt(4)), luaIncr+`
+var requeueScript = newScript("requeue", -1, fenced(3, typeCheck(listAt(1), hashAt(2), hashAt(4), hashAt(5)),
+	"local pendingKey, metaKey, claimsKey = KEYS[2], KEYS[4], KEYS[5]\n"+luaIncr+luaClaimRec+luaTake+`
+local bad = claimTypes(claimsKey, 4, #ARGV, 4)
+if bad then return bad end
 local n = 0
-for i = 4, #ARGV, 2 do
-  if redis.call('HDEL', KEYS[2], ARGV[i]) == 1 then
-    redis.call('RPUSH', KEYS[1], ARGV[i + 1])
+for i = 4, #ARGV, 4 do
+  if take(i) then
+    redis.call('RPUSH', KEYS[1], ARGV[i + 3])
     n = n + 1
   end
 end
@@ -207,124 +482,22 @@ if n > 0 and ARGV[3] == '1' then incr(KEYS[4], 'redelivered', n) end
 return n
 `))
 
-// ack deletes the pending records of ids, maxClaim to a round trip, and
-// with the last of them the claim-sequence records named by claims. With
-// a retention, recs holds the status records of ids (history.go); a nil
-// recs keeps none.
-func (s *store) ack(ctx context.Context, ids []string, recs []historyRecord, claims []string) (int, error) {
-	done := 0
-	keep := s.retention > 0 && len(recs) == len(ids) && len(ids) > 0
-	for len(ids) > 0 || len(claims) > 0 {
-		n := min(len(ids), maxClaim)
-		bucket, expiry, start := s.historyBucket(time.Now())
-		if !keep {
-			expiry = 0
+// bury moves pending tasks to the dead-letter store.
+func (s *store) bury(ctx context.Context, items []burial) error {
+	for len(items) > 0 {
+		n := buryChunk(items)
+		a := []any{s.value(), s.ttlMS}
+		records := make([]string, n)
+		for i, b := range items[:n] {
+			a = append(b.ref.args(a), b.rec)
+			records[i] = b.ref.record
 		}
-		args := make([]any, 0, 12+2*n+len(claims))
-		args = append(args, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.keys.retries, bucket, s.keys.cancels,
-			s.value(), s.ttlMS, n, expiry, s.retention.Milliseconds())
-		for _, id := range ids[:n] {
-			args = append(args, id)
-		}
-		if expiry != 0 {
-			for i, r := range recs[:n] {
-				rec := ""
-				if !r.finished.IsZero() {
-					rec = r.encode(start)
-				}
-				args = append(args, packID(ids[i]), rec)
-			}
-			recs = recs[n:]
-		}
-		ids = ids[n:]
-		if len(ids) == 0 {
-			for _, c := range claims {
-				args = append(args, c)
-			}
-			claims = nil
-		}
-		k, err := redis.Int(s.script(ctx, "ack on", ackScript, args...))
-		done += k
-		if err != nil {
-			return done, err
-		}
-	}
-	return done, nil
-}
-
-// dropClaims deletes the claim-sequence records of claims finished by a
-// call that could not take them along.
-func (s *store) dropClaims(ctx context.Context, claims []string) error {
-	_, err := s.ack(ctx, nil, nil, claims)
-	return err
-}
-
-// recordDelivery records in t's pending record that delivery t.Attempt is
-// made, so that recovery after a crash counts it, once. Recovery counts an
-// interrupted delivery only with this record, so that tasks claimed with
-// one that crashes its owner, and never started, lose no attempt: the
-// pool records the delivery of every task delivered before and of every
-// task recovery marked (see entryRecovered), so that a task that crashes
-// its owner is counted from its second crash on. Costs one round trip.
-func (s *store) recordDelivery(ctx context.Context, t claimed) error {
-	_, err := s.script(ctx, "record delivery on", retryScript, s.keys.pending, s.keys.lease, s.keys.meta,
-		s.value(), s.ttlMS, t.field, accountedRecord(t.Task, t.Attempt))
-	return err
-}
-
-// accountedRecord is the pending record of t after a recorded delivery:
-// the entry with deliveries as its count (not marked recovered: the
-// delivery is recorded), behind a '+'.
-func accountedRecord(t Task, deliveries int) []byte {
-	h, _ := headersSize(t.Headers) // a claimed task's headers are within the limits
-	buf := make([]byte, 1, 1+entryCap(h, len(t.Payload)))
-	buf[0] = accountedMark
-	return appendEntry(buf, 0, t.ID, t.OrderID, t.AddedAt.UnixMilli(), deliveries, t.Headers, t.Payload)
-}
-
-// accountedMark starts a pending record whose count includes the current
-// delivery; an entry starts with its flags byte (see isEntryStart).
-const accountedMark = '+'
-
-// fail records a failed delivery of t (as claimed, with its Attempt). When
-// t has had maxAttempts deliveries it moves to the dead-letter store with
-// cause and fail reports dead; otherwise the failure, and the retry that
-// follows (at retryAt; zero: when its holder says), are recorded in the
-// pending record and in the retries hash (for Status), so that a crash
-// counts them. Costs one round trip.
-func (s *store) fail(ctx context.Context, t Task, cause error, retryAt time.Time) (dead bool, err error) {
-	msg := "<nil>"
-	if cause != nil {
-		msg = cause.Error()
-	}
-	if t.Attempt >= s.maxAttempts {
-		entry := encodeTask(t, t.Attempt)
-		return true, s.bury(ctx, []any{t.ID, encodeDead(entry, t.Attempt, msg)})
-	}
-	_, err = s.script(ctx, "record failure on", failScript, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.retries,
-		s.value(), s.ttlMS, t.ID, accountedRecord(t, t.Attempt+1), retryRecord(time.Now(), retryAt, msg))
-	return false, err
-}
-
-// failScript is retryScript that also records the failure in the retries
-// hash (KEYS[4], under the task ID, ARGV[5]).
-var failScript = newScript("fail", 4, fenced(2, typeCheck(hashAt(4)), `
-if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
-redis.call('HSET', KEYS[4], ARGV[3], ARGV[5])
-return 1
-`))
-
-// bury moves pending records to the dead-letter store: args are field,
-// dead record pairs.
-func (s *store) bury(ctx context.Context, args []any) error {
-	for len(args) > 0 {
-		n := buryChunk(args)
-		a := append([]any{s.keys.pending, s.keys.dead, s.keys.lease, s.keys.meta, s.keys.retries, s.keys.cancels, s.value(), s.ttlMS}, args[:n]...)
-		if _, err := s.script(ctx, "dead-letter on", buryScript, a...); err != nil {
+		call := s.claimCall([]any{s.keys.pending, s.keys.dead, s.keys.lease, s.keys.meta, s.keys.retries, s.keys.cancels, s.keys.claims},
+			records, false, a...)
+		if _, err := s.script(ctx, "dead-letter on", buryScript, call...); err != nil {
 			return err
 		}
-		args = args[n:]
+		items = items[n:]
 	}
 	return nil
 }
@@ -342,12 +515,16 @@ func (s *store) requeue(ctx context.Context, tasks []claimed, redelivery bool) e
 	// recovery puts them back ahead of those pushed: the order holds.
 	for end := len(tasks); end > 0; {
 		start := requeueChunk(tasks, end)
-		args := []any{s.keys.ready, s.keys.pending, s.keys.lease, s.keys.meta, s.value(), s.ttlMS, flag}
+		args := []any{s.value(), s.ttlMS, flag}
+		var records []string
 		for i := end - 1; i >= start; i-- {
 			t := tasks[i]
-			args = append(args, t.field, encodeClaimed(t))
+			r := t.ref()
+			args = append(r.args(args), encodeClaimed(t))
+			records = append(records, r.record)
 		}
-		if _, err := s.script(ctx, "requeue on", requeueScript, args...); err != nil {
+		call := s.claimCall([]any{s.keys.ready, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims}, records, false, args...)
+		if _, err := s.script(ctx, "requeue on", requeueScript, call...); err != nil {
 			return err
 		}
 		end = start

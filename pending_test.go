@@ -178,7 +178,7 @@ func TestMalformedReadyQuarantined(t *testing.T) {
 	pending, err := q.Pending(ctx, 0)
 	require.NoError(t, err)
 	assert.Len(t, pending, len(want), "only real tasks are pending")
-	assert.EqualValues(t, len(want), s.do(t, "HLEN", k.pending))
+	assert.EqualValues(t, len(want), int64(len(pendingOf(t, s, k))))
 
 	assertQuarantined(t, q, garbage, "claim: ")
 	st := statsOf(t, q, 0)
@@ -262,10 +262,10 @@ func TestScriptChunksBounded(t *testing.T) {
 	t.Parallel()
 	for _, sizes := range [][]int{{1}, {3 << 20, 3 << 20, 3 << 20, 3 << 20}, {20 << 20, 1, 1}, {1, 20 << 20, 1}, make([]int, 2500)} {
 		tasks := make([]claimed, len(sizes))
-		var args []any
+		var items []burial
 		for i, n := range sizes {
 			tasks[i].Payload = make([]byte, n)
-			args = append(args, "f", make([]byte, n))
+			items = append(items, burial{taskRef{field: "f"}, make([]byte, n)})
 		}
 		covered := 0
 		for end := len(tasks); end > 0; {
@@ -282,19 +282,19 @@ func TestScriptChunksBounded(t *testing.T) {
 		}
 		assert.Equal(t, len(tasks), covered)
 		covered = 0
-		for rest := args; len(rest) > 0; {
+		for rest := items; len(rest) > 0; {
 			n := buryChunk(rest)
 			require.Positive(t, n)
 			size := 0
-			for i := 1; i < n; i += 2 {
-				size += argSize(rest[i])
+			for _, b := range rest[:n] {
+				size += len(b.rec)
 			}
-			assert.True(t, n == 2 || size <= scriptBytes, "%d records of %d bytes in one script", n/2, size)
-			assert.LessOrEqual(t, n, 2*scriptChunk)
+			assert.True(t, n == 1 || size <= scriptBytes, "%d records of %d bytes in one script", n, size)
+			assert.LessOrEqual(t, n, scriptChunk)
 			covered += n
 			rest = rest[n:]
 		}
-		assert.Equal(t, len(args), covered)
+		assert.Equal(t, len(items), covered)
 	}
 }
 

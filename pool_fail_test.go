@@ -202,7 +202,7 @@ func TestPoolLeaseLossCancelsAndRecovers(t *testing.T) {
 				// A standby now: it runs nothing while the other owner holds
 				// the lease, and the interrupted task stays pending.
 				assert.Never(t, func() bool { return len(rec.order(0)) > 1 }, 100*time.Millisecond, 10*time.Millisecond)
-				assert.EqualValues(t, 1, s.do(t, "HEXISTS", k.pending, ids[0]))
+				assert.EqualValues(t, 1, pendingHas(t, s, k, ids[0]))
 				assert.Equal(t, "intruder", stats0(t, q).Owner)
 				lapse(t, s, k.lease)
 			}

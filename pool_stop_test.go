@@ -120,8 +120,7 @@ func TestPoolStopHandsBackUnstartedAtOnce(t *testing.T) {
 	ready := readyTasks(t, s, k)
 	assert.Equal(t, ids[1:], taskIDs(ready))
 	assert.Equal(t, []int{1, 1, 1, 1}, taskAttempts(ready))
-	pending, err := redis.Strings(s.do(t, "HKEYS", k.pending), nil)
-	require.NoError(t, err)
+	pending := pendingIDs(t, s, k)
 	assert.Equal(t, []string{ids[0]}, pending)
 	assert.EqualValues(t, 1, s.do(t, "HLEN", k.claims), "the running task's claim keeps its order record")
 	// It waits for the running task (on a real server for longer than the

@@ -11,7 +11,7 @@ import (
 	"github.com/gomodule/redigo/redis"
 )
 
-// Recovery: reading a queue's pending hash back in claim order, and putting
+// Recovery: reading a queue's pending records back in claim order, and putting
 // every pending task back at the consuming end, which a new owner does
 // before it takes new work and a pool does after a claim whose reply it
 // lost. The records' formats are in pending.go.
@@ -53,11 +53,12 @@ func splitPending(v []byte) (accounted bool, entry []byte, legacy int64, err err
 	return false, nil, -1, fmt.Errorf("%w: pending record holds no task", ErrMalformed)
 }
 
-// claimSeqs reads the claim-sequence records of a queue: it maps each task ID to
-// its claim seq, the latest claim's when an ID is in several (a task
-// handed back and claimed again). Records that do not decode (a field
-// that is not a canonical number, a length that is not a multiple of
-// idLen) are skipped; their tasks come after the others.
+// claimSeqs reads the claim-sequence records of the pending hash's format:
+// it maps each task ID to its claim seq, the latest claim's when an ID is
+// in several (a task handed back and claimed again). Records that do not
+// decode (a field that is not a canonical number, a length that is not a
+// multiple of idLen) are skipped, and so are claim records: their tasks
+// come after the others.
 func claimSeqs(records map[string]string) map[string]int64 {
 	type rec struct {
 		first int64
@@ -65,11 +66,12 @@ func claimSeqs(records map[string]string) map[string]int64 {
 	}
 	recs := make([]rec, 0, len(records))
 	for f, v := range records {
-		first, err := strconv.ParseInt(f, 10, 64)
-		if err != nil || first < 0 || strconv.FormatInt(first, 10) != f || len(v)%idLen != 0 {
+		first, ok := claimFirst(f)
+		ids, list, valid := claimIDs(v)
+		if !ok || list || !valid {
 			continue
 		}
-		recs = append(recs, rec{first, v})
+		recs = append(recs, rec{first, ids})
 	}
 	sort.Slice(recs, func(i, j int) bool { return recs[i].first < recs[j].first })
 	seq := make(map[string]int64)
@@ -81,12 +83,100 @@ func claimSeqs(records map[string]string) map[string]int64 {
 	return seq
 }
 
-// readPending reads a pending hash, in claim order, and the fields of the
-// queue's claim-sequence records. Records that do not decode come last,
-// with err set, and so do tasks no claim-sequence record names (by ID,
-// with seqLost set).
+// decodePending decodes one pending record (a claim list's entry, or a
+// pending hash's value) into r, whose raw, field and seq are set.
+func decodePending(r *pendingRecord) {
+	accounted, entry, legacy, err := splitPending(r.raw)
+	r.accounted = accounted
+	if err == nil {
+		r.Task, r.deliveries, err = decodeEntry(entry)
+	}
+	if err == nil && r.Task.ID != r.field {
+		err = fmt.Errorf("%w: pending record %q holds task %q", ErrMalformed, r.field, r.Task.ID)
+	}
+	r.err = err
+	r.recovered = err == nil && entry[0]&entryRecovered != 0
+	if r.seq < 0 {
+		r.seq = legacy // -1 unless the record carries its own
+	}
+	r.seqLost = err == nil && r.seq < 0
+	r.Attempt = r.deliveries + 1
+	if r.accounted {
+		r.Attempt = r.deliveries
+	}
+}
+
+// claimLists reads, for each claim record among records (the
+// claim-sequence hash), the entries of its list whose place is not set,
+// as pending records; one more round trip on c.
+func claimLists(ctx context.Context, c redis.Conn, k queueKeys, records map[string]string) ([]pendingRecord, error) {
+	// A record's first is in its value and its field: should one of them
+	// have been overwritten, the other still leads to its list. A record
+	// of the pending hash's format has no list; the read of one its field
+	// would name finds none, and costs nothing more (the reads are
+	// pipelined). A value overwritten with another format must not hide
+	// the list its field names: the drop that follows recovery deletes it.
+	var firsts []string
+	seen := map[int64]bool{}
+	add := func(first int64, ok bool) {
+		if ok && !seen[first] {
+			seen[first] = true
+			firsts = append(firsts, strconv.FormatInt(first, 10))
+		}
+	}
+	for f, v := range records {
+		add(claimRecordFirst(v))
+		add(claimFirst(f))
+	}
+	if len(firsts) == 0 {
+		return nil, nil
+	}
+	for _, f := range firsts {
+		c.Send("LRANGE", claimListKey(k, f), 0, -1)
+		c.Send("GET", claimDoneKey(k, f))
+	}
+	if err := c.Flush(); err != nil {
+		return nil, err
+	}
+	var out []pendingRecord
+	var errs []error
+	for _, f := range firsts {
+		entries, err := redis.ByteSlices(receiveContext(c, ctx))
+		done, derr := redis.Bytes(receiveContext(c, ctx))
+		if derr == redis.ErrNil {
+			derr = nil
+		}
+		if err != nil || derr != nil {
+			errs = append(errs, err, derr)
+			continue
+		}
+		first, _ := claimFirst(f)
+		b := &claimBatch{record: f}
+		for i, e := range entries {
+			if placeSet(done, i) {
+				continue
+			}
+			r := pendingRecord{raw: e}
+			r.claim, r.place, r.seq = b, int32(i), first+int64(i)+1
+			r.field = pendingField(bytes.TrimPrefix(e, []byte{accountedMark}), r.seq)
+			decodePending(&r)
+			out = append(out, r)
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+// readPending reads a queue's pending records, in claim order: the tasks
+// of its claim records not finished yet, and the records of the pending
+// hash of earlier releases; and the fields of its claim-sequence records.
+// Records that do not decode come last, with err set, and so do tasks no
+// claim-sequence record names (by ID, with seqLost set). Two round trips
+// when the queue has claim records, one when it has none.
 func readPending(ctx context.Context, p *partition, k queueKeys, what string) ([]pendingRecord, []string, error) {
-	type both struct{ pending, claims map[string]string }
+	type both struct {
+		pending, claims map[string]string
+		lists           []pendingRecord
+	}
 	got, err := onPartition(ctx, p, what, func(c redis.Conn) (both, error) {
 		c.Send("HGETALL", k.pending)
 		c.Send("HGETALL", k.claims)
@@ -95,35 +185,24 @@ func readPending(ctx context.Context, p *partition, k queueKeys, what string) ([
 		}
 		pending, err := redis.StringMap(receiveContext(c, ctx))
 		claims, cerr := redis.StringMap(receiveContext(c, ctx))
-		return both{pending, claims}, errors.Join(err, cerr)
+		if err = errors.Join(err, cerr); err != nil {
+			return both{}, err
+		}
+		lists, err := claimLists(ctx, c, k, claims)
+		return both{pending, claims, lists}, err
 	})
 	if err != nil {
 		return nil, nil, err
 	}
 	seqs := claimSeqs(got.claims)
-	out := make([]pendingRecord, 0, len(got.pending))
+	out := got.lists
 	for field, v := range got.pending {
 		r := pendingRecord{raw: []byte(v)}
-		r.field = field
-		accounted, entry, legacy, err := splitPending(r.raw)
-		r.accounted = accounted
-		if err == nil {
-			r.Task, r.deliveries, err = decodeEntry(entry)
-		}
-		if err == nil && r.Task.ID != field {
-			err = fmt.Errorf("%w: pending record %q holds task %q", ErrMalformed, field, r.Task.ID)
-		}
-		r.err = err
-		r.recovered = err == nil && entry[0]&entryRecovered != 0
-		r.seq = legacy // -1 unless the record carries its own
+		r.field, r.seq = field, -1
 		if s, ok := seqs[field]; ok {
 			r.seq = s
 		}
-		r.seqLost = err == nil && r.seq < 0
-		r.Attempt = r.deliveries + 1
-		if r.accounted {
-			r.Attempt = r.deliveries
-		}
+		decodePending(&r)
 		out = append(out, r)
 	}
 	sort.Slice(out, func(i, j int) bool {
@@ -190,13 +269,13 @@ func (s *store) recover(ctx context.Context) (back, seqLost int, err error) {
 // tasks: rather than guess, it goes to the dead-letter store, where it
 // can be seen and replayed. putBack returns how many tasks it put back and
 // how many it dead-lettered for that reason.
-func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep map[string]*claimBatch) (back, seqLost int, err error) {
+func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep map[string]slot) (back, seqLost int, err error) {
 	recs, claims, err := readPending(ctx, s.part, s.keys, s.what(op+" pending of"))
 	if err != nil {
 		return 0, 0, err
 	}
 	var put []claimed
-	var dead []any
+	var dead []burial
 	for _, r := range recs {
 		if _, ok := keep[r.field]; ok {
 			continue
@@ -218,14 +297,14 @@ func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep ma
 		}
 		switch {
 		case r.err != nil:
-			dead = append(dead, r.field, encodeDead(r.raw, 0, op+": "+r.err.Error()))
+			dead = append(dead, burial{r.ref(), encodeDead(r.raw, 0, op+": "+r.err.Error())})
 		case r.seqLost:
 			msg := op + ": the claim-sequence record of this pending task is lost, so its place among its OrderID's tasks is unknown; replay it if its order does not matter"
-			dead = append(dead, r.field, encodeDead(encodeTask(r.Task, n), n, msg))
+			dead = append(dead, burial{r.ref(), encodeDead(encodeTask(r.Task, n), n, msg)})
 			seqLost++
 		case redelivery && n >= s.maxAttempts:
 			msg := fmt.Sprintf("delivered %d times without finishing (the owner crashed or lost its lease)", n)
-			dead = append(dead, r.field, encodeDead(encodeTask(r.Task, n), n, msg))
+			dead = append(dead, burial{r.ref(), encodeDead(encodeTask(r.Task, n), n, msg)})
 		default:
 			r.Attempt = n // recorded as the delivery count
 			put = append(put, r.claimed)
@@ -238,11 +317,13 @@ func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep ma
 		return len(put), seqLost, err
 	}
 	// Nothing is pending now but what keep names, and nothing is claimed
-	// meanwhile: the other claim-sequence records have served.
+	// meanwhile: the other claim-sequence records have served, and what
+	// the records left hold is all the queue has pending in claim records
+	// (recounted, as the count may have been overwritten).
 	live := make(map[string]bool, len(keep))
-	for _, b := range keep {
-		if b != nil {
-			live[b.record] = true
+	for _, sl := range keep {
+		if sl.claim != nil {
+			live[sl.claim.record] = true
 		}
 	}
 	var drop []string
@@ -251,5 +332,9 @@ func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep ma
 			drop = append(drop, c)
 		}
 	}
-	return len(put), seqLost, s.dropClaims(ctx, drop)
+	kept := make([]string, 0, len(live))
+	for c := range live {
+		kept = append(kept, c)
+	}
+	return len(put), seqLost, s.dropClaims(ctx, drop, kept)
 }

@@ -269,24 +269,14 @@ func TestRecoveryQuarantinesTasksWhoseSeqIsLost(t *testing.T) {
 	q, s, k := testQueue1(t)
 	ctx := context.Background()
 	// Two producers: IDs do not sort in the order the tasks were added.
+	// Their claim, as an earlier release recorded it (the pending hash, and
+	// a claim-sequence record of IDs), with one stray byte in that record.
 	a2 := "aaa00000000000000000"
 	a1 := "vvv00000000000000000"
 	for _, id := range []string{a1, a2} {
-		s.do(t, "LPUSH", k.ready, encodeTask(Task{ID: id, OrderID: 7, AddedAt: time.UnixMilli(1000), Payload: []byte(id[:1])}, 0))
+		s.do(t, "HSET", k.pending, id, encodeTask(Task{ID: id, OrderID: 7, AddedAt: time.UnixMilli(1000), Payload: []byte(id[:1])}, 0))
 	}
-	c, err := q.Consume(ctx, 0, ConsumerConfig{})
-	require.NoError(t, err)
-	got, err := c.Claim(ctx, 2)
-	require.NoError(t, err)
-	require.Equal(t, []string{a1, a2}, taskIDs(got))
-	// The crash, and one stray byte in the claim's record.
-	rec, err := redis.StringMap(s.do(t, "HGETALL", k.claims), nil)
-	require.NoError(t, err)
-	require.Len(t, rec, 1)
-	for f, v := range rec {
-		s.do(t, "HSET", k.claims, f, v+"x")
-	}
-	lapse(t, s, k.lease)
+	s.do(t, "HSET", k.claims, "0", a1+a2+"x")
 
 	r := newRecorder()
 	var errs errLog
@@ -301,6 +291,48 @@ func TestRecoveryQuarantinesTasksWhoseSeqIsLost(t *testing.T) {
 		assert.Contains(t, d.LastError, "claim-sequence record")
 	}
 	assert.Zero(t, s.do(t, "EXISTS", k.pending, k.claims))
+}
+
+// A claim record whose sequence record was overwritten, field or value,
+// still leads to its claim list: its tasks run, in claim order.
+func TestRecoveryKeepsOrderOfAClaimRecordOverwritten(t *testing.T) {
+	t.Parallel()
+	for name, corrupt := range map[string]func(f, v string) (string, string){
+		"stray byte":  func(f, v string) (string, string) { return f, v + "x" },
+		"value empty": func(f, v string) (string, string) { return f, "" },
+		"field":       func(f, v string) (string, string) { return "garbage", v },
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			q, s, k := testQueue1(t)
+			ctx := context.Background()
+			a2 := "aaa00000000000000000"
+			a1 := "vvv00000000000000000"
+			for _, id := range []string{a1, a2} {
+				s.do(t, "LPUSH", k.ready, encodeTask(Task{ID: id, OrderID: 7, AddedAt: time.UnixMilli(1000), Payload: []byte(id[:1])}, 0))
+			}
+			c, err := q.Consume(ctx, 0, ConsumerConfig{})
+			require.NoError(t, err)
+			got, err := c.Claim(ctx, 2)
+			require.NoError(t, err)
+			require.Equal(t, []string{a1, a2}, taskIDs(got))
+			rec, err := redis.StringMap(s.do(t, "HGETALL", k.claims), nil)
+			require.NoError(t, err)
+			require.Len(t, rec, 1)
+			for f, v := range rec {
+				s.do(t, "HDEL", k.claims, f)
+				f, v = corrupt(f, v)
+				s.do(t, "HSET", k.claims, f, v)
+			}
+			lapse(t, s, k.lease) // the crash
+
+			r := newRecorder()
+			require.NoError(t, q.AnalysePool(bounded(t), 0, PoolConfig{ExitOnEmpty: true}, r.fn(nil)))
+			assert.Equal(t, []string{"v", "a"}, r.order(7), "in claim order")
+			assert.Zero(t, stats0(t, q).Dead)
+			assert.Zero(t, s.do(t, "EXISTS", k.pending, k.claims, claimListKey(k, "0"), claimDoneKey(k, "0")))
+		})
+	}
 }
 
 // Recovery charged a delivery to every pending task, started or not: with
@@ -347,7 +379,7 @@ func TestRecoveryOrdersAcrossClaims(t *testing.T) {
 	rest, err := c.Claim(ctx, 10) // b1 a2 b2
 	require.NoError(t, err)
 	require.Equal(t, ids[3:], taskIDs(rest))
-	assert.EqualValues(t, 3, s.do(t, "HLEN", k.claims), "one order record per claim with a task pending")
+	assert.EqualValues(t, 3, s.do(t, "HLEN", k.claims), "one claim record per claim with a task pending")
 	pending, err := q.Pending(ctx, 0)
 	require.NoError(t, err)
 	assert.Equal(t, ids, taskIDs(pending), "Pending lists in claim order")
@@ -362,9 +394,10 @@ func TestRecoveryOrdersAcrossClaims(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, ids, taskIDs(all))
 	assert.Equal(t, []int{1, 1, 1, 1, 1, 1}, taskAttempts(all), "an interrupted delivery that was never recorded does not count")
+	byID := pendingOf(t, s, k)
 	for _, id := range ids {
-		v, err := redis.String(s.do(t, "HGET", k.pending, id), nil)
-		require.NoError(t, err)
+		v := byID[id]
+		require.NotEmpty(t, v)
 		assert.True(t, strings.HasPrefix(v, "+\x01"), "the claim of a recovered task records its delivery: %q", v[:2])
 	}
 	_, err = c2.Ack(ctx, taskIDs(all)...)
@@ -471,7 +504,56 @@ func TestRecoveryChargesOnlyStartedRedeliveries(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, pend, 1)
 	assert.Equal(t, 2, pend[0].Attempt)
-	v, err := redis.String(servers[0].do(t, "HGET", k.pending, unstarted), nil)
-	require.NoError(t, err)
+	v := pendingOf(t, servers[0], k)[unstarted]
+	require.NotEmpty(t, v)
 	assert.True(t, strings.HasPrefix(v, "+\x01"), "recorded as started: %q", v[:2])
+}
+
+// Tasks pending across an upgrade: records of an earlier release (a
+// pending hash, and claim-sequence records of bare IDs) beside the claim
+// records of this one go back together in claim order, each delivery
+// count as recorded, and nothing of either is left.
+func TestRecoveryAcrossTheUpgrade(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	ids := addAll(t, q, orderTasks(2, 3)) // a0 b0 a1 b1 a2 b2
+	// The earlier release claimed a0 b0 (seqs 1, 2; b0's delivery
+	// recorded) and a1 (seq 3), in two claims, then stopped with them
+	// pending: its records are written here as it wrote them.
+	ready := readyTasks(t, s, k)
+	require.Equal(t, ids, taskIDs(ready))
+	for range 3 {
+		s.do(t, "RPOP", k.ready)
+	}
+	s.do(t, "HSET", k.pending,
+		ids[0], encodeTask(ready[0], 0),
+		ids[1], append([]byte{accountedMark}, encodeTask(ready[1], 1)...),
+		ids[2], encodeTask(ready[2], 0))
+	s.do(t, "HSET", k.claims, "0", ids[0]+ids[1], "2", ids[2])
+	s.do(t, "HSET", k.meta, "seq", 3)
+
+	// This release's Consumer puts them back at the consuming end, in
+	// claim order, claims one (a0, into a claim record) and dies with it
+	// pending.
+	c, err := q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	got, err := c.Claim(ctx, 1)
+	require.NoError(t, err)
+	assert.Equal(t, ids[0:1], taskIDs(got), "recovery put the old release's tasks back first")
+	lapse(t, s, k.lease)
+
+	// The next owner: everything back in claim order, then b2.
+	r := newRecorder()
+	require.NoError(t, q.AnalysePool(bounded(t), 0, PoolConfig{ExitOnEmpty: true}, r.fn(nil)))
+	assert.Equal(t, []string{pl(0, 0), pl(0, 1), pl(0, 2)}, r.order(0))
+	assert.Equal(t, []string{pl(1, 0), pl(1, 1), pl(1, 2)}, r.order(1))
+	// a0: claimed by the Consumer, its delivery recorded, then the crash;
+	// b0: its delivery recorded by the earlier release; a1: never started.
+	assert.Equal(t, []int{2}, r.attemptsOf(ids[0]))
+	assert.Equal(t, []int{2}, r.attemptsOf(ids[1]))
+	assert.Equal(t, []int{1}, r.attemptsOf(ids[2]))
+	assert.Zero(t, s.do(t, "EXISTS", k.ready, k.pending, k.claims))
+	inClaims, _ := redis.Int64(s.do(t, "HGET", k.meta, "pending"), nil)
+	assert.Zero(t, inClaims)
 }

@@ -174,8 +174,9 @@ func TestWaitReplicasPoolReal(t *testing.T) {
 	}
 
 	k := newQueueKeys(q.cfg.Prefix, 0, 0)
-	n, err := redis.Int(rs.do(rs.replica, "HLEN", k.pending))
+	m, err := pendingRecords(func(cmd string, args ...any) (any, error) { return rs.do(rs.replica, cmd, args...) }, k)
 	require.NoError(t, err)
+	n := len(m)
 	assert.Zero(t, n, "the replica has every ack")
 	processed, err := redis.Int(rs.do(rs.replica, "HGET", k.meta, "processed"))
 	require.NoError(t, err)

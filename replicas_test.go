@@ -378,7 +378,7 @@ func TestWaitReplicasDial(t *testing.T) {
 			st, err := q.newStore(ctx, 0, 0, 0, "stale")
 			require.NoError(t, err)
 			st.lease.Store(new(string))
-			_, err = st.ack(ctx, []string{"some-id"}, nil, nil)
+			_, err = st.ack(ctx, []ackRef{{claim: &claimBatch{record: "0"}, id: "some-id"}}, nil)
 			assert.ErrorIs(t, err, ErrLeaseLost)
 			assert.NotErrorIs(t, err, ErrNotReplicated)
 

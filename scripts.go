@@ -31,12 +31,16 @@ var scriptVars = strings.NewReplacer(
 	"$scriptChunk", strconv.Itoa(scriptChunk),
 	"$scriptBytes", strconv.Itoa(scriptBytes),
 	"$seqFiller", seqFiller,
+	"$claimedMark", strconv.Itoa(claimedMark),
+	"$claimsName", claimsName,
 	"$cancelSeen", cancelSeen,
 	"$scheduleStep", strconv.FormatFloat(scheduleStep, 'g', -1, 64),
 	"$scheduleExact", strconv.Itoa(scheduleExact),
 	"$staleReply", staleReply,
 	"$wrongTypeReply", wrongTypeReply,
 	"$badValueReply", badValueReply,
+	"$seqReply", seqReply,
+	"$maxClaimSeq", strconv.FormatInt(maxClaimSeq, 10),
 	"$maxGroupWeight", strconv.Itoa(maxGroupWeight),
 	"$maxSessionMS", strconv.FormatInt(maxSessionTTL.Milliseconds(), 10),
 )
@@ -131,10 +135,16 @@ func listAt(i int) keyType { return keyType{i, "list"} }
 // other queues and lease renewals go on.
 const scriptBytes = 8 << 20
 
-// buryChunk returns how many of args (field, record pairs) one bury script
-// takes: at most scriptChunk pairs and scriptBytes of records, and one
-// pair however large.
-func buryChunk(args []any) int { return argsChunk(args, 2) }
+// buryChunk returns how many of items one bury script takes: at most
+// scriptChunk and scriptBytes of records, and one however large.
+func buryChunk(items []burial) int {
+	n, size := 0, 0
+	for n < len(items) && n < scriptChunk && (n == 0 || size+len(items[n].rec) <= scriptBytes) {
+		size += len(items[n].rec)
+		n++
+	}
+	return n
+}
 
 // argsChunk returns how many of args, groups of stride whose last one is
 // a task's bytes, one script takes: at most scriptChunk groups and

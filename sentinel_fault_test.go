@@ -201,8 +201,13 @@ func killSentinelPrimary(e *faultEnv, topo *sentinelTopo, processed int64) (int,
 	topo.primary.kill()
 	e.event(faultEvent{Ev: evFault})
 	time.Sleep(50 * time.Millisecond) // what the primary sent before it died is read in
-	ids, err := redis.Strings(redisOn(e.t, topo.replica, "HKEYS", newQueueKeys(e.prefix, 0, 0).pending))
+	m, err := pendingRecords(func(cmd string, args ...any) (any, error) { return redisOn(e.t, topo.replica, cmd, args...) },
+		newQueueKeys(e.prefix, 0, 0))
 	require.NoError(e.t, err)
+	var ids []string
+	for id := range m {
+		ids = append(ids, id)
+	}
 	for _, id := range ids {
 		e.event(faultEvent{Ev: evPending, ID: id})
 	}

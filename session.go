@@ -481,8 +481,6 @@ func (s *session) handBack(ctx context.Context, tasks []claimed) bool {
 		if errors.Is(err, ErrLeaseLost) {
 			s.loseLease()
 		}
-	} else {
-		s.acks.finished(tasks...)
 	}
 	s.release(tasks...)
 	return err == nil

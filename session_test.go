@@ -128,12 +128,12 @@ func TestHeldTasksBounded(t *testing.T) {
 			})
 			receive(t, started)
 			require.Eventually(t, func() bool {
-				n, err := try(s, "HLEN", k.pending)
-				return err == nil && n.(int64) > 0
+				m, err := pendingRecords(func(cmd string, args ...any) (any, error) { return try(s, cmd, args...) }, k)
+				return err == nil && len(m) > 0
 			}, 5*time.Second, time.Millisecond)
 			// Give the fetcher every chance to claim more than it may.
 			time.Sleep(50 * time.Millisecond)
-			n := s.do(t, "HLEN", k.pending).(int64)
+			n := int64(len(pendingOf(t, s, k)))
 			assert.LessOrEqual(t, n, int64(tc.max), "held tasks")
 			assert.Positive(t, n)
 			close(release)

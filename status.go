@@ -90,8 +90,8 @@ type TaskStatus struct {
 }
 
 // State reports whether the task id of orderID is pending or dead. It is
-// safe for concurrent use and costs one round trip (two HEXISTS, pipelined).
-// Status tells more.
+// safe for concurrent use and costs one round trip (two when the task is
+// pending). Status tells more.
 func (q *Queue) State(ctx context.Context, orderID uint64, id string) (TaskState, error) {
 	if q.closed.Load() {
 		return StateUnknown, ErrClosed
@@ -101,6 +101,7 @@ func (q *Queue) State(ctx context.Context, orderID uint64, id string) (TaskState
 	return onPartition(ctx, q.parts[pi], fmt.Sprintf("state of task %s", id), func(c redis.Conn) (TaskState, error) {
 		c.Send("HEXISTS", k.pending, id)
 		c.Send("HEXISTS", k.dead, id)
+		c.Send("HGETALL", k.claims)
 		if err := c.Flush(); err != nil {
 			return StateUnknown, err
 		}
@@ -111,6 +112,17 @@ func (q *Queue) State(ctx context.Context, orderID uint64, id string) (TaskState
 				return StateUnknown, err
 			}
 			r[i] = v
+		}
+		claims, err := redis.StringMap(redis.ReceiveContext(c, ctx))
+		if err != nil {
+			return StateUnknown, err
+		}
+		if !r[0] {
+			e, err := pendingIn(ctx, c, k, claims, id)
+			if err != nil {
+				return StateUnknown, err
+			}
+			r[0] = e != nil
 		}
 		switch {
 		case r[0]:
@@ -123,7 +135,7 @@ func (q *Queue) State(ctx context.Context, orderID uint64, id string) (TaskState
 }
 
 // statusReads is the number of reads Status sends besides the history's.
-const statusReads = 8
+const statusReads = 9
 
 // Status tells where the task id of orderID is in its life: scheduled,
 // pending (running, with its attempt and owner), retrying (with its last
@@ -152,10 +164,24 @@ func (q *Queue) Status(ctx context.Context, orderID uint64, id string) (TaskStat
 		c.Send("HGET", k.dead, id)
 		c.Send("HEXISTS", k.cancels, id)
 		c.Send("HGET", k.meta, "retention")
+		c.Send("HGETALL", k.claims)
 		starts := sendHistoryReads(c, k, q.cfg.Retention, id, now)
 		r, err := receiveN(ctx, c, statusReads+len(starts), statusReads)
 		if err != nil {
 			return TaskStatus{}, err
+		}
+		if r[0] == nil { // not in the pending hash of earlier releases: in a claim record?
+			claims, err := redis.StringMap(r[8], nil)
+			if err != nil {
+				return TaskStatus{}, err
+			}
+			e, err := pendingIn(ctx, c, k, claims, id)
+			if err != nil {
+				return TaskStatus{}, err
+			}
+			if e != nil {
+				r[0] = e
+			}
 		}
 		st := statusOf(id, r, starts, now)
 		ms, _ := redis.Int64(r[7], nil)

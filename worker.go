@@ -188,7 +188,7 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) {
 	default:
 		s.cfg.OnError(&TaskError{ID: t.ID, OrderID: t.OrderID, Attempt: t.Attempt, Err: err})
 		retryAt := time.Now().Add(s.cfg.Backoff(t.Attempt))
-		if _, ferr := s.st.fail(s.leaseCtx, t.Task, err, retryAt); ferr != nil {
+		if _, ferr := s.st.fail(s.leaseCtx, t, err, retryAt); ferr != nil {
 			if errors.Is(ferr, ErrLeaseLost) {
 				s.loseLease()
 				return
@@ -270,9 +270,8 @@ func (w *worker) bury(t claimed, cause error) bool {
 	s := w.s
 	var b backoff
 	for {
-		_, err := s.st.fail(s.leaseCtx, t.Task, cause, time.Time{})
+		_, err := s.st.fail(s.leaseCtx, t, cause, time.Time{})
 		if err == nil {
-			s.acks.finished(t)
 			break
 		}
 		if errors.Is(err, ErrLeaseLost) {
@@ -345,7 +344,6 @@ func (w *worker) cancelled(o *orderLine, t claimed, started time.Time) {
 			return
 		}
 	}
-	s.acks.finished(t)
 	w.set.settle(o, true, time.Time{}, time.Time{})
 	s.release(t)
 }

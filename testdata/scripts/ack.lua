@@ -1,11 +1,11 @@
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return redis.error_reply('QUGOSTALE lease lost') end
 
+local t = redis.call('TYPE', KEYS[1]).ok
+if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[1] .. ' holds a ' .. t .. ', want a hash') end
 local t = redis.call('TYPE', KEYS[3]).ok
 if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[3] .. ' holds a ' .. t .. ', want a hash') end
 local t = redis.call('TYPE', KEYS[4]).ok
 if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[4] .. ' holds a ' .. t .. ', want a hash') end
-local t = redis.call('TYPE', KEYS[5]).ok
-if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[5] .. ' holds a ' .. t .. ', want a hash') end
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 
 local function incr(key, field, n)
@@ -22,39 +22,107 @@ local function history(key)
   return t == 'hash' or t == 'none'
 end
 
-local n, k = 0, tonumber(ARGV[3])
-local last = 5 + k
-if k > 0 and redis.call('EXISTS', KEYS[7]) == 1 then
-  for i = 6, last do
-    if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then redis.pcall('HDEL', KEYS[7], ARGV[i]) end
-  end
+local function claimKeys(claims, first)
+  local l = string.sub(claims, 1, -#'order' - 1) .. 'claim:' .. first
+  return l, l .. ':done'
 end
-if ARGV[4] == '0' or not history(KEYS[6]) then
-  for i = 6, last, 1000 do
-    n = n + redis.call('HDEL', KEYS[1], unpack(ARGV, i, math.min(i + 1000 - 1, last)))
-  end
-else
-  -- A status record for each task that was pending (and has one).
-  for i = 6, last do
-    if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
-      n = n + 1
-      local j = last + 2 * (i - 6) + 1
-      if ARGV[j + 1] ~= '' then redis.call('HSET', KEYS[6], ARGV[j], ARGV[j + 1]) end
+local function bitsOK(d)
+  local t = redis.call('TYPE', d).ok
+  return t == 'string' or t == 'none'
+end
+local function claimTypes(claims, from, to, step)
+  for i = from, to, step do
+    if ARGV[i] ~= '' then
+      local l, d = claimKeys(claims, ARGV[i])
+      for _, kt in ipairs({{l, 'list'}, {d, 'string'}}) do
+        local t = redis.call('TYPE', kt[1]).ok
+        if t ~= kt[2] and t ~= 'none' then
+          return redis.error_reply('QUGOWRONGTYPE ' .. kt[1] .. ' holds a ' .. t .. ', want a ' .. kt[2])
+        end
+      end
     end
   end
-  if n > 0 then
-    redis.call('PEXPIREAT', KEYS[6], ARGV[4])
+end
+
+local function finished(claims, meta, first, l, d, k)
+  if k > 0 then incr(meta, 'pending', -k) end
+  if redis.call('BITCOUNT', d) >= redis.call('LLEN', l) then
+    redis.call('DEL', l, d)
+    redis.call('HDEL', claims, first)
+  end
+end
+local function setDone(claims, meta, first, bits)
+  local l, d = claimKeys(claims, first)
+  if redis.call('TYPE', l).ok ~= 'list' or not bitsOK(d) then return 0 end
+  local before = redis.call('BITCOUNT', d)
+  if before == 0 then
+    redis.call('SET', d, bits)
+  else
+    local tmp = l .. ':or'
+    redis.call('SET', tmp, bits)
+    redis.call('BITOP', 'OR', d, d, tmp)
+    redis.call('DEL', tmp)
+  end
+  local k = redis.call('BITCOUNT', d) - before
+  finished(claims, meta, first, l, d, k)
+  return k
+end
+local function takePlace(claims, meta, first, place)
+  local l, d = claimKeys(claims, first)
+  if redis.call('TYPE', l).ok ~= 'list' or not bitsOK(d) then return nil end
+  local e = redis.call('LINDEX', l, place)
+  if not e or redis.call('GETBIT', d, place) == 1 then return nil end
+  redis.call('SETBIT', d, place, 1)
+  finished(claims, meta, first, l, d, 1)
+  return e
+end
+
+local m = tonumber(ARGV[3])
+local last = 5 + 2 * m
+local bad = claimTypes(KEYS[1], 6, last, 2)
+if bad then return bad end
+if ARGV[4] ~= '0' and last < #ARGV and history(KEYS[5]) then
+  local kept = false
+  for i = last + 1, #ARGV, 4 do
+    local l, d = claimKeys(KEYS[1], ARGV[i])
+    if ARGV[i + 3] ~= '' and redis.call('TYPE', l).ok == 'list' and bitsOK(d) and redis.call('GETBIT', d, ARGV[i + 1]) == 0 then
+      redis.call('HSET', KEYS[5], ARGV[i + 2], ARGV[i + 3])
+      kept = true
+    end
+  end
+  if kept then
+    redis.call('PEXPIREAT', KEYS[5], ARGV[4])
     redis.call('HSET', KEYS[3], 'retention', ARGV[5])
   end
 end
-if k > 0 and redis.call('EXISTS', KEYS[5]) == 1 then
-  for i = 6, last, 1000 do
-    redis.call('HDEL', KEYS[5], unpack(ARGV, i, math.min(i + 1000 - 1, last)))
+local marks = redis.call('EXISTS', KEYS[6]) == 1
+if marks or redis.call('EXISTS', KEYS[4]) == 1 then
+  -- The IDs at the places acknowledged, from the claim-sequence records.
+  local ids = {}
+  for i = 6, last, 2 do
+    local v, bits = redis.call('HGET', KEYS[1], ARGV[i]), ARGV[i + 1]
+    local base = v and string.byte(v, 1) == 35 and string.find(v, ':', 2, true)
+    if base then
+      for j = 1, #bits do
+        local b = string.byte(bits, j)
+        local k = 0
+        while b > 0 do
+          if b >= 128 then
+            local at = base + 1 + ((j - 1) * 8 + k) * 20
+            ids[#ids + 1] = string.sub(v, at, at + 20 - 1)
+          end
+          b, k = (b % 128) * 2, k + 1
+        end
+      end
+    end
+  end
+  for i = 1, #ids, 1000 do
+    local part = {unpack(ids, i, math.min(i + 1000 - 1, #ids))}
+    redis.call('HDEL', KEYS[4], unpack(part))
+    if marks then redis.pcall('HDEL', KEYS[6], unpack(part)) end
   end
 end
-if ARGV[4] ~= '0' then last = last + 2 * k end
-for i = last + 1, #ARGV, 1000 do
-  redis.call('HDEL', KEYS[4], unpack(ARGV, i, math.min(i + 1000 - 1, #ARGV)))
-end
+local n = 0
+for i = 6, last, 2 do n = n + setDone(KEYS[1], KEYS[3], ARGV[i], ARGV[i + 1]) end
 if n > 0 then incr(KEYS[3], 'processed', n) end
 return n

@@ -8,6 +8,8 @@ local t = redis.call('TYPE', KEYS[5]).ok
 if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[5] .. ' holds a ' .. t .. ', want a hash') end
 local t = redis.call('TYPE', KEYS[6]).ok
 if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[6] .. ' holds a ' .. t .. ', want a hash') end
+local t = redis.call('TYPE', KEYS[7]).ok
+if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[7] .. ' holds a ' .. t .. ', want a hash') end
 
 local function incr(key, field, n)
   local v = redis.call('HGET', key, field)
@@ -18,6 +20,52 @@ local function incr(key, field, n)
   end
 end
 
+local function claimKeys(claims, first)
+  local l = string.sub(claims, 1, -#'order' - 1) .. 'claim:' .. first
+  return l, l .. ':done'
+end
+local function bitsOK(d)
+  local t = redis.call('TYPE', d).ok
+  return t == 'string' or t == 'none'
+end
+local function claimTypes(claims, from, to, step)
+  for i = from, to, step do
+    if ARGV[i] ~= '' then
+      local l, d = claimKeys(claims, ARGV[i])
+      for _, kt in ipairs({{l, 'list'}, {d, 'string'}}) do
+        local t = redis.call('TYPE', kt[1]).ok
+        if t ~= kt[2] and t ~= 'none' then
+          return redis.error_reply('QUGOWRONGTYPE ' .. kt[1] .. ' holds a ' .. t .. ', want a ' .. kt[2])
+        end
+      end
+    end
+  end
+end
+
+local function pending()
+  if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return true end
+  local given = {}
+  for i = 3, #ARGV, 2 do given[ARGV[i] .. ':' .. ARGV[i + 1]] = true end
+  local all = redis.call('HGETALL', KEYS[7])
+  for i = 1, #all, 2 do
+    local v = all[i + 1]
+    local base = string.byte(v, 1) == 35 and string.find(v, ':', 2, true)
+    local from = base and base + 1
+    while from do
+      local at = string.find(v, ARGV[1], from, true)
+      if not at then break end
+      if (at - base - 1) % 20 == 0 then
+        local place = string.format('%d', (at - base - 1) / 20)
+        -- A place the caller did not read was claimed since: pending.
+        if not given[all[i] .. ':' .. place] then return true end
+        local _, d = claimKeys(KEYS[7], all[i])
+        if bitsOK(d) and redis.call('GETBIT', d, place) == 0 then return true end
+      end
+      from = at + 1
+    end
+  end
+  return false
+end
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
   local e = redis.call('HGET', KEYS[2], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
@@ -26,5 +74,5 @@ if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
 end
 if redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1 then return {'dead'} end
 redis.call('HSET', KEYS[5], ARGV[1], ARGV[2])
-if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return {'pending'} end
+if pending() then return {'pending'} end
 return {'marked'}

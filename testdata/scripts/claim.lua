@@ -7,10 +7,81 @@ if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' ..
 local t = redis.call('TYPE', KEYS[5]).ok
 if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[5] .. ' holds a ' .. t .. ', want a hash') end
 
+local function incr(key, field, n)
+  local v = redis.call('HGET', key, field)
+  if v and not (string.match(v, '^%d+$') and #v <= 15) then
+    redis.call('HSET', key, field, n)
+  else
+    redis.call('HINCRBY', key, field, n)
+  end
+end
+
+local function claimKeys(claims, first)
+  local l = string.sub(claims, 1, -#'order' - 1) .. 'claim:' .. first
+  return l, l .. ':done'
+end
+local function bitsOK(d)
+  local t = redis.call('TYPE', d).ok
+  return t == 'string' or t == 'none'
+end
+local function claimTypes(claims, from, to, step)
+  for i = from, to, step do
+    if ARGV[i] ~= '' then
+      local l, d = claimKeys(claims, ARGV[i])
+      for _, kt in ipairs({{l, 'list'}, {d, 'string'}}) do
+        local t = redis.call('TYPE', kt[1]).ok
+        if t ~= kt[2] and t ~= 'none' then
+          return redis.error_reply('QUGOWRONGTYPE ' .. kt[1] .. ' holds a ' .. t .. ', want a ' .. kt[2])
+        end
+      end
+    end
+  end
+end
+
+local function named(claims, pending, id)
+  local all = #id == 20 and redis.call('HVALS', claims) or {}
+  for _, v in ipairs(all) do
+    local base = string.byte(v, 1) == 35 and string.find(v, ':', 2, true)
+    if base then
+      local from = base + 1
+      while true do
+        local at = string.find(v, id, from, true)
+        if not at then break end
+        if (at - base - 1) % 20 == 0 then return true end
+        from = at + 1
+      end
+    end
+  end
+  return redis.call('HEXISTS', pending, id) == 1
+end
+
+local function claimAfter(claims, first)
+  local after = first + 1
+  local all = redis.call('HGETALL', claims)
+  for i = 1, #all, 2 do
+    local v = all[i + 1]
+    local from, ids = string.match(v, '^' .. string.char(35) .. '(%d+):(.*)$')
+    for _, f in ipairs({all[i], from}) do
+      if string.match(f, '^%d+$') and #f <= 15 then
+        after = math.max(after, tonumber(f) + math.ceil(#(ids or v) / 20))
+      end
+    end
+  end
+  return after
+end
+
 local m4 = redis.call('HMGET', KEYS[4], 'seq', 'paused')
 local last = m4[1]
 if last and not (string.match(last, '^%d+$') and #last <= 15) then
   return redis.error_reply('QUGOBADVALUE ' .. KEYS[4] .. ' field seq holds ' .. string.format('%q', string.sub(last, 1, 40)) .. ', not a claim count')
+end
+local seq0 = tonumber(last or '0')
+if tonumber(ARGV[8]) < seq0 then return redis.error_reply('QUGOSEQ ' .. string.format('%d', seq0)) end
+if redis.call('EXISTS', KEYS[9], KEYS[10]) > 0 or redis.call('HEXISTS', KEYS[5], ARGV[8]) == 1 then
+  return redis.error_reply('QUGOSEQ ' .. string.format('%d', claimAfter(KEYS[5], tonumber(ARGV[8]))))
+end
+if tonumber(ARGV[8]) + tonumber(ARGV[3]) > 999999999999999 then
+  return redis.error_reply('QUGOBADVALUE ' .. KEYS[4] .. ' field seq: a claim of ' .. ARGV[3] .. ' tasks from ' .. ARGV[8] .. ' would count past 999999999999999')
 end
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 
@@ -79,14 +150,14 @@ if not items then
     local ids = redis.pcall('HRANDFIELD', KEYS[8], 1000)
     if type(ids) == 'table' and not ids.err then
       for _, id in ipairs(ids) do
-        if redis.call('HEXISTS', KEYS[2], id) == 0 then redis.call('HDEL', KEYS[8], id) end
+        if not named(KEYS[5], KEYS[2], id) then redis.call('HDEL', KEYS[8], id) end
       end
     end
   end
   return {0, nextDue(), redis.call('ZCARD', KEYS[6])}
 end
 local sub, byte = string.sub, string.byte
-local args, seq, bad = {}, {}, nil
+local seq = {}
 local n, bytes, got = 0, 0, items
 while true do
   local m = #got
@@ -105,15 +176,10 @@ while true do
     if got ~= items then items[n] = e end
     local v = byte(e, 1)
     if size >= 21 and v <= 7 and v % 2 == 1 then
-      local f = sub(e, 2, 21)
-      seq[n] = f
-      args[2 * n - 1] = f
+      seq[n] = sub(e, 2, 21)
     else
       seq[n] = '--------------------'
-      bad = bad or {}
-      bad[#bad + 1] = n
     end
-    args[2 * n] = e
   end
   if n >= want or m < ask then break end
   ask = math.min(ask * 2, want - n)
@@ -121,14 +187,13 @@ while true do
   if not got then break end
 end
 if n == 0 then return {-1} end
-local first = redis.call('HINCRBY', KEYS[4], 'seq', n) - n
-if bad then
-  for _, i in ipairs(bad) do args[2 * i - 1] = string.format('bad:%d', first + i) end
+local first, f, l = tonumber(ARGV[8]), ARGV[8], KEYS[9]
+redis.call('HSET', KEYS[4], 'seq', string.format('%d', first + n))
+for i = 1, n, 1000 do
+  redis.call('RPUSH', l, unpack(items, i, math.min(i + 1000 - 1, n)))
 end
-for i = 1, 2 * n, 1000 do
-  redis.call('HSET', KEYS[2], unpack(args, i, math.min(i + 1000 - 1, 2 * n)))
-end
-redis.call('HSET', KEYS[5], string.format('%d', first), table.concat(seq))
+redis.call('HSET', KEYS[5], f, string.char(35) .. f .. ':' .. table.concat(seq))
+incr(KEYS[4], 'pending', n)
 local k = 0
 if redis.call('EXISTS', KEYS[8]) == 1 then
   for i = 1, n do

@@ -2,9 +2,14 @@ if redis.call('GET', KEYS[3]) ~= ARGV[1] then return redis.error_reply('QUGOSTAL
 
 local t = redis.call('TYPE', KEYS[1]).ok
 if t ~= 'list' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[1] .. ' holds a ' .. t .. ', want a list') end
+local t = redis.call('TYPE', KEYS[2]).ok
+if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[2] .. ' holds a ' .. t .. ', want a hash') end
 local t = redis.call('TYPE', KEYS[4]).ok
 if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[4] .. ' holds a ' .. t .. ', want a hash') end
+local t = redis.call('TYPE', KEYS[5]).ok
+if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[5] .. ' holds a ' .. t .. ', want a hash') end
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
+local pendingKey, metaKey, claimsKey = KEYS[2], KEYS[4], KEYS[5]
 
 local function incr(key, field, n)
   local v = redis.call('HGET', key, field)
@@ -15,10 +20,72 @@ local function incr(key, field, n)
   end
 end
 
+local function claimKeys(claims, first)
+  local l = string.sub(claims, 1, -#'order' - 1) .. 'claim:' .. first
+  return l, l .. ':done'
+end
+local function bitsOK(d)
+  local t = redis.call('TYPE', d).ok
+  return t == 'string' or t == 'none'
+end
+local function claimTypes(claims, from, to, step)
+  for i = from, to, step do
+    if ARGV[i] ~= '' then
+      local l, d = claimKeys(claims, ARGV[i])
+      for _, kt in ipairs({{l, 'list'}, {d, 'string'}}) do
+        local t = redis.call('TYPE', kt[1]).ok
+        if t ~= kt[2] and t ~= 'none' then
+          return redis.error_reply('QUGOWRONGTYPE ' .. kt[1] .. ' holds a ' .. t .. ', want a ' .. kt[2])
+        end
+      end
+    end
+  end
+end
+
+local function finished(claims, meta, first, l, d, k)
+  if k > 0 then incr(meta, 'pending', -k) end
+  if redis.call('BITCOUNT', d) >= redis.call('LLEN', l) then
+    redis.call('DEL', l, d)
+    redis.call('HDEL', claims, first)
+  end
+end
+local function setDone(claims, meta, first, bits)
+  local l, d = claimKeys(claims, first)
+  if redis.call('TYPE', l).ok ~= 'list' or not bitsOK(d) then return 0 end
+  local before = redis.call('BITCOUNT', d)
+  if before == 0 then
+    redis.call('SET', d, bits)
+  else
+    local tmp = l .. ':or'
+    redis.call('SET', tmp, bits)
+    redis.call('BITOP', 'OR', d, d, tmp)
+    redis.call('DEL', tmp)
+  end
+  local k = redis.call('BITCOUNT', d) - before
+  finished(claims, meta, first, l, d, k)
+  return k
+end
+local function takePlace(claims, meta, first, place)
+  local l, d = claimKeys(claims, first)
+  if redis.call('TYPE', l).ok ~= 'list' or not bitsOK(d) then return nil end
+  local e = redis.call('LINDEX', l, place)
+  if not e or redis.call('GETBIT', d, place) == 1 then return nil end
+  redis.call('SETBIT', d, place, 1)
+  finished(claims, meta, first, l, d, 1)
+  return e
+end
+
+local function take(i)
+  if ARGV[i] == '' then return redis.call('HDEL', pendingKey, ARGV[i + 2]) == 1 end
+  return takePlace(claimsKey, metaKey, ARGV[i], tonumber(ARGV[i + 1])) ~= nil
+end
+
+local bad = claimTypes(claimsKey, 4, #ARGV, 4)
+if bad then return bad end
 local n = 0
-for i = 4, #ARGV, 2 do
-  if redis.call('HDEL', KEYS[2], ARGV[i]) == 1 then
-    redis.call('RPUSH', KEYS[1], ARGV[i + 1])
+for i = 4, #ARGV, 4 do
+  if take(i) then
+    redis.call('RPUSH', KEYS[1], ARGV[i + 3])
     n = n + 1
   end
 end

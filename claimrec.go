@@ -1,0 +1,311 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/gomodule/redigo/redis"
+)
+
+// The claim record. A claim moves the entries it pops, as they were, into
+// a list of the claim's own, "<tag>claim:<first>" (first: the claim seq
+// before the claim's first task, so the i-th entry, from 0, has claim seq
+// first+i+1 and is at place i), and records the claim in the
+// claim-sequence hash (the "order" key) under first, as '#', first
+// again, ':' and the claimed task IDs back to back (seqFiller for an
+// entry with no readable header). A task leaves pending when its place is set in the claim's
+// done bitmap, "<tag>claim:<first>:done" (Redis's bit order: place 0 is
+// the first byte's high bit): an ack ORs a bitmap of places into it,
+// with one BITOP for all the claim's tasks it acknowledges, and a
+// dead-letter, a hand-back or a cancel sets one place. Once every place
+// is set, the list, the bitmap and the hash field go, in the script that
+// set the last place. The meta hash's "pending" field counts the tasks of
+// claim records whose place is not set.
+//
+// So a claim writes one list and one hash field whatever its size, and an
+// ack one bitmap per claim it touches: no field per task, which is what a
+// claim used to cost Redis (a pending-hash field per task, written, then
+// deleted). The pending hash of earlier releases (task ID -> entry, with
+// claim-sequence records of IDs alone) is still read, by recovery, Status,
+// Cancel and Stats, and emptied by the recovery after an upgrade; nothing
+// writes it any more.
+
+// claimedMark starts a claim-sequence record of this format; records of
+// the pending hash's format are the task IDs alone.
+const claimedMark = '#'
+
+// claimsName is the last part of the claim-sequence hash's key, from which
+// scripts derive the keys of claim lists (claimKeys).
+const claimsName = "order"
+
+// claimListKey is the key of the claim list of first on the queue of k.
+func claimListKey(k queueKeys, first string) string {
+	return strings.TrimSuffix(k.claims, claimsName) + "claim:" + first
+}
+
+// claimDoneKey is the key of the done bitmap of the claim list of first.
+func claimDoneKey(k queueKeys, first string) string { return claimListKey(k, first) + ":done" }
+
+// placeBitmap returns bitmap dst, in Redis's bit order, with place set.
+func placeBitmap(dst []byte, place int32) []byte {
+	i := int(place) / 8
+	for len(dst) <= i {
+		dst = append(dst, 0)
+	}
+	dst[i] |= 0x80 >> (uint(place) % 8)
+	return dst
+}
+
+// placeSet reports whether place is set in bitmap b.
+func placeSet(b []byte, place int) bool {
+	i := place / 8
+	return i < len(b) && b[i]&(0x80>>(uint(place)%8)) != 0
+}
+
+// claimIDs returns the task IDs a claim-sequence record names, and
+// whether it is a claim record (claimedMark) rather than one of the
+// pending hash's format. ok is false for a record that is neither.
+func claimIDs(v string) (ids string, list, ok bool) {
+	if len(v) > 0 && v[0] == claimedMark {
+		_, ids, found := strings.Cut(v, ":")
+		return ids, true, found && len(ids)%idLen == 0
+	}
+	return v, false, len(v)%idLen == 0
+}
+
+// claimRecordFirst returns the first seq a claim record holds besides its
+// field, so that a record whose field was overwritten still leads to its
+// claim list (and one whose value was, by its field).
+func claimRecordFirst(v string) (int64, bool) {
+	if len(v) == 0 || v[0] != claimedMark {
+		return 0, false
+	}
+	f, _, found := strings.Cut(v[1:], ":")
+	first, ok := claimFirst(f)
+	return first, found && ok
+}
+
+// claimFirst parses a claim-sequence hash field: a claim's first seq.
+func claimFirst(f string) (int64, bool) {
+	first, err := strconv.ParseInt(f, 10, 64)
+	return first, err == nil && first >= 0 && strconv.FormatInt(first, 10) == f
+}
+
+// luaClaimRec defines, for scripts that change claim records (see the top
+// of this file):
+//
+//   - claimKeys(claims, first): the list and done bitmap keys of a claim.
+//   - setDone(claims, meta, first, bits): ORs the bitmap bits into the
+//     claim's done bitmap, deletes the record once every place is set,
+//     and returns how many places it set that were not (0 when the record
+//     is gone).
+//   - takePlace(claims, meta, first, place): sets one place and returns
+//     its entry, or nil when the place is set already or the record gone.
+//
+// A done bitmap is written only by these functions; its type is checked
+// before each write all the same, so that a key someone overwrote fails
+// the script before it changed anything of that claim.
+const luaClaimRec = luaClaimKeys + `
+local function finished(claims, meta, first, l, d, k)
+  if k > 0 then incr(meta, 'pending', -k) end
+  if redis.call('BITCOUNT', d) >= redis.call('LLEN', l) then
+    redis.call('DEL', l, d)
+    redis.call('HDEL', claims, first)
+  end
+end
+local function setDone(claims, meta, first, bits)
+  local l, d = claimKeys(claims, first)
+  if redis.call('TYPE', l).ok ~= 'list' or not bitsOK(d) then return 0 end
+  local before = redis.call('BITCOUNT', d)
+  if before == 0 then
+    redis.call('SET', d, bits)
+  else
+    local tmp = l .. ':or'
+    redis.call('SET', tmp, bits)
+    redis.call('BITOP', 'OR', d, d, tmp)
+    redis.call('DEL', tmp)
+  end
+  local k = redis.call('BITCOUNT', d) - before
+  finished(claims, meta, first, l, d, k)
+  return k
+end
+local function takePlace(claims, meta, first, place)
+  local l, d = claimKeys(claims, first)
+  if redis.call('TYPE', l).ok ~= 'list' or not bitsOK(d) then return nil end
+  local e = redis.call('LINDEX', l, place)
+  if not e or redis.call('GETBIT', d, place) == 1 then return nil end
+  redis.call('SETBIT', d, place, 1)
+  finished(claims, meta, first, l, d, 1)
+  return e
+end
+`
+
+// luaClaimKeys defines luaClaimRec's claimKeys; bitsOK(d), which reports
+// whether key d may be read as a done bitmap; and claimTypes(claims, from,
+// to, step), which returns the wrongTypeReply error when the list or done
+// bitmap of a claim named by ARGV[from], ARGV[from+step], ... up to
+// ARGV[to] ("" names none) holds another type: scripts call it before
+// their first write.
+const luaClaimKeys = `
+local function claimKeys(claims, first)
+  local l = string.sub(claims, 1, -#'$claimsName' - 1) .. 'claim:' .. first
+  return l, l .. ':done'
+end
+local function bitsOK(d)
+  local t = redis.call('TYPE', d).ok
+  return t == 'string' or t == 'none'
+end
+local function claimTypes(claims, from, to, step)
+  for i = from, to, step do
+    if ARGV[i] ~= '' then
+      local l, d = claimKeys(claims, ARGV[i])
+      for _, kt in ipairs({{l, 'list'}, {d, 'string'}}) do
+        local t = redis.call('TYPE', kt[1]).ok
+        if t ~= kt[2] and t ~= 'none' then
+          return redis.error_reply('$wrongTypeReply ' .. kt[1] .. ' holds a ' .. t .. ', want a ' .. kt[2])
+        end
+      end
+    end
+  end
+end
+`
+
+// luaNamed defines named(claims, pending, id), which reports whether a
+// claim record in claims names task id (finished or not), or the pending
+// hash holds it. Only a whole task ID matches. It reads no claim list or
+// done bitmap: the keys a script touches are those it was given.
+const luaNamed = `
+local function named(claims, pending, id)
+  local all = #id == $idLen and redis.call('HVALS', claims) or {}
+  for _, v in ipairs(all) do
+    local base = string.byte(v, 1) == $claimedMark and string.find(v, ':', 2, true)
+    if base then
+      local from = base + 1
+      while true do
+        local at = string.find(v, id, from, true)
+        if not at then break end
+        if (at - base - 1) % $idLen == 0 then return true end
+        from = at + 1
+      end
+    end
+  end
+  return redis.call('HEXISTS', pending, id) == 1
+end
+`
+
+// luaClaimAfter defines claimAfter(claims, first): a first seq past
+// first that no claim record in claims holds or reaches, read from the
+// records alone (their fields, and the first seq and task IDs their values
+// hold): a claim may touch only its own list and done bitmap, given in
+// KEYS. A claim finds its first taken only when the meta hash's claim
+// count was set back (by hand): rather than overwrite that claim's list,
+// and lose its tasks, it claims after every record, so that they keep
+// their order. The scan costs a read of the claim-sequence hash, and is
+// made only then; a list or done bitmap left without its record (deleted
+// by hand) costs a refusal each.
+const luaClaimAfter = `
+local function claimAfter(claims, first)
+  local after = first + 1
+  local all = redis.call('HGETALL', claims)
+  for i = 1, #all, 2 do
+    local v = all[i + 1]
+    local from, ids = string.match(v, '^' .. string.char($claimedMark) .. '(%d+):(.*)$')
+    for _, f in ipairs({all[i], from}) do
+      if string.match(f, '^%d+$') and #f <= 15 then
+        after = math.max(after, tonumber(f) + math.ceil(#(ids or v) / $idLen))
+      end
+    end
+  end
+  return after
+end
+`
+
+// claimPlace is a place in a claim record.
+type claimPlace struct {
+	first string
+	at    int
+}
+
+// claimPlaces returns the places the claim records among records (the
+// queue's claim-sequence hash) give task id, finished or not. Only a whole
+// task ID matches.
+func claimPlaces(records map[string]string, id string) []claimPlace {
+	if len(id) != idLen {
+		return nil
+	}
+	var found []claimPlace
+	for f, v := range records {
+		ids, list, _ := claimIDs(v)
+		if !list {
+			continue
+		}
+		for at := 0; at+idLen <= len(ids); at += idLen {
+			if ids[at:at+idLen] == id {
+				found = append(found, claimPlace{f, at / idLen})
+			}
+		}
+	}
+	return found
+}
+
+// pendingIn looks task id up in the claim records among records (the
+// queue's claim-sequence hash, read by the caller): it returns the entry
+// of the place where id is pending, or nil. Only a whole task ID matches
+// a place: a string of another length (a prefix of one) names none. One
+// round trip on c when a record names id, none otherwise.
+func pendingIn(ctx context.Context, c redis.Conn, k queueKeys, records map[string]string, id string) ([]byte, error) {
+	found := claimPlaces(records, id)
+	if len(found) == 0 {
+		return nil, nil
+	}
+	for _, p := range found {
+		c.Send("LINDEX", claimListKey(k, p.first), p.at)
+		c.Send("GETBIT", claimDoneKey(k, p.first), p.at)
+	}
+	if err := c.Flush(); err != nil {
+		return nil, err
+	}
+	var entry []byte
+	var errs []error
+	for range found {
+		e, err := redis.Bytes(receiveContext(c, ctx))
+		if err == redis.ErrNil {
+			err = nil
+		}
+		done, derr := redis.Int(receiveContext(c, ctx))
+		if err != nil || derr != nil {
+			errs = append(errs, err, derr)
+			continue
+		}
+		if e != nil && done == 0 && entry == nil {
+			entry = e
+		}
+	}
+	return entry, errors.Join(errs...)
+}
+
+// claimCall returns the arguments of a script whose keys are keys and then
+// the claim list and done bitmap of each claim record named in records
+// (once each; "" names none), with the ack's scratch key when scratch: a
+// script of keyCount -1 (its key count first), so that every key a script
+// touches comes in KEYS, and a Redis Cluster checks them all before it
+// runs the script, as for any other key.
+func (s *store) claimCall(keys []any, records []string, scratch bool, args ...any) []any {
+	out := make([]any, 1, 1+len(keys)+3*len(records)+len(args))
+	out = append(out, keys...)
+	for i, r := range records {
+		if r == "" || slices.Contains(records[:i], r) {
+			continue
+		}
+		l := claimListKey(s.keys, r)
+		out = append(out, l, l+":done")
+		if scratch {
+			out = append(out, l+":or")
+		}
+	}
+	out[0] = len(out) - 1
+	return append(out, args...)
+}

@@ -1,0 +1,95 @@
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return redis.error_reply('QUGOSTALE lease lost') end
+
+local t = redis.call('TYPE', KEYS[1]).ok
+if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[1] .. ' holds a ' .. t .. ', want a hash') end
+local t = redis.call('TYPE', KEYS[3]).ok
+if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[3] .. ' holds a ' .. t .. ', want a hash') end
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+
+local function incr(key, field, n)
+  local v = redis.call('HGET', key, field)
+  if v and not (string.match(v, '^%d+$') and #v <= 15) then
+    redis.call('HSET', key, field, n)
+  else
+    redis.call('HINCRBY', key, field, n)
+  end
+end
+
+local function claimKeys(claims, first)
+  local l = string.sub(claims, 1, -#'order' - 1) .. 'claim:' .. first
+  return l, l .. ':done'
+end
+local function bitsOK(d)
+  local t = redis.call('TYPE', d).ok
+  return t == 'string' or t == 'none'
+end
+local function claimTypes(claims, from, to, step)
+  for i = from, to, step do
+    if ARGV[i] ~= '' then
+      local l, d = claimKeys(claims, ARGV[i])
+      for _, kt in ipairs({{l, 'list'}, {d, 'string'}}) do
+        local t = redis.call('TYPE', kt[1]).ok
+        if t ~= kt[2] and t ~= 'none' then
+          return redis.error_reply('QUGOWRONGTYPE ' .. kt[1] .. ' holds a ' .. t .. ', want a ' .. kt[2])
+        end
+      end
+    end
+  end
+end
+
+local function finished(claims, meta, first, l, d, k)
+  if k > 0 then incr(meta, 'pending', -k) end
+  if redis.call('BITCOUNT', d) >= redis.call('LLEN', l) then
+    redis.call('DEL', l, d)
+    redis.call('HDEL', claims, first)
+  end
+end
+local function setDone(claims, meta, first, bits)
+  local l, d = claimKeys(claims, first)
+  if redis.call('TYPE', l).ok ~= 'list' or not bitsOK(d) then return 0 end
+  local before = redis.call('BITCOUNT', d)
+  if before == 0 then
+    redis.call('SET', d, bits)
+  else
+    local tmp = l .. ':or'
+    redis.call('SET', tmp, bits)
+    redis.call('BITOP', 'OR', d, d, tmp)
+    redis.call('DEL', tmp)
+  end
+  local k = redis.call('BITCOUNT', d) - before
+  finished(claims, meta, first, l, d, k)
+  return k
+end
+local function takePlace(claims, meta, first, place)
+  local l, d = claimKeys(claims, first)
+  if redis.call('TYPE', l).ok ~= 'list' or not bitsOK(d) then return nil end
+  local e = redis.call('LINDEX', l, place)
+  if not e or redis.call('GETBIT', d, place) == 1 then return nil end
+  redis.call('SETBIT', d, place, 1)
+  finished(claims, meta, first, l, d, 1)
+  return e
+end
+
+local n, last = 0, 4 + tonumber(ARGV[4])
+for i = 5, last do
+  if ARGV[i] ~= '' then
+    local l, d = claimKeys(KEYS[1], ARGV[i])
+    if redis.call('TYPE', l).ok == 'list' and bitsOK(d) then
+      local k = redis.call('LLEN', l) - redis.call('BITCOUNT', d)
+      if k > 0 then incr(KEYS[3], 'pending', -k) end
+    end
+    redis.call('DEL', l, d)
+  end
+  n = n + redis.call('HDEL', KEYS[1], ARGV[i])
+end
+if ARGV[3] == '1' then
+  local left = 0
+  for i = last + 1, #ARGV do
+    local l, d = claimKeys(KEYS[1], ARGV[i])
+    if redis.call('TYPE', l).ok == 'list' and bitsOK(d) then
+      left = left + math.max(redis.call('LLEN', l) - redis.call('BITCOUNT', d), 0)
+    end
+  end
+  redis.call('HSET', KEYS[3], 'pending', left)
+end
+return n
