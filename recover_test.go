@@ -183,17 +183,24 @@ func FuzzDecodePending(f *testing.F) {
 	})
 }
 
-// FuzzClaimOrder checks that any order record is read without a panic, and
-// that one as the claim script writes it numbers each of its IDs.
+// FuzzClaimOrder checks that any claim-sequence record is read without a
+// panic, and that one of the pending hash's format, as the claim script
+// of earlier releases wrote it, numbers each of its IDs (claimSeqs leaves
+// claim records, which start with claimedMark, to claimLists).
 func FuzzClaimOrder(f *testing.F) {
 	f.Add("10", testID+testID)
 	f.Add("0", seqFiller)
 	f.Add("07", testID)
 	f.Add("x", "short")
+	f.Add("5", "#5:"+testID)
 	f.Fuzz(func(t *testing.T, field, ids string) {
-		got := claimSeqs(map[string]string{field: ids})
+		records := map[string]string{field: ids}
+		claimRecordFirst(ids)
+		claimPlaces(records, testID)
+		got := claimSeqs(records)
 		first, err := strconv.ParseInt(field, 10, 64)
-		valid := err == nil && first >= 0 && strconv.FormatInt(first, 10) == field && len(ids)%idLen == 0
+		_, list, _ := claimIDs(ids)
+		valid := err == nil && first >= 0 && strconv.FormatInt(first, 10) == field && len(ids)%idLen == 0 && !list
 		if !valid {
 			if len(got) != 0 {
 				t.Fatalf("record %q = %q read as %v", field, ids, got)
