@@ -123,6 +123,10 @@ func (p *faultProxy) pumpUp(pp *proxyPair) {
 	for {
 		n, err := pp.client.Read(buf)
 		if n > 0 {
+			if p.down.Load() {
+				pp.close(true)
+				return
+			}
 			p.cutMu.Lock()
 			if p.cutsLe > 0 && len(p.cutSub) > 0 && bytes.Contains(buf[:n], p.cutSub) {
 				pp.armed.Store(true)
@@ -147,6 +151,10 @@ func (p *faultProxy) pumpDown(pp *proxyPair) {
 	for {
 		n, err := pp.server.Read(buf)
 		if n > 0 {
+			if p.down.Load() {
+				pp.close(true)
+				return
+			}
 			if pp.armed.Swap(false) && p.takeCut(n) {
 				pp.client.Write(buf[:n/2])
 				p.cuts.Add(1)
@@ -219,7 +227,10 @@ func (p *faultProxy) resetAll() int {
 
 // setDown makes Redis unreachable through the proxy (every connection
 // reset, new ones too) or reachable again: an outage without restarting the
-// server behind it.
+// server behind it. The outage begins for every connection at once: the
+// resets take their turn, but from the moment down is set nothing more is
+// forwarded either way, so no call is answered on a connection whose reset
+// is still to come.
 func (p *faultProxy) setDown(down bool) {
 	p.down.Store(down)
 	if down {
@@ -303,4 +314,18 @@ func TestFaultProxyResetAndCut(t *testing.T) {
 	assert.Equal(t, 1, p.resetAll())
 	_, err = c2.Do("GET", "b")
 	assert.Error(t, err, "a reset connection must fail")
+
+	// Down: nothing goes through, on a new connection either; up again:
+	// calls are answered.
+	p.setDown(true)
+	if c3, err := redis.Dial("tcp", p.Addr(), redis.DialReadTimeout(2*time.Second)); err == nil {
+		_, err = c3.Do("GET", "c")
+		assert.Error(t, err, "no answer while down")
+		c3.Close()
+	}
+	p.setDown(false)
+	c4 := dial()
+	defer c4.Close()
+	_, err = c4.Do("GET", "d")
+	assert.NoError(t, err)
 }
