@@ -221,9 +221,7 @@ func ValidTaskID(id string) bool {
 //
 // Returns the number finished; a task no longer pending is skipped.
 var finishCancelledScript = newScript("finish-cancelled", -1, fenced(2, typeCheck(hashAt(1), hashAt(3), hashAt(4), hashAt(5), hashAt(7)),
-	"local pendingKey, metaKey, claimsKey = KEYS[1], KEYS[3], KEYS[7]\n"+luaIncr+luaHistory+luaClaimRec+luaTake+`
-local bad = claimTypes(claimsKey, 5, #ARGV, 5)
-if bad then return bad end
+	"local pendingKey, metaKey, claimsKey = KEYS[1], KEYS[3], KEYS[7]\n"+luaIncr+luaHistory+luaClaimRec+luaTake+"\n"+luaCheckClaims(5, "#ARGV", 5)+`
 local keep = ARGV[3] ~= '0' and history(KEYS[6])
 local n = 0
 for i = 5, #ARGV, 5 do

@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -172,6 +173,14 @@ local function claimTypes(claims, from, to, step)
   end
 end
 `
+
+// luaCheckClaims is the first step of a script that changes claimed
+// tasks (its claims hash in claimsKey), before any write: it returns
+// claimTypes' error for the claims named by ARGV[from], ARGV[from+step],
+// ... up to ARGV[to] (to a Lua expression).
+func luaCheckClaims(from int, to string, step int) string {
+	return fmt.Sprintf("local bad = claimTypes(claimsKey, %d, %s, %d)\nif bad then return bad end", from, to, step)
+}
 
 // luaNamed defines named(claims, pending, id), which reports whether a
 // claim record in claims names task id (finished or not), or the pending

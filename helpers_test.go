@@ -389,3 +389,13 @@ func claimAckOne(t *testing.T, q *Queue, analyser int) *Consumer {
 	require.NoError(t, c.Release(ctx))
 	return c
 }
+
+// consumeFirst returns a Consumer of q's analyser 0, released when the
+// test ends.
+func consumeFirst(t *testing.T, q *Queue) *Consumer {
+	t.Helper()
+	c, err := q.Consume(context.Background(), 0, ConsumerConfig{})
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Release(context.Background()) })
+	return c
+}

@@ -370,9 +370,7 @@ end
 //	ARGV[5] = "+" encoded task
 //
 // Returns 1, or 0 when the task is no longer pending.
-var retryScript = newScript("retry", -1, fenced(2, typeCheck(hashAt(1)), "local claimsKey = KEYS[1]\n"+luaIncr+luaClaimRec+luaRewrite+`
-local bad = claimTypes(claimsKey, 3, 3, 1)
-if bad then return bad end
+var retryScript = newScript("retry", -1, fenced(2, typeCheck(hashAt(1)), "local claimsKey = KEYS[1]\n"+luaIncr+luaClaimRec+luaRewrite+"\n"+luaCheckClaims(3, "3", 1)+`
 if not rewrite(ARGV[3], tonumber(ARGV[4]), ARGV[5]) then return 0 end
 return 1
 `))
@@ -400,9 +398,7 @@ func (s *store) fail(ctx context.Context, t claimed, cause error, retryAt time.T
 
 // failScript is retryScript that also records the failure in the retries
 // hash (KEYS[4], under the task ID ARGV[6], ARGV[7]).
-var failScript = newScript("fail", -1, fenced(2, typeCheck(hashAt(1), hashAt(4)), "local claimsKey = KEYS[1]\n"+luaIncr+luaClaimRec+luaRewrite+`
-local bad = claimTypes(claimsKey, 3, 3, 1)
-if bad then return bad end
+var failScript = newScript("fail", -1, fenced(2, typeCheck(hashAt(1), hashAt(4)), "local claimsKey = KEYS[1]\n"+luaIncr+luaClaimRec+luaRewrite+"\n"+luaCheckClaims(3, "3", 1)+`
 if not rewrite(ARGV[3], tonumber(ARGV[4]), ARGV[5]) then return 0 end
 redis.call('HSET', KEYS[4], ARGV[6], ARGV[7])
 return 1
@@ -432,9 +428,7 @@ type burial struct {
 // free field of "<field>#2", "<field>#3", ..., and a task's record moves
 // what was under its ID there.
 var buryScript = newScript("bury", -1, fenced(3, typeCheck(hashAt(1), hashAt(2), hashAt(4), hashAt(5), hashAt(7)),
-	"local pendingKey, metaKey, claimsKey = KEYS[1], KEYS[4], KEYS[7]\n"+luaIncr+luaClaimRec+luaTake+`
-local bad = claimTypes(claimsKey, 3, #ARGV, 4)
-if bad then return bad end
+	"local pendingKey, metaKey, claimsKey = KEYS[1], KEYS[4], KEYS[7]\n"+luaIncr+luaClaimRec+luaTake+"\n"+luaCheckClaims(3, "#ARGV", 4)+`
 local n = 0
 for i = 3, #ARGV, 4 do
   if take(i) then
@@ -468,9 +462,7 @@ return n
 //
 // Returns the number pushed; a task no longer pending is skipped.
 var requeueScript = newScript("requeue", -1, fenced(3, typeCheck(listAt(1), hashAt(2), hashAt(4), hashAt(5)),
-	"local pendingKey, metaKey, claimsKey = KEYS[2], KEYS[4], KEYS[5]\n"+luaIncr+luaClaimRec+luaTake+`
-local bad = claimTypes(claimsKey, 4, #ARGV, 4)
-if bad then return bad end
+	"local pendingKey, metaKey, claimsKey = KEYS[2], KEYS[4], KEYS[5]\n"+luaIncr+luaClaimRec+luaTake+"\n"+luaCheckClaims(4, "#ARGV", 4)+`
 local n = 0
 for i = 4, #ARGV, 4 do
   if take(i) then
