@@ -29,17 +29,44 @@ func openTestDB(t *testing.T) *pgxpool.Pool {
 	return db
 }
 
-// newTestQueue returns a queue over r miniredis servers with q queues each.
+// newTestQueue returns a queue over r miniredis servers with q queues each,
+// their clocks running (runClock).
 func newTestQueue(t *testing.T, r, q int) (*queue.Queue, []string) {
 	t.Helper()
 	urls := make([]string, r)
 	for i := range urls {
-		urls[i] = "redis://" + miniredis.RunT(t).Addr()
+		m := miniredis.RunT(t)
+		runClock(t, m)
+		urls[i] = "redis://" + m.Addr()
 	}
 	qu, err := queue.Dial(context.Background(), urls, queue.Config{Queues: q})
 	require.NoError(t, err)
 	t.Cleanup(func() { qu.Close() })
 	return qu, urls
+}
+
+// runClock makes m's keys expire as time passes, as a real server's do
+// (miniredis's stand still unless moved on): a lease its holder could not
+// release (its renewals too late, say, on a loaded machine) lapses after
+// its TTL rather than keep the queue from every other member for good.
+func runClock(t *testing.T, m *miniredis.Miniredis) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		last := time.Now()
+		for {
+			select {
+			case <-done:
+				return
+			case now := <-tick.C:
+				m.FastForward(now.Sub(last))
+				last = now
+			}
+		}
+	})
+	t.Cleanup(func() { close(done); wg.Wait() })
 }
 
 func TestMigrateIsIdempotentAndConcurrent(t *testing.T) {
