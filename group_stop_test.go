@@ -24,6 +24,17 @@ type heldBeat struct {
 	landed          chan error
 }
 
+// isBeat reports whether a call is a heartbeat of h's member: the beat
+// script, its key count, its keys, then member, ..., op "beat".
+func (h *heldBeat) isBeat(cmd string, args []any) bool {
+	if cmd != "EVALSHA" || len(args) < 2 {
+		return false
+	}
+	nkeys, ok := args[1].(int)
+	at := 2 + nkeys // the member
+	return ok && len(args) > at+5 && fmt.Sprint(args[at]) == h.member && fmt.Sprint(args[at+5]) == "beat"
+}
+
 // heldBeatConn is a connection whose heartbeats h may hold.
 type heldBeatConn struct {
 	redis.Conn
@@ -36,8 +47,7 @@ func (c heldBeatConn) ReceiveContext(ctx context.Context) (any, error) {
 
 func (c heldBeatConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
 	h := c.h
-	if cmd != "EVALSHA" || len(args) < 12 || fmt.Sprint(args[6]) != h.member || fmt.Sprint(args[11]) != "beat" ||
-		!h.armed.CompareAndSwap(true, false) {
+	if !h.isBeat(cmd, args) || !h.armed.CompareAndSwap(true, false) {
 		return redis.DoContext(c.Conn, ctx, cmd, args...)
 	}
 	close(h.caught)

@@ -64,10 +64,14 @@ func checkGroupName(what, name string) error {
 // queues left over go to the members with the largest fractions, then to
 // those that held more, then by name). Queues that must move go, in
 // queue order, to the members furthest under their share. Every member
-// whose queues changed is nudged. An assignment about to be sent that
-// the script did not write (edited by hand) is assigned anew too.
+// whose queues changed is nudged, when the caller gave its nudge key (it
+// gives those of the members it knows; one it does not know yet learns
+// of its queues at its own next heartbeat). An assignment about to be
+// sent that the script did not write (edited by hand) is assigned anew
+// too.
 //
-//	KEYS[1] = members, KEYS[2] = info, KEYS[3] = assign, KEYS[4] = meta
+//	KEYS[1] = members, KEYS[2] = info, KEYS[3] = assign, KEYS[4] = meta,
+//	KEYS[5...] = the nudge keys of members to nudge should their queues change
 //	ARGV[1] = member, ARGV[2] = session TTL ms, ARGV[3] = weight,
 //	ARGV[4] = analysers, ARGV[5] = nudge key prefix, ARGV[6] = "beat" or "leave",
 //	ARGV[7] = the generation the member knows ("" when none)
@@ -75,8 +79,8 @@ func checkGroupName(what, name string) error {
 // Returns {gen, the member's analysers as a comma-separated string (nil
 // when the generation is the one the member knows: a heartbeat of a
 // settled group costs no walk over the assignment), ms until the next
-// other member's session ends (-1 when none)}.
-var groupBeatScript = newScript("group-beat", 4, typeCheck(keyType{1, "zset"}, hashAt(2), hashAt(3), hashAt(4))+`
+// other member's session ends (-1 when none), the live members}.
+var groupBeatScript = newScript("group-beat", -1, typeCheck(keyType{1, "zset"}, hashAt(2), hashAt(3), hashAt(4))+`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local me, n = ARGV[1], tonumber(ARGV[4])
@@ -208,9 +212,11 @@ if changed then
   gen = gen and string.match(gen, '^%d+$') and #gen <= 15 and tonumber(gen) or 0
   gen = string.format('%d', math.max(gen + 1, now))
   redis.call('HSET', KEYS[4], 'gen', gen, 'analysers', ARGV[4], 'changed', now)
+  local given = {}
+  for i = 5, #KEYS do given[KEYS[i]] = true end
   for m in pairs(moved) do
-    if m ~= me then
-      local k = ARGV[5] .. m
+    local k = ARGV[5] .. m
+    if m ~= me and given[k] then
       redis.call('DEL', k)
       redis.call('RPUSH', k, '1')
       redis.call('PEXPIRE', k, ARGV[2])
@@ -233,8 +239,9 @@ for i = 1, #first, 2 do
     break
   end
 end
-if gen == ARGV[7] then return {gen, false, next} end
-return {gen, table.concat(mine, ','), next}
+local live = redis.call('ZRANGE', KEYS[1], 0, -1)
+if gen == ARGV[7] then return {gen, false, next, live} end
+return {gen, table.concat(mine, ','), next, live}
 `)
 
 // groupStore runs a group's scripts on partition 0.
@@ -244,6 +251,11 @@ type groupStore struct {
 	name  string
 	n     int // analysers
 	ttlMS int64
+
+	// members are the group's live members as the last heartbeat read
+	// them (nil before the first): a heartbeat nudges those of them whose
+	// queues it moves. Heartbeats of one member run one at a time.
+	members []string
 }
 
 func (q *Queue) newGroupStore(group string, ttl time.Duration) (*groupStore, error) {
@@ -279,14 +291,30 @@ func (g *groupStore) beat(ctx context.Context, member string, weight int, op str
 	}
 	what := fmt.Sprintf("%s group %q", op, g.name)
 	r, err := onPartition(ctx, g.part, what, func(conn redis.Conn) ([]any, error) {
-		return redis.Values(groupBeatScript.DoContext(ctx, conn, g.keys.members, g.keys.info, g.keys.assign, g.keys.meta,
-			member, g.ttlMS, weight, g.n, g.keys.nudge, op, knownArg))
+		if g.members == nil {
+			// The first heartbeat: the members to nudge are read first.
+			m, err := redis.Strings(redis.DoContext(conn, ctx, "ZRANGE", g.keys.members, 0, -1))
+			if err != nil {
+				return nil, err
+			}
+			g.members = m
+		}
+		args := make([]any, 0, 5+len(g.members)+7)
+		args = append(args, 4+len(g.members), g.keys.members, g.keys.info, g.keys.assign, g.keys.meta)
+		for _, m := range g.members {
+			args = append(args, g.keys.nudge+m)
+		}
+		args = append(args, member, g.ttlMS, weight, g.n, g.keys.nudge, op, knownArg)
+		return redis.Values(groupBeatScript.DoContext(ctx, conn, args...))
 	})
 	if err != nil {
 		return groupBeat{}, err
 	}
-	if len(r) != 3 {
+	if len(r) != 4 {
 		return groupBeat{}, fmt.Errorf("queue: %s: unexpected reply %v", what, r)
+	}
+	if live, err := redis.Strings(r[3], nil); err == nil {
+		g.members = live
 	}
 	var b groupBeat
 	b.gen, _ = redis.Int64(r[0], nil)

@@ -219,10 +219,27 @@ func TestScriptsTouchDeclaredKeysOnly(t *testing.T) {
 		assert.Subset(t, r.order(uint64(o)), []string{pl(o, 0), pl(o, 1), pl(o, 2)})
 	}
 
+	// A group's life: a member joins, a second one takes queues from it
+	// (nudging it), then leaves (nudging it again).
+	gctx, stopA := context.WithCancel(ctx)
+	doneA := make(chan error, 1)
+	go func() {
+		doneA <- q.JoinGroup(gctx, "g", GroupConfig{Member: "a", Pool: PoolConfig{Workers: 1}}, func(context.Context, Task) error { return nil })
+	}()
+	require.Eventually(t, func() bool { return settled(t, q, "g", "a") }, 10*time.Second, 5*time.Millisecond)
+	b, err := q.newGroupStore("g", time.Minute)
+	require.NoError(t, err)
+	_, err = b.beat(ctx, "b", maxGroupWeight, "beat", 0)
+	require.NoError(t, err)
+	_, err = b.beat(ctx, "b", 1, "leave", 0)
+	require.NoError(t, err)
+	stopA()
+	require.NoError(t, <-doneA)
+
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	assert.Empty(t, rec.undeclared)
-	for _, name := range []string{"claim", "ack", "fail", "bury", "requeue", "cancel", "finish-cancelled", "drop", "retry", "acquire", "release", "renew", "add-once", "schedule", "replay", "layout", "workers"} {
+	for _, name := range []string{"group-beat", "claim", "ack", "fail", "bury", "requeue", "cancel", "finish-cancelled", "drop", "retry", "acquire", "release", "renew", "add-once", "schedule", "replay", "layout", "workers"} {
 		assert.True(t, rec.ran[name], "script %s did not run", name)
 	}
 }

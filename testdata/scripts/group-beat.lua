@@ -138,9 +138,11 @@ if changed then
   gen = gen and string.match(gen, '^%d+$') and #gen <= 15 and tonumber(gen) or 0
   gen = string.format('%d', math.max(gen + 1, now))
   redis.call('HSET', KEYS[4], 'gen', gen, 'analysers', ARGV[4], 'changed', now)
+  local given = {}
+  for i = 5, #KEYS do given[KEYS[i]] = true end
   for m in pairs(moved) do
-    if m ~= me then
-      local k = ARGV[5] .. m
+    local k = ARGV[5] .. m
+    if m ~= me and given[k] then
       redis.call('DEL', k)
       redis.call('RPUSH', k, '1')
       redis.call('PEXPIRE', k, ARGV[2])
@@ -163,5 +165,6 @@ for i = 1, #first, 2 do
     break
   end
 end
-if gen == ARGV[7] then return {gen, false, next} end
-return {gen, table.concat(mine, ','), next}
+local live = redis.call('ZRANGE', KEYS[1], 0, -1)
+if gen == ARGV[7] then return {gen, false, next, live} end
+return {gen, table.concat(mine, ','), next, live}
