@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -66,15 +67,41 @@ func placeSet(b []byte, place int) bool {
 	return i < len(b) && b[i]&(0x80>>(uint(place)%8)) != 0
 }
 
+// idsLater separates a claim record's first seq from its task count in a
+// record whose IDs are not written yet, "#<first>/<n>": a pool's claim
+// writes that, and the pool writes the IDs with its next ack (the claim
+// script would have to cut each one out of its entry, a quarter of its
+// work per task). Readers that need the IDs of such a record read them
+// from its list (fillIDs).
+const idsLater = '/'
+
 // claimIDs returns the task IDs a claim-sequence record names, and
 // whether it is a claim record (claimedMark) rather than one of the
-// pending hash's format. ok is false for a record that is neither.
+// pending hash's format. ok is false for a record that is neither. A
+// claim record whose IDs are not written yet names none (see fillIDs).
 func claimIDs(v string) (ids string, list, ok bool) {
 	if len(v) > 0 && v[0] == claimedMark {
+		if _, ok := laterCount(v); ok {
+			return "", true, true
+		}
 		_, ids, found := strings.Cut(v, ":")
 		return ids, true, found && len(ids)%idLen == 0
 	}
 	return v, false, len(v)%idLen == 0
+}
+
+// laterCount returns the task count of a claim record whose IDs are not
+// written yet ("#<first>/<n>"), and whether v is one.
+func laterCount(v string) (int, bool) {
+	if len(v) < 4 || v[0] != claimedMark {
+		return 0, false
+	}
+	f, n, found := strings.Cut(v[1:], string(idsLater))
+	if _, ok := claimFirst(f); !ok || !found {
+		return 0, false
+	}
+	count, err := strconv.Atoi(n)
+	return count, err == nil && count > 0 && count <= maxClaim && strconv.Itoa(count) == n
 }
 
 // claimRecordFirst returns the first seq a claim record holds besides its
@@ -85,8 +112,58 @@ func claimRecordFirst(v string) (int64, bool) {
 		return 0, false
 	}
 	f, _, found := strings.Cut(v[1:], ":")
+	if !found {
+		f, _, found = strings.Cut(v[1:], string(idsLater))
+	}
 	first, ok := claimFirst(f)
 	return first, found && ok
+}
+
+// fillIDs gives the claim records among records whose IDs are not
+// written yet the IDs their lists hold, read on c: one round trip when
+// there are any, none otherwise. It changes records.
+func fillIDs(ctx context.Context, c redis.Conn, k queueKeys, records map[string]string) error {
+	var later []string
+	for f, v := range records {
+		if _, ok := laterCount(v); ok {
+			later = append(later, f)
+		}
+	}
+	if len(later) == 0 {
+		return nil
+	}
+	for _, f := range later {
+		first, _ := claimRecordFirst(records[f])
+		c.Send("LRANGE", claimListKey(k, strconv.FormatInt(first, 10)), 0, -1)
+	}
+	if err := c.Flush(); err != nil {
+		return err
+	}
+	var errs []error
+	for _, f := range later {
+		entries, err := redis.ByteSlices(receiveContext(c, ctx))
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		first, _ := claimRecordFirst(records[f])
+		records[f] = string(claimedMark) + strconv.FormatInt(first, 10) + ":" + string(entryIDs(nil, entries))
+	}
+	return errors.Join(errs...)
+}
+
+// entryIDs appends to dst the IDs of claimed entries back to back, as a
+// claim record holds them: seqFiller for an entry with no readable header.
+func entryIDs(dst []byte, entries [][]byte) []byte {
+	for _, e := range entries {
+		e = bytes.TrimPrefix(e, []byte{accountedMark})
+		if len(e) >= entryHeader && isEntryStart(e[0]) {
+			dst = append(dst, e[1:entryHeader]...)
+		} else {
+			dst = append(dst, seqFiller...)
+		}
+	}
+	return dst
 }
 
 // claimFirst parses a claim-sequence hash field: a claim's first seq.
@@ -184,12 +261,15 @@ func luaCheckClaims(from int, to string, step int) string {
 
 // luaNamed defines named(claims, pending, id), which reports whether a
 // claim record in claims names task id (finished or not), or the pending
-// hash holds it. Only a whole task ID matches. It reads no claim list or
+// hash holds it; a record whose IDs are not written yet may name any
+// task, and so names every one. Only a whole task ID matches. It reads no claim list or
 // done bitmap: the keys a script touches are those it was given.
 const luaNamed = `
 local function named(claims, pending, id)
   local all = #id == $idLen and redis.call('HVALS', claims) or {}
   for _, v in ipairs(all) do
+    -- A record whose IDs are not written yet may name any task.
+    if string.byte(v, 1) == $claimedMark and string.match(v, '^.%d+$idsLater%d+$') then return true end
     local base = string.byte(v, 1) == $claimedMark and string.find(v, ':', 2, true)
     if base then
       local from = base + 1
@@ -221,10 +301,17 @@ local function claimAfter(claims, first)
   local all = redis.call('HGETALL', claims)
   for i = 1, #all, 2 do
     local v = all[i + 1]
-    local from, ids = string.match(v, '^' .. string.char($claimedMark) .. '(%d+):(.*)$')
+    local mark = '^' .. string.char($claimedMark)
+    local from, ids = string.match(v, mark .. '(%d+):(.*)$')
+    local count = math.ceil(#(ids or v) / $idLen)
+    if not from then
+      local n
+      from, n = string.match(v, mark .. '(%d+)$idsLater(%d+)$')
+      if from then count = tonumber(n) end
+    end
     for _, f in ipairs({all[i], from}) do
       if string.match(f, '^%d+$') and #f <= 15 then
-        after = math.max(after, tonumber(f) + math.ceil(#(ids or v) / $idLen))
+        after = math.max(after, tonumber(f) + count)
       end
     end
   end
@@ -264,8 +351,12 @@ func claimPlaces(records map[string]string, id string) []claimPlace {
 // queue's claim-sequence hash, read by the caller): it returns the entry
 // of the place where id is pending, or nil. Only a whole task ID matches
 // a place: a string of another length (a prefix of one) names none. One
-// round trip on c when a record names id, none otherwise.
+// round trip on c when a record names id, none otherwise, and one more
+// when some record's IDs are not written yet (fillIDs).
 func pendingIn(ctx context.Context, c redis.Conn, k queueKeys, records map[string]string, id string) ([]byte, error) {
+	if err := fillIDs(ctx, c, k, records); err != nil {
+		return nil, err
+	}
 	found := claimPlaces(records, id)
 	if len(found) == 0 {
 		return nil, nil

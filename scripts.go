@@ -31,6 +31,7 @@ var scriptVars = strings.NewReplacer(
 	"$scriptChunk", strconv.Itoa(scriptChunk),
 	"$scriptBytes", strconv.Itoa(scriptBytes),
 	"$seqFiller", seqFiller,
+	"$idsLater", string(idsLater),
 	"$claimedMark", strconv.Itoa(claimedMark),
 	"$claimsName", claimsName,
 	"$cancelSeen", cancelSeen,

@@ -41,6 +41,8 @@ end
 local function named(claims, pending, id)
   local all = #id == 20 and redis.call('HVALS', claims) or {}
   for _, v in ipairs(all) do
+    -- A record whose IDs are not written yet may name any task.
+    if string.byte(v, 1) == 35 and string.match(v, '^.%d+/%d+$') then return true end
     local base = string.byte(v, 1) == 35 and string.find(v, ':', 2, true)
     if base then
       local from = base + 1
@@ -60,10 +62,17 @@ local function claimAfter(claims, first)
   local all = redis.call('HGETALL', claims)
   for i = 1, #all, 2 do
     local v = all[i + 1]
-    local from, ids = string.match(v, '^' .. string.char(35) .. '(%d+):(.*)$')
+    local mark = '^' .. string.char(35)
+    local from, ids = string.match(v, mark .. '(%d+):(.*)$')
+    local count = math.ceil(#(ids or v) / 20)
+    if not from then
+      local n
+      from, n = string.match(v, mark .. '(%d+)/(%d+)$')
+      if from then count = tonumber(n) end
+    end
     for _, f in ipairs({all[i], from}) do
       if string.match(f, '^%d+$') and #f <= 15 then
-        after = math.max(after, tonumber(f) + math.ceil(#(ids or v) / 20))
+        after = math.max(after, tonumber(f) + count)
       end
     end
   end
