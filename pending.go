@@ -347,10 +347,12 @@ const accountedMark = '+'
 
 // luaRewrite defines rewrite(first, place, record): it replaces the entry
 // at place in the claim list of first with record, and reports whether
-// the task there was pending. It needs luaClaimRec and the claim-sequence
-// hash as claimsKey.
+// the task there was pending. A task that names no claim (first "": one
+// its caller no longer holds) is not pending, and no key is read for it.
+// It needs luaClaimRec and the claim-sequence hash as claimsKey.
 const luaRewrite = `
 local function rewrite(first, place, record)
+  if first == '' then return false end
   local l, d = claimKeys(claimsKey, first)
   if redis.call('TYPE', l).ok ~= 'list' or not bitsOK(d) or redis.call('GETBIT', d, place) == 1 then return false end
   if not redis.call('LINDEX', l, place) then return false end
