@@ -39,7 +39,9 @@ import (
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = most tasks to claim,
 //	ARGV[4] = most bytes to claim, ARGV[5] = entries to pop at first,
 //	ARGV[6] = 1 when even the first task must fit the bytes (the caller holds others),
-//	ARGV[7] = now, ms since the epoch, ARGV[8] = the claim's first seq, proposed
+//	ARGV[7] = now, ms since the epoch, ARGV[8] = the claim's first seq, proposed,
+//	ARGV[9] = 1 to write the claimed task IDs in the claim's record, 0 when the caller
+//	writes them (with its next ack: see idsLater)
 //
 // It refuses, before any write, with seqReply and the first seq to
 // propose instead, a proposal below the meta hash's claim count or one a
@@ -51,7 +53,7 @@ import (
 // scriptChunk of them, so that however many marks a queue holds no claim
 // holds Redis for long (and a cancels hash of another type is left alone).
 //
-// Returns {entry..., k cancelled indexes..., k, first}: the i-th entry
+// Returns {entry..., k cancelled indexes..., k, ids, first}: the i-th entry
 // (1-based) has claim seq first+i and place i-1 in the claim list of
 // first, and the k indexes name the entries whose cancel was asked
 // (their tasks are finished as cancelled, never run); {0, next, n} when
@@ -60,8 +62,13 @@ import (
 // first task does not fit and must; {-2, next, n} when the queue is
 // paused (and not empty). The claim-sequence record, under first, holds
 // claimedMark, first, ':' and the entries' IDs back to back (a malformed
-// entry's as seqFiller). (The loop indexes its tables rather than asking for their
-// length, and first goes last rather than shifting the reply.)
+// entry's as seqFiller); or, with ARGV[9] = 0, claimedMark, first,
+// idsLater and the number of entries, when the cancels hash holds no mark
+// (a mark's task must be found among the entries, by ID, and a Cancel
+// must find it in the record: see cancelScript). ids in the reply is 1
+// when the record holds the IDs, 0 when the caller is to write them.
+// (The loop indexes its tables rather than asking for their length, and
+// first goes last rather than shifting the reply.)
 var claimScript = newScript("claim", 10, fenced(3, typeCheck(hashAt(2), hashAt(4), hashAt(5))+luaIncr+luaClaimKeys+luaNamed+luaClaimAfter+`
 local m4 = redis.call('HMGET', KEYS[4], 'seq', 'paused')
 local last = m4[1]
@@ -95,6 +102,8 @@ if not items then
 end
 local sub, byte = string.sub, string.byte
 local seq = {}
+local marks = redis.call('EXISTS', KEYS[8]) == 1
+local ids = ARGV[9] == '1' or marks
 local n, bytes, got = 0, 0, items
 while true do
   local m = #got
@@ -111,11 +120,13 @@ while true do
     end
     n, bytes = n + 1, bytes + size
     if got ~= items then items[n] = e end
-    local v = byte(e, 1)
-    if size >= $entryHeader and v <= $entryFlags and v % 2 == $entryTask then
-      seq[n] = sub(e, 2, $entryHeader)
-    else
-      seq[n] = '$seqFiller'
+    if ids then
+      local v = byte(e, 1)
+      if size >= $entryHeader and v <= $entryFlags and v % 2 == $entryTask then
+        seq[n] = sub(e, 2, $entryHeader)
+      else
+        seq[n] = '$seqFiller'
+      end
     end
   end
   if n >= want or m < ask then break end
@@ -129,10 +140,14 @@ redis.call('HSET', KEYS[4], 'seq', string.format('%d', first + n))
 for i = 1, n, $scriptChunk do
   redis.call('RPUSH', l, unpack(items, i, math.min(i + $scriptChunk - 1, n)))
 end
-redis.call('HSET', KEYS[5], f, string.char($claimedMark) .. f .. ':' .. table.concat(seq))
+if ids then
+  redis.call('HSET', KEYS[5], f, string.char($claimedMark) .. f .. ':' .. table.concat(seq))
+else
+  redis.call('HSET', KEYS[5], f, string.char($claimedMark) .. f .. '$idsLater' .. string.format('%d', n))
+end
 incr(KEYS[4], 'pending', n)
 local k = 0
-if redis.call('EXISTS', KEYS[8]) == 1 then
+if marks then
   for i = 1, n do
     if redis.pcall('HEXISTS', KEYS[8], seq[i]) == 1 then
       k = k + 1
@@ -141,7 +156,8 @@ if redis.call('EXISTS', KEYS[8]) == 1 then
   end
 end
 items[n + k + 1] = k
-items[n + k + 2] = first
+items[n + k + 2] = ids and 1 or 0
+items[n + k + 3] = first
 return items
 `))
 
@@ -178,6 +194,26 @@ type slot struct {
 // claimBatch names one claim record (claimrec.go).
 type claimBatch struct {
 	record string // the claim's first seq: the field of its claim-sequence record
+
+	// ids are the claim's task IDs back to back, as its record is to hold
+	// them, while it holds none (idsLater): the acker sends them with the
+	// claim's first ack, and only the acker reads or clears them.
+	ids string
+}
+
+// claimedIDs returns the IDs of a claim's entries (a claim reply's) back
+// to back, as the claim script would have written them in its record.
+func claimedIDs(entries []any) string {
+	ids := make([]byte, 0, idLen*len(entries))
+	for _, v := range entries {
+		raw, _ := v.([]byte)
+		if len(raw) >= entryHeader && isEntryStart(raw[0]) {
+			ids = append(ids, raw[1:entryHeader]...)
+		} else {
+			ids = append(ids, seqFiller...)
+		}
+	}
+	return string(ids)
 }
 
 // seqReply starts the claim script's refusal, before any write, of a
@@ -246,6 +282,10 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 	if strict {
 		strictArg = 1
 	}
+	idsArg := 1
+	if s.idsLater {
+		idsArg = 0
+	}
 	var r []any
 	var err error
 	for try := 0; ; try++ {
@@ -253,7 +293,7 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 		r, err = redis.Values(s.script(ctx, "claim from", claimScript,
 			s.keys.ready, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.keys.sched, s.keys.later, s.keys.cancels,
 			claimListKey(s.keys, first), claimDoneKey(s.keys, first),
-			s.value(), s.ttlMS, n, maxBytes, pop, strictArg, time.Now().UnixMilli(), first))
+			s.value(), s.ttlMS, n, maxBytes, pop, strictArg, time.Now().UnixMilli(), first, idsArg))
 		next, refused := seqRefusal(err)
 		if !refused {
 			break
@@ -286,25 +326,34 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 		}
 	}
 	s.paused.Store(false)
-	if len(r) < 3 {
+	if len(r) < 4 {
 		return dst[:0], false, redisErr(s.what("claim from"), fmt.Errorf("%w: short claim reply", ErrMalformed))
 	}
 	first, err := redis.Int64(r[len(r)-1], nil)
 	if err != nil {
 		return dst[:0], false, redisErr(s.what("claim from"), err)
 	}
-	k, err := redis.Int(r[len(r)-2], nil)
-	if err != nil || k < 0 || k > len(r)-3 {
+	written, err := redis.Int(r[len(r)-2], nil)
+	if err != nil {
+		return dst[:0], false, redisErr(s.what("claim from"), err)
+	}
+	k, err := redis.Int(r[len(r)-3], nil)
+	if err != nil || k < 0 || k > len(r)-4 {
 		return dst[:0], false, redisErr(s.what("claim from"), fmt.Errorf("%w: bad cancel count in claim reply", ErrMalformed))
 	}
-	marks := r[len(r)-2-k : len(r)-2]
-	r = r[:len(r)-2-k+1] // the entries, then one slot (read as first below)
+	marks := r[len(r)-3-k : len(r)-3]
+	r = r[:len(r)-3-k+1] // the entries, then one slot (read as first below)
 	out := dst[:0]
 	if cap(out) < len(r)-1 {
 		out = make([]claimed, 0, len(r)-1)
 	}
 	s.nextFirst.Store(first + int64(len(r)-1))
 	batch := &claimBatch{record: strconv.FormatInt(first, 10)}
+	if written == 0 {
+		// Its record holds no IDs: the pool's next ack of one of its
+		// tasks writes them.
+		batch.ids = claimedIDs(r[:len(r)-1])
+	}
 	var bad []burial
 	// The reply's buffers are the claimer's own: payloads keep pointing
 	// into them, and the IDs share one string.

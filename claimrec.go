@@ -347,27 +347,19 @@ func claimPlaces(records map[string]string, id string) []claimPlace {
 	return found
 }
 
-// pendingIn looks task id up in the claim records among records (the
-// queue's claim-sequence hash, read by the caller): it returns the entry
-// of the place where id is pending, or nil. Only a whole task ID matches
-// a place: a string of another length (a prefix of one) names none. One
-// round trip on c when a record names id, none otherwise, and one more
-// when some record's IDs are not written yet (fillIDs).
-func pendingIn(ctx context.Context, c redis.Conn, k queueKeys, records map[string]string, id string) ([]byte, error) {
-	if err := fillIDs(ctx, c, k, records); err != nil {
-		return nil, err
-	}
-	found := claimPlaces(records, id)
-	if len(found) == 0 {
-		return nil, nil
-	}
+// sendPlaces sends the reads of the places found (claimPlaces) on c: the
+// entry and the done bit of each; receivePlaces reads their replies.
+func sendPlaces(c redis.Conn, k queueKeys, found []claimPlace) {
 	for _, p := range found {
 		c.Send("LINDEX", claimListKey(k, p.first), p.at)
 		c.Send("GETBIT", claimDoneKey(k, p.first), p.at)
 	}
-	if err := c.Flush(); err != nil {
-		return nil, err
-	}
+}
+
+// receivePlaces reads the replies of sendPlaces(c, k, found), all of
+// them, and returns the entry of a place where the task is pending, or
+// nil.
+func receivePlaces(ctx context.Context, c redis.Conn, found []claimPlace) ([]byte, error) {
 	var entry []byte
 	var errs []error
 	for range found {

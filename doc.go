@@ -250,10 +250,11 @@
 // claim script reads: a paused pool claims nothing (it looks again every
 // 250ms), while its lease, renewals, running tasks and acks go on.
 //
-// [Queue.Status] reads, in one pipelined round trip (two for a pending
-// task: the second reads its claim record's place), the pending record
-// (with the retries hash, written when a delivery fails: last error and
-// next attempt), the scheduled set, the dead-letter store, the cancel
+// [Queue.Status] reads, in one pipelined round trip (two for a task a
+// claim record names: the second reads its place, then the rest again,
+// so that a task finished between the two is seen finished), the
+// pending record (with the retries hash, written when a delivery fails:
+// last error and next attempt), the scheduled set, the dead-letter store, the cancel
 // marks and, with [Config].Retention, the history: a hash per time bucket
 // of an eighth of the retention, task ID (packed in 13 bytes) -> about 10
 // bytes of varints, which the ack and cancel scripts write and Redis

@@ -33,6 +33,7 @@ type store struct {
 	entrySize   atomic.Int64           // the mean entry size of the last claim (at first, MaxPayload)
 	nextDue     atomic.Int64           // the due time (ms) of the next scheduled task, as the last empty claim (or idle wait) saw it; -1: none
 	nextFirst   atomic.Int64           // the first seq of the next claim, as far as this store knows (see seqReply)
+	idsLater    bool                   // its claims leave their task IDs to the caller's acks (idsLater): a pool's store
 	schedCard   atomic.Int64           // the number of scheduled tasks, as nextDue's read saw it; -1: unknown
 	paused      atomic.Bool            // the last claim found the queue paused
 	waiter      *waiter                // the partition's shared waiter, for a pool's idle waits (nil: own connections)
@@ -301,6 +302,11 @@ func (s *store) ack(ctx context.Context, ts []ackRef, recs []historyRecord) (int
 		if err != nil {
 			return done, err
 		}
+		for _, b := range order {
+			if b.ids != "" {
+				b.ids = "" // written, or the claim is finished
+			}
+		}
 	}
 	return done, nil
 }
@@ -368,10 +374,12 @@ const accountedMark = '+'
 
 // luaRewrite defines rewrite(first, place, record): it replaces the entry
 // at place in the claim list of first with record, and reports whether
-// the task there was pending. It needs luaClaimRec and the claim-sequence
-// hash as claimsKey.
+// the task there was pending. A task that names no claim (first "": one
+// its caller no longer holds) is not pending, and no key is read for it.
+// It needs luaClaimRec and the claim-sequence hash as claimsKey.
 const luaRewrite = `
 local function rewrite(first, place, record)
+  if first == '' then return false end
   local l, d = claimKeys(claimsKey, first)
   if redis.call('TYPE', l).ok ~= 'list' or not bitsOK(d) or redis.call('GETBIT', d, place) == 1 then return false end
   if not redis.call('LINDEX', l, place) then return false end

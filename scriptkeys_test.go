@@ -131,10 +131,10 @@ func TestDeclaredOnlyCatches(t *testing.T) {
 	assert.Equal(t, 1, v)
 }
 
-// TestScriptsTouchDeclaredKeysOnly drives a queue through claims, acks,
-// retries, dead-letters, hand-backs, cancels, a takeover's recovery and
-// the dead-letter store, every script checked by declaredOnly.
-func TestScriptsTouchDeclaredKeysOnly(t *testing.T) {
+// declaredQueue returns a queue with Retention whose scripts run as
+// declaredOnly has them, its server, and the record of what they ran and
+// touched.
+func declaredQueue(t *testing.T) (*Queue, *testServer, *keysRecord) {
 	s := newTestServers(t, 1)[0]
 	skipOnCluster(t, "a routed connection sends its own script calls")
 	rec := &keysRecord{ran: map[string]bool{}}
@@ -143,6 +143,14 @@ func TestScriptsTouchDeclaredKeysOnly(t *testing.T) {
 	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t), Retention: time.Hour})
 	require.NoError(t, err)
 	t.Cleanup(func() { q.Close() })
+	return q, s, rec
+}
+
+// TestScriptsTouchDeclaredKeysOnly drives a queue through claims, acks,
+// retries, dead-letters, hand-backs, cancels, a takeover's recovery and
+// the dead-letter store, every script checked by declaredOnly.
+func TestScriptsTouchDeclaredKeysOnly(t *testing.T) {
+	q, s, rec := declaredQueue(t)
 	ctx := context.Background()
 
 	var ids []string
@@ -151,7 +159,7 @@ func TestScriptsTouchDeclaredKeysOnly(t *testing.T) {
 		require.NoError(t, err)
 		ids = append(ids, id)
 	}
-	_, _, err = q.AddTaskOnce(ctx, 9, "once", time.Minute, []byte("once"))
+	_, _, err := q.AddTaskOnce(ctx, 9, "once", time.Minute, []byte("once"))
 	require.NoError(t, err)
 	_, err = q.AddTask(ctx, 10, []byte("later"), At(time.Now().Add(time.Hour)))
 	require.NoError(t, err)
@@ -242,4 +250,25 @@ func TestScriptsTouchDeclaredKeysOnly(t *testing.T) {
 	for _, name := range []string{"group-beat", "claim", "ack", "fail", "bury", "requeue", "cancel", "finish-cancelled", "drop", "retry", "acquire", "release", "renew", "add-once", "schedule", "replay", "layout", "workers"} {
 		assert.True(t, rec.ran[name], "script %s did not run", name)
 	}
+}
+
+// A Consumer's Fail of a task it no longer holds (handed back, here) has
+// no claim to name: the failure script read the claim list of the claim
+// "", a key it was not given.
+func TestFailOfATaskNotHeldTouchesDeclaredKeysOnly(t *testing.T) {
+	q, _, rec := declaredQueue(t)
+	ctx := context.Background()
+	addAll(t, q, orderTasks(1, 1))
+	c := consumeFirst(t, q)
+	ts, err := c.Claim(ctx, 1)
+	require.NoError(t, err)
+	require.Len(t, ts, 1)
+	require.NoError(t, c.Requeue(ctx, ts[0]))
+	dead, err := c.Fail(ctx, ts[0], errors.New("late"))
+	require.NoError(t, err)
+	assert.False(t, dead)
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	assert.True(t, rec.ran["fail"])
+	assert.Empty(t, rec.undeclared)
 }

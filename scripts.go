@@ -32,6 +32,7 @@ var scriptVars = strings.NewReplacer(
 	"$scriptBytes", strconv.Itoa(scriptBytes),
 	"$seqFiller", seqFiller,
 	"$idsLater", string(idsLater),
+	"$accountedByte", strconv.Itoa(accountedMark),
 	"$claimedMark", strconv.Itoa(claimedMark),
 	"$claimsName", claimsName,
 	"$cancelSeen", cancelSeen,

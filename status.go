@@ -90,8 +90,13 @@ type TaskStatus struct {
 }
 
 // State reports whether the task id of orderID is pending or dead. It is
-// safe for concurrent use and costs one round trip (two when the task is
-// pending). Status tells more.
+// safe for concurrent use and costs one round trip (two when a claim
+// record names the task). Status tells more.
+//
+// A task finished in a round trip's reads or between two is seen either
+// pending or finished, never neither: the pending records are read
+// before the dead-letter store, and where a claim record names the task,
+// the store is read again after its place.
 func (q *Queue) State(ctx context.Context, orderID uint64, id string) (TaskState, error) {
 	if q.closed.Load() {
 		return StateUnknown, ErrClosed
@@ -100,42 +105,46 @@ func (q *Queue) State(ctx context.Context, orderID uint64, id string) (TaskState
 	k := newQueueKeys(q.cfg.Prefix, pi, qi)
 	return onPartition(ctx, q.parts[pi], fmt.Sprintf("state of task %s", id), func(c redis.Conn) (TaskState, error) {
 		c.Send("HEXISTS", k.pending, id)
-		c.Send("HEXISTS", k.dead, id)
 		c.Send("HGETALL", k.claims)
+		c.Send("HEXISTS", k.dead, id)
 		if err := c.Flush(); err != nil {
 			return StateUnknown, err
 		}
-		var r [2]bool
-		for i := range r {
-			v, err := redis.Bool(redis.ReceiveContext(c, ctx))
-			if err != nil {
-				return StateUnknown, err
-			}
-			r[i] = v
-		}
-		claims, err := redis.StringMap(redis.ReceiveContext(c, ctx))
-		if err != nil {
+		pending, err := redis.Bool(receiveContext(c, ctx))
+		claims, cerr := redis.StringMap(receiveContext(c, ctx))
+		dead, derr := redis.Bool(receiveContext(c, ctx))
+		if err := errors.Join(err, cerr, derr); err != nil {
 			return StateUnknown, err
 		}
-		if !r[0] {
-			e, err := pendingIn(ctx, c, k, claims, id)
-			if err != nil {
+		if err := fillIDs(ctx, c, k, claims); err != nil {
+			return StateUnknown, err
+		}
+		if found := claimPlaces(claims, id); !pending && len(found) > 0 {
+			sendPlaces(c, k, found)
+			c.Send("HEXISTS", k.dead, id)
+			if err := c.Flush(); err != nil {
 				return StateUnknown, err
 			}
-			r[0] = e != nil
+			e, err := receivePlaces(ctx, c, found)
+			dead, derr = redis.Bool(receiveContext(c, ctx))
+			if err := errors.Join(err, derr); err != nil {
+				return StateUnknown, err
+			}
+			pending = e != nil
 		}
 		switch {
-		case r[0]:
+		case pending:
 			return StatePending, nil
-		case r[1]:
+		case dead:
 			return StateDead, nil
 		}
 		return StateUnknown, nil
 	})
 }
 
-// statusReads is the number of reads Status sends besides the history's.
-const statusReads = 9
+// statusReads is the number of reads Status sends besides the history's
+// and the claim records'.
+const statusReads = 8
 
 // Status tells where the task id of orderID is in its life: scheduled,
 // pending (running, with its attempt and owner), retrying (with its last
@@ -146,8 +155,10 @@ const statusReads = 9
 // or, when that is zero or finds nothing, with the retention the queue's
 // owner last recorded (so that a tool without the producers' Config reads
 // it too). It is safe for concurrent use and costs one pipelined round
-// trip (two when the retentions differ), whatever the length of the
-// queue.
+// trip (one more when a claim record names the task, and one more when
+// the retentions differ), whatever the length of the queue. A task
+// finished in its reads or between them is seen pending or finished,
+// never neither (see State).
 func (q *Queue) Status(ctx context.Context, orderID uint64, id string) (TaskStatus, error) {
 	if q.closed.Load() {
 		return TaskStatus{}, ErrClosed
@@ -156,30 +167,47 @@ func (q *Queue) Status(ctx context.Context, orderID uint64, id string) (TaskStat
 	k := newQueueKeys(q.cfg.Prefix, pi, qi)
 	now := time.Now()
 	return onPartition(ctx, q.parts[pi], fmt.Sprintf("status of task %s", id), func(c redis.Conn) (TaskStatus, error) {
-		c.Send("HGET", k.pending, id)
-		c.Send("HGET", k.retries, id)
-		c.Send("GET", k.lease)
-		c.Send("ZSCORE", k.sched, id)
-		c.Send("HGET", k.later, id)
-		c.Send("HGET", k.dead, id)
-		c.Send("HEXISTS", k.cancels, id)
-		c.Send("HGET", k.meta, "retention")
+		// The task's records, the pending ones first; then, in the same
+		// round trip, the history's.
+		reads := func() []int64 {
+			c.Send("HGET", k.pending, id)
+			c.Send("HGET", k.retries, id)
+			c.Send("GET", k.lease)
+			c.Send("ZSCORE", k.sched, id)
+			c.Send("HGET", k.later, id)
+			c.Send("HGET", k.dead, id)
+			c.Send("HEXISTS", k.cancels, id)
+			c.Send("HGET", k.meta, "retention")
+			return sendHistoryReads(c, k, q.cfg.Retention, id, now)
+		}
 		c.Send("HGETALL", k.claims)
-		starts := sendHistoryReads(c, k, q.cfg.Retention, id, now)
-		r, err := receiveN(ctx, c, statusReads+len(starts), statusReads)
+		starts := reads()
+		r, err := receiveN(ctx, c, 1+statusReads+len(starts), 1+statusReads)
 		if err != nil {
 			return TaskStatus{}, err
 		}
-		if r[0] == nil { // not in the pending hash of earlier releases: in a claim record?
-			claims, err := redis.StringMap(r[8], nil)
-			if err != nil {
+		claims, err := redis.StringMap(r[0], nil)
+		if err != nil {
+			return TaskStatus{}, err
+		}
+		r = r[1:]
+		if err := fillIDs(ctx, c, k, claims); err != nil {
+			return TaskStatus{}, err
+		}
+		// Not in the pending hash of earlier releases, but a claim record
+		// names it: its place, then its other records again, read after it.
+		if found := claimPlaces(claims, id); r[0] == nil && len(found) > 0 {
+			sendPlaces(c, k, found)
+			starts = reads()
+			if err := c.Flush(); err != nil {
 				return TaskStatus{}, err
 			}
-			e, err := pendingIn(ctx, c, k, claims, id)
-			if err != nil {
+			e, perr := receivePlaces(ctx, c, found)
+			r, err = receiveN(ctx, c, statusReads+len(starts), statusReads)
+			if err := errors.Join(perr, err); err != nil {
 				return TaskStatus{}, err
 			}
-			if e != nil {
+			if r[0] == nil && e != nil {
 				r[0] = e
 			}
 		}

@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -109,4 +110,95 @@ func TestPing(t *testing.T) {
 	err := q.Ping(ctx)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "queue: ping partition 1")
+}
+
+// midReadConn runs the function in between, once, just before a Status or
+// State sends its reads of a claim list (its second round trip).
+type midReadConn struct {
+	redis.Conn
+	between *atomic.Pointer[func()]
+}
+
+func (c *midReadConn) Send(cmd string, args ...any) error {
+	if cmd == "LINDEX" {
+		if f := c.between.Swap(nil); f != nil {
+			(*f)()
+		}
+	}
+	return c.Conn.Send(cmd, args...)
+}
+
+func (c *midReadConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
+	return c.Conn.(redis.ConnWithContext).DoContext(ctx, cmd, args...)
+}
+
+func (c *midReadConn) ReceiveContext(ctx context.Context) (any, error) {
+	return c.Conn.(redis.ConnWithContext).ReceiveContext(ctx)
+}
+
+func (c *midReadConn) DoWithTimeout(d time.Duration, cmd string, args ...any) (any, error) {
+	return c.Conn.(redis.ConnWithTimeout).DoWithTimeout(d, cmd, args...)
+}
+
+func (c *midReadConn) ReceiveWithTimeout(d time.Duration) (any, error) {
+	return c.Conn.(redis.ConnWithTimeout).ReceiveWithTimeout(d)
+}
+
+// State and Status read a claimed task's place in a round trip after the
+// one that reads the dead-letter store and the history: a task finished
+// in between (acknowledged, or dead-lettered) was in neither read, and
+// they reported it unknown, which it never was.
+func TestStatusSeesATaskFinishedBetweenItsReads(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		ack    bool // else dead-lettered
+		status bool // else State
+		want   TaskState
+	}{
+		{"Status/acknowledged", true, true, StateDone},
+		{"Status/dead-lettered", false, true, StateDead},
+		{"State/dead-lettered", false, false, StateDead},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			q, srv := newTestQueue(t, 1, Config{Retention: time.Hour})
+			ctx := context.Background()
+			id, err := q.AddTask(ctx, 3, []byte("x"))
+			require.NoError(t, err)
+			c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 1})
+			require.NoError(t, err)
+			task, err := c.RemoveTask(ctx)
+			require.NoError(t, err)
+
+			var between atomic.Pointer[func()]
+			finish := func() {
+				if tc.ack {
+					_, err = c.Ack(ctx, id)
+				} else {
+					_, err = c.Fail(ctx, task, errors.New("boom"))
+				}
+			}
+			between.Store(&finish)
+			pool := srv[0].wrapPool(1, func(cn redis.Conn) redis.Conn { return &midReadConn{Conn: cn, between: &between} })
+			t.Cleanup(func() { pool.Close() })
+			reader, err := New([]*redis.Pool{pool}, Config{Prefix: q.cfg.Prefix, Retention: time.Hour})
+			require.NoError(t, err)
+			t.Cleanup(func() { reader.Close() })
+
+			var got TaskState
+			if tc.status {
+				st, serr := reader.Status(ctx, 3, id)
+				require.NoError(t, serr)
+				got = st.State
+			} else {
+				got, err = reader.State(ctx, 3, id)
+				require.NoError(t, err)
+			}
+			require.Nil(t, between.Load(), "the claim list was read")
+			require.NoError(t, err, "finishing the task")
+			assert.Equal(t, tc.want, got)
+			require.NoError(t, c.Release(ctx))
+		})
+	}
 }

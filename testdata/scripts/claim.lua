@@ -167,6 +167,8 @@ if not items then
 end
 local sub, byte = string.sub, string.byte
 local seq = {}
+local marks = redis.call('EXISTS', KEYS[8]) == 1
+local ids = ARGV[9] == '1' or marks
 local n, bytes, got = 0, 0, items
 while true do
   local m = #got
@@ -183,11 +185,13 @@ while true do
     end
     n, bytes = n + 1, bytes + size
     if got ~= items then items[n] = e end
-    local v = byte(e, 1)
-    if size >= 21 and v <= 7 and v % 2 == 1 then
-      seq[n] = sub(e, 2, 21)
-    else
-      seq[n] = '--------------------'
+    if ids then
+      local v = byte(e, 1)
+      if size >= 21 and v <= 7 and v % 2 == 1 then
+        seq[n] = sub(e, 2, 21)
+      else
+        seq[n] = '--------------------'
+      end
     end
   end
   if n >= want or m < ask then break end
@@ -201,10 +205,14 @@ redis.call('HSET', KEYS[4], 'seq', string.format('%d', first + n))
 for i = 1, n, 1000 do
   redis.call('RPUSH', l, unpack(items, i, math.min(i + 1000 - 1, n)))
 end
-redis.call('HSET', KEYS[5], f, string.char(35) .. f .. ':' .. table.concat(seq))
+if ids then
+  redis.call('HSET', KEYS[5], f, string.char(35) .. f .. ':' .. table.concat(seq))
+else
+  redis.call('HSET', KEYS[5], f, string.char(35) .. f .. '/' .. string.format('%d', n))
+end
 incr(KEYS[4], 'pending', n)
 local k = 0
-if redis.call('EXISTS', KEYS[8]) == 1 then
+if marks then
   for i = 1, n do
     if redis.pcall('HEXISTS', KEYS[8], seq[i]) == 1 then
       k = k + 1
@@ -213,5 +221,6 @@ if redis.call('EXISTS', KEYS[8]) == 1 then
   end
 end
 items[n + k + 1] = k
-items[n + k + 2] = first
+items[n + k + 2] = ids and 1 or 0
+items[n + k + 3] = first
 return items

@@ -72,6 +72,7 @@ local function takePlace(claims, meta, first, place)
 end
 
 local function rewrite(first, place, record)
+  if first == '' then return false end
   local l, d = claimKeys(claimsKey, first)
   if redis.call('TYPE', l).ok ~= 'list' or not bitsOK(d) or redis.call('GETBIT', d, place) == 1 then return false end
   if not redis.call('LINDEX', l, place) then return false end
