@@ -1,0 +1,222 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// A pool's claim leaves its task IDs out of its record ("#<first>/<n>",
+// idsLater) and its acker writes them. These tests drive a Consumer whose
+// store claims so, and check that every reader of the IDs finds the tasks
+// all the same.
+
+// lazyConsumer returns a Consumer of analyser 0 whose claims leave their
+// IDs to its acks, as a pool's do.
+func lazyConsumer(t *testing.T, q *Queue) *Consumer {
+	t.Helper()
+	c := consumeFirst(t, q)
+	c.st.idsLater = true
+	return c
+}
+
+func claimRecords(t *testing.T, s *testServer, k queueKeys) map[string]string {
+	t.Helper()
+	m, err := redis.StringMap(s.do(t, "HGETALL", k.claims), nil)
+	require.NoError(t, err)
+	return m
+}
+
+func TestLazyClaimRecordHoldsItsCountThenItsIDs(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	ids := addAll(t, q, orderTasks(1, 4))
+	c := lazyConsumer(t, q)
+	got, err := c.Claim(ctx, 3)
+	require.NoError(t, err)
+	require.Len(t, got, 3)
+	assert.Equal(t, map[string]string{"0": "#0/3"}, claimRecords(t, s, k))
+
+	// Status, State and Cancel find a task in it.
+	st, err := q.State(ctx, 0, ids[1])
+	require.NoError(t, err)
+	assert.Equal(t, StatePending, st)
+	status, err := q.Status(ctx, 0, ids[2])
+	require.NoError(t, err)
+	assert.Equal(t, StatePending, status.State)
+	st, err = q.State(ctx, 0, ids[3])
+	require.NoError(t, err)
+	assert.Equal(t, StateUnknown, st, "still ready")
+
+	// The first ack writes the IDs; the record stays while tasks are pending.
+	n, err := c.Ack(ctx, got[0].ID)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	assert.Equal(t, map[string]string{"0": "#0:" + strings.Join(ids[:3], "")}, claimRecords(t, s, k))
+	n, err = c.Ack(ctx, got[1].ID, got[2].ID)
+	require.NoError(t, err)
+	assert.Equal(t, 2, n)
+	assert.Empty(t, claimRecords(t, s, k))
+	assert.Zero(t, stats0(t, q).Pending)
+}
+
+// An ack that finishes the whole claim writes no IDs: the record goes.
+func TestLazyClaimFinishedByItsFirstAck(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	addAll(t, q, orderTasks(1, 2))
+	c := lazyConsumer(t, q)
+	got, err := c.Claim(ctx, 2)
+	require.NoError(t, err)
+	n, err := c.Ack(ctx, got[0].ID, got[1].ID)
+	require.NoError(t, err)
+	assert.Equal(t, 2, n)
+	assert.Empty(t, claimRecords(t, s, k))
+	assert.Zero(t, s.do(t, "EXISTS", claimListKey(k, "0"), claimDoneKey(k, "0")))
+}
+
+// A Cancel of a task in a record without IDs marks it and answers
+// pending; claims made while a mark is held write their IDs.
+func TestLazyClaimCancelFindsTheTask(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	ids := addAll(t, q, orderTasks(1, 4))
+	c := lazyConsumer(t, q)
+	got, err := c.Claim(ctx, 2)
+	require.NoError(t, err)
+	require.Len(t, got, 2)
+	st, err := q.Cancel(ctx, 0, ids[1])
+	require.NoError(t, err)
+	assert.Equal(t, StatePending, st)
+	// The mark is held: the next claim writes its IDs.
+	more, err := c.Claim(ctx, 1)
+	require.NoError(t, err)
+	require.Len(t, more, 1)
+	assert.Equal(t, "#2:"+ids[2], claimRecords(t, s, k)["2"])
+}
+
+// A Cancel whose read of the records came before a claim without IDs took
+// the task reads them again, and answers pending.
+func TestLazyClaimMadeBetweenCancelsReads(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	ids := addAll(t, q, orderTasks(1, 2))
+	c := lazyConsumer(t, q)
+	claimed := false
+	// The claim runs after Cancel read the records, before its script.
+	hook := func(script string, _ []any) error {
+		if script == "cancel" && !claimed {
+			claimed = true
+			got, err := c.Claim(ctx, 2)
+			require.NoError(t, err)
+			require.Len(t, got, 2)
+		}
+		return nil
+	}
+	conn := &hookConn{Conn: s.pool.Get(), before: hook}
+	defer conn.Close()
+	r, err := cancelOnce(ctx, conn, k, ids[0])
+	require.NoError(t, err)
+	assert.Equal(t, "recheck", string(r[0].([]byte)))
+	assert.Equal(t, "#0/2", claimRecords(t, s, k)["0"])
+	st, err := q.Cancel(ctx, 0, ids[0])
+	require.NoError(t, err)
+	assert.Equal(t, StatePending, st)
+}
+
+// An empty claim's sweep keeps the mark of a task that a record without
+// IDs may hold.
+func TestLazyClaimKeepsMarksItMayHold(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	ids := addAll(t, q, orderTasks(1, 1))
+	c := lazyConsumer(t, q)
+	got, err := c.Claim(ctx, 1)
+	require.NoError(t, err)
+	require.Len(t, got, 1)
+	s.do(t, "HSET", k.cancels, ids[0], "1") // as a Cancel would, its reply lost
+	none, err := c.Claim(ctx, 1)
+	require.NoError(t, err)
+	require.Empty(t, none)
+	assert.Equal(t, int64(1), s.do(t, "HEXISTS", k.cancels, ids[0]), "the mark of a task that may be pending stays")
+	// Once the task is acked, the record and the mark go.
+	_, err = c.Ack(ctx, got[0].ID)
+	require.NoError(t, err)
+	_, err = c.Claim(ctx, 1)
+	require.NoError(t, err)
+	assert.Zero(t, s.do(t, "EXISTS", k.cancels))
+}
+
+// An ack of a task with a retry record, in a claim without IDs, deletes
+// the retry record (found through the claim's list).
+func TestLazyClaimAckDropsRetryRecords(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	addAll(t, q, orderTasks(1, 3))
+	c := lazyConsumer(t, q)
+	got, err := c.Claim(ctx, 3)
+	require.NoError(t, err)
+	dead, err := c.Fail(ctx, got[1], errors.New("once"))
+	require.NoError(t, err)
+	require.False(t, dead)
+	require.Equal(t, int64(1), s.do(t, "HEXISTS", k.retries, got[1].ID))
+	assert.Equal(t, "#0/3", claimRecords(t, s, k)["0"])
+	_, err = c.Ack(ctx, got[1].ID)
+	require.NoError(t, err)
+	assert.Zero(t, s.do(t, "HEXISTS", k.retries, got[1].ID))
+}
+
+// A claim refused because its proposal is taken goes past a record
+// without IDs by its count.
+func TestLazyClaimRecordCountsForTheNextFirst(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	addAll(t, q, orderTasks(1, 5))
+	c := lazyConsumer(t, q)
+	got, err := c.Claim(ctx, 3)
+	require.NoError(t, err)
+	require.Len(t, got, 3)
+	s.do(t, "HSET", k.meta, "seq", "1") // set back by hand, into the claim's range
+	c.st.nextFirst.Store(1)
+	s.do(t, "RPUSH", claimListKey(k, "1"), "x") // and its proposal taken
+	more, err := c.Claim(ctx, 1)
+	require.NoError(t, err)
+	require.Len(t, more, 1)
+	recs := claimRecords(t, s, k)
+	assert.Equal(t, "#0/3", recs["0"])
+	assert.Equal(t, fmt.Sprintf("#3/1"), recs["3"], "after the first claim's three tasks")
+}
+
+// An ack that neither finds the IDs in the record nor is given them reads
+// the acknowledged task's ID from the claim's list, to drop its retry
+// record.
+func TestLazyClaimAckReadsIDsFromTheList(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	addAll(t, q, orderTasks(1, 3))
+	c := lazyConsumer(t, q)
+	got, err := c.Claim(ctx, 3)
+	require.NoError(t, err)
+	_, err = c.Fail(ctx, got[2], errors.New("once"))
+	require.NoError(t, err)
+	require.Equal(t, int64(1), s.do(t, "HEXISTS", k.retries, got[2].ID))
+	n, err := c.st.ack(ctx, []ackRef{{claim: &claimBatch{record: "0"}, place: 2, id: got[2].ID}}, nil)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	assert.Zero(t, s.do(t, "HEXISTS", k.retries, got[2].ID))
+	assert.Equal(t, "#0/3", claimRecords(t, s, k)["0"], "no IDs given: none written")
+}
