@@ -18,7 +18,9 @@ import (
 // first+i+1 and is at place i), and records the claim in the
 // claim-sequence hash (the "order" key) under first, as '#', first
 // again, ':' and the claimed task IDs back to back (seqFiller for an
-// entry with no readable header). A task leaves pending when its place is set in the claim's
+// entry with no readable header); a pool's claim writes '#', first, '/'
+// and the number of tasks instead, and the pool's first ack of one of
+// them writes the IDs (idsLater). A task leaves pending when its place is set in the claim's
 // done bitmap, "<tag>claim:<first>:done" (Redis's bit order: place 0 is
 // the first byte's high bit): an ack ORs a bitmap of places into it,
 // with one BITOP for all the claim's tasks it acknowledges, and a

@@ -493,7 +493,7 @@
 // a queue index, the keys of one queue share the hash tag {P:p.q}:
 //
 //	{P:p.q}:ready     list    encoded tasks, pushed on the left, claimed from the right
-//	{P:p.q}:order     hash    claim records: a claim's first seq -> "#<first>:" and its task IDs, while one is pending
+//	{P:p.q}:order     hash    claim records: a claim's first seq -> "#<first>:" and its task IDs ("#<first>/<n>" until a pool's ack writes them), while one is pending
 //	{P:p.q}:claim:n   list    the encoded tasks of the claim whose first seq is n, in claim order
 //	{P:p.q}:claim:n:done string bitmap: the places of that claim's tasks finished
 //	{P:p.q}:pending   hash    task ID -> encoded task: claimed, not finished (written by earlier releases; read, and emptied by recovery)
