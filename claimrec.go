@@ -321,21 +321,27 @@ local function claimAfter(claims, first)
 end
 `
 
-// claimPlace is a place in a claim record.
+// claimPlace is a place in a claim record, or (at -1) a whole claim whose
+// record holds no IDs yet.
 type claimPlace struct {
 	first string
 	at    int
 }
 
 // claimPlaces returns the places the claim records among records (the
-// queue's claim-sequence hash) give task id, finished or not. Only a whole
-// task ID matches.
+// queue's claim-sequence hash) give task id, finished or not, and the
+// claims whose records do not hold their IDs yet (at -1), which may hold
+// it anywhere. Only a whole task ID matches.
 func claimPlaces(records map[string]string, id string) []claimPlace {
 	if len(id) != idLen {
 		return nil
 	}
 	var found []claimPlace
 	for f, v := range records {
+		if _, later := laterCount(v); later {
+			found = append(found, claimPlace{f, -1})
+			continue
+		}
 		ids, list, _ := claimIDs(v)
 		if !list {
 			continue
@@ -350,21 +356,49 @@ func claimPlaces(records map[string]string, id string) []claimPlace {
 }
 
 // sendPlaces sends the reads of the places found (claimPlaces) on c: the
-// entry and the done bit of each; receivePlaces reads their replies.
+// entry and the done bit of each, or a whole claim's list and done
+// bitmap; receivePlaces reads their replies.
 func sendPlaces(c redis.Conn, k queueKeys, found []claimPlace) {
 	for _, p := range found {
+		if p.at < 0 {
+			c.Send("LRANGE", claimListKey(k, p.first), 0, -1)
+			c.Send("GET", claimDoneKey(k, p.first))
+			continue
+		}
 		c.Send("LINDEX", claimListKey(k, p.first), p.at)
 		c.Send("GETBIT", claimDoneKey(k, p.first), p.at)
 	}
 }
 
 // receivePlaces reads the replies of sendPlaces(c, k, found), all of
-// them, and returns the entry of a place where the task is pending, or
+// them, and returns the entry of a place where task id is pending, or
 // nil.
-func receivePlaces(ctx context.Context, c redis.Conn, found []claimPlace) ([]byte, error) {
+func receivePlaces(ctx context.Context, c redis.Conn, found []claimPlace, id string) ([]byte, error) {
 	var entry []byte
 	var errs []error
-	for range found {
+	for _, p := range found {
+		if p.at < 0 {
+			entries, err := redis.ByteSlices(receiveContext(c, ctx))
+			if err == redis.ErrNil {
+				err = nil
+			}
+			done, derr := redis.Bytes(receiveContext(c, ctx))
+			if derr == redis.ErrNil {
+				derr = nil
+			}
+			if err != nil || derr != nil {
+				errs = append(errs, err, derr)
+				continue
+			}
+			for i, e := range entries {
+				raw := bytes.TrimPrefix(e, []byte{accountedMark})
+				if entry == nil && !placeSet(done, i) && len(raw) >= entryHeader && isEntryStart(raw[0]) &&
+					string(raw[1:entryHeader]) == id {
+					entry = e
+				}
+			}
+			continue
+		}
 		e, err := redis.Bytes(receiveContext(c, ctx))
 		if err == redis.ErrNil {
 			err = nil
