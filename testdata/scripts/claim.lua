@@ -150,6 +150,25 @@ if z[2] and tonumber(z[2]) <= now then
 end
 local want, budget, ask = tonumber(ARGV[3]), tonumber(ARGV[4]), math.min(tonumber(ARGV[5]), tonumber(ARGV[3]))
 local strict = ARGV[6] == '1'
+local refused = false
+if ARGV[10] == '1' and not waiting and redis.call('EXISTS', KEYS[8]) == 0 then
+  -- Redis's own move: the ask entries at the consuming end, in claim
+  -- order, into the claim's list; the caller reads them.
+  local n = math.min(ask, redis.call('LLEN', KEYS[1]))
+  if n > 0 then
+    local f, l = ARGV[8], KEYS[9]
+    local moved = redis.pcall('SORT', KEYS[1], 'BY', 'nosort', 'DESC', 'LIMIT', 0, n, 'STORE', l)
+    if moved == n then
+      redis.call('LTRIM', KEYS[1], 0, -n - 1)
+      redis.call('HSET', KEYS[4], 'seq', string.format('%d', tonumber(f) + n))
+      redis.call('HSET', KEYS[5], f, string.char(35) .. f .. '/' .. string.format('%d', n))
+      incr(KEYS[4], 'pending', n)
+      return {-3, n, tonumber(f)}
+    end
+    if type(moved) == 'number' then redis.call('DEL', l) end
+    refused = true
+  end
+end
 local items = redis.call('RPOP', KEYS[1], ask)
 if not items then
   if redis.call('EXISTS', KEYS[8]) == 1 then
@@ -221,6 +240,6 @@ if marks then
   end
 end
 items[n + k + 1] = k
-items[n + k + 2] = ids and 1 or 0
+items[n + k + 2] = (ids and 1 or 0) + (refused and 2 or 0)
 items[n + k + 3] = first
 return items
