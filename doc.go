@@ -192,8 +192,14 @@
 // pipeline per partition. [PoolConfig].Prefetch bounds the OrderIDs a pool
 // holds tasks of, and so what one claim takes; MaxHeldTasks and
 // MaxHeldBytes bound all the tasks it holds (a task larger than
-// MaxHeldBytes is still claimed, alone). An idle pool is woken as soon as
-// a task is pushed (see Idle pools). Each delivery
+// MaxHeldBytes is still claimed, alone). A pool's claim is Redis's own
+// move where the server allows SORT: one SORT ... BY nosort STORE into
+// the claim's list and one LTRIM, no entry passing through Lua, then an
+// LRANGE that reads the list (tasks past MaxHeldBytes, when entry sizes
+// vary more than the last claim told, go straight back); elsewhere
+// (miniredis, an ACL that denies SORT), or while a cancel mark or a due
+// scheduled task waits, the script moves the entries itself. An idle
+// pool is woken as soon as a task is pushed (see Idle pools). Each delivery
 // gets [PoolConfig].TaskTimeout; a panic becomes a [*PanicError], and
 // every failed delivery reaches OnError as a [*TaskError] and is recorded
 // in the pending record at once. [Queue.Replay] puts dead tasks back at
