@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -302,4 +303,76 @@ func TestClaimMovedKeepsToTheBudget(t *testing.T) {
 		assert.Equal(t, pl(0, i+2), string(tk.Payload))
 		assert.Equal(t, 1, tk.Attempt, "handed back undelivered")
 	}
+}
+
+// A pool whose ACL user may not run SORT claims all the same: the first
+// claim's script finds SORT refused, moves the entries itself, and the
+// pool asks no more. (miniredis has no SORT: every pool there takes this
+// path; this test needs a server with ACLs.)
+func TestPoolWhereSORTIsDenied(t *testing.T) {
+	servers := newTestServers(t, 1)
+	s := servers[0]
+	if s.mini != nil || testOnCluster {
+		t.Skip("needs one redis-server's ACLs")
+	}
+	prefix := testPrefix(t)
+	user := strings.NewReplacer(":", "-").Replace(prefix)
+	c := s.pool.Get()
+	defer c.Close()
+	_, err := c.Do("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", "-sort")
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		c := s.pool.Get()
+		defer c.Close()
+		_, err := c.Do("ACL", "DELUSER", user)
+		assert.NoError(t, err, "delete the test's ACL user")
+	})
+	db := s.url[strings.LastIndexByte(s.url, '/')+1:]
+	addr := strings.TrimPrefix(s.url[:strings.LastIndexByte(s.url, '/')], "redis://")
+	limited := &redis.Pool{MaxIdle: 8, DialContext: func(ctx context.Context) (redis.Conn, error) {
+		return redis.DialContext(ctx, "tcp", addr[strings.LastIndexByte(addr, '@')+1:],
+			redis.DialUsername(user), redis.DialPassword("pw"), redis.DialDatabase(dbIndex(db)))
+	}}
+	t.Cleanup(func() { limited.Close() })
+	q, err := New([]*redis.Pool{limited}, Config{Prefix: prefix})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	addAll(t, q, orderTasks(4, 50))
+	r := newRecorder()
+	require.NoError(t, q.AnalysePool(bounded(t), 0, PoolConfig{ExitOnEmpty: true, Workers: 4}, r.fn(nil)))
+	for o := range 4 {
+		want := make([]string, 50)
+		for i := range want {
+			want[i] = pl(o, i)
+		}
+		assert.Equal(t, want, r.order(uint64(o)))
+	}
+	assert.Zero(t, stats0(t, q).Pending)
+	// SORT was tried, and refused, once.
+	log, err := redis.Values(c.Do("ACL", "LOG"))
+	require.NoError(t, err)
+	denied := 0
+	for _, e := range log {
+		kv, _ := redis.Values(e, nil)
+		fields := map[string]string{}
+		for i := 0; i+1 < len(kv); i += 2 {
+			k, _ := redis.String(kv[i], nil)
+			if v, ok := kv[i+1].(int64); ok {
+				fields[k] = strconv.FormatInt(v, 10)
+			} else {
+				fields[k], _ = redis.String(kv[i+1], nil)
+			}
+		}
+		if fields["username"] == user && fields["object"] == "sort" {
+			n, _ := strconv.Atoi(fields["count"])
+			denied += n
+		}
+	}
+	assert.Equal(t, 1, denied, "SORT denied to %s in ACL LOG", user)
+}
+
+// dbIndex parses a database number from a URL's path ("" or junk: 0).
+func dbIndex(s string) int {
+	n, _ := strconv.Atoi(s)
+	return n
 }
