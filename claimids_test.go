@@ -359,3 +359,19 @@ func TestLazyClaimAckKeepsHistory(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, StatePending, status.State)
 }
+
+// A claim record of the lazy shape that the Go side does not read as one
+// (here, a count no claim can have: garbage written by hand) must not make
+// every Cancel answer pending: the caller read it, and it names no task.
+func TestCancelPastARecordShapedLikeALazyOne(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := bounded(t)
+	ids := addAll(t, q, orderTasks(1, 1))
+	s.do(t, "HSET", k.claims, "99", fmt.Sprintf("#99/%d", maxClaim+1))
+	start := time.Now()
+	st, err := q.Cancel(ctx, 0, ids[0])
+	require.NoError(t, err)
+	assert.Equal(t, StateUnknown, st, "a ready task")
+	assert.Less(t, time.Since(start), cancelWait, "no wait for an owner to see the mark")
+}
