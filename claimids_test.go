@@ -250,7 +250,11 @@ func TestLazyClaimScriptsTouchDeclaredKeysOnly(t *testing.T) {
 	st, err = q.State(ctx, 0, got[3].ID)
 	require.NoError(t, err)
 	assert.Equal(t, StatePending, st)
-	// c1 crashes holding got[3]: a lazy takeover recovers it.
+	st, err = q.Cancel(ctx, 0, got[3].ID) // held: its place read from the lazy list
+	require.NoError(t, err)
+	assert.Equal(t, StatePending, st)
+	// c1 crashes holding got[3]: a lazy takeover recovers it, and finds it
+	// cancelled.
 	lapse(t, s, k.lease)
 	c2, err := q.Consume(ctx, 0, ConsumerConfig{})
 	require.NoError(t, err)
@@ -262,6 +266,7 @@ func TestLazyClaimScriptsTouchDeclaredKeysOnly(t *testing.T) {
 			break
 		}
 		for _, tk := range more {
+			assert.NotEqual(t, got[3].ID, tk.ID, "a cancelled task delivered")
 			_, err := c2.Ack(ctx, tk.ID)
 			require.NoError(t, err)
 		}
