@@ -35,8 +35,8 @@ const cancelWait = 5 * cancelPoll
 //	then the claim list and done bitmap of each place below
 //	ARGV[1] = task ID, ARGV[2] = now ms, ARGV[3] = the number p of places,
 //	ARGV[4 .. 3+2p] = claim, place, ...: where claim records named the task when the
-//	caller read them (claimPlaces), then the claims whose IDs the caller read from
-//	their lists, their records' not written yet (fillIDs)
+//	caller read them (claimPlaces, with the IDs of records that hold none yet read
+//	from their lists: fillIDs), then the fields of every claim record the caller read
 //
 // Returns {"scheduled", entry} when it removed a scheduled task, {"dead"}
 // when the task is a dead letter (not cancelled), {"pending"} when it
@@ -469,11 +469,13 @@ func cancelOnce(ctx context.Context, c redis.Conn, k queueKeys, id string) ([]an
 	if err != nil {
 		return nil, err
 	}
-	var read []any
-	for f, v := range records {
-		if _, ok := laterCount(v); ok {
-			read = append(read, f)
-		}
+	// Every field read, not only those of records read as lazy ones: a
+	// record the script takes for one (its shape) but this side does not
+	// (garbage with a count no claim has) was read all the same, and
+	// names no task; it must not read as one made since.
+	read := make([]any, 0, len(records))
+	for f := range records {
+		read = append(read, f)
 	}
 	if err := fillIDs(ctx, c, k, records); err != nil {
 		return nil, err

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
@@ -375,4 +376,163 @@ func TestPoolWhereSORTIsDenied(t *testing.T) {
 func dbIndex(s string) int {
 	n, _ := strconv.Atoi(s)
 	return n
+}
+
+// A lazy claim's life (Cancel reading its list, an ack reading a place
+// from it, a retry, a burial, a hand-back, an empty claim's sweep, a
+// takeover's recovery) touches only the keys each script is given.
+func TestLazyClaimScriptsTouchDeclaredKeysOnly(t *testing.T) {
+	q, s, rec := declaredQueue(t)
+	ctx := context.Background()
+	k := newQueueKeys(q.cfg.Prefix, 0, 0)
+	ids := addAll(t, q, orderTasks(1, 6))
+	c1, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 1})
+	require.NoError(t, err)
+	c1.st.idsLater = true
+	got, err := c1.Claim(ctx, 4)
+	require.NoError(t, err)
+	require.Len(t, got, 4)
+	require.Equal(t, "#0/4", claimRecords(t, s, k)["0"])
+	st, err := q.Cancel(ctx, 0, ids[5]) // ready: the lazy list is read, not named
+	require.NoError(t, err)
+	assert.Equal(t, StateUnknown, st)
+	_, err = c1.st.ack(ctx, []ackRef{{claim: &claimBatch{record: "0"}, place: 0, id: got[0].ID}}, nil)
+	require.NoError(t, err)
+	dead, err := c1.Fail(ctx, got[1], errors.New("poison"))
+	require.NoError(t, err)
+	require.True(t, dead)
+	require.NoError(t, c1.Requeue(ctx, got[2]))
+	require.Equal(t, "#0/4", claimRecords(t, s, k)["0"], "no IDs written yet")
+	st, err = q.State(ctx, 0, got[3].ID)
+	require.NoError(t, err)
+	assert.Equal(t, StatePending, st)
+	st, err = q.Cancel(ctx, 0, got[3].ID) // held: its place read from the lazy list
+	require.NoError(t, err)
+	assert.Equal(t, StatePending, st)
+	// c1 crashes holding got[3]: a lazy takeover recovers it, and finds it
+	// cancelled.
+	lapse(t, s, k.lease)
+	c2, err := q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	c2.st.idsLater = true
+	for {
+		more, err := c2.Claim(ctx, 10)
+		require.NoError(t, err)
+		if len(more) == 0 {
+			break
+		}
+		for _, tk := range more {
+			assert.NotEqual(t, got[3].ID, tk.ID, "a cancelled task delivered")
+			_, err := c2.Ack(ctx, tk.ID)
+			require.NoError(t, err)
+		}
+	}
+	require.NoError(t, c2.Release(ctx))
+	assert.Empty(t, claimRecords(t, s, k))
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	assert.Empty(t, rec.undeclared)
+}
+
+// A task retried in place in a lazy claim (its entry now behind a '+')
+// is still found pending, with its failure, by State, Status and Cancel.
+func TestLazyClaimRetriedTaskIsFound(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	addAll(t, q, orderTasks(2, 2))
+	c := lazyConsumer(t, q)
+	got, err := c.Claim(ctx, 3)
+	require.NoError(t, err)
+	require.Len(t, got, 3)
+	dead, err := c.Fail(ctx, got[1], errors.New("once"))
+	require.NoError(t, err)
+	require.False(t, dead)
+	require.Equal(t, "#0/3", claimRecords(t, s, k)["0"])
+	st, err := q.State(ctx, got[1].OrderID, got[1].ID)
+	require.NoError(t, err)
+	assert.Equal(t, StatePending, st)
+	status, err := q.Status(ctx, got[1].OrderID, got[1].ID)
+	require.NoError(t, err)
+	assert.Equal(t, StatePending, status.State)
+	assert.Equal(t, "once", status.LastError)
+	assert.Equal(t, 2, status.Attempt)
+	st, err = q.Cancel(ctx, got[1].OrderID, got[1].ID)
+	require.NoError(t, err)
+	assert.Equal(t, StatePending, st)
+}
+
+// A takeover puts a crashed lazy claim's tasks back in order, and once
+// they are acknowledged nothing of them is left.
+func TestLazyClaimRecoveredInOrderAndDrained(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	ids := addAll(t, q, orderTasks(1, 4))
+	c1, err := q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	c1.st.idsLater = true
+	got, err := c1.Claim(ctx, 3)
+	require.NoError(t, err)
+	require.Len(t, got, 3)
+	_, err = c1.Ack(ctx, got[0].ID) // writes the IDs
+	require.NoError(t, err)
+	lapse(t, s, k.lease)
+	c2 := lazyConsumer(t, q)
+	var seen []string
+	for {
+		more, err := c2.Claim(ctx, 2)
+		require.NoError(t, err)
+		if len(more) == 0 {
+			break
+		}
+		for _, tk := range more {
+			seen = append(seen, tk.ID)
+			_, err := c2.Ack(ctx, tk.ID)
+			require.NoError(t, err)
+		}
+	}
+	assert.Equal(t, ids[1:], seen)
+	assert.Empty(t, claimRecords(t, s, k))
+	assert.Zero(t, s.do(t, "EXISTS", k.retries, k.cancels, k.pending))
+	assert.Zero(t, stats0(t, q).Pending)
+}
+
+// With a retention, an ack of a lazy claim's task keeps its status
+// record (the history arguments follow the claims' three values).
+func TestLazyClaimAckKeepsHistory(t *testing.T) {
+	t.Parallel()
+	q, srv := newTestQueue(t, 1, Config{Retention: time.Hour})
+	s, k := srv[0], newQueueKeys(q.cfg.Prefix, 0, 0)
+	ctx := context.Background()
+	addAll(t, q, orderTasks(1, 3))
+	c := lazyConsumer(t, q)
+	got, err := c.Claim(ctx, 3)
+	require.NoError(t, err)
+	require.Len(t, got, 3)
+	_, err = c.Ack(ctx, got[1].ID)
+	require.NoError(t, err)
+	assert.Equal(t, "#0:"+got[0].ID+got[1].ID+got[2].ID, claimRecords(t, s, k)["0"])
+	status, err := q.Status(ctx, 0, got[1].ID)
+	require.NoError(t, err)
+	assert.Equal(t, StateDone, status.State)
+	status, err = q.Status(ctx, 0, got[2].ID)
+	require.NoError(t, err)
+	assert.Equal(t, StatePending, status.State)
+}
+
+// A claim record of the lazy shape that the Go side does not read as one
+// (here, a count no claim can have: garbage written by hand) must not make
+// every Cancel answer pending: the caller read it, and it names no task.
+func TestCancelPastARecordShapedLikeALazyOne(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := bounded(t)
+	ids := addAll(t, q, orderTasks(1, 1))
+	s.do(t, "HSET", k.claims, "99", fmt.Sprintf("#99/%d", maxClaim+1))
+	start := time.Now()
+	st, err := q.Cancel(ctx, 0, ids[0])
+	require.NoError(t, err)
+	assert.Equal(t, StateUnknown, st, "a ready task")
+	assert.Less(t, time.Since(start), cancelWait, "no wait for an owner to see the mark")
 }
