@@ -36,7 +36,7 @@ const cancelWait = 5 * cancelPoll
 //	ARGV[1] = task ID, ARGV[2] = now ms, ARGV[3] = the number p of places,
 //	ARGV[4 .. 3+2p] = claim, place, ...: where claim records named the task when the
 //	caller read them (claimPlaces, with the IDs of records that hold none yet read
-//	from their lists: fillIDs), then the fields of every claim record the caller read
+//	from their lists: findScript), then the fields of every claim record the caller read
 //
 // Returns {"scheduled", entry} when it removed a scheduled task, {"dead"}
 // when the task is a dead letter (not cancelled), {"pending"} when it
@@ -477,10 +477,28 @@ func cancelOnce(ctx context.Context, c redis.Conn, k queueKeys, id string) ([]an
 	for f := range records {
 		read = append(read, f)
 	}
-	if err := fillIDs(ctx, c, k, records); err != nil {
-		return nil, err
+	all := claimPlaces(records, id)
+	var places []claimPlace
+	for _, p := range all {
+		if p.at >= 0 {
+			places = append(places, p)
+		}
 	}
-	places := claimPlaces(records, id)
+	if args := findArgs(k, all, id); args != nil {
+		// Claims whose records hold no IDs yet: where their lists hold
+		// the task, one more round trip.
+		r, err := redis.Values(findScript.DoContext(ctx, c, args...))
+		if err != nil {
+			return nil, err
+		}
+		found, err := parseFound(r, all)
+		if err != nil {
+			return nil, err
+		}
+		for _, f := range found {
+			places = append(places, f.claimPlace)
+		}
+	}
 	keys := []any{k.sched, k.later, k.pending, k.dead, k.cancels, k.meta, k.claims}
 	args := []any{id, time.Now().UnixMilli(), len(places)}
 	for _, p := range places {

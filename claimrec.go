@@ -1,7 +1,6 @@
 package queue
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -74,13 +73,13 @@ func placeSet(b []byte, place int) bool {
 // writes that, and the pool writes the IDs with its next ack (the claim
 // script would have to cut each one out of its entry, a quarter of its
 // work per task). Readers that need the IDs of such a record read them
-// from its list (fillIDs).
+// from its list (findScript).
 const idsLater = '/'
 
 // claimIDs returns the task IDs a claim-sequence record names, and
 // whether it is a claim record (claimedMark) rather than one of the
 // pending hash's format. ok is false for a record that is neither. A
-// claim record whose IDs are not written yet names none (see fillIDs).
+// claim record whose IDs are not written yet names none (see findScript).
 func claimIDs(v string) (ids string, list, ok bool) {
 	if len(v) > 0 && v[0] == claimedMark {
 		if _, ok := laterCount(v); ok {
@@ -121,51 +120,84 @@ func claimRecordFirst(v string) (int64, bool) {
 	return first, found && ok
 }
 
-// fillIDs gives the claim records among records whose IDs are not
-// written yet the IDs their lists hold, read on c: one round trip when
-// there are any, none otherwise. It changes records.
-func fillIDs(ctx context.Context, c redis.Conn, k queueKeys, records map[string]string) error {
-	var later []string
-	for f, v := range records {
-		if _, ok := laterCount(v); ok {
-			later = append(later, f)
+// findScript finds a task in the lists of claims whose records hold no
+// IDs yet, without sending their entries back: the readers that would
+// otherwise read whole lists (State, Status, Cancel) get only the places
+// that hold the task. A list or bitmap of another type names nothing.
+//
+//	KEYS = the list and done bitmap of each claim
+//	ARGV[1] = task ID
+//
+// Returns {claim (1-based, in KEYS order), place, entry, done bit, ...}
+// for each place whose entry holds the task.
+var findScript = newScript("find", -1, `
+local out = {}
+for i = 1, #KEYS, 2 do
+  local es = redis.pcall('LRANGE', KEYS[i], 0, -1)
+  if type(es) == 'table' and not es.err then
+    for j, e in ipairs(es) do
+      local h = string.byte(e, 1) == $accountedByte and 2 or 1
+      local v = string.byte(e, h)
+      if v and v <= $entryFlags and v % 2 == $entryTask and string.sub(e, h + 1, h + $idLen) == ARGV[1] then
+        local done = redis.pcall('GETBIT', KEYS[i + 1], j - 1)
+        out[#out + 1] = (i + 1) / 2
+        out[#out + 1] = j - 1
+        out[#out + 1] = e
+        out[#out + 1] = type(done) == 'number' and done or 0
+      end
+    end
+  end
+end
+return out
+`)
+
+// findArgs returns findScript's arguments for the claims of places (those
+// at -1) and task id, or nil when there are none.
+func findArgs(k queueKeys, places []claimPlace, id string) []any {
+	var args []any
+	for _, p := range places {
+		if p.at < 0 {
+			if args == nil {
+				args = []any{0}
+			}
+			args = append(args, claimListKey(k, p.first), claimDoneKey(k, p.first))
 		}
 	}
-	if len(later) == 0 {
+	if args == nil {
 		return nil
 	}
-	for _, f := range later {
-		first, _ := claimRecordFirst(records[f])
-		c.Send("LRANGE", claimListKey(k, strconv.FormatInt(first, 10)), 0, -1)
-	}
-	if err := c.Flush(); err != nil {
-		return err
-	}
-	var errs []error
-	for _, f := range later {
-		entries, err := redis.ByteSlices(receiveContext(c, ctx))
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		first, _ := claimRecordFirst(records[f])
-		records[f] = string(claimedMark) + strconv.FormatInt(first, 10) + ":" + string(entryIDs(nil, entries))
-	}
-	return errors.Join(errs...)
+	args[0] = len(args) - 1
+	return append(args, id)
 }
 
-// entryIDs appends to dst the IDs of claimed entries back to back, as a
-// claim record holds them: seqFiller for an entry with no readable header.
-func entryIDs(dst []byte, entries [][]byte) []byte {
-	for _, e := range entries {
-		e = bytes.TrimPrefix(e, []byte{accountedMark})
-		if len(e) >= entryHeader && isEntryStart(e[0]) {
-			dst = append(dst, e[1:entryHeader]...)
-		} else {
-			dst = append(dst, seqFiller...)
+// foundPlace is a place findScript found.
+type foundPlace struct {
+	claimPlace
+	entry []byte
+	done  bool
+}
+
+// parseFound reads findScript's reply for the claims of places (those at
+// -1, in order).
+func parseFound(r []any, places []claimPlace) ([]foundPlace, error) {
+	var lazy []claimPlace
+	for _, p := range places {
+		if p.at < 0 {
+			lazy = append(lazy, p)
 		}
 	}
-	return dst
+	var out []foundPlace
+	for i := 0; i+3 < len(r); i += 4 {
+		c, cerr := redis.Int(r[i], nil)
+		at, aerr := redis.Int(r[i+1], nil)
+		e, eerr := redis.Bytes(r[i+2], nil)
+		done, derr := redis.Int(r[i+3], nil)
+		if err := errors.Join(cerr, aerr, eerr, derr); err != nil || c < 1 || c > len(lazy) || at < 0 {
+			return nil, fmt.Errorf("%w: unexpected find reply %v", ErrMalformed, r)
+		}
+		out = append(out, foundPlace{claimPlace{lazy[c-1].first, at}, e, done == 1})
+	}
+	return out, nil
 }
 
 // claimFirst parses a claim-sequence hash field: a claim's first seq.
@@ -356,47 +388,47 @@ func claimPlaces(records map[string]string, id string) []claimPlace {
 }
 
 // sendPlaces sends the reads of the places found (claimPlaces) on c: the
-// entry and the done bit of each, or a whole claim's list and done
-// bitmap; receivePlaces reads their replies.
-func sendPlaces(c redis.Conn, k queueKeys, found []claimPlace) {
-	for _, p := range found {
-		if p.at < 0 {
-			c.Send("LRANGE", claimListKey(k, p.first), 0, -1)
-			c.Send("GET", claimDoneKey(k, p.first))
-			continue
+// entry and the done bit of each, and findScript's search of the claims
+// whose records hold no IDs yet; receivePlaces reads their replies.
+func sendPlaces(c redis.Conn, k queueKeys, found []claimPlace, id string) error {
+	if args := findArgs(k, found, id); args != nil {
+		if err := findScript.Send(c, args...); err != nil {
+			return err
 		}
-		c.Send("LINDEX", claimListKey(k, p.first), p.at)
-		c.Send("GETBIT", claimDoneKey(k, p.first), p.at)
 	}
+	for _, p := range found {
+		if p.at >= 0 {
+			c.Send("LINDEX", claimListKey(k, p.first), p.at)
+			c.Send("GETBIT", claimDoneKey(k, p.first), p.at)
+		}
+	}
+	return nil
 }
 
-// receivePlaces reads the replies of sendPlaces(c, k, found), all of
-// them, and returns the entry of a place where task id is pending, or
+// receivePlaces reads the replies of sendPlaces(c, k, found, id), all of
+// them, and returns the entry of a place where the task is pending, or
 // nil.
 func receivePlaces(ctx context.Context, c redis.Conn, found []claimPlace, id string) ([]byte, error) {
 	var entry []byte
 	var errs []error
-	for _, p := range found {
-		if p.at < 0 {
-			entries, err := redis.ByteSlices(receiveContext(c, ctx))
-			if err == redis.ErrNil {
-				err = nil
-			}
-			done, derr := redis.Bytes(receiveContext(c, ctx))
-			if derr == redis.ErrNil {
-				derr = nil
-			}
-			if err != nil || derr != nil {
-				errs = append(errs, err, derr)
-				continue
-			}
-			for i, e := range entries {
-				raw := bytes.TrimPrefix(e, []byte{accountedMark})
-				if entry == nil && !placeSet(done, i) && len(raw) >= entryHeader && isEntryStart(raw[0]) &&
-					string(raw[1:entryHeader]) == id {
-					entry = e
+	if findArgs(queueKeys{}, found, id) != nil {
+		r, err := redis.Values(receiveContext(c, ctx))
+		if err == nil {
+			var fs []foundPlace
+			if fs, err = parseFound(r, found); err == nil {
+				for _, f := range fs {
+					if !f.done && entry == nil {
+						entry = f.entry
+					}
 				}
 			}
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, p := range found {
+		if p.at < 0 {
 			continue
 		}
 		e, err := redis.Bytes(receiveContext(c, ctx))

@@ -119,7 +119,7 @@ func (q *Queue) State(ctx context.Context, orderID uint64, id string) (TaskState
 			return StateUnknown, err
 		}
 		if found := claimPlaces(claims, id); !pending && len(found) > 0 {
-			sendPlaces(c, k, found)
+			sendPlaces(c, k, found, id)
 			c.Send("HEXISTS", k.dead, id)
 			if err := c.Flush(); err != nil {
 				return StateUnknown, err
@@ -194,7 +194,7 @@ func (q *Queue) Status(ctx context.Context, orderID uint64, id string) (TaskStat
 		// Not in the pending hash of earlier releases, but a claim record
 		// names it: its place, then its other records again, read after it.
 		if found := claimPlaces(claims, id); r[0] == nil && len(found) > 0 {
-			sendPlaces(c, k, found)
+			sendPlaces(c, k, found, id)
 			starts = reads()
 			if err := c.Flush(); err != nil {
 				return TaskStatus{}, err

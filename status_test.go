@@ -120,7 +120,7 @@ type midReadConn struct {
 }
 
 func (c *midReadConn) Send(cmd string, args ...any) error {
-	if cmd == "LINDEX" || cmd == "LRANGE" {
+	if cmd == "LINDEX" || cmd == "EVAL" { // EVAL: findScript
 		if f := c.between.Swap(nil); f != nil {
 			(*f)()
 		}
