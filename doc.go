@@ -537,7 +537,12 @@
 // would delete the claim records and lose their tasks. So while a queue has
 // an owner of this release, let no analyser of an earlier release wait as
 // its standby; go back only after every analyser of this release has
-// stopped gracefully and [Queue.Stats] shows no task pending. A key holding
+// stopped gracefully and [Queue.Stats] shows no task pending. An earlier
+// release's Cancel, State and Status do not find a task in the claim
+// records a pool of this release writes before its acks give them their
+// task IDs (they answer unknown, and Cancel does not wait for the owner,
+// which still sees the mark): upgrade the processes that call them with
+// the analysers or before. A key holding
 // what this package did not write (another Redis type, a lease with no
 // expiry, a claim count that is not a number) fails the calls that would
 // write it with [ErrWrongType], changing nothing, until it is repaired or
