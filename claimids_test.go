@@ -432,6 +432,9 @@ func TestLazyClaimScriptsTouchDeclaredKeysOnly(t *testing.T) {
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	assert.Empty(t, rec.undeclared)
+	for _, name := range []string{"claim", "ack", "cancel", "find", "bury", "requeue", "drop"} {
+		assert.True(t, rec.ran[name], "script %s did not run", name)
+	}
 }
 
 // A task retried in place in a lazy claim (its entry now behind a '+')
