@@ -318,23 +318,9 @@ func TestPoolWhereSORTIsDenied(t *testing.T) {
 	}
 	prefix := testPrefix(t)
 	user := strings.NewReplacer(":", "-").Replace(prefix)
+	limited := LimitedPoolForTest(t, s.pool, s.url, user, "-sort")
 	c := s.pool.Get()
 	defer c.Close()
-	_, err := c.Do("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", "-sort")
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		c := s.pool.Get()
-		defer c.Close()
-		_, err := c.Do("ACL", "DELUSER", user)
-		assert.NoError(t, err, "delete the test's ACL user")
-	})
-	db := s.url[strings.LastIndexByte(s.url, '/')+1:]
-	addr := strings.TrimPrefix(s.url[:strings.LastIndexByte(s.url, '/')], "redis://")
-	limited := &redis.Pool{MaxIdle: 8, DialContext: func(ctx context.Context) (redis.Conn, error) {
-		return redis.DialContext(ctx, "tcp", addr[strings.LastIndexByte(addr, '@')+1:],
-			redis.DialUsername(user), redis.DialPassword("pw"), redis.DialDatabase(dbIndex(db)))
-	}}
-	t.Cleanup(func() { limited.Close() })
 	q, err := New([]*redis.Pool{limited}, Config{Prefix: prefix})
 	require.NoError(t, err)
 	t.Cleanup(func() { q.Close() })
@@ -370,12 +356,6 @@ func TestPoolWhereSORTIsDenied(t *testing.T) {
 		}
 	}
 	assert.Equal(t, 1, denied, "SORT denied to %s in ACL LOG", user)
-}
-
-// dbIndex parses a database number from a URL's path ("" or junk: 0).
-func dbIndex(s string) int {
-	n, _ := strconv.Atoi(s)
-	return n
 }
 
 // A lazy claim's life (Cancel reading its list, an ack reading a place
