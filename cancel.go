@@ -33,23 +33,41 @@ const cancelWait = 5 * cancelPoll
 //	KEYS[1] = scheduled set, KEYS[2] = scheduled tasks hash, KEYS[3] = pending hash,
 //	KEYS[4] = dead hash, KEYS[5] = cancels hash, KEYS[6] = meta hash, KEYS[7] = claim-sequence hash,
 //	then the claim list and done bitmap of each place below
-//	ARGV[1] = task ID, ARGV[2] = now ms, ARGV[3...] = claim, place, ...: where claim records
-//	named the task when the caller read them (claimPlaces)
+//	ARGV[1] = task ID, ARGV[2] = now ms, ARGV[3] = the number p of places,
+//	ARGV[4 .. 3+2p] = claim, place, ...: where claim records named the task when the
+//	caller read them (claimPlaces, with the IDs of records that hold none yet read
+//	from their lists: findScript), then the fields of every claim record the caller read
 //
 // Returns {"scheduled", entry} when it removed a scheduled task, {"dead"}
 // when the task is a dead letter (not cancelled), {"pending"} when it
 // marked a pending task, {"marked"} when it marked a task found nowhere
 // else (ready, or unknown). A claim record that names the task at a place
 // not given was made since the caller read the records: the task is
-// pending (its done bitmap, not given, is not read).
+// pending (its done bitmap, not given, is not read). A record whose IDs
+// are not written yet that the caller did not read was made since too,
+// and may hold the task: the script marks the task and returns
+// {"recheck"}, and the caller reads the records again and calls again.
+// Every claim made while a mark is in the cancels hash writes its IDs
+// (the claim script reads them to find the marked tasks), so the second
+// call has read every record that has none.
 var cancelScript = newScript("cancel", -1, typeCheck(hashAt(2), hashAt(3), hashAt(4), hashAt(5), hashAt(6), hashAt(7))+luaIncr+luaClaimKeys+`
 local function pending()
   if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return true end
-  local given = {}
-  for i = 3, #ARGV, 2 do given[ARGV[i] .. ':' .. ARGV[i + 1]] = true end
+  local given, read = {}, {}
+  local p = tonumber(ARGV[3])
+  for i = 4, 3 + 2 * p, 2 do given[ARGV[i] .. ':' .. ARGV[i + 1]] = true end
+  for i = 4 + 2 * p, #ARGV do read[ARGV[i]] = true end
   local all = redis.call('HGETALL', KEYS[7])
   for i = 1, #all, 2 do
     local v = all[i + 1]
+    if string.byte(v, 1) == $claimedMark and string.match(v, '^.%d+$idsLater%d+$') then
+      if not read[all[i]] then return 'recheck' end
+      -- Its places the caller found in its list.
+      local _, d = claimKeys(KEYS[7], all[i])
+      for j = 4, 3 + 2 * p, 2 do
+        if ARGV[j] == all[i] and bitsOK(d) and redis.call('GETBIT', d, ARGV[j + 1]) == 0 then return true end
+      end
+    end
     local base = string.byte(v, 1) == $claimedMark and string.find(v, ':', 2, true)
     local from = base and base + 1
     while from do
@@ -75,7 +93,9 @@ if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
 end
 if redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1 then return {'dead'} end
 redis.call('HSET', KEYS[5], ARGV[1], ARGV[2])
-if pending() then return {'pending'} end
+local found = pending()
+if found == 'recheck' then return {'recheck'} end
+if found then return {'pending'} end
 return {'marked'}
 `)
 
@@ -101,9 +121,11 @@ return {'marked'}
 //
 // A cancelled task counts in Stats as Cancelled and, with
 // Config.Retention, is kept as StateCancelled in its status. Its OrderID
-// goes on with its next task. Cancel costs two round trips (three with
-// Retention, and a few more while it waits for a pending task's owner)
-// whatever the length of the queue, and is safe for concurrent use.
+// goes on with its next task. Cancel costs two round trips (one more
+// with Retention, one more when a pool's latest claims are not recorded
+// by task ID yet, and a few more while it waits for a pending task's
+// owner) whatever the length of the queue, and is safe for concurrent
+// use.
 func (q *Queue) Cancel(ctx context.Context, orderID uint64, id string) (TaskState, error) {
 	if q.closed.Load() {
 		return StateUnknown, ErrClosed
@@ -124,24 +146,15 @@ func (q *Queue) Cancel(ctx context.Context, orderID uint64, id string) (TaskStat
 		}
 	}
 	what := fmt.Sprintf("cancel task %s", id)
-	r, err := onPartition(ctx, p, what, func(c redis.Conn) ([]any, error) {
-		// Where claim records name the task, for the script to check
-		// with their keys given: one round trip more.
-		records, err := redis.StringMap(doContext(c, ctx, "HGETALL", k.claims))
+	var r []any
+	for try := 0; ; try++ {
+		r, err = onPartition(ctx, p, what, func(c redis.Conn) ([]any, error) { return cancelOnce(ctx, c, k, id) })
 		if err != nil {
-			return nil, err
+			return StateUnknown, err
 		}
-		places := claimPlaces(records, id)
-		keys := []any{k.sched, k.later, k.pending, k.dead, k.cancels, k.meta, k.claims}
-		args := []any{id, time.Now().UnixMilli()}
-		for _, p := range places {
-			keys = append(keys, claimListKey(k, p.first), claimDoneKey(k, p.first))
-			args = append(args, p.first, p.at)
+		if where, _ := redis.String(r[0], nil); where != "recheck" || try == 1 {
+			break
 		}
-		return redis.Values(cancelScript.DoContext(ctx, c, append(append([]any{len(keys)}, keys...), args...)...))
-	})
-	if err != nil {
-		return StateUnknown, err
 	}
 	where, _ := redis.String(r[0], nil)
 	switch where {
@@ -165,6 +178,12 @@ func (q *Queue) Cancel(ctx context.Context, orderID uint64, id string) (TaskStat
 		return StatePending, nil
 	case "marked":
 		return StateUnknown, nil
+	case "recheck":
+		// Not after a second read (see cancelScript): a record made
+		// since may hold it. The mark is set, and the owner finishes it
+		// as cancelled should it hold it.
+		q.awaitSeen(ctx, p, k, id)
+		return StatePending, nil
 	}
 	return StateUnknown, redisErr(what, fmt.Errorf("%w: unexpected reply %v", ErrMalformed, r))
 }
@@ -439,4 +458,53 @@ func (s *session) isMarked(id string) bool {
 	}
 	_, ok := (*m)[id]
 	return ok
+}
+
+// cancelOnce reads the claim records (and, for those whose IDs are not
+// written yet, their lists) to find where they name id, and runs
+// cancelScript with the keys of those places: two round trips, three when
+// a record's IDs are not written yet.
+func cancelOnce(ctx context.Context, c redis.Conn, k queueKeys, id string) ([]any, error) {
+	records, err := redis.StringMap(doContext(c, ctx, "HGETALL", k.claims))
+	if err != nil {
+		return nil, err
+	}
+	// Every field read, not only those of records read as lazy ones: a
+	// record the script takes for one (its shape) but this side does not
+	// (garbage with a count no claim has) was read all the same, and
+	// names no task; it must not read as one made since.
+	read := make([]any, 0, len(records))
+	for f := range records {
+		read = append(read, f)
+	}
+	all := claimPlaces(records, id)
+	var places []claimPlace
+	for _, p := range all {
+		if p.at >= 0 {
+			places = append(places, p)
+		}
+	}
+	if args := findArgs(k, all, id); args != nil {
+		// Claims whose records hold no IDs yet: where their lists hold
+		// the task, one more round trip.
+		r, err := redis.Values(findScript.DoContext(ctx, c, args...))
+		if err != nil {
+			return nil, err
+		}
+		found, err := parseFound(r, all)
+		if err != nil {
+			return nil, err
+		}
+		for _, f := range found {
+			places = append(places, f.claimPlace)
+		}
+	}
+	keys := []any{k.sched, k.later, k.pending, k.dead, k.cancels, k.meta, k.claims}
+	args := []any{id, time.Now().UnixMilli(), len(places)}
+	for _, p := range places {
+		keys = append(keys, claimListKey(k, p.first), claimDoneKey(k, p.first))
+		args = append(args, p.first, p.at)
+	}
+	args = append(args, read...)
+	return redis.Values(cancelScript.DoContext(ctx, c, append(append([]any{len(keys)}, keys...), args...)...))
 }

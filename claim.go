@@ -39,7 +39,20 @@ import (
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = most tasks to claim,
 //	ARGV[4] = most bytes to claim, ARGV[5] = entries to pop at first,
 //	ARGV[6] = 1 when even the first task must fit the bytes (the caller holds others),
-//	ARGV[7] = now, ms since the epoch, ARGV[8] = the claim's first seq, proposed
+//	ARGV[7] = now, ms since the epoch, ARGV[8] = the claim's first seq, proposed,
+//	ARGV[9] = 1 to write the claimed task IDs in the claim's record, 0 when the caller
+//	writes them (with its next ack: see idsLater),
+//	ARGV[10] = 1 to let Redis move the entries (below)
+//
+// With ARGV[10] = 1, no cancel mark in the cancels hash and no scheduled
+// task waiting, the move is Redis's own, with no entry passing through
+// Lua: SORT ... BY nosort DESC LIMIT 0 ARGV[5] STORE copies that many
+// entries from the consuming end into the claim's list, in claim order,
+// LTRIM drops them from the ready list, and the record is written
+// without IDs; the script returns {-3, n, first}, and the caller reads
+// the entries from the list and keeps to its byte budget itself (it
+// hands back what does not fit). Where SORT is refused (a server without
+// it, or an ACL), the script claims as below and says so in its reply.
 //
 // It refuses, before any write, with seqReply and the first seq to
 // propose instead, a proposal below the meta hash's claim count or one a
@@ -51,7 +64,7 @@ import (
 // scriptChunk of them, so that however many marks a queue holds no claim
 // holds Redis for long (and a cancels hash of another type is left alone).
 //
-// Returns {entry..., k cancelled indexes..., k, first}: the i-th entry
+// Otherwise it returns {entry..., k cancelled indexes..., k, flags, first}: the i-th entry
 // (1-based) has claim seq first+i and place i-1 in the claim list of
 // first, and the k indexes name the entries whose cancel was asked
 // (their tasks are finished as cancelled, never run); {0, next, n} when
@@ -60,8 +73,14 @@ import (
 // first task does not fit and must; {-2, next, n} when the queue is
 // paused (and not empty). The claim-sequence record, under first, holds
 // claimedMark, first, ':' and the entries' IDs back to back (a malformed
-// entry's as seqFiller). (The loop indexes its tables rather than asking for their
-// length, and first goes last rather than shifting the reply.)
+// entry's as seqFiller); or, with ARGV[9] = 0, claimedMark, first,
+// idsLater and the number of entries, when the cancels hash holds no mark
+// (a mark's task must be found among the entries, by ID, and a Cancel
+// must find it in the record: see cancelScript). In flags, 1 says that
+// the record holds the IDs (else the caller is to write them), 2 that
+// SORT was refused.
+// (The loop indexes its tables rather than asking for their length, and
+// first goes last rather than shifting the reply.)
 var claimScript = newScript("claim", 10, fenced(3, typeCheck(hashAt(2), hashAt(4), hashAt(5))+luaIncr+luaClaimKeys+luaNamed+luaClaimAfter+`
 local m4 = redis.call('HMGET', KEYS[4], 'seq', 'paused')
 local last = m4[1]
@@ -78,6 +97,25 @@ if tonumber(ARGV[8]) + tonumber(ARGV[3]) > $maxClaimSeq then
 end
 `, luaScheduled+`local want, budget, ask = tonumber(ARGV[3]), tonumber(ARGV[4]), math.min(tonumber(ARGV[5]), tonumber(ARGV[3]))
 local strict = ARGV[6] == '1'
+local refused = false
+if ARGV[10] == '1' and not waiting and redis.call('EXISTS', KEYS[8]) == 0 then
+  -- Redis's own move: the ask entries at the consuming end, in claim
+  -- order, into the claim's list; the caller reads them.
+  local n = math.min(ask, redis.call('LLEN', KEYS[1]))
+  if n > 0 then
+    local f, l = ARGV[8], KEYS[9]
+    local moved = redis.pcall('SORT', KEYS[1], 'BY', 'nosort', 'DESC', 'LIMIT', 0, n, 'STORE', l)
+    if moved == n then
+      redis.call('LTRIM', KEYS[1], 0, -n - 1)
+      redis.call('HSET', KEYS[4], 'seq', string.format('%d', tonumber(f) + n))
+      redis.call('HSET', KEYS[5], f, string.char($claimedMark) .. f .. '$idsLater' .. string.format('%d', n))
+      incr(KEYS[4], 'pending', n)
+      return {-3, n, tonumber(f)}
+    end
+    if type(moved) == 'number' then redis.call('DEL', l) end
+    refused = true
+  end
+end
 local items = redis.call('RPOP', KEYS[1], ask)
 if not items then
   if redis.call('EXISTS', KEYS[8]) == 1 then
@@ -95,6 +133,8 @@ if not items then
 end
 local sub, byte = string.sub, string.byte
 local seq = {}
+local marks = redis.call('EXISTS', KEYS[8]) == 1
+local ids = ARGV[9] == '1' or marks
 local n, bytes, got = 0, 0, items
 while true do
   local m = #got
@@ -111,11 +151,13 @@ while true do
     end
     n, bytes = n + 1, bytes + size
     if got ~= items then items[n] = e end
-    local v = byte(e, 1)
-    if size >= $entryHeader and v <= $entryFlags and v % 2 == $entryTask then
-      seq[n] = sub(e, 2, $entryHeader)
-    else
-      seq[n] = '$seqFiller'
+    if ids then
+      local v = byte(e, 1)
+      if size >= $entryHeader and v <= $entryFlags and v % 2 == $entryTask then
+        seq[n] = sub(e, 2, $entryHeader)
+      else
+        seq[n] = '$seqFiller'
+      end
     end
   end
   if n >= want or m < ask then break end
@@ -129,10 +171,14 @@ redis.call('HSET', KEYS[4], 'seq', string.format('%d', first + n))
 for i = 1, n, $scriptChunk do
   redis.call('RPUSH', l, unpack(items, i, math.min(i + $scriptChunk - 1, n)))
 end
-redis.call('HSET', KEYS[5], f, string.char($claimedMark) .. f .. ':' .. table.concat(seq))
+if ids then
+  redis.call('HSET', KEYS[5], f, string.char($claimedMark) .. f .. ':' .. table.concat(seq))
+else
+  redis.call('HSET', KEYS[5], f, string.char($claimedMark) .. f .. '$idsLater' .. string.format('%d', n))
+end
 incr(KEYS[4], 'pending', n)
 local k = 0
-if redis.call('EXISTS', KEYS[8]) == 1 then
+if marks then
   for i = 1, n do
     if redis.pcall('HEXISTS', KEYS[8], seq[i]) == 1 then
       k = k + 1
@@ -141,7 +187,8 @@ if redis.call('EXISTS', KEYS[8]) == 1 then
   end
 end
 items[n + k + 1] = k
-items[n + k + 2] = first
+items[n + k + 2] = (ids and 1 or 0) + (refused and 2 or 0)
+items[n + k + 3] = first
 return items
 `))
 
@@ -178,6 +225,26 @@ type slot struct {
 // claimBatch names one claim record (claimrec.go).
 type claimBatch struct {
 	record string // the claim's first seq: the field of its claim-sequence record
+
+	// ids are the claim's task IDs back to back, as its record is to hold
+	// them, while it holds none (idsLater): the acker sends them with the
+	// claim's first ack, and only the acker reads or clears them.
+	ids string
+}
+
+// claimedIDs returns the IDs of a claim's entries (a claim reply's) back
+// to back, as the claim script would have written them in its record.
+func claimedIDs(entries []any) string {
+	ids := make([]byte, 0, idLen*len(entries))
+	for _, v := range entries {
+		raw, _ := v.([]byte)
+		if len(raw) >= entryHeader && isEntryStart(raw[0]) {
+			ids = append(ids, raw[1:entryHeader]...)
+		} else {
+			ids = append(ids, seqFiller...)
+		}
+	}
+	return string(ids)
 }
 
 // seqReply starts the claim script's refusal, before any write, of a
@@ -246,6 +313,13 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 	if strict {
 		strictArg = 1
 	}
+	idsArg, nativeArg := 1, 0
+	if s.idsLater {
+		idsArg = 0
+	}
+	if s.native.Load() && !s.exactNext.Swap(false) {
+		nativeArg = 1
+	}
 	var r []any
 	var err error
 	for try := 0; ; try++ {
@@ -253,7 +327,7 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 		r, err = redis.Values(s.script(ctx, "claim from", claimScript,
 			s.keys.ready, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.keys.sched, s.keys.later, s.keys.cancels,
 			claimListKey(s.keys, first), claimDoneKey(s.keys, first),
-			s.value(), s.ttlMS, n, maxBytes, pop, strictArg, time.Now().UnixMilli(), first))
+			s.value(), s.ttlMS, n, maxBytes, pop, strictArg, time.Now().UnixMilli(), first, idsArg, nativeArg))
 		next, refused := seqRefusal(err)
 		if !refused {
 			break
@@ -271,6 +345,8 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 			switch {
 			case code == -1:
 				err = errNoRoom
+			case code == -3 && len(r) == 3:
+				return s.claimMoved(ctx, r, maxBytes, strict, dst)
 			case len(r) == 3 && (code == 0 || code == -2):
 				next, _ := redis.Int64(r[1], nil)
 				n, err := redis.Int64(r[2], nil)
@@ -286,31 +362,53 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 		}
 	}
 	s.paused.Store(false)
-	if len(r) < 3 {
+	if len(r) < 4 {
 		return dst[:0], false, redisErr(s.what("claim from"), fmt.Errorf("%w: short claim reply", ErrMalformed))
 	}
 	first, err := redis.Int64(r[len(r)-1], nil)
 	if err != nil {
 		return dst[:0], false, redisErr(s.what("claim from"), err)
 	}
-	k, err := redis.Int(r[len(r)-2], nil)
-	if err != nil || k < 0 || k > len(r)-3 {
+	flags, err := redis.Int(r[len(r)-2], nil)
+	if err != nil {
+		return dst[:0], false, redisErr(s.what("claim from"), err)
+	}
+	if flags&2 != 0 {
+		s.native.Store(false) // SORT is refused here: ask no more
+	}
+	written := flags & 1
+	k, err := redis.Int(r[len(r)-3], nil)
+	if err != nil || k < 0 || k > len(r)-4 {
 		return dst[:0], false, redisErr(s.what("claim from"), fmt.Errorf("%w: bad cancel count in claim reply", ErrMalformed))
 	}
-	marks := r[len(r)-2-k : len(r)-2]
-	r = r[:len(r)-2-k+1] // the entries, then one slot (read as first below)
+	marks := r[len(r)-3-k : len(r)-3]
+	return s.takeClaimed(ctx, r[:len(r)-3-k], first, written == 1, marks, dst)
+}
+
+// takeClaimed makes the claimed tasks of a claim's entries (its reply's,
+// or its list's), whose first seq is first, appending them to dst[:0]:
+// it dead-letters the malformed ones, marks those whose cancel was asked
+// (marks: their 1-based indexes, in order) and, when the claim's record
+// does not hold its IDs (written false), keeps them for the acker to
+// write. It reports whether it dead-lettered any.
+func (s *store) takeClaimed(ctx context.Context, entries []any, first int64, written bool, marks []any, dst []claimed) ([]claimed, bool, error) {
 	out := dst[:0]
-	if cap(out) < len(r)-1 {
-		out = make([]claimed, 0, len(r)-1)
+	if cap(out) < len(entries) {
+		out = make([]claimed, 0, len(entries))
 	}
-	s.nextFirst.Store(first + int64(len(r)-1))
+	s.nextFirst.Store(first + int64(len(entries)))
 	batch := &claimBatch{record: strconv.FormatInt(first, 10)}
+	if !written {
+		// Its record holds no IDs: the pool's next ack of one of its
+		// tasks writes them.
+		batch.ids = claimedIDs(entries)
+	}
 	var bad []burial
 	// The reply's buffers are the claimer's own: payloads keep pointing
 	// into them, and the IDs share one string.
-	ids := make([]byte, 0, idLen*(len(r)-1))
+	ids := make([]byte, 0, idLen*len(entries))
 	size := 0
-	for i, v := range r[:len(r)-1] {
+	for i, v := range entries {
 		raw, _ := v.([]byte)
 		size += len(raw)
 		seq := first + int64(i) + 1
@@ -330,7 +428,7 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 		}
 		out = append(out, c)
 	}
-	s.entrySize.Store(int64(max(size/(len(r)-1), 1)))
+	s.entrySize.Store(int64(max(size/max(len(entries), 1), 1)))
 	all := string(ids)
 	for i := range out {
 		out[i].ID = all[i*idLen : (i+1)*idLen]
@@ -342,6 +440,62 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 		}
 	}
 	return out, len(bad) > 0, nil
+}
+
+// claimMoved takes a claim Redis moved itself (the claim script's
+// {-3, n, first}): it reads the claim's list, one more round trip, and
+// keeps to the byte budget as the script's own loop does, handing back
+// (first claimed first, as they were) the tasks past maxBytes, all of
+// them when strict and the first does not fit (errNoRoom).
+func (s *store) claimMoved(ctx context.Context, r []any, maxBytes int64, strict bool, dst []claimed) ([]claimed, bool, error) {
+	n, nerr := redis.Int(r[1], nil)
+	first, ferr := redis.Int64(r[2], nil)
+	if err := errors.Join(nerr, ferr); err != nil || n <= 0 {
+		return dst[:0], false, redisErr(s.what("claim from"), fmt.Errorf("%w: unexpected claim reply %v", ErrMalformed, r))
+	}
+	s.nextFirst.Store(first + int64(n))
+	l := claimListKey(s.keys, strconv.FormatInt(first, 10))
+	entries, err := redis.Values(onPartition(ctx, s.part, s.what("read claim of"), func(c redis.Conn) (any, error) {
+		return redis.DoContext(c, ctx, "LRANGE", l, 0, -1)
+	}))
+	if err == nil && len(entries) != n {
+		err = redisErr(s.what("read claim of"), fmt.Errorf("%w: %s holds %d entries, the claim moved %d", ErrMalformed, l, len(entries), n))
+	}
+	if err != nil {
+		// Claimed, never seen here: the caller puts back what is pending.
+		return dst[:0], false, err
+	}
+	keep, size := n, int64(0)
+	for i, v := range entries {
+		raw, _ := v.([]byte)
+		if size += int64(len(raw)); size > maxBytes && (i > 0 || strict) {
+			keep = i
+			break
+		}
+	}
+	out, buried, err := s.takeClaimed(ctx, entries, first, false, nil, dst)
+	if err != nil || keep == n {
+		return out, buried, err
+	}
+	cut := len(out)
+	for cut > 0 && out[cut-1].place >= int32(keep) {
+		cut--
+	}
+	// The entries vary in size more than the mean told: the next claim
+	// counts their bytes in the script.
+	s.exactNext.Store(true)
+	back := out[cut:]
+	for i := range back {
+		back[i].Attempt-- // never started: handed back with the deliveries it had
+	}
+	if err := s.requeue(ctx, back, false); err != nil {
+		return out[:cut], buried, err
+	}
+	clear(back)
+	if out = out[:cut]; len(out) == 0 && strict {
+		return out, buried, errNoRoom
+	}
+	return out, buried, nil
 }
 
 // pendingField is the field a claimed entry goes under in the dead-letter

@@ -17,7 +17,9 @@ import (
 // first+i+1 and is at place i), and records the claim in the
 // claim-sequence hash (the "order" key) under first, as '#', first
 // again, ':' and the claimed task IDs back to back (seqFiller for an
-// entry with no readable header). A task leaves pending when its place is set in the claim's
+// entry with no readable header); a pool's claim writes '#', first, '/'
+// and the number of tasks instead, and the pool's first ack of one of
+// them writes the IDs (idsLater). A task leaves pending when its place is set in the claim's
 // done bitmap, "<tag>claim:<first>:done" (Redis's bit order: place 0 is
 // the first byte's high bit): an ack ORs a bitmap of places into it,
 // with one BITOP for all the claim's tasks it acknowledges, and a
@@ -66,15 +68,41 @@ func placeSet(b []byte, place int) bool {
 	return i < len(b) && b[i]&(0x80>>(uint(place)%8)) != 0
 }
 
+// idsLater separates a claim record's first seq from its task count in a
+// record whose IDs are not written yet, "#<first>/<n>": a pool's claim
+// writes that, and the pool writes the IDs with its next ack (the claim
+// script would have to cut each one out of its entry, a quarter of its
+// work per task). Readers that need the IDs of such a record read them
+// from its list (findScript).
+const idsLater = '/'
+
 // claimIDs returns the task IDs a claim-sequence record names, and
 // whether it is a claim record (claimedMark) rather than one of the
-// pending hash's format. ok is false for a record that is neither.
+// pending hash's format. ok is false for a record that is neither. A
+// claim record whose IDs are not written yet names none (see findScript).
 func claimIDs(v string) (ids string, list, ok bool) {
 	if len(v) > 0 && v[0] == claimedMark {
+		if _, ok := laterCount(v); ok {
+			return "", true, true
+		}
 		_, ids, found := strings.Cut(v, ":")
 		return ids, true, found && len(ids)%idLen == 0
 	}
 	return v, false, len(v)%idLen == 0
+}
+
+// laterCount returns the task count of a claim record whose IDs are not
+// written yet ("#<first>/<n>"), and whether v is one.
+func laterCount(v string) (int, bool) {
+	if len(v) < 4 || v[0] != claimedMark {
+		return 0, false
+	}
+	f, n, found := strings.Cut(v[1:], string(idsLater))
+	if _, ok := claimFirst(f); !ok || !found {
+		return 0, false
+	}
+	count, err := strconv.Atoi(n)
+	return count, err == nil && count > 0 && count <= maxClaim && strconv.Itoa(count) == n
 }
 
 // claimRecordFirst returns the first seq a claim record holds besides its
@@ -85,8 +113,91 @@ func claimRecordFirst(v string) (int64, bool) {
 		return 0, false
 	}
 	f, _, found := strings.Cut(v[1:], ":")
+	if !found {
+		f, _, found = strings.Cut(v[1:], string(idsLater))
+	}
 	first, ok := claimFirst(f)
 	return first, found && ok
+}
+
+// findScript finds a task in the lists of claims whose records hold no
+// IDs yet, without sending their entries back: the readers that would
+// otherwise read whole lists (State, Status, Cancel) get only the places
+// that hold the task. A list or bitmap of another type names nothing.
+//
+//	KEYS = the list and done bitmap of each claim
+//	ARGV[1] = task ID
+//
+// Returns {claim (1-based, in KEYS order), place, entry, done bit, ...}
+// for each place whose entry holds the task.
+var findScript = newScript("find", -1, `
+local out = {}
+for i = 1, #KEYS, 2 do
+  local es = redis.pcall('LRANGE', KEYS[i], 0, -1)
+  if type(es) == 'table' and not es.err then
+    for j, e in ipairs(es) do
+      local h = string.byte(e, 1) == $accountedByte and 2 or 1
+      local v = string.byte(e, h)
+      if v and v <= $entryFlags and v % 2 == $entryTask and string.sub(e, h + 1, h + $idLen) == ARGV[1] then
+        local done = redis.pcall('GETBIT', KEYS[i + 1], j - 1)
+        out[#out + 1] = (i + 1) / 2
+        out[#out + 1] = j - 1
+        out[#out + 1] = e
+        out[#out + 1] = type(done) == 'number' and done or 0
+      end
+    end
+  end
+end
+return out
+`)
+
+// findArgs returns findScript's arguments for the claims of places (those
+// at -1) and task id, or nil when there are none.
+func findArgs(k queueKeys, places []claimPlace, id string) []any {
+	var args []any
+	for _, p := range places {
+		if p.at < 0 {
+			if args == nil {
+				args = []any{0}
+			}
+			args = append(args, claimListKey(k, p.first), claimDoneKey(k, p.first))
+		}
+	}
+	if args == nil {
+		return nil
+	}
+	args[0] = len(args) - 1
+	return append(args, id)
+}
+
+// foundPlace is a place findScript found.
+type foundPlace struct {
+	claimPlace
+	entry []byte
+	done  bool
+}
+
+// parseFound reads findScript's reply for the claims of places (those at
+// -1, in order).
+func parseFound(r []any, places []claimPlace) ([]foundPlace, error) {
+	var lazy []claimPlace
+	for _, p := range places {
+		if p.at < 0 {
+			lazy = append(lazy, p)
+		}
+	}
+	var out []foundPlace
+	for i := 0; i+3 < len(r); i += 4 {
+		c, cerr := redis.Int(r[i], nil)
+		at, aerr := redis.Int(r[i+1], nil)
+		e, eerr := redis.Bytes(r[i+2], nil)
+		done, derr := redis.Int(r[i+3], nil)
+		if err := errors.Join(cerr, aerr, eerr, derr); err != nil || c < 1 || c > len(lazy) || at < 0 {
+			return nil, fmt.Errorf("%w: unexpected find reply %v", ErrMalformed, r)
+		}
+		out = append(out, foundPlace{claimPlace{lazy[c-1].first, at}, e, done == 1})
+	}
+	return out, nil
 }
 
 // claimFirst parses a claim-sequence hash field: a claim's first seq.
@@ -184,12 +295,15 @@ func luaCheckClaims(from int, to string, step int) string {
 
 // luaNamed defines named(claims, pending, id), which reports whether a
 // claim record in claims names task id (finished or not), or the pending
-// hash holds it. Only a whole task ID matches. It reads no claim list or
+// hash holds it; a record whose IDs are not written yet may name any
+// task, and so names every one. Only a whole task ID matches. It reads no claim list or
 // done bitmap: the keys a script touches are those it was given.
 const luaNamed = `
 local function named(claims, pending, id)
   local all = #id == $idLen and redis.call('HVALS', claims) or {}
   for _, v in ipairs(all) do
+    -- A record whose IDs are not written yet may name any task.
+    if string.byte(v, 1) == $claimedMark and string.match(v, '^.%d+$idsLater%d+$') then return true end
     local base = string.byte(v, 1) == $claimedMark and string.find(v, ':', 2, true)
     if base then
       local from = base + 1
@@ -221,10 +335,17 @@ local function claimAfter(claims, first)
   local all = redis.call('HGETALL', claims)
   for i = 1, #all, 2 do
     local v = all[i + 1]
-    local from, ids = string.match(v, '^' .. string.char($claimedMark) .. '(%d+):(.*)$')
+    local mark = '^' .. string.char($claimedMark)
+    local from, ids = string.match(v, mark .. '(%d+):(.*)$')
+    local count = math.ceil(#(ids or v) / $idLen)
+    if not from then
+      local n
+      from, n = string.match(v, mark .. '(%d+)$idsLater(%d+)$')
+      if from then count = tonumber(n) end
+    end
     for _, f in ipairs({all[i], from}) do
       if string.match(f, '^%d+$') and #f <= 15 then
-        after = math.max(after, tonumber(f) + math.ceil(#(ids or v) / $idLen))
+        after = math.max(after, tonumber(f) + count)
       end
     end
   end
@@ -232,21 +353,27 @@ local function claimAfter(claims, first)
 end
 `
 
-// claimPlace is a place in a claim record.
+// claimPlace is a place in a claim record, or (at -1) a whole claim whose
+// record holds no IDs yet.
 type claimPlace struct {
 	first string
 	at    int
 }
 
 // claimPlaces returns the places the claim records among records (the
-// queue's claim-sequence hash) give task id, finished or not. Only a whole
-// task ID matches.
+// queue's claim-sequence hash) give task id, finished or not, and the
+// claims whose records do not hold their IDs yet (at -1), which may hold
+// it anywhere. Only a whole task ID matches.
 func claimPlaces(records map[string]string, id string) []claimPlace {
 	if len(id) != idLen {
 		return nil
 	}
 	var found []claimPlace
 	for f, v := range records {
+		if _, later := laterCount(v); later {
+			found = append(found, claimPlace{f, -1})
+			continue
+		}
 		ids, list, _ := claimIDs(v)
 		if !list {
 			continue
@@ -261,21 +388,49 @@ func claimPlaces(records map[string]string, id string) []claimPlace {
 }
 
 // sendPlaces sends the reads of the places found (claimPlaces) on c: the
-// entry and the done bit of each; receivePlaces reads their replies.
-func sendPlaces(c redis.Conn, k queueKeys, found []claimPlace) {
-	for _, p := range found {
-		c.Send("LINDEX", claimListKey(k, p.first), p.at)
-		c.Send("GETBIT", claimDoneKey(k, p.first), p.at)
+// entry and the done bit of each, and findScript's search of the claims
+// whose records hold no IDs yet; receivePlaces reads their replies.
+func sendPlaces(c redis.Conn, k queueKeys, found []claimPlace, id string) error {
+	if args := findArgs(k, found, id); args != nil {
+		if err := findScript.Send(c, args...); err != nil {
+			return err
+		}
 	}
+	for _, p := range found {
+		if p.at >= 0 {
+			c.Send("LINDEX", claimListKey(k, p.first), p.at)
+			c.Send("GETBIT", claimDoneKey(k, p.first), p.at)
+		}
+	}
+	return nil
 }
 
-// receivePlaces reads the replies of sendPlaces(c, k, found), all of
+// receivePlaces reads the replies of sendPlaces(c, k, found, id), all of
 // them, and returns the entry of a place where the task is pending, or
 // nil.
-func receivePlaces(ctx context.Context, c redis.Conn, found []claimPlace) ([]byte, error) {
+func receivePlaces(ctx context.Context, c redis.Conn, found []claimPlace, id string) ([]byte, error) {
 	var entry []byte
 	var errs []error
-	for range found {
+	if findArgs(queueKeys{}, found, id) != nil {
+		r, err := redis.Values(receiveContext(c, ctx))
+		if err == nil {
+			var fs []foundPlace
+			if fs, err = parseFound(r, found); err == nil {
+				for _, f := range fs {
+					if !f.done && entry == nil {
+						entry = f.entry
+					}
+				}
+			}
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, p := range found {
+		if p.at < 0 {
+			continue
+		}
 		e, err := redis.Bytes(receiveContext(c, ctx))
 		if err == redis.ErrNil {
 			err = nil

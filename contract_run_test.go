@@ -407,32 +407,12 @@ func TestContractEvictionWarning(t *testing.T) {
 	assert.Contains(t, out, "maxmemory-policy=allkeys-lru")
 
 	user := strings.NewReplacer(":", "-").Replace(prefix)
-	_, err = c.Do("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", "-config")
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		c := s.pool.Get()
-		defer c.Close()
-		_, err := c.Do("ACL", "DELUSER", user)
-		assert.NoError(t, err, "delete the test's ACL user")
-	})
-	db := s.url[strings.LastIndexByte(s.url, '/')+1:]
-	addr := strings.TrimPrefix(s.url[:strings.LastIndexByte(s.url, '/')], "redis://")
-	limited := &redis.Pool{MaxIdle: 4, DialContext: func(ctx context.Context) (redis.Conn, error) {
-		return redis.DialContext(ctx, "tcp", addr[strings.LastIndexByte(addr, '@')+1:],
-			redis.DialUsername(user), redis.DialPassword("pw"), redis.DialDatabase(atoiOr0(db)))
-	}}
-	defer limited.Close()
+	limited := queue.LimitedPoolForTest(t, s.pool, s.url, user, "-config")
 	lc := limited.Get()
 	_, err = lc.Do("CONFIG", "GET", "maxmemory-policy")
 	lc.Close()
 	require.Error(t, err, "the limited user may not use CONFIG")
 	assert.NotContains(t, run(t, []*redis.Pool{limited}), "level=WARN")
-}
-
-func atoiOr0(s string) int {
-	n := 0
-	fmt.Sscan(s, &n)
-	return n
 }
 
 type lockedWriter struct {

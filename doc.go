@@ -192,8 +192,14 @@
 // pipeline per partition. [PoolConfig].Prefetch bounds the OrderIDs a pool
 // holds tasks of, and so what one claim takes; MaxHeldTasks and
 // MaxHeldBytes bound all the tasks it holds (a task larger than
-// MaxHeldBytes is still claimed, alone). An idle pool is woken as soon as
-// a task is pushed (see Idle pools). Each delivery
+// MaxHeldBytes is still claimed, alone). A pool's claim is Redis's own
+// move where the server allows SORT: one SORT ... BY nosort STORE into
+// the claim's list and one LTRIM, no entry passing through Lua, then an
+// LRANGE that reads the list (tasks past MaxHeldBytes, when entry sizes
+// vary more than the last claim told, go straight back); elsewhere
+// (miniredis, an ACL that denies SORT), or while a cancel mark or a due
+// scheduled task waits, the script moves the entries itself. An idle
+// pool is woken as soon as a task is pushed (see Idle pools). Each delivery
 // gets [PoolConfig].TaskTimeout; a panic becomes a [*PanicError], and
 // every failed delivery reaches OnError as a [*TaskError] and is recorded
 // in the pending record at once. [Queue.Replay] puts dead tasks back at
@@ -493,7 +499,7 @@
 // a queue index, the keys of one queue share the hash tag {P:p.q}:
 //
 //	{P:p.q}:ready     list    encoded tasks, pushed on the left, claimed from the right
-//	{P:p.q}:order     hash    claim records: a claim's first seq -> "#<first>:" and its task IDs, while one is pending
+//	{P:p.q}:order     hash    claim records: a claim's first seq -> "#<first>:" and its task IDs ("#<first>/<n>" until a pool's ack writes them), while one is pending
 //	{P:p.q}:claim:n   list    the encoded tasks of the claim whose first seq is n, in claim order
 //	{P:p.q}:claim:n:done string bitmap: the places of that claim's tasks finished
 //	{P:p.q}:pending   hash    task ID -> encoded task: claimed, not finished (written by earlier releases; read, and emptied by recovery)
@@ -531,7 +537,12 @@
 // would delete the claim records and lose their tasks. So while a queue has
 // an owner of this release, let no analyser of an earlier release wait as
 // its standby; go back only after every analyser of this release has
-// stopped gracefully and [Queue.Stats] shows no task pending. A key holding
+// stopped gracefully and [Queue.Stats] shows no task pending. An earlier
+// release's Cancel, State and Status do not find a task in the claim
+// records a pool of this release writes before its acks give them their
+// task IDs (they answer unknown, and Cancel does not wait for the owner,
+// which still sees the mark): upgrade the processes that call them with
+// the analysers or before. A key holding
 // what this package did not write (another Redis type, a lease with no
 // expiry, a claim count that is not a number) fails the calls that would
 // write it with [ErrWrongType], changing nothing, until it is repaired or

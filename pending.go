@@ -33,6 +33,9 @@ type store struct {
 	entrySize   atomic.Int64           // the mean entry size of the last claim (at first, MaxPayload)
 	nextDue     atomic.Int64           // the due time (ms) of the next scheduled task, as the last empty claim (or idle wait) saw it; -1: none
 	nextFirst   atomic.Int64           // the first seq of the next claim, as far as this store knows (see seqReply)
+	idsLater    bool                   // its claims leave their task IDs to the caller's acks (idsLater): a pool's store
+	native      atomic.Bool            // its claims let Redis move the entries (a pool's store, until SORT is refused)
+	exactNext   atomic.Bool            // the next claim counts the bytes in the script (the last moved one passed its budget)
 	schedCard   atomic.Int64           // the number of scheduled tasks, as nextDue's read saw it; -1: unknown
 	paused      atomic.Bool            // the last claim found the queue paused
 	waiter      *waiter                // the partition's shared waiter, for a pool's idle waits (nil: own connections)
@@ -120,16 +123,19 @@ end
 //	KEYS[5] = history bucket, KEYS[6] = cancels hash
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = number of claims m,
 //	ARGV[4] = history expiry (ms since the epoch; 0: keep none), ARGV[5] = retention ms,
-//	ARGV[6 .. 5+2m] = claim (its first seq), bitmap of places, ...,
+//	ARGV[6 .. 5+3m] = claim (its first seq), bitmap of places, the claim's task IDs
+//	back to back when its record does not hold them yet ("" otherwise), ...,
 //	then, with a history expiry, claim, place, packed task ID, status record, ...
 //
 // Returns the number of tasks it finished (also added to processed).
 // With a history expiry, it records the retention in the meta hash, for
-// readers whose own Config does not say it (see Status).
+// readers whose own Config does not say it (see Status). A claim record
+// whose IDs are not written yet ("#<first>/<n>", see idsLater) and that
+// is not finished is given the IDs: "#<first>:<IDs>".
 var ackScript = newScript("ack", -1, fenced(2, typeCheck(hashAt(1), hashAt(3), hashAt(4)), luaIncr+luaHistory+luaClaimRec+`
 local m = tonumber(ARGV[3])
-local last = 5 + 2 * m
-local bad = claimTypes(KEYS[1], 6, last, 2)
+local last = 5 + 3 * m
+local bad = claimTypes(KEYS[1], 6, last, 3)
 if bad then return bad end
 if ARGV[4] ~= '0' and last < #ARGV and history(KEYS[5]) then
   local kept = false
@@ -147,22 +153,31 @@ if ARGV[4] ~= '0' and last < #ARGV and history(KEYS[5]) then
 end
 local marks = redis.call('EXISTS', KEYS[6]) == 1
 if marks or redis.call('EXISTS', KEYS[4]) == 1 then
-  -- The IDs at the places acknowledged, from the claim-sequence records.
+  -- The IDs at the places acknowledged, from the claim-sequence records,
+  -- or those given, or else the claim's list.
   local ids = {}
-  for i = 6, last, 2 do
+  for i = 6, last, 3 do
     local v, bits = redis.call('HGET', KEYS[1], ARGV[i]), ARGV[i + 1]
     local base = v and string.byte(v, 1) == $claimedMark and string.find(v, ':', 2, true)
-    if base then
-      for j = 1, #bits do
-        local b = string.byte(bits, j)
-        local k = 0
-        while b > 0 do
-          if b >= 128 then
-            local at = base + 1 + ((j - 1) * 8 + k) * $idLen
+    if not base and ARGV[i + 2] ~= '' then v, base = ARGV[i + 2], 0 end
+    local l = claimKeys(KEYS[1], ARGV[i])
+    local list = not base and v and string.byte(v, 1) == $claimedMark and redis.call('TYPE', l).ok == 'list'
+    for j = 1, #bits do
+      local b = string.byte(bits, j)
+      local k = 0
+      while b > 0 do
+        if b >= 128 then
+          local place = (j - 1) * 8 + k
+          if base then
+            local at = base + 1 + place * $idLen
             ids[#ids + 1] = string.sub(v, at, at + $idLen - 1)
+          elseif list then
+            local e = redis.call('LINDEX', l, place)
+            if e and string.byte(e, 1) == $accountedByte then e = string.sub(e, 2) end
+            if e and #e >= $entryHeader then ids[#ids + 1] = string.sub(e, 2, $entryHeader) end
           end
-          b, k = (b % 128) * 2, k + 1
         end
+        b, k = (b % 128) * 2, k + 1
       end
     end
   end
@@ -173,8 +188,17 @@ if marks or redis.call('EXISTS', KEYS[4]) == 1 then
   end
 end
 local n = 0
-for i = 6, last, 2 do n = n + setDone(KEYS[1], KEYS[3], ARGV[i], ARGV[i + 1]) end
+for i = 6, last, 3 do n = n + setDone(KEYS[1], KEYS[3], ARGV[i], ARGV[i + 1]) end
 if n > 0 then incr(KEYS[3], 'processed', n) end
+for i = 6, last, 3 do
+  local f, ids = ARGV[i], ARGV[i + 2]
+  if ids ~= '' and #ids % $idLen == 0 then
+    local mark = string.char($claimedMark) .. f
+    if redis.call('HGET', KEYS[1], f) == mark .. '$idsLater' .. string.format('%d', #ids / $idLen) then
+      redis.call('HSET', KEYS[1], f, mark .. ':' .. ids)
+    end
+  end
+end
 return n
 `))
 
@@ -257,11 +281,11 @@ func (s *store) ack(ctx context.Context, ts []ackRef, recs []historyRecord) (int
 			bits[t.claim] = placeBitmap(b, t.place)
 		}
 		records := make([]string, len(order))
-		args := make([]any, 0, 5+2*len(order))
+		args := make([]any, 0, 5+3*len(order))
 		args = append(args, s.value(), s.ttlMS, len(order), expiry, s.retention.Milliseconds())
 		for i, b := range order {
 			records[i] = b.record
-			args = append(args, b.record, bits[b])
+			args = append(args, b.record, bits[b], b.ids)
 		}
 		if expiry != 0 {
 			for i, r := range recs[:n] {
@@ -279,6 +303,11 @@ func (s *store) ack(ctx context.Context, ts []ackRef, recs []historyRecord) (int
 		done += k
 		if err != nil {
 			return done, err
+		}
+		for _, b := range order {
+			if b.ids != "" {
+				b.ids = "" // written, or the claim is finished
+			}
 		}
 	}
 	return done, nil

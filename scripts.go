@@ -31,6 +31,8 @@ var scriptVars = strings.NewReplacer(
 	"$scriptChunk", strconv.Itoa(scriptChunk),
 	"$scriptBytes", strconv.Itoa(scriptBytes),
 	"$seqFiller", seqFiller,
+	"$idsLater", string(idsLater),
+	"$accountedByte", strconv.Itoa(accountedMark),
 	"$claimedMark", strconv.Itoa(claimedMark),
 	"$claimsName", claimsName,
 	"$cancelSeen", cancelSeen,

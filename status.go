@@ -91,7 +91,9 @@ type TaskStatus struct {
 
 // State reports whether the task id of orderID is pending or dead. It is
 // safe for concurrent use and costs one round trip (two when a claim
-// record names the task). Status tells more.
+// record names the task, or a claim's record does not hold its task IDs
+// yet: a pool's latest claims, whose lists are read then). Status tells
+// more.
 //
 // A task finished in a round trip's reads or between two is seen either
 // pending or finished, never neither: the pending records are read
@@ -117,12 +119,12 @@ func (q *Queue) State(ctx context.Context, orderID uint64, id string) (TaskState
 			return StateUnknown, err
 		}
 		if found := claimPlaces(claims, id); !pending && len(found) > 0 {
-			sendPlaces(c, k, found)
+			sendPlaces(c, k, found, id)
 			c.Send("HEXISTS", k.dead, id)
 			if err := c.Flush(); err != nil {
 				return StateUnknown, err
 			}
-			e, err := receivePlaces(ctx, c, found)
+			e, err := receivePlaces(ctx, c, found, id)
 			dead, derr = redis.Bool(receiveContext(c, ctx))
 			if err := errors.Join(err, derr); err != nil {
 				return StateUnknown, err
@@ -152,8 +154,9 @@ const statusReads = 8
 // or, when that is zero or finds nothing, with the retention the queue's
 // owner last recorded (so that a tool without the producers' Config reads
 // it too). It is safe for concurrent use and costs one pipelined round
-// trip (one more when a claim record names the task, and one more when
-// the retentions differ), whatever the length of the queue. A task
+// trip (one more when a claim record names the task or does not hold its
+// task IDs yet, as State, and one more when the retentions differ),
+// whatever the length of the queue. A task
 // finished in its reads or between them is seen pending or finished,
 // never neither (see State).
 func (q *Queue) Status(ctx context.Context, orderID uint64, id string) (TaskStatus, error) {
@@ -191,12 +194,12 @@ func (q *Queue) Status(ctx context.Context, orderID uint64, id string) (TaskStat
 		// Not in the pending hash of earlier releases, but a claim record
 		// names it: its place, then its other records again, read after it.
 		if found := claimPlaces(claims, id); r[0] == nil && len(found) > 0 {
-			sendPlaces(c, k, found)
+			sendPlaces(c, k, found, id)
 			starts = reads()
 			if err := c.Flush(); err != nil {
 				return TaskStatus{}, err
 			}
-			e, perr := receivePlaces(ctx, c, found)
+			e, perr := receivePlaces(ctx, c, found, id)
 			r, err = receiveN(ctx, c, statusReads+len(starts), statusReads)
 			if err := errors.Join(perr, err); err != nil {
 				return TaskStatus{}, err

@@ -120,7 +120,7 @@ type midReadConn struct {
 }
 
 func (c *midReadConn) Send(cmd string, args ...any) error {
-	if cmd == "LINDEX" {
+	if cmd == "LINDEX" || cmd == "EVAL" { // EVAL: findScript
 		if f := c.between.Swap(nil); f != nil {
 			(*f)()
 		}
@@ -155,10 +155,14 @@ func TestStatusSeesATaskFinishedBetweenItsReads(t *testing.T) {
 		ack    bool // else dead-lettered
 		status bool // else State
 		want   TaskState
+		lazy   bool // the claim's record holds no IDs (a pool's claim, idsLater)
 	}{
-		{"Status/acknowledged", true, true, StateDone},
-		{"Status/dead-lettered", false, true, StateDead},
-		{"State/dead-lettered", false, false, StateDead},
+		{"Status/acknowledged", true, true, StateDone, false},
+		{"Status/dead-lettered", false, true, StateDead, false},
+		{"State/dead-lettered", false, false, StateDead, false},
+		{"Status/acknowledged/no IDs", true, true, StateDone, true},
+		{"Status/dead-lettered/no IDs", false, true, StateDead, true},
+		{"State/dead-lettered/no IDs", false, false, StateDead, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -168,6 +172,7 @@ func TestStatusSeesATaskFinishedBetweenItsReads(t *testing.T) {
 			require.NoError(t, err)
 			c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 1})
 			require.NoError(t, err)
+			c.st.idsLater = tc.lazy
 			task, err := c.RemoveTask(ctx)
 			require.NoError(t, err)
 

@@ -78,8 +78,8 @@ local function takePlace(claims, meta, first, place)
 end
 
 local m = tonumber(ARGV[3])
-local last = 5 + 2 * m
-local bad = claimTypes(KEYS[1], 6, last, 2)
+local last = 5 + 3 * m
+local bad = claimTypes(KEYS[1], 6, last, 3)
 if bad then return bad end
 if ARGV[4] ~= '0' and last < #ARGV and history(KEYS[5]) then
   local kept = false
@@ -97,22 +97,31 @@ if ARGV[4] ~= '0' and last < #ARGV and history(KEYS[5]) then
 end
 local marks = redis.call('EXISTS', KEYS[6]) == 1
 if marks or redis.call('EXISTS', KEYS[4]) == 1 then
-  -- The IDs at the places acknowledged, from the claim-sequence records.
+  -- The IDs at the places acknowledged, from the claim-sequence records,
+  -- or those given, or else the claim's list.
   local ids = {}
-  for i = 6, last, 2 do
+  for i = 6, last, 3 do
     local v, bits = redis.call('HGET', KEYS[1], ARGV[i]), ARGV[i + 1]
     local base = v and string.byte(v, 1) == 35 and string.find(v, ':', 2, true)
-    if base then
-      for j = 1, #bits do
-        local b = string.byte(bits, j)
-        local k = 0
-        while b > 0 do
-          if b >= 128 then
-            local at = base + 1 + ((j - 1) * 8 + k) * 20
+    if not base and ARGV[i + 2] ~= '' then v, base = ARGV[i + 2], 0 end
+    local l = claimKeys(KEYS[1], ARGV[i])
+    local list = not base and v and string.byte(v, 1) == 35 and redis.call('TYPE', l).ok == 'list'
+    for j = 1, #bits do
+      local b = string.byte(bits, j)
+      local k = 0
+      while b > 0 do
+        if b >= 128 then
+          local place = (j - 1) * 8 + k
+          if base then
+            local at = base + 1 + place * 20
             ids[#ids + 1] = string.sub(v, at, at + 20 - 1)
+          elseif list then
+            local e = redis.call('LINDEX', l, place)
+            if e and string.byte(e, 1) == 43 then e = string.sub(e, 2) end
+            if e and #e >= 21 then ids[#ids + 1] = string.sub(e, 2, 21) end
           end
-          b, k = (b % 128) * 2, k + 1
         end
+        b, k = (b % 128) * 2, k + 1
       end
     end
   end
@@ -123,6 +132,15 @@ if marks or redis.call('EXISTS', KEYS[4]) == 1 then
   end
 end
 local n = 0
-for i = 6, last, 2 do n = n + setDone(KEYS[1], KEYS[3], ARGV[i], ARGV[i + 1]) end
+for i = 6, last, 3 do n = n + setDone(KEYS[1], KEYS[3], ARGV[i], ARGV[i + 1]) end
 if n > 0 then incr(KEYS[3], 'processed', n) end
+for i = 6, last, 3 do
+  local f, ids = ARGV[i], ARGV[i + 2]
+  if ids ~= '' and #ids % 20 == 0 then
+    local mark = string.char(35) .. f
+    if redis.call('HGET', KEYS[1], f) == mark .. '/' .. string.format('%d', #ids / 20) then
+      redis.call('HSET', KEYS[1], f, mark .. ':' .. ids)
+    end
+  end
+end
 return n

@@ -44,11 +44,21 @@ end
 
 local function pending()
   if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return true end
-  local given = {}
-  for i = 3, #ARGV, 2 do given[ARGV[i] .. ':' .. ARGV[i + 1]] = true end
+  local given, read = {}, {}
+  local p = tonumber(ARGV[3])
+  for i = 4, 3 + 2 * p, 2 do given[ARGV[i] .. ':' .. ARGV[i + 1]] = true end
+  for i = 4 + 2 * p, #ARGV do read[ARGV[i]] = true end
   local all = redis.call('HGETALL', KEYS[7])
   for i = 1, #all, 2 do
     local v = all[i + 1]
+    if string.byte(v, 1) == 35 and string.match(v, '^.%d+/%d+$') then
+      if not read[all[i]] then return 'recheck' end
+      -- Its places the caller found in its list.
+      local _, d = claimKeys(KEYS[7], all[i])
+      for j = 4, 3 + 2 * p, 2 do
+        if ARGV[j] == all[i] and bitsOK(d) and redis.call('GETBIT', d, ARGV[j + 1]) == 0 then return true end
+      end
+    end
     local base = string.byte(v, 1) == 35 and string.find(v, ':', 2, true)
     local from = base and base + 1
     while from do
@@ -74,5 +84,7 @@ if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
 end
 if redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1 then return {'dead'} end
 redis.call('HSET', KEYS[5], ARGV[1], ARGV[2])
-if pending() then return {'pending'} end
+local found = pending()
+if found == 'recheck' then return {'recheck'} end
+if found then return {'pending'} end
 return {'marked'}

@@ -41,6 +41,8 @@ end
 local function named(claims, pending, id)
   local all = #id == 20 and redis.call('HVALS', claims) or {}
   for _, v in ipairs(all) do
+    -- A record whose IDs are not written yet may name any task.
+    if string.byte(v, 1) == 35 and string.match(v, '^.%d+/%d+$') then return true end
     local base = string.byte(v, 1) == 35 and string.find(v, ':', 2, true)
     if base then
       local from = base + 1
@@ -60,10 +62,17 @@ local function claimAfter(claims, first)
   local all = redis.call('HGETALL', claims)
   for i = 1, #all, 2 do
     local v = all[i + 1]
-    local from, ids = string.match(v, '^' .. string.char(35) .. '(%d+):(.*)$')
+    local mark = '^' .. string.char(35)
+    local from, ids = string.match(v, mark .. '(%d+):(.*)$')
+    local count = math.ceil(#(ids or v) / 20)
+    if not from then
+      local n
+      from, n = string.match(v, mark .. '(%d+)/(%d+)$')
+      if from then count = tonumber(n) end
+    end
     for _, f in ipairs({all[i], from}) do
       if string.match(f, '^%d+$') and #f <= 15 then
-        after = math.max(after, tonumber(f) + math.ceil(#(ids or v) / 20))
+        after = math.max(after, tonumber(f) + count)
       end
     end
   end
@@ -141,6 +150,25 @@ if z[2] and tonumber(z[2]) <= now then
 end
 local want, budget, ask = tonumber(ARGV[3]), tonumber(ARGV[4]), math.min(tonumber(ARGV[5]), tonumber(ARGV[3]))
 local strict = ARGV[6] == '1'
+local refused = false
+if ARGV[10] == '1' and not waiting and redis.call('EXISTS', KEYS[8]) == 0 then
+  -- Redis's own move: the ask entries at the consuming end, in claim
+  -- order, into the claim's list; the caller reads them.
+  local n = math.min(ask, redis.call('LLEN', KEYS[1]))
+  if n > 0 then
+    local f, l = ARGV[8], KEYS[9]
+    local moved = redis.pcall('SORT', KEYS[1], 'BY', 'nosort', 'DESC', 'LIMIT', 0, n, 'STORE', l)
+    if moved == n then
+      redis.call('LTRIM', KEYS[1], 0, -n - 1)
+      redis.call('HSET', KEYS[4], 'seq', string.format('%d', tonumber(f) + n))
+      redis.call('HSET', KEYS[5], f, string.char(35) .. f .. '/' .. string.format('%d', n))
+      incr(KEYS[4], 'pending', n)
+      return {-3, n, tonumber(f)}
+    end
+    if type(moved) == 'number' then redis.call('DEL', l) end
+    refused = true
+  end
+end
 local items = redis.call('RPOP', KEYS[1], ask)
 if not items then
   if redis.call('EXISTS', KEYS[8]) == 1 then
@@ -158,6 +186,8 @@ if not items then
 end
 local sub, byte = string.sub, string.byte
 local seq = {}
+local marks = redis.call('EXISTS', KEYS[8]) == 1
+local ids = ARGV[9] == '1' or marks
 local n, bytes, got = 0, 0, items
 while true do
   local m = #got
@@ -174,11 +204,13 @@ while true do
     end
     n, bytes = n + 1, bytes + size
     if got ~= items then items[n] = e end
-    local v = byte(e, 1)
-    if size >= 21 and v <= 7 and v % 2 == 1 then
-      seq[n] = sub(e, 2, 21)
-    else
-      seq[n] = '--------------------'
+    if ids then
+      local v = byte(e, 1)
+      if size >= 21 and v <= 7 and v % 2 == 1 then
+        seq[n] = sub(e, 2, 21)
+      else
+        seq[n] = '--------------------'
+      end
     end
   end
   if n >= want or m < ask then break end
@@ -192,10 +224,14 @@ redis.call('HSET', KEYS[4], 'seq', string.format('%d', first + n))
 for i = 1, n, 1000 do
   redis.call('RPUSH', l, unpack(items, i, math.min(i + 1000 - 1, n)))
 end
-redis.call('HSET', KEYS[5], f, string.char(35) .. f .. ':' .. table.concat(seq))
+if ids then
+  redis.call('HSET', KEYS[5], f, string.char(35) .. f .. ':' .. table.concat(seq))
+else
+  redis.call('HSET', KEYS[5], f, string.char(35) .. f .. '/' .. string.format('%d', n))
+end
 incr(KEYS[4], 'pending', n)
 local k = 0
-if redis.call('EXISTS', KEYS[8]) == 1 then
+if marks then
   for i = 1, n do
     if redis.pcall('HEXISTS', KEYS[8], seq[i]) == 1 then
       k = k + 1
@@ -204,5 +240,6 @@ if redis.call('EXISTS', KEYS[8]) == 1 then
   end
 end
 items[n + k + 1] = k
-items[n + k + 2] = first
+items[n + k + 2] = (ids and 1 or 0) + (refused and 2 or 0)
+items[n + k + 3] = first
 return items

@@ -1,0 +1,178 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// Tests of claims Redis moves itself (claimMoved). miniredis has no SORT:
+// there they take the script's own path, and so check only that.
+
+// variedTasks returns per tasks for each of orders OrderIDs, interleaved,
+// whose payloads range from a few bytes to a few kilobytes.
+func variedTasks(orders, per int) []Task {
+	var ts []Task
+	for i := 0; i < per; i++ {
+		for o := 0; o < orders; o++ {
+			pad := strings.Repeat("x", (o*7919+i*104729)%3000)
+			ts = append(ts, Task{OrderID: uint64(o), Payload: []byte(pl(o, i) + "|" + pad)})
+		}
+	}
+	return ts
+}
+
+// checkVaried asserts that every task r saw ran once, on its first
+// attempt, none alongside another of its OrderID, and those of
+// variedTasks(orders, per) in their OrderID's order.
+func checkVaried(t *testing.T, r *recorder, orders, per int) {
+	t.Helper()
+	assert.Zero(t, r.overlap, "tasks of one OrderID ran together")
+	for o := 0; o < orders; o++ {
+		got := r.order(uint64(o))
+		want := make([]string, per)
+		for i := range want {
+			want[i] = pl(o, i)
+		}
+		for i := range got {
+			got[i], _, _ = strings.Cut(got[i], "|")
+		}
+		assert.Equal(t, want, got, "order %d", o)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for id, a := range r.attempts {
+		assert.Equal(t, []int{1}, a, "attempts of %s", id)
+	}
+}
+
+// A pool whose byte budget is a few entries of very different sizes,
+// with scheduled tasks coming due among them, runs every task once, in
+// order, and leaves no claim behind.
+func TestPoolClaimMovedVariedSizes(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := bounded(t)
+	const orders, per = 6, 40
+	ts := variedTasks(orders, per)
+	addAll(t, q, ts[:len(ts)/2])
+	// Scheduled tasks of OrderIDs the ready list does not hold, due while
+	// the pool runs.
+	for i := 0; i < 20; i++ {
+		_, err := q.AddTaskAfter(ctx, uint64(orders+i%3), time.Duration(i)*5*time.Millisecond, []byte(pl(orders+i%3, i/3)))
+		require.NoError(t, err)
+	}
+	addAll(t, q, ts[len(ts)/2:])
+	r := newRecorder()
+	// ExitOnEmpty does not wait for scheduled tasks not due yet: a pool
+	// that drained the rest first runs again once they are.
+	for r.total() < orders*per+20 {
+		require.NoError(t, q.AnalysePool(ctx, 0, PoolConfig{
+			ExitOnEmpty: true, Workers: 4, MaxHeldBytes: 4000, Logger: slog.New(slog.DiscardHandler),
+		}, r.fn(func(context.Context, Task) error { time.Sleep(100 * time.Microsecond); return nil })))
+		if r.total() < orders*per+20 {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	for o := 0; o < 3; o++ { // the scheduled ones, in their due order
+		var want []string
+		for i := o; i < 20; i += 3 {
+			want = append(want, pl(orders+o, i/3))
+		}
+		assert.Equal(t, want, r.order(uint64(orders+o)), "order %d", orders+o)
+	}
+	assert.Equal(t, orders*per+20, r.total(), "deliveries")
+	checkVaried(t, r, orders, per)
+	assert.Empty(t, claimRecords(t, s, k), "claim records left")
+	assert.Zero(t, stats0(t, q).Pending)
+}
+
+// A strict claim (the pool holds tasks) whose first task does not fit
+// hands back all it moved: no record, list or pending count is left of
+// it, and the tasks come again in order, their Attempt unchanged.
+func TestClaimMovedStrictHandsBackAll(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	addAll(t, q, orderTasks(1, 5))
+	c := movingConsumer(t, q)
+	held, err := c.st.claim(ctx, 1, 1<<20, false, nil)
+	require.NoError(t, err)
+	require.Len(t, held, 1)
+	c.st.entrySize.Store(1) // the move takes all 4 left
+	none, err := c.st.claim(ctx, 4, 1, true, nil)
+	require.ErrorIs(t, err, errNoRoom)
+	assert.Empty(t, none)
+	assert.Equal(t, int64(4), s.do(t, "LLEN", k.ready))
+	assert.Len(t, claimRecords(t, s, k), 1, "only the held task's claim is recorded")
+	assert.Equal(t, int64(1), stats0(t, q).Pending)
+	moved := strconv.FormatInt(held[0].seq, 10) // the first of the claim handed back
+	assert.Equal(t, int64(0), s.do(t, "EXISTS", claimListKey(k, moved), claimDoneKey(k, moved)), "the moved claim's list is left")
+
+	c.track(held)
+	_, err = c.Ack(ctx, held[0].ID)
+	require.NoError(t, err)
+	rest, err := c.st.claim(ctx, 10, 1<<20, false, nil)
+	require.NoError(t, err)
+	require.Len(t, rest, 4)
+	var ids []string
+	for i, tk := range rest {
+		assert.Equal(t, pl(0, i+1), string(tk.Payload))
+		assert.Equal(t, 1, tk.Attempt)
+		ids = append(ids, tk.ID)
+	}
+	c.track(rest)
+	_, err = c.Ack(ctx, ids...)
+	require.NoError(t, err)
+	assert.Empty(t, claimRecords(t, s, k), "claim records left")
+	assert.Zero(t, stats0(t, q).Pending)
+	for _, f := range []string{held[0].claim.record, moved, rest[0].claim.record} {
+		assert.Equal(t, int64(0), s.do(t, "EXISTS", claimListKey(k, f), claimDoneKey(k, f)), "claim %s's list is left", f)
+	}
+}
+
+// A pool whose hand-backs of what a moved claim took past its budget
+// fail puts those tasks back through its resync: each runs once, in
+// order.
+func TestPoolClaimMovedHandBackFails(t *testing.T) {
+	t.Parallel()
+	servers := newTestServers(t, 1)
+	var fails atomic.Int32
+	fails.Store(3)
+	var failed atomic.Int32
+	pool := hookPool(servers[0], func(name string, _ []any) error {
+		if name == "requeue" && fails.Add(-1) >= 0 {
+			failed.Add(1)
+			return errors.New("requeue refused by the test")
+		}
+		return nil
+	})
+	t.Cleanup(func() { pool.Close() })
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	const orders, per = 5, 30
+	addAll(t, q, variedTasks(orders, per))
+	r := newRecorder()
+	require.NoError(t, q.AnalysePool(bounded(t), 0, PoolConfig{
+		ExitOnEmpty: true, Workers: 4, MaxHeldBytes: 5000, Logger: slog.New(slog.DiscardHandler), OnError: func(error) {},
+		Backoff: func(int) time.Duration { return time.Millisecond },
+	}, r.fn(nil)))
+	assert.Equal(t, orders*per, r.total(), "deliveries")
+	checkVaried(t, r, orders, per)
+	if servers[0].mini == nil {
+		assert.Positive(t, failed.Load(), "no hand-back failed")
+	}
+	k := newQueueKeys(q.cfg.Prefix, 0, 0)
+	assert.Empty(t, claimRecords(t, servers[0], k), "claim records left")
+	assert.Zero(t, stats0(t, q).Pending)
+}
