@@ -180,9 +180,14 @@ func (q *Queue) Status(ctx context.Context, orderID uint64, id string) (TaskStat
 			c.Send("HGET", k.meta, "retention")
 			return sendHistoryReads(c, k, q.cfg.Retention, id, now)
 		}
+		// The retry record is read before the pending entry: a failure
+		// recorded between two reads (retryScript rewrites the entry and
+		// writes the retry record at once) must not show the retry with
+		// the entry from before it, one delivery short.
 		c.Send("HGETALL", k.claims)
+		c.Send("HGET", k.retries, id)
 		starts := reads()
-		r, err := receiveN(ctx, c, 1+statusReads+len(starts), 1+statusReads)
+		r, err := receiveN(ctx, c, 2+statusReads+len(starts), 2+statusReads)
 		if err != nil {
 			return TaskStatus{}, err
 		}
@@ -190,20 +195,26 @@ func (q *Queue) Status(ctx context.Context, orderID uint64, id string) (TaskStat
 		if err != nil {
 			return TaskStatus{}, err
 		}
-		r = r[1:]
+		r[3] = r[1] // the retry record, read before the entry
+		r = r[2:]
 		// Not in the pending hash of earlier releases, but a claim record
 		// names it: its place, then its other records again, read after it.
 		if found := claimPlaces(claims, id); r[0] == nil && len(found) > 0 {
-			sendPlaces(c, k, found, id)
+			c.Send("HGET", k.retries, id)
+			if err := sendPlaces(c, k, found, id); err != nil {
+				return TaskStatus{}, err
+			}
 			starts = reads()
 			if err := c.Flush(); err != nil {
 				return TaskStatus{}, err
 			}
+			retry, rerr := receiveContext(c, ctx)
 			e, perr := receivePlaces(ctx, c, found, id)
 			r, err = receiveN(ctx, c, statusReads+len(starts), statusReads)
-			if err := errors.Join(perr, err); err != nil {
+			if err := errors.Join(rerr, perr, err); err != nil {
 				return TaskStatus{}, err
 			}
+			r[1] = retry
 			if r[0] == nil && e != nil {
 				r[0] = e
 			}

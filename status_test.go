@@ -207,3 +207,32 @@ func TestStatusSeesATaskFinishedBetweenItsReads(t *testing.T) {
 		})
 	}
 }
+
+// A task whose failure is recorded while Status reads it is retrying with
+// its next attempt, never with the entry from before the failure (its
+// attempt one short): the retry record is read before the entry. The
+// failure lands between two of Status's reads about one run in a hundred
+// under -race, so the test runs the race many times.
+func TestStatusRetryingNeverOneDeliveryShort(t *testing.T) {
+	t.Parallel()
+	for range 30 {
+		q, _, _ := testQueue1(t)
+		ctx, cancel := context.WithCancel(context.Background())
+		id, err := q.AddTask(ctx, 0, []byte("p"))
+		require.NoError(t, err)
+		done := make(chan error, 1)
+		go func() {
+			done <- q.AnalysePool(ctx, 0, PoolConfig{Workers: 1, OnError: func(error) {}, Backoff: func(int) time.Duration { return time.Hour }},
+				func(context.Context, Task) error { return errors.New("down") })
+		}()
+		var st TaskStatus
+		require.Eventually(t, func() bool {
+			st, err = q.Status(context.Background(), 0, id)
+			require.NoError(t, err)
+			return st.State == StateRetrying
+		}, 10*time.Second, time.Millisecond)
+		assert.Equal(t, 2, st.Attempt, "the next attempt: %+v", st)
+		cancel()
+		require.NoError(t, <-done)
+	}
+}
