@@ -2,7 +2,6 @@ package queue
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -14,58 +13,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
-
-// A cancel asked while a task is pending, whose task then finishes
-// otherwise (acknowledged: it returned nil; dead-lettered: its last
-// delivery failed), goes with the task: the task is not reported
-// cancelled, and a replay of the dead letter runs it, as Cancel's
-// contract for dead letters says (it leaves them).
-func TestCancelMarkGoesWithItsFinishedTask(t *testing.T) {
-	t.Parallel()
-	q, s, k := testQueue1(t)
-	ctx := bounded(t)
-	done, err := q.AddTask(ctx, 1, []byte("done"))
-	require.NoError(t, err)
-	dead, err := q.AddTask(ctx, 2, []byte("dead"))
-	require.NoError(t, err)
-	_, err = q.AddTask(ctx, 3, []byte("behind")) // the ready list never empties
-	require.NoError(t, err)
-
-	c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 1})
-	require.NoError(t, err)
-	ts, err := c.Claim(ctx, 2)
-	require.NoError(t, err)
-	require.Len(t, ts, 2)
-	for _, id := range []string{done, dead} {
-		where, err := q.Cancel(ctx, 0, id) // the Consumer does not watch marks
-		require.NoError(t, err)
-		require.Equal(t, StatePending, where)
-	}
-	n, err := c.Ack(ctx, done)
-	require.NoError(t, err)
-	require.Equal(t, 1, n)
-	wentDead, err := c.Fail(ctx, ts[1], errors.New("boom"))
-	require.NoError(t, err)
-	require.True(t, wentDead)
-
-	assert.Zero(t, s.do(t, "HEXISTS", k.cancels, done), "the acknowledged task's mark is left")
-	assert.Zero(t, s.do(t, "HEXISTS", k.cancels, dead), "the dead letter's mark is left")
-	st, err := q.Status(ctx, 1, done)
-	require.NoError(t, err)
-	assert.Equal(t, StateUnknown, st.State, "a task that ran to its end is reported %v", st.State)
-
-	replayed, err := q.Replay(ctx, 0, dead)
-	require.NoError(t, err)
-	require.Equal(t, 1, replayed)
-	ts, err = c.Claim(ctx, 10)
-	require.NoError(t, err)
-	var ids []string
-	for _, t := range ts {
-		ids = append(ids, t.ID)
-	}
-	assert.Contains(t, ids, dead, "the replayed dead letter was cancelled by a mark of its earlier life")
-	require.NoError(t, c.Release(ctx))
-}
 
 // A claim that finds the ready list empty drops the marks of tasks that
 // are nowhere any more, a bounded number at a time (scriptChunk): however
@@ -164,75 +111,6 @@ func (c *countConn) DoWithTimeout(d time.Duration, cmd string, args ...any) (any
 
 func (c *countConn) ReceiveWithTimeout(d time.Duration) (any, error) {
 	return c.Conn.(redis.ConnWithTimeout).ReceiveWithTimeout(d)
-}
-
-// A pool that holds a few tasks, on a queue with many more cancel marks
-// (a bulk cancel of a backlog, say), reads the marks of its own tasks
-// only, not every mark every cancelPoll; its marked tasks are cancelled
-// all the same, those waiting and those running.
-func TestPoolReadsOnlyTheMarksOfItsTasks(t *testing.T) {
-	t.Parallel()
-	servers := newTestServers(t, 1)
-	prefix := testPrefix(t)
-	k := newQueueKeys(prefix, 0, 0)
-	var hgetall atomic.Int32
-	pool := servers[0].wrapPool(16, func(c redis.Conn) redis.Conn {
-		return &countConn{Conn: c, cmd: "HGETALL", key: k.cancels, n: &hgetall}
-	})
-	t.Cleanup(func() { pool.Close() })
-	q, err := New([]*redis.Pool{pool}, Config{Prefix: prefix})
-	require.NoError(t, err)
-	t.Cleanup(func() { q.Close() })
-	ctx, cancel := context.WithCancel(bounded(t))
-	defer cancel()
-
-	_, err = q.AddTask(ctx, 1, []byte("head"))
-	require.NoError(t, err)
-	behind, err := q.AddTask(ctx, 1, []byte("behind"))
-	require.NoError(t, err)
-	long, err := q.AddTask(ctx, 2, []byte("long"))
-	require.NoError(t, err)
-	const stale = 4 * scriptChunk
-	markStale(t, servers[0], k, stale)
-
-	rec := newSeenLog()
-	release := make(chan struct{})
-	started := make(chan string, 3)
-	errc := runPool(ctx, q, PoolConfig{Workers: 2, TaskTimeout: -1}, func(tctx context.Context, t Task) error {
-		started <- string(t.Payload)
-		switch string(t.Payload) {
-		case "head":
-			<-release
-		case "long":
-			<-tctx.Done()
-			rec.add("long-ended")
-			return tctx.Err()
-		}
-		rec.add(string(t.Payload))
-		return nil
-	})
-	for range 2 {
-		<-started // head and long run; behind waits for head
-	}
-	asked := time.Now()
-	where, err := q.Cancel(ctx, 1, behind)
-	require.NoError(t, err)
-	assert.Equal(t, StatePending, where)
-	assert.Less(t, time.Since(asked), cancelWait, "the owner never said it saw the cancel")
-	where, err = q.Cancel(ctx, 2, long)
-	require.NoError(t, err)
-	assert.Equal(t, StatePending, where)
-	rec.wait(t, "long-ended")
-	close(release)
-	rec.wait(t, "head")
-	require.Eventually(t, func() bool {
-		s := stats0(t, q)
-		return s.Pending == 0 && s.Cancelled == 2 && s.Processed == 1
-	}, 5*time.Second, 10*time.Millisecond)
-	cancel()
-	require.NoError(t, <-errc)
-	assert.NotContains(t, rec.list(), "behind")
-	assert.Zero(t, hgetall.Load(), "the pool read every mark of the queue")
 }
 
 // Cancel refuses, before it changes anything, a scheduled tasks hash of

@@ -160,26 +160,6 @@ func TestLazyClaimKeepsMarksItMayHold(t *testing.T) {
 	assert.Zero(t, s.do(t, "EXISTS", k.cancels))
 }
 
-// An ack of a task with a retry record, in a claim without IDs, deletes
-// the retry record (found through the claim's list).
-func TestLazyClaimAckDropsRetryRecords(t *testing.T) {
-	t.Parallel()
-	q, s, k := testQueue1(t)
-	ctx := context.Background()
-	addAll(t, q, orderTasks(1, 3))
-	c := lazyConsumer(t, q)
-	got, err := c.Claim(ctx, 3)
-	require.NoError(t, err)
-	dead, err := c.Fail(ctx, got[1], errors.New("once"))
-	require.NoError(t, err)
-	require.False(t, dead)
-	require.Equal(t, int64(1), s.do(t, "HEXISTS", k.retries, got[1].ID))
-	assert.Equal(t, "#0/3", claimRecords(t, s, k)["0"])
-	_, err = c.Ack(ctx, got[1].ID)
-	require.NoError(t, err)
-	assert.Zero(t, s.do(t, "HEXISTS", k.retries, got[1].ID))
-}
-
 // A claim refused because its proposal is taken goes past a record
 // without IDs by its count.
 func TestLazyClaimRecordCountsForTheNextFirst(t *testing.T) {
@@ -200,27 +180,6 @@ func TestLazyClaimRecordCountsForTheNextFirst(t *testing.T) {
 	recs := claimRecords(t, s, k)
 	assert.Equal(t, "#0/3", recs["0"])
 	assert.Equal(t, fmt.Sprintf("#3/1"), recs["3"], "after the first claim's three tasks")
-}
-
-// An ack that neither finds the IDs in the record nor is given them reads
-// the acknowledged task's ID from the claim's list, to drop its retry
-// record.
-func TestLazyClaimAckReadsIDsFromTheList(t *testing.T) {
-	t.Parallel()
-	q, s, k := testQueue1(t)
-	ctx := context.Background()
-	addAll(t, q, orderTasks(1, 3))
-	c := lazyConsumer(t, q)
-	got, err := c.Claim(ctx, 3)
-	require.NoError(t, err)
-	_, err = c.Fail(ctx, got[2], errors.New("once"))
-	require.NoError(t, err)
-	require.Equal(t, int64(1), s.do(t, "HEXISTS", k.retries, got[2].ID))
-	n, err := c.st.ack(ctx, []ackRef{{claim: &claimBatch{record: "0"}, place: 2, id: got[2].ID}}, nil)
-	require.NoError(t, err)
-	assert.Equal(t, 1, n)
-	assert.Zero(t, s.do(t, "HEXISTS", k.retries, got[2].ID))
-	assert.Equal(t, "#0/3", claimRecords(t, s, k)["0"], "no IDs given: none written")
 }
 
 // movingConsumer returns a Consumer of analyser 0 that claims as a pool

@@ -1,0 +1,126 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/gomodule/redigo/redis"
+)
+
+// Reading a claim: its entries, from the claim script's reply or from the
+// claim's list where Redis moved them itself, made into claimed tasks.
+
+// takeClaimed makes the claimed tasks of a claim's entries (its reply's,
+// or its list's), whose first seq is first, appending them to dst[:0]:
+// it dead-letters the malformed ones, marks those whose cancel was asked
+// (marks: their 1-based indexes, in order) and, when the claim's record
+// does not hold its IDs (written false), keeps them for the acker to
+// write. It reports whether it dead-lettered any.
+func (s *store) takeClaimed(ctx context.Context, entries []any, first int64, written bool, marks []any, dst []claimed) ([]claimed, bool, error) {
+	out := dst[:0]
+	if cap(out) < len(entries) {
+		out = make([]claimed, 0, len(entries))
+	}
+	s.nextFirst.Store(first + int64(len(entries)))
+	batch := &claimBatch{record: strconv.FormatInt(first, 10)}
+	if !written {
+		// Its record holds no IDs: the pool's next ack of one of its
+		// tasks writes them.
+		batch.ids = claimedIDs(entries)
+	}
+	var bad []burial
+	// The reply's buffers are the claimer's own: payloads keep pointing
+	// into them, and the IDs share one string.
+	ids := make([]byte, 0, idLen*len(entries))
+	size := 0
+	for i, v := range entries {
+		raw, _ := v.([]byte)
+		size += len(raw)
+		seq := first + int64(i) + 1
+		t, deliveries, err := parseEntry(raw)
+		if err != nil {
+			ref := taskRef{record: batch.record, place: int32(i), field: pendingField(raw, seq)}
+			bad = append(bad, burial{ref, encodeDead(raw, 0, "claim: "+err.Error())})
+			continue
+		}
+		ids = append(ids, raw[1:entryHeader]...)
+		t.Attempt = deliveries + 1
+		c := claimed{Task: t, seq: seq, claim: batch, place: int32(i), recovered: raw[0]&entryRecovered != 0}
+		if len(marks) > 0 {
+			if at, _ := redis.Int(marks[0], nil); at == i+1 {
+				c.cancelled, marks = true, marks[1:]
+			}
+		}
+		out = append(out, c)
+	}
+	s.entrySize.Store(int64(max(size/max(len(entries), 1), 1)))
+	all := string(ids)
+	for i := range out {
+		out[i].ID = all[i*idLen : (i+1)*idLen]
+		out[i].field = out[i].ID
+	}
+	if len(bad) > 0 {
+		if err := s.bury(ctx, bad); err != nil {
+			return out, true, err
+		}
+	}
+	return out, len(bad) > 0, nil
+}
+
+// claimMoved takes a claim Redis moved itself (the claim script's
+// {-3, n, first}): it reads the claim's list, one more round trip, and
+// keeps to the byte budget as the script's own loop does, handing back
+// (first claimed first, as they were) the tasks past maxBytes, all of
+// them when strict and the first does not fit (errNoRoom).
+func (s *store) claimMoved(ctx context.Context, r []any, maxBytes int64, strict bool, dst []claimed) ([]claimed, bool, error) {
+	n, nerr := redis.Int(r[1], nil)
+	first, ferr := redis.Int64(r[2], nil)
+	if err := errors.Join(nerr, ferr); err != nil || n <= 0 {
+		return dst[:0], false, redisErr(s.what("claim from"), fmt.Errorf("%w: unexpected claim reply %v", ErrMalformed, r))
+	}
+	s.nextFirst.Store(first + int64(n))
+	l := claimListKey(s.keys, strconv.FormatInt(first, 10))
+	entries, err := redis.Values(onPartition(ctx, s.part, s.what("read claim of"), func(c redis.Conn) (any, error) {
+		return redis.DoContext(c, ctx, "LRANGE", l, 0, -1)
+	}))
+	if err == nil && len(entries) != n {
+		err = redisErr(s.what("read claim of"), fmt.Errorf("%w: %s holds %d entries, the claim moved %d", ErrMalformed, l, len(entries), n))
+	}
+	if err != nil {
+		// Claimed, never seen here: the caller puts back what is pending.
+		return dst[:0], false, err
+	}
+	keep, size := n, int64(0)
+	for i, v := range entries {
+		raw, _ := v.([]byte)
+		if size += int64(len(raw)); size > maxBytes && (i > 0 || strict) {
+			keep = i
+			break
+		}
+	}
+	out, buried, err := s.takeClaimed(ctx, entries, first, false, nil, dst)
+	if err != nil || keep == n {
+		return out, buried, err
+	}
+	cut := len(out)
+	for cut > 0 && out[cut-1].place >= int32(keep) {
+		cut--
+	}
+	// The entries vary in size more than the mean told: the next claim
+	// counts their bytes in the script.
+	s.exactNext.Store(true)
+	back := out[cut:]
+	for i := range back {
+		back[i].Attempt-- // never started: handed back with the deliveries it had
+	}
+	if err := s.requeue(ctx, back, false); err != nil {
+		return out[:cut], buried, err
+	}
+	clear(back)
+	if out = out[:cut]; len(out) == 0 && strict {
+		return out, buried, errNoRoom
+	}
+	return out, buried, nil
+}
