@@ -176,3 +176,138 @@ func TestPoolClaimMovedHandBackFails(t *testing.T) {
 	assert.Empty(t, claimRecords(t, servers[0], k), "claim records left")
 	assert.Zero(t, stats0(t, q).Pending)
 }
+
+// movingConsumer returns a Consumer of analyser 0 that claims as a pool
+// does: Redis moves the entries where it can (SORT; miniredis has none).
+func movingConsumer(t *testing.T, q *Queue) *Consumer {
+	t.Helper()
+	c := lazyConsumer(t, q)
+	c.st.native.Store(true)
+	return c
+}
+
+// On a server with SORT, a claim is Redis's own move: the tasks come in
+// claim order, the record holds their count, and the ready list keeps
+// the rest. On one without, the claim says so, and the store asks no
+// more.
+func TestClaimMovedByRedis(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	addAll(t, q, orderTasks(2, 3))
+	c := movingConsumer(t, q)
+	c.st.entrySize.Store(64) // a first claim's guess is the largest entry: it would move one
+	got, err := c.st.claim(ctx, 4, 1<<20, false, nil)
+	require.NoError(t, err)
+	require.Len(t, got, 4)
+	var pls []string
+	for _, tk := range got {
+		pls = append(pls, string(tk.Payload))
+	}
+	assert.Equal(t, []string{pl(0, 0), pl(1, 0), pl(0, 1), pl(1, 1)}, pls)
+	assert.Equal(t, "#0/4", claimRecords(t, s, k)["0"])
+	assert.Equal(t, int64(2), s.do(t, "LLEN", k.ready))
+	assert.Equal(t, int64(4), stats0(t, q).Pending)
+	if s.mini != nil {
+		assert.False(t, c.st.native.Load(), "miniredis has no SORT: the store stops asking")
+	} else {
+		assert.True(t, c.st.native.Load())
+		assert.Equal(t, int64(4), s.do(t, "LLEN", claimListKey(k, "0")))
+	}
+	more, err := c.st.claim(ctx, 10, 1<<20, false, nil)
+	require.NoError(t, err)
+	require.Len(t, more, 2)
+	assert.Equal(t, pl(0, 2), string(more[0].Payload))
+	assert.Equal(t, pl(1, 2), string(more[1].Payload))
+}
+
+// A moved claim keeps to its byte budget: the tasks past it go back to
+// the consuming end, first claimed first, with no delivery counted, and
+// the next claim takes them in order. Strict, with not even the first
+// fitting, it takes none.
+func TestClaimMovedKeepsToTheBudget(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	addAll(t, q, orderTasks(1, 6))
+	c := movingConsumer(t, q)
+	c.st.entrySize.Store(1) // as if the entries seen so far were tiny: the move takes all 6
+	size := int64(len(encodeTask(Task{ID: strings.Repeat("x", idLen), Payload: []byte(pl(0, 0))}, 0)))
+	got, err := c.st.claim(ctx, 6, 2*size, false, nil)
+	require.NoError(t, err)
+	require.Len(t, got, 2)
+	assert.Equal(t, pl(0, 0), string(got[0].Payload))
+	assert.Equal(t, pl(0, 1), string(got[1].Payload))
+	assert.Equal(t, int64(4), s.do(t, "LLEN", k.ready))
+	assert.Equal(t, int64(2), stats0(t, q).Pending)
+	if s.mini == nil {
+		assert.True(t, c.st.exactNext.Load(), "the next claim counts bytes")
+	}
+
+	c.st.entrySize.Store(1)
+	c.st.exactNext.Store(false)
+	none, err := c.st.claim(ctx, 6, 1, true, nil)
+	require.ErrorIs(t, err, errNoRoom)
+	assert.Empty(t, none)
+	assert.Equal(t, int64(4), s.do(t, "LLEN", k.ready))
+
+	rest, err := c.st.claim(ctx, 6, 1<<20, false, nil)
+	require.NoError(t, err)
+	require.Len(t, rest, 4)
+	for i, tk := range rest {
+		assert.Equal(t, pl(0, i+2), string(tk.Payload))
+		assert.Equal(t, 1, tk.Attempt, "handed back undelivered")
+	}
+}
+
+// A pool whose ACL user may not run SORT claims all the same: the first
+// claim's script finds SORT refused, moves the entries itself, and the
+// pool asks no more. (miniredis has no SORT: every pool there takes this
+// path; this test needs a server with ACLs.)
+func TestPoolWhereSORTIsDenied(t *testing.T) {
+	servers := newTestServers(t, 1)
+	s := servers[0]
+	if s.mini != nil || testOnCluster {
+		t.Skip("needs one redis-server's ACLs")
+	}
+	prefix := testPrefix(t)
+	user := strings.NewReplacer(":", "-").Replace(prefix)
+	limited := LimitedPoolForTest(t, s.pool, s.url, user, "-sort")
+	c := s.pool.Get()
+	defer c.Close()
+	q, err := New([]*redis.Pool{limited}, Config{Prefix: prefix})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	addAll(t, q, orderTasks(4, 50))
+	r := newRecorder()
+	require.NoError(t, q.AnalysePool(bounded(t), 0, PoolConfig{ExitOnEmpty: true, Workers: 4}, r.fn(nil)))
+	for o := range 4 {
+		want := make([]string, 50)
+		for i := range want {
+			want[i] = pl(o, i)
+		}
+		assert.Equal(t, want, r.order(uint64(o)))
+	}
+	assert.Zero(t, stats0(t, q).Pending)
+	// SORT was tried, and refused, once.
+	log, err := redis.Values(c.Do("ACL", "LOG"))
+	require.NoError(t, err)
+	denied := 0
+	for _, e := range log {
+		kv, _ := redis.Values(e, nil)
+		fields := map[string]string{}
+		for i := 0; i+1 < len(kv); i += 2 {
+			k, _ := redis.String(kv[i], nil)
+			if v, ok := kv[i+1].(int64); ok {
+				fields[k] = strconv.FormatInt(v, 10)
+			} else {
+				fields[k], _ = redis.String(kv[i+1], nil)
+			}
+		}
+		if fields["username"] == user && fields["object"] == "sort" {
+			n, _ := strconv.Atoi(fields["count"])
+			denied += n
+		}
+	}
+	assert.Equal(t, 1, denied, "SORT denied to %s in ACL LOG", user)
+}

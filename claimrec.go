@@ -1,14 +1,10 @@
 package queue
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
-
-	"github.com/gomodule/redigo/redis"
 )
 
 // The claim record. A claim moves the entries it pops, as they were, into
@@ -118,86 +114,6 @@ func claimRecordFirst(v string) (int64, bool) {
 	}
 	first, ok := claimFirst(f)
 	return first, found && ok
-}
-
-// findScript finds a task in the lists of claims whose records hold no
-// IDs yet, without sending their entries back: the readers that would
-// otherwise read whole lists (State, Status, Cancel) get only the places
-// that hold the task. A list or bitmap of another type names nothing.
-//
-//	KEYS = the list and done bitmap of each claim
-//	ARGV[1] = task ID
-//
-// Returns {claim (1-based, in KEYS order), place, entry, done bit, ...}
-// for each place whose entry holds the task.
-var findScript = newScript("find", -1, `
-local out = {}
-for i = 1, #KEYS, 2 do
-  local es = redis.pcall('LRANGE', KEYS[i], 0, -1)
-  if type(es) == 'table' and not es.err then
-    for j, e in ipairs(es) do
-      local h = string.byte(e, 1) == $accountedByte and 2 or 1
-      local v = string.byte(e, h)
-      if v and v <= $entryFlags and v % 2 == $entryTask and string.sub(e, h + 1, h + $idLen) == ARGV[1] then
-        local done = redis.pcall('GETBIT', KEYS[i + 1], j - 1)
-        out[#out + 1] = (i + 1) / 2
-        out[#out + 1] = j - 1
-        out[#out + 1] = e
-        out[#out + 1] = type(done) == 'number' and done or 0
-      end
-    end
-  end
-end
-return out
-`)
-
-// findArgs returns findScript's arguments for the claims of places (those
-// at -1) and task id, or nil when there are none.
-func findArgs(k queueKeys, places []claimPlace, id string) []any {
-	var args []any
-	for _, p := range places {
-		if p.at < 0 {
-			if args == nil {
-				args = []any{0}
-			}
-			args = append(args, claimListKey(k, p.first), claimDoneKey(k, p.first))
-		}
-	}
-	if args == nil {
-		return nil
-	}
-	args[0] = len(args) - 1
-	return append(args, id)
-}
-
-// foundPlace is a place findScript found.
-type foundPlace struct {
-	claimPlace
-	entry []byte
-	done  bool
-}
-
-// parseFound reads findScript's reply for the claims of places (those at
-// -1, in order).
-func parseFound(r []any, places []claimPlace) ([]foundPlace, error) {
-	var lazy []claimPlace
-	for _, p := range places {
-		if p.at < 0 {
-			lazy = append(lazy, p)
-		}
-	}
-	var out []foundPlace
-	for i := 0; i+3 < len(r); i += 4 {
-		c, cerr := redis.Int(r[i], nil)
-		at, aerr := redis.Int(r[i+1], nil)
-		e, eerr := redis.Bytes(r[i+2], nil)
-		done, derr := redis.Int(r[i+3], nil)
-		if err := errors.Join(cerr, aerr, eerr, derr); err != nil || c < 1 || c > len(lazy) || at < 0 {
-			return nil, fmt.Errorf("%w: unexpected find reply %v", ErrMalformed, r)
-		}
-		out = append(out, foundPlace{claimPlace{lazy[c-1].first, at}, e, done == 1})
-	}
-	return out, nil
 }
 
 // claimFirst parses a claim-sequence hash field: a claim's first seq.
@@ -352,100 +268,6 @@ local function claimAfter(claims, first)
   return after
 end
 `
-
-// claimPlace is a place in a claim record, or (at -1) a whole claim whose
-// record holds no IDs yet.
-type claimPlace struct {
-	first string
-	at    int
-}
-
-// claimPlaces returns the places the claim records among records (the
-// queue's claim-sequence hash) give task id, finished or not, and the
-// claims whose records do not hold their IDs yet (at -1), which may hold
-// it anywhere. Only a whole task ID matches.
-func claimPlaces(records map[string]string, id string) []claimPlace {
-	if len(id) != idLen {
-		return nil
-	}
-	var found []claimPlace
-	for f, v := range records {
-		if _, later := laterCount(v); later {
-			found = append(found, claimPlace{f, -1})
-			continue
-		}
-		ids, list, _ := claimIDs(v)
-		if !list {
-			continue
-		}
-		for at := 0; at+idLen <= len(ids); at += idLen {
-			if ids[at:at+idLen] == id {
-				found = append(found, claimPlace{f, at / idLen})
-			}
-		}
-	}
-	return found
-}
-
-// sendPlaces sends the reads of the places found (claimPlaces) on c: the
-// entry and the done bit of each, and findScript's search of the claims
-// whose records hold no IDs yet; receivePlaces reads their replies.
-func sendPlaces(c redis.Conn, k queueKeys, found []claimPlace, id string) error {
-	if args := findArgs(k, found, id); args != nil {
-		if err := findScript.Send(c, args...); err != nil {
-			return err
-		}
-	}
-	for _, p := range found {
-		if p.at >= 0 {
-			c.Send("LINDEX", claimListKey(k, p.first), p.at)
-			c.Send("GETBIT", claimDoneKey(k, p.first), p.at)
-		}
-	}
-	return nil
-}
-
-// receivePlaces reads the replies of sendPlaces(c, k, found, id), all of
-// them, and returns the entry of a place where the task is pending, or
-// nil.
-func receivePlaces(ctx context.Context, c redis.Conn, found []claimPlace, id string) ([]byte, error) {
-	var entry []byte
-	var errs []error
-	if findArgs(queueKeys{}, found, id) != nil {
-		r, err := redis.Values(receiveContext(c, ctx))
-		if err == nil {
-			var fs []foundPlace
-			if fs, err = parseFound(r, found); err == nil {
-				for _, f := range fs {
-					if !f.done && entry == nil {
-						entry = f.entry
-					}
-				}
-			}
-		}
-		if err != nil {
-			errs = append(errs, err)
-		}
-	}
-	for _, p := range found {
-		if p.at < 0 {
-			continue
-		}
-		e, err := redis.Bytes(receiveContext(c, ctx))
-		if err == redis.ErrNil {
-			err = nil
-		}
-		done, derr := redis.Int(receiveContext(c, ctx))
-		if err != nil || derr != nil {
-			errs = append(errs, err, derr)
-			continue
-		}
-		if e != nil && done == 0 && entry == nil {
-			entry = e
-		}
-	}
-	return entry, errors.Join(errs...)
-}
 
 // claimCall returns the arguments of a script whose keys are keys and then
 // the claim list and done bitmap of each claim record named in records
