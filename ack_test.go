@@ -61,22 +61,31 @@ func TestCancelMarkGoesWithItsFinishedTask(t *testing.T) {
 	require.NoError(t, c.Release(ctx))
 }
 
-// An ack of a task with a retry record, in a claim without IDs, deletes
-// the retry record (found through the claim's list).
-func TestLazyClaimAckDropsRetryRecords(t *testing.T) {
-	t.Parallel()
+// lazyRetrying claims three tasks (of one OrderID) into a claim whose
+// record holds no IDs, and fails the one at place, which has a retry
+// record then.
+func lazyRetrying(t *testing.T, place int) (*Consumer, []Task, *testServer, queueKeys) {
+	t.Helper()
 	q, s, k := testQueue1(t)
 	ctx := context.Background()
 	addAll(t, q, orderTasks(1, 3))
 	c := lazyConsumer(t, q)
 	got, err := c.Claim(ctx, 3)
 	require.NoError(t, err)
-	dead, err := c.Fail(ctx, got[1], errors.New("once"))
+	dead, err := c.Fail(ctx, got[place], errors.New("once"))
 	require.NoError(t, err)
 	require.False(t, dead)
-	require.Equal(t, int64(1), s.do(t, "HEXISTS", k.retries, got[1].ID))
+	require.Equal(t, int64(1), s.do(t, "HEXISTS", k.retries, got[place].ID))
+	return c, got, s, k
+}
+
+// An ack of a task with a retry record, in a claim without IDs, deletes
+// the retry record (found through the IDs the ack brings).
+func TestLazyClaimAckDropsRetryRecords(t *testing.T) {
+	t.Parallel()
+	c, got, s, k := lazyRetrying(t, 1)
 	assert.Equal(t, "#0/3", claimRecords(t, s, k)["0"])
-	_, err = c.Ack(ctx, got[1].ID)
+	_, err := c.Ack(context.Background(), got[1].ID)
 	require.NoError(t, err)
 	assert.Zero(t, s.do(t, "HEXISTS", k.retries, got[1].ID))
 }
@@ -86,16 +95,8 @@ func TestLazyClaimAckDropsRetryRecords(t *testing.T) {
 // record.
 func TestLazyClaimAckReadsIDsFromTheList(t *testing.T) {
 	t.Parallel()
-	q, s, k := testQueue1(t)
-	ctx := context.Background()
-	addAll(t, q, orderTasks(1, 3))
-	c := lazyConsumer(t, q)
-	got, err := c.Claim(ctx, 3)
-	require.NoError(t, err)
-	_, err = c.Fail(ctx, got[2], errors.New("once"))
-	require.NoError(t, err)
-	require.Equal(t, int64(1), s.do(t, "HEXISTS", k.retries, got[2].ID))
-	n, err := c.st.ack(ctx, []ackRef{{claim: &claimBatch{record: "0"}, place: 2, id: got[2].ID}}, nil)
+	c, got, s, k := lazyRetrying(t, 2)
+	n, err := c.st.ack(context.Background(), []ackRef{{claim: &claimBatch{record: "0"}, place: 2, id: got[2].ID}}, nil)
 	require.NoError(t, err)
 	assert.Equal(t, 1, n)
 	assert.Zero(t, s.do(t, "HEXISTS", k.retries, got[2].ID))
