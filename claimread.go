@@ -62,7 +62,7 @@ func (s *store) takeClaimed(ctx context.Context, entries []any, first int64, wri
 		out[i].field = out[i].ID
 	}
 	if len(bad) > 0 {
-		if err := s.bury(ctx, bad); err != nil {
+		if _, err := s.bury(ctx, bad); err != nil {
 			return out, true, err
 		}
 	}

@@ -324,8 +324,10 @@ func (c *Consumer) Ack(ctx context.Context, ids ...string) (int, error) {
 // t has had MaxAttempts deliveries it moves to the dead-letter store with
 // cause and Fail reports dead; otherwise the failure, and the retry that
 // follows, are recorded in the pending record, so that a crash counts
-// them, and the caller retries t in place with Attempt one higher. Costs
-// one round trip.
+// them, and the caller retries t in place with Attempt one higher. A task
+// that is no longer pending (acknowledged, handed back, or finished by
+// another owner) is left as it is, and Fail reports false. Costs one
+// round trip.
 func (c *Consumer) Fail(ctx context.Context, t Task, cause error) (dead bool, err error) {
 	if err := c.st.finishRefence(ctx); err != nil {
 		return false, err

@@ -442,3 +442,25 @@ func TestConsumerRequeueKeepsRecoveredMark(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, byte(entryTask|entryRecovered), raw[0], "still marked")
 }
+
+// A Fail of a task the Consumer no longer holds (handed back) moves
+// nothing to the dead-letter store and says so, even at its last attempt:
+// it said dead while the task was back in the ready list.
+func TestConsumerFailOfATaskNotHeldIsNotDead(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	addAll(t, q, orderTasks(1, 1))
+	c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 1})
+	require.NoError(t, err)
+	defer c.Release(ctx)
+	got, err := c.Claim(ctx, 1)
+	require.NoError(t, err)
+	require.Len(t, got, 1)
+	require.NoError(t, c.Requeue(ctx, got[0]))
+	dead, err := c.Fail(ctx, got[0], errors.New("late"))
+	require.NoError(t, err)
+	assert.False(t, dead, "nothing moved")
+	assert.Zero(t, s.do(t, "HLEN", k.dead))
+	assert.Equal(t, int64(1), s.do(t, "LLEN", k.ready))
+}

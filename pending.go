@@ -182,7 +182,8 @@ func (s *store) fail(ctx context.Context, t claimed, cause error, retryAt time.T
 	}
 	if t.Attempt >= s.maxAttempts {
 		entry := encodeTask(t.Task, t.Attempt)
-		return true, s.bury(ctx, []burial{{t.ref(), encodeDead(entry, t.Attempt, msg)}})
+		moved, err := s.bury(ctx, []burial{{t.ref(), encodeDead(entry, t.Attempt, msg)}})
+		return moved > 0, err
 	}
 	r := t.ref()
 	_, err = s.script(ctx, "record failure on", failScript, s.claimCall([]any{s.keys.claims, s.keys.lease, s.keys.meta, s.keys.retries},
@@ -268,8 +269,10 @@ if n > 0 and ARGV[3] == '1' then incr(KEYS[4], 'redelivered', n) end
 return n
 `))
 
-// bury moves pending tasks to the dead-letter store.
-func (s *store) bury(ctx context.Context, items []burial) error {
+// bury moves pending tasks to the dead-letter store, and returns how many
+// it moved (a task no longer pending is skipped).
+func (s *store) bury(ctx context.Context, items []burial) (int, error) {
+	moved := 0
 	for len(items) > 0 {
 		n := buryChunk(items)
 		a := []any{s.value(), s.ttlMS}
@@ -280,12 +283,14 @@ func (s *store) bury(ctx context.Context, items []burial) error {
 		}
 		call := s.claimCall([]any{s.keys.pending, s.keys.dead, s.keys.lease, s.keys.meta, s.keys.retries, s.keys.cancels, s.keys.claims},
 			records, false, a...)
-		if _, err := s.script(ctx, "dead-letter on", buryScript, call...); err != nil {
-			return err
+		k, err := redis.Int(s.script(ctx, "dead-letter on", buryScript, call...))
+		moved += k
+		if err != nil {
+			return moved, err
 		}
 		items = items[n:]
 	}
-	return nil
+	return moved, nil
 }
 
 // requeue pushes tasks back at the consuming end, first given first

@@ -310,7 +310,7 @@ func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep ma
 			put = append(put, r.claimed)
 		}
 	}
-	if err := s.bury(ctx, dead); err != nil {
+	if _, err := s.bury(ctx, dead); err != nil {
 		return 0, 0, err
 	}
 	if err := s.requeue(ctx, put, redelivery); err != nil {
