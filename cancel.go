@@ -60,7 +60,7 @@ local function pending()
   local all = redis.call('HGETALL', KEYS[7])
   for i = 1, #all, 2 do
     local v = all[i + 1]
-    if string.byte(v, 1) == $claimedMark and string.match(v, '^.%d+$idsLater%d+$') then
+    if idsLater(v) then
       if not read[all[i]] then return 'recheck' end
       -- Its places the caller found in its list.
       local _, d = claimKeys(KEYS[7], all[i])

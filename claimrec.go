@@ -176,8 +176,12 @@ end
 // to, step), which returns the wrongTypeReply error when the list or done
 // bitmap of a claim named by ARGV[from], ARGV[from+step], ... up to
 // ARGV[to] ("" names none) holds another type: scripts call it before
-// their first write.
+// their first write; and idsLater(v), which reports whether record v is a
+// claim record whose IDs are not written yet ("#<first>/<n>").
 const luaClaimKeys = `
+local function idsLater(v)
+  return string.byte(v, 1) == $claimedMark and string.match(v, '^.%d+$idsLater%d+$') ~= nil
+end
 local function claimKeys(claims, first)
   local l = string.sub(claims, 1, -#'$claimsName' - 1) .. 'claim:' .. first
   return l, l .. ':done'
@@ -219,7 +223,7 @@ local function named(claims, pending, id)
   local all = #id == $idLen and redis.call('HVALS', claims) or {}
   for _, v in ipairs(all) do
     -- A record whose IDs are not written yet may name any task.
-    if string.byte(v, 1) == $claimedMark and string.match(v, '^.%d+$idsLater%d+$') then return true end
+    if idsLater(v) then return true end
     local base = string.byte(v, 1) == $claimedMark and string.find(v, ':', 2, true)
     if base then
       local from = base + 1

@@ -20,6 +20,9 @@ local function incr(key, field, n)
   end
 end
 
+local function idsLater(v)
+  return string.byte(v, 1) == 35 and string.match(v, '^.%d+/%d+$') ~= nil
+end
 local function claimKeys(claims, first)
   local l = string.sub(claims, 1, -#'order' - 1) .. 'claim:' .. first
   return l, l .. ':done'
@@ -51,7 +54,7 @@ local function pending()
   local all = redis.call('HGETALL', KEYS[7])
   for i = 1, #all, 2 do
     local v = all[i + 1]
-    if string.byte(v, 1) == 35 and string.match(v, '^.%d+/%d+$') then
+    if idsLater(v) then
       if not read[all[i]] then return 'recheck' end
       -- Its places the caller found in its list.
       local _, d = claimKeys(KEYS[7], all[i])

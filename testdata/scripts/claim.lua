@@ -16,6 +16,9 @@ local function incr(key, field, n)
   end
 end
 
+local function idsLater(v)
+  return string.byte(v, 1) == 35 and string.match(v, '^.%d+/%d+$') ~= nil
+end
 local function claimKeys(claims, first)
   local l = string.sub(claims, 1, -#'order' - 1) .. 'claim:' .. first
   return l, l .. ':done'
@@ -42,7 +45,7 @@ local function named(claims, pending, id)
   local all = #id == 20 and redis.call('HVALS', claims) or {}
   for _, v in ipairs(all) do
     -- A record whose IDs are not written yet may name any task.
-    if string.byte(v, 1) == 35 and string.match(v, '^.%d+/%d+$') then return true end
+    if idsLater(v) then return true end
     local base = string.byte(v, 1) == 35 and string.find(v, ':', 2, true)
     if base then
       local from = base + 1

@@ -15,6 +15,9 @@ local function incr(key, field, n)
   end
 end
 
+local function idsLater(v)
+  return string.byte(v, 1) == 35 and string.match(v, '^.%d+/%d+$') ~= nil
+end
 local function claimKeys(claims, first)
   local l = string.sub(claims, 1, -#'order' - 1) .. 'claim:' .. first
   return l, l .. ':done'

@@ -27,6 +27,9 @@ local function history(key)
   return t == 'hash' or t == 'none'
 end
 
+local function idsLater(v)
+  return string.byte(v, 1) == 35 and string.match(v, '^.%d+/%d+$') ~= nil
+end
 local function claimKeys(claims, first)
   local l = string.sub(claims, 1, -#'order' - 1) .. 'claim:' .. first
   return l, l .. ':done'
