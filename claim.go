@@ -232,21 +232,6 @@ type claimBatch struct {
 	ids string
 }
 
-// claimedIDs returns the IDs of a claim's entries (a claim reply's) back
-// to back, as the claim script would have written them in its record.
-func claimedIDs(entries []any) string {
-	ids := make([]byte, 0, idLen*len(entries))
-	for _, v := range entries {
-		raw, _ := v.([]byte)
-		if len(raw) >= entryHeader && isEntryStart(raw[0]) {
-			ids = append(ids, raw[1:entryHeader]...)
-		} else {
-			ids = append(ids, seqFiller...)
-		}
-	}
-	return string(ids)
-}
-
 // seqReply starts the claim script's refusal, before any write, of a
 // claim whose first seq (the caller's guess: the one after its last claim)
 // is not the queue's next one; the reply says which is.

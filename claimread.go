@@ -25,19 +25,21 @@ func (s *store) takeClaimed(ctx context.Context, entries []any, first int64, wri
 	}
 	s.nextFirst.Store(first + int64(len(entries)))
 	batch := &claimBatch{record: strconv.FormatInt(first, 10)}
-	if !written {
-		// Its record holds no IDs: the pool's next ack of one of its
-		// tasks writes them.
-		batch.ids = claimedIDs(entries)
-	}
 	var bad []burial
 	// The reply's buffers are the claimer's own: payloads keep pointing
-	// into them, and the IDs share one string.
+	// into them, and the IDs share one string, place by place, as the
+	// claim record holds them (seqFiller for an entry with no readable
+	// header).
 	ids := make([]byte, 0, idLen*len(entries))
 	size := 0
 	for i, v := range entries {
 		raw, _ := v.([]byte)
 		size += len(raw)
+		if len(raw) >= entryHeader && isEntryStart(raw[0]) {
+			ids = append(ids, raw[1:entryHeader]...)
+		} else {
+			ids = append(ids, seqFiller...)
+		}
 		seq := first + int64(i) + 1
 		t, deliveries, err := parseEntry(raw)
 		if err != nil {
@@ -45,7 +47,6 @@ func (s *store) takeClaimed(ctx context.Context, entries []any, first int64, wri
 			bad = append(bad, burial{ref, encodeDead(raw, 0, "claim: "+err.Error())})
 			continue
 		}
-		ids = append(ids, raw[1:entryHeader]...)
 		t.Attempt = deliveries + 1
 		c := claimed{Task: t, seq: seq, claim: batch, place: int32(i), recovered: raw[0]&entryRecovered != 0}
 		if len(marks) > 0 {
@@ -57,8 +58,14 @@ func (s *store) takeClaimed(ctx context.Context, entries []any, first int64, wri
 	}
 	s.entrySize.Store(int64(max(size/max(len(entries), 1), 1)))
 	all := string(ids)
+	if !written {
+		// Its record holds no IDs: the pool's next ack of one of its
+		// tasks writes them.
+		batch.ids = all
+	}
 	for i := range out {
-		out[i].ID = all[i*idLen : (i+1)*idLen]
+		at := int(out[i].place) * idLen
+		out[i].ID = all[at : at+idLen]
 		out[i].field = out[i].ID
 	}
 	if len(bad) > 0 {
