@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -409,14 +410,19 @@ func benchDrain(b *testing.B, q *Queue, cfg PoolConfig, n int, headers map[strin
 		drainCPU.start()
 		mid := time.Now()
 		var wg sync.WaitGroup
-		for i := 0; i < a; i++ {
-			wg.Go(func() {
-				if err := q.AnalysePool(ctx, i, cfg, noop); err != nil {
-					b.Error(err)
-				}
-			})
-		}
-		wg.Wait()
+		// The drain's goroutines carry the label phase=drain, so a CPU
+		// profile of the benchmark can be read for the drain alone
+		// (go tool pprof -tagfocus phase=drain).
+		pprof.Do(ctx, pprof.Labels("phase", "drain"), func(ctx context.Context) {
+			for i := 0; i < a; i++ {
+				wg.Go(func() {
+					if err := q.AnalysePool(ctx, i, cfg, noop); err != nil {
+						b.Error(err)
+					}
+				})
+			}
+			wg.Wait()
+		})
 		drained = time.Since(mid)
 		drainCPU.stop()
 		runtime.ReadMemStats(&m1)
