@@ -49,7 +49,9 @@ type PoolConfig struct {
 	// bounds what one claim takes. Tasks that wait behind an earlier task
 	// of their OrderID (one retrying, or slow) do not count, so they never
 	// hold back other OrderIDs; MaxHeldTasks and MaxHeldBytes bound them.
-	// If zero, 16 per worker (at least 256) is used; at most 65536.
+	// If zero, 64 per worker (at least 1024, at most 65536) is used: a
+	// claim takes up to about Prefetch tasks, and the larger the claims
+	// the less each task costs (see docs/performance.md). At most 65536.
 	Prefetch int
 	// MaxHeldTasks bounds all the tasks the pool holds, those waiting
 	// behind an earlier task of their OrderID included. If zero, 16 times
@@ -139,7 +141,7 @@ func (c PoolConfig) withDefaults() (PoolConfig, error) {
 		return c, err
 	}
 	if c.Prefetch == 0 {
-		c.Prefetch = max(16*c.MaxWorkers, 256)
+		c.Prefetch = min(max(64*c.MaxWorkers, 1024), maxPrefetch)
 		if c.MaxHeldTasks > 0 {
 			c.Prefetch = min(c.Prefetch, c.MaxHeldTasks)
 		}

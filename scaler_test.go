@@ -49,7 +49,7 @@ func TestPoolWorkerConfig(t *testing.T) {
 			assert.Equal(t, tt.min, got.MinWorkers)
 			assert.Equal(t, tt.max, got.MaxWorkers)
 			assert.Equal(t, 5*time.Second, got.ScaleDownAfter)
-			assert.Equal(t, max(16*tt.max, 256), got.Prefetch, "Prefetch follows MaxWorkers")
+			assert.Equal(t, min(max(64*tt.max, 1024), maxPrefetch), got.Prefetch, "Prefetch follows MaxWorkers")
 		})
 	}
 }

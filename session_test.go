@@ -151,7 +151,28 @@ func TestMaxHeldTasksAlone(t *testing.T) {
 	assert.Equal(t, 100, cfg.Prefetch)
 	cfg, err = PoolConfig{}.withDefaults()
 	require.NoError(t, err)
-	assert.Equal(t, 256, cfg.Prefetch)
-	assert.Equal(t, 16*256, cfg.MaxHeldTasks)
+	assert.Equal(t, 1024, cfg.Prefetch)
+	assert.Equal(t, 16*1024, cfg.MaxHeldTasks)
 	assert.EqualValues(t, 64<<20, cfg.MaxHeldBytes)
+}
+
+// The default Prefetch is 64 per worker, at least 1024 and at most the
+// largest Prefetch; MaxHeldTasks, when set lower, bounds it.
+func TestDefaultPrefetch(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		cfg  PoolConfig
+		want int
+	}{
+		{PoolConfig{}, 1024},
+		{PoolConfig{Workers: 16}, 1024},
+		{PoolConfig{Workers: 64}, 4096},
+		{PoolConfig{MinWorkers: 2, MaxWorkers: 100}, 6400},
+		{PoolConfig{Workers: 4096}, 65536},
+		{PoolConfig{Workers: 64, MaxHeldTasks: 500}, 500},
+	} {
+		cfg, err := tt.cfg.withDefaults()
+		require.NoError(t, err)
+		assert.Equal(t, tt.want, cfg.Prefetch, "%+v", tt.cfg)
+	}
 }
