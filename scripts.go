@@ -42,7 +42,8 @@ var scriptVars = strings.NewReplacer(
 	"$wrongTypeReply", wrongTypeReply,
 	"$badValueReply", badValueReply,
 	"$seqReply", seqReply,
-	"$maxClaimSeq", strconv.FormatInt(maxClaimSeq, 10),
+	"$maxClaimSeq", strconv.FormatInt(maxClaimSeq, 10), // before $maxClaim: the first name that matches is taken
+	"$maxClaim", strconv.Itoa(maxClaim),
 	"$maxGroupWeight", strconv.Itoa(maxGroupWeight),
 	"$maxSessionMS", strconv.FormatInt(maxSessionTTL.Milliseconds(), 10),
 )

@@ -172,6 +172,8 @@ if ARGV[10] == '1' and not waiting and redis.call('EXISTS', KEYS[8]) == 0 then
     refused = true
   end
 end
+-- Each entry passes through Lua below: at most 1000 of them.
+want, ask = math.min(want, 1000), math.min(ask, 1000)
 local items = redis.call('RPOP', KEYS[1], ask)
 if not items then
   if redis.call('EXISTS', KEYS[8]) == 1 then
