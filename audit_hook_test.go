@@ -51,6 +51,15 @@ func (c *hookConn) Do(cmd string, args ...any) (any, error) {
 	return c.Conn.Do(cmd, args...)
 }
 
+// Send hooks a pipelined call as Do does a plain one: refused, it is not
+// sent.
+func (c *hookConn) Send(cmd string, args ...any) error {
+	if err := c.hook(cmd, args); err != nil {
+		return err
+	}
+	return c.Conn.Send(cmd, args...)
+}
+
 func (c *hookConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
 	if err := c.hook(cmd, args); err != nil {
 		return nil, err

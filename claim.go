@@ -316,14 +316,25 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 	// Pop as many at first as fit the budget at the entry size seen so
 	// far: one RPOP for small entries, a few for large ones.
 	pop := int(min(int64(n), max(1, maxBytes/max(s.entrySize.Load(), 1))))
-	var r []any
+	// A move asked for likely is made: the claim's list is read in the
+	// same round trip (see claimThenRead), unless the last claim that took
+	// tasks was the script's own (a cancel mark or a due scheduled task
+	// waits: its entries would be read twice).
+	piped := nativeArg == 1 && !s.luaClaimed.Load()
+	var r, entries []any
+	var list string
 	var err error
 	for try := 0; ; try++ {
 		first := strconv.FormatInt(s.nextFirst.Load(), 10)
-		r, err = redis.Values(s.script(ctx, "claim from", claimScript,
-			s.keys.ready, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.keys.sched, s.keys.later, s.keys.cancels,
-			claimListKey(s.keys, first), claimDoneKey(s.keys, first),
-			s.value(), s.ttlMS, n, maxBytes, pop, strictArg, time.Now().UnixMilli(), first, idsArg, nativeArg))
+		list = claimListKey(s.keys, first)
+		args := []any{s.keys.ready, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.keys.sched, s.keys.later, s.keys.cancels,
+			list, claimDoneKey(s.keys, first),
+			s.value(), s.ttlMS, n, maxBytes, pop, strictArg, time.Now().UnixMilli(), first, idsArg, nativeArg}
+		if piped {
+			r, entries, err = s.claimThenRead(ctx, list, args)
+		} else {
+			r, err = redis.Values(s.script(ctx, "claim from", claimScript, args...))
+		}
 		next, refused := seqRefusal(err)
 		if !refused {
 			break
@@ -342,7 +353,8 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 			case code == -1:
 				err = errNoRoom
 			case code == -3 && len(r) == 3:
-				return s.claimMoved(ctx, r, maxBytes, strict, dst)
+				s.luaClaimed.Store(false)
+				return s.claimMoved(ctx, r, list, entries, maxBytes, strict, dst)
 			case len(r) == 3 && (code == 0 || code == -2):
 				next, _ := redis.Int64(r[1], nil)
 				n, err := redis.Int64(r[2], nil)
@@ -358,6 +370,7 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 		}
 	}
 	s.paused.Store(false)
+	s.luaClaimed.Store(nativeArg == 1)
 	if len(r) < 4 {
 		return dst[:0], false, redisErr(s.what("claim from"), fmt.Errorf("%w: short claim reply", ErrMalformed))
 	}

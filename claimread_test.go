@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -310,4 +312,153 @@ func TestPoolWhereSORTIsDenied(t *testing.T) {
 		}
 	}
 	assert.Equal(t, 1, denied, "SORT denied to %s in ACL LOG", user)
+}
+
+// tripConn records each round trip made through it: the commands written
+// by one Do, or sent since the last Flush.
+type tripConn struct {
+	redis.Conn
+	mu    *sync.Mutex
+	trips *[][]string
+	sent  []string
+}
+
+func (c *tripConn) trip(cmds ...string) {
+	if len(cmds) == 1 && cmds[0] == "" {
+		return // the pool's read of replies left unread, as it takes a connection back
+	}
+	c.mu.Lock()
+	*c.trips = append(*c.trips, cmds)
+	c.mu.Unlock()
+}
+
+func (c *tripConn) Do(cmd string, args ...any) (any, error) {
+	c.trip(cmd)
+	return c.Conn.Do(cmd, args...)
+}
+
+func (c *tripConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
+	c.trip(cmd)
+	return redis.DoContext(c.Conn, ctx, cmd, args...)
+}
+
+func (c *tripConn) DoWithTimeout(d time.Duration, cmd string, args ...any) (any, error) {
+	c.trip(cmd)
+	return redis.DoWithTimeout(c.Conn, d, cmd, args...)
+}
+
+func (c *tripConn) Send(cmd string, args ...any) error {
+	c.sent = append(c.sent, cmd)
+	return c.Conn.Send(cmd, args...)
+}
+
+func (c *tripConn) Flush() error {
+	if len(c.sent) > 0 {
+		c.trip(c.sent...)
+		c.sent = nil
+	}
+	return c.Conn.Flush()
+}
+
+func (c *tripConn) ReceiveContext(ctx context.Context) (any, error) {
+	return redis.ReceiveContext(c.Conn, ctx)
+}
+
+func (c *tripConn) ReceiveWithTimeout(d time.Duration) (any, error) {
+	return redis.ReceiveWithTimeout(c.Conn, d)
+}
+
+// A claim that asks Redis to move the entries reads its list in the same
+// round trip as its script: a claim is one round trip. Where the script
+// claims through Lua after all (a cancel mark waits), the list read with
+// it is dropped, the tasks are the claim's, and the next claim reads its
+// list apart, until one is moved again. Where Redis no longer holds the
+// script, it is sent whole and the list read apart.
+func TestClaimReadsItsListInTheSameRoundTrip(t *testing.T) {
+	t.Parallel()
+	servers := newTestServers(t, 1)
+	if servers[0].mini != nil {
+		t.Skip("miniredis has no SORT: no claim is Redis's own move")
+	}
+	var mu sync.Mutex
+	var trips [][]string
+	pool := servers[0].wrapPool(0, func(c redis.Conn) redis.Conn { return &tripConn{Conn: c, mu: &mu, trips: &trips} })
+	t.Cleanup(func() { pool.Close() })
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	k := newQueueKeys(q.cfg.Prefix, 0, 0)
+	ctx := context.Background()
+	ids := addAll(t, q, orderTasks(1, 12))
+	c := movingConsumer(t, q)
+	c.st.entrySize.Store(64)
+	// claim claims n tasks and returns their IDs and the round trips it made.
+	claim := func(n int) ([]string, [][]string) {
+		t.Helper()
+		mu.Lock()
+		from := len(trips)
+		mu.Unlock()
+		got, err := c.st.claim(ctx, n, 1<<20, false, nil)
+		require.NoError(t, err)
+		mu.Lock()
+		defer mu.Unlock()
+		return claimedIDs(got), slices.Clone(trips[from:])
+	}
+	got, made := claim(3)
+	assert.Equal(t, ids[:3], got)
+	assert.Equal(t, [][]string{{"EVALSHA", "LRANGE"}}, made, "one round trip")
+
+	got, made = claim(3)
+	assert.Equal(t, ids[3:6], got)
+	assert.Equal(t, [][]string{{"EVALSHA", "LRANGE"}}, made, "one round trip")
+	assert.Equal(t, int64(6), stats0(t, q).Pending)
+
+	// A cancel mark makes the script claim through Lua: the list read
+	// with it holds the same entries, and is not taken twice.
+	servers[0].do(t, "HSET", k.cancels, "no-such-task", "1")
+	got, made = claim(3)
+	assert.Equal(t, ids[6:9], got)
+	assert.Equal(t, [][]string{{"EVALSHA", "LRANGE"}}, made)
+	assert.True(t, c.st.luaClaimed.Load())
+	servers[0].do(t, "DEL", k.cancels)
+
+	got, made = claim(1)
+	assert.Equal(t, ids[9:10], got)
+	assert.Equal(t, [][]string{{"EVALSHA"}, {"LRANGE"}}, made, "after a claim through Lua, read apart")
+	assert.False(t, c.st.luaClaimed.Load())
+
+	// Redis forgot the script: it is sent again whole, the list read apart.
+	servers[0].do(t, "SCRIPT", "FLUSH")
+	got, made = claim(2)
+	assert.Equal(t, ids[10:12], got)
+	assert.Equal(t, [][]string{{"EVALSHA", "LRANGE"}, {"EVAL"}, {"LRANGE"}}, made, "EVAL once, then the list")
+	assert.Equal(t, int64(12), stats0(t, q).Pending)
+	assert.Zero(t, servers[0].do(t, "LLEN", k.ready))
+}
+
+// A claim Redis moves itself takes up to maxMoved tasks; one whose entries
+// pass through the script's loop (no SORT, or a cancel mark waits) takes
+// up to maxClaim, asked for more or not. Either way in claim order.
+func TestClaimSizeBounds(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	const total = maxMoved + maxClaim + 10
+	ids := addAll(t, q, orderTasks(1, total))
+	c := movingConsumer(t, q)
+	c.st.entrySize.Store(64)
+	got, err := c.st.claim(ctx, total, 1<<30, false, nil)
+	require.NoError(t, err)
+	want := maxMoved
+	if s.mini != nil {
+		want = maxClaim // no SORT: through the script's loop
+	}
+	require.Len(t, got, want)
+	assert.Equal(t, ids[:want], claimedIDs(got))
+
+	s.do(t, "HSET", k.cancels, "no-such-task", "1")
+	more, err := c.st.claim(ctx, total, 1<<30, false, nil)
+	require.NoError(t, err)
+	require.Len(t, more, maxClaim, "through Lua: at most maxClaim")
+	assert.Equal(t, ids[want:want+maxClaim], claimedIDs(more))
 }

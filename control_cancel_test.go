@@ -303,8 +303,8 @@ func TestCancelWithTheConsumerAPI(t *testing.T) {
 	}
 	ts, err := c.Claim(ctx, 10)
 	require.NoError(t, err)
-	assert.Equal(t, []string{ids[1], ids[2]}, taskIDsOf(ts), "Claim never returns a cancelled task")
-	_, err = c.Ack(ctx, taskIDsOf(ts)...)
+	assert.Equal(t, []string{ids[1], ids[2]}, taskIDs(ts), "Claim never returns a cancelled task")
+	_, err = c.Ack(ctx, taskIDs(ts)...)
 	require.NoError(t, err)
 	_, err = c.RemoveTask(ctx)
 	assert.ErrorIs(t, err, ErrNoTask)
@@ -432,6 +432,6 @@ func TestCancelIsBoundedOnALongQueue(t *testing.T) {
 	defer c.Release(ctx)
 	got, err := c.Claim(ctx, 4)
 	require.NoError(t, err)
-	assert.Equal(t, []string{ids[0], ids[1], ids[3]}, taskIDsOf(got), "the claim of four finished one as cancelled")
+	assert.Equal(t, []string{ids[0], ids[1], ids[3]}, taskIDs(got), "the claim of four finished one as cancelled")
 	assert.Equal(t, int64(1), stats0(t, q).Cancelled)
 }

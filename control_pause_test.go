@@ -136,7 +136,7 @@ func TestPauseScopesNameOnlyTheirQueues(t *testing.T) {
 			assert.Empty(t, ts, "analyser %d is paused", a)
 		} else {
 			assert.Len(t, ts, 1, "analyser %d is not", a)
-			_, err = c.Ack(ctx, taskIDsOf(ts)...)
+			_, err = c.Ack(ctx, taskIDs(ts)...)
 			require.NoError(t, err)
 		}
 		require.NoError(t, c.Release(ctx))

@@ -139,7 +139,7 @@ func TestScheduledDueTaskWaitsItsTurnInALongClaim(t *testing.T) {
 		for _, task := range ts {
 			got = append(got, string(task.Payload))
 		}
-		_, err = c.Ack(ctx, taskIDsOf(ts)...)
+		_, err = c.Ack(ctx, taskIDs(ts)...)
 		require.NoError(t, err)
 		return len(ts)
 	}

@@ -195,8 +195,10 @@
 // MaxHeldBytes is still claimed, alone). A pool's claim is Redis's own
 // move where the server allows SORT: one SORT ... BY nosort STORE into
 // the claim's list and one LTRIM, no entry passing through Lua, then an
-// LRANGE that reads the list (tasks past MaxHeldBytes, when entry sizes
-// vary more than the last claim told, go straight back); elsewhere
+// LRANGE that reads the list, pipelined behind the script once a claim was
+// moved so (tasks past MaxHeldBytes, when entry sizes vary more than the
+// last claim told, go straight back); such a claim takes up to 4000
+// tasks, one the script moves itself up to 1000; elsewhere
 // (miniredis, an ACL that denies SORT), or while a cancel mark or a due
 // scheduled task waits, the script moves the entries itself. An idle
 // pool is woken as soon as a task is pushed (see Idle pools). Each delivery

@@ -173,14 +173,6 @@ func deadQueue(t *testing.T) (*Queue, *testServer, queueKeys) {
 	return q, servers[0], newQueueKeys(q.cfg.Prefix, 0, 0)
 }
 
-func taskIDsOf(ts []Task) []string {
-	out := make([]string, len(ts))
-	for i, t := range ts {
-		out[i] = t.ID
-	}
-	return out
-}
-
 // statsOf returns the Stats row of analyser a.
 func statsOf(t *testing.T, q *Queue, a int) AnalyserStats {
 	t.Helper()
@@ -237,6 +229,15 @@ func readyTasks(t *testing.T, s *testServer, k queueKeys) []Task {
 }
 
 func taskIDs(ts []Task) []string {
+	out := make([]string, len(ts))
+	for i, t := range ts {
+		out[i] = t.ID
+	}
+	return out
+}
+
+// claimedIDs returns the IDs of claimed tasks, in order.
+func claimedIDs(ts []claimed) []string {
 	out := make([]string, len(ts))
 	for i, t := range ts {
 		out[i] = t.ID

@@ -37,6 +37,7 @@ type store struct {
 	idsLater    bool                   // its claims leave their task IDs to the caller's acks (idsLater): a pool's store
 	native      atomic.Bool            // its claims let Redis move the entries (a pool's store, until SORT is refused)
 	exactNext   atomic.Bool            // the next claim counts the bytes in the script (the last moved one passed its budget)
+	luaClaimed  atomic.Bool            // the last claim that took tasks, a move asked for, was the script's own
 	schedCard   atomic.Int64           // the number of scheduled tasks, as nextDue's read saw it; -1: unknown
 	paused      atomic.Bool            // the last claim found the queue paused
 	waiter      *waiter                // the partition's shared waiter, for a pool's idle waits (nil: own connections)

@@ -97,7 +97,7 @@ func TestMalformedPendingQuarantined(t *testing.T) {
 	s.do(t, "HSET", k.claims, "2", idA, "7", idB+idC, "x7", "not an order record")
 	pending, err := q.Pending(ctx, 0)
 	require.NoError(t, err)
-	assert.Equal(t, []string{idA, idB, idC}, taskIDsOf(pending), "Pending lists decodable records in claim order")
+	assert.Equal(t, []string{idA, idB, idC}, taskIDs(pending), "Pending lists decodable records in claim order")
 	assert.Equal(t, []int{1, 2, 5}, []int{pending[0].Attempt, pending[1].Attempt, pending[2].Attempt})
 
 	c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 5})
@@ -235,7 +235,7 @@ func TestRecoveryReadsOlderPendingRecords(t *testing.T) {
 	s.do(t, "HSET", k.claims, "9", idC)
 	pending, err := q.Pending(ctx, 0)
 	require.NoError(t, err)
-	assert.Equal(t, []string{idA, idB, idC}, taskIDsOf(pending))
+	assert.Equal(t, []string{idA, idB, idC}, taskIDs(pending))
 
 	c, err := q.Consume(ctx, 0, ConsumerConfig{})
 	require.NoError(t, err)
@@ -260,7 +260,7 @@ func TestRecoveryFollowsOrderRecords(t *testing.T) {
 	s.do(t, "HSET", k.claims, "4", ids[2]+ids[3], "1", ids[0]+ids[1])
 	pending, err := q.Pending(ctx, 0)
 	require.NoError(t, err)
-	assert.Equal(t, ids, taskIDsOf(pending))
+	assert.Equal(t, ids, taskIDs(pending))
 	_, err = q.Consume(ctx, 0, ConsumerConfig{})
 	require.NoError(t, err)
 	assert.Equal(t, ids, readyIDs(t, s, k.ready), "back in claim order")
@@ -414,23 +414,53 @@ func TestRecoveryOrdersAcrossClaims(t *testing.T) {
 
 // lossyConn runs the claim script but reports an error instead of its
 // reply, while drops lasts: Redis moved the tasks, the client never saw it.
+// A pipelined claim (the pool reads its list in the same round trip) loses
+// its reply as a plain one does.
 type lossyConn struct {
 	redis.Conn
 	drops *atomic.Int64
+	sent  []bool // for each pipelined command whose reply is unread: is it a claim?
+}
+
+// lose returns the error that replaces r, the reply of a claim, while
+// drops lasts; nil otherwise.
+func (c *lossyConn) lose(r any) error {
+	if v, _ := redis.Values(r, nil); len(v) > 1 && c.drops.Add(-1) >= 0 {
+		return errors.New("read: connection reset by peer (injected)")
+	}
+	return nil
 }
 
 func (c *lossyConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
 	r, err := redis.DoContext(c.Conn, ctx, cmd, args...)
 	if err == nil && scriptOf(cmd, args) == claimScript.Hash() {
-		if v, _ := redis.Values(r, nil); len(v) > 1 && c.drops.Add(-1) >= 0 {
-			return nil, errors.New("read: connection reset by peer (injected)")
+		if lerr := c.lose(r); lerr != nil {
+			return nil, lerr
 		}
 	}
 	return r, err
 }
 
+func (c *lossyConn) Send(cmd string, args ...any) error {
+	if err := c.Conn.Send(cmd, args...); err != nil {
+		return err
+	}
+	c.sent = append(c.sent, scriptOf(cmd, args) == claimScript.Hash())
+	return nil
+}
+
 func (c *lossyConn) ReceiveContext(ctx context.Context) (any, error) {
-	return redis.ReceiveContext(c.Conn, ctx)
+	r, err := redis.ReceiveContext(c.Conn, ctx)
+	claim := len(c.sent) > 0 && c.sent[0]
+	if len(c.sent) > 0 {
+		c.sent = c.sent[1:]
+	}
+	if err == nil && claim {
+		if lerr := c.lose(r); lerr != nil {
+			return nil, lerr
+		}
+	}
+	return r, err
 }
 
 // A claim whose reply was lost left its tasks pending for as long as the
