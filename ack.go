@@ -163,7 +163,7 @@ func (s *store) ack(ctx context.Context, ts []ackRef, recs []historyRecord) (int
 	done := 0
 	keep := s.retention > 0 && len(recs) == len(ts)
 	var bits map[*claimBatch][]byte
-	var order []*claimBatch
+	var order, sentIDs []*claimBatch
 	for len(ts) > 0 {
 		n := min(len(ts), maxClaim)
 		bucket, expiry, start := s.historyBucket(time.Now())
@@ -186,10 +186,17 @@ func (s *store) ack(ctx context.Context, ts []ackRef, recs []historyRecord) (int
 		records := make([]string, len(order))
 		args := make([]any, 0, 5+3*len(order))
 		args = append(args, s.value(), s.ttlMS, len(order), expiry, s.retention.Milliseconds())
+		sent := sentIDs[:0]
 		for i, b := range order {
 			records[i] = b.record
-			args = append(args, b.record, bits[b], b.ids)
+			ids := ""
+			if b.ids != "" && time.Since(b.at) >= s.idsAfter {
+				ids = b.ids
+				sent = append(sent, b)
+			}
+			args = append(args, b.record, bits[b], ids)
 		}
+		sentIDs = sent
 		if expiry != 0 {
 			for i, r := range recs[:n] {
 				rec := ""
@@ -207,10 +214,8 @@ func (s *store) ack(ctx context.Context, ts []ackRef, recs []historyRecord) (int
 		if err != nil {
 			return done, err
 		}
-		for _, b := range order {
-			if b.ids != "" {
-				b.ids = "" // written, or the claim is finished
-			}
+		for _, b := range sent {
+			b.ids = "" // written, or the claim is finished
 		}
 	}
 	return done, nil

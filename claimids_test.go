@@ -24,6 +24,7 @@ func lazyConsumer(t *testing.T, q *Queue) *Consumer {
 	t.Helper()
 	c := consumeFirst(t, q)
 	c.st.idsLater = true
+	c.st.idsAfter = 0 // the first ack writes the IDs
 	return c
 }
 
@@ -313,4 +314,37 @@ func TestCancelPastARecordShapedLikeALazyOne(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, StateUnknown, st, "a ready task")
 	assert.Less(t, time.Since(start), cancelWait, "no wait for an owner to see the mark")
+}
+
+// A claim acknowledged before it is idsAfter old keeps its record without
+// IDs (its tasks are still found, through its list); the first ack made
+// once it is that old writes them.
+func TestLazyClaimIDsWrittenOnlyOnceItIsOld(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	ids := addAll(t, q, orderTasks(1, 3))
+	c := consumeFirst(t, q)
+	c.st.idsLater = true
+	c.st.idsAfter = time.Hour
+	got, err := c.Claim(ctx, 3)
+	require.NoError(t, err)
+	require.Len(t, got, 3)
+	n, err := c.Ack(ctx, got[0].ID)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	assert.Equal(t, map[string]string{"0": "#0/3"}, claimRecords(t, s, k), "young: no IDs written")
+	st, err := q.State(ctx, 0, ids[1])
+	require.NoError(t, err)
+	assert.Equal(t, StatePending, st, "found through the claim's list")
+
+	c.st.idsAfter = 0 // the claim is old enough now
+	n, err = c.Ack(ctx, got[1].ID)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	assert.Equal(t, map[string]string{"0": "#0:" + strings.Join(ids, "")}, claimRecords(t, s, k))
+	n, err = c.Ack(ctx, got[2].ID)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	assert.Empty(t, claimRecords(t, s, k))
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/gomodule/redigo/redis"
 )
@@ -60,9 +61,9 @@ func (s *store) takeClaimed(ctx context.Context, entries []any, first int64, wri
 	s.entrySize.Store(int64(max(size/max(len(entries), 1), 1)))
 	all := string(ids)
 	if !written {
-		// Its record holds no IDs: the pool's next ack of one of its
-		// tasks writes them.
-		batch.ids = all
+		// Its record holds no IDs: the pool's first ack of one of its
+		// tasks made idsAfter from now or later writes them.
+		batch.ids, batch.at = all, time.Now()
 	}
 	for i := range out {
 		at := int(out[i].place) * idLen

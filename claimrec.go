@@ -15,7 +15,7 @@ import (
 // again, ':' and the claimed task IDs back to back (seqFiller for an
 // entry with no readable header); a pool's claim writes '#', first, '/'
 // and the number of tasks instead, and the pool's first ack of one of
-// them writes the IDs (idsLater). A task leaves pending when its place is set in the claim's
+// them once the claim is idsAfter old writes the IDs (idsLater). A task leaves pending when its place is set in the claim's
 // done bitmap, "<tag>claim:<first>:done" (Redis's bit order: place 0 is
 // the first byte's high bit): an ack ORs a bitmap of places into it,
 // with one BITOP for all the claim's tasks it acknowledges, and a
@@ -66,10 +66,11 @@ func placeSet(b []byte, place int) bool {
 
 // idsLater separates a claim record's first seq from its task count in a
 // record whose IDs are not written yet, "#<first>/<n>": a pool's claim
-// writes that, and the pool writes the IDs with its next ack (the claim
-// script would have to cut each one out of its entry, a quarter of its
-// work per task). Readers that need the IDs of such a record read them
-// from its list (findScript).
+// writes that, and the pool writes the IDs with its first ack once the
+// claim is idsAfter old, if it is not finished by then (the claim script
+// would have to cut each one out of its entry, a quarter of its work per
+// task). Readers that need the IDs of such a record read them from its
+// list (findScript).
 const idsLater = '/'
 
 // claimIDs returns the task IDs a claim-sequence record names, and

@@ -35,6 +35,7 @@ type store struct {
 	nextDue     atomic.Int64           // the due time (ms) of the next scheduled task, as the last empty claim (or idle wait) saw it; -1: none
 	nextFirst   atomic.Int64           // the first seq of the next claim, as far as this store knows (see seqReply)
 	idsLater    bool                   // its claims leave their task IDs to the caller's acks (idsLater): a pool's store
+	idsAfter    time.Duration          // how old such a claim is when an ack writes its IDs (idsAfter; tests set less)
 	native      atomic.Bool            // its claims let Redis move the entries (a pool's store, until SORT is refused)
 	exactNext   atomic.Bool            // the next claim counts the bytes in the script (the last moved one passed its budget)
 	luaClaimed  atomic.Bool            // the last claim that took tasks, a move asked for, was the script's own
@@ -63,7 +64,7 @@ func (q *Queue) newStore(ctx context.Context, analyser int, ttl time.Duration, m
 	s := &store{
 		part: q.parts[pi], pi: pi, qi: qi, keys: newQueueKeys(q.cfg.Prefix, pi, qi),
 		owner: owner, ttl: ttl, ttlMS: ttl.Milliseconds(), maxAttempts: maxAttempts,
-		leaseLock: make(chan struct{}, 1), retention: q.cfg.Retention,
+		leaseLock: make(chan struct{}, 1), retention: q.cfg.Retention, idsAfter: idsAfter,
 	}
 	s.entrySize.Store(int64(entryHeader + q.cfg.MaxPayload))
 	s.setSchedHead(-1, -1)
