@@ -2,6 +2,8 @@ package queue
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -30,7 +32,9 @@ import (
 //	back to back when its record does not hold them yet ("" otherwise), ...,
 //	then, with a history expiry, claim, place, packed task ID, status record, ...
 //
-// Returns the number of tasks it finished (also added to processed).
+// Returns {the number of tasks it finished (also added to processed), 1
+// when the queue holds retry records or cancel marks (the IDs of the
+// tasks finished were needed), else 0}.
 // With a history expiry, it records the retention in the meta hash, for
 // readers whose own Config does not say it (see Status). A claim record
 // whose IDs are not written yet ("#<first>/<n>", see idsLater) and that
@@ -55,7 +59,8 @@ if ARGV[4] ~= '0' and last < #ARGV and history(KEYS[5]) then
   end
 end
 local marks = redis.call('EXISTS', KEYS[6]) == 1
-if marks or redis.call('EXISTS', KEYS[4]) == 1 then
+local byID = marks or redis.call('EXISTS', KEYS[4]) == 1
+if byID then
   -- The IDs at the places acknowledged, from the claim-sequence records,
   -- or those given, or else the claim's list.
   local ids = {}
@@ -102,7 +107,7 @@ for i = 6, last, 3 do
     end
   end
 end
-return n
+return {n, byID and 1 or 0}
 `))
 
 // dropScript deletes claim records whatever they hold (a claim-sequence
@@ -156,7 +161,7 @@ type ackRef struct {
 	id    string
 }
 
-// ack finishes the tasks ts, acknowledged, as ackScript does, maxClaim
+// ack finishes the tasks ts, acknowledged, as ackScript does, ackChunk
 // tasks to a round trip. With a retention, recs holds the status records
 // of ts (history.go); a nil recs keeps none.
 func (s *store) ack(ctx context.Context, ts []ackRef, recs []historyRecord) (int, error) {
@@ -165,7 +170,7 @@ func (s *store) ack(ctx context.Context, ts []ackRef, recs []historyRecord) (int
 	var bits map[*claimBatch][]byte
 	var order, sentIDs []*claimBatch
 	for len(ts) > 0 {
-		n := min(len(ts), maxClaim)
+		n := min(len(ts), s.ackChunk())
 		bucket, expiry, start := s.historyBucket(time.Now())
 		if !keep {
 			expiry = 0
@@ -190,7 +195,7 @@ func (s *store) ack(ctx context.Context, ts []ackRef, recs []historyRecord) (int
 		for i, b := range order {
 			records[i] = b.record
 			ids := ""
-			if b.ids != "" && time.Since(b.at) >= s.idsAfter {
+			if b.ids != "" && (s.idsNow.Load() || time.Since(b.at) >= s.idsAfter) {
 				ids = b.ids
 				sent = append(sent, b)
 			}
@@ -209,16 +214,46 @@ func (s *store) ack(ctx context.Context, ts []ackRef, recs []historyRecord) (int
 		}
 		ts = ts[n:]
 		call := s.claimCall([]any{s.keys.claims, s.keys.lease, s.keys.meta, s.keys.retries, bucket, s.keys.cancels}, records, true, args...)
-		k, err := redis.Int(s.script(ctx, "ack on", ackScript, call...))
+		k, byID, err := ackReply(s.script(ctx, "ack on", ackScript, call...))
 		done += k
 		if err != nil {
 			return done, err
 		}
+		s.idsNow.Store(byID)
 		for _, b := range sent {
 			b.ids = "" // written, or the claim is finished
 		}
 	}
 	return done, nil
+}
+
+// ackChunk is how many tasks one ack script finishes at most: maxMoved
+// where its work is per claim (a bitmap each), maxClaim where it is per
+// task too (status records to keep, or retry records and cancel marks to
+// drop).
+func (s *store) ackChunk() int {
+	if s.retention > 0 || s.idsNow.Load() {
+		return maxClaim
+	}
+	return maxMoved
+}
+
+// ackReply reads ackScript's reply: the tasks it finished, and whether the
+// queue holds retry records or cancel marks.
+func ackReply(r any, err error) (int, bool, error) {
+	v, err := redis.Values(r, err)
+	if err != nil {
+		return 0, false, err
+	}
+	if len(v) != 2 {
+		return 0, false, fmt.Errorf("%w: unexpected ack reply %v", ErrMalformed, v)
+	}
+	n, nerr := redis.Int(v[0], nil)
+	byID, berr := redis.Int(v[1], nil)
+	if err := errors.Join(nerr, berr); err != nil {
+		return 0, false, fmt.Errorf("%w: unexpected ack reply %v: %w", ErrMalformed, v, err)
+	}
+	return n, byID == 1, nil
 }
 
 // dropClaims deletes claim records that serve no more (see dropScript),

@@ -71,7 +71,7 @@ func (a *acker) take(spare []ackRef) (refs []ackRef, recs []historyRecord) {
 }
 
 // loop acknowledges finished tasks in batches until closed: it waits for
-// one, takes every one finished by then, and acknowledges them, maxClaim
+// one, takes every one finished by then, and acknowledges them, ackChunk
 // to a call.
 func (a *acker) loop(ctx context.Context) {
 	spare := make([]ackRef, 0, maxClaim)
@@ -82,7 +82,7 @@ func (a *acker) loop(ctx context.Context) {
 			return
 		}
 		for batch := refs; len(batch) > 0; {
-			n := min(len(batch), maxClaim)
+			n := min(len(batch), a.s.st.ackChunk())
 			var brecs []historyRecord
 			if len(recs) >= n {
 				brecs, recs = recs[:n], recs[n:]

@@ -243,7 +243,11 @@ type claimBatch struct {
 // State or Status that looks for one of its tasks meanwhile reads the
 // claim's list instead of its record (see findScript). A claim that
 // lasts longer is one of a pool whose tasks are slow, where the cost is
-// nothing, and whose records are then found by their IDs.
+// nothing, and whose records are then found by their IDs. While the queue
+// holds retry records or cancel marks (the last ack said so), an ack
+// needs the IDs of the tasks it finishes, to drop theirs: it writes the
+// IDs whatever the claim's age, as it would otherwise read each task's
+// ID from the claim's list.
 const idsAfter = 100 * time.Millisecond
 
 // seqReply starts the claim script's refusal, before any write, of a

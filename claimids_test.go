@@ -348,3 +348,38 @@ func TestLazyClaimIDsWrittenOnlyOnceItIsOld(t *testing.T) {
 	assert.Equal(t, 1, n)
 	assert.Empty(t, claimRecords(t, s, k))
 }
+
+// While the queue holds retry records (or cancel marks), an ack needs the
+// IDs of the tasks it finishes: once an ack has said so, the next writes
+// a young claim's IDs too, rather than have each ack read every task's
+// ID from the claim's list.
+func TestLazyClaimIDsWrittenAtOnceWhileRetriesAreHeld(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	ids := addAll(t, q, orderTasks(1, 4))
+	c := consumeFirst(t, q)
+	c.st.idsLater = true
+	c.st.idsAfter = time.Hour
+	s.do(t, "HSET", k.retries, "not-a-task-here", "x")
+	got, err := c.Claim(ctx, 4)
+	require.NoError(t, err)
+	require.Len(t, got, 4)
+	n, err := c.Ack(ctx, got[0].ID)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	assert.Equal(t, map[string]string{"0": "#0/4"}, claimRecords(t, s, k), "the first ack did not know")
+	assert.True(t, c.st.idsNow.Load(), "the ack says the queue holds retry records")
+	n, err = c.Ack(ctx, got[1].ID)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	assert.Equal(t, map[string]string{"0": "#0:" + strings.Join(ids, "")}, claimRecords(t, s, k), "the next writes the IDs")
+
+	s.do(t, "DEL", k.retries)
+	_, err = c.Ack(ctx, got[2].ID)
+	require.NoError(t, err)
+	assert.False(t, c.st.idsNow.Load(), "no retry record, no cancel mark")
+	_, err = c.Ack(ctx, got[3].ID)
+	require.NoError(t, err)
+	assert.Empty(t, claimRecords(t, s, k))
+}

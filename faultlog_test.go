@@ -304,7 +304,7 @@ func (c *recConn) recordSent(cmd string, args []any, sent time.Time, do func() (
 		ev := faultEvent{Ev: evAck, Analyser: analyser, Result: "ok", Token: ackToken(args)}
 		switch {
 		case err == nil:
-			ev.N, _ = redis.Int(r, nil)
+			ev.N, _, _ = ackReply(r, nil)
 		case strings.Contains(err.Error(), staleReply):
 			ev.Result = "refused"
 		default:

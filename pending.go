@@ -36,6 +36,7 @@ type store struct {
 	nextFirst   atomic.Int64           // the first seq of the next claim, as far as this store knows (see seqReply)
 	idsLater    bool                   // its claims leave their task IDs to the caller's acks (idsLater): a pool's store
 	idsAfter    time.Duration          // how old such a claim is when an ack writes its IDs (idsAfter; tests set less)
+	idsNow      atomic.Bool            // the last ack found retry records or cancel marks: acks write the IDs at once
 	native      atomic.Bool            // its claims let Redis move the entries (a pool's store, until SORT is refused)
 	exactNext   atomic.Bool            // the next claim counts the bytes in the script (the last moved one passed its budget)
 	luaClaimed  atomic.Bool            // the last claim that took tasks, a move asked for, was the script's own

@@ -99,7 +99,8 @@ if ARGV[4] ~= '0' and last < #ARGV and history(KEYS[5]) then
   end
 end
 local marks = redis.call('EXISTS', KEYS[6]) == 1
-if marks or redis.call('EXISTS', KEYS[4]) == 1 then
+local byID = marks or redis.call('EXISTS', KEYS[4]) == 1
+if byID then
   -- The IDs at the places acknowledged, from the claim-sequence records,
   -- or those given, or else the claim's list.
   local ids = {}
@@ -146,4 +147,4 @@ for i = 6, last, 3 do
     end
   end
 end
-return n
+return {n, byID and 1 or 0}
