@@ -308,7 +308,7 @@ func TestCancelPastARecordShapedLikeALazyOne(t *testing.T) {
 	q, s, k := testQueue1(t)
 	ctx := bounded(t)
 	ids := addAll(t, q, orderTasks(1, 1))
-	s.do(t, "HSET", k.claims, "99", fmt.Sprintf("#99/%d", maxClaim+1))
+	s.do(t, "HSET", k.claims, "99", fmt.Sprintf("#99/%d", max(maxClaim, maxMoved)+1))
 	start := time.Now()
 	st, err := q.Cancel(ctx, 0, ids[0])
 	require.NoError(t, err)

@@ -89,7 +89,8 @@ func claimIDs(v string) (ids string, list, ok bool) {
 }
 
 // laterCount returns the task count of a claim record whose IDs are not
-// written yet ("#<first>/<n>"), and whether v is one.
+// written yet ("#<first>/<n>"), and whether v is one: n is at most what
+// any claim takes (maxMoved, for one Redis moves itself).
 func laterCount(v string) (int, bool) {
 	if len(v) < 4 || v[0] != claimedMark {
 		return 0, false
@@ -99,7 +100,7 @@ func laterCount(v string) (int, bool) {
 		return 0, false
 	}
 	count, err := strconv.Atoi(n)
-	return count, err == nil && count > 0 && count <= maxClaim && strconv.Itoa(count) == n
+	return count, err == nil && count > 0 && count <= max(maxClaim, maxMoved) && strconv.Itoa(count) == n
 }
 
 // claimRecordFirst returns the first seq a claim record holds besides its
