@@ -70,22 +70,30 @@ if byID then
     if not base and ARGV[i + 2] ~= '' then v, base = ARGV[i + 2], 0 end
     local l = claimKeys(KEYS[1], ARGV[i])
     local list = not base and v and string.byte(v, 1) == $claimedMark and redis.call('TYPE', l).ok == 'list'
+    local places = {}
     for j = 1, #bits do
       local b = string.byte(bits, j)
       local k = 0
       while b > 0 do
-        if b >= 128 then
-          local place = (j - 1) * 8 + k
-          if base then
-            local at = base + 1 + place * $idLen
-            ids[#ids + 1] = string.sub(v, at, at + $idLen - 1)
-          elseif list then
-            local e = redis.call('LINDEX', l, place)
-            if e and string.byte(e, 1) == $accountedByte then e = string.sub(e, 2) end
-            if e and #e >= $entryHeader then ids[#ids + 1] = string.sub(e, 2, $entryHeader) end
-          end
-        end
+        if b >= 128 then places[#places + 1] = (j - 1) * 8 + k end
         b, k = (b % 128) * 2, k + 1
+      end
+    end
+    if base then
+      for _, place in ipairs(places) do
+        local at = base + 1 + place * $idLen
+        ids[#ids + 1] = string.sub(v, at, at + $idLen - 1)
+      end
+    elseif list and #places > 0 then
+      -- One LRANGE over the places' span, or a LINDEX each for a few
+      -- (each walks the list to its place).
+      local from, span = places[1], nil
+      if #places > 16 then span = redis.call('LRANGE', l, from, places[#places]) end
+      for _, place in ipairs(places) do
+        local e
+        if span then e = span[place - from + 1] else e = redis.call('LINDEX', l, place) end
+        if e and string.byte(e, 1) == $accountedByte then e = string.sub(e, 2) end
+        if e and #e >= $entryHeader then ids[#ids + 1] = string.sub(e, 2, $entryHeader) end
       end
     end
   end

@@ -231,7 +231,8 @@ type claimBatch struct {
 	// ids are the claim's task IDs back to back, as its record is to hold
 	// them, while it holds none (idsLater): the acker sends them with the
 	// claim's first ack made idsAfter or more after at, when it was
-	// claimed; only the acker reads or clears them.
+	// claimed, or made while the queue holds retry records or cancel marks
+	// (see idsAfter); only the acker reads or clears them.
 	ids string
 	at  time.Time
 }

@@ -383,3 +383,37 @@ func TestLazyClaimIDsWrittenAtOnceWhileRetriesAreHeld(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, claimRecords(t, s, k))
 }
+
+// An ack that needs the IDs of tasks whose claim record holds none reads
+// them from the claim's list: with one LRANGE over many places, with a
+// LINDEX each for a few. Either way the retry records of exactly the
+// tasks it finished go.
+func TestAckReadsIDsFromTheListForManyOrFewPlaces(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	ids := addAll(t, q, orderTasks(1, 40))
+	c := consumeFirst(t, q)
+	c.st.idsLater = true
+	c.st.idsAfter = time.Hour
+	got, err := c.Claim(ctx, 40)
+	require.NoError(t, err)
+	require.Len(t, got, 40)
+	for _, i := range []int{5, 10, 29, 31, 39} {
+		s.do(t, "HSET", k.retries, ids[i], "x")
+	}
+	n, err := c.Ack(ctx, taskIDs(got[:30])...)
+	require.NoError(t, err)
+	assert.Equal(t, 30, n)
+	left, err := redis.Strings(s.do(t, "HKEYS", k.retries), nil)
+	require.NoError(t, err)
+	assert.ElementsMatch(t, []string{ids[31], ids[39]}, left, "30 places: one LRANGE")
+
+	c.st.idsNow.Store(false) // as if no ack had said the queue holds retry records
+	n, err = c.Ack(ctx, got[31].ID, got[33].ID)
+	require.NoError(t, err)
+	assert.Equal(t, 2, n)
+	left, err = redis.Strings(s.do(t, "HKEYS", k.retries), nil)
+	require.NoError(t, err)
+	assert.Equal(t, []string{ids[39]}, left, "2 places: a LINDEX each")
+}

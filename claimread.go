@@ -62,7 +62,8 @@ func (s *store) takeClaimed(ctx context.Context, entries []any, first int64, wri
 	all := string(ids)
 	if !written {
 		// Its record holds no IDs: the pool's first ack of one of its
-		// tasks made idsAfter from now or later writes them.
+		// tasks made idsAfter from now or later writes them (or sooner,
+		// see idsAfter).
 		batch.ids, batch.at = all, time.Now()
 	}
 	for i := range out {
