@@ -449,6 +449,8 @@ func (c *lossyConn) Send(cmd string, args ...any) error {
 	return nil
 }
 
+func (c *lossyConn) Receive() (any, error) { return c.ReceiveContext(context.Background()) }
+
 func (c *lossyConn) ReceiveContext(ctx context.Context) (any, error) {
 	r, err := redis.ReceiveContext(c.Conn, ctx)
 	claim := len(c.sent) > 0 && c.sent[0]
