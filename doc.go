@@ -195,10 +195,10 @@
 // MaxHeldBytes is still claimed, alone). A pool's claim is Redis's own
 // move where the server allows SORT: one SORT ... BY nosort STORE into
 // the claim's list and one LTRIM, no entry passing through Lua, then an
-// LRANGE that reads the list, pipelined behind the script once a claim was
-// moved so (tasks past MaxHeldBytes, when entry sizes vary more than the
-// last claim told, go straight back); such a claim takes up to 4000
-// tasks, one the script moves itself up to 1000; elsewhere
+// LRANGE that reads the list, in the same pipeline as the script (tasks
+// past MaxHeldBytes, when entry sizes vary more than the last claim told,
+// go straight back); such a claim takes up to 4000 tasks, one the script
+// moves itself up to 1000; elsewhere
 // (miniredis, an ACL that denies SORT), or while a cancel mark or a due
 // scheduled task waits, the script moves the entries itself. An idle
 // pool is woken as soon as a task is pushed (see Idle pools). Each delivery
@@ -501,7 +501,7 @@
 // a queue index, the keys of one queue share the hash tag {P:p.q}:
 //
 //	{P:p.q}:ready     list    encoded tasks, pushed on the left, claimed from the right
-//	{P:p.q}:order     hash    claim records: a claim's first seq -> "#<first>:" and its task IDs ("#<first>/<n>" until a pool's ack writes them), while one is pending
+//	{P:p.q}:order     hash    claim records: a claim's first seq -> "#<first>:" and its task IDs ("#<first>/<n>" until a pool's ack writes them, once the claim is 100ms old), while one is pending
 //	{P:p.q}:claim:n   list    the encoded tasks of the claim whose first seq is n, in claim order
 //	{P:p.q}:claim:n:done string bitmap: the places of that claim's tasks finished
 //	{P:p.q}:pending   hash    task ID -> encoded task: claimed, not finished (written by earlier releases; read, and emptied by recovery)
