@@ -321,15 +321,8 @@ func TestCancelPastARecordShapedLikeALazyOne(t *testing.T) {
 // once it is that old writes them.
 func TestLazyClaimIDsWrittenOnlyOnceItIsOld(t *testing.T) {
 	t.Parallel()
-	q, s, k := testQueue1(t)
 	ctx := context.Background()
-	ids := addAll(t, q, orderTasks(1, 3))
-	c := consumeFirst(t, q)
-	c.st.idsLater = true
-	c.st.idsAfter = time.Hour
-	got, err := c.Claim(ctx, 3)
-	require.NoError(t, err)
-	require.Len(t, got, 3)
+	q, s, k, ids, c, got := youngLazyClaim(t, 3)
 	n, err := c.Ack(ctx, got[0].ID)
 	require.NoError(t, err)
 	assert.Equal(t, 1, n)
@@ -355,16 +348,9 @@ func TestLazyClaimIDsWrittenOnlyOnceItIsOld(t *testing.T) {
 // ID from the claim's list.
 func TestLazyClaimIDsWrittenAtOnceWhileRetriesAreHeld(t *testing.T) {
 	t.Parallel()
-	q, s, k := testQueue1(t)
 	ctx := context.Background()
-	ids := addAll(t, q, orderTasks(1, 4))
-	c := consumeFirst(t, q)
-	c.st.idsLater = true
-	c.st.idsAfter = time.Hour
+	_, s, k, ids, c, got := youngLazyClaim(t, 4)
 	s.do(t, "HSET", k.retries, "not-a-task-here", "x")
-	got, err := c.Claim(ctx, 4)
-	require.NoError(t, err)
-	require.Len(t, got, 4)
 	n, err := c.Ack(ctx, got[0].ID)
 	require.NoError(t, err)
 	assert.Equal(t, 1, n)
@@ -390,15 +376,8 @@ func TestLazyClaimIDsWrittenAtOnceWhileRetriesAreHeld(t *testing.T) {
 // tasks it finished go.
 func TestAckReadsIDsFromTheListForManyOrFewPlaces(t *testing.T) {
 	t.Parallel()
-	q, s, k := testQueue1(t)
 	ctx := context.Background()
-	ids := addAll(t, q, orderTasks(1, 40))
-	c := consumeFirst(t, q)
-	c.st.idsLater = true
-	c.st.idsAfter = time.Hour
-	got, err := c.Claim(ctx, 40)
-	require.NoError(t, err)
-	require.Len(t, got, 40)
+	_, s, k, ids, c, got := youngLazyClaim(t, 40)
 	for _, i := range []int{5, 10, 29, 31, 39} {
 		s.do(t, "HSET", k.retries, ids[i], "x")
 	}
@@ -416,4 +395,22 @@ func TestAckReadsIDsFromTheListForManyOrFewPlaces(t *testing.T) {
 	left, err = redis.Strings(s.do(t, "HKEYS", k.retries), nil)
 	require.NoError(t, err)
 	assert.Equal(t, []string{ids[39]}, left, "2 places: a LINDEX each")
+}
+
+// youngLazyClaim adds n tasks of one OrderID and claims them all with a
+// Consumer whose claim records hold no IDs and whose acks write them only
+// once a claim is an hour old (or while the queue holds retry records or
+// cancel marks). It returns the queue, its server and keys, the tasks'
+// IDs, the Consumer and the tasks claimed.
+func youngLazyClaim(t *testing.T, n int) (*Queue, *testServer, queueKeys, []string, *Consumer, []Task) {
+	t.Helper()
+	q, s, k := testQueue1(t)
+	ids := addAll(t, q, orderTasks(1, n))
+	c := consumeFirst(t, q)
+	c.st.idsLater = true
+	c.st.idsAfter = time.Hour
+	got, err := c.Claim(context.Background(), n)
+	require.NoError(t, err)
+	require.Len(t, got, n)
+	return q, s, k, ids, c, got
 }
