@@ -176,7 +176,7 @@ func (s *store) ack(ctx context.Context, ts []ackRef, recs []historyRecord) (int
 	done := 0
 	keep := s.retention > 0 && len(recs) == len(ts)
 	var bits map[*claimBatch][]byte
-	var order, sentIDs []*claimBatch
+	var order, sent []*claimBatch
 	for len(ts) > 0 {
 		n := min(len(ts), s.ackChunk())
 		bucket, expiry, start := s.historyBucket(time.Now())
@@ -199,7 +199,7 @@ func (s *store) ack(ctx context.Context, ts []ackRef, recs []historyRecord) (int
 		records := make([]string, len(order))
 		args := make([]any, 0, 5+3*len(order))
 		args = append(args, s.value(), s.ttlMS, len(order), expiry, s.retention.Milliseconds())
-		sent := sentIDs[:0]
+		sent = sent[:0]
 		for i, b := range order {
 			records[i] = b.record
 			ids := ""
@@ -209,7 +209,6 @@ func (s *store) ack(ctx context.Context, ts []ackRef, recs []historyRecord) (int
 			}
 			args = append(args, b.record, bits[b], ids)
 		}
-		sentIDs = sent
 		if expiry != 0 {
 			for i, r := range recs[:n] {
 				rec := ""
