@@ -498,73 +498,18 @@
 // # Redis keys
 //
 // With P the [Config].Prefix ("qugo" by default), p a partition index and q
-// a queue index, the keys of one queue share the hash tag {P:p.q}:
-//
-//	{P:p.q}:ready     list    encoded tasks, pushed on the left, claimed from the right
-//	{P:p.q}:order     hash    claim records: a claim's first seq -> "#<first>:" and its task IDs ("#<first>/<n>" until a pool's ack writes them, once the claim is 100ms old), while one is pending
-//	{P:p.q}:claim:n   list    the encoded tasks of the claim whose first seq is n, in claim order
-//	{P:p.q}:claim:n:done string bitmap: the places of that claim's tasks finished
-//	{P:p.q}:pending   hash    task ID -> encoded task: claimed, not finished (written by earlier releases; read, and emptied by recovery)
-//	{P:p.q}:dead      hash    task ID -> dead record (attempts, time, last error, task)
-//	{P:p.q}:lease     string  the lease value, with a PX expiry
-//	{P:p.q}:meta      hash    fence, seq, processed, failed, redelivered, cancelled, leases, workers, paused, pending
-//	{P:p.q}:wake      list    pushed when a lease is released, to wake a standby
-//	{P:p.q}:sched     zset    task ID -> due time (ms): scheduled tasks not yet due
-//	{P:p.q}:later     hash    task ID -> encoded task, for the scheduled set
-//	{P:p.q}:cancels   hash    task ID -> when its cancel was asked (ms), while ready or pending
-//	{P:p.q}:retries   hash    task ID -> last failure and next attempt, while it waits to retry
-//	{P:p.q}:done:b    hash    packed task ID -> status record, bucket b of the history (Retention)
-//	{P:p.q}:dedup:... string  an AddTaskOnce key, expiring with its window
-//	P:layout          hash    partitions (R), queues (Q) and this server's index
-//	P:layout:p        hash    the same, for partition p, on a Redis Cluster
-//
-// A consumer group G keeps its state on partition 0, under the hash tag
-// {P:group:G}:
-//
-//	{P:group:G}:members  zset  member -> when its session ends (Redis's clock, ms)
-//	{P:group:G}:info     hash  member -> weight, when it joined, its last heartbeat
-//	{P:group:G}:assign   hash  analyser -> member
-//	{P:group:G}:meta     hash  gen (the assignment's generation), analysers, changed
-//	{P:group:G}:nudge:M  list  pushed when member M's analysers change
-//
-// The byte layouts are in the code: an encoded task in task.go (about 30
-// bytes over the payload and headers), claim records in claimrec.go, pending.go
-// and recover.go, dead records in dead.go, every script as it runs under
-// testdata/scripts. After a drain nothing per task is left (but the history
-// of finished tasks, with [Config].Retention).
-//
-// Upgrades go one way. An owner of this release puts back what an earlier
-// release left in the pending hash, but an earlier release reads no claim
-// list: taking over a queue from an owner of this release that crashed, it
-// would delete the claim records and lose their tasks. So while a queue has
-// an owner of this release, let no analyser of an earlier release wait as
-// its standby; go back only after every analyser of this release has
-// stopped gracefully and [Queue.Stats] shows no task pending. An earlier
-// release's Cancel, State and Status do not find a task in the claim
-// records a pool of this release writes before its acks give them their
-// task IDs (they answer unknown, and Cancel does not wait for the owner,
-// which still sees the mark): upgrade the processes that call them with
-// the analysers or before. A key holding
-// what this package did not write (another Redis type, a lease with no
-// expiry, a claim count that is not a number) fails the calls that would
-// write it with [ErrWrongType], changing nothing, until it is repaired or
-// deleted; a history bucket of another type only loses the status records
-// that would have gone into it (acks and cancels go on, and Status reads
-// it as holding none). Redis 6.2 or later is needed.
+// a queue index, the keys of one queue share the hash tag {P:p.q}; a
+// consumer group G keeps its state under {P:group:G} on partition 0.
+// docs/redis-keys.md lists every key, and says what an upgrade must
+// respect: upgrades go one way (an earlier release cannot take over a
+// queue from a crashed owner of this one), so read it before running two
+// releases on one queue. A key holding what this package did not write
+// fails the calls that would write it with [ErrWrongType], changing
+// nothing. Redis 6.2 or later is needed.
 //
 // # Testing
 //
-// The tests run against the Redis protocol, never mocks: each starts its
-// own miniredis, or, when QUEUE_TEST_REDIS_URL names a real server, uses
-// its logical databases 0..R-1 as partitions under a key prefix of its own
-// (give the tests a server of their own: some pause all its clients for
-// seconds, set maxmemory-policy for a moment, or flush database 15).
-// goleak checks that no goroutine is left behind.
-//
-//	go test -race -timeout 30m ./...   # -short skips the fault suite: about a minute
-//	QUEUE_TEST_REDIS_URL=redis://127.0.0.1:6379 go test -race -timeout 30m ./...
-//
-// Test code that uses this package the same way: pass a pool for a
+// Test code that uses this package can run it on miniredis: pass a pool for a
 // github.com/alicebob/miniredis/v2 server to [New], as the examples do.
 // miniredis runs the package's scripts, but its clock moves only when told:
 // a lease lapses after Miniredis.FastForward, not by itself.
