@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -193,6 +194,11 @@ func TestClusterAddsToHealthyPrimariesGoThrough(t *testing.T) {
 func TestClusterRefreshOutlivesTheCtxThatStartedIt(t *testing.T) {
 	m := miniredis.RunT(t)
 	gate := make(chan struct{})
+	var opened sync.Once
+	open := func() { opened.Do(func() { close(gate) }) }
+	// Run before miniredis's Close, which waits for the command held at
+	// the gate: a failed assertion below would otherwise hang the test.
+	t.Cleanup(open)
 	var asked atomic.Int32
 	m.Server().SetPreHook(func(_ *server.Peer, cmd string, _ ...string) bool {
 		if strings.EqualFold(cmd, "CLUSTER") && asked.Add(1) == 1 {
@@ -226,7 +232,7 @@ func TestClusterRefreshOutlivesTheCtxThatStartedIt(t *testing.T) {
 	time.Sleep(50 * time.Millisecond) // the second call waits for the first's refresh
 	cancel()
 	require.ErrorIs(t, <-first, context.Canceled)
-	close(gate)
+	open()
 	assert.NoError(t, <-second, "a call whose ctx lives gets the map, not another call's ctx error")
 }
 
