@@ -65,8 +65,7 @@ type clusterRouter struct {
 	nodes      map[string]*redis.Pool // by address
 	parts      []*redis.Pool          // the partitions' pools (partitionPool), forgotten in clusterPools on close
 	closed     bool
-	refreshing chan struct{} // closed when the refresh under way ends; nil when none runs
-	refreshErr error         // the last refresh's error
+	refreshing *refreshRun // the refresh under way; nil when none runs
 	bg         sync.WaitGroup
 
 	// wrap, when set, wraps every node connection (the tests record what
@@ -159,27 +158,34 @@ func (r *clusterRouter) close() error {
 // when that ctx ended it, a call whose own ctx lives starts another.
 func (r *clusterRouter) refresh(ctx context.Context) error {
 	for {
-		done, start := r.startRefresh()
+		run, start := r.startRefresh()
 		if start {
-			r.runRefresh(ctx, done)
+			r.runRefresh(ctx, run)
+			return run.err
 		}
 		select {
-		case <-done:
+		case <-run.done:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		r.mu.Lock()
-		err := r.refreshErr
-		r.mu.Unlock()
-		if start || ctx.Err() != nil || !(errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+		err := run.err
+		if ctx.Err() != nil || !(errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
 			return err
 		}
 	}
 }
 
+// refreshRun is one reading of the slot map, shared by the calls that
+// wait for it. Each run keeps its own error: a run that ended is not
+// told the outcome of a later one.
+type refreshRun struct {
+	done chan struct{} // closed when the run ends
+	err  error         // set before done is closed
+}
+
 // refreshAsync starts a refresh in the background unless one runs.
 func (r *clusterRouter) refreshAsync() {
-	done, start := r.startRefresh()
+	run, start := r.startRefresh()
 	if !start {
 		return
 	}
@@ -187,7 +193,8 @@ func (r *clusterRouter) refreshAsync() {
 	if r.closed {
 		r.refreshing = nil
 		r.mu.Unlock()
-		close(done)
+		run.err = ErrClosed
+		close(run.done)
 		return
 	}
 	r.bg.Add(1)
@@ -196,23 +203,23 @@ func (r *clusterRouter) refreshAsync() {
 		defer r.bg.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.DialTimeout+r.cfg.ReadTimeout)
 		defer cancel()
-		r.runRefresh(ctx, done)
+		r.runRefresh(ctx, run)
 	}()
 }
 
-// startRefresh returns the channel of the refresh under way, and whether
-// the caller must run it (none was under way).
-func (r *clusterRouter) startRefresh() (chan struct{}, bool) {
+// startRefresh returns the refresh under way, and whether the caller
+// must run it (none was under way).
+func (r *clusterRouter) startRefresh() (*refreshRun, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.refreshing != nil {
 		return r.refreshing, false
 	}
-	r.refreshing = make(chan struct{})
+	r.refreshing = &refreshRun{done: make(chan struct{})}
 	return r.refreshing, true
 }
 
-func (r *clusterRouter) runRefresh(ctx context.Context, done chan struct{}) {
+func (r *clusterRouter) runRefresh(ctx context.Context, run *refreshRun) {
 	m, err := r.readSlots(ctx)
 	var gone []*redis.Pool
 	r.mu.Lock()
@@ -220,13 +227,13 @@ func (r *clusterRouter) runRefresh(ctx context.Context, done chan struct{}) {
 		r.slots.Store(m)
 		gone = r.dropNodesLocked(m)
 	}
-	r.refreshErr = err
+	run.err = err
 	r.refreshing = nil
 	r.mu.Unlock()
 	for _, p := range gone {
 		p.Close()
 	}
-	close(done)
+	close(run.done)
 }
 
 // dropNodesLocked forgets the pools of the nodes that are neither a seed
