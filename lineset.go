@@ -230,6 +230,22 @@ func (ls *lineSet) next(w *worker, now time.Time) (o *orderLine, t claimed, due 
 		ls.handOn()
 		return nil, claimed{}, time.Time{}, true
 	}
+	due = ls.dueDelayed(now)
+	if ls.runnableLen() == 0 {
+		ls.toIdle(w)
+		if due.IsZero() || ls.timed != nil {
+			return nil, claimed{}, time.Time{}, false // another idle worker waits for the delayed ones
+		}
+		ls.timed, ls.timedDue = w, due
+		return nil, claimed{}, due, false
+	}
+	o, t = ls.pick()
+	return o, t, time.Time{}, false
+}
+
+// dueDelayed makes the delayed OrderIDs due at now runnable, and returns
+// when the earliest of the others is due (zero: none is left).
+func (ls *lineSet) dueDelayed(now time.Time) (due time.Time) {
 	kept := ls.delayed[:0]
 	for _, o := range ls.delayed {
 		if !o.notBefore.After(now) {
@@ -244,18 +260,16 @@ func (ls *lineSet) next(w *worker, now time.Time) (o *orderLine, t claimed, due 
 	}
 	clear(ls.delayed[len(kept):])
 	ls.delayed = kept
-	if ls.runnableLen() == 0 {
-		ls.toIdle(w)
-		if due.IsZero() || ls.timed != nil {
-			return nil, claimed{}, time.Time{}, false // another idle worker waits for the delayed ones
-		}
-		ls.timed, ls.timedDue = w, due
-		return nil, claimed{}, due, false
-	}
-	o = ls.popRunnable()
+	return due
+}
+
+// pick takes the oldest runnable OrderID, marked running, and its task;
+// there is one.
+func (ls *lineSet) pick() (*orderLine, claimed) {
+	o := ls.popRunnable()
 	o.state = lineRunning
 	ls.handOn()
-	return o, o.tasks[o.head], time.Time{}, false
+	return o, o.tasks[o.head]
 }
 
 // pushRunnable appends o to runnable, first moving the OrderIDs left to
@@ -302,6 +316,29 @@ func (ls *lineSet) handOn() {
 func (ls *lineSet) settle(o *orderLine, done bool, retryAt, started time.Time) {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
+	ls.settleLocked(o, done, retryAt, started)
+}
+
+// settleNext settles o's first task as done and, under the same lock,
+// picks w's next OrderID as next would at now when one is runnable, so
+// that a worker going from task to task takes the set's lock once a task.
+// It returns nil when next must be asked instead: none is runnable, w
+// retires, or the session stops.
+func (ls *lineSet) settleNext(o *orderLine, w *worker, now time.Time) (*orderLine, claimed) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	ls.settleLocked(o, true, time.Time{}, time.Time{})
+	if w.retire || ls.s.halted() {
+		return nil, claimed{}
+	}
+	ls.dueDelayed(now)
+	if ls.runnableLen() == 0 {
+		return nil, claimed{}
+	}
+	return ls.pick()
+}
+
+func (ls *lineSet) settleLocked(o *orderLine, done bool, retryAt, started time.Time) {
 	if done {
 		o.tasks[o.head] = claimed{}
 		o.head++

@@ -116,3 +116,54 @@ func TestLineSetRunnableOrder(t *testing.T) {
 	}
 	assert.LessOrEqual(t, cap(ls.runnable), 2*(next-want)+8, "the buffer stays near its contents")
 }
+
+// settleNext settles a done task and picks the worker's next OrderID
+// under the same lock, oldest runnable first, as next would: the task's
+// own OrderID goes behind the ones that waited. It picks nothing when
+// none is runnable (next then registers the worker idle), when the
+// worker retires (next lets it go), or when the session stops (takeAll
+// hands the runnable ones back).
+func TestLineSetSettleNext(t *testing.T) {
+	s := &session{cfg: PoolConfig{Prefetch: 1024}, halt: make(chan struct{})}
+	ls := newLineSet(s, true)
+	w := newWorker(s, 0, ls)
+	ls.give([]claimed{{Task: Task{OrderID: 1, ID: "a"}}, {Task: Task{OrderID: 2, ID: "b"}}, {Task: Task{OrderID: 1, ID: "c"}}})
+	o, t1, _, _ := ls.next(w, time.Now())
+	assert.Equal(t, "a", t1.ID)
+
+	o, t2 := ls.settleNext(o, w, time.Now())
+	assert.Equal(t, "b", t2.ID, "the OrderID that waited goes first")
+	assert.Equal(t, lineRunning, o.state)
+	o, t3 := ls.settleNext(o, w, time.Now())
+	assert.Equal(t, "c", t3.ID)
+	last, _ := ls.settleNext(o, w, time.Now())
+	assert.Nil(t, last, "nothing runnable")
+	assert.Zero(t, ls.held())
+	assert.Equal(t, -1, w.idleAt, "settleNext registers no idle worker")
+
+	// A delayed OrderID whose backoff ended is picked.
+	ls.give([]claimed{{Task: Task{OrderID: 3, ID: "d"}}, {Task: Task{OrderID: 4, ID: "e"}}})
+	o, _, _, _ = ls.next(w, time.Now())
+	ls.settle(o, false, time.Now().Add(time.Minute), time.Time{}) // 3 waits a minute
+	o, _, _, _ = ls.next(w, time.Now())
+	next, t4 := ls.settleNext(o, w, time.Now().Add(2*time.Minute))
+	assert.Equal(t, "d", t4.ID, "due again")
+	assert.NotNil(t, next)
+
+	// Retiring, or stopping: nothing is picked, the runnable stay.
+	ls.give([]claimed{{Task: Task{OrderID: 5, ID: "f"}}, {Task: Task{OrderID: 6, ID: "g"}}})
+	ls.mu.Lock()
+	w.retire = true
+	ls.mu.Unlock()
+	got, _ := ls.settleNext(next, w, time.Now())
+	assert.Nil(t, got, "a retiring worker picks nothing")
+	assert.Equal(t, 2, ls.runnableCount())
+	ls.mu.Lock()
+	w.retire = false
+	ls.mu.Unlock()
+	o, _, _, _ = ls.next(w, time.Now())
+	s.stopStarting()
+	got, _ = ls.settleNext(o, w, time.Now())
+	assert.Nil(t, got, "a stopping session starts nothing")
+	assert.Len(t, ls.takeAll(), 1, "the runnable one is handed back")
+}

@@ -84,32 +84,45 @@ func (w *worker) loop() (retired bool) {
 			w.timer.Stop()
 		}
 	}()
-	for !w.stopping() {
-		now := time.Now() // one clock read per task: it is not free on every VM
-		o, t, due, exit := w.set.next(w, now)
-		if exit {
-			return true
+	var o *orderLine // picked with its task t at now by the last task's settle, if any
+	var t claimed
+	var now time.Time
+	for {
+		if w.stopping() {
+			if o != nil && !w.s.isLost() {
+				w.set.unpick(o) // not started: takeAll hands it back
+			}
+			return false
 		}
-		if o != nil {
-			if !w.s.leaseValid(now) {
-				// The lease may be another owner's by now: start nothing.
-				w.s.loseLease()
+		if o == nil {
+			now = time.Now() // one clock read per task: it is not free on every VM
+			var due time.Time
+			var exit bool
+			o, t, due, exit = w.set.next(w, now)
+			if exit {
+				return true
+			}
+			if o == nil {
+				var tc <-chan time.Time
+				if !due.IsZero() {
+					tc = w.timerFor(time.Until(due))
+				}
+				select {
+				case <-w.wake:
+				case <-tc:
+				case <-w.s.halt:
+				}
 				continue
 			}
-			w.runOne(o, t, now)
+		}
+		if !w.s.leaseValid(now) {
+			// The lease may be another owner's by now: start nothing.
+			w.s.loseLease()
+			o = nil
 			continue
 		}
-		var tc <-chan time.Time
-		if !due.IsZero() {
-			tc = w.timerFor(time.Until(due))
-		}
-		select {
-		case <-w.wake:
-		case <-tc:
-		case <-w.s.halt:
-		}
+		o, t, now = w.runOne(o, t, now)
 	}
-	return false
 }
 
 // timerFor returns the channel of the worker's timer, set to fire after d.
@@ -123,7 +136,9 @@ func (w *worker) timerFor(d time.Duration) <-chan time.Time {
 }
 
 // runOne runs o's first task, picked at now, and settles its outcome.
-func (w *worker) runOne(o *orderLine, t claimed, now time.Time) {
+// When it settled a task done and another OrderID was runnable, it
+// returns that one, picked at the time it returns, to run next.
+func (w *worker) runOne(o *orderLine, t claimed, now time.Time) (next *orderLine, nt claimed, at time.Time) {
 	s := w.s
 	if t.cancelled || s.isMarked(t.ID) {
 		w.cancelled(o, t, time.Time{})
@@ -173,7 +188,8 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) {
 		if c := s.cfg.Counters; c != nil {
 			(*c.processed.Load())[w.index].Add(1)
 		}
-		w.set.settle(o, true, time.Time{}, time.Time{})
+		at = time.Now() // the worker's one clock read a task
+		next, nt = w.set.settleNext(o, w, at)
 		s.release(t)
 	case s.taskCtx.Err() != nil:
 		// Interrupted by the end of a graceful stop: handed back, the
@@ -197,6 +213,7 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) {
 		}
 		w.set.settle(o, false, retryAt, start)
 	}
+	return next, nt, at
 }
 
 // awaitRate waits until the pool's rate limit lets o's first task id,
