@@ -26,6 +26,7 @@ type lineSet struct {
 	idle     []*worker    // workers waiting for a task (worker.idleAt is the index)
 	timed    *worker      // the idle worker whose timer waits for the earliest delayed OrderID, or nil
 	timedDue time.Time    // when that timer fires
+	taken    bool         // a stop took the tasks not running (takeAll)
 }
 
 // orderLine holds the claimed tasks of one OrderID.
@@ -197,6 +198,7 @@ func (ls *lineSet) held() int { return len(ls.orders) - len(ls.free) }
 func (ls *lineSet) takeAll() []claimed {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
+	ls.taken = true
 	var out []claimed
 	for _, o := range ls.orders {
 		switch o.state {
@@ -372,6 +374,24 @@ func (ls *lineSet) unpick(o *orderLine) {
 	ls.mu.Lock()
 	o.state = lineIdle
 	ls.mu.Unlock()
+}
+
+// unpickUntaken puts back o, picked by settleNext and its first task not
+// started, when the session stopped since, unless the stop took the
+// set's tasks already, and reports whether it did. The stop counted o as
+// running then, and handed back its later tasks ahead of it: put back
+// now, o's first task would go back only once every running task ended,
+// ahead of the tasks claimed before it, where the stop hands back every
+// unstarted task at once, in claim order. The worker starts it instead,
+// as it would have a moment sooner.
+func (ls *lineSet) unpickUntaken(o *orderLine) bool {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if ls.taken {
+		return false
+	}
+	o.state = lineIdle
+	return true
 }
 
 // toIdle registers w as waiting for a task.

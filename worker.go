@@ -89,12 +89,14 @@ func (w *worker) loop() (retired bool) {
 	var now time.Time
 	for {
 		if w.stopping() {
-			if o != nil && !w.s.isLost() {
-				w.set.unpick(o) // not started: takeAll hands it back
+			// A task picked by the last settle and not started goes
+			// back with the unstarted ones, unless the stop counted it
+			// as running (see unpickUntaken); with the lease lost it is
+			// the next owner's.
+			if o == nil || w.s.isLost() || w.set.unpickUntaken(o) {
+				return false
 			}
-			return false
-		}
-		if o == nil {
+		} else if o == nil {
 			now = time.Now() // one clock read per task: it is not free on every VM
 			var due time.Time
 			var exit bool

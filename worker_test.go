@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -45,4 +46,65 @@ func TestWorkerStartsNothingPastLeaseDeadline(t *testing.T) {
 	}
 	assert.Zero(t, started.Load(), "a task started after the lease deadline")
 	assert.True(t, s.isLost(), "the session takes the lease as lost")
+}
+
+// A worker that settles a task picks its next one under the same lock,
+// and starts it after looking whether the session stopped meanwhile. The
+// stop hands back at once, in claim order, every task not running; it
+// takes a task picked and not started for a running one. So such a task
+// either went back with them (put back before the stop took the set) or
+// runs: put back after, it went back only once every running task had
+// ended (ShutdownTimeout at most), ahead of tasks claimed before it.
+// Many short stops of eight workers on one set catch the worker between
+// its pick and its look.
+func TestWorkerPickGoesBackAtOnceOrRuns(t *testing.T) {
+	t.Parallel()
+	q, _ := newTestQueue(t, 1, Config{})
+	ctx := context.Background()
+	c, err := q.Consume(ctx, 0, ConsumerConfig{LeaseTTL: time.Minute})
+	require.NoError(t, err)
+	cfg, err := PoolConfig{Workers: 8, Dispatch: DispatchFree, LeaseTTL: time.Minute}.withDefaults()
+	require.NoError(t, err)
+	const orders, per = 16, 40
+	for trial := range 200 {
+		var ran atomic.Int64
+		runs := map[string]*atomic.Int32{}
+		var ts []claimed
+		for i := range per {
+			for o := range orders {
+				id := fmt.Sprintf("%d-%d", o, i)
+				runs[id] = &atomic.Int32{}
+				ts = append(ts, claimed{Task: Task{OrderID: uint64(o), ID: id, Attempt: 1}, seq: int64(len(ts))})
+			}
+		}
+		s := newSession(ctx, c.st, cfg, func(_ context.Context, task Task) error {
+			runs[task.ID].Add(1)
+			ran.Add(1)
+			return nil
+		})
+		s.setDeadline(time.Now().Add(time.Hour))
+		s.shared.give(ts)
+		for _, w := range s.workers {
+			w.set.mu.Lock()
+			s.start(w, false)
+			w.set.mu.Unlock()
+		}
+		for ran.Load() < orders*per/4 {
+			time.Sleep(10 * time.Microsecond)
+		}
+		s.stopStarting()
+		first := s.takeUnstarted()
+		s.workWG.Wait()
+		later := s.takeUnstarted()
+		s.cancelTask()
+		s.cancelLease()
+		require.Empty(t, claimedIDs(later), "trial %d: a task picked and not started went back after the running ones", trial)
+		for _, task := range first {
+			require.Zero(t, runs[task.ID].Load(), "trial %d: %s went back and ran", trial, task.ID)
+			delete(runs, task.ID)
+		}
+		for id, n := range runs {
+			require.EqualValues(t, 1, n.Load(), "trial %d: %s neither went back nor ran once", trial, id)
+		}
+	}
 }
