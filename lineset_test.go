@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // The shared set of DispatchFree holds a line per OrderID the pool holds,
@@ -166,4 +167,31 @@ func TestLineSetSettleNext(t *testing.T) {
 	got, _ = ls.settleNext(o, w, time.Now())
 	assert.Nil(t, got, "a stopping session starts nothing")
 	assert.Len(t, ls.takeAll(), 1, "the runnable one is handed back")
+}
+
+// A worker that goes from task to task through settleNext never asks
+// next, so it must wake an idle worker for what it leaves runnable, as
+// next does: here an OrderID whose backoff ended while the worker that
+// waited for it slept on its timer.
+func TestLineSetSettleNextWakesForWhatItLeaves(t *testing.T) {
+	s := &session{cfg: PoolConfig{Prefetch: 1024}, halt: make(chan struct{})}
+	ls := newLineSet(s, true)
+	w1, w2 := newWorker(s, 0, ls), newWorker(s, 1, ls)
+	now := time.Now()
+	ls.give([]claimed{{Task: Task{OrderID: 1, ID: "a"}}, {Task: Task{OrderID: 2, ID: "b"}}, {Task: Task{OrderID: 1, ID: "c"}}})
+	o1, _, _, _ := ls.next(w1, now)
+	o2, _, _, _ := ls.next(w2, now)
+	ls.settle(o2, false, now.Add(time.Minute), time.Time{}) // b waits a minute
+	_, _, due, _ := ls.next(w2, now)
+	require.Equal(t, now.Add(time.Minute), due, "w2 sleeps until b is due")
+	require.Equal(t, w2, ls.timed)
+
+	_, next := ls.settleNext(o1, w1, now.Add(2*time.Minute))
+	assert.Equal(t, "c", next.ID, "w1 goes on with its OrderID, which waited longer")
+	assert.Equal(t, -1, w2.idleAt, "w2 is no longer idle")
+	assert.Len(t, w2.wake, 1, "w2 is woken for b")
+	assert.Nil(t, ls.timed)
+	_, again, _, _ := ls.next(w2, now.Add(2*time.Minute))
+	assert.Equal(t, "b", again.ID)
+	assert.Equal(t, 1, again.Attempt)
 }
