@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"context"
 	"strconv"
 	"sync"
 	"testing"
@@ -47,4 +48,36 @@ func TestAckerKeepsEachFieldWithItsStatusRecord(t *testing.T) {
 	<-done
 	assert.Equal(t, workers*per, seen)
 	assert.Zero(t, wrong, "tasks acknowledged with another task's status record")
+}
+
+// A task a worker finished is acknowledged while the same worker runs a
+// long task next: the ack does not wait for the worker to come back (a
+// batch of acks a worker kept to itself would).
+func TestFinishedTaskAcknowledgedWhileItsWorkerRunsAnother(t *testing.T) {
+	t.Parallel()
+	q, _, _ := testQueue1(t)
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	addAll(t, q, []Task{{OrderID: 1, Payload: []byte("quick")}, {OrderID: 2, Payload: []byte("long")}})
+	long, release := make(chan struct{}), make(chan struct{})
+	errc := runPool(ctx, q, PoolConfig{Workers: 1, ExitOnEmpty: true}, func(_ context.Context, task Task) error {
+		if string(task.Payload) == "long" {
+			close(long)
+			<-release
+		}
+		return nil
+	})
+	<-long
+	stats := func() AnalyserStats {
+		st, err := q.Stats(ctx)
+		require.NoError(t, err)
+		return st[0]
+	}
+	require.Eventually(t, func() bool { return stats().Processed == 1 }, 10*time.Second, 5*time.Millisecond,
+		"the quick task is not acknowledged while the long one runs")
+	assert.EqualValues(t, 1, stats().Pending, "the long task is pending")
+	close(release)
+	require.NoError(t, <-errc)
+	assert.EqualValues(t, 2, stats().Processed)
+	assert.Zero(t, stats().Pending)
 }
