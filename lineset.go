@@ -47,6 +47,7 @@ const (
 	lineRunnable                  // in runnable
 	lineRunning                   // tasks[head] runs
 	lineDelayed                   // in delayed
+	lineWaiting                   // tasks[head], picked, waits for the rate limit: not started, a stop takes it
 	// lineParked: emptied, in free, and left in orders under its last
 	// OrderID, which holds no task: the OrderID's next task takes it
 	// back without a map write. Nothing but give and newOrder sees it.
@@ -374,6 +375,36 @@ func (ls *lineSet) unpick(o *orderLine) {
 	ls.mu.Lock()
 	o.state = lineIdle
 	ls.mu.Unlock()
+}
+
+// toWaiting marks o, picked, as waiting for the rate limit: its first
+// task has not started, and a stop that takes the set's tasks meanwhile
+// takes it with them, at once and in claim order.
+func (ls *lineSet) toWaiting(o *orderLine) {
+	ls.mu.Lock()
+	o.state = lineWaiting
+	ls.mu.Unlock()
+}
+
+// endWait ends o's wait for the rate limit, and reports whether its first
+// task may start: not when a stop took it meanwhile, nor when the session
+// stops (then o is put back, for the stop to take, unless the lease is
+// lost: the next owner has it). A stop that took the set's tasks before
+// the wait began counted o as running: it starts, as with unpickUntaken.
+func (ls *lineSet) endWait(o *orderLine) bool {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	switch {
+	case o.state != lineWaiting:
+		return false // taken by a stop
+	case ls.s.isLost():
+		return false
+	case ls.s.halted() && !ls.taken:
+		o.state = lineIdle
+		return false
+	}
+	o.state = lineRunning
+	return true
 }
 
 // unpickUntaken puts back o, picked by settleNext and its first task not

@@ -235,6 +235,7 @@ func (w *worker) awaitRate(o *orderLine, id string, now time.Time) (time.Time, b
 		// worker reads the marks after it stored held: one of them sees
 		// the other.
 		w.held.Store(&id)
+		w.set.toWaiting(o)
 		for !s.isMarked(id) {
 			select {
 			case <-w.timerFor(time.Until(at)):
@@ -249,12 +250,15 @@ func (w *worker) awaitRate(o *orderLine, id string, now time.Time) (time.Time, b
 		if now.Before(at) && s.isMarked(id) {
 			s.limit.unreserve(now) // not used: the task is cancelled
 		}
+		if !w.set.endWait(o) {
+			return now, false // the session stops: o went back, or goes
+		}
 	}
 	switch {
-	case w.stopping():
-		if !s.isLost() {
-			w.set.unpick(o)
-		}
+	case w.stopping() && (s.isLost() || w.set.unpickUntaken(o)):
+		// Not started: it goes back with the unstarted tasks, unless the
+		// stop counted it as running already (see unpickUntaken); with
+		// the lease lost it is the next owner's.
 		return now, false
 	case !s.leaseValid(now):
 		s.loseLease() // the lease may be another owner's by now

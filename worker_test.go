@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -107,4 +108,51 @@ func TestWorkerPickGoesBackAtOnceOrRuns(t *testing.T) {
 			require.EqualValues(t, 1, n.Load(), "trial %d: %s neither went back nor ran once", trial, id)
 		}
 	}
+}
+
+// A task waiting for the rate limit has not started: a stop that takes
+// the set's tasks while it waits takes it with them, at once and in claim
+// order, and its worker then does not start it; the stop's later
+// hand-back, made once every running task ended, has nothing of it.
+func TestWorkerRateWaitGoesBackAtOnce(t *testing.T) {
+	t.Parallel()
+	q, _ := newTestQueue(t, 1, Config{})
+	ctx := context.Background()
+	c, err := q.Consume(ctx, 0, ConsumerConfig{LeaseTTL: time.Minute})
+	require.NoError(t, err)
+	cfg, err := PoolConfig{Workers: 1, Rate: 0.001, Burst: 1, LeaseTTL: time.Minute}.withDefaults()
+	require.NoError(t, err)
+	var ran []string
+	var mu sync.Mutex
+	s := newSession(ctx, c.st, cfg, func(_ context.Context, task Task) error {
+		mu.Lock()
+		ran = append(ran, task.ID)
+		mu.Unlock()
+		return nil
+	})
+	s.limit = newLimiter(cfg.Rate, cfg.Burst, time.Now())
+	s.setDeadline(time.Now().Add(time.Hour))
+	s.workers[0].set.give([]claimed{
+		{Task: Task{OrderID: 1, ID: "a", Attempt: 1}, seq: 1},
+		{Task: Task{OrderID: 1, ID: "b", Attempt: 1}, seq: 2},
+		{Task: Task{OrderID: 2, ID: "c", Attempt: 1}, seq: 3},
+	})
+	w := s.workers[0]
+	w.set.mu.Lock()
+	s.start(w, false)
+	w.set.mu.Unlock()
+	// "a" runs on the burst's token; the next task waits about 1000 s.
+	require.Eventually(t, func() bool { return w.held.Load() != nil }, 10*time.Second, time.Millisecond)
+	waiting := *w.held.Load()
+
+	first := s.takeUnstarted() // the stop's first hand-back, before the worker saw it
+	s.stopStarting()
+	s.workWG.Wait()
+	later := s.takeUnstarted()
+	s.cancelTask()
+	s.cancelLease()
+	assert.Equal(t, []string{"a"}, ran, "only the first task ran")
+	assert.Contains(t, claimedIDs(first), waiting, "the waiting task went back at once")
+	assert.Equal(t, []string{"b", "c"}, claimedIDs(first), "in claim order")
+	assert.Empty(t, claimedIDs(later), "nothing went back late")
 }
