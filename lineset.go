@@ -51,6 +51,8 @@ const (
 	// lineParked: emptied, in free, and left in orders under its last
 	// OrderID, which holds no task: the OrderID's next task takes it
 	// back without a map write. Nothing but give and newOrder sees it.
+	// An emptied line past what free keeps is parked too, out of both:
+	// a worker that waited on it (endWait) must not find it waiting.
 	lineParked
 )
 
@@ -181,6 +183,7 @@ func (ls *lineSet) drop(o *orderLine) {
 	n := len(ls.free)
 	if n >= ls.maxFree {
 		delete(ls.orders, o.id)
+		o.state = lineParked // out of hand (see lineParked)
 		return
 	}
 	tasks := o.tasks[:0]

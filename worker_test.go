@@ -156,3 +156,62 @@ func TestWorkerRateWaitGoesBackAtOnce(t *testing.T) {
 	assert.Equal(t, []string{"b", "c"}, claimedIDs(first), "in claim order")
 	assert.Empty(t, claimedIDs(later), "nothing went back late")
 }
+
+// A stop that takes the set's tasks drops each emptied line, and one
+// beyond what the set keeps leaves it for good. A task waiting for the
+// rate limit on such a line went back with the others and then ran all
+// the same when its wait ended: its worker found its line still marked
+// waiting and took it for its own, so it ran twice (here and after the
+// hand-back), and its line was dropped twice.
+func TestWorkerRateWaitTakenWithFullFreeDoesNotRun(t *testing.T) {
+	t.Parallel()
+	q, _ := newTestQueue(t, 1, Config{})
+	ctx := context.Background()
+	c, err := q.Consume(ctx, 0, ConsumerConfig{LeaseTTL: time.Minute})
+	require.NoError(t, err)
+	cfg, err := PoolConfig{Workers: 1, Rate: 0.001, Burst: 1, LeaseTTL: time.Minute}.withDefaults()
+	require.NoError(t, err)
+	var ran []string
+	var mu sync.Mutex
+	s := newSession(ctx, c.st, cfg, func(_ context.Context, task Task) error {
+		mu.Lock()
+		ran = append(ran, task.ID)
+		mu.Unlock()
+		return nil
+	})
+	s.limit = newLimiter(cfg.Rate, cfg.Burst, time.Now())
+	s.setDeadline(time.Now().Add(time.Hour))
+	w := s.workers[0]
+	w.set.give([]claimed{
+		{Task: Task{OrderID: 1, ID: "a", Attempt: 1}, seq: 1},
+		{Task: Task{OrderID: 2, ID: "b", Attempt: 1}, seq: 2},
+	})
+	// The set keeps as many emptied lines as it may, as after a drain of
+	// many OrderIDs: every line the stop empties leaves it.
+	w.set.mu.Lock()
+	for id := uint64(1000); len(w.set.free) < w.set.maxFree; id++ {
+		o := &orderLine{id: id}
+		w.set.orders[id] = o
+		s.lines.Add(1)
+		w.set.drop(o)
+	}
+	w.set.mu.Unlock()
+	w.set.mu.Lock()
+	s.start(w, false)
+	w.set.mu.Unlock()
+	// "a" runs on the burst's token; "b" waits about 1000 s.
+	require.Eventually(t, func() bool { return w.held.Load() != nil }, 10*time.Second, time.Millisecond)
+
+	first := s.takeUnstarted() // the stop's first hand-back, before the worker saw it
+	s.stopStarting()
+	s.workWG.Wait()
+	later := s.takeUnstarted()
+	s.cancelTask()
+	s.cancelLease()
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Equal(t, []string{"b"}, claimedIDs(first), "the waiting task went back at once")
+	assert.Equal(t, []string{"a"}, ran, "the task that went back did not run")
+	assert.Empty(t, claimedIDs(later), "nothing went back late")
+	assert.Zero(t, s.lines.Load(), "every line dropped once")
+}
