@@ -393,7 +393,11 @@ func (ls *lineSet) toWaiting(o *orderLine) {
 // task may start: not when a stop took it meanwhile, nor when the session
 // stops (then o is put back, for the stop to take, unless the lease is
 // lost: the next owner has it). A stop that took the set's tasks before
-// the wait began counted o as running: it starts, as with unpickUntaken.
+// the wait began counted o as running, and handed back its later tasks;
+// but a stop ends the wait before the task's token, and a start never
+// comes before it: o is put back all the same, and goes back with the
+// tasks the stop hands back once the running ones ended, still ahead of
+// its later ones.
 func (ls *lineSet) endWait(o *orderLine) bool {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
@@ -402,7 +406,7 @@ func (ls *lineSet) endWait(o *orderLine) bool {
 		return false // taken by a stop
 	case ls.s.isLost():
 		return false
-	case ls.s.halted() && !ls.taken:
+	case ls.s.halted():
 		o.state = lineIdle
 		return false
 	}

@@ -215,3 +215,52 @@ func TestWorkerRateWaitTakenWithFullFreeDoesNotRun(t *testing.T) {
 	assert.Empty(t, claimedIDs(later), "nothing went back late")
 	assert.Zero(t, s.lines.Load(), "every line dropped once")
 }
+
+// A worker that picked a task just before a stop took the set's tasks
+// starts it, as it would have a moment sooner: the stop counted it as
+// running. But with the pool's rate limit the task waits for its token
+// first, and the stop ends that wait at once: the task started then, long
+// before its token, a start the limit does not allow. It does not start;
+// it goes back with the tasks the stop hands back once the running ones
+// ended, its Attempt unchanged, ahead of its OrderID's later tasks.
+func TestWorkerTakenPickDoesNotStartBeforeItsToken(t *testing.T) {
+	t.Parallel()
+	q, _ := newTestQueue(t, 1, Config{})
+	ctx := context.Background()
+	c, err := q.Consume(ctx, 0, ConsumerConfig{LeaseTTL: time.Minute})
+	require.NoError(t, err)
+	cfg, err := PoolConfig{Workers: 1, Rate: 0.001, Burst: 1, LeaseTTL: time.Minute}.withDefaults()
+	require.NoError(t, err)
+	var ran atomic.Int64
+	s := newSession(ctx, c.st, cfg, func(context.Context, Task) error { ran.Add(1); return nil })
+	defer s.cancelLease()
+	defer s.cancelTask()
+	now := time.Now()
+	s.limit = newLimiter(cfg.Rate, cfg.Burst, now)
+	s.limit.reserve(now) // the burst's token went to an earlier task: the next comes in about 1000 s
+	s.setDeadline(now.Add(time.Hour))
+	w := s.workers[0]
+	w.set.give([]claimed{
+		{Task: Task{OrderID: 1, ID: "a", Attempt: 1}, seq: 1},
+		{Task: Task{OrderID: 1, ID: "b", Attempt: 1}, seq: 2},
+	})
+	o, task, _, _ := w.set.next(w, now) // the worker's pick, just before the stop
+	require.NotNil(t, o)
+
+	s.stopStarting()
+	first := s.takeUnstarted()
+	done := make(chan struct{})
+	go func() { defer close(done); w.runOne(o, task, now) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		s.cancelTask() // the end of the stop's ShutdownTimeout
+		<-done
+	}
+	later := s.takeUnstarted()
+	assert.Zero(t, ran.Load(), "the task started before its token")
+	assert.Equal(t, []string{"b"}, claimedIDs(first), "the stop counted the pick as running")
+	if assert.Equal(t, []string{"a"}, claimedIDs(later), "the pick went back with the later hand-back") {
+		assert.Equal(t, 1, later[0].Attempt, "its Attempt unchanged")
+	}
+}
