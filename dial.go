@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -271,11 +272,15 @@ func newServerDialer(cfg Config, useTLS bool, user, password string, db int, rea
 // dial connects to addr, host:port. Under TLS the server's certificate is
 // verified for addr's host unless Config.TLSConfig names another.
 func (d *serverDialer) dial(ctx context.Context, addr string) (*watchedConn, error) {
-	var nc net.Conn // the TCP connection, under TLS if any
+	var nc net.Conn        // the TCP connection, under TLS if any
+	var bc *bufferedReader // what redigo reads nc through
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := d.dialer.DialContext(ctx, network, addr)
-		nc = c
-		return c, err
+		if err != nil {
+			return nil, err
+		}
+		nc, bc = c, &bufferedReader{Conn: c, r: bufio.NewReaderSize(c, readBuffer)}
+		return bc, nil
 	}
 	c, err := redis.DialContext(ctx, "tcp", addr, append(d.opts[:len(d.opts):len(d.opts)], redis.DialContextFunc(dial))...)
 	if err != nil {
@@ -287,8 +292,23 @@ func (d *serverDialer) dial(ctx context.Context, addr string) (*watchedConn, err
 	if d.wrap != nil {
 		c = d.wrap(c)
 	}
-	return &watchedConn{Conn: c, tcp: nc, addr: addr}, nil
+	return &watchedConn{Conn: c, tcp: nc, buf: bc, addr: addr}, nil
 }
+
+// readBuffer is how much a connection made by Dial reads at once. redigo
+// reads through a buffer of 4 KiB, a system call each time it empties: a
+// claim's reply of thousands of entries, a few hundred KiB, took a
+// hundred reads of the socket; it takes a dozen through this one.
+const readBuffer = 32 << 10
+
+// bufferedReader is a connection read through a buffer of readBuffer
+// bytes; its deadlines and writes are the connection's own.
+type bufferedReader struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufferedReader) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // tlsRefused reports whether a dial's error says the TLS handshake got no
 // TLS answer: a plain Redis server waits for the end of a command line
@@ -338,8 +358,8 @@ func poolOf(cfg Config, dial func(context.Context) (*watchedConn, error), onDial
 			// a timeout, CLIENT KILL) is dropped before anything is
 			// written on it, so the caller's command goes on a new one:
 			// it cannot have reached Redis, so no retry can duplicate it.
-			if peerClosed(w.tcp) {
-				return errPeerClosed
+			if peerClosed(w.tcp) || w.buf != nil && w.buf.r.Buffered() > 0 {
+				return errPeerClosed // bytes read ahead are no reply due either
 			}
 			if time.Since(idleSince) < idleCheck {
 				return nil
@@ -358,6 +378,7 @@ var errPeerClosed = errors.New("queue: connection closed by the server while idl
 type watchedConn struct {
 	redis.Conn
 	tcp  net.Conn
+	buf  *bufferedReader // what redigo reads tcp through
 	addr string
 	// lost, when set, is told once of the failure that makes the
 	// connection useless where it stands: a connection error, or a

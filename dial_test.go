@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -48,6 +50,51 @@ func TestPooledConnectionClosedByServer(t *testing.T) {
 			require.NoError(t, m.Restart())
 		})
 	})
+}
+
+// A connection Dial makes reads ahead through a buffer of its own. One
+// put back idle with bytes read ahead holds no reply due: it is dropped
+// when next borrowed, as one with bytes in its socket is, rather than
+// hand the next command an old reply.
+func TestPooledConnectionWithBytesReadAheadDropped(t *testing.T) {
+	t.Parallel()
+	m := miniredis.RunT(t)
+	cfg, err := Config{}.withDefaults()
+	require.NoError(t, err)
+	d := newServerDialer(cfg, false, "", "", 0, cfg.ReadTimeout)
+	var dialled []*watchedConn
+	pool := poolOf(cfg, func(ctx context.Context) (*watchedConn, error) {
+		w, err := d.dial(ctx, m.Addr())
+		if err == nil {
+			dialled = append(dialled, w)
+		}
+		return w, err
+	}, nil, nil)
+	defer pool.Close()
+
+	c := pool.Get()
+	require.NoError(t, c.Send("PING"))
+	require.NoError(t, c.Flush())
+	require.Len(t, dialled, 1)
+	w := dialled[0]
+	// A reply nobody waits for, longer than redigo's own buffer takes
+	// and all read ahead: none of it is left in the socket.
+	stale := strings.Repeat("s", readBuffer/2)
+	_, err = fmt.Fprintf(w.tcp, "*2\r\n$4\r\nECHO\r\n$%d\r\n%s\r\n", len(stale), stale)
+	require.NoError(t, err)
+	time.Sleep(50 * time.Millisecond) // both replies arrive: one read takes them
+	got, err := redis.String(c.Receive())
+	require.NoError(t, err)
+	require.Equal(t, "PONG", got)
+	require.Positive(t, w.buf.r.Buffered(), "the unasked reply is read ahead")
+	require.NoError(t, c.Close())
+
+	c = pool.Get()
+	defer c.Close()
+	echo, err := redis.String(c.Do("ECHO", "fresh"))
+	require.NoError(t, err)
+	assert.Equal(t, "fresh", echo, "a command got a reply read ahead on an idle connection")
+	assert.Len(t, dialled, 2, "the connection with bytes read ahead was kept")
 }
 
 // checkReplaced adds a task (leaving its connection idle in the pool),
