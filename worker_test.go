@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -110,28 +111,40 @@ func TestWorkerPickGoesBackAtOnceOrRuns(t *testing.T) {
 	}
 }
 
-// A task waiting for the rate limit has not started: a stop that takes
-// the set's tasks while it waits takes it with them, at once and in claim
-// order, and its worker then does not start it; the stop's later
-// hand-back, made once every running task ended, has nothing of it.
-func TestWorkerRateWaitGoesBackAtOnce(t *testing.T) {
-	t.Parallel()
+// rateLimitedSession returns a session of one worker, not started, whose
+// rate limit (a token every 1000 s, a burst of 1) was made at now, and
+// the IDs of the tasks it has run so far.
+func rateLimitedSession(t *testing.T, now time.Time) (*session, func() []string) {
 	q, _ := newTestQueue(t, 1, Config{})
 	ctx := context.Background()
 	c, err := q.Consume(ctx, 0, ConsumerConfig{LeaseTTL: time.Minute})
 	require.NoError(t, err)
 	cfg, err := PoolConfig{Workers: 1, Rate: 0.001, Burst: 1, LeaseTTL: time.Minute}.withDefaults()
 	require.NoError(t, err)
-	var ran []string
 	var mu sync.Mutex
+	var ran []string
 	s := newSession(ctx, c.st, cfg, func(_ context.Context, task Task) error {
 		mu.Lock()
 		ran = append(ran, task.ID)
 		mu.Unlock()
 		return nil
 	})
-	s.limit = newLimiter(cfg.Rate, cfg.Burst, time.Now())
-	s.setDeadline(time.Now().Add(time.Hour))
+	s.limit = newLimiter(cfg.Rate, cfg.Burst, now)
+	s.setDeadline(now.Add(time.Hour))
+	return s, func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(ran)
+	}
+}
+
+// A task waiting for the rate limit has not started: a stop that takes
+// the set's tasks while it waits takes it with them, at once and in claim
+// order, and its worker then does not start it; the stop's later
+// hand-back, made once every running task ended, has nothing of it.
+func TestWorkerRateWaitGoesBackAtOnce(t *testing.T) {
+	t.Parallel()
+	s, ran := rateLimitedSession(t, time.Now())
 	s.workers[0].set.give([]claimed{
 		{Task: Task{OrderID: 1, ID: "a", Attempt: 1}, seq: 1},
 		{Task: Task{OrderID: 1, ID: "b", Attempt: 1}, seq: 2},
@@ -151,7 +164,7 @@ func TestWorkerRateWaitGoesBackAtOnce(t *testing.T) {
 	later := s.takeUnstarted()
 	s.cancelTask()
 	s.cancelLease()
-	assert.Equal(t, []string{"a"}, ran, "only the first task ran")
+	assert.Equal(t, []string{"a"}, ran(), "only the first task ran")
 	assert.Contains(t, claimedIDs(first), waiting, "the waiting task went back at once")
 	assert.Equal(t, []string{"b", "c"}, claimedIDs(first), "in claim order")
 	assert.Empty(t, claimedIDs(later), "nothing went back late")
@@ -165,22 +178,7 @@ func TestWorkerRateWaitGoesBackAtOnce(t *testing.T) {
 // hand-back), and its line was dropped twice.
 func TestWorkerRateWaitTakenWithFullFreeDoesNotRun(t *testing.T) {
 	t.Parallel()
-	q, _ := newTestQueue(t, 1, Config{})
-	ctx := context.Background()
-	c, err := q.Consume(ctx, 0, ConsumerConfig{LeaseTTL: time.Minute})
-	require.NoError(t, err)
-	cfg, err := PoolConfig{Workers: 1, Rate: 0.001, Burst: 1, LeaseTTL: time.Minute}.withDefaults()
-	require.NoError(t, err)
-	var ran []string
-	var mu sync.Mutex
-	s := newSession(ctx, c.st, cfg, func(_ context.Context, task Task) error {
-		mu.Lock()
-		ran = append(ran, task.ID)
-		mu.Unlock()
-		return nil
-	})
-	s.limit = newLimiter(cfg.Rate, cfg.Burst, time.Now())
-	s.setDeadline(time.Now().Add(time.Hour))
+	s, ran := rateLimitedSession(t, time.Now())
 	w := s.workers[0]
 	w.set.give([]claimed{
 		{Task: Task{OrderID: 1, ID: "a", Attempt: 1}, seq: 1},
@@ -208,10 +206,8 @@ func TestWorkerRateWaitTakenWithFullFreeDoesNotRun(t *testing.T) {
 	later := s.takeUnstarted()
 	s.cancelTask()
 	s.cancelLease()
-	mu.Lock()
-	defer mu.Unlock()
 	assert.Equal(t, []string{"b"}, claimedIDs(first), "the waiting task went back at once")
-	assert.Equal(t, []string{"a"}, ran, "the task that went back did not run")
+	assert.Equal(t, []string{"a"}, ran(), "the task that went back did not run")
 	assert.Empty(t, claimedIDs(later), "nothing went back late")
 	assert.Zero(t, s.lines.Load(), "every line dropped once")
 }
@@ -225,20 +221,11 @@ func TestWorkerRateWaitTakenWithFullFreeDoesNotRun(t *testing.T) {
 // ended, its Attempt unchanged, ahead of its OrderID's later tasks.
 func TestWorkerTakenPickDoesNotStartBeforeItsToken(t *testing.T) {
 	t.Parallel()
-	q, _ := newTestQueue(t, 1, Config{})
-	ctx := context.Background()
-	c, err := q.Consume(ctx, 0, ConsumerConfig{LeaseTTL: time.Minute})
-	require.NoError(t, err)
-	cfg, err := PoolConfig{Workers: 1, Rate: 0.001, Burst: 1, LeaseTTL: time.Minute}.withDefaults()
-	require.NoError(t, err)
-	var ran atomic.Int64
-	s := newSession(ctx, c.st, cfg, func(context.Context, Task) error { ran.Add(1); return nil })
+	now := time.Now()
+	s, ran := rateLimitedSession(t, now)
 	defer s.cancelLease()
 	defer s.cancelTask()
-	now := time.Now()
-	s.limit = newLimiter(cfg.Rate, cfg.Burst, now)
 	s.limit.reserve(now) // the burst's token went to an earlier task: the next comes in about 1000 s
-	s.setDeadline(now.Add(time.Hour))
 	w := s.workers[0]
 	w.set.give([]claimed{
 		{Task: Task{OrderID: 1, ID: "a", Attempt: 1}, seq: 1},
@@ -258,7 +245,7 @@ func TestWorkerTakenPickDoesNotStartBeforeItsToken(t *testing.T) {
 		<-done
 	}
 	later := s.takeUnstarted()
-	assert.Zero(t, ran.Load(), "the task started before its token")
+	assert.Empty(t, ran(), "the task started before its token")
 	assert.Equal(t, []string{"b"}, claimedIDs(first), "the stop counted the pick as running")
 	if assert.Equal(t, []string{"a"}, claimedIDs(later), "the pick went back with the later hand-back") {
 		assert.Equal(t, 1, later[0].Attempt, "its Attempt unchanged")
