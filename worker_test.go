@@ -138,6 +138,27 @@ func rateLimitedSession(t *testing.T, now time.Time) (*session, func() []string)
 	}
 }
 
+// stopWhileWaiting starts s's worker w, and once it waits for the rate
+// limit, takes the set's unstarted tasks as a stop's first hand-back does
+// (before the worker sees the stop), then stops the session and takes
+// what is left once the worker ended. It returns the ID of the task that
+// waited and the two hand-backs.
+func stopWhileWaiting(t *testing.T, s *session, w *worker) (waiting string, first, later []claimed) {
+	t.Helper()
+	w.set.mu.Lock()
+	s.start(w, false)
+	w.set.mu.Unlock()
+	require.Eventually(t, func() bool { return w.held.Load() != nil }, 10*time.Second, time.Millisecond)
+	waiting = *w.held.Load()
+	first = s.takeUnstarted()
+	s.stopStarting()
+	s.workWG.Wait()
+	later = s.takeUnstarted()
+	s.cancelTask()
+	s.cancelLease()
+	return waiting, first, later
+}
+
 // A task waiting for the rate limit has not started: a stop that takes
 // the set's tasks while it waits takes it with them, at once and in claim
 // order, and its worker then does not start it; the stop's later
@@ -151,19 +172,8 @@ func TestWorkerRateWaitGoesBackAtOnce(t *testing.T) {
 		{Task: Task{OrderID: 2, ID: "c", Attempt: 1}, seq: 3},
 	})
 	w := s.workers[0]
-	w.set.mu.Lock()
-	s.start(w, false)
-	w.set.mu.Unlock()
 	// "a" runs on the burst's token; the next task waits about 1000 s.
-	require.Eventually(t, func() bool { return w.held.Load() != nil }, 10*time.Second, time.Millisecond)
-	waiting := *w.held.Load()
-
-	first := s.takeUnstarted() // the stop's first hand-back, before the worker saw it
-	s.stopStarting()
-	s.workWG.Wait()
-	later := s.takeUnstarted()
-	s.cancelTask()
-	s.cancelLease()
+	waiting, first, later := stopWhileWaiting(t, s, w)
 	assert.Equal(t, []string{"a"}, ran(), "only the first task ran")
 	assert.Contains(t, claimedIDs(first), waiting, "the waiting task went back at once")
 	assert.Equal(t, []string{"b", "c"}, claimedIDs(first), "in claim order")
@@ -194,18 +204,8 @@ func TestWorkerRateWaitTakenWithFullFreeDoesNotRun(t *testing.T) {
 		w.set.drop(o)
 	}
 	w.set.mu.Unlock()
-	w.set.mu.Lock()
-	s.start(w, false)
-	w.set.mu.Unlock()
 	// "a" runs on the burst's token; "b" waits about 1000 s.
-	require.Eventually(t, func() bool { return w.held.Load() != nil }, 10*time.Second, time.Millisecond)
-
-	first := s.takeUnstarted() // the stop's first hand-back, before the worker saw it
-	s.stopStarting()
-	s.workWG.Wait()
-	later := s.takeUnstarted()
-	s.cancelTask()
-	s.cancelLease()
+	_, first, later := stopWhileWaiting(t, s, w)
 	assert.Equal(t, []string{"b"}, claimedIDs(first), "the waiting task went back at once")
 	assert.Equal(t, []string{"a"}, ran(), "the task that went back did not run")
 	assert.Empty(t, claimedIDs(later), "nothing went back late")
