@@ -371,15 +371,6 @@ func (ls *lineSet) settleLocked(o *orderLine, done bool, retryAt, started time.T
 	}
 }
 
-// unpick puts back o, picked by next and its first task not started,
-// when the session stopped meanwhile: takeAll hands it back, its Attempt
-// unchanged.
-func (ls *lineSet) unpick(o *orderLine) {
-	ls.mu.Lock()
-	o.state = lineIdle
-	ls.mu.Unlock()
-}
-
 // toWaiting marks o, picked, as waiting for the rate limit: its first
 // task has not started, and a stop that takes the set's tasks meanwhile
 // takes it with them, at once and in claim order.
@@ -414,8 +405,9 @@ func (ls *lineSet) endWait(o *orderLine) bool {
 	return true
 }
 
-// unpickUntaken puts back o, picked by settleNext and its first task not
-// started, when the session stopped since, unless the stop took the
+// unpickUntaken puts back o, picked and its first task not started, when
+// the session stopped since (takeAll hands it back, its Attempt
+// unchanged), unless the stop took the
 // set's tasks already, and reports whether it did. The stop counted o as
 // running then, and handed back its later tasks ahead of it: put back
 // now, o's first task would go back only once every running task ended,

@@ -89,11 +89,7 @@ func (w *worker) loop() (retired bool) {
 	var now time.Time
 	for {
 		if w.stopping() {
-			// A task picked by the last settle and not started goes
-			// back with the unstarted ones, unless the stop counted it
-			// as running (see unpickUntaken); with the lease lost it is
-			// the next owner's.
-			if o == nil || w.s.isLost() || w.set.unpickUntaken(o) {
+			if o == nil || w.putBack(o) {
 				return false
 			}
 		} else if o == nil {
@@ -125,6 +121,15 @@ func (w *worker) loop() (retired bool) {
 		}
 		o, t, now = w.runOne(o, t, now)
 	}
+}
+
+// putBack puts back o, picked and its first task not started, as the
+// session stops, and reports whether the worker is to leave it: it goes
+// back with the unstarted tasks, unless the stop counted it as running
+// already (see unpickUntaken: the worker starts it then); with the lease
+// lost it is the next owner's.
+func (w *worker) putBack(o *orderLine) bool {
+	return w.s.isLost() || w.set.unpickUntaken(o)
 }
 
 // timerFor returns the channel of the worker's timer, set to fire after d.
@@ -255,10 +260,7 @@ func (w *worker) awaitRate(o *orderLine, id string, now time.Time) (time.Time, b
 		}
 	}
 	switch {
-	case w.stopping() && (s.isLost() || w.set.unpickUntaken(o)):
-		// Not started: it goes back with the unstarted tasks, unless the
-		// stop counted it as running already (see unpickUntaken); with
-		// the lease lost it is the next owner's.
+	case w.stopping() && w.putBack(o):
 		return now, false
 	case !s.leaseValid(now):
 		s.loseLease() // the lease may be another owner's by now
