@@ -272,15 +272,14 @@ func newServerDialer(cfg Config, useTLS bool, user, password string, db int, rea
 // dial connects to addr, host:port. Under TLS the server's certificate is
 // verified for addr's host unless Config.TLSConfig names another.
 func (d *serverDialer) dial(ctx context.Context, addr string) (*watchedConn, error) {
-	var nc net.Conn        // the TCP connection, under TLS if any
-	var bc *bufferedReader // what redigo reads nc through
+	var tcp *bufferedReader // the TCP connection, under TLS if any, as redigo reads it
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := d.dialer.DialContext(ctx, network, addr)
 		if err != nil {
 			return nil, err
 		}
-		nc, bc = c, &bufferedReader{Conn: c, r: bufio.NewReaderSize(c, readBuffer)}
-		return bc, nil
+		tcp = &bufferedReader{Conn: c, r: bufio.NewReaderSize(c, readBuffer)}
+		return tcp, nil
 	}
 	c, err := redis.DialContext(ctx, "tcp", addr, append(d.opts[:len(d.opts):len(d.opts)], redis.DialContextFunc(dial))...)
 	if err != nil {
@@ -292,7 +291,7 @@ func (d *serverDialer) dial(ctx context.Context, addr string) (*watchedConn, err
 	if d.wrap != nil {
 		c = d.wrap(c)
 	}
-	return &watchedConn{Conn: c, tcp: nc, buf: bc, addr: addr}, nil
+	return &watchedConn{Conn: c, tcp: tcp, addr: addr}, nil
 }
 
 // readBuffer is how much a connection made by Dial reads at once. redigo
@@ -358,7 +357,7 @@ func poolOf(cfg Config, dial func(context.Context) (*watchedConn, error), onDial
 			// a timeout, CLIENT KILL) is dropped before anything is
 			// written on it, so the caller's command goes on a new one:
 			// it cannot have reached Redis, so no retry can duplicate it.
-			if peerClosed(w.tcp) || w.buf != nil && w.buf.r.Buffered() > 0 {
+			if peerClosed(w.tcp.Conn) || w.tcp.r.Buffered() > 0 {
 				return errPeerClosed // bytes read ahead are no reply due either
 			}
 			if time.Since(idleSince) < idleCheck {
@@ -377,8 +376,7 @@ var errPeerClosed = errors.New("queue: connection closed by the server while idl
 // the address it was dialled at.
 type watchedConn struct {
 	redis.Conn
-	tcp  net.Conn
-	buf  *bufferedReader // what redigo reads tcp through
+	tcp  *bufferedReader // its TCP connection (Conn), read through a buffer
 	addr string
 	// lost, when set, is told once of the failure that makes the
 	// connection useless where it stands: a connection error, or a

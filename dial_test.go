@@ -86,7 +86,7 @@ func TestPooledConnectionWithBytesReadAheadDropped(t *testing.T) {
 	got, err := redis.String(c.Receive())
 	require.NoError(t, err)
 	require.Equal(t, "PONG", got)
-	require.Positive(t, w.buf.r.Buffered(), "the unasked reply is read ahead")
+	require.Positive(t, w.tcp.r.Buffered(), "the unasked reply is read ahead")
 	require.NoError(t, c.Close())
 
 	c = pool.Get()
