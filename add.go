@@ -151,7 +151,9 @@ func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 		size += entryCap(h, len(tasks[i].Payload))
 	}
 	ids := q.ids.nextN(len(tasks))
-	buf := make([]byte, 0, size)
+	bp := getEntryBuf(size)
+	defer putEntryBuf(bp) // after every push has returned: nothing reads the entries then
+	buf := (*bp)[:0]
 	// Group entries per partition, then per queue, keeping task order:
 	// count first, so that every group is allocated once, at its size.
 	qs := q.cfg.Queues
@@ -223,6 +225,35 @@ func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 	}
 	wg.Wait()
 	return ids, errors.Join(errs...)
+}
+
+// maxKeptEntryBuf bounds the entry buffers kept for later AddTasks calls.
+const maxKeptEntryBuf = 32 << 20
+
+// entryBufs keeps AddTasks' entry buffers (*[]byte) for later calls. A
+// large new buffer is zeroed, and its pages are new to the process: a
+// 100,000-task call spent about as long on that as on encoding its
+// entries.
+var entryBufs sync.Pool
+
+// getEntryBuf returns a buffer of at least size bytes, kept or new.
+func getEntryBuf(size int) *[]byte {
+	if bp, ok := entryBufs.Get().(*[]byte); ok {
+		if cap(*bp) >= size {
+			return bp
+		}
+		entryBufs.Put(bp) // too small for this call; it may serve another
+	}
+	b := make([]byte, 0, size)
+	return &b
+}
+
+// putEntryBuf keeps bp for a later call unless it is too large to keep.
+// The caller must hold no entry in it any more.
+func putEntryBuf(bp *[]byte) {
+	if cap(*bp) <= maxKeptEntryBuf {
+		entryBufs.Put(bp)
+	}
 }
 
 // pushPartition LPUSHes entries (per queue) to partition pi, and adds the

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -319,6 +320,47 @@ func TestAddTasksOrder(t *testing.T) {
 	ids, err = q.AddTasks(ctx, nil)
 	assert.NoError(t, err)
 	assert.Empty(t, ids)
+}
+
+// TestAddTasksConcurrentCallsKeepTheirEntries: AddTasks calls at once,
+// of sizes that differ from call to call, each find their own payloads
+// in Redis, although their entry buffers are kept from call to call.
+func TestAddTasksConcurrentCallsKeepTheirEntries(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q, servers := newTestQueue(t, 1, Config{})
+	want := map[string]string{} // ID -> payload
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 10 {
+				n := 1 + (g*7+i*13)%150
+				tasks := make([]Task, n)
+				for k := range tasks {
+					p := fmt.Sprintf("g%d-call%d-task%d-%s", g, i, k, strings.Repeat("x", (g+k)%50))
+					tasks[k] = Task{OrderID: uint64(g*1000 + k), Payload: []byte(p)}
+				}
+				ids, err := q.AddTasks(ctx, tasks)
+				if !assert.NoError(t, err) {
+					return
+				}
+				mu.Lock()
+				for k, id := range ids {
+					want[id] = string(tasks[k].Payload)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	got := map[string]string{}
+	for qi := range q.cfg.Queues {
+		for _, task := range readyList(t, servers[0], newQueueKeys(q.cfg.Prefix, 0, qi).ready) {
+			got[task.ID] = string(task.Payload)
+		}
+	}
+	assert.Equal(t, want, got)
 }
 
 // TestAddTasksPartitionsFailAlone: the partitions' round trips run side by
