@@ -181,6 +181,10 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) (next *orderLine
 			}
 		}
 		err, aborted = s.analyse(w, t.Task, start)
+		if err == errNotStarted {
+			w.cancelled(o, t, time.Time{})
+			return
+		}
 		if s.cfg.OnDone != nil {
 			s.cfg.OnDone(t.Task, time.Since(start), err)
 		}
@@ -315,9 +319,14 @@ func (w *worker) bury(t claimed, cause error) bool {
 	return true
 }
 
+// errNotStarted is analyse's answer for a task whose cancel it saw before
+// it called fn: finish it as cancelled, not run.
+var errNotStarted = errors.New("queue: cancelled before it started")
+
 // analyse runs fn on one delivery started at start, on w, turning a panic
 // into a *PanicError and a timeout into an error that says so; aborted
-// reports that the task's cancel ended its ctx.
+// reports that the task's cancel ended its ctx. It returns errNotStarted,
+// without calling fn, when the task's cancel is seen first.
 func (s *session) analyse(w *worker, t Task, start time.Time) (err error, aborted bool) {
 	var deadline time.Time
 	if s.cfg.TaskTimeout > 0 {
@@ -326,12 +335,16 @@ func (s *session) analyse(w *worker, t Task, start time.Time) (err error, aborte
 	tc := w.nextTaskContext(s.taskCtx, deadline)
 	tc.id = t.ID
 	w.cur.Store(tc)
-	// A cancel seen since the worker picked the task: watchCancels
-	// stores the marks before it reads cur, and the worker reads the
-	// marks after it stored cur, so one of them sees the other and the
-	// task starts with its ctx ended, if at all.
+	// A cancel seen since the worker picked the task (during the rate
+	// wait, or while its start was recorded): watchCancels stores the
+	// marks before it reads cur, and the worker reads the marks after it
+	// stored cur, so one of them sees the other. A task whose mark is
+	// seen here does not start: Cancel may have returned already, and
+	// promised that. One whose mark comes later has its ctx ended.
 	if s.isMarked(t.ID) {
-		tc.abort()
+		w.cur.Store(nil)
+		tc.finish()
+		return errNotStarted, true
 	}
 	defer func() {
 		w.cur.Store(nil)
