@@ -232,6 +232,9 @@ func (ls *lineSet) next(w *worker, now time.Time) (o *orderLine, t claimed, due 
 	defer ls.mu.Unlock()
 	ls.unidle(w)
 	if w.retire && (ls.shared || ls.held() == 0) {
+		// Gone, w may get a new goroutine as soon as the lock is free
+		// (see grow): this one leaves it nothing to touch.
+		w.stopTimer()
 		w.gone = true
 		ls.handOn()
 		return nil, claimed{}, time.Time{}, true

@@ -80,8 +80,8 @@ func (w *worker) stopping() bool { return w.s.halted() }
 // until it holds no OrderID; it reports whether it retired.
 func (w *worker) loop() (retired bool) {
 	defer func() {
-		if w.timer != nil {
-			w.timer.Stop()
+		if !retired { // a retired worker stopped its timer as it went
+			w.stopTimer()
 		}
 	}()
 	var o *orderLine // picked with its task t at now by the last task's settle, if any
@@ -130,6 +130,15 @@ func (w *worker) loop() (retired bool) {
 // lost it is the next owner's.
 func (w *worker) putBack(o *orderLine) bool {
 	return w.s.isLost() || w.set.unpickUntaken(o)
+}
+
+// stopTimer stops the worker's timer, if it made one, and drops it. Only
+// the worker's goroutine calls it.
+func (w *worker) stopTimer() {
+	if w.timer != nil {
+		w.timer.Stop()
+		w.timer = nil
+	}
 }
 
 // timerFor returns the channel of the worker's timer, set to fire after d.

@@ -251,3 +251,40 @@ func TestWorkerTakenPickDoesNotStartBeforeItsToken(t *testing.T) {
 		assert.Equal(t, 1, later[0].Attempt, "its Attempt unchanged")
 	}
 }
+
+// A retiring worker's goroutine leaves the worker alone once the set has
+// it gone: a grow may start a new goroutine on the same worker at once,
+// whose first wait sets the timer (the race detector sees an old
+// goroutine that still stops it).
+func TestWorkerGoneLeavesItsTimer(t *testing.T) {
+	t.Parallel()
+	s, _ := rateLimitedSession(t, time.Now())
+	defer s.cancelLease()
+	defer s.cancelTask()
+	w := s.workers[0]
+	w.timerFor(time.Hour) // an earlier wait's
+	w.set.mu.Lock()
+	w.retire = true
+	s.start(w, false)
+	w.set.mu.Unlock()
+	for {
+		w.set.mu.Lock()
+		if w.gone {
+			break
+		}
+		w.set.mu.Unlock()
+		time.Sleep(100 * time.Microsecond)
+	}
+	// As grow does, with the set's lock held: the worker starts again,
+	// and waits.
+	w.retire = false
+	w.timer = nil
+	fired := w.timerFor(10 * time.Millisecond)
+	w.set.mu.Unlock()
+	select {
+	case <-fired:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the new wait's timer was stopped")
+	}
+	s.workWG.Wait()
+}
