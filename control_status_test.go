@@ -46,7 +46,7 @@ func TestStatusThroughWholeLivesWithRetention(t *testing.T) {
 	require.NoError(t, err)
 	st, err = q.Status(bg, 4, cancelled)
 	require.NoError(t, err)
-	assert.Equal(t, StateCancelled, st.State, "it will be, when met")
+	assert.Equal(t, StateUnknown, st.State, "queued: it will be cancelled when met")
 	assert.True(t, st.CancelAsked)
 
 	const backoff = 400 * time.Millisecond
@@ -310,4 +310,38 @@ func TestStatusOfTasksAcknowledgedThroughTheConsumerAPI(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, StateUnknown, st.State, "%s was not acknowledged", id)
 	}
+}
+
+// A cancel mark alone does not make a task cancelled: Cancel of a task
+// that finished before it (no Retention), or of an ID that never was,
+// leaves a mark until a claim finds the queue empty, and Status says
+// unknown with the cancel asked, not cancelled.
+func TestStatusOfAMarkAloneIsUnknown(t *testing.T) {
+	t.Parallel()
+	q, _, _ := testQueue1(t)
+	ctx := bounded(t)
+	done, err := q.AddTask(ctx, 1, []byte("x"))
+	require.NoError(t, err)
+	_, err = q.AddTask(ctx, 2, []byte("keeps the queue from being empty"))
+	require.NoError(t, err)
+	c, err := q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	tasks, err := c.Claim(ctx, 1)
+	require.NoError(t, err)
+	require.Len(t, tasks, 1)
+	require.Equal(t, done, tasks[0].ID)
+	_, err = c.Ack(ctx, done)
+	require.NoError(t, err)
+	require.NoError(t, c.Release(ctx))
+
+	for _, id := range []string{done, unusedID()} {
+		where, err := q.Cancel(ctx, 1, id)
+		require.NoError(t, err)
+		assert.Equal(t, StateUnknown, where)
+		st, err := q.Status(ctx, 1, id)
+		require.NoError(t, err)
+		assert.Equal(t, StateUnknown, st.State, id)
+		assert.True(t, st.CancelAsked, id)
+	}
+	assert.Zero(t, stats0(t, q).Cancelled)
 }

@@ -35,8 +35,10 @@ const (
 	StateRetrying
 	// StateDone: the task was acknowledged (kept with Config.Retention).
 	StateDone
-	// StateCancelled: the task was cancelled (Cancel): it finished so,
-	// or it will be when met, without running.
+	// StateCancelled: the task was cancelled (Cancel) and finished so,
+	// without running or with its run cut short (kept with
+	// Config.Retention). A task that is queued with its cancel asked is
+	// StateUnknown, with CancelAsked.
 	StateCancelled
 )
 
@@ -85,7 +87,10 @@ type TaskStatus struct {
 	// and dead tasks).
 	LastError string
 	// CancelAsked reports that Cancel was called for the task and its
-	// owner has not finished it yet.
+	// mark is kept: held or queued, the task is finished as cancelled
+	// when its owner or the next claim meets it. With StateUnknown, the
+	// mark may also name a task that finished before the cancel came, or
+	// never was; such marks go once a claim finds the queue empty.
 	CancelAsked bool
 }
 
@@ -221,7 +226,7 @@ func (q *Queue) Status(ctx context.Context, orderID uint64, id string) (TaskStat
 		}
 		st := statusOf(id, r, starts, now)
 		ms, _ := redis.Int64(r[7], nil)
-		if st.State != StateUnknown && st.State != StateCancelled || ms <= 0 || ms > maxRetention.Milliseconds() ||
+		if st.State != StateUnknown || ms <= 0 || ms > maxRetention.Milliseconds() ||
 			time.Duration(ms)*time.Millisecond == q.cfg.Retention {
 			return st, nil
 		}
@@ -318,9 +323,10 @@ func statusOf(id string, r []any, starts []int64, now time.Time) TaskStatus {
 			}
 		}
 	}
-	if st.CancelAsked {
-		st.State = StateCancelled // it will be, when met
-	}
+	// Only a mark is left (CancelAsked): the task is queued, and will be
+	// finished as cancelled when met, or it finished before the cancel
+	// came, or never was. Which one, only a scan of the ready list would
+	// tell: it stays unknown.
 	return st
 }
 

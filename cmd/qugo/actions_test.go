@@ -268,7 +268,7 @@ func TestCancelFromTaskPage(t *testing.T) {
 	assert.Equal(t, taskURL("5", ids[0]), w.Header().Get("Location"))
 	page = d.get(t, w.Header().Get("Location"), cookie).Body.String()
 	assert.Contains(t, page, "was found in no record but the ready list")
-	assert.Contains(t, page, `data-state="cancelled"`, "marked: cancelled when met")
+	assert.Contains(t, page, `data-state="unknown"`, "marked, and still unknown: queued, or finished before, or never was")
 	assert.Contains(t, page, `id="cancel-asked"`)
 }
 

@@ -111,6 +111,12 @@ func (s *server) status(ctx context.Context, orderID uint64, id string) (taskSta
 		st.Status, st.Attempts = "done", qs.Attempt
 	case queue.StateCancelled:
 		st.Status, st.Attempts = "cancelled", qs.Attempt
+	case queue.StateUnknown:
+		if qs.CancelAsked {
+			// Issued and not done by the store's records: queued, and
+			// finished as cancelled when claimed.
+			st.Status = "cancelled"
+		}
 	}
 	return st, true, nil
 }
