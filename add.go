@@ -150,81 +150,173 @@ func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 		}
 		size += entryCap(h, len(tasks[i].Payload))
 	}
-	ids := q.ids.nextN(len(tasks))
-	bp := getEntryBuf(size)
-	defer putEntryBuf(bp) // after every push has returned: nothing reads the entries then
-	buf := (*bp)[:0]
 	// Group entries per partition, then per queue, keeping task order:
-	// count first, so that every group is allocated once, at its size.
+	// count first, so that every group is allocated at its size.
 	qs := q.cfg.Queues
 	slot := make([]int32, len(tasks)) // partition * Queues + queue
-	count := make([]int, len(q.parts)*qs)
+	left := make([]int, len(q.parts)*qs)
 	for i := range tasks {
 		pi, qi := q.Route(tasks[i].OrderID)
 		slot[i] = int32(pi*qs + qi)
-		count[slot[i]]++
+		left[slot[i]]++
 	}
-	byPart := make([][][]any, len(q.parts))
-	for si, c := range count {
-		if c == 0 {
-			continue
+	adds := make([]*partAdd, len(q.parts))
+	for si, c := range left {
+		if c > 0 && adds[si/qs] == nil {
+			// Check every partition first, so that a layout mismatch
+			// writes nothing.
+			if err := q.checkLayout(ctx, q.parts[si/qs]); err != nil {
+				return nil, err
+			}
+			adds[si/qs] = &partAdd{q: q, pi: si / qs, queues: make([][]any, qs)}
 		}
-		pi := si / qs
-		if byPart[pi] == nil {
-			byPart[pi] = make([][]any, qs)
-		}
-		byPart[pi][si%qs] = make([]any, 0, c)
 	}
+	ids := q.ids.nextN(len(tasks))
+	bp := getEntryBuf(size)
+	defer func() {
+		// Every push has returned; only a call its ctx ended may have
+		// left a redigo goroutine still writing a resent command's
+		// entries (DoContext returns at once then).
+		if ctx.Err() == nil {
+			putEntryBuf(bp)
+		}
+	}()
+	buf := (*bp)[:0]
 	at := time.Now()
 	now := at.UnixMilli()
-	var later [][][]any // scheduled tasks, by partition and queue: due, ID, entry, ...
 	for i := range tasks {
 		t := &tasks[i]
 		pi, qi := int(slot[i])/qs, int(slot[i])%qs
 		start := len(buf)
 		buf = appendEntry(buf, 0, ids[i], t.OrderID, now, 0, t.Headers, t.Payload)
 		entry := buf[start:len(buf):len(buf)]
+		left[slot[i]]--
 		// Times, not millisecond counts, are compared: a time far enough
 		// in the past has a count that wraps to a large positive one.
 		if due := dueMS(t.NotBefore); t.NotBefore.After(at) && due > now {
-			if later == nil {
-				later = make([][][]any, len(q.parts))
-			}
-			if later[pi] == nil {
-				later[pi] = make([][]any, qs)
-			}
-			later[pi][qi] = append(later[pi][qi], due, ids[i], entry)
+			adds[pi].schedule(qi, due, ids[i], entry)
 			continue
 		}
-		byPart[pi][qi] = append(byPart[pi][qi], entry)
+		adds[pi].add(ctx, qi, entry, left[slot[i]])
 	}
-	// Check every partition first, so that a layout mismatch writes nothing.
-	for pi, queues := range byPart {
-		if queues != nil {
-			if err := q.checkLayout(ctx, q.parts[pi]); err != nil {
-				return nil, err
-			}
-		}
-	}
-	// One round trip per partition, all at once: the servers take their
-	// tasks side by side rather than one after the other.
-	errs := make([]error, len(byPart))
+	// The partitions' round trips run side by side: the servers take their
+	// tasks at once rather than one after the other.
 	var wg sync.WaitGroup
-	for pi, queues := range byPart {
-		var sched [][]any
-		if later != nil {
-			sched = later[pi]
-		}
+	errs := make([]error, len(adds))
+	for pi, a := range adds {
 		switch {
-		case queues == nil:
+		case a == nil:
 		case len(q.parts) == 1:
-			errs[pi] = q.pushPartition(ctx, pi, queues, sched)
+			errs[pi] = a.finish(ctx)
 		default:
-			wg.Go(func() { errs[pi] = q.pushPartition(ctx, pi, queues, sched) })
+			wg.Go(func() { errs[pi] = a.finish(ctx) })
 		}
 	}
 	wg.Wait()
 	return ids, errors.Join(errs...)
+}
+
+// partAdd is one partition's share of an AddTasks call. Its entries go in
+// one pipeline, an LPUSH per queue and maxPushArgs entries; an LPUSH is
+// sent as soon as it is full, on a goroutine of its own, so that Redis
+// takes the first entries of a large call while the pool encodes the
+// later ones.
+type partAdd struct {
+	q      *Queue
+	pi     int
+	queues [][]any    // per queue: the LPUSH being filled (key, entries...)
+	sched  [][]any    // per queue: the scheduled ones (due, ID, entry, ...)
+	cmds   chan []any // to the pusher, once it runs: LPUSH arguments
+	done   chan error // the pusher's result
+}
+
+// add adds entry to queue qi, after which left more entries come to it.
+func (a *partAdd) add(ctx context.Context, qi int, entry []byte, left int) {
+	l := a.queues[qi]
+	if l == nil {
+		l = make([]any, 1, 1+min(left+1, maxPushArgs))
+		l[0] = a.q.ready[a.pi][qi]
+	}
+	l = append(l, entry)
+	if len(l) == 1+maxPushArgs {
+		if a.cmds == nil {
+			a.cmds, a.done = make(chan []any, 4), make(chan error, 1)
+			go func() { a.done <- a.push(ctx) }()
+		}
+		a.cmds <- l
+		l = nil
+	}
+	a.queues[qi] = l
+}
+
+// schedule adds the entry of task id, due at the millisecond due, to
+// queue qi's scheduled tasks.
+func (a *partAdd) schedule(qi int, due int64, id string, entry []byte) {
+	if a.sched == nil {
+		a.sched = make([][]any, len(a.queues))
+	}
+	a.sched[qi] = append(a.sched[qi], due, id, entry)
+}
+
+// finish sends the LPUSHes still being filled, and returns once every
+// command of the partition has its reply.
+func (a *partAdd) finish(ctx context.Context) error {
+	started := a.cmds != nil
+	if !started {
+		a.cmds = make(chan []any, len(a.queues))
+	}
+	for _, l := range a.queues {
+		if len(l) > 1 {
+			a.cmds <- l
+		}
+	}
+	close(a.cmds)
+	if !started {
+		return a.push(ctx)
+	}
+	return <-a.done
+}
+
+// push sends the LPUSHes that come on a.cmds, then the scheduled tasks,
+// in one pipeline, and reads the replies.
+func (a *partAdd) push(ctx context.Context) error {
+	what := fmt.Sprintf("add tasks to partition %d", a.pi)
+	conn, err := a.q.parts[a.pi].pool.GetContext(ctx)
+	if err != nil {
+		for range a.cmds { // let the caller go on
+		}
+		return redisErr(what, err)
+	}
+	defer conn.Close()
+	sent := 0
+	for args := range a.cmds {
+		if err == nil {
+			err = conn.Send("LPUSH", args...)
+			sent++
+		}
+	}
+	for qi, args := range a.sched {
+		k := newQueueKeys(a.q.cfg.Prefix, a.pi, qi)
+		for err == nil && len(args) > 0 {
+			n := scheduleChunk(args)
+			err = scheduleScript.Send(conn, append([]any{k.sched, k.later}, args[:n]...)...)
+			sent++
+			args = args[n:]
+		}
+	}
+	if err == nil {
+		err = conn.Flush()
+	}
+	if err != nil {
+		return redisErr(what, err)
+	}
+	var first error
+	for ; sent > 0; sent-- {
+		if _, err := receiveContext(conn, ctx); err != nil && first == nil {
+			first = err
+		}
+	}
+	return redisErr(what, first)
 }
 
 // maxKeptEntryBuf bounds the entry buffers kept for later AddTasks calls.
@@ -254,52 +346,4 @@ func putEntryBuf(bp *[]byte) {
 	if cap(*bp) <= maxKeptEntryBuf {
 		entryBufs.Put(bp)
 	}
-}
-
-// pushPartition LPUSHes entries (per queue) to partition pi, and adds the
-// scheduled ones of sched (per queue: due, ID, entry, ...), in one
-// pipeline.
-func (q *Queue) pushPartition(ctx context.Context, pi int, queues [][]any, sched [][]any) error {
-	p := q.parts[pi] // AddTasks verified its layout
-	what := fmt.Sprintf("add tasks to partition %d", pi)
-	conn, err := p.pool.GetContext(ctx)
-	if err != nil {
-		return redisErr(what, err)
-	}
-	defer conn.Close()
-	sent := 0
-	for qi, entries := range queues {
-		key := q.ready[pi][qi]
-		for len(entries) > 0 {
-			n := min(len(entries), maxPushArgs)
-			args := make([]any, 0, n+1)
-			args = append(append(args, key), entries[:n]...)
-			if err := conn.Send("LPUSH", args...); err != nil {
-				return redisErr(what, err)
-			}
-			sent++
-			entries = entries[n:]
-		}
-	}
-	for qi, args := range sched {
-		k := newQueueKeys(q.cfg.Prefix, pi, qi)
-		for len(args) > 0 {
-			n := scheduleChunk(args)
-			if err := scheduleScript.Send(conn, append([]any{k.sched, k.later}, args[:n]...)...); err != nil {
-				return redisErr(what, err)
-			}
-			sent++
-			args = args[n:]
-		}
-	}
-	if err := conn.Flush(); err != nil {
-		return redisErr(what, err)
-	}
-	var first error
-	for ; sent > 0; sent-- {
-		if _, err := receiveContext(conn, ctx); err != nil && first == nil {
-			first = err
-		}
-	}
-	return redisErr(what, first)
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -398,6 +399,86 @@ func TestAddTasksPartitionsFailAlone(t *testing.T) {
 		got := readyIDs(t, srv, newQueueKeys(q.cfg.Prefix, pi, 0).ready)
 		assert.Equal(t, want, got[len(got)-len(want):], "partition %d took its tasks", pi)
 	}
+}
+
+// failingPushConn fails every LPUSH after the first it sends, as a
+// connection that breaks part way through a pipeline; it is broken from
+// then on.
+type failingPushConn struct {
+	fullConn
+	pushes *atomic.Int32
+	broken bool
+}
+
+func (c *failingPushConn) Send(cmd string, args ...any) error {
+	if c.broken || (cmd == "LPUSH" && c.pushes.Add(1) > 1) {
+		c.broken = true
+		return errors.New("connection broke")
+	}
+	return c.fullConn.Send(cmd, args...)
+}
+
+func (c *failingPushConn) Err() error {
+	if c.broken {
+		return errors.New("connection broke")
+	}
+	return c.fullConn.Err()
+}
+
+// fullConn is what a redigo connection is: one with contexts and timeouts.
+type fullConn interface {
+	redis.ConnWithContext
+	redis.ConnWithTimeout
+}
+
+// A call large enough that its LPUSHes go out while its later entries are
+// encoded returns its partition's error, rather than hanging, when the
+// partition gives no connection, or its connection breaks part way.
+func TestAddTasksLargeCallFailsWithoutHanging(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	tasks := make([]Task, 6*maxPushArgs)
+	for i := range tasks {
+		tasks[i] = Task{OrderID: 1, Payload: []byte("x")}
+	}
+	add := func(q *Queue) error {
+		errc := make(chan error, 1)
+		go func() {
+			_, err := q.AddTasks(ctx, tasks)
+			errc <- err
+		}()
+		select {
+		case err := <-errc:
+			return err
+		case <-time.After(time.Minute):
+			t.Fatal("AddTasks hangs")
+			return nil
+		}
+	}
+	servers := newTestServers(t, 1)
+
+	pushes := &atomic.Int32{}
+	pool := servers[0].wrapPool(4, func(c redis.Conn) redis.Conn { return &failingPushConn{fullConn: c.(fullConn), pushes: pushes} })
+	t.Cleanup(func() { pool.Close() })
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
+	require.NoError(t, err)
+	err = add(q)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "connection broke")
+	assert.Contains(t, err.Error(), "partition 0")
+
+	pool = servers[0].wrapPool(1, func(c redis.Conn) redis.Conn { return c })
+	pool.MaxActive = 1
+	t.Cleanup(func() { pool.Close() })
+	q, err = New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t) + "b"})
+	require.NoError(t, err)
+	_, err = q.AddTasks(ctx, tasks[:1]) // records the layout
+	require.NoError(t, err)
+	held := pool.Get() // the only connection
+	defer held.Close()
+	err = add(q)
+	require.ErrorIs(t, err, redis.ErrPoolExhausted)
+	assert.Contains(t, err.Error(), "partition 0")
 }
 
 func indexOf(ids []string, id string) int {
