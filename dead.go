@@ -187,7 +187,10 @@ type deadRef struct {
 
 // Replay moves dead tasks (all of them when no ids are given) back to the
 // ready list as new work, with their delivery count reset, behind the tasks
-// already queued, oldest death first. Malformed records are left in place.
+// already queued, oldest death first. A replayed task's AddedAt is the
+// time it was replayed: it joins its OrderID's sequence then, after the
+// scheduled tasks that fell due before (see AddTaskAt), as a task added
+// then would. Malformed records are left in place.
 // It returns how many moved. It is safe for concurrent use and needs no
 // lease: a record is moved once however many Replays run. It reads and
 // moves at most 512 records or 4 MiB at a time (one read and one script
@@ -237,8 +240,10 @@ func (q *Queue) Replay(ctx context.Context, analyser int, ids ...string) (int, e
 		}
 		order = order[n:]
 		args := []any{k.dead, k.ready}
+		now := time.Now()
 		err := getDead(ctx, p, k.dead, what, chunk, func(field string, v []byte) {
 			if d := decodeDead(field, v); d.Raw == nil {
+				d.Task.AddedAt = now // new work, queued now (see Replay)
 				args = append(args, d.ID, encodeTask(d.Task, 0))
 			}
 		})

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"bytes"
+	"errors"
 	"math"
 	"math/rand/v2"
 	"sync/atomic"
@@ -180,4 +181,50 @@ func TestDueTimeOfAHandWrittenScore(t *testing.T) {
 	assert.Equal(t, maxDue, dueTime(math.NaN()))
 	assert.Equal(t, time.UnixMilli(-maxDue.UnixMilli()), dueTime(-1e300))
 	assert.False(t, dueTime(1e300).Before(time.Now()), "a far score is far ahead")
+}
+
+// A dead letter replayed after a scheduled task of its OrderID fell due
+// runs after it: replayed, it is new work, added then (its AddedAt is the
+// replay's time), and the scheduled task joined the sequence before.
+func TestReplayedTaskRunsAfterAScheduledTaskDueBefore(t *testing.T) {
+	t.Parallel()
+	q, _, _ := testQueue1(t)
+	ctx := bounded(t)
+	r, err := q.AddTask(ctx, 7, []byte("replayed"))
+	require.NoError(t, err)
+	c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 1})
+	require.NoError(t, err)
+	tasks, err := c.Claim(ctx, 1)
+	require.NoError(t, err)
+	require.Len(t, tasks, 1)
+	dead, err := c.Fail(ctx, tasks[0], errors.New("boom"))
+	require.NoError(t, err)
+	require.True(t, dead)
+	require.NoError(t, c.Release(ctx))
+
+	due := time.Now().Add(50 * time.Millisecond)
+	_, err = q.AddTaskAt(ctx, 7, due, []byte("scheduled"))
+	require.NoError(t, err)
+	time.Sleep(time.Until(due) + 50*time.Millisecond) // due, and nobody claims
+	before := time.Now().Truncate(time.Millisecond)
+	n, err := q.Replay(ctx, 0, r)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+
+	c, err = q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	defer c.Release(ctx)
+	var got []string
+	for range 2 {
+		tasks, err := c.Claim(ctx, 1)
+		require.NoError(t, err)
+		require.Len(t, tasks, 1)
+		got = append(got, string(tasks[0].Payload))
+		if tasks[0].ID == r {
+			assert.False(t, tasks[0].AddedAt.Before(before), "added when replayed")
+		}
+		_, err = c.Ack(ctx, tasks[0].ID)
+		require.NoError(t, err)
+	}
+	assert.Equal(t, []string{"scheduled", "replayed"}, got)
 }

@@ -25,7 +25,8 @@ type Task struct {
 	// delivery crashed its owner comes again with Attempt 1. It is zero in
 	// tasks that were not delivered.
 	Attempt int
-	// AddedAt is when the producer enqueued the task, to the millisecond.
+	// AddedAt is when the producer enqueued the task, to the millisecond
+	// (for a task replayed from the dead letters, when it was replayed).
 	AddedAt time.Time
 	// NotBefore, when set in a task given to AddTasks, schedules it: it
 	// joins its OrderID's sequence when that time comes (see AddTaskAt).
