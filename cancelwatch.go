@@ -182,14 +182,10 @@ func (s *session) watchCancels(ctx context.Context) {
 			s.marks.Store(nil)
 			continue
 		}
-		// The workers see the marks before Cancel is told: from then on
-		// no held task starts without seeing its own.
+		// The workers see the marks, and a marked task that runs has its
+		// ctx ended, before Cancel is told: from then on no held task
+		// starts without seeing its own.
 		s.marks.Store(&m)
-		if len(unseen) > 0 {
-			if err := s.st.sawCancels(ctx, unseen); err != nil && ctx.Err() == nil {
-				s.cfg.OnError(err)
-			}
-		}
 		s.mapMu.Lock()
 		workers := s.workers
 		s.mapMu.Unlock()
@@ -209,6 +205,11 @@ func (s *session) watchCancels(ctx context.Context) {
 		}
 		for ls := range sets {
 			ls.hurry(m)
+		}
+		if len(unseen) > 0 {
+			if err := s.st.sawCancels(ctx, unseen); err != nil && ctx.Err() == nil {
+				s.cfg.OnError(err)
+			}
 		}
 	}
 }

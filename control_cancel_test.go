@@ -5,7 +5,6 @@ import (
 	"errors"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -230,54 +229,6 @@ func TestCancelDuringRetryBackoff(t *testing.T) {
 	require.NoError(t, err)
 	assert.Zero(t, n, "no retry record is left")
 	noMarks(t, s, k)
-}
-
-// TestCancelSeenWhileARetryStartIsRecorded: a retried task's start is
-// recorded (a round trip) after its worker last looked at the marks.
-// Cancel returns StatePending while that round trip is held up, so the
-// task must not start after it: a function that ignores its ctx would
-// have it acknowledged as done.
-func TestCancelSeenWhileARetryStartIsRecorded(t *testing.T) {
-	t.Parallel()
-	servers := newTestServers(t, 1)
-	var armed atomic.Bool
-	entered, release := make(chan struct{}), make(chan struct{})
-	pool := hookPool(servers[0], func(script string, _ []any) error {
-		if script == "retry" && armed.CompareAndSwap(true, false) {
-			close(entered)
-			<-release
-		}
-		return nil
-	})
-	t.Cleanup(func() { pool.Close() })
-	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
-	require.NoError(t, err)
-	t.Cleanup(func() { q.Close() })
-	ctx, cancel := context.WithCancel(bounded(t))
-	defer cancel()
-	id, err := q.AddTask(ctx, 7, []byte("x"))
-	require.NoError(t, err)
-	rec := newRecorder()
-	errc := runPool(ctx, q, PoolConfig{Workers: 1, Backoff: func(int) time.Duration { return time.Millisecond }},
-		rec.fn(func(_ context.Context, t Task) error {
-			if t.Attempt == 1 {
-				armed.Store(true)
-				return errors.New("first delivery fails")
-			}
-			return nil // ignores its ctx
-		}))
-	<-entered // the retry's start is being recorded
-	where, err := q.Cancel(ctx, 7, id)
-	close(release)
-	require.NoError(t, err)
-	assert.Equal(t, StatePending, where)
-	require.Eventually(t, func() bool { return stats0(t, q).Pending == 0 }, 5*time.Second, time.Millisecond)
-	cancel()
-	require.NoError(t, <-errc)
-	assert.Equal(t, []int{1}, rec.attemptsOf(id), "not started after Cancel returned")
-	st := stats0(t, q)
-	assert.Equal(t, int64(1), st.Cancelled)
-	assert.Zero(t, st.Processed)
 }
 
 func TestCancelDeadTaskLeavesIt(t *testing.T) {
