@@ -298,7 +298,8 @@ func (c *Consumer) Wait(ctx context.Context, d time.Duration) (bool, error) {
 // Claim returned it or Fail recorded the one before. IDs no longer pending
 // are skipped. It returns
 // how many were acknowledged, and ErrLeaseLost, with nothing changed, when
-// the lease is gone. Costs one round trip per 4000 IDs (per 1000 with
+// the lease is gone (also when no ID is one it handed out: it renews the
+// lease then). Costs one round trip per 4000 IDs (per 1000 with
 // Config.Retention, or while the queue holds retry records or cancel
 // marks: see ackChunk).
 func (c *Consumer) Ack(ctx context.Context, ids ...string) (int, error) {
@@ -306,6 +307,11 @@ func (c *Consumer) Ack(ctx context.Context, ids ...string) (int, error) {
 		return 0, err
 	}
 	refs, forgot := c.untrack(ids)
+	if len(refs) == 0 && len(ids) > 0 {
+		// None of ids is this Consumer's to acknowledge, so nothing
+		// changes; a caller whose lease is gone is still told so.
+		return 0, c.st.renew(ctx)
+	}
 	var recs []historyRecord
 	if c.st.retention > 0 {
 		now := time.Now()

@@ -464,3 +464,37 @@ func TestConsumerFailOfATaskNotHeldIsNotDead(t *testing.T) {
 	assert.Zero(t, s.do(t, "HLEN", k.dead))
 	assert.Equal(t, int64(1), s.do(t, "LLEN", k.ready))
 }
+
+// A Consumer that lost its lease to another is told so by Ack, as by Fail
+// and Requeue, also for a task it never handed out (the new owner's):
+// nothing changes, and the new owner acknowledges it.
+func TestConsumerStaleAckOfAnotherOwnersTask(t *testing.T) {
+	t.Parallel()
+	q, s, _ := testQueue1(t)
+	ctx := bounded(t)
+	id, err := q.AddTask(ctx, 1, []byte("x"))
+	require.NoError(t, err)
+	stale, err := q.Consume(ctx, 0, ConsumerConfig{LeaseTTL: 50 * time.Millisecond, Owner: "stale"})
+	require.NoError(t, err)
+	if s.mini != nil {
+		s.mini.FastForward(200 * time.Millisecond)
+	} else {
+		time.Sleep(200 * time.Millisecond)
+	}
+	owner, err := q.Consume(ctx, 0, ConsumerConfig{Owner: "owner"})
+	require.NoError(t, err)
+	defer owner.Release(ctx)
+	task, err := owner.RemoveTask(ctx)
+	require.NoError(t, err)
+	require.Equal(t, id, task.ID)
+
+	n, err := stale.Ack(ctx, id)
+	assert.ErrorIs(t, err, ErrLeaseLost)
+	assert.Zero(t, n)
+	_, err = stale.Fail(ctx, task, errors.New("x"))
+	assert.ErrorIs(t, err, ErrLeaseLost)
+	assert.ErrorIs(t, stale.Requeue(ctx, task), ErrLeaseLost)
+	n, err = owner.Ack(ctx, id)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+}
