@@ -33,10 +33,7 @@ func TestCancelSeenWhileARetryStartIsRecorded(t *testing.T) {
 		}
 		return nil
 	})
-	t.Cleanup(func() { pool.Close() })
-	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
-	require.NoError(t, err)
-	t.Cleanup(func() { q.Close() })
+	q := queueOnPool(t, pool)
 	ctx, cancel := context.WithCancel(bounded(t))
 	defer cancel()
 	id, err := q.AddTask(ctx, 7, []byte("x"))
@@ -90,10 +87,7 @@ func TestCancelEndsARunningTasksCtxBeforeItReturns(t *testing.T) {
 			}
 		}}
 	})
-	t.Cleanup(func() { pool.Close() })
-	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
-	require.NoError(t, err)
-	t.Cleanup(func() { q.Close() })
+	q := queueOnPool(t, pool)
 	ctx, cancel := context.WithCancel(bounded(t))
 	defer cancel()
 	id, err := q.AddTask(ctx, 1, []byte("runs"))

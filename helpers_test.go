@@ -400,3 +400,14 @@ func consumeFirst(t *testing.T, q *Queue) *Consumer {
 	t.Cleanup(func() { c.Release(context.Background()) })
 	return c
 }
+
+// queueOnPool returns a queue of one partition on pool, with a prefix of
+// its own, closed with pool when t ends.
+func queueOnPool(t *testing.T, pool *redis.Pool) *Queue {
+	t.Helper()
+	t.Cleanup(func() { pool.Close() })
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	return q
+}

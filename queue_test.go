@@ -459,19 +459,14 @@ func TestAddTasksLargeCallFailsWithoutHanging(t *testing.T) {
 
 	pushes := &atomic.Int32{}
 	pool := servers[0].wrapPool(4, func(c redis.Conn) redis.Conn { return &failingPushConn{fullConn: c.(fullConn), pushes: pushes} })
-	t.Cleanup(func() { pool.Close() })
-	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
-	require.NoError(t, err)
-	err = add(q)
+	err := add(queueOnPool(t, pool))
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "connection broke")
 	assert.Contains(t, err.Error(), "partition 0")
 
 	pool = servers[0].wrapPool(1, func(c redis.Conn) redis.Conn { return c })
 	pool.MaxActive = 1
-	t.Cleanup(func() { pool.Close() })
-	q, err = New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t) + "b"})
-	require.NoError(t, err)
+	q := queueOnPool(t, pool)
 	_, err = q.AddTasks(ctx, tasks[:1]) // records the layout
 	require.NoError(t, err)
 	held := pool.Get() // the only connection
