@@ -278,7 +278,11 @@ func (a *partAdd) finish(ctx context.Context) error {
 }
 
 // push sends the LPUSHes that come on a.cmds, then the scheduled tasks,
-// in one pipeline, and reads the replies.
+// in one pipeline, and reads the replies. On a Redis Cluster two writes
+// of one key are never in flight together: a node may refuse one
+// (CLUSTERDOWN while a failover settles, a slot not served yet) and run
+// the next, and the router sends the refused one again only after, so a
+// queue's second LPUSH waits for the first one's reply there.
 func (a *partAdd) push(ctx context.Context) error {
 	what := fmt.Sprintf("add tasks to partition %d", a.pi)
 	conn, err := a.q.parts[a.pi].pool.GetContext(ctx)
@@ -288,35 +292,53 @@ func (a *partAdd) push(ctx context.Context) error {
 		return redisErr(what, err)
 	}
 	defer conn.Close()
+	var inFlight map[string]bool // keys written since the last replies, on a cluster
+	if a.q.parts[a.pi].router != nil {
+		inFlight = map[string]bool{}
+	}
 	sent := 0
-	for args := range a.cmds {
-		if err == nil {
-			err = conn.Send("LPUSH", args...)
-			sent++
+	replies := func() error { // flushes, reads every reply due, and returns the first error
+		if err := conn.Flush(); err != nil {
+			return err
 		}
+		var first error
+		for ; sent > 0; sent-- {
+			if _, err := receiveContext(conn, ctx); err != nil && first == nil {
+				first = err
+			}
+		}
+		clear(inFlight)
+		return first
+	}
+	send := func(key string, write func() error) {
+		if err == nil && inFlight[key] {
+			err = replies()
+		}
+		if err == nil {
+			err = write()
+			sent++
+			if inFlight != nil {
+				inFlight[key] = true
+			}
+		}
+	}
+	for args := range a.cmds {
+		send(args[0].(string), func() error { return conn.Send("LPUSH", args...) })
 	}
 	for qi, args := range a.sched {
 		k := newQueueKeys(a.q.cfg.Prefix, a.pi, qi)
-		for err == nil && len(args) > 0 {
+		for len(args) > 0 {
 			n := scheduleChunk(args)
-			err = scheduleScript.Send(conn, append([]any{k.sched, k.later}, args[:n]...)...)
-			sent++
+			send(k.sched, func() error {
+				return scheduleScript.Send(conn, append([]any{k.sched, k.later}, args[:n]...)...)
+			})
 			args = args[n:]
 		}
 	}
 	if err == nil {
-		err = conn.Flush()
+		err = replies()
 	}
-	if err != nil {
-		return redisErr(what, err)
-	}
-	var first error
-	for ; sent > 0; sent-- {
-		if _, err := receiveContext(conn, ctx); err != nil && first == nil {
-			first = err
-		}
-	}
-	return redisErr(what, first)
+	return redisErr(what, err)
 }
 
 // maxKeptEntryBuf bounds the entry buffers kept for later AddTasks calls.

@@ -263,7 +263,10 @@ func (c *routedConn) ReceiveWithTimeout(d time.Duration) (any, error) {
 // ReceiveContext reads the reply of the oldest command sent. A command
 // that was redirected or refused, or could not be written to a primary
 // the map no longer names, is sent again (it did not run) on a connection
-// of its own before the next command's reply is read.
+// of its own before the next command's reply is read. The later commands
+// of its pipeline may have run by then: a caller whose writes of one key
+// must keep their order does not have two of them in flight at once
+// (see partAdd.push).
 func (c *routedConn) ReceiveContext(ctx context.Context) (any, error) {
 	if c.err != nil {
 		return nil, c.err
