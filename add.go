@@ -128,7 +128,8 @@ const maxPushArgs = 4096
 // read. It returns the new IDs in the order of tasks. It validates every
 // task before writing any; on a Redis
 // error some partitions may have taken their tasks and others not, and the
-// IDs are returned all the same so the caller can look them up.
+// IDs are returned all the same so the caller can look them up: the error
+// joins a *PartitionError for each partition that failed.
 // It is safe for concurrent use.
 func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 	if q.closed.Load() {
@@ -213,6 +214,11 @@ func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 		}
 	}
 	wg.Wait()
+	for pi, err := range errs {
+		if err != nil {
+			errs[pi] = &PartitionError{Partition: pi, Err: err}
+		}
+	}
 	return ids, errors.Join(errs...)
 }
 

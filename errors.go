@@ -113,6 +113,20 @@ func (e *LayoutError) hint() string {
 // Is reports ErrLayoutMismatch.
 func (e *LayoutError) Is(target error) bool { return target == ErrLayoutMismatch }
 
+// PartitionError is the error of one partition in a call that writes to
+// several at once (AddTasks): the call's error joins one for each
+// partition that failed, and the tasks routed to the others (see
+// Queue.Route) were added. Within a failed partition, some queues may
+// have taken their tasks.
+type PartitionError struct {
+	Partition int
+	Err       error // it names the partition
+}
+
+func (e *PartitionError) Error() string { return e.Err.Error() }
+
+func (e *PartitionError) Unwrap() error { return e.Err }
+
 // PanicError is the error an AnalyseFunc's panic is turned into.
 type PanicError struct {
 	Value any    // the value passed to panic

@@ -385,6 +385,9 @@ func TestAddTasksPartitionsFailAlone(t *testing.T) {
 	assert.Contains(t, err.Error(), "partition 1")
 	assert.NotContains(t, err.Error(), "partition 0")
 	assert.NotContains(t, err.Error(), "partition 2")
+	var pe *PartitionError
+	require.ErrorAs(t, err, &pe)
+	assert.Equal(t, 1, pe.Partition, "the failed partition, typed")
 	for pi, srv := range servers {
 		if pi == 1 {
 			continue

@@ -123,14 +123,47 @@ func (s *server) postTasks(w http.ResponseWriter, r *http.Request) {
 		body := map[string]any{"error": msg}
 		if len(ids) > 0 {
 			// Some partitions may have taken their tasks: return the ids
-			// so the caller can look them up before retrying.
+			// so the caller can look them up before retrying, and record
+			// those of the partitions that did not fail, so that they are
+			// found (the others read as unknown: the ones to retry).
 			body["ids"] = ids
+			if failed := failedPartitions(err); failed != nil {
+				var took []queue.Task
+				var tookIDs []string
+				for i, t := range tasks {
+					if p, _ := s.q.Route(t.OrderID); !failed[p] {
+						took, tookIDs = append(took, t), append(tookIDs, ids[i])
+					}
+				}
+				if len(took) > 0 {
+					s.record(r.Context(), took, tookIDs)
+				}
+			}
 		}
 		writeJSON(w, code, body)
 		return
 	}
 	s.record(r.Context(), tasks, ids)
 	writeJSON(w, http.StatusCreated, map[string]any{"ids": ids})
+}
+
+// failedPartitions returns the partitions an AddTasks error names as
+// failed, or nil when it is not one partition's or more (then none may
+// be known to have taken its tasks).
+func failedPartitions(err error) map[int]bool {
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	failed := map[int]bool{}
+	for _, e := range errs {
+		var pe *queue.PartitionError
+		if !errors.As(e, &pe) {
+			return nil
+		}
+		failed[pe.Partition] = true
+	}
+	return failed
 }
 
 // record notes ids as issued. The tasks are in the queue already, so a

@@ -370,6 +370,9 @@ func TestPartialFailureReturnsIDs(t *testing.T) {
 	assert.Equal(t, http.StatusServiceUnavailable, code)
 	assert.Contains(t, out["error"], "queue unavailable")
 	assert.Len(t, out["ids"], 2, "partition 0 took its task: the ids come back so the caller can look them up")
+	// The task partition 0 took is found, as queued.
+	got := ids(t, out)
+	assert.Equal(t, "queued", f.status(t, got[0], 0)["status"])
 }
 
 func TestParseFlags(t *testing.T) {
