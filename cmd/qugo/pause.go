@@ -12,7 +12,7 @@ import (
 // pauseDoc is the JSON output of pause and resume.
 type pauseDoc struct {
 	Paused    bool  `json:"paused"`    // true after pause, false after resume
-	Analysers []int `json:"analysers"` // the queues changed, in analyser order
+	Analysers []int `json:"analysers"` // the queues set (whatever their state before), in analyser order
 }
 
 func pauseFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
