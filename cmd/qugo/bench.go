@@ -34,7 +34,7 @@ const (
 type benchOptions struct {
 	n, orders, workers, producers, batch, size int
 	rate                                       float64 // tasks/s to add at; 0: as fast as possible
-	fill, verify, asJSON                       bool
+	fill, verify, partial, asJSON              bool
 	timeout                                    time.Duration
 }
 
@@ -92,6 +92,7 @@ func benchFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 	fs.Float64Var(&o.rate, "rate", 0, "add at most `N` tasks per second, to see the latency at a given load; 0 adds as fast as possible")
 	fs.BoolVar(&o.fill, "fill", false, "only add the tasks, for another process (qugo bench -verify, your analysers) to drain")
 	fs.BoolVar(&o.verify, "verify", false, "add nothing: drain the tasks there are and check their order and completeness")
+	fs.BoolVar(&o.partial, "partial", false, "with -verify: count each OrderID from the first task seen, its earlier ones handled before (by a verify stopped part way, by your analysers); a loss of an OrderID's first remaining tasks goes unseen then")
 	fs.BoolVar(&o.asJSON, "json", false, "print JSON instead of text")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up after `DURATION`")
 	return func(ctx context.Context, e *env, args []string) error {
@@ -101,6 +102,8 @@ func benchFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 		switch {
 		case o.fill && o.verify:
 			return usagef("-fill and -verify exclude each other")
+		case o.partial && !o.verify:
+			return usagef("-partial goes with -verify")
 		case o.n < 1 || o.orders < 1 || o.workers < 1 || o.producers < 1 || o.batch < 1:
 			return usagef("-n, -orders, -workers, -producers and -batch must be at least 1")
 		case o.size < benchHeader:
@@ -152,7 +155,7 @@ func (e *env) bench(ctx context.Context, o benchOptions) error {
 		}
 		doc.Tasks, doc.Orders = o.n, min(o.orders, o.n)
 	}
-	tr := newTracker(int64(o.n), !o.verify)
+	tr := newTracker(int64(o.n), !o.verify, o.partial)
 	start := time.Now()
 	var drained time.Duration
 	var poolErr error
@@ -318,14 +321,15 @@ func addBenchTasks(ctx context.Context, q *queue.Queue, o benchOptions) error {
 
 // tracker records what the drain handled. It is safe for concurrent use.
 type tracker struct {
-	want   int64 // tasks to handle before done closes; 0: never closes
-	done   chan struct{}
-	mu     sync.Mutex
-	order  map[uint64]*orderSeen
-	counts orderCheck
-	unique int64
-	lats   []time.Duration
-	last   time.Time
+	want    int64 // tasks to handle before done closes; 0: never closes
+	partial bool  // an OrderID counts from the first task seen (verify -partial)
+	done    chan struct{}
+	mu      sync.Mutex
+	order   map[uint64]*orderSeen
+	counts  orderCheck
+	unique  int64
+	lats    []time.Duration
+	last    time.Time
 }
 
 // orderSeen is what the drain saw of one OrderID.
@@ -336,8 +340,8 @@ type orderSeen struct {
 	n    int64  // distinct tasks handled
 }
 
-func newTracker(want int64, keepLatency bool) *tracker {
-	t := &tracker{done: make(chan struct{}), order: map[uint64]*orderSeen{}}
+func newTracker(want int64, keepLatency, partial bool) *tracker {
+	t := &tracker{done: make(chan struct{}), order: map[uint64]*orderSeen{}, partial: partial}
 	if keepLatency {
 		t.want = want
 		t.lats = make([]time.Duration, 0, want)
@@ -364,12 +368,12 @@ func (t *tracker) handle(orderID uint64, payload []byte, now time.Time) {
 	}
 	o := t.order[orderID]
 	if o == nil {
-		o = &orderSeen{seen: make([]bool, total), low: place}
-		if t.want == 0 {
-			// Verify: the OrderID's tasks before the first one seen ran
-			// before it started (an earlier verify, the caller's
-			// analysers); from it on, every one must come, in order.
-			o.last = place - 1
+		o = &orderSeen{seen: make([]bool, total), low: 1}
+		if t.partial {
+			// The OrderID's tasks before the first one seen ran before
+			// it started (an earlier verify, the caller's analysers);
+			// from it on, every one must come, in order.
+			o.last, o.low = place-1, place
 		}
 		t.order[orderID] = o
 	}
@@ -397,8 +401,8 @@ func (t *tracker) handle(orderID uint64, payload []byte, now time.Time) {
 }
 
 // check returns the verdict: in bench mode tasks not handled count as
-// missing; in verify mode those of the OrderIDs seen, from the lowest
-// place seen on.
+// missing; in verify mode those of the OrderIDs seen (with -partial, from
+// the lowest place seen on).
 func (t *tracker) check() orderCheck {
 	t.mu.Lock()
 	defer t.mu.Unlock()
