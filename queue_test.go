@@ -269,7 +269,8 @@ func TestAddTaskRoutes(t *testing.T) {
 
 // TestAddTasksOrder checks that AddTasks keeps slice order per queue,
 // also past the 4096 values of one LPUSH, returns IDs in slice order, and
-// costs one pipeline per partition.
+// costs one pipeline per partition (on a Redis Cluster, one more for each
+// further LPUSH of a queue).
 func TestAddTasksOrder(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -313,7 +314,11 @@ func TestAddTasksOrder(t *testing.T) {
 			assert.Equal(t, want[key], gotIDs, "queue %d.%d in slice order", pi, qi)
 			pushes += (len(want[key]) + maxPushArgs - 1) / maxPushArgs
 		}
-		assert.Equal(t, 1, logs[pi].flushes, "partition %d: one pipeline", pi)
+		pipelines := 1
+		if testOnCluster && pi == 0 {
+			pipelines = 2 // there queue 0.0's second LPUSH waits for its first one's reply
+		}
+		assert.Equal(t, pipelines, logs[pi].flushes, "partition %d: one pipeline", pi)
 	}
 	assert.Equal(t, pushes, logs[0].count("LPUSH")+logs[1].count("LPUSH"))
 	assert.Greater(t, len(want[[2]int{0, 0}]), maxPushArgs, "queue 0.0 needs two LPUSHes")

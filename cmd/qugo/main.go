@@ -75,7 +75,7 @@ Commands:
   route   [-json] [ORDER-ID...] [-key STRING...]
                                         partition, queue and analyser of an OrderID
                                         or string key; needs no server
-  bench   [-n N] [-orders K] [-workers W] [-fill | -verify] [-json]
+  bench   [-n N] [-orders K] [-workers W] [-fill | -verify [-partial]] [-json]
                                         add N tasks over K OrderIDs and drain them
                                         with W workers per analyser: throughput,
                                         latency percentiles, order check; under
@@ -149,7 +149,7 @@ var commands = []command{
 	{"group", "NAME [-watch DURATION] [-json]", groupFlags},
 	{"route", "[-json] [ORDER-ID...] [-key STRING...]", routeFlags},
 	{"serve", "[-listen ADDRESS] [-token TOKEN] [-group NAME...] [-timeout DURATION] [-sample DURATION] [-window DURATION]", serveFlags},
-	{"bench", "[-n N] [-orders K] [-workers W] [-producers P] [-batch B] [-size BYTES] [-rate N] [-timeout DURATION] [-fill | -verify] [-json]", benchFlags},
+	{"bench", "[-n N] [-orders K] [-workers W] [-producers P] [-batch B] [-size BYTES] [-rate N] [-timeout DURATION] [-fill | -verify [-partial]] [-json]", benchFlags},
 }
 
 // run runs qugo with args (without the program name) and returns its exit
