@@ -74,7 +74,6 @@ func serveFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 		if _, ok := errors.AsType[*queue.LayoutError](err); ok {
 			return err
 		}
-		fmt.Fprintln(e.stdout, serveURL(addr))
 		if err != nil {
 			log.Warn("Redis does not answer yet; the pages say so until it does", "err", s.explain(err))
 		}
@@ -85,6 +84,8 @@ func serveFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 		}
 		log.Info("serving", "url", serveURL(addr), "prefix", e.prefix, "servers", strings.Join(redacted(e), ","),
 			"queues", e.queues, "read_only", tok == "")
+		// The URL last: whoever waits for it finds the log lines written.
+		fmt.Fprintln(e.stdout, serveURL(addr))
 		return s.run(ctx, ln)
 	}
 }
