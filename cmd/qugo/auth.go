@@ -33,8 +33,8 @@ const (
 	// between whoever reaches the port and a purge.
 	minTokenLen = 16
 	// maxRevoked bounds the sessions kept as signed out. Only a holder of
-	// the token can sign in and out, and can sign in again at will; should
-	// one fill it, it is emptied, as the flash messages are.
+	// the token can sign in and out; should one fill the list, the secret
+	// is drawn anew and the list emptied, which signs every session out.
 	maxRevoked = 10000
 	// defaultSignInPause is how long a wrong token holds back every
 	// sign-in, the right token's too: the token is guessed no faster than
@@ -42,14 +42,14 @@ const (
 	defaultSignInPause = time.Second
 )
 
-func newSecret() []byte {
+func newSecret() *[]byte {
 	b := make([]byte, 32)
 	rand.Read(b) // never fails (crypto/rand)
-	return b
+	return &b
 }
 
 func (s *server) mac(kind, payload string) []byte {
-	m := hmac.New(sha256.New, s.secret)
+	m := hmac.New(sha256.New, *s.secret.Load())
 	m.Write([]byte(kind + ":" + payload))
 	return m.Sum(nil)
 }
@@ -97,7 +97,9 @@ func (s *server) session(r *http.Request) (string, bool) {
 }
 
 // revoke signs the session of payload out for good, and forgets the
-// sessions signed out that have expired meanwhile.
+// sessions signed out that have expired meanwhile. Should maxRevoked be
+// reached all the same, every session is signed out: a new secret makes
+// each cookie issued so far worthless, so none needs keeping.
 func (s *server) revoke(payload string, now time.Time) {
 	raw, _ := base64.RawURLEncoding.DecodeString(payload) // session checked it
 	expires := time.Unix(int64(binary.BigEndian.Uint64(raw)), 0).Add(sessionTTL)
@@ -109,7 +111,9 @@ func (s *server) revoke(payload string, now time.Time) {
 		}
 	}
 	if len(s.revoked) >= maxRevoked {
+		s.secret.Store(newSecret())
 		clear(s.revoked)
+		return
 	}
 	s.revoked[payload] = expires
 }

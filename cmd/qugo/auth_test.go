@@ -147,3 +147,37 @@ func TestSignInAfterWrongTokenWaits(t *testing.T) {
 	w = d.serve(t, http.MethodPost, "/login", url.Values{"token": {testToken}})
 	assert.Equal(t, http.StatusSeeOther, w.Code, "a right token holds no one back")
 }
+
+// The list of sessions signed out is bounded, and filling it opens no
+// door: every session then ends, the ones signed out before with them.
+func TestSignOutListFull(t *testing.T) {
+	t.Parallel()
+	d := newDashboard(t, newFixture(t, 1, 1), serverConfig{token: testToken})
+	now := time.Now()
+	first := d.newSession(now)
+	firstPayload, _, _ := strings.Cut(first, ".")
+	d.revoke(firstPayload, now)
+	for range maxRevoked - 1 {
+		p, _, _ := strings.Cut(d.newSession(now), ".")
+		d.revoke(p, now)
+	}
+	live := d.newSession(now)
+	cookie := func(v string) *http.Request {
+		return withCookie(&http.Cookie{Name: sessionCookie, Value: v})
+	}
+	_, ok := d.session(cookie(first))
+	require.False(t, ok)
+	_, ok = d.session(cookie(live))
+	require.True(t, ok, "the list is full, the live session still counts")
+	require.Len(t, d.revoked, maxRevoked)
+
+	last, _, _ := strings.Cut(d.newSession(now), ".")
+	d.revoke(last, now) // one more than the list holds
+	_, ok = d.session(cookie(first))
+	assert.False(t, ok, "a session signed out long before stays signed out")
+	_, ok = d.session(cookie(live))
+	assert.False(t, ok, "every session ends with the new secret")
+	assert.Empty(t, d.revoked, "nothing signed out needs keeping")
+	_, ok = d.session(cookie(d.newSession(now)))
+	assert.True(t, ok, "signing in again works")
+}

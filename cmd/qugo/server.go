@@ -66,7 +66,7 @@ type server struct {
 	cfg     serverConfig
 	be      *backend
 	hist    *history
-	secret  []byte
+	secret  atomic.Pointer[[]byte] // the sessions' key; drawn anew when the signed-out list fills
 	pages   map[string]*template.Template
 	assets  map[string]asset
 	handler http.Handler
@@ -115,11 +115,12 @@ func newServer(e *env, cfg serverConfig) (*server, error) {
 		cfg.log = slog.New(slog.DiscardHandler)
 	}
 	s := &server{
-		e: e, cfg: cfg, be: newBackend(e), secret: newSecret(),
+		e: e, cfg: cfg, be: newBackend(e),
 		hist:   newHistory(min(int(cfg.window/cfg.sample)+1, maxSamples)),
 		pages:  map[string]*template.Template{},
 		assets: map[string]asset{}, flashes: map[string]string{}, revoked: map[string]time.Time{},
 	}
+	s.secret.Store(newSecret())
 	if err := s.loadAssets(); err != nil {
 		return nil, err
 	}
