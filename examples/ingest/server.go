@@ -168,8 +168,11 @@ func failedPartitions(err error) map[int]bool {
 
 // record notes ids as issued. The tasks are in the queue already, so a
 // failure is logged and counted, not answered: GET says 404 for them until
-// their rows are written.
+// their rows are written. It outlives ctx (a client that hangs up once its
+// tasks are queued still gets them recorded), for up to lookupTimeout.
 func (s *server) record(ctx context.Context, tasks []queue.Task, ids []string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lookupTimeout)
+	defer cancel()
 	if err := s.issued.Record(ctx, tasks, ids); err != nil {
 		s.log.Warn("enqueued, but GET will not find these ids until done", "tasks", len(ids), "err", err)
 		if s.metrics != nil {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/gomodule/redigo/redis"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/qugo/queue"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -471,4 +472,22 @@ func TestPostNotBefore(t *testing.T) {
 		assert.Contains(t, out["error"], want, body)
 	}
 	assert.EqualValues(t, 1, f.ready(t), "refused posts enqueue nothing")
+}
+
+// Tasks queued are recorded even when the request's ctx ends meanwhile
+// (the client hung up once AddTasks returned).
+func TestRecordOutlivesTheRequest(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	tasks := []queue.Task{{OrderID: 1, Payload: []byte("a")}, {OrderID: 2, Payload: []byte("b")}}
+	ids, err := f.q.AddTasks(context.Background(), tasks)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	f.srv.record(ctx, tasks, ids)
+	assert.Zero(t, testutil.ToFloat64(f.srv.metrics.recordErrors))
+	for i, id := range ids {
+		_, found, err := f.srv.issued.Lookup(context.Background(), tasks[i].OrderID, id)
+		require.NoError(t, err)
+		assert.True(t, found, id)
+	}
 }
