@@ -102,12 +102,12 @@ func TestLayoutRecordedAtFirstUse(t *testing.T) {
 	require.NoError(t, err)
 	got, err := redis.StringMap(servers[0].do(t, "HGETALL", layout(0)), nil)
 	require.NoError(t, err)
-	assert.Equal(t, map[string]string{"partitions": "2", "queues": "3", "index": "0"}, got)
+	assert.Equal(t, map[string]string{"partitions": "2", "queues": "3", "index": "0", "by": q.layoutBy}, got, "by: which Queue recorded it")
 	// Every partition gets it at the queue's first use, so that a process
 	// given the servers in another order later is refused on any of them.
 	got, err = redis.StringMap(servers[1].do(t, "HGETALL", layout(1)), nil)
 	require.NoError(t, err)
-	assert.Equal(t, map[string]string{"partitions": "2", "queues": "3", "index": "1"}, got, "partition 1, not used yet")
+	assert.Equal(t, map[string]string{"partitions": "2", "queues": "3", "index": "1", "by": q.layoutBy}, got, "partition 1, not used yet")
 
 	_, err = q.AddTask(ctx, 1, []byte("y")) // partition 1
 	require.NoError(t, err)
@@ -342,4 +342,49 @@ func TestLayoutErrorSaysWhatToChange(t *testing.T) {
 		assert.Contains(t, msg, "redis has "+tc.got)
 		assert.Contains(t, msg, tc.hint)
 	}
+}
+
+// One server given as two partitions (the same URL twice, or two names of
+// it) is refused with a clear error at first use, and leaves no layout
+// behind that would refuse the processes configured right.
+func TestLayoutOneServerTwice(t *testing.T) {
+	t.Parallel()
+	skipOnCluster(t, "a cluster's partitions share one keyspace by design")
+	ctx := context.Background()
+	for _, first := range []uint64{0, 1, 2} { // partition 0 first, 1 first, 2 (another server) first
+		s := newTestServers(t, 2)
+		prefix := testPrefix(t)
+		q, err := New([]*redis.Pool{s[0].pool, s[1].pool, testPool(s[0].url)}, Config{Prefix: prefix})
+		require.NoError(t, err)
+		_, err = q.AddTask(ctx, first, []byte("x"))
+		require.ErrorIs(t, err, ErrBadConfig, "first %d", first)
+		assert.Contains(t, err.Error(), "partitions 0 and 2 are the same Redis server")
+		for i, srv := range s {
+			assert.Zero(t, srv.do(t, "EXISTS", prefix+":layout"), "first %d: server %d keeps no layout", first, i)
+		}
+		_, err = q.AddTask(ctx, first, []byte("x"))
+		require.ErrorIs(t, err, ErrBadConfig, "refused again")
+
+		right, err := New([]*redis.Pool{s[0].pool}, Config{Prefix: prefix})
+		require.NoError(t, err)
+		_, err = right.AddTask(ctx, 7, []byte("y"))
+		require.NoError(t, err, "the process configured right is not refused")
+		q.Close()
+		right.Close()
+	}
+}
+
+// A record this Queue could not take back refuses its next pass the same
+// way, whichever partition it touches.
+func TestLayoutOneServerTwiceLeftRecorded(t *testing.T) {
+	t.Parallel()
+	skipOnCluster(t, "a cluster's partitions share one keyspace by design")
+	s := newTestServers(t, 1)
+	q, err := New([]*redis.Pool{s[0].pool, testPool(s[0].url)}, Config{Prefix: testPrefix(t)})
+	require.NoError(t, err)
+	defer q.Close()
+	s[0].do(t, "HSET", q.layoutKeyOf(q.parts[0]), "partitions", 2, "queues", 1, "index", 0, "by", q.layoutBy)
+	_, err = q.AddTask(context.Background(), 1, []byte("x"))
+	require.ErrorIs(t, err, ErrBadConfig)
+	assert.Contains(t, err.Error(), "partitions 0 and 1 are the same Redis server")
 }

@@ -159,6 +159,7 @@ type Queue struct {
 	// layoutSem holds one layout pass at a time (checkLayout): a
 	// channel, so that a call waiting for it can give up with its ctx.
 	layoutSem chan struct{}
+	layoutBy  string // recorded with the layout: which Queue recorded it
 }
 
 // New returns a Queue over the given pools, one per partition, in partition
@@ -178,7 +179,7 @@ func New(pools []*redis.Pool, cfg Config) (*Queue, error) {
 	if err != nil {
 		return nil, err
 	}
-	q := &Queue{cfg: cfg, parts: make([]*partition, len(pools)), adders: make([]adder, len(pools)), layoutSem: make(chan struct{}, 1)}
+	q := &Queue{cfg: cfg, parts: make([]*partition, len(pools)), adders: make([]adder, len(pools)), layoutSem: make(chan struct{}, 1), layoutBy: newNonce() + newNonce()}
 	for i, p := range pools {
 		if p == nil {
 			return nil, fmt.Errorf("%w: pool %d is nil", ErrBadConfig, i)

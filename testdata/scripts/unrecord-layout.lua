@@ -1,0 +1,4 @@
+if redis.call('HGET', KEYS[1], 'by') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'partitions', 'queues', 'index', 'by')
+end
+return 0
