@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -100,4 +101,30 @@ func TestHistoryBucketOfAnotherTypeCostsNoAck(t *testing.T) {
 	st, err := q.Status(bounded(t), 99, marked)
 	require.NoError(t, err)
 	assert.Equal(t, StateUnknown, st.State, "its record had no bucket to go to")
+}
+
+// A string that is not a task ID reads as unknown: the history keys tasks
+// by packed IDs, in which some such strings read as a finished task's.
+func TestStatusOfAStringThatIsNoTaskID(t *testing.T) {
+	t.Parallel()
+	q, _ := newTestQueue(t, 1, Config{Retention: time.Minute})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	id, err := q.AddTask(ctx, 1, []byte("x"))
+	require.NoError(t, err)
+	require.NoError(t, q.AnalysePool(ctx, 0, PoolConfig{Workers: 1, ExitOnEmpty: true}, func(context.Context, Task) error { return nil }))
+	st, err := q.Status(ctx, 1, id)
+	require.NoError(t, err)
+	require.Equal(t, StateDone, st.State)
+
+	require.Equal(t, packID(id), packID("0"+id), "the alias this guards against")
+	for _, bogus := range []string{"0" + id, strings.ToUpper(id), id[:19], id + "x", ""} {
+		require.False(t, ValidTaskID(bogus), bogus)
+		st, err := q.Status(ctx, 1, bogus)
+		require.NoError(t, err, bogus)
+		assert.Equal(t, TaskStatus{ID: bogus, State: StateUnknown}, st, bogus)
+		state, err := q.State(ctx, 1, bogus)
+		require.NoError(t, err, bogus)
+		assert.Equal(t, StateUnknown, state, bogus)
+	}
 }

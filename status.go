@@ -103,10 +103,14 @@ type TaskStatus struct {
 // A task finished in a round trip's reads or between two is seen either
 // pending or finished, never neither: the pending records are read
 // before the dead-letter store, and where a claim record names the task,
-// the store is read again after its place.
+// the store is read again after its place. A string that is not a task
+// ID (ValidTaskID) reads StateUnknown, without a round trip.
 func (q *Queue) State(ctx context.Context, orderID uint64, id string) (TaskState, error) {
 	if q.closed.Load() {
 		return StateUnknown, ErrClosed
+	}
+	if !ValidTaskID(id) {
+		return StateUnknown, nil // the history's packed IDs would alias it
 	}
 	pi, qi := q.Route(orderID)
 	k := newQueueKeys(q.cfg.Prefix, pi, qi)
@@ -163,10 +167,16 @@ const statusReads = 8
 // task IDs yet, as State, and one more when the retentions differ),
 // whatever the length of the queue. A task
 // finished in its reads or between them is seen pending or finished,
-// never neither (see State).
+// never neither (see State). A string that is not a task ID
+// (ValidTaskID) reads StateUnknown, without a round trip.
 func (q *Queue) Status(ctx context.Context, orderID uint64, id string) (TaskStatus, error) {
 	if q.closed.Load() {
 		return TaskStatus{}, ErrClosed
+	}
+	if !ValidTaskID(id) {
+		// Not one AddTask returns: never a task. (The history keys tasks
+		// by packed IDs, in which such a string may read as another's.)
+		return TaskStatus{ID: id, State: StateUnknown}, nil
 	}
 	pi, qi := q.Route(orderID)
 	k := newQueueKeys(q.cfg.Prefix, pi, qi)
