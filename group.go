@@ -150,7 +150,7 @@ func (r *groupRun) run(ctx context.Context) error {
 	// analysers, and assign the group anew at every heartbeat while it
 	// ran none (so learnt nothing): check the group's server first.
 	for err := r.q.checkLayout(runCtx, r.g.part); err != nil; err = r.q.checkLayout(runCtx, r.g.part) {
-		if errors.Is(err, ErrLayoutMismatch) {
+		if layoutRefused(err) {
 			return err
 		}
 		if runCtx.Err() != nil {

@@ -125,6 +125,12 @@ end
 return 0
 `)
 
+// layoutRefused reports whether err, of a layout check, refuses this
+// process's configuration (so that trying again cannot help).
+func layoutRefused(err error) bool {
+	return errors.Is(err, ErrLayoutMismatch) || errors.Is(err, ErrBadConfig)
+}
+
 // sameServerError is the error of a Queue given one Redis keyspace (one
 // server and database) as two partitions.
 func sameServerError(a, b int) error {
@@ -280,7 +286,7 @@ func (q *Queue) layoutPass(ctx context.Context, p *partition, record bool) error
 		errs[i] = q.layoutOn(ctx, conn, o)
 	})
 	for _, err := range errs {
-		if errors.Is(err, ErrLayoutMismatch) || errors.Is(err, ErrBadConfig) {
+		if layoutRefused(err) {
 			// Refused: what this pass recorded is taken back, so that a
 			// process refused leaves nothing behind (two of its partitions
 			// on one server record one's layout where the other reads it).

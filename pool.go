@@ -368,8 +368,11 @@ func (q *Queue) AnalysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 		// before anything is claimed.
 		if err := q.recheckLayout(ctx, st.part); err != nil {
 			st.release(context.WithoutCancel(ctx))
-			if errors.Is(err, ErrLayoutMismatch) {
+			if layoutRefused(err) {
 				return err
+			}
+			if ctx.Err() != nil {
+				return nil // stopped during the check: nothing to report
 			}
 			cfg.OnError(err)
 			if b.wait(ctx) != nil {

@@ -243,3 +243,59 @@ func TestPoolStandbyTakesOverAtStop(t *testing.T) {
 	stop2()
 	require.NoError(t, receive(t, errc2))
 }
+
+// layoutStopConn stops the pool (ends ctx) as it checks the layout with
+// a tenure, and fails that check as a stop does.
+type layoutStopConn struct {
+	*hookConn
+	layoutKey string
+	reads     *int32
+	stop      context.CancelFunc
+	mu        *sync.Mutex
+}
+
+func (c *layoutStopConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
+	if cmd == "HMGET" && len(args) > 0 && args[0] == c.layoutKey {
+		c.mu.Lock()
+		*c.reads++
+		n := *c.reads
+		c.mu.Unlock()
+		if n == 2 { // the first is New's check, the second the tenure's
+			c.stop()
+			return nil, context.Canceled
+		}
+	}
+	return c.hookConn.DoContext(ctx, cmd, args...)
+}
+
+// A pool stopped while it checks the layout at the start of a tenure
+// reports nothing: the check failed only because it stopped.
+func TestPoolStopDuringLayoutCheckReportsNothing(t *testing.T) {
+	t.Parallel()
+	skipOnCluster(t, "a cluster's layout is checked once, not with each tenure")
+	s := newTestServers(t, 1)[0]
+	ctx, stop := context.WithCancel(bounded(t))
+	defer stop()
+	var reads int32
+	var mu sync.Mutex
+	prefix := testPrefix(t)
+	pool := s.wrapPool(16, func(c redis.Conn) redis.Conn {
+		none := func(string, []any) error { return nil }
+		return &layoutStopConn{hookConn: &hookConn{Conn: c, before: none}, layoutKey: layoutKey(prefix), reads: &reads, stop: stop, mu: &mu}
+	})
+	defer pool.Close()
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: prefix})
+	require.NoError(t, err)
+	defer q.Close()
+	var reported []error
+	err = q.AnalysePool(ctx, 0, PoolConfig{OnError: func(err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		reported = append(reported, err)
+	}}, func(context.Context, Task) error { return nil })
+	require.NoError(t, err)
+	mu.Lock()
+	defer mu.Unlock()
+	require.EqualValues(t, 2, reads, "stopped at the tenure's check")
+	assert.Empty(t, reported)
+}
