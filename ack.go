@@ -141,7 +141,7 @@ for i = 5, last do
   if ARGV[i] ~= '' then
     local l, d = claimKeys(KEYS[1], ARGV[i])
     if redis.call('TYPE', l).ok == 'list' and bitsOK(d) then
-      local k = redis.call('LLEN', l) - redis.call('BITCOUNT', d)
+      local k = openPlaces(l, d)
       if k > 0 then incr(KEYS[3], 'pending', -k) end
     end
     redis.call('DEL', l, d)
@@ -153,7 +153,7 @@ if ARGV[3] == '1' then
   for i = last + 1, #ARGV do
     local l, d = claimKeys(KEYS[1], ARGV[i])
     if redis.call('TYPE', l).ok == 'list' and bitsOK(d) then
-      left = left + math.max(redis.call('LLEN', l) - redis.call('BITCOUNT', d), 0)
+      left = left + openPlaces(l, d)
     end
   end
   redis.call('HSET', KEYS[3], 'pending', left)

@@ -3,6 +3,9 @@ package queue
 import (
 	"context"
 	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -143,6 +146,47 @@ func TestRecoverySetsThePendingCount(t *testing.T) {
 			require.Len(t, got, 2)
 			assert.Equal(t, int64(2), stats0(t, q).Pending)
 			require.NoError(t, c.Release(ctx))
+		})
+	}
+}
+
+// Bits set in a claim's done bitmap past its last place (only someone
+// overwriting the bitmap sets them) finish nothing: an ack of one task
+// does not delete the claim's others, nor does recovery's first requeue.
+func TestDoneBitsPastTheLastPlaceFinishNothing(t *testing.T) {
+	t.Parallel()
+	for _, how := range []string{"ack", "recovery"} {
+		t.Run(how, func(t *testing.T) {
+			q, s, k := testQueue1(t)
+			ctx := bounded(t)
+			ids := addAll(t, q, orderTasks(3, 4))
+			c, err := q.Consume(ctx, 0, ConsumerConfig{Owner: "a", LeaseTTL: time.Minute})
+			require.NoError(t, err)
+			got, err := c.Claim(ctx, 100)
+			require.NoError(t, err)
+			require.Len(t, got, 12)
+			firsts, err := redis.Strings(s.do(t, "HKEYS", k.claims), nil)
+			require.NoError(t, err)
+			require.Len(t, firsts, 1)
+			s.do(t, "SET", claimDoneKey(k, firsts[0]), "\x00\x00\xff\xff\xff\xff") // places 16-47 of 12
+			want := ids
+			if how == "ack" {
+				_, err = c.Ack(ctx, got[0].ID)
+				require.NoError(t, err)
+				want = ids[1:]
+				assert.EqualValues(t, 12, s.do(t, "LLEN", claimListKey(k, firsts[0])), "the claim stays")
+				pending, err := q.Pending(ctx, 0)
+				require.NoError(t, err)
+				assert.Len(t, pending, 11)
+			}
+			lapse(t, s, k.lease) // the owner crashed
+			rec := newRecorder()
+			require.NoError(t, q.AnalysePool(ctx, 0, PoolConfig{Workers: 2, ExitOnEmpty: true}, rec.fn(nil)))
+			for _, id := range want {
+				assert.Equal(t, 1, rec.starts[id], "task %s", id)
+			}
+			assert.Equal(t, len(want), rec.total())
+			assert.Zero(t, s.do(t, "EXISTS", claimListKey(k, firsts[0]), claimDoneKey(k, firsts[0])), "the claim is finished and gone")
 		})
 	}
 }

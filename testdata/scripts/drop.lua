@@ -26,6 +26,13 @@ local function bitsOK(d)
   local t = redis.call('TYPE', d).ok
   return t == 'string' or t == 'none'
 end
+local function openPlaces(l, d)
+  local n = redis.call('LLEN', l)
+  local full, set = math.floor(n / 8), 0
+  if full > 0 then set = redis.call('BITCOUNT', d, 0, full - 1) end
+  for p = full * 8, n - 1 do set = set + redis.call('GETBIT', d, p) end
+  return n - set
+end
 local function claimTypes(claims, from, to, step)
   for i = from, to, step do
     if ARGV[i] ~= '' then
@@ -42,7 +49,7 @@ end
 
 local function finished(claims, meta, first, l, d, k)
   if k > 0 then incr(meta, 'pending', -k) end
-  if redis.call('BITCOUNT', d) >= redis.call('LLEN', l) then
+  if redis.call('BITPOS', d, 0) >= redis.call('LLEN', l) then
     redis.call('DEL', l, d)
     redis.call('HDEL', claims, first)
   end
@@ -78,7 +85,7 @@ for i = 5, last do
   if ARGV[i] ~= '' then
     local l, d = claimKeys(KEYS[1], ARGV[i])
     if redis.call('TYPE', l).ok == 'list' and bitsOK(d) then
-      local k = redis.call('LLEN', l) - redis.call('BITCOUNT', d)
+      local k = openPlaces(l, d)
       if k > 0 then incr(KEYS[3], 'pending', -k) end
     end
     redis.call('DEL', l, d)
@@ -90,7 +97,7 @@ if ARGV[3] == '1' then
   for i = last + 1, #ARGV do
     local l, d = claimKeys(KEYS[1], ARGV[i])
     if redis.call('TYPE', l).ok == 'list' and bitsOK(d) then
-      left = left + math.max(redis.call('LLEN', l) - redis.call('BITCOUNT', d), 0)
+      left = left + openPlaces(l, d)
     end
   end
   redis.call('HSET', KEYS[3], 'pending', left)
