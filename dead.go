@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -17,8 +18,11 @@ import (
 // MaxAttempts deliveries (failed, or ended by a crash), one whose place in
 // the claim sequence was lost, or a malformed record found in Redis.
 type DeadTask struct {
-	// Task is the task as it was last delivered. For a malformed record
-	// only ID is set (to the field it was stored under).
+	// Task is the task as it was last delivered. Its ID is the field the
+	// record is stored under, which Replay and Purge take: the task's ID,
+	// or "<ID>#2" ("#3", ...) for a second record of one task. For a
+	// malformed record (one that does not decode, or holds a task other
+	// than its field's) only ID is set.
 	Task
 	// Attempts is how many deliveries the task had.
 	Attempts int
@@ -81,9 +85,37 @@ func decodeDead(field string, b []byte) DeadTask {
 		d.Raw = append([]byte{}, raw...) // never nil, even when empty: nil means decoded
 		return d
 	}
+	if !ownDeadField(field, t.ID) {
+		// A valid task, but not the one this field records (a pending
+		// record quarantined because it held another task's): quarantined
+		// as it is, so that it is listed, kept and purged under its field.
+		d.Task = Task{ID: field}
+		d.Raw = append([]byte{}, raw...)
+		return d
+	}
 	t.Attempt = d.Attempts
 	d.Task = t
+	d.ID = field
 	return d
+}
+
+// ownDeadField reports whether a dead record stored under field may hold
+// task id: field is id, or "<id>#<k>", where buryScript keeps a second
+// record of one ID.
+func ownDeadField(field, id string) bool {
+	k, ok := strings.CutPrefix(field, id+"#")
+	if !ok {
+		return field == id
+	}
+	_, err := strconv.ParseUint(k, 10, 32)
+	return err == nil
+}
+
+// deadTaskID is the ID of the task a dead record under field holds, as
+// ownDeadField allows it.
+func deadTaskID(field string) string {
+	id, _, _ := strings.Cut(field, "#")
+	return id
 }
 
 // deadChunk bounds the records one command or script of Dead, Replay and
@@ -243,8 +275,10 @@ func (q *Queue) Replay(ctx context.Context, analyser int, ids ...string) (int, e
 		now := time.Now()
 		err := getDead(ctx, p, k.dead, what, chunk, func(field string, v []byte) {
 			if d := decodeDead(field, v); d.Raw == nil {
-				d.Task.AddedAt = now // new work, queued now (see Replay)
-				args = append(args, d.ID, encodeTask(d.Task, 0))
+				t := d.Task
+				t.ID = deadTaskID(field)
+				t.AddedAt = now // new work, queued now (see Replay)
+				args = append(args, field, encodeTask(t, 0))
 			}
 		})
 		if err == nil && len(args) > 2 {

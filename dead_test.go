@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -249,4 +250,56 @@ func FuzzDecodeDead(f *testing.F) {
 			t.Fatalf("entry %q re-encoded as %q", tail, re)
 		}
 	})
+}
+
+// A dead record is listed under the field it is stored under, which is
+// what Replay and Purge take: a quarantined record that holds another
+// task than its field's is malformed there (listed, kept, purged), and a
+// second record of one task ("<id>#2") replays as that task.
+func TestDeadRecordsAreAddressedByTheirField(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := bounded(t)
+	const field, other = "ccc00000000000000000", "aaa00000000000000000"
+	s.do(t, "HSET", k.pending, field, encodeTask(Task{ID: other, OrderID: 1, AddedAt: time.UnixMilli(1), Payload: []byte("p")}, 0))
+	c, err := q.Consume(ctx, 0, ConsumerConfig{}) // quarantines it
+	require.NoError(t, err)
+	require.NoError(t, c.Release(ctx))
+	list, err := q.Dead(ctx, 0)
+	require.NoError(t, err)
+	require.Len(t, list, 1)
+	assert.Equal(t, field, list[0].ID)
+	assert.NotNil(t, list[0].Raw, "malformed: it holds another task than its field's")
+	assert.Contains(t, list[0].LastError, other)
+	n, err := q.Replay(ctx, 0)
+	require.NoError(t, err)
+	assert.Zero(t, n, "malformed records are left in place")
+	n, err = q.Purge(ctx, 0, list[0].ID)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n, "purged by the ID Dead lists")
+
+	const id = "bbb00000000000000000"
+	task := Task{ID: id, OrderID: 1, AddedAt: time.UnixMilli(2), Payload: []byte("q")}
+	s.do(t, "HSET", k.dead, id, encodeDead(encodeTask(task, 3), 3, "newer"), id+"#2", encodeDead(encodeTask(task, 2), 2, "older"))
+	list, err = q.Dead(ctx, 0)
+	require.NoError(t, err)
+	require.Len(t, list, 2)
+	slices.SortFunc(list, func(a, b DeadTask) int { return strings.Compare(a.ID, b.ID) })
+	assert.Equal(t, []string{id, id + "#2"}, []string{list[0].ID, list[1].ID})
+	for _, d := range list {
+		assert.Nil(t, d.Raw, d.ID)
+		assert.Equal(t, []byte("q"), d.Payload, d.ID)
+	}
+	n, err = q.Replay(ctx, 0, id+"#2")
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	ready := readyTasks(t, s, k)
+	require.Len(t, ready, 1)
+	assert.Equal(t, id, ready[0].ID, "replayed as the task it holds")
+	st, err := q.Status(ctx, 1, id)
+	require.NoError(t, err)
+	assert.Equal(t, StateDead, st.State, "the other record of it stays")
+	n, err = q.Purge(ctx, 0, id)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
 }
