@@ -316,7 +316,10 @@
 // An elastic pool starts with MinWorkers. When tasks have waited for a
 // worker for 10ms while every worker was busy, it adds one, up to
 // MaxWorkers (under DispatchByOrder the new worker takes only OrderIDs
-// placed from then on). Every [PoolConfig].ScaleDownAfter, it retires as
+// placed from then on: under a backlog of OrderIDs the pool always holds
+// tasks of, none is placed anew, so the worker added stays idle, the pool
+// grows no further and retires it after ScaleDownAfter; DispatchFree
+// spreads such a backlog over every worker it grows to). Every [PoolConfig].ScaleDownAfter, it retires as
 // many workers as stayed idle all that time, down to MinWorkers, the last
 // started first. A retiring worker takes no new OrderID and never drops a
 // task: it ends once it holds none; under DispatchByOrder, once the pool
