@@ -44,6 +44,12 @@ func (s *store) takeClaimed(ctx context.Context, entries []any, first int64, wri
 		}
 		seq := first + int64(i) + 1
 		t, deliveries, err := parseEntry(raw)
+		if err == nil && t.OrderID%s.analysers != s.analyser {
+			// Written by hand: its OrderID's tasks run elsewhere, and it
+			// would run beside them.
+			err = fmt.Errorf("task of OrderID %d, which analyser %d serves, in the queue of analyser %d",
+				t.OrderID, t.OrderID%s.analysers, s.analyser)
+		}
 		if err != nil {
 			ref := taskRef{record: batch.record, place: int32(i), field: pendingField(raw, seq)}
 			bad = append(bad, burial{ref, encodeDead(raw, 0, "claim: "+err.Error())})

@@ -266,3 +266,35 @@ func slicesContainsSub(held [][]byte, id string) bool {
 	}
 	return false
 }
+
+// A task written by hand into the queue of an analyser that does not
+// serve its OrderID would run beside the tasks of that OrderID in its
+// own queue: the claim quarantines it, and Replay leaves such a record.
+func TestTaskOfAnotherQueueIsQuarantined(t *testing.T) {
+	t.Parallel()
+	q, servers := newTestQueue(t, 1, Config{Queues: 2})
+	s, k := servers[0], newQueueKeys(q.cfg.Prefix, 0, 0)
+	ctx := bounded(t)
+	const stray = "aaa00000000000000000"
+	_, err := q.AddTask(ctx, 2, []byte("ours")) // analyser 0
+	require.NoError(t, err)
+	s.do(t, "LPUSH", k.ready, encodeTask(Task{ID: stray, OrderID: 1, AddedAt: time.Now(), Payload: []byte("theirs")}, 0))
+	var ran []uint64
+	require.NoError(t, q.AnalysePool(ctx, 0, PoolConfig{Workers: 1, ExitOnEmpty: true}, func(_ context.Context, t Task) error {
+		ran = append(ran, t.OrderID)
+		return nil
+	}))
+	assert.Equal(t, []uint64{2}, ran)
+	dead, err := q.Dead(ctx, 0)
+	require.NoError(t, err)
+	require.Len(t, dead, 1)
+	assert.Equal(t, stray, dead[0].ID)
+	assert.Contains(t, dead[0].LastError, "OrderID 1, which analyser 1 serves, in the queue of analyser 0")
+
+	s.do(t, "HSET", k.dead, "bbb00000000000000000", encodeDead(encodeTask(Task{ID: "bbb00000000000000000", OrderID: 3, AddedAt: time.Now(), Payload: []byte("x")}, 1), 1, "by hand"))
+	n, err := q.Replay(ctx, 0)
+	require.NoError(t, err)
+	assert.Zero(t, n, "neither record is this queue's to replay")
+	assert.EqualValues(t, 2, s.do(t, "HLEN", k.dead))
+	assert.Zero(t, s.do(t, "LLEN", k.ready))
+}

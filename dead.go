@@ -222,7 +222,8 @@ type deadRef struct {
 // already queued, oldest death first. A replayed task's AddedAt is the
 // time it was replayed: it joins its OrderID's sequence then, after the
 // scheduled tasks that fell due before (see AddTaskAt), as a task added
-// then would. Malformed records are left in place.
+// then would. Malformed records are left in place, and so is a task
+// another analyser serves (only a record written by hand holds one).
 // It returns how many moved. It is safe for concurrent use and needs no
 // lease: a record is moved once however many Replays run. It reads and
 // moves at most 512 records or 4 MiB at a time (one read and one script
@@ -239,8 +240,12 @@ func (q *Queue) Replay(ctx context.Context, analyser int, ids ...string) (int, e
 	// themselves are read a chunk at a time, so a large store is never
 	// held in memory.
 	var order []deadRef
+	layout := q.Layout()
+	ours := func(d DeadTask) bool { // a record written by hand may hold another queue's task
+		return d.Raw == nil && layout.AnalyserOf(d.OrderID) == analyser
+	}
 	keep := func(field string, v []byte) {
-		if d := decodeDead(field, v); d.Raw == nil {
+		if d := decodeDead(field, v); ours(d) {
 			order = append(order, deadRef{d.ID, d.DiedAt.UnixMilli(), len(v)})
 		}
 	}
@@ -274,7 +279,7 @@ func (q *Queue) Replay(ctx context.Context, analyser int, ids ...string) (int, e
 		args := []any{k.dead, k.ready}
 		now := time.Now()
 		err := getDead(ctx, p, k.dead, what, chunk, func(field string, v []byte) {
-			if d := decodeDead(field, v); d.Raw == nil {
+			if d := decodeDead(field, v); ours(d) {
 				t := d.Task
 				t.ID = deadTaskID(field)
 				t.AddedAt = now // new work, queued now (see Replay)

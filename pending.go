@@ -20,6 +20,8 @@ import (
 type store struct {
 	part        *partition
 	pi, qi      int
+	analyser    uint64 // the analyser whose queue this is: it serves OrderID id when id % analysers == analyser
+	analysers   uint64 // R * Q
 	keys        queueKeys
 	owner       string
 	ttl         time.Duration
@@ -64,6 +66,7 @@ func (q *Queue) newStore(ctx context.Context, analyser int, ttl time.Duration, m
 	}
 	s := &store{
 		part: q.parts[pi], pi: pi, qi: qi, keys: newQueueKeys(q.cfg.Prefix, pi, qi),
+		analyser: uint64(analyser), analysers: uint64(len(q.parts) * q.cfg.Queues),
 		owner: owner, ttl: ttl, ttlMS: ttl.Milliseconds(), maxAttempts: maxAttempts,
 		leaseLock: make(chan struct{}, 1), retention: q.cfg.Retention, idsAfter: idsAfter,
 	}
