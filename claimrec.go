@@ -134,6 +134,8 @@ func claimFirst(f string) (int64, bool) {
 //     only someone overwriting the bitmap makes, finish nothing),
 //     and returns how many places it set that were not (0 when the record
 //     is gone).
+//   - openPlaces(l, d): the places of claim list l whose bit in done
+//     bitmap d is not set (bits past the list count for nothing).
 //   - takePlace(claims, meta, first, place): sets one place and returns
 //     its entry, or nil when the place is set already or the record gone.
 //
@@ -141,6 +143,13 @@ func claimFirst(f string) (int64, bool) {
 // before each write all the same, so that a key someone overwrote fails
 // the script before it changed anything of that claim.
 const luaClaimRec = luaClaimKeys + `
+local function openPlaces(l, d)
+  local n = redis.call('LLEN', l)
+  local full, set = math.floor(n / 8), 0
+  if full > 0 then set = redis.call('BITCOUNT', d, 0, full - 1) end
+  for p = full * 8, n - 1 do set = set + redis.call('GETBIT', d, p) end
+  return n - set
+end
 local function finished(claims, meta, first, l, d, k)
   if k > 0 then incr(meta, 'pending', -k) end
   if redis.call('BITPOS', d, 0) >= redis.call('LLEN', l) then
@@ -176,9 +185,7 @@ end
 `
 
 // luaClaimKeys defines luaClaimRec's claimKeys; bitsOK(d), which reports
-// whether key d may be read as a done bitmap; openPlaces(l, d), the places
-// of claim list l whose bit in d is not set (bits past the list count
-// for nothing); and claimTypes(claims, from,
+// whether key d may be read as a done bitmap; and claimTypes(claims, from,
 // to, step), which returns the wrongTypeReply error when the list or done
 // bitmap of a claim named by ARGV[from], ARGV[from+step], ... up to
 // ARGV[to] ("" names none) holds another type: scripts call it before
@@ -195,13 +202,6 @@ end
 local function bitsOK(d)
   local t = redis.call('TYPE', d).ok
   return t == 'string' or t == 'none'
-end
-local function openPlaces(l, d)
-  local n = redis.call('LLEN', l)
-  local full, set = math.floor(n / 8), 0
-  if full > 0 then set = redis.call('BITCOUNT', d, 0, full - 1) end
-  for p = full * 8, n - 1 do set = set + redis.call('GETBIT', d, p) end
-  return n - set
 end
 local function claimTypes(claims, from, to, step)
   for i = from, to, step do

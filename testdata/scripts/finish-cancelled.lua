@@ -38,13 +38,6 @@ local function bitsOK(d)
   local t = redis.call('TYPE', d).ok
   return t == 'string' or t == 'none'
 end
-local function openPlaces(l, d)
-  local n = redis.call('LLEN', l)
-  local full, set = math.floor(n / 8), 0
-  if full > 0 then set = redis.call('BITCOUNT', d, 0, full - 1) end
-  for p = full * 8, n - 1 do set = set + redis.call('GETBIT', d, p) end
-  return n - set
-end
 local function claimTypes(claims, from, to, step)
   for i = from, to, step do
     if ARGV[i] ~= '' then
@@ -59,6 +52,13 @@ local function claimTypes(claims, from, to, step)
   end
 end
 
+local function openPlaces(l, d)
+  local n = redis.call('LLEN', l)
+  local full, set = math.floor(n / 8), 0
+  if full > 0 then set = redis.call('BITCOUNT', d, 0, full - 1) end
+  for p = full * 8, n - 1 do set = set + redis.call('GETBIT', d, p) end
+  return n - set
+end
 local function finished(claims, meta, first, l, d, k)
   if k > 0 then incr(meta, 'pending', -k) end
   if redis.call('BITPOS', d, 0) >= redis.call('LLEN', l) then
