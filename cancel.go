@@ -106,7 +106,8 @@ return {'marked'}
 //   - StatePending: an analyser holds it. Cancel waits (about 200ms at
 //     most, cancelWait at worst) until the queue's owner has seen the
 //     cancel: a task that had not started by then never starts, and one
-//     running has its ctx cancelled, and unless it then returns nil it
+//     running (a graceful stop's ShutdownTimeout included) has its ctx
+//     cancelled, and unless it then returns nil it
 //     is finished as cancelled, not retried. A task held by a Consumer,
 //     or by an owner that does not answer within cancelWait, is
 //     finished as cancelled when it is claimed again (after a

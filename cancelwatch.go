@@ -150,7 +150,8 @@ func (s *store) sawCancels(ctx context.Context, ids []any) error {
 }
 
 // watchCancels reads the cancel marks of the tasks the pool holds every
-// cancelPoll until ctx ends, while it holds some, for workers to see
+// cancelPoll until ctx ends or no worker runs any more (s.idle: through
+// a graceful stop's ShutdownTimeout too), while it holds some, for workers to see
 // (isMarked), cancels the ctx of a marked task that runs, wakes a worker
 // that waits for the rate limit to start a marked task, and hurries marked tasks
 // that wait out a backoff.
@@ -161,7 +162,7 @@ func (s *session) watchCancels(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-s.halt:
+		case <-s.idle:
 			return
 		case <-t.C:
 		}

@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -434,4 +435,66 @@ func TestCancelIsBoundedOnALongQueue(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []string{ids[0], ids[1], ids[3]}, taskIDs(got), "the claim of four finished one as cancelled")
 	assert.Equal(t, int64(1), stats0(t, q).Cancelled)
+}
+
+// signalWriter closes its channel once a line it is written holds want.
+type signalWriter struct {
+	want string
+	once sync.Once
+	ch   chan struct{}
+}
+
+func (w *signalWriter) Write(p []byte) (int, error) {
+	if strings.Contains(string(p), w.want) {
+		w.once.Do(func() { close(w.ch) })
+	}
+	return len(p), nil
+}
+
+// A task that runs on through a graceful stop (ShutdownTimeout) is still
+// cancelled: Cancel has its ctx ended as while the pool ran, and it is
+// finished as cancelled, neither handed back nor run again.
+func TestCancelRunningTaskDuringGracefulStop(t *testing.T) {
+	t.Parallel()
+	q, _ := newTestQueue(t, 1, Config{Retention: time.Minute})
+	bg := bounded(t)
+	ctx, stop := context.WithCancel(bg)
+	defer stop()
+	ids := addAll(t, q, []Task{{OrderID: 1, Payload: []byte("long")}})
+	running := make(chan struct{}, 1)
+	var runs int
+	var mu sync.Mutex
+	stopping := &signalWriter{want: "queue: stopping", ch: make(chan struct{})}
+	errc := runPool(ctx, q, PoolConfig{Workers: 1, TaskTimeout: -1, ShutdownTimeout: time.Minute,
+		Logger: slog.New(slog.NewTextHandler(stopping, nil))}, func(tctx context.Context, t Task) error {
+		mu.Lock()
+		runs++
+		mu.Unlock()
+		running <- struct{}{}
+		<-tctx.Done()
+		return tctx.Err()
+	})
+	receive(t, running)
+	stop()
+	select {
+	case <-stopping.ch:
+	case <-bg.Done():
+		t.Fatal("the pool did not start stopping")
+	}
+	where, err := q.Cancel(bg, 1, ids[0])
+	require.NoError(t, err)
+	assert.Equal(t, StatePending, where)
+	select {
+	case err := <-errc: // the task's ctx ended, so the stop did not wait out its minute
+		require.NoError(t, err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("the cancelled task still runs")
+	}
+	st, err := q.Status(bg, 1, ids[0])
+	require.NoError(t, err)
+	assert.Equal(t, StateCancelled, st.State)
+	assert.Zero(t, stats0(t, q).Ready, "not handed back")
+	mu.Lock()
+	assert.Equal(t, 1, runs)
+	mu.Unlock()
 }

@@ -67,6 +67,7 @@ type session struct {
 	marks      atomic.Pointer[map[string]struct{}] // the queue's cancel marks, as last read (nil: none)
 
 	halt     chan struct{} // closed when the session starts no more tasks: a stop began, or the lease was lost
+	idle     chan struct{} // closed once no worker runs any more (the cancel watcher ends then)
 	haltOnce sync.Once
 	lost     atomic.Bool // the lease was lost: in-memory work is dropped
 
@@ -90,6 +91,7 @@ func newSession(ctx context.Context, st *store, cfg PoolConfig, fn AnalyseFunc) 
 		freed:    make(chan struct{}, 1),
 		lowWater: int64(max(1, cfg.Prefetch/4)),
 		halt:     make(chan struct{}),
+		idle:     make(chan struct{}),
 	}
 	s.acks = newAcker(s)
 	s.log = newPoolLog(cfg.Logger, cfg.OnError, -1)
@@ -256,9 +258,14 @@ func (s *session) run(ctx context.Context) sessionEnd {
 		scaleWG.Add(1)
 		go func() { defer scaleWG.Done(); s.scale() }()
 	}
+	// The watcher outlives halt: a task that runs on through a graceful
+	// stop still has its ctx ended when it is cancelled.
 	cancelWG.Add(1)
 	go func() { defer cancelWG.Done(); s.watchCancels(leaseCtx) }()
-	defer cancelWG.Wait() // it ends with halt
+	var idleOnce sync.Once
+	workersGone := func() { idleOnce.Do(func() { close(s.idle) }) }
+	defer cancelWG.Wait()
+	defer workersGone()
 
 	end := s.fetch(ctx, leaseCtx)
 
@@ -298,6 +305,7 @@ func (s *session) run(ctx context.Context) sessionEnd {
 		timer := time.AfterFunc(s.cfg.ShutdownTimeout, s.cancelTask)
 		s.workWG.Wait()
 		timer.Stop()
+		workersGone()
 		handBack(s.takeUnstarted())
 		defer func() {
 			if end == endStopped {
@@ -307,6 +315,7 @@ func (s *session) run(ctx context.Context) sessionEnd {
 		}()
 	} else {
 		s.workWG.Wait()
+		workersGone()
 	}
 	s.acks.close()
 	ackWG.Wait()
