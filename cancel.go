@@ -102,7 +102,10 @@ return {'marked'}
 // Cancel cancels the task id of orderID, and returns where it found it:
 //
 //   - StateScheduled: the task was scheduled; it is removed and will
-//     never run.
+//     never run. (With Config.Retention, its status record is written
+//     next; should that fail, Cancel returns StateScheduled with the
+//     error: the task is cancelled all the same, and Status reads it
+//     as unknown.)
 //   - StatePending: an analyser holds it. Cancel waits (about 200ms at
 //     most, cancelWait at worst) until the queue's owner has seen the
 //     cancel: a task that had not started by then never starts, and one
@@ -166,7 +169,7 @@ func (q *Queue) Cancel(ctx context.Context, orderID uint64, id string) (TaskStat
 					rec := historyRecord{state: StateCancelled, added: t.AddedAt, finished: time.Now()}
 					err := q.recordHistory(ctx, p, k, id, rec)
 					if err != nil {
-						return StateScheduled, err
+						return StateScheduled, fmt.Errorf("queue: task %s is cancelled (it was scheduled and is removed), but its status record was not written: %w", id, err)
 					}
 				}
 			}

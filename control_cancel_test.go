@@ -498,3 +498,31 @@ func TestCancelRunningTaskDuringGracefulStop(t *testing.T) {
 	assert.Equal(t, 1, runs)
 	mu.Unlock()
 }
+
+// The status record of a cancelled scheduled task is written after the
+// cancel: when that write fails, the error says the task is cancelled.
+func TestCancelScheduledTaskWhoseRecordFails(t *testing.T) {
+	t.Parallel()
+	s := newTestServers(t, 1)[0]
+	pool := hookPool(s, func(script string, _ []any) error {
+		if script == "history" {
+			return errors.New("refused")
+		}
+		return nil
+	})
+	defer pool.Close()
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t), Retention: time.Minute})
+	require.NoError(t, err)
+	defer q.Close()
+	ctx := bounded(t)
+	id, err := q.AddTaskAfter(ctx, 1, time.Hour, []byte("later"))
+	require.NoError(t, err)
+	where, err := q.Cancel(ctx, 1, id)
+	assert.Equal(t, StateScheduled, where)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "is cancelled (it was scheduled and is removed), but its status record was not written: ")
+	scheduled, err := q.Scheduled(ctx, 0, 0, 10)
+	require.NoError(t, err)
+	assert.Empty(t, scheduled, "removed all the same")
+	assert.Equal(t, int64(1), stats0(t, q).Cancelled)
+}
