@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -463,4 +464,70 @@ func TestPoolCleanStopReportsNothing(t *testing.T) {
 	}
 	assert.Empty(t, errs.all())
 	assert.Empty(t, stats0(t, q).Owner)
+}
+
+// An ack that reaches Redis after another owner took the lease is refused
+// (the fencing token, checked inside the script), and the pool that sent
+// it stops its tenure: the task counts as not done, and the new owner
+// runs it. Here the takeover happens as the ack is about to be sent:
+// the ack script, or another call of the pool that meets the new token
+// first, ends the tenure (both happen, from run to run).
+func TestPoolLateAckOfAStaleOwnerIsRefused(t *testing.T) {
+	t.Parallel()
+	s := newTestServers(t, 1)[0]
+	ctx, stop := context.WithCancel(bounded(t))
+	defer stop()
+	var q *Queue
+	var k queueKeys
+	var next *Consumer
+	var takeErr error
+	taken := make(chan struct{})
+	var once sync.Once
+	pool := hookPool(s, func(script string, _ []any) error {
+		if script == "ack" {
+			once.Do(func() {
+				defer close(taken)
+				// The lease expires on the server's clock, and another
+				// owner takes it, before this ack reaches Redis.
+				if s.mini != nil {
+					s.mini.FastForward(2 * time.Minute)
+				} else if _, takeErr = try(s, "PEXPIRE", k.lease, 1); takeErr != nil {
+					return
+				}
+				for range 1000 {
+					if next, takeErr = q.Consume(ctx, 0, ConsumerConfig{Owner: "next", LeaseTTL: time.Minute}); takeErr == nil {
+						return
+					}
+					time.Sleep(time.Millisecond)
+				}
+			})
+		}
+		return nil
+	})
+	defer pool.Close()
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
+	require.NoError(t, err)
+	defer q.Close()
+	k = newQueueKeys(q.cfg.Prefix, 0, 0)
+	ids := addAll(t, q, orderTasks(1, 1))
+	var errs errLog
+	var runs atomic.Int32
+	errc := runPool(ctx, q, PoolConfig{Owner: "stale", Workers: 1, LeaseTTL: time.Minute, OnError: errs.add},
+		func(context.Context, Task) error { runs.Add(1); return nil })
+	receive(t, taken)
+	require.NoError(t, takeErr)
+	require.Eventually(t, func() bool { return errs.count(ErrLeaseLost) > 0 }, 10*time.Second, time.Millisecond)
+	st := stats0(t, q)
+	assert.Equal(t, "next", st.Owner)
+	assert.Zero(t, st.Processed, "the late ack counted for nothing")
+	got, err := next.Claim(ctx, 10)
+	require.NoError(t, err)
+	require.Len(t, got, 1, "the new owner recovered the task")
+	assert.Equal(t, ids[0], got[0].ID)
+	assert.EqualValues(t, 1, runs.Load(), "the stale pool started nothing more")
+	_, err = next.Ack(ctx, got[0].ID)
+	require.NoError(t, err)
+	require.NoError(t, next.Release(ctx))
+	stop()
+	require.NoError(t, receive(t, errc))
 }
