@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/gomodule/redigo/redis"
 )
@@ -96,45 +97,30 @@ func (q *Queue) layoutKeyOf(p *partition) string {
 //
 //	KEYS[1] = layout hash
 //	ARGV[1] = partitions, ARGV[2] = queues, ARGV[3] = this server's index
-//	ARGV[4] = the recording Queue's nonce (the hash's "by")
 //
-// Returns "" when the layout matches (or was just recorded); "same I" when
-// this Queue recorded it as its partition I (so two of its partitions are
-// one keyspace); otherwise the recorded layout as "partitions=R queues=Q
-// index=I".
+// Returns "" when the layout matches (or was just recorded), otherwise the
+// recorded layout as "partitions=R queues=Q index=I".
 var layoutScript = newScript("layout", 1, `
-local got = redis.call('HMGET', KEYS[1], 'partitions', 'queues', 'index', 'by')
+local got = redis.call('HMGET', KEYS[1], 'partitions', 'queues', 'index')
 if not got[1] then
-  redis.call('HSET', KEYS[1], 'partitions', ARGV[1], 'queues', ARGV[2], 'index', ARGV[3], 'by', ARGV[4])
+  redis.call('HSET', KEYS[1], 'partitions', ARGV[1], 'queues', ARGV[2], 'index', ARGV[3])
   return ''
 end
 if got[1] == ARGV[1] and got[2] == ARGV[2] and got[3] == ARGV[3] then return '' end
-if got[4] == ARGV[4] then return 'same ' .. tostring(got[3]) end
 return 'partitions=' .. tostring(got[1]) .. ' queues=' .. tostring(got[2]) .. ' index=' .. tostring(got[3])
-`)
-
-// layoutUnrecordScript takes back a layout this Queue recorded in a pass
-// that was then refused.
-//
-//	KEYS[1] = layout hash
-//	ARGV[1] = the Queue's nonce
-var layoutUnrecordScript = newScript("unrecord-layout", 1, `
-if redis.call('HGET', KEYS[1], 'by') == ARGV[1] then
-  redis.call('HDEL', KEYS[1], 'partitions', 'queues', 'index', 'by')
-end
-return 0
 `)
 
 // layoutRefused reports whether err, of a layout check, refuses this
 // process's configuration (so that trying again cannot help).
 func layoutRefused(err error) bool {
-	return errors.Is(err, ErrLayoutMismatch) || errors.Is(err, ErrBadConfig)
+	return errors.Is(err, ErrLayoutMismatch)
 }
 
 // sameServerError is the error of a Queue given one Redis keyspace (one
 // server and database) as two partitions.
 func sameServerError(a, b int) error {
-	return fmt.Errorf("%w: partitions %d and %d are the same Redis server and database: give each partition its own", ErrBadConfig, min(a, b), max(a, b))
+	return fmt.Errorf("%w: partitions %d and %d are the same Redis server and database: give each partition its own",
+		ErrLayoutMismatch, min(a, b), max(a, b))
 }
 
 // partition is one Redis server of the queue.
@@ -162,13 +148,9 @@ func (q *Queue) checkLayout(ctx context.Context, p *partition) error {
 // on conn.
 func (q *Queue) layoutOn(ctx context.Context, conn redis.Conn, p *partition) error {
 	want := [3]int{len(q.parts), q.cfg.Queues, p.index}
-	got, err := redis.String(layoutScript.DoContext(ctx, conn, q.layoutKeyOf(p), want[0], want[1], want[2], q.layoutBy))
+	got, err := redis.String(layoutScript.DoContext(ctx, conn, q.layoutKeyOf(p), want[0], want[1], want[2]))
 	if err != nil {
 		return redisErr(fmt.Sprintf("check layout of partition %d", p.index), err)
-	}
-	if other, ok := strings.CutPrefix(got, "same "); ok {
-		i, _ := strconv.Atoi(other)
-		return sameServerError(i, p.index)
 	}
 	if got != "" {
 		return &LayoutError{
@@ -242,7 +224,7 @@ func (q *Queue) layoutPass(ctx context.Context, p *partition, record bool) error
 	eachPartition(todo, func(i int, o *partition) {
 		what := fmt.Sprintf("check layout of partition %d", o.index)
 		recorded[i], errs[i] = onPartition(ctx, o, what, func(c redis.Conn) ([]string, error) {
-			return redis.Strings(redis.DoContext(c, ctx, "HMGET", q.layoutKeyOf(o), "partitions", "queues", "index", "by"))
+			return redis.Strings(redis.DoContext(c, ctx, "HMGET", q.layoutKeyOf(o), "partitions", "queues", "index"))
 		})
 	})
 	if errs[0] != nil {
@@ -253,12 +235,8 @@ func (q *Queue) layoutPass(ctx context.Context, p *partition, record bool) error
 		got := recorded[i]
 		switch {
 		case errs[i] != nil:
-		case len(got) != 4 || got[0] == "" && got[1] == "" && got[2] == "":
+		case len(got) != 3 || got[0] == "" && got[1] == "" && got[2] == "":
 			unrecorded = append(unrecorded, o)
-		case got[3] == q.layoutBy && got[2] != strconv.Itoa(o.index):
-			// Left by a pass of this Queue that could not take it back.
-			i, _ := strconv.Atoi(got[2])
-			return sameServerError(i, o.index)
 		default:
 			want := fmt.Sprintf("partitions=%d queues=%d index=%d", len(q.parts), q.cfg.Queues, o.index)
 			have := fmt.Sprintf("partitions=%s queues=%s index=%s", got[0], got[1], got[2])
@@ -275,6 +253,10 @@ func (q *Queue) layoutPass(ctx context.Context, p *partition, record bool) error
 	if !record || len(unrecorded) == 0 {
 		return nil
 	}
+	unrecorded, err := q.probeServers(ctx, p, unrecorded)
+	if err != nil || len(unrecorded) == 0 {
+		return err
+	}
 	errs = errs[:len(unrecorded)]
 	eachPartition(unrecorded, func(i int, o *partition) {
 		conn, err := o.pool.GetContext(ctx)
@@ -285,17 +267,11 @@ func (q *Queue) layoutPass(ctx context.Context, p *partition, record bool) error
 		defer conn.Close()
 		errs[i] = q.layoutOn(ctx, conn, o)
 	})
-	for _, err := range errs {
-		if layoutRefused(err) {
-			// Refused: what this pass recorded is taken back, so that a
-			// process refused leaves nothing behind (two of its partitions
-			// on one server record one's layout where the other reads it).
-			q.unrecordLayout(ctx, unrecorded, errs)
-			return err
-		}
-	}
 	for i, o := range unrecorded {
+		var le *LayoutError
 		switch {
+		case errors.As(errs[i], &le):
+			return errs[i]
 		case errs[i] == nil:
 			o.checked.Store(true)
 		case o == p:
@@ -305,20 +281,66 @@ func (q *Queue) layoutPass(ctx context.Context, p *partition, record bool) error
 	return nil
 }
 
-// unrecordLayout takes back the layout recorded on each partition of ps
-// whose errs entry is nil, where this Queue's record still stands. It is
-// best effort: a record it cannot take back names this Queue, whose next
-// pass then refuses it as well.
-func (q *Queue) unrecordLayout(ctx context.Context, ps []*partition, errs []error) {
-	ctx = context.WithoutCancel(ctx)
-	for i, o := range ps {
-		if errs[i] != nil {
-			continue
+// layoutProbeTTL bounds the life of a layout probe key that could not be
+// deleted.
+const layoutProbeTTL = time.Minute
+
+// probeServers makes sure that no two partitions of ps, whose layout is
+// about to be recorded, are one Redis keyspace (one server given twice,
+// or under two names): else the layout one records is what the other
+// reads, and the processes given the servers right are refused. Each
+// partition writes its index under a key of this Queue's own, then reads
+// it back: a partition that reads another's index shares its keyspace.
+// Nothing a layout check reads is written. It returns ps less the
+// partitions that did not answer (left for a later pass; p's error is
+// returned); partitions on a Redis Cluster, whose layouts have keys of
+// their own, are not probed.
+func (q *Queue) probeServers(ctx context.Context, p *partition, ps []*partition) ([]*partition, error) {
+	var probed []*partition
+	for _, o := range ps {
+		if o.router == nil {
+			probed = append(probed, o)
 		}
-		onPartition(ctx, o, "unrecord layout", func(c redis.Conn) (any, error) {
-			return layoutUnrecordScript.DoContext(ctx, c, q.layoutKeyOf(o), q.layoutBy)
-		})
 	}
+	if len(probed) < 2 {
+		return ps, nil
+	}
+	key := layoutKey(q.cfg.Prefix) + ":probe:" + q.layoutBy
+	errs := make([]error, len(probed))
+	eachPartition(probed, func(i int, o *partition) {
+		_, errs[i] = onPartition(ctx, o, fmt.Sprintf("check layout of partition %d", o.index), func(c redis.Conn) (any, error) {
+			return redis.DoContext(c, ctx, "SET", key, o.index, "PX", layoutProbeTTL.Milliseconds())
+		})
+	})
+	read := make([]int, len(probed))
+	eachPartition(probed, func(i int, o *partition) {
+		if errs[i] == nil {
+			read[i], errs[i] = onPartition(ctx, o, fmt.Sprintf("check layout of partition %d", o.index), func(c redis.Conn) (int, error) {
+				return redis.Int(redis.DoContext(c, ctx, "GET", key))
+			})
+		}
+	})
+	eachPartition(probed, func(i int, o *partition) { // best effort: the key expires
+		onPartition(ctx, o, "delete layout probe", func(c redis.Conn) (any, error) {
+			return redis.DoContext(c, ctx, "DEL", key)
+		})
+	})
+	for i, o := range probed {
+		if errs[i] == nil && read[i] != o.index {
+			return nil, sameServerError(read[i], o.index)
+		}
+	}
+	var out []*partition
+	for _, o := range ps {
+		i := slices.Index(probed, o)
+		switch {
+		case i < 0 || errs[i] == nil || errors.Is(errs[i], redis.ErrNil): // nil: gone, so unknown
+			out = append(out, o)
+		case o == p:
+			return nil, errs[i]
+		}
+	}
+	return out, nil
 }
 
 // eachPartition runs f for every partition of ps side by side, and returns

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -102,12 +103,12 @@ func TestLayoutRecordedAtFirstUse(t *testing.T) {
 	require.NoError(t, err)
 	got, err := redis.StringMap(servers[0].do(t, "HGETALL", layout(0)), nil)
 	require.NoError(t, err)
-	assert.Equal(t, map[string]string{"partitions": "2", "queues": "3", "index": "0", "by": q.layoutBy}, got, "by: which Queue recorded it")
+	assert.Equal(t, map[string]string{"partitions": "2", "queues": "3", "index": "0"}, got)
 	// Every partition gets it at the queue's first use, so that a process
 	// given the servers in another order later is refused on any of them.
 	got, err = redis.StringMap(servers[1].do(t, "HGETALL", layout(1)), nil)
 	require.NoError(t, err)
-	assert.Equal(t, map[string]string{"partitions": "2", "queues": "3", "index": "1", "by": q.layoutBy}, got, "partition 1, not used yet")
+	assert.Equal(t, map[string]string{"partitions": "2", "queues": "3", "index": "1"}, got, "partition 1, not used yet")
 
 	_, err = q.AddTask(ctx, 1, []byte("y")) // partition 1
 	require.NoError(t, err)
@@ -345,8 +346,8 @@ func TestLayoutErrorSaysWhatToChange(t *testing.T) {
 }
 
 // One server given as two partitions (the same URL twice, or two names of
-// it) is refused with a clear error at first use, and leaves no layout
-// behind that would refuse the processes configured right.
+// it) is refused with a clear error at first use, before it records a
+// layout that would refuse the processes configured right.
 func TestLayoutOneServerTwice(t *testing.T) {
 	t.Parallel()
 	skipOnCluster(t, "a cluster's partitions share one keyspace by design")
@@ -357,13 +358,13 @@ func TestLayoutOneServerTwice(t *testing.T) {
 		q, err := New([]*redis.Pool{s[0].pool, s[1].pool, testPool(s[0].url)}, Config{Prefix: prefix})
 		require.NoError(t, err)
 		_, err = q.AddTask(ctx, first, []byte("x"))
-		require.ErrorIs(t, err, ErrBadConfig, "first %d", first)
+		require.ErrorIs(t, err, ErrLayoutMismatch, "first %d", first)
 		assert.Contains(t, err.Error(), "partitions 0 and 2 are the same Redis server")
 		for i, srv := range s {
-			assert.Zero(t, srv.do(t, "EXISTS", prefix+":layout"), "first %d: server %d keeps no layout", first, i)
+			assert.Empty(t, scanKeys(t, srv, prefix), "first %d: server %d keeps nothing", first, i)
 		}
 		_, err = q.AddTask(ctx, first, []byte("x"))
-		require.ErrorIs(t, err, ErrBadConfig, "refused again")
+		require.ErrorIs(t, err, ErrLayoutMismatch, "refused again")
 
 		right, err := New([]*redis.Pool{s[0].pool}, Config{Prefix: prefix})
 		require.NoError(t, err)
@@ -374,17 +375,31 @@ func TestLayoutOneServerTwice(t *testing.T) {
 	}
 }
 
-// A record this Queue could not take back refuses its next pass the same
-// way, whichever partition it touches.
-func TestLayoutOneServerTwiceLeftRecorded(t *testing.T) {
+// A process given one server twice, starting beside processes given the
+// servers right, never refuses them: it is refused before it records
+// anything a right one could read.
+func TestLayoutOneServerTwiceBesideARightProcess(t *testing.T) {
 	t.Parallel()
 	skipOnCluster(t, "a cluster's partitions share one keyspace by design")
-	s := newTestServers(t, 1)
-	q, err := New([]*redis.Pool{s[0].pool, testPool(s[0].url)}, Config{Prefix: testPrefix(t)})
-	require.NoError(t, err)
-	defer q.Close()
-	s[0].do(t, "HSET", q.layoutKeyOf(q.parts[0]), "partitions", 2, "queues", 1, "index", 0, "by", q.layoutBy)
-	_, err = q.AddTask(context.Background(), 1, []byte("x"))
-	require.ErrorIs(t, err, ErrBadConfig)
-	assert.Contains(t, err.Error(), "partitions 0 and 1 are the same Redis server")
+	s := newTestServers(t, 2)
+	for range 30 {
+		prefix := testPrefix(t)
+		wrong, err := New([]*redis.Pool{s[0].pool, testPool(s[0].url)}, Config{Prefix: prefix})
+		require.NoError(t, err)
+		right, err := New([]*redis.Pool{s[0].pool, s[1].pool}, Config{Prefix: prefix})
+		require.NoError(t, err)
+		var wg sync.WaitGroup
+		var wrongErr, rightErr error
+		wg.Add(2)
+		go func() { defer wg.Done(); _, wrongErr = wrong.AddTask(context.Background(), 0, []byte("x")) }()
+		go func() { defer wg.Done(); _, rightErr = right.AddTask(context.Background(), 0, []byte("x")) }()
+		wg.Wait()
+		require.ErrorIs(t, wrongErr, ErrLayoutMismatch)
+		require.NoError(t, rightErr)
+		got, err := redis.StringMap(s[0].do(t, "HGETALL", prefix+":layout"), nil)
+		require.NoError(t, err)
+		assert.Equal(t, map[string]string{"partitions": "2", "queues": "1", "index": "0"}, got)
+		wrong.Close()
+		right.Close()
+	}
 }

@@ -159,7 +159,7 @@ type Queue struct {
 	// layoutSem holds one layout pass at a time (checkLayout): a
 	// channel, so that a call waiting for it can give up with its ctx.
 	layoutSem chan struct{}
-	layoutBy  string // recorded with the layout: which Queue recorded it
+	layoutBy  string // a nonce of this Queue, naming its layout probes (probeServers)
 }
 
 // New returns a Queue over the given pools, one per partition, in partition
