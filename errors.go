@@ -14,7 +14,9 @@ var (
 	ErrNoPartitions = errors.New("queue: no redis partitions given")
 	// ErrLayoutMismatch is returned when a Redis server has been recorded
 	// with another partition count, queue count or partition index than
-	// this process uses. The error is a *LayoutError.
+	// this process uses (the error is a *LayoutError), or when two of the
+	// partitions this process was given are one Redis server and database
+	// (the error names both; nothing was recorded).
 	ErrLayoutMismatch = errors.New("queue: layout mismatch")
 	// ErrAnalyserRange is returned for an analyser id outside [0, R*Q).
 	ErrAnalyserRange = errors.New("queue: analyser id out of range")

@@ -128,9 +128,9 @@ func layoutAdvice(err error, urls []string) error {
 	if _, scanErr := fmt.Sscanf(le.Got, "partitions=%d queues=%d index=%d", &r, &q, &i); scanErr != nil {
 		return fmt.Errorf("%w: %s has recorded %s; give -redis in partition order and the -queues the queue was created with", err, server, le.Got)
 	}
-	return fmt.Errorf("%w: %s has recorded %d Redis servers x %d queues with itself as server %d: "+
+	return fmt.Errorf("%w: %s has recorded %d Redis servers x %d queues with itself at place %d: "+
 		"start with -queues %d and %d -redis URLs, this one at place %d",
-		err, server, r, q, i, q, r, i+1)
+		err, server, r, q, i+1, q, r, i+1)
 }
 
 // runPools runs one AnalysePool per analyser id and joins them. A pool

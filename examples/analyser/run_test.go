@@ -144,7 +144,7 @@ func TestRunRefusesAWrongLayoutBeforeStarting(t *testing.T) {
 	logs := &captured{}
 	err = run(context.Background(), cfg, slog.New(logs), nil)
 	assert.ErrorIs(t, err, queue.ErrLayoutMismatch)
-	assert.ErrorContains(t, err, urls[0]+" has recorded 1 Redis servers x 2 queues with itself as server 0: "+
+	assert.ErrorContains(t, err, urls[0]+" has recorded 1 Redis servers x 2 queues with itself at place 1: "+
 		"start with -queues 2 and 1 -redis URLs, this one at place 1")
 	for _, l := range logs.lines() {
 		assert.NotContains(t, l, "started")

@@ -166,13 +166,13 @@ func layoutAdvice(err error, urls []string) error {
 		return err
 	}
 	var r, q, i int
-	server := fmt.Sprintf("-redis URL %d", le.Partition) // not the URL: it may hold a password
+	server := fmt.Sprintf("the -redis URL at place %d", le.Partition+1) // not the URL: it may hold a password
 	if _, scanErr := fmt.Sscanf(le.Got, "partitions=%d queues=%d index=%d", &r, &q, &i); scanErr != nil {
 		return fmt.Errorf("%w: %s has recorded %s; give -redis in partition order and the -queues the analysers use", err, server, le.Got)
 	}
-	return fmt.Errorf("%w: %s has recorded %d Redis servers x %d queues with itself as server %d: "+
+	return fmt.Errorf("%w: %s has recorded %d Redis servers x %d queues with itself at place %d: "+
 		"start with -queues %d and %d -redis URLs, this one at place %d (the analysers' -queues and -redis)",
-		err, server, r, q, i, q, r, i+1)
+		err, server, r, q, i+1, q, r, i+1)
 }
 
 // run serves until ctx ends, then lets requests in flight finish.
