@@ -49,7 +49,11 @@ func newSecret() *[]byte {
 }
 
 func (s *server) mac(kind, payload string) []byte {
-	m := hmac.New(sha256.New, *s.secret.Load())
+	return macWith(s.secret.Load(), kind, payload)
+}
+
+func macWith(secret *[]byte, kind, payload string) []byte {
+	m := hmac.New(sha256.New, *secret)
 	m.Write([]byte(kind + ":" + payload))
 	return m.Sum(nil)
 }
@@ -76,7 +80,8 @@ func (s *server) session(r *http.Request) (string, bool) {
 	}
 	payload, sig, ok := strings.Cut(c.Value, ".")
 	got, err := base64.RawURLEncoding.DecodeString(sig)
-	if !ok || err != nil || !hmac.Equal(got, s.mac("session", payload)) {
+	secret := s.secret.Load() // checked again with the signed-out list: revoke may draw another
+	if !ok || err != nil || !hmac.Equal(got, macWith(secret, "session", payload)) {
 		return "", false
 	}
 	raw, err := base64.RawURLEncoding.DecodeString(payload)
@@ -87,13 +92,20 @@ func (s *server) session(r *http.Request) (string, bool) {
 	if age := time.Since(issued); age < -time.Minute || age > sessionTTL {
 		return "", false
 	}
-	s.revokedMu.Lock()
-	_, revoked := s.revoked[payload]
-	s.revokedMu.Unlock()
-	if revoked {
+	if !s.standing(secret, payload) {
 		return "", false
 	}
 	return payload, true
+}
+
+// standing reports whether the session of payload, whose MAC was checked
+// with secret, is neither signed out nor signed out with every session
+// (revoke drew a new secret meanwhile: the list no longer names it).
+func (s *server) standing(secret *[]byte, payload string) bool {
+	s.revokedMu.Lock()
+	defer s.revokedMu.Unlock()
+	_, revoked := s.revoked[payload]
+	return !revoked && s.secret.Load() == secret
 }
 
 // revoke signs the session of payload out for good, and forgets the

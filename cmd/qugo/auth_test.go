@@ -180,4 +180,18 @@ func TestSignOutListFull(t *testing.T) {
 	assert.Empty(t, d.revoked, "nothing signed out needs keeping")
 	_, ok = d.session(cookie(d.newSession(now)))
 	assert.True(t, ok, "signing in again works")
+
+	// A request that checked its cookie's MAC just before the list was
+	// emptied finds its session no longer listed as signed out: the new
+	// secret still ends it.
+	secret := d.secret.Load()
+	p, _, _ := strings.Cut(d.newSession(now), ".")
+	d.revoke(p, now)
+	require.False(t, d.standing(secret, p), "signed out")
+	for range maxRevoked {
+		q, _, _ := strings.Cut(d.newSession(now), ".")
+		d.revoke(q, now)
+	}
+	require.NotContains(t, d.revoked, p, "the list was emptied")
+	assert.False(t, d.standing(secret, p), "checked with the old secret: not standing")
 }
