@@ -36,6 +36,10 @@ type DeadTask struct {
 	Raw []byte
 }
 
+// TaskID is the ID of the task the record holds, for Status and State:
+// ID, less the "#2" ("#3", ...) of a second record of one task.
+func (d DeadTask) TaskID() string { return deadTaskID(d.ID) }
+
 const deadVersion = 0x02
 
 // A dead record is:
@@ -223,7 +227,9 @@ type deadRef struct {
 // time it was replayed: it joins its OrderID's sequence then, after the
 // scheduled tasks that fell due before (see AddTaskAt), as a task added
 // then would. Malformed records are left in place, and so is a task
-// another analyser serves (only a record written by hand holds one).
+// another analyser serves (only a record written by hand holds one). A
+// task with a second record (DeadTask.TaskID) is replayed once, from the
+// record of its latest death.
 // It returns how many moved. It is safe for concurrent use and needs no
 // lease: a record is moved once however many Replays run. It reads and
 // moves at most 512 records or 4 MiB at a time (one read and one script
@@ -261,6 +267,14 @@ func (q *Queue) Replay(ctx context.Context, analyser int, ids ...string) (int, e
 		return cmp.Or(cmp.Compare(a.diedAt, b.diedAt), strings.Compare(a.id, b.id))
 	})
 	order = slices.CompactFunc(order, func(a, b deadRef) bool { return a.id == b.id })
+	// A task with two records ("<id>" and "<id>#2") is replayed once, from
+	// its latest death: one task ID is never queued twice. The other
+	// record stays, to be purged.
+	latest := make(map[string]int, len(order))
+	for i, d := range order {
+		latest[deadTaskID(d.id)] = i
+	}
+	order = slices.DeleteFunc(slices.Clone(order), func(d deadRef) bool { return order[latest[deadTaskID(d.id)]] != d })
 	// Then the moves, in that order: a chunk is read again and moved by
 	// one script, which skips an ID that is no longer dead (replayed or
 	// purged meanwhile).

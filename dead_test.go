@@ -302,4 +302,18 @@ func TestDeadRecordsAreAddressedByTheirField(t *testing.T) {
 	n, err = q.Purge(ctx, 0, id)
 	require.NoError(t, err)
 	assert.Equal(t, 1, n)
+
+	// Replaying both records queues the task once, from its latest death.
+	s.do(t, "DEL", k.ready)
+	s.do(t, "HSET", k.dead, id, encodeDead(encodeTask(task, 3), 3, "newer"), id+"#2", encodeDead(encodeTask(task, 2), 2, "older"))
+	for _, d := range list {
+		assert.Equal(t, id, d.TaskID(), d.ID)
+	}
+	n, err = q.Replay(ctx, 0)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	require.Len(t, readyTasks(t, s, k), 1)
+	left, err := q.Dead(ctx, 0)
+	require.NoError(t, err)
+	require.Len(t, left, 1, "the other record stays, to be purged")
 }

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"html"
 	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/gomodule/redigo/redis"
 	"github.com/qugo/queue"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -239,4 +241,44 @@ func TestQueuePageShowsWhatItCanRead(t *testing.T) {
 	assert.NotContains(t, body, `id="pending-heading"`)
 	assert.Contains(t, body, `id="scheduled-empty"`)
 	assert.NotEmpty(t, rowOf(tableOf(body, "dead"), `<tr data-id="`+ids[0]+`"`), "queue 0's dead letter is shown")
+}
+
+// A second dead record of one task ("<id>#2", which bury keeps) links
+// to its task's page, by the task's ID.
+func TestDeadTableLinksASecondRecordToItsTask(t *testing.T) {
+	f := newFixture(t, 1, 1)
+	ctx := context.Background()
+	ids := f.add(t, 7)
+	c := f.consume(t, 0)
+	tasks, err := c.Claim(ctx, 10)
+	require.NoError(t, err)
+	require.Len(t, tasks, 1)
+	dead, err := c.Fail(ctx, tasks[0], errors.New("boom"))
+	require.NoError(t, err)
+	require.True(t, dead)
+	key := "{" + f.prefix + ":0.0}:dead"
+	rec, err := redis.Bytes(f.do(t, 0, "HGET", key, ids[0]))
+	require.NoError(t, err)
+	// What buryScript leaves when a record of this ID meets another one.
+	_, err = f.do(t, 0, "HSET", key, ids[0]+"#2", rec)
+	require.NoError(t, err)
+
+	list, err := f.q.Dead(ctx, 0)
+	require.NoError(t, err)
+	require.Len(t, list, 2)
+	for _, d := range list {
+		st, err := f.q.Status(ctx, d.OrderID, d.TaskID())
+		require.NoError(t, err)
+		assert.Equal(t, queue.StateDead, st.State, "Status of the task of %s", d.ID)
+	}
+
+	d := newDashboard(t, f, serverConfig{})
+	body := d.get(t, "/queue/0").Body.String()
+	links := regexp.MustCompile(`href="(/task\?[^"]*)"`).FindAllStringSubmatch(body, -1)
+	require.Len(t, links, 2)
+	for _, l := range links {
+		target := html.UnescapeString(l[1])
+		w := d.get(t, target)
+		assert.Equal(t, http.StatusOK, w.Code, "the dead table's link %s", target)
+	}
 }
