@@ -100,7 +100,7 @@ Global flags (also accepted after the command):
 Run "qugo COMMAND -h" for a command's flags.
 
 Output: tables for people; with -json, one JSON document on one line with
-snake_case field names (see README.md), so "stats -watch -json" is JSON lines.
+snake_case field names (see README.md), so "stats -watch 2s -json" is JSON lines.
 
 Exit status:
   0  success
