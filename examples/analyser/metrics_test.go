@@ -116,16 +116,21 @@ func TestPoolErrorMetricsAndLogs(t *testing.T) {
 	onError(&queue.TaskError{ID: "t1", OrderID: 5, Attempt: 1, Err: errors.New("busy")})
 	onError(&queue.TaskError{ID: "t1", OrderID: 5, Attempt: 2, Err: errors.New("busy")})
 	onError(&queue.TaskError{ID: "t1", OrderID: 5, Attempt: 3, Err: errors.New("busy"), Dead: true})
-	onError(errors.New("queue: claim partition 0 queue 0: connection refused"))
+	// A Redis error that keeps coming is logged once, then when it changes;
+	// each one is counted.
+	for range 5 {
+		onError(errors.New("queue: claim partition 0 queue 0: connection refused"))
+	}
+	onError(errors.New("queue: ack on partition 0 queue 0: connection refused"))
 
 	for name, want := range map[string]float64{
-		"qugo_analyser_retries_total": 2, "qugo_analyser_dead_lettered_total": 1, "qugo_analyser_queue_errors_total": 1,
+		"qugo_analyser_retries_total": 2, "qugo_analyser_dead_lettered_total": 1, "qugo_analyser_queue_errors_total": 6,
 	} {
 		v, _ := value(t, m, name, "analyser", "1")
 		assert.Equal(t, want, v, name)
 	}
 	assert.Equal(t, []string{
-		"WARN task failed, will retry", "WARN task failed, will retry", "ERROR task dead-lettered", "ERROR queue error",
+		"WARN task failed, will retry", "WARN task failed, will retry", "ERROR task dead-lettered", "ERROR queue error", "ERROR queue error",
 	}, logs.lines())
 }
 

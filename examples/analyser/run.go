@@ -179,8 +179,17 @@ func runPools(ctx context.Context, q *queue.Queue, cfg config, log *slog.Logger,
 
 // poolErrors returns analyser a's OnError: it counts the error; retries
 // are logged as warnings, deaths also mark the dead-letter store for the
-// mirror.
+// mirror. Other errors (Redis's) are logged once, then again only when
+// they change or every repeatEvery with how many came meanwhile: a pool
+// retries a failing call every few hundred milliseconds, and the library
+// itself logs when Redis goes and comes back.
 func poolErrors(a int, log *slog.Logger, mirror *deadMirror, m *metrics) func(error) {
+	var (
+		mu       sync.Mutex
+		last     string
+		lastAt   time.Time
+		repeated int
+	)
 	return func(err error) {
 		te := m.poolError(a, err)
 		switch {
@@ -190,10 +199,21 @@ func poolErrors(a int, log *slog.Logger, mirror *deadMirror, m *metrics) func(er
 		case te != nil:
 			log.Warn("task failed, will retry", "analyser", a, "task", te.ID, "order", te.OrderID, "attempt", te.Attempt, "err", te.Err)
 		default:
-			log.Error("queue error", "analyser", label(a), "err", err)
+			mu.Lock()
+			defer mu.Unlock()
+			now := time.Now()
+			if msg := err.Error(); msg != last || now.Sub(lastAt) >= repeatEvery {
+				log.Error("queue error", "analyser", label(a), "err", err, "repeated", repeated)
+				last, lastAt, repeated = msg, now, 0
+				return
+			}
+			repeated++
 		}
 	}
 }
+
+// repeatEvery is how often poolErrors logs an error that keeps coming.
+const repeatEvery = 10 * time.Second
 
 // logProgress logs each analyser's per-worker counts every cfg.LogEvery
 // while they grow, until ctx ends.
