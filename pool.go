@@ -358,11 +358,14 @@ func (q *Queue) AnalysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 		limit = newLimiter(cfg.Rate, cfg.Burst, time.Now())
 	}
 	waitFrom := time.Now() // since when this pool has had no lease
+	tenures := 0
 	for {
 		if err := st.acquire(ctx, cfg.OnError, onLook); err != nil {
 			return nil // ctx ended while waiting; nothing is held
 		}
+		plain := seen == "" && tenures == 0 // the first tenure, with no holder met on the way
 		seen = ""
+		tenures++
 		// The server may have lost the layout since it was checked (a
 		// restart without persistence): check again with every tenure,
 		// before anything is claimed.
@@ -381,7 +384,7 @@ func (q *Queue) AnalysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 			continue
 		}
 		s := newSession(ctx, st, cfg, fn)
-		s.log, s.waited = log, time.Since(waitFrom)
+		s.log, s.waited, s.plain = log, time.Since(waitFrom), plain
 		if limit != nil {
 			limit.forget(time.Now()) // the last tenure's workers are gone
 			s.limit = limit

@@ -84,6 +84,7 @@ func TestPoolLogsTheStory(t *testing.T) {
 	require.Eventually(t, func() bool { return rec.total() == 6 }, 5*time.Second, time.Millisecond)
 	took := h.lines("took the lease")
 	require.Len(t, took, 1)
+	assert.Equal(t, slog.LevelInfo, took[0].level)
 	assert.Equal(t, "2", took[0].attrs["recovered"])
 	assert.NotEmpty(t, took[0].attrs["waited"])
 	assert.Len(t, h.lines("waiting as a standby"), 1, "said once")
@@ -169,6 +170,27 @@ func TestPoolTakesItsOwnLeaseBack(t *testing.T) {
 	p.setDown(false)
 	require.Eventually(t, func() bool { return len(h.lines("took the lease")) == 2 }, 5*time.Second, time.Millisecond, "%s", h)
 	assert.Empty(t, h.lines("waiting as a standby"), "not a standby of itself")
+	took := h.lines("took the lease")
+	assert.Equal(t, slog.LevelDebug, took[0].level, "a plain start, however long its round trips took")
+	assert.Equal(t, slog.LevelInfo, took[1].level, "taken back: worth telling")
 	cancel()
 	require.NoError(t, receive(t, errc))
+}
+
+// A plain start logs its lease at debug level however slow its round
+// trips: a newcomer's first run has nothing to be told.
+func TestPoolPlainStartIsQuietOnASlowNetwork(t *testing.T) {
+	t.Parallel()
+	s := newTestServers(t, 1)[0]
+	pool := hookPool(s, func(string, []any) error { time.Sleep(3 * time.Millisecond); return nil })
+	defer pool.Close()
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
+	require.NoError(t, err)
+	defer q.Close()
+	h := &logRecorder{}
+	require.NoError(t, q.AnalysePool(bounded(t), 0, PoolConfig{Logger: slog.New(h), ExitOnEmpty: true},
+		func(context.Context, Task) error { return nil }))
+	took := h.lines("took the lease")
+	require.Len(t, took, 1)
+	assert.Equal(t, slog.LevelDebug, took[0].level, "%s", h)
 }

@@ -76,6 +76,7 @@ type session struct {
 
 	log    *poolLog      // the pool's story
 	waited time.Duration // how long the pool was without a lease before this tenure
+	plain  bool          // the pool's first tenure, taken without waiting for another holder
 
 	taskCtx     context.Context // parent of every task's ctx; ends with the lease or a stop's timeout
 	cancelTask  context.CancelFunc
@@ -217,7 +218,7 @@ func (s *session) recover(ctx context.Context) bool {
 	}
 	token, _ := parseLease(s.st.value())
 	level := slog.LevelInfo
-	if n == 0 && s.waited < time.Millisecond {
+	if n == 0 && s.plain {
 		level = slog.LevelDebug // a plain start: nothing to tell
 	}
 	s.cfg.Logger.Log(ctx, level, "queue: took the lease", "analyser", s.log.analyser, "token", token,
