@@ -489,7 +489,13 @@
 // is dropped and makes the next connection ask the sentinels again; one
 // goroutine per partition, joined by [Queue.Close], follows +switch-master
 // on a sentinel and takes the new primary at once, and idle connections to
-// the old one are dropped when next borrowed. Calls in flight at the
+// the old one are dropped when next borrowed. A lookup asks every sentinel
+// and takes the address most name: during a failover the leader names the
+// promoted replica before the others, and a process that took its word
+// would run queues on a second primary. A SENTINEL FAILOVER leaves the old
+// primary taking writes until +switch-master, seconds later; what it
+// takes then is lost at its demotion (WaitReplicas below the replica count
+// included): see the README for a planned switch that loses nothing. Calls in flight at the
 // failover fail as on a standalone server: a write refused with READONLY
 // did not run ([ErrReadOnly]); one whose connection broke may or may not
 // have run (see Crash recovery). AddTask returns the error to its caller;

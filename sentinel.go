@@ -106,15 +106,16 @@ func (s *sentinelPrimary) stop() error {
 }
 
 // dial connects to the primary. A server that is not one is refused, and
-// the sentinels are asked again, each at most once per dial.
+// the sentinels are asked again for another, until none is left.
 func (s *sentinelPrimary) dial(ctx context.Context) (*watchedConn, error) {
-	s.mu.Lock()
-	tries := len(s.sentinels)
-	s.mu.Unlock()
+	var refused map[string]bool // in this dial
 	var err error
-	for range tries {
-		addr, from, lerr := s.primary(ctx)
+	for {
+		addr, from, lerr := s.primary(ctx, refused)
 		if lerr != nil {
+			if err != nil && errors.Is(lerr, errNoOtherPrimary) {
+				return nil, err
+			}
 			return nil, lerr
 		}
 		c, derr := s.toPrimary.dial(ctx, addr)
@@ -133,10 +134,17 @@ func (s *sentinelPrimary) dial(ctx context.Context) (*watchedConn, error) {
 			return nil, fmt.Errorf("primary %q at %s: ROLE: %w", s.name, addr, rerr)
 		}
 		s.refuse(addr, from)
+		if refused == nil {
+			refused = map[string]bool{}
+		}
+		refused[addr] = true
 		err = fmt.Errorf("primary %q: sentinel %s names %s, which is not a primary (ROLE %s): a failover may be under way", s.name, from, addr, role)
 	}
-	return nil, err
 }
+
+// errNoOtherPrimary is ask's error when every address the sentinels name
+// was refused already.
+var errNoOtherPrimary = errors.New("the sentinels name no other server")
 
 // roleOf returns the first word of ROLE: master, slave or sentinel.
 func roleOf(ctx context.Context, c redis.Conn) (string, error) {
@@ -161,11 +169,12 @@ func (s *sentinelPrimary) stale(c *watchedConn) error {
 }
 
 // primary returns the primary's address and the sentinel that named it,
-// asking the sentinels when no address is trusted.
-func (s *sentinelPrimary) primary(ctx context.Context) (addr, from string, err error) {
+// asking the sentinels when no address is trusted, or the one trusted is
+// in skip.
+func (s *sentinelPrimary) primary(ctx context.Context, skip map[string]bool) (addr, from string, err error) {
 	for {
 		s.mu.Lock()
-		if s.fresh {
+		if s.fresh && !skip[s.addr] {
 			addr, from = s.addr, s.from
 			s.mu.Unlock()
 			return addr, from, nil
@@ -184,7 +193,7 @@ func (s *sentinelPrimary) primary(ctx context.Context) (addr, from string, err e
 		order := slices.Clone(s.sentinels)
 		s.mu.Unlock()
 
-		addr, from, err = s.ask(ctx, order)
+		addr, from, err = s.ask(ctx, order, skip)
 		s.mu.Lock()
 		s.lookup = nil
 		close(done)
@@ -196,22 +205,61 @@ func (s *sentinelPrimary) primary(ctx context.Context) (addr, from string, err e
 	}
 }
 
-// ask asks the sentinels in order for the primary's address.
-func (s *sentinelPrimary) ask(ctx context.Context, order []string) (addr, from string, err error) {
+// ask asks every sentinel for the primary's address, side by side, and
+// returns the address most of those that answered name (skip aside), with
+// the first sentinel of order that named it; a tie goes to the one named
+// first. During a failover the sentinels disagree for seconds: the leader
+// names the promoted replica at once, the others the old primary until
+// +switch-master, and the old primary answers ROLE master until it is
+// turned into a replica. A process that took the leader's word while the
+// processes already running kept the old primary would run a queue on two
+// primaries at once, each with a lease of its own; by the majority's word
+// it joins them, and every one moves at +switch-master.
+func (s *sentinelPrimary) ask(ctx context.Context, order []string, skip map[string]bool) (addr, from string, err error) {
+	type answer struct {
+		addr string
+		err  error
+	}
+	answers := make([]answer, len(order))
+	var wg sync.WaitGroup
+	for i, sa := range order {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := s.toSentinel.dial(ctx, sa)
+			var addr string
+			if err == nil {
+				addr, err = primaryAddr(doContext(c, ctx, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", s.name))
+				c.Close()
+			}
+			answers[i] = answer{addr, err}
+		}()
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return "", "", ctx.Err()
+	}
 	e := &lookupError{name: s.name}
-	for _, sa := range order {
-		if ctx.Err() != nil {
-			return "", "", ctx.Err()
+	votes, first := map[string]int{}, map[string]int{}
+	for i, a := range answers {
+		switch {
+		case a.err != nil:
+			e.errs = append(e.errs, fmt.Errorf("sentinel %s: %w", order[i], a.err))
+		case !skip[a.addr]:
+			if votes[a.addr] == 0 {
+				first[a.addr] = i
+			}
+			votes[a.addr]++
+			if addr == "" || votes[a.addr] > votes[addr] || votes[a.addr] == votes[addr] && first[a.addr] < first[addr] {
+				addr = a.addr
+			}
 		}
-		c, err := s.toSentinel.dial(ctx, sa)
-		if err == nil {
-			addr, err = primaryAddr(doContext(c, ctx, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", s.name))
-			c.Close()
-		}
-		if err == nil {
-			return addr, sa, nil
-		}
-		e.errs = append(e.errs, fmt.Errorf("sentinel %s: %w", sa, err))
+	}
+	switch {
+	case addr != "":
+		return addr, order[first[addr]], nil
+	case len(e.errs) < len(order):
+		return "", "", errNoOtherPrimary
 	}
 	return "", "", e
 }

@@ -288,7 +288,7 @@ func TestSentinelFailover(t *testing.T) {
 	assert.Zero(t, reordered, "first runs out of order within an OrderID")
 	assert.Zero(t, lostPost, "tasks added after the kill lost")
 	assert.Positive(t, addFails.Load(), "no add failed: the primary was not killed under the producer")
-	assert.EqualValues(t, 1, stale.asked.Load(), "the stale sentinel was asked again")
+	assert.Positive(t, stale.asked.Load(), "every sentinel is asked, and the majority's answer taken")
 }
 
 // TestSentinelCredentials dials a primary whose users need a password
