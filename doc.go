@@ -494,8 +494,8 @@
 // promoted replica before the others, and a process that took its word
 // would run queues on a second primary. A SENTINEL FAILOVER leaves the old
 // primary taking writes until +switch-master, seconds later; what it
-// takes then is lost at its demotion (WaitReplicas below the replica count
-// included): see the README for a planned switch that loses nothing. Calls in flight at the
+// takes then is lost at its demotion, unless WaitReplicas is the replica
+// count (the README says more). Calls in flight at the
 // failover fail as on a standalone server: a write refused with READONLY
 // did not run ([ErrReadOnly]); one whose connection broke may or may not
 // have run (see Crash recovery). AddTask returns the error to its caller;
