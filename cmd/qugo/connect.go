@@ -152,11 +152,17 @@ func (e *env) prefixUsed(ctx context.Context, urls []string) (bool, error) {
 }
 
 // explainDial adds a hint to an error of queue.Dial when the server
-// answered with something other than the Redis protocol.
+// answered with something other than the Redis protocol, or hung up
+// without an answer (a server of another protocol that reads first).
 func explainDial(err error, urls []string) error {
 	msg := err.Error()
-	if !strings.Contains(msg, "redigo: unexpected response") && !strings.Contains(msg, "redigo: bad response") &&
-		!strings.Contains(msg, "malformed") {
+	what := "does not answer in the Redis protocol"
+	switch {
+	case strings.Contains(msg, "redigo: unexpected response") || strings.Contains(msg, "redigo: bad response") ||
+		strings.Contains(msg, "malformed"):
+	case strings.HasSuffix(msg, ": EOF") || strings.HasSuffix(msg, "connection reset by peer"):
+		what = "closed the connection without a Redis reply"
+	default:
 		return err
 	}
 	where := strings.Join(urls, ", ")
@@ -164,7 +170,7 @@ func explainDial(err error, urls []string) error {
 	if _, scanErr := fmt.Sscanf(msg, "queue: dial partition %d:", &n); scanErr == nil && n < len(urls) {
 		where = urls[n]
 	}
-	return fmt.Errorf("%w (%s does not answer in the Redis protocol: is it a Redis server, on the right port?)", err, where)
+	return fmt.Errorf("%w (%s %s: is it a Redis server, on the right port, and does it want TLS (rediss://)?)", err, where, what)
 }
 
 // layoutAdvice says, for a layout mismatch on the server le.Partition of

@@ -113,7 +113,32 @@ func TestNotRedisServer(t *testing.T) {
 	url := "redis://" + l.Addr().String()
 	code, _, errOut := qugo(t, "-redis", url, "stats")
 	assert.Equal(t, exitRuntime, code)
-	assert.Contains(t, errOut, url+" does not answer in the Redis protocol: is it a Redis server, on the right port?")
+	assert.Contains(t, errOut, url+" does not answer in the Redis protocol: is it a Redis server, on the right port")
+}
+
+// A server that reads and hangs up without a word (another protocol's
+// server, one that wants TLS) is named too, not left as a bare EOF.
+func TestServerThatHangsUp(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Read(make([]byte, 64))
+			c.Close()
+		}
+	}()
+	defer func() { l.Close(); <-done }()
+	url := "redis://" + l.Addr().String()
+	code, _, errOut := qugo(t, "-redis", url, "stats")
+	assert.Equal(t, exitRuntime, code)
+	assert.Contains(t, errOut, url+" closed the connection without a Redis reply: is it a Redis server, on the right port")
 }
 
 // A -prefix nothing has used shows empty queues, with a warning.
