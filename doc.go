@@ -519,7 +519,8 @@
 // # Testing
 //
 // Test code that uses this package can run it on miniredis: pass a pool for a
-// github.com/alicebob/miniredis/v2 server to [New], as the examples do.
+// github.com/alicebob/miniredis/v2 server to [New], or its address to
+// [Dial], as the examples do.
 // miniredis runs the package's scripts, but its clock moves only when told:
 // a lease lapses after Miniredis.FastForward, not by itself.
 package queue
