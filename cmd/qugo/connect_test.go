@@ -95,22 +95,7 @@ func TestLayoutAdvice(t *testing.T) {
 // redigo's "unexpected response line".
 func TestNotRedisServer(t *testing.T) {
 	t.Parallel()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			c.Write([]byte("HTTP/1.1 400 Bad Request\r\n\r\n"))
-			c.Close()
-		}
-	}()
-	defer func() { l.Close(); <-done }()
-	url := "redis://" + l.Addr().String()
+	url := fakeServer(t, func(c net.Conn) { c.Write([]byte("HTTP/1.1 400 Bad Request\r\n\r\n")) })
 	code, _, errOut := qugo(t, "-redis", url, "stats")
 	assert.Equal(t, exitRuntime, code)
 	assert.Contains(t, errOut, url+" does not answer in the Redis protocol: is it a Redis server, on the right port")
@@ -120,6 +105,16 @@ func TestNotRedisServer(t *testing.T) {
 // server, one that wants TLS) is named too, not left as a bare EOF.
 func TestServerThatHangsUp(t *testing.T) {
 	t.Parallel()
+	url := fakeServer(t, func(c net.Conn) { c.Read(make([]byte, 64)) })
+	code, _, errOut := qugo(t, "-redis", url, "stats")
+	assert.Equal(t, exitRuntime, code)
+	assert.Contains(t, errOut, url+" closed the connection without a Redis reply: is it a Redis server, on the right port")
+}
+
+// fakeServer listens on loopback until the test ends, runs serve on each
+// connection and closes it; it returns the server's redis:// URL.
+func fakeServer(t *testing.T, serve func(net.Conn)) string {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	done := make(chan struct{})
@@ -130,15 +125,12 @@ func TestServerThatHangsUp(t *testing.T) {
 			if err != nil {
 				return
 			}
-			c.Read(make([]byte, 64))
+			serve(c)
 			c.Close()
 		}
 	}()
-	defer func() { l.Close(); <-done }()
-	url := "redis://" + l.Addr().String()
-	code, _, errOut := qugo(t, "-redis", url, "stats")
-	assert.Equal(t, exitRuntime, code)
-	assert.Contains(t, errOut, url+" closed the connection without a Redis reply: is it a Redis server, on the right port")
+	t.Cleanup(func() { l.Close(); <-done })
+	return "redis://" + l.Addr().String()
 }
 
 // A -prefix nothing has used shows empty queues, with a warning.
