@@ -177,7 +177,11 @@
 //
 // A pool cancels its running tasks' ctx a fifth of LeaseTTL before its
 // lease would end, so an analyse function that honours ctx does not
-// overlap with the next owner's run of the same task. Make the effect of a
+// overlap with the next owner's run of the same task, whether the pool
+// lost Redis (a network partition) or its renewals came too late. One
+// that ignores its ctx runs on while the next owner runs the task again:
+// nothing outside the process can stop it, and a process stopped whole
+// (SIGSTOP, a VM paused) cannot cancel anything until it runs again. Make the effect of a
 // task idempotent (a unique task ID in the target table, say) to turn
 // at-least-once delivery into exactly-once effects.
 //
