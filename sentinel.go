@@ -217,39 +217,55 @@ func (s *sentinelPrimary) primary(ctx context.Context, skip map[string]bool) (ad
 // it joins them, and every one moves at +switch-master.
 func (s *sentinelPrimary) ask(ctx context.Context, order []string, skip map[string]bool) (addr, from string, err error) {
 	type answer struct {
+		i    int
 		addr string
 		err  error
 	}
-	answers := make([]answer, len(order))
+	// Once most of the sentinels name one address, the others cannot
+	// outvote it: they are not waited for (one that hangs costs nothing).
+	actx, cancel := context.WithCancel(ctx)
+	got := make(chan answer, len(order))
 	var wg sync.WaitGroup
 	for i, sa := range order {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c, err := s.toSentinel.dial(ctx, sa)
+			c, err := s.toSentinel.dial(actx, sa)
 			var addr string
 			if err == nil {
-				addr, err = primaryAddr(doContext(c, ctx, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", s.name))
+				addr, err = primaryAddr(doContext(c, actx, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", s.name))
 				c.Close()
 			}
-			answers[i] = answer{addr, err}
+			got <- answer{i, addr, err}
 		}()
 	}
+	answers := make([]*answer, len(order)) // nil: not waited for
+	votes := map[string]int{}
+	for range order {
+		a := <-got
+		answers[a.i] = &a
+		if a.err == nil && !skip[a.addr] {
+			if votes[a.addr]++; votes[a.addr] > len(order)/2 {
+				break
+			}
+		}
+	}
+	cancel()
 	wg.Wait()
 	if ctx.Err() != nil {
 		return "", "", ctx.Err()
 	}
 	e := &lookupError{name: s.name}
-	votes, first := map[string]int{}, map[string]int{}
+	first := map[string]int{}
 	for i, a := range answers {
 		switch {
+		case a == nil:
 		case a.err != nil:
 			e.errs = append(e.errs, fmt.Errorf("sentinel %s: %w", order[i], a.err))
 		case !skip[a.addr]:
-			if votes[a.addr] == 0 {
+			if _, ok := first[a.addr]; !ok {
 				first[a.addr] = i
 			}
-			votes[a.addr]++
 			if addr == "" || votes[a.addr] > votes[addr] || votes[a.addr] == votes[addr] && first[a.addr] < first[addr] {
 				addr = a.addr
 			}

@@ -328,3 +328,49 @@ func TestSentinelCredentialsAndTLS(t *testing.T) {
 		assertNoSecret(t, err.Error(), name)
 	}
 }
+
+// TestSentinelHangingSentinelIsNotWaitedFor has one sentinel of three take
+// connections and never answer: once the other two agree, a lookup does
+// not wait for it.
+func TestSentinelHangingSentinelIsNotWaitedFor(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var held []net.Conn
+	var mu sync.Mutex
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c) // read nothing, answer nothing
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	primary := newRoleServer(t, "master")
+	a, b := newFakeSentinel(t, "mp", primary.Addr()), newFakeSentinel(t, "mp", primary.Addr())
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	q, err := Dial(ctx, []string{sentinelURL("mp", l.Addr().String(), a.Addr(), b.Addr())},
+		Config{Prefix: testPrefix(t), DialTimeout: time.Minute})
+	require.NoError(t, err)
+	defer q.Close()
+	_, err = q.AddTask(ctx, 1, []byte("x"))
+	require.NoError(t, err)
+	assert.Less(t, time.Since(start), 10*time.Second, "waited for the sentinel that hangs (DialTimeout is a minute)")
+	assert.Len(t, readyOn(t, primary, q), 1)
+}
