@@ -137,9 +137,10 @@ type partition struct {
 // none only once no server disagrees: a process given the servers in
 // another order, or another R or Q, is refused whichever partition it
 // touches first, and writes nothing (not even a layout). A partition
-// other than p that does not answer is left for a later pass. It costs two
-// round trips per partition the first time, run side by side, and nothing
-// afterwards.
+// other than p whose layout read fails is left for a later pass; but no
+// layout is recorded at all until every partition has answered the probe
+// for one server given twice (probeServers). It costs a few round trips
+// per partition the first time, run side by side, and nothing afterwards.
 func (q *Queue) checkLayout(ctx context.Context, p *partition) error {
 	return q.layoutPass(ctx, p, true)
 }
@@ -253,8 +254,7 @@ func (q *Queue) layoutPass(ctx context.Context, p *partition, record bool) error
 	if !record || len(unrecorded) == 0 {
 		return nil
 	}
-	unrecorded, err := q.probeServers(ctx, p, unrecorded)
-	if err != nil || len(unrecorded) == 0 {
+	if err := q.probeServers(ctx, p); err != nil {
 		return err
 	}
 	errs = errs[:len(unrecorded)]
@@ -285,37 +285,42 @@ func (q *Queue) layoutPass(ctx context.Context, p *partition, record bool) error
 // deleted.
 const layoutProbeTTL = time.Minute
 
-// probeServers makes sure that no two partitions of ps, whose layout is
-// about to be recorded, are one Redis keyspace (one server given twice,
-// or under two names): else the layout one records is what the other
-// reads, and the processes given the servers right are refused. Each
-// partition writes its index under a key of this Queue's own, then reads
-// it back: a partition that reads another's index shares its keyspace.
-// Nothing a layout check reads is written. It returns ps less the
-// partitions that did not answer (left for a later pass; p's error is
-// returned); partitions on a Redis Cluster, whose layouts have keys of
-// their own, are not probed.
-func (q *Queue) probeServers(ctx context.Context, p *partition, ps []*partition) ([]*partition, error) {
+// probeServers makes sure, once per Queue, before it records a layout,
+// that no two of its partitions are one Redis keyspace (one server given
+// twice, or under two names): else the layout one records is what the
+// other reads, and the processes given the servers right are refused.
+// Every partition (on a Redis Cluster, whose layouts have keys of their
+// own, none) writes its index under a key of this Queue's own, then reads
+// it back: one that reads another's index shares its keyspace. Nothing a
+// layout check reads is written. Until every partition has answered once,
+// nothing is recorded: a partition that did not could be the other name
+// of one that did. p's error is returned first; another's stands for it.
+func (q *Queue) probeServers(ctx context.Context, p *partition) error {
+	if q.probed.Load() {
+		return nil
+	}
 	var probed []*partition
-	for _, o := range ps {
+	for _, o := range q.parts {
 		if o.router == nil {
 			probed = append(probed, o)
 		}
 	}
 	if len(probed) < 2 {
-		return ps, nil
+		q.probed.Store(true)
+		return nil
 	}
 	key := layoutKey(q.cfg.Prefix) + ":probe:" + q.layoutBy
+	what := func(o *partition) string { return fmt.Sprintf("check layout of partition %d", o.index) }
 	errs := make([]error, len(probed))
 	eachPartition(probed, func(i int, o *partition) {
-		_, errs[i] = onPartition(ctx, o, fmt.Sprintf("check layout of partition %d", o.index), func(c redis.Conn) (any, error) {
+		_, errs[i] = onPartition(ctx, o, what(o), func(c redis.Conn) (any, error) {
 			return redis.DoContext(c, ctx, "SET", key, o.index, "PX", layoutProbeTTL.Milliseconds())
 		})
 	})
 	read := make([]int, len(probed))
 	eachPartition(probed, func(i int, o *partition) {
 		if errs[i] == nil {
-			read[i], errs[i] = onPartition(ctx, o, fmt.Sprintf("check layout of partition %d", o.index), func(c redis.Conn) (int, error) {
+			read[i], errs[i] = onPartition(ctx, o, what(o), func(c redis.Conn) (int, error) {
 				return redis.Int(redis.DoContext(c, ctx, "GET", key))
 			})
 		}
@@ -327,20 +332,19 @@ func (q *Queue) probeServers(ctx context.Context, p *partition, ps []*partition)
 	})
 	for i, o := range probed {
 		if errs[i] == nil && read[i] != o.index {
-			return nil, sameServerError(read[i], o.index)
+			return sameServerError(read[i], o.index)
 		}
 	}
-	var out []*partition
-	for _, o := range ps {
-		i := slices.Index(probed, o)
-		switch {
-		case i < 0 || errs[i] == nil || errors.Is(errs[i], redis.ErrNil): // nil: gone, so unknown
-			out = append(out, o)
-		case o == p:
-			return nil, errs[i]
+	if i := slices.Index(probed, p); i >= 0 && errs[i] != nil {
+		return errs[i]
+	}
+	for _, err := range errs {
+		if err != nil {
+			return err // a GET that found nothing too: gone, so unknown
 		}
 	}
-	return out, nil
+	q.probed.Store(true)
+	return nil
 }
 
 // eachPartition runs f for every partition of ps side by side, and returns

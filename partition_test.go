@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -401,5 +402,83 @@ func TestLayoutOneServerTwiceBesideARightProcess(t *testing.T) {
 		assert.Equal(t, map[string]string{"partitions": "2", "queues": "1", "index": "0"}, got)
 		wrong.Close()
 		right.Close()
+	}
+}
+
+// probeFailConn fails the commands on layout probe keys that fail picks.
+type probeFailConn struct {
+	redis.Conn
+	fail func(cmd string) bool
+}
+
+func (c probeFailConn) hit(cmd string, args []any) bool {
+	k, _ := firstArg(args).(string)
+	return strings.Contains(k, ":layout:probe:") && c.fail(strings.ToUpper(cmd))
+}
+
+func firstArg(args []any) any {
+	if len(args) == 0 {
+		return nil
+	}
+	return args[0]
+}
+
+func (c probeFailConn) Do(cmd string, args ...any) (any, error) {
+	if c.hit(cmd, args) {
+		return nil, redis.Error("NOPERM no permissions to access one of the keys")
+	}
+	return c.Conn.Do(cmd, args...)
+}
+
+func (c probeFailConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
+	if c.hit(cmd, args) {
+		return nil, redis.Error("NOPERM no permissions to access one of the keys")
+	}
+	return redis.DoContext(c.Conn, ctx, cmd, args...)
+}
+
+// A layout is recorded only once every partition has answered the probe:
+// one that did not (its probe refused, or no connection at first) could be
+// the other name of one that did, and recording the other's layout would
+// refuse the processes given the servers right.
+func TestLayoutNotRecordedUntilEveryPartitionIsProbed(t *testing.T) {
+	t.Parallel()
+	skipOnCluster(t, "a cluster's partitions share one keyspace by design")
+	ctx := context.Background()
+	for _, tc := range []string{"SET", "GET", "dial"} {
+		t.Run(tc, func(t *testing.T) {
+			s := newTestServers(t, 2) // X = s[0], Y = s[1]
+			prefix := testPrefix(t)
+			var dup *redis.Pool
+			if tc == "dial" {
+				var dials atomic.Int32
+				dup = &redis.Pool{MaxIdle: 4, DialContext: func(ctx context.Context) (redis.Conn, error) {
+					if dials.Add(1) == 1 {
+						return nil, errors.New("connection refused (once)")
+					}
+					return redis.DialURLContext(ctx, s[0].url)
+				}}
+			} else {
+				dup = s[0].wrapPool(4, func(c redis.Conn) redis.Conn {
+					return probeFailConn{c, func(cmd string) bool { return cmd == tc }}
+				})
+			}
+			defer dup.Close()
+			wrong, err := New([]*redis.Pool{s[0].pool, dup}, Config{Prefix: prefix})
+			require.NoError(t, err)
+			defer wrong.Close()
+			_, err = wrong.AddTask(ctx, 0, []byte("x"))
+			require.Error(t, err)
+			assert.Empty(t, scanKeys(t, s[0], prefix), "nothing recorded, nothing added")
+			if tc == "dial" { // the partition answers now: refused
+				_, err = wrong.AddTask(ctx, 0, []byte("x"))
+				require.ErrorIs(t, err, ErrLayoutMismatch)
+			}
+			right, err := New([]*redis.Pool{s[1].pool, s[0].pool}, Config{Prefix: prefix})
+			require.NoError(t, err)
+			defer right.Close()
+			_, err = right.AddTask(ctx, 1, []byte("y")) // partition 1 = X
+			require.NoError(t, err, "the process given the servers right is not refused")
+		})
 	}
 }
