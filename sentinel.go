@@ -16,21 +16,25 @@ import (
 // A partition whose primary Redis Sentinel watches (redis+sentinel://).
 // Its pool dials whatever server the sentinels name as the primary:
 //
-//   - The sentinels are asked in turn (SENTINEL GET-MASTER-ADDR-BY-NAME),
-//     the one that answered last first; one that is down, or does not
-//     answer within DialTimeout, is skipped. At most one lookup runs at a
-//     time; the dials that need it wait for it.
+//   - The sentinels are asked side by side (SENTINEL GET-MASTER-ADDR-BY-
+//     NAME), and the address most of those that answer name is taken
+//     (see ask); once most of them agree, the rest are not waited for,
+//     and one that is down or does not answer within DialTimeout is left
+//     out. At most one lookup runs at a time; the dials that need it wait
+//     for it.
 //   - Every new connection checks ROLE and refuses a server that is not a
 //     primary: right after a failover a sentinel may still name the old
-//     one, now a replica. That sentinel is asked last from then on, and
-//     the others are asked at once.
+//     one, now a replica. The next address named is tried then, and that
+//     sentinel is subscribed to last.
 //   - A connection that fails, or gets a READONLY reply (its server was
 //     demoted), reports a non-nil Err, so redigo drops it when it is put
 //     back, and makes the next dial ask the sentinels again.
 //   - One goroutine per partition subscribes to +switch-master on a
 //     sentinel (reconnecting with backoff, to the next sentinel when one
-//     fails) and takes the new address at once. An idle connection to
-//     another address is dropped when a borrow takes it.
+//     fails) and takes the new address at once. A sentinel that names
+//     another primary as it is subscribed to makes the next dial ask them
+//     all. An idle connection to another address is dropped when a borrow
+//     takes it.
 //
 // Nothing is sent again here: a command whose connection failed has the
 // uncertain reply it had on a standalone server, and a READONLY reply
@@ -403,7 +407,10 @@ func (s *sentinelPrimary) subscribe(ctx context.Context, sa string) bool {
 	}
 	s.mu.Lock()
 	if addr != s.addr {
-		s.named(addr, sa)
+		// A switch may have come while no one listened, or this sentinel
+		// is the one of a failover's leader that names the promoted
+		// replica before the others do: the next dial asks them all.
+		s.fresh = false
 	}
 	s.mu.Unlock()
 	for {

@@ -374,3 +374,30 @@ func TestSentinelHangingSentinelIsNotWaitedFor(t *testing.T) {
 	assert.Less(t, time.Since(start), 10*time.Second, "waited for the sentinel that hangs (DialTimeout is a minute)")
 	assert.Len(t, readyOn(t, primary, q), 1)
 }
+
+// TestSentinelResubscribeKeepsTheMajoritysPrimary has the subscribed
+// sentinel go down while the sentinels disagree: the follower subscribes
+// to the failover's leader, which names the promoted replica, and its
+// word alone moves nothing: the next dial asks them all.
+func TestSentinelResubscribeKeepsTheMajoritysPrimary(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	old, next := newRoleServer(t, "master"), newRoleServer(t, "master")
+	leader := newFakeSentinel(t, "mp", next.Addr())
+	a, b, c := newFakeSentinel(t, "mp", old.Addr()), newFakeSentinel(t, "mp", old.Addr()), newFakeSentinel(t, "mp", old.Addr())
+	q, err := Dial(ctx, []string{sentinelURL("mp", leader.Addr(), a.Addr(), b.Addr(), c.Addr())}, Config{Prefix: testPrefix(t), DialTimeout: time.Second})
+	require.NoError(t, err)
+	defer q.Close()
+	_, err = q.AddTask(ctx, 1, []byte("x"))
+	require.NoError(t, err)
+	require.Len(t, readyOn(t, old, q), 1, "on the majority's primary")
+	require.Eventually(t, func() bool { return a.m.PubSubNumSub(switchMaster)[switchMaster] > 0 }, 5*time.Second, time.Millisecond)
+	a.m.Close() // the subscription's sentinel goes down; b and c still name old
+	require.Eventually(t, func() bool {
+		return leader.m.PubSubNumSub(switchMaster)[switchMaster]+b.m.PubSubNumSub(switchMaster)[switchMaster]+c.m.PubSubNumSub(switchMaster)[switchMaster] > 0
+	}, 10*time.Second, 5*time.Millisecond)
+	time.Sleep(50 * time.Millisecond)
+	_, err = q.AddTask(ctx, 1, []byte("y"))
+	require.NoError(t, err)
+	assert.Empty(t, readyOn(t, next, q), "no task on the primary only one of three answering sentinels names")
+}
