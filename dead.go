@@ -217,8 +217,9 @@ func getDead(ctx context.Context, p *partition, key, what string, ids []string, 
 // deadRef is what Replay keeps of a dead record to order the moves.
 type deadRef struct {
 	id     string
-	diedAt int64 // milliseconds
-	size   int   // bytes of the record
+	diedAt int64    // milliseconds
+	size   int      // bytes of the record
+	drop   []string // the task's other records, deleted when this one moves
 }
 
 // Replay moves dead tasks (all of them when no ids are given) back to the
@@ -229,7 +230,8 @@ type deadRef struct {
 // then would. Malformed records are left in place, and so is a task
 // another analyser serves (only a record written by hand holds one). A
 // task with a second record (DeadTask.TaskID) is replayed once, from the
-// record of its latest death.
+// record of its latest death; its other records given (all of them, when
+// no ids are) go with it.
 // It returns how many moved. It is safe for concurrent use and needs no
 // lease: a record is moved once however many Replays run. It reads and
 // moves at most 512 records or 4 MiB at a time (one read and one script
@@ -252,7 +254,7 @@ func (q *Queue) Replay(ctx context.Context, analyser int, ids ...string) (int, e
 	}
 	keep := func(field string, v []byte) {
 		if d := decodeDead(field, v); ours(d) {
-			order = append(order, deadRef{d.ID, d.DiedAt.UnixMilli(), len(v)})
+			order = append(order, deadRef{id: d.ID, diedAt: d.DiedAt.UnixMilli(), size: len(v)})
 		}
 	}
 	if len(ids) == 0 {
@@ -268,13 +270,26 @@ func (q *Queue) Replay(ctx context.Context, analyser int, ids ...string) (int, e
 	})
 	order = slices.CompactFunc(order, func(a, b deadRef) bool { return a.id == b.id })
 	// A task with two records ("<id>" and "<id>#2") is replayed once, from
-	// its latest death: one task ID is never queued twice. The other
-	// record stays, to be purged.
+	// its latest death, and its other record goes with it: one task ID is
+	// never queued twice, by this Replay or the next.
 	latest := make(map[string]int, len(order))
 	for i, d := range order {
 		latest[deadTaskID(d.id)] = i
 	}
-	order = slices.DeleteFunc(slices.Clone(order), func(d deadRef) bool { return order[latest[deadTaskID(d.id)]] != d })
+	others := map[string][]string{}
+	for i, d := range order {
+		if id := deadTaskID(d.id); latest[id] != i {
+			others[id] = append(others[id], d.id)
+		}
+	}
+	kept := order[:0:0]
+	for i, d := range order {
+		if id := deadTaskID(d.id); latest[id] == i {
+			d.drop = others[id]
+			kept = append(kept, d)
+		}
+	}
+	order = kept
 	// Then the moves, in that order: a chunk is read again and moved by
 	// one script, which skips an ID that is no longer dead (replayed or
 	// purged meanwhile).
@@ -286,8 +301,10 @@ func (q *Queue) Replay(ctx context.Context, analyser int, ids ...string) (int, e
 			n++
 		}
 		chunk := make([]string, n)
+		drop := map[string][]string{}
 		for i := range chunk {
 			chunk[i] = order[i].id
+			drop[chunk[i]] = order[i].drop
 		}
 		order = order[n:]
 		args := []any{k.dead, k.ready}
@@ -298,6 +315,9 @@ func (q *Queue) Replay(ctx context.Context, analyser int, ids ...string) (int, e
 				t.ID = deadTaskID(field)
 				t.AddedAt = now // new work, queued now (see Replay)
 				args = append(args, field, encodeTask(t, 0))
+				for _, f := range drop[field] {
+					args = append(args, f, "")
+				}
 			}
 		})
 		if err == nil && len(args) > 2 {
@@ -354,15 +374,20 @@ func (q *Queue) Purge(ctx context.Context, analyser int, ids ...string) (int, er
 // ready list, as new work.
 //
 //	KEYS[1] = dead hash, KEYS[2] = ready list
-//	ARGV[1...] = task ID, encoded task, ...
+//	ARGV[1...] = record field, encoded task, ...; a field with an empty
+//	task is another record of the last task named, deleted if that moved
 //
-// Returns the number moved; an ID no longer dead is skipped.
+// Returns the number moved; a record no longer there is skipped.
 var replayScript = newScript("replay", 2, typeCheck(listAt(2))+`
-local n = 0
+local n, moved = 0, false
 for i = 1, #ARGV, 2 do
-  if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
+  if ARGV[i + 1] == '' then
+    if moved then redis.call('HDEL', KEYS[1], ARGV[i]) end
+  elseif redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
     redis.call('LPUSH', KEYS[2], ARGV[i + 1])
-    n = n + 1
+    n, moved = n + 1, true
+  else
+    moved = false
   end
 end
 return n

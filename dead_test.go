@@ -315,5 +315,9 @@ func TestDeadRecordsAreAddressedByTheirField(t *testing.T) {
 	require.Len(t, readyTasks(t, s, k), 1)
 	left, err := q.Dead(ctx, 0)
 	require.NoError(t, err)
-	require.Len(t, left, 1, "the other record stays, to be purged")
+	assert.Empty(t, left, "the other record went with it")
+	n, err = q.Replay(ctx, 0)
+	require.NoError(t, err)
+	assert.Zero(t, n, "a second Replay finds nothing of it")
+	require.Len(t, readyTasks(t, s, k), 1, "queued once")
 }
