@@ -364,8 +364,6 @@ func (q *Queue) AnalysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 			return nil // ctx ended while waiting; nothing is held
 		}
 		plain := seen == "" && tenures == 0 // the first tenure, with no holder met on the way
-		seen = ""
-		tenures++
 		// The server may have lost the layout since it was checked (a
 		// restart without persistence): check again with every tenure,
 		// before anything is claimed.
@@ -383,6 +381,8 @@ func (q *Queue) AnalysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 			}
 			continue
 		}
+		seen = ""
+		tenures++
 		s := newSession(ctx, st, cfg, fn)
 		s.log, s.waited, s.plain = log, time.Since(waitFrom), plain
 		if limit != nil {
