@@ -137,10 +137,10 @@ type partition struct {
 // none only once no server disagrees: a process given the servers in
 // another order, or another R or Q, is refused whichever partition it
 // touches first, and writes nothing (not even a layout). A partition
-// other than p whose layout read fails is left for a later pass; but no
-// layout is recorded at all until every partition has answered the probe
-// for one server given twice (probeServers). It costs a few round trips
-// per partition the first time, run side by side, and nothing afterwards.
+// other than p whose layout read fails is left for a later pass, and the
+// partitions to record are first probed for one server given twice
+// (probeServers). It costs a few round trips per partition the first
+// time, run side by side, and nothing afterwards.
 func (q *Queue) checkLayout(ctx context.Context, p *partition) error {
 	return q.layoutPass(ctx, p, true)
 }
@@ -254,8 +254,11 @@ func (q *Queue) layoutPass(ctx context.Context, p *partition, record bool) error
 	if !record || len(unrecorded) == 0 {
 		return nil
 	}
-	if err := q.probeServers(ctx, p); err != nil {
-		return err
+	if err := q.probeServers(ctx, unrecorded); err != nil {
+		if layoutRefused(err) || slices.Contains(unrecorded, p) {
+			return err
+		}
+		return nil // p is verified; the others wait for a later pass
 	}
 	errs = errs[:len(unrecorded)]
 	eachPartition(unrecorded, func(i int, o *partition) {
@@ -285,28 +288,27 @@ func (q *Queue) layoutPass(ctx context.Context, p *partition, record bool) error
 // deleted.
 const layoutProbeTTL = time.Minute
 
-// probeServers makes sure, once per Queue, before it records a layout,
-// that no two of its partitions are one Redis keyspace (one server given
-// twice, or under two names): else the layout one records is what the
-// other reads, and the processes given the servers right are refused.
-// Every partition (on a Redis Cluster, whose layouts have keys of their
-// own, none) writes its index under a key of this Queue's own, then reads
-// it back: one that reads another's index shares its keyspace. Nothing a
-// layout check reads is written. Until every partition has answered once,
-// nothing is recorded: a partition that did not could be the other name
-// of one that did. p's error is returned first; another's stands for it.
-func (q *Queue) probeServers(ctx context.Context, p *partition) error {
-	if q.probed.Load() {
-		return nil
-	}
+// probeServers makes sure, before a layout is recorded on the partitions
+// ps (those whose read found none), that no two of them are one Redis
+// keyspace (one server given twice, or under two names): else the layout
+// one records is what the other reads, and the processes given the
+// servers right are refused. Each writes its index under a key of this
+// Queue's own, then reads it back: one that reads another's index shares
+// its keyspace. Nothing a layout check reads is written. Should any of
+// them fail the probe, nothing is recorded in this pass. (A partition
+// whose read failed is not among ps: were it the other name of one of
+// them, failing where that one answered, its own read would find that
+// one's layout later, and refuse this process, but only after it
+// recorded.) Partitions on a Redis Cluster, whose layouts have keys of
+// their own, are not probed.
+func (q *Queue) probeServers(ctx context.Context, ps []*partition) error {
 	var probed []*partition
-	for _, o := range q.parts {
+	for _, o := range ps {
 		if o.router == nil {
 			probed = append(probed, o)
 		}
 	}
 	if len(probed) < 2 {
-		q.probed.Store(true)
 		return nil
 	}
 	key := layoutKey(q.cfg.Prefix) + ":probe:" + q.layoutBy
@@ -325,9 +327,10 @@ func (q *Queue) probeServers(ctx context.Context, p *partition) error {
 			})
 		}
 	})
-	eachPartition(probed, func(i int, o *partition) { // best effort: the key expires
-		onPartition(ctx, o, "delete layout probe", func(c redis.Conn) (any, error) {
-			return redis.DoContext(c, ctx, "DEL", key)
+	cleanup := context.WithoutCancel(ctx) // the key expires, but need not linger
+	eachPartition(probed, func(i int, o *partition) {
+		onPartition(cleanup, o, "delete layout probe", func(c redis.Conn) (any, error) {
+			return redis.DoContext(c, cleanup, "DEL", key)
 		})
 	})
 	for i, o := range probed {
@@ -335,15 +338,11 @@ func (q *Queue) probeServers(ctx context.Context, p *partition) error {
 			return sameServerError(read[i], o.index)
 		}
 	}
-	if i := slices.Index(probed, p); i >= 0 && errs[i] != nil {
-		return errs[i]
-	}
 	for _, err := range errs {
 		if err != nil {
 			return err // a GET that found nothing too: gone, so unknown
 		}
 	}
-	q.probed.Store(true)
 	return nil
 }
 

@@ -8,7 +8,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -430,6 +429,10 @@ func (c probeFailConn) Do(cmd string, args ...any) (any, error) {
 	return c.Conn.Do(cmd, args...)
 }
 
+func (c probeFailConn) ReceiveContext(ctx context.Context) (any, error) {
+	return redis.ReceiveContext(c.Conn, ctx)
+}
+
 func (c probeFailConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
 	if c.hit(cmd, args) {
 		return nil, redis.Error("NOPERM no permissions to access one of the keys")
@@ -437,32 +440,19 @@ func (c probeFailConn) DoContext(ctx context.Context, cmd string, args ...any) (
 	return redis.DoContext(c.Conn, ctx, cmd, args...)
 }
 
-// A layout is recorded only once every partition has answered the probe:
-// one that did not (its probe refused, or no connection at first) could be
-// the other name of one that did, and recording the other's layout would
-// refuse the processes given the servers right.
-func TestLayoutNotRecordedUntilEveryPartitionIsProbed(t *testing.T) {
+// A probe that fails on one of the partitions about to be recorded
+// records nothing: that one could be the other name of the other.
+func TestLayoutNotRecordedWhenAProbeFails(t *testing.T) {
 	t.Parallel()
 	skipOnCluster(t, "a cluster's partitions share one keyspace by design")
 	ctx := context.Background()
-	for _, tc := range []string{"SET", "GET", "dial"} {
+	for _, tc := range []string{"SET", "GET"} {
 		t.Run(tc, func(t *testing.T) {
 			s := newTestServers(t, 2) // X = s[0], Y = s[1]
 			prefix := testPrefix(t)
-			var dup *redis.Pool
-			if tc == "dial" {
-				var dials atomic.Int32
-				dup = &redis.Pool{MaxIdle: 4, DialContext: func(ctx context.Context) (redis.Conn, error) {
-					if dials.Add(1) == 1 {
-						return nil, errors.New("connection refused (once)")
-					}
-					return redis.DialURLContext(ctx, s[0].url)
-				}}
-			} else {
-				dup = s[0].wrapPool(4, func(c redis.Conn) redis.Conn {
-					return probeFailConn{c, func(cmd string) bool { return cmd == tc }}
-				})
-			}
+			dup := s[0].wrapPool(4, func(c redis.Conn) redis.Conn {
+				return probeFailConn{c, func(cmd string) bool { return cmd == tc }}
+			})
 			defer dup.Close()
 			wrong, err := New([]*redis.Pool{s[0].pool, dup}, Config{Prefix: prefix})
 			require.NoError(t, err)
@@ -470,10 +460,6 @@ func TestLayoutNotRecordedUntilEveryPartitionIsProbed(t *testing.T) {
 			_, err = wrong.AddTask(ctx, 0, []byte("x"))
 			require.Error(t, err)
 			assert.Empty(t, scanKeys(t, s[0], prefix), "nothing recorded, nothing added")
-			if tc == "dial" { // the partition answers now: refused
-				_, err = wrong.AddTask(ctx, 0, []byte("x"))
-				require.ErrorIs(t, err, ErrLayoutMismatch)
-			}
 			right, err := New([]*redis.Pool{s[1].pool, s[0].pool}, Config{Prefix: prefix})
 			require.NoError(t, err)
 			defer right.Close()
@@ -481,4 +467,41 @@ func TestLayoutNotRecordedUntilEveryPartitionIsProbed(t *testing.T) {
 			require.NoError(t, err, "the process given the servers right is not refused")
 		})
 	}
+}
+
+// A server down does not stop a process from using the others: one whose
+// layout matches is used, and one that lost its layout (a restart without
+// persistence) records it again.
+func TestLayoutOfTheOthersWhileAServerIsDown(t *testing.T) {
+	t.Parallel()
+	skipOnCluster(t, "it takes one partition's server away")
+	ctx := bounded(t)
+	s := newTestServers(t, 3)
+	prefix := testPrefix(t)
+	pools := []*redis.Pool{s[0].pool, s[1].pool, s[2].pool}
+	first, err := New(pools, Config{Prefix: prefix})
+	require.NoError(t, err)
+	for id := range uint64(3) {
+		_, err := first.AddTask(ctx, id, []byte("x")) // records every layout
+		require.NoError(t, err)
+	}
+	first.Close()
+	s[1].do(t, "DEL", prefix+":layout") // lost by a restart
+	down := testPool("redis://" + closedAddr(t))
+	defer down.Close()
+	q, err := New([]*redis.Pool{s[0].pool, s[1].pool, down}, Config{Prefix: prefix})
+	require.NoError(t, err)
+	defer q.Close()
+	_, err = q.AddTask(ctx, 0, []byte("y"))
+	require.NoError(t, err, "partition 0 matches")
+	_, err = q.AddTask(ctx, 1, []byte("y"))
+	require.NoError(t, err, "partition 1 records its layout again")
+	got, err := redis.StringMap(s[1].do(t, "HGETALL", prefix+":layout"), nil)
+	require.NoError(t, err)
+	assert.Equal(t, map[string]string{"partitions": "3", "queues": "1", "index": "1"}, got)
+	_, err = q.AddTask(ctx, 2, []byte("y"))
+	require.Error(t, err, "partition 2 is down")
+	require.NoError(t, q.AnalysePool(ctx, 0, PoolConfig{ExitOnEmpty: true, OnError: func(error) {}},
+		func(context.Context, Task) error { return nil }), "a pool of partition 0 runs")
+	assert.Zero(t, s[0].do(t, "LLEN", newQueueKeys(prefix, 0, 0).ready), "drained")
 }

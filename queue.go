@@ -159,8 +159,7 @@ type Queue struct {
 	// layoutSem holds one layout pass at a time (checkLayout): a
 	// channel, so that a call waiting for it can give up with its ctx.
 	layoutSem chan struct{}
-	layoutBy  string      // a nonce of this Queue, naming its layout probes (probeServers)
-	probed    atomic.Bool // probeServers found its partitions distinct
+	layoutBy  string // a nonce of this Queue, naming its layout probes (probeServers)
 }
 
 // New returns a Queue over the given pools, one per partition, in partition
