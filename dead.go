@@ -115,6 +115,25 @@ func ownDeadField(field, id string) bool {
 	return err == nil
 }
 
+// maxOtherRecords bounds the records of one task Replay looks for beside
+// the ones it is given: "<id>", "<id>#2" ... "<id>#16" (bury takes the
+// first free one, and a replay takes them all).
+const maxOtherRecords = 16
+
+// withOtherRecords returns the dead-record fields ids name, sorted, with
+// the fields of the other records their tasks may have.
+func withOtherRecords(ids []string) []string {
+	var out []string
+	for _, id := range ids {
+		base := deadTaskID(id)
+		out = append(out, id, base)
+		for k := 2; k <= maxOtherRecords; k++ {
+			out = append(out, base+"#"+strconv.Itoa(k))
+		}
+	}
+	return slices.Compact(slices.Sorted(slices.Values(out)))
+}
+
 // deadTaskID is the ID of the task a dead record under field holds, as
 // ownDeadField allows it.
 func deadTaskID(field string) string {
@@ -230,8 +249,8 @@ type deadRef struct {
 // then would. Malformed records are left in place, and so is a task
 // another analyser serves (only a record written by hand holds one). A
 // task with a second record (DeadTask.TaskID) is replayed once, from the
-// record of its latest death; its other records given (all of them, when
-// no ids are) go with it.
+// record of its latest death, and its other records go with it (one
+// task ID is never queued twice, by this Replay or the next).
 // It returns how many moved. It is safe for concurrent use and needs no
 // lease: a record is moved once however many Replays run. It reads and
 // moves at most 512 records or 4 MiB at a time (one read and one script
@@ -260,7 +279,7 @@ func (q *Queue) Replay(ctx context.Context, analyser int, ids ...string) (int, e
 	if len(ids) == 0 {
 		err = scanDead(ctx, p, k.dead, what, keep)
 	} else {
-		err = getDead(ctx, p, k.dead, what, slices.Compact(slices.Sorted(slices.Values(ids))), keep)
+		err = getDead(ctx, p, k.dead, what, withOtherRecords(ids), keep)
 	}
 	if err != nil {
 		return 0, err
@@ -295,9 +314,10 @@ func (q *Queue) Replay(ctx context.Context, analyser int, ids ...string) (int, e
 	// purged meanwhile).
 	moved := 0
 	for len(order) > 0 {
-		n, size := 0, 0
-		for n < len(order) && n < deadChunk && (n == 0 || size+order[n].size <= deadChunkBytes) {
+		n, size, records := 0, 0, 0 // records: moved and dropped
+		for n < len(order) && (n == 0 || records+1+len(order[n].drop) <= deadChunk && size+order[n].size <= deadChunkBytes) {
 			size += order[n].size
+			records += 1 + len(order[n].drop)
 			n++
 		}
 		chunk := make([]string, n)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -228,4 +229,70 @@ func loggedQueue(t *testing.T) (*Queue, *testServer, queueKeys, *argLog) {
 	t.Cleanup(func() { q.Close() })
 	require.NoError(t, q.CheckLayout(context.Background()))
 	return q, s, newQueueKeys(q.cfg.Prefix, 0, 0), log
+}
+
+// A task's other records count against a replay script's bound: the
+// script never touches more than deadChunk records.
+func TestReplayChunkBoundCountsOtherRecords(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q, s, k, log := loggedQueue(t)
+	const n = deadChunk + 10
+	const records = 4 // a task's: id, id#2 .. id#4
+	base := int64(1_700_000_000_000)
+	args := []any{k.dead}
+	for i := range n {
+		id := q.ids.next()
+		task := Task{ID: id, OrderID: 0, Payload: []byte{byte(i)}}
+		args = append(args, id, deadRecordAt(task, base+int64(i)+10_000))
+		for j := 2; j <= records; j++ {
+			args = append(args, id+"#"+strconv.Itoa(j), deadRecordAt(task, base+int64(i)))
+		}
+	}
+	s.do(t, "HSET", args...)
+	log.take()
+	moved, err := q.Replay(ctx, 0)
+	require.NoError(t, err)
+	assert.Equal(t, n, moved, "each task once")
+	cmds, nargs := log.take()
+	most := 0
+	for i, c := range cmds {
+		if c == "script" {
+			most = max(most, nargs[i])
+		}
+	}
+	assert.LessOrEqual(t, (most-4)/2, deadChunk, "records in the largest replay script")
+	assert.Zero(t, s.do(t, "EXISTS", k.dead), "every record went")
+}
+
+// One record of a task replayed by its field takes the task's others with
+// it, so Replay of everything, then or at the same time, does not queue
+// the task again.
+func TestReplayOneRecordThenAll(t *testing.T) {
+	t.Parallel()
+	q, srv := newTestQueue(t, 1, Config{})
+	s, k := srv[0], newQueueKeys(q.cfg.Prefix, 0, 0)
+	ctx := bounded(t)
+	const id = "bbb00000000000000000"
+	task := Task{ID: id, OrderID: 0, AddedAt: time.UnixMilli(2), Payload: []byte("q")}
+	for round := range 20 {
+		s.do(t, "DEL", k.ready, k.dead)
+		s.do(t, "HSET", k.dead, id, deadRecordAt(task, 2000), id+"#2", deadRecordAt(task, 1000))
+		var n1, n2 int
+		var err1, err2 error
+		if round == 0 {
+			n1, err1 = q.Replay(ctx, 0, id+"#2")
+			n2, err2 = q.Replay(ctx, 0)
+		} else { // side by side
+			var wg sync.WaitGroup
+			wg.Go(func() { n1, err1 = q.Replay(ctx, 0, id+"#2") })
+			wg.Go(func() { n2, err2 = q.Replay(ctx, 0) })
+			wg.Wait()
+		}
+		require.NoError(t, err1)
+		require.NoError(t, err2)
+		assert.Equal(t, 1, n1+n2, "round %d", round)
+		assert.Len(t, readyTasks(t, s, k), 1, "round %d: queued once", round)
+		assert.Zero(t, s.do(t, "EXISTS", k.dead), "round %d", round)
+	}
 }

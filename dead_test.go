@@ -298,10 +298,10 @@ func TestDeadRecordsAreAddressedByTheirField(t *testing.T) {
 	assert.Equal(t, id, ready[0].ID, "replayed as the task it holds")
 	st, err := q.Status(ctx, 1, id)
 	require.NoError(t, err)
-	assert.Equal(t, StateDead, st.State, "the other record of it stays")
+	assert.NotEqual(t, StateDead, st.State, "its other record went with it")
 	n, err = q.Purge(ctx, 0, id)
 	require.NoError(t, err)
-	assert.Equal(t, 1, n)
+	assert.Zero(t, n)
 
 	// Replaying both records queues the task once, from its latest death.
 	s.do(t, "DEL", k.ready)
