@@ -44,7 +44,10 @@
 // none. A process configured otherwise (another R or Q, or the URLs in
 // another order) gets a [*LayoutError] (errors.Is [ErrLayoutMismatch])
 // whichever partition it writes to first, even one whose index happens to
-// match, and writes nothing; [Queue.CheckLayout] checks without recording.
+// match, and writes nothing; so does one given one server as two
+// partitions (each partition about to be recorded first writes its index
+// under a key of the process's own and reads it back).
+// [Queue.CheckLayout] checks without recording.
 // Changing R or Q means draining the queues and starting afresh under
 // another [Config].Prefix.
 //
