@@ -468,66 +468,40 @@ func TestPoolCleanStopReportsNothing(t *testing.T) {
 
 // An ack that reaches Redis after another owner took the lease is refused
 // (the fencing token, checked inside the script), and the pool that sent
-// it stops its tenure: the task counts as not done, and the new owner
-// runs it. Here the takeover happens as the ack is about to be sent:
-// the ack script, or another call of the pool that meets the new token
-// first, ends the tenure (both happen, from run to run).
+// it stops its tenure: the task counts as not done, stays pending, and
+// runs again once the pool has the lease back. Here another owner takes
+// the lease as the task ends, before its ack is sent: the ack script, or
+// another call of the pool that meets the new token first, ends the
+// tenure (both happen, from run to run).
 func TestPoolLateAckOfAStaleOwnerIsRefused(t *testing.T) {
 	t.Parallel()
-	s := newTestServers(t, 1)[0]
+	q, servers := newTestQueue(t, 1, Config{})
+	s, k := servers[0], newQueueKeys(q.cfg.Prefix, 0, 0)
 	ctx, stop := context.WithCancel(bounded(t))
 	defer stop()
-	var q *Queue
-	var k queueKeys
-	var next *Consumer
-	var takeErr error
-	taken := make(chan struct{})
-	var once sync.Once
-	pool := hookPool(s, func(script string, _ []any) error {
-		if script == "ack" {
-			once.Do(func() {
-				defer close(taken)
-				// The lease expires on the server's clock, and another
-				// owner takes it, before this ack reaches Redis.
-				if s.mini != nil {
-					s.mini.FastForward(2 * time.Minute)
-				} else if _, takeErr = try(s, "PEXPIRE", k.lease, 1); takeErr != nil {
-					return
-				}
-				for range 1000 {
-					if next, takeErr = q.Consume(ctx, 0, ConsumerConfig{Owner: "next", LeaseTTL: time.Minute}); takeErr == nil {
-						return
-					}
-					time.Sleep(time.Millisecond)
-				}
-			})
-		}
-		return nil
-	})
-	defer pool.Close()
-	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
-	require.NoError(t, err)
-	defer q.Close()
-	k = newQueueKeys(q.cfg.Prefix, 0, 0)
 	ids := addAll(t, q, orderTasks(1, 1))
+	taken := make(chan struct{})
 	var errs errLog
 	var runs atomic.Int32
-	errc := runPool(ctx, q, PoolConfig{Owner: "stale", Workers: 1, LeaseTTL: time.Minute, OnError: errs.add},
-		func(context.Context, Task) error { runs.Add(1); return nil })
+	errc := runPool(ctx, q, PoolConfig{Owner: "stale", Workers: 1, LeaseTTL: 2 * time.Second, OnError: errs.add},
+		func(context.Context, Task) error {
+			if runs.Add(1) == 1 {
+				s.do(t, "SET", k.lease, "999999:intruder", "PX", 60000)
+				close(taken)
+			}
+			return nil
+		})
 	receive(t, taken)
-	require.NoError(t, takeErr)
 	require.Eventually(t, func() bool { return errs.count(ErrLeaseLost) > 0 }, 10*time.Second, time.Millisecond)
 	st := stats0(t, q)
-	assert.Equal(t, "next", st.Owner)
+	assert.Equal(t, "intruder", st.Owner)
 	assert.Zero(t, st.Processed, "the late ack counted for nothing")
-	got, err := next.Claim(ctx, 10)
-	require.NoError(t, err)
-	require.Len(t, got, 1, "the new owner recovered the task")
-	assert.Equal(t, ids[0], got[0].ID)
+	assert.EqualValues(t, 1, pendingHas(t, s, k, ids[0]), "still pending")
 	assert.EqualValues(t, 1, runs.Load(), "the stale pool started nothing more")
-	_, err = next.Ack(ctx, got[0].ID)
-	require.NoError(t, err)
-	require.NoError(t, next.Release(ctx))
+
+	lapse(t, s, k.lease) // the intruder is gone: the pool takes the lease back
+	require.Eventually(t, func() bool { return stats0(t, q).Processed == 1 }, 10*time.Second, time.Millisecond)
+	assert.EqualValues(t, 2, runs.Load(), "run again, at least once")
 	stop()
 	require.NoError(t, receive(t, errc))
 }
