@@ -295,18 +295,13 @@ func (q *Queue) Replay(ctx context.Context, analyser int, ids ...string) (int, e
 	for i, d := range order {
 		latest[deadTaskID(d.id)] = i
 	}
-	others := map[string][]string{}
-	for i, d := range order {
-		if id := deadTaskID(d.id); latest[id] != i {
-			others[id] = append(others[id], d.id)
-		}
-	}
 	kept := order[:0:0]
 	for i, d := range order {
-		if id := deadTaskID(d.id); latest[id] == i {
-			d.drop = others[id]
-			kept = append(kept, d)
+		if j := latest[deadTaskID(d.id)]; j != i { // j > i: the latest comes later
+			order[j].drop = append(order[j].drop, d.id)
+			continue
 		}
+		kept = append(kept, d)
 	}
 	order = kept
 	// Then the moves, in that order: a chunk is read again and moved by

@@ -110,7 +110,7 @@ func (q *Queue) State(ctx context.Context, orderID uint64, id string) (TaskState
 		return StateUnknown, ErrClosed
 	}
 	if !ValidTaskID(id) {
-		return StateUnknown, nil // the history's packed IDs would alias it
+		return StateUnknown, nil // never a task, as Status answers
 	}
 	pi, qi := q.Route(orderID)
 	k := newQueueKeys(q.cfg.Prefix, pi, qi)
