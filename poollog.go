@@ -80,8 +80,14 @@ func (l *poolLog) ok(sent time.Time) {
 }
 
 // isConnErr reports whether err says that Redis could not be reached or
-// did not answer, rather than that it refused a call.
+// did not answer, rather than that it refused a call. A failed delivery
+// (*TaskError) never does: its error is the analyse function's, whose
+// timeout or network error (its database down) says nothing of Redis.
 func isConnErr(err error) bool {
+	var te *TaskError
+	if errors.As(err, &te) {
+		return false
+	}
 	var ne net.Error
 	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET) ||

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -193,4 +195,43 @@ func TestPoolPlainStartIsQuietOnASlowNetwork(t *testing.T) {
 	took := h.lines("took the lease")
 	require.Len(t, took, 1)
 	assert.Equal(t, slog.LevelDebug, took[0].level, "%s", h)
+}
+
+// A delivery that fails with a timeout, or with the analyse function's
+// own network error (its database is down), is the task's failure, never
+// a lost Redis: without OnError each failed delivery is logged as an
+// error, and no outage is told.
+func TestPoolLogsATasksNetworkErrorAsItsOwn(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		cfg  PoolConfig
+		fn   AnalyseFunc
+	}{
+		{"timeout", PoolConfig{TaskTimeout: 20 * time.Millisecond},
+			func(ctx context.Context, _ Task) error { <-ctx.Done(); return ctx.Err() }},
+		{"own net error", PoolConfig{}, func(context.Context, Task) error {
+			return &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			q, _ := newTestQueue(t, 1, Config{})
+			ctx := bounded(t)
+			_, err := q.AddTask(ctx, 1, []byte("x"))
+			require.NoError(t, err)
+			h := &logRecorder{}
+			cfg := tc.cfg
+			cfg.Logger, cfg.ExitOnEmpty, cfg.MaxAttempts = slog.New(h), true, 3
+			cfg.Backoff = func(int) time.Duration { return time.Millisecond }
+			require.NoError(t, q.AnalysePool(ctx, 0, cfg, tc.fn))
+			assert.Empty(t, h.lines("lost redis"), "%s", h)
+			errs := h.lines("pool error")
+			require.Len(t, errs, 3, "each failed delivery logged: %s", h)
+			for _, l := range errs {
+				assert.Equal(t, slog.LevelError, l.level)
+			}
+			assert.Contains(t, errs[2].attrs["err"], "dead-lettered")
+		})
+	}
 }
