@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/gomodule/redigo/redis"
 )
 
 // Adding tasks: the checks every add makes, AddTask and AddTasks.
@@ -129,7 +131,8 @@ const maxPushArgs = 4096
 // task before writing any; on a Redis
 // error some partitions may have taken their tasks and others not, and the
 // IDs are returned all the same so the caller can look them up: the error
-// joins a *PartitionError for each partition that failed.
+// joins a *PartitionError for each partition that failed. A call whose
+// ctx has ended before it began returns ctx's error and writes nothing.
 // It is safe for concurrent use.
 func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 	if q.closed.Load() {
@@ -150,6 +153,9 @@ func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 			return nil, fmt.Errorf("task %d: %w", i, err)
 		}
 		size += entryCap(h, len(tasks[i].Payload))
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, redisErr("add tasks", err) // sent nothing
 	}
 	// Group entries per partition, then per queue, keeping task order:
 	// count first, so that every group is allocated at its size.
@@ -291,7 +297,11 @@ func (a *partAdd) finish(ctx context.Context) error {
 // queue's second LPUSH waits for the first one's reply there.
 func (a *partAdd) push(ctx context.Context) error {
 	what := fmt.Sprintf("add tasks to partition %d", a.pi)
-	conn, err := a.q.parts[a.pi].pool.GetContext(ctx)
+	err := ctx.Err() // a pool hands out an idle connection whatever ctx says
+	var conn redis.Conn
+	if err == nil {
+		conn, err = a.q.parts[a.pi].pool.GetContext(ctx)
+	}
 	if err != nil {
 		for range a.cmds { // let the caller go on
 		}

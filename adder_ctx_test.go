@@ -190,3 +190,56 @@ func TestAdderWaitingLineBytes(t *testing.T) {
 	assert.True(t, a.hasRoom(maxAddWaitingBytes-big))
 	assert.False(t, a.hasRoom(maxAddWaitingBytes-big+1))
 }
+
+// A write whose ctx has already ended returns ctx's error and writes
+// nothing: a caller that retries on the error adds nothing twice.
+func TestWritesWithAnEndedCtxWriteNothing(t *testing.T) {
+	t.Parallel()
+	ctx := bounded(t)
+	q, servers := newTestQueue(t, 2, Config{})
+	// The layout recorded, a task queued and one dead, as a running
+	// system has them.
+	_, err := q.AddTasks(ctx, []Task{{OrderID: 0, Payload: []byte("a")}, {OrderID: 1, Payload: []byte("b")}})
+	require.NoError(t, err)
+	id, err := q.AddTask(ctx, 2, []byte("c"))
+	require.NoError(t, err)
+	dump := func() []keyDump {
+		d := make([]keyDump, len(servers))
+		for i, s := range servers {
+			d[i] = dumpKeys(t, s, q.cfg.Prefix)
+		}
+		return d
+	}
+	ended, cancel := context.WithCancel(ctx)
+	cancel()
+	later := time.Now().Add(time.Hour)
+	for _, c := range []struct {
+		name string
+		call func() error
+	}{
+		{"AddTask", func() error { _, err := q.AddTask(ended, 4, []byte("x")); return err }},
+		{"AddTaskAt", func() error { _, err := q.AddTaskAt(ended, 4, later, []byte("x")); return err }},
+		{"AddTasks", func() error {
+			_, err := q.AddTasks(ended, []Task{{OrderID: 4, Payload: []byte("x")}, {OrderID: 5, Payload: []byte("y")}})
+			return err
+		}},
+		{"AddTasks scheduled", func() error {
+			_, err := q.AddTasks(ended, []Task{{OrderID: 4, Payload: []byte("x"), NotBefore: later}})
+			return err
+		}},
+		{"AddTaskOnce", func() error { _, _, err := q.AddTaskOnce(ended, 4, "k", time.Minute, []byte("x")); return err }},
+		{"Cancel", func() error { _, err := q.Cancel(ended, 2, id); return err }},
+		{"Pause", func() error { return q.Pause(ended, AllQueues()) }},
+		{"Replay", func() error { _, err := q.Replay(ended, 0); return err }},
+		{"Purge", func() error { _, err := q.Purge(ended, 0); return err }},
+	} {
+		before := dump()
+		err := c.call()
+		assert.ErrorIs(t, err, context.Canceled, c.name)
+		time.Sleep(100 * time.Millisecond) // nothing comes later either (a push left running)
+		after := dump()
+		for i := range servers {
+			assert.Equal(t, before[i], after[i], "%s wrote to server %d", c.name, i)
+		}
+	}
+}

@@ -14,6 +14,11 @@ import (
 // onPartition runs f with a connection to p.
 func onPartition[T any](ctx context.Context, p *partition, what string, f func(redis.Conn) (T, error)) (T, error) {
 	var zero T
+	if err := ctx.Err(); err != nil {
+		// A pool hands out an idle connection whatever ctx says: a call
+		// whose ctx has ended sends nothing.
+		return zero, redisErr(what, err)
+	}
 	conn, err := p.pool.GetContext(ctx)
 	if err != nil {
 		return zero, redisErr(what, err)
