@@ -21,9 +21,12 @@ import (
 func TestClaimMovesDueTasksInBoundedBytes(t *testing.T) {
 	t.Parallel()
 	const size = scriptBytes/2 + 1 // two do not fit
-	q, _ := newTestQueue(t, 1, Config{MaxPayload: size})
+	q, servers := newTestQueue(t, 1, Config{MaxPayload: size})
+	s := servers[0]
 	ctx := bounded(t)
-	base := time.Now().Add(2 * time.Second) // the adds of large tasks take a while under -race
+	// Scheduled an hour ahead, however long the adds of large tasks
+	// take on a loaded machine, then made due by hand, in the same order.
+	base := time.Now().Add(time.Hour)
 	var ids []string
 	for i := range 3 {
 		id, err := q.AddTaskAt(ctx, uint64(i), base.Add(time.Duration(i)*time.Millisecond), bytes.Repeat([]byte{byte('a' + i)}, size))
@@ -31,10 +34,14 @@ func TestClaimMovesDueTasksInBoundedBytes(t *testing.T) {
 		ids = append(ids, id)
 	}
 	require.Equal(t, int64(3), stats0(t, q).Scheduled)
+	k := newQueueKeys(q.cfg.Prefix, 0, 0)
+	past := time.Now().Add(-time.Second).UnixMilli()
+	for i, id := range ids {
+		s.do(t, "ZADD", k.sched, "XX", past+int64(i), id)
+	}
 	c, err := q.Consume(ctx, 0, ConsumerConfig{})
 	require.NoError(t, err)
 	defer c.Release(ctx)
-	time.Sleep(time.Until(base.Add(5 * time.Millisecond)))
 	var got []string
 	for i := range 3 {
 		ts, err := c.Claim(ctx, 10)
