@@ -176,9 +176,9 @@ func scheduleChunk(args []any) int { return argsChunk(args, 3) }
 // added: one added in the very millisecond it falls due goes first);
 // tasks of one queue scheduled for the same millisecond fall due in the
 // order Redis accepted them, whichever process added them. A time not in
-// the future adds the task at once, as AddTask; one past the year 287,000
-// (a millisecond count a sorted set's score no longer holds exactly) is
-// refused with ErrBadConfig. The due time is kept to the millisecond,
+// the future adds the task at once, as AddTask; one past 2^53 ms after
+// 1970 (in the year 287,396: a millisecond count a sorted set's score no
+// longer holds exactly) is refused with ErrBadConfig. The due time is kept to the millisecond,
 // rounded up: the task never starts before at. Until then it counts in
 // Stats as Scheduled, and
 // Cancel removes it for good. When it returns nil the task is in Redis;
