@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -47,6 +48,10 @@ type Consumer struct {
 	// latest Requeue's first): still tracked, maybe pending, to be handed
 	// back by the next resync.
 	handing []claimed
+	// proof is when the latest call that took or extended the lease, and
+	// that Redis let through, was sent: the lease was this Consumer's when
+	// it ran, so it is surely held until proof + leaseHeld (Deadline).
+	proof time.Time
 }
 
 // delivery is what the status record of a task handed out needs: when it
@@ -70,19 +75,60 @@ func (q *Queue) Consume(ctx context.Context, analyser int, cfg ConsumerConfig) (
 	if err != nil {
 		return nil, err
 	}
-	if err := st.acquire(ctx, nil, nil); err != nil {
+	var proof time.Time
+	took := func(sent time.Time, holder string, _ time.Duration) {
+		if holder == "" {
+			proof = sent
+		}
+	}
+	if err := st.acquire(ctx, nil, took); err != nil {
 		return nil, err
 	}
 	if _, _, err := st.recover(ctx); err != nil {
 		st.release(context.WithoutCancel(ctx))
 		return nil, err
 	}
-	return &Consumer{st: st, open: map[string]slot{}, marked: map[string]bool{}, life: map[string]delivery{}}, nil
+	return &Consumer{st: st, open: map[string]slot{}, marked: map[string]bool{}, life: map[string]delivery{}, proof: proof}, nil
 }
 
 // Renew extends the lease by LeaseTTL. It returns ErrLeaseLost when the
-// lease is no longer this Consumer's. Costs one round trip.
-func (c *Consumer) Renew(ctx context.Context) error { return c.st.renew(ctx) }
+// lease is no longer this Consumer's. A renewal whose reply comes after
+// the lease may have run out (LeaseTTL less a fifth after it was sent: a
+// stalled network) proves nothing; Renew then renews once more, and
+// returns an error that is not ErrLeaseLost when that reply is late too:
+// the lease may be another's by now, or still this Consumer's. Costs one
+// round trip, in most cases.
+func (c *Consumer) Renew(ctx context.Context) error {
+	for try := 0; ; try++ {
+		sent := time.Now()
+		if err := c.st.renew(ctx); err != nil {
+			return err
+		}
+		if err := c.proved(sent, "renew lease of"); err == nil || try == 1 {
+			return err
+		}
+	}
+}
+
+// proved records that a call sent at sent, which took or extended the
+// lease, was let through by Redis; it returns an error when the reply
+// came after the lease may have run out, when it proves nothing.
+func (c *Consumer) proved(sent time.Time, op string) error {
+	held := leaseHeld(c.st.ttl)
+	if took := time.Since(sent); took > held {
+		return fmt.Errorf("queue: %s: the reply came %v after the call, past the %v the lease is surely held for: it may be another's",
+			c.st.what(op), took.Round(time.Millisecond), held)
+	}
+	c.proof = sent
+	return nil
+}
+
+// Deadline returns when the lease may run out, as far as this Consumer
+// knows: LeaseTTL less a fifth (the margin for clocks and replies) after
+// it sent the latest Consume, Claim or Renew call that Redis let through.
+// Work on a claimed task that goes past it may overlap a new owner's;
+// Renew moves it on.
+func (c *Consumer) Deadline() time.Time { return c.proof.Add(leaseHeld(c.st.ttl)) }
 
 // Release gives the lease up, waking a standby at once. Tasks still
 // pending stay pending for the next owner, which puts them back first.
@@ -122,7 +168,10 @@ const consumerClaimBytes = 64 << 20
 // round trip each, so that a crash while it runs counts.
 //
 // On an error Claim returns no task. The claim may still have happened
-// (its reply was lost, or recording a redelivery failed after it): the
+// (its reply was lost, or recording a redelivery failed after it, or the
+// reply came after the lease may have run out: LeaseTTL less a fifth
+// after the call that proved it was sent, when a new owner may have put
+// the claim back and claimed its tasks since): the
 // next Claim first gives the lease a new fencing token, so that a claim
 // still on its way is refused, and puts every pending task it has not
 // handed out back at the consuming end, in claim order; so the tasks come
@@ -139,7 +188,9 @@ func (c *Consumer) Claim(ctx context.Context, max int) ([]Task, error) {
 	}
 	var cs []claimed
 	var err error
+	var sent time.Time // of the claim that took cs
 	for {
+		sent = time.Now()
 		cs, err = c.st.claim(ctx, max, consumerClaimBytes, false, nil)
 		if err != nil || len(cs) == 0 {
 			break
@@ -152,7 +203,14 @@ func (c *Consumer) Claim(ctx context.Context, max int) ([]Task, error) {
 		// result means an empty queue.
 	}
 	if err == nil {
-		err = c.recordRedeliveries(ctx, cs)
+		sent, err = c.recordRedeliveries(ctx, cs, sent)
+	}
+	if err == nil && len(cs) > 0 {
+		// Tasks are handed out only while the lease is surely held: a
+		// reply that came later may be of a claim a new owner has put
+		// back and claimed since. The next Claim resyncs, and learns
+		// whose the lease is.
+		err = c.proved(sent, "claim from")
 	}
 	if err != nil {
 		c.unsure = !errors.Is(err, ErrLeaseLost)
@@ -208,15 +266,19 @@ func (c *Consumer) dropCancelled(ctx context.Context, cs []claimed) ([]claimed, 
 // recordRedeliveries records the delivery of the claimed tasks that were
 // delivered before, or that recovery marked: to the low-level API a claim
 // is a delivery.
-func (c *Consumer) recordRedeliveries(ctx context.Context, ts []claimed) error {
+// It returns when the last call that recorded one was sent (sent, the
+// claim's, when none did): each is checked against the lease.
+func (c *Consumer) recordRedeliveries(ctx context.Context, ts []claimed, sent time.Time) (time.Time, error) {
 	for _, t := range ts {
 		if t.Attempt > 1 || t.recovered {
+			at := time.Now()
 			if err := c.st.recordDelivery(ctx, t); err != nil {
-				return err
+				return sent, err
 			}
+			sent = at
 		}
 	}
-	return nil
+	return sent, nil
 }
 
 // track remembers the claims of tasks handed to the caller, so that Ack,

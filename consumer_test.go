@@ -498,3 +498,127 @@ func TestConsumerStaleAckOfAnotherOwnersTask(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 1, n)
 }
+
+// lateReplyRig is a Consumer a, reached through a proxy that can hold
+// Redis's replies back, and a Queue qb on the same server reached
+// directly: a stalled network between a and Redis.
+type lateReplyRig struct {
+	a      *Consumer
+	p      *faultProxy
+	qb     *Queue
+	direct *testServer
+	k      queueKeys
+}
+
+func newLateReplyRig(t *testing.T, ttl time.Duration) *lateReplyRig {
+	t.Helper()
+	qa, p, m := proxiedQueue(t)
+	direct := &testServer{pool: testPool("redis://" + m.Addr()), mini: m}
+	t.Cleanup(func() { direct.pool.Close() })
+	qb, err := New([]*redis.Pool{direct.pool}, Config{Prefix: qa.cfg.Prefix})
+	require.NoError(t, err)
+	ctx := bounded(t)
+	a, err := qa.Consume(ctx, 0, ConsumerConfig{Owner: "a", LeaseTTL: ttl})
+	require.NoError(t, err)
+	// The scripts loaded, so that each call held is one that runs.
+	_, err = qb.AddTask(ctx, 1, []byte("warm"))
+	require.NoError(t, err)
+	ts, err := a.Claim(ctx, 1)
+	require.NoError(t, err)
+	_, err = a.Ack(ctx, ts[0].ID)
+	require.NoError(t, err)
+	require.NoError(t, a.Renew(ctx))
+	return &lateReplyRig{a: a, p: p, qb: qb, direct: direct, k: newQueueKeys(qa.cfg.Prefix, 0, 0)}
+}
+
+// late runs call with the replies held until the lease a's call extended
+// is no longer surely held, after meanwhile (which may take the queue
+// over) has run once the call reached Redis (reached tells).
+func (r *lateReplyRig) late(t *testing.T, ttl time.Duration, call func() error, reached func() bool, meanwhile func()) error {
+	t.Helper()
+	release := r.p.holdReplies()
+	done := make(chan error, 1)
+	go func() { done <- call() }()
+	require.Eventually(t, reached, 5*time.Second, time.Millisecond)
+	meanwhile()
+	time.Sleep(ttl) // past the time the lease is surely held from the call
+	release()
+	return <-done
+}
+
+// A Consumer's call whose reply comes after the lease may have run out
+// proves nothing: a stalled network held it while a standby took the
+// queue over, put the claim back and claimed its task. Claim then hands
+// out nothing (the next Claim learns whose the lease is), and Renew does
+// not report a lease another holds. When nobody took over, the next Claim
+// resyncs and hands the task out, and a late Renew renews once more.
+func TestConsumerReplyAfterTheLeaseProvesNothing(t *testing.T) {
+	t.Parallel()
+	const ttl = 300 * time.Millisecond
+	takeOver := func(t *testing.T, r *lateReplyRig) *Consumer {
+		lapse(t, r.direct, r.k.lease)
+		b, err := r.qb.Consume(bounded(t), 0, ConsumerConfig{Owner: "b", LeaseTTL: time.Minute})
+		require.NoError(t, err)
+		return b
+	}
+	t.Run("claim, taken over", func(t *testing.T) {
+		t.Parallel()
+		r := newLateReplyRig(t, ttl)
+		ctx := bounded(t)
+		id, err := r.qb.AddTask(ctx, 5, []byte("x"))
+		require.NoError(t, err)
+		var ts []Task
+		err = r.late(t, ttl, func() (err error) { ts, err = r.a.Claim(ctx, 10); return err },
+			func() bool { return r.direct.do(t, "LLEN", r.k.ready).(int64) == 0 },
+			func() {
+				b := takeOver(t, r)
+				got, err := b.Claim(ctx, 10)
+				require.NoError(t, err)
+				require.Equal(t, []string{id}, taskIDs(got), "B claims the task A's claim took")
+			})
+		require.Error(t, err, "A handed out %v, a task B holds", taskIDs(ts))
+		assert.NotErrorIs(t, err, ErrLeaseLost)
+		assert.ErrorContains(t, err, "the reply came")
+		_, err = r.a.Claim(ctx, 10)
+		assert.ErrorIs(t, err, ErrLeaseLost, "the next Claim learns that B holds the lease")
+	})
+	t.Run("claim, not taken over", func(t *testing.T) {
+		t.Parallel()
+		r := newLateReplyRig(t, ttl)
+		ctx := bounded(t)
+		id, err := r.qb.AddTask(ctx, 5, []byte("x"))
+		require.NoError(t, err)
+		err = r.late(t, ttl, func() error { _, err := r.a.Claim(ctx, 10); return err },
+			func() bool { return r.direct.do(t, "LLEN", r.k.ready).(int64) == 0 }, func() {})
+		require.Error(t, err)
+		sent := time.Now()
+		ts, err := r.a.Claim(ctx, 10)
+		require.NoError(t, err, "the lease is still A's: the next Claim resyncs")
+		assert.Equal(t, []string{id}, taskIDs(ts))
+		assert.WithinRange(t, r.a.Deadline(), sent.Add(leaseHeld(ttl)), time.Now().Add(leaseHeld(ttl)))
+	})
+	// The renew script has run once the lease's expiry moved on.
+	renewed := func(r *lateReplyRig, before int64) func() bool {
+		return func() bool { return r.direct.mini.TTL(r.k.lease).Milliseconds() > before }
+	}
+	t.Run("renew, taken over", func(t *testing.T) {
+		t.Parallel()
+		r := newLateReplyRig(t, ttl)
+		ctx := bounded(t)
+		r.direct.mini.FastForward(ttl / 2)
+		before := r.direct.mini.TTL(r.k.lease).Milliseconds()
+		err := r.late(t, ttl, func() error { return r.a.Renew(ctx) }, renewed(r, before), func() { takeOver(t, r) })
+		assert.ErrorIs(t, err, ErrLeaseLost, "A's Renew reported a lease B holds")
+	})
+	t.Run("renew, not taken over", func(t *testing.T) {
+		t.Parallel()
+		r := newLateReplyRig(t, ttl)
+		ctx := bounded(t)
+		r.direct.mini.FastForward(ttl / 2)
+		before := r.direct.mini.TTL(r.k.lease).Milliseconds()
+		sent := time.Now()
+		err := r.late(t, ttl, func() error { return r.a.Renew(ctx) }, renewed(r, before), func() {})
+		require.NoError(t, err, "the second renewal, on time, proves the lease")
+		assert.WithinRange(t, r.a.Deadline(), sent.Add(ttl).Add(leaseHeld(ttl)), time.Now().Add(leaseHeld(ttl)))
+	})
+}
