@@ -161,21 +161,25 @@ func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 	// count first, so that every group is allocated at its size.
 	qs := q.cfg.Queues
 	slot := make([]int32, len(tasks)) // partition * Queues + queue
-	left := make([]int, len(q.parts)*qs)
+	left := q.counts.get(len(q.parts) * qs)
+	adds := make([]*partAdd, len(q.parts))
 	for i := range tasks {
 		pi, qi := q.Route(tasks[i].OrderID)
 		slot[i] = int32(pi*qs + qi)
 		left[slot[i]]++
+		if adds[pi] == nil {
+			adds[pi] = &partAdd{q: q, pi: pi, queues: make([][]any, qs)}
+		}
 	}
-	adds := make([]*partAdd, len(q.parts))
-	for si, c := range left {
-		if c > 0 && adds[si/qs] == nil {
-			// Check every partition first, so that a layout mismatch
-			// writes nothing.
-			if err := q.checkLayout(ctx, q.parts[si/qs]); err != nil {
-				return nil, err
-			}
-			adds[si/qs] = &partAdd{q: q, pi: si / qs, queues: make([][]any, qs)}
+	for _, a := range adds {
+		// Check every partition first, so that a layout mismatch writes
+		// nothing.
+		if a == nil {
+			continue
+		}
+		if err := q.checkLayout(ctx, q.parts[a.pi]); err != nil {
+			q.counts.putDirty(left)
+			return nil, err
 		}
 	}
 	ids := q.ids.nextN(len(tasks))
@@ -206,6 +210,7 @@ func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 		}
 		adds[pi].add(ctx, qi, entry, left[slot[i]])
 	}
+	q.counts.put(left) // every count is back to zero
 	// The partitions' round trips run side by side: the servers take their
 	// tasks at once rather than one after the other.
 	var wg sync.WaitGroup
@@ -226,6 +231,27 @@ func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 		}
 	}
 	return ids, errors.Join(errs...)
+}
+
+// queueCounts lends AddTasks a counter per queue of the layout, all zero.
+// A call counts each task up, then down as it encodes it, so it gives them
+// back zero again: a layout of many queues costs a call nothing per queue.
+type queueCounts struct{ pool sync.Pool }
+
+func (c *queueCounts) get(n int) []int {
+	if p, ok := c.pool.Get().(*[]int); ok {
+		return *p
+	}
+	return make([]int, n)
+}
+
+// put gives back counts that are all zero.
+func (c *queueCounts) put(counts []int) { c.pool.Put(&counts) }
+
+// putDirty gives back counts that may not be zero.
+func (c *queueCounts) putDirty(counts []int) {
+	clear(counts)
+	c.put(counts)
 }
 
 // partAdd is one partition's share of an AddTasks call. Its entries go in

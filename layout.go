@@ -14,14 +14,19 @@ import (
 //   - so OrderID id is served by analyser id % (R*Q).
 //
 // A Layout is a plain value, safe to copy and to use concurrently. Its
-// methods expect Partitions and Queues to be at least 1 (Valid).
+// methods expect it to be Valid.
 type Layout struct {
 	Partitions int // R
 	Queues     int // Q
 }
 
-// Valid reports whether l has at least one partition and one queue.
-func (l Layout) Valid() bool { return l.Partitions > 0 && l.Queues > 0 }
+// Valid reports whether l is a layout a Queue can have: at least one
+// partition and one queue, at most 4096 of each, and at most 65536
+// analysers (R*Q). The methods of a Layout that is not valid may panic.
+func (l Layout) Valid() bool {
+	return l.Partitions > 0 && l.Queues > 0 && l.Partitions <= maxPartitions && l.Queues <= maxQueues &&
+		l.Partitions*l.Queues <= maxAnalysers
+}
 
 // Route returns the partition and the queue within it that hold the tasks
 // of orderID: orderID % R and (orderID / R) % Q.

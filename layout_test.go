@@ -2,6 +2,7 @@ package queue
 
 import (
 	"fmt"
+	"math"
 	"testing"
 
 	"github.com/gomodule/redigo/redis"
@@ -138,5 +139,34 @@ func TestWorkerOfSpreadsOneAnalyser(t *testing.T) {
 	}
 	for id := uint64(0); id < 100; id++ {
 		assert.Zero(t, workerOf(id, 1))
+	}
+}
+
+// A valid Layout is one a Queue can have, and its methods never divide
+// by a product that overflowed: a Layout made by hand past the bounds is
+// not valid.
+func TestLayoutValid(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		l     Layout
+		valid bool
+	}{
+		{Layout{1, 1}, true},
+		{Layout{maxPartitions, 16}, true},
+		{Layout{16, maxQueues}, true},
+		{Layout{0, 1}, false},
+		{Layout{1, 0}, false},
+		{Layout{-1, -1}, false},
+		{Layout{maxPartitions + 1, 1}, false},
+		{Layout{1, maxQueues + 1}, false},
+		{Layout{17, maxQueues}, false},
+		{Layout{1 << 62, 4}, false}, // R*Q wraps to 0
+	} {
+		assert.Equal(t, tc.valid, tc.l.Valid(), "%+v", tc.l)
+		if tc.valid {
+			n := tc.l.Analysers()
+			assert.Equal(t, n-1, tc.l.AnalyserOf(uint64(n-1)), "%+v", tc.l)
+			assert.Equal(t, int(math.MaxUint64%uint64(n)), tc.l.AnalyserOf(math.MaxUint64), "%+v", tc.l)
+		}
 	}
 }

@@ -18,8 +18,8 @@ type Config struct {
 	// tests) can share one server. It must not contain '{' or '}'.
 	// If empty, "qugo" is used.
 	Prefix string
-	// Queues is Q, the number of queues on each Redis server, at most 4096.
-	// It is recorded in Redis at first use and must not change afterwards.
+	// Queues is Q, the number of queues on each Redis server, at most 4096,
+	// with R*Q at most 65536 (New and Dial refuse more). It is recorded in Redis at first use and must not change afterwards.
 	// If zero, 1 is used.
 	Queues int
 	// MaxPayload is the largest payload AddTask accepts, in bytes, at most
@@ -90,12 +90,13 @@ const (
 	defaultPrefix     = "qugo"
 	defaultMaxPayload = 1 << 20
 	maxMaxPayload     = 256 << 20
-	// maxQueues bounds Config.Queues and maxPartitions the number of
-	// servers: a queue keeps a key name per queue of each server, and
-	// AddTasks a counter per queue, so an absurd count is refused rather
-	// than allocated.
+	// maxQueues bounds Config.Queues, maxPartitions the number of
+	// servers and maxAnalysers their product: a queue keeps a key name per
+	// queue of each server, and AddTasks a counter per queue, so an absurd
+	// count is refused rather than allocated.
 	maxQueues     = 4096
 	maxPartitions = 4096
+	maxAnalysers  = 1 << 16 // R*Q
 	maxMaxIdle    = 4096
 	maxTimeout    = time.Hour
 )
@@ -159,7 +160,20 @@ type Queue struct {
 	// layoutSem holds one layout pass at a time (checkLayout): a
 	// channel, so that a call waiting for it can give up with its ctx.
 	layoutSem chan struct{}
-	layoutBy  string // a nonce of this Queue, naming its layout probes (probeServers)
+	layoutBy  string      // a nonce of this Queue, naming its layout probes (probeServers)
+	counts    queueCounts // AddTasks' counters per queue
+}
+
+// checkSize refuses r partitions of cfg's queues past the bounds: at most
+// maxPartitions servers and maxAnalysers queues in all.
+func checkSize(r int, cfg Config) error {
+	if r > maxPartitions {
+		return fmt.Errorf("%w: %d partitions, at most %d", ErrBadConfig, r, maxPartitions)
+	}
+	if r*cfg.Queues > maxAnalysers {
+		return fmt.Errorf("%w: %d partitions of %d queues are %d analysers, at most %d", ErrBadConfig, r, cfg.Queues, r*cfg.Queues, maxAnalysers)
+	}
+	return nil
 }
 
 // New returns a Queue over the given pools, one per partition, in partition
@@ -172,10 +186,10 @@ func New(pools []*redis.Pool, cfg Config) (*Queue, error) {
 	if len(pools) == 0 {
 		return nil, ErrNoPartitions
 	}
-	if len(pools) > maxPartitions {
-		return nil, fmt.Errorf("%w: %d partitions, at most %d", ErrBadConfig, len(pools), maxPartitions)
-	}
 	cfg, err := cfg.withDefaults()
+	if err == nil {
+		err = checkSize(len(pools), cfg)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -215,10 +229,10 @@ func Dial(ctx context.Context, urls []string, cfg Config) (*Queue, error) {
 	if len(urls) == 0 {
 		return nil, ErrNoPartitions
 	}
-	if len(urls) > maxPartitions {
-		return nil, fmt.Errorf("%w: %d partitions, at most %d", ErrBadConfig, len(urls), maxPartitions)
-	}
 	cfg, err := cfg.withDefaults()
+	if err == nil {
+		err = checkSize(len(urls), cfg)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -326,6 +326,14 @@ func TestAddTasksOrder(t *testing.T) {
 	ids, err = q.AddTasks(ctx, nil)
 	assert.NoError(t, err)
 	assert.Empty(t, ids)
+	// Its counters per queue are lent from call to call: they come back
+	// zero, also from a call refused for the layout.
+	assert.Equal(t, make([]int, 4), q.counts.get(4))
+	other, err := New([]*redis.Pool{servers[0].pool, servers[1].pool}, Config{Prefix: prefix, Queues: 3})
+	require.NoError(t, err)
+	_, err = other.AddTasks(ctx, tasks[:20])
+	require.ErrorIs(t, err, ErrLayoutMismatch)
+	assert.Equal(t, make([]int, 6), other.counts.get(6))
 }
 
 // TestAddTasksConcurrentCallsKeepTheirEntries: AddTasks calls at once,
@@ -549,4 +557,13 @@ func TestPartitionCountBounded(t *testing.T) {
 	}
 	_, err = Dial(context.Background(), urls, Config{})
 	assert.ErrorIs(t, err, ErrBadConfig)
+	// R*Q is bounded too: 4096 queues on each of 17 servers are refused
+	// before anything is allocated per queue, on 16 they are not.
+	_, err = New(pools[:17], Config{Queues: maxQueues})
+	assert.ErrorIs(t, err, ErrBadConfig)
+	assert.ErrorContains(t, err, "69632 analysers, at most 65536")
+	_, err = Dial(context.Background(), urls[:17], Config{Queues: maxQueues})
+	assert.ErrorIs(t, err, ErrBadConfig)
+	_, err = New(pools[:16], Config{Queues: maxQueues})
+	assert.NoError(t, err)
 }
