@@ -65,9 +65,16 @@ func (q *Queue) newEntry(orderID uint64, headers map[string]string, hsize int, p
 // once and sent nothing. A call whose round trip is under way waits for
 // its reply, bounded by the connection's read timeout and by the calls
 // sharing it: the round trip is abandoned once all their ctxs have ended,
-// and the task may then be in Redis or not. At most 4096 calls or 64 MiB
-// of tasks wait per partition; a call that finds that line full waits
-// for room, on ctx.
+// and the task may then be in Redis or not. Such a task, or one whose
+// call failed for a connection lost mid-way, may also arrive later than
+// the tasks added after the error, behind them in its OrderID's order
+// (its write was still on its way): a caller that retries a failed add
+// may have the task run twice, and the retry before it. Tasks added
+// with AddTaskOnce under one key, the first add and its retries, are
+// queued once, whichever write comes first; an analyse function that
+// tolerates a repeated task needs nothing more. At most 4096 calls or
+// 64 MiB of tasks wait per partition; a call that finds that line full
+// waits for room, on ctx.
 //
 // Options set the task's headers (WithHeaders); they are checked, with
 // the payload, before anything is written.
