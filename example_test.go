@@ -339,6 +339,66 @@ func ExampleQueue_Consume() {
 	// processed 4, redelivered 2, pending 0
 }
 
+// RemoveTask takes the next task of the queue a Consumer holds, into the
+// pending record, and returns ErrNoTask when there is none; Wait waits
+// for one without polling. A caller that drives consumption itself
+// finishes each task with Ack, or Fail to retry it in place, in the order
+// RemoveTask handed them out.
+func ExampleConsumer_RemoveTask() {
+	mr, err := miniredis.Run()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer mr.Close()
+	pool := newPool(mr.Addr())
+	defer pool.Close()
+	q, err := queue.New([]*redis.Pool{pool}, queue.Config{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer q.Close()
+
+	ctx := context.Background()
+	for _, p := range []string{"ok", "flaky", "ok again"} {
+		if _, err := q.AddTask(ctx, 7, []byte(p)); err != nil {
+			log.Fatal(err)
+		}
+	}
+	c, err := q.Consume(ctx, 0, queue.ConsumerConfig{}) // waits for analyser 0's lease
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Release(ctx)
+	for {
+		t, err := c.RemoveTask(ctx)
+		if errors.Is(err, queue.ErrNoTask) {
+			if ready, err := c.Wait(ctx, 100*time.Millisecond); err != nil || !ready {
+				break // a real consumer waits again, until its ctx ends
+			}
+			continue
+		}
+		if err != nil {
+			log.Fatal(err) // ErrLeaseLost: another owner has the queue
+		}
+		if string(t.Payload) == "flaky" && t.Attempt == 1 {
+			fmt.Printf("%s failed, attempt %d\n", t.Payload, t.Attempt)
+			if _, err := c.Fail(ctx, t, errors.New("try again")); err != nil {
+				log.Fatal(err)
+			}
+			t.Attempt++ // retried in place: no later task of its OrderID runs first
+		}
+		fmt.Printf("%s done, attempt %d\n", t.Payload, t.Attempt)
+		if _, err := c.Ack(ctx, t.ID); err != nil {
+			log.Fatal(err)
+		}
+	}
+	// Output:
+	// ok done, attempt 1
+	// flaky failed, attempt 1
+	// flaky done, attempt 2
+	// ok again done, attempt 1
+}
+
 // A task whose analyse function keeps failing moves to the dead-letter
 // store after MaxAttempts deliveries, and its OrderID goes on. Dead tasks
 // can be listed, replayed (as new work) and purged.
