@@ -1,9 +1,11 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"time"
 )
 
@@ -34,12 +36,17 @@ type ConsumerConfig struct {
 // Claim (or RemoveTask, which is Claim of one task) hands out tasks in the
 // order the queue holds them; finish each with Ack, Fail or Requeue. Tasks
 // of one OrderID must be finished in the order they were handed out for
-// the per-OrderID order to hold, as AnalysePool does.
+// the per-OrderID order to hold, as AnalysePool does; those handed back
+// unstarted go back in one Requeue (see Requeue).
 type Consumer struct {
 	st     *store
 	open   map[string]slot     // claim place of each task RemoveTask and Claim returned, until finished
 	marked map[string]bool     // those of them whose entries recovery marked (entryRecovered)
 	life   map[string]delivery // with Config.Retention, their deliveries, for their status records
+	// tasks holds each of them as claimed: what Fail and Requeue write
+	// back, whatever the caller did to the copy Claim gave it (a payload
+	// decoded in place, an OrderID changed, a Task built from its ID).
+	tasks map[string]*Task
 	// unsure: a claim may have taken tasks this Consumer never handed
 	// out, or a Requeue's outcome is unknown; the next Claim or Requeue
 	// resyncs first.
@@ -88,7 +95,7 @@ func (q *Queue) Consume(ctx context.Context, analyser int, cfg ConsumerConfig) (
 		st.release(context.WithoutCancel(ctx))
 		return nil, err
 	}
-	return &Consumer{st: st, open: map[string]slot{}, marked: map[string]bool{}, life: map[string]delivery{}, proof: proof}, nil
+	return &Consumer{st: st, open: map[string]slot{}, marked: map[string]bool{}, life: map[string]delivery{}, tasks: map[string]*Task{}, proof: proof}, nil
 }
 
 // Renew extends the lease by LeaseTTL. It returns ErrLeaseLost when the
@@ -220,6 +227,10 @@ func (c *Consumer) Claim(ctx context.Context, max int) ([]Task, error) {
 	ts := make([]Task, len(cs))
 	for i := range cs {
 		ts[i] = cs[i].Task
+		ts[i].Payload = bytes.Clone(ts[i].Payload) // the caller's to change
+		if ts[i].Headers != nil {
+			ts[i].Headers = maps.Clone(ts[i].Headers)
+		}
 	}
 	return ts, nil
 }
@@ -285,8 +296,10 @@ func (c *Consumer) recordRedeliveries(ctx context.Context, ts []claimed, sent ti
 // Fail and Requeue can tell when a claim is done.
 func (c *Consumer) track(ts []claimed) {
 	now := time.Now()
-	for _, t := range ts {
+	for i := range ts {
+		t := &ts[i]
 		c.open[t.ID] = slot{t.claim, t.place}
+		c.tasks[t.ID] = &t.Task
 		if t.recovered {
 			c.marked[t.ID] = true
 		}
@@ -303,8 +316,9 @@ func (c *Consumer) untrack(ids []string) (refs []ackRef, forgot []tracked) {
 	for _, id := range ids {
 		if sl, ok := c.open[id]; ok {
 			refs = append(refs, ackRef{claim: sl.claim, place: sl.place, id: id})
-			forgot = append(forgot, tracked{id, sl, c.marked[id], c.life[id]})
+			forgot = append(forgot, tracked{id, sl, c.marked[id], c.life[id], c.tasks[id]})
 			delete(c.open, id)
+			delete(c.tasks, id)
 			delete(c.marked, id)
 			delete(c.life, id)
 		}
@@ -318,12 +332,14 @@ type tracked struct {
 	at     slot
 	marked bool
 	life   delivery
+	task   *Task
 }
 
 // retrack undoes untrack.
 func (c *Consumer) retrack(forgot []tracked) {
 	for _, t := range forgot {
 		c.open[t.id] = t.at
+		c.tasks[t.id] = t.task
 		if t.marked {
 			c.marked[t.id] = true
 		}
@@ -333,15 +349,17 @@ func (c *Consumer) retrack(forgot []tracked) {
 	}
 }
 
-// claimedOf returns task t as this Consumer handed it out, with its claim
-// place; a task it does not track (not pending, as far as it knows) gets
-// none, and the scripts skip it.
+// claimedOf returns the task of t's ID as this Consumer handed it out,
+// with t's Attempt, and its claim place; a task it does not track (not
+// pending, as far as it knows) gets none, and the scripts skip it.
 func (c *Consumer) claimedOf(t Task) claimed {
 	sl, ok := c.open[t.ID]
 	if !ok {
 		return claimed{Task: t, field: t.ID}
 	}
-	return claimed{Task: t, field: t.ID, claim: sl.claim, place: sl.place, recovered: c.marked[t.ID]}
+	held := *c.tasks[t.ID]
+	held.Attempt = t.Attempt
+	return claimed{Task: held, field: t.ID, claim: sl.claim, place: sl.place, recovered: c.marked[t.ID]}
 }
 
 // Wait blocks until the ready list is not empty or d has passed, without
@@ -390,7 +408,9 @@ func (c *Consumer) Ack(ctx context.Context, ids ...string) (int, error) {
 	return n, err
 }
 
-// Fail records a failed delivery of t (as claimed, with its Attempt). When
+// Fail records a failed delivery of t (as claimed, with its Attempt: of t
+// only its ID and Attempt are read, and the task is written back as Claim
+// handed it out, whatever the caller did to its copy). When
 // t has had MaxAttempts deliveries it moves to the dead-letter store with
 // cause and Fail reports dead; otherwise the failure, and the retry that
 // follows, are recorded in the pending record, so that a crash counts
@@ -415,8 +435,12 @@ func (c *Consumer) Fail(ctx context.Context, t Task, cause error) (dead bool, er
 
 // Requeue hands claimed tasks back unstarted: they go to the consuming end
 // so that they are the next ones claimed, in the order given (pass them in
-// claim order), and the delivery is not counted. Costs one round trip per
-// 1000 tasks.
+// claim order), and the delivery is not counted. Of each task only its ID
+// and Attempt are read; it goes back as Claim handed it out. Each call
+// puts its tasks ahead of those of an earlier Requeue not claimed again
+// yet: hand back the unstarted tasks of one OrderID in one call, or the
+// later-claimed ones first, for them to come back in their order. Costs
+// one round trip per 1000 tasks.
 //
 // On an error other than ErrLeaseLost the tasks may or may not be back:
 // the next Requeue or Claim first gives the lease a new fencing token, so

@@ -622,3 +622,50 @@ func TestConsumerReplyAfterTheLeaseProvesNothing(t *testing.T) {
 		assert.WithinRange(t, r.a.Deadline(), sent.Add(ttl).Add(leaseHeld(ttl)), time.Now().Add(leaseHeld(ttl)))
 	})
 }
+
+// Fail and Requeue write back the task as Claim handed it out, whatever
+// the caller did to its copy: a payload decoded in place, an OrderID
+// changed, or a Task built from its ID alone.
+func TestConsumerWritesBackTheTaskAsClaimed(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	ids := addAll(t, q, orderTasks(2, 1))
+	c, err := q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	ts, err := c.Claim(ctx, 2)
+	require.NoError(t, err)
+	ts[0].Payload[0] = 'X'
+	ts[1].OrderID = 99
+	require.NoError(t, c.Requeue(ctx, ts...))
+	again, err := c.Claim(ctx, 2)
+	require.NoError(t, err)
+	require.Equal(t, ids, taskIDs(again))
+	assert.Equal(t, pl(0, 0), string(again[0].Payload), "Requeue wrote the caller's payload")
+	assert.EqualValues(t, 1, again[1].OrderID, "Requeue wrote the caller's OrderID")
+
+	require.NoError(t, c.Requeue(ctx, Task{ID: ids[0], Attempt: 1}, Task{ID: ids[1], Attempt: 1}))
+	third, err := c.Claim(ctx, 2)
+	require.NoError(t, err)
+	require.Equal(t, ids, taskIDs(third), "tasks handed back by ID alone come back whole")
+	assert.Equal(t, pl(0, 0), string(third[0].Payload))
+	assert.Equal(t, pl(1, 0), string(third[1].Payload))
+	dead, err := q.Dead(ctx, 0)
+	require.NoError(t, err)
+	assert.Empty(t, dead)
+
+	copy(third[0].Payload, "XX")
+	third[0].Headers = map[string]string{"forged": "1"}
+	wasDead, err := c.Fail(ctx, third[0], assert.AnError)
+	require.NoError(t, err)
+	require.False(t, wasDead)
+	lapse(t, s, k.lease) // a crash: the retry recorded is what comes back
+	c2, err := q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	redelivered, err := c2.Claim(ctx, 2)
+	require.NoError(t, err)
+	require.Equal(t, ids, taskIDs(redelivered))
+	assert.Equal(t, pl(0, 0), string(redelivered[0].Payload), "Fail wrote the caller's payload")
+	assert.Empty(t, redelivered[0].Headers)
+	assert.Equal(t, 3, redelivered[0].Attempt, "the retried delivery and the crashed one count")
+}
