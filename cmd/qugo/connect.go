@@ -60,6 +60,9 @@ func (g *globals) validate() error {
 	if g.queues < 1 {
 		return usagef("-queues %d: must be at least 1", g.queues)
 	}
+	if l := (queue.Layout{Partitions: g.partitions(), Queues: g.queues}); !l.Valid() {
+		return usagef("-queues %d on %d servers: a queue has at most 4096 queues a server and 65536 in all", g.queues, l.Partitions)
+	}
 	if g.prefix == "" || strings.ContainsAny(g.prefix, "{}") {
 		return usagef("-prefix %q: must be non-empty, without '{' or '}'", g.prefix)
 	}
@@ -136,10 +139,16 @@ func (e *env) connect(ctx context.Context, retention time.Duration) (q *queue.Qu
 
 // prefixUsed reports whether any server has a layout recorded under
 // -prefix. CheckLayout passes a server with nothing recorded, so a queue
-// with one more queue per server than the flags say, which no recorded
-// layout can match, fails on a server exactly when it has one.
+// with another queue count than the flags say, which no layout recorded
+// for them can match, fails on a server exactly when it has one. The
+// probe's count is one less (one more for a single queue), so that it
+// stays within the bounds of every layout the flags may name.
 func (e *env) prefixUsed(ctx context.Context, urls []string) (bool, error) {
-	probe, err := queue.Dial(ctx, urls, queue.Config{Prefix: e.prefix, Queues: e.queues + 1})
+	other := e.queues - 1
+	if other == 0 {
+		other = 2
+	}
+	probe, err := queue.Dial(ctx, urls, queue.Config{Prefix: e.prefix, Queues: other})
 	if err != nil {
 		return false, explainDial(err, urls)
 	}

@@ -30,6 +30,10 @@ func TestGlobalsValidate(t *testing.T) {
 		{"no URL", globals{"", 1, "p"}, nil, 0, "URL 0"},
 		{"other scheme", globals{"tcp://a", 1, "p"}, nil, 0, "not redis://"},
 		{"zero queues", globals{"redis://a", 0, "p"}, nil, 0, "-queues 0"},
+		{"most queues a server", globals{"redis://a", 4096, "p"}, []string{"redis://a"}, 1, ""},
+		{"too many queues a server", globals{"redis://a", 4097, "p"}, nil, 0, "-queues 4097 on 1 servers"},
+		{"too many queues in all", globals{strings.TrimSuffix(strings.Repeat("redis://a,", 17), ","), 4096, "p"}, nil, 0, "-queues 4096 on 17 servers"},
+		{"a count that would overflow", globals{"redis://a,redis://b", 1 << 62, "p"}, nil, 0, "-queues"},
 		{"empty prefix", globals{"redis://a", 1, ""}, nil, 0, "-prefix"},
 		{"brace in prefix", globals{"redis://a", 1, "a}"}, nil, 0, "-prefix"},
 	} {
@@ -148,4 +152,18 @@ func TestUnusedPrefixWarns(t *testing.T) {
 	assert.Contains(t, out, "ANALYSER", "the table is still shown")
 	assert.Equal(t, fmt.Sprintf("qugo: warning: no producer or analyser has used prefix %q on these servers yet; "+
 		"check -prefix (and -redis) if you expected tasks\n", f.prefix+"x"), errOut)
+}
+
+// Every layout a Queue can have opens, up to the bounds of R*Q and Q:
+// the probe that tells whether -prefix is in use stays within them.
+func TestLayoutsAtTheBoundsOpen(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ r, q int }{{32, 2048}, {17, 3855}, {1, 4096}, {2, 1}} {
+		t.Run(fmt.Sprintf("%dx%d", tc.r, tc.q), func(t *testing.T) {
+			f := newFixture(t, tc.r, tc.q)
+			f.add(t, 0)
+			code, _, errOut := qugo(t, f.args("pending", "-a", "0", "-json")...)
+			assert.Equal(t, exitOK, code, "R=%d Q=%d: %s", tc.r, tc.q, errOut)
+		})
+	}
 }
