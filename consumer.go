@@ -132,7 +132,9 @@ func (c *Consumer) proved(sent time.Time, op string) error {
 
 // Deadline returns when the lease may run out, as far as this Consumer
 // knows: LeaseTTL less a fifth (the margin for clocks and replies) after
-// it sent the latest Consume, Claim or Renew call that Redis let through.
+// it sent the latest call that took the lease (Consume), took tasks
+// (Claim) or renewed it (Renew) and that Redis let through. Other calls
+// extend the lease too without moving Deadline, which errs early.
 // Work on a claimed task that goes past it may overlap a new owner's;
 // Renew moves it on.
 func (c *Consumer) Deadline() time.Time { return c.proof.Add(leaseHeld(c.st.ttl)) }
@@ -174,11 +176,15 @@ const consumerClaimBytes = 64 << 20
 // by recovery) has its delivery recorded before Claim returns it, one
 // round trip each, so that a crash while it runs counts.
 //
+// A claim whose reply comes after the lease may have run out (LeaseTTL
+// less a fifth after it was sent), when a new owner may have put the
+// claim back and claimed its tasks since, proves nothing: Claim renews
+// the lease first (see Renew), one round trip more, and hands the tasks
+// out once a renewal is answered in time.
+//
 // On an error Claim returns no task. The claim may still have happened
-// (its reply was lost, or recording a redelivery failed after it, or the
-// reply came after the lease may have run out: LeaseTTL less a fifth
-// after the call that proved it was sent, when a new owner may have put
-// the claim back and claimed its tasks since): the
+// (its reply was lost, or recording a redelivery or the renewal after a
+// late reply failed): the
 // next Claim first gives the lease a new fencing token, so that a claim
 // still on its way is refused, and puts every pending task it has not
 // handed out back at the consuming end, in claim order; so the tasks come
@@ -212,12 +218,15 @@ func (c *Consumer) Claim(ctx context.Context, max int) ([]Task, error) {
 	if err == nil {
 		sent, err = c.recordRedeliveries(ctx, cs, sent)
 	}
-	if err == nil && len(cs) > 0 {
+	if err == nil && len(cs) > 0 && c.proved(sent, "claim from") != nil {
 		// Tasks are handed out only while the lease is surely held: a
-		// reply that came later may be of a claim a new owner has put
-		// back and claimed since. The next Claim resyncs, and learns
-		// whose the lease is.
-		err = c.proved(sent, "claim from")
+		// reply that came later (a stalled network, or a large claim on
+		// a slow one) may be of a claim a new owner has put back and
+		// claimed since. A renewal answered in time proves that the
+		// lease stayed this Consumer's since the claim ran (a new owner
+		// would have changed its token); without one, the next Claim
+		// resyncs, and learns whose the lease is.
+		err = c.Renew(ctx)
 	}
 	if err != nil {
 		c.unsure = !errors.Is(err, ErrLeaseLost)
