@@ -71,8 +71,9 @@ func (q *Queue) newEntry(orderID uint64, headers map[string]string, hsize int, p
 // (its write was still on its way): a caller that retries a failed add
 // may have the task run twice, and the retry before it. Tasks added
 // with AddTaskOnce under one key, the first add and its retries, are
-// queued once, whichever write comes first; an analyse function that
-// tolerates a repeated task needs nothing more. At most 4096 calls or
+// queued once, whichever write comes first, while they land within the
+// key's window; an analyse function that tolerates a repeated task needs
+// nothing more. At most 4096 calls or
 // 64 MiB of tasks wait per partition; a call that finds that line full
 // waits for room, on ctx.
 //

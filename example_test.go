@@ -378,7 +378,9 @@ func ExampleConsumer_RemoveTask() {
 			continue
 		}
 		if err != nil {
-			log.Fatal(err) // ErrLeaseLost: another owner has the queue
+			// ErrLeaseLost: another owner has the queue. Any other error
+			// (Redis failed) may be retried: the next Claim settles it.
+			log.Fatal(err)
 		}
 		if string(t.Payload) == "flaky" && t.Attempt == 1 {
 			fmt.Printf("%s failed, attempt %d\n", t.Payload, t.Attempt)
