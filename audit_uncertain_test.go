@@ -235,8 +235,7 @@ func requeueArgs(t *testing.T, c *Consumer, task Task) []any {
 	ct := c.claimedOf(task)
 	require.NotNil(t, ct.claim, "a task the Consumer handed out")
 	r := ct.ref()
-	call := st.claimCall([]any{st.keys.ready, st.keys.pending, st.keys.lease, st.keys.meta, st.keys.claims}, []string{r.record}, false,
-		append(r.args([]any{st.value(), st.ttlMS, "0"}), encodeClaimed(ct))...)
+	call := st.requeueCall([]string{r.record}, append(r.args([]any{st.value(), st.ttlMS, "0"}), encodeClaimed(ct))...)
 	return append([]any{requeueScript.Hash()}, call...)
 }
 

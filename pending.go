@@ -254,20 +254,24 @@ return n
 `))
 
 // requeueScript puts pending tasks back at the consuming (right) end of the
-// ready list: the last one pushed is the next one claimed.
+// ready list: the last one pushed is the next one claimed. A task put
+// back waits out no backoff (its next delivery starts when it is claimed
+// again): its retry record goes, so that Status does not report it
+// retrying later while it is queued or running.
 //
 //	KEYS[1] = ready list, KEYS[2] = pending hash, KEYS[3] = lease, KEYS[4] = meta hash,
-//	KEYS[5] = claim-sequence hash
+//	KEYS[5] = claim-sequence hash, KEYS[6] = retries hash
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = 1 to count as redeliveries,
 //	ARGV[4...] = claim, place, field (see taskRef), encoded task, ... in push order
 //
 // Returns the number pushed; a task no longer pending is skipped.
-var requeueScript = newScript("requeue", -1, fenced(3, typeCheck(listAt(1), hashAt(2), hashAt(4), hashAt(5)),
+var requeueScript = newScript("requeue", -1, fenced(3, typeCheck(listAt(1), hashAt(2), hashAt(4), hashAt(5), hashAt(6)),
 	"local pendingKey, metaKey, claimsKey = KEYS[2], KEYS[4], KEYS[5]\n"+luaIncr+luaClaimRec+luaTake+"\n"+luaCheckClaims(4, "#ARGV", 4)+`
 local n = 0
 for i = 4, #ARGV, 4 do
   if take(i) then
     redis.call('RPUSH', KEYS[1], ARGV[i + 3])
+    redis.call('HDEL', KEYS[6], ARGV[i + 2])
     n = n + 1
   end
 end
@@ -299,6 +303,12 @@ func (s *store) bury(ctx context.Context, items []burial) (int, error) {
 	return moved, nil
 }
 
+// requeueCall returns the keys and args of a requeue script of the
+// tasks of records, args its ARGV.
+func (s *store) requeueCall(records []string, args ...any) []any {
+	return s.claimCall([]any{s.keys.ready, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.keys.retries}, records, false, args...)
+}
+
 // requeue pushes tasks back at the consuming end, first given first
 // claimed, each with t.Attempt as its delivery count.
 func (s *store) requeue(ctx context.Context, tasks []claimed, redelivery bool) error {
@@ -320,8 +330,7 @@ func (s *store) requeue(ctx context.Context, tasks []claimed, redelivery bool) e
 			args = append(r.args(args), encodeClaimed(t))
 			records = append(records, r.record)
 		}
-		call := s.claimCall([]any{s.keys.ready, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims}, records, false, args...)
-		if _, err := s.script(ctx, "requeue on", requeueScript, call...); err != nil {
+		if _, err := s.script(ctx, "requeue on", requeueScript, s.requeueCall(records, args...)...); err != nil {
 			return err
 		}
 		end = start

@@ -236,3 +236,80 @@ func TestStatusRetryingNeverOneDeliveryShort(t *testing.T) {
 		require.NoError(t, <-done)
 	}
 }
+
+// A task handed back while it waited out a backoff (a graceful stop) is
+// queued, and the next owner runs it when it claims it: Status never says
+// it is retrying later while it waits in the ready list or runs, whether
+// a pool's stop or a Consumer's recovery put it back.
+func TestStatusOfARetryHandedBack(t *testing.T) {
+	t.Parallel()
+	q, servers := newTestQueue(t, 1, Config{})
+	k := newQueueKeys(q.cfg.Prefix, 0, 0)
+	ctx := bounded(t)
+	fail := func(t *testing.T) string {
+		id, err := q.AddTask(ctx, 7, []byte("p"))
+		require.NoError(t, err)
+		pctx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() {
+			done <- q.AnalysePool(pctx, 0, PoolConfig{OnError: func(error) {}, Backoff: func(int) time.Duration { return time.Minute }},
+				func(context.Context, Task) error { return errors.New("boom") })
+		}()
+		require.Eventually(t, func() bool {
+			st, err := q.Status(ctx, 7, id)
+			return err == nil && st.State == StateRetrying
+		}, 5*time.Second, time.Millisecond)
+		stop()
+		require.NoError(t, <-done)
+		return id
+	}
+
+	id := fail(t)
+	st, err := q.Status(ctx, 7, id)
+	require.NoError(t, err)
+	assert.Equal(t, StateUnknown, st.State, "handed back by the stop: queued")
+	running := make(chan struct{})
+	release := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- q.AnalysePool(ctx, 0, PoolConfig{ExitOnEmpty: true}, func(context.Context, Task) error {
+			close(running)
+			<-release
+			return nil
+		})
+	}()
+	<-running
+	st, err = q.Status(ctx, 7, id)
+	require.NoError(t, err)
+	close(release)
+	require.NoError(t, <-done)
+	assert.Equal(t, StatePending, st.State, "running, not waiting out a backoff")
+	assert.Zero(t, servers[0].do(t, "EXISTS", k.retries))
+
+	// A retry left pending by a crash goes back with the next owner's
+	// recovery, and its record with it.
+	id = fail(t)
+	c, err := q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	ts, err := c.Claim(ctx, 1)
+	require.NoError(t, err)
+	require.Equal(t, []string{id}, taskIDs(ts))
+	// Failed as a pool fails a task: its retry due in a minute.
+	_, err = c.st.fail(ctx, c.claimedOf(ts[0]), errors.New("boom again"), time.Now().Add(time.Minute))
+	require.NoError(t, err)
+	st, err = q.Status(ctx, 7, id)
+	require.NoError(t, err)
+	require.Equal(t, StateRetrying, st.State)
+	lapse(t, servers[0], k.lease)
+	c2, err := q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	st, err = q.Status(ctx, 7, id)
+	require.NoError(t, err)
+	assert.Equal(t, StateUnknown, st.State, "put back by recovery: queued")
+	ts, err = c2.Claim(ctx, 1)
+	require.NoError(t, err)
+	require.Equal(t, []string{id}, taskIDs(ts))
+	st, err = q.Status(ctx, 7, id)
+	require.NoError(t, err)
+	assert.Equal(t, StatePending, st.State)
+}

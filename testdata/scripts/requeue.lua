@@ -8,6 +8,8 @@ local t = redis.call('TYPE', KEYS[4]).ok
 if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[4] .. ' holds a ' .. t .. ', want a hash') end
 local t = redis.call('TYPE', KEYS[5]).ok
 if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[5] .. ' holds a ' .. t .. ', want a hash') end
+local t = redis.call('TYPE', KEYS[6]).ok
+if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[6] .. ' holds a ' .. t .. ', want a hash') end
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 local pendingKey, metaKey, claimsKey = KEYS[2], KEYS[4], KEYS[5]
 
@@ -96,6 +98,7 @@ local n = 0
 for i = 4, #ARGV, 4 do
   if take(i) then
     redis.call('RPUSH', KEYS[1], ARGV[i + 3])
+    redis.call('HDEL', KEYS[6], ARGV[i + 2])
     n = n + 1
   end
 end
