@@ -96,8 +96,10 @@ type PoolConfig struct {
 	// most MaxAttempts+1 crashes. If zero, 5 is used; at most 1000.
 	MaxAttempts int
 	// Backoff returns the wait before delivery attempt+1 of a task whose
-	// delivery number attempt failed. Only the task's OrderID waits.
-	// If nil, 50ms doubling per attempt up to 10s is used.
+	// delivery number attempt failed. Only the task's OrderID waits. The
+	// wait is the pool's own: a task handed back by a graceful stop, or
+	// put back by a new owner's recovery, runs when the next owner claims
+	// it. If nil, 50ms doubling per attempt up to 10s is used.
 	Backoff func(attempt int) time.Duration
 	// LeaseTTL is how long the queue's lease lasts without renewal: the time
 	// from a crash to a standby's takeover. It is renewed every third of it,
