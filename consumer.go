@@ -12,7 +12,10 @@ import (
 // ConsumerConfig holds the settings of a Consumer. The zero value works.
 type ConsumerConfig struct {
 	// LeaseTTL is how long the queue's lease lasts without renewal: the time
-	// from a crash to a standby's takeover. If zero, 5s is used; at least
+	// from a crash to a standby's takeover. Every call's reply must come
+	// well within it: a Claim whose entries take longer than LeaseTTL to
+	// arrive finds the lease lapsed (ErrLeaseLost), so on a slow link size
+	// it, or Claim's max, to the claims. If zero, 5s is used; at least
 	// 10ms, at most 1h.
 	LeaseTTL time.Duration
 	// MaxAttempts is how many deliveries a task gets before it moves to
@@ -308,7 +311,8 @@ func (c *Consumer) track(ts []claimed) {
 	for i := range ts {
 		t := &ts[i]
 		c.open[t.ID] = slot{t.claim, t.place}
-		c.tasks[t.ID] = &t.Task
+		held := t.Task // its own: a pointer into ts would keep every payload of the claim
+		c.tasks[t.ID] = &held
 		if t.recovered {
 			c.marked[t.ID] = true
 		}
@@ -359,16 +363,15 @@ func (c *Consumer) retrack(forgot []tracked) {
 }
 
 // claimedOf returns the task of t's ID as this Consumer handed it out,
-// with t's Attempt, and its claim place; a task it does not track (not
-// pending, as far as it knows) gets none, and the scripts skip it.
+// with its current delivery (the one Claim handed out, or the retry after
+// a Fail), and its claim place; a task it does not track (not pending, as
+// far as it knows) gets none, and the scripts skip it.
 func (c *Consumer) claimedOf(t Task) claimed {
 	sl, ok := c.open[t.ID]
 	if !ok {
 		return claimed{Task: t, field: t.ID}
 	}
-	held := *c.tasks[t.ID]
-	held.Attempt = t.Attempt
-	return claimed{Task: held, field: t.ID, claim: sl.claim, place: sl.place, recovered: c.marked[t.ID]}
+	return claimed{Task: *c.tasks[t.ID], field: t.ID, claim: sl.claim, place: sl.place, recovered: c.marked[t.ID]}
 }
 
 // Wait blocks until the ready list is not empty or d has passed, without
@@ -417,13 +420,14 @@ func (c *Consumer) Ack(ctx context.Context, ids ...string) (int, error) {
 	return n, err
 }
 
-// Fail records a failed delivery of t (as claimed, with its Attempt: of t
-// only its ID and Attempt are read, and the task is written back as Claim
-// handed it out, whatever the caller did to its copy). When
+// Fail records a failed delivery of t (of t only its ID is read: the task
+// is written back as Claim handed it out, whatever the caller did to its
+// copy, and its deliveries are the Consumer's own count). When
 // t has had MaxAttempts deliveries it moves to the dead-letter store with
 // cause and Fail reports dead; otherwise the failure, and the retry that
 // follows, are recorded in the pending record, so that a crash counts
-// them, and the caller retries t in place with Attempt one higher. A task
+// them, and the caller retries t in place, its next delivery one higher
+// (a later Fail of t counts it, whatever t's Attempt says). A task
 // that is no longer pending (acknowledged, handed back, or finished by
 // another owner) is left as it is, and Fail reports false. Costs one
 // round trip.
@@ -432,20 +436,27 @@ func (c *Consumer) Fail(ctx context.Context, t Task, cause error) (dead bool, er
 		return false, err
 	}
 	dead, err = c.st.fail(ctx, c.claimedOf(t), cause, time.Time{})
-	if dead && err == nil {
+	if err != nil {
+		return dead, err
+	}
+	if dead {
 		c.untrack([]string{t.ID})
+		return dead, nil
 	}
-	if d, ok := c.life[t.ID]; ok && !dead && err == nil {
-		d.attempt, d.started = t.Attempt+1, time.Now() // retried in place
-		c.life[t.ID] = d
+	if held, ok := c.tasks[t.ID]; ok {
+		held.Attempt++ // retried in place
+		if d, ok := c.life[t.ID]; ok {
+			d.attempt, d.started = held.Attempt, time.Now()
+			c.life[t.ID] = d
+		}
 	}
-	return dead, err
+	return false, nil
 }
 
 // Requeue hands claimed tasks back unstarted: they go to the consuming end
 // so that they are the next ones claimed, in the order given (pass them in
 // claim order), and the delivery is not counted. Of each task only its ID
-// and Attempt are read; it goes back as Claim handed it out. Each call
+// is read; it goes back as Claim handed it out. Each call
 // puts its tasks ahead of those of an earlier Requeue not claimed again
 // yet: hand back the unstarted tasks of one OrderID in one call, or the
 // later-claimed ones first, for them to come back in their order. Costs
@@ -460,8 +471,8 @@ func (c *Consumer) Fail(ctx context.Context, t Task, cause error) (dead bool, er
 func (c *Consumer) Requeue(ctx context.Context, tasks ...Task) error {
 	items := make([]claimed, len(tasks))
 	for i, t := range tasks {
-		t.Attempt-- // the delivery did not happen
 		items[i] = c.claimedOf(t)
+		items[i].Attempt-- // the delivery did not happen
 	}
 	var err error
 	if c.unsure {

@@ -668,6 +668,27 @@ func TestConsumerWritesBackTheTaskAsClaimed(t *testing.T) {
 	assert.Equal(t, pl(0, 0), string(redelivered[0].Payload), "Fail wrote the caller's payload")
 	assert.Empty(t, redelivered[0].Headers)
 	assert.Equal(t, 3, redelivered[0].Attempt, "the retried delivery and the crashed one count")
+
+	// Tasks given by ID alone, with no Attempt: a Requeue counts nothing,
+	// and each Fail counts one delivery, up to the dead-letter store.
+	require.NoError(t, c2.Requeue(ctx, Task{ID: ids[0]}, Task{ID: ids[1]}))
+	fourth, err := c2.Claim(ctx, 2)
+	require.NoError(t, err)
+	require.Equal(t, []string{ids[0], ids[1]}, taskIDs(fourth))
+	assert.Equal(t, []int{3, 1}, taskAttempts(fourth), "Requeue counted no delivery")
+	for a := 3; a < 5; a++ {
+		wasDead, err = c2.Fail(ctx, Task{ID: ids[0]}, assert.AnError)
+		require.NoError(t, err)
+		require.False(t, wasDead, "delivery %d of 5", a)
+	}
+	wasDead, err = c2.Fail(ctx, Task{ID: ids[0]}, assert.AnError)
+	require.NoError(t, err)
+	assert.True(t, wasDead, "the fifth delivery failed: MaxAttempts 5")
+	dead, err = q.Dead(ctx, 0)
+	require.NoError(t, err)
+	require.Len(t, dead, 1)
+	assert.Equal(t, pl(0, 0), string(dead[0].Payload))
+	assert.Equal(t, 5, dead[0].Attempts)
 }
 
 // slowReader is a connection whose reads take as long as a link of bw
@@ -686,6 +707,9 @@ func (c *slowReader) Read(p []byte) (int, error) {
 // A claim whose reply takes longer than the lease is surely held, for
 // its size on a slow link, hands its tasks out once a renewal proves
 // the lease: it is not refused, resynced and claimed again for ever.
+// (miniredis lets no lease lapse by itself: the reply stands for one
+// that comes after LeaseTTL less a fifth but before LeaseTTL; one that
+// comes later finds the lease gone, as ConsumerConfig.LeaseTTL says.)
 func TestConsumerLargeClaimOnASlowLink(t *testing.T) {
 	t.Parallel()
 	m := miniredis.RunT(t)
