@@ -256,8 +256,9 @@ return n
 // requeueScript puts pending tasks back at the consuming (right) end of the
 // ready list: the last one pushed is the next one claimed. A task put
 // back waits out no backoff (its next delivery starts when it is claimed
-// again): its retry record goes, so that Status does not report it
-// retrying later while it is queued or running.
+// again): its retry record keeps the failure but is due at once (the
+// failure's own time), so that Status does not report it retrying later
+// while it is queued or running, and still shows its last error.
 //
 //	KEYS[1] = ready list, KEYS[2] = pending hash, KEYS[3] = lease, KEYS[4] = meta hash,
 //	KEYS[5] = claim-sequence hash, KEYS[6] = retries hash
@@ -271,7 +272,15 @@ local n = 0
 for i = 4, #ARGV, 4 do
   if take(i) then
     redis.call('RPUSH', KEYS[1], ARGV[i + 3])
-    redis.call('HDEL', KEYS[6], ARGV[i + 2])
+    local r = redis.call('HGET', KEYS[6], ARGV[i + 2])
+    if r then
+      local failed, msg = string.match(r, '^(%-?%d+):%-?%d+:(.*)$')
+      if failed then
+        redis.call('HSET', KEYS[6], ARGV[i + 2], failed .. ':' .. failed .. ':' .. msg)
+      else
+        redis.call('HDEL', KEYS[6], ARGV[i + 2])
+      end
+    end
     n = n + 1
   end
 end

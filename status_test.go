@@ -240,7 +240,8 @@ func TestStatusRetryingNeverOneDeliveryShort(t *testing.T) {
 // A task handed back while it waited out a backoff (a graceful stop) is
 // queued, and the next owner runs it when it claims it: Status never says
 // it is retrying later while it waits in the ready list or runs, whether
-// a pool's stop or a Consumer's recovery put it back.
+// a pool's stop or a Consumer's recovery put it back, and it still tells
+// the last error.
 func TestStatusOfARetryHandedBack(t *testing.T) {
 	t.Parallel()
 	q, servers := newTestQueue(t, 1, Config{})
@@ -284,7 +285,8 @@ func TestStatusOfARetryHandedBack(t *testing.T) {
 	close(release)
 	require.NoError(t, <-done)
 	assert.Equal(t, StatePending, st.State, "running, not waiting out a backoff")
-	assert.Zero(t, servers[0].do(t, "EXISTS", k.retries))
+	assert.Equal(t, "boom", st.LastError, "the failure before the hand-back is still told")
+	assert.Zero(t, servers[0].do(t, "EXISTS", k.retries), "its ack took the record")
 
 	// A retry left pending by a crash goes back with the next owner's
 	// recovery, and its record with it.
@@ -312,4 +314,5 @@ func TestStatusOfARetryHandedBack(t *testing.T) {
 	st, err = q.Status(ctx, 7, id)
 	require.NoError(t, err)
 	assert.Equal(t, StatePending, st.State)
+	assert.Equal(t, "boom again", st.LastError)
 }

@@ -98,7 +98,15 @@ local n = 0
 for i = 4, #ARGV, 4 do
   if take(i) then
     redis.call('RPUSH', KEYS[1], ARGV[i + 3])
-    redis.call('HDEL', KEYS[6], ARGV[i + 2])
+    local r = redis.call('HGET', KEYS[6], ARGV[i + 2])
+    if r then
+      local failed, msg = string.match(r, '^(%-?%d+):%-?%d+:(.*)$')
+      if failed then
+        redis.call('HSET', KEYS[6], ARGV[i + 2], failed .. ':' .. failed .. ':' .. msg)
+      else
+        redis.call('HDEL', KEYS[6], ARGV[i + 2])
+      end
+    end
     n = n + 1
   end
 end
