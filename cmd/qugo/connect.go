@@ -61,7 +61,8 @@ func (g *globals) validate() error {
 		return usagef("-queues %d: must be at least 1", g.queues)
 	}
 	if l := (queue.Layout{Partitions: g.partitions(), Queues: g.queues}); !l.Valid() {
-		return usagef("-queues %d on %d servers: a queue has at most 4096 queues a server and 65536 in all", g.queues, l.Partitions)
+		return usagef("-redis names %d servers of -queues %d: a queue has at most 4096 servers, 4096 queues a server and 65536 queues in all",
+			l.Partitions, g.queues)
 	}
 	if g.prefix == "" || strings.ContainsAny(g.prefix, "{}") {
 		return usagef("-prefix %q: must be non-empty, without '{' or '}'", g.prefix)
