@@ -356,7 +356,7 @@ func TestContractContextFirst(t *testing.T) {
 	pure := map[string]bool{ // no Redis, no wait
 		"Queue.Layout": true, "Queue.Route": true, "Queue.AnalyserOf": true,
 		"Queue.Analysers": true, "Queue.Pool": true, "Queue.Close": true,
-		"Consumer.Token": true,
+		"Consumer.Token": true, "Consumer.Deadline": true,
 	}
 	for _, v := range []any{&queue.Queue{}, &queue.Consumer{}} {
 		typ := reflect.TypeOf(v)
