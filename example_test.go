@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -37,9 +38,10 @@ func Example() {
 	defer mr.Close()
 	url := "redis://" + mr.Addr() // e.g. "redis://127.0.0.1:6379"
 
-	// Ctrl-C ends ctx: the pool then stops gracefully (unstarted tasks go
-	// back to Redis in order, running ones finish).
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	// Ctrl-C or SIGTERM (systemd, Docker, Kubernetes) ends ctx: the pool
+	// then stops gracefully (unstarted tasks go back to Redis in order,
+	// running ones finish).
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	q, err := queue.Dial(ctx, []string{url}, queue.Config{})
 	if err != nil {
