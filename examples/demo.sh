@@ -12,6 +12,7 @@
 #	bash examples/demo.sh                 # from a checkout; needs Go, redis-server, PostgreSQL
 #	TASKS=20000 ORDERS=500 bash examples/demo.sh
 #	KEEP=1 bash examples/demo.sh          # keep the logs and data directories
+#	PORTS=40000-40999 bash examples/demo.sh   # pick its ports from this range (default 20000-31999)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -57,13 +58,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# free_port prints a loopback TCP port nothing listens on, below Linux's
-# range of ephemeral ports (32768 and up), so that it is not the local
-# port of a connection some process has open either.
+# free_port prints a loopback TCP port nothing listens on, from $PORTS
+# (low-high); by default below Linux's range of ephemeral ports (32768 and
+# up), so that it is not the local port of a connection some process has
+# open either.
+ports=${PORTS:-20000-31999}
+[[ $ports =~ ^([0-9]+)-([0-9]+)$ ]] && ((BASH_REMATCH[1] >= 1024 && BASH_REMATCH[1] <= BASH_REMATCH[2] && BASH_REMATCH[2] <= 65535)) ||
+	fail "PORTS=$ports: want low-high, within 1024-65535"
+port_low=${BASH_REMATCH[1]}
+port_span=$((BASH_REMATCH[2] - BASH_REMATCH[1] + 1))
 free_port() {
 	local port
 	for _ in $(seq 100); do
-		port=$((20000 + RANDOM % 12000))
+		port=$((port_low + (RANDOM * 32768 + RANDOM) % port_span))
 		if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
 			echo "$port"
 			return 0
