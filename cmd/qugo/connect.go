@@ -205,10 +205,11 @@ func layoutAdvice(le *queue.LayoutError, urls []string) string {
 		fix = append(fix, fmt.Sprintf("-redis with %d URLs (%d given)", got[0], want[0]))
 	}
 	if got[2] != want[2] {
-		fix = append(fix, fmt.Sprintf("-redis with %s as URL %d (it is URL %d now)", server, got[2], want[2]))
+		fix = append(fix, fmt.Sprintf("-redis with %s as URL %d (it is URL %d now)", server, got[2]+1, want[2]+1))
 	}
-	return fmt.Sprintf("%s has recorded %d servers x %d queues, this server being number %d: use %s",
-		server, got[0], got[1], got[2], strings.Join(fix, " and "))
+	// URLs are counted from 1, as the examples' programs count them.
+	return fmt.Sprintf("%s has recorded %d servers x %d queues, this server at place %d: use %s (or, to start afresh, another -prefix)",
+		server, got[0], got[1], got[2]+1, strings.Join(fix, " and "))
 }
 
 // numberArg is the value of a number flag whose absence a command tells

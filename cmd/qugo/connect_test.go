@@ -82,11 +82,11 @@ func TestLayoutAdvice(t *testing.T) {
 		advice    string
 	}{
 		{"other Q", 0, "partitions=2 queues=4 index=0", "partitions=2 queues=1 index=0",
-			"redis://a has recorded 2 servers x 4 queues, this server being number 0: use -queues 4"},
+			"redis://a has recorded 2 servers x 4 queues, this server at place 1: use -queues 4 (or, to start afresh, another -prefix)"},
 		{"other R", 0, "partitions=2 queues=1 index=0", "partitions=1 queues=1 index=0",
-			"redis://a has recorded 2 servers x 1 queues, this server being number 0: use -redis with 2 URLs (1 given)"},
+			"redis://a has recorded 2 servers x 1 queues, this server at place 1: use -redis with 2 URLs (1 given) (or, to start afresh, another -prefix)"},
 		{"swapped", 1, "partitions=2 queues=1 index=0", "partitions=2 queues=1 index=1",
-			"redis://b has recorded 2 servers x 1 queues, this server being number 0: use -redis with redis://b as URL 0 (it is URL 1 now)"},
+			"redis://b has recorded 2 servers x 1 queues, this server at place 1: use -redis with redis://b as URL 1 (it is URL 2 now) (or, to start afresh, another -prefix)"},
 		{"unparsable", 1, "partitions= queues=3 index=", "partitions=2 queues=1 index=1",
 			"redis://b has recorded partitions= queues=3 index=: give the -redis URLs in partition order and the -queues the queue was created with"},
 	} {

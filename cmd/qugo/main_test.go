@@ -325,7 +325,7 @@ func TestLayoutMismatch(t *testing.T) {
 		assert.Contains(t, errOut, "qugo: queue: layout of partition", name)
 	}
 	_, _, errOut := qugo(t, "-redis", strings.Join(f.urls, ","), "-queues", "1", "-prefix", f.prefix, "stats")
-	assert.Contains(t, errOut, "\nqugo: "+f.urls[0]+" has recorded 2 servers x 2 queues, this server being number 0: use -queues 2\n")
+	assert.Contains(t, errOut, "\nqugo: "+f.urls[0]+" has recorded 2 servers x 2 queues, this server at place 1: use -queues 2 (or, to start afresh, another -prefix)\n")
 	code, _, errOut := qugo(t, f.args("stats")...)
 	assert.Equal(t, exitOK, code, errOut)
 }
