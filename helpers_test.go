@@ -197,10 +197,22 @@ func orderTasks(orders, per int) []Task {
 	return ts
 }
 
+// addAll adds ts in order, in AddTasks calls of at most addChunk tasks:
+// miniredis copies a whole list for each entry an LPUSH prepends, so one
+// LPUSH of thousands onto a long list held it for seconds on a loaded
+// machine, past the test pools' read timeout. AddTasks with large calls
+// is tested on its own.
 func addAll(t *testing.T, q *Queue, ts []Task) []string {
 	t.Helper()
-	ids, err := q.AddTasks(context.Background(), ts)
-	require.NoError(t, err)
+	const addChunk = 1000
+	ids := make([]string, 0, len(ts))
+	for len(ts) > 0 {
+		n := min(len(ts), addChunk)
+		more, err := q.AddTasks(context.Background(), ts[:n])
+		require.NoError(t, err)
+		ids = append(ids, more...)
+		ts = ts[n:]
+	}
 	return ids
 }
 
