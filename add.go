@@ -73,9 +73,8 @@ func (q *Queue) newEntry(orderID uint64, headers map[string]string, hsize int, p
 // with AddTaskOnce under one key, the first add and its retries, are
 // queued once, whichever write comes first, while they land within the
 // key's window; an analyse function that tolerates a repeated task needs
-// nothing more. At most 4096 calls or
-// 64 MiB of tasks wait per partition; a call that finds that line full
-// waits for room, on ctx.
+// nothing more. At most 4096 calls or 64 MiB of tasks wait per partition;
+// a call that finds that line full waits for room, on ctx.
 //
 // Options set the task's headers (WithHeaders); they are checked, with
 // the payload, before anything is written.

@@ -256,9 +256,10 @@ return n
 // requeueScript puts pending tasks back at the consuming (right) end of the
 // ready list: the last one pushed is the next one claimed. A task put
 // back waits out no backoff (its next delivery starts when it is claimed
-// again): its retry record keeps the failure but is due at once (the
-// failure's own time), so that Status does not report it retrying later
-// while it is queued or running, and still shows its last error.
+// again): its retry record (retryRecord's "failed:retry:message") keeps
+// the failure but is due at once (the failure's own time), so that Status
+// does not report it retrying later while it is queued or running, and
+// still shows its last error.
 //
 //	KEYS[1] = ready list, KEYS[2] = pending hash, KEYS[3] = lease, KEYS[4] = meta hash,
 //	KEYS[5] = claim-sequence hash, KEYS[6] = retries hash

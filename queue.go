@@ -19,8 +19,8 @@ type Config struct {
 	// If empty, "qugo" is used.
 	Prefix string
 	// Queues is Q, the number of queues on each Redis server, at most 4096,
-	// with R*Q at most 65536 (New and Dial refuse more). It is recorded in Redis at first use and must not change afterwards.
-	// If zero, 1 is used.
+	// with R*Q at most 65536 (New and Dial refuse more). It is recorded in
+	// Redis at first use and must not change afterwards. If zero, 1 is used.
 	Queues int
 	// MaxPayload is the largest payload AddTask accepts, in bytes, at most
 	// 256 MiB. If zero, 1 MiB is used.
