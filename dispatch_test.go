@@ -3,6 +3,9 @@ package queue
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -130,4 +133,52 @@ func TestFreeDispatchRetryDueSoonerWakesAWorker(t *testing.T) {
 	assert.Len(t, rec.order(1), 1, "the other waits its hour")
 	cancel()
 	require.NoError(t, receive(t, errc))
+}
+
+// An OrderID whose task waits out a backoff holds back no other OrderID,
+// whatever Prefetch: it has no task running or about to, and does not
+// count against it. (With as many OrderIDs retrying as Prefetch, the
+// next one waited out their whole backoff.)
+func TestRetryBackoffHoldsBackNoOtherOrder(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []DispatchMode{DispatchByOrder, DispatchFree} {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			q, _, _ := testQueue1(t)
+			ctx, cancel := context.WithCancel(bounded(t))
+			defer cancel()
+			var tasks []Task
+			for o := uint64(1); o <= 3; o++ {
+				tasks = append(tasks, Task{OrderID: o, Payload: []byte("failing")})
+			}
+			for i := range 5 {
+				tasks = append(tasks, Task{OrderID: 100, Payload: fmt.Appendf(nil, "healthy %d", i)})
+			}
+			addAll(t, q, tasks)
+			healthy := make(chan struct{}, 5)
+			var pool sync.WaitGroup
+			pool.Go(func() {
+				assert.NoError(t, q.AnalysePool(ctx, 0, PoolConfig{
+					Workers: 4, Prefetch: 3, Dispatch: mode,
+					Backoff: func(int) time.Duration { return time.Hour },
+					Logger:  slog.New(slog.DiscardHandler), OnError: func(error) {},
+				}, func(_ context.Context, tk Task) error {
+					if tk.OrderID != 100 {
+						return errors.New("downstream refused this order")
+					}
+					healthy <- struct{}{}
+					return nil
+				}))
+			})
+			for i := range 5 {
+				select {
+				case <-healthy:
+				case <-time.After(30 * time.Second):
+					t.Fatalf("%d of OrderID 100's 5 tasks ran: the retrying OrderIDs held it back", i)
+				}
+			}
+			cancel()
+			pool.Wait()
+		})
+	}
 }

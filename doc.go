@@ -156,10 +156,11 @@
 //     owner's recovery; tasks that finish in time are acknowledged before
 //     the lease is released.
 //  6. A failing task holds back only its own OrderID. Retries with backoff
-//     ([PoolConfig].Backoff) happen in place. Tasks queued behind a
-//     retrying or slow task of their OrderID count against
-//     [PoolConfig].MaxHeldTasks and MaxHeldBytes, not Prefetch, so other
-//     OrderIDs keep flowing while that backlog fits in them. After
+//     ([PoolConfig].Backoff) happen in place. A task waiting out its
+//     backoff, and the tasks queued behind a retrying or slow task of
+//     their OrderID, count against [PoolConfig].MaxHeldTasks and
+//     MaxHeldBytes, not Prefetch, so other OrderIDs keep flowing while
+//     that backlog fits in them. After
 //     [PoolConfig].MaxAttempts deliveries the task moves to the dead-letter
 //     store with its payload, attempts and last error, and the OrderID
 //     continues. A delivery that crashes its owner counts once it was

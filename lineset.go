@@ -176,7 +176,9 @@ func (ls *lineSet) unpark(o *orderLine) {
 // back, as most do in a drain, costs no map delete and insert a task. The
 // lines beyond leave orders.
 func (ls *lineSet) drop(o *orderLine) {
-	ls.s.lines.Add(-1)
+	if o.state != lineDelayed { // a delayed line was counted out as it began to wait
+		ls.s.lines.Add(-1)
+	}
 	if o.pinned {
 		ls.s.pinnedLines.Add(-1)
 	}
@@ -260,6 +262,7 @@ func (ls *lineSet) dueDelayed(now time.Time) (due time.Time) {
 		if !o.notBefore.After(now) {
 			o.state = lineRunnable
 			ls.pushRunnable(o)
+			ls.s.lines.Add(1)
 			continue
 		}
 		if due.IsZero() || o.notBefore.Before(due) {
@@ -365,6 +368,13 @@ func (ls *lineSet) settleLocked(o *orderLine, done bool, retryAt, started time.T
 	case !retryAt.IsZero():
 		o.state, o.notBefore = lineDelayed, retryAt
 		ls.delayed = append(ls.delayed, o)
+		// No task of o runs or is about to while it waits: it does not
+		// count against Prefetch, which would have other OrderIDs wait
+		// for its backoff once Prefetch OrderIDs wait one.
+		ls.s.lines.Add(-1)
+		if ls.s.room() >= ls.s.lowWater {
+			notify(ls.s.freed)
+		}
 		if ls.timed != nil && retryAt.Before(ls.timedDue) {
 			ls.wake(ls.timed) // to wait for this one instead
 		}

@@ -45,10 +45,11 @@ type PoolConfig struct {
 	// way the tasks of one OrderID run one at a time, in claim order.
 	Dispatch DispatchMode
 	// Prefetch bounds the OrderIDs whose tasks the pool holds (claimed and
-	// not finished): each has one task running or about to run, and so it
-	// bounds what one claim takes. Tasks that wait behind an earlier task
-	// of their OrderID (one retrying, or slow) do not count, so they never
-	// hold back other OrderIDs; MaxHeldTasks and MaxHeldBytes bound them.
+	// not finished) with a task running or about to run, and so it bounds
+	// what one claim takes. An OrderID whose task waits out a retry's
+	// backoff does not count, nor do tasks that wait behind an earlier
+	// task of their OrderID (one retrying, or slow), so they never hold
+	// back other OrderIDs; MaxHeldTasks and MaxHeldBytes bound them.
 	// If zero, 64 per worker (at least 1024, at most 65536) is used: a
 	// claim takes up to about Prefetch tasks, and the larger the claims
 	// the less each task costs (see docs/performance.md). At most 65536.
