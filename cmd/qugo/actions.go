@@ -205,7 +205,7 @@ func (s *server) action(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		s.cfg.log.Warn("action failed", append(attrs, "err", err)...)
 		status := http.StatusServiceUnavailable
-		if errors.Is(err, queue.ErrBadConfig) || errors.Is(err, errUnusedPrefix) {
+		if errors.Is(err, queue.ErrBadConfig) || errors.Is(err, errUnusedPrefix) || errors.Is(err, queue.ErrLayoutMismatch) {
 			status = http.StatusConflict
 		}
 		v := s.newView(r, "Action failed", "")

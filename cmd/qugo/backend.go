@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 
@@ -39,13 +40,24 @@ func newBackend(e *env) *backend {
 	}
 }
 
-// get returns the connected queue, connecting first if need be. Callers
-// waiting for another's connection give up when ctx ends.
+// get returns the connected queue, connecting first if need be, once its
+// layout was checked again: a server with none recorded at the last look
+// may have one now, recorded by a producer or analyser of another layout,
+// which the flags' pages would show wrong and whose state an action would
+// write under the wrong names. (A server found recorded as the flags say
+// costs nothing more.) Callers waiting for another's connection give up
+// when ctx ends.
 func (b *backend) get(ctx context.Context) (*queue.Queue, error) {
 	if b.closed.Load() {
 		return nil, queue.ErrClosed
 	}
 	if q := b.q.Load(); q != nil {
+		if err := q.CheckLayout(ctx); err != nil {
+			if errors.Is(err, queue.ErrLayoutMismatch) {
+				b.used.Store(true) // a layout is recorded: the prefix is used
+			}
+			return nil, err
+		}
 		return q, nil
 	}
 	select {

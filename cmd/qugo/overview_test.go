@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -164,4 +165,31 @@ func TestOverviewUnusedPrefix(t *testing.T) {
 	body = d.get(t, "/").Body.String()
 	assert.NotContains(t, body, `id="warning"`, "the sampler looked again")
 	assert.True(t, strings.Contains(body, `data-ready="1"`))
+}
+
+// A layout recorded after the dashboard connected, by a producer of
+// another layout, is found on the next page: its pages and actions say
+// which flag to change, rather than show the flags' queues (one of them a
+// phantom) under a stale "unused" banner, or refuse an action for a false
+// reason.
+func TestLayoutRecordedAfterTheDashboardConnected(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, 1, 2)
+	d, _ := loggedDashboard(t, f)
+	cookie, csrf := d.signIn(t)
+	body := d.get(t, "/").Body.String()
+	require.Contains(t, body, "No producer or analyser has used prefix", "connected, nothing recorded")
+	other, err := queue.Dial(context.Background(), f.urls, queue.Config{Prefix: f.prefix, Queues: 1})
+	require.NoError(t, err)
+	defer other.Close()
+	_, err = other.AddTask(context.Background(), 7, []byte("x"))
+	require.NoError(t, err)
+	w := d.get(t, "/")
+	assert.Equal(t, http.StatusServiceUnavailable, w.Code)
+	assert.Contains(t, w.Body.String(), "-queues 1")
+	assert.NotContains(t, w.Body.String(), "No producer or analyser has used prefix")
+	w = d.act(t, "pause", url.Values{"scope": {"all"}}, cookie, csrf)
+	assert.Equal(t, http.StatusConflict, w.Code)
+	assert.Contains(t, w.Body.String(), "-queues 1")
+	assert.NotContains(t, w.Body.String(), "refusing to write under it")
 }

@@ -337,7 +337,7 @@ func isFragment(r *http.Request) bool { return r.URL.Query().Get("fragment") == 
 // ?fragment=1 only its content, with status.
 func (s *server) render(w http.ResponseWriter, r *http.Request, status int, name string, v *view, data any) {
 	v.Data = data
-	if v.Warn == "" && s.be.knownUnused() {
+	if v.Warn == "" && v.Error == "" && s.be.knownUnused() {
 		v.Warn = fmt.Sprintf("No producer or analyser has used prefix %q on these servers yet: "+
 			"check -prefix (and -redis) if you expected tasks.", s.e.prefix)
 	}
