@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gomodule/redigo/redis"
 )
@@ -27,7 +28,8 @@ type DeadTask struct {
 	// Attempts is how many deliveries the task had.
 	Attempts int
 	// LastError is the text of the last delivery's error (or, for a
-	// malformed record, of why it was quarantined).
+	// malformed record, of why it was quarantined), its first 4 KiB when
+	// longer, with a note of its whole length.
 	LastError string
 	// DiedAt is when the task moved to the dead-letter store.
 	DiedAt time.Time
@@ -50,6 +52,7 @@ const deadVersion = 0x02
 //	uvarint length of the error, then the error
 //	rest    the encoded task, or the raw bytes of a malformed record
 func encodeDead(raw []byte, attempts int, msg string) []byte {
+	msg = clipError(msg, maxDeadMsg)
 	b := make([]byte, 0, 1+3*binary.MaxVarintLen64+len(msg)+len(raw))
 	b = append(b, deadVersion)
 	b = binary.AppendUvarint(b, uint64(attempts))
@@ -57,6 +60,25 @@ func encodeDead(raw []byte, attempts int, msg string) []byte {
 	b = binary.AppendUvarint(b, uint64(len(msg)))
 	b = append(b, msg...)
 	return append(b, raw...)
+}
+
+// maxDeadMsg bounds the error text a dead record keeps: an error of any
+// size (a body read into it, say) would otherwise be stored, listed and
+// shown whole with every dead task.
+const maxDeadMsg = 4096
+
+// clipError returns msg cut to at most n bytes, at a character's start,
+// saying where it was cut and how long it was.
+func clipError(msg string, n int) string {
+	if len(msg) <= n {
+		return msg
+	}
+	tail := fmt.Sprintf(" [... %d bytes in all]", len(msg))
+	cut := max(n-len(tail), 0)
+	for cut > 0 && !utf8.RuneStart(msg[cut]) {
+		cut--
+	}
+	return msg[:cut] + tail
 }
 
 // decodeDead decodes a dead record stored under field. A record that is

@@ -5,11 +5,13 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"log/slog"
 	"maps"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -320,4 +322,43 @@ func TestDeadRecordsAreAddressedByTheirField(t *testing.T) {
 	require.NoError(t, err)
 	assert.Zero(t, n, "a second Replay finds nothing of it")
 	require.Len(t, readyTasks(t, s, k), 1, "queued once")
+}
+
+// A dead task keeps the first 4 KiB of an error of any size, cut at a
+// character, with its whole length said; the retry record Status reads,
+// its first KiB. (An error of 100,000 bytes was stored, listed and shown
+// whole.)
+func TestDeadErrorBounded(t *testing.T) {
+	t.Parallel()
+	q, _, _ := testQueue1(t)
+	ctx := context.Background()
+	id, err := q.AddTask(ctx, 1, []byte("x"))
+	require.NoError(t, err)
+	long := strings.Repeat("é", 50_000) // 100,000 bytes, no character cut
+	var retryMsg string
+	require.NoError(t, q.AnalysePool(bounded(t), 0, PoolConfig{
+		Workers: 1, MaxAttempts: 2, ExitOnEmpty: true, Backoff: func(int) time.Duration { return 0 },
+		Logger: slog.New(slog.DiscardHandler), OnError: func(error) {},
+	}, func(ctx context.Context, tk Task) error {
+		if tk.Attempt == 2 {
+			st, err := q.Status(ctx, tk.OrderID, tk.ID)
+			assert.NoError(t, err)
+			retryMsg = st.LastError
+		}
+		return errors.New(long)
+	}))
+	assert.LessOrEqual(t, len(retryMsg), maxRetryMsg)
+	assert.True(t, utf8.ValidString(retryMsg))
+	assert.True(t, strings.HasPrefix(retryMsg, "é"), retryMsg)
+	dead, err := q.Dead(ctx, 0)
+	require.NoError(t, err)
+	require.Len(t, dead, 1)
+	assert.Equal(t, id, dead[0].ID)
+	msg := dead[0].LastError
+	assert.LessOrEqual(t, len(msg), maxDeadMsg)
+	assert.Greater(t, len(msg), maxDeadMsg-100)
+	assert.True(t, utf8.ValidString(msg))
+	assert.True(t, strings.HasSuffix(msg, " [... 100000 bytes in all]"), msg[len(msg)-40:])
+	assert.Equal(t, "short", clipError("short", 10))
+	assert.Equal(t, "ab [... 30 bytes in all]", clipError(strings.Repeat("ab", 15)[:2]+strings.Repeat("c", 28), 24))
 }

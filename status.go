@@ -343,9 +343,7 @@ func statusOf(id string, r []any, starts []int64, now time.Time) TaskStatus {
 // retryRecord is a retries hash value: when the failure was recorded,
 // when the next delivery may start, and the failure's text.
 func retryRecord(failedAt, retryAt time.Time, msg string) string {
-	if len(msg) > maxRetryMsg {
-		msg = msg[:maxRetryMsg]
-	}
+	msg = clipError(msg, maxRetryMsg)
 	return strconv.FormatInt(failedAt.UnixMilli(), 10) + ":" + strconv.FormatInt(retryAt.UnixMilli(), 10) + ":" + msg
 }
 

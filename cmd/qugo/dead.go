@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/qugo/queue"
 )
@@ -84,7 +85,7 @@ func printDead(e *env, dead []queue.DeadTask) error {
 	}
 	t := newTable(e.stdout, header...)
 	for _, d := range dead {
-		row := []string{cell(d.ID), strconv.FormatUint(d.OrderID, 10), strconv.Itoa(d.Attempts), timeCell(d.DiedAt), cell(d.LastError)}
+		row := []string{cell(d.ID), strconv.FormatUint(d.OrderID, 10), strconv.Itoa(d.Attempts), timeCell(d.DiedAt), errorCell(d.LastError)}
 		if d.Raw != nil {
 			row[1], row[2] = none, none
 			row = append(row, rawCell(d.Raw))
@@ -94,6 +95,23 @@ func printDead(e *env, dead []queue.DeadTask) error {
 		t.row(row...)
 	}
 	return t.flush()
+}
+
+// maxErrorCell bounds the bytes of an error a table row shows: every row
+// of a table is as wide as its widest. -json has the error whole.
+const maxErrorCell = 200
+
+// errorCell is cell for an error, cut to maxErrorCell bytes at a
+// character's start.
+func errorCell(s string) string {
+	if len(s) <= maxErrorCell {
+		return cell(s)
+	}
+	cut := maxErrorCell
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return cell(s[:cut]) + "... (-json shows it whole)"
 }
 
 func replayFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {

@@ -143,3 +143,26 @@ func TestPurge(t *testing.T) {
 }
 
 func itoa(n uint64) string { return strconv.FormatUint(n, 10) }
+
+// A long error is cut in the table, whose rows are all as wide as the
+// widest: -json has it whole.
+func TestDeadTableCutsALongError(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 1, 1)
+	f.add(t, 7)
+	c := f.consume(t, 0)
+	tasks, err := c.Claim(ctx, 1)
+	require.NoError(t, err)
+	long := strings.Repeat("é", 300)
+	dead, err := c.Fail(ctx, tasks[0], errors.New(long))
+	require.NoError(t, err)
+	require.True(t, dead)
+	code, out, errOut := qugo(t, f.args("dead", "-a", "0")...)
+	require.Equal(t, exitOK, code, errOut)
+	assert.Contains(t, out, strings.Repeat("é", maxErrorCell/2)+"... (-json shows it whole)")
+	assert.NotContains(t, out, strings.Repeat("é", maxErrorCell/2+1))
+	code, out, errOut = qugo(t, f.args("dead", "-a", "0", "-json")...)
+	require.Equal(t, exitOK, code, errOut)
+	assert.Contains(t, out, long)
+}
