@@ -38,15 +38,19 @@ func (g *globals) register(fs *flag.FlagSet) {
 }
 
 // urls returns the -redis URLs, one per partition. Its errors name a URL
-// by its index only: URLs may hold passwords.
+// by its place only (counted from 1, as layoutAdvice counts): URLs may
+// hold passwords.
 func (g *globals) urls() ([]string, error) {
 	parts := queue.SplitURLs(g.redis)
+	if len(parts) == 1 && parts[0] == "" {
+		return nil, usagef("-redis: no URL given")
+	}
 	for i, u := range parts {
 		if u == "" {
-			return nil, usagef("-redis: URL %d of %d is empty", i, len(parts))
+			return nil, usagef("-redis: URL %d of %d is empty", i+1, len(parts))
 		}
 		if err := queue.CheckURL(u); err != nil {
-			return nil, usagef("-redis: URL %d: %v", i, err)
+			return nil, usagef("-redis: URL %d of %d: %v", i+1, len(parts), err)
 		}
 	}
 	return parts, nil

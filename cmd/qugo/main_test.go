@@ -371,10 +371,10 @@ func TestBadRedisFromEnv(t *testing.T) {
 	code, out, errOut := qugo(t, "stats")
 	assert.Equal(t, exitUsage, code)
 	assert.Empty(t, out)
-	assert.Contains(t, errOut, "qugo: $QUEUE_REDIS (no -redis given): URL 0: queue: bad config: URL has no scheme")
+	assert.Contains(t, errOut, "qugo: $QUEUE_REDIS (no -redis given): URL 1 of 1: queue: bad config: URL has no scheme")
 	code, _, errOut = qugo(t, "-redis", "tcp://h", "stats")
 	assert.Equal(t, exitUsage, code)
-	assert.Contains(t, errOut, "qugo: -redis: URL 0: ")
+	assert.Contains(t, errOut, "qugo: -redis: URL 1 of 1: ")
 }
 
 func TestParseInterspersed(t *testing.T) {
