@@ -71,7 +71,7 @@ func scheduledFlags(fs *flag.FlagSet) func(context.Context, *env, []string) erro
 		t := newTable(e.stdout, "ID", "ORDER", "DUE", "DUE IN", "ADDED AT", "BYTES")
 		for i, s := range doc.Tasks {
 			t.row(cell(s.ID), strconv.FormatUint(s.OrderID, 10), timeCell(tasks[i].Due),
-				signedDurationCell(time.Duration(s.DueInMS)*time.Millisecond), timeCell(tasks[i].AddedAt), strconv.Itoa(len(s.Payload)))
+				dueInCell(s.DueInMS), timeCell(tasks[i].AddedAt), strconv.Itoa(len(s.Payload)))
 		}
 		if err := t.flush(); err != nil {
 			return err
@@ -89,11 +89,28 @@ func (e *env) newScheduledDoc(a, offset, limit int, now time.Time, tasks []queue
 		Tasks: make([]scheduledTask, len(tasks))}
 	for i, s := range tasks {
 		doc.Tasks[i] = scheduledTask{
-			ID: s.ID, OrderID: s.OrderID, Due: jsonTime(s.Due), DueInMS: s.Due.Sub(now).Milliseconds(),
+			ID: s.ID, OrderID: s.OrderID, Due: jsonTime(s.Due), DueInMS: dueInMS(s.Due, now),
 			AddedAt: jsonTime(s.AddedAt), Payload: s.Payload,
 		}
 	}
 	return doc
+}
+
+// dueInMS is how many milliseconds after now due is: time.Time.Sub stops
+// at about 292 years, and a task may be due later (to year 287,396).
+func dueInMS(due, now time.Time) int64 { return due.UnixMilli() - now.UnixMilli() }
+
+// maxDurationMS is the longest span durationCell shows as such.
+const maxDurationMS = 100 * 365 * 24 * 3600 * 1000
+
+// dueInCell shows ms, a dueInMS, as durationCell does, or in years when
+// it is over a hundred.
+func dueInCell(ms int64) string {
+	if ms > maxDurationMS || ms < -maxDurationMS {
+		years := ms / (365*24*3600*1000 + 6*3600*1000) // of 365.25 days
+		return fmt.Sprintf("about %dy", years)
+	}
+	return signedDurationCell(time.Duration(ms) * time.Millisecond)
 }
 
 // signedDurationCell is durationCell for a duration that may be negative.

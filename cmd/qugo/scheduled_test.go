@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -135,4 +136,27 @@ func TestScheduledJSONDueOutOfRange(t *testing.T) {
 	}
 	assert.Nil(t, byID[ids[2]].Due)
 	assert.NotNil(t, byID[ids[0]].Due)
+}
+
+// A task due more than a few centuries from now is shown due in years,
+// and its due_in_ms is exact, where time's durations stop at about 292
+// years (2562047h47m16.854775807s, and a JSON number of that).
+func TestScheduledDueCenturiesAhead(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, 1, 1)
+	due := time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC)
+	_, err := f.q.AddTaskAt(context.Background(), 1, due, []byte("x"))
+	require.NoError(t, err)
+	doc := qugoJSON[scheduledDoc](t, f.args("scheduled", "-a", "0", "-json")...)
+	require.Len(t, doc.Tasks, 1)
+	got := doc.Tasks[0].DueInMS
+	want := due.UnixMilli() - time.Now().UnixMilli()
+	assert.InDelta(t, want, got, float64(time.Minute.Milliseconds()))
+	code, out, errOut := qugo(t, f.args("scheduled", "-a", "0")...)
+	require.Equal(t, exitOK, code, errOut)
+	years := want / (365*24*3600*1000 + 6*3600*1000)
+	assert.Contains(t, out, fmt.Sprintf("about %dy", years))
+	assert.NotContains(t, out, "2562047h")
+	assert.Equal(t, "about -300y", dueInCell(-300*(365*24*3600*1000+6*3600*1000)-1))
+	assert.Equal(t, "1.5s", dueInCell(1500))
 }

@@ -209,7 +209,7 @@ func printStatus(e *env, st queue.TaskStatus, order uint64, a, pi, qi int) error
 		t.row("owner", cell(st.Owner))
 	}
 	if !st.Due.IsZero() {
-		t.row("due", timeCell(st.Due)+" (in "+signedDurationCell(time.Until(st.Due))+")")
+		t.row("due", timeCell(st.Due)+" (in "+dueInCell(dueInMS(st.Due, time.Now()))+")")
 	}
 	for _, f := range []struct {
 		name string
