@@ -39,14 +39,25 @@ func main() {
 	)
 	flag.Parse()
 	log.SetFlags(0)
-	if *orders < 1 || *tasks < 1 || *workers < 1 {
-		log.Fatal("quickstart: -orders, -tasks and -workers must be at least 1")
+	if err := checkFlags(*orders, *tasks, *workers, *work); err != nil {
+		log.Fatal("quickstart: ", err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, *orders, *tasks, *workers, *prefix, *work); err != nil {
 		log.Fatal("quickstart: ", err)
 	}
+}
+
+// checkFlags refuses flags the run cannot use.
+func checkFlags(orders, tasks, workers int, work time.Duration) error {
+	if orders < 1 || tasks < 1 || workers < 1 {
+		return errors.New("-orders, -tasks and -workers must be at least 1")
+	}
+	if work < 0 {
+		return fmt.Errorf("-work %v: must not be negative", work)
+	}
+	return nil
 }
 
 func run(ctx context.Context, orders, tasks, workers int, prefix string, work time.Duration) error {
