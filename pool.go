@@ -37,7 +37,7 @@ type PoolConfig struct {
 	// ScaleDownAfter is how long workers of an elastic pool must have
 	// stayed idle before they are retired: every ScaleDownAfter, the pool
 	// retires as many workers (down to MinWorkers) as were idle all that
-	// time. If zero, 5s is used.
+	// time. If zero, 5s is used; at most 24h.
 	ScaleDownAfter time.Duration
 	// Dispatch says how OrderIDs are given to workers: DispatchByOrder
 	// (each OrderID on a worker of its own hash, the default) or
@@ -88,7 +88,8 @@ type PoolConfig struct {
 	// without Rate is an error. If zero, 1 is used; at most 1,000,000.
 	Burst int
 	// TaskTimeout bounds one delivery; the task's ctx ends then, and the
-	// delivery fails. If zero, 1 minute is used; if negative, none.
+	// delivery fails. If zero, 1 minute is used; if negative, none; at
+	// most 24h.
 	TaskTimeout time.Duration
 	// MaxAttempts is how many deliveries a task gets before it moves to
 	// the dead-letter store. A delivery that crashes its owner counts once
@@ -109,7 +110,8 @@ type PoolConfig struct {
 	// standby. If zero, 5s is used; at least 10ms, at most 1h.
 	LeaseTTL time.Duration
 	// ShutdownTimeout is how long running tasks may go on after ctx ends
-	// before their ctx is cancelled. If zero, 10s is used.
+	// before their ctx is cancelled. If zero, 10s is used; at most 24h,
+	// and not negative.
 	ShutdownTimeout time.Duration
 	// ExitOnEmpty makes AnalysePool return nil once the queue is empty and
 	// nothing is in flight; scheduled tasks not due yet do not count. A
