@@ -174,7 +174,8 @@ const consumerClaimBytes = 64 << 20
 // them from the ready list into a claim record in one atomic step and
 // returns them. It takes fewer when their entries would total more than
 // 64 MiB (and one task however large). It returns an empty slice when the
-// queue is empty. Malformed records met on the way are moved to the
+// queue is empty; a max under 1 is an error (ErrBadConfig), as it would
+// read as one. Malformed records met on the way are moved to the
 // dead-letter store and not returned. A task delivered before (or put back
 // by recovery) has its delivery recorded before Claim returns it, one
 // round trip each, so that a crash while it runs counts.
@@ -197,6 +198,9 @@ const consumerClaimBytes = 64 << 20
 // (Ack, Fail, Requeue, Release) asks for it again first, as the lease may
 // hold it: one round trip more.
 func (c *Consumer) Claim(ctx context.Context, max int) ([]Task, error) {
+	if max < 1 {
+		return nil, fmt.Errorf("%w: Claim of %d tasks", ErrBadConfig, max)
+	}
 	if c.unsure {
 		if err := c.resync(ctx); err != nil {
 			return nil, err

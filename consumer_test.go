@@ -129,9 +129,11 @@ func TestConsumerRequeueKeepsOrderUncounted(t *testing.T) {
 	c, err := q.Consume(ctx, 0, ConsumerConfig{})
 	require.NoError(t, err)
 
-	none, err := c.Claim(ctx, 0)
-	require.NoError(t, err)
-	assert.Empty(t, none)
+	for _, max := range []int{0, -5} {
+		none, err := c.Claim(ctx, max)
+		assert.ErrorIs(t, err, ErrBadConfig, "an empty result would read as an empty queue")
+		assert.Empty(t, none)
+	}
 	ts, err := c.Claim(ctx, 3)
 	require.NoError(t, err)
 	require.Equal(t, ids[:3], taskIDs(ts))
