@@ -172,7 +172,7 @@ func (s *server) readQueue(r *http.Request, d *queueData, p queueParams) error {
 		func() error { return s.readStats(ctx, q, d, now) },
 		func() error { return readPending(ctx, r, q, d, p, now) },
 		func() error { return readScheduled(ctx, r, q, d, p, now) },
-		func() error { return readDead(ctx, r, q, d, p) },
+		func() error { return s.readDead(ctx, r, q, d, p) },
 	} {
 		if err := read(); err != nil {
 			errs = append(errs, err)
@@ -223,9 +223,14 @@ func readScheduled(ctx context.Context, r *http.Request, q *queue.Queue, d *queu
 	return nil
 }
 
-func readDead(ctx context.Context, r *http.Request, q *queue.Queue, d *queueData, p queueParams) error {
+func (s *server) readDead(ctx context.Context, r *http.Request, q *queue.Queue, d *queueData, p queueParams) error {
 	dead, err := q.Dead(ctx, d.Analyser)
 	if err != nil {
+		if ctx.Err() != nil && d.Read && d.Stats.Dead > int64(p.limit) {
+			// Stats answered in time: the store is what took too long.
+			return fmt.Errorf("the dead-letter store of queue %d (%d tasks) could not be read whole within %v (-timeout): %w; "+
+				"page through it with qugo dead -a %d -json", d.Analyser, d.Stats.Dead, s.cfg.timeout, errStoreTooLarge, d.Analyser)
+		}
 		return err
 	}
 	d.Dead = page[deadRow](r, "dead_offset", p.dead, p.limit, len(dead))
@@ -243,6 +248,10 @@ func readDead(ctx context.Context, r *http.Request, q *queue.Queue, d *queueData
 	}
 	return nil
 }
+
+// errStoreTooLarge is a list read whole that a page could not read in
+// time, Redis answering: its page says so rather than blame Redis.
+var errStoreTooLarge = errors.New("too large to read in time")
 
 // page is a list's page from offset, of at most limit of total rows,
 // with the URLs of the pages before and after: r's, with key changed.

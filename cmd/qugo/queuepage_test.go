@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"html"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"strings"
 	"testing"
@@ -281,4 +282,26 @@ func TestDeadTableLinksASecondRecordToItsTask(t *testing.T) {
 		w := d.get(t, target)
 		assert.Equal(t, http.StatusOK, w.Code, "the dead table's link %s", target)
 	}
+}
+
+// A dead-letter store too large to read within -timeout, Redis having
+// answered Stats in time, is said to be so, with the command that pages
+// through it, not blamed on Redis.
+func TestQueuePageDeadStoreTooLarge(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, 1, 1)
+	d := newDashboard(t, f, serverConfig{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // as if the read had taken all of -timeout
+	data := &queueData{Analyser: 0, Read: true}
+	data.Stats.Dead = 30005
+	r := httptest.NewRequest(http.MethodGet, "/queue/0", nil)
+	err := d.readDead(ctx, r, f.q, data, queueParams{limit: 50})
+	require.ErrorIs(t, err, errStoreTooLarge)
+	msg := d.explain(err)
+	assert.Contains(t, msg, "the dead-letter store of queue 0 (30005 tasks) could not be read whole within")
+	assert.Contains(t, msg, "qugo dead -a 0 -json")
+	assert.NotContains(t, msg, "Redis did not answer")
+	data.Stats.Dead = 3 // a small store that did not come back: Redis's doing
+	assert.NotErrorIs(t, d.readDead(ctx, r, f.q, data, queueParams{limit: 50}), errStoreTooLarge)
 }
