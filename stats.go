@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -59,9 +60,16 @@ func (q *Queue) Stats(ctx context.Context) ([]AnalyserStats, error) {
 				return struct{}{}, err
 			}
 			for qi := 0; qi < q.cfg.Queues; qi++ {
+				k := newQueueKeys(q.cfg.Prefix, pi, qi)
+				read := [statsPerQueue]string{k.ready, k.pending, k.dead, k.meta, k.lease, k.lease, k.sched}
 				var r [statsPerQueue]any
 				for i := range r {
 					v, err := redis.ReceiveContext(c, ctx)
+					if re, ok := errors.AsType[redis.Error](err); ok {
+						// Redis's WRONGTYPE names no key: this one is the
+						// key to repair (or delete).
+						err = redis.Error(string(re) + " (key " + read[i] + ")")
+					}
 					if err != nil {
 						return struct{}{}, err
 					}

@@ -222,3 +222,17 @@ func TestRecordedWorkers(t *testing.T) {
 		assert.Equal(t, tt.want, recordedWorkers(tt.field, tt.lease), "%q under %q", tt.field, tt.lease)
 	}
 }
+
+// A queue key holding another type fails Stats with ErrWrongType, naming
+// the key: Redis's own WRONGTYPE says which command, not which key.
+func TestStatsNamesAKeyOfTheWrongType(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	s.do(t, "SET", k.dead, "x")
+	_, err := q.Stats(context.Background())
+	require.ErrorIs(t, err, ErrWrongType)
+	assert.Contains(t, err.Error(), "(key "+k.dead+")")
+	s.do(t, "DEL", k.dead)
+	_, err = q.Stats(context.Background())
+	require.NoError(t, err)
+}
