@@ -23,7 +23,8 @@ import (
 // outcome of a lost reply. Reads, error replies (a script's refusal comes
 // before its first write), empty pops (nothing moved) and the 0 of the
 // scripts that say so when they changed nothing (zeroScripts) are handed
-// out as they came: they reported no change, so nothing waits on them.
+// out as they came: they reported no change, so nothing waits on them;
+// so are the replies of the scripts that write nothing (readScripts).
 //
 // WAIT waits for every write the connection made so far, so a write made
 // on it beside the pool's calls (a layout re-recorded on a new
@@ -126,6 +127,18 @@ var zeroScripts = func() map[string]bool {
 	return m
 }()
 
+// readScripts are the scripts that write nothing (find: State and Status
+// look for a task in a claim's list): reads, which never wait. By hash
+// and by source.
+var readScripts = func() map[string]bool {
+	m := map[string]bool{}
+	for name, sc := range map[string]*redis.Script{"find": findScript} {
+		m[sc.Hash()] = true
+		m[scriptSources[name]] = true
+	}
+	return m
+}()
+
 // unchangedZero reports a reply of 0 or {0, ...}.
 func unchangedZero(v any) bool {
 	if list, ok := v.([]any); ok && len(list) > 0 {
@@ -145,6 +158,9 @@ func classify(cmd string, args []any) sent {
 	if kind == sentWrite && len(args) > 0 && (strings.EqualFold(cmd, "EVALSHA") || strings.EqualFold(cmd, "EVAL")) {
 		if src, ok := args[0].(string); ok && zeroScripts[src] {
 			return sentZero
+		}
+		if src, ok := args[0].(string); ok && readScripts[src] {
+			return sentRead
 		}
 	}
 	if kind == sentPop && len(args) >= 4 && (strings.EqualFold(cmd, "BLMOVE") || strings.EqualFold(cmd, "LMOVE")) {

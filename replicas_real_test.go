@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"sync"
 	"syscall"
@@ -106,6 +107,44 @@ func TestWaitReplicasReal(t *testing.T) {
 		_, err := q.AddTask(ctx, 1, []byte("c"))
 		return err == nil
 	}, 10*time.Second, 10*time.Millisecond, "writes are acknowledged again once the replica is back")
+}
+
+// State and Status of a running task are reads, however they look it up
+// (a script over its claim's list, the claim's record holding no IDs
+// yet): they do not wait for a replica, stopped or not. (They waited
+// WaitTimeout and failed with ErrNotReplicated, the script taken for a
+// write.)
+func TestWaitReplicasReadsOfARunningTaskReal(t *testing.T) {
+	requireFaultSuite(t)
+	rs := startReplicated(t, false)
+	t.Cleanup(func() { rs.replica.cmd.Process.Signal(syscall.SIGCONT) })
+	ctx := context.Background()
+	q, err := Dial(ctx, []string{rs.primary.url()}, Config{Prefix: testPrefix(t), WaitReplicas: 1, WaitTimeout: 5 * time.Second})
+	require.NoError(t, err)
+	defer q.Close()
+	id, err := q.AddTask(ctx, 1, []byte("a"))
+	require.NoError(t, err)
+	started, release := make(chan struct{}), make(chan struct{})
+	pctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		q.AnalysePool(pctx, 0, PoolConfig{Workers: 1, LeaseTTL: time.Minute, OnError: func(error) {}, Logger: slog.New(slog.DiscardHandler)},
+			func(context.Context, Task) error {
+				close(started)
+				<-release
+				return nil
+			})
+	})
+	defer func() { close(release); stop(); wg.Wait() }()
+	<-started // running: its claim's record holds no IDs yet
+	signalRedis(t, rs.replica, syscall.SIGSTOP)
+	defer signalRedis(t, rs.replica, syscall.SIGCONT)
+	st, err := q.State(ctx, 1, id)
+	require.NoError(t, err, "a read never waits for replicas")
+	assert.Equal(t, StatePending, st)
+	status, err := q.Status(ctx, 1, id)
+	require.NoError(t, err)
+	assert.Equal(t, StatePending, status.State)
 }
 
 // TestWaitReplicasPoolReal drains a queue with the knob on, the replica

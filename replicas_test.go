@@ -55,6 +55,9 @@ func TestClassify(t *testing.T) {
 		{"EVALSHA", []any{"sha", 1, "k"}, sentWrite},
 		{"EVAL", []any{"return 1", 0}, sentWrite},
 		{"EVALSHA_RO", []any{"sha", 1, "k"}, sentRead},
+		{"EVALSHA", []any{findScript.Hash(), 2, "k", "l"}, sentRead}, // State's and Status's read
+		{"EVAL", []any{scriptSources["find"], 2, "k", "l"}, sentRead},
+		{"EVALSHA", []any{renewScript.Hash(), 1, "k"}, sentZero},
 		{"HDEL", []any{"h", "f"}, sentWrite},
 		{"PEXPIREAT", []any{"k", 1}, sentWrite},
 		{"RPOP", []any{"k"}, sentPop},
