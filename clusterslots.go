@@ -150,8 +150,9 @@ func (m *slotMap) assign(from, to int64, addr string) error {
 
 // parseClusterShards reads CLUSTER SHARDS: per shard, "slots" (a flat
 // list of range bounds) and "nodes" (maps of fields), of which the one
-// with role "master" and health "online" serves, on its "tls-port" for a
-// TLS client.
+// with role "master" and a health other than failed ("fail" in Redis
+// 7.0's replies, "failed" in its documentation) serves, on its
+// "tls-port" for a TLS client.
 func parseClusterShards(reply []any, asked string, tls bool) (*slotMap, error) {
 	m := newSlotMap()
 	for _, sh := range reply {
@@ -178,7 +179,7 @@ func parseClusterShards(reply []any, asked string, tls bool) (*slotMap, error) {
 					if err != nil {
 						return nil, fmt.Errorf("CLUSTER SHARDS node: %w", err)
 					}
-					if kv["role"] != "master" || kv["health"] == "failed" {
+					if h := kv["health"]; kv["role"] != "master" || h == "fail" || h == "failed" {
 						continue
 					}
 					// A node may serve TLS and plain connections on
