@@ -31,7 +31,9 @@ type Config struct {
 	// for that long after it finished, for Status. It costs about 75
 	// bytes of Redis memory per kept task, its ID included, and a few
 	// bytes per acknowledgement; Redis trims it a bucket of an eighth
-	// of Retention at a time, by expiry. At most 90 days. If zero,
+	// of Retention at a time (at least a second, at most an hour), by
+	// expiry: a record lasts Retention and up to a bucket more. At most
+	// 90 days. If zero,
 	// nothing is kept after a task finishes (Status then reports a
 	// finished task as unknown).
 	Retention time.Duration

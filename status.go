@@ -80,8 +80,9 @@ type TaskStatus struct {
 	Due time.Time
 	// AddedAt is when the task was added; StartedAt when its last
 	// delivery started (finished tasks, with Config.Retention; zero when
-	// it did not run, or when it was cancelled while it waited to retry);
-	// FinishedAt when it was acknowledged, cancelled or dead-lettered.
+	// it did not run: a task cancelled while it waited to retry keeps the
+	// start of the delivery that failed); FinishedAt when it was
+	// acknowledged, cancelled or dead-lettered.
 	AddedAt, StartedAt, FinishedAt time.Time
 	// LastError is the text of the last failed delivery's error (retrying
 	// and dead tasks).
