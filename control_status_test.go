@@ -345,3 +345,23 @@ func TestStatusOfAMarkAloneIsUnknown(t *testing.T) {
 	}
 	assert.Zero(t, stats0(t, q).Cancelled)
 }
+
+// A scheduled task cancelled by a producer with Config.Retention reads as
+// cancelled to a reader without it (qugo), which goes by the retention
+// recorded in the queue, before any pool has acknowledged a task there.
+// (It read as unknown: the cancel's record did not say its retention.)
+func TestCancelledScheduledTaskReadWithoutRetention(t *testing.T) {
+	t.Parallel()
+	q, srv := newTestQueue(t, 1, Config{Retention: time.Hour})
+	ctx := context.Background()
+	id, err := q.AddTaskAfter(ctx, 1, time.Hour, []byte("x"))
+	require.NoError(t, err)
+	where, err := q.Cancel(ctx, 1, id)
+	require.NoError(t, err)
+	require.Equal(t, StateScheduled, where)
+	reader, err := New([]*redis.Pool{srv[0].pool}, Config{Prefix: q.cfg.Prefix})
+	require.NoError(t, err)
+	st, err := reader.Status(ctx, 1, id)
+	require.NoError(t, err)
+	assert.Equal(t, StateCancelled, st.State)
+}

@@ -161,16 +161,19 @@ end
 
 // historyScript writes one status record and its bucket's expiry, at
 // once: a bucket never outlives its expiry for a reply lost between the
-// two.
+// two. It records the retention in the meta hash, as the ack does, so
+// that a reader without Config.Retention (qugo) finds the record.
 //
-//	KEYS[1] = history bucket
-//	ARGV[1] = packed task ID, ARGV[2] = status record, ARGV[3] = expiry (ms since the epoch)
+//	KEYS[1] = history bucket, KEYS[2] = meta hash
+//	ARGV[1] = packed task ID, ARGV[2] = status record, ARGV[3] = expiry (ms since the epoch),
+//	ARGV[4] = the writer's Config.Retention, ms
 //
 // Returns 1, or 0 when the bucket holds another type (nothing written).
-var historyScript = newScript("history", 1, luaHistory+`
+var historyScript = newScript("history", 2, luaHistory+typeCheck(hashAt(2))+`
 if not history(KEYS[1]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+redis.call('HSET', KEYS[2], 'retention', ARGV[4])
 return 1
 `)
 
@@ -182,7 +185,7 @@ func (q *Queue) recordHistory(ctx context.Context, p *partition, k queueKeys, id
 		return nil
 	}
 	_, err := onPartition(ctx, p, "record status of task "+id, func(c redis.Conn) (any, error) {
-		return historyScript.DoContext(ctx, c, key, packID(id), rec.encode(start), expiry)
+		return historyScript.DoContext(ctx, c, key, k.meta, packID(id), rec.encode(start), expiry, q.cfg.Retention.Milliseconds())
 	})
 	return err
 }
