@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -58,7 +59,17 @@ type batcher[T any] struct {
 type batchRequest[T any] struct {
 	row  T
 	done chan error // buffered: the flusher never waits for the caller
+	// state is queued, then taken by the flush that carries the row, or
+	// withdrawn by its caller whose ctx ended first: a row its caller
+	// gave up on is never written.
+	state atomic.Int32
 }
+
+const (
+	rowQueued int32 = iota
+	rowTaken
+	rowWithdrawn
+)
 
 // newBatcher returns a batcher that writes rows with flush. flush must
 // write all its rows or none (one transaction). Run must be running for
@@ -68,9 +79,12 @@ func newBatcher[T any](cfg batcherConfig, flush func(ctx context.Context, rows [
 	return &batcher[T]{cfg: cfg, flush: flush, in: make(chan *batchRequest[T], cfg.Max)}
 }
 
-// Add hands row to the batcher and waits for the flush that carries it.
-// It returns that flush's error, or ctx's error if ctx ends first; the row
-// may still be written then, so writes must be idempotent. It is safe for
+// Add hands row to the batcher and waits for the flush that carries it,
+// and returns that flush's error. When ctx ends first, a row no flush has
+// taken yet is withdrawn, never to be written, and Add returns ctx's
+// error; a row a flush carries already is waited for (the flush is
+// bounded by Timeout), and its outcome returned: nil says the row is
+// written, an error that it is not, whatever ctx says. It is safe for
 // concurrent use.
 func (b *batcher[T]) Add(ctx context.Context, row T) error {
 	r := &batchRequest[T]{row: row, done: make(chan error, 1)}
@@ -90,7 +104,10 @@ func (b *batcher[T]) Add(ctx context.Context, row T) error {
 	case err := <-r.done:
 		return err
 	case <-ctx.Done():
-		return ctx.Err()
+		if r.state.CompareAndSwap(rowQueued, rowWithdrawn) {
+			return ctx.Err()
+		}
+		return <-r.done // being written: its outcome is the caller's to know
 	}
 }
 
@@ -156,8 +173,18 @@ func (b *batcher[T]) Run() {
 	}
 }
 
-// write flushes one batch and gives every caller in it its result.
-func (b *batcher[T]) write(batch []*batchRequest[T]) {
+// write flushes one batch, but for the rows withdrawn, and gives every
+// caller in it its result.
+func (b *batcher[T]) write(all []*batchRequest[T]) {
+	batch := all[:0]
+	for _, r := range all {
+		if r.state.CompareAndSwap(rowQueued, rowTaken) {
+			batch = append(batch, r)
+		}
+	}
+	if len(batch) == 0 {
+		return
+	}
 	rows := make([]T, len(batch))
 	for i, r := range batch {
 		rows[i] = r.row

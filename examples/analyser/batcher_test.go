@@ -221,3 +221,57 @@ func TestBatcherWithoutLingerGroupsRowsWhileFlushersAreBusy(t *testing.T) {
 	assert.Len(t, db.committed(), n)
 	assert.Less(t, len(db.batches), n, "rows that came while the flusher was busy share a batch")
 }
+
+// A row whose caller's ctx ended before a flush took it is never written:
+// its caller returned an error, and its task is to be retried (or
+// dead-lettered), not written behind the next row of its order.
+func TestBatcherWithdrawsARowItsCallerGaveUpOn(t *testing.T) {
+	t.Parallel()
+	db := &fakeDB{}
+	flushing, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	b := newBatcher(batcherConfig{Max: 1, Flushers: 1}, func(ctx context.Context, rows []testRow) error {
+		once.Do(func() { close(flushing); <-release }) // the first flush holds the only flusher
+		return db.flush(ctx, rows)
+	})
+	startBatcher(t, b)
+	first := make(chan error, 1)
+	go func() { first <- b.Add(context.Background(), testRow{n: 1}) }()
+	<-flushing
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	assert.ErrorIs(t, b.Add(ctx, testRow{n: 2}), context.DeadlineExceeded, "queued behind the busy flusher")
+	close(release)
+	require.NoError(t, <-first)
+	require.NoError(t, b.Add(context.Background(), testRow{n: 3}))
+	assert.Equal(t, []testRow{{n: 1}, {n: 3}}, db.committed(), "the row given up on is not written")
+}
+
+// A row a flush carries already is waited for when its caller's ctx ends:
+// the caller learns whether it was written.
+func TestBatcherAddWaitsForTheFlushCarryingItsRow(t *testing.T) {
+	t.Parallel()
+	db := &fakeDB{}
+	flushing, release := make(chan struct{}), make(chan struct{})
+	b := newBatcher(batcherConfig{Max: 1, Flushers: 1}, func(ctx context.Context, rows []testRow) error {
+		close(flushing)
+		<-release
+		return db.flush(ctx, rows)
+	})
+	startBatcher(t, b)
+	releaseOnce := sync.OnceFunc(func() { close(release) })
+	defer releaseOnce() // before the batcher's close, should the test fail
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Add(ctx, testRow{n: 1}) }()
+	<-flushing
+	cancel()
+	select {
+	case err := <-done:
+		t.Fatalf("Add returned %v while its row was being written", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	releaseOnce()
+	assert.NoError(t, <-done, "written: the caller is told so")
+	assert.Equal(t, []testRow{{n: 1}}, db.committed())
+}
