@@ -198,9 +198,10 @@
 // AddTask costs about one LPUSH (concurrent calls to one partition share
 // pipelined round trips) and returns when its ctx ends; AddTasks sends one
 // pipeline per partition. [PoolConfig].Prefetch bounds the OrderIDs a pool
-// holds tasks of, and so what one claim takes; MaxHeldTasks and
-// MaxHeldBytes bound all the tasks it holds (a task larger than
-// MaxHeldBytes is still claimed, alone). A pool's claim is Redis's own
+// claims with a task running or about to run (those waiting out a retry's
+// backoff do not count while they wait), and so what one claim takes;
+// MaxHeldTasks and MaxHeldBytes bound all the tasks it holds (a task
+// larger than MaxHeldBytes is still claimed, alone). A pool's claim is Redis's own
 // move where the server allows SORT: one SORT ... BY nosort STORE into
 // the claim's list and one LTRIM, no entry passing through Lua, then an
 // LRANGE that reads the list, in the same pipeline as the script (tasks
@@ -356,7 +357,8 @@
 // second in all. A limit across processes would need a limiter shared in
 // Redis, which this package does not have. Claims are not slowed: a pool
 // draining slowly holds tasks of up to Prefetch OrderIDs pending
-// meanwhile, and a lower Prefetch keeps fewer. An elastic pool does not
+// meanwhile (and of those waiting out a retry's backoff), and a lower
+// Prefetch keeps fewer. An elastic pool does not
 // grow while its workers wait for the limit.
 //
 // # Crash recovery

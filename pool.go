@@ -44,12 +44,17 @@ type PoolConfig struct {
 	// DispatchFree (each task on whichever worker is free first). Either
 	// way the tasks of one OrderID run one at a time, in claim order.
 	Dispatch DispatchMode
-	// Prefetch bounds the OrderIDs whose tasks the pool holds (claimed and
-	// not finished) with a task running or about to run, and so it bounds
-	// what one claim takes. An OrderID whose task waits out a retry's
-	// backoff does not count, nor do tasks that wait behind an earlier
-	// task of their OrderID (one retrying, or slow), so they never hold
-	// back other OrderIDs; MaxHeldTasks and MaxHeldBytes bound them.
+	// Prefetch bounds the OrderIDs whose tasks the pool claims (and holds
+	// until they finish) with a task running or about to run, and so it
+	// bounds what one claim takes. An OrderID whose task waits out a
+	// retry's backoff does not count while it waits, nor do tasks that
+	// wait behind an earlier task of their OrderID (one retrying, or
+	// slow), so they never hold back other OrderIDs; MaxHeldTasks and
+	// MaxHeldBytes bound them. So after many failures at once (a
+	// downstream outage) the pool may hold up to MaxHeldTasks OrderIDs,
+	// and when their backoffs end, more than Prefetch of them have a task
+	// about to run: it claims nothing more until it is back under
+	// Prefetch.
 	// If zero, 64 per worker (at least 1024, at most 65536) is used: a
 	// claim takes up to about Prefetch tasks, and the larger the claims
 	// the less each task costs (see docs/performance.md). At most 65536.
@@ -72,7 +77,8 @@ type PoolConfig struct {
 	// once (the task does not start). The limit is this pool's, in this
 	// process: a limit across processes would need a limiter shared in
 	// Redis, which this package does not have. Claims are not slowed: a
-	// rate-limited pool still holds tasks of up to Prefetch OrderIDs
+	// rate-limited pool still holds tasks of up to Prefetch OrderIDs (more
+	// when some wait out a retry's backoff: see Prefetch)
 	// (pending in Redis) while it drains them slowly, so a lower Prefetch
 	// keeps fewer waiting. If zero, starts are not limited; else at least
 	// one a day (1.0/86400) and at most 1,000,000.
