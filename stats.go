@@ -38,13 +38,23 @@ type AnalyserStats struct {
 const statsPerQueue = 7
 
 // Stats returns one row per analyser, in analyser order. It is safe for
-// concurrent use and costs one pipelined round trip per partition.
+// concurrent use and costs one pipelined round trip per partition, the
+// partitions read side by side. When some partitions cannot be read, it
+// returns the rows of the others all the same, those of the partitions
+// that failed holding only their Analyser, Partition and Queue, and an
+// error that joins a *PartitionError for each of them (errors.As finds
+// the first; FailedPartitions lists them all).
 func (q *Queue) Stats(ctx context.Context) ([]AnalyserStats, error) {
 	if q.closed.Load() {
 		return nil, ErrClosed
 	}
 	out := make([]AnalyserStats, q.Analysers())
-	for pi, p := range q.parts {
+	for a := range out {
+		out[a].Analyser = a
+		out[a].Partition, out[a].Queue, _ = q.Layout().Serves(a)
+	}
+	errs := make([]error, len(q.parts))
+	eachPartition(q.parts, func(pi int, p *partition) {
 		_, err := onPartition(ctx, p, fmt.Sprintf("stats of partition %d", pi), func(c redis.Conn) (struct{}, error) {
 			for qi := 0; qi < q.cfg.Queues; qi++ {
 				k := newQueueKeys(q.cfg.Prefix, pi, qi)
@@ -108,10 +118,33 @@ func (q *Queue) Stats(ctx context.Context) ([]AnalyserStats, error) {
 			return struct{}{}, nil
 		})
 		if err != nil {
-			return nil, err
+			errs[pi] = &PartitionError{Partition: pi, Err: err}
+		}
+	})
+	return out, errors.Join(errs...)
+}
+
+// FailedPartitions returns the partitions of each *PartitionError err
+// holds, itself or joined (as Stats and AddTasks return them), in order.
+func FailedPartitions(err error) []int {
+	var out []int
+	var walk func(error)
+	walk = func(err error) {
+		if pe, ok := err.(*PartitionError); ok {
+			out = append(out, pe.Partition)
+			return
+		}
+		switch e := err.(type) {
+		case interface{ Unwrap() []error }:
+			for _, x := range e.Unwrap() {
+				walk(x)
+			}
+		case interface{ Unwrap() error }:
+			walk(e.Unwrap())
 		}
 	}
-	return out, nil
+	walk(err)
+	return out
 }
 
 // recordedWorkers returns the worker count of a meta hash's workers

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -235,4 +236,36 @@ func TestStatsNamesAKeyOfTheWrongType(t *testing.T) {
 	s.do(t, "DEL", k.dead)
 	_, err = q.Stats(context.Background())
 	require.NoError(t, err)
+}
+
+// With a partition down, Stats returns the rows of the others, those of
+// the one down holding only where they are, and an error that names it.
+func TestStatsWithAPartitionDown(t *testing.T) {
+	t.Parallel()
+	minis := []*miniredis.Miniredis{miniredis.RunT(t), miniredis.RunT(t)}
+	pools := make([]*redis.Pool, len(minis))
+	for i, m := range minis {
+		pools[i] = testPool("redis://" + m.Addr())
+		t.Cleanup(func() { pools[i].Close() })
+	}
+	q, err := New(pools, Config{Prefix: testPrefix(t), Queues: 2})
+	require.NoError(t, err)
+	defer q.Close()
+	ctx := context.Background()
+	_, err = q.AddTask(ctx, 0, []byte("x")) // analyser 0: partition 0, queue 0
+	require.NoError(t, err)
+	minis[1].Close()
+	st, err := q.Stats(ctx)
+	require.Error(t, err)
+	var pe *PartitionError
+	require.ErrorAs(t, err, &pe)
+	assert.Equal(t, []int{1}, FailedPartitions(err))
+	require.Len(t, st, 4)
+	assert.Equal(t, int64(1), st[0].Ready, "partition 0 was read")
+	for a, s := range st {
+		wp, wq, _ := q.Layout().Serves(a)
+		assert.Equal(t, AnalyserStats{Analyser: a, Partition: wp, Queue: wq, Ready: s.Ready}, s, "analyser %d", a)
+	}
+	assert.Nil(t, FailedPartitions(errors.New("other")))
+	assert.Equal(t, []int{0, 2}, FailedPartitions(fmt.Errorf("w: %w", errors.Join(&PartitionError{Partition: 0}, &PartitionError{Partition: 2}))))
 }

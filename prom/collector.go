@@ -78,6 +78,7 @@ package prom
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"strconv"
 	"time"
 
@@ -208,21 +209,30 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect reads every analyser's queue, and every group of Options.Groups,
 // and sends their metrics. A Redis error is logged and reported as qugo_up
-// 0; the histogram is sent all the same, and so are the groups that could
-// be read.
+// 0; the histogram is sent all the same, and so are the queues of the
+// partitions that answered and the groups that could be read. (A partition
+// that hangs holds the scrape until Timeout, after which reads left, the
+// oldest pending tasks and the groups among them, fail too.)
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	c.latency.Collect(ch)
 	ctx, cancel := context.WithTimeout(context.Background(), c.opts.Timeout)
 	defer cancel()
 	up := 1.0
 	stats, err := c.q.Stats(ctx)
+	var failed []int // partitions not read: their queues' series are left out
 	if err != nil {
 		c.opts.Logger.Warn("prom: read queue stats", "err", err)
-		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 0)
-		return
+		up = 0
+		if failed = queue.FailedPartitions(err); len(failed) == 0 {
+			ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 0)
+			return // not a partition's failure: nothing was read
+		}
 	}
 	now := c.opts.Now()
 	for _, s := range stats {
+		if slices.Contains(failed, s.Partition) {
+			continue
+		}
 		lv := []string{strconv.Itoa(s.Analyser), strconv.Itoa(s.Partition), strconv.Itoa(s.Queue)}
 		gauge := func(d *prometheus.Desc, v float64) {
 			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, lv...)

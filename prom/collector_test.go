@@ -379,3 +379,33 @@ qugo_queue_paused{analyser="1",partition="0",queue="1"} 0
 	require.NoError(t, err)
 	assert.Empty(t, problems)
 }
+
+// With one partition down, the scrape keeps the series of the partitions
+// that answered, and the groups, beside qugo_up 0: alerts on the queues
+// that are read can still fire.
+func TestCollectorOnePartitionDown(t *testing.T) {
+	t.Parallel()
+	minis := []*miniredis.Miniredis{miniredis.RunT(t), miniredis.RunT(t)}
+	pools := make([]*redis.Pool, len(minis))
+	for i, m := range minis {
+		pools[i] = testPool(m.Addr())
+		t.Cleanup(func() { pools[i].Close() })
+	}
+	q, err := queue.New(pools, queue.Config{})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	_, err = q.AddTask(context.Background(), 0, []byte("x")) // analyser 0, on partition 0
+	require.NoError(t, err)
+	c := NewCollector(q, Options{Timeout: time.Second, Groups: []string{"g"}, Logger: slog.New(slog.DiscardHandler)})
+	minis[1].Close()
+	want := `
+# HELP qugo_queue_ready Tasks waiting to be claimed (queue depth).
+# TYPE qugo_queue_ready gauge
+qugo_queue_ready{analyser="0",partition="0",queue="0"} 1
+# HELP qugo_up 1 when the last scrape read every Redis partition, else 0.
+# TYPE qugo_up gauge
+qugo_up 0
+`
+	assert.NoError(t, testutil.CollectAndCompare(c, strings.NewReader(want), "qugo_up", "qugo_queue_ready"))
+	assert.Equal(t, 1, testutil.CollectAndCount(c, "qugo_group_members"), "the group, on partition 0, is read")
+}
