@@ -175,15 +175,27 @@ func (m *deadMirror) Notify(analyser int) {
 
 // Run syncs marked analysers until ctx ends, then once more (bounded by
 // a few seconds) so deaths reported during the shutdown are recorded.
+//
+// A sync reads the whole store from Redis: while syncs fail (Postgres
+// down, when deaths pile up), the next waits a second, then twice as long
+// each time up to mirrorMaxBackoff, and reports and ticks only mark the
+// stores for it, rather than read them all again for each death.
 func (m *deadMirror) Run(ctx context.Context) {
 	tick := time.NewTicker(m.every)
 	defer tick.Stop()
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	defer retry.Stop()
+	var backoff time.Duration // 0 while syncs succeed
+	sync := true
 	for {
-		if !m.syncDirty(ctx) {
-			retry.Reset(time.Second)
+		if sync {
+			if m.syncDirty(ctx) {
+				backoff = 0
+			} else {
+				backoff = min(max(2*backoff, time.Second), mirrorMaxBackoff)
+				retry.Reset(backoff)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -192,16 +204,27 @@ func (m *deadMirror) Run(ctx context.Context) {
 			cancel()
 			return
 		case <-m.kick:
+			sync = backoff == 0
 		case <-retry.C:
+			sync = true
 		case <-tick.C:
 			m.mu.Lock()
 			for _, a := range m.analysers {
 				m.dirty[a] = true
 			}
 			m.mu.Unlock()
+			sync = backoff == 0
 		}
 	}
 }
+
+// mirrorMaxBackoff bounds the wait between failed syncs of the dead-letter
+// mirror, and mirrorSyncTimeout one analyser's sync (a Postgres that hangs
+// does not hold the mirror).
+const (
+	mirrorMaxBackoff  = time.Minute
+	mirrorSyncTimeout = time.Minute
+)
 
 // syncDirty syncs every marked analyser and reports whether all succeeded;
 // those that failed stay marked.
@@ -215,7 +238,10 @@ func (m *deadMirror) syncDirty(ctx context.Context) bool {
 	m.mu.Unlock()
 	ok := true
 	for _, a := range todo {
-		if err := m.sync(ctx, a); err != nil {
+		sctx, cancel := context.WithTimeout(ctx, mirrorSyncTimeout)
+		err := m.sync(sctx, a)
+		cancel()
+		if err != nil {
 			if ctx.Err() == nil {
 				m.log.Error("record failed jobs", "analyser", a, "err", err)
 			}

@@ -198,3 +198,39 @@ func TestDeadMirrorRecordsFailedJobs(t *testing.T) {
 	require.NoError(t, db.QueryRow(ctx, `SELECT count(*) FROM failed_jobs`).Scan(&rows))
 	assert.Equal(t, 2, rows)
 }
+
+// While Postgres is down, the mirror reads the dead-letter store from
+// Redis a second, then two, then four after its first failure, whatever
+// the deaths reported meanwhile: it read the whole store again every
+// second, and again for each report.
+func TestDeadMirrorBacksOffWhilePostgresIsDown(t *testing.T) {
+	t.Parallel()
+	mr := miniredis.RunT(t)
+	q, err := queue.Dial(context.Background(), []string{"redis://" + mr.Addr()}, queue.Config{})
+	require.NoError(t, err)
+	defer q.Close()
+	buryOne(t, q, "x", "dead")
+	db, err := pgxpool.New(context.Background(), "postgres://nobody@127.0.0.1:1/none?connect_timeout=1")
+	require.NoError(t, err)
+	defer db.Close()
+	m := newDeadMirror(q, db, quiet, []int{0}, time.Hour)
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	before := mr.CommandCount()
+	go func() {
+		defer close(done)
+		m.Run(ctx)
+	}()
+	reads := func() int { return mr.CommandCount() - before }
+	require.Eventually(t, func() bool { return reads() > 0 }, 5*time.Second, time.Millisecond, "the first sync")
+	first := reads() // a sync's commands
+	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); {
+		m.Notify(0) // deaths reported while Postgres is down
+		time.Sleep(time.Millisecond)
+	}
+	stop()
+	<-done
+	// Over 2 s: the first sync, the retry after 1 s (the next comes 2 s
+	// later), and the final one at the stop.
+	assert.LessOrEqual(t, reads(), 3*first, "syncs: %d commands, %d a sync", reads(), first)
+}
