@@ -239,6 +239,9 @@ func (s *server) readTasks(w http.ResponseWriter, r *http.Request) (postBody, er
 	default:
 		return b, badRequest("request body must be a JSON object or an array of them")
 	}
+	if err == nil {
+		err = checkFieldNames(body, b.single)
+	}
 	if err != nil {
 		return b, err
 	}
@@ -281,6 +284,38 @@ func (s *server) readTasks(w http.ResponseWriter, r *http.Request) (postBody, er
 		b.key = t.IdempotencyKey
 	}
 	return b, nil
+}
+
+// taskFields are the names of a posted task's fields, as they must be
+// written: encoding/json matches names in any case ("ORDER_ID").
+var taskFields = map[string]bool{"order_id": true, "payload": true, "idempotency_key": true, "not_before": true}
+
+// checkFieldNames refuses a task field whose name is not one of
+// taskFields exactly, in body (decodeStrict took it already).
+func checkFieldNames(body []byte, single bool) error {
+	var objs []map[string]json.RawMessage
+	var err error
+	if single {
+		objs = make([]map[string]json.RawMessage, 1)
+		err = json.Unmarshal(body, &objs[0])
+	} else {
+		err = json.Unmarshal(body, &objs)
+	}
+	if err != nil {
+		return badRequest("malformed JSON: %v", err)
+	}
+	for i, o := range objs {
+		for name := range o {
+			if !taskFields[name] {
+				where := ""
+				if !single {
+					where = fmt.Sprintf("task %d: ", i)
+				}
+				return badRequest("%sunknown field %q (the fields are order_id, payload, idempotency_key and not_before, in lower case)", where, name)
+			}
+		}
+	}
+	return nil
 }
 
 // decodeStrict decodes exactly one JSON value into v, refusing unknown

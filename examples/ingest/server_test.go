@@ -220,6 +220,8 @@ func TestPostBadInputEnqueuesNothing(t *testing.T) {
 		{"empty array", `[]`, 400, "no tasks"},
 		{"bad last item", `[{"order_id": 1, "payload": 1}, {"order_id": 2, "payload": 2}, {"payload": 3}]`, 400, "task 2: order_id is required"},
 		{"unknown field in array", `[{"order_id": 1, "payload": 1}, {"order_id": 2, "payload": 2, "x": 1}]`, 400, "unknown field"},
+		{"field in another case", `{"ORDER_ID": 7, "payload": 1}`, 400, `unknown field "ORDER_ID"`},
+		{"field in another case in array", `[{"order_id": 1, "payload": 1}, {"order_id": 2, "Payload": 2}]`, 400, `task 1: unknown field "Payload"`},
 		{"key in array", `[{"order_id": 1, "payload": 1, "idempotency_key": "k"}]`, 400, "only when posting a single task"},
 		{"oversized", `{"order_id": 1, "payload": "` + strings.Repeat("x", 600) + `"}`, 413, "larger than 512 bytes"},
 		{"oversized array", `[` + strings.Repeat(`{"order_id": 1, "payload": 1},`, 30) + `{"order_id": 1, "payload": 1}]`, 413, "larger than 512 bytes"},
@@ -233,6 +235,16 @@ func TestPostBadInputEnqueuesNothing(t *testing.T) {
 		})
 	}
 	assert.Zero(t, f.ready(t), "nothing is enqueued on bad input")
+}
+
+// Field names are matched exactly (encoding/json would take "ORDER_ID"),
+// the task's own: a payload's keys are the caller's.
+func TestPostPayloadKeysInAnyCase(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, fixtureOpts{dedup: time.Minute})
+	code, out := f.post(t, `{"order_id": 1, "payload": {"ORDER_ID": 1, "Payload": [1]}}`)
+	assert.Equal(t, http.StatusCreated, code, "%v", out)
+	assert.Equal(t, int64(1), f.ready(t))
 }
 
 func TestPostKeyTooLong(t *testing.T) {
