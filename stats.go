@@ -55,6 +55,7 @@ func (q *Queue) Stats(ctx context.Context) ([]AnalyserStats, error) {
 	}
 	errs := make([]error, len(q.parts))
 	eachPartition(q.parts, func(pi int, p *partition) {
+		rows := make([]AnalyserStats, 0, q.cfg.Queues) // set in out once the whole partition was read
 		_, err := onPartition(ctx, p, fmt.Sprintf("stats of partition %d", pi), func(c redis.Conn) (struct{}, error) {
 			for qi := 0; qi < q.cfg.Queues; qi++ {
 				k := newQueueKeys(q.cfg.Prefix, pi, qi)
@@ -113,12 +114,16 @@ func (q *Queue) Stats(ctx context.Context) ([]AnalyserStats, error) {
 				if ms, _ := redis.Int64(r[5], nil); ms > 0 {
 					s.LeaseLeft = time.Duration(ms) * time.Millisecond
 				}
-				out[a] = s
+				rows = append(rows, s)
 			}
 			return struct{}{}, nil
 		})
 		if err != nil {
 			errs[pi] = &PartitionError{Partition: pi, Err: err}
+			return
+		}
+		for _, s := range rows {
+			out[s.Analyser] = s
 		}
 	})
 	return out, errors.Join(errs...)
@@ -131,7 +136,9 @@ func FailedPartitions(err error) []int {
 	var walk func(error)
 	walk = func(err error) {
 		if pe, ok := err.(*PartitionError); ok {
-			out = append(out, pe.Partition)
+			if pe != nil {
+				out = append(out, pe.Partition)
+			}
 			return
 		}
 		switch e := err.(type) {

@@ -269,3 +269,20 @@ func TestStatsWithAPartitionDown(t *testing.T) {
 	assert.Nil(t, FailedPartitions(errors.New("other")))
 	assert.Equal(t, []int{0, 2}, FailedPartitions(fmt.Errorf("w: %w", errors.Join(&PartitionError{Partition: 0}, &PartitionError{Partition: 2}))))
 }
+
+// A partition that fails half way leaves none of its rows filled in, as
+// Stats's doc says: the rows of a failed partition hold only where they
+// are.
+func TestStatsLeavesAFailedPartitionsRowsEmpty(t *testing.T) {
+	t.Parallel()
+	q, srv := newTestQueue(t, 1, Config{Queues: 2})
+	_, err := q.AddTask(context.Background(), 0, []byte("x")) // queue 0
+	require.NoError(t, err)
+	srv[0].do(t, "SET", newQueueKeys(q.cfg.Prefix, 0, 1).dead, "x") // queue 1's read fails
+	st, err := q.Stats(context.Background())
+	require.ErrorIs(t, err, ErrWrongType)
+	assert.Equal(t, []int{0}, FailedPartitions(err))
+	assert.Equal(t, []AnalyserStats{{Analyser: 0}, {Analyser: 1, Queue: 1}}, st)
+	var nilPE *PartitionError
+	assert.Nil(t, FailedPartitions(nilPE))
+}
