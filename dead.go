@@ -74,11 +74,22 @@ func clipError(msg string, n int) string {
 		return msg
 	}
 	tail := fmt.Sprintf(" [... %d bytes in all]", len(msg))
-	cut := max(n-len(tail), 0)
-	for cut > 0 && !utf8.RuneStart(msg[cut]) {
-		cut--
+	if len(tail) > n {
+		tail = "" // no room to say so
 	}
-	return msg[:cut] + tail
+	return msg[:runeCut(msg, n-len(tail))] + tail
+}
+
+// runeCut returns n, or less by up to a character's bytes, so that s[:n]
+// does not end inside a character (bytes that are not UTF-8 are cut
+// anywhere).
+func runeCut(s string, n int) int {
+	for i := n; i > max(n-utf8.UTFMax, 0); i-- {
+		if utf8.RuneStart(s[i]) {
+			return i
+		}
+	}
+	return n
 }
 
 // decodeDead decodes a dead record stored under field. A record that is

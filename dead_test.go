@@ -360,5 +360,9 @@ func TestDeadErrorBounded(t *testing.T) {
 	assert.True(t, utf8.ValidString(msg))
 	assert.True(t, strings.HasSuffix(msg, " [... 100000 bytes in all]"), msg[len(msg)-40:])
 	assert.Equal(t, "short", clipError("short", 10))
+	assert.Equal(t, "aaaaaaaaaa", clipError(strings.Repeat("a", 100), 10), "no room for the note: cut to the bound")
+	raw := clipError("read body: "+strings.Repeat("\x80", 5000), maxDeadMsg) // bytes that are not UTF-8
+	assert.LessOrEqual(t, len(raw), maxDeadMsg)
+	assert.Greater(t, len(raw), maxDeadMsg-100, "cut at the bound, not walked back to the last character start")
 	assert.Equal(t, "ab [... 30 bytes in all]", clipError(strings.Repeat("ab", 15)[:2]+strings.Repeat("c", 28), 24))
 }

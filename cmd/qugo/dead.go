@@ -101,17 +101,21 @@ func printDead(e *env, dead []queue.DeadTask) error {
 // of a table is as wide as its widest. -json has the error whole.
 const maxErrorCell = 200
 
-// errorCell is cell for an error, cut to maxErrorCell bytes at a
-// character's start.
+// errorCell is cell for an error, cut to maxErrorCell bytes as shown
+// (quoted, when it is), before a character's start.
 func errorCell(s string) string {
-	if len(s) <= maxErrorCell {
-		return cell(s)
+	c := cell(s)
+	if len(c) <= maxErrorCell {
+		return c
 	}
 	cut := maxErrorCell
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
+	for i := cut; i > cut-utf8.UTFMax; i-- {
+		if utf8.RuneStart(c[i]) {
+			cut = i
+			break
+		}
 	}
-	return cell(s[:cut]) + "... (-json shows it whole)"
+	return c[:cut] + "... (-json shows it whole)"
 }
 
 func replayFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -165,4 +166,16 @@ func TestDeadTableCutsALongError(t *testing.T) {
 	code, out, errOut = qugo(t, f.args("dead", "-a", "0", "-json")...)
 	require.Equal(t, exitOK, code, errOut)
 	assert.Contains(t, out, long)
+}
+
+// The table's cut bounds what is shown: an error quoted for its control
+// characters is cut after the quoting, and bytes that are not UTF-8 are
+// cut at the bound.
+func TestErrorCellBounds(t *testing.T) {
+	t.Parallel()
+	for _, s := range []string{strings.Repeat("a\n", 300), strings.Repeat("\x80", 500), strings.Repeat("é", 300)} {
+		c := errorCell(s)
+		assert.LessOrEqual(t, len(c), maxErrorCell+len("... (-json shows it whole)"), "%q", c)
+		assert.Greater(t, len(c), maxErrorCell-utf8.UTFMax, "%q", c)
+	}
 }

@@ -229,7 +229,7 @@ func (s *server) readDead(ctx context.Context, r *http.Request, q *queue.Queue, 
 		if ctx.Err() != nil && d.Read && d.Stats.Dead > int64(p.limit) {
 			// Stats answered in time: the store is what took too long.
 			return fmt.Errorf("the dead-letter store of queue %d (%d tasks) could not be read whole within %v (-timeout): %w; "+
-				"page through it with qugo dead -a %d -json", d.Analyser, d.Stats.Dead, s.cfg.timeout, errStoreTooLarge, d.Analyser)
+				"page through it with qugo dead -a %d -json (%v)", d.Analyser, d.Stats.Dead, s.cfg.timeout, errStoreTooLarge, d.Analyser, err)
 		}
 		return err
 	}
