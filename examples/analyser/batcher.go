@@ -21,7 +21,8 @@ type batcherConfig struct {
 	Linger time.Duration
 	// Flushers is how many flushes may run at once. If zero, 4 is used.
 	Flushers int
-	// Timeout bounds one flush. If zero, 30s is used.
+	// Timeout bounds one batch's flush, its rows retried one by one
+	// (Split) included. If zero, 30s is used.
 	Timeout time.Duration
 	// Split reports whether a failed flush of several rows is retried row
 	// by row, so that a row the database rejects fails only its own
@@ -189,20 +190,22 @@ func (b *batcher[T]) write(all []*batchRequest[T]) {
 	for i, r := range batch {
 		rows[i] = r.row
 	}
-	err := b.flushWithTimeout(rows)
+	// One Timeout bounds the batch, its rows retried one by one included:
+	// a caller whose ctx ended waits for its row at most that long.
+	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.Timeout)
+	defer cancel()
+	err := b.flush(ctx, rows)
 	if err != nil && len(batch) > 1 && b.cfg.Split != nil && b.cfg.Split(err) {
 		for i, r := range batch {
-			r.done <- b.flushWithTimeout(rows[i : i+1])
+			if ctx.Err() != nil {
+				r.done <- ctx.Err() // not tried: not written
+				continue
+			}
+			r.done <- b.flush(ctx, rows[i:i+1])
 		}
 		return
 	}
 	for _, r := range batch {
 		r.done <- err
 	}
-}
-
-func (b *batcher[T]) flushWithTimeout(rows []T) error {
-	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.Timeout)
-	defer cancel()
-	return b.flush(ctx, rows)
 }

@@ -275,3 +275,33 @@ func TestBatcherAddWaitsForTheFlushCarryingItsRow(t *testing.T) {
 	assert.NoError(t, <-done, "written: the caller is told so")
 	assert.Equal(t, []testRow{{n: 1}}, db.committed())
 }
+
+// A batch's rows retried one by one (Split) share its one Timeout: a
+// caller whose ctx ended waits for its row at most that long, not a
+// Timeout for each row ahead of it.
+func TestBatcherSplitKeepsToOneTimeout(t *testing.T) {
+	t.Parallel()
+	errBatch := errors.New("batch refused")
+	const timeout = 200 * time.Millisecond
+	b := newBatcher(batcherConfig{Max: 6, Flushers: 1, Linger: 20 * time.Millisecond, Timeout: timeout,
+		Split: func(error) bool { return true }},
+		func(ctx context.Context, rows []testRow) error {
+			if len(rows) > 1 {
+				return errBatch
+			}
+			<-ctx.Done() // a row alone: the database hangs
+			return ctx.Err()
+		})
+	startBatcher(t, b)
+	var wg sync.WaitGroup
+	for i := range 6 {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			defer cancel()
+			deadline, _ := ctx.Deadline()
+			assert.Error(t, b.Add(ctx, testRow{n: i}))
+			assert.LessOrEqual(t, time.Since(deadline), 2*timeout, "row %d", i)
+		})
+	}
+	wg.Wait()
+}
