@@ -365,3 +365,38 @@ func TestCancelledScheduledTaskReadWithoutRetention(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, StateCancelled, st.State)
 }
+
+// A producer's cancel of a scheduled task, with a Retention other than the
+// owner's, writes its record where readers look, and leaves the owner's
+// retention recorded: the owner's records stay found. (It wrote its own
+// retention over the owner's, and readers going by it lost the owner's
+// records.)
+func TestProducersCancelKeepsTheOwnersRetention(t *testing.T) {
+	t.Parallel()
+	pool, servers := newTestQueue(t, 1, Config{Retention: 24 * time.Hour})
+	mk := func(r time.Duration) *Queue {
+		q, err := New([]*redis.Pool{servers[0].pool}, Config{Prefix: pool.cfg.Prefix, Retention: r})
+		require.NoError(t, err)
+		t.Cleanup(func() { q.Close() })
+		return q
+	}
+	reader, producer := mk(0), mk(time.Hour)
+	ctx := context.Background()
+	id, err := pool.AddTask(ctx, 0, []byte("x"))
+	require.NoError(t, err)
+	claimAckOne(t, pool, 0)
+	st, err := reader.Status(ctx, 0, id)
+	require.NoError(t, err)
+	require.Equal(t, StateDone, st.State)
+	sched, err := producer.AddTaskAt(ctx, 0, time.Now().Add(time.Hour), []byte("later"))
+	require.NoError(t, err)
+	where, err := producer.Cancel(ctx, 0, sched)
+	require.NoError(t, err)
+	require.Equal(t, StateScheduled, where)
+	st, err = reader.Status(ctx, 0, id)
+	require.NoError(t, err)
+	assert.Equal(t, StateDone, st.State, "the owner's record")
+	st, err = reader.Status(ctx, 0, sched)
+	require.NoError(t, err)
+	assert.Equal(t, StateCancelled, st.State, "the producer's record")
+}

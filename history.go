@@ -161,8 +161,9 @@ end
 
 // historyScript writes one status record and its bucket's expiry, at
 // once: a bucket never outlives its expiry for a reply lost between the
-// two. It records the retention in the meta hash, as the ack does, so
-// that a reader without Config.Retention (qugo) finds the record.
+// two. It records the retention in the meta hash when none is, so that a
+// reader without Config.Retention (qugo) finds the record; one recorded
+// (by the queue's owner, whose acks write it) is left as it is.
 //
 //	KEYS[1] = history bucket, KEYS[2] = meta hash
 //	ARGV[1] = packed task ID, ARGV[2] = status record, ARGV[3] = expiry (ms since the epoch),
@@ -173,19 +174,25 @@ var historyScript = newScript("history", 2, luaHistory+typeCheck(hashAt(2))+`
 if not history(KEYS[1]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('PEXPIREAT', KEYS[1], ARGV[3])
-redis.call('HSET', KEYS[2], 'retention', ARGV[4])
+redis.call('HSETNX', KEYS[2], 'retention', ARGV[4])
 return 1
 `)
 
 // recordHistory writes rec as the status of task id (outside a pool's
-// scripts: a scheduled task cancelled).
+// scripts: a scheduled task cancelled), in the bucket of the retention the
+// queue's owner recorded, as readers look it up, or else of this Queue's
+// Config.Retention. One round trip more than the record.
 func (q *Queue) recordHistory(ctx context.Context, p *partition, k queueKeys, id string, rec historyRecord) error {
-	key, expiry, start := bucketAt(k, q.cfg.Retention, rec.finished)
-	if expiry == 0 {
-		return nil
-	}
 	_, err := onPartition(ctx, p, "record status of task "+id, func(c redis.Conn) (any, error) {
-		return historyScript.DoContext(ctx, c, key, k.meta, packID(id), rec.encode(start), expiry, q.cfg.Retention.Milliseconds())
+		retention := q.cfg.Retention
+		if ms, err := redis.Int64(redis.DoContext(c, ctx, "HGET", k.meta, "retention")); err == nil && ms > 0 && ms <= maxRetention.Milliseconds() {
+			retention = time.Duration(ms) * time.Millisecond
+		}
+		key, expiry, start := bucketAt(k, retention, rec.finished)
+		if expiry == 0 {
+			return nil, nil
+		}
+		return historyScript.DoContext(ctx, c, key, k.meta, packID(id), rec.encode(start), expiry, retention.Milliseconds())
 	})
 	return err
 }

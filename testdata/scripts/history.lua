@@ -9,5 +9,5 @@ if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' ..
 if not history(KEYS[1]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('PEXPIREAT', KEYS[1], ARGV[3])
-redis.call('HSET', KEYS[2], 'retention', ARGV[4])
+redis.call('HSETNX', KEYS[2], 'retention', ARGV[4])
 return 1
