@@ -272,7 +272,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		gauge(c.oldest, age.Seconds())
 	}
-	if !c.collectGroups(ctx, ch, stats) {
+	if !c.collectGroups(ctx, ch, stats, len(failed) > 0) {
 		up = 0
 	}
 	ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up)

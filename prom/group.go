@@ -42,9 +42,11 @@ func (d groupDescs) describe(ch chan<- *prometheus.Desc) {
 }
 
 // collectGroups reads each group of Options.Groups and sends its metrics;
-// stats (this scrape's) tell which leases each member holds. It returns
-// false when a group could not be read from Redis.
-func (c *Collector) collectGroups(ctx context.Context, ch chan<- prometheus.Metric, stats []queue.AnalyserStats) bool {
+// stats (this scrape's) tell which leases each member holds, unless
+// partial says some partitions were not read: the lease counts are then
+// left out rather than sent short. It returns false when a group could
+// not be read from Redis.
+func (c *Collector) collectGroups(ctx context.Context, ch chan<- prometheus.Metric, stats []queue.AnalyserStats, partial bool) bool {
 	if len(c.opts.Groups) == 0 {
 		return true
 	}
@@ -77,7 +79,9 @@ func (c *Collector) collectGroups(ctx context.Context, ch chan<- prometheus.Metr
 			}
 			seen[lv[1]] = true
 			ch <- prometheus.MustNewConstMetric(d.analysers, prometheus.GaugeValue, float64(len(m.Analysers)), lv...)
-			ch <- prometheus.MustNewConstMetric(d.leases, prometheus.GaugeValue, float64(held[m.Name]), lv...)
+			if !partial {
+				ch <- prometheus.MustNewConstMetric(d.leases, prometheus.GaugeValue, float64(held[m.Name]), lv...)
+			}
 			ch <- prometheus.MustNewConstMetric(d.heartbeat, prometheus.GaugeValue, m.Heartbeat.Seconds(), lv...)
 			ch <- prometheus.MustNewConstMetric(d.sessionLeft, prometheus.GaugeValue, m.Expires.Seconds(), lv...)
 		}
