@@ -250,6 +250,9 @@ var errUnusedPrefix = errors.New("no producer or analyser has used this prefix o
 // perform carries req out and says what it did.
 func (s *server) perform(ctx context.Context, req actionReq) (string, error) {
 	q, err := s.be.get(ctx)
+	if err == nil {
+		err = s.be.recheck(ctx) // writes go under the layout the servers recorded, or none
+	}
 	if err != nil {
 		return "", err
 	}

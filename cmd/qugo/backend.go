@@ -21,6 +21,8 @@ type backend struct {
 	sem  chan struct{} // held by the one goroutine connecting
 	q    atomic.Pointer[queue.Queue]
 	used atomic.Bool // a server has a layout recorded under the prefix
+	// layoutErr is the layout mismatch the last recheck found, if any.
+	layoutErr atomic.Pointer[error]
 
 	closeOnce sync.Once
 	closed    atomic.Bool
@@ -40,23 +42,16 @@ func newBackend(e *env) *backend {
 	}
 }
 
-// get returns the connected queue, connecting first if need be, once its
-// layout was checked again: a server with none recorded at the last look
-// may have one now, recorded by a producer or analyser of another layout,
-// which the flags' pages would show wrong and whose state an action would
-// write under the wrong names. (A server found recorded as the flags say
-// costs nothing more.) Callers waiting for another's connection give up
-// when ctx ends.
+// get returns the connected queue, connecting first if need be, or the
+// layout mismatch the last recheck found. Callers waiting for another's
+// connection give up when ctx ends.
 func (b *backend) get(ctx context.Context) (*queue.Queue, error) {
 	if b.closed.Load() {
 		return nil, queue.ErrClosed
 	}
 	if q := b.q.Load(); q != nil {
-		if err := q.CheckLayout(ctx); err != nil {
-			if errors.Is(err, queue.ErrLayoutMismatch) {
-				b.used.Store(true) // a layout is recorded: the prefix is used
-			}
-			return nil, err
+		if err := b.layoutErr.Load(); err != nil {
+			return nil, *err
 		}
 		return q, nil
 	}
@@ -79,6 +74,31 @@ func (b *backend) get(ctx context.Context) (*queue.Queue, error) {
 	b.used.Store(used)
 	b.q.Store(q)
 	return q, nil
+}
+
+// recheck checks the connected queue's layout again: a server with none
+// recorded at the last look may have one now, recorded by a producer or
+// analyser of another layout, which the flags' pages would show wrong and
+// whose state an action would write under the wrong names. A mismatch is
+// kept for get to return, and returned; any other failure (a server down)
+// is left to the reads that need that server. The sampler calls it every
+// -sample, and every action before it writes; it costs a read of each
+// server with no layout recorded, nothing once all have one.
+func (b *backend) recheck(ctx context.Context) error {
+	q := b.q.Load()
+	if q == nil {
+		return nil
+	}
+	err := q.CheckLayout(ctx)
+	switch {
+	case errors.Is(err, queue.ErrLayoutMismatch):
+		b.used.Store(true) // a layout is recorded: the prefix is used
+		b.layoutErr.Store(&err)
+		return err
+	case err == nil:
+		b.layoutErr.Store(nil)
+	}
+	return nil
 }
 
 // prefixUsed reports whether a server has a layout recorded under the

@@ -184,12 +184,33 @@ func TestLayoutRecordedAfterTheDashboardConnected(t *testing.T) {
 	defer other.Close()
 	_, err = other.AddTask(context.Background(), 7, []byte("x"))
 	require.NoError(t, err)
-	w := d.get(t, "/")
-	assert.Equal(t, http.StatusServiceUnavailable, w.Code)
-	assert.Contains(t, w.Body.String(), "-queues 1")
-	assert.NotContains(t, w.Body.String(), "No producer or analyser has used prefix")
-	w = d.act(t, "pause", url.Values{"scope": {"all"}}, cookie, csrf)
+	w := d.act(t, "pause", url.Values{"scope": {"all"}}, cookie, csrf) // an action checks before it writes
 	assert.Equal(t, http.StatusConflict, w.Code)
 	assert.Contains(t, w.Body.String(), "-queues 1")
 	assert.NotContains(t, w.Body.String(), "refusing to write under it")
+	assert.Error(t, d.sampleOnce(context.Background()), "the sampler looks again every -sample")
+	w = d.get(t, "/")
+	assert.Equal(t, http.StatusServiceUnavailable, w.Code)
+	assert.Contains(t, w.Body.String(), "-queues 1")
+	assert.NotContains(t, w.Body.String(), "No producer or analyser has used prefix")
+}
+
+// A server with no layout recorded that is down fails no page that does
+// not read it: the layout is checked again by the sampler and before
+// actions, not by every page.
+func TestPagesWhileAnUnrecordedServerIsDown(t *testing.T) {
+	t.Parallel()
+	if testRedisURL != "" {
+		t.Skip("stops a miniredis server")
+	}
+	f := newFixture(t, 2, 1)
+	d := newDashboard(t, f, serverConfig{})
+	require.Equal(t, http.StatusOK, d.get(t, "/").Code)
+	f.minis[1].Close()
+	id, err := f.q.AddTask(context.Background(), 0, []byte("x")) // records the layout on partition 0 only
+	require.NoError(t, err)
+	d.sampleOnce(context.Background()) // its Stats fails on partition 1; its layout check does not count it
+	w := d.get(t, taskURL("0", id))
+	assert.Equal(t, http.StatusOK, w.Code, w.Body.String())
+	assert.Contains(t, w.Body.String(), `id="task-state"`)
 }

@@ -180,7 +180,11 @@ func (s *server) sampleLoop(ctx context.Context) {
 func (s *server) sampleOnce(parent context.Context) error {
 	ctx, cancel := context.WithTimeout(parent, s.cfg.timeout)
 	defer cancel()
-	q, err := s.be.get(ctx)
+	err := s.be.recheck(ctx)
+	var q *queue.Queue
+	if err == nil {
+		q, err = s.be.get(ctx)
+	}
 	var stats []queue.AnalyserStats
 	if err == nil {
 		stats, err = q.Stats(ctx)
