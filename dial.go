@@ -218,8 +218,12 @@ func RedactURL(raw string) string {
 		return "(a URL that does not parse)"
 	}
 	u.User, u.Host = nil, hosts
-	if q := u.Query(); q.Has("sentinel_password") {
-		q.Set("sentinel_password", "redacted")
+	if q := u.Query(); q.Has("sentinel_password") || q.Has("sentinel_user") {
+		for _, k := range []string{"sentinel_user", "sentinel_password"} {
+			if q.Has(k) {
+				q.Set(k, "redacted")
+			}
+		}
 		u.RawQuery = q.Encode()
 	}
 	return u.String()

@@ -115,13 +115,15 @@ func checkReplaced(t *testing.T, q *Queue, s *testServer, kill func()) {
 func TestRedactURL(t *testing.T) {
 	t.Parallel()
 	for in, want := range map[string]string{
-		"redis://:s3cret@host:6379/2":                              "redis://host:6379/2",
-		"rediss://user:s3cret@host:6380":                           "rediss://host:6380",
-		"redis://s3cret@host":                                      "redis://host",
-		"redis://host:6379":                                        "redis://host:6379",
-		"redis://:s3cret%zz@host":                                  "(a URL that does not parse)",
-		"redis+sentinel://:pw@s1,s2:26380/m?sentinel_password=spw": "redis+sentinel://s1,s2:26380/m?sentinel_password=redacted",
-		"redis+cluster://u:pw@a:7000,b":                            "redis+cluster://a:7000,b",
+		"redis://:s3cret@host:6379/2":                                   "redis://host:6379/2",
+		"rediss://user:s3cret@host:6380":                                "rediss://host:6380",
+		"redis://s3cret@host":                                           "redis://host",
+		"redis://host:6379":                                             "redis://host:6379",
+		"redis://:s3cret%zz@host":                                       "(a URL that does not parse)",
+		"redis+sentinel://:pw@s1,s2:26380/m?sentinel_password=spw":      "redis+sentinel://s1,s2:26380/m?sentinel_password=redacted",
+		"redis+cluster://u:pw@a:7000,b":                                 "redis+cluster://a:7000,b",
+		"redis+sentinel://s1/m?sentinel_user=ops&sentinel_password=spw": "redis+sentinel://s1/m?sentinel_password=redacted&sentinel_user=redacted",
+		"redis+sentinel://s1/m?sentinel_user=ops":                       "redis+sentinel://s1/m?sentinel_user=redacted",
 		// A password with a '/', '?' or '#' not percent-encoded cuts the
 		// authority short: none of it may be shown.
 		"redis://:ab/cd@host:6379":             "(a URL that does not parse)",
