@@ -55,9 +55,10 @@ type PoolConfig struct {
 	// and when their backoffs end, more than Prefetch of them have a task
 	// about to run: it claims nothing more until it is back under
 	// Prefetch.
-	// If zero, 64 per worker (at least 1024, at most 65536) is used: a
-	// claim takes up to about Prefetch tasks, and the larger the claims
-	// the less each task costs (see docs/performance.md). At most 65536.
+	// If zero, 64 per worker (at least 1024, at most 65536, and at most
+	// MaxHeldTasks when that is set) is used: a claim takes up to about
+	// Prefetch tasks, and the larger the claims the less each task costs
+	// (see docs/performance.md). At most 65536, and at most MaxHeldTasks.
 	Prefetch int
 	// MaxHeldTasks bounds all the tasks the pool holds, those waiting
 	// behind an earlier task of their OrderID included. If zero, 16 times

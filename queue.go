@@ -345,5 +345,6 @@ func (q *Queue) Close() error {
 // primary that serves its key (one key, or keys of one hash slot, per
 // command); on Sentinel they follow the current primary. Use it for keys
 // of your own next to the queue's; the queue keeps ownership of the pools
-// Dial made.
+// Dial made. i must be in [0, Layout().Partitions): another panics, as an
+// index out of a slice's range does.
 func (q *Queue) Pool(i int) *redis.Pool { return q.parts[i].pool }
