@@ -15,8 +15,8 @@ type GroupConfig struct {
 	// Member names this process in the group, and is the Owner of its
 	// queues' leases unless Pool.Owner is set. A process that restarts
 	// with the same name within SessionTTL gets its queues back without
-	// moving any other: 1 to 200 bytes of printable characters (see
-	// CheckGroupName), no braces. If empty, "host:pid" is used.
+	// moving any other: 1 to 200 bytes, no braces or control characters
+	// (see CheckGroupName). If empty, "host:pid" is used.
 	Member string
 	// Weight is this member's capacity relative to the others': members
 	// get shares of the queues in proportion. If zero, 1 is used; at most

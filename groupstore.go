@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 	"unicode"
-	"unicode/utf8"
 
 	"github.com/gomodule/redigo/redis"
 )
@@ -43,19 +42,17 @@ func newGroupKeys(prefix, group string) groupKeys {
 }
 
 // CheckGroupName returns an error (errors.Is ErrBadConfig) when name
-// cannot name a consumer group or a member: empty, over 200 bytes, not
-// UTF-8, or with a brace or a character that is not printable (a
-// control character, a line or paragraph separator, a space other than
-// ' '). JoinGroup and GroupStatus check
+// cannot name a consumer group or a member: empty, over 200 bytes, or
+// with a brace or a control character (C0, DEL or C1; other bytes, UTF-8
+// or not, may be used). JoinGroup and GroupStatus check
 // their names so; this checks one without a Queue.
 func CheckGroupName(name string) error { return checkGroupName("name", name) }
 
 // checkGroupName refuses names that would break the keys: empty, too
 // long, or with a brace (the hash tag) or a control character.
 func checkGroupName(what, name string) error {
-	if name == "" || len(name) > 200 || strings.ContainsAny(name, "{}") || !utf8.ValidString(name) ||
-		strings.ContainsFunc(name, func(r rune) bool { return !unicode.IsPrint(r) }) {
-		return fmt.Errorf("%w: %s %q: want 1 to 200 bytes of printable characters, no braces", ErrBadConfig, what, name)
+	if name == "" || len(name) > 200 || strings.ContainsAny(name, "{}") || strings.ContainsFunc(name, unicode.IsControl) {
+		return fmt.Errorf("%w: %s %q: want 1 to 200 bytes, no braces or control characters", ErrBadConfig, what, name)
 	}
 	return nil
 }

@@ -27,17 +27,24 @@ func TestMain(m *testing.M) {
 
 // newTestQueue returns a queue over r miniredis partitions with q queues each.
 func newTestQueue(t *testing.T, r, q int) *queue.Queue {
+	qu, _ := newTestQueueOn(t, r, q)
+	return qu
+}
+
+// newTestQueueOn is newTestQueue, with the servers.
+func newTestQueueOn(t *testing.T, r, q int) (*queue.Queue, []*miniredis.Miniredis) {
 	t.Helper()
 	pools := make([]*redis.Pool, r)
+	minis := make([]*miniredis.Miniredis, r)
 	for i := range pools {
-		addr := miniredis.RunT(t).Addr()
-		pools[i] = testPool(addr)
+		minis[i] = miniredis.RunT(t)
+		pools[i] = testPool(minis[i].Addr())
 		t.Cleanup(func() { pools[i].Close() })
 	}
 	qu, err := queue.New(pools, queue.Config{Queues: q})
 	require.NoError(t, err)
 	t.Cleanup(func() { qu.Close() })
-	return qu
+	return qu, minis
 }
 
 func testPool(addr string) *redis.Pool {
@@ -385,16 +392,8 @@ qugo_queue_paused{analyser="1",partition="0",queue="1"} 0
 // that are read can still fire.
 func TestCollectorOnePartitionDown(t *testing.T) {
 	t.Parallel()
-	minis := []*miniredis.Miniredis{miniredis.RunT(t), miniredis.RunT(t)}
-	pools := make([]*redis.Pool, len(minis))
-	for i, m := range minis {
-		pools[i] = testPool(m.Addr())
-		t.Cleanup(func() { pools[i].Close() })
-	}
-	q, err := queue.New(pools, queue.Config{})
-	require.NoError(t, err)
-	t.Cleanup(func() { q.Close() })
-	_, err = q.AddTask(context.Background(), 0, []byte("x")) // analyser 0, on partition 0
+	q, minis := newTestQueueOn(t, 2, 1)
+	_, err := q.AddTask(context.Background(), 0, []byte("x")) // analyser 0, on partition 0
 	require.NoError(t, err)
 	c := NewCollector(q, Options{Timeout: time.Second, Groups: []string{"g"}, Logger: slog.New(slog.DiscardHandler)})
 	minis[1].Close()

@@ -277,19 +277,11 @@ func TestCollectorGroupMemberNameNotUTF8(t *testing.T) {
 // member holds, which its help calls a queue moving.
 func TestGroupLeasesLeftOutWhenAPartitionFails(t *testing.T) {
 	t.Parallel()
-	minis := []*miniredis.Miniredis{miniredis.RunT(t), miniredis.RunT(t)}
-	pools := make([]*redis.Pool, len(minis))
-	for i, m := range minis {
-		pools[i] = testPool(m.Addr())
-		t.Cleanup(func() { pools[i].Close() })
-	}
-	q, err := queue.New(pools, queue.Config{})
-	require.NoError(t, err)
-	t.Cleanup(func() { q.Close() })
+	q, minis := newTestQueueOn(t, 2, 1)
 	join(t, q, "g", "m", 1)
 	waitHolding(t, q, "g", []string{"m"}, []int{2})
 	minis[1].Set("{qugo:1.0}:dead", "x") // Stats fails on partition 1 only
-	_, err = q.Stats(context.Background())
+	_, err := q.Stats(context.Background())
 	require.Equal(t, []int{1}, queue.FailedPartitions(err))
 	c := NewCollector(q, Options{Timeout: 2 * time.Second, Groups: []string{"g"}, Logger: slog.New(slog.DiscardHandler)})
 	assert.Equal(t, 1, testutil.CollectAndCount(c, "qugo_group_member_analysers"))
