@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strconv"
 	"time"
-	"unicode/utf8"
 
 	"github.com/qugo/queue"
 )
@@ -108,14 +107,7 @@ func errorCell(s string) string {
 	if len(c) <= maxErrorCell {
 		return c
 	}
-	cut := maxErrorCell
-	for i := cut; i > cut-utf8.UTFMax; i-- {
-		if utf8.RuneStart(c[i]) {
-			cut = i
-			break
-		}
-	}
-	return c[:cut] + "... (-json shows it whole)"
+	return c[:runeCut(c, maxErrorCell)] + "... (-json shows it whole)"
 }
 
 func replayFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {

@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 	"unicode"
+	"unicode/utf8"
 )
 
 // table writes aligned columns; cells must not hold tabs or newlines
@@ -119,4 +120,16 @@ func rangesCell(as []int) string {
 		i = j + 1
 	}
 	return b.String()
+}
+
+// runeCut returns where to cut s, longer than n bytes, to keep at most n:
+// n, or less by up to a character's bytes so that no character is cut
+// (bytes that are not UTF-8 are cut at n).
+func runeCut[T string | []byte](s T, n int) int {
+	for i := n; i > max(n-utf8.UTFMax, 0); i-- {
+		if utf8.RuneStart(s[i]) {
+			return i
+		}
+	}
+	return n
 }

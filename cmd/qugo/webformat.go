@@ -152,11 +152,7 @@ func newPreview(b []byte) preview {
 		if len(b) <= n {
 			return string(b), false
 		}
-		cut := n
-		for cut > 0 && !utf8.RuneStart(b[cut]) {
-			cut--
-		}
-		return string(b[:cut]), true
+		return string(b[:runeCut(b, n)]), true
 	}
 	var cut bool
 	p.Short, cut = show(previewShort)
@@ -206,9 +202,5 @@ func newClip(s string) clip {
 	if len(s) <= errorShort {
 		return clip{Short: s}
 	}
-	cut := errorShort
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return clip{Short: s[:cut] + "…", Full: s}
+	return clip{Short: s[:runeCut(s, errorShort)] + "…", Full: s}
 }

@@ -80,4 +80,6 @@ func TestClip(t *testing.T) {
 	assert.True(t, strings.HasSuffix(c.Short, "…"))
 	assert.True(t, utf8.ValidString(c.Short))
 	assert.LessOrEqual(t, len(c.Short), errorShort+len("…"))
+	raw := newClip("read: " + strings.Repeat("\x80", 500)) // not UTF-8: cut at the bound
+	assert.Len(t, raw.Short, errorShort+len("…"))
 }
