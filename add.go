@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"sync"
 	"time"
-
-	"github.com/gomodule/redigo/redis"
 )
 
 // Adding tasks: the checks every add makes, AddTask and AddTasks.
@@ -330,11 +328,7 @@ func (a *partAdd) finish(ctx context.Context) error {
 // queue's second LPUSH waits for the first one's reply there.
 func (a *partAdd) push(ctx context.Context) error {
 	what := fmt.Sprintf("add tasks to partition %d", a.pi)
-	err := ctx.Err() // a pool hands out an idle connection whatever ctx says
-	var conn redis.Conn
-	if err == nil {
-		conn, err = a.q.parts[a.pi].pool.GetContext(ctx)
-	}
+	conn, err := getConn(ctx, a.q.parts[a.pi].pool)
 	if err != nil {
 		for range a.cmds { // let the caller go on
 		}

@@ -227,7 +227,7 @@ func (a *adder) handOffLocked() {
 }
 
 func pushOne(ctx context.Context, pool *redis.Pool, key string, entry []byte) error {
-	conn, err := pool.GetContext(ctx)
+	conn, err := getConn(ctx, pool)
 	if err != nil {
 		return err
 	}
@@ -246,7 +246,7 @@ func pushMany(ctx context.Context, pool *redis.Pool, calls []*addCall) []error {
 		}
 		return errs
 	}
-	conn, err := pool.GetContext(ctx)
+	conn, err := getConn(ctx, pool)
 	if err != nil {
 		return fail(err)
 	}

@@ -116,7 +116,7 @@ func (r *clusterRouter) nodeConn(ctx context.Context, addr string) (redis.Conn, 
 		if err != nil {
 			return nil, err
 		}
-		c, err = p.GetContext(ctx)
+		c, err = getConn(ctx, p)
 		if err == nil {
 			break
 		}

@@ -448,7 +448,7 @@ func (c *watchedConn) ReceiveWithTimeout(d time.Duration) (any, error) {
 }
 
 func ping(ctx context.Context, p *redis.Pool) error {
-	conn, err := p.GetContext(ctx)
+	conn, err := getConn(ctx, p)
 	if err != nil {
 		return err
 	}

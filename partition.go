@@ -262,7 +262,7 @@ func (q *Queue) layoutPass(ctx context.Context, p *partition, record bool) error
 	}
 	errs = errs[:len(unrecorded)]
 	eachPartition(unrecorded, func(i int, o *partition) {
-		conn, err := o.pool.GetContext(ctx)
+		conn, err := getConn(ctx, o.pool)
 		if err != nil {
 			errs[i] = redisErr(fmt.Sprintf("check layout of partition %d", o.index), err)
 			return

@@ -14,18 +14,24 @@ import (
 // onPartition runs f with a connection to p.
 func onPartition[T any](ctx context.Context, p *partition, what string, f func(redis.Conn) (T, error)) (T, error) {
 	var zero T
-	if err := ctx.Err(); err != nil {
-		// A pool hands out an idle connection whatever ctx says: a call
-		// whose ctx has ended sends nothing.
-		return zero, redisErr(what, err)
-	}
-	conn, err := p.pool.GetContext(ctx)
+	conn, err := getConn(ctx, p.pool)
 	if err != nil {
 		return zero, redisErr(what, err)
 	}
 	defer conn.Close()
 	v, err := f(conn)
 	return v, redisErr(what, err)
+}
+
+// getConn is pool.GetContext for a call that may write: a pool hands out
+// an idle connection whatever ctx says, and redis.DoContext sends a
+// command even when ctx was cancelled before it, so a call whose ctx has
+// ended gets ctx's error here and sends nothing.
+func getConn(ctx context.Context, pool *redis.Pool) (redis.Conn, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return pool.GetContext(ctx)
 }
 
 // doContext is redis.DoContext, which runs every command on a goroutine of

@@ -437,7 +437,7 @@ func (q *Queue) Ping(ctx context.Context) error {
 // answer: on a Redis Cluster a PING reaches one node, so it reads one key
 // of every queue instead (one pipeline, split over the primaries).
 func (q *Queue) pingQueues(ctx context.Context, p *partition) error {
-	conn, err := p.pool.GetContext(ctx)
+	conn, err := getConn(ctx, p.pool)
 	if err != nil {
 		return err
 	}
