@@ -211,8 +211,9 @@
 // (miniredis, an ACL that denies SORT), or while a cancel mark or a due
 // scheduled task waits, the script moves the entries itself. An idle
 // pool is woken as soon as a task is pushed (see Idle pools). Each delivery
-// gets [PoolConfig].TaskTimeout; a panic becomes a [*PanicError], and
-// every failed delivery reaches OnError as a [*TaskError] and is recorded
+// gets [PoolConfig].TaskTimeout; a panic becomes a [*PanicError], a call
+// of runtime.Goexit (t.FailNow in a test) [ErrGoexit], the worker going on
+// either way, and every failed delivery reaches OnError as a [*TaskError] and is recorded
 // in the pending record at once. [Queue.Replay] puts dead tasks back at
 // the producing end as new work, behind the tasks already queued, their
 // delivery count reset.

@@ -143,6 +143,11 @@ func (e *PanicError) Unwrap() error {
 	return err
 }
 
+// ErrGoexit is the error of a delivery whose AnalyseFunc called
+// runtime.Goexit (as t.FailNow does in a test): the delivery failed as
+// with a panic, and the worker goes on, on a new goroutine.
+var ErrGoexit = errors.New("queue: analyse called runtime.Goexit")
+
 // TaskError is a failed delivery of a task: what OnError receives for every
 // failed attempt, and what is recorded in the dead-letter store.
 type TaskError struct {

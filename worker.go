@@ -52,14 +52,26 @@ func (s *session) start(w *worker, grown bool) {
 	if grown {
 		s.cfg.Logger.Debug("queue: workers grown", "analyser", s.log.analyser, "workers", n)
 	}
-	go func() {
-		defer s.workWG.Done()
-		retired := w.loop()
-		n := s.addLive(-1)
-		if retired {
-			s.cfg.Logger.Debug("queue: workers shrunk", "analyser", s.log.analyser, "workers", n)
+	go s.runWorker(w)
+}
+
+// runWorker runs w's loop on this goroutine. An analyse function that
+// calls runtime.Goexit ends the goroutine, its delivery settled as failed
+// (see goexited): a new goroutine then takes over as the same worker.
+func (s *session) runWorker(w *worker) {
+	returned := false
+	defer func() {
+		if !returned {
+			go s.runWorker(w)
 		}
 	}()
+	retired := w.loop()
+	returned = true
+	n := s.addLive(-1)
+	if retired {
+		s.cfg.Logger.Debug("queue: workers shrunk", "analyser", s.log.analyser, "workers", n)
+	}
+	s.workWG.Done()
 }
 
 // addLive counts d more live workers, and returns their number.
@@ -189,7 +201,14 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) (next *orderLine
 				return
 			}
 		}
+		returned := false
+		defer func() {
+			if !returned {
+				w.goexited(o, t, start)
+			}
+		}()
 		err, aborted = s.analyse(w, t.Task, start)
+		returned = true
 		if err == errNotStarted {
 			w.cancelled(o, t, time.Time{})
 			return
@@ -198,6 +217,26 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) (next *orderLine
 			s.cfg.OnDone(t.Task, time.Since(start), err)
 		}
 	}
+	return w.settleOutcome(o, t, err, aborted, start)
+}
+
+// goexited settles t, picked from o and started at start, whose analyse
+// function called runtime.Goexit: a failed delivery, as a panic is. The
+// worker's goroutine ends after it, and runWorker starts another.
+func (w *worker) goexited(o *orderLine, t claimed, start time.Time) {
+	s := w.s
+	if s.cfg.OnDone != nil {
+		s.cfg.OnDone(t.Task, time.Since(start), ErrGoexit)
+	}
+	w.settleOutcome(o, t, ErrGoexit, false, start)
+}
+
+// settleOutcome settles the outcome err of t, picked from o and started
+// at start (zero: it did not run); aborted says its cancel ended its ctx.
+// When it settled t done and another OrderID was runnable, it returns that
+// one, picked at the time it returns, to run next.
+func (w *worker) settleOutcome(o *orderLine, t claimed, err error, aborted bool, start time.Time) (next *orderLine, nt claimed, at time.Time) {
+	s := w.s
 	switch {
 	case s.isLost():
 		return // the next owner has it; drop everything

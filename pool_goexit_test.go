@@ -1,0 +1,85 @@
+package queue
+
+import (
+	"context"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// An analyse function that calls runtime.Goexit (t.FailNow in a test,
+// say) fails its delivery as a panic does, and its worker goes on: the
+// task is retried, the OrderID's later tasks follow it, other OrderIDs
+// are not held back, and the pool stops cleanly.
+func TestPoolSurvivesGoexit(t *testing.T) {
+	t.Parallel()
+	for _, dispatch := range []DispatchMode{DispatchByOrder, DispatchFree} {
+		t.Run(dispatch.String(), func(t *testing.T) {
+			t.Parallel()
+			q, _, _ := testQueue1(t)
+			ctx, cancel := context.WithCancel(bounded(t))
+			defer cancel()
+			ids := addAll(t, q, []Task{
+				{OrderID: 1, Payload: []byte(pl(1, 0))},
+				{OrderID: 1, Payload: []byte(pl(1, 1))},
+				{OrderID: 2, Payload: []byte(pl(2, 0))},
+			})
+			var mu sync.Mutex
+			var ran []string // payloads, with the attempt for the first task
+			fn := func(ctx context.Context, task Task) error {
+				mu.Lock()
+				ran = append(ran, string(task.Payload))
+				mu.Unlock()
+				if task.ID == ids[0] && task.Attempt == 1 {
+					runtime.Goexit()
+				}
+				return nil
+			}
+			done := func() []string {
+				mu.Lock()
+				defer mu.Unlock()
+				return append([]string(nil), ran...)
+			}
+			var errs errLog
+			var doneCalls sync.Map // task ID -> error given to OnDone
+			counters := &Counters{}
+			errc := runPool(ctx, q, PoolConfig{Workers: 1, Dispatch: dispatch, OnError: errs.add, Counters: counters,
+				Backoff: func(int) time.Duration { return time.Millisecond },
+				OnDone: func(task Task, _ time.Duration, err error) {
+					doneCalls.Store(task.ID+"/"+string(rune('0'+task.Attempt)), err)
+				},
+			}, fn)
+			require.Eventually(t, func() bool { return len(done()) == 4 }, 10*time.Second, time.Millisecond,
+				"the worker did not go on after the Goexit")
+			got := done()
+			assert.ElementsMatch(t, []string{pl(1, 0), pl(1, 0), pl(1, 1), pl(2, 0)}, got)
+			var order1 []string
+			for _, p := range got {
+				if p != pl(2, 0) {
+					order1 = append(order1, p)
+				}
+			}
+			assert.Equal(t, []string{pl(1, 0), pl(1, 0), pl(1, 1)}, order1, "order 1 in order, its first task retried")
+			require.Eventually(t, func() bool { s := stats0(t, q); return s.Ready == 0 && s.Pending == 0 }, 10*time.Second, time.Millisecond)
+
+			require.Len(t, errs.all(), 1)
+			var te *TaskError
+			require.ErrorAs(t, errs.all()[0], &te)
+			assert.Equal(t, ids[0], te.ID)
+			assert.Equal(t, 1, te.Attempt)
+			assert.ErrorIs(t, te.Err, ErrGoexit)
+			v, ok := doneCalls.Load(ids[0] + "/1")
+			require.True(t, ok, "OnDone saw the delivery that called Goexit")
+			assert.ErrorIs(t, v.(error), ErrGoexit)
+			assert.EqualValues(t, 1, counters.Workers(), "the worker is still there")
+
+			cancel()
+			require.NoError(t, receive(t, errc))
+			assert.Zero(t, counters.Workers(), "no worker is left")
+		})
+	}
+}
