@@ -213,8 +213,10 @@
 // pool is woken as soon as a task is pushed (see Idle pools). Each delivery
 // gets [PoolConfig].TaskTimeout; a panic becomes a [*PanicError], a call
 // of runtime.Goexit (t.FailNow in a test) [ErrGoexit], the worker going on
-// either way, and every failed delivery reaches OnError as a [*TaskError] and is recorded
-// in the pending record at once. [Queue.Replay] puts dead tasks back at
+// either way (a Goexit in OnDone, OnError or Backoff ends no goroutine
+// of the pool either; a panic there is not recovered), and every failed
+// delivery reaches OnError as a [*TaskError] and is recorded in the
+// pending record at once. [Queue.Replay] puts dead tasks back at
 // the producing end as new work, behind the tasks already queued, their
 // delivery count reset.
 //

@@ -258,7 +258,8 @@ func (r *groupRun) assign(ctx context.Context, fail context.CancelCauseFunc, bea
 			"generation", beat.gen, "analysers", len(r.mine), "added", added, "removed", removed)
 	}
 	if r.cfg.OnAssign != nil {
-		r.cfg.OnAssign(slices.Clone(r.mine))
+		mine := slices.Clone(r.mine)
+		callHook(func() { r.cfg.OnAssign(mine) })
 	}
 }
 

@@ -181,6 +181,8 @@ func (c PoolConfig) withDefaults() (PoolConfig, error) {
 	}
 	if c.Backoff == nil {
 		c.Backoff = defaultBackoff
+	} else {
+		c.Backoff = hookBackoff(c.Backoff)
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = 10 * time.Second

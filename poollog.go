@@ -39,7 +39,7 @@ func (l *poolLog) error(err error) {
 		l.lost(err)
 	}
 	if l.onError != nil {
-		l.onError(err)
+		callHook(func() { l.onError(err) })
 		return
 	}
 	if conn || errors.Is(err, ErrLeaseLost) && l.down.Load() {

@@ -22,6 +22,12 @@ type worker struct {
 	held  atomic.Pointer[string]      // the ID of the task it waits to start for the rate limit, for a cancel to wake it
 	ctxs  []taskContext               // unused delivery contexts (worker goroutine only)
 
+	// The task to run first, picked by the settle that a runtime.Goexit in
+	// OnDone interrupted (worker goroutine only; see runOne).
+	next   *orderLine
+	nextT  claimed
+	nextAt time.Time
+
 	// Under set.mu:
 	idleAt int  // index in set.idle, or -1 while the worker is not idle
 	retire bool // the pool shrank: the worker ends once it holds no OrderID
@@ -96,9 +102,9 @@ func (w *worker) loop() (retired bool) {
 			w.stopTimer()
 		}
 	}()
-	var o *orderLine // picked with its task t at now by the last task's settle, if any
-	var t claimed
-	var now time.Time
+	// Picked with its task t at now by the last task's settle, if any.
+	o, t, now := w.next, w.nextT, w.nextAt
+	w.next, w.nextT = nil, claimed{}
 	for {
 		if w.stopping() {
 			if o == nil || w.putBack(o) {
@@ -201,24 +207,39 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) (next *orderLine
 				return
 			}
 		}
-		returned := false
+		// A runtime.Goexit in the analyse function or in OnDone ends the
+		// worker's goroutine: the delivery is settled on the way out, and
+		// runWorker starts another goroutine for the worker.
+		exiting := exitAnalyse
 		defer func() {
-			if !returned {
+			switch exiting {
+			case exitAnalyse:
 				w.goexited(o, t, start)
+			case exitOnDone: // the outcome is analyse's
+				w.next, w.nextT, w.nextAt = w.settleOutcome(o, t, err, aborted, start)
 			}
 		}()
 		err, aborted = s.analyse(w, t.Task, start)
-		returned = true
+		exiting = exitOnDone
 		if err == errNotStarted {
+			exiting = exitNone
 			w.cancelled(o, t, time.Time{})
 			return
 		}
 		if s.cfg.OnDone != nil {
 			s.cfg.OnDone(t.Task, time.Since(start), err)
 		}
+		exiting = exitNone
 	}
 	return w.settleOutcome(o, t, err, aborted, start)
 }
+
+// Where runOne is when a runtime.Goexit ends the worker's goroutine.
+const (
+	exitNone    = iota
+	exitAnalyse // in the analyse function
+	exitOnDone  // in OnDone
+)
 
 // goexited settles t, picked from o and started at start, whose analyse
 // function called runtime.Goexit: a failed delivery, as a panic is. The
@@ -226,7 +247,7 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) (next *orderLine
 func (w *worker) goexited(o *orderLine, t claimed, start time.Time) {
 	s := w.s
 	if s.cfg.OnDone != nil {
-		s.cfg.OnDone(t.Task, time.Since(start), ErrGoexit)
+		callHook(func() { s.cfg.OnDone(t.Task, time.Since(start), ErrGoexit) })
 	}
 	w.settleOutcome(o, t, ErrGoexit, false, start)
 }
