@@ -142,6 +142,9 @@ type partition struct {
 // (probeServers). It costs a few round trips per partition the first
 // time, run side by side, and nothing afterwards.
 func (q *Queue) checkLayout(ctx context.Context, p *partition) error {
+	if !q.records.Load() {
+		q.records.Store(true)
+	}
 	return q.layoutPass(ctx, p, true)
 }
 
@@ -161,6 +164,32 @@ func (q *Queue) layoutOn(ctx context.Context, conn redis.Conn, p *partition) err
 		}
 	}
 	return nil
+}
+
+// compareLayout compares got, partition o's layout fields as HMGET read
+// them, with this queue's: a *LayoutError when they differ; none when
+// there is no layout recorded.
+func (q *Queue) compareLayout(o *partition, got []string) (none bool, err error) {
+	if len(got) != 3 || got[0] == "" && got[1] == "" && got[2] == "" {
+		return true, nil
+	}
+	want := fmt.Sprintf("partitions=%d queues=%d index=%d", len(q.parts), q.cfg.Queues, o.index)
+	have := fmt.Sprintf("partitions=%s queues=%s index=%s", got[0], got[1], got[2])
+	if have != want {
+		return false, &LayoutError{Partition: o.index, Want: want, Got: have}
+	}
+	return false, nil
+}
+
+// compareLayoutOn is layoutOn for a Queue that records no layout: it
+// compares, on conn, and a server with none passes.
+func (q *Queue) compareLayoutOn(ctx context.Context, conn redis.Conn, p *partition) error {
+	got, err := redis.Strings(redis.DoContext(conn, ctx, "HMGET", q.layoutKeyOf(p), "partitions", "queues", "index"))
+	if err != nil {
+		return redisErr(fmt.Sprintf("check layout of partition %d", p.index), err)
+	}
+	_, err = q.compareLayout(p, got)
+	return err
 }
 
 // recheckLayout is checkLayout without the cache: for where the server may
@@ -233,17 +262,15 @@ func (q *Queue) layoutPass(ctx context.Context, p *partition, record bool) error
 	}
 	var unrecorded []*partition
 	for i, o := range todo {
-		got := recorded[i]
-		switch {
-		case errs[i] != nil:
-		case len(got) != 3 || got[0] == "" && got[1] == "" && got[2] == "":
+		if errs[i] != nil {
+			continue
+		}
+		none, err := q.compareLayout(o, recorded[i])
+		if err != nil {
+			return err
+		}
+		if none {
 			unrecorded = append(unrecorded, o)
-		default:
-			want := fmt.Sprintf("partitions=%d queues=%d index=%d", len(q.parts), q.cfg.Queues, o.index)
-			have := fmt.Sprintf("partitions=%s queues=%s index=%s", got[0], got[1], got[2])
-			if have != want {
-				return &LayoutError{Partition: o.index, Want: want, Got: have}
-			}
 		}
 	}
 	for i, o := range todo {

@@ -330,6 +330,43 @@ func TestLayoutRecheckedAfterReconnect(t *testing.T) {
 	assert.ErrorIs(t, err, ErrLayoutMismatch, "the old process must not add to a server now laid out otherwise")
 }
 
+// A Queue that only reads (CheckLayout, Stats: a dashboard, qugo stats)
+// records no layout on a new connection either, after its server
+// restarted and lost the record: a dashboard left running must not lay
+// out a server for the producers that come next. It still refuses a
+// server laid out otherwise.
+func TestReadOnlyQueueRecordsNoLayoutAfterReconnect(t *testing.T) {
+	t.Parallel()
+	m := miniredis.RunT(t)
+	ctx := bounded(t)
+	prefix := testPrefix(t)
+	layout := layoutKey(prefix)
+	m.HSet(layout, "partitions", "1", "queues", "1", "index", "0")
+	reader, err := Dial(ctx, []string{"redis://" + m.Addr()}, Config{Prefix: prefix})
+	require.NoError(t, err)
+	defer reader.Close()
+	require.NoError(t, reader.CheckLayout(ctx))
+
+	// A restart without persistence: the data and every connection go.
+	m.FlushAll()
+	m.Close()
+	require.NoError(t, m.Restart())
+	_, err = reader.Stats(ctx)
+	require.NoError(t, err)
+	require.NoError(t, reader.Ping(ctx))
+	assert.False(t, m.Exists(layout), "a Queue that only reads recorded the layout")
+
+	// Laid out otherwise by a writer: the reader's next connection refuses it.
+	writer, err := Dial(ctx, []string{"redis://" + m.Addr()}, Config{Prefix: prefix, Queues: 2})
+	require.NoError(t, err)
+	defer writer.Close()
+	_, err = writer.AddTask(ctx, 1, []byte("a"))
+	require.NoError(t, err)
+	m.Close()
+	require.NoError(t, m.Restart()) // the record kept, the connections gone
+	assert.ErrorIs(t, reader.Ping(ctx), ErrLayoutMismatch)
+}
+
 // A layout error says what the server recorded and which setting to change.
 func TestLayoutErrorSaysWhatToChange(t *testing.T) {
 	t.Parallel()

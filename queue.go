@@ -164,6 +164,10 @@ type Queue struct {
 	layoutSem chan struct{}
 	layoutBy  string      // a nonce of this Queue, naming its layout probes (probeServers)
 	counts    queueCounts // AddTasks' counters per queue
+	// records says the Queue records the layout where a server has none
+	// (it writes: checkLayout); a Queue that only reads (CheckLayout,
+	// Stats) records none, even on a server that lost its record.
+	records atomic.Bool
 }
 
 // checkSize refuses r partitions of cfg's queues past the bounds: at most
@@ -262,12 +266,15 @@ func Dial(ctx context.Context, urls []string, cfg Config) (*Queue, error) {
 	// A new connection may follow a restart of the server that lost the
 	// layout it had recorded: on a partition whose layout this process has
 	// verified, every new connection checks it again (recording it again
-	// when the server lost it) before it is used. (On a cluster, a
+	// when the server lost it, if this Queue writes) before it is used. (On a cluster, a
 	// connection is not a server's: there the check is made once.)
 	var made atomic.Pointer[Queue]
 	recheck := func(i int) func(context.Context, redis.Conn) error {
 		return func(ctx context.Context, c redis.Conn) error {
 			if q := made.Load(); q != nil && q.parts[i].checked.Load() {
+				if !q.records.Load() {
+					return q.compareLayoutOn(ctx, c, q.parts[i])
+				}
 				return q.layoutOn(ctx, c, q.parts[i])
 			}
 			return nil
@@ -314,8 +321,8 @@ func Dial(ctx context.Context, urls []string, cfg Config) (*Queue, error) {
 	return q, nil
 }
 
-// Close marks the queue closed: later calls that use Redis return
-// ErrClosed, and a second Close returns nil. It closes the connections
+// Close marks the queue closed: later calls that use Redis (a Consumer's
+// among them) return ErrClosed, and a second Close returns nil. It closes the connections
 // through which idle pools wait (joining their goroutines; the last pool
 // of a partition to return has done so already), closes the pools that
 // Dial made, and leaves pools given to New to their owner. Close it after
