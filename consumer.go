@@ -109,6 +109,9 @@ func (q *Queue) Consume(ctx context.Context, analyser int, cfg ConsumerConfig) (
 // the lease may be another's by now, or still this Consumer's. Costs one
 // round trip, in most cases.
 func (c *Consumer) Renew(ctx context.Context) error {
+	if err := c.live(); err != nil {
+		return err
+	}
 	for try := 0; ; try++ {
 		sent := time.Now()
 		if err := c.st.renew(ctx); err != nil {
@@ -145,7 +148,21 @@ func (c *Consumer) Deadline() time.Time { return c.proof.Add(leaseHeld(c.st.ttl)
 // Release gives the lease up, waking a standby at once. Tasks still
 // pending stay pending for the next owner, which puts them back first.
 // Costs one round trip.
-func (c *Consumer) Release(ctx context.Context) error { return c.st.release(ctx) }
+func (c *Consumer) Release(ctx context.Context) error {
+	if err := c.live(); err != nil {
+		return err
+	}
+	return c.st.release(ctx)
+}
+
+// live returns ErrClosed once the Queue is closed: a Consumer's calls
+// that use Redis are refused then, as the Queue's are.
+func (c *Consumer) live() error {
+	if c.st.closed.Load() {
+		return ErrClosed
+	}
+	return nil
+}
 
 // Token returns the fencing token of the lease this Consumer holds.
 func (c *Consumer) Token() int64 {
@@ -198,6 +215,9 @@ const consumerClaimBytes = 64 << 20
 // (Ack, Fail, Requeue, Release) asks for it again first, as the lease may
 // hold it: one round trip more.
 func (c *Consumer) Claim(ctx context.Context, max int) ([]Task, error) {
+	if err := c.live(); err != nil {
+		return nil, err
+	}
 	if max < 1 {
 		return nil, fmt.Errorf("%w: Claim of %d tasks", ErrBadConfig, max)
 	}
@@ -385,6 +405,9 @@ func (c *Consumer) claimedOf(t Task) claimed {
 // task, so that a loop of Claim and Wait looks for the Resume at that
 // pace rather than spin.
 func (c *Consumer) Wait(ctx context.Context, d time.Duration) (bool, error) {
+	if err := c.live(); err != nil {
+		return false, err
+	}
 	return c.st.wait(ctx, d)
 }
 
@@ -399,6 +422,9 @@ func (c *Consumer) Wait(ctx context.Context, d time.Duration) (bool, error) {
 // Config.Retention, or while the queue holds retry records or cancel
 // marks: see ackChunk).
 func (c *Consumer) Ack(ctx context.Context, ids ...string) (int, error) {
+	if err := c.live(); err != nil {
+		return 0, err
+	}
 	if err := c.st.finishRefence(ctx); err != nil {
 		return 0, err
 	}
@@ -436,6 +462,9 @@ func (c *Consumer) Ack(ctx context.Context, ids ...string) (int, error) {
 // another owner) is left as it is, and Fail reports false. Costs one
 // round trip.
 func (c *Consumer) Fail(ctx context.Context, t Task, cause error) (dead bool, err error) {
+	if err := c.live(); err != nil {
+		return false, err
+	}
 	if err := c.st.finishRefence(ctx); err != nil {
 		return false, err
 	}
@@ -473,6 +502,9 @@ func (c *Consumer) Fail(ctx context.Context, t Task, cause error) (dead bool, er
 // Requeue would have counted them. Retrying the Requeue is not needed,
 // and does no harm.
 func (c *Consumer) Requeue(ctx context.Context, tasks ...Task) error {
+	if err := c.live(); err != nil {
+		return err
+	}
 	items := make([]claimed, len(tasks))
 	for i, t := range tasks {
 		items[i] = c.claimedOf(t)

@@ -45,6 +45,7 @@ type store struct {
 	schedCard   atomic.Int64           // the number of scheduled tasks, as nextDue's read saw it; -1: unknown
 	paused      atomic.Bool            // the last claim found the queue paused
 	waiter      *waiter                // the partition's shared waiter, for a pool's idle waits (nil: own connections)
+	closed      *atomic.Bool           // the Queue's: a Consumer's calls after Close return ErrClosed
 }
 
 // newStore returns the store of analyser's queue, with the layout of its
@@ -69,6 +70,7 @@ func (q *Queue) newStore(ctx context.Context, analyser int, ttl time.Duration, m
 		analyser: uint64(analyser), analysers: uint64(len(q.parts) * q.cfg.Queues),
 		owner: owner, ttl: ttl, ttlMS: ttl.Milliseconds(), maxAttempts: maxAttempts,
 		leaseLock: make(chan struct{}, 1), retention: q.cfg.Retention, idsAfter: idsAfter,
+		closed: &q.closed,
 	}
 	s.entrySize.Store(int64(entryHeader + q.cfg.MaxPayload))
 	s.setSchedHead(-1, -1)
