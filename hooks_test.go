@@ -87,119 +87,83 @@ func TestPoolSurvivesGoexit(t *testing.T) {
 
 // A hook that calls runtime.Goexit, as a test's require inside OnDone,
 // OnError or Backoff does, leaves no task unsettled: the OrderID goes on,
-// ExitOnEmpty returns, and nothing is left pending to run again.
-
-// hookRun runs order 1's tasks a, b and order 2's task c on one
-// worker with ExitOnEmpty, and reports what ran and whether the pool
-// returned within 5s. hook sets the hooks of cfg; fail says which
-// deliveries fail.
-func hookRun(t *testing.T, hook func(cfg *PoolConfig, ids []string), fail func(ids []string, task Task) error) (ran []string, returned bool, q *Queue, s *testServer, k queueKeys) {
-	q, s, k = testQueue1(t)
-	ctx, cancel := context.WithCancel(bounded(t))
-	defer cancel()
-	ids := addAll(t, q, []Task{
-		{OrderID: 1, Payload: []byte("a")},
-		{OrderID: 1, Payload: []byte("b")},
-		{OrderID: 2, Payload: []byte("c")},
-	})
-	var mu sync.Mutex
-	cfg := PoolConfig{Workers: 1, ExitOnEmpty: true, ShutdownTimeout: 100 * time.Millisecond,
-		Backoff: func(int) time.Duration { return time.Millisecond }}
-	hook(&cfg, ids)
-	errc := runPool(ctx, q, cfg, func(ctx context.Context, task Task) error {
-		mu.Lock()
-		ran = append(ran, string(task.Payload))
-		mu.Unlock()
-		if fail != nil {
-			return fail(ids, task)
-		}
-		return nil
-	})
-	select {
-	case err := <-errc:
-		require.NoError(t, err)
-		returned = true
-	case <-time.After(5 * time.Second):
-		cancel() // a graceful stop
-		require.NoError(t, receive(t, errc))
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	return append([]string(nil), ran...), returned, q, s, k
-}
-
-func TestGoexitInOnDone(t *testing.T) {
+// ExitOnEmpty returns, and nothing is left pending to run again. Order
+// 1's tasks a and b and order 2's task c run on one worker; with failFirst
+// a's first delivery fails.
+func TestGoexitInHooks(t *testing.T) {
 	t.Parallel()
-	var once sync.Once
-	ran, returned, _, s, k := hookRun(t, func(cfg *PoolConfig, ids []string) {
-		cfg.OnDone = func(task Task, _ time.Duration, err error) {
-			if task.ID == ids[0] {
-				once.Do(runtime.Goexit) // a require.X that fails in a test's OnDone
+	for _, c := range []struct {
+		name      string
+		hook      func(cfg *PoolConfig, a string, exit func())
+		failFirst bool
+	}{
+		{"OnDone", func(cfg *PoolConfig, a string, exit func()) {
+			cfg.OnDone = func(task Task, _ time.Duration, err error) {
+				if task.ID == a {
+					exit()
+				}
 			}
-		}
-	}, nil)
-	t.Logf("ran %v, pool returned by itself: %v, pending after the stop: %v", ran, returned, len(pendingIDs(t, s, k)))
-	assert.ElementsMatch(t, []string{"a", "b", "c"}, ran, "order 1 went on after a")
-	assert.True(t, returned, "ExitOnEmpty returned once the queue was drained")
-	assert.Empty(t, pendingIDs(t, s, k), "nothing left pending after a drain")
-}
-
-func TestGoexitInOnError(t *testing.T) {
-	t.Parallel()
-	var once sync.Once
-	ran, returned, _, s, k := hookRun(t, func(cfg *PoolConfig, ids []string) {
-		cfg.OnError = func(err error) {
-			var te *TaskError
-			if errors.As(err, &te) {
-				once.Do(runtime.Goexit) // a require.NoError in a test's OnError
+		}, false},
+		{"OnError", func(cfg *PoolConfig, a string, exit func()) {
+			cfg.OnError = func(err error) {
+				if te := (*TaskError)(nil); errors.As(err, &te) {
+					exit()
+				}
 			}
-		}
-	}, func(ids []string, task Task) error {
-		if task.ID == ids[0] && task.Attempt == 1 {
-			return errors.New("first delivery fails")
-		}
-		return nil
-	})
-	t.Logf("ran %v, pool returned by itself: %v, pending after the stop: %v", ran, returned, len(pendingIDs(t, s, k)))
-	assert.Equal(t, []string{"a", "a", "b", "c"}, lastC(ran, "c"), "a retried, then b")
-	assert.True(t, returned, "ExitOnEmpty returned once the queue was drained")
-	assert.Empty(t, pendingIDs(t, s, k), "nothing left pending after a drain")
-}
-
-// lastC moves c's runs to the end, where other orders' places do not
-// matter.
-func lastC(ran []string, c string) []string {
-	var out []string
-	n := 0
-	for _, r := range ran {
-		if r == c {
-			n++
-			continue
-		}
-		out = append(out, r)
+		}, true},
+		{"Backoff", func(cfg *PoolConfig, a string, exit func()) {
+			cfg.Backoff = func(int) time.Duration {
+				exit()
+				return time.Millisecond
+			}
+		}, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			q, s, k := testQueue1(t)
+			ctx, cancel := context.WithCancel(bounded(t))
+			defer cancel()
+			ids := addAll(t, q, []Task{
+				{OrderID: 1, Payload: []byte("a")},
+				{OrderID: 1, Payload: []byte("b")},
+				{OrderID: 2, Payload: []byte("c")},
+			})
+			cfg := PoolConfig{Workers: 1, ExitOnEmpty: true, ShutdownTimeout: 100 * time.Millisecond,
+				Backoff: func(int) time.Duration { return time.Millisecond }}
+			var once sync.Once
+			c.hook(&cfg, ids[0], func() { once.Do(runtime.Goexit) })
+			var mu sync.Mutex
+			var ran []string // order 1's payloads
+			errc := runPool(ctx, q, cfg, func(ctx context.Context, task Task) error {
+				if task.OrderID == 1 {
+					mu.Lock()
+					ran = append(ran, string(task.Payload))
+					mu.Unlock()
+				}
+				if c.failFirst && task.ID == ids[0] && task.Attempt == 1 {
+					return errors.New("first delivery fails")
+				}
+				return nil
+			})
+			returned := false
+			select {
+			case err := <-errc:
+				require.NoError(t, err)
+				returned = true
+			case <-time.After(5 * time.Second):
+				cancel() // a graceful stop
+				require.NoError(t, receive(t, errc))
+			}
+			want := []string{"a", "b"}
+			if c.failFirst {
+				want = []string{"a", "a", "b"}
+			}
+			mu.Lock()
+			assert.Equal(t, want, ran, "order 1 in order, a retried when it failed, then b")
+			mu.Unlock()
+			assert.True(t, returned, "ExitOnEmpty returned once the queue was drained")
+			assert.Empty(t, pendingIDs(t, s, k), "nothing left pending after a drain")
+			assert.Zero(t, stats0(t, q).Ready, "c ran too")
+		})
 	}
-	for range n {
-		out = append(out, c)
-	}
-	return out
-}
-
-func TestGoexitInBackoff(t *testing.T) {
-	t.Parallel()
-	var once sync.Once
-	ran, returned, _, s, k := hookRun(t, func(cfg *PoolConfig, ids []string) {
-		cfg.Backoff = func(int) time.Duration {
-			once.Do(runtime.Goexit) // a require.X in a test's Backoff
-			return time.Millisecond
-		}
-	}, func(ids []string, task Task) error {
-		if task.ID == ids[0] && task.Attempt == 1 {
-			return errors.New("first delivery fails")
-		}
-		return nil
-	})
-	t.Logf("ran %v, pool returned by itself: %v, pending after the stop: %v", ran, returned, len(pendingIDs(t, s, k)))
-	assert.Equal(t, []string{"a", "a", "b", "c"}, lastC(ran, "c"), "a retried, then b")
-	assert.True(t, returned, "ExitOnEmpty returned once the queue was drained")
-	assert.Empty(t, pendingIDs(t, s, k), "nothing left pending after a drain")
 }
