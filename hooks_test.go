@@ -167,3 +167,40 @@ func TestGoexitInHooks(t *testing.T) {
 		})
 	}
 }
+
+// OnAssign that calls runtime.Goexit ends no goroutine of the member:
+// its pools run the tasks, and JoinGroup returns when told to stop.
+func TestGoexitInOnAssign(t *testing.T) {
+	t.Parallel()
+	q, _ := newTestQueue(t, 1, Config{Queues: 2})
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	assigned := make(chan struct{}, 1)
+	var ran sync.Map
+	done := make(chan error, 1)
+	go func() {
+		done <- q.JoinGroup(ctx, "g", GroupConfig{Member: "m", Pool: PoolConfig{Workers: 1},
+			OnAssign: func([]int) {
+				select {
+				case assigned <- struct{}{}:
+				default:
+				}
+				runtime.Goexit()
+			}}, func(_ context.Context, task Task) error {
+			ran.Store(task.ID, true)
+			return nil
+		})
+	}()
+	<-assigned
+	ids := addAll(t, q, []Task{{OrderID: 0, Payload: []byte("a")}, {OrderID: 1, Payload: []byte("b")}})
+	require.Eventually(t, func() bool {
+		for _, id := range ids {
+			if _, ok := ran.Load(id); !ok {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, time.Millisecond, "the member's pools ran the tasks")
+	cancel()
+	require.NoError(t, receive(t, done))
+}
