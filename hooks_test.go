@@ -8,8 +8,12 @@ import (
 	"testing"
 	"time"
 
+	"fmt"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"strconv"
+	"strings"
+	"sync/atomic"
 )
 
 // An analyse function that calls runtime.Goexit (t.FailNow in a test,
@@ -203,4 +207,125 @@ func TestGoexitInOnAssign(t *testing.T) {
 	}, 10*time.Second, time.Millisecond, "the member's pools ran the tasks")
 	cancel()
 	require.NoError(t, receive(t, done))
+}
+
+// Goexit in the AnalyseFunc of an elastic, rate-limited pool that grows
+// and shrinks meanwhile, some Goexits coming after the task's timeout:
+// every task runs, per OrderID in order and one at a time, nothing dead,
+// the pool drains (ExitOnEmpty) and leaves no goroutine (TestMain's
+// goleak).
+func TestGoexitElasticRate(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []DispatchMode{DispatchByOrder, DispatchFree} {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			q, _, _ := testQueue1(t)
+			ctx, cancel := context.WithCancel(bounded(t))
+			defer cancel()
+			const orders, per = 12, 6
+			var ts []Task
+			for i := range per {
+				for o := range orders {
+					ts = append(ts, Task{OrderID: uint64(o), Payload: []byte(pl(o, i))})
+				}
+			}
+			addAll(t, q, ts)
+			rec := newRecorder()
+			fn := rec.fn(func(ctx context.Context, task Task) error {
+				i, _ := strconv.Atoi(strings.Split(string(task.Payload), ":")[1])
+				if task.Attempt == 1 {
+					switch (int(task.OrderID) + i) % 4 {
+					case 0:
+						runtime.Goexit()
+					case 1:
+						<-ctx.Done() // the task's timeout
+						runtime.Goexit()
+					}
+				}
+				time.Sleep(time.Millisecond)
+				return nil
+			})
+			counters := &Counters{}
+			var errs errLog
+			errc := runPool(ctx, q, PoolConfig{MinWorkers: 1, MaxWorkers: 4, ScaleDownAfter: 20 * time.Millisecond,
+				Dispatch: mode, Rate: 400, Burst: 4, TaskTimeout: 50 * time.Millisecond, MaxAttempts: 10,
+				Backoff: func(int) time.Duration { return time.Millisecond }, ExitOnEmpty: true,
+				Counters: counters, OnError: errs.add}, fn)
+			require.NoError(t, receive(t, errc))
+			for o := range orders {
+				var want []string
+				for i := range per {
+					want = append(want, pl(o, i))
+					if (o+i)%4 <= 1 {
+						want = append(want, pl(o, i))
+					}
+				}
+				assert.Equal(t, want, rec.order(uint64(o)), "OrderID %d", o)
+			}
+			assert.Zero(t, rec.overlap)
+			s := stats0(t, q)
+			assert.Zero(t, s.Ready+s.Pending+s.Dead, fmt.Sprintf("%+v", s))
+			assert.Zero(t, counters.Workers())
+		})
+	}
+}
+
+// A graceful stop while Goexiting deliveries are under way in an elastic
+// pool: nothing is lost or run out of order across the stop and a second
+// pool that drains the rest.
+func TestGoexitGracefulStop(t *testing.T) {
+	t.Parallel()
+	q, _, _ := testQueue1(t)
+	const orders, per = 8, 8
+	var ts []Task
+	for i := range per {
+		for o := range orders {
+			ts = append(ts, Task{OrderID: uint64(o), Payload: []byte(pl(o, i))})
+		}
+	}
+	addAll(t, q, ts)
+	rec := newRecorder()
+	stop := make(chan struct{})
+	var stopped atomic.Bool
+	fn := rec.fn(func(ctx context.Context, task Task) error {
+		i, _ := strconv.Atoi(strings.Split(string(task.Payload), ":")[1])
+		if i == per/2 && !stopped.Load() {
+			select {
+			case stop <- struct{}{}:
+			default:
+			}
+		}
+		if task.Attempt == 1 && (int(task.OrderID)+i)%3 == 0 {
+			runtime.Goexit()
+		}
+		return nil
+	})
+	ctx, cancel := context.WithCancel(bounded(t))
+	errc := runPool(ctx, q, PoolConfig{MinWorkers: 1, MaxWorkers: 3, ScaleDownAfter: 20 * time.Millisecond,
+		Dispatch: DispatchFree, Backoff: func(int) time.Duration { return 5 * time.Millisecond }, MaxAttempts: 10}, fn)
+	receive(t, stop)
+	stopped.Store(true)
+	cancel()
+	require.NoError(t, receive(t, errc))
+	ctx2, cancel2 := context.WithCancel(bounded(t))
+	defer cancel2()
+	require.NoError(t, receive(t, runPool(ctx2, q, PoolConfig{MinWorkers: 1, MaxWorkers: 3, Dispatch: DispatchByOrder,
+		Backoff: func(int) time.Duration { return time.Millisecond }, MaxAttempts: 10, ExitOnEmpty: true}, fn)))
+	for o := range orders {
+		got := rec.order(uint64(o))
+		var dedup []string
+		for _, p := range got {
+			if len(dedup) == 0 || dedup[len(dedup)-1] != p {
+				dedup = append(dedup, p)
+			}
+		}
+		var want []string
+		for i := range per {
+			want = append(want, pl(o, i))
+		}
+		assert.Equal(t, want, dedup, "OrderID %d: %v", o, got)
+	}
+	assert.Zero(t, rec.overlap)
+	s := stats0(t, q)
+	assert.Zero(t, s.Ready+s.Pending+s.Dead)
 }

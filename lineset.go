@@ -479,11 +479,19 @@ func (ls *lineSet) wake(w *worker) {
 }
 
 // runnableCount returns how many OrderIDs wait for a worker to start
-// their next task.
-func (ls *lineSet) runnableCount() int {
+// their next task at now: the runnable ones, and those whose backoff has
+// ended, which stay delayed until a worker looks (dueDelayed), so that
+// with every worker busy nothing else would count them.
+func (ls *lineSet) runnableCount(now time.Time) int {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
-	return ls.runnableLen()
+	n := ls.runnableLen()
+	for _, o := range ls.delayed {
+		if !o.notBefore.After(now) {
+			n++
+		}
+	}
+	return n
 }
 
 // hurry makes the OrderIDs that wait out a backoff, and whose next task's

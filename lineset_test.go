@@ -158,7 +158,7 @@ func TestLineSetSettleNext(t *testing.T) {
 	ls.mu.Unlock()
 	got, _ := ls.settleNext(next, w, time.Now())
 	assert.Nil(t, got, "a retiring worker picks nothing")
-	assert.Equal(t, 2, ls.runnableCount())
+	assert.Equal(t, 2, ls.runnableCount(time.Now()))
 	ls.mu.Lock()
 	w.retire = false
 	ls.mu.Unlock()

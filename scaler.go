@@ -70,7 +70,7 @@ func (s *session) scale() {
 			polling = false
 			now, went := time.Now(), z.idled.Load()
 			switch {
-			case z.idle.Load() > 0 || s.waiting() == 0 || s.limit != nil && s.limit.queued(now):
+			case z.idle.Load() > 0 || s.waiting(now) == 0 || s.limit != nil && s.limit.queued(now):
 				// No task waits for a worker, or a worker waits for the
 				// rate limit: then the limit holds tasks back, and more
 				// workers would only wait for it too.
@@ -94,11 +94,11 @@ func (s *session) scale() {
 }
 
 // waiting returns how many OrderIDs wait for a worker to start their next
-// task. The scaler calls it.
-func (s *session) waiting() int {
+// task at now. The scaler calls it.
+func (s *session) waiting(now time.Time) int {
 	n := 0
 	for _, ls := range s.sets() {
-		n += ls.runnableCount()
+		n += ls.runnableCount(now)
 	}
 	return n
 }

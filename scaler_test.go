@@ -2,11 +2,13 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -360,4 +362,80 @@ func TestRetiringWorkerKeepsItsOrderIDs(t *testing.T) {
 	cancel()
 	require.NoError(t, receive(t, errc))
 	assert.Zero(t, rec.overlap)
+}
+
+// An elastic DispatchFree pool grows "each time tasks have waited for a
+// worker for 10ms while every worker was busy" (PoolConfig.MinWorkers).
+// A retry whose backoff has ended is such a task: its OrderID is due and
+// waits for a worker. Here the pool's one worker (MinWorkers 1,
+// MaxWorkers 2) runs X1, which fails (backoff 300ms), then Y1, which
+// blocks. When X's backoff ends every worker is busy and X waits: the
+// pool grows and runs X's retry on the new worker. (The scaler counted
+// only runnable OrderIDs, and a due delayed one stays delayed until a
+// worker looks: X's retry was stuck behind Y1 for as long as Y1 ran.)
+func TestElasticFreeGrowsForDueRetry(t *testing.T) {
+	t.Parallel()
+	q, _, _ := testQueue1(t)
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+
+	const backoff = time.Second
+	xFailed := make(chan time.Time, 1)
+	yStarted := make(chan time.Time, 1)
+	xRetried := make(chan struct{})
+	var yWaited atomic.Bool
+	counters := &Counters{}
+	rec := newRecorder()
+	fn := rec.fn(func(ctx context.Context, task Task) error {
+		switch task.OrderID {
+		case 1: // X
+			if task.Attempt == 1 {
+				return errors.New("x fails once")
+			}
+			close(xRetried)
+			return nil
+		default: // Y: holds its worker until X's retry ran, or 5s
+			yStarted <- time.Now()
+			select {
+			case <-xRetried:
+			case <-time.After(8 * time.Second):
+				yWaited.Store(true)
+			}
+			return nil
+		}
+	})
+	errc := runPool(ctx, q, PoolConfig{
+		MinWorkers: 1, MaxWorkers: 2, Dispatch: DispatchFree, ScaleDownAfter: time.Hour,
+		TaskTimeout: -1, Counters: counters,
+		Backoff: func(int) time.Duration { return backoff },
+		OnError: func(err error) {
+			var te *TaskError
+			if errors.As(err, &te) && te.OrderID == 1 {
+				xFailed <- time.Now()
+			}
+		},
+	}, fn)
+
+	addAll(t, q, []Task{{OrderID: 1, Payload: []byte(pl(1, 0))}})
+	failedAt := receive(t, xFailed)
+	// X waits out its backoff; its worker is idle. Y1 comes now and takes
+	// the one worker.
+	addAll(t, q, []Task{{OrderID: 2, Payload: []byte(pl(2, 0))}})
+	yAt := receive(t, yStarted)
+	if yAt.Sub(failedAt) >= backoff {
+		t.Skip("machine too slow: Y1 started after X's backoff ended")
+	}
+	require.Equal(t, 1, counters.Workers(), "no growth yet: nothing waited while every worker was busy")
+
+	select {
+	case <-xRetried:
+	case <-time.After(6 * time.Second):
+	}
+	grown := counters.Workers()
+	cancel()
+	require.NoError(t, receive(t, errc))
+	assert.False(t, yWaited.Load(),
+		"X's retry, due %v after its failure, did not run while Y1 held the only worker (workers %d of MaxWorkers 2): the pool never grew for it",
+		backoff, grown)
+	assert.Equal(t, []string{pl(1, 0), pl(1, 0)}, rec.order(1))
 }
