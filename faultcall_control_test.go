@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
 )
 
@@ -151,18 +150,8 @@ func controlWorkload(r *callRun) {
 
 // queueEmpty reports whether nothing is scheduled, ready or pending.
 func (r *callRun) queueEmpty() bool {
-	c := r.srv.pool.Get()
-	defer c.Close()
-	c.Send("ZCARD", r.keys.sched)
-	c.Send("LLEN", r.keys.ready)
-	c.Flush()
-	for range 2 {
-		if n, err := redis.Int(c.Receive()); err != nil || n > 0 {
-			return false
-		}
-	}
-	m, err := pendingRecords(c.Do, r.keys)
-	return err == nil && len(m) == 0
+	ready, pending, sched, err := r.snapshot()
+	return err == nil && ready+len(pending)+sched == 0
 }
 
 func TestFaultEveryCallControls(t *testing.T) {

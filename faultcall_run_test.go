@@ -230,13 +230,9 @@ func (r *callRun) finish(w callWorkload) {
 		r.fail("harness", "delayed command: %v", err)
 	}
 	r.plan.lateMu.Unlock()
-	c := r.srv.pool.Get()
-	ready, err1 := redis.Int(c.Do("LLEN", r.keys.ready))
-	m, err2 := pendingRecords(c.Do, r.keys)
+	ready, m, sched, err := r.snapshot()
+	require.NoError(r.t, err)
 	pending := len(m)
-	sched, err3 := redis.Int(c.Do("ZCARD", r.keys.sched))
-	c.Close()
-	require.NoError(r.t, errors.Join(err1, err2, err3))
 	if ready+pending+sched > 0 {
 		r.fail("left", "%d ready, %d pending and %d scheduled once the workload was done", ready, pending, sched)
 		r.snapshotPending()
@@ -333,4 +329,75 @@ func (r *callRun) brokenProps() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// snapshotScript reads, in one step, what snapshot needs: the ready
+// list's and the schedule's lengths, the pending hash, the claim records,
+// and each claim record's list and done bitmap. Read in several round
+// trips, a recovery between them (entries put back on the ready list
+// after its length was read, their claim record dropped before it was)
+// showed a queue with a task in it as empty.
+var snapshotScript = redis.NewScript(4, `
+local out = {redis.call('LLEN', KEYS[1]), redis.call('ZCARD', KEYS[2]),
+	redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4])}
+local claims = out[4]
+for i = 1, #claims, 2 do
+	local list = ARGV[1] .. claims[i]
+	out[#out + 1] = redis.call('LRANGE', list, 0, -1)
+	out[#out + 1] = redis.call('GET', list .. ':done') or ''
+end
+return out`)
+
+// snapshot returns, read at one instant, the number of ready tasks, the
+// pending ones (as pendingRecords returns them) and the number scheduled.
+func (r *callRun) snapshot() (ready int, pending map[string]string, sched int, err error) {
+	c := r.srv.pool.Get()
+	defer c.Close()
+	v, err := redis.Values(snapshotScript.Do(c, r.keys.ready, r.keys.sched, r.keys.pending, r.keys.claims,
+		claimListKey(r.keys, "")))
+	if err != nil {
+		return 0, nil, 0, err
+	}
+	if len(v) < 4 {
+		return 0, nil, 0, fmt.Errorf("snapshot: %d values", len(v))
+	}
+	ready, err1 := redis.Int(v[0], nil)
+	sched, err2 := redis.Int(v[1], nil)
+	claims, err3 := redis.StringMap(v[3], nil)
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return 0, nil, 0, err
+	}
+	// The claim records' lists and bitmaps follow in HGETALL's order: the
+	// same replies, served to pendingRecords as the commands it sends.
+	fields, err := redis.Strings(v[3], nil)
+	if err != nil {
+		return 0, nil, 0, err
+	}
+	lists := map[string]any{}
+	for i := 0; i+1 < len(fields); i += 2 {
+		at := 4 + i
+		if at+1 >= len(v) {
+			return 0, nil, 0, fmt.Errorf("snapshot: %d values for %d claim records", len(v), len(claims))
+		}
+		lists[claimListKey(r.keys, fields[i])] = v[at]
+		lists[claimDoneKey(r.keys, fields[i])] = v[at+1]
+	}
+	served := func(cmd string, args ...any) (any, error) {
+		switch {
+		case cmd == "HGETALL" && args[0] == r.keys.pending:
+			return v[2], nil
+		case cmd == "HGETALL" && args[0] == r.keys.claims:
+			return v[3], nil
+		case cmd == "LRANGE" || cmd == "GET":
+			if x, ok := lists[args[0].(string)]; ok {
+				if b, _ := x.([]byte); cmd == "GET" && len(b) == 0 {
+					return nil, nil
+				}
+				return x, nil
+			}
+		}
+		return nil, fmt.Errorf("snapshot: %s %v not read", cmd, args)
+	}
+	pending, err = pendingRecords(served, r.keys)
+	return ready, pending, sched, err
 }
