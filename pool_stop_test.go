@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -298,4 +299,35 @@ func TestPoolStopDuringLayoutCheckReportsNothing(t *testing.T) {
 	defer mu.Unlock()
 	require.EqualValues(t, 2, reads, "stopped at the tenure's check")
 	assert.Empty(t, reported)
+}
+
+// A pool whose ctx ends by its deadline stops as gracefully as one
+// cancelled: the running task finishes, the claimed tasks not started go
+// back in order, the lease is released, and nothing is left pending.
+func TestPoolStopsGracefullyAtItsDeadline(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	var ts []Task
+	for i := range 20 {
+		ts = append(ts, Task{OrderID: 1, Payload: []byte(pl(1, i))})
+	}
+	ids := addAll(t, q, ts)
+	end := time.Now().Add(300 * time.Millisecond)
+	ctx, cancel := context.WithDeadline(bounded(t), end)
+	defer cancel()
+	var ran atomic.Int32
+	errc := runPool(ctx, q, PoolConfig{Workers: 1, Prefetch: 20}, func(ctx context.Context, task Task) error {
+		if ran.Add(1) == 3 {
+			time.Sleep(time.Until(end) + 50*time.Millisecond) // running at the deadline
+		}
+		return nil
+	})
+	require.NoError(t, receive(t, errc))
+	require.ErrorIs(t, ctx.Err(), context.DeadlineExceeded)
+	ready := taskIDs(readyTasks(t, s, k))
+	require.NotEmpty(t, ready, "the deadline passed with tasks claimed and not started")
+	assert.Equal(t, ids[len(ids)-len(ready):], ready, "the unstarted tasks back, in order")
+	assert.EqualValues(t, len(ids)-len(ready), ran.Load(), "each task run once, up to the stop")
+	assert.Empty(t, pendingIDs(t, s, k))
+	assert.Zero(t, s.do(t, "EXISTS", k.lease), "the lease released")
 }
