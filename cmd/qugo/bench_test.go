@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -22,60 +23,6 @@ func benchPayload(total, place uint32) []byte {
 	binary.BigEndian.PutUint32(p[len(benchMagic)+4:], place)
 	binary.BigEndian.PutUint64(p[len(benchMagic)+8:], uint64(time.Now().UnixNano()))
 	return p
-}
-
-func TestTracker(t *testing.T) {
-	t.Parallel()
-	type delivery struct {
-		order        uint64
-		total, place uint32
-	}
-	for _, tc := range []struct {
-		name    string
-		want    int64 // tasks expected; 0 for verify mode
-		partial bool  // verify -partial
-		got     []delivery
-		foreign int
-		check   orderCheck
-	}{
-		{"in order", 3, false, []delivery{{1, 2, 1}, {2, 1, 1}, {1, 2, 2}}, 0,
-			orderCheck{OK: true, Handled: 3}},
-		{"redelivered after a crash", 0, false, []delivery{{1, 3, 1}, {1, 3, 2}, {1, 3, 1}, {1, 3, 2}, {1, 3, 3}}, 0,
-			orderCheck{OK: true, Handled: 5, Duplicates: 2}},
-		{"out of order", 0, false, []delivery{{1, 2, 2}, {1, 2, 1}}, 0,
-			orderCheck{Handled: 2, OutOfOrder: 2}},
-		{"missing in verify", 0, false, []delivery{{1, 3, 1}, {1, 3, 3}}, 0,
-			orderCheck{Handled: 2, OutOfOrder: 1, Missing: 1}},
-		{"first ones lost in verify", 0, false, []delivery{{1, 4, 3}, {1, 4, 4}}, 0,
-			orderCheck{Handled: 2, OutOfOrder: 1, Missing: 2}},
-		{"partial: after an earlier drain", 0, true, []delivery{{1, 4, 3}, {2, 2, 2}, {1, 4, 3}, {1, 4, 4}}, 0,
-			orderCheck{OK: true, Handled: 4, Duplicates: 1}},
-		{"partial: missing after the first seen", 0, true, []delivery{{1, 4, 2}, {1, 4, 4}}, 0,
-			orderCheck{Handled: 2, OutOfOrder: 1, Missing: 1}},
-		{"partial: an earlier one after the first seen", 0, true, []delivery{{1, 4, 3}, {1, 4, 2}, {1, 4, 4}}, 0,
-			orderCheck{Handled: 3, OutOfOrder: 1}},
-		{"missing in bench", 3, false, []delivery{{1, 2, 1}, {1, 2, 2}}, 0,
-			orderCheck{Handled: 2, Missing: 1}},
-		{"foreign", 0, false, []delivery{{1, 1, 1}}, 1,
-			orderCheck{Handled: 2, Foreign: 1}},
-		{"nothing", 0, false, nil, 0, orderCheck{}},
-	} {
-		tr := newTracker(tc.want, tc.want > 0, tc.partial)
-		for _, d := range tc.got {
-			tr.handle(d.order, benchPayload(d.total, d.place), time.Now())
-		}
-		for range tc.foreign {
-			tr.handle(9, []byte("not a bench task"), time.Now())
-		}
-		assert.Equal(t, tc.check, tr.check(), tc.name)
-		if tc.want > 0 && tc.check.OK {
-			select {
-			case <-tr.done:
-			default:
-				t.Errorf("%s: done did not close", tc.name)
-			}
-		}
-	}
 }
 
 func TestBench(t *testing.T) {
@@ -99,6 +46,7 @@ func TestBench(t *testing.T) {
 	assert.Equal(t, exitOK, code, errOut)
 	assert.Contains(t, out, "add:     200 tasks over 7 OrderIDs")
 	assert.Contains(t, out, "drain:   200 tasks")
+	assert.Contains(t, out, "(from the first add to the last task started: with the adds, at most their rate)")
 	assert.Contains(t, out, "latency: add to start of handling: p50 ")
 	assert.Contains(t, out, "order:   ok: every task handled, in order per OrderID (OrderIDs 7, duplicates 0, out of order 0, missing 0, foreign 0)")
 }
@@ -134,23 +82,26 @@ func TestBenchFillThenVerify(t *testing.T) {
 	code, _, errOut := qugo(t, f.args("bench", "-n", "10")...)
 	assert.Equal(t, exitRuntime, code)
 	assert.Contains(t, errOut, "holds")
-	assert.Contains(t, errOut, "qugo bench -verify")
+	assert.Contains(t, errOut, "qugo bench -verify -partial")
 
 	doc = qugoJSON[benchDoc](t, f.args("bench", "-verify", "-json")...)
 	assert.Equal(t, "verify", doc.Mode)
 	assert.Equal(t, 9, doc.Orders)
 	assert.Equal(t, orderCheck{OK: true, Handled: 500}, *doc.Check)
 
-	code, _, errOut = qugo(t, f.args("bench", "-verify")...)
+	// An empty queue has nothing to verify, which is no failed check.
+	code, out, errOut := qugo(t, f.args("bench", "-verify")...)
 	assert.Equal(t, exitRuntime, code)
-	assert.Contains(t, errOut, "nothing to verify")
+	assert.Equal(t, fmt.Sprintf("qugo: bench: nothing to verify: the queue under prefix %q is empty (add tasks with qugo bench -fill, or check -prefix)\n", f.prefix), errOut)
+	assert.NotContains(t, out, "FAILED")
+	assert.NotContains(t, out, "order:")
 
 	// The text of a verify, which added nothing, times the drain from its start.
 	qugoJSON[benchDoc](t, f.args("bench", "-fill", "-n", "20", "-orders", "3", "-json")...)
-	code, out, errOut := qugo(t, f.args("bench", "-verify")...)
+	code, out, errOut = qugo(t, f.args("bench", "-verify")...)
 	require.Equal(t, exitOK, code, errOut)
 	assert.Contains(t, out, "drain:   20 tasks in ")
-	assert.Contains(t, out, "(from the start to the last task started)")
+	assert.Contains(t, out, "(from the start to the last task started: the drain alone, the analysers' ceiling)")
 	assert.NotContains(t, out, "first add")
 }
 
@@ -237,6 +188,85 @@ func TestBenchRate(t *testing.T) {
 	doc := qugoJSON[benchDoc](t, f.args("bench", "-n", "200", "-orders", "4", "-batch", "10", "-producers", "2", "-rate", "1000", "-json")...)
 	assert.GreaterOrEqual(t, doc.AddSeconds, 0.18)
 	assert.True(t, doc.Check.OK)
+
+	// The rate is over all producers, however many: 40 tasks at 200/s,
+	// one task a batch, the last due at 195ms.
+	f = newFixture(t, 1, 1)
+	doc = qugoJSON[benchDoc](t, f.args("bench", "-n", "40", "-orders", "40", "-producers", "8", "-rate", "200", "-json")...)
+	assert.GreaterOrEqual(t, doc.AddSeconds, 0.19)
+	assert.True(t, doc.Check.OK)
+}
+
+// A bench that -timeout stops says so once, with what to do; the next
+// bench names -verify -partial, which drains what is left and passes.
+func TestBenchTimeout(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, 1, 2)
+	code, out, errOut := qugo(t, f.args("bench", "-n", "2000000", "-orders", "50", "-timeout", "1s")...)
+	assert.Equal(t, exitRuntime, code)
+	assert.Empty(t, out)
+	assert.Equal(t, 1, strings.Count(errOut, "\n"), errOut)
+	assert.Regexp(t, `^qugo: bench: -timeout 1s ran out after at least \d+ of 2000000 tasks were added and \d+ handled: `+
+		`give a longer -timeout or a smaller -n; (no task is left queued|\d+ tasks are left queued: `+
+		`drain them with qugo bench -verify -partial before the next bench \(or give another -prefix\))\n$`, errOut)
+	assert.NotContains(t, errOut, "deadline exceeded")
+	assert.NotContains(t, errOut, "i/o timeout")
+	if !strings.Contains(errOut, "no task is left queued") {
+		// The pools stopped gracefully: their lease is free, and what
+		// they had claimed is back in the ready list, in order.
+		code, out, errOut = qugo(t, f.args("bench", "-verify", "-partial", "-timeout", "1m")...)
+		assert.Equal(t, exitOK, code, errOut)
+		assert.Contains(t, out, "order:   ok: ")
+	}
+
+	// A fill stopped part way leaves each OrderID's first tasks, and no
+	// drain: -verify -partial passes on them.
+	f = newFixture(t, 1, 2)
+	code, out, errOut = qugo(t, f.args("bench", "-fill", "-n", "2000000", "-orders", "50", "-timeout", "1s")...)
+	assert.Equal(t, exitRuntime, code)
+	assert.Empty(t, out)
+	assert.Regexp(t, `^qugo: bench: -timeout 1s ran out after at least \d+ of 2000000 tasks were added: `+
+		`give a longer -timeout or a smaller -n; \d+ tasks are left queued: drain them with qugo bench -verify -partial before the next bench`, errOut)
+
+	code, _, errOut = qugo(t, f.args("bench", "-n", "10")...)
+	assert.Equal(t, exitRuntime, code)
+	assert.Contains(t, errOut, "drain them with qugo bench -verify -partial")
+
+	// A lease the stopped bench kept would never run out on miniredis:
+	// -timeout bounds the wait.
+	code, out, errOut = qugo(t, f.args("bench", "-verify", "-partial", "-timeout", "1m")...)
+	assert.Equal(t, exitOK, code, errOut)
+	assert.Contains(t, out, "order:   ok: ")
+	assert.Empty(t, errOut)
+}
+
+// A verify that -timeout stops before the queue is empty reports the
+// check as incomplete, not failed, and how many tasks are left.
+func TestBenchVerifyTimeout(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, 1, 2)
+	layout := queue.Layout{Partitions: 1, Queues: 2}
+	var tasks []queue.Task
+	held := 0 // tasks of analyser 1, whose lease another consumer holds
+	for order := uint64(0); order < 20; order++ {
+		for place := uint32(1); place <= 3; place++ {
+			tasks = append(tasks, queue.Task{OrderID: order, Payload: benchPayload(3, place)})
+		}
+		if layout.AnalyserOf(order) == 1 {
+			held += 3
+		}
+	}
+	require.Positive(t, held)
+	require.Less(t, held, len(tasks))
+	_, err := f.q.AddTasks(context.Background(), tasks)
+	require.NoError(t, err)
+	f.consume(t, 1) // the verify's pool of analyser 1 waits for its lease
+	code, out, errOut := qugo(t, f.args("bench", "-verify", "-timeout", "1s")...)
+	assert.Equal(t, exitRuntime, code)
+	assert.Contains(t, out, fmt.Sprintf("drain:   %d tasks in ", len(tasks)-held))
+	assert.Contains(t, out, fmt.Sprintf("order:   INCOMPLETE: -timeout 1s ran out (OrderIDs %d, duplicates 0, out of order 0, missing 0, foreign 0)", 20-held/3))
+	assert.Equal(t, fmt.Sprintf("qugo: bench: -timeout 1s ran out before the drain was complete, after %d tasks were handled: "+
+		"give a longer -timeout; %d tasks are left queued: drain them with qugo bench -verify -partial\n", len(tasks)-held, held), errOut)
 }
 
 // With no server named, bench runs on an embedded miniredis, to try qugo

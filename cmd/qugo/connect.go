@@ -65,8 +65,8 @@ func (g *globals) validate() error {
 		return usagef("-queues %d: must be at least 1", g.queues)
 	}
 	if l := (queue.Layout{Partitions: g.partitions(), Queues: g.queues}); !l.Valid() {
-		return usagef("-redis names %d servers of -queues %d: a queue has at most 4096 servers, 4096 queues a server and 65536 queues in all",
-			l.Partitions, g.queues)
+		return usagef("-redis names %s of -queues %d: a queue has at most 4096 servers, 4096 queues a server and 65536 queues in all",
+			plural(l.Partitions, "server"), g.queues)
 	}
 	if g.prefix == "" || strings.ContainsAny(g.prefix, "{}") {
 		return usagef("-prefix %q: must be non-empty, without '{' or '}'", g.prefix)
@@ -206,14 +206,14 @@ func layoutAdvice(le *queue.LayoutError, urls []string) string {
 		fix = append(fix, fmt.Sprintf("-queues %d", got[1]))
 	}
 	if got[0] != want[0] {
-		fix = append(fix, fmt.Sprintf("-redis with %d URLs (%d given)", got[0], want[0]))
+		fix = append(fix, fmt.Sprintf("-redis with %s (%d given)", plural(got[0], "URL"), want[0]))
 	}
 	if got[2] != want[2] {
 		fix = append(fix, fmt.Sprintf("-redis with %s as URL %d (it is URL %d now)", server, got[2]+1, want[2]+1))
 	}
 	// URLs are counted from 1, as the examples' programs count them.
-	return fmt.Sprintf("%s has recorded %d servers x %d queues, this server at place %d: use %s (or, to start afresh, another -prefix)",
-		server, got[0], got[1], got[2]+1, strings.Join(fix, " and "))
+	return fmt.Sprintf("%s has recorded %s x %s, this server at place %d: use %s (or, to start afresh, another -prefix)",
+		server, plural(got[0], "server"), plural(got[1], "queue"), got[2]+1, strings.Join(fix, " and "))
 }
 
 // numberArg is the value of a number flag whose absence a command tells
@@ -254,7 +254,7 @@ func (g *globals) checkAnalyser(a *numberArg) error {
 	case !a.set:
 		return usagef("-a is required")
 	case a.n < 0 || a.n >= n:
-		return usagef("-a %d: out of range: analysers are 0 to %d (%d servers x %d queues)", a.n, n-1, r, g.queues)
+		return usagef("-a %d: out of range: analysers are 0 to %d (%s x %s)", a.n, n-1, plural(r, "server"), plural(g.queues, "queue"))
 	}
 	return nil
 }

@@ -31,7 +31,7 @@ func TestGlobalsValidate(t *testing.T) {
 		{"other scheme", globals{"tcp://a", 1, "p"}, nil, 0, "not redis://"},
 		{"zero queues", globals{"redis://a", 0, "p"}, nil, 0, "-queues 0"},
 		{"most queues a server", globals{"redis://a", 4096, "p"}, []string{"redis://a"}, 1, ""},
-		{"too many queues a server", globals{"redis://a", 4097, "p"}, nil, 0, "1 servers of -queues 4097"},
+		{"too many queues a server", globals{"redis://a", 4097, "p"}, nil, 0, "-redis names 1 server of -queues 4097"},
 		{"too many queues in all", globals{strings.TrimSuffix(strings.Repeat("redis://a,", 17), ","), 4096, "p"}, nil, 0, "17 servers of -queues 4096"},
 		{"a count that would overflow", globals{"redis://a,redis://b", 1 << 62, "p"}, nil, 0, "-queues"},
 		{"empty prefix", globals{"redis://a", 1, ""}, nil, 0, "-prefix"},
@@ -70,6 +70,8 @@ func TestCheckAnalyser(t *testing.T) {
 	// -1 given is out of range, not missing.
 	assert.EqualError(t, g.checkAnalyser(arg(-1)), "-a -1: out of range: analysers are 0 to 5 (3 servers x 2 queues)")
 	assert.EqualError(t, g.checkAnalyser(&numberArg{}), "-a is required")
+	one := globals{redis: "redis://a", queues: 1, prefix: "p"}
+	assert.EqualError(t, one.checkAnalyser(arg(1)), "-a 1: out of range: analysers are 0 to 0 (1 server x 1 queue)")
 }
 
 func TestLayoutAdvice(t *testing.T) {
@@ -84,9 +86,11 @@ func TestLayoutAdvice(t *testing.T) {
 		{"other Q", 0, "partitions=2 queues=4 index=0", "partitions=2 queues=1 index=0",
 			"redis://a has recorded 2 servers x 4 queues, this server at place 1: use -queues 4 (or, to start afresh, another -prefix)"},
 		{"other R", 0, "partitions=2 queues=1 index=0", "partitions=1 queues=1 index=0",
-			"redis://a has recorded 2 servers x 1 queues, this server at place 1: use -redis with 2 URLs (1 given) (or, to start afresh, another -prefix)"},
+			"redis://a has recorded 2 servers x 1 queue, this server at place 1: use -redis with 2 URLs (1 given) (or, to start afresh, another -prefix)"},
+		{"one server, not two", 0, "partitions=1 queues=2 index=0", "partitions=2 queues=2 index=0",
+			"redis://a has recorded 1 server x 2 queues, this server at place 1: use -redis with 1 URL (2 given) (or, to start afresh, another -prefix)"},
 		{"swapped", 1, "partitions=2 queues=1 index=0", "partitions=2 queues=1 index=1",
-			"redis://b has recorded 2 servers x 1 queues, this server at place 1: use -redis with redis://b as URL 1 (it is URL 2 now) (or, to start afresh, another -prefix)"},
+			"redis://b has recorded 2 servers x 1 queue, this server at place 1: use -redis with redis://b as URL 1 (it is URL 2 now) (or, to start afresh, another -prefix)"},
 		{"unparsable", 1, "partitions= queues=3 index=", "partitions=2 queues=1 index=1",
 			"redis://b has recorded partitions= queues=3 index=: give the -redis URLs in partition order and the -queues the queue was created with"},
 	} {

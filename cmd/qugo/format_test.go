@@ -97,3 +97,10 @@ func TestRangesCell(t *testing.T) {
 		assert.Equal(t, tc.want, rangesCell(tc.in), "%v", tc.in)
 	}
 }
+
+func TestPlural(t *testing.T) {
+	t.Parallel()
+	assert.Equal(t, "1 server", plural(1, "server"))
+	assert.Equal(t, "2 servers", plural(2, "server"))
+	assert.Equal(t, "0 URLs", plural(0, "URL"))
+}

@@ -24,7 +24,7 @@ import (
 // Exit statuses a script can rely on.
 const (
 	exitOK      = 0 // the command did what was asked
-	exitRuntime = 1 // Redis unreachable, layout mismatch, a failed Redis call
+	exitRuntime = 1 // Redis unreachable, layout mismatch, a failed Redis call or bench order check
 	exitUsage   = 2 // bad flags or arguments; nothing was sent to Redis
 )
 
@@ -106,7 +106,9 @@ Exit status:
   0  success
   1  runtime error: Redis unreachable, layout mismatch (another number or order
      of -redis URLs, or another -queues, than the queue was created with),
-     a failed Redis call
+     a failed Redis call, a failed bench order check (or a bench -verify
+     with nothing to verify, or a bench whose -timeout ran out); for serve,
+     a -listen address it cannot listen on
   2  usage error: bad flags or arguments; nothing was sent to Redis
 Errors go to standard error, prefixed "qugo: ".
 `

@@ -260,13 +260,34 @@ func TestUsageErrors(t *testing.T) {
 	}
 }
 
+// The exit statuses of qugo -h and of README.md's table say the same.
+func TestExitStatusDocumented(t *testing.T) {
+	t.Parallel()
+	readme, err := os.ReadFile("README.md")
+	require.NoError(t, err)
+	var row string
+	for _, line := range strings.Split(string(readme), "\n") {
+		if strings.HasPrefix(line, "| 1 | runtime error") {
+			row = strings.ReplaceAll(line, "`", "")
+		}
+	}
+	require.NotEmpty(t, row, "README.md's exit status table has no row for 1")
+	help := strings.Join(strings.Fields(usageText), " ")
+	for _, cause := range []string{"Redis unreachable", "layout mismatch", "a failed Redis call",
+		"a failed bench order check", "a bench -verify with nothing to verify", "-timeout ran out", "for serve, a -listen address it cannot listen on"} {
+		assert.Contains(t, row, cause, "README.md")
+		assert.Contains(t, help, cause, "qugo -h")
+	}
+}
+
 func TestHelp(t *testing.T) {
 	t.Parallel()
 	for _, args := range [][]string{{"-h"}, {"-help"}, {"help"}} {
 		code, out, errOut := qugo(t, args...)
 		assert.Equal(t, exitOK, code, args)
 		assert.Empty(t, errOut, args)
-		for _, want := range []string{"Exit status", "0  success", "1  runtime error", "2  usage error", "QUEUE_REDIS", "purge"} {
+		for _, want := range []string{"Exit status", "0  success", "1  runtime error", "2  usage error", "QUEUE_REDIS", "purge",
+			"a failed bench order check", "nothing to verify"} {
 			assert.Contains(t, out, want, args)
 		}
 	}

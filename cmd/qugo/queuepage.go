@@ -134,7 +134,7 @@ func (s *server) queuePage(w http.ResponseWriter, r *http.Request) {
 	a, ok := s.analyserOf(r)
 	if !ok {
 		s.message(w, r, http.StatusNotFound, "No such queue",
-			fmt.Sprintf("Analysers are 0 to %d (%d servers × %d queues).", s.e.layout().Analysers()-1, s.e.partitions(), s.e.queues))
+			fmt.Sprintf("Analysers are 0 to %d (%s × %s).", s.e.layout().Analysers()-1, plural(s.e.partitions(), "server"), plural(s.e.queues, "queue")))
 		return
 	}
 	params, err := parseQueueParams(r.URL.Query())

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"strconv"
@@ -105,6 +106,12 @@ func cancelFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 		}
 		defer q.Close()
 		found, err := q.Cancel(ctx, ref.order.n, *ref.id)
+		if errors.Is(err, queue.ErrBadConfig) && !queue.ValidTaskID(*ref.id) {
+			// The library refuses it as a bad argument; here that is a
+			// mistyped -id, not a problem of the queue's config.
+			return usagef("cancel: -id %s is malformed: a task ID is 20 characters of 0-9 and a-v, as AddTask returns it; nothing was written",
+				cell(*ref.id))
+		}
 		if err != nil {
 			return err
 		}
