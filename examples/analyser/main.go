@@ -1,14 +1,15 @@
 // Command analyser consumes qugo queues and writes every task to Postgres.
 //
 // It runs one analyser pool per -id, each owning one queue (a second
-// process started with the same id waits as a hot standby), or joins the
-// consumer group -group, whose members share all the queues, and writes
-// each task as a row of the tasks table. Rows are batched, yet a task is
-// acknowledged only once its row is committed, and rows of one OrderID are
-// written in enqueue order. The write is idempotent (task_id is the
-// primary key), so at-least-once delivery gives exactly one row per task.
-// Dead-lettered tasks are recorded in failed_jobs. /metrics serves the
-// queue's Prometheus metrics. SIGINT or SIGTERM stops it gracefully.
+// process started with the same id, and another -metrics address, waits
+// as a hot standby), or joins the consumer group -group, whose members
+// share all the queues, and writes each task as a row of the tasks table.
+// Rows are batched, yet a task is acknowledged only once its row is
+// committed, and rows of one OrderID are written in enqueue order. The
+// write is idempotent (task_id is the primary key), so at-least-once
+// delivery gives exactly one row per task. Dead-lettered tasks are
+// recorded in failed_jobs. /metrics serves the queue's Prometheus
+// metrics. SIGINT or SIGTERM stops it gracefully.
 //
 //	analyser -id 0-3 -worker 16 -redis redis://127.0.0.1:6379 -pg postgres://localhost/app
 //	analyser -group billing -member billing-1 -worker 3-4 -pg postgres://localhost/app
@@ -58,7 +59,7 @@ func main() {
 		return
 	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "analyser:", err)
+		fmt.Fprintf(os.Stderr, "analyser: %v\nRun 'analyser -h' for its flags.\n", err)
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -70,12 +71,15 @@ func main() {
 	}
 }
 
-// parseFlags reads the command line.
+// parseFlags reads the command line. It returns its errors, for the
+// caller to print once, and prints the usage to out only when asked
+// (-h).
 func parseFlags(args []string, out io.Writer) (config, error) {
 	var cfg config
 	var redisURLs string
 	fs := flag.NewFlagSet("analyser", flag.ContinueOnError)
-	fs.SetOutput(out)
+	fs.SetOutput(io.Discard) // the flag package would print each error, and the usage after it
+	fs.Usage = func() {}
 	fs.Var(&cfg.IDs, "id", "analyser `id` to run: N, a range A-B, or a comma list; may be repeated (this or -group)")
 	fs.StringVar(&cfg.Group, "group", "", "join the consumer group `NAME`, whose members share all analysers (this or -id)")
 	fs.StringVar(&cfg.Member, "member", "", "member `name` in -group; keep it across restarts to get the same queues back (default host:pid)")
@@ -94,6 +98,11 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.StringVar(&cfg.Metrics, "metrics", "127.0.0.1:9464", "listen `address` for /metrics; empty disables")
 	fs.DurationVar(&cfg.LogEvery, "log-every", 10*time.Second, "how often per-worker counts are logged")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(out, "Usage of analyser:")
+			fs.SetOutput(out)
+			fs.PrintDefaults()
+		}
 		return cfg, err
 	}
 	if fs.NArg() > 0 {
@@ -124,7 +133,32 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	case cfg.Linger < 0 || cfg.LogEvery <= 0 || cfg.TaskTimeout <= 0:
 		return cfg, errors.New("-linger must not be negative, -log-every and -task-timeout must be positive")
 	}
+	if err := checkIDs(cfg.IDs, len(cfg.Redis), cfg.Queues); err != nil {
+		return cfg, err
+	}
 	return cfg, nil
+}
+
+// checkIDs refuses analyser ids beyond the r*q analysers of r servers
+// with q queues each, naming the valid range.
+func checkIDs(ids idList, r, q int) error {
+	if len(ids) == 0 || ids[len(ids)-1] < r*q {
+		return nil
+	}
+	valid := fmt.Sprintf("0..%d", r*q-1)
+	if r*q == 1 {
+		valid = "0"
+	}
+	return fmt.Errorf("-id %d: out of range: -id must be %s (%s x %s)",
+		ids[len(ids)-1], valid, plural(r, "Redis server"), plural(q, "queue"))
+}
+
+// plural says n of a thing in words: "1 queue", "2 queues".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return strconv.Itoa(n) + " " + noun + "s"
 }
 
 // idList is the value of the repeatable -id flag: sorted, without

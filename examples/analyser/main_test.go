@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 
@@ -64,7 +65,7 @@ func testDB(t *testing.T) string {
 
 func TestParseFlags(t *testing.T) {
 	t.Parallel()
-	base := []string{"-pg", "postgres://localhost/x"}
+	base := []string{"-pg", "postgres://localhost/x", "-queues", "8"}
 	tests := []struct {
 		name    string
 		args    []string
@@ -93,6 +94,9 @@ func TestParseFlags(t *testing.T) {
 		{name: "negative linger", args: []string{"-id", "0", "-linger", "-1ms"}, wantErr: "-linger"},
 		{name: "empty redis", args: []string{"-id", "0", "-redis", " , "}, wantErr: "-redis is required"},
 		{name: "extra args", args: []string{"-id", "0", "more"}, wantErr: "unexpected arguments"},
+		{name: "id beyond the layout", args: []string{"-id", "1-2", "-queues", "2"}, wantErr: "-id 2: out of range: -id must be 0..1 (1 Redis server x 2 queues)"},
+		{name: "id beyond one queue", args: []string{"-id", "1", "-queues", "1"}, wantErr: "-id 1: out of range: -id must be 0 (1 Redis server x 1 queue)"},
+		{name: "id beyond two servers", args: []string{"-id", "4", "-queues", "2", "-redis", "redis://a,redis://b"}, wantErr: "-id must be 0..3 (2 Redis servers x 2 queues)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -109,6 +113,23 @@ func TestParseFlags(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A bad flag's error is returned, for main to print once; the usage is
+// printed only when asked for.
+func TestParseFlagsPrintsNoErrors(t *testing.T) {
+	t.Parallel()
+	var out strings.Builder
+	_, err := parseFlags([]string{"-pg", "postgres://localhost/x", "-id", "-1"}, &out)
+	assert.ErrorContains(t, err, `bad analyser id "-1"`)
+	assert.Empty(t, out.String())
+	_, err = parseFlags([]string{"-nope"}, &out)
+	assert.ErrorContains(t, err, "flag provided but not defined: -nope")
+	assert.Empty(t, out.String())
+	_, err = parseFlags([]string{"-h"}, &out)
+	assert.ErrorIs(t, err, flag.ErrHelp)
+	assert.Contains(t, out.String(), "Usage of analyser:")
+	assert.Contains(t, out.String(), "-metrics address")
 }
 
 func TestParseFlagsDefaults(t *testing.T) {

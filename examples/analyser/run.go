@@ -9,7 +9,9 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -43,10 +45,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger, onMetrics func(net.A
 		return err
 	}
 	defer q.Close()
-	if len(cfg.IDs) > 0 && cfg.IDs[len(cfg.IDs)-1] >= q.Analysers() {
-		last := cfg.IDs[len(cfg.IDs)-1]
-		return fmt.Errorf("analyser id %d: there are %d analysers (%d redis servers x %d queues)",
-			last, q.Analysers(), len(cfg.Redis), cfg.Queues)
+	if err := checkIDs(cfg.IDs, q.Analysers()/cfg.Queues, cfg.Queues); err != nil {
+		return err // parseFlags checked them; a config made otherwise may not be
 	}
 	// A wrong -queues or -redis fails here, before anything says started.
 	if err := q.CheckLayout(ctx); err != nil {
@@ -128,9 +128,9 @@ func layoutAdvice(err error, urls []string) error {
 	if _, scanErr := fmt.Sscanf(le.Got, "partitions=%d queues=%d index=%d", &r, &q, &i); scanErr != nil {
 		return fmt.Errorf("%w: %s has recorded %s; give -redis in partition order and the -queues the queue was created with", err, server, le.Got)
 	}
-	return fmt.Errorf("%w: %s has recorded %d Redis servers x %d queues with itself at place %d: "+
-		"start with -queues %d and %d -redis URLs, this one at place %d",
-		err, server, r, q, i+1, q, r, i+1)
+	return fmt.Errorf("%w: %s has recorded %s x %s with itself at place %d: "+
+		"start with -queues %d and %s, this one at place %d",
+		err, server, plural(r, "Redis server"), plural(q, "queue"), i+1, q, plural(r, "-redis URL"), i+1)
 }
 
 // runPools runs one AnalysePool per analyser id and joins them. A pool
@@ -259,14 +259,35 @@ func openDB(ctx context.Context, cfg config) (*pgxpool.Pool, error) {
 	pc.MaxConns = max(pc.MaxConns, int32(cfg.Flushers+2))
 	db, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: %w", err)
+		return nil, fmt.Errorf("postgres: %w", oneLine{err})
 	}
 	if err := db.Ping(ctx); err != nil {
 		db.Close()
-		return nil, fmt.Errorf("postgres: %w", err)
+		return nil, fmt.Errorf("postgres: %w", oneLine{err})
 	}
 	return db, nil
 }
+
+// oneLine is an error whose message, of several lines, is shown on one,
+// so that a log line holds it readably: pgx puts each address it tried
+// on a line of its own ("failed to connect to ...:\n\t127.0.0.1:5432
+// ...\n\t[::1]:5432 ..."), which a text log would show with the escapes.
+type oneLine struct{ err error }
+
+func (e oneLine) Error() string {
+	var parts []string
+	for _, l := range strings.Split(e.err.Error(), "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			parts = append(parts, l)
+		}
+	}
+	if len(parts) > 1 && strings.HasSuffix(parts[0], ":") {
+		return parts[0] + " " + strings.Join(parts[1:], "; ")
+	}
+	return strings.Join(parts, "; ")
+}
+
+func (e oneLine) Unwrap() error { return e.err }
 
 // serveMetrics serves /metrics of cs on addr and returns a func that
 // stops it.
@@ -277,6 +298,11 @@ func serveMetrics(addr string, log *slog.Logger, onListen func(net.Addr), cs ...
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	ln, err := net.Listen("tcp", addr)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		// Most likely another analyser on this machine, the one a
+		// standby (same -id) backs up: metrics are per process.
+		return nil, fmt.Errorf("metrics: %w: give this process another -metrics address (or -metrics \"\" for none)", err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}

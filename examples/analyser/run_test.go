@@ -99,10 +99,45 @@ func TestRunRejectsAnAnalyserOutOfRange(t *testing.T) {
 	t.Parallel()
 	pgURL := testDB(t)
 	_, urls := newTestQueue(t, 1, 1)
-	cfg, err := parseFlags([]string{"-id", "0-1", "-redis", urls[0], "-pg", pgURL, "-metrics", ""}, io.Discard)
+	_, err := parseFlags([]string{"-id", "0-1", "-redis", urls[0], "-pg", pgURL, "-metrics", ""}, io.Discard)
+	assert.EqualError(t, err, "-id 1: out of range: -id must be 0 (1 Redis server x 1 queue)")
+	// A config made otherwise is refused by run.
+	cfg, err := parseFlags([]string{"-id", "0", "-redis", urls[0], "-pg", pgURL, "-metrics", ""}, io.Discard)
 	require.NoError(t, err)
+	cfg.IDs = idList{0, 1}
 	err = run(context.Background(), cfg, quiet, nil)
-	assert.ErrorContains(t, err, "analyser id 1: there are 1 analysers")
+	assert.EqualError(t, err, "-id 1: out of range: -id must be 0 (1 Redis server x 1 queue)")
+}
+
+// A -metrics address in use (the first analyser's, for a standby started
+// on the same machine) is refused, saying which flag to give.
+func TestServeMetricsAddressInUse(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	_, err = serveMetrics(ln.Addr().String(), quiet, nil)
+	assert.ErrorContains(t, err, "address already in use: give this process another -metrics address (or -metrics \"\" for none)")
+}
+
+// A Postgres that does not answer is reported on one line: pgx's error
+// has a line per address tried, which the text log showed as \n\t.
+func TestOpenDBErrorOnOneLine(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	require.NoError(t, ln.Close())
+	// sslmode=prefer (the default) dials twice: two lines from pgx.
+	_, err = openDB(context.Background(), config{PG: "postgres://u@" + addr + "/db", Flushers: 1})
+	require.Error(t, err)
+	assert.NotContains(t, err.Error(), "\n")
+	assert.Contains(t, err.Error(), "postgres: failed to connect to `user=u database=db`: "+addr+" (127.0.0.1): dial error: ")
+	assert.Contains(t, err.Error(), "; "+addr+" (127.0.0.1): dial error: ")
+
+	var log strings.Builder
+	slog.New(slog.NewTextHandler(&log, nil)).Error("analyser stopped", "err", err)
+	assert.NotContains(t, log.String(), `\n`)
 }
 
 func scrape(t *testing.T, addr net.Addr) string {
@@ -144,8 +179,8 @@ func TestRunRefusesAWrongLayoutBeforeStarting(t *testing.T) {
 	logs := &captured{}
 	err = run(context.Background(), cfg, slog.New(logs), nil)
 	assert.ErrorIs(t, err, queue.ErrLayoutMismatch)
-	assert.ErrorContains(t, err, urls[0]+" has recorded 1 Redis servers x 2 queues with itself at place 1: "+
-		"start with -queues 2 and 1 -redis URLs, this one at place 1")
+	assert.ErrorContains(t, err, urls[0]+" has recorded 1 Redis server x 2 queues with itself at place 1: "+
+		"start with -queues 2 and 1 -redis URL, this one at place 1")
 	for _, l := range logs.lines() {
 		assert.NotContains(t, l, "started")
 		assert.NotContains(t, l, "stopped")

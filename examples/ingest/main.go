@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -170,9 +171,17 @@ func layoutAdvice(err error, urls []string) error {
 	if _, scanErr := fmt.Sscanf(le.Got, "partitions=%d queues=%d index=%d", &r, &q, &i); scanErr != nil {
 		return fmt.Errorf("%w: %s has recorded %s; give -redis in partition order and the -queues the analysers use", err, server, le.Got)
 	}
-	return fmt.Errorf("%w: %s has recorded %d Redis servers x %d queues with itself at place %d: "+
-		"start with -queues %d and %d -redis URLs, this one at place %d (the analysers' -queues and -redis)",
-		err, server, r, q, i+1, q, r, i+1)
+	return fmt.Errorf("%w: %s has recorded %s x %s with itself at place %d: "+
+		"start with -queues %d and %s, this one at place %d (the analysers' -queues and -redis)",
+		err, server, plural(r, "Redis server"), plural(q, "queue"), i+1, q, plural(r, "-redis URL"), i+1)
+}
+
+// plural says n of a thing in words: "1 queue", "2 queues".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return strconv.Itoa(n) + " " + noun + "s"
 }
 
 // run serves until ctx ends, then lets requests in flight finish.

@@ -433,8 +433,8 @@ func TestNewAppRefusesBadConfig(t *testing.T) {
 	require.NoError(t, err)
 	_, err = newApp(context.Background(), options{redis: []string{"redis://" + m.Addr()}, maxBody: 1024, queues: 1, prefix: "qugo", statusTTL: time.Hour}, log)
 	assert.ErrorIs(t, err, queue.ErrLayoutMismatch)
-	assert.ErrorContains(t, err, "the -redis URL at place 1 has recorded 1 Redis servers x 2 queues with itself at place 1: "+
-		"start with -queues 2 and 1 -redis URLs, this one at place 1 (the analysers' -queues and -redis)")
+	assert.ErrorContains(t, err, "the -redis URL at place 1 has recorded 1 Redis server x 2 queues with itself at place 1: "+
+		"start with -queues 2 and 1 -redis URL, this one at place 1 (the analysers' -queues and -redis)")
 }
 
 // not_before schedules a single task: GET says scheduled, with its due

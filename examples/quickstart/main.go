@@ -16,10 +16,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"math/rand/v2"
 	"os"
 	"os/signal"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -44,7 +46,7 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *orders, *tasks, *workers, *prefix, *work); err != nil {
+	if err := run(ctx, os.Stdout, *orders, *tasks, *workers, *prefix, *work); err != nil {
 		log.Fatal("quickstart: ", err)
 	}
 }
@@ -60,7 +62,13 @@ func checkFlags(orders, tasks, workers int, work time.Duration) error {
 	return nil
 }
 
-func run(ctx context.Context, orders, tasks, workers int, prefix string, work time.Duration) error {
+// run adds the tasks, drains them and checks them, printing to out.
+func run(ctx context.Context, out io.Writer, orders, tasks, workers int, prefix string, work time.Duration) error {
+	if orders > tasks {
+		// OrderIDs without a task would only be listed as 0 of 0.
+		fmt.Fprintf(out, "-orders %d is more than -tasks %d: using %d OrderIDs, one task each\n", orders, tasks, tasks)
+		orders = tasks
+	}
 	url := os.Getenv("REDIS_URL")
 	if url == "" {
 		mr, err := miniredis.Run()
@@ -69,9 +77,9 @@ func run(ctx context.Context, orders, tasks, workers int, prefix string, work ti
 		}
 		defer mr.Close()
 		url = "redis://" + mr.Addr()
-		fmt.Println("REDIS_URL is not set: using an embedded miniredis")
+		fmt.Fprintln(out, "REDIS_URL is not set: using an embedded miniredis")
 	} else {
-		fmt.Println("using", url)
+		fmt.Fprintln(out, "using", url)
 	}
 
 	q, err := queue.Dial(ctx, []string{url}, queue.Config{Prefix: prefix})
@@ -95,7 +103,7 @@ func run(ctx context.Context, orders, tasks, workers int, prefix string, work ti
 	if _, err := q.AddTasks(ctx, batch); err != nil {
 		return err
 	}
-	fmt.Printf("added %d tasks over %d OrderIDs in %v\n", tasks, orders, time.Since(start).Round(time.Microsecond))
+	fmt.Fprintf(out, "added %s over %s in %v\n", plural(tasks, "task"), plural(orders, "OrderID"), time.Since(start).Round(time.Microsecond))
 
 	var (
 		mu       sync.Mutex
@@ -142,7 +150,7 @@ func run(ctx context.Context, orders, tasks, workers int, prefix string, work ti
 	if ctx.Err() != nil {
 		return errors.New("interrupted; the tasks not analysed stay in Redis for the next run")
 	}
-	fmt.Printf("analysed in %v\n", time.Since(start).Round(time.Microsecond))
+	fmt.Fprintf(out, "analysed in %v\n", time.Since(start).Round(time.Microsecond))
 
 	failed := overlaps > 0
 	for o := 0; o < orders; o++ {
@@ -163,16 +171,24 @@ func run(ctx context.Context, orders, tasks, workers int, prefix string, work ti
 			verdict = "NOT IN ORDER"
 			failed = true
 		}
-		fmt.Printf("order %d: %d of %d tasks ran, %s\n", orderID, len(got), want, verdict)
+		fmt.Fprintf(out, "order %d: %d of %s ran, %s\n", orderID, len(got), plural(int(want), "task"), verdict)
 	}
 	for w, n := range counters.Processed() {
-		fmt.Printf("worker %d: %d tasks\n", w, n)
+		fmt.Fprintf(out, "worker %d: %s\n", w, plural(int(n), "task"))
 	}
 	if earlier > 0 {
-		fmt.Printf("also acknowledged %d tasks left by an earlier run\n", earlier)
+		fmt.Fprintf(out, "also acknowledged %s left by an earlier run\n", plural(earlier, "task"))
 	}
 	if failed {
 		return fmt.Errorf("order check failed (%d overlapping runs of one OrderID)", overlaps)
 	}
 	return nil
+}
+
+// plural says n of a thing in words: "1 task", "2 tasks".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return strconv.Itoa(n) + " " + noun + "s"
 }

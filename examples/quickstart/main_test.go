@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"strings"
 	"testing"
 	"time"
 )
@@ -22,5 +24,28 @@ func TestCheckFlags(t *testing.T) {
 		if (err == nil) != c.ok {
 			t.Errorf("checkFlags(%d, %d, %d, %v) = %v", c.orders, c.tasks, c.workers, c.work, err)
 		}
+	}
+}
+
+// More OrderIDs than tasks: only those with a task are counted and
+// listed, never as "0 of 0 tasks".
+func TestRunMoreOrdersThanTasks(t *testing.T) {
+	t.Setenv("REDIS_URL", "") // the embedded miniredis
+	var out strings.Builder
+	if err := run(context.Background(), &out, 20, 10, 2, "quickstart-test", 0); err != nil {
+		t.Fatal(err)
+	}
+	got := out.String()
+	for _, want := range []string{
+		"-orders 20 is more than -tasks 10: using 10 OrderIDs, one task each\n",
+		"added 10 tasks over 10 OrderIDs in ",
+		"order 1009: 1 of 1 task ran, in order\n",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("output lacks %q:\n%s", want, got)
+		}
+	}
+	if strings.Contains(got, "0 of 0") || strings.Contains(got, "order 1010:") {
+		t.Errorf("OrderIDs without a task are listed:\n%s", got)
 	}
 }
