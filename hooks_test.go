@@ -223,16 +223,10 @@ func TestGoexitElasticRate(t *testing.T) {
 			ctx, cancel := context.WithCancel(bounded(t))
 			defer cancel()
 			const orders, per = 12, 6
-			var ts []Task
-			for i := range per {
-				for o := range orders {
-					ts = append(ts, Task{OrderID: uint64(o), Payload: []byte(pl(o, i))})
-				}
-			}
-			addAll(t, q, ts)
+			addAll(t, q, orderTasks(orders, per))
 			rec := newRecorder()
 			fn := rec.fn(func(ctx context.Context, task Task) error {
-				i, _ := strconv.Atoi(strings.Split(string(task.Payload), ":")[1])
+				i := plIndex(task)
 				if task.Attempt == 1 {
 					switch (int(task.OrderID) + i) % 4 {
 					case 0:
@@ -277,18 +271,12 @@ func TestGoexitGracefulStop(t *testing.T) {
 	t.Parallel()
 	q, _, _ := testQueue1(t)
 	const orders, per = 8, 8
-	var ts []Task
-	for i := range per {
-		for o := range orders {
-			ts = append(ts, Task{OrderID: uint64(o), Payload: []byte(pl(o, i))})
-		}
-	}
-	addAll(t, q, ts)
+	addAll(t, q, orderTasks(orders, per))
 	rec := newRecorder()
 	stop := make(chan struct{})
 	var stopped atomic.Bool
 	fn := rec.fn(func(ctx context.Context, task Task) error {
-		i, _ := strconv.Atoi(strings.Split(string(task.Payload), ":")[1])
+		i := plIndex(task)
 		if i == per/2 && !stopped.Load() {
 			select {
 			case stop <- struct{}{}:
@@ -328,4 +316,11 @@ func TestGoexitGracefulStop(t *testing.T) {
 	assert.Zero(t, rec.overlap)
 	s := stats0(t, q)
 	assert.Zero(t, s.Ready+s.Pending+s.Dead)
+}
+
+// plIndex returns i of a task whose payload is pl(o, i).
+func plIndex(task Task) int {
+	_, i, _ := strings.Cut(string(task.Payload), ":")
+	n, _ := strconv.Atoi(i)
+	return n
 }
