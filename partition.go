@@ -142,8 +142,13 @@ type partition struct {
 // (probeServers). It costs a few round trips per partition the first
 // time, run side by side, and nothing afterwards.
 func (q *Queue) checkLayout(ctx context.Context, p *partition) error {
-	if !q.records.Load() {
-		q.records.Store(true)
+	if !q.records.Load() && q.records.CompareAndSwap(false, true) {
+		// What was verified while the Queue only read may be gone since
+		// (a server restarted, its new connections only compared): the
+		// first write checks every partition again, and records.
+		for _, o := range q.parts {
+			o.checked.Store(false)
+		}
 	}
 	return q.layoutPass(ctx, p, true)
 }

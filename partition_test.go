@@ -542,3 +542,38 @@ func TestLayoutOfTheOthersWhileAServerIsDown(t *testing.T) {
 		func(context.Context, Task) error { return nil }), "a pool of partition 0 runs")
 	assert.Zero(t, s[0].do(t, "LLEN", newQueueKeys(prefix, 0, 0).ready), "drained")
 }
+
+// A Queue that read first (CheckLayout, then Stats after its server lost
+// the record) and writes next records the layout at its first write,
+// though the partition was verified and the connection Stats dialed only
+// compared: else a process of another layout would be let in.
+func TestWriterAfterReadRecordsLayout(t *testing.T) {
+	t.Parallel()
+	m := miniredis.RunT(t)
+	ctx := bounded(t)
+	prefix := testPrefix(t)
+	layout := layoutKey(prefix)
+	m.HSet(layout, "partitions", "1", "queues", "1", "index", "0")
+	q, err := Dial(ctx, []string{"redis://" + m.Addr()}, Config{Prefix: prefix})
+	require.NoError(t, err)
+	defer q.Close()
+	require.NoError(t, q.CheckLayout(ctx)) // a start-up check: the partition is verified
+
+	// A restart without persistence: the data and every connection go.
+	m.FlushAll()
+	m.Close()
+	require.NoError(t, m.Restart())
+	_, err = q.Stats(ctx) // a read first: its new connection compares only
+	require.NoError(t, err)
+
+	_, err = q.AddTask(ctx, 1, []byte("a"))
+	require.NoError(t, err)
+	assert.True(t, m.Exists(layout), "the writing Queue wrote a task on a server with no layout recorded")
+
+	// The consequence: a process of another layout is let in beside it.
+	other, err := Dial(ctx, []string{"redis://" + m.Addr()}, Config{Prefix: prefix, Queues: 2})
+	require.NoError(t, err)
+	defer other.Close()
+	_, err = other.AddTask(ctx, 1, []byte("b"))
+	assert.ErrorIs(t, err, ErrLayoutMismatch, "a process of another layout added beside the first")
+}
