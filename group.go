@@ -113,9 +113,9 @@ func (q *Queue) JoinGroup(ctx context.Context, group string, cfg GroupConfig, fn
 	if log == nil {
 		log = slog.Default()
 	}
-	report := cfg.Pool.OnError
-	if report == nil {
-		report = func(err error) { log.Error("queue: group error", "group", group, "member", cfg.Member, "err", err) }
+	report := func(err error) { log.Error("queue: group error", "group", group, "member", cfg.Member, "err", err) }
+	if onError := cfg.Pool.OnError; onError != nil {
+		report = func(err error) { callHook(func() { onError(err) }) }
 	}
 	r := &groupRun{q: q, g: g, cfg: cfg, fn: fn, log: log, report: report, pools: map[int]*groupPool{}}
 	return r.run(ctx)

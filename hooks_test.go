@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"fmt"
+	"github.com/alicebob/miniredis/v2"
+	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"strconv"
@@ -323,4 +325,74 @@ func plIndex(task Task) int {
 	_, i, _ := strings.Cut(string(task.Payload), ":")
 	n, _ := strconv.Atoi(i)
 	return n
+}
+
+// Pool.OnError that calls runtime.Goexit for one of the group's own
+// errors (a failed heartbeat) ends no goroutine of the member, as with
+// OnAssign. (Called directly, it ended the member's loop without leaving
+// or stopping its pools: JoinGroup never returned, and its pools went on
+// running, holding their leases, after ctx ended.)
+func TestGoexitInGroupOnError(t *testing.T) {
+	m := miniredis.RunT(t)
+	pool := testPool("redis://" + m.Addr())
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+
+	assigned := make(chan struct{}, 1)
+	exited := make(chan struct{}, 1)
+	var once sync.Once
+	var mu sync.Mutex
+	ran := map[string]bool{}
+	done := make(chan error, 1)
+	gone := make(chan struct{}) // closed when the goroutine running JoinGroup ends, however
+	go func() {
+		defer close(gone)
+		done <- q.JoinGroup(ctx, "g", GroupConfig{Member: "m", SessionTTL: 250 * time.Millisecond,
+			Pool: PoolConfig{Workers: 1, OnError: func(err error) {
+				if strings.Contains(err.Error(), "group") {
+					once.Do(func() {
+						exited <- struct{}{}
+						runtime.Goexit() // t.FailNow in a test's OnError
+					})
+				}
+			}},
+			OnAssign: func([]int) {
+				select {
+				case assigned <- struct{}{}:
+				default:
+				}
+			}}, func(_ context.Context, task Task) error {
+			mu.Lock()
+			ran[string(task.Payload)] = true
+			mu.Unlock()
+			return nil
+		})
+	}()
+	receive(t, assigned)
+	m.SetError("ERR injected") // the next heartbeat fails
+	receive(t, exited)
+	m.SetError("")
+
+	cancel()
+	select {
+	case <-gone:
+	case <-time.After(5 * time.Second):
+		t.Fatal("JoinGroup did not return after ctx ended")
+	}
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	default:
+		t.Error("the goroutine running JoinGroup ended by the Goexit in OnError: the member neither left nor stopped its pools")
+	}
+
+	// Its pool still runs after ctx ended.
+	_, err = q.AddTask(context.Background(), 0, []byte("after"))
+	require.NoError(t, err)
+	time.Sleep(500 * time.Millisecond)
+	mu.Lock()
+	assert.False(t, ran["after"], "a pool of the member ran a task after JoinGroup's ctx ended")
+	mu.Unlock()
 }
