@@ -137,13 +137,20 @@ func TestBenchAddStopsAtTheFirstError(t *testing.T) {
 	added, err := addBenchTasks(context.Background(), newBenchPlan(o), o.size, time.Now(),
 		func(ctx context.Context, _ time.Time, batch []queue.Task) error {
 			mu.Lock()
-			defer mu.Unlock()
 			calls++
-			if calls == 3 {
+			n := calls
+			mu.Unlock()
+			switch {
+			case n < 3:
+				return nil
+			case n == 3:
 				return boom
 			}
+			// A batch sent after the error: it waits for the stop, which
+			// must come (else the test times out), and adds nothing.
+			<-ctx.Done()
 			return ctx.Err()
 		})
 	assert.Equal(t, boom, err)
-	assert.LessOrEqual(t, added, int64(2*o.batch+o.producers*o.batch))
+	assert.EqualValues(t, 2*o.batch, added, "the two batches before the error, none after")
 }
