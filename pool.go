@@ -108,7 +108,8 @@ type PoolConfig struct {
 	// delivery number attempt failed. Only the task's OrderID waits. The
 	// wait is the pool's own: a task handed back by a graceful stop, or
 	// put back by a new owner's recovery, runs when the next owner claims
-	// it. If nil, 50ms doubling per attempt up to 10s is used.
+	// it. If nil, or for a call that calls runtime.Goexit, 50ms doubling
+	// per attempt up to 10s is used.
 	Backoff func(attempt int) time.Duration
 	// LeaseTTL is how long the queue's lease lasts without renewal: the time
 	// from a crash to a standby's takeover. It is renewed every third of it,
@@ -128,8 +129,9 @@ type PoolConfig struct {
 	// OnError receives background errors: failed deliveries (*TaskError),
 	// Redis errors being retried, a lost lease, pending tasks moved to the
 	// dead-letter store because their claim-sequence record was lost
-	// (ErrMalformed). It is called from the pool's goroutines and must not
-	// block. If nil, they are logged.
+	// (ErrMalformed). The pool waits for each call, and it must not
+	// block. A call that calls runtime.Goexit (t.FailNow in a test) ends
+	// that call only; a panic is not recovered. If nil, they are logged.
 	OnError func(error)
 	// Logger receives the pool's log lines. If nil, slog.Default() is used.
 	Logger *slog.Logger
@@ -141,7 +143,9 @@ type PoolConfig struct {
 	Counters *Counters
 	// OnDone, when set, is called after every delivery with the time the
 	// AnalyseFunc took and what it returned (for metrics). It is called from
-	// the worker goroutine and must be quick. If nil, nothing is called.
+	// the worker goroutine and must be quick; a call of runtime.Goexit in it
+	// leaves the delivery settled as the AnalyseFunc's result says, and the
+	// worker goes on; a panic is not recovered. If nil, nothing is called.
 	OnDone func(t Task, took time.Duration, err error)
 }
 
