@@ -337,22 +337,9 @@ func TestLayoutRecheckedAfterReconnect(t *testing.T) {
 // server laid out otherwise.
 func TestReadOnlyQueueRecordsNoLayoutAfterReconnect(t *testing.T) {
 	t.Parallel()
-	m := miniredis.RunT(t)
 	ctx := bounded(t)
-	prefix := testPrefix(t)
-	layout := layoutKey(prefix)
-	m.HSet(layout, "partitions", "1", "queues", "1", "index", "0")
-	reader, err := Dial(ctx, []string{"redis://" + m.Addr()}, Config{Prefix: prefix})
-	require.NoError(t, err)
-	defer reader.Close()
-	require.NoError(t, reader.CheckLayout(ctx))
-
-	// A restart without persistence: the data and every connection go.
-	m.FlushAll()
-	m.Close()
-	require.NoError(t, m.Restart())
-	_, err = reader.Stats(ctx)
-	require.NoError(t, err)
+	m, reader := readAfterRestart(t)
+	prefix, layout := reader.cfg.Prefix, layoutKey(reader.cfg.Prefix)
 	require.NoError(t, reader.Ping(ctx))
 	assert.False(t, m.Exists(layout), "a Queue that only reads recorded the layout")
 
@@ -549,24 +536,10 @@ func TestLayoutOfTheOthersWhileAServerIsDown(t *testing.T) {
 // compared: else a process of another layout would be let in.
 func TestWriterAfterReadRecordsLayout(t *testing.T) {
 	t.Parallel()
-	m := miniredis.RunT(t)
 	ctx := bounded(t)
-	prefix := testPrefix(t)
-	layout := layoutKey(prefix)
-	m.HSet(layout, "partitions", "1", "queues", "1", "index", "0")
-	q, err := Dial(ctx, []string{"redis://" + m.Addr()}, Config{Prefix: prefix})
-	require.NoError(t, err)
-	defer q.Close()
-	require.NoError(t, q.CheckLayout(ctx)) // a start-up check: the partition is verified
-
-	// A restart without persistence: the data and every connection go.
-	m.FlushAll()
-	m.Close()
-	require.NoError(t, m.Restart())
-	_, err = q.Stats(ctx) // a read first: its new connection compares only
-	require.NoError(t, err)
-
-	_, err = q.AddTask(ctx, 1, []byte("a"))
+	m, q := readAfterRestart(t)
+	prefix, layout := q.cfg.Prefix, layoutKey(q.cfg.Prefix)
+	_, err := q.AddTask(ctx, 1, []byte("a"))
 	require.NoError(t, err)
 	assert.True(t, m.Exists(layout), "the writing Queue wrote a task on a server with no layout recorded")
 
@@ -576,4 +549,27 @@ func TestWriterAfterReadRecordsLayout(t *testing.T) {
 	defer other.Close()
 	_, err = other.AddTask(ctx, 1, []byte("b"))
 	assert.ErrorIs(t, err, ErrLayoutMismatch, "a process of another layout added beside the first")
+}
+
+// readAfterRestart returns a miniredis with a layout recorded, and a
+// Queue Dial'd to it that verified the layout (CheckLayout, as a
+// dashboard starts), saw the server restart without persistence (the
+// data and every connection gone) and then read (Stats: a new connection
+// of its pool).
+func readAfterRestart(t *testing.T) (*miniredis.Miniredis, *Queue) {
+	t.Helper()
+	ctx := bounded(t)
+	m := miniredis.RunT(t)
+	prefix := testPrefix(t)
+	m.HSet(layoutKey(prefix), "partitions", "1", "queues", "1", "index", "0")
+	q, err := Dial(ctx, []string{"redis://" + m.Addr()}, Config{Prefix: prefix})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	require.NoError(t, q.CheckLayout(ctx))
+	m.FlushAll()
+	m.Close()
+	require.NoError(t, m.Restart())
+	_, err = q.Stats(ctx)
+	require.NoError(t, err)
+	return m, q
 }
