@@ -11,17 +11,15 @@ import "time"
 // any goroutine does, and the guarantees are those after a crash.
 
 // callHook runs f, a call of the caller's hooks off the hot path, on a
-// goroutine of its own and waits for it. It reports false when f called
+// goroutine of its own and waits for it, whether f returns or calls
 // runtime.Goexit.
-func callHook(f func()) (returned bool) {
-	done := make(chan bool, 1)
+func callHook(f func()) {
+	done := make(chan struct{})
 	go func() {
-		ok := false
-		defer func() { done <- ok }()
+		defer close(done)
 		f()
-		ok = true
 	}()
-	return <-done
+	<-done
 }
 
 // hookBackoff is a caller's Backoff called through callHook: one that
