@@ -233,10 +233,7 @@ func TestJoinGroupEndsWithCause(t *testing.T) {
 	go func() {
 		done <- q.JoinGroup(ctx, "g", GroupConfig{Member: "m", Pool: PoolConfig{Workers: 1},
 			OnAssign: func([]int) {
-				select {
-				case assigned <- struct{}{}:
-				default:
-				}
+				notify(assigned)
 			}}, func(context.Context, Task) error { return nil })
 	}()
 	<-assigned

@@ -187,10 +187,7 @@ func TestGoexitInOnAssign(t *testing.T) {
 	go func() {
 		done <- q.JoinGroup(ctx, "g", GroupConfig{Member: "m", Pool: PoolConfig{Workers: 1},
 			OnAssign: func([]int) {
-				select {
-				case assigned <- struct{}{}:
-				default:
-				}
+				notify(assigned)
 				runtime.Goexit()
 			}}, func(_ context.Context, task Task) error {
 			ran.Store(task.ID, true)
@@ -359,10 +356,7 @@ func TestGoexitInGroupOnError(t *testing.T) {
 				}
 			}},
 			OnAssign: func([]int) {
-				select {
-				case assigned <- struct{}{}:
-				default:
-				}
+				notify(assigned)
 			}}, func(_ context.Context, task Task) error {
 			mu.Lock()
 			ran[string(task.Payload)] = true
