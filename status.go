@@ -95,17 +95,18 @@ type TaskStatus struct {
 	CancelAsked bool
 }
 
-// State reports whether the task id of orderID is pending or dead. It is
-// safe for concurrent use and costs one round trip (two when a claim
-// record names the task, or a claim's record does not hold its task IDs
-// yet: a pool's latest claims, whose lists are read then). Status tells
-// more.
+// State reports whether the task id of orderID is scheduled, pending or
+// dead (StateUnknown otherwise: see there). It is safe for concurrent use
+// and costs one round trip (two when a claim record names the task, or a
+// claim's record does not hold its task IDs yet: a pool's latest claims,
+// whose lists are read then). Status tells more.
 //
-// A task finished in a round trip's reads or between two is seen either
-// pending or finished, never neither: the pending records are read
-// before the dead-letter store, and where a claim record names the task,
-// the store is read again after its place. A string that is not a task
-// ID (ValidTaskID) reads StateUnknown, without a round trip.
+// A task that moves on in a round trip's reads or between two is seen
+// where it was or where it went, never nowhere: the scheduled set is
+// read before the pending records, those before the dead-letter store,
+// and where a claim record names the task, the store is read again after
+// its place. A string that is not a task ID (ValidTaskID) reads
+// StateUnknown, without a round trip.
 func (q *Queue) State(ctx context.Context, orderID uint64, id string) (TaskState, error) {
 	if q.closed.Load() {
 		return StateUnknown, ErrClosed
@@ -116,17 +117,22 @@ func (q *Queue) State(ctx context.Context, orderID uint64, id string) (TaskState
 	pi, qi := q.Route(orderID)
 	k := newQueueKeys(q.cfg.Prefix, pi, qi)
 	return onPartition(ctx, q.parts[pi], fmt.Sprintf("state of task %s", id), func(c redis.Conn) (TaskState, error) {
+		c.Send("ZSCORE", k.sched, id)
 		c.Send("HEXISTS", k.pending, id)
 		c.Send("HGETALL", k.claims)
 		c.Send("HEXISTS", k.dead, id)
 		if err := c.Flush(); err != nil {
 			return StateUnknown, err
 		}
+		sched, serr := receiveContext(c, ctx)
 		pending, err := redis.Bool(receiveContext(c, ctx))
 		claims, cerr := redis.StringMap(receiveContext(c, ctx))
 		dead, derr := redis.Bool(receiveContext(c, ctx))
-		if err := errors.Join(err, cerr, derr); err != nil {
+		if err := errors.Join(serr, err, cerr, derr); err != nil {
 			return StateUnknown, err
+		}
+		if sched != nil {
+			return StateScheduled, nil
 		}
 		if found := claimPlaces(claims, id); !pending && len(found) > 0 {
 			sendPlaces(c, k, found, id)

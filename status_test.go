@@ -40,6 +40,16 @@ func TestState(t *testing.T) {
 	assert.Equal(t, StateDead, st)
 	assert.Equal(t, "dead", st.String())
 	require.NoError(t, c.Release(ctx))
+
+	// A scheduled task is in a record of its own, as Status says.
+	later, err := q.AddTaskAfter(ctx, order, time.Hour, []byte("later"))
+	require.NoError(t, err)
+	st, err = q.State(ctx, order, later)
+	require.NoError(t, err)
+	assert.Equal(t, StateScheduled, st)
+	full, err := q.Status(ctx, order, later)
+	require.NoError(t, err)
+	assert.Equal(t, full.State, st, "State and Status agree")
 }
 
 func TestAddTaskOnce(t *testing.T) {
