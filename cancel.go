@@ -102,9 +102,9 @@ return {'marked'}
 // Cancel cancels the task id of orderID, and returns where it found it:
 //
 //   - StateScheduled: the task was scheduled; it is removed and will
-//     never run. (With Config.Retention, its status record is written
-//     next; should that fail, Cancel returns StateScheduled with the
-//     error: the task is cancelled all the same, and Status reads it
+//     never run. (Where the queue keeps a history, its status record is
+//     written next; should that fail, Cancel returns StateScheduled with
+//     the error: the task is cancelled all the same, and Status reads it
 //     as unknown.)
 //   - StatePending: an analyser holds it. Cancel waits (about 200ms at
 //     most, cancelWait at worst) until the queue's owner has seen the
@@ -120,16 +120,20 @@ return {'marked'}
 //     finished as cancelled, never run, when an analyser claims it.
 //   - StateDead: the task is a dead letter, and Cancel leaves it (replay
 //     or purge it instead).
-//   - StateDone or StateCancelled: with Config.Retention, the task is
-//     known to have finished; nothing is changed.
+//   - StateDone or StateCancelled: where the queue keeps a history, the
+//     task is known to have finished; nothing is changed.
 //
-// A cancelled task counts in Stats as Cancelled and, with
-// Config.Retention, is kept as StateCancelled in its status. Its OrderID
-// goes on with its next task. Cancel costs two round trips (one more
-// with Retention, one more when a pool's latest claims are not recorded
-// by task ID yet, and a few more while it waits for a pending task's
-// owner) whatever the length of the queue, and is safe for concurrent
-// use.
+// The queue keeps a history with Config.Retention, or where its owner
+// recorded one (a pool or Consumer of a Queue with Retention): Cancel
+// reads it as Status does, so a tool without the owner's Config (qugo)
+// finds finished tasks too. A cancelled task counts in Stats as
+// Cancelled and, where a history is kept, as StateCancelled in its
+// status. Its OrderID goes on with its next task. Cancel costs three
+// round trips (one more when the history is kept with another retention
+// than this Queue's, one more when a pool's latest claims are not
+// recorded by task ID yet, one more to record a scheduled task
+// cancelled, and a few more while it waits for a pending task's owner)
+// whatever the length of the queue, and is safe for concurrent use.
 func (q *Queue) Cancel(ctx context.Context, orderID uint64, id string) (TaskState, error) {
 	if q.closed.Load() {
 		return StateUnknown, ErrClosed
@@ -142,12 +146,12 @@ func (q *Queue) Cancel(ctx context.Context, orderID uint64, id string) (TaskStat
 		return StateUnknown, err
 	}
 	k := newQueueKeys(q.cfg.Prefix, pi, qi)
-	if q.cfg.Retention > 0 {
-		if st, err := q.Status(ctx, orderID, id); err != nil {
-			return StateUnknown, err
-		} else if st.State == StateDone || st.State == StateCancelled || st.State == StateDead {
-			return st.State, nil
-		}
+	// Finished already? Status reads the history with this Queue's
+	// retention or the one the queue's owner recorded.
+	if st, err := q.Status(ctx, orderID, id); err != nil {
+		return StateUnknown, err
+	} else if st.State == StateDone || st.State == StateCancelled || st.State == StateDead {
+		return st.State, nil
 	}
 	what := fmt.Sprintf("cancel task %s", id)
 	var r []any
@@ -163,7 +167,7 @@ func (q *Queue) Cancel(ctx context.Context, orderID uint64, id string) (TaskStat
 	where, _ := redis.String(r[0], nil)
 	switch where {
 	case "scheduled":
-		if q.cfg.Retention > 0 && len(r) == 2 {
+		if len(r) == 2 { // recorded where a history is kept (see recordHistory)
 			if e, _ := redis.Bytes(r[1], nil); len(e) > 0 {
 				if t, _, err := decodeEntry(e); err == nil {
 					rec := historyRecord{state: StateCancelled, added: t.AddedAt, finished: time.Now()}

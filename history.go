@@ -181,7 +181,8 @@ return 1
 // recordHistory writes rec as the status of task id (outside a pool's
 // scripts: a scheduled task cancelled), in the bucket of the retention the
 // queue's owner recorded, as readers look it up, or else of this Queue's
-// Config.Retention. One round trip more than the record.
+// Config.Retention; with neither, nothing is written. One round trip more
+// than the record.
 func (q *Queue) recordHistory(ctx context.Context, p *partition, k queueKeys, id string, rec historyRecord) error {
 	_, err := onPartition(ctx, p, "record status of task "+id, func(c redis.Conn) (any, error) {
 		retention := q.cfg.Retention
