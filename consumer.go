@@ -236,11 +236,14 @@ func (c *Consumer) Claim(ctx context.Context, max int) ([]Task, error) {
 			break
 		}
 		n := len(cs)
-		if cs, err = c.dropCancelled(ctx, cs); err != nil || len(cs) > 0 || n == 0 {
+		if cs, err = c.dropCancelled(ctx, cs); err == nil {
+			cs, err = c.dropExhausted(ctx, cs)
+		}
+		if err != nil || len(cs) > 0 || n == 0 {
 			break
 		}
-		// Every task claimed was cancelled: claim again, as an empty
-		// result means an empty queue.
+		// Every task claimed was cancelled or dead-lettered: claim
+		// again, as an empty result means an empty queue.
 	}
 	if err == nil {
 		sent, err = c.recordRedeliveries(ctx, cs, sent)
@@ -304,6 +307,26 @@ func (c *Consumer) dropCancelled(ctx context.Context, cs []claimed) ([]claimed, 
 			continue
 		}
 		if err := c.st.finishCancelled(ctx, t, time.Time{}); err != nil {
+			return nil, err
+		}
+	}
+	return kept, nil
+}
+
+// dropExhausted moves the claimed tasks that had MaxAttempts deliveries
+// already (under another owner's MaxAttempts, higher than this one's) to
+// the dead-letter store without handing them out, as a pool does, and
+// returns the others.
+func (c *Consumer) dropExhausted(ctx context.Context, cs []claimed) ([]claimed, error) {
+	kept := cs[:0]
+	for _, t := range cs {
+		if t.Attempt <= c.st.maxAttempts {
+			kept = append(kept, t)
+			continue
+		}
+		cause := fmt.Errorf("queue: delivery %d exceeds MaxAttempts %d", t.Attempt, c.st.maxAttempts)
+		t.Attempt = c.st.maxAttempts // dead-letter it without delivering it
+		if _, err := c.st.fail(ctx, t, cause, time.Time{}); err != nil {
 			return nil, err
 		}
 	}

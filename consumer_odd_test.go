@@ -95,3 +95,63 @@ func TestConsumerOddOrders(t *testing.T) {
 	assert.EqualValues(t, 1, st.Dead)
 	_ = time.Second
 }
+
+// A task delivered more often than this Consumer's MaxAttempts (under an
+// owner with a higher one) is dead-lettered by the claim, as a pool does,
+// not handed out; the claim goes on with the next task.
+func TestConsumerClaimDeadLettersExhaustedTasks(t *testing.T) {
+	t.Parallel()
+	q, _, _ := testQueue1(t)
+	ctx := bounded(t)
+	ids := addAll(t, q, orderTasks(1, 2))
+	a, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 5})
+	require.NoError(t, err)
+	got, err := a.Claim(ctx, 1)
+	require.NoError(t, err)
+	require.Len(t, got, 1)
+	for range 3 {
+		dead, err := a.Fail(ctx, got[0], errors.New("boom"))
+		require.NoError(t, err)
+		require.False(t, dead)
+	}
+	require.NoError(t, a.Requeue(ctx, got[0]))
+	require.NoError(t, a.Release(ctx))
+
+	b, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
+	require.NoError(t, err)
+	defer b.Release(ctx)
+	next, err := b.Claim(ctx, 1)
+	require.NoError(t, err)
+	require.Len(t, next, 1)
+	assert.Equal(t, ids[1], next[0].ID, "the exhausted task is not handed out")
+	ds, err := q.Dead(ctx, 0)
+	require.NoError(t, err)
+	require.Len(t, ds, 1)
+	assert.Equal(t, ids[0], ds[0].ID)
+	assert.Equal(t, 2, ds[0].Attempts)
+	assert.Contains(t, ds[0].LastError, "exceeds MaxAttempts 2")
+	n, err := q.Replay(ctx, 0)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n, "a dead letter like any other")
+}
+
+// An entry whose delivery count leaves no room for one more delivery is
+// malformed: it was handed out with an attempt that no dead record can
+// hold, so that its Fail buried it unreadable and unreplayable.
+func TestEntryWithTooManyDeliveriesIsQuarantined(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := bounded(t)
+	s.do(t, "LPUSH", k.ready, appendEntry(nil, 0, testID, 0, time.Now().UnixMilli(), 1<<31, nil, []byte("p")))
+	c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 3})
+	require.NoError(t, err)
+	defer c.Release(ctx)
+	got, err := c.Claim(ctx, 1)
+	require.NoError(t, err)
+	assert.Empty(t, got)
+	ds, err := q.Dead(ctx, 0)
+	require.NoError(t, err)
+	require.Len(t, ds, 1)
+	assert.NotNil(t, ds[0].Raw, "kept as raw bytes")
+	assert.Contains(t, ds[0].LastError, "out of range")
+}

@@ -171,7 +171,7 @@ func parseEntry(b []byte) (t Task, deliveries int, err error) {
 		}
 		fields[i], rest = v, rest[n:]
 	}
-	if fields[1] > 1<<53 || fields[2] > 1<<31 {
+	if fields[1] > 1<<53 || fields[2] >= 1<<31 { // the delivery after them is counted: at most 1<<31, as dead records read
 		return Task{}, 0, fmt.Errorf("%w: field out of range", ErrMalformed)
 	}
 	t = Task{
