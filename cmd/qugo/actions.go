@@ -186,11 +186,11 @@ func (s *server) action(w http.ResponseWriter, r *http.Request) {
 	l := s.e.layout()
 	req, err := parseAction(op, r.PostForm, l)
 	if err != nil {
-		status := http.StatusBadRequest
+		status, title := http.StatusBadRequest, "Bad request"
 		if strings.HasPrefix(err.Error(), "no action") {
-			status = http.StatusNotFound
+			status, title = http.StatusNotFound, "Not found"
 		}
-		refuse(status, "Bad request", err.Error())
+		refuse(status, title, err.Error())
 		return
 	}
 	if q := req.confirm(); q != "" && r.PostForm.Get("confirm") != "yes" {
@@ -211,7 +211,7 @@ func (s *server) action(w http.ResponseWriter, r *http.Request) {
 		v := s.newView(r, "Action failed", "")
 		// A read may time out before ctx does (the pool's read timeout):
 		// which bound ran out is not known, only the action's own.
-		v.Error = s.explainBound(err, fmt.Sprintf("in time (an action waits at most %v)", s.cfg.actionTimeout))
+		v.Error = s.explainBound(err, fmt.Sprintf("in time (an action waits at most %v)", s.cfg.actionTimeout), "")
 		s.render(w, r, status, "message", v, "Nothing was done, or only part of it: look at the queue before trying again.")
 		return
 	}
@@ -262,9 +262,17 @@ func (s *server) perform(ctx context.Context, req actionReq) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("replayed %d before: %w", n, err)
 		}
-		msg := fmt.Sprintf("Replayed %d dead task(s) of queue %d: they are back in its ready list.", n, req.analyser)
-		if len(req.ids) > n {
-			msg += fmt.Sprintf(" %d were not in the store (replayed or purged meanwhile, or malformed).", len(req.ids)-n)
+		msg := fmt.Sprintf("Replayed %s of queue %d", plural(n, "dead task"), req.analyser)
+		switch n {
+		case 0:
+			msg += "."
+		case 1:
+			msg += ": it is back in its ready list."
+		default:
+			msg += ": they are back in its ready list."
+		}
+		if miss := len(req.ids) - n; miss > 0 {
+			msg += fmt.Sprintf(" %d %s not in the store (replayed or purged meanwhile, or malformed).", miss, were(miss))
 		}
 		return msg, nil
 	case "purge":
@@ -272,9 +280,9 @@ func (s *server) perform(ctx context.Context, req actionReq) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("purged %d before: %w", n, err)
 		}
-		msg := fmt.Sprintf("Purged %d dead task(s) of queue %d.", n, req.analyser)
-		if len(req.ids) > n {
-			msg += fmt.Sprintf(" %d were not in the store any more.", len(req.ids)-n)
+		msg := fmt.Sprintf("Purged %s of queue %d.", plural(n, "dead task"), req.analyser)
+		if miss := len(req.ids) - n; miss > 0 {
+			msg += fmt.Sprintf(" %d %s not in the store any more.", miss, were(miss))
 		}
 		return msg, nil
 	}
@@ -306,7 +314,7 @@ func (s *server) perform(ctx context.Context, req actionReq) (string, error) {
 	case queue.StateScheduled:
 		return what + "was scheduled: removed, it will never run.", nil
 	case queue.StatePending:
-		return what + "is held by its queue's owner: marked; if it has not started it never will, if it runs its ctx is cancelled within about a second.", nil
+		return what + cancelPendingText + ".", nil
 	case queue.StateUnknown:
 		return what + "was found in no record but the ready list's, if any: marked; it is finished as cancelled, without running, when it is claimed.", nil
 	case queue.StateDead:

@@ -127,14 +127,16 @@ func TestReplayOne(t *testing.T) {
 	assert.EqualValues(t, 1, st.Dead)
 	assert.EqualValues(t, 1, st.Ready)
 	page = d.get(t, "/queue/0", cookie).Body.String()
-	assert.Contains(t, page, `<div class="banner ok" id="flash" role="status">Replayed 1 dead task(s) of queue 0`)
+	assert.Contains(t, page, `<div class="banner ok" id="flash" role="status">Replayed 1 dead task of queue 0: it is back in its ready list.</div>`)
 	assert.NotContains(t, d.get(t, "/queue/0", cookie).Body.String(), `id="flash"`, "shown once")
 	assert.Contains(t, logs.String(), `msg=action op=replay scope="analyser 0, 1 task(s): `+ids[0]+`"`)
 	assert.Contains(t, logs.String(), "who.remote=127.0.0.1:50000")
 	// Again: it is not dead any more.
 	w = d.act(t, "replay", url.Values{"a": {"0"}, "id": {ids[0]}}, cookie, csrf)
 	require.Equal(t, http.StatusSeeOther, w.Code)
-	assert.Contains(t, d.get(t, "/", cookie).Body.String(), "Replayed 0 dead task(s) of queue 0: they are back in its ready list. 1 were not in the store")
+	page = d.get(t, "/", cookie).Body.String()
+	assert.Contains(t, page, "Replayed 0 dead tasks of queue 0. 1 was not in the store (replayed or purged meanwhile, or malformed).")
+	assert.NotContains(t, page, "they are back")
 }
 
 // What cannot be undone asks first, and does nothing until confirmed.
@@ -300,6 +302,8 @@ func TestActionBadRequests(t *testing.T) {
 		w := d.act(t, tc.op, tc.form, cookie, csrf)
 		assert.Equal(t, tc.code, w.Code, "%s %v", tc.op, tc.form)
 		assert.Contains(t, w.Body.String(), html.EscapeString(tc.want), "%s %v", tc.op, tc.form)
+		title := map[int]string{http.StatusNotFound: "Not found", http.StatusBadRequest: "Bad request"}[tc.code]
+		assert.Contains(t, w.Body.String(), "<h1>"+title+"</h1>", "%s %v", tc.op, tc.form)
 		assert.NotContains(t, w.Body.String(), "<b>")
 	}
 	ids := make(url.Values)

@@ -43,9 +43,9 @@ type benchDoc struct {
 	Prefix     string `json:"prefix"`
 	Partitions int    `json:"partitions"`
 	Queues     int    `json:"queues"`
-	Tasks      int    `json:"tasks"`  // added (bench, fill)
-	Orders     int    `json:"orders"` // OrderIDs the tasks were spread over (seen, for verify)
-	Workers    int    `json:"workers"`
+	Tasks      int    `json:"tasks,omitempty"`   // added (bench, fill)
+	Orders     int    `json:"orders"`            // OrderIDs the tasks were spread over (seen, for verify)
+	Workers    int    `json:"workers,omitempty"` // per analyser (bench, verify)
 	// AddSeconds is the time the adds took; AddPerSecond the tasks added
 	// per second over it.
 	AddSeconds   float64 `json:"add_seconds,omitempty"`
@@ -60,7 +60,8 @@ type benchDoc struct {
 	LatencyMS *latencyDoc `json:"latency_ms,omitempty"`
 	Check     *orderCheck `json:"check,omitempty"` // bench and verify
 	// Stopped says why the drain stopped before it was complete:
-	// "-timeout D ran out" or "interrupted"; "" when it was not.
+	// "-timeout D ran out", "interrupted" or benchForeignStop; "" when it
+	// was not.
 	Stopped string `json:"stopped,omitempty"`
 }
 
@@ -93,7 +94,7 @@ func benchFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 	fs.IntVar(&o.size, "size", 64, "`BYTES` of payload per task (at least 20)")
 	fs.Float64Var(&o.rate, "rate", 0, "add `N` tasks per second over all producers, each batch when its first task is due, to see the latency at that load; 0 adds as fast as possible")
 	fs.BoolVar(&o.fill, "fill", false, "only add the tasks, for another process (qugo bench -verify, your analysers) to drain")
-	fs.BoolVar(&o.verify, "verify", false, "add nothing: drain the tasks there are and check their order and completeness")
+	fs.BoolVar(&o.verify, "verify", false, "add nothing: drain the tasks there are and check their order and completeness; a task bench did not add stops it, and is left queued")
 	fs.BoolVar(&o.partial, "partial", false, "with -verify: count each OrderID from the first task seen to the last, its earlier ones handled before (by a bench or verify stopped part way, by your analysers) and its later ones perhaps never added (by a bench or fill stopped part way); a loss of an OrderID's first or last remaining tasks goes unseen then")
 	fs.BoolVar(&o.asJSON, "json", false, "print JSON instead of text")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up after `DURATION`")
@@ -119,6 +120,10 @@ func benchFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 		return e.bench(ctx, o)
 	}
 }
+
+// benchForeignStop is the Stopped of a drain that met tasks bench did not
+// add, and left them.
+const benchForeignStop = "met tasks qugo bench did not add"
 
 // errBenchTimeout is the cause of a bench's ctx when -timeout runs out.
 var errBenchTimeout = errors.New("bench: -timeout ran out")
@@ -150,11 +155,15 @@ func (e *env) bench(ctx context.Context, o benchOptions) error {
 	doc := benchDoc{Mode: "bench", Prefix: e.prefix, Partitions: e.partitions(), Queues: e.queues, Workers: o.workers}
 	switch {
 	case o.fill:
-		doc.Mode = "fill"
+		doc.Mode, doc.Workers = "fill", 0 // no worker runs
 	case o.verify:
 		doc.Mode = "verify"
 	}
-	if !o.verify {
+	if o.verify {
+		if err := verifyOwn(ctx, q, e.prefix); err != nil {
+			return benchErr(ctx, o, err)
+		}
+	} else {
 		if err := benchEmpty(ctx, q, !o.fill); err != nil {
 			return benchErr(ctx, o, err)
 		}
@@ -168,6 +177,9 @@ func (e *env) bench(ctx context.Context, o benchOptions) error {
 	poolCtx, stopPools := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopPools()
 	defer context.AfterFunc(ctx, stopPools)()
+	// The adds stop, too, when the drain meets a task bench did not add.
+	addCtx, stopAdds := context.WithCancel(ctx)
+	defer stopAdds()
 	start := time.Now()
 	var drained time.Duration
 	var poolErr error
@@ -176,19 +188,26 @@ func (e *env) bench(ctx context.Context, o benchOptions) error {
 		poolErr = runPools(poolCtx, q, o, tr, e.stderr)
 		drained = tr.lastAt().Sub(start)
 		stopped = benchStopReason(ctx, o)
+		if n, _ := tr.foreignLeft(); n > 0 {
+			stopped = benchForeignStop
+			stopAdds()
+		}
 	}
 	var wg sync.WaitGroup
 	if !o.fill {
 		wg.Go(drain)
 	}
 	if !o.verify {
-		added, addErr := addBenchTasks(ctx, newBenchPlan(o), o.size, start, queueSend(q))
+		added, addErr := addBenchTasks(addCtx, newBenchPlan(o), o.size, start, queueSend(q))
 		took := time.Since(start)
 		doc.AddSeconds, doc.AddPerSecond = took.Seconds(), float64(o.n)/took.Seconds()
 		if addErr != nil {
 			why := benchStopReason(ctx, o)
 			cancel()
 			wg.Wait()
+			if n, named := tr.foreignLeft(); n > 0 {
+				return foreignError(n, named, e.prefix)
+			}
 			if why == "" {
 				return addErr
 			}
@@ -226,6 +245,9 @@ func (e *env) bench(ctx context.Context, o benchOptions) error {
 		return err
 	}
 	switch {
+	case stopped == benchForeignStop:
+		n, named := tr.foreignLeft()
+		return foreignError(n, named, e.prefix)
 	case doc.Stopped != "":
 		handled := fmt.Sprintf("%d of %d tasks", check.Handled, o.n)
 		if o.verify {
@@ -296,28 +318,9 @@ func benchTimeoutHint(why, more string) string {
 	return "give a longer -timeout" + more + "; "
 }
 
-// benchEmpty refuses to run on a queue that holds tasks or, when drain is
-// set, one that another process consumes: the figures and the order check
-// would be wrong, and bench would eat someone's tasks.
-func benchEmpty(ctx context.Context, q *queue.Queue, drain bool) error {
-	stats, err := q.Stats(ctx)
-	if err != nil {
-		return err
-	}
-	for _, s := range stats {
-		if s.Ready+s.Pending > 0 {
-			return fmt.Errorf("bench: analyser %d's queue holds %d tasks: drain them with qugo bench -verify -partial, or give another -prefix",
-				s.Analyser, s.Ready+s.Pending)
-		}
-		if drain && s.Owner != "" {
-			return fmt.Errorf("bench: analyser %d's queue is consumed by %s: give another -prefix", s.Analyser, s.Owner)
-		}
-	}
-	return nil
-}
-
 // runPools drains the queue with one pool of o.workers per analyser, until
-// every task is handled (bench), the queue is empty (verify), or ctx ends.
+// every task is handled (bench), the queue is empty (verify), a task bench
+// did not add is met (it is left: see benchforeign.go), or ctx ends.
 func runPools(ctx context.Context, q *queue.Queue, o benchOptions, tr *tracker, stderr io.Writer) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -333,10 +336,18 @@ func runPools(ctx context.Context, q *queue.Queue, o benchOptions, tr *tracker, 
 	var wg sync.WaitGroup
 	for a := range q.Analysers() {
 		wg.Go(func() {
-			cfg := queue.PoolConfig{Workers: o.workers, ExitOnEmpty: o.verify, Logger: log}
-			errs[a] = q.AnalysePool(ctx, a, cfg, func(_ context.Context, t queue.Task) error {
-				tr.handle(t.OrderID, t.Payload, time.Now())
-				return nil
+			cfg := queue.PoolConfig{Workers: o.workers, ExitOnEmpty: o.verify, Logger: log, ShutdownTimeout: benchShutdown}
+			errs[a] = q.AnalysePool(ctx, a, cfg, func(tctx context.Context, t queue.Task) error {
+				if tr.handle(t.OrderID, t.Payload, time.Now()) {
+					return nil
+				}
+				// Not bench's: stop every pool, and hold the task until
+				// the stop ends its ctx; it is handed back, not
+				// acknowledged.
+				tr.leave(t)
+				cancel()
+				<-tctx.Done()
+				return errForeign
 			})
 		})
 	}
@@ -349,8 +360,12 @@ func (e *env) printBench(doc benchDoc, asJSON bool) error {
 		return writeJSON(e.stdout, doc)
 	}
 	w := e.stdout
-	fmt.Fprintf(w, "qugo bench (%s): prefix %q, %s x %s, %s per analyser\n",
-		doc.Mode, doc.Prefix, plural(doc.Partitions, "server"), plural(doc.Queues, "queue"), plural(doc.Workers, "worker"))
+	workers := ""
+	if doc.Workers > 0 {
+		workers = ", " + plural(doc.Workers, "worker") + " per analyser"
+	}
+	fmt.Fprintf(w, "qugo bench (%s): prefix %q, %s x %s%s\n",
+		doc.Mode, doc.Prefix, plural(doc.Partitions, "server"), plural(doc.Queues, "queue"), workers)
 	if doc.Mode != "verify" {
 		fmt.Fprintf(w, "add:     %d tasks over %d OrderIDs in %.2fs: %.0f tasks/s\n", doc.Tasks, doc.Orders, doc.AddSeconds, doc.AddPerSecond)
 	}

@@ -112,13 +112,12 @@ func TestBenchVerifyFindsFaults(t *testing.T) {
 		{OrderID: 4, Payload: benchPayload(3, 2)},
 		{OrderID: 4, Payload: benchPayload(3, 1)}, // after place 2: out of order
 		{OrderID: 5, Payload: benchPayload(2, 1)}, // place 2 never comes
-		{OrderID: 6, Payload: []byte("someone else's task")},
 	})
 	require.NoError(t, err)
 	code, out, errOut := qugo(t, f.args("bench", "-verify")...)
 	assert.Equal(t, exitRuntime, code)
 	assert.Contains(t, errOut, "qugo: bench: order check failed")
-	assert.Contains(t, out, "order:   FAILED (OrderIDs 2, duplicates 0, out of order 2, missing 2, foreign 1)")
+	assert.Contains(t, out, "order:   FAILED (OrderIDs 2, duplicates 0, out of order 2, missing 2, foreign 0)")
 }
 
 // A verify after an earlier drain handled each OrderID's first tasks:
@@ -280,4 +279,28 @@ func TestBenchEmbedded(t *testing.T) {
 	require.Equal(t, exitOK, code, errOut)
 	assert.Contains(t, errOut, "embedded miniredis")
 	assert.Contains(t, out, "order:   ok: every task handled, in order per OrderID")
+}
+
+// A field a mode does not measure is left out: a fill runs no workers, a
+// verify adds no tasks.
+func TestBenchFieldsByMode(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, 1, 1)
+	code, out, errOut := qugo(t, f.args("bench", "-fill", "-n", "20", "-orders", "2", "-json")...)
+	require.Equal(t, exitOK, code, errOut)
+	var fill map[string]any
+	require.NoError(t, json.Unmarshal([]byte(out), &fill), out)
+	assert.NotContains(t, fill, "workers")
+	assert.EqualValues(t, 20, fill["tasks"])
+	code, out, errOut = qugo(t, f.args("bench", "-fill", "-n", "20", "-orders", "2", "-prefix", f.prefix+"-text")...)
+	require.Equal(t, exitOK, code, errOut)
+	assert.Equal(t, fmt.Sprintf("qugo bench (fill): prefix %q, 1 server x 1 queue\n", f.prefix+"-text"), strings.SplitAfter(out, "\n")[0])
+
+	code, out, errOut = qugo(t, f.args("bench", "-verify", "-workers", "3", "-json")...)
+	require.Equal(t, exitOK, code, errOut)
+	var verify map[string]any
+	require.NoError(t, json.Unmarshal([]byte(out), &verify), out)
+	assert.NotContains(t, verify, "tasks")
+	assert.EqualValues(t, 3, verify["workers"])
+	assert.EqualValues(t, 20, verify["check"].(map[string]any)["handled"], "the tasks verified")
 }

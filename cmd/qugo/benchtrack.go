@@ -5,6 +5,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/qugo/queue"
 )
 
 // tracker records what the drain handled. It is safe for concurrent use.
@@ -18,6 +20,8 @@ type tracker struct {
 	unique  int64
 	lats    []time.Duration
 	last    time.Time
+	nLeft   int64    // tasks left for not being bench's
+	left    []string // the first foreignNamed of them (nameTask)
 }
 
 // orderSeen is what the drain saw of one OrderID.
@@ -37,23 +41,21 @@ func newTracker(want int64, keepLatency, partial bool) *tracker {
 	return t
 }
 
-// handle records the start of one delivery.
-func (t *tracker) handle(orderID uint64, payload []byte, now time.Time) {
+// handle records the start of one delivery, and reports whether its
+// task is bench's (isBenchTask). One that is not is counted as foreign,
+// and not handled: the caller must leave it (see leave).
+func (t *tracker) handle(orderID uint64, payload []byte, now time.Time) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if !isBenchTask(payload) {
+		t.counts.Foreign++
+		return false
+	}
 	t.counts.Handled++
 	t.last = now
-	if len(payload) < benchHeader || string(payload[:len(benchMagic)]) != benchMagic {
-		t.counts.Foreign++
-		return
-	}
 	total := binary.BigEndian.Uint32(payload[len(benchMagic):])
 	place := binary.BigEndian.Uint32(payload[len(benchMagic)+4:])
 	sent := int64(binary.BigEndian.Uint64(payload[len(benchMagic)+8:]))
-	if place < 1 || place > total {
-		t.counts.Foreign++
-		return
-	}
 	o := t.order[orderID]
 	if o == nil {
 		o = &orderSeen{seen: make([]bool, total), low: 1}
@@ -66,12 +68,14 @@ func (t *tracker) handle(orderID uint64, payload []byte, now time.Time) {
 		t.order[orderID] = o
 	}
 	if int(place) > len(o.seen) {
-		t.counts.Foreign++ // the count disagrees with an earlier task's
-		return
+		// Bench's, but its count disagrees with an earlier task's (of a
+		// bench of another -n): not of the run the check is of.
+		t.counts.Foreign++
+		return true
 	}
 	if o.seen[place-1] {
 		t.counts.Duplicates++
-		return
+		return true
 	}
 	o.seen[place-1] = true
 	o.n++
@@ -86,6 +90,26 @@ func (t *tracker) handle(orderID uint64, payload []byte, now time.Time) {
 	if t.unique == t.want {
 		close(t.done)
 	}
+	return true
+}
+
+// leave records task, which handle found is not bench's, as left in the
+// queue.
+func (t *tracker) leave(task queue.Task) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.nLeft++
+	if len(t.left) < foreignNamed {
+		t.left = append(t.left, nameTask(task))
+	}
+}
+
+// foreignLeft returns how many tasks were left (see leave), and the first
+// of them.
+func (t *tracker) foreignLeft() (int64, []string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.nLeft, slices.Clone(t.left)
 }
 
 // check returns the verdict: in bench mode tasks not handled count as

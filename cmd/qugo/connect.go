@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -185,6 +186,40 @@ func explainDial(err error, urls []string) error {
 		where = urls[n]
 	}
 	return fmt.Errorf("%w (%s %s: is it a Redis server, on the right port, and does it want TLS (rediss://)?)", err, where, what)
+}
+
+// authRefused reports whether err is Redis refusing the credentials of
+// a -redis URL, or a command to their user: it does not clear by itself.
+func authRefused(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "NOAUTH") || strings.Contains(msg, "WRONGPASS") || strings.Contains(msg, "NOPERM")
+}
+
+// redisHint says what to do about err, a failed Redis call, when a
+// server refused the credentials or did not reply in time; "" for any
+// other error. timeoutFlag names the flag that bounds the command's
+// Redis calls, "" when it has none.
+func redisHint(err error, timeoutFlag string) string {
+	msg := err.Error()
+	ne, isNet := errors.AsType[net.Error](err)
+	switch {
+	case strings.Contains(msg, "NOAUTH"):
+		return "the server wants a password: put it in the -redis URL, redis://:password@host:port " +
+			"(or redis://user:password@host:port for an ACL user)"
+	case strings.Contains(msg, "WRONGPASS"):
+		return "Redis refused the credentials: check the user and password in the -redis URL; this does not clear by itself"
+	case strings.Contains(msg, "NOPERM"):
+		return "Redis refused a command to the -redis URL's user (ACL NOPERM): give the user the commands and keys the queue needs, " +
+			"or use another; this does not clear by itself"
+	case errors.Is(err, context.DeadlineExceeded) || isNet && ne.Timeout() || strings.Contains(msg, "i/o timeout"):
+		hint := "no reply in time: check that the address is a Redis server's (the right port; rediss:// if it wants TLS) " +
+			"and that the server is not overloaded"
+		if timeoutFlag != "" {
+			hint += "; a slow one needs a longer " + timeoutFlag
+		}
+		return hint
+	}
+	return ""
 }
 
 // layoutAdvice says, for a layout mismatch on the server le.Partition of

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/qugo/queue"
 
 	"github.com/stretchr/testify/assert"
@@ -173,4 +176,100 @@ func TestLayoutsAtTheBoundsOpen(t *testing.T) {
 			assert.Equal(t, exitOK, code, "R=%d Q=%d: %s", tc.r, tc.q, errOut)
 		})
 	}
+}
+
+// A server that refuses the credentials says so, with what to put in the
+// URL, and never with the password.
+func TestRedisRefusesCredentials(t *testing.T) {
+	t.Parallel()
+	m := miniredis.RunT(t)
+	m.RequireAuth("s3cret-pass")
+	code, out, errOut := qugo(t, "-redis", "redis://"+m.Addr(), "stats")
+	assert.Equal(t, exitRuntime, code)
+	assert.Empty(t, out)
+	assert.Contains(t, errOut, "NOAUTH")
+	assert.Contains(t, errOut, "\nqugo: the server wants a password: put it in the -redis URL, redis://:password@host:port "+
+		"(or redis://user:password@host:port for an ACL user)\n")
+
+	code, _, errOut = qugo(t, "-redis", "redis://:wrong-pass@"+m.Addr(), "stats")
+	assert.Equal(t, exitRuntime, code)
+	assert.Contains(t, errOut, "WRONGPASS")
+	assert.Contains(t, errOut, "\nqugo: Redis refused the credentials: check the user and password in the -redis URL; this does not clear by itself\n")
+	assert.NotContains(t, errOut, "wrong-pass")
+
+	// The dashboard comes up all the same, and says the refusal will
+	// not clear by itself, not that Redis does not answer yet.
+	_, _, logs := startServe(t, "-redis", "redis://:wrong-pass@"+m.Addr(), "serve", "-listen", "127.0.0.1:0")
+	assert.Contains(t, logs.String(), `level=ERROR msg="Redis refused the credentials; this does not clear by itself`)
+	assert.Contains(t, logs.String(), "WRONGPASS invalid username-password pair. Redis refused the credentials: check the user and password in the -redis URL")
+	assert.NotContains(t, logs.String(), "does not answer yet")
+	assert.NotContains(t, logs.String(), "wrong-pass")
+}
+
+func TestRedisHint(t *testing.T) {
+	t.Parallel()
+	timeout := &net.OpError{Op: "read", Net: "tcp", Err: timeoutError{}}
+	for _, tc := range []struct {
+		err  error
+		flag string
+		want string // in the hint; "" for none
+	}{
+		{errors.New("queue: dial partition 0: NOAUTH Authentication required."), "", "put it in the -redis URL, redis://:password@host:port"},
+		{errors.New("queue: stats: NOAUTH Authentication required."), "-timeout", "redis://user:password@host:port"},
+		{errors.New("queue: dial partition 0: WRONGPASS invalid username-password pair or user is disabled."), "", "refused the credentials"},
+		{errors.New("queue: claim: NOPERM User qugo has no permissions to run the 'evalsha' command"), "", "(ACL NOPERM)"},
+		{fmt.Errorf("queue: dial partition 0: %w", timeout), "", "no reply in time: check that the address is a Redis server's"},
+		{fmt.Errorf("queue: dial partition 0: %w", timeout), "-timeout", "not overloaded; a slow one needs a longer -timeout"},
+		{errors.New("queue: dial partition 0: read tcp 127.0.0.1:1->127.0.0.1:2: i/o timeout"), "", "no reply in time"},
+		{errors.New("queue: dial partition 0: connection refused"), "", ""},
+	} {
+		got := redisHint(tc.err, tc.flag)
+		if tc.want == "" {
+			assert.Empty(t, got, tc.err)
+			continue
+		}
+		assert.Contains(t, got, tc.want, tc.err)
+		if tc.flag == "" {
+			assert.NotContains(t, got, "-timeout", tc.err)
+		}
+	}
+}
+
+type timeoutError struct{}
+
+func (timeoutError) Error() string   { return "i/o timeout" }
+func (timeoutError) Timeout() bool   { return true }
+func (timeoutError) Temporary() bool { return true }
+
+// A server that takes the connection and never replies: the dashboard
+// says what to check, and names -timeout.
+func TestServeSilentServer(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var conns []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	_, _, logs := startServe(t, "-redis", "redis://"+ln.Addr().String(), "serve", "-listen", "127.0.0.1:0", "-timeout", "200ms")
+	assert.Contains(t, logs.String(), "Redis does not answer yet")
+	assert.Contains(t, logs.String(), "No reply in time: check that the address is a Redis server's (the right port; rediss:// if it wants TLS) "+
+		"and that the server is not overloaded; a slow one needs a longer -timeout.")
 }

@@ -181,6 +181,23 @@ func purgeFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 			return err
 		}
 		defer q.Close()
+		// The given IDs not in the store, to name them as replay does.
+		var missing []string
+		if len(ids) > 0 {
+			dead, err := q.Dead(ctx, a.n)
+			if err != nil {
+				return err
+			}
+			known := map[string]bool{}
+			for _, d := range dead {
+				known[d.ID] = true
+			}
+			for _, id := range ids {
+				if !known[id] {
+					missing = append(missing, id)
+				}
+			}
+		}
 		doc := purgeDoc{Analyser: a.n}
 		if doc.Purged, err = q.Purge(ctx, a.n, ids...); err != nil {
 			return err
@@ -191,8 +208,13 @@ func purgeFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 		if *asJSON {
 			return writeJSON(e.stdout, doc)
 		}
-		if doc.NotFound > 0 {
-			fmt.Fprintf(e.stderr, "qugo: warning: %d of the given IDs were not in the dead-letter store of analyser %d\n", doc.NotFound, a.n)
+		for _, id := range missing {
+			fmt.Fprintf(e.stderr, "qugo: warning: %s is not in the dead-letter store of analyser %d\n", cell(id), a.n)
+		}
+		if gone := doc.NotFound - len(missing); gone > 0 {
+			// Replayed or purged by someone else between the read and the purge.
+			fmt.Fprintf(e.stderr, "qugo: warning: %d more of the given IDs %s gone from the dead-letter store of analyser %d before the purge reached them\n",
+				gone, were(gone), a.n)
 		}
 		_, err = fmt.Fprintf(e.stdout, "purged %d task(s) of analyser %d\n", doc.Purged, a.n)
 		return err

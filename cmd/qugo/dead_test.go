@@ -132,10 +132,11 @@ func TestPurge(t *testing.T) {
 	assert.Contains(t, errOut, "qugo: purge: refusing to purge every dead task of analyser 0 without -all")
 	assert.Equal(t, 3, deadCount(t, f), "a refused purge deletes nothing")
 
-	code, out, errOut = qugo(t, f.args("purge", "-a", "0", ids[0], ids[0], "nosuchid")...)
+	code, out, errOut = qugo(t, f.args("purge", "-a", "0", ids[0], ids[0], "nosuchid", "no\x01such")...)
 	require.Equal(t, exitOK, code, errOut)
 	assert.Equal(t, "purged 1 task(s) of analyser 0\n", out)
-	assert.Contains(t, errOut, "1 of the given IDs were not in the dead-letter store")
+	assert.Equal(t, "qugo: warning: nosuchid is not in the dead-letter store of analyser 0\n"+
+		"qugo: warning: \"no\\x01such\" is not in the dead-letter store of analyser 0\n", errOut, "named, as replay names them")
 	assert.Equal(t, 2, deadCount(t, f))
 
 	doc := qugoJSON[purgeDoc](t, f.args("purge", "-a", "0", "-all", "-json")...)

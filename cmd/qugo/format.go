@@ -41,6 +41,14 @@ func plural(n int, noun string) string {
 	return strconv.Itoa(n) + " " + noun + "s"
 }
 
+// were is the verb after a count of n: "1 was", "2 were".
+func were(n int) string {
+	if n == 1 {
+		return "was"
+	}
+	return "were"
+}
+
 // none is what an empty cell shows.
 const none = "-"
 

@@ -107,8 +107,9 @@ Exit status:
   1  runtime error: Redis unreachable, layout mismatch (another number or order
      of -redis URLs, or another -queues, than the queue was created with),
      a failed Redis call, a failed bench order check (or a bench -verify
-     with nothing to verify, or a bench whose -timeout ran out); for serve,
-     a -listen address it cannot listen on
+     with nothing to verify, a bench whose -timeout ran out, or one that
+     met tasks it did not add); for serve, a -listen address it cannot
+     listen on
   2  usage error: bad flags or arguments; nothing was sent to Redis
 Errors go to standard error, prefixed "qugo: ".
 `
@@ -127,6 +128,7 @@ type env struct {
 	globals
 	stdout, stderr io.Writer
 	set            map[string]bool // the flags given on the command line
+	cmd            string          // the command's name, once known
 }
 
 // command is one subcommand. flags registers its own flags on fs and
@@ -168,10 +170,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, flag.ErrHelp):
 		return exitOK
 	case errors.As(err, &ue), errors.Is(err, queue.ErrBadConfig), errors.Is(err, queue.ErrAnalyserRange):
-		fmt.Fprintf(stderr, "qugo: %v\nRun 'qugo -h' for usage.\n", err)
+		help := "qugo -h"
+		if e.cmd != "" {
+			help = "qugo " + e.cmd + " -h"
+		}
+		fmt.Fprintf(stderr, "qugo: %v\nRun '%s' for usage.\n", err, help)
 		return exitUsage
 	default:
 		fmt.Fprintf(stderr, "qugo: %v\n", err)
+		// A deadline is bench's -timeout, which its error tells of.
+		if hint := redisHint(err, ""); hint != "" && !errors.Is(err, context.DeadlineExceeded) {
+			fmt.Fprintf(stderr, "qugo: %s\n", hint)
+		}
 		if le, ok := errors.AsType[*queue.LayoutError](err); ok {
 			urls, _ := e.urls()
 			fmt.Fprintf(stderr, "qugo: %s\n", layoutAdvice(le, urls))
@@ -225,6 +235,7 @@ func (e *env) run(ctx context.Context, args []string) error {
 }
 
 func (e *env) runCommand(ctx context.Context, c command, args []string) error {
+	e.cmd = c.name
 	fs := newFlagSet("qugo " + c.name)
 	do := c.flags(fs)
 	own := map[string]bool{}
@@ -275,23 +286,60 @@ func flagError(err error) error {
 
 // parseInterspersed parses fs from args, allowing flags after operands
 // ("replay ID -a 3"), and returns the operands. Everything after "--" is
-// an operand.
+// an operand, and so is a negative number that is no flag's value
+// ("route -1"): the command says what is wrong with it.
 func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 	var operands []string
 	for {
-		if err := fs.Parse(args); err != nil {
+		n := negativeOperand(fs, args)
+		if err := fs.Parse(args[:n]); err != nil {
 			return nil, flagError(err)
 		}
 		rest := fs.Args()
-		if used := len(args) - len(rest); used > 0 && args[used-1] == "--" {
-			return append(operands, rest...), nil
+		at := n - len(rest) // rest is args[at:n]
+		if at > 0 && args[at-1] == "--" {
+			return append(operands, args[at:]...), nil
 		}
-		if len(rest) == 0 {
+		if at == len(args) {
 			return operands, nil
 		}
-		operands = append(operands, rest[0])
-		args = rest[1:]
+		operands = append(operands, args[at])
+		args = args[at+1:]
 	}
+}
+
+// negativeOperand returns the place in args of the first negative number
+// that is an operand, not a flag's value, before any "--"; len(args) if
+// there is none.
+func negativeOperand(fs *flag.FlagSet, args []string) int {
+	for i, a := range args {
+		if a == "--" {
+			break
+		}
+		if len(a) < 2 || a[0] != '-' || a[1] < '0' || a[1] > '9' {
+			continue
+		}
+		if i > 0 && takesValue(fs, args[i-1]) {
+			continue
+		}
+		return i
+	}
+	return len(args)
+}
+
+// takesValue reports whether arg is a flag of fs that takes the next
+// argument as its value: "-a", not "-a=3" nor a bool flag.
+func takesValue(fs *flag.FlagSet, arg string) bool {
+	name, ok := strings.CutPrefix(arg, "-")
+	if !ok || strings.Contains(name, "=") {
+		return false
+	}
+	f := fs.Lookup(strings.TrimPrefix(name, "-"))
+	if f == nil {
+		return false
+	}
+	b, ok := f.Value.(interface{ IsBoolFlag() bool })
+	return !ok || !b.IsBoolFlag()
 }
 
 // printFlags prints the flags of fs named in only, each with its default

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -245,6 +246,8 @@ func TestUsageErrors(t *testing.T) {
 		{"route nothing", []string{"route"}, "ORDER-ID"},
 		{"route not a number", []string{"route", "abc"}, "not an order ID"},
 		{"route too big", []string{"route", "18446744073709551616"}, "not an order ID"},
+		{"route negative", []string{"route", "-1"}, `route: "-1" is not an order ID: order IDs are unsigned`},
+		{"route negative after a flag", []string{"route", "-json", "3", "-5"}, `"-5" is not an order ID: order IDs are unsigned`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -255,7 +258,20 @@ func TestUsageErrors(t *testing.T) {
 			assert.Empty(t, out)
 			assert.True(t, strings.HasPrefix(errOut, "qugo: "), errOut)
 			assert.Contains(t, errOut, tc.want)
-			assert.Contains(t, errOut, "qugo -h")
+			// The help to run is the command's, once it is known.
+			help := "qugo -h"
+			for i := 0; i < len(tc.args); i++ {
+				a := tc.args[i]
+				if a == "-redis" || a == "-queues" || a == "-prefix" {
+					i++
+					continue
+				}
+				if !strings.HasPrefix(a, "-") && slices.ContainsFunc(commands, func(c command) bool { return c.name == a }) {
+					help = "qugo " + a + " -h"
+				}
+				break
+			}
+			assert.True(t, strings.HasSuffix(errOut, "\nRun '"+help+"' for usage.\n"), errOut)
 		})
 	}
 }

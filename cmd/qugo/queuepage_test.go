@@ -39,7 +39,7 @@ func TestQueuePageLists(t *testing.T) {
 	tasks, err := c.Claim(ctx, 10) // buries the malformed record
 	require.NoError(t, err)
 	require.Len(t, tasks, 2)
-	for i, cause := range []string{"bad\nthing", "worse"} {
+	for i, cause := range []string{"bad\nthing", "worse\x01"} {
 		dead, err := c.Fail(ctx, tasks[i], errors.New(cause))
 		require.NoError(t, err)
 		require.True(t, dead)
@@ -82,6 +82,9 @@ func TestQueuePageLists(t *testing.T) {
 	assert.Contains(t, row, "bad\nthing")
 	assert.Contains(t, row, "<code>task-7</code>")
 	assert.Contains(t, row, "<dt>order</dt><dd>7</dd>", "headers")
+	row = rowOf(dead, `<tr data-id="`+deadIDs[1]+`"`)
+	assert.Contains(t, row, `&#34;worse\x01&#34;`, "a control character is shown, Go-quoted")
+	assert.NotContains(t, row, "\x01")
 	bad := rowOf(dead, "data-malformed")
 	assert.Contains(t, bad, "malformed")
 	assert.Contains(t, bad, "<code>00ff6a75 6e6b</code>", "a malformed record's bytes in hex")

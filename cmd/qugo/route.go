@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"strconv"
+	"strings"
 
 	"github.com/qugo/queue"
 )
@@ -52,6 +53,9 @@ func routeFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 		doc := routeDoc{Partitions: r, Queues: e.queues}
 		for _, a := range args {
 			id, err := strconv.ParseUint(a, 10, 64)
+			if err != nil && strings.HasPrefix(a, "-") {
+				return usagef("route: %q is not an order ID: order IDs are unsigned (0 to 18446744073709551615)", a)
+			}
 			if err != nil {
 				return usagef("route: %q is not an order ID (0 to 18446744073709551615); use -key for a string", a)
 			}

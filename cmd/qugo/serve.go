@@ -74,7 +74,11 @@ func serveFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 		if _, ok := errors.AsType[*queue.LayoutError](err); ok {
 			return err
 		}
-		if err != nil {
+		switch {
+		case err != nil && authRefused(err):
+			log.Error("Redis refused the credentials; this does not clear by itself: fix the -redis URL (or the user's ACL); "+
+				"the pages say so until then", "err", s.explain(err))
+		case err != nil:
 			log.Warn("Redis does not answer yet; the pages say so until it does", "err", s.explain(err))
 		}
 		if !addr.IP.IsLoopback() {

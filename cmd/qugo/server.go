@@ -378,12 +378,14 @@ func (s *server) failure(v *view, err error) int {
 // mismatch with the flag to change, a timeout as such, and never a
 // password.
 func (s *server) explain(err error) string {
-	return s.explainBound(err, fmt.Sprintf("within %v (-timeout)", s.cfg.timeout))
+	return s.explainBound(err, fmt.Sprintf("within %v (-timeout)", s.cfg.timeout), "-timeout")
 }
 
 // explainBound is explain for Redis calls bounded as bound says: a
-// timeout reads "Redis did not answer <bound>".
-func (s *server) explainBound(err error, bound string) string {
+// timeout reads "Redis did not answer <bound>"; flag is the flag that
+// sets the bound, "" if none does. A refusal of the credentials and a
+// timeout get a hint (redisHint).
+func (s *server) explainBound(err error, bound, flag string) string {
 	msg := err.Error()
 	urls, _ := s.e.urls()
 	if le, ok := errors.AsType[*queue.LayoutError](err); ok {
@@ -391,6 +393,9 @@ func (s *server) explainBound(err error, bound string) string {
 	}
 	if ne, ok := errors.AsType[net.Error](err); errors.Is(err, context.DeadlineExceeded) || ok && ne.Timeout() {
 		msg = fmt.Sprintf("Redis did not answer %s: %s", bound, msg)
+	}
+	if hint := redisHint(err, flag); hint != "" {
+		msg += ". " + strings.ToUpper(hint[:1]) + hint[1:] + "."
 	}
 	return scrubSecrets(msg, urls)
 }

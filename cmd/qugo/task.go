@@ -21,6 +21,14 @@ type taskRef struct {
 	retention *time.Duration
 }
 
+// cancelPendingText says what became of a task Queue.Cancel found
+// pending, as its doc says: the command and the dashboard print it after
+// the task's name.
+const cancelPendingText = "is held by an analyser: marked, and its owner was given up to about 200ms (a second at worst) to see the mark: " +
+	"if the task had not started by then it never will, and if it runs its ctx is cancelled and, unless it returns nil, " +
+	"it is finished as cancelled, not retried; held by a Consumer, or by an owner that did not answer in that time, " +
+	"it is finished as cancelled when it is claimed again (after a takeover)"
+
 // orderArg is the value of -order: an OrderID that must be given.
 type orderArg struct {
 	n   uint64
@@ -122,8 +130,7 @@ func cancelFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 		case queue.StateScheduled:
 			doc.Outcome, msg = "removed", "was scheduled: removed, it will never run"
 		case queue.StatePending:
-			doc.Outcome, msg = "marked", "is held by the queue's owner: marked; if it has not started it never will, "+
-				"if it runs its ctx is cancelled within about a second, and it is not retried"
+			doc.Outcome, msg = "marked", cancelPendingText
 		case queue.StateUnknown:
 			doc.Outcome, msg = "marked", "is neither scheduled nor held by an analyser: marked; if it waits in the ready list "+
 				"it is finished as cancelled, without running, when it is claimed (if it finished already or never was, the mark goes)"

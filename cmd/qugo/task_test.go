@@ -77,8 +77,15 @@ func TestCancelWhereverTheTaskIs(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, queue.StateCancelled, st.State)
 
-	// In words.
-	code, out, errOut := qugo(t, f.taskArgs("cancel", 5, ids[1])...)
+	// In words. Cancel's doc says how long it waits for the owner, and
+	// what becomes of a task a Consumer holds, as this one.
+	code, out, errOut := qugo(t, f.taskArgs("cancel", 3, ids[0])...)
+	require.Equal(t, exitOK, code, errOut)
+	assert.Equal(t, "task "+ids[0]+" of order 3 (analyser 1) is held by an analyser: marked, and its owner was given up to about 200ms "+
+		"(a second at worst) to see the mark: if the task had not started by then it never will, and if it runs its ctx is cancelled "+
+		"and, unless it returns nil, it is finished as cancelled, not retried; held by a Consumer, or by an owner that did not answer "+
+		"in that time, it is finished as cancelled when it is claimed again (after a takeover)\n", out)
+	code, out, errOut = qugo(t, f.taskArgs("cancel", 5, ids[1])...)
 	require.Equal(t, exitOK, code, errOut)
 	assert.Equal(t, "task "+ids[1]+" of order 5 (analyser 1) is a dead letter: left as it is (qugo purge -a 1 "+ids[1]+" deletes it)\n", out)
 	later, err := f.q.AddTaskAfter(ctx, 3, time.Hour, []byte("later"))

@@ -198,7 +198,13 @@ type clip struct {
 	Full  string // "" when Short is all of it
 }
 
+// newClip clips s. Text that is not printable (see printable) is shown
+// Go-quoted, as the command shows it: a control character would
+// otherwise reach the page raw, unseen.
 func newClip(s string) clip {
+	if !printable([]byte(s)) {
+		s = strconv.Quote(s)
+	}
 	if len(s) <= errorShort {
 		return clip{Short: s}
 	}

@@ -80,6 +80,9 @@ func TestClip(t *testing.T) {
 	assert.True(t, strings.HasSuffix(c.Short, "…"))
 	assert.True(t, utf8.ValidString(c.Short))
 	assert.LessOrEqual(t, len(c.Short), errorShort+len("…"))
-	raw := newClip("read: " + strings.Repeat("\x80", 500)) // not UTF-8: cut at the bound
+	raw := newClip("read: " + strings.Repeat("\x80", 500)) // not UTF-8: quoted, and cut at the bound
 	assert.Len(t, raw.Short, errorShort+len("…"))
+	assert.True(t, strings.HasPrefix(raw.Short, `"read: \x80\x80`), raw.Short)
+	assert.Equal(t, clip{Short: `"bad\x01thing\x1b[31m"`}, newClip("bad\x01thing\x1b[31m"), "control characters shown, as the command shows them")
+	assert.Equal(t, clip{Short: "line\nnext\ttab"}, newClip("line\nnext\ttab"), "tabs and line breaks are text")
 }

@@ -27,7 +27,7 @@ func TestReplayOneDeadTask(t *testing.T) {
 	resp := p.click(fmt.Sprintf(`table#dead tr[data-id=%q] button[data-op="replay"]`, ids[1]))
 	assert.Equal(t, 200, int(resp.Status))
 	assert.Contains(t, p.location(), "/queue/0", "back on the queue's page")
-	assert.Contains(t, p.text("#flash"), "Replayed 1 dead task(s) of queue 0")
+	assert.Contains(t, p.text("#flash"), "Replayed 1 dead task of queue 0: it is back in its ready list.")
 
 	st := s.stats()[0]
 	assert.Equal(t, int64(1), st.Ready, "the replayed task is ready again")

@@ -1,0 +1,156 @@
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/qugo/queue"
+)
+
+// Tasks bench did not add: bench drains a queue, and acknowledges what it
+// drains, so it must never drain someone else's tasks. Before it adds or
+// drains, it looks at the task each queue with tasks hands out next (see
+// benchPeek): a bench refuses a queue that holds any, and advises
+// bench -verify -partial only when that task is bench's; a verify refuses
+// to start when it is not bench's. While a drain runs, a task that is not
+// bench's (one further back, or added meanwhile) stops every pool: its
+// analyse function holds it until the graceful stop ends its ctx, so it
+// is handed back, never acknowledged.
+
+// isBenchTask reports whether payload is one qugo bench adds (see
+// benchMagic).
+func isBenchTask(payload []byte) bool {
+	if len(payload) < benchHeader || string(payload[:len(benchMagic)]) != benchMagic {
+		return false
+	}
+	total := binary.BigEndian.Uint32(payload[len(benchMagic):])
+	place := binary.BigEndian.Uint32(payload[len(benchMagic)+4:])
+	return place >= 1 && place <= total
+}
+
+// errForeign is what the analyse function of a drain returns for a task
+// that is not bench's, once the stop has ended its ctx: the pool hands
+// the task back.
+var errForeign = errors.New("bench: not a task qugo bench added: handed back")
+
+// benchShutdown is the ShutdownTimeout of the drain's pools. Bench's
+// analyse function returns at once, but for a task that is not bench's,
+// which it holds until the stop ends its ctx: this long.
+const benchShutdown = 100 * time.Millisecond
+
+// benchPeekWait bounds a look at the next task of one queue (benchPeek).
+const benchPeekWait = 5 * time.Second
+
+// foreignNamed is how many of the tasks that are not bench's an error
+// names.
+const foreignNamed = 10
+
+// nameTask names a task: its ID and OrderID.
+func nameTask(t queue.Task) string { return fmt.Sprintf("%s (OrderID %d)", t.ID, t.OrderID) }
+
+// benchPeek returns the task analyser a's queue hands out next, which it
+// hands back at once, unstarted (no delivery counted), and whether there
+// was one to hand out (there is none in a paused queue). It takes the
+// queue's lease for that: call it only when no one holds it.
+func benchPeek(ctx context.Context, q *queue.Queue, a int) (queue.Task, bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, benchPeekWait)
+	defer cancel()
+	// The most attempts a Consumer may allow: a look must not dead-letter
+	// a task that its owner, with a higher MaxAttempts, would still run.
+	c, err := q.Consume(ctx, a, queue.ConsumerConfig{Owner: "qugo bench (looking at the next task)", MaxAttempts: 1000})
+	if err != nil {
+		return queue.Task{}, false, err
+	}
+	defer c.Release(context.WithoutCancel(ctx))
+	ts, err := c.Claim(ctx, 1)
+	if err != nil || len(ts) == 0 {
+		return queue.Task{}, false, err
+	}
+	return ts[0], true, c.Requeue(ctx, ts[0])
+}
+
+// benchEmpty refuses to run on a queue that holds tasks or, when drain is
+// set, one that another process consumes: the figures and the order check
+// would be wrong, and bench would eat someone's tasks. It advises a
+// verify to drain the tasks only when the next one to be claimed is
+// bench's.
+func benchEmpty(ctx context.Context, q *queue.Queue, drain bool) error {
+	stats, err := q.Stats(ctx)
+	if err != nil {
+		return err
+	}
+	for _, s := range stats {
+		n := s.Ready + s.Pending
+		switch {
+		case n > 0 && s.Owner != "":
+			return fmt.Errorf("bench: analyser %d's queue holds %s and is consumed by %s: give another -prefix",
+				s.Analyser, plural(int(n), "task"), s.Owner)
+		case n > 0:
+			t, ok, err := benchPeek(ctx, q, s.Analyser)
+			switch {
+			case err != nil:
+				return fmt.Errorf("bench: analyser %d's queue holds %s; looking at the next one failed: %w",
+					s.Analyser, plural(int(n), "task"), err)
+			case !ok:
+				return fmt.Errorf("bench: analyser %d's queue holds %s that may not be bench's (no task could be claimed to look at: is the queue paused?): "+
+					"give another -prefix", s.Analyser, plural(int(n), "task"))
+			case !isBenchTask(t.Payload):
+				are := "are"
+				if n == 1 {
+					are = "is"
+				}
+				return fmt.Errorf("bench: analyser %d's queue holds %s that %s not bench's (the next one, task %s, is not one qugo bench adds): "+
+					"give another -prefix", s.Analyser, plural(int(n), "task"), are, nameTask(t))
+			}
+			return fmt.Errorf("bench: analyser %d's queue holds %s: drain them with qugo bench -verify -partial, or give another -prefix",
+				s.Analyser, plural(int(n), "task"))
+		case drain && s.Owner != "":
+			return fmt.Errorf("bench: analyser %d's queue is consumed by %s: give another -prefix", s.Analyser, s.Owner)
+		}
+	}
+	return nil
+}
+
+// verifyOwn refuses, before a verify drains anything, a queue whose next
+// task to be claimed is not bench's. Queues another process holds are
+// not looked at: the verify's pool waits for them as a standby, and its
+// analyse function stops at the first task that is not bench's.
+func verifyOwn(ctx context.Context, q *queue.Queue, prefix string) error {
+	stats, err := q.Stats(ctx)
+	if err != nil {
+		return err
+	}
+	for _, s := range stats {
+		if s.Ready+s.Pending == 0 || s.Owner != "" {
+			continue
+		}
+		t, ok, err := benchPeek(ctx, q, s.Analyser)
+		if err != nil {
+			return fmt.Errorf("bench: looking at the next task of analyser %d's queue: %w", s.Analyser, err)
+		}
+		if ok && !isBenchTask(t.Payload) {
+			return fmt.Errorf("bench: analyser %d's queue holds tasks that are not bench's (the next one, task %s, is not one qugo bench adds): "+
+				"nothing was drained; give another -prefix (this one is %q)", s.Analyser, nameTask(t), prefix)
+		}
+	}
+	return nil
+}
+
+// foreignError is the error of a drain that met tasks bench did not add,
+// the first of them named in named: it stopped, and left them queued.
+func foreignError(count int64, named []string, prefix string) error {
+	list := strings.Join(named, ", ")
+	if more := int(count) - len(named); more > 0 {
+		list += fmt.Sprintf(" and %d more", more)
+	}
+	them := "them"
+	if count == 1 {
+		them = "it"
+	}
+	return fmt.Errorf("bench: met %s that qugo bench did not add: %s; stopped, and left %s queued, unacknowledged: "+
+		"the queue under prefix %q is not bench's alone: give another -prefix", plural(int(count), "task"), list, them, prefix)
+}
