@@ -69,11 +69,14 @@ type roleConfig struct {
 	// Producer settings.
 	FirstOrder int // OrderIDs FirstOrder..FirstOrder+Orders-1
 	Orders     int
-	PerOrder   int           // tasks per OrderID
-	Batch      int           // tasks per AddTasks call; 0 uses AddTask
-	Goroutines int           // concurrent producing goroutines, each owning Orders/Goroutines OrderIDs
-	PoisonAt   int           // when Poison is set, task seq PoisonAt of OrderID 0 carries it
-	Pause      time.Duration // each goroutine waits this long after each add
+	PerOrder   int // tasks per OrderID
+	Batch      int // tasks per AddTasks call; 0 uses AddTask
+	Goroutines int // concurrent producing goroutines, each owning Orders/Goroutines OrderIDs
+	PoisonAt   int // when Poison is set, task seq PoisonAt of OrderID 0 carries it
+	// PoisonOrders, when over 1, puts the poison in task seq PoisonAt of
+	// OrderIDs 0 to PoisonOrders-1.
+	PoisonOrders int
+	Pause        time.Duration // each goroutine waits this long after each add
 	// Rate, when positive, paces the producer on a schedule until it gets
 	// SIGUSR1: its n-th add starts no sooner than n/Rate seconds after the
 	// first, whatever each add costs. After SIGUSR1 it adds the rest as
@@ -449,7 +452,7 @@ func runProducer(cfg roleConfig) error {
 					if slow {
 						mark += "slow"
 					}
-					if cfg.Poison != "" && order == 0 && seq == cfg.PoisonAt {
+					if cfg.Poison != "" && order < uint64(max(cfg.PoisonOrders, 1)) && seq == cfg.PoisonAt {
 						mark = cfg.Poison
 					}
 					p := taskPayload(order, seq, mark)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"math/rand/v2"
 	"os/exec"
+	"slices"
 	"testing"
 	"time"
 
@@ -391,24 +392,7 @@ func TestFaultPoisonTask(t *testing.T) {
 	p := e.spawn("producer", pcfg)
 	e.waitExit(p, 30*time.Second)
 
-	// A supervisor: restart the analyser whenever the poison kills it.
-	a := e.spawn("analyser", acfg)
-	crashes := 0
-	require.Eventually(t, func() bool {
-		if a.exited() {
-			require.Error(t, a.err)
-			var ee *exec.ExitError
-			require.ErrorAs(t, a.err, &ee)
-			require.Equal(t, poisonExit, ee.ExitCode(), "the analyser died of something else")
-			e.event(faultEvent{Ev: evKill, Pid: a.pid()}) // dead by now
-			crashes++
-			a = e.spawn("analyser", acfg)
-			return false
-		}
-		s := e.stats()[0]
-		return s.Ready == 0 && s.Pending == 0
-	}, 60*time.Second, 5*time.Millisecond, "the queue did not drain")
-	e.drain(nil, []*child{a}, 30*time.Second)
+	crashes := e.superviseUntilDrained(acfg, 60*time.Second)
 
 	events := e.events()
 	r := checkHistory(events)
@@ -455,4 +439,75 @@ func TestFaultPoisonTask(t *testing.T) {
 	assert.EqualValues(t, total, r.Completed)
 	assert.Equal(t, 1, r.Dead)
 	assert.Positive(t, flowed, "other OrderIDs kept flowing")
+}
+
+// Several poison tasks at the heads of their OrderIDs, each killing its
+// process at once: after a crash every pending task comes back marked, and
+// the next owner's workers recorded their deliveries all at once, so a
+// poison that crashed the process first took the healthy tasks recorded
+// beside it along; after MaxAttempts crashes they were dead-lettered
+// without ever running. The record gate lets one recorded start in at a
+// time: only the poison tasks die, each after MaxAttempts recorded
+// deliveries, and no other task pays for their crashes.
+func TestFaultPoisonTasksAtOnce(t *testing.T) {
+	e := newFaultEnv(t, 1, false)
+	const orders, per, maxAttempts, poisons = 16, 4, 3, 3
+	acfg := e.analyserConfig(0)
+	acfg.Workers, acfg.Work, acfg.MaxAttempts = orders, 0, maxAttempts
+	acfg.LeaseTTL = 500 * time.Millisecond
+	acfg.Poison = "poison"
+	pcfg := produce(orders, per)
+	pcfg.Poison, pcfg.PoisonOrders = acfg.Poison, poisons
+	p := e.spawn("producer", pcfg)
+	e.waitExit(p, 30*time.Second)
+
+	crashes := e.superviseUntilDrained(acfg, 90*time.Second)
+
+	events := e.events()
+	r := checkHistory(events)
+	dead, err := e.q.Dead(context.Background(), 0)
+	require.NoError(t, err)
+	t.Logf("%d poison tasks: %d crashes, %d dead: %v", poisons, crashes, len(dead), r)
+	requireClean(t, r)
+	started := map[string]bool{}
+	for _, x := range events {
+		if x.Ev == evStart {
+			started[x.ID] = true
+		}
+	}
+	var deadOrders []uint64
+	for _, d := range dead {
+		deadOrders = append(deadOrders, d.OrderID)
+		assert.True(t, started[d.ID], "task %s of OrderID %d dead without ever running: %s", d.ID, d.OrderID, d.LastError)
+		assert.Equal(t, maxAttempts, d.Attempts, "task %s of OrderID %d", d.ID, d.OrderID)
+	}
+	slices.Sort(deadOrders)
+	assert.Equal(t, []uint64{0, 1, 2}, deadOrders, "only the poison tasks are dead")
+	assert.EqualValues(t, orders*per, r.Completed)
+	assert.LessOrEqual(t, crashes, poisons*(maxAttempts+1))
+}
+
+// superviseUntilDrained runs an analyser with acfg as a supervisor would:
+// it starts it again whenever a poison task kills it, until analyser 0's
+// queue has nothing ready or pending (within timeout), then stops it. It
+// returns the number of crashes.
+func (e *faultEnv) superviseUntilDrained(acfg roleConfig, timeout time.Duration) (crashes int) {
+	t := e.t
+	t.Helper()
+	a := e.spawn("analyser", acfg)
+	require.Eventually(t, func() bool {
+		if a.exited() {
+			var ee *exec.ExitError
+			require.ErrorAs(t, a.err, &ee)
+			require.Equal(t, poisonExit, ee.ExitCode(), "the analyser died of something else")
+			e.event(faultEvent{Ev: evKill, Pid: a.pid()}) // dead by now
+			crashes++
+			a = e.spawn("analyser", acfg)
+			return false
+		}
+		s := e.stats()[0]
+		return s.Ready == 0 && s.Pending == 0
+	}, timeout, 5*time.Millisecond, "the queue did not drain")
+	e.drain(nil, []*child{a}, 30*time.Second)
+	return crashes
 }

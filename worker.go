@@ -197,6 +197,17 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) (next *orderLine
 			}
 		}
 		if t.Attempt > 1 || t.recovered {
+			if gated(&t) {
+				var ok bool
+				if now, ok = w.awaitRecordTurn(o, &t, now); !ok {
+					return
+				}
+				defer recordGate.done(w)
+				if s.isMarked(t.ID) { // cancelled during the wait
+					w.cancelled(o, t, time.Time{})
+					return
+				}
+			}
 			if !w.recordStart(t) {
 				return
 			}
@@ -206,6 +217,7 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) (next *orderLine
 				s.loseLease()
 				return
 			}
+			recordGate.start(w, start)
 		}
 		// A runtime.Goexit in the analyse function or in OnDone ends the
 		// worker's goroutine: the delivery is settled on the way out, and

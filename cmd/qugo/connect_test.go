@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/alicebob/miniredis/v2"
@@ -245,30 +244,7 @@ func (timeoutError) Temporary() bool { return true }
 // says what to check, and names -timeout.
 func TestServeSilentServer(t *testing.T) {
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	var conns []net.Conn
-	var mu sync.Mutex
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	_, _, logs := startServe(t, "-redis", "redis://"+ln.Addr().String(), "serve", "-listen", "127.0.0.1:0", "-timeout", "200ms")
+	_, _, logs := startServe(t, "-redis", silentURL(t), "serve", "-listen", "127.0.0.1:0", "-timeout", "200ms")
 	assert.Contains(t, logs.String(), "Redis does not answer yet")
 	assert.Contains(t, logs.String(), "No reply in time: check that the address is a Redis server's (the right port; rediss:// if it wants TLS) "+
 		"and that the server is not overloaded; a slow one needs a longer -timeout.")
