@@ -266,3 +266,25 @@ func TestClusterRouterDropsGoneNodes(t *testing.T) {
 	conn.Close()
 	assert.Zero(t, old.ActiveCount(), "its connections are closed")
 }
+
+// A redis:// URL naming a Redis Cluster node half worked: the keys of the
+// slots that node serves went to it, every other call got a bare MOVED,
+// retried for ever by pools. Dial refuses it and says which URL to use.
+func TestDialRefusesAClusterNodeAsOneServer(t *testing.T) {
+	t.Parallel()
+	requireCluster(t)
+	r := &redisProc{t: t, port: clusterPort(t), dir: t.TempDir()}
+	r.args = []string{"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1", "--save", "",
+		"--appendonly", "no", "--dir", r.dir, "--logfile", filepath.Join(r.dir, "redis.log"),
+		"--daemonize", "no", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"}
+	r.start()
+	t.Cleanup(r.kill)
+	ctx := bounded(t)
+	q, err := Dial(ctx, []string{r.url()}, Config{Prefix: testPrefix(t)})
+	if q != nil {
+		q.Close()
+	}
+	require.ErrorIs(t, err, ErrBadConfig)
+	assert.ErrorContains(t, err, "redis+cluster://")
+	assert.ErrorContains(t, err, "partition 0")
+}

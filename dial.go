@@ -447,6 +447,27 @@ func (c *watchedConn) ReceiveWithTimeout(d time.Duration) (any, error) {
 	return c.judge(redis.ReceiveWithTimeout(c.Conn, d))
 }
 
+// pingServer is ping for the server a redis:// URL names, which must not
+// be a Redis Cluster node: there, such a URL half works (the keys of the
+// slots that node serves go to it, every other call gets MOVED).
+func pingServer(ctx context.Context, p *redis.Pool) error {
+	conn, err := getConn(ctx, p)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if _, err := redis.DoContext(conn, ctx, "PING"); err != nil {
+		return err
+	}
+	// A server that refuses INFO (an ACL) or knows no such section is
+	// taken for what the URL says.
+	info, err := redis.String(redis.DoContext(conn, ctx, "INFO", "cluster"))
+	if err == nil && strings.Contains(info, "cluster_enabled:1") {
+		return fmt.Errorf("%w: the server is a Redis Cluster node: reach a cluster with a redis+cluster:// URL (redis+cluster://host:port, any of its nodes)", ErrBadConfig)
+	}
+	return nil
+}
+
 func ping(ctx context.Context, p *redis.Pool) error {
 	conn, err := getConn(ctx, p)
 	if err != nil {

@@ -229,7 +229,8 @@ func New(pools []*redis.Pool, cfg Config) (*Queue, error) {
 // redis+cluster://[[user]:password@]host[:port][,host[:port]...] naming
 // seed nodes (rediss+cluster:// for TLS); its queues spread over the
 // primaries by hash slot, and the same URL listed R times is R partitions
-// on one cluster: see Redis Cluster in the package documentation. Close
+// on one cluster: see Redis Cluster in the package documentation (a
+// redis:// URL naming a cluster node is refused with ErrBadConfig). Close
 // closes the pools.
 func Dial(ctx context.Context, urls []string, cfg Config) (*Queue, error) {
 	if len(urls) == 0 {
@@ -286,7 +287,7 @@ func Dial(ctx context.Context, urls []string, cfg Config) (*Queue, error) {
 		switch t.topo {
 		case standalone:
 			pools[i] = newPool(t, cfg, recheck(i))
-			err = ping(ctx, pools[i])
+			err = pingServer(ctx, pools[i])
 		case cluster:
 			key := t.clusterKey()
 			r := routers[key]

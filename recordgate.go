@@ -152,13 +152,8 @@ func (w *worker) awaitRecordTurn(o *orderLine, t *claimed, now time.Time) (time.
 			return now, true
 		}
 	}
-	switch {
-	case w.stopping() && w.putBack(o):
+	if !w.mayStart(o, now) {
 		recordGate.done(w)
-		return now, false
-	case !s.leaseValid(now):
-		recordGate.done(w)
-		s.loseLease()
 		return now, false
 	}
 	return now, true

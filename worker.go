@@ -344,14 +344,21 @@ func (w *worker) awaitRate(o *orderLine, id string, now time.Time) (time.Time, b
 			return now, false // the session stops: o went back, or goes
 		}
 	}
+	return now, w.mayStart(o, now)
+}
+
+// mayStart reports whether o's first task, whose wait to start ended at
+// now, may start: not when the session stops (o goes back, unless the
+// stop counted it as running), nor when the lease's deadline passed.
+func (w *worker) mayStart(o *orderLine, now time.Time) bool {
 	switch {
 	case w.stopping() && w.putBack(o):
-		return now, false
-	case !s.leaseValid(now):
-		s.loseLease() // the lease may be another owner's by now
-		return now, false
+		return false
+	case !w.s.leaseValid(now):
+		w.s.loseLease() // the lease may be another owner's by now
+		return false
 	}
-	return now, true
+	return true
 }
 
 // recordStart records, before a redelivered, retried or recovered task
