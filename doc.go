@@ -76,8 +76,10 @@
 // that could not reach the failed primary is sent again (it did not run)
 // until the map names the new one, up to 20 s per call, and producers and
 // pools go on. In a pipeline (AddTask calls that share a round trip,
-// Stats), a primary that cannot be reached fails its own commands only:
-// the others get their replies. rediss+cluster:// takes each node's TLS
+// AddTasks, Stats), a primary that cannot be reached fails its own
+// commands only, at once and without sending them again: the others get
+// their replies, and an add that failed so may have landed (its reply is
+// uncertain: see [Queue.AddTask]). rediss+cluster:// takes each node's TLS
 // port and verifies its certificate for the address the cluster announces
 // (an IP address unless it announces host names), or for
 // [Config].TLSConfig's ServerName when set.
