@@ -27,7 +27,7 @@ func TestEntryRoundTrip(t *testing.T) {
 	}{
 		{"smallest", Task{ID: testID, OrderID: 0, AddedAt: time.UnixMilli(0), Payload: []byte{0}}, 0},
 		{"typical", Task{ID: "00938ljojaudtvfarfnf", OrderID: 42, AddedAt: time.UnixMilli(1_700_000_000_123), Payload: []byte("hello")}, 3},
-		{"max order", Task{ID: "vvvvvvvvvvvvvvvvvvvv", OrderID: math.MaxUint64, AddedAt: time.UnixMilli(1 << 53), Payload: []byte("x")}, 1 << 31},
+		{"max order", Task{ID: "vvvvvvvvvvvvvvvvvvvv", OrderID: math.MaxUint64, AddedAt: time.UnixMilli(1 << 53), Payload: []byte("x")}, 1<<31 - 1},
 		{"binary payload", Task{ID: testID, OrderID: 1 << 63, AddedAt: time.UnixMilli(1), Payload: []byte{0, 1, 0xff, ':', '\n', 0x80}}, 127},
 		{"varint edges", Task{ID: testID, OrderID: 128, AddedAt: time.UnixMilli(16383), Payload: bytes.Repeat([]byte("p"), 300)}, 128},
 		{"empty payload", Task{ID: testID, OrderID: 7, AddedAt: time.UnixMilli(5)}, 0},
@@ -66,7 +66,7 @@ func TestEntryRoundTripProperty(t *testing.T) {
 		for j := range task.Payload {
 			task.Payload[j] = byte(rng.Uint32())
 		}
-		deliveries := rng.IntN(1<<31 + 1)
+		deliveries := rng.IntN(1 << 31)
 		b := encodeTask(task, deliveries)
 		got, d, err := decodeEntry(b)
 		require.NoError(t, err, "task %+v", task)
@@ -118,6 +118,7 @@ func TestDecodeEntryMalformed(t *testing.T) {
 		{"added at too large", with(head, uv(1), uv(1<<53+1), uv(0), []byte("p"))},
 		{"added at max", with(head, uv(1), uv(math.MaxUint64), uv(0), []byte("p"))},
 		{"deliveries too large", with(head, uv(1), uv(1), uv(1<<31+1), []byte("p"))},
+		{"deliveries leave no delivery", with(head, uv(1), uv(1), uv(1<<31), []byte("p"))},
 		{"non-minimal order", with(head, []byte{0x81, 0x00}, uv(1), uv(0), []byte("p"))},
 		{"non-minimal zero", with(head, uv(1), []byte{0x80, 0x80, 0x00}, uv(0), []byte("p"))},
 	}
@@ -219,7 +220,7 @@ func assertUnique(t *testing.T, ids []string) {
 // bytes (so a record has one encoding).
 func FuzzDecodeEntry(f *testing.F) {
 	f.Add(encodeTask(Task{ID: testID, OrderID: 42, AddedAt: time.UnixMilli(1_700_000_000_000), Payload: []byte("hello")}, 0))
-	f.Add(encodeTask(Task{ID: testID, OrderID: math.MaxUint64, AddedAt: time.UnixMilli(1 << 53), Payload: []byte{0}}, 1<<31))
+	f.Add(encodeTask(Task{ID: testID, OrderID: math.MaxUint64, AddedAt: time.UnixMilli(1 << 53), Payload: []byte{0}}, 1<<31-1))
 	f.Add([]byte("garbage"))
 	withHeaders := encodeTask(Task{ID: testID, OrderID: 7, AddedAt: time.UnixMilli(1), Payload: []byte("p"),
 		Headers: map[string]string{"a": "1", "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}, 2)
