@@ -18,6 +18,7 @@ type acker struct {
 	mu     sync.Mutex
 	refs   []ackRef        // finished tasks not taken yet
 	recs   []historyRecord // with a retention, their status records (history.go), in step
+	thens  []func()        // to call once the acks taken with them are confirmed (ackThen)
 	closed bool            // no more acks come
 	wake   chan struct{}   // signalled when there is work, or on close
 
@@ -31,13 +32,22 @@ func newAcker(s *session) *acker { return &acker{s: s, wake: make(chan struct{},
 
 // ack hands a finished task to the acker; its delivery started at
 // started.
-func (a *acker) ack(t claimed, started time.Time) {
+func (a *acker) ack(t claimed, started time.Time) { a.add(t, started, nil) }
+
+// ackThen is ack, and calls then once Redis confirmed the ack (or the
+// acker gave it up: the lease is lost), on the acker's goroutine.
+func (a *acker) ackThen(t claimed, started time.Time, then func()) { a.add(t, started, then) }
+
+func (a *acker) add(t claimed, started time.Time, then func()) {
 	a.unconfirmed.Add(1)
 	a.mu.Lock()
 	idle := len(a.refs) == 0
 	a.refs = append(a.refs, ackRef{claim: t.claim, place: t.place, id: t.ID})
 	if a.s.st.retention > 0 {
 		a.recs = append(a.recs, historyRecord{state: StateDone, added: t.AddedAt, started: started, finished: time.Now(), attempts: t.Attempt})
+	}
+	if then != nil {
+		a.thens = append(a.thens, then)
 	}
 	a.mu.Unlock()
 	if idle {
@@ -57,17 +67,17 @@ func (a *acker) close() {
 // take waits for work and returns the tasks to acknowledge, swapping in
 // spare as the new buffer; it returns nothing once the acker is closed and
 // everything has been taken.
-func (a *acker) take(spare []ackRef) (refs []ackRef, recs []historyRecord) {
+func (a *acker) take(spare []ackRef) (refs []ackRef, recs []historyRecord, thens []func()) {
 	a.mu.Lock()
 	for len(a.refs) == 0 && !a.closed {
 		a.mu.Unlock()
 		<-a.wake
 		a.mu.Lock()
 	}
-	refs, recs = a.refs, a.recs
-	a.refs, a.recs = spare[:0], nil
+	refs, recs, thens = a.refs, a.recs, a.thens
+	a.refs, a.recs, a.thens = spare[:0], nil, nil
 	a.mu.Unlock()
-	return refs, recs
+	return refs, recs, thens
 }
 
 // loop acknowledges finished tasks in batches until closed: it waits for
@@ -77,7 +87,7 @@ func (a *acker) loop(ctx context.Context) {
 	spare := make([]ackRef, 0, maxClaim)
 	var b backoff
 	for {
-		refs, recs := a.take(spare)
+		refs, recs, thens := a.take(spare)
 		if len(refs) == 0 {
 			return
 		}
@@ -89,6 +99,9 @@ func (a *acker) loop(ctx context.Context) {
 			}
 			a.send(ctx, batch[:n], brecs, &b)
 			batch = batch[n:]
+		}
+		for _, f := range thens {
+			f()
 		}
 		clear(refs)
 		spare = refs[:0]

@@ -31,7 +31,7 @@ func TestAckerKeepsEachFieldWithItsStatusRecord(t *testing.T) {
 	go func() { wg.Wait(); a.close(); close(done) }()
 	seen, wrong := 0, 0
 	for {
-		refs, recs := a.take(nil)
+		refs, recs, _ := a.take(nil)
 		if len(refs) == 0 {
 			break
 		}

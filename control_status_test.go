@@ -263,7 +263,7 @@ func TestAckerKeepsRecordsInStepWithFields(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	refs, recs := a.take(nil)
+	refs, recs, _ := a.take(nil)
 	require.Len(t, refs, workers*each)
 	require.Len(t, recs, len(refs))
 	wrong := 0

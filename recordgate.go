@@ -14,79 +14,107 @@ import (
 // process at once took the tasks recorded beside it along, each time,
 // until they were dead-lettered without ever running.
 //
-// The record gate lets the tasks charged with a delivery before (by a
-// crash, or a failure under an earlier owner: the suspects) start one at
-// a time in the whole process (a crash takes every pool of the process
-// down): a suspect records its delivery only once the suspect recorded
-// before it finished, or has run for recordGap. A task that crashes its
-// process is a suspect from its first recorded crash on, and then, as it
-// starts, takes no other suspect along: a healthy task charged for its
-// crash once is a suspect too, charged again only by a crash of a task
-// on its first redelivery. The first redeliveries after a takeover,
-// every pending task, are not held back: only the few tasks recorded
-// when a process died are. Retries after a failure in the same process
-// are not held either: a failure returned is no crash.
+// The record gate runs the tasks charged with a delivery before (by a
+// crash, or a failure under an earlier owner: the suspects) one at a time
+// in the whole process (a crash takes every pool of the process down): a
+// suspect records its delivery only once the suspect before it finished,
+// or has run for recordRun. A task that crashes its process is a suspect
+// from its first recorded crash on, and then crashes with no other
+// suspect recorded or running (but one that ran recordRun already): a
+// healthy task charged for its crash once is a suspect too, charged
+// again only by the crash of a task on its first redelivery. The first
+// redeliveries after a takeover, every pending task, are not held back:
+// only the few tasks recorded when a process died are. Retries after a
+// failure in the same process are not held either: a failure returned is
+// no crash.
 var recordGate = &gate{}
 
-// recordGap is how long a recorded task runs alone before the next
-// recorded task may start beside it, and recordHold how long its record's
-// round trip may hold the gate: a partition whose Redis does not answer
-// holds back the recorded starts of the process's other pools that long,
-// once.
+// recordRun is how long a suspect runs alone before the next may start
+// beside it, and recordHold how long its record's round trip may hold the
+// gate: a record that takes longer (its Redis does not answer) opens the
+// gate to every suspect for recordHold, so that a partition whose Redis
+// hangs holds back the suspects of the process's other pools once.
 const (
-	recordGap  = 20 * time.Millisecond
+	recordRun  = 5 * time.Second
 	recordHold = time.Second
 )
 
 // gate is the record gate (see recordGate).
 type gate struct {
-	mu      sync.Mutex
-	holder  *worker   // the worker whose task holds the gate, or nil
-	taken   time.Time // when it took the gate
-	started time.Time // when its task started (zero: it records first)
-	waiters []*worker // workers to wake when it frees
+	mu        sync.Mutex
+	holder    *gateHold // the hold of the suspect that holds the gate, or nil
+	taken     time.Time // when it took the gate
+	started   time.Time // when its task started (zero: it records first)
+	openUntil time.Time // while a record is stuck: every suspect passes until then
+	waiters   []*worker // workers to wake when it frees
 }
 
-// take takes the gate for w at now, or returns the time to look again,
-// w being woken should it free sooner.
-func (g *gate) take(w *worker, now time.Time) (again time.Time, ok bool) {
+// gateHold is one suspect's hold of the gate, from its take to its done
+// (once its outcome is in Redis: an ack's, once confirmed). It is not of
+// size zero: pointers to such values may all be equal.
+type gateHold struct{ _ byte }
+
+// Whether take let w in.
+const (
+	gateWait = iota // not yet: look again
+	gateHeld        // w holds the gate: call done
+	gatePass        // the gate is open: w goes without holding it
+)
+
+// take takes the gate for w at now (gateHeld, with the hold to give back
+// to done), lets w pass (gatePass), or returns the time to look again
+// (gateWait), w being woken should the gate free sooner.
+func (g *gate) take(w *worker, now time.Time) (again time.Time, got int, h *gateHold) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	switch {
-	case g.holder == nil, g.holder == w:
-	case g.started.IsZero() && !now.Before(g.taken.Add(recordHold)),
-		!g.started.IsZero() && !now.Before(g.started.Add(recordGap)):
-		// The holder's record is stuck, or its task has run alone long
-		// enough: it goes on outside the gate.
+	case now.Before(g.openUntil):
+		return time.Time{}, gatePass, nil
+	case g.holder == nil:
+	case g.started.IsZero() && !now.Before(g.taken.Add(recordHold)):
+		// The holder's record is stuck: its Redis does not answer.
+		// Open the gate for a while, to every suspect waiting.
+		g.holder, g.started, g.openUntil = nil, time.Time{}, now.Add(recordHold)
+		g.wakeAll()
+		return time.Time{}, gatePass, nil
+	case !g.started.IsZero() && !now.Before(g.started.Add(recordRun)):
+		// The holder's task has run alone long enough: it goes on
+		// outside the gate.
 	default:
 		g.waiters = append(g.waiters, w)
 		if g.started.IsZero() {
-			return g.taken.Add(recordHold), false
+			return g.taken.Add(recordHold), gateWait, nil
 		}
-		return g.started.Add(recordGap), false
+		return g.started.Add(recordRun), gateWait, nil
 	}
-	g.holder, g.taken, g.started = w, now, time.Time{}
-	return time.Time{}, true
+	h = &gateHold{}
+	g.holder, g.taken, g.started = h, now, time.Time{}
+	return time.Time{}, gateHeld, h
 }
 
-// start says that w's task, holding the gate, starts at t.
-func (g *gate) start(w *worker, t time.Time) {
+// start says that the task of hold h starts at t (h nil: none).
+func (g *gate) start(h *gateHold, t time.Time) {
 	g.mu.Lock()
-	if g.holder == w {
+	if h != nil && g.holder == h {
 		g.started = t
 	}
 	g.mu.Unlock()
 }
 
-// done frees the gate if w's task holds it (it finished, or will not
-// start), and wakes the workers that wait for it.
-func (g *gate) done(w *worker) {
+// done frees the gate if h holds it (its task's outcome is in Redis, or
+// it will not start), and wakes the workers that wait for it.
+func (g *gate) done(h *gateHold) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.holder != w {
+	if h == nil || g.holder != h {
 		return
 	}
 	g.holder, g.started = nil, time.Time{}
+	g.wakeAll()
+}
+
+// wakeAll wakes every waiter. g.mu is held.
+func (g *gate) wakeAll() {
 	for i, x := range g.waiters {
 		notify(x.wake)
 		g.waiters[i] = nil
@@ -116,19 +144,21 @@ func gated(t *claimed) bool {
 }
 
 // awaitRecordTurn waits until the record gate lets o's first task t,
-// picked at now, record its delivery, and takes the gate. Only o waits, as
+// picked at now, record its delivery, holding the gate (the hold it
+// returns, nil when it passes: give it to done once the task's outcome is
+// in Redis) or passing it. Only o waits, as
 // for the rate limit (see awaitRate). It reports false when the session
 // stops meanwhile or the lease's deadline passed: the task does not start
 // (on a graceful stop o goes back with the unstarted tasks), and the gate
 // is not taken. A cancel of the task seen meanwhile ends the wait: the
 // caller finishes it as cancelled (check isMarked), the gate not taken.
-func (w *worker) awaitRecordTurn(o *orderLine, t *claimed, now time.Time) (time.Time, bool) {
+func (w *worker) awaitRecordTurn(o *orderLine, t *claimed, now time.Time) (time.Time, bool, *gateHold) {
 	s := w.s
-	again, ok := recordGate.take(w, now)
-	if !ok {
+	again, got, h := recordGate.take(w, now)
+	if got == gateWait {
 		w.held.Store(&t.ID)
 		w.set.toWaiting(o)
-		for !ok && !s.isMarked(t.ID) {
+		for got == gateWait && !s.isMarked(t.ID) {
 			select {
 			case <-w.timerFor(time.Until(again)):
 			case <-w.wake:
@@ -138,23 +168,21 @@ func (w *worker) awaitRecordTurn(o *orderLine, t *claimed, now time.Time) (time.
 				break
 			}
 			now = time.Now()
-			again, ok = recordGate.take(w, now)
+			again, got, h = recordGate.take(w, now)
 		}
 		recordGate.leave(w)
 		w.held.Store(nil)
 		if !w.set.endWait(o) {
-			if ok {
-				recordGate.done(w)
-			}
-			return now, false
+			recordGate.done(h)
+			return now, false, nil
 		}
-		if !ok { // cancelled
-			return now, true
+		if got == gateWait { // cancelled
+			return now, true, nil
 		}
 	}
 	if !w.mayStart(o, now) {
-		recordGate.done(w)
-		return now, false
+		recordGate.done(h)
+		return now, false, nil
 	}
-	return now, true
+	return now, true, h
 }

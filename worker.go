@@ -20,6 +20,7 @@ type worker struct {
 	timer *time.Timer                 // for the worker's waits, made at the first (worker goroutine only)
 	cur   atomic.Pointer[taskContext] // the ctx of the delivery it runs, for a cancel to end
 	held  atomic.Pointer[string]      // the ID of the task it waits to start for the rate limit, for a cancel to wake it
+	hold  *gateHold                   // the record gate's hold of its task, if it has one (worker's goroutine only)
 	ctxs  []taskContext               // unused delivery contexts (worker goroutine only)
 
 	// The task to run first, picked by the settle that a runtime.Goexit in
@@ -199,10 +200,10 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) (next *orderLine
 		if t.Attempt > 1 || t.recovered {
 			if gated(&t) {
 				var ok bool
-				if now, ok = w.awaitRecordTurn(o, &t, now); !ok {
+				if now, ok, w.hold = w.awaitRecordTurn(o, &t, now); !ok {
 					return
 				}
-				defer recordGate.done(w)
+				defer w.releaseHold()
 				if s.isMarked(t.ID) { // cancelled during the wait
 					w.cancelled(o, t, time.Time{})
 					return
@@ -217,7 +218,7 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) (next *orderLine
 				s.loseLease()
 				return
 			}
-			recordGate.start(w, start)
+			recordGate.start(w.hold, start)
 		}
 		// A runtime.Goexit in the analyse function or in OnDone ends the
 		// worker's goroutine: the delivery is settled on the way out, and
@@ -276,7 +277,14 @@ func (w *worker) settleOutcome(o *orderLine, t claimed, err error, aborted bool,
 	case err != nil && (aborted || s.isMarked(t.ID)) && s.taskCtx.Err() == nil:
 		w.cancelled(o, t, start)
 	case err == nil:
-		s.acks.ack(t, start)
+		if h := w.hold; h != nil {
+			// A suspect holds the gate until Redis has its ack: a crash
+			// before would charge it again.
+			w.hold = nil
+			s.acks.ackThen(t, start, func() { recordGate.done(h) })
+		} else {
+			s.acks.ack(t, start)
+		}
 		if c := s.cfg.Counters; c != nil {
 			(*c.processed.Load())[w.index].Add(1)
 		}
@@ -359,6 +367,13 @@ func (w *worker) mayStart(o *orderLine, now time.Time) bool {
 		return false
 	}
 	return true
+}
+
+// releaseHold gives back the record gate's hold of w's task, if it has
+// one still.
+func (w *worker) releaseHold() {
+	recordGate.done(w.hold)
+	w.hold = nil
 }
 
 // recordStart records, before a redelivered, retried or recovered task

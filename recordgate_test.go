@@ -1,0 +1,119 @@
+package queue
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// The gate's rules, on a clock of the test's own.
+func TestRecordGateRules(t *testing.T) {
+	t.Parallel()
+	g := &gate{}
+	a, b, c := &worker{wake: make(chan struct{}, 1)}, &worker{wake: make(chan struct{}, 1)}, &worker{wake: make(chan struct{}, 1)}
+	t0 := time.Unix(1000, 0)
+
+	// a records: b waits for a's record, then for a's run.
+	_, got, ha := g.take(a, t0)
+	require.Equal(t, gateHeld, got)
+	again, got, _ := g.take(b, t0.Add(time.Millisecond))
+	assert.Equal(t, gateWait, got)
+	assert.Equal(t, t0.Add(recordHold), again)
+	g.start(ha, t0.Add(2*time.Millisecond))
+	again, got, _ = g.take(b, t0.Add(100*time.Millisecond))
+	assert.Equal(t, gateWait, got, "a suspect runs alone until it finishes")
+	assert.Equal(t, t0.Add(2*time.Millisecond+recordRun), again)
+	g.done(ha)
+	select {
+	case <-b.wake:
+	default:
+		t.Fatal("a waiter is woken when the gate frees")
+	}
+	_, got, hb := g.take(b, t0.Add(200*time.Millisecond))
+	require.Equal(t, gateHeld, got)
+
+	// b's task runs past recordRun: c goes on beside it.
+	g.start(hb, t0.Add(201*time.Millisecond))
+	_, got, hc := g.take(c, t0.Add(201*time.Millisecond+recordRun))
+	require.Equal(t, gateHeld, got)
+	g.done(hb) // no longer the holder: changes nothing
+	_, got, _ = g.take(a, t0.Add(202*time.Millisecond+recordRun))
+	assert.Equal(t, gateWait, got, "c holds the gate")
+
+	// c's record is stuck: the gate opens to every suspect for recordHold.
+	t1 := t0.Add(201*time.Millisecond + recordRun + recordHold)
+	_, got, _ = g.take(a, t1)
+	assert.Equal(t, gatePass, got)
+	_, got, _ = g.take(b, t1.Add(recordHold/2))
+	assert.Equal(t, gatePass, got)
+	g.done(hc) // no longer the holder
+	_, got, hb = g.take(b, t1.Add(recordHold))
+	assert.Equal(t, gateHeld, got, "gating resumes")
+	g.done(hb)
+	assert.Nil(t, g.holder)
+}
+
+// markDelivered rewrites every ready entry of s's first queue as delivered
+// deliveries times before: its next delivery is a suspect's.
+func markDelivered(t *testing.T, q *Queue, s *testServer, deliveries int) {
+	t.Helper()
+	k := newQueueKeys(q.cfg.Prefix, 0, 0)
+	n, err := redis.Int(s.do(t, "LLEN", k.ready), nil)
+	require.NoError(t, err)
+	for i := range n {
+		b, err := redis.Bytes(s.do(t, "LINDEX", k.ready, i), nil)
+		require.NoError(t, err)
+		task, _, err := decodeEntry(b)
+		require.NoError(t, err)
+		s.do(t, "LSET", k.ready, i, encodeTask(task, deliveries))
+	}
+}
+
+// Suspects (tasks charged a delivery before) run one at a time, each to
+// its end (here past recordHold), while other tasks run beside them: a
+// task that crashes the process then takes no healthy suspect along. They
+// were let in 20 ms apart (a second, for want of a wake-up), so that a
+// poison could start while healthy suspects still ran.
+func TestSuspectsRunOneAtATime(t *testing.T) {
+	t.Parallel()
+	q, servers := newTestQueue(t, 1, Config{})
+	ctx := bounded(t)
+	const suspects, others = 3, 4
+	addAll(t, q, orderTasks(suspects, 1))
+	markDelivered(t, q, servers[0], 1)
+	ids := addAll(t, q, orderTasks(suspects+others, 1)[suspects:])
+	fresh := map[string]bool{}
+	for _, id := range ids {
+		fresh[id] = true
+	}
+	var mu sync.Mutex
+	running, most, freshBeside := 0, 0, 0
+	err := q.AnalysePool(ctx, 0, PoolConfig{Workers: suspects + others, ExitOnEmpty: true}, func(ctx context.Context, task Task) error {
+		mu.Lock()
+		if fresh[task.ID] {
+			if running > 0 {
+				freshBeside++
+			}
+			mu.Unlock()
+			time.Sleep(20 * time.Millisecond)
+			return nil
+		}
+		running++
+		most = max(most, running)
+		mu.Unlock()
+		time.Sleep(recordHold + 100*time.Millisecond)
+		mu.Lock()
+		running--
+		mu.Unlock()
+		return nil
+	})
+	require.NoError(t, err)
+	assert.Equal(t, 1, most, "suspects ran one at a time")
+	assert.Positive(t, freshBeside, "other tasks ran beside them")
+	assert.EqualValues(t, suspects+others, stats0(t, q).Processed)
+}
