@@ -136,14 +136,16 @@ func (g *gate) leave(w *worker) {
 	g.waiters = kept
 }
 
-// gated reports whether t's start waits for the record gate: a task that
+// gated reports whether the start of a task of that attempt, whose last
+// delivery by this process started at started, waits for the record gate
+// (its caller's task must not escape to the heap for it): a task that
 // was charged a delivery before, not a retry after a failure in this
 // process (see recordGate).
-func gated(t *claimed) bool {
-	return t.Attempt > 1 && t.started.IsZero()
+func gated(attempt int, started time.Time) bool {
+	return attempt > 1 && started.IsZero()
 }
 
-// awaitRecordTurn waits until the record gate lets o's first task t,
+// awaitRecordTurn waits until the record gate lets o's first task, id,
 // picked at now, record its delivery, holding the gate (the hold it
 // returns, nil when it passes: give it to done once the task's outcome is
 // in Redis) or passing it. Only o waits, as
@@ -152,13 +154,13 @@ func gated(t *claimed) bool {
 // (on a graceful stop o goes back with the unstarted tasks), and the gate
 // is not taken. A cancel of the task seen meanwhile ends the wait: the
 // caller finishes it as cancelled (check isMarked), the gate not taken.
-func (w *worker) awaitRecordTurn(o *orderLine, t *claimed, now time.Time) (time.Time, bool, *gateHold) {
+func (w *worker) awaitRecordTurn(o *orderLine, id string, now time.Time) (time.Time, bool, *gateHold) {
 	s := w.s
 	again, got, h := recordGate.take(w, now)
 	if got == gateWait {
-		w.held.Store(&t.ID)
+		w.held.Store(&id)
 		w.set.toWaiting(o)
-		for got == gateWait && !s.isMarked(t.ID) {
+		for got == gateWait && !s.isMarked(id) {
 			select {
 			case <-w.timerFor(time.Until(again)):
 			case <-w.wake:

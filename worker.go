@@ -198,9 +198,9 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) (next *orderLine
 			}
 		}
 		if t.Attempt > 1 || t.recovered {
-			if gated(&t) {
+			if gated(t.Attempt, t.started) {
 				var ok bool
-				if now, ok, w.hold = w.awaitRecordTurn(o, &t, now); !ok {
+				if now, ok, w.hold = w.awaitRecordTurn(o, t.ID, now); !ok {
 					return
 				}
 				defer w.releaseHold()
