@@ -17,8 +17,9 @@ import (
 // The record gate runs the tasks charged with a delivery before (by a
 // crash, or a failure under an earlier owner: the suspects) one at a time
 // in the whole process (a crash takes every pool of the process down): a
-// suspect records its delivery only once the suspect before it finished,
-// or has run for recordRun. A task that crashes its process is a suspect
+// suspect records its delivery only once the outcome of the suspect
+// before it is in Redis (acknowledged, failed or dead-lettered), or that
+// one has run for recordRun. A task that crashes its process is a suspect
 // from its first recorded crash on, and then crashes with no other
 // suspect recorded or running (but one that ran recordRun already): a
 // healthy task charged for its crash once is a suspect too, charged
@@ -148,8 +149,8 @@ func gated(attempt int, started time.Time) bool {
 // awaitRecordTurn waits until the record gate lets o's first task, id,
 // picked at now, record its delivery, holding the gate (the hold it
 // returns, nil when it passes: give it to done once the task's outcome is
-// in Redis) or passing it. Only o waits, as
-// for the rate limit (see awaitRate). It reports false when the session
+// in Redis) or passing it. Only o waits, as for the rate limit (see
+// awaitRate). It reports false when the session
 // stops meanwhile or the lease's deadline passed: the task does not start
 // (on a graceful stop o goes back with the unstarted tasks), and the gate
 // is not taken. A cancel of the task seen meanwhile ends the wait: the
