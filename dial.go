@@ -451,14 +451,14 @@ func (c *watchedConn) ReceiveWithTimeout(d time.Duration) (any, error) {
 // be a Redis Cluster node: there, such a URL half works (the keys of the
 // slots that node serves go to it, every other call gets MOVED).
 func pingServer(ctx context.Context, p *redis.Pool) error {
-	conn, err := getConn(ctx, p)
+	if err := ping(ctx, p); err != nil {
+		return err
+	}
+	conn, err := getConn(ctx, p) // the connection ping gave back
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	if _, err := redis.DoContext(conn, ctx, "PING"); err != nil {
-		return err
-	}
 	// A server that refuses INFO (an ACL) or knows no such section is
 	// taken for what the URL says.
 	info, err := redis.String(redis.DoContext(conn, ctx, "INFO", "cluster"))
