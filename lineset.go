@@ -2,6 +2,7 @@ package queue
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -11,7 +12,9 @@ import (
 // worker has a set of its own; under DispatchFree all share one, and an
 // OrderID's next task goes to whichever worker asks first. An OrderID
 // whose task failed waits out its backoff while the workers go on with
-// the others.
+// the others. A worker that picked an OrderID may run the tasks it held
+// then one after another, each once the one before is done, and settle
+// them at once: its streak (worker.streakNext), one lock for them all.
 type lineSet struct {
 	s      *session
 	shared bool // DispatchFree: every worker takes from this set
@@ -38,6 +41,13 @@ type orderLine struct {
 	notBefore time.Time // while delayed
 	pinned    bool      // DispatchByOrder: on a worker other than its hash's under the current worker count
 	freeAt    int       // while parked: its index in free
+
+	// While running: how many of its tasks from head its worker has
+	// taken to run (the running one and those of its streak run before
+	// it; see worker.streak), or -1 once a stop took the rest. The worker
+	// takes each next one of its streak with a compare-and-swap, without
+	// the set's lock; a stop swaps in -1, and hands back what follows.
+	step atomic.Int32
 }
 
 type lineState int
@@ -211,8 +221,11 @@ func (ls *lineSet) takeAll() []claimed {
 		case lineParked:
 			continue
 		case lineRunning:
-			out = append(out, o.tasks[o.head+1:]...)
-			o.tasks = o.tasks[:o.head+1]
+			// Its worker took step tasks from head: done, running, or
+			// picked to run next. It settles them; the rest go back.
+			n := o.head + int(o.step.Swap(-1))
+			out = append(out, o.tasks[n:]...)
+			o.tasks = o.tasks[:n]
 			continue
 		}
 		out = append(out, o.tasks[o.head:]...)
@@ -250,7 +263,7 @@ func (ls *lineSet) next(w *worker, now time.Time) (o *orderLine, t claimed, due 
 		ls.timed, ls.timedDue = w, due
 		return nil, claimed{}, due, false
 	}
-	o, t = ls.pick()
+	o, t = ls.pick(w, now)
 	return o, t, time.Time{}, false
 }
 
@@ -275,13 +288,31 @@ func (ls *lineSet) dueDelayed(now time.Time) (due time.Time) {
 	return due
 }
 
-// pick takes the oldest runnable OrderID, marked running, and its task;
-// there is one.
-func (ls *lineSet) pick() (*orderLine, claimed) {
+// pick takes the oldest runnable OrderID for w at now, marked running,
+// and its task; there is one. The OrderID's later tasks, up to maxStreak, are
+// w's streak.
+func (ls *lineSet) pick(w *worker, now time.Time) (*orderLine, claimed) {
 	o := ls.popRunnable()
 	o.state = lineRunning
 	ls.handOn()
+	o.step.Store(1)
+	w.beginStreak(o, now)
 	return o, o.tasks[o.head]
+}
+
+// settleRan settles the tasks of o that w ran to done in its streak and
+// has not settled yet. ls.mu is held.
+func (ls *lineSet) settleRan(o *orderLine, w *worker) {
+	if w.ran > 0 {
+		if n := o.step.Load(); n > 0 { // not taken by a stop: count from the new head
+			o.step.Store(n - int32(w.ran))
+		}
+		for ; w.ran > 0; w.ran-- {
+			o.tasks[o.head] = claimed{}
+			o.head++
+		}
+	}
+	w.endStreak()
 }
 
 // pushRunnable appends o to runnable, first moving the OrderIDs left to
@@ -321,24 +352,27 @@ func (ls *lineSet) handOn() {
 	}
 }
 
-// settle puts o back after its first task ran: done drops that task, else
-// it stays first with its Attempt one higher, and started (when not zero)
-// as the start of its last delivery; a non-zero retryAt delays the OrderID
-// until then.
-func (ls *lineSet) settle(o *orderLine, done bool, retryAt, started time.Time) {
+// settle puts o back after w's task of it ran (the tasks of w's streak
+// before it settled done first): done drops that task, else it stays
+// first with its Attempt one higher, and started (when not zero) as the
+// start of its last delivery; a non-zero retryAt delays the OrderID until
+// then.
+func (ls *lineSet) settle(w *worker, o *orderLine, done bool, retryAt, started time.Time) {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
+	ls.settleRan(o, w)
 	ls.settleLocked(o, done, retryAt, started)
 }
 
-// settleNext settles o's first task as done and, under the same lock,
-// picks w's next OrderID as next would at now when one is runnable, so
-// that a worker going from task to task takes the set's lock once a task.
-// It returns nil when next must be asked instead: none is runnable, w
-// retires, or the session stops.
+// settleNext settles w's task of o as done (the tasks of w's streak
+// before it too) and, under the same lock, picks w's next OrderID as next
+// would at now when one is runnable, so that a worker going from OrderID
+// to OrderID takes the set's lock once each. It returns nil when next must
+// be asked instead: none is runnable, w retires, or the session stops.
 func (ls *lineSet) settleNext(o *orderLine, w *worker, now time.Time) (*orderLine, claimed) {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
+	ls.settleRan(o, w)
 	ls.settleLocked(o, true, time.Time{}, time.Time{})
 	if w.retire || ls.s.halted() {
 		return nil, claimed{}
@@ -347,7 +381,7 @@ func (ls *lineSet) settleNext(o *orderLine, w *worker, now time.Time) (*orderLin
 	if ls.runnableLen() == 0 {
 		return nil, claimed{}
 	}
-	return ls.pick()
+	return ls.pick(w, now)
 }
 
 func (ls *lineSet) settleLocked(o *orderLine, done bool, retryAt, started time.Time) {
@@ -387,8 +421,9 @@ func (ls *lineSet) settleLocked(o *orderLine, done bool, retryAt, started time.T
 // toWaiting marks o, picked, as waiting for the rate limit: its first
 // task has not started, and a stop that takes the set's tasks meanwhile
 // takes it with them, at once and in claim order.
-func (ls *lineSet) toWaiting(o *orderLine) {
+func (ls *lineSet) toWaiting(w *worker, o *orderLine) {
 	ls.mu.Lock()
+	ls.settleRan(o, w)
 	o.state = lineWaiting
 	ls.mu.Unlock()
 }
@@ -418,21 +453,22 @@ func (ls *lineSet) endWait(o *orderLine) bool {
 	return true
 }
 
-// unpickUntaken puts back o, picked and its first task not started, when
-// the session stopped since (takeAll hands it back, its Attempt
-// unchanged), unless the stop took the
-// set's tasks already, and reports whether it did. The stop counted o as
+// unpickUntaken puts back o, picked by w and its task not started (the
+// tasks of w's streak before it settled done), when the session stopped
+// since (takeAll hands it back, its Attempt unchanged), unless the stop
+// took the set's tasks already, and reports whether it did. The stop counted o as
 // running then, and handed back its later tasks ahead of it: put back
 // now, o's first task would go back only once every running task ended,
 // ahead of the tasks claimed before it, where the stop hands back every
 // unstarted task at once, in claim order. The worker starts it instead,
 // as it would have a moment sooner.
-func (ls *lineSet) unpickUntaken(o *orderLine) bool {
+func (ls *lineSet) unpickUntaken(w *worker, o *orderLine) bool {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
 	if ls.taken {
 		return false
 	}
+	ls.settleRan(o, w)
 	o.state = lineIdle
 	return true
 }

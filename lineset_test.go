@@ -71,7 +71,7 @@ func TestLineSetParksEmptiedLines(t *testing.T) {
 	cycle := func() *orderLine {
 		ls.give(task)
 		o, _, _, _ := ls.next(w, time.Now())
-		ls.settle(o, true, time.Time{}, time.Time{})
+		ls.settle(w, o, true, time.Time{}, time.Time{})
 		return o
 	}
 	o := cycle()
@@ -145,7 +145,7 @@ func TestLineSetSettleNext(t *testing.T) {
 	// A delayed OrderID whose backoff ended is picked.
 	ls.give([]claimed{{Task: Task{OrderID: 3, ID: "d"}}, {Task: Task{OrderID: 4, ID: "e"}}})
 	o, _, _, _ = ls.next(w, time.Now())
-	ls.settle(o, false, time.Now().Add(time.Minute), time.Time{}) // 3 waits a minute
+	ls.settle(w, o, false, time.Now().Add(time.Minute), time.Time{}) // 3 waits a minute
 	o, _, _, _ = ls.next(w, time.Now())
 	next, t4 := ls.settleNext(o, w, time.Now().Add(2*time.Minute))
 	assert.Equal(t, "d", t4.ID, "due again")
@@ -181,7 +181,7 @@ func TestLineSetSettleNextWakesForWhatItLeaves(t *testing.T) {
 	ls.give([]claimed{{Task: Task{OrderID: 1, ID: "a"}}, {Task: Task{OrderID: 2, ID: "b"}}, {Task: Task{OrderID: 1, ID: "c"}}})
 	o1, _, _, _ := ls.next(w1, now)
 	o2, _, _, _ := ls.next(w2, now)
-	ls.settle(o2, false, now.Add(time.Minute), time.Time{}) // b waits a minute
+	ls.settle(w2, o2, false, now.Add(time.Minute), time.Time{}) // b waits a minute
 	_, _, due, _ := ls.next(w2, now)
 	require.Equal(t, now.Add(time.Minute), due, "w2 sleeps until b is due")
 	require.Equal(t, w2, ls.timed)

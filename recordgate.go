@@ -160,7 +160,7 @@ func (w *worker) awaitRecordTurn(o *orderLine, id string, now time.Time) (time.T
 	again, got, h := recordGate.take(w, now)
 	if got == gateWait {
 		w.held.Store(&id)
-		w.set.toWaiting(o)
+		w.toWaiting(o)
 		for got == gateWait && !s.isMarked(id) {
 			select {
 			case <-w.timerFor(time.Until(again)):

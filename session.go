@@ -177,8 +177,13 @@ func (s *session) release(ts ...claimed) {
 	for i := range ts {
 		size += ts[i].size()
 	}
+	s.releaseHeld(int64(len(ts)), size)
+}
+
+// releaseHeld is release of n tasks of size bytes in all.
+func (s *session) releaseHeld(n, size int64) {
 	s.heldBytes.Add(-size)
-	left := s.held.Add(int64(-len(ts)))
+	left := s.held.Add(-n)
 	if left == 0 || s.room() >= s.lowWater {
 		notify(s.freed)
 	}

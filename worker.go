@@ -29,6 +29,23 @@ type worker struct {
 	nextT  claimed
 	nextAt time.Time
 
+	// Its streak: the tasks that follow the one it runs in its OrderID's
+	// line, copied as it picked the OrderID, which it may run one after
+	// another, each once the one before it is done, without taking the
+	// set's lock between them (see streakNext); ran counts those run to
+	// done and not settled yet (worker goroutine only; set.mu held to
+	// copy and settle them).
+	streak   []claimed
+	streakAt int       // streak[streakAt] is its next task
+	ran      int       // the line's tasks from head run to done, not settled
+	pickedAt time.Time // when the streak began
+
+	// The tasks run to done and not handed on yet (see done).
+	doneRefs  []ackRef
+	doneRecs  []historyRecord
+	doneHeld  int64
+	doneBytes int64
+
 	// Under set.mu:
 	idleAt int  // index in set.idle, or -1 while the worker is not idle
 	retire bool // the pool shrank: the worker ends once it holds no OrderID
@@ -99,6 +116,7 @@ func (w *worker) stopping() bool { return w.s.halted() }
 // until it holds no OrderID; it reports whether it retired.
 func (w *worker) loop() (retired bool) {
 	defer func() {
+		w.flushDone() // its tasks done before the lease was lost, if it was
 		if !retired { // a retired worker stopped its timer as it went
 			w.stopTimer()
 		}
@@ -142,13 +160,13 @@ func (w *worker) loop() (retired bool) {
 	}
 }
 
-// putBack puts back o, picked and its first task not started, as the
-// session stops, and reports whether the worker is to leave it: it goes
-// back with the unstarted tasks, unless the stop counted it as running
-// already (see unpickUntaken: the worker starts it then); with the lease
-// lost it is the next owner's.
+// putBack puts back o, picked and its task (its first, or the next of the
+// worker's streak) not started, as the session stops, and reports whether
+// the worker is to leave it: it goes back with the unstarted tasks, unless
+// the stop counted it as running already (see unpickUntaken: the worker
+// starts it then); with the lease lost it is the next owner's.
 func (w *worker) putBack(o *orderLine) bool {
-	return w.s.isLost() || w.set.unpickUntaken(o)
+	return w.s.isLost() || w.unpickUntaken(o)
 }
 
 // stopTimer stops the worker's timer, if it made one, and drops it. Only
@@ -170,7 +188,109 @@ func (w *worker) timerFor(d time.Duration) <-chan time.Time {
 	return w.timer.C
 }
 
-// runOne runs o's first task, picked at now, and settles its outcome.
+// maxStreak bounds a streak's tasks, and streakSpan how long it goes on:
+// what the other OrderIDs of a shared set may wait for a turn of the
+// worker, and its acks and releases for the set's lock (see streakNext).
+const (
+	maxStreak  = 32
+	streakSpan = time.Millisecond
+)
+
+// beginStreak copies the tasks that follow o's first, picked at now, as the
+// worker's streak: none where the pool's rate limit, whose wait a stop
+// must find in the line (toWaiting), may hold them. set.mu is held.
+func (w *worker) beginStreak(o *orderLine, now time.Time) {
+	w.endStreak()
+	w.ran, w.pickedAt = 0, now
+	if w.s.limit != nil {
+		return
+	}
+	if n := min(len(o.tasks), o.head+maxStreak) - o.head - 1; n > 0 {
+		w.streak = append(w.streak[:0], o.tasks[o.head+1:o.head+1+n]...)
+	}
+}
+
+// endStreak drops what is left of the streak.
+func (w *worker) endStreak() {
+	clear(w.streak[w.streakAt:])
+	w.streak, w.streakAt = w.streak[:0], 0
+}
+
+// streakNext returns the next task of the streak of o, whose task the
+// worker just ran to done at now, and takes it to run: not once the
+// streak is maxStreak tasks or streakSpan old, nor when the session
+// stops, nor for a task whose start is recorded first (a delivery before
+// this one), cancelled, or past a stop that took it. The done task stays
+// in o until the streak is settled.
+func (w *worker) streakNext(o *orderLine, now time.Time) (claimed, bool) {
+	if w.streakAt == len(w.streak) || now.Sub(w.pickedAt) >= streakSpan || w.s.halted() {
+		return claimed{}, false
+	}
+	t := &w.streak[w.streakAt]
+	if t.Attempt > 1 || t.recovered || t.cancelled || !o.step.CompareAndSwap(int32(w.ran+1), int32(w.ran+2)) {
+		return claimed{}, false
+	}
+	next := *t
+	*t = claimed{}
+	w.streakAt++
+	w.ran++
+	return next, true
+}
+
+// done hands t, run to done from started to finished, to the acker, and
+// counts it no longer held, once the worker's streak is settled
+// (flushDone): one call of each a streak.
+func (w *worker) done(t claimed, started, finished time.Time) {
+	w.doneRefs = append(w.doneRefs, ackRef{claim: t.claim, place: t.place, id: t.ID})
+	if w.s.st.retention > 0 {
+		w.doneRecs = append(w.doneRecs, historyRecord{state: StateDone, added: t.AddedAt, started: started, finished: finished, attempts: t.Attempt})
+	}
+	w.doneBytes += t.size()
+	w.doneHeld++
+}
+
+// flushDone hands the acker the tasks done gives it, and counts them and
+// the ones acknowledged on their own no longer held.
+func (w *worker) flushDone() {
+	if w.doneHeld == 0 {
+		return
+	}
+	if len(w.doneRefs) > 0 {
+		w.s.acks.addDone(w.doneRefs, w.doneRecs)
+		clear(w.doneRefs)
+		clear(w.doneRecs)
+		w.doneRefs, w.doneRecs = w.doneRefs[:0], w.doneRecs[:0]
+	}
+	w.s.releaseHeld(w.doneHeld, w.doneBytes)
+	w.doneHeld, w.doneBytes = 0, 0
+}
+
+// settle, settleNext, unpickUntaken and toWaiting are the set's, the
+// worker's streak settled with them, then its done tasks handed on.
+func (w *worker) settle(o *orderLine, done bool, retryAt, started time.Time) {
+	w.set.settle(w, o, done, retryAt, started)
+	w.flushDone()
+}
+
+func (w *worker) settleNext(o *orderLine, now time.Time) (*orderLine, claimed) {
+	next, t := w.set.settleNext(o, w, now)
+	w.flushDone()
+	return next, t
+}
+
+func (w *worker) unpickUntaken(o *orderLine) bool {
+	ok := w.set.unpickUntaken(w, o)
+	w.flushDone()
+	return ok
+}
+
+func (w *worker) toWaiting(o *orderLine) {
+	w.set.toWaiting(w, o)
+	w.flushDone()
+}
+
+// runOne runs t, o's task picked at now (its first, or the next of the
+// worker's streak), and settles its outcome.
 // When it settled a task done and another OrderID was runnable, it
 // returns that one, picked at the time it returns, to run next.
 func (w *worker) runOne(o *orderLine, t claimed, now time.Time) (next *orderLine, nt claimed, at time.Time) {
@@ -277,29 +397,33 @@ func (w *worker) settleOutcome(o *orderLine, t claimed, err error, aborted bool,
 	case err != nil && (aborted || s.isMarked(t.ID)) && s.taskCtx.Err() == nil:
 		w.cancelled(o, t, start)
 	case err == nil:
+		at = time.Now() // the worker's one clock read a task
 		if h := w.hold; h != nil {
 			// A suspect holds the gate until Redis has its ack: a crash
 			// before would charge it again.
 			w.hold = nil
 			s.acks.ackThen(t, start, func() { recordGate.done(h) })
+			w.doneBytes += t.size()
+			w.doneHeld++
 		} else {
-			s.acks.ack(t, start)
+			w.done(t, start, at)
 		}
 		if c := s.cfg.Counters; c != nil {
 			(*c.processed.Load())[w.index].Add(1)
 		}
-		at = time.Now() // the worker's one clock read a task
-		next, nt = w.set.settleNext(o, w, at)
-		s.release(t)
+		if nt, ok := w.streakNext(o, at); ok {
+			return o, nt, at
+		}
+		next, nt = w.settleNext(o, at)
 	case s.taskCtx.Err() != nil:
 		// Interrupted by the end of a graceful stop: handed back, the
 		// delivery counted.
-		w.set.settle(o, false, time.Time{}, start)
+		w.settle(o, false, time.Time{}, start)
 	case t.Attempt >= s.cfg.MaxAttempts:
 		if !w.bury(t, err) {
 			return
 		}
-		w.set.settle(o, true, time.Time{}, time.Time{})
+		w.settle(o, true, time.Time{}, time.Time{})
 		s.release(t)
 	default:
 		s.cfg.OnError(&TaskError{ID: t.ID, OrderID: t.OrderID, Attempt: t.Attempt, Err: err})
@@ -311,7 +435,7 @@ func (w *worker) settleOutcome(o *orderLine, t claimed, err error, aborted bool,
 			}
 			s.cfg.OnError(ferr) // retried all the same; a crash now counts one delivery less
 		}
-		w.set.settle(o, false, retryAt, start)
+		w.settle(o, false, retryAt, start)
 	}
 	return next, nt, at
 }
@@ -333,7 +457,7 @@ func (w *worker) awaitRate(o *orderLine, id string, now time.Time) (time.Time, b
 		// worker reads the marks after it stored held: one of them sees
 		// the other.
 		w.held.Store(&id)
-		w.set.toWaiting(o)
+		w.toWaiting(o)
 		for !s.isMarked(id) {
 			select {
 			case <-w.timerFor(time.Until(at)):
@@ -485,6 +609,6 @@ func (w *worker) cancelled(o *orderLine, t claimed, started time.Time) {
 			return
 		}
 	}
-	w.set.settle(o, true, time.Time{}, time.Time{})
+	w.settle(o, true, time.Time{}, time.Time{})
 	s.release(t)
 }
