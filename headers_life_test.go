@@ -152,7 +152,7 @@ func TestHeadersThroughCrashDeadAndReplay(t *testing.T) {
 	lapse(t, s, k.lease) // its owner dies during the retry
 	c, err := q.Consume(ctx, 0, cfg)
 	require.NoError(t, err)
-	assert.Equal(t, byte(entryTask|entryHeaders), firstByte("LINDEX", k.ready, -1))
+	assert.Equal(t, byte(entryTask|entryRecovered|entryHeaders), firstByte("LINDEX", k.ready, -1), "charged for the crash: a suspect")
 	task = claimOne(c, 3)
 	dead, err = c.Fail(ctx, task, errors.New("last"))
 	require.NoError(t, err)

@@ -390,6 +390,9 @@ func (ls *lineSet) settleLocked(o *orderLine, done bool, retryAt, started time.T
 		o.head++
 	} else {
 		o.tasks[o.head].Attempt++
+		// Its delivery ended here, its outcome known: no crash's suspect
+		// (see gate) should it go back.
+		o.tasks[o.head].recovered = false
 		if !started.IsZero() {
 			o.tasks[o.head].started = started
 		}

@@ -402,6 +402,7 @@ func (q *Queue) AnalysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 		seen = ""
 		tenures++
 		s := newSession(ctx, st, cfg, fn)
+		s.gate = &q.gate
 		s.log, s.waited, s.plain = log, time.Since(waitFrom), plain
 		if limit != nil {
 			limit.forget(time.Now()) // the last tenure's workers are gone

@@ -168,6 +168,7 @@ type Queue struct {
 	// (it writes: checkLayout); a Queue that only reads (CheckLayout,
 	// Stats) records none, even on a server that lost its record.
 	records atomic.Bool
+	gate    gate // the record gate of its pools (recordgate.go)
 }
 
 // checkSize refuses r partitions of cfg's queues past the bounds: at most

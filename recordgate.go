@@ -14,21 +14,23 @@ import (
 // process at once took the tasks recorded beside it along, each time,
 // until they were dead-lettered without ever running.
 //
-// The record gate runs the tasks charged with a delivery before (by a
-// crash, or a failure under an earlier owner: the suspects) one at a time
-// in the whole process (a crash takes every pool of the process down): a
-// suspect records its delivery only once the outcome of the suspect
-// before it is in Redis (acknowledged, failed or dead-lettered), or that
-// one has run for recordRun. A task that crashes its process is a suspect
-// from its first recorded crash on, and then crashes with no other
-// suspect recorded or running (but one that ran recordRun already): a
-// healthy task charged for its crash once is a suspect too, charged
-// again only by the crash of a task on its first redelivery. The first
-// redeliveries after a takeover, every pending task, are not held back:
-// only the few tasks recorded when a process died are. Retries after a
-// failure in the same process are not held either: a failure returned is
-// no crash.
-var recordGate = &gate{}
+// The record gate runs the tasks charged a delivery by a crash (the
+// suspects: recovery found their delivery recorded and not finished, and
+// marked them) one at a time among the pools of a Queue (a crash takes
+// every pool of the process down; the pools of another Queue have a gate
+// of their own, as nothing in the package is global): a suspect records
+// its delivery only once the outcome of the suspect before it is in Redis
+// (acknowledged, failed or dead-lettered), or that one has run for
+// recordRun. A task that crashes its process is a suspect from its first
+// recorded crash on, and then crashes with no other suspect recorded or
+// running (but one that ran recordRun already): a healthy task charged
+// for its crash once is a suspect too, charged again only by the crash of
+// a task on its first redelivery. The first redeliveries after a
+// takeover, every pending task, are not held back: only the few tasks
+// recorded when a process died are. A task whose delivery failed (here
+// or under an earlier owner, handed back by a stop) is no suspect: a
+// failure returned is no crash, and its delivery ended with its outcome
+// in Redis.
 
 // recordRun is how long a suspect runs alone before the next may start
 // beside it, and recordHold how long its record's round trip may hold the
@@ -40,7 +42,7 @@ const (
 	recordHold = time.Second
 )
 
-// gate is the record gate (see recordGate).
+// gate is a Queue's record gate (see above).
 type gate struct {
 	mu        sync.Mutex
 	holder    *gateHold // the hold of the suspect that holds the gate, or nil
@@ -137,13 +139,13 @@ func (g *gate) leave(w *worker) {
 	g.waiters = kept
 }
 
-// gated reports whether the start of a task of that attempt, whose last
-// delivery by this process started at started, waits for the record gate
-// (its caller's task must not escape to the heap for it): a task that
-// was charged a delivery before, not a retry after a failure in this
-// process (see recordGate).
-func gated(attempt int, started time.Time) bool {
-	return attempt > 1 && started.IsZero()
+// gated reports whether the start of a task of that attempt, marked
+// recovered or not, whose last delivery by this process started at
+// started, waits for the record gate (its caller's task must not escape
+// to the heap for it): a task that recovery found charged a delivery by a
+// crash, not a retry after a failure in this process (see gate).
+func gated(recovered bool, attempt int, started time.Time) bool {
+	return recovered && attempt > 1 && started.IsZero()
 }
 
 // awaitRecordTurn waits until the record gate lets o's first task, id,
@@ -157,7 +159,7 @@ func gated(attempt int, started time.Time) bool {
 // caller finishes it as cancelled (check isMarked), the gate not taken.
 func (w *worker) awaitRecordTurn(o *orderLine, id string, now time.Time) (time.Time, bool, *gateHold) {
 	s := w.s
-	again, got, h := recordGate.take(w, now)
+	again, got, h := w.s.gate.take(w, now)
 	if got == gateWait {
 		w.held.Store(&id)
 		w.toWaiting(o)
@@ -171,12 +173,12 @@ func (w *worker) awaitRecordTurn(o *orderLine, id string, now time.Time) (time.T
 				break
 			}
 			now = time.Now()
-			again, got, h = recordGate.take(w, now)
+			again, got, h = w.s.gate.take(w, now)
 		}
-		recordGate.leave(w)
+		w.s.gate.leave(w)
 		w.held.Store(nil)
 		if !w.set.endWait(o) {
-			recordGate.done(h)
+			w.s.gate.done(h)
 			return now, false, nil
 		}
 		if got == gateWait { // cancelled
@@ -184,7 +186,7 @@ func (w *worker) awaitRecordTurn(o *orderLine, id string, now time.Time) (time.T
 		}
 	}
 	if !w.mayStart(o, now) {
-		recordGate.done(h)
+		w.s.gate.done(h)
 		return now, false, nil
 	}
 	return now, true, h

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -59,7 +60,8 @@ func TestRecordGateRules(t *testing.T) {
 }
 
 // markDelivered rewrites every ready entry of s's first queue as delivered
-// deliveries times before: its next delivery is a suspect's.
+// deliveries times before, the last interrupted by a crash (as recovery
+// writes it): its next delivery is a suspect's.
 func markDelivered(t *testing.T, q *Queue, s *testServer, deliveries int) {
 	t.Helper()
 	k := newQueueKeys(q.cfg.Prefix, 0, 0)
@@ -70,7 +72,7 @@ func markDelivered(t *testing.T, q *Queue, s *testServer, deliveries int) {
 		require.NoError(t, err)
 		task, _, err := decodeEntry(b)
 		require.NoError(t, err)
-		s.do(t, "LSET", k.ready, i, encodeTask(task, deliveries))
+		s.do(t, "LSET", k.ready, i, encodeEntry(task, deliveries, entryRecovered))
 	}
 }
 
@@ -116,4 +118,95 @@ func TestSuspectsRunOneAtATime(t *testing.T) {
 	assert.Equal(t, 1, most, "suspects ran one at a time")
 	assert.Positive(t, freshBeside, "other tasks ran beside them")
 	assert.EqualValues(t, suspects+others, stats0(t, q).Processed)
+}
+
+// The gate is its Queue's: a suspect of another Queue in the process
+// (another prefix, another deployment) runs beside this one's, where a
+// gate of the package made it wait for this one's outcome.
+func TestRecordGateIsTheQueuesOwn(t *testing.T) {
+	t.Parallel()
+	ctx := bounded(t)
+	qx, sx := newTestQueue(t, 1, Config{})
+	qy, sy := newTestQueue(t, 1, Config{})
+	addAll(t, qx, orderTasks(1, 1))
+	markDelivered(t, qx, sx[0], 1)
+	addAll(t, qy, orderTasks(1, 1))
+	markDelivered(t, qy, sy[0], 1)
+
+	xRuns, yRan := make(chan struct{}), make(chan struct{})
+	var beside bool
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		err := qx.AnalysePool(ctx, 0, PoolConfig{Workers: 2, ExitOnEmpty: true}, func(context.Context, Task) error {
+			close(xRuns)
+			select {
+			case <-yRan:
+				beside = true
+			case <-time.After(3 * time.Second): // the gate's recordRun is longer
+			}
+			return nil
+		})
+		assert.NoError(t, err)
+	})
+	<-xRuns
+	err := qy.AnalysePool(ctx, 0, PoolConfig{Workers: 2, ExitOnEmpty: true}, func(context.Context, Task) error {
+		close(yRan)
+		return nil
+	})
+	require.NoError(t, err)
+	wg.Wait()
+	assert.True(t, beside, "the other Queue's suspect ran while this one's did")
+}
+
+// Tasks whose delivery failed, handed back by a graceful stop, are no
+// suspects: after an outage and a redeploy the next owner runs them side
+// by side, not one at a time.
+func TestFailedTasksHandedBackAreNoSuspects(t *testing.T) {
+	t.Parallel()
+	ctx := bounded(t)
+	q, _ := newTestQueue(t, 1, Config{})
+	const orders = 6
+	addAll(t, q, orderTasks(orders, 2))
+	failed := make(chan struct{}, orders)
+	stopCtx, stop := context.WithCancel(ctx)
+	go func() {
+		for range orders {
+			<-failed
+		}
+		stop()
+	}()
+	err := q.AnalysePool(stopCtx, 0, PoolConfig{Workers: orders, Backoff: func(int) time.Duration { return time.Minute }},
+		func(context.Context, Task) error {
+			failed <- struct{}{}
+			return errors.New("the database is down")
+		})
+	require.NoError(t, err)
+	stop()
+
+	var mu sync.Mutex
+	running, most, seen := 0, 0, false
+	both := make(chan struct{})
+	err = q.AnalysePool(ctx, 0, PoolConfig{Workers: orders, ExitOnEmpty: true}, func(_ context.Context, task Task) error {
+		mu.Lock()
+		running++
+		most = max(most, running)
+		if running == 2 && !seen {
+			seen = true
+			close(both)
+		}
+		mu.Unlock()
+		if task.Attempt > 1 {
+			select {
+			case <-both:
+			case <-time.After(3 * time.Second): // one at a time: no second comes
+			}
+		}
+		mu.Lock()
+		running--
+		mu.Unlock()
+		return nil
+	})
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, most, 2, "the retries ran side by side")
+	assert.EqualValues(t, 2*orders, stats0(t, q).Processed)
 }

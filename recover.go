@@ -289,6 +289,11 @@ func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep ma
 			n--
 			r.recovered = true
 		}
+		if redelivery && r.accounted && n > 0 {
+			// Charged for a delivery a crash interrupted: a suspect
+			// (see gate), its next delivery recorded first.
+			r.recovered = true
+		}
 		if redelivery && n == 0 && !r.accounted && !r.recovered {
 			// A first delivery with nothing recorded: it may or may not
 			// have started. It is not charged, but marked, so that its

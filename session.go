@@ -34,6 +34,7 @@ type session struct {
 	elastic bool     // MinWorkers < MaxWorkers: a scaler runs
 	shared  *lineSet // DispatchFree: the one set every worker takes from
 	limit   *limiter // the pool's rate limit, or nil (PoolConfig.Rate 0)
+	gate    *gate    // the record gate (recordgate.go): its Queue's
 
 	// mapMu orders dispatch (the fetcher) and resizes (the scaler); the
 	// scaler is the only writer of workers, n and the workers' count.
@@ -89,6 +90,7 @@ type session struct {
 func newSession(ctx context.Context, st *store, cfg PoolConfig, fn AnalyseFunc) *session {
 	s := &session{
 		st: st, cfg: cfg, fn: fn,
+		gate:     new(gate), // AnalysePool's is its Queue's
 		freed:    make(chan struct{}, 1),
 		lowWater: int64(max(1, cfg.Prefetch/4)),
 		halt:     make(chan struct{}),

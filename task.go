@@ -54,10 +54,12 @@ const idLen = 20
 const (
 	// entryTask is set in every encoded task.
 	entryTask = 0x01
-	// entryRecovered marks an encoded task that recovery put back without
-	// counting its interrupted delivery, because nothing showed that it
-	// had started. Its next delivery is recorded before it starts (as a
-	// redelivery's is), so that a crash during that one counts.
+	// entryRecovered marks an encoded task that recovery put back after
+	// an interrupted delivery: not counted, because nothing showed that it
+	// had started, or counted, because its start was recorded (then it is
+	// a suspect of the crash: see gate). Its next delivery is recorded
+	// before it starts (as a redelivery's is), so that a crash during that
+	// one counts.
 	entryRecovered = 0x02
 	// entryHeaders says that a header section follows the delivery count.
 	entryHeaders = 0x04

@@ -318,7 +318,7 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) (next *orderLine
 			}
 		}
 		if t.Attempt > 1 || t.recovered {
-			if gated(t.Attempt, t.started) {
+			if gated(t.recovered, t.Attempt, t.started) {
 				var ok bool
 				if now, ok, w.hold = w.awaitRecordTurn(o, t.ID, now); !ok {
 					return
@@ -338,7 +338,7 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) (next *orderLine
 				s.loseLease()
 				return
 			}
-			recordGate.start(w.hold, start)
+			s.gate.start(w.hold, start)
 		}
 		// A runtime.Goexit in the analyse function or in OnDone ends the
 		// worker's goroutine: the delivery is settled on the way out, and
@@ -402,7 +402,7 @@ func (w *worker) settleOutcome(o *orderLine, t claimed, err error, aborted bool,
 			// A suspect holds the gate until Redis has its ack: a crash
 			// before would charge it again.
 			w.hold = nil
-			s.acks.ackThen(t, start, func() { recordGate.done(h) })
+			s.acks.ackThen(t, start, func() { s.gate.done(h) })
 			w.doneBytes += t.size()
 			w.doneHeld++
 		} else {
@@ -496,7 +496,7 @@ func (w *worker) mayStart(o *orderLine, now time.Time) bool {
 // releaseHold gives back the record gate's hold of w's task, if it has
 // one still.
 func (w *worker) releaseHold() {
-	recordGate.done(w.hold)
+	w.s.gate.done(w.hold)
 	w.hold = nil
 }
 
