@@ -121,7 +121,11 @@ func TestSoakLifecycleLeavesFixedKeys(t *testing.T) {
 			// An owner that crashes mid-claim: it claims, acks one,
 			// records a failure of another, and vanishes; its lease
 			// lapses and the next pool takes over.
-			cons, err := q.Consume(ctx, 0, ConsumerConfig{LeaseTTL: 2 * time.Second, MaxAttempts: 2})
+			// Bounded: a lease left behind (a pool that lost it) lapses
+			// within its TTL, and a wait past that is a failure.
+			cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			cons, err := q.Consume(cctx, 0, ConsumerConfig{LeaseTTL: 2 * time.Second, MaxAttempts: 2})
+			cancel()
 			require.NoError(t, err)
 			ts, err := cons.Claim(ctx, 4)
 			require.NoError(t, err)

@@ -74,6 +74,7 @@ func newTestServers(t testing.TB, n int) []*testServer {
 		if testRedisURL == "" {
 			s.mini = miniredis.RunT(t)
 			s.url = "redis://" + s.mini.Addr()
+			expireInRealTime(t, s.mini)
 		} else {
 			s.url = fmt.Sprintf("%s/%d", strings.TrimRight(testRedisURL, "/"), i)
 		}
@@ -82,6 +83,34 @@ func newTestServers(t testing.TB, n int) []*testServer {
 		out[i] = s
 	}
 	return out
+}
+
+// expireInRealTime has m's keys expire as a real server's do: miniredis
+// counts a TTL down only when told to, and a lease left behind (by a pool
+// that lost it, on a loaded machine) would then keep every later pool and
+// Consumer waiting for good.
+func expireInRealTime(t testing.TB, m *miniredis.Miniredis) {
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		last := time.Now()
+		for {
+			select {
+			case <-done:
+				return
+			case now := <-tick.C:
+				m.FastForward(now.Sub(last))
+				last = now
+			}
+		}
+	}()
+	t.Cleanup(func() { // before miniredis closes: cleanups run last first
+		close(done)
+		<-stopped
+	})
 }
 
 // newClusterTestServers returns n partitions on the cluster of

@@ -303,18 +303,21 @@ func TestScriptChunksBounded(t *testing.T) {
 // order or run twice, and the lease holds.
 func TestLargeTasksDrain(t *testing.T) {
 	t.Parallel()
-	q, servers := newTestQueue(t, 1, Config{MaxPayload: 8 << 20})
+	// Tasks of 1 MiB, claims of at most two: an embedded test server
+	// under the race detector moves about 10 MB/s on a loaded machine,
+	// and a claim must leave it time to answer the lease's renewals.
+	q, servers := newTestQueue(t, 1, Config{MaxPayload: 2 << 20})
 	ctx := bounded(t)
 	var tasks []Task
 	for i := 0; i < 12; i++ {
-		p := make([]byte, 3<<20)
+		p := make([]byte, 1<<20)
 		copy(p, pl(int(i%2), i/2))
 		tasks = append(tasks, Task{OrderID: uint64(i % 2), Payload: p})
 	}
 	addAll(t, q, tasks)
 	rec := newRecorder()
 	var errs errLog
-	require.NoError(t, q.AnalysePool(ctx, 0, PoolConfig{ExitOnEmpty: true, MaxHeldBytes: 8 << 20, OnError: errs.add},
+	require.NoError(t, q.AnalysePool(ctx, 0, PoolConfig{ExitOnEmpty: true, MaxHeldBytes: 5 << 19, OnError: errs.add},
 		func(ctx context.Context, task Task) error {
 			return rec.fn(nil)(ctx, Task{ID: task.ID, OrderID: task.OrderID, Attempt: task.Attempt, Payload: []byte(strings.TrimRight(string(task.Payload[:8]), "\x00"))})
 		}))
