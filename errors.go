@@ -104,7 +104,11 @@ func (e *LayoutError) hint() string {
 		fix = append(fix, fmt.Sprintf("set Config.Queues to %d", got[1]))
 	}
 	if got[0] != want[0] {
-		fix = append(fix, fmt.Sprintf("give %d servers, not %d", got[0], want[0]))
+		servers := "servers"
+		if got[0] == 1 {
+			servers = "server"
+		}
+		fix = append(fix, fmt.Sprintf("give %d %s, not %d", got[0], servers, want[0]))
 	}
 	if got[2] != want[2] {
 		fix = append(fix, fmt.Sprintf("give this server as partition %d, not %d", got[2], want[2]))

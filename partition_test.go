@@ -360,6 +360,7 @@ func TestLayoutErrorSaysWhatToChange(t *testing.T) {
 	for _, tc := range []struct{ got, want, hint string }{
 		{"partitions=2 queues=4 index=0", "partitions=2 queues=1 index=0", "set Config.Queues to 4 (or"},
 		{"partitions=2 queues=1 index=0", "partitions=3 queues=1 index=0", "give 2 servers, not 3"},
+		{"partitions=1 queues=1 index=0", "partitions=2 queues=1 index=0", "give 1 server, not 2"},
 		{"partitions=2 queues=1 index=0", "partitions=2 queues=1 index=1", "give this server as partition 0, not 1"},
 		{"partitions= queues=x index=", "partitions=2 queues=1 index=1", "not one this package wrote"},
 	} {
