@@ -79,7 +79,7 @@ func run(ctx context.Context, out io.Writer, orders, tasks, workers int, prefix 
 		url = "redis://" + mr.Addr()
 		fmt.Fprintln(out, "REDIS_URL is not set: using an embedded miniredis")
 	} else {
-		fmt.Fprintln(out, "using", url)
+		fmt.Fprintln(out, "using", queue.RedactURL(url)) // never its password
 	}
 
 	q, err := queue.Dial(ctx, []string{url}, queue.Config{Prefix: prefix})

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/alicebob/miniredis/v2"
 )
 
 func TestCheckFlags(t *testing.T) {
@@ -47,5 +49,23 @@ func TestRunMoreOrdersThanTasks(t *testing.T) {
 	}
 	if strings.Contains(got, "0 of 0") || strings.Contains(got, "order 1010:") {
 		t.Errorf("OrderIDs without a task are listed:\n%s", got)
+	}
+}
+
+// The server in REDIS_URL is named without its password.
+func TestRunHidesThePassword(t *testing.T) {
+	mr := miniredis.RunT(t)
+	mr.RequireAuth("sekret")
+	t.Setenv("REDIS_URL", "redis://:sekret@"+mr.Addr())
+	var out strings.Builder
+	if err := run(context.Background(), &out, 2, 4, 1, "quickstart-test", 0); err != nil {
+		t.Fatal(err)
+	}
+	got := out.String()
+	if want := "using redis://" + mr.Addr() + "\n"; !strings.Contains(got, want) {
+		t.Errorf("output lacks %q:\n%s", want, got)
+	}
+	if strings.Contains(got, "sekret") {
+		t.Errorf("output shows the password:\n%s", got)
 	}
 }
