@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # demo.sh runs the whole qugo system on this machine and checks its
-# promises: it starts Redis and PostgreSQL (or uses $REDIS_URL and
-# $DATABASE_URL), builds the ingest, the analyser and qugo once, starts the
-# ingest and two analyser processes (one owner, one hot standby), posts
-# tasks through the HTTP API, kills the owner with kill -9 midway, and
-# prints what arrived in Postgres: rows, duplicates, order per OrderID and
-# the time the standby took to take over. Everything it started listens on
+# promises: it starts Redis and PostgreSQL (or uses $REDIS_URL, once it
+# answers, and $DATABASE_URL), builds the ingest, the analyser and qugo
+# once, starts the ingest and two analyser processes (one owner, one hot
+# standby), posts tasks through the HTTP API, kills the owner with kill -9
+# midway, and prints what arrived in Postgres: rows, duplicates, order per
+# OrderID and the time the standby took to take over. Everything it started listens on
 # 127.0.0.1 on a free port and is stopped, by pid, when it exits. It exits
 # non-zero when a check fails.
 #
@@ -79,24 +79,70 @@ free_port() {
 	fail "no free loopback port"
 }
 
-# wait_for runs a command every 0.1s until it succeeds, for at most $1 seconds.
+# wait_for [-p PID] SECS WHAT COMMAND... runs COMMAND every 0.1s until it
+# succeeds, for at most SECS seconds. With -p it gives up as soon as
+# process PID, the one it waits for, has exited: that one will not come up.
 wait_for() {
+	local pid=
+	if [[ $1 == -p ]]; then
+		pid=$2
+		shift 2
+	fi
 	local secs=$1 what=$2
 	shift 2
 	for _ in $(seq $((secs * 10))); do
 		if "$@" >/dev/null 2>&1; then
 			return 0
 		fi
+		if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
+			fail "$what exited before it came up (rerun with KEEP=1 to keep the logs)"
+		fi
 		sleep 0.1
 	done
 	fail "$what did not come up within ${secs}s (rerun with KEEP=1 to keep the logs)"
+}
+
+# redact prints URL $1 without its user, password and password parameters.
+redact() { sed -E 's#://[^@/]*@#://#; s#(password=)[^&]*#\1redacted#g' <<<"$1"; }
+
+# redis_answers succeeds when the server of Redis URL $1 (the first host
+# of its first URL) takes a connection within 3s and, without TLS, answers
+# a PING; a refusal such as NOAUTH is an answer too. It prints that
+# host:port.
+redis_answers() {
+	local url=${1%%,redis*} scheme rest hostport host port=6379
+	scheme=${url%%://*}
+	scheme=${scheme,,}
+	rest=${url#*://}
+	rest=${rest%%[/?]*}
+	rest=${rest##*@}
+	hostport=${rest%%,*}
+	[[ $scheme == *+sentinel ]] && port=26379
+	if [[ $hostport == \[* ]]; then # [IPv6]:port
+		host=${hostport#[}
+		host=${host%%]*}
+		[[ $hostport == *]:* ]] && port=${hostport##*]:}
+	else
+		host=${hostport%%:*}
+		[[ $hostport == *:* ]] && port=${hostport##*:}
+	fi
+	host=${host:-localhost}
+	if [[ $host == *:* ]]; then echo "[$host]:$port"; else echo "$host:$port"; fi
+	timeout 3 bash -c '
+		exec 3<>"/dev/tcp/$1/$2" || exit 1
+		[[ $3 == rediss* ]] && exit 0 # TLS: a connection is all a shell can see
+		printf "PING\r\n" >&3
+		IFS= read -r -t 2 reply <&3 && [[ $reply == [+-]* ]]' _ "$host" "$port" "$scheme" 2>/dev/null
 }
 
 # --- Redis --------------------------------------------------------------------
 
 if [[ -n ${REDIS_URL:-} ]]; then
 	redis_url=$REDIS_URL
-	say "Redis: $redis_url (from REDIS_URL)"
+	[[ $redis_url == *://* ]] || fail "REDIS_URL has no scheme: write redis://host:port (rediss:// for TLS)"
+	# Fail now rather than after the build, when the analysers die of it.
+	at=$(redis_answers "$redis_url") || fail "REDIS_URL: no Redis answers at $at; start one, or unset REDIS_URL to let the demo start its own"
+	say "Redis: $(redact "$redis_url") (from REDIS_URL)"
 else
 	command -v redis-server >/dev/null || fail "redis-server is not installed (apt-get install redis-server), and REDIS_URL is not set"
 	port=$(free_port)
@@ -104,7 +150,7 @@ else
 		--maxmemory-policy noeviction >"$work/redis.log" 2>&1 &
 	pids+=($!)
 	redis_url=redis://127.0.0.1:$port
-	wait_for 10 "redis-server" bash -c "exec 3<>/dev/tcp/127.0.0.1/$port && printf 'PING\r\n' >&3 && head -c5 <&3 | grep -q PONG"
+	wait_for -p "${pids[-1]}" 10 "redis-server" bash -c "exec 3<>/dev/tcp/127.0.0.1/$port && printf 'PING\r\n' >&3 && head -c5 <&3 | grep -q PONG"
 	say "Redis: started redis-server pid ${pids[-1]} at $redis_url"
 fi
 
@@ -114,7 +160,7 @@ psql_bin=$(command -v psql || compgen -G '/usr/lib/postgresql/*/bin/psql' | sort
 [[ -n $psql_bin ]] || fail "psql is not installed (apt-get install postgresql-client)"
 if [[ -n ${DATABASE_URL:-} ]]; then
 	pg_url=$DATABASE_URL
-	say "PostgreSQL: $pg_url (from DATABASE_URL)"
+	say "PostgreSQL: $(redact "$pg_url") (from DATABASE_URL)"
 else
 	bin=$(dirname "$(compgen -G '/usr/lib/postgresql/*/bin/initdb' | sort -V | tail -1 || command -v initdb || echo .)")
 	[[ -x $bin/initdb ]] || fail "PostgreSQL is not installed (apt-get install postgresql), and DATABASE_URL is not set"
@@ -131,7 +177,7 @@ else
 		>"$work/postgres.log" 2>&1 &
 	pids+=($!)
 	pg_url=postgres://postgres@127.0.0.1:$port/postgres?sslmode=disable
-	wait_for 30 "postgres" "$psql_bin" "$pg_url" -c 'SELECT 1'
+	wait_for -p "${pids[-1]}" 30 "postgres" "$psql_bin" "$pg_url" -c 'SELECT 1'
 	say "PostgreSQL: started postgres pid ${pids[-1]} at $pg_url"
 fi
 sql() { "$psql_bin" "$pg_url" -X -qAt -v ON_ERROR_STOP=1 -c "$1"; }
@@ -155,6 +201,7 @@ qugo() { "$work/bin/qugo" "${flags[@]}" "$@"; }
 http_port=$(free_port)
 "$work/bin/ingest" "${flags[@]}" -pg "$pg_url" -listen "127.0.0.1:$http_port" >"$work/ingest.log" 2>&1 &
 pids+=($!)
+ingest=$!
 api=http://127.0.0.1:$http_port
 
 # analyser NAME starts one analyser process serving both queues (ids 0-1).
@@ -164,7 +211,7 @@ analyser() {
 	"$work/bin/analyser" "${flags[@]}" -id 0-1 -worker 16 -pg "$pg_url" -metrics "127.0.0.1:$mport" -log-every 1s \
 		>"$work/$1.log" 2>&1 &
 	pids+=($!)
-	wait_for 60 "analyser $1" curl -fsS "http://127.0.0.1:$mport/metrics"
+	wait_for -p "${pids[-1]}" 60 "analyser $1" curl -fsS "http://127.0.0.1:$mport/metrics"
 }
 
 # owners prints the lease owner of each queue, one line each.
@@ -174,11 +221,11 @@ owns_both() { [[ $(owners | grep -c ":$1\$") == 2 ]]; }
 
 analyser first
 first=${pids[-1]}
-wait_for 30 "the first analyser's leases" owns_both "$first"
+wait_for -p "$first" 30 "the first analyser's leases" owns_both "$first"
 analyser second
 second=${pids[-1]}
-wait_for 30 "ingest" curl -fsS "$api/healthz"
-say "ingest pid ${pids[-3]} at $api; analyser pid $first owns both queues, pid $second waits as a hot standby"
+wait_for -p "$ingest" 30 "ingest" curl -fsS "$api/healthz"
+say "ingest pid $ingest at $api; analyser pid $first owns both queues, pid $second waits as a hot standby"
 
 # --- post the tasks, kill the owner midway ------------------------------------
 
