@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -133,7 +132,7 @@ func (e *env) bench(ctx context.Context, o benchOptions) error {
 	ctx, cancel := context.WithTimeoutCause(ctx, o.timeout, errBenchTimeout)
 	defer cancel()
 	urls, _ := e.urls()
-	if !e.set["redis"] && os.Getenv("QUEUE_REDIS") == "" {
+	if _, fromEnv := redisEnv(); !e.set["redis"] && fromEnv == "" {
 		// No server named: an embedded one, to try qugo with nothing
 		// installed. Its figures are its own, not a Redis server's.
 		mr, err := miniredis.Run()
@@ -142,7 +141,7 @@ func (e *env) bench(ctx context.Context, o benchOptions) error {
 		}
 		defer mr.Close()
 		urls = []string{"redis://" + mr.Addr()}
-		fmt.Fprintln(e.stderr, "qugo bench: no -redis or QUEUE_REDIS given: using an embedded miniredis; its figures say little about a Redis server's")
+		fmt.Fprintln(e.stderr, "qugo: bench: no -redis, $QUEUE_REDIS or $REDIS_URL given: using an embedded miniredis; its figures say little about a Redis server's")
 	}
 	q, err := queue.Dial(ctx, urls, queue.Config{Prefix: e.prefix, Queues: e.queues, MaxPayload: max(o.size, 1<<20)})
 	if err != nil {

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -272,12 +271,12 @@ func TestBenchVerifyTimeout(t *testing.T) {
 // with nothing installed, and says so.
 func TestBenchEmbedded(t *testing.T) {
 	t.Parallel()
-	if os.Getenv("QUEUE_REDIS") != "" {
-		t.Skip("QUEUE_REDIS names a server")
+	if name, _ := redisEnv(); name != "" {
+		t.Skip(name + " names a server")
 	}
 	code, out, errOut := qugo(t, "bench", "-n", "500", "-orders", "20", "-workers", "4")
 	require.Equal(t, exitOK, code, errOut)
-	assert.Contains(t, errOut, "embedded miniredis")
+	assert.Contains(t, errOut, "qugo: bench: no -redis, $QUEUE_REDIS or $REDIS_URL given: using an embedded miniredis")
 	assert.Contains(t, out, "order:   ok: every task handled, in order per OrderID")
 }
 

@@ -23,11 +23,26 @@ type globals struct {
 }
 
 func defaultGlobals() globals {
-	r := os.Getenv("QUEUE_REDIS")
+	_, r := redisEnv()
 	if r == "" {
 		r = defaultRedis
 	}
 	return globals{redis: r, queues: 1, prefix: "qugo"}
+}
+
+// redisEnvVars are the variables that name the servers when no -redis is
+// given, first match wins: qugo's own, then the one the examples read.
+var redisEnvVars = []string{"QUEUE_REDIS", "REDIS_URL"}
+
+// redisEnv returns the first of redisEnvVars that is set, and its value;
+// an empty value counts as unset. With neither set it returns "", "".
+func redisEnv() (name, value string) {
+	for _, name := range redisEnvVars {
+		if v := os.Getenv(name); v != "" {
+			return name, v
+		}
+	}
+	return "", ""
 }
 
 // register adds the global flags to fs, with their current values as

@@ -93,7 +93,8 @@ Global flags (also accepted after the command):
                  producers and analysers use them: redis://, rediss:// (TLS),
                  redis+cluster://host:port,host:port (a Redis Cluster),
                  redis+sentinel://host:26379,host:26379/primaryname
-                 (default $QUEUE_REDIS, else redis://127.0.0.1:6379)
+                 (default $QUEUE_REDIS, else $REDIS_URL, else
+                 redis://127.0.0.1:6379; an empty variable counts as unset)
   -queues Q      queues on each server (default 1)
   -prefix P      key prefix of the queue (default "qugo")
 
@@ -257,14 +258,16 @@ func (e *env) runCommand(ctx context.Context, c command, args []string) error {
 	return do(ctx, e, operands)
 }
 
-// redisFromEnv names $QUEUE_REDIS in a refusal of the -redis URLs when
-// they came from it: the caller gave no -redis to look for.
+// redisFromEnv names the variable the -redis URLs came from ($QUEUE_REDIS
+// or $REDIS_URL) in a refusal of them: the caller gave no -redis to look
+// for.
 func (e *env) redisFromEnv(err error) error {
 	var ue *usageError
-	if e.set["redis"] || os.Getenv("QUEUE_REDIS") == "" || !errors.As(err, &ue) || !strings.HasPrefix(ue.msg, "-redis: ") {
+	name, _ := redisEnv()
+	if e.set["redis"] || name == "" || !errors.As(err, &ue) || !strings.HasPrefix(ue.msg, "-redis: ") {
 		return err
 	}
-	return usagef("$QUEUE_REDIS (no -redis given): %s", strings.TrimPrefix(ue.msg, "-redis: "))
+	return usagef("$%s (no -redis given): %s", name, strings.TrimPrefix(ue.msg, "-redis: "))
 }
 
 // newFlagSet returns a flag set that reports its errors to run instead of

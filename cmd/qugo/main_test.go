@@ -302,7 +302,7 @@ func TestHelp(t *testing.T) {
 		code, out, errOut := qugo(t, args...)
 		assert.Equal(t, exitOK, code, args)
 		assert.Empty(t, errOut, args)
-		for _, want := range []string{"Exit status", "0  success", "1  runtime error", "2  usage error", "QUEUE_REDIS", "purge",
+		for _, want := range []string{"Exit status", "0  success", "1  runtime error", "2  usage error", "QUEUE_REDIS", "REDIS_URL", "purge",
 			"a failed bench order check", "nothing to verify"} {
 			assert.Contains(t, out, want, args)
 		}
@@ -412,6 +412,27 @@ func TestBadRedisFromEnv(t *testing.T) {
 	code, _, errOut = qugo(t, "-redis", "tcp://h", "stats")
 	assert.Equal(t, exitUsage, code)
 	assert.Contains(t, errOut, "qugo: -redis: URL 1 of 1: ")
+}
+
+// Without -redis and QUEUE_REDIS (an empty one counts as unset),
+// REDIS_URL names the servers, and a bad URL in it is refused under its
+// name; QUEUE_REDIS, when set, comes first.
+func TestRedisURLFromEnv(t *testing.T) {
+	f := newFixture(t, 2, 1)
+	t.Setenv("QUEUE_REDIS", "")
+	t.Setenv("REDIS_URL", strings.Join(f.urls, ","))
+	doc := qugoJSON[statsDoc](t, "-prefix", f.prefix, "stats", "-json")
+	assert.Equal(t, 2, doc.Partitions)
+
+	t.Setenv("REDIS_URL", "127.0.0.1:6379")
+	code, out, errOut := qugo(t, "stats")
+	assert.Equal(t, exitUsage, code)
+	assert.Empty(t, out)
+	assert.Contains(t, errOut, "qugo: $REDIS_URL (no -redis given): URL 1 of 1: queue: bad config: URL has no scheme")
+
+	t.Setenv("QUEUE_REDIS", f.urls[0])
+	doc = qugoJSON[statsDoc](t, "-prefix", f.prefix, "stats", "-json")
+	assert.Equal(t, 1, doc.Partitions, "QUEUE_REDIS comes before REDIS_URL")
 }
 
 func TestParseInterspersed(t *testing.T) {

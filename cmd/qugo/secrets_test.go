@@ -56,13 +56,17 @@ func TestNoPasswordInOutput(t *testing.T) {
 	assert.Equal(t, exitOK, code, errOut)
 }
 
-// TestNoPasswordInHelp sets QUEUE_REDIS to a URL with a password and
-// checks that no help text shows it as the default of -redis.
+// TestNoPasswordInHelp sets QUEUE_REDIS, then REDIS_URL alone, to a URL
+// with a password and checks that no help text shows it as the default
+// of -redis.
 func TestNoPasswordInHelp(t *testing.T) {
-	t.Setenv("QUEUE_REDIS", "redis://:"+sentinelPassword+"@127.0.0.1:1")
-	for _, args := range [][]string{{"-h"}, {"help"}, {"stats", "-h"}, {"dead", "-h"}, {"-nosuchflag"}, {"stats", "-nosuchflag"}} {
-		_, out, errOut := qugo(t, args...)
-		assert.NotContains(t, out+errOut, sentinelPassword, args)
+	for _, env := range [][2]string{{"QUEUE_REDIS", "REDIS_URL"}, {"REDIS_URL", "QUEUE_REDIS"}} {
+		t.Setenv(env[0], "redis://:"+sentinelPassword+"@127.0.0.1:1")
+		t.Setenv(env[1], "")
+		for _, args := range [][]string{{"-h"}, {"help"}, {"stats", "-h"}, {"dead", "-h"}, {"-nosuchflag"}, {"stats", "-nosuchflag"}} {
+			_, out, errOut := qugo(t, args...)
+			assert.NotContains(t, out+errOut, sentinelPassword, env[0], args)
+		}
 	}
 }
 

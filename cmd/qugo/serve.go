@@ -90,7 +90,12 @@ func serveFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 			"queues", e.queues, "read_only", tok == "")
 		// The URL last: whoever waits for it finds the log lines written.
 		fmt.Fprintln(e.stdout, serveURL(addr))
-		return s.run(ctx, ln)
+		if err := s.run(ctx, ln); err != nil {
+			return err
+		}
+		// SIGINT or SIGTERM: the requests in flight have finished.
+		log.Info("stopped serving", "url", serveURL(addr))
+		return nil
 	}
 }
 

@@ -14,7 +14,8 @@ import (
 )
 
 // startServe runs "qugo serve" with args until the test ends, and returns
-// the URL it printed first and its outputs.
+// the URL it printed first and its outputs. When the test ends, it stops
+// the server as SIGINT does and checks that it says so.
 func startServe(t *testing.T, args ...string) (string, *syncBuffer, *syncBuffer) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -26,6 +27,7 @@ func startServe(t *testing.T, args ...string) (string, *syncBuffer, *syncBuffer)
 		select {
 		case code := <-done:
 			assert.Equal(t, exitOK, code, errOut.String())
+			assert.Contains(t, errOut.String(), `level=INFO msg="stopped serving" url=http://`)
 		case <-time.After(10 * time.Second):
 			t.Error("qugo serve did not stop")
 		}

@@ -33,6 +33,9 @@ import (
 	"github.com/qugo/queue"
 )
 
+// defaultRedis is the server without -redis and $REDIS_URL.
+const defaultRedis = "redis://127.0.0.1:6379"
+
 // config is what the flags say.
 type config struct {
 	IDs         idList
@@ -41,6 +44,7 @@ type config struct {
 	Weight      int
 	Workers     workerRange
 	Redis       []string
+	RedisFrom   string // where Redis came from, for errors: "-redis", or $REDIS_URL without it
 	Queues      int
 	Prefix      string
 	PG          string
@@ -86,10 +90,12 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.IntVar(&cfg.Weight, "weight", 1, "this member's share of the analysers relative to the others' in -group")
 	cfg.Workers = workerRange{8, 8}
 	fs.Var(&cfg.Workers, "worker", "worker goroutines per analyser: `W`, or a range MIN-MAX that grows under a backlog and shrinks when idle")
-	fs.StringVar(&redisURLs, "redis", "redis://127.0.0.1:6379", "comma-separated Redis `URLs`, in partition order (redis://, rediss://, redis+cluster://, redis+sentinel://)")
+	// The defaults from the environment are not flag defaults, which -h
+	// would print with their passwords.
+	fs.StringVar(&redisURLs, "redis", "", "comma-separated Redis `URLs`, in partition order (redis://, rediss://, redis+cluster://, redis+sentinel://) (default $REDIS_URL, else "+defaultRedis+")")
 	fs.IntVar(&cfg.Queues, "queues", 1, "queues per Redis server")
 	fs.StringVar(&cfg.Prefix, "prefix", "qugo", "Redis key prefix")
-	fs.StringVar(&cfg.PG, "pg", os.Getenv("DATABASE_URL"), "Postgres `URL` (default $DATABASE_URL)")
+	fs.StringVar(&cfg.PG, "pg", "", "Postgres `URL` (default $DATABASE_URL)")
 	fs.IntVar(&cfg.Batch, "batch", 500, "most rows per insert")
 	fs.DurationVar(&cfg.Linger, "linger", 0, "how long a partly full batch waits for more rows; 0 flushes as soon as an insert slot is free")
 	fs.IntVar(&cfg.Flushers, "flushers", 4, "inserts in flight at once")
@@ -108,6 +114,18 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	if fs.NArg() > 0 {
 		return cfg, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	cfg.RedisFrom = "-redis"
+	if !set["redis"] {
+		redisURLs = defaultRedis
+		if v := os.Getenv("REDIS_URL"); v != "" { // an empty one counts as unset
+			redisURLs, cfg.RedisFrom = v, "$REDIS_URL (no -redis given)"
+		}
+	}
+	if !set["pg"] {
+		cfg.PG = os.Getenv("DATABASE_URL")
+	}
 	for _, u := range queue.SplitURLs(redisURLs) {
 		if u != "" {
 			cfg.Redis = append(cfg.Redis, u)
@@ -123,7 +141,7 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	case cfg.Weight < 1 || cfg.Weight > 1000:
 		return cfg, errors.New("-weight must be in [1, 1000]")
 	case len(cfg.Redis) == 0:
-		return cfg, errors.New("-redis is required")
+		return cfg, fmt.Errorf("%s: no URL given", cfg.RedisFrom)
 	case cfg.PG == "":
 		return cfg, errors.New("-pg (or $DATABASE_URL) is required")
 	case cfg.Workers.Min < 1 || cfg.Queues < 1 || cfg.Flushers < 1 || cfg.Attempts < 1:
@@ -132,6 +150,11 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 		return cfg, errors.New("-batch must be in [1, 10000]")
 	case cfg.Linger < 0 || cfg.LogEvery <= 0 || cfg.TaskTimeout <= 0:
 		return cfg, errors.New("-linger must not be negative, -log-every and -task-timeout must be positive")
+	}
+	for i, u := range cfg.Redis {
+		if err := queue.CheckURL(u); err != nil { // it never quotes the URL, which may hold a password
+			return cfg, fmt.Errorf("%s: URL %d of %d: %w", cfg.RedisFrom, i+1, len(cfg.Redis), err)
+		}
 	}
 	if err := checkIDs(cfg.IDs, len(cfg.Redis), cfg.Queues); err != nil {
 		return cfg, err

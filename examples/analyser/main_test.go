@@ -73,7 +73,7 @@ func TestParseFlags(t *testing.T) {
 		redis   []string
 		wantErr string
 	}{
-		{name: "one id", args: []string{"-id", "3"}, ids: []int{3}, redis: []string{"redis://127.0.0.1:6379"}},
+		{name: "one id", args: []string{"-id", "3"}, ids: []int{3}},
 		{name: "range", args: []string{"-id", "0-3"}, ids: []int{0, 1, 2, 3}},
 		{name: "repeated and list", args: []string{"-id", "5", "-id", "1,2", "-id", "2-3"}, ids: []int{1, 2, 3, 5}},
 		{name: "redis list", args: []string{"-id", "0", "-redis", "redis://a:1, redis://b:2,"}, ids: []int{0}, redis: []string{"redis://a:1", "redis://b:2"}},
@@ -92,7 +92,7 @@ func TestParseFlags(t *testing.T) {
 		{name: "zero workers", args: []string{"-id", "0", "-worker", "0"}, wantErr: "bad worker count"},
 		{name: "batch too big", args: []string{"-id", "0", "-batch", "20000"}, wantErr: "-batch"},
 		{name: "negative linger", args: []string{"-id", "0", "-linger", "-1ms"}, wantErr: "-linger"},
-		{name: "empty redis", args: []string{"-id", "0", "-redis", " , "}, wantErr: "-redis is required"},
+		{name: "empty redis", args: []string{"-id", "0", "-redis", " , "}, wantErr: "-redis: no URL given"},
 		{name: "extra args", args: []string{"-id", "0", "more"}, wantErr: "unexpected arguments"},
 		{name: "id beyond the layout", args: []string{"-id", "1-2", "-queues", "2"}, wantErr: "-id 2: out of range: -id must be 0..1 (1 Redis server x 2 queues)"},
 		{name: "id beyond one queue", args: []string{"-id", "1", "-queues", "1"}, wantErr: "-id 1: out of range: -id must be 0 (1 Redis server x 1 queue)"},
@@ -134,9 +134,11 @@ func TestParseFlagsPrintsNoErrors(t *testing.T) {
 
 func TestParseFlagsDefaults(t *testing.T) {
 	t.Setenv("DATABASE_URL", "postgres://env/db")
+	t.Setenv("REDIS_URL", "") // an empty one counts as unset
 	cfg, err := parseFlags([]string{"-id", "0"}, io.Discard)
 	require.NoError(t, err)
 	assert.Equal(t, "postgres://env/db", cfg.PG)
+	assert.Equal(t, []string{"redis://127.0.0.1:6379"}, cfg.Redis)
 	assert.Equal(t, workerRange{8, 8}, cfg.Workers)
 	cfg, err = parseFlags([]string{"-group", "g", "-worker", "3-4"}, io.Discard)
 	require.NoError(t, err)
@@ -153,4 +155,36 @@ func TestParseFlagsDefaults(t *testing.T) {
 	assert.ErrorContains(t, err, "-pg")
 	_, err = parseFlags([]string{"-h"}, io.Discard)
 	assert.ErrorIs(t, err, flag.ErrHelp)
+}
+
+// Without -redis, REDIS_URL names the servers; -redis wins over it. Its
+// errors say where the URLs came from, and -h shows neither its nor
+// DATABASE_URL's password.
+func TestParseFlagsRedisURL(t *testing.T) {
+	t.Setenv("DATABASE_URL", "postgres://qugo:pg-Secret-1@db/qugo")
+	t.Setenv("REDIS_URL", "redis://:redis-Secret-2@a:1, redis://:redis-Secret-2@b:2")
+	cfg, err := parseFlags([]string{"-id", "0"}, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"redis://:redis-Secret-2@a:1", "redis://:redis-Secret-2@b:2"}, cfg.Redis)
+	assert.Equal(t, "$REDIS_URL (no -redis given)", cfg.RedisFrom)
+	cfg, err = parseFlags([]string{"-id", "0", "-redis", "redis://c:3"}, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"redis://c:3"}, cfg.Redis)
+	assert.Equal(t, "-redis", cfg.RedisFrom)
+
+	var out strings.Builder
+	_, err = parseFlags([]string{"-h"}, &out)
+	assert.ErrorIs(t, err, flag.ErrHelp)
+	assert.Contains(t, out.String(), "(default $REDIS_URL, else redis://127.0.0.1:6379)")
+	assert.NotContains(t, out.String(), "Secret")
+
+	t.Setenv("REDIS_URL", " , ")
+	_, err = parseFlags([]string{"-id", "0"}, io.Discard)
+	assert.ErrorContains(t, err, "$REDIS_URL (no -redis given): no URL given")
+	t.Setenv("REDIS_URL", "127.0.0.1:6379")
+	_, err = parseFlags([]string{"-id", "0"}, io.Discard)
+	assert.ErrorContains(t, err, "$REDIS_URL (no -redis given): URL 1 of 1: queue: bad config: URL has no scheme")
+	_, err = parseFlags([]string{"-id", "0", "-redis", "redis://a:1,tcp://:redis-Secret-2@b"}, io.Discard)
+	assert.ErrorContains(t, err, "-redis: URL 2 of 2: queue: bad config")
+	assert.NotContains(t, err.Error(), "Secret")
 }

@@ -41,6 +41,9 @@ func run(ctx context.Context, cfg config, log *slog.Logger, onMetrics func(net.A
 		return err
 	}
 	q, err := queue.Dial(ctx, cfg.Redis, queue.Config{Prefix: cfg.Prefix, Queues: cfg.Queues})
+	if err != nil && cfg.RedisFrom != "" {
+		return fmt.Errorf("%s: %w", cfg.RedisFrom, err) // Dial's errors name a URL by its index only
+	}
 	if err != nil {
 		return err
 	}
@@ -113,8 +116,11 @@ func ownerName() string {
 	return host + ":" + strconv.Itoa(os.Getpid())
 }
 
-// layoutAdvice adds to a layout mismatch what the servers have recorded
-// and which flags to change; other errors pass unchanged.
+// layoutAdvice turns a layout mismatch into what the servers have
+// recorded and which flags to change; other errors pass unchanged. The
+// library's error stays its cause (errors.Is finds
+// queue.ErrLayoutMismatch) but not its text, whose advice names
+// queue.Config fields that have flags here.
 func layoutAdvice(err error, urls []string) error {
 	le, ok := errors.AsType[*queue.LayoutError](err)
 	if !ok {
@@ -126,12 +132,23 @@ func layoutAdvice(err error, urls []string) error {
 		server = queue.RedactURL(urls[le.Partition])
 	}
 	if _, scanErr := fmt.Sscanf(le.Got, "partitions=%d queues=%d index=%d", &r, &q, &i); scanErr != nil {
-		return fmt.Errorf("%w: %s has recorded %s; give -redis in partition order and the -queues the queue was created with", err, server, le.Got)
+		return &layoutRefusal{err, fmt.Sprintf("layout mismatch: %s has recorded %s, not a layout this program reads: "+
+			"give another -prefix, or delete the record if nothing uses it", server, le.Got)}
 	}
-	return fmt.Errorf("%w: %s has recorded %s x %s with itself at place %d: "+
-		"start with -queues %d and %s, this one at place %d",
-		err, server, plural(r, "Redis server"), plural(q, "queue"), i+1, q, plural(r, "-redis URL"), i+1)
+	return &layoutRefusal{err, fmt.Sprintf("layout mismatch: %s has recorded %s x %s with itself at place %d: "+
+		"start with -queues %d and %s, this one at place %d (or, to start afresh, another -prefix)",
+		server, plural(r, "Redis server"), plural(q, "queue"), i+1, q, plural(r, "-redis URL"), i+1)}
 }
+
+// layoutRefusal is a layout mismatch told in this program's flags.
+type layoutRefusal struct {
+	err error // the library's, a *queue.LayoutError or wrapping one
+	msg string
+}
+
+func (e *layoutRefusal) Error() string { return e.msg }
+
+func (e *layoutRefusal) Unwrap() error { return e.err }
 
 // runPools runs one AnalysePool per analyser id and joins them. A pool
 // that fails (a layout mismatch) stops the others.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -179,12 +180,36 @@ func TestRunRefusesAWrongLayoutBeforeStarting(t *testing.T) {
 	logs := &captured{}
 	err = run(context.Background(), cfg, slog.New(logs), nil)
 	assert.ErrorIs(t, err, queue.ErrLayoutMismatch)
-	assert.ErrorContains(t, err, urls[0]+" has recorded 1 Redis server x 2 queues with itself at place 1: "+
-		"start with -queues 2 and 1 -redis URL, this one at place 1")
+	assert.EqualError(t, err, "layout mismatch: "+urls[0]+" has recorded 1 Redis server x 2 queues with itself at place 1: "+
+		"start with -queues 2 and 1 -redis URL, this one at place 1 (or, to start afresh, another -prefix)")
 	for _, l := range logs.lines() {
 		assert.NotContains(t, l, "started")
 		assert.NotContains(t, l, "stopped")
 	}
+}
+
+// A layout mismatch is told in flags, never in the library's
+// Config fields, which the analyser's user cannot set; the library's
+// error stays its cause.
+func TestLayoutAdviceNamesFlags(t *testing.T) {
+	t.Parallel()
+	urls := []string{"redis://:pw@a:1", "redis://:pw@b:2"}
+	for _, tc := range []struct{ want, got, advice string }{
+		{"partitions=2 queues=1 index=1", "partitions=1 queues=2 index=0", "layout mismatch: redis://b:2 has recorded " +
+			"1 Redis server x 2 queues with itself at place 1: start with -queues 2 and 1 -redis URL, this one at place 1 " +
+			"(or, to start afresh, another -prefix)"},
+		{"partitions=2 queues=1 index=1", "x", "layout mismatch: redis://b:2 has recorded x, not a layout this program reads: " +
+			"give another -prefix, or delete the record if nothing uses it"},
+	} {
+		le := &queue.LayoutError{Partition: 1, Want: tc.want, Got: tc.got}
+		err := layoutAdvice(fmt.Errorf("check: %w", le), urls)
+		assert.EqualError(t, err, tc.advice)
+		assert.ErrorIs(t, err, queue.ErrLayoutMismatch)
+		assert.NotContains(t, err.Error(), "Config.")
+		assert.NotContains(t, err.Error(), "pw")
+	}
+	other := errors.New("other")
+	assert.Same(t, other, layoutAdvice(other, urls), "other errors pass unchanged")
 }
 
 // TestRunGroupMembersShareTheQueues runs two analysers as members of one

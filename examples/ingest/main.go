@@ -46,6 +46,7 @@ func main() {
 type options struct {
 	listen    string
 	redis     []string
+	redisFrom string // where redis came from, for errors: "-redis", or $REDIS_URL without it
 	queues    int
 	prefix    string
 	pg        string
@@ -60,7 +61,9 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("ingest", flag.ContinueOnError)
 	fs.SetOutput(out)
-	redisURLs := fs.String("redis", "redis://127.0.0.1:6379", "comma-separated Redis URLs, in partition order (redis://, rediss://, redis+cluster://, redis+sentinel://)")
+	// $REDIS_URL is not the flag's default, which -h would print with its
+	// password.
+	redisURLs := fs.String("redis", "", "comma-separated Redis URLs, in partition order (redis://, rediss://, redis+cluster://, redis+sentinel://) (default $REDIS_URL, else "+defaultRedis+")")
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:8080", "address to serve HTTP on")
 	fs.IntVar(&o.queues, "queues", 1, "queues per Redis server (must match the analysers)")
 	fs.StringVar(&o.prefix, "prefix", "qugo", "Redis key prefix (must match the analysers)")
@@ -76,6 +79,15 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	o.redisFrom = "-redis"
+	if !set["redis"] {
+		*redisURLs = defaultRedis
+		if v := os.Getenv("REDIS_URL"); v != "" { // an empty one counts as unset
+			*redisURLs, o.redisFrom = v, "$REDIS_URL (no -redis given)"
+		}
+	}
 	for _, u := range queue.SplitURLs(*redisURLs) {
 		if u != "" {
 			o.redis = append(o.redis, u)
@@ -83,7 +95,7 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	}
 	switch {
 	case len(o.redis) == 0:
-		return o, errors.New("-redis: no URL given")
+		return o, fmt.Errorf("%s: no URL given", o.redisFrom)
 	case o.maxBody <= 0:
 		return o, errors.New("-max-body must be positive")
 	case o.dedup < 0:
@@ -95,6 +107,9 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	}
 	return o, nil
 }
+
+// defaultRedis is the server without -redis and $REDIS_URL.
+const defaultRedis = "redis://127.0.0.1:6379"
 
 // app is a configured server and what it holds open.
 type app struct {
@@ -109,7 +124,11 @@ func newApp(ctx context.Context, o options, log *slog.Logger) (*app, error) {
 	maxPayload := int(min(o.maxBody, 256<<20))
 	q, err := queue.Dial(ctx, o.redis, queue.Config{Prefix: o.prefix, Queues: o.queues, MaxPayload: maxPayload, Retention: o.retention})
 	if err != nil {
-		return nil, fmt.Errorf("-redis: %w", err) // Dial's errors name a URL by its index only
+		from := o.redisFrom
+		if from == "" {
+			from = "-redis"
+		}
+		return nil, fmt.Errorf("%s: %w", from, err) // Dial's errors name a URL by its index only
 	}
 	pools := make([]*redis.Pool, len(o.redis))
 	for i := range pools {
@@ -159,8 +178,11 @@ func newApp(ctx context.Context, o options, log *slog.Logger) (*app, error) {
 	return a, nil
 }
 
-// layoutAdvice adds to a layout mismatch what the servers have recorded
-// and which flag to change; other errors pass unchanged.
+// layoutAdvice turns a layout mismatch into what the servers have
+// recorded and which flag to change; other errors pass unchanged. The
+// library's error stays its cause (errors.Is finds
+// queue.ErrLayoutMismatch) but not its text, whose advice names
+// queue.Config fields that have flags here.
 func layoutAdvice(err error, urls []string) error {
 	le, ok := errors.AsType[*queue.LayoutError](err)
 	if !ok {
@@ -169,12 +191,23 @@ func layoutAdvice(err error, urls []string) error {
 	var r, q, i int
 	server := fmt.Sprintf("the -redis URL at place %d", le.Partition+1) // not the URL: it may hold a password
 	if _, scanErr := fmt.Sscanf(le.Got, "partitions=%d queues=%d index=%d", &r, &q, &i); scanErr != nil {
-		return fmt.Errorf("%w: %s has recorded %s; give -redis in partition order and the -queues the analysers use", err, server, le.Got)
+		return &layoutRefusal{err, fmt.Sprintf("layout mismatch: %s has recorded %s, not a layout this program reads: "+
+			"give another -prefix (the analysers' too), or delete the record if nothing uses it", server, le.Got)}
 	}
-	return fmt.Errorf("%w: %s has recorded %s x %s with itself at place %d: "+
-		"start with -queues %d and %s, this one at place %d (the analysers' -queues and -redis)",
-		err, server, plural(r, "Redis server"), plural(q, "queue"), i+1, q, plural(r, "-redis URL"), i+1)
+	return &layoutRefusal{err, fmt.Sprintf("layout mismatch: %s has recorded %s x %s with itself at place %d: "+
+		"start with -queues %d and %s, this one at place %d, as the analysers do (or, to start afresh, another -prefix, the analysers' too)",
+		server, plural(r, "Redis server"), plural(q, "queue"), i+1, q, plural(r, "-redis URL"), i+1)}
 }
+
+// layoutRefusal is a layout mismatch told in this program's flags.
+type layoutRefusal struct {
+	err error // the library's, a *queue.LayoutError or wrapping one
+	msg string
+}
+
+func (e *layoutRefusal) Error() string { return e.msg }
+
+func (e *layoutRefusal) Unwrap() error { return e.err }
 
 // plural says n of a thing in words: "1 queue", "2 queues".
 func plural(n int, noun string) string {

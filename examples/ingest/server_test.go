@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -411,6 +412,38 @@ func TestParseFlags(t *testing.T) {
 	}
 }
 
+// Without -redis, REDIS_URL (when not empty) names the servers; -redis
+// wins over it; errors say where the URLs came from, and -h does not
+// show REDIS_URL's password.
+func TestParseFlagsRedisURL(t *testing.T) {
+	t.Setenv("REDIS_URL", "")
+	o, err := parseFlags(nil, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"redis://127.0.0.1:6379"}, o.redis)
+
+	t.Setenv("REDIS_URL", "redis://:redis-Secret-2@a:1,redis://b:2")
+	o, err = parseFlags(nil, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"redis://:redis-Secret-2@a:1", "redis://b:2"}, o.redis)
+	o, err = parseFlags([]string{"-redis", "redis://c:3"}, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"redis://c:3"}, o.redis)
+	var out strings.Builder
+	_, err = parseFlags([]string{"-h"}, &out)
+	assert.ErrorIs(t, err, flag.ErrHelp)
+	assert.Contains(t, out.String(), "(default $REDIS_URL, else redis://127.0.0.1:6379)")
+	assert.NotContains(t, out.String(), "Secret")
+
+	t.Setenv("REDIS_URL", " , ")
+	_, err = parseFlags(nil, io.Discard)
+	assert.EqualError(t, err, "$REDIS_URL (no -redis given): no URL given")
+	t.Setenv("REDIS_URL", "127.0.0.1:6379")
+	o, err = parseFlags(nil, io.Discard)
+	require.NoError(t, err)
+	_, err = newApp(context.Background(), o, slog.New(slog.DiscardHandler))
+	assert.ErrorContains(t, err, "$REDIS_URL (no -redis given): queue: bad config")
+}
+
 func TestNewAppRefusesBadConfig(t *testing.T) {
 	t.Parallel()
 	m := miniredis.RunT(t)
@@ -433,8 +466,8 @@ func TestNewAppRefusesBadConfig(t *testing.T) {
 	require.NoError(t, err)
 	_, err = newApp(context.Background(), options{redis: []string{"redis://" + m.Addr()}, maxBody: 1024, queues: 1, prefix: "qugo", statusTTL: time.Hour}, log)
 	assert.ErrorIs(t, err, queue.ErrLayoutMismatch)
-	assert.ErrorContains(t, err, "the -redis URL at place 1 has recorded 1 Redis server x 2 queues with itself at place 1: "+
-		"start with -queues 2 and 1 -redis URL, this one at place 1 (the analysers' -queues and -redis)")
+	assert.EqualError(t, err, "layout mismatch: the -redis URL at place 1 has recorded 1 Redis server x 2 queues with itself at place 1: "+
+		"start with -queues 2 and 1 -redis URL, this one at place 1, as the analysers do (or, to start afresh, another -prefix, the analysers' too)")
 }
 
 // not_before schedules a single task: GET says scheduled, with its due
