@@ -139,30 +139,20 @@ func TestStreakRetryMidway(t *testing.T) {
 // first), recovered or cancelled, once streakSpan old, after maxStreak
 // tasks, and never begins under a rate limit.
 func TestStreakBounds(t *testing.T) {
-	t.Run("attempt", func(t *testing.T) {
-		_, ls, w, _ := streakSet(t, "1a", "1b")
-		now := time.Now()
-		o, _, _, _ := ls.next(w, now)
-		w.streak[0].Attempt = 2
-		_, ok := w.streakNext(o, now)
-		assert.False(t, ok)
-	})
-	t.Run("recovered", func(t *testing.T) {
-		_, ls, w, _ := streakSet(t, "1a", "1b")
-		now := time.Now()
-		o, _, _, _ := ls.next(w, now)
-		w.streak[0].recovered = true
-		_, ok := w.streakNext(o, now)
-		assert.False(t, ok)
-	})
-	t.Run("cancelled", func(t *testing.T) {
-		_, ls, w, _ := streakSet(t, "1a", "1b")
-		now := time.Now()
-		o, _, _, _ := ls.next(w, now)
-		w.streak[0].cancelled = true
-		_, ok := w.streakNext(o, now)
-		assert.False(t, ok)
-	})
+	for name, mark := range map[string]func(*claimed){
+		"attempt":   func(t *claimed) { t.Attempt = 2 },
+		"recovered": func(t *claimed) { t.recovered = true },
+		"cancelled": func(t *claimed) { t.cancelled = true },
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, ls, w, _ := streakSet(t, "1a", "1b")
+			now := time.Now()
+			o, _, _, _ := ls.next(w, now)
+			mark(&w.streak[0])
+			_, ok := w.streakNext(o, now)
+			assert.False(t, ok)
+		})
+	}
 	t.Run("span", func(t *testing.T) {
 		_, ls, w, _ := streakSet(t, "1a", "1b", "1c")
 		now := time.Now()
