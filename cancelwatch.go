@@ -244,3 +244,39 @@ func (s *session) isMarked(id string) bool {
 	_, ok := (*m)[id]
 	return ok
 }
+
+// hurry makes the OrderIDs that wait out a backoff, and whose next task's
+// cancel was asked (marks), due now: the task is finished as cancelled
+// without waiting.
+func (ls *lineSet) hurry(marks map[string]struct{}) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	now := time.Now()
+	hurried := false
+	for _, o := range ls.delayed {
+		if _, ok := marks[o.tasks[o.head].ID]; ok && o.notBefore.After(now) {
+			o.notBefore, hurried = now, true
+		}
+	}
+	if hurried {
+		switch {
+		case ls.timed != nil:
+			ls.wake(ls.timed)
+		case len(ls.idle) > 0:
+			ls.wakeOne()
+		}
+	}
+}
+
+// appendIDs appends to dst the IDs of the tasks the set holds: running,
+// waiting to start, or waiting out a backoff.
+func (ls *lineSet) appendIDs(dst []string) []string {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	for _, o := range ls.orders {
+		for _, t := range o.tasks[o.head:] {
+			dst = append(dst, t.ID)
+		}
+	}
+	return dst
+}

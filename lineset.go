@@ -300,21 +300,6 @@ func (ls *lineSet) pick(w *worker, now time.Time) (*orderLine, claimed) {
 	return o, o.tasks[o.head]
 }
 
-// settleRan settles the tasks of o that w ran to done in its streak and
-// has not settled yet. ls.mu is held.
-func (ls *lineSet) settleRan(o *orderLine, w *worker) {
-	if w.ran > 0 {
-		if n := o.step.Load(); n > 0 { // not taken by a stop: count from the new head
-			o.step.Store(n - int32(w.ran))
-		}
-		for ; w.ran > 0; w.ran-- {
-			o.tasks[o.head] = claimed{}
-			o.head++
-		}
-	}
-	w.endStreak()
-}
-
 // pushRunnable appends o to runnable, first moving the OrderIDs left to
 // the front of a full buffer at least half taken (so that a move copies
 // no more than the pushes since the last one): the queue reuses its
@@ -476,47 +461,6 @@ func (ls *lineSet) unpickUntaken(w *worker, o *orderLine) bool {
 	return true
 }
 
-// toIdle registers w as waiting for a task.
-func (ls *lineSet) toIdle(w *worker) {
-	w.idleAt = len(ls.idle)
-	ls.idle = append(ls.idle, w)
-	if ls.s.elastic {
-		ls.s.sizer.wentIdle()
-	}
-}
-
-// unidle removes w from the idle workers, if it is one.
-func (ls *lineSet) unidle(w *worker) {
-	i := w.idleAt
-	if i < 0 {
-		return
-	}
-	last := len(ls.idle) - 1
-	ls.idle[i] = ls.idle[last]
-	ls.idle[i].idleAt = i
-	ls.idle[last] = nil
-	ls.idle = ls.idle[:last]
-	w.idleAt = -1
-	if ls.timed == w {
-		ls.timed = nil
-	}
-	if ls.s.elastic {
-		ls.s.sizer.wentBusy()
-	}
-}
-
-// wakeOne wakes the idle worker that went idle last.
-func (ls *lineSet) wakeOne() { ls.wake(ls.idle[len(ls.idle)-1]) }
-
-// wake makes the idle worker w look for a task again.
-func (ls *lineSet) wake(w *worker) {
-	ls.unidle(w)
-	select {
-	case w.wake <- struct{}{}:
-	default:
-	}
-}
-
 // runnableCount returns how many OrderIDs wait for a worker to start
 // their next task at now: the runnable ones, and those whose backoff has
 // ended, which stay delayed until a worker looks (dueDelayed), so that
@@ -531,40 +475,4 @@ func (ls *lineSet) runnableCount(now time.Time) int {
 		}
 	}
 	return n
-}
-
-// hurry makes the OrderIDs that wait out a backoff, and whose next task's
-// cancel was asked (marks), due now: the task is finished as cancelled
-// without waiting.
-func (ls *lineSet) hurry(marks map[string]struct{}) {
-	ls.mu.Lock()
-	defer ls.mu.Unlock()
-	now := time.Now()
-	hurried := false
-	for _, o := range ls.delayed {
-		if _, ok := marks[o.tasks[o.head].ID]; ok && o.notBefore.After(now) {
-			o.notBefore, hurried = now, true
-		}
-	}
-	if hurried {
-		switch {
-		case ls.timed != nil:
-			ls.wake(ls.timed)
-		case len(ls.idle) > 0:
-			ls.wakeOne()
-		}
-	}
-}
-
-// appendIDs appends to dst the IDs of the tasks the set holds: running,
-// waiting to start, or waiting out a backoff.
-func (ls *lineSet) appendIDs(dst []string) []string {
-	ls.mu.Lock()
-	defer ls.mu.Unlock()
-	for _, o := range ls.orders {
-		for _, t := range o.tasks[o.head:] {
-			dst = append(dst, t.ID)
-		}
-	}
-	return dst
 }

@@ -99,3 +99,56 @@ func (l *limiter) queued(now time.Time) bool {
 	l.advance(now)
 	return l.tokens < 0
 }
+
+// awaitRate waits until the pool's rate limit lets o's first task id,
+// picked at now, start, and returns the time it may start. Only o waits:
+// its later tasks stay behind it, other OrderIDs go to other workers (or
+// wait for this one, as behind any task it runs). It reports false when
+// the session stops meanwhile, or the lease's deadline passed: the task
+// does not start, and on a graceful stop o goes back with the unstarted
+// tasks, no delivery counted. The lease's renewals go on while it waits.
+// A cancel of the task seen meanwhile (watchCancels wakes the worker)
+// ends the wait at once, its token given back: the caller finishes the
+// task as cancelled.
+func (w *worker) awaitRate(o *orderLine, id string, now time.Time) (time.Time, bool) {
+	s := w.s
+	if at := s.limit.reserve(now); at.After(now) {
+		// watchCancels stores the marks before it reads held, and the
+		// worker reads the marks after it stored held: one of them sees
+		// the other.
+		w.held.Store(&id)
+		w.toWaiting(o)
+		for !s.isMarked(id) {
+			select {
+			case <-w.timerFor(time.Until(at)):
+			case <-s.halt:
+			case <-w.wake:
+				continue
+			}
+			break
+		}
+		w.held.Store(nil)
+		now = time.Now()
+		if now.Before(at) && s.isMarked(id) {
+			s.limit.unreserve(now) // not used: the task is cancelled
+		}
+		if !w.set.endWait(o) {
+			return now, false // the session stops: o went back, or goes
+		}
+	}
+	return now, w.mayStart(o, now)
+}
+
+// mayStart reports whether o's first task, whose wait to start ended at
+// now, may start: not when the session stops (o goes back, unless the
+// stop counted it as running), nor when the lease's deadline passed.
+func (w *worker) mayStart(o *orderLine, now time.Time) bool {
+	switch {
+	case w.stopping() && w.putBack(o):
+		return false
+	case !w.s.leaseValid(now):
+		w.s.loseLease() // the lease may be another owner's by now
+		return false
+	}
+	return true
+}
