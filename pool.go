@@ -131,7 +131,8 @@ type PoolConfig struct {
 	// dead-letter store because their claim-sequence record was lost
 	// (ErrMalformed). The pool waits for each call, and it must not
 	// block. A call that calls runtime.Goexit (t.FailNow in a test) ends
-	// that call only; a panic is not recovered. If nil, they are logged.
+	// that call only; a panic is not recovered. If nil, they are logged:
+	// a failed delivery that will be retried at Warn, the rest at Error.
 	OnError func(error)
 	// Logger receives the pool's log lines. If nil, slog.Default() is used.
 	Logger *slog.Logger
@@ -200,7 +201,7 @@ func (c PoolConfig) withDefaults() (PoolConfig, error) {
 	}
 	if c.OnError == nil {
 		log := c.Logger
-		c.OnError = func(err error) { log.Error("queue: pool error", "err", err) }
+		c.OnError = func(err error) { log.Log(context.Background(), errorLevel(err), "queue: pool error", "err", err) }
 	}
 	return c, nil
 }

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -45,7 +46,17 @@ func (l *poolLog) error(err error) {
 	if conn || errors.Is(err, ErrLeaseLost) && l.down.Load() {
 		return // told by lost, and by back once it answers
 	}
-	l.log.Error("queue: pool error", "analyser", l.analyser, "err", err)
+	l.log.Log(context.Background(), errorLevel(err), "queue: pool error", "analyser", l.analyser, "err", err)
+}
+
+// errorLevel is the level a background error is logged at when OnError
+// is not set: a failed delivery that will be retried is a warning (the
+// queue does what it is for), the rest are errors.
+func errorLevel(err error) slog.Level {
+	if te, ok := errors.AsType[*TaskError](err); ok && !te.Dead {
+		return slog.LevelWarn
+	}
+	return slog.LevelError
 }
 
 // lost records that Redis did not answer, and says so when it is news.

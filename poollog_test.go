@@ -199,8 +199,9 @@ func TestPoolPlainStartIsQuietOnASlowNetwork(t *testing.T) {
 
 // A delivery that fails with a timeout, or with the analyse function's
 // own network error (its database is down), is the task's failure, never
-// a lost Redis: without OnError each failed delivery is logged as an
-// error, and no outage is told.
+// a lost Redis: without OnError each failed delivery is logged, as a
+// warning while it will be retried and as an error once dead-lettered,
+// and no outage is told.
 func TestPoolLogsATasksNetworkErrorAsItsOwn(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -228,9 +229,10 @@ func TestPoolLogsATasksNetworkErrorAsItsOwn(t *testing.T) {
 			assert.Empty(t, h.lines("lost redis"), "%s", h)
 			errs := h.lines("pool error")
 			require.Len(t, errs, 3, "each failed delivery logged: %s", h)
-			for _, l := range errs {
-				assert.Equal(t, slog.LevelError, l.level)
+			for _, l := range errs[:2] {
+				assert.Equal(t, slog.LevelWarn, l.level, "a delivery that will be retried")
 			}
+			assert.Equal(t, slog.LevelError, errs[2].level)
 			assert.Contains(t, errs[2].attrs["err"], "dead-lettered")
 		})
 	}
