@@ -223,9 +223,14 @@ func (ls *lineSet) takeAll() []claimed {
 		case lineRunning:
 			// Its worker took step tasks from head: done, running, or
 			// picked to run next. It settles them; the rest go back.
-			n := o.head + int(o.step.Swap(-1))
-			out = append(out, o.tasks[n:]...)
-			o.tasks = o.tasks[:n]
+			// None is left to take when a stop took the rest before
+			// (-1): its worker left it unsettled, the lease lost.
+			n := int(o.step.Swap(-1))
+			if n < 0 {
+				continue
+			}
+			out = append(out, o.tasks[o.head+n:]...)
+			o.tasks = o.tasks[:o.head+n]
 			continue
 		}
 		out = append(out, o.tasks[o.head:]...)

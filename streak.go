@@ -9,9 +9,9 @@ import "time"
 // the one the worker runs through the line's step, which the worker
 // advances by a compare-and-swap as it takes each next task.
 
-// maxStreak bounds a streak's tasks, and streakSpan how long it goes on:
-// what the other OrderIDs of a shared set may wait for a turn of the
-// worker, and its acks and releases for the set's lock (see streakNext).
+// maxStreak bounds a streak's tasks, and streakSpan how long it goes on
+// taking its next one: what the other OrderIDs of a shared set may wait
+// for a turn of the worker (see streakNext).
 const (
 	maxStreak  = 32
 	streakSpan = time.Millisecond
@@ -55,12 +55,17 @@ func (w *worker) streakNext(o *orderLine, now time.Time) (claimed, bool) {
 	*t = claimed{}
 	w.streakAt++
 	w.ran++
+	// The done one goes to the acker now: the next may run long, and a
+	// task done must not wait for it to be acknowledged (nor run again,
+	// should the lease be lost meanwhile).
+	w.flushDone()
 	return next, true
 }
 
-// done hands t, run to done from started to finished, to the acker, and
-// counts it no longer held, once the worker's streak is settled
-// (flushDone): one call of each a streak.
+// done records t, run to done from started to finished, for flushDone to
+// hand to the acker and count no longer held: before the next task of the
+// streak starts, or once the line is settled (after it, so that the
+// fetcher, told of the room, finds the line settled).
 func (w *worker) done(t claimed, started, finished time.Time) {
 	w.doneRefs = append(w.doneRefs, ackRef{claim: t.claim, place: t.place, id: t.ID})
 	if w.s.st.retention > 0 {
@@ -70,8 +75,8 @@ func (w *worker) done(t claimed, started, finished time.Time) {
 	w.doneHeld++
 }
 
-// flushDone hands the acker the tasks done gives it, and counts them and
-// the ones acknowledged on their own no longer held.
+// flushDone hands the acker the tasks done recorded, and counts them and
+// the ones acknowledged on their own (a suspect's) no longer held.
 func (w *worker) flushDone() {
 	if w.doneHeld == 0 {
 		return

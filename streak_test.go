@@ -1,9 +1,13 @@
 package queue
 
 import (
+	"context"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/gomodule/redigo/redis"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -189,4 +193,69 @@ func TestStreakBounds(t *testing.T) {
 		_, ok := w.streakNext(o, time.Now())
 		assert.False(t, ok)
 	})
+}
+
+// A graceful stop took a running line's tasks, then the lease was lost
+// while its task ran: the worker leaves the line unsettled (the next
+// owner has it), and the stop's second hand-back finds nothing more to
+// take there, where it once took a slice from before the line's head.
+func TestStreakLeaseLostDuringGracefulStop(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	addAll(t, q, orderTasks(1, 1)) // one task: its line's head is 0
+	started := make(chan struct{}, 1)
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	var errs errLog
+	errc := runPool(ctx, q, PoolConfig{Owner: "p", Workers: 1, LeaseTTL: time.Second, ShutdownTimeout: time.Minute, OnError: errs.add},
+		func(tctx context.Context, task Task) error {
+			started <- struct{}{}
+			<-tctx.Done() // the lease's loss ends it
+			return tctx.Err()
+		})
+	receive(t, started)
+	cancel() // a graceful stop: the first hand-back
+	require.Eventually(t, func() bool {
+		n, err := redis.Int(try(s, "EXISTS", k.lease))
+		return err == nil && n == 1
+	}, 5*time.Second, time.Millisecond)
+	time.Sleep(50 * time.Millisecond) // the stop's first hand-back is done
+	s.do(t, "DEL", k.lease)           // the renewal finds it gone: lost
+	require.NoError(t, receive(t, errc))
+	assert.Positive(t, errs.count(ErrLeaseLost), "%v", errs.all())
+}
+
+// A task done in a streak is acknowledged before the next one of its
+// OrderID starts, however long that one runs: Status says done, and a
+// lease lost meanwhile does not run it again.
+func TestStreakAcksBeforeTheNextStarts(t *testing.T) {
+	t.Parallel()
+	q, srv := newTestQueue(t, 1, Config{Retention: time.Minute})
+	s, k := srv[0], newQueueKeys(q.cfg.Prefix, 0, 0)
+	ids := addAll(t, q, orderTasks(1, 2))
+	rec := newRecorder()
+	bStarted := make(chan struct{}, 4)
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	var errs errLog
+	var bRuns atomic.Int32
+	errc := runPool(ctx, q, PoolConfig{Owner: "p", Workers: 1, LeaseTTL: 2 * time.Second, OnError: errs.add},
+		rec.fn(func(tctx context.Context, task Task) error {
+			if task.ID == ids[1] && bRuns.Add(1) == 1 {
+				bStarted <- struct{}{}
+				<-tctx.Done() // runs until the lease's loss ends it
+				return tctx.Err()
+			}
+			return nil
+		}))
+	receive(t, bStarted)
+	require.Eventually(t, func() bool {
+		st, err := q.Status(ctx, 0, ids[0])
+		return err == nil && st.State == StateDone
+	}, 5*time.Second, time.Millisecond, "the first is acknowledged while the second runs")
+	s.do(t, "DEL", k.lease)
+	require.Eventually(t, func() bool { return bRuns.Load() >= 2 }, 10*time.Second, time.Millisecond, "errors: %v", errs.all())
+	cancel()
+	require.NoError(t, receive(t, errc))
+	assert.Equal(t, []int{1}, rec.attemptsOf(ids[0]), "the first ran once")
 }

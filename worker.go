@@ -116,8 +116,8 @@ func (w *worker) stopping() bool { return w.s.halted() }
 // until it holds no OrderID; it reports whether it retired.
 func (w *worker) loop() (retired bool) {
 	defer func() {
-		w.flushDone() // its tasks done before the lease was lost, if it was
-		if !retired { // a retired worker stopped its timer as it went
+		if !retired { // a retired worker flushed and stopped its timer as it went, and may be another goroutine's now
+			w.flushDone() // its tasks done before the lease was lost, if it was
 			w.stopTimer()
 		}
 	}()
