@@ -76,8 +76,9 @@ func markDelivered(t *testing.T, q *Queue, s *testServer, deliveries int) {
 	}
 }
 
-// Suspects (tasks charged a delivery before) run one at a time, each to
-// its end (here past recordHold), while other tasks run beside them: a
+// Suspects (tasks charged a delivery by a crash) run one at a time, each
+// to its end (here past recordHold), while other tasks run beside them
+// (each waits until a suspect runs, whatever the machine's speed): a
 // task that crashes the process then takes no healthy suspect along. They
 // were let in 20 ms apart (a second, for want of a wake-up), so that a
 // poison could start while healthy suspects still ran.
@@ -94,19 +95,31 @@ func TestSuspectsRunOneAtATime(t *testing.T) {
 		fresh[id] = true
 	}
 	var mu sync.Mutex
-	running, most, freshBeside := 0, 0, 0
+	running, most, freshBeside, started := 0, 0, 0, false
+	suspectRuns := make(chan struct{})
 	err := q.AnalysePool(ctx, 0, PoolConfig{Workers: suspects + others, ExitOnEmpty: true}, func(ctx context.Context, task Task) error {
-		mu.Lock()
 		if fresh[task.ID] {
+			// A fresh task claimed with the suspects waits until one
+			// runs (its start is recorded first): held back behind the
+			// suspects, it would find none running then.
+			select {
+			case <-suspectRuns:
+			case <-time.After(10 * time.Second):
+			}
+			mu.Lock()
 			if running > 0 {
 				freshBeside++
 			}
 			mu.Unlock()
-			time.Sleep(20 * time.Millisecond)
 			return nil
 		}
+		mu.Lock()
 		running++
 		most = max(most, running)
+		if !started {
+			started = true
+			close(suspectRuns)
+		}
 		mu.Unlock()
 		time.Sleep(recordHold + 100*time.Millisecond)
 		mu.Lock()
