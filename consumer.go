@@ -437,7 +437,7 @@ func (c *Consumer) Fail(ctx context.Context, t Task, cause error) (dead bool, er
 	if err := c.st.finishRefence(ctx); err != nil {
 		return false, err
 	}
-	dead, err = c.st.fail(ctx, c.claimedOf(t), cause, time.Time{})
+	dead, err = c.st.fail(ctx, c.claimedOf(t), cause, time.Time{}, true)
 	if err != nil {
 		return dead, err
 	}

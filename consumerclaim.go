@@ -38,7 +38,7 @@ func (c *Consumer) dropExhausted(ctx context.Context, cs []claimed) ([]claimed, 
 		}
 		cause := fmt.Errorf("queue: delivery %d exceeds MaxAttempts %d", t.Attempt, c.st.maxAttempts)
 		t.Attempt = c.st.maxAttempts // dead-letter it without delivering it
-		if _, err := c.st.fail(ctx, t, cause, time.Time{}); err != nil {
+		if _, err := c.st.fail(ctx, t, cause, time.Time{}, true); err != nil {
 			return nil, err
 		}
 	}

@@ -141,6 +141,16 @@ func accountedRecord(t Task, deliveries int) []byte {
 	return appendEntry(buf, 0, t.ID, t.OrderID, t.AddedAt.UnixMilli(), deliveries, t.Headers, t.Payload)
 }
 
+// failedRecord is the pending record of t after its delivery attempt
+// failed: with inPlace, the retry's delivery recorded ahead (see fail);
+// else the entry with its failed deliveries as its count, unmarked.
+func failedRecord(t Task, attempt int, inPlace bool) []byte {
+	if inPlace {
+		return accountedRecord(t, attempt+1)
+	}
+	return encodeTask(t, attempt)
+}
+
 // accountedMark starts a pending record whose count includes the current
 // delivery; an entry starts with its flags byte (see isEntryStart).
 const accountedMark = '+'
@@ -179,11 +189,15 @@ return 1
 
 // fail records a failed delivery of t (as claimed, with its Attempt). When
 // t has had maxAttempts deliveries it moves to the dead-letter store with
-// cause and fail reports dead; otherwise the failure, and the retry that
-// follows (at retryAt; zero: when its holder says), are recorded in the
-// pending record and in the retries hash (for Status), so that a crash
-// counts them. Costs one round trip.
-func (s *store) fail(ctx context.Context, t claimed, cause error, retryAt time.Time) (dead bool, err error) {
+// cause and fail reports dead; otherwise the failure is recorded in the
+// pending record and in the retries hash (for Status), with the retry that
+// follows (at retryAt; zero: when its holder says). With inPlace (a
+// Consumer's caller retries the task it holds, with nothing recorded as
+// it starts) the retry's delivery is recorded ahead, so that a crash
+// counts it; a pool records it as it starts (recordDelivery), and a crash
+// while the task waits out its backoff then counts no delivery that did
+// not happen, nor makes it a suspect (see gate). Costs one round trip.
+func (s *store) fail(ctx context.Context, t claimed, cause error, retryAt time.Time, inPlace bool) (dead bool, err error) {
 	msg := "<nil>"
 	if cause != nil {
 		msg = cause.Error()
@@ -195,7 +209,7 @@ func (s *store) fail(ctx context.Context, t claimed, cause error, retryAt time.T
 	}
 	r := t.ref()
 	_, err = s.script(ctx, "record failure on", failScript, s.claimCall([]any{s.keys.claims, s.keys.lease, s.keys.meta, s.keys.retries},
-		[]string{r.record}, false, s.value(), s.ttlMS, r.record, r.place, accountedRecord(t.Task, t.Attempt+1), t.ID, retryRecord(time.Now(), retryAt, msg))...)
+		[]string{r.record}, false, s.value(), s.ttlMS, r.record, r.place, failedRecord(t.Task, t.Attempt, inPlace), t.ID, retryRecord(time.Now(), retryAt, msg))...)
 	return false, err
 }
 

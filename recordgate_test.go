@@ -223,3 +223,67 @@ func TestFailedTasksHandedBackAreNoSuspects(t *testing.T) {
 	assert.GreaterOrEqual(t, most, 2, "the retries ran side by side")
 	assert.EqualValues(t, 2*orders, stats0(t, q).Processed)
 }
+
+// A pool that loses its lease while failed tasks wait out their backoff:
+// the next owner delivers each as the second attempt (the retry never
+// started, and is not charged), side by side, not as crash suspects.
+func TestFailedTasksRecoveredAfterALostLease(t *testing.T) {
+	t.Parallel()
+	ctx := bounded(t)
+	q, srv := newTestQueue(t, 1, Config{})
+	s, k := srv[0], newQueueKeys(q.cfg.Prefix, 0, 0)
+	const orders = 6
+	addAll(t, q, orderTasks(orders, 2))
+	failed := make(chan struct{}, orders)
+	stopCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	var errs errLog
+	errc := runPool(stopCtx, q, PoolConfig{Workers: orders, LeaseTTL: time.Second, OnError: errs.add, Backoff: func(int) time.Duration { return time.Minute }},
+		func(context.Context, Task) error {
+			failed <- struct{}{}
+			return errors.New("the database is down")
+		})
+	for range orders {
+		receive(t, failed)
+	}
+	require.Eventually(t, func() bool { // every failure recorded
+		n, err := redis.Int(try(s, "HLEN", k.retries))
+		return err == nil && n == orders
+	}, 10*time.Second, time.Millisecond)
+	s.do(t, "SET", k.lease, "1:another", "PX", 60000) // the lease is another's: lost
+	require.Eventually(t, func() bool { return errs.count(ErrLeaseLost) > 0 }, 10*time.Second, time.Millisecond)
+	stop()
+	require.NoError(t, receive(t, errc))
+	s.do(t, "DEL", k.lease)
+
+	var mu sync.Mutex
+	running, most, seen := 0, 0, false
+	both := make(chan struct{})
+	var attempts []int
+	err := q.AnalysePool(ctx, 0, PoolConfig{Workers: orders, ExitOnEmpty: true}, func(_ context.Context, task Task) error {
+		mu.Lock()
+		running++
+		most = max(most, running)
+		if task.Attempt > 1 {
+			attempts = append(attempts, task.Attempt)
+		}
+		if running == 2 && !seen {
+			seen = true
+			close(both)
+		}
+		mu.Unlock()
+		if task.Attempt > 1 {
+			select {
+			case <-both:
+			case <-time.After(3 * time.Second): // one at a time: no second comes
+			}
+		}
+		mu.Lock()
+		running--
+		mu.Unlock()
+		return nil
+	})
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, most, 2, "the retries ran side by side")
+	assert.Equal(t, []int{2, 2, 2, 2, 2, 2}, attempts, "each retry is the second delivery")
+}

@@ -307,7 +307,7 @@ func TestStatusOfARetryHandedBack(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []string{id}, taskIDs(ts))
 	// Failed as a pool fails a task: its retry due in a minute.
-	_, err = c.st.fail(ctx, c.claimedOf(ts[0]), errors.New("boom again"), time.Now().Add(time.Minute))
+	_, err = c.st.fail(ctx, c.claimedOf(ts[0]), errors.New("boom again"), time.Now().Add(time.Minute), false)
 	require.NoError(t, err)
 	st, err = q.Status(ctx, 7, id)
 	require.NoError(t, err)

@@ -327,7 +327,7 @@ func (w *worker) settleOutcome(o *orderLine, t claimed, err error, aborted bool,
 	default:
 		s.cfg.OnError(&TaskError{ID: t.ID, OrderID: t.OrderID, Attempt: t.Attempt, Err: err})
 		retryAt := time.Now().Add(s.cfg.Backoff(t.Attempt))
-		if _, ferr := s.st.fail(s.leaseCtx, t, err, retryAt); ferr != nil {
+		if _, ferr := s.st.fail(s.leaseCtx, t, err, retryAt, false); ferr != nil {
 			if errors.Is(ferr, ErrLeaseLost) {
 				s.loseLease()
 				return
@@ -372,7 +372,7 @@ func (w *worker) bury(t claimed, cause error) bool {
 	s := w.s
 	var b backoff
 	for {
-		_, err := s.st.fail(s.leaseCtx, t, cause, time.Time{})
+		_, err := s.st.fail(s.leaseCtx, t, cause, time.Time{}, false)
 		if err == nil {
 			break
 		}
