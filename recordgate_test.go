@@ -196,30 +196,7 @@ func TestFailedTasksHandedBackAreNoSuspects(t *testing.T) {
 	require.NoError(t, err)
 	stop()
 
-	var mu sync.Mutex
-	running, most, seen := 0, 0, false
-	both := make(chan struct{})
-	err = q.AnalysePool(ctx, 0, PoolConfig{Workers: orders, ExitOnEmpty: true}, func(_ context.Context, task Task) error {
-		mu.Lock()
-		running++
-		most = max(most, running)
-		if running == 2 && !seen {
-			seen = true
-			close(both)
-		}
-		mu.Unlock()
-		if task.Attempt > 1 {
-			select {
-			case <-both:
-			case <-time.After(3 * time.Second): // one at a time: no second comes
-			}
-		}
-		mu.Lock()
-		running--
-		mu.Unlock()
-		return nil
-	})
-	require.NoError(t, err)
+	most, _ := drainRetries(t, ctx, q, orders)
 	assert.GreaterOrEqual(t, most, 2, "the retries ran side by side")
 	assert.EqualValues(t, 2*orders, stats0(t, q).Processed)
 }
@@ -256,11 +233,21 @@ func TestFailedTasksRecoveredAfterALostLease(t *testing.T) {
 	require.NoError(t, receive(t, errc))
 	s.do(t, "DEL", k.lease)
 
+	most, attempts := drainRetries(t, ctx, q, orders)
+	assert.GreaterOrEqual(t, most, 2, "the retries ran side by side")
+	assert.Equal(t, []int{2, 2, 2, 2, 2, 2}, attempts, "each retry is the second delivery")
+}
+
+// drainRetries drains analyser 0's queue with a pool of workers, each
+// task delivered before waiting until two tasks run at once (or 3 s: one
+// at a time, no second comes). It returns the most tasks that ran at
+// once, and the attempts of the tasks delivered before, in order.
+func drainRetries(t *testing.T, ctx context.Context, q *Queue, workers int) (most int, attempts []int) {
+	t.Helper()
 	var mu sync.Mutex
-	running, most, seen := 0, 0, false
+	running, seen := 0, false
 	both := make(chan struct{})
-	var attempts []int
-	err := q.AnalysePool(ctx, 0, PoolConfig{Workers: orders, ExitOnEmpty: true}, func(_ context.Context, task Task) error {
+	err := q.AnalysePool(ctx, 0, PoolConfig{Workers: workers, ExitOnEmpty: true}, func(_ context.Context, task Task) error {
 		mu.Lock()
 		running++
 		most = max(most, running)
@@ -275,7 +262,7 @@ func TestFailedTasksRecoveredAfterALostLease(t *testing.T) {
 		if task.Attempt > 1 {
 			select {
 			case <-both:
-			case <-time.After(3 * time.Second): // one at a time: no second comes
+			case <-time.After(3 * time.Second):
 			}
 		}
 		mu.Lock()
@@ -284,6 +271,5 @@ func TestFailedTasksRecoveredAfterALostLease(t *testing.T) {
 		return nil
 	})
 	require.NoError(t, err)
-	assert.GreaterOrEqual(t, most, 2, "the retries ran side by side")
-	assert.Equal(t, []int{2, 2, 2, 2, 2, 2}, attempts, "each retry is the second delivery")
+	return most, attempts
 }
