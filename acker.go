@@ -55,20 +55,6 @@ func (a *acker) add(t claimed, started time.Time, then func()) {
 	}
 }
 
-// addDone hands the acker finished tasks, with their status records (nil
-// without a retention): done's, a streak's at once.
-func (a *acker) addDone(refs []ackRef, recs []historyRecord) {
-	a.unconfirmed.Add(int64(len(refs)))
-	a.mu.Lock()
-	idle := len(a.refs) == 0
-	a.refs = append(a.refs, refs...)
-	a.recs = append(a.recs, recs...)
-	a.mu.Unlock()
-	if idle {
-		notify(a.wake)
-	}
-}
-
 // close tells the acker that no more acks come; it acknowledges what it
 // holds, then its loop returns.
 func (a *acker) close() {

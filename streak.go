@@ -55,64 +55,46 @@ func (w *worker) streakNext(o *orderLine, now time.Time) (claimed, bool) {
 	*t = claimed{}
 	w.streakAt++
 	w.ran++
-	// The done one goes to the acker now: the next may run long, and a
-	// task done must not wait for it to be acknowledged (nor run again,
-	// should the lease be lost meanwhile).
-	w.flushDone()
+	// The done one, acknowledged, is held no longer: the next may run
+	// long.
+	w.releaseDone()
 	return next, true
 }
 
-// done records t, run to done from started to finished, for flushDone to
-// hand to the acker and count no longer held: before the next task of the
-// streak starts, or once the line is settled (after it, so that the
-// fetcher, told of the room, finds the line settled).
-func (w *worker) done(t claimed, started, finished time.Time) {
-	w.doneRefs = append(w.doneRefs, ackRef{claim: t.claim, place: t.place, id: t.ID})
-	if w.s.st.retention > 0 {
-		w.doneRecs = append(w.doneRecs, historyRecord{state: StateDone, added: t.AddedAt, started: started, finished: finished, attempts: t.Attempt})
-	}
-	w.doneBytes += t.size()
-	w.doneHeld++
-}
-
-// flushDone hands the acker the tasks done recorded, and counts them and
-// the ones acknowledged on their own (a suspect's) no longer held.
-func (w *worker) flushDone() {
+// releaseDone counts the tasks the worker ran to done and acknowledged
+// no longer held: before the next task of its streak starts, or once the
+// line is settled (after it, so that the fetcher, told of the room, finds
+// the line settled).
+func (w *worker) releaseDone() {
 	if w.doneHeld == 0 {
 		return
-	}
-	if len(w.doneRefs) > 0 {
-		w.s.acks.addDone(w.doneRefs, w.doneRecs)
-		clear(w.doneRefs)
-		clear(w.doneRecs)
-		w.doneRefs, w.doneRecs = w.doneRefs[:0], w.doneRecs[:0]
 	}
 	w.s.releaseHeld(w.doneHeld, w.doneBytes)
 	w.doneHeld, w.doneBytes = 0, 0
 }
 
 // settle, settleNext, unpickUntaken and toWaiting are the set's, the
-// worker's streak settled with them, then its done tasks handed on.
+// worker's streak settled with them, then its done tasks released.
 func (w *worker) settle(o *orderLine, done bool, retryAt, started time.Time) {
 	w.set.settle(w, o, done, retryAt, started)
-	w.flushDone()
+	w.releaseDone()
 }
 
 func (w *worker) settleNext(o *orderLine, now time.Time) (*orderLine, claimed) {
 	next, t := w.set.settleNext(o, w, now)
-	w.flushDone()
+	w.releaseDone()
 	return next, t
 }
 
 func (w *worker) unpickUntaken(o *orderLine) bool {
 	ok := w.set.unpickUntaken(w, o)
-	w.flushDone()
+	w.releaseDone()
 	return ok
 }
 
 func (w *worker) toWaiting(o *orderLine) {
 	w.set.toWaiting(w, o)
-	w.flushDone()
+	w.releaseDone()
 }
 
 // settleRan settles the tasks of o that w ran to done in its streak and

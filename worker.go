@@ -40,9 +40,8 @@ type worker struct {
 	ran      int       // the line's tasks from head run to done, not settled
 	pickedAt time.Time // when the streak began
 
-	// The tasks run to done and not handed on yet (see done).
-	doneRefs  []ackRef
-	doneRecs  []historyRecord
+	// The tasks run to done and acknowledged, not yet counted no longer
+	// held (see releaseDone), and their size.
 	doneHeld  int64
 	doneBytes int64
 
@@ -116,8 +115,8 @@ func (w *worker) stopping() bool { return w.s.halted() }
 // until it holds no OrderID; it reports whether it retired.
 func (w *worker) loop() (retired bool) {
 	defer func() {
-		if !retired { // a retired worker flushed and stopped its timer as it went, and may be another goroutine's now
-			w.flushDone() // its tasks done before the lease was lost, if it was
+		if !retired { // a retired worker released and stopped its timer as it went, and may be another goroutine's now
+			w.releaseDone() // its tasks done before the lease was lost, if it was
 			w.stopTimer()
 		}
 	}()
@@ -302,11 +301,11 @@ func (w *worker) settleOutcome(o *orderLine, t claimed, err error, aborted bool,
 			// before would charge it again.
 			w.hold = nil
 			s.acks.ackThen(t, start, func() { s.gate.done(h) })
-			w.doneBytes += t.size()
-			w.doneHeld++
 		} else {
-			w.done(t, start, at)
+			s.acks.ack(t, start)
 		}
+		w.doneHeld++
+		w.doneBytes += t.size()
 		if c := s.cfg.Counters; c != nil {
 			(*c.processed.Load())[w.index].Add(1)
 		}
