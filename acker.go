@@ -9,85 +9,152 @@ import (
 )
 
 // acker acknowledges a session's finished tasks in batches, on a goroutine
-// of its own: workers hand it their tasks' claim places with one mutex
-// each, not a channel send, and it takes everything handed to it at once,
-// so that one ack script serves many tasks, with a bitmap per claim.
+// of its own: workers hand it their tasks' claim places, each worker into
+// one of a few shards (with a mutex each, not a channel send, so that two
+// workers running on two cores do not pass one lock's memory back and
+// forth for every task), and it takes everything handed to it at once, so
+// that one ack script serves many tasks, with a bitmap per claim.
 type acker struct {
-	s *session
+	s      *session
+	shards []ackShard
+	closed atomic.Bool   // no more acks come
+	asleep atomic.Bool   // the loop found nothing and waits for wake
+	wake   chan struct{} // signalled when there is work while it sleeps, or on close
 
-	mu     sync.Mutex
-	refs   []ackRef        // finished tasks not taken yet
-	recs   []historyRecord // with a retention, their status records (history.go), in step
-	thens  []func()        // to call once the acks taken with them are confirmed (ackThen)
-	closed bool            // no more acks come
-	wake   chan struct{}   // signalled when there is work, or on close
+	// taken counts the acks taken from the shards that Redis has not
+	// confirmed yet (see unconfirmed).
+	taken atomic.Int64
 
-	// unconfirmed counts the acks Redis has not confirmed yet. A resync
-	// waits for it to reach zero, so that no call with the old lease value
-	// is still on its way when it gives the lease a new one.
-	unconfirmed atomic.Int64
+	// The loop's own buffers.
+	refs  []ackRef
+	recs  []historyRecord
+	thens []func()
 }
 
-func newAcker(s *session) *acker { return &acker{s: s, wake: make(chan struct{}, 1)} }
+// ackShard holds the finished tasks of some workers until the acker takes
+// them.
+type ackShard struct {
+	mu    sync.Mutex
+	refs  []ackRef        // finished tasks not taken yet
+	recs  []historyRecord // with a retention, their status records (history.go), in step
+	thens []func()        // to call once the acks taken with them are confirmed (ackThen)
+	_     [64]byte        // the next shard's lock on another cache line
+}
 
-// ack hands a finished task to the acker; its delivery started at
-// started.
-func (a *acker) ack(t claimed, started time.Time) { a.add(t, started, nil) }
+// ackShards is the number of shards: a power of two, more than the cores
+// that run workers at once on most machines.
+const ackShards = 16
+
+func newAcker(s *session) *acker {
+	return &acker{s: s, shards: make([]ackShard, ackShards), wake: make(chan struct{}, 1)}
+}
+
+// ack hands a finished task to the acker, from the worker of slot slot;
+// its delivery started at started.
+func (a *acker) ack(slot int, t claimed, started time.Time) { a.add(slot, t, started, nil) }
 
 // ackThen is ack, and calls then once Redis confirmed the ack (or the
 // acker gave it up: the lease is lost), on the acker's goroutine.
-func (a *acker) ackThen(t claimed, started time.Time, then func()) { a.add(t, started, then) }
+func (a *acker) ackThen(slot int, t claimed, started time.Time, then func()) {
+	a.add(slot, t, started, then)
+}
 
-func (a *acker) add(t claimed, started time.Time, then func()) {
-	a.unconfirmed.Add(1)
-	a.mu.Lock()
-	idle := len(a.refs) == 0
-	a.refs = append(a.refs, ackRef{claim: t.claim, place: t.place, id: t.ID})
+func (a *acker) add(slot int, t claimed, started time.Time, then func()) {
+	sh := &a.shards[slot&(ackShards-1)]
+	sh.mu.Lock()
+	sh.refs = append(sh.refs, ackRef{claim: t.claim, place: t.place, id: t.ID})
 	if a.s.st.retention > 0 {
-		a.recs = append(a.recs, historyRecord{state: StateDone, added: t.AddedAt, started: started, finished: time.Now(), attempts: t.Attempt})
+		sh.recs = append(sh.recs, historyRecord{state: StateDone, added: t.AddedAt, started: started, finished: time.Now(), attempts: t.Attempt})
 	}
 	if then != nil {
-		a.thens = append(a.thens, then)
+		sh.thens = append(sh.thens, then)
 	}
-	a.mu.Unlock()
-	if idle {
+	sh.mu.Unlock()
+	// The loop, once asleep, looks at the shards again after it says so
+	// (take): either it finds this task, or this finds it asleep.
+	if a.asleep.Load() && a.asleep.CompareAndSwap(true, false) {
 		notify(a.wake)
 	}
+}
+
+// unconfirmed returns how many acks Redis has not confirmed yet, or more.
+// A resync waits for it to reach zero, so that no call with the old lease
+// value is still on its way when it gives the lease a new one. The shards
+// are read before taken: an ack the loop takes meanwhile is counted in
+// taken by then.
+func (a *acker) unconfirmed() int64 {
+	var n int64
+	for i := range a.shards {
+		sh := &a.shards[i]
+		sh.mu.Lock()
+		n += int64(len(sh.refs))
+		sh.mu.Unlock()
+	}
+	return n + a.taken.Load()
 }
 
 // close tells the acker that no more acks come; it acknowledges what it
 // holds, then its loop returns.
 func (a *acker) close() {
-	a.mu.Lock()
-	a.closed = true
-	a.mu.Unlock()
+	a.closed.Store(true)
 	notify(a.wake)
 }
 
-// take waits for work and returns the tasks to acknowledge, swapping in
-// spare as the new buffer; it returns nothing once the acker is closed and
-// everything has been taken.
-func (a *acker) take(spare []ackRef) (refs []ackRef, recs []historyRecord, thens []func()) {
-	a.mu.Lock()
-	for len(a.refs) == 0 && !a.closed {
-		a.mu.Unlock()
+// take waits for work and returns the tasks to acknowledge, in buffers the
+// acker keeps until the next take; it returns nothing once the acker is
+// closed and everything has been taken.
+func (a *acker) take() (refs []ackRef, recs []historyRecord, thens []func()) {
+	for {
+		if a.gather() {
+			return a.refs, a.recs, a.thens
+		}
+		if a.closed.Load() {
+			if a.gather() { // handed over before the close
+				return a.refs, a.recs, a.thens
+			}
+			return nil, nil, nil
+		}
+		a.asleep.Store(true)
+		if a.gather() {
+			a.asleep.Store(false)
+			return a.refs, a.recs, a.thens
+		}
 		<-a.wake
-		a.mu.Lock()
+		a.asleep.Store(false)
 	}
-	refs, recs, thens = a.refs, a.recs, a.thens
-	a.refs, a.recs, a.thens = spare[:0], nil, nil
-	a.mu.Unlock()
-	return refs, recs, thens
+}
+
+// gather moves every shard's tasks into the acker's buffers, counting
+// them taken, and reports whether there were any.
+func (a *acker) gather() bool {
+	clear(a.recs)
+	clear(a.thens)
+	a.refs, a.recs, a.thens = a.refs[:0], a.recs[:0], a.thens[:0]
+	for i := range a.shards {
+		sh := &a.shards[i]
+		sh.mu.Lock()
+		if len(sh.refs) > 0 {
+			a.taken.Add(int64(len(sh.refs)))
+			a.refs = append(a.refs, sh.refs...)
+			a.recs = append(a.recs, sh.recs...)
+			a.thens = append(a.thens, sh.thens...)
+			clear(sh.refs)
+			clear(sh.recs)
+			clear(sh.thens)
+			sh.refs, sh.recs, sh.thens = sh.refs[:0], sh.recs[:0], sh.thens[:0]
+		}
+		sh.mu.Unlock()
+	}
+	return len(a.refs) > 0
 }
 
 // loop acknowledges finished tasks in batches until closed: it waits for
 // one, takes every one finished by then, and acknowledges them, ackChunk
 // to a call.
 func (a *acker) loop(ctx context.Context) {
-	spare := make([]ackRef, 0, maxClaim)
 	var b backoff
 	for {
-		refs, recs, thens := a.take(spare)
+		refs, recs, thens := a.take()
 		if len(refs) == 0 {
 			return
 		}
@@ -104,7 +171,6 @@ func (a *acker) loop(ctx context.Context) {
 			f()
 		}
 		clear(refs)
-		spare = refs[:0]
 	}
 }
 
@@ -127,6 +193,6 @@ func (a *acker) send(ctx context.Context, batch []ackRef, recs []historyRecord, 
 			break
 		}
 	}
-	a.unconfirmed.Add(-int64(len(batch)))
+	a.taken.Add(-int64(len(batch)))
 	notify(s.freed)
 }

@@ -23,7 +23,7 @@ func TestAckerKeepsEachFieldWithItsStatusRecord(t *testing.T) {
 		wg.Go(func() {
 			for i := range per {
 				n := g*per + i
-				a.ack(claimed{Task: Task{ID: strconv.Itoa(n), Attempt: n + 1}, field: strconv.Itoa(n)}, time.Time{})
+				a.ack(g, claimed{Task: Task{ID: strconv.Itoa(n), Attempt: n + 1}, field: strconv.Itoa(n)}, time.Time{})
 			}
 		})
 	}
@@ -31,7 +31,7 @@ func TestAckerKeepsEachFieldWithItsStatusRecord(t *testing.T) {
 	go func() { wg.Wait(); a.close(); close(done) }()
 	seen, wrong := 0, 0
 	for {
-		refs, recs, _ := a.take(nil)
+		refs, recs, _ := a.take()
 		if len(refs) == 0 {
 			break
 		}
@@ -80,4 +80,54 @@ func TestFinishedTaskAcknowledgedWhileItsWorkerRunsAnother(t *testing.T) {
 	require.NoError(t, <-errc)
 	assert.EqualValues(t, 2, stats().Processed)
 	assert.Zero(t, stats().Pending)
+}
+
+// An acker that found nothing and waits is woken by the next ack, however
+// the ack and its wait interleave: each ack here is taken before the next
+// is made, so a wake lost once leaves take waiting for good.
+func TestAckerWakesForEveryAck(t *testing.T) {
+	t.Parallel()
+	a := newAcker(&session{st: &store{}})
+	const n = 20000
+	taken := make(chan int, 1)
+	go func() {
+		for {
+			refs, _, _ := a.take()
+			if len(refs) == 0 {
+				close(taken)
+				return
+			}
+			taken <- len(refs)
+		}
+	}()
+	for i := range n {
+		a.ack(i, claimed{Task: Task{ID: strconv.Itoa(i)}}, time.Time{})
+		select {
+		case got := <-taken:
+			require.Equal(t, 1, got)
+		case <-time.After(30 * time.Second):
+			t.Fatalf("ack %d was never taken", i)
+		}
+	}
+	a.close()
+	_, open := <-taken
+	assert.False(t, open, "take returned tasks after the close")
+}
+
+// unconfirmed counts every ack Redis has not confirmed: those still with
+// the workers' shards and those taken and on their way.
+func TestAckerCountsUnconfirmedAcks(t *testing.T) {
+	t.Parallel()
+	a := newAcker(&session{st: &store{}})
+	for i := range 5 {
+		a.ack(i, claimed{Task: Task{ID: strconv.Itoa(i)}}, time.Time{})
+	}
+	assert.EqualValues(t, 5, a.unconfirmed(), "acks handed to the acker")
+	refs, _, _ := a.take()
+	require.Len(t, refs, 5)
+	assert.EqualValues(t, 5, a.unconfirmed(), "acks taken, not confirmed")
+	a.ack(0, claimed{Task: Task{ID: "6"}}, time.Time{})
+	assert.EqualValues(t, 6, a.unconfirmed())
+	a.taken.Add(-5) // what send does once Redis confirmed them
+	assert.EqualValues(t, 1, a.unconfirmed())
 }

@@ -258,12 +258,12 @@ func TestAckerKeepsRecordsInStepWithFields(t *testing.T) {
 				n := w*each + i
 				c := claimed{Task: Task{ID: fmt.Sprintf("%020d", n), AddedAt: base, Attempt: n}}
 				c.field = c.ID
-				a.ack(c, base)
+				a.ack(w, c, base)
 			}
 		}()
 	}
 	wg.Wait()
-	refs, recs, _ := a.take(nil)
+	refs, recs, _ := a.take()
 	require.Len(t, refs, workers*each)
 	require.Len(t, recs, len(refs))
 	wrong := 0

@@ -367,7 +367,7 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 			// happened, are back in the ready list: they come before
 			// anything claimed later. Once nothing is in flight and every
 			// ack is confirmed, whatever is pending is theirs.
-			if s.held.Load() > 0 || s.acks.unconfirmed.Load() > 0 {
+			if s.held.Load() > 0 || s.acks.unconfirmed() > 0 {
 				select {
 				case <-s.freed:
 				case <-waitCtx.Done():
@@ -398,7 +398,7 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 		// refuses them, say): claims stop there, as pending grows. With
 		// nothing held, one task is claimed whatever its size.
 		held, free := s.held.Load(), s.room()
-		if free < lowWater && held > 0 || s.acks.unconfirmed.Load() > int64(s.cfg.Prefetch) {
+		if free < lowWater && held > 0 || s.acks.unconfirmed() > int64(s.cfg.Prefetch) {
 			select {
 			case <-s.freed:
 			case <-waitCtx.Done():

@@ -17,6 +17,10 @@ const (
 	streakSpan = time.Millisecond
 )
 
+// streakRelease is the size of a streak's done tasks that it counts no
+// longer held before its next task starts.
+const streakRelease = 64 << 10
+
 // beginStreak copies the tasks that follow o's first, picked at now, as the
 // worker's streak: none where the pool's rate limit, whose wait a stop
 // must find in the line (toWaiting), may hold them. set.mu is held.
@@ -55,9 +59,13 @@ func (w *worker) streakNext(o *orderLine, now time.Time) (claimed, bool) {
 	*t = claimed{}
 	w.streakAt++
 	w.ran++
-	// The done one, acknowledged, is held no longer: the next may run
-	// long.
-	w.releaseDone()
+	// The done ones, acknowledged, are held no longer: counted so in a
+	// lump once they are streakRelease bytes, or with the settle (at most
+	// maxStreak small tasks counted held a while longer, if the next runs
+	// long), not one count a task, which the fetcher's core reads.
+	if w.doneBytes >= streakRelease {
+		w.releaseDone()
+	}
 	return next, true
 }
 

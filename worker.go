@@ -45,6 +45,8 @@ type worker struct {
 	doneHeld  int64
 	doneBytes int64
 
+	clockAt time.Time // the worker's last reading of both clocks (see now)
+
 	// Under set.mu:
 	idleAt int  // index in set.idle, or -1 while the worker is not idle
 	retire bool // the pool shrank: the worker ends once it holds no OrderID
@@ -129,7 +131,7 @@ func (w *worker) loop() (retired bool) {
 				return false
 			}
 		} else if o == nil {
-			now = time.Now() // one clock read per task: it is not free on every VM
+			now = w.now()
 			var due time.Time
 			var exit bool
 			o, t, due, exit = w.set.next(w, now)
@@ -157,6 +159,20 @@ func (w *worker) loop() (retired bool) {
 		}
 		o, t, now = w.runOne(o, t, now)
 	}
+}
+
+// now returns the time: from the monotonic clock alone, and the wall
+// clock's reading of at most a second before. time.Now reads both, which
+// is not free on every VM, and the worker reads the time once a task.
+// Worker goroutine only.
+func (w *worker) now() time.Time {
+	if !w.clockAt.IsZero() {
+		if d := time.Since(w.clockAt); d >= 0 && d < time.Second {
+			return w.clockAt.Add(d)
+		}
+	}
+	w.clockAt = time.Now()
+	return w.clockAt
 }
 
 // putBack puts back o, picked and its task (its first, or the next of the
@@ -295,14 +311,14 @@ func (w *worker) settleOutcome(o *orderLine, t claimed, err error, aborted bool,
 	case err != nil && (aborted || s.isMarked(t.ID)) && s.taskCtx.Err() == nil:
 		w.cancelled(o, t, start)
 	case err == nil:
-		at = time.Now() // the worker's one clock read a task
+		at = w.now() // the worker's one clock read a task
 		if h := w.hold; h != nil {
 			// A suspect holds the gate until Redis has its ack: a crash
 			// before would charge it again.
 			w.hold = nil
-			s.acks.ackThen(t, start, func() { s.gate.done(h) })
+			s.acks.ackThen(w.index, t, start, func() { s.gate.done(h) })
 		} else {
-			s.acks.ack(t, start)
+			s.acks.ack(w.index, t, start)
 		}
 		w.doneHeld++
 		w.doneBytes += t.size()

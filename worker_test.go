@@ -288,3 +288,29 @@ func TestWorkerGoneLeavesItsTimer(t *testing.T) {
 	}
 	s.workWG.Wait()
 }
+
+// A worker's clock reads the monotonic clock and keeps to the wall clock:
+// each reading lies between two of time.Now, by both clocks.
+func TestWorkerClockKeepsToTheWallClock(t *testing.T) {
+	t.Parallel()
+	w := &worker{}
+	last := time.Time{}
+	for range 1000 {
+		before := time.Now()
+		now := w.now()
+		after := time.Now()
+		require.False(t, now.Before(before) || now.After(after), "monotonic reading %v outside [%v, %v]", now, before, after)
+		// Wall readings: within what the wall clock moved against the
+		// monotonic one since the worker's last read of both (none here).
+		wall := now.Round(0)
+		require.False(t, wall.Before(before.Round(0).Add(-time.Millisecond)) || wall.After(after.Round(0).Add(time.Millisecond)),
+			"wall reading %v outside [%v, %v]", wall, before.Round(0), after.Round(0))
+		require.False(t, now.Before(last), "the clock went back")
+		last = now
+	}
+	// A reading of both clocks at least once a second.
+	w.clockAt = time.Now().Add(-2 * time.Second)
+	before := time.Now()
+	w.now()
+	assert.False(t, w.clockAt.Before(before), "the wall clock was not read again after a second")
+}
