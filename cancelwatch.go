@@ -204,8 +204,9 @@ func (s *session) watchCancels(ctx context.Context) {
 			}
 			sets[w.set] = true
 		}
+		now := time.Now()
 		for ls := range sets {
-			ls.hurry(m)
+			ls.hurry(now, func(o *orderLine) bool { _, ok := m[o.tasks[o.head].ID]; return ok })
 		}
 		if len(unseen) > 0 {
 			if err := s.st.sawCancels(ctx, unseen); err != nil && ctx.Err() == nil {
@@ -245,16 +246,15 @@ func (s *session) isMarked(id string) bool {
 	return ok
 }
 
-// hurry makes the OrderIDs that wait out a backoff, and whose next task's
-// cancel was asked (marks), due now: the task is finished as cancelled
-// without waiting.
-func (ls *lineSet) hurry(marks map[string]struct{}) {
+// hurry makes the delayed OrderIDs that match due at now: those whose
+// next task's cancel was asked, finished as cancelled without waiting
+// out their backoff, or those set aside for the record gate once it frees.
+func (ls *lineSet) hurry(now time.Time, match func(*orderLine) bool) {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
-	now := time.Now()
 	hurried := false
 	for _, o := range ls.delayed {
-		if _, ok := marks[o.tasks[o.head].ID]; ok && o.notBefore.After(now) {
+		if o.notBefore.After(now) && match(o) {
 			o.notBefore, hurried = now, true
 		}
 	}

@@ -40,6 +40,7 @@ type orderLine struct {
 	state     lineState
 	notBefore time.Time // while delayed
 	pinned    bool      // DispatchByOrder: on a worker other than its hash's under the current worker count
+	gated     bool      // delayed for its first task's turn at the record gate (see setAside)
 	freeAt    int       // while parked: its index in free
 
 	// While running: how many of its tasks from head its worker has
@@ -278,7 +279,7 @@ func (ls *lineSet) dueDelayed(now time.Time) (due time.Time) {
 	kept := ls.delayed[:0]
 	for _, o := range ls.delayed {
 		if !o.notBefore.After(now) {
-			o.state = lineRunnable
+			o.state, o.gated = lineRunnable, false
 			ls.pushRunnable(o)
 			ls.s.lines.Add(1)
 			continue
@@ -393,22 +394,49 @@ func (ls *lineSet) settleLocked(o *orderLine, done bool, retryAt, started time.T
 	case ls.s.halted():
 		o.state = lineIdle // takeAll hands it back
 	case !retryAt.IsZero():
-		o.state, o.notBefore = lineDelayed, retryAt
-		ls.delayed = append(ls.delayed, o)
-		// No task of o runs or is about to while it waits: it does not
-		// count against Prefetch, which would have other OrderIDs wait
-		// for its backoff once Prefetch OrderIDs wait one.
-		ls.s.lines.Add(-1)
-		if ls.s.room() >= ls.s.lowWater {
-			notify(ls.s.freed)
-		}
-		if ls.timed != nil && retryAt.Before(ls.timedDue) {
-			ls.wake(ls.timed) // to wait for this one instead
-		}
+		ls.delay(o, retryAt)
 	default:
 		o.state = lineRunnable
 		ls.pushRunnable(o)
 	}
+}
+
+// delay has o, its first task not running, wait until due: a backoff,
+// or a suspect's turn at the record gate. ls.mu is held.
+func (ls *lineSet) delay(o *orderLine, due time.Time) {
+	o.state, o.notBefore = lineDelayed, due
+	ls.delayed = append(ls.delayed, o)
+	// No task of o runs or is about to while it waits: it does not
+	// count against Prefetch, which would have other OrderIDs wait
+	// for its backoff once Prefetch OrderIDs wait one.
+	ls.s.lines.Add(-1)
+	if ls.s.room() >= ls.s.lowWater {
+		notify(ls.s.freed)
+	}
+	if ls.timed != nil && due.Before(ls.timedDue) {
+		ls.wake(ls.timed) // to wait for this one instead
+	}
+}
+
+// setAside has o, picked by w and its first task a suspect the record
+// gate holds back, wait until due, or until the gate frees (gate.done
+// hurries it), while w goes on with other OrderIDs: a worker waiting for
+// its turn would hold back the OrderIDs it serves. It reports whether it
+// did: not when the session stops (then o goes back with the unstarted
+// tasks, unless the lease is lost).
+func (ls *lineSet) setAside(w *worker, o *orderLine, due time.Time) bool {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	ls.settleRan(o, w)
+	if ls.s.halted() {
+		if !ls.s.isLost() {
+			o.state = lineIdle // takeAll hands it back
+		}
+		return false
+	}
+	ls.delay(o, due)
+	o.gated = true
+	return true
 }
 
 // toWaiting marks o, picked, as waiting for the rate limit: its first

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"slices"
 	"sync"
 	"time"
 )
@@ -45,11 +46,11 @@ const (
 // gate is a Queue's record gate (see above).
 type gate struct {
 	mu        sync.Mutex
-	holder    *gateHold // the hold of the suspect that holds the gate, or nil
-	taken     time.Time // when it took the gate
-	started   time.Time // when its task started (zero: it records first)
-	openUntil time.Time // while a record is stuck: every suspect passes until then
-	waiters   []*worker // workers to wake when it frees
+	holder    *gateHold  // the hold of the suspect that holds the gate, or nil
+	taken     time.Time  // when it took the gate
+	started   time.Time  // when its task started (zero: it records first)
+	openUntil time.Time  // while a record is stuck: every suspect passes until then
+	waiting   []*lineSet // sets with a suspect set aside for it, to hurry when it frees
 }
 
 // gateHold is one suspect's hold of the gate, from its take to its done
@@ -64,35 +65,49 @@ const (
 	gatePass        // the gate is open: w goes without holding it
 )
 
-// take takes the gate for w at now (gateHeld, with the hold to give back
-// to done), lets w pass (gatePass), or returns the time to look again
-// (gateWait), w being woken should the gate free sooner.
-func (g *gate) take(w *worker, now time.Time) (again time.Time, got int, h *gateHold) {
+// take takes the gate at now for a suspect of set ls (gateHeld, with the
+// hold to give back to done), lets it pass (gatePass), or returns the
+// time to look again (gateWait) and the hold it waits for, ls's suspects
+// set aside meanwhile being hurried should the gate free sooner.
+func (g *gate) take(ls *lineSet, now time.Time) (again time.Time, got int, h, behind *gateHold) {
 	g.mu.Lock()
-	defer g.mu.Unlock()
+	var hurry []*lineSet
+	defer func() {
+		g.mu.Unlock()
+		hurryGated(hurry)
+	}()
 	switch {
 	case now.Before(g.openUntil):
-		return time.Time{}, gatePass, nil
+		return time.Time{}, gatePass, nil, nil
 	case g.holder == nil:
 	case g.started.IsZero() && !now.Before(g.taken.Add(recordHold)):
 		// The holder's record is stuck: its Redis does not answer.
 		// Open the gate for a while, to every suspect waiting.
 		g.holder, g.started, g.openUntil = nil, time.Time{}, now.Add(recordHold)
-		g.wakeAll()
-		return time.Time{}, gatePass, nil
+		hurry = g.takeWaiting()
+		return time.Time{}, gatePass, nil, nil
 	case !g.started.IsZero() && !now.Before(g.started.Add(recordRun)):
 		// The holder's task has run alone long enough: it goes on
 		// outside the gate.
 	default:
-		g.waiters = append(g.waiters, w)
-		if g.started.IsZero() {
-			return g.taken.Add(recordHold), gateWait, nil
+		if !slices.Contains(g.waiting, ls) {
+			g.waiting = append(g.waiting, ls)
 		}
-		return g.started.Add(recordRun), gateWait, nil
+		if g.started.IsZero() {
+			return g.taken.Add(recordHold), gateWait, nil, g.holder
+		}
+		return g.started.Add(recordRun), gateWait, nil, g.holder
 	}
 	h = &gateHold{}
 	g.holder, g.taken, g.started = h, now, time.Time{}
-	return time.Time{}, gateHeld, h
+	return time.Time{}, gateHeld, h, nil
+}
+
+// heldBy reports whether h holds the gate still.
+func (g *gate) heldBy(h *gateHold) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.holder == h
 }
 
 // start says that the task of hold h starts at t (h nil: none).
@@ -105,38 +120,38 @@ func (g *gate) start(h *gateHold, t time.Time) {
 }
 
 // done frees the gate if h holds it (its task's outcome is in Redis, or
-// it will not start), and wakes the workers that wait for it.
+// it will not start), and hurries the suspects set aside for it.
 func (g *gate) done(h *gateHold) {
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	if h == nil || g.holder != h {
+		g.mu.Unlock()
 		return
 	}
 	g.holder, g.started = nil, time.Time{}
-	g.wakeAll()
+	hurry := g.takeWaiting()
+	g.mu.Unlock()
+	hurryGated(hurry)
 }
 
-// wakeAll wakes every waiter. g.mu is held.
-func (g *gate) wakeAll() {
-	for i, x := range g.waiters {
-		notify(x.wake)
-		g.waiters[i] = nil
-	}
-	g.waiters = g.waiters[:0]
+// takeWaiting returns the sets with suspects set aside, and forgets them.
+// g.mu is held.
+func (g *gate) takeWaiting() []*lineSet {
+	sets := g.waiting
+	g.waiting = nil
+	return sets
 }
 
-// leave drops w from the waiters, if it is one.
-func (g *gate) leave(w *worker) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	kept := g.waiters[:0]
-	for _, x := range g.waiters {
-		if x != w {
-			kept = append(kept, x)
-		}
+// hurryGated makes the suspects set aside in sets due now, to try the
+// gate again. No gate's lock is held: a set's lock is never taken under
+// it.
+func hurryGated(sets []*lineSet) {
+	if len(sets) == 0 {
+		return
 	}
-	clear(g.waiters[len(kept):])
-	g.waiters = kept
+	now := time.Now()
+	for _, ls := range sets {
+		ls.hurry(now, func(o *orderLine) bool { return o.gated })
+	}
 }
 
 // gated reports whether the start of a task of that attempt, marked
@@ -148,46 +163,28 @@ func gated(recovered bool, attempt int, started time.Time) bool {
 	return recovered && attempt > 1 && started.IsZero()
 }
 
-// awaitRecordTurn waits until the record gate lets o's first task, id,
-// picked at now, record its delivery, holding the gate (the hold it
-// returns, nil when it passes: give it to done once the task's outcome is
-// in Redis) or passing it. Only o waits, as for the rate limit (see
-// awaitRate). It reports false when the session
-// stops meanwhile or the lease's deadline passed: the task does not start
-// (on a graceful stop o goes back with the unstarted tasks), and the gate
-// is not taken. A cancel of the task seen meanwhile ends the wait: the
-// caller finishes it as cancelled (check isMarked), the gate not taken.
-func (w *worker) awaitRecordTurn(o *orderLine, id string, now time.Time) (time.Time, bool, *gateHold) {
-	s := w.s
-	again, got, h := w.s.gate.take(w, now)
+// awaitRecordTurn asks the record gate to let o's first task, picked at
+// now, record its delivery, holding the gate (the hold it returns, nil
+// when it passes: give it to done once the task's outcome is in Redis) or
+// passing it. It reports false when the task is not to start now: the
+// gate is shut (o is set aside until the gate frees, or until it is due
+// to look again, while the worker goes on with other OrderIDs), the
+// session stops (on a graceful stop o goes back with the unstarted
+// tasks), or the lease's deadline passed.
+func (w *worker) awaitRecordTurn(o *orderLine, now time.Time) (bool, *gateHold) {
+	g := w.s.gate
+	again, got, h, behind := g.take(w.set, now)
 	if got == gateWait {
-		w.held.Store(&id)
-		w.toWaiting(o)
-		for got == gateWait && !s.isMarked(id) {
-			select {
-			case <-w.timerFor(time.Until(again)):
-			case <-w.wake:
-			case <-s.halt:
-			}
-			if s.halted() {
-				break
-			}
-			now = time.Now()
-			again, got, h = w.s.gate.take(w, now)
+		if w.set.setAside(w, o, again) && !g.heldBy(behind) {
+			// Freed before o was set aside: the gate's hurry missed it.
+			hurryGated([]*lineSet{w.set})
 		}
-		w.s.gate.leave(w)
-		w.held.Store(nil)
-		if !w.set.endWait(o) {
-			w.s.gate.done(h)
-			return now, false, nil
-		}
-		if got == gateWait { // cancelled
-			return now, true, nil
-		}
+		w.releaseDone()
+		return false, nil
 	}
 	if !w.mayStart(o, now) {
-		w.s.gate.done(h)
-		return now, false, nil
+		g.done(h)
+		return false, nil
 	}
-	return now, true, h
+	return true, h
 }

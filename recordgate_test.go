@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,44 +17,57 @@ import (
 func TestRecordGateRules(t *testing.T) {
 	t.Parallel()
 	g := &gate{}
-	a, b, c := &worker{wake: make(chan struct{}, 1)}, &worker{wake: make(chan struct{}, 1)}, &worker{wake: make(chan struct{}, 1)}
+	s := &session{cfg: PoolConfig{Prefetch: 1024}, halt: make(chan struct{}), freed: make(chan struct{}, 1)}
+	a, b, c := newLineSet(s, false), newLineSet(s, false), newLineSet(s, false)
 	t0 := time.Unix(1000, 0)
 
 	// a records: b waits for a's record, then for a's run.
-	_, got, ha := g.take(a, t0)
+	_, got, ha, _ := g.take(a, t0)
 	require.Equal(t, gateHeld, got)
-	again, got, _ := g.take(b, t0.Add(time.Millisecond))
+	again, got, _, behind := g.take(b, t0.Add(time.Millisecond))
 	assert.Equal(t, gateWait, got)
 	assert.Equal(t, t0.Add(recordHold), again)
+	assert.Same(t, ha, behind, "b waits behind a's hold")
 	g.start(ha, t0.Add(2*time.Millisecond))
-	again, got, _ = g.take(b, t0.Add(100*time.Millisecond))
+	again, got, _, _ = g.take(b, t0.Add(100*time.Millisecond))
 	assert.Equal(t, gateWait, got, "a suspect runs alone until it finishes")
 	assert.Equal(t, t0.Add(2*time.Millisecond+recordRun), again)
+	assert.Equal(t, []*lineSet{b}, g.waiting, "a set is listed once")
+	assert.True(t, g.heldBy(ha))
+
+	// b's suspect set aside until then: the gate's freeing hurries it.
+	o := &orderLine{id: 7, tasks: []claimed{{Task: Task{ID: "suspect"}}}}
+	b.mu.Lock()
+	b.delay(o, again)
+	o.gated = true
+	b.mu.Unlock()
 	g.done(ha)
-	select {
-	case <-b.wake:
-	default:
-		t.Fatal("a waiter is woken when the gate frees")
-	}
-	_, got, hb := g.take(b, t0.Add(200*time.Millisecond))
+	assert.False(t, g.heldBy(ha))
+	assert.Empty(t, g.waiting)
+	b.mu.Lock()
+	hurried := !o.notBefore.After(time.Now())
+	b.mu.Unlock()
+	assert.True(t, hurried, "a suspect set aside is due once the gate frees")
+	_, got, hb, _ := g.take(b, t0.Add(200*time.Millisecond))
 	require.Equal(t, gateHeld, got)
 
 	// b's task runs past recordRun: c goes on beside it.
 	g.start(hb, t0.Add(201*time.Millisecond))
-	_, got, hc := g.take(c, t0.Add(201*time.Millisecond+recordRun))
+	_, got, hc, _ := g.take(c, t0.Add(201*time.Millisecond+recordRun))
 	require.Equal(t, gateHeld, got)
 	g.done(hb) // no longer the holder: changes nothing
-	_, got, _ = g.take(a, t0.Add(202*time.Millisecond+recordRun))
+	_, got, _, _ = g.take(a, t0.Add(202*time.Millisecond+recordRun))
 	assert.Equal(t, gateWait, got, "c holds the gate")
 
 	// c's record is stuck: the gate opens to every suspect for recordHold.
 	t1 := t0.Add(201*time.Millisecond + recordRun + recordHold)
-	_, got, _ = g.take(a, t1)
+	_, got, _, _ = g.take(a, t1)
 	assert.Equal(t, gatePass, got)
-	_, got, _ = g.take(b, t1.Add(recordHold/2))
+	assert.Empty(t, g.waiting, "the sets waiting are hurried as the gate opens")
+	_, got, _, _ = g.take(b, t1.Add(recordHold/2))
 	assert.Equal(t, gatePass, got)
 	g.done(hc) // no longer the holder
-	_, got, hb = g.take(b, t1.Add(recordHold))
+	_, got, hb, _ = g.take(b, t1.Add(recordHold))
 	assert.Equal(t, gateHeld, got, "gating resumes")
 	g.done(hb)
 	assert.Nil(t, g.holder)
@@ -272,4 +286,57 @@ func drainRetries(t *testing.T, ctx context.Context, q *Queue, workers int) (mos
 	})
 	require.NoError(t, err)
 	return most, attempts
+}
+
+// A suspect waiting for its turn at the record gate holds back no other
+// OrderID of its worker: it is set aside, and the worker runs the fresh
+// tasks it serves while another suspect runs. (A worker that waited
+// would have them wait until that suspect's outcome is in Redis, or for
+// recordRun.)
+func TestSuspectWaitingForTheGateHoldsBackNoOtherOrderID(t *testing.T) {
+	t.Parallel()
+	q, servers := newTestQueue(t, 1, Config{})
+	ctx := bounded(t)
+	// Two workers: the first suspect's OrderID on worker 0; the second
+	// suspect's, and the fresh tasks' OrderIDs, on worker 1.
+	var on0, on1 []uint64
+	for id := uint64(0); len(on0) < 1 || len(on1) < 4; id++ {
+		if workerOf(id, 2) == 0 {
+			on0 = append(on0, id)
+		} else {
+			on1 = append(on1, id)
+		}
+	}
+	first, second, others := on0[0], on1[0], on1[1:4]
+	addAll(t, q, []Task{{OrderID: first, Payload: []byte("s1")}, {OrderID: second, Payload: []byte("s2")}})
+	markDelivered(t, q, servers[0], 1)
+	var fresh []Task
+	for _, id := range others {
+		fresh = append(fresh, Task{OrderID: id, Payload: []byte("fresh")}, Task{OrderID: id, Payload: []byte("fresh")})
+	}
+	addAll(t, q, fresh)
+
+	var freshDone atomic.Int32
+	allFresh := make(chan struct{})
+	var beside atomic.Bool
+	err := q.AnalysePool(ctx, 0, PoolConfig{Workers: 2, ExitOnEmpty: true}, func(ctx context.Context, task Task) error {
+		switch string(task.Payload) {
+		case "fresh":
+			if freshDone.Add(1) == int32(len(fresh)) {
+				close(allFresh)
+			}
+		case "s1":
+			// Runs until the fresh tasks are done, or for less than
+			// recordRun: the gate stays shut to the other suspect.
+			select {
+			case <-allFresh:
+				beside.Store(true)
+			case <-time.After(recordRun - 500*time.Millisecond):
+			}
+		}
+		return nil
+	})
+	require.NoError(t, err)
+	assert.True(t, beside.Load(), "the fresh tasks of the waiting suspect's worker waited for the running suspect")
+	assert.EqualValues(t, 2+len(fresh), stats0(t, q).Processed)
 }

@@ -234,14 +234,10 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) (next *orderLine
 		if t.Attempt > 1 || t.recovered {
 			if gated(t.recovered, t.Attempt, t.started) {
 				var ok bool
-				if now, ok, w.hold = w.awaitRecordTurn(o, t.ID, now); !ok {
+				if ok, w.hold = w.awaitRecordTurn(o, now); !ok {
 					return
 				}
 				defer w.releaseHold()
-				if s.isMarked(t.ID) { // cancelled during the wait
-					w.cancelled(o, t, time.Time{})
-					return
-				}
 			}
 			if !w.recordStart(t) {
 				return
