@@ -201,7 +201,7 @@ func (c PoolConfig) withDefaults() (PoolConfig, error) {
 	}
 	if c.OnError == nil {
 		log := c.Logger
-		c.OnError = func(err error) { log.Log(context.Background(), errorLevel(err), "queue: pool error", "err", err) }
+		c.OnError = func(err error) { logError(log, err) }
 	}
 	return c, nil
 }

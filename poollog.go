@@ -46,17 +46,26 @@ func (l *poolLog) error(err error) {
 	if conn || errors.Is(err, ErrLeaseLost) && l.down.Load() {
 		return // told by lost, and by back once it answers
 	}
-	l.log.Log(context.Background(), errorLevel(err), "queue: pool error", "analyser", l.analyser, "err", err)
+	logError(l.log, err, "analyser", l.analyser)
 }
 
-// errorLevel is the level a background error is logged at when OnError
-// is not set: a failed delivery that will be retried is a warning (the
-// queue does what it is for), the rest are errors.
-func errorLevel(err error) slog.Level {
-	if te, ok := errors.AsType[*TaskError](err); ok && !te.Dead {
-		return slog.LevelWarn
+// logError logs a background error when OnError is not set, after args: a
+// failed delivery as "queue: task failed", at Warn when it will be
+// retried (the queue does what it is for), with the stack of a panic in
+// the analyse function; the rest as "queue: pool error", at Error.
+func logError(log *slog.Logger, err error, args ...any) {
+	msg, level := "queue: pool error", slog.LevelError
+	if te, ok := errors.AsType[*TaskError](err); ok {
+		msg = "queue: task failed"
+		if !te.Dead {
+			level = slog.LevelWarn
+		}
 	}
-	return slog.LevelError
+	args = append(args, "err", err)
+	if pe, ok := errors.AsType[*PanicError](err); ok && len(pe.Stack) > 0 {
+		args = append(args, "stack", string(pe.Stack))
+	}
+	log.Log(context.Background(), level, msg, args...)
 }
 
 // lost records that Redis did not answer, and says so when it is news.

@@ -227,7 +227,8 @@ func TestPoolLogsATasksNetworkErrorAsItsOwn(t *testing.T) {
 			cfg.Backoff = func(int) time.Duration { return time.Millisecond }
 			require.NoError(t, q.AnalysePool(ctx, 0, cfg, tc.fn))
 			assert.Empty(t, h.lines("lost redis"), "%s", h)
-			errs := h.lines("pool error")
+			assert.Empty(t, h.lines("pool error"), "%s", h)
+			errs := h.lines("task failed")
 			require.Len(t, errs, 3, "each failed delivery logged: %s", h)
 			for _, l := range errs[:2] {
 				assert.Equal(t, slog.LevelWarn, l.level, "a delivery that will be retried")
@@ -236,4 +237,21 @@ func TestPoolLogsATasksNetworkErrorAsItsOwn(t *testing.T) {
 			assert.Contains(t, errs[2].attrs["err"], "dead-lettered")
 		})
 	}
+}
+
+// A panic in the analyse function is logged with its stack (without
+// OnError), so that its file and line are in the log.
+func TestPoolLogsAPanicsStack(t *testing.T) {
+	t.Parallel()
+	q, _ := newTestQueue(t, 1, Config{})
+	ctx := bounded(t)
+	_, err := q.AddTask(ctx, 1, []byte("x"))
+	require.NoError(t, err)
+	h := &logRecorder{}
+	cfg := PoolConfig{Logger: slog.New(h), ExitOnEmpty: true, MaxAttempts: 1}
+	require.NoError(t, q.AnalysePool(ctx, 0, cfg, func(context.Context, Task) error { panic("boom") }))
+	errs := h.lines("task failed")
+	require.Len(t, errs, 1, "%s", h)
+	assert.Contains(t, errs[0].attrs["err"], "analyse panicked: boom")
+	assert.Contains(t, errs[0].attrs["stack"], "TestPoolLogsAPanicsStack", "the panicking function in the stack")
 }
