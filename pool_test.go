@@ -396,3 +396,28 @@ func TestPoolFailingOrderHoldsBackOnlyItself(t *testing.T) {
 	assert.Equal(t, []string{pl(1, 0), pl(1, 0), pl(1, 1)}, rec.order(1))
 	assert.Equal(t, []int{1, 2}, rec.attemptsOf(ids[0]))
 }
+
+// A pool says when it finds its queue paused, and when it is resumed: a
+// pool that claims nothing is not silent about why.
+func TestPoolLogsPauseAndResume(t *testing.T) {
+	t.Parallel()
+	q, _ := newTestQueue(t, 1, Config{})
+	ctx := bounded(t)
+	require.NoError(t, q.Pause(ctx, QueueOf(0)))
+	_, err := q.AddTask(ctx, 0, []byte("x"))
+	require.NoError(t, err)
+	h := &logRecorder{}
+	done := make(chan struct{})
+	errc := runPool(ctx, q, PoolConfig{Logger: slog.New(h), ExitOnEmpty: true}, func(context.Context, Task) error {
+		close(done)
+		return nil
+	})
+	require.Eventually(t, func() bool { return len(h.lines("queue: paused")) == 1 }, 10*time.Second, time.Millisecond, "%s", h)
+	require.NoError(t, q.Resume(ctx, QueueOf(0)))
+	<-done
+	require.NoError(t, receive(t, errc))
+	paused, resumed := h.lines("queue: paused"), h.lines("queue: resumed")
+	require.Len(t, paused, 1, "%s", h)
+	require.Len(t, resumed, 1, "%s", h)
+	assert.Equal(t, slog.LevelInfo, paused[0].level)
+}

@@ -64,6 +64,9 @@ type session struct {
 	// pending and unseen, must go back before anything is claimed or
 	// handed back (fetcher only).
 	resyncOwed bool
+	// pausedSeen: the last claim found the queue paused (logged as it
+	// changes; the fetcher's only).
+	pausedSeen bool
 	claimBuf   []claimed                           // the claim buffer, reused once dispatched (fetcher only)
 	marks      atomic.Pointer[map[string]struct{}] // the queue's cancel marks, as last read (nil: none)
 
@@ -433,6 +436,14 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 		}
 		b.reset()
 		s.log.ok(sent)
+		if paused := s.st.paused.Load(); paused != s.pausedSeen {
+			s.pausedSeen = paused
+			if paused {
+				s.cfg.Logger.Info("queue: paused; claiming nothing until resumed", "analyser", s.log.analyser)
+			} else {
+				s.cfg.Logger.Info("queue: resumed", "analyser", s.log.analyser)
+			}
+		}
 		if len(tasks) == 0 {
 			if s.st.paused.Load() {
 				// Paused: claim nothing until resumed; what runs goes on.
