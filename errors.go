@@ -80,13 +80,14 @@ var (
 // Redis server and the one this process was configured with.
 type LayoutError struct {
 	Partition int    // the partition (server) index this process gave it
+	Prefix    string // the Config.Prefix the layout is recorded under
 	Want      string // this process's layout, "partitions=R queues=Q index=I"
 	Got       string // the layout recorded in the server
 }
 
 func (e *LayoutError) Error() string {
-	return fmt.Sprintf("queue: layout of partition %d: redis has %s, this process uses %s: %s",
-		e.Partition, e.Got, e.Want, e.hint())
+	return fmt.Sprintf("queue: layout of partition %d under prefix %q: redis has %s, this process uses %s: %s",
+		e.Partition, e.Prefix, e.Got, e.Want, e.hint())
 }
 
 // hint says which setting to change to agree with the server.

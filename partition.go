@@ -164,6 +164,7 @@ func (q *Queue) layoutOn(ctx context.Context, conn redis.Conn, p *partition) err
 	if got != "" {
 		return &LayoutError{
 			Partition: p.index,
+			Prefix:    q.cfg.Prefix,
 			Want:      fmt.Sprintf("partitions=%d queues=%d index=%d", want[0], want[1], want[2]),
 			Got:       got,
 		}
@@ -181,7 +182,7 @@ func (q *Queue) compareLayout(o *partition, got []string) (none bool, err error)
 	want := fmt.Sprintf("partitions=%d queues=%d index=%d", len(q.parts), q.cfg.Queues, o.index)
 	have := fmt.Sprintf("partitions=%s queues=%s index=%s", got[0], got[1], got[2])
 	if have != want {
-		return false, &LayoutError{Partition: o.index, Want: want, Got: have}
+		return false, &LayoutError{Partition: o.index, Prefix: q.cfg.Prefix, Want: want, Got: have}
 	}
 	return false, nil
 }

@@ -364,7 +364,8 @@ func TestLayoutErrorSaysWhatToChange(t *testing.T) {
 		{"partitions=2 queues=1 index=0", "partitions=2 queues=1 index=1", "give this server as partition 0, not 1"},
 		{"partitions= queues=x index=", "partitions=2 queues=1 index=1", "not one this package wrote"},
 	} {
-		msg := (&LayoutError{Partition: 1, Got: tc.got, Want: tc.want}).Error()
+		msg := (&LayoutError{Partition: 1, Prefix: "orders", Got: tc.got, Want: tc.want}).Error()
+		assert.Contains(t, msg, `under prefix "orders"`, "the prefix the layout is recorded under")
 		assert.Contains(t, msg, "redis has "+tc.got)
 		assert.Contains(t, msg, tc.hint)
 	}
