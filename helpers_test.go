@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"sort"
 	"strings"
@@ -20,6 +21,13 @@ import (
 func TestMain(m *testing.M) {
 	if runFaultRole() { // a child process of the fault suite (faultproc_test.go)
 		return
+	}
+	// The pools the tests run log to slog's default logger; unless
+	// QUEUE_TEST_LOG is set, those lines go nowhere, so that a failure
+	// is not buried among a thousand of them. Tests that check a log
+	// give their pool a logger of their own.
+	if os.Getenv("QUEUE_TEST_LOG") == "" {
+		slog.SetDefault(slog.New(slog.DiscardHandler))
 	}
 	goleak.VerifyTestMain(m)
 }
