@@ -107,12 +107,12 @@ return {'marked'}
 //     the error: the task is cancelled all the same, and Status reads it
 //     as unknown.)
 //   - StatePending: an analyser holds it. Cancel waits (about 200ms at
-//     most, cancelWait at worst) until the queue's owner has seen the
+//     most, a second at worst) until the queue's owner has seen the
 //     cancel: a task that had not started by then never starts, and one
 //     running (a graceful stop's ShutdownTimeout included) has its ctx
 //     cancelled, and unless it then returns nil it
 //     is finished as cancelled, not retried. A task held by a Consumer,
-//     or by an owner that does not answer within cancelWait, is
+//     or by an owner that does not answer within that second, is
 //     finished as cancelled when it is claimed again (after a
 //     takeover).
 //   - StateUnknown: the task is in no record but the ready list's, or
