@@ -145,7 +145,7 @@ func (e *env) bench(ctx context.Context, o benchOptions) error {
 	}
 	q, err := queue.Dial(ctx, urls, queue.Config{Prefix: e.prefix, Queues: e.queues, MaxPayload: max(o.size, 1<<20)})
 	if err != nil {
-		return benchErr(ctx, o, explainDial(err, urls))
+		return benchErr(ctx, o, e.redisSource(explainDial(err, urls)))
 	}
 	defer q.Close()
 	if err := q.CheckLayout(ctx); err != nil {

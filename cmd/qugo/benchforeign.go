@@ -15,7 +15,7 @@ import (
 // drains, so it must never drain someone else's tasks. Before it adds or
 // drains, it looks at the task each queue with tasks hands out next (see
 // benchPeek): a bench refuses a queue that holds any, and advises
-// bench -verify -partial only when that task is bench's; a verify refuses
+// a bench -verify only when that task is bench's; a verify refuses
 // to start when it is not bench's. While a drain runs, a task that is not
 // bench's (one further back, or added meanwhile) stops every pool: its
 // analyse function holds it until the graceful stop ends its ctx, so it
@@ -27,9 +27,31 @@ func isBenchTask(payload []byte) bool {
 	if len(payload) < benchHeader || string(payload[:len(benchMagic)]) != benchMagic {
 		return false
 	}
-	total := binary.BigEndian.Uint32(payload[len(benchMagic):])
-	place := binary.BigEndian.Uint32(payload[len(benchMagic)+4:])
-	return place >= 1 && place <= total
+	place := benchPlace(payload)
+	return place >= 1 && place <= binary.BigEndian.Uint32(payload[len(benchMagic):])
+}
+
+// benchPlace returns the 1-based place of a bench task among the tasks of
+// its OrderID. Call isBenchTask first.
+func benchPlace(payload []byte) uint32 { return binary.BigEndian.Uint32(payload[len(benchMagic)+4:]) }
+
+// benchDrainAdvice says how to drain the bench tasks of the queues of
+// stats, of which t is one queue's next: with -verify, the full check,
+// when they look like what a complete fill left (t is the first task of
+// its OrderID, and no task is pending: nothing drained any); else, since
+// a drain handled some (a bench or verify stopped part way, or
+// analysers), with -verify -partial. A fill stopped part way looks like a
+// complete one here; it said so when it stopped, and the advice names it.
+func benchDrainAdvice(t queue.Task, stats []queue.AnalyserStats) string {
+	drained := benchPlace(t.Payload) > 1
+	for _, s := range stats {
+		drained = drained || s.Pending > 0
+	}
+	if drained {
+		return "some were handled before (by a bench or verify stopped part way, or by analysers): " +
+			"drain them with qugo bench -verify -partial"
+	}
+	return "drain them with qugo bench -verify (qugo bench -verify -partial if the bench or fill that added them was stopped part way)"
 }
 
 // errForeign is what the analyse function of a drain returns for a task
@@ -77,7 +99,7 @@ func benchPeek(ctx context.Context, q *queue.Queue, a int) (queue.Task, bool, er
 // set, one that another process consumes: the figures and the order check
 // would be wrong, and bench would eat someone's tasks. It advises a
 // verify to drain the tasks only when the next one to be claimed is
-// bench's.
+// bench's (see benchDrainAdvice).
 func benchEmpty(ctx context.Context, q *queue.Queue, drain bool) error {
 	stats, err := q.Stats(ctx)
 	if err != nil {
@@ -106,8 +128,8 @@ func benchEmpty(ctx context.Context, q *queue.Queue, drain bool) error {
 				return fmt.Errorf("bench: analyser %d's queue holds %s that %s not bench's (the next one, task %s, is not one qugo bench adds): "+
 					"give another -prefix", s.Analyser, plural(int(n), "task"), are, nameTask(t))
 			}
-			return fmt.Errorf("bench: analyser %d's queue holds %s: drain them with qugo bench -verify -partial, or give another -prefix",
-				s.Analyser, plural(int(n), "task"))
+			return fmt.Errorf("bench: analyser %d's queue holds %s: %s; or give another -prefix",
+				s.Analyser, plural(int(n), "task"), benchDrainAdvice(t, stats))
 		case drain && s.Owner != "":
 			return fmt.Errorf("bench: analyser %d's queue is consumed by %s: give another -prefix", s.Analyser, s.Owner)
 		}

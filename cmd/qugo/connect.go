@@ -144,7 +144,7 @@ func (e *env) connect(ctx context.Context, retention time.Duration) (q *queue.Qu
 	}
 	q, err = queue.Dial(ctx, urls, queue.Config{Prefix: e.prefix, Queues: e.queues, Retention: retention})
 	if err != nil {
-		return nil, false, explainDial(err, urls)
+		return nil, false, e.redisSource(explainDial(err, urls))
 	}
 	if err := q.CheckLayout(ctx); err != nil {
 		q.Close()
@@ -179,6 +179,20 @@ func (e *env) prefixUsed(ctx context.Context, urls []string) (bool, error) {
 		return true, nil
 	}
 	return false, err
+}
+
+// redisSource says, in a failure to reach the servers, where their URLs
+// came from when no -redis was given: $QUEUE_REDIS or $REDIS_URL, or,
+// with neither set, the default. Who did not mean to use the default
+// learns there that nothing named a server.
+func (e *env) redisSource(err error) error {
+	if e.set["redis"] {
+		return err
+	}
+	if name, _ := redisEnv(); name != "" {
+		return fmt.Errorf("$%s (no -redis given): %w", name, err)
+	}
+	return fmt.Errorf("%s, the default (no -redis, $QUEUE_REDIS or $REDIS_URL given): %w", defaultRedis, err)
 }
 
 // explainDial adds a hint to an error of queue.Dial when the server
@@ -244,9 +258,13 @@ func layoutAdvice(le *queue.LayoutError, urls []string) string {
 	const format = "partitions=%d queues=%d index=%d"
 	_, err1 := fmt.Sscanf(le.Got, format, &got[0], &got[1], &got[2])
 	_, err2 := fmt.Sscanf(le.Want, format, &want[0], &want[1], &want[2])
-	server := strconv.Itoa(le.Partition)
+	url := strconv.Itoa(le.Partition)
 	if le.Partition >= 0 && le.Partition < len(urls) {
-		server = queue.RedactURL(urls[le.Partition])
+		url = queue.RedactURL(urls[le.Partition])
+	}
+	server := url
+	if le.Prefix != "" {
+		server += fmt.Sprintf(" under -prefix %q", le.Prefix)
 	}
 	if err1 != nil || err2 != nil {
 		return fmt.Sprintf("%s has recorded %s: give the -redis URLs in partition order and the -queues the queue was created with", server, le.Got)
@@ -259,7 +277,7 @@ func layoutAdvice(le *queue.LayoutError, urls []string) string {
 		fix = append(fix, fmt.Sprintf("-redis with %s (%d given)", plural(got[0], "URL"), want[0]))
 	}
 	if got[2] != want[2] {
-		fix = append(fix, fmt.Sprintf("-redis with %s as URL %d (it is URL %d now)", server, got[2]+1, want[2]+1))
+		fix = append(fix, fmt.Sprintf("-redis with %s as URL %d (it is URL %d now)", url, got[2]+1, want[2]+1))
 	}
 	// URLs are counted from 1, as the examples' programs count them.
 	return fmt.Sprintf("%s has recorded %s x %s, this server at place %d: use %s (or, to start afresh, another -prefix)",

@@ -98,6 +98,8 @@ func TestLayoutAdvice(t *testing.T) {
 	} {
 		le := &queue.LayoutError{Partition: tc.partition, Got: tc.got, Want: tc.want}
 		assert.Equal(t, tc.advice, layoutAdvice(le, urls), tc.name)
+		le.Prefix = "orders"
+		assert.Equal(t, strings.Replace(tc.advice, " has recorded", ` under -prefix "orders" has recorded`, 1), layoutAdvice(le, urls), tc.name)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -84,17 +85,39 @@ func timeCell(t time.Time) string {
 	return t.Local().Format(time.RFC3339)
 }
 
+// Spans durationCell shows in days, and in years.
+const (
+	day  = 24 * time.Hour
+	year = 365*day + 6*time.Hour // of 365.25 days
+)
+
 // durationCell shows d rounded to what a person reads: milliseconds under
-// a second, tenths under a minute, whole seconds above.
+// a second, tenths under a minute, whole seconds under two days, days and
+// hours under a year ("12d3h"), and years above ("about 1.5y", "about
+// 100y"), where hours alone would read as 876000h0m0s.
 func durationCell(d time.Duration) string {
 	switch {
 	case d < time.Second:
 		return d.Round(time.Millisecond).String()
 	case d < time.Minute:
 		return d.Round(100 * time.Millisecond).String()
-	default:
+	case d < 2*day:
 		return d.Round(time.Second).String()
+	case d < year:
+		h := int64(d.Round(time.Hour) / time.Hour)
+		return fmt.Sprintf("%dd%dh", h/24, h%24)
+	default:
+		return yearsCell(float64(d) / float64(year))
 	}
+}
+
+// yearsCell shows y years, which may be negative: to a tenth under ten,
+// whole above.
+func yearsCell(y float64) string {
+	if math.Abs(y) < 9.95 {
+		return fmt.Sprintf("about %.1fy", y)
+	}
+	return fmt.Sprintf("about %.0fy", y)
 }
 
 // jsonTime is a time for JSON output: RFC 3339 in UTC, or null when zero.

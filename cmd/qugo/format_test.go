@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -42,6 +43,15 @@ func TestDurationCell(t *testing.T) {
 		{4321 * time.Millisecond, "4.3s"},
 		{61*time.Second + 600*time.Millisecond, "1m2s"},
 		{3 * time.Hour, "3h0m0s"},
+		{47*time.Hour + 59*time.Minute + 59*time.Second, "47h59m59s"},
+		{48 * time.Hour, "2d0h"},
+		{12*day + 3*time.Hour + 29*time.Minute, "12d3h"},
+		{12*day + 3*time.Hour + 30*time.Minute, "12d4h"},
+		{365 * day, "365d0h"},
+		{year, "about 1.0y"},
+		{18 * 30 * day, "about 1.5y"},
+		{875999*time.Hour + 59*time.Minute + 50*time.Second, "about 100y"}, // a user's task, due in a century
+		{math.MaxInt64, "about 292y"},
 	} {
 		assert.Equal(t, tc.want, durationCell(tc.in), "%v", tc.in)
 	}

@@ -111,7 +111,9 @@ Exit status:
      with nothing to verify, a bench whose -timeout ran out, or one that
      met tasks it did not add); for serve, a -listen address it cannot
      listen on
-  2  usage error: bad flags or arguments; nothing was sent to Redis
+  2  usage error: bad flags or arguments; nothing was sent to Redis (or,
+     for cancel and status, an -id of another OrderID than -order:
+     nothing was written)
 Errors go to standard error, prefixed "qugo: ".
 `
 
@@ -178,14 +180,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "qugo: %v\nRun '%s' for usage.\n", err, help)
 		return exitUsage
 	default:
+		if le, ok := errors.AsType[*queue.LayoutError](err); ok {
+			// Said in flags, not in the library's Config fields.
+			urls, _ := e.urls()
+			fmt.Fprintf(stderr, "qugo: %s\n", layoutAdvice(le, urls))
+			return exitRuntime
+		}
 		fmt.Fprintf(stderr, "qugo: %v\n", err)
 		// A deadline is bench's -timeout, which its error tells of.
 		if hint := redisHint(err, ""); hint != "" && !errors.Is(err, context.DeadlineExceeded) {
 			fmt.Fprintf(stderr, "qugo: %s\n", hint)
-		}
-		if le, ok := errors.AsType[*queue.LayoutError](err); ok {
-			urls, _ := e.urls()
-			fmt.Fprintf(stderr, "qugo: %s\n", layoutAdvice(le, urls))
 		}
 		return exitRuntime
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -359,10 +360,11 @@ func TestLayoutMismatch(t *testing.T) {
 		code, out, errOut := qugo(t, args...)
 		assert.Equal(t, exitRuntime, code, name)
 		assert.Empty(t, out, name)
-		assert.Contains(t, errOut, "qugo: queue: layout of partition", name)
+		assert.Contains(t, errOut, fmt.Sprintf(" under -prefix %q has recorded ", f.prefix), name)
+		assert.NotContains(t, errOut, "Config.", "said in flags: %s", name)
 	}
 	_, _, errOut := qugo(t, "-redis", strings.Join(f.urls, ","), "-queues", "1", "-prefix", f.prefix, "stats")
-	assert.Contains(t, errOut, "\nqugo: "+f.urls[0]+" has recorded 2 servers x 2 queues, this server at place 1: use -queues 2 (or, to start afresh, another -prefix)\n")
+	assert.Equal(t, "qugo: "+f.urls[0]+fmt.Sprintf(" under -prefix %q", f.prefix)+" has recorded 2 servers x 2 queues, this server at place 1: use -queues 2 (or, to start afresh, another -prefix)\n", errOut)
 	code, _, errOut := qugo(t, f.args("stats")...)
 	assert.Equal(t, exitOK, code, errOut)
 }
@@ -412,6 +414,34 @@ func TestBadRedisFromEnv(t *testing.T) {
 	code, _, errOut = qugo(t, "-redis", "tcp://h", "stats")
 	assert.Equal(t, exitUsage, code)
 	assert.Contains(t, errOut, "qugo: -redis: URL 1 of 1: ")
+}
+
+// A server that cannot be reached is named by where its URL came from
+// when no -redis was given: the variable, or the default when neither
+// variable is set (someone who meant a server of their own learns that
+// none was named).
+func TestUnreachableFromEnvOrDefault(t *testing.T) {
+	url := closedURL(t)
+	t.Setenv("QUEUE_REDIS", "")
+	t.Setenv("REDIS_URL", url)
+	for _, args := range [][]string{{"stats"}, {"status", "-order", "1", "-id", "x"}, {"bench", "-n", "1"}} {
+		code, out, errOut := qugo(t, args...)
+		assert.Equal(t, exitRuntime, code, args)
+		assert.Empty(t, out, args)
+		assert.Contains(t, errOut, "qugo: $REDIS_URL (no -redis given): queue: dial partition 0: ", args)
+	}
+	code, _, errOut := qugo(t, "-redis", url, "stats")
+	assert.Equal(t, exitRuntime, code)
+	assert.True(t, strings.HasPrefix(errOut, "qugo: queue: dial partition 0: "), errOut)
+
+	// The default, 127.0.0.1:6379, may well answer here: the wording is
+	// checked on an error of its own.
+	t.Setenv("REDIS_URL", "")
+	e := &env{globals: defaultGlobals(), set: map[string]bool{}}
+	assert.EqualError(t, e.redisSource(errors.New("queue: dial partition 0: refused")),
+		"redis://127.0.0.1:6379, the default (no -redis, $QUEUE_REDIS or $REDIS_URL given): queue: dial partition 0: refused")
+	e.set["redis"] = true
+	assert.EqualError(t, e.redisSource(errors.New("queue: dial partition 0: refused")), "queue: dial partition 0: refused")
 }
 
 // Without -redis and QUEUE_REDIS (an empty one counts as unset),

@@ -100,23 +100,27 @@ func (e *env) newScheduledDoc(a, offset, limit int, now time.Time, tasks []queue
 // at about 292 years, and a task may be due later (to year 287,396).
 func dueInMS(due, now time.Time) int64 { return due.UnixMilli() - now.UnixMilli() }
 
-// maxDurationMS is the longest span durationCell shows as such.
+// maxDurationMS is the longest span dueInCell shows through
+// signedDurationCell: a time.Duration stops at about 292 years.
 const maxDurationMS = 100 * 365 * 24 * 3600 * 1000
 
-// dueInCell shows ms, a dueInMS, as durationCell does, or in years when
-// it is over a hundred.
+// dueInCell shows ms, a dueInMS, as signedDurationCell does, or in years
+// when it is over a hundred.
 func dueInCell(ms int64) string {
 	if ms > maxDurationMS || ms < -maxDurationMS {
-		years := ms / (365*24*3600*1000 + 6*3600*1000) // of 365.25 days
-		return fmt.Sprintf("about %dy", years)
+		return yearsCell(float64(ms) / float64(year.Milliseconds()))
 	}
 	return signedDurationCell(time.Duration(ms) * time.Millisecond)
 }
 
-// signedDurationCell is durationCell for a duration that may be negative.
+// signedDurationCell is durationCell for a duration that may be negative:
+// "-1.5s", "-12d3h", "about -2.0y".
 func signedDurationCell(d time.Duration) string {
-	if d < 0 {
-		return "-" + durationCell(-d)
+	switch {
+	case d >= 0:
+		return durationCell(d)
+	case d <= -year:
+		return yearsCell(float64(d) / float64(year))
 	}
-	return durationCell(d)
+	return "-" + durationCell(-d)
 }

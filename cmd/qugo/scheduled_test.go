@@ -116,6 +116,8 @@ func TestSignedDurationCell(t *testing.T) {
 		1500 * time.Millisecond:  "1.5s",
 		-1500 * time.Millisecond: "-1.5s",
 		-90 * time.Minute:        "-1h30m0s",
+		-50 * time.Hour:          "-2d2h",
+		-3 * year:                "about -3.0y",
 	} {
 		assert.Equal(t, want, signedDurationCell(d), d)
 	}
@@ -154,9 +156,30 @@ func TestScheduledDueCenturiesAhead(t *testing.T) {
 	assert.InDelta(t, want, got, float64(time.Minute.Milliseconds()))
 	code, out, errOut := qugo(t, f.args("scheduled", "-a", "0")...)
 	require.Equal(t, exitOK, code, errOut)
-	years := want / (365*24*3600*1000 + 6*3600*1000)
-	assert.Contains(t, out, fmt.Sprintf("about %dy", years))
+	years := float64(want) / float64(year.Milliseconds())
+	assert.Contains(t, out, fmt.Sprintf("about %.0fy", years))
 	assert.NotContains(t, out, "2562047h")
-	assert.Equal(t, "about -300y", dueInCell(-300*(365*24*3600*1000+6*3600*1000)-1))
+	assert.Equal(t, "about -300y", dueInCell(-300*year.Milliseconds()-1))
+	assert.Equal(t, "about 101y", dueInCell(101*year.Milliseconds()))
 	assert.Equal(t, "1.5s", dueInCell(1500))
+}
+
+// A task due in days or decades is shown due in days, or years, not in
+// hundreds of thousands of hours (875999h59m50s for a century).
+func TestScheduledDueDaysAndYearsAhead(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 1, 1)
+	_, err := f.q.AddTaskAfter(ctx, 1, 3*day+2*time.Hour, []byte("x"))
+	require.NoError(t, err)
+	_, err = f.q.AddTaskAfter(ctx, 1, 876000*time.Hour, []byte("x"))
+	require.NoError(t, err)
+	code, out, errOut := qugo(t, f.args("scheduled", "-a", "0")...)
+	require.Equal(t, exitOK, code, errOut)
+	rows := tableRows(out)
+	require.Len(t, rows, 3, out)
+	require.Equal(t, "DUE IN", strings.Join(rows[0][3:5], " "), out)
+	assert.Equal(t, "3d2h", rows[1][3])
+	assert.Equal(t, []string{"about", "100y"}, rows[2][3:5])
+	assert.NotContains(t, out, "875999h")
 }

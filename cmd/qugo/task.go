@@ -83,6 +83,32 @@ func (r taskRef) where(e *env) (a, pi, qi int) {
 	return l.AnalyserOf(r.order.n), pi, qi
 }
 
+// taskOrder returns the OrderID of the task st describes, and whether it
+// is known: a pending, retrying, scheduled or dead task's own record holds
+// it (when that record decodes, which sets AddedAt too). The history of a
+// finished task keeps none, nor is anything kept of a task in the ready
+// list.
+func taskOrder(st queue.TaskStatus) (uint64, bool) {
+	switch st.State {
+	case queue.StatePending, queue.StateRetrying, queue.StateScheduled, queue.StateDead:
+		return st.OrderID, st.OrderID != 0 || !st.AddedAt.IsZero()
+	}
+	return 0, false
+}
+
+// otherOrder refuses, as a usage error, a task whose record says it is of
+// another OrderID than -order: task IDs do not say which queue holds
+// them, so when two OrderIDs share a queue the ID of one is found there
+// under the other. fix says what to do instead, given the task's OrderID.
+func (r taskRef) otherOrder(name string, st queue.TaskStatus, fix func(order uint64) string) error {
+	order, known := taskOrder(st)
+	if !known || order == r.order.n {
+		return nil
+	}
+	return usagef("%s: task %s belongs to order %d, not to -order %d (the two share a queue): %s",
+		name, cell(*r.id), order, r.order.n, fix(order))
+}
+
 // cancelDoc is the JSON output of cancel.
 type cancelDoc struct {
 	ID        string `json:"id"`
@@ -113,6 +139,17 @@ func cancelFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 			return err
 		}
 		defer q.Close()
+		// Cancel finds a task by its ID in the queue -order routes to,
+		// whatever its OrderID: look first whose it is.
+		st, err := q.Status(ctx, ref.order.n, *ref.id)
+		if err != nil {
+			return err
+		}
+		if err := ref.otherOrder("cancel", st, func(order uint64) string {
+			return fmt.Sprintf("nothing was cancelled; to cancel it, give -order %d", order)
+		}); err != nil {
+			return err
+		}
 		found, err := q.Cancel(ctx, ref.order.n, *ref.id)
 		if errors.Is(err, queue.ErrBadConfig) && !queue.ValidTaskID(*ref.id) {
 			// The library refuses it as a bad argument; here that is a
@@ -182,6 +219,11 @@ func statusFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 		defer q.Close()
 		st, err := q.Status(ctx, ref.order.n, *ref.id)
 		if err != nil {
+			return err
+		}
+		if err := ref.otherOrder("status", st, func(order uint64) string {
+			return fmt.Sprintf("give -order %d for its status", order)
+		}); err != nil {
 			return err
 		}
 		a, pi, qi := ref.where(e)

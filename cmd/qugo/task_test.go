@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -292,4 +293,92 @@ func TestStatusAndCancelOfADoneTask(t *testing.T) {
 	stats, err := f.q.Stats(context.Background())
 	require.NoError(t, err)
 	assert.Zero(t, stats[0].Cancelled)
+}
+
+// Task IDs do not say which queue holds them: on one queue, the ID of a
+// task of order 9 is found under -order 1 too. Its record says whose it
+// is, and status and cancel refuse it (a usage error: a wrong argument),
+// cancel before it writes anything.
+func TestStatusAndCancelOfAnotherOrdersTask(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 1, 1) // every OrderID shares the one queue
+	sched, err := f.q.AddTaskAfter(ctx, 9, time.Hour, []byte("later"))
+	require.NoError(t, err)
+	ids := f.add(t, 0, 9, 9) // order 0's is pending, then 9's dies and 9's waits
+	c := f.consume(t, 0)
+	claimed, err := c.Claim(ctx, 2)
+	require.NoError(t, err)
+	require.Len(t, claimed, 2)
+	dead, err := c.Fail(ctx, claimed[1], errors.New("boom"))
+	require.NoError(t, err)
+	require.True(t, dead)
+
+	for _, tc := range []struct {
+		order, asked uint64
+		id, state    string
+	}{
+		{9, 1, sched, "scheduled"},
+		{0, 5, ids[0], "pending"}, // OrderID 0 is an OrderID too
+		{9, 0, ids[1], "dead"},
+	} {
+		for _, flags := range [][]string{nil, {"-json"}} {
+			code, out, errOut := qugo(t, f.taskArgs("status", tc.asked, tc.id, flags...)...)
+			assert.Equal(t, exitUsage, code, tc.state)
+			assert.Empty(t, out, tc.state)
+			assert.Contains(t, errOut, fmt.Sprintf("qugo: status: task %s belongs to order %d, not to -order %d (the two share a queue): "+
+				"give -order %d for its status\n", tc.id, tc.order, tc.asked, tc.order), tc.state)
+		}
+		code, out, errOut := qugo(t, f.taskArgs("cancel", tc.asked, tc.id)...)
+		assert.Equal(t, exitUsage, code, tc.state)
+		assert.Empty(t, out, tc.state)
+		assert.Contains(t, errOut, fmt.Sprintf("qugo: cancel: task %s belongs to order %d, not to -order %d (the two share a queue): "+
+			"nothing was cancelled; to cancel it, give -order %d\n", tc.id, tc.order, tc.asked, tc.order), tc.state)
+
+		// Nothing was marked nor removed, and under its own order the
+		// task reads as before.
+		st, err := f.q.Status(ctx, tc.order, tc.id)
+		require.NoError(t, err)
+		assert.Equal(t, tc.state, st.State.String())
+		assert.False(t, st.CancelAsked, tc.state)
+		doc := qugoJSON[statusDoc](t, f.taskArgs("status", tc.order, tc.id, "-json")...)
+		assert.Equal(t, tc.state, doc.State)
+	}
+	stats, err := f.q.Stats(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, [2]int64{1, 0}, [2]int64{stats[0].Scheduled, stats[0].Cancelled})
+
+	// A task in the ready list has no record to tell whose it is: status
+	// and cancel take -order's word for it, as before.
+	code, _, errOut := qugo(t, f.taskArgs("status", 1, ids[2])...)
+	assert.Equal(t, exitOK, code, errOut)
+	assert.Contains(t, errOut, "never was under this -order")
+	doc := qugoJSON[cancelDoc](t, f.taskArgs("cancel", 9, sched, "-json")...)
+	assert.Equal(t, [2]string{"scheduled", "removed"}, [2]string{doc.Found, doc.Outcome})
+}
+
+func TestTaskOrder(t *testing.T) {
+	t.Parallel()
+	added := time.UnixMilli(1)
+	for _, tc := range []struct {
+		name  string
+		st    queue.TaskStatus
+		order uint64
+		known bool
+	}{
+		{"pending", queue.TaskStatus{State: queue.StatePending, OrderID: 7, AddedAt: added}, 7, true},
+		{"order 0", queue.TaskStatus{State: queue.StateScheduled, AddedAt: added}, 0, true},
+		{"retrying", queue.TaskStatus{State: queue.StateRetrying, OrderID: 7, AddedAt: added}, 7, true},
+		{"dead", queue.TaskStatus{State: queue.StateDead, OrderID: 7, AddedAt: added}, 7, true},
+		{"a record that does not decode", queue.TaskStatus{State: queue.StateDead}, 0, false},
+		{"done: the history keeps no OrderID", queue.TaskStatus{State: queue.StateDone, AddedAt: added}, 0, false},
+		{"cancelled", queue.TaskStatus{State: queue.StateCancelled, AddedAt: added}, 0, false},
+		{"unknown", queue.TaskStatus{CancelAsked: true}, 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			order, known := taskOrder(tc.st)
+			assert.Equal(t, tc.order, order)
+			assert.Equal(t, tc.known, known)
+		})
+	}
 }

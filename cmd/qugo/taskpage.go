@@ -87,7 +87,8 @@ func (s *server) taskPage(w http.ResponseWriter, r *http.Request) {
 func (d *taskData) fill(st queue.TaskStatus) {
 	d.Read, d.Status, d.State = true, st, st.State.String()
 	d.Error = newClip(st.LastError)
-	d.OtherOrder = st.OrderID != 0 && st.OrderID != d.OrderID
+	order, known := taskOrder(st)
+	d.OtherOrder = known && order != d.OrderID
 	switch st.State {
 	case queue.StateScheduled, queue.StatePending, queue.StateRetrying, queue.StateUnknown:
 		d.Cancellable = !d.OtherOrder
