@@ -6,12 +6,16 @@
 # standby), posts tasks through the HTTP API, kills the owner with kill -9
 # midway, and prints what arrived in Postgres: rows, duplicates, order per
 # OrderID and the time the standby took to take over. Everything it started listens on
-# 127.0.0.1 on a free port and is stopped, by pid, when it exits. It exits
+# 127.0.0.1 on a free port and is stopped, by pid, when it exits. On a
+# Redis of yours ($REDIS_URL) it works under a prefix of its own and
+# deletes that prefix's keys when it ends, normally or on Ctrl-C (with
+# redis-cli; without it, or for redis+cluster:// and redis+sentinel://
+# URLs, it says which keys are left and how to delete them). It exits
 # non-zero when a check fails.
 #
 #	bash examples/demo.sh                 # from a checkout; needs Go, redis-server, PostgreSQL
 #	TASKS=20000 ORDERS=500 bash examples/demo.sh
-#	KEEP=1 bash examples/demo.sh          # keep the logs and data directories
+#	KEEP=1 bash examples/demo.sh          # keep the logs and data directories (and the keys on $REDIS_URL)
 #	PORTS=40000-40999 bash examples/demo.sh   # pick its ports from this range (default 20000-31999)
 set -euo pipefail
 
@@ -38,6 +42,9 @@ fail() {
 ((tasks % (orders * posts) == 0)) || fail "TASKS must be a multiple of ORDERS x $posts"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/qugo-demo.XXXXXX")
+# A prefix of this run's own: other queues on the same Redis are left
+# alone, and on a Redis of yours drop_keys deletes this run's keys by it.
+prefix=demo-$$-$RANDOM
 pids=()
 cleanup() {
 	local pid
@@ -50,6 +57,7 @@ cleanup() {
 		done
 		kill -9 "$pid" 2>/dev/null || true
 	done
+	drop_keys # once nothing that writes them runs
 	if [[ -n ${KEEP:-} ]]; then
 		echo "logs kept in $work"
 	else
@@ -57,6 +65,57 @@ cleanup() {
 	fi
 }
 trap cleanup EXIT
+# Ctrl-C and kill end the run through the EXIT trap too (bash runs it on
+# neither by itself when it dies of the signal).
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# drop_keys deletes, from a Redis of yours ($REDIS_URL), every key of this
+# run's prefix: the queue's ({<prefix>:<partition>.<queue>}:..., among
+# them a wake key that would expire in about a minute, and
+# <prefix>:layout) and the ingest's records of the ids it issued
+# (<prefix>:ingest:issued:<hour>, about 300 KB that would expire in 24h).
+# It finds them with redis-cli's SCAN by the prefix, which no other run
+# shares, and deletes nothing else. A Redis the demo started goes with its
+# directory.
+drop_keys() {
+	[[ -n ${REDIS_URL:-} && -n ${keyed:-} ]] || return 0
+	local patterns=("{$prefix:*" "$prefix:*") urls url pattern keys deleted=0 n
+	local left="the keys of prefix $prefix are left on $(redact "$redis_url")"
+	local how="delete every key matching '${patterns[0]}' or '${patterns[1]}' on each server (SCAN MATCH, then DEL)"
+	if [[ -n ${KEEP:-} ]]; then
+		echo "$left (KEEP is set): $how"
+		return 0
+	fi
+	if ! command -v redis-cli >/dev/null; then
+		echo "demo: $left, as there is no redis-cli here: $how" >&2
+		return 0
+	fi
+	if [[ $redis_url == *+cluster://* || $redis_url == *+sentinel://* || $redis_url == *\?* ]]; then
+		echo "demo: $left, as redis-cli does not read its URL (a cluster, a sentinel or URL parameters): $how" >&2
+		return 0
+	fi
+	IFS=, read -ra urls <<<"$redis_url"
+	for url in "${urls[@]}"; do
+		url=${url// /}
+		[[ -n $url ]] || continue
+		# redis-cli sends AUTH with an empty user for redis://:password@;
+		# the library sends the password alone, which is the default user.
+		url=${url/:\/\/:/:\/\/default:}
+		for pattern in "${patterns[@]}"; do
+			if ! keys=$(redis-cli --no-auth-warning -u "$url" --scan --pattern "$pattern" 2>"$work/redis-cli.err"); then
+				echo "demo: $left, as listing them failed ($(head -c 300 "$work/redis-cli.err")): $how" >&2
+				return 0
+			fi
+			# Only what starts with the prefix (letters, digits and dashes),
+			# whatever the server answered.
+			keys=$(grep -E "^(\{$prefix:|$prefix:)" <<<"$keys") || continue
+			n=$(xargs -d '\n' -n 100 redis-cli --no-auth-warning -u "$url" DEL <<<"$keys" | awk '{ n += $1 } END { print n + 0 }') || n=0
+			deleted=$((deleted + n))
+		done
+	done
+	echo "deleted the $deleted keys of prefix $prefix from $(redact "$redis_url")"
+}
 
 # free_port prints a loopback TCP port nothing listens on, from $PORTS
 # (low-high); by default below Linux's range of ephemeral ports (32768 and
@@ -192,13 +251,12 @@ go build -o "$work/bin/qugo" ./cmd/qugo
 
 # --- start the system ---------------------------------------------------------
 
-# A prefix of this run's own: other queues on the same Redis are left alone.
-prefix=demo-$$-$RANDOM
 run=$prefix
 flags=(-redis "$redis_url" -queues 2 -prefix "$prefix")
 qugo() { "$work/bin/qugo" "${flags[@]}" "$@"; }
 
 http_port=$(free_port)
+keyed=1 # from here on there are keys under the prefix
 "$work/bin/ingest" "${flags[@]}" -pg "$pg_url" -listen "127.0.0.1:$http_port" >"$work/ingest.log" 2>&1 &
 pids+=($!)
 ingest=$!

@@ -54,7 +54,7 @@ func runGroup(ctx context.Context, q *queue.Queue, cfg config, log *slog.Logger,
 		Weight: cfg.Weight,
 		Pool:   pc,
 		OnAssign: func(as []int) {
-			log.Info("analysers assigned", "group", cfg.Group, "member", hooks.owner, "analysers", as)
+			log.Debug("analysers assigned", "group", cfg.Group, "member", hooks.owner, "analysers", as)
 		},
 	}
 	log.Info("analyser started", "group", cfg.Group, "member", hooks.owner, "weight", cfg.Weight,

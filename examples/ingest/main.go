@@ -50,6 +50,7 @@ type options struct {
 	queues    int
 	prefix    string
 	pg        string
+	pgFrom    string // where pg came from, for errors: "-pg", or $DATABASE_URL without it
 	maxBody   int64
 	dedup     time.Duration
 	statusTTL time.Duration
@@ -67,7 +68,7 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:8080", "address to serve HTTP on")
 	fs.IntVar(&o.queues, "queues", 1, "queues per Redis server (must match the analysers)")
 	fs.StringVar(&o.prefix, "prefix", "qugo", "Redis key prefix (must match the analysers)")
-	fs.StringVar(&o.pg, "pg", "", "Postgres URL of the analysers' tables; without it status is read from Redis only and done reads as queued")
+	fs.StringVar(&o.pg, "pg", "", "Postgres URL of the analysers' tables (default $DATABASE_URL); without either, or with -pg '', status is read from Redis only and done reads as queued")
 	fs.Int64Var(&o.maxBody, "max-body", 1<<20, "largest request body in bytes; larger ones get 413")
 	fs.DurationVar(&o.dedup, "dedup", 10*time.Minute, "idempotency window for order_id+idempotency_key; 0 disables it")
 	fs.DurationVar(&o.statusTTL, "status-ttl", 24*time.Hour, "how long GET remembers the ids it issued; a task still queued after it reads as unknown (404)")
@@ -87,6 +88,10 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 		if v := os.Getenv("REDIS_URL"); v != "" { // an empty one counts as unset
 			*redisURLs, o.redisFrom = v, "$REDIS_URL (no -redis given)"
 		}
+	}
+	o.pgFrom = "-pg"
+	if !set["pg"] { // as the analyser reads it; -pg '' goes without
+		o.pg, o.pgFrom = os.Getenv("DATABASE_URL"), "$DATABASE_URL (no -pg given)"
 	}
 	for _, u := range queue.SplitURLs(*redisURLs) {
 		if u != "" {
@@ -139,9 +144,20 @@ func newApp(ctx context.Context, o options, log *slog.Logger) (*app, error) {
 	a := &app{srv: &server{q: q, issued: rec, metrics: newMetrics(), maxBody: o.maxBody, dedup: o.dedup, log: log}}
 	var pg *pgxpool.Pool
 	if o.pg != "" {
+		// Errors say where the URL came from: $DATABASE_URL may name a
+		// database its user did not think of here.
+		from := o.pgFrom
+		if from == "" {
+			from = "-pg"
+		}
 		if pg, err = pgxpool.New(ctx, o.pg); err != nil {
 			closePools()
-			return nil, fmt.Errorf("-pg: %w", err)
+			return nil, fmt.Errorf("%s: %w", from, err)
+		}
+		if err := pg.Ping(ctx); err != nil {
+			closePools()
+			pg.Close()
+			return nil, fmt.Errorf("%s: postgres: %w", from, err)
 		}
 		a.srv.store = &pgStore{pool: pg}
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -417,6 +418,7 @@ func TestParseFlags(t *testing.T) {
 // show REDIS_URL's password.
 func TestParseFlagsRedisURL(t *testing.T) {
 	t.Setenv("REDIS_URL", "")
+	t.Setenv("DATABASE_URL", "")
 	o, err := parseFlags(nil, io.Discard)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"redis://127.0.0.1:6379"}, o.redis)
@@ -442,6 +444,47 @@ func TestParseFlagsRedisURL(t *testing.T) {
 	require.NoError(t, err)
 	_, err = newApp(context.Background(), o, slog.New(slog.DiscardHandler))
 	assert.ErrorContains(t, err, "$REDIS_URL (no -redis given): queue: bad config")
+}
+
+// Without -pg, DATABASE_URL (when not empty) names the analysers'
+// database, as the analyser reads it; -pg wins over it, and an empty
+// -pg goes without one. Errors say where the URL came from, and neither
+// they nor -h show its password.
+func TestParseFlagsDatabaseURL(t *testing.T) {
+	t.Setenv("REDIS_URL", "")
+	t.Setenv("DATABASE_URL", "")
+	o, err := parseFlags(nil, io.Discard)
+	require.NoError(t, err)
+	assert.Empty(t, o.pg)
+
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	down := l.Addr().String()
+	require.NoError(t, l.Close())
+	env := "postgres://qugo:pg-Secret-1@" + down + "/qugo?connect_timeout=5"
+	t.Setenv("DATABASE_URL", env)
+	o, err = parseFlags(nil, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, env, o.pg)
+	o, err = parseFlags([]string{"-pg", "postgres://other/db"}, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, "postgres://other/db", o.pg)
+	o, err = parseFlags([]string{"-pg", ""}, io.Discard)
+	require.NoError(t, err)
+	assert.Empty(t, o.pg, "-pg '' goes without Postgres")
+	var out strings.Builder
+	_, err = parseFlags([]string{"-h"}, &out)
+	assert.ErrorIs(t, err, flag.ErrHelp)
+	assert.Contains(t, out.String(), "(default $DATABASE_URL)")
+	assert.NotContains(t, out.String(), "Secret")
+
+	m := miniredis.RunT(t)
+	o, err = parseFlags([]string{"-redis", "redis://" + m.Addr()}, io.Discard)
+	require.NoError(t, err)
+	_, err = newApp(context.Background(), o, slog.New(slog.DiscardHandler))
+	require.Error(t, err)
+	assert.True(t, strings.HasPrefix(err.Error(), "$DATABASE_URL (no -pg given): postgres: "), err)
+	assert.NotContains(t, err.Error(), "Secret")
 }
 
 func TestNewAppRefusesBadConfig(t *testing.T) {
