@@ -217,15 +217,10 @@ func TestPoolLogsATasksNetworkErrorAsItsOwn(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			q, _ := newTestQueue(t, 1, Config{})
-			ctx := bounded(t)
-			_, err := q.AddTask(ctx, 1, []byte("x"))
-			require.NoError(t, err)
-			h := &logRecorder{}
 			cfg := tc.cfg
-			cfg.Logger, cfg.ExitOnEmpty, cfg.MaxAttempts = slog.New(h), true, 3
+			cfg.MaxAttempts = 3
 			cfg.Backoff = func(int) time.Duration { return time.Millisecond }
-			require.NoError(t, q.AnalysePool(ctx, 0, cfg, tc.fn))
+			h := logOfOneTask(t, cfg, tc.fn)
 			assert.Empty(t, h.lines("lost redis"), "%s", h)
 			assert.Empty(t, h.lines("pool error"), "%s", h)
 			errs := h.lines("task failed")
@@ -243,15 +238,23 @@ func TestPoolLogsATasksNetworkErrorAsItsOwn(t *testing.T) {
 // OnError), so that its file and line are in the log.
 func TestPoolLogsAPanicsStack(t *testing.T) {
 	t.Parallel()
+	h := logOfOneTask(t, PoolConfig{MaxAttempts: 1}, func(context.Context, Task) error { panic("boom") })
+	errs := h.lines("task failed")
+	require.Len(t, errs, 1, "%s", h)
+	assert.Contains(t, errs[0].attrs["err"], "analyse panicked: boom")
+	assert.Contains(t, errs[0].attrs["stack"], "TestPoolLogsAPanicsStack", "the panicking function in the stack")
+}
+
+// logOfOneTask runs a pool with cfg (ExitOnEmpty) and fn on a queue of
+// one task, and returns what it logged.
+func logOfOneTask(t *testing.T, cfg PoolConfig, fn AnalyseFunc) *logRecorder {
+	t.Helper()
 	q, _ := newTestQueue(t, 1, Config{})
 	ctx := bounded(t)
 	_, err := q.AddTask(ctx, 1, []byte("x"))
 	require.NoError(t, err)
 	h := &logRecorder{}
-	cfg := PoolConfig{Logger: slog.New(h), ExitOnEmpty: true, MaxAttempts: 1}
-	require.NoError(t, q.AnalysePool(ctx, 0, cfg, func(context.Context, Task) error { panic("boom") }))
-	errs := h.lines("task failed")
-	require.Len(t, errs, 1, "%s", h)
-	assert.Contains(t, errs[0].attrs["err"], "analyse panicked: boom")
-	assert.Contains(t, errs[0].attrs["stack"], "TestPoolLogsAPanicsStack", "the panicking function in the stack")
+	cfg.Logger, cfg.ExitOnEmpty = slog.New(h), true
+	require.NoError(t, q.AnalysePool(ctx, 0, cfg, fn))
+	return h
 }

@@ -129,6 +129,20 @@ func (f *fixture) consume(t *testing.T, a int) *queue.Consumer {
 	return c
 }
 
+// claimKilling claims n tasks with c and dead-letters the i-th (c's
+// MaxAttempts is 1), returning the claimed tasks.
+func claimKilling(t *testing.T, c *queue.Consumer, n, i int) []queue.Task {
+	t.Helper()
+	ctx := context.Background()
+	claimed, err := c.Claim(ctx, n)
+	require.NoError(t, err)
+	require.Len(t, claimed, n)
+	dead, err := c.Fail(ctx, claimed[i], errors.New("boom"))
+	require.NoError(t, err)
+	require.True(t, dead)
+	return claimed
+}
+
 // qugo runs the command and returns its exit status and outputs.
 func qugo(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()

@@ -222,17 +222,12 @@ func TestQueuePageShowsWhatItCanRead(t *testing.T) {
 	f := newFixture(t, 1, 2)
 	ids := f.add(t, 0)
 	c := f.consume(t, 0)
-	tasks, err := c.Claim(ctx, 1)
-	require.NoError(t, err)
-	require.Len(t, tasks, 1)
-	dead, err := c.Fail(ctx, tasks[0], errors.New("no"))
-	require.NoError(t, err)
-	require.True(t, dead)
+	claimKilling(t, c, 1, 0)
 	require.NoError(t, c.Release(ctx))
 	// Queue 1's dead-letter store breaks Stats; queue 0's pending hash
 	// breaks its own list.
 	for _, key := range []string{"{" + f.prefix + ":0.1}:dead", "{" + f.prefix + ":0.0}:pending"} {
-		_, err = f.do(t, 0, "SET", key, "not a hash")
+		_, err := f.do(t, 0, "SET", key, "not a hash")
 		require.NoError(t, err)
 	}
 	d := newDashboard(t, f, serverConfig{})

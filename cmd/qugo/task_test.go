@@ -45,12 +45,7 @@ func TestCancelWhereverTheTaskIs(t *testing.T) {
 	sched, err := f.q.AddTaskAfter(ctx, 1, time.Hour, []byte("later"))
 	require.NoError(t, err)
 	ids := f.add(t, 3, 5, 7, 9) // analyser 1: 3 and 7 stay pending, 5 dies, 9 waits
-	claimed, err := c.Claim(ctx, 3)
-	require.NoError(t, err)
-	require.Len(t, claimed, 3)
-	dead, err := c.Fail(ctx, claimed[1], errors.New("boom"))
-	require.NoError(t, err)
-	require.True(t, dead)
+	claimKilling(t, c, 3, 1)
 
 	for _, tc := range []struct {
 		order          uint64
@@ -306,13 +301,7 @@ func TestStatusAndCancelOfAnotherOrdersTask(t *testing.T) {
 	sched, err := f.q.AddTaskAfter(ctx, 9, time.Hour, []byte("later"))
 	require.NoError(t, err)
 	ids := f.add(t, 0, 9, 9) // order 0's is pending, then 9's dies and 9's waits
-	c := f.consume(t, 0)
-	claimed, err := c.Claim(ctx, 2)
-	require.NoError(t, err)
-	require.Len(t, claimed, 2)
-	dead, err := c.Fail(ctx, claimed[1], errors.New("boom"))
-	require.NoError(t, err)
-	require.True(t, dead)
+	claimKilling(t, f.consume(t, 0), 2, 1)
 
 	for _, tc := range []struct {
 		order, asked uint64
