@@ -131,6 +131,7 @@ func layoutAdvice(err error, urls []string) error {
 	if le.Partition >= 0 && le.Partition < len(urls) {
 		server = queue.RedactURL(urls[le.Partition])
 	}
+	server += fmt.Sprintf(" under -prefix %q", le.Prefix)
 	if _, scanErr := fmt.Sscanf(le.Got, "partitions=%d queues=%d index=%d", &r, &q, &i); scanErr != nil {
 		return &layoutRefusal{err, fmt.Sprintf("layout mismatch: %s has recorded %s, not a layout this program reads: "+
 			"give another -prefix, or delete the record if nothing uses it", server, le.Got)}

@@ -180,7 +180,7 @@ func TestRunRefusesAWrongLayoutBeforeStarting(t *testing.T) {
 	logs := &captured{}
 	err = run(context.Background(), cfg, slog.New(logs), nil)
 	assert.ErrorIs(t, err, queue.ErrLayoutMismatch)
-	assert.EqualError(t, err, "layout mismatch: "+urls[0]+" has recorded 1 Redis server x 2 queues with itself at place 1: "+
+	assert.EqualError(t, err, "layout mismatch: "+urls[0]+` under -prefix "qugo" has recorded 1 Redis server x 2 queues with itself at place 1: `+
 		"start with -queues 2 and 1 -redis URL, this one at place 1 (or, to start afresh, another -prefix)")
 	for _, l := range logs.lines() {
 		assert.NotContains(t, l, "started")
@@ -195,13 +195,13 @@ func TestLayoutAdviceNamesFlags(t *testing.T) {
 	t.Parallel()
 	urls := []string{"redis://:pw@a:1", "redis://:pw@b:2"}
 	for _, tc := range []struct{ want, got, advice string }{
-		{"partitions=2 queues=1 index=1", "partitions=1 queues=2 index=0", "layout mismatch: redis://b:2 has recorded " +
+		{"partitions=2 queues=1 index=1", "partitions=1 queues=2 index=0", `layout mismatch: redis://b:2 under -prefix "orders" has recorded ` +
 			"1 Redis server x 2 queues with itself at place 1: start with -queues 2 and 1 -redis URL, this one at place 1 " +
 			"(or, to start afresh, another -prefix)"},
-		{"partitions=2 queues=1 index=1", "x", "layout mismatch: redis://b:2 has recorded x, not a layout this program reads: " +
+		{"partitions=2 queues=1 index=1", "x", `layout mismatch: redis://b:2 under -prefix "orders" has recorded x, not a layout this program reads: ` +
 			"give another -prefix, or delete the record if nothing uses it"},
 	} {
-		le := &queue.LayoutError{Partition: 1, Want: tc.want, Got: tc.got}
+		le := &queue.LayoutError{Partition: 1, Prefix: "orders", Want: tc.want, Got: tc.got}
 		err := layoutAdvice(fmt.Errorf("check: %w", le), urls)
 		assert.EqualError(t, err, tc.advice)
 		assert.ErrorIs(t, err, queue.ErrLayoutMismatch)

@@ -205,7 +205,7 @@ func layoutAdvice(err error, urls []string) error {
 		return err
 	}
 	var r, q, i int
-	server := fmt.Sprintf("the -redis URL at place %d", le.Partition+1) // not the URL: it may hold a password
+	server := fmt.Sprintf("the -redis URL at place %d under -prefix %q", le.Partition+1, le.Prefix) // not the URL: it may hold a password
 	if _, scanErr := fmt.Sscanf(le.Got, "partitions=%d queues=%d index=%d", &r, &q, &i); scanErr != nil {
 		return &layoutRefusal{err, fmt.Sprintf("layout mismatch: %s has recorded %s, not a layout this program reads: "+
 			"give another -prefix (the analysers' too), or delete the record if nothing uses it", server, le.Got)}

@@ -509,7 +509,7 @@ func TestNewAppRefusesBadConfig(t *testing.T) {
 	require.NoError(t, err)
 	_, err = newApp(context.Background(), options{redis: []string{"redis://" + m.Addr()}, maxBody: 1024, queues: 1, prefix: "qugo", statusTTL: time.Hour}, log)
 	assert.ErrorIs(t, err, queue.ErrLayoutMismatch)
-	assert.EqualError(t, err, "layout mismatch: the -redis URL at place 1 has recorded 1 Redis server x 2 queues with itself at place 1: "+
+	assert.EqualError(t, err, `layout mismatch: the -redis URL at place 1 under -prefix "qugo" has recorded 1 Redis server x 2 queues with itself at place 1: `+
 		"start with -queues 2 and 1 -redis URL, this one at place 1, as the analysers do (or, to start afresh, another -prefix, the analysers' too)")
 }
 
