@@ -133,6 +133,14 @@ func (g *gate) done(h *gateHold) {
 	hurryGated(hurry)
 }
 
+// forget drops sets from those with suspects set aside: their session
+// ended, and the Queue's gate must not keep it.
+func (g *gate) forget(sets []*lineSet) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.waiting = slices.DeleteFunc(g.waiting, func(ls *lineSet) bool { return slices.Contains(sets, ls) })
+}
+
 // takeWaiting returns the sets with suspects set aside, and forgets them.
 // g.mu is held.
 func (g *gate) takeWaiting() []*lineSet {

@@ -71,6 +71,14 @@ func TestRecordGateRules(t *testing.T) {
 	assert.Equal(t, gateHeld, got, "gating resumes")
 	g.done(hb)
 	assert.Nil(t, g.holder)
+
+	// A session's end drops its sets from the waiting ones.
+	_, _, ha, _ = g.take(a, t1.Add(2*recordHold))
+	g.take(b, t1.Add(2*recordHold))
+	g.take(c, t1.Add(2*recordHold))
+	g.forget([]*lineSet{b})
+	assert.Equal(t, []*lineSet{c}, g.waiting)
+	g.done(ha)
 }
 
 // markDelivered rewrites every ready entry of s's first queue as delivered

@@ -64,8 +64,8 @@ type session struct {
 	// pending and unseen, must go back before anything is claimed or
 	// handed back (fetcher only).
 	resyncOwed bool
-	// pausedSeen: the last claim found the queue paused (logged as it
-	// changes; the fetcher's only).
+	// pausedSeen: a claim found the queue paused, and none claimed a task
+	// since (logged as it changes; the fetcher's only).
 	pausedSeen bool
 	claimBuf   []claimed                           // the claim buffer, reused once dispatched (fetcher only)
 	marks      atomic.Pointer[map[string]struct{}] // the queue's cancel marks, as last read (nil: none)
@@ -330,6 +330,7 @@ func (s *session) run(ctx context.Context) sessionEnd {
 	}
 	s.acks.close()
 	ackWG.Wait()
+	s.gate.forget(s.sets()) // its suspects set aside, if any, went back
 	stopRenew()
 	renewWG.Wait()
 	if s.isLost() {
@@ -436,13 +437,15 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 		}
 		b.reset()
 		s.log.ok(sent)
-		if paused := s.st.paused.Load(); paused != s.pausedSeen {
-			s.pausedSeen = paused
-			if paused {
-				s.cfg.Logger.Info("queue: paused; claiming nothing until resumed", "analyser", s.log.analyser)
-			} else {
-				s.cfg.Logger.Info("queue: resumed", "analyser", s.log.analyser)
-			}
+		switch {
+		case s.st.paused.Load() && !s.pausedSeen:
+			s.pausedSeen = true
+			s.cfg.Logger.Info("queue: paused; claiming nothing until resumed", "analyser", s.log.analyser)
+		case s.pausedSeen && len(tasks) > 0:
+			// Claims again (a paused queue with nothing ready reads as
+			// empty, not as resumed).
+			s.pausedSeen = false
+			s.cfg.Logger.Info("queue: resumed", "analyser", s.log.analyser)
 		}
 		if len(tasks) == 0 {
 			if s.st.paused.Load() {
