@@ -205,7 +205,7 @@ func (s *server) action(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		s.cfg.log.Warn("action failed", append(attrs, "err", err)...)
 		status := http.StatusServiceUnavailable
-		if errors.Is(err, queue.ErrBadConfig) || errors.Is(err, errUnusedPrefix) || errors.Is(err, queue.ErrLayoutMismatch) {
+		if errors.Is(err, queue.ErrBadConfig) || errors.Is(err, errUnusedPrefix) || errors.Is(err, errOtherOrder) || errors.Is(err, queue.ErrLayoutMismatch) {
 			status = http.StatusConflict
 		}
 		v := s.newView(r, "Action failed", "")
@@ -243,6 +243,10 @@ func (req actionReq) queues() queue.Queues {
 	}
 	return queue.AllQueues()
 }
+
+// errOtherOrder refuses to cancel a task of another OrderID than the one
+// given.
+var errOtherOrder = errors.New("another order's task")
 
 // errUnusedPrefix refuses to write state under a prefix nothing uses.
 var errUnusedPrefix = errors.New("no producer or analyser has used this prefix on these servers yet: refusing to write under it; check -prefix (and -redis)")
@@ -304,6 +308,16 @@ func (s *server) perform(ctx context.Context, req actionReq) (string, error) {
 			return "", err
 		}
 		return fmt.Sprintf("Resumed %s.", req.queues()), nil
+	}
+	// Cancel finds a task by its ID in the queue the order routes to,
+	// whatever its OrderID: look first whose it is, as qugo cancel does.
+	st, err := q.Status(ctx, req.order, req.id)
+	if err != nil {
+		return "", err
+	}
+	if order, known := taskOrder(st); known && order != req.order {
+		return "", fmt.Errorf("%w: task %s belongs to order %d, not to order %d (the two share a queue): nothing was cancelled",
+			errOtherOrder, req.id, order, req.order)
 	}
 	found, err := q.Cancel(ctx, req.order, req.id)
 	if err != nil {

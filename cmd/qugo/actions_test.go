@@ -274,6 +274,26 @@ func TestCancelFromTaskPage(t *testing.T) {
 	assert.Contains(t, page, `id="cancel-asked"`)
 }
 
+// A cancel posted for a task of another OrderID that shares the queue
+// (the task page hides its button, a form sent by hand does not) is
+// refused, and cancels nothing.
+func TestCancelActionRefusesAnotherOrdersTask(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, 1, 1) // every OrderID shares the one queue
+	ctx := context.Background()
+	id, err := f.q.AddTaskAfter(ctx, 9, time.Hour, []byte("later"))
+	require.NoError(t, err)
+	d, _ := loggedDashboard(t, f)
+	cookie, csrf := d.signIn(t)
+	w := d.act(t, "cancel", url.Values{"order": {"1"}, "id": {id}, "from": {"task"}, "confirm": {"yes"}}, cookie, csrf)
+	assert.Equal(t, http.StatusConflict, w.Code)
+	assert.Contains(t, w.Body.String(), "belongs to order 9, not to order 1")
+	st, err := f.q.Status(ctx, 9, id)
+	require.NoError(t, err)
+	assert.Equal(t, queue.StateScheduled, st.State, "nothing cancelled")
+	assert.False(t, st.CancelAsked)
+}
+
 func TestActionBadRequests(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, 2, 1)
