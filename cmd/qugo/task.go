@@ -168,6 +168,10 @@ func cancelFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 			doc.Outcome, msg = "removed", "was scheduled: removed, it will never run"
 		case queue.StatePending:
 			doc.Outcome, msg = "marked", cancelPendingText
+			if stats, err := q.Stats(ctx); err == nil && a < len(stats) && stats[a].Owner == "" {
+				msg = "is pending, and no pool holds its queue now (its owner stopped or died): marked; " +
+					"it is finished as cancelled, without running, when a pool takes the queue and claims it again"
+			}
 		case queue.StateUnknown:
 			doc.Outcome, msg = "marked", "is neither scheduled nor held by an analyser: marked; if it waits in the ready list "+
 				"it is finished as cancelled, without running, when it is claimed (if it finished already or never was, the mark goes)"

@@ -84,6 +84,13 @@ func TestCancelWhereverTheTaskIs(t *testing.T) {
 	code, out, errOut = qugo(t, f.taskArgs("cancel", 5, ids[1])...)
 	require.Equal(t, exitOK, code, errOut)
 	assert.Equal(t, "task "+ids[1]+" of order 5 (analyser 1) is a dead letter: left as it is (qugo purge -a 1 "+ids[1]+" deletes it)\n", out)
+	// Pending with no one holding the queue (its owner died): said so.
+	_, err = f.do(t, 1, "DEL", "{"+f.prefix+":1.0}:lease")
+	require.NoError(t, err)
+	code, out, errOut = qugo(t, f.taskArgs("cancel", 7, ids[2])...)
+	require.Equal(t, exitOK, code, errOut)
+	assert.Equal(t, "task "+ids[2]+" of order 7 (analyser 1) is pending, and no pool holds its queue now (its owner stopped or died): "+
+		"marked; it is finished as cancelled, without running, when a pool takes the queue and claims it again\n", out)
 	later, err := f.q.AddTaskAfter(ctx, 3, time.Hour, []byte("later"))
 	require.NoError(t, err)
 	code, out, errOut = qugo(t, f.taskArgs("cancel", 3, later)...)
