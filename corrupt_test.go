@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -22,31 +21,6 @@ import (
 // no task may be lost and none may start before an earlier task of its
 // OrderID. Cases that break this through a known hole are skipped under
 // its number (corruptHoles, in faultcall_test.go).
-
-// keepMiniClock moves miniredis's clock with the real one, so that keys
-// with an expiry (leases) lapse; a real server needs nothing.
-func keepMiniClock(t testing.TB, m *miniredis.Miniredis) {
-	if m == nil {
-		return
-	}
-	stop, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		tick := time.NewTicker(5 * time.Millisecond)
-		defer tick.Stop()
-		last := time.Now()
-		for {
-			select {
-			case <-stop:
-				return
-			case now := <-tick.C:
-				m.FastForward(now.Sub(last))
-				last = now
-			}
-		}
-	}()
-	t.Cleanup(func() { close(stop); <-done })
-}
 
 // corruptEnv is the world of one corrupt-value case: orders x per tasks
 // (payloads pl), and, with crashed, a consumer that claimed them all in
@@ -117,8 +91,7 @@ func TestCorruptValues(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			q, s, k := testQueue1(t)
-			keepMiniClock(t, s.mini)
+			q, s, k := testQueue1(t) // its miniredis keeps the real clock (newTestServers)
 			e := &corruptEnv{q: q, s: s, k: k}
 			e.ids = crossProducerTasks(t, q, s)
 			if tc.crashed {

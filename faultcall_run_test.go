@@ -69,10 +69,7 @@ func newCallRun(t *testing.T, plan *callPlan) *callRun {
 	r := &callRun{t: t, plan: plan, hist: &memHistory{}, srv: newTestServers(t, 1)[0], prefix: testPrefix(t),
 		props: map[string][]string{}}
 	r.keys = newQueueKeys(r.prefix, 0, 0)
-	preloadScripts(t, r.srv.pool)
-	// miniredis expires keys only when told: keep its clock with the real
-	// one, so that a lease nobody releases lapses.
-	keepMiniClock(t, r.srv.mini)
+	preloadScripts(t, r.srv.pool) // a miniredis keeps the real clock (newTestServers): a lease nobody releases lapses
 	plan.onFire = func(s callSite) {
 		r.snapshotPending()
 		r.hist.log(faultEvent{Ev: evFault, Err: s.String()})
