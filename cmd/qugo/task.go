@@ -96,17 +96,21 @@ func taskOrder(st queue.TaskStatus) (uint64, bool) {
 	return 0, false
 }
 
-// otherOrder refuses, as a usage error, a task whose record says it is of
-// another OrderID than -order: task IDs do not say which queue holds
-// them, so when two OrderIDs share a queue the ID of one is found there
-// under the other. fix says what to do instead, given the task's OrderID.
-func (r taskRef) otherOrder(name string, st queue.TaskStatus, fix func(order uint64) string) error {
-	order, known := taskOrder(st)
-	if !known || order == r.order.n {
-		return nil
+// ownStatus returns the status of r's task, and refuses, as a usage
+// error, a task whose record says it is of another OrderID than -order:
+// task IDs do not say which queue holds them, so when two OrderIDs share
+// a queue the ID of one is found there under the other. fix says what to
+// do instead, given the task's OrderID.
+func (r taskRef) ownStatus(ctx context.Context, q *queue.Queue, name string, fix func(order uint64) string) (queue.TaskStatus, error) {
+	st, err := q.Status(ctx, r.order.n, *r.id)
+	if err != nil {
+		return st, err
 	}
-	return usagef("%s: task %s belongs to order %d, not to -order %d (the two share a queue): %s",
-		name, cell(*r.id), order, r.order.n, fix(order))
+	if order, known := taskOrder(st); known && order != r.order.n {
+		return st, usagef("%s: task %s belongs to order %d, not to -order %d (the two share a queue): %s",
+			name, cell(*r.id), order, r.order.n, fix(order))
+	}
+	return st, nil
 }
 
 // cancelDoc is the JSON output of cancel.
@@ -141,11 +145,7 @@ func cancelFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 		defer q.Close()
 		// Cancel finds a task by its ID in the queue -order routes to,
 		// whatever its OrderID: look first whose it is.
-		st, err := q.Status(ctx, ref.order.n, *ref.id)
-		if err != nil {
-			return err
-		}
-		if err := ref.otherOrder("cancel", st, func(order uint64) string {
+		if _, err := ref.ownStatus(ctx, q, "cancel", func(order uint64) string {
 			return fmt.Sprintf("nothing was cancelled; to cancel it, give -order %d", order)
 		}); err != nil {
 			return err
@@ -221,13 +221,10 @@ func statusFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 			return err
 		}
 		defer q.Close()
-		st, err := q.Status(ctx, ref.order.n, *ref.id)
-		if err != nil {
-			return err
-		}
-		if err := ref.otherOrder("status", st, func(order uint64) string {
+		st, err := ref.ownStatus(ctx, q, "status", func(order uint64) string {
 			return fmt.Sprintf("give -order %d for its status", order)
-		}); err != nil {
+		})
+		if err != nil {
 			return err
 		}
 		a, pi, qi := ref.where(e)
