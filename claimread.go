@@ -32,15 +32,16 @@ func (s *store) takeClaimed(ctx context.Context, entries []any, first int64, wri
 	// into them, and the IDs share one string, place by place, as the
 	// claim record holds them (seqFiller for an entry with no readable
 	// header).
-	ids := make([]byte, 0, idLen*len(entries))
+	var ids strings.Builder // its String is its buffer, not a copy
+	ids.Grow(idLen * len(entries))
 	size := 0
 	for i, v := range entries {
 		raw, _ := v.([]byte)
 		size += len(raw)
 		if len(raw) >= entryHeader && isEntryStart(raw[0]) {
-			ids = append(ids, raw[1:entryHeader]...)
+			ids.Write(raw[1:entryHeader])
 		} else {
-			ids = append(ids, seqFiller...)
+			ids.WriteString(seqFiller)
 		}
 		seq := first + int64(i) + 1
 		t, deliveries, err := parseEntry(raw)
@@ -65,7 +66,7 @@ func (s *store) takeClaimed(ctx context.Context, entries []any, first int64, wri
 		out = append(out, c)
 	}
 	s.entrySize.Store(int64(max(size/max(len(entries), 1), 1)))
-	all := string(ids)
+	all := ids.String()
 	if !written {
 		// Its record holds no IDs: the pool's first ack of one of its
 		// tasks made idsAfter from now or later writes them (or sooner,

@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -13,18 +14,34 @@ import (
 // when someone asks for Done (or Value, through which the context package
 // finds cancelable parents); until then Err reads the parent and the
 // clock. Once Err has returned an error it keeps returning it.
+//
+// Its state beyond the parent and the deadline is one pointer: nil while
+// the delivery runs and no one has asked for more than Err and Deadline,
+// ctxFinished once it ended that way (the worker's path: one
+// compare-and-swap a task, no lock), else a ctxState of its own, behind
+// whose lock the real context is made. 64 bytes a delivery, allocated
+// from the worker's slab.
 type taskContext struct {
 	parent   context.Context
 	deadline time.Time
-
-	mu     sync.Mutex
-	inner  context.Context // the real context, once made; then it decides
-	cancel context.CancelFunc
-	err    error // set, while inner is nil, once the context has ended
-
-	id        string // the delivered task's ID, for a cancel to find it
-	cancelled bool   // abort was called: the task was cancelled
+	id       string // the delivered task's ID, for a cancel to find it
+	state    atomic.Pointer[ctxState]
 }
+
+// ctxState is a taskContext's state once it needs one: a Done channel or a
+// value was asked for, its task was cancelled, or Err found it ended.
+type ctxState struct {
+	mu        sync.Mutex
+	inner     context.Context // the real context, once made; then it decides
+	cancel    context.CancelFunc
+	err       error // set, while inner is nil, once the context has ended
+	cancelled bool  // abort was called: the task was cancelled
+}
+
+// ctxFinished is the state of every ctx that finish ended before it
+// needed one of its own. It is never written: a ctx that needs its own
+// state after it replaces it with one that ended the same way.
+var ctxFinished = &ctxState{err: context.Canceled}
 
 // newTaskContext returns the ctx of a delivery that starts now and may last
 // until deadline (zero: no deadline). Call finish when the delivery ends.
@@ -60,89 +77,129 @@ func (w *worker) nextTaskContext(parent context.Context, deadline time.Time) *ta
 	return c
 }
 
+// own returns c's own state, made (or, in place of ctxFinished, made
+// ended alike) if c has none yet.
+func (c *taskContext) own() *ctxState {
+	for {
+		p := c.state.Load()
+		if p != nil && p != ctxFinished {
+			return p
+		}
+		n := new(ctxState)
+		if p == ctxFinished {
+			n.err = context.Canceled
+		}
+		if c.state.CompareAndSwap(p, n) {
+			return n
+		}
+	}
+}
+
 // Deadline returns the delivery's deadline, if it has one.
 func (c *taskContext) Deadline() (time.Time, bool) { return c.deadline, !c.deadline.IsZero() }
 
 // Done returns a channel closed when the delivery's ctx ends.
 func (c *taskContext) Done() <-chan struct{} {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.materialize()
-	return c.inner.Done()
+	p := c.own()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c.materialize(p)
+	return p.inner.Done()
 }
 
 // materialize makes the real context if it is not made yet: one that ends
 // at the deadline, or, when the ctx has already ended, one that has ended
-// for the same reason. c.mu is held.
-func (c *taskContext) materialize() {
-	if c.inner != nil {
+// for the same reason. p, c's own state, is locked.
+func (c *taskContext) materialize(p *ctxState) {
+	if p.inner != nil {
 		return
 	}
-	if c.err == nil {
+	if p.err == nil {
 		if c.deadline.IsZero() {
-			c.inner, c.cancel = context.WithCancel(c.parent)
+			p.inner, p.cancel = context.WithCancel(c.parent)
 		} else {
-			c.inner, c.cancel = context.WithDeadline(c.parent, c.deadline)
+			p.inner, p.cancel = context.WithDeadline(c.parent, c.deadline)
 		}
 		return
 	}
 	inner, cancel := context.WithCancelCause(c.parent)
-	cancel(c.err)
-	c.inner = inner
+	cancel(p.err)
+	p.inner = inner
 }
 
 // Err returns nil while the delivery's ctx lasts, then why it ended.
 func (c *taskContext) Err() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	switch {
-	case c.err != nil:
-	case c.inner != nil:
-		return c.inner.Err()
-	case c.parent.Err() != nil:
-		c.err = c.parent.Err()
-	case !c.deadline.IsZero() && !time.Now().Before(c.deadline):
-		c.err = context.DeadlineExceeded
+	switch p := c.state.Load(); {
+	case p == ctxFinished:
+		return context.Canceled
+	case p == nil && c.parent.Err() == nil && (c.deadline.IsZero() || time.Now().Before(c.deadline)):
+		return nil
 	}
-	return c.err
+	// Ended, or with a state of its own: decided once, under its lock.
+	p := c.own()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.err != nil:
+	case p.inner != nil:
+		return p.inner.Err()
+	case c.parent.Err() != nil:
+		p.err = c.parent.Err()
+	case !c.deadline.IsZero() && !time.Now().Before(c.deadline):
+		p.err = context.DeadlineExceeded
+	}
+	return p.err
 }
 
 // Value returns the value for key, from the parent. It makes the real
 // context first, so that the context package (context.Cause, WithCancel
 // and AfterFunc of this ctx) sees the one whose Done it gets.
 func (c *taskContext) Value(key any) any {
-	c.mu.Lock()
-	c.materialize()
-	inner := c.inner
-	c.mu.Unlock()
+	p := c.own()
+	p.mu.Lock()
+	c.materialize(p)
+	inner := p.inner
+	p.mu.Unlock()
 	return inner.Value(key)
 }
 
 // abort ends the ctx, as finish does, while the delivery runs: its task
 // was cancelled (see aborted).
 func (c *taskContext) abort() {
-	c.mu.Lock()
-	c.cancelled = true
-	c.mu.Unlock()
+	p := c.own()
+	p.mu.Lock()
+	p.cancelled = true
+	p.mu.Unlock()
 	c.finish()
 }
 
 // aborted reports whether abort was called.
 func (c *taskContext) aborted() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.cancelled
+	p := c.state.Load()
+	if p == nil || p == ctxFinished {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cancelled
 }
 
 // finish ends the ctx as the cancel func of context.WithDeadline does.
 func (c *taskContext) finish() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	if c.state.CompareAndSwap(nil, ctxFinished) {
+		return // the worker's path: no one asked for more than Err
+	}
+	p := c.state.Load()
+	if p == ctxFinished {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	switch {
-	case c.cancel != nil:
-		c.cancel()
-	case c.err == nil && c.inner == nil:
-		c.err = context.Canceled
+	case p.cancel != nil:
+		p.cancel()
+	case p.err == nil && p.inner == nil:
+		p.err = context.Canceled
 	}
 }
 

@@ -198,3 +198,26 @@ func TestTaskCtxCarriesThePoolCtxValues(t *testing.T) {
 	assert.Equal(t, "tenant-7", got, "the pool ctx's value in the task's ctx")
 	assert.NoError(t, errAfterStop, "the task's ctx ended with the pool's ctx")
 }
+
+// BenchmarkTaskContext is a delivery's ctx as a worker uses it around an
+// analyse function that reads its Err: made from the slab, finished,
+// asked whether its task was cancelled.
+func BenchmarkTaskContext(b *testing.B) {
+	w := &worker{}
+	parent, stop := context.WithCancel(context.Background())
+	defer stop()
+	deadline := time.Now().Add(time.Hour)
+	b.ReportAllocs()
+	for b.Loop() {
+		c := w.nextTaskContext(parent, deadline)
+		w.cur.Store(c)
+		if c.Err() != nil {
+			b.Fatal("ended")
+		}
+		w.cur.Store(nil)
+		c.finish()
+		if c.aborted() {
+			b.Fatal("aborted")
+		}
+	}
+}
