@@ -177,6 +177,10 @@ func TestCheckerStoppedTimeIsNotOverlap(t *testing.T) {
 	b3.add(faultEvent{Ev: evFinish, Pid: 11, Order: 1, ID: "a", Attempt: 2, Result: "ok"})
 	r3 := checkHistory(b3.ev)
 	assert.Equal(t, 1, r3.Overlap, "%v", r3)
+	if assert.Len(t, r3.Seen, 1, "the overlap described") {
+		assert.Contains(t, r3.Seen[0], "pid 11 analyser")
+		assert.Contains(t, r3.Seen[0], "with order 1 seq 0 id a pid 10 analyser")
+	}
 	assert.Zero(t, r3.ZombieTails)
 	assert.Equal(t, 1, r3.StaleStarts)
 }

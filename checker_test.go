@@ -115,6 +115,41 @@ type faultReport struct {
 
 	// LostIDs are the IDs of the lost tasks ("" for one added in a batch).
 	LostIDs []string
+	// Seen describes the first few early starts and overlaps: which
+	// tasks, which processes, when.
+	Seen []string
+}
+
+// maxSeen bounds faultReport.Seen.
+const maxSeen = 6
+
+// see adds a description to r.Seen, up to maxSeen of them.
+func (r *faultReport) see(format string, args ...any) {
+	if len(r.Seen) < maxSeen {
+		r.Seen = append(r.Seen, fmt.Sprintf(format, args...))
+	}
+}
+
+// lastRun returns t's run that ended last, or nil when it has none.
+func (t *taskInfo) lastRun() *run {
+	var last *run
+	for _, r := range t.runs {
+		if last == nil || r.end > last.end {
+			last = r
+		}
+	}
+	return last
+}
+
+// describe names run x of task t for faultReport.Seen, its times in ms
+// since base.
+func describe(t *taskInfo, x *run, base int64) string {
+	end := "-"
+	if x.end != math.MaxInt64 {
+		end = fmt.Sprintf("%.3f", float64(x.end-base)/1e6)
+	}
+	return fmt.Sprintf("order %d seq %d id %s pid %d analyser %d attempt %d ran %.3f..%s ms (%s)",
+		t.key.order, t.key.seq, t.id, x.pid, x.analyser, x.attempt, float64(x.start-base)/1e6, end, x.result)
 }
 
 func (r faultReport) String() string {
@@ -387,13 +422,19 @@ func checkHistory(events []faultEvent) faultReport {
 		// Early starts: a start before every earlier task completed.
 		sort.Slice(ts, func(i, j int) bool { return ts[i].key.seq < ts[j].key.seq })
 		var before int64 = math.MinInt64 // latest completion among earlier tasks
+		var last *taskInfo               // the earlier task that completed latest
 		for _, t := range ts {
 			for _, r := range t.runs {
 				if r.start < before {
 					rep.EarlyStarts++
+					if f := last.lastRun(); f != nil {
+						rep.see("early start: %s, before %s completed", describe(t, r, f.start), describe(last, f, f.start))
+					}
 				}
 			}
-			before = max(before, t.finishedAt())
+			if at := t.finishedAt(); at > before || last == nil {
+				before, last = max(before, at), t
+			}
 		}
 		rep.checkScheduledOrder(all)
 		// Overlap: run segments (stopped time cut out) that intersect. A
@@ -402,7 +443,12 @@ func checkHistory(events []faultEvent) faultReport {
 		// lost its lease while stopped, the rest of that call is a zombie's
 		// tail, which nothing outside the process can prevent (its ctx is
 		// cancelled, its ack refused): counted apart, not as overlap.
-		var segs [][2]int64
+		type seg struct {
+			at [2]int64
+			t  *taskInfo
+			r  *run
+		}
+		var segs []seg
 		for _, t := range all {
 			for _, r := range t.runs {
 				end := r.end
@@ -414,16 +460,23 @@ func checkHistory(events []faultEvent) faultReport {
 						break
 					}
 				}
-				segs = append(segs, cutStopped(r.start, end, stopped[r.pid])...)
+				for _, at := range cutStopped(r.start, end, stopped[r.pid]) {
+					segs = append(segs, seg{at, t, r})
+				}
 			}
 		}
-		sort.Slice(segs, func(i, j int) bool { return segs[i][0] < segs[j][0] })
+		sort.Slice(segs, func(i, j int) bool { return segs[i].at[0] < segs[j].at[0] })
 		var reach int64 = math.MinInt64
+		var reacher seg
 		for _, s := range segs {
-			if s[0] < reach {
+			if s.at[0] < reach {
 				rep.Overlap++
+				base := reacher.r.start
+				rep.see("overlap: %s, with %s", describe(s.t, s.r, base), describe(reacher.t, reacher.r, base))
 			}
-			reach = max(reach, s[1])
+			if s.at[1] > reach {
+				reach, reacher = s.at[1], s
+			}
 		}
 	}
 
