@@ -143,21 +143,18 @@ func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 	if q.closed.Load() {
 		return nil, ErrClosed
 	}
-	// Check every task, and size one buffer for all the entries so that
-	// it never moves.
-	size := 0
+	// Check every task before anything is written.
 	for i := range tasks {
 		if err := q.checkPayload(tasks[i].Payload); err != nil {
 			return nil, fmt.Errorf("task %d: %w", i, err)
 		}
-		h, err := headersSize(tasks[i].Headers)
+		_, err := headersSize(tasks[i].Headers)
 		if err == nil {
 			err = checkDue(tasks[i].NotBefore)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("task %d: %w", i, err)
 		}
-		size += entryCap(h, len(tasks[i].Payload))
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, redisErr("add tasks", err) // sent nothing
@@ -188,24 +185,24 @@ func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 		}
 	}
 	ids := q.ids.nextN(len(tasks))
-	bp := getEntryBuf(size)
+	var buf entryChunks
 	defer func() {
 		// Every push has returned; only a call its ctx ended may have
 		// left a redigo goroutine still writing a resent command's
 		// entries (DoContext returns at once then).
 		if ctx.Err() == nil {
-			putEntryBuf(bp)
+			buf.release()
 		}
 	}()
-	buf := (*bp)[:0]
 	at := time.Now()
 	now := at.UnixMilli()
 	for i := range tasks {
 		t := &tasks[i]
 		pi, qi := int(slot[i])/qs, int(slot[i])%qs
-		start := len(buf)
-		buf = appendEntry(buf, 0, ids[i], t.OrderID, now, 0, t.Headers, t.Payload)
-		entry := buf[start:len(buf):len(buf)]
+		h, _ := headersSize(t.Headers) // checked above
+		entry := buf.add(entryCap(h, len(t.Payload)), func(b []byte) []byte {
+			return appendEntry(b, 0, ids[i], t.OrderID, now, 0, t.Headers, t.Payload)
+		})
 		left[slot[i]]--
 		// Times, not millisecond counts, are compared: a time far enough
 		// in the past has a count that wraps to a large positive one.
@@ -384,31 +381,47 @@ func (a *partAdd) push(ctx context.Context) error {
 	return redisErr(what, err)
 }
 
-// maxKeptEntryBuf bounds the entry buffers kept for later AddTasks calls.
-const maxKeptEntryBuf = 32 << 20
+// entryChunk is the size of the buffers AddTasks encodes its entries
+// into: one buffer per call sized for all its entries was a large
+// allocation, zeroed, its pages new to the process whenever the garbage
+// collector had dropped the last call's (a 100,000-task call spent a
+// third of its time on that); chunks of the largest small-object size
+// are reused from the heap's own spans, and kept between calls.
+const entryChunk = 32 << 10
 
-// entryBufs keeps AddTasks' entry buffers (*[]byte) for later calls. A
-// large new buffer is zeroed, and its pages are new to the process: a
-// 100,000-task call spent about as long on that as on encoding its
-// entries.
-var entryBufs sync.Pool
+// entryChunkPool keeps AddTasks' chunks (*[entryChunk]byte) for later calls.
+var entryChunkPool = sync.Pool{New: func() any { return new([entryChunk]byte) }}
 
-// getEntryBuf returns a buffer of at least size bytes, kept or new.
-func getEntryBuf(size int) *[]byte {
-	if bp, ok := entryBufs.Get().(*[]byte); ok {
-		if cap(*bp) >= size {
-			return bp
-		}
-		entryBufs.Put(bp) // too small for this call; it may serve another
-	}
-	b := make([]byte, 0, size)
-	return &b
+// entryChunks is the buffer of one AddTasks call's entries: chunks of
+// entryChunk bytes, a larger entry in a buffer of its own. An entry never
+// moves once encoded.
+type entryChunks struct {
+	cur  []byte // the chunk being filled
+	kept []*[entryChunk]byte
 }
 
-// putEntryBuf keeps bp for a later call unless it is too large to keep.
-// The caller must hold no entry in it any more.
-func putEntryBuf(bp *[]byte) {
-	if cap(*bp) <= maxKeptEntryBuf {
-		entryBufs.Put(bp)
+// add encodes an entry of at most n bytes with encode (which appends it
+// to the slice it is given) and returns it, its capacity its length.
+func (c *entryChunks) add(n int, encode func([]byte) []byte) []byte {
+	if n > entryChunk {
+		e := encode(make([]byte, 0, n))
+		return e[:len(e):len(e)]
 	}
+	if cap(c.cur)-len(c.cur) < n {
+		ch := entryChunkPool.Get().(*[entryChunk]byte)
+		c.kept = append(c.kept, ch)
+		c.cur = ch[:0]
+	}
+	start := len(c.cur)
+	c.cur = encode(c.cur)
+	return c.cur[start:len(c.cur):len(c.cur)]
+}
+
+// release gives the chunks back for later calls; no entry in them may be
+// used any more.
+func (c *entryChunks) release() {
+	for _, ch := range c.kept {
+		entryChunkPool.Put(ch)
+	}
+	c.cur, c.kept = nil, nil
 }
