@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 )
@@ -232,7 +233,8 @@ func (s *idSource) next() string {
 // nextN returns n new IDs, as next would, sliced from one string: one
 // allocation and one lock (per counter wrap) for the lot.
 func (s *idSource) nextN(n int) []string {
-	buf := make([]byte, 0, n*idLen)
+	var buf strings.Builder // its String is its buffer, not a copy
+	buf.Grow(n * idLen)
 	for left := n; left > 0; {
 		s.mu.Lock()
 		if s.n == 0 {
@@ -246,14 +248,15 @@ func (s *idSource) nextN(n int) []string {
 		s.mu.Unlock()
 		// Consecutive counters of one node: format the first, then count
 		// on in base32 (a quarter of AddTasks's time went to formatting).
-		buf = appendID(buf, node, first)
+		id := appendID(make([]byte, 0, idLen), node, first)
+		buf.Write(id)
 		for i := uint64(1); i < k; i++ {
-			buf = append(buf, buf[len(buf)-idLen:]...)
-			incID(buf[len(buf)-idLen:])
+			incID(id)
+			buf.Write(id)
 		}
 		left -= int(k)
 	}
-	all := string(buf)
+	all := buf.String()
 	ids := make([]string, n)
 	for i := range ids {
 		ids[i] = all[i*idLen : (i+1)*idLen]

@@ -52,3 +52,14 @@ func TestIDSourceNextN(t *testing.T) {
 		}
 	})
 }
+
+// BenchmarkNextIDs is the IDs of a 100,000-task AddTasks call.
+func BenchmarkNextIDs(b *testing.B) {
+	var s idSource
+	b.ReportAllocs()
+	for b.Loop() {
+		if ids := s.nextN(100_000); len(ids) != 100_000 {
+			b.Fatal(len(ids))
+		}
+	}
+}
