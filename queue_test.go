@@ -337,8 +337,9 @@ func TestAddTasksOrder(t *testing.T) {
 }
 
 // TestAddTasksConcurrentCallsKeepTheirEntries: AddTasks calls at once,
-// of sizes that differ from call to call, each find their own payloads
-// in Redis, although their entry buffers are kept from call to call.
+// of sizes that differ from call to call (up to some 300 KB, several of
+// the chunks entries are encoded into), each find their own payloads in
+// Redis, although their chunks go from call to call.
 func TestAddTasksConcurrentCallsKeepTheirEntries(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -352,7 +353,7 @@ func TestAddTasksConcurrentCallsKeepTheirEntries(t *testing.T) {
 				n := 1 + (g*7+i*13)%150
 				tasks := make([]Task, n)
 				for k := range tasks {
-					p := fmt.Sprintf("g%d-call%d-task%d-%s", g, i, k, strings.Repeat("x", (g+k)%50))
+					p := fmt.Sprintf("g%d-call%d-task%d-%s", g, i, k, strings.Repeat("x", (g+k)%50*40))
 					tasks[k] = Task{OrderID: uint64(g*1000 + k), Payload: []byte(p)}
 				}
 				ids, err := q.AddTasks(ctx, tasks)
