@@ -222,8 +222,10 @@
 // the producing end as new work, behind the tasks already queued, their
 // delivery count reset.
 //
-// Graceful stop: when AnalysePool's ctx ends, the pool stops claiming,
-// hands unstarted tasks back in claim order (uncounted), gives running
+// Graceful stop: when AnalysePool's ctx ends, the pool stops claiming
+// and starting tasks (each worker checks ctx's deadline, if it has one,
+// before it starts a task), hands unstarted tasks back in claim order
+// (uncounted), gives running
 // tasks ShutdownTimeout, cancels the ctx of those still running and hands
 // them back too (counted), writes the remaining acks, releases the lease
 // (waking a standby at once) and returns nil. After a failed hand-back, or while a

@@ -313,7 +313,8 @@ func (c *Counters) Workers() int { return int(c.workers.Load()) }
 // tasks left pending by an earlier owner back first, then claims tasks in
 // batches and runs fn on its workers (see PoolConfig.Dispatch), the tasks
 // of one OrderID one at a time, in order. When ctx ends it stops claiming,
-// hands unstarted tasks back at once (after a Redis error, it leaves them
+// starts no more tasks (none past ctx's deadline, even while a Redis call
+// delays the stop), hands unstarted tasks back at once (after a Redis error, it leaves them
 // pending for the next owner to put back), gives running tasks
 // ShutdownTimeout, acknowledges what finished, releases the lease and
 // returns nil. If it loses the lease it cancels its tasks, reports

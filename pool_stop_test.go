@@ -331,3 +331,81 @@ func TestPoolStopsGracefullyAtItsDeadline(t *testing.T) {
 	assert.Empty(t, pendingIDs(t, s, k))
 	assert.Zero(t, s.do(t, "EXISTS", k.lease), "the lease released")
 }
+
+// slowClaimConn holds back the reply of every claim after the first for
+// slow: the fetcher is then in a round trip when the pool's ctx ends.
+type slowClaimConn struct {
+	redis.Conn
+	claims *atomic.Int32
+	slow   time.Duration
+	held   bool // a claim was sent: its reply comes late
+}
+
+func (c *slowClaimConn) late(cmd string, args []any) bool {
+	return scriptName(cmd, args) == "claim" && c.claims.Add(1) > 1
+}
+
+func (c *slowClaimConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
+	if c.late(cmd, args) {
+		time.Sleep(c.slow)
+	}
+	return redis.DoContext(c.Conn, ctx, cmd, args...)
+}
+
+func (c *slowClaimConn) Send(cmd string, args ...any) error {
+	if c.late(cmd, args) {
+		c.held = true
+	}
+	return c.Conn.Send(cmd, args...)
+}
+
+func (c *slowClaimConn) ReceiveContext(ctx context.Context) (any, error) {
+	if c.held {
+		c.held = false
+		time.Sleep(c.slow)
+	}
+	return redis.ReceiveContext(c.Conn, ctx)
+}
+
+// A pool's ctx with a deadline: no task starts past it, even while the
+// fetcher, which stops the pool, is still in a Redis round trip (here a
+// claim whose reply comes 700 ms late). The worker reads the clock
+// before each task in any case.
+func TestPoolStartsNoTaskPastItsDeadline(t *testing.T) {
+	t.Parallel()
+	servers := newTestServers(t, 1)
+	preloadScripts(t, servers[0].pool)
+	var claims atomic.Int32
+	pool := servers[0].wrapPool(8, func(c redis.Conn) redis.Conn {
+		return &slowClaimConn{Conn: c, claims: &claims, slow: 700 * time.Millisecond}
+	})
+	t.Cleanup(func() { pool.Close() })
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	ids := addAll(t, q, orderTasks(1, 60)) // 600 ms of work on one worker
+	end := time.Now().Add(200 * time.Millisecond)
+	ctx, cancel := context.WithDeadline(bounded(t), end)
+	defer cancel()
+	var mu sync.Mutex
+	var late []time.Duration
+	var ran int
+	err = q.AnalysePool(ctx, 0, PoolConfig{Workers: 1, TaskTimeout: time.Minute}, func(tctx context.Context, _ Task) error {
+		// When the worker started it: the ctx's deadline less TaskTimeout.
+		dl, _ := tctx.Deadline()
+		mu.Lock()
+		ran++
+		if start := dl.Add(-time.Minute); !start.Before(end) {
+			late = append(late, start.Sub(end))
+		}
+		mu.Unlock()
+		time.Sleep(10 * time.Millisecond)
+		return nil
+	})
+	require.NoError(t, err)
+	assert.Empty(t, late, "tasks started after the pool's deadline")
+	assert.GreaterOrEqual(t, claims.Load(), int32(2), "the fetcher was in its second claim")
+	s, k := servers[0], newQueueKeys(q.cfg.Prefix, 0, 0)
+	ready := taskIDs(readyTasks(t, s, k))
+	assert.Equal(t, ids[ran:], ready, "the unstarted tasks back, in order")
+}

@@ -78,8 +78,9 @@ type session struct {
 	haltOnce sync.Once
 	lost     atomic.Bool // the lease was lost: in-memory work is dropped
 
-	born     time.Time    // when the session began (monotonic clock)
-	deadline atomic.Int64 // when the lease must be taken as lost unless renewed, as time since born
+	born     time.Time     // when the session began (monotonic clock)
+	deadline atomic.Int64  // when the lease must be taken as lost unless renewed, as time since born
+	stopBy   time.Duration // when the pool's ctx reaches its deadline, as time since born (0: it has none)
 
 	log    *poolLog      // the pool's story
 	waited time.Duration // how long the pool was without a lease before this tenure
@@ -105,6 +106,9 @@ func newSession(ctx context.Context, st *store, cfg PoolConfig, fn AnalyseFunc) 
 	s.acks = newAcker(s)
 	s.log = newPoolLog(cfg.Logger, cfg.OnError, -1)
 	s.born = time.Now()
+	if d, ok := ctx.Deadline(); ok {
+		s.stopBy = max(d.Sub(s.born), 1)
+	}
 	// As renew computes it, from when the lease was asked for: Redis's
 	// TTL ran from then at the latest, however late the answer came.
 	s.setDeadline(st.acquired.Add(leaseHeld(cfg.LeaseTTL)))
@@ -164,6 +168,13 @@ func (s *session) leaseDeadline() time.Time { return s.born.Add(time.Duration(s.
 // this, with the time they read, before they start a task.
 func (s *session) leaseValid(now time.Time) bool {
 	return now.Sub(s.born) < time.Duration(s.deadline.Load())
+}
+
+// pastStop reports whether the pool's ctx has reached its deadline by
+// now: workers start nothing more, even before the fetcher, which may be
+// in a Redis round trip, notices and stops the session.
+func (s *session) pastStop(now time.Time) bool {
+	return s.stopBy > 0 && now.Sub(s.born) >= s.stopBy
 }
 
 // hold counts claimed tasks as held.

@@ -157,6 +157,16 @@ func (w *worker) loop() (retired bool) {
 			o = nil
 			continue
 		}
+		if w.s.pastStop(now) && !w.stopping() {
+			// The pool's ctx has reached its deadline, and the stop is
+			// due: put o back now for the stop to hand back, rather than
+			// start its task, then wait for the stop.
+			if w.unpickUntaken(o) {
+				o = nil
+			}
+			<-w.s.halt
+			continue
+		}
 		o, t, now = w.runOne(o, t, now)
 	}
 }
