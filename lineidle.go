@@ -13,12 +13,26 @@ func (ls *lineSet) toIdle(w *worker) {
 	}
 }
 
-// unidle removes w from the idle workers, if it is one.
+// unidle removes w, looking for a task, from the idle workers, if it is
+// one, and the sizer counts it busy: from now, or from when it was woken
+// (see wake).
 func (ls *lineSet) unidle(w *worker) {
-	i := w.idleAt
-	if i < 0 {
+	switch {
+	case w.idleAt >= 0:
+		ls.dropIdle(w)
+	case w.woken:
+		w.woken = false
+	default:
 		return
 	}
+	if ls.s.elastic {
+		ls.s.sizer.wentBusy()
+	}
+}
+
+// dropIdle removes w from the idle workers; it is one.
+func (ls *lineSet) dropIdle(w *worker) {
+	i := w.idleAt
 	last := len(ls.idle) - 1
 	ls.idle[i] = ls.idle[last]
 	ls.idle[i].idleAt = i
@@ -28,17 +42,21 @@ func (ls *lineSet) unidle(w *worker) {
 	if ls.timed == w {
 		ls.timed = nil
 	}
-	if ls.s.elastic {
-		ls.s.sizer.wentBusy()
-	}
 }
 
 // wakeOne wakes the idle worker that went idle last.
 func (ls *lineSet) wakeOne() { ls.wake(ls.idle[len(ls.idle)-1]) }
 
-// wake makes the idle worker w look for a task again.
+// wake makes the idle worker w look for a task again. It is no longer
+// idle, so that no other wake-up picks it, but the sizer counts it idle
+// until it looks (unidle): a worker woken and not yet running (its
+// goroutine waiting for a thread, on a loaded machine) is no busy one
+// to grow the pool past.
 func (ls *lineSet) wake(w *worker) {
-	ls.unidle(w)
+	if w.idleAt >= 0 {
+		ls.dropIdle(w)
+		w.woken = true
+	}
 	select {
 	case w.wake <- struct{}{}:
 	default:

@@ -49,6 +49,7 @@ type worker struct {
 
 	// Under set.mu:
 	idleAt int  // index in set.idle, or -1 while the worker is not idle
+	woken  bool // woken from idle and not looking yet: the sizer counts it idle
 	retire bool // the pool shrank: the worker ends once it holds no OrderID
 	gone   bool // the worker's goroutine has ended, or has not started
 }
@@ -72,6 +73,12 @@ func (s *session) addSlot(i int) *worker {
 // set's lock is held, or w's set is not in use yet.
 func (s *session) start(w *worker, grown bool) {
 	w.gone = false
+	if s.elastic {
+		// Idle until it first looks for a task, as a worker woken from
+		// idle is (see lineSet.wake).
+		w.woken = true
+		s.sizer.wentIdle()
+	}
 	s.workWG.Add(1)
 	n := s.addLive(1)
 	if grown {
