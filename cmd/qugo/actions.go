@@ -311,13 +311,13 @@ func (s *server) perform(ctx context.Context, req actionReq) (string, error) {
 	}
 	// Cancel finds a task by its ID in the queue the order routes to,
 	// whatever its OrderID: look first whose it is, as qugo cancel does.
-	st, err := q.Status(ctx, req.order, req.id)
+	_, owner, other, err := statusOf(ctx, q, req.order, req.id)
 	if err != nil {
 		return "", err
 	}
-	if order, known := taskOrder(st); known && order != req.order {
+	if other {
 		return "", fmt.Errorf("%w: task %s belongs to order %d, not to order %d (the two share a queue): nothing was cancelled",
-			errOtherOrder, req.id, order, req.order)
+			errOtherOrder, req.id, owner, req.order)
 	}
 	found, err := q.Cancel(ctx, req.order, req.id)
 	if err != nil {

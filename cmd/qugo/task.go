@@ -96,21 +96,30 @@ func taskOrder(st queue.TaskStatus) (uint64, bool) {
 	return 0, false
 }
 
-// ownStatus returns the status of r's task, and refuses, as a usage
-// error, a task whose record says it is of another OrderID than -order:
-// task IDs do not say which queue holds them, so when two OrderIDs share
-// a queue the ID of one is found there under the other. fix says what to
-// do instead, given the task's OrderID.
-func (r taskRef) ownStatus(ctx context.Context, q *queue.Queue, name string, fix func(order uint64) string) (queue.TaskStatus, error) {
-	st, err := q.Status(ctx, r.order.n, *r.id)
+// statusOf returns the status of task id, looked for in the queue order
+// routes to, and, when its record says it is of another OrderID, that
+// OrderID (other true): task IDs do not say which queue holds them, so
+// when two OrderIDs share a queue the ID of one is found there under the
+// other. qugo status and cancel and the dashboard's cancel refuse it.
+func statusOf(ctx context.Context, q *queue.Queue, order uint64, id string) (st queue.TaskStatus, owner uint64, other bool, err error) {
+	st, err = q.Status(ctx, order, id)
 	if err != nil {
-		return st, err
+		return st, 0, false, err
 	}
-	if order, known := taskOrder(st); known && order != r.order.n {
-		return st, usagef("%s: task %s belongs to order %d, not to -order %d (the two share a queue): %s",
-			name, cell(*r.id), order, r.order.n, fix(order))
+	owner, known := taskOrder(st)
+	return st, owner, known && owner != order, nil
+}
+
+// ownStatus returns the status of r's task, and refuses, as a usage
+// error, a task of another OrderID than -order (see statusOf). fix says
+// what to do instead, given the task's OrderID.
+func (r taskRef) ownStatus(ctx context.Context, q *queue.Queue, name string, fix func(order uint64) string) (queue.TaskStatus, error) {
+	st, owner, other, err := statusOf(ctx, q, r.order.n, *r.id)
+	if err == nil && other {
+		err = usagef("%s: task %s belongs to order %d, not to -order %d (the two share a queue): %s",
+			name, cell(*r.id), owner, r.order.n, fix(owner))
 	}
-	return st, nil
+	return st, err
 }
 
 // cancelDoc is the JSON output of cancel.
