@@ -27,7 +27,7 @@ type memHistory struct {
 func (h *memHistory) log(e faultEvent) { h.logAt(e, time.Now()) }
 
 func (h *memHistory) logAt(e faultEvent, at time.Time) {
-	e.Wall = at.UnixNano()
+	e.Wall = stamp(at)
 	h.mu.Lock()
 	h.ev = append(h.ev, e)
 	h.mu.Unlock()

@@ -284,7 +284,7 @@ func (e *faultEnv) spawn(role string, cfg roleConfig) *child {
 // event records a harness event now.
 func (e *faultEnv) event(ev faultEvent) {
 	if ev.Wall == 0 {
-		ev.Wall = time.Now().UnixNano()
+		ev.Wall = stamp(time.Now())
 	}
 	e.mu.Lock()
 	e.harness = append(e.harness, ev)
@@ -457,14 +457,14 @@ func (e *faultEnv) events() []faultEvent {
 func firstAfter(events []faultEvent, at time.Time, ev, result string) time.Duration {
 	best := int64(-1)
 	for _, x := range events {
-		if x.Ev == ev && (result == "" || x.Result == result) && x.Wall > at.UnixNano() && (best < 0 || x.Wall < best) {
+		if x.Ev == ev && (result == "" || x.Result == result) && x.Wall > stamp(at) && (best < 0 || x.Wall < best) {
 			best = x.Wall
 		}
 	}
 	if best < 0 {
 		return -1
 	}
-	return time.Duration(best - at.UnixNano())
+	return time.Duration(best - stamp(at))
 }
 
 // requireClean asserts the figures every fault must keep: nothing lost or

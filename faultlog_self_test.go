@@ -4,6 +4,7 @@ import (
 	"context"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
@@ -115,4 +116,32 @@ func TestAnalyserOfKey(t *testing.T) {
 	for _, tc := range tests {
 		assert.Equal(t, tc.want, analyserOfKey(tc.key, tc.partitions), "%v", tc.key)
 	}
+}
+
+// TestStampIsTheMonotonicClock: the suite's clock (stamp) orders a
+// process's events by the monotonic clock. A later reading never stamps
+// earlier; a time extrapolated from an earlier reading, as the pool's
+// clock for a task's start is (the ctx's deadline less the task timeout),
+// stamps exactly its monotonic distance from that reading, whatever the
+// wall clock read meanwhile; and a time with no monotonic reading (one
+// Redis recorded) stamps its wall clock, to within the anchor's error.
+func TestStampIsTheMonotonicClock(t *testing.T) {
+	prev := stamp(time.Now())
+	for range 10000 {
+		s := stamp(time.Now())
+		require.GreaterOrEqual(t, s, prev)
+		prev = s
+	}
+	base := time.Now()
+	time.Sleep(2 * time.Millisecond)
+	later := time.Now()
+	for _, d := range []time.Duration{time.Microsecond, 3 * time.Millisecond, time.Second} {
+		at := base.Add(d)
+		assert.Equal(t, int64(d), stamp(at)-stamp(base))
+		assert.Equal(t, int64(at.Sub(later)), stamp(at)-stamp(later))
+	}
+	wall := time.Now().Round(0) // no monotonic reading
+	assert.InDelta(t, wall.UnixNano(), stamp(wall), float64(50*time.Millisecond))
+	anchorBase, offset := clockAnchor()
+	assert.Equal(t, offset, stamp(anchorBase), "the anchor's reading stamps the anchor's offset")
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,8 +23,9 @@ import (
 // child (and recConn, which records the lease grants and acks a connection
 // carries) and read back by the harness for the checker.
 
-// faultEvent is one line of a history. Wall is Unix nanoseconds; Mono is
-// nanoseconds since the process started (monotonic).
+// faultEvent is one line of a history. Wall is Unix nanoseconds by the
+// suite's clock (see stamp); Mono is nanoseconds since the history was
+// opened (monotonic).
 type faultEvent struct {
 	Ev       string `json:"ev"`
 	Pid      int    `json:"pid"`
@@ -89,9 +91,37 @@ func openHistory(path string) (*historyWriter, error) {
 
 func (h *historyWriter) log(e faultEvent) { h.logAt(e, time.Now()) }
 
+// clockAnchor is the wall clock's offset from this process's monotonic
+// clock (a reading of which is base), taken once as the median of a few
+// readings.
+var clockAnchor = sync.OnceValues(func() (base time.Time, offset int64) {
+	base = time.Now()
+	var offs [7]int64
+	for i := range offs {
+		r := time.Now()
+		offs[i] = r.UnixNano() - int64(r.Sub(base))
+	}
+	slices.Sort(offs[:])
+	return base, offs[len(offs)/2]
+})
+
+// stamp returns t as Unix nanoseconds by the suite's clock: this process's
+// monotonic clock, anchored to the wall clock once. A reading of the wall
+// clock can be off for an instant (by microseconds, on a loaded VM by
+// milliseconds, then right again), and the pool's clock reading for a
+// task's start is extrapolated from one such reading: stamped by the wall
+// clock, a task could seem to start before the one it followed on the same
+// worker finished. By the monotonic clock a process's events keep the
+// order they happened in; processes on one host agree to within the wall
+// clock's error at each one's anchor.
+func stamp(t time.Time) int64 {
+	base, offset := clockAnchor()
+	return offset + int64(t.Sub(base))
+}
+
 // logAt writes e stamped with the time at.
 func (h *historyWriter) logAt(e faultEvent, at time.Time) {
-	e.Pid, e.Wall, e.Mono = h.pid, at.UnixNano(), int64(at.Sub(h.start))
+	e.Pid, e.Wall, e.Mono = h.pid, stamp(at), int64(at.Sub(h.start))
 	b, _ := json.Marshal(e)
 	h.mu.Lock()
 	defer h.mu.Unlock()

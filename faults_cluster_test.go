@@ -142,16 +142,16 @@ func clusterRecovery(events []faultEvent, at time.Time, analysers []int) (firstN
 			continue
 		}
 		starts = append(starts, e.Wall)
-		if w, ok := added[taskKey{e.Order, e.Seq}]; ok && w > at.UnixNano() && e.Wall > at.UnixNano() {
-			if d := time.Duration(e.Wall - at.UnixNano()); firstNew < 0 || d < firstNew {
+		if w, ok := added[taskKey{e.Order, e.Seq}]; ok && w > stamp(at) && e.Wall > stamp(at) {
+			if d := time.Duration(e.Wall - stamp(at)); firstNew < 0 || d < firstNew {
 				firstNew = d
 			}
 		}
 	}
 	sort.Slice(starts, func(i, j int) bool { return starts[i] < starts[j] })
 	for i := 1; i < len(starts); i++ {
-		if d := time.Duration(starts[i] - starts[i-1]); starts[i] > at.UnixNano() && d > stall {
-			stall, stallAt = d, time.Duration(starts[i-1]-at.UnixNano())
+		if d := time.Duration(starts[i] - starts[i-1]); starts[i] > stamp(at) && d > stall {
+			stall, stallAt = d, time.Duration(starts[i-1]-stamp(at))
 		}
 	}
 	return firstNew, stall, stallAt
@@ -309,7 +309,7 @@ func (run *clusterRun) killPrimary(p *redisProc, hit []int) (*redisProc, time.Ti
 	replica := c.replicaOf(p)
 	at := time.Now()
 	c.kill9(p)
-	e.event(faultEvent{Ev: evFault, Wall: at.UnixNano()})
+	e.event(faultEvent{Ev: evFault, Wall: stamp(at)})
 	held := replicaHolds(e.t, c, replica, e.prefix, hit)
 	for id := range held.pending {
 		e.event(faultEvent{Ev: evPending, ID: id})

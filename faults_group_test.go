@@ -229,7 +229,7 @@ func groupFiguresOf(changes []*groupChange, events []faultEvent) []groupFigures 
 	window := func(wall int64) int {
 		w := -1
 		for i, c := range changes {
-			if c.at.UnixNano() <= wall {
+			if stamp(c.at) <= wall {
 				w = i
 			}
 		}
@@ -277,15 +277,15 @@ func groupFiguresOf(changes []*groupChange, events []faultEvent) []groupFigures 
 		}
 		for _, x := range events {
 			switch {
-			case x.Ev == evStart && mine[x.Analyser] && x.Pid != c.pid && x.Wall > c.at.UnixNano():
+			case x.Ev == evStart && mine[x.Analyser] && x.Pid != c.pid && x.Wall > stamp(c.at):
 				if _, ok := first[x.Analyser]; !ok {
 					first[x.Analyser] = x.Wall
 				}
-			case x.Ev == evLease && mine[x.Analyser] && x.Pid != c.pid && x.Wall > c.at.UnixNano():
+			case x.Ev == evLease && mine[x.Analyser] && x.Pid != c.pid && x.Wall > stamp(c.at):
 				if _, ok := granted[x.Analyser]; !ok {
 					granted[x.Analyser] = x.Wall
 				}
-			case x.Ev == evLease && !mine[x.Analyser] && x.Wall > c.at.UnixNano() && x.Wall <= c.end.UnixNano():
+			case x.Ev == evLease && !mine[x.Analyser] && x.Wall > stamp(c.at) && x.Wall <= stamp(c.end):
 				out[i].grants = append(out[i].grants, x.Analyser)
 			}
 		}
@@ -295,7 +295,7 @@ func groupFiguresOf(changes []*groupChange, events []faultEvent) []groupFigures 
 				if !ok {
 					return "none"
 				}
-				return time.Duration(w - c.at.UnixNano()).Round(time.Millisecond).String()
+				return time.Duration(w - stamp(c.at)).Round(time.Millisecond).String()
 			}
 			g, gok := granted[a]
 			f, fok := first[a]
@@ -307,7 +307,7 @@ func groupFiguresOf(changes []*groupChange, events []faultEvent) []groupFigures 
 			for _, w := range first {
 				last = max(last, w)
 			}
-			out[i].takeover = time.Duration(last - c.at.UnixNano())
+			out[i].takeover = time.Duration(last - stamp(c.at))
 		}
 	}
 	return out

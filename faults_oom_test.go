@@ -88,7 +88,7 @@ func TestFaultRedisOOM(t *testing.T) {
 		switch {
 		case (x.Ev == evAdded || x.Ev == evBatch) && x.Result == "ok" && x.Wall > firstOOM:
 			okAfter++
-		case x.Ev == evStart && x.Wall > fullAt.UnixNano() && x.Wall < lastOOM:
+		case x.Ev == evStart && x.Wall > stamp(fullAt) && x.Wall < lastOOM:
 			startsWhileFull++
 		}
 	}

@@ -109,7 +109,7 @@ func (e *faultEnv) startedSince(at time.Time) map[string]int {
 	for _, p := range paths {
 		evs, _ := readHistory(p) // a history not written yet counts nothing
 		for _, x := range evs {
-			if x.Ev == evStart && x.Wall > at.UnixNano() {
+			if x.Ev == evStart && x.Wall > stamp(at) {
 				n[x.ID]++
 			}
 		}
@@ -212,12 +212,12 @@ func TestFaultRacingTakeovers(t *testing.T) {
 	for k, at := range kills {
 		end := int64(math.MaxInt64)
 		if k+1 < len(kills) {
-			end = kills[k+1].UnixNano()
+			end = stamp(kills[k+1])
 		}
 		starts := map[string]int{}
 		first := int64(-1)
 		for _, x := range events {
-			if x.Ev == evStart && x.Wall > at.UnixNano() && x.Wall <= end {
+			if x.Ev == evStart && x.Wall > stamp(at) && x.Wall <= end {
 				starts[x.ID]++
 				if first < 0 || x.Wall < first {
 					first = x.Wall
@@ -229,12 +229,12 @@ func TestFaultRacingTakeovers(t *testing.T) {
 				notOnce = append(notOnce, fmt.Sprintf("kill %d: %s started %d times", k+1, id, starts[id]))
 			}
 		}
-		recovery = append(recovery, time.Duration(first-at.UnixNano()))
+		recovery = append(recovery, time.Duration(first-stamp(at)))
 		pendingTotal += len(pendings[k])
 	}
 	granted := 0
 	for _, x := range events {
-		if x.Ev == evLease && x.Wall > kills[0].UnixNano() {
+		if x.Ev == evLease && x.Wall > stamp(kills[0]) {
 			granted++
 		}
 	}

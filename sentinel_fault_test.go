@@ -181,7 +181,7 @@ func logLost(t *testing.T, events []faultEvent, r faultReport, at time.Time) {
 	for _, ev := range events {
 		if lost[ev.ID] || ev.ID == "" && tasks[key{ev.Order, ev.Seq}] && ev.Order+uint64(ev.Seq) > 0 || ev.Ev == evFault || ev.Ev == evLease {
 			t.Logf("lost task trace: %s %+v pid %d id %s order %d seq %d result %s %s",
-				ev.Ev, time.Duration(ev.Wall-at.UnixNano()), ev.Pid, ev.ID, ev.Order, ev.Seq, ev.Result, ev.Err)
+				ev.Ev, time.Duration(ev.Wall-stamp(at)), ev.Pid, ev.ID, ev.Order, ev.Seq, ev.Result, ev.Err)
 		}
 	}
 }
@@ -227,11 +227,11 @@ func afterFault(events []faultEvent, at time.Time) (added, started time.Duration
 	addedOK := map[key]bool{} // of those, the ones that returned ok
 	done := map[key]bool{}
 	added, started = -1, -1
-	since := func(ev faultEvent) time.Duration { return time.Duration(ev.Wall - at.UnixNano()) }
+	since := func(ev faultEvent) time.Duration { return time.Duration(ev.Wall - stamp(at)) }
 	for _, ev := range events { // in time order (checkHistory sorted them)
 		k := key{ev.Order, ev.Seq}
 		switch {
-		case ev.Ev == evAdd && ev.Wall > at.UnixNano():
+		case ev.Ev == evAdd && ev.Wall > stamp(at):
 			began[k] = true
 		case ev.Ev == evAdded && ev.Result == "ok" && began[k]:
 			addedOK[k] = true
