@@ -188,8 +188,23 @@ func (w *worker) now() time.Time {
 			return w.clockAt.Add(d)
 		}
 	}
-	w.clockAt = time.Now()
+	w.clockAt = bothClocks()
 	return w.clockAt
+}
+
+// bothClocks returns a reading of the wall and monotonic clocks to carry
+// forward by the monotonic one. time.Now reads the wall clock, then the
+// monotonic clock: a thread descheduled between the two pairs the wall
+// clock with a later monotonic reading (by milliseconds on a loaded host),
+// and a worker would carry that error for a second. Of two readings, the
+// one whose wall clock is furthest ahead of its monotonic one was paired
+// more closely.
+func bothClocks() time.Time {
+	a, b := time.Now(), time.Now()
+	if b.Round(0).Sub(a.Round(0)) > b.Sub(a) {
+		return b
+	}
+	return a
 }
 
 // putBack puts back o, picked and its task (its first, or the next of the
