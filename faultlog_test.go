@@ -113,8 +113,12 @@ var clockAnchor = sync.OnceValues(func() (base time.Time, offset int64) {
 // clock, a task could seem to start before the one it followed on the same
 // worker finished. By the monotonic clock a process's events keep the
 // order they happened in; processes on one host agree to within the wall
-// clock's error at each one's anchor.
+// clock's error at each one's anchor. A time with no monotonic reading
+// stamps its wall clock.
 func stamp(t time.Time) int64 {
+	if t == t.Round(0) {
+		return t.UnixNano() // no monotonic reading: a time Redis recorded
+	}
 	base, offset := clockAnchor()
 	return offset + int64(t.Sub(base))
 }
