@@ -83,24 +83,47 @@ func newLineSet(s *session, shared bool) *lineSet {
 func (ls *lineSet) give(ts []claimed) {
 	ls.mu.Lock()
 	lines, woken := 0, 0
-	for _, t := range ts {
-		o := ls.orders[t.OrderID]
-		switch {
-		case o == nil:
-			o = ls.newOrder(t.OrderID)
-			ls.orders[t.OrderID] = o
-			lines++
-		case o.state == lineParked:
-			ls.unpark(o)
-			lines++
-		}
-		o.push(t)
-		if o.state == lineIdle {
-			o.state = lineRunnable
-			ls.pushRunnable(o)
-			woken++
-		}
+	for i := range ts {
+		ls.giveOne(&ts[i], &lines, &woken)
 	}
+	ls.woke(lines, woken)
+}
+
+// giveChain is give of the tasks of ts at first, next[first], and so on
+// to -1.
+func (ls *lineSet) giveChain(ts []claimed, first int32, next []int32) {
+	ls.mu.Lock()
+	lines, woken := 0, 0
+	for j := first; j >= 0; j = next[j] {
+		ls.giveOne(&ts[j], &lines, &woken)
+	}
+	ls.woke(lines, woken)
+}
+
+// giveOne adds t, counting a line it made or took back in lines and one
+// it made runnable in woken. ls.mu is held.
+func (ls *lineSet) giveOne(t *claimed, lines, woken *int) {
+	o := ls.orders[t.OrderID]
+	switch {
+	case o == nil:
+		o = ls.newOrder(t.OrderID)
+		ls.orders[t.OrderID] = o
+		*lines++
+	case o.state == lineParked:
+		ls.unpark(o)
+		*lines++
+	}
+	o.push(*t)
+	if o.state == lineIdle {
+		o.state = lineRunnable
+		ls.pushRunnable(o)
+		*woken++
+	}
+}
+
+// woke ends a give: it wakes idle workers for the woken lines made
+// runnable, unlocks ls.mu and counts the lines given.
+func (ls *lineSet) woke(lines, woken int) {
 	for ; woken > 0 && len(ls.idle) > 0; woken-- {
 		ls.wakeOne()
 	}

@@ -60,6 +60,9 @@ type session struct {
 	per       [][]claimed   // dispatch's buffers, one per worker slot (fetcher only)
 	away      [][]claimed   // the same, for pinned OrderIDs (fetcher only)
 	rejected  []claimed     // the same, for OrderIDs no longer in hand (fetcher only)
+	chain     []int32       // dispatchChained's: the index of the next task for the same worker, -1: none (fetcher only)
+	heads     []int32       // dispatchChained's: each worker slot's first task and last (fetcher only)
+	tails     []int32
 	// resyncOwed: a claim failed, and Redis may have made it; its tasks,
 	// pending and unseen, must go back before anything is claimed or
 	// handed back (fetcher only).
