@@ -465,16 +465,16 @@ func (e *faultEnv) events() []faultEvent {
 // firstAfter returns the time from at to the first event of kind ev with
 // result (any when empty) after it, or -1.
 func firstAfter(events []faultEvent, at time.Time, ev, result string) time.Duration {
-	best := int64(-1)
+	best, from := int64(-1), stamp(at)
 	for _, x := range events {
-		if x.Ev == ev && (result == "" || x.Result == result) && x.Wall > stamp(at) && (best < 0 || x.Wall < best) {
+		if x.Ev == ev && (result == "" || x.Result == result) && x.Wall > from && (best < 0 || x.Wall < best) {
 			best = x.Wall
 		}
 	}
 	if best < 0 {
 		return -1
 	}
-	return time.Duration(best - stamp(at))
+	return time.Duration(best - from)
 }
 
 // requireClean asserts the figures every fault must keep: nothing lost or

@@ -133,6 +133,7 @@ func clusterRecovery(events []faultEvent, at time.Time, analysers []int) (firstN
 	added := map[taskKey]int64{}
 	var starts []int64
 	firstNew = -1
+	from := stamp(at)
 	for _, e := range events {
 		if e.Ev == evAdd {
 			if _, ok := added[taskKey{e.Order, e.Seq}]; !ok {
@@ -145,16 +146,16 @@ func clusterRecovery(events []faultEvent, at time.Time, analysers []int) (firstN
 			continue
 		}
 		starts = append(starts, e.Wall)
-		if w, ok := added[taskKey{e.Order, e.Seq}]; ok && w > stamp(at) && e.Wall > stamp(at) {
-			if d := time.Duration(e.Wall - stamp(at)); firstNew < 0 || d < firstNew {
+		if w, ok := added[taskKey{e.Order, e.Seq}]; ok && w > from && e.Wall > from {
+			if d := time.Duration(e.Wall - from); firstNew < 0 || d < firstNew {
 				firstNew = d
 			}
 		}
 	}
 	sort.Slice(starts, func(i, j int) bool { return starts[i] < starts[j] })
 	for i := 1; i < len(starts); i++ {
-		if d := time.Duration(starts[i] - starts[i-1]); starts[i] > stamp(at) && d > stall {
-			stall, stallAt = d, time.Duration(starts[i-1]-stamp(at))
+		if d := time.Duration(starts[i] - starts[i-1]); starts[i] > from && d > stall {
+			stall, stallAt = d, time.Duration(starts[i-1]-from)
 		}
 	}
 	return firstNew, stall, stallAt
