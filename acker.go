@@ -2,7 +2,6 @@ package queue
 
 import (
 	"context"
-	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -151,7 +150,7 @@ func (a *acker) gather() bool {
 // loop acknowledges finished tasks in batches until closed: it waits for
 // one, takes every one finished by then, and acknowledges them, ackChunk
 // to a call.
-func (a *acker) loop(ctx context.Context) {
+func (a *acker) loop() {
 	var b backoff
 	for {
 		refs, recs, thens := a.take()
@@ -164,7 +163,7 @@ func (a *acker) loop(ctx context.Context) {
 			if len(recs) >= n {
 				brecs, recs = recs[:n], recs[n:]
 			}
-			a.send(ctx, batch[:n], brecs, &b)
+			a.send(batch[:n], brecs, &b)
 			batch = batch[n:]
 		}
 		for _, f := range thens {
@@ -174,25 +173,15 @@ func (a *acker) loop(ctx context.Context) {
 	}
 }
 
-// send acknowledges one batch, retrying Redis errors until it succeeds or
-// the lease is lost, then counts it as confirmed and wakes the fetcher.
-func (a *acker) send(ctx context.Context, batch []ackRef, recs []historyRecord, b *backoff) {
+// send acknowledges one batch, retrying Redis errors until it succeeds,
+// the lease is lost or a stop gives it up (see session.retry), then counts
+// it as confirmed and wakes the fetcher.
+func (a *acker) send(batch []ackRef, recs []historyRecord, b *backoff) {
 	s := a.s
-	for !s.isLost() {
+	s.retry(len(batch), b, func(ctx context.Context) error {
 		_, err := s.st.ack(ctx, batch, recs)
-		if err == nil {
-			b.reset()
-			break
-		}
-		if errors.Is(err, ErrLeaseLost) {
-			s.loseLease()
-			break
-		}
-		s.cfg.OnError(err)
-		if b.wait(ctx) != nil {
-			break
-		}
-	}
+		return err
+	})
 	a.taken.Add(-int64(len(batch)))
 	notify(s.freed)
 }

@@ -118,8 +118,12 @@ type PoolConfig struct {
 	// standby. If zero, 5s is used; at least 10ms, at most 1h.
 	LeaseTTL time.Duration
 	// ShutdownTimeout is how long running tasks may go on after ctx ends
-	// before their ctx is cancelled. If zero, 10s is used; at most 24h,
-	// and not negative.
+	// before their ctx is cancelled. Writes of finished tasks' outcomes
+	// (acks, dead letters, cancels) that Redis keeps refusing through a
+	// stop are given up twice ShutdownTimeout after it began: those tasks
+	// stay pending and run again under the queue's next owner, and the
+	// pool reports how many through OnError. If zero, 10s is used; at
+	// most 24h, and not negative.
 	ShutdownTimeout time.Duration
 	// ExitOnEmpty makes AnalysePool return nil once the queue is empty and
 	// nothing is in flight; scheduled tasks not due yet do not count. A

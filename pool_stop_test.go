@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -408,4 +409,56 @@ func TestPoolStartsNoTaskPastItsDeadline(t *testing.T) {
 	s, k := servers[0], newQueueKeys(q.cfg.Prefix, 0, 0)
 	ready := taskIDs(readyTasks(t, s, k))
 	assert.Equal(t, ids[ran:], ready, "the unstarted tasks back, in order")
+}
+
+// A stop whose acks Redis refuses every time (a key of the wrong type
+// here; an ACL change does the same) ends all the same: the writes are
+// given up twice ShutdownTimeout after the stop began, their tasks stay
+// pending, the pool says so and returns, and the next owner runs them
+// again, in order.
+func TestPoolStopGivesUpWritesRedisRefuses(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ids := addAll(t, q, []Task{
+		{OrderID: 1, Payload: []byte(pl(1, 0))},
+		{OrderID: 1, Payload: []byte(pl(1, 1))},
+		{OrderID: 2, Payload: []byte(pl(2, 0))},
+		{OrderID: 2, Payload: []byte(pl(2, 1))},
+	})
+	s.do(t, "SET", k.retries, "x") // every ack checks the retry records' type
+	rec := newRecorder()
+	ran := make(chan struct{}, len(ids))
+	fn := rec.fn(func(ctx context.Context, task Task) error {
+		ran <- struct{}{}
+		return nil
+	})
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	var errs errLog
+	const grace = 100 * time.Millisecond
+	errc := runPool(ctx, q, PoolConfig{Workers: 2, ShutdownTimeout: grace, OnError: errs.add}, fn)
+	for range ids {
+		receive(t, ran)
+	}
+	require.Eventually(t, func() bool { return errs.count(ErrWrongType) > 0 }, 10*time.Second, time.Millisecond,
+		"the acks are refused")
+	stopAt := time.Now()
+	cancel()
+	require.NoError(t, receive(t, errc))
+	assert.Less(t, time.Since(stopAt), 2*grace+5*time.Second, "the stop ended")
+	var gaveUp int
+	for _, err := range errs.all() {
+		if strings.Contains(err.Error(), "gave up recording the outcome of 4 finished tasks") {
+			gaveUp++
+			assert.ErrorIs(t, err, ErrWrongType, "the report carries the refusal")
+		}
+	}
+	assert.Equal(t, 1, gaveUp, "the given-up writes are reported once: %v", errs.all())
+	assert.Equal(t, int64(4), stats0(t, q).Pending, "the tasks stay pending")
+
+	s.do(t, "DEL", k.retries)
+	require.NoError(t, q.AnalysePool(bounded(t), 0, PoolConfig{Workers: 2, ExitOnEmpty: true}, fn))
+	assert.Equal(t, []string{pl(1, 0), pl(1, 1), pl(1, 0), pl(1, 1)}, rec.order(1))
+	assert.Equal(t, []string{pl(2, 0), pl(2, 1), pl(2, 0), pl(2, 1)}, rec.order(2))
+	assert.Zero(t, stats0(t, q).Pending)
 }

@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -90,6 +91,14 @@ type session struct {
 	cancelTask  context.CancelFunc
 	leaseCtx    context.Context // Redis calls of the tenure; ends with the lease or the session
 	cancelLease context.CancelFunc
+
+	// retryCtx bounds the writes retried until Redis takes them (acks,
+	// dead letters, cancels): it ends with leaseCtx, or when a stop gives
+	// them up (see giveUpAfter), and given up counts the acks it dropped.
+	retryCtx   context.Context
+	giveUp     context.CancelFunc
+	givenUp    atomic.Int64
+	lastRefuse atomic.Pointer[error] // the error of the last write given up
 }
 
 // newSession makes a tenure's session. Its tasks' ctx carries the values
@@ -114,6 +123,7 @@ func newSession(ctx context.Context, st *store, cfg PoolConfig, fn AnalyseFunc) 
 	s.setDeadline(st.acquired.Add(leaseHeld(cfg.LeaseTTL)))
 	s.taskCtx, s.cancelTask = context.WithCancel(context.WithoutCancel(ctx))
 	s.leaseCtx, s.cancelLease = context.WithCancel(context.Background())
+	s.retryCtx, s.giveUp = context.WithCancel(s.leaseCtx)
 	s.resized = make(chan struct{}, 1)
 	s.elastic = cfg.MinWorkers < cfg.MaxWorkers
 	s.sizer.allBusy = make(chan struct{}, 1)
@@ -153,6 +163,44 @@ func (s *session) loseLease() {
 }
 
 func (s *session) isLost() bool { return s.lost.Load() }
+
+// retry runs write, the record of the outcome of n finished tasks, until
+// Redis takes it, the lease is lost, or a stop gives it up (retryCtx ends:
+// the n tasks count given up, and stay pending); b paces the tries, and
+// each refusal is reported. It reports whether Redis took it.
+func (s *session) retry(n int, b *backoff, write func(ctx context.Context) error) bool {
+	for !s.isLost() {
+		ctx := s.retryCtx
+		if ctx.Err() != nil {
+			s.gaveUp(n)
+			return false
+		}
+		err := write(ctx)
+		if err == nil {
+			b.reset()
+			return true
+		}
+		if errors.Is(err, ErrLeaseLost) {
+			s.loseLease()
+			return false
+		}
+		if ctx.Err() != nil {
+			continue // given up meanwhile, not refused
+		}
+		s.cfg.OnError(err)
+		s.refused(err)
+		b.wait(ctx)
+	}
+	return false
+}
+
+// gaveUp counts n tasks whose outcome a stop gave up recording (see
+// retryCtx): they stay pending.
+func (s *session) gaveUp(n int) { s.givenUp.Add(int64(n)) }
+
+// refused keeps err, a refusal of a write that is retried, for the report
+// of the writes a stop gives up.
+func (s *session) refused(err error) { s.lastRefuse.Store(&err) }
 
 // setDeadline records when the lease must be taken as lost unless renewed.
 func (s *session) setDeadline(t time.Time) { s.deadline.Store(int64(t.Sub(s.born))) }
@@ -273,7 +321,7 @@ func (s *session) run(ctx context.Context) sessionEnd {
 		return endFailed
 	}
 	ackWG.Add(1)
-	go func() { defer ackWG.Done(); s.acks.loop(leaseCtx) }()
+	go func() { defer ackWG.Done(); s.acks.loop() }()
 	for _, w := range s.workers {
 		w.set.mu.Lock()
 		s.start(w, false)
@@ -328,6 +376,12 @@ func (s *session) run(ctx context.Context) sessionEnd {
 				"running", s.held.Load())
 		}
 		timer := time.AfterFunc(s.cfg.ShutdownTimeout, s.cancelTask)
+		// Writes that Redis keeps refusing (a key of the wrong type, an
+		// ACL) are given up once the running tasks have had their time
+		// and as long again: their tasks stay pending, and the next owner
+		// runs them again, rather than the stop never ending.
+		giveUp := time.AfterFunc(2*s.cfg.ShutdownTimeout, s.giveUp)
+		defer giveUp.Stop()
 		s.workWG.Wait()
 		timer.Stop()
 		workersGone()
@@ -344,6 +398,14 @@ func (s *session) run(ctx context.Context) sessionEnd {
 	}
 	s.acks.close()
 	ackWG.Wait()
+	if n := s.givenUp.Load(); n > 0 && !s.isLost() {
+		var cause error
+		if p := s.lastRefuse.Load(); p != nil {
+			cause = *p
+		}
+		s.cfg.OnError(fmt.Errorf("queue: %s: gave up recording the outcome of %d finished tasks at the stop, after %v of refusals (last: %w); "+
+			"they stay pending, and run again under the queue's next owner", s.st.what("stop"), n, 2*s.cfg.ShutdownTimeout, cause))
+	}
 	s.gate.forget(s.sets()) // its suspects set aside, if any, went back
 	stopRenew()
 	renewWG.Wait()

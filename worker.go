@@ -409,24 +409,17 @@ func (w *worker) recordStart(t claimed) bool {
 }
 
 // bury moves a task that used up its attempts to the dead-letter store,
-// retrying Redis errors until it succeeds or the lease is lost: its
-// OrderID must not go on before it is safely stored. It reports success.
+// retrying Redis errors until it succeeds, the lease is lost or a stop
+// gives it up (see session.retry; it stays pending then): its OrderID
+// must not go on before it is safely stored. It reports success.
 func (w *worker) bury(t claimed, cause error) bool {
 	s := w.s
 	var b backoff
-	for {
-		_, err := s.st.fail(s.leaseCtx, t, cause, time.Time{}, false)
-		if err == nil {
-			break
-		}
-		if errors.Is(err, ErrLeaseLost) {
-			s.loseLease()
-			return false
-		}
-		s.cfg.OnError(err)
-		if b.wait(s.leaseCtx) != nil {
-			return false
-		}
+	if !s.retry(1, &b, func(ctx context.Context) error {
+		_, err := s.st.fail(ctx, t, cause, time.Time{}, false)
+		return err
+	}) {
+		return false
 	}
 	s.cfg.OnError(&TaskError{ID: t.ID, OrderID: t.OrderID, Attempt: t.Attempt, Dead: true, Err: cause})
 	if c := s.cfg.Counters; c != nil {
@@ -478,25 +471,15 @@ func (s *session) analyse(w *worker, t Task, start time.Time) (err error, aborte
 }
 
 // cancelled finishes t, whose cancel was asked, as cancelled: it started
-// at started (zero: it did not run). Redis errors are retried until it
-// succeeds or the lease is lost, as a dead letter's are: its OrderID
-// goes on only once it is recorded.
+// at started (zero: it did not run). Redis errors are retried as a dead
+// letter's are (see bury): its OrderID goes on only once it is recorded.
 func (w *worker) cancelled(o *orderLine, t claimed, started time.Time) {
 	s := w.s
 	var b backoff
-	for {
-		err := s.st.finishCancelled(s.leaseCtx, t, started)
-		if err == nil {
-			break
-		}
-		if errors.Is(err, ErrLeaseLost) {
-			s.loseLease()
-			return
-		}
-		s.cfg.OnError(err)
-		if b.wait(s.leaseCtx) != nil {
-			return
-		}
+	if !s.retry(1, &b, func(ctx context.Context) error {
+		return s.st.finishCancelled(ctx, t, started)
+	}) {
+		return
 	}
 	w.settle(o, true, time.Time{}, time.Time{})
 	s.release(t)
