@@ -53,7 +53,7 @@ func (s *store) takeClaimed(ctx context.Context, entries []any, first int64, wri
 		}
 		if err != nil {
 			ref := taskRef{record: batch.record, place: int32(i), field: pendingField(raw, seq)}
-			bad = append(bad, burial{ref, encodeDead(raw, 0, "claim: "+err.Error())})
+			bad = append(bad, burial{ref, encodeDead(raw, 0, "claim: "+err.Error(), time.Now().UnixMilli())})
 			continue
 		}
 		t.Attempt = deliveries + 1

@@ -264,7 +264,7 @@ func TestTaskOfAnotherQueueIsQuarantined(t *testing.T) {
 	assert.Equal(t, stray, dead[0].ID)
 	assert.Contains(t, dead[0].LastError, "OrderID 1, which analyser 1 serves, in the queue of analyser 0")
 
-	s.do(t, "HSET", k.dead, "bbb00000000000000000", encodeDead(encodeTask(Task{ID: "bbb00000000000000000", OrderID: 3, AddedAt: time.Now(), Payload: []byte("x")}, 1), 1, "by hand"))
+	s.do(t, "HSET", k.dead, "bbb00000000000000000", encodeDead(encodeTask(Task{ID: "bbb00000000000000000", OrderID: 3, AddedAt: time.Now(), Payload: []byte("x")}, 1), 1, "by hand", time.Now().UnixMilli()))
 	n, err := q.Replay(ctx, 0)
 	require.NoError(t, err)
 	assert.Zero(t, n, "neither record is this queue's to replay")

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -31,7 +32,10 @@ type DeadTask struct {
 	// malformed record, of why it was quarantined), its first 4 KiB when
 	// longer, with a note of its whole length.
 	LastError string
-	// DiedAt is when the task moved to the dead-letter store.
+	// DiedAt is when the task moved to the dead-letter store, by the
+	// clock of the process that moved it, to the millisecond; of two tasks
+	// of one OrderID that process moved within one millisecond, the later
+	// is stamped a millisecond later, so that Replay keeps their order.
 	DiedAt time.Time
 	// Raw holds the record's bytes as they were found when it could not be
 	// decoded; it is nil for a task that decoded.
@@ -51,15 +55,47 @@ const deadVersion = 0x02
 //	uvarint died at, milliseconds since the Unix epoch
 //	uvarint length of the error, then the error
 //	rest    the encoded task, or the raw bytes of a malformed record
-func encodeDead(raw []byte, attempts int, msg string) []byte {
+func encodeDead(raw []byte, attempts int, msg string, diedAt int64) []byte {
 	msg = clipError(msg, maxDeadMsg)
 	b := make([]byte, 0, 1+3*binary.MaxVarintLen64+len(msg)+len(raw))
 	b = append(b, deadVersion)
 	b = binary.AppendUvarint(b, uint64(attempts))
-	b = binary.AppendUvarint(b, uint64(time.Now().UnixMilli()))
+	b = binary.AppendUvarint(b, uint64(max(diedAt, 0)))
 	b = binary.AppendUvarint(b, uint64(len(msg)))
 	b = append(b, msg...)
 	return append(b, raw...)
+}
+
+// deathClock stamps the deaths of a Queue's tasks (DeadTask.DiedAt), in
+// milliseconds since the epoch: the time, or a millisecond past the last
+// stamp of an OrderID of the same slot, whichever is later. Two tasks of
+// one OrderID that die in one millisecond (a burst of failures, a recovery
+// that buries many at once) so keep their order in DiedAt, which Replay
+// follows; task IDs, its tie-break, follow add order only per producer.
+// A stamp runs ahead of the clock by a millisecond per such death.
+type deathClock struct {
+	mu   sync.Mutex
+	last [deathSlots]int64
+}
+
+// deathSlots is how many OrderID slots a deathClock keeps: OrderIDs that
+// share one only push each other's stamps on, within a millisecond.
+const deathSlots = 256
+
+// stamp returns the death time of a task of orderID, dying now.
+func (c *deathClock) stamp(orderID uint64) int64 {
+	now := time.Now().UnixMilli()
+	if c == nil {
+		return now
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	last := &c.last[orderID%deathSlots]
+	if now <= *last {
+		now = *last + 1
+	}
+	*last = now
+	return now
 }
 
 // maxDeadMsg bounds the error text a dead record keeps: an error of any
@@ -276,7 +312,8 @@ type deadRef struct {
 
 // Replay moves dead tasks (all of them when no ids are given) back to the
 // ready list as new work, with their delivery count reset, behind the tasks
-// already queued, oldest death first. A replayed task's AddedAt is the
+// already queued, oldest death first (an OrderID's tasks in the order they
+// died: see DeadTask.DiedAt). A replayed task's AddedAt is the
 // time it was replayed: it joins its OrderID's sequence then, after the
 // scheduled tasks that fell due before (see AddTaskAt), as a task added
 // then would. Malformed records are left in place, and so is a task

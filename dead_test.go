@@ -30,7 +30,7 @@ func TestDeadRecordRoundTrip(t *testing.T) {
 	t.Parallel()
 	task := Task{ID: testID, OrderID: 77, AddedAt: time.UnixMilli(1_700_000_000_000), Payload: []byte("payload")}
 	before := time.Now().Add(-time.Millisecond)
-	b := encodeDead(encodeTask(task, 3), 3, "boom: it broke")
+	b := encodeDead(encodeTask(task, 3), 3, "boom: it broke", time.Now().UnixMilli())
 	after := time.Now().Add(time.Millisecond)
 	d := decodeDead(task.ID, b)
 	assert.Nil(t, d.Raw)
@@ -45,7 +45,7 @@ func TestDeadRecordRoundTrip(t *testing.T) {
 
 	// A quarantined record keeps its raw bytes.
 	raw := []byte("5:not an entry\x00\xff")
-	d = decodeDead("bad:5", encodeDead(raw, 0, "claim: queue: malformed record: bad header"))
+	d = decodeDead("bad:5", encodeDead(raw, 0, "claim: queue: malformed record: bad header", time.Now().UnixMilli()))
 	assert.Equal(t, raw, d.Raw)
 	assert.Equal(t, "bad:5", d.ID)
 	assert.Zero(t, d.OrderID)
@@ -157,7 +157,7 @@ func TestDeadReplayPurge(t *testing.T) {
 	require.NoError(t, err)
 
 	// Malformed dead records are listed, skipped by Replay, and purged.
-	garbage := map[string][]byte{"junk1": []byte("\x02garbage"), "junk2": {}, "junk3": encodeDead([]byte("raw"), 0, "x")}
+	garbage := map[string][]byte{"junk1": []byte("\x02garbage"), "junk2": {}, "junk3": encodeDead([]byte("raw"), 0, "x", time.Now().UnixMilli())}
 	for f, v := range garbage {
 		s.do(t, "HSET", k.dead, f, v)
 	}
@@ -282,7 +282,7 @@ func TestDeadRecordsAreAddressedByTheirField(t *testing.T) {
 
 	const id = "bbb00000000000000000"
 	task := Task{ID: id, OrderID: 1, AddedAt: time.UnixMilli(2), Payload: []byte("q")}
-	s.do(t, "HSET", k.dead, id, encodeDead(encodeTask(task, 3), 3, "newer"), id+"#2", encodeDead(encodeTask(task, 2), 2, "older"))
+	s.do(t, "HSET", k.dead, id, encodeDead(encodeTask(task, 3), 3, "newer", time.Now().UnixMilli()), id+"#2", encodeDead(encodeTask(task, 2), 2, "older", time.Now().UnixMilli()))
 	list, err = q.Dead(ctx, 0)
 	require.NoError(t, err)
 	require.Len(t, list, 2)
@@ -307,7 +307,7 @@ func TestDeadRecordsAreAddressedByTheirField(t *testing.T) {
 
 	// Replaying both records queues the task once, from its latest death.
 	s.do(t, "DEL", k.ready)
-	s.do(t, "HSET", k.dead, id, encodeDead(encodeTask(task, 3), 3, "newer"), id+"#2", encodeDead(encodeTask(task, 2), 2, "older"))
+	s.do(t, "HSET", k.dead, id, encodeDead(encodeTask(task, 3), 3, "newer", time.Now().UnixMilli()), id+"#2", encodeDead(encodeTask(task, 2), 2, "older", time.Now().UnixMilli()))
 	for _, d := range list {
 		assert.Equal(t, id, d.TaskID(), d.ID)
 	}
@@ -365,4 +365,64 @@ func TestDeadErrorBounded(t *testing.T) {
 	assert.LessOrEqual(t, len(raw), maxDeadMsg)
 	assert.Greater(t, len(raw), maxDeadMsg-100, "cut at the bound, not walked back to the last character start")
 	assert.Equal(t, "ab [... 30 bytes in all]", clipError(strings.Repeat("ab", 15)[:2]+strings.Repeat("c", 28), 24))
+}
+
+// Tasks of one OrderID from two producers, the later one's ID the
+// smaller, that die within a millisecond of each other come back from
+// Replay in the order they were added: a process stamps such deaths a
+// millisecond apart, where a tie in DiedAt would fall to the IDs.
+func TestReplayKeepsTheOrderOfDeathsInOneMillisecond(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q, _, _ := deadQueue(t)
+	const orders = 20
+	for o := range orders {
+		for i, node := range []uint64{1 << 60, 1} { // the second producer's IDs sort first
+			q.ids.mu.Lock()
+			q.ids.node, q.ids.n = node, uint32(1+o)
+			q.ids.mu.Unlock()
+			_, err := q.AddTask(ctx, uint64(o), []byte(pl(o, i)))
+			require.NoError(t, err)
+		}
+	}
+	c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 1})
+	require.NoError(t, err)
+	tasks, err := c.Claim(ctx, 2*orders)
+	require.NoError(t, err)
+	require.Len(t, tasks, 2*orders)
+	for _, task := range tasks { // claim order: each OrderID's first, then its second
+		dead, err := c.Fail(ctx, task, errors.New("down"))
+		require.NoError(t, err)
+		require.True(t, dead)
+	}
+	n, err := q.Replay(ctx, 0)
+	require.NoError(t, err)
+	require.Equal(t, 2*orders, n)
+	again, err := c.Claim(ctx, 2*orders)
+	require.NoError(t, err)
+	require.Len(t, again, 2*orders)
+	got := map[uint64][]string{}
+	for _, task := range again {
+		got[task.OrderID] = append(got[task.OrderID], string(task.Payload))
+	}
+	for o := range orders {
+		assert.Equal(t, []string{pl(o, 0), pl(o, 1)}, got[uint64(o)], "OrderID %d", o)
+	}
+}
+
+func TestDeathClockStampsOneOrderIDApart(t *testing.T) {
+	var c deathClock
+	before := time.Now().UnixMilli()
+	last := int64(0)
+	for range 100 {
+		s := c.stamp(7)
+		assert.Greater(t, s, last)
+		last = s
+	}
+	assert.GreaterOrEqual(t, c.stamp(7+deathSlots), last+1, "an OrderID of the same slot goes on from it")
+	other := c.stamp(8)
+	assert.GreaterOrEqual(t, other, before)
+	assert.LessOrEqual(t, other, time.Now().UnixMilli(), "another slot's stamp is the time")
+	var none *deathClock
+	assert.InDelta(t, time.Now().UnixMilli(), none.stamp(7), 1000)
 }

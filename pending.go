@@ -46,6 +46,7 @@ type store struct {
 	paused      atomic.Bool            // the last claim found the queue paused
 	waiter      *waiter                // the partition's shared waiter, for a pool's idle waits (nil: own connections)
 	closed      *atomic.Bool           // the Queue's: a Consumer's calls after Close return ErrClosed
+	deaths      *deathClock            // the Queue's: stamps the deaths of its tasks
 }
 
 // newStore returns the store of analyser's queue, with the layout of its
@@ -71,6 +72,7 @@ func (q *Queue) newStore(ctx context.Context, analyser int, ttl time.Duration, m
 		owner: owner, ttl: ttl, ttlMS: ttl.Milliseconds(), maxAttempts: maxAttempts,
 		leaseLock: make(chan struct{}, 1), retention: q.cfg.Retention, idsAfter: idsAfter,
 		closed: &q.closed,
+		deaths: &q.deaths,
 	}
 	s.entrySize.Store(int64(entryHeader + q.cfg.MaxPayload))
 	s.setSchedHead(-1, -1)
@@ -204,7 +206,7 @@ func (s *store) fail(ctx context.Context, t claimed, cause error, retryAt time.T
 	}
 	if t.Attempt >= s.maxAttempts {
 		entry := encodeTask(t.Task, t.Attempt)
-		moved, err := s.bury(ctx, []burial{{t.ref(), encodeDead(entry, t.Attempt, msg)}})
+		moved, err := s.bury(ctx, []burial{{t.ref(), encodeDead(entry, t.Attempt, msg, s.deaths.stamp(t.OrderID))}})
 		return moved > 0, err
 	}
 	r := t.ref()

@@ -156,6 +156,7 @@ type Queue struct {
 	closers  []func() error // Dial's: cluster routers and sentinel watchers, closed after the pools
 	ids      idSource
 	closed   atomic.Bool
+	deaths   deathClock // stamps the deaths of its tasks, for Replay's order
 	adders   []adder    // one per partition: coalesces concurrent AddTask calls
 	ready    [][]string // the ready list key of each partition's queues
 	waiters  []*waiter  // one per partition: idle pools wait through it

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"time"
 
 	"github.com/gomodule/redigo/redis"
 )
@@ -302,14 +303,14 @@ func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep ma
 		}
 		switch {
 		case r.err != nil:
-			dead = append(dead, burial{r.ref(), encodeDead(r.raw, 0, op+": "+r.err.Error())})
+			dead = append(dead, burial{r.ref(), encodeDead(r.raw, 0, op+": "+r.err.Error(), time.Now().UnixMilli())})
 		case r.seqLost:
 			msg := op + ": the claim-sequence record of this pending task is lost, so its place among its OrderID's tasks is unknown; replay it if its order does not matter"
-			dead = append(dead, burial{r.ref(), encodeDead(encodeTask(r.Task, n), n, msg)})
+			dead = append(dead, burial{r.ref(), encodeDead(encodeTask(r.Task, n), n, msg, s.deaths.stamp(r.OrderID))})
 			seqLost++
 		case redelivery && n >= s.maxAttempts:
 			msg := fmt.Sprintf("delivered %d times without finishing (the owner crashed or lost its lease)", n)
-			dead = append(dead, burial{r.ref(), encodeDead(encodeTask(r.Task, n), n, msg)})
+			dead = append(dead, burial{r.ref(), encodeDead(encodeTask(r.Task, n), n, msg, s.deaths.stamp(r.OrderID))})
 		default:
 			r.Attempt = n // recorded as the delivery count
 			put = append(put, r.claimed)
