@@ -17,7 +17,8 @@
 // cluster's router reads its slot map again in the background after a
 // redirection; Close joins them. A Queue
 // is safe for concurrent use; after [Queue.Close] every call that would use
-// Redis returns [ErrClosed]. Everything that can block takes a
+// Redis returns [ErrClosed], and a pool or group member still running stops
+// and returns it. Everything that can block takes a
 // context.Context. [Queue.Consume] returns a [Consumer], the low-level API
 // (claim, ack, fail, requeue) over the same store, for callers who drive
 // consumption themselves.

@@ -118,7 +118,9 @@ func (q *Queue) JoinGroup(ctx context.Context, group string, cfg GroupConfig, fn
 		report = func(err error) { callHook(func() { onError(err) }) }
 	}
 	r := &groupRun{q: q, g: g, cfg: cfg, fn: fn, log: log, report: report, pools: map[int]*groupPool{}}
-	return r.run(ctx)
+	ctx, done := q.whileOpen(ctx) // a Close stops the member as ctx's end does
+	defer done()
+	return q.closedErr(r.run(ctx))
 }
 
 // groupRun is one member's life in a group.

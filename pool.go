@@ -323,9 +323,16 @@ func (c *Counters) Workers() int { return int(c.workers.Load()) }
 // ShutdownTimeout, acknowledges what finished, releases the lease and
 // returns nil. If it loses the lease it cancels its tasks, reports
 // ErrLeaseLost through OnError and waits as a standby again. It returns an
-// error only for invalid arguments, a layout mismatch or a closed Queue.
+// error only for invalid arguments, a layout mismatch or a closed Queue
+// (a Close while it runs stops it as ctx's end does; see Close).
 // It joins every goroutine it starts before returning.
 func (q *Queue) AnalysePool(ctx context.Context, analyser int, cfg PoolConfig, fn AnalyseFunc) error {
+	ctx, done := q.whileOpen(ctx)
+	defer done()
+	return q.closedErr(q.analysePool(ctx, analyser, cfg, fn))
+}
+
+func (q *Queue) analysePool(ctx context.Context, analyser int, cfg PoolConfig, fn AnalyseFunc) error {
 	if fn == nil {
 		return ErrNilFunc
 	}

@@ -462,3 +462,72 @@ func TestPoolStopGivesUpWritesRedisRefuses(t *testing.T) {
 	assert.Equal(t, []string{pl(2, 0), pl(2, 1), pl(2, 0), pl(2, 1)}, rec.order(2))
 	assert.Zero(t, stats0(t, q).Pending)
 }
+
+// A Close while a pool and a group member run stops them as their ctx's
+// end would, and they return ErrClosed rather than go on over closed
+// connections. With Dial's pools, closed at once, the finished task's ack
+// cannot be written: it stays pending and runs again under the next
+// owner.
+func TestCloseStopsWhatRuns(t *testing.T) {
+	t.Parallel()
+	servers := newTestServers(t, 1)
+	prefix := testPrefix(t)
+	q, err := Dial(context.Background(), []string{servers[0].url}, Config{Prefix: prefix, Queues: 2})
+	require.NoError(t, err)
+	ids := addAll(t, q, []Task{{OrderID: 0, Payload: []byte("a")}})
+	started, release := make(chan struct{}, 1), make(chan struct{})
+	var runs atomic.Int32
+	fn := func(ctx context.Context, task Task) error {
+		runs.Add(1)
+		if task.ID == ids[0] && task.Attempt == 1 {
+			started <- struct{}{}
+			<-release
+		}
+		return nil
+	}
+	ctx := bounded(t) // never ends within the test
+	var errs errLog
+	pool := runPool(ctx, q, PoolConfig{Workers: 1, LeaseTTL: 500 * time.Millisecond, ShutdownTimeout: 200 * time.Millisecond, OnError: errs.add}, fn)
+	member := make(chan error, 1)
+	go func() {
+		member <- q.JoinGroup(ctx, "g", GroupConfig{Member: "m", Pool: PoolConfig{LeaseTTL: 500 * time.Millisecond, OnError: errs.add}}, fn)
+	}()
+	receive(t, started)
+	require.NoError(t, q.Close())
+	close(release) // it finishes within its ShutdownTimeout
+	assert.ErrorIs(t, receive(t, pool), ErrClosed)
+	assert.ErrorIs(t, receive(t, member), ErrClosed)
+
+	again, err := Dial(context.Background(), []string{servers[0].url}, Config{Prefix: prefix, Queues: 2})
+	require.NoError(t, err)
+	defer again.Close()
+	require.NoError(t, again.AnalysePool(bounded(t), 0, PoolConfig{Workers: 1, ExitOnEmpty: true}, fn))
+	assert.Equal(t, int32(2), runs.Load(), "its ack was not written: it ran again")
+}
+
+// With pools given to New, which Close leaves open, a pool that Close
+// stops still hands back and acknowledges: nothing runs twice.
+func TestCloseStopsAPoolGracefully(t *testing.T) {
+	t.Parallel()
+	q, _ := newTestQueue(t, 1, Config{})
+	ids := addAll(t, q, []Task{{OrderID: 1, Payload: []byte("a")}, {OrderID: 1, Payload: []byte("b")}})
+	started, release := make(chan struct{}, 1), make(chan struct{})
+	rec := newRecorder()
+	fn := rec.fn(func(ctx context.Context, task Task) error {
+		if task.ID == ids[0] && task.Attempt == 1 {
+			started <- struct{}{}
+			<-release
+		}
+		return nil
+	})
+	pool := runPool(bounded(t), q, PoolConfig{Workers: 1}, fn)
+	receive(t, started)
+	require.NoError(t, q.Close())
+	close(release)
+	assert.ErrorIs(t, receive(t, pool), ErrClosed)
+	assert.Equal(t, 1, rec.starts[ids[0]])
+	st, err := q.Pool(0).Get().Do("HGET", newQueueKeys(q.cfg.Prefix, 0, 0).meta, "pending")
+	require.NoError(t, err)
+	pending, _ := redis.Int(st, nil)
+	assert.Zero(t, pending, "its ack was written")
+}

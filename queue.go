@@ -156,6 +156,8 @@ type Queue struct {
 	closers  []func() error // Dial's: cluster routers and sentinel watchers, closed after the pools
 	ids      idSource
 	closed   atomic.Bool
+	closing  context.Context // ends at Close: running pools and group members stop
+	closeNow context.CancelFunc
 	deaths   deathClock // stamps the deaths of its tasks, for Replay's order
 	adders   []adder    // one per partition: coalesces concurrent AddTask calls
 	ready    [][]string // the ready list key of each partition's queues
@@ -202,6 +204,7 @@ func New(pools []*redis.Pool, cfg Config) (*Queue, error) {
 		return nil, err
 	}
 	q := &Queue{cfg: cfg, parts: make([]*partition, len(pools)), adders: make([]adder, len(pools)), layoutSem: make(chan struct{}, 1), layoutBy: newNonce() + newNonce()}
+	q.closing, q.closeNow = context.WithCancel(context.Background())
 	for i, p := range pools {
 		if p == nil {
 			return nil, fmt.Errorf("%w: pool %d is nil", ErrBadConfig, i)
@@ -329,10 +332,17 @@ func Dial(ctx context.Context, urls []string, cfg Config) (*Queue, error) {
 // through which idle pools wait (joining their goroutines; the last pool
 // of a partition to return has done so already), closes the pools that
 // Dial made, and leaves pools given to New to their owner. Close it after
-// every AnalysePool and Consumer on it is done.
+// every AnalysePool, JoinGroup and Consumer on it is done: one still
+// running then stops as when its ctx ends, without waiting for Close, and
+// returns ErrClosed; what it cannot write once the connections are closed
+// (acks, hand-backs) is left pending, for the queue's next owner to run
+// again.
 func (q *Queue) Close() error {
 	if q.closed.Swap(true) {
 		return nil
+	}
+	if q.closeNow != nil {
+		q.closeNow()
 	}
 	for _, w := range q.waiters {
 		w.close()
@@ -348,6 +358,27 @@ func (q *Queue) Close() error {
 		errs = append(errs, c())
 	}
 	return errors.Join(errs...)
+}
+
+// whileOpen returns ctx, ended also by Close, and the function that
+// releases it (to call when the run it serves returns).
+func (q *Queue) whileOpen(ctx context.Context) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	if q.closing == nil {
+		return ctx, cancel
+	}
+	stop := context.AfterFunc(q.closing, cancel)
+	return ctx, func() { stop(); cancel() }
+}
+
+// closedErr is the error a run that ended with err returns: ErrClosed in
+// place of nil once the queue is closed (Close ended it, or it ended
+// anyway as Close came).
+func (q *Queue) closedErr(err error) error {
+	if err == nil && q.closed.Load() {
+		return ErrClosed
+	}
+	return err
 }
 
 // Pool returns the pool of partition i: the one given to New, or the one

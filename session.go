@@ -189,6 +189,12 @@ func (s *session) retry(n int, b *backoff, write func(ctx context.Context) error
 		}
 		s.cfg.OnError(err)
 		s.refused(err)
+		if s.st.closed != nil && s.st.closed.Load() {
+			// The Queue is closed: its connections may be too, and
+			// nothing more is written.
+			s.gaveUp(n)
+			return false
+		}
 		b.wait(ctx)
 	}
 	return false
@@ -403,8 +409,8 @@ func (s *session) run(ctx context.Context) sessionEnd {
 		if p := s.lastRefuse.Load(); p != nil {
 			cause = *p
 		}
-		s.cfg.OnError(fmt.Errorf("queue: %s: gave up recording the outcome of %d finished tasks at the stop, after %v of refusals (last: %w); "+
-			"they stay pending, and run again under the queue's next owner", s.st.what("stop"), n, 2*s.cfg.ShutdownTimeout, cause))
+		s.cfg.OnError(fmt.Errorf("queue: %s: gave up recording the outcome of %d finished tasks at the stop (last refusal: %w); "+
+			"they stay pending, and run again under the queue's next owner", s.st.what("stop"), n, cause))
 	}
 	s.gate.forget(s.sets()) // its suspects set aside, if any, went back
 	stopRenew()
