@@ -437,14 +437,14 @@ func (r *clusterRouter) doOn(ctx context.Context, addr string, asking bool, cmd 
 // onNodeOf runs f on a connection to the primary that serves key's slot,
 // for a command that has no key of its own (CONFIG, INFO) but is about
 // that key's server.
-func (r *clusterRouter) onNodeOf(ctx context.Context, key string, f func(redis.Conn) ([]string, error)) ([]string, error) {
+func (r *clusterRouter) onNodeOf(ctx context.Context, key string, f func(redis.Conn) (string, error)) (string, error) {
 	addr, err := r.addrFor(ctx, keySlot(key))
 	if err != nil {
-		return nil, err
+		return "", err
 	}
 	c, err := r.nodeConn(ctx, addr)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
 	defer c.Close()
 	return f(c)

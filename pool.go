@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -438,26 +439,51 @@ func (q *Queue) analysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 }
 
 // warnEviction logs a warning when the server that holds key may evict
-// keys, which would lose tasks. A server that refuses CONFIG is logged at
-// debug level.
+// keys, which would lose tasks. It asks CONFIG, and where CONFIG is
+// refused (managed services, an ACL) INFO memory; a server that refuses
+// both is logged at debug level.
 func warnEviction(ctx context.Context, p *partition, key string, log *slog.Logger) {
-	read := func(c redis.Conn) ([]string, error) {
-		return redis.Strings(redis.DoContext(c, ctx, "CONFIG", "GET", "maxmemory-policy"))
+	read := func(c redis.Conn) (string, error) {
+		r, err := redis.Strings(redis.DoContext(c, ctx, "CONFIG", "GET", "maxmemory-policy"))
+		if err == nil {
+			if len(r) == 2 {
+				return r[1], nil
+			}
+			return "", nil
+		}
+		info, ierr := redis.String(redis.DoContext(c, ctx, "INFO", "memory"))
+		if ierr != nil {
+			return "", err
+		}
+		if policy, ok := infoField(info, "maxmemory_policy"); ok {
+			return policy, nil
+		}
+		return "", err
 	}
-	var r []string
+	var policy string
 	var err error
 	if p.router != nil {
-		r, err = p.router.onNodeOf(ctx, key, read) // CONFIG has no key: ask the queue's primary
+		policy, err = p.router.onNodeOf(ctx, key, read) // CONFIG has no key: ask the queue's primary
 	} else {
-		r, err = onPartition(ctx, p, "read maxmemory-policy", read)
+		policy, err = onPartition(ctx, p, "read maxmemory-policy", read)
 	}
 	switch {
 	case err != nil:
 		log.Debug("queue: cannot read maxmemory-policy; make sure it is noeviction", "partition", p.index, "err", err)
-	case len(r) == 2 && r[1] != "noeviction":
+	case policy != "" && policy != "noeviction":
 		log.Warn("queue: redis may evict keys and lose tasks; set maxmemory-policy noeviction",
-			"partition", p.index, "maxmemory-policy", r[1])
+			"partition", p.index, "maxmemory-policy", policy)
 	}
+}
+
+// infoField returns the value of field in an INFO reply.
+func infoField(info, field string) (string, bool) {
+	for line := range strings.Lines(info) {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			return strings.TrimSpace(v), true
+		}
+	}
+	return "", false
 }
 
 // seqLostError reports pending tasks that went to the dead-letter store
