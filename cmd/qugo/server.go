@@ -402,7 +402,11 @@ func (s *server) explainBound(err error, bound, flag string) string {
 
 // scrubSecrets replaces the passwords of urls in msg. Errors name servers
 // by index or by host, never by URL, but what a server or a network error
-// says is not ours to vouch for.
+// says is not ours to vouch for. A password is replaced where a URL holds
+// it (after "user:" or "sentinel_password=", as written or escaped), and
+// anywhere when it is long enough (minSecretLen) not to be taken for
+// other words: a short one replaced wherever its letters appear would
+// garble the message and show where they are.
 func scrubSecrets(msg string, urls []string) string {
 	var secrets []string
 	for _, raw := range urls {
@@ -425,9 +429,25 @@ func scrubSecrets(msg string, urls []string) string {
 	// The longest first: a password that holds another is replaced whole.
 	slices.SortFunc(secrets, func(a, b string) int { return len(b) - len(a) })
 	for _, pw := range secrets {
-		msg = strings.ReplaceAll(msg, pw, "xxxxx")
+		for _, form := range []string{pw, url.QueryEscape(pw), url.PathEscape(pw)} {
+			msg = scrubAfter(msg, form, ":", "@")
+			msg = scrubAfter(msg, form, "sentinel_password=", "")
+		}
+		if len(pw) >= minSecretLen {
+			msg = strings.ReplaceAll(msg, pw, "xxxxx")
+		}
 	}
 	return msg
+}
+
+// minSecretLen is the length from which a password is replaced wherever
+// it appears in a message, not only where a URL holds it.
+const minSecretLen = 6
+
+// scrubAfter replaces pw in msg where before comes just ahead of it and
+// after (when not empty) just behind it.
+func scrubAfter(msg, pw, before, after string) string {
+	return strings.ReplaceAll(msg, before+pw+after, before+"xxxxx"+after)
 }
 
 // parseForm reads a posted form of at most 64 KiB, and answers 400 when

@@ -339,6 +339,13 @@ func TestScrubSecrets(t *testing.T) {
 	got := scrubSecrets("auth "+sentinelPassword+" and "+sentinelPassword+"2 failed", urls)
 	assert.NotContains(t, got, sentinelPassword)
 	assert.Contains(t, got, "auth xxxxx and xxxxx failed")
+
+	// A short password is replaced where a URL holds it, and nowhere else:
+	// its letters elsewhere are other words.
+	short := []string{"redis://u:p@127.0.0.1:6379", "redis+sentinel://a:1/main?sentinel_password=s%26"}
+	msg := "dial redis://u:p@127.0.0.1:6379 for partition 0: WRONGPASS invalid username-password pair; sentinel_password=s%26 sentinel_password=s&"
+	assert.Equal(t, "dial redis://u:xxxxx@127.0.0.1:6379 for partition 0: WRONGPASS invalid username-password pair; sentinel_password=xxxxx sentinel_password=xxxxx",
+		scrubSecrets(msg, short))
 }
 
 // run serves until its ctx ends, then returns having joined the sampler
