@@ -133,12 +133,17 @@ const maxPushArgs = 4096
 // they touch; tasks of one queue go in one LPUSH per 4096 tasks. Only
 // OrderID, Payload, Headers and NotBefore (see Task) of each Task are
 // read. It returns the new IDs in the order of tasks. It validates every
-// task before writing any; on a Redis
-// error some partitions may have taken their tasks and others not, and the
-// IDs are returned all the same so the caller can look them up: the error
-// joins a *PartitionError for each partition that failed. A call whose
-// ctx has ended before it began returns ctx's error and writes nothing.
-// It is safe for concurrent use.
+// task before writing any. On a Redis error, or when ctx ends part way,
+// each partition may have taken all of its tasks, none, or some: whole
+// LPUSHes, each the next up to 4096 tasks of one queue in the order given.
+// The error then joins a *PartitionError for each partition that failed,
+// and the IDs are returned all the same (what was taken runs under them).
+// Which tasks were taken cannot be told from their IDs before they run (a
+// task waiting in the ready list reads StateUnknown): a caller that must
+// neither lose nor repeat a task adds it with AddTaskOnce, whose key makes
+// a retry safe, rather than retrying a failed batch. A call whose ctx has
+// ended before it began returns ctx's error and writes nothing. It is safe
+// for concurrent use.
 func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 	if q.closed.Load() {
 		return nil, ErrClosed
