@@ -121,10 +121,11 @@ type PoolConfig struct {
 	// ShutdownTimeout is how long running tasks may go on after ctx ends
 	// before their ctx is cancelled. Writes of finished tasks' outcomes
 	// (acks, dead letters, cancels) that Redis keeps refusing through a
-	// stop are given up twice ShutdownTimeout after it began: those tasks
-	// stay pending and run again under the queue's next owner, and the
-	// pool reports how many through OnError. If zero, 10s is used; at
-	// most 24h, and not negative.
+	// stop are retried until ShutdownTimeout plus the longer of
+	// ShutdownTimeout and 5s after it began (each is tried once, however
+	// late), then given up: those tasks stay pending and run again under
+	// the queue's next owner, and the pool reports how many through
+	// OnError. If zero, 10s is used; at most 24h, and not negative.
 	ShutdownTimeout time.Duration
 	// ExitOnEmpty makes AnalysePool return nil once the queue is empty and
 	// nothing is in flight; scheduled tasks not due yet do not count. A

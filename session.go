@@ -165,17 +165,14 @@ func (s *session) loseLease() {
 func (s *session) isLost() bool { return s.lost.Load() }
 
 // retry runs write, the record of the outcome of n finished tasks, until
-// Redis takes it, the lease is lost, or a stop gives it up (retryCtx ends:
-// the n tasks count given up, and stay pending); b paces the tries, and
-// each refusal is reported. It reports whether Redis took it.
+// Redis takes it, the lease is lost, or a stop gives it up (retryCtx ends,
+// or the Queue is closed: the n tasks count given up, and stay pending).
+// Every write is tried once, whenever it comes: only the retries of one
+// Redis refused are given up. b paces the tries, and each refusal is
+// reported. It reports whether Redis took it.
 func (s *session) retry(n int, b *backoff, write func(ctx context.Context) error) bool {
 	for !s.isLost() {
-		ctx := s.retryCtx
-		if ctx.Err() != nil {
-			s.gaveUp(n)
-			return false
-		}
-		err := write(ctx)
+		err := write(s.leaseCtx)
 		if err == nil {
 			b.reset()
 			return true
@@ -184,21 +181,29 @@ func (s *session) retry(n int, b *backoff, write func(ctx context.Context) error
 			s.loseLease()
 			return false
 		}
-		if ctx.Err() != nil {
-			continue // given up meanwhile, not refused
+		if s.isLost() {
+			return false // the lease's end cut the call short
 		}
 		s.cfg.OnError(err)
 		s.refused(err)
-		if s.st.closed != nil && s.st.closed.Load() {
-			// The Queue is closed: its connections may be too, and
-			// nothing more is written.
+		if s.retryCtx.Err() != nil || s.st.closed != nil && s.st.closed.Load() {
+			// Given up; or the Queue is closed, its connections may be
+			// too, and nothing more is written.
 			s.gaveUp(n)
 			return false
 		}
-		b.wait(ctx)
+		b.wait(s.retryCtx)
 	}
 	return false
 }
+
+// retryFor is how long a stop retries the writes Redis refuses (see
+// retry): the running tasks' ShutdownTimeout, then as long again, and at
+// least minRetry, so that a blip of Redis during a short stop does not
+// make its finished tasks run twice.
+func retryFor(shutdown time.Duration) time.Duration { return shutdown + max(shutdown, minRetry) }
+
+const minRetry = 5 * time.Second
 
 // gaveUp counts n tasks whose outcome a stop gave up recording (see
 // retryCtx): they stay pending.
@@ -386,7 +391,7 @@ func (s *session) run(ctx context.Context) sessionEnd {
 		// ACL) are given up once the running tasks have had their time
 		// and as long again: their tasks stay pending, and the next owner
 		// runs them again, rather than the stop never ending.
-		giveUp := time.AfterFunc(2*s.cfg.ShutdownTimeout, s.giveUp)
+		giveUp := time.AfterFunc(retryFor(s.cfg.ShutdownTimeout), s.giveUp)
 		defer giveUp.Stop()
 		s.workWG.Wait()
 		timer.Stop()
