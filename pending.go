@@ -47,7 +47,12 @@ type store struct {
 	waiter      *waiter                // the partition's shared waiter, for a pool's idle waits (nil: own connections)
 	closed      *atomic.Bool           // the Queue's: a Consumer's calls after Close return ErrClosed
 	deaths      *deathClock            // the Queue's: stamps the deaths of its tasks
+	ownPools    bool                   // the Queue's pools are Dial's: Close closes them
 }
+
+// poolsClosed reports whether the Queue is closed and its connections
+// with it (Dial's pools; those given to New stay open).
+func (s *store) poolsClosed() bool { return s.closed != nil && s.closed.Load() && s.ownPools }
 
 // newStore returns the store of analyser's queue, with the layout of its
 // partition verified (recorded on first use).
@@ -71,8 +76,9 @@ func (q *Queue) newStore(ctx context.Context, analyser int, ttl time.Duration, m
 		analyser: uint64(analyser), analysers: uint64(len(q.parts) * q.cfg.Queues),
 		owner: owner, ttl: ttl, ttlMS: ttl.Milliseconds(), maxAttempts: maxAttempts,
 		leaseLock: make(chan struct{}, 1), retention: q.cfg.Retention, idsAfter: idsAfter,
-		closed: &q.closed,
-		deaths: &q.deaths,
+		closed:   &q.closed,
+		ownPools: q.ownPools,
+		deaths:   &q.deaths,
 	}
 	s.entrySize.Store(int64(entryHeader + q.cfg.MaxPayload))
 	s.setSchedHead(-1, -1)

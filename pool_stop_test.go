@@ -531,3 +531,125 @@ func TestCloseStopsAPoolGracefully(t *testing.T) {
 	pending, _ := redis.Int(st, nil)
 	assert.Zero(t, pending, "its ack was written")
 }
+
+// refuser refuses ack scripts until flip says otherwise.
+type refuser struct {
+	mu       sync.Mutex
+	refusing bool
+	after    time.Time // once a refused ack comes after this, refuse it, then let every later one through
+	calls    int
+	flipped  chan struct{}
+}
+
+func (r *refuser) before(script string, _ []any) error {
+	if script != "ack" {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls++
+	if !r.refusing {
+		return nil
+	}
+	if !r.after.IsZero() && time.Now().After(r.after) {
+		r.refusing = false
+		close(r.flipped)
+	}
+	return errors.New("LOADING Redis is loading the dataset in memory") // transient
+}
+
+// A's ack refused until the stop gives it up; B, the next task of A's
+// OrderID, running at the stop, finishes after that, when Redis takes
+// acks again. B's ack is not sent either: had it been, the next owner
+// would run A again after B was done. Both stay pending, and run again
+// in order.
+func TestPoolStopGivesUpEveryWriteAfterOne(t *testing.T) {
+	t.Parallel()
+	srv := newTestServers(t, 1)[0]
+	r := &refuser{refusing: true, flipped: make(chan struct{})}
+	pool := hookPool(srv, r.before)
+	defer pool.Close()
+	prefix := testPrefix(t)
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: prefix})
+	require.NoError(t, err)
+	defer q.Close()
+	ids := addAll(t, q, []Task{{OrderID: 1, Payload: []byte("A")}, {OrderID: 1, Payload: []byte("B")}})
+	bStarted := make(chan struct{}, 1)
+	rec := newRecorder()
+	fn := rec.fn(func(ctx context.Context, task Task) error {
+		if task.ID == ids[1] && task.Attempt == 1 {
+			bStarted <- struct{}{}
+			<-r.flipped // runs on past ShutdownTimeout, ignoring ctx, and succeeds
+		}
+		return nil
+	})
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	var errs errLog
+	const grace = 100 * time.Millisecond
+	errc := runPool(ctx, q, PoolConfig{Workers: 1, ShutdownTimeout: grace, OnError: errs.add}, fn)
+	receive(t, bStarted)
+	require.Eventually(t, func() bool { r.mu.Lock(); defer r.mu.Unlock(); return r.calls > 0 }, 5*time.Second, time.Millisecond)
+	stopAt := time.Now()
+	r.mu.Lock()
+	r.after = stopAt.Add(retryFor(grace))
+	r.mu.Unlock()
+	cancel()
+	require.NoError(t, receive(t, errc))
+
+	plain, err := New([]*redis.Pool{srv.pool}, Config{Prefix: prefix})
+	require.NoError(t, err)
+	defer plain.Close()
+	require.NoError(t, plain.AnalysePool(bounded(t), 0, PoolConfig{Workers: 1, ExitOnEmpty: true}, fn))
+	assert.Equal(t, []string{"A", "B", "A", "B"}, rec.order(1), "both stayed pending, and ran again in order")
+}
+
+// A Close over pools given to New, which it leaves open, does not give up
+// a write at its first refusal: a blip of Redis after the Close makes
+// nothing run twice.
+func TestCloseOverNewsPoolsRetriesWrites(t *testing.T) {
+	t.Parallel()
+	srv := newTestServers(t, 1)[0]
+	var refusing atomic.Bool
+	refusing.Store(true)
+	var refusedAfterClose atomic.Int32
+	var closed atomic.Bool
+	pool := hookPool(srv, func(script string, _ []any) error {
+		if script == "ack" && refusing.Load() {
+			if closed.Load() {
+				refusedAfterClose.Add(1)
+			}
+			return errors.New("LOADING Redis is loading the dataset in memory")
+		}
+		return nil
+	})
+	defer pool.Close()
+	prefix := testPrefix(t)
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: prefix})
+	require.NoError(t, err)
+	ids := addAll(t, q, []Task{{OrderID: 1, Payload: []byte("A")}, {OrderID: 1, Payload: []byte("B")}})
+	bStarted, release := make(chan struct{}, 1), make(chan struct{})
+	rec := newRecorder()
+	fn := rec.fn(func(ctx context.Context, task Task) error {
+		if task.ID == ids[1] && task.Attempt == 1 {
+			bStarted <- struct{}{}
+			<-release
+		}
+		return nil
+	})
+	var errs errLog
+	errc := runPool(bounded(t), q, PoolConfig{Workers: 1, OnError: errs.add}, fn)
+	receive(t, bStarted)
+	closed.Store(true)
+	require.NoError(t, q.Close())
+	require.Eventually(t, func() bool { return refusedAfterClose.Load() > 0 }, 5*time.Second, time.Millisecond)
+	refusing.Store(false) // the blip is over
+	close(release)
+	assert.ErrorIs(t, receive(t, errc), ErrClosed)
+
+	again, err := New([]*redis.Pool{srv.pool}, Config{Prefix: prefix})
+	require.NoError(t, err)
+	defer again.Close()
+	require.NoError(t, again.AnalysePool(bounded(t), 0, PoolConfig{Workers: 1, ExitOnEmpty: true}, fn))
+	assert.Equal(t, []string{"A", "B"}, rec.order(1), "A's ack was retried and taken")
+}

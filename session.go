@@ -166,12 +166,20 @@ func (s *session) isLost() bool { return s.lost.Load() }
 
 // retry runs write, the record of the outcome of n finished tasks, until
 // Redis takes it, the lease is lost, or a stop gives it up (retryCtx ends,
-// or the Queue is closed: the n tasks count given up, and stay pending).
-// Every write is tried once, whenever it comes: only the retries of one
-// Redis refused are given up. b paces the tries, and each refusal is
-// reported. It reports whether Redis took it.
+// or the Queue is closed with the connections Dial made): the n tasks
+// count given up, and stay pending. Every write is tried once, however
+// late, unless one was given up before: from then on none is sent, so
+// that a later task of an OrderID is never recorded done while an earlier
+// one stays pending (the next owner would run that one after it); they
+// all stay pending, and go back in claim order, as after a crash. b paces
+// the tries, and each refusal is reported. It reports whether Redis took
+// it.
 func (s *session) retry(n int, b *backoff, write func(ctx context.Context) error) bool {
 	for !s.isLost() {
+		if s.givenUp.Load() > 0 {
+			s.gaveUp(n)
+			return false
+		}
 		err := write(s.leaseCtx)
 		if err == nil {
 			b.reset()
@@ -186,9 +194,7 @@ func (s *session) retry(n int, b *backoff, write func(ctx context.Context) error
 		}
 		s.cfg.OnError(err)
 		s.refused(err)
-		if s.retryCtx.Err() != nil || s.st.closed != nil && s.st.closed.Load() {
-			// Given up; or the Queue is closed, its connections may be
-			// too, and nothing more is written.
+		if s.retryCtx.Err() != nil || s.st.poolsClosed() {
 			s.gaveUp(n)
 			return false
 		}
