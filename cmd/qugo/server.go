@@ -402,11 +402,12 @@ func (s *server) explainBound(err error, bound, flag string) string {
 
 // scrubSecrets replaces the passwords of urls in msg. Errors name servers
 // by index or by host, never by URL, but what a server or a network error
-// says is not ours to vouch for. A password is replaced where a URL holds
-// it (after "user:" or "sentinel_password=", as written or escaped), and
-// anywhere when it is long enough (minSecretLen) not to be taken for
-// other words: a short one replaced wherever its letters appear would
-// garble the message and show where they are.
+// says is not ours to vouch for (a server that does not know AUTH quotes
+// its arguments). A password is replaced wherever it appears, as written
+// or escaped, once it is long enough (minSecretLen) not to be taken for
+// parts of other words; a shorter one where it stands as a word of its
+// own (in a URL, in quotes, between spaces): replaced inside other words,
+// it would garble the message and show where its letters are.
 func scrubSecrets(msg string, urls []string) string {
 	var secrets []string
 	for _, raw := range urls {
@@ -416,6 +417,11 @@ func scrubSecrets(msg string, urls []string) string {
 			}
 			u, err := url.Parse(one)
 			if err != nil {
+				// Its parse error quotes it whole: its password is what
+				// stands between the user's colon and the host's @.
+				if pw := rawPassword(one); pw != "" {
+					secrets = append(secrets, pw)
+				}
 				continue
 			}
 			if pw := u.Query().Get("sentinel_password"); pw != "" {
@@ -430,24 +436,59 @@ func scrubSecrets(msg string, urls []string) string {
 	slices.SortFunc(secrets, func(a, b string) int { return len(b) - len(a) })
 	for _, pw := range secrets {
 		for _, form := range []string{pw, url.QueryEscape(pw), url.PathEscape(pw)} {
-			msg = scrubAfter(msg, form, ":", "@")
-			msg = scrubAfter(msg, form, "sentinel_password=", "")
-		}
-		if len(pw) >= minSecretLen {
-			msg = strings.ReplaceAll(msg, pw, "xxxxx")
+			if len(form) >= minSecretLen {
+				msg = strings.ReplaceAll(msg, form, "xxxxx")
+			} else {
+				msg = replaceWord(msg, form, "xxxxx")
+			}
 		}
 	}
 	return msg
 }
 
+// rawPassword returns the password of a URL that does not parse, as
+// written: from the first colon of the part before the last '@' of its
+// authority (which ends at the first '/' after "://").
+func rawPassword(u string) string {
+	_, rest, _ := strings.Cut(u, "://")
+	if i := strings.IndexByte(rest, '/'); i >= 0 {
+		rest = rest[:i]
+	}
+	at := strings.LastIndexByte(rest, '@')
+	if at < 0 {
+		return ""
+	}
+	_, pw, _ := strings.Cut(rest[:at], ":")
+	return pw
+}
+
 // minSecretLen is the length from which a password is replaced wherever
-// it appears in a message, not only where a URL holds it.
+// it appears in a message, not only as a word of its own.
 const minSecretLen = 6
 
-// scrubAfter replaces pw in msg where before comes just ahead of it and
-// after (when not empty) just behind it.
-func scrubAfter(msg, pw, before, after string) string {
-	return strings.ReplaceAll(msg, before+pw+after, before+"xxxxx"+after)
+// replaceWord replaces w in s where neither the byte before it nor the
+// one after it is a letter or a digit.
+func replaceWord(s, w, with string) string {
+	var b strings.Builder
+	for {
+		i := strings.Index(s, w)
+		if i < 0 {
+			b.WriteString(s)
+			return b.String()
+		}
+		end := i + len(w)
+		if (i == 0 || !isWordByte(s[i-1])) && (end == len(s) || !isWordByte(s[end])) {
+			b.WriteString(s[:i])
+			b.WriteString(with)
+		} else {
+			b.WriteString(s[:end])
+		}
+		s = s[end:]
+	}
+}
+
+func isWordByte(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c >= 0x80
 }
 
 // parseForm reads a posted form of at most 64 KiB, and answers 400 when

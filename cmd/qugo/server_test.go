@@ -340,12 +340,21 @@ func TestScrubSecrets(t *testing.T) {
 	assert.NotContains(t, got, sentinelPassword)
 	assert.Contains(t, got, "auth xxxxx and xxxxx failed")
 
-	// A short password is replaced where a URL holds it, and nowhere else:
-	// its letters elsewhere are other words.
-	short := []string{"redis://u:p@127.0.0.1:6379", "redis+sentinel://a:1/main?sentinel_password=s%26"}
-	msg := "dial redis://u:p@127.0.0.1:6379 for partition 0: WRONGPASS invalid username-password pair; sentinel_password=s%26 sentinel_password=s&"
-	assert.Equal(t, "dial redis://u:xxxxx@127.0.0.1:6379 for partition 0: WRONGPASS invalid username-password pair; sentinel_password=xxxxx sentinel_password=xxxxx",
+	// A short password is replaced where it stands as a word (in a URL, in
+	// quotes, between spaces), and nowhere else: its letters elsewhere are
+	// parts of other words.
+	short := []string{"redis://u:p@127.0.0.1:6379", "redis+sentinel://a:1/main?sentinel_password=s%26", "redis://:abc@10.0.0.2:6379"}
+	msg := "dial redis://u:p@127.0.0.1:6379 for partition 0: WRONGPASS invalid username-password pair; sentinel_password=s%26 sentinel_password=s&; " +
+		"ERR unknown command 'AUTH', with args beginning with: 'abc' ; auth abc failed; auth 'u' 'p'; abcd"
+	assert.Equal(t, "dial redis://u:xxxxx@127.0.0.1:6379 for partition 0: WRONGPASS invalid username-password pair; sentinel_password=xxxxx sentinel_password=xxxxx; "+
+		"ERR unknown command 'AUTH', with args beginning with: 'xxxxx' ; auth xxxxx failed; auth 'u' 'xxxxx'; abcd",
 		scrubSecrets(msg, short))
+
+	// A URL that does not parse is quoted whole by its error.
+	bad := "redis://u:Pw-0f-a-bad-url@host:port/0"
+	_, err := url.Parse(bad)
+	require.Error(t, err)
+	assert.NotContains(t, scrubSecrets(err.Error(), []string{bad}), "Pw-0f-a-bad-url")
 }
 
 // run serves until its ctx ends, then returns having joined the sampler
