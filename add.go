@@ -135,7 +135,9 @@ const maxPushArgs = 4096
 // read. It returns the new IDs in the order of tasks. It validates every
 // task before writing any. On a Redis error, or when ctx ends part way,
 // each partition may have taken all of its tasks, none, or some: whole
-// LPUSHes, each the next up to 4096 tasks of one queue in the order given.
+// LPUSHes, each the next up to 4096 tasks of one queue in the order given,
+// and its scheduled tasks (NotBefore in the future), sent after them in
+// chunks of their own.
 // The error then joins a *PartitionError for each partition that failed,
 // and the IDs are returned all the same (what was taken runs under them).
 // Which tasks were taken cannot be told from their IDs before they run (a
