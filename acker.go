@@ -23,6 +23,9 @@ type acker struct {
 	// taken counts the acks taken from the shards that Redis has not
 	// confirmed yet (see unconfirmed).
 	taken atomic.Int64
+	// rounds counts the loop's rounds done: takes whose acks were all
+	// confirmed or given up (see confirmed).
+	rounds atomic.Int64
 
 	// The loop's own buffers.
 	refs  []ackRef
@@ -170,8 +173,34 @@ func (a *acker) loop() {
 			f()
 		}
 		clear(refs)
+		a.rounds.Add(1)
 	}
 }
+
+// confirmed waits until every ack handed to the acker before it was
+// called is confirmed by Redis or given up (the lease lost, a stop gave
+// it up), or ctx ends. A worker calls it before it writes a dead letter
+// or a cancel record, which go to Redis by themselves: the earlier task
+// of an OrderID whose ack is still on its way could otherwise stay
+// pending (its ack never taken: the lease lost) after the later one's
+// outcome is recorded, and the next owner would run it after that one.
+// Acks handed over before it are taken by the round under way or by the
+// next: two rounds done, or none left, and they are through.
+func (a *acker) confirmed(ctx context.Context) {
+	if a.unconfirmed() == 0 {
+		return
+	}
+	r := a.rounds.Load()
+	for a.rounds.Load() < r+2 && a.unconfirmed() > 0 {
+		if sleep(ctx, ackPoll) != nil {
+			return
+		}
+	}
+}
+
+// ackPoll is how often confirmed looks at the acker: it waits for a round
+// trip or two, before a rare write.
+const ackPoll = 200 * time.Microsecond
 
 // send acknowledges one batch, retrying Redis errors until it succeeds,
 // the lease is lost or a stop gives it up (see session.retry), then counts

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -504,4 +505,53 @@ func TestPoolLateAckOfAStaleOwnerIsRefused(t *testing.T) {
 	assert.EqualValues(t, 2, runs.Load(), "run again, at least once")
 	stop()
 	require.NoError(t, receive(t, errc))
+}
+
+// A dead letter waits for the acks handed over before it: the earlier
+// task of its OrderID, acknowledged while Redis refused acks for a while,
+// is recorded done before the later one is recorded dead. Written first,
+// a lease lost meanwhile would leave the earlier task pending, to run
+// again after the later one had died.
+func TestDeadLetterWaitsForEarlierAcks(t *testing.T) {
+	t.Parallel()
+	srv := newTestServers(t, 1)[0]
+	var mu sync.Mutex
+	var taken []string // the outcome scripts Redis ran, in order
+	refuseUntil := time.Now().Add(time.Hour)
+	pool := hookPool(srv, func(script string, _ []any) error {
+		if script != "ack" && script != "bury" {
+			return nil
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if script == "ack" && time.Now().Before(refuseUntil) {
+			return errors.New("LOADING Redis is loading the dataset in memory")
+		}
+		taken = append(taken, script)
+		return nil
+	})
+	defer pool.Close()
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
+	require.NoError(t, err)
+	defer q.Close()
+	ids := addAll(t, q, []Task{{OrderID: 1, Payload: []byte("A")}, {OrderID: 1, Payload: []byte("B")}})
+	fn := func(ctx context.Context, task Task) error {
+		if task.ID == ids[0] {
+			mu.Lock()
+			refuseUntil = time.Now().Add(300 * time.Millisecond) // A's ack is refused a while
+			mu.Unlock()
+			return nil
+		}
+		return errors.New("B fails")
+	}
+	var errs errLog
+	require.NoError(t, q.AnalysePool(bounded(t), 0, PoolConfig{Workers: 1, MaxAttempts: 1, ExitOnEmpty: true, OnError: errs.add}, fn))
+	mu.Lock()
+	defer mu.Unlock()
+	// (A script's first call may go twice: EVALSHA, then EVAL.)
+	assert.Equal(t, []string{"ack", "bury"}, slices.Compact(taken), "A recorded done before B dead")
+	dead, err := q.Dead(context.Background(), 0)
+	require.NoError(t, err)
+	require.Len(t, dead, 1)
+	assert.Equal(t, ids[1], dead[0].ID)
 }

@@ -414,6 +414,7 @@ func (w *worker) recordStart(t claimed) bool {
 // must not go on before it is safely stored. It reports success.
 func (w *worker) bury(t claimed, cause error) bool {
 	s := w.s
+	s.acks.confirmed(s.leaseCtx)
 	var b backoff
 	if !s.retry(1, &b, func(ctx context.Context) error {
 		_, err := s.st.fail(ctx, t, cause, time.Time{}, false)
@@ -475,6 +476,7 @@ func (s *session) analyse(w *worker, t Task, start time.Time) (err error, aborte
 // letter's are (see bury): its OrderID goes on only once it is recorded.
 func (w *worker) cancelled(o *orderLine, t claimed, started time.Time) {
 	s := w.s
+	s.acks.confirmed(s.leaseCtx)
 	var b backoff
 	if !s.retry(1, &b, func(ctx context.Context) error {
 		return s.st.finishCancelled(ctx, t, started)
