@@ -92,13 +92,13 @@ type session struct {
 	leaseCtx    context.Context // Redis calls of the tenure; ends with the lease or the session
 	cancelLease context.CancelFunc
 
-	// retryCtx bounds the writes retried until Redis takes them (acks,
-	// dead letters, cancels): it ends with leaseCtx, or when a stop gives
-	// them up (see giveUpAfter), and given up counts the acks it dropped.
+	// retryCtx bounds the retries of the writes of finished tasks'
+	// outcomes (acks, dead letters, cancels; see retry): it ends with
+	// leaseCtx, or when a stop gives them up (retryFor after it began).
 	retryCtx   context.Context
 	giveUp     context.CancelFunc
-	givenUp    atomic.Int64
-	lastRefuse atomic.Pointer[error] // the error of the last write given up
+	givenUp    atomic.Int64          // the tasks whose outcome was given up
+	lastRefuse atomic.Pointer[error] // the last refusal of such a write
 }
 
 // newSession makes a tenure's session. Its tasks' ctx carries the values
@@ -394,9 +394,9 @@ func (s *session) run(ctx context.Context) sessionEnd {
 		}
 		timer := time.AfterFunc(s.cfg.ShutdownTimeout, s.cancelTask)
 		// Writes that Redis keeps refusing (a key of the wrong type, an
-		// ACL) are given up once the running tasks have had their time
-		// and as long again: their tasks stay pending, and the next owner
-		// runs them again, rather than the stop never ending.
+		// ACL) are given up retryFor after the stop began: their tasks
+		// stay pending, and the next owner runs them again, rather than
+		// the stop never ending.
 		giveUp := time.AfterFunc(retryFor(s.cfg.ShutdownTimeout), s.giveUp)
 		defer giveUp.Stop()
 		s.workWG.Wait()
@@ -416,7 +416,7 @@ func (s *session) run(ctx context.Context) sessionEnd {
 	s.acks.close()
 	ackWG.Wait()
 	if n := s.givenUp.Load(); n > 0 && !s.isLost() {
-		var cause error
+		cause := errors.New("none")
 		if p := s.lastRefuse.Load(); p != nil {
 			cause = *p
 		}
