@@ -157,7 +157,8 @@
 //     they run again. Unstarted tasks go back at the consuming end in
 //     claim order, at once or, after a Redis error, through the next
 //     owner's recovery; tasks that finish in time are acknowledged before
-//     the lease is released.
+//     the lease is released (unless Redis refuses the acks through the
+//     whole stop: see [PoolConfig].ShutdownTimeout; they run again then).
 //  6. A failing task holds back only its own OrderID. Retries with backoff
 //     ([PoolConfig].Backoff) happen in place. A task waiting out its
 //     backoff, and the tasks queued behind a retrying or slow task of
@@ -228,7 +229,9 @@
 // before it starts a task), hands unstarted tasks back in claim order
 // (uncounted), gives running
 // tasks ShutdownTimeout, cancels the ctx of those still running and hands
-// them back too (counted), writes the remaining acks, releases the lease
+// them back too (counted), writes the remaining acks (retrying refused
+// ones for ShutdownTimeout plus the longer of ShutdownTimeout and 5s from
+// the stop's start, then leaving those tasks pending), releases the lease
 // (waking a standby at once) and returns nil. After a failed hand-back, or while a
 // claim's reply is lost, it hands back nothing more: the next owner puts
 // those tasks back with the rest, in claim order. [PoolConfig].ExitOnEmpty
