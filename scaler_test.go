@@ -418,8 +418,12 @@ func TestElasticFreeGrowsForDueRetry(t *testing.T) {
 
 	addAll(t, q, []Task{{OrderID: 1, Payload: []byte(pl(1, 0))}})
 	failedAt := receive(t, xFailed)
-	// X waits out its backoff; its worker is idle. Y1 comes now and takes
+	// X waits out its backoff; its worker is idle once it has recorded
+	// the failure (OnError comes before: a Y1 that came then would wait
+	// for the worker, and the pool grow for it). Y1 comes then and takes
 	// the one worker.
+	require.Eventually(t, func() bool { return counters.idle.Load() == 1 }, 5*time.Second, time.Millisecond,
+		"X's worker goes idle")
 	addAll(t, q, []Task{{OrderID: 2, Payload: []byte(pl(2, 0))}})
 	yAt := receive(t, yStarted)
 	if yAt.Sub(failedAt) >= backoff {
