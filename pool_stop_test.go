@@ -419,13 +419,8 @@ func TestPoolStartsNoTaskPastItsDeadline(t *testing.T) {
 func TestPoolStopGivesUpWritesRedisRefuses(t *testing.T) {
 	t.Parallel()
 	q, s, k := testQueue1(t)
-	ids := addAll(t, q, []Task{
-		{OrderID: 1, Payload: []byte(pl(1, 0))},
-		{OrderID: 1, Payload: []byte(pl(1, 1))},
-		{OrderID: 2, Payload: []byte(pl(2, 0))},
-		{OrderID: 2, Payload: []byte(pl(2, 1))},
-	})
-	s.do(t, "SET", k.retries, "x") // every ack checks the retry records' type
+	ids := addAll(t, q, orderTasks(2, 2)) // OrderIDs 0 and 1, two tasks each
+	s.do(t, "SET", k.retries, "x")        // every ack checks the retry records' type
 	rec := newRecorder()
 	ran := make(chan struct{}, len(ids))
 	fn := rec.fn(func(ctx context.Context, task Task) error {
@@ -458,8 +453,9 @@ func TestPoolStopGivesUpWritesRedisRefuses(t *testing.T) {
 
 	s.do(t, "DEL", k.retries)
 	require.NoError(t, q.AnalysePool(bounded(t), 0, PoolConfig{Workers: 2, ExitOnEmpty: true}, fn))
-	assert.Equal(t, []string{pl(1, 0), pl(1, 1), pl(1, 0), pl(1, 1)}, rec.order(1))
-	assert.Equal(t, []string{pl(2, 0), pl(2, 1), pl(2, 0), pl(2, 1)}, rec.order(2))
+	for o := range 2 {
+		assert.Equal(t, []string{pl(o, 0), pl(o, 1), pl(o, 0), pl(o, 1)}, rec.order(uint64(o)))
+	}
 	assert.Zero(t, stats0(t, q).Pending)
 }
 
@@ -511,15 +507,8 @@ func TestCloseStopsAPoolGracefully(t *testing.T) {
 	t.Parallel()
 	q, _ := newTestQueue(t, 1, Config{})
 	ids := addAll(t, q, []Task{{OrderID: 1, Payload: []byte("a")}, {OrderID: 1, Payload: []byte("b")}})
-	started, release := make(chan struct{}, 1), make(chan struct{})
 	rec := newRecorder()
-	fn := rec.fn(func(ctx context.Context, task Task) error {
-		if task.ID == ids[0] && task.Attempt == 1 {
-			started <- struct{}{}
-			<-release
-		}
-		return nil
-	})
+	fn, started, release := holdFirstRun(rec, ids[0])
 	pool := runPool(bounded(t), q, PoolConfig{Workers: 1}, fn)
 	receive(t, started)
 	require.NoError(t, q.Close())
@@ -628,15 +617,8 @@ func TestCloseOverNewsPoolsRetriesWrites(t *testing.T) {
 	q, err := New([]*redis.Pool{pool}, Config{Prefix: prefix})
 	require.NoError(t, err)
 	ids := addAll(t, q, []Task{{OrderID: 1, Payload: []byte("A")}, {OrderID: 1, Payload: []byte("B")}})
-	bStarted, release := make(chan struct{}, 1), make(chan struct{})
 	rec := newRecorder()
-	fn := rec.fn(func(ctx context.Context, task Task) error {
-		if task.ID == ids[1] && task.Attempt == 1 {
-			bStarted <- struct{}{}
-			<-release
-		}
-		return nil
-	})
+	fn, bStarted, release := holdFirstRun(rec, ids[1])
 	var errs errLog
 	errc := runPool(bounded(t), q, PoolConfig{Workers: 1, OnError: errs.add}, fn)
 	receive(t, bStarted)
@@ -652,4 +634,19 @@ func TestCloseOverNewsPoolsRetriesWrites(t *testing.T) {
 	defer again.Close()
 	require.NoError(t, again.AnalysePool(bounded(t), 0, PoolConfig{Workers: 1, ExitOnEmpty: true}, fn))
 	assert.Equal(t, []string{"A", "B"}, rec.order(1), "A's ack was retried and taken")
+}
+
+// holdFirstRun returns rec's analyse function, in which the first
+// delivery of task id says so on started, then waits for release to be
+// closed; every other delivery returns nil at once.
+func holdFirstRun(rec *recorder, id string) (fn AnalyseFunc, started chan struct{}, release chan struct{}) {
+	started, release = make(chan struct{}, 1), make(chan struct{})
+	fn = rec.fn(func(ctx context.Context, task Task) error {
+		if task.ID == id && task.Attempt == 1 {
+			started <- struct{}{}
+			<-release
+		}
+		return nil
+	})
+	return fn, started, release
 }
