@@ -281,7 +281,7 @@ func defaultBackoff(attempt int) time.Duration {
 type Counters struct {
 	processed, failed atomic.Pointer[[]atomic.Int64]
 	workers           atomic.Int64
-	idle              atomic.Int64 // an elastic pool's idle workers, as its sizer counts them (tests wait on it)
+	sizer             atomic.Pointer[sizer] // an elastic pool's, for tests to read its idle workers
 }
 
 func (c *Counters) init(slots int) {

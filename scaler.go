@@ -21,22 +21,15 @@ type sizer struct {
 	idled     atomic.Int64  // how many times a worker went idle
 	listening atomic.Bool   // the scaler waits for allBusy (it neither polls nor is at MaxWorkers)
 	allBusy   chan struct{} // signalled, while the scaler listens, when the last idle worker goes busy
-	mirror    *atomic.Int64 // Counters' count of idle workers, kept with idle; nil without Counters
 }
 
 func (z *sizer) wentIdle() {
 	z.idle.Add(1)
 	z.idled.Add(1)
-	if z.mirror != nil {
-		z.mirror.Add(1)
-	}
 }
 
 func (z *sizer) wentBusy() {
 	n := z.idle.Add(-1)
-	if z.mirror != nil {
-		z.mirror.Add(-1)
-	}
 	if n == 0 && z.listening.Load() {
 		notify(z.allBusy)
 	}

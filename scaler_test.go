@@ -422,7 +422,7 @@ func TestElasticFreeGrowsForDueRetry(t *testing.T) {
 	// the failure (OnError comes before: a Y1 that came then would wait
 	// for the worker, and the pool grow for it). Y1 comes then and takes
 	// the one worker.
-	require.Eventually(t, func() bool { return counters.idle.Load() == 1 }, 5*time.Second, time.Millisecond,
+	require.Eventually(t, func() bool { z := counters.sizer.Load(); return z != nil && z.idle.Load() == 1 }, 5*time.Second, time.Millisecond,
 		"X's worker goes idle")
 	addAll(t, q, []Task{{OrderID: 2, Payload: []byte(pl(2, 0))}})
 	yAt := receive(t, yStarted)

@@ -128,8 +128,7 @@ func newSession(ctx context.Context, st *store, cfg PoolConfig, fn AnalyseFunc) 
 	s.elastic = cfg.MinWorkers < cfg.MaxWorkers
 	s.sizer.allBusy = make(chan struct{}, 1)
 	if c := cfg.Counters; c != nil && s.elastic {
-		c.idle.Store(0) // the last tenure's workers are gone
-		s.sizer.mirror = &c.idle
+		c.sizer.Store(&s.sizer)
 	}
 	if cfg.Dispatch == DispatchFree {
 		s.shared = newLineSet(s, true)
