@@ -3,7 +3,6 @@ package queue
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -167,61 +166,6 @@ func (s *session) loseLease() {
 
 func (s *session) isLost() bool { return s.lost.Load() }
 
-// retry runs write, the record of the outcome of n finished tasks, until
-// Redis takes it, the lease is lost, or a stop gives it up (retryCtx ends,
-// or the Queue is closed with the connections Dial made): the n tasks
-// count given up, and stay pending. Every write is tried once, however
-// late, unless one was given up before: from then on none is sent, so
-// that a later task of an OrderID is never recorded done while an earlier
-// one stays pending (the next owner would run that one after it); they
-// all stay pending, and go back in claim order, as after a crash. b paces
-// the tries, and each refusal is reported. It reports whether Redis took
-// it.
-func (s *session) retry(n int, b *backoff, write func(ctx context.Context) error) bool {
-	for !s.isLost() {
-		if s.givenUp.Load() > 0 {
-			s.gaveUp(n)
-			return false
-		}
-		err := write(s.leaseCtx)
-		if err == nil {
-			b.reset()
-			return true
-		}
-		if errors.Is(err, ErrLeaseLost) {
-			s.loseLease()
-			return false
-		}
-		if s.isLost() {
-			return false // the lease's end cut the call short
-		}
-		s.cfg.OnError(err)
-		s.refused(err)
-		if s.retryCtx.Err() != nil || s.st.poolsClosed() {
-			s.gaveUp(n)
-			return false
-		}
-		b.wait(s.retryCtx)
-	}
-	return false
-}
-
-// retryFor is how long a stop retries the writes Redis refuses (see
-// retry): the running tasks' ShutdownTimeout, then as long again, and at
-// least minRetry, so that a blip of Redis during a short stop does not
-// make its finished tasks run twice.
-func retryFor(shutdown time.Duration) time.Duration { return shutdown + max(shutdown, minRetry) }
-
-const minRetry = 5 * time.Second
-
-// gaveUp counts n tasks whose outcome a stop gave up recording (see
-// retryCtx): they stay pending.
-func (s *session) gaveUp(n int) { s.givenUp.Add(int64(n)) }
-
-// refused keeps err, a refusal of a write that is retried, for the report
-// of the writes a stop gives up.
-func (s *session) refused(err error) { s.lastRefuse.Store(&err) }
-
 // setDeadline records when the lease must be taken as lost unless renewed.
 func (s *session) setDeadline(t time.Time) { s.deadline.Store(int64(t.Sub(s.born))) }
 
@@ -243,55 +187,6 @@ func (s *session) leaseValid(now time.Time) bool {
 // in a Redis round trip, notices and stops the session.
 func (s *session) pastStop(now time.Time) bool {
 	return s.stopBy > 0 && now.Sub(s.born) >= s.stopBy
-}
-
-// hold counts claimed tasks as held.
-func (s *session) hold(ts []claimed) {
-	var size int64
-	for i := range ts {
-		size += ts[i].size()
-	}
-	s.heldBytes.Add(size)
-	s.held.Add(int64(len(ts)))
-}
-
-// release counts tasks as no longer held. It wakes the fetcher only when
-// that lets it claim (or when nothing is held, which the drain and resync
-// checks wait for): a wake-up per finished task cost a goroutine switch
-// each.
-func (s *session) release(ts ...claimed) {
-	var size int64
-	for i := range ts {
-		size += ts[i].size()
-	}
-	s.releaseHeld(int64(len(ts)), size)
-}
-
-// releaseHeld is release of n tasks of size bytes in all.
-func (s *session) releaseHeld(n, size int64) {
-	s.heldBytes.Add(-size)
-	left := s.held.Add(-n)
-	if left == 0 || s.room() >= s.lowWater {
-		notify(s.freed)
-	}
-}
-
-// room returns how many tasks the fetcher may claim: Prefetch bounds the
-// OrderIDs in hand (a task each that can start), MaxHeldTasks every task
-// held, and MaxHeldBytes their size (0 room once reached).
-func (s *session) room() int64 {
-	if s.heldBytes.Load() >= s.cfg.MaxHeldBytes {
-		return 0
-	}
-	return min(int64(s.cfg.Prefetch)-s.lines.Load(), int64(s.cfg.MaxHeldTasks)-s.held.Load())
-}
-
-// notify wakes the receiver of a 1-buffered channel, if none is pending.
-func notify(c chan struct{}) {
-	select {
-	case c <- struct{}{}:
-	default:
-	}
 }
 
 // recover puts back what an earlier owner left pending, and reports
@@ -418,14 +313,7 @@ func (s *session) run(ctx context.Context) sessionEnd {
 	}
 	s.acks.close()
 	ackWG.Wait()
-	if n := s.givenUp.Load(); n > 0 && !s.isLost() {
-		cause := errors.New("none")
-		if p := s.lastRefuse.Load(); p != nil {
-			cause = *p
-		}
-		s.cfg.OnError(fmt.Errorf("queue: %s: gave up recording the outcome of %d finished tasks at the stop (last refusal: %w); "+
-			"they stay pending, and run again under the queue's next owner", s.st.what("stop"), n, cause))
-	}
+	s.reportGivenUp()
 	s.gate.forget(s.sets()) // its suspects set aside, if any, went back
 	stopRenew()
 	renewWG.Wait()
