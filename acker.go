@@ -8,11 +8,21 @@ import (
 )
 
 // acker acknowledges a session's finished tasks in batches, on a goroutine
-// of its own: workers hand it their tasks' claim places, each worker into
-// one of a few shards (with a mutex each, not a channel send, so that two
+// of its own: workers hand it their tasks' claim places, each into one of
+// a few shards (with a mutex each, not a channel send, so that two
 // workers running on two cores do not pass one lock's memory back and
 // forth for every task), and it takes everything handed to it at once, so
 // that one ack script serves many tasks, with a bitmap per claim.
+//
+// A task goes to the shard of its OrderID, so that the acks of one OrderID
+// keep the order they were made in (a task's ack is handed over before
+// the next task of its OrderID starts, on whichever worker) through the
+// take and its chunks, which are sent in that order: when a chunk is not
+// written (the lease lost, a stop gives it up, the process dies), no later
+// task of an OrderID it holds is recorded done before it, and the next
+// owner runs them again in claim order. (Shards by worker sent a later
+// task's ack in an earlier chunk whenever the OrderID's tasks ran on two
+// workers: under DispatchFree, or as an elastic pool placed it anew.)
 type acker struct {
 	s      *session
 	shards []ackShard
@@ -47,22 +57,29 @@ type ackShard struct {
 // that run workers at once on most machines.
 const ackShards = 16
 
+// ackShardOf returns the shard of the acks of OrderID id: its worker's
+// among ackShards (workerOf, which mixes its bits: a pool's OrderIDs may
+// share their low bits, as those of one analyser of many do). Under
+// DispatchByOrder with a multiple of ackShards workers, each worker's
+// OrderIDs share one shard, whose lock then stays on its core.
+func ackShardOf(id uint64) int { return workerOf(id, ackShards) }
+
 func newAcker(s *session) *acker {
 	return &acker{s: s, shards: make([]ackShard, ackShards), wake: make(chan struct{}, 1)}
 }
 
-// ack hands a finished task to the acker, from the worker of slot slot;
-// its delivery started at started.
-func (a *acker) ack(slot int, t claimed, started time.Time) { a.add(slot, t, started, nil) }
+// ack hands a finished task to the acker; its delivery started at
+// started.
+func (a *acker) ack(t claimed, started time.Time) { a.add(t, started, nil) }
 
 // ackThen is ack, and calls then once Redis confirmed the ack (or the
 // acker gave it up: the lease is lost), on the acker's goroutine.
-func (a *acker) ackThen(slot int, t claimed, started time.Time, then func()) {
-	a.add(slot, t, started, then)
+func (a *acker) ackThen(t claimed, started time.Time, then func()) {
+	a.add(t, started, then)
 }
 
-func (a *acker) add(slot int, t claimed, started time.Time, then func()) {
-	sh := &a.shards[slot&(ackShards-1)]
+func (a *acker) add(t claimed, started time.Time, then func()) {
+	sh := &a.shards[ackShardOf(t.OrderID)]
 	sh.mu.Lock()
 	sh.refs = append(sh.refs, ackRef{claim: t.claim, place: t.place, id: t.ID})
 	if a.s.st.retention > 0 {

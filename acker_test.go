@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"sync"
 	"testing"
@@ -23,7 +24,7 @@ func TestAckerKeepsEachFieldWithItsStatusRecord(t *testing.T) {
 		wg.Go(func() {
 			for i := range per {
 				n := g*per + i
-				a.ack(g, claimed{Task: Task{ID: strconv.Itoa(n), Attempt: n + 1}, field: strconv.Itoa(n)}, time.Time{})
+				a.ack(claimed{Task: Task{ID: strconv.Itoa(n), Attempt: n + 1}, field: strconv.Itoa(n)}, time.Time{})
 			}
 		})
 	}
@@ -101,7 +102,7 @@ func TestAckerWakesForEveryAck(t *testing.T) {
 		}
 	}()
 	for i := range n {
-		a.ack(i, claimed{Task: Task{ID: strconv.Itoa(i)}}, time.Time{})
+		a.ack(claimed{Task: Task{ID: strconv.Itoa(i)}}, time.Time{})
 		select {
 		case got := <-taken:
 			require.Equal(t, 1, got)
@@ -120,14 +121,77 @@ func TestAckerCountsUnconfirmedAcks(t *testing.T) {
 	t.Parallel()
 	a := newAcker(&session{st: &store{}})
 	for i := range 5 {
-		a.ack(i, claimed{Task: Task{ID: strconv.Itoa(i)}}, time.Time{})
+		a.ack(claimed{Task: Task{ID: strconv.Itoa(i)}}, time.Time{})
 	}
 	assert.EqualValues(t, 5, a.unconfirmed(), "acks handed to the acker")
 	refs, _, _ := a.take()
 	require.Len(t, refs, 5)
 	assert.EqualValues(t, 5, a.unconfirmed(), "acks taken, not confirmed")
-	a.ack(0, claimed{Task: Task{ID: "6"}}, time.Time{})
+	a.ack(claimed{Task: Task{ID: "6"}}, time.Time{})
 	assert.EqualValues(t, 6, a.unconfirmed())
 	a.taken.Add(-5) // what send does once Redis confirmed them
 	assert.EqualValues(t, 1, a.unconfirmed())
+}
+
+// Each take holds the acks of one OrderID in the order they were made,
+// whichever workers made them: the tasks of an OrderID here run on the
+// workers in turn, each handing its ack over before the next one starts,
+// as under DispatchFree. (OrderIDs 16 apart, as one analyser of 16 has.)
+func TestAckerKeepsEachOrderIDsAcksInOrder(t *testing.T) {
+	t.Parallel()
+	a := newAcker(&session{st: &store{}})
+	const workers, orders, per = 8, 64, 200
+	turn := make([]chan int, workers) // OrderIDs whose next task the worker is to run
+	for w := range turn {
+		turn[w] = make(chan int, orders)
+	}
+	next := make([]int, orders) // each OrderID's next task, touched by the worker holding its turn
+	var finished sync.WaitGroup
+	finished.Add(orders)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for o := range turn[w] {
+				i := next[o]
+				a.ack(claimed{Task: Task{ID: fmt.Sprintf("%d:%d", o, i), OrderID: uint64(o) * 16}}, time.Time{})
+				if next[o] = i + 1; next[o] == per {
+					finished.Done()
+					continue
+				}
+				turn[(w+1+o)%workers] <- o
+			}
+		})
+	}
+	for o := range orders {
+		turn[o%workers] <- o
+	}
+	go func() {
+		finished.Wait()
+		for _, c := range turn {
+			close(c)
+		}
+		wg.Wait()
+		a.close()
+	}()
+	last := map[int]int{}
+	seen, wrong := 0, 0
+	for {
+		refs, _, _ := a.take()
+		if len(refs) == 0 {
+			break
+		}
+		for _, r := range refs {
+			var o, i int
+			_, err := fmt.Sscanf(r.id, "%d:%d", &o, &i)
+			require.NoError(t, err)
+			if prev, ok := last[o]; ok && i != prev+1 || !ok && i != 0 {
+				wrong++
+			}
+			last[o] = i
+		}
+		seen += len(refs)
+		a.taken.Add(-int64(len(refs)))
+	}
+	assert.Equal(t, orders*per, seen)
+	assert.Zero(t, wrong, "acks of an OrderID out of the order they were made")
 }

@@ -266,7 +266,7 @@ func TestAckerKeepsRecordsInStepWithFields(t *testing.T) {
 				n := w*each + i
 				c := claimed{Task: Task{ID: fmt.Sprintf("%020d", n), AddedAt: base, Attempt: n}}
 				c.field = c.ID
-				a.ack(w, c, base)
+				a.ack(c, base)
 			}
 		}()
 	}

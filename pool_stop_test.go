@@ -650,3 +650,99 @@ func holdFirstRun(rec *recorder, id string) (fn AnalyseFunc, started chan struct
 	})
 	return fn, started, release
 }
+
+// The acks of one OrderID go to Redis in the order they were made, however
+// many workers ran its tasks and however many calls the acker's take
+// needs: when a stop gives up the acks after one call went through, no
+// later task of an OrderID is recorded done while an earlier one stays
+// pending (the next owner would run the earlier one after it).
+func TestPoolStopKeepsEachOrderIDsAcksInOrder(t *testing.T) {
+	t.Parallel()
+	srv := newTestServers(t, 1)[0]
+	// More tasks than two ack calls hold (maxClaim each, with a
+	// retention), whatever the acker took before the acks were refused.
+	const orders, per = 200, 10
+	// With a retention an ack call's arguments are four per task. While
+	// refusing, every ack is refused; then calls go through until the
+	// first that holds a whole chunk (and its EVAL, should Redis not have
+	// the script yet), and none after it.
+	var mu sync.Mutex
+	refusing, chunkSent, chunkThrough := true, false, false
+	refusedAfter := 0
+	pool := hookPool(srv, func(script string, args []any) error {
+		if script != "ack" {
+			return nil
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		big := len(args) >= 4*maxClaim
+		switch {
+		case refusing:
+		case chunkThrough:
+			refusedAfter++
+		case chunkSent:
+			// The chunk again (EVAL after a NOSCRIPT), or the next.
+			chunkThrough = true
+			if src, _ := args[0].(string); big && src == scriptSources["ack"] {
+				return nil
+			}
+			refusedAfter++
+		default:
+			chunkSent = big
+			return nil
+		}
+		return errors.New("LOADING Redis is loading the dataset in memory")
+	})
+	defer pool.Close()
+	prefix := testPrefix(t)
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: prefix, Retention: time.Hour})
+	require.NoError(t, err)
+	defer q.Close()
+	ids := addAll(t, q, orderTasks(orders, per))
+	var ran atomic.Int64
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	var errs errLog
+	errc := runPool(ctx, q, PoolConfig{Workers: 8, Dispatch: DispatchFree, Prefetch: 4096, MaxHeldTasks: 16384,
+		ShutdownTimeout: 100 * time.Millisecond, OnError: errs.add}, func(context.Context, Task) error {
+		ran.Add(1)
+		return nil
+	})
+	require.Eventually(t, func() bool { return ran.Load() == orders*per }, 30*time.Second, time.Millisecond,
+		"every task runs while its ack is refused")
+	mu.Lock()
+	refusing = false
+	mu.Unlock()
+	require.Eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return refusedAfter > 0 }, 30*time.Second, time.Millisecond,
+		"one whole chunk of acks goes through, and the next is refused")
+	cancel()
+	require.NoError(t, receive(t, errc))
+
+	// Each OrderID's tasks are done up to one, and pending from there.
+	done, pending, bad := 0, 0, 0
+	for o := range orders {
+		var states []TaskState
+		for i := range per {
+			st, err := q.Status(bounded(t), uint64(o), ids[i*orders+o])
+			require.NoError(t, err)
+			states = append(states, st.State)
+		}
+		for i, st := range states {
+			switch st {
+			case StateDone:
+				done++
+				if i > 0 && states[i-1] != StateDone {
+					if bad++; bad <= 3 {
+						t.Errorf("OrderID %d: task %d recorded done after an earlier one left pending: %v", o, i, states)
+					}
+				}
+			case StatePending:
+				pending++
+			default:
+				t.Fatalf("OrderID %d: task %d is %v", o, i, st)
+			}
+		}
+	}
+	assert.NotZero(t, done, "a chunk of acks was written")
+	assert.NotZero(t, pending, "the stop gave up the acks refused")
+}

@@ -344,9 +344,9 @@ func (w *worker) settleOutcome(o *orderLine, t claimed, err error, aborted bool,
 			// A suspect holds the gate until Redis has its ack: a crash
 			// before would charge it again.
 			w.hold = nil
-			s.acks.ackThen(w.index, t, start, func() { s.gate.done(h) })
+			s.acks.ackThen(t, start, func() { s.gate.done(h) })
 		} else {
-			s.acks.ack(w.index, t, start)
+			s.acks.ack(t, start)
 		}
 		w.doneHeld++
 		w.doneBytes += t.size()
