@@ -125,7 +125,10 @@ type PoolConfig struct {
 	// ShutdownTimeout and 5s after it began (each is tried once, however
 	// late), then given up: those tasks stay pending and run again under
 	// the queue's next owner, and the pool reports how many through
-	// OnError. If zero, 10s is used; at most 24h, and not negative.
+	// OnError. A write on its way at that time is waited for: over a
+	// Redis that stops answering, up to the connection's read timeout
+	// (Config.ReadTimeout with Dial). If zero, 10s is used; at most
+	// 24h, and not negative.
 	ShutdownTimeout time.Duration
 	// ExitOnEmpty makes AnalysePool return nil once the queue is empty and
 	// nothing is in flight; scheduled tasks not due yet do not count. A
