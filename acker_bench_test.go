@@ -27,7 +27,6 @@ func BenchmarkAckerAdd(b *testing.B) {
 			break
 		}
 	}
-	stop := make(chan struct{})
 	taken := make(chan struct{})
 	go func() {
 		defer close(taken)
@@ -50,7 +49,6 @@ func BenchmarkAckerAdd(b *testing.B) {
 		}
 	})
 	b.StopTimer()
-	close(stop)
 	a.close()
 	<-taken
 }
