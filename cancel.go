@@ -99,7 +99,12 @@ if found then return {'pending'} end
 return {'marked'}
 `)
 
-// Cancel cancels the task id of orderID, and returns where it found it:
+// Cancel cancels the task id of orderID, and returns where it found it.
+// orderID routes the call to the task's queue, where the task is found by
+// its ID alone: a task of another OrderID that shares the queue is
+// cancelled all the same. Pass the OrderID the task was added with (a
+// caller that takes both from a client checks that they belong together
+// first, as qugo's cancel does).
 //
 //   - StateScheduled: the task was scheduled; it is removed and will
 //     never run. (Where the queue keeps a history, its status record is
@@ -114,7 +119,10 @@ return {'marked'}
 //     is finished as cancelled, not retried. A task held by a Consumer,
 //     or by an owner that does not answer within that second, is
 //     finished as cancelled when it is claimed again (after a
-//     takeover).
+//     takeover); an owner that answers later (a stalled process) may
+//     start it first. Should ctx end, or the mark's read fail, before
+//     the owner is seen to take the mark, Cancel returns StatePending
+//     with that error: the mark is set, and the task may still start.
 //   - StateUnknown: the task is in no record but the ready list's, or
 //     finished, or never was. It is marked: if it is queued, it is
 //     finished as cancelled, never run, when an analyser claims it.
@@ -182,16 +190,14 @@ func (q *Queue) Cancel(ctx context.Context, orderID uint64, id string) (TaskStat
 	case "dead":
 		return StateDead, nil
 	case "pending":
-		q.awaitSeen(ctx, p, k, id)
-		return StatePending, nil
+		return StatePending, q.awaitSeen(ctx, p, k, id)
 	case "marked":
 		return StateUnknown, nil
 	case "recheck":
 		// Not after a second read (see cancelScript): a record made
 		// since may hold it. The mark is set, and the owner finishes it
 		// as cancelled should it hold it.
-		q.awaitSeen(ctx, p, k, id)
-		return StatePending, nil
+		return StatePending, q.awaitSeen(ctx, p, k, id)
 	}
 	return StateUnknown, redisErr(what, fmt.Errorf("%w: unexpected reply %v", ErrMalformed, r))
 }
@@ -201,23 +207,30 @@ func (q *Queue) Cancel(ctx context.Context, orderID uint64, id string) (TaskStat
 // on the task does not start if it has not. A mark nobody answers (the
 // task is a Consumer's, or its owner is stalled) ends the wait at
 // cancelWait; the claim that takes the task again, after a takeover,
-// sees the mark.
-func (q *Queue) awaitSeen(ctx context.Context, p *partition, k queueKeys, id string) {
+// sees the mark. It returns an error when the wait ended before either
+// (ctx ended, or the mark could not be read): the task may still start.
+func (q *Queue) awaitSeen(ctx context.Context, p *partition, k queueKeys, id string) error {
 	deadline := time.Now().Add(cancelWait)
 	t := time.NewTimer(0)
 	defer t.Stop()
+	unseen := func(err error) error {
+		return fmt.Errorf("queue: task %s is marked to be cancelled, but its owner was not seen to take the mark, and it may still start: %w", id, err)
+	}
 	for {
 		v, err := onPartition(ctx, p, "read cancel of task "+id, func(c redis.Conn) (string, error) {
 			return redis.String(doContext(c, ctx, "HGET", k.cancels, id))
 		})
-		if errors.Is(err, redis.ErrNil) || err != nil || v == cancelSeen || !time.Now().Before(deadline) {
-			return
+		switch {
+		case errors.Is(err, redis.ErrNil) || err == nil && (v == cancelSeen || !time.Now().Before(deadline)):
+			return nil
+		case err != nil:
+			return unseen(err)
 		}
 		t.Reset(5 * time.Millisecond)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
-			return
+			return unseen(ctx.Err())
 		}
 	}
 }

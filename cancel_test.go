@@ -203,3 +203,22 @@ func TestCancelRacingAClaimAnswersPending(t *testing.T) {
 	require.Len(t, claimed, 1, "the claim ran between the read and the script")
 	assert.Equal(t, StatePending, st)
 }
+
+// A Cancel whose wait for the owner ends early (its ctx ends) cannot say
+// that the task will not start: it returns StatePending with the error.
+func TestCancelWaitCutShortSaysSo(t *testing.T) {
+	t.Parallel()
+	q, _, _ := testQueue1(t)
+	ctx := context.Background()
+	ids := addAll(t, q, orderTasks(1, 1))
+	c := consumeFirst(t, q) // holds the task; a Consumer never answers a mark
+	got, err := c.Claim(ctx, 1)
+	require.NoError(t, err)
+	require.Len(t, got, 1)
+	short, cancel := context.WithTimeout(ctx, 30*time.Millisecond)
+	defer cancel()
+	st, err := q.Cancel(short, 0, ids[0])
+	assert.Equal(t, StatePending, st)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Contains(t, err.Error(), "may still start")
+}

@@ -91,12 +91,26 @@ func (q *Queue) Consume(ctx context.Context, analyser int, cfg ConsumerConfig) (
 			proof = sent
 		}
 	}
-	if err := st.acquire(ctx, nil, took); err != nil {
-		return nil, err
+	// A wait as a standby ends with Close, as a pool's does.
+	wctx, done := q.whileOpen(ctx)
+	defer done()
+	closed := func(err error) error {
+		if q.closed.Load() && ctx.Err() == nil {
+			return ErrClosed
+		}
+		return err
 	}
-	if _, _, err := st.recover(ctx); err != nil {
+	if err := st.acquire(wctx, nil, took); err != nil {
+		return nil, closed(err)
+	}
+	if _, _, err := st.recover(wctx); err != nil {
 		st.release(context.WithoutCancel(ctx))
-		return nil, err
+		return nil, closed(err)
+	}
+	if q.closed.Load() {
+		// Closed as it took the lease: nothing of it may be used.
+		st.release(context.WithoutCancel(ctx))
+		return nil, ErrClosed
 	}
 	return &Consumer{st: st, open: map[string]slot{}, marked: map[string]bool{}, life: map[string]delivery{}, tasks: map[string]*Task{}, proof: proof}, nil
 }

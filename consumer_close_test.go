@@ -1,7 +1,11 @@
 package queue
 
 import (
+	"errors"
 	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -41,4 +45,36 @@ func TestConsumerAfterClose(t *testing.T) {
 	// Nothing changed: one task ready, the claimed one still pending.
 	assert.Len(t, readyTasks(t, s, k), 1)
 	assert.Len(t, pendingIDs(t, s, k), 1)
+}
+
+// A Consume waiting as a standby ends with Close: it returns ErrClosed at
+// once, and takes no lease when the holder lets it go.
+func TestConsumeWaitingEndsWithClose(t *testing.T) {
+	t.Parallel()
+	holderQ, servers := newTestQueue(t, 1, Config{})
+	s := servers[0]
+	ctx := bounded(t)
+	holder, err := holderQ.Consume(ctx, 0, ConsumerConfig{LeaseTTL: time.Minute, Owner: "holder"})
+	require.NoError(t, err)
+	q, err := New([]*redis.Pool{s.pool}, Config{Prefix: holderQ.cfg.Prefix})
+	require.NoError(t, err)
+	got := make(chan error, 1)
+	go func() {
+		c, err := q.Consume(ctx, 0, ConsumerConfig{LeaseTTL: 3 * time.Second, Owner: "standby"})
+		if c != nil {
+			err = errors.Join(err, errors.New("a Consumer came back"))
+		}
+		got <- err
+	}()
+	time.Sleep(100 * time.Millisecond) // waiting on the holder
+	require.NoError(t, q.Close())
+	select {
+	case err := <-got:
+		assert.ErrorIs(t, err, ErrClosed)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Consume still waiting after Close")
+	}
+	require.NoError(t, holder.Release(ctx))
+	time.Sleep(50 * time.Millisecond)
+	assert.Empty(t, stats0(t, holderQ).Owner, "the closed Queue took no lease")
 }
