@@ -141,7 +141,12 @@ type PoolConfig struct {
 	// (ErrMalformed). The pool waits for each call, and it must not
 	// block. A call that calls runtime.Goexit (t.FailNow in a test) ends
 	// that call only; a panic is not recovered. If nil, they are logged:
-	// a failed delivery that will be retried at Warn, the rest at Error.
+	// a failed delivery that will be retried at Warn, the rest at Error,
+	// but for a Redis that stops answering: that is logged once at Warn
+	// ("lost redis; retrying with backoff"), and once at Info when it
+	// answers again ("redis is back"), and a lease lost meanwhile only
+	// by the lease line that follows (running tasks were cancelled, and
+	// run again).
 	OnError func(error)
 	// Logger receives the pool's log lines. If nil, slog.Default() is used.
 	Logger *slog.Logger

@@ -165,10 +165,16 @@ func (s *server) authOf(r *http.Request) authView {
 func (s *server) who(r *http.Request) slog.Attr {
 	attrs := []any{slog.String("remote", r.RemoteAddr)}
 	if payload, ok := s.session(r); ok {
-		h := sha256.Sum256([]byte(payload))
-		attrs = append(attrs, slog.String("session", hex.EncodeToString(h[:4])))
+		attrs = append(attrs, slog.String("session", sessionHash(payload)))
 	}
 	return slog.Group("who", attrs...)
+}
+
+// sessionHash is the short hash of a session's payload that log lines
+// name it by.
+func sessionHash(payload string) string {
+	h := sha256.Sum256([]byte(payload))
+	return hex.EncodeToString(h[:4])
 }
 
 // tokenMatches compares in time that does not depend on where the two
@@ -223,11 +229,13 @@ func (s *server) login(w http.ResponseWriter, r *http.Request) {
 		s.render(w, r, http.StatusForbidden, "login", s.newView(r, "Sign in", ""), "Wrong token.")
 		return
 	}
+	value := s.newSession(time.Now())
 	http.SetCookie(w, &http.Cookie{
-		Name: sessionCookie, Value: s.newSession(time.Now()), Path: "/", MaxAge: int(sessionTTL.Seconds()),
+		Name: sessionCookie, Value: value, Path: "/", MaxAge: int(sessionTTL.Seconds()),
 		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil,
 	})
-	s.cfg.log.Info("signed in", slog.Group("who", slog.String("remote", r.RemoteAddr)))
+	payload, _, _ := strings.Cut(value, ".")
+	s.cfg.log.Info("signed in", slog.Group("who", slog.String("remote", r.RemoteAddr), slog.String("session", sessionHash(payload))))
 	http.Redirect(w, r, "/", http.StatusSeeOther)
 }
 

@@ -43,6 +43,7 @@ func TestSignIn(t *testing.T) {
 
 	payload, ok := d.session(withCookie(c))
 	require.True(t, ok)
+	assert.Contains(t, logs.String(), "who.session="+sessionHash(payload), "the sign-in names the session its actions will")
 	assert.Equal(t, d.csrfToken(payload), d.csrfToken(payload), "one token per session")
 	_, csrf2 := d.signIn(t)
 	assert.NotEqual(t, d.csrfToken(payload), csrf2, "another session, another CSRF token")

@@ -389,13 +389,13 @@ func (s *server) explainBound(err error, bound, flag string) string {
 	msg := err.Error()
 	urls, _ := s.e.urls()
 	if le, ok := errors.AsType[*queue.LayoutError](err); ok {
-		msg += ". " + layoutAdvice(le, urls)
+		msg = strings.TrimSuffix(msg, ".") + ". " + layoutAdvice(le, urls)
 	}
 	if ne, ok := errors.AsType[net.Error](err); errors.Is(err, context.DeadlineExceeded) || ok && ne.Timeout() {
 		msg = fmt.Sprintf("Redis did not answer %s: %s", bound, msg)
 	}
 	if hint := redisHint(err, flag); hint != "" {
-		msg += ". " + strings.ToUpper(hint[:1]) + hint[1:] + "."
+		msg = strings.TrimSuffix(msg, ".") + ". " + strings.ToUpper(hint[:1]) + hint[1:] + "."
 	}
 	return scrubSecrets(msg, urls)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"github.com/gomodule/redigo/redis"
 	"io"
 	"net"
 	"net/http"
@@ -418,4 +419,13 @@ func miniredisWithPassword(t *testing.T, pw string) string {
 	m := miniredis.RunT(t)
 	m.RequireAuth(pw)
 	return m.Addr()
+}
+
+// A refusal whose own message ends in a period gets the hint after one
+// period, not two.
+func TestExplainJoinsTheHintOnce(t *testing.T) {
+	d := newDashboard(t, newFixture(t, 1, 1), serverConfig{})
+	msg := d.explain(redis.Error("WRONGPASS invalid username-password pair or user is disabled."))
+	assert.Contains(t, msg, "disabled. Redis refused the credentials")
+	assert.NotContains(t, msg, "..")
 }

@@ -119,6 +119,7 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	cfg.RedisFrom = "-redis"
 	if !set["redis"] {
 		redisURLs = defaultRedis
+		cfg.RedisFrom = defaultRedis + ", the default (no -redis or $REDIS_URL given)"
 		if v := os.Getenv("REDIS_URL"); v != "" { // an empty one counts as unset
 			redisURLs, cfg.RedisFrom = v, "$REDIS_URL (no -redis given)"
 		}
@@ -172,7 +173,7 @@ func checkIDs(ids idList, r, q int) error {
 	if r*q == 1 {
 		valid = "0"
 	}
-	return fmt.Errorf("-id %d: out of range: -id must be %s (%s x %s)",
+	return fmt.Errorf("-id %d: out of range: -id must be %s (%s x %s; raise -queues, or give more -redis URLs, as every process of this queue does)",
 		ids[len(ids)-1], valid, plural(r, "Redis server"), plural(q, "queue"))
 }
 

@@ -94,9 +94,9 @@ func TestParseFlags(t *testing.T) {
 		{name: "negative linger", args: []string{"-id", "0", "-linger", "-1ms"}, wantErr: "-linger"},
 		{name: "empty redis", args: []string{"-id", "0", "-redis", " , "}, wantErr: "-redis: no URL given"},
 		{name: "extra args", args: []string{"-id", "0", "more"}, wantErr: "unexpected arguments"},
-		{name: "id beyond the layout", args: []string{"-id", "1-2", "-queues", "2"}, wantErr: "-id 2: out of range: -id must be 0..1 (1 Redis server x 2 queues)"},
-		{name: "id beyond one queue", args: []string{"-id", "1", "-queues", "1"}, wantErr: "-id 1: out of range: -id must be 0 (1 Redis server x 1 queue)"},
-		{name: "id beyond two servers", args: []string{"-id", "4", "-queues", "2", "-redis", "redis://a,redis://b"}, wantErr: "-id must be 0..3 (2 Redis servers x 2 queues)"},
+		{name: "id beyond the layout", args: []string{"-id", "1-2", "-queues", "2"}, wantErr: "-id 2: out of range: -id must be 0..1 (1 Redis server x 2 queues; raise -queues, or give more -redis URLs, as every process of this queue does)"},
+		{name: "id beyond one queue", args: []string{"-id", "1", "-queues", "1"}, wantErr: "-id 1: out of range: -id must be 0 (1 Redis server x 1 queue; raise -queues, or give more -redis URLs, as every process of this queue does)"},
+		{name: "id beyond two servers", args: []string{"-id", "4", "-queues", "2", "-redis", "redis://a,redis://b"}, wantErr: "-id must be 0..3 (2 Redis servers x 2 queues; raise -queues, or give more -redis URLs, as every process of this queue does)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

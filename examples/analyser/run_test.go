@@ -101,13 +101,13 @@ func TestRunRejectsAnAnalyserOutOfRange(t *testing.T) {
 	pgURL := testDB(t)
 	_, urls := newTestQueue(t, 1, 1)
 	_, err := parseFlags([]string{"-id", "0-1", "-redis", urls[0], "-pg", pgURL, "-metrics", ""}, io.Discard)
-	assert.EqualError(t, err, "-id 1: out of range: -id must be 0 (1 Redis server x 1 queue)")
+	assert.EqualError(t, err, "-id 1: out of range: -id must be 0 (1 Redis server x 1 queue; raise -queues, or give more -redis URLs, as every process of this queue does)")
 	// A config made otherwise is refused by run.
 	cfg, err := parseFlags([]string{"-id", "0", "-redis", urls[0], "-pg", pgURL, "-metrics", ""}, io.Discard)
 	require.NoError(t, err)
 	cfg.IDs = idList{0, 1}
 	err = run(context.Background(), cfg, quiet, nil)
-	assert.EqualError(t, err, "-id 1: out of range: -id must be 0 (1 Redis server x 1 queue)")
+	assert.EqualError(t, err, "-id 1: out of range: -id must be 0 (1 Redis server x 1 queue; raise -queues, or give more -redis URLs, as every process of this queue does)")
 }
 
 // A -metrics address in use (the first analyser's, for a standby started

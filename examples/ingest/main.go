@@ -85,6 +85,7 @@ func parseFlags(args []string, out io.Writer) (options, error) {
 	o.redisFrom = "-redis"
 	if !set["redis"] {
 		*redisURLs = defaultRedis
+		o.redisFrom = defaultRedis + ", the default (no -redis or $REDIS_URL given)"
 		if v := os.Getenv("REDIS_URL"); v != "" { // an empty one counts as unset
 			*redisURLs, o.redisFrom = v, "$REDIS_URL (no -redis given)"
 		}
