@@ -25,7 +25,7 @@ import (
 // luaHistory).
 //
 //	KEYS[1] = claim-sequence hash, KEYS[2] = lease, KEYS[3] = meta hash, KEYS[4] = retries hash,
-//	KEYS[5] = history bucket, KEYS[6] = cancels hash
+//	KEYS[5] = history bucket, KEYS[6] = cancels hash, KEYS[7] = ready list (claims in place)
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = number of claims m,
 //	ARGV[4] = history expiry (ms since the epoch; 0: keep none), ARGV[5] = retention ms,
 //	ARGV[6 .. 5+3m] = claim (its first seq), bitmap of places, the claim's task IDs
@@ -48,7 +48,8 @@ if ARGV[4] ~= '0' and last < #ARGV and history(KEYS[5]) then
   local kept = false
   for i = last + 1, #ARGV, 4 do
     local l, d = claimKeys(KEYS[1], ARGV[i])
-    if ARGV[i + 3] ~= '' and redis.call('TYPE', l).ok == 'list' and bitsOK(d) and redis.call('GETBIT', d, ARGV[i + 1]) == 0 then
+    local held = redis.call('TYPE', l).ok == 'list' or inEnd(KEYS[3], ARGV[i])
+    if ARGV[i + 3] ~= '' and held and bitsOK(d) and redis.call('GETBIT', d, ARGV[i + 1]) == 0 then
       redis.call('HSET', KEYS[5], ARGV[i + 2], ARGV[i + 3])
       kept = true
     end
@@ -70,6 +71,7 @@ if byID then
     if not base and ARGV[i + 2] ~= '' then v, base = ARGV[i + 2], 0 end
     local l = claimKeys(KEYS[1], ARGV[i])
     local list = not base and v and string.byte(v, 1) == $claimedMark and redis.call('TYPE', l).ok == 'list'
+    local off = not base and not list and v and string.byte(v, 1) == $claimedMark and inEnd(KEYS[3], ARGV[i])
     local places = {}
     for j = 1, #bits do
       local b = string.byte(bits, j)
@@ -84,14 +86,20 @@ if byID then
         local at = base + 1 + place * $idLen
         ids[#ids + 1] = string.sub(v, at, at + $idLen - 1)
       end
-    elseif list and #places > 0 then
+    elseif (list or off) and #places > 0 then
       -- One LRANGE over the places' span, or a LINDEX each for a few
-      -- (each walks the list to its place).
-      local from, span = places[1], nil
-      if #places > 16 then span = redis.call('LRANGE', l, from, places[#places]) end
+      -- (each walks the list to its place); a claim in place's entries
+      -- are in the ready list, its place p at -(off+p+1).
+      local from, to, span = places[1], places[#places], nil
+      if #places > 16 then
+        if list then span = redis.call('LRANGE', l, from, to) else span = redis.call('LRANGE', KEYS[7], -(off + to + 1), -(off + from + 1)) end
+      end
       for _, place in ipairs(places) do
         local e
-        if span then e = span[place - from + 1] else e = redis.call('LINDEX', l, place) end
+        if span and list then e = span[place - from + 1]
+        elseif span then e = span[to - place + 1]
+        elseif list then e = redis.call('LINDEX', l, place)
+        else e = redis.call('LINDEX', KEYS[7], -(off + place + 1)) end
         if e and string.byte(e, 1) == $accountedByte then e = string.sub(e, 2) end
         if e and #e >= $entryHeader then ids[#ids + 1] = string.sub(e, 2, $entryHeader) end
       end
@@ -220,7 +228,7 @@ func (s *store) ack(ctx context.Context, ts []ackRef, recs []historyRecord) (int
 			recs = recs[n:]
 		}
 		ts = ts[n:]
-		call := s.claimCall([]any{s.keys.claims, s.keys.lease, s.keys.meta, s.keys.retries, bucket, s.keys.cancels}, records, true, args...)
+		call := s.claimCall([]any{s.keys.claims, s.keys.lease, s.keys.meta, s.keys.retries, bucket, s.keys.cancels, s.keys.ready}, records, true, args...)
 		k, byID, err := ackReply(s.script(ctx, "ack on", ackScript, call...))
 		done += k
 		if err != nil {
@@ -268,6 +276,9 @@ func ackReply(r any, err error) (int, bool, error) {
 // (one of its own when there are none) recount the tasks of the records
 // kept.
 func (s *store) dropClaims(ctx context.Context, claims, kept []string) error {
+	if err := s.listsFirst(ctx); err != nil {
+		return err
+	}
 	for {
 		n := min(len(claims), scriptChunk)
 		last := n == len(claims)

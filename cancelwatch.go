@@ -48,6 +48,9 @@ return n
 // delivery its cancel ended started (zero: it was not running, and its
 // status keeps the start of its last delivery, t.started, if any).
 func (s *store) finishCancelled(ctx context.Context, t claimed, started time.Time) error {
+	if err := s.listsFirst(ctx); err != nil {
+		return err
+	}
 	now := time.Now()
 	bucket, expiry, start := s.historyBucket(now)
 	rec := historyRecord{state: StateCancelled, added: t.AddedAt, started: started, finished: now, attempts: t.Attempt}

@@ -11,9 +11,8 @@ import (
 	"github.com/gomodule/redigo/redis"
 )
 
-// The claim: the script that moves tasks from the ready list into the
-// pending record (and due scheduled tasks into the ready list), and the
-// tasks it hands out.
+// The claim: the script that claims tasks of the ready list (and moves
+// due scheduled tasks into it), and the tasks it hands out.
 
 // claimScript moves up to ARGV[3] tasks, and while their entries total at
 // most ARGV[4] bytes (at least one task all the same), from the consuming
@@ -35,24 +34,33 @@ import (
 //	KEYS[1] = ready list, KEYS[2] = pending hash (of earlier releases), KEYS[3] = lease,
 //	KEYS[4] = meta hash, KEYS[5] = claim-sequence hash, KEYS[6] = scheduled set,
 //	KEYS[7] = scheduled tasks hash, KEYS[8] = cancels hash,
-//	KEYS[9] = claim list of ARGV[8], KEYS[10] = its done bitmap
+//	KEYS[9] = claim list of ARGV[8], KEYS[10] = its done bitmap,
+//	KEYS[11...] = the list and done bitmap of each of the caller's claims in place, oldest first (below)
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = most tasks to claim,
 //	ARGV[4] = most bytes to claim, ARGV[5] = entries to pop at first,
 //	ARGV[6] = 1 when even the first task must fit the bytes (the caller holds others),
 //	ARGV[7] = now, ms since the epoch, ARGV[8] = the claim's first seq, proposed,
 //	ARGV[9] = 1 to write the claimed task IDs in the claim's record, 0 when the caller
 //	writes them (with an ack: see idsLater),
-//	ARGV[10] = 1 to let Redis move the entries (below)
+//	ARGV[10] = 1 to claim in place (below), ARGV[11] = the most entries the claimed end
+//	may hold after a claim in place (0: open it first), ARGV[12...] = the firsts of KEYS[11...]
 //
-// With ARGV[10] = 1, no cancel mark in the cancels hash and no scheduled
-// task waiting, the move is Redis's own, with no entry passing through
-// Lua: SORT ... BY nosort DESC LIMIT 0 ARGV[5] STORE copies that many
-// entries from the consuming end into the claim's list, in claim order,
-// LTRIM drops them from the ready list, and the record is written
-// without IDs; the script returns {-3, n, first}, and the caller reads
-// the entries from the list and keeps to its byte budget itself (it
-// hands back what does not fit). Where SORT is refused (a server without
-// it, or an ACL), the script claims as below and says so in its reply.
+// With ARGV[10] = 1, no cancel mark in the cancels hash, no scheduled task
+// due and the queue not paused, the claim is made in place (claimend.go),
+// with no entry passing through Lua and none copied: the finished claims
+// in place at the very end of the ready list leave it first (those of
+// KEYS[11...] that are the oldest in turn), then the next ARGV[5] entries
+// past the claimed end become a claim in place, whose record holds its
+// count; the script returns {-3, n, first, off, endFirst}, off being the
+// entries of older claims in place between it and the consuming end, and
+// the caller reads the entries (readInPlace) and keeps to its byte budget
+// itself (it hands back what does not fit). A claim that must look at
+// the entries (a cancel mark, a due scheduled task, ARGV[10] = 0), or
+// finds the queue paused, nothing past the end or the end at ARGV[11]
+// entries, while the end is claimed in place, first opens the end (as
+// endScript does) when the claims of ARGV[12...] are those in place
+// after the trims; else it returns {-4} (after those trims, before any
+// other write): the caller opens the end (endScript) and claims again.
 //
 // It refuses, before any write, with seqReply and the first seq to
 // propose instead, a proposal below the meta hash's claim count or one a
@@ -81,7 +89,7 @@ import (
 // SORT was refused.
 // (The loop indexes its tables rather than asking for their length, and
 // first goes last rather than shifting the reply.)
-var claimScript = newScript("claim", 10, fenced(3, typeCheck(hashAt(2), hashAt(4), hashAt(5))+luaIncr+luaClaimKeys+luaNamed+luaClaimAfter+`
+var claimScript = newScript("claim", -1, fenced(3, typeCheck(hashAt(2), hashAt(4), hashAt(5))+luaIncr+luaEnd+luaClaimKeys+luaOpenEnd+luaNamed+luaClaimAfter+`
 local m4 = redis.call('HMGET', KEYS[4], 'seq', 'paused')
 local last = m4[1]
 if last and not (string.match(last, '^%d+$') and #last <= 15) then
@@ -95,26 +103,56 @@ end
 if tonumber(ARGV[8]) + tonumber(ARGV[3]) > $maxClaimSeq then
   return redis.error_reply('$badValueReply ' .. KEYS[4] .. ' field seq: a claim of ' .. ARGV[3] .. ' tasks from ' .. ARGV[8] .. ' would count past $maxClaimSeq')
 end
-`, luaScheduled+`local want, budget, ask = tonumber(ARGV[3]), tonumber(ARGV[4]), math.min(tonumber(ARGV[5]), tonumber(ARGV[3]))
-local strict = ARGV[6] == '1'
-local refused = false
-if ARGV[10] == '1' and not waiting and redis.call('EXISTS', KEYS[8]) == 0 then
-  -- Redis's own move: the ask entries at the consuming end, in claim
-  -- order, into the claim's list; the caller reads them.
-  local n = math.min(ask, redis.call('LLEN', KEYS[1]))
-  if n > 0 then
-    local f, l = ARGV[8], KEYS[9]
-    local moved = redis.pcall('SORT', KEYS[1], 'BY', 'nosort', 'DESC', 'LIMIT', 0, n, 'STORE', l)
-    if moved == n then
-      redis.call('LTRIM', KEYS[1], 0, -n - 1)
-      redis.call('HSET', KEYS[4], 'seq', string.format('%d', tonumber(f) + n))
-      redis.call('HSET', KEYS[5], f, string.char($claimedMark) .. f .. '$idsLater' .. string.format('%d', n))
-      incr(KEYS[4], 'pending', n)
-      return {-3, n, tonumber(f)}
-    end
-    if type(moved) == 'number' then redis.call('DEL', l) end
-    refused = true
+`, `local due0 = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
+-- The caller's claims in place, oldest first (ARGV from 12 on, their
+-- lists and done bitmaps from KEYS[11] on), from the first not trimmed.
+local given = 12
+local function inPlace(ask)
+  -- The finished claims at the very end leave it, oldest first.
+  local f, size = claimedEnd(KEYS[4])
+  local f0, t = f, given
+  while size > 0 and ARGV[t] == string.format('%d', f) do
+    local d = KEYS[2 * t - 12]
+    local n = recordCount(redis.call('HGET', KEYS[5], ARGV[t]))
+    if not n or n > size or not bitsOK(d) or redis.call('BITPOS', d, 0) < n then break end
+    redis.call('LTRIM', KEYS[1], 0, -n - 1)
+    redis.call('DEL', d)
+    redis.call('HDEL', KEYS[5], ARGV[t])
+    f, size, t = f + n, size - n, t + 1
   end
+  given = t
+  local first = tonumber(ARGV[8])
+  local n = math.min(ask, redis.call('LLEN', KEYS[1]) - size)
+  if n <= 0 or size > 0 and f + size ~= first or size + n > tonumber(ARGV[11]) then
+    if f ~= f0 then setClaimedEnd(KEYS[4], f, size) end
+    return nil
+  end
+  if size == 0 then f = first end
+  setClaimedEnd(KEYS[4], f, size + n)
+  redis.call('HSET', KEYS[4], 'seq', string.format('%d', first + n))
+  redis.call('HSET', KEYS[5], ARGV[8], string.char($claimedMark) .. ARGV[8] .. '$idsLater' .. string.format('%d', n))
+  incr(KEYS[4], 'pending', n)
+  return {-3, n, first, size, f}
+end
+local fast = ARGV[10] == '1' and redis.call('EXISTS', KEYS[8]) == 0
+if fast and m4[2] ~= '1' and not (due0[2] and tonumber(due0[2]) <= tonumber(ARGV[7])) then
+  local r = inPlace(math.min(tonumber(ARGV[5]), tonumber(ARGV[3])))
+  if r then return r end
+end
+local _, held = claimedEnd(KEYS[4])
+if held > 0 then
+  -- Opened here when the caller named every claim in place.
+  local firsts, lists, bits = {}, {}, {}
+  for t = given, #ARGV do
+    firsts[#firsts + 1], lists[#lists + 1], bits[#bits + 1] = ARGV[t], KEYS[2 * t - 13], KEYS[2 * t - 12]
+  end
+  if not openEnd(KEYS[1], KEYS[4], KEYS[5], firsts, lists, bits) then return {-4} end
+end
+`+luaScheduled+`local want, budget, ask = tonumber(ARGV[3]), tonumber(ARGV[4]), math.min(tonumber(ARGV[5]), tonumber(ARGV[3]))
+local strict = ARGV[6] == '1'
+if fast and not waiting then
+  local r = inPlace(ask)
+  if r then return r end
 end
 -- Each entry passes through Lua below: at most $maxClaim of them.
 want, ask = math.min(want, $maxClaim), math.min(ask, $maxClaim)
@@ -189,7 +227,7 @@ if marks then
   end
 end
 items[n + k + 1] = k
-items[n + k + 2] = (ids and 1 or 0) + (refused and 2 or 0)
+items[n + k + 2] = ids and 1 or 0
 items[n + k + 3] = first
 return items
 `))
@@ -288,8 +326,8 @@ var errNoRoom = errors.New("queue: the next task does not fit the bytes left")
 
 // maxClaim bounds the tasks one claim takes through the claim script's
 // own loop, each entry passing through Lua, and maxMoved those of a claim
-// Redis moves itself (SORT ... STORE, about a fifth of the cost per entry:
-// see docs/performance.md). Either keeps one claim's script well under a
+// in place (no entry passes through Lua or is copied; the read of its
+// entries costs Redis the most: see docs/performance.md). Either keeps one claim's script well under a
 // millisecond of Redis's time for small entries.
 const (
 	maxClaim = 1000
@@ -333,24 +371,39 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 	// Pop as many at first as fit the budget at the entry size seen so
 	// far: one RPOP for small entries, a few for large ones.
 	pop := int(min(int64(n), max(1, maxBytes/max(s.entrySize.Load(), 1))))
-	// A move asked for likely is made: the claim's list is read in the
-	// same round trip (see claimThenRead), unless the last claim that took
-	// tasks was the script's own (a cancel mark or a due scheduled task
-	// waits: its entries would be read twice).
-	piped := nativeArg == 1 && !s.luaClaimed.Load()
-	var r, entries []any
-	var list string
+	var r []any
+	var read *endRead
 	var err error
+	made := s.endMade.Load()
 	for try := 0; ; try++ {
 		first := strconv.FormatInt(s.nextFirst.Load(), 10)
-		list = claimListKey(s.keys, first)
-		args := []any{s.keys.ready, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.keys.sched, s.keys.later, s.keys.cancels,
-			list, claimDoneKey(s.keys, first),
-			s.value(), s.ttlMS, n, maxBytes, pop, strictArg, time.Now().UnixMilli(), first, idsArg, nativeArg}
-		if piped {
-			r, entries, err = s.claimThenRead(ctx, list, args)
+		keys := []any{s.keys.ready, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.keys.sched, s.keys.later, s.keys.cancels,
+			claimListKey(s.keys, first), claimDoneKey(s.keys, first)}
+		ends, held := s.endClaims()
+		args := []any{s.value(), s.ttlMS, n, maxBytes, pop, strictArg, time.Now().UnixMilli(), first, idsArg, nativeArg, s.endRoom(len(ends))}
+		for _, f := range ends {
+			keys = append(keys, claimListKey(s.keys, f), claimDoneKey(s.keys, f))
+			args = append(args, f)
+		}
+		call := append(append([]any{len(keys)}, keys...), args...)
+		if nativeArg == 1 && held <= maxReadAhead {
+			// Few entries of this store's claims at the end, as far as it
+			// knows: they and a claim in place of up to pop tasks are
+			// read in the same round trip (claimThenRead), whatever the
+			// claim trims.
+			r, read, err = s.claimThenRead(ctx, call, held+min(pop, n))
 		} else {
-			r, err = redis.Values(s.script(ctx, "claim from", claimScript, args...))
+			r, err = redis.Values(s.script(ctx, "claim from", claimScript, call...))
+		}
+		if err == nil && len(r) == 1 {
+			if code, _ := r[0].(int64); code == -4 {
+				// The end is claimed in place, and this claim must look
+				// at its entries: open it, and claim again.
+				if err = s.openEnd(ctx); err != nil || try == seqTries-1 {
+					break
+				}
+				continue
+			}
 		}
 		next, refused := seqRefusal(err)
 		if !refused {
@@ -364,15 +417,21 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 	if err != nil {
 		return dst[:0], false, err
 	}
+	if len(r) == 1 {
+		if code, _ := r[0].(int64); code == -4 {
+			return dst[:0], false, redisErr(s.what("claim from"), fmt.Errorf("the claimed end was claimed again each of %d times it was opened", seqTries))
+		}
+	}
 	if len(r) > 0 {
 		if code, ok := r[0].(int64); ok { // no entry: a code
 			switch {
 			case code == -1:
+				s.openedEnd(made) // the script's own loop: no end claimed
 				err = errNoRoom
-			case code == -3 && len(r) == 3:
-				s.luaClaimed.Store(false)
-				return s.claimMoved(ctx, r, list, entries, maxBytes, strict, dst)
+			case code == -3 && len(r) == 5:
+				return s.claimMoved(ctx, r, read, maxBytes, strict, dst)
 			case len(r) == 3 && (code == 0 || code == -2):
+				s.openedEnd(made) // the script left no end claimed
 				next, _ := redis.Int64(r[1], nil)
 				n, err := redis.Int64(r[2], nil)
 				if err != nil {
@@ -387,7 +446,7 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 		}
 	}
 	s.paused.Store(false)
-	s.luaClaimed.Store(nativeArg == 1)
+	s.openedEnd(made) // the script's own loop: no end claimed
 	if len(r) < 4 {
 		return dst[:0], false, redisErr(s.what("claim from"), fmt.Errorf("%w: short claim reply", ErrMalformed))
 	}
@@ -398,9 +457,6 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 	flags, err := redis.Int(r[len(r)-2], nil)
 	if err != nil {
 		return dst[:0], false, redisErr(s.what("claim from"), err)
-	}
-	if flags&2 != 0 {
-		s.native.Store(false) // SORT is refused here: ask no more
 	}
 	written := flags & 1
 	k, err := redis.Int(r[len(r)-3], nil)

@@ -57,11 +57,18 @@ func sendPlaces(c redis.Conn, k queueKeys, found []claimPlace, id string) error 
 	}
 	for _, p := range found {
 		if p.at >= 0 {
-			c.Send("LINDEX", claimListKey(k, p.first), p.at)
-			c.Send("GETBIT", claimDoneKey(k, p.first), p.at)
+			if err := findScript.Send(c, placeArgs(k, p, id)...); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
+}
+
+// placeArgs returns findScript's arguments for the one place p, of a
+// record that holds the claim's IDs.
+func placeArgs(k queueKeys, p claimPlace, id string) []any {
+	return []any{5, k.ready, k.meta, k.claims, claimListKey(k, p.first), claimDoneKey(k, p.first), id, p.at}
 }
 
 // receivePlaces reads the replies of sendPlaces(c, k, found, id), all of
@@ -90,17 +97,19 @@ func receivePlaces(ctx context.Context, c redis.Conn, found []claimPlace, id str
 		if p.at < 0 {
 			continue
 		}
-		e, err := redis.Bytes(receiveContext(c, ctx))
-		if err == redis.ErrNil {
-			err = nil
+		r, err := redis.Values(receiveContext(c, ctx))
+		var fs []foundPlace
+		if err == nil {
+			fs, err = parseFound(r, []claimPlace{{p.first, -1}})
 		}
-		done, derr := redis.Int(receiveContext(c, ctx))
-		if err != nil || derr != nil {
-			errs = append(errs, err, derr)
+		if err != nil {
+			errs = append(errs, err)
 			continue
 		}
-		if e != nil && done == 0 && entry == nil {
-			entry = e
+		for _, f := range fs {
+			if f.at == p.at && !f.done && entry == nil {
+				entry = f.entry
+			}
 		}
 	}
 	return entry, errors.Join(errs...)
@@ -109,25 +118,56 @@ func receivePlaces(ctx context.Context, c redis.Conn, found []claimPlace, id str
 // findScript finds a task in the lists of claims whose records hold no
 // IDs yet, without sending their entries back: the readers that would
 // otherwise read whole lists (State, Status, Cancel) get only the places
-// that hold the task. A list or bitmap of another type names nothing.
+// that hold the task. A claim in place is read where it is, in the ready
+// list (claimend.go); it reads, and changes, nothing else. A list or
+// bitmap of another type names nothing.
 //
-//	KEYS = the list and done bitmap of each claim
-//	ARGV[1] = task ID
+//	KEYS[1] = ready list, KEYS[2] = meta hash, KEYS[3] = claim-sequence hash,
+//	then the list and done bitmap of each claim
+//	ARGV[1] = task ID, ARGV[2] = the one place to look at (absent or -1: every place)
 //
 // Returns {claim (1-based, in KEYS order), place, entry, done bit, ...}
 // for each place whose entry holds the task.
-var findScript = newScript("find", -1, `
+var findScript = newScript("find", -1, typeCheck(listAt(1), hashAt(2), hashAt(3))+luaEnd+`
 local out = {}
-for i = 1, #KEYS, 2 do
-  local es = redis.pcall('LRANGE', KEYS[i], 0, -1)
-  if type(es) == 'table' and not es.err then
-    for j, e in ipairs(es) do
-      local h = string.byte(e, 1) == $accountedByte and 2 or 1
-      local v = string.byte(e, h)
+local only = tonumber(ARGV[2] or '-1') or -1
+for i = 4, #KEYS, 2 do
+  local l, d = KEYS[i], KEYS[i + 1]
+  -- entry(p): the entry at place p; n: the claim's size.
+  local entry, n
+  local t = redis.pcall('TYPE', l)
+  if type(t) == 'table' and t.ok == 'list' then
+    local es
+    entry = function(p)
+      if only >= 0 then return redis.call('LINDEX', l, p) end
+      es = es or redis.call('LRANGE', l, 0, -1)
+      return es[p + 1]
+    end
+    n = redis.call('LLEN', l)
+  else
+    local first = string.match(l, 'claim:(%d+)$')
+    local off = first and inEnd(KEYS[2], first)
+    n = off and recordCount(redis.call('HGET', KEYS[3], first))
+    if n then
+      local es
+      entry = function(p)
+        if only >= 0 then return redis.call('LINDEX', KEYS[1], -(off + p + 1)) end
+        es = es or redis.call('LRANGE', KEYS[1], -(off + n), -(off + 1))
+        return es[n - p]
+      end
+    end
+  end
+  if entry then
+    local from, to = 0, n - 1
+    if only >= 0 then from, to = only, only end
+    for p = from, to do
+      local e = entry(p)
+      local h = e and string.byte(e, 1) == $accountedByte and 2 or 1
+      local v = e and string.byte(e, h)
       if v and v <= $entryFlags and v % 2 == $entryTask and string.sub(e, h + 1, h + $idLen) == ARGV[1] then
-        local done = redis.pcall('GETBIT', KEYS[i + 1], j - 1)
-        out[#out + 1] = (i + 1) / 2
-        out[#out + 1] = j - 1
+        local done = redis.pcall('GETBIT', d, p)
+        out[#out + 1] = (i - 2) / 2
+        out[#out + 1] = p
         out[#out + 1] = e
         out[#out + 1] = type(done) == 'number' and done or 0
       end
@@ -144,7 +184,7 @@ func findArgs(k queueKeys, places []claimPlace, id string) []any {
 	for _, p := range places {
 		if p.at < 0 {
 			if args == nil {
-				args = []any{0}
+				args = []any{0, k.ready, k.meta, k.claims}
 			}
 			args = append(args, claimListKey(k, p.first), claimDoneKey(k, p.first))
 		}
@@ -153,7 +193,7 @@ func findArgs(k queueKeys, places []claimPlace, id string) []any {
 		return nil
 	}
 	args[0] = len(args) - 1
-	return append(args, id)
+	return append(args, id, -1)
 }
 
 // foundPlace is a place findScript found.

@@ -86,69 +86,26 @@ func (s *store) takeClaimed(ctx context.Context, entries []any, first int64, wri
 	return out, len(bad) > 0, nil
 }
 
-// claimThenRead runs the claim script (its keys and arguments args) and,
-// in the same round trip, reads the list it names as the claim's: where
-// the script moves the claim itself ({-3, n, first}), that list holds
-// the claim's entries, and they come back as entries. A reply of any
-// other shape makes the list's read worthless (the caller drops it).
-// Where Redis has not cached the script, it is sent again whole and the
-// list is not read (entries nil).
-func (s *store) claimThenRead(ctx context.Context, list string, args []any) (r, entries []any, err error) {
-	type replies struct{ r, entries []any }
-	got, err := onPartition(ctx, s.part, s.what("claim from"), func(c redis.Conn) (replies, error) {
-		if err := claimScript.SendHash(c, args...); err != nil {
-			return replies{}, err
-		}
-		if err := c.Send("LRANGE", list, 0, -1); err != nil {
-			return replies{}, err
-		}
-		if err := c.Flush(); err != nil {
-			return replies{}, err
-		}
-		r, err := redis.Values(receiveContext(c, ctx))
-		l, lerr := redis.Values(receiveContext(c, ctx))
-		if err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
-			if err := claimScript.Send(c, args...); err != nil { // EVAL: the script whole
-				return replies{}, err
-			}
-			if err := c.Flush(); err != nil {
-				return replies{}, err
-			}
-			r, err := redis.Values(receiveContext(c, ctx))
-			return replies{r: r}, err
-		}
-		if err != nil || lerr != nil {
-			return replies{r: r}, err // a list unread is read apart
-		}
-		return replies{r, l}, nil
-	})
-	return got.r, got.entries, err
-}
-
-// claimMoved takes a claim Redis moved itself (the claim script's
-// {-3, n, first}): it reads the claim's list, one more round trip, unless
-// read is that list's read made with the claim (readFrom names the list
-// read; see claimThenRead), and keeps to the byte budget as the script's
-// own loop does, handing back (first claimed first, as they were) the
-// tasks past maxBytes, all of them when strict and the first does not
-// fit (errNoRoom).
-func (s *store) claimMoved(ctx context.Context, r []any, readFrom string, read []any, maxBytes int64, strict bool, dst []claimed) ([]claimed, bool, error) {
+// claimMoved takes a claim made in place (the claim script's {-3, n,
+// first, off, endFirst}: see claimend.go): it reads the claim's entries
+// from the ready list, one more round trip, and keeps to the byte budget
+// as the script's own loop does, handing back (first claimed first, as
+// they were) the tasks past maxBytes, all of them when strict and the
+// first does not fit (errNoRoom).
+func (s *store) claimMoved(ctx context.Context, r []any, read *endRead, maxBytes int64, strict bool, dst []claimed) ([]claimed, bool, error) {
 	n, nerr := redis.Int(r[1], nil)
 	first, ferr := redis.Int64(r[2], nil)
-	if err := errors.Join(nerr, ferr); err != nil || n <= 0 {
+	off, oerr := redis.Int(r[3], nil)
+	endFirst, eerr := redis.Int64(r[4], nil)
+	if err := errors.Join(nerr, ferr, oerr, eerr); err != nil || n <= 0 || off < 0 || endFirst < 0 {
 		return dst[:0], false, redisErr(s.what("claim from"), fmt.Errorf("%w: unexpected claim reply %v", ErrMalformed, r))
 	}
 	s.nextFirst.Store(first + int64(n))
-	l := claimListKey(s.keys, strconv.FormatInt(first, 10))
-	entries, err := read, error(nil)
-	if readFrom != l || len(read) != n {
-		// Not read with the claim, or not this claim's list whole.
-		entries, err = redis.Values(onPartition(ctx, s.part, s.what("read claim of"), func(c redis.Conn) (any, error) {
-			return redis.DoContext(c, ctx, "LRANGE", l, 0, -1)
-		}))
-	}
-	if err == nil && len(entries) != n {
-		err = redisErr(s.what("read claim of"), fmt.Errorf("%w: %s holds %d entries, the claim moved %d", ErrMalformed, l, len(entries), n))
+	s.claimedInPlace(endFirst, first, n)
+	entries, ok := read.of(first, endFirst, off, n)
+	var err error
+	if !ok {
+		entries, err = s.readInPlace(ctx, first, endFirst, off, n)
 	}
 	if err != nil {
 		// Claimed, never seen here: the caller puts back what is pending.

@@ -24,7 +24,11 @@ import (
 // set the last place. The meta hash's "pending" field counts the tasks of
 // claim records whose place is not set.
 //
-// So a claim writes one list and one hash field whatever its size, and an
+// A pool's claim is made in place where it can (claimend.go): its entries
+// stay at the end of the ready list, where they are its list, until the
+// claim is finished or something else needs them in a list of their own.
+//
+// So a claim writes one list (or none) and one hash field whatever its size, and an
 // ack one bitmap per claim it touches: no field per task, which is what a
 // claim used to cost Redis (a pending-hash field per task, written, then
 // deleted). The pending hash of earlier releases (task ID -> entry, with
@@ -129,7 +133,8 @@ func claimFirst(f string) (int64, bool) {
 //
 //   - claimKeys(claims, first): the list and done bitmap keys of a claim.
 //   - setDone(claims, meta, first, bits): ORs the bitmap bits into the
-//     claim's done bitmap, deletes the record once every place is set
+//     claim's done bitmap (of a claim list, or of a claim in place:
+//     luaEnd's inEnd), deletes the record of a claim list once every place is set
 //     (its first clear bit past the last place: bits set past it, which
 //     only someone overwriting the bitmap makes, finish nothing),
 //     and returns how many places it set that were not (0 when the record
@@ -142,7 +147,7 @@ func claimFirst(f string) (int64, bool) {
 // A done bitmap is written only by these functions; its type is checked
 // before each write all the same, so that a key someone overwrote fails
 // the script before it changed anything of that claim.
-const luaClaimRec = luaClaimKeys + `
+const luaClaimRec = luaEnd + luaClaimKeys + `
 local function openPlaces(l, d)
   local n = redis.call('LLEN', l)
   local full, set = math.floor(n / 8), 0
@@ -159,7 +164,8 @@ local function finished(claims, meta, first, l, d, k)
 end
 local function setDone(claims, meta, first, bits)
   local l, d = claimKeys(claims, first)
-  if redis.call('TYPE', l).ok ~= 'list' or not bitsOK(d) then return 0 end
+  local inPlace = redis.call('TYPE', l).ok ~= 'list'
+  if inPlace and not inEnd(meta, first) or not bitsOK(d) then return 0 end
   local before = redis.call('BITCOUNT', d)
   if before == 0 then
     redis.call('SET', d, bits)
@@ -170,7 +176,12 @@ local function setDone(claims, meta, first, bits)
     redis.call('DEL', tmp)
   end
   local k = redis.call('BITCOUNT', d) - before
-  finished(claims, meta, first, l, d, k)
+  if inPlace then
+    -- A claim in place leaves the end at a claim (claimend.go).
+    if k > 0 then incr(meta, 'pending', -k) end
+  else
+    finished(claims, meta, first, l, d, k)
+  end
   return k
 end
 local function takePlace(claims, meta, first, place)

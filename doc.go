@@ -126,8 +126,9 @@
 //
 //  1. At least once. Every task whose AddTask returned nil reaches the
 //     analyse function, unless Redis itself loses the write (see
-//     Durability). The claim is one atomic script that moves tasks from the
-//     ready list into a claim record: there is no pop-then-record window,
+//     Durability). The claim is one atomic script that makes ready tasks a
+//     claim record's (where they are, at the ready list's consuming end,
+//     or in a list of the claim's own): there is no pop-then-record window,
 //     and every script checks the keys and values it reads before its first
 //     write, so a script that fails has changed nothing.
 //  2. Per-OrderID order, across crashes and retries. Tasks of one OrderID
@@ -195,7 +196,7 @@
 //
 // # Task lifecycle
 //
-//	AddTask ─LPUSH─▶ ready (list) ─claim script─▶ claim record (list) ─▶ the OrderID's worker
+//	AddTask ─LPUSH─▶ ready (list) ─claim script─▶ claim record (in place, or a list) ─▶ the OrderID's worker
 //	analyse fn ─ nil ─▶ ack (batched, a bitmap per claim; a claim's record goes with its last task)
 //	           └ error/panic/timeout ─▶ retry in place ─ MaxAttempts ─▶ dead-letter store
 //
@@ -205,15 +206,19 @@
 // claims with a task running or about to run (those waiting out a retry's
 // backoff do not count while they wait), and so what one claim takes;
 // MaxHeldTasks and MaxHeldBytes bound all the tasks it holds (a task
-// larger than MaxHeldBytes is still claimed, alone). A pool's claim is Redis's own
-// move where the server allows SORT: one SORT ... BY nosort STORE into
-// the claim's list and one LTRIM, no entry passing through Lua, then an
-// LRANGE that reads the list, in the same pipeline as the script (tasks
-// past MaxHeldBytes, when entry sizes vary more than the last claim told,
-// go straight back); such a claim takes up to 4000 tasks, one the script
-// moves itself up to 1000; elsewhere
-// (miniredis, an ACL that denies SORT), or while a cancel mark or a due
-// scheduled task waits, the script moves the entries itself. An idle
+// larger than MaxHeldBytes is still claimed, alone). A pool's claim is made
+// in place: the claimed entries stay at the ready list's consuming end,
+// none copied and none passing through Lua, a claim record and the meta
+// hash saying whose they are, and an LRANGE reads them, in the same
+// pipeline as the script where no earlier claim of the pool's is still
+// there (tasks past MaxHeldBytes, when entry sizes vary more than the
+// last claim told, go straight back); a finished claim leaves the list
+// once the claims before it have. Such a claim takes up to 4000 tasks.
+// While a cancel mark or a due scheduled task waits, the claimed end is
+// first moved into lists of the claims' own (SORT ... STORE where an ACL
+// allows it) and the script takes up to 1000 tasks itself; so is it
+// before a task of it is handed back, retried, dead-lettered or
+// cancelled, and by a new owner before its recovery. An idle
 // pool is woken as soon as a task is pushed (see Idle pools). Each delivery
 // gets [PoolConfig].TaskTimeout; a panic becomes a [*PanicError], a call
 // of runtime.Goexit (t.FailNow in a test) [ErrGoexit], the worker going on

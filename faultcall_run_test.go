@@ -334,9 +334,12 @@ func (r *callRun) brokenProps() []string {
 // trips, a recovery between them (entries put back on the ready list
 // after its length was read, their claim record dropped before it was)
 // showed a queue with a task in it as empty.
-var snapshotScript = redis.NewScript(4, `
+var snapshotScript = redis.NewScript(5, `
 local out = {redis.call('LLEN', KEYS[1]), redis.call('ZCARD', KEYS[2]),
-	redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4])}
+	redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4]),
+	redis.call('HMGET', KEYS[5], ARGV[2], ARGV[3])}
+local size = tonumber(out[5][2] or '0') or 0
+if size > 0 then out[6] = redis.call('LRANGE', KEYS[1], -size, -1) else out[6] = {} end
 local claims = out[4]
 for i = 1, #claims, 2 do
 	local list = ARGV[1] .. claims[i]
@@ -350,20 +353,24 @@ return out`)
 func (r *callRun) snapshot() (ready int, pending map[string]string, sched int, err error) {
 	c := r.srv.pool.Get()
 	defer c.Close()
-	v, err := redis.Values(snapshotScript.Do(c, r.keys.ready, r.keys.sched, r.keys.pending, r.keys.claims,
-		claimListKey(r.keys, "")))
+	v, err := redis.Values(snapshotScript.Do(c, r.keys.ready, r.keys.sched, r.keys.pending, r.keys.claims, r.keys.meta,
+		claimListKey(r.keys, ""), endFirstField, endSizeField))
 	if err != nil {
 		return 0, nil, 0, err
 	}
-	if len(v) < 4 {
+	if len(v) < 6 {
 		return 0, nil, 0, fmt.Errorf("snapshot: %d values", len(v))
 	}
 	ready, err1 := redis.Int(v[0], nil)
 	sched, err2 := redis.Int(v[1], nil)
 	claims, err3 := redis.StringMap(v[3], nil)
-	if err := errors.Join(err1, err2, err3); err != nil {
+	endMeta, err4 := redis.Values(v[4], nil)
+	end, err5 := redis.Values(v[5], nil)
+	if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
 		return 0, nil, 0, err
 	}
+	// The end of the ready list claimed in place is not ready.
+	ready -= len(end)
 	// The claim records' lists and bitmaps follow in HGETALL's order: the
 	// same replies, served to pendingRecords as the commands it sends.
 	fields, err := redis.Strings(v[3], nil)
@@ -372,7 +379,7 @@ func (r *callRun) snapshot() (ready int, pending map[string]string, sched int, e
 	}
 	lists := map[string]any{}
 	for i := 0; i+1 < len(fields); i += 2 {
-		at := 4 + i
+		at := 6 + i
 		if at+1 >= len(v) {
 			return 0, nil, 0, fmt.Errorf("snapshot: %d values for %d claim records", len(v), len(claims))
 		}
@@ -385,6 +392,16 @@ func (r *callRun) snapshot() (ready int, pending map[string]string, sched int, e
 			return v[2], nil
 		case cmd == "HGETALL" && args[0] == r.keys.claims:
 			return v[3], nil
+		case cmd == "HMGET" && args[0] == r.keys.meta:
+			return endMeta, nil
+		case cmd == "LRANGE" && args[0] == r.keys.ready:
+			// Within the end read: -(off+n) .. -(off+1).
+			from, _ := args[1].(int64)
+			to, _ := args[2].(int64)
+			e := int64(len(end))
+			if from < 0 && to < 0 && -from <= e && from <= to {
+				return end[e+from : e+to+1], nil
+			}
 		case cmd == "LRANGE" || cmd == "GET":
 			if x, ok := lists[args[0].(string)]; ok {
 				if b, _ := x.([]byte); cmd == "GET" && len(b) == 0 {

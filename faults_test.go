@@ -279,10 +279,10 @@ func TestFaultClaimReplyCut(t *testing.T) {
 	for i := 0; i < cuts; i++ {
 		// Cut the next reply that carries claimed tasks (an empty claim's
 		// is a few bytes, and so is an ack's) after half its bytes, then
-		// close the connection: the claim script's, or, where Redis moved
-		// the entries itself, that of the read of the claim's list. Both
-		// name a claim list's key ("claim:").
-		proxy.cutReplies("claim:", 1, 200)
+		// close the connection: the claim script's, or, for a claim in
+		// place, that of the read of its entries. Both name the ready
+		// list ("ready").
+		proxy.cutReplies("ready", 1, 200)
 		require.Eventually(t, func() bool { return proxy.cutsLeft() == 0 }, 30*time.Second, time.Millisecond, "no claim reply to cut")
 		time.Sleep(100 * time.Millisecond)
 	}

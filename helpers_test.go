@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -375,11 +376,30 @@ func pendingRecords(do func(string, ...any) (any, error), k queueKeys) (map[stri
 	if err != nil {
 		return nil, err
 	}
+	m, err := redis.Values(do("HMGET", k.meta, endFirstField, endSizeField))
+	if err != nil {
+		return nil, err
+	}
+	endFirst, endSize := parseEnd(m[0], m[1])
+	inEnd := map[string]bool{}
+	for _, f := range endWalk(claims, endFirst, endSize) {
+		inEnd[f] = true
+	}
 	for f, v := range claims {
 		if _, list, _ := claimIDs(v); !list {
 			continue
 		}
-		entries, err := redis.ByteSlices(do("LRANGE", claimListKey(k, f), 0, -1))
+		var entries [][]byte
+		if inEnd[f] {
+			// A claim in place: its entries at the ready list's end.
+			first, _ := claimFirst(f)
+			n, _ := recordCount(v)
+			off := first - endFirst
+			entries, err = redis.ByteSlices(do("LRANGE", k.ready, -(off + int64(n)), -(off + 1)))
+			slices.Reverse(entries)
+		} else {
+			entries, err = redis.ByteSlices(do("LRANGE", claimListKey(k, f), 0, -1))
+		}
 		if err != nil {
 			return nil, err
 		}

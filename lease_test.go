@@ -82,7 +82,7 @@ func TestRefenceRefusesOlderCalls(t *testing.T) {
 	assert.NotEqual(t, old, c.st.value())
 	assert.True(t, strings.HasSuffix(c.st.value(), ":me"))
 	k := c.st.keys
-	_, err = redis.Values(c.st.script(ctx, "claim from", claimScript,
+	_, err = redis.Values(c.st.script(ctx, "claim from", claimScript, 10,
 		k.ready, k.pending, k.lease, k.meta, k.claims, k.sched, k.later, k.cancels, claimListKey(k, "0"), claimDoneKey(k, "0"),
 		old, c.st.ttlMS, 1, 1<<20, 1, 0, time.Now().UnixMilli(), "0"))
 	assert.ErrorIs(t, err, ErrLeaseLost, "a claim made with the old value")

@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -39,9 +40,12 @@ type store struct {
 	idsLater    bool                   // its claims leave their task IDs to the caller's acks (idsLater): a pool's store
 	idsAfter    time.Duration          // how old such a claim is when an ack writes its IDs (idsAfter; tests set less)
 	idsNow      atomic.Bool            // the last ack found retry records or cancel marks: acks write the IDs at once
-	native      atomic.Bool            // its claims let Redis move the entries (a pool's store, until SORT is refused)
-	exactNext   atomic.Bool            // the next claim counts the bytes in the script (the last moved one passed its budget)
-	luaClaimed  atomic.Bool            // the last claim that took tasks, a move asked for, was the script's own
+	native      atomic.Bool            // its claims are made in place where they can be (a pool's store: claimend.go)
+	exactNext   atomic.Bool            // the next claim counts the bytes in the script (the last one in place passed its budget)
+	endMu       sync.Mutex             // guards ends and endOpened
+	ends        []endClaim             // its claims in place, oldest first, as far as it knows (claimend.go)
+	endMade     atomic.Int64           // the claims in place it made
+	endOpened   int64                  // endMade as of its last opening of the end
 	schedCard   atomic.Int64           // the number of scheduled tasks, as nextDue's read saw it; -1: unknown
 	paused      atomic.Bool            // the last claim found the queue paused
 	waiter      *waiter                // the partition's shared waiter, for a pool's idle waits (nil: own connections)
@@ -133,6 +137,9 @@ end
 // task recovery marked (see entryRecovered), so that a task that crashes
 // its owner is counted from its second crash on. Costs one round trip.
 func (s *store) recordDelivery(ctx context.Context, t claimed) error {
+	if err := s.listsFirst(ctx); err != nil {
+		return err
+	}
 	r := t.ref()
 	_, err := s.script(ctx, "record delivery on", retryScript, s.claimCall([]any{s.keys.claims, s.keys.lease, s.keys.meta},
 		[]string{r.record}, false, s.value(), s.ttlMS, r.record, r.place, accountedRecord(t.Task, t.Attempt))...)
@@ -214,6 +221,9 @@ func (s *store) fail(ctx context.Context, t claimed, cause error, retryAt time.T
 		entry := encodeTask(t.Task, t.Attempt)
 		moved, err := s.bury(ctx, []burial{{t.ref(), encodeDead(entry, t.Attempt, msg, s.deaths.stamp(t.OrderID))}})
 		return moved > 0, err
+	}
+	if err := s.listsFirst(ctx); err != nil {
+		return false, err
 	}
 	r := t.ref()
 	_, err = s.script(ctx, "record failure on", failScript, s.claimCall([]any{s.keys.claims, s.keys.lease, s.keys.meta, s.keys.retries},
@@ -316,6 +326,12 @@ return n
 // bury moves pending tasks to the dead-letter store, and returns how many
 // it moved (a task no longer pending is skipped).
 func (s *store) bury(ctx context.Context, items []burial) (int, error) {
+	if len(items) == 0 {
+		return 0, nil
+	}
+	if err := s.listsFirst(ctx); err != nil {
+		return 0, err
+	}
 	moved := 0
 	for len(items) > 0 {
 		n := buryChunk(items)
@@ -346,6 +362,12 @@ func (s *store) requeueCall(records []string, args ...any) []any {
 // requeue pushes tasks back at the consuming end, first given first
 // claimed, each with t.Attempt as its delivery count.
 func (s *store) requeue(ctx context.Context, tasks []claimed, redelivery bool) error {
+	if len(tasks) == 0 {
+		return nil
+	}
+	if err := s.listsFirst(ctx); err != nil {
+		return err
+	}
 	flag := "0"
 	if redelivery {
 		flag = "1"

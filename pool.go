@@ -377,7 +377,7 @@ func (q *Queue) analysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 	log.ok(sent)
 	b.reset()
 	st.idsLater = true                    // its acker writes its claims' task IDs
-	st.native.Store(true)                 // and it reads what Redis moved
+	st.native.Store(true)                 // and it claims in place
 	st.waiter = q.waiters[st.pi].retain() // idle waits share the partition's connections
 	defer st.waiter.release()
 	if cfg.Counters != nil {

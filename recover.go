@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"time"
@@ -110,7 +111,13 @@ func decodePending(r *pendingRecord) {
 // claimLists reads, for each claim record among records (the
 // claim-sequence hash), the entries of its list whose place is not set,
 // as pending records; one more round trip on c.
-func claimLists(ctx context.Context, c redis.Conn, k queueKeys, records map[string]string) ([]pendingRecord, error) {
+//
+// The claims in place of the claimed end that starts at endFirst and
+// holds endSize entries (claimend.go) are read from the ready list, and
+// the end's fields once more after them: errEndMoved when they changed
+// meanwhile (the owner opened the end, or trimmed it), as the entries
+// read may then be others.
+func claimLists(ctx context.Context, c redis.Conn, k queueKeys, records map[string]string, endFirst, endSize int64) ([]pendingRecord, error) {
 	// A record's first is in its value and its field: should one of them
 	// have been overwritten, the other still leads to its list. A record
 	// of the pending hash's format has no list; the read of one its field
@@ -132,9 +139,23 @@ func claimLists(ctx context.Context, c redis.Conn, k queueKeys, records map[stri
 	if len(firsts) == 0 {
 		return nil, nil
 	}
+	inEnd := map[string]bool{}
+	for _, f := range endWalk(records, endFirst, endSize) {
+		inEnd[f] = true
+	}
 	for _, f := range firsts {
-		c.Send("LRANGE", claimListKey(k, f), 0, -1)
+		if inEnd[f] {
+			first, _ := claimFirst(f)
+			n, _ := recordCount(records[f])
+			off := first - endFirst
+			c.Send("LRANGE", k.ready, -(off + int64(n)), -(off + 1))
+		} else {
+			c.Send("LRANGE", claimListKey(k, f), 0, -1)
+		}
 		c.Send("GET", claimDoneKey(k, f))
+	}
+	if len(inEnd) > 0 {
+		sendEnd(c, k)
 	}
 	if err := c.Flush(); err != nil {
 		return nil, err
@@ -153,6 +174,9 @@ func claimLists(ctx context.Context, c redis.Conn, k queueKeys, records map[stri
 		}
 		first, _ := claimFirst(f)
 		b := &claimBatch{record: f}
+		if inEnd[f] {
+			slices.Reverse(entries) // read toward the consuming end
+		}
 		for i, e := range entries {
 			if placeSet(done, i) {
 				continue
@@ -164,8 +188,21 @@ func claimLists(ctx context.Context, c redis.Conn, k queueKeys, records map[stri
 			out = append(out, r)
 		}
 	}
+	if len(inEnd) > 0 {
+		f, n, err := endFields(receiveContext(c, ctx))
+		if err != nil {
+			return nil, err
+		}
+		if f != endFirst || n < endSize {
+			return nil, errEndMoved
+		}
+	}
 	return out, errors.Join(errs...)
 }
+
+// errEndMoved is claimLists' answer when the claimed end changed while
+// it read it.
+var errEndMoved = errors.New("queue: the claimed end changed while it was read")
 
 // readPending reads a queue's pending records, in claim order: the tasks
 // of its claim records not finished yet, and the records of the pending
@@ -178,20 +215,31 @@ func readPending(ctx context.Context, p *partition, k queueKeys, what string) ([
 		pending, claims map[string]string
 		lists           []pendingRecord
 	}
-	got, err := onPartition(ctx, p, what, func(c redis.Conn) (both, error) {
+	read := func(c redis.Conn) (both, error) {
 		c.Send("HGETALL", k.pending)
 		c.Send("HGETALL", k.claims)
+		sendEnd(c, k)
 		if err := c.Flush(); err != nil {
 			return both{}, err
 		}
 		pending, err := redis.StringMap(receiveContext(c, ctx))
 		claims, cerr := redis.StringMap(receiveContext(c, ctx))
-		if err = errors.Join(err, cerr); err != nil {
+		endFirst, endSize, merr := endFields(receiveContext(c, ctx))
+		if err = errors.Join(err, cerr, merr); err != nil {
 			return both{}, err
 		}
-		lists, err := claimLists(ctx, c, k, claims)
+		lists, err := claimLists(ctx, c, k, claims, endFirst, endSize)
 		return both{pending, claims, lists}, err
-	})
+	}
+	var got both
+	var err error
+	// The owner opens or trims the end now and then: a read it
+	// overlapped is read again.
+	for try := 0; try < seqTries; try++ {
+		if got, err = onPartition(ctx, p, what, read); !errors.Is(err, errEndMoved) {
+			break
+		}
+	}
 	if err != nil {
 		return nil, nil, err
 	}
@@ -271,6 +319,11 @@ func (s *store) recover(ctx context.Context) (back, seqLost int, err error) {
 // can be seen and replayed. putBack returns how many tasks it put back and
 // how many it dead-lettered for that reason.
 func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep map[string]slot) (back, seqLost int, err error) {
+	// Claims in place (this store's, or an earlier owner's) go to claim
+	// lists first, where the rest of recovery reads them.
+	if err := s.openEnd(ctx); err != nil {
+		return 0, 0, err
+	}
 	recs, claims, err := readPending(ctx, s.part, s.keys, s.what(op+" pending of"))
 	if err != nil {
 		return 0, 0, err

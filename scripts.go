@@ -42,6 +42,9 @@ var scriptVars = strings.NewReplacer(
 	"$wrongTypeReply", wrongTypeReply,
 	"$badValueReply", badValueReply,
 	"$seqReply", seqReply,
+	"$endReply", endReply,
+	"$endFirstField", endFirstField,
+	"$endSizeField", endSizeField,
 	"$maxClaimSeq", strconv.FormatInt(maxClaimSeq, 10), // before $maxClaim: the first name that matches is taken
 	"$maxClaim", strconv.Itoa(maxClaim),
 	"$maxGroupWeight", strconv.Itoa(maxGroupWeight),

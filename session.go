@@ -314,6 +314,14 @@ func (s *session) run(ctx context.Context) sessionEnd {
 	s.acks.close()
 	ackWG.Wait()
 	s.reportGivenUp()
+	if !s.isLost() {
+		// Finished claims in place leave the ready list, and any left
+		// pending go to lists of their own (claimend.go): the queue is
+		// left as a claim that copied would leave it.
+		if err := s.st.listsFirst(leaseCtx); err != nil {
+			s.cfg.OnError(err)
+		}
+	}
 	s.gate.forget(s.sets()) // its suspects set aside, if any, went back
 	stopRenew()
 	renewWG.Wait()

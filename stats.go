@@ -62,7 +62,7 @@ func (q *Queue) Stats(ctx context.Context) ([]AnalyserStats, error) {
 				c.Send("LLEN", k.ready)
 				c.Send("HLEN", k.pending)
 				c.Send("HLEN", k.dead)
-				c.Send("HMGET", k.meta, "processed", "failed", "redelivered", "leases", "workers", "cancelled", "paused", "pending")
+				c.Send("HMGET", k.meta, "processed", "failed", "redelivered", "leases", "workers", "cancelled", "paused", "pending", endSizeField)
 				c.Send("GET", k.lease)
 				c.Send("PTTL", k.lease)
 				c.Send("ZCARD", k.sched)
@@ -92,7 +92,7 @@ func (q *Queue) Stats(ctx context.Context) ([]AnalyserStats, error) {
 				s.Pending, _ = redis.Int64(r[1], nil)
 				s.Dead, _ = redis.Int64(r[2], nil)
 				var workers string
-				if m, err := redis.Values(r[3], nil); err == nil && len(m) == 8 {
+				if m, err := redis.Values(r[3], nil); err == nil && len(m) == 9 {
 					// A field that is not a count reads as 0, as the scripts
 					// would start it over.
 					s.Processed, _ = redis.Int64(m[0], nil)
@@ -105,6 +105,10 @@ func (q *Queue) Stats(ctx context.Context) ([]AnalyserStats, error) {
 					s.Paused = paused == "1"
 					inClaims, _ := redis.Int64(m[7], nil) // tasks of claim records (claimrec.go)
 					s.Pending += max(inClaims, 0)
+					// The end of the ready list claimed in place (claimend.go).
+					if held, _ := redis.Int64(m[8], nil); held > 0 {
+						s.Ready = max(s.Ready-held, 0)
+					}
 				}
 				if lease, err := redis.String(r[4], nil); err == nil {
 					s.Token, s.Owner = parseLease(lease)

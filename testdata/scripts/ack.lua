@@ -22,6 +22,42 @@ local function history(key)
   return t == 'hash' or t == 'none'
 end
 
+local endFirst, endSize
+local function claimedEnd(meta)
+  if not endFirst then
+    local r = redis.call('HMGET', meta, 'endfirst', 'endsize')
+    local f, n = tonumber(r[1] or ''), tonumber(r[2] or '')
+    if f and n and f >= 0 and n > 0 and f % 1 == 0 and n % 1 == 0 and f <= 999999999999999 then
+      endFirst, endSize = f, n
+    else
+      endFirst, endSize = 0, 0
+    end
+  end
+  return endFirst, endSize
+end
+local function setClaimedEnd(meta, f, n)
+  endFirst, endSize = f, n
+  if n > 0 then
+    redis.call('HSET', meta, 'endfirst', string.format('%d', f), 'endsize', string.format('%d', n))
+  else
+    redis.call('HDEL', meta, 'endfirst', 'endsize')
+  end
+end
+local function inEnd(meta, first)
+  local f, n = claimedEnd(meta)
+  first = tonumber(first)
+  if first and n > 0 and first >= f and first < f + n then return first - f end
+  return nil
+end
+local function recordCount(v)
+  if not v or string.byte(v, 1) ~= 35 then return nil end
+  local n = string.match(v, '^.%d+/(%d+)$')
+  if n then return tonumber(n) end
+  local ids = string.match(v, '^.%d+:(.*)$')
+  if ids and #ids > 0 and #ids % 20 == 0 then return #ids / 20 end
+  return nil
+end
+
 local function idsLater(v)
   return string.byte(v, 1) == 35 and string.match(v, '^.%d+/%d+$') ~= nil
 end
@@ -63,7 +99,8 @@ local function finished(claims, meta, first, l, d, k)
 end
 local function setDone(claims, meta, first, bits)
   local l, d = claimKeys(claims, first)
-  if redis.call('TYPE', l).ok ~= 'list' or not bitsOK(d) then return 0 end
+  local inPlace = redis.call('TYPE', l).ok ~= 'list'
+  if inPlace and not inEnd(meta, first) or not bitsOK(d) then return 0 end
   local before = redis.call('BITCOUNT', d)
   if before == 0 then
     redis.call('SET', d, bits)
@@ -74,7 +111,12 @@ local function setDone(claims, meta, first, bits)
     redis.call('DEL', tmp)
   end
   local k = redis.call('BITCOUNT', d) - before
-  finished(claims, meta, first, l, d, k)
+  if inPlace then
+    -- A claim in place leaves the end at a claim (claimend.go).
+    if k > 0 then incr(meta, 'pending', -k) end
+  else
+    finished(claims, meta, first, l, d, k)
+  end
   return k
 end
 local function takePlace(claims, meta, first, place)
@@ -95,7 +137,8 @@ if ARGV[4] ~= '0' and last < #ARGV and history(KEYS[5]) then
   local kept = false
   for i = last + 1, #ARGV, 4 do
     local l, d = claimKeys(KEYS[1], ARGV[i])
-    if ARGV[i + 3] ~= '' and redis.call('TYPE', l).ok == 'list' and bitsOK(d) and redis.call('GETBIT', d, ARGV[i + 1]) == 0 then
+    local held = redis.call('TYPE', l).ok == 'list' or inEnd(KEYS[3], ARGV[i])
+    if ARGV[i + 3] ~= '' and held and bitsOK(d) and redis.call('GETBIT', d, ARGV[i + 1]) == 0 then
       redis.call('HSET', KEYS[5], ARGV[i + 2], ARGV[i + 3])
       kept = true
     end
@@ -117,6 +160,7 @@ if byID then
     if not base and ARGV[i + 2] ~= '' then v, base = ARGV[i + 2], 0 end
     local l = claimKeys(KEYS[1], ARGV[i])
     local list = not base and v and string.byte(v, 1) == 35 and redis.call('TYPE', l).ok == 'list'
+    local off = not base and not list and v and string.byte(v, 1) == 35 and inEnd(KEYS[3], ARGV[i])
     local places = {}
     for j = 1, #bits do
       local b = string.byte(bits, j)
@@ -131,14 +175,20 @@ if byID then
         local at = base + 1 + place * 20
         ids[#ids + 1] = string.sub(v, at, at + 20 - 1)
       end
-    elseif list and #places > 0 then
+    elseif (list or off) and #places > 0 then
       -- One LRANGE over the places' span, or a LINDEX each for a few
-      -- (each walks the list to its place).
-      local from, span = places[1], nil
-      if #places > 16 then span = redis.call('LRANGE', l, from, places[#places]) end
+      -- (each walks the list to its place); a claim in place's entries
+      -- are in the ready list, its place p at -(off+p+1).
+      local from, to, span = places[1], places[#places], nil
+      if #places > 16 then
+        if list then span = redis.call('LRANGE', l, from, to) else span = redis.call('LRANGE', KEYS[7], -(off + to + 1), -(off + from + 1)) end
+      end
       for _, place in ipairs(places) do
         local e
-        if span then e = span[place - from + 1] else e = redis.call('LINDEX', l, place) end
+        if span and list then e = span[place - from + 1]
+        elseif span then e = span[to - place + 1]
+        elseif list then e = redis.call('LINDEX', l, place)
+        else e = redis.call('LINDEX', KEYS[7], -(off + place + 1)) end
         if e and string.byte(e, 1) == 43 then e = string.sub(e, 2) end
         if e and #e >= 21 then ids[#ids + 1] = string.sub(e, 2, 21) end
       end

@@ -16,6 +16,42 @@ local function incr(key, field, n)
   end
 end
 
+local endFirst, endSize
+local function claimedEnd(meta)
+  if not endFirst then
+    local r = redis.call('HMGET', meta, 'endfirst', 'endsize')
+    local f, n = tonumber(r[1] or ''), tonumber(r[2] or '')
+    if f and n and f >= 0 and n > 0 and f % 1 == 0 and n % 1 == 0 and f <= 999999999999999 then
+      endFirst, endSize = f, n
+    else
+      endFirst, endSize = 0, 0
+    end
+  end
+  return endFirst, endSize
+end
+local function setClaimedEnd(meta, f, n)
+  endFirst, endSize = f, n
+  if n > 0 then
+    redis.call('HSET', meta, 'endfirst', string.format('%d', f), 'endsize', string.format('%d', n))
+  else
+    redis.call('HDEL', meta, 'endfirst', 'endsize')
+  end
+end
+local function inEnd(meta, first)
+  local f, n = claimedEnd(meta)
+  first = tonumber(first)
+  if first and n > 0 and first >= f and first < f + n then return first - f end
+  return nil
+end
+local function recordCount(v)
+  if not v or string.byte(v, 1) ~= 35 then return nil end
+  local n = string.match(v, '^.%d+/(%d+)$')
+  if n then return tonumber(n) end
+  local ids = string.match(v, '^.%d+:(.*)$')
+  if ids and #ids > 0 and #ids % 20 == 0 then return #ids / 20 end
+  return nil
+end
+
 local function idsLater(v)
   return string.byte(v, 1) == 35 and string.match(v, '^.%d+/%d+$') ~= nil
 end
@@ -39,6 +75,47 @@ local function claimTypes(claims, from, to, step)
       end
     end
   end
+end
+
+local function openEnd(ready, meta, claims, firsts, lists, bits)
+  local f, size = claimedEnd(meta)
+  if size == 0 then return true end
+  local plan, covered = {}, 0
+  while covered < size do
+    local n = recordCount(redis.call('HGET', claims, string.format('%d', f + covered)))
+    if not n or n <= 0 or covered + n > size then break end
+    plan[#plan + 1] = n
+    covered = covered + n
+  end
+  if #plan ~= #firsts then return false end
+  local at = f
+  for i = 1, #plan do
+    if firsts[i] ~= string.format('%d', at) or lists[i] ~= claimKeys(claims, firsts[i]) or bits[i] ~= lists[i] .. ':done' then return false end
+    if redis.call('TYPE', lists[i]).ok ~= 'none' or not bitsOK(bits[i]) then return false end
+    at = at + plan[i]
+  end
+  for i = 1, #plan do
+    local n, first, l, d = plan[i], firsts[i], lists[i], bits[i]
+    if redis.call('BITPOS', d, 0) >= n then
+      redis.call('DEL', d)
+      redis.call('HDEL', claims, first)
+    else
+      local moved = redis.pcall('SORT', ready, 'BY', 'nosort', 'DESC', 'LIMIT', 0, n, 'STORE', l)
+      if moved ~= n then
+        -- SORT refused (an ACL): through Lua.
+        redis.call('DEL', l)
+        local es = redis.call('LRANGE', ready, -n, -1)
+        for j = #es, 1, -1000 do
+          local part = {}
+          for k = j, math.max(j - 1000 + 1, 1), -1 do part[#part + 1] = es[k] end
+          redis.call('RPUSH', l, unpack(part))
+        end
+      end
+    end
+    redis.call('LTRIM', ready, 0, -n - 1)
+  end
+  setClaimedEnd(meta, 0, 0)
+  return true
 end
 
 local function named(claims, pending, id)
@@ -96,6 +173,51 @@ if tonumber(ARGV[8]) + tonumber(ARGV[3]) > 999999999999999 then
   return redis.error_reply('QUGOBADVALUE ' .. KEYS[4] .. ' field seq: a claim of ' .. ARGV[3] .. ' tasks from ' .. ARGV[8] .. ' would count past 999999999999999')
 end
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
+local due0 = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
+-- The caller's claims in place, oldest first (ARGV from 12 on, their
+-- lists and done bitmaps from KEYS[11] on), from the first not trimmed.
+local given = 12
+local function inPlace(ask)
+  -- The finished claims at the very end leave it, oldest first.
+  local f, size = claimedEnd(KEYS[4])
+  local f0, t = f, given
+  while size > 0 and ARGV[t] == string.format('%d', f) do
+    local d = KEYS[2 * t - 12]
+    local n = recordCount(redis.call('HGET', KEYS[5], ARGV[t]))
+    if not n or n > size or not bitsOK(d) or redis.call('BITPOS', d, 0) < n then break end
+    redis.call('LTRIM', KEYS[1], 0, -n - 1)
+    redis.call('DEL', d)
+    redis.call('HDEL', KEYS[5], ARGV[t])
+    f, size, t = f + n, size - n, t + 1
+  end
+  given = t
+  local first = tonumber(ARGV[8])
+  local n = math.min(ask, redis.call('LLEN', KEYS[1]) - size)
+  if n <= 0 or size > 0 and f + size ~= first or size + n > tonumber(ARGV[11]) then
+    if f ~= f0 then setClaimedEnd(KEYS[4], f, size) end
+    return nil
+  end
+  if size == 0 then f = first end
+  setClaimedEnd(KEYS[4], f, size + n)
+  redis.call('HSET', KEYS[4], 'seq', string.format('%d', first + n))
+  redis.call('HSET', KEYS[5], ARGV[8], string.char(35) .. ARGV[8] .. '/' .. string.format('%d', n))
+  incr(KEYS[4], 'pending', n)
+  return {-3, n, first, size, f}
+end
+local fast = ARGV[10] == '1' and redis.call('EXISTS', KEYS[8]) == 0
+if fast and m4[2] ~= '1' and not (due0[2] and tonumber(due0[2]) <= tonumber(ARGV[7])) then
+  local r = inPlace(math.min(tonumber(ARGV[5]), tonumber(ARGV[3])))
+  if r then return r end
+end
+local _, held = claimedEnd(KEYS[4])
+if held > 0 then
+  -- Opened here when the caller named every claim in place.
+  local firsts, lists, bits = {}, {}, {}
+  for t = given, #ARGV do
+    firsts[#firsts + 1], lists[#lists + 1], bits[#bits + 1] = ARGV[t], KEYS[2 * t - 13], KEYS[2 * t - 12]
+  end
+  if not openEnd(KEYS[1], KEYS[4], KEYS[5], firsts, lists, bits) then return {-4} end
+end
 
 local now = tonumber(ARGV[7])
 local function nextDue()
@@ -153,24 +275,9 @@ if z[2] and tonumber(z[2]) <= now then
 end
 local want, budget, ask = tonumber(ARGV[3]), tonumber(ARGV[4]), math.min(tonumber(ARGV[5]), tonumber(ARGV[3]))
 local strict = ARGV[6] == '1'
-local refused = false
-if ARGV[10] == '1' and not waiting and redis.call('EXISTS', KEYS[8]) == 0 then
-  -- Redis's own move: the ask entries at the consuming end, in claim
-  -- order, into the claim's list; the caller reads them.
-  local n = math.min(ask, redis.call('LLEN', KEYS[1]))
-  if n > 0 then
-    local f, l = ARGV[8], KEYS[9]
-    local moved = redis.pcall('SORT', KEYS[1], 'BY', 'nosort', 'DESC', 'LIMIT', 0, n, 'STORE', l)
-    if moved == n then
-      redis.call('LTRIM', KEYS[1], 0, -n - 1)
-      redis.call('HSET', KEYS[4], 'seq', string.format('%d', tonumber(f) + n))
-      redis.call('HSET', KEYS[5], f, string.char(35) .. f .. '/' .. string.format('%d', n))
-      incr(KEYS[4], 'pending', n)
-      return {-3, n, tonumber(f)}
-    end
-    if type(moved) == 'number' then redis.call('DEL', l) end
-    refused = true
-  end
+if fast and not waiting then
+  local r = inPlace(ask)
+  if r then return r end
 end
 -- Each entry passes through Lua below: at most 1000 of them.
 want, ask = math.min(want, 1000), math.min(ask, 1000)
@@ -245,6 +352,6 @@ if marks then
   end
 end
 items[n + k + 1] = k
-items[n + k + 2] = (ids and 1 or 0) + (refused and 2 or 0)
+items[n + k + 2] = ids and 1 or 0
 items[n + k + 3] = first
 return items

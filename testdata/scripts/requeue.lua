@@ -22,6 +22,42 @@ local function incr(key, field, n)
   end
 end
 
+local endFirst, endSize
+local function claimedEnd(meta)
+  if not endFirst then
+    local r = redis.call('HMGET', meta, 'endfirst', 'endsize')
+    local f, n = tonumber(r[1] or ''), tonumber(r[2] or '')
+    if f and n and f >= 0 and n > 0 and f % 1 == 0 and n % 1 == 0 and f <= 999999999999999 then
+      endFirst, endSize = f, n
+    else
+      endFirst, endSize = 0, 0
+    end
+  end
+  return endFirst, endSize
+end
+local function setClaimedEnd(meta, f, n)
+  endFirst, endSize = f, n
+  if n > 0 then
+    redis.call('HSET', meta, 'endfirst', string.format('%d', f), 'endsize', string.format('%d', n))
+  else
+    redis.call('HDEL', meta, 'endfirst', 'endsize')
+  end
+end
+local function inEnd(meta, first)
+  local f, n = claimedEnd(meta)
+  first = tonumber(first)
+  if first and n > 0 and first >= f and first < f + n then return first - f end
+  return nil
+end
+local function recordCount(v)
+  if not v or string.byte(v, 1) ~= 35 then return nil end
+  local n = string.match(v, '^.%d+/(%d+)$')
+  if n then return tonumber(n) end
+  local ids = string.match(v, '^.%d+:(.*)$')
+  if ids and #ids > 0 and #ids % 20 == 0 then return #ids / 20 end
+  return nil
+end
+
 local function idsLater(v)
   return string.byte(v, 1) == 35 and string.match(v, '^.%d+/%d+$') ~= nil
 end
@@ -63,7 +99,8 @@ local function finished(claims, meta, first, l, d, k)
 end
 local function setDone(claims, meta, first, bits)
   local l, d = claimKeys(claims, first)
-  if redis.call('TYPE', l).ok ~= 'list' or not bitsOK(d) then return 0 end
+  local inPlace = redis.call('TYPE', l).ok ~= 'list'
+  if inPlace and not inEnd(meta, first) or not bitsOK(d) then return 0 end
   local before = redis.call('BITCOUNT', d)
   if before == 0 then
     redis.call('SET', d, bits)
@@ -74,7 +111,12 @@ local function setDone(claims, meta, first, bits)
     redis.call('DEL', tmp)
   end
   local k = redis.call('BITCOUNT', d) - before
-  finished(claims, meta, first, l, d, k)
+  if inPlace then
+    -- A claim in place leaves the end at a claim (claimend.go).
+    if k > 0 then incr(meta, 'pending', -k) end
+  else
+    finished(claims, meta, first, l, d, k)
+  end
   return k
 end
 local function takePlace(claims, meta, first, place)
