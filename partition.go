@@ -190,12 +190,31 @@ func (q *Queue) compareLayout(o *partition, got []string) (none bool, err error)
 // compareLayoutOn is layoutOn for a Queue that records no layout: it
 // compares, on conn, and a server with none passes.
 func (q *Queue) compareLayoutOn(ctx context.Context, conn redis.Conn, p *partition) error {
-	got, err := redis.Strings(redis.DoContext(conn, ctx, "HMGET", q.layoutKeyOf(p), "partitions", "queues", "index"))
+	got, err := q.readLayout(ctx, conn, p)
 	if err != nil {
 		return redisErr(fmt.Sprintf("check layout of partition %d", p.index), err)
 	}
 	_, err = q.compareLayout(p, got)
 	return err
+}
+
+// readLayout reads partition p's layout fields, on c.
+func (q *Queue) readLayout(ctx context.Context, c redis.Conn, p *partition) ([]string, error) {
+	return redis.Strings(redis.DoContext(c, ctx, "HMGET", q.layoutKeyOf(p), "partitions", "queues", "index"))
+}
+
+// layoutGone reports whether partition p holds no layout record, as a
+// server that lost its data does after this process saw one there; a
+// failed read reports false (the check that follows reports the error).
+func (q *Queue) layoutGone(ctx context.Context, p *partition) bool {
+	got, err := onPartition(ctx, p, fmt.Sprintf("check layout of partition %d", p.index), func(c redis.Conn) ([]string, error) {
+		return q.readLayout(ctx, c, p)
+	})
+	if err != nil {
+		return false
+	}
+	none, _ := q.compareLayout(p, got)
+	return none
 }
 
 // recheckLayout is checkLayout without the cache: for where the server may
@@ -260,7 +279,7 @@ func (q *Queue) layoutPass(ctx context.Context, p *partition, record bool) error
 	eachPartition(todo, func(i int, o *partition) {
 		what := fmt.Sprintf("check layout of partition %d", o.index)
 		recorded[i], errs[i] = onPartition(ctx, o, what, func(c redis.Conn) ([]string, error) {
-			return redis.Strings(redis.DoContext(c, ctx, "HMGET", q.layoutKeyOf(o), "partitions", "queues", "index"))
+			return q.readLayout(ctx, c, o)
 		})
 	})
 	if errs[0] != nil {

@@ -408,7 +408,8 @@ func (q *Queue) analysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 		plain := seen == "" && tenures == 0 // the first tenure, with no holder met on the way
 		// The server may have lost the layout since it was checked (a
 		// restart without persistence): check again with every tenure,
-		// before anything is claimed.
+		// before anything is claimed, and say so when it is gone.
+		gone := tenures > 0 && q.layoutGone(ctx, st.part)
 		if err := q.recheckLayout(ctx, st.part); err != nil {
 			st.release(context.WithoutCancel(ctx))
 			if layoutRefused(err) {
@@ -422,6 +423,10 @@ func (q *Queue) analysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 				return nil
 			}
 			continue
+		}
+		if gone {
+			cfg.Logger.Warn("queue: the layout record was gone from Redis, and is recorded again: did Redis lose its data (a restart without persistence)? The tasks it held then are lost",
+				"analyser", analyser, "partition", st.part.index)
 		}
 		seen = ""
 		tenures++

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -554,4 +555,32 @@ func TestDeadLetterWaitsForEarlierAcks(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, dead, 1)
 	assert.Equal(t, ids[1], dead[0].ID)
+}
+
+// A pool whose Redis loses its data (a restart without persistence) says
+// so when it takes the queue again and finds the layout record gone: the
+// tasks Redis held then are lost, and nothing else would tell.
+func TestPoolWarnsWhenRedisLostItsData(t *testing.T) {
+	t.Parallel()
+	q, servers := newTestQueue(t, 1, Config{})
+	s := servers[0]
+	var logs lockedBuffer
+	ctx, stop := context.WithCancel(bounded(t))
+	defer stop()
+	addAll(t, q, orderTasks(1, 1))
+	var runs atomic.Int32
+	errc := runPool(ctx, q, PoolConfig{LeaseTTL: time.Second, OnError: func(error) {},
+		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))},
+		func(context.Context, Task) error { runs.Add(1); return nil })
+	require.Eventually(t, func() bool { return runs.Load() == 1 }, 10*time.Second, time.Millisecond)
+	assert.NotContains(t, logs.String(), "layout record was gone")
+	keys, err := redis.Strings(s.do(t, "KEYS", "*"+q.cfg.Prefix+"*"), nil)
+	require.NoError(t, err)
+	require.NotEmpty(t, keys)
+	for _, k := range keys {
+		s.do(t, "DEL", k) // as a restart without persistence leaves it
+	}
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "layout record was gone") }, 10*time.Second, 5*time.Millisecond)
+	stop()
+	require.NoError(t, <-errc)
 }
