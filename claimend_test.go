@@ -300,3 +300,25 @@ func TestClaimInPlaceEndRoom(t *testing.T) {
 	c.st.entrySize.Store(4 << 10)
 	assert.Equal(t, int64(maxEndBytes/(4<<10)), c.st.endRoom(1))
 }
+
+// A claim whose entries are gone before its read, with the lease (a new
+// owner recovered them), says the lease is lost, not that a record is
+// malformed.
+func TestClaimInPlaceReadAfterTakeoverSaysLeaseLost(t *testing.T) {
+	t.Parallel()
+	q, srv, k := testQueue1(t)
+	ctx := context.Background()
+	addAll(t, q, orderTasks(1, 3))
+	c := inPlaceConsumer(t, q, 0)
+	got, err := c.Claim(ctx, 3)
+	require.NoError(t, err)
+	require.Len(t, got, 3)
+	require.NoError(t, c.st.openEnd(ctx)) // as the next owner's recovery does
+	srv.do(t, "DEL", claimListKey(k, "0"))
+	srv.do(t, "SET", k.lease, "999:other", "PX", 60000)
+	_, err = c.st.readInPlace(ctx, 0, 0, 0, 3)
+	require.ErrorIs(t, err, ErrLeaseLost)
+	srv.do(t, "SET", k.lease, c.st.value(), "PX", 60000)
+	_, err = c.st.readInPlace(ctx, 0, 0, 0, 3)
+	require.ErrorIs(t, err, ErrMalformed, "with the lease still held: malformed")
+}
