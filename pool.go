@@ -466,6 +466,11 @@ func warnEviction(ctx context.Context, p *partition, key string, log *slog.Logge
 			}
 			return "", nil
 		}
+		if _, refused := errors.AsType[redis.Error](err); !refused {
+			// Not an answer (ctx ended, the connection failed): the call
+			// may still be on its way on c, which takes no other.
+			return "", err
+		}
 		info, ierr := redis.String(redis.DoContext(c, ctx, "INFO", "memory"))
 		if ierr != nil {
 			return "", err
