@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/bits"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -238,8 +239,20 @@ func (s *store) ack(ctx context.Context, ts []ackRef, recs []historyRecord) (int
 		for _, b := range sent {
 			b.ids = "" // written, or the claim is finished
 		}
+		for _, b := range order {
+			b.acked.Add(int32(onesCount(bits[b])))
+		}
 	}
 	return done, nil
+}
+
+// onesCount counts the places set in bitmap b.
+func onesCount(b []byte) int {
+	n := 0
+	for _, x := range b {
+		n += bits.OnesCount8(x)
+	}
+	return n
 }
 
 // ackChunk is how many tasks one ack script finishes at most: maxMoved

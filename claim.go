@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -43,13 +44,14 @@ import (
 //	ARGV[9] = 1 to write the claimed task IDs in the claim's record, 0 when the caller
 //	writes them (with an ack: see idsLater),
 //	ARGV[10] = 1 to claim in place (below), ARGV[11] = the most entries the claimed end
-//	may hold after a claim in place (0: open it first), ARGV[12...] = the firsts of KEYS[11...]
+//	may hold after a claim in place (0: open it first), ARGV[12] = the most claims in
+//	place to trim, ARGV[13...] = the firsts of KEYS[11...]
 //
 // With ARGV[10] = 1, no cancel mark in the cancels hash, no scheduled task
 // due and the queue not paused, the claim is made in place (claimend.go),
 // with no entry passing through Lua and none copied: the finished claims
 // in place at the very end of the ready list leave it first (those of
-// KEYS[11...] that are the oldest in turn), then the next ARGV[5] entries
+// KEYS[11...] that are the oldest in turn, up to ARGV[12]), then the next ARGV[5] entries
 // past the claimed end become a claim in place, whose record holds its
 // count; the script returns {-3, n, first, off, endFirst}, off being the
 // entries of older claims in place between it and the consuming end, and
@@ -58,7 +60,7 @@ import (
 // the entries (a cancel mark, a due scheduled task, ARGV[10] = 0), or
 // finds the queue paused, nothing past the end or the end at ARGV[11]
 // entries, while the end is claimed in place, first opens the end (as
-// endScript does) when the claims of ARGV[12...] are those in place
+// endScript does) when the claims of ARGV[13...] are those in place
 // after the trims; else it returns {-4} (after those trims, before any
 // other write): the caller opens the end (endScript) and claims again.
 //
@@ -104,15 +106,16 @@ if tonumber(ARGV[8]) + tonumber(ARGV[3]) > $maxClaimSeq then
   return redis.error_reply('$badValueReply ' .. KEYS[4] .. ' field seq: a claim of ' .. ARGV[3] .. ' tasks from ' .. ARGV[8] .. ' would count past $maxClaimSeq')
 end
 `, `local due0 = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
--- The caller's claims in place, oldest first (ARGV from 12 on, their
+-- The caller's claims in place, oldest first (ARGV from 13 on, their
 -- lists and done bitmaps from KEYS[11] on), from the first not trimmed.
-local given = 12
+local given, trims = 13, tonumber(ARGV[12])
 local function inPlace(ask)
-  -- The finished claims at the very end leave it, oldest first.
+  -- The finished claims at the very end leave it, oldest first, up to
+  -- ARGV[12] of them.
   local f, size = claimedEnd(KEYS[4])
   local f0, t = f, given
-  while size > 0 and ARGV[t] == string.format('%d', f) do
-    local d = KEYS[2 * t - 12]
+  while size > 0 and t < 13 + trims and ARGV[t] == string.format('%d', f) do
+    local d = KEYS[2 * t - 14]
     local n = recordCount(redis.call('HGET', KEYS[5], ARGV[t]))
     if not n or n > size or not bitsOK(d) or redis.call('BITPOS', d, 0) < n then break end
     redis.call('LTRIM', KEYS[1], 0, -n - 1)
@@ -144,7 +147,7 @@ if held > 0 then
   -- Opened here when the caller named every claim in place.
   local firsts, lists, bits = {}, {}, {}
   for t = given, #ARGV do
-    firsts[#firsts + 1], lists[#lists + 1], bits[#bits + 1] = ARGV[t], KEYS[2 * t - 13], KEYS[2 * t - 12]
+    firsts[#firsts + 1], lists[#lists + 1], bits[#bits + 1] = ARGV[t], KEYS[2 * t - 15], KEYS[2 * t - 14]
   end
   if not openEnd(KEYS[1], KEYS[4], KEYS[5], firsts, lists, bits) then return {-4} end
 end
@@ -273,6 +276,11 @@ type claimBatch struct {
 	// (see idsAfter); only the acker reads or clears them.
 	ids string
 	at  time.Time
+
+	// acked counts the places of a claim in place that acks set, as
+	// Redis confirmed them (claimend.go): once it is the claim's size, the
+	// claim's next trim is certain.
+	acked atomic.Int32
 }
 
 // idsAfter is how old a claim whose record holds no IDs must be for an
@@ -379,19 +387,19 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 		first := strconv.FormatInt(s.nextFirst.Load(), 10)
 		keys := []any{s.keys.ready, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.keys.sched, s.keys.later, s.keys.cancels,
 			claimListKey(s.keys, first), claimDoneKey(s.keys, first)}
-		ends, held := s.endClaims()
-		args := []any{s.value(), s.ttlMS, n, maxBytes, pop, strictArg, time.Now().UnixMilli(), first, idsArg, nativeArg, s.endRoom(len(ends))}
+		ends, trims, off := s.endClaims()
+		args := []any{s.value(), s.ttlMS, n, maxBytes, pop, strictArg, time.Now().UnixMilli(), first, idsArg, nativeArg, s.endRoom(len(ends)), trims}
 		for _, f := range ends {
 			keys = append(keys, claimListKey(s.keys, f), claimDoneKey(s.keys, f))
 			args = append(args, f)
 		}
 		call := append(append([]any{len(keys)}, keys...), args...)
-		if nativeArg == 1 && held <= maxReadAhead {
-			// Few entries of this store's claims at the end, as far as it
-			// knows: they and a claim in place of up to pop tasks are
-			// read in the same round trip (claimThenRead), whatever the
-			// claim trims.
-			r, read, err = s.claimThenRead(ctx, call, held+min(pop, n))
+		if nativeArg == 1 {
+			// The claim trims only the claims whose acks Redis confirmed
+			// (certain to be finished), so where its entries will be is
+			// known: they are read in the same round trip
+			// (claimThenRead).
+			r, read, err = s.claimThenRead(ctx, call, off, min(pop, n))
 		} else {
 			r, err = redis.Values(s.script(ctx, "claim from", claimScript, call...))
 		}
@@ -464,7 +472,7 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 		return dst[:0], false, redisErr(s.what("claim from"), fmt.Errorf("%w: bad cancel count in claim reply", ErrMalformed))
 	}
 	marks := r[len(r)-3-k : len(r)-3]
-	return s.takeClaimed(ctx, r[:len(r)-3-k], first, written == 1, marks, dst)
+	return s.takeClaimed(ctx, r[:len(r)-3-k], first, written == 1, marks, dst, nil)
 }
 
 // pendingField is the field a claimed entry goes under in the dead-letter

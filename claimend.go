@@ -52,11 +52,6 @@ const maxEnd = 4 * maxMoved
 // far, as maxEnd bounds their number.
 const maxEndBytes = 16 << 20
 
-// maxReadAhead bounds the entries of a store's own claims at the end that
-// a claim reads with its script (claimThenRead): with more, its entries
-// are read after its reply, where it says they are.
-const maxReadAhead = 256
-
 // Meta hash fields of the claimed end.
 const (
 	endFirstField = "endfirst"
@@ -364,6 +359,7 @@ func (s *store) readInPlace(ctx context.Context, first, endFirst int64, off, n i
 type endClaim struct {
 	first int64
 	n     int
+	batch *claimBatch // its tasks' claim, whose acked counts its confirmed acks
 }
 
 // maxEndTrims bounds the claims in place a claim offers to trim.
@@ -371,18 +367,24 @@ const maxEndTrims = 16
 
 // endClaims returns the firsts of the store's claims in place, oldest
 // first, up to maxEndTrims: the claims a claim script may trim, or open
-// (the script checks them; stale ones change nothing); and the number of
-// their entries.
-func (s *store) endClaims() ([]string, int) {
+// (the script checks them; stale ones change nothing); how many of them,
+// from the oldest, are finished as Redis confirmed (trims: the claim
+// script trims those and no more); and the entries of the others (off:
+// where a claim's entries will be, as far as this store knows).
+func (s *store) endClaims() (firsts []string, trims, off int) {
 	s.endMu.Lock()
 	defer s.endMu.Unlock()
-	out := make([]string, 0, min(len(s.ends), maxEndTrims))
-	held := 0
+	firsts = make([]string, 0, min(len(s.ends), maxEndTrims))
+	done := true
 	for _, c := range s.ends[:min(len(s.ends), maxEndTrims)] {
-		out = append(out, strconv.FormatInt(c.first, 10))
-		held += c.n
+		firsts = append(firsts, strconv.FormatInt(c.first, 10))
+		if done = done && int(c.batch.acked.Load()) >= c.n; done {
+			trims++
+		} else {
+			off += c.n
+		}
 	}
-	return out, held
+	return firsts, trims, off
 }
 
 // endRoom is the claim script's ARGV[11] for a store with claims in place
@@ -398,9 +400,9 @@ func (s *store) endRoom(claims int) int64 {
 	return max(1, min(maxEnd, maxEndBytes/max(s.entrySize.Load(), 1)))
 }
 
-// claimedInPlace notes a claim in place of n tasks from first, the end
-// starting at endFirst after the claim's trims.
-func (s *store) claimedInPlace(endFirst, first int64, n int) {
+// claimedInPlace notes a claim in place of n tasks from first, batch, the
+// end starting at endFirst after the claim's trims.
+func (s *store) claimedInPlace(endFirst, first int64, n int, batch *claimBatch) {
 	s.endMu.Lock()
 	defer s.endMu.Unlock()
 	i := 0
@@ -411,7 +413,7 @@ func (s *store) claimedInPlace(endFirst, first int64, n int) {
 	if len(s.ends) > 0 && s.ends[0].first != endFirst {
 		s.ends = s.ends[:0] // not the end Redis holds: forget it
 	}
-	s.ends = append(s.ends, endClaim{first, n})
+	s.ends = append(s.ends, endClaim{first, n, batch})
 	s.endMade.Add(1)
 }
 
@@ -442,32 +444,36 @@ func (s *store) listsFirst(ctx context.Context) error {
 }
 
 // endRead is the read of the end made with a claim (claimThenRead): the
-// last entries of the ready list, as LRANGE gives them (toward the
-// consuming end), and the end's fields read after them.
+// entries of the ready list that end skip entries before its consuming
+// end, as LRANGE gives them (toward the consuming end), and the end's
+// fields read after them.
 type endRead struct {
 	raw         []any
+	skip        int
 	first, size int64
 }
 
 // of returns, in claim order, the entries of the claim in place of n
 // tasks from first, with off entries of older claims before it at the
-// end, which starts at endFirst, when this read holds them: the end still
-// started there when it was read, and the read reaches past the claim.
+// end, which starts at endFirst, when this read holds them: the read
+// skipped just those off entries, and the end still started there when
+// it was read.
 func (e *endRead) of(first, endFirst int64, off, n int) ([]any, bool) {
-	if e == nil || e.first != endFirst || first-endFirst != int64(off) || e.size < int64(off+n) || len(e.raw) < off+n {
+	if e == nil || e.skip != off || e.first != endFirst || first-endFirst != int64(off) || e.size < int64(off+n) || len(e.raw) < n {
 		return nil, false
 	}
-	es := slices.Clone(e.raw[len(e.raw)-off-n : len(e.raw)-off])
+	es := slices.Clone(e.raw[len(e.raw)-n:])
 	slices.Reverse(es)
 	return es, true
 }
 
 // claimThenRead runs the claim script (call: its key count, keys and
-// arguments) and, in the same round trip, reads the last k entries of the
-// ready list and the end's fields: where the store's claims at the end
-// and the claim's own are k entries at most, whatever the claim trimmed,
-// the claim's entries are among them, and the claim costs one round trip.
-func (s *store) claimThenRead(ctx context.Context, call []any, k int) ([]any, *endRead, error) {
+// arguments) and, in the same round trip, reads the k entries of the
+// ready list past the off entries at its consuming end, and the end's
+// fields: where the claim's trims leave off entries of older claims at
+// the end, a claim in place of up to k tasks is those entries, and the
+// claim costs one round trip.
+func (s *store) claimThenRead(ctx context.Context, call []any, off, k int) ([]any, *endRead, error) {
 	type replies struct {
 		r    []any
 		read *endRead
@@ -476,7 +482,7 @@ func (s *store) claimThenRead(ctx context.Context, call []any, k int) ([]any, *e
 		if err := claimScript.SendHash(c, call...); err != nil {
 			return replies{}, err
 		}
-		c.Send("LRANGE", s.keys.ready, -k, -1)
+		c.Send("LRANGE", s.keys.ready, -(off + k), -(off + 1))
 		sendEnd(c, s.keys)
 		if err := c.Flush(); err != nil {
 			return replies{}, err
@@ -497,7 +503,7 @@ func (s *store) claimThenRead(ctx context.Context, call []any, k int) ([]any, *e
 		if err != nil || lerr != nil || merr != nil {
 			return replies{r: r}, err // the entries, unread, are read apart
 		}
-		return replies{r, &endRead{es, f, size}}, nil
+		return replies{r, &endRead{es, off, f, size}}, nil
 	})
 	return got.r, got.read, err
 }

@@ -230,22 +230,36 @@ func TestClaimInPlaceEndIsBounded(t *testing.T) {
 	assert.Equal(t, int64(0), srv.do(t, "EXISTS", claimListKey(k, "0")))
 }
 
-// Behind more than maxReadAhead entries of its own claims, a claim reads
-// its entries after its reply, where the reply says they are.
-func TestClaimInPlaceReadsApartBehindManyEntries(t *testing.T) {
+// A claim knows where its entries will be: past the store's claims at
+// the end, less those whose acks Redis confirmed (the claim trims those
+// and no more), so that it reads them with its script however many
+// there are; and a claim whose acks are not all confirmed stays.
+func TestClaimInPlaceKnowsWhereItsEntriesAre(t *testing.T) {
 	t.Parallel()
-	q, _, _ := testQueue1(t)
+	q, srv, k := testQueue1(t)
 	ctx := context.Background()
-	ids := addAll(t, q, orderTasks(10, 40)) // 400 tasks
+	ids := addAll(t, q, orderTasks(10, 60)) // 600 tasks
 	c := inPlaceConsumer(t, q, 0)
 	c.st.entrySize.Store(64)
-	first := claimIDsOf(t, c, maxReadAhead+1)
-	assert.Equal(t, ids[:maxReadAhead+1], first)
-	_, held := c.st.endClaims()
-	assert.Equal(t, maxReadAhead+1, held)
+	a := claimIDsOf(t, c, 300)
+	b := claimIDsOf(t, c, 100)
+	assert.Equal(t, ids[:400], append(a, b...))
+	_, trims, off := c.st.endClaims()
+	assert.Equal(t, 0, trims)
+	assert.Equal(t, 400, off)
+
+	_, err := c.Ack(ctx, a...)
+	require.NoError(t, err)
+	_, err = c.Ack(ctx, b[:99]...)
+	require.NoError(t, err)
+	_, trims, off = c.st.endClaims()
+	assert.Equal(t, 1, trims, "the first claim's acks are all confirmed")
+	assert.Equal(t, 100, off)
 	got, err := c.st.claim(ctx, 5, 1<<20, false, nil)
 	require.NoError(t, err)
-	assert.Equal(t, ids[maxReadAhead+1:maxReadAhead+6], claimedIDs(got))
+	assert.Equal(t, ids[400:405], claimedIDs(got))
+	assert.Equal(t, int64(600-300), srv.do(t, "LLEN", k.ready), "the first claim trimmed, the second not")
+	assert.Equal(t, []any{[]byte("300"), []byte("105")}, srv.do(t, "HMGET", k.meta, endFirstField, endSizeField))
 }
 
 // A graceful stop with every held task running (nothing to hand back)

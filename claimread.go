@@ -20,13 +20,15 @@ import (
 // (marks: their 1-based indexes, in order) and, when the claim's record
 // does not hold its IDs (written false), keeps them for the acker to
 // write. It reports whether it dead-lettered any.
-func (s *store) takeClaimed(ctx context.Context, entries []any, first int64, written bool, marks []any, dst []claimed) ([]claimed, bool, error) {
+func (s *store) takeClaimed(ctx context.Context, entries []any, first int64, written bool, marks []any, dst []claimed, batch *claimBatch) ([]claimed, bool, error) {
 	out := dst[:0]
 	if cap(out) < len(entries) {
 		out = make([]claimed, 0, len(entries))
 	}
 	s.nextFirst.Store(first + int64(len(entries)))
-	batch := &claimBatch{record: strconv.FormatInt(first, 10)}
+	if batch == nil {
+		batch = &claimBatch{record: strconv.FormatInt(first, 10)}
+	}
 	var bad []burial
 	// The reply's buffers are the claimer's own: payloads keep pointing
 	// into them, and the IDs share one string, place by place, as the
@@ -101,7 +103,8 @@ func (s *store) claimMoved(ctx context.Context, r []any, read *endRead, maxBytes
 		return dst[:0], false, redisErr(s.what("claim from"), fmt.Errorf("%w: unexpected claim reply %v", ErrMalformed, r))
 	}
 	s.nextFirst.Store(first + int64(n))
-	s.claimedInPlace(endFirst, first, n)
+	batch := &claimBatch{record: strconv.FormatInt(first, 10)}
+	s.claimedInPlace(endFirst, first, n, batch)
 	entries, ok := read.of(first, endFirst, off, n)
 	var err error
 	if !ok {
@@ -119,7 +122,7 @@ func (s *store) claimMoved(ctx context.Context, r []any, read *endRead, maxBytes
 			break
 		}
 	}
-	out, buried, err := s.takeClaimed(ctx, entries, first, false, nil, dst)
+	out, buried, err := s.takeClaimed(ctx, entries, first, false, nil, dst, batch)
 	if err != nil || keep == n {
 		return out, buried, err
 	}

@@ -174,15 +174,16 @@ if tonumber(ARGV[8]) + tonumber(ARGV[3]) > 999999999999999 then
 end
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 local due0 = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
--- The caller's claims in place, oldest first (ARGV from 12 on, their
+-- The caller's claims in place, oldest first (ARGV from 13 on, their
 -- lists and done bitmaps from KEYS[11] on), from the first not trimmed.
-local given = 12
+local given, trims = 13, tonumber(ARGV[12])
 local function inPlace(ask)
-  -- The finished claims at the very end leave it, oldest first.
+  -- The finished claims at the very end leave it, oldest first, up to
+  -- ARGV[12] of them.
   local f, size = claimedEnd(KEYS[4])
   local f0, t = f, given
-  while size > 0 and ARGV[t] == string.format('%d', f) do
-    local d = KEYS[2 * t - 12]
+  while size > 0 and t < 13 + trims and ARGV[t] == string.format('%d', f) do
+    local d = KEYS[2 * t - 14]
     local n = recordCount(redis.call('HGET', KEYS[5], ARGV[t]))
     if not n or n > size or not bitsOK(d) or redis.call('BITPOS', d, 0) < n then break end
     redis.call('LTRIM', KEYS[1], 0, -n - 1)
@@ -214,7 +215,7 @@ if held > 0 then
   -- Opened here when the caller named every claim in place.
   local firsts, lists, bits = {}, {}, {}
   for t = given, #ARGV do
-    firsts[#firsts + 1], lists[#lists + 1], bits[#bits + 1] = ARGV[t], KEYS[2 * t - 13], KEYS[2 * t - 12]
+    firsts[#firsts + 1], lists[#lists + 1], bits[#bits + 1] = ARGV[t], KEYS[2 * t - 15], KEYS[2 * t - 14]
   end
   if not openEnd(KEYS[1], KEYS[4], KEYS[5], firsts, lists, bits) then return {-4} end
 end
