@@ -312,23 +312,19 @@ func (s *store) openEndOnce(ctx context.Context) error {
 // store's other steps: listsFirst): the claim's entries are then in its
 // list, read next.
 func (s *store) readInPlace(ctx context.Context, first, endFirst int64, off, n int) ([]any, error) {
-	type read struct {
-		entries []any
-		moved   bool
-	}
-	got, err := onPartition(ctx, s.part, s.what("read claim of"), func(c redis.Conn) (read, error) {
+	return onPartition(ctx, s.part, s.what("read claim of"), func(c redis.Conn) ([]any, error) {
 		c.Send("LRANGE", s.keys.ready, -(off + n), -(off + 1))
 		sendEnd(c, s.keys)
 		if err := c.Flush(); err != nil {
-			return read{}, err
+			return nil, err
 		}
 		es, err := redis.Values(receiveContext(c, ctx))
 		f, size, merr := endFields(receiveContext(c, ctx))
 		if err = errors.Join(err, merr); err != nil {
-			return read{}, err
+			return nil, err
 		}
-		if f == endFirst && first-f == int64(off) && first+int64(n) <= f+size && len(es) == n {
-			return read{entries: es}, nil
+		if mine, ok := (&endRead{es, off, f, size}).of(first, endFirst, off, n); ok {
+			return mine, nil
 		}
 		// Opened since: the claim is in its list.
 		l := claimListKey(s.keys, strconv.FormatInt(first, 10))
@@ -337,21 +333,12 @@ func (s *store) readInPlace(ctx context.Context, first, endFirst int64, off, n i
 			// Gone with the lease (a new owner's recovery put the claim
 			// back), or malformed.
 			if v, lerr := redis.String(redis.DoContext(c, ctx, "GET", s.keys.lease)); lerr == nil && v != s.value() || lerr == redis.ErrNil {
-				return read{}, ErrLeaseLost
+				return nil, ErrLeaseLost
 			}
 			err = fmt.Errorf("%w: %s holds %d entries, the claim took %d", ErrMalformed, l, len(es), n)
 		}
-		return read{es, true}, err
+		return es, err
 	})
-	if err != nil {
-		return nil, err
-	}
-	if !got.moved {
-		// LRANGE reads toward the consuming end: the claim's first task
-		// is the last entry read.
-		slices.Reverse(got.entries)
-	}
-	return got.entries, nil
 }
 
 // endClaim is a claim in place this store made, as far as it knows still
