@@ -11,8 +11,9 @@ import (
 // of its own: workers hand it their tasks' claim places, each into one of
 // a few shards (with a mutex each, not a channel send, so that two
 // workers running on two cores do not pass one lock's memory back and
-// forth for every task), and it takes everything handed to it at once, so
-// that one ack script serves many tasks, with a bitmap per claim.
+// forth for every task), and it takes everything handed to it at once
+// (under load, what comes within ackLinger too), so that one ack script
+// serves many tasks, with a bitmap per claim.
 //
 // A task goes to the shard of its OrderID, so that the acks of one OrderID
 // keep the order they were made in (a task's ack is handed over before
@@ -41,6 +42,13 @@ type acker struct {
 	refs  []ackRef
 	recs  []historyRecord
 	thens []func()
+
+	// last is how many acks the loop's last take gathered, and linger the
+	// timer of its wait for more, lingerFor long (ackLinger; see lingers);
+	// the loop's only.
+	last      int
+	linger    *time.Timer
+	lingerFor time.Duration
 }
 
 // ackShard holds the finished tasks of some workers until the acker takes
@@ -65,7 +73,7 @@ const ackShards = 16
 func ackShardOf(id uint64) int { return workerOf(id, ackShards) }
 
 func newAcker(s *session) *acker {
-	return &acker{s: s, shards: make([]ackShard, ackShards), wake: make(chan struct{}, 1)}
+	return &acker{s: s, shards: make([]ackShard, ackShards), wake: make(chan struct{}, 1), lingerFor: ackLinger}
 }
 
 // ack hands a finished task to the acker; its delivery started at
@@ -123,8 +131,13 @@ func (a *acker) close() {
 // acker keeps until the next take; it returns nothing once the acker is
 // closed and everything has been taken.
 func (a *acker) take() (refs []ackRef, recs []historyRecord, thens []func()) {
+	defer func() { a.last = len(a.refs) }()
 	for {
 		if a.gather() {
+			if a.lingers() {
+				a.wait(a.lingerFor)
+				a.gatherMore()
+			}
 			return a.refs, a.recs, a.thens
 		}
 		if a.closed.Load() {
@@ -143,12 +156,54 @@ func (a *acker) take() (refs []ackRef, recs []historyRecord, thens []func()) {
 	}
 }
 
+// Under load, the acker waits ackLinger after a take that found fewer
+// than ackLingerFull acks, once the take before found ackLingerFrom or
+// more, and takes what came meanwhile with them: one ack script then
+// serves a few times more tasks (its cost in Redis is mostly the same
+// whatever their number), at the price of acks confirmed that much
+// later. A pool that acks a task now and then sends each at once.
+const (
+	ackLinger     = 500 * time.Microsecond
+	ackLingerFrom = 256
+	ackLingerFull = 2048
+)
+
+// lingers reports whether the loop, having gathered a.refs, is to wait
+// for more (see ackLinger): not once closed, nor when the acks it holds
+// fill an ack script (ackChunk: 1000 with a retention) or half the
+// Prefetch that the fetcher stops claiming at.
+func (a *acker) lingers() bool {
+	full := min(ackLingerFull, a.s.st.ackChunk(), a.s.cfg.Prefetch/2)
+	return a.last >= ackLingerFrom && len(a.refs) < full && !a.closed.Load()
+}
+
+// wait waits d, or until the acker is closed.
+func (a *acker) wait(d time.Duration) {
+	if a.linger == nil {
+		a.linger = time.NewTimer(d)
+	} else {
+		a.linger.Reset(d)
+	}
+	select {
+	case <-a.linger.C:
+	case <-a.wake: // a close, or an add that found the loop asleep before
+		a.linger.Stop()
+	}
+}
+
 // gather moves every shard's tasks into the acker's buffers, counting
 // them taken, and reports whether there were any.
 func (a *acker) gather() bool {
 	clear(a.recs)
 	clear(a.thens)
 	a.refs, a.recs, a.thens = a.refs[:0], a.recs[:0], a.thens[:0]
+	return a.gatherMore()
+}
+
+// gatherMore moves every shard's tasks into the acker's buffers, after
+// those there, counting them taken, and reports whether the buffers hold
+// any.
+func (a *acker) gatherMore() bool {
 	for i := range a.shards {
 		sh := &a.shards[i]
 		sh.mu.Lock()
@@ -168,8 +223,8 @@ func (a *acker) gather() bool {
 }
 
 // loop acknowledges finished tasks in batches until closed: it waits for
-// one, takes every one finished by then, and acknowledges them, ackChunk
-// to a call.
+// one, takes every one finished by then (under load, by ackLinger later:
+// see lingers), and acknowledges them, ackChunk to a call.
 func (a *acker) loop() {
 	var b backoff
 	for {

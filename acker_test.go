@@ -195,3 +195,97 @@ func TestAckerKeepsEachOrderIDsAcksInOrder(t *testing.T) {
 	assert.Equal(t, orders*per, seen)
 	assert.Zero(t, wrong, "acks of an OrderID out of the order they were made")
 }
+
+// Under load (its last take found ackLingerFrom acks or more) the acker
+// waits before it hands out a take of fewer than ackLingerFull, and the
+// acks made meanwhile go with it; a close ends the wait at once.
+func TestAckerLingersUnderLoad(t *testing.T) {
+	t.Parallel()
+	a := newAcker(&session{st: &store{}, cfg: PoolConfig{Prefetch: 4096}})
+	a.lingerFor = time.Hour // ended by the wake-ups below; a take that is not woken times the test out
+	take := func(last int) <-chan []string {
+		a.last = last
+		got := make(chan []string, 1)
+		go func() {
+			refs, _, _ := a.take()
+			ids := make([]string, len(refs))
+			for i, r := range refs {
+				ids[i] = r.id
+			}
+			got <- ids
+		}()
+		return got
+	}
+	a.ack(claimed{Task: Task{ID: "first"}}, time.Time{})
+	got := take(ackLingerFrom)
+	// Once the take holds the first ack, it waits: the next ones join it.
+	require.Eventually(t, func() bool { return a.taken.Load() == 1 }, 10*time.Second, time.Millisecond)
+	for i := range 5 {
+		a.ack(claimed{Task: Task{ID: strconv.Itoa(i)}}, time.Time{})
+	}
+	select {
+	case ids := <-got:
+		t.Fatalf("the take did not wait for more acks: it handed out %v", ids)
+	case <-time.After(50 * time.Millisecond):
+	}
+	notify(a.wake) // as a close does; a wake-up sent before the wait began ends it too
+	assert.Equal(t, []string{"first", "0", "1", "2", "3", "4"}, <-got)
+
+	// The close ends a wait.
+	a.ack(claimed{Task: Task{ID: "last"}}, time.Time{})
+	got = take(ackLingerFrom)
+	require.Eventually(t, func() bool { return a.taken.Load() == 7 }, 10*time.Second, time.Millisecond)
+	a.close()
+	select {
+	case ids := <-got:
+		assert.Equal(t, []string{"last"}, ids)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the close did not end the take's wait")
+	}
+}
+
+// An acker that is not under load hands out each take at once: a pool
+// that finishes a task now and then has it acknowledged without delay.
+// So does one under load whose take is full enough, and one whose
+// Prefetch its acks would hold up.
+func TestAckerDoesNotLingerWithoutLoad(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name           string
+		prefetch, last int
+		acks           int
+		retention      bool // its acks go maxClaim to a script
+	}{
+		{"idle", 4096, 0, 1, false},
+		{"a trickle", 4096, ackLingerFrom - 1, 10, false},
+		{"a full take", 8192, ackLingerFrom, ackLingerFull, false},
+		{"half the Prefetch", 512, ackLingerFrom, 256, false},
+		{"an ack script's worth, with a retention", 8192, ackLingerFrom, maxClaim, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			st := &store{}
+			if c.retention {
+				st.retention = time.Hour
+			}
+			a := newAcker(&session{st: st, cfg: PoolConfig{Prefetch: c.prefetch}})
+			a.lingerFor = time.Hour
+			a.last = c.last
+			for i := range c.acks {
+				a.ack(claimed{Task: Task{ID: strconv.Itoa(i)}}, time.Time{})
+			}
+			got := make(chan int, 1)
+			go func() {
+				refs, _, _ := a.take()
+				got <- len(refs)
+			}()
+			select {
+			case n := <-got:
+				assert.Equal(t, c.acks, n)
+			case <-time.After(10 * time.Second):
+				a.close()
+				t.Fatal("the take waited for more acks")
+			}
+			assert.Equal(t, c.acks, a.last, "the take's count is kept for the next")
+		})
+	}
+}
