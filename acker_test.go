@@ -202,7 +202,7 @@ func TestAckerKeepsEachOrderIDsAcksInOrder(t *testing.T) {
 func TestAckerLingersUnderLoad(t *testing.T) {
 	t.Parallel()
 	a := newAcker(&session{st: &store{}, cfg: PoolConfig{Prefetch: 4096}})
-	a.lingerFor = time.Hour // ended by the wake-ups below; a take that is not woken times the test out
+	a.lingerFor = time.Hour // ended by the wake-ups below
 	take := func(last int) <-chan []string {
 		a.last = last
 		got := make(chan []string, 1)
@@ -229,7 +229,13 @@ func TestAckerLingersUnderLoad(t *testing.T) {
 	case <-time.After(50 * time.Millisecond):
 	}
 	notify(a.wake) // as a close does; a wake-up sent before the wait began ends it too
-	assert.Equal(t, []string{"first", "0", "1", "2", "3", "4"}, <-got)
+	select {
+	case ids := <-got:
+		assert.Equal(t, []string{"first", "0", "1", "2", "3", "4"}, ids)
+	case <-time.After(10 * time.Second):
+		a.close()
+		t.Fatal("a wake-up did not end the take's wait")
+	}
 
 	// The close ends a wait.
 	a.ack(claimed{Task: Task{ID: "last"}}, time.Time{})
