@@ -142,6 +142,13 @@ type partition struct {
 // (probeServers). It costs a few round trips per partition the first
 // time, run side by side, and nothing afterwards.
 func (q *Queue) checkLayout(ctx context.Context, p *partition) error {
+	_, err := q.checkLayoutOf(ctx, p)
+	return err
+}
+
+// checkLayoutOf is checkLayout, and reports too whether p held no layout
+// record when this call read it (see layoutPassOf).
+func (q *Queue) checkLayoutOf(ctx context.Context, p *partition) (none bool, err error) {
 	if !q.records.Load() && q.records.CompareAndSwap(false, true) {
 		// What was verified while the Queue only read may be gone since
 		// (a server restarted, its new connections only compared): the
@@ -150,7 +157,7 @@ func (q *Queue) checkLayout(ctx context.Context, p *partition) error {
 			o.checked.Store(false)
 		}
 	}
-	return q.layoutPass(ctx, p, true)
+	return q.layoutPassOf(ctx, p, true)
 }
 
 // layoutOn records (on first use) or compares the layout of partition p,
@@ -203,25 +210,13 @@ func (q *Queue) readLayout(ctx context.Context, c redis.Conn, p *partition) ([]s
 	return redis.Strings(redis.DoContext(c, ctx, "HMGET", q.layoutKeyOf(p), "partitions", "queues", "index"))
 }
 
-// layoutGone reports whether partition p holds no layout record, as a
-// server that lost its data does after this process saw one there; a
-// failed read reports false (the check that follows reports the error).
-func (q *Queue) layoutGone(ctx context.Context, p *partition) bool {
-	got, err := onPartition(ctx, p, fmt.Sprintf("check layout of partition %d", p.index), func(c redis.Conn) ([]string, error) {
-		return q.readLayout(ctx, c, p)
-	})
-	if err != nil {
-		return false
-	}
-	none, _ := q.compareLayout(p, got)
-	return none
-}
-
 // recheckLayout is checkLayout without the cache: for where the server may
-// have lost what it recorded.
-func (q *Queue) recheckLayout(ctx context.Context, p *partition) error {
+// have lost what it recorded. gone reports that the server held no layout
+// record when it was read, as a server that lost its data does after this
+// process saw one there (false when the read failed: err says so).
+func (q *Queue) recheckLayout(ctx context.Context, p *partition) (gone bool, err error) {
 	p.checked.Store(false)
-	return q.checkLayout(ctx, p)
+	return q.checkLayoutOf(ctx, p)
 }
 
 // CheckLayout compares the layout recorded in every server (partition
@@ -256,17 +251,25 @@ func (q *Queue) verifyLayout(ctx context.Context, p *partition) error {
 // process that recorded another one meanwhile). p's own errors are
 // returned; another partition's Redis errors only leave it unverified.
 func (q *Queue) layoutPass(ctx context.Context, p *partition, record bool) error {
+	_, err := q.layoutPassOf(ctx, p, record)
+	return err
+}
+
+// layoutPassOf is layoutPass, and reports too whether p held no layout
+// record when the pass read it (false when it did not read it: verified
+// already, or the read failed).
+func (q *Queue) layoutPassOf(ctx context.Context, p *partition, record bool) (pNone bool, err error) {
 	if p.checked.Load() {
-		return nil
+		return false, nil
 	}
 	select {
 	case q.layoutSem <- struct{}{}:
 	case <-ctx.Done():
-		return fmt.Errorf("queue: check layout of partition %d: %w", p.index, ctx.Err())
+		return false, fmt.Errorf("queue: check layout of partition %d: %w", p.index, ctx.Err())
 	}
 	defer func() { <-q.layoutSem }()
 	if p.checked.Load() {
-		return nil
+		return false, nil
 	}
 	todo := []*partition{p}
 	for _, o := range q.parts {
@@ -283,7 +286,7 @@ func (q *Queue) layoutPass(ctx context.Context, p *partition, record bool) error
 		})
 	})
 	if errs[0] != nil {
-		return errs[0]
+		return false, errs[0]
 	}
 	var unrecorded []*partition
 	for i, o := range todo {
@@ -292,25 +295,26 @@ func (q *Queue) layoutPass(ctx context.Context, p *partition, record bool) error
 		}
 		none, err := q.compareLayout(o, recorded[i])
 		if err != nil {
-			return err
+			return false, err
 		}
 		if none {
 			unrecorded = append(unrecorded, o)
 		}
 	}
+	pNone = slices.Contains(unrecorded, p)
 	for i, o := range todo {
 		if errs[i] == nil && !slices.Contains(unrecorded, o) {
 			o.checked.Store(true)
 		}
 	}
 	if !record || len(unrecorded) == 0 {
-		return nil
+		return pNone, nil
 	}
 	if err := q.probeServers(ctx, unrecorded); err != nil {
-		if layoutRefused(err) || slices.Contains(unrecorded, p) {
-			return err
+		if layoutRefused(err) || pNone {
+			return pNone, err
 		}
-		return nil // p is verified; the others wait for a later pass
+		return pNone, nil // p is verified; the others wait for a later pass
 	}
 	errs = errs[:len(unrecorded)]
 	eachPartition(unrecorded, func(i int, o *partition) {
@@ -326,14 +330,14 @@ func (q *Queue) layoutPass(ctx context.Context, p *partition, record bool) error
 		var le *LayoutError
 		switch {
 		case errors.As(errs[i], &le):
-			return errs[i]
+			return pNone, errs[i]
 		case errs[i] == nil:
 			o.checked.Store(true)
 		case o == p:
-			return errs[i]
+			return pNone, errs[i]
 		}
 	}
-	return nil
+	return pNone, nil
 }
 
 // layoutProbeTTL bounds the life of a layout probe key that could not be

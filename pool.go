@@ -409,8 +409,8 @@ func (q *Queue) analysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 		// The server may have lost the layout since it was checked (a
 		// restart without persistence): check again with every tenure,
 		// before anything is claimed, and say so when it is gone.
-		gone := tenures > 0 && q.layoutGone(ctx, st.part)
-		if err := q.recheckLayout(ctx, st.part); err != nil {
+		gone, err := q.recheckLayout(ctx, st.part)
+		if err != nil {
 			st.release(context.WithoutCancel(ctx))
 			if layoutRefused(err) {
 				return err
@@ -424,7 +424,7 @@ func (q *Queue) analysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 			}
 			continue
 		}
-		if gone {
+		if gone && tenures > 0 {
 			cfg.Logger.Warn("queue: the layout record was gone from Redis, and is recorded again: did Redis lose its data (a restart without persistence)? The tasks it held then are lost",
 				"analyser", analyser, "partition", st.part.index)
 		}
