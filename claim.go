@@ -342,6 +342,15 @@ const (
 	maxMoved = 4000
 )
 
+// firstClaim bounds the claims of a store that claims in place until one
+// took entries. Until then the entry size is unknown (entryGuess is
+// MaxPayload's): a claim in place, which reads its entries after, cannot
+// be sized, and the script's own loop claims, each entry through Lua. A
+// small one returns in a fraction of the time maxClaim's would take, and
+// a pool's workers start on it while the next claim, sized by it, is made
+// in place.
+const firstClaim = 128
+
 // claim claims up to n tasks whose entries total at most maxBytes (at
 // least one task all the same, unless strict: then it returns errNoRoom
 // when the first task does not fit), appending them to dst[:0] (nil, or a
@@ -373,12 +382,15 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 	if s.native.Load() && !s.exactNext.Swap(false) {
 		nativeArg = 1
 		n = min(n, maxMoved)
+		if s.entrySize.Load() == 0 {
+			n = min(n, firstClaim)
+		}
 	} else {
 		n = min(n, maxClaim)
 	}
 	// Pop as many at first as fit the budget at the entry size seen so
 	// far: one RPOP for small entries, a few for large ones.
-	pop := int(min(int64(n), max(1, maxBytes/max(s.entrySize.Load(), 1))))
+	pop := int(min(int64(n), max(1, maxBytes/s.entryGuess())))
 	var r []any
 	var read *endRead
 	var err error
@@ -473,6 +485,28 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 	}
 	marks := r[len(r)-3-k : len(r)-3]
 	return s.takeClaimed(ctx, r[:len(r)-3-k], first, written == 1, marks, dst, nil)
+}
+
+// entryGuess returns the size to expect of the next entries: the mean of
+// the last claim's, or before any, the largest an entry may be.
+func (s *store) entryGuess() int64 {
+	if n := s.entrySize.Load(); n > 0 {
+		return n
+	}
+	return max(s.maxEntry, 1)
+}
+
+// learnSeq takes seq, a claim count read from the meta hash, as the first
+// seq of the next claim when it is past the one the store would propose:
+// a pool's first claim is not refused for a guess of 0 (seqReply), a
+// round trip at its start.
+func (s *store) learnSeq(seq int64) {
+	for {
+		cur := s.nextFirst.Load()
+		if seq <= cur || s.nextFirst.CompareAndSwap(cur, seq) {
+			return
+		}
+	}
 }
 
 // pendingField is the field a claimed entry goes under in the dead-letter

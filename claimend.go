@@ -384,7 +384,7 @@ func (s *store) endRoom(claims int) int64 {
 	if claims >= maxEndTrims {
 		return 0
 	}
-	return max(1, min(maxEnd, maxEndBytes/max(s.entrySize.Load(), 1)))
+	return max(1, min(maxEnd, maxEndBytes/s.entryGuess()))
 }
 
 // claimedInPlace notes a claim in place of n tasks from first, batch, the

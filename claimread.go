@@ -67,7 +67,9 @@ func (s *store) takeClaimed(ctx context.Context, entries []any, first int64, wri
 		}
 		out = append(out, c)
 	}
-	s.entrySize.Store(int64(max(size/max(len(entries), 1), 1)))
+	if len(entries) > 0 {
+		s.entrySize.Store(int64(max(size/len(entries), 1)))
+	}
 	all := ids.String()
 	if !written {
 		// Its record holds no IDs: the pool's first ack of one of its

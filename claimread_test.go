@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"strconv"
@@ -186,6 +187,41 @@ func movingConsumer(t *testing.T, q *Queue) *Consumer {
 	c := lazyConsumer(t, q)
 	c.st.native.Store(true)
 	return c
+}
+
+// A store that claims in place and has not seen an entry yet claims at
+// most firstClaim tasks: with a pool's budget, through the script's own
+// loop (the entries guessed as large as MaxPayload allows, the end could
+// not take them: no end is claimed); the next
+// claim, sized by them, is made in place, as large as asked.
+func TestFirstClaimIsSmall(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	addAll(t, q, orderTasks(4, 2*firstClaim))
+	c := movingConsumer(t, q)
+	require.Zero(t, c.st.entrySize.Load(), "no entry seen")
+	got, err := c.st.claim(ctx, 4*firstClaim, 64<<20, false, nil)
+	require.NoError(t, err)
+	assert.Len(t, got, firstClaim)
+	f, n, err := endFields(s.do(t, "HMGET", k.meta, endFirstField, endSizeField), nil)
+	require.NoError(t, err)
+	assert.Zero(t, f+n, "no end claimed")
+	assert.Positive(t, c.st.entrySize.Load(), "the entries' size is known")
+
+	more, err := c.st.claim(ctx, 4*firstClaim, 64<<20, false, nil)
+	require.NoError(t, err)
+	assert.Len(t, more, 4*firstClaim)
+	assert.Equal(t, fmt.Sprintf("#%d/%d", firstClaim, 4*firstClaim), claimRecords(t, s, k)[fmt.Sprint(firstClaim)], "made in place")
+
+	// A store that does not claim in place claims what it is asked from
+	// the first.
+	require.NoError(t, c.Release(ctx))
+	plain := consumeFirst(t, q)
+	require.Zero(t, plain.st.entrySize.Load())
+	got, err = plain.st.claim(ctx, 3*firstClaim, 64<<20, false, nil)
+	require.NoError(t, err)
+	assert.Len(t, got, 3*firstClaim)
 }
 
 // A claim in place: the tasks come in claim order, the record holds their

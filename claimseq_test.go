@@ -99,3 +99,36 @@ func TestClaimCountNeverPassesItsBound(t *testing.T) {
 	require.ErrorIs(t, err, ErrWrongType)
 	assert.Equal(t, int64(2), s.do(t, "LLEN", k.ready))
 }
+
+// A store's recovery reads the queue's claim count: its first claim
+// proposes the next seq, not 0, and is not refused first (a round trip at
+// every pool's start). Claims in place left by an earlier owner are opened
+// into claim lists, read again, and put back in claim order.
+func TestRecoveryLearnsTheNextSeq(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := context.Background()
+	ids := addAll(t, q, orderTasks(1, 40))
+	c := movingConsumer(t, q)
+	c.st.entrySize.Store(64)
+	first := claimIDsOf(t, c, 10)
+	second := claimIDsOf(t, c, 10)
+	require.Equal(t, ids[:20], append(first, second...))
+	f, n, err := endFields(s.do(t, "HMGET", k.meta, endFirstField, endSizeField), nil)
+	require.NoError(t, err)
+	require.Equal(t, [2]int64{0, 20}, [2]int64{f, n}, "both claims in place")
+
+	seq, err := redis.Int64(s.do(t, "HGET", k.meta, "seq"), nil)
+	require.NoError(t, err)
+	require.Equal(t, int64(20), seq)
+	s.do(t, "DEL", k.lease)    // its owner gone: its claims stay pending
+	next := consumeFirst(t, q) // recovers
+	assert.Equal(t, seq, next.st.nextFirst.Load(), "the next claim proposes the queue's next seq")
+	f, n, err = endFields(s.do(t, "HMGET", k.meta, endFirstField, endSizeField), nil)
+	require.NoError(t, err)
+	assert.Zero(t, f+n, "the end was opened")
+	got, err := next.Claim(ctx, 40)
+	require.NoError(t, err)
+	assert.Equal(t, ids, taskIDs(got), "the claims in place went back first, in claim order")
+	assert.Equal(t, int64(1), s.do(t, "HEXISTS", k.claims, "20"), "claimed from the seq read")
+}

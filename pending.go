@@ -34,7 +34,8 @@ type store struct {
 	refencing   string                 // the nonce of a refence not answered yet (under leaseLock)
 	unanswered  string                 // the nonce of acquisition tries whose reply was lost, until one is answered; "" when none
 	acquired    time.Time              // when the try that took the lease was sent: Redis's TTL runs from then at the latest
-	entrySize   atomic.Int64           // the mean entry size of the last claim (at first, MaxPayload)
+	entrySize   atomic.Int64           // the mean entry size of the last claim that took entries; 0: none yet (see entryGuess)
+	maxEntry    int64                  // the largest entry a task makes: its header and MaxPayload
 	nextDue     atomic.Int64           // the due time (ms) of the next scheduled task, as the last empty claim (or idle wait) saw it; -1: none
 	nextFirst   atomic.Int64           // the first seq of the next claim, as far as this store knows (see seqReply)
 	idsLater    bool                   // its claims leave their task IDs to the caller's acks (idsLater): a pool's store
@@ -83,8 +84,8 @@ func (q *Queue) newStore(ctx context.Context, analyser int, ttl time.Duration, m
 		closed:   &q.closed,
 		ownPools: q.ownPools,
 		deaths:   &q.deaths,
+		maxEntry: int64(entryHeader + q.cfg.MaxPayload),
 	}
-	s.entrySize.Store(int64(entryHeader + q.cfg.MaxPayload))
 	s.setSchedHead(-1, -1)
 	return s, nil
 }

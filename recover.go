@@ -204,32 +204,46 @@ func claimLists(ctx context.Context, c redis.Conn, k queueKeys, records map[stri
 // it read it.
 var errEndMoved = errors.New("queue: the claimed end changed while it was read")
 
+// pendingRead is what readPending read of a queue.
+type pendingRead struct {
+	recs    []pendingRecord
+	claims  []string // the fields of its claim-sequence records
+	endSize int64    // the tasks of its claims in place at the end (0: the end is open)
+	seq     int64    // the meta hash's claim count: the first seq of the next claim
+}
+
 // readPending reads a queue's pending records, in claim order: the tasks
 // of its claim records not finished yet, and the records of the pending
 // hash of earlier releases; and the fields of its claim-sequence records.
 // Records that do not decode come last, with err set, and so do tasks no
 // claim-sequence record names (by ID, with seqLost set). Two round trips
 // when the queue has claim records, one when it has none.
-func readPending(ctx context.Context, p *partition, k queueKeys, what string) ([]pendingRecord, []string, error) {
+func readPending(ctx context.Context, p *partition, k queueKeys, what string) (pendingRead, error) {
 	type both struct {
 		pending, claims map[string]string
 		lists           []pendingRecord
+		endSize, seq    int64
 	}
 	read := func(c redis.Conn) (both, error) {
 		c.Send("HGETALL", k.pending)
 		c.Send("HGETALL", k.claims)
 		sendEnd(c, k)
+		c.Send("HGET", k.meta, "seq")
 		if err := c.Flush(); err != nil {
 			return both{}, err
 		}
 		pending, err := redis.StringMap(receiveContext(c, ctx))
 		claims, cerr := redis.StringMap(receiveContext(c, ctx))
 		endFirst, endSize, merr := endFields(receiveContext(c, ctx))
+		seq, serr := redis.Int64(receiveContext(c, ctx))
+		if serr != nil || seq < 0 || seq > maxClaimSeq {
+			seq = 0 // none, or not a count: a claim's refusal tells (seqReply)
+		}
 		if err = errors.Join(err, cerr, merr); err != nil {
 			return both{}, err
 		}
 		lists, err := claimLists(ctx, c, k, claims, endFirst, endSize)
-		return both{pending, claims, lists}, err
+		return both{pending, claims, lists, endSize, seq}, err
 	}
 	var got both
 	var err error
@@ -241,7 +255,7 @@ func readPending(ctx context.Context, p *partition, k queueKeys, what string) ([
 		}
 	}
 	if err != nil {
-		return nil, nil, err
+		return pendingRead{}, err
 	}
 	seqs := claimSeqs(got.claims)
 	out := got.lists
@@ -271,7 +285,7 @@ func readPending(ctx context.Context, p *partition, k queueKeys, what string) ([
 	for f := range got.claims {
 		claims = append(claims, f)
 	}
-	return out, claims, nil
+	return pendingRead{out, claims, got.endSize, got.seq}, nil
 }
 
 // Pending lists the tasks analyser's queue has claimed and not finished,
@@ -283,12 +297,12 @@ func (q *Queue) Pending(ctx context.Context, analyser int) ([]Task, error) {
 	if err != nil {
 		return nil, err
 	}
-	recs, _, err := readPending(ctx, p, k, fmt.Sprintf("list pending of analyser %d", analyser))
+	got, err := readPending(ctx, p, k, fmt.Sprintf("list pending of analyser %d", analyser))
 	if err != nil {
 		return nil, err
 	}
-	out := make([]Task, 0, len(recs))
-	for _, r := range recs {
+	out := make([]Task, 0, len(got.recs))
+	for _, r := range got.recs {
 		if r.err == nil {
 			out = append(out, r.Task)
 		}
@@ -319,15 +333,27 @@ func (s *store) recover(ctx context.Context) (back, seqLost int, err error) {
 // can be seen and replayed. putBack returns how many tasks it put back and
 // how many it dead-lettered for that reason.
 func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep map[string]slot) (back, seqLost int, err error) {
-	// Claims in place (this store's, or an earlier owner's) go to claim
-	// lists first, where the rest of recovery reads them.
-	if err := s.openEnd(ctx); err != nil {
-		return 0, 0, err
+	what := s.what(op + " pending of")
+	made := s.endMade.Load()
+	got, err := readPending(ctx, s.part, s.keys, what)
+	switch {
+	case err != nil:
+	case got.endSize > 0:
+		// Claims in place (this store's, or an earlier owner's) go to
+		// claim lists first, where the rest of recovery reads them. (No
+		// claim is made meanwhile: the caller holds the lease and makes
+		// none, so an end read open stays open.)
+		if err = s.openEnd(ctx); err == nil {
+			got, err = readPending(ctx, s.part, s.keys, what)
+		}
+	default:
+		s.openedEnd(made) // as openEnd notes an end it found open
 	}
-	recs, claims, err := readPending(ctx, s.part, s.keys, s.what(op+" pending of"))
 	if err != nil {
 		return 0, 0, err
 	}
+	s.learnSeq(got.seq)
+	recs, claims := got.recs, got.claims
 	var put []claimed
 	var dead []burial
 	for _, r := range recs {
