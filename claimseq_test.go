@@ -121,6 +121,16 @@ func TestRecoveryLearnsTheNextSeq(t *testing.T) {
 	seq, err := redis.Int64(s.do(t, "HGET", k.meta, "seq"), nil)
 	require.NoError(t, err)
 	require.Equal(t, int64(20), seq)
+	// The recovery's first read stops at the claimed end, its entries not
+	// read (they are read once, from the claim lists, after the open).
+	p, _, err := q.analyserKeys(0)
+	require.NoError(t, err)
+	read, err := readPending(ctx, p, k, "read pending of", true)
+	require.NoError(t, err)
+	assert.Equal(t, pendingRead{endSize: 20, seq: 20}, read)
+	read, err = readPending(ctx, p, k, "read pending of", false)
+	require.NoError(t, err)
+	assert.Len(t, read.recs, 20, "read whole, the claims in place with it")
 	s.do(t, "DEL", k.lease)    // its owner gone: its claims stay pending
 	next := consumeFirst(t, q) // recovers
 	assert.Equal(t, seq, next.st.nextFirst.Load(), "the next claim proposes the queue's next seq")

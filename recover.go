@@ -217,8 +217,10 @@ type pendingRead struct {
 // hash of earlier releases; and the fields of its claim-sequence records.
 // Records that do not decode come last, with err set, and so do tasks no
 // claim-sequence record names (by ID, with seqLost set). Two round trips
-// when the queue has claim records, one when it has none.
-func readPending(ctx context.Context, p *partition, k queueKeys, what string) (pendingRead, error) {
+// when the queue has claim records, one when it has none. With toOpen,
+// a read that finds claims in place at the end stops there, its endSize
+// and seq set: the caller opens the end, and reads again.
+func readPending(ctx context.Context, p *partition, k queueKeys, what string, toOpen bool) (pendingRead, error) {
 	type both struct {
 		pending, claims map[string]string
 		lists           []pendingRecord
@@ -242,6 +244,9 @@ func readPending(ctx context.Context, p *partition, k queueKeys, what string) (p
 		if err = errors.Join(err, cerr, merr); err != nil {
 			return both{}, err
 		}
+		if toOpen && endSize > 0 {
+			return both{endSize: endSize, seq: seq}, nil
+		}
 		lists, err := claimLists(ctx, c, k, claims, endFirst, endSize)
 		return both{pending, claims, lists, endSize, seq}, err
 	}
@@ -256,6 +261,9 @@ func readPending(ctx context.Context, p *partition, k queueKeys, what string) (p
 	}
 	if err != nil {
 		return pendingRead{}, err
+	}
+	if toOpen && got.endSize > 0 {
+		return pendingRead{endSize: got.endSize, seq: got.seq}, nil
 	}
 	seqs := claimSeqs(got.claims)
 	out := got.lists
@@ -297,7 +305,7 @@ func (q *Queue) Pending(ctx context.Context, analyser int) ([]Task, error) {
 	if err != nil {
 		return nil, err
 	}
-	got, err := readPending(ctx, p, k, fmt.Sprintf("list pending of analyser %d", analyser))
+	got, err := readPending(ctx, p, k, fmt.Sprintf("list pending of analyser %d", analyser), false)
 	if err != nil {
 		return nil, err
 	}
@@ -335,7 +343,7 @@ func (s *store) recover(ctx context.Context) (back, seqLost int, err error) {
 func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep map[string]slot) (back, seqLost int, err error) {
 	what := s.what(op + " pending of")
 	made := s.endMade.Load()
-	got, err := readPending(ctx, s.part, s.keys, what)
+	got, err := readPending(ctx, s.part, s.keys, what, true)
 	switch {
 	case err != nil:
 	case got.endSize > 0:
@@ -344,7 +352,7 @@ func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep ma
 		// claim is made meanwhile: the caller holds the lease and makes
 		// none, so an end read open stays open.)
 		if err = s.openEnd(ctx); err == nil {
-			got, err = readPending(ctx, s.part, s.keys, what)
+			got, err = readPending(ctx, s.part, s.keys, what, false)
 		}
 	default:
 		s.openedEnd(made) // as openEnd notes an end it found open
