@@ -343,12 +343,12 @@ const (
 )
 
 // firstClaim bounds the claims of a store that claims in place until one
-// took entries. Until then the entry size is unknown (entryGuess is
-// MaxPayload's): a claim in place, which reads its entries after, cannot
-// be sized, and the script's own loop claims, each entry through Lua. A
-// small one returns in a fraction of the time maxClaim's would take, and
-// a pool's workers start on it while the next claim, sized by it, is made
-// in place.
+// took entries. Until then the entry size is unknown and guessed as large
+// as MaxPayload allows (entryGuess): a claim in place, which reads its
+// entries after, takes as few as that guess fits, or none, and then the
+// script's own loop claims, each entry through Lua. A small claim returns
+// in a fraction of the time maxClaim's would take, and a pool's workers
+// start on it while the next claim, sized by it, is made in place.
 const firstClaim = 128
 
 // claim claims up to n tasks whose entries total at most maxBytes (at
