@@ -444,12 +444,14 @@ type endRead struct {
 // tasks from first, with off entries of older claims before it at the
 // end, which starts at endFirst, when this read holds them: the read
 // skipped just those off entries, and the end still started there when
-// it was read.
+// it was read. It takes them: reordered in the read's own buffer, they
+// are the read's no longer (a later call finds nothing).
 func (e *endRead) of(first, endFirst int64, off, n int) ([]any, bool) {
 	if e == nil || e.skip != off || e.first != endFirst || first-endFirst != int64(off) || e.size < int64(off+n) || len(e.raw) < n {
 		return nil, false
 	}
-	es := slices.Clone(e.raw[len(e.raw)-n:])
+	es := e.raw[len(e.raw)-n:]
+	e.raw = nil
 	slices.Reverse(es)
 	return es, true
 }
