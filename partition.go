@@ -147,7 +147,7 @@ func (q *Queue) checkLayout(ctx context.Context, p *partition) error {
 }
 
 // checkLayoutOf is checkLayout, and reports too whether p held no layout
-// record when this call read it (see layoutPassOf).
+// record when this call read it (see layoutPass).
 func (q *Queue) checkLayoutOf(ctx context.Context, p *partition) (none bool, err error) {
 	if !q.records.Load() && q.records.CompareAndSwap(false, true) {
 		// What was verified while the Queue only read may be gone since
@@ -157,7 +157,7 @@ func (q *Queue) checkLayoutOf(ctx context.Context, p *partition) (none bool, err
 			o.checked.Store(false)
 		}
 	}
-	return q.layoutPassOf(ctx, p, true)
+	return q.layoutPass(ctx, p, true)
 }
 
 // layoutOn records (on first use) or compares the layout of partition p,
@@ -242,7 +242,8 @@ func (q *Queue) CheckLayout(ctx context.Context) error {
 // verifyLayout is checkLayout without recording: a server with no layout
 // recorded passes and stays unrecorded.
 func (q *Queue) verifyLayout(ctx context.Context, p *partition) error {
-	return q.layoutPass(ctx, p, false)
+	_, err := q.layoutPass(ctx, p, false)
+	return err
 }
 
 // layoutPass checks the layout of every partition not yet verified, p's
@@ -250,15 +251,9 @@ func (q *Queue) verifyLayout(ctx context.Context, p *partition) error {
 // set, records it on those with none (the script compares again, for a
 // process that recorded another one meanwhile). p's own errors are
 // returned; another partition's Redis errors only leave it unverified.
-func (q *Queue) layoutPass(ctx context.Context, p *partition, record bool) error {
-	_, err := q.layoutPassOf(ctx, p, record)
-	return err
-}
-
-// layoutPassOf is layoutPass, and reports too whether p held no layout
-// record when the pass read it (false when it did not read it: verified
-// already, or the read failed).
-func (q *Queue) layoutPassOf(ctx context.Context, p *partition, record bool) (pNone bool, err error) {
+// pNone reports whether p held no layout record when the pass read it
+// (false when it did not read it: verified already, or the read failed).
+func (q *Queue) layoutPass(ctx context.Context, p *partition, record bool) (pNone bool, err error) {
 	if p.checked.Load() {
 		return false, nil
 	}
