@@ -212,7 +212,8 @@
 // hash saying whose they are, and an LRANGE reads them, in the same
 // pipeline as the script where no earlier claim of the pool's is still
 // there (tasks past MaxHeldBytes, when entry sizes vary more than the
-// last claim told, go straight back); a finished claim leaves the list
+// last claim told, go straight back, read all the same: a known limit,
+// see docs/reliability.md); a finished claim leaves the list
 // once the claims before it have. Such a claim takes up to 4000 tasks.
 // While a cancel mark or a due scheduled task waits, the claimed end is
 // first moved into lists of the claims' own (SORT ... STORE where an ACL
