@@ -271,10 +271,18 @@ func (c *queueCounts) putDirty(counts []int) {
 type partAdd struct {
 	q      *Queue
 	pi     int
-	queues [][]any    // per queue: the LPUSH being filled (key, entries...)
-	sched  [][]any    // per queue: the scheduled ones (due, ID, entry, ...)
-	cmds   chan []any // to the pusher, once it runs: LPUSH arguments
-	done   chan error // the pusher's result
+	queues [][]any        // per queue: the LPUSH being filled (key, entries...)
+	large  []int          // per queue: its large entries (large.go)
+	sched  [][]any        // per queue: the scheduled ones (due, ID, entry, ...)
+	cmds   chan pushBatch // to the pusher, once it runs
+	done   chan error     // the pusher's result
+}
+
+// pushBatch is one LPUSH of AddTasks: its arguments, and how many of its
+// entries are large.
+type pushBatch struct {
+	args  []any
+	large int
 }
 
 // add adds entry to queue qi, after which left more entries come to it.
@@ -285,15 +293,30 @@ func (a *partAdd) add(ctx context.Context, qi int, entry []byte, left int) {
 		l[0] = a.q.ready[a.pi][qi]
 	}
 	l = append(l, entry)
+	if len(entry) > largeEntry {
+		if a.large == nil {
+			a.large = make([]int, len(a.queues))
+		}
+		a.large[qi]++
+	}
 	if len(l) == 1+maxPushArgs {
 		if a.cmds == nil {
-			a.cmds, a.done = make(chan []any, 4), make(chan error, 1)
+			a.cmds, a.done = make(chan pushBatch, 4), make(chan error, 1)
 			go func() { a.done <- a.push(ctx) }()
 		}
-		a.cmds <- l
+		a.cmds <- a.batch(qi, l)
 		l = nil
 	}
 	a.queues[qi] = l
+}
+
+// batch returns queue qi's LPUSH of args, and starts its next count.
+func (a *partAdd) batch(qi int, args []any) pushBatch {
+	b := pushBatch{args: args}
+	if a.large != nil {
+		b.large, a.large[qi] = a.large[qi], 0
+	}
+	return b
 }
 
 // schedule adds the entry of task id, due at the millisecond due, to
@@ -310,11 +333,11 @@ func (a *partAdd) schedule(qi int, due int64, id string, entry []byte) {
 func (a *partAdd) finish(ctx context.Context) error {
 	started := a.cmds != nil
 	if !started {
-		a.cmds = make(chan []any, len(a.queues))
+		a.cmds = make(chan pushBatch, len(a.queues))
 	}
-	for _, l := range a.queues {
+	for qi, l := range a.queues {
 		if len(l) > 1 {
-			a.cmds <- l
+			a.cmds <- a.batch(qi, l)
 		}
 	}
 	close(a.cmds)
@@ -324,7 +347,8 @@ func (a *partAdd) finish(ctx context.Context) error {
 	return <-a.done
 }
 
-// push sends the LPUSHes that come on a.cmds, then the scheduled tasks,
+// push sends the LPUSHes that come on a.cmds (the push script for one
+// with large entries), then the scheduled tasks,
 // in one pipeline, and reads the replies. On a Redis Cluster two writes
 // of one key are never in flight together: a node may refuse one
 // (CLUSTERDOWN while a failover settles, a slot not served yet) and run
@@ -369,8 +393,8 @@ func (a *partAdd) push(ctx context.Context) error {
 			}
 		}
 	}
-	for args := range a.cmds {
-		send(args[0].(string), func() error { return conn.Send("LPUSH", args...) })
+	for b := range a.cmds {
+		send(b.args[0].(string), func() error { return sendPush(conn, b.args, b.large) })
 	}
 	for qi, args := range a.sched {
 		k := newQueueKeys(a.q.cfg.Prefix, a.pi, qi)

@@ -232,12 +232,12 @@ func pushOne(ctx context.Context, pool *redis.Pool, key string, entry []byte) er
 		return err
 	}
 	defer conn.Close()
-	_, err = doContext(conn, ctx, "LPUSH", key, entry)
-	return err
+	return doPush(ctx, conn, key, entry)
 }
 
-// pushMany writes the calls' entries with one LPUSH per key, keeping their
-// order, in one pipeline, and returns each call's error.
+// pushMany writes the calls' entries with one LPUSH per key (the push
+// script where one is large), keeping their order, in one pipeline, and
+// returns each call's error.
 func pushMany(ctx context.Context, pool *redis.Pool, calls []*addCall) []error {
 	errs := make([]error, len(calls))
 	fail := func(err error) []error {
@@ -261,7 +261,7 @@ func pushMany(ctx context.Context, pool *redis.Pool, calls []*addCall) []error {
 		args[c.key] = append(args[c.key], c.entry)
 	}
 	for _, k := range keys {
-		if err := conn.Send("LPUSH", args[k]...); err != nil {
+		if err := sendPush(conn, args[k], largeIn(args[k])); err != nil {
 			return fail(err)
 		}
 	}

@@ -47,8 +47,9 @@ import (
 //	may hold after a claim in place (0: open it first), ARGV[12] = the most claims in
 //	place to trim, ARGV[13...] = the firsts of KEYS[11...]
 //
-// With ARGV[10] = 1, no cancel mark in the cancels hash, no scheduled task
-// due and the queue not paused, the claim is made in place (claimend.go),
+// With ARGV[10] = 1 or 2, no cancel mark in the cancels hash, no scheduled task
+// due, no large entry counted in the meta hash (large.go) and the queue
+// not paused, the claim is made in place (claimend.go),
 // with no entry passing through Lua and none copied: the finished claims
 // in place at the very end of the ready list leave it first (those of
 // KEYS[11...] that are the oldest in turn, up to ARGV[12]), then the next ARGV[5] entries
@@ -56,18 +57,29 @@ import (
 // count; the script returns {-3, n, first, off, endFirst}, off being the
 // entries of older claims in place between it and the consuming end, and
 // the caller reads the entries (readInPlace) and keeps to its byte budget
-// itself (it hands back what does not fit). A claim that must look at
-// the entries (a cancel mark, a due scheduled task, ARGV[10] = 0), or
+// itself (it hands back what does not fit; it asks for no more entries
+// than the budget holds at largeEntry each). A claim that must look at
+// the entries (a cancel mark, a due scheduled task, a large entry counted,
+// ARGV[10] = 0), or
 // finds the queue paused, nothing past the end or the end at ARGV[11]
 // entries, while the end is claimed in place, first opens the end (as
 // endScript does) when the claims of ARGV[13...] are those in place
 // after the trims; else it returns {-4} (after those trims, before any
 // other write): the caller opens the end (endScript) and claims again.
+// With ARGV[10] = 2 a claim that is not made in place is not made while
+// entries are past the end or a scheduled task is due: the script returns
+// {-5, endFirst, endSize} after the trims, before any other write (the
+// caller reads entries with the claim: see withRead); with neither, it
+// goes on as with 1 (it finds the queue empty or paused).
 //
 // It refuses, before any write, with seqReply and the first seq to
 // propose instead, a proposal below the meta hash's claim count or one a
 // claim record, list or done bitmap holds (see luaClaimAfter); and with
 // badValueReply a claim that could count past maxClaimSeq.
+//
+// The script's own loop takes the large entries it claims off the count
+// (takeLarge), and the due scheduled tasks it moves count as any entry
+// put into the ready list (addLarge).
 //
 // A claim that finds the ready list empty drops the cancel marks of tasks
 // that are not pending either (they are nowhere any more), up to
@@ -91,8 +103,8 @@ import (
 // SORT was refused.
 // (The loop indexes its tables rather than asking for their length, and
 // first goes last rather than shifting the reply.)
-var claimScript = newScript("claim", -1, fenced(3, typeCheck(hashAt(2), hashAt(4), hashAt(5))+luaIncr+luaEnd+luaClaimKeys+luaOpenEnd+luaNamed+luaClaimAfter+`
-local m4 = redis.call('HMGET', KEYS[4], 'seq', 'paused')
+var claimScript = newScript("claim", -1, fenced(3, typeCheck(hashAt(2), hashAt(4), hashAt(5))+luaIncr+luaLarge+luaEnd+luaClaimKeys+luaOpenEnd+luaNamed+luaClaimAfter+`
+local m4 = redis.call('HMGET', KEYS[4], 'seq', 'paused', '$largeField')
 local last = m4[1]
 if last and not (string.match(last, '^%d+$') and #last <= 15) then
   return redis.error_reply('$badValueReply ' .. KEYS[4] .. ' field seq holds ' .. string.format('%q', string.sub(last, 1, 40)) .. ', not a claim count')
@@ -137,10 +149,16 @@ local function inPlace(ask)
   incr(KEYS[4], 'pending', n)
   return {-3, n, first, size, f}
 end
-local fast = ARGV[10] == '1' and redis.call('EXISTS', KEYS[8]) == 0
+local fast = ARGV[10] ~= '0' and (not m4[3] or m4[3] == '0') and redis.call('EXISTS', KEYS[8]) == 0
 if fast and m4[2] ~= '1' and not (due0[2] and tonumber(due0[2]) <= tonumber(ARGV[7])) then
   local r = inPlace(math.min(tonumber(ARGV[5]), tonumber(ARGV[3])))
   if r then return r end
+end
+if ARGV[10] == '2' then
+  local f, size = claimedEnd(KEYS[4])
+  if due0[2] and tonumber(due0[2]) <= tonumber(ARGV[7]) or redis.call('LLEN', KEYS[1]) > size then
+    return {-5, f, size}
+  end
 end
 local _, held = claimedEnd(KEYS[4])
 if held > 0 then
@@ -153,14 +171,24 @@ if held > 0 then
 end
 `+luaScheduled+`local want, budget, ask = tonumber(ARGV[3]), tonumber(ARGV[4]), math.min(tonumber(ARGV[5]), tonumber(ARGV[3]))
 local strict = ARGV[6] == '1'
-if fast and not waiting then
+if fast and not waiting and not addedLarge then
   local r = inPlace(ask)
   if r then return r end
 end
 -- Each entry passes through Lua below: at most $maxClaim of them.
 want, ask = math.min(want, $maxClaim), math.min(ask, $maxClaim)
+-- While large entries are counted, the entries popped at a time are those
+-- the bytes left hold at largeEntry each: fewer go back.
+local n, bytes = 0, 0
+local guard = addedLarge or m4[3] and m4[3] ~= '0'
+local function room()
+  if not guard then return want end
+  return math.max(1, math.floor((budget - bytes) / $largeEntry))
+end
+ask = math.min(ask, room())
 local items = redis.call('RPOP', KEYS[1], ask)
 if not items then
+  if m4[3] then redis.call('HDEL', KEYS[4], '$largeField') end
   if redis.call('EXISTS', KEYS[8]) == 1 then
     -- Nothing is ready: a cancel mark whose task is not pending either
     -- names a task that is nowhere any more. Up to $scriptChunk of them a
@@ -178,7 +206,7 @@ local sub, byte = string.sub, string.byte
 local seq = {}
 local marks = redis.call('EXISTS', KEYS[8]) == 1
 local ids = ARGV[9] == '1' or marks
-local n, bytes, got = 0, 0, items
+local got, large = items, 0
 while true do
   local m = #got
   for i = 1, m do
@@ -193,6 +221,7 @@ while true do
       break
     end
     n, bytes = n + 1, bytes + size
+    if size > $largeEntry then large = large + 1 end
     if got ~= items then items[n] = e end
     if ids then
       local v = byte(e, 1)
@@ -204,11 +233,12 @@ while true do
     end
   end
   if n >= want or m < ask then break end
-  ask = math.min(ask * 2, want - n)
+  ask = math.min(ask * 2, want - n, room())
   got = redis.call('RPOP', KEYS[1], ask)
   if not got then break end
 end
 if n == 0 then return {-1} end
+if large > 0 or m4[3] then takeLarge(KEYS[4], KEYS[1], large) end
 local first, f, l = tonumber(ARGV[8]), ARGV[8], KEYS[9]
 redis.call('HSET', KEYS[4], 'seq', string.format('%d', first + n))
 for i = 1, n, $scriptChunk do
@@ -379,7 +409,8 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 	if s.idsLater {
 		idsArg = 0
 	}
-	if s.native.Load() && !s.exactNext.Swap(false) {
+	native := s.native.Load() && !s.exactNext.Swap(false)
+	if native {
 		nativeArg = 1
 		n = min(n, maxMoved)
 		if s.entrySize.Load() == 0 {
@@ -391,8 +422,20 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 	// Pop as many at first as fit the budget at the entry size seen so
 	// far: one RPOP for small entries, a few for large ones.
 	pop := int(min(int64(n), max(1, maxBytes/s.entryGuess())))
+	read := 0
+	if native {
+		// A claim in place takes pop entries unseen, none of them large
+		// (large.go): their read stays within the budget.
+		pop = min(pop, int(max(1, maxBytes/largeEntry)))
+	}
+	n0, pop0 := n, pop
+	if native {
+		if read = s.withRead(n, pop, maxBytes); read > 0 {
+			n, pop, nativeArg = read, read, 2 // in place, or not at all
+		}
+	}
 	var r []any
-	var read *endRead
+	var got *endRead
 	var err error
 	made := s.endMade.Load()
 	for try := 0; ; try++ {
@@ -406,14 +449,24 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 			args = append(args, f)
 		}
 		call := append(append([]any{len(keys)}, keys...), args...)
-		if nativeArg == 1 {
+		if native {
 			// The claim trims only the claims whose acks Redis confirmed
 			// (certain to be finished), so where its entries will be is
 			// known: they are read in the same round trip
-			// (claimThenRead).
-			r, read, err = s.claimThenRead(ctx, call, off, min(pop, n))
+			// (claimThenRead), as many as withRead lets.
+			r, got, err = s.claimThenRead(ctx, call, off, read)
 		} else {
 			r, err = redis.Values(s.script(ctx, "claim from", claimScript, call...))
+		}
+		if err == nil && len(r) == 3 {
+			if code, _ := r[0].(int64); code == -5 {
+				// Not to be made in place: claimed again, alone.
+				f, size := parseEnd(r[1], r[2])
+				s.trimmedTo(f, size)
+				s.declined.Store(true)
+				nativeArg, read, n, pop = 1, 0, n0, pop0
+				continue
+			}
 		}
 		if err == nil && len(r) == 1 {
 			if code, _ := r[0].(int64); code == -4 {
@@ -449,7 +502,7 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 				s.openedEnd(made) // the script's own loop: no end claimed
 				err = errNoRoom
 			case code == -3 && len(r) == 5:
-				return s.claimMoved(ctx, r, read, maxBytes, strict, dst)
+				return s.claimMoved(ctx, r, got, maxBytes, strict, dst)
 			case len(r) == 3 && (code == 0 || code == -2):
 				s.openedEnd(made) // the script left no end claimed
 				next, _ := redis.Int64(r[1], nil)

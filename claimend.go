@@ -314,15 +314,16 @@ func (s *store) openEndOnce(ctx context.Context) error {
 func (s *store) readInPlace(ctx context.Context, first, endFirst int64, off, n int) ([]any, error) {
 	return onPartition(ctx, s.part, s.what("read claim of"), func(c redis.Conn) ([]any, error) {
 		c.Send("LRANGE", s.keys.ready, -(off + n), -(off + 1))
-		sendEnd(c, s.keys)
+		sendAhead(c, s.keys)
 		if err := c.Flush(); err != nil {
 			return nil, err
 		}
 		es, err := redis.Values(receiveContext(c, ctx))
-		f, size, merr := endFields(receiveContext(c, ctx))
+		f, size, ahead, merr := aheadFields(c, ctx)
 		if err = errors.Join(err, merr); err != nil {
 			return nil, err
 		}
+		s.ahead.Store(ahead)
 		if mine, ok := (&endRead{es, off, f, size}).of(first, endFirst, off, n); ok {
 			return mine, nil
 		}
@@ -392,16 +393,10 @@ func (s *store) endRoom(claims int) int64 {
 func (s *store) claimedInPlace(endFirst, first int64, n int, batch *claimBatch) {
 	s.endMu.Lock()
 	defer s.endMu.Unlock()
-	i := 0
-	for i < len(s.ends) && s.ends[i].first < endFirst {
-		i++
-	}
-	s.ends = append(s.ends[:0], s.ends[i:]...)
-	if len(s.ends) > 0 && s.ends[0].first != endFirst {
-		s.ends = s.ends[:0] // not the end Redis holds: forget it
-	}
+	s.endFrom(endFirst)
 	s.ends = append(s.ends, endClaim{first, n, batch})
 	s.endMade.Add(1)
+	s.declined.Store(false)
 }
 
 // openedEnd notes that the end is open, as of the claims in place counted
@@ -456,12 +451,96 @@ func (e *endRead) of(first, endFirst int64, off, n int) ([]any, bool) {
 	return es, true
 }
 
+// sendAhead sends the reads, after a claim, of what is past the claimed
+// end of the queue of k: the ready list's length, then the end's fields
+// and the count of large entries (large.go). In that order, a large entry
+// pushed between the two reads is in the count, or in neither.
+func sendAhead(c redis.Conn, k queueKeys) {
+	c.Send("LLEN", k.ready)
+	c.Send("HMGET", k.meta, endFirstField, endSizeField, largeField)
+}
+
+// aheadFields reads the replies of sendAhead: the end's first seq and
+// size (0, 0: none), and the entries past it, none large (aheadLarge:
+// large ones counted).
+func aheadFields(c redis.Conn, ctx context.Context) (f, size, ahead int64, err error) {
+	n, lerr := redis.Int64(receiveContext(c, ctx))
+	m, err := redis.Values(receiveContext(c, ctx))
+	if err = errors.Join(lerr, err); err != nil {
+		return 0, 0, 0, err
+	}
+	if len(m) != 3 {
+		return 0, 0, 0, fmt.Errorf("%w: HMGET replied %d values", ErrMalformed, len(m))
+	}
+	f, size = parseEnd(m[0], m[1])
+	if l, _ := redis.String(m[2], nil); l != "" && l != "0" {
+		return f, size, aheadLarge, nil
+	}
+	return f, size, max(n-size, 0), nil
+}
+
+// Values of store.ahead that are no count of entries.
+const (
+	aheadLarge   = -1 // large entries counted
+	aheadUnknown = -2 // not read in this tenure of the lease, or since a hand-back
+)
+
+// withRead returns how many entries past the end to read with a claim in
+// place of up to n tasks, pop at first, with a budget of maxBytes (0: the
+// claim goes alone, as large as asked, and a claim made in place reads
+// its entries apart). The claim then asks for that many, to be made in
+// place or not at all (the claim script's {-5}: it goes again alone).
+//
+// A claim in place takes no large entry (large.go), but its read is sent
+// before the claim's answer, and reads the entries past the end whatever
+// the claim did: those it took, or, where it was not made, those a claim
+// in place would have taken. So the read is kept to the entries the last
+// read found past the end (none large, then; only this store takes
+// entries from that end) and the budget's entries at the largest size a
+// task makes: whatever came since, the read passes the budget by at most
+// that. Where nothing is known (a store's first claim, or one after a
+// hand-back put entries at the consuming end), large entries were
+// counted, or the last claim was not made in place, it reads nothing.
+func (s *store) withRead(n, pop int, maxBytes int64) int {
+	known := s.ahead.Load()
+	if known < 0 || s.declined.Load() {
+		return 0
+	}
+	return int(min(int64(min(n, pop)), known+max(1, maxBytes/max(s.maxEntry, 1))))
+}
+
+// trimmedTo notes that the claimed end starts at first and holds size
+// entries (0: none), as a claim's trims left it.
+func (s *store) trimmedTo(first, size int64) {
+	s.endMu.Lock()
+	defer s.endMu.Unlock()
+	if size == 0 {
+		s.ends = s.ends[:0]
+		return
+	}
+	s.endFrom(first)
+}
+
+// endFrom drops the claims in place before first, where the end now
+// starts. Called with s.endMu held.
+func (s *store) endFrom(first int64) {
+	i := 0
+	for i < len(s.ends) && s.ends[i].first < first {
+		i++
+	}
+	s.ends = append(s.ends[:0], s.ends[i:]...)
+	if len(s.ends) > 0 && s.ends[0].first != first {
+		s.ends = s.ends[:0] // not the end Redis holds: forget it
+	}
+}
+
 // claimThenRead runs the claim script (call: its key count, keys and
 // arguments) and, in the same round trip, reads the k entries of the
-// ready list past the off entries at its consuming end, and the end's
-// fields: where the claim's trims leave off entries of older claims at
-// the end, a claim in place of up to k tasks is those entries, and the
-// claim costs one round trip.
+// ready list past the off entries at its consuming end (none when k is
+// 0), and what is past the end after the claim (sendAhead): where the
+// claim's trims leave off entries of older claims at the end, a claim in
+// place of up to k tasks is those entries, and the claim costs one round
+// trip.
 func (s *store) claimThenRead(ctx context.Context, call []any, off, k int) ([]any, *endRead, error) {
 	type replies struct {
 		r    []any
@@ -471,15 +550,22 @@ func (s *store) claimThenRead(ctx context.Context, call []any, off, k int) ([]an
 		if err := claimScript.SendHash(c, call...); err != nil {
 			return replies{}, err
 		}
-		c.Send("LRANGE", s.keys.ready, -(off + k), -(off + 1))
-		sendEnd(c, s.keys)
+		if k > 0 {
+			c.Send("LRANGE", s.keys.ready, -(off + k), -(off + 1))
+		}
+		sendAhead(c, s.keys)
 		if err := c.Flush(); err != nil {
 			return replies{}, err
 		}
 		r, err := redis.Values(receiveContext(c, ctx))
-		es, lerr := redis.Values(receiveContext(c, ctx))
-		f, size, merr := endFields(receiveContext(c, ctx))
+		var es []any
+		var lerr error
+		if k > 0 {
+			es, lerr = redis.Values(receiveContext(c, ctx))
+		}
+		f, size, ahead, merr := aheadFields(c, ctx)
 		if err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+			s.ahead.Store(aheadUnknown)                          // read before the claim, which runs next
 			if err := claimScript.Send(c, call...); err != nil { // EVAL: the script whole
 				return replies{}, err
 			}
@@ -489,7 +575,10 @@ func (s *store) claimThenRead(ctx context.Context, call []any, off, k int) ([]an
 			r, err := redis.Values(receiveContext(c, ctx))
 			return replies{r: r}, err
 		}
-		if err != nil || lerr != nil || merr != nil {
+		if merr == nil {
+			s.ahead.Store(ahead)
+		}
+		if err != nil || lerr != nil || merr != nil || k == 0 {
 			return replies{r: r}, err // the entries, unread, are read apart
 		}
 		return replies{r, &endRead{es, off, f, size}}, nil

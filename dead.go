@@ -392,7 +392,7 @@ func (q *Queue) Replay(ctx context.Context, analyser int, ids ...string) (int, e
 			drop[chunk[i]] = order[i].drop
 		}
 		order = order[n:]
-		args := []any{k.dead, k.ready}
+		args := []any{k.dead, k.ready, k.meta}
 		now := time.Now()
 		err := getDead(ctx, p, k.dead, what, chunk, func(field string, v []byte) {
 			if d := decodeDead(field, v); ours(d) {
@@ -405,7 +405,7 @@ func (q *Queue) Replay(ctx context.Context, analyser int, ids ...string) (int, e
 				}
 			}
 		})
-		if err == nil && len(args) > 2 {
+		if err == nil && len(args) > 3 {
 			var m int
 			m, err = onPartition(ctx, p, what, func(c redis.Conn) (int, error) {
 				return redis.Int(replayScript.DoContext(ctx, c, args...))
@@ -458,22 +458,25 @@ func (q *Queue) Purge(ctx context.Context, analyser int, ids ...string) (int, er
 // replayScript moves dead tasks back to the producing (left) end of the
 // ready list, as new work.
 //
-//	KEYS[1] = dead hash, KEYS[2] = ready list
+//	KEYS[1] = dead hash, KEYS[2] = ready list, KEYS[3] = meta hash
 //	ARGV[1...] = record field, encoded task, ...; a field with an empty
 //	task is another record of the last task named, deleted if that moved
 //
-// Returns the number moved; a record no longer there is skipped.
-var replayScript = newScript("replay", 2, typeCheck(listAt(2))+`
-local n, moved = 0, false
+// Returns the number moved; a record no longer there is skipped. It
+// counts the large entries it pushes (large.go).
+var replayScript = newScript("replay", 3, typeCheck(listAt(2), hashAt(3))+luaLarge+`
+local n, moved, large = 0, false, 0
 for i = 1, #ARGV, 2 do
   if ARGV[i + 1] == '' then
     if moved then redis.call('HDEL', KEYS[1], ARGV[i]) end
   elseif redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
     redis.call('LPUSH', KEYS[2], ARGV[i + 1])
+    if #ARGV[i + 1] > $largeEntry then large = large + 1 end
     n, moved = n + 1, true
   else
     moved = false
   end
 end
+addLarge(KEYS[3], KEYS[2], large)
 return n
 `)

@@ -128,8 +128,8 @@ func TestDeadStoreWorkedInChunks(t *testing.T) {
 	moved, err := q.Replay(ctx, 0)
 	require.NoError(t, err)
 	assert.Equal(t, n, moved)
-	// A script's arguments: sha, key count, 2 keys, then ID and task per record.
-	checkChunks("Replay", map[string]int{"HSCAN": 4, "script": 4 + 2*deadChunk})
+	// A script's arguments: sha, key count, 3 keys, then ID and task per record.
+	checkChunks("Replay", map[string]int{"HSCAN": 4, "script": 5 + 2*deadChunk})
 	assert.True(t, slices.Equal(byDeath, readyIDs(t, s, k.ready)), "replayed oldest death first")
 	assert.Zero(t, s.do(t, "EXISTS", k.dead))
 

@@ -210,11 +210,12 @@
 // in place: the claimed entries stay at the ready list's consuming end,
 // none copied and none passing through Lua, a claim record and the meta
 // hash saying whose they are, and an LRANGE reads them, in the same
-// pipeline as the script where no earlier claim of the pool's is still
-// there (tasks past MaxHeldBytes, when entry sizes vary more than the
-// last claim told, go straight back, read all the same: a known limit,
-// see docs/reliability.md); a finished claim leaves the list
-// once the claims before it have. Such a claim takes up to 4000 tasks.
+// pipeline as the script once the last read saw what is past the end; a
+// finished claim leaves the list once the claims before it have. Such a
+// claim takes up to 4000 tasks, and no entry over 8 KiB: every write of a
+// larger one counts it in the meta hash, and while one is counted the
+// script claims through Lua, counting bytes, so that no claim reads much
+// past MaxHeldBytes (docs/reliability.md, "Large entries").
 // While a cancel mark or a due scheduled task waits, the claimed end is
 // first moved into lists of the claims' own (SORT ... STORE where an ACL
 // allows it) and the script takes up to 1000 tasks itself; so is it

@@ -255,6 +255,10 @@ func (s *store) acquire(ctx context.Context, report func(error), onLook func(sen
 		sent := time.Now()
 		ok, left, holder, err := s.tryAcquire(ctx)
 		if ok {
+			// What the store knew of the ready list is of a tenure that
+			// ended: others may have claimed and put entries back since.
+			s.ahead.Store(aheadUnknown)
+			s.declined.Store(false)
 			if onLook != nil {
 				onLook(sent, "", 0)
 			}

@@ -43,6 +43,8 @@ type store struct {
 	idsNow      atomic.Bool            // the last ack found retry records or cancel marks: acks write the IDs at once
 	native      atomic.Bool            // its claims are made in place where they can be (a pool's store: claimend.go)
 	exactNext   atomic.Bool            // the next claim counts the bytes in the script (the last one in place passed its budget)
+	declined    atomic.Bool            // a claim to be made in place or not at all was not (see withRead): claims go alone until one is made in place
+	ahead       atomic.Int64           // the entries past the claimed end that the last claim's read found, none large; or aheadLarge, aheadUnknown (see withRead)
 	endMu       sync.Mutex             // guards ends and endOpened
 	ends        []endClaim             // its claims in place, oldest first, as far as it knows (claimend.go)
 	endMade     atomic.Int64           // the claims in place it made
@@ -87,6 +89,7 @@ func (q *Queue) newStore(ctx context.Context, analyser int, ttl time.Duration, m
 		maxEntry: int64(entryHeader + q.cfg.MaxPayload),
 	}
 	s.setSchedHead(-1, -1)
+	s.ahead.Store(aheadUnknown)
 	return s, nil
 }
 
@@ -301,13 +304,15 @@ return n
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = 1 to count as redeliveries,
 //	ARGV[4...] = claim, place, field (see taskRef), encoded task, ... in push order
 //
-// Returns the number pushed; a task no longer pending is skipped.
+// Returns the number pushed; a task no longer pending is skipped. It
+// counts the large entries it pushes (large.go).
 var requeueScript = newScript("requeue", -1, fenced(3, typeCheck(listAt(1), hashAt(2), hashAt(4), hashAt(5), hashAt(6)),
-	"local pendingKey, metaKey, claimsKey = KEYS[2], KEYS[4], KEYS[5]\n"+luaIncr+luaClaimRec+luaTake+"\n"+luaCheckClaims(4, "#ARGV", 4)+`
-local n = 0
+	"local pendingKey, metaKey, claimsKey = KEYS[2], KEYS[4], KEYS[5]\n"+luaIncr+luaLarge+luaClaimRec+luaTake+"\n"+luaCheckClaims(4, "#ARGV", 4)+`
+local n, large = 0, 0
 for i = 4, #ARGV, 4 do
   if take(i) then
     redis.call('RPUSH', KEYS[1], ARGV[i + 3])
+    if #ARGV[i + 3] > $largeEntry then large = large + 1 end
     local r = redis.call('HGET', KEYS[6], ARGV[i + 2])
     if r then
       local failed, msg = string.match(r, '^(%-?%d+):%-?%d+:(.*)$')
@@ -320,6 +325,7 @@ for i = 4, #ARGV, 4 do
     n = n + 1
   end
 end
+addLarge(KEYS[4], KEYS[1], large)
 if n > 0 and ARGV[3] == '1' then incr(KEYS[4], 'redelivered', n) end
 return n
 `))
@@ -369,6 +375,7 @@ func (s *store) requeue(ctx context.Context, tasks []claimed, redelivery bool) e
 	if err := s.listsFirst(ctx); err != nil {
 		return err
 	}
+	s.ahead.Store(aheadUnknown) // ahead of what the last claim's read found (withRead)
 	flag := "0"
 	if redelivery {
 		flag = "1"

@@ -44,7 +44,8 @@ import (
 // It defines now, nextDue() (the next due time, rounded up; -1: none),
 // addedAt(entry) (nil when the entry does not read) and waiting (the
 // score of a due task that waits for ready tasks added before it; nil:
-// none).
+// none). It counts the large entries it moves (large.go: addLarge, with
+// the meta hash at KEYS[4]).
 const luaScheduled = `
 local now = tonumber(ARGV[7])
 local function nextDue()
@@ -91,9 +92,14 @@ if z[2] and tonumber(z[2]) <= now then
       take, size = i, size + n
     end
     local es = redis.call('HMGET', KEYS[7], unpack(due, 1, take))
+    local large = 0
     for i = take, 1, -1 do
-      if es[i] then redis.call('RPUSH', KEYS[1], es[i]) end
+      if es[i] then
+        redis.call('RPUSH', KEYS[1], es[i])
+        if #es[i] > $largeEntry then large = large + 1 end
+      end
     end
+    addLarge(KEYS[4], KEYS[1], large)
     redis.call('ZREM', KEYS[6], unpack(due, 1, take))
     redis.call('HDEL', KEYS[7], unpack(due, 1, take))
     z = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')

@@ -45,6 +45,8 @@ var scriptVars = strings.NewReplacer(
 	"$endReply", endReply,
 	"$endFirstField", endFirstField,
 	"$endSizeField", endSizeField,
+	"$largeEntry", strconv.Itoa(largeEntry),
+	"$largeField", largeField,
 	"$maxClaimSeq", strconv.FormatInt(maxClaimSeq, 10), // before $maxClaim: the first name that matches is taken
 	"$maxClaim", strconv.Itoa(maxClaim),
 	"$maxGroupWeight", strconv.Itoa(maxGroupWeight),

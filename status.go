@@ -368,18 +368,20 @@ func parseRetry(s string) (failedAt, retryAt time.Time, msg string) {
 // addOnceScript enqueues a task unless the same idempotency key was used
 // within the window.
 //
-//	KEYS[1] = ready list, KEYS[2] = dedup key
+//	KEYS[1] = ready list, KEYS[2] = dedup key, KEYS[3] = meta hash
 //	ARGV[1] = new task ID, ARGV[2] = encoded task, ARGV[3] = window ms
 //
 // Returns {1, ID} when it enqueued, {0, earlier ID} when the key was used.
 // The LPUSH goes first: a ready list of the wrong type, or a full Redis,
 // refuses it before anything is written, and a retry is not taken for a
-// duplicate of a task that was never queued.
-var addOnceScript = newScript("add-once", 2, `
+// duplicate of a task that was never queued. A large entry is counted
+// (large.go), its meta hash's type checked first.
+var addOnceScript = newScript("add-once", 3, typeCheck(hashAt(3))+luaLarge+`
 local old = redis.call('GET', KEYS[2])
 if old then return {0, old} end
 redis.call('LPUSH', KEYS[1], ARGV[2])
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
+if #ARGV[2] > $largeEntry then addLarge(KEYS[3], KEYS[1], 1) end
 return {1, ARGV[1]}
 `)
 
@@ -404,7 +406,7 @@ func (q *Queue) AddTaskOnce(ctx context.Context, orderID uint64, key string, win
 	k := newQueueKeys(q.cfg.Prefix, pi, qi)
 	what := fmt.Sprintf("add task once to partition %d queue %d", pi, qi)
 	r, err := onPartition(ctx, p, what, func(c redis.Conn) ([]any, error) {
-		return redis.Values(addOnceScript.DoContext(ctx, c, k.ready, k.dedup(orderID, key), id, entry, max(window.Milliseconds(), 1)))
+		return redis.Values(addOnceScript.DoContext(ctx, c, k.ready, k.dedup(orderID, key), k.meta, id, entry, max(window.Milliseconds(), 1)))
 	})
 	if err != nil {
 		return "", false, err

@@ -16,6 +16,28 @@ local function incr(key, field, n)
   end
 end
 
+local addedLarge = false
+local function addLarge(meta, ready, n)
+  if n == 0 then return end
+  addedLarge = true
+  local v = redis.call('HGET', meta, 'large')
+  if v and not (string.match(v, '^%d+$') and #v <= 15) then
+    redis.call('HSET', meta, 'large', string.format('%d', redis.call('LLEN', ready)))
+  else
+    redis.call('HINCRBY', meta, 'large', n)
+  end
+end
+local function takeLarge(meta, ready, n)
+  local v = redis.call('HGET', meta, 'large')
+  if not v then return end
+  local c = string.match(v, '^%d+$') and #v <= 15 and tonumber(v) - n
+  if c and c <= 0 or redis.call('LLEN', ready) == 0 then
+    redis.call('HDEL', meta, 'large')
+  elseif c and n > 0 then
+    redis.call('HSET', meta, 'large', string.format('%d', c))
+  end
+end
+
 local endFirst, endSize
 local function claimedEnd(meta)
   if not endFirst then
@@ -159,7 +181,7 @@ local function claimAfter(claims, first)
   return after
 end
 
-local m4 = redis.call('HMGET', KEYS[4], 'seq', 'paused')
+local m4 = redis.call('HMGET', KEYS[4], 'seq', 'paused', 'large')
 local last = m4[1]
 if last and not (string.match(last, '^%d+$') and #last <= 15) then
   return redis.error_reply('QUGOBADVALUE ' .. KEYS[4] .. ' field seq holds ' .. string.format('%q', string.sub(last, 1, 40)) .. ', not a claim count')
@@ -205,10 +227,16 @@ local function inPlace(ask)
   incr(KEYS[4], 'pending', n)
   return {-3, n, first, size, f}
 end
-local fast = ARGV[10] == '1' and redis.call('EXISTS', KEYS[8]) == 0
+local fast = ARGV[10] ~= '0' and (not m4[3] or m4[3] == '0') and redis.call('EXISTS', KEYS[8]) == 0
 if fast and m4[2] ~= '1' and not (due0[2] and tonumber(due0[2]) <= tonumber(ARGV[7])) then
   local r = inPlace(math.min(tonumber(ARGV[5]), tonumber(ARGV[3])))
   if r then return r end
+end
+if ARGV[10] == '2' then
+  local f, size = claimedEnd(KEYS[4])
+  if due0[2] and tonumber(due0[2]) <= tonumber(ARGV[7]) or redis.call('LLEN', KEYS[1]) > size then
+    return {-5, f, size}
+  end
 end
 local _, held = claimedEnd(KEYS[4])
 if held > 0 then
@@ -265,9 +293,14 @@ if z[2] and tonumber(z[2]) <= now then
       take, size = i, size + n
     end
     local es = redis.call('HMGET', KEYS[7], unpack(due, 1, take))
+    local large = 0
     for i = take, 1, -1 do
-      if es[i] then redis.call('RPUSH', KEYS[1], es[i]) end
+      if es[i] then
+        redis.call('RPUSH', KEYS[1], es[i])
+        if #es[i] > 8192 then large = large + 1 end
+      end
     end
+    addLarge(KEYS[4], KEYS[1], large)
     redis.call('ZREM', KEYS[6], unpack(due, 1, take))
     redis.call('HDEL', KEYS[7], unpack(due, 1, take))
     z = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
@@ -276,14 +309,24 @@ if z[2] and tonumber(z[2]) <= now then
 end
 local want, budget, ask = tonumber(ARGV[3]), tonumber(ARGV[4]), math.min(tonumber(ARGV[5]), tonumber(ARGV[3]))
 local strict = ARGV[6] == '1'
-if fast and not waiting then
+if fast and not waiting and not addedLarge then
   local r = inPlace(ask)
   if r then return r end
 end
 -- Each entry passes through Lua below: at most 1000 of them.
 want, ask = math.min(want, 1000), math.min(ask, 1000)
+-- While large entries are counted, the entries popped at a time are those
+-- the bytes left hold at largeEntry each: fewer go back.
+local n, bytes = 0, 0
+local guard = addedLarge or m4[3] and m4[3] ~= '0'
+local function room()
+  if not guard then return want end
+  return math.max(1, math.floor((budget - bytes) / 8192))
+end
+ask = math.min(ask, room())
 local items = redis.call('RPOP', KEYS[1], ask)
 if not items then
+  if m4[3] then redis.call('HDEL', KEYS[4], 'large') end
   if redis.call('EXISTS', KEYS[8]) == 1 then
     -- Nothing is ready: a cancel mark whose task is not pending either
     -- names a task that is nowhere any more. Up to 1000 of them a
@@ -301,7 +344,7 @@ local sub, byte = string.sub, string.byte
 local seq = {}
 local marks = redis.call('EXISTS', KEYS[8]) == 1
 local ids = ARGV[9] == '1' or marks
-local n, bytes, got = 0, 0, items
+local got, large = items, 0
 while true do
   local m = #got
   for i = 1, m do
@@ -316,6 +359,7 @@ while true do
       break
     end
     n, bytes = n + 1, bytes + size
+    if size > 8192 then large = large + 1 end
     if got ~= items then items[n] = e end
     if ids then
       local v = byte(e, 1)
@@ -327,11 +371,12 @@ while true do
     end
   end
   if n >= want or m < ask then break end
-  ask = math.min(ask * 2, want - n)
+  ask = math.min(ask * 2, want - n, room())
   got = redis.call('RPOP', KEYS[1], ask)
   if not got then break end
 end
 if n == 0 then return {-1} end
+if large > 0 or m4[3] then takeLarge(KEYS[4], KEYS[1], large) end
 local first, f, l = tonumber(ARGV[8]), ARGV[8], KEYS[9]
 redis.call('HSET', KEYS[4], 'seq', string.format('%d', first + n))
 for i = 1, n, 1000 do

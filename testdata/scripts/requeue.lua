@@ -22,6 +22,28 @@ local function incr(key, field, n)
   end
 end
 
+local addedLarge = false
+local function addLarge(meta, ready, n)
+  if n == 0 then return end
+  addedLarge = true
+  local v = redis.call('HGET', meta, 'large')
+  if v and not (string.match(v, '^%d+$') and #v <= 15) then
+    redis.call('HSET', meta, 'large', string.format('%d', redis.call('LLEN', ready)))
+  else
+    redis.call('HINCRBY', meta, 'large', n)
+  end
+end
+local function takeLarge(meta, ready, n)
+  local v = redis.call('HGET', meta, 'large')
+  if not v then return end
+  local c = string.match(v, '^%d+$') and #v <= 15 and tonumber(v) - n
+  if c and c <= 0 or redis.call('LLEN', ready) == 0 then
+    redis.call('HDEL', meta, 'large')
+  elseif c and n > 0 then
+    redis.call('HSET', meta, 'large', string.format('%d', c))
+  end
+end
+
 local endFirst, endSize
 local function claimedEnd(meta)
   if not endFirst then
@@ -136,10 +158,11 @@ end
 
 local bad = claimTypes(claimsKey, 4, #ARGV, 4)
 if bad then return bad end
-local n = 0
+local n, large = 0, 0
 for i = 4, #ARGV, 4 do
   if take(i) then
     redis.call('RPUSH', KEYS[1], ARGV[i + 3])
+    if #ARGV[i + 3] > 8192 then large = large + 1 end
     local r = redis.call('HGET', KEYS[6], ARGV[i + 2])
     if r then
       local failed, msg = string.match(r, '^(%-?%d+):%-?%d+:(.*)$')
@@ -152,5 +175,6 @@ for i = 4, #ARGV, 4 do
     n = n + 1
   end
 end
+addLarge(KEYS[4], KEYS[1], large)
 if n > 0 and ARGV[3] == '1' then incr(KEYS[4], 'redelivered', n) end
 return n
