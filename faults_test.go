@@ -267,7 +267,9 @@ func TestFaultConnectionResets(t *testing.T) {
 func TestFaultClaimReplyCut(t *testing.T) {
 	e := newFaultEnv(t, 1, false)
 	proxy := startProxy(t, e.redis.addr())
-	const orders, per, cuts = 200, 50, 5
+	// Enough tasks that five cuts, 100ms apart, find a claim to cut: a
+	// pool drains about 2,000 of them between two cuts.
+	const orders, per, cuts = 200, 100, 5
 	total := int64(orders * per)
 	p := e.spawn("producer", produce(orders, per)) // straight to Redis
 	acfg := e.analyserConfig(0)
