@@ -451,64 +451,6 @@ func (e *endRead) of(first, endFirst int64, off, n int) ([]any, bool) {
 	return es, true
 }
 
-// sendAhead sends the reads, after a claim, of what is past the claimed
-// end of the queue of k: the ready list's length, then the end's fields
-// and the count of large entries (large.go). In that order, a large entry
-// pushed between the two reads is in the count, or in neither.
-func sendAhead(c redis.Conn, k queueKeys) {
-	c.Send("LLEN", k.ready)
-	c.Send("HMGET", k.meta, endFirstField, endSizeField, largeField)
-}
-
-// aheadFields reads the replies of sendAhead: the end's first seq and
-// size (0, 0: none), and the entries past it, none large (aheadLarge:
-// large ones counted).
-func aheadFields(c redis.Conn, ctx context.Context) (f, size, ahead int64, err error) {
-	n, lerr := redis.Int64(receiveContext(c, ctx))
-	m, err := redis.Values(receiveContext(c, ctx))
-	if err = errors.Join(lerr, err); err != nil {
-		return 0, 0, 0, err
-	}
-	if len(m) != 3 {
-		return 0, 0, 0, fmt.Errorf("%w: HMGET replied %d values", ErrMalformed, len(m))
-	}
-	f, size = parseEnd(m[0], m[1])
-	if l, _ := redis.String(m[2], nil); l != "" && l != "0" {
-		return f, size, aheadLarge, nil
-	}
-	return f, size, max(n-size, 0), nil
-}
-
-// Values of store.ahead that are no count of entries.
-const (
-	aheadLarge   = -1 // large entries counted
-	aheadUnknown = -2 // not read in this tenure of the lease, or since a hand-back
-)
-
-// withRead returns how many entries past the end to read with a claim in
-// place of up to n tasks, pop at first, with a budget of maxBytes (0: the
-// claim goes alone, as large as asked, and a claim made in place reads
-// its entries apart). The claim then asks for that many, to be made in
-// place or not at all (the claim script's {-5}: it goes again alone).
-//
-// A claim in place takes no large entry (large.go), but its read is sent
-// before the claim's answer, and reads the entries past the end whatever
-// the claim did: those it took, or, where it was not made, those a claim
-// in place would have taken. So the read is kept to the entries the last
-// read found past the end (none large, then; only this store takes
-// entries from that end) and the budget's entries at the largest size a
-// task makes: whatever came since, the read passes the budget by at most
-// that. Where nothing is known (a store's first claim, or one after a
-// hand-back put entries at the consuming end), large entries were
-// counted, or the last claim was not made in place, it reads nothing.
-func (s *store) withRead(n, pop int, maxBytes int64) int {
-	known := s.ahead.Load()
-	if known < 0 || s.declined.Load() {
-		return 0
-	}
-	return int(min(int64(min(n, pop)), known+max(1, maxBytes/max(s.maxEntry, 1))))
-}
-
 // trimmedTo notes that the claimed end starts at first and holds size
 // entries (0: none), as a claim's trims left it.
 func (s *store) trimmedTo(first, size int64) {

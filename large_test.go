@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -149,8 +149,18 @@ func makeDue(t *testing.T, s *testServer, k queueKeys) {
 // byteConn counts the bytes of the bulk strings in the replies it reads.
 type byteConn struct {
 	redis.Conn
-	mu *sync.Mutex
-	n  *int64
+	n *atomic.Int64
+}
+
+// countingQueue returns a queue of one partition, its server and the keys
+// of its queue 0, and the count of the bytes its connections read
+// (byteConn).
+func countingQueue(t *testing.T) (*Queue, *testServer, queueKeys, *atomic.Int64) {
+	t.Helper()
+	srv := newTestServers(t, 1)[0]
+	read := new(atomic.Int64)
+	q := queueOnPool(t, srv.wrapPool(16, func(c redis.Conn) redis.Conn { return byteConn{Conn: c, n: read} }))
+	return q, srv, newQueueKeys(q.cfg.Prefix, 0, 0), read
 }
 
 func (c byteConn) add(v any, err error) (any, error) {
@@ -168,9 +178,7 @@ func (c byteConn) add(v any, err error) (any, error) {
 		}
 		return 0
 	}
-	c.mu.Lock()
-	*c.n += size(v)
-	c.mu.Unlock()
+	c.n.Add(size(v))
 	return v, err
 }
 
@@ -195,11 +203,7 @@ func (c byteConn) ReceiveWithTimeout(d time.Duration) (any, error) {
 // in place again.
 func TestClaimInPlaceReadsWithinTheBudget(t *testing.T) {
 	t.Parallel()
-	srv := newTestServers(t, 1)[0]
-	var mu sync.Mutex
-	var read int64
-	q := queueOnPool(t, srv.wrapPool(16, func(c redis.Conn) redis.Conn { return byteConn{Conn: c, mu: &mu, n: &read} }))
-	k := newQueueKeys(q.cfg.Prefix, 0, 0)
+	q, srv, k, read := countingQueue(t)
 	ctx := context.Background()
 	const small, large, bigSize, budget = 50, 60, 200 << 10, 1 << 20
 	ts := orderTasks(1, small)
@@ -212,18 +216,14 @@ func TestClaimInPlaceReadsWithinTheBudget(t *testing.T) {
 	c := movingConsumer(t, q)
 	took := func(n int) []claimed {
 		t.Helper()
-		mu.Lock()
-		read = 0
-		mu.Unlock()
+		read.Store(0)
 		got, err := c.st.claim(ctx, n, budget, false, nil)
 		require.NoError(t, err)
-		mu.Lock()
-		defer mu.Unlock()
 		held := int64(0)
 		for _, tk := range got {
 			held += tk.size()
 		}
-		assert.LessOrEqual(t, read, int64(budget+bigSize+4096), "bytes read by a claim of %d tasks", len(got))
+		assert.LessOrEqual(t, read.Load(), int64(budget+bigSize+4096), "bytes read by a claim of %d tasks", len(got))
 		if len(got) > 1 {
 			assert.LessOrEqual(t, held, int64(budget+len(got)*64), "bytes held")
 		}
@@ -311,11 +311,7 @@ func TestLargeCountWrittenByHand(t *testing.T) {
 // nothing it has not counted, and keeps to its budget.
 func TestClaimInPlaceAfterALostLease(t *testing.T) {
 	t.Parallel()
-	srv := newTestServers(t, 1)[0]
-	var mu sync.Mutex
-	var read int64
-	q := queueOnPool(t, srv.wrapPool(16, func(c redis.Conn) redis.Conn { return byteConn{Conn: c, mu: &mu, n: &read} }))
-	k := newQueueKeys(q.cfg.Prefix, 0, 0)
+	q, srv, k, read := countingQueue(t)
 	ctx := context.Background()
 	const small, large, bigSize, budget = 300, 200, 20 << 10, 1 << 20
 	addAll(t, q, orderTasks(1, small))
@@ -343,15 +339,11 @@ func TestClaimInPlaceAfterALostLease(t *testing.T) {
 	require.NoError(t, b.Release(ctx))
 
 	require.NoError(t, a.st.acquire(ctx, nil, nil))
-	mu.Lock()
-	read = 0
-	mu.Unlock()
+	read.Store(0)
 	got, err := a.st.claim(ctx, maxMoved, budget, false, nil)
 	require.NoError(t, err)
 	require.NotEmpty(t, got)
-	mu.Lock()
-	defer mu.Unlock()
-	assert.LessOrEqual(t, read, int64(budget+bigSize+4096), "bytes read by a claim of %d tasks", len(got))
+	assert.LessOrEqual(t, read.Load(), int64(budget+bigSize+4096), "bytes read by a claim of %d tasks", len(got))
 	for i, tk := range got {
 		p, _, _ := strings.Cut(string(tk.Payload), "|")
 		assert.Equal(t, pl(0, i), p)
