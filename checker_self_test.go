@@ -113,6 +113,13 @@ func TestCheckerDetectsEachViolation(t *testing.T) {
 			b.lease(10, 1).add(faultEvent{Ev: evAdd, Pid: 1, Order: 2, Seq: 0})
 			return b.runTask(10, 2, 0, "u", 1, "ok").runTask(10, 2, 0, "u", 2, "ok")
 		}, func(r faultReport) int { return r.UnknownTwice }},
+		{"unknown add pending at the fault, completed three times", func() *histBuilder {
+			b := &histBuilder{}
+			b.lease(10, 1).add(faultEvent{Ev: evAdd, Pid: 1, Order: 2, Seq: 0})
+			b.runTask(10, 2, 0, "u", 1, "ok").add(faultEvent{Ev: evKill, Pid: 10})
+			b.add(faultEvent{Ev: evPending, ID: "u"})
+			return b.lease(11, 2).runTask(11, 2, 0, "u", 2, "ok").runTask(11, 2, 0, "u", 3, "ok")
+		}, func(r faultReport) int { return r.UnknownTwice }},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -246,4 +253,20 @@ func TestCheckRetryPolicy(t *testing.T) {
 			assert.Len(t, checkRetryPolicy(tc.ev, 3), tc.bad)
 		})
 	}
+}
+
+// An add that returned an error may still have been carried out; when its
+// task was pending at a fault it runs once more after it, which is a
+// redelivery (DupPending), not an add carried out twice.
+func TestCheckerUnknownAddPendingAtFault(t *testing.T) {
+	t.Parallel()
+	b := &histBuilder{}
+	b.lease(10, 1).add(faultEvent{Ev: evAdd, Pid: 1, Order: 2, Seq: 0})
+	b.runTask(10, 2, 0, "u", 1, "ok").add(faultEvent{Ev: evKill, Pid: 10})
+	b.add(faultEvent{Ev: evPending, ID: "u"})
+	b.lease(11, 2).runTask(11, 2, 0, "u", 2, "ok")
+	r := checkHistory(b.ev)
+	assert.Zero(t, r.UnknownTwice, "%v", r)
+	assert.Equal(t, 1, r.DupPending, "%v", r)
+	assert.Equal(t, 1, r.UnknownDone, "%v", r)
 }

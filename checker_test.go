@@ -385,7 +385,14 @@ func checkHistory(events []faultEvent) faultReport {
 			if done {
 				rep.UnknownDone++
 			}
-			if okRuns > 1 {
+			// A task pending in Redis at a fault may run once more after
+			// it, whatever its add returned (DupPending counts it); a run
+			// beyond that means an add that failed was carried out twice.
+			allowed := 1
+			if t.pending {
+				allowed = 2
+			}
+			if okRuns > allowed {
 				rep.UnknownTwice++
 			}
 		}
