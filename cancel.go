@@ -276,7 +276,7 @@ func cancelOnce(ctx context.Context, c redis.Conn, k queueKeys, id string) ([]an
 	if args := findArgs(k, all, id); args != nil {
 		// Claims whose records hold no IDs yet: where their lists hold
 		// the task, one more round trip.
-		r, err := redis.Values(findScript.DoContext(ctx, c, args...))
+		r, err := redis.Values(runScript(ctx, findScript, c, args...))
 		if err != nil {
 			return nil, err
 		}
@@ -295,5 +295,5 @@ func cancelOnce(ctx context.Context, c redis.Conn, k queueKeys, id string) ([]an
 		args = append(args, p.first, p.at)
 	}
 	args = append(args, read...)
-	return redis.Values(cancelScript.DoContext(ctx, c, append(append([]any{len(keys)}, keys...), args...)...))
+	return redis.Values(runScript(ctx, cancelScript, c, append(append([]any{len(keys)}, keys...), args...)...))
 }

@@ -329,11 +329,11 @@ func (s *store) readInPlace(ctx context.Context, first, endFirst int64, off, n i
 		}
 		// Opened since: the claim is in its list.
 		l := claimListKey(s.keys, strconv.FormatInt(first, 10))
-		es, err = redis.Values(redis.DoContext(c, ctx, "LRANGE", l, 0, -1))
+		es, err = redis.Values(doContext(c, ctx, "LRANGE", l, 0, -1))
 		if err == nil && len(es) != n {
 			// Gone with the lease (a new owner's recovery put the claim
 			// back), or malformed.
-			if v, lerr := redis.String(redis.DoContext(c, ctx, "GET", s.keys.lease)); lerr == nil && v != s.value() || lerr == redis.ErrNil {
+			if v, lerr := redis.String(doContext(c, ctx, "GET", s.keys.lease)); lerr == nil && v != s.value() || lerr == redis.ErrNil {
 				return nil, ErrLeaseLost
 			}
 			err = fmt.Errorf("%w: %s holds %d entries, the claim took %d", ErrMalformed, l, len(es), n)

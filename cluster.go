@@ -296,7 +296,7 @@ func (r *clusterRouter) readSlotsFrom(ctx context.Context, addr string) (*slotMa
 		return nil, err
 	}
 	defer c.Close()
-	reply, err := redis.Values(redis.DoContext(c, ctx, "CLUSTER", "SHARDS"))
+	reply, err := redis.Values(doContext(c, ctx, "CLUSTER", "SHARDS"))
 	if err == nil {
 		return parseClusterShards(reply, addr, r.u.tls)
 	}
@@ -307,7 +307,7 @@ func (r *clusterRouter) readSlotsFrom(ctx context.Context, addr string) (*slotMa
 	if !strings.Contains(strings.ToLower(string(re)), "unknown subcommand") {
 		return nil, err // cluster support disabled, or refused
 	}
-	reply, err = redis.Values(redis.DoContext(c, ctx, "CLUSTER", "SLOTS")) // Redis 6.2
+	reply, err = redis.Values(doContext(c, ctx, "CLUSTER", "SLOTS")) // Redis 6.2
 	if err != nil {
 		return nil, err
 	}

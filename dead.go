@@ -227,7 +227,7 @@ func scanDead(ctx context.Context, p *partition, key, what string, f func(field 
 	_, err := onPartition(ctx, p, what, func(c redis.Conn) (struct{}, error) {
 		cursor := "0"
 		for {
-			r, err := redis.Values(redis.DoContext(c, ctx, "HSCAN", key, cursor, "COUNT", deadChunk))
+			r, err := redis.Values(doContext(c, ctx, "HSCAN", key, cursor, "COUNT", deadChunk))
 			if err != nil {
 				return struct{}{}, err
 			}
@@ -286,7 +286,7 @@ func getDead(ctx context.Context, p *partition, key, what string, ids []string, 
 			for _, id := range ids[:n] {
 				args = append(args, id)
 			}
-			vs, err := redis.ByteSlices(redis.DoContext(c, ctx, "HMGET", args...))
+			vs, err := redis.ByteSlices(doContext(c, ctx, "HMGET", args...))
 			if err != nil {
 				return struct{}{}, err
 			}
@@ -408,7 +408,7 @@ func (q *Queue) Replay(ctx context.Context, analyser int, ids ...string) (int, e
 		if err == nil && len(args) > 3 {
 			var m int
 			m, err = onPartition(ctx, p, what, func(c redis.Conn) (int, error) {
-				return redis.Int(replayScript.DoContext(ctx, c, args...))
+				return redis.Int(runScript(ctx, replayScript, c, args...))
 			})
 			moved += m
 		}
@@ -444,7 +444,7 @@ func (q *Queue) Purge(ctx context.Context, analyser int, ids ...string) (int, er
 			for _, id := range ids[:n] {
 				args = append(args, id)
 			}
-			m, err := redis.Int(redis.DoContext(c, ctx, "HDEL", args...))
+			m, err := redis.Int(doContext(c, ctx, "HDEL", args...))
 			purged += m
 			if err != nil {
 				return purged, err

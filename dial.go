@@ -367,7 +367,7 @@ func poolOf(cfg Config, dial func(context.Context) (*watchedConn, error), onDial
 			if time.Since(idleSince) < idleCheck {
 				return nil
 			}
-			_, err := redis.DoContext(c, ctx, "PING")
+			_, err := doContext(c, ctx, "PING")
 			return err
 		},
 	}
@@ -461,7 +461,7 @@ func pingServer(ctx context.Context, p *redis.Pool) error {
 	defer conn.Close()
 	// A server that refuses INFO (an ACL) or knows no such section is
 	// taken for what the URL says.
-	info, err := redis.String(redis.DoContext(conn, ctx, "INFO", "cluster"))
+	info, err := redis.String(doContext(conn, ctx, "INFO", "cluster"))
 	if err == nil && strings.Contains(info, "cluster_enabled:1") {
 		return fmt.Errorf("%w: the server is a Redis Cluster node: reach a cluster with a redis+cluster:// URL (redis+cluster://host:port, any of its nodes)", ErrBadConfig)
 	}
@@ -474,6 +474,6 @@ func ping(ctx context.Context, p *redis.Pool) error {
 		return err
 	}
 	defer conn.Close()
-	_, err = redis.DoContext(conn, ctx, "PING")
+	_, err = doContext(conn, ctx, "PING")
 	return err
 }

@@ -294,7 +294,7 @@ func (g *groupStore) beat(ctx context.Context, member string, weight int, op str
 	r, err := onPartition(ctx, g.part, what, func(conn redis.Conn) ([]any, error) {
 		if g.members == nil {
 			// The first heartbeat: the members to nudge are read first.
-			m, err := redis.Strings(redis.DoContext(conn, ctx, "ZRANGE", g.keys.members, 0, -1))
+			m, err := redis.Strings(doContext(conn, ctx, "ZRANGE", g.keys.members, 0, -1))
 			if err != nil {
 				return nil, err
 			}
@@ -306,7 +306,7 @@ func (g *groupStore) beat(ctx context.Context, member string, weight int, op str
 			args = append(args, g.keys.nudge+m)
 		}
 		args = append(args, member, g.ttlMS, weight, g.n, g.keys.nudge, op, knownArg)
-		return redis.Values(groupBeatScript.DoContext(ctx, conn, args...))
+		return redis.Values(runScript(ctx, groupBeatScript, conn, args...))
 	})
 	if err != nil {
 		return groupBeat{}, err
@@ -364,7 +364,7 @@ func parseAnalysers(list string, n int) ([]int, error) {
 // waitNudge waits up to d for member's nudge, and reports whether one came.
 func (g *groupStore) waitNudge(ctx context.Context, member string, d time.Duration) (bool, error) {
 	r, err := onPartition(ctx, g.part, fmt.Sprintf("wait on group %q", g.name), func(conn redis.Conn) (any, error) {
-		return redis.DoContext(conn, ctx, "BLPOP", g.keys.nudge+member, blockSeconds(d))
+		return doContext(conn, ctx, "BLPOP", g.keys.nudge+member, blockSeconds(d))
 	})
 	if err != nil {
 		if isTimeout(err) && ctx.Err() == nil {

@@ -186,14 +186,14 @@ return 1
 func (q *Queue) recordHistory(ctx context.Context, p *partition, k queueKeys, id string, rec historyRecord) error {
 	_, err := onPartition(ctx, p, "record status of task "+id, func(c redis.Conn) (any, error) {
 		retention := q.cfg.Retention
-		if ms, err := redis.Int64(redis.DoContext(c, ctx, "HGET", k.meta, "retention")); err == nil && ms > 0 && ms <= maxRetention.Milliseconds() {
+		if ms, err := redis.Int64(doContext(c, ctx, "HGET", k.meta, "retention")); err == nil && ms > 0 && ms <= maxRetention.Milliseconds() {
 			retention = time.Duration(ms) * time.Millisecond
 		}
 		key, expiry, start := bucketAt(k, retention, rec.finished)
 		if expiry == 0 {
 			return nil, nil
 		}
-		return historyScript.DoContext(ctx, c, key, k.meta, packID(id), rec.encode(start), expiry, retention.Milliseconds())
+		return runScript(ctx, historyScript, c, key, k.meta, packID(id), rec.encode(start), expiry, retention.Milliseconds())
 	})
 	return err
 }

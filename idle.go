@@ -53,7 +53,7 @@ func (s *store) wait(ctx context.Context, d time.Duration) (bool, error) {
 	r, err := onPartition(ctx, s.part, s.what("wait on"), func(conn redis.Conn) (any, error) {
 		// Moving the right end onto itself changes nothing; it only blocks
 		// until there is an element to move.
-		return redis.DoContext(conn, ctx, "BLMOVE", s.keys.ready, s.keys.ready, "RIGHT", "RIGHT", blockSeconds(d))
+		return doContext(conn, ctx, "BLMOVE", s.keys.ready, s.keys.ready, "RIGHT", "RIGHT", blockSeconds(d))
 	})
 	if err != nil {
 		if isTimeout(err) && ctx.Err() == nil {
@@ -196,7 +196,7 @@ func (s *store) waitLease(ctx context.Context, until time.Time) error {
 		return nil
 	}
 	_, err := onPartition(ctx, s.part, s.what("wait for lease of"), func(conn redis.Conn) (any, error) {
-		return redis.DoContext(conn, ctx, "BLPOP", s.keys.wake, blockSeconds(d))
+		return doContext(conn, ctx, "BLPOP", s.keys.wake, blockSeconds(d))
 	})
 	if err != nil && (ctx.Err() != nil || !isTimeout(err)) {
 		return err

@@ -126,7 +126,7 @@ func doPush(ctx context.Context, c redis.Conn, key string, entry []byte) error {
 		_, err := doContext(c, ctx, "LPUSH", key, entry)
 		return err
 	}
-	_, err := pushScript.DoContext(ctx, c, key, metaOfReady(key), 1, entry)
+	_, err := runScript(ctx, pushScript, c, key, metaOfReady(key), 1, entry)
 	return err
 }
 

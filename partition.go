@@ -164,7 +164,7 @@ func (q *Queue) checkLayoutOf(ctx context.Context, p *partition) (none bool, err
 // on conn.
 func (q *Queue) layoutOn(ctx context.Context, conn redis.Conn, p *partition) error {
 	want := [3]int{len(q.parts), q.cfg.Queues, p.index}
-	got, err := redis.String(layoutScript.DoContext(ctx, conn, q.layoutKeyOf(p), want[0], want[1], want[2]))
+	got, err := redis.String(runScript(ctx, layoutScript, conn, q.layoutKeyOf(p), want[0], want[1], want[2]))
 	if err != nil {
 		return redisErr(fmt.Sprintf("check layout of partition %d", p.index), err)
 	}
@@ -207,7 +207,7 @@ func (q *Queue) compareLayoutOn(ctx context.Context, conn redis.Conn, p *partiti
 
 // readLayout reads partition p's layout fields, on c.
 func (q *Queue) readLayout(ctx context.Context, c redis.Conn, p *partition) ([]string, error) {
-	return redis.Strings(redis.DoContext(c, ctx, "HMGET", q.layoutKeyOf(p), "partitions", "queues", "index"))
+	return redis.Strings(doContext(c, ctx, "HMGET", q.layoutKeyOf(p), "partitions", "queues", "index"))
 }
 
 // recheckLayout is checkLayout without the cache: for where the server may
@@ -367,21 +367,21 @@ func (q *Queue) probeServers(ctx context.Context, ps []*partition) error {
 	errs := make([]error, len(probed))
 	eachPartition(probed, func(i int, o *partition) {
 		_, errs[i] = onPartition(ctx, o, what(o), func(c redis.Conn) (any, error) {
-			return redis.DoContext(c, ctx, "SET", key, o.index, "PX", layoutProbeTTL.Milliseconds())
+			return doContext(c, ctx, "SET", key, o.index, "PX", layoutProbeTTL.Milliseconds())
 		})
 	})
 	read := make([]int, len(probed))
 	eachPartition(probed, func(i int, o *partition) {
 		if errs[i] == nil {
 			read[i], errs[i] = onPartition(ctx, o, what(o), func(c redis.Conn) (int, error) {
-				return redis.Int(redis.DoContext(c, ctx, "GET", key))
+				return redis.Int(doContext(c, ctx, "GET", key))
 			})
 		}
 	})
 	cleanup := context.WithoutCancel(ctx) // the key expires, but need not linger
 	eachPartition(probed, func(i int, o *partition) {
 		onPartition(cleanup, o, "delete layout probe", func(c redis.Conn) (any, error) {
-			return redis.DoContext(c, cleanup, "DEL", key)
+			return doContext(c, cleanup, "DEL", key)
 		})
 	})
 	for i, o := range probed {

@@ -99,7 +99,7 @@ func (s *store) what(op string) string {
 
 // script runs one script on the store's partition.
 func (s *store) script(ctx context.Context, op string, sc *redis.Script, keysAndArgs ...any) (any, error) {
-	return onPartition(ctx, s.part, s.what(op), func(conn redis.Conn) (any, error) { return sc.DoContext(ctx, conn, keysAndArgs...) })
+	return onPartition(ctx, s.part, s.what(op), func(conn redis.Conn) (any, error) { return runScript(ctx, sc, conn, keysAndArgs...) })
 }
 
 // taskRef names a pending task for the scripts that finish or change one:

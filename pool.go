@@ -459,7 +459,7 @@ func (q *Queue) analysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 // both is logged at debug level.
 func warnEviction(ctx context.Context, p *partition, key string, log *slog.Logger) {
 	read := func(c redis.Conn) (string, error) {
-		r, err := redis.Strings(redis.DoContext(c, ctx, "CONFIG", "GET", "maxmemory-policy"))
+		r, err := redis.Strings(doContext(c, ctx, "CONFIG", "GET", "maxmemory-policy"))
 		if err == nil {
 			if len(r) == 2 {
 				return r[1], nil
@@ -471,7 +471,7 @@ func warnEviction(ctx context.Context, p *partition, key string, log *slog.Logge
 			// may still be on its way on c, which takes no other.
 			return "", err
 		}
-		info, ierr := redis.String(redis.DoContext(c, ctx, "INFO", "memory"))
+		info, ierr := redis.String(doContext(c, ctx, "INFO", "memory"))
 		if ierr != nil {
 			return "", err
 		}

@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"time"
 
@@ -20,7 +21,7 @@ func onPartition[T any](ctx context.Context, p *partition, what string, f func(r
 	}
 	defer conn.Close()
 	v, err := f(conn)
-	return v, redisErr(what, err)
+	return v, redisErr(what, ctxCause(ctx, err))
 }
 
 // getConn is pool.GetContext for a call that may write: a pool hands out
@@ -31,7 +32,8 @@ func getConn(ctx context.Context, pool *redis.Pool) (redis.Conn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	return pool.GetContext(ctx)
+	c, err := pool.GetContext(ctx)
+	return c, ctxCause(ctx, err)
 }
 
 // doContext is redis.DoContext, which runs every command on a goroutine of
@@ -42,7 +44,8 @@ func doContext(c redis.Conn, ctx context.Context, cmd string, args ...any) (any,
 	if ctx.Done() == nil {
 		return c.Do(cmd, args...)
 	}
-	return redis.DoContext(c, ctx, cmd, args...)
+	v, err := redis.DoContext(c, ctx, cmd, args...)
+	return v, ctxCause(ctx, err)
 }
 
 // receiveContext is redis.ReceiveContext as doContext is redis.DoContext.
@@ -50,7 +53,41 @@ func receiveContext(c redis.Conn, ctx context.Context) (any, error) {
 	if ctx.Done() == nil {
 		return c.Receive()
 	}
-	return redis.ReceiveContext(c, ctx)
+	v, err := redis.ReceiveContext(c, ctx)
+	return v, ctxCause(ctx, err)
+}
+
+// runScript is sc.DoContext, its error ctx's own when ctx ended the call
+// (see ctxCause).
+func runScript(ctx context.Context, sc *redis.Script, c redis.Conn, keysAndArgs ...any) (any, error) {
+	v, err := sc.DoContext(ctx, c, keysAndArgs...)
+	return v, ctxCause(ctx, err)
+}
+
+// ctxCause returns err, the error of a call made on ctx, as one that is
+// ctx's own error too when ctx ended the call. redigo reads a reply with
+// ctx's deadline as the connection's, so a call that runs out of its time
+// most often fails with the network's "i/o timeout", and ctx itself may
+// not say it has ended yet: a caller that asks errors.Is(err,
+// context.DeadlineExceeded) must still hear yes. A timeout of the
+// connection's own read timeout, sooner than ctx's deadline, stays as it
+// is.
+func ctxCause(ctx context.Context, err error) error {
+	if err == nil || !isTimeout(err) {
+		return err
+	}
+	cause := ctx.Err()
+	if cause == nil {
+		dl, ok := ctx.Deadline()
+		if !ok || time.Now().Before(dl) {
+			return err
+		}
+		cause = context.DeadlineExceeded
+	}
+	if errors.Is(err, cause) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", cause, err)
 }
 
 // blockSeconds renders d as the timeout of a blocking command, at least 1ms.

@@ -205,7 +205,7 @@ func At(t time.Time) AddOption { return func(o *addOptions) { o.at = t } }
 func (q *Queue) schedule(ctx context.Context, a addition) error {
 	k := newQueueKeys(q.cfg.Prefix, a.pi, a.qi)
 	_, err := onPartition(ctx, a.p, fmt.Sprintf("schedule task on partition %d queue %d", a.pi, a.qi), func(c redis.Conn) (any, error) {
-		return scheduleScript.DoContext(ctx, c, k.sched, k.later, dueMS(a.due), a.id, a.entry)
+		return runScript(ctx, scheduleScript, c, k.sched, k.later, dueMS(a.due), a.id, a.entry)
 	})
 	return err
 }

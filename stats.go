@@ -75,7 +75,7 @@ func (q *Queue) Stats(ctx context.Context) ([]AnalyserStats, error) {
 				read := [statsPerQueue]string{k.ready, k.pending, k.dead, k.meta, k.lease, k.lease, k.sched}
 				var r [statsPerQueue]any
 				for i := range r {
-					v, err := redis.ReceiveContext(c, ctx)
+					v, err := receiveContext(c, ctx)
 					if re, ok := errors.AsType[redis.Error](err); ok {
 						// Redis's WRONGTYPE names no key: this one is the
 						// key to repair (or delete).

@@ -406,7 +406,7 @@ func (q *Queue) AddTaskOnce(ctx context.Context, orderID uint64, key string, win
 	k := newQueueKeys(q.cfg.Prefix, pi, qi)
 	what := fmt.Sprintf("add task once to partition %d queue %d", pi, qi)
 	r, err := onPartition(ctx, p, what, func(c redis.Conn) ([]any, error) {
-		return redis.Values(addOnceScript.DoContext(ctx, c, k.ready, k.dedup(orderID, key), k.meta, id, entry, max(window.Milliseconds(), 1)))
+		return redis.Values(runScript(ctx, addOnceScript, c, k.ready, k.dedup(orderID, key), k.meta, id, entry, max(window.Milliseconds(), 1)))
 	})
 	if err != nil {
 		return "", false, err

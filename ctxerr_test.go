@@ -1,0 +1,71 @@
+package queue
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// Every call of the API on a Redis that has stopped answering returns an
+// error that is its ctx's: errors.Is(err, context.DeadlineExceeded) when
+// ctx's deadline ended it, context.Canceled when ctx was cancelled. A
+// call whose ctx has a deadline reads its reply with that deadline as
+// the connection's, and the read's "i/o timeout" must not hide the cause.
+func TestAPIErrorsAreCtxErrors(t *testing.T) {
+	t.Parallel()
+	q, err := New([]*redis.Pool{stalledServer(t)}, Config{})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	calls := map[string]func(ctx context.Context) error{
+		"AddTask": func(ctx context.Context) error { _, err := q.AddTask(ctx, 1, []byte("x")); return err },
+		"AddTasks": func(ctx context.Context) error {
+			_, err := q.AddTasks(ctx, []Task{{OrderID: 1, Payload: []byte("x")}})
+			return err
+		},
+		"AddTaskAt": func(ctx context.Context) error {
+			_, err := q.AddTaskAt(ctx, 1, time.Now().Add(time.Hour), []byte("x"))
+			return err
+		},
+		"AddTaskOnce": func(ctx context.Context) error {
+			_, _, err := q.AddTaskOnce(ctx, 1, "k", time.Minute, []byte("x"))
+			return err
+		},
+		"Cancel":      func(ctx context.Context) error { _, err := q.Cancel(ctx, 1, testID); return err },
+		"Status":      func(ctx context.Context) error { _, err := q.Status(ctx, 1, testID); return err },
+		"State":       func(ctx context.Context) error { _, err := q.State(ctx, 1, testID); return err },
+		"Ping":        func(ctx context.Context) error { return q.Ping(ctx) },
+		"CheckLayout": func(ctx context.Context) error { return q.CheckLayout(ctx) },
+		"Stats":       func(ctx context.Context) error { _, err := q.Stats(ctx); return err },
+		"Pending":     func(ctx context.Context) error { _, err := q.Pending(ctx, 0); return err },
+		"Scheduled":   func(ctx context.Context) error { _, err := q.Scheduled(ctx, 0, 0, 10); return err },
+		"Dead":        func(ctx context.Context) error { _, err := q.Dead(ctx, 0); return err },
+		"Replay":      func(ctx context.Context) error { _, err := q.Replay(ctx, 0, testID); return err },
+		"Purge":       func(ctx context.Context) error { _, err := q.Purge(ctx, 0, testID); return err },
+		"Pause":       func(ctx context.Context) error { return q.Pause(ctx, AllQueues()) },
+		"Resume":      func(ctx context.Context) error { return q.Resume(ctx, AllQueues()) },
+		"GroupStatus": func(ctx context.Context) error { _, err := q.GroupStatus(ctx, "g"); return err },
+		"Consume":     func(ctx context.Context) error { _, err := q.Consume(ctx, 0, ConsumerConfig{}); return err },
+	}
+	for name, call := range calls {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+			err := call(ctx)
+			cancel()
+			assert.ErrorIs(t, err, context.DeadlineExceeded)
+
+			ctx, cancel = context.WithCancel(context.Background())
+			stop := time.AfterFunc(30*time.Millisecond, cancel)
+			err = call(ctx)
+			stop.Stop()
+			cancel()
+			assert.ErrorIs(t, err, context.Canceled)
+			assert.False(t, errors.Is(err, context.DeadlineExceeded), "%v", err)
+		})
+	}
+}
