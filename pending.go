@@ -35,7 +35,7 @@ type store struct {
 	unanswered  string                 // the nonce of acquisition tries whose reply was lost, until one is answered; "" when none
 	acquired    time.Time              // when the try that took the lease was sent: Redis's TTL runs from then at the latest
 	entrySize   atomic.Int64           // the mean entry size of the last claim that took entries; 0: none yet (see entryGuess)
-	maxEntry    int64                  // the largest entry a task makes: its header and MaxPayload
+	maxEntry    int64                  // the largest entry a task makes: MaxPayload and maxEntryOver
 	nextDue     atomic.Int64           // the due time (ms) of the next scheduled task, as the last empty claim (or idle wait) saw it; -1: none
 	nextFirst   atomic.Int64           // the first seq of the next claim, as far as this store knows (see seqReply)
 	idsLater    bool                   // its claims leave their task IDs to the caller's acks (idsLater): a pool's store
@@ -86,7 +86,7 @@ func (q *Queue) newStore(ctx context.Context, analyser int, ttl time.Duration, m
 		closed:   &q.closed,
 		ownPools: q.ownPools,
 		deaths:   &q.deaths,
-		maxEntry: int64(entryHeader + q.cfg.MaxPayload),
+		maxEntry: int64(maxEntryOver + q.cfg.MaxPayload),
 	}
 	s.setSchedHead(-1, -1)
 	s.ahead.Store(aheadUnknown)

@@ -75,6 +75,11 @@ func isEntryStart(c byte) bool { return c&entryTask != 0 && c&^entryFlags == 0 }
 // byte and the ID. The claim script reads the ID from these bytes.
 const entryHeader = 1 + idLen
 
+// maxEntryOver is the most an encoded task holds besides its payload:
+// the fixed part, three uvarints at their longest and the header section
+// at its limit.
+const maxEntryOver = entryHeader + 3*binary.MaxVarintLen64 + maxHeaderBytes
+
 // An encoded task (the element of a ready list and the body of a pending
 // record) is:
 //

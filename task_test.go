@@ -245,3 +245,26 @@ func FuzzDecodeEntry(f *testing.F) {
 		}
 	})
 }
+
+// maxEntryOver bounds what an entry holds besides its payload, at every
+// field's largest: a claim's read is sized by it.
+func TestMaxEntryOverBoundsEveryEntry(t *testing.T) {
+	t.Parallel()
+	headers := map[string]string{"k": ""}
+	for n := 0; ; n++ {
+		h := map[string]string{"k": strings.Repeat("v", n)}
+		size, err := headersSize(h)
+		if err != nil {
+			break
+		}
+		headers = h
+		require.LessOrEqual(t, size, maxHeaderBytes)
+	}
+	size, err := headersSize(headers)
+	require.NoError(t, err)
+	assert.Greater(t, size, maxHeaderBytes-4, "the headers at their limit")
+	payload := []byte("payload")
+	e := appendEntry(nil, entryRecovered, testID, math.MaxUint64, math.MaxInt64, math.MaxInt, headers, payload)
+	assert.LessOrEqual(t, len(e), maxEntryOver+len(payload))
+	assert.Greater(t, len(e), maxEntryOver+len(payload)-64, "the bound is close")
+}
