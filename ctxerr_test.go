@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -67,5 +68,46 @@ func TestAPIErrorsAreCtxErrors(t *testing.T) {
 			assert.ErrorIs(t, err, context.Canceled)
 			assert.False(t, errors.Is(err, context.DeadlineExceeded), "%v", err)
 		})
+	}
+}
+
+// The Consumer's calls, on a Redis whose replies stop coming after the
+// consumer took its lease, return their ctx's error too.
+func TestConsumerErrorsAreCtxErrors(t *testing.T) {
+	t.Parallel()
+	mini := miniredis.RunT(t)
+	proxy := startProxy(t, mini.Addr())
+	q, err := New([]*redis.Pool{testPool("redis://" + proxy.Addr())}, Config{})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	ctx := bounded(t)
+	for i := range 4 {
+		_, err := q.AddTask(ctx, 0, []byte{byte('a' + i)})
+		require.NoError(t, err)
+	}
+	c, err := q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	tasks, err := c.Claim(ctx, 2)
+	require.NoError(t, err)
+	require.Len(t, tasks, 2)
+	proxy.holdReplies()
+
+	calls := []struct {
+		name string
+		call func(ctx context.Context) error
+	}{
+		{"Claim", func(ctx context.Context) error { _, err := c.Claim(ctx, 1); return err }},
+		{"RemoveTask", func(ctx context.Context) error { _, err := c.RemoveTask(ctx); return err }},
+		{"Ack", func(ctx context.Context) error { _, err := c.Ack(ctx, tasks[0].ID); return err }},
+		{"Fail", func(ctx context.Context) error { _, err := c.Fail(ctx, tasks[0], errors.New("x")); return err }},
+		{"Requeue", func(ctx context.Context) error { return c.Requeue(ctx, tasks[1]) }},
+		{"Renew", func(ctx context.Context) error { return c.Renew(ctx) }},
+		{"Release", func(ctx context.Context) error { return c.Release(ctx) }},
+	}
+	for _, tc := range calls {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+		err := tc.call(ctx)
+		cancel()
+		assert.ErrorIs(t, err, context.DeadlineExceeded, tc.name)
 	}
 }
