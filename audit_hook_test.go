@@ -14,6 +14,7 @@ import (
 type hookConn struct {
 	redis.Conn
 	before func(script string, args []any) error
+	onCmd  func(cmd string, args []any) // when set, sees every call that is no script's, before it is sent
 }
 
 // hookPool is a pool over url whose connections call before ahead of
@@ -39,9 +40,21 @@ func scriptName(cmd string, args []any) string {
 
 func (c *hookConn) hook(cmd string, args []any) error {
 	if name := scriptName(cmd, args); name != "" {
+		if c.before == nil {
+			return nil
+		}
 		return c.before(name, args)
 	}
+	if c.onCmd != nil && cmd != "" {
+		c.onCmd(strings.ToUpper(cmd), args)
+	}
 	return nil
+}
+
+// cmdHookPool is a pool over s whose connections call onCmd ahead of
+// every call that is no script's.
+func cmdHookPool(s *testServer, onCmd func(cmd string, args []any)) *redis.Pool {
+	return s.wrapPool(16, func(c redis.Conn) redis.Conn { return &hookConn{Conn: c, onCmd: onCmd} })
 }
 
 func (c *hookConn) Do(cmd string, args ...any) (any, error) {
