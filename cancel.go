@@ -131,6 +131,10 @@ return {'marked'}
 //   - StateDone or StateCancelled: where the queue keeps a history, the
 //     task is known to have finished; nothing is changed.
 //
+// StateUnknown with an error (Redis failed, or ctx ended, before the
+// mark's reply was read) says nothing of the task: the mark may be set,
+// as a write whose reply was lost may have been made.
+//
 // The queue keeps a history with Config.Retention, or where its owner
 // recorded one (a pool or Consumer of a Queue with Retention): Cancel
 // reads it as Status does, so a tool without the owner's Config (qugo)
