@@ -21,7 +21,7 @@ func onPartition[T any](ctx context.Context, p *partition, what string, f func(r
 	}
 	defer conn.Close()
 	v, err := f(conn)
-	return v, redisErr(what, ctxCause(ctx, err))
+	return v, redisErr(what, err)
 }
 
 // getConn is pool.GetContext for a call that may write: a pool hands out
