@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -289,75 +287,6 @@ func (t *claimed) size() int64 {
 	return int64(entryHeader + 12 + h + len(t.Payload))
 }
 
-// slot is where a claimed task is: its claim record and place there.
-type slot struct {
-	claim *claimBatch
-	place int32
-}
-
-// claimBatch names one claim record (claimrec.go).
-type claimBatch struct {
-	record string // the claim's first seq: the field of its claim-sequence record
-
-	// ids are the claim's task IDs back to back, as its record is to hold
-	// them, while it holds none (idsLater): the acker sends them with the
-	// claim's first ack made idsAfter or more after at, when it was
-	// claimed, or made while the queue holds retry records or cancel marks
-	// (see idsAfter); only the acker reads or clears them.
-	ids string
-	at  time.Time
-
-	// acked counts the places of a claim in place that acks set, as
-	// Redis confirmed them (claimend.go): once it is the claim's size, the
-	// claim's next trim is certain.
-	acked atomic.Int32
-}
-
-// idsAfter is how old a claim whose record holds no IDs must be for an
-// ack to write them. A claim finished sooner never has them written: it
-// saves a pool about a tenth of a microsecond of Redis's time per task
-// (the IDs sent, read and stored) where tasks are quick, while a Cancel,
-// State or Status that looks for one of its tasks meanwhile reads the
-// claim's list instead of its record (see findScript). A claim that
-// lasts longer is one of a pool whose tasks are slow, where the cost is
-// nothing, and whose records are then found by their IDs. While the queue
-// holds retry records or cancel marks (the last ack said so), an ack
-// needs the IDs of the tasks it finishes, to drop theirs: it writes the
-// IDs whatever the claim's age, as it would otherwise read each task's
-// ID from the claim's list.
-const idsAfter = 100 * time.Millisecond
-
-// seqReply starts the claim script's refusal, before any write, of a
-// claim whose first seq (the caller's guess: the one after its last claim)
-// is not the queue's next one; the reply says which is.
-const seqReply = "QUGOSEQ"
-
-// maxClaimSeq is the largest claim count (the meta hash's seq) a claim
-// reads, and so the largest it writes: a claim that could count past it
-// is refused before any write, rather than leave a count every later
-// claim refuses. (Only a count written by hand comes near it.)
-const maxClaimSeq = 999_999_999_999_999
-
-// seqTries bounds the times one claim is sent: a stale proposal costs a
-// refusal, one taken by a record (a claim count set back by hand) another,
-// and each claim list or done bitmap left without its record (deleted by
-// hand) one more.
-const seqTries = 16
-
-// seqRefusal returns the first seq a claim refused with seqReply names.
-func seqRefusal(err error) (int64, bool) {
-	var re redis.Error
-	if !errors.As(err, &re) {
-		return 0, false
-	}
-	rest, ok := strings.CutPrefix(string(re), seqReply+" ")
-	if !ok {
-		return 0, false
-	}
-	next, perr := strconv.ParseInt(rest, 10, 64)
-	return next, perr == nil && next >= 0
-}
-
 // errNoRoom is claim's answer, in strict mode, when the next task does not
 // fit the bytes left.
 var errNoRoom = errors.New("queue: the next task does not fit the bytes left")
@@ -547,19 +476,6 @@ func (s *store) entryGuess() int64 {
 		return n
 	}
 	return max(s.maxEntry, 1)
-}
-
-// learnSeq takes seq, a claim count read from the meta hash, as the first
-// seq of the next claim when it is past the one the store would propose:
-// a pool's first claim is not refused for a guess of 0 (seqReply), a
-// round trip at its start.
-func (s *store) learnSeq(seq int64) {
-	for {
-		cur := s.nextFirst.Load()
-		if seq <= cur || s.nextFirst.CompareAndSwap(cur, seq) {
-			return
-		}
-	}
 }
 
 // pendingField is the field a claimed entry goes under in the dead-letter
