@@ -222,7 +222,8 @@
 // before a task of it is handed back, retried, dead-lettered or
 // cancelled, and by a new owner before its recovery. An idle
 // pool is woken as soon as a task is pushed (see Idle pools). Each delivery
-// gets [PoolConfig].TaskTimeout; a panic becomes a [*PanicError], a call
+// gets [PoolConfig].TaskTimeout (one that returns after it, even nil,
+// fails as timed out); a panic becomes a [*PanicError], a call
 // of runtime.Goexit (t.FailNow in a test) [ErrGoexit], the worker going on
 // either way (a Goexit in OnDone, OnError or Backoff ends no goroutine
 // of the pool either; a panic there is not recovered), and every failed

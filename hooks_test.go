@@ -241,7 +241,7 @@ func TestGoexitElasticRate(t *testing.T) {
 			counters := &Counters{}
 			var errs errLog
 			errc := runPool(ctx, q, PoolConfig{MinWorkers: 1, MaxWorkers: 4, ScaleDownAfter: 20 * time.Millisecond,
-				Dispatch: mode, Rate: 400, Burst: 4, TaskTimeout: 50 * time.Millisecond, MaxAttempts: 10,
+				Dispatch: mode, Rate: 400, Burst: 4, TaskTimeout: 500 * time.Millisecond, MaxAttempts: 10,
 				Backoff: func(int) time.Duration { return time.Millisecond }, ExitOnEmpty: true,
 				Counters: counters, OnError: errs.add}, fn)
 			require.NoError(t, receive(t, errc))

@@ -96,8 +96,12 @@ type PoolConfig struct {
 	// without Rate is an error. If zero, 1 is used; at most 1,000,000.
 	Burst int
 	// TaskTimeout bounds one delivery; the task's ctx ends then, and the
-	// delivery fails. If zero, 1 minute is used; if negative, none; at
-	// most 24h.
+	// delivery fails with an error that is a context.DeadlineExceeded.
+	// Go cannot stop a function that does not watch its ctx: one that
+	// returns nil after its TaskTimeout fails all the same (it is retried,
+	// and reported as timed out), and its worker waits for it meanwhile,
+	// with the OrderIDs it serves. If zero, 1 minute is used; if negative,
+	// none; at most 24h.
 	TaskTimeout time.Duration
 	// MaxAttempts is how many deliveries a task gets before it moves to
 	// the dead-letter store. A delivery that crashes its owner counts once

@@ -202,7 +202,9 @@ func testPoolOrderUnderFailures(t *testing.T, orders int, cfg PoolConfig) {
 	logs := &logRecorder{}
 	cfg.Logger = slog.New(logs)
 	cfg.MaxAttempts = maxAttempts
-	cfg.TaskTimeout = 50 * time.Millisecond
+	// Long beside a task's run: a nil returned past it fails, and a
+	// loaded host may stall a task that returns at once for tens of ms.
+	cfg.TaskTimeout = 500 * time.Millisecond
 	cfg.ExitOnEmpty = true
 	cfg.OnError = errs.add
 	cfg.Counters = counters

@@ -247,7 +247,7 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) (next *orderLine
 	}
 	var err error
 	var aborted bool
-	var start time.Time
+	var start, end time.Time
 	if t.Attempt > s.cfg.MaxAttempts {
 		err = fmt.Errorf("queue: delivery %d exceeds MaxAttempts %d", t.Attempt, s.cfg.MaxAttempts)
 		t.Attempt = s.cfg.MaxAttempts // dead-letter it without running it
@@ -291,10 +291,10 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) (next *orderLine
 			case exitAnalyse:
 				w.goexited(o, t, start)
 			case exitOnDone: // the outcome is analyse's
-				w.next, w.nextT, w.nextAt = w.settleOutcome(o, t, err, aborted, start)
+				w.next, w.nextT, w.nextAt = w.settleOutcome(o, t, err, aborted, start, end)
 			}
 		}()
-		err, aborted = s.analyse(w, t.Task, start)
+		err, aborted, end = s.analyse(w, t.Task, start)
 		exiting = exitOnDone
 		if err == errNotStarted {
 			exiting = exitNone
@@ -302,11 +302,12 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) (next *orderLine
 			return
 		}
 		if s.cfg.OnDone != nil {
+			end = time.Time{} // read after it: the next start checks the lease at that time
 			s.cfg.OnDone(t.Task, time.Since(start), err)
 		}
 		exiting = exitNone
 	}
-	return w.settleOutcome(o, t, err, aborted, start)
+	return w.settleOutcome(o, t, err, aborted, start, end)
 }
 
 // Where runOne is when a runtime.Goexit ends the worker's goroutine.
@@ -324,14 +325,15 @@ func (w *worker) goexited(o *orderLine, t claimed, start time.Time) {
 	if s.cfg.OnDone != nil {
 		callHook(func() { s.cfg.OnDone(t.Task, time.Since(start), ErrGoexit) })
 	}
-	w.settleOutcome(o, t, ErrGoexit, false, start)
+	w.settleOutcome(o, t, ErrGoexit, false, start, time.Time{})
 }
 
 // settleOutcome settles the outcome err of t, picked from o and started
-// at start (zero: it did not run); aborted says its cancel ended its ctx.
-// When it settled t done and another OrderID was runnable, it returns that
-// one, picked at the time it returns, to run next.
-func (w *worker) settleOutcome(o *orderLine, t claimed, err error, aborted bool, start time.Time) (next *orderLine, nt claimed, at time.Time) {
+// at start (zero: it did not run) and ended at end (zero: not read);
+// aborted says its cancel ended its ctx. When it settled t done and
+// another OrderID was runnable, it returns that one, picked at the time it
+// returns, to run next.
+func (w *worker) settleOutcome(o *orderLine, t claimed, err error, aborted bool, start, end time.Time) (next *orderLine, nt claimed, at time.Time) {
 	s := w.s
 	switch {
 	case s.isLost():
@@ -339,7 +341,9 @@ func (w *worker) settleOutcome(o *orderLine, t claimed, err error, aborted bool,
 	case err != nil && (aborted || s.isMarked(t.ID)) && s.taskCtx.Err() == nil:
 		w.cancelled(o, t, start)
 	case err == nil:
-		at = w.now() // the worker's one clock read a task
+		if at = end; at.IsZero() {
+			at = w.now()
+		}
 		if h := w.hold; h != nil {
 			// A suspect holds the gate until Redis has its ack: a crash
 			// before would charge it again.
@@ -435,9 +439,13 @@ var errNotStarted = errors.New("queue: cancelled before it started")
 
 // analyse runs fn on one delivery started at start, on w, turning a panic
 // into a *PanicError and a timeout into an error that says so; aborted
-// reports that the task's cancel ended its ctx. It returns errNotStarted,
+// reports that the task's cancel ended its ctx. A delivery that returns
+// nil once its TaskTimeout has passed fails all the same: Go cannot stop
+// a function that does not watch its ctx, but its outcome came too late
+// (see PoolConfig.TaskTimeout). end is the time fn returned nil (the
+// worker's one clock read a task), else zero. It returns errNotStarted,
 // without calling fn, when the task's cancel is seen first.
-func (s *session) analyse(w *worker, t Task, start time.Time) (err error, aborted bool) {
+func (s *session) analyse(w *worker, t Task, start time.Time) (err error, aborted bool, end time.Time) {
 	var deadline time.Time
 	if s.cfg.TaskTimeout > 0 {
 		deadline = start.Add(s.cfg.TaskTimeout)
@@ -454,7 +462,7 @@ func (s *session) analyse(w *worker, t Task, start time.Time) (err error, aborte
 	if s.isMarked(t.ID) {
 		w.cur.Store(nil)
 		tc.finish()
-		return errNotStarted, true
+		return errNotStarted, true, time.Time{}
 	}
 	defer func() {
 		w.cur.Store(nil)
@@ -465,11 +473,33 @@ func (s *session) analyse(w *worker, t Task, start time.Time) (err error, aborte
 		aborted = tc.aborted()
 	}()
 	err = s.fn(tc, t)
-	if err != nil && s.taskCtx.Err() == nil && errors.Is(tc.Err(), context.DeadlineExceeded) {
-		err = fmt.Errorf("queue: task timed out after %v: %w", s.cfg.TaskTimeout, err)
+	switch {
+	case err != nil:
+		if s.taskCtx.Err() == nil && errors.Is(tc.Err(), context.DeadlineExceeded) {
+			err = fmt.Errorf("queue: task timed out after %v: %w", s.cfg.TaskTimeout, err)
+		}
+	case s.cfg.TaskTimeout > 0:
+		end = w.now()
+		if end.Sub(start) >= s.cfg.TaskTimeout && s.taskCtx.Err() == nil {
+			err = &lateError{timeout: s.cfg.TaskTimeout, took: end.Sub(start)}
+			end = time.Time{}
+		}
 	}
-	return err, false
+	return err, false, end
 }
+
+// lateError is the failure of a delivery whose analyse function returned
+// nil after its TaskTimeout had ended its ctx.
+type lateError struct{ timeout, took time.Duration }
+
+func (e *lateError) Error() string {
+	return fmt.Sprintf("queue: task timed out after %v: it returned nil %v after it started, its ctx ended (an analyse function must return when its ctx is done)",
+		e.timeout, e.took.Round(time.Millisecond))
+}
+
+// Unwrap makes the failure a context.DeadlineExceeded, as a timeout
+// that the function itself returned is.
+func (e *lateError) Unwrap() error { return context.DeadlineExceeded }
 
 // cancelled finishes t, whose cancel was asked, as cancelled: it started
 // at started (zero: it did not run). Redis errors are retried as a dead
