@@ -115,7 +115,8 @@ return {'marked'}
 //     most, a second at worst) until the queue's owner has seen the
 //     cancel: a task that had not started by then never starts, and one
 //     running (a graceful stop's ShutdownTimeout included) has its ctx
-//     cancelled, and unless it then returns nil it
+//     cancelled (its context.Cause is [ErrCancelled]), and unless it then
+//     returns nil it
 //     is finished as cancelled, not retried. A task held by a Consumer,
 //     or by an owner that does not answer within that second, is
 //     finished as cancelled when it is claimed again (after a

@@ -119,6 +119,7 @@ func TestCancelRunningTask(t *testing.T) {
 	})
 	var mu sync.Mutex
 	ended := map[string]error{}
+	causes := map[string]error{}
 	runs := map[string]int{}
 	running := make(chan string, 3)
 	release := make(chan struct{})
@@ -133,13 +134,16 @@ func TestCancelRunningTask(t *testing.T) {
 			running <- p
 			<-tctx.Done()
 			mu.Lock()
-			ended[p] = tctx.Err()
+			ended[p], causes[p] = tctx.Err(), context.Cause(tctx)
 			mu.Unlock()
 			rec.add(p)
 			return tctx.Err()
 		case "ignores":
 			running <- p
 			<-tctx.Done()
+			mu.Lock()
+			causes[p] = context.Cause(tctx)
+			mu.Unlock()
 			<-release
 			rec.add(p)
 			return nil
@@ -165,6 +169,7 @@ func TestCancelRunningTask(t *testing.T) {
 	require.NoError(t, <-errc)
 	mu.Lock()
 	assert.ErrorIs(t, ended["obeys"], context.Canceled)
+	assert.Equal(t, map[string]error{"obeys": ErrCancelled, "ignores": ErrCancelled}, causes, "the cause says the task was cancelled")
 	assert.Equal(t, map[string]int{"obeys": 1, "next": 1, "ignores": 1}, runs, "a cancelled task is not retried")
 	mu.Unlock()
 

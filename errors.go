@@ -148,6 +148,13 @@ func (e *PanicError) Unwrap() error {
 	return err
 }
 
+// ErrCancelled is the cause (context.Cause) of the ctx of a delivery
+// whose task was cancelled ([Queue.Cancel]) while it ran: a function that
+// watches its ctx tells a cancel of its task from a stop of the pool,
+// whose cause is context.Canceled. The ctx's Err is context.Canceled
+// either way.
+var ErrCancelled = errors.New("queue: task cancelled")
+
 // ErrGoexit is the error of a delivery whose AnalyseFunc called
 // runtime.Goexit (as t.FailNow does in a test): the delivery failed as
 // with a panic, and the worker goes on, on a new goroutine.

@@ -32,10 +32,11 @@ type taskContext struct {
 // value was asked for, its task was cancelled, or Err found it ended.
 type ctxState struct {
 	mu        sync.Mutex
-	inner     context.Context // the real context, once made; then it decides
-	cancel    context.CancelFunc
-	err       error // set, while inner is nil, once the context has ended
-	cancelled bool  // abort was called: the task was cancelled
+	inner     context.Context         // the real context, once made; then it decides
+	cancel    context.CancelCauseFunc // ends inner (when the deadline has not yet)
+	stop      context.CancelFunc      // stops inner's deadline timer, if it has one
+	err       error                   // set, while inner is nil, once the context has ended
+	cancelled bool                    // abort was called: the task was cancelled
 }
 
 // ctxFinished is the state of every ctx that finish ended before it
@@ -114,17 +115,27 @@ func (c *taskContext) materialize(p *ctxState) {
 	if p.inner != nil {
 		return
 	}
+	inner, cancel := context.WithCancelCause(c.parent)
 	if p.err == nil {
-		if c.deadline.IsZero() {
-			p.inner, p.cancel = context.WithCancel(c.parent)
-		} else {
-			p.inner, p.cancel = context.WithDeadline(c.parent, c.deadline)
+		// A cancelable ctx with a cause, within it the deadline's: its
+		// Err says which ended it, context.Cause whether a cancel did.
+		p.inner, p.cancel = inner, cancel
+		if !c.deadline.IsZero() {
+			p.inner, p.stop = context.WithDeadline(inner, c.deadline)
 		}
 		return
 	}
-	inner, cancel := context.WithCancelCause(c.parent)
-	cancel(p.err)
+	cancel(p.cause())
 	p.inner = inner
+}
+
+// cause is why the ctx ended: ErrCancelled once its task was cancelled,
+// else its error. p, c's own state, is locked.
+func (p *ctxState) cause() error {
+	if p.cancelled {
+		return ErrCancelled
+	}
+	return p.err
 }
 
 // Err returns nil while the delivery's ctx lasts, then why it ended.
@@ -197,7 +208,10 @@ func (c *taskContext) finish() {
 	defer p.mu.Unlock()
 	switch {
 	case p.cancel != nil:
-		p.cancel()
+		p.cancel(p.cause()) // nil but for a cancelled task: context.Canceled
+		if p.stop != nil {
+			p.stop()
+		}
 	case p.err == nil && p.inner == nil:
 		p.err = context.Canceled
 	}

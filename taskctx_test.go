@@ -221,3 +221,48 @@ func BenchmarkTaskContext(b *testing.B) {
 		}
 	}
 }
+
+// A cancelled task's ctx ends with context.Canceled and the cause
+// ErrCancelled, whether its Done was asked before the cancel or after,
+// with a deadline or none; a ctx finished or timed out keeps the
+// context package's causes.
+func TestTaskContextCauseOfACancel(t *testing.T) {
+	t.Parallel()
+	for _, deadline := range []time.Duration{0, time.Hour} {
+		at := func() time.Time {
+			if deadline == 0 {
+				return time.Time{}
+			}
+			return time.Now().Add(deadline)
+		}
+		for _, asked := range []string{"none", "Err", "Done before", "Done after", "Value before"} {
+			c := newTaskContext(context.Background(), at())
+			switch asked {
+			case "Err":
+				require.NoError(t, c.Err())
+			case "Done before":
+				require.NotNil(t, c.Done())
+			case "Value before":
+				require.Nil(t, c.Value(ctxKey{}))
+			}
+			c.abort()
+			if asked == "Done after" {
+				<-c.Done()
+			}
+			assert.ErrorIs(t, c.Err(), context.Canceled, "deadline %v, %s", deadline, asked)
+			assert.Equal(t, ErrCancelled, context.Cause(c), "deadline %v, %s", deadline, asked)
+			<-c.Done()
+			assert.True(t, c.aborted())
+		}
+	}
+	finished := newTaskContext(context.Background(), time.Now().Add(time.Hour))
+	_ = finished.Done()
+	finished.finish()
+	assert.Equal(t, context.Canceled, context.Cause(finished))
+	late := newTaskContext(context.Background(), time.Now().Add(time.Millisecond))
+	<-late.Done()
+	assert.Equal(t, context.DeadlineExceeded, late.Err())
+	assert.Equal(t, context.DeadlineExceeded, context.Cause(late))
+	late.abort() // after its deadline: it stays timed out
+	assert.Equal(t, context.DeadlineExceeded, late.Err())
+}
