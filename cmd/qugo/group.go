@@ -89,7 +89,7 @@ func groupFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 // is sent to Redis.
 func (e *env) checkGroupName(name string) error {
 	if err := queue.CheckGroupName(name); err != nil {
-		return &usageError{err.Error()}
+		return &usageError{msg: err.Error()}
 	}
 	return nil
 }

@@ -117,13 +117,19 @@ Exit status:
 Errors go to standard error, prefixed "qugo: ".
 `
 
-// usageError is a bad flag or argument: exit status 2.
-type usageError struct{ msg string }
+// usageError is a bad flag or argument: exit status 2. A refusal that
+// the command's usage would not help with (an environment variable's
+// value, an ID that belongs to another order) has noHint, and is told
+// without the pointer to -h.
+type usageError struct {
+	msg    string
+	noHint bool
+}
 
 func (e *usageError) Error() string { return e.msg }
 
 func usagef(format string, args ...any) error {
-	return &usageError{fmt.Sprintf(format, args...)}
+	return &usageError{msg: fmt.Sprintf(format, args...)}
 }
 
 // env is what a command runs with: the global flags and the outputs.
@@ -173,6 +179,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, flag.ErrHelp):
 		return exitOK
 	case errors.As(err, &ue), errors.Is(err, queue.ErrBadConfig), errors.Is(err, queue.ErrAnalyserRange):
+		if ue != nil && ue.noHint {
+			fmt.Fprintf(stderr, "qugo: %v\n", err)
+			return exitUsage
+		}
 		help := "qugo -h"
 		if e.cmd != "" {
 			help = "qugo " + e.cmd + " -h"
@@ -271,7 +281,7 @@ func (e *env) redisFromEnv(err error) error {
 	if e.set["redis"] || name == "" || !errors.As(err, &ue) || !strings.HasPrefix(ue.msg, "-redis: ") {
 		return err
 	}
-	return usagef("$%s (no -redis given): %s", name, strings.TrimPrefix(ue.msg, "-redis: "))
+	return &usageError{msg: fmt.Sprintf("$%s (no -redis given): %s", name, strings.TrimPrefix(ue.msg, "-redis: ")), noHint: true}
 }
 
 // newFlagSet returns a flag set that reports its errors to run instead of
@@ -288,7 +298,7 @@ func flagError(err error) error {
 	if err == nil || errors.Is(err, flag.ErrHelp) {
 		return err
 	}
-	return &usageError{err.Error()}
+	return &usageError{msg: err.Error()}
 }
 
 // parseInterspersed parses fs from args, allowing flags after operands

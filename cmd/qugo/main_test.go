@@ -425,9 +425,11 @@ func TestBadRedisFromEnv(t *testing.T) {
 	assert.Equal(t, exitUsage, code)
 	assert.Empty(t, out)
 	assert.Contains(t, errOut, "qugo: $QUEUE_REDIS (no -redis given): URL 1 of 1: queue: bad config: URL has no scheme")
+	assert.NotContains(t, errOut, "for usage", "the fix is the variable's, not in the command's flags")
 	code, _, errOut = qugo(t, "-redis", "tcp://h", "stats")
 	assert.Equal(t, exitUsage, code)
 	assert.Contains(t, errOut, "qugo: -redis: URL 1 of 1: ")
+	assert.Contains(t, errOut, "\nRun 'qugo stats -h' for usage.\n")
 }
 
 // A server that cannot be reached is named by where its URL came from

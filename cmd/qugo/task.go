@@ -116,8 +116,8 @@ func statusOf(ctx context.Context, q *queue.Queue, order uint64, id string) (st 
 func (r taskRef) ownStatus(ctx context.Context, q *queue.Queue, name string, fix func(order uint64) string) (queue.TaskStatus, error) {
 	st, owner, other, err := statusOf(ctx, q, r.order.n, *r.id)
 	if err == nil && other {
-		err = usagef("%s: task %s belongs to order %d, not to -order %d (the two share a queue): %s",
-			name, cell(*r.id), owner, r.order.n, fix(owner))
+		err = &usageError{msg: fmt.Sprintf("%s: task %s belongs to order %d, not to -order %d (the two share a queue): %s",
+			name, cell(*r.id), owner, r.order.n, fix(owner)), noHint: true}
 	}
 	return st, err
 }

@@ -324,12 +324,14 @@ func TestStatusAndCancelOfAnotherOrdersTask(t *testing.T) {
 			assert.Empty(t, out, tc.state)
 			assert.Contains(t, errOut, fmt.Sprintf("qugo: status: task %s belongs to order %d, not to -order %d (the two share a queue): "+
 				"give -order %d for its status\n", tc.id, tc.order, tc.asked, tc.order), tc.state)
+			assert.NotContains(t, errOut, "for usage", "the fix is in the message, not in the flags' usage")
 		}
 		code, out, errOut := qugo(t, f.taskArgs("cancel", tc.asked, tc.id)...)
 		assert.Equal(t, exitUsage, code, tc.state)
 		assert.Empty(t, out, tc.state)
 		assert.Contains(t, errOut, fmt.Sprintf("qugo: cancel: task %s belongs to order %d, not to -order %d (the two share a queue): "+
 			"nothing was cancelled; to cancel it, give -order %d\n", tc.id, tc.order, tc.asked, tc.order), tc.state)
+		assert.NotContains(t, errOut, "for usage", tc.state)
 
 		// Nothing was marked nor removed, and under its own order the
 		// task reads as before.
