@@ -126,7 +126,13 @@ return {'marked'}
 //     with that error: the mark is set, and the task may still start.
 //   - StateUnknown: the task is in no record but the ready list's, or
 //     finished, or never was. It is marked: if it is queued, it is
-//     finished as cancelled, never run, when an analyser claims it.
+//     finished as cancelled, never run, when an analyser claims it. A
+//     mark whose task is nowhere stays until a claim finds the ready
+//     list empty, and while any mark waits each claim looks at its
+//     entries in the script (docs/performance.md, "Cancel marks"): a
+//     drain with a stray mark took about twice as long. Cancel a task
+//     only while it may still run: where the queue keeps a history
+//     (Config.Retention), Cancel of a finished task sets no mark.
 //   - StateDead: the task is a dead letter, and Cancel leaves it (replay
 //     or purge it instead).
 //   - StateDone or StateCancelled: where the queue keeps a history, the
