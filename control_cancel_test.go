@@ -160,6 +160,12 @@ func TestCancelRunningTask(t *testing.T) {
 	}
 	rec.wait(t, "obeys")
 	took := time.Since(at)
+	// "ignores" runs on, its ctx ended: its owner saw the mark.
+	seen, err := q.Status(bg, 2, ids[2])
+	require.NoError(t, err)
+	assert.Equal(t, StatePending, seen.State)
+	assert.True(t, seen.CancelAsked)
+	assert.True(t, seen.CancelSeen, "its owner saw the mark")
 	assert.Less(t, took, 2*time.Second, "a running task's ctx ends within about a second")
 	t.Logf("ctx ended %v after Cancel", took)
 	close(release)

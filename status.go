@@ -93,6 +93,13 @@ type TaskStatus struct {
 	// mark may also name a task that finished before the cancel came, or
 	// never was; such marks go once a claim finds the queue empty.
 	CancelAsked bool
+	// CancelSeen reports, with CancelAsked, that the queue's owner has
+	// seen the mark while it held the task: a task that had not started
+	// then never starts, and a running one has had its ctx cancelled.
+	// Without it, the task's holder (a Consumer, or a stalled owner) has
+	// not answered yet: the task is finished as cancelled when it is
+	// claimed again.
+	CancelSeen bool
 }
 
 // State reports whether the task id of orderID is scheduled, pending or
@@ -198,7 +205,7 @@ func (q *Queue) Status(ctx context.Context, orderID uint64, id string) (TaskStat
 			c.Send("ZSCORE", k.sched, id)
 			c.Send("HGET", k.later, id)
 			c.Send("HGET", k.dead, id)
-			c.Send("HEXISTS", k.cancels, id)
+			c.Send("HGET", k.cancels, id)
 			c.Send("HGET", k.meta, "retention")
 			return sendHistoryReads(c, k, q.cfg.Retention, id, now)
 		}
@@ -291,7 +298,9 @@ func receiveN(ctx context.Context, c redis.Conn, n, history int) ([]any, error) 
 // statusOf decides a task's status from Status's replies, in its order.
 func statusOf(id string, r []any, starts []int64, now time.Time) TaskStatus {
 	st := TaskStatus{ID: id}
-	st.CancelAsked, _ = redis.Bool(r[6], nil)
+	if mark, err := redis.String(r[6], nil); err == nil {
+		st.CancelAsked, st.CancelSeen = true, mark == cancelSeen
+	}
 	if rec, _ := redis.Bytes(r[0], nil); rec != nil { // pending
 		st.State = StatePending
 		if accounted, entry, _, err := splitPending(rec); err == nil {
@@ -335,7 +344,7 @@ func statusOf(id string, r []any, starts []int64, now time.Time) TaskStatus {
 			if h, err := decodeHistory(s, starts[i-statusReads]); err == nil {
 				st.State, st.Attempt = h.state, h.attempts
 				st.AddedAt, st.StartedAt, st.FinishedAt = h.added, h.started, h.finished
-				st.CancelAsked = false
+				st.CancelAsked, st.CancelSeen = false, false
 				return st
 			}
 		}

@@ -328,7 +328,7 @@ func (s *server) perform(ctx context.Context, req actionReq) (string, error) {
 	case queue.StateScheduled:
 		return what + "was scheduled: removed, it will never run.", nil
 	case queue.StatePending:
-		return what + cancelPendingText + ".", nil
+		return what + pendingCancelText(ctx, q, req.order, req.id) + ".", nil
 	case queue.StateUnknown:
 		return what + "was found in no record but the ready list's, if any: marked; it is finished as cancelled, without running, when it is claimed.", nil
 	case queue.StateDead:

@@ -22,12 +22,39 @@ type taskRef struct {
 }
 
 // cancelPendingText says what became of a task Queue.Cancel found
-// pending, as its doc says: the command and the dashboard print it after
-// the task's name.
-const cancelPendingText = "is held by an analyser: marked, and its owner was given up to about 200ms (a second at worst) to see the mark: " +
-	"if the task had not started by then it never will, and if it runs its ctx is cancelled and, unless it returns nil, " +
-	"it is finished as cancelled, not retried; held by a Consumer, or by an owner that did not answer in that time, " +
-	"it is finished as cancelled when it is claimed again (after a takeover)"
+// pending, as its doc says, when it is not known whether its owner saw
+// the cancel: the command and the dashboard print it after the task's
+// name. cancelSeenText, cancelUnseenText and cancelEndedText say it once
+// the task's status tells (see pendingCancelText).
+const (
+	cancelPendingText = "is held by an analyser: marked, and its owner was given up to about 200ms (a second at worst) to see the mark: " +
+		"if the task had not started by then it never will, and if it runs its ctx is cancelled and, unless it returns nil, " +
+		"it is finished as cancelled, not retried; held by a Consumer, or by an owner that did not answer in that time, " +
+		"it is finished as cancelled when it is claimed again (after a takeover)"
+	cancelSeenText = "is held by an analyser, which has seen the cancel: the task does not start if it had not, " +
+		"and if it runs its ctx is cancelled and, unless it returns nil, it is finished as cancelled, not retried"
+	cancelUnseenText = "is held by a Consumer, or by an owner that did not take the mark within a second: marked; " +
+		"it is finished as cancelled when it is claimed again (after a takeover), though a stalled owner that comes back may start it first"
+	cancelEndedText = "was held by an analyser, and has finished since (as cancelled, or done if it returned nil first)"
+)
+
+// pendingCancelText returns what became of task id of order, which
+// Queue.Cancel found pending, from its status read after: whether its
+// owner saw the cancel. cancelPendingText when the read fails.
+func pendingCancelText(ctx context.Context, q *queue.Queue, order uint64, id string) string {
+	st, err := q.Status(ctx, order, id)
+	switch {
+	case err != nil:
+		return cancelPendingText
+	case st.CancelSeen:
+		return cancelSeenText
+	case st.CancelAsked:
+		return cancelUnseenText
+	case st.State == queue.StateUnknown || st.State == queue.StateDone || st.State == queue.StateCancelled:
+		return cancelEndedText // its mark went with it
+	}
+	return cancelPendingText
+}
 
 // orderArg is the value of -order: an OrderID that must be given.
 type orderArg struct {
@@ -176,7 +203,7 @@ func cancelFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 		case queue.StateScheduled:
 			doc.Outcome, msg = "removed", "was scheduled: removed, it will never run"
 		case queue.StatePending:
-			doc.Outcome, msg = "marked", cancelPendingText
+			doc.Outcome, msg = "marked", pendingCancelText(ctx, q, ref.order.n, *ref.id)
 			if stats, err := q.Stats(ctx); err == nil && a < len(stats) && stats[a].Owner == "" {
 				msg = "is pending, and no pool holds its queue now (its owner stopped or died): marked; " +
 					"it is finished as cancelled, without running, when a pool takes the queue and claims it again"
@@ -213,6 +240,7 @@ type statusDoc struct {
 	FinishedAt  *time.Time `json:"finished_at"` // done, cancelled or dead
 	LastError   string     `json:"last_error"`  // retrying and dead tasks
 	CancelAsked bool       `json:"cancel_asked"`
+	CancelSeen  bool       `json:"cancel_seen"` // the queue's owner has seen the cancel
 }
 
 func statusFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
@@ -242,7 +270,7 @@ func statusFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 				ID: st.ID, OrderID: ref.order.n, Analyser: a, Partition: pi, Queue: qi,
 				State: st.State.String(), Attempt: st.Attempt, Owner: st.Owner, Due: jsonTime(st.Due),
 				AddedAt: jsonTime(st.AddedAt), StartedAt: jsonTime(st.StartedAt), FinishedAt: jsonTime(st.FinishedAt),
-				LastError: st.LastError, CancelAsked: st.CancelAsked,
+				LastError: st.LastError, CancelAsked: st.CancelAsked, CancelSeen: st.CancelSeen,
 			})
 		}
 		if err := printStatus(e, st, ref.order.n, a, pi, qi); err != nil {
@@ -288,7 +316,10 @@ func printStatus(e *env, st queue.TaskStatus, order uint64, a, pi, qi int) error
 	if st.LastError != "" {
 		t.row("last error", cell(st.LastError))
 	}
-	if st.CancelAsked {
+	switch {
+	case st.CancelSeen:
+		t.row("cancel", "asked, seen by its owner, not yet carried out")
+	case st.CancelAsked:
 		t.row("cancel", "asked, not yet carried out")
 	}
 	return t.flush()
