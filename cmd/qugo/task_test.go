@@ -414,6 +414,10 @@ func TestCancelSaysTheOwnerSawIt(t *testing.T) {
 	doc := qugoJSON[statusDoc](t, f.taskArgs("status", 4, ids[0], "-json")...)
 	assert.True(t, doc.CancelAsked)
 	assert.True(t, doc.CancelSeen)
+	d, _ := loggedDashboard(t, f)
+	cookie, _ := d.signIn(t)
+	page := d.get(t, taskURL("4", ids[0]), cookie).Body.String()
+	assert.Contains(t, page, `<dd id="cancel-asked">asked, seen by its owner, not yet carried out</dd>`)
 	close(release)
 	require.Eventually(t, func() bool {
 		doc = qugoJSON[statusDoc](t, f.taskArgs("status", 4, ids[0], "-json")...)
