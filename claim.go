@@ -250,10 +250,14 @@ end
 incr(KEYS[4], 'pending', n)
 local k = 0
 if marks then
-  for i = 1, n do
-    if redis.pcall('HEXISTS', KEYS[8], seq[i]) == 1 then
-      k = k + 1
-      items[n + k] = i
+  -- One HMGET for every claimed ID (at most $maxClaim), not a call each.
+  local got = redis.pcall('HMGET', KEYS[8], unpack(seq, 1, n))
+  if type(got) == 'table' and not got.err then
+    for i = 1, n do
+      if got[i] then
+        k = k + 1
+        items[n + k] = i
+      end
     end
   end
 end
