@@ -196,7 +196,7 @@ func TestClaimInPlaceEndIsBounded(t *testing.T) {
 	q, srv, k := testQueue1(t)
 	ctx := context.Background()
 	total := maxEnd + maxMoved
-	ids := addAll(t, q, orderTasks(1000, total/1000))
+	ids := addLong(t, q, srv, k, orderTasks(1000, total/1000))
 	c := inPlaceConsumer(t, q, 0)
 	long := claimIDsOf(t, c, 1)
 	assert.Equal(t, ids[:1], long)

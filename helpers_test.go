@@ -267,6 +267,37 @@ func addAll(t *testing.T, q *Queue, ts []Task) []string {
 	return ids
 }
 
+// addLong is addAll for a long ready list of the queue of k, which must
+// be empty: miniredis prepends each entry an LPUSH pushes by copying the
+// whole list, so adding tens of thousands of tasks onto one list cost
+// tens of seconds of copying under the race detector, past the test
+// pool's read timeout on a loaded machine. Each chunk goes onto an empty
+// list, and the list is put together at the end with RPUSH, which
+// appends: the same entries in the same order.
+func addLong(t *testing.T, q *Queue, s *testServer, k queueKeys, ts []Task) []string {
+	t.Helper()
+	n, err := redis.Int(s.do(t, "LLEN", k.ready), nil)
+	require.NoError(t, err)
+	require.Zero(t, n, "addLong builds the ready list from empty")
+	const chunk = 1000
+	ids := make([]string, 0, len(ts))
+	var parts [][]any // each chunk's entries, producing end first
+	for len(ts) > 0 {
+		m := min(len(ts), chunk)
+		ids = append(ids, addAll(t, q, ts[:m])...)
+		es, err := redis.Values(s.do(t, "LRANGE", k.ready, 0, -1), nil)
+		require.NoError(t, err)
+		require.Len(t, es, m)
+		s.do(t, "DEL", k.ready)
+		parts = append(parts, es)
+		ts = ts[m:]
+	}
+	for i := len(parts) - 1; i >= 0; i-- { // the last added nearest the producing end
+		s.do(t, "RPUSH", append([]any{k.ready}, parts[i]...)...)
+	}
+	return ids
+}
+
 // try runs one command without failing the test, for use inside
 // assert.Eventually conditions.
 func try(s *testServer, cmd string, args ...any) (any, error) {
