@@ -28,11 +28,68 @@ const cancelPoll = 200 * time.Millisecond
 // task to see its mark.
 const cancelWait = 5 * cancelPoll
 
+// A cancel mark whose task is nowhere (a finished task with no history,
+// a wrong ID) would otherwise stay until a claim finds the ready list
+// empty, and every claim while a mark waits reads each entry's ID in Lua
+// rather than being made in place: under a backlog that never empties,
+// one stray Cancel would slow the queue for good. The meta hash bounds
+// where a marked task can still be. Its taken field counts the entries
+// claims take from the consuming end of the ready list while a mark
+// waits, less those put back there; its markbound field is a value of
+// taken by which every entry of the ready list when it was set has been
+// taken: taken then plus the list's unclaimed length. Each entry put
+// back at the consuming end takes one from taken and so keeps its place
+// in that count, and the bound is raised past every entry in the list
+// whenever a mark is set or entries are put back. A claim that takes
+// the entry of a marked task finds the mark (every claim reads the IDs
+// of what it takes while one waits), so once taken reaches markbound a
+// mark whose task no record names is stray, and the claim drops it.
+// Values someone else wrote are read as unset: taken starts again from
+// zero without a bound, and the next claim sets one.
+const (
+	markTakenField = "marktaken"
+	markBoundField = "markbound"
+)
+
+// luaMarkBound, which needs luaEnd, defines markTaken(meta, n), which
+// counts n entries taken from the ready list (put back: negative) and
+// returns the count, markBound(meta), the bound (nil: not set), and
+// raiseMarkBound(meta, ready, fresh), which raises the bound past every
+// entry now in the ready list (fresh: sets it there, when no other mark
+// waits for the bound before).
+const luaMarkBound = `
+local function markTaken(meta, n)
+  local p = tonumber(redis.call('HGET', meta, '$markTakenField') or '')
+  if not p or p % 1 ~= 0 or math.abs(p) > $maxClaimSeq then
+    -- Counted again from zero: a bound set from the count that is gone
+    -- goes with it.
+    p = 0
+    redis.call('HDEL', meta, '$markBoundField')
+  end
+  p = p + n
+  redis.call('HSET', meta, '$markTakenField', string.format('%d', p))
+  return p
+end
+local function markBound(meta)
+  local b = tonumber(redis.call('HGET', meta, '$markBoundField') or '')
+  if b and b % 1 == 0 and math.abs(b) <= $maxClaimSeq then return b end
+  return nil
+end
+local function raiseMarkBound(meta, ready, fresh)
+  local _, held = claimedEnd(meta)
+  local len = redis.call('LLEN', ready)
+  if held > len then held = 0 end
+  local b = markTaken(meta, 0) + len - held
+  local old = not fresh and markBound(meta)
+  if not old or old < b then redis.call('HSET', meta, '$markBoundField', string.format('%d', b)) end
+end
+`
+
 // cancelScript cancels a task or marks it to be cancelled.
 //
 //	KEYS[1] = scheduled set, KEYS[2] = scheduled tasks hash, KEYS[3] = pending hash,
 //	KEYS[4] = dead hash, KEYS[5] = cancels hash, KEYS[6] = meta hash, KEYS[7] = claim-sequence hash,
-//	then the claim list and done bitmap of each place below
+//	KEYS[8] = ready list, then the claim list and done bitmap of each place below
 //	ARGV[1] = task ID, ARGV[2] = now ms, ARGV[3] = the number p of places,
 //	ARGV[4 .. 3+2p] = claim, place, ...: where claim records named the task when the
 //	caller read them (claimPlaces, with the IDs of records that hold none yet read
@@ -50,7 +107,7 @@ const cancelWait = 5 * cancelPoll
 // Every claim made while a mark is in the cancels hash writes its IDs
 // (the claim script reads them to find the marked tasks), so the second
 // call has read every record that has none.
-var cancelScript = newScript("cancel", -1, typeCheck(hashAt(2), hashAt(3), hashAt(4), hashAt(5), hashAt(6), hashAt(7))+luaIncr+luaClaimKeys+`
+var cancelScript = newScript("cancel", -1, typeCheck(hashAt(2), hashAt(3), hashAt(4), hashAt(5), hashAt(6), hashAt(7), listAt(8))+luaIncr+luaEnd+luaClaimKeys+luaMarkBound+`
 local function pending()
   if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return true end
   local given, read = {}, {}
@@ -92,7 +149,12 @@ if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
   return {'scheduled', e or ''}
 end
 if redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1 then return {'dead'} end
+-- The first mark waits for no bound set before it.
+local fresh = redis.call('EXISTS', KEYS[5]) == 0
 redis.call('HSET', KEYS[5], ARGV[1], ARGV[2])
+-- Before the mark may be left for a second call (recheck): claims made
+-- in between may pass a bound set before it.
+raiseMarkBound(KEYS[6], KEYS[8], fresh)
 local found = pending()
 if found == 'recheck' then return {'recheck'} end
 if found then return {'pending'} end
@@ -127,12 +189,13 @@ return {'marked'}
 //   - StateUnknown: the task is in no record but the ready list's, or
 //     finished, or never was. It is marked: if it is queued, it is
 //     finished as cancelled, never run, when an analyser claims it. A
-//     mark whose task is nowhere stays until a claim finds the ready
-//     list empty, and while any mark waits each claim looks at its
-//     entries in the script (docs/performance.md, "Cancel marks"): a
-//     drain with a stray mark took about twice as long. Cancel a task
-//     only while it may still run: where the queue keeps a history
-//     (Config.Retention), Cancel of a finished task sets no mark.
+//     mark whose task is nowhere stays until every task that was queued
+//     when it was set has been claimed (or a claim finds the ready list
+//     empty), and while any mark waits each claim looks at its entries
+//     in the script (docs/performance.md, "Cancel marks"): those claims
+//     cost about twice as much. Cancel a task only while it may still
+//     run: where the queue keeps a history (Config.Retention), Cancel of
+//     a finished task sets no mark.
 //   - StateDead: the task is a dead letter, and Cancel leaves it (replay
 //     or purge it instead).
 //   - StateDone or StateCancelled: where the queue keeps a history, the
@@ -299,7 +362,7 @@ func cancelOnce(ctx context.Context, c redis.Conn, k queueKeys, id string) ([]an
 			places = append(places, f.claimPlace)
 		}
 	}
-	keys := []any{k.sched, k.later, k.pending, k.dead, k.cancels, k.meta, k.claims}
+	keys := []any{k.sched, k.later, k.pending, k.dead, k.cancels, k.meta, k.claims, k.ready}
 	args := []any{id, time.Now().UnixMilli(), len(places)}
 	for _, p := range places {
 		keys = append(keys, claimListKey(k, p.first), claimDoneKey(k, p.first))

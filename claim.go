@@ -101,7 +101,7 @@ import (
 // SORT was refused.
 // (The loop indexes its tables rather than asking for their length, and
 // first goes last rather than shifting the reply.)
-var claimScript = newScript("claim", -1, fenced(3, typeCheck(hashAt(2), hashAt(4), hashAt(5))+luaIncr+luaLarge+luaEnd+luaClaimKeys+luaOpenEnd+luaNamed+luaClaimAfter+`
+var claimScript = newScript("claim", -1, fenced(3, typeCheck(hashAt(2), hashAt(4), hashAt(5))+luaIncr+luaLarge+luaEnd+luaClaimKeys+luaOpenEnd+luaNamed+luaClaimAfter+luaMarkBound+`
 local m4 = redis.call('HMGET', KEYS[4], 'seq', 'paused', '$largeField')
 local last = m4[1]
 if last and not (string.match(last, '^%d+$') and #last <= 15) then
@@ -167,7 +167,12 @@ if held > 0 then
   end
   if not openEnd(KEYS[1], KEYS[4], KEYS[5], firsts, lists, bits) then return {-4} end
 end
-`+luaScheduled+`local want, budget, ask = tonumber(ARGV[3]), tonumber(ARGV[4]), math.min(tonumber(ARGV[5]), tonumber(ARGV[3]))
+`+luaScheduled+`if promoted > 0 and redis.call('EXISTS', KEYS[8]) == 1 then
+  -- Put at the consuming end: see luaMarkBound.
+  markTaken(KEYS[4], -promoted)
+  raiseMarkBound(KEYS[4], KEYS[1])
+end
+local want, budget, ask = tonumber(ARGV[3]), tonumber(ARGV[4]), math.min(tonumber(ARGV[5]), tonumber(ARGV[3]))
 local strict = ARGV[6] == '1'
 if fast and not waiting and not addedLarge then
   local r = inPlace(ask)
@@ -184,19 +189,24 @@ local function room()
   return math.max(1, math.floor((budget - bytes) / $largeEntry))
 end
 ask = math.min(ask, room())
+-- Drops the cancel marks whose task no record names: up to $scriptChunk
+-- of them, drawn at random when there are more. Called when no task a
+-- mark names can be in the ready list any more.
+local function dropStray()
+  local ids = redis.pcall('HRANDFIELD', KEYS[8], $scriptChunk)
+  if type(ids) == 'table' and not ids.err then
+    for _, id in ipairs(ids) do
+      if not named(KEYS[5], KEYS[2], id) then redis.call('HDEL', KEYS[8], id) end
+    end
+  end
+end
 local items = redis.call('RPOP', KEYS[1], ask)
 if not items then
   if m4[3] then redis.call('HDEL', KEYS[4], '$largeField') end
   if redis.call('EXISTS', KEYS[8]) == 1 then
     -- Nothing is ready: a cancel mark whose task is not pending either
-    -- names a task that is nowhere any more. Up to $scriptChunk of them a
-    -- claim, drawn at random when there are more.
-    local ids = redis.pcall('HRANDFIELD', KEYS[8], $scriptChunk)
-    if type(ids) == 'table' and not ids.err then
-      for _, id in ipairs(ids) do
-        if not named(KEYS[5], KEYS[2], id) then redis.call('HDEL', KEYS[8], id) end
-      end
-    end
+    -- names a task that is nowhere any more.
+    dropStray()
   end
   return {0, nextDue(), redis.call('ZCARD', KEYS[6])}
 end
@@ -259,6 +269,18 @@ if marks then
         items[n + k] = i
       end
     end
+  end
+  -- Past the marks' bound, a mark no record names (this claim's record
+  -- names the tasks it found) is stray. The bound is raised for the
+  -- marks left, unless more are left to drop than one call drops; one
+  -- that is not set (its fields were lost) is set.
+  local taken, bound = markTaken(KEYS[4], n), markBound(KEYS[4])
+  if not bound then
+    raiseMarkBound(KEYS[4], KEYS[1])
+  elseif taken >= bound then
+    local many = redis.call('HLEN', KEYS[8]) > $scriptChunk
+    dropStray()
+    if not many then raiseMarkBound(KEYS[4], KEYS[1]) end
   end
 end
 items[n + k + 1] = k

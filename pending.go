@@ -300,14 +300,14 @@ return n
 // still shows its last error.
 //
 //	KEYS[1] = ready list, KEYS[2] = pending hash, KEYS[3] = lease, KEYS[4] = meta hash,
-//	KEYS[5] = claim-sequence hash, KEYS[6] = retries hash
+//	KEYS[5] = claim-sequence hash, KEYS[6] = retries hash, KEYS[7] = cancels hash
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = 1 to count as redeliveries,
 //	ARGV[4...] = claim, place, field (see taskRef), encoded task, ... in push order
 //
 // Returns the number pushed; a task no longer pending is skipped. It
 // counts the large entries it pushes (large.go).
-var requeueScript = newScript("requeue", -1, fenced(3, typeCheck(listAt(1), hashAt(2), hashAt(4), hashAt(5), hashAt(6)),
-	"local pendingKey, metaKey, claimsKey = KEYS[2], KEYS[4], KEYS[5]\n"+luaIncr+luaLarge+luaClaimRec+luaTake+"\n"+luaCheckClaims(4, "#ARGV", 4)+`
+var requeueScript = newScript("requeue", -1, fenced(3, typeCheck(listAt(1), hashAt(2), hashAt(4), hashAt(5), hashAt(6), hashAt(7)),
+	"local pendingKey, metaKey, claimsKey = KEYS[2], KEYS[4], KEYS[5]\n"+luaIncr+luaLarge+luaClaimRec+luaTake+luaMarkBound+"\n"+luaCheckClaims(4, "#ARGV", 4)+`
 local n, large = 0, 0
 for i = 4, #ARGV, 4 do
   if take(i) then
@@ -327,6 +327,12 @@ for i = 4, #ARGV, 4 do
 end
 addLarge(KEYS[4], KEYS[1], large)
 if n > 0 and ARGV[3] == '1' then incr(KEYS[4], 'redelivered', n) end
+if n > 0 and redis.call('EXISTS', KEYS[7]) == 1 then
+  -- Put back ahead of the rest: a marked task among them is taken
+  -- before the cancel marks' bound comes (see luaMarkBound).
+  markTaken(KEYS[4], -n)
+  raiseMarkBound(KEYS[4], KEYS[1])
+end
 return n
 `))
 
@@ -363,7 +369,7 @@ func (s *store) bury(ctx context.Context, items []burial) (int, error) {
 // requeueCall returns the keys and args of a requeue script of the
 // tasks of records, args its ARGV.
 func (s *store) requeueCall(records []string, args ...any) []any {
-	return s.claimCall([]any{s.keys.ready, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.keys.retries}, records, false, args...)
+	return s.claimCall([]any{s.keys.ready, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.keys.retries, s.keys.cancels}, records, false, args...)
 }
 
 // requeue pushes tasks back at the consuming end, first given first

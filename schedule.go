@@ -76,7 +76,7 @@ local function addedAt(e)
     ms, mul, i = ms + (v - 128) * mul, mul * 128, i + 1
   end
 end
-local waiting
+local waiting, promoted = nil, 0
 local z = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
 if z[2] and tonumber(z[2]) <= now then
   local upto = ARGV[7]
@@ -96,6 +96,7 @@ if z[2] and tonumber(z[2]) <= now then
     for i = take, 1, -1 do
       if es[i] then
         redis.call('RPUSH', KEYS[1], es[i])
+        promoted = promoted + 1
         if #es[i] > $largeEntry then large = large + 1 end
       end
     end

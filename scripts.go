@@ -43,6 +43,8 @@ var scriptVars = strings.NewReplacer(
 	"$badValueReply", badValueReply,
 	"$seqReply", seqReply,
 	"$endReply", endReply,
+	"$markTakenField", markTakenField,
+	"$markBoundField", markBoundField,
 	"$endFirstField", endFirstField,
 	"$endSizeField", endSizeField,
 	"$largeEntry", strconv.Itoa(largeEntry),

@@ -181,6 +181,32 @@ local function claimAfter(claims, first)
   return after
 end
 
+local function markTaken(meta, n)
+  local p = tonumber(redis.call('HGET', meta, 'marktaken') or '')
+  if not p or p % 1 ~= 0 or math.abs(p) > 999999999999999 then
+    -- Counted again from zero: a bound set from the count that is gone
+    -- goes with it.
+    p = 0
+    redis.call('HDEL', meta, 'markbound')
+  end
+  p = p + n
+  redis.call('HSET', meta, 'marktaken', string.format('%d', p))
+  return p
+end
+local function markBound(meta)
+  local b = tonumber(redis.call('HGET', meta, 'markbound') or '')
+  if b and b % 1 == 0 and math.abs(b) <= 999999999999999 then return b end
+  return nil
+end
+local function raiseMarkBound(meta, ready, fresh)
+  local _, held = claimedEnd(meta)
+  local len = redis.call('LLEN', ready)
+  if held > len then held = 0 end
+  local b = markTaken(meta, 0) + len - held
+  local old = not fresh and markBound(meta)
+  if not old or old < b then redis.call('HSET', meta, 'markbound', string.format('%d', b)) end
+end
+
 local m4 = redis.call('HMGET', KEYS[4], 'seq', 'paused', 'large')
 local last = m4[1]
 if last and not (string.match(last, '^%d+$') and #last <= 15) then
@@ -277,7 +303,7 @@ local function addedAt(e)
     ms, mul, i = ms + (v - 128) * mul, mul * 128, i + 1
   end
 end
-local waiting
+local waiting, promoted = nil, 0
 local z = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
 if z[2] and tonumber(z[2]) <= now then
   local upto = ARGV[7]
@@ -297,6 +323,7 @@ if z[2] and tonumber(z[2]) <= now then
     for i = take, 1, -1 do
       if es[i] then
         redis.call('RPUSH', KEYS[1], es[i])
+        promoted = promoted + 1
         if #es[i] > 8192 then large = large + 1 end
       end
     end
@@ -306,6 +333,11 @@ if z[2] and tonumber(z[2]) <= now then
     z = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
   end
   if z[2] and tonumber(z[2]) <= now then waiting = tonumber(z[2]) end
+end
+if promoted > 0 and redis.call('EXISTS', KEYS[8]) == 1 then
+  -- Put at the consuming end: see luaMarkBound.
+  markTaken(KEYS[4], -promoted)
+  raiseMarkBound(KEYS[4], KEYS[1])
 end
 local want, budget, ask = tonumber(ARGV[3]), tonumber(ARGV[4]), math.min(tonumber(ARGV[5]), tonumber(ARGV[3]))
 local strict = ARGV[6] == '1'
@@ -324,19 +356,24 @@ local function room()
   return math.max(1, math.floor((budget - bytes) / 8192))
 end
 ask = math.min(ask, room())
+-- Drops the cancel marks whose task no record names: up to 1000
+-- of them, drawn at random when there are more. Called when no task a
+-- mark names can be in the ready list any more.
+local function dropStray()
+  local ids = redis.pcall('HRANDFIELD', KEYS[8], 1000)
+  if type(ids) == 'table' and not ids.err then
+    for _, id in ipairs(ids) do
+      if not named(KEYS[5], KEYS[2], id) then redis.call('HDEL', KEYS[8], id) end
+    end
+  end
+end
 local items = redis.call('RPOP', KEYS[1], ask)
 if not items then
   if m4[3] then redis.call('HDEL', KEYS[4], 'large') end
   if redis.call('EXISTS', KEYS[8]) == 1 then
     -- Nothing is ready: a cancel mark whose task is not pending either
-    -- names a task that is nowhere any more. Up to 1000 of them a
-    -- claim, drawn at random when there are more.
-    local ids = redis.pcall('HRANDFIELD', KEYS[8], 1000)
-    if type(ids) == 'table' and not ids.err then
-      for _, id in ipairs(ids) do
-        if not named(KEYS[5], KEYS[2], id) then redis.call('HDEL', KEYS[8], id) end
-      end
-    end
+    -- names a task that is nowhere any more.
+    dropStray()
   end
   return {0, nextDue(), redis.call('ZCARD', KEYS[6])}
 end
@@ -399,6 +436,18 @@ if marks then
         items[n + k] = i
       end
     end
+  end
+  -- Past the marks' bound, a mark no record names (this claim's record
+  -- names the tasks it found) is stray. The bound is raised for the
+  -- marks left, unless more are left to drop than one call drops; one
+  -- that is not set (its fields were lost) is set.
+  local taken, bound = markTaken(KEYS[4], n), markBound(KEYS[4])
+  if not bound then
+    raiseMarkBound(KEYS[4], KEYS[1])
+  elseif taken >= bound then
+    local many = redis.call('HLEN', KEYS[8]) > 1000
+    dropStray()
+    if not many then raiseMarkBound(KEYS[4], KEYS[1]) end
   end
 end
 items[n + k + 1] = k

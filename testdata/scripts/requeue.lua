@@ -10,6 +10,8 @@ local t = redis.call('TYPE', KEYS[5]).ok
 if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[5] .. ' holds a ' .. t .. ', want a hash') end
 local t = redis.call('TYPE', KEYS[6]).ok
 if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[6] .. ' holds a ' .. t .. ', want a hash') end
+local t = redis.call('TYPE', KEYS[7]).ok
+if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' .. KEYS[7] .. ' holds a ' .. t .. ', want a hash') end
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 local pendingKey, metaKey, claimsKey = KEYS[2], KEYS[4], KEYS[5]
 
@@ -156,6 +158,32 @@ local function take(i)
   return takePlace(claimsKey, metaKey, ARGV[i], tonumber(ARGV[i + 1])) ~= nil
 end
 
+local function markTaken(meta, n)
+  local p = tonumber(redis.call('HGET', meta, 'marktaken') or '')
+  if not p or p % 1 ~= 0 or math.abs(p) > 999999999999999 then
+    -- Counted again from zero: a bound set from the count that is gone
+    -- goes with it.
+    p = 0
+    redis.call('HDEL', meta, 'markbound')
+  end
+  p = p + n
+  redis.call('HSET', meta, 'marktaken', string.format('%d', p))
+  return p
+end
+local function markBound(meta)
+  local b = tonumber(redis.call('HGET', meta, 'markbound') or '')
+  if b and b % 1 == 0 and math.abs(b) <= 999999999999999 then return b end
+  return nil
+end
+local function raiseMarkBound(meta, ready, fresh)
+  local _, held = claimedEnd(meta)
+  local len = redis.call('LLEN', ready)
+  if held > len then held = 0 end
+  local b = markTaken(meta, 0) + len - held
+  local old = not fresh and markBound(meta)
+  if not old or old < b then redis.call('HSET', meta, 'markbound', string.format('%d', b)) end
+end
+
 local bad = claimTypes(claimsKey, 4, #ARGV, 4)
 if bad then return bad end
 local n, large = 0, 0
@@ -177,4 +205,10 @@ for i = 4, #ARGV, 4 do
 end
 addLarge(KEYS[4], KEYS[1], large)
 if n > 0 and ARGV[3] == '1' then incr(KEYS[4], 'redelivered', n) end
+if n > 0 and redis.call('EXISTS', KEYS[7]) == 1 then
+  -- Put back ahead of the rest: a marked task among them is taken
+  -- before the cancel marks' bound comes (see luaMarkBound).
+  markTaken(KEYS[4], -n)
+  raiseMarkBound(KEYS[4], KEYS[1])
+end
 return n
