@@ -17,8 +17,9 @@ import (
 // cancels the ctx of a marked task that runs, which is then finished as
 // cancelled (not retried) unless it returned nil. Either way its OrderID
 // goes on with its next task. A mark whose task is neither ready nor
-// pending any more (it finished, or never was) is dropped when a claim
-// finds the ready list empty.
+// pending any more (it finished, or never was) is dropped by the claim
+// that takes the last entry ready when it was set, or one that finds the
+// ready list empty (below).
 
 // cancelPoll is how often a pool that holds tasks reads its queue's
 // cancel marks.

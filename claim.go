@@ -79,10 +79,12 @@ import (
 // (takeLarge), and the due scheduled tasks it moves count as any entry
 // put into the ready list (addLarge).
 //
-// A claim that finds the ready list empty drops the cancel marks of tasks
-// that are not pending either (they are nowhere any more), up to
-// scriptChunk of them, so that however many marks a queue holds no claim
-// holds Redis for long (and a cancels hash of another type is left alone).
+// A claim that finds the ready list empty, or that takes the last entry
+// that was ready when the marks were set (the marks' bound: cancel.go),
+// drops the cancel marks of tasks that are not pending either (they are
+// nowhere any more), up to scriptChunk of them, so that however many
+// marks a queue holds no claim holds Redis for long (and a cancels hash
+// of another type is left alone).
 //
 // Otherwise it returns {entry..., k cancelled indexes..., k, flags, first}: the i-th entry
 // (1-based) has claim seq first+i and place i-1 in the claim list of
@@ -271,17 +273,13 @@ if marks then
     end
   end
   -- Past the marks' bound, a mark no record names (this claim's record
-  -- names the tasks it found) is stray. The bound is raised for the
-  -- marks left, unless more are left to drop than one call drops; one
-  -- that is not set (its fields were lost) is set.
+  -- names the tasks it found) is stray: up to $scriptChunk are dropped,
+  -- and the bound is raised for those left (also one not set, its
+  -- fields lost). Where more are left, the next bound drops more: one
+  -- claim a backlog pays for a drop.
   local taken, bound = markTaken(KEYS[4], n), markBound(KEYS[4])
-  if not bound then
-    raiseMarkBound(KEYS[4], KEYS[1])
-  elseif taken >= bound then
-    local many = redis.call('HLEN', KEYS[8]) > $scriptChunk
-    dropStray()
-    if not many then raiseMarkBound(KEYS[4], KEYS[1]) end
-  end
+  if bound and taken >= bound then dropStray() end
+  if not bound or taken >= bound then raiseMarkBound(KEYS[4], KEYS[1]) end
 end
 items[n + k + 1] = k
 items[n + k + 2] = ids and 1 or 0

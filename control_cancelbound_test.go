@@ -306,3 +306,35 @@ func TestCancelMarkBoundWithEndSizeAlone(t *testing.T) {
 	assert.Len(t, seen, 9)
 	assert.False(t, seen[target], "the marked task is never handed out")
 }
+
+// More stray marks than one claim drops (scriptChunk): the claim that
+// passes the bound drops that many, and the next bound the rest.
+func TestCancelManyStrayMarksUnderABacklog(t *testing.T) {
+	t.Parallel()
+	q, s, k := testQueue1(t)
+	ctx := bounded(t)
+	addAll(t, q, orderTasks(10, 5))
+	const strays = scriptChunk + 1
+	for i := range strays {
+		where, err := q.Cancel(ctx, 1, formatID(0x5eed, uint32(i)))
+		require.NoError(t, err)
+		require.Equal(t, StateUnknown, where)
+	}
+	addAll(t, q, orderTasks(10, 10))
+	c, err := q.Consume(ctx, 0, ConsumerConfig{})
+	require.NoError(t, err)
+	defer func() { _ = c.Release(context.Background()) }()
+	left := map[int]int{} // tasks claimed -> marks left
+	seen := claimAll(t, c, 10, func(n int) {
+		m, err := redis.Int(s.do(t, "HLEN", k.cancels), nil)
+		require.NoError(t, err)
+		left[n] = m
+	})
+	assert.Len(t, seen, 150)
+	assert.Equal(t, strays, left[40], "no mark dropped before the bound")
+	assert.Equal(t, 1, left[50], "the claim that passed the bound dropped scriptChunk of them")
+	assert.Equal(t, 1, left[140], "the next bound is past the 100 added after them")
+	assert.Equal(t, 0, left[150])
+	assert.Zero(t, stats0(t, q).Cancelled)
+	noMarksNorClaims(t, s, k)
+}

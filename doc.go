@@ -280,7 +280,8 @@
 // [Consumer.Claim] never returns a marked task. A mark goes with its task
 // when the task is acknowledged or dead-lettered (its cancel came too
 // late; a replay runs it again); marks of tasks that are nowhere any more
-// are dropped when a claim finds the ready list empty, up to 1000 a claim.
+// are dropped, up to 1000 a claim, once every task that was queued when
+// they were set has been claimed, or a claim finds the ready list empty.
 //
 // [Queue.Pause] sets a field of each named queue's meta hash, which the
 // claim script reads: a paused pool claims nothing (it looks again every

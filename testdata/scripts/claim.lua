@@ -438,17 +438,13 @@ if marks then
     end
   end
   -- Past the marks' bound, a mark no record names (this claim's record
-  -- names the tasks it found) is stray. The bound is raised for the
-  -- marks left, unless more are left to drop than one call drops; one
-  -- that is not set (its fields were lost) is set.
+  -- names the tasks it found) is stray: up to 1000 are dropped,
+  -- and the bound is raised for those left (also one not set, its
+  -- fields lost). Where more are left, the next bound drops more: one
+  -- claim a backlog pays for a drop.
   local taken, bound = markTaken(KEYS[4], n), markBound(KEYS[4])
-  if not bound then
-    raiseMarkBound(KEYS[4], KEYS[1])
-  elseif taken >= bound then
-    local many = redis.call('HLEN', KEYS[8]) > 1000
-    dropStray()
-    if not many then raiseMarkBound(KEYS[4], KEYS[1]) end
-  end
+  if bound and taken >= bound then dropStray() end
+  if not bound or taken >= bound then raiseMarkBound(KEYS[4], KEYS[1]) end
 end
 items[n + k + 1] = k
 items[n + k + 2] = ids and 1 or 0
