@@ -270,7 +270,8 @@ func (e *faultEnv) spawn(role string, cfg roleConfig) *child {
 	require.NoError(e.t, err)
 	defer out.Close()
 	c.cmd = exec.Command(os.Args[0])
-	c.cmd.Env = append(os.Environ(), faultRoleEnv+"="+role, faultConfigEnv+"="+string(js))
+	c.cmd.Env = append(os.Environ(), faultRoleEnv+"="+role, faultConfigEnv+"="+string(js),
+		faultClockEnv+"="+strconv.FormatInt(suiteWallOffset(), 10)) // one clock for the suite (stamp)
 	c.cmd.Stdout, c.cmd.Stderr = out, out
 	require.NoError(e.t, c.cmd.Start())
 	go func() { c.err = c.cmd.Wait(); close(c.done) }()

@@ -2,7 +2,11 @@ package queue
 
 import (
 	"context"
+	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -144,4 +148,26 @@ func TestStampIsTheMonotonicClock(t *testing.T) {
 	assert.Equal(t, wall.UnixNano(), stamp(wall))
 	anchorBase, offset := clockAnchor()
 	assert.Equal(t, offset, stamp(anchorBase), "the anchor's reading stamps the anchor's offset")
+}
+
+// TestStampIsOneClockForTheSuite: a child's stamps agree with the
+// harness's, as both read the host's monotonic clock shifted by the
+// offset the harness passes on, whatever the wall clock did between
+// their starts: a child given an offset 5 s off stamps 5 s off.
+func TestStampIsOneClockForTheSuite(t *testing.T) {
+	if _, ok := hostMono(); !ok {
+		t.Skip("no clock shared by the host's processes is read here")
+	}
+	for _, shift := range []int64{0, 5e9} {
+		before := stamp(time.Now())
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), faultRoleEnv+"=clock", faultClockEnv+"="+strconv.FormatInt(suiteWallOffset()+shift, 10))
+		out, err := cmd.Output()
+		require.NoError(t, err)
+		after := stamp(time.Now())
+		child, err := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)
+		require.NoError(t, err, "%q", out)
+		assert.GreaterOrEqual(t, child-shift, before, "shift %d", shift)
+		assert.LessOrEqual(t, child-shift, after, "shift %d", shift)
+	}
 }

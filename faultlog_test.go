@@ -91,30 +91,67 @@ func openHistory(path string) (*historyWriter, error) {
 
 func (h *historyWriter) log(e faultEvent) { h.logAt(e, time.Now()) }
 
-// clockAnchor is the wall clock's offset from this process's monotonic
+// faultClockEnv passes the suite's wall offset (suiteWallOffset) from
+// the harness to the children it starts.
+const faultClockEnv = "QUEUE_FAULT_CLOCK"
+
+// suiteWallOffset is the wall clock less the host's monotonic clock
+// (hostMono), taken once for the whole suite: read from faultClockEnv in
+// a child, measured (the median of a few readings) in the harness, which
+// passes it on. Zero where no host clock is read.
+var suiteWallOffset = sync.OnceValue(func() int64 {
+	if v, err := strconv.ParseInt(os.Getenv(faultClockEnv), 10, 64); err == nil {
+		return v
+	}
+	if _, ok := hostMono(); !ok {
+		return 0
+	}
+	var offs [7]int64
+	for i := range offs {
+		m, _ := hostMono()
+		offs[i] = time.Now().UnixNano() - m
+	}
+	slices.Sort(offs[:])
+	return offs[len(offs)/2]
+})
+
+// clockAnchor is the suite clock's offset from this process's monotonic
 // clock (a reading of which is base), taken once as the median of a few
-// readings.
+// readings: the host's monotonic clock plus suiteWallOffset, or, where
+// no host clock is read, this process's wall clock.
 var clockAnchor = sync.OnceValues(func() (base time.Time, offset int64) {
 	base = time.Now()
+	wall := suiteWallOffset()
 	var offs [7]int64
 	for i := range offs {
 		r := time.Now()
-		offs[i] = r.UnixNano() - int64(r.Sub(base))
+		at, ok := hostMono()
+		if ok {
+			at += wall
+		} else {
+			at = r.UnixNano()
+		}
+		offs[i] = at - int64(r.Sub(base))
 	}
 	slices.Sort(offs[:])
 	return base, offs[len(offs)/2]
 })
 
 // stamp returns t as Unix nanoseconds by the suite's clock: this process's
-// monotonic clock, anchored to the wall clock once. A reading of the wall
-// clock can be off for an instant (by microseconds, on a loaded VM by
-// milliseconds, then right again), and the pool's clock reading for a
-// task's start is extrapolated from one such reading: stamped by the wall
-// clock, a task could seem to start before the one it followed on the same
-// worker finished. By the monotonic clock a process's events keep the
-// order they happened in; processes on one host agree to within the wall
-// clock's error at each one's anchor. A time with no monotonic reading
-// stamps its wall clock.
+// monotonic clock, anchored once to the host's monotonic clock, which
+// all the suite's processes read alike, and shifted by one wall-clock
+// offset for the whole suite. A reading of the wall clock can be off for
+// an instant (by microseconds, on a loaded VM by milliseconds, then right
+// again), and the pool's clock reading for a task's start is
+// extrapolated from one such reading: stamped by the wall clock, a task
+// could seem to start before the one it followed on the same worker
+// finished. By the monotonic clock a process's events keep the order
+// they happened in; and as the wall clock may be stepped while the suite
+// runs (a VM's clock set right by seconds), processes that each anchored
+// to it at their own start would disagree by the step: a harness's kill
+// would seem to come before its victim's last start, and every recovery
+// would seem that much slower. A time with no monotonic reading (one
+// Redis recorded) stamps its wall clock.
 func stamp(t time.Time) int64 {
 	if t == t.Round(0) {
 		return t.UnixNano() // no monotonic reading: a time Redis recorded
