@@ -276,10 +276,16 @@ if marks then
   -- names the tasks it found) is stray: up to $scriptChunk are dropped,
   -- and the bound is raised for those left (also one not set, its
   -- fields lost). Where more are left, the next bound drops more: one
-  -- claim a backlog pays for a drop.
+  -- claim a backlog pays for a drop. Where none is left, the bound goes,
+  -- so that a mark set without raising it (by an earlier release's
+  -- Cancel) finds none, and the next claim sets one past it.
   local taken, bound = markTaken(KEYS[4], n), markBound(KEYS[4])
   if bound and taken >= bound then dropStray() end
-  if not bound or taken >= bound then raiseMarkBound(KEYS[4], KEYS[1]) end
+  if redis.call('EXISTS', KEYS[8]) == 0 then
+    redis.call('HDEL', KEYS[4], '$markBoundField')
+  elseif not bound or taken >= bound then
+    raiseMarkBound(KEYS[4], KEYS[1])
+  end
 end
 items[n + k + 1] = k
 items[n + k + 2] = ids and 1 or 0

@@ -313,6 +313,9 @@ func TestCancelManyStrayMarksUnderABacklog(t *testing.T) {
 	t.Parallel()
 	q, s, k := testQueue1(t)
 	ctx := bounded(t)
+	c, err := q.Consume(ctx, 0, ConsumerConfig{}) // a lease taken drops the bound
+	require.NoError(t, err)
+	defer func() { _ = c.Release(context.Background()) }()
 	addAll(t, q, orderTasks(10, 5))
 	const strays = scriptChunk + 1
 	for i := range strays {
@@ -321,9 +324,6 @@ func TestCancelManyStrayMarksUnderABacklog(t *testing.T) {
 		require.Equal(t, StateUnknown, where)
 	}
 	addAll(t, q, orderTasks(10, 10))
-	c, err := q.Consume(ctx, 0, ConsumerConfig{})
-	require.NoError(t, err)
-	defer func() { _ = c.Release(context.Background()) }()
 	left := map[int]int{} // tasks claimed -> marks left
 	seen := claimAll(t, c, 10, func(n int) {
 		m, err := redis.Int(s.do(t, "HLEN", k.cancels), nil)

@@ -72,6 +72,10 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 `+luaNextFence+`
 redis.call('DEL', KEYS[1])
+-- The cancel marks' bound (cancel.go) goes with the owner: one of an
+-- earlier release put entries back without raising it, and the next
+-- claim sets it afresh.
+redis.call('HDEL', KEYS[2], '$markBoundField')
 redis.call('HSET', KEYS[2], 'fence', fence)
 incr(KEYS[2], 'leases', 1)
 local v = fence .. '.' .. ARGV[3] .. ':' .. ARGV[1]
