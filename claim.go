@@ -496,7 +496,7 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 		return dst[:0], false, redisErr(s.what("claim from"), fmt.Errorf("%w: bad cancel count in claim reply", ErrMalformed))
 	}
 	marks := r[len(r)-3-k : len(r)-3]
-	return s.takeClaimed(ctx, r[:len(r)-3-k], first, written == 1, marks, dst, nil)
+	return s.takeClaimed(ctx, bytesOf(r[:len(r)-3-k]), first, written == 1, marks, dst, nil)
 }
 
 // entryGuess returns the size to expect of the next entries: the mean of

@@ -311,14 +311,15 @@ func (s *store) openEndOnce(ctx context.Context) error {
 // changed say that the end was opened since the claim (by one of this
 // store's other steps: listsFirst): the claim's entries are then in its
 // list, read next.
-func (s *store) readInPlace(ctx context.Context, first, endFirst int64, off, n int) ([]any, error) {
-	return onPartition(ctx, s.part, s.what("read claim of"), func(c redis.Conn) ([]any, error) {
+func (s *store) readInPlace(ctx context.Context, first, endFirst int64, off, n int) ([][]byte, error) {
+	var h tapHolder
+	return onPartition(withTapHolder(ctx, &h), s.part, s.what("read claim of"), func(c redis.Conn) ([][]byte, error) {
 		c.Send("LRANGE", s.keys.ready, -(off + n), -(off + 1))
 		sendAhead(c, s.keys)
 		if err := c.Flush(); err != nil {
 			return nil, err
 		}
-		es, err := redis.Values(receiveContext(c, ctx))
+		es, err := h.arm(0).entriesOf(receiveContext(c, ctx))
 		f, size, ahead, merr := aheadFields(c, ctx)
 		if err = errors.Join(err, merr); err != nil {
 			return nil, err
@@ -329,7 +330,7 @@ func (s *store) readInPlace(ctx context.Context, first, endFirst int64, off, n i
 		}
 		// Opened since: the claim is in its list.
 		l := claimListKey(s.keys, strconv.FormatInt(first, 10))
-		es, err = redis.Values(doContext(c, ctx, "LRANGE", l, 0, -1))
+		es, err = bulkStrings(doContext(c, ctx, "LRANGE", l, 0, -1))
 		if err == nil && len(es) != n {
 			// Gone with the lease (a new owner's recovery put the claim
 			// back), or malformed.
@@ -430,7 +431,7 @@ func (s *store) listsFirst(ctx context.Context) error {
 // end, as LRANGE gives them (toward the consuming end), and the end's
 // fields read after them.
 type endRead struct {
-	raw         []any
+	raw         [][]byte
 	skip        int
 	first, size int64
 }
@@ -441,7 +442,7 @@ type endRead struct {
 // skipped just those off entries, and the end still started there when
 // it was read. It takes them: reordered in the read's own buffer, they
 // are the read's no longer (a later call finds nothing).
-func (e *endRead) of(first, endFirst int64, off, n int) ([]any, bool) {
+func (e *endRead) of(first, endFirst int64, off, n int) ([][]byte, bool) {
 	if e == nil || e.skip != off || e.first != endFirst || first-endFirst != int64(off) || e.size < int64(off+n) || len(e.raw) < n {
 		return nil, false
 	}
@@ -488,7 +489,8 @@ func (s *store) claimThenRead(ctx context.Context, call []any, off, k int) ([]an
 		r    []any
 		read *endRead
 	}
-	got, err := onPartition(ctx, s.part, s.what("claim from"), func(c redis.Conn) (replies, error) {
+	var h tapHolder
+	got, err := onPartition(withTapHolder(ctx, &h), s.part, s.what("claim from"), func(c redis.Conn) (replies, error) {
 		if err := claimScript.SendHash(c, call...); err != nil {
 			return replies{}, err
 		}
@@ -499,11 +501,15 @@ func (s *store) claimThenRead(ctx context.Context, call []any, off, k int) ([]an
 		if err := c.Flush(); err != nil {
 			return replies{}, err
 		}
+		var tap *replyTap
+		if k > 0 {
+			tap = h.arm(1) // the entries' reply, after the script's
+		}
 		r, err := redis.Values(receiveContext(c, ctx))
-		var es []any
+		var es [][]byte
 		var lerr error
 		if k > 0 {
-			es, lerr = redis.Values(receiveContext(c, ctx))
+			es, lerr = tap.entriesOf(receiveContext(c, ctx))
 		}
 		f, size, ahead, merr := aheadFields(c, ctx)
 		if err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {

@@ -20,7 +20,7 @@ import (
 // (marks: their 1-based indexes, in order) and, when the claim's record
 // does not hold its IDs (written false), keeps them for the acker to
 // write. It reports whether it dead-lettered any.
-func (s *store) takeClaimed(ctx context.Context, entries []any, first int64, written bool, marks []any, dst []claimed, batch *claimBatch) ([]claimed, bool, error) {
+func (s *store) takeClaimed(ctx context.Context, entries [][]byte, first int64, written bool, marks []any, dst []claimed, batch *claimBatch) ([]claimed, bool, error) {
 	out := dst[:0]
 	if cap(out) < len(entries) {
 		out = make([]claimed, 0, len(entries))
@@ -37,8 +37,7 @@ func (s *store) takeClaimed(ctx context.Context, entries []any, first int64, wri
 	var ids strings.Builder // its String is its buffer, not a copy
 	ids.Grow(idLen * len(entries))
 	size := 0
-	for i, v := range entries {
-		raw, _ := v.([]byte)
+	for i, raw := range entries {
 		size += len(raw)
 		if len(raw) >= entryHeader && isEntryStart(raw[0]) {
 			ids.Write(raw[1:entryHeader])
@@ -117,8 +116,7 @@ func (s *store) claimMoved(ctx context.Context, r []any, read *endRead, maxBytes
 		return dst[:0], false, err
 	}
 	keep, size := n, int64(0)
-	for i, v := range entries {
-		raw, _ := v.([]byte)
+	for i, raw := range entries {
 		if size += int64(len(raw)); size > maxBytes && (i > 0 || strict) {
 			keep = i
 			break

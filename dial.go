@@ -295,7 +295,7 @@ func (d *serverDialer) dial(ctx context.Context, addr string) (*watchedConn, err
 	if d.wrap != nil {
 		c = d.wrap(c)
 	}
-	return &watchedConn{Conn: c, tcp: tcp, addr: addr}, nil
+	return &watchedConn{Conn: c, tcp: tcp, addr: addr, tappable: !d.tls}, nil
 }
 
 // readBuffer is how much a connection made by Dial reads at once. redigo
@@ -308,10 +308,22 @@ const readBuffer = 32 << 10
 // bytes; its deadlines and writes are the connection's own.
 type bufferedReader struct {
 	net.Conn
-	r *bufio.Reader
+	r   *bufio.Reader
+	tap *replyTap // armed for a call's reply (replytap.go); nil otherwise
 }
 
-func (c *bufferedReader) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c *bufferedReader) Read(p []byte) (int, error) {
+	if t := c.tap; t != nil {
+		n, finished, err := t.read(c.r, p)
+		if finished {
+			c.tap = nil
+		}
+		if n > 0 || err != nil {
+			return n, err
+		}
+	}
+	return c.r.Read(p)
+}
 
 // tlsRefused reports whether a dial's error says the TLS handshake got no
 // TLS answer: a plain Redis server waits for the end of a command line
@@ -345,6 +357,9 @@ func poolOf(cfg Config, dial func(context.Context) (*watchedConn, error), onDial
 			if cfg.WaitReplicas > 0 {
 				return newWaitConn(c, cfg), nil
 			}
+			if c.tappable {
+				noteBorrowed(ctx, c.tcp)
+			}
 			return c, nil
 		},
 		TestOnBorrowContext: func(ctx context.Context, c redis.Conn, idleSince time.Time) error {
@@ -361,14 +376,18 @@ func poolOf(cfg Config, dial func(context.Context) (*watchedConn, error), onDial
 			// a timeout, CLIENT KILL) is dropped before anything is
 			// written on it, so the caller's command goes on a new one:
 			// it cannot have reached Redis, so no retry can duplicate it.
-			if peerClosed(w.tcp.Conn) || w.tcp.r.Buffered() > 0 {
+			if peerClosed(w.tcp.Conn) || w.tcp.r.Buffered() > 0 || w.tcp.tap != nil {
 				return errPeerClosed // bytes read ahead are no reply due either
 			}
-			if time.Since(idleSince) < idleCheck {
-				return nil
+			if time.Since(idleSince) >= idleCheck {
+				if _, err := doContext(c, ctx, "PING"); err != nil {
+					return err
+				}
 			}
-			_, err := doContext(c, ctx, "PING")
-			return err
+			if c == w && w.tappable {
+				noteBorrowed(ctx, w.tcp)
+			}
+			return nil
 		},
 	}
 }
@@ -382,6 +401,9 @@ type watchedConn struct {
 	redis.Conn
 	tcp  *bufferedReader // its TCP connection (Conn), read through a buffer
 	addr string
+	// tappable says that tcp's stream is the connection's replies, as
+	// redigo reads them: no TLS (see replyTap).
+	tappable bool
 	// lost, when set, is told once of the failure that makes the
 	// connection useless where it stands: a connection error, or a
 	// READONLY reply (the server is a replica now). Err then reports it,

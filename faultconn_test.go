@@ -1,9 +1,11 @@
 package queue
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -186,15 +188,36 @@ func newFaultPool(t testing.TB, plan *callPlan, actor, url string) *faultPool {
 	fp.pool = &redis.Pool{
 		MaxIdle: 8,
 		DialContext: func(ctx context.Context) (redis.Conn, error) {
-			c, err := redis.DialURLContext(ctx, url, redis.DialReadTimeout(10*time.Second))
+			// Read as Dial's connections are, through a buffer a claim's
+			// read can tap: the faults reach the tap as they reach redigo.
+			var tcp *bufferedReader
+			var d net.Dialer
+			buffered := redis.DialContextFunc(func(ctx context.Context, network, addr string) (net.Conn, error) {
+				c, err := d.DialContext(ctx, network, addr)
+				if err != nil {
+					return nil, err
+				}
+				tcp = &bufferedReader{Conn: c, r: bufio.NewReaderSize(c, readBuffer)}
+				return tcp, nil
+			})
+			c, err := redis.DialURLContext(ctx, url, redis.DialReadTimeout(10*time.Second), buffered)
 			if err != nil {
 				return nil, err
 			}
-			fc := &faultConn{c: c, p: fp}
+			fc := &faultConn{c: c, p: fp, tcp: tcp}
 			fp.mu.Lock()
 			fp.live[fc] = struct{}{}
 			fp.mu.Unlock()
+			noteBorrowed(ctx, tcp)
 			return fc, nil
+		},
+		TestOnBorrowContext: func(ctx context.Context, c redis.Conn, _ time.Time) error {
+			fc := c.(*faultConn)
+			if fc.tcp.tap != nil { // a tap left armed: its stream is lost
+				return errPeerClosed
+			}
+			noteBorrowed(ctx, fc.tcp)
+			return nil
 		},
 	}
 	t.Cleanup(func() { fp.pool.Close() })
@@ -288,6 +311,7 @@ func (timeoutErr) Temporary() bool { return true }
 // faultConn is one connection of a faultPool.
 type faultConn struct {
 	c     redis.Conn
+	tcp   *bufferedReader // c's TCP connection, as it reads it
 	p     *faultPool
 	err   error        // set once the connection is broken by a fault
 	sends []pendingCmd // sent and not flushed

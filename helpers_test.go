@@ -170,21 +170,37 @@ func (s *testServer) wrapPool(maxIdle int, wrap func(redis.Conn) redis.Conn) *re
 }
 
 // testPool returns a pool of connections to url that read as those Dial
-// makes do, through a buffer of readBuffer bytes: the benchmarks measure
-// what a queue made by Dial does, and their Raw* baselines read alike.
+// makes do, through a buffer of readBuffer bytes that a claim's read can
+// tap: the benchmarks measure what a queue made by Dial does, and their
+// Raw* baselines read alike.
 func testPool(url string) *redis.Pool {
 	var d net.Dialer
-	buffered := redis.DialContextFunc(func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := d.DialContext(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		return &bufferedReader{Conn: c, r: bufio.NewReaderSize(c, readBuffer)}, nil
-	})
 	return &redis.Pool{
 		MaxIdle: 16,
 		DialContext: func(ctx context.Context) (redis.Conn, error) {
-			return redis.DialURLContext(ctx, url, redis.DialReadTimeout(10*time.Second), buffered)
+			var tcp *bufferedReader
+			buffered := redis.DialContextFunc(func(ctx context.Context, network, addr string) (net.Conn, error) {
+				c, err := d.DialContext(ctx, network, addr)
+				if err != nil {
+					return nil, err
+				}
+				tcp = &bufferedReader{Conn: c, r: bufio.NewReaderSize(c, readBuffer)}
+				return tcp, nil
+			})
+			c, err := redis.DialURLContext(ctx, url, redis.DialReadTimeout(10*time.Second), buffered)
+			if err != nil {
+				return nil, err
+			}
+			noteBorrowed(ctx, tcp)
+			return &watchedConn{Conn: c, tcp: tcp, addr: url, tappable: true}, nil
+		},
+		TestOnBorrowContext: func(ctx context.Context, c redis.Conn, _ time.Time) error {
+			w := c.(*watchedConn)
+			if w.tcp.r.Buffered() > 0 || w.tcp.tap != nil {
+				return errPeerClosed
+			}
+			noteBorrowed(ctx, w.tcp)
+			return nil
 		},
 	}
 }

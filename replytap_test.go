@@ -1,0 +1,248 @@
+package queue
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"testing/iotest"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// streamConn is a net.Conn whose reads come from r and whose writes go
+// nowhere: a server that has already answered.
+type streamConn struct {
+	r io.Reader
+}
+
+func (c *streamConn) Read(p []byte) (int, error)         { return c.r.Read(p) }
+func (c *streamConn) Write(p []byte) (int, error)        { return len(p), nil }
+func (c *streamConn) Close() error                       { return nil }
+func (c *streamConn) LocalAddr() net.Addr                { return &net.TCPAddr{} }
+func (c *streamConn) RemoteAddr() net.Addr               { return &net.TCPAddr{} }
+func (c *streamConn) SetDeadline(time.Time) error        { return nil }
+func (c *streamConn) SetReadDeadline(time.Time) error    { return nil }
+func (c *streamConn) SetWriteDeadline(time.Time) error   { return nil }
+func (c *streamConn) SetReadBufferSize(bytes int) error  { return nil }
+func (c *streamConn) SetWriteBufferSize(bytes int) error { return nil }
+
+// tapStream returns a redigo connection reading stream, through a
+// bufferedReader of bufSize bytes over reads of at most one byte when
+// slow, and that reader.
+func tapStream(stream []byte, bufSize int, slow bool) (redis.Conn, *bufferedReader) {
+	var r io.Reader = bytes.NewReader(stream)
+	if slow {
+		r = iotest.OneByteReader(r)
+	}
+	tcp := &bufferedReader{Conn: &streamConn{r: r}, r: bufio.NewReaderSize(r, bufSize)}
+	return redis.NewConn(tcp, time.Second, time.Second), tcp
+}
+
+// bulkArray is the RESP of an array of bulk strings.
+func bulkArray(es ...string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "*%d\r\n", len(es))
+	for _, e := range es {
+		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(e), e)
+	}
+	return b.String()
+}
+
+func TestAppendReplyIsTheReplyByteForByte(t *testing.T) {
+	replies := []string{
+		"+OK\r\n",
+		"-ERR no such key\r\n",
+		":-42\r\n",
+		"$-1\r\n",
+		"$0\r\n\r\n",
+		"$5\r\na\r\nbc\r\n", // CRLF inside the bulk string
+		"*-1\r\n",
+		"*0\r\n",
+		"*3\r\n:1\r\n*2\r\n$1\r\nx\r\n*0\r\n$3\r\nend\r\n",
+		"+" + strings.Repeat("long status ", 40) + "\r\n", // longer than the buffer
+		bulkArray(strings.Repeat("y", 100), "", "z"),
+	}
+	stream := strings.Join(replies, "")
+	for _, slow := range []bool{false, true} {
+		r := bufio.NewReaderSize(iotestReader(stream, slow), 16)
+		for _, want := range replies {
+			got, err := appendReply(r, nil)
+			require.NoError(t, err)
+			assert.Equal(t, want, string(got))
+		}
+		_, err := appendReply(r, nil)
+		assert.ErrorIs(t, err, io.EOF)
+	}
+}
+
+func iotestReader(s string, slow bool) io.Reader {
+	if slow {
+		return iotest.OneByteReader(strings.NewReader(s))
+	}
+	return strings.NewReader(s)
+}
+
+func TestAppendReplyRefusesWhatIsNoReply(t *testing.T) {
+	for _, bad := range []string{"?what\r\n", "$x\r\n", "*12345678901\r\n", "$\r\n", "+OK\n", "$3\r\nab"} {
+		_, err := appendReply(bufio.NewReader(strings.NewReader(bad)), nil)
+		assert.Error(t, err, "%q", bad)
+	}
+}
+
+func TestTapTakesTheReplyAfterTheSkippedOnes(t *testing.T) {
+	entries := []string{"first", strings.Repeat("b", tapChunk/4+1), "", strings.Repeat("c", 300), "\r\n$3\r\n"}
+	for _, skip := range []int{0, 1, 3} {
+		for _, slow := range []bool{false, true} {
+			for _, bufSize := range []int{16, 64, readBuffer} {
+				t.Run(fmt.Sprintf("skip=%d/slow=%v/buf=%d", skip, slow, bufSize), func(t *testing.T) {
+					before := []string{"*3\r\n:-3\r\n:12\r\n$2\r\nok\r\n", "-NOSCRIPT no script\r\n", bulkArray("not", "this")}[:skip]
+					after := []string{":7\r\n", bulkArray("after")}
+					stream := strings.Join(before, "") + bulkArray(entries...) + strings.Join(after, "")
+					c, tcp := tapStream([]byte(stream), bufSize, slow)
+					tap := (&tapHolder{conn: tcp}).arm(skip)
+					for i := range before {
+						v, err := c.Receive()
+						if i == 1 {
+							assert.Equal(t, redis.Error("NOSCRIPT no script"), err)
+							continue
+						}
+						require.NoError(t, err)
+						assert.NotNil(t, v)
+					}
+					got, err := tap.entriesOf(c.Receive())
+					require.NoError(t, err)
+					require.Len(t, got, len(entries))
+					for i, e := range entries {
+						assert.Equal(t, e, string(got[i]))
+					}
+					assert.True(t, tap.taken)
+					assert.Nil(t, tcp.tap, "the tap is done with the stream")
+					// Each entry is its own: appending to one does not
+					// touch the next in its chunk.
+					_ = append(got[0], 'X')
+					assert.Equal(t, entries[1], string(got[1]))
+					n, err := redis.Int(c.Receive())
+					require.NoError(t, err)
+					assert.Equal(t, 7, n)
+					vs, err := redis.Strings(c.Receive())
+					require.NoError(t, err)
+					assert.Equal(t, []string{"after"}, vs)
+				})
+			}
+		}
+	}
+}
+
+func TestTapHandsOverAReplyThatIsNoArray(t *testing.T) {
+	for _, tc := range []struct {
+		reply string
+		want  any
+	}{
+		{"-WRONGTYPE not a list\r\n", redis.Error("WRONGTYPE not a list")},
+		{"*-1\r\n", nil},
+		{":3\r\n", int64(3)},
+	} {
+		c, tcp := tapStream([]byte(tc.reply+"+OK\r\n"), 64, false)
+		tap := (&tapHolder{conn: tcp}).arm(0)
+		v, err := c.Receive()
+		if e, ok := tc.want.(redis.Error); ok {
+			assert.Equal(t, e, err)
+		} else {
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, v)
+		}
+		assert.False(t, tap.taken, "%q", tc.reply)
+		_, terr := tap.entriesOf(v, err)
+		assert.Error(t, terr, "no entries from %q", tc.reply)
+		s, err := redis.String(c.Receive())
+		require.NoError(t, err)
+		assert.Equal(t, "OK", s, "the stream goes on after %q", tc.reply)
+	}
+}
+
+func TestTapRefusesAnArrayOfOtherThanBulkStrings(t *testing.T) {
+	c, tcp := tapStream([]byte("*2\r\n$1\r\na\r\n:1\r\n"), 64, false)
+	tap := (&tapHolder{conn: tcp}).arm(0)
+	_, err := tap.entriesOf(c.Receive())
+	assert.Error(t, err)
+	assert.Error(t, c.Err(), "the connection is broken: its stream is lost")
+}
+
+// A stream cut anywhere fails the read it cuts, and never yields a reply
+// it does not hold whole.
+func TestTapStreamCutAnywhere(t *testing.T) {
+	head := "*5\r\n:-3\r\n:3\r\n:100\r\n:0\r\n:100\r\n"
+	entries := bulkArray("one", "two", strings.Repeat("3", 50))
+	tail := ":9\r\n*3\r\n$-1\r\n$1\r\n0\r\n$-1\r\n"
+	stream := head + entries + tail
+	for cut := 0; cut < len(stream); cut++ {
+		c, tcp := tapStream([]byte(stream[:cut]), 16, cut%2 == 0)
+		tap := (&tapHolder{conn: tcp}).arm(1)
+		_, err1 := c.Receive()
+		es, err2 := tap.entriesOf(c.Receive())
+		_, err3 := c.Receive()
+		_, err4 := c.Receive()
+		switch {
+		case cut < len(head):
+			assert.Error(t, err1, "cut at %d", cut)
+		case cut < len(head)+len(entries):
+			require.NoError(t, err1, "cut at %d", cut)
+			assert.Error(t, err2, "cut at %d", cut)
+			assert.Nil(t, es, "cut at %d", cut)
+		default:
+			require.NoError(t, err1, "cut at %d", cut)
+			require.NoError(t, err2, "cut at %d", cut)
+			assert.Len(t, es, 3)
+			assert.Error(t, errors.Join(err3, err4), "cut at %d", cut)
+		}
+	}
+}
+
+// A claim through the pools tests use, as through Dial's, reads its
+// entries through the tap; a drain of them still runs every task once, in
+// order.
+func TestClaimReadsItsEntriesThroughTheTap(t *testing.T) {
+	if testOnCluster {
+		t.Skip("a cluster's routed connections are read through redigo")
+	}
+	q, _ := newTestQueue(t, 1, Config{})
+	ctx := context.Background()
+	const n = 3000
+	tasks := make([]Task, n)
+	for i := range tasks {
+		tasks[i] = Task{OrderID: uint64(i % 7), Payload: []byte(fmt.Sprintf("payload %d", i))}
+	}
+	_, err := q.AddTasks(ctx, tasks)
+	require.NoError(t, err)
+	before := tapsTaken.Load()
+	var mu sync.Mutex
+	last := map[uint64]int{}
+	seen := 0
+	err = q.AnalysePool(ctx, 0, PoolConfig{Workers: 4, ExitOnEmpty: true}, func(ctx context.Context, task Task) error {
+		var i int
+		_, err := fmt.Sscanf(string(task.Payload), "payload %d", &i)
+		assert.NoError(t, err)
+		assert.Equal(t, task.OrderID, uint64(i%7))
+		mu.Lock()
+		defer mu.Unlock()
+		if p, ok := last[task.OrderID]; ok {
+			assert.Greater(t, i, p, "OrderID %d in order", task.OrderID)
+		}
+		last[task.OrderID] = i
+		seen++
+		return nil
+	})
+	require.NoError(t, err)
+	assert.Equal(t, n, seen)
+	assert.Greater(t, tapsTaken.Load(), before, "claims read their entries through the tap")
+}
