@@ -55,12 +55,16 @@ func BenchmarkClaimRead(b *testing.B) {
 		fmt.Fprintf(&reply, "$%d\r\n%s\r\n", len(e), e)
 	}
 	stream := reply.Bytes()
-	st := &store{analysers: 1}
+	cfg, err := PoolConfig{Workers: 64}.withDefaults()
+	if err != nil {
+		b.Fatal(err)
+	}
+	st := &store{analysers: 1, tapChunk: heldChunk(cfg)}
 	var dst []claimed
 	b.ReportAllocs()
 	for b.Loop() {
 		c, tcp := tapStream(stream, readBuffer, false)
-		tap := (&tapHolder{conn: tcp}).arm(0)
+		tap := (&tapHolder{conn: tcp}).arm(0, st.tapChunk)
 		entries, err := tap.entriesOf(c.Receive())
 		if err != nil {
 			b.Fatal(err)

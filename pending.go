@@ -20,6 +20,7 @@ import (
 // concurrent use: the lease value is read atomically.
 type store struct {
 	part        *partition
+	tapChunk    int // the chunks a tapped claim's entries are read into (replyTap.chunk); 0: an allocation each
 	pi, qi      int
 	analyser    uint64 // the analyser whose queue this is: it serves OrderID id when id % analysers == analyser
 	analysers   uint64 // R * Q

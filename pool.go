@@ -17,6 +17,9 @@ import (
 // ctx ends at the task's timeout, when the pool loses its lease, or when a
 // graceful stop runs out of time; it carries the values of AnalysePool's
 // ctx (a logger, a tenant, a trace), but not its end or deadline.
+// t.Payload is the task's own to read and keep; a small one shares its
+// buffer (at most 8 KiB) with others of its claim, so a function that
+// keeps many payloads long after it returns copies them.
 type AnalyseFunc func(ctx context.Context, t Task) error
 
 // PoolConfig holds the settings of AnalysePool. The zero value works.
@@ -68,7 +71,10 @@ type PoolConfig struct {
 	// MaxHeldBytes bounds the size of the tasks the pool holds (payloads
 	// and about 30 bytes each), and so what one claim takes: claims stop
 	// while it is reached. A task larger than it is still claimed, alone.
-	// If zero, 64 MiB is used.
+	// If zero, 64 MiB is used. The memory the held tasks keep is at most
+	// about twice it: a claim's small payloads are read into shared
+	// buffers of at most MaxHeldBytes / MaxHeldTasks bytes (and 8 KiB),
+	// and a held task keeps its buffer.
 	MaxHeldBytes int64
 	// Rate limits the pool's task starts to Rate a second, across all its
 	// workers. Every start counts, retries and redeliveries too; a task
@@ -382,6 +388,7 @@ func (q *Queue) analysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 	b.reset()
 	st.idsLater = true                    // its acker writes its claims' task IDs
 	st.native.Store(true)                 // and it claims in place
+	st.tapChunk = heldChunk(cfg)          // reading claims into chunks its held tasks may keep
 	st.waiter = q.waiters[st.pi].retain() // idle waits share the partition's connections
 	defer st.waiter.release()
 	if cfg.Counters != nil {

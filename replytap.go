@@ -40,7 +40,7 @@ import (
 // replyTap takes the reply after skip others off a connection's stream.
 type replyTap struct {
 	skip  int    // replies still to hand over before the one taken
-	chunk int    // bytes a chunk of entries holds (see tapChunk)
+	chunk int    // bytes a chunk of entries holds (see tapChunk); 0: an allocation an entry
 	out   []byte // bytes due to redigo before the stream goes on
 	raw   []byte // out's buffer, reused for each reply handed over
 	done  bool   // the reply was taken (or handed over, not an array)
@@ -50,11 +50,18 @@ type replyTap struct {
 	taken   bool     // entries holds the reply
 }
 
-// tapChunk is the size of the chunks a tapped reply's entries are copied
-// into. A task's payload keeps its chunk alive as long as it is held, so
-// a chunk is small; an entry of more than a quarter of it gets one of its
-// own.
+// tapChunk bounds the chunks a tapped reply's entries are copied into.
+// A task's payload keeps its chunk alive as long as the task is held, so
+// a pool reads its claims into chunks of at most MaxHeldBytes /
+// MaxHeldTasks bytes (heldChunk): its held tasks then keep at most about
+// twice MaxHeldBytes, however few of a chunk's tasks are still held. An
+// entry of more than a quarter of a chunk gets an allocation of its own.
 const tapChunk = 8 << 10
+
+// heldChunk is the chunk size of a pool of cfg (withDefaults applied).
+func heldChunk(cfg PoolConfig) int {
+	return int(min(tapChunk, max(cfg.MaxHeldBytes/int64(max(cfg.MaxHeldTasks, 1)), 64)))
+}
 
 // tapsTaken counts the replies taps took.
 var tapsTaken atomic.Int64
@@ -129,7 +136,7 @@ func (t *replyTap) take(r *bufio.Reader) error {
 			return errors.New("queue: a claim's entry is not a bulk string")
 		}
 		var e []byte
-		if size > t.chunk/4 {
+		if size > t.chunk/4 || t.chunk == 0 {
 			e = make([]byte, size)
 		} else {
 			if size > cap(chunk)-len(chunk) {
@@ -266,13 +273,14 @@ func noteBorrowed(ctx context.Context, tcp *bufferedReader) {
 }
 
 // arm arms a tap on the connection h holds, if any, to take the reply
-// after skip others, and returns it (nil: read the reply through redigo).
-// Call it once the pipeline is flushed, before any of its replies is read.
-func (h *tapHolder) arm(skip int) *replyTap {
+// after skip others, its entries copied into chunks of chunk bytes, and
+// returns it (nil: read the reply through redigo). Call it once the
+// pipeline is flushed, before any of its replies is read.
+func (h *tapHolder) arm(skip, chunk int) *replyTap {
 	if h == nil || h.conn == nil {
 		return nil
 	}
-	t := &replyTap{skip: skip, chunk: tapChunk}
+	t := &replyTap{skip: skip, chunk: chunk}
 	h.conn.tap = t
 	return t
 }

@@ -109,7 +109,7 @@ func TestTapTakesTheReplyAfterTheSkippedOnes(t *testing.T) {
 					after := []string{":7\r\n", bulkArray("after")}
 					stream := strings.Join(before, "") + bulkArray(entries...) + strings.Join(after, "")
 					c, tcp := tapStream([]byte(stream), bufSize, slow)
-					tap := (&tapHolder{conn: tcp}).arm(skip)
+					tap := (&tapHolder{conn: tcp}).arm(skip, tapChunk)
 					for i := range before {
 						v, err := c.Receive()
 						if i == 1 {
@@ -153,7 +153,7 @@ func TestTapHandsOverAReplyThatIsNoArray(t *testing.T) {
 		{":3\r\n", int64(3)},
 	} {
 		c, tcp := tapStream([]byte(tc.reply+"+OK\r\n"), 64, false)
-		tap := (&tapHolder{conn: tcp}).arm(0)
+		tap := (&tapHolder{conn: tcp}).arm(0, tapChunk)
 		v, err := c.Receive()
 		if e, ok := tc.want.(redis.Error); ok {
 			assert.Equal(t, e, err)
@@ -172,7 +172,7 @@ func TestTapHandsOverAReplyThatIsNoArray(t *testing.T) {
 
 func TestTapRefusesAnArrayOfOtherThanBulkStrings(t *testing.T) {
 	c, tcp := tapStream([]byte("*2\r\n$1\r\na\r\n:1\r\n"), 64, false)
-	tap := (&tapHolder{conn: tcp}).arm(0)
+	tap := (&tapHolder{conn: tcp}).arm(0, tapChunk)
 	_, err := tap.entriesOf(c.Receive())
 	assert.Error(t, err)
 	assert.Error(t, c.Err(), "the connection is broken: its stream is lost")
@@ -187,7 +187,7 @@ func TestTapStreamCutAnywhere(t *testing.T) {
 	stream := head + entries + tail
 	for cut := 0; cut < len(stream); cut++ {
 		c, tcp := tapStream([]byte(stream[:cut]), 16, cut%2 == 0)
-		tap := (&tapHolder{conn: tcp}).arm(1)
+		tap := (&tapHolder{conn: tcp}).arm(1, tapChunk)
 		_, err1 := c.Receive()
 		es, err2 := tap.entriesOf(c.Receive())
 		_, err3 := c.Receive()
@@ -245,4 +245,45 @@ func TestClaimReadsItsEntriesThroughTheTap(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, n, seen)
 	assert.Greater(t, tapsTaken.Load(), before, "claims read their entries through the tap")
+}
+
+// A pool reads a claim into chunks of at most MaxHeldBytes / MaxHeldTasks
+// bytes: a held task keeps at most one such chunk besides its own bytes.
+func TestHeldChunk(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  PoolConfig
+		want int
+	}{
+		{PoolConfig{Workers: 64}, 1024}, // 64 MiB over 16 x 4096 tasks
+		{PoolConfig{Workers: 1}, 4096},  // 64 MiB over 16 x 1024 tasks
+		{PoolConfig{Workers: 4, MaxHeldTasks: 1024}, tapChunk},
+		{PoolConfig{Workers: 4, MaxHeldBytes: 1 << 20}, 64},
+	} {
+		cfg, err := tc.cfg.withDefaults()
+		require.NoError(t, err)
+		assert.Equal(t, tc.want, heldChunk(cfg), "%+v", tc.cfg)
+	}
+}
+
+func TestTapChunks(t *testing.T) {
+	es := make([]string, 3000)
+	for i := range es {
+		es[i] = strings.Repeat("e", 90)
+	}
+	es[7] = strings.Repeat("L", 300) // more than a quarter of 1 KiB: its own
+	stream := []byte(bulkArray(es...))
+	allocs := func(chunk int) float64 {
+		return testing.AllocsPerRun(5, func() {
+			c, tcp := tapStream(stream, readBuffer, false)
+			tap := (&tapHolder{conn: tcp}).arm(0, chunk)
+			got, err := tap.entriesOf(c.Receive())
+			if err != nil || len(got) != len(es) || string(got[7]) != es[7] || string(got[2999]) != es[2999] {
+				t.Fatal("bad read", err, len(got))
+			}
+		})
+	}
+	shared, own := allocs(1024), allocs(0)
+	assert.Less(t, shared, float64(3000*90/1024+50), "entries share 1 KiB chunks")
+	assert.Greater(t, shared, float64(3000*90/1024), "at most 1 KiB a chunk")
+	assert.GreaterOrEqual(t, own, float64(3000), "an allocation each")
 }
