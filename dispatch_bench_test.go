@@ -44,8 +44,10 @@ func BenchmarkDispatch(b *testing.B) {
 }
 
 // BenchmarkClaimRead is the fetcher's read of one claim in place of 2,900
-// tasks of 64-byte payloads: the entries' reply taken off the stream, as
-// from a connection made by Dial, and made into claimed tasks.
+// tasks of 64-byte payloads, made into claimed tasks: the entries' reply
+// taken off the stream as from a connection made by Dial, into the
+// chunks of a 64-worker pool's (chunk=1024) or the largest (8192), or
+// read through redigo (chunk=redigo), as from a pool a caller made.
 func BenchmarkClaimRead(b *testing.B) {
 	const claim = 2900
 	var reply bytes.Buffer
@@ -59,19 +61,30 @@ func BenchmarkClaimRead(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	st := &store{analysers: 1, tapChunk: heldChunk(cfg)}
-	var dst []claimed
-	b.ReportAllocs()
-	for b.Loop() {
-		c, tcp := tapStream(stream, readBuffer, false)
-		tap := (&tapHolder{conn: tcp}).arm(0, st.tapChunk)
-		entries, err := tap.entriesOf(c.Receive())
-		if err != nil {
-			b.Fatal(err)
+	for _, chunk := range []int{heldChunk(cfg), tapChunk, -1} {
+		name := fmt.Sprintf("chunk=%d", chunk)
+		if chunk < 0 {
+			name = "chunk=redigo"
 		}
-		if dst, _, err = st.takeClaimed(context.Background(), entries, 0, true, nil, dst, nil); err != nil || len(dst) != claim {
-			b.Fatal(err, len(dst))
-		}
+		b.Run(name, func(b *testing.B) {
+			st := &store{analysers: 1, tapChunk: chunk}
+			var dst []claimed
+			b.ReportAllocs()
+			for b.Loop() {
+				c, tcp := tapStream(stream, readBuffer, false)
+				var tap *replyTap
+				if chunk >= 0 {
+					tap = (&tapHolder{conn: tcp}).arm(0, st.tapChunk)
+				}
+				entries, err := tap.entriesOf(c.Receive())
+				if err != nil {
+					b.Fatal(err)
+				}
+				if dst, _, err = st.takeClaimed(context.Background(), entries, 0, true, nil, dst, nil); err != nil || len(dst) != claim {
+					b.Fatal(err, len(dst))
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*claim), "ns/task")
+		})
 	}
-	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*claim), "ns/task")
 }

@@ -124,7 +124,27 @@ func (t *replyTap) take(r *bufio.Reader) error {
 	}
 	entries := make([][]byte, n)
 	var chunk []byte
-	for i := range entries {
+	for i := 0; i < n; {
+		// The entries whole in the buffer, read there; the next one, if
+		// it is not, read as it comes.
+		buf, _ := r.Peek(r.Buffered())
+		used := 0
+		for ; i < n; i++ {
+			size, at, ok := bulkIn(buf[used:])
+			if !ok {
+				break
+			}
+			e := t.slot(&chunk, size)
+			copy(e, buf[used+at:])
+			entries[i] = e
+			used += at + size + 2
+		}
+		if _, err := r.Discard(used); err != nil {
+			return err
+		}
+		if i == n {
+			break
+		}
 		if line, err = readLine(r, line[:0]); err != nil {
 			return err
 		}
@@ -135,16 +155,7 @@ func (t *replyTap) take(r *bufio.Reader) error {
 		if err != nil || size < 0 {
 			return errors.New("queue: a claim's entry is not a bulk string")
 		}
-		var e []byte
-		if size > t.chunk/4 || t.chunk == 0 {
-			e = make([]byte, size)
-		} else {
-			if size > cap(chunk)-len(chunk) {
-				chunk = make([]byte, 0, t.chunk)
-			}
-			e = chunk[len(chunk) : len(chunk)+size : len(chunk)+size]
-			chunk = chunk[:len(chunk)+size]
-		}
+		e := t.slot(&chunk, size)
 		if _, err := io.ReadFull(r, e); err != nil {
 			return err
 		}
@@ -152,12 +163,56 @@ func (t *replyTap) take(r *bufio.Reader) error {
 			return err
 		}
 		entries[i] = e
+		i++
 	}
 	t.raw = line
 	t.entries, t.taken = entries, true
 	tapsTaken.Add(1)
 	t.out = emptyArray
 	return nil
+}
+
+// slot returns room for an entry of size bytes: in *chunk, taken from it,
+// or an allocation of its own.
+func (t *replyTap) slot(chunk *[]byte, size int) []byte {
+	if size > t.chunk/4 || t.chunk == 0 {
+		return make([]byte, size)
+	}
+	c := *chunk
+	if size > cap(c)-len(c) {
+		c = make([]byte, 0, t.chunk)
+	}
+	e := c[len(c) : len(c)+size : len(c)+size]
+	*chunk = c[:len(c)+size]
+	return e
+}
+
+// bulkIn reads a bulk string of a non-negative size at the start of b,
+// its header of at bytes: ok when it is there whole, CRLF included, and
+// well formed. Anything else is left to the reads that wait for more, and
+// that tell a malformed reply.
+func bulkIn(b []byte) (size, at int, ok bool) {
+	if len(b) < 4 || b[0] != '$' {
+		return 0, 0, false
+	}
+	for at = 1; at < len(b) && at <= 11; at++ {
+		c := b[at]
+		if c == '\r' {
+			break
+		}
+		if c < '0' || c > '9' {
+			return 0, 0, false
+		}
+		size = size*10 + int(c-'0')
+	}
+	if at == 1 || at+1 >= len(b) || b[at] != '\r' || b[at+1] != '\n' {
+		return 0, 0, false
+	}
+	at += 2
+	if end := at + size; end+2 > len(b) || b[end] != '\r' || b[end+1] != '\n' {
+		return 0, 0, false
+	}
+	return size, at, true
 }
 
 // appendReply appends the bytes of the next reply on r, whole, to dst.

@@ -171,11 +171,49 @@ func TestTapHandsOverAReplyThatIsNoArray(t *testing.T) {
 }
 
 func TestTapRefusesAnArrayOfOtherThanBulkStrings(t *testing.T) {
-	c, tcp := tapStream([]byte("*2\r\n$1\r\na\r\n:1\r\n"), 64, false)
-	tap := (&tapHolder{conn: tcp}).arm(0, tapChunk)
-	_, err := tap.entriesOf(c.Receive())
-	assert.Error(t, err)
-	assert.Error(t, c.Err(), "the connection is broken: its stream is lost")
+	for _, bad := range []string{
+		"*2\r\n$1\r\na\r\n:1\r\n",
+		"*2\r\n$1\r\na\r\n$-1\r\n",
+		"*2\r\n$1\r\na\r\n$3\r\nabcXY\r\n", // no CRLF after its bytes
+		"*1\r\n$x\r\nabc\r\n",
+		"*1\r\n$3\nabc\r\n",
+	} {
+		for _, bufSize := range []int{16, readBuffer} {
+			c, tcp := tapStream([]byte(bad+"+OK\r\n"), bufSize, false)
+			tap := (&tapHolder{conn: tcp}).arm(0, tapChunk)
+			_, err := tap.entriesOf(c.Receive())
+			assert.Error(t, err, "%q", bad)
+			assert.Error(t, c.Err(), "the connection is broken: its stream is lost")
+		}
+	}
+}
+
+// bulkIn reads only a bulk string whole and well formed in its buffer.
+func TestBulkIn(t *testing.T) {
+	for _, tc := range []struct {
+		b        string
+		size, at int
+		ok       bool
+	}{
+		{"$3\r\nabc\r\n", 3, 4, true},
+		{"$0\r\n\r\n$1", 0, 4, true},
+		{"$12\r\n0123456789ab\r\n", 12, 5, true},
+		{"$3\r\nabc\r", 0, 0, false}, // not whole
+		{"$3\r\nab", 0, 0, false},
+		{"$3\r", 0, 0, false},
+		{"$-1\r\n", 0, 0, false},
+		{"$\r\n\r\n", 0, 0, false},
+		{"$3\r\nabcde", 0, 0, false},
+		{":3\r\n", 0, 0, false},
+		{"$99999999999\r\n", 0, 0, false},
+	} {
+		size, at, ok := bulkIn([]byte(tc.b))
+		assert.Equal(t, tc.ok, ok, "%q", tc.b)
+		if ok {
+			assert.Equal(t, tc.size, size, "%q", tc.b)
+			assert.Equal(t, tc.at, at, "%q", tc.b)
+		}
+	}
 }
 
 // A stream cut anywhere fails the read it cuts, and never yields a reply
