@@ -363,8 +363,9 @@ func poolOf(cfg Config, dial func(context.Context) (*watchedConn, error), onDial
 			return c, nil
 		},
 		TestOnBorrowContext: func(ctx context.Context, c redis.Conn, idleSince time.Time) error {
-			if wc, ok := c.(*waitConn); ok {
-				c = wc.Conn
+			_, waits := c.(*waitConn) // its WAITs slip replies in: never tapped
+			if waits {
+				c = c.(*waitConn).Conn
 			}
 			w := c.(*watchedConn) // as DialContext made it
 			if stale != nil {
@@ -384,7 +385,7 @@ func poolOf(cfg Config, dial func(context.Context) (*watchedConn, error), onDial
 					return err
 				}
 			}
-			if c == w && w.tappable {
+			if !waits && w.tappable {
 				noteBorrowed(ctx, w.tcp)
 			}
 			return nil

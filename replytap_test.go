@@ -325,3 +325,31 @@ func TestTapChunks(t *testing.T) {
 	assert.Greater(t, shared, float64(3000*90/1024), "at most 1 KiB a chunk")
 	assert.GreaterOrEqual(t, own, float64(3000), "an allocation each")
 }
+
+// A WaitReplicas connection slips WAIT replies into the stream: a borrow
+// never names one for a tap, dialled or taken idle.
+func TestTapNeverOnWaitConn(t *testing.T) {
+	skipOnCluster(t, "a pool of one server's connections")
+	s := newTestServers(t, 1)[0]
+	u, err := parseRedisURL(s.url)
+	require.NoError(t, err)
+	for _, wait := range []int{0, 1} {
+		cfg := Config{WaitReplicas: wait}
+		if wait > 0 {
+			cfg.WaitTimeout = 10 * time.Millisecond
+		}
+		cfg, err := cfg.withDefaults()
+		require.NoError(t, err)
+		pool := newPool(u, cfg, nil)
+		for _, how := range []string{"dialled", "idle"} {
+			var h tapHolder
+			c, err := pool.GetContext(withTapHolder(context.Background(), &h))
+			require.NoError(t, err)
+			_, err = c.Do("PING")
+			require.NoError(t, err)
+			require.NoError(t, c.Close())
+			assert.Equal(t, wait == 0, h.conn != nil, "WaitReplicas %d, %s: tapped", wait, how)
+		}
+		pool.Close()
+	}
+}
