@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand"
 	"net"
 	"strings"
 	"sync"
@@ -351,5 +352,109 @@ func TestTapNeverOnWaitConn(t *testing.T) {
 			assert.Equal(t, wait == 0, h.conn != nil, "WaitReplicas %d, %s: tapped", wait, how)
 		}
 		pool.Close()
+	}
+}
+
+// randReply returns a random RESP2 reply (nested arrays, nil bulk, nil
+// array, errors, ints, bulk strings with CRLF inside, long lines).
+func randReply(r *rand.Rand, depth int) string {
+	switch k := r.Intn(9); {
+	case k == 0:
+		return "+" + strings.Repeat("s", r.Intn(3)*r.Intn(40000)) + "\r\n"
+	case k == 1:
+		return "-ERR " + strings.Repeat("e", r.Intn(100)) + "\r\n"
+	case k == 2:
+		return fmt.Sprintf(":%d\r\n", r.Int63()-r.Int63())
+	case k == 3:
+		return "$-1\r\n"
+	case k == 4:
+		return "*-1\r\n"
+	case k == 5 || depth > 3:
+		return respBulk(randBytes(r))
+	default:
+		n := r.Intn(6)
+		var b strings.Builder
+		fmt.Fprintf(&b, "*%d\r\n", n)
+		for i := 0; i < n; i++ {
+			b.WriteString(randReply(r, depth+1))
+		}
+		return b.String()
+	}
+}
+
+func respBulk(s string) string { return fmt.Sprintf("$%d\r\n%s\r\n", len(s), s) }
+
+func randBytes(r *rand.Rand) string {
+	var n int
+	switch r.Intn(4) {
+	case 0:
+		n = 0
+	case 1:
+		n = r.Intn(30)
+	case 2:
+		n = r.Intn(tapChunk)
+	default:
+		n = r.Intn(70000)
+	}
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = "ab\r\n$*:-+\x00"[r.Intn(10)]
+	}
+	return string(b)
+}
+
+// The tap, against redigo's own parse of the same stream: every reply
+// before and after the tapped one is the same, the tapped one's entries
+// too, whatever the replies, buffer sizes and read sizes.
+func TestTapAgainstRedigo(t *testing.T) {
+	r := rand.New(rand.NewSource(1))
+	for iter := 0; iter < 150; iter++ {
+		skip := r.Intn(4)
+		var before, after []string
+		for i := 0; i < skip; i++ {
+			before = append(before, randReply(r, 0))
+		}
+		var entries []string
+		for i, n := 0, r.Intn(50); i < n; i++ {
+			entries = append(entries, randBytes(r))
+		}
+		tapped := "*" + fmt.Sprint(len(entries)) + "\r\n"
+		for _, e := range entries {
+			tapped += respBulk(e)
+		}
+		for i, n := 0, r.Intn(3); i < n; i++ {
+			after = append(after, randReply(r, 0))
+		}
+		stream := strings.Join(before, "") + tapped + strings.Join(after, "")
+		bufSize := []int{16, 100, 4096, readBuffer}[r.Intn(4)]
+		slow := r.Intn(4) == 0
+
+		plain := redis.NewConn(&streamConn{r: bytes.NewReader([]byte(stream))}, time.Second, time.Second)
+		c, tcp := tapStream([]byte(stream), bufSize, slow)
+		chunk := []int{0, 64, 1024, tapChunk}[r.Intn(4)]
+		tap := (&tapHolder{conn: tcp}).arm(skip, chunk)
+		for i := range before {
+			wv, werr := plain.Receive()
+			gv, gerr := c.Receive()
+			require.Equal(t, werr, gerr, "iter %d reply %d", iter, i)
+			require.Equal(t, wv, gv, "iter %d reply %d", iter, i)
+		}
+		wes, werr := bulkStrings(plain.Receive())
+		ges, gerr := tap.entriesOf(c.Receive())
+		require.NoError(t, werr)
+		require.NoError(t, gerr, "iter %d", iter)
+		require.True(t, tap.taken)
+		require.Equal(t, len(wes), len(ges))
+		for i := range wes {
+			require.Equal(t, string(wes[i]), string(ges[i]), "iter %d entry %d", iter, i)
+			require.Equal(t, len(ges[i]), cap(ges[i]), "entry capped")
+		}
+		for i := range after {
+			wv, werr := plain.Receive()
+			gv, gerr := c.Receive()
+			require.Equal(t, werr, gerr, "iter %d after %d", iter, i)
+			require.Equal(t, wv, gv, "iter %d after %d", iter, i)
+		}
+		require.Nil(t, tcp.tap)
 	}
 }
