@@ -46,8 +46,9 @@ type replyTap struct {
 	done  bool   // the reply was taken (or handed over, not an array)
 	err   error  // the read that failed: the stream is lost, and so is every later read
 
-	entries [][]byte // the taken reply's bulk strings, in its order
-	taken   bool     // entries holds the reply
+	entries [][]byte  // the taken reply's bulk strings, in its order
+	taken   bool      // entries holds the reply
+	line    [128]byte // raw's first buffer: a claim's script reply fits
 }
 
 // tapChunk bounds the chunks a tapped reply's entries are copied into.
@@ -134,7 +135,7 @@ func (t *replyTap) take(r *bufio.Reader) error {
 			if !ok {
 				break
 			}
-			e := t.slot(&chunk, size)
+			e := t.slot(&chunk, size, n-i)
 			copy(e, buf[used+at:])
 			entries[i] = e
 			used += at + size + 2
@@ -155,7 +156,7 @@ func (t *replyTap) take(r *bufio.Reader) error {
 		if err != nil || size < 0 {
 			return errors.New("queue: a claim's entry is not a bulk string")
 		}
-		e := t.slot(&chunk, size)
+		e := t.slot(&chunk, size, n-i)
 		if _, err := io.ReadFull(r, e); err != nil {
 			return err
 		}
@@ -172,15 +173,17 @@ func (t *replyTap) take(r *bufio.Reader) error {
 	return nil
 }
 
-// slot returns room for an entry of size bytes: in *chunk, taken from it,
-// or an allocation of its own.
-func (t *replyTap) slot(chunk *[]byte, size int) []byte {
+// slot returns room for an entry of size bytes, left entries to go with
+// it: in *chunk, taken from it, or an allocation of its own. A new chunk
+// is no larger than left entries of its size need: a claim of one task
+// takes its own bytes.
+func (t *replyTap) slot(chunk *[]byte, size, left int) []byte {
 	if size > t.chunk/4 || t.chunk == 0 {
 		return make([]byte, size)
 	}
 	c := *chunk
 	if size > cap(c)-len(c) {
-		c = make([]byte, 0, t.chunk)
+		c = make([]byte, 0, min(t.chunk, size*left))
 	}
 	e := c[len(c) : len(c)+size : len(c)+size]
 	*chunk = c[:len(c)+size]
@@ -336,6 +339,7 @@ func (h *tapHolder) arm(skip, chunk int) *replyTap {
 		return nil
 	}
 	t := &replyTap{skip: skip, chunk: chunk}
+	t.raw = t.line[:0]
 	h.conn.tap = t
 	return t
 }
