@@ -303,21 +303,24 @@ func TestScriptChunksBounded(t *testing.T) {
 // order or run twice, and the lease holds.
 func TestLargeTasksDrain(t *testing.T) {
 	t.Parallel()
-	// Tasks of 1 MiB, claims of at most two: an embedded test server
-	// under the race detector moves about 10 MB/s on a loaded machine,
-	// and a claim must leave it time to answer the lease's renewals.
+	// Tasks of 256 KiB (large: counted, claimed through the script's
+	// loop), claims of at most two. An embedded test server under the
+	// race detector moves about 10 MB/s on a loaded machine, and answers
+	// nothing else while it sends a claim's reply: with tasks of 1 MiB,
+	// and another test's claims beside, the lease's renewal waited past
+	// its timeout one run in a few.
 	q, servers := newTestQueue(t, 1, Config{MaxPayload: 2 << 20})
 	ctx := bounded(t)
 	var tasks []Task
 	for i := 0; i < 12; i++ {
-		p := make([]byte, 1<<20)
+		p := make([]byte, 256<<10)
 		copy(p, pl(int(i%2), i/2))
 		tasks = append(tasks, Task{OrderID: uint64(i % 2), Payload: p})
 	}
 	addAll(t, q, tasks)
 	rec := newRecorder()
 	var errs errLog
-	require.NoError(t, q.AnalysePool(ctx, 0, PoolConfig{ExitOnEmpty: true, MaxHeldBytes: 5 << 19, OnError: errs.add},
+	require.NoError(t, q.AnalysePool(ctx, 0, PoolConfig{ExitOnEmpty: true, MaxHeldBytes: 5 << 17, OnError: errs.add},
 		func(ctx context.Context, task Task) error {
 			return rec.fn(nil)(ctx, Task{ID: task.ID, OrderID: task.OrderID, Attempt: task.Attempt, Payload: []byte(strings.TrimRight(string(task.Payload[:8]), "\x00"))})
 		}))
