@@ -87,6 +87,7 @@ type session struct {
 	plain  bool          // the pool's first tenure, taken without waiting for another holder
 
 	taskCtx     context.Context // parent of every task's ctx; ends with the lease or a stop's timeout
+	taskParent  *ctxParent      // taskCtx as the task ctxs share it
 	cancelTask  context.CancelFunc
 	leaseCtx    context.Context // Redis calls of the tenure; ends with the lease or the session
 	cancelLease context.CancelFunc
@@ -121,6 +122,7 @@ func newSession(ctx context.Context, st *store, cfg PoolConfig, fn AnalyseFunc) 
 	// TTL ran from then at the latest, however late the answer came.
 	s.setDeadline(st.acquired.Add(leaseHeld(cfg.LeaseTTL)))
 	s.taskCtx, s.cancelTask = context.WithCancel(context.WithoutCancel(ctx))
+	s.taskParent = newCtxParent(s.taskCtx)
 	s.leaseCtx, s.cancelLease = context.WithCancel(context.Background())
 	s.retryCtx, s.giveUp = context.WithCancel(s.leaseCtx)
 	s.resized = make(chan struct{}, 1)

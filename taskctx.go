@@ -15,17 +15,49 @@ import (
 // finds cancelable parents); until then Err reads the parent and the
 // clock. Once Err has returned an error it keeps returning it.
 //
-// Its state beyond the parent and the deadline is one pointer: nil while
+// Its state beyond its parent and its deadline is one pointer: nil while
 // the delivery runs and no one has asked for more than Err and Deadline,
 // ctxFinished once it ended that way (the worker's path: one
 // compare-and-swap a task, no lock), else a ctxState of its own, behind
-// whose lock the real context is made. 64 bytes a delivery, allocated
-// from the worker's slab.
+// whose lock the real context is made. The parent, and the time its
+// deadline counts from, are the session's (ctxParent): 40 bytes a
+// delivery, allocated from the worker's slab. (Each byte a delivery
+// allocates is paid again in a drain: 64-byte contexts drained measurably
+// slower; see docs/performance.md.)
 type taskContext struct {
-	parent   context.Context
-	deadline time.Time
+	parent   *ctxParent
+	deadline int64  // nanoseconds after parent.base; 0: none
 	id       string // the delivered task's ID, for a cancel to find it
 	state    atomic.Pointer[ctxState]
+}
+
+// ctxParent is what the delivery contexts of a session share: their parent
+// and the time their deadlines count from.
+type ctxParent struct {
+	ctx  context.Context
+	base time.Time // with a monotonic reading: deadlines are read by it
+	// The parent's own deadline, as a taskContext's (0: none), and as it
+	// gave it.
+	deadline   int64
+	deadlineAt time.Time
+}
+
+// newCtxParent returns the shared part of the delivery contexts made from
+// parent.
+func newCtxParent(parent context.Context) *ctxParent {
+	p := &ctxParent{ctx: parent, base: time.Now()}
+	if d, ok := parent.Deadline(); ok {
+		p.deadline, p.deadlineAt = p.offset(d), d
+	}
+	return p
+}
+
+// offset returns d as a taskContext's deadline: never 0, which says none.
+func (p *ctxParent) offset(d time.Time) int64 {
+	if o := int64(d.Sub(p.base)); o != 0 {
+		return o
+	}
+	return -1
 }
 
 // ctxState is a taskContext's state once it needs one: a Done channel or a
@@ -48,16 +80,18 @@ var ctxFinished = &ctxState{err: context.Canceled}
 // until deadline (zero: no deadline). Call finish when the delivery ends.
 func newTaskContext(parent context.Context, deadline time.Time) *taskContext {
 	c := new(taskContext)
-	c.init(parent, deadline)
+	c.init(newCtxParent(parent), deadline)
 	return c
 }
 
 // init sets up c, zero, as newTaskContext's result.
-func (c *taskContext) init(parent context.Context, deadline time.Time) {
-	if d, ok := parent.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
-		deadline = d
+func (c *taskContext) init(parent *ctxParent, deadline time.Time) {
+	c.parent, c.deadline = parent, parent.deadline
+	if !deadline.IsZero() {
+		if d := parent.offset(deadline); c.deadline == 0 || d < c.deadline {
+			c.deadline = d
+		}
 	}
-	c.parent, c.deadline = parent, deadline
 }
 
 // taskSlab is how many delivery contexts a worker allocates at once.
@@ -68,7 +102,7 @@ const taskSlab = 32
 // used twice, so a ctx that an analyse function keeps after it returns
 // stays ended (it keeps its slab, a few KB, from being freed). Only w's
 // goroutine calls it.
-func (w *worker) nextTaskContext(parent context.Context, deadline time.Time) *taskContext {
+func (w *worker) nextTaskContext(parent *ctxParent, deadline time.Time) *taskContext {
 	if len(w.ctxs) == 0 {
 		w.ctxs = make([]taskContext, taskSlab)
 	}
@@ -97,7 +131,25 @@ func (c *taskContext) own() *ctxState {
 }
 
 // Deadline returns the delivery's deadline, if it has one.
-func (c *taskContext) Deadline() (time.Time, bool) { return c.deadline, !c.deadline.IsZero() }
+func (c *taskContext) Deadline() (time.Time, bool) {
+	if c.deadline == 0 {
+		return time.Time{}, false
+	}
+	return c.deadlineTime(), true
+}
+
+// deadlineTime returns the deadline, which c has, as a time.
+func (c *taskContext) deadlineTime() time.Time {
+	if c.deadline == c.parent.deadline {
+		return c.parent.deadlineAt
+	}
+	return c.parent.base.Add(time.Duration(c.deadline))
+}
+
+// expired reports whether c has a deadline and it has passed.
+func (c *taskContext) expired() bool {
+	return c.deadline != 0 && int64(time.Since(c.parent.base)) >= c.deadline
+}
 
 // Done returns a channel closed when the delivery's ctx ends.
 func (c *taskContext) Done() <-chan struct{} {
@@ -115,13 +167,13 @@ func (c *taskContext) materialize(p *ctxState) {
 	if p.inner != nil {
 		return
 	}
-	inner, cancel := context.WithCancelCause(c.parent)
+	inner, cancel := context.WithCancelCause(c.parent.ctx)
 	if p.err == nil {
 		// A cancelable ctx with a cause, within it the deadline's: its
 		// Err says which ended it, context.Cause whether a cancel did.
 		p.inner, p.cancel = inner, cancel
-		if !c.deadline.IsZero() {
-			p.inner, p.stop = context.WithDeadline(inner, c.deadline)
+		if c.deadline != 0 {
+			p.inner, p.stop = context.WithDeadline(inner, c.deadlineTime())
 		}
 		return
 	}
@@ -143,7 +195,7 @@ func (c *taskContext) Err() error {
 	switch p := c.state.Load(); {
 	case p == ctxFinished:
 		return context.Canceled
-	case p == nil && c.parent.Err() == nil && (c.deadline.IsZero() || time.Now().Before(c.deadline)):
+	case p == nil && c.parent.ctx.Err() == nil && !c.expired():
 		return nil
 	}
 	// Ended, or with a state of its own: decided once, under its lock.
@@ -154,9 +206,9 @@ func (c *taskContext) Err() error {
 	case p.err != nil:
 	case p.inner != nil:
 		return p.inner.Err()
-	case c.parent.Err() != nil:
-		p.err = c.parent.Err()
-	case !c.deadline.IsZero() && !time.Now().Before(c.deadline):
+	case c.parent.ctx.Err() != nil:
+		p.err = c.parent.ctx.Err()
+	case c.expired():
 		p.err = context.DeadlineExceeded
 	}
 	return p.err
@@ -175,8 +227,12 @@ func (c *taskContext) Value(key any) any {
 }
 
 // abort ends the ctx, as finish does, while the delivery runs: its task
-// was cancelled (see aborted).
+// was cancelled (see aborted). A ctx that finish ended first stays as it
+// ended (a worker's cur keeps its last ctx after the delivery).
 func (c *taskContext) abort() {
+	if c.state.Load() == ctxFinished {
+		return // ended before the cancel came, as the worker's path ends it
+	}
 	p := c.own()
 	p.mu.Lock()
 	p.cancelled = true
@@ -219,5 +275,6 @@ func (c *taskContext) finish() {
 
 // String names the ctx as context.WithDeadline's do, for debugging.
 func (c *taskContext) String() string {
-	return "queue.taskContext.WithDeadline(" + c.deadline.String() + ")"
+	d, _ := c.Deadline()
+	return "queue.taskContext.WithDeadline(" + d.String() + ")"
 }

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -150,7 +151,7 @@ func TestTaskContextConcurrentUse(t *testing.T) {
 // the slab costs one allocation per taskSlab deliveries.
 func TestWorkerTaskContextsAreNeverReused(t *testing.T) {
 	w := &worker{}
-	parent := context.Background()
+	parent := newCtxParent(context.Background())
 	kept := w.nextTaskContext(parent, time.Time{})
 	kept.finish()
 	require.Error(t, kept.Err())
@@ -206,15 +207,15 @@ func BenchmarkTaskContext(b *testing.B) {
 	w := &worker{}
 	parent, stop := context.WithCancel(context.Background())
 	defer stop()
+	p := newCtxParent(parent)
 	deadline := time.Now().Add(time.Hour)
 	b.ReportAllocs()
 	for b.Loop() {
-		c := w.nextTaskContext(parent, deadline)
+		c := w.nextTaskContext(p, deadline)
 		w.cur.Store(c)
 		if c.Err() != nil {
 			b.Fatal("ended")
 		}
-		w.cur.Store(nil)
 		c.finish()
 		if c.aborted() {
 			b.Fatal("aborted")
@@ -265,4 +266,64 @@ func TestTaskContextCauseOfACancel(t *testing.T) {
 	assert.Equal(t, context.DeadlineExceeded, context.Cause(late))
 	late.abort() // after its deadline: it stays timed out
 	assert.Equal(t, context.DeadlineExceeded, late.Err())
+}
+
+// A delivery's ctx is 40 bytes, one slot of the worker's slab: each byte a
+// delivery allocates costs a drain measurably (docs/performance.md).
+func TestTaskContextIsSmall(t *testing.T) {
+	assert.LessOrEqual(t, unsafe.Sizeof(taskContext{}), uintptr(40))
+}
+
+// A cancel that finds a delivery's ctx after it ended (a worker's cur
+// keeps it until the next delivery) changes nothing: its Err and cause
+// stay those of its end, and its task is not counted cancelled.
+func TestTaskContextAbortAfterItEnded(t *testing.T) {
+	w := &worker{}
+	p := newCtxParent(context.Background())
+	c := w.nextTaskContext(p, time.Now().Add(time.Hour))
+	w.cur.Store(c)
+	c.finish()
+	w.cur.Load().abort()
+	assert.ErrorIs(t, c.Err(), context.Canceled)
+	assert.ErrorIs(t, context.Cause(c), context.Canceled)
+	assert.NotErrorIs(t, context.Cause(c), ErrCancelled)
+	assert.False(t, c.aborted())
+
+	// While it runs, the same cancel ends it as cancelled.
+	c = w.nextTaskContext(p, time.Now().Add(time.Hour))
+	w.cur.Store(c)
+	w.cur.Load().abort()
+	assert.True(t, c.aborted())
+	assert.ErrorIs(t, context.Cause(c), ErrCancelled)
+}
+
+// Deadlines are kept as offsets from the session's base time: one at the
+// base itself is still a deadline, and the worker's deadline comes back
+// as it was given, to the nanosecond, by the monotonic clock.
+func TestTaskContextDeadlineOffsets(t *testing.T) {
+	p := newCtxParent(context.Background())
+	at := newTaskContextOf(p, p.base)
+	d, ok := at.Deadline()
+	require.True(t, ok, "a deadline at the base time")
+	assert.WithinDuration(t, p.base, d, time.Nanosecond) // kept 1 ns early: offset 0 says none
+	assert.ErrorIs(t, at.Err(), context.DeadlineExceeded)
+
+	want := time.Now().Add(1500 * time.Millisecond)
+	c := newTaskContextOf(p, want)
+	d, ok = c.Deadline()
+	require.True(t, ok)
+	assert.Zero(t, d.Sub(want), "monotonic")
+	assert.True(t, d.Equal(want), "wall clock")
+	assert.NoError(t, c.Err())
+
+	none := newTaskContextOf(p, time.Time{})
+	_, ok = none.Deadline()
+	assert.False(t, ok)
+	assert.NoError(t, none.Err())
+}
+
+func newTaskContextOf(p *ctxParent, deadline time.Time) *taskContext {
+	c := new(taskContext)
+	c.init(p, deadline)
+	return c
 }
