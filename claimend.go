@@ -319,7 +319,7 @@ func (s *store) readInPlace(ctx context.Context, first, endFirst int64, off, n i
 		if err := c.Flush(); err != nil {
 			return nil, err
 		}
-		es, err := h.arm(0, s.tapChunk).entriesOf(receiveContext(c, ctx))
+		es, err := h.arm(0, s.tapChunk, s.entryList()).entriesOf(receiveContext(c, ctx))
 		f, size, ahead, merr := aheadFields(c, ctx)
 		if err = errors.Join(err, merr); err != nil {
 			return nil, err
@@ -503,7 +503,7 @@ func (s *store) claimThenRead(ctx context.Context, call []any, off, k int) ([]an
 		}
 		var tap *replyTap
 		if k > 0 {
-			tap = h.arm(1, s.tapChunk) // the entries' reply, after the script's
+			tap = h.arm(1, s.tapChunk, s.entryList()) // the entries' reply, after the script's
 		}
 		r, err := redis.Values(receiveContext(c, ctx))
 		var es [][]byte

@@ -123,6 +123,7 @@ func (s *store) claimMoved(ctx context.Context, r []any, read *endRead, maxBytes
 		}
 	}
 	out, buried, err := s.takeClaimed(ctx, entries, first, false, nil, dst, batch)
+	s.doneWith(entries) // the tasks keep the entries, not the list
 	if err != nil || keep == n {
 		return out, buried, err
 	}
@@ -145,4 +146,23 @@ func (s *store) claimMoved(ctx context.Context, r []any, read *endRead, maxBytes
 		return out, buried, errNoRoom
 	}
 	return out, buried, nil
+}
+
+// entryList returns an entry list for a claim's read to reuse: a claim in
+// place of thousands of tasks lists them in tens of KB of pointers, which
+// the garbage collector would otherwise scan and free each claim. Nil
+// when there is none.
+func (s *store) entryList() [][]byte {
+	if p := s.spare.Swap(nil); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// doneWith keeps the list of a claim's entries, emptied, for the next
+// claim's read (entryList): the entries themselves are the tasks'.
+func (s *store) doneWith(entries [][]byte) {
+	entries = entries[:cap(entries)]
+	clear(entries)
+	s.spare.Store(&entries)
 }

@@ -74,7 +74,7 @@ func BenchmarkClaimRead(b *testing.B) {
 				c, tcp := tapStream(stream, readBuffer, false)
 				var tap *replyTap
 				if chunk >= 0 {
-					tap = (&tapHolder{conn: tcp}).arm(0, st.tapChunk)
+					tap = (&tapHolder{conn: tcp}).arm(0, st.tapChunk, st.entryList())
 				}
 				entries, err := tap.entriesOf(c.Receive())
 				if err != nil {
@@ -83,6 +83,7 @@ func BenchmarkClaimRead(b *testing.B) {
 				if dst, _, err = st.takeClaimed(context.Background(), entries, 0, true, nil, dst, nil); err != nil || len(dst) != claim {
 					b.Fatal(err, len(dst))
 				}
+				st.doneWith(entries)
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*claim), "ns/task")
 		})

@@ -20,7 +20,8 @@ import (
 // concurrent use: the lease value is read atomically.
 type store struct {
 	part        *partition
-	tapChunk    int // the chunks a tapped claim's entries are read into (replyTap.chunk); 0: an allocation each
+	tapChunk    int                      // the chunks a tapped claim's entries are read into (replyTap.chunk); 0: an allocation each
+	spare       atomic.Pointer[[][]byte] // a claim's entry list, emptied, for the next tapped claim (entryList)
 	pi, qi      int
 	analyser    uint64 // the analyser whose queue this is: it serves OrderID id when id % analysers == analyser
 	analysers   uint64 // R * Q

@@ -46,7 +46,8 @@ type replyTap struct {
 	done  bool   // the reply was taken (or handed over, not an array)
 	err   error  // the read that failed: the stream is lost, and so is every later read
 
-	entries [][]byte  // the taken reply's bulk strings, in its order
+	entries [][]byte  // the taken reply's bulk strings, in its order (in spare, when it is long enough)
+	spare   [][]byte  // an emptied entry list to read them into
 	taken   bool      // entries holds the reply
 	line    [128]byte // raw's first buffer: a claim's script reply fits
 }
@@ -123,7 +124,11 @@ func (t *replyTap) take(r *bufio.Reader) error {
 		t.raw, t.out = line, line
 		return nil
 	}
-	entries := make([][]byte, n)
+	entries := t.spare[:0]
+	if cap(entries) < n {
+		entries = make([][]byte, n)
+	}
+	entries = entries[:n]
 	var chunk []byte
 	for i := 0; i < n; {
 		// The entries whole in the buffer, read there; the next one, if
@@ -334,11 +339,11 @@ func noteBorrowed(ctx context.Context, tcp *bufferedReader) {
 // after skip others, its entries copied into chunks of chunk bytes, and
 // returns it (nil: read the reply through redigo). Call it once the
 // pipeline is flushed, before any of its replies is read.
-func (h *tapHolder) arm(skip, chunk int) *replyTap {
+func (h *tapHolder) arm(skip, chunk int, spare [][]byte) *replyTap {
 	if h == nil || h.conn == nil {
 		return nil
 	}
-	t := &replyTap{skip: skip, chunk: chunk}
+	t := &replyTap{skip: skip, chunk: chunk, spare: spare}
 	t.raw = t.line[:0]
 	h.conn.tap = t
 	return t

@@ -110,7 +110,7 @@ func TestTapTakesTheReplyAfterTheSkippedOnes(t *testing.T) {
 					after := []string{":7\r\n", bulkArray("after")}
 					stream := strings.Join(before, "") + bulkArray(entries...) + strings.Join(after, "")
 					c, tcp := tapStream([]byte(stream), bufSize, slow)
-					tap := (&tapHolder{conn: tcp}).arm(skip, tapChunk)
+					tap := (&tapHolder{conn: tcp}).arm(skip, tapChunk, nil)
 					for i := range before {
 						v, err := c.Receive()
 						if i == 1 {
@@ -154,7 +154,7 @@ func TestTapHandsOverAReplyThatIsNoArray(t *testing.T) {
 		{":3\r\n", int64(3)},
 	} {
 		c, tcp := tapStream([]byte(tc.reply+"+OK\r\n"), 64, false)
-		tap := (&tapHolder{conn: tcp}).arm(0, tapChunk)
+		tap := (&tapHolder{conn: tcp}).arm(0, tapChunk, nil)
 		v, err := c.Receive()
 		if e, ok := tc.want.(redis.Error); ok {
 			assert.Equal(t, e, err)
@@ -181,7 +181,7 @@ func TestTapRefusesAnArrayOfOtherThanBulkStrings(t *testing.T) {
 	} {
 		for _, bufSize := range []int{16, readBuffer} {
 			c, tcp := tapStream([]byte(bad+"+OK\r\n"), bufSize, false)
-			tap := (&tapHolder{conn: tcp}).arm(0, tapChunk)
+			tap := (&tapHolder{conn: tcp}).arm(0, tapChunk, nil)
 			_, err := tap.entriesOf(c.Receive())
 			assert.Error(t, err, "%q", bad)
 			assert.Error(t, c.Err(), "the connection is broken: its stream is lost")
@@ -226,7 +226,7 @@ func TestTapStreamCutAnywhere(t *testing.T) {
 	stream := head + entries + tail
 	for cut := 0; cut < len(stream); cut++ {
 		c, tcp := tapStream([]byte(stream[:cut]), 16, cut%2 == 0)
-		tap := (&tapHolder{conn: tcp}).arm(1, tapChunk)
+		tap := (&tapHolder{conn: tcp}).arm(1, tapChunk, nil)
 		_, err1 := c.Receive()
 		es, err2 := tap.entriesOf(c.Receive())
 		_, err3 := c.Receive()
@@ -314,7 +314,7 @@ func TestTapChunks(t *testing.T) {
 	allocs := func(chunk int) float64 {
 		return testing.AllocsPerRun(5, func() {
 			c, tcp := tapStream(stream, readBuffer, false)
-			tap := (&tapHolder{conn: tcp}).arm(0, chunk)
+			tap := (&tapHolder{conn: tcp}).arm(0, chunk, nil)
 			got, err := tap.entriesOf(c.Receive())
 			if err != nil || len(got) != len(es) || string(got[7]) != es[7] || string(got[2999]) != es[2999] {
 				t.Fatal("bad read", err, len(got))
@@ -432,7 +432,7 @@ func TestTapAgainstRedigo(t *testing.T) {
 		plain := redis.NewConn(&streamConn{r: bytes.NewReader([]byte(stream))}, time.Second, time.Second)
 		c, tcp := tapStream([]byte(stream), bufSize, slow)
 		chunk := []int{0, 64, 1024, tapChunk}[r.Intn(4)]
-		tap := (&tapHolder{conn: tcp}).arm(skip, chunk)
+		tap := (&tapHolder{conn: tcp}).arm(skip, chunk, nil)
 		for i := range before {
 			wv, werr := plain.Receive()
 			gv, gerr := c.Receive()
@@ -457,4 +457,36 @@ func TestTapAgainstRedigo(t *testing.T) {
 		}
 		require.Nil(t, tcp.tap)
 	}
+}
+
+// A claim's read reuses the entry list the last claim emptied, and the
+// list kept between claims holds no entry: it must not keep a task's
+// chunk alive once the task is done.
+func TestTapReusesTheEntryList(t *testing.T) {
+	st := &store{tapChunk: tapChunk}
+	assert.Nil(t, st.entryList(), "none before the first claim")
+	read := func(es ...string) [][]byte {
+		c, tcp := tapStream([]byte(bulkArray(es...)), 4096, false)
+		entries, err := (&tapHolder{conn: tcp}).arm(0, st.tapChunk, st.entryList()).entriesOf(c.Receive())
+		require.NoError(t, err)
+		require.Len(t, entries, len(es))
+		for i, e := range es {
+			assert.Equal(t, e, string(entries[i]))
+		}
+		return entries
+	}
+	first := read("a", "bb", "ccc")
+	st.doneWith(first)
+	kept := st.entryList()
+	require.Len(t, kept, 3)
+	for _, e := range kept {
+		assert.Nil(t, e, "the kept list holds no entry")
+	}
+	st.doneWith(kept)
+	second := read("dd", "e")
+	assert.Same(t, &first[0], &second[0], "the second read fills the first's list")
+	assert.Nil(t, st.entryList(), "taken by the read")
+	st.doneWith(second)
+	third := read("f", "g", "h", "i", "j") // longer than the kept list
+	assert.NotSame(t, &first[0], &third[0])
 }
