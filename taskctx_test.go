@@ -301,29 +301,24 @@ func TestTaskContextAbortAfterItEnded(t *testing.T) {
 // base itself is still a deadline, and the worker's deadline comes back
 // as it was given, to the nanosecond, by the monotonic clock.
 func TestTaskContextDeadlineOffsets(t *testing.T) {
+	w := &worker{}
 	p := newCtxParent(context.Background())
-	at := newTaskContextOf(p, p.base)
+	at := w.nextTaskContext(p, p.base)
 	d, ok := at.Deadline()
 	require.True(t, ok, "a deadline at the base time")
 	assert.WithinDuration(t, p.base, d, time.Nanosecond) // kept 1 ns early: offset 0 says none
 	assert.ErrorIs(t, at.Err(), context.DeadlineExceeded)
 
 	want := time.Now().Add(1500 * time.Millisecond)
-	c := newTaskContextOf(p, want)
+	c := w.nextTaskContext(p, want)
 	d, ok = c.Deadline()
 	require.True(t, ok)
 	assert.Zero(t, d.Sub(want), "monotonic")
 	assert.True(t, d.Equal(want), "wall clock")
 	assert.NoError(t, c.Err())
 
-	none := newTaskContextOf(p, time.Time{})
+	none := w.nextTaskContext(p, time.Time{})
 	_, ok = none.Deadline()
 	assert.False(t, ok)
 	assert.NoError(t, none.Err())
-}
-
-func newTaskContextOf(p *ctxParent, deadline time.Time) *taskContext {
-	c := new(taskContext)
-	c.init(p, deadline)
-	return c
 }
