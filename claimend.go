@@ -281,7 +281,7 @@ func (s *store) openEndOnce(ctx context.Context) error {
 		}
 		f, n, err := endFields(receiveContext(c, ctx))
 		records, rerr := redis.StringMap(receiveContext(c, ctx))
-		if err = errors.Join(err, rerr); err != nil {
+		if err = replyErr(err, rerr); err != nil {
 			return read{}, err
 		}
 		return read{f, n, records}, nil
@@ -321,7 +321,7 @@ func (s *store) readInPlace(ctx context.Context, first, endFirst int64, off, n i
 		}
 		es, err := h.arm(0, s.tapChunk, s.entryList()).entriesOf(receiveContext(c, ctx))
 		f, size, ahead, merr := aheadFields(c, ctx)
-		if err = errors.Join(err, merr); err != nil {
+		if err = replyErr(err, merr); err != nil {
 			return nil, err
 		}
 		s.ahead.Store(ahead)

@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -59,6 +60,7 @@ func TestAPIErrorsAreCtxErrors(t *testing.T) {
 			err := call(ctx)
 			cancel()
 			assert.ErrorIs(t, err, context.DeadlineExceeded)
+			assertSaysOnce(t, err, name)
 
 			ctx, cancel = context.WithCancel(context.Background())
 			stop := time.AfterFunc(30*time.Millisecond, cancel)
@@ -103,11 +105,29 @@ func TestConsumerErrorsAreCtxErrors(t *testing.T) {
 		{"Requeue", func(ctx context.Context) error { return c.Requeue(ctx, tasks[1]) }},
 		{"Renew", func(ctx context.Context) error { return c.Renew(ctx) }},
 		{"Release", func(ctx context.Context) error { return c.Release(ctx) }},
+		// Pipelined reads: every reply fails alike once ctx ends.
+		{"Pending", func(ctx context.Context) error { _, err := q.Pending(ctx, 0); return err }},
+		{"Status", func(ctx context.Context) error { _, err := q.Status(ctx, 0, tasks[0].ID); return err }},
+		{"State", func(ctx context.Context) error { _, err := q.State(ctx, 0, tasks[0].ID); return err }},
 	}
 	for _, tc := range calls {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
 		err := tc.call(ctx)
 		cancel()
 		assert.ErrorIs(t, err, context.DeadlineExceeded, tc.name)
+		assertSaysOnce(t, err, tc.name)
 	}
+}
+
+// assertSaysOnce checks that err, a call's ctx error, is one line that
+// names its cause once (a pipeline's replies all fail alike when ctx
+// ends; its error is still one).
+func assertSaysOnce(t *testing.T, err error, name string) {
+	t.Helper()
+	if err == nil {
+		return
+	}
+	msg := err.Error()
+	assert.NotContains(t, msg, "\n", "%s: %q", name, msg)
+	assert.Equal(t, 1, strings.Count(msg, context.DeadlineExceeded.Error()), "%s: %q", name, msg)
 }

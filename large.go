@@ -2,7 +2,6 @@ package queue
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 
@@ -145,7 +144,7 @@ func sendAhead(c redis.Conn, k queueKeys) {
 func aheadFields(c redis.Conn, ctx context.Context) (f, size, ahead int64, err error) {
 	n, lerr := redis.Int64(receiveContext(c, ctx))
 	m, err := redis.Values(receiveContext(c, ctx))
-	if err = errors.Join(lerr, err); err != nil {
+	if err = replyErr(lerr, err); err != nil {
 		return 0, 0, 0, err
 	}
 	if len(m) != 3 {

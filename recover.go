@@ -241,7 +241,7 @@ func readPending(ctx context.Context, p *partition, k queueKeys, what string, to
 		if serr != nil || seq < 0 || seq > maxClaimSeq {
 			seq = 0 // none, or not a count: a claim's refusal tells (seqReply)
 		}
-		if err = errors.Join(err, cerr, merr); err != nil {
+		if err = replyErr(err, cerr, merr); err != nil {
 			return both{}, err
 		}
 		if toOpen && endSize > 0 {

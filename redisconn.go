@@ -57,6 +57,18 @@ func receiveContext(c redis.Conn, ctx context.Context) (any, error) {
 	return v, ctxCause(ctx, err)
 }
 
+// replyErr is the first error of a pipeline's replies. Once the
+// connection fails, or ctx ends, every reply after that fails the same
+// way: one error tells it, where joining them would repeat it.
+func replyErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // runScript is sc.DoContext, its error ctx's own when ctx ended the call
 // (see ctxCause).
 func runScript(ctx context.Context, sc *redis.Script, c redis.Conn, keysAndArgs ...any) (any, error) {

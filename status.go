@@ -135,7 +135,7 @@ func (q *Queue) State(ctx context.Context, orderID uint64, id string) (TaskState
 		pending, err := redis.Bool(receiveContext(c, ctx))
 		claims, cerr := redis.StringMap(receiveContext(c, ctx))
 		dead, derr := redis.Bool(receiveContext(c, ctx))
-		if err := errors.Join(serr, err, cerr, derr); err != nil {
+		if err := replyErr(serr, err, cerr, derr); err != nil {
 			return StateUnknown, err
 		}
 		if sched != nil {
@@ -149,7 +149,7 @@ func (q *Queue) State(ctx context.Context, orderID uint64, id string) (TaskState
 			}
 			e, err := receivePlaces(ctx, c, found, id)
 			dead, derr = redis.Bool(receiveContext(c, ctx))
-			if err := errors.Join(err, derr); err != nil {
+			if err := replyErr(err, derr); err != nil {
 				return StateUnknown, err
 			}
 			pending = e != nil
@@ -240,7 +240,7 @@ func (q *Queue) Status(ctx context.Context, orderID uint64, id string) (TaskStat
 			retry, rerr := receiveContext(c, ctx)
 			e, perr := receivePlaces(ctx, c, found, id)
 			r, err = receiveN(ctx, c, statusReads+len(starts), statusReads)
-			if err := errors.Join(rerr, perr, err); err != nil {
+			if err := replyErr(rerr, perr, err); err != nil {
 				return TaskStatus{}, err
 			}
 			r[1] = retry
