@@ -112,8 +112,9 @@ Exit status:
      met tasks it did not add); for serve, a -listen address it cannot
      listen on
   2  usage error: bad flags or arguments; nothing was sent to Redis (or,
-     for cancel and status, an -id of another OrderID than -order:
-     nothing was written)
+     for cancel and status, an -id whose record shows another OrderID
+     than -order: nothing was written; a task in the ready list, or
+     finished, has no such record, and -order is taken at its word)
 Errors go to standard error, prefixed "qugo: ".
 `
 
