@@ -313,7 +313,10 @@ func TestCancelManyStrayMarksUnderABacklog(t *testing.T) {
 	t.Parallel()
 	q, s, k := testQueue1(t)
 	ctx := bounded(t)
-	c, err := q.Consume(ctx, 0, ConsumerConfig{}) // a lease taken drops the bound
+	// A lease taken drops the bound. It must last through the 1,001
+	// Cancel calls below, which on a loaded host under -race take longer
+	// than the default 5s: this consumer renews only when it claims.
+	c, err := q.Consume(ctx, 0, ConsumerConfig{LeaseTTL: time.Minute})
 	require.NoError(t, err)
 	defer func() { _ = c.Release(context.Background()) }()
 	addAll(t, q, orderTasks(10, 5))
