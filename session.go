@@ -86,8 +86,7 @@ type session struct {
 	waited time.Duration // how long the pool was without a lease before this tenure
 	plain  bool          // the pool's first tenure, taken without waiting for another holder
 
-	taskCtx     context.Context // parent of every task's ctx; ends with the lease or a stop's timeout
-	taskParent  *ctxParent      // taskCtx as the task ctxs share it
+	tasks       *ctxParent // parent of every task's ctx; ends with the lease or a stop's timeout
 	cancelTask  context.CancelFunc
 	leaseCtx    context.Context // Redis calls of the tenure; ends with the lease or the session
 	cancelLease context.CancelFunc
@@ -121,8 +120,8 @@ func newSession(ctx context.Context, st *store, cfg PoolConfig, fn AnalyseFunc) 
 	// As renew computes it, from when the lease was asked for: Redis's
 	// TTL ran from then at the latest, however late the answer came.
 	s.setDeadline(st.acquired.Add(leaseHeld(cfg.LeaseTTL)))
-	s.taskCtx, s.cancelTask = context.WithCancel(context.WithoutCancel(ctx))
-	s.taskParent = newCtxParent(s.taskCtx)
+	taskCtx, cancelTask := context.WithCancel(context.WithoutCancel(ctx))
+	s.tasks, s.cancelTask = newCtxParent(taskCtx), cancelTask
 	s.leaseCtx, s.cancelLease = context.WithCancel(context.Background())
 	s.retryCtx, s.giveUp = context.WithCancel(s.leaseCtx)
 	s.resized = make(chan struct{}, 1)

@@ -338,7 +338,7 @@ func (w *worker) settleOutcome(o *orderLine, t claimed, err error, aborted bool,
 	switch {
 	case s.isLost():
 		return // the next owner has it; drop everything
-	case err != nil && (aborted || s.isMarked(t.ID)) && s.taskCtx.Err() == nil:
+	case err != nil && (aborted || s.isMarked(t.ID)) && s.tasks.ctx.Err() == nil:
 		w.cancelled(o, t, start)
 	case err == nil:
 		if at = end; at.IsZero() {
@@ -361,7 +361,7 @@ func (w *worker) settleOutcome(o *orderLine, t claimed, err error, aborted bool,
 			return o, nt, at
 		}
 		next, nt = w.settleNext(o, at)
-	case s.taskCtx.Err() != nil:
+	case s.tasks.ctx.Err() != nil:
 		// Interrupted by the end of a graceful stop: handed back, the
 		// delivery counted.
 		w.settle(o, false, time.Time{}, start)
@@ -450,7 +450,7 @@ func (s *session) analyse(w *worker, t Task, start time.Time) (err error, aborte
 	if s.cfg.TaskTimeout > 0 {
 		deadline = start.Add(s.cfg.TaskTimeout)
 	}
-	tc := w.nextTaskContext(s.taskParent, deadline)
+	tc := w.nextTaskContext(s.tasks, deadline)
 	tc.id = t.ID
 	w.cur.Store(tc)
 	// A cancel seen since the worker picked the task (during the rate
@@ -477,12 +477,12 @@ func (s *session) analyse(w *worker, t Task, start time.Time) (err error, aborte
 	err = s.fn(tc, t)
 	switch {
 	case err != nil:
-		if s.taskCtx.Err() == nil && errors.Is(tc.Err(), context.DeadlineExceeded) {
+		if s.tasks.ctx.Err() == nil && errors.Is(tc.Err(), context.DeadlineExceeded) {
 			err = fmt.Errorf("queue: task timed out after %v: %w", s.cfg.TaskTimeout, err)
 		}
 	case s.cfg.TaskTimeout > 0:
 		end = w.now()
-		if end.Sub(start) >= s.cfg.TaskTimeout && s.taskCtx.Err() == nil {
+		if end.Sub(start) >= s.cfg.TaskTimeout && s.tasks.ctx.Err() == nil {
 			err = &lateError{timeout: s.cfg.TaskTimeout, took: end.Sub(start)}
 			end = time.Time{}
 		}
