@@ -202,6 +202,12 @@ func (c *taskContext) Err() error {
 	p := c.own()
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	return c.ended(p)
+}
+
+// ended returns nil while the ctx lasts, then why it ended, deciding it
+// once. p, c's own state, is locked.
+func (c *taskContext) ended(p *ctxState) error {
 	switch {
 	case p.err != nil:
 	case p.inner != nil:
@@ -227,14 +233,20 @@ func (c *taskContext) Value(key any) any {
 }
 
 // abort ends the ctx, as finish does, while the delivery runs: its task
-// was cancelled (see aborted). A ctx that finish ended first stays as it
-// ended (a worker's cur keeps its last ctx after the delivery).
+// was cancelled (see aborted). A ctx that has already ended, by finish
+// (a worker's cur keeps its last ctx after the delivery), its deadline or
+// its parent, stays as it ended: its Err and context.Cause do not change,
+// however it was looked at before.
 func (c *taskContext) abort() {
 	if c.state.Load() == ctxFinished {
 		return // ended before the cancel came, as the worker's path ends it
 	}
 	p := c.own()
 	p.mu.Lock()
+	if c.ended(p) != nil {
+		p.mu.Unlock()
+		return
+	}
 	p.cancelled = true
 	p.mu.Unlock()
 	c.finish()

@@ -297,6 +297,69 @@ func TestTaskContextAbortAfterItEnded(t *testing.T) {
 	assert.ErrorIs(t, context.Cause(c), ErrCancelled)
 }
 
+// However a delivery's ctx ended (finished, timed out, its parent ended),
+// and however it was looked at before (Err, Done, Value, nothing), a
+// cancel that comes later, while the function still runs past its
+// deadline or after the delivery, leaves its Err and its cause as they
+// were and does not count it cancelled.
+func TestTaskContextCancelAfterItEndedChangesNothing(t *testing.T) {
+	t.Parallel()
+	type end struct {
+		name  string
+		ended func(c *taskContext, parentCancel context.CancelFunc)
+		err   error
+	}
+	ends := []end{
+		{"finished", func(c *taskContext, _ context.CancelFunc) { c.finish() }, context.Canceled},
+		{"timed out", func(c *taskContext, _ context.CancelFunc) {
+			for !c.expired() {
+				time.Sleep(time.Millisecond)
+			}
+		}, context.DeadlineExceeded},
+		// Finished after its deadline, before anyone saw it pass: as with
+		// context.WithDeadline, whose timer and cancel func race, either.
+		{"timed out, then finished", func(c *taskContext, _ context.CancelFunc) {
+			for !c.expired() {
+				time.Sleep(time.Millisecond)
+			}
+			c.finish()
+		}, nil},
+		{"its parent ended", func(_ *taskContext, cancel context.CancelFunc) { cancel() }, context.Canceled},
+	}
+	looks := map[string]func(c *taskContext){
+		"nothing": func(*taskContext) {},
+		"Err":     func(c *taskContext) { _ = c.Err() },
+		"Done":    func(c *taskContext) { <-c.Done() },
+		"Value":   func(c *taskContext) { _ = c.Value(ctxKey{}) },
+	}
+	for _, e := range ends {
+		for before, look := range looks {
+			for after, lookAgain := range looks {
+				parent, cancel := context.WithCancel(context.Background())
+				w := &worker{}
+				c := w.nextTaskContext(newCtxParent(parent), time.Now().Add(5*time.Millisecond))
+				w.cur.Store(c)
+				e.ended(c, cancel)
+				look(c)
+				err, cause := c.Err(), context.Cause(c)
+				require.Error(t, err, "%s, then %s looked", e.name, before)
+				if e.err != nil {
+					require.ErrorIs(t, err, e.err, "%s, then %s looked", e.name, before)
+				}
+				w.cur.Load().abort()
+				lookAgain(c)
+				assert.Equal(t, err, c.Err(), "%s, %s looked, then a cancel, then %s", e.name, before, after)
+				assert.Equal(t, cause, context.Cause(c), "%s, %s looked, then a cancel, then %s", e.name, before, after)
+				assert.NotErrorIs(t, context.Cause(c), ErrCancelled, "%s, %s, %s", e.name, before, after)
+				assert.False(t, c.aborted(), "%s, %s, %s", e.name, before, after)
+				c.finish()
+				assert.Equal(t, err, c.Err(), "%s, %s, %s: finished again", e.name, before, after)
+				cancel()
+			}
+		}
+	}
+}
+
 // Deadlines are kept as offsets from the session's base time: one at the
 // base itself is still a deadline, and the worker's deadline comes back
 // as it was given, to the nanosecond, by the monotonic clock.
