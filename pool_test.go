@@ -206,6 +206,13 @@ func testPoolOrderUnderFailures(t *testing.T, orders int, cfg PoolConfig) {
 	// loaded host may stall a task that returns at once for tens of ms.
 	cfg.TaskTimeout = 500 * time.Millisecond
 	cfg.ExitOnEmpty = true
+	// Every count below is exact, which holds only while the pool keeps
+	// its lease: a lost one redelivers its pending tasks, as it must.
+	// Under -race on a loaded host the test's miniredis once left a
+	// renewal unanswered for over 2 seconds, past the default lease's
+	// margin, and 1,536 tasks ran twice; a lease of a minute
+	// keeps this test to what it checks, order under task failures.
+	cfg.LeaseTTL = time.Minute
 	cfg.OnError = errs.add
 	cfg.Counters = counters
 	cfg.Backoff = func(attempt int) time.Duration {
