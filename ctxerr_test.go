@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -130,4 +131,35 @@ func assertSaysOnce(t *testing.T, err error, name string) {
 	msg := err.Error()
 	assert.NotContains(t, msg, "\n", "%s: %q", name, msg)
 	assert.Equal(t, 1, strings.Count(msg, context.DeadlineExceeded.Error()), "%s: %q", name, msg)
+}
+
+// A dial that ctx cuts short fails with the net package's "i/o timeout",
+// which errors.Is takes for context.DeadlineExceeded without saying so: a
+// call's error still names its cause, once. (On a loaded host the dial of
+// TestAPIErrorsAreCtxErrors's calls is sometimes what ctx cuts short.)
+func TestDialCutShortNamesItsCause(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	pool := &redis.Pool{DialContext: func(ctx context.Context) (redis.Conn, error) {
+		<-ctx.Done() // the dial outlasts ctx
+		return redis.DialContext(ctx, "tcp", ln.Addr().String())
+	}}
+	t.Cleanup(func() { pool.Close() })
+	q, err := New([]*redis.Pool{pool}, Config{})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	for name, call := range map[string]func(ctx context.Context) error{
+		"CheckLayout": func(ctx context.Context) error { return q.CheckLayout(ctx) },
+		"AddTask":     func(ctx context.Context) error { _, err := q.AddTask(ctx, 1, []byte("x")); return err },
+		"Status":      func(ctx context.Context) error { _, err := q.Status(ctx, 1, testID); return err },
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		err := call(ctx)
+		cancel()
+		require.ErrorIs(t, err, context.DeadlineExceeded, name)
+		assert.Contains(t, err.Error(), "i/o timeout", "%s: the dial's own error is kept", name)
+		assertSaysOnce(t, err, name)
+	}
 }

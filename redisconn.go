@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -96,9 +97,11 @@ func ctxCause(ctx context.Context, err error) error {
 		}
 		cause = context.DeadlineExceeded
 	}
-	if errors.Is(err, cause) {
-		return err
+	if errors.Is(err, cause) && strings.Contains(err.Error(), cause.Error()) {
+		return err // says it already
 	}
+	// The net package's timeout of a dial cut short by ctx is
+	// context.DeadlineExceeded to errors.Is, but says only "i/o timeout".
 	return fmt.Errorf("%w: %w", cause, err)
 }
 
