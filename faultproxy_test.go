@@ -33,6 +33,8 @@ type faultProxy struct {
 
 	resets atomic.Int64 // connections reset
 	cuts   atomic.Int64 // replies cut
+	quota  atomic.Int64 // bytes a connection carries either way before it is cut (0: no bound)
+	spent  atomic.Int64 // connections cut at their quota
 	down   atomic.Bool  // Redis is "unreachable": new connections are reset at once
 
 	held sync.RWMutex // write-locked while what servers send is held back (holdReplies)
@@ -42,6 +44,8 @@ type faultProxy struct {
 type proxyPair struct {
 	client, server net.Conn
 	armed          atomic.Bool // the next reply is to be cut
+	carried        int64       // bytes of replies forwarded (pumpDown's)
+	sent           int64       // bytes of commands forwarded (pumpUp's)
 	once           sync.Once
 }
 
@@ -132,6 +136,12 @@ func (p *faultProxy) pumpUp(pp *proxyPair) {
 				pp.armed.Store(true)
 			}
 			p.cutMu.Unlock()
+			if q := p.quota.Load(); q > 0 && pp.sent+int64(n) > q {
+				pp.server.Write(buf[:q-pp.sent])
+				p.spent.Add(1)
+				return // cut at its quota, in the middle of a command
+			}
+			pp.sent += int64(n)
 			if _, werr := pp.server.Write(buf[:n]); werr != nil {
 				return
 			}
@@ -160,6 +170,12 @@ func (p *faultProxy) pumpDown(pp *proxyPair) {
 				p.cuts.Add(1)
 				return // the deferred close ends the connection after half the reply
 			}
+			if q := p.quota.Load(); q > 0 && pp.carried+int64(n) > q {
+				pp.client.Write(buf[:q-pp.carried])
+				p.spent.Add(1)
+				return // cut at its quota, in the middle of a reply
+			}
+			pp.carried += int64(n)
 			p.held.RLock()
 			_, werr := pp.client.Write(buf[:n])
 			p.held.RUnlock()
@@ -209,6 +225,12 @@ func (p *faultProxy) cutsLeft() int {
 	defer p.cutMu.Unlock()
 	return p.cutsLe
 }
+
+// limitLink cuts every connection, new or open, once it has carried
+// quota bytes of commands or of replies, in the middle of the one that
+// passes it (0: no bound): a link that drops long exchanges, on which no
+// command or reply longer than quota ever arrives.
+func (p *faultProxy) limitLink(quota int64) { p.quota.Store(quota) }
 
 // resetAll resets every open connection and returns how many it reset.
 func (p *faultProxy) resetAll() int {

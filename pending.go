@@ -392,8 +392,17 @@ func (s *store) requeue(ctx context.Context, tasks []claimed, redelivery bool) e
 	// keep that order across calls. Should a call fail after earlier ones
 	// went through, the tasks left pending are the first ones, and
 	// recovery puts them back ahead of those pushed: the order holds.
+	//
+	// A call that a failed connection cut short is made again on another
+	// connection, with half as many tasks (a link that drops long
+	// exchanges would otherwise cut it each time, and recovery would start
+	// over for ever). Whether or not it ran, that keeps the order: the
+	// script skips tasks no longer pending, and a call that ran late, after
+	// a smaller one, pushes the tasks before those, as it would have.
+	lim := fullScript
+	var cut cutRetry
 	for end := len(tasks); end > 0; {
-		start := requeueChunk(tasks, end)
+		start := requeueChunk(tasks, end, lim)
 		args := []any{s.value(), s.ttlMS, flag}
 		var records []string
 		for i := end - 1; i >= start; i-- {
@@ -403,8 +412,13 @@ func (s *store) requeue(ctx context.Context, tasks []claimed, redelivery bool) e
 			records = append(records, r.record)
 		}
 		if _, err := s.script(ctx, "requeue on", requeueScript, s.requeueCall(records, args...)...); err != nil {
+			if cut.again(ctx, err) {
+				lim = lim.halve()
+				continue
+			}
 			return err
 		}
+		cut.fails = 0
 		end = start
 	}
 	return nil

@@ -269,7 +269,7 @@ func TestScriptChunksBounded(t *testing.T) {
 		}
 		covered := 0
 		for end := len(tasks); end > 0; {
-			start := requeueChunk(tasks, end)
+			start := requeueChunk(tasks, end, fullScript)
 			require.Less(t, start, end, "progress")
 			var size int64
 			for _, t := range tasks[start:end] {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"sort"
 	"strconv"
@@ -110,14 +111,24 @@ func decodePending(r *pendingRecord) {
 
 // claimLists reads, for each claim record among records (the
 // claim-sequence hash), the entries of its list whose place is not set,
-// as pending records; one more round trip on c.
+// as pending records.
 //
 // The claims in place of the claimed end that starts at endFirst and
 // holds endSize entries (claimend.go) are read from the ready list, and
-// the end's fields once more after them: errEndMoved when they changed
-// meanwhile (the owner opened the end, or trimmed it), as the entries
-// read may then be others.
-func claimLists(ctx context.Context, c redis.Conn, k queueKeys, records map[string]string, endFirst, endSize int64) ([]pendingRecord, error) {
+// the end's fields once more after them in the same round trip:
+// errEndMoved when they changed meanwhile (the owner opened the end, or
+// trimmed it), as the entries read may then be others.
+//
+// The lists are read a part at a time (listReads), a round trip each,
+// rather than whole in one: a reply of thousands of large entries takes
+// long enough for a link that drops connections now and then to cut it
+// every time, and the step would then start over, whole, for ever. A
+// round trip that the connection's failure cuts short is made again on
+// another connection, reading half as much; what was read stays read. A
+// list's entries do not move while it exists (a claim writes it whole,
+// and its entries change in place), and its bitmap is read with each
+// part, so the parts read as the whole would.
+func claimLists(ctx context.Context, p *partition, k queueKeys, what string, records map[string]string, endFirst, endSize int64) ([]pendingRecord, error) {
 	// A record's first is in its value and its field: should one of them
 	// have been overwritten, the other still leads to its list. A record
 	// of the pending hash's format has no list; the read of one its field
@@ -143,52 +154,221 @@ func claimLists(ctx context.Context, c redis.Conn, k queueKeys, records map[stri
 	for _, f := range endWalk(records, endFirst, endSize) {
 		inEnd[f] = true
 	}
-	for _, f := range firsts {
-		if inEnd[f] {
-			first, _ := claimFirst(f)
-			n, _ := recordCount(records[f])
-			off := first - endFirst
-			c.Send("LRANGE", k.ready, -(off + int64(n)), -(off + 1))
-		} else {
-			c.Send("LRANGE", claimListKey(k, f), 0, -1)
+	lists := make([]*listRead, len(firsts))
+	for i, f := range firsts {
+		first, _ := claimFirst(f)
+		l := &listRead{field: f, first: first, count: -1, batch: &claimBatch{record: f}}
+		if n, ok := recordCount(records[f]); ok {
+			l.count = int64(n)
 		}
-		c.Send("GET", claimDoneKey(k, f))
+		if inEnd[f] {
+			l.inEnd, l.off = true, first-endFirst
+		}
+		lists[i] = l
 	}
-	if len(inEnd) > 0 {
+	var out []pendingRecord
+	var errs []error
+	rd := listReads{per: listReadFirst}
+	for len(lists) > 0 {
+		parts := rd.plan(lists)
+		got, err := onPartition(ctx, p, what, func(c redis.Conn) ([]listPart, error) {
+			return readParts(ctx, c, k, parts, endFirst, endSize)
+		})
+		if err != nil {
+			if rd.again(ctx, err) {
+				continue
+			}
+			return nil, err
+		}
+		size, n := 0, 0
+		for _, pt := range got {
+			l := pt.list
+			if pt.err != nil {
+				errs = append(errs, pt.err)
+				l.finished = true
+				continue
+			}
+			for i, e := range pt.entries {
+				size += len(e)
+				place := l.next + int64(i)
+				if placeSet(pt.done, int(place)) {
+					continue
+				}
+				r := pendingRecord{raw: e}
+				r.claim, r.place, r.seq = l.batch, int32(place), l.first+place+1
+				r.field = pendingField(bytes.TrimPrefix(e, []byte{accountedMark}), r.seq)
+				decodePending(&r)
+				out = append(out, r)
+			}
+			n += len(pt.entries)
+			l.next += int64(len(pt.entries))
+			if pt.n < 0 || int64(len(pt.entries)) < pt.n || l.inEnd && l.next >= l.count {
+				l.finished = true
+			}
+		}
+		rd.read(n, size)
+		lists = slices.DeleteFunc(lists, func(l *listRead) bool { return l.finished })
+	}
+	return out, redisErr(what, errors.Join(errs...))
+}
+
+// listRead is claimLists' reading of one claim list.
+type listRead struct {
+	field    string
+	first    int64
+	count    int64 // the entries its record names; -1: unknown (read until a part comes back short)
+	inEnd    bool  // a claim in place: its entries are at the ready list's end, off entries from the end's first
+	off      int64
+	next     int64 // the place of the next entry to read
+	finished bool
+	batch    *claimBatch
+}
+
+// listPart is one part of a list that a round trip reads: n entries from
+// the list's next (n < 0: all that are left), and what came back.
+type listPart struct {
+	list    *listRead
+	n       int64
+	entries [][]byte
+	done    []byte
+	err     error // the list's own reply was an error (the key holds another type, say)
+}
+
+const (
+	// listReadFirst is how many entries the first round trip of a read of
+	// claim lists asks for, their size unknown.
+	listReadFirst = 256
+	// listReadBytes is what later round trips ask for, in entries of the
+	// mean size read so far.
+	listReadBytes = 256 << 10
+)
+
+// cutRetry decides whether a round trip that failed is made again, at
+// half its size, by a step that reads or writes much: when the
+// connection failed in the middle of it (not a dial that failed, nor a
+// reply that Redis refused), ctx has not ended, and fewer than
+// cutTries in a row failed.
+type cutRetry struct {
+	fails int // round trips in a row cut short
+}
+
+// cutTries bounds the round trips in a row a failed connection may cut
+// short, each half as large as the last.
+const cutTries = 10
+
+func (r *cutRetry) again(ctx context.Context, err error) bool {
+	if ctx.Err() != nil || !cutMidway(err) || r.fails+1 >= cutTries {
+		return false
+	}
+	r.fails++
+	return true
+}
+
+// listReads sizes the round trips of a read of claim lists.
+type listReads struct {
+	cutRetry
+	per int64 // entries the next round trip asks for
+}
+
+// plan returns the parts the next round trip reads, from the lists in
+// order: at most per entries, but the last part of a list whose count is
+// known reads all that is left of it, so that a list longer than its
+// record says is read whole, as one read of it would.
+func (rd *listReads) plan(lists []*listRead) []listPart {
+	var parts []listPart
+	left := rd.per
+	for _, l := range lists {
+		if left <= 0 {
+			break
+		}
+		n := left
+		switch {
+		case l.inEnd:
+			n = min(left, l.count-l.next)
+		case l.count >= 0 && l.count-l.next <= left:
+			left -= max(l.count-l.next, 1)
+			parts = append(parts, listPart{list: l, n: -1})
+			continue
+		}
+		left -= n
+		parts = append(parts, listPart{list: l, n: n})
+	}
+	return parts
+}
+
+// again reports whether a round trip that failed with err is to be made
+// again (cutRetry), asking for half as much.
+func (rd *listReads) again(ctx context.Context, err error) bool {
+	if !rd.cutRetry.again(ctx, err) {
+		return false
+	}
+	rd.per = max(1, rd.per/2)
+	return true
+}
+
+// read notes a round trip that came back with n entries of size bytes:
+// the next asks for listReadBytes at their mean size, at most twice as
+// many as this one did (after a cut, the size grows back step by step),
+// and at most maxMoved.
+func (rd *listReads) read(n, size int) {
+	rd.fails = 0
+	if n == 0 {
+		return
+	}
+	mean := max(int64(size/n), 1)
+	rd.per = max(1, min(listReadBytes/mean, 2*rd.per, maxMoved))
+}
+
+// readParts reads parts on c in one round trip: each part's entries and
+// its list's bitmap, and the end's fields after them when a part reads
+// the claimed end.
+func readParts(ctx context.Context, c redis.Conn, k queueKeys, parts []listPart, endFirst, endSize int64) ([]listPart, error) {
+	anyEnd := false
+	for _, pt := range parts {
+		l := pt.list
+		switch {
+		case l.inEnd:
+			// Toward the consuming end: place i is at -(off+i+1).
+			anyEnd = true
+			from := l.off + l.next
+			c.Send("LRANGE", k.ready, -(from + pt.n), -(from + 1))
+		case pt.n < 0:
+			c.Send("LRANGE", claimListKey(k, l.field), l.next, -1)
+		default:
+			c.Send("LRANGE", claimListKey(k, l.field), l.next, l.next+pt.n-1)
+		}
+		c.Send("GET", claimDoneKey(k, l.field))
+	}
+	if anyEnd {
 		sendEnd(c, k)
 	}
 	if err := c.Flush(); err != nil {
 		return nil, err
 	}
-	var out []pendingRecord
-	var errs []error
-	for _, f := range firsts {
+	for i := range parts {
+		pt := &parts[i]
 		entries, err := redis.ByteSlices(receiveContext(c, ctx))
 		done, derr := redis.Bytes(receiveContext(c, ctx))
 		if derr == redis.ErrNil {
 			derr = nil
 		}
-		if err != nil || derr != nil {
-			errs = append(errs, err, derr)
+		if c.Err() != nil || ctx.Err() != nil {
+			// The connection failed, or ctx ended: the round trip did.
+			if err = replyErr(err, derr); err == nil {
+				err = c.Err()
+			}
+			return nil, err
+		}
+		if err = errors.Join(err, derr); err != nil {
+			pt.err = err
 			continue
 		}
-		first, _ := claimFirst(f)
-		b := &claimBatch{record: f}
-		if inEnd[f] {
+		if pt.list.inEnd {
 			slices.Reverse(entries) // read toward the consuming end
 		}
-		for i, e := range entries {
-			if placeSet(done, i) {
-				continue
-			}
-			r := pendingRecord{raw: e}
-			r.claim, r.place, r.seq = b, int32(i), first+int64(i)+1
-			r.field = pendingField(bytes.TrimPrefix(e, []byte{accountedMark}), r.seq)
-			decodePending(&r)
-			out = append(out, r)
-		}
+		pt.entries, pt.done = entries, done
 	}
-	if len(inEnd) > 0 {
+	if anyEnd {
 		f, n, err := endFields(receiveContext(c, ctx))
 		if err != nil {
 			return nil, err
@@ -197,7 +377,19 @@ func claimLists(ctx context.Context, c redis.Conn, k queueKeys, records map[stri
 			return nil, errEndMoved
 		}
 	}
-	return out, errors.Join(errs...)
+	return parts, nil
+}
+
+// cutMidway reports whether err says that a connection failed in the
+// middle of a round trip, or that its reply did not come in time: not a
+// dial that failed (Redis down, or out of reach), which the same call
+// made again at once would only repeat, nor a reply Redis refused.
+func cutMidway(err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return false
+	}
+	return isConnErr(err)
 }
 
 // errEndMoved is claimLists' answer when the claimed end changed while
@@ -212,50 +404,134 @@ type pendingRead struct {
 	seq     int64    // the meta hash's claim count: the first seq of the next claim
 }
 
+// pendingHead is what readPending starts from: the pending hash of
+// earlier releases, the claim-sequence records, the claimed end's fields
+// and the meta hash's claim count.
+type pendingHead struct {
+	pending, claims        map[string]string
+	endFirst, endSize, seq int64
+}
+
+// hashScanCount is the COUNT of the HSCAN calls that read the pending
+// hash and the claim-sequence hash: a hash small enough to be stored
+// compactly comes back whole in one, a large one a part at a time.
+const hashScanCount = 256
+
+// readHead reads a pendingHead: the two hashes a part at a time (HSCAN),
+// and the end's fields and the claim count in the first round trip. A
+// round trip that a failed connection cuts short is made again, at half
+// the count (cutRetry). A record added while it reads may be missed, and
+// one read twice counts once: the caller that puts tasks back makes no
+// claim meanwhile, and to Pending a claim made during the call is one
+// made just after it.
+func readHead(ctx context.Context, p *partition, k queueKeys, what string) (pendingHead, error) {
+	h := pendingHead{pending: map[string]string{}, claims: map[string]string{}}
+	type scan struct {
+		key    string
+		into   map[string]string
+		cursor string
+	}
+	scans := []*scan{{k.pending, h.pending, "0"}, {k.claims, h.claims, "0"}}
+	type page struct {
+		cursors []string
+		kvs     []map[string]string
+		head    pendingHead
+	}
+	count := hashScanCount
+	var cut cutRetry
+	for first := true; len(scans) > 0; {
+		got, err := onPartition(ctx, p, what, func(c redis.Conn) (page, error) {
+			for _, sc := range scans {
+				c.Send("HSCAN", sc.key, sc.cursor, "COUNT", count)
+			}
+			if first {
+				sendEnd(c, k)
+				c.Send("HGET", k.meta, "seq")
+			}
+			if err := c.Flush(); err != nil {
+				return page{}, err
+			}
+			var pg page
+			var errs []error
+			for range scans {
+				v, err := redis.Values(receiveContext(c, ctx))
+				if err == nil && len(v) != 2 {
+					err = fmt.Errorf("%w: HSCAN replied %d values", ErrMalformed, len(v))
+				}
+				var cursor string
+				var kv map[string]string
+				if err == nil {
+					cursor, err = redis.String(v[0], nil)
+				}
+				if err == nil {
+					kv, err = redis.StringMap(v[1], nil)
+				}
+				errs = append(errs, err)
+				pg.cursors, pg.kvs = append(pg.cursors, cursor), append(pg.kvs, kv)
+			}
+			if first {
+				var merr error
+				pg.head.endFirst, pg.head.endSize, merr = endFields(receiveContext(c, ctx))
+				seq, serr := redis.Int64(receiveContext(c, ctx))
+				if serr != nil || seq < 0 || seq > maxClaimSeq {
+					seq = 0 // none, or not a count: a claim's refusal tells (seqReply)
+				}
+				pg.head.seq = seq
+				errs = append(errs, merr)
+			}
+			return pg, replyErr(errs...)
+		})
+		if err != nil {
+			if cut.again(ctx, err) {
+				count = max(1, count/2)
+				continue
+			}
+			return pendingHead{}, err
+		}
+		cut.fails = 0
+		if first {
+			h.endFirst, h.endSize, h.seq = got.head.endFirst, got.head.endSize, got.head.seq
+			first = false
+		}
+		for i, sc := range scans {
+			for f, v := range got.kvs[i] {
+				sc.into[f] = v
+			}
+			sc.cursor = got.cursors[i]
+		}
+		scans = slices.DeleteFunc(scans, func(sc *scan) bool { return sc.cursor == "0" })
+	}
+	return h, nil
+}
+
 // readPending reads a queue's pending records, in claim order: the tasks
 // of its claim records not finished yet, and the records of the pending
 // hash of earlier releases; and the fields of its claim-sequence records.
 // Records that do not decode come last, with err set, and so do tasks no
-// claim-sequence record names (by ID, with seqLost set). Two round trips
-// when the queue has claim records, one when it has none. With toOpen,
+// claim-sequence record names (by ID, with seqLost set). It reads in round
+// trips of a bounded size (readHead, claimLists): two when the queue has
+// few claim records and pending tasks, one when it has none. With toOpen,
 // a read that finds claims in place at the end stops there, its endSize
 // and seq set: the caller opens the end, and reads again.
 func readPending(ctx context.Context, p *partition, k queueKeys, what string, toOpen bool) (pendingRead, error) {
 	type both struct {
-		pending, claims map[string]string
-		lists           []pendingRecord
-		endSize, seq    int64
+		pendingHead
+		lists []pendingRecord
 	}
-	read := func(c redis.Conn) (both, error) {
-		c.Send("HGETALL", k.pending)
-		c.Send("HGETALL", k.claims)
-		sendEnd(c, k)
-		c.Send("HGET", k.meta, "seq")
-		if err := c.Flush(); err != nil {
-			return both{}, err
+	read := func() (both, error) {
+		head, err := readHead(ctx, p, k, what)
+		if err != nil || toOpen && head.endSize > 0 {
+			return both{pendingHead: head}, err
 		}
-		pending, err := redis.StringMap(receiveContext(c, ctx))
-		claims, cerr := redis.StringMap(receiveContext(c, ctx))
-		endFirst, endSize, merr := endFields(receiveContext(c, ctx))
-		seq, serr := redis.Int64(receiveContext(c, ctx))
-		if serr != nil || seq < 0 || seq > maxClaimSeq {
-			seq = 0 // none, or not a count: a claim's refusal tells (seqReply)
-		}
-		if err = replyErr(err, cerr, merr); err != nil {
-			return both{}, err
-		}
-		if toOpen && endSize > 0 {
-			return both{endSize: endSize, seq: seq}, nil
-		}
-		lists, err := claimLists(ctx, c, k, claims, endFirst, endSize)
-		return both{pending, claims, lists, endSize, seq}, err
+		lists, err := claimLists(ctx, p, k, what, head.claims, head.endFirst, head.endSize)
+		return both{head, lists}, err
 	}
 	var got both
 	var err error
 	// The owner opens or trims the end now and then: a read it
 	// overlapped is read again.
 	for try := 0; try < seqTries; try++ {
-		if got, err = onPartition(ctx, p, what, read); !errors.Is(err, errEndMoved) {
+		if got, err = read(); !errors.Is(err, errEndMoved) {
 			break
 		}
 	}
@@ -298,8 +574,9 @@ func readPending(ctx context.Context, p *partition, k queueKeys, what string, to
 
 // Pending lists the tasks analyser's queue has claimed and not finished,
 // in claim order, each with the Attempt of its current delivery. Records
-// that do not decode are left out. It is safe for concurrent use and costs
-// one round trip (HGETALL).
+// that do not decode are left out. It is safe for concurrent use. It reads
+// in round trips of bounded size: one or two for a few claims of small
+// tasks, more for thousands of pending tasks or large ones.
 func (q *Queue) Pending(ctx context.Context, analyser int) ([]Task, error) {
 	p, k, err := q.analyserKeys(analyser)
 	if err != nil {

@@ -168,12 +168,27 @@ func argsChunk(args []any, stride int) int {
 	return n
 }
 
+// scriptLimit bounds the tasks one hand-back script carries: scriptChunk
+// and scriptBytes, or less after round trips a failed connection cut
+// short (see cutRetry).
+type scriptLimit struct {
+	tasks int
+	bytes int64
+}
+
+var fullScript = scriptLimit{scriptChunk, scriptBytes}
+
+// halve returns lim at half its size (one task however large at least).
+func (lim scriptLimit) halve() scriptLimit {
+	return scriptLimit{max(1, lim.tasks/2), max(1, lim.bytes/2)}
+}
+
 // requeueChunk returns where the requeue script that pushes tasks[:end]
-// from the end starts: at most scriptChunk tasks and scriptBytes, and one
-// task however large.
-func requeueChunk(tasks []claimed, end int) int {
+// from the end starts: at most lim's tasks and bytes, and one task however
+// large.
+func requeueChunk(tasks []claimed, end int, lim scriptLimit) int {
 	start, size := end, int64(0)
-	for start > max(0, end-scriptChunk) && (start == end || size+tasks[start-1].size() <= scriptBytes) {
+	for start > max(0, end-lim.tasks) && (start == end || size+tasks[start-1].size() <= lim.bytes) {
 		start--
 		size += tasks[start].size()
 	}

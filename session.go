@@ -67,6 +67,12 @@ type session struct {
 	// pending and unseen, must go back before anything is claimed or
 	// handed back (fetcher only).
 	resyncOwed bool
+	// claimCap: the most tasks a claim asks for after claims whose reply
+	// was lost, half of what the last such claim took; 0: no cap. Each
+	// claim that comes back raises it by a quarter, until it is no cap:
+	// on a link that cuts long replies, claims shrink until theirs fit
+	// (fetcher only).
+	claimCap int
 	// pausedSeen: a claim found the queue paused, and none claimed a task
 	// since (logged as it changes; the fetcher's only).
 	pausedSeen bool
@@ -388,7 +394,8 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 			}
 			s.resyncOwed = false
 			if n > 0 {
-				s.cfg.Logger.Info("queue: put back tasks of a claim whose reply was lost", "tasks", n)
+				s.claimCap = max(1, n/2)
+				s.cfg.Logger.Info("queue: put back tasks of a claim whose reply was lost", "tasks", n, "next_claim_at_most", s.claimCap)
 			}
 		}
 		// Wait for room, and while acks Redis has not taken pile up (Redis
@@ -405,7 +412,11 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 		sent := time.Now()
 		// With tasks held, a claim takes only what fits the bytes left;
 		// with none, one task however large.
-		tasks, err := s.st.claim(leaseCtx, int(max(free, 1)), s.cfg.MaxHeldBytes-s.heldBytes.Load(), held > 0, s.claimBuf)
+		want := int(max(free, 1))
+		if s.claimCap > 0 {
+			want = min(want, s.claimCap)
+		}
+		tasks, err := s.st.claim(leaseCtx, want, s.cfg.MaxHeldBytes-s.heldBytes.Load(), held > 0, s.claimBuf)
 		if errors.Is(err, errNoRoom) {
 			s.log.ok(sent)
 			select {
@@ -430,6 +441,11 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 		}
 		b.reset()
 		s.log.ok(sent)
+		if s.claimCap > 0 && len(tasks) > 0 {
+			if s.claimCap += max(1, s.claimCap/4); s.claimCap >= maxMoved {
+				s.claimCap = 0
+			}
+		}
 		switch {
 		case s.st.paused.Load() && !s.pausedSeen:
 			s.pausedSeen = true

@@ -1,0 +1,133 @@
+package queue
+
+import (
+	"context"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// A link on which no long exchange ever gets through: every connection
+// is cut once it has carried linkQuota bytes of commands or of replies,
+// in the middle of the one that passes it. Recovery and claims must then
+// go on in round trips that fit, rather than start over, whole, for
+// ever: once connections churn faster than a step's largest reply or
+// command takes, a queue that reads a thousand pending tasks of 4 KB in
+// one reply (4 MB), or pushes them back in one script, makes no progress
+// at all, though it loses nothing.
+const linkQuota = 64 << 10
+
+// cutLink returns two queues on one fresh partition under one prefix:
+// one that reaches Redis directly, and one through a proxy that cuts
+// every connection at linkQuota bytes either way, with the proxy.
+// Both are made by Dial, whose pool checks a borrowed connection for a
+// close by its peer.
+func cutLink(t *testing.T) (direct, cut *Queue, s *testServer, p *faultProxy) {
+	t.Helper()
+	skipOnCluster(t, "the proxy stands for one server")
+	s = newTestServers(t, 1)[0]
+	u, err := url.Parse(s.url)
+	require.NoError(t, err)
+	p = startProxy(t, u.Host)
+	via := *u
+	via.Host = p.Addr()
+	cfg := Config{Prefix: testPrefix(t)}
+	ctx := bounded(t)
+	direct, err = Dial(ctx, []string{s.url}, cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { direct.Close() })
+	cut, err = Dial(ctx, []string{via.String()}, cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { cut.Close() })
+	return direct, cut, s, p
+}
+
+// bigTasks adds orders × per tasks of size bytes each (the first bytes
+// name the task: "order:index") and returns their payloads' names by
+// order.
+func bigTasks(t *testing.T, q *Queue, orders, per, size int) map[uint64][]string {
+	t.Helper()
+	want := map[uint64][]string{}
+	var ts []Task
+	for i := 0; i < per; i++ {
+		for o := 1; o <= orders; o++ {
+			name := pl(o, i)
+			p := []byte(name + ";" + strings.Repeat("x", size-len(name)-1))
+			ts = append(ts, Task{OrderID: uint64(o), Payload: p})
+			want[uint64(o)] = append(want[uint64(o)], name)
+		}
+	}
+	for len(ts) > 0 {
+		n := min(len(ts), 200)
+		_, err := q.AddTasks(bounded(t), ts[:n])
+		require.NoError(t, err)
+		ts = ts[n:]
+	}
+	return want
+}
+
+// drainThrough runs a pool on q until the queue is empty, and returns
+// what it ran, by order, in the order it ran it.
+func drainThrough(t *testing.T, q *Queue, within time.Duration) map[uint64][]string {
+	t.Helper()
+	var mu sync.Mutex
+	got := map[uint64][]string{}
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	err := q.AnalysePool(ctx, 0, PoolConfig{ExitOnEmpty: true, LeaseTTL: time.Minute, OnError: func(error) {}},
+		func(_ context.Context, task Task) error {
+			name, _, _ := strings.Cut(string(task.Payload), ";")
+			mu.Lock()
+			got[task.OrderID] = append(got[task.OrderID], name)
+			mu.Unlock()
+			return nil
+		})
+	require.NoError(t, err, "the pool drained the queue within %v", within)
+	mu.Lock()
+	defer mu.Unlock()
+	return got
+}
+
+// A new owner recovers a thousand pending tasks of 4 KB (4 MB of records)
+// over the link, and then runs them, each once and in order.
+func TestRecoveryOverALinkThatCutsLongReplies(t *testing.T) {
+	t.Parallel()
+	direct, cut, s, p := cutLink(t)
+	want := bigTasks(t, direct, 50, 20, 4<<10)
+	ctx := bounded(t)
+	c, err := direct.Consume(ctx, 0, ConsumerConfig{LeaseTTL: time.Minute})
+	require.NoError(t, err)
+	claimed, err := c.Claim(ctx, 1000)
+	require.NoError(t, err)
+	require.Len(t, claimed, 1000)
+	// The consumer's process dies: its lease is gone, its tasks pending.
+	s.do(t, "DEL", newQueueKeys(direct.cfg.Prefix, 0, 0).lease)
+	p.limitLink(linkQuota)
+	got := drainThrough(t, cut, 45*time.Second)
+	assert.Equal(t, want, got)
+	assert.Positive(t, p.spent.Load(), "the link cut connections")
+	st := stats0(t, direct)
+	assert.Zero(t, st.Dead)
+	assert.Zero(t, st.Pending)
+}
+
+// A pool whose claims' replies are lost, again and again, as long as they
+// do not fit the link, claims less until they do; every claim whose
+// reply it lost goes back, whole, in a read that fits too.
+func TestClaimsOverALinkThatCutsLongReplies(t *testing.T) {
+	t.Parallel()
+	direct, cut, _, p := cutLink(t)
+	want := bigTasks(t, direct, 50, 20, 4<<10)
+	p.limitLink(linkQuota)
+	got := drainThrough(t, cut, 45*time.Second)
+	assert.Equal(t, want, got, "each task once, in order: a lost claim delivered nothing")
+	assert.Positive(t, p.spent.Load(), "the link cut connections")
+	st := stats0(t, direct)
+	assert.Zero(t, st.Dead)
+	assert.Zero(t, st.Pending)
+}
