@@ -398,6 +398,7 @@ func (s *store) claimOnce(ctx context.Context, n int, maxBytes int64, strict boo
 	var err error
 	made := s.endMade.Load()
 	for try := 0; ; try++ {
+		s.asked.Store(int64(n))
 		first := strconv.FormatInt(s.nextFirst.Load(), 10)
 		keys := []any{s.keys.ready, s.keys.pending, s.keys.lease, s.keys.meta, s.keys.claims, s.keys.sched, s.keys.later, s.keys.cancels,
 			claimListKey(s.keys, first), claimDoneKey(s.keys, first)}

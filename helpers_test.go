@@ -196,8 +196,8 @@ func testPool(url string) *redis.Pool {
 		},
 		TestOnBorrowContext: func(ctx context.Context, c redis.Conn, _ time.Time) error {
 			w := c.(*watchedConn)
-			if w.tcp.r.Buffered() > 0 || w.tcp.tap != nil {
-				return errPeerClosed
+			if peerClosed(w.tcp.Conn) || w.tcp.r.Buffered() > 0 || w.tcp.tap != nil {
+				return errPeerClosed // as Dial's pools: a connection the server closed is not lent
 			}
 			noteBorrowed(ctx, w.tcp)
 			return nil

@@ -53,6 +53,8 @@ type store struct {
 	endOpened   int64                  // endMade as of its last opening of the end
 	schedCard   atomic.Int64           // the number of scheduled tasks, as nextDue's read saw it; -1: unknown
 	paused      atomic.Bool            // the last claim found the queue paused
+	asked       atomic.Int64           // the tasks the last claim asked for, after claimOnce's own bounds
+	claimCap    atomic.Int64           // a pool's: the most tasks a claim asks for after one was cut short (0: no cap; see session.fetch), kept across its tenures
 	waiter      *waiter                // the partition's shared waiter, for a pool's idle waits (nil: own connections)
 	closed      *atomic.Bool           // the Queue's: a Consumer's calls after Close return ErrClosed
 	deaths      *deathClock            // the Queue's: stamps the deaths of its tasks

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -245,9 +246,8 @@ const (
 
 // cutRetry decides whether a round trip that failed is made again, at
 // half its size, by a step that reads or writes much: when the
-// connection failed in the middle of it (not a dial that failed, nor a
-// reply that Redis refused), ctx has not ended, and fewer than
-// cutTries in a row failed.
+// connection failed in the middle of it or the link reset its dial
+// (cutAgain), ctx has not ended, and fewer than cutTries in a row failed.
 type cutRetry struct {
 	fails int // round trips in a row cut short
 }
@@ -257,7 +257,7 @@ type cutRetry struct {
 const cutTries = 10
 
 func (r *cutRetry) again(ctx context.Context, err error) bool {
-	if ctx.Err() != nil || !cutMidway(err) || r.fails+1 >= cutTries {
+	if ctx.Err() != nil || !cutAgain(err) || r.fails+1 >= cutTries {
 		return false
 	}
 	r.fails++
@@ -382,12 +382,23 @@ func readParts(ctx context.Context, c redis.Conn, k queueKeys, parts []listPart,
 
 // cutMidway reports whether err says that a connection failed in the
 // middle of a round trip, or that its reply did not come in time: not a
-// dial that failed (Redis down, or out of reach), which the same call
-// made again at once would only repeat, nor a reply Redis refused.
+// dial that failed, nor a reply Redis refused.
 func cutMidway(err error) bool {
 	var op *net.OpError
 	if errors.As(err, &op) && op.Op == "dial" {
 		return false
+	}
+	return isConnErr(err)
+}
+
+// cutAgain reports whether a round trip that failed with err may be made
+// again at once: cut midway, or a dial reset by the link (one refused or
+// timed out says Redis is down or out of reach, which the same call made
+// again at once would only repeat).
+func cutAgain(err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return errors.Is(err, syscall.ECONNRESET)
 	}
 	return isConnErr(err)
 }

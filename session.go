@@ -67,12 +67,6 @@ type session struct {
 	// pending and unseen, must go back before anything is claimed or
 	// handed back (fetcher only).
 	resyncOwed bool
-	// claimCap: the most tasks a claim asks for after claims whose reply
-	// was lost, half of what the last such claim took; 0: no cap. Each
-	// claim that comes back raises it by a quarter, until it is no cap:
-	// on a link that cuts long replies, claims shrink until theirs fit
-	// (fetcher only).
-	claimCap int
 	// pausedSeen: a claim found the queue paused, and none claimed a task
 	// since (logged as it changes; the fetcher's only).
 	pausedSeen bool
@@ -394,8 +388,7 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 			}
 			s.resyncOwed = false
 			if n > 0 {
-				s.claimCap = max(1, n/2)
-				s.cfg.Logger.Info("queue: put back tasks of a claim whose reply was lost", "tasks", n, "next_claim_at_most", s.claimCap)
+				s.cfg.Logger.Info("queue: put back tasks of a claim whose reply was lost", "tasks", n)
 			}
 		}
 		// Wait for room, and while acks Redis has not taken pile up (Redis
@@ -412,11 +405,23 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 		sent := time.Now()
 		// With tasks held, a claim takes only what fits the bytes left;
 		// with none, one task however large.
+		// A claim that a failed connection cut short (its reply, most
+		// often: long replies are the likeliest cut) caps the next ones
+		// at half what it asked for; each claim that comes back raises
+		// the cap by a quarter, until it is none. On a link that cuts
+		// long exchanges, claims shrink until theirs get through.
 		want := int(max(free, 1))
-		if s.claimCap > 0 {
-			want = min(want, s.claimCap)
+		if c := s.st.claimCap.Load(); c > 0 {
+			want = int(min(int64(want), c))
 		}
 		tasks, err := s.st.claim(leaseCtx, want, s.cfg.MaxHeldBytes-s.heldBytes.Load(), held > 0, s.claimBuf)
+		shrunk := false
+		if asked := s.st.asked.Load(); err != nil && cutMidway(err) && asked > 1 {
+			// The next claim, half as large, is another try rather than
+			// the same one again: it waits the backoff's first step.
+			s.st.claimCap.Store(asked / 2)
+			shrunk = true
+		}
 		if errors.Is(err, errNoRoom) {
 			s.log.ok(sent)
 			select {
@@ -433,6 +438,9 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 			s.resyncOwed = true
 			if waitCtx.Err() == nil && !s.isLost() {
 				s.cfg.OnError(err)
+				if shrunk {
+					b.reset()
+				}
 				b.wait(waitCtx)
 			}
 			if len(tasks) == 0 {
@@ -441,10 +449,11 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 		}
 		b.reset()
 		s.log.ok(sent)
-		if s.claimCap > 0 && len(tasks) > 0 {
-			if s.claimCap += max(1, s.claimCap/4); s.claimCap >= maxMoved {
-				s.claimCap = 0
+		if c := s.st.claimCap.Load(); c > 0 && len(tasks) > 0 {
+			if c += max(1, c/4); c >= maxMoved {
+				c = 0
 			}
+			s.st.claimCap.Store(c)
 		}
 		switch {
 		case s.st.paused.Load() && !s.pausedSeen:
