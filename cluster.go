@@ -169,7 +169,7 @@ func (r *clusterRouter) refresh(ctx context.Context) error {
 			return ctx.Err()
 		}
 		err := run.err
-		if ctx.Err() != nil || !(errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+		if ctx.Err() != nil || !ctxEnded(err) {
 			return err
 		}
 	}

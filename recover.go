@@ -381,14 +381,20 @@ func readParts(ctx context.Context, c redis.Conn, k queueKeys, parts []listPart,
 }
 
 // cutMidway reports whether err says that a connection failed in the
-// middle of a round trip, or that its reply did not come in time: not a
-// dial that failed, nor a reply Redis refused.
+// middle of a round trip, or that its reply did not come in the
+// connection's time: not a dial that failed, nor a reply Redis refused,
+// nor a call its ctx ended.
 func cutMidway(err error) bool {
 	var op *net.OpError
-	if errors.As(err, &op) && op.Op == "dial" {
+	if errors.As(err, &op) && op.Op == "dial" || ctxEnded(err) {
 		return false
 	}
 	return isConnErr(err)
+}
+
+// ctxEnded reports whether err is, or wraps, a ctx's end.
+func ctxEnded(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // cutAgain reports whether a round trip that failed with err may be made
@@ -400,7 +406,7 @@ func cutAgain(err error) bool {
 	if errors.As(err, &op) && op.Op == "dial" {
 		return errors.Is(err, syscall.ECONNRESET)
 	}
-	return isConnErr(err)
+	return cutMidway(err)
 }
 
 // errEndMoved is claimLists' answer when the claimed end changed while
