@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -201,7 +202,15 @@ func (s *store) tryAcquire(ctx context.Context) (ok bool, left time.Duration, ho
 	} else {
 		lost = s.nonceSuffix(nonce)
 	}
-	r, err := redis.Values(s.script(ctx, "acquire lease of", acquireScript, s.keys.lease, s.keys.meta, s.owner, s.ttlMS, nonce, s.value(), lost))
+	// The call is not cut short the moment ctx ends: a try whose reply
+	// was not awaited may still be on its way, and run after the abandon
+	// that was to give its lease up, leaving a lease nobody knows is held
+	// (every standby then waits its whole TTL). Its reply is awaited for
+	// acquireGrace after ctx's end; the lease it brings is released by
+	// the caller, which finds ctx ended.
+	cctx, stop := outlive(ctx, acquireGrace)
+	defer stop()
+	r, err := redis.Values(s.script(cctx, "acquire lease of", acquireScript, s.keys.lease, s.keys.meta, s.owner, s.ttlMS, nonce, s.value(), lost))
 	if err != nil {
 		// Maybe taken, maybe not (an error reply took nothing, and then
 		// no lease ends with this nonce: no harm done).
@@ -283,6 +292,38 @@ func (s *store) acquire(ctx context.Context, report func(error), onLook func(sen
 				return err
 			}
 		}
+	}
+}
+
+// acquireGrace is how long an acquisition's reply is awaited after its
+// ctx ended (see tryAcquire): an answer comes in a round trip, and a
+// server that gives none in this time is one whose lease, taken or not,
+// is left to abandon and, failing that, to the TTL.
+const acquireGrace = time.Second
+
+// outlive returns a context that ends grace after ctx does (with ctx's
+// cause), and a func to call when done with it.
+func outlive(ctx context.Context, grace time.Duration) (context.Context, func()) {
+	c, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
+	var mu sync.Mutex
+	var timer *time.Timer
+	done := false
+	stopAfter := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !done {
+			timer = time.AfterFunc(grace, func() { cancel(context.Cause(ctx)) })
+		}
+	})
+	return c, func() {
+		stopAfter()
+		mu.Lock()
+		done = true
+		if timer != nil {
+			timer.Stop()
+		}
+		mu.Unlock()
+		cancel(nil)
 	}
 }
 

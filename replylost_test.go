@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -75,6 +76,94 @@ func TestAcquireAbandonsALeaseTakenAsCtxEnded(t *testing.T) {
 	wake, err := redis.Int(s.do(t, "LLEN", k.wake), nil)
 	require.NoError(t, err)
 	require.Equal(t, 1, wake, "a standby is woken")
+}
+
+// lateConn delivers the acquire script to Redis late, once: the caller's
+// ctx ends as it goes out, and Redis runs it (on a connection of its own)
+// only after the abandon script has run, or 50ms have passed if none
+// comes. ran is closed once Redis has run it.
+type lateConn struct {
+	redis.Conn
+	late    *atomic.Bool
+	lost    func()
+	side    *redis.Pool   // what the late command runs on
+	abandon chan struct{} // closed when an abandon script has run
+	ran     chan struct{}
+}
+
+func isScript(name, cmd string, args []any) bool {
+	return cmd == "EVALSHA" && args[0] == scriptHash(name) || cmd == "EVAL" && args[0] == scriptSources[name]
+}
+
+func (c lateConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
+	if isScript("abandon", cmd, args) {
+		defer func() {
+			select {
+			case <-c.abandon:
+			default:
+				close(c.abandon)
+			}
+		}()
+	}
+	if !isScript("acquire", cmd, args) || !c.late.CompareAndSwap(true, false) {
+		return redis.DoContext(c.Conn, ctx, cmd, args...)
+	}
+	type reply struct {
+		v   any
+		err error
+	}
+	got := make(chan reply, 1)
+	go func() {
+		defer close(c.ran)
+		select {
+		case <-c.abandon:
+		case <-time.After(50 * time.Millisecond):
+		}
+		conn := c.side.Get()
+		defer conn.Close()
+		// EVAL, not EVALSHA: the script may not be loaded yet.
+		v, err := conn.Do("EVAL", append([]any{scriptSources["acquire"]}, args[1:]...)...)
+		got <- reply{v, err}
+	}()
+	c.lost()
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case r := <-got:
+		return r.v, r.err
+	}
+}
+
+func (c lateConn) ReceiveContext(ctx context.Context) (any, error) {
+	return redis.ReceiveContext(c.Conn, ctx)
+}
+
+// A pool stopped while its acquisition is on its way to Redis, which
+// runs it only later, leaves no lease behind either: an abandon sent at
+// once would run first, find nothing to give up, and the lease taken
+// after it would keep every standby waiting its whole TTL (for ever on a
+// server whose clock stands still).
+func TestAcquireAnsweredAfterCtxEndedLeavesNoLease(t *testing.T) {
+	_, servers := newTestQueue(t, 1, Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	side := servers[0].wrapPool(1, func(c redis.Conn) redis.Conn { return c })
+	t.Cleanup(func() { side.Close() })
+	var late atomic.Bool
+	late.Store(true)
+	ran, abandon := make(chan struct{}), make(chan struct{})
+	pool := servers[0].wrapPool(0, func(c redis.Conn) redis.Conn {
+		return lateConn{Conn: c, late: &late, lost: cancel, side: side, abandon: abandon, ran: ran}
+	})
+	t.Cleanup(func() { pool.Close() })
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: testPrefix(t)})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	k := newQueueKeys(q.cfg.Prefix, 0, 0)
+	require.NoError(t, q.AnalysePool(ctx, 0, PoolConfig{Workers: 1}, func(context.Context, Task) error { return nil }))
+	<-ran
+	n, err := redis.Int(servers[0].do(t, "EXISTS", k.lease), nil)
+	require.NoError(t, err)
+	require.Zero(t, n, "the lease is given up")
 }
 
 // After a try whose reply was lost, the next try takes the lease the
