@@ -34,6 +34,7 @@ for i = 5, #ARGV, 5 do
   redis.call('HDEL', KEYS[4], ARGV[i + 2])
   redis.call('HDEL', KEYS[5], ARGV[i + 2])
 end
+takesDone()
 if n > 0 then
   incr(KEYS[3], 'cancelled', n)
   if keep then

@@ -143,8 +143,6 @@ func claimFirst(f string) (int64, bool) {
 //     is gone).
 //   - openPlaces(l, d): the places of claim list l whose bit in done
 //     bitmap d is not set (bits past the list count for nothing).
-//   - takePlace(claims, meta, first, place): sets one place and returns
-//     its entry, or nil when the place is set already or the record gone.
 //
 // A done bitmap is written only by these functions; its type is checked
 // before each write all the same, so that a key someone overwrote fails
@@ -186,15 +184,6 @@ local function setDone(claims, meta, first, bits)
   end
   return k
 end
-local function takePlace(claims, meta, first, place)
-  local l, d = claimKeys(claims, first)
-  if redis.call('TYPE', l).ok ~= 'list' or not bitsOK(d) then return nil end
-  local e = redis.call('LINDEX', l, place)
-  if not e or redis.call('GETBIT', d, place) == 1 then return nil end
-  redis.call('SETBIT', d, place, 1)
-  finished(claims, meta, first, l, d, 1)
-  return e
-end
 `
 
 // luaClaimKeys defines luaClaimRec's claimKeys; bitsOK(d), which reports
@@ -217,8 +206,10 @@ local function bitsOK(d)
   return t == 'string' or t == 'none'
 end
 local function claimTypes(claims, from, to, step)
+  local seen = {}
   for i = from, to, step do
-    if ARGV[i] ~= '' then
+    if ARGV[i] ~= '' and not seen[ARGV[i]] then
+      seen[ARGV[i]] = true
       local l, d = claimKeys(claims, ARGV[i])
       for _, kt in ipairs({{l, 'list'}, {d, 'string'}}) do
         local t = redis.call('TYPE', kt[1]).ok

@@ -127,13 +127,43 @@ func (t *claimed) ref() taskRef {
 func (r taskRef) args(dst []any) []any { return append(dst, r.record, r.place, r.field) }
 
 // luaTake defines take(i): it finishes the task whose taskRef is ARGV[i]
-// to ARGV[i+2] (see taskRef.args), and reports whether it was pending.
-// It needs luaClaimRec and luaIncr, and the script's pending hash, meta
-// hash and claim-sequence hash as pendingKey, metaKey and claimsKey.
+// to ARGV[i+2] (see taskRef.args), and reports whether it was pending;
+// and takesDone(), which a script that took calls once its takes are
+// made, before it returns: it counts them, and deletes the claims they
+// finished. A claim's keys are looked at once per script (a recovery
+// puts thousands of tasks of one claim back in one call): a key's type
+// does not change between takes, as nothing else the script does
+// deletes or writes a claim list. It needs luaClaimRec and luaIncr, and
+// the script's pending hash, meta hash and claim-sequence hash as
+// pendingKey, metaKey and claimsKey.
 const luaTake = `
+local takes, takeOrder = {}, {}
 local function take(i)
   if ARGV[i] == '' then return redis.call('HDEL', pendingKey, ARGV[i + 2]) == 1 end
-  return takePlace(claimsKey, metaKey, ARGV[i], tonumber(ARGV[i + 1])) ~= nil
+  local first = ARGV[i]
+  local c = takes[first]
+  if c == nil then
+    local l, d = claimKeys(claimsKey, first)
+    c = false
+    if redis.call('TYPE', l).ok == 'list' and bitsOK(d) then
+      c = {l = l, d = d, k = 0}
+      takeOrder[#takeOrder + 1] = first
+    end
+    takes[first] = c
+  end
+  if not c then return false end
+  local place = tonumber(ARGV[i + 1])
+  -- SETBIT answers the bit as it was: set, the place was taken already.
+  if not redis.call('LINDEX', c.l, place) or redis.call('SETBIT', c.d, place, 1) == 1 then return false end
+  c.k = c.k + 1
+  return true
+end
+local function takesDone()
+  for _, first in ipairs(takeOrder) do
+    local c = takes[first]
+    if c.k > 0 then finished(claimsKey, metaKey, first, c.l, c.d, c.k) end
+  end
+  takes, takeOrder = {}, {}
 end
 `
 
@@ -291,6 +321,7 @@ for i = 3, #ARGV, 4 do
     n = n + 1
   end
 end
+takesDone()
 if n > 0 then incr(KEYS[4], 'failed', n) end
 return n
 `))
@@ -312,12 +343,18 @@ return n
 // counts the large entries it pushes (large.go).
 var requeueScript = newScript("requeue", -1, fenced(3, typeCheck(listAt(1), hashAt(2), hashAt(4), hashAt(5), hashAt(6), hashAt(7)),
 	"local pendingKey, metaKey, claimsKey = KEYS[2], KEYS[4], KEYS[5]\n"+luaIncr+luaLarge+luaClaimRec+luaTake+luaMarkBound+"\n"+luaCheckClaims(4, "#ARGV", 4)+`
-local n, large = 0, 0
+local n, large, push = 0, 0, {}
+local retries = redis.call('EXISTS', KEYS[6]) == 1
 for i = 4, #ARGV, 4 do
   if take(i) then
-    redis.call('RPUSH', KEYS[1], ARGV[i + 3])
+    -- Pushed in order, many at a time.
+    push[#push + 1] = ARGV[i + 3]
+    if #push == 512 then
+      redis.call('RPUSH', KEYS[1], unpack(push))
+      push = {}
+    end
     if #ARGV[i + 3] > $largeEntry then large = large + 1 end
-    local r = redis.call('HGET', KEYS[6], ARGV[i + 2])
+    local r = retries and redis.call('HGET', KEYS[6], ARGV[i + 2])
     if r then
       local failed, msg = string.match(r, '^(%-?%d+):%-?%d+:(.*)$')
       if failed then
@@ -329,6 +366,8 @@ for i = 4, #ARGV, 4 do
     n = n + 1
   end
 end
+if #push > 0 then redis.call('RPUSH', KEYS[1], unpack(push)) end
+takesDone()
 addLarge(KEYS[4], KEYS[1], large)
 if n > 0 and ARGV[3] == '1' then incr(KEYS[4], 'redelivered', n) end
 if n > 0 and redis.call('EXISTS', KEYS[7]) == 1 then

@@ -167,7 +167,14 @@ func claimLists(ctx context.Context, p *partition, k queueKeys, what string, rec
 		}
 		lists[i] = l
 	}
-	var out []pendingRecord
+	// Room for every entry the records name (thousands, at a recovery
+	// after a crash): growing a slice of records as large costs more than
+	// reading them.
+	room := 0
+	for _, l := range lists {
+		room += int(max(l.count, 0))
+	}
+	out := make([]pendingRecord, 0, room)
 	var errs []error
 	rd := listReads{per: listReadFirst}
 	for len(lists) > 0 {
@@ -656,7 +663,7 @@ func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep ma
 	}
 	s.learnSeq(got.seq)
 	recs, claims := got.recs, got.claims
-	var put []claimed
+	put := make([]claimed, 0, len(recs))
 	var dead []burial
 	for _, r := range recs {
 		if _, ok := keep[r.field]; ok {

@@ -63,8 +63,10 @@ local function bitsOK(d)
   return t == 'string' or t == 'none'
 end
 local function claimTypes(claims, from, to, step)
+  local seen = {}
   for i = from, to, step do
-    if ARGV[i] ~= '' then
+    if ARGV[i] ~= '' and not seen[ARGV[i]] then
+      seen[ARGV[i]] = true
       local l, d = claimKeys(claims, ARGV[i])
       for _, kt in ipairs({{l, 'list'}, {d, 'string'}}) do
         local t = redis.call('TYPE', kt[1]).ok
@@ -111,15 +113,6 @@ local function setDone(claims, meta, first, bits)
     finished(claims, meta, first, l, d, k)
   end
   return k
-end
-local function takePlace(claims, meta, first, place)
-  local l, d = claimKeys(claims, first)
-  if redis.call('TYPE', l).ok ~= 'list' or not bitsOK(d) then return nil end
-  local e = redis.call('LINDEX', l, place)
-  if not e or redis.call('GETBIT', d, place) == 1 then return nil end
-  redis.call('SETBIT', d, place, 1)
-  finished(claims, meta, first, l, d, 1)
-  return e
 end
 
 local n, last = 0, 4 + tonumber(ARGV[4])

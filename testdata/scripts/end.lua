@@ -56,8 +56,10 @@ local function bitsOK(d)
   return t == 'string' or t == 'none'
 end
 local function claimTypes(claims, from, to, step)
+  local seen = {}
   for i = from, to, step do
-    if ARGV[i] ~= '' then
+    if ARGV[i] ~= '' and not seen[ARGV[i]] then
+      seen[ARGV[i]] = true
       local l, d = claimKeys(claims, ARGV[i])
       for _, kt in ipairs({{l, 'list'}, {d, 'string'}}) do
         local t = redis.call('TYPE', kt[1]).ok

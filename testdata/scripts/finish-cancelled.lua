@@ -75,8 +75,10 @@ local function bitsOK(d)
   return t == 'string' or t == 'none'
 end
 local function claimTypes(claims, from, to, step)
+  local seen = {}
   for i = from, to, step do
-    if ARGV[i] ~= '' then
+    if ARGV[i] ~= '' and not seen[ARGV[i]] then
+      seen[ARGV[i]] = true
       local l, d = claimKeys(claims, ARGV[i])
       for _, kt in ipairs({{l, 'list'}, {d, 'string'}}) do
         local t = redis.call('TYPE', kt[1]).ok
@@ -124,19 +126,34 @@ local function setDone(claims, meta, first, bits)
   end
   return k
 end
-local function takePlace(claims, meta, first, place)
-  local l, d = claimKeys(claims, first)
-  if redis.call('TYPE', l).ok ~= 'list' or not bitsOK(d) then return nil end
-  local e = redis.call('LINDEX', l, place)
-  if not e or redis.call('GETBIT', d, place) == 1 then return nil end
-  redis.call('SETBIT', d, place, 1)
-  finished(claims, meta, first, l, d, 1)
-  return e
-end
 
+local takes, takeOrder = {}, {}
 local function take(i)
   if ARGV[i] == '' then return redis.call('HDEL', pendingKey, ARGV[i + 2]) == 1 end
-  return takePlace(claimsKey, metaKey, ARGV[i], tonumber(ARGV[i + 1])) ~= nil
+  local first = ARGV[i]
+  local c = takes[first]
+  if c == nil then
+    local l, d = claimKeys(claimsKey, first)
+    c = false
+    if redis.call('TYPE', l).ok == 'list' and bitsOK(d) then
+      c = {l = l, d = d, k = 0}
+      takeOrder[#takeOrder + 1] = first
+    end
+    takes[first] = c
+  end
+  if not c then return false end
+  local place = tonumber(ARGV[i + 1])
+  -- SETBIT answers the bit as it was: set, the place was taken already.
+  if not redis.call('LINDEX', c.l, place) or redis.call('SETBIT', c.d, place, 1) == 1 then return false end
+  c.k = c.k + 1
+  return true
+end
+local function takesDone()
+  for _, first in ipairs(takeOrder) do
+    local c = takes[first]
+    if c.k > 0 then finished(claimsKey, metaKey, first, c.l, c.d, c.k) end
+  end
+  takes, takeOrder = {}, {}
 end
 
 local bad = claimTypes(claimsKey, 5, #ARGV, 5)
@@ -151,6 +168,7 @@ for i = 5, #ARGV, 5 do
   redis.call('HDEL', KEYS[4], ARGV[i + 2])
   redis.call('HDEL', KEYS[5], ARGV[i + 2])
 end
+takesDone()
 if n > 0 then
   incr(KEYS[3], 'cancelled', n)
   if keep then

@@ -94,8 +94,10 @@ local function bitsOK(d)
   return t == 'string' or t == 'none'
 end
 local function claimTypes(claims, from, to, step)
+  local seen = {}
   for i = from, to, step do
-    if ARGV[i] ~= '' then
+    if ARGV[i] ~= '' and not seen[ARGV[i]] then
+      seen[ARGV[i]] = true
       local l, d = claimKeys(claims, ARGV[i])
       for _, kt in ipairs({{l, 'list'}, {d, 'string'}}) do
         local t = redis.call('TYPE', kt[1]).ok
@@ -143,19 +145,34 @@ local function setDone(claims, meta, first, bits)
   end
   return k
 end
-local function takePlace(claims, meta, first, place)
-  local l, d = claimKeys(claims, first)
-  if redis.call('TYPE', l).ok ~= 'list' or not bitsOK(d) then return nil end
-  local e = redis.call('LINDEX', l, place)
-  if not e or redis.call('GETBIT', d, place) == 1 then return nil end
-  redis.call('SETBIT', d, place, 1)
-  finished(claims, meta, first, l, d, 1)
-  return e
-end
 
+local takes, takeOrder = {}, {}
 local function take(i)
   if ARGV[i] == '' then return redis.call('HDEL', pendingKey, ARGV[i + 2]) == 1 end
-  return takePlace(claimsKey, metaKey, ARGV[i], tonumber(ARGV[i + 1])) ~= nil
+  local first = ARGV[i]
+  local c = takes[first]
+  if c == nil then
+    local l, d = claimKeys(claimsKey, first)
+    c = false
+    if redis.call('TYPE', l).ok == 'list' and bitsOK(d) then
+      c = {l = l, d = d, k = 0}
+      takeOrder[#takeOrder + 1] = first
+    end
+    takes[first] = c
+  end
+  if not c then return false end
+  local place = tonumber(ARGV[i + 1])
+  -- SETBIT answers the bit as it was: set, the place was taken already.
+  if not redis.call('LINDEX', c.l, place) or redis.call('SETBIT', c.d, place, 1) == 1 then return false end
+  c.k = c.k + 1
+  return true
+end
+local function takesDone()
+  for _, first in ipairs(takeOrder) do
+    local c = takes[first]
+    if c.k > 0 then finished(claimsKey, metaKey, first, c.l, c.d, c.k) end
+  end
+  takes, takeOrder = {}, {}
 end
 
 local function markTaken(meta, n)
@@ -186,12 +203,18 @@ end
 
 local bad = claimTypes(claimsKey, 4, #ARGV, 4)
 if bad then return bad end
-local n, large = 0, 0
+local n, large, push = 0, 0, {}
+local retries = redis.call('EXISTS', KEYS[6]) == 1
 for i = 4, #ARGV, 4 do
   if take(i) then
-    redis.call('RPUSH', KEYS[1], ARGV[i + 3])
+    -- Pushed in order, many at a time.
+    push[#push + 1] = ARGV[i + 3]
+    if #push == 512 then
+      redis.call('RPUSH', KEYS[1], unpack(push))
+      push = {}
+    end
     if #ARGV[i + 3] > 8192 then large = large + 1 end
-    local r = redis.call('HGET', KEYS[6], ARGV[i + 2])
+    local r = retries and redis.call('HGET', KEYS[6], ARGV[i + 2])
     if r then
       local failed, msg = string.match(r, '^(%-?%d+):%-?%d+:(.*)$')
       if failed then
@@ -203,6 +226,8 @@ for i = 4, #ARGV, 4 do
     n = n + 1
   end
 end
+if #push > 0 then redis.call('RPUSH', KEYS[1], unpack(push)) end
+takesDone()
 addLarge(KEYS[4], KEYS[1], large)
 if n > 0 and ARGV[3] == '1' then incr(KEYS[4], 'redelivered', n) end
 if n > 0 and redis.call('EXISTS', KEYS[7]) == 1 then
