@@ -216,7 +216,10 @@ func runAnalyser(cfg roleConfig) error {
 	defer closeAll()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	// At Info: when a test fails, the tail of each child's output it
+	// shows tells when the child waited, took a lease, and how long its
+	// recovery took.
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	// A group member serves many analysers through one OnError: an error
 	// that is not a task's is recorded with analyser -1 (unknown).
 	errAnalyser := cfg.Analyser

@@ -208,6 +208,7 @@ func TestFaultRacingTakeovers(t *testing.T) {
 	// the lease TTL + 1s.
 	var notOnce []string
 	var recovery []time.Duration
+	var split []string // per kill: lease granted, first start (from the kill)
 	pendingTotal := 0
 	for k, at := range kills {
 		end := int64(math.MaxInt64)
@@ -215,8 +216,11 @@ func TestFaultRacingTakeovers(t *testing.T) {
 			end = stamp(kills[k+1])
 		}
 		starts := map[string]int{}
-		first := int64(-1)
+		first, granted := int64(-1), int64(-1)
 		for _, x := range events {
+			if x.Ev == evLease && x.Wall > stamp(at) && x.Wall <= end && granted < 0 {
+				granted = x.Wall
+			}
 			if x.Ev == evStart && x.Wall > stamp(at) && x.Wall <= end {
 				starts[x.ID]++
 				if first < 0 || x.Wall < first {
@@ -230,6 +234,8 @@ func TestFaultRacingTakeovers(t *testing.T) {
 			}
 		}
 		recovery = append(recovery, time.Duration(first-stamp(at)))
+		split = append(split, fmt.Sprintf("kill %d: lease at %v, first start at %v", k+1,
+			time.Duration(granted-stamp(at)).Round(time.Millisecond), time.Duration(first-stamp(at)).Round(time.Millisecond)))
 		pendingTotal += len(pendings[k])
 	}
 	granted := 0
@@ -239,8 +245,8 @@ func TestFaultRacingTakeovers(t *testing.T) {
 		}
 	}
 	redelivered := e.stats()[0].Redelivered
-	t.Logf("%d rounds of kill -9 and %d takers here racing two processes (%s); takers here won %d, were refused mid-recovery %d times, outwaited %d, retried %d Redis errors (last: %q); %d leases granted; %d pending at the kills, Redelivered %d; recovery %v: %v",
-		rounds, takers, strings.Join(summary, "; "), tt.won, tt.fenced, tt.waited, tt.redisErrs, tt.lastErr, granted, pendingTotal, redelivered, recovery, r)
+	t.Logf("%d rounds of kill -9 and %d takers here racing two processes (%s); takers here won %d, were refused mid-recovery %d times, outwaited %d, retried %d Redis errors (last: %q); %d leases granted; %d pending at the kills, Redelivered %d; recovery %v (%s): %v",
+		rounds, takers, strings.Join(summary, "; "), tt.won, tt.fenced, tt.waited, tt.redisErrs, tt.lastErr, granted, pendingTotal, redelivered, recovery, strings.Join(split, "; "), r)
 	requireClean(t, r)
 	assert.EqualValues(t, total, r.AddedOK)
 	assert.EqualValues(t, total, r.Completed)

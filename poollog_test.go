@@ -89,6 +89,7 @@ func TestPoolLogsTheStory(t *testing.T) {
 	assert.Equal(t, slog.LevelInfo, took[0].level)
 	assert.Equal(t, "2", took[0].attrs["recovered"])
 	assert.NotEmpty(t, took[0].attrs["waited"])
+	assert.NotEmpty(t, took[0].attrs["recovery"], "how long the recovery took")
 	assert.Len(t, h.lines("waiting as a standby"), 1, "said once")
 	cancel()
 	require.NoError(t, receive(t, errc))

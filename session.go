@@ -193,6 +193,7 @@ func (s *session) pastStop(now time.Time) bool {
 // recover puts back what an earlier owner left pending, and reports
 // whether the tenure can go on.
 func (s *session) recover(ctx context.Context) bool {
+	start := time.Now()
 	n, lost, err := s.st.recover(ctx)
 	if lost > 0 {
 		s.cfg.OnError(seqLostError(s.st, lost))
@@ -210,7 +211,7 @@ func (s *session) recover(ctx context.Context) bool {
 		level = slog.LevelDebug // a plain start: nothing to tell
 	}
 	s.cfg.Logger.Log(ctx, level, "queue: took the lease", "analyser", s.log.analyser, "token", token,
-		"waited", s.waited.Round(time.Millisecond), "recovered", n)
+		"waited", s.waited.Round(time.Millisecond), "recovered", n, "recovery", time.Since(start).Round(time.Millisecond))
 	return true
 }
 
