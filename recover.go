@@ -167,14 +167,15 @@ func claimLists(ctx context.Context, p *partition, k queueKeys, what string, rec
 		}
 		lists[i] = l
 	}
-	// Room for every entry the records name (thousands, at a recovery
+	// Room for the entries the records name (thousands, at a recovery
 	// after a crash): growing a slice of records as large costs more than
-	// reading them.
+	// reading them. Capped: a record names its claim's every place, and
+	// most may be finished (many claims of one straggler each).
 	room := 0
 	for _, l := range lists {
 		room += int(max(l.count, 0))
 	}
-	out := make([]pendingRecord, 0, room)
+	out := make([]pendingRecord, 0, min(room, maxRoom))
 	var errs []error
 	rd := listReads{per: listReadFirst}
 	for len(lists) > 0 {
@@ -219,6 +220,10 @@ func claimLists(ctx context.Context, p *partition, k queueKeys, what string, rec
 	}
 	return out, redisErr(what, errors.Join(errs...))
 }
+
+// maxRoom bounds the records claimLists makes room for before it reads
+// them (about 2 MB).
+const maxRoom = 8192
 
 // listRead is claimLists' reading of one claim list.
 type listRead struct {
