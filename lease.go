@@ -188,6 +188,11 @@ return 1
 // gives up abandons it. A lease given a value by a refence of the last
 // tenure whose reply was lost is taken as the store's own too.
 func (s *store) tryAcquire(ctx context.Context) (ok bool, left time.Duration, holder string, err error) {
+	if err := ctx.Err(); err != nil {
+		// Sent, it would only take a lease to release at once (see
+		// below): once ctx has ended, nothing is sent (as getConn does).
+		return false, 0, "", redisErr(s.what("acquire lease of"), ctxCause(ctx, err))
+	}
 	// Every try until one is answered carries the same nonce: any of them
 	// may be the one that took the lease.
 	sent := time.Now()

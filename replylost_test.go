@@ -250,3 +250,19 @@ func TestAcquireRetakesALeaseAnEarlierLostTryTook(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, st.value(), v)
 }
+
+// An acquisition whose ctx has already ended sends nothing: sent, it
+// would take a lease (a fencing token, a wake-up of the standbys) only
+// to release it at once.
+func TestAcquireAfterCtxEndedSendsNothing(t *testing.T) {
+	q, srv, k := testQueue1(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	_, err := q.AddTask(ctx, 1, []byte("x")) // the layout is known
+	require.NoError(t, err)
+	before := srv.do(t, "HGETALL", k.meta)
+	cancel()
+	_, err = q.Consume(ctx, 0, ConsumerConfig{})
+	require.ErrorIs(t, err, context.Canceled)
+	require.Equal(t, before, srv.do(t, "HGETALL", k.meta), "no lease was taken")
+	require.EqualValues(t, 0, srv.do(t, "EXISTS", k.lease))
+}
