@@ -8,7 +8,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -310,26 +309,11 @@ const acquireGrace = time.Second
 // cause), and a func to call when done with it.
 func outlive(ctx context.Context, grace time.Duration) (context.Context, func()) {
 	c, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
-	var mu sync.Mutex
-	var timer *time.Timer
-	done := false
 	stopAfter := context.AfterFunc(ctx, func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if !done {
-			timer = time.AfterFunc(grace, func() { cancel(context.Cause(ctx)) })
-		}
+		t := time.AfterFunc(grace, func() { cancel(context.Cause(ctx)) })
+		context.AfterFunc(c, func() { t.Stop() }) // at once if c has ended
 	})
-	return c, func() {
-		stopAfter()
-		mu.Lock()
-		done = true
-		if timer != nil {
-			timer.Stop()
-		}
-		mu.Unlock()
-		cancel(nil)
-	}
+	return c, func() { stopAfter(); cancel(nil) }
 }
 
 // abandon gives up, when acquire gives up, a lease the last try may have

@@ -266,3 +266,23 @@ func TestAcquireAfterCtxEndedSendsNothing(t *testing.T) {
 	require.Equal(t, before, srv.do(t, "HGETALL", k.meta), "no lease was taken")
 	require.EqualValues(t, 0, srv.do(t, "EXISTS", k.lease))
 }
+
+// outlive's context ends grace after its parent, with the parent's
+// cause, and at once when its stop func is called.
+func TestOutlive(t *testing.T) {
+	cause := errors.New("stopped")
+	ctx, cancel := context.WithCancelCause(context.Background())
+	c, stop := outlive(ctx, 20*time.Millisecond)
+	defer stop()
+	cancel(cause)
+	<-c.Done()
+	require.ErrorIs(t, context.Cause(c), cause)
+
+	ctx, cancel = context.WithCancelCause(context.Background())
+	c, stop = outlive(ctx, time.Hour)
+	cancel(cause)
+	time.Sleep(10 * time.Millisecond)
+	require.NoError(t, c.Err(), "the grace is not over")
+	stop()
+	require.ErrorIs(t, c.Err(), context.Canceled, "stop ends it")
+}
