@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -130,4 +131,49 @@ func TestClaimsOverALinkThatCutsLongReplies(t *testing.T) {
 	st := stats0(t, direct)
 	assert.Zero(t, st.Dead)
 	assert.Zero(t, st.Pending)
+}
+
+// A new owner dead-letters a thousand pending tasks of 4 KB (4 MB of dead
+// records) that used up their deliveries, over the link: the dead-letter
+// scripts a cut stopped are made again, smaller, until they fit, and every
+// task is dead-lettered once.
+func TestBurialOverALinkThatCutsLongCommands(t *testing.T) {
+	t.Parallel()
+	direct, cut, s, p := cutLink(t)
+	want := bigTasks(t, direct, 50, 20, 4<<10)
+	ctx := bounded(t)
+	lease := newQueueKeys(direct.cfg.Prefix, 0, 0).lease
+	// Two owners claim the tasks and die: the second one's deliveries are
+	// recorded (the first one's were not), and one is all they get.
+	for range 2 {
+		c, err := direct.Consume(ctx, 0, ConsumerConfig{LeaseTTL: time.Minute, MaxAttempts: 1})
+		require.NoError(t, err)
+		claimed, err := c.Claim(ctx, 1000)
+		require.NoError(t, err)
+		require.Len(t, claimed, 1000)
+		s.do(t, "DEL", lease)
+	}
+	p.limitLink(linkQuota)
+	c, err := cut.Consume(ctx, 0, ConsumerConfig{LeaseTTL: time.Minute, MaxAttempts: 1})
+	require.NoError(t, err, "recovery over the link")
+	require.NoError(t, c.Release(ctx))
+	assert.Positive(t, p.spent.Load(), "the link cut connections")
+	st := stats0(t, direct)
+	assert.EqualValues(t, 1000, st.Dead)
+	assert.Zero(t, st.Pending)
+	assert.Zero(t, st.Ready)
+	dead, err := direct.Dead(ctx, 0)
+	require.NoError(t, err)
+	got := map[uint64][]string{}
+	for _, d := range dead {
+		name, _, _ := strings.Cut(string(d.Payload), ";")
+		got[d.OrderID] = append(got[d.OrderID], name)
+	}
+	for o := range got {
+		slices.Sort(got[o])
+	}
+	for o := range want {
+		slices.Sort(want[o])
+	}
+	assert.Equal(t, want, got, "each task dead-lettered once")
 }

@@ -388,9 +388,14 @@ func (s *store) bury(ctx context.Context, items []burial) (int, error) {
 	if err := s.listsFirst(ctx); err != nil {
 		return 0, err
 	}
-	moved := 0
+	// A call that a failed connection cut short is made again with half
+	// as many records, as requeue's are: the script skips tasks no
+	// longer pending, so one that ran before its reply was lost moves
+	// nothing twice.
+	moved, lim := 0, fullScript
+	var cut cutRetry
 	for len(items) > 0 {
-		n := buryChunk(items)
+		n := buryChunk(items, lim)
 		a := []any{s.value(), s.ttlMS}
 		records := make([]string, n)
 		for i, b := range items[:n] {
@@ -402,8 +407,13 @@ func (s *store) bury(ctx context.Context, items []burial) (int, error) {
 		k, err := redis.Int(s.script(ctx, "dead-letter on", buryScript, call...))
 		moved += k
 		if err != nil {
+			if cut.again(ctx, err) {
+				lim = lim.halve()
+				continue
+			}
 			return moved, err
 		}
+		cut.fails = 0
 		items = items[n:]
 	}
 	return moved, nil

@@ -283,7 +283,7 @@ func TestScriptChunksBounded(t *testing.T) {
 		assert.Equal(t, len(tasks), covered)
 		covered = 0
 		for rest := items; len(rest) > 0; {
-			n := buryChunk(rest)
+			n := buryChunk(rest, fullScript)
 			require.Positive(t, n)
 			size := 0
 			for _, b := range rest[:n] {

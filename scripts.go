@@ -146,11 +146,11 @@ func listAt(i int) keyType { return keyType{i, "list"} }
 const scriptBytes = 8 << 20
 
 // buryChunk returns how many of items one bury script takes: at most
-// scriptChunk and scriptBytes of records, and one however large.
-func buryChunk(items []burial) int {
-	n, size := 0, 0
-	for n < len(items) && n < scriptChunk && (n == 0 || size+len(items[n].rec) <= scriptBytes) {
-		size += len(items[n].rec)
+// lim's tasks and bytes of records, and one however large.
+func buryChunk(items []burial, lim scriptLimit) int {
+	n, size := 0, int64(0)
+	for n < len(items) && n < lim.tasks && (n == 0 || size+int64(len(items[n].rec)) <= lim.bytes) {
+		size += int64(len(items[n].rec))
 		n++
 	}
 	return n
@@ -168,9 +168,9 @@ func argsChunk(args []any, stride int) int {
 	return n
 }
 
-// scriptLimit bounds the tasks one hand-back script carries: scriptChunk
-// and scriptBytes, or less after round trips a failed connection cut
-// short (see cutRetry).
+// scriptLimit bounds the tasks one hand-back or dead-letter script
+// carries: scriptChunk and scriptBytes, or less after round trips a
+// failed connection cut short (see cutRetry).
 type scriptLimit struct {
 	tasks int
 	bytes int64
