@@ -160,7 +160,11 @@ func (c *Consumer) proved(sent time.Time, op string) error {
 func (c *Consumer) Deadline() time.Time { return c.proof.Add(leaseHeld(c.st.ttl)) }
 
 // Release gives the lease up, waking a standby at once. Tasks still
-// pending stay pending for the next owner, which puts them back first.
+// pending stay pending for the next owner, which puts them back first,
+// counting a delivery recorded and not finished as a crash's: a task
+// failed with Fail and not retried yet has its retry counted, as Fail
+// records it ahead. Hand such tasks back with Requeue first for the
+// retry not to count.
 // Costs one round trip.
 func (c *Consumer) Release(ctx context.Context) error {
 	if err := c.live(); err != nil {

@@ -72,6 +72,68 @@ func TestConsumerRemoveTaskClaimsIntoPending(t *testing.T) {
 	assert.EqualValues(t, 0, s.do(t, "EXISTS", k.ready, k.pending, k.claims, k.dead), "nothing per task is left")
 }
 
+// A task whose deliveries ran out with its last retry left unfinished (a
+// Fail, then the owner gone: Release here, a crash alike) is dead-lettered
+// by the next owner with the error it last failed with, not only the
+// count.
+func TestDeadByCrashesKeepsTheLastFailure(t *testing.T) {
+	t.Parallel()
+	q, _, _ := testQueue1(t)
+	ctx := context.Background()
+	ids := addAll(t, q, orderTasks(1, 2))
+	c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
+	require.NoError(t, err)
+	task, err := c.RemoveTask(ctx)
+	require.NoError(t, err)
+	dead, err := c.Fail(ctx, task, errors.New("boom"))
+	require.NoError(t, err)
+	require.False(t, dead)
+	require.NoError(t, c.Release(ctx)) // its retry, recorded, never finished
+
+	c2, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
+	require.NoError(t, err)
+	ds, err := q.Dead(ctx, 0)
+	require.NoError(t, err)
+	require.Len(t, ds, 1)
+	assert.Equal(t, ids[0], ds[0].ID)
+	assert.Equal(t, 2, ds[0].Attempts)
+	assert.Equal(t, "delivered 2 times without finishing (the owner crashed, lost its lease or gave it up); its last failure: boom", ds[0].LastError)
+	next, err := c2.RemoveTask(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, ids[1], next.ID, "its OrderID goes on")
+	require.NoError(t, c2.Release(ctx))
+}
+
+// A task failed with Fail and handed back with Requeue before Release
+// is not charged for the retry it did not have.
+func TestFailThenRequeueIsNotChargedTheRetry(t *testing.T) {
+	t.Parallel()
+	q, _, _ := testQueue1(t)
+	ctx := context.Background()
+	ids := addAll(t, q, orderTasks(1, 1))
+	c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
+	require.NoError(t, err)
+	task, err := c.RemoveTask(ctx)
+	require.NoError(t, err)
+	dead, err := c.Fail(ctx, task, errors.New("boom"))
+	require.NoError(t, err)
+	require.False(t, dead)
+	require.NoError(t, c.Requeue(ctx, task))
+	require.NoError(t, c.Release(ctx))
+
+	c2, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
+	require.NoError(t, err)
+	again, err := c2.RemoveTask(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, ids[0], again.ID)
+	assert.Equal(t, 2, again.Attempt, "its failed delivery counted, the retry not")
+	n, err := c2.Ack(ctx, again.ID)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	assert.Zero(t, stats0(t, q).Dead)
+	require.NoError(t, c2.Release(ctx))
+}
+
 func TestConsumerFailRecordsThenDeadLetters(t *testing.T) {
 	t.Parallel()
 	q, s, k := testQueue1(t)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/gomodule/redigo/redis"
 )
 
 // Recovery: putting every pending task back at the consuming end, which
@@ -56,6 +58,7 @@ func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep ma
 	recs, claims := got.recs, got.claims
 	put := make([]claimed, 0, len(recs))
 	var dead []burial
+	var worn []pendingRecord // deliveries used up
 	for _, r := range recs {
 		if _, ok := keep[r.field]; ok {
 			continue
@@ -88,11 +91,24 @@ func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep ma
 			dead = append(dead, burial{r.ref(), encodeDead(encodeTask(r.Task, n), n, msg, s.deaths.stamp(r.OrderID))})
 			seqLost++
 		case redelivery && n >= s.maxAttempts:
-			msg := fmt.Sprintf("delivered %d times without finishing (the owner crashed or lost its lease)", n)
-			dead = append(dead, burial{r.ref(), encodeDead(encodeTask(r.Task, n), n, msg, s.deaths.stamp(r.OrderID))})
+			r.deliveries = n
+			worn = append(worn, r)
 		default:
 			r.Attempt = n // recorded as the delivery count
 			put = append(put, r.claimed)
+		}
+	}
+	if len(worn) > 0 {
+		last, err := s.lastFailures(ctx, worn)
+		if err != nil {
+			return 0, 0, err
+		}
+		for i, r := range worn {
+			msg := fmt.Sprintf("delivered %d times without finishing (the owner crashed, lost its lease or gave it up)", r.deliveries)
+			if last[i] != "" {
+				msg += "; its last failure: " + last[i]
+			}
+			dead = append(dead, burial{r.ref(), encodeDead(encodeTask(r.Task, r.deliveries), r.deliveries, msg, s.deaths.stamp(r.OrderID))})
 		}
 	}
 	if _, err := s.bury(ctx, dead); err != nil {
@@ -122,4 +138,36 @@ func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep ma
 		kept = append(kept, c)
 	}
 	return len(put), seqLost, s.dropClaims(ctx, drop, kept)
+}
+
+// lastFailures returns the text of the last failure recorded for each of
+// recs (in the retries hash, by Fail or a pool's failed delivery), or ""
+// for one with none: a task whose deliveries ran out in crashes keeps, in
+// its dead record, the error it last failed with. Costs one round trip
+// per 1000 tasks.
+func (s *store) lastFailures(ctx context.Context, recs []pendingRecord) ([]string, error) {
+	out := make([]string, 0, len(recs))
+	for len(recs) > 0 {
+		n := min(len(recs), scriptChunk)
+		args := make([]any, 0, n+1)
+		args = append(args, s.keys.retries)
+		for _, r := range recs[:n] {
+			args = append(args, r.ID)
+		}
+		vs, err := onPartition(ctx, s.part, s.what("read last failures on"), func(conn redis.Conn) ([]string, error) {
+			return redis.Strings(doContext(conn, ctx, "HMGET", args...))
+		})
+		if err != nil {
+			return nil, err
+		}
+		for _, v := range vs {
+			msg := ""
+			if v != "" {
+				_, _, msg = parseRetry(v)
+			}
+			out = append(out, msg)
+		}
+		recs = recs[n:]
+	}
+	return out, nil
 }
