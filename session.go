@@ -289,8 +289,10 @@ func (s *session) run(ctx context.Context) sessionEnd {
 		}
 		handBack(s.takeUnstarted())
 		if end == endStopped {
+			// What is still held runs, or ran in a worker's streak and is
+			// not settled yet: a worker may hold more than one task.
 			s.cfg.Logger.Info("queue: stopping", "analyser", s.log.analyser, "handed_back", handed,
-				"running", s.held.Load())
+				"held", s.held.Load())
 		}
 		timer := time.AfterFunc(s.cfg.ShutdownTimeout, s.cancelTask)
 		// Writes that Redis keeps refusing (a key of the wrong type, an
