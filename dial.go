@@ -215,7 +215,7 @@ func parseHostList(raw string) (*url.URL, string, error) {
 func RedactURL(raw string) string {
 	u, hosts, err := parseHostList(raw)
 	if err != nil || CheckURL(raw) != nil {
-		return "(a URL that does not parse)"
+		return "(a URL that Dial refuses)"
 	}
 	u.User, u.Host = nil, hosts
 	if q := u.Query(); q.Has("sentinel_password") || q.Has("sentinel_user") {

@@ -119,18 +119,19 @@ func TestRedactURL(t *testing.T) {
 		"rediss://user:s3cret@host:6380":                                "rediss://host:6380",
 		"redis://s3cret@host":                                           "redis://host",
 		"redis://host:6379":                                             "redis://host:6379",
-		"redis://:s3cret%zz@host":                                       "(a URL that does not parse)",
+		"redis://:s3cret%zz@host":                                       "(a URL that Dial refuses)",
 		"redis+sentinel://:pw@s1,s2:26380/m?sentinel_password=spw":      "redis+sentinel://s1,s2:26380/m?sentinel_password=redacted",
 		"redis+cluster://u:pw@a:7000,b":                                 "redis+cluster://a:7000,b",
 		"redis+sentinel://s1/m?sentinel_user=ops&sentinel_password=spw": "redis+sentinel://s1/m?sentinel_password=redacted&sentinel_user=redacted",
 		"redis+sentinel://s1/m?sentinel_user=ops":                       "redis+sentinel://s1/m?sentinel_user=redacted",
 		// A password with a '/', '?' or '#' not percent-encoded cuts the
 		// authority short: none of it may be shown.
-		"redis://:ab/cd@host:6379":             "(a URL that does not parse)",
-		"redis://:1234/5678@host":              "(a URL that does not parse)",
-		"redis://u:ab?cd@host":                 "(a URL that does not parse)",
-		"redis://:12#34@host":                  "(a URL that does not parse)",
-		"redis+cluster://:pa/ss@a:7000,b:7001": "(a URL that does not parse)",
+		"redis://:ab/cd@host:6379":             "(a URL that Dial refuses)",
+		"redis://:1234/5678@host":              "(a URL that Dial refuses)",
+		"redis://u:ab?cd@host":                 "(a URL that Dial refuses)",
+		"redis://:12#34@host":                  "(a URL that Dial refuses)",
+		"redis+cluster://:pa/ss@a:7000,b:7001": "(a URL that Dial refuses)",
+		"http://127.0.0.1:6379":                "(a URL that Dial refuses)", // it parses; its scheme is not Redis's
 		"redis://:ab%2Fcd%23@host:6379":        "redis://host:6379",
 	} {
 		assert.Equal(t, want, RedactURL(in), in)
