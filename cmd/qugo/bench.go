@@ -159,6 +159,22 @@ func (e *env) bench(ctx context.Context, o benchOptions) error {
 		doc.Mode = "verify"
 	}
 	if o.verify {
+		// A verify drains with pools, which record the layout and each
+		// queue's state on servers that have none: on a prefix nothing
+		// has used (a mistyped one), it would leave keys that the
+		// producers and analysers of another layout are then refused by.
+		// So it looks first, reading only, and stops there.
+		used, err := e.prefixUsed(ctx, urls)
+		if err != nil {
+			return benchErr(ctx, o, err)
+		}
+		if !used {
+			doc.Check = &orderCheck{}
+			if err := e.printBench(doc, o.asJSON); err != nil {
+				return err
+			}
+			return e.nothingToVerify()
+		}
 		if err := verifyOwn(ctx, q, e.prefix); err != nil {
 			return benchErr(ctx, o, err)
 		}
@@ -257,11 +273,16 @@ func (e *env) bench(ctx context.Context, o benchOptions) error {
 	case poolErr != nil:
 		return poolErr
 	case check.Handled == 0 && o.verify:
-		return fmt.Errorf("bench: nothing to verify: the queue under prefix %q is empty (add tasks with qugo bench -fill, or check -prefix)", e.prefix)
+		return e.nothingToVerify()
 	case !check.OK:
 		return errors.New("bench: order check failed")
 	}
 	return nil
+}
+
+// nothingToVerify is the error of a verify that found the queue empty.
+func (e *env) nothingToVerify() error {
+	return fmt.Errorf("bench: nothing to verify: the queue under prefix %q is empty (add tasks with qugo bench -fill, or check -prefix)", e.prefix)
 }
 
 // benchStopReason says why the bench's ctx has ended: "-timeout D ran

@@ -312,3 +312,33 @@ func TestBenchFieldsByMode(t *testing.T) {
 	assert.EqualValues(t, 3, verify["workers"])
 	assert.EqualValues(t, 20, verify["check"].(map[string]any)["handled"], "the tasks verified")
 }
+
+// A verify on a prefix nothing has used (a mistyped one) finds nothing
+// to verify and writes nothing: no layout, no queue state. Else the
+// layout of its flags would be recorded there, and refuse the producers
+// and analysers of another layout that come later.
+func TestBenchVerifyWritesNothingOnAnUnusedPrefix(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, 2, 2)
+	for _, json := range []bool{false, true} {
+		args := f.args("bench", "-verify")
+		if json {
+			args = append(args, "-json")
+		}
+		code, out, errOut := qugo(t, args...)
+		assert.Equal(t, exitRuntime, code)
+		assert.Equal(t, fmt.Sprintf("qugo: bench: nothing to verify: the queue under prefix %q is empty (add tasks with qugo bench -fill, or check -prefix)\n", f.prefix), errOut)
+		if json {
+			assert.JSONEq(t, fmt.Sprintf(`{"mode":"verify","prefix":%q,"partitions":2,"queues":2,"orders":0,"workers":16,`+
+				`"check":{"ok":false,"handled":0,"duplicates":0,"out_of_order":0,"missing":0,"foreign":0}}`, f.prefix), out)
+		} else {
+			assert.NotContains(t, out, "order:")
+		}
+		for i := range f.urls {
+			assert.Empty(t, f.keys(t, i), "partition %d", i)
+		}
+	}
+	// Another layout is still free to take the prefix.
+	code, _, errOut := qugo(t, "-redis", f.urls[0], "-queues", "3", "-prefix", f.prefix, "stats")
+	assert.Equal(t, exitOK, code, errOut)
+}

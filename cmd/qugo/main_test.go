@@ -83,6 +83,14 @@ func (f *fixture) cleanup(t *testing.T) {
 	}
 }
 
+// keys returns the keys under the fixture's prefix on partition i.
+func (f *fixture) keys(t *testing.T, i int) []string {
+	t.Helper()
+	keys, err := redis.Strings(f.do(t, i, "KEYS", "*"+f.prefix+"*"))
+	require.NoError(t, err)
+	return keys
+}
+
 // do runs one raw command on partition i.
 func (f *fixture) do(t *testing.T, i int, cmd string, args ...any) (any, error) {
 	t.Helper()
