@@ -175,7 +175,7 @@ func (e *env) bench(ctx context.Context, o benchOptions) error {
 			}
 			return e.nothingToVerify()
 		}
-		if err := verifyOwn(ctx, q, e.prefix); err != nil {
+		if err := verifyOwn(ctx, q, e.prefix, o.partial); err != nil {
 			return benchErr(ctx, o, err)
 		}
 	} else {
