@@ -366,3 +366,38 @@ func TestBenchVerifyWritesNothingOnAnUnusedPrefix(t *testing.T) {
 	code, _, errOut := qugo(t, "-redis", f.urls[0], "-queues", "3", "-prefix", f.prefix, "stats")
 	assert.Equal(t, exitOK, code, errOut)
 }
+
+// With -json, a bench or fill that -timeout stops while it adds prints
+// its document all the same, saying what it did and why it stopped, and
+// exits 1 with the message on standard error.
+func TestBenchTimeoutWhileAddingJSON(t *testing.T) {
+	t.Parallel()
+	for _, fill := range []bool{false, true} {
+		f := newFixture(t, 1, 2)
+		args := f.args("bench", "-n", "2000", "-orders", "50", "-workers", "4", "-rate", "500", "-timeout", "1s", "-json")
+		if fill {
+			args = append(args, "-fill")
+		}
+		code, out, errOut := qugo(t, args...)
+		assert.Equal(t, exitRuntime, code, fill)
+		assert.Regexp(t, `^qugo: bench: -timeout 1s ran out after at least \d+ of 2000 tasks were added`, errOut, fill)
+		require.Equal(t, 1, strings.Count(out, "\n"), "one JSON document on one line: %q", out)
+		var doc benchDoc
+		require.NoError(t, json.Unmarshal([]byte(out), &doc), out)
+		assert.Equal(t, "-timeout 1s ran out", doc.Stopped, fill)
+		assert.Positive(t, doc.Tasks, fill)
+		assert.Less(t, doc.Tasks, 2000, fill)
+		assert.Positive(t, doc.AddSeconds, fill)
+		if fill {
+			assert.Equal(t, "fill", doc.Mode)
+			assert.Nil(t, doc.Check)
+			continue
+		}
+		assert.Equal(t, "bench", doc.Mode)
+		require.NotNil(t, doc.Check)
+		assert.False(t, doc.Check.OK)
+		assert.Positive(t, doc.Check.Handled)
+		assert.Equal(t, 2000-doc.Check.Handled, doc.Check.Missing, "the tasks not handled yet")
+		assert.Contains(t, errOut, fmt.Sprintf("were added and %d handled: ", doc.Check.Handled))
+	}
+}
