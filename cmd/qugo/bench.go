@@ -223,7 +223,12 @@ func (e *env) bench(ctx context.Context, o benchOptions) error {
 			if n > 0 {
 				why = benchForeignStop
 			}
+			// What was handled and what is left were added, a batch whose
+			// call was cut short (and so not counted) among them; the
+			// counts, read once every producer and pool has stopped,
+			// agree then.
 			left, leftErr := benchLeftCount(q)
+			added = min(addedAtLeast(added, tr.handledOnce(), left, leftErr), int64(o.n))
 			if o.asJSON {
 				doc.Tasks, doc.AddPerSecond = int(added), float64(added)/took.Seconds()
 				if !o.fill {

@@ -388,6 +388,12 @@ func TestBenchTimeoutWhileAddingJSON(t *testing.T) {
 		assert.Positive(t, doc.Tasks, fill)
 		assert.Less(t, doc.Tasks, 2000, fill)
 		assert.Positive(t, doc.AddSeconds, fill)
+		st, err := f.q.Stats(context.Background())
+		require.NoError(t, err)
+		var left int64
+		for _, s := range st {
+			left += s.Ready + s.Pending
+		}
 		if fill {
 			assert.Equal(t, "fill", doc.Mode)
 			assert.Nil(t, doc.Check)

@@ -85,3 +85,16 @@ func benchTimeoutHint(why, more string) string {
 	}
 	return "give a longer -timeout" + more + "; "
 }
+
+// addedAtLeast returns how many tasks a bench stopped while adding is
+// known to have added: counted, the tasks of the AddTasks calls that
+// returned, or, when more, the tasks it handled (each once) and those
+// left queued (left, unless leftErr says it could not be read): a batch
+// whose call the stop cut short may have been added too, and counted
+// nowhere else.
+func addedAtLeast(counted, handledOnce, left int64, leftErr error) int64 {
+	if leftErr != nil {
+		return max(counted, handledOnce)
+	}
+	return max(counted, handledOnce+left)
+}
