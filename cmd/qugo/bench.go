@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
@@ -124,9 +123,6 @@ func benchFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 // add, and left them.
 const benchForeignStop = "met tasks qugo bench did not add"
 
-// errBenchTimeout is the cause of a bench's ctx when -timeout runs out.
-var errBenchTimeout = errors.New("bench: -timeout ran out")
-
 // bench runs one bench, fill or verify.
 func (e *env) bench(ctx context.Context, o benchOptions) error {
 	ctx, cancel := context.WithTimeoutCause(ctx, o.timeout, errBenchTimeout)
@@ -159,7 +155,23 @@ func (e *env) bench(ctx context.Context, o benchOptions) error {
 		doc.Mode = "verify"
 	}
 	if o.verify {
-		if err := verifyOwn(ctx, q, e.prefix); err != nil {
+		// A verify drains with pools, which record the layout and each
+		// queue's state on servers that have none: on a prefix nothing
+		// has used (a mistyped one), it would leave keys that the
+		// producers and analysers of another layout are then refused by.
+		// So it looks first, reading only, and stops there.
+		used, err := e.prefixUsed(ctx, urls)
+		if err != nil {
+			return benchErr(ctx, o, err)
+		}
+		if !used {
+			doc.Check = &orderCheck{}
+			if err := e.printBench(doc, o.asJSON); err != nil {
+				return err
+			}
+			return e.nothingToVerify()
+		}
+		if err := verifyOwn(ctx, q, e.prefix, o.partial); err != nil {
 			return benchErr(ctx, o, err)
 		}
 	} else {
@@ -204,20 +216,44 @@ func (e *env) bench(ctx context.Context, o benchOptions) error {
 			why := benchStopReason(ctx, o)
 			cancel()
 			wg.Wait()
-			if n, named := tr.foreignLeft(); n > 0 {
-				return foreignError(n, named, e.prefix)
-			}
-			if why == "" {
+			n, named := tr.foreignLeft()
+			if n == 0 && why == "" {
 				return addErr
+			}
+			if n > 0 {
+				why = benchForeignStop
+			}
+			// What was handled and what is left were added, a batch whose
+			// call was cut short (and so not counted) among them; the
+			// counts, read once every producer and pool has stopped,
+			// agree then.
+			left, leftErr := benchLeftCount(q)
+			added = min(addedAtLeast(added, tr.handledOnce(), left, leftErr), int64(o.n))
+			if o.asJSON {
+				doc.Tasks, doc.AddPerSecond = int(added), float64(added)/took.Seconds()
+				if !o.fill {
+					check := tr.check()
+					check.OK = false
+					doc.Check, doc.LatencyMS = &check, tr.latency()
+					if drained > 0 {
+						doc.DrainSeconds, doc.DrainPerSecond = drained.Seconds(), float64(check.Handled)/drained.Seconds()
+					}
+				}
+				doc.Stopped = why
+				if err := e.printBench(doc, true); err != nil {
+					return err
+				}
+			}
+			if n > 0 {
+				return foreignError(n, named, e.prefix)
 			}
 			handled := ""
 			if !o.fill {
 				handled = fmt.Sprintf(" and %d handled", tr.check().Handled)
 			}
-			// A batch whose call was cut short may have been added too.
 			return fmt.Errorf("bench: %s after at least %d of %d tasks were added%s: %s%s",
 				why, added, o.n, handled, benchTimeoutHint(why, " or a smaller -n"),
-				benchLeft(q, " before the next bench (or give another -prefix)"))
+				benchLeftSay(left, leftErr, " before the next bench (or give another -prefix)"))
 		}
 	}
 	wg.Wait()
@@ -257,64 +293,16 @@ func (e *env) bench(ctx context.Context, o benchOptions) error {
 	case poolErr != nil:
 		return poolErr
 	case check.Handled == 0 && o.verify:
-		return fmt.Errorf("bench: nothing to verify: the queue under prefix %q is empty (add tasks with qugo bench -fill, or check -prefix)", e.prefix)
+		return e.nothingToVerify()
 	case !check.OK:
 		return errors.New("bench: order check failed")
 	}
 	return nil
 }
 
-// benchStopReason says why the bench's ctx has ended: "-timeout D ran
-// out" or "interrupted"; "" while it runs. Its deadline having passed
-// counts as ended: a read it cut may return before ctx says so.
-func benchStopReason(ctx context.Context, o benchOptions) string {
-	deadline, _ := ctx.Deadline()
-	switch {
-	case errors.Is(context.Cause(ctx), errBenchTimeout) || (ctx.Err() == nil && !time.Now().Before(deadline)):
-		return fmt.Sprintf("-timeout %v ran out", o.timeout)
-	case ctx.Err() != nil:
-		return "interrupted"
-	}
-	return ""
-}
-
-// benchErr returns err, or, when the bench's ctx has ended, why: the
-// errors of calls that ctx cut short say nothing the reason does not.
-func benchErr(ctx context.Context, o benchOptions, err error) error {
-	if why := benchStopReason(ctx, o); why != "" {
-		return fmt.Errorf("bench: %s (%w)", why, err)
-	}
-	return err
-}
-
-// benchLeft says how many tasks a stopped bench left in the queue, and
-// how to drain them, more after the command. Its ctx has ended: the
-// count is read within a short time of its own.
-func benchLeft(q *queue.Queue, more string) string {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	stats, err := q.Stats(ctx)
-	if err != nil {
-		return "what is left stays queued: drain it with qugo bench -verify -partial" + more
-	}
-	var left int64
-	for _, s := range stats {
-		left += s.Ready + s.Pending
-	}
-	if left == 0 {
-		return "no task is left queued"
-	}
-	return fmt.Sprintf("%d tasks are left queued: drain them with qugo bench -verify -partial%s", left, more)
-}
-
-// benchTimeoutHint is the advice for a bench that -timeout stopped, to
-// go before more advice: a longer -timeout, "or" more; "" for one stopped
-// otherwise.
-func benchTimeoutHint(why, more string) string {
-	if !strings.HasPrefix(why, "-timeout") {
-		return ""
-	}
-	return "give a longer -timeout" + more + "; "
+// nothingToVerify is the error of a verify that found the queue empty.
+func (e *env) nothingToVerify() error {
+	return fmt.Errorf("bench: nothing to verify: the queue under prefix %q is empty (add tasks with qugo bench -fill, or check -prefix)", e.prefix)
 }
 
 // runPools drains the queue with one pool of o.workers per analyser, until

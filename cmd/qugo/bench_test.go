@@ -108,10 +108,12 @@ func TestBenchFillThenVerify(t *testing.T) {
 func TestBenchVerifyFindsFaults(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, 1, 1)
+	// The next task is its OrderID's first, as after a fill: no drain
+	// handled part of them, and the full check runs.
 	_, err := f.q.AddTasks(context.Background(), []queue.Task{
+		{OrderID: 5, Payload: benchPayload(2, 1)}, // place 2 never comes
 		{OrderID: 4, Payload: benchPayload(3, 2)},
 		{OrderID: 4, Payload: benchPayload(3, 1)}, // after place 2: out of order
-		{OrderID: 5, Payload: benchPayload(2, 1)}, // place 2 never comes
 	})
 	require.NoError(t, err)
 	code, out, errOut := qugo(t, f.args("bench", "-verify")...)
@@ -121,9 +123,10 @@ func TestBenchVerifyFindsFaults(t *testing.T) {
 }
 
 // A verify after an earlier drain handled each OrderID's first tasks:
-// -verify finds them missing (it cannot tell them from lost ones) and
-// fails; -verify -partial counts each OrderID from the first task it
-// sees, and passes.
+// -verify, whose full check would find them missing (it cannot tell them
+// from lost ones), refuses as bench does, before it takes anything, and
+// names -partial; -verify -partial counts each OrderID from the first
+// task it sees, and passes.
 func TestBenchVerifyAfterAnEarlierDrain(t *testing.T) {
 	t.Parallel()
 	for _, partial := range []bool{false, true} {
@@ -159,10 +162,15 @@ func TestBenchVerifyAfterAnEarlierDrain(t *testing.T) {
 		if !partial {
 			code, out, errOut := qugo(t, args...)
 			assert.Equal(t, exitRuntime, code, errOut)
-			var doc benchDoc
-			require.NoError(t, json.Unmarshal([]byte(out), &doc), out)
-			require.NotNil(t, doc.Check)
-			assert.Equal(t, orderCheck{Handled: 8, OutOfOrder: 3, Missing: 7}, *doc.Check)
+			assert.Empty(t, out)
+			assert.Regexp(t, `^qugo: bench: analyser 0's queue holds 8 tasks, and some were handled before \(the next one, task \w+ \(OrderID 2\), `+
+				`is not its OrderID's first: by a bench or verify stopped part way, or by analysers\): a full check would count those as missing; `+
+				`nothing was drained: drain them with qugo bench -verify -partial\n$`, errOut)
+			st, err := f.q.Stats(ctx)
+			require.NoError(t, err)
+			assert.EqualValues(t, 8, st[0].Ready, "nothing taken")
+			assert.EqualValues(t, 7, st[0].Processed, "the first drain's only")
+			assert.Zero(t, st[0].Pending)
 			continue
 		}
 		doc := qugoJSON[benchDoc](t, append(args, "-partial")...)
@@ -311,4 +319,99 @@ func TestBenchFieldsByMode(t *testing.T) {
 	assert.NotContains(t, verify, "tasks")
 	assert.EqualValues(t, 3, verify["workers"])
 	assert.EqualValues(t, 20, verify["check"].(map[string]any)["handled"], "the tasks verified")
+}
+
+// A verify on a prefix nothing has used (a mistyped one) finds nothing
+// to verify and writes nothing: no layout, no queue state. Else the
+// layout of its flags would be recorded there, and refuse the producers
+// and analysers of another layout that come later.
+func TestBenchVerifyWritesNothingOnAnUnusedPrefix(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, 2, 2)
+	for _, json := range []bool{false, true} {
+		args := f.args("bench", "-verify")
+		if json {
+			args = append(args, "-json")
+		}
+		code, out, errOut := qugo(t, args...)
+		assert.Equal(t, exitRuntime, code)
+		assert.Equal(t, fmt.Sprintf("qugo: bench: nothing to verify: the queue under prefix %q is empty (add tasks with qugo bench -fill, or check -prefix)\n", f.prefix), errOut)
+		if json {
+			assert.JSONEq(t, fmt.Sprintf(`{"mode":"verify","prefix":%q,"partitions":2,"queues":2,"orders":0,"workers":16,`+
+				`"check":{"ok":false,"handled":0,"duplicates":0,"out_of_order":0,"missing":0,"foreign":0}}`, f.prefix), out)
+		} else {
+			assert.NotContains(t, out, "order:")
+		}
+		for i := range f.urls {
+			assert.Empty(t, f.keys(t, i), "partition %d", i)
+		}
+	}
+	// Another layout is still free to take the prefix.
+	code, _, errOut := qugo(t, "-redis", f.urls[0], "-queues", "3", "-prefix", f.prefix, "stats")
+	assert.Equal(t, exitOK, code, errOut)
+}
+
+// With -json, a bench or fill that -timeout stops while it adds prints
+// its document all the same, saying what it did and why it stopped, and
+// exits 1 with the message on standard error; the tasks it says were
+// added are at least those it handled and those it left.
+func TestBenchTimeoutWhileAddingJSON(t *testing.T) {
+	t.Parallel()
+	for _, fill := range []bool{false, true} {
+		f := newFixture(t, 1, 2)
+		args := f.args("bench", "-n", "2000", "-orders", "50", "-workers", "4", "-rate", "500", "-timeout", "1s", "-json")
+		if fill {
+			args = append(args, "-fill")
+		}
+		code, out, errOut := qugo(t, args...)
+		assert.Equal(t, exitRuntime, code, fill)
+		assert.Regexp(t, `^qugo: bench: -timeout 1s ran out after at least \d+ of 2000 tasks were added`, errOut, fill)
+		require.Equal(t, 1, strings.Count(out, "\n"), "one JSON document on one line: %q", out)
+		var doc benchDoc
+		require.NoError(t, json.Unmarshal([]byte(out), &doc), out)
+		assert.Equal(t, "-timeout 1s ran out", doc.Stopped, fill)
+		assert.Less(t, doc.Tasks, 2000, fill)
+		assert.Positive(t, doc.AddSeconds, fill)
+		st, err := f.q.Stats(context.Background())
+		require.NoError(t, err)
+		var left int64
+		for _, s := range st {
+			left += s.Ready + s.Pending
+		}
+		if fill {
+			assert.Equal(t, "fill", doc.Mode)
+			assert.Nil(t, doc.Check)
+			assert.GreaterOrEqual(t, int64(doc.Tasks), left)
+			continue
+		}
+		assert.Equal(t, "bench", doc.Mode)
+		require.NotNil(t, doc.Check)
+		assert.False(t, doc.Check.OK)
+		assert.Equal(t, 2000-doc.Check.Handled, doc.Check.Missing, "the tasks not handled yet")
+		assert.GreaterOrEqual(t, int64(doc.Tasks), doc.Check.Handled-doc.Check.Duplicates+left)
+		assert.Contains(t, errOut, fmt.Sprintf("were added and %d handled: ", doc.Check.Handled))
+
+		// What is left is the tail of a drain, once the drain handled
+		// more than every OrderID's first task (its pools may be slow to
+		// start): a verify without -partial refuses it, and takes
+		// nothing.
+		if left == 0 || doc.Check.Handled < 200 {
+			t.Logf("%d tasks handled and %d left: no tail to refuse", doc.Check.Handled, left)
+			continue
+		}
+		code, out, errOut = qugo(t, f.args("bench", "-verify", "-timeout", "1m")...)
+		assert.Equal(t, exitRuntime, code)
+		assert.Empty(t, out)
+		assert.Regexp(t, `, and some were handled before \(.*\): a full check would count those as missing; `+
+			`nothing was drained: drain them with qugo bench -verify -partial\n$`, errOut)
+		after, err := f.q.Stats(context.Background())
+		require.NoError(t, err)
+		for i := range st {
+			assert.Equal(t, st[i].Ready+st[i].Pending, after[i].Ready+after[i].Pending, "analyser %d", i)
+			assert.Equal(t, st[i].Processed, after[i].Processed, "analyser %d", i)
+		}
+		code, out, errOut = qugo(t, f.args("bench", "-verify", "-partial", "-timeout", "1m")...)
+		assert.Equal(t, exitOK, code, errOut)
+		assert.Contains(t, out, "order:   ok: ")
+	}
 }

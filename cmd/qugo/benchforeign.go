@@ -138,16 +138,25 @@ func benchEmpty(ctx context.Context, q *queue.Queue, drain bool) error {
 }
 
 // verifyOwn refuses, before a verify drains anything, a queue whose next
-// task to be claimed is not bench's. Queues another process holds are
-// not looked at: the verify's pool waits for them as a standby, and its
-// analyse function stops at the first task that is not bench's.
-func verifyOwn(ctx context.Context, q *queue.Queue, prefix string) error {
+// task to be claimed is not bench's; and, unless partial is set, a queue
+// whose tasks some drain handled part of (the tail of a bench or verify
+// stopped part way, or of analysers that ran): the full check would
+// count the tasks handled before as missing, and the verify would have
+// taken the tasks -partial needs. It tells the two as bench's refusal
+// does (benchDrainAdvice): the next task is not its OrderID's first, or
+// tasks are pending with no one holding the queue. Queues another
+// process holds are not looked at: the verify's pool waits for them as
+// a standby, and its analyse function stops at the first task that is
+// not bench's.
+func verifyOwn(ctx context.Context, q *queue.Queue, prefix string, partial bool) error {
 	stats, err := q.Stats(ctx)
 	if err != nil {
 		return err
 	}
+	var drained error // the first queue a drain handled part of
 	for _, s := range stats {
-		if s.Ready+s.Pending == 0 || s.Owner != "" {
+		n := s.Ready + s.Pending
+		if n == 0 || s.Owner != "" {
 			continue
 		}
 		t, ok, err := benchPeek(ctx, q, s.Analyser)
@@ -158,8 +167,20 @@ func verifyOwn(ctx context.Context, q *queue.Queue, prefix string) error {
 			return fmt.Errorf("bench: analyser %d's queue holds tasks that are not bench's (the next one, task %s, is not one qugo bench adds): "+
 				"nothing was drained; give another -prefix (this one is %q)", s.Analyser, nameTask(t), prefix)
 		}
+		var why string
+		switch {
+		case s.Pending > 0:
+			why = fmt.Sprintf("%s pending with no one holding the queue", plural(int(s.Pending), "task"))
+		case ok && benchPlace(t.Payload) > 1:
+			why = fmt.Sprintf("the next one, task %s, is not its OrderID's first", nameTask(t))
+		}
+		if why != "" && drained == nil && !partial {
+			drained = fmt.Errorf("bench: analyser %d's queue holds %s, and some were handled before (%s: by a bench or verify stopped part way, or by analysers): "+
+				"a full check would count those as missing; nothing was drained: drain them with qugo bench -verify -partial",
+				s.Analyser, plural(int(n), "task"), why)
+		}
 	}
-	return nil
+	return drained
 }
 
 // foreignError is the error of a drain that met tasks bench did not add,

@@ -135,6 +135,13 @@ func (t *tracker) check() orderCheck {
 	return c
 }
 
+// handledOnce returns how many distinct tasks of the run were handled.
+func (t *tracker) handledOnce() int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.unique
+}
+
 func (t *tracker) lastAt() time.Time {
 	t.mu.Lock()
 	defer t.mu.Unlock()

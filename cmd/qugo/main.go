@@ -15,6 +15,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -226,15 +227,23 @@ func (s scrubbing) Write(p []byte) (int, error) {
 func (e *env) run(ctx context.Context, args []string) error {
 	fs := newFlagSet("qugo")
 	e.globals.register(fs)
-	if err := fs.Parse(args); err != nil {
+	err := fs.Parse(args)
+	fs.Visit(func(f *flag.Flag) { e.set[f.Name] = true })
+	if err := e.redisIsCommand(); err != nil {
+		return err
+	}
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(e.stdout, usageText)
 		}
 		return flagError(err)
 	}
-	fs.Visit(func(f *flag.Flag) { e.set[f.Name] = true })
 	args = fs.Args()
 	if len(args) == 0 {
+		if _, err := e.urls(); e.set["redis"] && err != nil {
+			// "qugo -redis stats": the command was taken as the URL.
+			return usagef("no command given, and the value of -redis is no URL (%v): does -redis lack its URL?", err)
+		}
 		return usagef("no command given")
 	}
 	name, args := args[0], args[1:]
@@ -258,6 +267,10 @@ func (e *env) runCommand(ctx context.Context, c command, args []string) error {
 	fs.VisitAll(func(f *flag.Flag) { own[f.Name] = true })
 	e.globals.register(fs)
 	operands, err := parseInterspersed(fs, args)
+	fs.Visit(func(f *flag.Flag) { e.set[f.Name] = true })
+	if err := e.redisIsCommand(); err != nil {
+		return err
+	}
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintf(e.stdout, "Usage: qugo [global flags] %s %s\n\nFlags:\n", c.name, c.usage)
@@ -266,11 +279,25 @@ func (e *env) runCommand(ctx context.Context, c command, args []string) error {
 		}
 		return err
 	}
-	fs.Visit(func(f *flag.Flag) { e.set[f.Name] = true })
 	if err := e.globals.validate(); err != nil {
 		return e.redisFromEnv(err)
 	}
 	return do(ctx, e, operands)
+}
+
+// redisIsCommand refuses a -redis given on the command line whose value
+// is the name of a command: the URL was left out, and the flag took the
+// command as its value ("qugo -redis stats"), leaving no command, or
+// the command's flags to be taken for global ones.
+func (e *env) redisIsCommand() error {
+	if !e.set["redis"] {
+		return nil
+	}
+	name := strings.TrimSpace(e.redis)
+	if name != "help" && !slices.ContainsFunc(commands, func(c command) bool { return c.name == name }) {
+		return nil
+	}
+	return usagef("-redis needs a URL, and was given %q, a command: give the URL after -redis (qugo -redis redis://HOST:PORT %s)", name, name)
 }
 
 // redisFromEnv names the variable the -redis URLs came from ($QUEUE_REDIS

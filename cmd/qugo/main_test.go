@@ -83,6 +83,14 @@ func (f *fixture) cleanup(t *testing.T) {
 	}
 }
 
+// keys returns the keys under the fixture's prefix on partition i.
+func (f *fixture) keys(t *testing.T, i int) []string {
+	t.Helper()
+	keys, err := redis.Strings(f.do(t, i, "KEYS", "*"+f.prefix+"*"))
+	require.NoError(t, err)
+	return keys
+}
+
 // do runs one raw command on partition i.
 func (f *fixture) do(t *testing.T, i int, cmd string, args ...any) (any, error) {
 	t.Helper()
@@ -210,6 +218,13 @@ func TestUsageErrors(t *testing.T) {
 		want string // in stderr
 	}{
 		{"no command", nil, "no command given"},
+		{"-redis without its URL", []string{"-redis", "stats"},
+			`qugo: -redis needs a URL, and was given "stats", a command: give the URL after -redis (qugo -redis redis://HOST:PORT stats)`},
+		{"-redis without its URL, flags after", []string{"-redis", "pending", "-a", "0"}, `-redis needs a URL, and was given "pending", a command`},
+		{"-redis without its URL after the command", []string{"stats", "-redis", "help"}, `-redis needs a URL, and was given "help", a command`},
+		{"-redis not a URL, no command", []string{"-redis", "localhost"},
+			"qugo: no command given, and the value of -redis is no URL (-redis: URL 1 of 1: queue: bad config: URL has no scheme: "},
+		{"-redis not a URL, no command (the end)", []string{"-redis", "localhost"}, "): does -redis lack its URL?\n"},
 		{"unknown command", []string{"bogus"}, `unknown command "bogus"`},
 		{"unknown global flag", []string{"-nope", "stats"}, "-nope"},
 		{"unknown command flag", []string{"stats", "-nope"}, "-nope"},
