@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -239,7 +241,10 @@ func TestBenchTimeout(t *testing.T) {
 	assert.Equal(t, exitRuntime, code)
 	assert.Empty(t, out)
 	assert.Regexp(t, `^qugo: bench: -timeout 1s ran out after at least \d+ of 2000000 tasks were added: `+
-		`give a longer -timeout or a smaller -n; \d+ tasks are left queued: drain them with qugo bench -verify -partial before the next bench`, errOut)
+		`give a longer -timeout or a smaller -n; (no task is left queued|\d+ tasks are left queued: drain them with qugo bench -verify -partial before the next bench)`, errOut)
+	if strings.Contains(errOut, "no task is left queued") {
+		return // a machine stalled for the whole second: nothing to drain
+	}
 
 	// Nothing drained them: the refusal cannot tell them from a complete
 	// fill's, and names -partial for a fill stopped part way.
@@ -278,10 +283,21 @@ func TestBenchVerifyTimeout(t *testing.T) {
 	f.consume(t, 1) // the verify's pool of analyser 1 waits for its lease
 	code, out, errOut := qugo(t, f.args("bench", "-verify", "-timeout", "1s")...)
 	assert.Equal(t, exitRuntime, code)
-	assert.Contains(t, out, fmt.Sprintf("drain:   %d tasks in ", len(tasks)-held))
-	assert.Contains(t, out, fmt.Sprintf("order:   INCOMPLETE: -timeout 1s ran out (OrderIDs %d, duplicates 0, out of order 0, missing 0, foreign 0)", 20-held/3))
-	assert.Equal(t, fmt.Sprintf("qugo: bench: -timeout 1s ran out before the drain was complete, after %d tasks were handled: "+
-		"give a longer -timeout; %d tasks are left queued: drain them with qugo bench -verify -partial\n", len(tasks)-held, held), errOut)
+	// Analyser 0's tasks are drained within the second on any machine
+	// but a stalled one; the counts are checked for what they say
+	// together, whatever the machine managed.
+	m := regexp.MustCompile(`^qugo: bench: -timeout 1s ran out before the drain was complete, after (\d+) tasks were handled: ` +
+		`give a longer -timeout; (\d+) tasks are left queued: drain them with qugo bench -verify -partial\n$`).FindStringSubmatch(errOut)
+	require.NotNil(t, m, errOut)
+	handled, _ := strconv.Atoi(m[1])
+	left, _ := strconv.Atoi(m[2])
+	assert.Equal(t, len(tasks), handled+left, "every task handled or left queued")
+	assert.GreaterOrEqual(t, left, held, "analyser 1's tasks are all left")
+	assert.Contains(t, out, fmt.Sprintf("drain:   %d tasks in ", handled))
+	assert.Regexp(t, `order:   INCOMPLETE: -timeout 1s ran out \(OrderIDs \d+, duplicates 0, out of order 0, missing 0, foreign 0\)`, out)
+	if handled == len(tasks)-held {
+		assert.Contains(t, out, fmt.Sprintf("(OrderIDs %d,", 20-held/3))
+	}
 }
 
 // With no server named, bench runs on an embedded miniredis, to try qugo
