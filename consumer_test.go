@@ -72,6 +72,28 @@ func TestConsumerRemoveTaskClaimsIntoPending(t *testing.T) {
 	assert.EqualValues(t, 0, s.do(t, "EXISTS", k.ready, k.pending, k.claims, k.dead), "nothing per task is left")
 }
 
+// failThenLeave has a Consumer with MaxAttempts 2 fail the queue's first
+// task with "boom", hand it back with Requeue when requeue says so, and
+// release the lease; it returns the next owner's Consumer.
+func failThenLeave(t *testing.T, q *Queue, requeue bool) *Consumer {
+	t.Helper()
+	ctx := context.Background()
+	c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
+	require.NoError(t, err)
+	task, err := c.RemoveTask(ctx)
+	require.NoError(t, err)
+	dead, err := c.Fail(ctx, task, errors.New("boom"))
+	require.NoError(t, err)
+	require.False(t, dead)
+	if requeue {
+		require.NoError(t, c.Requeue(ctx, task))
+	}
+	require.NoError(t, c.Release(ctx)) // without it, its retry recorded and never finished
+	c2, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
+	require.NoError(t, err)
+	return c2
+}
+
 // A task whose deliveries ran out with its last retry left unfinished (a
 // Fail, then the owner gone: Release here, a crash alike) is dead-lettered
 // by the next owner with the error it last failed with, not only the
@@ -81,17 +103,7 @@ func TestDeadByCrashesKeepsTheLastFailure(t *testing.T) {
 	q, _, _ := testQueue1(t)
 	ctx := context.Background()
 	ids := addAll(t, q, orderTasks(1, 2))
-	c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
-	require.NoError(t, err)
-	task, err := c.RemoveTask(ctx)
-	require.NoError(t, err)
-	dead, err := c.Fail(ctx, task, errors.New("boom"))
-	require.NoError(t, err)
-	require.False(t, dead)
-	require.NoError(t, c.Release(ctx)) // its retry, recorded, never finished
-
-	c2, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
-	require.NoError(t, err)
+	c2 := failThenLeave(t, q, false)
 	ds, err := q.Dead(ctx, 0)
 	require.NoError(t, err)
 	require.Len(t, ds, 1)
@@ -111,18 +123,7 @@ func TestFailThenRequeueIsNotChargedTheRetry(t *testing.T) {
 	q, _, _ := testQueue1(t)
 	ctx := context.Background()
 	ids := addAll(t, q, orderTasks(1, 1))
-	c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
-	require.NoError(t, err)
-	task, err := c.RemoveTask(ctx)
-	require.NoError(t, err)
-	dead, err := c.Fail(ctx, task, errors.New("boom"))
-	require.NoError(t, err)
-	require.False(t, dead)
-	require.NoError(t, c.Requeue(ctx, task))
-	require.NoError(t, c.Release(ctx))
-
-	c2, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
-	require.NoError(t, err)
+	c2 := failThenLeave(t, q, true)
 	again, err := c2.RemoveTask(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, ids[0], again.ID)
