@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,7 +10,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -214,7 +217,18 @@ func (e *faultEnv) close() {
 	e.mu.Lock()
 	cs := append([]*child(nil), e.children...)
 	e.mu.Unlock()
+	failed := t.Failed()
 	for _, c := range cs {
+		if !c.exited() && failed && c.role == "analyser" {
+			// The goroutines of an analyser still running when the test
+			// failed (a stall, a wait that never ended) say where it was:
+			// SIGQUIT has the Go runtime print them, and exit.
+			c.cmd.Process.Signal(syscall.SIGQUIT)
+			select {
+			case <-c.done:
+			case <-time.After(5 * time.Second):
+			}
+		}
 		if !c.exited() {
 			c.cmd.Process.Kill()
 		}
@@ -224,10 +238,15 @@ func (e *faultEnv) close() {
 	if e.pool != nil {
 		e.pool.Close()
 	}
-	if t.Failed() {
+	if failed {
 		for _, c := range cs {
-			if b, _ := os.ReadFile(c.log); len(b) > 0 {
-				t.Logf("%s %d output:\n%s", c.role, c.pid(), tail(b, 3000))
+			b, _ := os.ReadFile(c.log)
+			out, dump := splitDump(b)
+			if len(out) > 0 {
+				t.Logf("%s %d output:\n%s", c.role, c.pid(), tail(out, 3000))
+			}
+			if len(dump) > 0 {
+				t.Logf("%s %d goroutines at the end (SIGQUIT), by state and the first frame of this package:\n%s", c.role, c.pid(), summarizeDump(dump))
 			}
 		}
 		e.mu.Lock()
@@ -236,6 +255,64 @@ func (e *faultEnv) close() {
 		}
 		e.mu.Unlock()
 	}
+}
+
+// splitDump splits a child's output into what it printed and the
+// goroutine dump the Go runtime printed on a SIGQUIT, if any.
+func splitDump(b []byte) (out, dump []byte) {
+	i := bytes.Index(b, []byte("SIGQUIT: quit"))
+	if i < 0 {
+		return b, nil
+	}
+	return b[:i], b[i:]
+}
+
+// summarizeDump condenses a goroutine dump into one line for each state
+// and first frame of this package (or the first frame, for goroutines
+// that run none of its code), with how many goroutines share them, most
+// shared first: where each of an analyser's goroutines waited, in a few
+// lines a CI log keeps.
+func summarizeDump(dump []byte) string {
+	type key struct{ state, frame string }
+	count := map[key]int{}
+	var order []key
+	for _, block := range strings.Split(string(dump), "\n\n") {
+		lines := strings.Split(strings.TrimSpace(block), "\n")
+		if len(lines) < 2 || !strings.HasPrefix(lines[0], "goroutine ") {
+			continue
+		}
+		state := lines[0]
+		if i, j := strings.Index(state, "["), strings.LastIndex(state, "]"); i >= 0 && j > i {
+			state = state[i+1 : j]
+		}
+		frame := ""
+		for _, l := range lines[1:] {
+			if strings.HasPrefix(l, "\t") || strings.HasPrefix(l, "created by ") {
+				continue
+			}
+			if frame == "" {
+				frame = l // the first, should none be this package's
+			}
+			if strings.HasPrefix(l, "github.com/qugo/queue.") {
+				frame = l
+				break
+			}
+		}
+		if i := strings.LastIndex(frame, "("); i > 0 && strings.HasSuffix(frame, ")") {
+			frame = frame[:i] // the arguments
+		}
+		k := key{state, frame}
+		if count[k] == 0 {
+			order = append(order, k)
+		}
+		count[k]++
+	}
+	slices.SortStableFunc(order, func(a, b key) int { return count[b] - count[a] })
+	var sb strings.Builder
+	for _, k := range order {
+		fmt.Fprintf(&sb, "%4d  [%s]  %s\n", count[k], k.state, k.frame)
+	}
+	return sb.String()
 }
 
 func tail(b []byte, n int) []byte {

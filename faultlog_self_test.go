@@ -1,12 +1,15 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -170,4 +173,40 @@ func TestStampIsOneClockForTheSuite(t *testing.T) {
 		assert.GreaterOrEqual(t, child-shift, before, "shift %d", shift)
 		assert.LessOrEqual(t, child-shift, after, "shift %d", shift)
 	}
+}
+
+// parkForDump waits on ch: a goroutine of this package for
+// TestSummarizeDump to find in a dump.
+func parkForDump(ch chan struct{}) { <-ch }
+
+// A goroutine dump after a SIGQUIT is told apart from the output before
+// it, and condensed into a line for each state and first frame of this
+// package, with the goroutines that share them counted.
+func TestSummarizeDump(t *testing.T) {
+	ch := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Go(func() { parkForDump(ch) })
+	}
+	defer wg.Wait()
+	defer close(ch)
+	var stacks []byte
+	require.Eventually(t, func() bool {
+		buf := make([]byte, 1<<20)
+		stacks = buf[:runtime.Stack(buf, true)]
+		return bytes.Count(stacks, []byte("queue.parkForDump(")) == 3
+	}, 10*time.Second, time.Millisecond)
+	out := "queue: lease taken\nqueue: claimed 12\n"
+	b := []byte(out + "SIGQUIT: quit\nPC=0x47a2c1 m=0 sigcode=0\n\n" + string(stacks))
+
+	before, dump := splitDump(b)
+	assert.Equal(t, out, string(before))
+	sum := summarizeDump(dump)
+	assert.Contains(t, sum, "   3  [chan receive]  github.com/qugo/queue.parkForDump\n", sum)
+	assert.Regexp(t, `(?m)^   1  \[running\]  github\.com/qugo/queue\.TestSummarizeDump`, sum)
+	assert.Equal(t, "3", strings.Fields(strings.Split(sum, "\n")[0])[0], "the most shared first:\n%s", sum)
+
+	plain, none := splitDump([]byte(out))
+	assert.Equal(t, out, string(plain))
+	assert.Nil(t, none)
 }
