@@ -172,7 +172,10 @@
 //     recorded as started; first deliveries are not recorded (it would cost
 //     a round trip per task), so a poison task that kills its process is
 //     dead-lettered after at most MaxAttempts+1 crashes, and tasks claimed
-//     with it lose nothing. [Queue.Dead], [Queue.Replay] and [Queue.Purge]
+//     with it lose nothing (with MaxAttempts 1, whose first redelivery is a
+//     task's last, the tasks a crash left pending start one at a time
+//     after it, each once the one before is settled).
+//     [Queue.Dead], [Queue.Replay] and [Queue.Purge]
 //     list, replay and purge dead tasks.
 //  7. Bad input gets a clear error and loses nothing: invalid URLs or
 //     settings ([ErrBadConfig]), an R/Q mismatch, a nil callback, an empty

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"os/exec"
 	"slices"
@@ -450,10 +451,18 @@ func TestFaultPoisonTask(t *testing.T) {
 // beside it along; after MaxAttempts crashes they were dead-lettered
 // without ever running. The record gate lets one recorded start in at a
 // time: only the poison tasks die, each after MaxAttempts recorded
-// deliveries, and no other task pays for their crashes.
+// deliveries, and no other task pays for their crashes. With MaxAttempts
+// 1 a task's first redelivery is its last, and a crash beside it took it
+// along at once: then every recovered task goes through the gate.
 func TestFaultPoisonTasksAtOnce(t *testing.T) {
+	for _, maxAttempts := range []int{3, 1} {
+		t.Run(fmt.Sprintf("MaxAttempts=%d", maxAttempts), func(t *testing.T) { testPoisonTasksAtOnce(t, maxAttempts) })
+	}
+}
+
+func testPoisonTasksAtOnce(t *testing.T, maxAttempts int) {
 	e := newFaultEnv(t, 1, false)
-	const orders, per, maxAttempts, poisons = 16, 4, 3, 3
+	const orders, per, poisons = 16, 4, 3
 	acfg := e.analyserConfig(0)
 	acfg.Workers, acfg.Work, acfg.MaxAttempts = orders, 0, maxAttempts
 	acfg.LeaseTTL = 500 * time.Millisecond

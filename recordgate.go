@@ -28,7 +28,12 @@ import (
 // for its crash once is a suspect too, charged again only by the crash of
 // a task on its first redelivery. The first redeliveries after a
 // takeover, every pending task, are not held back: only the few tasks
-// recorded when a process died are. A task whose delivery failed (here
+// recorded when a process died are. But with MaxAttempts 1 a first
+// redelivery is a task's last: a crash beside it would dead-letter it
+// without a turn of its own, so then every task recovery marked records
+// its delivery through the gate, one at a time (a recovery that costs a
+// round trip or two a pending task, the price of "no retry" with nothing
+// lost to another task's crash). A task whose delivery failed (here
 // or under an earlier owner, handed back by a stop) is no suspect: a
 // failure returned is no crash, and its delivery ended with its outcome
 // in Redis.
@@ -164,11 +169,13 @@ func hurryGated(sets []*lineSet) {
 
 // gated reports whether the start of a task of that attempt, marked
 // recovered or not, whose last delivery by this process started at
-// started, waits for the record gate (its caller's task must not escape
-// to the heap for it): a task that recovery found charged a delivery by a
-// crash, not a retry after a failure in this process (see gate).
-func gated(recovered bool, attempt int, started time.Time) bool {
-	return recovered && attempt > 1 && started.IsZero()
+// started, waits for the record gate under MaxAttempts maxAttempts (its
+// caller's task must not escape to the heap for it): a task that recovery
+// found charged a delivery by a crash, not a retry after a failure in
+// this process (see gate); and, with MaxAttempts 1, any task recovery
+// marked, whose first redelivery is its last (see gate).
+func gated(recovered bool, attempt, maxAttempts int, started time.Time) bool {
+	return recovered && (attempt > 1 || attempt >= maxAttempts) && started.IsZero()
 }
 
 // awaitRecordTurn asks the record gate to let o's first task, picked at

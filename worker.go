@@ -264,7 +264,7 @@ func (w *worker) runOne(o *orderLine, t claimed, now time.Time) (next *orderLine
 			}
 		}
 		if t.Attempt > 1 || t.recovered {
-			if gated(t.recovered, t.Attempt, t.started) {
+			if gated(t.recovered, t.Attempt, s.cfg.MaxAttempts, t.started) {
 				var ok bool
 				if ok, w.hold = w.awaitRecordTurn(o, now); !ok {
 					return
