@@ -113,7 +113,11 @@ type PoolConfig struct {
 	// the dead-letter store. A delivery that crashes its owner counts once
 	// it was recorded as started, which every delivery but a first one is:
 	// a task that crashes its process every time is dead-lettered after at
-	// most MaxAttempts+1 crashes. If zero, 5 is used; at most 1000.
+	// most MaxAttempts+1 crashes. With 1, the tasks a crash left pending
+	// start one at a time after it (each once the one before is settled,
+	// or has run 5s), so that a task crashing the process again takes no
+	// other along: a slower restart for a pool that asks for no retry.
+	// If zero, 5 is used; at most 1000.
 	MaxAttempts int
 	// Backoff returns the wait before delivery attempt+1 of a task whose
 	// delivery number attempt failed. Only the task's OrderID waits. The
