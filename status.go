@@ -397,12 +397,20 @@ return {1, ARGV[1]}
 // AddTaskOnce is AddTask with an idempotency key: a second call with the
 // same orderID and key within window enqueues nothing and returns the first
 // call's task ID with added false. The key lives in Redis (one string with
-// a PX expiry, beside the queue's keys) until the window ends. It is safe
+// a PX expiry, beside the queue's keys) until the window ends; key is of
+// at most 1 KiB (a request ID, a hash of the request). It is safe
 // for concurrent use and costs one round trip. Options are AddTask's; a
 // duplicate's are checked too, and ignored.
+// maxOnceKey bounds an AddTaskOnce key: Redis would take one of up to
+// 512 MB into its key, and a query buffer of 1 GB refuses more.
+const maxOnceKey = 1 << 10
+
 func (q *Queue) AddTaskOnce(ctx context.Context, orderID uint64, key string, window time.Duration, payload []byte, opts ...AddOption) (id string, added bool, err error) {
 	if key == "" || window <= 0 {
 		return "", false, fmt.Errorf("%w: AddTaskOnce needs a key and a positive window", ErrBadConfig)
+	}
+	if len(key) > maxOnceKey {
+		return "", false, fmt.Errorf("%w: AddTaskOnce key of %d bytes, over %d", ErrBadConfig, len(key), maxOnceKey)
 	}
 	a, err := q.prepareAdd(ctx, orderID, payload, opts)
 	if err != nil {

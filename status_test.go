@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -71,6 +72,21 @@ func TestAddTaskOnce(t *testing.T) {
 	require.NoError(t, err)
 	assert.EqualValues(t, 2, st[0].Ready)
 
+	// A key of 1 KiB is taken, a longer one refused before anything is
+	// sent.
+	_, added, err = q.AddTaskOnce(ctx, 6, strings.Repeat("k", 1<<10), time.Minute, []byte("h"))
+	require.NoError(t, err)
+	assert.True(t, added)
+	_, _, err = q.AddTaskOnce(ctx, 6, strings.Repeat("k", 1<<10+1), time.Minute, []byte("i"))
+	assert.ErrorIs(t, err, ErrBadConfig)
+	_, _, err = q.AddTaskOnce(ctx, 3, "", time.Minute, []byte("g"))
+	assert.ErrorIs(t, err, ErrBadConfig)
+	_, _, err = q.AddTaskOnce(ctx, 3, "k", time.Minute, nil)
+	assert.ErrorIs(t, err, ErrEmptyPayload)
+	st, err = q.Stats(ctx)
+	require.NoError(t, err)
+	assert.EqualValues(t, 3, st[0].Ready, "only the task of the 1 KiB key added")
+
 	// Once the window ends the key may be used again.
 	if servers[0].mini != nil {
 		servers[0].mini.FastForward(2 * time.Minute)
@@ -86,11 +102,6 @@ func TestAddTaskOnce(t *testing.T) {
 	_, added, err = q.AddTaskOnce(ctx, 3, "req-1", time.Minute, []byte("f"))
 	require.NoError(t, err)
 	assert.True(t, added)
-
-	_, _, err = q.AddTaskOnce(ctx, 3, "", time.Minute, []byte("g"))
-	assert.ErrorIs(t, err, ErrBadConfig)
-	_, _, err = q.AddTaskOnce(ctx, 3, "k", time.Minute, nil)
-	assert.ErrorIs(t, err, ErrEmptyPayload)
 }
 
 func TestReplayPurgeCheckLayout(t *testing.T) {
