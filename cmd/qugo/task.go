@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"strconv"
@@ -174,6 +173,12 @@ func cancelFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 		if err := ref.check("cancel"); err != nil {
 			return err
 		}
+		if !queue.ValidTaskID(*ref.id) {
+			// The library would refuse it as a bad argument; here that is
+			// a mistyped -id, whatever the queue holds.
+			return usagef("cancel: -id %s is malformed: a task ID is 20 characters of 0-9 and a-v, as AddTask returns it; nothing was written",
+				cell(*ref.id))
+		}
 		q, err := e.open(ctx, dialOptions{writer: true, retention: *ref.retention})
 		if err != nil {
 			return err
@@ -187,12 +192,6 @@ func cancelFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 			return err
 		}
 		found, err := q.Cancel(ctx, ref.order.n, *ref.id)
-		if errors.Is(err, queue.ErrBadConfig) && !queue.ValidTaskID(*ref.id) {
-			// The library refuses it as a bad argument; here that is a
-			// mistyped -id, not a problem of the queue's config.
-			return usagef("cancel: -id %s is malformed: a task ID is 20 characters of 0-9 and a-v, as AddTask returns it; nothing was written",
-				cell(*ref.id))
-		}
 		if err != nil {
 			return err
 		}

@@ -111,6 +111,11 @@ func TestCancelRefusals(t *testing.T) {
 	keys, err := f.do(t, 0, "KEYS", "*"+f.prefix+"*")
 	require.NoError(t, err)
 	assert.Empty(t, keys)
+	// A malformed ID is a usage error there too: it is looked at first.
+	code, out, errOut = qugo(t, f.taskArgs("cancel", 1, "nope")...)
+	assert.Equal(t, exitUsage, code)
+	assert.Empty(t, out)
+	assert.Contains(t, errOut, "qugo: cancel: -id nope is malformed")
 
 	// An ID not of the library's form is a usage error, and marks nothing.
 	f.add(t, 1)
