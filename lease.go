@@ -433,11 +433,17 @@ func (s *store) refenceLocked(ctx context.Context) error {
 func newNonce() string { return strconv.FormatUint(rand.Uint64(), 36) }
 
 // parseLease splits a lease value, "<fencing token>.<nonce>:<owner>" (or
-// "<fencing token>:<owner>", as older releases wrote it).
+// "<fencing token>:<owner>", as older releases wrote it). A value of
+// another form holds the queue all the same (pools wait for it to
+// expire): its owner is then the value itself, quoted and clipped, so
+// that no one reads it as a lease nobody holds.
 func parseLease(v string) (token int64, owner string) {
-	tok, owner, _ := strings.Cut(v, ":")
+	tok, owner, ok := strings.Cut(v, ":")
 	tok, _, _ = strings.Cut(tok, ".")
-	token, _ = strconv.ParseInt(tok, 10, 64)
+	token, err := strconv.ParseInt(tok, 10, 64)
+	if v != "" && (!ok || err != nil) {
+		return 0, fmt.Sprintf("(not a lease of this package: %q)", clipError(v, 40))
+	}
 	return token, owner
 }
 

@@ -101,7 +101,9 @@ func TestParseLease(t *testing.T) {
 	}{
 		{"1795972356924000.2btxeevuamj1:host:42", 1795972356924000, "host:42"},
 		{"17:host:42", 17, "host:42"}, // as older releases wrote it
-		{"not a lease", 0, ""},
+		{"not a lease", 0, `(not a lease of this package: "not a lease")`},
+		{"x:host:42", 0, `(not a lease of this package: "x:host:42")`},
+		{strings.Repeat("g", 100), 0, `(not a lease of this package: "` + strings.Repeat("g", 17) + ` [... 100 bytes in all]")`},
 		{"", 0, ""},
 	} {
 		token, owner := parseLease(tc.v)
