@@ -304,8 +304,12 @@ func (r *clusterRouter) readSlotsFrom(ctx context.Context, addr string) (*slotMa
 	if !errors.As(err, &re) {
 		return nil, err
 	}
+	if strings.Contains(strings.ToLower(string(re)), "cluster support disabled") {
+		return nil, fmt.Errorf("%w: the server at %s is not a Redis Cluster node (%v): reach one server with a redis:// URL, Sentinel's with redis+sentinel://",
+			ErrBadConfig, addr, err)
+	}
 	if !strings.Contains(strings.ToLower(string(re)), "unknown subcommand") {
-		return nil, err // cluster support disabled, or refused
+		return nil, err // refused
 	}
 	reply, err = redis.Values(doContext(c, ctx, "CLUSTER", "SLOTS")) // Redis 6.2
 	if err != nil {

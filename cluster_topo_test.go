@@ -267,6 +267,23 @@ func TestClusterRouterDropsGoneNodes(t *testing.T) {
 	assert.Zero(t, old.ActiveCount(), "its connections are closed")
 }
 
+// The other way round: a redis+cluster:// URL naming a server that is no
+// cluster node is refused as a bad config, saying which URL to use, as
+// a plain "cluster support disabled" did not.
+func TestDialRefusesOneServerAsACluster(t *testing.T) {
+	t.Parallel()
+	requireFaultSuite(t)
+	r := startRedis(t, false)
+	ctx := bounded(t)
+	q, err := Dial(ctx, []string{"redis+cluster://" + r.addr()}, Config{Prefix: testPrefix(t)})
+	if q != nil {
+		q.Close()
+	}
+	require.ErrorIs(t, err, ErrBadConfig)
+	assert.ErrorContains(t, err, "not a Redis Cluster node")
+	assert.ErrorContains(t, err, "redis://")
+}
+
 // A redis:// URL naming a Redis Cluster node half worked: the keys of the
 // slots that node serves went to it, every other call got a bare MOVED,
 // retried for ever by pools. Dial refuses it and says which URL to use.
