@@ -365,7 +365,7 @@ func TestUnreachable(t *testing.T) {
 	for _, args := range [][]string{
 		{"stats"}, {"stats", "-json"}, {"stats", "-watch", "1s"}, {"pending", "-a", "0"}, {"dead", "-a", "0"},
 		{"replay", "-a", "0"}, {"purge", "-a", "0", "-all"}, {"group", "g"}, {"group", "g", "-watch", "1s", "-json"},
-		{"scheduled", "-a", "0"}, {"pause", "-all"}, {"resume", "-a", "0"}, {"cancel", "-order", "1", "-id", "x"},
+		{"scheduled", "-a", "0"}, {"pause", "-all"}, {"resume", "-a", "0"}, {"cancel", "-order", "1", "-id", "0123456789abcdefghij"},
 		{"status", "-order", "1", "-id", "x"},
 	} {
 		code, out, errOut := qugo(t, append([]string{"-redis", url}, args...)...)
