@@ -40,6 +40,14 @@ func (q *Queue) routeChecked(ctx context.Context, orderID uint64) (pi, qi int, p
 	return pi, qi, p, q.checkLayout(ctx, p)
 }
 
+// routeVerified is routeChecked for a call that only reads: a partition
+// with no layout recorded passes, and stays unrecorded (verifyLayout).
+func (q *Queue) routeVerified(ctx context.Context, orderID uint64) (pi, qi int, p *partition, err error) {
+	pi, qi = q.Route(orderID)
+	p = q.parts[pi]
+	return pi, qi, p, q.verifyLayout(ctx, p)
+}
+
 // newEntry makes a new task ID and the encoded task for orderID, with
 // headers whose encoded section takes hsize bytes.
 func (q *Queue) newEntry(orderID uint64, headers map[string]string, hsize int, payload []byte) (id string, entry []byte) {
