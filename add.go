@@ -40,6 +40,14 @@ func (q *Queue) routeChecked(ctx context.Context, orderID uint64) (pi, qi int, p
 	return pi, qi, p, q.checkLayout(ctx, p)
 }
 
+// routeVerified is routeChecked for a call that only reads: a partition
+// with no layout recorded passes, and stays unrecorded (verifyLayout).
+func (q *Queue) routeVerified(ctx context.Context, orderID uint64) (pi, qi int, p *partition, err error) {
+	pi, qi = q.Route(orderID)
+	p = q.parts[pi]
+	return pi, qi, p, q.verifyLayout(ctx, p)
+}
+
 // newEntry makes a new task ID and the encoded task for orderID, with
 // headers whose encoded section takes hsize bytes.
 func (q *Queue) newEntry(orderID uint64, headers map[string]string, hsize int, payload []byte) (id string, entry []byte) {
@@ -140,6 +148,10 @@ const maxPushArgs = 4096
 // chunks of their own.
 // The error then joins a *PartitionError for each partition that failed,
 // and the IDs are returned all the same (what was taken runs under them).
+// A partition whose layout cannot be checked (its server down when the
+// Queue first writes to it) is one that failed, having taken nothing; a
+// layout that disagrees, on any partition (a *LayoutError), refuses the
+// whole call: nothing is written and no ID returned.
 // Which tasks were taken cannot be told from their IDs before they run (a
 // task waiting in the ready list reads StateUnknown): a caller that must
 // neither lose nor repeat a task adds it with AddTaskOnce, whose key makes
@@ -180,16 +192,21 @@ func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 			adds[pi] = &partAdd{q: q, pi: pi, queues: make([][]any, qs)}
 		}
 	}
-	for _, a := range adds {
-		// Check every partition first, so that a layout mismatch writes
-		// nothing.
+	// Check every partition first, so that a layout mismatch on any of
+	// them writes nothing. A partition whose check fails otherwise (its
+	// server down at the Queue's first use) fails alone, as when its
+	// write fails: the others take their tasks.
+	errs := make([]error, len(adds))
+	for pi, a := range adds {
 		if a == nil {
 			continue
 		}
-		if err := q.checkLayout(ctx, q.parts[a.pi]); err != nil {
+		err := q.checkLayout(ctx, q.parts[pi])
+		if layoutRefused(err) {
 			q.counts.putDirty(left)
 			return nil, err
 		}
+		errs[pi] = err
 	}
 	ids := q.ids.nextN(len(tasks))
 	var buf entryChunks
@@ -206,11 +223,14 @@ func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 	for i := range tasks {
 		t := &tasks[i]
 		pi, qi := int(slot[i])/qs, int(slot[i])%qs
+		left[slot[i]]--
+		if errs[pi] != nil {
+			continue // its layout check failed: nothing goes to it
+		}
 		h, _ := headersSize(t.Headers) // checked above
 		entry := buf.add(entryCap(h, len(t.Payload)), func(b []byte) []byte {
 			return appendEntry(b, 0, ids[i], t.OrderID, now, 0, t.Headers, t.Payload)
 		})
-		left[slot[i]]--
 		// Times, not millisecond counts, are compared: a time far enough
 		// in the past has a count that wraps to a large positive one.
 		if due := dueMS(t.NotBefore); t.NotBefore.After(at) && due > now {
@@ -223,10 +243,9 @@ func (q *Queue) AddTasks(ctx context.Context, tasks []Task) ([]string, error) {
 	// The partitions' round trips run side by side: the servers take their
 	// tasks at once rather than one after the other.
 	var wg sync.WaitGroup
-	errs := make([]error, len(adds))
 	for pi, a := range adds {
 		switch {
-		case a == nil:
+		case a == nil || errs[pi] != nil:
 		case len(q.parts) == 1:
 			errs[pi] = a.finish(ctx)
 		default:

@@ -261,7 +261,7 @@ func sortDead(out []DeadTask) []DeadTask {
 // Dead lists analyser's dead-letter store, oldest death first. It is safe
 // for concurrent use and costs one round trip (HSCAN) per 512 records.
 func (q *Queue) Dead(ctx context.Context, analyser int) ([]DeadTask, error) {
-	p, k, err := q.analyserKeys(analyser)
+	p, k, err := q.verifiedKeys(ctx, analyser)
 	if err != nil {
 		return nil, err
 	}
@@ -328,7 +328,7 @@ type deadRef struct {
 // between replayed ones, and when it fails part way, what it moved stays
 // moved.
 func (q *Queue) Replay(ctx context.Context, analyser int, ids ...string) (int, error) {
-	p, k, err := q.writerKeys(ctx, analyser)
+	p, k, err := q.verifiedKeys(ctx, analyser)
 	if err != nil {
 		return 0, err
 	}
@@ -424,7 +424,7 @@ func (q *Queue) Replay(ctx context.Context, analyser int, ids ...string) (int, e
 // 512 records per command (HSCAN and HDEL), so Redis is never held long;
 // a record that dies while a Purge of all runs may be left.
 func (q *Queue) Purge(ctx context.Context, analyser int, ids ...string) (int, error) {
-	p, k, err := q.writerKeys(ctx, analyser)
+	p, k, err := q.verifiedKeys(ctx, analyser)
 	if err != nil {
 		return 0, err
 	}

@@ -47,8 +47,15 @@
 // whichever partition it writes to first, even one whose index happens to
 // match, and writes nothing; so does one given one server as two
 // partitions (each partition about to be recorded first writes its index
-// under a key of the process's own and reads it back).
-// [Queue.CheckLayout] checks without recording.
+// under a key of the process's own and reads it back). The calls that
+// only read ([Queue.Stats], [Queue.Status], [Queue.State],
+// [Queue.Scheduled], [Queue.Pending], [Queue.Dead], [Queue.GroupStatus])
+// check the layout the same way, once per partition, and refuse with
+// the same error rather than read another layout's queues under the
+// names of their own; they record none, and a server with none recorded
+// passes (and is read again at the next call). A server that does not
+// answer fails only the calls that use it, which check it again next
+// time. [Queue.CheckLayout] checks every partition without recording.
 // Changing R or Q means draining the queues and starting afresh under
 // another [Config].Prefix.
 //

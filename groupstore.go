@@ -401,6 +401,10 @@ type GroupStatus struct {
 // session has run out are left out (the next heartbeat drops them).
 func (q *Queue) GroupStatus(ctx context.Context, group string) (GroupStatus, error) {
 	g, err := q.newGroupStore(group, time.Second)
+	if err == nil {
+		// Another layout shares out another count of analysers.
+		err = q.verifyLayout(ctx, g.part)
+	}
 	if err != nil {
 		return GroupStatus{}, err
 	}

@@ -62,10 +62,11 @@ func (q *Queue) analyserKeys(a int) (*partition, queueKeys, error) {
 	return q.parts[pi], newQueueKeys(q.cfg.Prefix, pi, qi), nil
 }
 
-// writerKeys is analyserKeys for a call that changes only what is already
-// there (dead letters): it verifies the layout, so that a process that
-// disagrees with it touches nothing, and records none on an unused server.
-func (q *Queue) writerKeys(ctx context.Context, a int) (*partition, queueKeys, error) {
+// verifiedKeys is analyserKeys for a call that reads a queue, or changes
+// only what is already there (dead letters): it verifies the layout, so
+// that a process that disagrees with it reads nothing under names another
+// layout gave and touches nothing, and records none on an unused server.
+func (q *Queue) verifiedKeys(ctx context.Context, a int) (*partition, queueKeys, error) {
 	p, k, err := q.analyserKeys(a)
 	if err == nil {
 		err = q.verifyLayout(ctx, p)
@@ -221,12 +222,13 @@ func (q *Queue) recheckLayout(ctx context.Context, p *partition) (gone bool, err
 
 // CheckLayout compares the layout recorded in every server (partition
 // count, queue count and that server's index) with this queue's, and
-// returns a *LayoutError for the first server that disagrees. Unlike
-// AddTask and Consume it writes nothing: a server with no layout recorded
-// yet passes and stays unrecorded, so a read-only tool run with a wrong
-// layout cannot record it for the producers and analysers that come
-// later. It is safe for concurrent use and costs one round trip per
-// partition not yet verified.
+// returns a *LayoutError for the first server that disagrees. Like the
+// calls that only read (Stats, Status...), which check the partitions
+// they read so, and unlike AddTask and Consume, it writes nothing: a
+// server with no layout recorded yet passes and stays unrecorded, so a
+// read-only tool run with a wrong layout cannot record it for the
+// producers and analysers that come later. It is safe for concurrent use
+// and costs one round trip per partition not yet verified.
 func (q *Queue) CheckLayout(ctx context.Context) error {
 	if q.closed.Load() {
 		return ErrClosed

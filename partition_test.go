@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -133,16 +134,19 @@ func TestLayoutMismatch(t *testing.T) {
 		}
 		return out
 	}
-	// The first process: R=2 (servers 0, 1), Q=2, with tasks in every queue
-	// and a dead record. Every call of a disagreeing process that writes
-	// must refuse; reads (Stats, Pending, Dead) do not check, and tools call
-	// CheckLayout first.
+	// The first process: R=2 (servers 0, 1), Q=2, with tasks in every queue,
+	// a scheduled one and a dead record. Every call of a disagreeing
+	// process, whether it writes or reads, must refuse: a read would find
+	// another layout's queues under its names (a scheduled task read as
+	// unknown, rows of queues that are not there).
 	first, err := New(pools(0, 1), Config{Prefix: prefix, Queues: 2})
 	require.NoError(t, err)
 	for id := uint64(0); id < 8; id++ {
 		_, err := first.AddTask(ctx, id, []byte(fmt.Sprint("task ", id)))
 		require.NoError(t, err)
 	}
+	later, err := first.AddTaskAfter(ctx, 0, time.Hour, []byte("later")) // partition 0, queue 0 in every layout tried
+	require.NoError(t, err)
 	c, err := first.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 1})
 	require.NoError(t, err)
 	task, err := c.RemoveTask(ctx)
@@ -198,6 +202,42 @@ func TestLayoutMismatch(t *testing.T) {
 				"Replay":      func() error { _, err := q.Replay(ctx, 0); return err },
 				"Purge":       func() error { _, err := q.Purge(ctx, 0); return err },
 				"CheckLayout": func() error { return q.CheckLayout(ctx) },
+				// Reads: of partition 0, the one each error names.
+				"Stats": func() error {
+					rows, err := q.Stats(ctx)
+					assert.Empty(t, rows)
+					return err
+				},
+				"Status": func() error {
+					st, err := q.Status(ctx, 0, later)
+					assert.Zero(t, st)
+					return err
+				},
+				"State": func() error {
+					st, err := q.State(ctx, 0, later)
+					assert.Equal(t, StateUnknown, st)
+					return err
+				},
+				"Scheduled": func() error {
+					tasks, err := q.Scheduled(ctx, 0, 0, 10)
+					assert.Empty(t, tasks)
+					return err
+				},
+				"Pending": func() error {
+					tasks, err := q.Pending(ctx, 0)
+					assert.Empty(t, tasks)
+					return err
+				},
+				"Dead": func() error {
+					tasks, err := q.Dead(ctx, 0)
+					assert.Empty(t, tasks)
+					return err
+				},
+				"GroupStatus": func() error {
+					st, err := q.GroupStatus(ctx, "g")
+					assert.Zero(t, st)
+					return err
+				},
 			}
 			for name, op := range ops {
 				err := op()
@@ -530,6 +570,45 @@ func TestLayoutOfTheOthersWhileAServerIsDown(t *testing.T) {
 	require.NoError(t, q.AnalysePool(ctx, 0, PoolConfig{ExitOnEmpty: true, OnError: func(error) {}},
 		func(context.Context, Task) error { return nil }), "a pool of partition 0 runs")
 	assert.Zero(t, s[0].do(t, "LLEN", newQueueKeys(prefix, 0, 0).ready), "drained")
+}
+
+// Reads verify the layout as writes do, but record none: a Queue that
+// only reads, at its first use, with one of its servers down, reads the
+// one that is up and leaves it without a layout; a read of the one down
+// fails, with that server's error.
+func TestReadsRecordNoLayout(t *testing.T) {
+	t.Parallel()
+	skipOnCluster(t, "it gives one partition a server of its own, down")
+	ctx := bounded(t)
+	up := newTestServers(t, 1)[0]
+	down := testPool("redis://" + closedAddr(t))
+	defer down.Close()
+	prefix := testPrefix(t)
+	q, err := New([]*redis.Pool{up.pool, down}, Config{Prefix: prefix, Queues: 2})
+	require.NoError(t, err)
+	defer q.Close()
+	id := "0000000000000000000a" // a task ID no queue holds
+	require.True(t, ValidTaskID(id))
+
+	rows, err := q.Stats(ctx)
+	assert.Equal(t, []int{1}, FailedPartitions(err))
+	assert.NotErrorIs(t, err, ErrLayoutMismatch)
+	require.Len(t, rows, 4)
+	reads := map[string]func(orderID uint64, analyser int) error{
+		"Status":    func(o uint64, _ int) error { _, err := q.Status(ctx, o, id); return err },
+		"State":     func(o uint64, _ int) error { _, err := q.State(ctx, o, id); return err },
+		"Scheduled": func(_ uint64, a int) error { _, err := q.Scheduled(ctx, a, 0, 10); return err },
+		"Pending":   func(_ uint64, a int) error { _, err := q.Pending(ctx, a); return err },
+		"Dead":      func(_ uint64, a int) error { _, err := q.Dead(ctx, a); return err },
+	}
+	for name, read := range reads {
+		assert.NoError(t, read(2, 2), "%s of partition 0", name)
+		err := read(3, 3)
+		assert.ErrorIs(t, err, syscall.ECONNREFUSED, "%s of partition 1", name)
+	}
+	_, err = q.GroupStatus(ctx, "g") // a group's records are on partition 0
+	assert.NoError(t, err)
+	assert.Empty(t, scanKeys(t, up, prefix), "a read recorded a layout, or wrote another key")
 }
 
 // A Queue that read first (CheckLayout, then Stats after its server lost

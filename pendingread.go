@@ -291,7 +291,7 @@ func readPending(ctx context.Context, p *partition, k queueKeys, what string, to
 // in round trips of bounded size: one or two for a few claims of small
 // tasks, more for thousands of pending tasks or large ones.
 func (q *Queue) Pending(ctx context.Context, analyser int) ([]Task, error) {
-	p, k, err := q.analyserKeys(analyser)
+	p, k, err := q.verifiedKeys(ctx, analyser)
 	if err != nil {
 		return nil, err
 	}

@@ -418,6 +418,101 @@ func TestAddTasksPartitionsFailAlone(t *testing.T) {
 	}
 }
 
+// At a Queue's first use, a partition whose layout cannot be read (its
+// server down) fails alone, as when it fails later: AddTasks adds the
+// tasks of the others and returns every ID, with a *PartitionError for
+// the one down; the single adds to a partition that is up succeed, and
+// those to the one down fail naming it.
+func TestAddTasksFirstUseWithAPartitionDown(t *testing.T) {
+	t.Parallel()
+	skipOnCluster(t, "it gives one partition a server of its own, down")
+	ctx := bounded(t)
+	up := newTestServers(t, 1)[0]
+	down := testPool("redis://" + closedAddr(t))
+	t.Cleanup(func() { down.Close() })
+	fresh := func(t *testing.T) *Queue { // a Queue that has verified no partition yet
+		q, err := New([]*redis.Pool{up.pool, down}, Config{Prefix: testPrefix(t)})
+		require.NoError(t, err)
+		t.Cleanup(func() { q.Close() })
+		return q
+	}
+
+	t.Run("AddTasks", func(t *testing.T) {
+		q := fresh(t)
+		var tasks []Task
+		for o := uint64(0); o < 6; o++ { // even orders on partition 0, odd on 1
+			tasks = append(tasks, Task{OrderID: o, Payload: []byte(fmt.Sprint(o))})
+		}
+		ids, err := q.AddTasks(ctx, tasks)
+		require.Error(t, err)
+		var pe *PartitionError
+		require.ErrorAs(t, err, &pe)
+		assert.Equal(t, 1, pe.Partition)
+		assert.Equal(t, []int{1}, FailedPartitions(err))
+		require.Len(t, ids, len(tasks), "the IDs are returned all the same")
+		assert.Equal(t, []string{ids[0], ids[2], ids[4]}, readyIDs(t, up, newQueueKeys(q.cfg.Prefix, 0, 0).ready),
+			"partition 0 took its tasks")
+		got, err := redis.StringMap(up.do(t, "HGETALL", layoutKey(q.cfg.Prefix)), nil)
+		require.NoError(t, err)
+		assert.Equal(t, map[string]string{"partitions": "2", "queues": "1", "index": "0"}, got)
+	})
+
+	adds := map[string]func(q *Queue, orderID uint64) error{
+		"AddTask": func(q *Queue, o uint64) error { _, err := q.AddTask(ctx, o, []byte("x")); return err },
+		"AddTaskAt": func(q *Queue, o uint64) error {
+			_, err := q.AddTaskAt(ctx, o, time.Now().Add(-time.Second), []byte("x"))
+			return err
+		},
+		"AddTaskAfter": func(q *Queue, o uint64) error { _, err := q.AddTaskAfter(ctx, o, time.Hour, []byte("x")); return err },
+		"AddTaskOnce": func(q *Queue, o uint64) error {
+			_, _, err := q.AddTaskOnce(ctx, o, "k", time.Hour, []byte("x"))
+			return err
+		},
+	}
+	for name, add := range adds {
+		t.Run(name, func(t *testing.T) {
+			q := fresh(t)
+			require.NoError(t, add(q, 0), "partition 0 is up")
+			err := add(q, 1)
+			require.Error(t, err, "partition 1 is down")
+			assert.Contains(t, err.Error(), "partition 1")
+			assert.NotErrorIs(t, err, ErrLayoutMismatch)
+			require.NoError(t, add(q, 2), "partition 0 still")
+		})
+	}
+}
+
+// A layout mismatch found on any partition refuses the whole AddTasks,
+// even when the check of another partition failed first (its server
+// down): nothing is written, and no ID returned.
+func TestAddTasksMismatchBehindAPartitionDown(t *testing.T) {
+	t.Parallel()
+	skipOnCluster(t, "it gives one partition a server of its own, down")
+	ctx := bounded(t)
+	s := newTestServers(t, 2)
+	prefix := testPrefix(t)
+	s[1].do(t, "HSET", layoutKey(prefix), "partitions", 3, "queues", 2, "index", 2)
+	down := testPool("redis://" + closedAddr(t))
+	t.Cleanup(func() { down.Close() })
+	q, err := New([]*redis.Pool{down, s[1].pool, s[0].pool}, Config{Prefix: prefix})
+	require.NoError(t, err)
+	defer q.Close()
+	before := []keyDump{dumpKeys(t, s[0], prefix), dumpKeys(t, s[1], prefix)}
+	var tasks []Task
+	for o := uint64(0); o < 6; o++ {
+		tasks = append(tasks, Task{OrderID: o, Payload: []byte("x")})
+	}
+	ids, err := q.AddTasks(ctx, tasks)
+	require.ErrorIs(t, err, ErrLayoutMismatch)
+	var le *LayoutError
+	require.ErrorAs(t, err, &le)
+	assert.Equal(t, 1, le.Partition)
+	assert.Empty(t, ids)
+	for i := range before {
+		assert.Equal(t, before[i], dumpKeys(t, s[i], prefix), "server %d changed", i)
+	}
+}
+
 // failingPushConn fails every LPUSH after the first it sends, as a
 // connection that breaks part way through a pipeline; it is broken from
 // then on.

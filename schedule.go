@@ -237,6 +237,9 @@ func (q *Queue) Scheduled(ctx context.Context, analyser, offset, limit int) ([]S
 	if limit <= 0 {
 		return nil, nil
 	}
+	if err := q.verifyLayout(ctx, p); err != nil {
+		return nil, err
+	}
 	last := -1 // the end of the set, for a limit that reaches past an int
 	if limit-1 <= math.MaxInt-offset {
 		last = offset + limit - 1

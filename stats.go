@@ -39,11 +39,15 @@ const statsPerQueue = 7
 
 // Stats returns one row per analyser, in analyser order. It is safe for
 // concurrent use and costs one pipelined round trip per partition, the
-// partitions read side by side. When some partitions cannot be read, it
+// partitions read side by side, after the layout check (a read of the
+// layout of each partition not verified yet: see Partitions in the
+// package documentation). When some partitions cannot be read, it
 // returns the rows of the others all the same, those of the partitions
 // that failed holding only their Analyser, Partition and Queue, and an
 // error that joins a *PartitionError for each of them (errors.As finds
-// the first; FailedPartitions lists them all).
+// the first; FailedPartitions lists them all). A layout that disagrees
+// with this Queue's on any partition returns no rows and the
+// *LayoutError.
 func (q *Queue) Stats(ctx context.Context) ([]AnalyserStats, error) {
 	if q.closed.Load() {
 		return nil, ErrClosed
@@ -54,7 +58,20 @@ func (q *Queue) Stats(ctx context.Context) ([]AnalyserStats, error) {
 		out[a].Partition, out[a].Queue, _ = q.Layout().Serves(a)
 	}
 	errs := make([]error, len(q.parts))
+	for pi, p := range q.parts {
+		// A layout that disagrees refuses every row (they would be
+		// another layout's queues); a partition whose check fails
+		// otherwise (its server down) fails alone, unread.
+		err := q.verifyLayout(ctx, p)
+		if layoutRefused(err) {
+			return nil, err
+		}
+		errs[pi] = err
+	}
 	eachPartition(q.parts, func(pi int, p *partition) {
+		if errs[pi] != nil {
+			return
+		}
 		rows := make([]AnalyserStats, 0, q.cfg.Queues) // set in out once the whole partition was read
 		_, err := onPartition(ctx, p, fmt.Sprintf("stats of partition %d", pi), func(c redis.Conn) (struct{}, error) {
 			for qi := 0; qi < q.cfg.Queues; qi++ {
@@ -123,13 +140,18 @@ func (q *Queue) Stats(ctx context.Context) ([]AnalyserStats, error) {
 			return struct{}{}, nil
 		})
 		if err != nil {
-			errs[pi] = &PartitionError{Partition: pi, Err: err}
+			errs[pi] = err
 			return
 		}
 		for _, s := range rows {
 			out[s.Analyser] = s
 		}
 	})
+	for pi, err := range errs {
+		if err != nil {
+			errs[pi] = &PartitionError{Partition: pi, Err: err}
+		}
+	}
 	return out, errors.Join(errs...)
 }
 

@@ -121,9 +121,12 @@ func (q *Queue) State(ctx context.Context, orderID uint64, id string) (TaskState
 	if !ValidTaskID(id) {
 		return StateUnknown, nil // never a task, as Status answers
 	}
-	pi, qi := q.Route(orderID)
+	pi, qi, p, err := q.routeVerified(ctx, orderID)
+	if err != nil {
+		return StateUnknown, err
+	}
 	k := newQueueKeys(q.cfg.Prefix, pi, qi)
-	return onPartition(ctx, q.parts[pi], fmt.Sprintf("state of task %s", id), func(c redis.Conn) (TaskState, error) {
+	return onPartition(ctx, p, fmt.Sprintf("state of task %s", id), func(c redis.Conn) (TaskState, error) {
 		c.Send("ZSCORE", k.sched, id)
 		c.Send("HEXISTS", k.pending, id)
 		c.Send("HGETALL", k.claims)
@@ -192,10 +195,13 @@ func (q *Queue) Status(ctx context.Context, orderID uint64, id string) (TaskStat
 		// by packed IDs, in which such a string may read as another's.)
 		return TaskStatus{ID: id, State: StateUnknown}, nil
 	}
-	pi, qi := q.Route(orderID)
+	pi, qi, p, err := q.routeVerified(ctx, orderID)
+	if err != nil {
+		return TaskStatus{}, err
+	}
 	k := newQueueKeys(q.cfg.Prefix, pi, qi)
 	now := time.Now()
-	return onPartition(ctx, q.parts[pi], fmt.Sprintf("status of task %s", id), func(c redis.Conn) (TaskStatus, error) {
+	return onPartition(ctx, p, fmt.Sprintf("status of task %s", id), func(c redis.Conn) (TaskStatus, error) {
 		// The task's records, the pending ones first; then, in the same
 		// round trip, the history's.
 		reads := func() []int64 {

@@ -222,7 +222,8 @@ func TestStatsWatchSurvivesRedisDown(t *testing.T) {
 	lines := func() int { return strings.Count(stdout.String(), "\n") }
 	require.Eventually(t, func() bool { return lines() >= 1 }, 10*time.Second, 10*time.Millisecond)
 	f.minis[0].Close()
-	require.Eventually(t, func() bool { return strings.Contains(stderr.String(), "qugo: queue: stats of partition 0") }, 10*time.Second, 10*time.Millisecond)
+	// Nothing recorded a layout: each read checks it first, and fails there.
+	require.Eventually(t, func() bool { return strings.Contains(stderr.String(), "qugo: queue: check layout of partition 0: ") }, 10*time.Second, 10*time.Millisecond)
 	require.NoError(t, f.minis[0].Restart())
 	n := lines()
 	assert.Eventually(t, func() bool { return lines() > n }, 10*time.Second, 10*time.Millisecond)
