@@ -446,8 +446,9 @@ func (c *Consumer) Ack(ctx context.Context, ids ...string) (int, error) {
 // them, and the caller retries t in place, its next delivery one higher
 // (a later Fail of t counts it, whatever t's Attempt says). A task
 // that is no longer pending (acknowledged, handed back, or finished by
-// another owner) is left as it is, and Fail reports false. Costs one
-// round trip.
+// another owner) is left as it is, and Fail reports false. A cause whose
+// Error method panics (a typed nil) is recorded with a text that says so
+// and names its type. Costs one round trip.
 func (c *Consumer) Fail(ctx context.Context, t Task, cause error) (dead bool, err error) {
 	if err := c.live(); err != nil {
 		return false, err
@@ -455,7 +456,7 @@ func (c *Consumer) Fail(ctx context.Context, t Task, cause error) (dead bool, er
 	if err := c.st.finishRefence(ctx); err != nil {
 		return false, err
 	}
-	dead, err = c.st.fail(ctx, c.claimedOf(t), cause, time.Time{}, true)
+	dead, err = c.st.fail(ctx, c.claimedOf(t), callerErr(cause), time.Time{}, true)
 	if err != nil {
 		return dead, err
 	}

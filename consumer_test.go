@@ -813,3 +813,32 @@ func TestConsumerLargeClaimOnASlowLink(t *testing.T) {
 	require.Greater(t, time.Since(start), leaseHeld(ttl), "the reply came in time: the test proves nothing")
 	assert.Equal(t, ids, taskIDs(got))
 }
+
+// Fail given an error whose Error method panics records the failure, and
+// then the dead letter, with a text that says so.
+func TestConsumerFailWithAnErrorWhoseErrorMethodPanics(t *testing.T) {
+	t.Parallel()
+	q, _, _ := testQueue1(t)
+	ctx := context.Background()
+	ids := addAll(t, q, orderTasks(1, 1))
+	c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
+	require.NoError(t, err)
+	defer c.Release(ctx)
+	task, err := c.RemoveTask(ctx)
+	require.NoError(t, err)
+	var typedNil *nilDerefError
+	dead, err := c.Fail(ctx, task, typedNil)
+	require.NoError(t, err)
+	assert.False(t, dead)
+	st, err := q.Status(ctx, task.OrderID, ids[0])
+	require.NoError(t, err)
+	assert.Equal(t, "queue: error of type *queue.nilDerefError (a nil pointer): its Error method panicked: runtime error: invalid memory address or nil pointer dereference", st.LastError)
+
+	dead, err = c.Fail(ctx, task, boomError{})
+	require.NoError(t, err)
+	assert.True(t, dead)
+	ds, err := q.Dead(ctx, 0)
+	require.NoError(t, err)
+	require.Len(t, ds, 1)
+	assert.Equal(t, "queue: error of type queue.boomError: its Error method panicked: boom in Error", ds[0].LastError)
+}

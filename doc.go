@@ -238,7 +238,10 @@
 // either way (a Goexit in OnDone, OnError or Backoff ends no goroutine
 // of the pool either; a panic there is not recovered), and every failed
 // delivery reaches OnError as a [*TaskError] and is recorded in the
-// pending record at once. [Queue.Replay] puts dead tasks back at
+// pending record at once. An error whose Error method panics (a typed
+// nil: "var e *myErr; return e") fails its delivery as any error does;
+// its text, wherever the package shows it, says that its Error method
+// panicked and names its type, and errors.Is and errors.As still find it. [Queue.Replay] puts dead tasks back at
 // the producing end as new work, behind the tasks already queued, their
 // delivery count reset.
 //

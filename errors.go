@@ -3,6 +3,7 @@ package queue
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 
 	"github.com/gomodule/redigo/redis"
@@ -179,6 +180,82 @@ func (e *TaskError) Error() string {
 }
 
 func (e *TaskError) Unwrap() error { return e.Err }
+
+// callerErr returns err, an error the caller handed the package (an
+// AnalyseFunc's result, Consumer.Fail's cause), as one that is safe to
+// turn into text and to search with errors.Is and errors.As: the package
+// does so in the dead-letter store, the retry record, OnError, OnDone and
+// its logs, and a panic there would end the process. That is err itself
+// when its Error returns and a walk of its chain does not panic; else a
+// *callerError. The usual culprit is a typed nil ("var e *myErr; return
+// e", a non-nil error holding a nil pointer) whose Error reads its
+// receiver. It costs a call of err's Error and a walk of its chain, made
+// only for failures.
+func callerErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	text, p, ok := errorText(err)
+	walk := walks(err)
+	if ok && walk {
+		return err
+	}
+	if !ok {
+		what := fmt.Sprintf("%T", err)
+		if v := reflect.ValueOf(err); v.Kind() == reflect.Pointer && v.IsNil() {
+			what += " (a nil pointer)"
+		}
+		text = fmt.Sprintf("queue: error of type %s: its Error method panicked: %v", what, p)
+	}
+	e := &callerError{text: text}
+	if walk {
+		e.err = err
+	}
+	return e
+}
+
+// errorText calls err's Error, and reports what a panic in it panicked
+// with.
+func errorText(err error) (text string, panicked any, ok bool) {
+	defer func() {
+		if !ok {
+			panicked = recover()
+		}
+	}()
+	text = err.Error()
+	return text, nil, true
+}
+
+// walks reports whether errors.Is and errors.As go through err's chain
+// (its Unwrap, Is and As methods) without a panic.
+func walks(err error) (ok bool) {
+	defer func() {
+		if !ok {
+			recover()
+		}
+	}()
+	var target *callerError
+	errors.Is(err, errWalk)
+	errors.As(err, &target)
+	return true
+}
+
+// errWalk is what walks looks for: nothing has it in its chain.
+var errWalk = errors.New("queue: no error is this one")
+
+// callerError stands for a caller's error that is not safe to use as it
+// is (see callerErr). Its text is the error's own or, when its Error
+// panicked, one that says so and names the error's type; Unwrap returns
+// the error, for errors.Is and errors.As, unless a walk of its chain
+// panicked too (its Unwrap, Is or As): then only the text is kept.
+type callerError struct {
+	err  error // the caller's error; nil when its chain cannot be walked
+	text string
+}
+
+func (e *callerError) Error() string { return e.text }
+
+func (e *callerError) Unwrap() error { return e.err }
 
 // wrongTypeReply starts the error a script returns, before any write, when
 // one of its keys holds the wrong type (see typeCheck).

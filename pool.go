@@ -13,7 +13,8 @@ import (
 )
 
 // AnalyseFunc analyses one task. Returning nil acknowledges it; an error or
-// a panic fails the delivery, which is retried in place until MaxAttempts.
+// a panic fails the delivery, which is retried in place until MaxAttempts
+// (an error whose Error method panics, such as a typed nil, too).
 // ctx ends at the task's timeout, when the pool loses its lease, or when a
 // graceful stop runs out of time; it carries the values of AnalysePool's
 // ctx (a logger, a tenant, a trace), but not its end or deadline.

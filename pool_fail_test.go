@@ -584,3 +584,86 @@ func TestPoolWarnsWhenRedisLostItsData(t *testing.T) {
 	stop()
 	require.NoError(t, <-errc)
 }
+
+// An analyse function's error whose Error method panics (a typed nil, or
+// a broken Error) fails its delivery as any error does: it is retried,
+// then dead-lettered with a text that says what happened, and every place
+// that turns it into text (OnError, OnDone, the dead-letter record, the
+// log) gets that text, the original error still reachable.
+func TestPoolErrorWhoseErrorMethodPanics(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name string
+		err  func() error
+		want string // in the text
+	}{
+		{"typed nil", func() error { var e *nilDerefError; return e }, "error of type *queue.nilDerefError (a nil pointer): its Error method panicked"},
+		{"Error panics", func() error { return boomError{} }, "error of type queue.boomError: its Error method panicked: boom in Error"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			q, _, _ := testQueue1(t)
+			ctx := bounded(t)
+			ids := addAll(t, q, orderTasks(2, 1))
+			rec := newRecorder()
+			var errs errLog
+			var mu sync.Mutex
+			var texts, done []string
+			var logs lockedBuffer
+			cfg := PoolConfig{ExitOnEmpty: true, MaxAttempts: 2, Backoff: func(int) time.Duration { return time.Millisecond },
+				OnError: func(err error) {
+					errs.add(err)
+					text := err.Error() // as a caller's logging does
+					mu.Lock()
+					texts = append(texts, text)
+					mu.Unlock()
+				},
+				OnDone: func(_ Task, _ time.Duration, err error) {
+					text := err.Error()
+					mu.Lock()
+					done = append(done, text)
+					mu.Unlock()
+				}}
+			require.NoError(t, q.AnalysePool(ctx, 0, cfg, rec.fn(func(context.Context, Task) error { return tc.err() })))
+			for _, id := range ids {
+				assert.Equal(t, []int{1, 2}, rec.attemptsOf(id), "retried, then dead-lettered")
+			}
+			require.Len(t, errs.all(), 4, "two failed deliveries of each task")
+			for _, err := range errs.all() {
+				var te *TaskError
+				require.ErrorAs(t, err, &te)
+				assert.Equal(t, te.Attempt == 2, te.Dead)
+				switch want := tc.err().(type) {
+				case *nilDerefError:
+					var got *nilDerefError
+					assert.ErrorAs(t, err, &got, "the original error is reachable")
+					assert.Nil(t, got)
+				case boomError:
+					assert.ErrorIs(t, err, want, "the original error is reachable")
+				}
+			}
+			mu.Lock()
+			for _, s := range append(texts, done...) {
+				assert.Contains(t, s, tc.want)
+			}
+			assert.Len(t, done, 4)
+			mu.Unlock()
+			dead, err := q.Dead(ctx, 0)
+			require.NoError(t, err)
+			require.Len(t, dead, 2)
+			for _, d := range dead {
+				assert.Equal(t, 2, d.Attempts)
+				assert.Contains(t, d.LastError, tc.want)
+			}
+
+			// Without OnError, the pool logs the failures, with that text.
+			addAll(t, q, orderTasks(1, 1))
+			cfg.OnError, cfg.OnDone = nil, nil
+			cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+			require.NoError(t, q.AnalysePool(ctx, 0, cfg, func(context.Context, Task) error { return tc.err() }))
+			assert.Contains(t, logs.String(), "queue: task failed")
+			assert.Contains(t, logs.String(), tc.want)
+		})
+	}
+}

@@ -474,7 +474,7 @@ func (s *session) analyse(w *worker, t Task, start time.Time) (err error, aborte
 		}
 		aborted = tc.aborted()
 	}()
-	err = s.fn(tc, t)
+	err = callerErr(s.fn(tc, t)) // safe to turn into text from here on
 	switch {
 	case err != nil:
 		if s.tasks.ctx.Err() == nil && errors.Is(tc.Err(), context.DeadlineExceeded) {
