@@ -56,6 +56,10 @@
 // passes (and is read again at the next call). A server that does not
 // answer fails only the calls that use it, which check it again next
 // time. [Queue.CheckLayout] checks every partition without recording.
+// A server that lost its data (a restart without persistence) is laid
+// out again by the first process to write to it; a pool still running
+// that then meets another layout stops as when its ctx ends and
+// [Queue.AnalysePool] returns the [*LayoutError].
 // Changing R or Q means draining the queues and starting afresh under
 // another [Config].Prefix.
 //

@@ -13,8 +13,9 @@ import (
 
 // retry runs write, the record of the outcome of n finished tasks, until
 // Redis takes it, the lease is lost, or a stop gives it up (retryCtx ends,
-// or the Queue is closed with the connections Dial made): the n tasks
-// count given up, and stay pending. Every write is tried once, however
+// or the Queue is closed with the connections Dial made), or at once when
+// Redis is laid out otherwise (no retry can fix that, and the pool stops:
+// see analysePool): the n tasks count given up, and stay pending. Every write is tried once, however
 // late, unless one was given up before: from then on none is sent, so
 // that a later task of an OrderID is never recorded done while an earlier
 // one stays pending (the next owner would run that one after it); they
@@ -41,7 +42,7 @@ func (s *session) retry(n int, b *backoff, write func(ctx context.Context) error
 		}
 		s.cfg.OnError(err)
 		s.refused(err)
-		if s.retryCtx.Err() != nil || s.st.poolsClosed() {
+		if s.retryCtx.Err() != nil || s.st.poolsClosed() || layoutRefused(err) {
 			s.gaveUp(n)
 			return false
 		}

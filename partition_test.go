@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -368,6 +369,76 @@ func TestLayoutRecheckedAfterReconnect(t *testing.T) {
 	require.NoError(t, err)
 	_, err = q1.AddTask(ctx, 1, []byte("c"))
 	assert.ErrorIs(t, err, ErrLayoutMismatch, "the old process must not add to a server now laid out otherwise")
+}
+
+// A running pool of a Dial'd queue whose server restarted empty and was
+// laid out first by a process with another queue count meets the
+// mismatch on its new connections (every call it makes is refused).
+// Retrying cannot fix that: the pool stops as when its ctx ends (the
+// outcome of a task that finishes meanwhile, refused too, is given up at
+// once, not retried for the stop's whole span) and returns the
+// *LayoutError, having written nothing to the server.
+func TestPoolStopsAtAnotherLayoutAfterReconnect(t *testing.T) {
+	t.Parallel()
+	m := miniredis.RunT(t)
+	ctx := bounded(t)
+	prefix := testPrefix(t)
+	q, err := Dial(ctx, []string{"redis://" + m.Addr()}, Config{Prefix: prefix})
+	require.NoError(t, err)
+	defer q.Close()
+	ids := addAll(t, q, orderTasks(1, 1))
+	started, finish := make(chan struct{}, 1), make(chan struct{})
+	var errs errLog
+	errc := runPool(ctx, q, PoolConfig{LeaseTTL: 30 * time.Second, OnError: errs.add}, func(ctx context.Context, task Task) error {
+		if task.ID == ids[0] {
+			started <- struct{}{}
+			<-finish
+		}
+		return nil
+	})
+	receive(t, started)
+
+	// A restart without persistence, and a process with Queues 2 first to
+	// record its layout (before the running pool reconnects).
+	m.Close()
+	m.FlushAll()
+	m.HSet(layoutKey(prefix), "partitions", "1", "queues", "2", "index", "0")
+	require.NoError(t, m.Restart())
+	close(finish) // its ack is refused
+
+	stopped := time.Now()
+	select {
+	case err = <-errc:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the pool still runs 10s after the restart; it reported %d errors, the last: %v", len(errs.all()), errs.all()[len(errs.all())-1])
+	}
+	var le *LayoutError
+	require.ErrorAs(t, err, &le)
+	assert.Contains(t, le.Got, "queues=2")
+	assert.Less(t, time.Since(stopped), 5*time.Second, "a refused outcome is not retried through the stop")
+	assert.Zero(t, errs.count(ErrLayoutMismatch), "returned, not reported")
+	assert.Equal(t, []string{layoutKey(prefix)}, m.Keys(), "the pool wrote nothing to the server laid out otherwise")
+}
+
+// A delivery that fails with a layout error of its own (an analyse
+// function whose AddTask to another queue was refused) is a failed
+// delivery like any other: the pool retries it and goes on.
+func TestPoolGoesOnWhenATaskFailsWithALayoutError(t *testing.T) {
+	t.Parallel()
+	q, _, _ := testQueue1(t)
+	ids := addAll(t, q, orderTasks(1, 1))
+	rec := newRecorder()
+	var errs errLog
+	var failed atomic.Bool
+	require.NoError(t, q.AnalysePool(bounded(t), 0, PoolConfig{ExitOnEmpty: true, OnError: errs.add,
+		Backoff: func(int) time.Duration { return time.Millisecond }}, rec.fn(func(context.Context, Task) error {
+		if failed.CompareAndSwap(false, true) {
+			return fmt.Errorf("add to the other queue: %w", &LayoutError{Want: "partitions=1 queues=1 index=0", Got: "partitions=1 queues=2 index=0"})
+		}
+		return nil
+	})))
+	assert.Equal(t, []int{1, 2}, rec.attemptsOf(ids[0]))
+	assert.Equal(t, 1, errs.count(ErrLayoutMismatch), "reported as the failed delivery it is")
 }
 
 // A Queue that only reads (CheckLayout, Stats: a dashboard, qugo stats)

@@ -153,7 +153,8 @@ type PoolConfig struct {
 	// OnError receives background errors: failed deliveries (*TaskError),
 	// Redis errors being retried, a lost lease, pending tasks moved to the
 	// dead-letter store because their claim-sequence record was lost
-	// (ErrMalformed). The pool waits for each call, and it must not
+	// (ErrMalformed). A layout mismatch is not one of them: AnalysePool
+	// returns it. The pool waits for each call, and it must not
 	// block. A call that calls runtime.Goexit (t.FailNow in a test) ends
 	// that call only; a panic is not recovered. If nil, they are logged:
 	// a failed delivery that will be retried at Warn, the rest at Error,
@@ -350,7 +351,11 @@ func (c *Counters) Workers() int { return int(c.workers.Load()) }
 // returns nil. If it loses the lease it cancels its tasks, reports
 // ErrLeaseLost through OnError and waits as a standby again. It returns an
 // error only for invalid arguments, a layout mismatch or a closed Queue
-// (a Close while it runs stops it as ctx's end does; see Close).
+// (a Close while it runs stops it as ctx's end does; see Close). A layout
+// mismatch met while it runs (its server restarted empty and a process
+// with another layout recorded its own first) stops it as ctx's end does
+// too, without retrying the writes Redis refuses for it, and it returns
+// the *LayoutError rather than report it.
 // It joins every goroutine it starts before returning.
 func (q *Queue) AnalysePool(ctx context.Context, analyser int, cfg PoolConfig, fn AnalyseFunc) error {
 	ctx, done := q.whileOpen(ctx)
@@ -358,17 +363,38 @@ func (q *Queue) AnalysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 	return q.closedErr(q.analysePool(ctx, analyser, cfg, fn))
 }
 
-func (q *Queue) analysePool(ctx context.Context, analyser int, cfg PoolConfig, fn AnalyseFunc) error {
+func (q *Queue) analysePool(ctx context.Context, analyser int, cfg PoolConfig, fn AnalyseFunc) (err error) {
 	if fn == nil {
 		return ErrNilFunc
 	}
 	userOnError := cfg.OnError
-	cfg, err := cfg.withDefaults()
+	cfg, err = cfg.withDefaults()
 	if err != nil {
 		return err
 	}
 	log := newPoolLog(cfg.Logger, userOnError, analyser)
-	cfg.OnError = log.error
+	// A layout mismatch met while the pool runs (every new connection of
+	// a Dial'd queue checks the layout: a server that restarted empty and
+	// was laid out by a process with another layout refuses them all)
+	// cannot be fixed by retrying: the pool stops as when ctx ends, and
+	// returns it, as it does one met before it starts. It is not reported.
+	ctx, refuse := context.WithCancelCause(ctx)
+	defer refuse(nil)
+	var refusal atomic.Pointer[error]
+	cfg.OnError = func(err error) {
+		if _, failed := errors.AsType[*TaskError](err); !failed && layoutRefused(err) {
+			if refusal.CompareAndSwap(nil, &err) {
+				refuse(err)
+			}
+			return
+		}
+		log.error(err)
+	}
+	defer func() {
+		if p := refusal.Load(); p != nil && err == nil {
+			err = *p
+		}
+	}()
 	var b backoff
 	sent := time.Now()
 	st, err := q.newStore(ctx, analyser, cfg.LeaseTTL, cfg.MaxAttempts, cfg.Owner)
