@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode"
 
 	"github.com/gomodule/redigo/redis"
 )
@@ -88,11 +89,20 @@ func parseRedisURL(raw string) (redisURL, error) {
 		return r, errors.New("URL has a '#': percent-encode it (%23) in a password")
 	}
 	for _, h := range strings.Split(hosts, ",") {
+		if strings.ContainsFunc(h, func(c rune) bool { return unicode.IsControl(c) || unicode.IsSpace(c) }) {
+			// A name lookup would stop at a NUL, or fail far from here.
+			return r, errors.New("URL's host has a control character or a space")
+		}
 		host, port, err := net.SplitHostPort(h)
-		if err != nil { // no port
+		if err != nil { // no port, or more than one ':' outside brackets
 			host, port = h, defaultPort
-			if len(h) > 1 && h[0] == '[' && h[len(h)-1] == ']' {
+			switch {
+			case len(h) > 1 && h[0] == '[' && h[len(h)-1] == ']':
 				host = h[1 : len(h)-1] // an IPv6 address; a lone bracket is refused below
+			case strings.Contains(h, ":"):
+				// redis://::1:6394 would be the host "::1:6394" on port
+				// 6379, its port silently dropped.
+				return r, errors.New("URL's host has a ':' outside brackets: write an IPv6 address in brackets, as in redis://[::1]:6379")
 			}
 		}
 		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || strings.ContainsAny(host, "[]/@") {

@@ -138,6 +138,53 @@ func TestRedactURL(t *testing.T) {
 	}
 }
 
+// TestURLHostMustParse checks that a host Dial could only misread is
+// refused with ErrBadConfig, by CheckURL and by Dial before it connects,
+// with a message that says what is wrong and quotes nothing of the URL:
+// an IPv6 address without brackets (redis://::1:6394 would be read as
+// the host "::1:6394" on port 6379) and a host holding a control
+// character or a space. Bracketed IPv6 addresses work.
+func TestURLHostMustParse(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"redis://::1:6394":                  "write an IPv6 address in brackets",
+		"redis://fe80::1:6394/0":            "write an IPv6 address in brackets",
+		"redis://:s3cret@::1:6394":          "write an IPv6 address in brackets",
+		"rediss://u:s3cret@2001:db8::1":     "write an IPv6 address in brackets",
+		"redis+cluster://a:7000,::1:7001":   "write an IPv6 address in brackets",
+		"redis+sentinel://::1/mymaster":     "write an IPv6 address in brackets",
+		"redis://127.0.0.1\x00:6394":        "control character or a space",
+		"redis://:s3cret@127.0.0.1\x00":     "control character or a space",
+		"redis://my\thost:6379":             "control character or a space",
+		"redis://my host:6379":              "control character or a space",
+		"redis://h\x7f:6379":                "control character or a space",
+		"redis+cluster://a:7000,b\x01:7001": "control character or a space",
+	} {
+		err := CheckURL(in)
+		assert.ErrorIs(t, err, ErrBadConfig, "%q", in)
+		if assert.Error(t, err, "%q", in) {
+			assert.Contains(t, err.Error(), want, "%q", in)
+			assert.NotContains(t, err.Error(), "s3cret", "%q", in)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err = Dial(ctx, []string{in}, Config{DialTimeout: time.Second})
+		cancel()
+		assert.ErrorIs(t, err, ErrBadConfig, "Dial(%q)", in)
+		assert.Equal(t, "(a URL that Dial refuses)", RedactURL(in), "%q", in)
+	}
+	for in, want := range map[string]redisURL{
+		"redis://[::1]:6394":               {addr: "[::1]:6394"},
+		"redis://:pw@[::1]":                {addr: "[::1]:6379", password: "pw"},
+		"redis://[fe80::1]:6394/2":         {addr: "[fe80::1]:6394", db: 2},
+		"redis+cluster://[::1]:7000,[::2]": {topo: cluster, addrs: []string{"[::1]:7000", "[::2]:6379"}},
+	} {
+		got, err := parseRedisURL(in)
+		if assert.NoError(t, err, in) {
+			assert.Equal(t, want, got, in)
+		}
+	}
+}
+
 // TestTLSToAPlainPort checks that rediss:// to a port without TLS says
 // what is likely wrong, whether the server waits for the rest of what it
 // takes for a command line (a plain redis-server) or answers in its own

@@ -222,7 +222,9 @@ func New(pools []*redis.Pool, cfg Config) (*Queue, error) {
 // Dial returns a Queue over pools it makes for the given URLs, one per
 // partition, in partition order. A URL is redis://[[user]:password@]host[:port][/db]
 // or, for TLS, rediss://...; the scheme is case-insensitive, the port
-// defaults to 6379 and the database to 0. TLS verifies the server against
+// defaults to 6379 and the database to 0. An IPv6 address goes in
+// brackets (redis://[::1]:6379); a host with a ':' outside them, or with
+// a control character or a space, is refused with ErrBadConfig. TLS verifies the server against
 // the system's roots unless Config.TLSConfig says otherwise. Dial pings
 // every server once and fails if one is unreachable. Its errors name a
 // server by its partition index, never by its URL, so they never hold a
