@@ -105,7 +105,7 @@ func parseRedisURL(raw string) (redisURL, error) {
 				return r, errors.New("URL's host has a ':' outside brackets: write an IPv6 address in brackets, as in redis://[::1]:6379")
 			}
 		}
-		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || strings.ContainsAny(host, "[]/@") {
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || strings.Trim(port, "0123456789") != "" || strings.ContainsAny(host, "[]/@") {
 			return r, errors.New("URL has a host or port that does not parse")
 		}
 		if host == "" {

@@ -159,6 +159,9 @@ func TestURLHostMustParse(t *testing.T) {
 		"redis://my host:6379":              "control character or a space",
 		"redis://h\x7f:6379":                "control character or a space",
 		"redis+cluster://a:7000,b\x01:7001": "control character or a space",
+		"redis://127.0.0.1:+6394":           "host or port that does not parse",
+		"redis://:s3cret@127.0.0.1:-1":      "host or port that does not parse",
+		"redis+cluster://a:7000,b:+7001":    "host or port that does not parse",
 	} {
 		err := CheckURL(in)
 		assert.ErrorIs(t, err, ErrBadConfig, "%q", in)
