@@ -179,6 +179,14 @@ func (r *groupRun) run(ctx context.Context) error {
 			if runCtx.Err() != nil {
 				break
 			}
+			if layoutRefused(err) {
+				// The server was laid out anew by a process of another
+				// layout (it restarted empty): retries cannot mend that.
+				// A member running pools learns it from them; one
+				// running none, from its heartbeat.
+				fail(err)
+				break
+			}
 			r.report(err)
 			sleep(runCtx, min(b.next(), every))
 			continue
@@ -199,6 +207,10 @@ func (r *groupRun) run(ctx context.Context) error {
 		// A wait that keeps failing (its key overwritten) while beats work
 		// backs off by itself: b starts over with every beat.
 		if _, err := r.g.waitNudge(runCtx, r.cfg.Member, wait); err != nil && runCtx.Err() == nil {
+			if layoutRefused(err) {
+				fail(err)
+				break
+			}
 			r.report(err)
 			sleep(runCtx, min(nb.next(), every))
 		} else {

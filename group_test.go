@@ -12,7 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -400,4 +402,55 @@ func TestJoinGroupPausedMemberReplaced(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, again.same, "a member whose session ran out is told its old assignment stands")
 	require.Len(t, again.analysers, 2)
+}
+
+// A group's server restarted empty, and a process of another layout
+// recorded its own first: every member returns the *LayoutError, the
+// member that runs no pool (two members, one analyser) from its
+// heartbeat, rather than report it at every heartbeat for ever.
+func TestJoinGroupStopsAtAnotherLayoutAfterRestart(t *testing.T) {
+	t.Parallel()
+	m := miniredis.RunT(t)
+	ctx := bounded(t)
+	prefix := testPrefix(t)
+	q, err := Dial(ctx, []string{"redis://" + m.Addr()}, Config{Prefix: prefix})
+	require.NoError(t, err)
+	defer q.Close()
+	var errs errLog
+	assigned := make(chan []int, 10)
+	done := make(chan error, 2)
+	for _, member := range []string{"a", "b"} {
+		go func() {
+			done <- q.JoinGroup(ctx, "g", GroupConfig{Member: member, SessionTTL: time.Second,
+				OnAssign: func(a []int) { assigned <- a },
+				Pool:     PoolConfig{Workers: 1, OnError: errs.add}}, func(context.Context, Task) error { return nil })
+		}()
+	}
+	// Both joined: one runs analyser 0, the other none.
+	got := map[int]bool{}
+	require.Eventually(t, func() bool {
+		for {
+			select {
+			case a := <-assigned:
+				got[len(a)] = true
+			default:
+				return got[0] && got[1]
+			}
+		}
+	}, 10*time.Second, 5*time.Millisecond, "the two members did not both take their share")
+
+	m.Close()
+	m.FlushAll()
+	m.HSet(layoutKey(prefix), "partitions", "1", "queues", "2", "index", "0")
+	require.NoError(t, m.Restart())
+	for range 2 {
+		select {
+		case err := <-done:
+			var le *LayoutError
+			require.ErrorAs(t, err, &le)
+			assert.Contains(t, le.Got, "queues=2")
+		case <-time.After(10 * time.Second):
+			t.Fatalf("a member still runs 10s after the restart; %d errors reported", len(errs.all()))
+		}
+	}
 }
