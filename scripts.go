@@ -49,6 +49,7 @@ var scriptVars = strings.NewReplacer(
 	"$endSizeField", endSizeField,
 	"$largeEntry", strconv.Itoa(largeEntry),
 	"$largeField", largeField,
+	"$layoutRecorded", layoutRecorded,
 	"$maxClaimSeq", strconv.FormatInt(maxClaimSeq, 10), // before $maxClaim: the first name that matches is taken
 	"$maxClaim", strconv.Itoa(maxClaim),
 	"$maxGroupWeight", strconv.Itoa(maxGroupWeight),
