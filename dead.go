@@ -34,7 +34,10 @@ type DeadTask struct {
 	// DiedAt is when the task moved to the dead-letter store, by the
 	// clock of the process that moved it, to the millisecond; of two tasks
 	// of one OrderID that process moved within one millisecond, the later
-	// is stamped a millisecond later, so that Replay keeps their order.
+	// is stamped a millisecond later, and an owner of the queue stamps its
+	// deaths after every death recorded when it took the queue over (by a
+	// clock behind the last owner's, say), so that Replay keeps their
+	// order. A stamp may so run a little ahead of the clock.
 	DiedAt time.Time
 	// Raw holds the record's bytes as they were found when it could not be
 	// decoded; it is nil for a task that decoded.
