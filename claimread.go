@@ -54,7 +54,7 @@ func (s *store) takeClaimed(ctx context.Context, entries [][]byte, first int64, 
 		}
 		if err != nil {
 			ref := taskRef{record: batch.record, place: int32(i), field: pendingField(raw, seq)}
-			bad = append(bad, burial{ref, encodeDead(raw, 0, "claim: "+err.Error(), time.Now().UnixMilli())})
+			bad = append(bad, burial{ref, encodeDead(raw, 0, "claim: "+err.Error(), s.quarantinedNow())})
 			continue
 		}
 		t.Attempt = deliveries + 1

@@ -49,7 +49,7 @@ func TestCorruptValues(t *testing.T) {
 	}
 	var cases []corruptCase
 	for g, v := range garbageValues {
-		for _, f := range []string{"seq", "fence", "processed", "failed", "redelivered"} {
+		for _, f := range []string{"seq", "fence", "processed", "failed", "redelivered", lastDeathField} {
 			cases = append(cases, corruptCase{"meta " + f + " " + g, f == "redelivered", func(t *testing.T, e *corruptEnv) {
 				e.s.do(t, "HSET", e.k.meta, f, v)
 			}})

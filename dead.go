@@ -9,7 +9,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -35,7 +34,10 @@ type DeadTask struct {
 	// DiedAt is when the task moved to the dead-letter store, by the
 	// clock of the process that moved it, to the millisecond; of two tasks
 	// of one OrderID that process moved within one millisecond, the later
-	// is stamped a millisecond later, so that Replay keeps their order.
+	// is stamped a millisecond later, and an owner of the queue stamps its
+	// deaths after every death recorded when it took the queue over (by a
+	// clock behind the last owner's, say), so that Replay keeps their
+	// order. A stamp may so run a little ahead of the clock.
 	DiedAt time.Time
 	// Raw holds the record's bytes as they were found when it could not be
 	// decoded; it is nil for a task that decoded.
@@ -64,38 +66,6 @@ func encodeDead(raw []byte, attempts int, msg string, diedAt int64) []byte {
 	b = binary.AppendUvarint(b, uint64(len(msg)))
 	b = append(b, msg...)
 	return append(b, raw...)
-}
-
-// deathClock stamps the deaths of a Queue's tasks (DeadTask.DiedAt), in
-// milliseconds since the epoch: the time, or a millisecond past the last
-// stamp of an OrderID of the same slot, whichever is later. Two tasks of
-// one OrderID that die in one millisecond (a burst of failures, a recovery
-// that buries many at once) so keep their order in DiedAt, which Replay
-// follows; task IDs, its tie-break, follow add order only per producer.
-// A stamp runs ahead of the clock by a millisecond per such death.
-type deathClock struct {
-	mu   sync.Mutex
-	last [deathSlots]int64
-}
-
-// deathSlots is how many OrderID slots a deathClock keeps: OrderIDs that
-// share one only push each other's stamps on, within a millisecond.
-const deathSlots = 256
-
-// stamp returns the death time of a task of orderID, dying now.
-func (c *deathClock) stamp(orderID uint64) int64 {
-	now := time.Now().UnixMilli()
-	if c == nil {
-		return now
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	last := &c.last[orderID%deathSlots]
-	if now <= *last {
-		now = *last + 1
-	}
-	*last = now
-	return now
 }
 
 // maxDeadMsg bounds the error text a dead record keeps: an error of any

@@ -13,6 +13,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -410,19 +411,170 @@ func TestReplayKeepsTheOrderOfDeathsInOneMillisecond(t *testing.T) {
 	}
 }
 
-func TestDeathClockStampsOneOrderIDApart(t *testing.T) {
-	var c deathClock
-	before := time.Now().UnixMilli()
-	last := int64(0)
-	for range 100 {
-		s := c.stamp(7)
-		assert.Greater(t, s, last)
-		last = s
+// producesAs has q's next task IDs made by node: of two producers, the one
+// with the smaller node makes the IDs that sort first.
+func producesAs(q *Queue, node uint64) {
+	q.ids.mu.Lock()
+	q.ids.node, q.ids.n = node, 1
+	q.ids.mu.Unlock()
+}
+
+// stampedLast sets the last death stamp q made for orderID's slot to ms:
+// a stamp ahead of the clock is what a burst of deaths stamped a
+// millisecond apart leaves (or a clock that is ahead).
+func stampedLast(q *Queue, orderID uint64, ms int64) {
+	q.deaths.mu.Lock()
+	q.deaths.last[orderID%deathSlots] = ms
+	q.deaths.mu.Unlock()
+}
+
+// deadPayloads returns the payloads of ds, in order.
+func deadPayloads(ds []DeadTask) []string {
+	ts := make([]Task, len(ds))
+	for i, d := range ds {
+		ts[i] = d.Task
 	}
-	assert.GreaterOrEqual(t, c.stamp(7+deathSlots), last+1, "an OrderID of the same slot goes on from it")
-	other := c.stamp(8)
-	assert.GreaterOrEqual(t, other, before)
-	assert.LessOrEqual(t, other, time.Now().UnixMilli(), "another slot's stamp is the time")
-	var none *deathClock
-	assert.InDelta(t, time.Now().UnixMilli(), none.stamp(7), 1000)
+	return payloadsOf(ts)
+}
+
+// Tasks of one OrderID that died under two owners of the queue, one after
+// the other (a standby that took over, a restart), are listed by Dead and
+// replayed in the order they died: the second owner stamps its deaths
+// past the first's, whether the first's stamps ran ahead of the second's
+// clock or the second's clock stamps the first's last millisecond (where
+// the IDs, which break ties, sort the second's task first).
+func TestDeadKeepsTheOrderOfDeathsAcrossOwners(t *testing.T) {
+	t.Parallel()
+	for _, tie := range []bool{false, true} {
+		t.Run(map[bool]string{false: "behind", true: "tie"}[tie], func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			first, servers := newTestQueue(t, 1, Config{})
+			second, err := New([]*redis.Pool{servers[0].pool}, Config{Prefix: first.cfg.Prefix})
+			require.NoError(t, err)
+			defer second.Close()
+			producesAs(first, 1<<60)
+			producesAs(second, 1)
+			const n = 20
+			want := make([]string, n+1)
+			for i := range want {
+				want[i] = pl(7, i)
+			}
+			for i := range n {
+				_, err := first.AddTask(ctx, 7, []byte(want[i]))
+				require.NoError(t, err)
+			}
+
+			// The first owner, a Consumer, its stamps a minute ahead.
+			stampedLast(first, 7, time.Now().Add(time.Minute).UnixMilli())
+			c, err := first.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 1})
+			require.NoError(t, err)
+			tasks, err := c.Claim(ctx, n)
+			require.NoError(t, err)
+			require.Len(t, tasks, n)
+			for _, task := range tasks {
+				dead, err := c.Fail(ctx, task, errors.New("down"))
+				require.NoError(t, err)
+				require.True(t, dead)
+			}
+			require.NoError(t, c.Release(ctx))
+
+			// The second, a pool.
+			if tie {
+				ds, err := first.Dead(ctx, 0)
+				require.NoError(t, err)
+				require.Len(t, ds, n)
+				stampedLast(second, 7, ds[n-1].DiedAt.UnixMilli()-1) // its next stamp is the first's last
+			}
+			_, err = second.AddTask(ctx, 7, []byte(want[n]))
+			require.NoError(t, err)
+			require.NoError(t, second.AnalysePool(bounded(t), 0, PoolConfig{MaxAttempts: 1, ExitOnEmpty: true, OnError: func(error) {}},
+				func(context.Context, Task) error { return errors.New("down") }))
+
+			dead, err := first.Dead(ctx, 0)
+			require.NoError(t, err)
+			assert.Equal(t, want, deadPayloads(dead), "oldest death first")
+			moved, err := first.Replay(ctx, 0)
+			require.NoError(t, err)
+			require.Equal(t, n+1, moved)
+			c, err = first.Consume(ctx, 0, ConsumerConfig{})
+			require.NoError(t, err)
+			again, err := c.Claim(ctx, n+1)
+			require.NoError(t, err)
+			assert.Equal(t, want, payloadsOf(again), "replayed in the order they died")
+			require.NoError(t, c.Release(ctx))
+		})
+	}
+}
+
+// The next owner's recovery stamps the deaths it finds past the last
+// owner's too: a task whose deliveries ran out, a pending record that does
+// not decode, and an entry its first claim finds malformed.
+func TestNextOwnersBurialsFollowTheLastOwnersDeaths(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	first, s, k := deadQueue(t)
+	second, err := New([]*redis.Pool{s.pool}, Config{Prefix: first.cfg.Prefix})
+	require.NoError(t, err)
+	defer second.Close()
+	addAll(t, first, orderTasks(1, 2))
+	stampedLast(first, 0, time.Now().Add(time.Minute).UnixMilli())
+	c, err := first.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 1})
+	require.NoError(t, err)
+	task, err := c.RemoveTask(ctx)
+	require.NoError(t, err)
+	dead, err := c.Fail(ctx, task, errors.New("down"))
+	require.NoError(t, err)
+	require.True(t, dead)
+	require.NoError(t, c.Release(ctx))
+	c, err = first.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
+	require.NoError(t, err)
+	worn, err := c.RemoveTask(ctx)
+	require.NoError(t, err)
+	dead, err = c.Fail(ctx, worn, errors.New("down"))
+	require.NoError(t, err)
+	require.False(t, dead, "its retry is recorded, and never made")
+	require.NoError(t, c.Release(ctx))
+	s.do(t, "LPUSH", k.ready, "not a task")
+	s.do(t, "HSET", k.pending, "junk", "not a record")
+
+	c, err = second.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
+	require.NoError(t, err)
+	_, err = c.Claim(ctx, 10)
+	require.NoError(t, err)
+	require.NoError(t, c.Release(ctx))
+	ds, err := first.Dead(ctx, 0)
+	require.NoError(t, err)
+	require.Len(t, ds, 4)
+	assert.Equal(t, task.ID, ds[0].ID, "the last owner's death first")
+	assert.True(t, slices.ContainsFunc(ds, func(d DeadTask) bool { return d.ID == worn.ID }), "the task whose deliveries ran out")
+	for _, d := range ds[1:] {
+		assert.True(t, d.DiedAt.After(ds[0].DiedAt), "%s died at %v, the last owner's last death at %v", d.ID, d.DiedAt, ds[0].DiedAt)
+	}
+}
+
+// A last death in the meta hash that this package did not write (one
+// years ahead, here) is read as none, and the next death replaces it: it
+// does not push every later stamp on.
+func TestLastDeathWrittenByHandIsReplaced(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q, s, k := deadQueue(t)
+	addAll(t, q, orderTasks(1, 1))
+	s.do(t, "HSET", k.meta, lastDeathField, "99999999999999")
+	c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 1})
+	require.NoError(t, err)
+	task, err := c.RemoveTask(ctx)
+	require.NoError(t, err)
+	dead, err := c.Fail(ctx, task, errors.New("down"))
+	require.NoError(t, err)
+	require.True(t, dead)
+	require.NoError(t, c.Release(ctx))
+	ds, err := q.Dead(ctx, 0)
+	require.NoError(t, err)
+	require.Len(t, ds, 1)
+	assert.WithinDuration(t, time.Now(), ds[0].DiedAt, time.Minute)
+	last, err := redis.Int64(s.do(t, "HGET", k.meta, lastDeathField), nil)
+	require.NoError(t, err)
+	assert.Equal(t, ds[0].DiedAt.UnixMilli(), last)
 }

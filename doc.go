@@ -247,7 +247,8 @@
 // its text, wherever the package shows it, says that its Error method
 // panicked and names its type, and errors.Is and errors.As still find it. [Queue.Replay] puts dead tasks back at
 // the producing end as new work, behind the tasks already queued, their
-// delivery count reset.
+// delivery count reset, an OrderID's in the order they died, whichever
+// owner of the queue moved them (see [DeadTask].DiedAt).
 //
 // Graceful stop: when AnalysePool's ctx ends, the pool stops claiming
 // and starting tasks (each worker checks ctx's deadline, if it has one,
@@ -510,7 +511,11 @@
 // a crash of the replica loses. Set maxmemory-policy to
 // noeviction: any other policy lets a full Redis evict a ready list, a
 // claim record or a lease. Under noeviction a full Redis refuses new tasks
-// ([ErrRedisOOM]) and analysers keep draining it.
+// ([ErrRedisOOM]) and analysers keep draining it. A pool that takes its
+// queue again and finds that its Redis lost the layout record (a restart
+// without persistence) says so at Warn through [PoolConfig].Logger: the
+// tasks Redis held then are lost. So does a pool of a queue made by
+// [Dial], whose new connections record the layout again first.
 //
 // # Sentinel
 //

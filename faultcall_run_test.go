@@ -110,7 +110,7 @@ func (r *callRun) faultPool(actor string, pid int) *faultPool {
 	fp.observe = func(name string, args []any, sent time.Time, reply any, err error) {
 		switch name {
 		case "acquire":
-			if v, verr := redis.Values(reply, err); verr == nil && len(v) == 2 {
+			if v, verr := redis.Values(reply, err); verr == nil && len(v) == 3 {
 				if n, _ := redis.Int(v[0], nil); n == 1 {
 					r.hist.log(faultEvent{Ev: evLease, Pid: pid, Token: leaseToken(v[1])})
 				}

@@ -384,7 +384,7 @@ func (c *recConn) recordSent(cmd string, args []any, sent time.Time, do func() (
 		c.h.logAt(ev, sent) // stamped with the send time
 	case acquireHash:
 		if err == nil {
-			if v, verr := redis.Values(r, nil); verr == nil && len(v) == 2 {
+			if v, verr := redis.Values(r, nil); verr == nil && len(v) == 3 {
 				if n, _ := redis.Int(v[0], nil); n == 1 {
 					c.h.log(faultEvent{Ev: evLease, Analyser: analyser, Token: leaseToken(v[1])})
 				}

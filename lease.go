@@ -52,19 +52,27 @@ fence = string.format('%d', fence)
 //	failing one, refence) whose reply was lost, or "": a lease ending so is
 //	the caller's too
 //
-// Returns {1, lease value} when taken, or {0, ms left on the current lease,
-// its value ("" when the key is not a string)}.
+// Returns {1, lease value, the meta hash's lastDeathField ("" when none)}
+// when taken, or {0, ms left on the current lease, its value ("" when the
+// key is not a string)}.
 // Its first write is a DEL of the lease: Redis refuses a script at
 // maxmemory only at its first write, and only when that command may grow
 // memory (HSET, SET), so starting with DEL lets a pool take the lease and
 // drain a full Redis.
 var acquireScript = newScript("acquire", 2, luaIncr+`
+-- The latest death the dead-letter store recorded: the new owner stamps
+-- its own past it (deathClock).
+local function lastDeath()
+  local v = redis.pcall('HGET', KEYS[2], '$lastDeathField')
+  if type(v) == 'string' then return v end
+  return ''
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local held = ''
   if redis.call('TYPE', KEYS[1]).ok == 'string' then held = redis.call('GET', KEYS[1]) end
   if ARGV[5] ~= '' and #held > #ARGV[5] and string.sub(held, -#ARGV[5]) == ARGV[5] then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return {1, held}
+    return {1, held, lastDeath()}
   end
   if ARGV[4] == '' or held ~= ARGV[4] then
     return {0, redis.call('PTTL', KEYS[1]), held}
@@ -80,7 +88,7 @@ redis.call('HSET', KEYS[2], 'fence', fence)
 incr(KEYS[2], 'leases', 1)
 local v = fence .. '.' .. ARGV[3] .. ':' .. ARGV[1]
 redis.call('SET', KEYS[1], v, 'PX', ARGV[2])
-return {1, v}
+return {1, v, lastDeath()}
 `)
 
 // refenceScript gives a lease its holder still has a new fencing token and
@@ -222,11 +230,13 @@ func (s *store) tryAcquire(ctx context.Context) (ok bool, left time.Duration, ho
 		return false, 0, "", err
 	}
 	s.unanswered = ""
-	if n, _ := redis.Int(r[0], nil); n == 1 && len(r) == 2 {
+	if n, _ := redis.Int(r[0], nil); n == 1 && len(r) == 3 {
 		v, err := redis.String(r[1], nil)
 		if err != nil {
 			return false, 0, "", err
 		}
+		last, _ := redis.String(r[2], nil)
+		s.deathFloor.Store(deathFloor(last, time.Now().UnixMilli()))
 		s.lease.Store(&v)
 		s.acquired = sent
 		s.refencing = "" // a refence left unanswered by an earlier tenure is moot

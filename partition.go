@@ -22,7 +22,7 @@ type queueKeys struct {
 	claims  string // hash: a claim's first seq -> its claim record ("#<first>:" and its task IDs back to back; earlier releases: the IDs alone), while one of them is pending
 	dead    string // hash: task ID -> encoded dead record
 	lease   string // string: "<fencing token>.<nonce>:<owner>", with a PX expiry; the queue's owner
-	meta    string // hash: fence (last token), seq (last claim), processed, failed, redelivered, cancelled, leases, workers ("<count>:<lease value>"), paused ("1" while paused)
+	meta    string // hash: fence (last token), seq (last claim), processed, failed, redelivered, cancelled, leases, workers ("<count>:<lease value>"), paused ("1" while paused), lastdeath (the latest death stamp, ms)
 	wake    string // list: at most one element, pushed when a lease is released, to wake a standby
 	sched   string // sorted set: task ID -> due time (ms since the epoch), scheduled tasks not yet due
 	later   string // hash: task ID -> encoded task, the scheduled tasks of sched
@@ -99,17 +99,22 @@ func (q *Queue) layoutKeyOf(p *partition) string {
 //	KEYS[1] = layout hash
 //	ARGV[1] = partitions, ARGV[2] = queues, ARGV[3] = this server's index
 //
-// Returns "" when the layout matches (or was just recorded), otherwise the
-// recorded layout as "partitions=R queues=Q index=I".
+// Returns "" when the layout matches, layoutRecorded when there was none
+// and it was just recorded, otherwise the recorded layout as
+// "partitions=R queues=Q index=I".
 var layoutScript = newScript("layout", 1, `
 local got = redis.call('HMGET', KEYS[1], 'partitions', 'queues', 'index')
 if not got[1] then
   redis.call('HSET', KEYS[1], 'partitions', ARGV[1], 'queues', ARGV[2], 'index', ARGV[3])
-  return ''
+  return '$layoutRecorded'
 end
 if got[1] == ARGV[1] and got[2] == ARGV[2] and got[3] == ARGV[3] then return '' end
 return 'partitions=' .. tostring(got[1]) .. ' queues=' .. tostring(got[2]) .. ' index=' .. tostring(got[3])
 `)
+
+// layoutRecorded is layoutScript's reply when it found no layout and
+// recorded it.
+const layoutRecorded = "+"
 
 // layoutRefused reports whether err, of a layout check, refuses this
 // process's configuration (so that trying again cannot help).
@@ -130,6 +135,7 @@ type partition struct {
 	pool    *redis.Pool
 	router  *clusterRouter // the Redis Cluster pool routes to (partitionPool); nil for one server
 	checked atomic.Bool    // the layout was verified on this server
+	regone  atomic.Bool    // a new connection found the layout record gone and recorded it again, and no recheck has said so yet (Dial's pools)
 }
 
 // checkLayout verifies the layout of partition p before this process first
@@ -162,22 +168,25 @@ func (q *Queue) checkLayoutOf(ctx context.Context, p *partition) (none bool, err
 }
 
 // layoutOn records (on first use) or compares the layout of partition p,
-// on conn.
-func (q *Queue) layoutOn(ctx context.Context, conn redis.Conn, p *partition) error {
+// on conn. recorded reports that there was none, and it recorded it.
+func (q *Queue) layoutOn(ctx context.Context, conn redis.Conn, p *partition) (recorded bool, err error) {
 	want := [3]int{len(q.parts), q.cfg.Queues, p.index}
 	got, err := redis.String(runScript(ctx, layoutScript, conn, q.layoutKeyOf(p), want[0], want[1], want[2]))
 	if err != nil {
-		return redisErr(fmt.Sprintf("check layout of partition %d", p.index), err)
+		return false, redisErr(fmt.Sprintf("check layout of partition %d", p.index), err)
 	}
-	if got != "" {
-		return &LayoutError{
-			Partition: p.index,
-			Prefix:    q.cfg.Prefix,
-			Want:      fmt.Sprintf("partitions=%d queues=%d index=%d", want[0], want[1], want[2]),
-			Got:       got,
-		}
+	switch got {
+	case "":
+		return false, nil
+	case layoutRecorded:
+		return true, nil
 	}
-	return nil
+	return false, &LayoutError{
+		Partition: p.index,
+		Prefix:    q.cfg.Prefix,
+		Want:      fmt.Sprintf("partitions=%d queues=%d index=%d", want[0], want[1], want[2]),
+		Got:       got,
+	}
 }
 
 // compareLayout compares got, partition o's layout fields as HMGET read
@@ -214,10 +223,17 @@ func (q *Queue) readLayout(ctx context.Context, c redis.Conn, p *partition) ([]s
 // recheckLayout is checkLayout without the cache: for where the server may
 // have lost what it recorded. gone reports that the server held no layout
 // record when it was read, as a server that lost its data does after this
-// process saw one there (false when the read failed: err says so).
+// process saw one there, or that a new connection found it so since the
+// last recheck of p and recorded it again (Dial's pools: see Dial); false
+// when the read failed: err says so, and a loss the connections found is
+// kept for the next recheck.
 func (q *Queue) recheckLayout(ctx context.Context, p *partition) (gone bool, err error) {
 	p.checked.Store(false)
-	return q.checkLayoutOf(ctx, p)
+	gone, err = q.checkLayoutOf(ctx, p)
+	if err == nil && p.regone.Swap(false) {
+		gone = true
+	}
+	return gone, err
 }
 
 // CheckLayout compares the layout recorded in every server (partition
@@ -321,7 +337,7 @@ func (q *Queue) layoutPass(ctx context.Context, p *partition, record bool) (pNon
 			return
 		}
 		defer conn.Close()
-		errs[i] = q.layoutOn(ctx, conn, o)
+		_, errs[i] = q.layoutOn(ctx, conn, o) // p's loss is pNone
 	})
 	for i, o := range unrecorded {
 		var le *LayoutError

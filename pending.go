@@ -58,6 +58,7 @@ type store struct {
 	waiter      *waiter                // the partition's shared waiter, for a pool's idle waits (nil: own connections)
 	closed      *atomic.Bool           // the Queue's: a Consumer's calls after Close return ErrClosed
 	deaths      *deathClock            // the Queue's: stamps the deaths of its tasks
+	deathFloor  atomic.Int64           // the latest death the queue's dead-letter store had recorded when this store last took the lease (ms): its own are stamped past it
 	ownPools    bool                   // the Queue's pools are Dial's: Close closes them
 }
 
@@ -257,7 +258,7 @@ func (s *store) fail(ctx context.Context, t claimed, cause error, retryAt time.T
 	}
 	if t.Attempt >= s.maxAttempts {
 		entry := encodeTask(t.Task, t.Attempt)
-		moved, err := s.bury(ctx, []burial{{t.ref(), encodeDead(entry, t.Attempt, msg, s.deaths.stamp(t.OrderID))}})
+		moved, err := s.bury(ctx, []burial{{t.ref(), encodeDead(entry, t.Attempt, msg, s.diedNow(t.OrderID))}})
 		return moved > 0, err
 	}
 	if err := s.listsFirst(ctx); err != nil {
@@ -291,19 +292,22 @@ type burial struct {
 //
 //	KEYS[1] = pending hash, KEYS[2] = dead hash, KEYS[3] = lease, KEYS[4] = meta hash,
 //	KEYS[5] = retries hash, KEYS[6] = cancels hash, KEYS[7] = claim-sequence hash
-//	ARGV[1] = lease value, ARGV[2] = lease TTL ms,
-//	ARGV[3...] = claim, place, field (see taskRef), dead record, ...
+//	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = the latest death stamp of the records,
+//	ARGV[4...] = claim, place, field (see taskRef), dead record, ...
 //
 // Returns the number moved (also added to failed); a task no longer
-// pending is skipped. A record never replaces another one under the same
+// pending is skipped. The meta hash's lastDeathField keeps the latest
+// death stamp it was given, for the next owner (see deathClock); one this
+// package did not write (not a count, or a day ahead of ARGV[3]) is
+// replaced. A record never replaces another one under the same
 // field (garbage written under a dead task's ID, say): a quarantined
 // malformed record (0 attempts: its second byte is 0) takes the first
 // free field of "<field>#2", "<field>#3", ..., and a task's record moves
 // what was under its ID there.
 var buryScript = newScript("bury", -1, fenced(3, typeCheck(hashAt(1), hashAt(2), hashAt(4), hashAt(5), hashAt(7)),
-	"local pendingKey, metaKey, claimsKey = KEYS[1], KEYS[4], KEYS[7]\n"+luaIncr+luaClaimRec+luaTake+"\n"+luaCheckClaims(3, "#ARGV", 4)+`
+	"local pendingKey, metaKey, claimsKey = KEYS[1], KEYS[4], KEYS[7]\n"+luaIncr+luaClaimRec+luaTake+"\n"+luaCheckClaims(4, "#ARGV", 4)+`
 local n = 0
-for i = 3, #ARGV, 4 do
+for i = 4, #ARGV, 4 do
   if take(i) then
     local f, rec = ARGV[i + 2], ARGV[i + 3]
     redis.call('HDEL', KEYS[5], f)
@@ -322,7 +326,14 @@ for i = 3, #ARGV, 4 do
   end
 end
 takesDone()
-if n > 0 then incr(KEYS[4], 'failed', n) end
+if n > 0 then
+  incr(KEYS[4], 'failed', n)
+  local last, died = redis.call('HGET', KEYS[4], '$lastDeathField'), tonumber(ARGV[3])
+  last = last and #last <= 15 and string.match(last, '^%d+$') and tonumber(last)
+  if not last or last < died or last > died + $maxDeathsAheadMS then
+    redis.call('HSET', KEYS[4], '$lastDeathField', ARGV[3])
+  end
+end
 return n
 `))
 
@@ -396,7 +407,11 @@ func (s *store) bury(ctx context.Context, items []burial) (int, error) {
 	var cut cutRetry
 	for len(items) > 0 {
 		n := buryChunk(items, lim)
-		a := []any{s.value(), s.ttlMS}
+		latest := int64(0)
+		for _, b := range items[:n] {
+			latest = max(latest, deadStamp(b.rec))
+		}
+		a := []any{s.value(), s.ttlMS, latest}
 		records := make([]string, n)
 		for i, b := range items[:n] {
 			a = append(b.ref.args(a), b.rec)

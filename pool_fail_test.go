@@ -667,3 +667,66 @@ func TestPoolErrorWhoseErrorMethodPanics(t *testing.T) {
 		})
 	}
 }
+
+// A pool of a Queue made by Dial warns that Redis lost its data too (as
+// TestPoolWarnsWhenRedisLostItsData's does). There every new connection
+// to a server whose layout was verified checks it before it is used, and
+// records it again when it is gone: the first connection after the
+// restart has recorded it before the pool's next tenure reads it, and
+// must pass on that it was gone.
+func TestDialPoolWarnsWhenRedisLostItsData(t *testing.T) {
+	t.Parallel()
+	m := miniredis.RunT(t)
+	expireInRealTime(t, m)
+	warnsOfLostData(t, "redis://"+m.Addr(), func() {
+		m.FlushAll() // a restart without persistence: the data and every connection go
+		m.Close()
+		require.NoError(t, m.Restart())
+	})
+}
+
+// TestDialPoolWarnsWhenRedisLostItsDataReal is
+// TestDialPoolWarnsWhenRedisLostItsData with a redis-server killed and
+// started again, empty.
+func TestDialPoolWarnsWhenRedisLostItsDataReal(t *testing.T) {
+	requireFaultSuite(t)
+	r := startRedis(t, false)
+	warnsOfLostData(t, r.url(), func() {
+		r.kill()
+		r.start()
+	})
+}
+
+// warnsOfLostData runs a pool of a Queue dialled to url, a task running
+// as restart makes its Redis lose its data, and checks that the pool
+// warns once it takes the queue again, and not before.
+func warnsOfLostData(t *testing.T, url string, restart func()) {
+	ctx, stop := context.WithCancel(bounded(t))
+	defer stop()
+	q, err := Dial(ctx, []string{url}, Config{Prefix: testPrefix(t)})
+	require.NoError(t, err)
+	defer q.Close()
+	addAll(t, q, orderTasks(1, 2))
+	var logs lockedBuffer
+	var runs atomic.Int32
+	release := make(chan struct{})
+	errc := runPool(ctx, q, PoolConfig{LeaseTTL: time.Second, Workers: 1, OnError: func(error) {},
+		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))},
+		func(ctx context.Context, _ Task) error {
+			if runs.Add(1) == 1 {
+				select { // held as Redis restarts
+				case <-release:
+				case <-ctx.Done():
+				}
+			}
+			return nil
+		})
+	require.Eventually(t, func() bool { return runs.Load() == 1 }, 10*time.Second, time.Millisecond)
+	restart()
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "layout record was gone") }, 10*time.Second, 5*time.Millisecond,
+		"logs: %s", &logs)
+	assert.Equal(t, 1, strings.Count(logs.String(), "layout record was gone"), "warned once")
+	close(release)
+	stop()
+	require.NoError(t, <-errc)
+}

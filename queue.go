@@ -275,7 +275,9 @@ func Dial(ctx context.Context, urls []string, cfg Config) (*Queue, error) {
 	// layout it had recorded: on a partition whose layout this process has
 	// verified, every new connection checks it again (recording it again
 	// when the server lost it, if this Queue writes) before it is used. (On a cluster, a
-	// connection is not a server's: there the check is made once.)
+	// connection is not a server's: there the check is made once.) A
+	// record found gone is noted for the pools' next recheck, which warns
+	// that Redis lost its data: it finds the record there again.
 	var made atomic.Pointer[Queue]
 	recheck := func(i int) func(context.Context, redis.Conn) error {
 		return func(ctx context.Context, c redis.Conn) error {
@@ -283,7 +285,11 @@ func Dial(ctx context.Context, urls []string, cfg Config) (*Queue, error) {
 				if !q.records.Load() {
 					return q.compareLayoutOn(ctx, c, q.parts[i])
 				}
-				return q.layoutOn(ctx, c, q.parts[i])
+				recorded, err := q.layoutOn(ctx, c, q.parts[i])
+				if recorded {
+					q.parts[i].regone.Store(true)
+				}
+				return err
 			}
 			return nil
 		}

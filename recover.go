@@ -3,7 +3,6 @@ package queue
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/gomodule/redigo/redis"
 )
@@ -85,10 +84,10 @@ func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep ma
 		}
 		switch {
 		case r.err != nil:
-			dead = append(dead, burial{r.ref(), encodeDead(r.raw, 0, op+": "+r.err.Error(), time.Now().UnixMilli())})
+			dead = append(dead, burial{r.ref(), encodeDead(r.raw, 0, op+": "+r.err.Error(), s.quarantinedNow())})
 		case r.seqLost:
 			msg := op + ": the claim-sequence record of this pending task is lost, so its place among its OrderID's tasks is unknown; replay it if its order does not matter"
-			dead = append(dead, burial{r.ref(), encodeDead(encodeTask(r.Task, n), n, msg, s.deaths.stamp(r.OrderID))})
+			dead = append(dead, burial{r.ref(), encodeDead(encodeTask(r.Task, n), n, msg, s.diedNow(r.OrderID))})
 			seqLost++
 		case redelivery && n >= s.maxAttempts:
 			r.deliveries = n
@@ -108,7 +107,7 @@ func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep ma
 			if last[i] != "" {
 				msg += "; its last failure: " + last[i]
 			}
-			dead = append(dead, burial{r.ref(), encodeDead(encodeTask(r.Task, r.deliveries), r.deliveries, msg, s.deaths.stamp(r.OrderID))})
+			dead = append(dead, burial{r.ref(), encodeDead(encodeTask(r.Task, r.deliveries), r.deliveries, msg, s.diedNow(r.OrderID))})
 		}
 	}
 	if _, err := s.bury(ctx, dead); err != nil {

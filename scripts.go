@@ -49,6 +49,9 @@ var scriptVars = strings.NewReplacer(
 	"$endSizeField", endSizeField,
 	"$largeEntry", strconv.Itoa(largeEntry),
 	"$largeField", largeField,
+	"$lastDeathField", lastDeathField,
+	"$maxDeathsAheadMS", strconv.FormatInt(maxDeathsAhead.Milliseconds(), 10),
+	"$layoutRecorded", layoutRecorded,
 	"$maxClaimSeq", strconv.FormatInt(maxClaimSeq, 10), // before $maxClaim: the first name that matches is taken
 	"$maxClaim", strconv.Itoa(maxClaim),
 	"$maxGroupWeight", strconv.Itoa(maxGroupWeight),

@@ -151,10 +151,10 @@ local function takesDone()
   takes, takeOrder = {}, {}
 end
 
-local bad = claimTypes(claimsKey, 3, #ARGV, 4)
+local bad = claimTypes(claimsKey, 4, #ARGV, 4)
 if bad then return bad end
 local n = 0
-for i = 3, #ARGV, 4 do
+for i = 4, #ARGV, 4 do
   if take(i) then
     local f, rec = ARGV[i + 2], ARGV[i + 3]
     redis.call('HDEL', KEYS[5], f)
@@ -173,5 +173,12 @@ for i = 3, #ARGV, 4 do
   end
 end
 takesDone()
-if n > 0 then incr(KEYS[4], 'failed', n) end
+if n > 0 then
+  incr(KEYS[4], 'failed', n)
+  local last, died = redis.call('HGET', KEYS[4], 'lastdeath'), tonumber(ARGV[3])
+  last = last and #last <= 15 and string.match(last, '^%d+$') and tonumber(last)
+  if not last or last < died or last > died + 86400000 then
+    redis.call('HSET', KEYS[4], 'lastdeath', ARGV[3])
+  end
+end
 return n
