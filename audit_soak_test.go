@@ -64,7 +64,7 @@ func soakKeysLeft(t *testing.T, q *Queue, s *testServer, k queueKeys) {
 	}
 	fields, err := redis.Strings(s.do(t, "HKEYS", k.meta), nil)
 	require.NoError(t, err)
-	fixed := []string{"fence", "seq", "processed", "failed", "redelivered", "cancelled", "leases", "workers", "paused", "retention", "pending", markTakenField, markBoundField}
+	fixed := []string{"fence", "seq", "processed", "failed", "redelivered", "cancelled", "leases", "workers", "paused", "retention", "pending", markTakenField, markBoundField, lastDeathField}
 	for _, f := range fields {
 		assert.Contains(t, fixed, f, "meta field %q", f)
 	}
