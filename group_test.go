@@ -439,10 +439,7 @@ func TestJoinGroupStopsAtAnotherLayoutAfterRestart(t *testing.T) {
 		}
 	}, 10*time.Second, 5*time.Millisecond, "the two members did not both take their share")
 
-	m.Close()
-	m.FlushAll()
-	m.HSet(layoutKey(prefix), "partitions", "1", "queues", "2", "index", "0")
-	require.NoError(t, m.Restart())
+	restartEmpty(t, m, prefix, 2)
 	for range 2 {
 		select {
 		case err := <-done:

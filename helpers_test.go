@@ -10,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -539,4 +540,18 @@ func queueOnPool(t *testing.T, pool *redis.Pool) *Queue {
 	require.NoError(t, err)
 	t.Cleanup(func() { q.Close() })
 	return q
+}
+
+// restartEmpty restarts m as a server without persistence restarts: every
+// connection and all the data go. With queues > 0, a process of that
+// many queues (one partition) records its layout under prefix before
+// anyone else reconnects.
+func restartEmpty(t testing.TB, m *miniredis.Miniredis, prefix string, queues int) {
+	t.Helper()
+	m.Close()
+	m.FlushAll()
+	if queues > 0 {
+		m.HSet(layoutKey(prefix), "partitions", "1", "queues", strconv.Itoa(queues), "index", "0")
+	}
+	require.NoError(t, m.Restart())
 }

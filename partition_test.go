@@ -357,10 +357,7 @@ func TestLayoutRecheckedAfterReconnect(t *testing.T) {
 	_, err = q1.AddTask(ctx, 1, []byte("a"))
 	require.NoError(t, err)
 
-	// A restart without persistence: the data and every connection go.
-	m.FlushAll()
-	m.Close()
-	require.NoError(t, m.Restart())
+	restartEmpty(t, m, prefix, 0)
 
 	q2, err := Dial(ctx, []string{"redis://" + m.Addr()}, Config{Prefix: prefix, Queues: 2})
 	require.NoError(t, err)
@@ -400,10 +397,7 @@ func TestPoolStopsAtAnotherLayoutAfterReconnect(t *testing.T) {
 
 	// A restart without persistence, and a process with Queues 2 first to
 	// record its layout (before the running pool reconnects).
-	m.Close()
-	m.FlushAll()
-	m.HSet(layoutKey(prefix), "partitions", "1", "queues", "2", "index", "0")
-	require.NoError(t, m.Restart())
+	restartEmpty(t, m, prefix, 2)
 	close(finish) // its ack is refused
 
 	stopped := time.Now()
@@ -718,9 +712,7 @@ func readAfterRestart(t *testing.T) (*miniredis.Miniredis, *Queue) {
 	require.NoError(t, err)
 	t.Cleanup(func() { q.Close() })
 	require.NoError(t, q.CheckLayout(ctx))
-	m.FlushAll()
-	m.Close()
-	require.NoError(t, m.Restart())
+	restartEmpty(t, m, prefix, 0)
 	_, err = q.Stats(ctx)
 	require.NoError(t, err)
 	return m, q

@@ -679,9 +679,7 @@ func TestDialPoolWarnsWhenRedisLostItsData(t *testing.T) {
 	m := miniredis.RunT(t)
 	expireInRealTime(t, m)
 	warnsOfLostData(t, "redis://"+m.Addr(), func() {
-		m.FlushAll() // a restart without persistence: the data and every connection go
-		m.Close()
-		require.NoError(t, m.Restart())
+		restartEmpty(t, m, "", 0)
 	})
 }
 
