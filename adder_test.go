@@ -122,6 +122,15 @@ func closedAddr(t *testing.T) string {
 	return addr
 }
 
+// downPool returns a pool of a server that is down (nothing listens at
+// its address), closed at the test's end.
+func downPool(t *testing.T) *redis.Pool {
+	t.Helper()
+	p := testPool("redis://" + closedAddr(t))
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
 // entryID returns the task ID of an encoded entry.
 func entryID(e []byte) string { return string(e[1:entryHeader]) }
 

@@ -618,8 +618,7 @@ func TestLayoutOfTheOthersWhileAServerIsDown(t *testing.T) {
 	}
 	first.Close()
 	s[1].do(t, "DEL", prefix+":layout") // lost by a restart
-	down := testPool("redis://" + closedAddr(t))
-	defer down.Close()
+	down := downPool(t)
 	q, err := New([]*redis.Pool{s[0].pool, s[1].pool, down}, Config{Prefix: prefix})
 	require.NoError(t, err)
 	defer q.Close()
@@ -646,8 +645,7 @@ func TestReadsRecordNoLayout(t *testing.T) {
 	skipOnCluster(t, "it gives one partition a server of its own, down")
 	ctx := bounded(t)
 	up := newTestServers(t, 1)[0]
-	down := testPool("redis://" + closedAddr(t))
-	defer down.Close()
+	down := downPool(t)
 	prefix := testPrefix(t)
 	q, err := New([]*redis.Pool{up.pool, down}, Config{Prefix: prefix, Queues: 2})
 	require.NoError(t, err)

@@ -428,8 +428,7 @@ func TestAddTasksFirstUseWithAPartitionDown(t *testing.T) {
 	skipOnCluster(t, "it gives one partition a server of its own, down")
 	ctx := bounded(t)
 	up := newTestServers(t, 1)[0]
-	down := testPool("redis://" + closedAddr(t))
-	t.Cleanup(func() { down.Close() })
+	down := downPool(t)
 	fresh := func(t *testing.T) *Queue { // a Queue that has verified no partition yet
 		q, err := New([]*redis.Pool{up.pool, down}, Config{Prefix: testPrefix(t)})
 		require.NoError(t, err)
@@ -492,8 +491,7 @@ func TestAddTasksMismatchBehindAPartitionDown(t *testing.T) {
 	s := newTestServers(t, 2)
 	prefix := testPrefix(t)
 	s[1].do(t, "HSET", layoutKey(prefix), "partitions", 3, "queues", 2, "index", 2)
-	down := testPool("redis://" + closedAddr(t))
-	t.Cleanup(func() { down.Close() })
+	down := downPool(t)
 	q, err := New([]*redis.Pool{down, s[1].pool, s[0].pool}, Config{Prefix: prefix})
 	require.NoError(t, err)
 	defer q.Close()
