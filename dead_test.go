@@ -467,17 +467,7 @@ func TestDeadKeepsTheOrderOfDeathsAcrossOwners(t *testing.T) {
 
 			// The first owner, a Consumer, its stamps a minute ahead.
 			stampedLast(first, 7, time.Now().Add(time.Minute).UnixMilli())
-			c, err := first.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 1})
-			require.NoError(t, err)
-			tasks, err := c.Claim(ctx, n)
-			require.NoError(t, err)
-			require.Len(t, tasks, n)
-			for _, task := range tasks {
-				dead, err := c.Fail(ctx, task, errors.New("down"))
-				require.NoError(t, err)
-				require.True(t, dead)
-			}
-			require.NoError(t, c.Release(ctx))
+			failToDeath(t, first, n)
 
 			// The second, a pool.
 			if tie {
@@ -497,7 +487,7 @@ func TestDeadKeepsTheOrderOfDeathsAcrossOwners(t *testing.T) {
 			moved, err := first.Replay(ctx, 0)
 			require.NoError(t, err)
 			require.Equal(t, n+1, moved)
-			c, err = first.Consume(ctx, 0, ConsumerConfig{})
+			c, err := first.Consume(ctx, 0, ConsumerConfig{})
 			require.NoError(t, err)
 			again, err := c.Claim(ctx, n+1)
 			require.NoError(t, err)
@@ -519,19 +509,12 @@ func TestNextOwnersBurialsFollowTheLastOwnersDeaths(t *testing.T) {
 	defer second.Close()
 	addAll(t, first, orderTasks(1, 2))
 	stampedLast(first, 0, time.Now().Add(time.Minute).UnixMilli())
-	c, err := first.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 1})
-	require.NoError(t, err)
-	task, err := c.RemoveTask(ctx)
-	require.NoError(t, err)
-	dead, err := c.Fail(ctx, task, errors.New("down"))
-	require.NoError(t, err)
-	require.True(t, dead)
-	require.NoError(t, c.Release(ctx))
-	c, err = first.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
+	task := failToDeath(t, first, 1)[0]
+	c, err := first.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
 	require.NoError(t, err)
 	worn, err := c.RemoveTask(ctx)
 	require.NoError(t, err)
-	dead, err = c.Fail(ctx, worn, errors.New("down"))
+	dead, err := c.Fail(ctx, worn, errors.New("down"))
 	require.NoError(t, err)
 	require.False(t, dead, "its retry is recorded, and never made")
 	require.NoError(t, c.Release(ctx))
@@ -562,14 +545,7 @@ func TestLastDeathWrittenByHandIsReplaced(t *testing.T) {
 	q, s, k := deadQueue(t)
 	addAll(t, q, orderTasks(1, 1))
 	s.do(t, "HSET", k.meta, lastDeathField, "99999999999999")
-	c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 1})
-	require.NoError(t, err)
-	task, err := c.RemoveTask(ctx)
-	require.NoError(t, err)
-	dead, err := c.Fail(ctx, task, errors.New("down"))
-	require.NoError(t, err)
-	require.True(t, dead)
-	require.NoError(t, c.Release(ctx))
+	failToDeath(t, q, 1)
 	ds, err := q.Dead(ctx, 0)
 	require.NoError(t, err)
 	require.Len(t, ds, 1)
@@ -577,4 +553,24 @@ func TestLastDeathWrittenByHandIsReplaced(t *testing.T) {
 	last, err := redis.Int64(s.do(t, "HGET", k.meta, lastDeathField), nil)
 	require.NoError(t, err)
 	assert.Equal(t, ds[0].DiedAt.UnixMilli(), last)
+}
+
+// failToDeath claims the next n tasks of analyser 0 with a Consumer of
+// MaxAttempts 1, fails each to the dead-letter store, in claim order, and
+// releases the queue; it returns the tasks.
+func failToDeath(t *testing.T, q *Queue, n int) []Task {
+	t.Helper()
+	ctx := context.Background()
+	c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 1})
+	require.NoError(t, err)
+	tasks, err := c.Claim(ctx, n)
+	require.NoError(t, err)
+	require.Len(t, tasks, n)
+	for _, task := range tasks {
+		dead, err := c.Fail(ctx, task, errors.New("down"))
+		require.NoError(t, err)
+		require.True(t, dead)
+	}
+	require.NoError(t, c.Release(ctx))
+	return tasks
 }
