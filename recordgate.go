@@ -39,23 +39,26 @@ import (
 // in Redis.
 
 // recordRun is how long a suspect runs alone before the next may start
-// beside it, and recordHold how long its record's round trip may hold the
-// gate: a record that takes longer (its Redis does not answer) opens the
-// gate to every suspect for recordHold, so that a partition whose Redis
-// hangs holds back the suspects of the process's other pools once.
+// beside it. Its record's round trip holds the gate however long it takes
+// (a loaded machine, a Redis that answers late): a suspect recorded
+// meanwhile would pay for the crash of the one ahead of it, never having
+// run. A record that never comes back ends with its lease (the renewer
+// gives the lease up at its deadline, which ends the call), so a
+// partition whose Redis hangs holds back the suspects of the process's
+// other pools for a lease's time at most. recordLook is how often a
+// suspect set aside behind a record looks again, should the hurry of the
+// gate's freeing miss it.
 const (
 	recordRun  = 5 * time.Second
-	recordHold = time.Second
+	recordLook = time.Second
 )
 
 // gate is a Queue's record gate (see above).
 type gate struct {
-	mu        sync.Mutex
-	holder    *gateHold  // the hold of the suspect that holds the gate, or nil
-	taken     time.Time  // when it took the gate
-	started   time.Time  // when its task started (zero: it records first)
-	openUntil time.Time  // while a record is stuck: every suspect passes until then
-	waiting   []*lineSet // sets with a suspect set aside for it, to hurry when it frees
+	mu      sync.Mutex
+	holder  *gateHold  // the hold of the suspect that holds the gate, or nil
+	started time.Time  // when its task started (zero: it records first)
+	waiting []*lineSet // sets with a suspect set aside for it, to hurry when it frees
 }
 
 // gateHold is one suspect's hold of the gate, from its take to its done
@@ -67,30 +70,17 @@ type gateHold struct{ _ byte }
 const (
 	gateWait = iota // not yet: look again
 	gateHeld        // w holds the gate: call done
-	gatePass        // the gate is open: w goes without holding it
 )
 
 // take takes the gate at now for a suspect of set ls (gateHeld, with the
-// hold to give back to done), lets it pass (gatePass), or returns the
-// time to look again (gateWait) and the hold it waits for, ls's suspects
-// set aside meanwhile being hurried should the gate free sooner.
+// hold to give back to done), or returns the time to look again
+// (gateWait) and the hold it waits for, ls's suspects set aside meanwhile
+// being hurried should the gate free sooner.
 func (g *gate) take(ls *lineSet, now time.Time) (again time.Time, got int, h, behind *gateHold) {
 	g.mu.Lock()
-	var hurry []*lineSet
-	defer func() {
-		g.mu.Unlock()
-		hurryGated(hurry)
-	}()
+	defer g.mu.Unlock()
 	switch {
-	case now.Before(g.openUntil):
-		return time.Time{}, gatePass, nil, nil
 	case g.holder == nil:
-	case g.started.IsZero() && !now.Before(g.taken.Add(recordHold)):
-		// The holder's record is stuck: its Redis does not answer.
-		// Open the gate for a while, to every suspect waiting.
-		g.holder, g.started, g.openUntil = nil, time.Time{}, now.Add(recordHold)
-		hurry = g.takeWaiting()
-		return time.Time{}, gatePass, nil, nil
 	case !g.started.IsZero() && !now.Before(g.started.Add(recordRun)):
 		// The holder's task has run alone long enough: it goes on
 		// outside the gate.
@@ -98,13 +88,13 @@ func (g *gate) take(ls *lineSet, now time.Time) (again time.Time, got int, h, be
 		if !slices.Contains(g.waiting, ls) {
 			g.waiting = append(g.waiting, ls)
 		}
-		if g.started.IsZero() {
-			return g.taken.Add(recordHold), gateWait, nil, g.holder
+		if g.started.IsZero() { // its record's round trip: no end known
+			return now.Add(recordLook), gateWait, nil, g.holder
 		}
 		return g.started.Add(recordRun), gateWait, nil, g.holder
 	}
 	h = &gateHold{}
-	g.holder, g.taken, g.started = h, now, time.Time{}
+	g.holder, g.started = h, time.Time{}
 	return time.Time{}, gateHeld, h, nil
 }
 
@@ -179,9 +169,8 @@ func gated(recovered bool, attempt, maxAttempts int, started time.Time) bool {
 }
 
 // awaitRecordTurn asks the record gate to let o's first task, picked at
-// now, record its delivery, holding the gate (the hold it returns, nil
-// when it passes: give it to done once the task's outcome is in Redis) or
-// passing it. It reports false when the task is not to start now: the
+// now, record its delivery, holding the gate (the hold it returns: give
+// it to done once the task's outcome is in Redis). It reports false when the task is not to start now: the
 // gate is shut (o is set aside until the gate frees, or until it is due
 // to look again, while the worker goes on with other OrderIDs), the
 // session stops (on a graceful stop o goes back with the unstarted
