@@ -545,7 +545,10 @@ func queueOnPool(t *testing.T, pool *redis.Pool) *Queue {
 // restartEmpty restarts m as a server without persistence restarts: every
 // connection and all the data go. With queues > 0, a process of that
 // many queues (one partition) records its layout under prefix before
-// anyone else reconnects.
+// anyone else reconnects. Unlike a real server, a restarted miniredis
+// never answers a blocking command (BLPOP...: Close cancels the context
+// those wait on, and Restart does not renew it), so a call that blocks
+// after the restart waits out its read timeout.
 func restartEmpty(t testing.TB, m *miniredis.Miniredis, prefix string, queues int) {
 	t.Helper()
 	m.Close()

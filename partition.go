@@ -134,8 +134,17 @@ type partition struct {
 	index   int
 	pool    *redis.Pool
 	router  *clusterRouter // the Redis Cluster pool routes to (partitionPool); nil for one server
-	checked atomic.Bool    // the layout was verified on this server
+	checked atomic.Bool    // the layout was verified on this server, and no recheck is under way
+	once    atomic.Bool    // the layout was verified on this server at least once: its new connections check it (Dial's pools)
 	regone  atomic.Bool    // a new connection found the layout record gone and recorded it again, and no recheck has said so yet (Dial's pools)
+}
+
+// verified notes that p's layout was verified: until a recheck, no
+// pass looks at it again, and from now on every new connection to it
+// checks it (see Dial), a recheck's included.
+func (p *partition) verified() {
+	p.checked.Store(true)
+	p.once.Store(true)
 }
 
 // checkLayout verifies the layout of partition p before this process first
@@ -317,7 +326,7 @@ func (q *Queue) layoutPass(ctx context.Context, p *partition, record bool) (pNon
 	pNone = slices.Contains(unrecorded, p)
 	for i, o := range todo {
 		if errs[i] == nil && !slices.Contains(unrecorded, o) {
-			o.checked.Store(true)
+			o.verified()
 		}
 	}
 	if !record || len(unrecorded) == 0 {
@@ -345,7 +354,7 @@ func (q *Queue) layoutPass(ctx context.Context, p *partition, record bool) (pNon
 		case errors.As(errs[i], &le):
 			return pNone, errs[i]
 		case errs[i] == nil:
-			o.checked.Store(true)
+			o.verified()
 		case o == p:
 			return pNone, errs[i]
 		}

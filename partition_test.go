@@ -414,6 +414,34 @@ func TestPoolStopsAtAnotherLayoutAfterReconnect(t *testing.T) {
 	assert.Equal(t, []string{layoutKey(prefix)}, m.Keys(), "the pool wrote nothing to the server laid out otherwise")
 }
 
+// A connection made while a recheck of its partition runs (a pool that
+// lost its connection to a restarted server rechecks the layout, and the
+// partition counts as unverified until the pass ends, a pass that may
+// fail while the server comes back) checks the layout as any other: it
+// is the next connection of the partition's other users too. A group
+// member's heartbeat on one wrote to a server laid out anew by a process
+// of another layout, and a member running no pool went on doing so.
+func TestConnectionMadeDuringARecheckChecksTheLayout(t *testing.T) {
+	t.Parallel()
+	m := miniredis.RunT(t)
+	ctx := bounded(t)
+	prefix := testPrefix(t)
+	q, err := Dial(ctx, []string{"redis://" + m.Addr()}, Config{Prefix: prefix})
+	require.NoError(t, err)
+	defer q.Close()
+	g, err := q.newGroupStore("g", time.Second)
+	require.NoError(t, err)
+	require.NoError(t, q.checkLayout(ctx, g.part))
+	_, err = g.beat(ctx, "m", 1, "beat", 0)
+	require.NoError(t, err)
+
+	restartEmpty(t, m, prefix, 2)
+	g.part.checked.Store(false) // a recheck under way, as recheckLayout has it
+	_, err = g.beat(ctx, "m", 1, "beat", 0)
+	require.ErrorIs(t, err, ErrLayoutMismatch)
+	assert.Equal(t, []string{layoutKey(prefix)}, m.Keys(), "the heartbeat wrote to the server laid out otherwise")
+}
+
 // A delivery that fails with a layout error of its own (an analyse
 // function whose AddTask to another queue was refused) is a failed
 // delivery like any other: the pool retries it and goes on.

@@ -277,11 +277,15 @@ func Dial(ctx context.Context, urls []string, cfg Config) (*Queue, error) {
 	// when the server lost it, if this Queue writes) before it is used. (On a cluster, a
 	// connection is not a server's: there the check is made once.) A
 	// record found gone is noted for the pools' next recheck, which warns
-	// that Redis lost its data: it finds the record there again.
+	// that Redis lost its data: it finds the record there again. That
+	// includes connections made while a recheck runs (checked is false
+	// then): a group member's heartbeat on one would otherwise write to a
+	// server laid out anew by a process of another layout, and go on
+	// doing so on that connection.
 	var made atomic.Pointer[Queue]
 	recheck := func(i int) func(context.Context, redis.Conn) error {
 		return func(ctx context.Context, c redis.Conn) error {
-			if q := made.Load(); q != nil && q.parts[i].checked.Load() {
+			if q := made.Load(); q != nil && q.parts[i].once.Load() {
 				if !q.records.Load() {
 					return q.compareLayoutOn(ctx, c, q.parts[i])
 				}
