@@ -204,11 +204,11 @@ func TestFaultRacingTakeovers(t *testing.T) {
 	events := e.events()
 	r := checkHistory(events)
 	// Each task pending at a kill starts exactly once between that kill and
-	// the next; each kill's first start by another process comes within
-	// the lease TTL + 1s.
+	// the next; each kill's lease goes to another process within the lease
+	// TTL + 1s, and its first start follows its recovery (below).
 	var notOnce []string
-	var recovery []time.Duration
-	var split []string // per kill: lease granted, first start (from the kill)
+	var recovery, grants []time.Duration // per kill: from it to the first start, to the lease granted
+	var split []string                   // per kill: lease granted, first start (from the kill)
 	pendingTotal := 0
 	for k, at := range kills {
 		end := int64(math.MaxInt64)
@@ -234,6 +234,7 @@ func TestFaultRacingTakeovers(t *testing.T) {
 			}
 		}
 		recovery = append(recovery, time.Duration(first-stamp(at)))
+		grants = append(grants, time.Duration(granted-stamp(at)))
 		split = append(split, fmt.Sprintf("kill %d: lease at %v, first start at %v", k+1,
 			time.Duration(granted-stamp(at)).Round(time.Millisecond), time.Duration(first-stamp(at)).Round(time.Millisecond)))
 		pendingTotal += len(pendings[k])
@@ -256,8 +257,17 @@ func TestFaultRacingTakeovers(t *testing.T) {
 	assert.Zero(t, tt.dupToks, "two takers got one fencing token")
 	assert.Zero(t, r.Dead)
 	assert.GreaterOrEqual(t, granted, rounds)
+	// The handover (kill to the lease granted) within the lease TTL + 1s,
+	// and the first start within recoveryAllowance of it: the new owner
+	// puts every task pending at the kill back first, which a loaded
+	// machine once took 2.16 s to do for 5,135 of them (the first start
+	// 3.99 s after the kill, the lease in time).
 	for k, d := range recovery {
 		assert.Positive(t, d, "kill %d: no start after it", k+1)
-		assert.LessOrEqual(t, d, faultLeaseTTL+time.Second, "kill %d: recovery", k+1)
+		g := grants[k]
+		if assert.Positive(t, g, "kill %d: no lease granted after it", k+1) {
+			assert.LessOrEqual(t, g, faultLeaseTTL+time.Second, "kill %d: handover", k+1)
+			assert.LessOrEqual(t, d-g, recoveryAllowance(len(pendings[k])), "kill %d: from the lease to the first start (%d pending)", k+1, len(pendings[k]))
+		}
 	}
 }
