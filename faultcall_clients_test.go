@@ -71,7 +71,7 @@ func consumerWorkload(r *callRun) {
 	r.addTasks(r.queue(r.srv.pool), orders, per)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cfg := ConsumerConfig{LeaseTTL: time.Second, MaxAttempts: 5}
+	cfg := ConsumerConfig{LeaseTTL: faultLeaseTTL, MaxAttempts: 5}
 	failed := map[string]bool{}
 	for _, who := range []struct {
 		actor string

@@ -76,7 +76,7 @@ func controlWorkload(r *callRun) {
 	fa, fb := r.faultPool("A", 1), r.faultPool("B", 2)
 	qa, qb := r.queue(fa.pool), r.queue(fb.pool)
 	cfg := func(owner string, pid int) PoolConfig {
-		return PoolConfig{Workers: 2, Prefetch: 8, LeaseTTL: time.Second, MaxAttempts: 5,
+		return PoolConfig{Workers: 2, Prefetch: 8, LeaseTTL: faultLeaseTTL, MaxAttempts: 5,
 			ShutdownTimeout: 50 * time.Millisecond, Owner: owner, OnError: r.onError(pid),
 			Backoff: func(int) time.Duration { return 5 * time.Millisecond }}
 	}

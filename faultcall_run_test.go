@@ -209,7 +209,7 @@ func (r *callRun) sweep(why string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	var failed sync.Map
-	err := sq.AnalysePool(ctx, 0, PoolConfig{Workers: 2, LeaseTTL: time.Second, ExitOnEmpty: true, Owner: "sweeper",
+	err := sq.AnalysePool(ctx, 0, PoolConfig{Workers: 2, LeaseTTL: faultLeaseTTL, ExitOnEmpty: true, Owner: "sweeper",
 		OnError: r.onError(9), Backoff: func(int) time.Duration { return 5 * time.Millisecond }},
 		r.analyse(9, -1, &failed, nil))
 	if err != nil || ctx.Err() != nil {
