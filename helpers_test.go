@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -252,6 +253,22 @@ func statsOf(t *testing.T, q *Queue, a int) AnalyserStats {
 
 // pl is the payload of task i of order o in these tests.
 func pl(o, i int) string { return fmt.Sprintf("%d:%d", o, i) }
+
+// lateDeliveries returns, by task ID, the attempts among the task
+// failures in errs whose function returned nil past TaskTimeout (see
+// lateError): on a loaded machine a task that returns at once may be held
+// that long before the pool reads the clock, and it fails, as documented.
+func lateDeliveries(errs []error) map[string][]int {
+	late := map[string][]int{}
+	for _, err := range errs {
+		var te *TaskError
+		var le *lateError
+		if errors.As(err, &te) && errors.As(err, &le) {
+			late[te.ID] = append(late[te.ID], te.Attempt)
+		}
+	}
+	return late
+}
 
 // orderTasks returns per tasks for each of orders OrderIDs, interleaved
 // (task 0 of every order, then task 1, ...), with payloads pl(o, i).

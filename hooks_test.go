@@ -247,14 +247,7 @@ func TestGoexitElasticRate(t *testing.T) {
 			require.NoError(t, receive(t, errc))
 			// A delivery that returned nil past TaskTimeout (a loaded
 			// machine that held it) failed, as it must: one run more.
-			late := map[string]int{}
-			for _, err := range errs.all() {
-				var te *TaskError
-				var le *lateError
-				if errors.As(err, &te) && errors.As(err, &le) {
-					late[te.ID]++
-				}
-			}
+			late := lateDeliveries(errs.all())
 			if len(late) > 0 {
 				t.Logf("%d tasks had deliveries come back past TaskTimeout (a loaded machine)", len(late))
 			}

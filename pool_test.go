@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -255,26 +256,15 @@ func testPoolOrderUnderFailures(t *testing.T, orders int, cfg PoolConfig) {
 	// returned at once for 898ms before the pool read the clock. Each such
 	// late delivery is one failure more for its task, retried (or the
 	// task dead-lettered) as any failure is; the counts below take them in.
-	type delivery struct {
-		id      string
-		attempt int
-	}
-	late := map[delivery]bool{}
-	for _, err := range errs.all() {
-		var te *TaskError
-		var le *lateError
-		if errors.As(err, &te) && errors.As(err, &le) {
-			late[delivery{te.ID, te.Attempt}] = true
-		}
-	}
+	late := lateDeliveries(errs.all())
 	if len(late) > 0 {
-		t.Logf("%d deliveries came back past TaskTimeout (a loaded machine): each failed, as it must", len(late))
+		t.Logf("%d tasks had deliveries come back past TaskTimeout (a loaded machine): each failed, as it must", len(late))
 	}
 	// outcome gives how many times task id with fault f runs, and whether
 	// it ends dead-lettered.
 	outcome := func(id string, f taskFault) (n int, dead bool) {
 		for a := 1; ; a++ {
-			failed := a < f.deliveries(maxAttempts) || f == alwaysFails || late[delivery{id, a}]
+			failed := a < f.deliveries(maxAttempts) || f == alwaysFails || slices.Contains(late[id], a)
 			if !failed {
 				return a, false
 			}
@@ -339,7 +329,7 @@ func testPoolOrderUnderFailures(t *testing.T, orders int, cfg PoolConfig) {
 		reported[f]++
 		n, _ := outcome(te.ID, f)
 		assert.Equal(t, deadIDs[te.ID] && te.Attempt == n, te.Dead, "%v", te)
-		if late[delivery{te.ID, te.Attempt}] {
+		if slices.Contains(late[te.ID], te.Attempt) {
 			continue // its function returned nil, late
 		}
 		switch f {
