@@ -200,7 +200,9 @@ func TestPauseDuringDrainAndResume(t *testing.T) {
 	require.NoError(t, q.Pause(ctx, AllQueues()))
 	close(gate)
 	assert.True(t, stats0(t, q).Paused)
-	time.Sleep(300 * time.Millisecond) // what was claimed before the pause finishes
+	// What was claimed before the pause finishes: nothing pending, so
+	// nothing running (a task is pending while it runs).
+	require.Eventually(t, func() bool { return stats0(t, q).Pending == 0 }, 5*time.Second, time.Millisecond)
 	mu.Lock()
 	at := count
 	mu.Unlock()
