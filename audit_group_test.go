@@ -1,0 +1,369 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/require"
+)
+
+// groupMember is one JoinGroup call of an audit test.
+type groupMember struct {
+	name string
+	stop context.CancelFunc
+	done chan error
+}
+
+func joinMember(q *Queue, group, name string, cfg GroupConfig, fn AnalyseFunc) *groupMember {
+	ctx, cancel := context.WithCancel(context.Background())
+	cfg.Member = name
+	m := &groupMember{name: name, stop: cancel, done: make(chan error, 1)}
+	go func() { m.done <- q.JoinGroup(ctx, group, cfg, fn) }()
+	return m
+}
+
+func (m *groupMember) leave(t *testing.T) {
+	t.Helper()
+	m.stop()
+	select {
+	case err := <-m.done:
+		require.NoError(t, err, "member %s", m.name)
+	case <-time.After(30 * time.Second):
+		t.Fatalf("member %s did not return 30s after its stop", m.name)
+	}
+}
+
+// orderedAdder adds tasks "<order>:<seq>" over orders OrderIDs until
+// stopped, and remembers how many it added of each.
+type orderedAdder struct {
+	mu    sync.Mutex
+	added map[uint64]int
+	stop  chan struct{}
+	done  chan struct{}
+}
+
+func startAdding(t *testing.T, q *Queue, orders int, pause time.Duration) *orderedAdder {
+	a := &orderedAdder{added: map[uint64]int{}, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(a.done)
+		for i := 0; ; i++ {
+			select {
+			case <-a.stop:
+				return
+			default:
+			}
+			o := uint64(i % orders)
+			a.mu.Lock()
+			seq := a.added[o]
+			a.mu.Unlock()
+			if _, err := q.AddTask(context.Background(), o, []byte(fmt.Sprintf("%d:%d", o, seq))); err != nil {
+				t.Errorf("add: %v", err)
+				return
+			}
+			a.mu.Lock()
+			a.added[o]++
+			a.mu.Unlock()
+			if pause > 0 && i%10 == 0 {
+				time.Sleep(pause)
+			}
+		}
+	}()
+	return a
+}
+
+// finish stops adding and returns the counts added and their total.
+func (a *orderedAdder) finish() (map[uint64]int, int64) {
+	close(a.stop)
+	<-a.done
+	var n int64
+	for _, c := range a.added {
+		n += int64(c)
+	}
+	return a.added, n
+}
+
+// TestAuditGroupFastJoinLeaveReleasesEveryLease has members join and
+// leave fast, stopped at random moments after they joined (before their
+// first assignment, while their pools acquire, recover or run), with a
+// lease far longer than the test: every lease a leaving member took must
+// be released, so that the member that stays runs every queue again
+// without waiting for one to lapse, and every task runs once, in order.
+func TestAuditGroupFastJoinLeaveReleasesEveryLease(t *testing.T) {
+	q, _ := newTestQueue(t, 2, Config{Queues: 4}) // 8 analysers
+	l := newGroupLog()
+	cfg := GroupConfig{SessionTTL: time.Minute,
+		Pool: PoolConfig{Workers: 2, LeaseTTL: 10 * time.Minute, ShutdownTimeout: time.Minute}}
+	add := startAdding(t, q, 40, time.Millisecond)
+	a := joinMember(q, "g", "a", cfg, l.fn("a"))
+	require.Eventually(t, func() bool { return settled(t, q, "g", "a") }, 10*time.Second, 5*time.Millisecond)
+	for i := range 25 {
+		name := fmt.Sprintf("b%d", i%3)
+		b := joinMember(q, "g", name, cfg, l.fn(name))
+		time.Sleep(time.Duration(rand.IntN(60)) * time.Millisecond)
+		b.leave(t)
+		require.Eventually(t, func() bool { return settled(t, q, "g", "a") }, 20*time.Second, 5*time.Millisecond,
+			"round %d: a does not hold every queue after %s left", i, name)
+	}
+	added, want := add.finish()
+	require.Eventually(t, func() bool { return l.total.Load() >= want }, 30*time.Second, 5*time.Millisecond)
+	a.leave(t)
+	l.check(t, added)
+}
+
+// stallLink is the network of one member: it can stall (every read and
+// write waits, as a process stopped or a link that drops everything until
+// it recovers, honouring read deadlines) and resume, or be cut (every
+// connection closed, every dial refused) and mended.
+type stallLink struct {
+	mu      sync.Mutex
+	cut     bool
+	stalled chan struct{} // non-nil while stalled; closed at the resume
+	conns   map[*stallConn]struct{}
+}
+
+var errLinkCut = fmt.Errorf("link cut by the test")
+
+func newStallLink() *stallLink { return &stallLink{conns: map[*stallConn]struct{}{}} }
+
+func (l *stallLink) stall() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stalled == nil {
+		l.stalled = make(chan struct{})
+	}
+}
+
+func (l *stallLink) resume() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.stalled != nil {
+		close(l.stalled)
+		l.stalled = nil
+	}
+}
+
+func (l *stallLink) setCut(cut bool) {
+	l.mu.Lock()
+	l.cut = cut
+	var all []*stallConn
+	if cut {
+		for c := range l.conns {
+			all = append(all, c)
+		}
+	}
+	l.mu.Unlock()
+	for _, c := range all {
+		c.Close()
+	}
+}
+
+// pool returns a pool of connections to url over l.
+func (l *stallLink) pool(url string) *redis.Pool {
+	return &redis.Pool{
+		MaxIdle: 16,
+		DialContext: func(ctx context.Context) (redis.Conn, error) {
+			l.mu.Lock()
+			cut := l.cut
+			l.mu.Unlock()
+			if cut {
+				return nil, errLinkCut
+			}
+			var d net.Dialer
+			return redis.DialURLContext(ctx, url, redis.DialReadTimeout(10*time.Second),
+				redis.DialContextFunc(func(ctx context.Context, network, addr string) (net.Conn, error) {
+					nc, err := d.DialContext(ctx, network, addr)
+					if err != nil {
+						return nil, err
+					}
+					c := &stallConn{Conn: nc, l: l, closed: make(chan struct{})}
+					l.mu.Lock()
+					l.conns[c] = struct{}{}
+					l.mu.Unlock()
+					return c, nil
+				}))
+		},
+		TestOnBorrow: func(c redis.Conn, _ time.Time) error { return c.Err() },
+	}
+}
+
+type stallConn struct {
+	net.Conn
+	l        *stallLink
+	closed   chan struct{}
+	once     sync.Once
+	deadline atomic.Pointer[time.Time] // the read deadline
+}
+
+func (c *stallConn) wait(read bool) error {
+	c.l.mu.Lock()
+	ch, cut := c.l.stalled, c.l.cut
+	c.l.mu.Unlock()
+	if cut {
+		return errLinkCut
+	}
+	if ch == nil {
+		return nil
+	}
+	var timeout <-chan time.Time
+	if d := c.deadline.Load(); read && d != nil && !d.IsZero() {
+		tm := time.NewTimer(time.Until(*d))
+		defer tm.Stop()
+		timeout = tm.C
+	}
+	select {
+	case <-ch:
+		return c.wait(read)
+	case <-c.closed:
+		return net.ErrClosed
+	case <-timeout:
+		return os.ErrDeadlineExceeded
+	}
+}
+
+func (c *stallConn) Read(p []byte) (int, error) {
+	if err := c.wait(true); err != nil {
+		return 0, err
+	}
+	n, err := c.Conn.Read(p)
+	if werr := c.wait(true); werr != nil && err == nil {
+		return 0, werr // what was read is lost with the connection
+	}
+	return n, err
+}
+
+func (c *stallConn) Write(p []byte) (int, error) {
+	if err := c.wait(false); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *stallConn) SetDeadline(t time.Time) error {
+	c.deadline.Store(&t)
+	return c.Conn.SetDeadline(t)
+}
+
+func (c *stallConn) SetReadDeadline(t time.Time) error {
+	c.deadline.Store(&t)
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *stallConn) Close() error {
+	c.once.Do(func() {
+		close(c.closed)
+		c.l.mu.Lock()
+		delete(c.l.conns, c)
+		c.l.mu.Unlock()
+	})
+	return c.Conn.Close()
+}
+
+// linkedQueue returns a queue over the same servers and prefix as q, all
+// of whose connections go over a link of its own.
+func linkedQueue(t *testing.T, q *Queue, servers []*testServer) (*Queue, *stallLink) {
+	t.Helper()
+	skipOnCluster(t, "the link wraps single servers' connections")
+	l := newStallLink()
+	pools := make([]*redis.Pool, len(servers))
+	for i, s := range servers {
+		pools[i] = l.pool(s.url)
+		t.Cleanup(func() { pools[i].Close() })
+	}
+	q2, err := New(pools, Config{Queues: q.cfg.Queues, Prefix: q.cfg.Prefix})
+	require.NoError(t, err)
+	t.Cleanup(func() { q2.Close() })
+	return q2, l
+}
+
+// checkAtLeastOnce asserts that every task added ran, that no two runs
+// of an OrderID overlapped, and that an OrderID never ran a task before
+// every earlier one had run (a redelivery goes back, and goes on in order).
+func (l *groupLog) checkAtLeastOnce(t *testing.T, added map[uint64]int) (dups int) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	require.Empty(t, l.overlap)
+	for o, n := range added {
+		runs := l.runs[o]
+		seen := make([]bool, n)
+		last := -1
+		for i, r := range runs {
+			require.Less(t, r.seq, n, "order %d run %d: %v", o, i, runs)
+			require.LessOrEqual(t, r.seq, last+1, "order %d run %d skipped ahead: %v", o, i, runs)
+			if seen[r.seq] {
+				dups++
+			}
+			seen[r.seq] = true
+			last = r.seq
+		}
+		require.Equal(t, n-1, last, "order %d: runs end at %d of %d: %v", o, last, n, runs)
+	}
+	return dups
+}
+
+// TestAuditGroupMemberCutOrStalledAndBack cuts (or stalls) the network of
+// one of two members for longer than its session and its lease, under a
+// flow of tasks, then mends it: the other takes its queues, the member
+// comes back and the group settles over both, and every task runs, in
+// order, one at a time per OrderID.
+func TestAuditGroupMemberCutOrStalledAndBack(t *testing.T) {
+	for _, mode := range []string{"cut", "stall"} {
+		t.Run(mode, func(t *testing.T) {
+			q, servers := newTestQueue(t, 2, Config{Queues: 3}) // 6 analysers
+			qb, link := linkedQueue(t, q, servers)
+			l := newGroupLog()
+			cfg := GroupConfig{SessionTTL: 500 * time.Millisecond,
+				Pool: PoolConfig{Workers: 2, LeaseTTL: 500 * time.Millisecond, ShutdownTimeout: 10 * time.Second,
+					OnError: func(error) {}}}
+			add := startAdding(t, q, 30, time.Millisecond)
+			a := joinMember(q, "g", "a", cfg, l.fn("a"))
+			b := joinMember(qb, "g", "b", cfg, l.fn("b"))
+			for range 2 {
+				require.Eventually(t, func() bool { return settled(t, q, "g", "a", "b") }, 10*time.Second, 5*time.Millisecond)
+				n := l.total.Load()
+				require.Eventually(t, func() bool { return l.total.Load() > n+50 }, 10*time.Second, time.Millisecond)
+				if mode == "cut" {
+					link.setCut(true)
+				} else {
+					link.stall()
+				}
+				require.Eventually(t, func() bool { return settled(t, q, "g", "a") }, 10*time.Second, 5*time.Millisecond,
+					"a did not take b's queues")
+				n = l.total.Load()
+				require.Eventually(t, func() bool { return l.total.Load() > n+50 }, 10*time.Second, time.Millisecond)
+				if mode == "cut" {
+					link.setCut(false)
+				} else {
+					link.resume()
+				}
+			}
+			require.Eventually(t, func() bool { return settled(t, q, "g", "a", "b") }, 10*time.Second, 5*time.Millisecond)
+			added, want := add.finish()
+			_ = want
+			require.Eventually(t, func() bool {
+				st, err := q.Stats(context.Background())
+				if err != nil {
+					return false
+				}
+				for _, s := range st {
+					if s.Ready+s.Pending > 0 {
+						return false
+					}
+				}
+				return true
+			}, 30*time.Second, 10*time.Millisecond, "not drained")
+			a.leave(t)
+			b.leave(t)
+			dups := l.checkAtLeastOnce(t, added)
+			t.Logf("duplicates: %d of %d", dups, want)
+		})
+	}
+}
