@@ -367,3 +367,103 @@ func TestAuditGroupMemberCutOrStalledAndBack(t *testing.T) {
 		})
 	}
 }
+
+// lostWait swallows one wait of a member on its nudge list once armed:
+// the command is never answered, as on a connection that went half-open
+// (a firewall or NAT that dropped the flow, a peer gone without a reset),
+// until the connection's read timeout. Other commands go through.
+type lostWait struct {
+	key         string        // the nudge list
+	readTimeout time.Duration // the connection's
+	armed       atomic.Bool
+	caught      chan struct{}
+	beats       atomic.Int64 // heartbeats of the member answered
+	beat        *heldBeat    // to tell them
+}
+
+type lostWaitConn struct {
+	redis.Conn
+	w      *lostWait
+	broken atomic.Bool
+}
+
+func (c *lostWaitConn) Err() error {
+	if c.broken.Load() {
+		return errLinkCut
+	}
+	return c.Conn.Err()
+}
+
+func (c *lostWaitConn) ReceiveContext(ctx context.Context) (any, error) {
+	return redis.ReceiveContext(c.Conn, ctx)
+}
+
+func (c *lostWaitConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
+	w := c.w
+	if cmd == "BLPOP" && len(args) > 0 && fmt.Sprint(args[0]) == w.key && w.armed.CompareAndSwap(true, false) {
+		close(w.caught)
+		c.broken.Store(true)
+		tm := time.NewTimer(w.readTimeout)
+		defer tm.Stop()
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-tm.C:
+			return nil, os.ErrDeadlineExceeded
+		}
+	}
+	v, err := redis.DoContext(c.Conn, ctx, cmd, args...)
+	if err == nil && w.beat.isBeat(cmd, args) {
+		w.beats.Add(1)
+	}
+	return v, err
+}
+
+// TestAuditGroupLostNudgeWaitKeepsTheMember loses the reply of a
+// member's wait on its nudge list (a half-open connection): the member
+// must beat again before its session runs out, not wait for its
+// connection's read timeout, which may be far longer than a session (a
+// pool of the caller's may have none at all). Before, the member was
+// dropped from the group, its queues given to the other (who waited on
+// their leases as standbys, the member still running them) and given
+// back once the read timed out.
+func TestAuditGroupLostNudgeWaitKeepsTheMember(t *testing.T) {
+	skipOnCluster(t, "the connection wraps one server's")
+	servers := newTestServers(t, 1)
+	prefix := testPrefix(t)
+	w := &lostWait{key: newGroupKeys(prefix, "g").nudge + "b", readTimeout: 10 * time.Second,
+		caught: make(chan struct{}), beat: &heldBeat{member: "b"}}
+	pool := servers[0].wrapPool(8, func(c redis.Conn) redis.Conn { return &lostWaitConn{Conn: c, w: w} })
+	t.Cleanup(func() { pool.Close() })
+	q, err := New([]*redis.Pool{servers[0].pool}, Config{Queues: 4, Prefix: prefix})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	qb, err := New([]*redis.Pool{pool}, Config{Queues: 4, Prefix: prefix})
+	require.NoError(t, err)
+	t.Cleanup(func() { qb.Close() })
+
+	fn := func(context.Context, Task) error { return nil }
+	cfg := GroupConfig{SessionTTL: 2 * time.Second, Pool: PoolConfig{Workers: 1}}
+	a := joinMember(q, "g", "a", cfg, fn)
+	b := joinMember(qb, "g", "b", cfg, fn)
+	defer a.leave(t)
+	defer b.leave(t)
+	require.Eventually(t, func() bool { return settled(t, q, "g", "a", "b") }, 10*time.Second, 5*time.Millisecond)
+	before, err := q.GroupStatus(context.Background(), "g")
+	require.NoError(t, err)
+
+	w.armed.Store(true)
+	select {
+	case <-w.caught:
+	case <-time.After(10 * time.Second):
+		t.Fatal("b did not wait on its nudge list within 10s")
+	}
+	beats := w.beats.Load()
+	require.Eventually(t, func() bool { return w.beats.Load() > beats }, 2*time.Minute, 5*time.Millisecond,
+		"b never beat again")
+	after, err := q.GroupStatus(context.Background(), "g")
+	require.NoError(t, err)
+	require.Equal(t, before.Generation, after.Generation,
+		"the group was assigned anew: b's session ran out while it waited for a reply that never came")
+	require.Equal(t, before.Members[1].Analysers, after.Members[1].Analysers)
+}

@@ -362,12 +362,20 @@ func parseAnalysers(list string, n int) ([]int, error) {
 }
 
 // waitNudge waits up to d for member's nudge, and reports whether one came.
+// A reply that has not come a heartbeat's period after d (a connection
+// gone half-open, a server that stopped answering) ends the wait as a
+// timeout would: the connection's read timeout (10s with Dial's pools,
+// none at all on a redigo pool's by default) may be longer than the
+// member's session, which would run out while the member lives, its
+// queues given to the others.
 func (g *groupStore) waitNudge(ctx context.Context, member string, d time.Duration) (bool, error) {
-	r, err := onPartition(ctx, g.part, fmt.Sprintf("wait on group %q", g.name), func(conn redis.Conn) (any, error) {
-		return doContext(conn, ctx, "BLPOP", g.keys.nudge+member, blockSeconds(d))
+	wctx, cancel := context.WithTimeout(ctx, d+time.Duration(g.ttlMS)*time.Millisecond/5)
+	defer cancel()
+	r, err := onPartition(wctx, g.part, fmt.Sprintf("wait on group %q", g.name), func(conn redis.Conn) (any, error) {
+		return doContext(conn, wctx, "BLPOP", g.keys.nudge+member, blockSeconds(d))
 	})
 	if err != nil {
-		if isTimeout(err) && ctx.Err() == nil {
+		if ctx.Err() == nil && (isTimeout(err) || wctx.Err() != nil) {
 			return false, nil
 		}
 		return false, err
