@@ -664,3 +664,33 @@ func TestAuditGroupManyQueuesManyMembers(t *testing.T) {
 	}
 	t.Logf("slowest heartbeat: %v", slowest)
 }
+
+// TestAuditGroupMembersOfDifferentSessions runs a member of a short
+// session (300ms) beside one of a long one (60s, a heartbeat every 12s):
+// when the short one is cut off, the long one must take its queues once
+// its session and leases have run out, not at its own next heartbeat;
+// when it comes back, the long one must give its share up when nudged,
+// though the nudge lasts the short session only.
+func TestAuditGroupMembersOfDifferentSessions(t *testing.T) {
+	q, servers := newTestQueue(t, 1, Config{Queues: 4})
+	qa, link := linkedQueue(t, q, servers)
+	l := newGroupLog()
+	add := startAdding(t, q, 20, time.Millisecond)
+	a := joinMember(qa, "g", "a", GroupConfig{SessionTTL: 300 * time.Millisecond,
+		Pool: PoolConfig{Workers: 2, LeaseTTL: 300 * time.Millisecond, OnError: func(error) {}}}, l.fn("a"))
+	b := joinMember(q, "g", "b", GroupConfig{SessionTTL: time.Minute,
+		Pool: PoolConfig{Workers: 2, LeaseTTL: time.Minute}}, l.fn("b"))
+	for range 2 {
+		require.Eventually(t, func() bool { return settled(t, q, "g", "a", "b") }, 8*time.Second, 5*time.Millisecond)
+		link.setCut(true)
+		require.Eventually(t, func() bool { return settled(t, q, "g", "b") }, 8*time.Second, 5*time.Millisecond,
+			"b did not take a's queues")
+		link.setCut(false)
+	}
+	require.Eventually(t, func() bool { return settled(t, q, "g", "a", "b") }, 8*time.Second, 5*time.Millisecond)
+	added, _ := add.finish()
+	waitDrained(t, q)
+	a.leave(t)
+	b.leave(t)
+	l.checkAtLeastOnce(t, added)
+}
