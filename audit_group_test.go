@@ -694,3 +694,32 @@ func TestAuditGroupMembersOfDifferentSessions(t *testing.T) {
 	b.leave(t)
 	l.checkAtLeastOnce(t, added)
 }
+
+// TestAuditGroupTwoProcessesOneMemberName runs two members of one name
+// (a process restarted with its name while the old one still runs, as a
+// replaced pod that hung), beside a third: the two share the name's
+// queues through the queues' leases, one at a time; when either stops,
+// its leave takes the name out of the group while the other still runs,
+// and the group must settle again with the one left, every task run in
+// order, one at a time per OrderID.
+func TestAuditGroupTwoProcessesOneMemberName(t *testing.T) {
+	q, _ := newTestQueue(t, 2, Config{Queues: 2})
+	l := newGroupLog()
+	cfg := GroupConfig{SessionTTL: 2 * time.Second, Pool: PoolConfig{Workers: 2, LeaseTTL: 2 * time.Second}}
+	add := startAdding(t, q, 20, time.Millisecond)
+	a := joinMember(q, "g", "a", cfg, l.fn("a"))
+	m1 := joinMember(q, "g", "m", cfg, l.fn("m1"))
+	require.Eventually(t, func() bool { return settled(t, q, "g", "a", "m") }, 10*time.Second, 5*time.Millisecond)
+	m2 := joinMember(q, "g", "m", cfg, l.fn("m2"))
+	n := l.total.Load()
+	require.Eventually(t, func() bool { return l.total.Load() > n+100 }, 10*time.Second, time.Millisecond)
+	m1.leave(t)
+	require.Eventually(t, func() bool { return settled(t, q, "g", "a", "m") }, 10*time.Second, 5*time.Millisecond)
+	n = l.total.Load()
+	require.Eventually(t, func() bool { return l.total.Load() > n+100 }, 10*time.Second, time.Millisecond)
+	added, _ := add.finish()
+	waitDrained(t, q)
+	a.leave(t)
+	m2.leave(t)
+	l.check(t, added)
+}
