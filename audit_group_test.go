@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gomodule/redigo/redis"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -681,13 +682,12 @@ func TestAuditGroupMembersOfDifferentSessions(t *testing.T) {
 	b := joinMember(q, "g", "b", GroupConfig{SessionTTL: time.Minute,
 		Pool: PoolConfig{Workers: 2, LeaseTTL: time.Minute}}, l.fn("b"))
 	for range 2 {
-		require.Eventually(t, func() bool { return settled(t, q, "g", "a", "b") }, 8*time.Second, 5*time.Millisecond)
+		requireSettled(t, q, 8*time.Second, "g", "a", "b")
 		link.setCut(true)
-		require.Eventually(t, func() bool { return settled(t, q, "g", "b") }, 8*time.Second, 5*time.Millisecond,
-			"b did not take a's queues")
+		requireSettled(t, q, 8*time.Second, "g", "b")
 		link.setCut(false)
 	}
-	require.Eventually(t, func() bool { return settled(t, q, "g", "a", "b") }, 8*time.Second, 5*time.Millisecond)
+	requireSettled(t, q, 8*time.Second, "g", "a", "b")
 	added, _ := add.finish()
 	waitDrained(t, q)
 	a.leave(t)
@@ -722,4 +722,49 @@ func TestAuditGroupTwoProcessesOneMemberName(t *testing.T) {
 	a.leave(t)
 	m2.leave(t)
 	l.check(t, added)
+}
+
+// requireSettled waits until settled, and says what it saw when it
+// gives up.
+func requireSettled(t *testing.T, q *Queue, within time.Duration, group string, members ...string) {
+	t.Helper()
+	if assert.Eventually(t, func() bool { return settled(t, q, group, members...) }, within, 5*time.Millisecond,
+		"the group did not settle over %v", members) {
+		return
+	}
+	st, err := q.GroupStatus(context.Background(), group)
+	t.Logf("group: %+v (%v)", st, err)
+	stats, err := q.Stats(context.Background())
+	for _, s := range stats {
+		t.Logf("analyser %d: owner %q (%v)", s.Analyser, s.Owner, err)
+	}
+	t.FailNow()
+}
+
+// TestAuditGroupJoinerNudgesAMemberItDidNotKnow has a member join whose
+// read of the members came before another's join, and whose heartbeat
+// came after: the other, which held every queue, must be told at once
+// to give the joiner its share, not at its own next heartbeat (12
+// minutes away, with a session of an hour). Before, the heartbeat
+// nudged only the members its caller had read.
+func TestAuditGroupJoinerNudgesAMemberItDidNotKnow(t *testing.T) {
+	q, _ := newTestQueue(t, 1, Config{Queues: 4})
+	joiner, err := q.newGroupStore("g", time.Hour)
+	require.NoError(t, err)
+	joiner.members = []string{} // it read the members: none yet
+	assigned := make(chan []int, 16)
+	b := joinMember(q, "g", "b", GroupConfig{SessionTTL: time.Hour, Pool: PoolConfig{Workers: 1},
+		OnAssign: func(a []int) { assigned <- a }}, func(context.Context, Task) error { return nil })
+	defer b.leave(t)
+	require.Equal(t, []int{0, 1, 2, 3}, <-assigned)
+
+	beat, err := joiner.beat(bounded(t), "a", 1, "beat", 0)
+	require.NoError(t, err)
+	require.Len(t, beat.analysers, 2)
+	select {
+	case got := <-assigned:
+		require.Len(t, got, 2)
+	case <-time.After(5 * time.Second): // its wait ends sooner only with its connection's read timeout (10s)
+		t.Fatal("b was not told to give up the joiner's share")
+	}
 }
