@@ -172,8 +172,23 @@ func (r *groupRun) run(ctx context.Context) error {
 		// on its way all the same, and one that reached Redis after the
 		// leave below would join the member again for a whole session,
 		// its queues idle until it ran out. SessionTTL bounds the wait.
+		// While ctx lives, a reply that has not come in half a session (a
+		// connection gone half-open) is given up on, and the heartbeat
+		// sent again, in time to keep the session.
 		bctx, cancel := context.WithTimeout(context.WithoutCancel(runCtx), r.cfg.SessionTTL)
+		bctx, giveUp := context.WithCancelCause(bctx)
+		lateErr := fmt.Errorf("no reply in %v, half the session", r.cfg.SessionTTL/2)
+		late := time.AfterFunc(r.cfg.SessionTTL/2, func() {
+			if runCtx.Err() == nil {
+				giveUp(lateErr)
+			}
+		})
 		beat, err := r.g.beat(bctx, r.cfg.Member, r.cfg.Weight, "beat", r.gen)
+		late.Stop()
+		if err != nil && context.Cause(bctx) == lateErr {
+			err = fmt.Errorf("%w: %w", err, lateErr)
+		}
+		giveUp(nil)
 		cancel()
 		if err != nil {
 			if runCtx.Err() != nil {

@@ -65,11 +65,11 @@ func checkGroupName(what, name string) error {
 // queues left over go to the members with the largest fractions, then to
 // those that held more, then by name). Queues that must move go, in
 // queue order, to the members furthest under their share. Every member
-// whose queues changed is nudged, when the caller gave its nudge key (it
-// gives those of the members it knows; one it does not know yet learns
-// of its queues at its own next heartbeat). An assignment about to be
-// sent that the script did not write (edited by hand) is assigned anew
-// too.
+// whose queues changed is nudged: here when the caller gave its nudge
+// key (it gives those of the members it knows), else by the caller once
+// the script returned (a member that joined after the caller last read
+// the members). An assignment about to be sent that the script did not
+// write (edited by hand) is assigned anew too.
 //
 //	KEYS[1] = members, KEYS[2] = info, KEYS[3] = assign, KEYS[4] = meta,
 //	KEYS[5...] = the nudge keys of members to nudge should their queues change
@@ -80,12 +80,14 @@ func checkGroupName(what, name string) error {
 // Returns {gen, the member's analysers as a comma-separated string (nil
 // when the generation is the one the member knows: a heartbeat of a
 // settled group costs no walk over the assignment), ms until the next
-// other member's session ends (-1 when none), the live members}.
+// other member's session ends (-1 when none), the live members, the
+// members whose queues changed and whose nudge key was not given}.
 var groupBeatScript = newScript("group-beat", -1, typeCheck(keyType{1, "zset"}, hashAt(2), hashAt(3), hashAt(4))+`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local me, n = ARGV[1], tonumber(ARGV[4])
 local changed = false
+local missed = {} -- members whose queues changed, their nudge key not given
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 -- A session that ends further ahead than any SessionTTL reaches was not
 -- written by a member (or Redis's clock went back): it would never end.
@@ -221,6 +223,8 @@ if changed then
       redis.call('DEL', k)
       redis.call('RPUSH', k, '1')
       redis.call('PEXPIRE', k, ARGV[2])
+    elseif m ~= me then
+      missed[#missed + 1] = m
     end
   end
 end
@@ -241,8 +245,8 @@ for i = 1, #first, 2 do
   end
 end
 local live = redis.call('ZRANGE', KEYS[1], 0, -1)
-if gen == ARGV[7] then return {gen, false, next, live} end
-return {gen, table.concat(mine, ','), next, live}
+if gen == ARGV[7] then return {gen, false, next, live, missed} end
+return {gen, table.concat(mine, ','), next, live, missed}
 `)
 
 // groupStore runs a group's scripts on partition 0.
@@ -306,12 +310,24 @@ func (g *groupStore) beat(ctx context.Context, member string, weight int, op str
 			args = append(args, g.keys.nudge+m)
 		}
 		args = append(args, member, g.ttlMS, weight, g.n, g.keys.nudge, op, knownArg)
-		return redis.Values(runScript(ctx, groupBeatScript, conn, args...))
+		r, err := redis.Values(runScript(ctx, groupBeatScript, conn, args...))
+		if err != nil || len(r) != 5 {
+			return r, err
+		}
+		// Members the caller did not know of (they joined since it last
+		// read the members) would otherwise learn of their changed
+		// queues only at their own next heartbeat, a fifth of their
+		// session later. Nudged here, in one round trip, at best: the
+		// heartbeat itself is done, and a nudge that fails only leaves
+		// that wait.
+		missed, _ := redis.Strings(r[4], nil)
+		g.nudge(ctx, conn, missed)
+		return r, nil
 	})
 	if err != nil {
 		return groupBeat{}, err
 	}
-	if len(r) != 4 {
+	if len(r) != 5 {
 		return groupBeat{}, fmt.Errorf("queue: %s: unexpected reply %v", what, r)
 	}
 	if live, err := redis.Strings(r[3], nil); err == nil {
@@ -333,6 +349,30 @@ func (g *groupStore) beat(ctx context.Context, member string, weight int, op str
 		b.nextEnd = -1
 	}
 	return b, nil
+}
+
+// nudge wakes the members' waits (waitNudge), ignoring errors. One
+// round trip; none when members is empty.
+func (g *groupStore) nudge(ctx context.Context, conn redis.Conn, members []string) {
+	if len(members) == 0 {
+		return
+	}
+	for _, m := range members {
+		k := g.keys.nudge + m
+		for _, c := range [][]any{{"DEL", k}, {"RPUSH", k, "1"}, {"PEXPIRE", k, g.ttlMS}} {
+			if conn.Send(c[0].(string), c[1:]...) != nil {
+				return
+			}
+		}
+	}
+	if conn.Flush() != nil {
+		return
+	}
+	for range 3 * len(members) {
+		if _, err := receiveContext(conn, ctx); err != nil && conn.Err() != nil {
+			return
+		}
+	}
 }
 
 // parseAnalysers parses "a,b,c" into sorted analysers below n, each
@@ -362,12 +402,20 @@ func parseAnalysers(list string, n int) ([]int, error) {
 }
 
 // waitNudge waits up to d for member's nudge, and reports whether one came.
+// A reply that has not come a heartbeat's period after d (a connection
+// gone half-open, a server that stopped answering) ends the wait as a
+// timeout would: the connection's read timeout (10s with Dial's pools,
+// none at all on a redigo pool's by default) may be longer than the
+// member's session, which would run out while the member lives, its
+// queues given to the others.
 func (g *groupStore) waitNudge(ctx context.Context, member string, d time.Duration) (bool, error) {
-	r, err := onPartition(ctx, g.part, fmt.Sprintf("wait on group %q", g.name), func(conn redis.Conn) (any, error) {
-		return doContext(conn, ctx, "BLPOP", g.keys.nudge+member, blockSeconds(d))
+	wctx, cancel := context.WithTimeout(ctx, d+time.Duration(g.ttlMS)*time.Millisecond/5)
+	defer cancel()
+	r, err := onPartition(wctx, g.part, fmt.Sprintf("wait on group %q", g.name), func(conn redis.Conn) (any, error) {
+		return doContext(conn, wctx, "BLPOP", g.keys.nudge+member, blockSeconds(d))
 	})
 	if err != nil {
-		if isTimeout(err) && ctx.Err() == nil {
+		if ctx.Err() == nil && (isTimeout(err) || wctx.Err() != nil) {
 			return false, nil
 		}
 		return false, err

@@ -11,6 +11,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local me, n = ARGV[1], tonumber(ARGV[4])
 local changed = false
+local missed = {} -- members whose queues changed, their nudge key not given
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 -- A session that ends further ahead than any SessionTTL reaches was not
 -- written by a member (or Redis's clock went back): it would never end.
@@ -146,6 +147,8 @@ if changed then
       redis.call('DEL', k)
       redis.call('RPUSH', k, '1')
       redis.call('PEXPIRE', k, ARGV[2])
+    elseif m ~= me then
+      missed[#missed + 1] = m
     end
   end
 end
@@ -166,5 +169,5 @@ for i = 1, #first, 2 do
   end
 end
 local live = redis.call('ZRANGE', KEYS[1], 0, -1)
-if gen == ARGV[7] then return {gen, false, next, live} end
-return {gen, table.concat(mine, ','), next, live}
+if gen == ARGV[7] then return {gen, false, next, live, missed} end
+return {gen, table.concat(mine, ','), next, live, missed}
