@@ -409,13 +409,13 @@ func parseAnalysers(list string, n int) ([]int, error) {
 // member's session, which would run out while the member lives, its
 // queues given to the others.
 func (g *groupStore) waitNudge(ctx context.Context, member string, d time.Duration) (bool, error) {
-	wctx, cancel := context.WithTimeout(ctx, d+time.Duration(g.ttlMS)*time.Millisecond/5)
+	wctx, cancel := blockCtx(ctx, d, time.Duration(g.ttlMS)*time.Millisecond/5)
 	defer cancel()
 	r, err := onPartition(wctx, g.part, fmt.Sprintf("wait on group %q", g.name), func(conn redis.Conn) (any, error) {
 		return doContext(conn, wctx, "BLPOP", g.keys.nudge+member, blockSeconds(d))
 	})
 	if err != nil {
-		if ctx.Err() == nil && (isTimeout(err) || wctx.Err() != nil) {
+		if blockOver(ctx, wctx, err) {
 			return false, nil
 		}
 		return false, err

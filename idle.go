@@ -50,13 +50,15 @@ func (s *store) wait(ctx context.Context, d time.Duration) (bool, error) {
 			return ready, redisErr(s.what("wait on"), err)
 		}
 	}
-	r, err := onPartition(ctx, s.part, s.what("wait on"), func(conn redis.Conn) (any, error) {
+	wctx, cancel := blockCtx(ctx, d, replyGrace)
+	defer cancel()
+	r, err := onPartition(wctx, s.part, s.what("wait on"), func(conn redis.Conn) (any, error) {
 		// Moving the right end onto itself changes nothing; it only blocks
 		// until there is an element to move.
-		return doContext(conn, ctx, "BLMOVE", s.keys.ready, s.keys.ready, "RIGHT", "RIGHT", blockSeconds(d))
+		return doContext(conn, wctx, "BLMOVE", s.keys.ready, s.keys.ready, "RIGHT", "RIGHT", blockSeconds(d))
 	})
 	if err != nil {
-		if isTimeout(err) && ctx.Err() == nil {
+		if blockOver(ctx, wctx, err) {
 			return false, nil
 		}
 		return false, err
@@ -195,10 +197,12 @@ func (s *store) waitLease(ctx context.Context, until time.Time) error {
 	if d <= 0 {
 		return nil
 	}
-	_, err := onPartition(ctx, s.part, s.what("wait for lease of"), func(conn redis.Conn) (any, error) {
-		return doContext(conn, ctx, "BLPOP", s.keys.wake, blockSeconds(d))
+	wctx, cancel := blockCtx(ctx, d, replyGrace)
+	defer cancel()
+	_, err := onPartition(wctx, s.part, s.what("wait for lease of"), func(conn redis.Conn) (any, error) {
+		return doContext(conn, wctx, "BLPOP", s.keys.wake, blockSeconds(d))
 	})
-	if err != nil && (ctx.Err() != nil || !isTimeout(err)) {
+	if err != nil && !blockOver(ctx, wctx, err) {
 		return err
 	}
 	return nil

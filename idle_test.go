@@ -2,6 +2,8 @@ package queue
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -146,4 +148,121 @@ func claimCountingQueue(t *testing.T) (*Queue, *testServer, *atomic.Int32) {
 	require.NoError(t, err)
 	t.Cleanup(func() { q.Close() })
 	return q, servers[0], claims
+}
+
+// unansweredConn swallows, once armed, the first blocking command cmd
+// on key: it is never answered, as on a connection gone half-open (a
+// firewall or NAT that dropped the flow, a peer gone without a reset) of
+// a redigo pool without a read timeout, until the caller's ctx ends.
+// Other commands go through.
+type unansweredConn struct {
+	redis.Conn
+	u *unanswered
+}
+
+type unanswered struct {
+	cmd, key string
+	armed    atomic.Bool
+	caught   chan struct{}
+}
+
+func (c *unansweredConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
+	u := c.u
+	if strings.EqualFold(cmd, u.cmd) && len(args) > 0 && fmt.Sprint(args[0]) == u.key && u.armed.CompareAndSwap(true, false) {
+		close(u.caught)
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	return redis.DoContext(c.Conn, ctx, cmd, args...)
+}
+
+func (c *unansweredConn) ReceiveContext(ctx context.Context) (any, error) {
+	return redis.ReceiveContext(c.Conn, ctx)
+}
+
+// unansweredQueue is a queue over server s whose connections swallow
+// the first cmd on key once armed.
+func unansweredQueue(t *testing.T, s *testServer, prefix, cmd, key string) (*Queue, *unanswered) {
+	t.Helper()
+	u := &unanswered{cmd: cmd, key: key, caught: make(chan struct{})}
+	pool := s.wrapPool(8, func(c redis.Conn) redis.Conn { return &unansweredConn{Conn: c, u: u} })
+	t.Cleanup(func() { pool.Close() })
+	q, err := New([]*redis.Pool{pool}, Config{Prefix: prefix})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	return q, u
+}
+
+// needNoTracking skips a test of the blocking waits of a server without
+// client tracking: on a redis-server the waiter tracks keys instead, and
+// its reads every second end a wait that goes unanswered.
+func needNoTracking(t *testing.T) {
+	t.Helper()
+	if testRedisURL != "" {
+		t.Skip("a redis-server tracks keys: pools wait through the waiter, not a blocking command of their own")
+	}
+}
+
+// An idle pool whose wait for work is never answered (without client
+// tracking: a blocking command of its own) gives the wait up a second
+// after its block time, and claims what was added meanwhile. Before, the
+// wait ended only with the connection's read timeout, and on a pool
+// without one the queue stood still for good while its owner held it.
+func TestIdleWaitNeverAnsweredEnds(t *testing.T) {
+	t.Parallel()
+	needNoTracking(t)
+	skipOnCluster(t, "the connection wraps one server's")
+	s := newTestServers(t, 1)[0]
+	prefix := testPrefix(t)
+	q, u := unansweredQueue(t, s, prefix, "BLMOVE", newQueueKeys(prefix, 0, 0).ready)
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	ran := make(chan string, 1)
+	u.armed.Store(true)
+	errc := runPool(ctx, q, PoolConfig{Workers: 1}, func(_ context.Context, task Task) error {
+		ran <- string(task.Payload)
+		return nil
+	})
+	receive(t, u.caught)
+	_, err := q.AddTask(ctx, 1, []byte("added while the wait hung"))
+	require.NoError(t, err)
+	select {
+	case p := <-ran:
+		assert.Equal(t, "added while the wait hung", p)
+	case <-time.After(20 * time.Second):
+		t.Fatal("the pool did not claim within 20s: its unanswered wait never ended")
+	}
+	cancel()
+	require.NoError(t, receive(t, errc))
+}
+
+// A standby whose wait for the lease is never answered gives it up a
+// second after its block time, and takes the lease the owner released.
+// Before, it waited for good on a pool without a read timeout, and the
+// queue had no owner once the old one stopped.
+func TestStandbyWaitNeverAnsweredEnds(t *testing.T) {
+	t.Parallel()
+	needNoTracking(t)
+	skipOnCluster(t, "the connection wraps one server's")
+	s := newTestServers(t, 1)[0]
+	prefix := testPrefix(t)
+	owner, err := New([]*redis.Pool{s.pool}, Config{Prefix: prefix})
+	require.NoError(t, err)
+	t.Cleanup(func() { owner.Close() })
+	standby, u := unansweredQueue(t, s, prefix, "BLPOP", newQueueKeys(prefix, 0, 0).wake)
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	fn := func(context.Context, Task) error { return nil }
+	octx, stopOwner := context.WithCancel(ctx)
+	oerr := runPool(octx, owner, PoolConfig{Workers: 1, LeaseTTL: 2 * time.Second}, fn)
+	require.Eventually(t, func() bool { return stats0(t, owner).Owner != "" }, 10*time.Second, 5*time.Millisecond)
+	u.armed.Store(true)
+	serr := runPool(ctx, standby, PoolConfig{Workers: 1, LeaseTTL: 2 * time.Second, Owner: "standby"}, fn)
+	receive(t, u.caught)
+	stopOwner() // releases the lease, and wakes the standby's wait, which hangs
+	require.NoError(t, receive(t, oerr))
+	require.Eventually(t, func() bool { return stats0(t, owner).Owner == "standby" }, 20*time.Second, 5*time.Millisecond,
+		"the standby did not take the lease within 20s: its unanswered wait never ended")
+	cancel()
+	require.NoError(t, receive(t, serr))
 }

@@ -110,6 +110,25 @@ func blockSeconds(d time.Duration) string {
 	return strconv.FormatFloat(max(d.Seconds(), 0.001), 'f', 3, 64)
 }
 
+// replyGrace is how long after its block time a blocking command's reply
+// may come: one that has not come by then (a connection gone half-open,
+// a server that stopped answering) is not coming in time.
+const replyGrace = time.Second
+
+// blockCtx returns the ctx of a blocking command of block time d, with
+// grace for its reply: it ends then, whatever the connection's read
+// timeout, which may be longer, or none (a redigo pool's default), so a
+// wait whose reply is lost ends as its timeout would. blockOver reports
+// whether err ended such a wait so, with ctx itself alive: the command's
+// own timeout, or wctx's.
+func blockCtx(ctx context.Context, d, grace time.Duration) (wctx context.Context, cancel context.CancelFunc) {
+	return context.WithTimeout(ctx, d+grace)
+}
+
+func blockOver(ctx, wctx context.Context, err error) bool {
+	return ctx.Err() == nil && (isTimeout(err) || wctx.Err() != nil)
+}
+
 // isTimeout reports whether err is a network timeout (a blocking command
 // that waited its time out on a connection with a read timeout).
 func isTimeout(err error) bool {
