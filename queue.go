@@ -192,6 +192,11 @@ func checkSize(r int, cfg Config) error {
 // reading through a buffer of some 32 KiB (redis.DialContextFunc, with a
 // net.Conn whose Read goes through a bufio.Reader of that size): redigo's
 // own buffer of 4 KiB costs a system call per 4 KiB of a pool's claims.
+// Give them a read timeout too (redis.DialReadTimeout; Dial's is
+// [Config].ReadTimeout): the package bounds its own blocking waits, but a
+// call whose reply is lost on a connection gone half-open otherwise waits
+// until its ctx ends, which for a pool's claims is when it loses its
+// lease, and a pool that keeps renewing it never does.
 func New(pools []*redis.Pool, cfg Config) (*Queue, error) {
 	if len(pools) == 0 {
 		return nil, ErrNoPartitions
