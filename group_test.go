@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/alicebob/miniredis/v2"
 	"github.com/gomodule/redigo/redis"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -410,12 +409,8 @@ func TestJoinGroupPausedMemberReplaced(t *testing.T) {
 // heartbeat, rather than report it at every heartbeat for ever.
 func TestJoinGroupStopsAtAnotherLayoutAfterRestart(t *testing.T) {
 	t.Parallel()
-	m := miniredis.RunT(t)
+	m, q, prefix := dialMiniredis(t)
 	ctx := bounded(t)
-	prefix := testPrefix(t)
-	q, err := Dial(ctx, []string{"redis://" + m.Addr()}, Config{Prefix: prefix})
-	require.NoError(t, err)
-	defer q.Close()
 	var errs errLog
 	assigned := make(chan []int, 10)
 	done := make(chan error, 2)

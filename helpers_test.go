@@ -559,6 +559,19 @@ func queueOnPool(t *testing.T, pool *redis.Pool) *Queue {
 	return q
 }
 
+// dialMiniredis returns a miniredis of the test's own, which restartEmpty
+// can restart, and a queue made by Dial over it under the test's prefix
+// (closed at the test's end), with the prefix.
+func dialMiniredis(t *testing.T) (*miniredis.Miniredis, *Queue, string) {
+	t.Helper()
+	m := miniredis.RunT(t)
+	prefix := testPrefix(t)
+	q, err := Dial(bounded(t), []string{"redis://" + m.Addr()}, Config{Prefix: prefix})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	return m, q, prefix
+}
+
 // restartEmpty restarts m as a server without persistence restarts: every
 // connection and all the data go. With queues > 0, a process of that
 // many queues (one partition) records its layout under prefix before

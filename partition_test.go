@@ -348,13 +348,9 @@ func TestLayoutRecheckedWithEveryLease(t *testing.T) {
 // after its server restarted and lost the record.
 func TestLayoutRecheckedAfterReconnect(t *testing.T) {
 	t.Parallel()
-	m := miniredis.RunT(t)
+	m, q1, prefix := dialMiniredis(t)
 	ctx := bounded(t)
-	prefix := testPrefix(t)
-	q1, err := Dial(ctx, []string{"redis://" + m.Addr()}, Config{Prefix: prefix})
-	require.NoError(t, err)
-	defer q1.Close()
-	_, err = q1.AddTask(ctx, 1, []byte("a"))
+	_, err := q1.AddTask(ctx, 1, []byte("a"))
 	require.NoError(t, err)
 
 	restartEmpty(t, m, prefix, 0)
@@ -377,12 +373,8 @@ func TestLayoutRecheckedAfterReconnect(t *testing.T) {
 // *LayoutError, having written nothing to the server.
 func TestPoolStopsAtAnotherLayoutAfterReconnect(t *testing.T) {
 	t.Parallel()
-	m := miniredis.RunT(t)
+	m, q, prefix := dialMiniredis(t)
 	ctx := bounded(t)
-	prefix := testPrefix(t)
-	q, err := Dial(ctx, []string{"redis://" + m.Addr()}, Config{Prefix: prefix})
-	require.NoError(t, err)
-	defer q.Close()
 	ids := addAll(t, q, orderTasks(1, 1))
 	started, finish := make(chan struct{}, 1), make(chan struct{})
 	var errs errLog
@@ -401,6 +393,7 @@ func TestPoolStopsAtAnotherLayoutAfterReconnect(t *testing.T) {
 	close(finish) // its ack is refused
 
 	stopped := time.Now()
+	var err error
 	select {
 	case err = <-errc:
 	case <-time.After(10 * time.Second):
@@ -423,12 +416,8 @@ func TestPoolStopsAtAnotherLayoutAfterReconnect(t *testing.T) {
 // of another layout, and a member running no pool went on doing so.
 func TestConnectionMadeDuringARecheckChecksTheLayout(t *testing.T) {
 	t.Parallel()
-	m := miniredis.RunT(t)
+	m, q, prefix := dialMiniredis(t)
 	ctx := bounded(t)
-	prefix := testPrefix(t)
-	q, err := Dial(ctx, []string{"redis://" + m.Addr()}, Config{Prefix: prefix})
-	require.NoError(t, err)
-	defer q.Close()
 	g, err := q.newGroupStore("g", time.Second)
 	require.NoError(t, err)
 	require.NoError(t, q.checkLayout(ctx, g.part))
