@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -182,19 +183,20 @@ func linkedQueue(t *testing.T, q *Queue, servers []*testServer) (*Queue, *stallL
 	return q2, l
 }
 
-// lostWait swallows one wait of a member on its nudge list (or one of
-// its heartbeats) once armed:
-// the command is never answered, as on a connection that went half-open
-// (a firewall or NAT that dropped the flow, a peer gone without a reset),
-// until the connection's read timeout. Other commands go through.
+// lostWait swallows one blocking wait (cmd on key: a member's on its
+// nudge list, a pool's on its ready list, a standby's for the lease), or
+// one heartbeat of a member, once armed: the command is never answered,
+// as on a connection that went half-open (a firewall or NAT that dropped
+// the flow, a peer gone without a reset), until the connection's read
+// timeout or the caller's ctx. Other commands go through.
 type lostWait struct {
-	key         string        // the nudge list
+	cmd, key    string        // the blocking command and its key
 	readTimeout time.Duration // the connection's
 	lostBeat    bool          // swallow a heartbeat of the member instead
 	armed       atomic.Bool
 	caught      chan struct{}
 	beats       atomic.Int64 // heartbeats of the member answered
-	beat        *heldBeat    // to tell them
+	beat        *heldBeat    // to tell them (nil: none counted)
 }
 
 type lostWaitConn struct {
@@ -216,7 +218,7 @@ func (c *lostWaitConn) ReceiveContext(ctx context.Context) (any, error) {
 
 func (c *lostWaitConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
 	w := c.w
-	lose := cmd == "BLPOP" && len(args) > 0 && fmt.Sprint(args[0]) == w.key
+	lose := strings.EqualFold(cmd, w.cmd) && len(args) > 0 && fmt.Sprint(args[0]) == w.key
 	if w.lostBeat {
 		lose = w.beat.isBeat(cmd, args)
 	}
@@ -233,7 +235,7 @@ func (c *lostWaitConn) DoContext(ctx context.Context, cmd string, args ...any) (
 		}
 	}
 	v, err := redis.DoContext(c.Conn, ctx, cmd, args...)
-	if err == nil && w.beat.isBeat(cmd, args) {
+	if err == nil && w.beat != nil && w.beat.isBeat(cmd, args) {
 		w.beats.Add(1)
 	}
 	return v, err
@@ -257,7 +259,7 @@ func lostReplyKeepsTheMember(t *testing.T, lostBeat bool) {
 	skipOnCluster(t, "the connection wraps one server's")
 	servers := newTestServers(t, 1)
 	prefix := testPrefix(t)
-	w := &lostWait{key: newGroupKeys(prefix, "g").nudge + "b", readTimeout: 10 * time.Second,
+	w := &lostWait{cmd: "BLPOP", key: newGroupKeys(prefix, "g").nudge + "b", readTimeout: 10 * time.Second,
 		lostBeat: lostBeat, caught: make(chan struct{}), beat: &heldBeat{member: "b"}}
 	pool := servers[0].wrapPool(8, func(c redis.Conn) redis.Conn { return &lostWaitConn{Conn: c, w: w} })
 	t.Cleanup(func() { pool.Close() })

@@ -2,8 +2,6 @@ package queue
 
 import (
 	"context"
-	"fmt"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -150,42 +148,13 @@ func claimCountingQueue(t *testing.T) (*Queue, *testServer, *atomic.Int32) {
 	return q, servers[0], claims
 }
 
-// unansweredConn swallows, once armed, the first blocking command cmd
-// on key: it is never answered, as on a connection gone half-open (a
-// firewall or NAT that dropped the flow, a peer gone without a reset) of
-// a redigo pool without a read timeout, until the caller's ctx ends.
-// Other commands go through.
-type unansweredConn struct {
-	redis.Conn
-	u *unanswered
-}
-
-type unanswered struct {
-	cmd, key string
-	armed    atomic.Bool
-	caught   chan struct{}
-}
-
-func (c *unansweredConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
-	u := c.u
-	if strings.EqualFold(cmd, u.cmd) && len(args) > 0 && fmt.Sprint(args[0]) == u.key && u.armed.CompareAndSwap(true, false) {
-		close(u.caught)
-		<-ctx.Done()
-		return nil, ctx.Err()
-	}
-	return redis.DoContext(c.Conn, ctx, cmd, args...)
-}
-
-func (c *unansweredConn) ReceiveContext(ctx context.Context) (any, error) {
-	return redis.ReceiveContext(c.Conn, ctx)
-}
-
 // unansweredQueue is a queue over server s whose connections swallow
-// the first cmd on key once armed.
-func unansweredQueue(t *testing.T, s *testServer, prefix, cmd, key string) (*Queue, *unanswered) {
+// the first cmd on key once armed, until the caller's ctx ends: the
+// connections of a redigo pool without a read timeout.
+func unansweredQueue(t *testing.T, s *testServer, prefix, cmd, key string) (*Queue, *lostWait) {
 	t.Helper()
-	u := &unanswered{cmd: cmd, key: key, caught: make(chan struct{})}
-	pool := s.wrapPool(8, func(c redis.Conn) redis.Conn { return &unansweredConn{Conn: c, u: u} })
+	u := &lostWait{cmd: cmd, key: key, readTimeout: time.Hour, caught: make(chan struct{})}
+	pool := s.wrapPool(8, func(c redis.Conn) redis.Conn { return &lostWaitConn{Conn: c, w: u} })
 	t.Cleanup(func() { pool.Close() })
 	q, err := New([]*redis.Pool{pool}, Config{Prefix: prefix})
 	require.NoError(t, err)
