@@ -109,6 +109,7 @@ func (q *Queue) JoinGroup(ctx context.Context, group string, cfg GroupConfig, fn
 	if err != nil {
 		return err
 	}
+	g.run = newNonce()
 	log := cfg.Pool.Logger
 	if log == nil {
 		log = slog.Default()
@@ -174,7 +175,9 @@ func (r *groupRun) run(ctx context.Context) error {
 		// its queues idle until it ran out. SessionTTL bounds the wait.
 		// While ctx lives, a reply that has not come in half a session (a
 		// connection gone half-open) is given up on, and the heartbeat
-		// sent again, in time to keep the session.
+		// sent again, in time to keep the session. The one given up on
+		// may still reach Redis after the leave: it joins nothing then
+		// (see groupStore.run).
 		bctx, cancel := context.WithTimeout(context.WithoutCancel(runCtx), r.cfg.SessionTTL)
 		bctx, giveUp := context.WithCancelCause(bctx)
 		lateErr := fmt.Errorf("no reply in %v, half the session", r.cfg.SessionTTL/2)

@@ -107,6 +107,94 @@ func TestJoinGroupLeaveAfterHeartbeatInFlight(t *testing.T) {
 	require.Empty(t, st.Members, "members after the only one left")
 }
 
+// givenUpBeat holds one heartbeat of a member once armed, never
+// answering it, as a connection gone half-open would: the member gives
+// it up and beats again. The test sends the held command itself later,
+// as the network may deliver it.
+type givenUpBeat struct {
+	h      heldBeat // its member (isBeat)
+	armed  atomic.Bool
+	caught chan []any   // the held heartbeat's arguments
+	passed atomic.Int64 // heartbeats of the member answered
+}
+
+type givenUpBeatConn struct {
+	redis.Conn
+	g *givenUpBeat
+}
+
+func (c givenUpBeatConn) ReceiveContext(ctx context.Context) (any, error) {
+	return redis.ReceiveContext(c.Conn, ctx)
+}
+
+func (c givenUpBeatConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
+	beat := c.g.h.isBeat(cmd, args)
+	if beat && c.g.armed.CompareAndSwap(true, false) {
+		c.g.caught <- args
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	v, err := redis.DoContext(c.Conn, ctx, cmd, args...)
+	if beat && err == nil {
+		c.g.passed.Add(1)
+	}
+	return v, err
+}
+
+// TestJoinGroupGivenUpHeartbeatLandingAfterLeave has a member give up a
+// heartbeat (no reply in half a session) and go on; once the member left,
+// the heartbeat reaches Redis. It must join nothing: before, it joined
+// the stopped member again for a whole session, its queues idle.
+func TestJoinGroupGivenUpHeartbeatLandingAfterLeave(t *testing.T) {
+	skipOnCluster(t, "the held connection wraps one server's")
+	servers := newTestServers(t, 1)
+	g := &givenUpBeat{h: heldBeat{member: "a"}, caught: make(chan []any, 1)}
+	pool := servers[0].wrapPool(4, func(c redis.Conn) redis.Conn { return givenUpBeatConn{c, g} })
+	t.Cleanup(func() { pool.Close() })
+	q, err := New([]*redis.Pool{pool}, Config{Queues: 2, Prefix: testPrefix(t)})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	cfg := GroupConfig{Member: "a", SessionTTL: time.Second, Pool: PoolConfig{Workers: 1}}
+	fn := func(context.Context, Task) error { return nil }
+	join := func() (context.CancelFunc, chan error) {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- q.JoinGroup(ctx, "g", cfg, fn) }()
+		return cancel, done
+	}
+
+	stop, done := join()
+	require.Eventually(t, func() bool { return settled(t, q, "g", "a") }, 5*time.Second, 5*time.Millisecond)
+	g.armed.Store(true)
+	var held []any
+	select {
+	case held = <-g.caught:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no heartbeat within 5s")
+	}
+	// Heartbeats of a member run one at a time: one answered after the
+	// held one means the member gave that one up.
+	n := g.passed.Load()
+	require.Eventually(t, func() bool { return g.passed.Load() > n }, 10*time.Second, 5*time.Millisecond,
+		"the member never beat again")
+	stop()
+	require.NoError(t, <-done)
+
+	conn := servers[0].pool.Get()
+	defer conn.Close()
+	_, err = conn.Do("EVALSHA", held...)
+	require.NoError(t, err, "the late heartbeat")
+	st, err := q.GroupStatus(context.Background(), "g")
+	require.NoError(t, err)
+	require.Empty(t, st.Members, "a heartbeat given up on and landing after the leave joined the member again")
+
+	// The member started again joins at once.
+	stop, done = join()
+	require.Eventually(t, func() bool { return settled(t, q, "g", "a") }, 5*time.Second, 5*time.Millisecond)
+	stop()
+	require.NoError(t, <-done)
+}
+
 // TestJoinGroupQueueBackAndForthWaitsForTheFirstPool moves a queue away
 // from a member and back twice while the member's first pool on it is
 // still stopping (a task runs): the member's last pool on the queue must

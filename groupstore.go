@@ -75,7 +75,15 @@ func checkGroupName(what, name string) error {
 //	KEYS[5...] = the nudge keys of members to nudge should their queues change
 //	ARGV[1] = member, ARGV[2] = session TTL ms, ARGV[3] = weight,
 //	ARGV[4] = analysers, ARGV[5] = nudge key prefix, ARGV[6] = "beat" or "leave",
-//	ARGV[7] = the generation the member knows ("" when none)
+//	ARGV[7] = the generation the member knows ("" when none),
+//	ARGV[8] = the member's run ("" when none), ARGV[9] = how long a leave is kept, ms
+//
+// A leave of a run keeps in meta, under "left:<member>", the run and
+// when the record ends: a heartbeat of that run that reaches Redis after
+// the leave (sent before it, and given up on) joins nothing, and
+// returns the reply of a settled group. A heartbeat of another run (the
+// member started again) drops the record. A leave drops the records
+// that ended.
 //
 // Returns {gen, the member's analysers as a comma-separated string (nil
 // when the generation is the one the member knows: a heartbeat of a
@@ -86,6 +94,17 @@ var groupBeatScript = newScript("group-beat", -1, typeCheck(keyType{1, "zset"}, 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local me, n = ARGV[1], tonumber(ARGV[4])
+local leftField = 'left:' .. me
+if ARGV[8] ~= '' and ARGV[6] ~= 'leave' then
+  local left = redis.call('HGET', KEYS[4], leftField)
+  if left then
+    local run, ends = string.match(left, '^(.*):(%d+)$')
+    if run == ARGV[8] and tonumber(ends) > now then
+      return {redis.call('HGET', KEYS[4], 'gen') or '0', false, -1, redis.call('ZRANGE', KEYS[1], 0, -1), {}}
+    end
+    redis.call('HDEL', KEYS[4], leftField)
+  end
+end
 local changed = false
 local missed = {} -- members whose queues changed, their nudge key not given
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -102,6 +121,14 @@ end
 if ARGV[6] == 'leave' then
   if redis.call('ZREM', KEYS[1], me) == 1 then changed = true end
   redis.call('HDEL', KEYS[2], me)
+  local meta = redis.call('HGETALL', KEYS[4])
+  for i = 1, #meta, 2 do
+    if string.sub(meta[i], 1, 5) == 'left:' then
+      local ends = string.match(meta[i + 1], ':(%d+)$')
+      if not ends or tonumber(ends) <= now then redis.call('HDEL', KEYS[4], meta[i]) end
+    end
+  end
+  if ARGV[8] ~= '' then redis.call('HSET', KEYS[4], leftField, ARGV[8] .. ':' .. (now + tonumber(ARGV[9]))) end
 else
   local joined, weight = now, ARGV[3]
   local old = redis.call('HGET', KEYS[2], me)
@@ -261,7 +288,19 @@ type groupStore struct {
 	// them (nil before the first): a heartbeat nudges those of them whose
 	// queues it moves. Heartbeats of one member run one at a time.
 	members []string
+
+	// run names the member's run (one JoinGroup call): its leave is
+	// kept, so that a heartbeat of the run that reaches Redis after it
+	// joins nothing. "" for none (nothing kept).
+	run string
 }
+
+// groupLeftKeep is how long a leave is kept for its run's late
+// heartbeats (at least a session). A heartbeat given up on while its
+// connection went half-open may still reach Redis after the member left:
+// the connection is closed, but the system goes on sending what it held,
+// for about 15 minutes with Linux's defaults (tcp_retries2).
+const groupLeftKeep = 20 * time.Minute
 
 func (q *Queue) newGroupStore(group string, ttl time.Duration) (*groupStore, error) {
 	if err := checkGroupName("group", group); err != nil {
@@ -304,12 +343,13 @@ func (g *groupStore) beat(ctx context.Context, member string, weight int, op str
 			}
 			g.members = m
 		}
-		args := make([]any, 0, 5+len(g.members)+7)
+		args := make([]any, 0, 5+len(g.members)+9)
 		args = append(args, 4+len(g.members), g.keys.members, g.keys.info, g.keys.assign, g.keys.meta)
 		for _, m := range g.members {
 			args = append(args, g.keys.nudge+m)
 		}
-		args = append(args, member, g.ttlMS, weight, g.n, g.keys.nudge, op, knownArg)
+		keep := max(groupLeftKeep.Milliseconds(), g.ttlMS)
+		args = append(args, member, g.ttlMS, weight, g.n, g.keys.nudge, op, knownArg, g.run, keep)
 		r, err := redis.Values(runScript(ctx, groupBeatScript, conn, args...))
 		if err != nil || len(r) != 5 {
 			return r, err

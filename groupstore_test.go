@@ -363,3 +363,65 @@ func TestParseAnalysers(t *testing.T) {
 		require.Equal(t, c.want, got, "%q", c.list)
 	}
 }
+
+// TestGroupLeaveKeptForItsRun checks the record a leave keeps: a
+// heartbeat of the run that left (one given up on, reaching Redis late)
+// joins nothing; one of another run of the member joins and drops the
+// record; a leave drops the records that ended, and malformed ones.
+func TestGroupLeaveKeptForItsRun(t *testing.T) {
+	ctx := context.Background()
+	q, servers := newTestQueue(t, 1, Config{Queues: 4})
+	k := newGroupKeys(q.cfg.Prefix, "g")
+	store := func(run string) *groupStore {
+		g, err := q.newGroupStore("g", time.Minute)
+		require.NoError(t, err)
+		g.run = run
+		return g
+	}
+	first, second := store("r1"), store("r2")
+	beat := func(g *groupStore, op string) groupBeat {
+		t.Helper()
+		b, err := g.beat(ctx, "a", 1, op, 0)
+		require.NoError(t, err)
+		return b
+	}
+	meta := func() map[string]string {
+		m, err := redis.StringMap(servers[0].do(t, "HGETALL", k.meta), nil)
+		require.NoError(t, err)
+		return m
+	}
+
+	require.Equal(t, []int{0, 1, 2, 3}, beat(first, "beat").analysers)
+	beat(first, "leave")
+	left := meta()["left:a"]
+	require.True(t, strings.HasPrefix(left, "r1:"), "the leave's record: %q", left)
+	gen := meta()["gen"]
+
+	late := beat(first, "beat")
+	require.True(t, late.same, "a late heartbeat of the run that left is answered as a settled group's")
+	require.Empty(t, late.analysers)
+	st, _ := groupOf(t, q, "g")
+	require.Empty(t, st.Members, "a late heartbeat of the run that left joined it again")
+	require.Equal(t, gen, meta()["gen"], "a late heartbeat changed the assignment")
+	require.Equal(t, left, meta()["left:a"])
+
+	require.Equal(t, []int{0, 1, 2, 3}, beat(second, "beat").analysers, "another run of the member joins")
+	require.NotContains(t, meta(), "left:a", "the joining run keeps the record of the last")
+
+	servers[0].do(t, "HSET", k.meta, "left:x", "r9:1", "left:y", "no end", "left:z", "r9:99999999999999")
+	beat(second, "leave")
+	m := meta()
+	require.NotContains(t, m, "left:x", "an ended record is dropped")
+	require.NotContains(t, m, "left:y", "a malformed record is dropped")
+	require.Contains(t, m, "left:z", "a record that has not ended is kept")
+	require.True(t, strings.HasPrefix(m["left:a"], "r2:"))
+
+	// A store of no run neither keeps a leave nor reads one.
+	none := store("")
+	beat(none, "beat")
+	beat(none, "leave")
+	require.Equal(t, m["left:a"], meta()["left:a"])
+	beat(none, "beat")
+	st, _ = groupOf(t, q, "g")
+	require.Len(t, st.Members, 1)
+}

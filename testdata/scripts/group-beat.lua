@@ -10,6 +10,17 @@ if t ~= 'hash' and t ~= 'none' then return redis.error_reply('QUGOWRONGTYPE ' ..
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local me, n = ARGV[1], tonumber(ARGV[4])
+local leftField = 'left:' .. me
+if ARGV[8] ~= '' and ARGV[6] ~= 'leave' then
+  local left = redis.call('HGET', KEYS[4], leftField)
+  if left then
+    local run, ends = string.match(left, '^(.*):(%d+)$')
+    if run == ARGV[8] and tonumber(ends) > now then
+      return {redis.call('HGET', KEYS[4], 'gen') or '0', false, -1, redis.call('ZRANGE', KEYS[1], 0, -1), {}}
+    end
+    redis.call('HDEL', KEYS[4], leftField)
+  end
+end
 local changed = false
 local missed = {} -- members whose queues changed, their nudge key not given
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -26,6 +37,14 @@ end
 if ARGV[6] == 'leave' then
   if redis.call('ZREM', KEYS[1], me) == 1 then changed = true end
   redis.call('HDEL', KEYS[2], me)
+  local meta = redis.call('HGETALL', KEYS[4])
+  for i = 1, #meta, 2 do
+    if string.sub(meta[i], 1, 5) == 'left:' then
+      local ends = string.match(meta[i + 1], ':(%d+)$')
+      if not ends or tonumber(ends) <= now then redis.call('HDEL', KEYS[4], meta[i]) end
+    end
+  end
+  if ARGV[8] ~= '' then redis.call('HSET', KEYS[4], leftField, ARGV[8] .. ':' .. (now + tonumber(ARGV[9]))) end
 else
   local joined, weight = now, ARGV[3]
   local old = redis.call('HGET', KEYS[2], me)
