@@ -26,6 +26,7 @@ import (
 var scriptVars = strings.NewReplacer(
 	"$entryTask", strconv.Itoa(entryTask),
 	"$entryFlags", strconv.Itoa(entryFlags),
+	"$entryRecovered", strconv.Itoa(entryRecovered),
 	"$entryHeader", strconv.Itoa(entryHeader),
 	"$idLen", strconv.Itoa(idLen),
 	"$scriptChunk", strconv.Itoa(scriptChunk),

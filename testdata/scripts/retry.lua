@@ -114,16 +114,46 @@ local function setDone(claims, meta, first, bits)
   return k
 end
 
-local function rewrite(first, place, record)
+-- recount returns the encoded task e (behind a '+' or not) with n as its
+-- delivery count, not marked recovered, behind a '+' when accounted is
+-- '1'; false when e is not an encoded task of ID id.
+local function recount(e, id, n, accounted)
+  local i = 1
+  if string.byte(e, 1) == 43 then i = 2 end
+  local flags = string.byte(e, i)
+  if not flags or string.sub(e, i + 1, i + 20) ~= id then return false end
+  local p = i + 1 + 20
+  for _ = 1, 2 do -- OrderID, AddedAt
+    while (string.byte(e, p) or 0) >= 128 do p = p + 1 end
+    p = p + 1
+  end
+  local from = p
+  while (string.byte(e, p) or 0) >= 128 do p = p + 1 end
+  if p > #e then return false end
+  if flags % (2 * 2) >= 2 then flags = flags - 2 end
+  local v = {}
+  while n >= 128 do
+    v[#v + 1] = string.char(n % 128 + 128)
+    n = math.floor(n / 128)
+  end
+  v[#v + 1] = string.char(n)
+  local mark = ''
+  if accounted == '1' then mark = '+' end
+  return mark .. string.char(flags) .. string.sub(e, i + 1, from - 1) .. table.concat(v) .. string.sub(e, p + 1)
+end
+local function rewrite(first, place, id, n, accounted)
   if first == '' then return false end
   local l, d = claimKeys(claimsKey, first)
   if redis.call('TYPE', l).ok ~= 'list' or not bitsOK(d) or redis.call('GETBIT', d, place) == 1 then return false end
-  if not redis.call('LINDEX', l, place) then return false end
+  local e = redis.call('LINDEX', l, place)
+  if not e then return false end
+  local record = recount(e, id, n, accounted)
+  if not record then return false end
   redis.call('LSET', l, place, record)
   return true
 end
 
 local bad = claimTypes(claimsKey, 3, 3, 1)
 if bad then return bad end
-if not rewrite(ARGV[3], tonumber(ARGV[4]), ARGV[5]) then return 0 end
+if not rewrite(ARGV[3], tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), '1') then return 0 end
 return 1
