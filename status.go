@@ -390,10 +390,18 @@ func parseRetry(s string) (failedAt, retryAt time.Time, msg string) {
 // The LPUSH goes first: a ready list of the wrong type, or a full Redis,
 // refuses it before anything is written, and a retry is not taken for a
 // duplicate of a task that was never queued. A large entry is counted
-// (large.go), its meta hash's type checked first.
+// (large.go), its meta hash's type checked first. A duplicate writes the
+// key again as it is (KEEPTTL): under Config.WaitReplicas the WAIT behind
+// the call then covers the earlier call's write too, which may not be on
+// the replicas yet (that call failed with ErrNotReplicated, or was
+// another producer's still waiting), so a duplicate reported is one that
+// survives a failover.
 var addOnceScript = newScript("add-once", 3, typeCheck(hashAt(3))+luaLarge+`
 local old = redis.call('GET', KEYS[2])
-if old then return {0, old} end
+if old then
+  redis.call('SET', KEYS[2], old, 'KEEPTTL')
+  return {0, old}
+end
 redis.call('LPUSH', KEYS[1], ARGV[2])
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
 if #ARGV[2] > $largeEntry then addLarge(KEYS[3], KEYS[1], 1) end
