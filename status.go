@@ -408,17 +408,20 @@ if #ARGV[2] > $largeEntry then addLarge(KEYS[3], KEYS[1], 1) end
 return {1, ARGV[1]}
 `)
 
-// AddTaskOnce is AddTask with an idempotency key: a second call with the
-// same orderID and key within window enqueues nothing and returns the first
-// call's task ID with added false. The key lives in Redis (one string with
-// a PX expiry, beside the queue's keys) until the window ends; key is of
-// at most 1 KiB (a request ID, a hash of the request). It is safe
-// for concurrent use and costs one round trip. Options are AddTask's; a
-// duplicate's are checked too, and ignored.
 // maxOnceKey bounds an AddTaskOnce key: Redis would take one of up to
 // 512 MB into its key, and a query buffer of 1 GB refuses more.
 const maxOnceKey = 1 << 10
 
+// AddTaskOnce is AddTask with an idempotency key: a second call with the
+// same orderID and key within window enqueues nothing and returns the first
+// call's task ID with added false. The key lives in Redis (one string with
+// a PX expiry, beside the queue's keys) until the window ends; key is of
+// at most 1 KiB (a request ID, a hash of the request). Under
+// Config.WaitReplicas a duplicate waits for the replicas as an add does:
+// a call that failed with ErrNotReplicated can be made again, and the
+// duplicate returns nil only once the replicas have the task. It is safe
+// for concurrent use and costs one round trip. Options are AddTask's; a
+// duplicate's are checked too, and ignored.
 func (q *Queue) AddTaskOnce(ctx context.Context, orderID uint64, key string, window time.Duration, payload []byte, opts ...AddOption) (id string, added bool, err error) {
 	if key == "" || window <= 0 {
 		return "", false, fmt.Errorf("%w: AddTaskOnce needs a key and a positive window", ErrBadConfig)
