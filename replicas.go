@@ -115,12 +115,14 @@ var writeCommands = map[string]sent{
 
 // zeroScripts are the scripts that say by a reply of 0, or {0, ...}, that
 // they changed nothing (a renewal or release of a lease that is not the
-// caller's, an AddTaskOnce duplicate): such a reply needs no replica, and
-// passes as it is, so that a lost lease reads as lost. By hash (EVALSHA)
-// and by source (EVAL).
+// caller's): such a reply needs no replica, and passes as it is, so that
+// a lost lease reads as lost. By hash (EVALSHA) and by source (EVAL). An
+// AddTaskOnce duplicate is not one of them: its reply says the task is
+// queued, which is known to survive a failover only once the replicas
+// have the write that queued it.
 var zeroScripts = func() map[string]bool {
 	m := map[string]bool{}
-	for name, sc := range map[string]*redis.Script{"renew": renewScript, "release": releaseScript, "add-once": addOnceScript} {
+	for name, sc := range map[string]*redis.Script{"renew": renewScript, "release": releaseScript} {
 		m[sc.Hash()] = true // naming the scripts makes them, and their sources, first
 		m[scriptSources[name]] = true
 	}

@@ -267,3 +267,51 @@ func TestWaitReplicasFailoverReal(t *testing.T) {
 	assert.Equal(t, []string{kept}, ids,
 		"the promoted replica has the task acknowledged with the knob on, and lacks %s, acknowledged without it", lost)
 }
+
+// TestWaitReplicasAddTaskOnceRetryReal retries an AddTaskOnce that failed
+// with ErrNotReplicated, as ErrNotReplicated's doc invites (the retry adds
+// no second task), while the replication link holds the first call's
+// write; then it kills the primary and promotes the replica, which lacks
+// the task. No retry may report the task added (nil) before the replica
+// has it, on the first call's connection or on another process's. (Both
+// took the duplicate for a write that changed nothing and returned nil at
+// once: the task whose AddTaskOnce returned nil was lost.)
+func TestWaitReplicasAddTaskOnceRetryReal(t *testing.T) {
+	requireFaultSuite(t)
+	rs := startReplicated(t, true)
+	ctx := context.Background()
+	cfg := Config{Prefix: testPrefix(t), WaitReplicas: 1, WaitTimeout: 50 * time.Millisecond}
+	q, err := Dial(ctx, []string{rs.primary.url()}, cfg)
+	require.NoError(t, err)
+	defer q.Close()
+	other, err := Dial(ctx, []string{rs.primary.url()}, cfg) // another producer
+	require.NoError(t, err)
+	defer other.Close()
+	for _, p := range []*Queue{q, other} { // the layout recorded and checked, on the replica too
+		require.Eventually(t, func() bool { // a loaded machine's replica may take longer than the wait
+			_, err := p.AddTask(ctx, 2, []byte("replicated"))
+			return err == nil
+		}, 10*time.Second, 10*time.Millisecond)
+	}
+
+	release := rs.link.holdReplies()
+	_, _, err = q.AddTaskOnce(ctx, 1, "request-1", time.Minute, []byte("a"))
+	require.ErrorIs(t, err, ErrNotReplicated, "the link holds the write")
+	for name, p := range map[string]*Queue{"the same producer": q, "another producer": other} {
+		id, added, err := p.AddTaskOnce(ctx, 1, "request-1", time.Minute, []byte("a"))
+		assert.ErrorIs(t, err, ErrNotReplicated, "%s: the retry returned %q (added %t) while the replica lacks the task", name, id, added)
+	}
+
+	rs.primary.kill() // SIGKILL
+	rs.link.resetAll()
+	release()
+	_, err = rs.do(rs.replica, "REPLICAOF", "NO", "ONE")
+	require.NoError(t, err)
+	entries, err := redis.ByteSlices(rs.do(rs.replica, "LRANGE", q.ready[0][0], 0, -1))
+	require.NoError(t, err)
+	for _, e := range entries {
+		task, _, err := decodeEntry(e)
+		require.NoError(t, err)
+		assert.NotEqual(t, uint64(1), task.OrderID, "the promoted replica has the task the link held")
+	}
+}

@@ -403,14 +403,20 @@ func TestWaitReplicasDial(t *testing.T) {
 			assert.ErrorIs(t, err, ErrLeaseLost)
 			assert.NotErrorIs(t, err, ErrNotReplicated)
 
-			// So does an AddTaskOnce that finds its key taken.
+			// An AddTaskOnce that finds its key taken reports a task
+			// queued by a write the replicas may not have: it waits for
+			// them as a write does.
 			_, _, err = q.AddTaskOnce(ctx, 9, "k", time.Minute, []byte("once"))
 			require.ErrorIs(t, err, ErrNotReplicated, "the first add wrote")
-			first, _ := m.Get(newQueueKeys(q.cfg.Prefix, 0, 0).dedup(9, "k"))
-			id, added, err := q.AddTaskOnce(ctx, 9, "k", time.Minute, []byte("once"))
-			require.NoError(t, err, "a duplicate wrote nothing")
-			assert.False(t, added)
-			assert.Equal(t, first, id)
+			dedup := newQueueKeys(q.cfg.Prefix, 0, 0).dedup(9, "k")
+			first, _ := m.Get(dedup)
+			_, _, err = q.AddTaskOnce(ctx, 9, "k", time.Minute, []byte("once"))
+			require.ErrorIs(t, err, ErrNotReplicated, "a duplicate the replicas may lack")
+			kept, _ := m.Get(dedup)
+			assert.Equal(t, first, kept, "the key kept")
+			assert.Equal(t, time.Minute, m.TTL(dedup), "and its expiry")
+			got, _ = m.List(q.ready[0][0])
+			assert.Len(t, got, 4, "one task added")
 		})
 	}
 }

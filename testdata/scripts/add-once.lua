@@ -24,7 +24,10 @@ local function takeLarge(meta, ready, n)
 end
 
 local old = redis.call('GET', KEYS[2])
-if old then return {0, old} end
+if old then
+  redis.call('SET', KEYS[2], old, 'KEEPTTL')
+  return {0, old}
+end
 redis.call('LPUSH', KEYS[1], ARGV[2])
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
 if #ARGV[2] > 8192 then addLarge(KEYS[3], KEYS[1], 1) end
