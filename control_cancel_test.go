@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -608,4 +609,157 @@ func TestCancelScheduledTaskWhoseRecordFails(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, scheduled, "removed all the same")
 	assert.Equal(t, int64(1), stats0(t, q).Cancelled)
+}
+
+// A task whose cancel was asked while its owner did not answer, and whose
+// deliveries that owner used up before it went (a crash in its last
+// retry: here a Consumer that failed it and left without the retry), is
+// finished as cancelled by the next owner, as Cancel promises, and not
+// moved to the dead-letter store: recovery dead-lettered it, dropping the
+// mark with it, and a replay of the dead letters would have run it.
+func TestCancelOfATaskWhoseDeliveriesRanOutInACrash(t *testing.T) {
+	t.Parallel()
+	for _, next := range []string{"pool", "Consumer"} {
+		t.Run(next, func(t *testing.T) {
+			t.Parallel()
+			q, srv := newTestQueue(t, 1, Config{Retention: time.Hour})
+			k := newQueueKeys(q.cfg.Prefix, 0, 0)
+			ctx := bounded(t)
+			ids := addAll(t, q, orderTasks(1, 2))
+			c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
+			require.NoError(t, err)
+			task, err := c.RemoveTask(ctx)
+			require.NoError(t, err)
+			require.Equal(t, ids[0], task.ID)
+			dead, err := c.Fail(ctx, task, errors.New("boom"))
+			require.NoError(t, err)
+			require.False(t, dead)
+			require.NoError(t, c.Release(ctx)) // gone, its last retry recorded and never finished
+
+			st, err := q.Cancel(ctx, 0, ids[0])
+			require.NoError(t, err)
+			require.Equal(t, StatePending, st, "held, by an owner that does not answer")
+
+			var ran []string
+			if next == "pool" {
+				var mu sync.Mutex
+				require.NoError(t, q.AnalysePool(ctx, 0, PoolConfig{MaxAttempts: 2, ExitOnEmpty: true},
+					func(_ context.Context, task Task) error {
+						mu.Lock()
+						defer mu.Unlock()
+						ran = append(ran, task.ID)
+						return nil
+					}))
+			} else {
+				c2, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
+				require.NoError(t, err)
+				got, err := c2.RemoveTask(ctx)
+				require.NoError(t, err)
+				ran = append(ran, got.ID)
+				_, err = c2.Ack(ctx, got.ID)
+				require.NoError(t, err)
+				require.NoError(t, c2.Release(ctx))
+			}
+			assert.Equal(t, ids[1:], ran, "the cancelled task never ran, and its OrderID went on")
+			ds, err := q.Dead(ctx, 0)
+			require.NoError(t, err)
+			assert.Empty(t, ds, "nothing dead-lettered")
+			status, err := q.Status(ctx, 0, ids[0])
+			require.NoError(t, err)
+			assert.Equal(t, StateCancelled, status.State)
+			noMarks(t, srv[0], k)
+		})
+	}
+}
+
+// afterCmdConn runs after once, after the command cmd with first argument
+// arg has been answered.
+type afterCmdConn struct {
+	midReadConn
+	cmd, arg string
+}
+
+func (c *afterCmdConn) hook(cmd string, args []any) {
+	if cmd != c.cmd || len(args) == 0 || args[0] != c.arg {
+		return
+	}
+	if f := c.between.Swap(nil); f != nil {
+		(*f)()
+	}
+}
+
+func (c *afterCmdConn) Do(cmd string, args ...any) (any, error) {
+	defer c.hook(cmd, args)
+	return c.Conn.Do(cmd, args...)
+}
+
+func (c *afterCmdConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
+	defer c.hook(cmd, args)
+	return c.midReadConn.DoContext(ctx, cmd, args...)
+}
+
+// The cancel of a task whose deliveries ran out, asked while the next
+// owner recovers it (after recovery read the marks, before it
+// dead-letters the task), is kept all the same: the dead-lettering
+// leaves a task with a mark pending, and recovery reads it again.
+func TestCancelDuringTheRecoveryOfATaskWhoseDeliveriesRanOut(t *testing.T) {
+	t.Parallel()
+	q, srv := newTestQueue(t, 1, Config{Retention: time.Hour})
+	k := newQueueKeys(q.cfg.Prefix, 0, 0)
+	ctx := bounded(t)
+	ids := addAll(t, q, orderTasks(1, 2))
+	c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
+	require.NoError(t, err)
+	task, err := c.RemoveTask(ctx)
+	require.NoError(t, err)
+	dead, err := c.Fail(ctx, task, errors.New("boom"))
+	require.NoError(t, err)
+	require.False(t, dead)
+	require.NoError(t, c.Release(ctx)) // gone, its last retry recorded and never finished
+
+	type result struct {
+		st  TaskState
+		err error
+	}
+	cancelled := make(chan result, 1)
+	var between atomic.Pointer[func()]
+	mark := func() {
+		go func() {
+			st, err := q.Cancel(ctx, 0, ids[0])
+			cancelled <- result{st, err}
+		}()
+		for { // until Cancel's script has set the mark
+			if n, err := redis.Int(srv[0].do(t, "HEXISTS", k.cancels, ids[0]), nil); err != nil || n == 1 {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	between.Store(&mark)
+	pool := srv[0].wrapPool(4, func(cn redis.Conn) redis.Conn {
+		return &afterCmdConn{midReadConn: midReadConn{Conn: cn, between: &between}, cmd: "HMGET", arg: k.cancels}
+	})
+	t.Cleanup(func() { pool.Close() })
+	next, err := New([]*redis.Pool{pool}, Config{Prefix: q.cfg.Prefix, Retention: time.Hour})
+	require.NoError(t, err)
+	t.Cleanup(func() { next.Close() })
+	c2, err := next.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
+	require.NoError(t, err)
+	require.Nil(t, between.Load(), "the cancel came after recovery read the marks")
+	got, err := c2.RemoveTask(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, ids[1], got.ID, "the cancelled task never ran, and its OrderID went on")
+	_, err = c2.Ack(ctx, got.ID)
+	require.NoError(t, err)
+	require.NoError(t, c2.Release(ctx))
+	r := <-cancelled
+	require.NoError(t, r.err)
+	assert.Equal(t, StatePending, r.st)
+	ds, err := q.Dead(ctx, 0)
+	require.NoError(t, err)
+	assert.Empty(t, ds, "nothing dead-lettered")
+	status, err := q.Status(ctx, 0, ids[0])
+	require.NoError(t, err)
+	assert.Equal(t, StateCancelled, status.State)
+	noMarks(t, srv[0], k)
 }
