@@ -672,15 +672,17 @@ func TestCancelOfATaskWhoseDeliveriesRanOutInACrash(t *testing.T) {
 	}
 }
 
-// afterCmdConn runs after once, after the command cmd with first argument
-// arg has been answered.
-type afterCmdConn struct {
-	midReadConn
+// cmdHookConn runs between once, before (or, with after, after) the
+// command cmd with first argument arg.
+type cmdHookConn struct {
+	redis.Conn
+	between  *atomic.Pointer[func()]
 	cmd, arg string
+	after    bool
 }
 
-func (c *afterCmdConn) hook(cmd string, args []any) {
-	if cmd != c.cmd || len(args) == 0 || args[0] != c.arg {
+func (c *cmdHookConn) hook(after bool, cmd string, args []any) {
+	if after != c.after || cmd != c.cmd || len(args) == 0 || args[0] != c.arg {
 		return
 	}
 	if f := c.between.Swap(nil); f != nil {
@@ -688,14 +690,30 @@ func (c *afterCmdConn) hook(cmd string, args []any) {
 	}
 }
 
-func (c *afterCmdConn) Do(cmd string, args ...any) (any, error) {
-	defer c.hook(cmd, args)
+func (c *cmdHookConn) Do(cmd string, args ...any) (any, error) {
+	c.hook(false, cmd, args)
+	defer c.hook(true, cmd, args)
 	return c.Conn.Do(cmd, args...)
 }
 
-func (c *afterCmdConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
-	defer c.hook(cmd, args)
-	return c.midReadConn.DoContext(ctx, cmd, args...)
+func (c *cmdHookConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
+	c.hook(false, cmd, args)
+	defer c.hook(true, cmd, args)
+	return c.Conn.(redis.ConnWithContext).DoContext(ctx, cmd, args...)
+}
+
+func (c *cmdHookConn) ReceiveContext(ctx context.Context) (any, error) {
+	return c.Conn.(redis.ConnWithContext).ReceiveContext(ctx)
+}
+
+func (c *cmdHookConn) DoWithTimeout(d time.Duration, cmd string, args ...any) (any, error) {
+	c.hook(false, cmd, args)
+	defer c.hook(true, cmd, args)
+	return c.Conn.(redis.ConnWithTimeout).DoWithTimeout(d, cmd, args...)
+}
+
+func (c *cmdHookConn) ReceiveWithTimeout(d time.Duration) (any, error) {
+	return c.Conn.(redis.ConnWithTimeout).ReceiveWithTimeout(d)
 }
 
 // The cancel of a task whose deliveries ran out, asked while the next
@@ -737,7 +755,7 @@ func TestCancelDuringTheRecoveryOfATaskWhoseDeliveriesRanOut(t *testing.T) {
 	}
 	between.Store(&mark)
 	pool := srv[0].wrapPool(4, func(cn redis.Conn) redis.Conn {
-		return &afterCmdConn{midReadConn: midReadConn{Conn: cn, between: &between}, cmd: "HMGET", arg: k.cancels}
+		return &cmdHookConn{Conn: cn, between: &between, cmd: "HMGET", arg: k.cancels, after: true}
 	})
 	t.Cleanup(func() { pool.Close() })
 	next, err := New([]*redis.Pool{pool}, Config{Prefix: q.cfg.Prefix, Retention: time.Hour})
@@ -762,4 +780,45 @@ func TestCancelDuringTheRecoveryOfATaskWhoseDeliveriesRanOut(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, StateCancelled, status.State)
 	noMarks(t, srv[0], k)
+}
+
+// A task whose last delivery fails after Cancel marked it and before its
+// holder saw the mark is dead-lettered (its holder had not seen the
+// cancel), and the mark goes with it: Cancel took the mark's end for
+// the owner's answer and said the task was pending, to be finished as
+// cancelled. It now says where the task went.
+func TestCancelOfATaskThatDiesBeforeItsMarkIsSeen(t *testing.T) {
+	t.Parallel()
+	q, srv := newTestQueue(t, 1, Config{Retention: time.Hour})
+	k := newQueueKeys(q.cfg.Prefix, 0, 0)
+	ctx := bounded(t)
+	ids := addAll(t, q, orderTasks(1, 1))
+	c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 1})
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Release(context.Background()) })
+	task, err := c.RemoveTask(ctx)
+	require.NoError(t, err)
+
+	var between atomic.Pointer[func()]
+	var dead bool
+	var ferr error
+	fail := func() { dead, ferr = c.Fail(ctx, task, errors.New("boom")) }
+	between.Store(&fail)
+	pool := srv[0].wrapPool(4, func(cn redis.Conn) redis.Conn {
+		return &cmdHookConn{Conn: cn, between: &between, cmd: "HGET", arg: k.cancels}
+	})
+	t.Cleanup(func() { pool.Close() })
+	other, err := New([]*redis.Pool{pool}, Config{Prefix: q.cfg.Prefix})
+	require.NoError(t, err)
+	t.Cleanup(func() { other.Close() })
+
+	st, err := other.Cancel(ctx, 0, ids[0])
+	require.NoError(t, err)
+	require.Nil(t, between.Load(), "the task failed while Cancel waited for its mark to be seen")
+	require.NoError(t, ferr)
+	require.True(t, dead)
+	assert.Equal(t, StateDead, st, "where the task went")
+	ds, err := q.Dead(ctx, 0)
+	require.NoError(t, err)
+	require.Len(t, ds, 1)
 }
