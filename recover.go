@@ -37,10 +37,10 @@ func (s *store) recover(ctx context.Context) (back, seqLost int, err error) {
 func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep map[string]slot) (back, seqLost int, err error) {
 	for {
 		put, lost, again, err := s.putBackOnce(ctx, op, redelivery, keep)
+		seqLost += lost // those dead-lettered stay so in the next pass
 		if err != nil || !again {
-			return put, lost, err
+			return put, seqLost, err
 		}
-		seqLost += lost
 	}
 }
 
