@@ -300,8 +300,9 @@ type burial struct {
 //	ARGV[5...] = claim, place, field (see taskRef), dead record, ...
 //
 // Returns the number moved (also added to failed); a task no longer
-// pending, or left pending for its cancel mark, is skipped. The meta hash's lastDeathField keeps the latest
-// death stamp it was given, for the next owner (see deathClock); one this
+// pending, or left pending for its cancel mark, is skipped. The meta
+// hash's lastDeathField keeps the latest death stamp it was given, for
+// the next owner (see deathClock); one this
 // package did not write (not a count, or a day ahead of ARGV[3]) is
 // replaced. A record never replaces another one under the same
 // field (garbage written under a dead task's ID, say): a quarantined
