@@ -187,6 +187,9 @@ return {'marked'}
 //     start it first. Should ctx end, or the mark's read fail, before
 //     the owner is seen to take the mark, Cancel returns StatePending
 //     with that error: the mark is set, and the task may still start.
+//     Should the task's last delivery fail before its owner sees the
+//     mark, the task is dead-lettered, and Cancel returns StateDead
+//     (replay or purge it, as below).
 //   - StateUnknown: the task is in no record but the ready list's, or
 //     finished, or never was. It is marked: if it is queued, it is
 //     finished as cancelled, never run, when an analyser claims it. A
@@ -264,27 +267,37 @@ func (q *Queue) Cancel(ctx context.Context, orderID uint64, id string) (TaskStat
 		return StateScheduled, nil
 	case "dead":
 		return StateDead, nil
-	case "pending":
-		return StatePending, q.awaitSeen(ctx, p, k, id)
+	case "pending", "recheck":
+		// recheck: not after a second read (see cancelScript): a record
+		// made since may hold it. The mark is set, and the owner
+		// finishes it as cancelled should it hold it.
+		gone, err := q.awaitSeen(ctx, p, k, id)
+		if err != nil || !gone {
+			return StatePending, err
+		}
+		// The mark went with the task: it finished as cancelled, or
+		// before its owner saw the mark, acknowledged (as a task that
+		// returns nil after its cancel is) or dead-lettered: that one
+		// is no more to be finished as cancelled, and is said so.
+		if st, err := q.State(ctx, orderID, id); err == nil && st == StateDead {
+			return StateDead, nil
+		}
+		return StatePending, nil
 	case "marked":
 		return StateUnknown, nil
-	case "recheck":
-		// Not after a second read (see cancelScript): a record made
-		// since may hold it. The mark is set, and the owner finishes it
-		// as cancelled should it hold it.
-		return StatePending, q.awaitSeen(ctx, p, k, id)
 	}
 	return StateUnknown, redisErr(what, fmt.Errorf("%w: unexpected reply %v", ErrMalformed, r))
 }
 
 // awaitSeen waits, up to cancelWait, until the owner of the queue of k
-// has seen the cancel mark of task id (or the task finished): from then
-// on the task does not start if it has not. A mark nobody answers (the
-// task is a Consumer's, or its owner is stalled) ends the wait at
-// cancelWait; the claim that takes the task again, after a takeover,
-// sees the mark. It returns an error when the wait ended before either
-// (ctx ended, or the mark could not be read): the task may still start.
-func (q *Queue) awaitSeen(ctx context.Context, p *partition, k queueKeys, id string) error {
+// has seen the cancel mark of task id, or the task finished (gone: the
+// mark went with it): from then on the task does not start if it has
+// not. A mark nobody answers (the task is a Consumer's, or its owner is
+// stalled) ends the wait at cancelWait; the claim that takes the task
+// again, after a takeover, sees the mark. It returns an error when the
+// wait ended before either (ctx ended, or the mark could not be read):
+// the task may still start.
+func (q *Queue) awaitSeen(ctx context.Context, p *partition, k queueKeys, id string) (gone bool, err error) {
 	deadline := time.Now().Add(cancelWait)
 	t := time.NewTimer(0)
 	defer t.Stop()
@@ -296,16 +309,18 @@ func (q *Queue) awaitSeen(ctx context.Context, p *partition, k queueKeys, id str
 			return redis.String(doContext(c, ctx, "HGET", k.cancels, id))
 		})
 		switch {
-		case errors.Is(err, redis.ErrNil) || err == nil && (v == cancelSeen || !time.Now().Before(deadline)):
-			return nil
+		case errors.Is(err, redis.ErrNil):
+			return true, nil
+		case err == nil && (v == cancelSeen || !time.Now().Before(deadline)):
+			return false, nil
 		case err != nil:
-			return unseen(err)
+			return false, unseen(err)
 		}
 		t.Reset(5 * time.Millisecond)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
-			return unseen(ctx.Err())
+			return false, unseen(ctx.Err())
 		}
 	}
 }

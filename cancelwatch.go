@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -283,4 +284,36 @@ func (ls *lineSet) appendIDs(dst []string) []string {
 		}
 	}
 	return dst
+}
+
+// cancelAsked returns which of the tasks ids have a cancel mark: one
+// round trip per scriptChunk IDs. A cancels hash of another type holds
+// none (as the claim script reads it).
+func (s *store) cancelAsked(ctx context.Context, ids []string) (map[string]bool, error) {
+	asked := map[string]bool{}
+	for len(ids) > 0 {
+		n := min(len(ids), scriptChunk)
+		args := make([]any, 0, n+1)
+		args = append(args, s.keys.cancels)
+		for _, id := range ids[:n] {
+			args = append(args, id)
+		}
+		vs, err := onPartition(ctx, s.part, s.what("read cancels of"), func(c redis.Conn) ([]any, error) {
+			vs, err := redis.Values(doContext(c, ctx, "HMGET", args...))
+			if reply, ok := err.(redis.Error); ok && strings.HasPrefix(string(reply), "WRONGTYPE") {
+				return nil, nil
+			}
+			return vs, err
+		})
+		if err != nil {
+			return nil, err
+		}
+		for i, v := range vs {
+			if v != nil {
+				asked[ids[i]] = true
+			}
+		}
+		ids = ids[n:]
+	}
+	return asked, nil
 }

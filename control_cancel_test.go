@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -608,4 +609,216 @@ func TestCancelScheduledTaskWhoseRecordFails(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, scheduled, "removed all the same")
 	assert.Equal(t, int64(1), stats0(t, q).Cancelled)
+}
+
+// A task whose cancel was asked while its owner did not answer, and whose
+// deliveries that owner used up before it went (a crash in its last
+// retry: here a Consumer that failed it and left without the retry), is
+// finished as cancelled by the next owner, as Cancel promises, and not
+// moved to the dead-letter store: recovery dead-lettered it, dropping the
+// mark with it, and a replay of the dead letters would have run it.
+func TestCancelOfATaskWhoseDeliveriesRanOutInACrash(t *testing.T) {
+	t.Parallel()
+	for _, next := range []string{"pool", "Consumer"} {
+		t.Run(next, func(t *testing.T) {
+			t.Parallel()
+			q, srv := newTestQueue(t, 1, Config{Retention: time.Hour})
+			k := newQueueKeys(q.cfg.Prefix, 0, 0)
+			ctx := bounded(t)
+			ids := addAll(t, q, orderTasks(1, 2))
+			c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
+			require.NoError(t, err)
+			task, err := c.RemoveTask(ctx)
+			require.NoError(t, err)
+			require.Equal(t, ids[0], task.ID)
+			dead, err := c.Fail(ctx, task, errors.New("boom"))
+			require.NoError(t, err)
+			require.False(t, dead)
+			require.NoError(t, c.Release(ctx)) // gone, its last retry recorded and never finished
+
+			st, err := q.Cancel(ctx, 0, ids[0])
+			require.NoError(t, err)
+			require.Equal(t, StatePending, st, "held, by an owner that does not answer")
+
+			var ran []string
+			if next == "pool" {
+				var mu sync.Mutex
+				require.NoError(t, q.AnalysePool(ctx, 0, PoolConfig{MaxAttempts: 2, ExitOnEmpty: true},
+					func(_ context.Context, task Task) error {
+						mu.Lock()
+						defer mu.Unlock()
+						ran = append(ran, task.ID)
+						return nil
+					}))
+			} else {
+				c2, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
+				require.NoError(t, err)
+				got, err := c2.RemoveTask(ctx)
+				require.NoError(t, err)
+				ran = append(ran, got.ID)
+				_, err = c2.Ack(ctx, got.ID)
+				require.NoError(t, err)
+				require.NoError(t, c2.Release(ctx))
+			}
+			assert.Equal(t, ids[1:], ran, "the cancelled task never ran, and its OrderID went on")
+			ds, err := q.Dead(ctx, 0)
+			require.NoError(t, err)
+			assert.Empty(t, ds, "nothing dead-lettered")
+			status, err := q.Status(ctx, 0, ids[0])
+			require.NoError(t, err)
+			assert.Equal(t, StateCancelled, status.State)
+			noMarks(t, srv[0], k)
+		})
+	}
+}
+
+// cmdHookConn runs between once, before (or, with after, after) the
+// command cmd with first argument arg.
+type cmdHookConn struct {
+	redis.Conn
+	between  *atomic.Pointer[func()]
+	cmd, arg string
+	after    bool
+}
+
+func (c *cmdHookConn) hook(after bool, cmd string, args []any) {
+	if after != c.after || cmd != c.cmd || len(args) == 0 || args[0] != c.arg {
+		return
+	}
+	if f := c.between.Swap(nil); f != nil {
+		(*f)()
+	}
+}
+
+func (c *cmdHookConn) Do(cmd string, args ...any) (any, error) {
+	c.hook(false, cmd, args)
+	defer c.hook(true, cmd, args)
+	return c.Conn.Do(cmd, args...)
+}
+
+func (c *cmdHookConn) DoContext(ctx context.Context, cmd string, args ...any) (any, error) {
+	c.hook(false, cmd, args)
+	defer c.hook(true, cmd, args)
+	return c.Conn.(redis.ConnWithContext).DoContext(ctx, cmd, args...)
+}
+
+func (c *cmdHookConn) ReceiveContext(ctx context.Context) (any, error) {
+	return c.Conn.(redis.ConnWithContext).ReceiveContext(ctx)
+}
+
+func (c *cmdHookConn) DoWithTimeout(d time.Duration, cmd string, args ...any) (any, error) {
+	c.hook(false, cmd, args)
+	defer c.hook(true, cmd, args)
+	return c.Conn.(redis.ConnWithTimeout).DoWithTimeout(d, cmd, args...)
+}
+
+func (c *cmdHookConn) ReceiveWithTimeout(d time.Duration) (any, error) {
+	return c.Conn.(redis.ConnWithTimeout).ReceiveWithTimeout(d)
+}
+
+// The cancel of a task whose deliveries ran out, asked while the next
+// owner recovers it (after recovery read the marks, before it
+// dead-letters the task), is kept all the same: the dead-lettering
+// leaves a task with a mark pending, and recovery reads it again.
+func TestCancelDuringTheRecoveryOfATaskWhoseDeliveriesRanOut(t *testing.T) {
+	t.Parallel()
+	q, srv := newTestQueue(t, 1, Config{Retention: time.Hour})
+	k := newQueueKeys(q.cfg.Prefix, 0, 0)
+	ctx := bounded(t)
+	ids := addAll(t, q, orderTasks(1, 2))
+	c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
+	require.NoError(t, err)
+	task, err := c.RemoveTask(ctx)
+	require.NoError(t, err)
+	dead, err := c.Fail(ctx, task, errors.New("boom"))
+	require.NoError(t, err)
+	require.False(t, dead)
+	require.NoError(t, c.Release(ctx)) // gone, its last retry recorded and never finished
+
+	type result struct {
+		st  TaskState
+		err error
+	}
+	cancelled := make(chan result, 1)
+	var between atomic.Pointer[func()]
+	mark := func() {
+		go func() {
+			st, err := q.Cancel(ctx, 0, ids[0])
+			cancelled <- result{st, err}
+		}()
+		for { // until Cancel's script has set the mark
+			if n, err := redis.Int(srv[0].do(t, "HEXISTS", k.cancels, ids[0]), nil); err != nil || n == 1 {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	between.Store(&mark)
+	pool := srv[0].wrapPool(4, func(cn redis.Conn) redis.Conn {
+		return &cmdHookConn{Conn: cn, between: &between, cmd: "HMGET", arg: k.cancels, after: true}
+	})
+	t.Cleanup(func() { pool.Close() })
+	next, err := New([]*redis.Pool{pool}, Config{Prefix: q.cfg.Prefix, Retention: time.Hour})
+	require.NoError(t, err)
+	t.Cleanup(func() { next.Close() })
+	c2, err := next.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
+	require.NoError(t, err)
+	require.Nil(t, between.Load(), "the cancel came after recovery read the marks")
+	got, err := c2.RemoveTask(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, ids[1], got.ID, "the cancelled task never ran, and its OrderID went on")
+	_, err = c2.Ack(ctx, got.ID)
+	require.NoError(t, err)
+	require.NoError(t, c2.Release(ctx))
+	r := <-cancelled
+	require.NoError(t, r.err)
+	assert.Equal(t, StatePending, r.st)
+	ds, err := q.Dead(ctx, 0)
+	require.NoError(t, err)
+	assert.Empty(t, ds, "nothing dead-lettered")
+	status, err := q.Status(ctx, 0, ids[0])
+	require.NoError(t, err)
+	assert.Equal(t, StateCancelled, status.State)
+	noMarks(t, srv[0], k)
+}
+
+// A task whose last delivery fails after Cancel marked it and before its
+// holder saw the mark is dead-lettered (its holder had not seen the
+// cancel), and the mark goes with it: Cancel took the mark's end for
+// the owner's answer and said the task was pending, to be finished as
+// cancelled. It now says where the task went.
+func TestCancelOfATaskThatDiesBeforeItsMarkIsSeen(t *testing.T) {
+	t.Parallel()
+	q, srv := newTestQueue(t, 1, Config{Retention: time.Hour})
+	k := newQueueKeys(q.cfg.Prefix, 0, 0)
+	ctx := bounded(t)
+	ids := addAll(t, q, orderTasks(1, 1))
+	c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 1})
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Release(context.Background()) })
+	task, err := c.RemoveTask(ctx)
+	require.NoError(t, err)
+
+	var between atomic.Pointer[func()]
+	var dead bool
+	var ferr error
+	fail := func() { dead, ferr = c.Fail(ctx, task, errors.New("boom")) }
+	between.Store(&fail)
+	pool := srv[0].wrapPool(4, func(cn redis.Conn) redis.Conn {
+		return &cmdHookConn{Conn: cn, between: &between, cmd: "HGET", arg: k.cancels}
+	})
+	t.Cleanup(func() { pool.Close() })
+	other, err := New([]*redis.Pool{pool}, Config{Prefix: q.cfg.Prefix})
+	require.NoError(t, err)
+	t.Cleanup(func() { other.Close() })
+
+	st, err := other.Cancel(ctx, 0, ids[0])
+	require.NoError(t, err)
+	require.Nil(t, between.Load(), "the task failed while Cancel waited for its mark to be seen")
+	require.NoError(t, ferr)
+	require.True(t, dead)
+	assert.Equal(t, StateDead, st, "where the task went")
+	ds, err := q.Dead(ctx, 0)
+	require.NoError(t, err)
+	require.Len(t, ds, 1)
 }

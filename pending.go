@@ -319,15 +319,20 @@ type burial struct {
 // retry records. The cancel mark of a task it moves goes too: Cancel
 // leaves dead letters alone, and a replay runs the task again (a cancels
 // hash of another type is left alone, as the claim script leaves it).
+// With ARGV[4] = 1, a task whose cancel was asked stays pending instead
+// (recovery's tasks whose deliveries ran out: Cancel promised to finish
+// them as cancelled, see putBack).
 //
 //	KEYS[1] = pending hash, KEYS[2] = dead hash, KEYS[3] = lease, KEYS[4] = meta hash,
 //	KEYS[5] = retries hash, KEYS[6] = cancels hash, KEYS[7] = claim-sequence hash
 //	ARGV[1] = lease value, ARGV[2] = lease TTL ms, ARGV[3] = the latest death stamp of the records,
-//	ARGV[4...] = claim, place, field (see taskRef), dead record, ...
+//	ARGV[4] = 1 to leave tasks with a cancel mark pending, else 0,
+//	ARGV[5...] = claim, place, field (see taskRef), dead record, ...
 //
 // Returns the number moved (also added to failed); a task no longer
-// pending is skipped. The meta hash's lastDeathField keeps the latest
-// death stamp it was given, for the next owner (see deathClock); one this
+// pending, or left pending for its cancel mark, is skipped. The meta
+// hash's lastDeathField keeps the latest death stamp it was given, for
+// the next owner (see deathClock); one this
 // package did not write (not a count, or a day ahead of ARGV[3]) is
 // replaced. A record never replaces another one under the same
 // field (garbage written under a dead task's ID, say): a quarantined
@@ -335,10 +340,13 @@ type burial struct {
 // free field of "<field>#2", "<field>#3", ..., and a task's record moves
 // what was under its ID there.
 var buryScript = newScript("bury", -1, fenced(3, typeCheck(hashAt(1), hashAt(2), hashAt(4), hashAt(5), hashAt(7)),
-	"local pendingKey, metaKey, claimsKey = KEYS[1], KEYS[4], KEYS[7]\n"+luaIncr+luaClaimRec+luaTake+"\n"+luaCheckClaims(4, "#ARGV", 4)+`
+	"local pendingKey, metaKey, claimsKey = KEYS[1], KEYS[4], KEYS[7]\n"+luaIncr+luaClaimRec+luaTake+"\n"+luaCheckClaims(5, "#ARGV", 4)+`
 local n = 0
-for i = 4, #ARGV, 4 do
-  if take(i) then
+local function asked(f)
+  return ARGV[4] == '1' and redis.pcall('HEXISTS', KEYS[6], f) == 1
+end
+for i = 5, #ARGV, 4 do
+  if not asked(ARGV[i + 2]) and take(i) then
     local f, rec = ARGV[i + 2], ARGV[i + 3]
     redis.call('HDEL', KEYS[5], f)
     redis.pcall('HDEL', KEYS[6], f)
@@ -423,6 +431,12 @@ return n
 // bury moves pending tasks to the dead-letter store, and returns how many
 // it moved (a task no longer pending is skipped).
 func (s *store) bury(ctx context.Context, items []burial) (int, error) {
+	return s.buryIf(ctx, items, false)
+}
+
+// buryIf is bury; with uncancelled, a task whose cancel was asked stays
+// pending and is not counted.
+func (s *store) buryIf(ctx context.Context, items []burial, uncancelled bool) (int, error) {
 	if len(items) == 0 {
 		return 0, nil
 	}
@@ -441,7 +455,11 @@ func (s *store) bury(ctx context.Context, items []burial) (int, error) {
 		for _, b := range items[:n] {
 			latest = max(latest, deadStamp(b.rec))
 		}
-		a := []any{s.value(), s.ttlMS, latest}
+		leave := 0
+		if uncancelled {
+			leave = 1
+		}
+		a := []any{s.value(), s.ttlMS, latest, leave}
 		records := make([]string, n)
 		for i, b := range items[:n] {
 			a = append(b.ref.args(a), b.rec)

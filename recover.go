@@ -13,9 +13,10 @@ import (
 
 // recover puts every pending task back at the consuming end in claim
 // order, counting the interrupted deliveries that were recorded; tasks
-// that have had MaxAttempts deliveries, records that do not decode, and
-// tasks whose place in the claim sequence is lost go to the dead-letter
-// store. It returns how many tasks it requeued and how many of these
+// that have had MaxAttempts deliveries (but those whose cancel was
+// asked, which go back for the claim to finish as cancelled), records
+// that do not decode, and tasks whose place in the claim sequence is lost
+// go to the dead-letter store. It returns how many tasks it requeued and how many of these
 // went to the dead-letter store for their lost claim sequence.
 func (s *store) recover(ctx context.Context) (back, seqLost int, err error) {
 	return s.putBack(ctx, "recover", true, nil)
@@ -26,14 +27,28 @@ func (s *store) recover(ctx context.Context) (back, seqLost int, err error) {
 // on), and moves records that do not decode to the dead-letter store; op
 // names the step in errors and dead records. As a redelivery it counts
 // the recorded interrupted deliveries and dead-letters tasks that used up
-// MaxAttempts; otherwise (the tasks of a claim whose reply was lost, which
-// delivered nothing) the counts stay as recorded, less a delivery
-// recorded for a task never handed out. A task that no
+// MaxAttempts, unless their cancel was asked; otherwise (the tasks of a
+// claim whose reply was lost, which delivered nothing) the counts stay as
+// recorded, less a delivery recorded for a task never handed out. A task that no
 // claim-sequence record names has lost its place among its OrderID's
 // tasks: rather than guess, it goes to the dead-letter store, where it
 // can be seen and replayed. putBack returns how many tasks it put back and
 // how many it dead-lettered for that reason.
 func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep map[string]slot) (back, seqLost int, err error) {
+	for {
+		put, lost, again, err := s.putBackOnce(ctx, op, redelivery, keep)
+		seqLost += lost // those dead-lettered stay so in the next pass
+		if err != nil || !again {
+			return put, seqLost, err
+		}
+	}
+}
+
+// putBackOnce is one pass of putBack. It reports again, having put
+// nothing back, when a task whose deliveries ran out had its cancel asked
+// after it read the marks: that task stays pending, and a new pass reads
+// it again.
+func (s *store) putBackOnce(ctx context.Context, op string, redelivery bool, keep map[string]slot) (back, seqLost int, again bool, err error) {
 	what := s.what(op + " pending of")
 	made := s.endMade.Load()
 	got, err := readPending(ctx, s.part, s.keys, what, true)
@@ -51,15 +66,24 @@ func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep ma
 		s.openedEnd(made) // as openEnd notes an end it found open
 	}
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, false, err
 	}
 	s.learnSeq(got.seq)
 	recs, claims := got.recs, got.claims
-	put := make([]claimed, 0, len(recs))
+	// What becomes of each record: put back (in claim order), or dead.
+	const (
+		fatePut = iota
+		fateKept
+		fateBuried
+		fateWorn // deliveries used up: dead, unless its cancel was asked
+	)
+	fate := make([]int, len(recs))
 	var dead []burial
-	var worn []pendingRecord // deliveries used up
-	for _, r := range recs {
+	var worns []int // indexes in recs
+	for i := range recs {
+		r := &recs[i]
 		if _, ok := keep[r.field]; ok {
+			fate[i] = fateKept
 			continue
 		}
 		n := r.deliveries
@@ -82,39 +106,74 @@ func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep ma
 			// next delivery is recorded before it starts.
 			r.recovered = true
 		}
+		r.Attempt = n // recorded as the delivery count
 		switch {
 		case r.err != nil:
+			fate[i] = fateBuried
 			dead = append(dead, burial{r.ref(), encodeDead(r.raw, 0, op+": "+r.err.Error(), s.quarantinedNow())})
 		case r.seqLost:
+			fate[i] = fateBuried
 			msg := op + ": the claim-sequence record of this pending task is lost, so its place among its OrderID's tasks is unknown; replay it if its order does not matter"
 			dead = append(dead, burial{r.ref(), encodeDead(encodeTask(r.Task, n), n, msg, s.diedNow(r.OrderID))})
 			seqLost++
 		case redelivery && n >= s.maxAttempts:
 			r.deliveries = n
-			worn = append(worn, r)
-		default:
-			r.Attempt = n // recorded as the delivery count
-			put = append(put, r.claimed)
+			fate[i] = fateWorn
+			worns = append(worns, i)
 		}
 	}
-	if len(worn) > 0 {
-		last, err := s.lastFailures(ctx, worn)
-		if err != nil {
-			return 0, 0, err
+	var wornDead []burial
+	if len(worns) > 0 {
+		// A task whose cancel was asked goes back instead: the claim
+		// that takes it finishes it as cancelled, never run, as Cancel
+		// promised (and one whose mark went meanwhile is dead-lettered
+		// there, never run: its deliveries are used up).
+		ids := make([]string, len(worns))
+		for j, i := range worns {
+			ids[j] = recs[i].ID
 		}
-		for i, r := range worn {
+		asked, err := s.cancelAsked(ctx, ids)
+		if err != nil {
+			return 0, 0, false, err
+		}
+		var wornRecs []pendingRecord
+		for _, i := range worns {
+			if asked[recs[i].ID] {
+				fate[i] = fatePut
+				continue
+			}
+			wornRecs = append(wornRecs, recs[i])
+		}
+		last, err := s.lastFailures(ctx, wornRecs)
+		if err != nil {
+			return 0, 0, false, err
+		}
+		for i, r := range wornRecs {
 			msg := fmt.Sprintf("delivered %d times without finishing (the owner crashed, lost its lease or gave it up)", r.deliveries)
 			if last[i] != "" {
 				msg += "; its last failure: " + last[i]
 			}
-			dead = append(dead, burial{r.ref(), encodeDead(encodeTask(r.Task, r.deliveries), r.deliveries, msg, s.diedNow(r.OrderID))})
+			wornDead = append(wornDead, burial{r.ref(), encodeDead(encodeTask(r.Task, r.deliveries), r.deliveries, msg, s.diedNow(r.OrderID))})
 		}
 	}
 	if _, err := s.bury(ctx, dead); err != nil {
-		return 0, 0, err
+		return 0, 0, false, err
+	}
+	// Those whose cancel is asked by now stay pending (Cancel may have
+	// found them so, and promised): read again.
+	if moved, err := s.buryIf(ctx, wornDead, true); err != nil {
+		return 0, 0, false, err
+	} else if moved < len(wornDead) {
+		return 0, seqLost, true, nil
+	}
+	put := make([]claimed, 0, len(recs))
+	for i := range recs {
+		if fate[i] == fatePut {
+			put = append(put, recs[i].claimed)
+		}
 	}
 	if err := s.requeue(ctx, put, redelivery); err != nil {
-		return len(put), seqLost, err
+		return len(put), seqLost, false, err
 	}
 	// Nothing is pending now but what keep names, and nothing is claimed
 	// meanwhile: the other claim-sequence records have served, and what
@@ -136,7 +195,7 @@ func (s *store) putBack(ctx context.Context, op string, redelivery bool, keep ma
 	for c := range live {
 		kept = append(kept, c)
 	}
-	return len(put), seqLost, s.dropClaims(ctx, drop, kept)
+	return len(put), seqLost, false, s.dropClaims(ctx, drop, kept)
 }
 
 // lastFailures returns the text of the last failure recorded for each of

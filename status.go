@@ -184,7 +184,8 @@ const statusReads = 8
 // task IDs yet, as State, and one more when the retentions differ),
 // whatever the length of the queue. A task
 // finished in its reads or between them is seen pending or finished,
-// never neither (see State). A string that is not a task ID
+// never neither, and a scheduled task claimed meanwhile is seen
+// scheduled or pending (see State). A string that is not a task ID
 // (ValidTaskID) reads StateUnknown, without a round trip.
 func (q *Queue) Status(ctx context.Context, orderID uint64, id string) (TaskStatus, error) {
 	if q.closed.Load() {
@@ -215,23 +216,31 @@ func (q *Queue) Status(ctx context.Context, orderID uint64, id string) (TaskStat
 			c.Send("HGET", k.meta, "retention")
 			return sendHistoryReads(c, k, q.cfg.Retention, id, now)
 		}
-		// The retry record is read before the pending entry: a failure
-		// recorded between two reads (retryScript rewrites the entry and
-		// writes the retry record at once) must not show the retry with
-		// the entry from before it, one delivery short.
+		// The scheduled set is read before the claim records, as State
+		// reads it: a claim moves a due task from the one into the other
+		// at once, and one made between the two reads must not leave it
+		// in neither. The retry record is read before the pending entry:
+		// a failure recorded between two reads (retryScript rewrites the
+		// entry and writes the retry record at once) must not show the
+		// retry with the entry from before it, one delivery short.
+		c.Send("ZSCORE", k.sched, id)
+		c.Send("HGET", k.later, id)
 		c.Send("HGETALL", k.claims)
 		c.Send("HGET", k.retries, id)
 		starts := reads()
-		r, err := receiveN(ctx, c, 2+statusReads+len(starts), 2+statusReads)
+		r, err := receiveN(ctx, c, 4+statusReads+len(starts), 4+statusReads)
 		if err != nil {
 			return TaskStatus{}, err
 		}
-		claims, err := redis.StringMap(r[0], nil)
+		claims, err := redis.StringMap(r[2], nil)
 		if err != nil {
 			return TaskStatus{}, err
 		}
-		r[3] = r[1] // the retry record, read before the entry
-		r = r[2:]
+		r[5] = r[3] // the retry record, read before the entry
+		if r[7] == nil {
+			r[7], r[8] = r[0], r[1] // scheduled when the claim records were read
+		}
+		r = r[4:]
 		// Not in the pending hash of earlier releases, but a claim record
 		// names it: its place, then its other records again, read after it.
 		if found := claimPlaces(claims, id); r[0] == nil && len(found) > 0 {

@@ -337,3 +337,104 @@ func TestStatusOfARetryHandedBack(t *testing.T) {
 	assert.Equal(t, StatePending, st.State)
 	assert.Equal(t, "boom again", st.LastError)
 }
+
+// flushBeforeConn runs between once, when it is given the command cmd,
+// after Redis has run every command sent before it (their replies are
+// kept for the caller): between's writes land between two reads of one
+// pipeline, as another client's may.
+type flushBeforeConn struct {
+	midReadConn
+	cmd     string
+	sent    int   // commands sent and not yet answered
+	replies []any // replies read ahead, for the caller
+	errs    []error
+}
+
+func (c *flushBeforeConn) Send(cmd string, args ...any) error {
+	if f := c.between.Load(); f != nil && cmd == c.cmd {
+		if err := c.Conn.Flush(); err != nil {
+			return err
+		}
+		for ; c.sent > 0; c.sent-- {
+			r, err := c.Conn.Receive()
+			c.replies, c.errs = append(c.replies, r), append(c.errs, err)
+		}
+		c.between.Store(nil)
+		(*f)()
+	}
+	c.sent++
+	return c.Conn.Send(cmd, args...)
+}
+
+func (c *flushBeforeConn) ReceiveContext(ctx context.Context) (any, error) {
+	if len(c.replies) > 0 {
+		r, err := c.replies[0], c.errs[0]
+		c.replies, c.errs = c.replies[1:], c.errs[1:]
+		return r, err
+	}
+	c.sent--
+	return c.midReadConn.ReceiveContext(ctx)
+}
+
+func (c *flushBeforeConn) Receive() (any, error) { return c.ReceiveContext(context.Background()) }
+
+// A scheduled task that a claim takes between Status's reads went from
+// the scheduled set into a claim record in one step: Status read the
+// claim records before the scheduled set, found it in neither, and said
+// unknown, which it never was. State reads the scheduled set first.
+func TestStatusSeesAScheduledTaskClaimedBetweenItsReads(t *testing.T) {
+	t.Parallel()
+	for _, status := range []bool{true, false} {
+		name := "State"
+		if status {
+			name = "Status"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			q, srv := newTestQueue(t, 1, Config{})
+			ctx := context.Background()
+			at := time.Now().Add(20 * time.Millisecond)
+			id, err := q.AddTaskAt(ctx, 3, at, []byte("x"))
+			require.NoError(t, err)
+			for d := time.Until(at); d >= 0; d = time.Until(at) {
+				time.Sleep(d + time.Millisecond) // due by the clock the claim reads
+			}
+			c, err := q.Consume(ctx, 0, ConsumerConfig{})
+			require.NoError(t, err)
+			t.Cleanup(func() { c.Release(context.Background()) })
+
+			var between atomic.Pointer[func()]
+			var claimed Task
+			var cerr error
+			claim := func() { claimed, cerr = c.RemoveTask(ctx) }
+			between.Store(&claim)
+			// The claim goes after the reads sent before the scheduled
+			// set's (Status) or before the claim records' (State).
+			cmd := "ZSCORE"
+			if !status {
+				cmd = "HGETALL"
+			}
+			pool := srv[0].wrapPool(1, func(cn redis.Conn) redis.Conn {
+				return &flushBeforeConn{midReadConn: midReadConn{Conn: cn, between: &between}, cmd: cmd}
+			})
+			t.Cleanup(func() { pool.Close() })
+			reader, err := New([]*redis.Pool{pool}, Config{Prefix: q.cfg.Prefix})
+			require.NoError(t, err)
+			t.Cleanup(func() { reader.Close() })
+
+			var got TaskState
+			if status {
+				st, err := reader.Status(ctx, 3, id)
+				require.NoError(t, err)
+				got = st.State
+			} else {
+				got, err = reader.State(ctx, 3, id)
+				require.NoError(t, err)
+			}
+			require.Nil(t, between.Load(), "the claim ran between the reads")
+			require.NoError(t, cerr)
+			require.Equal(t, id, claimed.ID)
+			assert.Contains(t, []TaskState{StateScheduled, StatePending}, got, "seen where it was or where it went")
+		})
+	}
+}

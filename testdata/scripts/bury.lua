@@ -151,11 +151,14 @@ local function takesDone()
   takes, takeOrder = {}, {}
 end
 
-local bad = claimTypes(claimsKey, 4, #ARGV, 4)
+local bad = claimTypes(claimsKey, 5, #ARGV, 4)
 if bad then return bad end
 local n = 0
-for i = 4, #ARGV, 4 do
-  if take(i) then
+local function asked(f)
+  return ARGV[4] == '1' and redis.pcall('HEXISTS', KEYS[6], f) == 1
+end
+for i = 5, #ARGV, 4 do
+  if not asked(ARGV[i + 2]) and take(i) then
     local f, rec = ARGV[i + 2], ARGV[i + 3]
     redis.call('HDEL', KEYS[5], f)
     redis.pcall('HDEL', KEYS[6], f)
