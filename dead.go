@@ -390,16 +390,20 @@ func (q *Queue) Replay(ctx context.Context, analyser int, ids ...string) (int, e
 }
 
 // Purge deletes dead tasks (all of them when no ids are given) and returns
-// how many it deleted. It is safe for concurrent use. It deletes at most
-// 512 records per command (HSCAN and HDEL), so Redis is never held long;
-// a record that dies while a Purge of all runs may be left.
+// how many records it deleted. A task's other records ("<ID>#2", ...) go
+// with it, as Replay takes them: a purged task never comes back through a
+// later Replay. It is safe for concurrent use. It deletes at most 512
+// records per command (HSCAN and HDEL), so Redis is never held long; a
+// record that dies while a Purge of all runs may be left.
 func (q *Queue) Purge(ctx context.Context, analyser int, ids ...string) (int, error) {
 	p, k, err := q.verifiedKeys(ctx, analyser)
 	if err != nil {
 		return 0, err
 	}
 	what := fmt.Sprintf("purge dead of analyser %d", analyser)
-	if len(ids) == 0 {
+	if len(ids) > 0 {
+		ids = withOtherRecords(ids)
+	} else {
 		err = scanDead(ctx, p, k.dead, what, func(field string, _ []byte) { ids = append(ids, field) })
 		if err != nil {
 			return 0, err

@@ -323,6 +323,18 @@ func TestDeadRecordsAreAddressedByTheirField(t *testing.T) {
 	require.NoError(t, err)
 	assert.Zero(t, n, "a second Replay finds nothing of it")
 	require.Len(t, readyTasks(t, s, k), 1, "queued once")
+
+	// Purging the task takes its other record too, whichever is named: a
+	// later Replay of all finds nothing of it.
+	for _, named := range []string{id, id + "#2"} {
+		s.do(t, "HSET", k.dead, id, encodeDead(encodeTask(task, 3), 3, "newer", time.Now().UnixMilli()), id+"#2", encodeDead(encodeTask(task, 2), 2, "older", time.Now().UnixMilli()))
+		n, err = q.Purge(ctx, 0, named)
+		require.NoError(t, err)
+		assert.Equal(t, 2, n, "records purged naming %s", named)
+		n, err = q.Replay(ctx, 0)
+		require.NoError(t, err)
+		assert.Zero(t, n, "a purged task came back through Replay")
+	}
 }
 
 // A dead task keeps the first 4 KiB of an error of any size, cut at a
