@@ -94,11 +94,13 @@ type TaskStatus struct {
 	// never was; such marks go once a claim finds the queue empty.
 	CancelAsked bool
 	// CancelSeen reports, with CancelAsked, that the queue's owner has
-	// seen the mark while it held the task: a task that had not started
-	// then never starts, and a running one has had its ctx cancelled.
-	// Without it, the task's holder (a Consumer, or a stalled owner) has
-	// not answered yet: the task is finished as cancelled when it is
-	// claimed again.
+	// seen the mark: a task it held that had not started then never
+	// starts, and a running one has had its ctx cancelled. An owner that
+	// holds as many tasks as there are marks reads them all, so a task
+	// still queued may be seen too; it is finished as cancelled when
+	// claimed. Without it, the task's holder (a Consumer, or a stalled
+	// owner) has not answered yet: the task is finished as cancelled when
+	// it is claimed again.
 	CancelSeen bool
 }
 
