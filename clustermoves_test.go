@@ -271,6 +271,47 @@ func TestPoolKeepsItsTenureWhenAnotherSlotMoves(t *testing.T) {
 	assert.Equal(t, 1, m.runsOf(id))
 }
 
+// TestConsumerResyncsWhenItsSlotMoves: as TestPoolResyncsWhenItsSlotMoves,
+// for a Consumer: the Claim after the move hands out again the task whose
+// ack b lacks, and one after another slot's move resyncs nothing.
+func TestConsumerResyncsWhenItsSlotMoves(t *testing.T) {
+	t.Parallel()
+	m := newMovable(t)
+	ctx := bounded(t)
+	id, err := m.q.AddTask(ctx, 1, []byte("lost ack"))
+	require.NoError(t, err)
+	c, err := m.q.Consume(ctx, 0, ConsumerConfig{LeaseTTL: time.Minute})
+	require.NoError(t, err)
+	ts, err := c.Claim(ctx, 10)
+	require.NoError(t, err)
+	require.Len(t, ts, 1)
+	m.copyQueue(t)
+	n, err := c.Ack(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+
+	token := c.Token()
+	m.r.moveSlot((m.slot+1)%clusterSlots, m.b.Addr())
+	ts, err = c.Claim(ctx, 10)
+	require.NoError(t, err)
+	assert.Empty(t, ts, "another slot moved")
+	assert.Equal(t, token, c.Token(), "no resync: the token is the one it had")
+
+	m.r.moveSlot(m.slot, m.b.Addr())
+	ts, err = c.Claim(ctx, 10)
+	require.NoError(t, err)
+	require.Len(t, ts, 1, "the task whose ack b lacks")
+	assert.Equal(t, id, ts[0].ID)
+	assert.NotEqual(t, token, c.Token(), "resynced: a new token")
+	n, err = c.Ack(ctx, id)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	ts, err = c.Claim(ctx, 10)
+	require.NoError(t, err)
+	assert.Empty(t, ts)
+	require.NoError(t, c.Release(ctx))
+}
+
 // TestClusterPoolResyncsWhenItsSlotMovesReal is TestPoolResyncsWhenItsSlotMoves
 // on a real cluster: the queue as it was before the ack is copied to the
 // other primary (importing the slot), the ack made on the slot's primary,
