@@ -59,7 +59,8 @@ type clusterRouter struct {
 	cfg   Config
 	seeds []string
 
-	slots atomic.Pointer[slotMap]
+	slots atomic.Pointer[slotMap] // stored by storeSlotsLocked
+	moves slotMoves               // the primary changes of each slot (clustermoves.go)
 
 	mu         sync.Mutex
 	nodes      map[string]*redis.Pool // by address
@@ -224,7 +225,7 @@ func (r *clusterRouter) runRefresh(ctx context.Context, run *refreshRun) {
 	var gone []*redis.Pool
 	r.mu.Lock()
 	if err == nil {
-		r.slots.Store(m)
+		r.storeSlotsLocked(m)
 		gone = r.dropNodesLocked(m)
 	}
 	run.err = err
@@ -325,6 +326,7 @@ func (r *clusterRouter) moveSlot(slot int, addr string) {
 	old := r.slots.Load()
 	m := &slotMap{owner: old.owner, primaries: slices.Clone(old.primaries)}
 	m.assign(int64(slot), int64(slot), addr)
+	r.moves.seen(slot, r.moves.index(addr))
 	r.slots.Store(m)
 }
 

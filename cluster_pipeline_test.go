@@ -77,7 +77,9 @@ func oneNodeRouter(t *testing.T, addr string, wrap func(redis.Conn) redis.Conn) 
 	r := &clusterRouter{cfg: cfg, nodes: map[string]*redis.Pool{}, wrap: wrap}
 	m := newSlotMap()
 	require.NoError(t, m.assign(0, clusterSlots-1, addr))
-	r.slots.Store(m)
+	r.mu.Lock()
+	r.storeSlotsLocked(m)
+	r.mu.Unlock()
 	t.Cleanup(func() { r.close() })
 	return r
 }

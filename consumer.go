@@ -58,6 +58,10 @@ type Consumer struct {
 	// latest Requeue's first): still tracked, maybe pending, to be handed
 	// back by the next resync.
 	handing []claimed
+	// watch is what the Consumer knew of its queue's slot on a cluster at
+	// its last recovery or resync: a Claim that finds that another
+	// primary served it since resyncs first (see clustermoves.go).
+	watch slotWatch
 	// proof is when the latest call that took or extended the lease, and
 	// that Redis let through, was sent: the lease was this Consumer's when
 	// it ran, so it is surely held until proof + leaseHeld (Deadline).
@@ -103,6 +107,7 @@ func (q *Queue) Consume(ctx context.Context, analyser int, cfg ConsumerConfig) (
 	if err := st.acquire(wctx, nil, took); err != nil {
 		return nil, closed(err)
 	}
+	watch := st.watchSlot() // before recovery: a move during it is seen too
 	if _, _, err := st.recover(wctx); err != nil {
 		st.release(context.WithoutCancel(ctx))
 		return nil, closed(err)
@@ -112,7 +117,7 @@ func (q *Queue) Consume(ctx context.Context, analyser int, cfg ConsumerConfig) (
 		st.release(context.WithoutCancel(ctx))
 		return nil, ErrClosed
 	}
-	return &Consumer{st: st, open: map[string]slot{}, marked: map[string]bool{}, life: map[string]delivery{}, tasks: map[string]*Task{}, proof: proof}, nil
+	return &Consumer{st: st, open: map[string]slot{}, marked: map[string]bool{}, life: map[string]delivery{}, tasks: map[string]*Task{}, proof: proof, watch: watch}, nil
 }
 
 // Renew extends the lease by LeaseTTL. It returns ErrLeaseLost when the
@@ -232,12 +237,23 @@ const consumerClaimBytes = 64 << 20
 // the new token's reply be lost, the next call that changes the queue
 // (Ack, Fail, Requeue, Release) asks for it again first, as the lease may
 // hold it: one round trip more.
+//
+// On a Redis Cluster, a Claim that finds that another primary came to
+// serve the queue's hash slot since the Consumer took the lease or last
+// resynced (a failover, or a slot migration) resyncs first too: a failover
+// without WaitReplicas may have lost the old primary's last writes, acks
+// among them, and the tasks of those acks, pending again, go back at the
+// consuming end in claim order and are handed out again.
 func (c *Consumer) Claim(ctx context.Context, max int) ([]Task, error) {
 	if err := c.live(); err != nil {
 		return nil, err
 	}
 	if max < 1 {
 		return nil, fmt.Errorf("%w: Claim of %d tasks", ErrBadConfig, max)
+	}
+	if c.watch.moved() {
+		c.watch = c.st.watchSlot() // before the resync: a move during it is seen by the next Claim
+		c.unsure = true
 	}
 	if c.unsure {
 		if err := c.resync(ctx); err != nil {

@@ -96,6 +96,28 @@
 // (an IP address unless it announces host names), or for
 // [Config].TLSConfig's ServerName when set.
 //
+// A failover without [Config].WaitReplicas can lose the old primary's
+// last writes, and a cluster hides it: a primary that stalled (a long
+// pause, a stopped VM) until its replica took over wakes believing it
+// is still the primary, runs the commands it had queued and answers
+// them, then becomes the new primary's replica and drops them; the next
+// commands get MOVED and follow it without an error. A live owner would
+// not read its pending tasks again until the queue changed owner, maybe
+// at the next deploy, and the tasks whose acks were lost would wait
+// until then. So the router counts, per slot, the times another primary
+// came to serve it, and a pool looks after each claim (an atomic load):
+// when another primary served its queue's slot since its tenure began,
+// it reports it through [PoolConfig].OnError, ends the tenure as a
+// graceful stop does (running tasks finish, their ctx cancelled after
+// [PoolConfig].ShutdownTimeout, when they run again; the others stay
+// pending) and takes the queue again at once, checking the layout and
+// putting every pending task back in claim order, as a takeover does:
+// those tasks run again then. A [Consumer]'s next Claim resyncs the same
+// way. A slot migration (resharding) changes the slot's primary too,
+// with nothing lost: each queue it moves costs one such resync, and a
+// task running longer than ShutdownTimeout then is cancelled and runs
+// again.
+//
 // On a cluster the layout is recorded once per partition (P:layout:p), not
 // per server: the cluster is one keyspace, and the check does not repeat on
 // every new connection. Idle pools wait with blocking commands (the shared
@@ -490,8 +512,11 @@
 // last second of writes; with appendfsync always, nothing Redis
 // acknowledged is lost. Replication is asynchronous: a failover can lose
 // the primary's last writes in the same way, and with them tasks whose
-// AddTask returned nil, acks (those tasks run again) and a lease's fencing
-// token. [Config].WaitReplicas closes that gap for the pools [Dial] makes:
+// AddTask returned nil, acks (those tasks run again: on a Redis Cluster
+// as soon as the owner sees its queue's slot served by the new primary,
+// see Redis Cluster; elsewhere at the pool's next resync after a claim
+// that failed, or when the queue next changes owner) and a lease's
+// fencing token. [Config].WaitReplicas closes that gap for the pools [Dial] makes:
 // every call that changes a queue's state then waits, with Redis's WAIT,
 // until that many replicas have the write before it reports success, so
 // with 1 an acknowledged AddTask survives a failover to that replica (on

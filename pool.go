@@ -212,6 +212,8 @@ func (q *Queue) analysePool(ctx context.Context, analyser int, cfg PoolConfig, f
 		case endLost:
 			cfg.OnError(fmt.Errorf("queue: analyser %d: %w; waiting as a standby", analyser, ErrLeaseLost))
 			b.reset()
+		case endMoved:
+			b.reset() // reported; taken again at once, and recovered
 		case endFailed:
 			if b.wait(ctx) != nil {
 				return nil

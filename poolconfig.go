@@ -138,7 +138,9 @@ type PoolConfig struct {
 	// OnError receives background errors: failed deliveries (*TaskError),
 	// Redis errors being retried, a lost lease, pending tasks moved to the
 	// dead-letter store because their claim-sequence record was lost
-	// (ErrMalformed). A layout mismatch is not one of them: AnalysePool
+	// (ErrMalformed), and on a Redis Cluster the queue's slot served by
+	// another primary during the lease (the pool resyncs: see the package
+	// doc's Redis Cluster section). A layout mismatch is not one of them: AnalysePool
 	// returns it. The pool waits for each call, and it must not
 	// block. A call that calls runtime.Goexit (t.FailNow in a test) ends
 	// that call only; a panic is not recovered. If nil, they are logged:

@@ -432,7 +432,9 @@ func miniClusterPool(t *testing.T, addr string, cfg Config) *redis.Pool {
 	r := &clusterRouter{u: u, cfg: cfg, seeds: u.addrs, nodes: map[string]*redis.Pool{}}
 	m := newSlotMap()
 	require.NoError(t, m.assign(0, clusterSlots-1, addr))
-	r.slots.Store(m)
+	r.mu.Lock()
+	r.storeSlotsLocked(m)
+	r.mu.Unlock()
 	t.Cleanup(func() { r.close() })
 	return r.partitionPool(nil)
 }

@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -17,6 +18,7 @@ const (
 	endEmpty                     // ExitOnEmpty and the queue drained; lease released
 	endLost                      // the lease was lost; in-memory work dropped
 	endFailed                    // recovery failed; lease released (unless lost), retry after a backoff
+	endMoved                     // the queue's slot moved to another primary: everything left pending, lease released, taken again at once
 )
 
 // session is one tenure of a pool as the queue's owner. It only
@@ -67,6 +69,10 @@ type session struct {
 	// pending and unseen, must go back before anything is claimed or
 	// handed back (fetcher only).
 	resyncOwed bool
+	// watch is what the tenure knew of its queue's slot on a cluster when
+	// it began: a claim round that finds that another primary served it
+	// since ends the tenure (see clustermoves.go; fetcher only).
+	watch slotWatch
 	// pausedSeen: a claim found the queue paused, and none claimed a task
 	// since (logged as it changes; the fetcher's only).
 	pausedSeen bool
@@ -112,6 +118,7 @@ func newSession(ctx context.Context, st *store, cfg PoolConfig, fn AnalyseFunc) 
 		idle:     make(chan struct{}),
 	}
 	s.acks = newAcker(s)
+	s.watch = st.watchSlot() // before recovery: a move during it is seen too
 	s.log = newPoolLog(cfg.Logger, cfg.OnError, -1)
 	s.born = time.Now()
 	if d, ok := ctx.Deadline(); ok {
@@ -425,6 +432,10 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 			s.st.claimCap.Store(asked / 2)
 			shrunk = true
 		}
+		if s.watch.moved() && !errors.Is(err, ErrLeaseLost) {
+			s.slotMoved(tasks)
+			return endMoved
+		}
 		if errors.Is(err, errNoRoom) {
 			s.log.ok(sent)
 			select {
@@ -496,6 +507,26 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 		clear(tasks)      // let go of the reply they point into
 		s.claimBuf = tasks[:0]
 	}
+}
+
+// slotMoved ends a tenure during which another primary came to serve the
+// queue's slot: writes the old primary took may be lost (on a failover
+// without WaitReplicas), acks among them, whose tasks would stay pending,
+// unseen, while this tenure lasts. Nothing is handed back, the tasks of
+// the last claim (tasks) are not run: all are left pending, and the next
+// tenure's recovery puts every pending task back in claim order.
+func (s *session) slotMoved(tasks []claimed) {
+	clear(tasks) // pending in Redis, if the claim was made
+	s.claimBuf = tasks[:0]
+	s.resyncOwed = true
+	from, to := s.watch.addr, s.watch.now()
+	how := "from " + from + " to " + to
+	if from == to {
+		how = "away from " + from + " and back"
+	}
+	s.cfg.OnError(fmt.Errorf("queue: analyser %d (partition %d queue %d): the primary serving its hash slot %d changed (%s) during its lease; "+
+		"writes the old primary took may be lost (a failover without WaitReplicas loses its last ones, acks among them): "+
+		"resyncing: the lease is taken again and every pending task put back", s.log.analyser, s.st.pi, s.st.qi, s.watch.slot, how))
 }
 
 // resync puts every pending task back at the consuming end, in claim
