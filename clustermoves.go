@@ -2,6 +2,7 @@ package queue
 
 import (
 	"slices"
+	"strconv"
 	"sync/atomic"
 )
 
@@ -23,6 +24,13 @@ import (
 //
 // A slot migration (resharding) changes the slot's primary too, with
 // nothing lost: it costs one such resync.
+//
+// Sentinel hides it the same way: a primary stopped until the sentinels
+// promoted its replica, and woken within the connection's read timeout,
+// answers the writes it had queued before it is demoted, and the pool's
+// next connections go to the new primary without an error. The
+// sentinelPrimary counts the times another primary was named, and its
+// queues' owners watch that count as they watch a slot's.
 
 // slotMoves counts, per hash slot, the times the router saw it served by
 // another primary than the last one it saw serve it. A slot with no
@@ -74,40 +82,43 @@ func (r *clusterRouter) storeSlotsLocked(m *slotMap) {
 	r.slots.Store(m)
 }
 
-// slotWatch is what an owner of a queue on a cluster knew of its slot
-// when its tenure began. Its zero value (a queue on one server, or on
-// Sentinel's primary) never sees a move.
+// slotWatch is what an owner of a queue knew of the primary serving it
+// when its tenure began: its slot's on a cluster, the primary Sentinel
+// named for a Sentinel-watched partition. Its zero value (a queue on one
+// server) never sees a move.
 type slotWatch struct {
-	r     *clusterRouter
-	slot  int
-	moves uint32 // the slot's count of moves then
-	addr  string // its primary then, as the map named it
+	n     *atomic.Uint32 // the moves counted; nil: none are
+	moves uint32         // *n then
+	addr  string         // the primary then
+	now   func() string  // the primary now
+	where string         // what moved: "hash slot N", "Sentinel primary NAME"
 }
 
-// watchSlot returns what the router knows of the slot of st's queue now.
+// watchSlot returns what is known of the primary of st's queue now.
 func (st *store) watchSlot() slotWatch {
-	r := st.part.router
-	if r == nil {
-		return slotWatch{}
+	if r := st.part.router; r != nil {
+		slot := keySlot(st.keys.lease)
+		w := slotWatch{n: &r.moves.n[slot], where: "hash slot " + strconv.Itoa(slot), now: func() string {
+			if m := r.slots.Load(); m != nil {
+				return m.addrOf(slot)
+			}
+			return ""
+		}}
+		w.moves = w.n.Load()
+		w.addr = w.now()
+		return w
 	}
-	slot := keySlot(st.keys.lease)
-	w := slotWatch{r: r, slot: slot, moves: r.moves.n[slot].Load()}
-	if m := r.slots.Load(); m != nil {
-		w.addr = m.addrOf(slot)
+	if sp := st.part.primary; sp != nil {
+		w := slotWatch{n: &sp.moves, where: "Sentinel primary " + strconv.Quote(sp.name), now: sp.current}
+		w.moves = w.n.Load()
+		w.addr = w.now()
+		return w
 	}
-	return w
+	return slotWatch{}
 }
 
-// moved reports whether another primary served the slot since w was
+// moved reports whether another primary served the queue since w was
 // taken. It costs an atomic load.
 func (w *slotWatch) moved() bool {
-	return w.r != nil && w.r.moves.n[w.slot].Load() != w.moves
-}
-
-// now returns the slot's primary as the map names it now.
-func (w *slotWatch) now() string {
-	if m := w.r.slots.Load(); m != nil {
-		return m.addrOf(w.slot)
-	}
-	return ""
+	return w.n != nil && w.n.Load() != w.moves
 }

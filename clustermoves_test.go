@@ -158,13 +158,19 @@ func queueTag(k queueKeys) string { return k.ready[:strings.IndexByte(k.ready, '
 // held it, as a replica holds what it had when its primary failed.
 func (m *movable) copyQueue(t *testing.T) {
 	t.Helper()
+	m.copyKeys(t, queueTag(m.k)+"*")
+}
+
+// copyKeys is copyQueue of the keys matching pattern.
+func (m *movable) copyKeys(t *testing.T, pattern string) {
+	t.Helper()
 	from, err := redis.Dial("tcp", m.a.Addr())
 	require.NoError(t, err)
 	defer from.Close()
 	to, err := redis.Dial("tcp", m.b.Addr())
 	require.NoError(t, err)
 	defer to.Close()
-	keys, err := redis.Values(queueCopyScript.Do(from, queueTag(m.k)+"*"))
+	keys, err := redis.Values(queueCopyScript.Do(from, pattern))
 	require.NoError(t, err)
 	require.NotEmpty(t, keys)
 	for _, raw := range keys {

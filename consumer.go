@@ -58,9 +58,10 @@ type Consumer struct {
 	// latest Requeue's first): still tracked, maybe pending, to be handed
 	// back by the next resync.
 	handing []claimed
-	// watch is what the Consumer knew of its queue's slot on a cluster at
-	// its last recovery or resync: a Claim that finds that another
-	// primary served it since resyncs first (see clustermoves.go).
+	// watch is what the Consumer knew of its queue's primary (its slot's
+	// on a cluster, Sentinel's) at its last recovery or resync: a Claim
+	// that finds that another primary served it since resyncs first (see
+	// clustermoves.go).
 	watch slotWatch
 	// proof is when the latest call that took or extended the lease, and
 	// that Redis let through, was sent: the lease was this Consumer's when

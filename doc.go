@@ -513,9 +513,10 @@
 // acknowledged is lost. Replication is asynchronous: a failover can lose
 // the primary's last writes in the same way, and with them tasks whose
 // AddTask returned nil, acks (those tasks run again: on a Redis Cluster
-// as soon as the owner sees its queue's slot served by the new primary,
-// see Redis Cluster; elsewhere at the pool's next resync after a claim
-// that failed, or when the queue next changes owner) and a lease's
+// or behind Sentinel as soon as the owner sees its queue served by the
+// new primary, see Redis Cluster and Sentinel; on one server at the
+// pool's next resync after a claim that failed, or when the queue next
+// changes owner) and a lease's
 // fencing token. [Config].WaitReplicas closes that gap for the pools [Dial] makes:
 // every call that changes a queue's state then waits, with Redis's WAIT,
 // until that many replicas have the write before it reports success, so
@@ -579,7 +580,12 @@
 // a pool retries with backoff, and its lease lapses if the failover takes
 // longer than the lease. Replication is asynchronous, so writes the old
 // primary acknowledged just before it died can be lost with it (see
-// Durability).
+// Durability). Acks among them would leave their tasks pending, unseen,
+// while their owner lives: a pool whose partition's sentinels named
+// another primary during its lease does what one on a cluster does when
+// its slot moves (see Redis Cluster): it says so, ends its tenure and
+// takes the queue again at once, putting every pending task back; a
+// [Consumer] resyncs at its next Claim.
 //
 // # Redis keys
 //

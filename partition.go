@@ -133,10 +133,11 @@ func sameServerError(a, b int) error {
 type partition struct {
 	index   int
 	pool    *redis.Pool
-	router  *clusterRouter // the Redis Cluster pool routes to (partitionPool); nil for one server
-	checked atomic.Bool    // the layout was verified on this server, and no recheck is under way
-	once    atomic.Bool    // the layout was verified on this server at least once: its new connections check it (Dial's pools)
-	regone  atomic.Bool    // a new connection found the layout record gone and recorded it again, and no recheck has said so yet (Dial's pools)
+	router  *clusterRouter   // the Redis Cluster pool routes to (partitionPool); nil for one server
+	primary *sentinelPrimary // the Sentinel-watched primary pool connects to (sentinelPool); nil for none
+	checked atomic.Bool      // the layout was verified on this server, and no recheck is under way
+	once    atomic.Bool      // the layout was verified on this server at least once: its new connections check it (Dial's pools)
+	regone  atomic.Bool      // a new connection found the layout record gone and recorded it again, and no recheck has said so yet (Dial's pools)
 }
 
 // verified notes that p's layout was verified: until a recheck, no

@@ -214,7 +214,7 @@ func New(pools []*redis.Pool, cfg Config) (*Queue, error) {
 		if p == nil {
 			return nil, fmt.Errorf("%w: pool %d is nil", ErrBadConfig, i)
 		}
-		q.parts[i] = &partition{index: i, pool: p, router: routerOf(p)}
+		q.parts[i] = &partition{index: i, pool: p, router: routerOf(p), primary: primaryOf(p)}
 		q.waiters = append(q.waiters, newWaiter(q.parts[i]))
 		q.ready = append(q.ready, make([]string, cfg.Queues))
 		for qi := range q.ready[i] {

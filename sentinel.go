@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -66,6 +67,29 @@ type sentinelPrimary struct {
 	sub       redis.Conn    // the subscription's connection, while it is made
 	cancel    context.CancelFunc
 	done      chan struct{} // closed when the subscription's goroutine returns
+
+	// moves counts the times another primary than the last was named:
+	// the queues' owners resync when it changes during a tenure (see
+	// slotWatch). Written with mu held, read without.
+	moves atomic.Uint32
+}
+
+// sentinelPools marks the pools made by sentinelPool, for New, until
+// their stop: a partition's owners watch its primary's moves.
+var sentinelPools sync.Map // *redis.Pool -> *sentinelPrimary
+
+// primaryOf returns the sentinelPrimary whose pool p is, or nil.
+func primaryOf(p *redis.Pool) *sentinelPrimary {
+	v, _ := sentinelPools.Load(p)
+	sp, _ := v.(*sentinelPrimary)
+	return sp
+}
+
+// current returns the primary's address as last named.
+func (s *sentinelPrimary) current() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.addr
 }
 
 // newSentinelPool makes the pool of a partition whose primary Sentinel
@@ -94,7 +118,11 @@ func sentinelPool(ctx context.Context, u redisURL, cfg Config, onDial func(conte
 	watch, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	go s.follow(watch)
-	return p, s.stop, nil
+	sentinelPools.Store(p, s)
+	return p, func() error {
+		sentinelPools.Delete(p)
+		return s.stop()
+	}, nil
 }
 
 // stop ends the subscription and joins its goroutine.
@@ -321,6 +349,9 @@ func primaryAddr(reply any, err error) (string, error) {
 // named takes addr as the primary, named by the sentinel from, which is
 // asked first from now on. Called with s.mu held.
 func (s *sentinelPrimary) named(addr, from string) {
+	if s.addr != "" && addr != s.addr {
+		s.moves.Add(1)
+	}
 	s.addr, s.from, s.fresh = addr, from, true
 	if i := slices.Index(s.sentinels, from); i > 0 {
 		s.sentinels = slices.Insert(slices.Delete(s.sentinels, i, i+1), 0, from)

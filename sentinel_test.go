@@ -401,3 +401,82 @@ func TestSentinelResubscribeKeepsTheMajoritysPrimary(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, readyOn(t, next, q), "no task on the primary only one of three answering sentinels names")
 }
+
+// TestSentinelPrimaryMovesCounts: a move is counted when the sentinels
+// name another primary than the last, not at the first naming nor when
+// they name the same one again.
+func TestSentinelPrimaryMovesCounts(t *testing.T) {
+	t.Parallel()
+	s := &sentinelPrimary{sentinels: []string{"s1", "s2"}}
+	name := func(addr string) uint32 {
+		s.mu.Lock()
+		s.named(addr, "s1")
+		s.mu.Unlock()
+		return s.moves.Load()
+	}
+	assert.Equal(t, uint32(0), name("10.0.0.1:6379"), "the first naming")
+	assert.Equal(t, uint32(0), name("10.0.0.1:6379"), "the same primary again")
+	assert.Equal(t, uint32(1), name("10.0.0.2:6379"), "a failover")
+	assert.Equal(t, uint32(2), name("10.0.0.1:6379"), "and back")
+}
+
+// TestPoolResyncsWhenSentinelNamesAnotherPrimary: a pool runs a task and
+// acknowledges it on primary a; the sentinels then promote b, which had
+// the queue as it was before the ack (a's replica, that lost a's last
+// writes), and announce it. The pool ends its tenure, takes the lease
+// again on b and recovers: the task runs again. Before, the pool's next
+// connections went to b without an error, it kept its lease, and the task
+// stayed pending there, unseen, until a next owner.
+func TestPoolResyncsWhenSentinelNamesAnotherPrimary(t *testing.T) {
+	t.Parallel()
+	m := &movable{a: newRoleServer(t, "master"), b: newRoleServer(t, "master"), logs: &logRecorder{},
+		runs: map[string]int{}, ran: make(chan string, 100), unheld: make(chan struct{})}
+	expireInRealTime(t, m.a)
+	expireInRealTime(t, m.b)
+	s := newFakeSentinel(t, "mp", m.a.Addr())
+	ctx, cancel := context.WithCancel(bounded(t))
+	defer cancel()
+	q, err := Dial(ctx, []string{sentinelURL("mp", s.Addr())}, Config{Prefix: testPrefix(t)})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	m.q, m.k = q, newQueueKeys(q.cfg.Prefix, 0, 0)
+
+	id, err := q.AddTask(ctx, 1, []byte("lost ack"))
+	require.NoError(t, err)
+	errc := m.run(ctx)
+	require.Equal(t, id, <-m.ran)
+	m.copyKeys(t, "*") // the task pending, as b has it
+	close(m.unheld)
+	require.Eventually(t, func() bool { return m.a.HGet(m.k.meta, "processed") == "1" }, 10*time.Second, time.Millisecond,
+		"the ack reached a")
+	require.Empty(t, m.b.HGet(m.k.meta, "processed"), "b lacks it")
+	require.Eventually(t, func() bool { return s.m.Publish(switchMaster, "other 1 2 3 4") == 1 }, 5*time.Second, time.Millisecond,
+		"the partition did not subscribe")
+	require.Equal(t, 1, s.failover(m.b.Addr()))
+
+	// The pool's next claim round (an idle pool's wait for work ends
+	// within a second) sees the move, ends the tenure, and the next one's
+	// recovery, on b, puts the task back.
+	select {
+	case got := <-m.ran:
+		assert.Equal(t, id, got)
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the task whose ack b lacks did not run again; reported: %v", m.reports(""))
+	}
+	require.Eventually(t, func() bool { return m.b.HGet(m.k.meta, "processed") == "1" }, 10*time.Second, time.Millisecond,
+		"its second run's ack reached b")
+	assert.Equal(t, 2, m.runsOf(id))
+	moved := m.reports("changed (from " + m.a.Addr() + " to " + m.b.Addr() + ")")
+	require.Len(t, moved, 1, "%v", m.reports(""))
+	assert.ErrorContains(t, moved[0], `Sentinel primary "mp"`)
+	took := m.logs.lines("took the lease")
+	require.Len(t, took, 2, "%s", m.logs)
+	assert.Equal(t, "1", took[1].attrs["recovered"], "the second tenure recovered the task")
+
+	id2, err := q.AddTask(ctx, 1, []byte("after"))
+	require.NoError(t, err)
+	require.Equal(t, id2, <-m.ran)
+	cancel()
+	require.NoError(t, <-errc)
+	assert.Len(t, m.logs.lines("took the lease"), 2, "one resync: %s", m.logs)
+}

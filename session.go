@@ -69,9 +69,10 @@ type session struct {
 	// pending and unseen, must go back before anything is claimed or
 	// handed back (fetcher only).
 	resyncOwed bool
-	// watch is what the tenure knew of its queue's slot on a cluster when
-	// it began: a claim round that finds that another primary served it
-	// since ends the tenure (see clustermoves.go; fetcher only).
+	// watch is what the tenure knew of its queue's primary (its slot's
+	// on a cluster, Sentinel's) when it began: a claim round that finds
+	// that another primary served it since ends the tenure (see
+	// clustermoves.go; fetcher only).
 	watch slotWatch
 	// pausedSeen: a claim found the queue paused, and none claimed a task
 	// since (logged as it changes; the fetcher's only).
@@ -510,7 +511,7 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 }
 
 // slotMoved ends a tenure during which another primary came to serve the
-// queue's slot: writes the old primary took may be lost (on a failover
+// queue (see slotWatch): writes the old primary took may be lost (on a failover
 // without WaitReplicas), acks among them, whose tasks would stay pending,
 // unseen, while this tenure lasts. Nothing is handed back, the tasks of
 // the last claim (tasks) are not run: all are left pending, and the next
@@ -524,9 +525,9 @@ func (s *session) slotMoved(tasks []claimed) {
 	if from == to {
 		how = "away from " + from + " and back"
 	}
-	s.cfg.OnError(fmt.Errorf("queue: analyser %d (partition %d queue %d): the primary serving its hash slot %d changed (%s) during its lease; "+
+	s.cfg.OnError(fmt.Errorf("queue: analyser %d (partition %d queue %d): the primary serving its %s changed (%s) during its lease; "+
 		"writes the old primary took may be lost (a failover without WaitReplicas loses its last ones, acks among them): "+
-		"resyncing: the lease is taken again and every pending task put back", s.log.analyser, s.st.pi, s.st.qi, s.watch.slot, how))
+		"resyncing: the lease is taken again and every pending task put back", s.log.analyser, s.st.pi, s.st.qi, s.watch.where, how))
 }
 
 // resync puts every pending task back at the consuming end, in claim
