@@ -218,9 +218,17 @@ func TestPoolResyncsWhenItsSlotMoves(t *testing.T) {
 	require.Empty(t, m.b.HGet(m.k.meta, "processed"), "b lacks it")
 
 	m.r.moveSlot(m.slot, m.b.Addr()) // as a MOVED reply from a makes the router do
-	// The pool's next claim round (an idle pool's wait for work ends
-	// within a second) sees the move, ends the tenure (nothing runs), and
-	// the next one's recovery puts the task back.
+	m.requireRunAgain(t, ctx, cancel, errc, id, "hash slot "+fmt.Sprint(m.slot))
+}
+
+// requireRunAgain checks that the pool of m (its result errc, its ctx
+// ended by cancel) runs task id again once the queue moved from a to b,
+// in one resync reported for where, and goes on there. The pool's next
+// claim round (an idle pool's wait for work ends within a second) sees
+// the move, ends the tenure (nothing runs), and the next one's recovery
+// puts the task back.
+func (m *movable) requireRunAgain(t *testing.T, ctx context.Context, cancel context.CancelFunc, errc <-chan error, id, where string) {
+	t.Helper()
 	select {
 	case got := <-m.ran:
 		assert.Equal(t, id, got)
@@ -232,7 +240,7 @@ func TestPoolResyncsWhenItsSlotMoves(t *testing.T) {
 	assert.Equal(t, 2, m.runsOf(id))
 	moved := m.reports("changed (from " + m.a.Addr() + " to " + m.b.Addr() + ")")
 	require.Len(t, moved, 1, "%v", m.reports(""))
-	assert.ErrorContains(t, moved[0], "hash slot "+fmt.Sprint(m.slot))
+	assert.ErrorContains(t, moved[0], where)
 	assert.ErrorContains(t, moved[0], "resyncing")
 	took := m.logs.lines("took the lease")
 	require.Len(t, took, 2, "%s", m.logs)

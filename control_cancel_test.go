@@ -622,19 +622,8 @@ func TestCancelOfATaskWhoseDeliveriesRanOutInACrash(t *testing.T) {
 	for _, next := range []string{"pool", "Consumer"} {
 		t.Run(next, func(t *testing.T) {
 			t.Parallel()
-			q, srv := newTestQueue(t, 1, Config{Retention: time.Hour})
-			k := newQueueKeys(q.cfg.Prefix, 0, 0)
+			q, srv, k, ids := wornOutTask(t)
 			ctx := bounded(t)
-			ids := addAll(t, q, orderTasks(1, 2))
-			c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
-			require.NoError(t, err)
-			task, err := c.RemoveTask(ctx)
-			require.NoError(t, err)
-			require.Equal(t, ids[0], task.ID)
-			dead, err := c.Fail(ctx, task, errors.New("boom"))
-			require.NoError(t, err)
-			require.False(t, dead)
-			require.NoError(t, c.Release(ctx)) // gone, its last retry recorded and never finished
 
 			st, err := q.Cancel(ctx, 0, ids[0])
 			require.NoError(t, err)
@@ -670,6 +659,27 @@ func TestCancelOfATaskWhoseDeliveriesRanOutInACrash(t *testing.T) {
 			noMarks(t, srv[0], k)
 		})
 	}
+}
+
+// wornOutTask returns a queue of one OrderID's two tasks (ids) whose
+// first used up its deliveries (MaxAttempts 2) under an owner that left
+// without running its last: a Consumer failed it, and released the
+// queue with its retry recorded and never finished.
+func wornOutTask(t *testing.T) (*Queue, []*testServer, queueKeys, []string) {
+	t.Helper()
+	q, srv := newTestQueue(t, 1, Config{Retention: time.Hour})
+	ctx := bounded(t)
+	ids := addAll(t, q, orderTasks(1, 2))
+	c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
+	require.NoError(t, err)
+	task, err := c.RemoveTask(ctx)
+	require.NoError(t, err)
+	require.Equal(t, ids[0], task.ID)
+	dead, err := c.Fail(ctx, task, errors.New("boom"))
+	require.NoError(t, err)
+	require.False(t, dead)
+	require.NoError(t, c.Release(ctx))
+	return q, srv, newQueueKeys(q.cfg.Prefix, 0, 0), ids
 }
 
 // cmdHookConn runs between once, before (or, with after, after) the
@@ -722,18 +732,8 @@ func (c *cmdHookConn) ReceiveWithTimeout(d time.Duration) (any, error) {
 // leaves a task with a mark pending, and recovery reads it again.
 func TestCancelDuringTheRecoveryOfATaskWhoseDeliveriesRanOut(t *testing.T) {
 	t.Parallel()
-	q, srv := newTestQueue(t, 1, Config{Retention: time.Hour})
-	k := newQueueKeys(q.cfg.Prefix, 0, 0)
+	q, srv, k, ids := wornOutTask(t)
 	ctx := bounded(t)
-	ids := addAll(t, q, orderTasks(1, 2))
-	c, err := q.Consume(ctx, 0, ConsumerConfig{MaxAttempts: 2})
-	require.NoError(t, err)
-	task, err := c.RemoveTask(ctx)
-	require.NoError(t, err)
-	dead, err := c.Fail(ctx, task, errors.New("boom"))
-	require.NoError(t, err)
-	require.False(t, dead)
-	require.NoError(t, c.Release(ctx)) // gone, its last retry recorded and never finished
 
 	type result struct {
 		st  TaskState

@@ -453,30 +453,5 @@ func TestPoolResyncsWhenSentinelNamesAnotherPrimary(t *testing.T) {
 	require.Eventually(t, func() bool { return s.m.Publish(switchMaster, "other 1 2 3 4") == 1 }, 5*time.Second, time.Millisecond,
 		"the partition did not subscribe")
 	require.Equal(t, 1, s.failover(m.b.Addr()))
-
-	// The pool's next claim round (an idle pool's wait for work ends
-	// within a second) sees the move, ends the tenure, and the next one's
-	// recovery, on b, puts the task back.
-	select {
-	case got := <-m.ran:
-		assert.Equal(t, id, got)
-	case <-time.After(20 * time.Second):
-		t.Fatalf("the task whose ack b lacks did not run again; reported: %v", m.reports(""))
-	}
-	require.Eventually(t, func() bool { return m.b.HGet(m.k.meta, "processed") == "1" }, 10*time.Second, time.Millisecond,
-		"its second run's ack reached b")
-	assert.Equal(t, 2, m.runsOf(id))
-	moved := m.reports("changed (from " + m.a.Addr() + " to " + m.b.Addr() + ")")
-	require.Len(t, moved, 1, "%v", m.reports(""))
-	assert.ErrorContains(t, moved[0], `Sentinel primary "mp"`)
-	took := m.logs.lines("took the lease")
-	require.Len(t, took, 2, "%s", m.logs)
-	assert.Equal(t, "1", took[1].attrs["recovered"], "the second tenure recovered the task")
-
-	id2, err := q.AddTask(ctx, 1, []byte("after"))
-	require.NoError(t, err)
-	require.Equal(t, id2, <-m.ran)
-	cancel()
-	require.NoError(t, <-errc)
-	assert.Len(t, m.logs.lines("took the lease"), 2, "one resync: %s", m.logs)
+	m.requireRunAgain(t, ctx, cancel, errc, id, `Sentinel primary "mp"`)
 }
