@@ -18,7 +18,7 @@ func BenchmarkWorkerRun(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	st := &store{acquired: time.Now()}
+	st := &store{acquired: time.Now(), part: &partition{}} // one server: no primary to watch
 	cfg.LeaseTTL = time.Hour
 	s := newSession(context.Background(), st, cfg, func(context.Context, Task) error { return nil })
 	taken := make(chan struct{})
