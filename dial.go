@@ -479,34 +479,3 @@ func (c *watchedConn) ReceiveContext(ctx context.Context) (any, error) {
 func (c *watchedConn) ReceiveWithTimeout(d time.Duration) (any, error) {
 	return c.judge(redis.ReceiveWithTimeout(c.Conn, d))
 }
-
-// pingServer is ping for the server a redis:// URL names, which must not
-// be a Redis Cluster node: there, such a URL half works (the keys of the
-// slots that node serves go to it, every other call gets MOVED).
-func pingServer(ctx context.Context, p *redis.Pool) error {
-	if err := ping(ctx, p); err != nil {
-		return err
-	}
-	conn, err := getConn(ctx, p) // the connection ping gave back
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	// A server that refuses INFO (an ACL) or knows no such section is
-	// taken for what the URL says.
-	info, err := redis.String(doContext(conn, ctx, "INFO", "cluster"))
-	if err == nil && strings.Contains(info, "cluster_enabled:1") {
-		return fmt.Errorf("%w: the server is a Redis Cluster node: reach a cluster with a redis+cluster:// URL (redis+cluster://host:port, any of its nodes)", ErrBadConfig)
-	}
-	return nil
-}
-
-func ping(ctx context.Context, p *redis.Pool) error {
-	conn, err := getConn(ctx, p)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	_, err = doContext(conn, ctx, "PING")
-	return err
-}
