@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"fmt"
 	"slices"
 	"strconv"
 	"sync/atomic"
@@ -121,4 +122,24 @@ func (st *store) watchSlot() slotWatch {
 // taken. It costs an atomic load.
 func (w *slotWatch) moved() bool {
 	return w.n != nil && w.n.Load() != w.moves
+}
+
+// slotMoved ends a tenure during which another primary came to serve the
+// queue (see slotWatch): writes the old primary took may be lost (on a failover
+// without WaitReplicas), acks among them, whose tasks would stay pending,
+// unseen, while this tenure lasts. Nothing is handed back, the tasks of
+// the last claim (tasks) are not run: all are left pending, and the next
+// tenure's recovery puts every pending task back in claim order.
+func (s *session) slotMoved(tasks []claimed) {
+	clear(tasks) // pending in Redis, if the claim was made
+	s.claimBuf = tasks[:0]
+	s.resyncOwed = true
+	from, to := s.watch.addr, s.watch.now()
+	how := "from " + from + " to " + to
+	if from == to {
+		how = "away from " + from + " and back"
+	}
+	s.cfg.OnError(fmt.Errorf("queue: analyser %d (partition %d queue %d): the primary serving its %s changed (%s) during its lease; "+
+		"writes the old primary took may be lost (a failover without WaitReplicas loses its last ones, acks among them): "+
+		"resyncing: the lease is taken again and every pending task put back", s.log.analyser, s.st.pi, s.st.qi, s.watch.where, how))
 }

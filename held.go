@@ -1,7 +1,13 @@
 package queue
 
+import (
+	"context"
+	"errors"
+)
+
 // What the session holds: the claimed tasks counted against Prefetch,
-// MaxHeldTasks and MaxHeldBytes, and the fetcher's wake-ups as they go.
+// MaxHeldTasks and MaxHeldBytes, the fetcher's wake-ups as they go, and
+// the hand-back of tasks it will not run.
 
 // hold counts claimed tasks as held.
 func (s *session) hold(ts []claimed) {
@@ -50,4 +56,29 @@ func notify(c chan struct{}) {
 	case c <- struct{}{}:
 	default:
 	}
+}
+
+// handBack puts tasks back at the consuming end, first claimed first,
+// each with the deliveries made so far (its next Attempt less one). It
+// reports false when they (or some of them) stay pending.
+func (s *session) handBack(ctx context.Context, tasks []claimed) bool {
+	if s.isLost() {
+		return false
+	}
+	if len(tasks) == 0 {
+		return true
+	}
+	for i := range tasks {
+		tasks[i].Attempt--
+	}
+	err := s.st.requeue(ctx, tasks, false)
+	if err != nil {
+		// They stay pending, and the next owner puts them back.
+		s.cfg.OnError(err)
+		if errors.Is(err, ErrLeaseLost) {
+			s.loseLease()
+		}
+	}
+	s.release(tasks...)
+	return err == nil
 }

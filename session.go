@@ -3,7 +3,6 @@ package queue
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -510,26 +509,6 @@ func (s *session) fetch(ctx, leaseCtx context.Context) sessionEnd {
 	}
 }
 
-// slotMoved ends a tenure during which another primary came to serve the
-// queue (see slotWatch): writes the old primary took may be lost (on a failover
-// without WaitReplicas), acks among them, whose tasks would stay pending,
-// unseen, while this tenure lasts. Nothing is handed back, the tasks of
-// the last claim (tasks) are not run: all are left pending, and the next
-// tenure's recovery puts every pending task back in claim order.
-func (s *session) slotMoved(tasks []claimed) {
-	clear(tasks) // pending in Redis, if the claim was made
-	s.claimBuf = tasks[:0]
-	s.resyncOwed = true
-	from, to := s.watch.addr, s.watch.now()
-	how := "from " + from + " to " + to
-	if from == to {
-		how = "away from " + from + " and back"
-	}
-	s.cfg.OnError(fmt.Errorf("queue: analyser %d (partition %d queue %d): the primary serving its %s changed (%s) during its lease; "+
-		"writes the old primary took may be lost (a failover without WaitReplicas loses its last ones, acks among them): "+
-		"resyncing: the lease is taken again and every pending task put back", s.log.analyser, s.st.pi, s.st.qi, s.watch.where, how))
-}
-
 // resync puts every pending task back at the consuming end, in claim
 // order, without counting a delivery, and returns how many. The fetcher
 // calls it when nothing is in flight and every ack is confirmed, after a
@@ -543,29 +522,4 @@ func (s *session) resync(ctx context.Context) (back, seqLost int, err error) {
 		return 0, 0, err
 	}
 	return s.st.putBack(ctx, "resync", false, nil)
-}
-
-// handBack puts tasks back at the consuming end, first claimed first,
-// each with the deliveries made so far (its next Attempt less one). It
-// reports false when they (or some of them) stay pending.
-func (s *session) handBack(ctx context.Context, tasks []claimed) bool {
-	if s.isLost() {
-		return false
-	}
-	if len(tasks) == 0 {
-		return true
-	}
-	for i := range tasks {
-		tasks[i].Attempt--
-	}
-	err := s.st.requeue(ctx, tasks, false)
-	if err != nil {
-		// They stay pending, and the next owner puts them back.
-		s.cfg.OnError(err)
-		if errors.Is(err, ErrLeaseLost) {
-			s.loseLease()
-		}
-	}
-	s.release(tasks...)
-	return err == nil
 }
