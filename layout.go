@@ -48,7 +48,8 @@ func (l Layout) Analysers() int { return l.Partitions * l.Queues }
 // [0, R*Q).
 func (l Layout) Serves(a int) (partition, queue int, err error) {
 	if a < 0 || a >= l.Analysers() {
-		return 0, 0, fmt.Errorf("%w: %d not in [0, %d)", ErrAnalyserRange, a, l.Analysers())
+		return 0, 0, fmt.Errorf("%w: %d not in [0, %d), R*Q for partitions=%d (the URLs or pools given) queues=%d (Config.Queues)",
+			ErrAnalyserRange, a, l.Analysers(), l.Partitions, l.Queues)
 	}
 	return a % l.Partitions, a / l.Partitions, nil
 }

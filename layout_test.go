@@ -92,6 +92,16 @@ func TestRouteAgreesWithAnalyser(t *testing.T) {
 	}
 }
 
+// TestServesErrorNamesLayout checks that an analyser id out of range is
+// refused with the layout it was checked against, so that a missing
+// Config.Queues or URL shows in the message.
+func TestServesErrorNamesLayout(t *testing.T) {
+	t.Parallel()
+	_, _, err := Layout{Partitions: 2, Queues: 3}.Serves(6)
+	require.ErrorIs(t, err, ErrAnalyserRange)
+	assert.EqualError(t, err, "queue: analyser id out of range: 6 not in [0, 6), R*Q for partitions=2 (the URLs or pools given) queues=3 (Config.Queues)")
+}
+
 func TestKeyIDGolden(t *testing.T) {
 	t.Parallel()
 	// Values computed with an independent FNV-1a 64 implementation.

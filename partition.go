@@ -22,7 +22,7 @@ type queueKeys struct {
 	claims  string // hash: a claim's first seq -> its claim record ("#<first>:" and its task IDs back to back; earlier releases: the IDs alone), while one of them is pending
 	dead    string // hash: task ID -> encoded dead record
 	lease   string // string: "<fencing token>.<nonce>:<owner>", with a PX expiry; the queue's owner
-	meta    string // hash: fence (last token), seq (last claim), processed, failed, redelivered, cancelled, leases, workers ("<count>:<lease value>"), paused ("1" while paused), lastdeath (the latest death stamp, ms)
+	meta    string // hash: fence (last token), seq (last claim), processed, failed, redelivered, cancelled, leases, workers ("<count>:<lease value>"), paused ("1" while paused), pending (tasks pending), endfirst and endsize (claims in place), large (entries over 8 KiB), marktaken and markbound (cancel marks), lastdeath (the latest death stamp, ms), retention (the history's, ms); docs/redis-keys.md
 	wake    string // list: at most one element, pushed when a lease is released, to wake a standby
 	sched   string // sorted set: task ID -> due time (ms since the epoch), scheduled tasks not yet due
 	later   string // hash: task ID -> encoded task, the scheduled tasks of sched

@@ -86,7 +86,7 @@ func benchFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 	var o benchOptions
 	fs.IntVar(&o.n, "n", 100000, "`N` tasks to add")
 	fs.IntVar(&o.orders, "orders", 1000, "`K` OrderIDs to spread the tasks over")
-	fs.IntVar(&o.workers, "workers", 16, "`W` worker goroutines per analyser; one pool per analyser, R*Q pools")
+	fs.IntVar(&o.workers, "workers", 16, fmt.Sprintf("`W` worker goroutines per analyser (at most %d); one pool per analyser, R*Q pools", maxBenchWorkers))
 	fs.IntVar(&o.producers, "producers", 4, "`P` goroutines adding tasks at once")
 	fs.IntVar(&o.batch, "batch", 100, "`B` tasks per AddTasks call; with -rate, at most 10ms of the rate (at least 1)")
 	fs.IntVar(&o.size, "size", 64, "`BYTES` of payload per task (at least 20)")
@@ -107,6 +107,8 @@ func benchFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 			return usagef("-partial goes with -verify")
 		case o.n < 1 || o.orders < 1 || o.workers < 1 || o.producers < 1 || o.batch < 1:
 			return usagef("-n, -orders, -workers, -producers and -batch must be at least 1")
+		case o.workers > maxBenchWorkers:
+			return usagef("-workers %d: at most %d, the most queue.PoolConfig.Workers takes", o.workers, maxBenchWorkers)
 		case o.size < benchHeader:
 			return usagef("-size %d: must be at least %d", o.size, benchHeader)
 		case o.timeout <= 0 || o.rate < 0:
@@ -118,6 +120,11 @@ func benchFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 		return e.bench(ctx, o)
 	}
 }
+
+// maxBenchWorkers is the library's bound on PoolConfig.Workers: bench
+// checks it before it adds anything, as a pool refused after the adds
+// would leave every task queued. TestBenchWorkersBound ties the two.
+const maxBenchWorkers = 4096
 
 // benchForeignStop is the Stopped of a drain that met tasks bench did not
 // add, and left them.

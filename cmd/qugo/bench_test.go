@@ -188,12 +188,35 @@ func TestBenchUsage(t *testing.T) {
 		{"bench", "-partial"},
 		{"bench", "-n", "0"},
 		{"bench", "-size", "5"},
+		{"bench", "-workers", "4097"},
 		{"bench", "extra"},
 	} {
 		code, _, errOut := qugo(t, append([]string{"-redis", "redis://127.0.0.1:1"}, args...)...)
 		assert.Equal(t, exitUsage, code, strings.Join(args, " "))
 		assert.NotEmpty(t, errOut)
 	}
+}
+
+// TestBenchWorkersBound checks that bench's -workers bound is the
+// library's: a pool of maxBenchWorkers runs, one more is refused, so no
+// -workers that bench takes makes its pools fail after the adds.
+func TestBenchWorkersBound(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, 1, 1)
+	ctx := context.Background()
+	fn := func(context.Context, queue.Task) error { return nil }
+	err := f.q.AnalysePool(ctx, 0, queue.PoolConfig{Workers: maxBenchWorkers + 1, ExitOnEmpty: true}, fn)
+	require.ErrorIs(t, err, queue.ErrBadConfig)
+	require.NoError(t, f.q.AnalysePool(ctx, 0, queue.PoolConfig{Workers: maxBenchWorkers, ExitOnEmpty: true}, fn))
+
+	before := f.keys(t, 0)
+	code, _, errOut := qugo(t, f.args("bench", "-n", "10", "-workers", fmt.Sprint(maxBenchWorkers+1))...)
+	assert.Equal(t, exitUsage, code)
+	assert.Contains(t, errOut, "-workers 4097: at most 4096")
+	assert.ElementsMatch(t, before, f.keys(t, 0), "a refused bench writes nothing")
+	n, err := f.q.Stats(ctx)
+	require.NoError(t, err)
+	assert.Zero(t, n[0].Ready, "a refused bench adds no task")
 }
 
 func TestBenchRate(t *testing.T) {

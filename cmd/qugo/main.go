@@ -80,7 +80,9 @@ Commands:
                                         add N tasks over K OrderIDs and drain them
                                         with W workers per analyser: throughput,
                                         latency percentiles, order check; under
-                                        prefix "qugo-bench-RxQ" unless -prefix is given
+                                        prefix "qugo-bench-RxQ" unless -prefix is given;
+                                        on an embedded miniredis when no -redis,
+                                        $QUEUE_REDIS or $REDIS_URL is given
   serve   [-listen ADDRESS] [-token TOKEN] [-group NAME...]
                                         a web dashboard: every queue with its
                                         rates, pending, scheduled and dead tasks,
@@ -95,7 +97,8 @@ Global flags (also accepted after the command):
                  redis+cluster://host:port,host:port (a Redis Cluster),
                  redis+sentinel://host:26379,host:26379/primaryname
                  (default $QUEUE_REDIS, else $REDIS_URL, else
-                 redis://127.0.0.1:6379; an empty variable counts as unset)
+                 redis://127.0.0.1:6379, but for bench, which then starts
+                 an embedded miniredis; an empty variable counts as unset)
   -queues Q      queues on each server (default 1)
   -prefix P      key prefix of the queue (default "qugo")
 

@@ -23,9 +23,9 @@ func serveFlags(fs *flag.FlagSet) func(context.Context, *env, []string) error {
 	listen := fs.String("listen", defaultListen, "serve on `ADDRESS`, host:port (port 0: any free port); a loopback address unless you mean it")
 	token := fs.String("token", "", "the `TOKEN` that signs in to act (replay, purge, pause, resume, cancel), "+
 		fmt.Sprintf("at least %d characters; if not given, $%s; with neither the dashboard is read-only", minTokenLen, tokenEnv))
-	timeout := fs.Duration("timeout", defaultTimeout, "bound the Redis calls of a page to `DURATION`; a server slower than that shows as an error")
+	timeout := fs.Duration("timeout", defaultTimeout, "bound the Redis calls of a page to `DURATION` (at most 1m); a server slower than that shows as an error")
 	sample := fs.Duration("sample", defaultSample, "read the statistics for the rate charts every `DURATION` (at least 1s)")
-	window := fs.Duration("window", defaultWindow, "the rate charts show the last `DURATION`")
+	window := fs.Duration("window", defaultWindow, "the rate charts show the last `DURATION` (at least twice -sample)")
 	var groups groupNames
 	fs.Var(&groups, "group", "show consumer group `NAME` on the Groups page (repeat for more)")
 	return func(ctx context.Context, e *env, args []string) error {
