@@ -127,7 +127,7 @@ func (e *LayoutError) Is(target error) bool { return target == ErrLayoutMismatch
 // Queue.Route) were added. Within a failed partition, some queues may
 // have taken their tasks.
 type PartitionError struct {
-	Partition int
+	Partition int   // the index of the partition whose tasks were not all added
 	Err       error // it names the partition
 }
 
@@ -164,11 +164,11 @@ var ErrGoexit = errors.New("queue: analyse called runtime.Goexit")
 // TaskError is a failed delivery of a task: what OnError receives for every
 // failed attempt, and what is recorded in the dead-letter store.
 type TaskError struct {
-	ID      string
-	OrderID uint64
-	Attempt int  // the 1-based delivery that failed
-	Dead    bool // the task was moved to the dead-letter store
-	Err     error
+	ID      string // the task's ID, as AddTask returned it
+	OrderID uint64 // the task's OrderID
+	Attempt int    // the 1-based delivery that failed
+	Dead    bool   // the task was moved to the dead-letter store
+	Err     error  // what the analyse function returned (or the panic, or the timeout)
 }
 
 func (e *TaskError) Error() string {

@@ -13,8 +13,8 @@ import (
 
 // GroupMember is one live member of a group, as GroupStatus reads it.
 type GroupMember struct {
-	Name      string
-	Weight    int
+	Name      string        // the member's name, as given to JoinGroup
+	Weight    int           // its GroupConfig.Weight
 	Joined    time.Time     // when this member joined (Redis's clock)
 	Heartbeat time.Duration // since its last heartbeat
 	Expires   time.Duration // until its session ends unless it beats again
@@ -23,14 +23,14 @@ type GroupMember struct {
 
 // GroupStatus is a group's membership and assignment.
 type GroupStatus struct {
-	Group string
+	Group string // the group's name
 	// Generation is Redis's clock in milliseconds when the assignment
 	// last changed (one more than the last generation when the clock is
 	// not ahead of it): it grows with every change, and is 0 for a group
 	// no member has joined.
 	Generation int64
-	Members    []GroupMember
-	Unassigned []int // analysers no live member has (none while a member lives)
+	Members    []GroupMember // the live members, by name
+	Unassigned []int         // analysers no live member has (none while a member lives)
 }
 
 // GroupStatus reads a group's members and assignment. Members whose

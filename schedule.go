@@ -219,7 +219,7 @@ func (q *Queue) AddTaskAfter(ctx context.Context, orderID uint64, d time.Duratio
 // ScheduledTask is a task waiting for its due time.
 type ScheduledTask struct {
 	Task
-	Due time.Time
+	Due time.Time // when it is due, by the producer's clock, to the millisecond
 }
 
 // Scheduled returns up to limit scheduled tasks of analyser's queue,

@@ -13,7 +13,7 @@ import (
 
 // AnalyserStats describes one analyser's queue.
 type AnalyserStats struct {
-	Analyser, Partition, Queue int
+	Analyser, Partition, Queue int           // which queue: see Layout.Serves
 	Ready                      int64         // tasks waiting to be claimed
 	Scheduled                  int64         // tasks scheduled (AddTaskAt) not in the ready list yet: not due, or due and waiting for tasks added before their due time
 	Pending                    int64         // tasks claimed and not finished

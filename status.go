@@ -63,8 +63,8 @@ func (s TaskState) String() string {
 
 // TaskStatus is what Status knows of a task.
 type TaskStatus struct {
-	ID    string
-	State TaskState
+	ID    string    // the task ID asked about
+	State TaskState // where the task is
 	// OrderID is the task's OrderID as its pending, scheduled or dead
 	// record holds it (0 when only the history knows the task): it
 	// tells whether the ID belongs to the OrderID asked about.
