@@ -95,7 +95,14 @@ func TestCancelHeldTaskNeverStarts(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, StatePending, st.State)
 	assert.True(t, st.CancelAsked)
-	time.Sleep(2 * cancelPoll) // the owner reads the marks
+	// The owner has the mark in hand once it says it saw it. Cancel waits
+	// cancelWait for that and returns the same whether or not it came, so
+	// the mark is asked, not the clock: on a busy machine the owner's read
+	// may come later.
+	require.Eventually(t, func() bool {
+		st, err := q.Status(ctx, 1, ids[1])
+		return err == nil && st.CancelSeen
+	}, 10*time.Second, 5*time.Millisecond, "the owner never said it saw the cancel")
 	close(gate)
 	require.Eventually(t, func() bool { return len(rec.order(1)) == 2 && stats0(t, q).Pending == 0 }, 5*time.Second, time.Millisecond)
 	cancel()
