@@ -20,9 +20,14 @@ import (
 // with kill -9 for the sentinels to fail over to its replica.
 
 // newSentinelFaultEnv is newFaultEnv on a Sentinel topology: the harness
-// and the children dial the sentinels.
+// and the children dial the sentinels. It returns once the sentinels know
+// each other and the replica: that takes from 2s to over 10s (a sentinel
+// that read the primary's INFO before the replica connected learns of it
+// at the next, 10s on), and a producer spawned before would spend its
+// paced adds, meant to span the failover, waiting for it.
 func newSentinelFaultEnv(t *testing.T, queues int) (*faultEnv, *sentinelTopo) {
 	topo := startSentinelTopo(t, "", "")
+	topo.waitReady(0, 1, 2)
 	e := &faultEnv{t: t, dir: t.TempDir(), queues: queues, prefix: "fault", redis: topo.primary}
 	e.url = sentinelURL("mp", topo.sentinelAddrs()...)
 	q, err := Dial(context.Background(), []string{e.url}, Config{Prefix: e.prefix, Queues: queues, DialTimeout: time.Second})
@@ -186,15 +191,15 @@ func logLost(t *testing.T, events []faultEvent, r faultReport, at time.Time) {
 	}
 }
 
-// killSentinelPrimary waits until the sentinels are ready and processed
-// tasks are done, kills the primary with kill -9, records as pending at
+// killSentinelPrimary waits until processed tasks are done (the
+// sentinels are ready: newSentinelFaultEnv waited for them), kills the
+// primary with kill -9, records as pending at
 // the fault what was pending a moment before and what the replica holds
 // pending after (tasks claimed in between), and waits until the
 // sentinels name the replica. It returns the tasks pending, and when the
 // kill was.
 func killSentinelPrimary(e *faultEnv, topo *sentinelTopo, processed int64) (int, time.Time) {
 	e.t.Helper()
-	topo.waitReady(0, 1, 2)
 	e.waitProcessed(processed, 30*time.Second)
 	before := e.recordPending()
 	killAt := time.Now()
