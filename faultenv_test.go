@@ -78,13 +78,46 @@ type redisProc struct {
 	done chan struct{}
 }
 
+// freePort returns a loopback port that was free a moment ago and that
+// it has not returned before in this process, so that tests running in
+// parallel never pick the same one. Another process may still take it
+// before a server binds it: redisProc.start then starts the server on
+// another.
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	ports.Lock()
+	defer ports.Unlock()
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		p := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		if !ports.given[p] {
+			ports.given[p] = true
+			return p
+		}
+	}
+	t.Fatal("no loopback port not given before")
+	return 0
 }
+
+// portLike returns a new port picked as port was: by clusterPort (below
+// 55535, its bus port free too) or by freePort.
+func portLike(t testing.TB, port int) int {
+	clusterPorts.Lock()
+	cluster := clusterPorts.used[port]
+	clusterPorts.Unlock()
+	if cluster {
+		return clusterPort(t)
+	}
+	return freePort(t)
+}
+
+// ports are the ports freePort gave.
+var ports = struct {
+	sync.Mutex
+	given map[int]bool
+}{given: map[int]bool{}}
 
 // startRedis starts a redis-server on a free loopback port, without RDB
 // snapshots, with AOF on or off, in its own directory, and kills it at the
@@ -108,19 +141,54 @@ func (r *redisProc) url() string { return "redis://" + r.addr() }
 // start (re)starts the server on its port and waits until it answers.
 func (r *redisProc) start() {
 	r.t.Helper()
+	first := r.cmd == nil
+	for try := 1; ; try++ {
+		if r.launch() {
+			return
+		}
+		// The server exited at start. On its first start that is most
+		// likely its port, taken by another process after freePort
+		// looked: it starts on another. A restart keeps its port.
+		i := slices.Index(r.args, "--port")
+		if !first || i < 0 || try == 3 {
+			r.t.Fatalf("redis-server on port %d exited at start; see the log in %s", r.port, r.dir)
+		}
+		r.port = portLike(r.t, r.port)
+		r.args[i+1] = strconv.Itoa(r.port)
+	}
+}
+
+// launch starts the server and waits until it answers, and reports
+// whether it is this server that answers: false when it exited first.
+// Another server answering on its port (one that took the port) is not
+// taken for it: the process's ID is checked.
+func (r *redisProc) launch() bool {
+	r.t.Helper()
 	r.cmd = exec.Command("redis-server", r.args...)
 	require.NoError(r.t, r.cmd.Start())
 	r.done = make(chan struct{})
 	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(r.cmd, r.done)
+	pid := "\r\nprocess_id:" + strconv.Itoa(r.cmd.Process.Pid) + "\r\n"
+	ours := false
 	require.Eventually(r.t, func() bool {
+		select {
+		case <-r.done:
+			return true
+		default:
+		}
 		c, err := redis.Dial("tcp", r.addr(), redis.DialConnectTimeout(100*time.Millisecond), redis.DialPassword(r.pass))
 		if err != nil {
 			return false
 		}
 		defer c.Close()
-		_, err = c.Do("PING") // fails with LOADING while the AOF loads
-		return err == nil
+		if _, err := c.Do("PING"); err != nil { // LOADING while the AOF loads
+			return false
+		}
+		info, err := redis.String(c.Do("INFO", "server"))
+		ours = err == nil && strings.Contains(info, pid)
+		return ours
 	}, 10*time.Second, 10*time.Millisecond, "redis-server did not start; see %s", filepath.Join(r.dir, "redis.log"))
+	return ours
 }
 
 // startWith (re)starts the server as start does, with extra arguments
@@ -618,4 +686,26 @@ func (e *faultEnv) count(c *child, ev string) int {
 		}
 	}
 	return n
+}
+
+// A server whose port another server took after freePort looked starts
+// on another port, and the harness talks to it, not to the other one.
+func TestRedisProcStartsElsewhereWhenItsPortIsTaken(t *testing.T) {
+	t.Parallel()
+	requireFaultSuite(t)
+	other := startRedis(t, false)
+	dir := t.TempDir()
+	r := &redisProc{t: t, port: other.port, dir: dir}
+	r.args = []string{"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--dir", dir, "--logfile", filepath.Join(dir, "redis.log"), "--daemonize", "no"}
+	t.Cleanup(r.kill)
+	r.start()
+	require.NotEqual(t, other.port, r.port)
+	c, err := redis.Dial("tcp", r.addr())
+	require.NoError(t, err)
+	defer c.Close()
+	info, err := redis.String(c.Do("INFO", "server"))
+	require.NoError(t, err)
+	assert.Contains(t, info, "\r\nprocess_id:"+strconv.Itoa(r.cmd.Process.Pid)+"\r\n")
+	assert.Contains(t, info, "\r\ntcp_port:"+strconv.Itoa(r.port)+"\r\n")
 }
