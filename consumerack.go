@@ -9,16 +9,15 @@ import (
 // A Consumer's settling of the tasks it handed out: acknowledged, failed
 // (retried later or dead-lettered) or put back unstarted.
 
-// Ack marks finished tasks done: their places in their claim records are set and the
-// processed counter grows; with Config.Retention, the status of each task
-// this Consumer handed out is kept as done, its last delivery started when
-// Claim returned it or Fail recorded the one before. IDs no longer pending
-// are skipped. It returns
-// how many were acknowledged, and ErrLeaseLost, with nothing changed, when
-// the lease is gone (also when no ID is one it handed out: it renews the
-// lease then). Costs one round trip per 4000 IDs (per 1000 with
-// Config.Retention, or while the queue holds retry records or cancel
-// marks: see ackChunk).
+// Ack marks finished tasks done: their places in their claim records are
+// set and the processed counter grows; with Config.Retention, the status
+// of each task this Consumer handed out is kept as done, its last
+// delivery started when Claim returned it or Fail recorded the one
+// before. IDs no longer pending are skipped. It returns how many were
+// acknowledged, and ErrLeaseLost, with nothing changed, when the lease is
+// gone (also when no ID is one it handed out: it renews the lease then).
+// Costs one round trip per 4000 IDs (per 1000 with Config.Retention, or
+// while the queue holds retry records or cancel marks: see ackChunk).
 func (c *Consumer) Ack(ctx context.Context, ids ...string) (int, error) {
 	if err := c.live(); err != nil {
 		return 0, err
