@@ -270,3 +270,37 @@ func TestCheckerUnknownAddPendingAtFault(t *testing.T) {
 	assert.Equal(t, 1, r.DupPending, "%v", r)
 	assert.Equal(t, 1, r.UnknownDone, "%v", r)
 }
+
+// A dead record's DiedAt, stamped by a wall clock that stepped ahead
+// mid-run, is put back on the suite's clock: before, a task buried after
+// the step seemed to die after later tasks of its OrderID started.
+func TestWallStepsPutDeathsOnTheSuiteClock(t *testing.T) {
+	ms := int64(time.Millisecond)
+	var w wallSteps
+	w.note(1000*ms+7, 1000*ms)      // the first offset, 7ns: the base
+	w.note(1020*ms+7+ms/2, 1020*ms) // jitter under a millisecond: not noted
+	w.note(1540*ms+7, 1040*ms)      // the wall clock stepped 500ms ahead
+	w.note(1560*ms+7, 1060*ms)      // the same step: not noted
+	assert.Equal(t, 1010*ms, w.toSuite(1010*ms), "before the step, a time stays as it is")
+	assert.Equal(t, 1050*ms, w.toSuite(1550*ms), "after it, it loses the step")
+	assert.Equal(t, []int64{0, 500 * ms}, w.off)
+
+	// In the checker: a task whose last run failed at 1030ms, buried
+	// at 1045ms (by the wall clock, 1545ms) before its successor started
+	// at 1055ms.
+	var none wallSteps
+	none.note(0, 0)
+	for _, c := range []struct {
+		w     *wallSteps
+		early int
+	}{{&none, 1}, {&w, 0}} {
+		b := &histBuilder{}
+		b.at(1000*ms).lease(10, 1).added(1, 0, "a").added(1, 1, "b")
+		b.at(1030*ms).runTask(10, 1, 0, "a", 1, "error")
+		b.add(faultEvent{Ev: evDeadRec, ID: "a", Wall: c.w.toSuite(1545 * ms)})
+		b.at(1055*ms).runTask(10, 1, 1, "b", 1, "ok")
+		r := checkHistory(b.ev)
+		assert.Equal(t, c.early, r.EarlyStarts, "%v", r)
+		assert.Equal(t, 1, r.Dead)
+	}
+}

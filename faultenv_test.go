@@ -248,6 +248,8 @@ type faultEnv struct {
 	histories []string
 	children  []*child
 	reports   []string // what report logged, logged again last when the test fails
+
+	wall wallSteps // the wall clock's steps against the suite's clock
 }
 
 // report logs what a test found, as t.Logf does, and keeps it: when the
@@ -286,7 +288,16 @@ func (e *faultEnv) open(pool *redis.Pool) {
 	q, err := New([]*redis.Pool{e.pool}, Config{Prefix: e.prefix, Queues: e.queues})
 	require.NoError(t, err)
 	e.q = q
+	e.watchWall()
 	t.Cleanup(e.close)
+}
+
+// watchWall follows the wall clock against the suite's until the test
+// ends (see wallSteps).
+func (e *faultEnv) watchWall() {
+	stop := make(chan struct{})
+	go e.wall.watch(stop)
+	e.t.Cleanup(func() { close(stop) })
 }
 
 // close kills the children still running and closes the harness's queue.
@@ -605,14 +616,16 @@ func (e *faultEnv) events() []faultEvent {
 		require.NoError(e.t, err)
 		for _, d := range dead {
 			if d.Raw != nil { // a malformed record found in Redis, quarantined: no task of the run
-				events = append(events, faultEvent{Ev: evQuarantined, ID: d.ID, Err: d.LastError, Wall: d.DiedAt.UnixNano(), Analyser: a})
+				events = append(events, faultEvent{Ev: evQuarantined, ID: d.ID, Err: d.LastError, Wall: e.wall.toSuite(d.DiedAt.UnixNano()), Analyser: a})
 				continue
 			}
 			order, seq, _, err := parsePayload(d.Payload)
 			if err != nil {
 				order, seq = 0, -1
 			}
-			events = append(events, faultEvent{Ev: evDeadRec, ID: d.ID, Order: order, Seq: seq, Wall: d.DiedAt.UnixNano(), Analyser: a})
+			// DiedAt is the burying process's wall clock: on the
+			// suite's clock, as every other event is.
+			events = append(events, faultEvent{Ev: evDeadRec, ID: d.ID, Order: order, Seq: seq, Wall: e.wall.toSuite(d.DiedAt.UnixNano()), Analyser: a})
 		}
 	}
 	return events

@@ -160,6 +160,68 @@ func stamp(t time.Time) int64 {
 	return offset + int64(t.Sub(base))
 }
 
+// wallSteps follows the wall clock against the suite's clock (see
+// stamp) while a fault test runs, so that a time written by a process's
+// wall clock (a dead record's DiedAt) is put on the suite's clock: a
+// step of the wall clock mid-run (a VM's clock set right, by
+// milliseconds or seconds) would otherwise move such a time by the step
+// against every other event, and a task dead-lettered after the step
+// seem to die after later tasks of its OrderID started.
+type wallSteps struct {
+	mu    sync.Mutex
+	first int64   // the wall clock's offset from the suite's at the first reading
+	wall  []int64 // the wall clock's reading when its offset moved, in order read
+	off   []int64 // its offset since then, less first
+}
+
+// watch reads both clocks every 20ms until stop is closed.
+func (w *wallSteps) watch(stop <-chan struct{}) {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		now := time.Now()
+		w.note(now.UnixNano(), stamp(now))
+		select {
+		case <-stop:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// note records a reading of both clocks when the wall clock's offset
+// from the suite's moved by more than a millisecond since the last one
+// noted (the first is the offset every later one is measured against:
+// with no step, no time is moved).
+func (w *wallSteps) note(wall, suite int64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	off := wall - suite
+	if n := len(w.off); n > 0 {
+		off -= w.first
+		if d := off - w.off[n-1]; d > -int64(time.Millisecond) && d < int64(time.Millisecond) {
+			return
+		}
+	} else {
+		w.first, off = off, 0
+	}
+	w.wall, w.off = append(w.wall, wall), append(w.off, off)
+}
+
+// toSuite puts a wall-clock time on the suite's clock: less the step
+// in force at the last reading noted at or before it by the wall clock.
+func (w *wallSteps) toSuite(wall int64) int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var off int64
+	for i, at := range w.wall {
+		if at <= wall {
+			off = w.off[i]
+		}
+	}
+	return wall - off
+}
+
 // logAt writes e stamped with the time at.
 func (h *historyWriter) logAt(e faultEvent, at time.Time) {
 	e.Pid, e.Wall, e.Mono = h.pid, stamp(at), int64(at.Sub(h.start))

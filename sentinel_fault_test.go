@@ -33,6 +33,7 @@ func newSentinelFaultEnv(t *testing.T, queues int) (*faultEnv, *sentinelTopo) {
 	q, err := Dial(context.Background(), []string{e.url}, Config{Prefix: e.prefix, Queues: queues, DialTimeout: time.Second})
 	require.NoError(t, err)
 	e.q = q
+	e.watchWall()
 	t.Cleanup(e.close)
 	return e, topo
 }
