@@ -291,9 +291,7 @@ func TestDialRefusesAClusterNodeAsOneServer(t *testing.T) {
 	t.Parallel()
 	requireCluster(t)
 	r := &redisProc{t: t, port: clusterPort(t), dir: t.TempDir()}
-	r.args = []string{"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1", "--save", "",
-		"--appendonly", "no", "--dir", r.dir, "--logfile", filepath.Join(r.dir, "redis.log"),
-		"--daemonize", "no", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"}
+	r.setArgs(false, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
 	r.start()
 	t.Cleanup(r.kill)
 	ctx := bounded(t)

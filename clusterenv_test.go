@@ -5,7 +5,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -88,10 +87,8 @@ func startCluster(t testing.TB, primaries, replicasPer int) *redisCluster {
 	var addrs []string
 	for range primaries * (1 + replicasPer) {
 		r := &redisProc{t: t, port: clusterPort(t), dir: t.TempDir()}
-		r.args = []string{"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1", "--save", "",
-			"--appendonly", "no", "--dir", r.dir, "--logfile", filepath.Join(r.dir, "redis.log"),
-			"--daemonize", "no", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-			"--cluster-node-timeout", strconv.Itoa(int(clusterNodeTimeout / time.Millisecond))}
+		r.setArgs(false, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+			"--cluster-node-timeout", strconv.Itoa(int(clusterNodeTimeout/time.Millisecond)))
 		r.start()
 		t.Cleanup(r.kill)
 		c.nodes = append(c.nodes, r)

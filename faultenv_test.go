@@ -125,13 +125,20 @@ var ports = struct {
 func startRedis(t testing.TB, aof bool, extra ...string) *redisProc {
 	t.Helper()
 	r := &redisProc{t: t, port: freePort(t), dir: t.TempDir()}
+	r.setArgs(aof, extra...)
+	t.Cleanup(r.kill) // first: a server that starts but never answers is killed too
+	r.start()
+	return r
+}
+
+// setArgs sets the server's arguments: its port on loopback, no RDB
+// snapshots, AOF on or off, its directory and log file there, then
+// extra.
+func (r *redisProc) setArgs(aof bool, extra ...string) {
 	yes := map[bool]string{true: "yes", false: "no"}[aof]
 	r.args = append([]string{"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1", "--save", "",
 		"--appendonly", yes, "--dir", r.dir, "--logfile", filepath.Join(r.dir, "redis.log"),
 		"--daemonize", "no"}, extra...)
-	t.Cleanup(r.kill) // first: a server that starts but never answers is killed too
-	r.start()
-	return r
 }
 
 func (r *redisProc) addr() string { return "127.0.0.1:" + strconv.Itoa(r.port) }
@@ -709,8 +716,7 @@ func TestRedisProcStartsElsewhereWhenItsPortIsTaken(t *testing.T) {
 	other := startRedis(t, false)
 	dir := t.TempDir()
 	r := &redisProc{t: t, port: other.port, dir: dir}
-	r.args = []string{"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--dir", dir, "--logfile", filepath.Join(dir, "redis.log"), "--daemonize", "no"}
+	r.setArgs(false)
 	t.Cleanup(r.kill)
 	r.start()
 	require.NotEqual(t, other.port, r.port)

@@ -87,8 +87,7 @@ func startSentinelTopo(t *testing.T, pass, sentinelPass string) *sentinelTopo {
 func startServer(t *testing.T, pass string, extra ...string) *redisProc {
 	t.Helper()
 	r := &redisProc{t: t, port: freePort(t), dir: t.TempDir(), pass: pass}
-	r.args = append([]string{"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--dir", r.dir, "--logfile", filepath.Join(r.dir, "redis.log"), "--daemonize", "no"}, extra...)
+	r.setArgs(false, extra...)
 	t.Cleanup(r.kill) // first: a server that starts but never answers is killed too
 	r.start()
 	return r
