@@ -283,7 +283,7 @@ func TestWallStepsPutDeathsOnTheSuiteClock(t *testing.T) {
 	w.note(1560*ms+7, 1060*ms)      // the same step: not noted
 	assert.Equal(t, 1010*ms, w.toSuite(1010*ms), "before the step, a time stays as it is")
 	assert.Equal(t, 1050*ms, w.toSuite(1550*ms), "after it, it loses the step")
-	assert.Equal(t, []int64{0, 500 * ms}, w.off)
+	assert.Equal(t, []int64{7, 500*ms + 7}, w.off, "the offsets noted: the first, and the step")
 
 	// In the checker: a task whose last run failed at 1030ms, buried
 	// at 1045ms (by the wall clock, 1545ms) before its successor started

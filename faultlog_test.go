@@ -168,10 +168,9 @@ func stamp(t time.Time) int64 {
 // against every other event, and a task dead-lettered after the step
 // seem to die after later tasks of its OrderID started.
 type wallSteps struct {
-	mu    sync.Mutex
-	first int64   // the wall clock's offset from the suite's at the first reading
-	wall  []int64 // the wall clock's reading when its offset moved, in order read
-	off   []int64 // its offset since then, less first
+	mu   sync.Mutex
+	wall []int64 // the wall clock's reading when its offset moved, in order read
+	off  []int64 // its offset from the suite's clock since then
 }
 
 // watch reads both clocks every 20ms until stop is closed.
@@ -198,12 +197,9 @@ func (w *wallSteps) note(wall, suite int64) {
 	defer w.mu.Unlock()
 	off := wall - suite
 	if n := len(w.off); n > 0 {
-		off -= w.first
 		if d := off - w.off[n-1]; d > -int64(time.Millisecond) && d < int64(time.Millisecond) {
 			return
 		}
-	} else {
-		w.first, off = off, 0
 	}
 	w.wall, w.off = append(w.wall, wall), append(w.off, off)
 }
@@ -213,13 +209,13 @@ func (w *wallSteps) note(wall, suite int64) {
 func (w *wallSteps) toSuite(wall int64) int64 {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	var off int64
+	var step int64
 	for i, at := range w.wall {
 		if at <= wall {
-			off = w.off[i]
+			step = w.off[i] - w.off[0]
 		}
 	}
-	return wall - off
+	return wall - step
 }
 
 // logAt writes e stamped with the time at.
